@@ -1,0 +1,11 @@
+DROP TABLE audit_log;
+DROP TABLE refresh_tokens;
+DROP TABLE usage_ledger;
+DROP TABLE sessions;
+DROP TABLE gateway_nodes;
+DROP TABLE outline_nodes;
+DROP TABLE devices;
+DROP TABLE subscriptions;
+DROP TABLE regions;
+DROP TABLE plans;
+DROP TABLE users;

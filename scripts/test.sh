@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: makes sure PostgreSQL is up, then runs the whole suite
+# (PostgreSQL and SQLite, real sockets on 127.0.0.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-postgres.sh
+# Databases left behind by an interrupted earlier run.
+url="${HTTVPS_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if command -v psql >/dev/null 2>&1; then
+  psql -q -At -d "$url" -c "SELECT datname FROM pg_database WHERE datname LIKE 'httvps\_t\_%'" 2>/dev/null \
+    | while read -r db; do psql -q -d "$url" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
+fi
+cargo test --all-targets "$@"

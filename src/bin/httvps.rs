@@ -1,0 +1,153 @@
+//! `httvps`: the control plane.
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line program talks to its terminal"
+)]
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use httvps::config::{DbArgs, LogArgs, ServeArgs, Settings};
+use httvps::control::accounts::{self, Role};
+use httvps::db::{self, Db};
+
+/// httvps control plane: users, devices, plans, subscriptions, regions,
+/// nodes, sessions and usage over GraphQL and REST.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the control plane (applies migrations first).
+    Serve(ServeArgs),
+    /// Applies pending migrations and exits.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Account administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Zero-setup start: SQLite under the data directory, a generated secret,
+    /// a first admin (password printed once), the server on 127.0.0.1.
+    Up {
+        /// Where the database and secret live.
+        #[arg(long, env = "HTTVPS_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Port of the control plane.
+        #[arg(long, env = "HTTVPS_UP_PORT", default_value_t = 8080)]
+        port: u16,
+    },
+    /// Prints the GraphQL schema (SDL), as committed in schema.graphql.
+    Schema,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Creates an admin account; the password is read from standard input.
+    Create {
+        /// The admin's email.
+        #[arg(long)]
+        email: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    httvps::logging::init(cli.log.log_format, cli.log.debug);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = Settings::from_args(&args, cli.log.debug)?;
+            httvps::app::serve(settings, httvps::app::shutdown_signal()).await
+        }
+        Command::Migrate { db: args } => {
+            let dsn = args.dsn()?;
+            let n = db::migrate(&dsn).await.context("applying migrations")?;
+            println!("applied {n} migration(s)");
+            Ok(())
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    password_stdin: _,
+                    db: args,
+                },
+        } => {
+            let dsn = args.dsn()?;
+            let mut password = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            db::migrate(&dsn).await.context("applying migrations")?;
+            let pool = Db::connect(&dsn, 1)?;
+            let user = accounts::create_user(&pool, &email, password, Role::Admin)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the admin: {e}"))?;
+            println!("created admin {} ({})", user.email, user.id);
+            Ok(())
+        }
+        Command::Up { data_dir, port } => {
+            let report = httvps::app::prepare_up(&data_dir, port).await?;
+            let base = format!("http://127.0.0.1:{}", report.settings.port);
+            println!(
+                "httvps is starting with its data in {}",
+                report.data_dir.display()
+            );
+            if let Some((email, password)) = &report.new_admin {
+                println!(
+                    "first admin created (shown once, keep it):\n  email:    {email}\n  password: {password}"
+                );
+            }
+            println!(
+                "GraphiQL: {base}/graphiql   health: {base}/api/v1/health   metrics: {base}/metrics"
+            );
+            httvps::app::serve(report.settings, httvps::app::shutdown_signal()).await
+        }
+        Command::Schema => {
+            print!("{}", httvps::control::graphql::sdl());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Shared test support: a fresh PostgreSQL database per test, cloned from a
+//! migrated template; SQLite files in a scratch directory; servers bound to
+//! 127.0.0.1:0, in process or as real processes of the built binary.
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use httvps::config::{SecretKey, Settings};
+use httvps::control::http::{self, AppState};
+use httvps::db::{self, Db, Dsn};
+use tokio::sync::oneshot;
+
+/// The PostgreSQL server tests use (trust auth on this machine and in CI).
+pub fn pg_admin_url() -> String {
+    std::env::var("HTTVPS_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn pg_url_for(db_name: &str) -> String {
+    let admin = pg_admin_url();
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(admin);
+    format!("{base}/{db_name}")
+}
+
+/// A fingerprint of the migrations, so a changed migration gets a new template.
+fn migrations_fingerprint() -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut entries: Vec<PathBuf> = Vec::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    for dir in std::fs::read_dir(&root).expect("migrations dir").flatten() {
+        for f in std::fs::read_dir(dir.path()).expect("migration").flatten() {
+            entries.push(f.path());
+        }
+    }
+    entries.sort();
+    for p in entries {
+        hasher.update(p.to_string_lossy().as_bytes());
+        hasher.update(std::fs::read(&p).expect("read migration"));
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn admin_conn() -> AsyncPgConnection {
+    AsyncPgConnection::establish(&pg_admin_url())
+        .await
+        .expect("PostgreSQL must be reachable at HTTVPS_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres)")
+}
+
+async fn ensure_template() -> String {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("httvps_tmpl_{}", migrations_fingerprint());
+            let mut conn = admin_conn().await;
+            // Test processes may run in parallel: take turns creating the template.
+            diesel::sql_query("SELECT pg_advisory_lock(4242)")
+                .execute(&mut conn)
+                .await
+                .expect("lock");
+            #[derive(diesel::QueryableByName)]
+            struct Count {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let exists: Count = diesel::sql_query(format!(
+                "SELECT count(*) AS n FROM pg_database WHERE datname = '{name}'"
+            ))
+            .get_result(&mut conn)
+            .await
+            .expect("query pg_database");
+            if exists.n == 0 {
+                let building = format!("{name}_building");
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}"))
+                    .execute(&mut conn)
+                    .await;
+                diesel::sql_query(format!("CREATE DATABASE {building}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create template");
+                db::migrate(&Dsn::Postgres(pg_url_for(&building)))
+                    .await
+                    .expect("migrate template");
+                diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("rename template");
+            }
+            diesel::sql_query("SELECT pg_advisory_unlock(4242)")
+                .execute(&mut conn)
+                .await
+                .expect("unlock");
+            name
+        })
+        .await
+        .clone()
+}
+
+/// A database for one test, dropped when the value is dropped.
+pub struct TestDb {
+    /// Its DSN.
+    pub dsn: Dsn,
+    pg_name: Option<String>,
+    _dir: Option<tempdir::TempDir>,
+}
+
+impl TestDb {
+    /// A fresh PostgreSQL database, already migrated (cloned from the template).
+    pub async fn pg() -> Self {
+        let template = ensure_template().await;
+        let name = format!("httvps_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = admin_conn().await;
+        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .execute(&mut conn)
+            .await
+            .expect("clone template");
+        TestDb {
+            dsn: Dsn::Postgres(pg_url_for(&name)),
+            pg_name: Some(name),
+            _dir: None,
+        }
+    }
+
+    /// A fresh, empty PostgreSQL database (no migrations applied).
+    pub async fn pg_empty() -> Self {
+        let name = format!("httvps_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = admin_conn().await;
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create db");
+        TestDb {
+            dsn: Dsn::Postgres(pg_url_for(&name)),
+            pg_name: Some(name),
+            _dir: None,
+        }
+    }
+
+    /// A fresh SQLite file, already migrated.
+    pub async fn sqlite() -> Self {
+        let t = Self::sqlite_empty();
+        db::migrate(&t.dsn).await.expect("migrate sqlite");
+        t
+    }
+
+    /// A fresh, empty SQLite file.
+    pub fn sqlite_empty() -> Self {
+        let dir = tempdir::TempDir::new();
+        let path = dir.path.join("test.db");
+        TestDb {
+            dsn: Dsn::Sqlite(path.to_string_lossy().into_owned()),
+            pg_name: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// The raw DSN string.
+    pub fn url(&self) -> String {
+        match &self.dsn {
+            Dsn::Postgres(u) => u.clone(),
+            Dsn::Sqlite(p) => format!("sqlite://{p}"),
+        }
+    }
+
+    /// A pool on this database.
+    pub fn pool(&self) -> Db {
+        Db::connect(&self.dsn, 8).expect("pool")
+    }
+
+    /// Drops the PostgreSQL database now, closing its connections.
+    pub async fn drop_now(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            let mut conn = admin_conn().await;
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Drop may run inside a runtime: do the async work on a thread of its own.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(async {
+                        if let Ok(mut conn) = AsyncPgConnection::establish(&pg_admin_url()).await {
+                            let _ = diesel::sql_query(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .execute(&mut conn)
+                            .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// A scratch directory removed on drop (no extra crate needed).
+pub mod tempdir {
+    use std::path::PathBuf;
+
+    /// The directory.
+    pub struct TempDir {
+        /// Its path.
+        pub path: PathBuf,
+    }
+
+    impl TempDir {
+        /// Creates a new unique directory under the system temp dir.
+        pub fn new() -> Self {
+            let path =
+                std::env::temp_dir().join(format!("httvps-test-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&path).expect("create temp dir");
+            TempDir { path }
+        }
+
+        /// Its path.
+        pub fn path(&self) -> &std::path::Path {
+            &self.path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A test secret (not the example one).
+pub const TEST_SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+
+/// Settings for an in-process server on `dsn`.
+pub fn settings(dsn: Dsn, debug: bool) -> Settings {
+    Settings {
+        dsn,
+        pool_size: 8,
+        secret: SecretKey::new(TEST_SECRET.to_owned()),
+        host: std::net::IpAddr::from([127, 0, 0, 1]),
+        port: 0,
+        jwt_algorithm: jsonwebtoken::Algorithm::HS256,
+        jwt_expire_minutes: 15,
+        debug,
+    }
+}
+
+/// A control plane served in process on 127.0.0.1:0.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Its state (database pool etc.).
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Migrates (no-op on a cloned template) and serves.
+    pub async fn start(dsn: Dsn, debug: bool) -> Self {
+        let state = httvps::app::prepare(&settings(dsn, debug))
+            .await
+            .expect("prepare");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let _ = http::serve(listener, st, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        TestServer {
+            base: format!("http://{addr}"),
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// An HTTP client with a bounded timeout.
+pub fn client() -> reqwest::Client {
+    static C: OnceLock<reqwest::Client> = OnceLock::new();
+    C.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client")
+    })
+    .clone()
+}
+
+/// A real `httvps` process; killed on drop.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Address from its "listening" log line.
+    pub addr: Option<SocketAddr>,
+    /// Lines it printed on stdout before listening.
+    pub stdout: Vec<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The built `httvps` binary with a clean environment for our variables.
+pub fn httvps_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_httvps"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BACKEND_") || k.starts_with("JWT_") || k.starts_with("HTTVPS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("BACKEND_LOG_FORMAT", "json").env_remove("RUST_LOG");
+    cmd
+}
+
+/// Spawns `cmd` and waits (bounded) for its "listening" log line.
+pub fn spawn_listening(mut cmd: Command) -> Proc {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn httvps");
+    let stderr = child.stderr.take().expect("stderr");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "control plane listening"
+                && let Some(a) = v["http.addr"].as_str().and_then(|a| a.parse().ok())
+            {
+                let _ = tx.send(a);
+            }
+        }
+    });
+    let (otx, orx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = otx.send(line);
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).ok();
+    std::thread::sleep(Duration::from_millis(100));
+    let stdout: Vec<String> = orx.try_iter().collect();
+    Proc {
+        child,
+        addr,
+        stdout,
+    }
+}
+
+/// Runs a GraphQL operation and returns the JSON response.
+pub async fn gql(
+    base: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: serde_json::Value,
+) -> serde_json::Value {
+    let mut req = client()
+        .post(format!("{base}/graphql"))
+        .json(&serde_json::json!({"query": query, "variables": variables}));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send()
+        .await
+        .expect("graphql request")
+        .json()
+        .await
+        .expect("graphql json")
+}

@@ -1,0 +1,558 @@
+//! Foundation: storage on both backends, migrations, config, health, the
+//! binaries (`serve`, `migrate`, `admin create`, `up`, `schema`).
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestDb, TestServer, client, gql, httvps_cmd, spawn_listening};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use httvps::control::accounts::{self, Role};
+use httvps::db::models::{Plan, Subscription, new_id, now};
+use httvps::db::schema::{plans, subscriptions, users};
+use httvps::db::{self, Db};
+use httvps::db_run;
+use httvps::error::AppError;
+
+async fn storage_invariants(t: &TestDb) {
+    let db = t.pool();
+    // Users: created, emails normalised, duplicates a typed conflict.
+    let u = accounts::create_user(
+        &db,
+        "  Alice@Example.COM ",
+        "correct horse battery",
+        Role::User,
+    )
+    .await
+    .expect("create");
+    assert_eq!(u.email, "alice@example.com");
+    let dup =
+        accounts::create_user(&db, "alice@example.com", "another password!", Role::User).await;
+    assert!(matches!(dup, Err(AppError::Conflict(_))), "{dup:?}");
+    let short = accounts::create_user(&db, "bob@example.com", "short", Role::User).await;
+    assert!(matches!(short, Err(AppError::BadRequest(_))));
+    let bad_email =
+        accounts::create_user(&db, "not-an-email", "long enough password", Role::User).await;
+    assert!(matches!(bad_email, Err(AppError::BadRequest(_))));
+
+    // A plan with a negative price breaks a CHECK: bad request, never database text.
+    let ts = now();
+    let mut plan = Plan {
+        id: new_id(),
+        name: "basic".into(),
+        price_cents: -1,
+        currency: "USD".into(),
+        duration_days: 30,
+        traffic_limit_bytes: Some(10 << 30),
+        device_limit: 3,
+        reset_period: "monthly".into(),
+        archived: false,
+        created_at: ts,
+        updated_at: ts,
+    };
+    let res: Result<usize, AppError> = async {
+        Ok(db_run!(&db, |conn| diesel::insert_into(plans::table)
+            .values(&plan)
+            .execute(conn)
+            .await?))
+    }
+    .await;
+    let err = res.expect_err("check violation");
+    assert!(matches!(err, AppError::BadRequest(_)), "{err:?}");
+    assert!(
+        !err.to_string().to_lowercase().contains("constraint"),
+        "database text leaked: {err}"
+    );
+    plan.price_cents = 500;
+    let res: Result<usize, AppError> = async {
+        Ok(db_run!(&db, |conn| diesel::insert_into(plans::table)
+            .values(&plan)
+            .execute(conn)
+            .await?))
+    }
+    .await;
+    assert_eq!(res.expect("plan"), 1);
+
+    // Foreign keys are enforced (SQLite too): a subscription of a missing user.
+    let sub = |user_id: &str, status: &str| Subscription {
+        id: new_id(),
+        user_id: user_id.into(),
+        plan_id: plan.id.clone(),
+        status: status.into(),
+        starts_at: ts,
+        expires_at: ts + chrono::Duration::days(30),
+        traffic_limit_bytes: plan.traffic_limit_bytes,
+        traffic_used_bytes: 0,
+        period_start: ts,
+        created_at: ts,
+        updated_at: ts,
+    };
+    let insert = |s: Subscription| {
+        let db = db.clone();
+        async move {
+            let r: Result<usize, AppError> = async {
+                Ok(db_run!(&db, |conn| diesel::insert_into(
+                    subscriptions::table
+                )
+                .values(&s)
+                .execute(conn)
+                .await?))
+            }
+            .await;
+            r
+        }
+    };
+    let orphan = insert(sub("no-such-user", "active")).await;
+    assert!(matches!(orphan, Err(AppError::Conflict(_))), "{orphan:?}");
+    // One active subscription per user; cancelled ones don't count.
+    insert(sub(&u.id, "active")).await.expect("first active");
+    insert(sub(&u.id, "cancelled"))
+        .await
+        .expect("cancelled alongside");
+    let second = insert(sub(&u.id, "active")).await;
+    assert!(matches!(second, Err(AppError::Conflict(_))), "{second:?}");
+
+    // Not found is typed.
+    let missing = accounts::find_user(&db, "nope").await.expect("query");
+    assert!(missing.is_none());
+    let n: i64 = async {
+        Ok::<_, AppError>(db_run!(&db, |conn| users::table
+            .count()
+            .get_result(conn)
+            .await?))
+    }
+    .await
+    .expect("count");
+    assert_eq!(n, 1);
+
+    // Deleting the user cascades to its subscriptions.
+    let left: i64 = async {
+        Ok::<_, AppError>(db_run!(&db, |conn| {
+            diesel::delete(users::table.find(&u.id))
+                .execute(conn)
+                .await?;
+            subscriptions::table.count().get_result(conn).await?
+        }))
+    }
+    .await
+    .expect("cascade");
+    assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_invariants_postgres() {
+    storage_invariants(&TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_invariants_sqlite() {
+    storage_invariants(&TestDb::sqlite().await).await;
+}
+
+async fn up_down_up(t: &TestDb) {
+    let applied = db::migrate(&t.dsn).await.expect("up");
+    assert!(applied >= 1);
+    assert_eq!(
+        db::migrate(&t.dsn).await.expect("up again"),
+        0,
+        "nothing left to apply"
+    );
+    let reverted = db::revert_all(&t.dsn).await.expect("down");
+    assert_eq!(reverted, applied);
+    assert_eq!(db::migrate(&t.dsn).await.expect("up after down"), applied);
+    // The schema works after the round trip.
+    let db = t.pool();
+    accounts::create_user(&db, "x@example.com", "long enough password", Role::Admin)
+        .await
+        .expect("usable");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_up_down_up_postgres() {
+    up_down_up(&TestDb::pg_empty().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_up_down_up_sqlite() {
+    up_down_up(&TestDb::sqlite_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_ok_then_503_when_database_goes_away() {
+    let mut t = TestDb::pg().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let res = client()
+        .get(server.url("/api/v1/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.expect("json"),
+        serde_json::json!({"status": "ok"})
+    );
+    t.drop_now().await;
+    let res = client()
+        .get(server.url("/api/v1/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.expect("json"),
+        serde_json::json!({"status": "unavailable"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_on_sqlite_and_unknown_routes_are_json_404() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let res = client()
+        .get(server.url("/api/v1/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(res.status(), 200);
+    let res = client().get(server.url("/nope")).send().await.expect("404");
+    assert_eq!(res.status(), 404);
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "NOT_FOUND");
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(
+            "httvps_http_requests_total{method=\"GET\",route=\"/api/v1/health\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
+    // GraphiQL is off outside debug mode.
+    assert_eq!(
+        client()
+            .get(server.url("/graphiql"))
+            .send()
+            .await
+            .expect("graphiql")
+            .status(),
+        404
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_start_together_on_a_fresh_database() {
+    let t = TestDb::pg_empty().await;
+    let procs: Vec<_> = (0..3)
+        .map(|_| {
+            let mut cmd = httvps_cmd();
+            cmd.args(["serve", "--port", "0"])
+                .env("BACKEND_DB_DSN", t.url())
+                .env("BACKEND_SECRET_KEY", common::TEST_SECRET);
+            std::thread::spawn(move || spawn_listening(cmd))
+        })
+        .collect();
+    let procs: Vec<_> = procs
+        .into_iter()
+        .map(|h| h.join().expect("spawn thread"))
+        .collect();
+    for p in &procs {
+        let addr = p.addr.expect("server came up");
+        let res = client()
+            .get(format!("http://{addr}/api/v1/health"))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(res.status(), 200);
+    }
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let db = Db::connect(&t.dsn, 1).expect("pool");
+    let rows: Row = async {
+        Ok::<_, AppError>(db_run!(&db, |conn| diesel::sql_query(
+            "SELECT count(*) AS n FROM __diesel_schema_migrations"
+        )
+        .get_result(conn)
+        .await?))
+    }
+    .await
+    .expect("count migrations");
+    let expected =
+        diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&db::PG_MIGRATIONS)
+            .expect("embedded")
+            .len();
+    assert_eq!(
+        rows.n as usize, expected,
+        "each migration applied exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_bad_config_naming_the_variable() {
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (
+            &[("BACKEND_DB_DSN", "sqlite://x.db")],
+            "BACKEND_SECRET_KEY is missing",
+        ),
+        (
+            &[
+                ("BACKEND_DB_DSN", "sqlite://x.db"),
+                ("BACKEND_SECRET_KEY", "short"),
+            ],
+            "BACKEND_SECRET_KEY must be at least 32 bytes",
+        ),
+        (
+            &[
+                ("BACKEND_DB_DSN", "sqlite://x.db"),
+                ("BACKEND_SECRET_KEY", httvps::config::EXAMPLE_SECRET),
+            ],
+            "BACKEND_SECRET_KEY is the example value",
+        ),
+        (
+            &[("BACKEND_SECRET_KEY", common::TEST_SECRET)],
+            "BACKEND_DB_DSN is missing",
+        ),
+        (
+            &[
+                ("BACKEND_DB_DSN", "mysql://x"),
+                ("BACKEND_SECRET_KEY", common::TEST_SECRET),
+            ],
+            "BACKEND_DB_DSN must start with",
+        ),
+        (
+            &[
+                ("BACKEND_DB_DSN", "sqlite://x.db"),
+                ("BACKEND_SECRET_KEY", common::TEST_SECRET),
+                ("JWT_ALGORITHM", "none"),
+            ],
+            "JWT_ALGORITHM must be one of HS256, HS384, HS512",
+        ),
+    ];
+    let dir = common::tempdir::TempDir::new();
+    for (env, expected) in cases {
+        let mut cmd = httvps_cmd();
+        cmd.current_dir(dir.path()).arg("serve");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?} should be refused");
+        assert!(
+            stderr.contains(expected),
+            "{env:?}: expected {expected:?} in {stderr}"
+        );
+        assert!(
+            !stderr.contains(common::TEST_SECRET),
+            "secret leaked into logs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_server_cleanly() {
+    let t = TestDb::sqlite_empty();
+    let mut cmd = httvps_cmd();
+    cmd.args(["serve", "--port", "0"])
+        .env("BACKEND_DB_DSN", t.url())
+        .env("BACKEND_SECRET_KEY", common::TEST_SECRET);
+    let mut p = spawn_listening(cmd);
+    assert!(p.addr.is_some(), "server came up");
+    let pid = p.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = p.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "exit status {code:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_create_reads_the_password_from_stdin() {
+    let t = TestDb::pg().await;
+    let mut cmd = httvps_cmd();
+    cmd.args([
+        "admin",
+        "create",
+        "--email",
+        "root@example.com",
+        "--password-stdin",
+    ])
+    .env("BACKEND_DB_DSN", t.url())
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"a very good password\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = t.pool();
+    let user = accounts::authenticate(&db, "root@example.com", "a very good password")
+        .await
+        .expect("login");
+    assert_eq!(user.role, "admin");
+    assert!(user.password_hash.starts_with("$argon2id$"));
+    // Without --password-stdin there is no way to set a password: refused.
+    let out = httvps_cmd()
+        .args(["admin", "create", "--email", "x@example.com"])
+        .env("BACKEND_DB_DSN", t.url())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_starts_on_sqlite_and_keeps_its_data() {
+    let dir = common::tempdir::TempDir::new();
+    let data = dir.path().join("data");
+    let start = || {
+        let mut cmd = httvps_cmd();
+        cmd.current_dir(dir.path()).args(["up", "--port", "0"]);
+        spawn_listening(cmd)
+    };
+    let first = start();
+    let addr = first.addr.expect("up came up");
+    let res = client()
+        .get(format!("http://{addr}/api/v1/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(res.status(), 200);
+    let password_line = first
+        .stdout
+        .iter()
+        .find(|l| l.trim_start().starts_with("password:"))
+        .expect("password printed");
+    let password = password_line
+        .split_whitespace()
+        .nth(1)
+        .expect("password")
+        .to_owned();
+    // The printed password logs in as admin.
+    let login = gql(
+        &format!("http://{addr}"),
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken user{role}}}",
+        serde_json::json!({"e": "admin@localhost", "p": password}),
+    )
+    .await;
+    assert_eq!(login["data"]["login"]["user"]["role"], "ADMIN", "{login}");
+    // GraphiQL is on in `up`.
+    assert_eq!(
+        client()
+            .get(format!("http://{addr}/graphiql"))
+            .send()
+            .await
+            .expect("graphiql")
+            .status(),
+        200
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("secret.key"))
+            .expect("secret")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    drop(first);
+    let second = start();
+    assert!(second.addr.is_some(), "restarted");
+    assert!(
+        !second.stdout.iter().any(|l| l.contains("password:")),
+        "no new password on restart"
+    );
+    drop(second);
+}
+
+#[test]
+fn schema_graphql_is_up_to_date() {
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
+        .unwrap_or_default();
+    let current = httvps::control::graphql::sdl();
+    assert!(
+        committed == current,
+        "schema.graphql is out of date: regenerate it with `cargo run --bin httvps -- schema > schema.graphql`"
+    );
+}
+
+#[test]
+fn env_example_lists_every_variable_the_code_reads() {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example"))
+        .expect(".env.example");
+    let listed: Vec<&str> = example
+        .lines()
+        .filter_map(|l| l.trim_start_matches('#').trim().split_once('='))
+        .map(|(k, _)| k.trim())
+        .collect();
+    let mut read = vec!["RUST_LOG".to_owned()];
+    let mut stack = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).expect("read src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for marker in ["env = \"", "var(\"", "env!(\""] {
+                for (i, _) in text.match_indices(marker) {
+                    let rest = &text[i + marker.len()..];
+                    if let Some(end) = rest.find('"') {
+                        let name = &rest[..end];
+                        if name
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                            && !name.starts_with("CARGO")
+                        {
+                            read.push(name.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(read.len() > 8, "the scan found the variables: {read:?}");
+    for name in read {
+        assert!(
+            listed.contains(&name.as_str()),
+            "{name} is read by the code but not documented in .env.example"
+        );
+    }
+}
