@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::auth::jwt::JwtKeys;
 use crate::config::{SecretKey, Settings, validate_secret};
 use crate::control::accounts::{self, Role};
+use crate::control::events::Events;
 use crate::control::http::{self, AppState};
 use crate::db::{self, Db, Dsn};
 
@@ -30,7 +31,17 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         settings.jwt_algorithm,
         settings.jwt_expire_minutes * 60,
     );
-    Ok(AppState::new(db, jwt, settings.debug))
+    let events = Events::new(db.clone());
+    if let Dsn::Postgres(url) = &settings.dsn {
+        events.start_listener(url).await;
+    }
+    Ok(AppState::new(
+        db,
+        jwt,
+        events,
+        settings.gateway_url.clone(),
+        settings.debug,
+    ))
 }
 
 /// Runs the control plane until `shutdown` completes.
@@ -86,6 +97,9 @@ pub struct UpReport {
     pub data_dir: PathBuf,
 }
 
+/// Where `up`'s embedded gateway listens.
+pub const UP_GATEWAY_URL: &str = "https://127.0.0.1:8443";
+
 /// Email of the admin `up` creates on first start.
 pub const UP_ADMIN_EMAIL: &str = "admin@localhost";
 
@@ -107,6 +121,7 @@ pub async fn prepare_up(data_dir: &Path, port: u16) -> anyhow::Result<UpReport> 
         jwt_algorithm: jsonwebtoken::Algorithm::HS256,
         jwt_expire_minutes: 60,
         debug: true,
+        gateway_url: Some(UP_GATEWAY_URL.to_owned()),
     };
     db::migrate(&dsn).await.context("applying migrations")?;
     let db = Db::connect(&dsn, 1).context("opening the database")?;

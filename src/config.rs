@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// Lifetime of access tokens, in minutes (1 to 1440).
     #[arg(long, env = "JWT_EXPIRE_MINUTES", default_value = "15")]
     pub jwt_expire_minutes: String,
+    /// Public URL of the gateway devices connect through (used in access
+    /// links); defaults to the first active registered gateway.
+    #[arg(long, env = "BACKEND_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
 }
 
 /// A configuration error that names the variable at fault.
@@ -167,6 +171,8 @@ pub struct Settings {
     pub jwt_expire_minutes: i64,
     /// Development mode: introspection, suggestions and GraphiQL on.
     pub debug: bool,
+    /// Public gateway URL for access links.
+    pub gateway_url: Option<String>,
 }
 
 /// Checks a secret key: present, long enough, not the example.
@@ -222,6 +228,23 @@ impl Settings {
                 "JWT_EXPIRE_MINUTES",
                 "must be a whole number of minutes from 1 to 1440",
             ))?;
+        let gateway_url = match args
+            .gateway_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => None,
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "BACKEND_GATEWAY_URL",
+                    "must be an https:// URL",
+                ));
+            }
+        };
         Ok(Settings {
             dsn,
             pool_size,
@@ -231,6 +254,7 @@ impl Settings {
             jwt_algorithm,
             jwt_expire_minutes,
             debug,
+            gateway_url,
         })
     }
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use diesel::result::DatabaseErrorKind;
 
 /// What went wrong, in terms a client can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AppError {
     /// The input is malformed or out of range.
     #[error("{0}")]

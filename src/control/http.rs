@@ -1,9 +1,11 @@
-//! The control plane's HTTP server: health, metrics, GraphQL and GraphiQL.
+//! The control plane's HTTP server: health, metrics, GraphQL (HTTP and
+//! WebSocket) and GraphiQL.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_graphql::dataloader::DataLoader;
 use async_graphql::http::GraphiQLSource;
 use axum::extract::{DefaultBodyLimit, Query as QueryParams, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,10 +17,12 @@ use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::accounts::{self, Role};
-use super::graphql::{ApiSchema, Viewer, build_schema};
+use super::events::Events;
+use super::graphql::loaders::DbLoader;
+use super::graphql::{ApiContext, ApiSchema, Viewer, build_schema, check_aliases};
 use super::metrics::{self, Metrics};
 use crate::auth::jwt::{Audience, JwtKeys};
-use crate::db::Db;
+use crate::db::{Db, DbPool};
 use crate::error::AppError;
 
 /// Largest request body accepted anywhere (GraphQL and REST), in bytes.
@@ -29,8 +33,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     /// The database.
     pub db: Db,
-    /// Token keys.
-    pub jwt: JwtKeys,
+    /// What use cases need (database, keys, events).
+    pub api: ApiContext,
     /// The GraphQL schema.
     pub schema: ApiSchema,
     /// Request metrics.
@@ -41,11 +45,23 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state from its parts.
-    pub fn new(db: Db, jwt: JwtKeys, debug: bool) -> Self {
-        let schema = build_schema(db.clone(), jwt.clone(), debug);
+    pub fn new(
+        db: Db,
+        jwt: JwtKeys,
+        events: Events,
+        gateway_url: Option<String>,
+        debug: bool,
+    ) -> Self {
+        let api = ApiContext {
+            db: db.clone(),
+            jwt,
+            events,
+            gateway_url,
+        };
+        let schema = build_schema(api.clone(), debug);
         AppState {
             db,
-            jwt,
+            api,
             schema,
             metrics: Arc::new(Metrics::default()),
             debug,
@@ -58,7 +74,8 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/api/v1/health", get(health))
         .route("/metrics", get(prometheus))
-        .route("/graphql", get(graphql_get).post(graphql_post));
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/graphql/ws", get(graphql_ws));
     if state.debug {
         app = app.route("/graphiql", get(graphiql));
     }
@@ -106,9 +123,9 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn prometheus(State(state): State<AppState>) -> Response {
-    let (size, available) = match &state.db {
-        Db::Pg(p) => (p.status().size, p.status().available),
-        Db::Sqlite(p) => (p.status().size, p.status().available),
+    let (size, available) = match &state.db.pool {
+        DbPool::Pg(p) => (p.status().size, p.status().available),
+        DbPool::Sqlite(p) => (p.status().size, p.status().available),
     };
     let body = state.metrics.render(&[
         (
@@ -120,6 +137,11 @@ async fn prometheus(State(state): State<AppState>) -> Response {
             "httvps_db_pool_idle",
             "Idle database connections.",
             available as f64,
+        ),
+        (
+            "httvps_db_queries",
+            "Queries started since start-up.",
+            state.db.query_count() as f64,
         ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
@@ -138,6 +160,37 @@ async fn graphiql() -> Html<String> {
     )
 }
 
+/// The bearer token of a request, if any; a malformed header is an error.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| Some(t.trim()))
+        .ok_or(AppError::Unauthenticated)
+}
+
+/// Checks an access JWT and the user behind it (active, token version current).
+pub async fn viewer_from_token(api: &ApiContext, token: &str) -> Result<Viewer, AppError> {
+    let claims = api.jwt.verify(Audience::Access, token)?;
+    let user = accounts::find_user(&api.db, &claims.sub)
+        .await?
+        .ok_or(AppError::Unauthenticated)?;
+    if user.status != "active" || user.token_version != claims.ver {
+        return Err(AppError::Unauthenticated);
+    }
+    Ok(Viewer {
+        user_id: user.id,
+        role: Role::parse(&user.role),
+    })
+}
+
 /// Resolves the caller from `Authorization: Bearer`. No header: anonymous.
 /// A bad, expired or outdated token is refused outright rather than treated
 /// as anonymous, so a client learns at once that it must sign in again.
@@ -145,29 +198,10 @@ pub async fn resolve_viewer(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Viewer>, AppError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or(AppError::Unauthenticated)?;
-    let claims = state.jwt.verify(Audience::Access, token)?;
-    let user = accounts::find_user(&state.db, &claims.sub)
-        .await?
-        .ok_or(AppError::Unauthenticated)?;
-    if user.status != "active" || user.token_version != claims.ver {
-        return Err(AppError::Unauthenticated);
+    match bearer_token(headers)? {
+        None => Ok(None),
+        Some(token) => viewer_from_token(&state.api, token).await.map(Some),
     }
-    Ok(Some(Viewer {
-        user_id: user.id,
-        role: Role::parse(&user.role),
-    }))
 }
 
 fn graphql_error(err: AppError) -> Response {
@@ -183,15 +217,30 @@ async fn execute(
     headers: &HeaderMap,
     request: async_graphql::Request,
 ) -> Response {
+    if let Err(e) = check_aliases(&request.query) {
+        return graphql_error(e);
+    }
     let viewer = match resolve_viewer(state, headers).await {
         Ok(v) => v,
         Err(e) => return graphql_error(e),
     };
-    let mut request = request;
+    let mut request = request.data(DataLoader::new(
+        DbLoader::new(state.db.clone()),
+        tokio::spawn,
+    ));
     if let Some(v) = viewer {
         request = request.data(v);
     }
-    Json(state.schema.execute(request).await).into_response()
+    let mut response = state.schema.execute(request).await;
+    // Errors raised by the engine itself (parse, validation, limits, input
+    // coercion) carry no code yet: they are all the client's.
+    for err in &mut response.errors {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", "BAD_REQUEST");
+        }
+    }
+    Json(response).into_response()
 }
 
 /// `POST /graphql`: JSON only; one operation per request (no batching).
@@ -211,7 +260,7 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
     }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(_) if body.first() == Some(&b'[') => {
+        Err(_) if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') => {
             return graphql_error(AppError::bad("batched requests are not supported"));
         }
         Err(e) => return graphql_error(AppError::bad(format!("malformed GraphQL request: {e}"))),
@@ -236,8 +285,10 @@ async fn graphql_get(
     let Ok(QueryParams(params)) = params else {
         return graphql_error(AppError::bad("GET /graphql needs a query parameter"));
     };
-    if is_mutation(&params.query, params.operation_name.as_deref()) {
-        return graphql_error(AppError::bad("mutations must be sent with POST"));
+    if !is_query_only(&params.query, params.operation_name.as_deref()) {
+        return graphql_error(AppError::bad(
+            "only queries may be sent with GET; POST mutations as JSON",
+        ));
     }
     let mut request = async_graphql::Request::new(params.query);
     if let Some(name) = params.operation_name {
@@ -252,19 +303,44 @@ async fn graphql_get(
     execute(&state, &headers, request).await
 }
 
-/// Whether the operation that would run is a mutation or a subscription.
-/// Unparseable documents are left to the executor, which rejects them.
-fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
+/// Whether every operation that could run is a query. Unparseable documents
+/// pass here and are rejected by the executor.
+fn is_query_only(query: &str, operation_name: Option<&str>) -> bool {
     use async_graphql::parser::types::{DocumentOperations, OperationType};
     let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return false;
+        return true;
     };
-    let not_query = |t: OperationType| t != OperationType::Query;
+    let is_query = |t: OperationType| t == OperationType::Query;
     match &doc.operations {
-        DocumentOperations::Single(op) => not_query(op.node.ty),
+        DocumentOperations::Single(op) => is_query(op.node.ty),
         DocumentOperations::Multiple(ops) => match operation_name {
-            Some(name) => ops.get(name).is_some_and(|op| not_query(op.node.ty)),
-            None => ops.values().any(|op| not_query(op.node.ty)),
+            Some(name) => ops.get(name).is_none_or(|op| is_query(op.node.ty)),
+            None => ops.values().all(|op| is_query(op.node.ty)),
         },
     }
+}
+
+/// `GET /graphql/ws`: the WebSocket for live operations.
+/// The sub-protocol is `graphql-transport-ws` unless the client asks for the
+/// legacy `graphql-ws`.
+async fn graphql_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    use std::str::FromStr;
+    let protocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| async_graphql::http::WebSocketProtocols::from_str(p.trim()).ok())
+        })
+        .unwrap_or(async_graphql::http::WebSocketProtocols::GraphQLWS);
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(MAX_BODY_BYTES)
+        .on_upgrade(move |socket| {
+            super::graphql::ws::serve(state.schema.clone(), state.api.clone(), socket, protocol)
+        })
 }

@@ -2,6 +2,15 @@
 //! by both GraphQL and REST), the GraphQL API, and the HTTP server.
 
 pub mod accounts;
+pub mod audit;
+pub mod catalogue;
+pub mod devices;
+pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod metrics;
+pub mod nodes;
+pub mod pagination;
+pub mod sessions;
+pub mod subscriptions;
+pub mod validate;

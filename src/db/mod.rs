@@ -5,6 +5,8 @@
 pub mod models;
 pub mod schema;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -75,11 +77,29 @@ impl Dsn {
 
 /// A pool of connections to one of the two supported databases.
 #[derive(Clone)]
-pub enum Db {
+pub enum DbPool {
     /// PostgreSQL through tokio-postgres.
     Pg(Pool<AsyncPgConnection>),
     /// SQLite through the sync connection wrapper.
     Sqlite(Pool<SqliteConn>),
+}
+
+/// The database handle passed to use cases: a pool and a count of the
+/// queries it has run (for metrics, and for tests that guard against N+1).
+#[derive(Clone)]
+pub struct Db {
+    /// The pool.
+    pub pool: DbPool,
+    queries: Arc<AtomicU64>,
+}
+
+fn counting(queries: &Arc<AtomicU64>) -> impl diesel::connection::Instrumentation + use<> {
+    let queries = queries.clone();
+    move |event: diesel::connection::InstrumentationEvent<'_>| {
+        if let diesel::connection::InstrumentationEvent::StartQuery { .. } = event {
+            queries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Errors of storage set-up (not of queries, which use diesel's error).
@@ -120,16 +140,32 @@ impl Db {
             create: Some(Duration::from_secs(5)),
             recycle: Some(Duration::from_secs(5)),
         };
-        match dsn {
+        let queries = Arc::new(AtomicU64::new(0));
+        let pool = match dsn {
             Dsn::Postgres(url) => {
-                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.clone());
+                let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                let q = queries.clone();
+                config.custom_setup = Box::new(move |url| {
+                    let q = q.clone();
+                    let url = url.to_owned();
+                    async move {
+                        let mut conn = AsyncPgConnection::establish(&url).await?;
+                        conn.set_instrumentation(counting(&q));
+                        Ok(conn)
+                    }
+                    .boxed()
+                });
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+                    url.clone(),
+                    config,
+                );
                 let pool = Pool::builder(manager)
                     .max_size(max_size.max(1))
                     .timeouts(timeouts)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .map_err(|e| SetupError::Pool(e.to_string()))?;
-                Ok(Db::Pg(pool))
+                DbPool::Pg(pool)
             }
             Dsn::Sqlite(path) => {
                 if let Some(parent) = std::path::Path::new(path).parent()
@@ -161,28 +197,34 @@ impl Db {
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .map_err(|e| SetupError::Pool(e.to_string()))?;
-                Ok(Db::Sqlite(pool))
+                DbPool::Sqlite(pool)
             }
-        }
+        };
+        Ok(Db { pool, queries })
+    }
+
+    /// How many queries this pool's connections have started.
+    pub fn query_count(&self) -> u64 {
+        AtomicU64::load(&self.queries, Ordering::Relaxed)
     }
 
     /// The backend's name, for logs and metrics.
     pub fn backend(&self) -> &'static str {
-        match self {
-            Db::Pg(_) => "postgres",
-            Db::Sqlite(_) => "sqlite",
+        match self.pool {
+            DbPool::Pg(_) => "postgres",
+            DbPool::Sqlite(_) => "sqlite",
         }
     }
 
     /// Answers whether the database responds within `deadline`.
     pub async fn ping(&self, deadline: Duration) -> bool {
         let check = async {
-            match self {
-                Db::Pg(pool) => {
+            match &self.pool {
+                DbPool::Pg(pool) => {
                     let mut conn = pool.get().await.ok()?;
                     diesel::sql_query("SELECT 1").execute(&mut *conn).await.ok()
                 }
-                Db::Sqlite(pool) => {
+                DbPool::Sqlite(pool) => {
                     let mut conn = pool.get().await.ok()?;
                     diesel::sql_query("SELECT 1").execute(&mut *conn).await.ok()
                 }
@@ -266,13 +308,13 @@ pub async fn revert_all(dsn: &Dsn) -> Result<usize, SetupError> {
 #[macro_export]
 macro_rules! db_run {
     ($db:expr, |$conn:ident| $body:expr) => {
-        match $db {
-            $crate::db::Db::Pg(pool) => {
+        match &($db).pool {
+            $crate::db::DbPool::Pg(pool) => {
                 let mut pooled = pool.get().await?;
                 let $conn = &mut *pooled;
                 $body
             }
-            $crate::db::Db::Sqlite(pool) => {
+            $crate::db::DbPool::Sqlite(pool) => {
                 let mut pooled = pool.get().await?;
                 let $conn = &mut *pooled;
                 $body
@@ -286,12 +328,12 @@ macro_rules! db_run {
 #[macro_export]
 macro_rules! db_tx {
     ($db:expr, |$conn:ident| $body:expr) => {
-        match $db {
-            $crate::db::Db::Pg(pool) => {
+        match &($db).pool {
+            $crate::db::DbPool::Pg(pool) => {
                 let mut pooled = pool.get().await?;
                 diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| $body).await
             }
-            $crate::db::Db::Sqlite(pool) => {
+            $crate::db::DbPool::Sqlite(pool) => {
                 let mut pooled = pool.get().await?;
                 diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| $body).await
             }

@@ -263,6 +263,7 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
         jwt_algorithm: jsonwebtoken::Algorithm::HS256,
         jwt_expire_minutes: 15,
         debug,
+        gateway_url: Some("https://gw.test.example".to_owned()),
     }
 }
 

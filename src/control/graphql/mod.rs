@@ -1,31 +1,73 @@
 //! The GraphQL API: one file per domain, merged into the root types. Guards
-//! declare who may call a field; errors carry stable `extensions.code`s.
+//! declare who may call a field; errors carry stable `extensions.code`s;
+//! dataloaders batch every relation.
 
 pub mod accounts;
+pub mod activity;
+pub mod catalogue;
+pub mod devices;
+pub mod live;
+pub mod loaders;
+pub mod nodes;
 pub mod scalars;
+pub mod subscriptions;
+pub mod ws;
 
-use async_graphql::{Context, EmptySubscription, Guard, MergedObject, Schema};
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Guard, MergedObject, OutputType, Schema};
+use chrono::NaiveDateTime;
 
 use crate::auth::jwt::JwtKeys;
 use crate::control::accounts::Role;
+use crate::control::events::Events;
+use crate::control::pagination::{self, Page};
 use crate::db::Db;
 use crate::error::AppError;
 
 /// Root query type.
 #[derive(MergedObject, Default)]
-pub struct Query(accounts::AccountQuery);
+pub struct Query(
+    accounts::AccountQuery,
+    catalogue::CatalogueQuery,
+    subscriptions::SubscriptionQuery,
+    devices::DeviceQuery,
+    nodes::NodeQuery,
+    activity::ActivityQuery,
+);
 
 /// Root mutation type.
 #[derive(MergedObject, Default)]
-pub struct Mutation(accounts::AccountMutation);
+pub struct Mutation(
+    accounts::AccountMutation,
+    catalogue::CatalogueMutation,
+    subscriptions::SubscriptionMutation,
+    devices::DeviceMutation,
+    nodes::NodeMutation,
+);
 
-/// The executable schema.
-pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
+/// The executable schema; the streaming root is `Live` (the word
+/// "subscription" means the billing record here).
+pub type ApiSchema = Schema<Query, Mutation, live::Live>;
 
 /// Most nesting a query may have.
 pub const MAX_DEPTH: usize = 12;
 /// Most complexity (fields, weighted by list sizes) a query may have.
 pub const MAX_COMPLEXITY: usize = 1000;
+/// Most aliases a document may use.
+pub const MAX_ALIASES: usize = 30;
+
+/// What resolvers need, shared by every request.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The database.
+    pub db: Db,
+    /// Token keys.
+    pub jwt: JwtKeys,
+    /// Node events.
+    pub events: Events,
+    /// Public URL of the gateway devices connect through, if configured.
+    pub gateway_url: Option<String>,
+}
 
 /// Who is calling: resolved once per request from the access token.
 #[derive(Debug, Clone)]
@@ -36,11 +78,25 @@ pub struct Viewer {
     pub role: Role,
 }
 
+impl Viewer {
+    /// Whether the caller is an admin.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// A device client on `/graphql/ws` (authenticated by its access token):
+/// it may follow node events and nothing else.
+#[derive(Debug, Clone)]
+pub struct DeviceViewer {
+    /// The device's id.
+    pub device_id: String,
+}
+
 /// Builds the schema. `debug` turns on introspection and field suggestions.
-pub fn build_schema(db: Db, jwt: JwtKeys, debug: bool) -> ApiSchema {
-    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .data(db)
-        .data(jwt)
+pub fn build_schema(api: ApiContext, debug: bool) -> ApiSchema {
+    let mut builder = Schema::build(Query::default(), Mutation::default(), live::Live)
+        .data(api)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
@@ -53,7 +109,7 @@ pub fn build_schema(db: Db, jwt: JwtKeys, debug: bool) -> ApiSchema {
 
 /// The schema in SDL, as committed in `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), live::Live)
         .finish()
         .sdl()
 }
@@ -72,9 +128,23 @@ pub struct AdminOnly;
 
 impl Guard for AdminOnly {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        match viewer(ctx)?.role {
-            Role::Admin => Ok(()),
-            Role::User => Err(AppError::Forbidden.into_graphql()),
+        if viewer(ctx)?.is_admin() {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden.into_graphql())
+        }
+    }
+}
+
+/// Allows signed-in users and device clients (live node events).
+pub struct LiveViewer;
+
+impl Guard for LiveViewer {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        if ctx.data_opt::<DeviceViewer>().is_some() {
+            Ok(())
+        } else {
+            viewer(ctx).map(|_| ())
         }
     }
 }
@@ -95,4 +165,56 @@ impl<T> GqlResultExt<T> for Result<T, AppError> {
     fn gql(self) -> async_graphql::Result<T> {
         self.map_err(AppError::into_graphql)
     }
+}
+
+/// Builds a connection from a page of rows, with keyset cursors.
+pub fn connection<R, N: OutputType>(
+    page: Page<R>,
+    had_cursor: bool,
+    key: impl Fn(&R) -> (NaiveDateTime, String),
+    node: impl Fn(R) -> N,
+) -> Connection<String, N> {
+    let mut c = Connection::new(had_cursor, page.has_next);
+    c.edges.extend(page.rows.into_iter().map(|r| {
+        let (ts, id) = key(&r);
+        Edge::new(pagination::encode(ts, &id), node(r))
+    }));
+    c
+}
+
+/// Counts the aliases in a document (fragments included), refusing the
+/// document when there are more than [`MAX_ALIASES`].
+pub fn check_aliases(query: &str) -> Result<(), AppError> {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    fn count(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|s| match &s.node {
+                Selection::Field(f) => {
+                    usize::from(f.node.alias.is_some()) + count(&f.node.selection_set.node)
+                }
+                Selection::InlineFragment(i) => count(&i.node.selection_set.node),
+                Selection::FragmentSpread(_) => 0,
+            })
+            .sum()
+    }
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return Ok(());
+    };
+    let ops: usize = doc
+        .operations
+        .iter()
+        .map(|(_, op)| count(&op.node.selection_set.node))
+        .sum();
+    let frags: usize = doc
+        .fragments
+        .values()
+        .map(|f| count(&f.node.selection_set.node))
+        .sum();
+    if ops + frags > MAX_ALIASES {
+        return Err(AppError::bad(format!(
+            "the query uses more than {MAX_ALIASES} aliases"
+        )));
+    }
+    Ok(())
 }

@@ -1,0 +1,358 @@
+//! The catalogue: plans and regions.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::pagination::{Page, PageArgs};
+use super::{audit, validate};
+use crate::auth;
+use crate::db::Db;
+use crate::db::models::{Plan, Region, new_id, now};
+use crate::db::schema::{audit_log, plans, regions};
+use crate::error::{AppError, AppResult};
+use crate::{db_run, db_tx, paginate};
+
+/// Shadowsocks ciphers every part of the system supports (what Outline apps
+/// and shadowsocks-service share).
+pub const METHODS: [&str; 3] = ["chacha20-ietf-poly1305", "aes-128-gcm", "aes-256-gcm"];
+
+/// Checks a cipher name.
+pub fn method(value: &str) -> AppResult<String> {
+    let v = value.trim().to_lowercase();
+    if METHODS.contains(&v.as_str()) {
+        Ok(v)
+    } else {
+        Err(AppError::bad(format!(
+            "method must be one of {}",
+            METHODS.join(", ")
+        )))
+    }
+}
+
+/// How often a plan's traffic allowance starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum ResetPeriod {
+    /// The allowance covers the whole subscription.
+    None,
+    /// The allowance starts over every 30 days.
+    Monthly,
+}
+
+impl ResetPeriod {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetPeriod::None => "none",
+            ResetPeriod::Monthly => "monthly",
+        }
+    }
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Self {
+        if s == "monthly" {
+            ResetPeriod::Monthly
+        } else {
+            ResetPeriod::None
+        }
+    }
+}
+
+/// Fields of a new plan.
+#[derive(Debug, Clone)]
+pub struct NewPlan {
+    /// Unique name.
+    pub name: String,
+    /// Price in cents.
+    pub price_cents: i64,
+    /// ISO currency code.
+    pub currency: String,
+    /// Length of a subscription, in days.
+    pub duration_days: i32,
+    /// Traffic allowance in bytes; `None` is unlimited.
+    pub traffic_limit_bytes: Option<i64>,
+    /// Most active devices.
+    pub device_limit: i32,
+    /// When the allowance starts over.
+    pub reset_period: ResetPeriod,
+}
+
+/// Changes to a plan; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, AsChangeset)]
+#[diesel(table_name = plans)]
+pub struct PlanChanges {
+    /// New name.
+    pub name: Option<String>,
+    /// New price.
+    pub price_cents: Option<i64>,
+    /// New duration.
+    pub duration_days: Option<i32>,
+    /// New allowance (`Some(None)` makes it unlimited).
+    pub traffic_limit_bytes: Option<Option<i64>>,
+    /// New device limit.
+    pub device_limit: Option<i32>,
+}
+
+fn check_plan_fields(p: &mut PlanChanges) -> AppResult<()> {
+    if let Some(n) = &p.name {
+        p.name = Some(validate::text("name", n, 1, 100)?);
+    }
+    if let Some(v) = p.price_cents {
+        validate::range("priceCents", v, 0, 1_000_000_000)?;
+    }
+    if let Some(v) = p.duration_days {
+        validate::range("durationDays", v.into(), 1, 3660)?;
+    }
+    if let Some(Some(v)) = p.traffic_limit_bytes {
+        validate::range("trafficLimitBytes", v, 0, i64::MAX)?;
+    }
+    if let Some(v) = p.device_limit {
+        validate::range("deviceLimit", v.into(), 1, 1000)?;
+    }
+    Ok(())
+}
+
+/// Admin: adds a plan.
+pub async fn create_plan(db: &Db, actor: &str, input: NewPlan) -> AppResult<Plan> {
+    let mut fields = PlanChanges {
+        name: Some(input.name),
+        price_cents: Some(input.price_cents),
+        duration_days: Some(input.duration_days),
+        traffic_limit_bytes: Some(input.traffic_limit_bytes),
+        device_limit: Some(input.device_limit),
+    };
+    check_plan_fields(&mut fields)?;
+    let currency = input.currency.trim().to_uppercase();
+    if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(AppError::bad(
+            "currency must be a three-letter code such as USD",
+        ));
+    }
+    let ts = now();
+    let plan = Plan {
+        id: new_id(),
+        name: fields.name.unwrap_or_default(),
+        price_cents: input.price_cents,
+        currency,
+        duration_days: input.duration_days,
+        traffic_limit_bytes: input.traffic_limit_bytes,
+        device_limit: input.device_limit,
+        reset_period: input.reset_period.as_str().to_owned(),
+        archived: false,
+        created_at: ts,
+        updated_at: ts,
+    };
+    let entry = audit::entry(
+        actor,
+        "create_plan",
+        "plan",
+        Some(&plan.id),
+        serde_json::json!({"name": plan.name}),
+    );
+    db_tx!(db, |conn| {
+        let p = diesel::insert_into(plans::table)
+            .values(&plan)
+            .returning(Plan::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(|e| match AppError::from(e) {
+                AppError::Conflict(_) => AppError::Conflict("a plan with this name exists".into()),
+                o => o,
+            })?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(p)
+    })
+}
+
+/// Admin: changes a plan. Existing subscriptions keep their terms.
+pub async fn update_plan(
+    db: &Db,
+    actor: &str,
+    id: &str,
+    mut changes: PlanChanges,
+) -> AppResult<Plan> {
+    let id = validate::id("id", id)?;
+    check_plan_fields(&mut changes)?;
+    let entry = audit::entry(
+        actor,
+        "update_plan",
+        "plan",
+        Some(&id),
+        serde_json::json!({}),
+    );
+    db_tx!(db, |conn| {
+        let ts = now();
+        let p = if changes.name.is_none()
+            && changes.price_cents.is_none()
+            && changes.duration_days.is_none()
+            && changes.traffic_limit_bytes.is_none()
+            && changes.device_limit.is_none()
+        {
+            plans::table
+                .find(&id)
+                .select(Plan::as_select())
+                .first(conn)
+                .await
+                .optional()?
+        } else {
+            diesel::update(plans::table.find(&id))
+                .set((&changes, plans::updated_at.eq(ts)))
+                .returning(Plan::as_returning())
+                .get_result(conn)
+                .await
+                .optional()
+                .map_err(|e| match AppError::from(e) {
+                    AppError::Conflict(_) => {
+                        AppError::Conflict("a plan with this name exists".into())
+                    }
+                    o => o,
+                })?
+        };
+        let p = p.ok_or(AppError::NotFound("plan"))?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(p)
+    })
+}
+
+/// Admin: archives a plan: no new grants, existing subscriptions run on.
+pub async fn archive_plan(db: &Db, actor: &str, id: &str) -> AppResult<Plan> {
+    let id = validate::id("id", id)?;
+    let entry = audit::entry(
+        actor,
+        "archive_plan",
+        "plan",
+        Some(&id),
+        serde_json::json!({}),
+    );
+    db_tx!(db, |conn| {
+        let p = diesel::update(plans::table.find(&id))
+            .set((plans::archived.eq(true), plans::updated_at.eq(now())))
+            .returning(Plan::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?
+            .ok_or(AppError::NotFound("plan"))?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(p)
+    })
+}
+
+/// A page of plans; archived ones only when asked.
+pub async fn list_plans(db: &Db, include_archived: bool, page: &PageArgs) -> AppResult<Page<Plan>> {
+    let rows = db_run!(db, |conn| {
+        let mut q = plans::table.select(Plan::as_select()).into_boxed();
+        if !include_archived {
+            q = q.filter(plans::archived.eq(false));
+        }
+        paginate!(q, plans, page).load(conn).await?
+    });
+    Ok(Page::from_fetch(rows, page.first))
+}
+
+/// Loads plans by id.
+pub async fn plans_by_ids(db: &Db, ids: &[String]) -> AppResult<Vec<Plan>> {
+    Ok(db_run!(db, |conn| plans::table
+        .filter(plans::id.eq_any(ids))
+        .select(Plan::as_select())
+        .load(conn)
+        .await?))
+}
+
+/// Admin: adds a region with a fresh pool key.
+pub async fn create_region(
+    db: &Db,
+    actor: &str,
+    code: &str,
+    name: &str,
+    pool_method: Option<&str>,
+) -> AppResult<Region> {
+    let region = Region {
+        id: new_id(),
+        code: validate::code("code", code)?,
+        name: validate::text("name", name, 1, 100)?,
+        pool_method: method(pool_method.unwrap_or(METHODS[0]))?,
+        pool_secret: auth::random_secret(24),
+        created_at: now(),
+    };
+    let entry = audit::entry(
+        actor,
+        "create_region",
+        "region",
+        Some(&region.id),
+        serde_json::json!({"code": region.code}),
+    );
+    db_tx!(db, |conn| {
+        let r = diesel::insert_into(regions::table)
+            .values(&region)
+            .returning(Region::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(|e| match AppError::from(e) {
+                AppError::Conflict(_) => {
+                    AppError::Conflict("a region with this code exists".into())
+                }
+                o => o,
+            })?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(r)
+    })
+}
+
+/// Creates a region if its code is new (for `up`); returns it either way.
+pub async fn ensure_region(db: &Db, code: &str, name: &str) -> AppResult<Region> {
+    if let Some(r) = region_by_code(db, code).await? {
+        return Ok(r);
+    }
+    let region = Region {
+        id: new_id(),
+        code: validate::code("code", code)?,
+        name: validate::text("name", name, 1, 100)?,
+        pool_method: METHODS[0].to_owned(),
+        pool_secret: auth::random_secret(24),
+        created_at: now(),
+    };
+    db_run!(db, |conn| diesel::insert_into(regions::table)
+        .values(&region)
+        .execute(conn)
+        .await?);
+    Ok(region)
+}
+
+/// A page of regions.
+pub async fn list_regions(db: &Db, page: &PageArgs) -> AppResult<Page<Region>> {
+    let rows = db_run!(db, |conn| {
+        let q = regions::table.select(Region::as_select()).into_boxed();
+        paginate!(q, regions, page).load(conn).await?
+    });
+    Ok(Page::from_fetch(rows, page.first))
+}
+
+/// A region by its code.
+pub async fn region_by_code(db: &Db, code: &str) -> AppResult<Option<Region>> {
+    let code = code.trim().to_lowercase();
+    Ok(db_run!(db, |conn| regions::table
+        .filter(regions::code.eq(&code))
+        .select(Region::as_select())
+        .first(conn)
+        .await
+        .optional()?))
+}
+
+/// Loads regions by id.
+pub async fn regions_by_ids(db: &Db, ids: &[String]) -> AppResult<Vec<Region>> {
+    Ok(db_run!(db, |conn| regions::table
+        .filter(regions::id.eq_any(ids))
+        .select(Region::as_select())
+        .load(conn)
+        .await?))
+}

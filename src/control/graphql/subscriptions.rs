@@ -1,0 +1,175 @@
+//! Subscriptions (the billing record) over GraphQL.
+
+use async_graphql::connection::Connection;
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{ComplexObject, Context, ID, InputObject, Object, SimpleObject};
+
+use super::accounts::User;
+use super::catalogue::Plan;
+use super::loaders::{DbLoader, PlanId, UserId, loader_error};
+use super::scalars::BigInt;
+use super::{AdminOnly, ApiContext, GqlResultExt, SignedIn, connection, viewer};
+use crate::control::pagination::PageArgs;
+use crate::control::subscriptions::{self, SubscriptionFilter, SubscriptionStatus};
+use crate::db::models;
+
+/// A user's right to use the service, granted from a plan.
+#[derive(SimpleObject, Clone)]
+#[graphql(complex)]
+pub struct Subscription {
+    /// Stable id.
+    pub id: ID,
+    /// Status as of now (an active one past its expiry shows EXPIRED).
+    pub status: SubscriptionStatus,
+    /// Start (UTC).
+    pub starts_at: chrono::DateTime<chrono::Utc>,
+    /// End (UTC).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Traffic allowance per period in bytes; null is unlimited.
+    pub traffic_limit_bytes: Option<BigInt>,
+    /// Traffic used in the current period, in bytes.
+    pub traffic_used_bytes: BigInt,
+    /// Start of the current traffic period (UTC).
+    pub period_start: chrono::DateTime<chrono::Utc>,
+    #[graphql(skip)]
+    pub user_id: String,
+    #[graphql(skip)]
+    pub plan_id: String,
+}
+
+impl From<models::Subscription> for Subscription {
+    fn from(s: models::Subscription) -> Self {
+        Subscription {
+            id: ID(s.id.clone()),
+            status: SubscriptionStatus::of(&s, crate::db::models::now()),
+            starts_at: s.starts_at.and_utc(),
+            expires_at: s.expires_at.and_utc(),
+            traffic_limit_bytes: s.traffic_limit_bytes.map(BigInt),
+            traffic_used_bytes: BigInt(s.traffic_used_bytes),
+            period_start: s.period_start.and_utc(),
+            user_id: s.user_id,
+            plan_id: s.plan_id,
+        }
+    }
+}
+
+#[ComplexObject]
+impl Subscription {
+    /// The subscriber.
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let loader = ctx.data::<DataLoader<DbLoader>>()?;
+        Ok(loader
+            .load_one(UserId(self.user_id.clone()))
+            .await
+            .map_err(loader_error)?
+            .map(User::from))
+    }
+
+    /// The plan it was granted from.
+    async fn plan(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Plan>> {
+        let loader = ctx.data::<DataLoader<DbLoader>>()?;
+        Ok(loader
+            .load_one(PlanId(self.plan_id.clone()))
+            .await
+            .map_err(loader_error)?
+            .map(Plan::from))
+    }
+}
+
+/// Filters on `subscriptions`.
+#[derive(InputObject, Default)]
+pub struct SubscriptionFilterInput {
+    /// Admins: only this user's.
+    pub user_id: Option<ID>,
+    /// Only this stored status.
+    pub status: Option<SubscriptionStatus>,
+}
+
+/// Subscription queries.
+#[derive(Default)]
+pub struct SubscriptionQuery;
+
+#[Object]
+impl SubscriptionQuery {
+    /// Subscriptions: the caller's own, or anyone's for admins.
+    #[graphql(guard = "SignedIn")]
+    async fn subscriptions(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<SubscriptionFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Subscription>> {
+        let api = ctx.data::<ApiContext>()?;
+        let v = viewer(ctx)?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let f = filter.unwrap_or_default();
+        let user_id = if v.is_admin() {
+            f.user_id.map(|i| i.0)
+        } else {
+            Some(v.user_id.clone())
+        };
+        let filter = SubscriptionFilter {
+            user_id,
+            status: f.status,
+        };
+        let rows = subscriptions::list(&api.db, &filter, &page).await.gql()?;
+        Ok(connection(
+            rows,
+            after.is_some(),
+            |s| (s.created_at, s.id.clone()),
+            Subscription::from,
+        ))
+    }
+}
+
+/// Subscription mutations.
+#[derive(Default)]
+pub struct SubscriptionMutation;
+
+#[Object]
+impl SubscriptionMutation {
+    /// Admin: grants a plan to a user, starting now.
+    #[graphql(guard = "AdminOnly")]
+    async fn grant_subscription(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+        plan_id: ID,
+    ) -> async_graphql::Result<Subscription> {
+        let api = ctx.data::<ApiContext>()?;
+        subscriptions::grant(&api.db, &viewer(ctx)?.user_id, &user_id, &plan_id)
+            .await
+            .map(Subscription::from)
+            .gql()
+    }
+
+    /// Admin: adds days to a subscription.
+    #[graphql(guard = "AdminOnly")]
+    async fn extend_subscription(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        days: i32,
+    ) -> async_graphql::Result<Subscription> {
+        let api = ctx.data::<ApiContext>()?;
+        subscriptions::extend(&api.db, &viewer(ctx)?.user_id, &id, days)
+            .await
+            .map(Subscription::from)
+            .gql()
+    }
+
+    /// Admin: cancels a subscription now; its tunnels are closed.
+    #[graphql(guard = "AdminOnly")]
+    async fn cancel_subscription(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Subscription> {
+        let api = ctx.data::<ApiContext>()?;
+        subscriptions::cancel(&api.db, &viewer(ctx)?.user_id, &id)
+            .await
+            .map(Subscription::from)
+            .gql()
+    }
+}

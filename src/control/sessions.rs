@@ -1,0 +1,168 @@
+//! Sessions (a device's stay on one node through one gateway) and usage
+//! reports aggregated from the usage ledger.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+use diesel_async::RunQueryDsl;
+
+use super::pagination::{Page, PageArgs};
+use crate::db::models::Session;
+use crate::db::schema::{devices, sessions};
+use crate::db::{Db, DbPool};
+use crate::db_run;
+use crate::error::{AppError, AppResult};
+
+/// Filters on the session list.
+#[derive(Debug, Default, Clone)]
+pub struct SessionFilter {
+    /// Only this device's sessions.
+    pub device_id: Option<String>,
+    /// Only sessions of this user's devices.
+    pub user_id: Option<String>,
+    /// Only sessions on this Outline node.
+    pub outline_node_id: Option<String>,
+    /// Only open (true) or ended (false) sessions.
+    pub open: Option<bool>,
+}
+
+/// A page of sessions, oldest first.
+pub async fn list(db: &Db, filter: &SessionFilter, page: &PageArgs) -> AppResult<Page<Session>> {
+    // Sessions have no created_at column: page on started_at through an alias.
+    let rows = db_run!(db, |conn| {
+        let mut q = sessions::table.select(Session::as_select()).into_boxed();
+        if let Some(d) = &filter.device_id {
+            q = q.filter(sessions::device_id.eq(d.clone()));
+        }
+        if let Some(u) = &filter.user_id {
+            q = q.filter(
+                sessions::device_id.eq_any(
+                    devices::table
+                        .filter(devices::user_id.eq(u.clone()))
+                        .select(devices::id),
+                ),
+            );
+        }
+        if let Some(n) = &filter.outline_node_id {
+            q = q.filter(sessions::outline_node_id.eq(n.clone()));
+        }
+        match filter.open {
+            Some(true) => q = q.filter(sessions::ended_at.is_null()),
+            Some(false) => q = q.filter(sessions::ended_at.is_not_null()),
+            None => {}
+        }
+        if let Some(c) = &page.after {
+            q = q.filter(
+                sessions::started_at
+                    .gt(c.created_at)
+                    .or(sessions::started_at
+                        .eq(c.created_at)
+                        .and(sessions::id.gt(c.id.clone()))),
+            );
+        }
+        q.order((sessions::started_at.asc(), sessions::id.asc()))
+            .limit(page.first + 1)
+            .load(conn)
+            .await?
+    });
+    Ok(Page::from_fetch(rows, page.first))
+}
+
+/// Width of a usage bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum Granularity {
+    /// One bucket per hour.
+    Hour,
+    /// One bucket per day.
+    Day,
+}
+
+/// Bytes moved in one bucket.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct UsageBucket {
+    /// Start of the bucket (UTC).
+    #[diesel(sql_type = Timestamp)]
+    pub bucket: NaiveDateTime,
+    /// Bytes from clients to the internet.
+    #[diesel(sql_type = BigInt)]
+    pub bytes_up: i64,
+    /// Bytes from the internet to clients.
+    #[diesel(sql_type = BigInt)]
+    pub bytes_down: i64,
+}
+
+/// Most buckets one report may hold.
+pub const MAX_BUCKETS: i64 = 24 * 400;
+
+/// Usage per bucket in `[from, to)`, optionally for one user and/or one node.
+pub async fn usage(
+    db: &Db,
+    user_id: Option<&str>,
+    node_id: Option<&str>,
+    from: NaiveDateTime,
+    to: NaiveDateTime,
+    granularity: Granularity,
+) -> AppResult<Vec<UsageBucket>> {
+    if to <= from {
+        return Err(AppError::bad("to must be after from"));
+    }
+    let span_hours = (to - from).num_hours();
+    let buckets = match granularity {
+        Granularity::Hour => span_hours,
+        Granularity::Day => span_hours / 24,
+    };
+    if buckets > MAX_BUCKETS {
+        return Err(AppError::bad(format!(
+            "the range holds more than {MAX_BUCKETS} buckets"
+        )));
+    }
+    let tail = "FROM usage_ledger l JOIN sessions s ON s.id = l.session_id JOIN devices d ON d.id = s.device_id \
+                WHERE l.recorded_at >= $1 AND l.recorded_at < $2 \
+                AND ($3 IS NULL OR d.user_id = $3) AND ($4 IS NULL OR s.outline_node_id = $4) \
+                GROUP BY 1 ORDER BY 1";
+    let sums = "CAST(COALESCE(SUM(l.delta_up), 0) AS BIGINT) AS bytes_up, CAST(COALESCE(SUM(l.delta_down), 0) AS BIGINT) AS bytes_down";
+    let user = user_id.map(str::to_owned);
+    let node = node_id.map(str::to_owned);
+    Ok(match &db.pool {
+        DbPool::Pg(pool) => {
+            let unit = if granularity == Granularity::Hour {
+                "hour"
+            } else {
+                "day"
+            };
+            let sql =
+                format!("SELECT date_trunc('{unit}', l.recorded_at) AS bucket, {sums} {tail}");
+            let mut conn = pool.get().await?;
+            diesel::sql_query(
+                sql.replace("$3 IS NULL", "$3::text IS NULL")
+                    .replace("$4 IS NULL", "$4::text IS NULL"),
+            )
+            .bind::<Timestamp, _>(from)
+            .bind::<Timestamp, _>(to)
+            .bind::<Nullable<Text>, _>(user)
+            .bind::<Nullable<Text>, _>(node)
+            .load(&mut *conn)
+            .await?
+        }
+        DbPool::Sqlite(pool) => {
+            let fmt = if granularity == Granularity::Hour {
+                "%Y-%m-%d %H:00:00"
+            } else {
+                "%Y-%m-%d 00:00:00"
+            };
+            let sql = format!("SELECT strftime('{fmt}', l.recorded_at) AS bucket, {sums} {tail}")
+                .replace("$1", "?1")
+                .replace("$2", "?2")
+                .replace("$3", "?3")
+                .replace("$4", "?4");
+            let mut conn = pool.get().await?;
+            diesel::sql_query(sql)
+                .bind::<Timestamp, _>(from)
+                .bind::<Timestamp, _>(to)
+                .bind::<Nullable<Text>, _>(user)
+                .bind::<Nullable<Text>, _>(node)
+                .load(&mut *conn)
+                .await?
+        }
+    })
+}
