@@ -12,7 +12,9 @@ use std::time::Duration;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -144,6 +146,9 @@ impl Db {
         let pool = match dsn {
             Dsn::Postgres(url) => {
                 let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                // No round trip per checkout: a broken connection is noticed
+                // by its failed query and dropped by the pool.
+                config.recycling_method = RecyclingMethod::Fast;
                 let q = queries.clone();
                 config.custom_setup = Box::new(move |url| {
                     let q = q.clone();
@@ -176,6 +181,7 @@ impl Db {
                     })?;
                 }
                 let mut config = ManagerConfig::<SqliteConn>::default();
+                config.recycling_method = RecyclingMethod::Fast;
                 config.custom_setup = Box::new(|url| {
                     let url = url.to_owned();
                     async move {

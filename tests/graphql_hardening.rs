@@ -1,0 +1,514 @@
+//! GraphQL hardening and authorization: limits, transport rules, error
+//! masking, the authorization walker, and live events over WebSocket
+//! (across two server processes on one PostgreSQL).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{TestDb, TestServer, client, gql, httvps_cmd, spawn_listening};
+use futures_util::{SinkExt, StreamExt};
+use httvps::control::accounts::{self, Role};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn token_for(server_base: &str, db: &httvps::db::Db, role: Role) -> String {
+    let email = format!(
+        "{}-{}@example.com",
+        role.as_str(),
+        uuid::Uuid::new_v4().simple()
+    );
+    accounts::create_user(db, &email, PASSWORD, role)
+        .await
+        .expect("user");
+    let r = gql(
+        server_base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+        json!({"e": email, "p": PASSWORD}),
+    )
+    .await;
+    r["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned()
+}
+
+fn code(r: &Value) -> Option<&str> {
+    r["errors"][0]["extensions"]["code"].as_str()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Access {
+    Public,
+    SignedIn,
+    Admin,
+    /// Streaming root: checked over WebSocket in its own test.
+    Live,
+}
+
+const ID: &str = "00000000-0000-4000-8000-000000000000";
+
+/// Every root field, who may call it, and a call with harmless arguments.
+fn table() -> BTreeMap<&'static str, (Access, String)> {
+    use Access::*;
+    let range = "from:\"2020-01-01T00:00:00Z\",to:\"2020-01-02T00:00:00Z\"";
+    BTreeMap::from([
+        ("Query.me", (SignedIn, "{me{id}}".into())),
+        ("Query.users", (Admin, "{users{edges{node{id}}}}".into())),
+        ("Query.user", (Admin, format!("{{user(id:\"{ID}\"){{id}}}}"))),
+        ("Query.plans", (SignedIn, "{plans{edges{node{id}}}}".into())),
+        ("Query.regions", (SignedIn, "{regions{edges{node{id}}}}".into())),
+        ("Query.subscriptions", (SignedIn, "{subscriptions{edges{node{id}}}}".into())),
+        ("Query.devices", (SignedIn, "{devices{edges{node{id}}}}".into())),
+        ("Query.outlineNodes", (Admin, "{outlineNodes{edges{node{id}}}}".into())),
+        ("Query.gatewayNodes", (Admin, "{gatewayNodes{edges{node{id}}}}".into())),
+        ("Query.sessions", (Admin, "{sessions{edges{node{id}}}}".into())),
+        ("Query.usage", (SignedIn, format!("{{usage({range}){{bytesUp}}}}"))),
+        ("Query.auditLog", (Admin, "{auditLog{edges{node{id}}}}".into())),
+        ("Mutation.signUp", (Public, "mutation{signUp(email:\"bad\",password:\"x\"){id}}".into())),
+        ("Mutation.login", (Public, "mutation{login(email:\"nobody@example.com\",password:\"wrong password!\"){accessToken}}".into())),
+        ("Mutation.refreshToken", (Public, "mutation{refreshToken(token:\"nope\"){accessToken}}".into())),
+        ("Mutation.logout", (SignedIn, "mutation{logout}".into())),
+        ("Mutation.changePassword", (SignedIn, "mutation{changePassword(currentPassword:\"wrong password\",newPassword:\"x\")}".into())),
+        ("Mutation.setUserStatus", (Admin, format!("mutation{{setUserStatus(id:\"{ID}\",status:ACTIVE){{id}}}}"))),
+        ("Mutation.createPlan", (Admin, "mutation{createPlan(input:{name:\"\",priceCents:\"-1\",durationDays:0,deviceLimit:0}){id}}".into())),
+        ("Mutation.updatePlan", (Admin, format!("mutation{{updatePlan(id:\"{ID}\",input:{{}}){{id}}}}"))),
+        ("Mutation.archivePlan", (Admin, format!("mutation{{archivePlan(id:\"{ID}\"){{id}}}}"))),
+        ("Mutation.createRegion", (Admin, "mutation{createRegion(code:\"!!\",name:\"\"){id}}".into())),
+        ("Mutation.grantSubscription", (Admin, format!("mutation{{grantSubscription(userId:\"{ID}\",planId:\"{ID}\"){{id}}}}"))),
+        ("Mutation.extendSubscription", (Admin, format!("mutation{{extendSubscription(id:\"{ID}\",days:1){{id}}}}"))),
+        ("Mutation.cancelSubscription", (Admin, format!("mutation{{cancelSubscription(id:\"{ID}\"){{id}}}}"))),
+        ("Mutation.registerDevice", (SignedIn, "mutation{registerDevice(name:\"\",platform:\"\"){accessToken}}".into())),
+        ("Mutation.revokeDevice", (SignedIn, format!("mutation{{revokeDevice(id:\"{ID}\"){{id}}}}"))),
+        ("Mutation.rotateDeviceToken", (SignedIn, format!("mutation{{rotateDeviceToken(id:\"{ID}\"){{accessToken}}}}"))),
+        ("Mutation.registerOutlineNode", (Admin, "mutation{registerOutlineNode(input:{region:\"none\",name:\"n\",host:\"h\",port:1}){token}}".into())),
+        ("Mutation.registerGatewayNode", (Admin, "mutation{registerGatewayNode(input:{region:\"none\",name:\"g\",publicUrl:\"https://g\"}){token}}".into())),
+        ("Mutation.setNodeStatus", (Admin, format!("mutation{{setNodeStatus(id:\"{ID}\",status:DRAINING){{__typename}}}}"))),
+        ("Mutation.deleteNode", (Admin, format!("mutation{{deleteNode(id:\"{ID}\")}}"))),
+        ("Mutation.rotateNodeToken", (Admin, format!("mutation{{rotateNodeToken(id:\"{ID}\")}}"))),
+        ("Live.nodeEvents", (Live, String::new())),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_walker_covers_every_root_field() {
+    let t = TestDb::pg().await;
+    let server = TestServer::start(t.dsn.clone(), true).await;
+    let base = &server.base;
+    let schema = gql(base, None, "{__schema{queryType{fields{name}} mutationType{fields{name}} subscriptionType{name fields{name}}}}", json!({})).await;
+    let mut fields = Vec::new();
+    for (root, key) in [
+        ("Query", "queryType"),
+        ("Mutation", "mutationType"),
+        ("Live", "subscriptionType"),
+    ] {
+        for f in schema["data"]["__schema"][key]["fields"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema}"))
+        {
+            fields.push(format!("{root}.{}", f["name"].as_str().expect("name")));
+        }
+    }
+    let table = table();
+    for f in &fields {
+        assert!(
+            table.contains_key(f.as_str()),
+            "{f} has no entry in the authorization table"
+        );
+    }
+    assert_eq!(
+        fields.len(),
+        table.len(),
+        "the table names fields the schema no longer has"
+    );
+    // Logout last: it ends the session of the token that calls it.
+    let mut order: Vec<_> = table
+        .iter()
+        .filter(|(_, (a, _))| *a != Access::Live)
+        .collect();
+    order.sort_by_key(|(name, _)| **name == "Mutation.logout");
+    for (name, (access, query)) in order {
+        let user = token_for(base, &server.state.db, Role::User).await;
+        let admin = token_for(base, &server.state.db, Role::Admin).await;
+        let mut public_codes = Vec::new();
+        for (who, token) in [
+            ("anonymous", None),
+            ("user", Some(user.as_str())),
+            ("admin", Some(admin.as_str())),
+        ] {
+            let r = gql(base, token, query, json!({})).await;
+            let got = code(&r);
+            if *access == Access::Public {
+                // Public fields answer the same whoever calls.
+                public_codes.push(got.map(str::to_owned));
+                continue;
+            }
+            let expected = match (access, who) {
+                (Access::SignedIn, "user" | "admin") | (Access::Admin, "admin") => None,
+                (_, "anonymous") => Some("UNAUTHENTICATED"),
+                _ => Some("FORBIDDEN"),
+            };
+            match expected {
+                Some(c) => assert_eq!(got, Some(c), "{name} as {who}: {r}"),
+                None => assert!(
+                    !matches!(got, Some("UNAUTHENTICATED" | "FORBIDDEN")),
+                    "{name} as {who} was refused: {r}"
+                ),
+            }
+            assert!(
+                r["errors"]
+                    .as_array()
+                    .is_none_or(|e| e.iter().all(|e| e["extensions"]["code"].is_string())),
+                "{name}: untyped error {r}"
+            );
+        }
+        assert!(
+            public_codes.windows(2).all(|w| w[0] == w[1]),
+            "{name}: public field depends on the caller: {public_codes:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_transport_rules_and_masking() {
+    let t = TestDb::pg().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let url = server.url("/graphql");
+    let post = |body: String, ctype: &'static str| {
+        let url = url.clone();
+        async move {
+            client()
+                .post(url)
+                .header("content-type", ctype)
+                .body(body)
+                .send()
+                .await
+                .expect("send")
+        }
+    };
+    // Aliases.
+    let aliased: String = (0..31).map(|i| format!("a{i}: __typename ")).collect();
+    let r: Value = post(
+        json!({"query": format!("{{{aliased}}}")}).to_string(),
+        "application/json",
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("aliases")
+    );
+    // Complexity.
+    let wide = "plans{edges{node{id name priceCents currency durationDays}}} ".repeat(200);
+    let r: Value = post(
+        json!({"query": format!("{{{wide}}}")}).to_string(),
+        "application/json",
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    // Batching.
+    let res = post(
+        json!([{"query": "{__typename}"}, {"query": "{__typename}"}]).to_string(),
+        "application/json",
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    // Body over 64 KiB: 413 before parsing.
+    let res = post(
+        format!(
+            "{{\"query\":\"{{__typename}}\",\"x\":\"{}\"}}",
+            "a".repeat(70_000)
+        ),
+        "application/json",
+    )
+    .await;
+    assert_eq!(res.status(), 413);
+    // Mutations only by POST JSON: text/plain and GET refused, nothing created.
+    let signup =
+        "mutation{signUp(email:\"sneaky@example.com\",password:\"long enough password\"){id}}";
+    let res = post(json!({"query": signup}).to_string(), "text/plain").await;
+    assert_eq!(res.status(), 400);
+    let res = client()
+        .get(server.url("/graphql"))
+        .query(&[("query", signup)])
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 400);
+    assert!(
+        accounts::authenticate(
+            &server.state.db,
+            "sneaky@example.com",
+            "long enough password"
+        )
+        .await
+        .is_err(),
+        "nothing was created"
+    );
+    // GET queries still work.
+    let res = client()
+        .get(server.url("/graphql"))
+        .query(&[("query", "{__typename}")])
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["data"]["__typename"],
+        "Query"
+    );
+    // Introspection and suggestions are off outside debug mode.
+    let r = gql(&server.base, None, "{__schema{types{name}}}", json!({})).await;
+    assert!(
+        r["errors"].is_array() || r["data"]["__schema"].is_null(),
+        "introspection must be off: {r}"
+    );
+    assert!(
+        !r.to_string().contains("\"Device\""),
+        "introspection must be off: {r}"
+    );
+    let r = gql(&server.base, None, "{mee{id}}", json!({})).await;
+    assert!(
+        !r.to_string().contains("Did you mean"),
+        "suggestions must be off: {r}"
+    );
+    // Database errors never reach clients.
+    let admin = token_for(&server.base, &server.state.db, Role::Admin).await;
+    let r = gql(
+        &server.base,
+        None,
+        "mutation{signUp(email:\"dup@example.com\",password:\"long enough password\"){id}}",
+        json!({}),
+    )
+    .await;
+    assert!(r["data"]["signUp"]["id"].is_string());
+    let r = gql(
+        &server.base,
+        None,
+        "mutation{signUp(email:\"DUP@example.com\",password:\"long enough password\"){id}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("CONFLICT"));
+    assert!(
+        !r.to_string().to_lowercase().contains("duplicate key"),
+        "{r}"
+    );
+    {
+        use diesel_async::RunQueryDsl;
+        let httvps::db::DbPool::Pg(pool) = &server.state.db.pool else {
+            panic!("pg")
+        };
+        let mut conn = pool.get().await.expect("conn");
+        diesel::sql_query("DROP TABLE audit_log")
+            .execute(&mut *conn)
+            .await
+            .expect("drop");
+    }
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        "mutation{createRegion(code:\"x1\",name:\"X\"){id}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("INTERNAL"), "{r}");
+    assert_eq!(r["errors"][0]["message"], "internal error");
+    assert!(r["errors"][0]["extensions"]["requestId"].is_string());
+    assert!(
+        !r.to_string().contains("audit_log"),
+        "database text leaked: {r}"
+    );
+    // The failed transaction left nothing behind.
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        "{regions{edges{node{code}}}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        r["data"]["regions"]["edges"].as_array().map(Vec::len),
+        Some(0),
+        "{r}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn depth_limit_applies() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), true).await;
+    let deep = "{__schema{types{fields{type{ofType{ofType{ofType{ofType{ofType{ofType{ofType{ofType{ofType{name}}}}}}}}}}}}}}";
+    let r = gql(&server.base, None, deep, json!({})).await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(r.to_string().to_lowercase().contains("nested"), "{r}");
+    server.stop().await;
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(base: &str, protocol: &str) -> Ws {
+    let mut req = format!("{}/graphql/ws", base.replace("http://", "ws://"))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocol.parse().expect("header"));
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connect")
+        .0
+}
+
+async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("message in time")
+            .expect("open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["type"] == "ka" || v["type"] == "ping" {
+                    continue;
+                }
+                return v;
+            }
+            Message::Close(c) => {
+                return json!({"type": "close", "code": c.map(|c| u16::from(c.code))});
+            }
+            _ => continue,
+        }
+    }
+}
+
+async fn ws_init(ws: &mut Ws, payload: Value) -> Value {
+    ws.send(Message::Text(
+        json!({"type": "connection_init", "payload": payload})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .expect("send");
+    ws_next(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_events_reach_subscribers_on_another_replica() {
+    let t = TestDb::pg().await;
+    let start = || {
+        let mut cmd = httvps_cmd();
+        cmd.args(["serve", "--port", "0"])
+            .env("BACKEND_DB_DSN", t.url())
+            .env("BACKEND_SECRET_KEY", common::TEST_SECRET);
+        spawn_listening(cmd)
+    };
+    let a = start();
+    let b = start();
+    let (a_base, b_base) = (
+        format!("http://{}", a.addr.expect("a up")),
+        format!("http://{}", b.addr.expect("b up")),
+    );
+    let db = t.pool();
+    let admin = token_for(&b_base, &db, Role::Admin).await;
+    let user = token_for(&a_base, &db, Role::User).await;
+    // A user on replica A follows region r1.
+    let mut ws = ws_connect(&a_base, "graphql-transport-ws").await;
+    assert_eq!(
+        ws_init(&mut ws, json!({"Authorization": format!("Bearer {user}")})).await["type"],
+        "connection_ack"
+    );
+    ws.send(Message::Text(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription{nodeEvents(region:\"r1\"){nodeId kind region status health}}"}}).to_string().into())).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The admin works on replica B.
+    gql(&b_base, Some(&admin), "mutation{createRegion(code:\"r1\",name:\"R1\"){id} r2:createRegion(code:\"r2\",name:\"R2\"){id}}", json!({})).await;
+    gql(&b_base, Some(&admin), "mutation{registerOutlineNode(input:{region:\"r2\",name:\"other\",host:\"10.0.0.9\",port:8388}){token}}", json!({})).await;
+    let r = gql(&b_base, Some(&admin), "mutation{registerOutlineNode(input:{region:\"r1\",name:\"n1\",host:\"10.0.0.5\",port:8388}){node{id}}}", json!({})).await;
+    let node_id = r["data"]["registerOutlineNode"]["node"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    gql(
+        &b_base,
+        Some(&admin),
+        "mutation($id:ID!){setNodeStatus(id:$id,status:DRAINING){__typename}}",
+        json!({"id": node_id}),
+    )
+    .await;
+    let first = ws_next(&mut ws).await;
+    assert_eq!(first["type"], "next", "{first}");
+    assert_eq!(
+        first["payload"]["data"]["nodeEvents"]["nodeId"],
+        node_id.as_str(),
+        "region r2's node is filtered out: {first}"
+    );
+    assert_eq!(first["payload"]["data"]["nodeEvents"]["kind"], "REGISTERED");
+    let second = ws_next(&mut ws).await;
+    assert_eq!(
+        second["payload"]["data"]["nodeEvents"]["kind"], "DRAINING",
+        "{second}"
+    );
+    assert_eq!(
+        second["payload"]["data"]["nodeEvents"]["status"],
+        "draining"
+    );
+    drop(a);
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_auth_init_deadline_and_subscription_cap() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    // Bad credentials in connection_init: refused.
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    let r = ws_init(&mut ws, json!({"Authorization": "Bearer forged"})).await;
+    assert_eq!(r["type"], "close", "{r}");
+    // Anonymous sockets may connect but not subscribe.
+    let mut ws = ws_connect(&server.base, "graphql-ws").await;
+    assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
+    ws.send(Message::Text(json!({"id": "1", "type": "start", "payload": {"query": "subscription{nodeEvents{nodeId}}"}}).to_string().into())).await.expect("send");
+    let r = ws_next(&mut ws).await;
+    assert!(r.to_string().contains("UNAUTHENTICATED"), "{r}");
+    // At most 20 subscriptions per socket.
+    let user = token_for(&server.base, &server.state.db, Role::User).await;
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    assert_eq!(
+        ws_init(&mut ws, json!({"Authorization": format!("Bearer {user}")})).await["type"],
+        "connection_ack"
+    );
+    for i in 0..21 {
+        ws.send(Message::Text(json!({"id": format!("s{i}"), "type": "subscribe", "payload": {"query": "subscription{nodeEvents{nodeId}}"}}).to_string().into())).await.expect("send");
+    }
+    let r = ws_next(&mut ws).await;
+    assert_eq!(r["type"], "error", "{r}");
+    assert_eq!(r["id"], "s20");
+    assert!(r.to_string().contains("LIMIT_EXCEEDED"));
+    // No connection_init within 10 s: closed.
+    let mut idle = ws_connect(&server.base, "graphql-transport-ws").await;
+    let started = std::time::Instant::now();
+    let r = ws_next(&mut idle).await;
+    assert_eq!(r["type"], "close", "{r}");
+    assert_eq!(r["code"], 4408);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(14),
+        "{waited:?}"
+    );
+    server.stop().await;
+}
