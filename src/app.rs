@@ -50,15 +50,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = prepare(&settings).await?;
+    let sweeper = crate::control::heartbeats::spawn_sweeper(
+        state.db.clone(),
+        state.api.events.clone(),
+        std::time::Duration::from_secs(2),
+    );
     let addr = SocketAddr::new(settings.host, settings.port);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     tracing::info!(http.addr = %local, debug = settings.debug, "control plane listening");
-    http::serve(listener, state, shutdown)
+    let served = http::serve(listener, state, shutdown)
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
+    sweeper.abort();
+    served?;
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -31,6 +31,9 @@ pub enum AppError {
     /// A dependency (the database, a node pool) cannot serve now.
     #[error("{0}")]
     Unavailable(String),
+    /// The device may not connect, for a stable reason.
+    #[error("{}", .0.message())]
+    DeviceRefused(crate::control::device_validation::Reason),
     /// A bug or an unexpected failure; the text is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -47,6 +50,7 @@ impl AppError {
             AppError::Conflict(_) => "CONFLICT",
             AppError::LimitExceeded(_) => "LIMIT_EXCEEDED",
             AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::DeviceRefused(_) => "DEVICE_REFUSED",
             AppError::Internal(_) => "INTERNAL",
         }
     }
@@ -61,6 +65,7 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::LimitExceeded(_) => StatusCode::CONFLICT,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::DeviceRefused(_) => StatusCode::FORBIDDEN,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -143,19 +148,22 @@ impl From<deadpool::managed::PoolError<diesel_async::pooled_connection::PoolErro
 }
 
 /// The JSON error envelope of every REST route.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// The inside of [`ErrorBody`].
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code (`BAD_REQUEST`, `NOT_FOUND`, …).
     pub code: String,
     /// A human-readable message.
     pub message: String,
+    /// Set when a device is refused: the stable reason code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Set on internal errors: quote it when reporting the problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -168,6 +176,10 @@ impl IntoResponse for AppError {
             error: ErrorDetail {
                 code: self.code().to_owned(),
                 message: self.to_string(),
+                reason: match &self {
+                    AppError::DeviceRefused(r) => Some(r.as_str().to_owned()),
+                    _ => None,
+                },
                 request_id,
             },
         };

@@ -52,6 +52,8 @@ enum Command {
     },
     /// Prints the GraphQL schema (SDL), as committed in schema.graphql.
     Schema,
+    /// Prints the OpenAPI document of /api/v1, as committed in docs/openapi.json.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +146,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "GraphiQL: {base}/graphiql   health: {base}/api/v1/health   metrics: {base}/metrics"
             );
             httvps::app::serve(report.settings, httvps::app::shutdown_signal()).await
+        }
+        Command::Openapi => {
+            println!("{}", httvps::control::rest::openapi_json_text());
+            Ok(())
         }
         Command::Schema => {
             print!("{}", httvps::control::graphql::sdl());

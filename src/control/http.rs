@@ -18,7 +18,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use super::accounts::{self, Role};
 use super::events::Events;
-use super::graphql::loaders::DbLoader;
+use super::graphql::loaders::{BATCH_DELAY, DbLoader};
 use super::graphql::{ApiContext, ApiSchema, Viewer, build_schema, check_aliases};
 use super::metrics::{self, Metrics};
 use crate::auth::jwt::{Audience, JwtKeys};
@@ -75,7 +75,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/health", get(health))
         .route("/metrics", get(prometheus))
         .route("/graphql", get(graphql_get).post(graphql_post))
-        .route("/graphql/ws", get(graphql_ws));
+        .route("/graphql/ws", get(graphql_ws))
+        .merge(super::rest::routes());
     if state.debug {
         app = app.route("/graphiql", get(graphiql));
     }
@@ -224,10 +225,8 @@ async fn execute(
         Ok(v) => v,
         Err(e) => return graphql_error(e),
     };
-    let mut request = request.data(DataLoader::new(
-        DbLoader::new(state.db.clone()),
-        tokio::spawn,
-    ));
+    let loader = DataLoader::new(DbLoader::new(state.db.clone()), tokio::spawn).delay(BATCH_DELAY);
+    let mut request = request.data(loader);
     if let Some(v) = viewer {
         request = request.data(v);
     }

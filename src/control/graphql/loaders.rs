@@ -11,6 +11,10 @@ use crate::db::Db;
 use crate::db::models;
 use crate::error::AppError;
 
+/// How long a loader waits to gather keys into one batch: long enough for
+/// every row of a page to ask, short enough not to matter to a person.
+pub const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Loads rows by id for one request.
 pub struct DbLoader {
     db: Db,

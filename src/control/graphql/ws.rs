@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::loaders::DbLoader;
+use super::loaders::{BATCH_DELAY, DbLoader};
 use super::{ApiContext, ApiSchema, DeviceViewer};
 use crate::control::http::viewer_from_token;
 
@@ -40,7 +40,7 @@ fn bearer(payload: &serde_json::Value) -> Option<String> {
 
 async fn init_data(api: ApiContext, payload: serde_json::Value) -> async_graphql::Result<Data> {
     let mut data = Data::default();
-    data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn));
+    data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn).delay(BATCH_DELAY));
     if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
         let device = crate::control::devices::active_by_token(&api.db, token)
             .await

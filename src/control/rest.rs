@@ -1,0 +1,419 @@
+//! The REST compatibility routes under `/api/v1/` that gateways, nodes and
+//! clients call. Thin handlers over the use-case modules; one JSON error
+//! envelope; the OpenAPI document is generated from these types.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use super::device_validation::{self, Reason, Verdict};
+use super::heartbeats::{self, GatewayBeat, OutlineBeat};
+use super::http::{AppState, bearer_token};
+use super::node_assignment::{self, HEARTBEAT_INTERVAL_SECS};
+use super::nodes::{self, Machine};
+use super::usage_accounting::{self, CloseOrder, SessionTotals};
+use crate::auth::jwt::Audience;
+use crate::error::{AppError, ErrorBody};
+
+/// Lifetime of device JWTs, in seconds.
+pub const DEVICE_JWT_TTL_SECS: i64 = 15 * 60;
+
+/// The `/api/v1` routes (health is served by the HTTP module).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/validate-device", post(validate_device))
+        .route("/api/v1/auth/device-token", post(device_token))
+        .route("/api/v1/nodes/assign-outline", post(assign_outline))
+        .route("/api/v1/usage/report", post(usage_report))
+        .route("/api/v1/gateway/heartbeat", post(gateway_heartbeat))
+        .route("/api/v1/outline/heartbeat", post(outline_heartbeat))
+        .route("/api/v1/openapi.json", get(openapi_json))
+}
+
+/// A JSON body whose every rejection (malformed, wrong types, unknown
+/// fields, wrong content type) is a 400 in our error envelope.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(AppError::bad("the body must be application/json"))
+            }
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(AppError::bad(format!("invalid body: {}", e.body_text())))
+            }
+            Err(JsonRejection::JsonSyntaxError(_)) => {
+                Err(AppError::bad("the body is not valid JSON"))
+            }
+            Err(e) => Err(AppError::bad(format!("unreadable body: {}", e.body_text()))),
+        }
+    }
+}
+
+/// Who is calling a machine route.
+enum Caller {
+    Machine(Box<Machine>),
+    /// A device, by the id in its device JWT.
+    Device(String),
+}
+
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, AppError> {
+    let token = bearer_token(headers)?.ok_or(AppError::Unauthenticated)?;
+    if token.contains('.') {
+        let claims = state.api.jwt.verify(Audience::Device, token)?;
+        return Ok(Caller::Device(claims.sub));
+    }
+    let machine = nodes::authenticate_machine(&state.db, token).await?;
+    Ok(Caller::Machine(Box::new(machine)))
+}
+
+async fn gateway_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<crate::db::models::GatewayNode, AppError> {
+    match caller(state, headers).await? {
+        Caller::Machine(m) => match *m {
+            Machine::Gateway(g) => Ok(g),
+            Machine::Outline(_) => Err(AppError::Forbidden),
+        },
+        Caller::Device(_) => Err(AppError::Forbidden),
+    }
+}
+
+/// Body of validate-device and assign-outline.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRequest {
+    /// The device's access token (from the tunnel URL): required when a
+    /// gateway calls, absent when the device calls with its device JWT.
+    #[serde(default)]
+    pub device_token: Option<String>,
+    /// assign-outline: the region wanted (default: the gateway's region, or any).
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+async fn verdict_for(
+    state: &AppState,
+    caller: &Caller,
+    req: &DeviceRequest,
+) -> Result<Verdict, AppError> {
+    match caller {
+        Caller::Device(id) => device_validation::by_device_id(&state.db, id).await,
+        Caller::Machine(m) if matches!(**m, Machine::Gateway(_)) => {
+            let token = req
+                .device_token
+                .as_deref()
+                .ok_or_else(|| AppError::bad("device_token is required"))?;
+            device_validation::by_token(&state.db, token).await
+        }
+        Caller::Machine(_) => Err(AppError::Forbidden),
+    }
+}
+
+/// A device as machine callers see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub id: String,
+    /// Owner's id.
+    pub user_id: String,
+    /// Name.
+    pub name: String,
+    /// active or revoked.
+    pub status: String,
+}
+
+/// A subscription as machine callers see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionInfo {
+    /// Subscription id.
+    pub id: String,
+    /// Stored status.
+    pub status: String,
+    /// Expiry (UTC).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Bytes used in the current period.
+    pub traffic_used_bytes: i64,
+    /// Allowance in bytes; null is unlimited.
+    pub traffic_limit_bytes: Option<i64>,
+}
+
+/// Answer of validate-device.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ValidateDeviceResponse {
+    /// Whether the device may connect now.
+    pub valid: bool,
+    /// Why not, when not.
+    pub reason: Option<Reason>,
+    /// The device, when known.
+    pub device: Option<DeviceInfo>,
+    /// The owner's current subscription, when any.
+    pub subscription: Option<SubscriptionInfo>,
+}
+
+/// Checks a device: exists, not revoked, owner active, subscription active
+/// and within quota.
+#[utoipa::path(post, path = "/api/v1/auth/validate-device", request_body = DeviceRequest,
+    responses((status = 200, body = ValidateDeviceResponse), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn validate_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<DeviceRequest>,
+) -> Result<Json<ValidateDeviceResponse>, AppError> {
+    let caller = caller(&state, &headers).await?;
+    let v = verdict_for(&state, &caller, &req).await?;
+    Ok(Json(ValidateDeviceResponse {
+        valid: v.valid(),
+        reason: v.reason,
+        device: v.device.map(|d| DeviceInfo {
+            id: d.id,
+            user_id: d.user_id,
+            name: d.name,
+            status: d.status,
+        }),
+        subscription: v.subscription.map(|s| SubscriptionInfo {
+            id: s.id,
+            status: s.status,
+            expires_at: s.expires_at.and_utc(),
+            traffic_used_bytes: s.traffic_used_bytes,
+            traffic_limit_bytes: s.traffic_limit_bytes,
+        }),
+    }))
+}
+
+/// Answer of device-token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceTokenResponse {
+    /// A short-lived device JWT (audience `httvps:device`).
+    pub token: String,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+}
+
+/// Exchanges a device's access token (as `Authorization: Bearer`) for a
+/// short-lived device JWT.
+#[utoipa::path(post, path = "/api/v1/auth/device-token",
+    responses((status = 200, body = DeviceTokenResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn device_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<DeviceTokenResponse>, AppError> {
+    let token = bearer_token(&headers)?.ok_or(AppError::Unauthenticated)?;
+    let v = device_validation::by_token(&state.db, token).await?;
+    let device = match (v.reason, v.device) {
+        (None, Some(d)) => d,
+        (Some(Reason::DeviceUnknown), _) | (None, None) => return Err(AppError::Unauthenticated),
+        (Some(r), _) => return Err(AppError::DeviceRefused(r)),
+    };
+    let token = state
+        .api
+        .jwt
+        .issue(Audience::Device, &device.id, 0, None, DEVICE_JWT_TTL_SECS)?;
+    Ok(Json(DeviceTokenResponse {
+        token,
+        expires_in: DEVICE_JWT_TTL_SECS,
+    }))
+}
+
+/// Answer of assign-outline.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AssignResponse {
+    /// The session to report usage for.
+    pub session_id: String,
+    /// The node's address: only to gateways.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The node's port: only to gateways.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// The gateway to connect through: only to clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_url: Option<String>,
+    /// Shadowsocks cipher.
+    pub method: String,
+    /// Shadowsocks password.
+    pub password: String,
+    /// Region code.
+    pub region: String,
+    /// Whether the key is the region's pool key (any node of the region fits).
+    pub pool_key: bool,
+}
+
+/// Picks a node for the device and opens or reuses its session.
+#[utoipa::path(post, path = "/api/v1/nodes/assign-outline", request_body = DeviceRequest,
+    responses((status = 200, body = AssignResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn assign_outline(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<DeviceRequest>,
+) -> Result<Json<AssignResponse>, AppError> {
+    let caller = caller(&state, &headers).await?;
+    let verdict = verdict_for(&state, &caller, &req).await?;
+    let gateway = match &caller {
+        Caller::Machine(m) => match &**m {
+            Machine::Gateway(g) => Some(g),
+            Machine::Outline(_) => None,
+        },
+        Caller::Device(_) => None,
+    };
+    let a =
+        node_assignment::validate_and_assign(&state.db, verdict, gateway, req.region.as_deref())
+            .await?;
+    let (host, port, gateway_url) = match gateway {
+        Some(_) => (Some(a.node.host.clone()), Some(a.node.port), None),
+        None => {
+            let url = super::devices::entry_point(&state.db, state.api.gateway_url.as_deref())
+                .await?
+                .map(|(u, _)| u);
+            (None, None, url)
+        }
+    };
+    Ok(Json(AssignResponse {
+        session_id: a.session.id,
+        host,
+        port,
+        gateway_url,
+        method: a.node.method,
+        password: a.node.secret,
+        region: a.region.code,
+        pool_key: a.node.uses_pool_key,
+    }))
+}
+
+/// Body of usage/report.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageReport {
+    /// Cumulative totals per session (at most 10,000).
+    pub reports: Vec<SessionTotals>,
+}
+
+/// Answer of usage/report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageReportResponse {
+    /// Totals received.
+    pub accepted: usize,
+    /// Totals that added bytes (the rest were replays or older).
+    pub counted: usize,
+    /// Sessions the gateway must close now.
+    pub close_sessions: Vec<CloseOrder>,
+}
+
+/// Gateways report cumulative byte totals per session; idempotent.
+#[utoipa::path(post, path = "/api/v1/usage/report", request_body = UsageReport,
+    responses((status = 200, body = UsageReportResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn usage_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<UsageReport>,
+) -> Result<Json<UsageReportResponse>, AppError> {
+    let g = gateway_caller(&state, &headers).await?;
+    let applied = usage_accounting::report(&state.db, &g.id, &req.reports).await?;
+    Ok(Json(UsageReportResponse {
+        accepted: req.reports.len(),
+        counted: applied.counted,
+        close_sessions: applied.close,
+    }))
+}
+
+/// Answer of both heartbeats.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    /// Sessions to close now (always empty for Outline nodes).
+    pub close_sessions: Vec<CloseOrder>,
+    /// When to send the next heartbeat, in seconds.
+    pub heartbeat_interval_secs: i64,
+}
+
+/// Gateway liveness and load; answers with sessions to close.
+#[utoipa::path(post, path = "/api/v1/gateway/heartbeat", request_body = GatewayBeat,
+    responses((status = 200, body = HeartbeatResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn gateway_heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(beat): ApiJson<GatewayBeat>,
+) -> Result<Json<HeartbeatResponse>, AppError> {
+    let g = gateway_caller(&state, &headers).await?;
+    let close = heartbeats::gateway(&state.db, &state.api.events, &g, &beat).await?;
+    Ok(Json(HeartbeatResponse {
+        close_sessions: close,
+        heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+    }))
+}
+
+/// Outline node liveness, load and traffic counters.
+#[utoipa::path(post, path = "/api/v1/outline/heartbeat", request_body = OutlineBeat,
+    responses((status = 200, body = HeartbeatResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn outline_heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(beat): ApiJson<OutlineBeat>,
+) -> Result<Json<HeartbeatResponse>, AppError> {
+    let Caller::Machine(m) = caller(&state, &headers).await? else {
+        return Err(AppError::Forbidden);
+    };
+    let Machine::Outline(n) = *m else {
+        return Err(AppError::Forbidden);
+    };
+    heartbeats::outline(&state.db, &state.api.events, &n, &beat).await?;
+    Ok(Json(HeartbeatResponse {
+        close_sessions: vec![],
+        heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+    }))
+}
+
+/// Readiness of the control plane and its database.
+#[utoipa::path(get, path = "/api/v1/health",
+    responses((status = 200, body = HealthBody), (status = 503, body = HealthBody)))]
+#[expect(dead_code, reason = "documents the route served by the HTTP module")]
+fn health_doc() {}
+
+/// Body of the health route.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthBody {
+    /// `ok` or `unavailable`.
+    pub status: String,
+}
+
+/// The OpenAPI document of the `/api/v1` routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "httvps control plane: gateway and node API",
+        description = "Machine callers send `Authorization: Bearer <node token>`; devices send `Authorization: Bearer <device JWT>` (from /api/v1/auth/device-token). Every error is `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    paths(
+        health_doc,
+        validate_device,
+        device_token,
+        assign_outline,
+        usage_report,
+        gateway_heartbeat,
+        outline_heartbeat
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (served, and committed as `docs/openapi.json`).
+pub fn openapi_json_text() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi_json_text(),
+    )
+}

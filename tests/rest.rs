@@ -1,0 +1,859 @@
+//! The REST compatibility routes against a real server on PostgreSQL:
+//! assignment policy, the usage ledger under replays and concurrency,
+//! enforcement, leases, the auth matrix and bad input.
+
+mod common;
+
+use common::{TestDb, TestServer, client, gql};
+use httvps::control::accounts::{self, Role};
+use httvps::control::heartbeats;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct World {
+    server: TestServer,
+    admin: String,
+    gateway: String,
+    plan_id: String,
+    _db: TestDb,
+}
+
+async fn login(base: &str, email: &str) -> String {
+    let r = gql(
+        base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+        json!({"e": email, "p": PASSWORD}),
+    )
+    .await;
+    r["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned()
+}
+
+impl World {
+    async fn new() -> World {
+        let db = TestDb::pg().await;
+        let server = TestServer::start(db.dsn.clone(), false).await;
+        accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
+            .await
+            .expect("admin");
+        let admin = login(&server.base, "root@example.com").await;
+        let r = gql(&server.base, Some(&admin), "mutation{a:createRegion(code:\"eu\",name:\"EU\"){id} b:createRegion(code:\"us\",name:\"US\"){id} createPlan(input:{name:\"p\",priceCents:\"0\",durationDays:30,trafficLimitBytes:\"1000000\",deviceLimit:5}){id}}", json!({})).await;
+        let plan_id = r["data"]["createPlan"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned();
+        let r = gql(&server.base, Some(&admin), "mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw1\",publicUrl:\"https://gw1.example.com\"}){token node{id}}}", json!({})).await;
+        let gateway = r["data"]["registerGatewayNode"]["token"]
+            .as_str()
+            .expect("gw token")
+            .to_owned();
+        World {
+            server,
+            admin,
+            gateway,
+            plan_id,
+            _db: db,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    async fn gql(&self, q: &str, vars: Value) -> Value {
+        gql(&self.server.base, Some(&self.admin), q, vars).await
+    }
+
+    /// A user with a subscription and one device; returns (user id, device id, device token).
+    async fn device(&self) -> (String, String, String) {
+        let email = format!("u-{}@example.com", uuid::Uuid::new_v4().simple());
+        let user = accounts::create_user(&self.server.state.db, &email, PASSWORD, Role::User)
+            .await
+            .expect("user");
+        self.gql(
+            "mutation($u:ID!,$p:ID!){grantSubscription(userId:$u,planId:$p){id}}",
+            json!({"u": user.id, "p": self.plan_id}),
+        )
+        .await;
+        let tok = login(&self.server.base, &email).await;
+        let r = gql(
+            &self.server.base,
+            Some(&tok),
+            "mutation{registerDevice(name:\"d\",platform:\"linux\"){accessToken device{id}}}",
+            json!({}),
+        )
+        .await;
+        let d = &r["data"]["registerDevice"];
+        (
+            user.id,
+            d["device"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+            d["accessToken"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    /// Registers an Outline node; returns (id, token).
+    async fn node(&self, region: &str, name: &str, capacity: i32) -> (String, String) {
+        let r = self
+            .gql(
+                "mutation($r:String!,$n:String!,$c:Int!){registerOutlineNode(input:{region:$r,name:$n,host:\"10.1.0.1\",port:8388,capacity:$c}){token node{id}}}",
+                json!({"r": region, "n": name, "c": capacity}),
+            )
+            .await;
+        let n = &r["data"]["registerOutlineNode"];
+        (
+            n["node"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+            n["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = client().post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("send");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn beat(&self, node_token: &str, load: i32) {
+        let (s, b) = self
+            .post(
+                "/api/v1/outline/heartbeat",
+                Some(node_token),
+                json!({"load": load, "version": "test"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+
+    async fn assign(&self, device_token: &str, region: Option<&str>) -> (u16, Value) {
+        self.post(
+            "/api/v1/nodes/assign-outline",
+            Some(&self.gateway),
+            json!({"device_token": device_token, "region": region}),
+        )
+        .await
+    }
+
+    async fn sql(&self, q: &str) {
+        use diesel_async::RunQueryDsl;
+        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
+            panic!("pg")
+        };
+        let mut conn = pool.get().await.expect("conn");
+        diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+    }
+
+    async fn scalar(&self, q: &str) -> i64 {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
+            panic!("pg")
+        };
+        let mut conn = pool.get().await.expect("conn");
+        diesel::sql_query(q)
+            .get_result::<N>(&mut *conn)
+            .await
+            .expect("sql")
+            .n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn assignment_policy() {
+    let w = World::new().await;
+    let (n1, t1) = w.node("eu", "n1", 10).await;
+    let (n2, t2) = w.node("eu", "n2", 10).await;
+    let (n3, t3) = w.node("eu", "draining", 10).await;
+    let (n4, t4) = w.node("eu", "disabled", 10).await;
+    let (n5, t5) = w.node("eu", "dead", 10).await;
+    let (n6, t6) = w.node("eu", "full", 1).await;
+    let (us1, tu) = w.node("us", "us1", 10).await;
+    for t in [&t1, &t2, &t3, &t4, &t5, &t6, &tu] {
+        w.beat(t, 0).await;
+    }
+    w.gql("mutation($a:ID!,$b:ID!){a:setNodeStatus(id:$a,status:DRAINING){__typename} b:setNodeStatus(id:$b,status:DISABLED){__typename}}", json!({"a": n3, "b": n4})).await;
+    // n5 stops heartbeating: its lease runs out and the sweeper marks it down.
+    w.sql(&format!("UPDATE outline_nodes SET last_heartbeat_at = last_heartbeat_at - interval '1 minute' WHERE id = '{n5}'")).await;
+    heartbeats::sweep(&w.server.state.db, &w.server.state.api.events)
+        .await
+        .expect("sweep");
+    // n6 is full: one open session on it.
+    let (_, _, filler) = w.device().await;
+    w.sql(&format!(
+        "UPDATE outline_nodes SET status = 'disabled' WHERE id IN ('{n1}', '{n2}')"
+    ))
+    .await;
+    let (s, b) = w.assign(&filler, None).await;
+    assert_eq!((s, b["host"].as_str().is_some()), (200, true), "{b}");
+    w.sql(&format!(
+        "UPDATE outline_nodes SET status = 'active' WHERE id IN ('{n1}', '{n2}')"
+    ))
+    .await;
+    // n1 carries one session more than n2: the next device goes to n2.
+    let (_, _, other) = w.device().await;
+    w.sql(&format!(
+        "UPDATE outline_nodes SET status = 'disabled' WHERE id = '{n2}'"
+    ))
+    .await;
+    let (s, b) = w.assign(&other, None).await;
+    assert_eq!(s, 200, "{b}");
+    w.sql(&format!(
+        "UPDATE outline_nodes SET status = 'active' WHERE id = '{n2}'"
+    ))
+    .await;
+    let (_, _, dev) = w.device().await;
+    let (s, b) = w.assign(&dev, None).await;
+    assert_eq!(s, 200, "{b}");
+    let sid = b["session_id"].as_str().expect("session").to_owned();
+    let picked: i64 = w
+        .scalar(&format!(
+            "SELECT count(*) AS n FROM sessions WHERE id = '{sid}' AND outline_node_id = '{n2}'"
+        ))
+        .await;
+    assert_eq!(picked, 1, "least loaded relative to capacity: n2 ({b})");
+    assert_eq!(b["region"], "eu");
+    assert_eq!(b["host"], "10.1.0.1");
+    assert!(
+        b.get("gateway_url").is_none(),
+        "gateways get the node address, not the gateway URL"
+    );
+    // Sticky: the same device keeps its node and session.
+    for _ in 0..3 {
+        let (_, again) = w.assign(&dev, None).await;
+        assert_eq!(again["session_id"], sid.as_str());
+    }
+    // Excluded nodes never got a session.
+    for bad in [&n3, &n4, &n5] {
+        assert_eq!(
+            w.scalar(&format!(
+                "SELECT count(*) AS n FROM sessions WHERE outline_node_id = '{bad}'"
+            ))
+            .await,
+            0,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        w.scalar(&format!(
+            "SELECT count(*) AS n FROM sessions WHERE outline_node_id = '{n6}'"
+        ))
+        .await,
+        1,
+        "n6 holds only the filler"
+    );
+    // Region respected.
+    let (s, b) = w.assign(&dev, Some("us")).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["region"], "us");
+    let sid_us = b["session_id"].as_str().expect("session");
+    assert_eq!(
+        w.scalar(&format!(
+            "SELECT count(*) AS n FROM sessions WHERE id = '{sid_us}' AND outline_node_id = '{us1}'"
+        ))
+        .await,
+        1
+    );
+    let (s, b) = w.assign(&dev, Some("mars")).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("NOT_FOUND")));
+    // The sticky node drains: the device moves to a healthy node of the region.
+    w.gql(
+        "mutation($a:ID!){setNodeStatus(id:$a,status:DRAINING){__typename}}",
+        json!({"a": n2}),
+    )
+    .await;
+    let (_, b) = w.assign(&dev, None).await;
+    let moved = b["session_id"].as_str().expect("session");
+    assert_ne!(moved, sid);
+    assert_eq!(
+        w.scalar(&format!(
+            "SELECT count(*) AS n FROM sessions WHERE id = '{moved}' AND outline_node_id = '{n1}'"
+        ))
+        .await,
+        1,
+        "{b}"
+    );
+    // Nothing healthy left: 503 with a reason.
+    w.gql(
+        "mutation($a:ID!){setNodeStatus(id:$a,status:DISABLED){__typename}}",
+        json!({"a": n1}),
+    )
+    .await;
+    w.gql(
+        "mutation($a:ID!){setNodeStatus(id:$a,status:DISABLED){__typename}}",
+        json!({"a": n6}),
+    )
+    .await;
+    let (s, b) = w.assign(&dev, None).await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["error"]["code"], "UNAVAILABLE");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_ledger_counts_once_under_replays_reordering_and_concurrency() {
+    let w = World::new().await;
+    let (_, t1) = w.node("eu", "n1", 100).await;
+    w.beat(&t1, 0).await;
+    let mut sessions = Vec::new();
+    let mut subs = Vec::new();
+    for _ in 0..4 {
+        let (uid, _, tok) = w.device().await;
+        let (_, b) = w.assign(&tok, None).await;
+        sessions.push(b["session_id"].as_str().expect("session").to_owned());
+        subs.push(uid);
+    }
+    // Five reports per session with growing cumulative totals.
+    let mut batch = Vec::new();
+    for s in &sessions {
+        for seq in 1..=5i64 {
+            batch.push(json!({"session_id": s, "seq": seq, "bytes_up": seq * 1000, "bytes_down": seq * 3000}));
+        }
+    }
+    let send = |b: Vec<Value>| {
+        let url = w.url("/api/v1/usage/report");
+        let gw = w.gateway.clone();
+        async move {
+            let res = client()
+                .post(url)
+                .bearer_auth(gw)
+                .json(&json!({"reports": b}))
+                .send()
+                .await
+                .expect("send");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.expect("json"))
+        }
+    };
+    // The same batch 3 times, one of them reversed.
+    for order in 0..3 {
+        let mut b = batch.clone();
+        if order == 1 {
+            b.reverse();
+        }
+        let (s, body) = send(b).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    // And from 8 concurrent tasks.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let mut b = batch.clone();
+            b.rotate_left((i * 3) % batch.len());
+            tokio::spawn(send(b))
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task").0, 200);
+    }
+    for s in &sessions {
+        assert_eq!(
+            w.scalar(&format!(
+                "SELECT bytes_up AS n FROM sessions WHERE id = '{s}'"
+            ))
+            .await,
+            5000
+        );
+        assert_eq!(
+            w.scalar(&format!(
+                "SELECT bytes_down AS n FROM sessions WHERE id = '{s}'"
+            ))
+            .await,
+            15000
+        );
+        assert_eq!(w.scalar(&format!("SELECT CAST(SUM(delta_up + delta_down) AS BIGINT) AS n FROM usage_ledger WHERE session_id = '{s}'")).await, 20000);
+    }
+    for u in &subs {
+        assert_eq!(
+            w.scalar(&format!(
+                "SELECT traffic_used_bytes AS n FROM subscriptions WHERE user_id = '{u}'"
+            ))
+            .await,
+            20000
+        );
+    }
+    // The usage report in GraphQL sees the same bytes.
+    let r = w.gql("{usage(from:\"2026-01-01T00:00:00Z\",to:\"2030-01-01T00:00:00Z\",granularity:DAY){bytesUp bytesDown}}", json!({})).await;
+    let up: i64 = r["data"]["usage"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|p| {
+            p["bytesUp"]
+                .as_str()
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(up, 4 * 5000, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforcement_quota_revocation_and_disabled_users() {
+    let w = World::new().await;
+    let (_, t1) = w.node("eu", "n1", 100).await;
+    w.beat(&t1, 0).await;
+    let (uid, did, tok) = w.device().await;
+    let (_, b) = w.assign(&tok, None).await;
+    let sid = b["session_id"].as_str().expect("session").to_owned();
+    let (_, other_dev, other_tok) = w.device().await;
+    let (_, b) = w.assign(&other_tok, None).await;
+    let other_sid = b["session_id"].as_str().expect("session").to_owned();
+    // Within quota: nothing to close.
+    let (s, b) = w
+        .post(
+            "/api/v1/usage/report",
+            Some(&w.gateway),
+            json!({"reports": [{"session_id": sid, "seq": 1, "bytes_up": 100, "bytes_down": 100}]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["close_sessions"], json!([]));
+    // Crossing the 1,000,000-byte quota puts the session in the answer's close list.
+    let (_, b) = w.post("/api/v1/usage/report", Some(&w.gateway), json!({"reports": [{"session_id": sid, "seq": 2, "bytes_up": 400_000, "bytes_down": 700_000}]})).await;
+    assert_eq!(
+        b["close_sessions"],
+        json!([{"session_id": sid, "reason": "quota_exceeded"}]),
+        "{b}"
+    );
+    let (_, v) = w
+        .post(
+            "/api/v1/auth/validate-device",
+            Some(&w.gateway),
+            json!({"device_token": tok}),
+        )
+        .await;
+    assert_eq!(
+        (v["valid"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("quota_exceeded")),
+        "{v}"
+    );
+    let (s, b) = w.assign(&tok, None).await;
+    assert_eq!(
+        (s, b["error"]["reason"].as_str()),
+        (403, Some("quota_exceeded")),
+        "{b}"
+    );
+    // The gateway's heartbeat keeps listing it while the gateway holds it open.
+    let (_, hb) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"open_tunnels": 2, "open_sessions": [sid, other_sid]}),
+        )
+        .await;
+    assert_eq!(
+        hb["close_sessions"],
+        json!([{"session_id": sid, "reason": "quota_exceeded"}]),
+        "{hb}"
+    );
+    // Revoking a device fails its next validation at once.
+    let (_, v) = w
+        .post(
+            "/api/v1/auth/validate-device",
+            Some(&w.gateway),
+            json!({"device_token": other_tok}),
+        )
+        .await;
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["subscription"]["traffic_limit_bytes"], 1_000_000);
+    let owner_of_other: String = w
+        .scalar_text(&format!(
+            "SELECT user_id AS t FROM devices WHERE id = '{other_dev}'"
+        ))
+        .await;
+    w.gql(
+        "mutation($id:ID!){revokeDevice(id:$id){status}}",
+        json!({"id": other_dev}),
+    )
+    .await;
+    let (_, v) = w
+        .post(
+            "/api/v1/auth/validate-device",
+            Some(&w.gateway),
+            json!({"device_token": other_tok}),
+        )
+        .await;
+    assert_eq!(v["reason"], "device_revoked", "{v}");
+    let (_, hb) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"open_sessions": [other_sid]}),
+        )
+        .await;
+    assert_eq!(hb["close_sessions"][0]["reason"], "device_revoked", "{hb}");
+    // A disabled user and an unknown token.
+    w.gql(
+        "mutation($id:ID!){setUserStatus(id:$id,status:DISABLED){status}}",
+        json!({"id": uid}),
+    )
+    .await;
+    let (_, v) = w
+        .post(
+            "/api/v1/auth/validate-device",
+            Some(&w.gateway),
+            json!({"device_token": tok}),
+        )
+        .await;
+    assert_eq!(v["reason"], "user_disabled", "{v}");
+    let (_, v) = w
+        .post(
+            "/api/v1/auth/validate-device",
+            Some(&w.gateway),
+            json!({"device_token": "A".repeat(43)}),
+        )
+        .await;
+    assert_eq!(
+        (v["valid"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("device_unknown"))
+    );
+    let _ = (did, owner_of_other);
+}
+
+impl World {
+    async fn scalar_text(&self, q: &str) -> String {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct T {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            t: String,
+        }
+        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
+            panic!("pg")
+        };
+        let mut conn = pool.get().await.expect("conn");
+        diesel::sql_query(q)
+            .get_result::<T>(&mut *conn)
+            .await
+            .expect("sql")
+            .t
+    }
+}
+
+/// The next event of `kind` (earlier events of other kinds are skipped).
+async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<httvps::control::events::NodeEvent>,
+    kind: httvps::control::events::NodeEventKind,
+) -> httvps::control::events::NodeEvent {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("event in time")
+            .expect("event");
+        if ev.kind == kind {
+            return ev;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_lease_expiry_publishes_down_and_stops_assignments() {
+    let w = World::new().await;
+    let (n1, t1) = w.node("eu", "n1", 100).await;
+    w.beat(&t1, 0).await;
+    let (_, _, tok) = w.device().await;
+    let mut events = w.server.state.api.events.subscribe();
+    w.sql(&format!("UPDATE outline_nodes SET last_heartbeat_at = last_heartbeat_at - interval '1 minute' WHERE id = '{n1}'")).await;
+    heartbeats::sweep(&w.server.state.db, &w.server.state.api.events)
+        .await
+        .expect("sweep");
+    use httvps::control::events::NodeEventKind;
+    let ev = next_event(&mut events, NodeEventKind::Down).await;
+    assert_eq!(ev.node_id, n1);
+    let (s, b) = w.assign(&tok, None).await;
+    assert_eq!(s, 503, "{b}");
+    // The next heartbeat brings it back up.
+    w.beat(&t1, 1).await;
+    next_event(&mut events, NodeEventKind::Up).await;
+    assert_eq!(w.assign(&tok, None).await.0, 200);
+    // A gateway reporting the node unreachable takes it down too.
+    let (s, _) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"unreachable_nodes": [n1]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    next_event(&mut events, NodeEventKind::Down).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_matrix_and_scoping() {
+    let w = World::new().await;
+    let (_, node_tok) = w.node("eu", "n1", 100).await;
+    w.beat(&node_tok, 0).await;
+    let (_, _, dev_tok) = w.device().await;
+    let (_, b) = w.assign(&dev_tok, None).await;
+    let sid = b["session_id"].as_str().expect("session").to_owned();
+    let r = w.gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw2\",publicUrl:\"https://gw2.example.com\"}){token}}", json!({})).await;
+    let gw_b = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let user_jwt = w.admin.clone();
+    let routes = [
+        (
+            "/api/v1/auth/validate-device",
+            json!({"device_token": dev_tok}),
+        ),
+        (
+            "/api/v1/nodes/assign-outline",
+            json!({"device_token": dev_tok}),
+        ),
+        ("/api/v1/usage/report", json!({"reports": []})),
+        ("/api/v1/gateway/heartbeat", json!({})),
+        ("/api/v1/outline/heartbeat", json!({})),
+    ];
+    for (path, body) in &routes {
+        assert_eq!(
+            w.post(path, None, body.clone()).await.0,
+            401,
+            "{path} without a token"
+        );
+        assert_eq!(
+            w.post(path, Some(&user_jwt), body.clone()).await.0,
+            401,
+            "{path} with a user JWT"
+        );
+        assert_eq!(
+            w.post(path, Some("not-a-token"), body.clone()).await.0,
+            401,
+            "{path} with junk"
+        );
+    }
+    // Each machine only on its own routes.
+    assert_eq!(
+        w.post("/api/v1/outline/heartbeat", Some(&w.gateway), json!({}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        w.post("/api/v1/gateway/heartbeat", Some(&node_tok), json!({}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        w.post(
+            "/api/v1/usage/report",
+            Some(&node_tok),
+            json!({"reports": []})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        w.post(
+            "/api/v1/nodes/assign-outline",
+            Some(&node_tok),
+            json!({"device_token": dev_tok})
+        )
+        .await
+        .0,
+        403
+    );
+    // Gateway B reporting usage for gateway A's session: 403 and nothing written.
+    let (s, b) = w
+        .post(
+            "/api/v1/usage/report",
+            Some(&gw_b),
+            json!({"reports": [{"session_id": sid, "seq": 1, "bytes_up": 5, "bytes_down": 5}]}),
+        )
+        .await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(
+        w.scalar(&format!(
+            "SELECT bytes_up AS n FROM sessions WHERE id = '{sid}'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(w.scalar("SELECT count(*) AS n FROM usage_ledger").await, 0);
+    // Health leaks nothing and needs no token.
+    let res = client()
+        .get(w.url("/api/v1/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(
+        res.json::<Value>().await.expect("json"),
+        json!({"status": "ok"})
+    );
+    // A device calls with its own device JWT (exchanged for its access token).
+    let (s, t) = w
+        .post("/api/v1/auth/device-token", Some(&dev_tok), json!({}))
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let device_jwt = t["token"].as_str().expect("jwt").to_owned();
+    let (s, v) = w
+        .post("/api/v1/auth/validate-device", Some(&device_jwt), json!({}))
+        .await;
+    assert_eq!((s, v["valid"].as_bool()), (200, Some(true)), "{v}");
+    let (s, a) = w
+        .post("/api/v1/nodes/assign-outline", Some(&device_jwt), json!({}))
+        .await;
+    assert_eq!(s, 200, "{a}");
+    assert!(
+        a.get("host").is_none(),
+        "clients never see node addresses: {a}"
+    );
+    assert_eq!(a["gateway_url"], "https://gw.test.example");
+    // A device JWT is not a machine token.
+    assert_eq!(
+        w.post(
+            "/api/v1/usage/report",
+            Some(&device_jwt),
+            json!({"reports": []})
+        )
+        .await
+        .0,
+        403
+    );
+    // A deleted gateway's token stops working.
+    let r = w
+        .gql("{gatewayNodes{edges{node{id name}}}}", json!({}))
+        .await;
+    let gw2 = r["data"]["gatewayNodes"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .find(|e| e["node"]["name"] == "gw2")
+        .expect("gw2")["node"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    w.gql("mutation($id:ID!){deleteNode(id:$id)}", json!({"id": gw2}))
+        .await;
+    assert_eq!(
+        w.post("/api/v1/gateway/heartbeat", Some(&gw_b), json!({}))
+            .await
+            .0,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_typed_4xx_and_writes_nothing() {
+    let w = World::new().await;
+    let (_, node_tok) = w.node("eu", "n1", 100).await;
+    w.beat(&node_tok, 0).await;
+    let (_, _, dev_tok) = w.device().await;
+    let (_, b) = w.assign(&dev_tok, None).await;
+    let sid = b["session_id"].as_str().expect("session").to_owned();
+    let raw = |path: &'static str, token: String, body: String, ctype: &'static str| {
+        let url = w.url(path);
+        async move {
+            let res = client()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", ctype)
+                .body(body)
+                .send()
+                .await
+                .expect("send");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let gw = w.gateway.clone();
+    let cases: Vec<(&'static str, String, &'static str, u16)> = vec![
+        ("/api/v1/usage/report", "{not json".into(), "application/json", 400),
+        ("/api/v1/usage/report", json!({"reports": "x"}).to_string(), "application/json", 400),
+        ("/api/v1/usage/report", json!({"reports": [], "extra": 1}).to_string(), "application/json", 400),
+        ("/api/v1/usage/report", json!({"reports": [{"session_id": sid, "seq": 1, "bytes_up": -5, "bytes_down": 0}]}).to_string(), "application/json", 400),
+        ("/api/v1/usage/report", json!({"reports": [{"session_id": sid, "seq": 1, "bytes_up": "9223372036854775808", "bytes_down": 0}]}).to_string(), "application/json", 400),
+        ("/api/v1/usage/report", json!({"reports": [{"session_id": sid, "seq": 1, "bytes_up": 1e30, "bytes_down": 0}]}).to_string(), "application/json", 400),
+        ("/api/v1/usage/report", json!({"reports": [{"session_id": "'; DROP TABLE sessions; --", "seq": 1, "bytes_up": 1, "bytes_down": 1}]}).to_string(), "application/json", 400),
+        ("/api/v1/usage/report", json!({"reports": [{"session_id": uuid::Uuid::new_v4().to_string(), "seq": 1, "bytes_up": 1, "bytes_down": 1}]}).to_string(), "application/json", 404),
+        ("/api/v1/usage/report", json!({"reports": []}).to_string(), "text/plain", 400),
+        ("/api/v1/usage/report", format!("{{\"reports\":[],\"pad\":\"{}\"}}", "x".repeat(70_000)), "application/json", 413),
+        ("/api/v1/gateway/heartbeat", json!({"open_tunnels": -1}).to_string(), "application/json", 400),
+        ("/api/v1/gateway/heartbeat", json!({"open_sessions": ["<script>"]}).to_string(), "application/json", 400),
+        ("/api/v1/gateway/heartbeat", json!({"version": "v\u{0000}1"}).to_string(), "application/json", 400),
+        ("/api/v1/gateway/heartbeat", json!({"open_tunnels": 4294967296u64}).to_string(), "application/json", 400),
+        ("/api/v1/nodes/assign-outline", json!({}).to_string(), "application/json", 400),
+        ("/api/v1/nodes/assign-outline", json!({"device_token": 5}).to_string(), "application/json", 400),
+    ];
+    for (path, body, ctype, expected) in cases {
+        let (s, b) = raw(path, gw.clone(), body.clone(), ctype).await;
+        assert_eq!(s, expected, "{path} {}: {b}", &body[..body.len().min(80)]);
+        if expected != 413 {
+            assert!(
+                b["error"]["code"].is_string(),
+                "{path}: no error envelope: {b}"
+            );
+        }
+    }
+    let (s, b) = raw(
+        "/api/v1/outline/heartbeat",
+        node_tok.clone(),
+        json!({"load": -1}).to_string(),
+        "application/json",
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        w.scalar(&format!(
+            "SELECT bytes_up AS n FROM sessions WHERE id = '{sid}'"
+        ))
+        .await,
+        0,
+        "nothing written"
+    );
+    assert_eq!(w.scalar("SELECT count(*) AS n FROM usage_ledger").await, 0);
+    assert_eq!(w.scalar("SELECT count(*) AS n FROM sessions").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_is_served_and_up_to_date() {
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+            .unwrap_or_default();
+    let current = httvps::control::rest::openapi_json_text();
+    assert!(
+        committed.trim_end() == current.trim_end(),
+        "docs/openapi.json is out of date: regenerate it with `cargo run --bin httvps -- openapi > docs/openapi.json`"
+    );
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let served: Value = client()
+        .get(server.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/api/v1/health",
+        "/api/v1/auth/validate-device",
+        "/api/v1/nodes/assign-outline",
+        "/api/v1/usage/report",
+        "/api/v1/gateway/heartbeat",
+        "/api/v1/outline/heartbeat",
+    ] {
+        assert!(
+            served["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    server.stop().await;
+}
