@@ -9,7 +9,8 @@
 //!   embedded migrations.
 //! - [`app`]: start-up of `serve` and the zero-setup `up`.
 //! - [`auth`]: passwords, opaque tokens, JWTs.
-//! - [`control`]: the control plane: use cases, GraphQL, HTTP server.
+//! - [`control`]: the control plane: use cases, GraphQL, REST, HTTP server.
+//! - [`relay`]: the data plane: gateway, node and client.
 //!
 //! The binaries in `src/bin/` are thin: they parse flags and call in here.
 
@@ -20,3 +21,4 @@ pub mod control;
 pub mod db;
 pub mod error;
 pub mod logging;
+pub mod relay;

@@ -49,6 +49,9 @@ enum Command {
         /// Port of the control plane.
         #[arg(long, env = "HTTVPS_UP_PORT", default_value_t = 8080)]
         port: u16,
+        /// Port of the embedded gateway (TLS).
+        #[arg(long, env = "HTTVPS_UP_GATEWAY_PORT", default_value_t = httvps::app::UP_GATEWAY_PORT)]
+        gateway_port: u16,
     },
     /// Prints the GraphQL schema (SDL), as committed in schema.graphql.
     Schema,
@@ -130,9 +133,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created admin {} ({})", user.email, user.id);
             Ok(())
         }
-        Command::Up { data_dir, port } => {
+        Command::Up {
+            data_dir,
+            port,
+            gateway_port,
+        } => {
+            httvps::relay::tls::install_provider();
             let report = httvps::app::prepare_up(&data_dir, port).await?;
-            let base = format!("http://127.0.0.1:{}", report.settings.port);
             println!(
                 "httvps is starting with its data in {}",
                 report.data_dir.display()
@@ -142,10 +149,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "first admin created (shown once, keep it):\n  email:    {email}\n  password: {password}"
                 );
             }
-            println!(
-                "GraphiQL: {base}/graphiql   health: {base}/api/v1/health   metrics: {base}/metrics"
-            );
-            httvps::app::serve(report.settings, httvps::app::shutdown_signal()).await
+            httvps::app::run_up(report, gateway_port, httvps::app::shutdown_signal(), |addr, plane| {
+                let base = format!("http://{addr}");
+                println!("control plane: {base}  (GraphiQL {base}/graphiql, health {base}/api/v1/health, metrics {base}/metrics)");
+                println!("gateway:       https://{}  (self-signed certificate {})", plane.gateway_addr, plane.cert.display());
+                println!("node:          {} (region local)", plane.node_addr);
+                println!("next steps:");
+                println!("  1. in GraphiQL: login as the admin, then createPlan, signUp a user (or use the admin), grantSubscription,");
+                println!("     login as that user and registerDevice(name:\"laptop\", platform:\"linux\") -> accessToken and links");
+                println!("  2. httvps-relay connect --backend {base} --device-token <accessToken> --socks 127.0.0.1:1080 --ca-cert {}", plane.cert.display());
+                println!("  3. curl --socks5-hostname 127.0.0.1:1080 {base}/api/v1/health   (any page, through the tunnel)");
+            })
+            .await
         }
         Command::Openapi => {
             println!("{}", httvps::control::rest::openapi_json_text());

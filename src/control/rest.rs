@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/usage/report", post(usage_report))
         .route("/api/v1/gateway/heartbeat", post(gateway_heartbeat))
         .route("/api/v1/outline/heartbeat", post(outline_heartbeat))
+        .route("/api/v1/outline/config", get(outline_config))
         .route("/api/v1/openapi.json", get(openapi_json))
 }
 
@@ -236,6 +237,9 @@ pub struct AssignResponse {
     /// The node's port: only to gateways.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
+    /// The node's id: only to gateways (to report it unreachable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     /// The gateway to connect through: only to clients.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_url: Option<String>,
@@ -281,6 +285,7 @@ async fn assign_outline(
     };
     Ok(Json(AssignResponse {
         session_id: a.session.id,
+        node_id: gateway.map(|_| a.node.id.clone()),
         host,
         port,
         gateway_url,
@@ -374,6 +379,52 @@ async fn outline_heartbeat(
     }))
 }
 
+/// What an Outline node needs to run.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OutlineConfig {
+    /// The node's id.
+    pub node_id: String,
+    /// Registered host.
+    pub host: String,
+    /// Registered port (listen on it).
+    pub port: i32,
+    /// Shadowsocks cipher.
+    pub method: String,
+    /// Shadowsocks password.
+    pub secret: String,
+    /// Region code.
+    pub region: String,
+}
+
+/// An Outline node fetches its own settings (its key) with its token.
+#[utoipa::path(get, path = "/api/v1/outline/config",
+    responses((status = 200, body = OutlineConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn outline_config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<OutlineConfig>, AppError> {
+    let Caller::Machine(m) = caller(&state, &headers).await? else {
+        return Err(AppError::Forbidden);
+    };
+    let Machine::Outline(n) = *m else {
+        return Err(AppError::Forbidden);
+    };
+    let region = super::catalogue::regions_by_ids(&state.db, std::slice::from_ref(&n.region_id))
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| r.code)
+        .unwrap_or_default();
+    Ok(Json(OutlineConfig {
+        node_id: n.id,
+        host: n.host,
+        port: n.port,
+        method: n.method,
+        secret: n.secret,
+        region,
+    }))
+}
+
 /// Readiness of the control plane and its database.
 #[utoipa::path(get, path = "/api/v1/health",
     responses((status = 200, body = HealthBody), (status = 503, body = HealthBody)))]
@@ -401,7 +452,8 @@ pub struct HealthBody {
         assign_outline,
         usage_report,
         gateway_heartbeat,
-        outline_heartbeat
+        outline_heartbeat,
+        outline_config
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,214 @@
+//! `httvps-relay`: the data plane: gateway, node and client.
+#![expect(
+    clippy::print_stderr,
+    reason = "a command-line program reports fatal errors on its terminal"
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use httvps::config::LogArgs;
+use httvps::relay::backend::Backend;
+use httvps::relay::{client, gateway, node, tls};
+
+/// httvps data plane: the TLS/WebSocket gateway, the Shadowsocks node, and a
+/// SOCKS5 client.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Terminates TLS and WebSocket and pipes tunnels to the node pool.
+    Gateway(GatewayArgs),
+    /// Runs a Shadowsocks node registered in the control plane.
+    Node(NodeArgs),
+    /// A local SOCKS5 proxy tunnelling through a gateway.
+    Connect(ConnectArgs),
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// Control plane base URL.
+    #[arg(long, env = "GATEWAY_BACKEND_URL")]
+    backend: String,
+    /// This gateway's machine token (from registerGatewayNode).
+    #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// TLS listen address.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:443")]
+    listen: SocketAddr,
+    /// Health and metrics listen address.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9443")]
+    admin_listen: SocketAddr,
+    /// Certificate chain (PEM).
+    #[arg(long, env = "GATEWAY_TLS_CERT")]
+    cert: PathBuf,
+    /// Private key (PEM).
+    #[arg(long, env = "GATEWAY_TLS_KEY")]
+    key: PathBuf,
+    /// Generate a self-signed certificate at --cert/--key if missing (development).
+    #[arg(long, env = "GATEWAY_SELF_SIGNED", default_value = "false", value_parser = httvps::config::parse_bool)]
+    self_signed: bool,
+    /// Public URL clients use (for access documents).
+    #[arg(long, env = "GATEWAY_PUBLIC_URL")]
+    public_url: String,
+    /// Most open tunnels in all.
+    #[arg(long, env = "GATEWAY_MAX_TUNNELS", default_value_t = 10_000)]
+    max_tunnels: usize,
+    /// Most open tunnels per device.
+    #[arg(long, env = "GATEWAY_MAX_TUNNELS_PER_DEVICE", default_value_t = 512)]
+    max_tunnels_per_device: usize,
+    /// Deadline for the TLS handshake, headers and upgrade, in seconds.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    handshake_timeout_secs: u64,
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Control plane base URL.
+    #[arg(long, env = "NODE_BACKEND_URL")]
+    backend: String,
+    /// This node's machine token (from registerOutlineNode).
+    #[arg(long, env = "NODE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Listen address; default: 0.0.0.0 on the registered port.
+    #[arg(long, env = "NODE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Allow private, loopback and link-local destinations (tests on one machine).
+    #[arg(long, env = "NODE_ALLOW_PRIVATE", default_value = "false", value_parser = httvps::config::parse_bool)]
+    allow_private: bool,
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// Control plane base URL.
+    #[arg(long, env = "CLIENT_BACKEND_URL")]
+    backend: String,
+    /// The device's access token (from registerDevice).
+    #[arg(long, env = "CLIENT_DEVICE_TOKEN", hide_env_values = true)]
+    device_token: String,
+    /// Local SOCKS5 address.
+    #[arg(long, env = "CLIENT_SOCKS", default_value = "127.0.0.1:1080")]
+    socks: SocketAddr,
+    /// Gateway URL; default: the one the control plane names.
+    #[arg(long, env = "CLIENT_GATEWAY_URL")]
+    gateway: Option<String>,
+    /// Extra trusted certificate (PEM), for a self-signed gateway.
+    #[arg(long, env = "CLIENT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Region wanted.
+    #[arg(long, env = "CLIENT_REGION")]
+    region: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    httvps::logging::init(cli.log.log_format, cli.log.debug);
+    tls::install_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Gateway(a) => {
+            if a.self_signed {
+                tls::ensure_self_signed(&a.cert, &a.key, &["localhost", "127.0.0.1"])?;
+            }
+            let acceptor = tls::acceptor(&a.cert, &a.key)?;
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("binding {}", a.listen))?;
+            let admin = tokio::net::TcpListener::bind(a.admin_listen)
+                .await
+                .with_context(|| format!("binding {}", a.admin_listen))?;
+            tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "gateway listening");
+            let opts = gateway::GatewayOptions {
+                public_url: a.public_url,
+                max_tunnels: a.max_tunnels,
+                max_tunnels_per_device: a.max_tunnels_per_device,
+                handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
+                ..Default::default()
+            };
+            let backend = Backend::new(&a.backend, &a.token)?;
+            gateway::run(
+                opts,
+                backend,
+                acceptor,
+                listener,
+                Some(admin),
+                httvps::app::shutdown_signal(),
+            )
+            .await
+        }
+        Command::Node(a) => {
+            let backend = Backend::new(&a.backend, &a.token)?;
+            let cfg = backend
+                .outline_config()
+                .await
+                .context("fetching this node's settings")?;
+            let method = node::parse_method(&cfg.method).context("unsupported cipher")?;
+            let port = u16::try_from(cfg.port).context("registered port")?;
+            let listen = a
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port)));
+            let running = node::start(&node::NodeOptions {
+                listen,
+                method,
+                password: cfg.secret,
+                allow_private: a.allow_private,
+            })
+            .await
+            .with_context(|| format!("starting the Shadowsocks server on {listen}"))?;
+            tracing::info!(addr = %running.addr, node.id = %cfg.node_id, region = %cfg.region, "node listening");
+            let running = Arc::new(running);
+            let beats = node::spawn_heartbeats(backend, running.clone(), Duration::from_secs(5));
+            httvps::app::shutdown_signal().await;
+            beats.abort();
+            running.stop();
+            Ok(())
+        }
+        Command::Connect(a) => {
+            let listener = tokio::net::TcpListener::bind(a.socks)
+                .await
+                .with_context(|| format!("binding {}", a.socks))?;
+            tracing::info!(socks = %listener.local_addr()?, "SOCKS5 proxy listening");
+            let opts = client::ClientOptions {
+                backend: a.backend,
+                device_token: a.device_token,
+                gateway: a.gateway,
+                ca_cert: a.ca_cert,
+                region: a.region,
+            };
+            client::run(opts, listener, httvps::app::shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,836 @@
+//! The gateway: TLS and WebSocket in front of the hidden node pool. It
+//! authenticates the device from the URL (asking the control plane, with a
+//! short cache), pipes Shadowsocks bytes to the assigned node unchanged,
+//! counts payload bytes per session, reports cumulative totals, heartbeats,
+//! and closes the sessions the control plane names. It also serves the
+//! Outline dynamic access key document at `/c/{token}`.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use fastwebsockets::upgrade::UpgradeFut;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::backend::{Backend, BackendError};
+use crate::control::device_validation::Reason;
+use crate::control::heartbeats::GatewayBeat;
+use crate::control::rest::UsageReport;
+use crate::control::usage_accounting::{CloseOrder, SessionTotals};
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Public URL clients use (`https://host[:port]`), for access documents.
+    pub public_url: String,
+    /// Deadline for the TLS handshake, the request headers and the upgrade.
+    pub handshake_timeout: Duration,
+    /// Most open tunnels in all.
+    pub max_tunnels: usize,
+    /// Most open tunnels per device (a browser opens dozens).
+    pub max_tunnels_per_device: usize,
+    /// Largest WebSocket frame accepted from clients.
+    pub max_frame: usize,
+    /// How long a control-plane answer is reused.
+    pub cache_ttl: Duration,
+    /// How long a positive answer is reused while the control plane is down.
+    pub outage_ttl: Duration,
+    /// Interval of usage reports.
+    pub report_every: Duration,
+    /// Interval of heartbeats.
+    pub heartbeat_every: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            public_url: "https://127.0.0.1:8443".into(),
+            handshake_timeout: Duration::from_secs(10),
+            max_tunnels: 10_000,
+            max_tunnels_per_device: 512,
+            max_frame: 256 * 1024,
+            cache_ttl: Duration::from_secs(5),
+            outage_ttl: Duration::from_secs(60),
+            report_every: Duration::from_secs(2),
+            heartbeat_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a device's tunnels go.
+#[derive(Debug, Clone)]
+struct Route {
+    session_id: String,
+    node_id: String,
+    node: String,
+    method: String,
+    password: String,
+}
+
+#[derive(Debug, Clone)]
+enum Answer {
+    Go(Arc<Route>),
+    Refused(Reason),
+    Unknown,
+}
+
+enum Refusal {
+    /// Same answer as an unknown path: the gateway can't be probed for tokens.
+    NotFound,
+    /// Refused with a reason (for the access document).
+    Refused(Reason),
+    /// No decision possible now.
+    Unavailable,
+}
+
+struct Session {
+    up: AtomicU64,
+    down: AtomicU64,
+    tunnels: AtomicUsize,
+    reported: Mutex<(u64, u64)>,
+    close: watch::Sender<bool>,
+    last_used: Mutex<Instant>,
+}
+
+impl Session {
+    fn new() -> Self {
+        Session {
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            tunnels: AtomicUsize::new(0),
+            reported: Mutex::new((0, 0)),
+            close: watch::channel(false).0,
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// The gateway's shared state.
+struct Shared {
+    opts: GatewayOptions,
+    backend: Backend,
+    cache: Mutex<HashMap<String, (Instant, Answer)>>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    per_device: Mutex<HashMap<String, usize>>,
+    slots: Arc<Semaphore>,
+    open: AtomicUsize,
+    unreachable: Mutex<HashSet<String>>,
+    reachable: Mutex<HashSet<String>>,
+    beat_now: Notify,
+    seq: AtomicI64,
+    refused: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    fn session(&self, id: &str) -> Arc<Session> {
+        lock(&self.sessions)
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(Session::new()))
+            .clone()
+    }
+
+    async fn route(&self, token: &str) -> Result<Arc<Route>, Refusal> {
+        if !crate::auth::looks_like_token(token) {
+            return Err(Refusal::NotFound);
+        }
+        let cached = lock(&self.cache).get(token).cloned();
+        if let Some((at, answer)) = &cached
+            && at.elapsed() < self.opts.cache_ttl
+        {
+            return answer_to_result(answer.clone());
+        }
+        let answer = match self.backend.assign(token).await {
+            Ok(a) => match (a.host, a.port, a.node_id) {
+                (Some(host), Some(port), Some(node_id)) => Answer::Go(Arc::new(Route {
+                    session_id: a.session_id,
+                    node_id,
+                    node: if host.contains(':') {
+                        format!("[{host}]:{port}")
+                    } else {
+                        format!("{host}:{port}")
+                    },
+                    method: a.method,
+                    password: a.password,
+                })),
+                _ => return Err(Refusal::Unavailable),
+            },
+            Err(BackendError::Refused(r)) => Answer::Refused(r),
+            Err(BackendError::Status { status, .. }) if (400..500).contains(&status) => {
+                Answer::Unknown
+            }
+            Err(e) if e.is_outage() => {
+                // The control plane is down: keep serving what it said recently.
+                tracing::warn!(error = %e, "control plane unreachable");
+                return match cached {
+                    Some((at, Answer::Go(r))) if at.elapsed() < self.opts.outage_ttl => Ok(r),
+                    _ => Err(Refusal::Unavailable),
+                };
+            }
+            Err(_) => return Err(Refusal::Unavailable),
+        };
+        lock(&self.cache).insert(token.to_owned(), (Instant::now(), answer.clone()));
+        answer_to_result(answer)
+    }
+
+    fn forget_token(&self, token: &str) {
+        lock(&self.cache).remove(token);
+    }
+
+    fn close_sessions(&self, orders: &[CloseOrder]) {
+        if orders.is_empty() {
+            return;
+        }
+        let ids: HashSet<&str> = orders.iter().map(|o| o.session_id.as_str()).collect();
+        lock(&self.cache)
+            .retain(|_, (_, a)| !matches!(a, Answer::Go(r) if ids.contains(r.session_id.as_str())));
+        let sessions = lock(&self.sessions);
+        for o in orders {
+            if let Some(s) = sessions.get(&o.session_id) {
+                tracing::info!(session.id = %o.session_id, reason = %o.reason, "closing session");
+                let _ = s.close.send(true);
+            }
+        }
+    }
+}
+
+fn answer_to_result(a: Answer) -> Result<Arc<Route>, Refusal> {
+    match a {
+        Answer::Go(r) => Ok(r),
+        Answer::Refused(r) => Err(Refusal::Refused(r)),
+        Answer::Unknown => Err(Refusal::NotFound),
+    }
+}
+
+/// Runs the gateway on `listener` (TLS) until `shutdown`, reporting to the
+/// control plane through `backend`. `admin` serves health and metrics.
+pub async fn run(
+    opts: GatewayOptions,
+    backend: Backend,
+    acceptor: TlsAcceptor,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared {
+        slots: Arc::new(Semaphore::new(opts.max_tunnels)),
+        opts,
+        backend,
+        cache: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
+        per_device: Mutex::new(HashMap::new()),
+        open: AtomicUsize::new(0),
+        unreachable: Mutex::new(HashSet::new()),
+        reachable: Mutex::new(HashSet::new()),
+        beat_now: Notify::new(),
+        seq: AtomicI64::new(chrono::Utc::now().timestamp_millis()),
+        refused: AtomicU64::new(0),
+    });
+    let reporter = tokio::spawn(report_loop(shared.clone()));
+    let beater = tokio::spawn(heartbeat_loop(shared.clone()));
+    let admin_task = admin.map(|l| {
+        let app = Router::new()
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .with_state(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        })
+    });
+    let app = Router::new()
+        .route("/ws/{token}/tcp", get(ws_tcp))
+        .route("/ws/{token}/udp", get(ws_udp))
+        .route("/c/{token}", get(access_document))
+        .fallback(not_found)
+        .with_state(shared.clone());
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.opts.handshake_timeout)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let deadline = shared.opts.handshake_timeout;
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(Ok(tls)) = tokio::time::timeout(deadline, acceptor.accept(tcp)).await else {
+                return;
+            };
+            let service = TowerToHyperService::new(app);
+            let _ = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+    // Stop accepting, then report what was counted one last time.
+    flush_usage(&shared).await;
+    reporter.abort();
+    beater.abort();
+    if let Some(t) = admin_task {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "Not Found").into_response()
+}
+
+async fn health() -> &'static str {
+    "{\"status\":\"ok\"}"
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> String {
+    let (up, down) = lock(&s.sessions).values().fold((0u64, 0u64), |(u, d), x| {
+        (
+            u + x.up.load(Ordering::Relaxed),
+            d + x.down.load(Ordering::Relaxed),
+        )
+    });
+    format!(
+        "# TYPE httvps_gateway_open_tunnels gauge\nhttvps_gateway_open_tunnels {}\n# TYPE httvps_gateway_bytes_up counter\nhttvps_gateway_bytes_up {up}\n# TYPE httvps_gateway_bytes_down counter\nhttvps_gateway_bytes_down {down}\n# TYPE httvps_gateway_refused_total counter\nhttvps_gateway_refused_total {}\n",
+        s.open.load(Ordering::Relaxed),
+        s.refused.load(Ordering::Relaxed)
+    )
+}
+
+/// Holds a tunnel's slots; gives them back when the tunnel ends.
+struct TunnelGuard {
+    shared: Arc<Shared>,
+    token: String,
+    session: Arc<Session>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        self.session.tunnels.fetch_sub(1, Ordering::Relaxed);
+        *lock(&self.session.last_used) = Instant::now();
+        let mut per = lock(&self.shared.per_device);
+        if let Some(n) = per.get_mut(&self.token) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.token);
+            }
+        }
+    }
+}
+
+/// A refused request: a status and a fixed text.
+struct Reject(StatusCode, &'static str);
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+fn refusal_response(s: &Shared, r: Refusal) -> Reject {
+    s.refused.fetch_add(1, Ordering::Relaxed);
+    match r {
+        Refusal::NotFound | Refusal::Refused(_) => Reject(StatusCode::NOT_FOUND, "Not Found"),
+        Refusal::Unavailable => Reject(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+    }
+}
+
+/// Admits a tunnel: caps, then the slot guard.
+fn admit(s: &Arc<Shared>, token: &str, session_id: &str) -> Result<TunnelGuard, Reject> {
+    let Ok(permit) = s.slots.clone().try_acquire_owned() else {
+        s.refused.fetch_add(1, Ordering::Relaxed);
+        return Err(Reject(StatusCode::SERVICE_UNAVAILABLE, "Too many tunnels"));
+    };
+    {
+        let mut per = lock(&s.per_device);
+        let n = per.entry(token.to_owned()).or_insert(0);
+        if *n >= s.opts.max_tunnels_per_device {
+            s.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many tunnels for this device",
+            ));
+        }
+        *n += 1;
+    }
+    let session = s.session(session_id);
+    session.tunnels.fetch_add(1, Ordering::Relaxed);
+    s.open.fetch_add(1, Ordering::Relaxed);
+    Ok(TunnelGuard {
+        shared: s.clone(),
+        token: token.to_owned(),
+        session,
+        _permit: permit,
+    })
+}
+
+async fn connect_node(s: &Arc<Shared>, token: &str) -> Result<(Arc<Route>, TcpStream), Reject> {
+    for attempt in 0..2 {
+        let route = s.route(token).await.map_err(|r| refusal_response(s, r))?;
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            TcpStream::connect(route.node.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                lock(&s.reachable).insert(route.node_id.clone());
+                return Ok((route, stream));
+            }
+            _ => {
+                tracing::warn!(node.id = %route.node_id, attempt, "node unreachable");
+                lock(&s.unreachable).insert(route.node_id.clone());
+                s.forget_token(token);
+                // Tell the control plane now, so the retry gets another node.
+                heartbeat_once(s).await;
+            }
+        }
+    }
+    Err(refusal_response(s, Refusal::Unavailable))
+}
+
+async fn ws_tcp(
+    State(s): State<Arc<Shared>>,
+    Path(token): Path<String>,
+    mut req: Request,
+) -> Response {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return not_found().await;
+    }
+    let (route, node) = match connect_node(&s, &token).await {
+        Ok(x) => x,
+        Err(reject) => return reject.into_response(),
+    };
+    let guard = match admit(&s, &token, &route.session_id) {
+        Ok(g) => g,
+        Err(reject) => return reject.into_response(),
+    };
+    let Ok((resp, fut)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+        return (StatusCode::BAD_REQUEST, "Bad Request").into_response();
+    };
+    let max_frame = s.opts.max_frame;
+    let span = tracing::debug_span!("tunnel", session.id = %route.session_id, kind = "tcp");
+    tokio::spawn(tracing::Instrument::instrument(
+        pipe_tcp(fut, node, guard, max_frame),
+        span,
+    ));
+    resp.into_response()
+}
+
+async fn ws_udp(
+    State(s): State<Arc<Shared>>,
+    Path(token): Path<String>,
+    mut req: Request,
+) -> Response {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return not_found().await;
+    }
+    let route = match s.route(&token).await {
+        Ok(r) => r,
+        Err(r) => return refusal_response(&s, r).into_response(),
+    };
+    let Ok(Some(node_addr)) = tokio::net::lookup_host(route.node.as_str())
+        .await
+        .map(|mut a| a.next())
+    else {
+        return refusal_response(&s, Refusal::Unavailable).into_response();
+    };
+    let bind: SocketAddr = if node_addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let Ok(socket) = UdpSocket::bind(bind).await else {
+        return refusal_response(&s, Refusal::Unavailable).into_response();
+    };
+    if socket.connect(node_addr).await.is_err() {
+        return refusal_response(&s, Refusal::Unavailable).into_response();
+    }
+    let guard = match admit(&s, &token, &route.session_id) {
+        Ok(g) => g,
+        Err(reject) => return reject.into_response(),
+    };
+    let Ok((resp, fut)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+        return (StatusCode::BAD_REQUEST, "Bad Request").into_response();
+    };
+    let max_frame = s.opts.max_frame;
+    tokio::spawn(pipe_udp(fut, socket, guard, max_frame));
+    resp.into_response()
+}
+
+/// Completes when the control plane asks to close the session.
+async fn closed_signal(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Pipes one TCP tunnel. A client Close is a half-close: the node's side is
+/// shut for writing and whatever the node still sends is forwarded before
+/// the gateway closes.
+async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_frame: usize) {
+    let Ok(mut ws) = fut.await else { return };
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    ws.set_max_message_size(max_frame);
+    let (mut rx, mut tx) = ws.split(tokio::io::split);
+    let (mut node_r, mut node_w) = node.into_split();
+    let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(8);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            let last = frame.opcode == OpCode::Close;
+            if tx.write_frame(frame).await.is_err() || tx.flush().await.is_err() || last {
+                break;
+            }
+        }
+    });
+    let session = guard.session.clone();
+    let up_out = out.clone();
+    let up_session = session.clone();
+    let mut upstream = tokio::spawn(async move {
+        loop {
+            let frame = match rx
+                .read_frame::<_, WebSocketError>(&mut |_| async { Ok(()) })
+                .await
+            {
+                Ok(f) => f,
+                Err(WebSocketError::FrameTooLarge) => {
+                    let _ = up_out.send(Frame::close(1009, b"frame too large")).await;
+                    return false;
+                }
+                Err(_) => return false,
+            };
+            match frame.opcode {
+                OpCode::Binary | OpCode::Continuation => {
+                    if node_w.write_all(&frame.payload).await.is_err() {
+                        return false;
+                    }
+                    up_session
+                        .up
+                        .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+                }
+                OpCode::Text => {
+                    let _ = up_out.send(Frame::close(1003, b"binary frames only")).await;
+                    return false;
+                }
+                OpCode::Ping => {
+                    let _ = up_out
+                        .send(Frame::pong(Payload::Owned(frame.payload.to_vec())))
+                        .await;
+                }
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    let _ = node_w.shutdown().await;
+                    return true;
+                }
+            }
+        }
+    });
+    let mut closed = session.close.subscribe();
+    let down_session = session.clone();
+    let downstream = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                r = node_r.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => {
+                        let _ = out.send(Frame::close(1000, b"")).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if out.send(Frame::binary(Payload::Owned(buf[..n].to_vec()))).await.is_err() {
+                            return;
+                        }
+                        down_session.down.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                },
+                () = closed_signal(&mut closed) => {
+                    let _ = out.send(Frame::close(1008, b"session closed")).await;
+                    return;
+                }
+            }
+        }
+    };
+    tokio::pin!(downstream);
+    tokio::select! {
+        () = &mut downstream => upstream.abort(),
+        half = &mut upstream => {
+            if matches!(half, Ok(true)) {
+                downstream.await;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    drop(guard);
+}
+
+/// Pipes one UDP tunnel: one Shadowsocks packet per binary message.
+async fn pipe_udp(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard, max_frame: usize) {
+    let Ok(mut ws) = fut.await else { return };
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    ws.set_max_message_size(max_frame);
+    let (mut rx, mut tx) = ws.split(tokio::io::split);
+    let socket = Arc::new(socket);
+    let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(32);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            let last = frame.opcode == OpCode::Close;
+            if tx.write_frame(frame).await.is_err() || tx.flush().await.is_err() || last {
+                break;
+            }
+        }
+    });
+    let session = guard.session.clone();
+    let (up_sock, up_out, up_session) = (socket.clone(), out.clone(), session.clone());
+    let mut upstream = tokio::spawn(async move {
+        loop {
+            let Ok(frame) = rx
+                .read_frame::<_, WebSocketError>(&mut |_| async { Ok(()) })
+                .await
+            else {
+                return;
+            };
+            match frame.opcode {
+                OpCode::Binary => {
+                    if up_sock.send(&frame.payload).await.is_ok() {
+                        up_session
+                            .up
+                            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                OpCode::Ping => {
+                    let _ = up_out
+                        .send(Frame::pong(Payload::Owned(frame.payload.to_vec())))
+                        .await;
+                }
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    let _ = up_out.send(Frame::close(1000, b"")).await;
+                    return;
+                }
+                OpCode::Text | OpCode::Continuation => {
+                    let _ = up_out
+                        .send(Frame::close(1003, b"one binary message per packet"))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut closed = session.close.subscribe();
+    let downstream = async {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(120), socket.recv(&mut buf)) => match r {
+                    Ok(Ok(n)) => {
+                        if out.send(Frame::binary(Payload::Owned(buf[..n].to_vec()))).await.is_err() {
+                            return;
+                        }
+                        session.down.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) => {
+                        let _ = out.send(Frame::close(1000, b"idle")).await;
+                        return;
+                    }
+                },
+                () = closed_signal(&mut closed) => {
+                    let _ = out.send(Frame::close(1008, b"session closed")).await;
+                    return;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = downstream => upstream.abort(),
+        _ = &mut upstream => {}
+    }
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    drop(guard);
+}
+
+/// `GET /c/{token}`: the Outline dynamic access key document.
+async fn access_document(State(s): State<Arc<Shared>>, Path(token): Path<String>) -> Response {
+    let yaml = |body: String| {
+        (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/yaml; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response()
+    };
+    match s.route(&token).await {
+        Ok(route) => yaml(access_yaml(
+            &s.opts.public_url,
+            &token,
+            &route.method,
+            &route.password,
+        )),
+        Err(Refusal::Refused(r)) => yaml(format!(
+            "error:\n  message: {}\n  details: {}\n",
+            yaml_string(r.message()),
+            yaml_string(r.as_str())
+        )),
+        Err(r) => refusal_response(&s, r).into_response(),
+    }
+}
+
+/// A YAML double-quoted scalar.
+fn yaml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// The dynamic access key document for `token` through `public_url`.
+pub fn access_yaml(public_url: &str, token: &str, method: &str, password: &str) -> String {
+    let authority = public_url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(public_url)
+        .trim_end_matches('/');
+    let part = |kind: &str| {
+        format!(
+            "    $type: shadowsocks\n    endpoint:\n      $type: websocket\n      url: {}\n    cipher: {}\n    secret: {}\n",
+            yaml_string(&format!("wss://{authority}/ws/{token}/{kind}")),
+            yaml_string(method),
+            yaml_string(password)
+        )
+    };
+    format!(
+        "transport:\n  $type: tcpudp\n  tcp:\n{}  udp:\n{}",
+        part("tcp"),
+        part("udp")
+    )
+}
+
+fn pending_totals(s: &Shared) -> Vec<(String, u64, u64)> {
+    lock(&s.sessions)
+        .iter()
+        .filter_map(|(id, x)| {
+            let (u, d) = (x.up.load(Ordering::Relaxed), x.down.load(Ordering::Relaxed));
+            (*lock(&x.reported) != (u, d)).then(|| (id.clone(), u, d))
+        })
+        .collect()
+}
+
+async fn flush_usage(s: &Arc<Shared>) {
+    let pending = pending_totals(s);
+    if pending.is_empty() {
+        return;
+    }
+    let seq = s.seq.fetch_add(1, Ordering::Relaxed);
+    let reports = pending
+        .iter()
+        .map(|(id, u, d)| SessionTotals {
+            session_id: id.clone(),
+            seq,
+            bytes_up: i64::try_from(*u).unwrap_or(i64::MAX),
+            bytes_down: i64::try_from(*d).unwrap_or(i64::MAX),
+        })
+        .collect();
+    match s.backend.report(&UsageReport { reports }).await {
+        Ok(answer) => {
+            let sessions = lock(&s.sessions);
+            for (id, u, d) in &pending {
+                if let Some(x) = sessions.get(id) {
+                    *lock(&x.reported) = (*u, *d);
+                }
+            }
+            drop(sessions);
+            s.close_sessions(&answer.close_sessions);
+        }
+        Err(e) => tracing::warn!(error = %e, "usage report failed; will resend"),
+    }
+}
+
+async fn report_loop(s: Arc<Shared>) {
+    let mut tick = tokio::time::interval(s.opts.report_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush_usage(&s).await;
+        // Forget sessions with no tunnel, nothing to report and no use for a while.
+        lock(&s.sessions).retain(|_, x| {
+            x.tunnels.load(Ordering::Relaxed) > 0
+                || *lock(&x.reported)
+                    != (x.up.load(Ordering::Relaxed), x.down.load(Ordering::Relaxed))
+                || lock(&x.last_used).elapsed() < Duration::from_secs(300)
+        });
+    }
+}
+
+async fn heartbeat_once(s: &Arc<Shared>) {
+    let unreachable: Vec<String> = lock(&s.unreachable).drain().collect();
+    let reachable: Vec<String> = lock(&s.reachable)
+        .drain()
+        .filter(|n| !unreachable.contains(n))
+        .collect();
+    let open_sessions: Vec<String> = lock(&s.sessions)
+        .iter()
+        .filter(|(_, x)| x.tunnels.load(Ordering::Relaxed) > 0)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let beat = GatewayBeat {
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        open_tunnels: i32::try_from(s.open.load(Ordering::Relaxed)).unwrap_or(i32::MAX),
+        open_sessions,
+        unreachable_nodes: unreachable.clone(),
+        reachable_nodes: reachable,
+    };
+    match s.backend.gateway_heartbeat(&beat).await {
+        Ok(answer) => s.close_sessions(&answer.close_sessions),
+        Err(e) => {
+            tracing::warn!(error = %e, "heartbeat failed");
+            lock(&s.unreachable).extend(unreachable);
+        }
+    }
+}
+
+async fn heartbeat_loop(s: Arc<Shared>) {
+    loop {
+        heartbeat_once(&s).await;
+        tokio::select! {
+            () = tokio::time::sleep(s.opts.heartbeat_every) => {}
+            () = s.beat_now.notified() => {}
+        }
+    }
+}
