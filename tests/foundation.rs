@@ -439,7 +439,8 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
     let data = dir.path().join("data");
     let start = || {
         let mut cmd = httvps_cmd();
-        cmd.current_dir(dir.path()).args(["up", "--port", "0", "--gateway-port", "0"]);
+        cmd.current_dir(dir.path())
+            .args(["up", "--port", "0", "--gateway-port", "0"]);
         spawn_listening(cmd)
     };
     let first = start();
