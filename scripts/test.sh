@@ -10,4 +10,6 @@ if command -v psql >/dev/null 2>&1; then
   psql -q -At -d "$url" -c "SELECT datname FROM pg_database WHERE datname LIKE 'httvps\_t\_%'" 2>/dev/null \
     | while read -r db; do psql -q -d "$url" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
 fi
+# Load tests open a few thousand sockets.
+ulimit -n 65536 2>/dev/null || true
 cargo test --all-targets "$@"

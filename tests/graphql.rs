@@ -332,6 +332,17 @@ async fn password_change_logout_and_disabling_invalidate_tokens() {
     )
     .await;
     assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    // A role change invalidates older tokens too.
+    let (other_id, other_tok) = user(base).await;
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($id:ID!){setUserRole(id:$id,role:ADMIN){role}}",
+        json!({"id": other_id}),
+    )
+    .await;
+    assert_eq!(r["data"]["setUserRole"]["role"], "ADMIN", "{r}");
+    assert_eq!(code(&me(other_tok).await), Some("UNAUTHENTICATED"));
     // Logout signs out everywhere.
     let admin2 = admin_token(&server).await;
     assert_eq!(

@@ -443,3 +443,36 @@ pub async fn by_ids(db: &Db, ids: &[String]) -> AppResult<Vec<User>> {
         .load(conn)
         .await?))
 }
+
+/// Admin: changes an account's role; older tokens of that account stop working.
+pub async fn set_role(db: &Db, actor: &str, user_id: &str, role: Role) -> AppResult<User> {
+    let user_id = validate::id("id", user_id)?;
+    if user_id == actor && role != Role::Admin {
+        return Err(AppError::Conflict("admins cannot demote themselves".into()));
+    }
+    let entry = audit::entry(
+        actor,
+        "set_user_role",
+        "user",
+        Some(&user_id),
+        serde_json::json!({"role": role.as_str()}),
+    );
+    db_tx!(db, |conn| {
+        let user: User = diesel::update(users::table.find(&user_id))
+            .set((
+                users::role.eq(role.as_str()),
+                users::token_version.eq(users::token_version + 1),
+                users::updated_at.eq(now()),
+            ))
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?
+            .ok_or(AppError::NotFound("user"))?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(user)
+    })
+}

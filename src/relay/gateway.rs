@@ -492,6 +492,21 @@ async fn ws_udp(
     resp.into_response()
 }
 
+/// How long the gateway waits, once the node has finished, for the client to
+/// close first.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How the node-to-client half of a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The node closed (or failed).
+    NodeDone,
+    /// The control plane closed the session.
+    Cancelled,
+    /// The client side went away.
+    ClientGone,
+}
+
 /// Completes when the control plane asks to close the session.
 async fn closed_signal(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
@@ -562,38 +577,56 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
     });
     let mut closed = session.close.subscribe();
     let down_session = session.clone();
+    let closer = out.clone();
     let downstream = async move {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             tokio::select! {
                 r = node_r.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => {
-                        let _ = out.send(Frame::close(1000, b"")).await;
-                        return;
-                    }
+                    Ok(0) | Err(_) => return End::NodeDone,
                     Ok(n) => {
                         if out.send(Frame::binary(Payload::Owned(buf[..n].to_vec()))).await.is_err() {
-                            return;
+                            return End::ClientGone;
                         }
                         down_session.down.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 },
                 () = closed_signal(&mut closed) => {
                     let _ = out.send(Frame::close(1008, b"session closed")).await;
-                    return;
+                    return End::Cancelled;
                 }
             }
         }
     };
     tokio::pin!(downstream);
     tokio::select! {
-        () = &mut downstream => upstream.abort(),
+        end = &mut downstream => {
+            if end == End::NodeDone {
+                // The node is done. Give the client a moment to finish on its
+                // own first: some stock clients (v2ray-plugin) treat a Close
+                // as an error and drop what they have not yet passed on.
+                let client_done = tokio::time::timeout(CLOSE_GRACE, &mut upstream).await.is_ok();
+                let _ = closer.send(Frame::close(1000, b"")).await;
+                if !client_done {
+                    // Let the client answer our Close before the socket goes:
+                    // unread bytes would turn the close into a reset.
+                    let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
+                }
+            } else if end == End::Cancelled {
+                let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
+            }
+            upstream.abort();
+        }
         half = &mut upstream => {
             if matches!(half, Ok(true)) {
-                downstream.await;
+                // Half-close: forward what the node still sends, then close.
+                if downstream.await == End::NodeDone {
+                    let _ = closer.send(Frame::close(1000, b"")).await;
+                }
             }
         }
     }
+    drop(closer);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     drop(guard);
 }

@@ -205,6 +205,21 @@ impl AccountMutation {
         Ok(true)
     }
 
+    /// Admin: changes an account's role; its older tokens stop working.
+    #[graphql(guard = "AdminOnly")]
+    async fn set_user_role(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        role: Role,
+    ) -> async_graphql::Result<User> {
+        let api = ctx.data::<ApiContext>()?;
+        accounts::set_role(&api.db, &viewer(ctx)?.user_id, &id, role)
+            .await
+            .map(User::from)
+            .gql()
+    }
+
     /// Admin: enables or disables an account. Disabling signs it out and
     /// closes its tunnels.
     #[graphql(guard = "AdminOnly")]
