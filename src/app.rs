@@ -325,6 +325,7 @@ pub async fn start_up_data_plane(
     );
     let opts = gw::GatewayOptions {
         public_url,
+        spool: Some(data_dir.join("gateway-spool.json")),
         ..Default::default()
     };
     let gw_backend = Backend::new(backend_url, &gw_token)?;

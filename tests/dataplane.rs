@@ -29,7 +29,10 @@ struct Plane {
     device_token: String,
     device_id: String,
     nodes: Vec<(String, Arc<node::RunningNode>, tokio::task::JoinHandle<()>)>,
-    _gateway: tokio::task::JoinHandle<()>,
+    gateway: Option<tokio::task::JoinHandle<()>>,
+    gateway_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    gateway_token: String,
+    key: std::path::PathBuf,
     _dir: common::tempdir::TempDir,
     _db: TestDb,
 }
@@ -52,6 +55,37 @@ impl Plane {
     /// Control plane, `nodes` pool nodes in region `eu`, a gateway, and a
     /// device with a subscription.
     async fn start(nodes: usize) -> Plane {
+        Self::start_with(nodes, |_| {}).await
+    }
+
+    /// Starts (or restarts) the gateway on `addr` with test timings.
+    fn spawn_gateway(
+        &mut self,
+        listener: TcpListener,
+        customize: &dyn Fn(&mut gateway::GatewayOptions),
+    ) {
+        let mut opts = gateway::GatewayOptions {
+            public_url: format!("https://localhost:{}", self.gateway_addr.port()),
+            report_every: Duration::from_millis(500),
+            heartbeat_every: Duration::from_secs(1),
+            cache_ttl: Duration::from_millis(500),
+            max_frame: 64 * 1024,
+            ..Default::default()
+        };
+        customize(&mut opts);
+        let acceptor = tls::acceptor(&self.cert, &self.key).expect("acceptor");
+        let backend = Backend::new(&self.server.base, &self.gateway_token).expect("backend");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        self.gateway_stop = Some(stop);
+        self.gateway = Some(tokio::spawn(async move {
+            let _ = gateway::run(opts, backend, acceptor, listener, None, async {
+                let _ = stopped.await;
+            })
+            .await;
+        }));
+    }
+
+    async fn start_with(nodes: usize, customize: impl Fn(&mut gateway::GatewayOptions)) -> Plane {
         tls::install_provider();
         let db = TestDb::pg().await;
         let server = TestServer::start(db.dsn.clone(), false).await;
@@ -147,30 +181,7 @@ impl Plane {
             .as_str()
             .unwrap_or_else(|| panic!("{r}"))
             .to_owned();
-        let opts = gateway::GatewayOptions {
-            public_url: format!("https://localhost:{}", gateway_addr.port()),
-            report_every: Duration::from_millis(500),
-            heartbeat_every: Duration::from_secs(1),
-            cache_ttl: Duration::from_millis(500),
-            max_frame: 64 * 1024,
-            ..Default::default()
-        };
-        let acceptor = tls::acceptor(&cert, &key).expect("acceptor");
-        let backend = Backend::new(&base, &gw_token).expect("backend");
-        let gw = tokio::spawn(async move {
-            let _ = gateway::run(
-                opts,
-                backend,
-                acceptor,
-                listener,
-                None,
-                std::future::pending::<()>(),
-            )
-            .await;
-        });
-        // Wait for the nodes' first heartbeats.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        Plane {
+        let mut plane = Plane {
             server,
             admin,
             gateway_addr,
@@ -178,10 +189,17 @@ impl Plane {
             device_token,
             device_id,
             nodes: plane_nodes,
-            _gateway: gw,
+            gateway: None,
+            gateway_stop: None,
+            gateway_token: gw_token,
+            key,
             _dir: dir,
             _db: db,
-        }
+        };
+        plane.spawn_gateway(listener, &customize);
+        // Wait for the nodes' first heartbeats.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        plane
     }
 
     /// Our client on a free local port; returns the SOCKS address.
@@ -709,4 +727,437 @@ async fn stock_ss_local_with_v2ray_plugin_fetches_through_the_gateway() {
     assert_eq!(got.len(), body.len(), "length");
     assert_eq!(sha2::Sha256::digest(&got), sha2::Sha256::digest(&*body));
     let _ = child.kill().await;
+}
+
+/// An echo server: everything received goes back.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Whether 4 bytes go round an echo tunnel within a second.
+async fn alive(s: &mut TcpStream) -> bool {
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut b = [0u8; 4];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut b)).await,
+        Ok(Ok(_))
+    ) && &b == b"ping"
+}
+
+/// Waits (bounded) until the tunnel is closed; returns how long it took.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if !alive(s).await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+impl Plane {
+    /// Another user with a subscription and a device; returns (user id, device token, subscription id).
+    async fn other_device(&self) -> (String, String, String) {
+        let email = format!("o-{}@example.com", uuid::Uuid::new_v4().simple());
+        let u = accounts::create_user(&self.server.state.db, &email, PASSWORD, Role::User)
+            .await
+            .expect("user");
+        let r = self.gql("{plans{edges{node{id}}}}", json!({})).await;
+        let plan = r["data"]["plans"]["edges"][0]["node"]["id"]
+            .as_str()
+            .expect("plan")
+            .to_owned();
+        let r = self
+            .gql(
+                "mutation($u:ID!,$p:ID!){grantSubscription(userId:$u,planId:$p){id}}",
+                json!({"u": u.id, "p": plan}),
+            )
+            .await;
+        let sub = r["data"]["grantSubscription"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned();
+        let tok = login(&self.server.base, &email).await;
+        let r = gql(
+            &self.server.base,
+            Some(&tok),
+            "mutation{registerDevice(name:\"phone\",platform:\"android\"){accessToken}}",
+            json!({}),
+        )
+        .await;
+        (
+            u.id,
+            r["data"]["registerDevice"]["accessToken"]
+                .as_str()
+                .expect("token")
+                .to_owned(),
+            sub,
+        )
+    }
+
+    async fn client_for(&self, device_token: &str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let opts = client::ClientOptions {
+            backend: self.server.base.clone(),
+            device_token: device_token.to_owned(),
+            gateway: Some(format!("https://localhost:{}", self.gateway_addr.port())),
+            ca_cert: Some(self.cert.clone()),
+            region: None,
+        };
+        tokio::spawn(async move {
+            let _ = client::run(opts, listener, std::future::pending::<()>()).await;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        addr
+    }
+
+    async fn gateway_bytes_down(&self) -> i64 {
+        let r = self
+            .gql(
+                "{sessions(first:100){edges{node{bytesDown gatewayNode{name}}}}}",
+                json!({}),
+            )
+            .await;
+        r["data"]["sessions"]["edges"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .filter(|e| e["node"]["gatewayNode"]["name"] == "gw")
+            .filter_map(|e| e["node"]["bytesDown"].as_str()?.parse::<i64>().ok())
+            .sum()
+    }
+}
+
+fn production_timings(o: &mut gateway::GatewayOptions) {
+    let d = gateway::GatewayOptions::default();
+    o.report_every = d.report_every;
+    o.heartbeat_every = d.heartbeat_every;
+    o.cache_ttl = d.cache_ttl;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the cut-off times are reported for the record"
+)]
+async fn revocation_and_cancellation_close_open_tunnels_within_5_seconds() {
+    let plane = Plane::start_with(1, production_timings).await;
+    let echo = echo_server().await;
+    let (_, other_token, other_sub) = plane.other_device().await;
+    let (_, bystander_token, _) = plane.other_device().await;
+    let mine = plane.client().await;
+    let other = plane.client_for(&other_token).await;
+    let bystander = plane.client_for(&bystander_token).await;
+    let mut t1 = socks_connect(mine, echo).await;
+    let mut t2 = socks_connect(other, echo).await;
+    let mut t3 = socks_connect(bystander, echo).await;
+    assert!(alive(&mut t1).await && alive(&mut t2).await && alive(&mut t3).await);
+    // Revoking a device.
+    plane
+        .gql(
+            "mutation($id:ID!){revokeDevice(id:$id){status}}",
+            json!({"id": plane.device_id}),
+        )
+        .await;
+    let took = closed_within(&mut t1, Duration::from_secs(6))
+        .await
+        .expect("revoked device's tunnel closed");
+    assert!(took <= Duration::from_secs(5), "{took:?}");
+    eprintln!("revoked device: tunnel closed after {took:?}");
+    // Cancelling a subscription.
+    plane
+        .gql(
+            "mutation($id:ID!){cancelSubscription(id:$id){status}}",
+            json!({"id": other_sub}),
+        )
+        .await;
+    let took = closed_within(&mut t2, Duration::from_secs(6))
+        .await
+        .expect("cancelled subscription's tunnel closed");
+    assert!(took <= Duration::from_secs(5), "{took:?}");
+    eprintln!("cancelled subscription: tunnel closed after {took:?}");
+    // Other users' tunnels stay up; the revoked device can't open new ones.
+    assert!(alive(&mut t3).await, "a bystander's tunnel was closed");
+    let mut again = TcpStream::connect(mine).await.expect("socks");
+    again.write_all(&[5, 1, 0]).await.expect("greet");
+    let mut r = [0u8; 2];
+    again.read_exact(&mut r).await.expect("reply");
+    let SocketAddr::V4(v4) = echo else {
+        panic!("v4")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    again.write_all(&req).await.expect("request");
+    let mut rep = [0u8; 10];
+    again.read_exact(&mut rep).await.expect("reply");
+    assert_ne!(rep[1], 0, "a revoked device opened a new tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_device_tunnel_cap_refuses_then_accepts_again() {
+    let plane = Plane::start_with(1, |o| o.max_tunnels_per_device = 3).await;
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(ws(&plane, &path).await.expect("under the cap"));
+    }
+    let refused = ws(&plane, &path).await.expect_err("past the cap");
+    assert!(refused.contains("429"), "{refused}");
+    drop(open.pop());
+    let mut ok = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if ws(&plane, &path).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "below the cap again, tunnels are accepted");
+}
+
+fn soft_fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the flood size is reported for the record"
+)]
+async fn idle_and_half_sent_sockets_are_closed_at_the_deadline_while_real_tunnels_work() {
+    let plane = Plane::start_with(1, |o| o.handshake_timeout = Duration::from_secs(2)).await;
+    // Both ends of every socket live in this process.
+    let count = 1000.min(soft_fd_limit().saturating_sub(300) / 2);
+    eprintln!("flooding the gateway with {count} idle or half-sent sockets");
+    let mut flood = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut s = TcpStream::connect(plane.gateway_addr)
+            .await
+            .expect("connect");
+        if i % 2 == 1 {
+            // Half a TLS record.
+            s.write_all(&[0x16, 0x03, 0x01, 0x02]).await.expect("write");
+        }
+        flood.push(s);
+    }
+    // Half an HTTP request after a completed TLS handshake.
+    let connector = tls::connector(Some(&plane.cert)).expect("connector");
+    let mut half_http = Vec::new();
+    for _ in 0..20 {
+        let tcp = TcpStream::connect(plane.gateway_addr)
+            .await
+            .expect("connect");
+        let name =
+            tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut s = connector.connect(name, tcp).await.expect("tls");
+        s.write_all(b"GET /ws/x/tcp HTTP/1.1\r\nHost: local")
+            .await
+            .expect("write");
+        half_http.push(s);
+    }
+    let started = std::time::Instant::now();
+    // A real tunnel during the flood.
+    let body = random_body(512 * 1024);
+    let web = http_server(body.clone()).await;
+    let socks = plane.client().await;
+    assert_eq!(fetch(socks, web).await, *body);
+    // Every flood socket is closed by the gateway within the deadline (plus slack).
+    for s in &mut flood {
+        let mut b = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "a flood socket stayed open"
+        );
+    }
+    for s in &mut half_http {
+        let mut b = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut b)).await;
+        assert!(r.is_ok(), "a half-sent request stayed open");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "closing took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_plane_outage_keeps_tunnels_then_fails_closed_then_recovers() {
+    let mut plane = Plane::start_with(1, |o| {
+        o.cache_ttl = Duration::from_millis(300);
+        o.outage_ttl = Duration::from_secs(3);
+    })
+    .await;
+    let echo = echo_server().await;
+    let socks = plane.client().await;
+    let mut open = socks_connect(socks, echo).await;
+    assert!(alive(&mut open).await);
+    // The control plane goes away.
+    let addr: SocketAddr = plane
+        .server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let dsn = plane._db.dsn.clone();
+    plane.server.halt().await;
+    let stopped_at = std::time::Instant::now();
+    // Open tunnels keep running; new ones use the validation cache.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        alive(&mut open).await,
+        "an open tunnel died with the control plane"
+    );
+    let mut during = socks_connect(socks, echo).await;
+    assert!(
+        alive(&mut during).await,
+        "a new tunnel within the cache's outage TTL"
+    );
+    // Past the outage TTL: fail closed.
+    tokio::time::sleep(
+        Duration::from_secs(3).saturating_sub(stopped_at.elapsed()) + Duration::from_millis(500),
+    )
+    .await;
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut s = TcpStream::connect(socks).await.expect("socks");
+        s.write_all(&[5, 1, 0]).await.expect("greet");
+        let mut r = [0u8; 2];
+        s.read_exact(&mut r).await.expect("reply");
+        let SocketAddr::V4(v4) = echo else {
+            panic!("v4")
+        };
+        let mut req = vec![5, 1, 0, 1];
+        req.extend_from_slice(&v4.ip().octets());
+        req.extend_from_slice(&v4.port().to_be_bytes());
+        s.write_all(&req).await.expect("request");
+        let mut rep = [0u8; 10];
+        s.read_exact(&mut rep).await.map(|_| rep[1]).unwrap_or(1)
+    })
+    .await
+    .expect("answer in time");
+    assert_ne!(refused, 0, "a new tunnel was accepted after the outage TTL");
+    assert!(alive(&mut open).await, "open tunnels still run");
+    // The control plane comes back on the same address: no restart needed.
+    plane.server = TestServer::start_at(dsn, false, addr).await;
+    let mut recovered = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut s = socks_connect_raw(socks, echo).await;
+        if let Some(s) = s.as_mut()
+            && alive(s).await
+        {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(
+        recovered,
+        "tunnels work again once the control plane is back"
+    );
+}
+
+/// Like [`socks_connect`] but `None` when the proxy refuses.
+async fn socks_connect_raw(socks: SocketAddr, target: SocketAddr) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(socks).await.ok()?;
+    s.write_all(&[5, 1, 0]).await.ok()?;
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).await.ok()?;
+    let SocketAddr::V4(v4) = target else {
+        return None;
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).await.ok()?;
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).await.ok()?;
+    (rep[1] == 0).then_some(s)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_drains_tunnels_with_1001_and_flushes_usage() {
+    let mut plane = Plane::start_with(1, |o| {
+        o.drain_grace = Duration::from_millis(500);
+        o.report_every = Duration::from_secs(3600);
+    })
+    .await;
+    let body = random_body(2 * 1024 * 1024);
+    let web = http_server(body.clone()).await;
+    let echo = echo_server().await;
+    let socks = plane.client().await;
+    assert_eq!(fetch(socks, web).await.len(), body.len());
+    let mut open = socks_connect(socks, echo).await;
+    assert!(alive(&mut open).await);
+    assert_eq!(plane.gateway_bytes_down().await, 0, "no report yet");
+    let _ = plane.gateway_stop.take().expect("stop").send(());
+    let took = closed_within(&mut open, Duration::from_secs(5))
+        .await
+        .expect("the open tunnel was closed");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    tokio::time::timeout(Duration::from_secs(10), plane.gateway.take().expect("task"))
+        .await
+        .expect("gateway stopped")
+        .expect("join");
+    // The final flush reported what was moved.
+    assert!(plane.gateway_bytes_down().await >= body.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_spool_survives_a_killed_gateway_without_loss_or_double_count() {
+    let spool = common::tempdir::TempDir::new();
+    let spool_file = spool.path().join("spool.json");
+    let sf = spool_file.clone();
+    let mut plane = Plane::start_with(1, move |o| o.spool = Some(sf.clone())).await;
+    let body = random_body(1024 * 1024);
+    let web = http_server(body.clone()).await;
+    let socks = plane.client().await;
+    for _ in 0..2 {
+        assert_eq!(fetch(socks, web).await.len(), body.len());
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(spool_file.exists(), "the spool was written");
+    // SIGKILL-like: the task is dropped with no flush and no drain.
+    plane.gateway.take().expect("task").abort();
+    plane.gateway_stop = None;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listener = TcpListener::bind(plane.gateway_addr)
+        .await
+        .expect("same port");
+    let sf = spool_file.clone();
+    plane.spawn_gateway(listener, &move |o: &mut gateway::GatewayOptions| {
+        o.spool = Some(sf.clone())
+    });
+    assert_eq!(fetch(socks, web).await.len(), body.len());
+    // Everything the node sent through the gateway, counted exactly once.
+    let sent = plane.nodes[0].1.tx() as i64;
+    let mut counted = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        counted = plane.gateway_bytes_down().await;
+        if counted >= sent {
+            break;
+        }
+    }
+    assert_eq!(counted, sent, "bytes the node sent vs bytes in the ledger");
 }

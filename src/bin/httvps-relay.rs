@@ -72,6 +72,12 @@ struct GatewayArgs {
     /// Deadline for the TLS handshake, headers and upgrade, in seconds.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     handshake_timeout_secs: u64,
+    /// On SIGTERM, seconds open tunnels get to finish before they are closed.
+    #[arg(long, env = "GATEWAY_DRAIN_GRACE_SECS", default_value_t = 10)]
+    drain_grace_secs: u64,
+    /// File keeping unacknowledged usage totals across restarts.
+    #[arg(long, env = "GATEWAY_SPOOL")]
+    spool: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -156,6 +162,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_tunnels: a.max_tunnels,
                 max_tunnels_per_device: a.max_tunnels_per_device,
                 handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
+                drain_grace: Duration::from_secs(a.drain_grace_secs),
+                spool: a.spool,
                 ..Default::default()
             };
             let backend = Backend::new(&a.backend, &a.token)?;

@@ -54,6 +54,11 @@ pub struct GatewayOptions {
     pub report_every: Duration,
     /// Interval of heartbeats.
     pub heartbeat_every: Duration,
+    /// On shutdown, how long open tunnels may finish before they are closed (1001).
+    pub drain_grace: Duration,
+    /// File keeping per-session cumulative totals, so a restart (even after
+    /// SIGKILL) neither loses nor recounts what was reported.
+    pub spool: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayOptions {
@@ -68,6 +73,8 @@ impl Default for GatewayOptions {
             outage_ttl: Duration::from_secs(60),
             report_every: Duration::from_secs(2),
             heartbeat_every: Duration::from_secs(5),
+            drain_grace: Duration::from_secs(10),
+            spool: None,
         }
     }
 }
@@ -134,6 +141,7 @@ struct Shared {
     beat_now: Notify,
     seq: AtomicI64,
     refused: AtomicU64,
+    draining: watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -243,7 +251,9 @@ pub async fn run(
         beat_now: Notify::new(),
         seq: AtomicI64::new(chrono::Utc::now().timestamp_millis()),
         refused: AtomicU64::new(0),
+        draining: watch::channel(false).0,
     });
+    load_spool(&shared);
     let reporter = tokio::spawn(report_loop(shared.clone()));
     let beater = tokio::spawn(heartbeat_loop(shared.clone()));
     let admin_task = admin.map(|l| {
@@ -296,7 +306,20 @@ pub async fn run(
                 .await;
         });
     }
-    // Stop accepting, then report what was counted one last time.
+    // Stop accepting; let open tunnels finish for a grace period, close the
+    // rest (1001), then report what was counted one last time.
+    drop(listener);
+    let open_at_stop = shared.open.load(Ordering::Relaxed);
+    tracing::info!(open_tunnels = open_at_stop, "draining");
+    let grace = tokio::time::Instant::now() + shared.opts.drain_grace;
+    while shared.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = shared.draining.send(true);
+    let closing = tokio::time::Instant::now() + Duration::from_secs(5);
+    while shared.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < closing {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     flush_usage(&shared).await;
     reporter.abort();
     beater.abort();
@@ -576,6 +599,7 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
         }
     });
     let mut closed = session.close.subscribe();
+    let mut draining = guard.shared.draining.subscribe();
     let down_session = session.clone();
     let closer = out.clone();
     let downstream = async move {
@@ -595,38 +619,47 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
                     let _ = out.send(Frame::close(1008, b"session closed")).await;
                     return End::Cancelled;
                 }
+                () = closed_signal(&mut draining) => {
+                    let _ = out.send(Frame::close(1001, b"gateway going away")).await;
+                    return End::Cancelled;
+                }
             }
         }
     };
-    tokio::pin!(downstream);
-    tokio::select! {
-        end = &mut downstream => {
-            if end == End::NodeDone {
-                // The node is done. Give the client a moment to finish on its
-                // own first: some stock clients (v2ray-plugin) treat a Close
-                // as an error and drop what they have not yet passed on.
-                let client_done = tokio::time::timeout(CLOSE_GRACE, &mut upstream).await.is_ok();
-                let _ = closer.send(Frame::close(1000, b"")).await;
-                if !client_done {
-                    // Let the client answer our Close before the socket goes:
-                    // unread bytes would turn the close into a reset.
+    // The futures holding the frame senders end with this block, so the
+    // writer below sees the channel close as soon as the tunnel is over.
+    {
+        tokio::pin!(downstream);
+        tokio::select! {
+            end = &mut downstream => {
+                if end == End::NodeDone {
+                    // The node is done. Give the client a moment to finish on its
+                    // own first: some stock clients (v2ray-plugin) treat a Close
+                    // as an error and drop what they have not yet passed on.
+                    let client_done = tokio::time::timeout(CLOSE_GRACE, &mut upstream).await.is_ok();
+                    let _ = closer.send(Frame::close(1000, b"")).await;
+                    if !client_done {
+                        // Let the client answer our Close before the socket goes:
+                        // unread bytes would turn the close into a reset.
+                        let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
+                    }
+                } else if end == End::Cancelled {
                     let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                 }
-            } else if end == End::Cancelled {
-                let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
+                upstream.abort();
             }
-            upstream.abort();
-        }
-        half = &mut upstream => {
-            if matches!(half, Ok(true)) {
-                // Half-close: forward what the node still sends, then close.
-                if downstream.await == End::NodeDone {
-                    let _ = closer.send(Frame::close(1000, b"")).await;
+            half = &mut upstream => {
+                if matches!(half, Ok(true)) {
+                    // Half-close: forward what the node still sends, then close.
+                    if downstream.await == End::NodeDone {
+                        let _ = closer.send(Frame::close(1000, b"")).await;
+                    }
                 }
             }
         }
     }
     drop(closer);
+    upstream.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     drop(guard);
 }
@@ -686,6 +719,7 @@ async fn pipe_udp(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard, max_fr
         }
     });
     let mut closed = session.close.subscribe();
+    let mut draining = guard.shared.draining.subscribe();
     let downstream = async {
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -705,6 +739,10 @@ async fn pipe_udp(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard, max_fr
                 },
                 () = closed_signal(&mut closed) => {
                     let _ = out.send(Frame::close(1008, b"session closed")).await;
+                    return;
+                }
+                () = closed_signal(&mut draining) => {
+                    let _ = out.send(Frame::close(1001, b"gateway going away")).await;
                     return;
                 }
             }
@@ -785,11 +823,64 @@ fn pending_totals(s: &Shared) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// The spool: every session's cumulative totals, written (atomically)
+/// before they are reported.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Spool {
+    sessions: HashMap<String, (u64, u64)>,
+}
+
+fn write_spool(s: &Shared) {
+    let Some(path) = &s.opts.spool else { return };
+    let spool = Spool {
+        sessions: lock(&s.sessions)
+            .iter()
+            .map(|(id, x)| {
+                (
+                    id.clone(),
+                    (x.up.load(Ordering::Relaxed), x.down.load(Ordering::Relaxed)),
+                )
+            })
+            .filter(|(_, (u, d))| u + d > 0)
+            .collect(),
+    };
+    let tmp = path.with_extension("tmp");
+    let written = serde_json::to_vec(&spool)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "writing the usage spool");
+    }
+}
+
+/// Restores per-session totals from the spool: counting continues from
+/// there and everything is reported again (the ledger ignores what it has).
+fn load_spool(s: &Shared) {
+    let Some(path) = &s.opts.spool else { return };
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    let Ok(spool) = serde_json::from_slice::<Spool>(&bytes) else {
+        tracing::warn!(path = %path.display(), "unreadable usage spool ignored");
+        return;
+    };
+    let mut sessions = lock(&s.sessions);
+    for (id, (up, down)) in spool.sessions {
+        let x = Session::new();
+        x.up.store(up, Ordering::Relaxed);
+        x.down.store(down, Ordering::Relaxed);
+        sessions.insert(id, Arc::new(x));
+    }
+    tracing::info!(sessions = sessions.len(), "usage spool restored");
+}
+
 async fn flush_usage(s: &Arc<Shared>) {
     let pending = pending_totals(s);
     if pending.is_empty() {
         return;
     }
+    write_spool(s);
     let seq = s.seq.fetch_add(1, Ordering::Relaxed);
     let reports = pending
         .iter()

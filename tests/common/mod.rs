@@ -280,12 +280,15 @@ pub struct TestServer {
 impl TestServer {
     /// Migrates (no-op on a cloned template) and serves.
     pub async fn start(dsn: Dsn, debug: bool) -> Self {
+        Self::start_at(dsn, debug, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`TestServer::start`] on a given address (to restart on the same port).
+    pub async fn start_at(dsn: Dsn, debug: bool, addr: SocketAddr) -> Self {
         let state = httvps::app::prepare(&settings(dsn, debug))
             .await
             .expect("prepare");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
         let st = state.clone();
@@ -305,6 +308,11 @@ impl TestServer {
 
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    /// Stops serving (in place), waiting for the server task.
+    pub async fn halt(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
