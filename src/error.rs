@@ -70,6 +70,14 @@ impl AppError {
         }
     }
 
+    /// Maps a diesel error, saying what a unique violation means here.
+    pub fn on_conflict(message: &'static str) -> impl Fn(diesel::result::Error) -> AppError {
+        move |e| match AppError::from(e) {
+            AppError::Conflict(_) => AppError::Conflict(message.into()),
+            other => other,
+        }
+    }
+
     /// Shorthand for a bad-request error.
     pub fn bad(msg: impl Into<String>) -> Self {
         AppError::BadRequest(msg.into())

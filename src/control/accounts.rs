@@ -82,12 +82,9 @@ pub async fn create_user(db: &Db, email: &str, password: &str, role: Role) -> Ap
             .returning(User::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match AppError::from(e) {
-                AppError::Conflict(_) => {
-                    AppError::Conflict("an account with this email already exists".into())
-                }
-                other => other,
-            })?
+            .map_err(AppError::on_conflict(
+                "an account with this email already exists",
+            ))?
     });
     Ok(inserted)
 }

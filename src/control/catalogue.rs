@@ -153,10 +153,7 @@ pub async fn create_plan(db: &Db, actor: &str, input: NewPlan) -> AppResult<Plan
             .returning(Plan::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match AppError::from(e) {
-                AppError::Conflict(_) => AppError::Conflict("a plan with this name exists".into()),
-                o => o,
-            })?;
+            .map_err(AppError::on_conflict("a plan with this name exists"))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -202,12 +199,7 @@ pub async fn update_plan(
                 .get_result(conn)
                 .await
                 .optional()
-                .map_err(|e| match AppError::from(e) {
-                    AppError::Conflict(_) => {
-                        AppError::Conflict("a plan with this name exists".into())
-                    }
-                    o => o,
-                })?
+                .map_err(AppError::on_conflict("a plan with this name exists"))?
         };
         let p = p.ok_or(AppError::NotFound("plan"))?;
         diesel::insert_into(audit_log::table)
@@ -294,12 +286,7 @@ pub async fn create_region(
             .returning(Region::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match AppError::from(e) {
-                AppError::Conflict(_) => {
-                    AppError::Conflict("a region with this code exists".into())
-                }
-                o => o,
-            })?;
+            .map_err(AppError::on_conflict("a region with this code exists"))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)

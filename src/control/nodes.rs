@@ -176,10 +176,7 @@ pub async fn register_outline(
             .returning(OutlineNode::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match AppError::from(e) {
-                AppError::Conflict(_) => AppError::Conflict("a node with this name exists".into()),
-                o => o,
-            })?;
+            .map_err(AppError::on_conflict("a node with this name exists"))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -239,12 +236,7 @@ pub async fn register_gateway(
             .returning(GatewayNode::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match AppError::from(e) {
-                AppError::Conflict(_) => {
-                    AppError::Conflict("a gateway with this name exists".into())
-                }
-                o => o,
-            })?;
+            .map_err(AppError::on_conflict("a gateway with this name exists"))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)

@@ -96,12 +96,9 @@ pub async fn grant(db: &Db, actor: &str, user_id: &str, plan_id: &str) -> AppRes
             .returning(Subscription::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match AppError::from(e) {
-                AppError::Conflict(_) => AppError::Conflict(
-                    "the user already has an active subscription: extend or cancel it".into(),
-                ),
-                o => o,
-            })?;
+            .map_err(AppError::on_conflict(
+                "the user already has an active subscription: extend or cancel it",
+            ))?;
         let entry = audit::entry(
             actor,
             "grant_subscription",
@@ -146,12 +143,9 @@ pub async fn extend(db: &Db, actor: &str, id: &str, days: i32) -> AppResult<Subs
             .returning(Subscription::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match AppError::from(e) {
-                AppError::Conflict(_) => {
-                    AppError::Conflict("the user has another active subscription".into())
-                }
-                o => o,
-            })?;
+            .map_err(AppError::on_conflict(
+                "the user has another active subscription",
+            ))?;
         let entry = audit::entry(
             actor,
             "extend_subscription",

@@ -75,8 +75,17 @@ impl Backend {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, BackendError> {
+        self.call_as(req, &self.token).await
+    }
+
+    /// Sends `req` with `bearer`, mapping the error envelope.
+    async fn call_as<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        bearer: &str,
+    ) -> Result<T, BackendError> {
         let res = req
-            .bearer_auth(&self.token)
+            .bearer_auth(bearer)
             .send()
             .await
             .map_err(|e| BackendError::Unreachable(e.to_string()))?;
@@ -128,33 +137,11 @@ impl Backend {
             device_token: None,
             region: region.map(str::to_owned),
         };
-        let res = self
+        let req = self
             .http
             .post(format!("{}/api/v1/nodes/assign-outline", self.base))
-            .bearer_auth(device_jwt)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
-        let status = res.status();
-        if status.is_success() {
-            return res
-                .json()
-                .await
-                .map_err(|e| BackendError::Unreachable(e.to_string()));
-        }
-        let body: Option<ErrorBody> = res.json().await.ok();
-        if let Some(reason) = body
-            .as_ref()
-            .and_then(|b| b.error.reason.as_deref())
-            .and_then(parse_reason)
-        {
-            return Err(BackendError::Refused(reason));
-        }
-        Err(BackendError::Status {
-            status: status.as_u16(),
-            code: body.map(|b| b.error.code).unwrap_or_default(),
-        })
+            .json(&body);
+        self.call_as(req, device_jwt).await
     }
 
     /// `POST /auth/device-token`: our token is the device access token.

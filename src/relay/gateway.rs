@@ -537,17 +537,27 @@ async fn closed_signal(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Pipes one TCP tunnel. A client Close is a half-close: the node's side is
-/// shut for writing and whatever the node still sends is forwarded before
-/// the gateway closes.
-async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_frame: usize) {
-    let Ok(mut ws) = fut.await else { return };
+type WsIo = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Completes the upgrade with our settings (no automatic Close or Pong, a
+/// frame limit) and starts the only task that writes to the socket: frames
+/// queued on the returned sender (at most `queue` in flight: backpressure),
+/// until a Close is written.
+async fn open_tunnel(
+    fut: UpgradeFut,
+    max_frame: usize,
+    queue: usize,
+) -> Option<(
+    fastwebsockets::WebSocketRead<tokio::io::ReadHalf<WsIo>>,
+    mpsc::Sender<Frame<'static>>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let mut ws = fut.await.ok()?;
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
     ws.set_max_message_size(max_frame);
-    let (mut rx, mut tx) = ws.split(tokio::io::split);
-    let (mut node_r, mut node_w) = node.into_split();
-    let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(8);
+    let (rx, mut tx) = ws.split(tokio::io::split);
+    let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(queue);
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
             let last = frame.opcode == OpCode::Close;
@@ -556,6 +566,17 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
             }
         }
     });
+    Some((rx, out, writer))
+}
+
+/// Pipes one TCP tunnel. A client Close is a half-close: the node's side is
+/// shut for writing and whatever the node still sends is forwarded before
+/// the gateway closes.
+async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_frame: usize) {
+    let Some((mut rx, out, writer)) = open_tunnel(fut, max_frame, 8).await else {
+        return;
+    };
+    let (mut node_r, mut node_w) = node.into_split();
     let session = guard.session.clone();
     let up_out = out.clone();
     let up_session = session.clone();
@@ -666,21 +687,10 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
 
 /// Pipes one UDP tunnel: one Shadowsocks packet per binary message.
 async fn pipe_udp(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard, max_frame: usize) {
-    let Ok(mut ws) = fut.await else { return };
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    ws.set_max_message_size(max_frame);
-    let (mut rx, mut tx) = ws.split(tokio::io::split);
+    let Some((mut rx, out, writer)) = open_tunnel(fut, max_frame, 32).await else {
+        return;
+    };
     let socket = Arc::new(socket);
-    let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(32);
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            let last = frame.opcode == OpCode::Close;
-            if tx.write_frame(frame).await.is_err() || tx.flush().await.is_err() || last {
-                break;
-            }
-        }
-    });
     let session = guard.session.clone();
     let (up_sock, up_out, up_session) = (socket.clone(), out.clone(), session.clone());
     let mut upstream = tokio::spawn(async move {
