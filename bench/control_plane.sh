@@ -29,7 +29,7 @@ INSERT INTO devices SELECT '30000000-0000-4000-8000-' || lpad(i::text, 12, '0'),
   'd' || i, 'linux', 'active', encode(sha256(('bench' || lpad(i::text, 38, '0'))::bytea), 'hex'), NULL, now(), NULL
   FROM generate_series(1, $devices) i;
 INSERT INTO gateway_nodes VALUES ('00000000-0000-4000-8000-000000000003','00000000-0000-4000-8000-000000000002','gw','https://gw.bench',
-  encode(sha256('benchgatewaytoken0000000000000000000000000'::bytea), 'hex'),'active','unknown',NULL,0,NULL,now(),now());
+  encode(sha256('benchgatewaytoken00000000000000000000000000'::bytea), 'hex'),'active','unknown',NULL,0,NULL,now(),now());
 ANALYZE;
 SQL
 BACKEND_DB_DSN="$dsn" BACKEND_SECRET_KEY="bench-secret-bench-secret-bench-secret-0001" BACKEND_PORT=18900 \
@@ -41,7 +41,7 @@ cat > /tmp/httvps-validate.lua <<LUA
 math.randomseed(os.time())
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer benchgatewaytoken0000000000000000000000000"
+wrk.headers["Authorization"] = "Bearer benchgatewaytoken00000000000000000000000000"
 request = function()
   local i = math.random(1, $devices)
   return wrk.format(nil, nil, nil, string.format('{"device_token":"bench%038d"}', i))
@@ -51,6 +51,10 @@ echo "validate-device: 50 connections, ${seconds}s"
 ours=$(wrk -t2 -c50 -d"${seconds}s" --latency -s /tmp/httvps-validate.lua http://127.0.0.1:18900/api/v1/auth/validate-device)
 echo "$ours" | grep -E "Requests/sec|99%|Non-2xx" || true
 ours_rps=$(echo "$ours" | awk '/Requests\/sec/ {print $2}')
+if echo "$ours" | grep -q "Non-2xx"; then
+  echo "error: validate-device answered errors; the figures would be meaningless" >&2
+  exit 1
+fi
 ours_p99=$(echo "$ours" | awk '$1=="99%" {print $2}')
 pgbench -q -i -s 10 "$dsn" >/dev/null 2>&1
 echo "pgbench select-only: 50 clients, ${seconds}s"

@@ -1127,3 +1127,118 @@ async fn usage_spool_survives_a_killed_gateway_without_loss_or_double_count() {
     }
     assert_eq!(counted, sent, "bytes the node sent vs bytes in the ledger");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_tunnels_get_pings_and_close_after_silence() {
+    let plane = Plane::start_with(1, |o| {
+        o.idle_ping = Duration::from_millis(300);
+        o.idle_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    let mut w = ws(&plane, &format!("/ws/{}/tcp", plane.device_token))
+        .await
+        .expect("upgrade");
+    let started = std::time::Instant::now();
+    let (mut pings, mut close) = (0, None);
+    while started.elapsed() < Duration::from_secs(5) {
+        match tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(f))) => {
+                close = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert!(pings >= 1, "no ping while idle");
+    assert_eq!(close, Some(1000), "closed after the silent interval");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_refuse_private_destinations_by_default() {
+    use shadowsocks_service::shadowsocks::ProxyClientStream;
+    use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
+    use shadowsocks_service::shadowsocks::context::Context;
+    let echo = echo_server().await;
+    let method = node::parse_method("chacha20-ietf-poly1305").expect("method");
+    let options = |allow_private| node::NodeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        method,
+        password: "a-test-password".into(),
+        allow_private,
+    };
+    let ctx = Context::new_shared(ServerType::Local);
+    let cfg = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        "a-test-password",
+        method,
+    )
+    .expect("cfg");
+    for (allow, expect_echo) in [(false, false), (true, true)] {
+        let n = node::start(&options(allow)).await.expect("node");
+        let tcp = TcpStream::connect(n.addr).await.expect("connect");
+        let mut s = ProxyClientStream::from_stream(ctx.clone(), tcp, &cfg, echo);
+        let _ = s.write_all(b"ping").await;
+        let _ = s.flush().await;
+        let mut b = [0u8; 4];
+        let got = tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut b)).await;
+        let echoed = matches!(got, Ok(Ok(_))) && &b == b"ping";
+        assert_eq!(echoed, expect_echo, "allow_private = {allow}");
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_sockets() {
+    let plane = Plane::start(1).await;
+    let body = random_body(128 * 1024);
+    let web = http_server(body.clone()).await;
+    let socks = plane.client().await;
+    let digest = sha2::Sha256::digest(&*body);
+    let round = || async move {
+        let tasks: Vec<_> = (0..200)
+            .map(|_| tokio::spawn(async move { sha2::Sha256::digest(fetch(socks, web).await) }))
+            .collect();
+        for t in tasks {
+            assert_eq!(
+                t.await.expect("task"),
+                digest,
+                "a tunnel corrupted or lost bytes"
+            );
+        }
+    };
+    // The first round fills the connection pools (to the control plane and
+    // the database); the baseline is taken after it, and a second round must
+    // leave nothing behind.
+    round().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let baseline = open_fds();
+    round().await;
+    // Sockets go back to the baseline (bounded wait: closes finish asynchronously).
+    let mut now = open_fds();
+    for _ in 0..50 {
+        if now <= baseline + 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        now = open_fds();
+    }
+    assert!(
+        now <= baseline + 10,
+        "file descriptors: {baseline} before, {now} after"
+    );
+}

@@ -78,6 +78,12 @@ struct GatewayArgs {
     /// File keeping unacknowledged usage totals across restarts.
     #[arg(long, env = "GATEWAY_SPOOL")]
     spool: Option<PathBuf>,
+    /// Seconds without data before a tunnel gets a WebSocket Ping.
+    #[arg(long, env = "GATEWAY_IDLE_PING_SECS", default_value_t = 30)]
+    idle_ping_secs: u64,
+    /// Seconds without data before a tunnel is closed.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    idle_timeout_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +170,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
                 drain_grace: Duration::from_secs(a.drain_grace_secs),
                 spool: a.spool,
+                idle_ping: Duration::from_secs(a.idle_ping_secs.max(1)),
+                idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
                 ..Default::default()
             };
             let backend = Backend::new(&a.backend, &a.token)?;

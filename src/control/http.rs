@@ -57,6 +57,7 @@ impl AppState {
             jwt,
             events,
             gateway_url,
+            machines: Default::default(),
         };
         let schema = build_schema(api.clone(), debug);
         AppState {

@@ -541,3 +541,48 @@ pub async fn authenticate_machine(db: &Db, token: &str) -> AppResult<Machine> {
         _ => Err(AppError::Unauthenticated),
     }
 }
+
+/// How long an authenticated machine token is trusted without asking the
+/// database again (revocation applies within this time on the routes that
+/// use the cache).
+pub const MACHINE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Recently authenticated machine tokens, keyed by hash, so a gateway's burst
+/// of validate/assign calls costs one lookup rather than one per call.
+#[derive(Clone, Default)]
+pub struct MachineCache {
+    inner: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Machine)>>,
+    >,
+}
+
+impl MachineCache {
+    /// Like [`authenticate_machine`], answering from the cache when fresh.
+    pub async fn authenticate(&self, db: &Db, token: &str) -> AppResult<Machine> {
+        if !auth::looks_like_token(token) {
+            return Err(AppError::Unauthenticated);
+        }
+        let hash = auth::hash_token(token);
+        {
+            let map = self
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, m)) = map.get(&hash)
+                && at.elapsed() < MACHINE_CACHE_TTL
+            {
+                return Ok(m.clone());
+            }
+        }
+        let machine = authenticate_machine(db, token).await?;
+        let mut map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 10_000 {
+            map.retain(|_, (at, _)| at.elapsed() < MACHINE_CACHE_TTL);
+        }
+        map.insert(hash, (std::time::Instant::now(), machine.clone()));
+        Ok(machine)
+    }
+}

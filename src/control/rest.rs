@@ -67,12 +67,27 @@ enum Caller {
 }
 
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, AppError> {
+    caller_with(state, headers, false).await
+}
+
+/// `cached`: the hot routes (validate, assign) may trust a machine token
+/// authenticated in the last few seconds; writes about a node's own state
+/// (heartbeats, usage) always read it fresh.
+async fn caller_with(
+    state: &AppState,
+    headers: &HeaderMap,
+    cached: bool,
+) -> Result<Caller, AppError> {
     let token = bearer_token(headers)?.ok_or(AppError::Unauthenticated)?;
     if token.contains('.') {
         let claims = state.api.jwt.verify(Audience::Device, token)?;
         return Ok(Caller::Device(claims.sub));
     }
-    let machine = nodes::authenticate_machine(&state.db, token).await?;
+    let machine = if cached {
+        state.api.machines.authenticate(&state.db, token).await?
+    } else {
+        nodes::authenticate_machine(&state.db, token).await?
+    };
     Ok(Caller::Machine(Box::new(machine)))
 }
 
@@ -171,7 +186,7 @@ async fn validate_device(
     headers: HeaderMap,
     ApiJson(req): ApiJson<DeviceRequest>,
 ) -> Result<Json<ValidateDeviceResponse>, AppError> {
-    let caller = caller(&state, &headers).await?;
+    let caller = caller_with(&state, &headers, true).await?;
     let v = verdict_for(&state, &caller, &req).await?;
     Ok(Json(ValidateDeviceResponse {
         valid: v.valid(),
@@ -262,7 +277,7 @@ async fn assign_outline(
     headers: HeaderMap,
     ApiJson(req): ApiJson<DeviceRequest>,
 ) -> Result<Json<AssignResponse>, AppError> {
-    let caller = caller(&state, &headers).await?;
+    let caller = caller_with(&state, &headers, true).await?;
     let verdict = verdict_for(&state, &caller, &req).await?;
     let gateway = match &caller {
         Caller::Machine(m) => match &**m {

@@ -59,6 +59,10 @@ pub struct GatewayOptions {
     /// File keeping per-session cumulative totals, so a restart (even after
     /// SIGKILL) neither loses nor recounts what was reported.
     pub spool: Option<std::path::PathBuf>,
+    /// A tunnel with no data either way for this long gets a WebSocket Ping.
+    pub idle_ping: Duration,
+    /// A tunnel with no data either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -75,6 +79,8 @@ impl Default for GatewayOptions {
             heartbeat_every: Duration::from_secs(5),
             drain_grace: Duration::from_secs(10),
             spool: None,
+            idle_ping: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -576,6 +582,10 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
     let Some((mut rx, out, writer)) = open_tunnel(fut, max_frame, 8).await else {
         return;
     };
+    let (idle_ping, idle_timeout) = (guard.shared.opts.idle_ping, guard.shared.opts.idle_timeout);
+    let born = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let up_activity = activity.clone();
     let (mut node_r, mut node_w) = node.into_split();
     let session = guard.session.clone();
     let up_out = out.clone();
@@ -601,6 +611,7 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
                     up_session
                         .up
                         .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+                    up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
                 OpCode::Text => {
                     let _ = up_out.send(Frame::close(1003, b"binary frames only")).await;
@@ -625,6 +636,8 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
     let closer = out.clone();
     let downstream = async move {
         let mut buf = vec![0u8; 32 * 1024];
+        let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 r = node_r.read(&mut buf) => match r {
@@ -634,8 +647,23 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
                             return End::ClientGone;
                         }
                         down_session.down.fetch_add(n as u64, Ordering::Relaxed);
+                        activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 },
+                _ = tick.tick() => {
+                    let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                    let silent = born.elapsed().saturating_sub(last);
+                    if silent >= idle_timeout {
+                        let _ = out.send(Frame::close(1000, b"idle")).await;
+                        return End::Cancelled;
+                    }
+                    if silent >= idle_ping {
+                        let ping = Frame::new(true, OpCode::Ping, None, Payload::Owned(Vec::new()));
+                        if out.send(ping).await.is_err() {
+                            return End::ClientGone;
+                        }
+                    }
+                }
                 () = closed_signal(&mut closed) => {
                     let _ = out.send(Frame::close(1008, b"session closed")).await;
                     return End::Cancelled;

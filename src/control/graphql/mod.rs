@@ -67,6 +67,8 @@ pub struct ApiContext {
     pub events: Events,
     /// Public URL of the gateway devices connect through, if configured.
     pub gateway_url: Option<String>,
+    /// Recently authenticated machine tokens.
+    pub machines: crate::control::nodes::MachineCache,
 }
 
 /// Who is calling: resolved once per request from the access token.
