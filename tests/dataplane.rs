@@ -1242,3 +1242,67 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
         "file descriptors: {baseline} before, {now} after"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_jwt_in_the_authorization_header_opens_a_tunnel() {
+    use shadowsocks_service::shadowsocks::ProxyClientStream;
+    use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
+    use shadowsocks_service::shadowsocks::context::Context;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let plane = Plane::start(1).await;
+    let echo = echo_server().await;
+    let jwt = Backend::new(&plane.server.base, &plane.device_token)
+        .expect("backend")
+        .device_jwt()
+        .await
+        .expect("device JWT")
+        .token;
+    let r = plane
+        .gql("{outlineNodes{edges{node{method secret}}}}", json!({}))
+        .await;
+    let node = &r["data"]["outlineNodes"]["edges"][0]["node"];
+    let method = node::parse_method(node["method"].as_str().expect("m")).expect("method");
+    let cfg = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        node["secret"].as_str().expect("s"),
+        method,
+    )
+    .expect("cfg");
+    let open = |bearer: String| {
+        let plane = &plane;
+        async move {
+            let connector = tls::connector(Some(&plane.cert)).expect("connector");
+            let tcp = TcpStream::connect(plane.gateway_addr)
+                .await
+                .expect("connect");
+            let name =
+                tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let s = connector.connect(name, tcp).await.expect("tls");
+            let mut req = "wss://localhost/ws/-/tcp"
+                .into_client_request()
+                .expect("request");
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {bearer}").parse().expect("header"),
+            );
+            tokio_tungstenite::client_async(req, s)
+                .await
+                .map(|(w, _)| w)
+                .map_err(|e| e.to_string())
+        }
+    };
+    let forged = format!("{}x", &jwt[..jwt.len() - 1]);
+    let refused = open(forged).await.expect_err("a forged JWT is refused");
+    assert!(refused.contains("404"), "{refused}");
+    let w = open(jwt).await.expect("upgrade with a device JWT");
+    let ctx = Context::new_shared(ServerType::Local);
+    let mut s = ProxyClientStream::from_stream(ctx, httvps::relay::wsio::WsIo::new(w), &cfg, echo);
+    s.write_all(b"through the header").await.expect("write");
+    s.flush().await.expect("flush");
+    let mut b = [0u8; 18];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(&b, b"through the header");
+}

@@ -112,6 +112,10 @@ pub struct DeviceRequest {
     /// gateway calls, absent when the device calls with its device JWT.
     #[serde(default)]
     pub device_token: Option<String>,
+    /// Instead of `device_token`: the device JWT a client presented to the
+    /// gateway as `Authorization: Bearer` (gateways only).
+    #[serde(default)]
+    pub device_jwt: Option<String>,
     /// assign-outline: the region wanted (default: the gateway's region, or any).
     #[serde(default)]
     pub region: Option<String>,
@@ -125,10 +129,14 @@ async fn verdict_for(
     match caller {
         Caller::Device(id) => device_validation::by_device_id(&state.db, id).await,
         Caller::Machine(m) if matches!(**m, Machine::Gateway(_)) => {
+            if let Some(jwt) = req.device_jwt.as_deref() {
+                let claims = state.api.jwt.verify(Audience::Device, jwt)?;
+                return device_validation::by_device_id(&state.db, &claims.sub).await;
+            }
             let token = req
                 .device_token
                 .as_deref()
-                .ok_or_else(|| AppError::bad("device_token is required"))?;
+                .ok_or_else(|| AppError::bad("device_token or device_jwt is required"))?;
             device_validation::by_token(&state.db, token).await
         }
         Caller::Machine(_) => Err(AppError::Forbidden),

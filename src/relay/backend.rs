@@ -113,10 +113,13 @@ impl Backend {
         })
     }
 
-    /// `POST /nodes/assign-outline` for a device token (as a gateway).
-    pub async fn assign(&self, device_token: &str) -> Result<AssignResponse, BackendError> {
+    /// `POST /nodes/assign-outline` for a device (as a gateway).
+    /// The credential is a device access token, or a device JWT (it has dots).
+    pub async fn assign(&self, credential: &str) -> Result<AssignResponse, BackendError> {
+        let jwt = credential.contains('.');
         let body = DeviceRequest {
-            device_token: Some(device_token.to_owned()),
+            device_token: (!jwt).then(|| credential.to_owned()),
+            device_jwt: jwt.then(|| credential.to_owned()),
             region: None,
         };
         self.call(
@@ -135,6 +138,7 @@ impl Backend {
     ) -> Result<AssignResponse, BackendError> {
         let body = DeviceRequest {
             device_token: None,
+            device_jwt: None,
             region: region.map(str::to_owned),
         };
         let req = self

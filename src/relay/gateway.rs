@@ -162,8 +162,11 @@ impl Shared {
             .clone()
     }
 
+    /// Where the device holding `token` (an access token, or a device JWT
+    /// from `Authorization: Bearer`) goes, or why not.
     async fn route(&self, token: &str) -> Result<Arc<Route>, Refusal> {
-        if !crate::auth::looks_like_token(token) {
+        let jwt_shaped = token.len() < 4096 && token.split('.').count() == 3;
+        if !crate::auth::looks_like_token(token) && !jwt_shaped {
             return Err(Refusal::NotFound);
         }
         let cached = lock(&self.cache).get(token).cloned();
@@ -452,6 +455,18 @@ async fn connect_node(s: &Arc<Shared>, token: &str) -> Result<(Arc<Route>, TcpSt
     Err(refusal_response(s, Refusal::Unavailable))
 }
 
+/// The device credential of a tunnel request: a device JWT presented as
+/// `Authorization: Bearer` (our client may), else the token in the path.
+fn credential(req: &Request, path_token: String) -> String {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| t.contains('.'))
+        .unwrap_or(path_token)
+}
+
 async fn ws_tcp(
     State(s): State<Arc<Shared>>,
     Path(token): Path<String>,
@@ -460,6 +475,7 @@ async fn ws_tcp(
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return not_found().await;
     }
+    let token = credential(&req, token);
     let (route, node) = match connect_node(&s, &token).await {
         Ok(x) => x,
         Err(reject) => return reject.into_response(),
@@ -488,6 +504,7 @@ async fn ws_udp(
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return not_found().await;
     }
+    let token = credential(&req, token);
     let route = match s.route(&token).await {
         Ok(r) => r,
         Err(r) => return refusal_response(&s, r).into_response(),
