@@ -104,7 +104,7 @@ impl Plane {
         gql(
             &base,
             Some(&admin),
-            "mutation($u:ID!,$p:ID!){grantSubscription(userId:$u,planId:$p){id}}",
+            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
             json!({"u": me, "p": plan}),
         )
         .await;
@@ -135,7 +135,7 @@ impl Plane {
             gql(
                 &base,
                 Some(&admin),
-                "mutation($id:ID!){deleteNode(id:$id)}",
+                "mutation($id:UUID!){deleteNode(id:$id)}",
                 json!({"id": probe["id"]}),
             )
             .await;
@@ -489,7 +489,7 @@ async fn access_document_has_the_outline_structure_and_errors_for_revoked_device
     assert_eq!(doc, expected);
     plane
         .gql(
-            "mutation($id:ID!){revokeDevice(id:$id){status}}",
+            "mutation($id:UUID!){revokeDevice(id:$id){status}}",
             json!({"id": plane.device_id}),
         )
         .await;
@@ -769,7 +769,7 @@ impl Plane {
             .to_owned();
         let r = self
             .gql(
-                "mutation($u:ID!,$p:ID!){grantSubscription(userId:$u,planId:$p){id}}",
+                "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
                 json!({"u": u.id, "p": plan}),
             )
             .await;
@@ -856,7 +856,7 @@ async fn revocation_and_cancellation_close_open_tunnels_within_5_seconds() {
     // Revoking a device.
     plane
         .gql(
-            "mutation($id:ID!){revokeDevice(id:$id){status}}",
+            "mutation($id:UUID!){revokeDevice(id:$id){status}}",
             json!({"id": plane.device_id}),
         )
         .await;
@@ -868,7 +868,7 @@ async fn revocation_and_cancellation_close_open_tunnels_within_5_seconds() {
     // Cancelling a subscription.
     plane
         .gql(
-            "mutation($id:ID!){cancelSubscription(id:$id){status}}",
+            "mutation($id:UUID!){cancelSubscription(id:$id){status}}",
             json!({"id": other_sub}),
         )
         .await;

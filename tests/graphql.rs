@@ -74,7 +74,7 @@ async fn grant(base: &str, admin: &str, user_id: &str, plan_id: &str) -> Value {
     gql(
         base,
         Some(admin),
-        "mutation($u:ID!,$p:ID!){grantSubscription(userId:$u,planId:$p){id status trafficUsedBytes trafficLimitBytes plan{id} user{id}}}",
+        "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id status trafficUsedBytes trafficLimitBytes plan{id} user{id}}}",
         json!({"u": user_id, "p": plan_id}),
     )
     .await
@@ -318,7 +318,7 @@ async fn password_change_logout_and_disabling_invalidate_tokens() {
     let r = gql(
         base,
         Some(&admin),
-        "mutation($id:ID!){setUserStatus(id:$id,status:DISABLED){status}}",
+        "mutation($id:UUID!){setUserStatus(id:$id,status:DISABLED){status}}",
         json!({"id": uid}),
     )
     .await;
@@ -337,7 +337,7 @@ async fn password_change_logout_and_disabling_invalidate_tokens() {
     let r = gql(
         base,
         Some(&admin),
-        "mutation($id:ID!){setUserRole(id:$id,role:ADMIN){role}}",
+        "mutation($id:UUID!){setUserRole(id:$id,role:ADMIN){role}}",
         json!({"id": other_id}),
     )
     .await;
@@ -431,7 +431,7 @@ async fn users_never_see_other_users_data_or_node_secrets() {
         .expect("device")
         .to_owned();
     // B asks for A's devices and subscriptions through filters: gets only B's own.
-    let r = gql(base, Some(&b), "query($u:ID!){devices(filter:{userId:$u}){edges{node{id}}} subscriptions(filter:{userId:$u}){edges{node{user{id}}}}}", json!({"u": a_id})).await;
+    let r = gql(base, Some(&b), "query($u:UUID!){devices(filter:{userId:$u}){edges{node{id}}} subscriptions(filter:{userId:$u}){edges{node{user{id}}}}}", json!({"u": a_id})).await;
     assert_eq!(
         r["data"]["devices"]["edges"].as_array().map(Vec::len),
         Some(0),
@@ -446,12 +446,12 @@ async fn users_never_see_other_users_data_or_node_secrets() {
     let r = gql(
         base,
         Some(&b),
-        "mutation($id:ID!){revokeDevice(id:$id){id}}",
+        "mutation($id:UUID!){revokeDevice(id:$id){id}}",
         json!({"id": a_dev}),
     )
     .await;
     assert_eq!(code(&r), Some("NOT_FOUND"), "{r}");
-    let r = gql(base, Some(&b), "query($u:ID!){usage(userId:$u,from:\"2020-01-01T00:00:00Z\",to:\"2030-01-01T00:00:00Z\"){bytesUp}}", json!({"u": a_id})).await;
+    let r = gql(base, Some(&b), "query($u:UUID!){usage(userId:$u,from:\"2020-01-01T00:00:00Z\",to:\"2030-01-01T00:00:00Z\"){bytesUp}}", json!({"u": a_id})).await;
     assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
     gql(
         base,

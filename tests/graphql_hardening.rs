@@ -288,6 +288,15 @@ async fn limits_transport_rules_and_masking() {
     );
     // Database errors never reach clients.
     let admin = token_for(&server.base, &server.state.db, Role::Admin).await;
+    // Ids are UUIDs: anything else is a typed input error.
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        "{user(id:\"1 OR 1=1\"){id}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
     let r = gql(
         &server.base,
         None,
@@ -447,7 +456,7 @@ async fn node_events_reach_subscribers_on_another_replica() {
     gql(
         &b_base,
         Some(&admin),
-        "mutation($id:ID!){setNodeStatus(id:$id,status:DRAINING){__typename}}",
+        "mutation($id:UUID!){setNodeStatus(id:$id,status:DRAINING){__typename}}",
         json!({"id": node_id}),
     )
     .await;

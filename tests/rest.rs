@@ -75,7 +75,7 @@ impl World {
             .await
             .expect("user");
         self.gql(
-            "mutation($u:ID!,$p:ID!){grantSubscription(userId:$u,planId:$p){id}}",
+            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
             json!({"u": user.id, "p": self.plan_id}),
         )
         .await;
@@ -187,7 +187,7 @@ async fn assignment_policy() {
     for t in [&t1, &t2, &t3, &t4, &t5, &t6, &tu] {
         w.beat(t, 0).await;
     }
-    w.gql("mutation($a:ID!,$b:ID!){a:setNodeStatus(id:$a,status:DRAINING){__typename} b:setNodeStatus(id:$b,status:DISABLED){__typename}}", json!({"a": n3, "b": n4})).await;
+    w.gql("mutation($a:UUID!,$b:UUID!){a:setNodeStatus(id:$a,status:DRAINING){__typename} b:setNodeStatus(id:$b,status:DISABLED){__typename}}", json!({"a": n3, "b": n4})).await;
     // n5 stops heartbeating: its lease runs out and the sweeper marks it down.
     w.sql(&format!("UPDATE outline_nodes SET last_heartbeat_at = last_heartbeat_at - interval '1 minute' WHERE id = '{n5}'")).await;
     heartbeats::sweep(&w.server.state.db, &w.server.state.api.events)
@@ -273,7 +273,7 @@ async fn assignment_policy() {
     assert_eq!((s, b["error"]["code"].as_str()), (404, Some("NOT_FOUND")));
     // The sticky node drains: the device moves to a healthy node of the region.
     w.gql(
-        "mutation($a:ID!){setNodeStatus(id:$a,status:DRAINING){__typename}}",
+        "mutation($a:UUID!){setNodeStatus(id:$a,status:DRAINING){__typename}}",
         json!({"a": n2}),
     )
     .await;
@@ -290,12 +290,12 @@ async fn assignment_policy() {
     );
     // Nothing healthy left: 503 with a reason.
     w.gql(
-        "mutation($a:ID!){setNodeStatus(id:$a,status:DISABLED){__typename}}",
+        "mutation($a:UUID!){setNodeStatus(id:$a,status:DISABLED){__typename}}",
         json!({"a": n1}),
     )
     .await;
     w.gql(
-        "mutation($a:ID!){setNodeStatus(id:$a,status:DISABLED){__typename}}",
+        "mutation($a:UUID!){setNodeStatus(id:$a,status:DISABLED){__typename}}",
         json!({"a": n6}),
     )
     .await;
@@ -476,7 +476,7 @@ async fn enforcement_quota_revocation_and_disabled_users() {
         ))
         .await;
     w.gql(
-        "mutation($id:ID!){revokeDevice(id:$id){status}}",
+        "mutation($id:UUID!){revokeDevice(id:$id){status}}",
         json!({"id": other_dev}),
     )
     .await;
@@ -498,7 +498,7 @@ async fn enforcement_quota_revocation_and_disabled_users() {
     assert_eq!(hb["close_sessions"][0]["reason"], "device_revoked", "{hb}");
     // A disabled user and an unknown token.
     w.gql(
-        "mutation($id:ID!){setUserStatus(id:$id,status:DISABLED){status}}",
+        "mutation($id:UUID!){setUserStatus(id:$id,status:DISABLED){status}}",
         json!({"id": uid}),
     )
     .await;
@@ -740,8 +740,11 @@ async fn auth_matrix_and_scoping() {
         .as_str()
         .expect("id")
         .to_owned();
-    w.gql("mutation($id:ID!){deleteNode(id:$id)}", json!({"id": gw2}))
-        .await;
+    w.gql(
+        "mutation($id:UUID!){deleteNode(id:$id)}",
+        json!({"id": gw2}),
+    )
+    .await;
     assert_eq!(
         w.post("/api/v1/gateway/heartbeat", Some(&gw_b), json!({}))
             .await

@@ -2,7 +2,8 @@
 //! log-out, the viewer, and admin user management.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use async_graphql::{Context, InputObject, Object, SimpleObject};
+use uuid::Uuid;
 
 use super::{AdminOnly, ApiContext, GqlResultExt, SignedIn, connection, viewer};
 use crate::control::accounts::{self, Role, UserFilter, UserStatus};
@@ -14,7 +15,7 @@ use crate::error::AppError;
 #[derive(SimpleObject, Clone)]
 pub struct User {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// Email address (lower case).
     pub email: String,
     /// Role.
@@ -28,7 +29,7 @@ pub struct User {
 impl From<models::User> for User {
     fn from(u: models::User) -> Self {
         User {
-            id: ID(u.id),
+            id: super::uuid(&u.id),
             email: u.email,
             role: Role::parse(&u.role),
             status: UserStatus::parse(&u.status),
@@ -115,12 +116,9 @@ impl AccountQuery {
 
     /// Admin: one user.
     #[graphql(guard = "AdminOnly")]
-    async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<User>> {
+    async fn user(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<User>> {
         let api = ctx.data::<ApiContext>()?;
-        let Ok(id) = crate::control::validate::id("id", &id) else {
-            return Ok(None);
-        };
-        accounts::find_user(&api.db, &id)
+        accounts::find_user(&api.db, &id.to_string())
             .await
             .map(|u| u.map(User::from))
             .gql()
@@ -210,11 +208,11 @@ impl AccountMutation {
     async fn set_user_role(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        id: Uuid,
         role: Role,
     ) -> async_graphql::Result<User> {
         let api = ctx.data::<ApiContext>()?;
-        accounts::set_role(&api.db, &viewer(ctx)?.user_id, &id, role)
+        accounts::set_role(&api.db, &viewer(ctx)?.user_id, &id.to_string(), role)
             .await
             .map(User::from)
             .gql()
@@ -226,11 +224,11 @@ impl AccountMutation {
     async fn set_user_status(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        id: Uuid,
         status: UserStatus,
     ) -> async_graphql::Result<User> {
         let api = ctx.data::<ApiContext>()?;
-        accounts::set_status(&api.db, &viewer(ctx)?.user_id, &id, status)
+        accounts::set_status(&api.db, &viewer(ctx)?.user_id, &id.to_string(), status)
             .await
             .map(User::from)
             .gql()

@@ -2,7 +2,8 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{ComplexObject, Context, ID, InputObject, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
+use uuid::Uuid;
 
 use super::devices::Device;
 use super::loaders::{DbLoader, DeviceId, GatewayNodeId, OutlineNodeId, loader_error};
@@ -20,7 +21,7 @@ use crate::error::AppError;
 #[graphql(complex)]
 pub struct Session {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// Start (UTC).
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Last traffic or tunnel (UTC).
@@ -44,7 +45,7 @@ pub struct Session {
 impl From<models::Session> for Session {
     fn from(s: models::Session) -> Self {
         Session {
-            id: ID(s.id),
+            id: super::uuid(&s.id),
             started_at: s.started_at.and_utc(),
             last_activity_at: s.last_activity_at.and_utc(),
             ended_at: s.ended_at.map(|t| t.and_utc()),
@@ -101,11 +102,11 @@ impl Session {
 #[derive(InputObject, Default)]
 pub struct SessionFilterInput {
     /// Only this device's.
-    pub device_id: Option<ID>,
+    pub device_id: Option<Uuid>,
     /// Only this user's devices'.
-    pub user_id: Option<ID>,
+    pub user_id: Option<Uuid>,
     /// Only on this Outline node.
-    pub outline_node_id: Option<ID>,
+    pub outline_node_id: Option<Uuid>,
     /// Only open (true) or ended (false).
     pub open: Option<bool>,
 }
@@ -125,15 +126,15 @@ pub struct UsagePoint {
 #[derive(SimpleObject)]
 pub struct AuditEntry {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// The admin (null once deleted).
-    pub actor_user_id: Option<ID>,
+    pub actor_user_id: Option<Uuid>,
     /// What was done, e.g. `grant_subscription`.
     pub action: String,
     /// Kind of thing changed.
     pub target_type: String,
     /// Id of the thing changed.
-    pub target_id: Option<ID>,
+    pub target_id: Option<Uuid>,
     /// Details (JSON; never secrets).
     pub details: String,
     /// When (UTC).
@@ -146,7 +147,7 @@ pub struct AuditFilterInput {
     /// Only this action.
     pub action: Option<String>,
     /// Only this admin's actions.
-    pub actor_user_id: Option<ID>,
+    pub actor_user_id: Option<Uuid>,
 }
 
 /// Activity queries.
@@ -168,9 +169,9 @@ impl ActivityQuery {
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
         let filter = SessionFilter {
-            device_id: f.device_id.map(|i| i.0),
-            user_id: f.user_id.map(|i| i.0),
-            outline_node_id: f.outline_node_id.map(|i| i.0),
+            device_id: f.device_id.map(|i| i.to_string()),
+            user_id: f.user_id.map(|i| i.to_string()),
+            outline_node_id: f.outline_node_id.map(|i| i.to_string()),
             open: f.open,
         };
         let rows = sessions::list(&api.db, &filter, &page).await.gql()?;
@@ -188,8 +189,8 @@ impl ActivityQuery {
     async fn usage(
         &self,
         ctx: &Context<'_>,
-        user_id: Option<ID>,
-        node_id: Option<ID>,
+        user_id: Option<Uuid>,
+        node_id: Option<Uuid>,
         from: chrono::DateTime<chrono::Utc>,
         to: chrono::DateTime<chrono::Utc>,
         #[graphql(default_with = "Granularity::Day")] granularity: Granularity,
@@ -197,12 +198,14 @@ impl ActivityQuery {
         let api = ctx.data::<ApiContext>()?;
         let v = viewer(ctx)?;
         let user = match (v.is_admin(), user_id) {
-            (true, u) => u.map(|i| i.0),
-            (false, Some(u)) if u.0 != v.user_id => return Err(AppError::Forbidden.into_graphql()),
+            (true, u) => u.map(|i| i.to_string()),
+            (false, Some(u)) if u.to_string() != v.user_id => {
+                return Err(AppError::Forbidden.into_graphql());
+            }
             (false, _) => Some(v.user_id.clone()),
         };
         let node = if v.is_admin() {
-            node_id.map(|i| i.0)
+            node_id.map(|i| i.to_string())
         } else {
             None
         };
@@ -240,7 +243,7 @@ impl ActivityQuery {
         let f = filter.unwrap_or_default();
         let filter = AuditFilter {
             action: f.action,
-            actor_user_id: f.actor_user_id.map(|i| i.0),
+            actor_user_id: f.actor_user_id.map(|i| i.to_string()),
         };
         let rows = audit::list(&api.db, &filter, &page).await.gql()?;
         Ok(connection(
@@ -248,11 +251,11 @@ impl ActivityQuery {
             after.is_some(),
             |e| (e.created_at, e.id.clone()),
             |e| AuditEntry {
-                id: ID(e.id),
-                actor_user_id: e.actor_user_id.map(ID),
+                id: super::uuid(&e.id),
+                actor_user_id: e.actor_user_id.map(|v| super::uuid(&v)),
                 action: e.action,
                 target_type: e.target_type,
-                target_id: e.target_id.map(ID),
+                target_id: e.target_id.map(|v| super::uuid(&v)),
                 details: e.details,
                 created_at: e.created_at.and_utc(),
             },

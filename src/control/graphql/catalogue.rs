@@ -1,7 +1,8 @@
 //! Plans and regions over GraphQL.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use async_graphql::{Context, InputObject, Object, SimpleObject};
+use uuid::Uuid;
 
 use super::scalars::BigInt;
 use super::{AdminOnly, ApiContext, GqlResultExt, SignedIn, connection, viewer};
@@ -13,7 +14,7 @@ use crate::db::models;
 #[derive(SimpleObject, Clone)]
 pub struct Plan {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// Unique name.
     pub name: String,
     /// Price in cents of `currency`.
@@ -37,7 +38,7 @@ pub struct Plan {
 impl From<models::Plan> for Plan {
     fn from(p: models::Plan) -> Self {
         Plan {
-            id: ID(p.id),
+            id: super::uuid(&p.id),
             name: p.name,
             price_cents: BigInt(p.price_cents),
             currency: p.currency,
@@ -55,7 +56,7 @@ impl From<models::Plan> for Plan {
 #[derive(SimpleObject, Clone)]
 pub struct Region {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// Short code, e.g. `eu-west`.
     pub code: String,
     /// Display name.
@@ -69,7 +70,7 @@ pub struct Region {
 impl From<models::Region> for Region {
     fn from(r: models::Region) -> Self {
         Region {
-            id: ID(r.id),
+            id: super::uuid(&r.id),
             code: r.code,
             name: r.name,
             pool_method: r.pool_method,
@@ -197,7 +198,7 @@ impl CatalogueMutation {
     async fn update_plan(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        id: Uuid,
         input: UpdatePlanInput,
     ) -> async_graphql::Result<Plan> {
         let api = ctx.data::<ApiContext>()?;
@@ -212,7 +213,7 @@ impl CatalogueMutation {
             },
             device_limit: input.device_limit,
         };
-        catalogue::update_plan(&api.db, &viewer(ctx)?.user_id, &id, changes)
+        catalogue::update_plan(&api.db, &viewer(ctx)?.user_id, &id.to_string(), changes)
             .await
             .map(Plan::from)
             .gql()
@@ -220,9 +221,9 @@ impl CatalogueMutation {
 
     /// Admin: archives a plan (no new grants; running subscriptions continue).
     #[graphql(guard = "AdminOnly")]
-    async fn archive_plan(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Plan> {
+    async fn archive_plan(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Plan> {
         let api = ctx.data::<ApiContext>()?;
-        catalogue::archive_plan(&api.db, &viewer(ctx)?.user_id, &id)
+        catalogue::archive_plan(&api.db, &viewer(ctx)?.user_id, &id.to_string())
             .await
             .map(Plan::from)
             .gql()

@@ -2,7 +2,8 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, Enum, InputObject, Object, SimpleObject};
+use uuid::Uuid;
 
 use super::accounts::User;
 use super::loaders::{CurrentSubscriptionOf, DbLoader, UserId, loader_error};
@@ -26,7 +27,7 @@ pub enum DeviceStatus {
 #[graphql(complex)]
 pub struct Device {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// Name given by the user.
     pub name: String,
     /// Platform (ios, android, windows, macos, linux, …).
@@ -46,7 +47,7 @@ pub struct Device {
 impl From<models::Device> for Device {
     fn from(d: models::Device) -> Self {
         Device {
-            id: ID(d.id),
+            id: super::uuid(&d.id),
             name: d.name,
             platform: d.platform,
             status: if d.status == "active" {
@@ -101,7 +102,7 @@ pub struct DeviceCredentials {
 #[derive(InputObject, Default)]
 pub struct DeviceFilterInput {
     /// Admins: only this user's devices.
-    pub user_id: Option<ID>,
+    pub user_id: Option<Uuid>,
     /// Only this status.
     pub status: Option<DeviceStatus>,
 }
@@ -126,7 +127,7 @@ impl DeviceQuery {
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
         let user_id = if v.is_admin() {
-            f.user_id.map(|i| i.0)
+            f.user_id.map(|i| i.to_string())
         } else {
             Some(v.user_id.clone())
         };
@@ -189,7 +190,7 @@ impl DeviceMutation {
 
     /// Revokes a device (own, or any for admins): its tunnels close.
     #[graphql(guard = "SignedIn")]
-    async fn revoke_device(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Device> {
+    async fn revoke_device(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Device> {
         let api = ctx.data::<ApiContext>()?;
         let v = viewer(ctx)?;
         devices::revoke(
@@ -198,7 +199,7 @@ impl DeviceMutation {
                 user_id: &v.user_id,
                 admin: v.is_admin(),
             },
-            &id,
+            &id.to_string(),
         )
         .await
         .map(Device::from)
@@ -210,7 +211,7 @@ impl DeviceMutation {
     async fn rotate_device_token(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        id: Uuid,
     ) -> async_graphql::Result<DeviceCredentials> {
         let api = ctx.data::<ApiContext>()?;
         let v = viewer(ctx)?;
@@ -220,7 +221,7 @@ impl DeviceMutation {
                 user_id: &v.user_id,
                 admin: v.is_admin(),
             },
-            &id,
+            &id.to_string(),
         )
         .await
         .gql()?;

@@ -179,7 +179,7 @@ pub fn connection<R, N: OutputType>(
     let mut c = Connection::new(had_cursor, page.has_next);
     c.edges.extend(page.rows.into_iter().map(|r| {
         let (ts, id) = key(&r);
-        Edge::new(pagination::encode(ts, &id), node(r))
+        Edge::new(pagination::encode(ts, &id.to_string()), node(r))
     }));
     c
 }
@@ -219,4 +219,9 @@ pub fn check_aliases(query: &str) -> Result<(), AppError> {
         )));
     }
     Ok(())
+}
+
+/// The UUID of a stored id (ids are UUID strings in both databases).
+pub fn uuid(id: &str) -> uuid::Uuid {
+    uuid::Uuid::parse_str(id).unwrap_or_default()
 }

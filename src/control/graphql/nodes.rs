@@ -3,7 +3,8 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{ComplexObject, Context, ID, InputObject, Object, SimpleObject, Union};
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject, Union};
+use uuid::Uuid;
 
 use super::catalogue::Region;
 use super::loaders::{DbLoader, RegionId, loader_error};
@@ -18,7 +19,7 @@ use crate::db::models;
 #[graphql(complex)]
 pub struct OutlineNode {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// Unique name.
     pub name: String,
     /// Address gateways reach it at.
@@ -56,7 +57,7 @@ pub struct OutlineNode {
 impl From<models::OutlineNode> for OutlineNode {
     fn from(n: models::OutlineNode) -> Self {
         OutlineNode {
-            id: ID(n.id),
+            id: super::uuid(&n.id),
             name: n.name,
             host: n.host,
             port: n.port,
@@ -95,7 +96,7 @@ impl OutlineNode {
 #[graphql(complex)]
 pub struct GatewayNode {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// Unique name.
     pub name: String,
     /// URL clients connect to.
@@ -119,7 +120,7 @@ pub struct GatewayNode {
 impl From<models::GatewayNode> for GatewayNode {
     fn from(g: models::GatewayNode) -> Self {
         GatewayNode {
-            id: ID(g.id),
+            id: super::uuid(&g.id),
             name: g.name,
             public_url: g.public_url,
             status: NodeStatus::parse(&g.status),
@@ -330,14 +331,20 @@ impl NodeMutation {
     async fn set_node_status(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        id: Uuid,
         status: NodeStatus,
     ) -> async_graphql::Result<Node> {
         let api = ctx.data::<ApiContext>()?;
         Ok(
-            match nodes::set_status(&api.db, &api.events, &viewer(ctx)?.user_id, &id, status)
-                .await
-                .gql()?
+            match nodes::set_status(
+                &api.db,
+                &api.events,
+                &viewer(ctx)?.user_id,
+                &id.to_string(),
+                status,
+            )
+            .await
+            .gql()?
             {
                 AnyNode::Outline(n) => Node::Outline(n.into()),
                 AnyNode::Gateway(g) => Node::Gateway(g.into()),
@@ -347,9 +354,9 @@ impl NodeMutation {
 
     /// Admin: deletes a node; sessions keep their history.
     #[graphql(guard = "AdminOnly")]
-    async fn delete_node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+    async fn delete_node(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<bool> {
         let api = ctx.data::<ApiContext>()?;
-        nodes::delete(&api.db, &api.events, &viewer(ctx)?.user_id, &id)
+        nodes::delete(&api.db, &api.events, &viewer(ctx)?.user_id, &id.to_string())
             .await
             .gql()?;
         Ok(true)
@@ -357,9 +364,13 @@ impl NodeMutation {
 
     /// Admin: replaces a node's machine token; returns the new one once.
     #[graphql(guard = "AdminOnly")]
-    async fn rotate_node_token(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<String> {
+    async fn rotate_node_token(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<String> {
         let api = ctx.data::<ApiContext>()?;
-        nodes::rotate_token(&api.db, &viewer(ctx)?.user_id, &id)
+        nodes::rotate_token(&api.db, &viewer(ctx)?.user_id, &id.to_string())
             .await
             .gql()
     }

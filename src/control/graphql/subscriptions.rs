@@ -2,7 +2,8 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{ComplexObject, Context, ID, InputObject, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
+use uuid::Uuid;
 
 use super::accounts::User;
 use super::catalogue::Plan;
@@ -18,7 +19,7 @@ use crate::db::models;
 #[graphql(complex)]
 pub struct Subscription {
     /// Stable id.
-    pub id: ID,
+    pub id: Uuid,
     /// Status as of now (an active one past its expiry shows EXPIRED).
     pub status: SubscriptionStatus,
     /// Start (UTC).
@@ -40,7 +41,7 @@ pub struct Subscription {
 impl From<models::Subscription> for Subscription {
     fn from(s: models::Subscription) -> Self {
         Subscription {
-            id: ID(s.id.clone()),
+            id: super::uuid(&s.id),
             status: SubscriptionStatus::of(&s, crate::db::models::now()),
             starts_at: s.starts_at.and_utc(),
             expires_at: s.expires_at.and_utc(),
@@ -80,7 +81,7 @@ impl Subscription {
 #[derive(InputObject, Default)]
 pub struct SubscriptionFilterInput {
     /// Admins: only this user's.
-    pub user_id: Option<ID>,
+    pub user_id: Option<Uuid>,
     /// Only this stored status.
     pub status: Option<SubscriptionStatus>,
 }
@@ -105,7 +106,7 @@ impl SubscriptionQuery {
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
         let user_id = if v.is_admin() {
-            f.user_id.map(|i| i.0)
+            f.user_id.map(|i| i.to_string())
         } else {
             Some(v.user_id.clone())
         };
@@ -134,14 +135,19 @@ impl SubscriptionMutation {
     async fn grant_subscription(
         &self,
         ctx: &Context<'_>,
-        user_id: ID,
-        plan_id: ID,
+        user_id: Uuid,
+        plan_id: Uuid,
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<ApiContext>()?;
-        subscriptions::grant(&api.db, &viewer(ctx)?.user_id, &user_id, &plan_id)
-            .await
-            .map(Subscription::from)
-            .gql()
+        subscriptions::grant(
+            &api.db,
+            &viewer(ctx)?.user_id,
+            &user_id.to_string(),
+            &plan_id.to_string(),
+        )
+        .await
+        .map(Subscription::from)
+        .gql()
     }
 
     /// Admin: adds days to a subscription.
@@ -149,11 +155,11 @@ impl SubscriptionMutation {
     async fn extend_subscription(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        id: Uuid,
         days: i32,
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<ApiContext>()?;
-        subscriptions::extend(&api.db, &viewer(ctx)?.user_id, &id, days)
+        subscriptions::extend(&api.db, &viewer(ctx)?.user_id, &id.to_string(), days)
             .await
             .map(Subscription::from)
             .gql()
@@ -164,10 +170,10 @@ impl SubscriptionMutation {
     async fn cancel_subscription(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        id: Uuid,
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<ApiContext>()?;
-        subscriptions::cancel(&api.db, &viewer(ctx)?.user_id, &id)
+        subscriptions::cancel(&api.db, &viewer(ctx)?.user_id, &id.to_string())
             .await
             .map(Subscription::from)
             .gql()

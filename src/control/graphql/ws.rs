@@ -104,14 +104,14 @@ pub async fn serve(
                 match kind {
                     "connection_init" => initialised = true,
                     "subscribe" | "start" => {
-                        if !active.contains(&id) && active.len() >= MAX_SUBSCRIPTIONS {
-                            let text = error_message(protocol, &id, &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"));
+                        if !active.contains(&id.to_string()) && active.len() >= MAX_SUBSCRIPTIONS {
+                            let text = error_message(protocol, &id.to_string(), &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"));
                             if sink.send(Message::Text(text.into())).await.is_err() { break; }
                             continue;
                         }
                         active.insert(id);
                     }
-                    "complete" | "stop" => { active.remove(&id); }
+                    "complete" | "stop" => { active.remove(&id.to_string()); }
                     _ => {}
                 }
                 if to_gql.send(bytes).await.is_err() { break; }
