@@ -32,6 +32,7 @@ struct Plane {
     gateway: Option<tokio::task::JoinHandle<()>>,
     gateway_stop: Option<tokio::sync::oneshot::Sender<()>>,
     gateway_token: String,
+    admin_addr: Option<SocketAddr>,
     key: std::path::PathBuf,
     _dir: common::tempdir::TempDir,
     _db: TestDb,
@@ -77,8 +78,12 @@ impl Plane {
         let backend = Backend::new(&self.server.base, &self.gateway_token).expect("backend");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         self.gateway_stop = Some(stop);
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("admin bind");
+        admin.set_nonblocking(true).expect("nonblocking");
+        self.admin_addr = admin.local_addr().ok();
+        let admin = TcpListener::from_std(admin).expect("admin listener");
         self.gateway = Some(tokio::spawn(async move {
-            let _ = gateway::run(opts, backend, acceptor, listener, None, async {
+            let _ = gateway::run(opts, backend, acceptor, listener, Some(admin), async {
                 let _ = stopped.await;
             })
             .await;
@@ -192,6 +197,7 @@ impl Plane {
             gateway: None,
             gateway_stop: None,
             gateway_token: gw_token,
+            admin_addr: None,
             key,
             _dir: dir,
             _db: db,
@@ -336,6 +342,28 @@ async fn own_client_moves_10_mb_intact_and_usage_matches() {
         (1.0..1.01).contains(&ratio),
         "usage {down} vs {moved} bytes moved: ratio {ratio}"
     );
+    // The admin listener serves health and the byte counters.
+    let admin = plane.admin_addr.expect("admin listener");
+    let health = common::client()
+        .get(format!("http://{admin}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    let metrics = common::client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let down: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("httvps_gateway_bytes_down "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(down >= moved, "{metrics}");
     let r = plane
         .gql("{subscriptions{edges{node{trafficUsedBytes}}}}", json!({}))
         .await;
@@ -1305,4 +1333,53 @@ async fn a_device_jwt_in_the_authorization_header_opens_a_tunnel() {
         .expect("in time")
         .expect("read");
     assert_eq!(&b, b"through the header");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_binary_runs_with_a_backend_url_and_a_token() {
+    let plane = Plane::start(0).await;
+    let r = plane
+        .gql("mutation{registerOutlineNode(input:{region:\"eu\",name:\"bin\",host:\"127.0.0.1\",port:8388}){token node{id}}}", json!({}))
+        .await;
+    let token = r["data"]["registerOutlineNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+        .args([
+            "node",
+            "--backend",
+            &plane.server.base,
+            "--token",
+            &token,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("BACKEND_LOG_FORMAT", "json")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("httvps-relay node");
+    let mut up = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let r = plane
+            .gql(
+                "{outlineNodes{edges{node{name health version}}}}",
+                json!({}),
+            )
+            .await;
+        if r["data"]["outlineNodes"]["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["node"]["name"] == "bin" && e["node"]["health"] == "up")
+        {
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "the node fetched its settings and heartbeated");
+    let _ = child.kill().await;
 }
