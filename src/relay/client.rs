@@ -31,7 +31,8 @@ use super::node::parse_method;
 use super::wsio::WsIo;
 
 /// Client settings.
-#[derive(Debug, Clone)]
+// No Debug: it holds the device token.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Control plane base URL.
     pub backend: String,
@@ -46,7 +47,7 @@ pub struct ClientOptions {
 }
 
 /// What tunnels need: where to go and the Shadowsocks key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Params {
     gateway_host: String,
     gateway_port: u16,

@@ -114,7 +114,8 @@ fn private_block_acl() -> io::Result<AccessControl> {
 }
 
 /// Node settings.
-#[derive(Debug, Clone)]
+// No Debug: it holds the Shadowsocks password.
+#[derive(Clone)]
 pub struct NodeOptions {
     /// Where to listen (TCP and UDP on the same port).
     pub listen: SocketAddr,
