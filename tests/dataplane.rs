@@ -1383,3 +1383,93 @@ async fn the_node_binary_runs_with_a_backend_url_and_a_token() {
     assert!(up, "the node fetched its settings and heartbeated");
     let _ = child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
+    let plane = Plane::start(1).await;
+    let r = plane
+        .gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw-bin\",publicUrl:\"https://localhost\"}){token}}", json!({}))
+        .await;
+    let token = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let dir = common::tempdir::TempDir::new();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+        .args([
+            "gateway",
+            "--backend",
+            &plane.server.base,
+            "--token",
+            &token,
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--cert")
+        .arg(dir.path().join("c.pem"))
+        .arg("--key")
+        .arg(dir.path().join("k.pem"))
+        .args([
+            "--public-url",
+            "https://localhost",
+            "--drain-grace-secs",
+            "1",
+        ])
+        .env("BACKEND_LOG_FORMAT", "json")
+        .env("GATEWAY_SELF_SIGNED", "true")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("httvps-relay gateway");
+    // Its log line names the bound address.
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr);
+    let mut addr: Option<SocketAddr> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while addr.is_none() && tokio::time::Instant::now() < deadline {
+        let mut line = String::new();
+        let n = tokio::time::timeout_at(
+            deadline,
+            tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line),
+        )
+        .await
+        .expect("log in time")
+        .expect("read");
+        if n == 0 {
+            break;
+        }
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["message"] == "gateway listening"
+        {
+            addr = v["addr"].as_str().and_then(|a| a.parse().ok());
+        }
+    }
+    let addr = addr.expect("the gateway logged its address");
+    // It speaks TLS with the generated certificate and refuses unknown paths.
+    let connector = tls::connector(Some(&dir.path().join("c.pem"))).expect("connector");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = connector.connect(name, tcp).await.expect("tls");
+    s.write_all(b"GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all).await;
+    assert!(
+        String::from_utf8_lossy(&all).starts_with("HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
+    // SIGTERM: drain, flush, exit 0.
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exited in time")
+        .expect("wait");
+    assert!(exit.success(), "exit status {exit:?}");
+}
