@@ -208,6 +208,17 @@ impl Plane {
         plane
     }
 
+    /// A TLS connection to the gateway, trusting its certificate.
+    async fn tls(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let connector = tls::connector(Some(&self.cert)).expect("connector");
+        let tcp = TcpStream::connect(self.gateway_addr)
+            .await
+            .expect("connect");
+        let name =
+            tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        connector.connect(name, tcp).await.expect("tls")
+    }
+
     /// Our client on a free local port; returns the SOCKS address.
     async fn client(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -465,12 +476,7 @@ async fn udp_associate_round_trips_a_datagram() {
 }
 
 async fn https_get(plane: &Plane, path: &str) -> (u16, String) {
-    let connector = tls::connector(Some(&plane.cert)).expect("connector");
-    let tcp = TcpStream::connect(plane.gateway_addr)
-        .await
-        .expect("connect");
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut s = connector.connect(name, tcp).await.expect("tls");
+    let mut s = plane.tls().await;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -540,12 +546,7 @@ async fn ws(
     path: &str,
 ) -> Result<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>, String>
 {
-    let connector = tls::connector(Some(&plane.cert)).expect("connector");
-    let tcp = TcpStream::connect(plane.gateway_addr)
-        .await
-        .expect("connect");
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let s = connector.connect(name, tcp).await.expect("tls");
+    let s = plane.tls().await;
     tokio_tungstenite::client_async(
         format!("wss://localhost/{}", path.trim_start_matches('/')),
         s,
@@ -969,15 +970,9 @@ async fn idle_and_half_sent_sockets_are_closed_at_the_deadline_while_real_tunnel
         flood.push(s);
     }
     // Half an HTTP request after a completed TLS handshake.
-    let connector = tls::connector(Some(&plane.cert)).expect("connector");
     let mut half_http = Vec::new();
     for _ in 0..20 {
-        let tcp = TcpStream::connect(plane.gateway_addr)
-            .await
-            .expect("connect");
-        let name =
-            tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut s = connector.connect(name, tcp).await.expect("tls");
+        let mut s = plane.tls().await;
         s.write_all(b"GET /ws/x/tcp HTTP/1.1\r\nHost: local")
             .await
             .expect("write");
@@ -1299,13 +1294,7 @@ async fn a_device_jwt_in_the_authorization_header_opens_a_tunnel() {
     let open = |bearer: String| {
         let plane = &plane;
         async move {
-            let connector = tls::connector(Some(&plane.cert)).expect("connector");
-            let tcp = TcpStream::connect(plane.gateway_addr)
-                .await
-                .expect("connect");
-            let name =
-                tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-            let s = connector.connect(name, tcp).await.expect("tls");
+            let s = plane.tls().await;
             let mut req = "wss://localhost/ws/-/tcp"
                 .into_client_request()
                 .expect("request");

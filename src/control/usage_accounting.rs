@@ -91,15 +91,12 @@ pub async fn report(db: &Db, gateway_id: &str, batch: &[SessionTotals]) -> AppRe
         ordered.sort_by(|a, b| (&a.session_id, a.seq).cmp(&(&b.session_id, b.seq)));
         for t in ordered {
             let ts = now();
-            // Lock the session row (PostgreSQL row lock; SQLite write lock).
-            diesel::update(sessions::table.find(&t.session_id))
+            // Touching the row locks it (PostgreSQL row lock; SQLite write
+            // lock) and reads the totals in the same statement.
+            let s: Session = diesel::update(sessions::table.find(&t.session_id))
                 .set(sessions::last_activity_at.eq(ts))
-                .execute(conn)
-                .await?;
-            let s: Session = sessions::table
-                .find(&t.session_id)
-                .select(Session::as_select())
-                .first(conn)
+                .returning(Session::as_returning())
+                .get_result(conn)
                 .await?;
             let delta_up = (t.bytes_up - s.bytes_up).max(0);
             let delta_down = (t.bytes_down - s.bytes_down).max(0);

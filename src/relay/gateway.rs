@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::backend::{Backend, BackendError};
@@ -144,7 +144,6 @@ struct Shared {
     open: AtomicUsize,
     unreachable: Mutex<HashSet<String>>,
     reachable: Mutex<HashSet<String>>,
-    beat_now: Notify,
     seq: AtomicI64,
     refused: AtomicU64,
     draining: watch::Sender<bool>,
@@ -257,7 +256,6 @@ pub async fn run(
         open: AtomicUsize::new(0),
         unreachable: Mutex::new(HashSet::new()),
         reachable: Mutex::new(HashSet::new()),
-        beat_now: Notify::new(),
         seq: AtomicI64::new(chrono::Utc::now().timestamp_millis()),
         refused: AtomicU64::new(0),
         draining: watch::channel(false).0,
@@ -1007,9 +1005,6 @@ async fn heartbeat_once(s: &Arc<Shared>) {
 async fn heartbeat_loop(s: Arc<Shared>) {
     loop {
         heartbeat_once(&s).await;
-        tokio::select! {
-            () = tokio::time::sleep(s.opts.heartbeat_every) => {}
-            () = s.beat_now.notified() => {}
-        }
+        tokio::time::sleep(s.opts.heartbeat_every).await;
     }
 }
