@@ -1,6 +1,7 @@
-//! Live node events. On PostgreSQL they travel through NOTIFY, so every
-//! replica's subscribers see changes made on any replica; on SQLite (one
-//! process) they stay in process.
+//! Live events: node events (for dashboards and clients) and access
+//! events (for gateways, which drop cached validations at once). On
+//! PostgreSQL they travel through NOTIFY, so every replica's subscribers see
+//! changes made on any replica; on SQLite (one process) they stay in process.
 
 use std::time::Duration;
 
@@ -10,8 +11,40 @@ use tokio::sync::broadcast;
 
 use crate::db::{Db, DbPool};
 
-/// The NOTIFY channel.
+/// The NOTIFY channel of node events.
 pub const CHANNEL: &str = "httvps_node_events";
+
+/// The NOTIFY channel of access events.
+pub const ACCESS_CHANNEL: &str = "httvps_access_events";
+
+/// Someone's right to connect shrank (device revoked or its token rotated,
+/// account disabled, subscription cancelled or replaced, quota used up).
+/// Gateways forget every cached validation when they hear one and ask the
+/// control plane which of their open sessions to close.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessEvent {
+    /// Always `access`.
+    pub kind: String,
+    /// What changed (`device_revoked`, `user_disabled`, ...).
+    pub reason: String,
+    /// The account concerned.
+    pub user_id: Option<String>,
+    /// When it happened (UTC).
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl AccessEvent {
+    /// An access event about `user_id`.
+    pub fn new(reason: &str, user_id: Option<&str>) -> Self {
+        AccessEvent {
+            kind: "access".into(),
+            reason: reason.into(),
+            user_id: user_id.map(str::to_owned),
+            at: chrono::Utc::now(),
+        }
+    }
+}
 
 /// What happened to a node.
 #[derive(
@@ -73,10 +106,11 @@ pub struct NodeEvent {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Publishes and fans out node events.
+/// Publishes and fans out node and access events.
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<NodeEvent>,
+    access_tx: broadcast::Sender<AccessEvent>,
     db: Db,
 }
 
@@ -84,39 +118,60 @@ impl Events {
     /// A broker publishing through `db` (NOTIFY on PostgreSQL).
     pub fn new(db: Db) -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Events { tx, db }
+        let (access_tx, _) = broadcast::channel(1024);
+        Events { tx, access_tx, db }
     }
 
-    /// Receives every event from now on (slow receivers skip old ones).
+    /// Receives every node event from now on (slow receivers skip old ones).
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
         self.tx.subscribe()
     }
 
-    /// Publishes an event to every replica. Failures are logged: events are
-    /// advisory, the database stays the truth.
+    /// Receives every access event from now on (a slow receiver learns it
+    /// lagged, which gateways treat as an event).
+    pub fn subscribe_access(&self) -> broadcast::Receiver<AccessEvent> {
+        self.access_tx.subscribe()
+    }
+
+    /// Publishes a node event to every replica. Failures are logged: events
+    /// are advisory, the database stays the truth.
     pub async fn publish(&self, event: NodeEvent) {
-        match &self.db.pool {
-            DbPool::Pg(pool) => {
-                let payload = match serde_json::to_string(&event) {
-                    Ok(p) => p,
-                    Err(e) => return tracing::warn!(error = %e, "encoding a node event"),
-                };
-                let sent = async {
-                    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                    diesel::sql_query("SELECT pg_notify($1, $2)")
-                        .bind::<diesel::sql_types::Text, _>(CHANNEL)
-                        .bind::<diesel::sql_types::Text, _>(payload)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                if let Err(e) = sent.await {
-                    tracing::warn!(error = %e, "publishing a node event");
-                }
-            }
-            DbPool::Sqlite(_) => {
-                let _ = self.tx.send(event);
-            }
+        if let DbPool::Sqlite(_) = &self.db.pool {
+            let _ = self.tx.send(event);
+            return;
+        }
+        self.notify(CHANNEL, &event).await;
+    }
+
+    /// Publishes an access event to every replica. Failures are logged:
+    /// gateways also learn of closures from their heartbeats.
+    pub async fn access_changed(&self, event: AccessEvent) {
+        if let DbPool::Sqlite(_) = &self.db.pool {
+            let _ = self.access_tx.send(event);
+            return;
+        }
+        self.notify(ACCESS_CHANNEL, &event).await;
+    }
+
+    async fn notify(&self, channel: &str, event: &impl serde::Serialize) {
+        let DbPool::Pg(pool) = &self.db.pool else {
+            return;
+        };
+        let payload = match serde_json::to_string(event) {
+            Ok(p) => p,
+            Err(e) => return tracing::warn!(error = %e, "encoding an event"),
+        };
+        let sent = async {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<diesel::sql_types::Text, _>(channel)
+                .bind::<diesel::sql_types::Text, _>(payload)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(error = %e, channel, "publishing an event");
         }
     }
 
@@ -125,6 +180,7 @@ impl Events {
     /// reconnecting after failures. Returns once the first LISTEN is in place.
     pub async fn start_listener(&self, url: &str) {
         let tx = self.tx.clone();
+        let access_tx = self.access_tx.clone();
         let url = url.to_owned();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -132,7 +188,10 @@ impl Events {
             loop {
                 match AsyncPgConnection::establish(&url).await {
                     Ok(mut conn) => {
-                        if let Err(e) = conn.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                        if let Err(e) = conn
+                            .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}"))
+                            .await
+                        {
                             tracing::warn!(error = %e, "LISTEN failed");
                         } else {
                             if let Some(r) = ready.take() {
@@ -141,6 +200,16 @@ impl Events {
                             let mut stream = std::pin::pin!(conn.notifications_stream());
                             while let Some(n) = stream.next().await {
                                 match n {
+                                    Ok(n) if n.channel == ACCESS_CHANNEL => {
+                                        match serde_json::from_str::<AccessEvent>(&n.payload) {
+                                            Ok(ev) => {
+                                                let _ = access_tx.send(ev);
+                                            }
+                                            Err(e) => {
+                                                tracing::warn!(error = %e, "undecodable event")
+                                            }
+                                        }
+                                    }
                                     Ok(n) => match serde_json::from_str::<NodeEvent>(&n.payload) {
                                         Ok(ev) => {
                                             let _ = tx.send(ev);

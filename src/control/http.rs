@@ -41,6 +41,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Development mode (GraphiQL served).
     pub debug: bool,
+    /// Turns true when the server starts shutting down: long-lived
+    /// responses (event streams) end then.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ impl AppState {
             schema,
             metrics: Arc::new(Metrics::default()),
             debug,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }
@@ -98,8 +102,12 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let closing = state.closing.clone();
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.send_replace(true);
+        })
         .await
 }
 

@@ -5,12 +5,14 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::device_validation::{self, Reason, Verdict};
+use super::events::AccessEvent;
 use super::heartbeats::{self, GatewayBeat, OutlineBeat};
 use super::http::{AppState, bearer_token};
 use super::node_assignment::{self, HEARTBEAT_INTERVAL_SECS};
@@ -30,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/nodes/assign-outline", post(assign_outline))
         .route("/api/v1/usage/report", post(usage_report))
         .route("/api/v1/gateway/heartbeat", post(gateway_heartbeat))
+        .route("/api/v1/gateway/access-events", get(access_events))
         .route("/api/v1/outline/heartbeat", post(outline_heartbeat))
         .route("/api/v1/outline/config", get(outline_config))
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -274,6 +277,10 @@ pub struct AssignResponse {
     pub region: String,
     /// Whether the key is the region's pool key (any node of the region fits).
     pub pool_key: bool,
+    /// When the subscription runs out (UTC): a gateway trusts this answer
+    /// no longer than that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Picks a node for the device and opens or reuses its session.
@@ -294,6 +301,10 @@ async fn assign_outline(
         },
         Caller::Device(_) => None,
     };
+    let valid_until = verdict
+        .subscription
+        .as_ref()
+        .map(|s| s.expires_at.and_utc());
     let a =
         node_assignment::validate_and_assign(&state.db, verdict, gateway, req.region.as_deref())
             .await?;
@@ -316,6 +327,7 @@ async fn assign_outline(
         password: a.node.secret,
         region: a.region.code,
         pool_key: a.node.uses_pool_key,
+        valid_until,
     }))
 }
 
@@ -349,12 +361,71 @@ async fn usage_report(
 ) -> Result<Json<UsageReportResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
     let applied = usage_accounting::report(&state.db, &g.id, &req.reports).await?;
+    if applied.close.iter().any(|c| c.reason == "quota_exceeded") {
+        // Other gateways may hold cached validations for the same account.
+        state
+            .api
+            .events
+            .access_changed(AccessEvent::new("quota_exceeded", None))
+            .await;
+    }
     Ok(Json(UsageReportResponse {
         accepted: req.reports.len(),
         counted: applied.counted,
         close_sessions: applied.close,
     }))
 }
+
+/// Access events for gateways, as newline-delimited JSON: a `hello` line at
+/// once, an `access` line whenever someone's right to connect shrinks
+/// (drop cached validations, heartbeat now), a `keepalive` line every 15 s.
+/// The stream ends when the server shuts down; gateways reconnect.
+#[utoipa::path(get, path = "/api/v1/gateway/access-events",
+    responses((status = 200, description = "Newline-delimited JSON events", content_type = "application/x-ndjson"),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn access_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, AppError> {
+    gateway_caller(&state, &headers).await?;
+    let events = state.api.events.subscribe_access();
+    let closing = state.closing.subscribe();
+    let lines = futures_util::stream::unfold(
+        (events, closing, true),
+        |(mut events, mut closing, first)| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            let line = if first {
+                r#"{"kind":"hello"}"#.to_owned()
+            } else if *closing.borrow() {
+                return None;
+            } else {
+                tokio::select! {
+                    _ = closing.changed() => return None,
+                    got = tokio::time::timeout(ACCESS_KEEPALIVE, events.recv()) => match got {
+                        Err(_) => r#"{"kind":"keepalive"}"#.to_owned(),
+                        Ok(Ok(ev)) => serde_json::to_string(&ev).unwrap_or_default(),
+                        // Missed some: as good as an event.
+                        Ok(Err(RecvError::Lagged(_))) => r#"{"kind":"lagged"}"#.to_owned(),
+                        Ok(Err(RecvError::Closed)) => return None,
+                    },
+                }
+            };
+            let bytes = bytes::Bytes::from(line + "\n");
+            Some((
+                Ok::<_, std::convert::Infallible>(bytes),
+                (events, closing, false),
+            ))
+        },
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+/// How often the access-event stream says it is alive.
+const ACCESS_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Answer of both heartbeats.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -475,6 +546,7 @@ pub struct HealthBody {
         assign_outline,
         usage_report,
         gateway_heartbeat,
+        access_events,
         outline_heartbeat,
         outline_config
     )

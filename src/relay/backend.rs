@@ -193,6 +193,28 @@ impl Backend {
         .await
     }
 
+    /// `GET /gateway/access-events`: the open stream (newline-delimited
+    /// JSON), read with [`reqwest::Response::chunk`].
+    pub async fn access_events(&self) -> Result<reqwest::Response, BackendError> {
+        let res = self
+            .http
+            .get(format!("{}/api/v1/gateway/access-events", self.base))
+            .bearer_auth(&self.token)
+            // The stream lives long; its keepalives say it is alive.
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+        if res.status().is_success() {
+            Ok(res)
+        } else {
+            Err(BackendError::Status {
+                status: res.status().as_u16(),
+                code: "ACCESS_EVENTS".into(),
+            })
+        }
+    }
+
     /// `GET /outline/config`.
     pub async fn outline_config(&self) -> Result<OutlineConfig, BackendError> {
         self.call(

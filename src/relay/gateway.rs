@@ -2,7 +2,8 @@
 //! authenticates the device from the URL (asking the control plane, with a
 //! short cache), pipes Shadowsocks bytes to the assigned node unchanged,
 //! counts payload bytes per session, reports cumulative totals, heartbeats,
-//! and closes the sessions the control plane names. It also serves the
+//! and closes the sessions the control plane names. It follows the control
+//! plane's access events, so a revoked device is refused at once. It also serves the
 //! Outline dynamic access key document at `/c/{token}`.
 
 use std::collections::{HashMap, HashSet};
@@ -111,6 +112,16 @@ enum Refusal {
     Unavailable,
 }
 
+/// A control-plane answer and how long it may be used.
+#[derive(Debug, Clone)]
+struct Cached {
+    answer: Answer,
+    /// Used without asking until then.
+    fresh_until: Instant,
+    /// Used when the control plane is down until then (positive answers).
+    stale_until: Instant,
+}
+
 struct Session {
     up: AtomicU64,
     down: AtomicU64,
@@ -137,7 +148,12 @@ impl Session {
 struct Shared {
     opts: GatewayOptions,
     backend: Backend,
-    cache: Mutex<HashMap<String, (Instant, Answer)>>,
+    cache: Mutex<HashMap<String, Cached>>,
+    /// Wakes the heartbeat loop early (after an access event).
+    kick: tokio::sync::Notify,
+    /// Ends of subscriptions seen in answers (Unix ms): the heartbeat loop
+    /// wakes at each, so expired sessions close on time.
+    expiries: Mutex<std::collections::BTreeSet<i64>>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     per_device: Mutex<HashMap<String, usize>>,
     slots: Arc<Semaphore>,
@@ -169,24 +185,35 @@ impl Shared {
             return Err(Refusal::NotFound);
         }
         let cached = lock(&self.cache).get(token).cloned();
-        if let Some((at, answer)) = &cached
-            && at.elapsed() < self.opts.cache_ttl
+        let now = Instant::now();
+        if let Some(c) = &cached
+            && now < c.fresh_until
         {
-            return answer_to_result(answer.clone());
+            return answer_to_result(c.answer.clone());
         }
+        // Never trusted past the subscription's end.
+        let mut lifetime = Duration::MAX;
         let answer = match self.backend.assign(token).await {
             Ok(a) => match (a.host, a.port, a.node_id) {
-                (Some(host), Some(port), Some(node_id)) => Answer::Go(Arc::new(Route {
-                    session_id: a.session_id,
-                    node_id,
-                    node: if host.contains(':') {
-                        format!("[{host}]:{port}")
-                    } else {
-                        format!("{host}:{port}")
-                    },
-                    method: a.method,
-                    password: a.password,
-                })),
+                (Some(host), Some(port), Some(node_id)) => {
+                    if let Some(until) = a.valid_until {
+                        lifetime = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+                        if lifetime < EXPIRY_HORIZON {
+                            lock(&self.expiries).insert(until.timestamp_millis());
+                        }
+                    }
+                    Answer::Go(Arc::new(Route {
+                        session_id: a.session_id,
+                        node_id,
+                        node: if host.contains(':') {
+                            format!("[{host}]:{port}")
+                        } else {
+                            format!("{host}:{port}")
+                        },
+                        method: a.method,
+                        password: a.password,
+                    }))
+                }
                 _ => return Err(Refusal::Unavailable),
             },
             Err(BackendError::Refused(r)) => Answer::Refused(r),
@@ -197,13 +224,30 @@ impl Shared {
                 // The control plane is down: keep serving what it said recently.
                 tracing::warn!(error = %e, "control plane unreachable");
                 return match cached {
-                    Some((at, Answer::Go(r))) if at.elapsed() < self.opts.outage_ttl => Ok(r),
+                    Some(Cached {
+                        answer: Answer::Go(r),
+                        stale_until,
+                        ..
+                    }) if now < stale_until => Ok(r),
                     _ => Err(Refusal::Unavailable),
                 };
             }
             Err(_) => return Err(Refusal::Unavailable),
         };
-        lock(&self.cache).insert(token.to_owned(), (Instant::now(), answer.clone()));
+        let now = Instant::now();
+        let stale = if matches!(answer, Answer::Go(_)) {
+            self.opts.outage_ttl
+        } else {
+            Duration::ZERO
+        };
+        lock(&self.cache).insert(
+            token.to_owned(),
+            Cached {
+                answer: answer.clone(),
+                fresh_until: now + self.opts.cache_ttl.min(lifetime),
+                stale_until: now + stale.min(lifetime),
+            },
+        );
         answer_to_result(answer)
     }
 
@@ -211,13 +255,20 @@ impl Shared {
         lock(&self.cache).remove(token);
     }
 
+    /// Drops every cached answer: the next handshake of each device asks
+    /// the control plane again.
+    fn forget_all(&self) {
+        lock(&self.cache).clear();
+    }
+
     fn close_sessions(&self, orders: &[CloseOrder]) {
         if orders.is_empty() {
             return;
         }
         let ids: HashSet<&str> = orders.iter().map(|o| o.session_id.as_str()).collect();
-        lock(&self.cache)
-            .retain(|_, (_, a)| !matches!(a, Answer::Go(r) if ids.contains(r.session_id.as_str())));
+        lock(&self.cache).retain(
+            |_, c| !matches!(&c.answer, Answer::Go(r) if ids.contains(r.session_id.as_str())),
+        );
         let sessions = lock(&self.sessions);
         for o in orders {
             if let Some(s) = sessions.get(&o.session_id) {
@@ -251,6 +302,8 @@ pub async fn run(
         opts,
         backend,
         cache: Mutex::new(HashMap::new()),
+        kick: tokio::sync::Notify::new(),
+        expiries: Mutex::new(std::collections::BTreeSet::new()),
         sessions: Mutex::new(HashMap::new()),
         per_device: Mutex::new(HashMap::new()),
         open: AtomicUsize::new(0),
@@ -263,6 +316,7 @@ pub async fn run(
     load_spool(&shared);
     let reporter = tokio::spawn(report_loop(shared.clone()));
     let beater = tokio::spawn(heartbeat_loop(shared.clone()));
+    let follower = tokio::spawn(access_loop(shared.clone()));
     let admin_task = admin.map(|l| {
         let app = Router::new()
             .route("/health", get(health))
@@ -330,6 +384,7 @@ pub async fn run(
     flush_usage(&shared).await;
     reporter.abort();
     beater.abort();
+    follower.abort();
     if let Some(t) = admin_task {
         t.abort();
     }
@@ -965,6 +1020,8 @@ async fn report_loop(s: Arc<Shared>) {
     loop {
         tick.tick().await;
         flush_usage(&s).await;
+        let now = Instant::now();
+        lock(&s.cache).retain(|_, c| now < c.fresh_until.max(c.stale_until));
         // Forget sessions with no tunnel, nothing to report and no use for a while.
         lock(&s.sessions).retain(|_, x| {
             x.tunnels.load(Ordering::Relaxed) > 0
@@ -1002,9 +1059,80 @@ async fn heartbeat_once(s: &Arc<Shared>) {
     }
 }
 
+/// Subscription ends closer than this get a heartbeat of their own.
+const EXPIRY_HORIZON: Duration = Duration::from_secs(3600);
+
 async fn heartbeat_loop(s: Arc<Shared>) {
     loop {
         heartbeat_once(&s).await;
-        tokio::time::sleep(s.opts.heartbeat_every).await;
+        // Sleep until the next beat, an access event or a subscription's end.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut wait = s.opts.heartbeat_every;
+        {
+            let mut expiries = lock(&s.expiries);
+            while expiries.first().is_some_and(|t| *t <= now_ms) {
+                expiries.pop_first();
+            }
+            if let Some(next) = expiries.first() {
+                let ms = u64::try_from(next - now_ms).unwrap_or(0) + 200;
+                wait = wait.min(Duration::from_millis(ms));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = s.kick.notified() => {}
+        }
     }
+}
+
+/// Longest silence on the access-event stream before it is reopened
+/// (the control plane sends a keepalive every 15 s).
+const ACCESS_SILENCE: Duration = Duration::from_secs(40);
+
+/// Follows the control plane's access events: on each, forgets every cached
+/// validation (new handshakes are checked afresh at once) and heartbeats
+/// now (open tunnels of the device close). Reconnects after failures; on
+/// every (re)connect the cache is dropped too, since events may have been
+/// missed meanwhile.
+async fn access_loop(s: Arc<Shared>) {
+    loop {
+        match s.backend.access_events().await {
+            Ok(mut res) => {
+                s.forget_all();
+                s.kick.notify_one();
+                let mut buf: Vec<u8> = Vec::new();
+                while let Ok(Ok(Some(chunk))) =
+                    tokio::time::timeout(ACCESS_SILENCE, res.chunk()).await
+                {
+                    buf.extend_from_slice(&chunk);
+                    while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=end).collect();
+                        if is_access_change(&line) {
+                            tracing::debug!("access changed: validations dropped");
+                            s.forget_all();
+                            s.kick.notify_one();
+                        }
+                    }
+                    if buf.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "access events unavailable"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether a line of the access-event stream asks to drop validations
+/// (anything but `hello` and `keepalive`, including lines not understood).
+fn is_access_change(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        kind: String,
+    }
+    !matches!(
+        serde_json::from_slice::<Line>(line),
+        Ok(Line { kind }) if kind == "hello" || kind == "keepalive"
+    )
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{AdminOnly, ApiContext, GqlResultExt, SignedIn, connection, viewer};
 use crate::control::accounts::{self, Role, UserFilter, UserStatus};
+use crate::control::events::AccessEvent;
 use crate::control::pagination::PageArgs;
 use crate::db::models;
 use crate::error::AppError;
@@ -228,9 +229,14 @@ impl AccountMutation {
         status: UserStatus,
     ) -> async_graphql::Result<User> {
         let api = ctx.data::<ApiContext>()?;
-        accounts::set_status(&api.db, &viewer(ctx)?.user_id, &id.to_string(), status)
+        let user = accounts::set_status(&api.db, &viewer(ctx)?.user_id, &id.to_string(), status)
             .await
-            .map(User::from)
-            .gql()
+            .gql()?;
+        if user.status != "active" {
+            api.events
+                .access_changed(AccessEvent::new("user_disabled", Some(&user.id)))
+                .await;
+        }
+        Ok(User::from(user))
     }
 }

@@ -10,6 +10,7 @@ use super::loaders::{CurrentSubscriptionOf, DbLoader, UserId, loader_error};
 use super::subscriptions::Subscription;
 use super::{ApiContext, GqlResultExt, SignedIn, connection, viewer};
 use crate::control::devices::{self, AccessLinks, Actor, DeviceFilter};
+use crate::control::events::AccessEvent;
 use crate::control::pagination::PageArgs;
 use crate::db::models;
 
@@ -193,7 +194,7 @@ impl DeviceMutation {
     async fn revoke_device(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Device> {
         let api = ctx.data::<ApiContext>()?;
         let v = viewer(ctx)?;
-        devices::revoke(
+        let device = devices::revoke(
             &api.db,
             Actor {
                 user_id: &v.user_id,
@@ -202,8 +203,11 @@ impl DeviceMutation {
             &id.to_string(),
         )
         .await
-        .map(Device::from)
-        .gql()
+        .gql()?;
+        api.events
+            .access_changed(AccessEvent::new("device_revoked", Some(&device.user_id)))
+            .await;
+        Ok(Device::from(device))
     }
 
     /// Replaces a device's access token; the old one stops working.
@@ -225,6 +229,12 @@ impl DeviceMutation {
         )
         .await
         .gql()?;
+        api.events
+            .access_changed(AccessEvent::new(
+                "device_token_rotated",
+                Some(&device.user_id),
+            ))
+            .await;
         credentials(api, device, token).await
     }
 }

@@ -10,6 +10,7 @@ use super::catalogue::Plan;
 use super::loaders::{DbLoader, PlanId, UserId, loader_error};
 use super::scalars::BigInt;
 use super::{AdminOnly, ApiContext, GqlResultExt, SignedIn, connection, viewer};
+use crate::control::events::AccessEvent;
 use crate::control::pagination::PageArgs;
 use crate::control::subscriptions::{self, SubscriptionFilter, SubscriptionStatus};
 use crate::db::models;
@@ -139,15 +140,22 @@ impl SubscriptionMutation {
         plan_id: Uuid,
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<ApiContext>()?;
-        subscriptions::grant(
+        let sub = subscriptions::grant(
             &api.db,
             &viewer(ctx)?.user_id,
             &user_id.to_string(),
             &plan_id.to_string(),
         )
         .await
-        .map(Subscription::from)
-        .gql()
+        .gql()?;
+        // The new plan may allow less than the one it replaces.
+        api.events
+            .access_changed(AccessEvent::new(
+                "subscription_replaced",
+                Some(&sub.user_id),
+            ))
+            .await;
+        Ok(Subscription::from(sub))
     }
 
     /// Admin: adds days to a subscription.
@@ -173,9 +181,15 @@ impl SubscriptionMutation {
         id: Uuid,
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<ApiContext>()?;
-        subscriptions::cancel(&api.db, &viewer(ctx)?.user_id, &id.to_string())
+        let sub = subscriptions::cancel(&api.db, &viewer(ctx)?.user_id, &id.to_string())
             .await
-            .map(Subscription::from)
-            .gql()
+            .gql()?;
+        api.events
+            .access_changed(AccessEvent::new(
+                "subscription_cancelled",
+                Some(&sub.user_id),
+            ))
+            .await;
+        Ok(Subscription::from(sub))
     }
 }
