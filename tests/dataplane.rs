@@ -229,6 +229,7 @@ impl Plane {
             gateway: Some(format!("https://localhost:{}", self.gateway_addr.port())),
             ca_cert: Some(self.cert.clone()),
             region: None,
+            forward: None,
         };
         tokio::spawn(async move {
             if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {
@@ -393,6 +394,52 @@ async fn own_client_moves_10_mb_intact_and_usage_matches() {
         .and_then(|v| v.parse().ok())
         .expect("used");
     assert!(used >= moved, "subscription charged {used}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_mode_pipes_a_local_port_to_one_destination() {
+    let plane = Plane::start(1).await;
+    let body = random_body(300_000);
+    let target = http_server(body.clone()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let local = listener.local_addr().expect("addr");
+    let opts = client::ClientOptions {
+        backend: plane.server.base.clone(),
+        device_token: plane.device_token.clone(),
+        gateway: Some(format!("https://localhost:{}", plane.gateway_addr.port())),
+        ca_cert: Some(plane.cert.clone()),
+        region: None,
+        forward: Some(target.to_string()),
+    };
+    tokio::spawn(async move {
+        let _ = client::run(opts, listener, std::future::pending::<()>()).await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(local).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .expect("request");
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(all.ends_with(&body), "the body arrived intact");
+    }
+    assert!(client::parse_destination("example.com:443").is_ok());
+    assert!(client::parse_destination("[::1]:80").is_ok());
+    for bad in [
+        "",
+        "no-port",
+        "host:",
+        "host:99999",
+        ":80",
+        "a b:80",
+        "a/b:1",
+    ] {
+        assert!(client::parse_destination(bad).is_err(), "{bad}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -853,6 +900,7 @@ impl Plane {
             gateway: Some(format!("https://localhost:{}", self.gateway_addr.port())),
             ca_cert: Some(self.cert.clone()),
             region: None,
+            forward: None,
         };
         tokio::spawn(async move {
             let _ = client::run(opts, listener, std::future::pending::<()>()).await;

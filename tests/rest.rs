@@ -35,7 +35,10 @@ async fn login(base: &str, email: &str) -> String {
 
 impl World {
     async fn new() -> World {
-        let db = TestDb::pg().await;
+        Self::on(TestDb::pg().await).await
+    }
+
+    async fn on(db: TestDb) -> World {
         let server = TestServer::start(db.dsn.clone(), false).await;
         accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
             .await
@@ -148,11 +151,16 @@ impl World {
 
     async fn sql(&self, q: &str) {
         use diesel_async::RunQueryDsl;
-        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
-            panic!("pg")
-        };
-        let mut conn = pool.get().await.expect("conn");
-        diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+        match &self.server.state.db.pool {
+            httvps::db::DbPool::Pg(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+            }
+            httvps::db::DbPool::Sqlite(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+            }
+        }
     }
 
     async fn scalar(&self, q: &str) -> i64 {
@@ -162,15 +170,24 @@ impl World {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
-            panic!("pg")
-        };
-        let mut conn = pool.get().await.expect("conn");
-        diesel::sql_query(q)
-            .get_result::<N>(&mut *conn)
-            .await
-            .expect("sql")
-            .n
+        match &self.server.state.db.pool {
+            httvps::db::DbPool::Pg(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q)
+                    .get_result::<N>(&mut *conn)
+                    .await
+                    .expect("sql")
+                    .n
+            }
+            httvps::db::DbPool::Sqlite(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q)
+                    .get_result::<N>(&mut *conn)
+                    .await
+                    .expect("sql")
+                    .n
+            }
+        }
     }
 }
 
@@ -306,7 +323,15 @@ async fn assignment_policy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_ledger_counts_once_under_replays_reordering_and_concurrency() {
-    let w = World::new().await;
+    usage_ledger_counts_once(World::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_ledger_counts_once_on_sqlite() {
+    usage_ledger_counts_once(World::on(TestDb::sqlite().await).await).await;
+}
+
+async fn usage_ledger_counts_once(w: World) {
     let (_, t1) = w.node("eu", "n1", 100).await;
     w.beat(&t1, 0).await;
     let mut sessions = Vec::new();

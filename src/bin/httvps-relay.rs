@@ -122,6 +122,10 @@ struct ConnectArgs {
     /// Region wanted.
     #[arg(long, env = "CLIENT_REGION")]
     region: Option<String>,
+    /// Forward every connection on the --socks address to this host:port
+    /// through the tunnel, instead of speaking SOCKS5.
+    #[arg(long, env = "CLIENT_FORWARD")]
+    forward: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -223,6 +227,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 gateway: a.gateway,
                 ca_cert: a.ca_cert,
                 region: a.region,
+                forward: a.forward,
             };
             client::run(opts, listener, httvps::app::shutdown_signal()).await
         }

@@ -11,8 +11,8 @@ use diesel_async::RunQueryDsl;
 use super::device_validation;
 use super::subscriptions::PERIOD_DAYS;
 use crate::db::Db;
-use crate::db::models::{Device, Session, Subscription, UsageEntry, new_id, now};
-use crate::db::schema::{devices, plans, sessions, subscriptions, usage_ledger, users};
+use crate::db::models::{Device, Session, Subscription, new_id, now};
+use crate::db::schema::{devices, plans, sessions, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::{db_run, db_tx};
 
@@ -51,6 +51,68 @@ pub struct Applied {
     pub close: Vec<CloseOrder>,
 }
 
+/// A session's new totals (input of the set-based update).
+#[derive(serde::Serialize)]
+struct SessionGrowth {
+    id: String,
+    up: i64,
+    down: i64,
+    seq: i64,
+}
+
+/// A ledger entry (input of the set-based insert; stamped in SQL).
+#[derive(serde::Serialize)]
+struct LedgerRow {
+    id: String,
+    session_id: String,
+    seq: i64,
+    total_up: i64,
+    total_down: i64,
+    delta_up: i64,
+    delta_down: i64,
+}
+
+const LEDGER_PG: &str = "INSERT INTO usage_ledger \
+     (id, session_id, seq, total_up, total_down, delta_up, delta_down, recorded_at) \
+     SELECT x.id, x.session_id, x.seq, x.total_up, x.total_down, x.delta_up, x.delta_down, $2 \
+     FROM json_to_recordset($1::json) AS x(id text, session_id text, seq bigint, total_up bigint, \
+     total_down bigint, delta_up bigint, delta_down bigint) ON CONFLICT DO NOTHING";
+
+const LEDGER_SQLITE: &str = "INSERT INTO usage_ledger \
+     (id, session_id, seq, total_up, total_down, delta_up, delta_down, recorded_at) \
+     SELECT json_extract(value, '$.id'), json_extract(value, '$.session_id'), \
+     json_extract(value, '$.seq'), json_extract(value, '$.total_up'), \
+     json_extract(value, '$.total_down'), json_extract(value, '$.delta_up'), \
+     json_extract(value, '$.delta_down'), ?2 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING";
+
+/// Bytes to add to a subscription's period total.
+#[derive(serde::Serialize)]
+struct SubscriptionCharge {
+    id: String,
+    delta: i64,
+}
+
+const GROW_SESSIONS_PG: &str = "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
+     last_seq = x.seq FROM json_to_recordset($1::json) AS x(id text, up bigint, down bigint, seq bigint) \
+     WHERE sessions.id = x.id";
+
+const GROW_SESSIONS_SQLITE: &str = "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
+     last_seq = x.seq FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.up') AS up, \
+     json_extract(value, '$.down') AS down, json_extract(value, '$.seq') AS seq FROM json_each(?)) AS x \
+     WHERE sessions.id = x.id";
+
+/// Adds, saturating at the largest BIGINT.
+const CHARGE_PG: &str = "UPDATE subscriptions SET traffic_used_bytes = CASE \
+     WHEN subscriptions.traffic_used_bytes > 9223372036854775807 - x.delta THEN 9223372036854775807 \
+     ELSE subscriptions.traffic_used_bytes + x.delta END, updated_at = $2 \
+     FROM json_to_recordset($1::json) AS x(id text, delta bigint) WHERE subscriptions.id = x.id";
+
+const CHARGE_SQLITE: &str = "UPDATE subscriptions SET traffic_used_bytes = CASE \
+     WHEN subscriptions.traffic_used_bytes > 9223372036854775807 - x.delta THEN 9223372036854775807 \
+     ELSE subscriptions.traffic_used_bytes + x.delta END, updated_at = ?2 \
+     FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.delta') AS delta \
+     FROM json_each(?1)) AS x WHERE subscriptions.id = x.id";
+
 /// Applies a batch from `gateway_id`. Every session must belong to that
 /// gateway, or nothing is written.
 pub async fn report(db: &Db, gateway_id: &str, batch: &[SessionTotals]) -> AppResult<Applied> {
@@ -67,104 +129,132 @@ pub async fn report(db: &Db, gateway_id: &str, batch: &[SessionTotals]) -> AppRe
             return Err(AppError::bad("session_id is not a valid id"));
         }
     }
-    let ids: Vec<String> = batch
-        .iter()
-        .map(|t| t.session_id.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    // Cumulative totals: per session, the largest of each is the latest.
+    let mut latest: std::collections::BTreeMap<&str, (i64, i64, i64)> = Default::default();
+    for t in batch {
+        let e = latest.entry(&t.session_id).or_insert((0, 0, 0));
+        *e = (e.0.max(t.seq), e.1.max(t.bytes_up), e.2.max(t.bytes_down));
+    }
+    let ids: Vec<String> = latest.keys().map(|id| (*id).to_owned()).collect();
+    let pg = matches!(db.pool, crate::db::DbPool::Pg(_));
     let counted = db_tx!(db, |conn| {
-        let owners: Vec<(String, Option<String>)> = sessions::table
-            .filter(sessions::id.eq_any(&ids))
-            .select((sessions::id, sessions::gateway_node_id))
-            .load(conn)
-            .await?;
-        if owners.len() != ids.len() {
-            return Err(AppError::NotFound("session"));
-        }
-        if owners.iter().any(|(_, g)| g.as_deref() != Some(gateway_id)) {
-            return Err(AppError::Forbidden);
-        }
-        let mut counted = 0usize;
-        // A fixed order avoids deadlocks between concurrent reports.
-        let mut ordered: Vec<&SessionTotals> = batch.iter().collect();
-        ordered.sort_by(|a, b| (&a.session_id, a.seq).cmp(&(&b.session_id, b.seq)));
-        for t in ordered {
-            let ts = now();
-            // Touching the row locks it (PostgreSQL row lock; SQLite write
-            // lock) and reads the totals in the same statement.
-            let s: Session = diesel::update(sessions::table.find(&t.session_id))
+        let ts = now();
+        // Touching the rows locks them (PostgreSQL row locks; SQLite write
+        // lock) and reads their totals in the same statement.
+        let current: Vec<Session> =
+            diesel::update(sessions::table.filter(sessions::id.eq_any(&ids)))
                 .set(sessions::last_activity_at.eq(ts))
                 .returning(Session::as_returning())
-                .get_result(conn)
+                .get_results(conn)
                 .await?;
-            let delta_up = (t.bytes_up - s.bytes_up).max(0);
-            let delta_down = (t.bytes_down - s.bytes_down).max(0);
+        if current.len() != ids.len() {
+            return Err(AppError::NotFound("session"));
+        }
+        if current
+            .iter()
+            .any(|s| s.gateway_node_id.as_deref() != Some(gateway_id))
+        {
+            return Err(AppError::Forbidden);
+        }
+        // What each report adds over what is stored; nothing for replays.
+        let mut grown: Vec<SessionGrowth> = Vec::new();
+        let mut entries: Vec<LedgerRow> = Vec::new();
+        let mut by_device: std::collections::HashMap<&str, i64> = Default::default();
+        for s in &current {
+            let Some(&(seq, up, down)) = latest.get(s.id.as_str()) else {
+                continue;
+            };
+            let delta_up = (up - s.bytes_up).max(0);
+            let delta_down = (down - s.bytes_down).max(0);
             if delta_up == 0 && delta_down == 0 {
                 continue;
             }
-            diesel::update(sessions::table.find(&t.session_id))
-                .set((
-                    sessions::bytes_up.eq(s.bytes_up + delta_up),
-                    sessions::bytes_down.eq(s.bytes_down + delta_down),
-                    sessions::last_seq.eq(s.last_seq.max(t.seq)),
-                ))
-                .execute(conn)
-                .await?;
-            let entry = UsageEntry {
+            grown.push(SessionGrowth {
+                id: s.id.clone(),
+                up: s.bytes_up + delta_up,
+                down: s.bytes_down + delta_down,
+                seq: s.last_seq.max(seq),
+            });
+            entries.push(LedgerRow {
                 id: new_id(),
-                session_id: t.session_id.clone(),
-                seq: t.seq,
-                total_up: t.bytes_up,
-                total_down: t.bytes_down,
+                session_id: s.id.clone(),
+                seq,
+                total_up: up,
+                total_down: down,
                 delta_up,
                 delta_down,
-                recorded_at: ts,
-            };
-            diesel::insert_into(usage_ledger::table)
-                .values(&entry)
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?;
-            // Charge the owner's current subscription, starting a new period
-            // first when a monthly allowance is due to reset.
-            let current: Option<(Subscription, String)> = subscriptions::table
-                .inner_join(plans::table)
-                .filter(subscriptions::status.eq("active"))
-                .filter(
-                    subscriptions::user_id.nullable().eq(devices::table
-                        .filter(devices::id.eq(&s.device_id))
-                        .select(devices::user_id)
-                        .single_value()),
-                )
-                .select((Subscription::as_select(), plans::reset_period))
-                .first(conn)
-                .await
-                .optional()?;
-            if let Some((sub, reset)) = current {
-                let delta = delta_up.saturating_add(delta_down);
-                let due = reset == "monthly"
-                    && ts >= sub.period_start + chrono::Duration::days(PERIOD_DAYS);
-                let (used, period_start) = if due {
-                    (delta, ts)
-                } else {
-                    (
-                        sub.traffic_used_bytes.saturating_add(delta),
-                        sub.period_start,
-                    )
-                };
-                diesel::update(subscriptions::table.find(&sub.id))
+            });
+            let d = by_device.entry(s.device_id.as_str()).or_insert(0);
+            *d = d.saturating_add(delta_up.saturating_add(delta_down));
+        }
+        if grown.is_empty() {
+            return Ok(0);
+        }
+        let json = serde_json::to_string(&grown).map_err(|e| AppError::Internal(e.to_string()))?;
+        diesel::sql_query(if pg {
+            GROW_SESSIONS_PG
+        } else {
+            GROW_SESSIONS_SQLITE
+        })
+        .bind::<diesel::sql_types::Text, _>(json)
+        .execute(conn)
+        .await?;
+        let json =
+            serde_json::to_string(&entries).map_err(|e| AppError::Internal(e.to_string()))?;
+        diesel::sql_query(if pg { LEDGER_PG } else { LEDGER_SQLITE })
+            .bind::<diesel::sql_types::Text, _>(json)
+            .bind::<diesel::sql_types::Timestamp, _>(ts)
+            .execute(conn)
+            .await?;
+        // Charge each owner's current subscription once, starting a new
+        // period first when a monthly allowance is due to reset.
+        let device_ids: Vec<&str> = by_device.keys().copied().collect();
+        let subs: Vec<(String, Subscription, String)> = devices::table
+            .inner_join(subscriptions::table.on(subscriptions::user_id.eq(devices::user_id)))
+            .inner_join(plans::table.on(plans::id.eq(subscriptions::plan_id)))
+            .filter(devices::id.eq_any(&device_ids))
+            .filter(subscriptions::status.eq("active"))
+            .select((devices::id, Subscription::as_select(), plans::reset_period))
+            .load(conn)
+            .await?;
+        let mut charge: std::collections::BTreeMap<String, (i64, Subscription, String)> =
+            Default::default();
+        let mut charged: HashSet<String> = HashSet::new();
+        for (device, sub, reset) in subs {
+            let delta = by_device.get(device.as_str()).copied().unwrap_or(0);
+            if !charged.insert(device) {
+                continue;
+            }
+            let e = charge.entry(sub.id.clone()).or_insert((0, sub, reset));
+            e.0 = e.0.saturating_add(delta);
+        }
+        let mut add: Vec<SubscriptionCharge> = Vec::new();
+        for (id, (delta, sub, reset)) in charge {
+            let due =
+                reset == "monthly" && ts >= sub.period_start + chrono::Duration::days(PERIOD_DAYS);
+            if due {
+                diesel::update(subscriptions::table.find(&id))
                     .set((
-                        subscriptions::traffic_used_bytes.eq(used),
-                        subscriptions::period_start.eq(period_start),
+                        subscriptions::traffic_used_bytes.eq(delta),
+                        subscriptions::period_start.eq(ts),
                         subscriptions::updated_at.eq(ts),
                     ))
                     .execute(conn)
                     .await?;
+            } else {
+                add.push(SubscriptionCharge { id, delta });
             }
-            counted += 1;
         }
-        Ok(counted)
+        if !add.is_empty() {
+            let json =
+                serde_json::to_string(&add).map_err(|e| AppError::Internal(e.to_string()))?;
+            diesel::sql_query(if pg { CHARGE_PG } else { CHARGE_SQLITE })
+                .bind::<diesel::sql_types::Text, _>(json)
+                .bind::<diesel::sql_types::Timestamp, _>(ts)
+                .execute(conn)
+                .await?;
+        }
+        Ok(grown.len())
     })?;
     let close = close_orders(db, gateway_id, &ids).await?;
     Ok(Applied { counted, close })

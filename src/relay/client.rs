@@ -1,5 +1,6 @@
-//! The client: a local SOCKS5 proxy (CONNECT and UDP ASSOCIATE) tunnelling
-//! Shadowsocks over WebSocket through a gateway. It asks the control plane
+//! The client: a local SOCKS5 proxy (CONNECT and UDP ASSOCIATE), or a
+//! plain port forward to one destination, tunnelling Shadowsocks over
+//! WebSocket through a gateway. It asks the control plane
 //! for its key (as a device, with a device JWT) and follows node events,
 //! fetching its parameters again when a node of its region goes away.
 
@@ -44,6 +45,23 @@ pub struct ClientOptions {
     pub ca_cert: Option<PathBuf>,
     /// Region wanted.
     pub region: Option<String>,
+    /// Instead of SOCKS5, forward every local connection to this
+    /// destination (`host:port`) through the tunnel.
+    pub forward: Option<String>,
+}
+
+/// Parses a `host:port` destination (IPv6 hosts in brackets).
+pub fn parse_destination(s: &str) -> anyhow::Result<Address> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(Address::SocketAddress(addr));
+    }
+    let (host, port) = s.rsplit_once(':').context("a destination is host:port")?;
+    let port: u16 = port.parse().context("destination port")?;
+    anyhow::ensure!(
+        !host.is_empty() && host.len() <= 255 && !host.contains(['/', ' ', '[', ']']),
+        "destination host"
+    );
+    Ok(Address::DomainNameAddress(host.to_owned(), port))
 }
 
 /// What tunnels need: where to go and the Shadowsocks key.
@@ -109,6 +127,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let forward = opts.forward.as_deref().map(parse_destination).transpose()?;
     let params = fetch_params(&opts).await?;
     tracing::info!(region = %params.region, gateway = %params.gateway_host, "client ready");
     let shared = Arc::new(Shared {
@@ -128,9 +147,14 @@ pub async fn run(
             },
         };
         let shared = shared.clone();
+        let forward = forward.clone();
         tokio::spawn(async move {
-            if let Err(e) = socks(shared, stream).await {
-                tracing::debug!(error = %e, "socks connection ended");
+            let ended = match forward {
+                Some(target) => forward_tcp(shared, stream, target).await,
+                None => socks(shared, stream).await,
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "local connection ended");
             }
         });
     }
@@ -279,6 +303,17 @@ async fn reply<W: AsyncWrite + Unpin>(w: &mut W, code: u8, bound: SocketAddr) ->
     let mut out = vec![5, code, 0];
     encode_addr(&Address::SocketAddress(bound), &mut out);
     w.write_all(&out).await
+}
+
+/// Pipes one local connection to `target` through a new tunnel.
+async fn forward_tcp(s: Arc<Shared>, mut stream: TcpStream, target: Address) -> anyhow::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let p = params(&s);
+    let ws = open_ws(&s, &p, "tcp").await?;
+    let mut proxied =
+        ProxyClientStream::from_stream(s.ctx.clone(), WsIo::new(ws), &p.config, target);
+    tokio::io::copy_bidirectional(&mut stream, &mut proxied).await?;
+    Ok(())
 }
 
 async fn socks(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Result<()> {

@@ -983,6 +983,9 @@ fn load_spool(s: &Shared) {
     tracing::info!(sessions = sessions.len(), "usage spool restored");
 }
 
+/// Session totals per report: well under the control plane's body limit.
+const REPORT_CHUNK: usize = 200;
+
 async fn flush_usage(s: &Arc<Shared>) {
     let pending = pending_totals(s);
     if pending.is_empty() {
@@ -990,27 +993,60 @@ async fn flush_usage(s: &Arc<Shared>) {
     }
     write_spool(s);
     let seq = s.seq.fetch_add(1, Ordering::Relaxed);
-    let reports = pending
-        .iter()
-        .map(|(id, u, d)| SessionTotals {
-            session_id: id.clone(),
-            seq,
-            bytes_up: i64::try_from(*u).unwrap_or(i64::MAX),
-            bytes_down: i64::try_from(*d).unwrap_or(i64::MAX),
-        })
-        .collect();
-    match s.backend.report(&UsageReport { reports }).await {
-        Ok(answer) => {
-            let sessions = lock(&s.sessions);
-            for (id, u, d) in &pending {
-                if let Some(x) = sessions.get(id) {
-                    *lock(&x.reported) = (*u, *d);
+    for part in pending.chunks(REPORT_CHUNK) {
+        let reports = part
+            .iter()
+            .map(|(id, u, d)| SessionTotals {
+                session_id: id.clone(),
+                seq,
+                bytes_up: i64::try_from(*u).unwrap_or(i64::MAX),
+                bytes_down: i64::try_from(*d).unwrap_or(i64::MAX),
+            })
+            .collect();
+        match s.backend.report(&UsageReport { reports }).await {
+            Ok(answer) => {
+                mark_reported(s, part);
+                s.close_sessions(&answer.close_sessions);
+            }
+            // The control plane refuses the batch (a session it no longer
+            // knows, say): report one by one so the rest still count.
+            Err(BackendError::Status { status, .. }) if (400..500).contains(&status) => {
+                for one in part {
+                    let reports = vec![SessionTotals {
+                        session_id: one.0.clone(),
+                        seq,
+                        bytes_up: i64::try_from(one.1).unwrap_or(i64::MAX),
+                        bytes_down: i64::try_from(one.2).unwrap_or(i64::MAX),
+                    }];
+                    match s.backend.report(&UsageReport { reports }).await {
+                        Ok(answer) => s.close_sessions(&answer.close_sessions),
+                        Err(BackendError::Status { status, code })
+                            if (400..500).contains(&status) =>
+                        {
+                            tracing::warn!(session.id = %one.0, status, %code, "usage refused; dropped");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "usage report failed; will resend");
+                            return;
+                        }
+                    }
+                    mark_reported(s, std::slice::from_ref(one));
                 }
             }
-            drop(sessions);
-            s.close_sessions(&answer.close_sessions);
+            Err(e) => {
+                tracing::warn!(error = %e, "usage report failed; will resend");
+                return;
+            }
         }
-        Err(e) => tracing::warn!(error = %e, "usage report failed; will resend"),
+    }
+}
+
+fn mark_reported(s: &Shared, part: &[(String, u64, u64)]) {
+    let sessions = lock(&s.sessions);
+    for (id, u, d) in part {
+        if let Some(x) = sessions.get(id) {
+            *lock(&x.reported) = (*u, *d);
+        }
     }
 }
 
