@@ -1534,6 +1534,163 @@ async fn the_node_binary_runs_with_a_backend_url_and_a_token() {
     let _ = child.kill().await;
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the memory figures are reported for the record"
+)]
+async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
+    use shadowsocks_service::shadowsocks::ProxyClientStream;
+    use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
+    use shadowsocks_service::shadowsocks::relay::Address;
+    const TOTAL: u64 = 200 * 1024 * 1024;
+    let plane = Plane::start(1).await;
+    let r = plane
+        .gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw-mem\",publicUrl:\"https://localhost\"}){token}}", json!({}))
+        .await;
+    let token = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    // 200 MB is over the default plan's quota: a device on an unlimited plan.
+    let r = plane
+        .gql(
+            "mutation{createPlan(input:{name:\"unlimited\",priceCents:\"0\",durationDays:30,deviceLimit:3}){id}}",
+            json!({}),
+        )
+        .await;
+    let plan = r["data"]["createPlan"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let (_, device, _) = plane.other_device_on(Some(&plan)).await;
+    let dir = common::tempdir::TempDir::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let gw = common::GatewayProc::spawn(&plane.server.base, &token, dir.path(), port).await;
+    let pid = gw.child.id().expect("pid");
+    // A server that pushes 200 MB to whoever connects, as fast as it may.
+    let pusher = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = pusher.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = pusher.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![9u8; 64 * 1024];
+                let mut sent = 0u64;
+                while sent < TOTAL {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent += chunk.len() as u64;
+                }
+                let _ = s.shutdown().await;
+                // Drain what the client sent: closing with unread bytes
+                // would reset the connection and lose what is in flight.
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+            });
+        }
+    });
+    let r = plane
+        .gql("{outlineNodes{edges{node{method secret}}}}", json!({}))
+        .await;
+    let n = &r["data"]["outlineNodes"]["edges"][0]["node"];
+    let method = node::parse_method(n["method"].as_str().expect("m")).expect("method");
+    let cfg = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        n["secret"].as_str().expect("s").to_owned(),
+        method,
+    )
+    .expect("cfg");
+    let ctx = shadowsocks_service::shadowsocks::context::Context::new_shared(ServerType::Local);
+    let open = |dest: SocketAddr| {
+        let (cert, device, cfg, ctx) = (
+            dir.path().join("gw.crt"),
+            device.clone(),
+            cfg.clone(),
+            ctx.clone(),
+        );
+        async move {
+            let connector = tls::connector(Some(&cert)).expect("connector");
+            let tcp = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let name =
+                tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let tls = connector.connect(name, tcp).await.expect("tls");
+            let (ws, _) = tokio_tungstenite::client_async(
+                format!("wss://localhost:{port}/ws/{device}/tcp"),
+                tls,
+            )
+            .await
+            .expect("websocket");
+            let mut s = ProxyClientStream::from_stream(
+                ctx,
+                httvps::relay::wsio::WsIo::new(ws),
+                &cfg,
+                Address::SocketAddress(dest),
+            );
+            s.write_all(b"go").await.expect("request");
+            s.flush().await.expect("flush");
+            s
+        }
+    };
+    // Warm up (TLS, validation, buffers) on a small echo tunnel first.
+    let echo = echo_server().await;
+    let mut warm = open(echo).await;
+    let mut back = [0u8; 2];
+    warm.read_exact(&mut back).await.expect("echo");
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss_kib(pid);
+    // The client stops reading while the node pushes.
+    let mut slow = open(target).await;
+    let mut peak = base;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(rss_kib(pid));
+    }
+    let pushed = plane.nodes[0].1.tx();
+    let growth = peak.saturating_sub(base);
+    eprintln!(
+        "slow reader: gateway RSS {base} KiB -> peak {peak} KiB (growth {growth} KiB); \
+         node had sent {pushed} of {TOTAL} bytes"
+    );
+    assert!(growth < 16 * 1024, "the gateway grew by {growth} KiB");
+    assert!(
+        pushed < TOTAL / 4,
+        "no backpressure: the node sent {pushed} bytes"
+    );
+    // Reading again, every byte arrives.
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    while got < TOTAL {
+        let n = tokio::time::timeout(Duration::from_secs(30), slow.read(&mut buf))
+            .await
+            .expect("data in time")
+            .unwrap_or_else(|e| panic!("read after {got} bytes: {e}"));
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    assert_eq!(got, TOTAL, "every byte arrived once the client read again");
+    gw.sigkill().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
     let plane = Plane::start(1).await;

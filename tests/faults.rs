@@ -203,47 +203,6 @@ async fn sink() -> SocketAddr {
     addr
 }
 
-/// The gateway as a process of its own, so it can be killed for real.
-struct GatewayProc {
-    child: tokio::process::Child,
-}
-
-impl GatewayProc {
-    async fn spawn(base: &str, token: &str, dir: &Path, port: u16) -> GatewayProc {
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
-            .args(["gateway", "--backend", base, "--token", token])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", "127.0.0.1:0"])
-            .arg("--cert")
-            .arg(dir.join("gw.crt"))
-            .arg("--key")
-            .arg(dir.join("gw.key"))
-            .arg("--spool")
-            .arg(dir.join("spool.json"))
-            .args(["--public-url", &format!("https://localhost:{port}")])
-            .args(["--max-tunnels-per-device", "1000"])
-            .env("GATEWAY_SELF_SIGNED", "true")
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("httvps-relay gateway");
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return GatewayProc { child };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the gateway did not listen");
-    }
-
-    async fn sigkill(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-    }
-}
-
 /// What the test drives: tunnels that send as long as `run` is set,
 /// counting every byte the gateway was handed.
 struct Traffic {
@@ -435,7 +394,7 @@ async fn usage_survives_gateway_sigkill_control_plane_and_database_outages() {
     const TUNNELS: usize = 16;
 
     // (a) SIGKILL under traffic, then a restart on the same spool.
-    let gw = GatewayProc::spawn(&base, &gw_token, dir.path(), gw_port).await;
+    let gw = common::GatewayProc::spawn(&base, &gw_token, dir.path(), gw_port).await;
     traffic
         .start(gw_port, &cert, &device, &cfg, target, TUNNELS)
         .await;
@@ -449,7 +408,7 @@ async fn usage_survives_gateway_sigkill_control_plane_and_database_outages() {
     let loss_bound = at_kill - before_window;
     traffic.stop().await;
     let after_kill = traffic.up.load(Ordering::Relaxed);
-    let gw = GatewayProc::spawn(&base, &gw_token, dir.path(), gw_port).await;
+    let gw = common::GatewayProc::spawn(&base, &gw_token, dir.path(), gw_port).await;
     traffic
         .start(gw_port, &cert, &device, &cfg, target, TUNNELS)
         .await;

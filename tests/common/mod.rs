@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -422,4 +422,52 @@ pub async fn gql(
         .json()
         .await
         .expect("graphql json")
+}
+
+/// The gateway as a process of its own, so it can be killed for real.
+pub struct GatewayProc {
+    /// The process.
+    pub child: tokio::process::Child,
+}
+
+impl GatewayProc {
+    /// Starts `httvps-relay gateway` on 127.0.0.1:`port` with a generated
+    /// certificate (`dir`/gw.crt) and a spool in `dir`.
+    pub async fn spawn(base: &str, token: &str, dir: &Path, port: u16) -> GatewayProc {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+            .args(["gateway", "--backend", base, "--token", token])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .arg("--cert")
+            .arg(dir.join("gw.crt"))
+            .arg("--key")
+            .arg(dir.join("gw.key"))
+            .arg("--spool")
+            .arg(dir.join("spool.json"))
+            .args(["--public-url", &format!("https://localhost:{port}")])
+            .args(["--max-tunnels-per-device", "1000"])
+            .env("GATEWAY_SELF_SIGNED", "true")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("httvps-relay gateway");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return GatewayProc { child };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the gateway did not listen");
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub async fn sigkill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
 }

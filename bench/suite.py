@@ -1,0 +1,662 @@
+#!/usr/bin/env python3
+"""The httvps benchmark suite: every figure is measured against a peer in the
+same run on the same machine, and the ratios are what count.
+
+Run through `bench/run` (it installs the peers and builds first). Sections:
+throughput (iperf3, 1 and 4 streams), tunnel setup (rate, p50, p99),
+gateway memory (per idle tunnel, 10,000 tunnels) and the control plane
+(validate-device, assign-outline, usage ingestion on PostgreSQL with
+BENCH_DEVICES devices, against pgbench select-only). Prints a table and
+writes BENCHMARKS.md.
+
+Environment: BENCH_SECONDS (per throughput run, default 5), BENCH_DEVICES
+(default 1000000), BENCH_TUNNELS (default 10000), BENCH_ONLY (comma list of
+sections: throughput,setup,memory,control).
+"""
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+LOAD = os.path.join(REL, "examples", "tunnel_load")
+SECS = int(os.environ.get("BENCH_SECONDS", "5"))
+DEVICES = int(os.environ.get("BENCH_DEVICES", "1000000"))
+TUNNELS = int(os.environ.get("BENCH_TUNNELS", "10000"))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+PG_URL = os.environ.get("HTTVPS_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+WORK = tempfile.mkdtemp(prefix="httvps-bench-")
+PASSWORD = "bench password bench password"
+SECRET_KEY = "bench-secret-bench-secret-bench-secret-0001"
+PROCS = []
+ROWS = []  # (section, measure, ours, peer, ratio, target, verdict)
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(name, cmd, env=None):
+    out = open(os.path.join(WORK, name + ".log"), "w")
+    p = subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    p.name = name
+    PROCS.append(p)
+    return p
+
+
+def stop(p):
+    """Ends a process we started, with its group (plugins are children)."""
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def http(method, url, body=None, token=None, timeout=30):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+def gql(base, token, query, variables=None):
+    r = http("POST", base + "/graphql", {"query": query, "variables": variables or {}}, token)
+    if r.get("errors"):
+        raise RuntimeError(f"GraphQL: {r['errors']}")
+    return r["data"]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def row(section, measure, ours, peer, ratio, target, ok):
+    verdict = "-" if ok is None else ("met" if ok else "MISSED")
+    ROWS.append((section, measure, ours, peer, ratio, target, verdict))
+    log(f"  {measure}: {ours} | {peer} | {ratio} | {target} | {verdict}")
+
+
+# --- The system under test, on the embedded default (SQLite) ---------------
+
+
+class Plane:
+    """Control plane (SQLite), one node, one gateway, one device."""
+
+    def __init__(self):
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        env = {
+            "BACKEND_DB_DSN": f"sqlite://{WORK}/plane.db",
+            "BACKEND_SECRET_KEY": SECRET_KEY,
+            "BACKEND_PORT": str(port),
+            "RUST_LOG": "warn",
+        }
+        subprocess.run(
+            [f"{REL}/httvps", "admin", "create", "--email", "bench@example.com", "--password-stdin"],
+            input=PASSWORD.encode(),
+            env={**os.environ, **env},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        spawn("control-plane", [f"{REL}/httvps", "serve"], env)
+        wait_port(port)
+        tok = gql(
+            self.base,
+            None,
+            "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+            {"e": "bench@example.com", "p": PASSWORD},
+        )["login"]["accessToken"]
+        me = gql(self.base, tok, "{me{id}}")["me"]["id"]
+        plan = gql(
+            self.base,
+            tok,
+            'mutation{createRegion(code:"bench",name:"Bench"){id} '
+            'createPlan(input:{name:"bench",priceCents:"0",durationDays:30,deviceLimit:5}){id}}',
+        )["createPlan"]["id"]
+        gql(
+            self.base,
+            tok,
+            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+            {"u": me, "p": plan},
+        )
+        node_port = free_port()
+        n = gql(
+            self.base,
+            tok,
+            'mutation($p:Int!){registerOutlineNode(input:{region:"bench",name:"n1",host:"127.0.0.1",port:$p})'
+            "{token node{method secret}}}",
+            {"p": node_port},
+        )["registerOutlineNode"]
+        self.method, self.secret = n["node"]["method"], n["node"]["secret"]
+        spawn(
+            "node",
+            [f"{REL}/httvps-relay", "node"],
+            {
+                "NODE_BACKEND_URL": self.base,
+                "NODE_TOKEN": n["token"],
+                "NODE_LISTEN": f"127.0.0.1:{node_port}",
+                "NODE_ALLOW_PRIVATE": "true",
+                "RUST_LOG": "warn",
+            },
+        )
+        wait_port(node_port)
+        self.gw_port = free_port()
+        admin_port = free_port()
+        g = gql(
+            self.base,
+            tok,
+            'mutation($u:String!){registerGatewayNode(input:{region:"bench",name:"gw",publicUrl:$u}){token}}',
+            {"u": f"https://localhost:{self.gw_port}"},
+        )["registerGatewayNode"]
+        self.cert, self.key = f"{WORK}/gw.crt", f"{WORK}/gw.key"
+        self.gateway = spawn(
+            "gateway",
+            [f"{REL}/httvps-relay", "gateway"],
+            {
+                "GATEWAY_BACKEND_URL": self.base,
+                "GATEWAY_TOKEN": g["token"],
+                "GATEWAY_LISTEN": f"127.0.0.1:{self.gw_port}",
+                "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+                "GATEWAY_TLS_CERT": self.cert,
+                "GATEWAY_TLS_KEY": self.key,
+                "GATEWAY_SELF_SIGNED": "true",
+                "GATEWAY_PUBLIC_URL": f"https://localhost:{self.gw_port}",
+                "GATEWAY_MAX_TUNNELS": str(TUNNELS * 2 + 1000),
+                "GATEWAY_MAX_TUNNELS_PER_DEVICE": str(TUNNELS * 2 + 1000),
+                "RUST_LOG": "warn",
+            },
+        )
+        wait_port(self.gw_port)
+        self.device = gql(
+            self.base, tok, 'mutation{registerDevice(name:"bench",platform:"linux"){accessToken}}'
+        )["registerDevice"]["accessToken"]
+
+    def client(self, name, forward=None):
+        """Our client: SOCKS5, or a port forward to `forward`. Returns (proc, port)."""
+        port = free_port()
+        env = {
+            "CLIENT_BACKEND_URL": self.base,
+            "CLIENT_DEVICE_TOKEN": self.device,
+            "CLIENT_SOCKS": f"127.0.0.1:{port}",
+            "CLIENT_GATEWAY_URL": f"https://localhost:{self.gw_port}",
+            "CLIENT_CA_CERT": self.cert,
+            "RUST_LOG": "warn",
+        }
+        if forward:
+            env["CLIENT_FORWARD"] = forward
+        p = spawn(name, [f"{REL}/httvps-relay", "connect"], env)
+        wait_port(port)
+        return p, port
+
+
+# --- Peers -----------------------------------------------------------------
+
+
+def ss_tunnel(name, server_port, target, method, password, plugin_opts=None):
+    port = free_port()
+    cmd = ["ss-tunnel", "-s", "127.0.0.1", "-p", str(server_port), "-l", str(port), "-b", "127.0.0.1"]
+    cmd += ["-L", target, "-k", password, "-m", method]
+    if plugin_opts is not None:
+        cmd += ["--plugin", "ss-v2ray-plugin", "--plugin-opts", plugin_opts]
+    p = spawn(name, cmd)
+    wait_port(port)
+    return [p], port
+
+
+def ss_server(name, method, password, plugin_opts=None):
+    port = free_port()
+    cmd = ["ss-server", "-s", "127.0.0.1", "-p", str(port), "-k", password, "-m", method]
+    if plugin_opts is not None:
+        cmd += ["--plugin", "ss-v2ray-plugin", "--plugin-opts", plugin_opts]
+    p = spawn(name, cmd)
+    wait_port(port)
+    return p, port
+
+
+def ssrust_server(method, password):
+    port = free_port()
+    p = spawn("ssserver", ["ssserver", "-s", f"127.0.0.1:{port}", "-m", method, "-k", password])
+    wait_port(port)
+    return p, port
+
+
+def sslocal(name, server_port, method, password, forward=None):
+    port = free_port()
+    cmd = ["sslocal", "-b", f"127.0.0.1:{port}", "-s", f"127.0.0.1:{server_port}", "-m", method, "-k", password]
+    if forward:
+        cmd += ["--protocol", "tunnel", "--forward-addr", forward]
+    p = spawn(name, cmd)
+    wait_port(port)
+    return p, port
+
+
+# --- Sections --------------------------------------------------------------
+
+
+def iperf(port, streams):
+    out = subprocess.run(
+        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(SECS), "-P", str(streams), "-J"],
+        capture_output=True,
+        timeout=SECS + 60,
+    )
+    r = json.loads(out.stdout or b"{}")
+    if "error" in r:
+        raise RuntimeError(r["error"])
+    return r["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+def throughput(plane):
+    log("== throughput (iperf3 through each pipeline) ==")
+    iport = free_port()
+    spawn("iperf3-server", ["iperf3", "-s", "-p", str(iport)])
+    wait_port(iport)
+    target = f"127.0.0.1:{iport}"
+    m, pw = plane.method, "bench-peer-password"
+    tls_server = f"server;tls;host=localhost;cert={plane.cert};key={plane.key}"
+    tls_client = f"tls;host=localhost;cert={plane.cert}"
+
+    def ours():
+        p, port = plane.client("client-forward", forward=target)
+        return [p], port
+
+    def stock_through_ours():
+        opts = f"{tls_client};path=/ws/{plane.device}/tcp;mux=0"
+        return ss_tunnel("ss-tunnel-ours", plane.gw_port, target, plane.method, plane.secret, opts)
+
+    def v2ray_tls():
+        s, sport = ss_server("ss-server-v2ray", m, pw, tls_server)
+        procs, port = ss_tunnel("ss-tunnel-v2ray", sport, target, m, pw, tls_client)
+        return [s] + procs, port
+
+    def websockify_tls():
+        s, sport = ss_server("ss-server-ws", m, pw)
+        wport = free_port()
+        w = spawn(
+            "websockify",
+            ["websockify", "--cert", plane.cert, "--key", plane.key, f"127.0.0.1:{wport}", f"127.0.0.1:{sport}"],
+        )
+        wait_port(wport)
+        procs, port = ss_tunnel("ss-tunnel-ws", wport, target, m, pw, f"{tls_client};mux=0")
+        return [s, w] + procs, port
+
+    def raw_libev():
+        s, sport = ss_server("ss-server-raw", m, pw)
+        procs, port = ss_tunnel("ss-tunnel-raw", sport, target, m, pw)
+        return [s] + procs, port
+
+    def raw_rust():
+        s, sport = ssrust_server(m, pw)
+        c, port = sslocal("sslocal-tunnel", sport, m, pw, forward=target)
+        return [s, c], port
+
+    pipelines = [
+        ("raw TCP (no tunnel)", lambda: ([], iport)),
+        ("ours: client -> gateway (TLS+WS) -> node", ours),
+        ("stock ss-tunnel+v2ray-plugin -> our gateway -> node", stock_through_ours),
+        ("ss-tunnel+v2ray-plugin (TLS+WS) -> v2ray-plugin -> ss-server", v2ray_tls),
+        ("ss-tunnel+v2ray-plugin (TLS+WS) -> websockify (TLS) -> ss-server", websockify_tls),
+        ("ss-tunnel -> ss-server (libev, raw)", raw_libev),
+        ("sslocal -> ssserver (shadowsocks-rust, raw)", raw_rust),
+    ]
+    got = {}
+    for name, start in pipelines:
+        procs = []
+        try:
+            procs, port = start()
+            time.sleep(0.3)
+            for streams in (1, 4):
+                mbps = iperf(port, streams)
+                got[(name, streams)] = mbps
+                log(f"  {name}, {streams} stream(s): {mbps:,.0f} Mbit/s")
+        except Exception as e:  # a peer that fails is reported, not fatal
+            log(f"  {name}: failed: {e}")
+        finally:
+            for p in procs:
+                stop(p)
+    ours_name = pipelines[1][0]
+    stock_ws = [pipelines[3][0], pipelines[4][0]]
+    for streams in (1, 4):
+        o = got.get((ours_name, streams))
+        for name, mbps in [(n, got.get((n, streams))) for n, _ in pipelines if n != ours_name]:
+            if mbps is None:
+                row("throughput", f"{streams} stream(s) vs {name}", fmt_mbps(o), "failed", "-", "-", None)
+                continue
+            ratio = o / mbps if o else 0
+            target_txt, ok = "-", None
+            if name in stock_ws:
+                target_txt, ok = ">= 2x", ratio >= 2
+            elif "shadowsocks-rust" in name:
+                target_txt, ok = ">= 0.7x", ratio >= 0.7
+            row("throughput", f"{streams} stream(s) vs {name}", fmt_mbps(o), fmt_mbps(mbps), f"{ratio:.2f}", target_txt, ok)
+        best = max((got.get((n, streams)) or 0) for n in stock_ws)
+        if best and o:
+            ratio = o / best
+            row("throughput", f"{streams} stream(s) vs best stock WS+TLS", fmt_mbps(o), fmt_mbps(best), f"{ratio:.2f}", ">= 2x", ratio >= 2)
+
+
+def fmt_mbps(v):
+    return "failed" if v is None else f"{v:,.0f} Mbit/s"
+
+
+def load(*args, timeout=120):
+    out = subprocess.run([LOAD, *map(str, args)], capture_output=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.decode()[-500:])
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def setup_rate(plane):
+    log("== tunnel setup (SOCKS5 connect + 32-byte round trip, 16 at a time) ==")
+    p, port = plane.client("client-socks")
+    m, pw = plane.method, "bench-peer-password"
+    s, sport = ssrust_server(m, pw)
+    c, cport = sslocal("sslocal-socks", sport, m, pw)
+    try:
+        load("setup", f"127.0.0.1:{port}", 1, 4)  # warms the validation cache
+        ours = load("setup", f"127.0.0.1:{port}", 8, 16)
+        peer = load("setup", f"127.0.0.1:{cport}", 8, 16)
+    finally:
+        for x in (p, s, c):
+            stop(x)
+    log(f"  ours {ours}\n  shadowsocks-rust {peer}")
+    ratio = ours["rate"] / peer["rate"] if peer["rate"] else 0
+    row("setup", "new tunnels per second", f"{ours['rate']:,.0f}/s ({ours['errors']} errors)",
+        f"{peer['rate']:,.0f}/s ({peer['errors']} errors)", f"{ratio:.2f}", ">= 0.5x", ratio >= 0.5)
+    row("setup", "p50 latency incl. setup", f"{ours['p50_ms']:.2f} ms", f"{peer['p50_ms']:.2f} ms",
+        f"{ours['p50_ms'] / max(peer['p50_ms'], 1e-9):.2f}", "-", None)
+    p99 = ours["p99_ms"] / max(peer["p99_ms"], 1e-9)
+    row("setup", "p99 latency incl. setup", f"{ours['p99_ms']:.2f} ms", f"{peer['p99_ms']:.2f} ms",
+        f"{p99:.2f}", "<= 2x", p99 <= 2)
+
+
+def hold(port, count):
+    """Opens `count` tunnels through the SOCKS proxy at `port`; returns (proc, opened)."""
+    p = subprocess.Popen([LOAD, "hold", f"127.0.0.1:{port}", str(count)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    line = p.stdout.readline()
+    return p, json.loads(line or b'{"open": 0, "failed": -1}')
+
+
+def memory(plane):
+    log("== gateway memory with idle tunnels ==")
+    p, port = plane.client("client-hold")
+    gw = plane.gateway.pid
+    try:
+        load("setup", f"127.0.0.1:{port}", 1, 2)
+        time.sleep(1)
+        base = rss_kib(gw)
+        results = {}
+        for count in (1000, TUNNELS):
+            h, opened = hold(port, count)
+            time.sleep(2)
+            results[count] = (rss_kib(gw), opened)
+            log(f"  {count} tunnels: {opened}, gateway RSS {results[count][0]:,} KiB (base {base:,} KiB)")
+            h.stdin.close()
+            h.wait(60)
+            time.sleep(3)
+    finally:
+        stop(p)
+    for count, (rss, opened) in results.items():
+        per = (rss - base) / max(opened["open"], 1)
+        row("memory", f"gateway KiB per idle tunnel ({count} open)", f"{per:.1f} KiB", "-", "-", "<= 32 KiB", per <= 32)
+    rss, opened = results[TUNNELS]
+    row("memory", f"{TUNNELS} tunnels held", f"{opened['open']} open, {opened['failed']} failed, RSS {rss / 1024:.0f} MiB",
+        "-", "-", f"{TUNNELS} held", opened["open"] == TUNNELS)
+
+
+# --- Control plane on PostgreSQL -------------------------------------------
+
+
+def psql(dsn, sql):
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn], input=sql.encode(), check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def wrk(url, script, conns, seconds):
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", script, url],
+        capture_output=True, timeout=seconds + 60,
+    ).stdout.decode()
+    rps = float(next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec")))
+    p99 = next((l.split()[1] for l in out.splitlines() if l.strip().startswith("99%")), "?")
+    non2xx = next((int(l.split()[-1]) for l in out.splitlines() if "Non-2xx" in l), 0)
+    errors = next((l.strip() for l in out.splitlines() if "Socket errors" in l), "")
+    return rps, p99, non2xx, errors
+
+
+GATEWAY_TOKEN = "benchgatewaytoken00000000000000000000000000"
+
+
+def control_plane():
+    log(f"== control plane on PostgreSQL, {DEVICES:,} devices ==")
+    subprocess.run([os.path.join(ROOT, "scripts", "ensure-postgres.sh")], check=True)
+    db = "httvps_bench"
+    base_url = PG_URL.rsplit("/", 1)[0]
+    dsn = f"{base_url}/{db}"
+    psql(PG_URL, f"DROP DATABASE IF EXISTS {db} WITH (FORCE);\nCREATE DATABASE {db};")
+    subprocess.run([f"{REL}/httvps", "migrate", "--db-dsn", dsn], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "RUST_LOG": "warn"})
+    t = time.time()
+    users = (DEVICES + 9) // 10
+    psql(dsn, f"""
+INSERT INTO plans (id, name, price_cents, currency, duration_days, traffic_limit_bytes, device_limit, reset_period, archived, created_at, updated_at)
+  VALUES ('00000000-0000-4000-8000-000000000001','bench',0,'USD',30,NULL,100,'none',false,now(),now());
+INSERT INTO regions (id, code, name, pool_method, pool_secret, created_at)
+  VALUES ('00000000-0000-4000-8000-000000000002','bench','Bench','chacha20-ietf-poly1305','benchbenchbenchbench',now());
+INSERT INTO users SELECT '10000000-0000-4000-8000-' || lpad(i::text, 12, '0'), 'u' || i || '@bench.test', 'x', 'user', 'active', 0, now(), now()
+  FROM generate_series(1, {users}) i;
+INSERT INTO subscriptions (id, user_id, plan_id, status, starts_at, expires_at, traffic_limit_bytes, traffic_used_bytes, period_start, created_at, updated_at)
+  SELECT '20000000-0000-4000-8000-' || lpad(i::text, 12, '0'), '10000000-0000-4000-8000-' || lpad(i::text, 12, '0'),
+  '00000000-0000-4000-8000-000000000001', 'active', now() - interval '1 day', now() + interval '30 days', NULL, 0, now(), now(), now()
+  FROM generate_series(1, {users}) i;
+INSERT INTO devices SELECT '30000000-0000-4000-8000-' || lpad(i::text, 12, '0'), '10000000-0000-4000-8000-' || lpad(((i + 9) / 10)::text, 12, '0'),
+  'd' || i, 'linux', 'active', encode(sha256(('bench' || lpad(i::text, 38, '0'))::bytea), 'hex'), NULL, now(), NULL
+  FROM generate_series(1, {DEVICES}) i;
+INSERT INTO gateway_nodes (id, region_id, name, public_url, token_hash, status, health, last_heartbeat_at, open_tunnels, version, created_at, updated_at)
+  VALUES ('00000000-0000-4000-8000-000000000003','00000000-0000-4000-8000-000000000002','gw','https://gw.bench',
+  encode(sha256('{GATEWAY_TOKEN}'::bytea), 'hex'),'active','unknown',NULL,0,NULL,now(),now());
+INSERT INTO outline_nodes (id, region_id, name, host, port, method, secret, uses_pool_key, status, health, capacity, token_hash, last_heartbeat_at, created_at, updated_at)
+  VALUES ('00000000-0000-4000-8000-000000000004','00000000-0000-4000-8000-000000000002','n1','10.0.0.1',8388,
+  'chacha20-ietf-poly1305','benchbenchbenchbench',true,'active','up',10000000, encode(sha256('benchnode'::bytea), 'hex'), NULL, now(), now());
+ANALYZE;
+""")
+    log(f"  seeded in {time.time() - t:.0f} s")
+    port = free_port()
+    server = spawn("control-plane-pg", [f"{REL}/httvps", "serve"], {
+        "BACKEND_DB_DSN": dsn, "BACKEND_SECRET_KEY": SECRET_KEY, "BACKEND_PORT": str(port),
+        "BACKEND_DB_POOL_SIZE": "32", "RUST_LOG": "warn"})
+    wait_port(port)
+    script = os.path.join(WORK, "device.lua")
+    with open(script, "w") as f:
+        f.write(f"""
+math.randomseed(os.time())
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {GATEWAY_TOKEN}"
+request = function()
+  local i = math.random(1, {DEVICES})
+  return wrk.format(nil, nil, nil, string.format('{{"device_token":"bench%038d"}}', i))
+end
+""")
+    seconds = max(SECS * 2, 10)
+    try:
+        results = {}
+        for route in ("auth/validate-device", "nodes/assign-outline"):
+            rps, p99, bad, errs = wrk(f"http://127.0.0.1:{port}/api/v1/{route}", script, 50, seconds)
+            results[route] = (rps, p99, bad)
+            log(f"  {route}: {rps:,.0f} req/s, p99 {p99}, non-2xx {bad} {errs}")
+        # Ingestion: sessions opened by assign-outline, reported in chunks of 200.
+        ids = subprocess.run(["psql", "-At", "-d", dsn, "-c", "SELECT id FROM sessions LIMIT 40000"],
+                             capture_output=True, check=True).stdout.decode().split()
+        ingest = None
+        if len(ids) >= 400:
+            ingest = ingestion(port, ids, seconds, dsn)
+        pg_rps = pgbench(dsn, seconds)
+    finally:
+        stop(server)
+        psql(PG_URL, f"DROP DATABASE IF EXISTS {db} WITH (FORCE);")
+    for route, (rps, p99, bad) in results.items():
+        ratio = rps / pg_rps
+        row("control plane", f"{route}, 50 callers, {DEVICES:,} devices",
+            f"{rps:,.0f} req/s, p99 {p99}, {bad} errors", f"pgbench -S {pg_rps:,.0f} tps", f"{ratio:.2f}",
+            ">= 0.5x" if route.startswith("auth") else "-", (ratio >= 0.5 and bad == 0) if route.startswith("auth") else None)
+    if ingest:
+        rate, counted, bad = ingest
+        row("control plane", "usage ingestion (reports of 200 totals, 8 callers)",
+            f"{rate:,.0f} totals/s, {bad} errors", "-", "-", ">= 100,000/s", rate >= 100_000 and bad == 0)
+
+
+def ingestion(port, ids, seconds, dsn):
+    ids_file = os.path.join(WORK, "sessions.txt")
+    with open(ids_file, "w") as f:
+        f.write("\n".join(ids))
+    script = os.path.join(WORK, "ingest.lua")
+    with open(script, "w") as f:
+        f.write(f"""
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  ids = {{}}
+  for line in io.lines("{ids_file}") do ids[#ids + 1] = line end
+  batches = math.floor(#ids / 200)
+  counter = 0
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {GATEWAY_TOKEN}"
+request = function()
+  counter = counter + 1
+  -- Each thread owns every other batch; totals grow with the counter.
+  local b = ((counter * 2 + tid) % batches)
+  local v = counter * 1000 + tid
+  local parts = {{}}
+  for i = 1, 200 do
+    parts[i] = string.format('{{"session_id":"%s","seq":%d,"bytes_up":%d,"bytes_down":%d}}', ids[b * 200 + i], v, v, v)
+  end
+  return wrk.format(nil, nil, nil, '{{"reports":[' .. table.concat(parts, ",") .. ']}}')
+end
+""")
+    rps, p99, bad, errs = wrk(f"http://127.0.0.1:{port}/api/v1/usage/report", script, 8, seconds)
+    counted = subprocess.run(["psql", "-At", "-d", dsn, "-c", "SELECT count(*) FROM usage_ledger"],
+                             capture_output=True, check=True).stdout.decode().strip()
+    log(f"  usage/report: {rps:,.0f} req/s x 200 = {rps * 200:,.0f} totals/s, p99 {p99}, non-2xx {bad} {errs}; "
+        f"ledger entries {counted}")
+    return rps * 200, counted, bad
+
+
+def pgbench(dsn, seconds):
+    subprocess.run(["pgbench", "-q", "-i", "-s", "10", dsn], check=True, capture_output=True)
+    out = subprocess.run(["pgbench", "-S", "-c", "50", "-j", "2", "-T", str(seconds), dsn],
+                         capture_output=True, check=True).stdout.decode()
+    tps = float(next(l.split("=")[1].split()[0] for l in out.splitlines() if l.startswith("tps")))
+    log(f"  pgbench select-only, 50 clients: {tps:,.0f} tps")
+    return tps
+
+
+# --- Report ----------------------------------------------------------------
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB, {platform.system()} {platform.release()}"
+
+
+def write_report(started):
+    header = [
+        "| section | measure | ours | peer | ratio | target | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines = [f"| {' | '.join(r)} |" for r in ROWS]
+    log("\n" + "\n".join(header + lines))
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    marker = "<!-- latest run -->"
+    intro = text.split(marker)[0].rstrip() + "\n\n"
+    run = [
+        marker,
+        f"## Latest run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        f"Machine: {machine()}. Suite time: {time.time() - started:.0f} s "
+        f"(throughput runs of {SECS} s; control plane on PostgreSQL with {DEVICES:,} devices).",
+        "",
+        *header,
+        *lines,
+        "",
+    ]
+    with open(path, "w") as f:
+        f.write(intro + "\n".join(run))
+    log(f"\nwritten to {path}")
+
+
+def main():
+    started = time.time()
+    sections = ONLY or {"throughput", "setup", "memory", "control"}
+    try:
+        if sections & {"throughput", "setup", "memory"}:
+            plane = Plane()
+            if "throughput" in sections:
+                throughput(plane)
+            if "setup" in sections:
+                setup_rate(plane)
+            if "memory" in sections:
+                memory(plane)
+        if "control" in sections:
+            control_plane()
+    finally:
+        for p in reversed(PROCS):
+            stop(p)
+    write_report(started)
+    log(f"logs in {WORK}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
