@@ -10,8 +10,9 @@ BENCH_DEVICES devices, against pgbench select-only). Prints a table and
 writes BENCHMARKS.md.
 
 Environment: BENCH_SECONDS (per throughput run, default 5), BENCH_DEVICES
-(default 1000000), BENCH_TUNNELS (default 10000), BENCH_ONLY (comma list of
-sections: throughput,setup,memory,control).
+(default 1000000), BENCH_TUNNELS (default 10000, or what the fd limit
+allows), BENCH_ONLY (comma list of sections: throughput,setup,memory,control),
+BENCH_KEEP_DB=1 (keep the PostgreSQL database for profiling).
 """
 
 import json
@@ -30,7 +31,10 @@ REL = os.path.join(ROOT, "target", "release")
 LOAD = os.path.join(REL, "examples", "tunnel_load")
 SECS = int(os.environ.get("BENCH_SECONDS", "5"))
 DEVICES = int(os.environ.get("BENCH_DEVICES", "1000000"))
-TUNNELS = int(os.environ.get("BENCH_TUNNELS", "10000"))
+# Each tunnel takes two descriptors in the gateway (client and node side),
+# in our client and in the load generator: stay under the fd limit.
+FD_LIMIT = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0]
+TUNNELS = int(os.environ.get("BENCH_TUNNELS", str(min(10000, (FD_LIMIT - 600) // 2 // 500 * 500))))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 PG_URL = os.environ.get("HTTVPS_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 WORK = tempfile.mkdtemp(prefix="httvps-bench-")
@@ -245,6 +249,8 @@ def ss_tunnel(name, server_port, target, method, password, plugin_opts=None):
         cmd += ["--plugin", "ss-v2ray-plugin", "--plugin-opts", plugin_opts]
     p = spawn(name, cmd)
     wait_port(port)
+    if plugin_opts is not None:
+        time.sleep(2)  # ss-tunnel listens before its plugin does
     return [p], port
 
 
@@ -445,7 +451,9 @@ def memory(plane):
         per = (rss - base) / max(opened["open"], 1)
         row("memory", f"gateway KiB per idle tunnel ({count} open)", f"{per:.1f} KiB", "-", "-", "<= 32 KiB", per <= 32)
     rss, opened = results[TUNNELS]
-    row("memory", f"{TUNNELS} tunnels held", f"{opened['open']} open, {opened['failed']} failed, RSS {rss / 1024:.0f} MiB",
+    if TUNNELS < 10000:
+        log(f"  note: the fd limit here is {FD_LIMIT}; 10,000 tunnels need over 20,000 descriptors per process")
+    row("memory", f"{TUNNELS} tunnels held (fd limit {FD_LIMIT})", f"{opened['open']} open, {opened['failed']} failed, RSS {rss / 1024:.0f} MiB",
         "-", "-", f"{TUNNELS} held", opened["open"] == TUNNELS)
 
 
@@ -539,7 +547,8 @@ end
         pg_rps = pgbench(dsn, seconds)
     finally:
         stop(server)
-        psql(PG_URL, f"DROP DATABASE IF EXISTS {db} WITH (FORCE);")
+        if not os.environ.get("BENCH_KEEP_DB"):
+            psql(PG_URL, f"DROP DATABASE IF EXISTS {db} WITH (FORCE);")
     for route, (rps, p99, bad) in results.items():
         ratio = rps / pg_rps
         row("control plane", f"{route}, 50 callers, {DEVICES:,} devices",
