@@ -1512,7 +1512,8 @@ async fn the_node_binary_runs_with_a_backend_url_and_a_token() {
         .spawn()
         .expect("httvps-relay node");
     let mut up = false;
-    for _ in 0..40 {
+    // Bounded generously: other tests load the machine meanwhile.
+    for _ in 0..120 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let r = plane
             .gql(

@@ -236,7 +236,10 @@ async fn open_ws(
         "wss://{}:{}/ws/{}/{kind}",
         p.gateway_host, p.gateway_port, s.opts.device_token
     );
-    let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
+    // A small read buffer: tungstenite zeroes it before every read.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tls, Some(config))
         .await
         .context("WebSocket with the gateway")?;
     Ok(ws)
@@ -305,14 +308,82 @@ async fn reply<W: AsyncWrite + Unpin>(w: &mut W, code: u8, bound: SocketAddr) ->
     w.write_all(&out).await
 }
 
+/// Copy buffer per direction: large writes mean few WebSocket messages and
+/// few syscalls at every hop.
+const COPY_BUF: usize = 32 * 1024;
+
+/// Largest first write into a Shadowsocks stream: it carries the target
+/// address too and must fit one AEAD chunk (16,383 bytes).
+const FIRST_WRITE_MAX: usize = 16 * 1024 - 512;
+
+/// Caps the first write to a [`ProxyClientStream`] (see [`FIRST_WRITE_MAX`]);
+/// later writes pass unchanged.
+struct CapFirstWrite<S> {
+    inner: S,
+    first: bool,
+}
+
+impl<S> CapFirstWrite<S> {
+    fn new(inner: S) -> Self {
+        CapFirstWrite { inner, first: true }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CapFirstWrite<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CapFirstWrite<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let n = if self.first {
+            buf.len().min(FIRST_WRITE_MAX)
+        } else {
+            buf.len()
+        };
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..n]);
+        if matches!(r, std::task::Poll::Ready(Ok(_))) {
+            self.first = false;
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Pipes one local connection to `target` through a new tunnel.
 async fn forward_tcp(s: Arc<Shared>, mut stream: TcpStream, target: Address) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
     let p = params(&s);
     let ws = open_ws(&s, &p, "tcp").await?;
-    let mut proxied =
-        ProxyClientStream::from_stream(s.ctx.clone(), WsIo::new(ws), &p.config, target);
-    tokio::io::copy_bidirectional(&mut stream, &mut proxied).await?;
+    let mut proxied = CapFirstWrite::new(ProxyClientStream::from_stream(
+        s.ctx.clone(),
+        WsIo::new(ws),
+        &p.config,
+        target,
+    ));
+    tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut proxied, COPY_BUF, COPY_BUF).await?;
     Ok(())
 }
 
@@ -342,10 +413,15 @@ async fn socks(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Result<()> {
                     return Err(e);
                 }
             };
-            let mut proxied =
-                ProxyClientStream::from_stream(s.ctx.clone(), WsIo::new(ws), &p.config, target);
+            let mut proxied = CapFirstWrite::new(ProxyClientStream::from_stream(
+                s.ctx.clone(),
+                WsIo::new(ws),
+                &p.config,
+                target,
+            ));
             reply(&mut stream, 0, unspecified).await?;
-            tokio::io::copy_bidirectional(&mut stream, &mut proxied).await?;
+            tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut proxied, COPY_BUF, COPY_BUF)
+                .await?;
             Ok(())
         }
         3 => udp_associate(s, stream, p).await,

@@ -23,7 +23,7 @@ use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -645,6 +645,9 @@ async fn open_tunnel(
     Some((rx, out, writer))
 }
 
+/// Largest read from a node, and so largest frame to a client.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Pipes one TCP tunnel. A client Close is a half-close: the node's side is
 /// shut for writing and whatever the node still sends is forwarded before
 /// the gateway closes.
@@ -656,7 +659,7 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
     let born = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let up_activity = activity.clone();
-    let (mut node_r, mut node_w) = node.into_split();
+    let (node_r, mut node_w) = node.into_split();
     let session = guard.session.clone();
     let up_out = out.clone();
     let up_session = session.clone();
@@ -705,19 +708,32 @@ async fn pipe_tcp(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard, max_fram
     let down_session = session.clone();
     let closer = out.clone();
     let downstream = async move {
-        let mut buf = vec![0u8; 32 * 1024];
         let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                r = node_r.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => return End::NodeDone,
-                    Ok(n) => {
-                        if out.send(Frame::binary(Payload::Owned(buf[..n].to_vec()))).await.is_err() {
-                            return End::ClientGone;
+                // A buffer only once there is something to read: idle
+                // tunnels hold none, and the buffer read into is the frame
+                // sent (no copy).
+                r = node_r.readable() => {
+                    if r.is_err() {
+                        return End::NodeDone;
+                    }
+                    let mut buf = Vec::with_capacity(READ_CHUNK);
+                    match node_r.try_read_buf(&mut buf) {
+                        Ok(0) => return End::NodeDone,
+                        Ok(n) => {
+                            if n < READ_CHUNK / 4 {
+                                buf.shrink_to_fit();
+                            }
+                            if out.send(Frame::binary(Payload::Owned(buf))).await.is_err() {
+                                return End::ClientGone;
+                            }
+                            down_session.down.fetch_add(n as u64, Ordering::Relaxed);
+                            activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                         }
-                        down_session.down.fetch_add(n as u64, Ordering::Relaxed);
-                        activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return End::NodeDone,
                     }
                 },
                 _ = tick.tick() => {
