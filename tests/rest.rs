@@ -73,13 +73,18 @@ impl World {
 
     /// A user with a subscription and one device; returns (user id, device id, device token).
     async fn device(&self) -> (String, String, String) {
+        self.device_on(&self.plan_id.clone()).await
+    }
+
+    /// A user on `plan` with one device: (user id, device id, access token).
+    async fn device_on(&self, plan: &str) -> (String, String, String) {
         let email = format!("u-{}@example.com", uuid::Uuid::new_v4().simple());
         let user = accounts::create_user(&self.server.state.db, &email, PASSWORD, Role::User)
             .await
             .expect("user");
         self.gql(
             "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
-            json!({"u": user.id, "p": self.plan_id}),
+            json!({"u": user.id, "p": plan}),
         )
         .await;
         let tok = login(&self.server.base, &email).await;
@@ -424,6 +429,68 @@ async fn usage_ledger_counts_once(w: World) {
         })
         .sum();
     assert_eq!(up, 4 * 5000, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monthly_allowance_starts_over_when_a_period_ends_pg() {
+    monthly_allowance_starts_over(
+        World::new().await,
+        "now() - interval '31 days'",
+        "now() - interval '10 days'",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monthly_allowance_starts_over_when_a_period_ends_sqlite() {
+    monthly_allowance_starts_over(
+        World::on(TestDb::sqlite().await).await,
+        "datetime('now', '-31 days')",
+        "datetime('now', '-10 days')",
+    )
+    .await;
+}
+
+async fn monthly_allowance_starts_over(w: World, long_ago: &str, recently: &str) {
+    let (_, t1) = w.node("eu", "n1", 100).await;
+    w.beat(&t1, 0).await;
+    let r = w.gql("mutation{createPlan(input:{name:\"monthly\",priceCents:\"0\",durationDays:365,trafficLimitBytes:\"1000000\",deviceLimit:5,resetPeriod:MONTHLY}){id}}", json!({})).await;
+    let plan = r["data"]["createPlan"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let (uid, _, tok) = w.device_on(&plan).await;
+    let (_, b) = w.assign(&tok, None).await;
+    let sid = b["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{b}"))
+        .to_owned();
+    let used_q = format!(
+        "SELECT traffic_used_bytes AS n FROM subscriptions WHERE user_id = '{uid}' AND status = 'active'"
+    );
+    let used = || w.scalar(&used_q);
+    // A period ended: the allowance starts over with this report's bytes.
+    w.sql(&format!("UPDATE subscriptions SET traffic_used_bytes = 900000, period_start = {long_ago} WHERE user_id = '{uid}'")).await;
+    let report = |seq: i64, up: i64| {
+        w.post(
+            "/api/v1/usage/report",
+            Some(&w.gateway),
+            json!({"reports": [{"session_id": sid, "seq": seq, "bytes_up": up, "bytes_down": 0}]}),
+        )
+    };
+    let (s, b) = report(1, 300_000).await;
+    assert_eq!((s, &b["close_sessions"]), (200, &json!([])), "{b}");
+    assert_eq!(used().await, 300_000, "a new period counts from zero");
+    // Within a period: bytes add up, and crossing the allowance closes.
+    w.sql(&format!("UPDATE subscriptions SET traffic_used_bytes = 900000, period_start = {recently} WHERE user_id = '{uid}'")).await;
+    let (s, b) = report(2, 600_000).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(used().await, 1_200_000);
+    assert_eq!(
+        b["close_sessions"],
+        json!([{"session_id": sid, "reason": "quota_exceeded"}]),
+        "{b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

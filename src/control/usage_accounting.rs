@@ -12,7 +12,7 @@ use super::device_validation;
 use super::subscriptions::PERIOD_DAYS;
 use crate::db::Db;
 use crate::db::models::{Device, Session, Subscription, new_id, now};
-use crate::db::schema::{devices, plans, sessions, subscriptions, users};
+use crate::db::schema::{devices, sessions, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::{db_run, db_tx};
 
@@ -51,6 +51,36 @@ pub struct Applied {
     pub close: Vec<CloseOrder>,
 }
 
+/// A reported session, locked, with its owner.
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    user_id: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    gateway_node_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes_up: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes_down: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_seq: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    end_reason: Option<String>,
+}
+
+/// A subscription after it was charged.
+#[derive(diesel::QueryableByName)]
+struct Charged {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    user_id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    traffic_used_bytes: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    traffic_limit_bytes: Option<i64>,
+}
+
 /// A session's new totals (input of the set-based update).
 #[derive(serde::Serialize)]
 struct SessionGrowth {
@@ -72,6 +102,34 @@ struct LedgerRow {
     delta_down: i64,
 }
 
+/// Bytes to add to an account's current subscription.
+#[derive(serde::Serialize)]
+struct UserCharge {
+    user_id: String,
+    delta: i64,
+}
+
+/// Locks the reported sessions (in id order: concurrent reports cannot
+/// deadlock) and reads them with their owners.
+const LOCK_PG: &str = "SELECT s.id, d.user_id, s.gateway_node_id, s.bytes_up, s.bytes_down, \
+     s.last_seq, s.end_reason FROM sessions s JOIN devices d ON d.id = s.device_id \
+     WHERE s.id IN (SELECT json_array_elements_text($1::json)) ORDER BY s.id FOR UPDATE OF s";
+
+/// SQLite has one writer at a time: the transaction is the lock.
+const LOCK_SQLITE: &str = "SELECT s.id, d.user_id, s.gateway_node_id, s.bytes_up, s.bytes_down, \
+     s.last_seq, s.end_reason FROM sessions s JOIN devices d ON d.id = s.device_id \
+     WHERE s.id IN (SELECT value FROM json_each(?1)) ORDER BY s.id";
+
+const GROW_SESSIONS_PG: &str = "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
+     last_seq = x.seq, last_activity_at = $2 \
+     FROM json_to_recordset($1::json) AS x(id text, up bigint, down bigint, seq bigint) \
+     WHERE sessions.id = x.id";
+
+const GROW_SESSIONS_SQLITE: &str = "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
+     last_seq = x.seq, last_activity_at = ?2 FROM (SELECT json_extract(value, '$.id') AS id, \
+     json_extract(value, '$.up') AS up, json_extract(value, '$.down') AS down, \
+     json_extract(value, '$.seq') AS seq FROM json_each(?1)) AS x WHERE sessions.id = x.id";
+
 const LEDGER_PG: &str = "INSERT INTO usage_ledger \
      (id, session_id, seq, total_up, total_down, delta_up, delta_down, recorded_at) \
      SELECT x.id, x.session_id, x.seq, x.total_up, x.total_down, x.delta_up, x.delta_down, $2 \
@@ -85,36 +143,47 @@ const LEDGER_SQLITE: &str = "INSERT INTO usage_ledger \
      json_extract(value, '$.total_down'), json_extract(value, '$.delta_up'), \
      json_extract(value, '$.delta_down'), ?2 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING";
 
-/// Bytes to add to a subscription's period total.
-#[derive(serde::Serialize)]
-struct SubscriptionCharge {
-    id: String,
-    delta: i64,
+/// Charges each account's active subscription once (saturating at the
+/// largest BIGINT), starting a new period first when a monthly allowance
+/// is due to reset; returns the new totals and limits.
+const CHARGE_PG: &str = "UPDATE subscriptions SET \
+     traffic_used_bytes = CASE \
+       WHEN p.reset_period = 'monthly' AND subscriptions.period_start + make_interval(days => $3) <= $2 THEN x.delta \
+       WHEN subscriptions.traffic_used_bytes > 9223372036854775807 - x.delta THEN 9223372036854775807 \
+       ELSE subscriptions.traffic_used_bytes + x.delta END, \
+     period_start = CASE \
+       WHEN p.reset_period = 'monthly' AND subscriptions.period_start + make_interval(days => $3) <= $2 THEN $2 \
+       ELSE subscriptions.period_start END, \
+     updated_at = $2 \
+     FROM json_to_recordset($1::json) AS x(user_id text, delta bigint), plans p \
+     WHERE subscriptions.user_id = x.user_id AND subscriptions.status = 'active' AND p.id = subscriptions.plan_id \
+     RETURNING subscriptions.user_id, subscriptions.traffic_used_bytes, subscriptions.traffic_limit_bytes";
+
+const CHARGE_SQLITE: &str = "UPDATE subscriptions SET \
+     traffic_used_bytes = CASE \
+       WHEN p.reset_period = 'monthly' AND julianday(subscriptions.period_start) + ?3 <= julianday(?2) THEN x.delta \
+       WHEN subscriptions.traffic_used_bytes > 9223372036854775807 - x.delta THEN 9223372036854775807 \
+       ELSE subscriptions.traffic_used_bytes + x.delta END, \
+     period_start = CASE \
+       WHEN p.reset_period = 'monthly' AND julianday(subscriptions.period_start) + ?3 <= julianday(?2) THEN ?2 \
+       ELSE subscriptions.period_start END, \
+     updated_at = ?2 \
+     FROM (SELECT json_extract(value, '$.user_id') AS user_id, json_extract(value, '$.delta') AS delta \
+       FROM json_each(?1)) AS x, plans p \
+     WHERE subscriptions.user_id = x.user_id AND subscriptions.status = 'active' AND p.id = subscriptions.plan_id \
+     RETURNING user_id, traffic_used_bytes, traffic_limit_bytes";
+
+fn to_json(v: &impl serde::Serialize) -> AppResult<String> {
+    serde_json::to_string(v).map_err(|e| AppError::Internal(e.to_string()))
 }
 
-const GROW_SESSIONS_PG: &str = "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
-     last_seq = x.seq FROM json_to_recordset($1::json) AS x(id text, up bigint, down bigint, seq bigint) \
-     WHERE sessions.id = x.id";
-
-const GROW_SESSIONS_SQLITE: &str = "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
-     last_seq = x.seq FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.up') AS up, \
-     json_extract(value, '$.down') AS down, json_extract(value, '$.seq') AS seq FROM json_each(?)) AS x \
-     WHERE sessions.id = x.id";
-
-/// Adds, saturating at the largest BIGINT.
-const CHARGE_PG: &str = "UPDATE subscriptions SET traffic_used_bytes = CASE \
-     WHEN subscriptions.traffic_used_bytes > 9223372036854775807 - x.delta THEN 9223372036854775807 \
-     ELSE subscriptions.traffic_used_bytes + x.delta END, updated_at = $2 \
-     FROM json_to_recordset($1::json) AS x(id text, delta bigint) WHERE subscriptions.id = x.id";
-
-const CHARGE_SQLITE: &str = "UPDATE subscriptions SET traffic_used_bytes = CASE \
-     WHEN subscriptions.traffic_used_bytes > 9223372036854775807 - x.delta THEN 9223372036854775807 \
-     ELSE subscriptions.traffic_used_bytes + x.delta END, updated_at = ?2 \
-     FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.delta') AS delta \
-     FROM json_each(?1)) AS x WHERE subscriptions.id = x.id";
-
-/// Applies a batch from `gateway_id`. Every session must belong to that
-/// gateway, or nothing is written.
+/// Applies a batch from `gateway_id` in one transaction of four statements
+/// whatever its size: lock and read the sessions, grow them, append to the
+/// ledger, charge the subscriptions. Every session must belong to that
+/// gateway, or nothing is written. The answer names the reported sessions
+/// to close: already ended, or whose owner just used up the allowance (those
+/// end here). Other refusals (revoked, disabled, expired) reach gateways
+/// through heartbeats and access events.
 pub async fn report(db: &Db, gateway_id: &str, batch: &[SessionTotals]) -> AppResult<Applied> {
     if batch.len() > MAX_BATCH {
         return Err(AppError::bad(format!(
@@ -135,32 +204,36 @@ pub async fn report(db: &Db, gateway_id: &str, batch: &[SessionTotals]) -> AppRe
         let e = latest.entry(&t.session_id).or_insert((0, 0, 0));
         *e = (e.0.max(t.seq), e.1.max(t.bytes_up), e.2.max(t.bytes_down));
     }
-    let ids: Vec<String> = latest.keys().map(|id| (*id).to_owned()).collect();
+    let ids_json = to_json(&latest.keys().collect::<Vec<_>>())?;
     let pg = matches!(db.pool, crate::db::DbPool::Pg(_));
-    let counted = db_tx!(db, |conn| {
+    let period_days = i32::try_from(PERIOD_DAYS).unwrap_or(30);
+    db_tx!(db, |conn| {
         let ts = now();
-        // Touching the rows locks them (PostgreSQL row locks; SQLite write
-        // lock) and reads their totals in the same statement.
-        let current: Vec<Session> =
-            diesel::update(sessions::table.filter(sessions::id.eq_any(&ids)))
-                .set(sessions::last_activity_at.eq(ts))
-                .returning(Session::as_returning())
-                .get_results(conn)
-                .await?;
-        if current.len() != ids.len() {
+        let locked: Vec<Locked> = diesel::sql_query(if pg { LOCK_PG } else { LOCK_SQLITE })
+            .bind::<diesel::sql_types::Text, _>(&ids_json)
+            .load(conn)
+            .await?;
+        if locked.len() != latest.len() {
             return Err(AppError::NotFound("session"));
         }
-        if current
+        if locked
             .iter()
             .any(|s| s.gateway_node_id.as_deref() != Some(gateway_id))
         {
             return Err(AppError::Forbidden);
         }
-        // What each report adds over what is stored; nothing for replays.
+        // What each session gained over what is stored; nothing for replays.
         let mut grown: Vec<SessionGrowth> = Vec::new();
         let mut entries: Vec<LedgerRow> = Vec::new();
-        let mut by_device: std::collections::HashMap<&str, i64> = Default::default();
-        for s in &current {
+        let mut by_user: std::collections::BTreeMap<&str, i64> = Default::default();
+        let mut close = Vec::new();
+        for s in &locked {
+            if let Some(reason) = &s.end_reason {
+                close.push(CloseOrder {
+                    session_id: s.id.clone(),
+                    reason: reason.clone(),
+                });
+            }
             let Some(&(seq, up, down)) = latest.get(s.id.as_str()) else {
                 continue;
             };
@@ -184,80 +257,72 @@ pub async fn report(db: &Db, gateway_id: &str, batch: &[SessionTotals]) -> AppRe
                 delta_up,
                 delta_down,
             });
-            let d = by_device.entry(s.device_id.as_str()).or_insert(0);
+            let d = by_user.entry(s.user_id.as_str()).or_insert(0);
             *d = d.saturating_add(delta_up.saturating_add(delta_down));
         }
         if grown.is_empty() {
-            return Ok(0);
+            return Ok(Applied { counted: 0, close });
         }
-        let json = serde_json::to_string(&grown).map_err(|e| AppError::Internal(e.to_string()))?;
         diesel::sql_query(if pg {
             GROW_SESSIONS_PG
         } else {
             GROW_SESSIONS_SQLITE
         })
-        .bind::<diesel::sql_types::Text, _>(json)
+        .bind::<diesel::sql_types::Text, _>(to_json(&grown)?)
+        .bind::<diesel::sql_types::Timestamp, _>(ts)
         .execute(conn)
         .await?;
-        let json =
-            serde_json::to_string(&entries).map_err(|e| AppError::Internal(e.to_string()))?;
         diesel::sql_query(if pg { LEDGER_PG } else { LEDGER_SQLITE })
-            .bind::<diesel::sql_types::Text, _>(json)
+            .bind::<diesel::sql_types::Text, _>(to_json(&entries)?)
             .bind::<diesel::sql_types::Timestamp, _>(ts)
             .execute(conn)
             .await?;
-        // Charge each owner's current subscription once, starting a new
-        // period first when a monthly allowance is due to reset.
-        let device_ids: Vec<&str> = by_device.keys().copied().collect();
-        let subs: Vec<(String, Subscription, String)> = devices::table
-            .inner_join(subscriptions::table.on(subscriptions::user_id.eq(devices::user_id)))
-            .inner_join(plans::table.on(plans::id.eq(subscriptions::plan_id)))
-            .filter(devices::id.eq_any(&device_ids))
-            .filter(subscriptions::status.eq("active"))
-            .select((devices::id, Subscription::as_select(), plans::reset_period))
+        let charges: Vec<UserCharge> = by_user
+            .iter()
+            .map(|(user_id, delta)| UserCharge {
+                user_id: (*user_id).to_owned(),
+                delta: *delta,
+            })
+            .collect();
+        let charged: Vec<Charged> = diesel::sql_query(if pg { CHARGE_PG } else { CHARGE_SQLITE })
+            .bind::<diesel::sql_types::Text, _>(to_json(&charges)?)
+            .bind::<diesel::sql_types::Timestamp, _>(ts)
+            .bind::<diesel::sql_types::Integer, _>(period_days)
             .load(conn)
             .await?;
-        let mut charge: std::collections::BTreeMap<String, (i64, Subscription, String)> =
-            Default::default();
-        let mut charged: HashSet<String> = HashSet::new();
-        for (device, sub, reset) in subs {
-            let delta = by_device.get(device.as_str()).copied().unwrap_or(0);
-            if !charged.insert(device) {
-                continue;
-            }
-            let e = charge.entry(sub.id.clone()).or_insert((0, sub, reset));
-            e.0 = e.0.saturating_add(delta);
-        }
-        let mut add: Vec<SubscriptionCharge> = Vec::new();
-        for (id, (delta, sub, reset)) in charge {
-            let due =
-                reset == "monthly" && ts >= sub.period_start + chrono::Duration::days(PERIOD_DAYS);
-            if due {
-                diesel::update(subscriptions::table.find(&id))
-                    .set((
-                        subscriptions::traffic_used_bytes.eq(delta),
-                        subscriptions::period_start.eq(ts),
-                        subscriptions::updated_at.eq(ts),
-                    ))
-                    .execute(conn)
-                    .await?;
-            } else {
-                add.push(SubscriptionCharge { id, delta });
-            }
-        }
-        if !add.is_empty() {
-            let json =
-                serde_json::to_string(&add).map_err(|e| AppError::Internal(e.to_string()))?;
-            diesel::sql_query(if pg { CHARGE_PG } else { CHARGE_SQLITE })
-                .bind::<diesel::sql_types::Text, _>(json)
-                .bind::<diesel::sql_types::Timestamp, _>(ts)
+        // Owners who just used up their allowance: their reported sessions end.
+        let spent: HashSet<&str> = charged
+            .iter()
+            .filter(|c| {
+                c.traffic_limit_bytes
+                    .is_some_and(|l| c.traffic_used_bytes >= l)
+            })
+            .map(|c| c.user_id.as_str())
+            .collect();
+        let ending: Vec<&str> = locked
+            .iter()
+            .filter(|s| s.end_reason.is_none() && spent.contains(s.user_id.as_str()))
+            .map(|s| s.id.as_str())
+            .collect();
+        if !ending.is_empty() {
+            diesel::update(sessions::table.filter(sessions::id.eq_any(&ending)))
+                .filter(sessions::ended_at.is_null())
+                .set((
+                    sessions::ended_at.eq(ts),
+                    sessions::end_reason.eq("quota_exceeded"),
+                ))
                 .execute(conn)
                 .await?;
+            close.extend(ending.iter().map(|id| CloseOrder {
+                session_id: (*id).to_owned(),
+                reason: "quota_exceeded".into(),
+            }));
         }
-        Ok(grown.len())
-    })?;
-    let close = close_orders(db, gateway_id, &ids).await?;
-    Ok(Applied { counted, close })
+        Ok(Applied {
+            counted: grown.len(),
+            close,
+        })
+    })
 }
 
 /// Of `session_ids` (of `gateway_id`), the ones the gateway must close:
