@@ -396,6 +396,169 @@ async fn own_client_moves_10_mb_intact_and_usage_matches() {
     assert!(used >= moved, "subscription charged {used}");
 }
 
+/// Sends raw bytes to the gateway over TLS; returns the answer's status
+/// (0 when it closed without answering).
+async fn raw_status(plane: &Plane, request: &[u8]) -> u16 {
+    let mut s = plane.tls().await;
+    if s.write_all(request).await.is_err() {
+        return 0;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_requests_to_the_gateway_get_4xx_and_change_nothing() {
+    use base64::Engine;
+    let plane = Plane::start(1).await;
+    let sessions = || async {
+        let r = plane
+            .gql("{sessions(first:100){edges{node{id}}}}", json!({}))
+            .await;
+        r["data"]["sessions"]["edges"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or_else(|| panic!("{r}"))
+    };
+    let before = sessions().await;
+    let device = plane.device_id.clone();
+    let keys = httvps::auth::jwt::JwtKeys::new(
+        &httvps::config::SecretKey::new(common::TEST_SECRET.into()),
+        jsonwebtoken::Algorithm::HS256,
+        60,
+    );
+    use httvps::auth::jwt::Audience;
+    let expired = keys
+        .issue(Audience::Device, &device, 0, None, -60)
+        .expect("jwt");
+    let wrong_audience = keys
+        .issue(Audience::Access, &device, 0, None, 60)
+        .expect("jwt");
+    let other_key = httvps::auth::jwt::JwtKeys::new(
+        &httvps::config::SecretKey::new("y".repeat(40)),
+        jsonwebtoken::Algorithm::HS256,
+        60,
+    )
+    .issue(Audience::Device, &device, 0, None, 60)
+    .expect("jwt");
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let now = chrono::Utc::now().timestamp();
+    let alg_none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(
+            &json!({"sub": device, "aud": "httvps:device", "iss": "httvps", "exp": now + 60, "iat": now, "ver": 0})
+        )
+    );
+    let upgrade = |path: &str, extra: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    };
+    let good = plane.device_token.clone();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "unknown token",
+            upgrade(&format!("/ws/{}/tcp", "A".repeat(43)), ""),
+        ),
+        (
+            "emoji and bidi override",
+            upgrade("/ws/%F0%9F%98%80%E2%80%AE/tcp", ""),
+        ),
+        ("raw UTF-8 in the path", upgrade("/ws/\u{e9}\u{e9}/tcp", "")),
+        ("NUL", upgrade("/ws/%00/tcp", "")),
+        ("SQL", upgrade("/ws/'%20OR%201=1--/tcp", "")),
+        (
+            "HTML",
+            upgrade("/c/%3Cscript%3Ealert(1)%3C%2Fscript%3E", ""),
+        ),
+        ("traversal", upgrade("/ws/../../etc/passwd/tcp", "")),
+        (
+            "10 KB token",
+            upgrade(&format!("/ws/{}/tcp", "B".repeat(10_000)), ""),
+        ),
+        ("unknown kind", upgrade(&format!("/ws/{good}/smtp"), "")),
+        (
+            "no upgrade headers",
+            format!("GET /ws/{good}/tcp HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes(),
+        ),
+        (
+            "old WebSocket version",
+            String::from_utf8_lossy(&upgrade(&format!("/ws/{good}/tcp"), ""))
+                .replace("Version: 13", "Version: 8")
+                .into_bytes(),
+        ),
+        (
+            "POST",
+            format!("POST /ws/{good}/tcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+                .into_bytes(),
+        ),
+        (
+            "garbage request line",
+            b"\x16\x03\x01garbage\r\n\r\n".to_vec(),
+        ),
+        ("negative document id", upgrade("/c/-1", "")),
+        (
+            "overflowing number",
+            upgrade("/c/99999999999999999999999999999999", ""),
+        ),
+        (
+            "unicode host",
+            format!(
+                "GET /c/{} HTTP/1.1\r\nHost: \u{441}\u{430}\u{439}\u{442}.\u{440}\u{444}\r\n\r\n",
+                "A".repeat(43)
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (name, jwt) in [
+        ("expired JWT", &expired),
+        ("wrong-audience JWT", &wrong_audience),
+        ("JWT of another key", &other_key),
+        ("alg none JWT", &alg_none),
+    ] {
+        cases.push((
+            name,
+            upgrade(
+                "/ws/bearer/tcp",
+                &format!("Authorization: Bearer {jwt}\r\n"),
+            ),
+        ));
+        cases.push((name, upgrade(&format!("/ws/{jwt}/tcp"), "")));
+    }
+    for (name, request) in cases {
+        let status = raw_status(&plane, &request).await;
+        assert!(
+            (400..500).contains(&status),
+            "{name}: answered {status}, wanted a 4xx"
+        );
+        assert_eq!(sessions().await, before, "{name} opened a session");
+    }
+    assert_eq!(
+        sessions().await,
+        before,
+        "a refused request opened a session"
+    );
+    // The gateway still serves.
+    let socks = plane.client().await;
+    let body = random_body(10_000);
+    let web = http_server(body.clone()).await;
+    assert_eq!(fetch(socks, web).await, *body);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forward_mode_pipes_a_local_port_to_one_destination() {
     let plane = Plane::start(1).await;

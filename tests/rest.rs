@@ -331,6 +331,80 @@ async fn usage_ledger_counts_once_under_replays_reordering_and_concurrency() {
     usage_ledger_counts_once(World::new().await).await;
 }
 
+/// Property: whatever the history of cumulative reports (any growth, any
+/// order, duplicates, any batching), each session ends with the largest
+/// totals, the ledger's deltas add up to them, and the owner's subscription
+/// is charged exactly that.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_ledger_arithmetic_holds_for_random_report_histories() {
+    use proptest::strategy::{Just, Strategy, ValueTree};
+    use proptest::test_runner::{Config, TestRunner};
+    let w = World::on(TestDb::sqlite().await).await;
+    let (_, t1) = w.node("eu", "n1", 1000).await;
+    w.beat(&t1, 0).await;
+    let mut runner = TestRunner::new(Config::with_cases(12));
+    let growth = proptest::collection::vec(
+        proptest::collection::vec((0i64..5_000_000, 0i64..5_000_000), 1..8),
+        1..4,
+    );
+    for _ in 0..12 {
+        let increments = growth.new_tree(&mut runner).expect("case").current();
+        // One session per device; cumulative totals with growing seq.
+        let mut expected = Vec::new();
+        let mut reports = Vec::new();
+        for steps in &increments {
+            let (uid, _, tok) = w.device().await;
+            let (_, b) = w.assign(&tok, None).await;
+            let sid = b["session_id"].as_str().expect("session").to_owned();
+            let (mut up, mut down) = (0i64, 0i64);
+            for (seq, (du, dd)) in steps.iter().enumerate() {
+                up += du;
+                down += dd;
+                let r =
+                    json!({"session_id": sid, "seq": seq + 1, "bytes_up": up, "bytes_down": down});
+                reports.push(r.clone());
+                if seq % 2 == 0 {
+                    reports.push(r); // a replay
+                }
+            }
+            expected.push((sid, uid, up, down));
+        }
+        let shuffled = Just(reports)
+            .prop_shuffle()
+            .new_tree(&mut runner)
+            .expect("shuffle")
+            .current();
+        let cut = (shuffled.len() / 3).max(1);
+        for batch in shuffled.chunks(cut) {
+            let (s, b) = w
+                .post(
+                    "/api/v1/usage/report",
+                    Some(&w.gateway),
+                    json!({"reports": batch}),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
+        for (sid, uid, up, down) in expected {
+            let got_up = w
+                .scalar(&format!(
+                    "SELECT bytes_up AS n FROM sessions WHERE id = '{sid}'"
+                ))
+                .await;
+            let got_down = w
+                .scalar(&format!(
+                    "SELECT bytes_down AS n FROM sessions WHERE id = '{sid}'"
+                ))
+                .await;
+            assert_eq!((got_up, got_down), (up, down), "{increments:?}");
+            let ledger = w.scalar(&format!("SELECT CAST(COALESCE(SUM(delta_up + delta_down), 0) AS BIGINT) AS n FROM usage_ledger WHERE session_id = '{sid}'")).await;
+            assert_eq!(ledger, up + down, "{increments:?}");
+            let used = w.scalar(&format!("SELECT traffic_used_bytes AS n FROM subscriptions WHERE user_id = '{uid}' AND status = 'active'")).await;
+            assert_eq!(used, up + down, "{increments:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_ledger_counts_once_on_sqlite() {
     usage_ledger_counts_once(World::on(TestDb::sqlite().await).await).await;

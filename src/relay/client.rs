@@ -80,7 +80,8 @@ struct Shared {
     ctx: SharedContext,
 }
 
-fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
+/// Splits a gateway URL (`https://host[:port][/...]`) into host and port.
+pub fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
     let rest = url
         .strip_prefix("https://")
         .context("the gateway URL must start with https://")?;

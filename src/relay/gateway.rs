@@ -216,6 +216,8 @@ impl Shared {
                 }
                 _ => return Err(Refusal::Unavailable),
             },
+            // An unknown credential looks like an unknown path: no oracle.
+            Err(BackendError::Refused(Reason::DeviceUnknown)) => Answer::Unknown,
             Err(BackendError::Refused(r)) => Answer::Refused(r),
             Err(BackendError::Status { status, .. }) if (400..500).contains(&status) => {
                 Answer::Unknown
@@ -520,12 +522,22 @@ fn credential(req: &Request, path_token: String) -> String {
         .unwrap_or(path_token)
 }
 
+/// A complete WebSocket upgrade request (RFC 6455 version 13 with a key),
+/// checked before anything is asked of the control plane or a node.
+fn valid_upgrade(req: &Request) -> bool {
+    let h = req.headers();
+    fastwebsockets::upgrade::is_upgrade_request(req)
+        && h.get(header::SEC_WEBSOCKET_KEY).is_some()
+        && h.get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v.as_bytes() == b"13")
+}
+
 async fn ws_tcp(
     State(s): State<Arc<Shared>>,
     Path(token): Path<String>,
     mut req: Request,
 ) -> Response {
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+    if !valid_upgrade(&req) {
         return not_found().await;
     }
     let token = credential(&req, token);
@@ -554,7 +566,7 @@ async fn ws_udp(
     Path(token): Path<String>,
     mut req: Request,
 ) -> Response {
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+    if !valid_upgrade(&req) {
         return not_found().await;
     }
     let token = credential(&req, token);

@@ -450,10 +450,14 @@ impl GatewayProc {
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("gateway.log"))
+                    .map(std::process::Stdio::from)
+                    .unwrap_or_else(|_| std::process::Stdio::null()),
+            )
             .spawn()
             .expect("httvps-relay gateway");
-        for _ in 0..100 {
+        for _ in 0..300 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
@@ -462,7 +466,10 @@ impl GatewayProc {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the gateway did not listen");
+        panic!(
+            "the gateway did not listen on {port}: {}",
+            std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
+        );
     }
 
     /// Kills it (SIGKILL) and reaps it.
