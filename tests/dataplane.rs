@@ -1740,10 +1740,7 @@ async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
         .to_owned();
     let (_, device, _) = plane.other_device_on(Some(&plan)).await;
     let dir = common::tempdir::TempDir::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = common::stable_port();
     let gw = common::GatewayProc::spawn(&plane.server.base, &token, dir.path(), port).await;
     let pid = gw.child.id().expect("pid");
     // A server that pushes 200 MB to whoever connects, as fast as it may.

@@ -95,10 +95,9 @@ impl Cluster {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
+        // Restarted on the same port after a minute: keep it out of the
+        // ephemeral range, where outgoing connections could take it.
+        let port = common::stable_port();
         let c = Cluster {
             bin,
             data,
@@ -306,9 +305,7 @@ async fn usage_survives_gateway_sigkill_control_plane_and_database_outages() {
     tls::install_provider();
     let cluster = Cluster::create();
     let dsn = Dsn::parse(&cluster.url()).expect("dsn");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let cp_addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let cp_addr = SocketAddr::from(([127, 0, 0, 1], common::stable_port()));
     let mut server = TestServer::start_at(dsn.clone(), false, cp_addr).await;
     let base = server.base.clone();
     let root = accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
@@ -348,9 +345,7 @@ async fn usage_survives_gateway_sigkill_control_plane_and_database_outages() {
         .expect("token")
         .to_owned();
     // A node (in process: it is not under test here).
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let node_port = probe.local_addr().expect("addr").port();
-    drop(probe);
+    let node_port = common::stable_port();
     let n = q("mutation($p:Int!){registerOutlineNode(input:{region:\"eu\",name:\"n1\",host:\"127.0.0.1\",port:$p}){token node{method secret}}}", json!({"p": node_port})).await;
     let n = &n["registerOutlineNode"];
     let method = node::parse_method(n["node"]["method"].as_str().expect("m")).expect("method");
@@ -370,9 +365,7 @@ async fn usage_survives_gateway_sigkill_control_plane_and_database_outages() {
         running.clone(),
         Duration::from_secs(1),
     );
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let gw_port = probe.local_addr().expect("addr").port();
-    drop(probe);
+    let gw_port = common::stable_port();
     let gw_token = q(
         "mutation($u:String!){registerGatewayNode(input:{region:\"eu\",name:\"gw\",publicUrl:$u}){token}}",
         json!({"u": format!("https://localhost:{gw_port}")}),

@@ -478,3 +478,20 @@ impl GatewayProc {
         let _ = self.child.wait().await;
     }
 }
+
+/// A free port below the kernel's ephemeral range (32768 and up by
+/// default), so outgoing connections cannot take it between this probe and
+/// the bind of a child process.
+pub fn stable_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 5000) as u16;
+    for _ in 0..10_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed + n * 7) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
