@@ -559,6 +559,77 @@ async fn hostile_requests_to_the_gateway_get_4xx_and_change_nothing() {
     assert_eq!(fetch(socks, web).await, *body);
 }
 
+/// Property: whatever bytes follow a WebSocket upgrade (frames with any
+/// header, claimed length, mask and payload), the gateway ends that tunnel
+/// and keeps serving everyone else.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_frames_never_break_the_gateway() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let plane = Plane::start(1).await;
+    let frame = (
+        any::<u8>(),
+        any::<u8>(),
+        prop_oneof![
+            Just(Vec::new()),
+            any::<u16>().prop_map(|n| n.to_be_bytes().to_vec()),
+            any::<u64>().prop_map(|n| n.to_be_bytes().to_vec())
+        ],
+        any::<[u8; 4]>(),
+        proptest::collection::vec(any::<u8>(), 0..2048),
+    )
+        .prop_map(|(b0, b1, ext, mask, payload)| {
+            let mut f = vec![b0, b1];
+            f.extend(ext);
+            f.extend(mask);
+            f.extend(payload);
+            f
+        });
+    let frames = proptest::collection::vec(frame, 1..4);
+    let mut runner = TestRunner::new(Config::with_cases(32));
+    let token = plane.device_token.clone();
+    for _ in 0..32 {
+        let bytes: Vec<u8> = frames
+            .new_tree(&mut runner)
+            .expect("case")
+            .current()
+            .concat();
+        let mut s = plane.tls().await;
+        let upgrade = format!(
+            "GET /ws/{token}/tcp HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(upgrade.as_bytes()).await.expect("upgrade");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+                .await
+                .expect("answer in time")
+                .expect("read");
+            assert!(n > 0, "closed before answering");
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        let _ = s.write_all(&bytes).await;
+        let mut sink = vec![0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+    // Still serving.
+    let socks = plane.client().await;
+    let body = random_body(50_000);
+    let web = http_server(body.clone()).await;
+    assert_eq!(fetch(socks, web).await, *body);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forward_mode_pipes_a_local_port_to_one_destination() {
     let plane = Plane::start(1).await;
@@ -1543,18 +1614,47 @@ async fn nodes_refuse_private_destinations_by_default() {
     }
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
 async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_sockets() {
     let plane = Plane::start(1).await;
+    // The gateway as a process of its own, so its descriptors and memory can
+    // be read from /proc.
+    let r = plane
+        .gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw-load\",publicUrl:\"https://localhost\"}){token}}", json!({}))
+        .await;
+    let token = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let dir = common::tempdir::TempDir::new();
+    let port = common::stable_port();
+    let gw = common::GatewayProc::spawn(&plane.server.base, &token, dir.path(), port).await;
+    let pid = gw.child.id().expect("pid");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let socks = listener.local_addr().expect("addr");
+    let opts = client::ClientOptions {
+        backend: plane.server.base.clone(),
+        device_token: plane.device_token.clone(),
+        gateway: Some(format!("https://localhost:{port}")),
+        ca_cert: Some(dir.path().join("gw.crt")),
+        region: None,
+        forward: None,
+    };
+    tokio::spawn(async move {
+        let _ = client::run(opts, listener, std::future::pending::<()>()).await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let body = random_body(128 * 1024);
     let web = http_server(body.clone()).await;
-    let socks = plane.client().await;
     let digest = sha2::Sha256::digest(&*body);
     let round = || async move {
         let tasks: Vec<_> = (0..200)
@@ -1568,26 +1668,36 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
             );
         }
     };
-    // The first round fills the connection pools (to the control plane and
-    // the database); the baseline is taken after it, and a second round must
-    // leave nothing behind.
+    // The first round warms the gateway (connection pools, allocator); the
+    // baseline is taken after it, and a second round must leave nothing behind.
     round().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let baseline = open_fds();
+    let (fd_base, rss_base) = (fds(), rss_kib(pid));
     round().await;
-    // Sockets go back to the baseline (bounded wait: closes finish asynchronously).
-    let mut now = open_fds();
+    // Back to the baseline (bounded wait: closes finish asynchronously).
+    let mut now = (fds(), rss_kib(pid));
     for _ in 0..50 {
-        if now <= baseline + 10 {
+        if now.0 <= fd_base + 2 && now.1 <= rss_base + 4096 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        now = open_fds();
+        now = (fds(), rss_kib(pid));
     }
-    assert!(
-        now <= baseline + 10,
-        "file descriptors: {baseline} before, {now} after"
+    eprintln!(
+        "200 tunnels: gateway fds {fd_base} -> {}, RSS {rss_base} KiB -> {} KiB",
+        now.0, now.1
     );
+    assert!(
+        now.0 <= fd_base + 2,
+        "gateway file descriptors: {fd_base} before, {} after",
+        now.0
+    );
+    assert!(
+        now.1 <= rss_base + 4096,
+        "gateway memory: {rss_base} KiB before, {} KiB after",
+        now.1
+    );
+    gw.sigkill().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -506,6 +506,51 @@ async fn usage_ledger_counts_once(w: World) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn validate_device_answers_50_concurrent_callers_without_errors() {
+    let w = World::new().await;
+    let mut tokens = Vec::new();
+    for _ in 0..5 {
+        tokens.push(w.device().await.2);
+    }
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (url, gw, tok) = (
+                w.url("/api/v1/auth/validate-device"),
+                w.gateway.clone(),
+                tokens[i % tokens.len()].clone(),
+            );
+            tokio::spawn(async move {
+                let c = client();
+                let mut valid = 0;
+                for _ in 0..20 {
+                    let res = c
+                        .post(&url)
+                        .bearer_auth(&gw)
+                        .json(&json!({"device_token": tok}))
+                        .send()
+                        .await
+                        .expect("send");
+                    assert_eq!(res.status().as_u16(), 200);
+                    let v: Value = res.json().await.expect("json");
+                    if v["valid"] == true {
+                        valid += 1;
+                    }
+                }
+                valid
+            })
+        })
+        .collect();
+    let mut valid = 0;
+    for t in tasks {
+        valid += t.await.expect("task");
+    }
+    assert_eq!(
+        valid, 1000,
+        "every one of 1,000 concurrent checks answered valid"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn monthly_allowance_starts_over_when_a_period_ends_pg() {
     monthly_allowance_starts_over(
         World::new().await,

@@ -154,6 +154,8 @@ struct Shared {
     /// Ends of subscriptions seen in answers (Unix ms): the heartbeat loop
     /// wakes at each, so expired sessions close on time.
     expiries: Mutex<std::collections::BTreeSet<i64>>,
+    /// Wakes the heartbeat loop to recompute its sleep (a new expiry).
+    reschedule: tokio::sync::Notify,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     per_device: Mutex<HashMap<String, usize>>,
     slots: Arc<Semaphore>,
@@ -198,8 +200,10 @@ impl Shared {
                 (Some(host), Some(port), Some(node_id)) => {
                     if let Some(until) = a.valid_until {
                         lifetime = (until - chrono::Utc::now()).to_std().unwrap_or_default();
-                        if lifetime < EXPIRY_HORIZON {
-                            lock(&self.expiries).insert(until.timestamp_millis());
+                        if lifetime < EXPIRY_HORIZON
+                            && lock(&self.expiries).insert(until.timestamp_millis())
+                        {
+                            self.reschedule.notify_one();
                         }
                     }
                     Answer::Go(Arc::new(Route {
@@ -306,6 +310,7 @@ pub async fn run(
         cache: Mutex::new(HashMap::new()),
         kick: tokio::sync::Notify::new(),
         expiries: Mutex::new(std::collections::BTreeSet::new()),
+        reschedule: tokio::sync::Notify::new(),
         sessions: Mutex::new(HashMap::new()),
         per_device: Mutex::new(HashMap::new()),
         open: AtomicUsize::new(0),
@@ -1129,22 +1134,35 @@ const EXPIRY_HORIZON: Duration = Duration::from_secs(3600);
 async fn heartbeat_loop(s: Arc<Shared>) {
     loop {
         heartbeat_once(&s).await;
-        // Sleep until the next beat, an access event or a subscription's end.
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut wait = s.opts.heartbeat_every;
-        {
-            let mut expiries = lock(&s.expiries);
-            while expiries.first().is_some_and(|t| *t <= now_ms) {
-                expiries.pop_first();
+        // Sleep until the next beat, an access event or a subscription's end
+        // (recomputed when a nearer end becomes known).
+        let next_beat = tokio::time::Instant::now() + s.opts.heartbeat_every;
+        let mut passed = Vec::new();
+        loop {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let mut until = next_beat;
+            {
+                let mut expiries = lock(&s.expiries);
+                while expiries.first().is_some_and(|t| *t <= now_ms) {
+                    passed.extend(expiries.pop_first());
+                }
+                if let Some(next) = expiries.first() {
+                    let ms = u64::try_from(next - now_ms).unwrap_or(0) + 200;
+                    until = until.min(tokio::time::Instant::now() + Duration::from_millis(ms));
+                }
             }
-            if let Some(next) = expiries.first() {
-                let ms = u64::try_from(next - now_ms).unwrap_or(0) + 200;
-                wait = wait.min(Duration::from_millis(ms));
+            if !passed.is_empty() {
+                break;
             }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = s.kick.notified() => {}
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {
+                    if until >= next_beat {
+                        break;
+                    }
+                }
+                () = s.kick.notified() => break,
+                () = s.reschedule.notified() => {}
+            }
         }
     }
 }
