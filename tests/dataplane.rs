@@ -244,6 +244,20 @@ impl Plane {
         gql(&self.server.base, Some(&self.admin), q, vars).await
     }
 
+    /// Registers another gateway of region `eu`; returns its token.
+    async fn register_gateway(&self, name: &str) -> String {
+        let r = self
+            .gql(
+                "mutation($n:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:\"https://localhost\"}){token}}",
+                json!({"n": name}),
+            )
+            .await;
+        r["data"]["registerGatewayNode"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned()
+    }
+
     /// Runs a statement on the control plane's database.
     async fn sql(&self, q: &str) {
         use diesel_async::RunQueryDsl;
@@ -1623,13 +1637,7 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
     let plane = Plane::start(1).await;
     // The gateway as a process of its own, so its descriptors and memory can
     // be read from /proc.
-    let r = plane
-        .gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw-load\",publicUrl:\"https://localhost\"}){token}}", json!({}))
-        .await;
-    let token = r["data"]["registerGatewayNode"]["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{r}"))
-        .to_owned();
+    let token = plane.register_gateway("gw-load").await;
     let dir = common::tempdir::TempDir::new();
     let port = common::stable_port();
     let gw = common::GatewayProc::spawn(&plane.server.base, &token, dir.path(), port).await;
@@ -1830,13 +1838,7 @@ async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
     use shadowsocks_service::shadowsocks::relay::Address;
     const TOTAL: u64 = 200 * 1024 * 1024;
     let plane = Plane::start(1).await;
-    let r = plane
-        .gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw-mem\",publicUrl:\"https://localhost\"}){token}}", json!({}))
-        .await;
-    let token = r["data"]["registerGatewayNode"]["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{r}"))
-        .to_owned();
+    let token = plane.register_gateway("gw-mem").await;
     // 200 MB is over the default plan's quota: a device on an unlimited plan.
     let r = plane
         .gql(
@@ -1965,13 +1967,7 @@ async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
     let plane = Plane::start(1).await;
-    let r = plane
-        .gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw-bin\",publicUrl:\"https://localhost\"}){token}}", json!({}))
-        .await;
-    let token = r["data"]["registerGatewayNode"]["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{r}"))
-        .to_owned();
+    let token = plane.register_gateway("gw-bin").await;
     let dir = common::tempdir::TempDir::new();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
         .args([
