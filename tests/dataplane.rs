@@ -258,6 +258,25 @@ impl Plane {
             .to_owned()
     }
 
+    /// One BIGINT (`n`) from the control plane's database.
+    async fn scalar(&self, q: &str) -> i64 {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
+            panic!("pg")
+        };
+        let mut conn = pool.get().await.expect("conn");
+        diesel::sql_query(q)
+            .get_result::<N>(&mut *conn)
+            .await
+            .expect("sql")
+            .n
+    }
+
     /// Runs a statement on the control plane's database.
     async fn sql(&self, q: &str) {
         use diesel_async::RunQueryDsl;
@@ -1321,6 +1340,55 @@ async fn every_loss_of_access_closes_tunnels_within_5_seconds_and_refuses_new_on
             "{case}: a bystander's tunnel was closed"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_the_control_plane_forgot_does_not_hold_back_the_others() {
+    let plane = Plane::start(1).await;
+    let echo = echo_server().await;
+    let (other_user, other_token, _) = plane.other_device().await;
+    let mine = plane.client().await;
+    let other = plane.client_for(&other_token).await;
+    let mut t1 = socks_connect(mine, echo).await;
+    let mut t2 = socks_connect(other, echo).await;
+    echo_bytes(&mut t1, 64 * 1024).await;
+    echo_bytes(&mut t2, 64 * 1024).await;
+    let others = format!(
+        "SELECT CAST(COALESCE(SUM(s.bytes_up), 0) AS BIGINT) AS n FROM sessions s \
+         JOIN devices d ON d.id = s.device_id WHERE d.user_id = '{other_user}'"
+    );
+    let mut before = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        before = plane.scalar(&others).await;
+        if before >= 64 * 1024 {
+            break;
+        }
+    }
+    assert!(before >= 64 * 1024, "first totals reported: {before}");
+    // The control plane loses my session (an operator's cleanup, a restore).
+    plane
+        .sql(&format!(
+            "DELETE FROM sessions WHERE device_id = '{}'",
+            plane.device_id
+        ))
+        .await;
+    // Both tunnels move more; the batch naming my session is refused (404),
+    // and the other session's bytes are still counted.
+    echo_bytes(&mut t1, 256 * 1024).await;
+    echo_bytes(&mut t2, 256 * 1024).await;
+    let mut after = before;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = plane.scalar(&others).await;
+        if after >= before + 256 * 1024 {
+            break;
+        }
+    }
+    assert!(
+        after >= before + 256 * 1024,
+        "the other session's totals moved on: {before} -> {after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1041,9 +1041,10 @@ async fn flush_usage(s: &Arc<Shared>) {
                 mark_reported(s, part);
                 s.close_sessions(&answer.close_sessions);
             }
-            // The control plane refuses the batch (a session it no longer
-            // knows, say): report one by one so the rest still count.
-            Err(BackendError::Status { status, .. }) if (400..500).contains(&status) => {
+            // The control plane refuses the batch for what it holds (a
+            // session it no longer knows, say): report one by one so the rest
+            // still count. Other refusals (our token, rate) are retried.
+            Err(BackendError::Status { status, .. }) if refuses_content(status) => {
                 for one in part {
                     let reports = vec![SessionTotals {
                         session_id: one.0.clone(),
@@ -1053,9 +1054,7 @@ async fn flush_usage(s: &Arc<Shared>) {
                     }];
                     match s.backend.report(&UsageReport { reports }).await {
                         Ok(answer) => s.close_sessions(&answer.close_sessions),
-                        Err(BackendError::Status { status, code })
-                            if (400..500).contains(&status) =>
-                        {
+                        Err(BackendError::Status { status, code }) if refuses_content(status) => {
                             tracing::warn!(session.id = %one.0, status, %code, "usage refused; dropped");
                         }
                         Err(e) => {
@@ -1072,6 +1071,13 @@ async fn flush_usage(s: &Arc<Shared>) {
             }
         }
     }
+}
+
+/// Whether a status refuses a report for its content (then retrying the
+/// same totals cannot help), rather than for who sends it or when: a 403
+/// may mean this gateway is disabled, and its totals wait for it to return.
+fn refuses_content(status: u16) -> bool {
+    matches!(status, 400 | 404 | 413 | 422)
 }
 
 fn mark_reported(s: &Shared, part: &[(String, u64, u64)]) {
