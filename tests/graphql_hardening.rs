@@ -238,6 +238,11 @@ async fn limits_transport_rules_and_masking() {
     )
     .await;
     assert_eq!(res.status(), 413);
+    // The unread body ends the connection, and the answer says so.
+    assert_eq!(
+        res.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     // Mutations only by POST JSON: text/plain and GET refused, nothing created.
     let signup =
         "mutation{signUp(email:\"sneaky@example.com\",password:\"long enough password\"){id}}";

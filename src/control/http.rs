@@ -92,7 +92,21 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(close_after_unread_body))
         .with_state(state)
+}
+
+/// A 413 leaves the request body unread, so the connection cannot carry
+/// another request: say so, or pooling clients reuse a connection the
+/// server is about to close.
+async fn close_after_unread_body(mut res: Response) -> Response {
+    if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// Serves `router` on an already bound listener until `shutdown` completes,
