@@ -1834,6 +1834,34 @@ async fn a_device_jwt_in_the_authorization_header_opens_a_tunnel() {
     assert_eq!(&b, b"through the header");
 }
 
+#[test]
+fn tokens_that_start_with_a_hyphen_are_taken_as_values() {
+    // Tokens are base64url: about one in 32 starts with '-'.
+    for args in [
+        vec!["node", "--backend", "http://127.0.0.1:1", "--token", "-Hx"],
+        vec![
+            "connect",
+            "--backend",
+            "http://127.0.0.1:1",
+            "--device-token",
+            "-Hx",
+            "--socks",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+            .args(&args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            !err.contains("unexpected argument"),
+            "{args:?}: the token was read as a flag: {err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_binary_runs_with_a_backend_url_and_a_token() {
     let plane = Plane::start(0).await;

@@ -43,7 +43,12 @@ struct GatewayArgs {
     #[arg(long, env = "GATEWAY_BACKEND_URL")]
     backend: String,
     /// This gateway's machine token (from registerGatewayNode).
-    #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GATEWAY_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     token: String,
     /// TLS listen address.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:443")]
@@ -92,7 +97,12 @@ struct NodeArgs {
     #[arg(long, env = "NODE_BACKEND_URL")]
     backend: String,
     /// This node's machine token (from registerOutlineNode).
-    #[arg(long, env = "NODE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "NODE_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     token: String,
     /// Listen address; default: 0.0.0.0 on the registered port.
     #[arg(long, env = "NODE_LISTEN")]
@@ -108,7 +118,12 @@ struct ConnectArgs {
     #[arg(long, env = "CLIENT_BACKEND_URL")]
     backend: String,
     /// The device's access token (from registerDevice).
-    #[arg(long, env = "CLIENT_DEVICE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CLIENT_DEVICE_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     device_token: String,
     /// Local SOCKS5 address.
     #[arg(long, env = "CLIENT_SOCKS", default_value = "127.0.0.1:1080")]
