@@ -429,6 +429,15 @@ async fn own_client_moves_10_mb_intact_and_usage_matches() {
     assert!(used >= moved, "subscription charged {used}");
 }
 
+/// A WebSocket upgrade request for `path` with `extra` header lines.
+fn upgrade_request(path: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
 /// Sends raw bytes to the gateway over TLS; returns the answer's status
 /// (0 when it closed without answering).
 async fn raw_status(plane: &Plane, request: &[u8]) -> u16 {
@@ -453,7 +462,6 @@ async fn raw_status(plane: &Plane, request: &[u8]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_requests_to_the_gateway_get_4xx_and_change_nothing() {
-    use base64::Engine;
     let plane = Plane::start(1).await;
     let sessions = || async {
         let r = plane
@@ -485,22 +493,8 @@ async fn hostile_requests_to_the_gateway_get_4xx_and_change_nothing() {
     )
     .issue(Audience::Device, &device, 0, None, 60)
     .expect("jwt");
-    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let now = chrono::Utc::now().timestamp();
-    let alg_none = format!(
-        "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
-        b64(
-            &json!({"sub": device, "aud": "httvps:device", "iss": "httvps", "exp": now + 60, "iat": now, "ver": 0})
-        )
-    );
-    let upgrade = |path: &str, extra: &str| {
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-        )
-        .into_bytes()
-    };
+    let alg_none = common::alg_none_jwt(&device, "httvps:device");
+    let upgrade = upgrade_request;
     let good = plane.device_token.clone();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         (
@@ -629,11 +623,9 @@ async fn random_frames_never_break_the_gateway() {
             .current()
             .concat();
         let mut s = plane.tls().await;
-        let upgrade = format!(
-            "GET /ws/{token}/tcp HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        s.write_all(upgrade.as_bytes()).await.expect("upgrade");
+        s.write_all(&upgrade_request(&format!("/ws/{token}/tcp"), ""))
+            .await
+            .expect("upgrade");
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -1993,19 +1985,7 @@ async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
             ctx.clone(),
         );
         async move {
-            let connector = tls::connector(Some(&cert)).expect("connector");
-            let tcp = TcpStream::connect(("127.0.0.1", port))
-                .await
-                .expect("connect");
-            let name =
-                tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await.expect("tls");
-            let (ws, _) = tokio_tungstenite::client_async(
-                format!("wss://localhost:{port}/ws/{device}/tcp"),
-                tls,
-            )
-            .await
-            .expect("websocket");
+            let ws = common::gateway_ws(port, &cert, &format!("/ws/{device}/tcp")).await;
             let mut s = ProxyClientStream::from_stream(
                 ctx,
                 httvps::relay::wsio::WsIo::new(ws),

@@ -27,7 +27,7 @@ use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
 use shadowsocks_service::shadowsocks::context::Context as SsContext;
 use shadowsocks_service::shadowsocks::relay::Address;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -112,20 +112,25 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Runs pg_ctl on this cluster with `args`.
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(args)
+            .output()
+            .expect("pg_ctl")
+    }
+
     fn start(&self) {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.data.display()
         );
-        let out = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-o", &opts, "-l"])
-            .arg(self.data.join("log"))
-            .args(["-w", "-t", "60", "start"])
-            .output()
-            .expect("pg_ctl start");
+        let log = self.data.join("log");
+        let log = log.to_string_lossy();
+        let out = self.pg_ctl(&["-o", &opts, "-l", &log, "-w", "-t", "60", "start"]);
         assert!(
             out.status.success(),
             "pg_ctl start: {}",
@@ -134,11 +139,7 @@ impl Cluster {
     }
 
     fn stop(&self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "-t", "60", "stop"])
-            .output();
+        let _ = self.pg_ctl(&["-m", "immediate", "-w", "-t", "60", "stop"]);
     }
 }
 
@@ -221,21 +222,9 @@ impl Traffic {
         target: SocketAddr,
         n: usize,
     ) {
-        let connector = tls::connector(Some(cert)).expect("connector");
         let ctx = SsContext::new_shared(ServerType::Local);
         for _ in 0..n {
-            let tcp = TcpStream::connect(("127.0.0.1", port))
-                .await
-                .expect("connect");
-            let name =
-                tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await.expect("tls");
-            let (ws, _) = tokio_tungstenite::client_async(
-                format!("wss://localhost:{port}/ws/{token}/tcp"),
-                tls,
-            )
-            .await
-            .expect("websocket");
+            let ws = common::gateway_ws(port, cert, &format!("/ws/{token}/tcp")).await;
             let io = Counting {
                 inner: WsIo::new(ws),
                 up: self.up.clone(),

@@ -377,16 +377,7 @@ async fn forged_expired_and_wrong_audience_tokens_are_refused() {
     )
     .issue(httvps::auth::jwt::Audience::Access, &uid, 0, None, 60)
     .expect("jwt");
-    use base64::Engine;
-    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let now = chrono::Utc::now().timestamp();
-    let alg_none = format!(
-        "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
-        b64(
-            &json!({"sub": uid, "aud": "httvps:access", "iss": "httvps", "exp": now + 60, "iat": now, "ver": 0})
-        )
-    );
+    let alg_none = common::alg_none_jwt(&uid, "httvps:access");
     for (name, token) in [
         ("wrong audience", wrong_aud),
         ("expired", expired),

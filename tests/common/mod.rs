@@ -495,3 +495,39 @@ pub fn stable_port() -> u16 {
     }
     panic!("no free port below the ephemeral range");
 }
+
+/// An unsigned (`alg: none`) JWT for `sub` and audience `aud`, valid for a
+/// minute if its signature were ever skipped.
+pub fn alg_none_jwt(sub: &str, aud: &str) -> String {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = chrono::Utc::now().timestamp();
+    format!(
+        "{}.{}.",
+        b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(
+            &serde_json::json!({"sub": sub, "aud": aud, "iss": "httvps", "exp": now + 60, "iat": now, "ver": 0})
+        )
+    )
+}
+
+/// A WebSocket to the gateway on 127.0.0.1:`port` (TLS trusting `cert`,
+/// name `localhost`) at `path`.
+pub async fn gateway_ws(
+    port: u16,
+    cert: &Path,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let connector = httvps::relay::tls::connector(Some(cert)).expect("connector");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("tls");
+    let (ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{port}{path}"), tls)
+        .await
+        .expect("websocket");
+    ws
+}
