@@ -557,3 +557,69 @@ fn env_example_lists_every_variable_the_code_reads() {
         );
     }
 }
+
+/// The ledger's move to one row per session and hour keeps every byte:
+/// per-report rows written before it are summed into their hours.
+#[tokio::test(flavor = "multi_thread")]
+async fn hourly_ledger_migration_sums_earlier_rows_into_hours() {
+    use diesel_migrations::MigrationHarness;
+    let t = TestDb::pg_empty().await;
+    db::migrate(&t.dsn).await.expect("up");
+    let db::Dsn::Postgres(url) = &t.dsn else {
+        panic!("pg")
+    };
+    let conn = <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(url)
+        .await
+        .expect("connect");
+    let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+    let last = harness
+        .revert_last_migration(db::PG_MIGRATIONS)
+        .expect("revert the hourly ledger");
+    assert_eq!(
+        last.to_string(),
+        "20261127000002",
+        "the hourly ledger is the last migration"
+    );
+    let mut conn: diesel_async::AsyncPgConnection = harness.into_inner();
+    for q in [
+        "INSERT INTO users (id, email, password_hash, role, status, token_version, created_at, updated_at) VALUES ('u1', 'u1@example.com', 'x', 'user', 'active', 0, now(), now())",
+        "INSERT INTO devices (id, user_id, name, platform, status, token_hash, created_at) VALUES ('d1', 'u1', 'd', 'linux', 'active', 'h', now())",
+        "INSERT INTO sessions (id, device_id, started_at, last_activity_at) VALUES ('s1', 'd1', '2026-11-01 09:00:00', '2026-11-01 11:10:00')",
+        "INSERT INTO usage_ledger VALUES ('l1', 's1', 1, 100, 10, 100, 10, '2026-11-01 10:05:00'), \
+         ('l2', 's1', 2, 300, 30, 200, 20, '2026-11-01 10:40:00'), ('l3', 's1', 3, 700, 70, 400, 40, '2026-11-01 11:10:00')",
+    ] {
+        diesel::sql_query(q).execute(&mut conn).await.expect(q);
+    }
+    assert_eq!(db::migrate(&t.dsn).await.expect("up again"), 1);
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Hour {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        hour: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        total: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        delta: i64,
+    }
+    let hours: Vec<Hour> = diesel::sql_query(
+        "SELECT CAST(recorded_at AS TEXT) AS hour, seq, total_up + total_down AS total, \
+         delta_up + delta_down AS delta FROM usage_ledger ORDER BY recorded_at",
+    )
+    .load(&mut conn)
+    .await
+    .expect("ledger");
+    let hour = |h: &str, seq, total, delta| Hour {
+        hour: h.into(),
+        seq,
+        total,
+        delta,
+    };
+    assert_eq!(
+        hours,
+        vec![
+            hour("2026-11-01 10:00:00", 2, 330, 330),
+            hour("2026-11-01 11:00:00", 3, 770, 440)
+        ]
+    );
+}

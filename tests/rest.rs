@@ -154,6 +154,17 @@ impl World {
         .await
     }
 
+    /// Waits (at most 20 s) until every stored usage report is applied.
+    async fn usage_settled(&self) {
+        for _ in 0..400 {
+            if self.scalar("SELECT count(*) AS n FROM usage_inbox").await == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("usage inbox not drained in 20 s");
+    }
+
     async fn sql(&self, q: &str) {
         use diesel_async::RunQueryDsl;
         match &self.server.state.db.pool {
@@ -397,12 +408,212 @@ async fn usage_ledger_arithmetic_holds_for_random_report_histories() {
                 ))
                 .await;
             assert_eq!((got_up, got_down), (up, down), "{increments:?}");
-            let ledger = w.scalar(&format!("SELECT CAST(COALESCE(SUM(delta_up + delta_down), 0) AS BIGINT) AS n FROM usage_ledger WHERE session_id = '{sid}'")).await;
+            let ledger = w.scalar(&format!("SELECT CAST(COALESCE(SUM(delta_up + delta_down), 0) AS BIGINT) AS n FROM usage_hours WHERE session_id = '{sid}'")).await;
             assert_eq!(ledger, up + down, "{increments:?}");
             let used = w.scalar(&format!("SELECT traffic_used_bytes AS n FROM subscriptions WHERE user_id = '{uid}' AND status = 'active'")).await;
             assert_eq!(used, up + down, "{increments:?}");
         }
     }
+}
+
+/// Reports stored together merge into one pass, and a row applied twice (a stop between applying and deleting
+/// it) changes nothing; a row naming a session deleted since is skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_inbox_merges_rows_and_reapplies_harmlessly() {
+    usage_inbox_merges(World::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_inbox_merges_rows_and_reapplies_harmlessly_on_sqlite() {
+    usage_inbox_merges(World::on(TestDb::sqlite().await).await).await;
+}
+
+async fn usage_inbox_merges(w: World) {
+    let (_, t1) = w.node("eu", "n1", 100).await;
+    w.beat(&t1, 0).await;
+    let (uid, _, tok) = w.device().await;
+    let (_, b) = w.assign(&tok, None).await;
+    let sid = b["session_id"].as_str().expect("session").to_owned();
+    let rows = |totals: &[(i64, i64, i64)]| {
+        let values: Vec<String> = totals
+            .iter()
+            .map(|(seq, up, down)| {
+                format!(
+                    "((SELECT id FROM gateway_nodes LIMIT 1), '[[\"{sid}\",{seq},{up},{down}]]', CURRENT_TIMESTAMP)"
+                )
+            })
+            .collect();
+        format!(
+            "INSERT INTO usage_inbox (gateway_node_id, totals, received_at) VALUES {}",
+            values.join(", ")
+        )
+    };
+    let state = || {
+        let q = [
+            format!("SELECT bytes_up AS n FROM sessions WHERE id = '{sid}'"),
+            format!("SELECT bytes_down AS n FROM sessions WHERE id = '{sid}'"),
+            format!("SELECT count(*) AS n FROM usage_hours WHERE session_id = '{sid}'"),
+            format!(
+                "SELECT CAST(COALESCE(SUM(delta_up + delta_down), 0) AS BIGINT) AS n FROM usage_hours WHERE session_id = '{sid}'"
+            ),
+            format!(
+                "SELECT traffic_used_bytes AS n FROM subscriptions WHERE user_id = '{uid}' AND status = 'active'"
+            ),
+        ];
+        let w = &w;
+        async move {
+            let mut out = Vec::new();
+            for q in q {
+                out.push(w.scalar(&q).await);
+            }
+            out
+        }
+    };
+    // Three reports of one session, out of order, stored in one statement.
+    let stored = rows(&[(1, 100, 100), (3, 300, 900), (2, 200, 500)]);
+    w.sql(&stored).await;
+    w.usage_settled().await;
+    assert_eq!(
+        state().await,
+        vec![300, 900, 1, 1200, 1200],
+        "merged into one pass"
+    );
+    // The same rows again: nothing changes.
+    w.sql(&stored).await;
+    w.usage_settled().await;
+    assert_eq!(state().await, vec![300, 900, 1, 1200, 1200], "re-applied");
+    // A later report still counts, and one for a session deleted since
+    // the report was stored is skipped without holding the inbox back.
+    w.sql(&rows(&[(4, 1300, 900)])).await;
+    w.sql(&format!("INSERT INTO usage_inbox (gateway_node_id, totals, received_at) VALUES ((SELECT id FROM gateway_nodes LIMIT 1), '[[\"{}\",1,5,5]]', CURRENT_TIMESTAMP)", uuid::Uuid::new_v4())).await;
+    w.usage_settled().await;
+    let now = state().await;
+    assert_eq!((now[0], now[1], now[3], now[4]), (1300, 900, 2200, 2200));
+    // One row per session and hour (two if the hour turned meanwhile).
+    assert!((1..=2).contains(&now[2]), "{now:?}");
+    // When the session's next hour begins, the last one moves to the ledger
+    // whole, and usage by hour shows both.
+    let earlier = (chrono::Utc::now() - chrono::Duration::hours(2))
+        .naive_utc()
+        .format("%Y-%m-%d %H:00:00")
+        .to_string();
+    w.sql(&format!(
+        "DELETE FROM usage_ledger WHERE session_id = '{sid}'"
+    ))
+    .await;
+    w.sql(&format!("UPDATE sessions SET hour_start = '{earlier}', hour_up = 1300, hour_down = 900 WHERE id = '{sid}'")).await;
+    let (s, b) = w
+        .post(
+            "/api/v1/usage/report",
+            Some(&w.gateway),
+            json!({"reports": [{"session_id": sid, "seq": 5, "bytes_up": 1400, "bytes_down": 950}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    w.usage_settled().await;
+    let ledger = |c: &str| {
+        format!("SELECT CAST({c} AS BIGINT) AS n FROM usage_ledger WHERE session_id = '{sid}'")
+    };
+    assert_eq!(w.scalar(&ledger("count(*)")).await, 1);
+    assert_eq!(w.scalar(&ledger("SUM(delta_up + delta_down)")).await, 2200);
+    assert_eq!(w.scalar(&ledger("MAX(total_up + total_down)")).await, 2200);
+    let now = state().await;
+    assert_eq!(
+        (now[0], now[1], now[2], now[3], now[4]),
+        (1400, 950, 2, 2350, 2350)
+    );
+    let day = chrono::Duration::days(1);
+    let r = w
+        .gql(
+            "query($f:DateTime!,$t:DateTime!){usage(from:$f,to:$t,granularity:HOUR){bytesUp bytesDown}}",
+            json!({"f": (chrono::Utc::now() - day).to_rfc3339(), "t": (chrono::Utc::now() + day).to_rfc3339()}),
+        )
+        .await;
+    let hours: Vec<(String, String)> = r["data"]["usage"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|h| {
+            (
+                h["bytesUp"].as_str().unwrap_or("").to_owned(),
+                h["bytesDown"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hours,
+        vec![("1300".into(), "900".into()), ("100".into(), "50".into())],
+        "{r}"
+    );
+}
+
+/// Many gateways reporting at once, each report growing, to two control
+/// planes on one database (two appliers taking turns): whatever merged
+/// where, every session ends with its largest totals, the ledger adds up
+/// to them and the accounts are charged exactly that.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_reports_under_load_on_two_replicas_count_exactly_once() {
+    let w = World::new().await;
+    let second = TestServer::start(w._db.dsn.clone(), false).await;
+    let (_, t1) = w.node("eu", "n1", 1000).await;
+    w.beat(&t1, 0).await;
+    let mut sessions = Vec::new();
+    for _ in 0..40 {
+        let (uid, _, tok) = w.device().await;
+        let (_, b) = w.assign(&tok, None).await;
+        sessions.push((b["session_id"].as_str().expect("session").to_owned(), uid));
+    }
+    let ids: Vec<String> = sessions.iter().map(|(s, _)| s.clone()).collect();
+    let bases = [w.server.base.clone(), second.base.clone()];
+    // 16 callers, 25 rounds each; in round r every session reports
+    // r * 100 up and r * 300 down (cumulative).
+    let tasks: Vec<_> = (0..16)
+        .map(|caller| {
+            let (ids, base, gw) = (ids.clone(), bases[caller % 2].clone(), w.gateway.clone());
+            tokio::spawn(async move {
+                let mut pending = 0;
+                for round in 1..=25i64 {
+                    let r = round * 16 + caller as i64;
+                    let batch: Vec<Value> = ids
+                        .iter()
+                        .map(|s| json!({"session_id": s, "seq": r, "bytes_up": r * 100, "bytes_down": r * 300}))
+                        .collect();
+                    let res = client()
+                        .post(format!("{base}/api/v1/usage/report"))
+                        .bearer_auth(&gw)
+                        .json(&json!({"reports": batch}))
+                        .send()
+                        .await
+                        .expect("send");
+                    assert_eq!(res.status().as_u16(), 200);
+                    let body: Value = res.json().await.expect("json");
+                    assert_eq!(body["accepted"], 40, "{body}");
+                    if body["applied"] == json!(false) {
+                        pending += 1;
+                    }
+                }
+                pending
+            })
+        })
+        .collect();
+    let mut pending = 0;
+    for t in tasks {
+        pending += t.await.expect("task");
+    }
+    w.usage_settled().await;
+    let top = 25 * 16 + 15;
+    for (sid, uid) in &sessions {
+        let q = |c: &str| format!("SELECT {c} AS n FROM sessions WHERE id = '{sid}'");
+        assert_eq!(
+            w.scalar(&q("bytes_up")).await,
+            top * 100,
+            "{pending} answers pending"
+        );
+        assert_eq!(w.scalar(&q("bytes_down")).await, top * 300);
+        assert_eq!(w.scalar(&format!("SELECT CAST(SUM(delta_up + delta_down) AS BIGINT) AS n FROM usage_hours WHERE session_id = '{sid}'")).await, top * 400);
+        assert_eq!(w.scalar(&format!("SELECT traffic_used_bytes AS n FROM subscriptions WHERE user_id = '{uid}' AND status = 'active'")).await, top * 400);
+    }
+    second.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -463,6 +674,7 @@ async fn usage_ledger_counts_once(w: World) {
     for t in tasks {
         assert_eq!(t.await.expect("task").0, 200);
     }
+    w.usage_settled().await;
     for s in &sessions {
         assert_eq!(
             w.scalar(&format!(
@@ -478,7 +690,7 @@ async fn usage_ledger_counts_once(w: World) {
             .await,
             15000
         );
-        assert_eq!(w.scalar(&format!("SELECT CAST(SUM(delta_up + delta_down) AS BIGINT) AS n FROM usage_ledger WHERE session_id = '{s}'")).await, 20000);
+        assert_eq!(w.scalar(&format!("SELECT CAST(SUM(delta_up + delta_down) AS BIGINT) AS n FROM usage_hours WHERE session_id = '{s}'")).await, 20000);
     }
     for u in &subs {
         assert_eq!(
@@ -599,6 +811,12 @@ async fn monthly_allowance_starts_over(w: World, long_ago: &str, recently: &str)
     };
     let (s, b) = report(1, 300_000).await;
     assert_eq!((s, &b["close_sessions"]), (200, &json!([])), "{b}");
+    // An idle applier: the answer waits for the pass and tells what it did.
+    assert_eq!(
+        (&b["applied"], &b["counted"]),
+        (&json!(true), &json!(1)),
+        "{b}"
+    );
     assert_eq!(used().await, 300_000, "a new period counts from zero");
     // Within a period: bytes add up, and crossing the allowance closes.
     w.sql(&format!("UPDATE subscriptions SET traffic_used_bytes = 900000, period_start = {recently} WHERE user_id = '{uid}'")).await;
@@ -897,7 +1115,7 @@ async fn auth_matrix_and_scoping() {
         .await,
         0
     );
-    assert_eq!(w.scalar("SELECT count(*) AS n FROM usage_ledger").await, 0);
+    assert_eq!(w.scalar("SELECT count(*) AS n FROM usage_hours").await, 0);
     // Health leaks nothing and needs no token.
     let res = client()
         .get(w.url("/api/v1/health"))
@@ -1037,7 +1255,7 @@ async fn bad_input_gets_a_typed_4xx_and_writes_nothing() {
         0,
         "nothing written"
     );
-    assert_eq!(w.scalar("SELECT count(*) AS n FROM usage_ledger").await, 0);
+    assert_eq!(w.scalar("SELECT count(*) AS n FROM usage_hours").await, 0);
     assert_eq!(w.scalar("SELECT count(*) AS n FROM sessions").await, 1);
 }
 

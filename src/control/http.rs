@@ -44,6 +44,8 @@ pub struct AppState {
     /// Turns true when the server starts shutting down: long-lived
     /// responses (event streams) end then.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Applies stored usage reports (runs while [`serve`] does).
+    pub usage: Arc<crate::control::usage_accounting::Applier>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             debug,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            usage: Arc::default(),
         }
     }
 }
@@ -117,12 +120,39 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
-    axum::serve(listener, router(state))
+    let mut applier = AbortOnDrop(tokio::spawn({
+        let (usage, db, events) = (
+            state.usage.clone(),
+            state.db.clone(),
+            state.api.events.clone(),
+        );
+        let stop = state.closing.subscribe();
+        async move { usage.run(db, events, stop).await }
+    }));
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
             closing.send_replace(true);
         })
+        .await;
+    // The applier applies what was stored, then stops; what it cannot apply
+    // in time waits in the inbox for the next start.
+    if tokio::time::timeout(Duration::from_secs(5), &mut applier.0)
         .await
+        .is_err()
+    {
+        tracing::warn!("usage left in the inbox at shutdown");
+    }
+    served
+}
+
+/// Aborts a background task when dropped, so it ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -166,6 +196,16 @@ async fn prometheus(State(state): State<AppState>) -> Response {
             "httvps_db_queries",
             "Queries started since start-up.",
             state.db.query_count() as f64,
+        ),
+        (
+            "httvps_usage_reports_waiting",
+            "Usage reports stored by this replica and not applied yet.",
+            state.usage.waiting() as f64,
+        ),
+        (
+            "httvps_usage_totals_applied",
+            "Session totals this replica's applier applied since start-up.",
+            state.usage.applied_totals() as f64,
         ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

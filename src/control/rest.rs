@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::device_validation::{self, Reason, Verdict};
-use super::events::AccessEvent;
 use super::heartbeats::{self, GatewayBeat, OutlineBeat};
 use super::http::{AppState, bearer_token};
 use super::node_assignment::{self, HEARTBEAT_INTERVAL_SECS};
@@ -342,11 +341,18 @@ pub struct UsageReport {
 /// Answer of usage/report.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageReportResponse {
-    /// Totals received.
+    /// Totals received (stored; none is lost from here on).
     pub accepted: usize,
-    /// Totals that added bytes (the rest were replays or older).
+    /// Whether the totals were already applied to sessions and accounts when
+    /// this answer was written. Under load they are stored first and merged
+    /// into a later pass, within seconds.
+    #[serde(default)]
+    pub applied: bool,
+    /// Totals that added bytes (the rest were replays or older); 0 while not
+    /// applied.
     pub counted: usize,
-    /// Sessions the gateway must close now.
+    /// Sessions the gateway must close now: ended already, or whose owner
+    /// used up the allowance with this report (when applied).
     pub close_sessions: Vec<CloseOrder>,
 }
 
@@ -360,19 +366,23 @@ async fn usage_report(
     ApiJson(req): ApiJson<UsageReport>,
 ) -> Result<Json<UsageReportResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
-    let applied = usage_accounting::report(&state.db, &g.id, &req.reports).await?;
-    if applied.close.iter().any(|c| c.reason == "quota_exceeded") {
-        // Other gateways may hold cached validations for the same account.
-        state
-            .api
-            .events
-            .access_changed(AccessEvent::new("quota_exceeded", None))
-            .await;
-    }
+    let received = usage_accounting::receive(&state.db, &g.id, &req.reports).await?;
+    let mut close_sessions = received.close;
+    let (applied, counted) = match received.id {
+        None => (true, 0),
+        Some(id) => match state.usage.submit(id).await {
+            Some(outcome) => {
+                close_sessions.extend(outcome.close);
+                (true, outcome.counted)
+            }
+            None => (false, 0),
+        },
+    };
     Ok(Json(UsageReportResponse {
-        accepted: req.reports.len(),
-        counted: applied.counted,
-        close_sessions: applied.close,
+        accepted: received.accepted,
+        applied,
+        counted,
+        close_sessions,
     }))
 }
 

@@ -116,7 +116,8 @@ pub async fn usage(
             "the range holds more than {MAX_BUCKETS} buckets"
         )));
     }
-    let tail = "FROM usage_ledger l JOIN sessions s ON s.id = l.session_id JOIN devices d ON d.id = s.device_id \
+    // Closed hours from the ledger and each session's current hour.
+    let tail = "FROM usage_hours l JOIN sessions s ON s.id = l.session_id JOIN devices d ON d.id = s.device_id \
                 WHERE l.recorded_at >= $1 AND l.recorded_at < $2 \
                 AND ($3 IS NULL OR d.user_id = $3) AND ($4 IS NULL OR s.outline_node_id = $4) \
                 GROUP BY 1 ORDER BY 1";

@@ -133,11 +133,15 @@ diesel::table! {
         bytes_down -> BigInt,
         last_seq -> BigInt,
         end_reason -> Nullable<Text>,
+        hour_start -> Nullable<Timestamp>,
+        hour_up -> BigInt,
+        hour_down -> BigInt,
     }
 }
 
 diesel::table! {
-    /// Applied usage reports, one per (session, sequence number).
+    /// Usage per session and hour: the bytes gained in the hour (`recorded_at`,
+    /// the hour's start) and the latest cumulative totals.
     usage_ledger (id) {
         id -> Text,
         session_id -> Text,
@@ -147,6 +151,16 @@ diesel::table! {
         delta_up -> BigInt,
         delta_down -> BigInt,
         recorded_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// Accepted usage reports waiting to be applied (one row per report).
+    usage_inbox (id) {
+        id -> BigInt,
+        gateway_node_id -> Text,
+        totals -> Text,
+        received_at -> Timestamp,
     }
 }
 
@@ -196,6 +210,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     gateway_nodes,
     sessions,
     usage_ledger,
+    usage_inbox,
     refresh_tokens,
     audit_log
 );

@@ -1,0 +1,12 @@
+-- Usage inbox: each accepted report, stored as it came (one row per report)
+-- until the applier has merged it into sessions, ledger and subscriptions.
+-- Totals are cumulative, so applying a row twice changes nothing.
+CREATE TABLE usage_inbox (
+    id              BIGSERIAL PRIMARY KEY,
+    gateway_node_id TEXT NOT NULL,
+    totals          TEXT NOT NULL,
+    received_at     TIMESTAMP NOT NULL
+);
+-- Reports are compact JSON of a few KiB: store them out of line without
+-- compressing (they live for milliseconds).
+ALTER TABLE usage_inbox ALTER COLUMN totals SET STORAGE EXTERNAL;
