@@ -402,6 +402,14 @@ pub async fn receive(db: &Db, gateway_id: &str, batch: &[SessionTotals]) -> AppR
     })
 }
 
+/// A session's merged totals in `merged` (sorted by session id).
+fn newest_of(merged: &[(String, (i64, i64, i64))], session_id: &str) -> Option<(i64, i64, i64)> {
+    merged
+        .binary_search_by(|(id, _)| id.as_str().cmp(session_id))
+        .ok()
+        .map(|i| merged[i].1)
+}
+
 /// Merges cumulative totals: per session, the largest of each is the latest.
 fn merge<'a>(latest: &mut Latest, totals: impl Iterator<Item = (&'a str, i64, i64, i64)>) {
     for (id, seq, up, down) in totals {
@@ -481,16 +489,12 @@ pub async fn apply_pending(db: &Db, wanted: impl Fn(i64) -> bool) -> AppResult<P
     .bind::<diesel::sql_types::Text, _>(&ids_json)
     .execute(conn)
     .await?);
-    let latest: std::collections::HashMap<&str, (i64, i64, i64)> =
-        merged.iter().map(|(id, v)| (id.as_str(), *v)).collect();
     let outcomes = kept
         .iter()
         .map(|(id, totals)| {
             let mut out = RowOutcome::default();
             for (sid, _, up, down) in totals {
-                let newest = latest
-                    .get(sid.as_str())
-                    .is_some_and(|l| l.1 == *up && l.2 == *down);
+                let newest = newest_of(&merged, sid).is_some_and(|l| l.1 == *up && l.2 == *down);
                 if newest && grown.contains(sid) {
                     out.counted += 1;
                 }
@@ -526,8 +530,6 @@ async fn apply_chunk(
     let pg = is_pg(db);
     let period_days = i32::try_from(PERIOD_DAYS).unwrap_or(30);
     let ids_json = to_json(&chunk.iter().map(|(id, _)| id).collect::<Vec<_>>())?;
-    let latest: std::collections::HashMap<&str, (i64, i64, i64)> =
-        chunk.iter().map(|(id, v)| (id.as_str(), *v)).collect();
     let (grown, ending) = db_tx!(db, |conn| {
         if pg {
             diesel::sql_query(format!("SELECT pg_advisory_xact_lock({APPLY_LOCK_KEY})"))
@@ -551,7 +553,7 @@ async fn apply_chunk(
         let mut closed: Vec<LedgerRow> = Vec::new();
         let mut by_user: std::collections::BTreeMap<&str, i64> = Default::default();
         for s in &stored {
-            let Some(&(seq, up, down)) = latest.get(s.id.as_str()) else {
+            let Some((seq, up, down)) = newest_of(chunk, &s.id) else {
                 continue;
             };
             let delta_up = (up - s.bytes_up).max(0);
