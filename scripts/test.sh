@@ -4,12 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh
-# Databases left behind by an interrupted earlier run.
+# Databases left behind by an interrupted earlier run: their names start
+# with the test process's id, so those of a suite still running stay.
 url="${HTTVPS_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if command -v psql >/dev/null 2>&1; then
   psql -q -At -d "$url" -c "SELECT datname FROM pg_database WHERE datname LIKE 'httvps\_t\_%'" 2>/dev/null \
-    | while read -r db; do psql -q -d "$url" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
+    | while read -r db; do
+        pid=$(printf '%s' "$db" | sed -nE 's/^httvps_t_([0-9]+)_.*/\1/p')
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then continue; fi
+        psql -q -d "$url" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+      done
 fi
 # Load tests open a few thousand sockets.
 ulimit -n 65536 2>/dev/null || true
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"

@@ -1,24 +1,21 @@
 //! httvps: a VPN service platform for Shadowsocks/Outline node pools behind
-//! an HTTPS gateway.
+//! an HTTPS gateway. This package holds the two binaries and what only they
+//! need; the planes are crates of their own:
 //!
-//! Map of the crate:
-//! - [`config`]: typed settings from flags, environment and `.env`.
+//! - `httvps-wire` (`crates/wire`): the `/api/v1` contract both planes share.
+//! - `httvps-control` (`crates/control`): the control plane.
+//! - `httvps-dataplane` (`crates/dataplane`): gateway, node and client; it
+//!   depends on the wire crate and never on the control plane.
+//!
+//! Map of this crate:
+//! - [`cli`]: logging flags and boolean parsing shared by the binaries.
 //! - [`logging`]: structured logs.
-//! - [`error`]: the one error type, rendered for REST and GraphQL.
-//! - [`db`]: the connection pool over PostgreSQL or SQLite, schema, rows and
-//!   embedded migrations.
-//! - [`app`]: start-up of `serve` and the zero-setup `up`.
-//! - [`auth`]: passwords, opaque tokens, JWTs.
-//! - [`control`]: the control plane: use cases, GraphQL, REST, HTTP server.
-//! - [`relay`]: the data plane: gateway, node and client.
-//!
-//! The binaries in `src/bin/` are thin: they parse flags and call in here.
+//! - [`shutdown`]: the shutdown signal.
+//! - [`up`]: the zero-setup mode, the only place both planes run together.
 
-pub mod app;
-pub mod auth;
-pub mod config;
-pub mod control;
-pub mod db;
-pub mod error;
+pub mod cli;
 pub mod logging;
-pub mod relay;
+pub mod shutdown;
+pub mod up;
+
+pub use shutdown::shutdown_signal;

@@ -3,7 +3,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::cli::LogFormat;
 
 /// Installs the global subscriber. Call once, from a binary's `main`.
 pub fn init(format: LogFormat, debug: bool) {

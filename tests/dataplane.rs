@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::{TestDb, TestServer, gql};
 use futures_util::{SinkExt, StreamExt};
-use httvps::control::accounts::{self, Role};
-use httvps::relay::backend::Backend;
-use httvps::relay::{client, gateway, node, tls};
+use httvps_control::accounts::{self, Role};
+use httvps_dataplane::backend::Backend;
+use httvps_dataplane::{client, gateway, node, tls};
 use serde_json::{Value, json};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -266,7 +266,7 @@ impl Plane {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
+        let httvps_control::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
             panic!("pg")
         };
         let mut conn = pool.get().await.expect("conn");
@@ -280,7 +280,7 @@ impl Plane {
     /// Runs a statement on the control plane's database.
     async fn sql(&self, q: &str) {
         use diesel_async::RunQueryDsl;
-        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
+        let httvps_control::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
             panic!("pg")
         };
         let mut conn = pool.get().await.expect("conn");
@@ -476,20 +476,20 @@ async fn hostile_requests_to_the_gateway_get_4xx_and_change_nothing() {
     };
     let before = sessions().await;
     let device = plane.device_id.clone();
-    let keys = httvps::auth::jwt::JwtKeys::new(
-        &httvps::config::SecretKey::new(common::TEST_SECRET.into()),
+    let keys = httvps_control::auth::jwt::JwtKeys::new(
+        &httvps_control::config::SecretKey::new(common::TEST_SECRET.into()),
         jsonwebtoken::Algorithm::HS256,
         60,
     );
-    use httvps::auth::jwt::Audience;
+    use httvps_control::auth::jwt::Audience;
     let expired = keys
         .issue(Audience::Device, &device, 0, None, -60)
         .expect("jwt");
     let wrong_audience = keys
         .issue(Audience::Access, &device, 0, None, 60)
         .expect("jwt");
-    let other_key = httvps::auth::jwt::JwtKeys::new(
-        &httvps::config::SecretKey::new("y".repeat(40)),
+    let other_key = httvps_control::auth::jwt::JwtKeys::new(
+        &httvps_control::config::SecretKey::new("y".repeat(40)),
         jsonwebtoken::Algorithm::HS256,
         60,
     )
@@ -1827,7 +1827,8 @@ async fn a_device_jwt_in_the_authorization_header_opens_a_tunnel() {
     assert!(refused.contains("404"), "{refused}");
     let w = open(jwt).await.expect("upgrade with a device JWT");
     let ctx = Context::new_shared(ServerType::Local);
-    let mut s = ProxyClientStream::from_stream(ctx, httvps::relay::wsio::WsIo::new(w), &cfg, echo);
+    let mut s =
+        ProxyClientStream::from_stream(ctx, httvps_dataplane::wsio::WsIo::new(w), &cfg, echo);
     s.write_all(b"through the header").await.expect("write");
     s.flush().await.expect("flush");
     let mut b = [0u8; 18];
@@ -2000,7 +2001,7 @@ async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
             let ws = common::gateway_ws(port, &cert, &format!("/ws/{device}/tcp")).await;
             let mut s = ProxyClientStream::from_stream(
                 ctx,
-                httvps::relay::wsio::WsIo::new(ws),
+                httvps_dataplane::wsio::WsIo::new(ws),
                 &cfg,
                 Address::SocketAddress(dest),
             );

@@ -16,11 +16,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::{TestServer, gql};
-use httvps::control::accounts::{self, Role};
-use httvps::db::Dsn;
-use httvps::relay::backend::Backend;
-use httvps::relay::wsio::WsIo;
-use httvps::relay::{node, tls};
+use httvps_control::accounts::{self, Role};
+use httvps_control::db::Dsn;
+use httvps_dataplane::backend::Backend;
+use httvps_dataplane::wsio::WsIo;
+use httvps_dataplane::{node, tls};
 use serde_json::{Value, json};
 use shadowsocks_service::shadowsocks::ProxyClientStream;
 use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
@@ -274,7 +274,7 @@ async fn db_totals(server: &TestServer) -> Option<(i64, i64)> {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         down: i64,
     }
-    let httvps::db::DbPool::Pg(pool) = &server.state.db.pool else {
+    let httvps_control::db::DbPool::Pg(pool) = &server.state.db.pool else {
         panic!("pg")
     };
     let mut conn = pool.get().await.ok()?;

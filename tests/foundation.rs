@@ -10,12 +10,12 @@ use std::time::Duration;
 use common::{TestDb, TestServer, client, gql, httvps_cmd, spawn_listening};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use httvps::control::accounts::{self, Role};
-use httvps::db::models::{Plan, Subscription, new_id, now};
-use httvps::db::schema::{plans, subscriptions, users};
-use httvps::db::{self, Db};
-use httvps::db_run;
-use httvps::error::AppError;
+use httvps_control::accounts::{self, Role};
+use httvps_control::db::models::{Plan, Subscription, new_id, now};
+use httvps_control::db::schema::{plans, subscriptions, users};
+use httvps_control::db::{self, Db};
+use httvps_control::db_run;
+use httvps_control::error::AppError;
 
 async fn storage_invariants(t: &TestDb) {
     let db = t.pool();
@@ -316,7 +316,7 @@ async fn serve_refuses_bad_config_naming_the_variable() {
         (
             &[
                 ("BACKEND_DB_DSN", "sqlite://x.db"),
-                ("BACKEND_SECRET_KEY", httvps::config::EXAMPLE_SECRET),
+                ("BACKEND_SECRET_KEY", httvps_control::config::EXAMPLE_SECRET),
             ],
             "BACKEND_SECRET_KEY is the example value",
         ),
@@ -503,7 +503,7 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
 fn schema_graphql_is_up_to_date() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
         .unwrap_or_default();
-    let current = httvps::control::graphql::sdl();
+    let current = httvps_control::graphql::sdl();
     assert!(
         committed == current,
         "schema.graphql is out of date: regenerate it with `cargo run --bin httvps -- schema > schema.graphql`"

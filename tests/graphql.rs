@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TestDb, TestServer, client, gql};
-use httvps::control::accounts::{self, Role};
+use httvps_control::accounts::{self, Role};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -359,23 +359,41 @@ async fn forged_expired_and_wrong_audience_tokens_are_refused() {
     let server = TestServer::start(t.dsn.clone(), false).await;
     let base = &server.base;
     let (uid, _) = user(base).await;
-    let jwt = httvps::auth::jwt::JwtKeys::new(
-        &httvps::config::SecretKey::new(common::TEST_SECRET.into()),
+    let jwt = httvps_control::auth::jwt::JwtKeys::new(
+        &httvps_control::config::SecretKey::new(common::TEST_SECRET.into()),
         jsonwebtoken::Algorithm::HS256,
         60,
     );
     let wrong_aud = jwt
-        .issue(httvps::auth::jwt::Audience::Device, &uid, 0, None, 60)
+        .issue(
+            httvps_control::auth::jwt::Audience::Device,
+            &uid,
+            0,
+            None,
+            60,
+        )
         .expect("jwt");
     let expired = jwt
-        .issue(httvps::auth::jwt::Audience::Access, &uid, 0, None, -60)
+        .issue(
+            httvps_control::auth::jwt::Audience::Access,
+            &uid,
+            0,
+            None,
+            -60,
+        )
         .expect("jwt");
-    let other_key = httvps::auth::jwt::JwtKeys::new(
-        &httvps::config::SecretKey::new("x".repeat(40)),
+    let other_key = httvps_control::auth::jwt::JwtKeys::new(
+        &httvps_control::config::SecretKey::new("x".repeat(40)),
         jsonwebtoken::Algorithm::HS256,
         60,
     )
-    .issue(httvps::auth::jwt::Audience::Access, &uid, 0, None, 60)
+    .issue(
+        httvps_control::auth::jwt::Audience::Access,
+        &uid,
+        0,
+        None,
+        60,
+    )
     .expect("jwt");
     let alg_none = common::alg_none_jwt(&uid, "httvps:access");
     for (name, token) in [

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use common::{TestDb, TestServer, client, gql, httvps_cmd, spawn_listening};
 use futures_util::{SinkExt, StreamExt};
-use httvps::control::accounts::{self, Role};
+use httvps_control::accounts::{self, Role};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const PASSWORD: &str = "correct horse battery staple";
 
-async fn token_for(server_base: &str, db: &httvps::db::Db, role: Role) -> String {
+async fn token_for(server_base: &str, db: &httvps_control::db::Db, role: Role) -> String {
     let email = format!(
         "{}-{}@example.com",
         role.as_str(),
@@ -324,7 +324,7 @@ async fn limits_transport_rules_and_masking() {
     );
     {
         use diesel_async::RunQueryDsl;
-        let httvps::db::DbPool::Pg(pool) = &server.state.db.pool else {
+        let httvps_control::db::DbPool::Pg(pool) = &server.state.db.pool else {
             panic!("pg")
         };
         let mut conn = pool.get().await.expect("conn");

@@ -2,9 +2,9 @@
 //! credentials, JWTs, destinations and gateway URLs. Whatever the input,
 //! they answer (never panic), and what they accept is what was meant.
 
-use httvps::auth::jwt::{Audience, JwtKeys};
-use httvps::config::SecretKey;
-use httvps::relay::client::{parse_destination, split_url};
+use httvps_control::auth::jwt::{Audience, JwtKeys};
+use httvps_control::config::SecretKey;
+use httvps_dataplane::client::{parse_destination, split_url};
 use proptest::prelude::*;
 use shadowsocks_service::shadowsocks::relay::Address;
 
@@ -56,8 +56,8 @@ proptest! {
 
     #[test]
     fn device_credentials_never_panic(s in "\\PC{0,200}") {
-        let _ = httvps::auth::looks_like_token(&s);
-        let _ = httvps::auth::hash_token(&s);
+        let _ = httvps_control::auth::looks_like_token(&s);
+        let _ = httvps_control::auth::hash_token(&s);
     }
 
     #[test]
@@ -86,8 +86,8 @@ proptest! {
 
     #[test]
     fn issued_device_tokens_look_like_tokens(_n in 0u8..8) {
-        let t = httvps::auth::new_token();
-        prop_assert!(httvps::auth::looks_like_token(&t));
-        prop_assert_eq!(httvps::auth::hash_token(&t), httvps::auth::hash_token(&t));
+        let t = httvps_control::auth::new_token();
+        prop_assert!(httvps_control::auth::looks_like_token(&t));
+        prop_assert_eq!(httvps_control::auth::hash_token(&t), httvps_control::auth::hash_token(&t));
     }
 }

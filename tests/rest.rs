@@ -5,8 +5,8 @@
 mod common;
 
 use common::{TestDb, TestServer, client, gql};
-use httvps::control::accounts::{self, Role};
-use httvps::control::heartbeats;
+use httvps_control::accounts::{self, Role};
+use httvps_control::heartbeats;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -168,11 +168,11 @@ impl World {
     async fn sql(&self, q: &str) {
         use diesel_async::RunQueryDsl;
         match &self.server.state.db.pool {
-            httvps::db::DbPool::Pg(pool) => {
+            httvps_control::db::DbPool::Pg(pool) => {
                 let mut conn = pool.get().await.expect("conn");
                 diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
             }
-            httvps::db::DbPool::Sqlite(pool) => {
+            httvps_control::db::DbPool::Sqlite(pool) => {
                 let mut conn = pool.get().await.expect("conn");
                 diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
             }
@@ -187,7 +187,7 @@ impl World {
             n: i64,
         }
         match &self.server.state.db.pool {
-            httvps::db::DbPool::Pg(pool) => {
+            httvps_control::db::DbPool::Pg(pool) => {
                 let mut conn = pool.get().await.expect("conn");
                 diesel::sql_query(q)
                     .get_result::<N>(&mut *conn)
@@ -195,7 +195,7 @@ impl World {
                     .expect("sql")
                     .n
             }
-            httvps::db::DbPool::Sqlite(pool) => {
+            httvps_control::db::DbPool::Sqlite(pool) => {
                 let mut conn = pool.get().await.expect("conn");
                 diesel::sql_query(q)
                     .get_result::<N>(&mut *conn)
@@ -961,7 +961,7 @@ impl World {
             #[diesel(sql_type = diesel::sql_types::Text)]
             t: String,
         }
-        let httvps::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
+        let httvps_control::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
             panic!("pg")
         };
         let mut conn = pool.get().await.expect("conn");
@@ -975,9 +975,9 @@ impl World {
 
 /// The next event of `kind` (earlier events of other kinds are skipped).
 async fn next_event(
-    rx: &mut tokio::sync::broadcast::Receiver<httvps::control::events::NodeEvent>,
-    kind: httvps::control::events::NodeEventKind,
-) -> httvps::control::events::NodeEvent {
+    rx: &mut tokio::sync::broadcast::Receiver<httvps_control::events::NodeEvent>,
+    kind: httvps_control::events::NodeEventKind,
+) -> httvps_control::events::NodeEvent {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let ev = tokio::time::timeout_at(deadline, rx.recv())
@@ -1001,7 +1001,7 @@ async fn node_lease_expiry_publishes_down_and_stops_assignments() {
     heartbeats::sweep(&w.server.state.db, &w.server.state.api.events)
         .await
         .expect("sweep");
-    use httvps::control::events::NodeEventKind;
+    use httvps_control::events::NodeEventKind;
     let ev = next_event(&mut events, NodeEventKind::Down).await;
     assert_eq!(ev.node_id, n1);
     let (s, b) = w.assign(&tok, None).await;
@@ -1264,7 +1264,7 @@ async fn openapi_document_is_served_and_up_to_date() {
     let committed =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
             .unwrap_or_default();
-    let current = httvps::control::rest::openapi_json_text();
+    let current = httvps_control::rest::openapi_json_text();
     assert!(
         committed.trim_end() == current.trim_end(),
         "docs/openapi.json is out of date: regenerate it with `cargo run --bin httvps -- openapi > docs/openapi.json`"

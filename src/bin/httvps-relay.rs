@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use httvps::config::LogArgs;
-use httvps::relay::backend::Backend;
-use httvps::relay::{client, gateway, node, tls};
+use httvps::cli::LogArgs;
+use httvps_dataplane::backend::Backend;
+use httvps_dataplane::{client, gateway, node, tls};
 
 /// httvps data plane: the TLS/WebSocket gateway, the Shadowsocks node, and a
 /// SOCKS5 client.
@@ -63,7 +63,7 @@ struct GatewayArgs {
     #[arg(long, env = "GATEWAY_TLS_KEY")]
     key: PathBuf,
     /// Generate a self-signed certificate at --cert/--key if missing (development).
-    #[arg(long, env = "GATEWAY_SELF_SIGNED", default_value = "false", value_parser = httvps::config::parse_bool)]
+    #[arg(long, env = "GATEWAY_SELF_SIGNED", default_value = "false", value_parser = httvps::cli::parse_bool)]
     self_signed: bool,
     /// Public URL clients use (for access documents).
     #[arg(long, env = "GATEWAY_PUBLIC_URL")]
@@ -108,7 +108,7 @@ struct NodeArgs {
     #[arg(long, env = "NODE_LISTEN")]
     listen: Option<SocketAddr>,
     /// Allow private, loopback and link-local destinations (tests on one machine).
-    #[arg(long, env = "NODE_ALLOW_PRIVATE", default_value = "false", value_parser = httvps::config::parse_bool)]
+    #[arg(long, env = "NODE_ALLOW_PRIVATE", default_value = "false", value_parser = httvps::cli::parse_bool)]
     allow_private: bool,
 }
 
@@ -200,7 +200,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 acceptor,
                 listener,
                 Some(admin),
-                httvps::app::shutdown_signal(),
+                httvps::shutdown_signal(),
             )
             .await
         }
@@ -226,7 +226,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!(addr = %running.addr, node.id = %cfg.node_id, region = %cfg.region, "node listening");
             let running = Arc::new(running);
             let beats = node::spawn_heartbeats(backend, running.clone(), Duration::from_secs(5));
-            httvps::app::shutdown_signal().await;
+            httvps::shutdown_signal().await;
             beats.abort();
             running.stop();
             Ok(())
@@ -244,7 +244,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 region: a.region,
                 forward: a.forward,
             };
-            client::run(opts, listener, httvps::app::shutdown_signal()).await
+            client::run(opts, listener, httvps::shutdown_signal()).await
         }
     }
 }

@@ -11,9 +11,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use httvps::config::{DbArgs, LogArgs, ServeArgs, Settings};
-use httvps::control::accounts::{self, Role};
-use httvps::db::{self, Db};
+use httvps::cli::LogArgs;
+use httvps_control::accounts::{self, Role};
+use httvps_control::config::{DbArgs, ServeArgs, Settings};
+use httvps_control::db::{self, Db};
 
 /// httvps control plane: users, devices, plans, subscriptions, regions,
 /// nodes, sessions and usage over GraphQL and REST.
@@ -50,7 +51,7 @@ enum Command {
         #[arg(long, env = "HTTVPS_UP_PORT", default_value_t = 8080)]
         port: u16,
         /// Port of the embedded gateway (TLS).
-        #[arg(long, env = "HTTVPS_UP_GATEWAY_PORT", default_value_t = httvps::app::UP_GATEWAY_PORT)]
+        #[arg(long, env = "HTTVPS_UP_GATEWAY_PORT", default_value_t = httvps::up::UP_GATEWAY_PORT)]
         gateway_port: u16,
     },
     /// Prints the GraphQL schema (SDL), as committed in schema.graphql.
@@ -102,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = Settings::from_args(&args, cli.log.debug)?;
-            httvps::app::serve(settings, httvps::app::shutdown_signal()).await
+            httvps_control::app::serve(settings, httvps::shutdown_signal()).await
         }
         Command::Migrate { db: args } => {
             let dsn = args.dsn()?;
@@ -138,8 +139,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             gateway_port,
         } => {
-            httvps::relay::tls::install_provider();
-            let report = httvps::app::prepare_up(&data_dir, port).await?;
+            httvps_dataplane::tls::install_provider();
+            let report = httvps::up::prepare_up(&data_dir, port).await?;
             println!(
                 "httvps is starting with its data in {}",
                 report.data_dir.display()
@@ -149,7 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "first admin created (shown once, keep it):\n  email:    {email}\n  password: {password}"
                 );
             }
-            httvps::app::run_up(report, gateway_port, httvps::app::shutdown_signal(), |addr, plane| {
+            httvps::up::run_up(report, gateway_port, httvps::shutdown_signal(), |addr, plane| {
                 let base = format!("http://{addr}");
                 println!("control plane: {base}  (GraphiQL {base}/graphiql, health {base}/api/v1/health, metrics {base}/metrics)");
                 println!("gateway:       https://{}  (self-signed certificate {})", plane.gateway_addr, plane.cert.display());
@@ -163,11 +164,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Openapi => {
-            println!("{}", httvps::control::rest::openapi_json_text());
+            println!("{}", httvps_control::rest::openapi_json_text());
             Ok(())
         }
         Command::Schema => {
-            print!("{}", httvps::control::graphql::sdl());
+            print!("{}", httvps_control::graphql::sdl());
             Ok(())
         }
     }

@@ -11,9 +11,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use httvps::config::{SecretKey, Settings};
-use httvps::control::http::{self, AppState};
-use httvps::db::{self, Db, Dsn};
+use httvps_control::config::{SecretKey, Settings};
+use httvps_control::db::{self, Db, Dsn};
+use httvps_control::http::{self, AppState};
 use tokio::sync::oneshot;
 
 /// The PostgreSQL server tests use (trust auth on this machine and in CI).
@@ -110,6 +110,17 @@ async fn ensure_template() -> String {
         .clone()
 }
 
+/// A name for a test database: the test process's id first, so an
+/// interrupted run's leftovers can be told from a running suite's databases
+/// (`scripts/test.sh` drops only those whose process is gone).
+fn test_db_name() -> String {
+    format!(
+        "httvps_t_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// A database for one test, dropped when the value is dropped.
 pub struct TestDb {
     /// Its DSN.
@@ -122,7 +133,7 @@ impl TestDb {
     /// A fresh PostgreSQL database, already migrated (cloned from the template).
     pub async fn pg() -> Self {
         let template = ensure_template().await;
-        let name = format!("httvps_t_{}", uuid::Uuid::new_v4().simple());
+        let name = test_db_name();
         let mut conn = admin_conn().await;
         diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .execute(&mut conn)
@@ -137,7 +148,7 @@ impl TestDb {
 
     /// A fresh, empty PostgreSQL database (no migrations applied).
     pub async fn pg_empty() -> Self {
-        let name = format!("httvps_t_{}", uuid::Uuid::new_v4().simple());
+        let name = test_db_name();
         let mut conn = admin_conn().await;
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
@@ -285,7 +296,7 @@ impl TestServer {
 
     /// Like [`TestServer::start`] on a given address (to restart on the same port).
     pub async fn start_at(dsn: Dsn, debug: bool, addr: SocketAddr) -> Self {
-        let state = httvps::app::prepare(&settings(dsn, debug))
+        let state = httvps_control::app::prepare(&settings(dsn, debug))
             .await
             .expect("prepare");
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
@@ -520,7 +531,7 @@ pub async fn gateway_ws(
     cert: &Path,
     path: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let connector = httvps::relay::tls::connector(Some(cert)).expect("connector");
+    let connector = httvps_dataplane::tls::connector(Some(cert)).expect("connector");
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");

@@ -1,0 +1,113 @@
+//! Credentials: password hashing, opaque tokens hashed at rest, and JWTs.
+
+pub mod jwt;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::{AppError, AppResult};
+pub use httvps_wire::token::looks_like_token;
+
+/// A secret whose `Debug` never prints it.
+#[derive(Clone)]
+pub struct SecretKey(String);
+
+impl SecretKey {
+    /// Wraps a validated secret.
+    pub fn new(raw: String) -> Self {
+        SecretKey(raw)
+    }
+    /// The secret itself, for key derivation only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 10;
+/// Longest password accepted (argon2 input is bounded to keep hashing cheap).
+pub const MAX_PASSWORD_LEN: usize = 256;
+
+/// Checks a new password's length, with a clear error.
+pub fn check_password_policy(password: &str) -> AppResult<()> {
+    let len = password.chars().count();
+    if len < MIN_PASSWORD_LEN {
+        return Err(AppError::bad(format!(
+            "password must have at least {MIN_PASSWORD_LEN} characters"
+        )));
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(AppError::bad(format!(
+            "password must have at most {MAX_PASSWORD_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Hashes a password with argon2id, off the async threads.
+pub async fn hash_password(password: String) -> AppResult<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        let salt =
+            SaltString::encode_b64(&salt).map_err(|e| AppError::Internal(format!("salt: {e}")))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AppError::Internal(format!("argon2: {e}")))
+    })
+    .await
+    .map_err(|e| AppError::Internal(format!("join: {e}")))?
+}
+
+/// Verifies a password against a stored argon2 hash, off the async threads.
+pub async fn verify_password(password: String, hash: String) -> bool {
+    if password.len() > MAX_PASSWORD_LEN {
+        return false;
+    }
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A new opaque token: 256 random bits, URL-safe base64 without padding.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A random printable secret of `bytes` random bytes (node keys, passwords).
+pub fn random_secret(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// The at-rest form of an opaque token: hex SHA-256. Tokens carry 256 random
+/// bits, so a fast hash is enough and keeps lookups on the hot path cheap.
+pub fn hash_token(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}

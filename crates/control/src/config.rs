@@ -1,0 +1,205 @@
+//! Typed configuration, read once at start-up from flags, the environment and
+//! `.env` (clap with `env =` fallbacks), validated with the variable's name in
+//! every error. Every variable read here is documented in `.env.example`.
+
+use std::net::IpAddr;
+
+use clap::Args;
+pub use jsonwebtoken::Algorithm;
+
+pub use crate::auth::SecretKey;
+use crate::auth::jwt::{ALLOWED_ALGORITHMS, parse_algorithm};
+use crate::db::Dsn;
+
+/// The example secret in `.env.example`; refused at start.
+pub const EXAMPLE_SECRET: &str = "replace-me-with-at-least-32-random-bytes-0000";
+/// Shortest accepted secret key, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The database flags shared by the commands that need one.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Database URL: postgres://user@host:5432/db or sqlite://path/to/file.db.
+    #[arg(long = "db-dsn", env = "BACKEND_DB_DSN", hide_env_values = true)]
+    pub db_dsn: Option<String>,
+    /// Most connections the pool opens to PostgreSQL.
+    #[arg(long, env = "BACKEND_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+}
+
+impl DbArgs {
+    /// The parsed DSN, or an error naming `BACKEND_DB_DSN`.
+    pub fn dsn(&self) -> Result<Dsn, ConfigError> {
+        let raw = self
+            .db_dsn
+            .as_deref()
+            .ok_or(ConfigError::new("BACKEND_DB_DSN", "is missing"))?;
+        Dsn::parse(raw).map_err(|why| ConfigError::new("BACKEND_DB_DSN", why))
+    }
+
+    /// The pool size, checked.
+    pub fn pool_size(&self) -> Result<usize, ConfigError> {
+        if (1..=1000).contains(&self.db_pool_size) {
+            Ok(self.db_pool_size)
+        } else {
+            Err(ConfigError::new(
+                "BACKEND_DB_POOL_SIZE",
+                "must be between 1 and 1000",
+            ))
+        }
+    }
+}
+
+/// Flags of `httvps serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Secret for signing tokens: at least 32 bytes, not the example value.
+    #[arg(long, env = "BACKEND_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "BACKEND_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "BACKEND_PORT", default_value = "8000")]
+    pub port: String,
+    /// JWT signing algorithm: HS256, HS384 or HS512.
+    #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256")]
+    pub jwt_algorithm: String,
+    /// Lifetime of access tokens, in minutes (1 to 1440).
+    #[arg(long, env = "JWT_EXPIRE_MINUTES", default_value = "15")]
+    pub jwt_expire_minutes: String,
+    /// Public URL of the gateway devices connect through (used in access
+    /// links); defaults to the first active registered gateway.
+    #[arg(long, env = "BACKEND_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+}
+
+/// A configuration error that names the variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{var} {why}")]
+pub struct ConfigError {
+    /// The environment variable (and flag) at fault.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+impl ConfigError {
+    /// A new error about `var`.
+    pub fn new(var: &'static str, why: impl Into<String>) -> Self {
+        ConfigError {
+            var,
+            why: why.into(),
+        }
+    }
+}
+
+/// Validated settings of the control-plane server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the data lives.
+    pub dsn: Dsn,
+    /// PostgreSQL pool size.
+    pub pool_size: usize,
+    /// Token-signing secret.
+    pub secret: SecretKey,
+    /// Listen address.
+    pub host: IpAddr,
+    /// Listen port (0 picks a free one).
+    pub port: u16,
+    /// JWT algorithm.
+    pub jwt_algorithm: Algorithm,
+    /// Access-token lifetime in minutes.
+    pub jwt_expire_minutes: i64,
+    /// Development mode: introspection, suggestions and GraphiQL on.
+    pub debug: bool,
+    /// Public gateway URL for access links.
+    pub gateway_url: Option<String>,
+}
+
+/// Checks a secret key: present, long enough, not the example.
+pub fn validate_secret(raw: Option<&str>) -> Result<SecretKey, ConfigError> {
+    const VAR: &str = "BACKEND_SECRET_KEY";
+    let raw = raw
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(ConfigError::new(VAR, "is missing"))?;
+    if raw == EXAMPLE_SECRET {
+        return Err(ConfigError::new(
+            VAR,
+            "is the example value from .env.example: generate your own",
+        ));
+    }
+    if raw.len() < MIN_SECRET_LEN {
+        return Err(ConfigError::new(
+            VAR,
+            format!("must be at least {MIN_SECRET_LEN} bytes"),
+        ));
+    }
+    Ok(SecretKey::new(raw.to_owned()))
+}
+
+impl Settings {
+    /// Validates the raw flags.
+    pub fn from_args(args: &ServeArgs, debug: bool) -> Result<Self, ConfigError> {
+        let dsn = args.db.dsn()?;
+        let pool_size = args.db.pool_size()?;
+        let secret = validate_secret(args.secret_key.as_deref())?;
+        let host: IpAddr = args.host.trim().parse().map_err(|_| {
+            ConfigError::new(
+                "BACKEND_HOST",
+                "must be an IP address such as 127.0.0.1 or 0.0.0.0",
+            )
+        })?;
+        let port: u16 = args.port.trim().parse().map_err(|_| {
+            ConfigError::new("BACKEND_PORT", "must be a port number from 0 to 65535")
+        })?;
+        let jwt_algorithm = parse_algorithm(args.jwt_algorithm.trim()).ok_or_else(|| {
+            ConfigError::new(
+                "JWT_ALGORITHM",
+                format!("must be one of {}", ALLOWED_ALGORITHMS.join(", ")),
+            )
+        })?;
+        let jwt_expire_minutes: i64 = args
+            .jwt_expire_minutes
+            .trim()
+            .parse()
+            .ok()
+            .filter(|m| (1..=1440).contains(m))
+            .ok_or(ConfigError::new(
+                "JWT_EXPIRE_MINUTES",
+                "must be a whole number of minutes from 1 to 1440",
+            ))?;
+        let gateway_url = match args
+            .gateway_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => None,
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "BACKEND_GATEWAY_URL",
+                    "must be an https:// URL",
+                ));
+            }
+        };
+        Ok(Settings {
+            dsn,
+            pool_size,
+            secret,
+            host,
+            port,
+            jwt_algorithm,
+            jwt_expire_minutes,
+            debug,
+            gateway_url,
+        })
+    }
+}

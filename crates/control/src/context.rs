@@ -1,0 +1,81 @@
+//! The application context every request handler gets (database, keys,
+//! events, caches), and who is calling: the signed-in [`Viewer`] resolved
+//! from an access JWT, or a device on the live socket.
+
+use axum::http::{HeaderMap, header};
+
+use crate::accounts::{self, Role};
+use crate::auth::jwt::{Audience, JwtKeys};
+use crate::db::Db;
+use crate::error::AppError;
+use crate::events::Events;
+
+/// What resolvers need, shared by every request.
+#[derive(Clone)]
+pub struct AppContext {
+    /// The database.
+    pub db: Db,
+    /// Token keys.
+    pub jwt: JwtKeys,
+    /// Node events.
+    pub events: Events,
+    /// Public URL of the gateway devices connect through, if configured.
+    pub gateway_url: Option<String>,
+    /// Recently authenticated machine tokens.
+    pub machines: crate::nodes::MachineCache,
+}
+
+/// Who is calling: resolved once per request from the access token.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    /// The user's id.
+    pub user_id: String,
+    /// The user's role.
+    pub role: Role,
+}
+
+impl Viewer {
+    /// Whether the caller is an admin.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// A device client on `/graphql/ws` (authenticated by its access token):
+/// it may follow node events and nothing else.
+#[derive(Debug, Clone)]
+pub struct DeviceViewer {
+    /// The device's id.
+    pub device_id: String,
+}
+
+/// The bearer token of a request, if any; a malformed header is an error.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| Some(t.trim()))
+        .ok_or(AppError::Unauthenticated)
+}
+
+/// Checks an access JWT and the user behind it (active, token version current).
+pub async fn viewer_from_token(api: &AppContext, token: &str) -> Result<Viewer, AppError> {
+    let claims = api.jwt.verify(Audience::Access, token)?;
+    let user = accounts::find_user(&api.db, &claims.sub)
+        .await?
+        .ok_or(AppError::Unauthenticated)?;
+    if user.status != "active" || user.token_version != claims.ver {
+        return Err(AppError::Unauthenticated);
+    }
+    Ok(Viewer {
+        user_id: user.id,
+        role: Role::parse(&user.role),
+    })
+}

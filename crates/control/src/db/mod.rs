@@ -1,0 +1,348 @@
+//! Storage: one connection pool over PostgreSQL or SQLite, the embedded
+//! migrations, and the [`db_run!`](crate::db_run) dispatcher that expands a
+//! query body once per backend so both share one set of diesel queries.
+
+pub mod models;
+pub mod schema;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, SqliteConnection};
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+
+/// The PostgreSQL migrations, embedded in the binary.
+pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+/// The SQLite migrations, embedded in the binary.
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+
+/// Key of the PostgreSQL advisory lock that serialises migrations between
+/// replicas starting at once ("httvps" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x0000_6874_7476_7073;
+
+/// An SQLite connection driven through diesel-async.
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+/// Where the data lives, parsed from `BACKEND_DB_DSN`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Dsn {
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+    /// A path to an SQLite file (from `sqlite://path` or `sqlite:path`).
+    Sqlite(String),
+}
+
+impl std::fmt::Debug for Dsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A PostgreSQL URL may carry a password: never print it.
+        match self {
+            Dsn::Postgres(_) => f.write_str("Postgres(..)"),
+            Dsn::Sqlite(path) => write!(f, "Sqlite({path:?})"),
+        }
+    }
+}
+
+impl Dsn {
+    /// Parses a DSN, naming what is wrong with it.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Dsn::Postgres(raw.to_owned()));
+        }
+        if let Some(rest) = raw.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err("sqlite DSN has no file path (use sqlite://data/httvps.db)".into());
+            }
+            return Ok(Dsn::Sqlite(path.to_owned()));
+        }
+        Err("must start with postgres://, postgresql:// or sqlite://".into())
+    }
+
+    /// The backend's name, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Dsn::Postgres(_) => "postgres",
+            Dsn::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// A pool of connections to one of the two supported databases.
+#[derive(Clone)]
+pub enum DbPool {
+    /// PostgreSQL through tokio-postgres.
+    Pg(Pool<AsyncPgConnection>),
+    /// SQLite through the sync connection wrapper.
+    Sqlite(Pool<SqliteConn>),
+}
+
+/// The database handle passed to use cases: a pool and a count of the
+/// queries it has run (for metrics, and for tests that guard against N+1).
+#[derive(Clone)]
+pub struct Db {
+    /// The pool.
+    pub pool: DbPool,
+    queries: Arc<AtomicU64>,
+}
+
+fn counting(queries: &Arc<AtomicU64>) -> impl diesel::connection::Instrumentation + use<> {
+    let queries = queries.clone();
+    move |event: diesel::connection::InstrumentationEvent<'_>| {
+        if let diesel::connection::InstrumentationEvent::StartQuery { .. } = event {
+            queries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Errors of storage set-up (not of queries, which use diesel's error).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The pool could not be built.
+    #[error("building the connection pool: {0}")]
+    Pool(String),
+    /// A connection could not be opened.
+    #[error("connecting to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    /// A migration failed.
+    #[error("running migrations: {0}")]
+    Migration(String),
+    /// A statement failed during set-up.
+    #[error("database: {0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// Applied to every SQLite connection: enforce foreign keys (off by default in
+/// SQLite), WAL for concurrent readers, and wait instead of failing on a lock.
+const SQLITE_PRAGMAS: &str = "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;";
+
+fn open_sqlite(path: &str) -> Result<SqliteConnection, diesel::ConnectionError> {
+    let mut conn = SqliteConnection::establish(path)?;
+    conn.batch_execute(SQLITE_PRAGMAS)
+        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+impl Db {
+    /// Opens a pool of at most `max_size` connections. SQLite is held to one
+    /// connection: writes are serialised anyway, and one writer makes the
+    /// read-check-write use cases (device limits) race-free there too.
+    pub fn connect(dsn: &Dsn, max_size: usize) -> Result<Self, SetupError> {
+        let timeouts = deadpool::managed::Timeouts {
+            wait: Some(Duration::from_secs(5)),
+            create: Some(Duration::from_secs(5)),
+            recycle: Some(Duration::from_secs(5)),
+        };
+        let queries = Arc::new(AtomicU64::new(0));
+        let pool = match dsn {
+            Dsn::Postgres(url) => {
+                let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                // No round trip per checkout: a broken connection is noticed
+                // by its failed query and dropped by the pool.
+                config.recycling_method = RecyclingMethod::Fast;
+                let q = queries.clone();
+                config.custom_setup = Box::new(move |url| {
+                    let q = q.clone();
+                    let url = url.to_owned();
+                    async move {
+                        let mut conn = AsyncPgConnection::establish(&url).await?;
+                        conn.set_instrumentation(counting(&q));
+                        Ok(conn)
+                    }
+                    .boxed()
+                });
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+                    url.clone(),
+                    config,
+                );
+                let pool = Pool::builder(manager)
+                    .max_size(max_size.max(1))
+                    .timeouts(timeouts)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| SetupError::Pool(e.to_string()))?;
+                DbPool::Pg(pool)
+            }
+            Dsn::Sqlite(path) => {
+                if let Some(parent) = std::path::Path::new(path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        SetupError::Pool(format!("creating {}: {e}", parent.display()))
+                    })?;
+                }
+                let mut config = ManagerConfig::<SqliteConn>::default();
+                config.recycling_method = RecyclingMethod::Fast;
+                config.custom_setup = Box::new(|url| {
+                    let url = url.to_owned();
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            open_sqlite(&url).map(SyncConnectionWrapper::new)
+                        })
+                        .await
+                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?
+                    }
+                    .boxed()
+                });
+                let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(
+                    path.clone(),
+                    config,
+                );
+                let pool = Pool::builder(manager)
+                    .max_size(1)
+                    .timeouts(timeouts)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| SetupError::Pool(e.to_string()))?;
+                DbPool::Sqlite(pool)
+            }
+        };
+        Ok(Db { pool, queries })
+    }
+
+    /// How many queries this pool's connections have started.
+    pub fn query_count(&self) -> u64 {
+        AtomicU64::load(&self.queries, Ordering::Relaxed)
+    }
+
+    /// The backend's name, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            DbPool::Pg(_) => "postgres",
+            DbPool::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Answers whether the database responds within `deadline`.
+    pub async fn ping(&self, deadline: Duration) -> bool {
+        let check = async {
+            match &self.pool {
+                DbPool::Pg(pool) => {
+                    let mut conn = pool.get().await.ok()?;
+                    diesel::sql_query("SELECT 1").execute(&mut *conn).await.ok()
+                }
+                DbPool::Sqlite(pool) => {
+                    let mut conn = pool.get().await.ok()?;
+                    diesel::sql_query("SELECT 1").execute(&mut *conn).await.ok()
+                }
+            }
+        };
+        matches!(tokio::time::timeout(deadline, check).await, Ok(Some(_)))
+    }
+}
+
+/// Applies pending migrations and returns how many were applied. On
+/// PostgreSQL an advisory lock makes replicas that start together take turns,
+/// so each migration runs once. Needs tokio's multi-thread runtime.
+pub async fn migrate(dsn: &Dsn) -> Result<usize, SetupError> {
+    match dsn {
+        Dsn::Postgres(url) => {
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+                .execute(&mut conn)
+                .await?;
+            let mut harness = AsyncMigrationHarness::new(conn);
+            let applied = harness
+                .run_pending_migrations(PG_MIGRATIONS)
+                .map(|v| v.len())
+                .map_err(|e| SetupError::Migration(e.to_string()));
+            let mut conn = harness.into_inner();
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+                .execute(&mut conn)
+                .await?;
+            applied
+        }
+        Dsn::Sqlite(path) => {
+            if let Some(parent) = std::path::Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    SetupError::Migration(format!("creating {}: {e}", parent.display()))
+                })?;
+            }
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = open_sqlite(&path)?;
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(|e| SetupError::Migration(e.to_string()))
+            })
+            .await
+            .map_err(|e| SetupError::Migration(e.to_string()))?
+        }
+    }
+}
+
+/// Reverts every migration (for the up-down-up test and `httvps migrate --revert-all`).
+pub async fn revert_all(dsn: &Dsn) -> Result<usize, SetupError> {
+    match dsn {
+        Dsn::Postgres(url) => {
+            let conn = AsyncPgConnection::establish(url).await?;
+            let mut harness = AsyncMigrationHarness::new(conn);
+            harness
+                .revert_all_migrations(PG_MIGRATIONS)
+                .map(|v| v.len())
+                .map_err(|e| SetupError::Migration(e.to_string()))
+        }
+        Dsn::Sqlite(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = open_sqlite(&path)?;
+                conn.revert_all_migrations(SQLITE_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(|e| SetupError::Migration(e.to_string()))
+            })
+            .await
+            .map_err(|e| SetupError::Migration(e.to_string()))?
+        }
+    }
+}
+
+/// Runs a body of diesel-async code against whichever backend the pool
+/// holds. The body is expanded once per backend, so it type-checks against
+/// both; `$conn` is a `&mut` connection. Pool errors convert with `?` into
+/// the caller's error type (see [`crate::error::AppError`]).
+#[macro_export]
+macro_rules! db_run {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match &($db).pool {
+            $crate::db::DbPool::Pg(pool) => {
+                let mut pooled = pool.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            $crate::db::DbPool::Sqlite(pool) => {
+                let mut pooled = pool.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs a body in a transaction on whichever backend the pool holds; the
+/// body is an async closure taking the connection.
+#[macro_export]
+macro_rules! db_tx {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match &($db).pool {
+            $crate::db::DbPool::Pg(pool) => {
+                let mut pooled = pool.get().await?;
+                diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| $body).await
+            }
+            $crate::db::DbPool::Sqlite(pool) => {
+                let mut pooled = pool.get().await?;
+                diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| $body).await
+            }
+        }
+    };
+}

@@ -1,0 +1,178 @@
+//! One error type for use cases and handlers. It renders both the REST JSON
+//! error body and the GraphQL error `code`; internal details are logged once
+//! with a request id and never sent to clients.
+
+use async_graphql::ErrorExtensions;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use diesel::result::DatabaseErrorKind;
+use httvps_wire::{ErrorBody, ErrorDetail};
+
+/// What went wrong, in terms a client can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppError {
+    /// The input is malformed or out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No valid credential was presented.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// The credential is valid but does not allow this.
+    #[error("not allowed")]
+    Forbidden,
+    /// The named thing does not exist (or is not visible to the caller).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The change conflicts with existing data (a duplicate, a state clash).
+    #[error("{0}")]
+    Conflict(String),
+    /// A limit of the plan or of the service is reached.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// A dependency (the database, a node pool) cannot serve now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The device may not connect, for a stable reason.
+    #[error("{}", .0.message())]
+    DeviceRefused(httvps_wire::Reason),
+    /// A bug or an unexpected failure; the text is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::BadRequest(_) => "BAD_REQUEST",
+            AppError::Unauthenticated => "UNAUTHENTICATED",
+            AppError::Forbidden => "FORBIDDEN",
+            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::Conflict(_) => "CONFLICT",
+            AppError::LimitExceeded(_) => "LIMIT_EXCEEDED",
+            AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::DeviceRefused(_) => "DEVICE_REFUSED",
+            AppError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::LimitExceeded(_) => StatusCode::CONFLICT,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::DeviceRefused(_) => StatusCode::FORBIDDEN,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Maps a diesel error, saying what a unique violation means here.
+    pub fn on_conflict(message: &'static str) -> impl Fn(diesel::result::Error) -> AppError {
+        move |e| match AppError::from(e) {
+            AppError::Conflict(_) => AppError::Conflict(message.into()),
+            other => other,
+        }
+    }
+
+    /// Shorthand for a bad-request error.
+    pub fn bad(msg: impl Into<String>) -> Self {
+        AppError::BadRequest(msg.into())
+    }
+
+    /// Logs internal details once and returns the request id to show.
+    fn log_internal(&self) -> Option<String> {
+        match self {
+            AppError::Internal(detail) => {
+                let id = uuid::Uuid::new_v4().to_string();
+                tracing::error!(request.id = %id, error = %detail, "internal error");
+                Some(id)
+            }
+            _ => None,
+        }
+    }
+
+    /// Converts into a GraphQL error carrying `extensions.code` (and
+    /// `extensions.requestId` for internal errors).
+    pub fn into_graphql(self) -> async_graphql::Error {
+        let request_id = self.log_internal();
+        let mut err = async_graphql::Error::new(self.to_string());
+        err = err.extend_with(|_, ext| {
+            ext.set("code", self.code());
+            if let Some(id) = &request_id {
+                ext.set("requestId", id.as_str());
+            }
+        });
+        err
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::Error as E;
+        match e {
+            E::NotFound => AppError::NotFound("record"),
+            E::DatabaseError(kind, info) => match kind {
+                DatabaseErrorKind::UniqueViolation => AppError::Conflict("already exists".into()),
+                DatabaseErrorKind::ForeignKeyViolation => {
+                    AppError::Conflict("refers to a missing record or is still referenced".into())
+                }
+                DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation => {
+                    AppError::BadRequest("a value is out of its allowed range".into())
+                }
+                DatabaseErrorKind::SerializationFailure => {
+                    AppError::Unavailable("concurrent update, retry".into())
+                }
+                DatabaseErrorKind::ClosedConnection => {
+                    AppError::Unavailable("database unavailable".into())
+                }
+                _ => {
+                    // SQLite reports CHECK and busy errors as "unknown": classify by text.
+                    let msg = info.message();
+                    if msg.contains("CHECK constraint failed")
+                        || msg.contains("NOT NULL constraint failed")
+                    {
+                        AppError::BadRequest("a value is out of its allowed range".into())
+                    } else if msg.contains("database is locked") {
+                        AppError::Unavailable("database busy, retry".into())
+                    } else {
+                        AppError::Internal(format!("database: {msg}"))
+                    }
+                }
+            },
+            other => AppError::Internal(format!("database: {other}")),
+        }
+    }
+}
+
+impl From<deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>> for AppError {
+    fn from(e: deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>) -> Self {
+        tracing::warn!(error = %e, "database pool");
+        AppError::Unavailable("database unavailable".into())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let request_id = self.log_internal();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                reason: match &self {
+                    AppError::DeviceRefused(r) => Some(r.as_str().to_owned()),
+                    _ => None,
+                },
+                request_id,
+            },
+        };
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// Result alias for use cases.
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,242 @@
+//! Accounts over GraphQL: sign-up, log-in with rotating refresh tokens,
+//! log-out, the viewer, and admin user management.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, InputObject, Object, SimpleObject};
+use uuid::Uuid;
+
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, connection, viewer};
+use crate::accounts::{self, Role, UserFilter, UserStatus};
+use crate::db::models;
+use crate::error::AppError;
+use crate::events::AccessEvent;
+use crate::pagination::PageArgs;
+
+/// An account.
+#[derive(SimpleObject, Clone)]
+pub struct User {
+    /// Stable id.
+    pub id: Uuid,
+    /// Email address (lower case).
+    pub email: String,
+    /// Role.
+    pub role: Role,
+    /// Whether the account may sign in.
+    pub status: UserStatus,
+    /// When the account was created (UTC).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<models::User> for User {
+    fn from(u: models::User) -> Self {
+        User {
+            id: super::uuid(&u.id),
+            email: u.email,
+            role: Role::parse(&u.role),
+            status: UserStatus::parse(&u.status),
+            created_at: u.created_at.and_utc(),
+        }
+    }
+}
+
+/// Tokens returned by `login` and `refreshToken`.
+#[derive(SimpleObject)]
+pub struct AuthPayload {
+    /// Short-lived access JWT for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Single-use refresh token: exchange it with `refreshToken` for new tokens.
+    pub refresh_token: String,
+    /// The signed-in user.
+    pub user: User,
+}
+
+impl From<accounts::Tokens> for AuthPayload {
+    fn from(t: accounts::Tokens) -> Self {
+        AuthPayload {
+            access_token: t.access_token,
+            refresh_token: t.refresh_token,
+            user: t.user.into(),
+        }
+    }
+}
+
+/// Filters on `users`.
+#[derive(InputObject, Default)]
+pub struct UserFilterInput {
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only this status.
+    pub status: Option<UserStatus>,
+    /// Emails containing this text.
+    pub email_contains: Option<String>,
+}
+
+/// Account queries.
+#[derive(Default)]
+pub struct AccountQuery;
+
+#[Object]
+impl AccountQuery {
+    /// The signed-in user.
+    #[graphql(guard = "SignedIn")]
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        let v = viewer(ctx)?;
+        let api = ctx.data::<AppContext>()?;
+        accounts::find_user(&api.db, &v.user_id)
+            .await
+            .and_then(|u| u.ok_or(AppError::NotFound("user")))
+            .map(User::from)
+            .gql()
+    }
+
+    /// Admin: users, oldest first.
+    #[graphql(guard = "AdminOnly")]
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<UserFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, User>> {
+        let api = ctx.data::<AppContext>()?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let f = filter.unwrap_or_default();
+        let filter = UserFilter {
+            role: f.role,
+            status: f.status,
+            email_contains: f.email_contains,
+        };
+        let rows = accounts::list(&api.db, &filter, &page).await.gql()?;
+        Ok(connection(
+            rows,
+            after.is_some(),
+            |u| (u.created_at, u.id.clone()),
+            User::from,
+        ))
+    }
+
+    /// Admin: one user.
+    #[graphql(guard = "AdminOnly")]
+    async fn user(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<User>> {
+        let api = ctx.data::<AppContext>()?;
+        accounts::find_user(&api.db, &id.to_string())
+            .await
+            .map(|u| u.map(User::from))
+            .gql()
+    }
+}
+
+/// Account mutations.
+#[derive(Default)]
+pub struct AccountMutation;
+
+#[Object]
+impl AccountMutation {
+    /// Creates a user account (role USER).
+    async fn sign_up(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+    ) -> async_graphql::Result<User> {
+        let api = ctx.data::<AppContext>()?;
+        accounts::create_user(&api.db, &email, &password, Role::User)
+            .await
+            .map(User::from)
+            .gql()
+    }
+
+    /// Exchanges an email and password for an access token and a refresh token.
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+    ) -> async_graphql::Result<AuthPayload> {
+        let api = ctx.data::<AppContext>()?;
+        accounts::login(&api.db, &api.jwt, &email, &password)
+            .await
+            .map(AuthPayload::from)
+            .gql()
+    }
+
+    /// Exchanges a refresh token (single use) for new tokens. Presenting a
+    /// token twice revokes its whole family.
+    async fn refresh_token(
+        &self,
+        ctx: &Context<'_>,
+        token: String,
+    ) -> async_graphql::Result<AuthPayload> {
+        let api = ctx.data::<AppContext>()?;
+        accounts::refresh(&api.db, &api.jwt, &token)
+            .await
+            .map(AuthPayload::from)
+            .gql()
+    }
+
+    /// Signs out everywhere: every refresh and access token of the user stops working.
+    #[graphql(guard = "SignedIn")]
+    async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        let api = ctx.data::<AppContext>()?;
+        accounts::logout(&api.db, &viewer(ctx)?.user_id)
+            .await
+            .gql()?;
+        Ok(true)
+    }
+
+    /// Changes the signed-in user's password; older tokens stop working.
+    #[graphql(guard = "SignedIn")]
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        current_password: String,
+        new_password: String,
+    ) -> async_graphql::Result<bool> {
+        let api = ctx.data::<AppContext>()?;
+        accounts::change_password(
+            &api.db,
+            &viewer(ctx)?.user_id,
+            &current_password,
+            &new_password,
+        )
+        .await
+        .gql()?;
+        Ok(true)
+    }
+
+    /// Admin: changes an account's role; its older tokens stop working.
+    #[graphql(guard = "AdminOnly")]
+    async fn set_user_role(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        role: Role,
+    ) -> async_graphql::Result<User> {
+        let api = ctx.data::<AppContext>()?;
+        accounts::set_role(&api.db, &viewer(ctx)?.user_id, &id.to_string(), role)
+            .await
+            .map(User::from)
+            .gql()
+    }
+
+    /// Admin: enables or disables an account. Disabling signs it out and
+    /// closes its tunnels.
+    #[graphql(guard = "AdminOnly")]
+    async fn set_user_status(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        status: UserStatus,
+    ) -> async_graphql::Result<User> {
+        let api = ctx.data::<AppContext>()?;
+        let user = accounts::set_status(&api.db, &viewer(ctx)?.user_id, &id.to_string(), status)
+            .await
+            .gql()?;
+        if user.status != "active" {
+            api.events
+                .access_changed(AccessEvent::new("user_disabled", Some(&user.id)))
+                .await;
+        }
+        Ok(User::from(user))
+    }
+}

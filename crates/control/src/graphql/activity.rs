@@ -1,0 +1,264 @@
+//! Sessions, usage reports and the audit log over GraphQL.
+
+use async_graphql::connection::Connection;
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
+use uuid::Uuid;
+
+use super::devices::Device;
+use super::loaders::{DbLoader, DeviceId, GatewayNodeId, OutlineNodeId, loader_error};
+use super::nodes::{GatewayNode, OutlineNode};
+use super::scalars::BigInt;
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, connection, viewer};
+use crate::audit::{self, AuditFilter};
+use crate::db::models;
+use crate::error::AppError;
+use crate::pagination::PageArgs;
+use crate::sessions::{self, Granularity, SessionFilter};
+
+/// A device's stay on one node through one gateway.
+#[derive(SimpleObject, Clone)]
+#[graphql(complex)]
+pub struct Session {
+    /// Stable id.
+    pub id: Uuid,
+    /// Start (UTC).
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Last traffic or tunnel (UTC).
+    pub last_activity_at: chrono::DateTime<chrono::Utc>,
+    /// End (UTC); null while open.
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// Bytes from the client.
+    pub bytes_up: BigInt,
+    /// Bytes to the client.
+    pub bytes_down: BigInt,
+    #[graphql(skip)]
+    pub device_id: String,
+    #[graphql(skip)]
+    pub outline_node_id: Option<String>,
+    #[graphql(skip)]
+    pub gateway_node_id: Option<String>,
+}
+
+impl From<models::Session> for Session {
+    fn from(s: models::Session) -> Self {
+        Session {
+            id: super::uuid(&s.id),
+            started_at: s.started_at.and_utc(),
+            last_activity_at: s.last_activity_at.and_utc(),
+            ended_at: s.ended_at.map(|t| t.and_utc()),
+            end_reason: s.end_reason,
+            bytes_up: BigInt(s.bytes_up),
+            bytes_down: BigInt(s.bytes_down),
+            device_id: s.device_id,
+            outline_node_id: s.outline_node_id,
+            gateway_node_id: s.gateway_node_id,
+        }
+    }
+}
+
+#[ComplexObject]
+impl Session {
+    /// The device.
+    async fn device(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Device>> {
+        let loader = ctx.data::<DataLoader<DbLoader>>()?;
+        Ok(loader
+            .load_one(DeviceId(self.device_id.clone()))
+            .await
+            .map_err(loader_error)?
+            .map(Device::from))
+    }
+
+    /// The Outline node (null once deleted).
+    async fn outline_node(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<OutlineNode>> {
+        let Some(id) = &self.outline_node_id else {
+            return Ok(None);
+        };
+        let loader = ctx.data::<DataLoader<DbLoader>>()?;
+        Ok(loader
+            .load_one(OutlineNodeId(id.clone()))
+            .await
+            .map_err(loader_error)?
+            .map(OutlineNode::from))
+    }
+
+    /// The gateway (null once deleted).
+    async fn gateway_node(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<GatewayNode>> {
+        let Some(id) = &self.gateway_node_id else {
+            return Ok(None);
+        };
+        let loader = ctx.data::<DataLoader<DbLoader>>()?;
+        Ok(loader
+            .load_one(GatewayNodeId(id.clone()))
+            .await
+            .map_err(loader_error)?
+            .map(GatewayNode::from))
+    }
+}
+
+/// Filters on `sessions`.
+#[derive(InputObject, Default)]
+pub struct SessionFilterInput {
+    /// Only this device's.
+    pub device_id: Option<Uuid>,
+    /// Only this user's devices'.
+    pub user_id: Option<Uuid>,
+    /// Only on this Outline node.
+    pub outline_node_id: Option<Uuid>,
+    /// Only open (true) or ended (false).
+    pub open: Option<bool>,
+}
+
+/// Bytes moved in one period.
+#[derive(SimpleObject)]
+pub struct UsagePoint {
+    /// Start of the period (UTC).
+    pub period_start: chrono::DateTime<chrono::Utc>,
+    /// Bytes from clients.
+    pub bytes_up: BigInt,
+    /// Bytes to clients.
+    pub bytes_down: BigInt,
+}
+
+/// One admin action.
+#[derive(SimpleObject)]
+pub struct AuditEntry {
+    /// Stable id.
+    pub id: Uuid,
+    /// The admin (null once deleted).
+    pub actor_user_id: Option<Uuid>,
+    /// What was done, e.g. `grant_subscription`.
+    pub action: String,
+    /// Kind of thing changed.
+    pub target_type: String,
+    /// Id of the thing changed.
+    pub target_id: Option<Uuid>,
+    /// Details (JSON; never secrets).
+    pub details: String,
+    /// When (UTC).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Filters on `auditLog`.
+#[derive(InputObject, Default)]
+pub struct AuditFilterInput {
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this admin's actions.
+    pub actor_user_id: Option<Uuid>,
+}
+
+/// Activity queries.
+#[derive(Default)]
+pub struct ActivityQuery;
+
+#[Object]
+impl ActivityQuery {
+    /// Admin: sessions, oldest first.
+    #[graphql(guard = "AdminOnly")]
+    async fn sessions(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<SessionFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Session>> {
+        let api = ctx.data::<AppContext>()?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let f = filter.unwrap_or_default();
+        let filter = SessionFilter {
+            device_id: f.device_id.map(|i| i.to_string()),
+            user_id: f.user_id.map(|i| i.to_string()),
+            outline_node_id: f.outline_node_id.map(|i| i.to_string()),
+            open: f.open,
+        };
+        let rows = sessions::list(&api.db, &filter, &page).await.gql()?;
+        Ok(connection(
+            rows,
+            after.is_some(),
+            |s| (s.started_at, s.id.clone()),
+            Session::from,
+        ))
+    }
+
+    /// Usage per period in [from, to): the caller's own, or for admins any
+    /// user's (or everyone's when `userId` is omitted), optionally one node's.
+    #[graphql(guard = "SignedIn")]
+    async fn usage(
+        &self,
+        ctx: &Context<'_>,
+        user_id: Option<Uuid>,
+        node_id: Option<Uuid>,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        #[graphql(default_with = "Granularity::Day")] granularity: Granularity,
+    ) -> async_graphql::Result<Vec<UsagePoint>> {
+        let api = ctx.data::<AppContext>()?;
+        let v = viewer(ctx)?;
+        let user = match (v.is_admin(), user_id) {
+            (true, u) => u.map(|i| i.to_string()),
+            (false, Some(u)) if u.to_string() != v.user_id => {
+                return Err(AppError::Forbidden.into_graphql());
+            }
+            (false, _) => Some(v.user_id.clone()),
+        };
+        let node = if v.is_admin() {
+            node_id.map(|i| i.to_string())
+        } else {
+            None
+        };
+        let rows = sessions::usage(
+            &api.db,
+            user.as_deref(),
+            node.as_deref(),
+            from.naive_utc(),
+            to.naive_utc(),
+            granularity,
+        )
+        .await
+        .gql()?;
+        Ok(rows
+            .into_iter()
+            .map(|b| UsagePoint {
+                period_start: b.bucket.and_utc(),
+                bytes_up: BigInt(b.bytes_up),
+                bytes_down: BigInt(b.bytes_down),
+            })
+            .collect())
+    }
+
+    /// Admin: the audit log, oldest first.
+    #[graphql(guard = "AdminOnly")]
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, AuditEntry>> {
+        let api = ctx.data::<AppContext>()?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let f = filter.unwrap_or_default();
+        let filter = AuditFilter {
+            action: f.action,
+            actor_user_id: f.actor_user_id.map(|i| i.to_string()),
+        };
+        let rows = audit::list(&api.db, &filter, &page).await.gql()?;
+        Ok(connection(
+            rows,
+            after.is_some(),
+            |e| (e.created_at, e.id.clone()),
+            |e| AuditEntry {
+                id: super::uuid(&e.id),
+                actor_user_id: e.actor_user_id.map(|v| super::uuid(&v)),
+                action: e.action,
+                target_type: e.target_type,
+                target_id: e.target_id.map(|v| super::uuid(&v)),
+                details: e.details,
+                created_at: e.created_at.and_utc(),
+            },
+        ))
+    }
+}

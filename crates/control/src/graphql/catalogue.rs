@@ -1,0 +1,253 @@
+//! Plans and regions over GraphQL.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, InputObject, Object, SimpleObject};
+use uuid::Uuid;
+
+use super::scalars::BigInt;
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, connection, viewer};
+use crate::catalogue::{self, NewPlan, PlanChanges, ResetPeriod};
+use crate::db::models;
+use crate::pagination::PageArgs;
+
+/// A plan of the catalogue.
+#[derive(SimpleObject, Clone)]
+pub struct Plan {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Price in cents of `currency`.
+    pub price_cents: BigInt,
+    /// ISO currency code.
+    pub currency: String,
+    /// Length of a subscription, in days.
+    pub duration_days: i32,
+    /// Traffic allowance per period in bytes; null is unlimited.
+    pub traffic_limit_bytes: Option<BigInt>,
+    /// Most active devices.
+    pub device_limit: i32,
+    /// When the allowance starts over.
+    pub reset_period: ResetPeriod,
+    /// Archived plans can't be granted any more.
+    pub archived: bool,
+    /// Creation time (UTC).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<models::Plan> for Plan {
+    fn from(p: models::Plan) -> Self {
+        Plan {
+            id: super::uuid(&p.id),
+            name: p.name,
+            price_cents: BigInt(p.price_cents),
+            currency: p.currency,
+            duration_days: p.duration_days,
+            traffic_limit_bytes: p.traffic_limit_bytes.map(BigInt),
+            device_limit: p.device_limit,
+            reset_period: ResetPeriod::parse(&p.reset_period),
+            archived: p.archived,
+            created_at: p.created_at.and_utc(),
+        }
+    }
+}
+
+/// A region: a group of nodes sharing one pool key.
+#[derive(SimpleObject, Clone)]
+pub struct Region {
+    /// Stable id.
+    pub id: Uuid,
+    /// Short code, e.g. `eu-west`.
+    pub code: String,
+    /// Display name.
+    pub name: String,
+    /// Cipher of the region's pool key.
+    pub pool_method: String,
+    /// Creation time (UTC).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<models::Region> for Region {
+    fn from(r: models::Region) -> Self {
+        Region {
+            id: super::uuid(&r.id),
+            code: r.code,
+            name: r.name,
+            pool_method: r.pool_method,
+            created_at: r.created_at.and_utc(),
+        }
+    }
+}
+
+/// Fields of a new plan.
+#[derive(InputObject)]
+pub struct CreatePlanInput {
+    /// Unique name (1-100 characters).
+    pub name: String,
+    /// Price in cents (0 or more).
+    pub price_cents: BigInt,
+    /// Three-letter currency code (default USD).
+    #[graphql(default = "USD")]
+    pub currency: String,
+    /// Subscription length in days (1-3660).
+    pub duration_days: i32,
+    /// Traffic allowance in bytes; omit for unlimited.
+    pub traffic_limit_bytes: Option<BigInt>,
+    /// Most active devices (1-1000).
+    pub device_limit: i32,
+    /// When the allowance starts over (default NONE).
+    #[graphql(default_with = "ResetPeriod::None")]
+    pub reset_period: ResetPeriod,
+}
+
+/// Changes to a plan; omitted fields stay as they are.
+#[derive(InputObject, Default)]
+pub struct UpdatePlanInput {
+    /// New name.
+    pub name: Option<String>,
+    /// New price in cents.
+    pub price_cents: Option<BigInt>,
+    /// New duration in days.
+    pub duration_days: Option<i32>,
+    /// New allowance in bytes (explicit null makes it unlimited).
+    pub traffic_limit_bytes: async_graphql::MaybeUndefined<BigInt>,
+    /// New device limit.
+    pub device_limit: Option<i32>,
+}
+
+/// Catalogue queries.
+#[derive(Default)]
+pub struct CatalogueQuery;
+
+#[Object]
+impl CatalogueQuery {
+    /// Plans, oldest first; archived ones only for admins who ask.
+    #[graphql(guard = "SignedIn")]
+    async fn plans(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = false)] include_archived: bool,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Plan>> {
+        let api = ctx.data::<AppContext>()?;
+        let admin = viewer(ctx)?.is_admin();
+        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let rows = catalogue::list_plans(&api.db, include_archived && admin, &page)
+            .await
+            .gql()?;
+        Ok(connection(
+            rows,
+            after.is_some(),
+            |p| (p.created_at, p.id.clone()),
+            Plan::from,
+        ))
+    }
+
+    /// Regions, oldest first.
+    #[graphql(guard = "SignedIn")]
+    async fn regions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Region>> {
+        let api = ctx.data::<AppContext>()?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let rows = catalogue::list_regions(&api.db, &page).await.gql()?;
+        Ok(connection(
+            rows,
+            after.is_some(),
+            |r| (r.created_at, r.id.clone()),
+            Region::from,
+        ))
+    }
+}
+
+/// Catalogue mutations.
+#[derive(Default)]
+pub struct CatalogueMutation;
+
+#[Object]
+impl CatalogueMutation {
+    /// Admin: adds a plan.
+    #[graphql(guard = "AdminOnly")]
+    async fn create_plan(
+        &self,
+        ctx: &Context<'_>,
+        input: CreatePlanInput,
+    ) -> async_graphql::Result<Plan> {
+        let api = ctx.data::<AppContext>()?;
+        let new = NewPlan {
+            name: input.name,
+            price_cents: input.price_cents.0,
+            currency: input.currency,
+            duration_days: input.duration_days,
+            traffic_limit_bytes: input.traffic_limit_bytes.map(|b| b.0),
+            device_limit: input.device_limit,
+            reset_period: input.reset_period,
+        };
+        catalogue::create_plan(&api.db, &viewer(ctx)?.user_id, new)
+            .await
+            .map(Plan::from)
+            .gql()
+    }
+
+    /// Admin: changes a plan; existing subscriptions keep their terms.
+    #[graphql(guard = "AdminOnly")]
+    async fn update_plan(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        input: UpdatePlanInput,
+    ) -> async_graphql::Result<Plan> {
+        let api = ctx.data::<AppContext>()?;
+        let changes = PlanChanges {
+            name: input.name,
+            price_cents: input.price_cents.map(|b| b.0),
+            duration_days: input.duration_days,
+            traffic_limit_bytes: match input.traffic_limit_bytes {
+                async_graphql::MaybeUndefined::Undefined => None,
+                async_graphql::MaybeUndefined::Null => Some(None),
+                async_graphql::MaybeUndefined::Value(v) => Some(Some(v.0)),
+            },
+            device_limit: input.device_limit,
+        };
+        catalogue::update_plan(&api.db, &viewer(ctx)?.user_id, &id.to_string(), changes)
+            .await
+            .map(Plan::from)
+            .gql()
+    }
+
+    /// Admin: archives a plan (no new grants; running subscriptions continue).
+    #[graphql(guard = "AdminOnly")]
+    async fn archive_plan(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Plan> {
+        let api = ctx.data::<AppContext>()?;
+        catalogue::archive_plan(&api.db, &viewer(ctx)?.user_id, &id.to_string())
+            .await
+            .map(Plan::from)
+            .gql()
+    }
+
+    /// Admin: adds a region with a fresh pool key.
+    #[graphql(guard = "AdminOnly")]
+    async fn create_region(
+        &self,
+        ctx: &Context<'_>,
+        code: String,
+        name: String,
+        pool_method: Option<String>,
+    ) -> async_graphql::Result<Region> {
+        let api = ctx.data::<AppContext>()?;
+        catalogue::create_region(
+            &api.db,
+            &viewer(ctx)?.user_id,
+            &code,
+            &name,
+            pool_method.as_deref(),
+        )
+        .await
+        .map(Region::from)
+        .gql()
+    }
+}

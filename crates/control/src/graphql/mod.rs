@@ -1,0 +1,185 @@
+//! The GraphQL API: one file per domain, merged into the root types. Guards
+//! declare who may call a field; errors carry stable `extensions.code`s;
+//! dataloaders batch every relation.
+
+pub mod accounts;
+pub mod activity;
+pub mod catalogue;
+pub mod devices;
+pub mod live;
+pub mod loaders;
+pub mod nodes;
+pub mod scalars;
+pub mod subscriptions;
+pub mod ws;
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Guard, MergedObject, OutputType, Schema};
+use chrono::NaiveDateTime;
+
+pub use crate::context::{AppContext, DeviceViewer, Viewer};
+use crate::error::AppError;
+use crate::pagination::{self, Page};
+
+/// Root query type.
+#[derive(MergedObject, Default)]
+pub struct Query(
+    accounts::AccountQuery,
+    catalogue::CatalogueQuery,
+    subscriptions::SubscriptionQuery,
+    devices::DeviceQuery,
+    nodes::NodeQuery,
+    activity::ActivityQuery,
+);
+
+/// Root mutation type.
+#[derive(MergedObject, Default)]
+pub struct Mutation(
+    accounts::AccountMutation,
+    catalogue::CatalogueMutation,
+    subscriptions::SubscriptionMutation,
+    devices::DeviceMutation,
+    nodes::NodeMutation,
+);
+
+/// The executable schema; the streaming root is `Live` (the word
+/// "subscription" means the billing record here).
+pub type ApiSchema = Schema<Query, Mutation, live::Live>;
+
+/// Most nesting a query may have.
+pub const MAX_DEPTH: usize = 12;
+/// Most complexity (fields, weighted by list sizes) a query may have.
+pub const MAX_COMPLEXITY: usize = 1000;
+/// Most aliases a document may use.
+pub const MAX_ALIASES: usize = 30;
+
+/// Builds the schema. `debug` turns on introspection and field suggestions.
+pub fn build_schema(api: AppContext, debug: bool) -> ApiSchema {
+    let mut builder = Schema::build(Query::default(), Mutation::default(), live::Live)
+        .data(api)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .limit_recursive_depth(32)
+        .limit_directives(8);
+    if !debug {
+        builder = builder.disable_introspection().disable_suggestions();
+    }
+    builder.finish()
+}
+
+/// The schema in SDL, as committed in `schema.graphql`.
+pub fn sdl() -> String {
+    Schema::build(Query::default(), Mutation::default(), live::Live)
+        .finish()
+        .sdl()
+}
+
+/// Allows signed-in users (any role).
+pub struct SignedIn;
+
+impl Guard for SignedIn {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        viewer(ctx).map(|_| ())
+    }
+}
+
+/// Allows admins only.
+pub struct AdminOnly;
+
+impl Guard for AdminOnly {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        if viewer(ctx)?.is_admin() {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden.into_graphql())
+        }
+    }
+}
+
+/// Allows signed-in users and device clients (live node events).
+pub struct LiveViewer;
+
+impl Guard for LiveViewer {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        if ctx.data_opt::<DeviceViewer>().is_some() {
+            Ok(())
+        } else {
+            viewer(ctx).map(|_| ())
+        }
+    }
+}
+
+/// The caller, or an `UNAUTHENTICATED` error.
+pub fn viewer<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Viewer> {
+    ctx.data_opt::<Viewer>()
+        .ok_or_else(|| AppError::Unauthenticated.into_graphql())
+}
+
+/// Converts use-case results into GraphQL results with typed error codes.
+pub trait GqlResultExt<T> {
+    /// Maps the error with [`AppError::into_graphql`].
+    fn gql(self) -> async_graphql::Result<T>;
+}
+
+impl<T> GqlResultExt<T> for Result<T, AppError> {
+    fn gql(self) -> async_graphql::Result<T> {
+        self.map_err(AppError::into_graphql)
+    }
+}
+
+/// Builds a connection from a page of rows, with keyset cursors.
+pub fn connection<R, N: OutputType>(
+    page: Page<R>,
+    had_cursor: bool,
+    key: impl Fn(&R) -> (NaiveDateTime, String),
+    node: impl Fn(R) -> N,
+) -> Connection<String, N> {
+    let mut c = Connection::new(had_cursor, page.has_next);
+    c.edges.extend(page.rows.into_iter().map(|r| {
+        let (ts, id) = key(&r);
+        Edge::new(pagination::encode(ts, &id.to_string()), node(r))
+    }));
+    c
+}
+
+/// Counts the aliases in a document (fragments included), refusing the
+/// document when there are more than [`MAX_ALIASES`].
+pub fn check_aliases(query: &str) -> Result<(), AppError> {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    fn count(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|s| match &s.node {
+                Selection::Field(f) => {
+                    usize::from(f.node.alias.is_some()) + count(&f.node.selection_set.node)
+                }
+                Selection::InlineFragment(i) => count(&i.node.selection_set.node),
+                Selection::FragmentSpread(_) => 0,
+            })
+            .sum()
+    }
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return Ok(());
+    };
+    let ops: usize = doc
+        .operations
+        .iter()
+        .map(|(_, op)| count(&op.node.selection_set.node))
+        .sum();
+    let frags: usize = doc
+        .fragments
+        .values()
+        .map(|f| count(&f.node.selection_set.node))
+        .sum();
+    if ops + frags > MAX_ALIASES {
+        return Err(AppError::bad(format!(
+            "the query uses more than {MAX_ALIASES} aliases"
+        )));
+    }
+    Ok(())
+}
+
+/// The UUID of a stored id (ids are UUID strings in both databases).
+pub fn uuid(id: &str) -> uuid::Uuid {
+    uuid::Uuid::parse_str(id).unwrap_or_default()
+}

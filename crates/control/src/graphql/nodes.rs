@@ -1,0 +1,377 @@
+//! The node registry over GraphQL (admins only: node addresses and keys are
+//! never shown to users).
+
+use async_graphql::connection::Connection;
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject, Union};
+use uuid::Uuid;
+
+use super::catalogue::Region;
+use super::loaders::{DbLoader, RegionId, loader_error};
+use super::scalars::BigInt;
+use super::{AdminOnly, AppContext, GqlResultExt, connection, viewer};
+use crate::db::models;
+use crate::nodes::{self, AnyNode, NewOutlineNode, NodeFilter, NodeStatus};
+use crate::pagination::PageArgs;
+
+/// A Shadowsocks node of the pool.
+#[derive(SimpleObject, Clone)]
+#[graphql(complex)]
+pub struct OutlineNode {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Address gateways reach it at.
+    pub host: String,
+    /// Port.
+    pub port: i32,
+    /// Cipher.
+    pub method: String,
+    /// Shadowsocks password (the region's pool key unless it has its own).
+    pub secret: String,
+    /// Whether it uses its region's pool key (false: a pool of one).
+    pub uses_pool_key: bool,
+    /// Admin status.
+    pub status: NodeStatus,
+    /// unknown, up or down.
+    pub health: String,
+    /// Most concurrent sessions it should carry.
+    pub capacity: i32,
+    /// Open connections at the last heartbeat.
+    pub load: i32,
+    /// Bytes received, at the last heartbeat.
+    pub bytes_in: BigInt,
+    /// Bytes sent, at the last heartbeat.
+    pub bytes_out: BigInt,
+    /// Last heartbeat (UTC).
+    pub last_heartbeat_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Software version it reported.
+    pub version: Option<String>,
+    /// Registration time (UTC).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[graphql(skip)]
+    pub region_id: String,
+}
+
+impl From<models::OutlineNode> for OutlineNode {
+    fn from(n: models::OutlineNode) -> Self {
+        OutlineNode {
+            id: super::uuid(&n.id),
+            name: n.name,
+            host: n.host,
+            port: n.port,
+            method: n.method,
+            secret: n.secret,
+            uses_pool_key: n.uses_pool_key,
+            status: NodeStatus::parse(&n.status),
+            health: n.health,
+            capacity: n.capacity,
+            load: n.load,
+            bytes_in: BigInt(n.bytes_in),
+            bytes_out: BigInt(n.bytes_out),
+            last_heartbeat_at: n.last_heartbeat_at.map(|t| t.and_utc()),
+            version: n.version,
+            created_at: n.created_at.and_utc(),
+            region_id: n.region_id,
+        }
+    }
+}
+
+#[ComplexObject]
+impl OutlineNode {
+    /// Its region.
+    async fn region(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Region>> {
+        let loader = ctx.data::<DataLoader<DbLoader>>()?;
+        Ok(loader
+            .load_one(RegionId(self.region_id.clone()))
+            .await
+            .map_err(loader_error)?
+            .map(Region::from))
+    }
+}
+
+/// A TLS/WebSocket gateway.
+#[derive(SimpleObject, Clone)]
+#[graphql(complex)]
+pub struct GatewayNode {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// URL clients connect to.
+    pub public_url: String,
+    /// Admin status.
+    pub status: NodeStatus,
+    /// unknown, up or down.
+    pub health: String,
+    /// Open tunnels at the last heartbeat.
+    pub open_tunnels: i32,
+    /// Last heartbeat (UTC).
+    pub last_heartbeat_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Software version it reported.
+    pub version: Option<String>,
+    /// Registration time (UTC).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[graphql(skip)]
+    pub region_id: String,
+}
+
+impl From<models::GatewayNode> for GatewayNode {
+    fn from(g: models::GatewayNode) -> Self {
+        GatewayNode {
+            id: super::uuid(&g.id),
+            name: g.name,
+            public_url: g.public_url,
+            status: NodeStatus::parse(&g.status),
+            health: g.health,
+            open_tunnels: g.open_tunnels,
+            last_heartbeat_at: g.last_heartbeat_at.map(|t| t.and_utc()),
+            version: g.version,
+            created_at: g.created_at.and_utc(),
+            region_id: g.region_id,
+        }
+    }
+}
+
+#[ComplexObject]
+impl GatewayNode {
+    /// Its region.
+    async fn region(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Region>> {
+        let loader = ctx.data::<DataLoader<DbLoader>>()?;
+        Ok(loader
+            .load_one(RegionId(self.region_id.clone()))
+            .await
+            .map_err(loader_error)?
+            .map(Region::from))
+    }
+}
+
+/// Either kind of node.
+#[derive(Union)]
+pub enum Node {
+    /// A Shadowsocks node.
+    Outline(OutlineNode),
+    /// A gateway.
+    Gateway(GatewayNode),
+}
+
+/// A new node and its machine token (shown this once).
+#[derive(SimpleObject)]
+pub struct RegisteredOutlineNode {
+    /// The node.
+    pub node: OutlineNode,
+    /// Machine token for `Authorization: Bearer` on /api/v1.
+    pub token: String,
+}
+
+/// A new gateway and its machine token (shown this once).
+#[derive(SimpleObject)]
+pub struct RegisteredGatewayNode {
+    /// The gateway.
+    pub node: GatewayNode,
+    /// Machine token for `Authorization: Bearer` on /api/v1.
+    pub token: String,
+}
+
+/// Fields of a new Outline node.
+#[derive(InputObject)]
+pub struct RegisterOutlineNodeInput {
+    /// Region code.
+    pub region: String,
+    /// Unique name.
+    pub name: String,
+    /// Address gateways reach it at.
+    pub host: String,
+    /// Port (1-65535).
+    pub port: i32,
+    /// Own cipher (with `secret`); omit both to use the region's pool key.
+    pub method: Option<String>,
+    /// Own Shadowsocks password: the node becomes a pool of one.
+    pub secret: Option<String>,
+    /// Most concurrent sessions (default 1000).
+    #[graphql(default = 1000)]
+    pub capacity: i32,
+}
+
+/// Fields of a new gateway.
+#[derive(InputObject)]
+pub struct RegisterGatewayNodeInput {
+    /// Region code.
+    pub region: String,
+    /// Unique name.
+    pub name: String,
+    /// URL clients connect to, e.g. https://gw1.example.com.
+    pub public_url: String,
+}
+
+/// Filters on node lists.
+#[derive(InputObject, Default)]
+pub struct NodeFilterInput {
+    /// Only this status.
+    pub status: Option<NodeStatus>,
+}
+
+/// Node queries.
+#[derive(Default)]
+pub struct NodeQuery;
+
+#[Object]
+impl NodeQuery {
+    /// Admin: Outline nodes, optionally of one region.
+    #[graphql(guard = "AdminOnly")]
+    async fn outline_nodes(
+        &self,
+        ctx: &Context<'_>,
+        region: Option<String>,
+        filter: Option<NodeFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, OutlineNode>> {
+        let api = ctx.data::<AppContext>()?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let filter = NodeFilter {
+            region,
+            status: filter.unwrap_or_default().status,
+        };
+        let rows = nodes::list_outline(&api.db, &filter, &page).await.gql()?;
+        Ok(connection(
+            rows,
+            after.is_some(),
+            |n| (n.created_at, n.id.clone()),
+            OutlineNode::from,
+        ))
+    }
+
+    /// Admin: gateways, optionally of one region.
+    #[graphql(guard = "AdminOnly")]
+    async fn gateway_nodes(
+        &self,
+        ctx: &Context<'_>,
+        region: Option<String>,
+        filter: Option<NodeFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, GatewayNode>> {
+        let api = ctx.data::<AppContext>()?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let filter = NodeFilter {
+            region,
+            status: filter.unwrap_or_default().status,
+        };
+        let rows = nodes::list_gateways(&api.db, &filter, &page).await.gql()?;
+        Ok(connection(
+            rows,
+            after.is_some(),
+            |n| (n.created_at, n.id.clone()),
+            GatewayNode::from,
+        ))
+    }
+}
+
+/// Node mutations.
+#[derive(Default)]
+pub struct NodeMutation;
+
+#[Object]
+impl NodeMutation {
+    /// Admin: registers an Outline node; returns its machine token once.
+    #[graphql(guard = "AdminOnly")]
+    async fn register_outline_node(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterOutlineNodeInput,
+    ) -> async_graphql::Result<RegisteredOutlineNode> {
+        let api = ctx.data::<AppContext>()?;
+        let new = NewOutlineNode {
+            region: input.region,
+            name: input.name,
+            host: input.host,
+            port: input.port,
+            method: input.method,
+            secret: input.secret,
+            capacity: input.capacity,
+        };
+        let (node, token) =
+            nodes::register_outline(&api.db, &api.events, &viewer(ctx)?.user_id, new)
+                .await
+                .gql()?;
+        Ok(RegisteredOutlineNode {
+            node: node.into(),
+            token,
+        })
+    }
+
+    /// Admin: registers a gateway; returns its machine token once.
+    #[graphql(guard = "AdminOnly")]
+    async fn register_gateway_node(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterGatewayNodeInput,
+    ) -> async_graphql::Result<RegisteredGatewayNode> {
+        let api = ctx.data::<AppContext>()?;
+        let (node, token) = nodes::register_gateway(
+            &api.db,
+            &api.events,
+            &viewer(ctx)?.user_id,
+            &input.region,
+            &input.name,
+            &input.public_url,
+        )
+        .await
+        .gql()?;
+        Ok(RegisteredGatewayNode {
+            node: node.into(),
+            token,
+        })
+    }
+
+    /// Admin: sets a node's status (ACTIVE, DRAINING or DISABLED).
+    #[graphql(guard = "AdminOnly")]
+    async fn set_node_status(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        status: NodeStatus,
+    ) -> async_graphql::Result<Node> {
+        let api = ctx.data::<AppContext>()?;
+        Ok(
+            match nodes::set_status(
+                &api.db,
+                &api.events,
+                &viewer(ctx)?.user_id,
+                &id.to_string(),
+                status,
+            )
+            .await
+            .gql()?
+            {
+                AnyNode::Outline(n) => Node::Outline(n.into()),
+                AnyNode::Gateway(g) => Node::Gateway(g.into()),
+            },
+        )
+    }
+
+    /// Admin: deletes a node; sessions keep their history.
+    #[graphql(guard = "AdminOnly")]
+    async fn delete_node(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<bool> {
+        let api = ctx.data::<AppContext>()?;
+        nodes::delete(&api.db, &api.events, &viewer(ctx)?.user_id, &id.to_string())
+            .await
+            .gql()?;
+        Ok(true)
+    }
+
+    /// Admin: replaces a node's machine token; returns the new one once.
+    #[graphql(guard = "AdminOnly")]
+    async fn rotate_node_token(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<String> {
+        let api = ctx.data::<AppContext>()?;
+        nodes::rotate_token(&api.db, &viewer(ctx)?.user_id, &id.to_string())
+            .await
+            .gql()
+    }
+}

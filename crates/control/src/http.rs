@@ -1,0 +1,326 @@
+//! The control plane's HTTP server: health, metrics, GraphQL (HTTP and
+//! WebSocket) and GraphiQL.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::http::GraphiQLSource;
+use axum::extract::{DefaultBodyLimit, Query as QueryParams, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::context::{Viewer, bearer_token, viewer_from_token};
+use crate::db::DbPool;
+use crate::error::AppError;
+use crate::graphql::check_aliases;
+use crate::graphql::loaders::{BATCH_DELAY, DbLoader};
+use crate::metrics;
+pub use crate::state::AppState;
+
+/// Largest request body accepted anywhere (GraphQL and REST), in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The whole HTTP surface of the control plane.
+pub fn router(state: AppState) -> Router {
+    let mut app = Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/metrics", get(prometheus))
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/graphql/ws", get(graphql_ws))
+        .merge(super::rest::routes());
+    if state.debug {
+        app = app.route("/graphiql", get(graphiql));
+    }
+    app.fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(close_after_unread_body))
+        .with_state(state)
+}
+
+/// A 413 leaves the request body unread, so the connection cannot carry
+/// another request: say so, or pooling clients reuse a connection the
+/// server is about to close.
+async fn close_after_unread_body(mut res: Response) -> Response {
+    if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
+}
+
+/// Serves `router` on an already bound listener until `shutdown` completes,
+/// then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let closing = state.closing.clone();
+    let mut applier = AbortOnDrop(tokio::spawn({
+        let (usage, db, events) = (
+            state.usage.clone(),
+            state.db.clone(),
+            state.api.events.clone(),
+        );
+        let stop = state.closing.subscribe();
+        async move { usage.run(db, events, stop).await }
+    }));
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.send_replace(true);
+        })
+        .await;
+    // The applier applies what was stored, then stops; what it cannot apply
+    // in time waits in the inbox for the next start.
+    if tokio::time::timeout(Duration::from_secs(5), &mut applier.0)
+        .await
+        .is_err()
+    {
+        tracing::warn!("usage left in the inbox at shutdown");
+    }
+    served
+}
+
+/// Aborts a background task when dropped, so it ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+/// Readiness: 200 when the database answers, 503 when it doesn't. Says
+/// nothing else.
+async fn health(State(state): State<AppState>) -> Response {
+    if state.db.ping(Duration::from_secs(2)).await {
+        (StatusCode::OK, Json(Health { status: "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "unavailable",
+            }),
+        )
+            .into_response()
+    }
+}
+
+async fn prometheus(State(state): State<AppState>) -> Response {
+    let (size, available) = match &state.db.pool {
+        DbPool::Pg(p) => (p.status().size, p.status().available),
+        DbPool::Sqlite(p) => (p.status().size, p.status().available),
+    };
+    let body = state.metrics.render(&[
+        (
+            "httvps_db_pool_connections",
+            "Open database connections.",
+            size as f64,
+        ),
+        (
+            "httvps_db_pool_idle",
+            "Idle database connections.",
+            available as f64,
+        ),
+        (
+            "httvps_db_queries",
+            "Queries started since start-up.",
+            state.db.query_count() as f64,
+        ),
+        (
+            "httvps_usage_reports_waiting",
+            "Usage reports stored by this replica and not applied yet.",
+            state.usage.waiting() as f64,
+        ),
+        (
+            "httvps_usage_totals_applied",
+            "Session totals this replica's applier applied since start-up.",
+            state.usage.applied_totals() as f64,
+        ),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("route")
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .finish(),
+    )
+}
+
+/// Resolves the caller from `Authorization: Bearer`. No header: anonymous.
+/// A bad, expired or outdated token is refused outright rather than treated
+/// as anonymous, so a client learns at once that it must sign in again.
+pub async fn resolve_viewer(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Viewer>, AppError> {
+    match bearer_token(headers)? {
+        None => Ok(None),
+        Some(token) => viewer_from_token(&state.api, token).await.map(Some),
+    }
+}
+
+fn graphql_error(err: AppError) -> Response {
+    let status = err.status();
+    let gql = async_graphql::Response::from_errors(vec![
+        err.into_graphql().into_server_error(Default::default()),
+    ]);
+    (status, Json(gql)).into_response()
+}
+
+async fn execute(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: async_graphql::Request,
+) -> Response {
+    if let Err(e) = check_aliases(&request.query) {
+        return graphql_error(e);
+    }
+    let viewer = match resolve_viewer(state, headers).await {
+        Ok(v) => v,
+        Err(e) => return graphql_error(e),
+    };
+    let loader = DataLoader::new(DbLoader::new(state.db.clone()), tokio::spawn).delay(BATCH_DELAY);
+    let mut request = request.data(loader);
+    if let Some(v) = viewer {
+        request = request.data(v);
+    }
+    let mut response = state.schema.execute(request).await;
+    // Errors raised by the engine itself (parse, validation, limits, input
+    // coercion) carry no code yet: they are all the client's.
+    for err in &mut response.errors {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", "BAD_REQUEST");
+        }
+    }
+    Json(response).into_response()
+}
+
+/// `POST /graphql`: JSON only; one operation per request (no batching).
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return graphql_error(AppError::bad(
+            "GraphQL requests must be POSTed as application/json",
+        ));
+    }
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(_) if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') => {
+            return graphql_error(AppError::bad("batched requests are not supported"));
+        }
+        Err(e) => return graphql_error(AppError::bad(format!("malformed GraphQL request: {e}"))),
+    };
+    execute(&state, &headers, request).await
+}
+
+#[derive(serde::Deserialize)]
+struct GetParams {
+    query: String,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+}
+
+/// `GET /graphql`: queries only; mutations must be POSTed.
+async fn graphql_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<QueryParams<GetParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(QueryParams(params)) = params else {
+        return graphql_error(AppError::bad("GET /graphql needs a query parameter"));
+    };
+    if !is_query_only(&params.query, params.operation_name.as_deref()) {
+        return graphql_error(AppError::bad(
+            "only queries may be sent with GET; POST mutations as JSON",
+        ));
+    }
+    let mut request = async_graphql::Request::new(params.query);
+    if let Some(name) = params.operation_name {
+        request = request.operation_name(name);
+    }
+    if let Some(vars) = params.variables {
+        match serde_json::from_str::<serde_json::Value>(&vars) {
+            Ok(v) => request = request.variables(async_graphql::Variables::from_json(v)),
+            Err(_) => return graphql_error(AppError::bad("variables must be a JSON object")),
+        }
+    }
+    execute(&state, &headers, request).await
+}
+
+/// Whether every operation that could run is a query. Unparseable documents
+/// pass here and are rejected by the executor.
+fn is_query_only(query: &str, operation_name: Option<&str>) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return true;
+    };
+    let is_query = |t: OperationType| t == OperationType::Query;
+    match &doc.operations {
+        DocumentOperations::Single(op) => is_query(op.node.ty),
+        DocumentOperations::Multiple(ops) => match operation_name {
+            Some(name) => ops.get(name).is_none_or(|op| is_query(op.node.ty)),
+            None => ops.values().all(|op| is_query(op.node.ty)),
+        },
+    }
+}
+
+/// `GET /graphql/ws`: the WebSocket for live operations.
+/// The sub-protocol is `graphql-transport-ws` unless the client asks for the
+/// legacy `graphql-ws`.
+async fn graphql_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    use std::str::FromStr;
+    let protocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| async_graphql::http::WebSocketProtocols::from_str(p.trim()).ok())
+        })
+        .unwrap_or(async_graphql::http::WebSocketProtocols::GraphQLWS);
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(MAX_BODY_BYTES)
+        .on_upgrade(move |socket| {
+            super::graphql::ws::serve(state.schema.clone(), state.api.clone(), socket, protocol)
+        })
+}

@@ -1,0 +1,60 @@
+//! The state every HTTP handler gets: the application context, the GraphQL
+//! schema built on it, request metrics and the usage applier.
+
+use std::sync::Arc;
+
+use crate::auth::jwt::JwtKeys;
+use crate::context::AppContext;
+use crate::db::Db;
+use crate::events::Events;
+use crate::graphql::{ApiSchema, build_schema};
+use crate::metrics::Metrics;
+
+/// Everything a request handler needs, built once at start-up.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// What use cases need (database, keys, events).
+    pub api: AppContext,
+    /// The GraphQL schema.
+    pub schema: ApiSchema,
+    /// Request metrics.
+    pub metrics: Arc<Metrics>,
+    /// Development mode (GraphiQL served).
+    pub debug: bool,
+    /// Turns true when the server starts shutting down: long-lived
+    /// responses (event streams) end then.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Applies stored usage reports (runs while [`serve`] does).
+    pub usage: Arc<crate::usage_accounting::Applier>,
+}
+
+impl AppState {
+    /// Builds the state from its parts.
+    pub fn new(
+        db: Db,
+        jwt: JwtKeys,
+        events: Events,
+        gateway_url: Option<String>,
+        debug: bool,
+    ) -> Self {
+        let api = AppContext {
+            db: db.clone(),
+            jwt,
+            events,
+            gateway_url,
+            machines: Default::default(),
+        };
+        let schema = build_schema(api.clone(), debug);
+        AppState {
+            db,
+            api,
+            schema,
+            metrics: Arc::new(Metrics::default()),
+            debug,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
+            usage: Arc::default(),
+        }
+    }
+}

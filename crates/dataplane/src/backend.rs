@@ -1,0 +1,223 @@
+//! The data plane's client of the control plane's `/api/v1` routes.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+use httvps_wire::device::{AssignResponse, DeviceRequest, DeviceTokenResponse};
+use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse, OutlineBeat, OutlineConfig};
+use httvps_wire::usage::{UsageReport, UsageReportResponse};
+use httvps_wire::{ErrorBody, Reason};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The device may not connect (a stable reason).
+    #[error("device refused: {}", .0.as_str())]
+    Refused(Reason),
+    /// The control plane answered with an error.
+    #[error("control plane answered {status}: {code}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Error code from the envelope.
+        code: String,
+    },
+    /// The control plane could not be reached.
+    #[error("control plane unreachable: {0}")]
+    Unreachable(String),
+}
+
+impl BackendError {
+    /// Whether the control plane itself is down (as opposed to saying no).
+    pub fn is_outage(&self) -> bool {
+        match self {
+            BackendError::Unreachable(_) => true,
+            BackendError::Status { status, .. } => *status >= 500 && *status != 503,
+            BackendError::Refused(_) => false,
+        }
+    }
+}
+
+/// A client of one control plane with one bearer credential.
+#[derive(Clone)]
+pub struct Backend {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Backend {
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`) sending `token`.
+    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(32)
+            .build()?;
+        Ok(Backend {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    /// The control plane's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, BackendError> {
+        self.call_as(req, &self.token).await
+    }
+
+    /// Sends `req` with `bearer`, mapping the error envelope.
+    async fn call_as<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        bearer: &str,
+    ) -> Result<T, BackendError> {
+        let res = req
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+        let status = res.status();
+        if status.is_success() {
+            return res
+                .json::<T>()
+                .await
+                .map_err(|e| BackendError::Unreachable(e.to_string()));
+        }
+        let body: Option<ErrorBody> = res.json().await.ok();
+        if status == StatusCode::FORBIDDEN
+            && let Some(reason) = body
+                .as_ref()
+                .and_then(|b| b.error.reason.as_deref())
+                .and_then(Reason::parse)
+        {
+            return Err(BackendError::Refused(reason));
+        }
+        Err(BackendError::Status {
+            status: status.as_u16(),
+            code: body
+                .map(|b| b.error.code)
+                .unwrap_or_else(|| "UNKNOWN".into()),
+        })
+    }
+
+    /// `POST /nodes/assign-outline` for a device (as a gateway).
+    /// The credential is a device access token, or a device JWT (it has dots).
+    pub async fn assign(&self, credential: &str) -> Result<AssignResponse, BackendError> {
+        let jwt = credential.contains('.');
+        let body = DeviceRequest {
+            device_token: (!jwt).then(|| credential.to_owned()),
+            device_jwt: jwt.then(|| credential.to_owned()),
+            region: None,
+        };
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/nodes/assign-outline", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `POST /nodes/assign-outline` as a device (our token is a device JWT).
+    pub async fn assign_as_device(
+        &self,
+        device_jwt: &str,
+        region: Option<&str>,
+    ) -> Result<AssignResponse, BackendError> {
+        let body = DeviceRequest {
+            device_token: None,
+            device_jwt: None,
+            region: region.map(str::to_owned),
+        };
+        let req = self
+            .http
+            .post(format!("{}/api/v1/nodes/assign-outline", self.base))
+            .json(&body);
+        self.call_as(req, device_jwt).await
+    }
+
+    /// `POST /auth/device-token`: our token is the device access token.
+    pub async fn device_jwt(&self) -> Result<DeviceTokenResponse, BackendError> {
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/auth/device-token", self.base)),
+        )
+        .await
+    }
+
+    /// `POST /usage/report`.
+    pub async fn report(&self, report: &UsageReport) -> Result<UsageReportResponse, BackendError> {
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/usage/report", self.base))
+                .json(report),
+        )
+        .await
+    }
+
+    /// `POST /gateway/heartbeat`.
+    pub async fn gateway_heartbeat(
+        &self,
+        beat: &GatewayBeat,
+    ) -> Result<HeartbeatResponse, BackendError> {
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/gateway/heartbeat", self.base))
+                .json(beat),
+        )
+        .await
+    }
+
+    /// `POST /outline/heartbeat`.
+    pub async fn outline_heartbeat(
+        &self,
+        beat: &OutlineBeat,
+    ) -> Result<HeartbeatResponse, BackendError> {
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/outline/heartbeat", self.base))
+                .json(beat),
+        )
+        .await
+    }
+
+    /// `GET /gateway/access-events`: the open stream (newline-delimited
+    /// JSON), read with [`reqwest::Response::chunk`].
+    pub async fn access_events(&self) -> Result<reqwest::Response, BackendError> {
+        let res = self
+            .http
+            .get(format!("{}/api/v1/gateway/access-events", self.base))
+            .bearer_auth(&self.token)
+            // The stream lives long; its keepalives say it is alive.
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+        if res.status().is_success() {
+            Ok(res)
+        } else {
+            Err(BackendError::Status {
+                status: res.status().as_u16(),
+                code: "ACCESS_EVENTS".into(),
+            })
+        }
+    }
+
+    /// `GET /outline/config`.
+    pub async fn outline_config(&self) -> Result<OutlineConfig, BackendError> {
+        self.call(
+            self.http
+                .get(format!("{}/api/v1/outline/config", self.base)),
+        )
+        .await
+    }
+}

@@ -1,0 +1,94 @@
+//! TLS material: certificate files, a self-signed certificate for
+//! development, and client configs that trust an extra certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Installs aws-lc-rs as the process's crypto provider (idempotent).
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// aws-lc-rs with TLS_AES_128_GCM_SHA256 preferred: its handshake hashes
+/// with SHA-256, which CPUs accelerate (SHA-384 is computed in software),
+/// and AES-128 is the cheapest bulk cipher where AES instructions exist.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
+}
+
+/// Writes a self-signed certificate for `names` to `cert` and `key` (PEM),
+/// unless both already exist.
+pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[&str]) -> anyhow::Result<()> {
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    let ck = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed certificate")?;
+    std::fs::write(cert, ck.cert.pem()).with_context(|| format!("writing {}", cert.display()))?;
+    let _ = std::fs::remove_file(key);
+    crate::files::write_private(key, ck.signing_key.serialize_pem().as_bytes())
+        .with_context(|| format!("writing {}", key.display()))?;
+    Ok(())
+}
+
+/// A TLS acceptor from PEM certificate and key files (HTTP/1.1 only).
+pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    install_provider();
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("TLS certificate")?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A TLS connector trusting the web PKI roots the system provides, plus
+/// `extra_ca` when given (a self-signed gateway certificate).
+pub fn connector(extra_ca: Option<&Path>) -> anyhow::Result<TlsConnector> {
+    install_provider();
+    let mut roots = RootCertStore::empty();
+    if let Some(path) = extra_ca {
+        for c in CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            roots
+                .add(c.with_context(|| format!("parsing {}", path.display()))?)
+                .context("adding the CA")?;
+        }
+    }
+    for path in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        if let Ok(iter) = CertificateDer::pem_file_iter(path) {
+            for c in iter.flatten() {
+                let _ = roots.add(c);
+            }
+            break;
+        }
+    }
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}

@@ -1,0 +1,74 @@
+//! Heartbeats of gateways and nodes, and the configuration a node fetches.
+
+use serde::{Deserialize, Serialize};
+
+use crate::CloseOrder;
+
+/// What a gateway reports.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GatewayBeat {
+    /// Software version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Open tunnels (WebSockets).
+    #[serde(default)]
+    pub open_tunnels: i32,
+    /// Sessions with tunnels open on this gateway.
+    #[serde(default)]
+    pub open_sessions: Vec<String>,
+    /// Outline nodes the gateway failed to reach since its last heartbeat.
+    #[serde(default)]
+    pub unreachable_nodes: Vec<String>,
+    /// Outline nodes the gateway reached since its last heartbeat.
+    #[serde(default)]
+    pub reachable_nodes: Vec<String>,
+}
+
+/// What an Outline node reports.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct OutlineBeat {
+    /// Software version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Open client connections.
+    #[serde(default)]
+    pub load: i32,
+    /// Bytes received since the node started.
+    #[serde(default)]
+    pub bytes_in: i64,
+    /// Bytes sent since the node started.
+    #[serde(default)]
+    pub bytes_out: i64,
+}
+
+/// Answer of both heartbeats.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatResponse {
+    /// Sessions to close now (always empty for Outline nodes).
+    pub close_sessions: Vec<CloseOrder>,
+    /// When to send the next heartbeat, in seconds.
+    pub heartbeat_interval_secs: i64,
+}
+
+/// What an Outline node needs to run.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OutlineConfig {
+    /// The node's id.
+    pub node_id: String,
+    /// Registered host.
+    pub host: String,
+    /// Registered port (listen on it).
+    pub port: i32,
+    /// Shadowsocks cipher.
+    pub method: String,
+    /// Shadowsocks password.
+    pub secret: String,
+    /// Region code.
+    pub region: String,
+}

@@ -1,0 +1,34 @@
+//! The wire contract between httvps's planes: what gateways and nodes send
+//! to the control plane's `/api/v1` routes and what they get back. Both
+//! planes depend on this crate and on nothing of each other, so a change of
+//! the contract is a change here. No storage, no HTTP framework; OpenAPI
+//! schemas behind the `openapi` feature.
+//!
+//! Map of the crate:
+//! - [`error`]: the JSON error envelope of every REST answer.
+//! - [`reason`]: why a device may not connect (stable codes).
+//! - [`device`]: validate-device, device-token and assign-outline bodies.
+//! - [`usage`]: usage reports (cumulative totals) and close orders.
+//! - [`heartbeat`]: gateway and node heartbeats, the node's configuration.
+//! - [`events`]: the access-event stream gateways follow.
+//! - [`token`]: the shape of opaque access tokens.
+
+pub mod device;
+pub mod error;
+pub mod events;
+pub mod heartbeat;
+pub mod reason;
+pub mod token;
+pub mod usage;
+
+pub use error::{ErrorBody, ErrorDetail};
+pub use reason::Reason;
+pub use usage::{CloseOrder, SessionTotals};
+
+/// Body of the health route.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthBody {
+    /// `ok` or `unavailable`.
+    pub status: String,
+}

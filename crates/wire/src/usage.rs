@@ -1,0 +1,61 @@
+//! Usage reports: per-session *cumulative* byte totals with a sequence
+//! number (so replays and reordering never double count), and the close
+//! orders the control plane answers with.
+
+use serde::{Deserialize, Serialize};
+
+/// Most session totals one report may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+/// One session's cumulative totals.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SessionTotals {
+    /// The session (from assign-outline).
+    pub session_id: String,
+    /// Increasing per session; later reports carry larger numbers.
+    pub seq: i64,
+    /// Cumulative bytes from the client since the session started.
+    pub bytes_up: i64,
+    /// Cumulative bytes to the client since the session started.
+    pub bytes_down: i64,
+}
+
+/// A session the gateway must close, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CloseOrder {
+    /// The session.
+    pub session_id: String,
+    /// Why (a session end reason).
+    pub reason: String,
+}
+
+/// Body of usage/report.
+#[derive(Debug, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UsageReport {
+    /// Cumulative totals per session (at most 10,000).
+    pub reports: Vec<SessionTotals>,
+}
+
+/// Answer of usage/report.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UsageReportResponse {
+    /// Totals received (stored; none is lost from here on).
+    pub accepted: usize,
+    /// Whether the totals were already applied to sessions and accounts when
+    /// this answer was written. Under load they are stored first and merged
+    /// into a later pass, within seconds.
+    #[serde(default)]
+    pub applied: bool,
+    /// Totals that added bytes (the rest were replays or older); 0 while not
+    /// applied.
+    pub counted: usize,
+    /// Sessions the gateway must close now: ended already, or whose owner
+    /// used up the allowance with this report (when applied).
+    pub close_sessions: Vec<CloseOrder>,
+}

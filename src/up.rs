@@ -1,0 +1,305 @@
+//! The zero-setup `up` mode: the control plane on SQLite (generated secret,
+//! first admin), a gateway with a self-signed certificate and an embedded
+//! node, in one process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use httvps_control::accounts::{self, Role};
+use httvps_control::config::{SecretKey, Settings, validate_secret};
+use httvps_control::db::{self, Db, Dsn};
+use httvps_control::state::AppState;
+use httvps_control::{app, http};
+use httvps_dataplane::files::write_private;
+use tokio::net::TcpListener;
+
+/// What `up` prepared, for the binary to print.
+#[derive(Debug)]
+pub struct UpReport {
+    /// Settings the server runs with.
+    pub settings: Settings,
+    /// The first admin's email and password, when created by this start.
+    pub new_admin: Option<(String, String)>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+/// Email of the admin `up` creates on first start.
+pub const UP_ADMIN_EMAIL: &str = "admin@localhost";
+
+/// Prepares the zero-setup mode: the data directory, a secret kept there
+/// (mode 0600), the SQLite database, and a first admin with a random
+/// password on the first start only.
+pub async fn prepare_up(data_dir: &Path, port: u16) -> anyhow::Result<UpReport> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let secret = load_or_create_secret(&data_dir.join("secret.key"))?;
+    let db_path = data_dir.join("httvps.db");
+    let dsn = Dsn::Sqlite(db_path.to_string_lossy().into_owned());
+    let settings = Settings {
+        dsn: dsn.clone(),
+        pool_size: 1,
+        secret,
+        host: std::net::IpAddr::from([127, 0, 0, 1]),
+        port,
+        jwt_algorithm: httvps_control::config::Algorithm::HS256,
+        jwt_expire_minutes: 60,
+        debug: true,
+        gateway_url: None,
+    };
+    db::migrate(&dsn).await.context("applying migrations")?;
+    let db = Db::connect(&dsn, 1).context("opening the database")?;
+    let new_admin = if accounts::admin_exists(&db)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        None
+    } else {
+        let password = httvps_control::auth::random_secret(15);
+        accounts::create_user(&db, UP_ADMIN_EMAIL, &password, Role::Admin)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
+        Some((UP_ADMIN_EMAIL.to_owned(), password))
+    };
+    Ok(UpReport {
+        settings,
+        new_admin,
+        data_dir: data_dir.to_owned(),
+    })
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<SecretKey> {
+    match std::fs::read_to_string(path) {
+        Ok(raw) => {
+            validate_secret(Some(raw.trim())).with_context(|| format!("reading {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = httvps_control::auth::random_secret(48);
+            write_private(path, secret.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(SecretKey::new(secret))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Port of the embedded gateway in `up`.
+pub const UP_GATEWAY_PORT: u16 = 8443;
+
+/// What `up` runs besides the control plane.
+pub struct UpDataPlane {
+    /// The gateway's address.
+    pub gateway_addr: SocketAddr,
+    /// The node's address.
+    pub node_addr: SocketAddr,
+    /// The gateway's certificate (trust it in clients).
+    pub cert: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _node: std::sync::Arc<httvps_dataplane::node::RunningNode>,
+}
+
+impl Drop for UpDataPlane {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts `up`'s embedded node and gateway in region `local`, registered in
+/// the control plane at `backend_url` like any other (fresh machine tokens
+/// at each start). The node allows private destinations: everything in `up`
+/// listens on 127.0.0.1, and it lets a newcomer fetch a local page.
+pub async fn start_up_data_plane(
+    state: &AppState,
+    data_dir: &Path,
+    backend_url: &str,
+    gateway: TcpListener,
+) -> anyhow::Result<UpDataPlane> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use httvps_control::db::schema::{gateway_nodes, outline_nodes, users};
+    use httvps_control::{catalogue, nodes};
+    use httvps_dataplane::{backend::Backend, gateway as gw, node, tls};
+
+    let db = &state.db;
+    let fail = |e: httvps_control::error::AppError| anyhow::anyhow!("{e}");
+    let region = catalogue::ensure_region(db, "local", "Local")
+        .await
+        .map_err(fail)?;
+    let admin: String = httvps_control::db_run!(db, |conn| users::table
+        .filter(users::role.eq("admin"))
+        .order(users::created_at.asc())
+        .select(users::id)
+        .first(conn)
+        .await
+        .map_err(httvps_control::error::AppError::from))
+    .map_err(fail)?;
+    let method = node::parse_method(&region.pool_method).context("region cipher")?;
+    let running = node::start(&node::NodeOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        method,
+        password: region.pool_secret.clone(),
+        allow_private: true,
+    })
+    .await
+    .context("starting the embedded node")?;
+    let node_addr = running.addr;
+    let port = i32::from(node_addr.port());
+    let existing: Option<String> = httvps_control::db_run!(db, |conn| outline_nodes::table
+        .filter(outline_nodes::name.eq("local-node"))
+        .select(outline_nodes::id)
+        .first(conn)
+        .await
+        .optional()
+        .map_err(httvps_control::error::AppError::from))
+    .map_err(fail)?;
+    let node_id = match existing {
+        Some(id) => {
+            httvps_control::db_run!(db, |conn| diesel::update(outline_nodes::table.find(&id))
+                .set((
+                    outline_nodes::host.eq("127.0.0.1"),
+                    outline_nodes::port.eq(port)
+                ))
+                .execute(conn)
+                .await
+                .map_err(httvps_control::error::AppError::from))
+            .map_err(fail)?;
+            id
+        }
+        None => {
+            let input = nodes::NewOutlineNode {
+                region: "local".into(),
+                name: "local-node".into(),
+                host: "127.0.0.1".into(),
+                port,
+                method: None,
+                secret: None,
+                capacity: 1000,
+            };
+            nodes::register_outline(db, &state.api.events, &admin, input)
+                .await
+                .map_err(fail)?
+                .0
+                .id
+        }
+    };
+    let node_token = nodes::rotate_token(db, &admin, &node_id)
+        .await
+        .map_err(fail)?;
+    let gateway_addr = gateway.local_addr()?;
+    let public_url = format!("https://{gateway_addr}");
+    let gw_existing: Option<String> = httvps_control::db_run!(db, |conn| gateway_nodes::table
+        .filter(gateway_nodes::name.eq("local-gateway"))
+        .select(gateway_nodes::id)
+        .first(conn)
+        .await
+        .optional()
+        .map_err(httvps_control::error::AppError::from))
+    .map_err(fail)?;
+    let gw_id = match gw_existing {
+        Some(id) => id,
+        None => {
+            nodes::register_gateway(
+                db,
+                &state.api.events,
+                &admin,
+                "local",
+                "local-gateway",
+                &public_url,
+            )
+            .await
+            .map_err(fail)?
+            .0
+            .id
+        }
+    };
+    let gw_token = nodes::rotate_token(db, &admin, &gw_id)
+        .await
+        .map_err(fail)?;
+    let cert = data_dir.join("gateway.crt");
+    let key = data_dir.join("gateway.key");
+    tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"])?;
+    let acceptor = tls::acceptor(&cert, &key)?;
+    let running = std::sync::Arc::new(running);
+    let beats = node::spawn_heartbeats(
+        Backend::new(backend_url, &node_token)?,
+        running.clone(),
+        Duration::from_secs(5),
+    );
+    let opts = gw::GatewayOptions {
+        public_url,
+        spool: Some(data_dir.join("gateway-spool.json")),
+        ..Default::default()
+    };
+    let gw_backend = Backend::new(backend_url, &gw_token)?;
+    let gw_task = tokio::spawn(async move {
+        if let Err(e) = gw::run(
+            opts,
+            gw_backend,
+            acceptor,
+            gateway,
+            None,
+            std::future::pending::<()>(),
+        )
+        .await
+        {
+            tracing::error!(error = %e, "embedded gateway stopped");
+        }
+    });
+    Ok(UpDataPlane {
+        gateway_addr,
+        node_addr,
+        cert,
+        tasks: vec![beats, gw_task],
+        _node: running,
+    })
+}
+
+/// Runs everything `up` starts (control plane, gateway, node) until
+/// `shutdown`; `ready` is called once all listen, with the control plane's
+/// address and the data plane.
+pub async fn run_up(
+    report: UpReport,
+    gateway_port: u16,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr, &UpDataPlane),
+) -> anyhow::Result<()> {
+    let mut settings = report.settings;
+    let gw_addr = SocketAddr::new(settings.host, gateway_port);
+    let gw_listener = TcpListener::bind(gw_addr)
+        .await
+        .with_context(|| format!("binding {gw_addr}"))?;
+    settings.gateway_url = Some(format!("https://{}", gw_listener.local_addr()?));
+    let state = app::prepare(&settings).await?;
+    let addr = SocketAddr::new(settings.host, settings.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let sweeper = httvps_control::heartbeats::spawn_sweeper(
+        state.db.clone(),
+        state.api.events.clone(),
+        Duration::from_secs(2),
+    );
+    let server = tokio::spawn(http::serve(listener, state.clone(), shutdown));
+    let plane = start_up_data_plane(
+        &state,
+        &report.data_dir,
+        &format!("http://{local}"),
+        gw_listener,
+    )
+    .await?;
+    tracing::info!(http.addr = %local, gateway.addr = %plane.gateway_addr, node.addr = %plane.node_addr, "control plane listening");
+    ready(local, &plane);
+    let served = server
+        .await
+        .context("control plane task")?
+        .context("serving HTTP");
+    sweeper.abort();
+    drop(plane);
+    served
+}
