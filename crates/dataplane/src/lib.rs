@@ -7,7 +7,8 @@
 //! Map of the crate:
 //! - [`backend`]: the client of the control plane's `/api/v1` routes.
 //! - [`gateway`]: TLS + WebSocket in front of the node pool.
-//! - [`node`]: the Shadowsocks server of the pool.
+//! - [`node`]: the Shadowsocks server of the pool and the one table of
+//!   destinations it refuses.
 //! - [`client`]: the local SOCKS5 proxy through a gateway.
 //! - [`tls`]: certificates, acceptors and connectors.
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).

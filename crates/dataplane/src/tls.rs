@@ -1,5 +1,6 @@
 //! TLS material: certificate files, a self-signed certificate for
-//! development, and client configs that trust an extra certificate.
+//! development, and client configs that trust the system's roots plus an
+//! extra certificate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -74,17 +75,13 @@ pub fn connector(extra_ca: Option<&Path>) -> anyhow::Result<TlsConnector> {
                 .context("adding the CA")?;
         }
     }
-    for path in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
-        if let Ok(iter) = CertificateDer::pem_file_iter(path) {
-            for c in iter.flatten() {
-                let _ = roots.add(c);
-            }
-            break;
-        }
+    // The system's trust store wherever this system keeps it (and
+    // SSL_CERT_FILE / SSL_CERT_DIR when set), as the stock clients trust it.
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system root certificate was skipped");
     }
+    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS versions")?

@@ -1,22 +1,29 @@
 //! The node: a real Shadowsocks server (shadowsocks-service, TCP and UDP)
 //! with its pool's key, refusing private destinations by default, and
 //! heartbeating its traffic counters to the control plane.
+//!
+//! - `destinations`: the one table of refused destinations, with the
+//!   ACL and the resolver filter made from it.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shadowsocks_service::acl::AccessControl;
 use shadowsocks_service::net::FlowStat;
 use shadowsocks_service::server::{Server, ServerBuilder};
 use shadowsocks_service::shadowsocks::config::{Mode, ServerConfig};
 use shadowsocks_service::shadowsocks::crypto::CipherKind;
-use shadowsocks_service::shadowsocks::dns_resolver::{DnsResolve, DnsResolver};
+use shadowsocks_service::shadowsocks::dns_resolver::DnsResolver;
 use tokio::task::JoinHandle;
 
-use super::backend::Backend;
+use crate::backend::Backend;
 use httvps_wire::heartbeat::OutlineBeat;
+
+mod destinations;
+
+pub use destinations::{PRIVATE_NETS, PrivateNet, is_private};
+use destinations::{PublicOnly, private_block_acl};
 
 /// Parses one of the supported cipher names.
 pub fn parse_method(name: &str) -> Option<CipherKind> {
@@ -26,91 +33,6 @@ pub fn parse_method(name: &str) -> Option<CipherKind> {
         }
         _ => None,
     }
-}
-
-/// Whether a destination is private, loopback, link-local or otherwise not
-/// on the public internet.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_private(IpAddr::V4(v4)),
-            None => {
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || v6.is_unique_local()
-                    || v6.is_unicast_link_local()
-            }
-        },
-    }
-}
-
-/// Resolves names to public addresses only, closing the gap between the
-/// ACL's check and the connection's own lookup (DNS rebinding).
-struct PublicOnly;
-
-impl DnsResolve for PublicOnly {
-    async fn resolve(&self, addr: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((addr, port))
-            .await?
-            .filter(|a| !is_private(a.ip()))
-            .collect();
-        if found.is_empty() {
-            // Never an empty Ok: shadowsocks asserts on it.
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "destination not allowed",
-            ));
-        }
-        Ok(found)
-    }
-}
-
-/// The ACL refusing private destinations (written to a scratch file: the
-/// ACL loads only from files).
-fn private_block_acl() -> io::Result<AccessControl> {
-    let mut rules = String::from("[accept_all]\n[outbound_allow_all]\n[outbound_block_list]\n");
-    for net in [
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.0.0.0/24",
-        "192.168.0.0/16",
-        "198.18.0.0/15",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
-        "::/128",
-        "::1/128",
-        "fc00::/7",
-        "fe80::/10",
-        "ff00::/8",
-    ] {
-        rules.push_str(net);
-        rules.push('\n');
-    }
-    let path = std::env::temp_dir().join(format!(
-        "httvps-node-acl-{}.conf",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(&path, rules)?;
-    let acl = AccessControl::load_from_file(&path);
-    let _ = std::fs::remove_file(&path);
-    acl
 }
 
 /// Node settings.

@@ -1,0 +1,108 @@
+//! One tunnel for one local TCP connection: a WebSocket to the gateway
+//! carrying a Shadowsocks stream to the target, and the copy between the
+//! two (used by SOCKS5 CONNECT and by the plain port forward).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use shadowsocks_service::shadowsocks::ProxyClientStream;
+use shadowsocks_service::shadowsocks::relay::Address;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::params::Params;
+use super::{Shared, Tls};
+use crate::wsio::WsIo;
+
+/// Copy buffer per direction: large writes mean few WebSocket messages and
+/// few syscalls at every hop.
+const COPY_BUF: usize = 32 * 1024;
+
+/// Largest first write into a Shadowsocks stream: it carries the target
+/// address too and must fit one AEAD chunk (16,383 bytes).
+const FIRST_WRITE_MAX: usize = 16 * 1024 - 512;
+
+/// A Shadowsocks stream to a target through a gateway WebSocket.
+pub(super) type Proxied = CapFirstWrite<ProxyClientStream<WsIo<Tls>>>;
+
+/// Opens a tunnel to `target` with the parameters `p`.
+pub(super) async fn open(s: &Shared, p: &Params, target: Address) -> anyhow::Result<Proxied> {
+    let ws = s.open_ws(p, "tcp").await?;
+    Ok(CapFirstWrite::new(ProxyClientStream::from_stream(
+        s.ctx.clone(),
+        WsIo::new(ws),
+        &p.config,
+        target,
+    )))
+}
+
+/// Copies both ways until both sides are done.
+pub(super) async fn pipe(stream: &mut TcpStream, proxied: &mut Proxied) -> io::Result<()> {
+    tokio::io::copy_bidirectional_with_sizes(stream, proxied, COPY_BUF, COPY_BUF).await?;
+    Ok(())
+}
+
+/// Pipes one local connection to `target` through a new tunnel.
+pub(super) async fn forward(
+    s: Arc<Shared>,
+    mut stream: TcpStream,
+    target: Address,
+) -> anyhow::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let p = s.params();
+    let mut proxied = open(&s, &p, target).await?;
+    pipe(&mut stream, &mut proxied).await?;
+    Ok(())
+}
+
+/// Caps the first write to a [`ProxyClientStream`] (see [`FIRST_WRITE_MAX`]);
+/// later writes pass unchanged.
+pub(super) struct CapFirstWrite<S> {
+    inner: S,
+    first: bool,
+}
+
+impl<S> CapFirstWrite<S> {
+    fn new(inner: S) -> Self {
+        CapFirstWrite { inner, first: true }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CapFirstWrite<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CapFirstWrite<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = if self.first {
+            buf.len().min(FIRST_WRITE_MAX)
+        } else {
+            buf.len()
+        };
+        let r = Pin::new(&mut self.inner).poll_write(cx, &buf[..n]);
+        if matches!(r, Poll::Ready(Ok(_))) {
+            self.first = false;
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,153 @@
+//! The client: a local SOCKS5 proxy (CONNECT and UDP ASSOCIATE), or a
+//! plain port forward to one destination, tunnelling Shadowsocks over
+//! WebSocket through a gateway. It asks the control plane for its key (as
+//! a device, with a device JWT) and follows node events, fetching its
+//! parameters again when a node of its region goes away.
+//!
+//! - `params`: the parameters, the URL and destination parsers, the
+//!   node-event follower.
+//! - `socks`: the SOCKS5 front.
+//! - `udp`: UDP ASSOCIATE.
+//! - `forward`: one tunnel per local TCP connection.
+
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shadowsocks_service::shadowsocks::config::ServerType;
+use shadowsocks_service::shadowsocks::context::{Context, SharedContext};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+
+mod forward;
+mod params;
+mod socks;
+mod udp;
+
+use params::Params;
+pub use params::{parse_destination, split_url};
+
+/// Client settings.
+// No Debug: it holds the device token.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Control plane base URL.
+    pub backend: String,
+    /// The device's access token.
+    pub device_token: String,
+    /// Gateway URL; default: what the control plane says.
+    pub gateway: Option<String>,
+    /// Extra trusted certificate (PEM) for a self-signed gateway.
+    pub ca_cert: Option<PathBuf>,
+    /// Region wanted.
+    pub region: Option<String>,
+    /// Instead of SOCKS5, forward every local connection to this
+    /// destination (`host:port`) through the tunnel.
+    pub forward: Option<String>,
+}
+
+/// TLS to the gateway.
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// What every local connection shares.
+struct Shared {
+    opts: ClientOptions,
+    params: RwLock<Params>,
+    tls: TlsConnector,
+    ctx: SharedContext,
+}
+
+impl Shared {
+    /// The current parameters (a node event may replace them any time).
+    fn params(&self) -> Params {
+        self.params
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_params(&self, p: Params) {
+        *self.params.write().unwrap_or_else(PoisonError::into_inner) = p;
+    }
+
+    /// A WebSocket to the gateway's `/ws/{token}/{kind}`.
+    async fn open_ws(
+        &self,
+        p: &Params,
+        kind: &str,
+    ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Tls>> {
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            TcpStream::connect((p.gateway_host.as_str(), p.gateway_port)),
+        )
+        .await
+        .context("connecting to the gateway: timeout")??;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(p.gateway_host.clone()).context("gateway host name")?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .context("TLS with the gateway")?;
+        let host = if p.gateway_host.contains(':') {
+            format!("[{}]", p.gateway_host)
+        } else {
+            p.gateway_host.clone()
+        };
+        let url = format!(
+            "wss://{host}:{}/ws/{}/{kind}",
+            p.gateway_port, self.opts.device_token
+        );
+        // A small read buffer: tungstenite zeroes it before every read.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(16 * 1024);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tls, Some(config))
+            .await
+            .context("WebSocket with the gateway")?;
+        Ok(ws)
+    }
+}
+
+/// Runs the SOCKS5 proxy (or the port forward) on `listener` until
+/// `shutdown`.
+pub async fn run(
+    opts: ClientOptions,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let target = opts.forward.as_deref().map(parse_destination).transpose()?;
+    let params = params::fetch(&opts).await?;
+    tracing::info!(region = %params.region, gateway = %params.gateway_host, "client ready");
+    let shared = Arc::new(Shared {
+        tls: crate::tls::connector(opts.ca_cert.as_deref())?,
+        params: RwLock::new(params),
+        ctx: Context::new_shared(ServerType::Local),
+        opts,
+    });
+    let follower = tokio::spawn(params::follow_events(shared.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let shared = shared.clone();
+        let target = target.clone();
+        tokio::spawn(async move {
+            let ended = match target {
+                Some(target) => forward::forward(shared, stream, target).await,
+                None => socks::serve(shared, stream).await,
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "local connection ended");
+            }
+        });
+    }
+    follower.abort();
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! What tunnels need (the gateway and the Shadowsocks key), fetched from
+//! the control plane as a device, and the follower of `nodeEvents` that
+//! fetches them again when a node of the region goes away.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::{SinkExt, StreamExt};
+use shadowsocks_service::shadowsocks::config::ServerConfig;
+use shadowsocks_service::shadowsocks::relay::Address;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::{ClientOptions, Shared};
+use crate::backend::Backend;
+use crate::node::parse_method;
+
+/// Where tunnels go and the Shadowsocks key.
+#[derive(Clone)]
+pub(super) struct Params {
+    pub(super) gateway_host: String,
+    pub(super) gateway_port: u16,
+    pub(super) config: ServerConfig,
+    pub(super) region: String,
+}
+
+/// Parses a `host:port` destination (IPv6 hosts in brackets).
+pub fn parse_destination(s: &str) -> anyhow::Result<Address> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(Address::SocketAddress(addr));
+    }
+    let (host, port) = s.rsplit_once(':').context("a destination is host:port")?;
+    let port: u16 = port.parse().context("destination port")?;
+    anyhow::ensure!(
+        !host.is_empty() && host.len() <= 255 && !host.contains(['/', ' ', '[', ']']),
+        "destination host"
+    );
+    Ok(Address::DomainNameAddress(host.to_owned(), port))
+}
+
+/// Splits a gateway URL (`https://host[:port][/...]`) into host (IPv6
+/// without brackets) and port.
+pub fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let parsed = url::Url::parse(url).context("the gateway URL")?;
+    anyhow::ensure!(
+        parsed.scheme() == "https",
+        "the gateway URL must start with https://"
+    );
+    let host = match parsed.host().context("the gateway URL has no host")? {
+        url::Host::Domain(d) => d.to_owned(),
+        url::Host::Ipv4(a) => a.to_string(),
+        url::Host::Ipv6(a) => a.to_string(),
+    };
+    Ok((host, parsed.port_or_known_default().unwrap_or(443)))
+}
+
+/// Asks the control plane, as the device, for a node and its key.
+pub(super) async fn fetch(opts: &ClientOptions) -> anyhow::Result<Params> {
+    let backend = Backend::new(&opts.backend, &opts.device_token)?;
+    let jwt = backend
+        .device_jwt()
+        .await
+        .context("exchanging the device token")?;
+    let a = backend
+        .assign_as_device(&jwt.token, opts.region.as_deref())
+        .await
+        .context("asking for a node")?;
+    let url = opts
+        .gateway
+        .clone()
+        .or(a.gateway_url)
+        .context("no gateway URL known: pass --gateway")?;
+    let (gateway_host, gateway_port) = split_url(&url)?;
+    let method = parse_method(&a.method).context("unsupported cipher")?;
+    let config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), a.password, method)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Params {
+        gateway_host,
+        gateway_port,
+        config,
+        region: a.region,
+    })
+}
+
+/// Whether a `nodeEvents` kind means the node no longer takes tunnels (a
+/// pool-of-one node's key goes with it, so parameters are fetched again).
+fn node_gone(kind: &str) -> bool {
+    matches!(kind, "DOWN" | "DRAINING" | "DISABLED" | "DELETED")
+}
+
+/// Follows `nodeEvents` of the client's region; when a node goes down,
+/// drains or disappears, fetches parameters again. Reconnects after
+/// failures, until the task is dropped.
+pub(super) async fn follow_events(s: Arc<Shared>) {
+    let ws_url = s.opts.backend.replacen("http", "ws", 1) + "/graphql/ws";
+    loop {
+        let region = s.params().region;
+        let attempt = async {
+            let mut req = ws_url.as_str().into_client_request()?;
+            req.headers_mut()
+                .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+            let init = serde_json::json!({"type": "connection_init", "payload": {"deviceToken": s.opts.device_token}});
+            ws.send(Message::Text(init.to_string().into())).await?;
+            let sub = serde_json::json!({"id": "1", "type": "subscribe", "payload": {
+                "query": "subscription($r:String){nodeEvents(region:$r){nodeId kind}}", "variables": {"r": region}}});
+            ws.send(Message::Text(sub.to_string().into())).await?;
+            while let Some(msg) = ws.next().await {
+                let Message::Text(t) = msg? else { continue };
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                let kind = v["payload"]["data"]["nodeEvents"]["kind"]
+                    .as_str()
+                    .unwrap_or_default();
+                if node_gone(kind) {
+                    match fetch(&s.opts).await {
+                        Ok(p) => s.set_params(p),
+                        Err(e) => tracing::warn!(error = %e, "refreshing parameters"),
+                    }
+                }
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = attempt.await {
+            tracing::debug!(error = %e, "node events");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_urls_split_into_host_and_port() {
+        let split = |u: &str| split_url(u).ok();
+        assert_eq!(
+            split("https://gw.example"),
+            Some(("gw.example".into(), 443))
+        );
+        assert_eq!(
+            split("https://gw.example/"),
+            Some(("gw.example".into(), 443))
+        );
+        assert_eq!(
+            split("https://gw.example:8443/a/b?c#d"),
+            Some(("gw.example".into(), 8443))
+        );
+        assert_eq!(split("https://127.0.0.1:9"), Some(("127.0.0.1".into(), 9)));
+        assert_eq!(split("https://[::1]:8443"), Some(("::1".into(), 8443)));
+        assert_eq!(
+            split("https://[2001:db8::1]"),
+            Some(("2001:db8::1".into(), 443))
+        );
+        assert_eq!(
+            split("https://gw.example:443"),
+            Some(("gw.example".into(), 443))
+        );
+    }
+
+    #[test]
+    fn gateway_urls_that_are_not_https_with_a_host_are_refused() {
+        for bad in [
+            "",
+            "gw.example",
+            "gw.example:443",
+            "http://gw.example",
+            "wss://gw.example",
+            "https://",
+            "https://gw.example:99999",
+            "https://gw.example:port",
+            "https://[::1",
+        ] {
+            assert!(split_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn destinations_parse_names_and_addresses() {
+        assert_eq!(
+            parse_destination("example.com:443").ok(),
+            Some(Address::DomainNameAddress("example.com".into(), 443))
+        );
+        assert_eq!(
+            parse_destination("[::1]:80").ok(),
+            Some(Address::SocketAddress("[::1]:80".parse().expect("addr")))
+        );
+        for bad in [
+            "example.com",
+            ":80",
+            "a b:1",
+            "[x]:1",
+            "host:70000",
+            "host:",
+        ] {
+            assert!(parse_destination(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn only_nodes_that_stop_taking_tunnels_refresh_parameters() {
+        for kind in ["DOWN", "DRAINING", "DISABLED", "DELETED"] {
+            assert!(node_gone(kind), "{kind}");
+        }
+        for kind in ["UP", "LOAD", "CREATED", ""] {
+            assert!(!node_gone(kind), "{kind}");
+        }
+    }
+}
