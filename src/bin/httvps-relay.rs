@@ -74,6 +74,9 @@ struct GatewayArgs {
     /// Most open tunnels per device.
     #[arg(long, env = "GATEWAY_MAX_TUNNELS_PER_DEVICE", default_value_t = 512)]
     max_tunnels_per_device: usize,
+    /// Most devices whose validation answers are cached.
+    #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
+    cache_capacity: usize,
     /// Deadline for the TLS handshake, headers and upgrade, in seconds.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     handshake_timeout_secs: u64,
@@ -186,6 +189,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 public_url: a.public_url,
                 max_tunnels: a.max_tunnels,
                 max_tunnels_per_device: a.max_tunnels_per_device,
+                cache_capacity: a.cache_capacity,
                 handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
                 drain_grace: Duration::from_secs(a.drain_grace_secs),
                 spool: a.spool,

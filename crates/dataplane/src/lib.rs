@@ -4,13 +4,19 @@
 //! It shares only the wire contract (`httvps-wire`) with the control plane
 //! and cannot depend on it.
 //!
-//! Map of the crate:
+//! Map of the crate (decisions are pure functions or state machines with
+//! unit tests beside them; the modules around them do the I/O):
 //! - [`backend`]: the client of the control plane's `/api/v1` routes.
-//! - [`gateway`]: TLS + WebSocket in front of the node pool.
-//! - [`node`]: the Shadowsocks server of the pool and the one table of
+//! - [`gateway`]: TLS + WebSocket in front of the node pool: accept loop,
+//!   routes, admission (validation cache lifetimes, outage rule, caps), TCP
+//!   and UDP pipes, access document, sessions and usage reports with their
+//!   spool, the control-plane follower (heartbeats, access events, expiry
+//!   schedule), and the admin listener (health, metrics).
+//! - [`node`]: the Shadowsocks server of the pool, and the one table of
 //!   destinations it refuses.
-//! - [`client`]: the local SOCKS5 proxy through a gateway.
-//! - [`tls`]: certificates, acceptors and connectors.
+//! - [`client`]: the local SOCKS5 proxy (or port forward) through a
+//!   gateway: parameters and node events, SOCKS5, UDP associate, forward.
+//! - [`tls`]: certificates, acceptors and connectors (system roots).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
 

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use super::{Shared, forward, udp};
 
 /// Answers a request with `reply` and the address bound for it.
-pub(super) async fn reply<W: AsyncWrite + Unpin>(
+async fn reply<W: AsyncWrite + Unpin>(
     w: &mut W,
     reply: Reply,
     bound: SocketAddr,
@@ -62,7 +62,11 @@ pub(super) async fn serve(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Resu
             forward::pipe(&mut stream, &mut proxied).await?;
             Ok(())
         }
-        Command::UdpAssociate => udp::associate(&s, stream, p).await,
+        Command::UdpAssociate => {
+            let association = udp::Association::open(&s, &stream, &p).await?;
+            reply(&mut stream, Reply::Succeeded, association.local_addr()?).await?;
+            association.run(&s, stream, p).await
+        }
         Command::TcpBind => {
             reply(&mut stream, Reply::CommandNotSupported, unspecified).await?;
             anyhow::bail!("unsupported SOCKS command BIND")

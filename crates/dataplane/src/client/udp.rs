@@ -10,7 +10,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use shadowsocks_service::shadowsocks::config::ServerConfig;
 use shadowsocks_service::shadowsocks::context::SharedContext;
-use shadowsocks_service::shadowsocks::relay::socks5::{Reply, UdpAssociateHeader};
+use shadowsocks_service::shadowsocks::relay::socks5::UdpAssociateHeader;
 use shadowsocks_service::shadowsocks::relay::udprelay::crypto_io::{
     decrypt_server_payload, encrypt_client_payload,
 };
@@ -21,25 +21,48 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::params::Params;
-use super::socks::reply;
 use super::{Shared, Tls};
 
 /// The local application's address, learnt from its first datagram.
 type Peer = Arc<Mutex<Option<SocketAddr>>>;
 
-/// Runs one association on `control` (its SOCKS5 connection).
-pub(super) async fn associate(s: &Shared, mut control: TcpStream, p: Params) -> anyhow::Result<()> {
-    let local_ip = control.local_addr()?.ip();
-    let socket = Arc::new(UdpSocket::bind((local_ip, 0)).await?);
-    let ws = s.open_ws(&p, "udp").await?;
-    reply(&mut control, Reply::Succeeded, socket.local_addr()?).await?;
-    let (sink, source) = ws.split();
-    let peer = Peer::default();
-    let mut probe = [0u8; 1];
-    tokio::select! {
-        r = upstream(socket.clone(), peer.clone(), sink, s.ctx.clone(), p.config.clone()) => r,
-        r = downstream(socket, peer, source, s.ctx.clone(), p.config) => r,
-        _ = control.read(&mut probe) => Ok(()),
+/// An association's local socket and its WebSocket to the gateway.
+pub(super) struct Association {
+    socket: Arc<UdpSocket>,
+    ws: WebSocketStream<Tls>,
+}
+
+impl Association {
+    /// Binds the local socket (on the address the application reached us
+    /// at) and opens the tunnel.
+    pub(super) async fn open(s: &Shared, control: &TcpStream, p: &Params) -> anyhow::Result<Self> {
+        let local_ip = control.local_addr()?.ip();
+        let socket = Arc::new(UdpSocket::bind((local_ip, 0)).await?);
+        let ws = s.open_ws(p, "udp").await?;
+        Ok(Association { socket, ws })
+    }
+
+    /// Where the application sends its datagrams.
+    pub(super) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Relays until either side fails or `control` closes.
+    pub(super) async fn run(
+        self,
+        s: &Shared,
+        mut control: TcpStream,
+        p: Params,
+    ) -> anyhow::Result<()> {
+        let (sink, source) = self.ws.split();
+        let peer = Peer::default();
+        let socket = self.socket;
+        let mut probe = [0u8; 1];
+        tokio::select! {
+            r = upstream(socket.clone(), peer.clone(), sink, s.ctx.clone(), p.config.clone()) => r,
+            r = downstream(socket, peer, source, s.ctx.clone(), p.config) => r,
+            _ = control.read(&mut probe) => Ok(()),
+        }
     }
 }
 

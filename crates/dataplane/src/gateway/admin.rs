@@ -1,0 +1,127 @@
+//! The admin listener: `/health` and `/metrics` (Prometheus text: open
+//! tunnels, payload bytes each way since start, refusals), for operators
+//! on a private address.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::Gateway;
+
+/// The gateway's own counters (the rest is read from its state at scrape).
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    refused: Counter,
+}
+
+impl Metrics {
+    /// Counts a refused request or tunnel.
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+}
+
+/// Reads the live figures at each scrape.
+struct Live(Arc<Gateway>);
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+/// A value under its bare name, typed `untyped`: the byte totals were
+/// published as `httvps_gateway_bytes_{up,down}` before the `_total`
+/// counters existed, and dashboards may still read them.
+#[derive(Debug)]
+struct Untyped(u64);
+
+impl EncodeMetric for Untyped {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.0)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Unknown
+    }
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let open = ConstGauge::new(i64::try_from(self.0.open_tunnels()).unwrap_or(i64::MAX));
+        open.encode(encoder.encode_descriptor(
+            "httvps_gateway_open_tunnels",
+            "Open tunnels.",
+            None,
+            open.metric_type(),
+        )?)?;
+        let (up, down) = self.0.sessions.totals();
+        for (name, help, value) in [
+            (
+                "httvps_gateway_bytes_up",
+                "Payload bytes from clients to nodes.",
+                up,
+            ),
+            (
+                "httvps_gateway_bytes_down",
+                "Payload bytes from nodes to clients.",
+                down,
+            ),
+        ] {
+            let total = ConstCounter::new(value);
+            total.encode(encoder.encode_descriptor(name, help, None, total.metric_type())?)?;
+            let legacy = Untyped(value);
+            legacy.encode(encoder.encode_descriptor(
+                name,
+                "Same as the _total counter (the name earlier gateways published).",
+                None,
+                legacy.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The admin routes.
+pub(crate) fn router(gw: Arc<Gateway>) -> Router {
+    let mut registry = Registry::default();
+    registry.register(
+        "httvps_gateway_refused",
+        "Requests and tunnels refused.",
+        gw.metrics.refused.clone(),
+    );
+    registry.register_collector(Box::new(Live(gw)));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(registry))
+}
+
+async fn health() -> &'static str {
+    "{\"status\":\"ok\"}"
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    let mut body = String::new();
+    if prometheus_client::encoding::prometheus_text::encode(&mut body, &registry).is_err() {
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
+}

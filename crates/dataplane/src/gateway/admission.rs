@@ -1,0 +1,414 @@
+//! Admission, the pure core (no I/O; the time is an argument): which
+//! verdict a cached control-plane answer gives and for how long, how a
+//! failed call is treated (the outage rule), and the tunnel caps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use httvps_wire::Reason;
+use httvps_wire::device::AssignResponse;
+
+use crate::backend::BackendError;
+
+/// Where a device's tunnels go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// The session the tunnels count against.
+    pub session_id: String,
+    /// The node, for reachability reports.
+    pub node_id: String,
+    /// The node's address (`host:port`, IPv6 in brackets).
+    pub node: String,
+    /// Cipher of the node's key (for the access document).
+    pub method: String,
+    /// The node's key (for the access document).
+    pub password: String,
+}
+
+impl Route {
+    /// The route in an assignment, unless it lacks the node's address.
+    pub fn of(a: AssignResponse) -> Option<Route> {
+        let (Some(host), Some(port), Some(node_id)) = (a.host, a.port, a.node_id) else {
+            return None;
+        };
+        Some(Route {
+            session_id: a.session_id,
+            node_id,
+            node: if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            },
+            method: a.method,
+            password: a.password,
+        })
+    }
+}
+
+/// What the control plane said about a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Tunnels go there.
+    Go(Arc<Route>),
+    /// Refused, with a reason (the access document shows it).
+    Refused(Reason),
+    /// An unknown credential: answered like an unknown path, so the
+    /// gateway can't be probed for tokens.
+    Unknown,
+}
+
+/// A verdict and how long it may be used.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Used without asking until then.
+    pub fresh_until: Instant,
+    /// Used while the control plane is down until then (positive verdicts).
+    pub stale_until: Instant,
+}
+
+impl Entry {
+    /// Whether the entry is of no more use at `now` (it can be dropped).
+    pub fn spent(&self, now: Instant) -> bool {
+        now >= self.fresh_until.max(self.stale_until)
+    }
+
+    /// Whether the entry sends tunnels to one of `sessions`.
+    pub fn routes_to(&self, sessions: &[&str]) -> bool {
+        matches!(&self.verdict, Verdict::Go(r) if sessions.contains(&r.session_id.as_str()))
+    }
+}
+
+/// Longest lifetime honoured (keeps `Instant` arithmetic in range whatever
+/// the settings say).
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long verdicts are used.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lifetimes {
+    /// Any verdict, without asking again.
+    pub fresh: Duration,
+    /// A positive verdict, while the control plane is down.
+    pub outage: Duration,
+    /// A negative verdict (refused or unknown), without asking again.
+    pub negative: Duration,
+}
+
+impl Lifetimes {
+    /// The cache entry for `verdict`, learnt at `now`. `valid_for` is what
+    /// is left of the subscription: no verdict outlives it.
+    pub fn entry(&self, verdict: Verdict, now: Instant, valid_for: Option<Duration>) -> Entry {
+        let cap = valid_for.unwrap_or(LONGEST).min(LONGEST);
+        let (fresh, stale) = match verdict {
+            Verdict::Go(_) => (self.fresh, self.outage),
+            Verdict::Refused(_) | Verdict::Unknown => (self.negative, Duration::ZERO),
+        };
+        Entry {
+            verdict,
+            fresh_until: now + fresh.min(cap),
+            stale_until: now + stale.min(cap),
+        }
+    }
+}
+
+/// The cached verdict to use at `now` without asking, if any.
+pub(crate) fn fresh(entry: Option<&Entry>, now: Instant) -> Option<Verdict> {
+    entry
+        .filter(|e| now < e.fresh_until)
+        .map(|e| e.verdict.clone())
+}
+
+/// What a failed call to the control plane means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The control plane said no: a verdict, cached like an answer.
+    Said(Verdict),
+    /// The control plane is down: a recent positive verdict may serve.
+    Outage,
+    /// No decision now (no node free, say): refused, nothing cached.
+    Undecided,
+}
+
+/// Sorts a failed call. A refusal with a reason keeps it (an unknown
+/// device looks like an unknown path); any other 4xx is about the
+/// credential, so it is unknown; the control plane being unreachable or
+/// failing (5xx) is an outage; a 503 is the control plane's own "not now"
+/// (no healthy node), which a cached answer must not override.
+pub(crate) fn classify(e: &BackendError) -> Failure {
+    match e {
+        BackendError::Refused(Reason::DeviceUnknown) => Failure::Said(Verdict::Unknown),
+        BackendError::Refused(r) => Failure::Said(Verdict::Refused(*r)),
+        BackendError::Status { status, .. } if (400..500).contains(status) => {
+            Failure::Said(Verdict::Unknown)
+        }
+        e if e.is_outage() => Failure::Outage,
+        _ => Failure::Undecided,
+    }
+}
+
+/// During an outage: the route of a positive verdict still within its
+/// outage lifetime at `now`, else nothing (fail closed).
+pub(crate) fn during_outage(entry: Option<&Entry>, now: Instant) -> Option<Arc<Route>> {
+    match entry {
+        Some(Entry {
+            verdict: Verdict::Go(r),
+            stale_until,
+            ..
+        }) if now < *stale_until => Some(r.clone()),
+        _ => None,
+    }
+}
+
+/// Why a tunnel was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CapRefusal {
+    /// The gateway holds its most tunnels.
+    Full,
+    /// The device holds its most tunnels.
+    DeviceFull,
+}
+
+/// Open tunnels in all and per device, against their caps.
+#[derive(Debug)]
+pub(crate) struct Caps {
+    max_total: usize,
+    max_per_device: usize,
+    open: usize,
+    per_device: HashMap<String, usize>,
+}
+
+impl Caps {
+    /// No tunnel open yet.
+    pub fn new(max_total: usize, max_per_device: usize) -> Self {
+        Caps {
+            max_total,
+            max_per_device,
+            open: 0,
+            per_device: HashMap::new(),
+        }
+    }
+
+    /// Counts a new tunnel of `device`, unless a cap is reached (the
+    /// gateway's first: a full gateway says so whoever asks).
+    pub fn admit(&mut self, device: &str) -> Result<(), CapRefusal> {
+        if self.open >= self.max_total {
+            return Err(CapRefusal::Full);
+        }
+        let n = self.per_device.get(device).copied().unwrap_or(0);
+        if n >= self.max_per_device {
+            return Err(CapRefusal::DeviceFull);
+        }
+        self.per_device.insert(device.to_owned(), n + 1);
+        self.open += 1;
+        Ok(())
+    }
+
+    /// Counts a tunnel of `device` as ended; devices with none are
+    /// forgotten.
+    pub fn release(&mut self, device: &str) {
+        let Some(n) = self.per_device.get_mut(device) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.per_device.remove(device);
+        }
+        self.open = self.open.saturating_sub(1);
+    }
+
+    /// Open tunnels in all.
+    pub fn open(&self) -> usize {
+        self.open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn lifetimes() -> Lifetimes {
+        Lifetimes {
+            fresh: 5 * S,
+            outage: 60 * S,
+            negative: 2 * S,
+        }
+    }
+
+    fn route(session: &str) -> Arc<Route> {
+        Arc::new(Route {
+            session_id: session.into(),
+            node_id: "n1".into(),
+            node: "10.0.0.1:8388".into(),
+            method: "chacha20-ietf-poly1305".into(),
+            password: "k".into(),
+        })
+    }
+
+    #[test]
+    fn a_positive_answer_is_fresh_then_only_serves_an_outage() {
+        let t0 = Instant::now();
+        let e = lifetimes().entry(Verdict::Go(route("s1")), t0, None);
+        assert_eq!(fresh(Some(&e), t0), Some(Verdict::Go(route("s1"))));
+        assert!(fresh(Some(&e), t0 + 4 * S).is_some());
+        assert_eq!(
+            fresh(Some(&e), t0 + 5 * S),
+            None,
+            "fresh TTL over: ask again"
+        );
+        assert_eq!(during_outage(Some(&e), t0 + 59 * S), Some(route("s1")));
+        assert_eq!(
+            during_outage(Some(&e), t0 + 60 * S),
+            None,
+            "then fail closed"
+        );
+        assert!(!e.spent(t0 + 59 * S));
+        assert!(e.spent(t0 + 60 * S));
+    }
+
+    #[test]
+    fn negative_answers_are_short_lived_and_never_serve_an_outage() {
+        let t0 = Instant::now();
+        for verdict in [Verdict::Unknown, Verdict::Refused(Reason::DeviceRevoked)] {
+            let e = lifetimes().entry(verdict.clone(), t0, None);
+            assert_eq!(fresh(Some(&e), t0 + S), Some(verdict));
+            assert_eq!(fresh(Some(&e), t0 + 2 * S), None);
+            assert_eq!(during_outage(Some(&e), t0), None);
+            assert!(e.spent(t0 + 2 * S));
+        }
+    }
+
+    #[test]
+    fn no_answer_outlives_the_subscription() {
+        let t0 = Instant::now();
+        let e = lifetimes().entry(Verdict::Go(route("s1")), t0, Some(3 * S));
+        assert!(fresh(Some(&e), t0 + 2 * S).is_some());
+        assert_eq!(fresh(Some(&e), t0 + 3 * S), None);
+        assert_eq!(
+            during_outage(Some(&e), t0 + 3 * S),
+            None,
+            "not even in an outage"
+        );
+        // An already ended subscription is never reused.
+        let ended = lifetimes().entry(Verdict::Go(route("s1")), t0, Some(Duration::ZERO));
+        assert_eq!(fresh(Some(&ended), t0), None);
+        assert_eq!(during_outage(Some(&ended), t0), None);
+    }
+
+    #[test]
+    fn huge_settings_do_not_overflow() {
+        let t0 = Instant::now();
+        let l = Lifetimes {
+            fresh: Duration::MAX,
+            outage: Duration::MAX,
+            negative: Duration::MAX,
+        };
+        let e = l.entry(Verdict::Go(route("s1")), t0, None);
+        assert!(fresh(Some(&e), t0 + 3600 * S).is_some());
+    }
+
+    #[test]
+    fn nothing_cached_means_asking() {
+        let t0 = Instant::now();
+        assert_eq!(fresh(None, t0), None);
+        assert_eq!(during_outage(None, t0), None);
+    }
+
+    #[test]
+    fn close_orders_find_the_entries_of_their_sessions() {
+        let t0 = Instant::now();
+        let e = lifetimes().entry(Verdict::Go(route("s1")), t0, None);
+        assert!(e.routes_to(&["s0", "s1"]));
+        assert!(!e.routes_to(&["s2"]));
+        let refused = lifetimes().entry(Verdict::Refused(Reason::QuotaExceeded), t0, None);
+        assert!(!refused.routes_to(&["s1"]));
+    }
+
+    #[test]
+    fn the_outage_rule() {
+        let status = |status| BackendError::Status {
+            status,
+            code: "X".into(),
+        };
+        assert_eq!(
+            classify(&BackendError::Unreachable("refused".into())),
+            Failure::Outage
+        );
+        for s in [500, 502, 504] {
+            assert_eq!(classify(&status(s)), Failure::Outage, "{s}");
+        }
+        // 503 is the control plane deciding "not now" (no healthy node).
+        assert_eq!(classify(&status(503)), Failure::Undecided);
+        assert_eq!(classify(&status(302)), Failure::Undecided);
+        for s in [400, 401, 403, 404, 429] {
+            assert_eq!(classify(&status(s)), Failure::Said(Verdict::Unknown), "{s}");
+        }
+        assert_eq!(
+            classify(&BackendError::Refused(Reason::DeviceUnknown)),
+            Failure::Said(Verdict::Unknown)
+        );
+        assert_eq!(
+            classify(&BackendError::Refused(Reason::SubscriptionExpired)),
+            Failure::Said(Verdict::Refused(Reason::SubscriptionExpired))
+        );
+    }
+
+    #[test]
+    fn assignments_without_a_node_address_route_nowhere() {
+        let a = |host: Option<&str>| AssignResponse {
+            session_id: "s1".into(),
+            host: host.map(str::to_owned),
+            port: Some(8388),
+            node_id: Some("n1".into()),
+            method: "aes-128-gcm".into(),
+            password: "k".into(),
+            gateway_url: None,
+            region: "eu".into(),
+            pool_key: true,
+            valid_until: None,
+        };
+        assert_eq!(
+            Route::of(a(Some("10.0.0.1"))).map(|r| r.node),
+            Some("10.0.0.1:8388".into())
+        );
+        assert_eq!(
+            Route::of(a(Some("fd00::1"))).map(|r| r.node),
+            Some("[fd00::1]:8388".into())
+        );
+        assert_eq!(Route::of(a(None)), None);
+    }
+
+    #[test]
+    fn caps_count_tunnels_in_all_and_per_device() {
+        let mut caps = Caps::new(3, 2);
+        assert_eq!(caps.admit("a"), Ok(()));
+        assert_eq!(caps.admit("a"), Ok(()));
+        assert_eq!(caps.admit("a"), Err(CapRefusal::DeviceFull));
+        assert_eq!(caps.admit("b"), Ok(()));
+        assert_eq!(caps.open(), 3);
+        assert_eq!(
+            caps.admit("c"),
+            Err(CapRefusal::Full),
+            "the gateway's cap first"
+        );
+        caps.release("a");
+        assert_eq!(caps.open(), 2);
+        assert_eq!(caps.admit("c"), Ok(()));
+        assert_eq!(caps.admit("a"), Err(CapRefusal::Full));
+    }
+
+    #[test]
+    fn released_devices_are_forgotten_and_unknown_releases_change_nothing() {
+        let mut caps = Caps::new(10, 1);
+        assert_eq!(caps.admit("a"), Ok(()));
+        caps.release("a");
+        caps.release("a");
+        caps.release("nobody");
+        assert_eq!(caps.open(), 0);
+        assert!(caps.per_device.is_empty());
+        assert_eq!(caps.admit("a"), Ok(()));
+    }
+}

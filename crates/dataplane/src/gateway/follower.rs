@@ -1,0 +1,143 @@
+//! The control-plane follower: heartbeats (liveness, load, node
+//! reachability; the answer closes sessions), woken early by access events
+//! and at subscription ends, and the access-event stream that drops every
+//! cached verdict when access changes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use httvps_wire::heartbeat::GatewayBeat;
+use tokio::sync::Notify;
+
+use super::Gateway;
+use super::schedule::{Expiries, Wake};
+
+/// Longest silence on the access-event stream before it is reopened
+/// (the control plane sends a keepalive every 15 s).
+const ACCESS_SILENCE: Duration = Duration::from_secs(40);
+
+/// Longest access-event line kept while waiting for its end.
+const ACCESS_LINE_MAX: usize = 64 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the next heartbeat carries and when it goes.
+#[derive(Debug, Default)]
+pub(crate) struct Beats {
+    expiries: Mutex<Expiries>,
+    /// Wakes the loop to recompute its sleep (a nearer end is known).
+    reschedule: Notify,
+    /// Wakes the loop to beat now (access changed).
+    kick: Notify,
+    unreachable: Mutex<HashSet<String>>,
+    reachable: Mutex<HashSet<String>>,
+}
+
+impl Beats {
+    /// Notes a subscription's end seen in an answer.
+    pub fn note_end(&self, until: chrono::DateTime<chrono::Utc>) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if lock(&self.expiries).note(until.timestamp_millis(), now_ms) {
+            self.reschedule.notify_one();
+        }
+    }
+
+    /// Notes that a node took a connection.
+    pub fn reachable(&self, node_id: &str) {
+        lock(&self.reachable).insert(node_id.to_owned());
+    }
+
+    /// Notes that a node did not take a connection.
+    pub fn unreachable(&self, node_id: &str) {
+        lock(&self.unreachable).insert(node_id.to_owned());
+    }
+}
+
+impl Gateway {
+    /// Sends one heartbeat and carries out its close orders.
+    pub(crate) async fn heartbeat_once(&self) {
+        let unreachable: Vec<String> = lock(&self.beats.unreachable).drain().collect();
+        let reachable: Vec<String> = lock(&self.beats.reachable)
+            .drain()
+            .filter(|n| !unreachable.contains(n))
+            .collect();
+        let beat = GatewayBeat {
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            open_tunnels: i32::try_from(self.open_tunnels()).unwrap_or(i32::MAX),
+            open_sessions: self.sessions.open_ids(),
+            unreachable_nodes: unreachable.clone(),
+            reachable_nodes: reachable,
+        };
+        match self.backend.gateway_heartbeat(&beat).await {
+            Ok(answer) => self.close_sessions(&answer.close_sessions),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                // Told next time.
+                lock(&self.beats.unreachable).extend(unreachable);
+            }
+        }
+    }
+}
+
+/// Beats at the interval, at once after an access event, and just after
+/// each known subscription end.
+pub(crate) async fn heartbeat_loop(gw: Arc<Gateway>) {
+    loop {
+        gw.heartbeat_once().await;
+        let next_beat = tokio::time::Instant::now() + gw.opts.heartbeat_every;
+        loop {
+            let beat_in = next_beat.saturating_duration_since(tokio::time::Instant::now());
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let Wake::Sleep(sleep) = lock(&gw.beats.expiries).next(now_ms, beat_in) else {
+                break;
+            };
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = gw.beats.kick.notified() => break,
+                () = gw.beats.reschedule.notified() => {}
+            }
+        }
+    }
+}
+
+/// Access changed: every cached verdict goes (new handshakes are checked
+/// afresh at once) and a heartbeat goes now (open tunnels of the device
+/// close).
+fn access_changed(gw: &Gateway) {
+    gw.validations.forget_all();
+    gw.beats.kick.notify_one();
+}
+
+/// Follows the control plane's access events. Reconnects after failures;
+/// every (re)connect counts as a change, since events may have been
+/// missed meanwhile.
+pub(crate) async fn access_loop(gw: Arc<Gateway>) {
+    loop {
+        match gw.backend.access_events().await {
+            Ok(mut res) => {
+                access_changed(&gw);
+                let mut buf: Vec<u8> = Vec::new();
+                while let Ok(Ok(Some(chunk))) =
+                    tokio::time::timeout(ACCESS_SILENCE, res.chunk()).await
+                {
+                    buf.extend_from_slice(&chunk);
+                    while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=end).collect();
+                        if httvps_wire::events::is_access_change(&line) {
+                            tracing::debug!("access changed: validations dropped");
+                            access_changed(&gw);
+                        }
+                    }
+                    if buf.len() > ACCESS_LINE_MAX {
+                        break;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "access events unavailable"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

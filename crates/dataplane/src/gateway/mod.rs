@@ -1,0 +1,259 @@
+//! The gateway: TLS and WebSocket in front of the hidden node pool. It
+//! authenticates the device from the URL (asking the control plane, with a
+//! short cache), pipes Shadowsocks bytes to the assigned node unchanged,
+//! counts payload bytes per session, reports cumulative totals, heartbeats,
+//! and closes the sessions the control plane names. It follows the control
+//! plane's access events, so a revoked device is refused at once. It also
+//! serves the Outline dynamic access key document at `/c/{token}`.
+//!
+//! This module puts the parts together ([`run`]); each part owns its state:
+//! - `accept`: the accept loop (TLS + HTTP/1.1 with deadlines).
+//! - `routes`: `/ws/{token}/tcp`, `/ws/{token}/udp`, `/c/{token}`, the 404.
+//! - `admission`: the pure core: verdict lifetimes, the outage rule, caps.
+//! - `validator`: the bounded validation cache and the control-plane call.
+//! - `tunnel`, `tcp`, `udp`: the pipes.
+//! - `document`: the Outline access document.
+//! - `sessions`: per-session counters, close signals, monotonic totals.
+//! - `usage`, `spool`: usage reports and the spool behind them.
+//! - `follower`, `schedule`: heartbeats, access events, the expiry schedule.
+//! - `admin`: health and metrics.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use httvps_wire::CloseOrder;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::Backend;
+
+mod accept;
+mod admin;
+mod admission;
+mod document;
+mod follower;
+mod routes;
+mod schedule;
+mod sessions;
+mod spool;
+mod tcp;
+mod tunnel;
+mod udp;
+mod usage;
+mod validator;
+
+pub use document::access_yaml;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Public URL clients use (`https://host[:port]`), for access documents.
+    pub public_url: String,
+    /// Deadline for the TLS handshake, the request headers and the upgrade.
+    pub handshake_timeout: Duration,
+    /// Most open tunnels in all.
+    pub max_tunnels: usize,
+    /// Most open tunnels per device (a browser opens dozens).
+    pub max_tunnels_per_device: usize,
+    /// Largest WebSocket frame accepted from clients.
+    pub max_frame: usize,
+    /// How long a control-plane answer is reused.
+    pub cache_ttl: Duration,
+    /// How long a positive answer is reused while the control plane is down.
+    pub outage_ttl: Duration,
+    /// Most credentials whose answers are cached (the least useful go first).
+    pub cache_capacity: usize,
+    /// Interval of usage reports.
+    pub report_every: Duration,
+    /// Interval of heartbeats.
+    pub heartbeat_every: Duration,
+    /// On shutdown, how long open tunnels may finish before they are closed (1001).
+    pub drain_grace: Duration,
+    /// File keeping per-session cumulative totals, so a restart (even after
+    /// SIGKILL) neither loses nor recounts what was reported.
+    pub spool: Option<std::path::PathBuf>,
+    /// A tunnel with no data either way for this long gets a WebSocket Ping.
+    pub idle_ping: Duration,
+    /// A tunnel with no data either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            public_url: "https://127.0.0.1:8443".into(),
+            handshake_timeout: Duration::from_secs(10),
+            max_tunnels: 10_000,
+            max_tunnels_per_device: 512,
+            max_frame: 256 * 1024,
+            cache_ttl: Duration::from_secs(5),
+            outage_ttl: Duration::from_secs(60),
+            cache_capacity: 100_000,
+            report_every: Duration::from_secs(2),
+            heartbeat_every: Duration::from_secs(5),
+            drain_grace: Duration::from_secs(10),
+            spool: None,
+            idle_ping: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How long open tunnels get to send their 1001 Close once the grace is over.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The gateway's parts.
+struct Gateway {
+    opts: GatewayOptions,
+    backend: Backend,
+    validations: validator::Validations,
+    caps: Mutex<admission::Caps>,
+    sessions: sessions::Sessions,
+    beats: follower::Beats,
+    reports: usage::Reports,
+    metrics: admin::Metrics,
+    /// Every tunnel's pipe.
+    tunnels: TaskTracker,
+}
+
+impl Gateway {
+    /// Counts a new tunnel of `device` in the caps.
+    fn admit(&self, device: &str) -> Result<(), admission::CapRefusal> {
+        self.caps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(device)
+    }
+
+    /// Counts a tunnel of `device` as ended.
+    fn release(&self, device: &str) {
+        self.caps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .release(device);
+    }
+
+    fn open_tunnels(&self) -> usize {
+        self.caps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open()
+    }
+
+    /// Carries out close orders: the sessions' tunnels close and their
+    /// devices' next handshakes ask the control plane again.
+    fn close_sessions(&self, orders: &[CloseOrder]) {
+        if orders.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = orders.iter().map(|o| o.session_id.as_str()).collect();
+        self.validations.forget_sessions(&ids);
+        self.sessions.close(orders);
+    }
+}
+
+/// Runs `task` on `tracker` until `stop` is cancelled.
+fn spawn_until(
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = task => {}
+        }
+    });
+}
+
+/// Runs the gateway on `listener` (TLS) until `shutdown`, reporting to the
+/// control plane through `backend`; `admin` serves health and metrics. On
+/// shutdown it stops accepting, lets open tunnels finish for the drain
+/// grace, closes the rest (1001), and reports usage one last time. Its
+/// background tasks end with it, even when the future is dropped.
+pub async fn run(
+    opts: GatewayOptions,
+    backend: Backend,
+    acceptor: TlsAcceptor,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let lifetimes = admission::Lifetimes {
+        fresh: opts.cache_ttl,
+        outage: opts.outage_ttl,
+        negative: opts.cache_ttl,
+    };
+    let gw = Arc::new(Gateway {
+        validations: validator::Validations::new(opts.cache_capacity, lifetimes),
+        caps: Mutex::new(admission::Caps::new(
+            opts.max_tunnels,
+            opts.max_tunnels_per_device,
+        )),
+        sessions: sessions::Sessions::default(),
+        beats: follower::Beats::default(),
+        reports: usage::Reports::new(),
+        metrics: admin::Metrics::default(),
+        tunnels: TaskTracker::new(),
+        backend,
+        opts,
+    });
+    if let Some(path) = &gw.opts.spool {
+        let restored = spool::read(path);
+        if !restored.is_empty() {
+            tracing::info!(sessions = restored.len(), "usage spool restored");
+        }
+        gw.sessions.restore(restored);
+    }
+    let background = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
+    spawn_until(&background, &stop, usage::report_loop(gw.clone()));
+    spawn_until(&background, &stop, follower::heartbeat_loop(gw.clone()));
+    spawn_until(&background, &stop, follower::access_loop(gw.clone()));
+    if let Some(l) = admin {
+        let app = admin::router(gw.clone());
+        spawn_until(&background, &stop, async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::warn!(error = %e, "admin listener stopped");
+            }
+        });
+    }
+    let connections = TaskTracker::new();
+    let stop_connections = CancellationToken::new();
+    let _connections_on_drop = stop_connections.clone().drop_guard();
+    accept::serve(
+        listener,
+        acceptor,
+        routes::router(gw.clone()),
+        gw.opts.handshake_timeout,
+        &connections,
+        &stop_connections,
+        shutdown,
+    )
+    .await;
+    // No new tunnels; open ones get the grace, then a 1001 Close; then
+    // what was counted is reported one last time.
+    stop_connections.cancel();
+    connections.close();
+    gw.tunnels.close();
+    tracing::info!(open_tunnels = gw.open_tunnels(), "draining");
+    if tokio::time::timeout(gw.opts.drain_grace, gw.tunnels.wait())
+        .await
+        .is_err()
+    {
+        gw.sessions.going_away();
+        let _ = tokio::time::timeout(CLOSE_DEADLINE, gw.tunnels.wait()).await;
+    }
+    gw.sessions.going_away();
+    gw.flush_usage().await;
+    stop.cancel();
+    background.close();
+    background.wait().await;
+    let _ = tokio::time::timeout(gw.opts.handshake_timeout, connections.wait()).await;
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! Sessions as the gateway counts them: payload bytes each way per
+//! session (cumulative, what usage reports carry), the open tunnels of
+//! each, the close signal the control plane's orders fire, and byte totals
+//! that never go down although idle sessions are forgotten.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use httvps_wire::CloseOrder;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long a session with no tunnel and nothing to report is remembered.
+const IDLE_FORGET: Duration = Duration::from_secs(300);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a session's tunnels must close, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// They stay open.
+    Open,
+    /// The control plane closed the session.
+    Closed,
+    /// The gateway is going away (its drain grace is over).
+    GoingAway,
+}
+
+/// One session's counters.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Payload bytes from clients to the node.
+    pub up: AtomicU64,
+    /// Payload bytes from the node to clients.
+    pub down: AtomicU64,
+    tunnels: AtomicUsize,
+    reported: Mutex<(u64, u64)>,
+    close: watch::Sender<Closing>,
+    last_used: Mutex<Instant>,
+}
+
+impl Session {
+    fn new(now: Instant) -> Self {
+        Session {
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            tunnels: AtomicUsize::new(0),
+            reported: Mutex::new((0, 0)),
+            close: watch::channel(Closing::Open).0,
+            last_used: Mutex::new(now),
+        }
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Changes when the session's tunnels must close. One per session
+    /// (the drain goes through it too), so a tunnel waits on one signal
+    /// and no lock is shared by every tunnel.
+    pub fn closed(&self) -> watch::Receiver<Closing> {
+        self.close.subscribe()
+    }
+
+    /// A tunnel of the session ended.
+    pub fn detach(&self) {
+        self.tunnels.fetch_sub(1, Ordering::Relaxed);
+        *lock(&self.last_used) = Instant::now();
+    }
+}
+
+/// Whether a session is still needed: it has tunnels, totals not yet
+/// reported, or was used within [`IDLE_FORGET`].
+fn keep(tunnels: usize, reported: (u64, u64), totals: (u64, u64), idle: Duration) -> bool {
+    tunnels > 0 || reported != totals || idle < IDLE_FORGET
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    live: HashMap<String, Arc<Session>>,
+    /// Set by the drain: sessions made from then on start closing.
+    going_away: bool,
+    /// Bytes of sessions forgotten, so totals never go down.
+    retired: (u64, u64),
+}
+
+/// Every session this gateway counts.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    inner: Mutex<Inner>,
+}
+
+impl Sessions {
+    /// Counts a new tunnel of session `id` (created when new).
+    pub fn attach(&self, id: &str) -> Arc<Session> {
+        let mut inner = lock(&self.inner);
+        let going_away = inner.going_away;
+        let s = inner.live.entry(id.to_owned()).or_insert_with(|| {
+            let s = Session::new(Instant::now());
+            if going_away {
+                s.close.send_replace(Closing::GoingAway);
+            }
+            Arc::new(s)
+        });
+        // Under the map's lock, so pruning never forgets a session that is
+        // getting a tunnel.
+        s.tunnels.fetch_add(1, Ordering::Relaxed);
+        s.clone()
+    }
+
+    /// Continues counting from spooled totals (reported again: the ledger
+    /// ignores what it has).
+    pub fn restore(&self, totals: HashMap<String, (u64, u64)>) {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        for (id, (up, down)) in totals {
+            let s = Session::new(now);
+            s.up.store(up, Ordering::Relaxed);
+            s.down.store(down, Ordering::Relaxed);
+            inner.live.insert(id, Arc::new(s));
+        }
+    }
+
+    /// Sessions whose totals changed since they were last reported.
+    pub fn pending(&self) -> Vec<(String, u64, u64)> {
+        lock(&self.inner)
+            .live
+            .iter()
+            .filter_map(|(id, s)| {
+                let (u, d) = s.totals();
+                (*lock(&s.reported) != (u, d)).then(|| (id.clone(), u, d))
+            })
+            .collect()
+    }
+
+    /// Every session's totals (for the spool).
+    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+        lock(&self.inner)
+            .live
+            .iter()
+            .map(|(id, s)| {
+                let (u, d) = s.totals();
+                (id.clone(), u, d)
+            })
+            .collect()
+    }
+
+    /// Notes totals as acknowledged.
+    pub fn mark_reported(&self, part: &[(String, u64, u64)]) {
+        let inner = lock(&self.inner);
+        for (id, u, d) in part {
+            if let Some(s) = inner.live.get(id) {
+                *lock(&s.reported) = (*u, *d);
+            }
+        }
+    }
+
+    /// Fires the close signal of every session named in `orders`.
+    pub fn close(&self, orders: &[CloseOrder]) {
+        let inner = lock(&self.inner);
+        for o in orders {
+            if let Some(s) = inner.live.get(&o.session_id) {
+                tracing::info!(session.id = %o.session_id, reason = %o.reason, "closing session");
+                // Tunnels open now close; a later tunnel of the same
+                // session (never routed there again once the cache forgot
+                // it) is left alone, as when no tunnel listens.
+                let _ = s.close.send(Closing::Closed);
+            }
+        }
+    }
+
+    /// The drain is over: every tunnel closes (1001), now and from now on.
+    pub fn going_away(&self) {
+        let mut inner = lock(&self.inner);
+        inner.going_away = true;
+        for s in inner.live.values() {
+            s.close.send_if_modified(|c| {
+                let open = *c == Closing::Open;
+                if open {
+                    *c = Closing::GoingAway;
+                }
+                open
+            });
+        }
+    }
+
+    /// Sessions with open tunnels.
+    pub fn open_ids(&self) -> Vec<String> {
+        lock(&self.inner)
+            .live
+            .iter()
+            .filter(|(_, s)| s.tunnels.load(Ordering::Relaxed) > 0)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Forgets sessions no longer needed at `now`, keeping their bytes in
+    /// the totals.
+    pub fn prune(&self, now: Instant) {
+        let mut inner = lock(&self.inner);
+        let Inner { live, retired, .. } = &mut *inner;
+        live.retain(|_, s| {
+            let totals = s.totals();
+            let idle = now.saturating_duration_since(*lock(&s.last_used));
+            let kept = keep(
+                s.tunnels.load(Ordering::Relaxed),
+                *lock(&s.reported),
+                totals,
+                idle,
+            );
+            if !kept {
+                retired.0 = retired.0.saturating_add(totals.0);
+                retired.1 = retired.1.saturating_add(totals.1);
+            }
+            kept
+        });
+    }
+
+    /// Bytes up and down since start (spooled ones included); they never
+    /// go down.
+    pub fn totals(&self) -> (u64, u64) {
+        let inner = lock(&self.inner);
+        inner.live.values().fold(inner.retired, |(u, d), s| {
+            let (su, sd) = s.totals();
+            (u.saturating_add(su), d.saturating_add(sd))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_kept_while_tunnels_reports_or_recent_use_need_them() {
+        let minute = Duration::from_secs(60);
+        assert!(keep(1, (0, 0), (0, 0), 10 * minute), "open tunnel");
+        assert!(keep(0, (1, 1), (2, 1), 10 * minute), "unreported bytes");
+        assert!(keep(0, (2, 1), (2, 1), minute), "used recently");
+        assert!(!keep(0, (2, 1), (2, 1), IDLE_FORGET));
+    }
+
+    #[test]
+    fn totals_never_go_down_when_sessions_are_forgotten() {
+        let sessions = Sessions::default();
+        let s = sessions.attach("s1");
+        s.up.fetch_add(100, Ordering::Relaxed);
+        s.down.fetch_add(1_000, Ordering::Relaxed);
+        s.detach();
+        sessions.mark_reported(&[("s1".into(), 100, 1_000)]);
+        let t = sessions.attach("s2");
+        t.down.fetch_add(5, Ordering::Relaxed);
+        assert_eq!(sessions.totals(), (100, 1_005));
+        // Long after: s1 is forgotten, s2 (a tunnel open) stays.
+        sessions.prune(Instant::now() + IDLE_FORGET);
+        assert_eq!(sessions.snapshot().len(), 1);
+        assert_eq!(sessions.totals(), (100, 1_005));
+        t.down.fetch_add(5, Ordering::Relaxed);
+        assert_eq!(sessions.totals(), (100, 1_010));
+    }
+
+    #[test]
+    fn only_changed_totals_are_pending() {
+        let sessions = Sessions::default();
+        let s = sessions.attach("s1");
+        assert!(sessions.pending().is_empty());
+        s.up.fetch_add(7, Ordering::Relaxed);
+        assert_eq!(sessions.pending(), vec![("s1".to_owned(), 7, 0)]);
+        sessions.mark_reported(&sessions.pending());
+        assert!(sessions.pending().is_empty());
+        assert_eq!(sessions.open_ids(), vec!["s1".to_owned()]);
+        s.detach();
+        assert!(sessions.open_ids().is_empty());
+    }
+
+    #[test]
+    fn restored_totals_are_reported_again_and_counting_continues() {
+        let sessions = Sessions::default();
+        sessions.restore(HashMap::from([("s1".to_owned(), (3, 4))]));
+        assert_eq!(sessions.pending(), vec![("s1".to_owned(), 3, 4)]);
+        let s = sessions.attach("s1");
+        s.down.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(sessions.totals(), (3, 5));
+    }
+
+    #[test]
+    fn close_orders_fire_their_sessions_only() {
+        let sessions = Sessions::default();
+        let (a, b) = (sessions.attach("a"), sessions.attach("b"));
+        let (ra, rb) = (a.closed(), b.closed());
+        sessions.close(&[CloseOrder {
+            session_id: "a".into(),
+            reason: "revoked".into(),
+        }]);
+        assert_eq!(*ra.borrow(), Closing::Closed);
+        assert_eq!(*rb.borrow(), Closing::Open);
+        sessions.going_away();
+        assert_eq!(*ra.borrow(), Closing::Closed, "the first reason stays");
+        assert_eq!(*rb.borrow(), Closing::GoingAway);
+        let late = sessions.attach("c");
+        assert_eq!(*late.closed().borrow(), Closing::GoingAway);
+    }
+}

@@ -1,0 +1,84 @@
+//! What both pipes share: the guard holding a tunnel's place in the caps
+//! and its session, the upgrade with our WebSocket settings, and the one
+//! writer task per socket.
+
+use std::sync::Arc;
+
+use fastwebsockets::upgrade::UpgradeFut;
+use fastwebsockets::{Frame, OpCode, WebSocketRead};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::Gateway;
+use super::sessions::{Closing, Session};
+
+/// Holds a tunnel's place in the caps and in its session; gives both back
+/// when the tunnel ends.
+pub(crate) struct TunnelGuard {
+    pub(crate) gw: Arc<Gateway>,
+    device: String,
+    /// The session the tunnel counts for.
+    pub(crate) session: Arc<Session>,
+}
+
+impl TunnelGuard {
+    /// A guard for a tunnel already counted in the caps for `device`.
+    pub fn new(gw: Arc<Gateway>, device: String, session: Arc<Session>) -> Self {
+        TunnelGuard {
+            gw,
+            device,
+            session,
+        }
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.gw.release(&self.device);
+        self.session.detach();
+    }
+}
+
+/// Completes when the session's tunnels must close, with the WebSocket
+/// close code and reason to send (never if the session is gone: then
+/// nothing closes it).
+pub(crate) async fn closed_signal(mut rx: watch::Receiver<Closing>) -> (u16, &'static [u8]) {
+    match rx.wait_for(|c| *c != Closing::Open).await.map(|c| *c) {
+        Ok(Closing::GoingAway) => (1001, b"gateway going away"),
+        Ok(_) => (1008, b"session closed"),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The upgraded connection.
+pub(crate) type WsIo = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The reading half of a tunnel's WebSocket.
+pub(crate) type WsRead = WebSocketRead<tokio::io::ReadHalf<WsIo>>;
+
+/// Completes the upgrade with our settings (no automatic Close or Pong, a
+/// frame limit) and starts the only task that writes to the socket: frames
+/// queued on the returned sender (at most `queue` in flight: backpressure),
+/// until a Close is written.
+pub(crate) async fn open(
+    fut: UpgradeFut,
+    max_frame: usize,
+    queue: usize,
+) -> Option<(WsRead, mpsc::Sender<Frame<'static>>, JoinHandle<()>)> {
+    let mut ws = fut.await.ok()?;
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    ws.set_max_message_size(max_frame);
+    let (rx, mut tx) = ws.split(tokio::io::split);
+    let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(queue);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            let last = frame.opcode == OpCode::Close;
+            if tx.write_frame(frame).await.is_err() || tx.flush().await.is_err() || last {
+                break;
+            }
+        }
+    });
+    Some((rx, out, writer))
+}

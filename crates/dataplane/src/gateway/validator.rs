@@ -1,0 +1,200 @@
+//! The validation cache and the control-plane round trip behind each
+//! handshake: a bounded cache of verdicts per credential (lifetimes from
+//! [`admission`](super::admission)), so a burst of tunnels costs one round
+//! trip, and invalidations (access events, close orders, dead nodes).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use httvps_wire::Reason;
+use quick_cache::sync::Cache;
+
+use super::Gateway;
+use super::admission::{self, Entry, Failure, Lifetimes, Route, Verdict};
+
+/// Why a request is not routed.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Same answer as an unknown path: the gateway can't be probed for tokens.
+    NotFound,
+    /// Refused with a reason (for the access document).
+    Refused(Reason),
+    /// No decision possible now.
+    Unavailable,
+}
+
+/// Cached verdicts, at most a fixed number (the least useful go first).
+pub(crate) struct Validations {
+    cache: Cache<String, Entry>,
+    lifetimes: Lifetimes,
+}
+
+impl Validations {
+    /// An empty cache of at most `capacity` credentials.
+    pub fn new(capacity: usize, lifetimes: Lifetimes) -> Self {
+        Validations {
+            cache: Cache::new(capacity.max(1)),
+            lifetimes,
+        }
+    }
+
+    /// Forgets one credential's verdict.
+    pub fn forget(&self, token: &str) {
+        self.cache.remove(token);
+    }
+
+    /// Forgets every verdict: each device's next handshake asks again.
+    pub fn forget_all(&self) {
+        self.cache.clear();
+    }
+
+    /// Forgets the verdicts routing to `sessions` (closed by the control
+    /// plane): their devices' next handshakes ask again.
+    pub fn forget_sessions(&self, sessions: &[&str]) {
+        if !sessions.is_empty() {
+            self.cache.retain(|_, e| !e.routes_to(sessions));
+        }
+    }
+
+    /// Drops verdicts of no more use at `now`.
+    pub fn prune(&self, now: Instant) {
+        self.cache.retain(|_, e| !e.spent(now));
+    }
+}
+
+fn verdict_to_result(v: Verdict) -> Result<Arc<Route>, Refusal> {
+    match v {
+        Verdict::Go(r) => Ok(r),
+        Verdict::Refused(r) => Err(Refusal::Refused(r)),
+        Verdict::Unknown => Err(Refusal::NotFound),
+    }
+}
+
+impl Gateway {
+    /// Where the device holding `token` (an access token, or a device JWT
+    /// from `Authorization: Bearer`) goes, or why not.
+    pub(crate) async fn route(&self, token: &str) -> Result<Arc<Route>, Refusal> {
+        if !httvps_wire::token::looks_like_token(token)
+            && !httvps_wire::token::looks_like_jwt(token)
+        {
+            return Err(Refusal::NotFound);
+        }
+        let v = &self.validations;
+        let cached = v.cache.get(token);
+        if let Some(verdict) = admission::fresh(cached.as_ref(), Instant::now()) {
+            return verdict_to_result(verdict);
+        }
+        let (verdict, valid_for) = match self.backend.assign(token).await {
+            Ok(a) => {
+                let valid_until = a.valid_until;
+                let Some(route) = Route::of(a) else {
+                    return Err(Refusal::Unavailable);
+                };
+                // Never trusted past the subscription's end, and a beat
+                // right after it closes the session on time.
+                let valid_for = valid_until.map(|until| {
+                    self.beats.note_end(until);
+                    (until - chrono::Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                });
+                (Verdict::Go(Arc::new(route)), valid_for)
+            }
+            Err(e) => match admission::classify(&e) {
+                Failure::Said(verdict) => (verdict, None),
+                Failure::Outage => {
+                    // Keep serving what the control plane said recently.
+                    tracing::warn!(error = %e, "control plane unreachable");
+                    return admission::during_outage(cached.as_ref(), Instant::now())
+                        .ok_or(Refusal::Unavailable);
+                }
+                Failure::Undecided => return Err(Refusal::Unavailable),
+            },
+        };
+        let entry = v
+            .lifetimes
+            .entry(verdict.clone(), Instant::now(), valid_for);
+        v.cache.insert(token.to_owned(), entry);
+        verdict_to_result(verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn validations(capacity: usize) -> Validations {
+        Validations::new(
+            capacity,
+            Lifetimes {
+                fresh: 5 * S,
+                outage: 60 * S,
+                negative: 5 * S,
+            },
+        )
+    }
+
+    fn go(session: &str) -> Verdict {
+        Verdict::Go(Arc::new(Route {
+            session_id: session.into(),
+            node_id: "n".into(),
+            node: "10.0.0.1:1".into(),
+            method: "aes-128-gcm".into(),
+            password: "k".into(),
+        }))
+    }
+
+    fn put(v: &Validations, token: &str, verdict: Verdict, now: Instant) {
+        v.cache
+            .insert(token.into(), v.lifetimes.entry(verdict, now, None));
+    }
+
+    #[test]
+    fn close_orders_forget_the_verdicts_of_their_sessions_only() {
+        let (v, now) = (validations(16), Instant::now());
+        put(&v, "a", go("s1"), now);
+        put(&v, "b", go("s2"), now);
+        put(&v, "c", Verdict::Unknown, now);
+        v.forget_sessions(&["s1"]);
+        assert!(v.cache.get("a").is_none());
+        assert!(v.cache.get("b").is_some());
+        assert!(v.cache.get("c").is_some());
+        v.forget("b");
+        assert!(v.cache.get("b").is_none());
+    }
+
+    #[test]
+    fn access_events_forget_everything() {
+        let (v, now) = (validations(16), Instant::now());
+        put(&v, "a", go("s1"), now);
+        put(&v, "b", Verdict::Refused(Reason::QuotaExceeded), now);
+        v.forget_all();
+        assert!(v.cache.is_empty());
+    }
+
+    #[test]
+    fn pruning_keeps_what_an_outage_may_still_use() {
+        let (v, now) = (validations(16), Instant::now());
+        put(&v, "pos", go("s1"), now);
+        put(&v, "neg", Verdict::Unknown, now);
+        v.prune(now + 10 * S);
+        assert!(
+            v.cache.get("pos").is_some(),
+            "stale but usable in an outage"
+        );
+        assert!(v.cache.get("neg").is_none());
+        v.prune(now + 60 * S);
+        assert!(v.cache.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let (v, now) = (validations(100), Instant::now());
+        for i in 0..10_000 {
+            put(&v, &format!("t{i}"), Verdict::Unknown, now);
+        }
+        assert!(v.cache.len() <= 100, "{} entries", v.cache.len());
+    }
+}
