@@ -1,10 +1,11 @@
 //! The crate's only unsafe code: the ioctls that turn an open
-//! `/dev/net/tun` into a TUN device. Neither std nor nix wraps TUNSETIFF or
-//! TUNSETOFFLOAD safely, and a TUN crate would bring an async runtime and
-//! its own configuration layer for these two calls.
+//! `/dev/net/tun` into a TUN device, and a thread's nice value. Neither
+//! std nor nix wraps TUNSETIFF, TUNSETOFFLOAD or sched_setscheduler safely, and a
+//! TUN crate would bring an async runtime and its own configuration layer
+//! for two calls.
 #![expect(
     unsafe_code,
-    reason = "TUNSETIFF/TUNSETOFFLOAD ioctls have no safe wrapper"
+    reason = "TUNSETIFF/TUNSETOFFLOAD ioctls and sched_setscheduler have no safe wrapper"
 )]
 
 use std::fs::{File, OpenOptions};
@@ -79,6 +80,21 @@ pub(crate) fn create_tun(name: &str, offload: bool) -> io::Result<File> {
         }
     }
     Ok(file)
+}
+
+/// Moves the calling thread to the real-time FIFO class at `priority`
+/// (1 is the lowest), ahead of every ordinary thread.
+pub(crate) fn set_thread_fifo(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the call; pid 0 is the
+    // calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
