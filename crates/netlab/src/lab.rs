@@ -65,6 +65,9 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Every `ip` line names devices after `dev`/`name`: a bare device
+    /// name that happens to be a prefix of a keyword (`l`, `up`) is read
+    /// as the keyword.
     fn set_up(&mut self) -> Result<()> {
         let hosts = self.plan.hosts.clone();
         let mut all = hosts.iter().map(|h| self.ns_of(h)).collect::<Vec<_>>();
@@ -98,16 +101,19 @@ impl Lab {
             let mut fabric = vec!["link set lo up".to_owned()];
             for link in &self.plan.links {
                 // No STP: ports forward as soon as they are up.
-                fabric.push(format!("link add {} type bridge stp_state 0", link.bridge));
-                fabric.push(format!("link set {} up", link.bridge));
+                fabric.push(format!(
+                    "link add name {} type bridge stp_state 0",
+                    link.bridge
+                ));
+                fabric.push(format!("link set dev {} up", link.bridge));
                 for m in &link.members {
                     fabric.push(format!(
-                        "link add {} type veth peer name {} netns {}",
+                        "link add name {} type veth peer name {} netns {}",
                         m.port,
                         link.name,
                         self.ns_of(&m.host)
                     ));
-                    fabric.push(format!("link set {} master {} up", m.port, link.bridge));
+                    fabric.push(format!("link set dev {} master {} up", m.port, link.bridge));
                 }
             }
             cmd::ip_batch(Some(&self.fabric()), &fabric)?;
@@ -120,7 +126,7 @@ impl Lab {
                         "addr add {}/{} dev {}",
                         m.addr, link.subnet.prefix, link.name
                     ));
-                    lines.push(format!("link set {} up", link.name));
+                    lines.push(format!("link set dev {} up", link.name));
                 }
             }
             cmd::ip_batch(Some(&self.ns_of(host)), &lines)?;

@@ -77,7 +77,6 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "httvps-netlab failed");
             let _ = writeln!(std::io::stderr(), "httvps-netlab: {e:#}");
             ExitCode::FAILURE
         }
