@@ -109,13 +109,13 @@ def through_lab(binary, args, src, dst, seconds, line=None):
     try:
         rows = []
         for p in (1, 4):
+            drops0 = lab.stats()[line]["a_to_b"]["queue_dropped"] if line else 0
             cpu0, t0 = lab.cpu_seconds(), time.monotonic()
             mbit, retr = iperf(lab.ns(src), lab.ns(dst), lab.reach(src, dst), p, seconds)
             cpu = (lab.cpu_seconds() - cpu0) / (time.monotonic() - t0)
             qd = None
             if line:
-                c = lab.stats()[line]["a_to_b"]
-                qd = c["queue_dropped"]
+                qd = lab.stats()[line]["a_to_b"]["queue_dropped"] - drops0
             rows.append((mbit, retr, cpu if line else None, qd))
         return rows
     finally:
@@ -171,45 +171,50 @@ def summary(ts):
             f"{ts[int(len(ts) * 0.99) - 1]:.1f} / {ts[-1]:.1f}")
 
 
-def accuracy(binary):
+def accuracy(binary, samples):
     print("\n### TCP connect time across a 25 ms one-way line "
           f"(load average before: {os.getloadavg()[0]:.1f})\n")
     print("| condition | min / median / p99 / max ms | line lateness mean / max µs |")
     print("|---|---|---|")
     for mode in ("", ",offload"):
-        lab = Lab(binary, ["--line", f"d=a,b,delay_ms=25{mode}"])
-        try:
-            server = subprocess.Popen(
-                in_ns(lab.ns("b"), sys.executable, "-c",
-                      "import socket\ns=socket.create_server(('0.0.0.0',9000),backlog=512)\n"
-                      "while True: s.accept()[0].close()"))
-            time.sleep(0.3)
-            label = "offload" if mode else "packet by packet"
-            for cond in ("idle", "beside iperf3 bulk"):
+        for bulk_beside in (False, True):
+            # A lab per row, so that the lateness maximum is this row's.
+            lab = Lab(binary, ["--line", f"d=a,b,delay_ms=25{mode}"])
+            helpers = []
+            try:
+                helpers.append(subprocess.Popen(
+                    in_ns(lab.ns("b"), sys.executable, "-c",
+                          "import socket\ns=socket.create_server(('0.0.0.0',9000),backlog=512)\n"
+                          "while True: s.accept()[0].close()")))
+                time.sleep(0.3)
                 bulk = None
-                if cond != "idle":
-                    bulk_srv = subprocess.Popen(in_ns(lab.ns("b"), "iperf3", "-s", "-1"),
-                                                stdout=subprocess.DEVNULL)
+                if bulk_beside:
+                    helpers.append(subprocess.Popen(
+                        in_ns(lab.ns("b"), "iperf3", "-s", "-1"), stdout=subprocess.DEVNULL))
                     time.sleep(0.3)
                     bulk = subprocess.Popen(
-                        in_ns(lab.ns("a"), "iperf3", "-c", lab.reach("a", "b"), "-t", "8"),
+                        in_ns(lab.ns("a"), "iperf3", "-c", lab.reach("a", "b"),
+                              "-t", str(samples // 40 + 4)),
                         stdout=subprocess.DEVNULL)
                     time.sleep(1.5)
                 before = lab.stats()["d"]
-                ts = connect_times(lab.ns("a"), lab.reach("a", "b"), 9000, 200)
+                ts = connect_times(lab.ns("a"), lab.reach("a", "b"), 9000, samples)
                 after = lab.stats()["d"]
                 late = []
                 for d in ("a_to_b", "b_to_a"):
                     n = after[d]["delivered"] - before[d]["delivered"]
                     late.append((after[d]["late_us_total"] - before[d]["late_us_total"]) / max(n, 1))
                 mx = max(after[d]["late_us_max"] for d in ("a_to_b", "b_to_a"))
-                print(f"| {label}, {cond} | {summary(ts)} | {max(late):.0f} / {mx} |", flush=True)
+                label = ("offload" if mode else "packet by packet") + (
+                    ", beside iperf3 bulk" if bulk_beside else ", idle")
+                print(f"| {label} | {summary(ts)} | {max(late):.0f} / {mx} |", flush=True)
                 if bulk:
                     bulk.wait()
-                    bulk_srv.wait()
-            server.kill()
-        finally:
-            lab.close()
+            finally:
+                # Closing the lab kills what runs inside; reap it.
+                lab.close()
+                for h in helpers:
+                    h.wait()
 
 
 def loss(binary, share, count):
@@ -231,6 +236,7 @@ def loss(binary, share, count):
                              f"    s.sendto(b'x'*32,('{addr}',9001))\n"
                              "    if i%100==99: time.sleep(0.001)\n"), check=True)
         got = int(rx.stdout.readline())
+        rx.wait()
         c = lab.stats()["d"]["a_to_b"]
         print(f"\n### Loss {share:.0%}, {count} UDP datagrams\n")
         print(f"received by the application: {got} of {count} "
@@ -244,12 +250,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default="target/release/httvps-netlab")
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=200, help="connects per accuracy row")
     ap.add_argument("--only", choices=["ceiling", "accuracy", "loss"])
     a = ap.parse_args()
     if a.only in (None, "ceiling"):
         ceiling(a.bin, a.seconds)
     if a.only in (None, "accuracy"):
-        accuracy(a.bin)
+        accuracy(a.bin, a.samples)
     if a.only in (None, "loss"):
         loss(a.bin, 0.01, 100_000)
 

@@ -218,6 +218,19 @@ impl Lab {
         netns::run_in(&self.ns_of(host), f)
     }
 
+    /// Starts a long-lived thread inside `host` (see [`netns::spawn_in`]):
+    /// for an in-process server, or a tokio runtime whose worker threads
+    /// and sockets should all live on that host. Join it before the lab
+    /// goes, or it keeps sockets of a deleted host.
+    pub fn spawn_thread<T: Send + 'static>(
+        &self,
+        host: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<T>> {
+        self.check_host(host)?;
+        netns::spawn_in(&self.ns_of(host), f)
+    }
+
     /// A command that runs `program` inside `host` (through
     /// `ip netns exec`) in a process group of its own. Start it with
     /// [`Lab::spawn`] to have it killed with the lab; whatever else runs

@@ -145,6 +145,39 @@ pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
     })
 }
 
+/// Starts a thread that lives inside namespace `name` and runs `f`; every
+/// thread it starts in turn (a tokio runtime's workers, say) is inside too.
+/// Returns once the thread is in, so a bad namespace is an error here.
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<thread::JoinHandle<T>> {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let ns = name.to_owned();
+    let handle = thread::Builder::new()
+        .name(format!("in-{ns}"))
+        .spawn(move || {
+            let entered = enter(&ns);
+            let ok = entered.is_ok();
+            let _ = entered_tx.send(entered);
+            if !ok {
+                // The caller already has the error; this value is never
+                // seen, because the caller drops the handle.
+                std::panic::resume_unwind(Box::new("namespace not entered"));
+            }
+            f()
+        })
+        .map_err(|e| Error::io("starting a thread", e))?;
+    match entered_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::io(
+            "starting a thread",
+            std::io::Error::other("the thread ended before entering the namespace"),
+        )),
+    }
+}
+
 /// Whether this machine lets us create namespaces (root, `ip` present,
 /// `/run/netns` writable), found by creating and deleting one; `Err` says
 /// why not, for a test to print when it skips. The answer is cached.

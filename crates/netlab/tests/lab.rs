@@ -248,3 +248,33 @@ fn leftovers_of_a_dead_run_are_swept_and_live_ones_kept() {
         "live lab kept"
     );
 }
+
+#[test]
+fn threads_started_on_a_host_and_their_own_threads_live_there() {
+    if !netns_or_skip("threads_started_on_a_host_and_their_own_threads_live_there") {
+        return;
+    }
+    let lab = Lab::build("threads", &Topology::new().link("l0", &["a", "b"])).expect("lab");
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let server = lab
+        .spawn_thread("b", move || {
+            // A thread of the thread, as a runtime's worker would be.
+            std::thread::spawn(move || {
+                let listener = std::net::TcpListener::bind(("0.0.0.0", 0))?;
+                let _ = port_tx.send(listener.local_addr()?.port());
+                listener.accept().map(|(_, peer)| peer.ip())
+            })
+            .join()
+        })
+        .expect("thread in b");
+    let port = port_rx.recv_timeout(SHORT).expect("listening");
+    let b = lab.reach("a", "b").expect("a reaches b");
+    let _s = connect(&lab, "a", b, port, SHORT).expect("a connects to b's thread");
+    let peer = server
+        .join()
+        .expect("server thread")
+        .expect("inner thread")
+        .expect("accept");
+    assert_eq!(Some(peer), lab.addr("a", "l0").map(std::net::IpAddr::V4));
+    assert!(lab.spawn_thread("nobody", || ()).is_err());
+}
