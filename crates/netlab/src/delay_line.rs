@@ -179,6 +179,7 @@ impl DelayLine {
                 running: Arc::clone(&running),
                 counters: Arc::clone(&counters[dir]),
                 shaper: Shaper::new(params, dir as u64),
+                realtime: params.realtime,
                 header: if params.offload { sys::VNET_HDR_LEN } else { 0 },
                 held: VecDeque::new(),
                 held_bytes: 0,
@@ -299,6 +300,7 @@ struct Forwarder {
     running: Arc<AtomicBool>,
     counters: Arc<Counters>,
     shaper: Shaper,
+    realtime: bool,
     /// Bytes of `virtio_net_hdr` in front of each packet (offload only).
     header: usize,
     held: VecDeque<Held>,
@@ -322,7 +324,9 @@ impl Forwarder {
         // (95 % of a core) bounds the worst case of a saturated line.
         // Needs root, like the rest of the lab; without it the line works
         // with ordinary timing.
-        if let Err(e) = sys::set_thread_fifo(10) {
+        if self.realtime
+            && let Err(e) = sys::set_thread_fifo(10)
+        {
             tracing::warn!(line = label, error = %e, "netlab.delay_line.realtime_refused");
         }
         let mut drained = false;

@@ -134,7 +134,7 @@ impl Lab {
         for line in self.plan.lines.clone() {
             let (ns_a, ns_b) = (self.ns_of(&line.a.0), self.ns_of(&line.b.0));
             let running = DelayLine::start(
-                &format!("{}{}", self.prefix, line.name),
+                &line.name,
                 End {
                     netns: &ns_a,
                     ifname: &line.name,
@@ -389,6 +389,7 @@ impl Lab {
                     buffer_ms: p.buffer.as_secs_f64() * 1000.0,
                     seed: p.seed,
                     offload: p.offload,
+                    realtime: p.realtime,
                 };
                 (l.name.clone(), info)
             })
@@ -488,6 +489,8 @@ pub struct LineInfo {
     pub seed: u64,
     /// Whether GSO units cross the line whole.
     pub offload: bool,
+    /// Whether the line's threads run in the real-time class.
+    pub realtime: bool,
 }
 
 /// The whole lab as [`Lab::describe`] shows it.

@@ -46,7 +46,8 @@ struct UpArgs {
     #[arg(long = "link", value_name = "SPEC")]
     links: Vec<String>,
     /// A delay line: NAME=A,B[,delay_ms=MS][,loss=SHARE][,rate_mbit=R]
-    /// [,buffer_ms=MS][,seed=N][,offload], e.g. `wan=client,gw,delay_ms=75,loss=0.01`.
+    /// [,buffer_ms=MS][,seed=N][,offload][,realtime=0|1], e.g.
+    /// `wan=client,gw,delay_ms=75,loss=0.01`.
     #[arg(long = "line", value_name = "SPEC")]
     lines: Vec<String>,
     /// A route: A,B,VIA lets A and B reach each other through router VIA.
@@ -218,6 +219,13 @@ fn parse_line(spec: &str) -> anyhow::Result<(&str, &str, &str, LineParams)> {
             }
             "seed" => params.seed = value.parse().context("seed")?,
             "offload" => params.offload = true,
+            "realtime" => {
+                params.realtime = match value {
+                    "1" => true,
+                    "0" => false,
+                    _ => bail!("realtime: expected 0 or 1, got {value:?}"),
+                }
+            }
             other => bail!("unknown setting {other:?}"),
         }
     }

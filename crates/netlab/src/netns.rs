@@ -32,7 +32,7 @@ pub(crate) fn add(name: &str) -> Result<()> {
 /// Kills every process inside namespace `name`, then deletes it. A process
 /// left inside would keep the namespace (and its interfaces) alive after
 /// `ip netns del` removed its name.
-pub fn delete(name: &str) -> Result<()> {
+pub(crate) fn delete(name: &str) -> Result<()> {
     kill_all_in(name)?;
     cmd::ip(&["netns", "del", name]).map(drop)
 }

@@ -29,6 +29,10 @@ pub struct LineParams {
     /// (GSO on the TUN devices). Much faster; refused with loss, because
     /// one lost unit would be a burst of up to 44 lost segments.
     pub offload: bool,
+    /// Run the line's threads in the real-time class (see the crate's
+    /// README): accurate delays beside busy programs. Turn it off if a
+    /// saturated line must not hold a core ahead of everything else.
+    pub realtime: bool,
 }
 
 impl Default for LineParams {
@@ -40,6 +44,7 @@ impl Default for LineParams {
             buffer: Duration::from_millis(100),
             seed: 1,
             offload: false,
+            realtime: true,
         }
     }
 }
