@@ -14,6 +14,7 @@ use std::marker::PhantomData;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::signal::{Signal, killpg};
@@ -24,6 +25,7 @@ use crate::cmd;
 use crate::delay_line::{DelayLine, End, LineCounts};
 use crate::error::{Error, Result};
 use crate::netns;
+use crate::relay::{Relay, RelayInfo};
 use crate::topology::{Plan, Topology};
 
 /// Labs made by this process so far: part of each lab's prefix, so labs of
@@ -40,6 +42,7 @@ pub struct Lab {
     /// Namespaces created so far, so a half-built lab is removed too.
     namespaces: Vec<String>,
     lines: BTreeMap<String, DelayLine>,
+    relays: Mutex<Vec<Relay>>,
 }
 
 impl Lab {
@@ -60,6 +63,7 @@ impl Lab {
             plan,
             namespaces: Vec::new(),
             lines: BTreeMap::new(),
+            relays: Mutex::new(Vec::new()),
         };
         lab.set_up()?;
         Ok(lab)
@@ -256,6 +260,31 @@ impl Lab {
         })
     }
 
+    /// Listens on `listen` inside `host` (port 0: any; the address is
+    /// returned) and relays each connection to `target` as the calling
+    /// thread's namespace sees it: for a test, the machine's own services,
+    /// such as PostgreSQL on 127.0.0.1:5432 made reachable from a
+    /// control-plane host at 127.0.0.1 there. The only way out of a lab;
+    /// it stops accepting when the lab is dropped.
+    pub fn relay(
+        &self,
+        host: &str,
+        listen: std::net::SocketAddr,
+        target: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr> {
+        let listener = self
+            .run_in(host, || std::net::TcpListener::bind(listen))?
+            .map_err(|e| Error::io(format!("binding {listen} on {host}"), e))?;
+        let relay =
+            Relay::start(host, listener, target).map_err(|e| Error::io("starting a relay", e))?;
+        let local = relay.info.listen;
+        self.relays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(relay);
+        Ok(local)
+    }
+
     /// Cuts link or line `link`: every packet on it is dropped from now on.
     pub fn cut(&self, link: &str) -> Result<()> {
         self.set_link(link, None, false)
@@ -394,12 +423,20 @@ impl Lab {
                 (l.name.clone(), info)
             })
             .collect();
+        let relays = self
+            .relays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|r| r.info.clone())
+            .collect();
         LabInfo {
             lab: self.name.clone(),
             prefix: self.prefix.clone(),
             hosts,
             links,
             lines,
+            relays,
         }
     }
 }
@@ -408,6 +445,10 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // Lines first: their threads hold the TUN devices.
         self.lines.clear();
+        self.relays
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
         for ns in self.namespaces.drain(..).rev() {
             if let Err(e) = netns::delete(&ns) {
                 tracing::warn!(netns = %ns, error = %e, "netlab.teardown_failed");
@@ -506,4 +547,6 @@ pub struct LabInfo {
     pub links: BTreeMap<String, LinkInfo>,
     /// Its delay lines.
     pub lines: BTreeMap<String, LineInfo>,
+    /// Its relays to services outside.
+    pub relays: Vec<RelayInfo>,
 }

@@ -14,8 +14,9 @@
 //!   pure function of arrival time.
 //! - [`netns`]: namespace primitives, the availability probe for tests and
 //!   the sweep of leftovers.
-//! - `cmd`: running iproute2; `sys`: the TUN ioctls, the crate's only
-//!   unsafe code.
+//! - [`relay`]: a TCP relay from inside a host to a service outside the lab.
+//! - `cmd`: running iproute2; `sys`: the TUN ioctls and the line threads'
+//!   scheduling class, the crate's only unsafe code.
 //!
 //! Everything needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and `ip`; call
 //! [`netns::available`] first and skip when it says no.
@@ -25,6 +26,7 @@ pub mod delay_line;
 pub mod error;
 pub mod lab;
 pub mod netns;
+pub mod relay;
 pub mod shaper;
 mod sys;
 pub mod topology;

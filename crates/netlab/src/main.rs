@@ -3,6 +3,7 @@
 //! or SIGINT. See the crate's README for the CLI and the JSON lines.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -53,6 +54,11 @@ struct UpArgs {
     /// A route: A,B,VIA lets A and B reach each other through router VIA.
     #[arg(long = "route", value_name = "A,B,VIA")]
     routes: Vec<String>,
+    /// A relay from inside a host to a service outside the lab:
+    /// HOST,LISTEN,TARGET, e.g. `cp,127.0.0.1:5432,127.0.0.1:5432` makes
+    /// the machine's PostgreSQL answer on 127.0.0.1:5432 inside host cp.
+    #[arg(long = "relay", value_name = "HOST,LISTEN,TARGET")]
+    relays: Vec<String>,
     /// A sysctl for every host: KEY=VALUE, e.g.
     /// `net.ipv4.tcp_congestion_control=cubic`.
     #[arg(long = "sysctl", value_name = "KEY=VALUE")]
@@ -94,6 +100,11 @@ fn emit(value: &serde_json::Value) -> anyhow::Result<()> {
 
 fn up(args: &UpArgs) -> anyhow::Result<()> {
     let topo = topology(args)?;
+    let relays = args
+        .relays
+        .iter()
+        .map(|spec| parse_relay(spec).with_context(|| format!("--relay {spec:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Blocked before any thread starts (the delay lines' threads inherit
     // the mask), so the signals queue for `wait` below instead of killing
     // the process with the namespaces still there.
@@ -113,6 +124,10 @@ fn up(args: &UpArgs) -> anyhow::Result<()> {
     }
     netns::available().map_err(anyhow::Error::msg)?;
     let lab = Lab::build(&args.name, &topo).context("building the lab")?;
+    for (host, listen, target) in &relays {
+        lab.relay(host, *listen, *target)
+            .with_context(|| format!("--relay {host},{listen},{target}"))?;
+    }
     let mut ready = serde_json::to_value(lab.describe()).context("describing the lab")?;
     ready["event"] = "ready".into();
     ready["pid"] = std::process::id().into();
@@ -190,6 +205,17 @@ fn topology(args: &UpArgs) -> anyhow::Result<Topology> {
         topo = topo.sysctl(k, v);
     }
     Ok(topo)
+}
+
+fn parse_relay(spec: &str) -> anyhow::Result<(String, SocketAddr, SocketAddr)> {
+    let [host, listen, target] = spec.split(',').collect::<Vec<_>>()[..] else {
+        bail!("expected HOST,LISTEN,TARGET");
+    };
+    Ok((
+        host.to_owned(),
+        listen.parse().context("LISTEN is not ADDRESS:PORT")?,
+        target.parse().context("TARGET is not ADDRESS:PORT")?,
+    ))
 }
 
 fn parse_line(spec: &str) -> anyhow::Result<(&str, &str, &str, LineParams)> {

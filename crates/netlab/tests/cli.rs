@@ -57,6 +57,8 @@ fn up_prints_the_lab_and_tears_it_down_on_sigterm() {
         "lonely",
         "--sysctl",
         "net.ipv4.tcp_wmem=4096 16384 16777216",
+        "--relay",
+        "n2,127.0.0.1:0,127.0.0.1:5432",
     ]);
     let ready = next_json(&mut out);
     assert_eq!(ready["event"], "ready", "{ready}");
@@ -76,6 +78,14 @@ fn up_prints_the_lab_and_tears_it_down_on_sigterm() {
     assert_eq!(ready["lines"]["wan"]["delay_ms"], 25.0);
     assert_eq!(ready["lines"]["wan"]["loss"], 0.01);
     assert_eq!(ready["links"]["pool"]["subnet"], "198.18.1.0/24");
+    let relay = &ready["relays"][0];
+    assert_eq!(relay["host"], "n2");
+    assert_eq!(relay["target"], "127.0.0.1:5432");
+    let listen = relay["listen"].as_str().expect("listen");
+    assert!(
+        listen.starts_with("127.0.0.1:") && !listen.ends_with(":0"),
+        "{listen}"
+    );
     let wmem = Command::new("ip")
         .args(["netns", "exec", &format!("{prefix}n2")])
         .args(["sysctl", "-n", "net.ipv4.tcp_wmem"])
@@ -136,6 +146,10 @@ fn bad_specs_are_refused_with_a_reason() {
         (&["--link", "l0=a,b", "--route", "a,b"][..], "A,B,VIA"),
         (&["--link", "l0=a,b@10.0.0.1/24"][..], "host bits"),
         (&["--line", "wan=a,b,loss=2"][..], "loss"),
+        (
+            &["--link", "l0=a,b", "--relay", "a,1.2.3.4:5"][..],
+            "HOST,LISTEN,TARGET",
+        ),
     ] {
         let out = Command::new(BIN)
             .arg("up")

@@ -278,3 +278,42 @@ fn threads_started_on_a_host_and_their_own_threads_live_there() {
     assert_eq!(Some(peer), lab.addr("a", "l0").map(std::net::IpAddr::V4));
     assert!(lab.spawn_thread("nobody", || ()).is_err());
 }
+
+#[test]
+fn a_relay_brings_a_service_outside_the_lab_to_one_host() {
+    if !netns_or_skip("a_relay_brings_a_service_outside_the_lab_to_one_host") {
+        return;
+    }
+    // An echo service in the test's own (root) namespace, as the
+    // machine's PostgreSQL would be.
+    let outside = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let target = outside.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in outside.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || echo(&mut stream));
+        }
+    });
+    let lab = Lab::build("relay", &Topology::new().link("l0", &["cp", "gw"])).expect("lab");
+    // Unreachable from inside until relayed: the host's 127.0.0.1 is its own.
+    let err = connect(
+        &lab,
+        "cp",
+        std::net::Ipv4Addr::LOCALHOST,
+        target.port(),
+        SHORT,
+    )
+    .expect_err("the root namespace's loopback leaked in");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    let local = lab
+        .relay("cp", "127.0.0.1:0".parse().expect("addr"), target)
+        .expect("relay");
+    let std::net::IpAddr::V4(ip) = local.ip() else {
+        panic!("IPv4 expected");
+    };
+    let mut s = connect(&lab, "cp", ip, local.port(), SHORT).expect("relayed connect");
+    round_trip(&mut s, b"through the relay", SHORT).expect("echo through the relay");
+    // Only the host it was made for.
+    let err = connect(&lab, "gw", ip, local.port(), SHORT).expect_err("gw has no relay");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+}
