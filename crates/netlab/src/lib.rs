@@ -21,6 +21,8 @@
 //! Everything needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and `ip`; call
 //! [`netns::available`] first and skip when it says no.
 
+#![warn(missing_docs)]
+
 mod cmd;
 pub mod delay_line;
 pub mod error;
