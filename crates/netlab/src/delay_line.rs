@@ -169,15 +169,28 @@ impl DelayLine {
         let cut = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicBool::new(true));
         let counters = [Arc::new(Counters::default()), Arc::new(Counters::default())];
-        let mut threads = Vec::new();
+        // Built before the threads start, so that a failure to start the
+        // second one stops the first (through Drop).
+        let mut line = DelayLine {
+            params,
+            ends: [
+                (a.netns.to_owned(), a.ifname.to_owned()),
+                (b.netns.to_owned(), b.ifname.to_owned()),
+            ],
+            counters,
+            cut,
+            running,
+            stop: Some(stop_tx),
+            threads: Vec::new(),
+        };
         for (dir, (rx, tx)) in [(&tun_a, &tun_b), (&tun_b, &tun_a)].into_iter().enumerate() {
             let mut fwd = Forwarder {
                 rx: Arc::clone(rx),
                 tx: Arc::clone(tx),
                 stop: Arc::clone(&stop_rx),
-                cut: Arc::clone(&cut),
-                running: Arc::clone(&running),
-                counters: Arc::clone(&counters[dir]),
+                cut: Arc::clone(&line.cut),
+                running: Arc::clone(&line.running),
+                counters: Arc::clone(&line.counters[dir]),
                 shaper: Shaper::new(params, dir as u64),
                 realtime: params.realtime,
                 header: if params.offload { sys::VNET_HDR_LEN } else { 0 },
@@ -192,20 +205,9 @@ impl DelayLine {
                 .name(label.clone())
                 .spawn(move || fwd.run(&label))
                 .map_err(|e| Error::io("starting a delay line thread", e))?;
-            threads.push(handle);
+            line.threads.push(handle);
         }
-        Ok(DelayLine {
-            params,
-            ends: [
-                (a.netns.to_owned(), a.ifname.to_owned()),
-                (b.netns.to_owned(), b.ifname.to_owned()),
-            ],
-            counters,
-            cut,
-            running,
-            stop: Some(stop_tx),
-            threads,
-        })
+        Ok(line)
     }
 
     /// The parameters it runs with.

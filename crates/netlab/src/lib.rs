@@ -5,8 +5,9 @@
 //! scripts drive the `httvps-netlab` binary, which prints the lab as JSON.
 //!
 //! Map of the crate:
-//! - [`topology`]: hosts, links, delay lines and routes; the address plan
-//!   (pure, tested without namespaces).
+//! - [`topology`]: hosts, links, delay lines and routes, as asked for.
+//! - [`plan`]: a topology checked, with its addresses, names and routes
+//!   decided (pure, tested without namespaces).
 //! - [`lab`]: builds a topology as namespaces, runs things inside hosts,
 //!   cuts links, tears everything down on drop.
 //! - [`delay_line`]: the TUN-to-TUN forwarder threads.
@@ -28,6 +29,7 @@ pub mod delay_line;
 pub mod error;
 pub mod lab;
 pub mod netns;
+pub mod plan;
 pub mod relay;
 pub mod shaper;
 mod sys;
