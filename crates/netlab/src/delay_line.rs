@@ -4,7 +4,7 @@
 //! into the other side. Handshakes, ACKs and everything else go the same
 //! way, so a TCP connect across a 25 ms line takes one 50 ms round trip.
 //!
-//! Why it is fast enough: each wake-up reads up to [`BATCH`] packets before
+//! Why it is fast enough: each wake-up reads up to `BATCH` (64) packets before
 //! it sleeps again, the held packets sit in one FIFO (constant delay keeps
 //! it sorted, so there is no timer heap to maintain), the thread sleeps in
 //! one `ppoll` until the oldest held packet is due or a packet arrives, and
