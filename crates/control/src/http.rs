@@ -70,13 +70,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
     let mut applier = AbortOnDrop(tokio::spawn({
-        let (usage, db, events) = (
-            state.usage.clone(),
-            state.db.clone(),
-            state.api.events.clone(),
-        );
+        let (usage, db) = (state.usage.clone(), state.db.clone());
         let stop = state.closing.subscribe();
-        async move { usage.run(db, events, stop).await }
+        async move { usage.run(db, stop).await }
     }));
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
