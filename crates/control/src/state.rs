@@ -7,7 +7,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::context::AppContext;
 use crate::db::Db;
 use crate::graphql::{ApiSchema, build_schema};
-use crate::metrics::Metrics;
+use crate::metrics::{Live, Metrics};
 use crate::usage_accounting::Applier;
 
 /// Everything a request handler needs, built once at start-up.
@@ -40,14 +40,19 @@ impl AppState {
             machines: Default::default(),
         };
         let schema = build_schema(api.clone(), debug);
+        let usage = Arc::new(Applier::default());
+        let metrics = Arc::new(Metrics::new(Live {
+            db: db.clone(),
+            usage: usage.clone(),
+        }));
         AppState {
             db,
             api,
             schema,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             debug,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
-            usage: Arc::default(),
+            usage,
         }
     }
 }
