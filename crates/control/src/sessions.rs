@@ -10,7 +10,7 @@ use super::pagination::{Page, PageArgs};
 use crate::actor::Actor;
 use crate::db::models::Session;
 use crate::db::schema::{devices, sessions};
-use crate::db::{Db, DbPool};
+use crate::db::{Db, Statement};
 use crate::db_run;
 use crate::error::{AppError, AppResult};
 use crate::ids::{DeviceId, OutlineNodeId, UserId};
@@ -133,54 +133,91 @@ pub async fn usage(
             "the range holds more than {MAX_BUCKETS} buckets"
         )));
     }
-    // Closed hours from the ledger and each session's current hour.
-    let tail = "FROM usage_hours l JOIN sessions s ON s.id = l.session_id JOIN devices d ON d.id = s.device_id \
-                WHERE l.recorded_at >= $1 AND l.recorded_at < $2 \
-                AND ($3 IS NULL OR d.user_id = $3) AND ($4 IS NULL OR s.outline_node_id = $4) \
-                GROUP BY 1 ORDER BY 1";
-    let sums = "CAST(COALESCE(SUM(l.delta_up), 0) AS BIGINT) AS bytes_up, CAST(COALESCE(SUM(l.delta_down), 0) AS BIGINT) AS bytes_down";
+    let statement = match granularity {
+        Granularity::Hour => &USAGE_BY_HOUR,
+        Granularity::Day => &USAGE_BY_DAY,
+    };
     let user = user_id.map(|u| u.to_string());
     let node = node_id.map(|n| n.to_string());
-    Ok(match &db.pool {
-        DbPool::Pg(pool) => {
-            let unit = if granularity == Granularity::Hour {
-                "hour"
-            } else {
-                "day"
-            };
-            let sql =
-                format!("SELECT date_trunc('{unit}', l.recorded_at) AS bucket, {sums} {tail}");
-            let mut conn = pool.get().await?;
-            diesel::sql_query(
-                sql.replace("$3 IS NULL", "$3::text IS NULL")
-                    .replace("$4 IS NULL", "$4::text IS NULL"),
-            )
-            .bind::<Timestamp, _>(from)
-            .bind::<Timestamp, _>(to)
-            .bind::<Nullable<Text>, _>(user)
-            .bind::<Nullable<Text>, _>(node)
-            .load(&mut *conn)
-            .await?
-        }
-        DbPool::Sqlite(pool) => {
-            let fmt = if granularity == Granularity::Hour {
-                "%Y-%m-%d %H:00:00"
-            } else {
-                "%Y-%m-%d 00:00:00"
-            };
-            let sql = format!("SELECT strftime('{fmt}', l.recorded_at) AS bucket, {sums} {tail}")
-                .replace("$1", "?1")
-                .replace("$2", "?2")
-                .replace("$3", "?3")
-                .replace("$4", "?4");
-            let mut conn = pool.get().await?;
-            diesel::sql_query(sql)
-                .bind::<Timestamp, _>(from)
-                .bind::<Timestamp, _>(to)
-                .bind::<Nullable<Text>, _>(user)
-                .bind::<Nullable<Text>, _>(node)
-                .load(&mut *conn)
-                .await?
-        }
-    })
+    Ok(db_run!(db, |conn| diesel::sql_query(statement.text(conn))
+        .bind::<Timestamp, _>(from)
+        .bind::<Timestamp, _>(to)
+        .bind::<Nullable<Text>, _>(user)
+        .bind::<Nullable<Text>, _>(node)
+        .load(conn)
+        .await?))
 }
+
+/// The usage report: closed hours from the ledger and each session's
+/// current hour (the `usage_hours` view), summed per bucket, for an
+/// optional user (third parameter) and node (fourth).
+macro_rules! usage_sql {
+    ($bucket:literal, $from:literal, $to:literal, $user:literal, $node:literal, $null_user:literal, $null_node:literal) => {
+        concat!(
+            "SELECT ",
+            $bucket,
+            " AS bucket, \
+             CAST(COALESCE(SUM(l.delta_up), 0) AS BIGINT) AS bytes_up, \
+             CAST(COALESCE(SUM(l.delta_down), 0) AS BIGINT) AS bytes_down \
+             FROM usage_hours l JOIN sessions s ON s.id = l.session_id \
+             JOIN devices d ON d.id = s.device_id \
+             WHERE l.recorded_at >= ",
+            $from,
+            " AND l.recorded_at < ",
+            $to,
+            " AND (",
+            $null_user,
+            " IS NULL OR d.user_id = ",
+            $user,
+            ") AND (",
+            $null_node,
+            " IS NULL OR s.outline_node_id = ",
+            $node,
+            ") GROUP BY 1 ORDER BY 1"
+        )
+    };
+}
+
+/// Usage per hour.
+const USAGE_BY_HOUR: Statement = Statement {
+    pg: usage_sql!(
+        "date_trunc('hour', l.recorded_at)",
+        "$1",
+        "$2",
+        "$3",
+        "$4",
+        "$3::text",
+        "$4::text"
+    ),
+    sqlite: usage_sql!(
+        "strftime('%Y-%m-%d %H:00:00', l.recorded_at)",
+        "?1",
+        "?2",
+        "?3",
+        "?4",
+        "?3",
+        "?4"
+    ),
+};
+
+/// Usage per day.
+const USAGE_BY_DAY: Statement = Statement {
+    pg: usage_sql!(
+        "date_trunc('day', l.recorded_at)",
+        "$1",
+        "$2",
+        "$3",
+        "$4",
+        "$3::text",
+        "$4::text"
+    ),
+    sqlite: usage_sql!(
+        "strftime('%Y-%m-%d 00:00:00', l.recorded_at)",
+        "?1",
+        "?2",
+        "?3",
+        "?4",
+        "?3",
+        "?4"
+    ),
+};

@@ -34,10 +34,13 @@ pub struct Session {
     pub bytes_up: BigInt,
     /// Bytes to the client.
     pub bytes_down: BigInt,
+    /// The device (resolved by `device`).
     #[graphql(skip)]
     pub device_id: DeviceId,
+    /// The node (resolved by `outlineNode`).
     #[graphql(skip)]
     pub outline_node_id: Option<OutlineNodeId>,
+    /// The gateway (resolved by `gatewayNode`).
     #[graphql(skip)]
     pub gateway_node_id: Option<GatewayNodeId>,
 }

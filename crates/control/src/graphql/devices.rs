@@ -32,6 +32,7 @@ pub struct Device {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Revocation time (UTC).
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The owner (resolved by `user`).
     #[graphql(skip)]
     pub user_id: UserId,
 }

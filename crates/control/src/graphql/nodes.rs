@@ -51,6 +51,7 @@ pub struct OutlineNode {
     pub version: Option<String>,
     /// Registration time (UTC).
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Its region (resolved by `region`).
     #[graphql(skip)]
     pub region_id: RegionId,
 }
@@ -114,6 +115,7 @@ pub struct GatewayNode {
     pub version: Option<String>,
     /// Registration time (UTC).
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Its region (resolved by `region`).
     #[graphql(skip)]
     pub region_id: RegionId,
 }

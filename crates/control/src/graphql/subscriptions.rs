@@ -34,8 +34,10 @@ pub struct Subscription {
     pub traffic_used_bytes: BigInt,
     /// Start of the current traffic period (UTC).
     pub period_start: chrono::DateTime<chrono::Utc>,
+    /// The subscriber (resolved by `user`).
     #[graphql(skip)]
     pub user_id: UserId,
+    /// The plan (resolved by `plan`).
     #[graphql(skip)]
     pub plan_id: PlanId,
 }
