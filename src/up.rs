@@ -121,7 +121,9 @@ pub async fn start_up_data_plane(
 ) -> anyhow::Result<UpDataPlane> {
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
-    use httvps_control::db::schema::{gateway_nodes, outline_nodes, users};
+    use httvps_control::actor::Actor;
+    use httvps_control::db::schema::{gateway_nodes, outline_nodes};
+    use httvps_control::ids::{GatewayNodeId, OutlineNodeId};
     use httvps_control::{catalogue, nodes};
     use httvps_dataplane::{backend::Backend, gateway as gw, node, tls};
 
@@ -130,14 +132,14 @@ pub async fn start_up_data_plane(
     let region = catalogue::ensure_region(db, "local", "Local")
         .await
         .map_err(fail)?;
-    let admin: String = httvps_control::db_run!(db, |conn| users::table
-        .filter(users::role.eq("admin"))
-        .order(users::created_at.asc())
-        .select(users::id)
-        .first(conn)
-        .await
-        .map_err(httvps_control::error::AppError::from))
-    .map_err(fail)?;
+    // `up` acts as its first admin, so the audit log says who registered.
+    let admin = Actor::Account {
+        user_id: accounts::first_admin(db)
+            .await
+            .map_err(fail)?
+            .context("up has no admin account")?,
+        role: Role::Admin,
+    };
     let method = node::parse_method(&region.pool_method).context("region cipher")?;
     let running = node::start(&node::NodeOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -149,7 +151,7 @@ pub async fn start_up_data_plane(
     .context("starting the embedded node")?;
     let node_addr = running.addr;
     let port = i32::from(node_addr.port());
-    let existing: Option<String> = httvps_control::db_run!(db, |conn| outline_nodes::table
+    let existing: Option<OutlineNodeId> = httvps_control::db_run!(db, |conn| outline_nodes::table
         .filter(outline_nodes::name.eq("local-node"))
         .select(outline_nodes::id)
         .first(conn)
@@ -159,7 +161,7 @@ pub async fn start_up_data_plane(
     .map_err(fail)?;
     let node_id = match existing {
         Some(id) => {
-            httvps_control::db_run!(db, |conn| diesel::update(outline_nodes::table.find(&id))
+            httvps_control::db_run!(db, |conn| diesel::update(outline_nodes::table.find(id))
                 .set((
                     outline_nodes::host.eq("127.0.0.1"),
                     outline_nodes::port.eq(port)
@@ -180,44 +182,38 @@ pub async fn start_up_data_plane(
                 secret: None,
                 capacity: 1000,
             };
-            nodes::register_outline(db, &state.api.events, &admin, input)
+            nodes::register_outline(db, &admin, input)
                 .await
                 .map_err(fail)?
                 .0
                 .id
         }
     };
-    let node_token = nodes::rotate_token(db, &admin, &node_id)
+    let node_token = nodes::rotate_token(db, &admin, node_id.uuid())
         .await
         .map_err(fail)?;
     let gateway_addr = gateway.local_addr()?;
     let public_url = format!("https://{gateway_addr}");
-    let gw_existing: Option<String> = httvps_control::db_run!(db, |conn| gateway_nodes::table
-        .filter(gateway_nodes::name.eq("local-gateway"))
-        .select(gateway_nodes::id)
-        .first(conn)
-        .await
-        .optional()
-        .map_err(httvps_control::error::AppError::from))
-    .map_err(fail)?;
+    let gw_existing: Option<GatewayNodeId> =
+        httvps_control::db_run!(db, |conn| gateway_nodes::table
+            .filter(gateway_nodes::name.eq("local-gateway"))
+            .select(gateway_nodes::id)
+            .first(conn)
+            .await
+            .optional()
+            .map_err(httvps_control::error::AppError::from))
+        .map_err(fail)?;
     let gw_id = match gw_existing {
         Some(id) => id,
         None => {
-            nodes::register_gateway(
-                db,
-                &state.api.events,
-                &admin,
-                "local",
-                "local-gateway",
-                &public_url,
-            )
-            .await
-            .map_err(fail)?
-            .0
-            .id
+            nodes::register_gateway(db, &admin, "local", "local-gateway", &public_url)
+                .await
+                .map_err(fail)?
+                .0
+                .id
         }
     };
-    let gw_token = nodes::rotate_token(db, &admin, &gw_id)
+    let gw_token = nodes::rotate_token(db, &admin, gw_id.uuid())
         .await
         .map_err(fail)?;
     let cert = data_dir.join("gateway.crt");
@@ -280,11 +276,8 @@ pub async fn run_up(
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    let sweeper = httvps_control::heartbeats::spawn_sweeper(
-        state.db.clone(),
-        state.api.events.clone(),
-        Duration::from_secs(2),
-    );
+    let sweeper =
+        httvps_control::heartbeats::spawn_sweeper(state.db.clone(), Duration::from_secs(2));
     let server = tokio::spawn(http::serve(listener, state.clone(), shutdown));
     let plane = start_up_data_plane(
         &state,

@@ -1153,7 +1153,7 @@ impl Plane {
         )
         .await;
         (
-            u.id,
+            u.id.to_string(),
             r["data"]["registerDevice"]["accessToken"]
                 .as_str()
                 .expect("token")

@@ -11,11 +11,13 @@ use common::{TestDb, TestServer, client, gql, httvps_cmd, spawn_listening};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use httvps_control::accounts::{self, Role};
-use httvps_control::db::models::{Plan, Subscription, new_id, now};
+use httvps_control::db::models::{Plan, Subscription, now};
 use httvps_control::db::schema::{plans, subscriptions, users};
 use httvps_control::db::{self, Db};
 use httvps_control::db_run;
 use httvps_control::error::AppError;
+use httvps_control::ids::{PlanId, SubscriptionId, UserId};
+use httvps_control::status::{ResetPeriod, SubscriptionStatus};
 
 async fn storage_invariants(t: &TestDb) {
     let db = t.pool();
@@ -41,14 +43,14 @@ async fn storage_invariants(t: &TestDb) {
     // A plan with a negative price breaks a CHECK: bad request, never database text.
     let ts = now();
     let mut plan = Plan {
-        id: new_id(),
+        id: PlanId::random(),
         name: "basic".into(),
         price_cents: -1,
         currency: "USD".into(),
         duration_days: 30,
         traffic_limit_bytes: Some(10 << 30),
         device_limit: 3,
-        reset_period: "monthly".into(),
+        reset_period: ResetPeriod::Monthly,
         archived: false,
         created_at: ts,
         updated_at: ts,
@@ -77,11 +79,11 @@ async fn storage_invariants(t: &TestDb) {
     assert_eq!(res.expect("plan"), 1);
 
     // Foreign keys are enforced (SQLite too): a subscription of a missing user.
-    let sub = |user_id: &str, status: &str| Subscription {
-        id: new_id(),
-        user_id: user_id.into(),
-        plan_id: plan.id.clone(),
-        status: status.into(),
+    let sub = |user_id: UserId, status: SubscriptionStatus| Subscription {
+        id: SubscriptionId::random(),
+        user_id,
+        plan_id: plan.id,
+        status,
         starts_at: ts,
         expires_at: ts + chrono::Duration::days(30),
         traffic_limit_bytes: plan.traffic_limit_bytes,
@@ -105,18 +107,22 @@ async fn storage_invariants(t: &TestDb) {
             r
         }
     };
-    let orphan = insert(sub("no-such-user", "active")).await;
+    let orphan = insert(sub(UserId::random(), SubscriptionStatus::Active)).await;
     assert!(matches!(orphan, Err(AppError::Conflict(_))), "{orphan:?}");
     // One active subscription per user; cancelled ones don't count.
-    insert(sub(&u.id, "active")).await.expect("first active");
-    insert(sub(&u.id, "cancelled"))
+    insert(sub(u.id, SubscriptionStatus::Active))
+        .await
+        .expect("first active");
+    insert(sub(u.id, SubscriptionStatus::Cancelled))
         .await
         .expect("cancelled alongside");
-    let second = insert(sub(&u.id, "active")).await;
+    let second = insert(sub(u.id, SubscriptionStatus::Active)).await;
     assert!(matches!(second, Err(AppError::Conflict(_))), "{second:?}");
 
     // Not found is typed.
-    let missing = accounts::find_user(&db, "nope").await.expect("query");
+    let missing = accounts::find_user(&db, UserId::random())
+        .await
+        .expect("query");
     assert!(missing.is_none());
     let n: i64 = async {
         Ok::<_, AppError>(db_run!(&db, |conn| users::table
@@ -131,7 +137,7 @@ async fn storage_invariants(t: &TestDb) {
     // Deleting the user cascades to its subscriptions.
     let left: i64 = async {
         Ok::<_, AppError>(db_run!(&db, |conn| {
-            diesel::delete(users::table.find(&u.id))
+            diesel::delete(users::table.find(u.id))
                 .execute(conn)
                 .await?;
             subscriptions::table.count().get_result(conn).await?

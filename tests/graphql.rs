@@ -299,7 +299,7 @@ async fn password_change_logout_and_disabling_invalidate_tokens() {
     assert_eq!(r["data"]["changePassword"], true, "{r}");
     assert_eq!(code(&me(tok).await), Some("UNAUTHENTICATED"));
     // Disabling the user kills a fresh token too, and login is refused.
-    let email: String = accounts::find_user(&server.state.db, &uid)
+    let email: String = accounts::find_user(&server.state.db, uid.parse().expect("user id"))
         .await
         .expect("q")
         .expect("user")

@@ -97,7 +97,7 @@ impl World {
         .await;
         let d = &r["data"]["registerDevice"];
         (
-            user.id,
+            user.id.to_string(),
             d["device"]["id"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{r}"))
@@ -223,9 +223,7 @@ async fn assignment_policy() {
     w.gql("mutation($a:UUID!,$b:UUID!){a:setNodeStatus(id:$a,status:DRAINING){__typename} b:setNodeStatus(id:$b,status:DISABLED){__typename}}", json!({"a": n3, "b": n4})).await;
     // n5 stops heartbeating: its lease runs out and the sweeper marks it down.
     w.sql(&format!("UPDATE outline_nodes SET last_heartbeat_at = last_heartbeat_at - interval '1 minute' WHERE id = '{n5}'")).await;
-    heartbeats::sweep(&w.server.state.db, &w.server.state.api.events)
-        .await
-        .expect("sweep");
+    heartbeats::sweep(&w.server.state.db).await.expect("sweep");
     // n6 is full: one open session on it.
     let (_, _, filler) = w.device().await;
     w.sql(&format!(
@@ -996,11 +994,9 @@ async fn node_lease_expiry_publishes_down_and_stops_assignments() {
     let (n1, t1) = w.node("eu", "n1", 100).await;
     w.beat(&t1, 0).await;
     let (_, _, tok) = w.device().await;
-    let mut events = w.server.state.api.events.subscribe();
+    let mut events = w.server.state.db.events().subscribe();
     w.sql(&format!("UPDATE outline_nodes SET last_heartbeat_at = last_heartbeat_at - interval '1 minute' WHERE id = '{n1}'")).await;
-    heartbeats::sweep(&w.server.state.db, &w.server.state.api.events)
-        .await
-        .expect("sweep");
+    heartbeats::sweep(&w.server.state.db).await.expect("sweep");
     use httvps_control::events::NodeEventKind;
     let ev = next_event(&mut events, NodeEventKind::Down).await;
     assert_eq!(ev.node_id, n1);

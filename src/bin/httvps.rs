@@ -13,8 +13,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use httvps::cli::LogArgs;
 use httvps_control::accounts::{self, Role};
+use httvps_control::actor::Actor;
 use httvps_control::config::{DbArgs, ServeArgs, Settings};
 use httvps_control::db::{self, Db};
+use httvps_control::devices;
+use httvps_control::ids::DeviceId;
 
 /// httvps control plane: users, devices, plans, subscriptions, regions,
 /// nodes, sessions and usage over GraphQL and REST.
@@ -40,6 +43,11 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Device administration (as the operator: any account's devices).
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
     },
     /// Zero-setup start: SQLite under the data directory, a generated secret,
     /// a first admin (password printed once), the server on 127.0.0.1.
@@ -70,6 +78,18 @@ enum AdminCommand {
         /// Read the password from the first line of standard input.
         #[arg(long, required = true)]
         password_stdin: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Revokes a device: its token stops working and gateways close its
+    /// tunnels at once (the same use case as the API's revokeDevice).
+    Revoke {
+        /// The device's id.
+        id: String,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -132,6 +152,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("creating the admin: {e}"))?;
             println!("created admin {} ({})", user.email, user.id);
+            Ok(())
+        }
+        Command::Device {
+            command: DeviceCommand::Revoke { id, db: args },
+        } => {
+            let dsn = args.dsn()?;
+            let id = DeviceId::parse("id", &id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let pool = Db::connect(&dsn, 1)?;
+            let device = devices::revoke(&pool, &Actor::Operator, id)
+                .await
+                .map_err(|e| anyhow::anyhow!("revoking device {id}: {e}"))?;
+            println!(
+                "revoked device {} ({}) of user {}",
+                device.id, device.name, device.user_id
+            );
             Ok(())
         }
         Command::Up {

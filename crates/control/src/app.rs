@@ -9,7 +9,6 @@ use tokio::net::TcpListener;
 use crate::auth::jwt::JwtKeys;
 use crate::config::Settings;
 use crate::db::{self, Db, Dsn};
-use crate::events::Events;
 use crate::http;
 use crate::state::AppState;
 
@@ -29,14 +28,12 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         settings.jwt_algorithm,
         settings.jwt_expire_minutes * 60,
     );
-    let events = Events::new(db.clone());
     if let Dsn::Postgres(url) = &settings.dsn {
-        events.start_listener(url).await;
+        db.events().start_listener(url).await;
     }
     Ok(AppState::new(
         db,
         jwt,
-        events,
         settings.gateway_url.clone(),
         settings.debug,
     ))
@@ -48,11 +45,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = prepare(&settings).await?;
-    let sweeper = crate::heartbeats::spawn_sweeper(
-        state.db.clone(),
-        state.api.events.clone(),
-        std::time::Duration::from_secs(2),
-    );
+    let sweeper =
+        crate::heartbeats::spawn_sweeper(state.db.clone(), std::time::Duration::from_secs(2));
     let addr = SocketAddr::new(settings.host, settings.port);
     let listener = TcpListener::bind(addr)
         .await

@@ -5,11 +5,14 @@ use diesel_async::RunQueryDsl;
 
 use super::pagination::{Page, PageArgs};
 use super::{audit, validate};
+use crate::actor::Actor;
 use crate::auth;
 use crate::db::Db;
-use crate::db::models::{Plan, Region, new_id, now};
+use crate::db::models::{Plan, Region, now};
 use crate::db::schema::{audit_log, plans, regions};
 use crate::error::{AppError, AppResult};
+use crate::ids::{PlanId, RegionId};
+pub use crate::status::ResetPeriod;
 use crate::{db_run, db_tx, paginate};
 
 /// Shadowsocks ciphers every part of the system supports (what Outline apps
@@ -26,33 +29,6 @@ pub fn method(value: &str) -> AppResult<String> {
             "method must be one of {}",
             METHODS.join(", ")
         )))
-    }
-}
-
-/// How often a plan's traffic allowance starts over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
-pub enum ResetPeriod {
-    /// The allowance covers the whole subscription.
-    None,
-    /// The allowance starts over every 30 days.
-    Monthly,
-}
-
-impl ResetPeriod {
-    /// The stored form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResetPeriod::None => "none",
-            ResetPeriod::Monthly => "monthly",
-        }
-    }
-    /// Parses the stored form.
-    pub fn parse(s: &str) -> Self {
-        if s == "monthly" {
-            ResetPeriod::Monthly
-        } else {
-            ResetPeriod::None
-        }
     }
 }
 
@@ -111,7 +87,8 @@ fn check_plan_fields(p: &mut PlanChanges) -> AppResult<()> {
 }
 
 /// Admin: adds a plan.
-pub async fn create_plan(db: &Db, actor: &str, input: NewPlan) -> AppResult<Plan> {
+pub async fn create_plan(db: &Db, actor: &Actor, input: NewPlan) -> AppResult<Plan> {
+    actor.require_admin()?;
     let mut fields = PlanChanges {
         name: Some(input.name),
         price_cents: Some(input.price_cents),
@@ -128,14 +105,14 @@ pub async fn create_plan(db: &Db, actor: &str, input: NewPlan) -> AppResult<Plan
     }
     let ts = now();
     let plan = Plan {
-        id: new_id(),
+        id: PlanId::random(),
         name: fields.name.unwrap_or_default(),
         price_cents: input.price_cents,
         currency,
         duration_days: input.duration_days,
         traffic_limit_bytes: input.traffic_limit_bytes,
         device_limit: input.device_limit,
-        reset_period: input.reset_period.as_str().to_owned(),
+        reset_period: input.reset_period,
         archived: false,
         created_at: ts,
         updated_at: ts,
@@ -144,10 +121,10 @@ pub async fn create_plan(db: &Db, actor: &str, input: NewPlan) -> AppResult<Plan
         actor,
         "create_plan",
         "plan",
-        Some(&plan.id),
+        Some(&plan.id.to_string()),
         serde_json::json!({"name": plan.name}),
     );
-    db_tx!(db, |conn| {
+    db_tx!(db, |conn, _| {
         let p = diesel::insert_into(plans::table)
             .values(&plan)
             .returning(Plan::as_returning())
@@ -165,20 +142,20 @@ pub async fn create_plan(db: &Db, actor: &str, input: NewPlan) -> AppResult<Plan
 /// Admin: changes a plan. Existing subscriptions keep their terms.
 pub async fn update_plan(
     db: &Db,
-    actor: &str,
-    id: &str,
+    actor: &Actor,
+    id: PlanId,
     mut changes: PlanChanges,
 ) -> AppResult<Plan> {
-    let id = validate::id("id", id)?;
+    actor.require_admin()?;
     check_plan_fields(&mut changes)?;
     let entry = audit::entry(
         actor,
         "update_plan",
         "plan",
-        Some(&id),
+        Some(&id.to_string()),
         serde_json::json!({}),
     );
-    db_tx!(db, |conn| {
+    db_tx!(db, |conn, _| {
         let ts = now();
         let p = if changes.name.is_none()
             && changes.price_cents.is_none()
@@ -187,13 +164,13 @@ pub async fn update_plan(
             && changes.device_limit.is_none()
         {
             plans::table
-                .find(&id)
+                .find(id)
                 .select(Plan::as_select())
                 .first(conn)
                 .await
                 .optional()?
         } else {
-            diesel::update(plans::table.find(&id))
+            diesel::update(plans::table.find(id))
                 .set((&changes, plans::updated_at.eq(ts)))
                 .returning(Plan::as_returning())
                 .get_result(conn)
@@ -211,17 +188,17 @@ pub async fn update_plan(
 }
 
 /// Admin: archives a plan: no new grants, existing subscriptions run on.
-pub async fn archive_plan(db: &Db, actor: &str, id: &str) -> AppResult<Plan> {
-    let id = validate::id("id", id)?;
+pub async fn archive_plan(db: &Db, actor: &Actor, id: PlanId) -> AppResult<Plan> {
+    actor.require_admin()?;
     let entry = audit::entry(
         actor,
         "archive_plan",
         "plan",
-        Some(&id),
+        Some(&id.to_string()),
         serde_json::json!({}),
     );
-    db_tx!(db, |conn| {
-        let p = diesel::update(plans::table.find(&id))
+    db_tx!(db, |conn, _| {
+        let p = diesel::update(plans::table.find(id))
             .set((plans::archived.eq(true), plans::updated_at.eq(now())))
             .returning(Plan::as_returning())
             .get_result(conn)
@@ -236,8 +213,14 @@ pub async fn archive_plan(db: &Db, actor: &str, id: &str) -> AppResult<Plan> {
     })
 }
 
-/// A page of plans; archived ones only when asked.
-pub async fn list_plans(db: &Db, include_archived: bool, page: &PageArgs) -> AppResult<Page<Plan>> {
+/// A page of plans; archived ones only for admins who ask.
+pub async fn list_plans(
+    db: &Db,
+    actor: &Actor,
+    include_archived: bool,
+    page: &PageArgs,
+) -> AppResult<Page<Plan>> {
+    let include_archived = include_archived && actor.is_admin();
     let rows = db_run!(db, |conn| {
         let mut q = plans::table.select(Plan::as_select()).into_boxed();
         if !include_archived {
@@ -249,7 +232,7 @@ pub async fn list_plans(db: &Db, include_archived: bool, page: &PageArgs) -> App
 }
 
 /// Loads plans by id.
-pub async fn plans_by_ids(db: &Db, ids: &[String]) -> AppResult<Vec<Plan>> {
+pub async fn plans_by_ids(db: &Db, ids: &[PlanId]) -> AppResult<Vec<Plan>> {
     Ok(db_run!(db, |conn| plans::table
         .filter(plans::id.eq_any(ids))
         .select(Plan::as_select())
@@ -260,13 +243,14 @@ pub async fn plans_by_ids(db: &Db, ids: &[String]) -> AppResult<Vec<Plan>> {
 /// Admin: adds a region with a fresh pool key.
 pub async fn create_region(
     db: &Db,
-    actor: &str,
+    actor: &Actor,
     code: &str,
     name: &str,
     pool_method: Option<&str>,
 ) -> AppResult<Region> {
+    actor.require_admin()?;
     let region = Region {
-        id: new_id(),
+        id: RegionId::random(),
         code: validate::code("code", code)?,
         name: validate::text("name", name, 1, 100)?,
         pool_method: method(pool_method.unwrap_or(METHODS[0]))?,
@@ -277,10 +261,10 @@ pub async fn create_region(
         actor,
         "create_region",
         "region",
-        Some(&region.id),
+        Some(&region.id.to_string()),
         serde_json::json!({"code": region.code}),
     );
-    db_tx!(db, |conn| {
+    db_tx!(db, |conn, _| {
         let r = diesel::insert_into(regions::table)
             .values(&region)
             .returning(Region::as_returning())
@@ -301,7 +285,7 @@ pub async fn ensure_region(db: &Db, code: &str, name: &str) -> AppResult<Region>
         return Ok(r);
     }
     let region = Region {
-        id: new_id(),
+        id: RegionId::random(),
         code: validate::code("code", code)?,
         name: validate::text("name", name, 1, 100)?,
         pool_method: METHODS[0].to_owned(),
@@ -336,7 +320,7 @@ pub async fn region_by_code(db: &Db, code: &str) -> AppResult<Option<Region>> {
 }
 
 /// Loads regions by id.
-pub async fn regions_by_ids(db: &Db, ids: &[String]) -> AppResult<Vec<Region>> {
+pub async fn regions_by_ids(db: &Db, ids: &[RegionId]) -> AppResult<Vec<Region>> {
     Ok(db_run!(db, |conn| regions::table
         .filter(regions::id.eq_any(ids))
         .select(Region::as_select())

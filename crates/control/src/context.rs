@@ -1,35 +1,36 @@
-//! The application context every request handler gets (database, keys,
-//! events, caches), and who is calling: the signed-in [`Viewer`] resolved
-//! from an access JWT, or a device on the live socket.
+//! The application context every request handler gets (database with its
+//! events, keys, caches), and who is calling: the signed-in [`Viewer`]
+//! resolved from an access JWT, or a device on the live socket.
 
 use axum::http::{HeaderMap, header};
 
-use crate::accounts::{self, Role};
+use crate::accounts;
+use crate::actor::Actor;
 use crate::auth::jwt::{Audience, JwtKeys};
 use crate::db::Db;
 use crate::error::AppError;
-use crate::events::Events;
+use crate::ids::{DeviceId, UserId};
+use crate::nodes::MachineCache;
+use crate::status::{Role, UserStatus};
 
-/// What resolvers need, shared by every request.
+/// What handlers need, shared by every request.
 #[derive(Clone)]
 pub struct AppContext {
-    /// The database.
+    /// The database (and this process's event fan-out, [`Db::events`]).
     pub db: Db,
     /// Token keys.
     pub jwt: JwtKeys,
-    /// Node events.
-    pub events: Events,
     /// Public URL of the gateway devices connect through, if configured.
     pub gateway_url: Option<String>,
     /// Recently authenticated machine tokens.
-    pub machines: crate::nodes::MachineCache,
+    pub machines: MachineCache,
 }
 
 /// Who is calling: resolved once per request from the access token.
 #[derive(Debug, Clone)]
 pub struct Viewer {
     /// The user's id.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The user's role.
     pub role: Role,
 }
@@ -39,6 +40,14 @@ impl Viewer {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
+
+    /// The viewer as the actor of a use case.
+    pub fn actor(&self) -> Actor {
+        Actor::Account {
+            user_id: self.user_id,
+            role: self.role,
+        }
+    }
 }
 
 /// A device client on `/graphql/ws` (authenticated by its access token):
@@ -46,7 +55,7 @@ impl Viewer {
 #[derive(Debug, Clone)]
 pub struct DeviceViewer {
     /// The device's id.
-    pub device_id: String,
+    pub device_id: DeviceId,
 }
 
 /// The bearer token of a request, if any; a malformed header is an error.
@@ -68,14 +77,15 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
 /// Checks an access JWT and the user behind it (active, token version current).
 pub async fn viewer_from_token(api: &AppContext, token: &str) -> Result<Viewer, AppError> {
     let claims = api.jwt.verify(Audience::Access, token)?;
-    let user = accounts::find_user(&api.db, &claims.sub)
+    let id: UserId = claims.sub.parse().map_err(|_| AppError::Unauthenticated)?;
+    let user = accounts::find_user(&api.db, id)
         .await?
         .ok_or(AppError::Unauthenticated)?;
-    if user.status != "active" || user.token_version != claims.ver {
+    if user.status != UserStatus::Active || user.token_version != claims.ver {
         return Err(AppError::Unauthenticated);
     }
     Ok(Viewer {
         user_id: user.id,
-        role: Role::parse(&user.role),
+        role: user.role,
     })
 }

@@ -1,7 +1,13 @@
 //! Live events: node events (for dashboards and clients) and access
-//! events (for gateways, which drop cached validations at once). On
-//! PostgreSQL they travel through NOTIFY, so every replica's subscribers see
-//! changes made on any replica; on SQLite (one process) they stay in process.
+//! events (for gateways, which drop cached validations at once).
+//!
+//! A use case never publishes an event itself: it puts what its change
+//! implies in the [`Outbox`] of its transaction (see
+//! [`db_tx!`](crate::db_tx)), so the event exists exactly when the change
+//! does. On PostgreSQL the outbox becomes `pg_notify` calls on the
+//! transaction's own connection (delivered at commit, dropped on rollback),
+//! and every replica's listener fans them out; on SQLite (one process) it is
+//! broadcast here after a successful commit.
 
 use std::time::Duration;
 
@@ -9,7 +15,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::db::{Db, DbPool};
+use crate::ids::UserId;
 pub use httvps_wire::events::AccessEvent;
 
 /// The NOTIFY channel of node events.
@@ -78,20 +84,120 @@ pub struct NodeEvent {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Publishes and fans out node and access events.
+/// Why someone's right to connect changed (the `reason` of an access event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessChange {
+    /// A device was revoked.
+    DeviceRevoked,
+    /// A device's token was replaced.
+    DeviceTokenRotated,
+    /// An account was disabled.
+    UserDisabled,
+    /// A new subscription replaced the one before (it may allow less).
+    SubscriptionReplaced,
+    /// A subscription was extended (gateways may hold a cached refusal).
+    SubscriptionExtended,
+    /// A subscription was cancelled.
+    SubscriptionCancelled,
+    /// Accounts used up their allowance.
+    QuotaExceeded,
+}
+
+impl AccessChange {
+    /// The text gateways see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessChange::DeviceRevoked => "device_revoked",
+            AccessChange::DeviceTokenRotated => "device_token_rotated",
+            AccessChange::UserDisabled => "user_disabled",
+            AccessChange::SubscriptionReplaced => "subscription_replaced",
+            AccessChange::SubscriptionExtended => "subscription_extended",
+            AccessChange::SubscriptionCancelled => "subscription_cancelled",
+            AccessChange::QuotaExceeded => "quota_exceeded",
+        }
+    }
+}
+
+/// The events one transaction's changes imply, collected while it runs and
+/// published only if it commits (see the module documentation).
+#[derive(Debug, Default)]
+#[must_use = "an outbox holds events until its transaction commits"]
+pub struct Outbox {
+    node: Vec<NodeEvent>,
+    access: Vec<AccessEvent>,
+}
+
+impl Outbox {
+    /// A node changed.
+    pub fn node(&mut self, event: NodeEvent) {
+        self.node.push(event);
+    }
+
+    /// Someone's right to connect changed (`user`: whose, when one account).
+    pub fn access(&mut self, change: AccessChange, user: Option<UserId>) {
+        let user = user.map(|u| u.to_string());
+        self.access
+            .push(AccessEvent::new(change.as_str(), user.as_deref()));
+    }
+
+    /// Whether nothing was put in.
+    pub fn is_empty(&self) -> bool {
+        self.node.is_empty() && self.access.is_empty()
+    }
+
+    /// PostgreSQL: queues the events as notifications of the transaction
+    /// `conn` is in, so they are delivered at its commit and never without
+    /// it. Call last in the transaction.
+    pub async fn notify_in(&self, conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+        for (channel, payload) in self.payloads() {
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<diesel::sql_types::Text, _>(channel)
+                .bind::<diesel::sql_types::Text, _>(payload)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn payloads(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let node = self
+            .node
+            .iter()
+            .map(|e| (CHANNEL, serde_json::to_string(e)));
+        let access = self
+            .access
+            .iter()
+            .map(|e| (ACCESS_CHANNEL, serde_json::to_string(e)));
+        node.chain(access).filter_map(|(channel, json)| match json {
+            Ok(json) => Some((channel, json)),
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding an event");
+                None
+            }
+        })
+    }
+}
+
+/// This process's fan-out of events to its subscribers (GraphQL live
+/// operations, gateways' access-event streams).
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<NodeEvent>,
     access_tx: broadcast::Sender<AccessEvent>,
-    db: Db,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Events {
-    /// A broker publishing through `db` (NOTIFY on PostgreSQL).
-    pub fn new(db: Db) -> Self {
+    /// A fan-out with no subscriber yet.
+    pub fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
         let (access_tx, _) = broadcast::channel(1024);
-        Events { tx, access_tx, db }
+        Events { tx, access_tx }
     }
 
     /// Receives every node event from now on (slow receivers skip old ones).
@@ -105,45 +211,14 @@ impl Events {
         self.access_tx.subscribe()
     }
 
-    /// Publishes a node event to every replica. Failures are logged: events
-    /// are advisory, the database stays the truth.
-    pub async fn publish(&self, event: NodeEvent) {
-        if let DbPool::Sqlite(_) = &self.db.pool {
-            let _ = self.tx.send(event);
-            return;
+    /// Hands a committed transaction's events to this process's subscribers
+    /// (SQLite; on PostgreSQL the listener does it for every replica).
+    pub fn deliver(&self, outbox: Outbox) {
+        for e in outbox.node {
+            let _ = self.tx.send(e);
         }
-        self.notify(CHANNEL, &event).await;
-    }
-
-    /// Publishes an access event to every replica. Failures are logged:
-    /// gateways also learn of closures from their heartbeats.
-    pub async fn access_changed(&self, event: AccessEvent) {
-        if let DbPool::Sqlite(_) = &self.db.pool {
-            let _ = self.access_tx.send(event);
-            return;
-        }
-        self.notify(ACCESS_CHANNEL, &event).await;
-    }
-
-    async fn notify(&self, channel: &str, event: &impl serde::Serialize) {
-        let DbPool::Pg(pool) = &self.db.pool else {
-            return;
-        };
-        let payload = match serde_json::to_string(event) {
-            Ok(p) => p,
-            Err(e) => return tracing::warn!(error = %e, "encoding an event"),
-        };
-        let sent = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            diesel::sql_query("SELECT pg_notify($1, $2)")
-                .bind::<diesel::sql_types::Text, _>(channel)
-                .bind::<diesel::sql_types::Text, _>(payload)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        if let Err(e) = sent.await {
-            tracing::warn!(error = %e, channel, "publishing an event");
+        for e in outbox.access {
+            let _ = self.access_tx.send(e);
         }
     }
 
@@ -151,55 +226,13 @@ impl Events {
     /// transaction poolers drop LISTEN) and forwards to local subscribers,
     /// reconnecting after failures. Returns once the first LISTEN is in place.
     pub async fn start_listener(&self, url: &str) {
-        let tx = self.tx.clone();
-        let access_tx = self.access_tx.clone();
+        let events = self.clone();
         let url = url.to_owned();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             loop {
-                match AsyncPgConnection::establish(&url).await {
-                    Ok(mut conn) => {
-                        if let Err(e) = conn
-                            .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}"))
-                            .await
-                        {
-                            tracing::warn!(error = %e, "LISTEN failed");
-                        } else {
-                            if let Some(r) = ready.take() {
-                                let _ = r.send(());
-                            }
-                            let mut stream = std::pin::pin!(conn.notifications_stream());
-                            while let Some(n) = stream.next().await {
-                                match n {
-                                    Ok(n) if n.channel == ACCESS_CHANNEL => {
-                                        match serde_json::from_str::<AccessEvent>(&n.payload) {
-                                            Ok(ev) => {
-                                                let _ = access_tx.send(ev);
-                                            }
-                                            Err(e) => {
-                                                tracing::warn!(error = %e, "undecodable event")
-                                            }
-                                        }
-                                    }
-                                    Ok(n) => match serde_json::from_str::<NodeEvent>(&n.payload) {
-                                        Ok(ev) => {
-                                            let _ = tx.send(ev);
-                                        }
-                                        Err(e) => {
-                                            tracing::warn!(error = %e, "undecodable node event")
-                                        }
-                                    },
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "event listener");
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "event listener cannot connect"),
-                }
+                events.listen_once(&url, &mut ready).await;
                 if let Some(r) = ready.take() {
                     // Don't hold start-up hostage to the listener.
                     let _ = r.send(());
@@ -208,5 +241,63 @@ impl Events {
             }
         });
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
+    }
+
+    /// One connection's worth of listening: returns when it fails.
+    async fn listen_once(&self, url: &str, ready: &mut Option<tokio::sync::oneshot::Sender<()>>) {
+        let mut conn = match AsyncPgConnection::establish(url).await {
+            Ok(conn) => conn,
+            Err(e) => return tracing::warn!(error = %e, "event listener cannot connect"),
+        };
+        let listen = format!("LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}");
+        if let Err(e) = conn.batch_execute(&listen).await {
+            return tracing::warn!(error = %e, "LISTEN failed");
+        }
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        let mut stream = std::pin::pin!(conn.notifications_stream());
+        while let Some(n) = stream.next().await {
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => return tracing::warn!(error = %e, "event listener"),
+            };
+            if n.channel == ACCESS_CHANNEL {
+                match serde_json::from_str::<AccessEvent>(&n.payload) {
+                    Ok(ev) => {
+                        let _ = self.access_tx.send(ev);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable event"),
+                }
+            } else {
+                match serde_json::from_str::<NodeEvent>(&n.payload) {
+                    Ok(ev) => {
+                        let _ = self.tx.send(ev);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable node event"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivered_events_reach_subscribers_once() {
+        let events = Events::new();
+        let mut access = events.subscribe_access();
+        let mut outbox = Outbox::default();
+        assert!(outbox.is_empty());
+        let user = UserId::random();
+        outbox.access(AccessChange::DeviceRevoked, Some(user));
+        assert_eq!(outbox.payloads().count(), 1);
+        events.deliver(outbox);
+        let got = access.try_recv().expect("one event");
+        assert_eq!(got.reason, "device_revoked");
+        assert_eq!(got.user_id, Some(user.to_string()));
+        assert!(access.try_recv().is_err());
     }
 }

@@ -1,21 +1,23 @@
 //! Heartbeats from gateways and Outline nodes, and the sweeper that marks
 //! nodes down when their lease runs out and ends idle sessions. Every health
-//! change is published as a node event.
+//! change publishes its node event in the transaction that makes it.
 
 use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::events::{Events, NodeEventKind};
+use super::access::closing;
 use super::node_assignment::lease;
 use super::nodes::{gateway_event, outline_event};
-use super::usage_accounting;
 use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, now};
 use crate::db::schema::{gateway_nodes, outline_nodes, regions, sessions};
-use crate::db_run;
+use crate::db_tx;
 use crate::error::{AppError, AppResult};
+use crate::events::NodeEventKind;
+use crate::ids::{OutlineNodeId, SessionId};
+use crate::status::{EndReason, Health};
 use httvps_wire::CloseOrder;
 use httvps_wire::heartbeat::{GatewayBeat, OutlineBeat};
 
@@ -28,21 +30,18 @@ fn check_version(v: &Option<String>) -> AppResult<Option<String>> {
         .transpose()
 }
 
-async fn region_code(db: &Db, region_id: &str) -> AppResult<String> {
-    Ok(db_run!(db, |conn| regions::table
-        .find(region_id)
-        .select(regions::code)
-        .first(conn)
-        .await?))
+/// Parses the ids of a heartbeat (all or nothing).
+fn parse_ids<T: std::str::FromStr>(ids: &[String]) -> AppResult<Vec<T>> {
+    ids.iter()
+        .map(|id| {
+            id.parse()
+                .map_err(|_| AppError::bad("ids must be valid ids"))
+        })
+        .collect()
 }
 
 /// Records a gateway's heartbeat; returns the sessions it must close.
-pub async fn gateway(
-    db: &Db,
-    events: &Events,
-    g: &GatewayNode,
-    beat: &GatewayBeat,
-) -> AppResult<Vec<CloseOrder>> {
+pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<Vec<CloseOrder>> {
     let version = check_version(&beat.version)?;
     if beat.open_tunnels < 0 {
         return Err(AppError::bad("open_tunnels must not be negative"));
@@ -53,22 +52,15 @@ pub async fn gateway(
     {
         return Err(AppError::bad("too many ids in one heartbeat"));
     }
-    for id in beat
-        .open_sessions
-        .iter()
-        .chain(&beat.unreachable_nodes)
-        .chain(&beat.reachable_nodes)
-    {
-        if uuid::Uuid::parse_str(id).is_err() {
-            return Err(AppError::bad("ids must be valid ids"));
-        }
-    }
-    let ts = now();
-    let was_up = g.health == "up";
-    let updated: GatewayNode = db_run!(db, |conn| {
-        let g = diesel::update(gateway_nodes::table.find(&g.id))
+    let open: Vec<SessionId> = parse_ids(&beat.open_sessions)?;
+    let unreachable: Vec<OutlineNodeId> = parse_ids(&beat.unreachable_nodes)?;
+    let reachable: Vec<OutlineNodeId> = parse_ids(&beat.reachable_nodes)?;
+    let was_up = g.health == Health::Up;
+    db_tx!(db, |conn, outbox| {
+        let ts = now();
+        let updated = diesel::update(gateway_nodes::table.find(g.id))
             .set((
-                gateway_nodes::health.eq("up"),
+                gateway_nodes::health.eq(Health::Up),
                 gateway_nodes::last_heartbeat_at.eq(ts),
                 gateway_nodes::open_tunnels.eq(beat.open_tunnels),
                 gateway_nodes::version.eq(&version),
@@ -77,109 +69,116 @@ pub async fn gateway(
             .returning(GatewayNode::as_returning())
             .get_result(conn)
             .await?;
-        if !beat.open_sessions.is_empty() {
+        if !open.is_empty() {
             diesel::update(sessions::table)
-                .filter(sessions::id.eq_any(&beat.open_sessions))
-                .filter(sessions::gateway_node_id.eq(&g.id))
+                .filter(sessions::id.eq_any(&open))
+                .filter(sessions::gateway_node_id.eq(g.id))
                 .filter(sessions::ended_at.is_null())
                 .set(sessions::last_activity_at.eq(ts))
                 .execute(conn)
                 .await?;
         }
-        g
-    });
-    if !was_up {
-        let code = region_code(db, &updated.region_id).await?;
-        events
-            .publish(gateway_event(&updated, &code, NodeEventKind::Up))
-            .await;
-    }
-    // Nodes judged by what the gateway saw: stock nodes send no heartbeat.
-    for (ids, health, kind) in [
-        (&beat.unreachable_nodes, "down", NodeEventKind::Down),
-        (&beat.reachable_nodes, "up", NodeEventKind::Up),
-    ] {
-        if ids.is_empty() {
-            continue;
+        if !was_up {
+            let code: String = regions::table
+                .find(updated.region_id)
+                .select(regions::code)
+                .first(conn)
+                .await?;
+            outbox.node(gateway_event(&updated, &code, NodeEventKind::Up));
         }
-        let changed: Vec<OutlineNode> = db_run!(db, |conn| diesel::update(outline_nodes::table)
-            .filter(outline_nodes::id.eq_any(ids))
-            .filter(outline_nodes::health.ne(health))
-            .set((
-                outline_nodes::health.eq(health),
-                outline_nodes::updated_at.eq(ts)
-            ))
-            .returning(OutlineNode::as_returning())
-            .get_results(conn)
-            .await?);
-        for n in changed {
-            let code = region_code(db, &n.region_id).await?;
-            events.publish(outline_event(&n, &code, kind)).await;
+        // Nodes judged by what the gateway saw: stock nodes send no heartbeat.
+        for (ids, health, kind) in [
+            (&unreachable, Health::Down, NodeEventKind::Down),
+            (&reachable, Health::Up, NodeEventKind::Up),
+        ] {
+            if ids.is_empty() {
+                continue;
+            }
+            let changed: Vec<OutlineNode> = diesel::update(outline_nodes::table)
+                .filter(outline_nodes::id.eq_any(ids))
+                .filter(outline_nodes::health.ne(health))
+                .set((
+                    outline_nodes::health.eq(health),
+                    outline_nodes::updated_at.eq(ts),
+                ))
+                .returning(OutlineNode::as_returning())
+                .get_results(conn)
+                .await?;
+            for n in changed {
+                let code: String = regions::table
+                    .find(n.region_id)
+                    .select(regions::code)
+                    .first(conn)
+                    .await?;
+                outbox.node(outline_event(&n, &code, kind));
+            }
         }
-    }
-    usage_accounting::close_orders(db, &g.id, &beat.open_sessions).await
+        Ok::<_, AppError>(())
+    })?;
+    closing::close_orders(db, g.id, &open).await
 }
 
 /// Records an Outline node's heartbeat.
-pub async fn outline(
-    db: &Db,
-    events: &Events,
-    n: &OutlineNode,
-    beat: &OutlineBeat,
-) -> AppResult<()> {
+pub async fn outline(db: &Db, n: &OutlineNode, beat: &OutlineBeat) -> AppResult<()> {
     let version = check_version(&beat.version)?;
     if beat.load < 0 || beat.bytes_in < 0 || beat.bytes_out < 0 {
         return Err(AppError::bad("load and byte counters must not be negative"));
     }
-    let ts = now();
-    let updated: OutlineNode = db_run!(db, |conn| diesel::update(outline_nodes::table.find(&n.id))
-        .set((
-            outline_nodes::health.eq("up"),
-            outline_nodes::last_heartbeat_at.eq(ts),
-            outline_nodes::load.eq(beat.load),
-            outline_nodes::bytes_in.eq(beat.bytes_in),
-            outline_nodes::bytes_out.eq(beat.bytes_out),
-            outline_nodes::version.eq(&version),
-            outline_nodes::updated_at.eq(ts),
-        ))
-        .returning(OutlineNode::as_returning())
-        .get_result(conn)
-        .await?);
-    let kind = if n.health != "up" {
+    let kind = if n.health != Health::Up {
         Some(NodeEventKind::Up)
     } else if n.load != beat.load {
         Some(NodeEventKind::Load)
     } else {
         None
     };
-    if let Some(kind) = kind {
-        let code = region_code(db, &updated.region_id).await?;
-        events.publish(outline_event(&updated, &code, kind)).await;
-    }
-    Ok(())
+    db_tx!(db, |conn, outbox| {
+        let ts = now();
+        let updated = diesel::update(outline_nodes::table.find(n.id))
+            .set((
+                outline_nodes::health.eq(Health::Up),
+                outline_nodes::last_heartbeat_at.eq(ts),
+                outline_nodes::load.eq(beat.load),
+                outline_nodes::bytes_in.eq(beat.bytes_in),
+                outline_nodes::bytes_out.eq(beat.bytes_out),
+                outline_nodes::version.eq(&version),
+                outline_nodes::updated_at.eq(ts),
+            ))
+            .returning(OutlineNode::as_returning())
+            .get_result(conn)
+            .await?;
+        if let Some(kind) = kind {
+            let code: String = regions::table
+                .find(updated.region_id)
+                .select(regions::code)
+                .first(conn)
+                .await?;
+            outbox.node(outline_event(&updated, &code, kind));
+        }
+        Ok::<_, AppError>(())
+    })
 }
 
 /// One sweep: nodes and gateways whose lease ran out go down (each change
 /// published once, even with several replicas sweeping), idle sessions end.
-pub async fn sweep(db: &Db, events: &Events) -> AppResult<()> {
-    let ts = now();
-    let expired = ts - lease();
-    let (nodes, gateways): (Vec<OutlineNode>, Vec<GatewayNode>) = db_run!(db, |conn| {
-        let n = diesel::update(outline_nodes::table)
-            .filter(outline_nodes::health.eq("up"))
+pub async fn sweep(db: &Db) -> AppResult<()> {
+    db_tx!(db, |conn, outbox| {
+        let ts = now();
+        let expired = ts - lease();
+        let nodes: Vec<OutlineNode> = diesel::update(outline_nodes::table)
+            .filter(outline_nodes::health.eq(Health::Up))
             .filter(outline_nodes::last_heartbeat_at.lt(expired))
             .set((
-                outline_nodes::health.eq("down"),
+                outline_nodes::health.eq(Health::Down),
                 outline_nodes::updated_at.eq(ts),
             ))
             .returning(OutlineNode::as_returning())
             .get_results(conn)
             .await?;
-        let g = diesel::update(gateway_nodes::table)
-            .filter(gateway_nodes::health.eq("up"))
+        let gateways: Vec<GatewayNode> = diesel::update(gateway_nodes::table)
+            .filter(gateway_nodes::health.eq(Health::Up))
             .filter(gateway_nodes::last_heartbeat_at.lt(expired))
             .set((
-                gateway_nodes::health.eq("down"),
+                gateway_nodes::health.eq(Health::Down),
                 gateway_nodes::updated_at.eq(ts),
             ))
             .returning(GatewayNode::as_returning())
@@ -188,34 +187,40 @@ pub async fn sweep(db: &Db, events: &Events) -> AppResult<()> {
         diesel::update(sessions::table)
             .filter(sessions::ended_at.is_null())
             .filter(sessions::last_activity_at.lt(ts - SESSION_IDLE))
-            .set((sessions::ended_at.eq(ts), sessions::end_reason.eq("idle")))
+            .set((
+                sessions::ended_at.eq(ts),
+                sessions::end_reason.eq(EndReason::Idle),
+            ))
             .execute(conn)
             .await?;
-        (n, g)
-    });
-    for n in nodes {
-        let code = region_code(db, &n.region_id).await?;
-        events
-            .publish(outline_event(&n, &code, NodeEventKind::Down))
-            .await;
-    }
-    for g in gateways {
-        let code = region_code(db, &g.region_id).await?;
-        events
-            .publish(gateway_event(&g, &code, NodeEventKind::Down))
-            .await;
-    }
-    Ok(())
+        for n in nodes {
+            let code: String = regions::table
+                .find(n.region_id)
+                .select(regions::code)
+                .first(conn)
+                .await?;
+            outbox.node(outline_event(&n, &code, NodeEventKind::Down));
+        }
+        for g in gateways {
+            let code: String = regions::table
+                .find(g.region_id)
+                .select(regions::code)
+                .first(conn)
+                .await?;
+            outbox.node(gateway_event(&g, &code, NodeEventKind::Down));
+        }
+        Ok::<_, AppError>(())
+    })
 }
 
 /// Runs [`sweep`] every `every` until the task is dropped.
-pub fn spawn_sweeper(db: Db, events: Events, every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_sweeper(db: Db, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = sweep(&db, &events).await {
+            if let Err(e) = sweep(&db).await {
                 tracing::warn!(error = %e, "sweep failed");
             }
         }

@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::context::{Viewer, bearer_token, viewer_from_token};
-use crate::db::DbPool;
 use crate::error::AppError;
 use crate::graphql::check_aliases;
 use crate::graphql::loaders::{BATCH_DELAY, DbLoader};
@@ -70,13 +69,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
     let mut applier = AbortOnDrop(tokio::spawn({
-        let (usage, db, events) = (
-            state.usage.clone(),
-            state.db.clone(),
-            state.api.events.clone(),
-        );
+        let (usage, db) = (state.usage.clone(), state.db.clone());
         let stop = state.closing.subscribe();
-        async move { usage.run(db, events, stop).await }
+        async move { usage.run(db, stop).await }
     }));
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
@@ -126,38 +121,11 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn prometheus(State(state): State<AppState>) -> Response {
-    let (size, available) = match &state.db.pool {
-        DbPool::Pg(p) => (p.status().size, p.status().available),
-        DbPool::Sqlite(p) => (p.status().size, p.status().available),
-    };
-    let body = state.metrics.render(&[
-        (
-            "httvps_db_pool_connections",
-            "Open database connections.",
-            size as f64,
-        ),
-        (
-            "httvps_db_pool_idle",
-            "Idle database connections.",
-            available as f64,
-        ),
-        (
-            "httvps_db_queries",
-            "Queries started since start-up.",
-            state.db.query_count() as f64,
-        ),
-        (
-            "httvps_usage_reports_waiting",
-            "Usage reports stored by this replica and not applied yet.",
-            state.usage.waiting() as f64,
-        ),
-        (
-            "httvps_usage_totals_applied",
-            "Session totals this replica's applier applied since start-up.",
-            state.usage.applied_totals() as f64,
-        ),
-    ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> AppError {

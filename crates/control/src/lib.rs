@@ -2,20 +2,27 @@
 //! nodes, sessions and usage, on PostgreSQL or SQLite, served over GraphQL
 //! (dashboards, clients) and the `/api/v1` REST routes (gateways, nodes).
 //!
-//! Map of the crate:
-//! - Foundations: [`config`] (typed settings), [`error`] (one error type for
-//!   REST and GraphQL), [`db`] (pools, schema, rows, migrations), [`auth`]
-//!   (passwords, opaque tokens, JWTs).
-//! - Use cases, one module per capability, called by GraphQL and REST alike:
-//!   [`accounts`], [`catalogue`], [`subscriptions`], [`devices`],
-//!   [`device_validation`], [`nodes`], [`node_assignment`], [`heartbeats`],
-//!   [`sessions`], [`usage_accounting`], [`audit`]; with [`events`] (live
-//!   node and access events), [`pagination`] and [`validate`] (input checks).
-//! - Edges: [`context`] (the app context and the caller), [`graphql`],
-//!   [`rest`], [`state`] (what handlers get), [`http`] (the server),
-//!   [`metrics`], [`app`] (start-up).
+//! Map of the crate (each layer uses only the ones above it):
+//! - Vocabulary: [`ids`] (newtype ids, stored as text), [`status`] (stored
+//!   enums: roles, statuses, health, end reasons), [`error`] (one error type
+//!   for REST and GraphQL), [`actor`] (who acts, and the scoping rule).
+//! - Foundations: [`config`] (typed settings), [`events`] (node and access
+//!   events; the per-transaction outbox), [`db`] (pools, schema, rows,
+//!   migrations, `db_run!`/`db_tx!`, per-dialect statements), [`auth`]
+//!   (passwords, opaque tokens, JWTs), [`validate`] (input checks),
+//!   [`pagination`], [`audit`].
+//! - Use cases, one module per capability, called by GraphQL, REST and the
+//!   CLI alike; each owns its rules and publishes the events its changes
+//!   imply: [`access`] (the access rule: may this device connect now),
+//!   [`accounts`], [`catalogue`], [`subscriptions`], [`devices`], [`nodes`],
+//!   [`node_assignment`], [`heartbeats`], [`sessions`], [`usage_accounting`].
+//! - Edges: [`context`] (the app context and the signed-in viewer),
+//!   [`graphql`], [`rest`], [`state`] (what handlers get), [`http`] (the
+//!   server), [`metrics`], [`app`] (start-up).
 
+pub mod access;
 pub mod accounts;
+pub mod actor;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -23,13 +30,13 @@ pub mod catalogue;
 pub mod config;
 pub mod context;
 pub mod db;
-pub mod device_validation;
 pub mod devices;
 pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod heartbeats;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod node_assignment;
 pub mod nodes;
@@ -37,6 +44,7 @@ pub mod pagination;
 pub mod rest;
 pub mod sessions;
 pub mod state;
+pub mod status;
 pub mod subscriptions;
 pub mod usage_accounting;
 pub mod validate;

@@ -7,44 +7,52 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use diesel_async::RunQueryDsl;
 
 use super::pagination::{Page, PageArgs};
+use crate::actor::Actor;
 use crate::db::models::Session;
 use crate::db::schema::{devices, sessions};
-use crate::db::{Db, DbPool};
+use crate::db::{Db, Statement};
 use crate::db_run;
 use crate::error::{AppError, AppResult};
+use crate::ids::{DeviceId, OutlineNodeId, UserId};
 
 /// Filters on the session list.
 #[derive(Debug, Default, Clone)]
 pub struct SessionFilter {
     /// Only this device's sessions.
-    pub device_id: Option<String>,
+    pub device_id: Option<DeviceId>,
     /// Only sessions of this user's devices.
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     /// Only sessions on this Outline node.
-    pub outline_node_id: Option<String>,
+    pub outline_node_id: Option<OutlineNodeId>,
     /// Only open (true) or ended (false) sessions.
     pub open: Option<bool>,
 }
 
-/// A page of sessions, oldest first.
-pub async fn list(db: &Db, filter: &SessionFilter, page: &PageArgs) -> AppResult<Page<Session>> {
+/// Admin: a page of sessions, oldest first.
+pub async fn list(
+    db: &Db,
+    actor: &Actor,
+    filter: &SessionFilter,
+    page: &PageArgs,
+) -> AppResult<Page<Session>> {
+    actor.require_admin()?;
     // Sessions have no created_at column: page on started_at through an alias.
     let rows = db_run!(db, |conn| {
         let mut q = sessions::table.select(Session::as_select()).into_boxed();
-        if let Some(d) = &filter.device_id {
-            q = q.filter(sessions::device_id.eq(d.clone()));
+        if let Some(d) = filter.device_id {
+            q = q.filter(sessions::device_id.eq(d));
         }
-        if let Some(u) = &filter.user_id {
+        if let Some(u) = filter.user_id {
             q = q.filter(
                 sessions::device_id.eq_any(
                     devices::table
-                        .filter(devices::user_id.eq(u.clone()))
+                        .filter(devices::user_id.eq(u))
                         .select(devices::id),
                 ),
             );
         }
-        if let Some(n) = &filter.outline_node_id {
-            q = q.filter(sessions::outline_node_id.eq(n.clone()));
+        if let Some(n) = filter.outline_node_id {
+            q = q.filter(sessions::outline_node_id.eq(n));
         }
         match filter.open {
             Some(true) => q = q.filter(sessions::ended_at.is_null()),
@@ -94,15 +102,24 @@ pub struct UsageBucket {
 /// Most buckets one report may hold.
 pub const MAX_BUCKETS: i64 = 24 * 400;
 
-/// Usage per bucket in `[from, to)`, optionally for one user and/or one node.
+/// Usage per bucket in `[from, to)`: the actor's own, or for admins any
+/// user's (everyone's when `user_id` is `None`), optionally one node's.
+/// Another user's usage is forbidden to non-admins; the node filter is
+/// admins' only.
 pub async fn usage(
     db: &Db,
-    user_id: Option<&str>,
-    node_id: Option<&str>,
+    actor: &Actor,
+    user_id: Option<UserId>,
+    node_id: Option<OutlineNodeId>,
     from: NaiveDateTime,
     to: NaiveDateTime,
     granularity: Granularity,
 ) -> AppResult<Vec<UsageBucket>> {
+    if user_id.is_some_and(|u| !actor.may_act_for(u)) {
+        return Err(AppError::Forbidden);
+    }
+    let user_id = actor.scope(user_id);
+    let node_id = node_id.filter(|_| actor.is_admin());
     if to <= from {
         return Err(AppError::bad("to must be after from"));
     }
@@ -116,54 +133,91 @@ pub async fn usage(
             "the range holds more than {MAX_BUCKETS} buckets"
         )));
     }
-    // Closed hours from the ledger and each session's current hour.
-    let tail = "FROM usage_hours l JOIN sessions s ON s.id = l.session_id JOIN devices d ON d.id = s.device_id \
-                WHERE l.recorded_at >= $1 AND l.recorded_at < $2 \
-                AND ($3 IS NULL OR d.user_id = $3) AND ($4 IS NULL OR s.outline_node_id = $4) \
-                GROUP BY 1 ORDER BY 1";
-    let sums = "CAST(COALESCE(SUM(l.delta_up), 0) AS BIGINT) AS bytes_up, CAST(COALESCE(SUM(l.delta_down), 0) AS BIGINT) AS bytes_down";
-    let user = user_id.map(str::to_owned);
-    let node = node_id.map(str::to_owned);
-    Ok(match &db.pool {
-        DbPool::Pg(pool) => {
-            let unit = if granularity == Granularity::Hour {
-                "hour"
-            } else {
-                "day"
-            };
-            let sql =
-                format!("SELECT date_trunc('{unit}', l.recorded_at) AS bucket, {sums} {tail}");
-            let mut conn = pool.get().await?;
-            diesel::sql_query(
-                sql.replace("$3 IS NULL", "$3::text IS NULL")
-                    .replace("$4 IS NULL", "$4::text IS NULL"),
-            )
-            .bind::<Timestamp, _>(from)
-            .bind::<Timestamp, _>(to)
-            .bind::<Nullable<Text>, _>(user)
-            .bind::<Nullable<Text>, _>(node)
-            .load(&mut *conn)
-            .await?
-        }
-        DbPool::Sqlite(pool) => {
-            let fmt = if granularity == Granularity::Hour {
-                "%Y-%m-%d %H:00:00"
-            } else {
-                "%Y-%m-%d 00:00:00"
-            };
-            let sql = format!("SELECT strftime('{fmt}', l.recorded_at) AS bucket, {sums} {tail}")
-                .replace("$1", "?1")
-                .replace("$2", "?2")
-                .replace("$3", "?3")
-                .replace("$4", "?4");
-            let mut conn = pool.get().await?;
-            diesel::sql_query(sql)
-                .bind::<Timestamp, _>(from)
-                .bind::<Timestamp, _>(to)
-                .bind::<Nullable<Text>, _>(user)
-                .bind::<Nullable<Text>, _>(node)
-                .load(&mut *conn)
-                .await?
-        }
-    })
+    let statement = match granularity {
+        Granularity::Hour => &USAGE_BY_HOUR,
+        Granularity::Day => &USAGE_BY_DAY,
+    };
+    let user = user_id.map(|u| u.to_string());
+    let node = node_id.map(|n| n.to_string());
+    Ok(db_run!(db, |conn| diesel::sql_query(statement.text(conn))
+        .bind::<Timestamp, _>(from)
+        .bind::<Timestamp, _>(to)
+        .bind::<Nullable<Text>, _>(user)
+        .bind::<Nullable<Text>, _>(node)
+        .load(conn)
+        .await?))
 }
+
+/// The usage report: closed hours from the ledger and each session's
+/// current hour (the `usage_hours` view), summed per bucket, for an
+/// optional user (third parameter) and node (fourth).
+macro_rules! usage_sql {
+    ($bucket:literal, $from:literal, $to:literal, $user:literal, $node:literal, $null_user:literal, $null_node:literal) => {
+        concat!(
+            "SELECT ",
+            $bucket,
+            " AS bucket, \
+             CAST(COALESCE(SUM(l.delta_up), 0) AS BIGINT) AS bytes_up, \
+             CAST(COALESCE(SUM(l.delta_down), 0) AS BIGINT) AS bytes_down \
+             FROM usage_hours l JOIN sessions s ON s.id = l.session_id \
+             JOIN devices d ON d.id = s.device_id \
+             WHERE l.recorded_at >= ",
+            $from,
+            " AND l.recorded_at < ",
+            $to,
+            " AND (",
+            $null_user,
+            " IS NULL OR d.user_id = ",
+            $user,
+            ") AND (",
+            $null_node,
+            " IS NULL OR s.outline_node_id = ",
+            $node,
+            ") GROUP BY 1 ORDER BY 1"
+        )
+    };
+}
+
+/// Usage per hour.
+const USAGE_BY_HOUR: Statement = Statement {
+    pg: usage_sql!(
+        "date_trunc('hour', l.recorded_at)",
+        "$1",
+        "$2",
+        "$3",
+        "$4",
+        "$3::text",
+        "$4::text"
+    ),
+    sqlite: usage_sql!(
+        "strftime('%Y-%m-%d %H:00:00', l.recorded_at)",
+        "?1",
+        "?2",
+        "?3",
+        "?4",
+        "?3",
+        "?4"
+    ),
+};
+
+/// Usage per day.
+const USAGE_BY_DAY: Statement = Statement {
+    pg: usage_sql!(
+        "date_trunc('day', l.recorded_at)",
+        "$1",
+        "$2",
+        "$3",
+        "$4",
+        "$3::text",
+        "$4::text"
+    ),
+    sqlite: usage_sql!(
+        "strftime('%Y-%m-%d 00:00:00', l.recorded_at)",
+        "?1",
+        "?2",
+        "?3",
+        "?4",
+        "?3",
+        "?4"
+    ),
+};

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use crate::auth::jwt::JwtKeys;
 use crate::context::AppContext;
 use crate::db::Db;
-use crate::events::Events;
 use crate::graphql::{ApiSchema, build_schema};
-use crate::metrics::Metrics;
+use crate::metrics::{Live, Metrics};
+use crate::usage_accounting::Applier;
 
 /// Everything a request handler needs, built once at start-up.
 #[derive(Clone)]
 pub struct AppState {
-    /// The database.
+    /// The database (and its events).
     pub db: Db,
-    /// What use cases need (database, keys, events).
+    /// What use cases need (database, keys, caches).
     pub api: AppContext,
     /// The GraphQL schema.
     pub schema: ApiSchema,
@@ -26,35 +26,33 @@ pub struct AppState {
     /// Turns true when the server starts shutting down: long-lived
     /// responses (event streams) end then.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
-    /// Applies stored usage reports (runs while [`serve`] does).
-    pub usage: Arc<crate::usage_accounting::Applier>,
+    /// Applies stored usage reports (runs while [`serve`](crate::http::serve) does).
+    pub usage: Arc<Applier>,
 }
 
 impl AppState {
     /// Builds the state from its parts.
-    pub fn new(
-        db: Db,
-        jwt: JwtKeys,
-        events: Events,
-        gateway_url: Option<String>,
-        debug: bool,
-    ) -> Self {
+    pub fn new(db: Db, jwt: JwtKeys, gateway_url: Option<String>, debug: bool) -> Self {
         let api = AppContext {
             db: db.clone(),
             jwt,
-            events,
             gateway_url,
             machines: Default::default(),
         };
         let schema = build_schema(api.clone(), debug);
+        let usage = Arc::new(Applier::default());
+        let metrics = Arc::new(Metrics::new(Live {
+            db: db.clone(),
+            usage: usage.clone(),
+        }));
         AppState {
             db,
             api,
             schema,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             debug,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
-            usage: Arc::default(),
+            usage,
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Input checks shared by GraphQL and REST: clear messages naming the field.
+//! Ids are parsed by their own types (see [`crate::ids`]).
 
 use crate::error::{AppError, AppResult};
 
@@ -42,11 +43,4 @@ pub fn code(field: &str, value: &str) -> AppResult<String> {
         )));
     }
     Ok(v)
-}
-
-/// Checks an id has the shape of a UUID; anything else cannot exist.
-pub fn id(field: &str, value: &str) -> AppResult<String> {
-    uuid::Uuid::parse_str(value.trim())
-        .map(|u| u.to_string())
-        .map_err(|_| AppError::bad(format!("{field} is not a valid id")))
 }

@@ -1,9 +1,15 @@
 //! Storage: one connection pool over PostgreSQL or SQLite, the embedded
-//! migrations, and the [`db_run!`](crate::db_run) dispatcher that expands a
-//! query body once per backend so both share one set of diesel queries.
+//! migrations, the [`db_run!`](crate::db_run) dispatcher that expands a
+//! query body once per backend so both share one set of diesel queries, and
+//! [`db_tx!`](crate::db_tx), its transactional twin that publishes the
+//! transaction's events when (and only if) it commits. Raw SQL that differs
+//! between the dialects is written once per dialect as a [`Statement`].
 
+pub mod dialect;
 pub mod models;
 pub mod schema;
+
+pub use dialect::{Dialect, Statement};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +25,8 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
+
+use crate::events::Events;
 
 /// The PostgreSQL migrations, embedded in the binary.
 pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -86,13 +94,15 @@ pub enum DbPool {
     Sqlite(Pool<SqliteConn>),
 }
 
-/// The database handle passed to use cases: a pool and a count of the
-/// queries it has run (for metrics, and for tests that guard against N+1).
+/// The database handle passed to use cases: a pool, a count of the
+/// queries it has run (for metrics, and for tests that guard against N+1),
+/// and this process's fan-out of the events its transactions publish.
 #[derive(Clone)]
 pub struct Db {
     /// The pool.
     pub pool: DbPool,
     queries: Arc<AtomicU64>,
+    events: Events,
 }
 
 fn counting(queries: &Arc<AtomicU64>) -> impl diesel::connection::Instrumentation + use<> {
@@ -206,7 +216,16 @@ impl Db {
                 DbPool::Sqlite(pool)
             }
         };
-        Ok(Db { pool, queries })
+        Ok(Db {
+            pool,
+            queries,
+            events: Events::new(),
+        })
+    }
+
+    /// Where this process's subscribers hear of committed changes.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// How many queries this pool's connections have started.
@@ -329,20 +348,50 @@ macro_rules! db_run {
     };
 }
 
-/// Runs a body in a transaction on whichever backend the pool holds; the
-/// body is an async closure taking the connection.
+/// Runs a body in a transaction on whichever backend the pool holds:
+/// `db_tx!(db, |conn, outbox| body)`, where `conn` is the transaction's
+/// connection and `outbox` an [`Outbox`](crate::events::Outbox) for the
+/// events the change implies. The body is an expression of type
+/// `Result<T, AppError>` (early `return`s leave the body, not the caller).
+/// The events are published when the transaction commits and never when it
+/// rolls back: on PostgreSQL as `pg_notify` on the transaction's connection,
+/// on SQLite by broadcasting after the commit.
 #[macro_export]
 macro_rules! db_tx {
-    ($db:expr, |$conn:ident| $body:expr) => {
-        match &($db).pool {
+    ($db:expr, |$conn:ident, $out:pat_param| $body:expr) => {{
+        let db: &$crate::db::Db = &$db;
+        match &db.pool {
             $crate::db::DbPool::Pg(pool) => {
                 let mut pooled = pool.get().await?;
-                diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| $body).await
+                diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| {
+                    let mut outbox = $crate::events::Outbox::default();
+                    let value = async {
+                        let $out = &mut outbox;
+                        $body
+                    }
+                    .await?;
+                    outbox.notify_in($conn).await?;
+                    Ok::<_, $crate::error::AppError>(value)
+                })
+                .await
             }
             $crate::db::DbPool::Sqlite(pool) => {
                 let mut pooled = pool.get().await?;
-                diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| $body).await
+                diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| {
+                    let mut outbox = $crate::events::Outbox::default();
+                    let value = async {
+                        let $out = &mut outbox;
+                        $body
+                    }
+                    .await?;
+                    Ok::<_, $crate::error::AppError>((value, outbox))
+                })
+                .await
+                .map(|(value, outbox)| {
+                    db.events().deliver(outbox);
+                    value
+                })
             }
         }
-    };
+    }};
 }

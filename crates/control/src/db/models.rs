@@ -1,21 +1,36 @@
-//! Row structs, one per table, shared by both backends.
+//! Row structs, one per table, shared by both backends. Ids are newtypes
+//! and closed sets of values are enums, so a row says what it holds.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::*;
+use crate::ids::{
+    DeviceId, GatewayNodeId, OutlineNodeId, PlanId, RegionId, SessionId, SubscriptionId, UserId,
+};
+use crate::status::{
+    DeviceStatus, EndReason, Health, NodeStatus, ResetPeriod, Role, SubscriptionStatus, UserStatus,
+};
 
 /// A row of `users`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = users)]
 pub struct User {
-    pub id: String,
+    /// Its id.
+    pub id: UserId,
+    /// Email address, lower case.
     pub email: String,
+    /// argon2id hash of the password.
     pub password_hash: String,
-    pub role: String,
-    pub status: String,
+    /// Admin or user.
+    pub role: Role,
+    /// Active or disabled.
+    pub status: UserStatus,
+    /// Bumped to invalidate every access token issued before.
     pub token_version: i64,
+    /// Creation time (UTC).
     pub created_at: NaiveDateTime,
+    /// Last change (UTC).
     pub updated_at: NaiveDateTime,
 }
 
@@ -23,16 +38,27 @@ pub struct User {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = plans)]
 pub struct Plan {
-    pub id: String,
+    /// Its id.
+    pub id: PlanId,
+    /// Unique name.
     pub name: String,
+    /// Price in cents of `currency`.
     pub price_cents: i64,
+    /// ISO currency code.
     pub currency: String,
+    /// Length of a subscription, in days.
     pub duration_days: i32,
+    /// Traffic allowance per period in bytes; `None` is unlimited.
     pub traffic_limit_bytes: Option<i64>,
+    /// Most active devices.
     pub device_limit: i32,
-    pub reset_period: String,
+    /// When the allowance starts over.
+    pub reset_period: ResetPeriod,
+    /// No new grants when archived.
     pub archived: bool,
+    /// Creation time (UTC).
     pub created_at: NaiveDateTime,
+    /// Last change (UTC).
     pub updated_at: NaiveDateTime,
 }
 
@@ -40,11 +66,17 @@ pub struct Plan {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = regions)]
 pub struct Region {
-    pub id: String,
+    /// Its id.
+    pub id: RegionId,
+    /// Short unique code, e.g. `eu-west`.
     pub code: String,
+    /// Display name.
     pub name: String,
+    /// Cipher of the pool key.
     pub pool_method: String,
+    /// The pool key every pool-key node of the region shares.
     pub pool_secret: String,
+    /// Creation time (UTC).
     pub created_at: NaiveDateTime,
 }
 
@@ -52,16 +84,27 @@ pub struct Region {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = subscriptions)]
 pub struct Subscription {
-    pub id: String,
-    pub user_id: String,
-    pub plan_id: String,
-    pub status: String,
+    /// Its id.
+    pub id: SubscriptionId,
+    /// The subscriber.
+    pub user_id: UserId,
+    /// The plan it was granted from.
+    pub plan_id: PlanId,
+    /// Stored status (at most one `active` per user).
+    pub status: SubscriptionStatus,
+    /// Start of the paid time (UTC).
     pub starts_at: NaiveDateTime,
+    /// End of the paid time (UTC), exclusive.
     pub expires_at: NaiveDateTime,
+    /// Traffic allowance per period in bytes; `None` is unlimited.
     pub traffic_limit_bytes: Option<i64>,
+    /// Traffic used in the current period.
     pub traffic_used_bytes: i64,
+    /// Start of the current traffic period (UTC).
     pub period_start: NaiveDateTime,
+    /// Creation time (UTC).
     pub created_at: NaiveDateTime,
+    /// Last change (UTC).
     pub updated_at: NaiveDateTime,
 }
 
@@ -69,14 +112,23 @@ pub struct Subscription {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = devices)]
 pub struct Device {
-    pub id: String,
-    pub user_id: String,
+    /// Its id.
+    pub id: DeviceId,
+    /// The owner.
+    pub user_id: UserId,
+    /// Name given by the owner.
     pub name: String,
+    /// Platform, lower case.
     pub platform: String,
-    pub status: String,
+    /// Active or revoked.
+    pub status: DeviceStatus,
+    /// Hash of its access token.
     pub token_hash: String,
+    /// Last time it was assigned a node (UTC).
     pub last_seen_at: Option<NaiveDateTime>,
+    /// Registration time (UTC).
     pub created_at: NaiveDateTime,
+    /// Revocation time (UTC).
     pub revoked_at: Option<NaiveDateTime>,
 }
 
@@ -84,24 +136,43 @@ pub struct Device {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = outline_nodes)]
 pub struct OutlineNode {
-    pub id: String,
-    pub region_id: String,
+    /// Its id.
+    pub id: OutlineNodeId,
+    /// Its region.
+    pub region_id: RegionId,
+    /// Unique name.
     pub name: String,
+    /// Address gateways reach it at.
     pub host: String,
+    /// Port.
     pub port: i32,
+    /// Cipher.
     pub method: String,
+    /// Shadowsocks password.
     pub secret: String,
+    /// Whether its key is its region's pool key.
     pub uses_pool_key: bool,
-    pub status: String,
-    pub health: String,
+    /// Admin status.
+    pub status: NodeStatus,
+    /// Whether it answers.
+    pub health: Health,
+    /// Most concurrent sessions it should carry.
     pub capacity: i32,
+    /// Hash of its machine token.
     pub token_hash: String,
+    /// Last heartbeat (UTC).
     pub last_heartbeat_at: Option<NaiveDateTime>,
+    /// Open connections at the last heartbeat.
     pub load: i32,
+    /// Bytes received, at the last heartbeat.
     pub bytes_in: i64,
+    /// Bytes sent, at the last heartbeat.
     pub bytes_out: i64,
+    /// Software version it reported.
     pub version: Option<String>,
+    /// Registration time (UTC).
     pub created_at: NaiveDateTime,
+    /// Last change (UTC).
     pub updated_at: NaiveDateTime,
 }
 
@@ -109,17 +180,29 @@ pub struct OutlineNode {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = gateway_nodes)]
 pub struct GatewayNode {
-    pub id: String,
-    pub region_id: String,
+    /// Its id.
+    pub id: GatewayNodeId,
+    /// Its region.
+    pub region_id: RegionId,
+    /// Unique name.
     pub name: String,
+    /// URL clients connect to.
     pub public_url: String,
+    /// Hash of its machine token.
     pub token_hash: String,
-    pub status: String,
-    pub health: String,
+    /// Admin status.
+    pub status: NodeStatus,
+    /// Whether it heartbeats.
+    pub health: Health,
+    /// Last heartbeat (UTC).
     pub last_heartbeat_at: Option<NaiveDateTime>,
+    /// Open tunnels at the last heartbeat.
     pub open_tunnels: i32,
+    /// Software version it reported.
     pub version: Option<String>,
+    /// Registration time (UTC).
     pub created_at: NaiveDateTime,
+    /// Last change (UTC).
     pub updated_at: NaiveDateTime,
 }
 
@@ -127,30 +210,49 @@ pub struct GatewayNode {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = sessions)]
 pub struct Session {
-    pub id: String,
-    pub device_id: String,
-    pub outline_node_id: Option<String>,
-    pub gateway_node_id: Option<String>,
+    /// Its id.
+    pub id: SessionId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The node (null once deleted).
+    pub outline_node_id: Option<OutlineNodeId>,
+    /// The gateway (null for direct clients, or once deleted).
+    pub gateway_node_id: Option<GatewayNodeId>,
+    /// Start (UTC).
     pub started_at: NaiveDateTime,
+    /// Last traffic or tunnel (UTC).
     pub last_activity_at: NaiveDateTime,
+    /// End (UTC); `None` while open.
     pub ended_at: Option<NaiveDateTime>,
+    /// Bytes from the client (cumulative).
     pub bytes_up: i64,
+    /// Bytes to the client (cumulative).
     pub bytes_down: i64,
+    /// Sequence number of the report that set the totals.
     pub last_seq: i64,
-    pub end_reason: Option<String>,
+    /// Why it ended.
+    pub end_reason: Option<EndReason>,
 }
 
 /// A row of `usage_ledger`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = usage_ledger)]
 pub struct UsageEntry {
+    /// Its id.
     pub id: String,
-    pub session_id: String,
+    /// The session.
+    pub session_id: SessionId,
+    /// Sequence number of the latest report counted.
     pub seq: i64,
+    /// Cumulative bytes up at that report.
     pub total_up: i64,
+    /// Cumulative bytes down at that report.
     pub total_down: i64,
+    /// Bytes up gained in the hour.
     pub delta_up: i64,
+    /// Bytes down gained in the hour.
     pub delta_down: i64,
+    /// The hour's start (UTC).
     pub recorded_at: NaiveDateTime,
 }
 
@@ -158,13 +260,21 @@ pub struct UsageEntry {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = refresh_tokens)]
 pub struct RefreshToken {
+    /// Its id.
     pub id: String,
-    pub user_id: String,
+    /// Whose.
+    pub user_id: UserId,
+    /// The family it rotates in (revoked together on reuse).
     pub family_id: String,
+    /// Hash of the token.
     pub token_hash: String,
+    /// End of validity (UTC).
     pub expires_at: NaiveDateTime,
+    /// When it was exchanged (single use).
     pub used_at: Option<NaiveDateTime>,
+    /// When it was revoked.
     pub revoked_at: Option<NaiveDateTime>,
+    /// Creation time (UTC).
     pub created_at: NaiveDateTime,
 }
 
@@ -172,12 +282,20 @@ pub struct RefreshToken {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = audit_log)]
 pub struct AuditEntry {
+    /// Its id.
     pub id: String,
-    pub actor_user_id: Option<String>,
+    /// The admin who acted (`None`: the operator at the command line, or a
+    /// deleted account).
+    pub actor_user_id: Option<UserId>,
+    /// What was done, e.g. `grant_subscription`.
     pub action: String,
+    /// Kind of thing changed.
     pub target_type: String,
+    /// Id of the thing changed.
     pub target_id: Option<String>,
+    /// Details as JSON (never secrets).
     pub details: String,
+    /// When (UTC).
     pub created_at: NaiveDateTime,
 }
 
@@ -191,7 +309,8 @@ pub fn now() -> NaiveDateTime {
         .unwrap_or(n)
 }
 
-/// A new random id.
+/// A new random id for rows whose id nothing refers to by type (ledger,
+/// audit, refresh tokens).
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }

@@ -5,11 +5,10 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
-use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, connection, viewer};
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, connection, viewer};
 use crate::accounts::{self, Role, UserFilter, UserStatus};
 use crate::db::models;
 use crate::error::AppError;
-use crate::events::AccessEvent;
 use crate::pagination::PageArgs;
 
 /// An account.
@@ -30,10 +29,10 @@ pub struct User {
 impl From<models::User> for User {
     fn from(u: models::User) -> Self {
         User {
-            id: super::uuid(&u.id),
+            id: u.id.uuid(),
             email: u.email,
-            role: Role::parse(&u.role),
-            status: UserStatus::parse(&u.status),
+            role: u.role,
+            status: u.status,
             created_at: u.created_at.and_utc(),
         }
     }
@@ -82,7 +81,7 @@ impl AccountQuery {
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
         let v = viewer(ctx)?;
         let api = ctx.data::<AppContext>()?;
-        accounts::find_user(&api.db, &v.user_id)
+        accounts::find_user(&api.db, v.user_id)
             .await
             .and_then(|u| u.ok_or(AppError::NotFound("user")))
             .map(User::from)
@@ -106,11 +105,13 @@ impl AccountQuery {
             status: f.status,
             email_contains: f.email_contains,
         };
-        let rows = accounts::list(&api.db, &filter, &page).await.gql()?;
+        let rows = accounts::list(&api.db, &actor(ctx)?, &filter, &page)
+            .await
+            .gql()?;
         Ok(connection(
             rows,
             after.is_some(),
-            |u| (u.created_at, u.id.clone()),
+            |u| (u.created_at, u.id),
             User::from,
         ))
     }
@@ -119,7 +120,7 @@ impl AccountQuery {
     #[graphql(guard = "AdminOnly")]
     async fn user(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<User>> {
         let api = ctx.data::<AppContext>()?;
-        accounts::find_user(&api.db, &id.to_string())
+        accounts::user(&api.db, &actor(ctx)?, id.into())
             .await
             .map(|u| u.map(User::from))
             .gql()
@@ -178,7 +179,7 @@ impl AccountMutation {
     #[graphql(guard = "SignedIn")]
     async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
         let api = ctx.data::<AppContext>()?;
-        accounts::logout(&api.db, &viewer(ctx)?.user_id)
+        accounts::logout(&api.db, viewer(ctx)?.user_id)
             .await
             .gql()?;
         Ok(true)
@@ -195,7 +196,7 @@ impl AccountMutation {
         let api = ctx.data::<AppContext>()?;
         accounts::change_password(
             &api.db,
-            &viewer(ctx)?.user_id,
+            viewer(ctx)?.user_id,
             &current_password,
             &new_password,
         )
@@ -213,7 +214,7 @@ impl AccountMutation {
         role: Role,
     ) -> async_graphql::Result<User> {
         let api = ctx.data::<AppContext>()?;
-        accounts::set_role(&api.db, &viewer(ctx)?.user_id, &id.to_string(), role)
+        accounts::set_role(&api.db, &actor(ctx)?, id.into(), role)
             .await
             .map(User::from)
             .gql()
@@ -229,14 +230,9 @@ impl AccountMutation {
         status: UserStatus,
     ) -> async_graphql::Result<User> {
         let api = ctx.data::<AppContext>()?;
-        let user = accounts::set_status(&api.db, &viewer(ctx)?.user_id, &id.to_string(), status)
+        accounts::set_status(&api.db, &actor(ctx)?, id.into(), status)
             .await
-            .gql()?;
-        if user.status != "active" {
-            api.events
-                .access_changed(AccessEvent::new("user_disabled", Some(&user.id)))
-                .await;
-        }
-        Ok(User::from(user))
+            .map(User::from)
+            .gql()
     }
 }

@@ -6,13 +6,13 @@ use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
 use super::devices::Device;
-use super::loaders::{DbLoader, DeviceId, GatewayNodeId, OutlineNodeId, loader_error};
+use super::loaders::{DbLoader, loader_error};
 use super::nodes::{GatewayNode, OutlineNode};
 use super::scalars::BigInt;
-use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, connection, viewer};
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, connection};
 use crate::audit::{self, AuditFilter};
 use crate::db::models;
-use crate::error::AppError;
+use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, UserId};
 use crate::pagination::PageArgs;
 use crate::sessions::{self, Granularity, SessionFilter};
 
@@ -34,22 +34,25 @@ pub struct Session {
     pub bytes_up: BigInt,
     /// Bytes to the client.
     pub bytes_down: BigInt,
+    /// The device (resolved by `device`).
     #[graphql(skip)]
-    pub device_id: String,
+    pub device_id: DeviceId,
+    /// The node (resolved by `outlineNode`).
     #[graphql(skip)]
-    pub outline_node_id: Option<String>,
+    pub outline_node_id: Option<OutlineNodeId>,
+    /// The gateway (resolved by `gatewayNode`).
     #[graphql(skip)]
-    pub gateway_node_id: Option<String>,
+    pub gateway_node_id: Option<GatewayNodeId>,
 }
 
 impl From<models::Session> for Session {
     fn from(s: models::Session) -> Self {
         Session {
-            id: super::uuid(&s.id),
+            id: s.id.uuid(),
             started_at: s.started_at.and_utc(),
             last_activity_at: s.last_activity_at.and_utc(),
             ended_at: s.ended_at.map(|t| t.and_utc()),
-            end_reason: s.end_reason,
+            end_reason: s.end_reason.map(|r| r.as_str().to_owned()),
             bytes_up: BigInt(s.bytes_up),
             bytes_down: BigInt(s.bytes_down),
             device_id: s.device_id,
@@ -65,7 +68,7 @@ impl Session {
     async fn device(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Device>> {
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(DeviceId(self.device_id.clone()))
+            .load_one(self.device_id)
             .await
             .map_err(loader_error)?
             .map(Device::from))
@@ -73,12 +76,12 @@ impl Session {
 
     /// The Outline node (null once deleted).
     async fn outline_node(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<OutlineNode>> {
-        let Some(id) = &self.outline_node_id else {
+        let Some(id) = self.outline_node_id else {
             return Ok(None);
         };
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(OutlineNodeId(id.clone()))
+            .load_one(id)
             .await
             .map_err(loader_error)?
             .map(OutlineNode::from))
@@ -86,12 +89,12 @@ impl Session {
 
     /// The gateway (null once deleted).
     async fn gateway_node(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<GatewayNode>> {
-        let Some(id) = &self.gateway_node_id else {
+        let Some(id) = self.gateway_node_id else {
             return Ok(None);
         };
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(GatewayNodeId(id.clone()))
+            .load_one(id)
             .await
             .map_err(loader_error)?
             .map(GatewayNode::from))
@@ -169,16 +172,18 @@ impl ActivityQuery {
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
         let filter = SessionFilter {
-            device_id: f.device_id.map(|i| i.to_string()),
-            user_id: f.user_id.map(|i| i.to_string()),
-            outline_node_id: f.outline_node_id.map(|i| i.to_string()),
+            device_id: f.device_id.map(DeviceId::from),
+            user_id: f.user_id.map(UserId::from),
+            outline_node_id: f.outline_node_id.map(OutlineNodeId::from),
             open: f.open,
         };
-        let rows = sessions::list(&api.db, &filter, &page).await.gql()?;
+        let rows = sessions::list(&api.db, &actor(ctx)?, &filter, &page)
+            .await
+            .gql()?;
         Ok(connection(
             rows,
             after.is_some(),
-            |s| (s.started_at, s.id.clone()),
+            |s| (s.started_at, s.id),
             Session::from,
         ))
     }
@@ -196,23 +201,11 @@ impl ActivityQuery {
         #[graphql(default_with = "Granularity::Day")] granularity: Granularity,
     ) -> async_graphql::Result<Vec<UsagePoint>> {
         let api = ctx.data::<AppContext>()?;
-        let v = viewer(ctx)?;
-        let user = match (v.is_admin(), user_id) {
-            (true, u) => u.map(|i| i.to_string()),
-            (false, Some(u)) if u.to_string() != v.user_id => {
-                return Err(AppError::Forbidden.into_graphql());
-            }
-            (false, _) => Some(v.user_id.clone()),
-        };
-        let node = if v.is_admin() {
-            node_id.map(|i| i.to_string())
-        } else {
-            None
-        };
         let rows = sessions::usage(
             &api.db,
-            user.as_deref(),
-            node.as_deref(),
+            &actor(ctx)?,
+            user_id.map(UserId::from),
+            node_id.map(OutlineNodeId::from),
             from.naive_utc(),
             to.naive_utc(),
             granularity,
@@ -243,16 +236,18 @@ impl ActivityQuery {
         let f = filter.unwrap_or_default();
         let filter = AuditFilter {
             action: f.action,
-            actor_user_id: f.actor_user_id.map(|i| i.to_string()),
+            actor_user_id: f.actor_user_id.map(UserId::from),
         };
-        let rows = audit::list(&api.db, &filter, &page).await.gql()?;
+        let rows = audit::list(&api.db, &actor(ctx)?, &filter, &page)
+            .await
+            .gql()?;
         Ok(connection(
             rows,
             after.is_some(),
             |e| (e.created_at, e.id.clone()),
             |e| AuditEntry {
                 id: super::uuid(&e.id),
-                actor_user_id: e.actor_user_id.map(|v| super::uuid(&v)),
+                actor_user_id: e.actor_user_id.map(UserId::uuid),
                 action: e.action,
                 target_type: e.target_type,
                 target_id: e.target_id.map(|v| super::uuid(&v)),

@@ -5,7 +5,7 @@ use async_graphql::{Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
 use super::scalars::BigInt;
-use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, connection, viewer};
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, connection};
 use crate::catalogue::{self, NewPlan, PlanChanges, ResetPeriod};
 use crate::db::models;
 use crate::pagination::PageArgs;
@@ -38,14 +38,14 @@ pub struct Plan {
 impl From<models::Plan> for Plan {
     fn from(p: models::Plan) -> Self {
         Plan {
-            id: super::uuid(&p.id),
+            id: p.id.uuid(),
             name: p.name,
             price_cents: BigInt(p.price_cents),
             currency: p.currency,
             duration_days: p.duration_days,
             traffic_limit_bytes: p.traffic_limit_bytes.map(BigInt),
             device_limit: p.device_limit,
-            reset_period: ResetPeriod::parse(&p.reset_period),
+            reset_period: p.reset_period,
             archived: p.archived,
             created_at: p.created_at.and_utc(),
         }
@@ -70,7 +70,7 @@ pub struct Region {
 impl From<models::Region> for Region {
     fn from(r: models::Region) -> Self {
         Region {
-            id: super::uuid(&r.id),
+            id: r.id.uuid(),
             code: r.code,
             name: r.name,
             pool_method: r.pool_method,
@@ -131,15 +131,14 @@ impl CatalogueQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Plan>> {
         let api = ctx.data::<AppContext>()?;
-        let admin = viewer(ctx)?.is_admin();
         let page = PageArgs::new(first, after.as_deref()).gql()?;
-        let rows = catalogue::list_plans(&api.db, include_archived && admin, &page)
+        let rows = catalogue::list_plans(&api.db, &actor(ctx)?, include_archived, &page)
             .await
             .gql()?;
         Ok(connection(
             rows,
             after.is_some(),
-            |p| (p.created_at, p.id.clone()),
+            |p| (p.created_at, p.id),
             Plan::from,
         ))
     }
@@ -158,7 +157,7 @@ impl CatalogueQuery {
         Ok(connection(
             rows,
             after.is_some(),
-            |r| (r.created_at, r.id.clone()),
+            |r| (r.created_at, r.id),
             Region::from,
         ))
     }
@@ -187,7 +186,7 @@ impl CatalogueMutation {
             device_limit: input.device_limit,
             reset_period: input.reset_period,
         };
-        catalogue::create_plan(&api.db, &viewer(ctx)?.user_id, new)
+        catalogue::create_plan(&api.db, &actor(ctx)?, new)
             .await
             .map(Plan::from)
             .gql()
@@ -213,7 +212,7 @@ impl CatalogueMutation {
             },
             device_limit: input.device_limit,
         };
-        catalogue::update_plan(&api.db, &viewer(ctx)?.user_id, &id.to_string(), changes)
+        catalogue::update_plan(&api.db, &actor(ctx)?, id.into(), changes)
             .await
             .map(Plan::from)
             .gql()
@@ -223,7 +222,7 @@ impl CatalogueMutation {
     #[graphql(guard = "AdminOnly")]
     async fn archive_plan(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Plan> {
         let api = ctx.data::<AppContext>()?;
-        catalogue::archive_plan(&api.db, &viewer(ctx)?.user_id, &id.to_string())
+        catalogue::archive_plan(&api.db, &actor(ctx)?, id.into())
             .await
             .map(Plan::from)
             .gql()
@@ -239,15 +238,9 @@ impl CatalogueMutation {
         pool_method: Option<String>,
     ) -> async_graphql::Result<Region> {
         let api = ctx.data::<AppContext>()?;
-        catalogue::create_region(
-            &api.db,
-            &viewer(ctx)?.user_id,
-            &code,
-            &name,
-            pool_method.as_deref(),
-        )
-        .await
-        .map(Region::from)
-        .gql()
+        catalogue::create_region(&api.db, &actor(ctx)?, &code, &name, pool_method.as_deref())
+            .await
+            .map(Region::from)
+            .gql()
     }
 }

@@ -2,26 +2,17 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{ComplexObject, Context, Enum, InputObject, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
 use super::accounts::User;
-use super::loaders::{CurrentSubscriptionOf, DbLoader, UserId, loader_error};
+use super::loaders::{CurrentSubscriptionOf, DbLoader, loader_error};
 use super::subscriptions::Subscription;
-use super::{AppContext, GqlResultExt, SignedIn, connection, viewer};
+use super::{AppContext, GqlResultExt, SignedIn, actor, connection, viewer};
 use crate::db::models;
-use crate::devices::{self, AccessLinks, Actor, DeviceFilter};
-use crate::events::AccessEvent;
+use crate::devices::{self, AccessLinks, DeviceFilter, DeviceStatus};
+use crate::ids::UserId;
 use crate::pagination::PageArgs;
-
-/// Whether a device may connect.
-#[derive(Enum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum DeviceStatus {
-    /// Its token works.
-    Active,
-    /// Its token was revoked.
-    Revoked,
-}
 
 /// A user's device.
 #[derive(SimpleObject, Clone)]
@@ -41,21 +32,18 @@ pub struct Device {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Revocation time (UTC).
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The owner (resolved by `user`).
     #[graphql(skip)]
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 impl From<models::Device> for Device {
     fn from(d: models::Device) -> Self {
         Device {
-            id: super::uuid(&d.id),
+            id: d.id.uuid(),
             name: d.name,
             platform: d.platform,
-            status: if d.status == "active" {
-                DeviceStatus::Active
-            } else {
-                DeviceStatus::Revoked
-            },
+            status: d.status,
             last_seen_at: d.last_seen_at.map(|t| t.and_utc()),
             created_at: d.created_at.and_utc(),
             revoked_at: d.revoked_at.map(|t| t.and_utc()),
@@ -70,7 +58,7 @@ impl Device {
     async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(UserId(self.user_id.clone()))
+            .load_one(self.user_id)
             .await
             .map_err(loader_error)?
             .map(User::from))
@@ -80,7 +68,7 @@ impl Device {
     async fn subscription(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Subscription>> {
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(CurrentSubscriptionOf(self.user_id.clone()))
+            .load_one(CurrentSubscriptionOf(self.user_id))
             .await
             .map_err(loader_error)?
             .map(Subscription::from))
@@ -124,29 +112,19 @@ impl DeviceQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Device>> {
         let api = ctx.data::<AppContext>()?;
-        let v = viewer(ctx)?;
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
-        let user_id = if v.is_admin() {
-            f.user_id.map(|i| i.to_string())
-        } else {
-            Some(v.user_id.clone())
+        let filter = DeviceFilter {
+            user_id: f.user_id.map(UserId::from),
+            status: f.status,
         };
-        let status = f.status.map(|s| {
-            if s == DeviceStatus::Active {
-                "active"
-            } else {
-                "revoked"
-            }
-            .to_owned()
-        });
-        let rows = devices::list(&api.db, &DeviceFilter { user_id, status }, &page)
+        let rows = devices::list(&api.db, &actor(ctx)?, &filter, &page)
             .await
             .gql()?;
         Ok(connection(
             rows,
             after.is_some(),
-            |d| (d.created_at, d.id.clone()),
+            |d| (d.created_at, d.id),
             Device::from,
         ))
     }
@@ -160,7 +138,7 @@ async fn credentials(
     let entry = devices::entry_point(&api.db, api.gateway_url.as_deref())
         .await
         .gql()?;
-    let links = entry.map(|(url, region)| devices::links(&url, &region, &token));
+    let links = entry.and_then(|(url, region)| devices::links::links(&url, &region, &token));
     Ok(DeviceCredentials {
         device: device.into(),
         access_token: token,
@@ -183,7 +161,7 @@ impl DeviceMutation {
         platform: String,
     ) -> async_graphql::Result<DeviceCredentials> {
         let api = ctx.data::<AppContext>()?;
-        let (device, token) = devices::register(&api.db, &viewer(ctx)?.user_id, &name, &platform)
+        let (device, token) = devices::register(&api.db, viewer(ctx)?.user_id, &name, &platform)
             .await
             .gql()?;
         credentials(api, device, token).await
@@ -193,21 +171,10 @@ impl DeviceMutation {
     #[graphql(guard = "SignedIn")]
     async fn revoke_device(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Device> {
         let api = ctx.data::<AppContext>()?;
-        let v = viewer(ctx)?;
-        let device = devices::revoke(
-            &api.db,
-            Actor {
-                user_id: &v.user_id,
-                admin: v.is_admin(),
-            },
-            &id.to_string(),
-        )
-        .await
-        .gql()?;
-        api.events
-            .access_changed(AccessEvent::new("device_revoked", Some(&device.user_id)))
-            .await;
-        Ok(Device::from(device))
+        devices::revoke(&api.db, &actor(ctx)?, id.into())
+            .await
+            .map(Device::from)
+            .gql()
     }
 
     /// Replaces a device's access token; the old one stops working.
@@ -218,23 +185,9 @@ impl DeviceMutation {
         id: Uuid,
     ) -> async_graphql::Result<DeviceCredentials> {
         let api = ctx.data::<AppContext>()?;
-        let v = viewer(ctx)?;
-        let (device, token) = devices::rotate_token(
-            &api.db,
-            Actor {
-                user_id: &v.user_id,
-                admin: v.is_admin(),
-            },
-            &id.to_string(),
-        )
-        .await
-        .gql()?;
-        api.events
-            .access_changed(AccessEvent::new(
-                "device_token_rotated",
-                Some(&device.user_id),
-            ))
-            .await;
+        let (device, token) = devices::rotate_token(&api.db, &actor(ctx)?, id.into())
+            .await
+            .gql()?;
         credentials(api, device, token).await
     }
 }

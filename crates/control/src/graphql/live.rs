@@ -24,7 +24,7 @@ impl Live {
     ) -> async_graphql::Result<impl Stream<Item = NodeEvent>> {
         let api = ctx.data::<AppContext>()?;
         let region = region.map(|r| r.trim().to_lowercase());
-        let rx = api.events.subscribe();
+        let rx = api.db.events().subscribe();
         Ok(BroadcastStream::new(rx).filter_map(move |ev| match ev {
             Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(ev),
             _ => None,

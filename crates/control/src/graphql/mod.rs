@@ -17,6 +17,7 @@ use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Guard, MergedObject, OutputType, Schema};
 use chrono::NaiveDateTime;
 
+use crate::actor::Actor;
 pub use crate::context::{AppContext, DeviceViewer, Viewer};
 use crate::error::AppError;
 use crate::pagination::{self, Page};
@@ -115,6 +116,11 @@ pub fn viewer<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Viewer> {
         .ok_or_else(|| AppError::Unauthenticated.into_graphql())
 }
 
+/// The caller as the actor of a use case, or an `UNAUTHENTICATED` error.
+pub fn actor(ctx: &Context<'_>) -> async_graphql::Result<Actor> {
+    viewer(ctx).map(Viewer::actor)
+}
+
 /// Converts use-case results into GraphQL results with typed error codes.
 pub trait GqlResultExt<T> {
     /// Maps the error with [`AppError::into_graphql`].
@@ -128,10 +134,10 @@ impl<T> GqlResultExt<T> for Result<T, AppError> {
 }
 
 /// Builds a connection from a page of rows, with keyset cursors.
-pub fn connection<R, N: OutputType>(
+pub fn connection<R, K: std::fmt::Display, N: OutputType>(
     page: Page<R>,
     had_cursor: bool,
-    key: impl Fn(&R) -> (NaiveDateTime, String),
+    key: impl Fn(&R) -> (NaiveDateTime, K),
     node: impl Fn(R) -> N,
 ) -> Connection<String, N> {
     let mut c = Connection::new(had_cursor, page.has_next);
@@ -179,7 +185,8 @@ pub fn check_aliases(query: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-/// The UUID of a stored id (ids are UUID strings in both databases).
+/// The UUID of an id stored as free text (audit targets); every id we
+/// write is one.
 pub fn uuid(id: &str) -> uuid::Uuid {
     uuid::Uuid::parse_str(id).unwrap_or_default()
 }

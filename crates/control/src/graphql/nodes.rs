@@ -7,10 +7,11 @@ use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject, U
 use uuid::Uuid;
 
 use super::catalogue::Region;
-use super::loaders::{DbLoader, RegionId, loader_error};
+use super::loaders::{DbLoader, loader_error};
 use super::scalars::BigInt;
-use super::{AdminOnly, AppContext, GqlResultExt, connection, viewer};
+use super::{AdminOnly, AppContext, GqlResultExt, actor, connection};
 use crate::db::models;
+use crate::ids::RegionId;
 use crate::nodes::{self, AnyNode, NewOutlineNode, NodeFilter, NodeStatus};
 use crate::pagination::PageArgs;
 
@@ -50,22 +51,23 @@ pub struct OutlineNode {
     pub version: Option<String>,
     /// Registration time (UTC).
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Its region (resolved by `region`).
     #[graphql(skip)]
-    pub region_id: String,
+    pub region_id: RegionId,
 }
 
 impl From<models::OutlineNode> for OutlineNode {
     fn from(n: models::OutlineNode) -> Self {
         OutlineNode {
-            id: super::uuid(&n.id),
+            id: n.id.uuid(),
             name: n.name,
             host: n.host,
             port: n.port,
             method: n.method,
             secret: n.secret,
             uses_pool_key: n.uses_pool_key,
-            status: NodeStatus::parse(&n.status),
-            health: n.health,
+            status: n.status,
+            health: n.health.as_str().to_owned(),
             capacity: n.capacity,
             load: n.load,
             bytes_in: BigInt(n.bytes_in),
@@ -84,7 +86,7 @@ impl OutlineNode {
     async fn region(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Region>> {
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(RegionId(self.region_id.clone()))
+            .load_one(self.region_id)
             .await
             .map_err(loader_error)?
             .map(Region::from))
@@ -113,18 +115,19 @@ pub struct GatewayNode {
     pub version: Option<String>,
     /// Registration time (UTC).
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Its region (resolved by `region`).
     #[graphql(skip)]
-    pub region_id: String,
+    pub region_id: RegionId,
 }
 
 impl From<models::GatewayNode> for GatewayNode {
     fn from(g: models::GatewayNode) -> Self {
         GatewayNode {
-            id: super::uuid(&g.id),
+            id: g.id.uuid(),
             name: g.name,
             public_url: g.public_url,
-            status: NodeStatus::parse(&g.status),
-            health: g.health,
+            status: g.status,
+            health: g.health.as_str().to_owned(),
             open_tunnels: g.open_tunnels,
             last_heartbeat_at: g.last_heartbeat_at.map(|t| t.and_utc()),
             version: g.version,
@@ -140,7 +143,7 @@ impl GatewayNode {
     async fn region(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Region>> {
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(RegionId(self.region_id.clone()))
+            .load_one(self.region_id)
             .await
             .map_err(loader_error)?
             .map(Region::from))
@@ -234,11 +237,13 @@ impl NodeQuery {
             region,
             status: filter.unwrap_or_default().status,
         };
-        let rows = nodes::list_outline(&api.db, &filter, &page).await.gql()?;
+        let rows = nodes::list_outline(&api.db, &actor(ctx)?, &filter, &page)
+            .await
+            .gql()?;
         Ok(connection(
             rows,
             after.is_some(),
-            |n| (n.created_at, n.id.clone()),
+            |n| (n.created_at, n.id),
             OutlineNode::from,
         ))
     }
@@ -259,11 +264,13 @@ impl NodeQuery {
             region,
             status: filter.unwrap_or_default().status,
         };
-        let rows = nodes::list_gateways(&api.db, &filter, &page).await.gql()?;
+        let rows = nodes::list_gateways(&api.db, &actor(ctx)?, &filter, &page)
+            .await
+            .gql()?;
         Ok(connection(
             rows,
             after.is_some(),
-            |n| (n.created_at, n.id.clone()),
+            |n| (n.created_at, n.id),
             GatewayNode::from,
         ))
     }
@@ -292,10 +299,9 @@ impl NodeMutation {
             secret: input.secret,
             capacity: input.capacity,
         };
-        let (node, token) =
-            nodes::register_outline(&api.db, &api.events, &viewer(ctx)?.user_id, new)
-                .await
-                .gql()?;
+        let (node, token) = nodes::register_outline(&api.db, &actor(ctx)?, new)
+            .await
+            .gql()?;
         Ok(RegisteredOutlineNode {
             node: node.into(),
             token,
@@ -312,8 +318,7 @@ impl NodeMutation {
         let api = ctx.data::<AppContext>()?;
         let (node, token) = nodes::register_gateway(
             &api.db,
-            &api.events,
-            &viewer(ctx)?.user_id,
+            &actor(ctx)?,
             &input.region,
             &input.name,
             &input.public_url,
@@ -336,15 +341,9 @@ impl NodeMutation {
     ) -> async_graphql::Result<Node> {
         let api = ctx.data::<AppContext>()?;
         Ok(
-            match nodes::set_status(
-                &api.db,
-                &api.events,
-                &viewer(ctx)?.user_id,
-                &id.to_string(),
-                status,
-            )
-            .await
-            .gql()?
+            match nodes::set_status(&api.db, &actor(ctx)?, id, status)
+                .await
+                .gql()?
             {
                 AnyNode::Outline(n) => Node::Outline(n.into()),
                 AnyNode::Gateway(g) => Node::Gateway(g.into()),
@@ -356,9 +355,7 @@ impl NodeMutation {
     #[graphql(guard = "AdminOnly")]
     async fn delete_node(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<bool> {
         let api = ctx.data::<AppContext>()?;
-        nodes::delete(&api.db, &api.events, &viewer(ctx)?.user_id, &id.to_string())
-            .await
-            .gql()?;
+        nodes::delete(&api.db, &actor(ctx)?, id).await.gql()?;
         Ok(true)
     }
 
@@ -370,8 +367,6 @@ impl NodeMutation {
         id: Uuid,
     ) -> async_graphql::Result<String> {
         let api = ctx.data::<AppContext>()?;
-        nodes::rotate_token(&api.db, &viewer(ctx)?.user_id, &id.to_string())
-            .await
-            .gql()
+        nodes::rotate_token(&api.db, &actor(ctx)?, id).await.gql()
     }
 }

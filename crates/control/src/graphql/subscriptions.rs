@@ -7,11 +7,12 @@ use uuid::Uuid;
 
 use super::accounts::User;
 use super::catalogue::Plan;
-use super::loaders::{DbLoader, PlanId, UserId, loader_error};
+use super::loaders::{DbLoader, loader_error};
 use super::scalars::BigInt;
-use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, connection, viewer};
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, connection};
+use crate::access;
 use crate::db::models;
-use crate::events::AccessEvent;
+use crate::ids::{PlanId, UserId};
 use crate::pagination::PageArgs;
 use crate::subscriptions::{self, SubscriptionFilter, SubscriptionStatus};
 
@@ -33,17 +34,19 @@ pub struct Subscription {
     pub traffic_used_bytes: BigInt,
     /// Start of the current traffic period (UTC).
     pub period_start: chrono::DateTime<chrono::Utc>,
+    /// The subscriber (resolved by `user`).
     #[graphql(skip)]
-    pub user_id: String,
+    pub user_id: UserId,
+    /// The plan (resolved by `plan`).
     #[graphql(skip)]
-    pub plan_id: String,
+    pub plan_id: PlanId,
 }
 
 impl From<models::Subscription> for Subscription {
     fn from(s: models::Subscription) -> Self {
         Subscription {
-            id: super::uuid(&s.id),
-            status: SubscriptionStatus::of(&s, crate::db::models::now()),
+            id: s.id.uuid(),
+            status: access::shown_status(&s, models::now()),
             starts_at: s.starts_at.and_utc(),
             expires_at: s.expires_at.and_utc(),
             traffic_limit_bytes: s.traffic_limit_bytes.map(BigInt),
@@ -61,7 +64,7 @@ impl Subscription {
     async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(UserId(self.user_id.clone()))
+            .load_one(self.user_id)
             .await
             .map_err(loader_error)?
             .map(User::from))
@@ -71,7 +74,7 @@ impl Subscription {
     async fn plan(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Plan>> {
         let loader = ctx.data::<DataLoader<DbLoader>>()?;
         Ok(loader
-            .load_one(PlanId(self.plan_id.clone()))
+            .load_one(self.plan_id)
             .await
             .map_err(loader_error)?
             .map(Plan::from))
@@ -103,23 +106,19 @@ impl SubscriptionQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Subscription>> {
         let api = ctx.data::<AppContext>()?;
-        let v = viewer(ctx)?;
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
-        let user_id = if v.is_admin() {
-            f.user_id.map(|i| i.to_string())
-        } else {
-            Some(v.user_id.clone())
-        };
         let filter = SubscriptionFilter {
-            user_id,
+            user_id: f.user_id.map(UserId::from),
             status: f.status,
         };
-        let rows = subscriptions::list(&api.db, &filter, &page).await.gql()?;
+        let rows = subscriptions::list(&api.db, &actor(ctx)?, &filter, &page)
+            .await
+            .gql()?;
         Ok(connection(
             rows,
             after.is_some(),
-            |s| (s.created_at, s.id.clone()),
+            |s| (s.created_at, s.id),
             Subscription::from,
         ))
     }
@@ -140,22 +139,10 @@ impl SubscriptionMutation {
         plan_id: Uuid,
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<AppContext>()?;
-        let sub = subscriptions::grant(
-            &api.db,
-            &viewer(ctx)?.user_id,
-            &user_id.to_string(),
-            &plan_id.to_string(),
-        )
-        .await
-        .gql()?;
-        // The new plan may allow less than the one it replaces.
-        api.events
-            .access_changed(AccessEvent::new(
-                "subscription_replaced",
-                Some(&sub.user_id),
-            ))
-            .await;
-        Ok(Subscription::from(sub))
+        subscriptions::grant(&api.db, &actor(ctx)?, user_id.into(), plan_id.into())
+            .await
+            .map(Subscription::from)
+            .gql()
     }
 
     /// Admin: adds days to a subscription.
@@ -167,7 +154,7 @@ impl SubscriptionMutation {
         days: i32,
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<AppContext>()?;
-        subscriptions::extend(&api.db, &viewer(ctx)?.user_id, &id.to_string(), days)
+        subscriptions::extend(&api.db, &actor(ctx)?, id.into(), days)
             .await
             .map(Subscription::from)
             .gql()
@@ -181,15 +168,9 @@ impl SubscriptionMutation {
         id: Uuid,
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<AppContext>()?;
-        let sub = subscriptions::cancel(&api.db, &viewer(ctx)?.user_id, &id.to_string())
+        subscriptions::cancel(&api.db, &actor(ctx)?, id.into())
             .await
-            .gql()?;
-        api.events
-            .access_changed(AccessEvent::new(
-                "subscription_cancelled",
-                Some(&sub.user_id),
-            ))
-            .await;
-        Ok(Subscription::from(sub))
+            .map(Subscription::from)
+            .gql()
     }
 }

@@ -42,10 +42,13 @@ async fn init_data(api: AppContext, payload: serde_json::Value) -> async_graphql
     let mut data = Data::default();
     data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn).delay(BATCH_DELAY));
     if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
-        let device = crate::devices::active_by_token(&api.db, token)
+        // The access rule decides, as for a tunnel: a device that may not
+        // connect may not follow the nodes either.
+        let device = crate::access::check_token(&api.db, token)
             .await
             .map_err(|e| e.into_graphql())?
-            .ok_or_else(|| crate::error::AppError::Unauthenticated.into_graphql())?;
+            .admitted()
+            .map_err(|_| crate::error::AppError::Unauthenticated.into_graphql())?;
         data.insert(DeviceViewer {
             device_id: device.id,
         });

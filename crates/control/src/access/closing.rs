@@ -1,0 +1,199 @@
+//! The rule applied to open sessions: of the sessions a gateway holds, which
+//! it must close (ended already, or whose device may no longer connect).
+//! Newly refused sessions are ended here with their reason.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use httvps_wire::CloseOrder;
+
+use super::{Facts, judge, query};
+use crate::db::Db;
+use crate::db::models::now;
+use crate::db::schema::sessions;
+use crate::error::AppResult;
+use crate::ids::{DeviceId, GatewayNodeId, SessionId};
+use crate::status::EndReason;
+use crate::{db_run, db_tx};
+
+/// A session a gateway says it holds, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct Held {
+    /// The session.
+    pub id: SessionId,
+    /// Its device.
+    pub device_id: DeviceId,
+    /// Why it ended, if it has.
+    pub end_reason: Option<EndReason>,
+}
+
+/// What to tell the gateway, and which sessions to end now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Closing {
+    /// Sessions the gateway must close, with why.
+    pub orders: Vec<(SessionId, EndReason)>,
+    /// Sessions to end now (a subset of the orders).
+    pub to_end: Vec<(SessionId, EndReason)>,
+}
+
+/// Decides, at `at`, what happens to `held` sessions given the `facts`
+/// about their devices (a device without facts no longer exists).
+pub fn decide(held: &[Held], facts: &[Facts], at: NaiveDateTime) -> Closing {
+    let by_device: HashMap<DeviceId, &Facts> = facts.iter().map(|f| (f.device.id, f)).collect();
+    let mut out = Closing::default();
+    for s in held {
+        if let Some(reason) = s.end_reason {
+            out.orders.push((s.id, reason));
+            continue;
+        }
+        let refusal = match by_device.get(&s.device_id) {
+            Some(f) => judge(f, at),
+            None => Some(super::Reason::DeviceUnknown),
+        };
+        if let Some(r) = refusal {
+            let reason = EndReason::from(r);
+            out.orders.push((s.id, reason));
+            out.to_end.push((s.id, reason));
+        }
+    }
+    out
+}
+
+/// Of `session_ids` (of `gateway`), the ones the gateway must close; the
+/// newly refused ones are ended with their reason.
+pub async fn close_orders(
+    db: &Db,
+    gateway: GatewayNodeId,
+    session_ids: &[SessionId],
+) -> AppResult<Vec<CloseOrder>> {
+    if session_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let held: Vec<Held> = db_run!(db, |conn| sessions::table
+        .filter(sessions::id.eq_any(session_ids))
+        .filter(sessions::gateway_node_id.eq(gateway))
+        .select((sessions::id, sessions::device_id, sessions::end_reason))
+        .load(conn)
+        .await?);
+    let mut devices: Vec<DeviceId> = held.iter().map(|s| s.device_id).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let facts = query::by_devices(db, &devices).await?;
+    let closing = decide(&held, &facts, now());
+    end_sessions(db, &closing.to_end).await?;
+    Ok(closing
+        .orders
+        .into_iter()
+        .map(|(id, reason)| CloseOrder {
+            session_id: id.to_string(),
+            reason: reason.as_str().to_owned(),
+        })
+        .collect())
+}
+
+/// Ends the open ones of `sessions`, each with its reason (one statement
+/// per reason).
+pub async fn end_sessions(db: &Db, sessions: &[(SessionId, EndReason)]) -> AppResult<()> {
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let mut by_reason: BTreeMap<&str, (EndReason, Vec<SessionId>)> = BTreeMap::new();
+    for (id, reason) in sessions {
+        by_reason
+            .entry(reason.as_str())
+            .or_insert_with(|| (*reason, Vec::new()))
+            .1
+            .push(*id);
+    }
+    db_tx!(db, |conn, _| {
+        let ts = now();
+        for (reason, ids) in by_reason.values() {
+            diesel::update(sessions::table.filter(sessions::id.eq_any(ids)))
+                .filter(sessions::ended_at.is_null())
+                .set((sessions::ended_at.eq(ts), sessions::end_reason.eq(*reason)))
+                .execute(conn)
+                .await?;
+        }
+        Ok::<_, crate::error::AppError>(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::models::Device;
+    use crate::ids::UserId;
+    use crate::status::{DeviceStatus, UserStatus};
+
+    fn device(id: DeviceId, status: DeviceStatus) -> Facts {
+        Facts {
+            device: Device {
+                id,
+                user_id: UserId::random(),
+                name: "d".into(),
+                platform: "p".into(),
+                status,
+                token_hash: "h".into(),
+                last_seen_at: None,
+                created_at: now(),
+                revoked_at: None,
+            },
+            user_status: UserStatus::Active,
+            subscription: None,
+        }
+    }
+
+    #[test]
+    fn ended_sessions_are_repeated_refused_ones_ended_admitted_ones_kept() {
+        let (a, b, c) = (DeviceId::random(), DeviceId::random(), DeviceId::random());
+        let ended = Held {
+            id: SessionId::random(),
+            device_id: a,
+            end_reason: Some(EndReason::Idle),
+        };
+        let revoked = Held {
+            id: SessionId::random(),
+            device_id: b,
+            end_reason: None,
+        };
+        let gone = Held {
+            id: SessionId::random(),
+            device_id: c,
+            end_reason: None,
+        };
+        let facts = [
+            device(a, DeviceStatus::Active),
+            device(b, DeviceStatus::Revoked),
+        ];
+        let out = decide(
+            &[ended.clone(), revoked.clone(), gone.clone()],
+            &facts,
+            now(),
+        );
+        assert_eq!(
+            out.orders,
+            vec![
+                (ended.id, EndReason::Idle),
+                (revoked.id, EndReason::DeviceRevoked),
+                (gone.id, EndReason::DeviceRevoked),
+            ]
+        );
+        assert_eq!(
+            out.to_end,
+            vec![
+                (revoked.id, EndReason::DeviceRevoked),
+                (gone.id, EndReason::DeviceRevoked)
+            ]
+        );
+        // No subscription: the session ends as its subscription did.
+        let open = Held {
+            id: SessionId::random(),
+            device_id: a,
+            end_reason: None,
+        };
+        let out = decide(std::slice::from_ref(&open), &facts, now());
+        assert_eq!(out.to_end, vec![(open.id, EndReason::SubscriptionEnded)]);
+    }
+}

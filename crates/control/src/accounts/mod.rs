@@ -1,0 +1,273 @@
+//! Accounts: creating users and admins, checking credentials, and admin
+//! management of roles and statuses. Signing in and out is in [`tokens`].
+
+pub mod tokens;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::pagination::{Page, PageArgs};
+use super::{audit, auth};
+use crate::actor::Actor;
+use crate::db::Db;
+use crate::db::models::{User, now};
+use crate::db::schema::{audit_log, refresh_tokens, users};
+use crate::error::{AppError, AppResult};
+use crate::events::AccessChange;
+use crate::ids::UserId;
+pub use crate::status::{Role, UserStatus};
+use crate::{db_run, db_tx, paginate};
+pub use tokens::{REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh};
+
+/// Normalises and checks an email address.
+pub fn normalize_email(raw: &str) -> AppResult<String> {
+    let email = raw.trim().to_lowercase();
+    let valid = (3..=254).contains(&email.len())
+        && email.split('@').count() == 2
+        && !email.starts_with('@')
+        && !email.ends_with('@')
+        && email
+            .split('@')
+            .nth(1)
+            .is_some_and(|d| d.contains('.') || d == "localhost")
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+    if !valid {
+        return Err(AppError::bad("email is not a valid address"));
+    }
+    Ok(email)
+}
+
+/// Creates an account with the given role; a duplicate email is a conflict.
+pub async fn create_user(db: &Db, email: &str, password: &str, role: Role) -> AppResult<User> {
+    let email = normalize_email(email)?;
+    auth::check_password_policy(password)?;
+    let password_hash = auth::hash_password(password.to_owned()).await?;
+    let ts = now();
+    let user = User {
+        id: UserId::random(),
+        email,
+        password_hash,
+        role,
+        status: UserStatus::Active,
+        token_version: 0,
+        created_at: ts,
+        updated_at: ts,
+    };
+    let inserted: User = db_run!(db, |conn| {
+        diesel::insert_into(users::table)
+            .values(&user)
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(AppError::on_conflict(
+                "an account with this email already exists",
+            ))?
+    });
+    Ok(inserted)
+}
+
+/// Whether any admin account exists.
+pub async fn admin_exists(db: &Db) -> AppResult<bool> {
+    Ok(first_admin(db).await?.is_some())
+}
+
+/// The oldest admin account, if any.
+pub async fn first_admin(db: &Db) -> AppResult<Option<UserId>> {
+    Ok(db_run!(db, |conn| users::table
+        .filter(users::role.eq(Role::Admin))
+        .order((users::created_at.asc(), users::id.asc()))
+        .select(users::id)
+        .first(conn)
+        .await
+        .optional()?))
+}
+
+/// Checks an email and password; the same error for an unknown email and a
+/// wrong password, so accounts can't be probed.
+pub async fn authenticate(db: &Db, email: &str, password: &str) -> AppResult<User> {
+    let bad = || AppError::BadRequest("wrong email or password".into());
+    let Ok(email) = normalize_email(email) else {
+        return Err(bad());
+    };
+    let found: Option<User> = db_run!(db, |conn| {
+        users::table
+            .filter(users::email.eq(&email))
+            .select(User::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    });
+    let Some(user) = found else {
+        // Spend about the time of a real check, so timing does not reveal
+        // which emails exist.
+        let _ = auth::hash_password(password.chars().take(auth::MAX_PASSWORD_LEN).collect()).await;
+        return Err(bad());
+    };
+    if !auth::verify_password(password.to_owned(), user.password_hash.clone()).await {
+        return Err(bad());
+    }
+    if user.status != UserStatus::Active {
+        return Err(AppError::Forbidden);
+    }
+    Ok(user)
+}
+
+/// Loads a user by id (no scoping: for resolving credentials).
+pub async fn find_user(db: &Db, id: UserId) -> AppResult<Option<User>> {
+    Ok(db_run!(db, |conn| {
+        users::table
+            .find(id)
+            .select(User::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// A user as `actor` may see it: their own account, or any for admins
+/// (someone else's looks missing).
+pub async fn user(db: &Db, actor: &Actor, id: UserId) -> AppResult<Option<User>> {
+    if !actor.may_act_for(id) {
+        return Ok(None);
+    }
+    find_user(db, id).await
+}
+
+/// Admin: enables or disables an account. Disabling invalidates its tokens
+/// and tells gateways, which close its tunnels.
+pub async fn set_status(
+    db: &Db,
+    actor: &Actor,
+    user_id: UserId,
+    status: UserStatus,
+) -> AppResult<User> {
+    actor.require_admin()?;
+    if actor.user_id() == Some(user_id) && status == UserStatus::Disabled {
+        return Err(AppError::Conflict(
+            "admins cannot disable their own account".into(),
+        ));
+    }
+    let entry = audit::entry(
+        actor,
+        "set_user_status",
+        "user",
+        Some(&user_id.to_string()),
+        serde_json::json!({"status": status.as_str()}),
+    );
+    db_tx!(db, |conn, outbox| {
+        let ts = now();
+        let user: User = diesel::update(users::table.find(user_id))
+            .set((
+                users::status.eq(status),
+                users::token_version.eq(users::token_version + 1),
+                users::updated_at.eq(ts),
+            ))
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?
+            .ok_or(AppError::NotFound("user"))?;
+        if status == UserStatus::Disabled {
+            diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
+                .filter(refresh_tokens::revoked_at.is_null())
+                .set(refresh_tokens::revoked_at.eq(ts))
+                .execute(conn)
+                .await?;
+            outbox.access(AccessChange::UserDisabled, Some(user_id));
+        }
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(user)
+    })
+}
+
+/// Filters on the user list.
+#[derive(Debug, Default, Clone)]
+pub struct UserFilter {
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only this status.
+    pub status: Option<UserStatus>,
+    /// Emails containing this text.
+    pub email_contains: Option<String>,
+}
+
+/// Admin: a page of users.
+pub async fn list(
+    db: &Db,
+    actor: &Actor,
+    filter: &UserFilter,
+    page: &PageArgs,
+) -> AppResult<Page<User>> {
+    actor.require_admin()?;
+    let pattern = filter.email_contains.as_ref().map(|s| {
+        let escaped = s
+            .trim()
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let rows = db_run!(db, |conn| {
+        let mut q = users::table.select(User::as_select()).into_boxed();
+        if let Some(r) = filter.role {
+            q = q.filter(users::role.eq(r));
+        }
+        if let Some(s) = filter.status {
+            q = q.filter(users::status.eq(s));
+        }
+        if let Some(p) = &pattern {
+            q = q.filter(users::email.like(p.clone()).escape('\\'));
+        }
+        paginate!(q, users, page).load(conn).await?
+    });
+    Ok(Page::from_fetch(rows, page.first))
+}
+
+/// Loads users by id (for dataloaders).
+pub async fn by_ids(db: &Db, ids: &[UserId]) -> AppResult<Vec<User>> {
+    Ok(db_run!(db, |conn| users::table
+        .filter(users::id.eq_any(ids))
+        .select(User::as_select())
+        .load(conn)
+        .await?))
+}
+
+/// Admin: changes an account's role; older tokens of that account stop
+/// working. Tunnels do not depend on the role, so gateways are not told.
+pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> AppResult<User> {
+    actor.require_admin()?;
+    if actor.user_id() == Some(user_id) && role != Role::Admin {
+        return Err(AppError::Conflict("admins cannot demote themselves".into()));
+    }
+    let entry = audit::entry(
+        actor,
+        "set_user_role",
+        "user",
+        Some(&user_id.to_string()),
+        serde_json::json!({"role": role.as_str()}),
+    );
+    db_tx!(db, |conn, _| {
+        let user: User = diesel::update(users::table.find(user_id))
+            .set((
+                users::role.eq(role),
+                users::token_version.eq(users::token_version + 1),
+                users::updated_at.eq(now()),
+            ))
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?
+            .ok_or(AppError::NotFound("user"))?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(user)
+    })
+}

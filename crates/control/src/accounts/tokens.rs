@@ -1,0 +1,194 @@
+//! Signing in and out: access JWTs, rotating refresh tokens in families
+//! (reuse revokes the family), log-out everywhere and password changes.
+//! None of these touch tunnels (devices hold their own tokens), so they
+//! publish no access event.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::authenticate;
+use crate::auth::jwt::{Audience, JwtKeys};
+use crate::auth::{self, check_password_policy};
+use crate::db::Db;
+use crate::db::models::{RefreshToken, User, new_id, now};
+use crate::db::schema::{refresh_tokens, users};
+use crate::error::{AppError, AppResult};
+use crate::ids::UserId;
+use crate::status::UserStatus;
+use crate::{db_run, db_tx};
+
+/// Lifetime of a refresh token.
+pub const REFRESH_TTL_DAYS: i64 = 30;
+
+/// What a successful log-in or refresh hands out.
+#[derive(Debug)]
+pub struct Tokens {
+    /// Short-lived access JWT.
+    pub access_token: String,
+    /// Single-use opaque refresh token.
+    pub refresh_token: String,
+    /// The user.
+    pub user: User,
+}
+
+/// Issues an access token for `user`.
+pub fn access_token(jwt: &JwtKeys, user: &User) -> AppResult<String> {
+    jwt.issue(
+        Audience::Access,
+        &user.id.to_string(),
+        user.token_version,
+        Some(user.role.as_str()),
+        jwt.access_ttl_secs,
+    )
+}
+
+fn new_refresh_row(user_id: UserId, family_id: &str) -> (String, RefreshToken) {
+    let token = auth::new_token();
+    let ts = now();
+    let row = RefreshToken {
+        id: new_id(),
+        user_id,
+        family_id: family_id.to_owned(),
+        token_hash: auth::hash_token(&token),
+        expires_at: ts + chrono::Duration::days(REFRESH_TTL_DAYS),
+        used_at: None,
+        revoked_at: None,
+        created_at: ts,
+    };
+    (token, row)
+}
+
+/// Checks credentials and starts a new refresh-token family.
+pub async fn login(db: &Db, jwt: &JwtKeys, email: &str, password: &str) -> AppResult<Tokens> {
+    let user = authenticate(db, email, password).await?;
+    let (refresh_token, row) = new_refresh_row(user.id, &new_id());
+    db_run!(db, |conn| diesel::insert_into(refresh_tokens::table)
+        .values(&row)
+        .execute(conn)
+        .await?);
+    Ok(Tokens {
+        access_token: access_token(jwt, &user)?,
+        refresh_token,
+        user,
+    })
+}
+
+enum Rotation {
+    Rotated(String, User),
+    Refused,
+}
+
+/// Rotates a refresh token: single use; presenting a used one revokes its
+/// whole family (the token was stolen or replayed).
+pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
+    if !auth::looks_like_token(token) {
+        return Err(AppError::Unauthenticated);
+    }
+    let hash = auth::hash_token(token);
+    let outcome = db_tx!(db, |conn, _| {
+        let ts = now();
+        let found: Option<RefreshToken> = refresh_tokens::table
+            .filter(refresh_tokens::token_hash.eq(&hash))
+            .select(RefreshToken::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(found) = found else {
+            return Ok::<_, AppError>(Rotation::Refused);
+        };
+        // Claim the token; only one caller can.
+        let claimed = diesel::update(refresh_tokens::table.find(&found.id))
+            .filter(refresh_tokens::used_at.is_null())
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::used_at.eq(ts))
+            .execute(conn)
+            .await?;
+        if claimed == 0 {
+            diesel::update(
+                refresh_tokens::table.filter(refresh_tokens::family_id.eq(&found.family_id)),
+            )
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::revoked_at.eq(ts))
+            .execute(conn)
+            .await?;
+            tracing::warn!(user.id = %found.user_id, "refresh token reused: family revoked");
+            return Ok(Rotation::Refused);
+        }
+        if found.expires_at < ts {
+            return Ok(Rotation::Refused);
+        }
+        let user: User = users::table
+            .find(found.user_id)
+            .select(User::as_select())
+            .first(conn)
+            .await?;
+        if user.status != UserStatus::Active {
+            return Ok(Rotation::Refused);
+        }
+        let (token, row) = new_refresh_row(user.id, &found.family_id);
+        diesel::insert_into(refresh_tokens::table)
+            .values(&row)
+            .execute(conn)
+            .await?;
+        Ok(Rotation::Rotated(token, user))
+    })?;
+    match outcome {
+        Rotation::Rotated(refresh_token, user) => Ok(Tokens {
+            access_token: access_token(jwt, &user)?,
+            refresh_token,
+            user,
+        }),
+        Rotation::Refused => Err(AppError::Unauthenticated),
+    }
+}
+
+/// Logs the user out everywhere: revokes every refresh token and makes
+/// every access token issued so far invalid.
+pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
+    db_tx!(db, |conn, _| {
+        let ts = now();
+        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::revoked_at.eq(ts))
+            .execute(conn)
+            .await?;
+        diesel::update(users::table.find(user_id))
+            .set((
+                users::token_version.eq(users::token_version + 1),
+                users::updated_at.eq(ts),
+            ))
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(())
+    })
+}
+
+/// Changes the user's password after checking the current one; older tokens
+/// stop working.
+pub async fn change_password(db: &Db, user_id: UserId, current: &str, new: &str) -> AppResult<()> {
+    check_password_policy(new)?;
+    let user = super::find_user(db, user_id)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    if !auth::verify_password(current.to_owned(), user.password_hash.clone()).await {
+        return Err(AppError::bad("current password is wrong"));
+    }
+    let hash = auth::hash_password(new.to_owned()).await?;
+    db_tx!(db, |conn, _| {
+        let ts = now();
+        diesel::update(users::table.find(user_id))
+            .set((
+                users::password_hash.eq(&hash),
+                users::token_version.eq(users::token_version + 1),
+                users::updated_at.eq(ts),
+            ))
+            .execute(conn)
+            .await?;
+        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::revoked_at.eq(ts))
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(())
+    })
+}

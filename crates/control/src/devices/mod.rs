@@ -1,0 +1,222 @@
+//! Devices: registration within the plan's device limit (race-free), the
+//! access token (shown once, stored hashed, rotatable), revocation, and the
+//! ready-to-use access links ([`links`]). Revoking a device or replacing
+//! its token tells gateways in the same transaction, whoever calls.
+
+pub mod links;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::pagination::{Page, PageArgs};
+use super::{access, audit, validate};
+use crate::actor::Actor;
+use crate::auth;
+use crate::db::Db;
+use crate::db::models::{AuditEntry, Device, Plan, Subscription, now};
+use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
+use crate::error::{AppError, AppResult};
+use crate::events::AccessChange;
+use crate::ids::{DeviceId, UserId};
+pub use crate::status::DeviceStatus;
+use crate::status::SubscriptionStatus;
+use crate::{db_run, db_tx, paginate};
+pub use links::{AccessLinks, entry_point};
+
+/// Registers a device for `user_id` within the device limit of the user's
+/// current subscription. Returns the device and its access token (the only
+/// time the token is seen).
+pub async fn register(
+    db: &Db,
+    user_id: UserId,
+    name: &str,
+    platform: &str,
+) -> AppResult<(Device, String)> {
+    let name = validate::text("name", name, 1, 64)?;
+    let platform = validate::text("platform", platform, 1, 32)?.to_lowercase();
+    let token = auth::new_token();
+    let token_hash = auth::hash_token(&token);
+    let device = db_tx!(db, |conn, _| {
+        let ts = now();
+        // Lock the user's row first: concurrent registrations of one user
+        // queue here, so the count below cannot race (PostgreSQL row lock;
+        // SQLite takes its write lock).
+        let touched = diesel::update(users::table.find(user_id))
+            .set(users::updated_at.eq(ts))
+            .execute(conn)
+            .await?;
+        if touched == 0 {
+            return Err(AppError::NotFound("user"));
+        }
+        let stored: Option<(Subscription, Plan)> = subscriptions::table
+            .inner_join(plans::table)
+            .filter(subscriptions::user_id.eq(user_id))
+            .filter(subscriptions::status.eq(SubscriptionStatus::Active))
+            .select((Subscription::as_select(), Plan::as_select()))
+            .first(conn)
+            .await
+            .optional()?;
+        let Some((_, plan)) = stored.filter(|(s, _)| access::is_current(s, ts)) else {
+            return Err(AppError::LimitExceeded(
+                "an active subscription is needed to register a device".into(),
+            ));
+        };
+        let active: i64 = devices::table
+            .filter(devices::user_id.eq(user_id))
+            .filter(devices::status.eq(DeviceStatus::Active))
+            .count()
+            .get_result(conn)
+            .await?;
+        if active >= i64::from(plan.device_limit) {
+            return Err(AppError::LimitExceeded(format!(
+                "the plan allows {} active device(s): revoke one first",
+                plan.device_limit
+            )));
+        }
+        let device = Device {
+            id: DeviceId::random(),
+            user_id,
+            name: name.clone(),
+            platform: platform.clone(),
+            status: DeviceStatus::Active,
+            token_hash: token_hash.clone(),
+            last_seen_at: None,
+            created_at: ts,
+            revoked_at: None,
+        };
+        diesel::insert_into(devices::table)
+            .values(&device)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(device)
+    })?;
+    Ok((device, token))
+}
+
+/// The audit row of `actor` acting on `device`, when it is an admin acting
+/// on someone else's.
+fn audit_of(
+    actor: &Actor,
+    device: &Device,
+    action: &str,
+    details: serde_json::Value,
+) -> Option<AuditEntry> {
+    actor.acts_for_other(device.user_id).then(|| {
+        audit::entry(
+            actor,
+            action,
+            "device",
+            Some(&device.id.to_string()),
+            details,
+        )
+    })
+}
+
+/// Revokes a device (the actor's own, or any for admins): its token stops
+/// working and gateways close its tunnels.
+pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
+    db_tx!(db, |conn, outbox| {
+        let found: Option<Device> = devices::table
+            .find(id)
+            .select(Device::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(device) = found.filter(|d| actor.may_act_for(d.user_id)) else {
+            // Someone else's device looks exactly like a missing one.
+            return Err(AppError::NotFound("device"));
+        };
+        let revoked = diesel::update(devices::table.find(id))
+            .set((
+                devices::status.eq(DeviceStatus::Revoked),
+                devices::revoked_at.eq(now()),
+            ))
+            .returning(Device::as_returning())
+            .get_result(conn)
+            .await?;
+        let details = serde_json::json!({"userId": device.user_id});
+        if let Some(e) = audit_of(actor, &device, "revoke_device", details) {
+            diesel::insert_into(audit_log::table)
+                .values(&e)
+                .execute(conn)
+                .await?;
+        }
+        outbox.access(AccessChange::DeviceRevoked, Some(device.user_id));
+        Ok::<_, AppError>(revoked)
+    })
+}
+
+/// Replaces a device's access token (own, or any for admins); the old one
+/// stops working at once, on gateways too.
+pub async fn rotate_token(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<(Device, String)> {
+    let token = auth::new_token();
+    let hash = auth::hash_token(&token);
+    let device = db_tx!(db, |conn, outbox| {
+        let found: Option<Device> = devices::table
+            .find(id)
+            .select(Device::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(device) = found.filter(|d| actor.may_act_for(d.user_id)) else {
+            return Err(AppError::NotFound("device"));
+        };
+        if device.status != DeviceStatus::Active {
+            return Err(AppError::Conflict("the device is revoked".into()));
+        }
+        let rotated = diesel::update(devices::table.find(id))
+            .set(devices::token_hash.eq(&hash))
+            .returning(Device::as_returning())
+            .get_result(conn)
+            .await?;
+        let details = serde_json::json!({});
+        if let Some(e) = audit_of(actor, &device, "rotate_device_token", details) {
+            diesel::insert_into(audit_log::table)
+                .values(&e)
+                .execute(conn)
+                .await?;
+        }
+        outbox.access(AccessChange::DeviceTokenRotated, Some(device.user_id));
+        Ok::<_, AppError>(rotated)
+    })?;
+    Ok((device, token))
+}
+
+/// Filters on the device list.
+#[derive(Debug, Default, Clone)]
+pub struct DeviceFilter {
+    /// Only this user's devices (admins; users always see only their own).
+    pub user_id: Option<UserId>,
+    /// Only active or revoked ones.
+    pub status: Option<DeviceStatus>,
+}
+
+/// A page of devices: the actor's own, or anyone's for admins.
+pub async fn list(
+    db: &Db,
+    actor: &Actor,
+    filter: &DeviceFilter,
+    page: &PageArgs,
+) -> AppResult<Page<Device>> {
+    let user_id = actor.scope(filter.user_id);
+    let rows = db_run!(db, |conn| {
+        let mut q = devices::table.select(Device::as_select()).into_boxed();
+        if let Some(u) = user_id {
+            q = q.filter(devices::user_id.eq(u));
+        }
+        if let Some(s) = filter.status {
+            q = q.filter(devices::status.eq(s));
+        }
+        paginate!(q, devices, page).load(conn).await?
+    });
+    Ok(Page::from_fetch(rows, page.first))
+}
+
+/// Loads devices by id.
+pub async fn by_ids(db: &Db, ids: &[DeviceId]) -> AppResult<Vec<Device>> {
+    Ok(db_run!(db, |conn| devices::table
+        .filter(devices::id.eq_any(ids))
+        .select(Device::as_select())
+        .load(conn)
+        .await?))
+}

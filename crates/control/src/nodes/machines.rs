@@ -1,0 +1,152 @@
+//! Machine callers of `/api/v1`: gateways and nodes, authenticated by the
+//! token they were registered with (stored hashed), with a small bounded
+//! cache for the hot routes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use crate::auth;
+use crate::db::Db;
+use crate::db::models::{GatewayNode, OutlineNode};
+use crate::db::schema::{gateway_nodes, outline_nodes};
+use crate::db_run;
+use crate::error::{AppError, AppResult};
+use crate::status::NodeStatus;
+
+/// A machine caller, authenticated by its node token.
+#[derive(Debug, Clone)]
+pub enum Machine {
+    /// A gateway.
+    Gateway(GatewayNode),
+    /// An Outline node.
+    Outline(OutlineNode),
+}
+
+/// Finds the node holding `token`; disabled nodes are refused.
+pub async fn authenticate_machine(db: &Db, token: &str) -> AppResult<Machine> {
+    if !auth::looks_like_token(token) {
+        return Err(AppError::Unauthenticated);
+    }
+    let hash = auth::hash_token(token);
+    let (g, o): (Option<GatewayNode>, Option<OutlineNode>) = db_run!(db, |conn| {
+        let g = gateway_nodes::table
+            .filter(gateway_nodes::token_hash.eq(&hash))
+            .select(GatewayNode::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        let o = if g.is_none() {
+            outline_nodes::table
+                .filter(outline_nodes::token_hash.eq(&hash))
+                .select(OutlineNode::as_select())
+                .first(conn)
+                .await
+                .optional()?
+        } else {
+            None
+        };
+        (g, o)
+    });
+    match (g, o) {
+        (Some(g), _) if g.status != NodeStatus::Disabled => Ok(Machine::Gateway(g)),
+        (_, Some(o)) if o.status != NodeStatus::Disabled => Ok(Machine::Outline(o)),
+        (Some(_), _) | (_, Some(_)) => Err(AppError::Forbidden),
+        _ => Err(AppError::Unauthenticated),
+    }
+}
+
+/// How long an authenticated machine token is trusted without asking the
+/// database again (revocation applies within this time on the routes that
+/// use the cache).
+pub const MACHINE_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Most machine tokens the cache holds (far more than gateways and nodes a
+/// deployment has; unknown tokens are never cached).
+pub const MACHINE_CACHE_CAPACITY: usize = 10_000;
+
+/// Recently authenticated machine tokens, keyed by hash, so a gateway's
+/// burst of validate/assign calls costs one lookup rather than one per call.
+#[derive(Clone)]
+pub struct MachineCache {
+    inner: Arc<quick_cache::sync::Cache<String, (Instant, Machine)>>,
+}
+
+impl Default for MachineCache {
+    fn default() -> Self {
+        MachineCache {
+            inner: Arc::new(quick_cache::sync::Cache::new(MACHINE_CACHE_CAPACITY)),
+        }
+    }
+}
+
+impl MachineCache {
+    /// Like [`authenticate_machine`], answering from the cache when fresh.
+    pub async fn authenticate(&self, db: &Db, token: &str) -> AppResult<Machine> {
+        if !auth::looks_like_token(token) {
+            return Err(AppError::Unauthenticated);
+        }
+        let hash = auth::hash_token(token);
+        if let Some(m) = self.fresh(&hash, Instant::now()) {
+            return Ok(m);
+        }
+        let machine = authenticate_machine(db, token).await?;
+        self.inner.insert(hash, (Instant::now(), machine.clone()));
+        Ok(machine)
+    }
+
+    /// The machine cached for `hash`, if it was authenticated less than
+    /// [`MACHINE_CACHE_TTL`] before `now`.
+    fn fresh(&self, hash: &str, now: Instant) -> Option<Machine> {
+        let (at, machine) = self.inner.get(hash)?;
+        (now.saturating_duration_since(at) < MACHINE_CACHE_TTL).then_some(machine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::models::now;
+    use crate::ids::{GatewayNodeId, RegionId};
+    use crate::status::Health;
+
+    fn gateway() -> Machine {
+        Machine::Gateway(GatewayNode {
+            id: GatewayNodeId::random(),
+            region_id: RegionId::random(),
+            name: "gw".into(),
+            public_url: "https://gw".into(),
+            token_hash: "h".into(),
+            status: NodeStatus::Active,
+            health: Health::Up,
+            last_heartbeat_at: None,
+            open_tunnels: 0,
+            version: None,
+            created_at: now(),
+            updated_at: now(),
+        })
+    }
+
+    #[test]
+    fn entries_are_trusted_for_the_ttl_only() {
+        let cache = MachineCache::default();
+        let t0 = Instant::now();
+        cache.inner.insert("h".into(), (t0, gateway()));
+        assert!(cache.fresh("h", t0).is_some());
+        assert!(cache.fresh("h", t0 + MACHINE_CACHE_TTL / 2).is_some());
+        assert!(cache.fresh("h", t0 + MACHINE_CACHE_TTL).is_none());
+        assert!(cache.fresh("other", t0).is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = MachineCache::default();
+        let t0 = Instant::now();
+        for i in 0..MACHINE_CACHE_CAPACITY * 2 {
+            cache.inner.insert(i.to_string(), (t0, gateway()));
+        }
+        assert!(cache.inner.len() <= MACHINE_CACHE_CAPACITY);
+    }
+}

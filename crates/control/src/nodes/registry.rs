@@ -1,0 +1,310 @@
+//! Admin changes to the registry. Every change is audited and publishes
+//! its node event in its own transaction.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::{AnyNode, gateway_event, outline_event, status_event};
+use crate::actor::Actor;
+use crate::db::Db;
+use crate::db::models::{GatewayNode, OutlineNode, Region, now};
+use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
+use crate::db_tx;
+use crate::error::{AppError, AppResult};
+use crate::events::NodeEventKind;
+use crate::ids::{GatewayNodeId, OutlineNodeId, RegionId};
+use crate::status::{Health, NodeStatus};
+use crate::{audit, auth, catalogue, validate};
+
+/// Fields of a new Outline node.
+#[derive(Debug, Clone)]
+pub struct NewOutlineNode {
+    /// Region code.
+    pub region: String,
+    /// Unique name.
+    pub name: String,
+    /// Address the gateways reach it at (never shown to clients).
+    pub host: String,
+    /// Port.
+    pub port: i32,
+    /// Own key: cipher. With `secret`, the node is a pool of one.
+    pub method: Option<String>,
+    /// Own key: password. Without it the node uses its region's pool key.
+    pub secret: Option<String>,
+    /// Most concurrent sessions it should carry.
+    pub capacity: i32,
+}
+
+fn host(value: &str) -> AppResult<String> {
+    let h = validate::text("host", value, 1, 253)?;
+    if !h
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    {
+        return Err(AppError::bad("host must be a host name or an IP address"));
+    }
+    Ok(h)
+}
+
+async fn region(db: &Db, code: &str) -> AppResult<Region> {
+    catalogue::region_by_code(db, code)
+        .await?
+        .ok_or(AppError::NotFound("region"))
+}
+
+/// Admin: registers an Outline node; returns it and its machine token.
+pub async fn register_outline(
+    db: &Db,
+    actor: &Actor,
+    input: NewOutlineNode,
+) -> AppResult<(OutlineNode, String)> {
+    actor.require_admin()?;
+    let region = region(db, &input.region).await?;
+    validate::range("port", input.port.into(), 1, 65535)?;
+    validate::range("capacity", input.capacity.into(), 1, 10_000_000)?;
+    let (method, secret, uses_pool_key) = match (input.method.as_deref(), input.secret.as_deref()) {
+        (m, Some(s)) => (
+            catalogue::method(m.unwrap_or(catalogue::METHODS[0]))?,
+            validate::text("secret", s, 8, 256)?,
+            false,
+        ),
+        (None, None) => (region.pool_method.clone(), region.pool_secret.clone(), true),
+        (Some(_), None) => {
+            return Err(AppError::bad(
+                "method needs a secret (or give neither to use the region's pool key)",
+            ));
+        }
+    };
+    let token = auth::new_token();
+    let ts = now();
+    let node = OutlineNode {
+        id: OutlineNodeId::random(),
+        region_id: region.id,
+        name: validate::text("name", &input.name, 1, 100)?,
+        host: host(&input.host)?,
+        port: input.port,
+        method,
+        secret,
+        uses_pool_key,
+        status: NodeStatus::Active,
+        health: Health::Unknown,
+        capacity: input.capacity,
+        token_hash: auth::hash_token(&token),
+        last_heartbeat_at: None,
+        load: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        version: None,
+        created_at: ts,
+        updated_at: ts,
+    };
+    let entry = audit::entry(
+        actor,
+        "register_outline_node",
+        "outline_node",
+        Some(&node.id.to_string()),
+        serde_json::json!({"name": node.name, "region": region.code, "host": node.host, "port": node.port}),
+    );
+    let node = db_tx!(db, |conn, outbox| {
+        let n = diesel::insert_into(outline_nodes::table)
+            .values(&node)
+            .returning(OutlineNode::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(AppError::on_conflict("a node with this name exists"))?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        outbox.node(outline_event(&n, &region.code, NodeEventKind::Registered));
+        Ok::<_, AppError>(n)
+    })?;
+    Ok((node, token))
+}
+
+/// Admin: registers a gateway; returns it and its machine token.
+pub async fn register_gateway(
+    db: &Db,
+    actor: &Actor,
+    region_code: &str,
+    name: &str,
+    public_url: &str,
+) -> AppResult<(GatewayNode, String)> {
+    actor.require_admin()?;
+    let region = region(db, region_code).await?;
+    let url = validate::text("publicUrl", public_url, 1, 2048)?;
+    if !url.starts_with("https://") && !url.starts_with("http://") {
+        return Err(AppError::bad("publicUrl must be an https:// URL"));
+    }
+    let token = auth::new_token();
+    let ts = now();
+    let node = GatewayNode {
+        id: GatewayNodeId::random(),
+        region_id: region.id,
+        name: validate::text("name", name, 1, 100)?,
+        public_url: url.trim_end_matches('/').to_owned(),
+        token_hash: auth::hash_token(&token),
+        status: NodeStatus::Active,
+        health: Health::Unknown,
+        last_heartbeat_at: None,
+        open_tunnels: 0,
+        version: None,
+        created_at: ts,
+        updated_at: ts,
+    };
+    let entry = audit::entry(
+        actor,
+        "register_gateway_node",
+        "gateway_node",
+        Some(&node.id.to_string()),
+        serde_json::json!({"name": node.name, "region": region.code, "publicUrl": node.public_url}),
+    );
+    let node = db_tx!(db, |conn, outbox| {
+        let n = diesel::insert_into(gateway_nodes::table)
+            .values(&node)
+            .returning(GatewayNode::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(AppError::on_conflict("a gateway with this name exists"))?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        outbox.node(gateway_event(&n, &region.code, NodeEventKind::Registered));
+        Ok::<_, AppError>(n)
+    })?;
+    Ok((node, token))
+}
+
+/// Admin: sets a node's status (the id may be an Outline node's or a
+/// gateway's: both are UUIDs, and a client knows it only as "a node").
+pub async fn set_status(
+    db: &Db,
+    actor: &Actor,
+    id: uuid::Uuid,
+    status: NodeStatus,
+) -> AppResult<AnyNode> {
+    actor.require_admin()?;
+    let entry = audit::entry(
+        actor,
+        "set_node_status",
+        "node",
+        Some(&id.to_string()),
+        serde_json::json!({"status": status.as_str()}),
+    );
+    db_tx!(db, |conn, outbox| {
+        let ts = now();
+        let o: Option<OutlineNode> =
+            diesel::update(outline_nodes::table.find(OutlineNodeId::from(id)))
+                .set((
+                    outline_nodes::status.eq(status),
+                    outline_nodes::updated_at.eq(ts),
+                ))
+                .returning(OutlineNode::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+        let node = match o {
+            Some(o) => AnyNode::Outline(o),
+            None => AnyNode::Gateway(
+                diesel::update(gateway_nodes::table.find(GatewayNodeId::from(id)))
+                    .set((
+                        gateway_nodes::status.eq(status),
+                        gateway_nodes::updated_at.eq(ts),
+                    ))
+                    .returning(GatewayNode::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?
+                    .ok_or(AppError::NotFound("node"))?,
+            ),
+        };
+        let code: String = regions::table
+            .find(node.region_id())
+            .select(regions::code)
+            .first(conn)
+            .await?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        outbox.node(node.event(&code, status_event(status)));
+        Ok::<_, AppError>(node)
+    })
+}
+
+/// Admin: deletes a node; its sessions keep their history.
+pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
+    actor.require_admin()?;
+    let entry = audit::entry(
+        actor,
+        "delete_node",
+        "node",
+        Some(&id.to_string()),
+        serde_json::json!({}),
+    );
+    db_tx!(db, |conn, outbox| {
+        let o: Option<OutlineNode> =
+            diesel::delete(outline_nodes::table.find(OutlineNodeId::from(id)))
+                .returning(OutlineNode::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+        let node = match o {
+            Some(n) => AnyNode::Outline(n),
+            None => AnyNode::Gateway(
+                diesel::delete(gateway_nodes::table.find(GatewayNodeId::from(id)))
+                    .returning(GatewayNode::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?
+                    .ok_or(AppError::NotFound("node"))?,
+            ),
+        };
+        let region: RegionId = node.region_id();
+        let code: String = regions::table
+            .find(region)
+            .select(regions::code)
+            .first(conn)
+            .await?;
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        outbox.node(node.event(&code, NodeEventKind::Deleted));
+        Ok::<_, AppError>(())
+    })
+}
+
+/// Admin: replaces a node's machine token; the old one stops working.
+pub async fn rotate_token(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<String> {
+    actor.require_admin()?;
+    let token = auth::new_token();
+    let hash = auth::hash_token(&token);
+    let entry = audit::entry(
+        actor,
+        "rotate_node_token",
+        "node",
+        Some(&id.to_string()),
+        serde_json::json!({}),
+    );
+    db_tx!(db, |conn, _| {
+        let n = diesel::update(outline_nodes::table.find(OutlineNodeId::from(id)))
+            .set(outline_nodes::token_hash.eq(&hash))
+            .execute(conn)
+            .await?
+            + diesel::update(gateway_nodes::table.find(GatewayNodeId::from(id)))
+                .set(gateway_nodes::token_hash.eq(&hash))
+                .execute(conn)
+                .await?;
+        if n == 0 {
+            return Err(AppError::NotFound("node"));
+        }
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok(())
+    })?;
+    Ok(token)
+}

@@ -1,0 +1,109 @@
+//! Who is calling a machine route: a gateway or node by its token (the hot
+//! routes may trust one authenticated seconds ago), or a device by the id
+//! in its device JWT; and the device a route is about.
+
+use axum::http::HeaderMap;
+use httvps_wire::device::DeviceRequest;
+
+use crate::access::{self, Verdict};
+use crate::auth::jwt::Audience;
+use crate::context::bearer_token;
+use crate::db::models::{GatewayNode, now};
+use crate::error::AppError;
+use crate::ids::DeviceId;
+use crate::nodes::{self, Machine};
+use crate::state::AppState;
+
+/// Who is calling a machine route.
+pub(super) enum Caller {
+    /// A gateway or node.
+    Machine(Box<Machine>),
+    /// A device, by the subject of its device JWT.
+    Device(String),
+}
+
+impl Caller {
+    /// The calling gateway, if it is one.
+    pub(super) fn gateway(&self) -> Option<&GatewayNode> {
+        match self {
+            Caller::Machine(m) => match &**m {
+                Machine::Gateway(g) => Some(g),
+                Machine::Outline(_) => None,
+            },
+            Caller::Device(_) => None,
+        }
+    }
+}
+
+/// The caller, its machine token always read fresh.
+pub(super) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, AppError> {
+    caller_with(state, headers, false).await
+}
+
+/// `cached`: the hot routes (validate, assign) may trust a machine token
+/// authenticated in the last few seconds; writes about a node's own state
+/// (heartbeats, usage) always read it fresh.
+pub(super) async fn caller_with(
+    state: &AppState,
+    headers: &HeaderMap,
+    cached: bool,
+) -> Result<Caller, AppError> {
+    let token = bearer_token(headers)?.ok_or(AppError::Unauthenticated)?;
+    if token.contains('.') {
+        let claims = state.api.jwt.verify(Audience::Device, token)?;
+        return Ok(Caller::Device(claims.sub));
+    }
+    let machine = if cached {
+        state.api.machines.authenticate(&state.db, token).await?
+    } else {
+        nodes::authenticate_machine(&state.db, token).await?
+    };
+    Ok(Caller::Machine(Box::new(machine)))
+}
+
+/// The calling gateway; anyone else is forbidden.
+pub(super) async fn gateway_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<GatewayNode, AppError> {
+    match caller(state, headers).await? {
+        Caller::Machine(m) => match *m {
+            Machine::Gateway(g) => Ok(g),
+            Machine::Outline(_) => Err(AppError::Forbidden),
+        },
+        Caller::Device(_) => Err(AppError::Forbidden),
+    }
+}
+
+/// Checks the device a device JWT names (a subject that is no id names no
+/// device).
+async fn by_subject(state: &AppState, sub: &str) -> Result<Verdict, AppError> {
+    match sub.parse::<DeviceId>() {
+        Ok(id) => access::check_device(&state.db, id).await,
+        Err(_) => Ok(Verdict::of(None, now())),
+    }
+}
+
+/// The verdict on the device a request is about: the calling device
+/// itself, or for a gateway the device of the token or JWT it forwards.
+pub(super) async fn verdict_for(
+    state: &AppState,
+    caller: &Caller,
+    req: &DeviceRequest,
+) -> Result<Verdict, AppError> {
+    match caller {
+        Caller::Device(sub) => by_subject(state, sub).await,
+        Caller::Machine(m) if matches!(**m, Machine::Gateway(_)) => {
+            if let Some(jwt) = req.device_jwt.as_deref() {
+                let claims = state.api.jwt.verify(Audience::Device, jwt)?;
+                return by_subject(state, &claims.sub).await;
+            }
+            let token = req
+                .device_token
+                .as_deref()
+                .ok_or_else(|| AppError::bad("device_token or device_jwt is required"))?;
+            access::check_token(&state.db, token).await
+        }
+        Caller::Machine(_) => Err(AppError::Forbidden),
+    }
+}

@@ -1,0 +1,115 @@
+//! The gateway routes: usage reports, the access-event stream and
+//! heartbeats.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use httvps_wire::ErrorBody;
+use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse};
+use httvps_wire::usage::{UsageReport, UsageReportResponse};
+
+use super::ApiJson;
+use super::caller::gateway_caller;
+use crate::error::AppError;
+use crate::heartbeats;
+use crate::node_assignment::HEARTBEAT_INTERVAL_SECS;
+use crate::state::AppState;
+use crate::usage_accounting;
+
+/// How often the access-event stream says it is alive.
+const ACCESS_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Gateways report cumulative byte totals per session; idempotent.
+#[utoipa::path(post, path = "/api/v1/usage/report", request_body = UsageReport,
+    responses((status = 200, body = UsageReportResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn usage_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<UsageReport>,
+) -> Result<Json<UsageReportResponse>, AppError> {
+    let g = gateway_caller(&state, &headers).await?;
+    let received = usage_accounting::receive(&state.db, g.id, &req.reports).await?;
+    let mut close_sessions = received.close;
+    let (applied, counted) = match received.id {
+        None => (true, 0),
+        Some(id) => match state.usage.submit(id).await {
+            Some(outcome) => {
+                close_sessions.extend(outcome.close);
+                (true, outcome.counted)
+            }
+            None => (false, 0),
+        },
+    };
+    Ok(Json(UsageReportResponse {
+        accepted: received.accepted,
+        applied,
+        counted,
+        close_sessions,
+    }))
+}
+
+/// Access events for gateways, as newline-delimited JSON: a `hello` line at
+/// once, an `access` line whenever someone's right to connect shrinks
+/// (drop cached validations, heartbeat now), a `keepalive` line every 15 s.
+/// The stream ends when the server shuts down; gateways reconnect.
+#[utoipa::path(get, path = "/api/v1/gateway/access-events",
+    responses((status = 200, description = "Newline-delimited JSON events", content_type = "application/x-ndjson"),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn access_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, AppError> {
+    gateway_caller(&state, &headers).await?;
+    let events = state.db.events().subscribe_access();
+    let closing = state.closing.subscribe();
+    let lines = futures_util::stream::unfold(
+        (events, closing, true),
+        |(mut events, mut closing, first)| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            let line = if first {
+                httvps_wire::events::HELLO_LINE.to_owned()
+            } else if *closing.borrow() {
+                return None;
+            } else {
+                tokio::select! {
+                    _ = closing.changed() => return None,
+                    got = tokio::time::timeout(ACCESS_KEEPALIVE, events.recv()) => match got {
+                        Err(_) => httvps_wire::events::KEEPALIVE_LINE.to_owned(),
+                        Ok(Ok(ev)) => serde_json::to_string(&ev).unwrap_or_default(),
+                        // Missed some: as good as an event.
+                        Ok(Err(RecvError::Lagged(_))) => httvps_wire::events::LAGGED_LINE.to_owned(),
+                        Ok(Err(RecvError::Closed)) => return None,
+                    },
+                }
+            };
+            let bytes = bytes::Bytes::from(line + "\n");
+            Some((
+                Ok::<_, std::convert::Infallible>(bytes),
+                (events, closing, false),
+            ))
+        },
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+/// Gateway liveness and load; answers with sessions to close.
+#[utoipa::path(post, path = "/api/v1/gateway/heartbeat", request_body = GatewayBeat,
+    responses((status = 200, body = HeartbeatResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn gateway_heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(beat): ApiJson<GatewayBeat>,
+) -> Result<Json<HeartbeatResponse>, AppError> {
+    let g = gateway_caller(&state, &headers).await?;
+    let close = heartbeats::gateway(&state.db, &g, &beat).await?;
+    Ok(Json(HeartbeatResponse {
+        close_sessions: close,
+        heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+    }))
+}

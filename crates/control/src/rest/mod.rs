@@ -1,0 +1,110 @@
+//! The REST compatibility routes under `/api/v1/` that gateways, nodes and
+//! clients call. Thin handlers over the use-case modules, by caller:
+//! [`devices`] (validate, device token, assign), [`gateways`] (usage,
+//! access events, heartbeats), [`nodes`] (heartbeats, config), with
+//! [`caller`] resolving who calls. One JSON error envelope; the OpenAPI
+//! document is generated from these types.
+
+mod caller;
+mod devices;
+mod gateways;
+mod nodes;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use httvps_wire::HealthBody;
+use utoipa::OpenApi;
+
+use crate::error::AppError;
+use crate::state::AppState;
+use devices::{
+    __path_assign_outline, __path_device_token, __path_validate_device, assign_outline,
+    device_token, validate_device,
+};
+use gateways::{
+    __path_access_events, __path_gateway_heartbeat, __path_usage_report, access_events,
+    gateway_heartbeat, usage_report,
+};
+use nodes::{__path_outline_config, __path_outline_heartbeat, outline_config, outline_heartbeat};
+
+/// Lifetime of device JWTs, in seconds.
+pub const DEVICE_JWT_TTL_SECS: i64 = 15 * 60;
+
+/// The `/api/v1` routes (health is served by the HTTP module).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/validate-device", post(validate_device))
+        .route("/api/v1/auth/device-token", post(device_token))
+        .route("/api/v1/nodes/assign-outline", post(assign_outline))
+        .route("/api/v1/usage/report", post(usage_report))
+        .route("/api/v1/gateway/heartbeat", post(gateway_heartbeat))
+        .route("/api/v1/gateway/access-events", get(access_events))
+        .route("/api/v1/outline/heartbeat", post(outline_heartbeat))
+        .route("/api/v1/outline/config", get(outline_config))
+        .route("/api/v1/openapi.json", get(openapi_json))
+}
+
+/// A JSON body whose every rejection (malformed, wrong types, unknown
+/// fields, wrong content type) is a 400 in our error envelope.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(AppError::bad("the body must be application/json"))
+            }
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(AppError::bad(format!("invalid body: {}", e.body_text())))
+            }
+            Err(JsonRejection::JsonSyntaxError(_)) => {
+                Err(AppError::bad("the body is not valid JSON"))
+            }
+            Err(e) => Err(AppError::bad(format!("unreadable body: {}", e.body_text()))),
+        }
+    }
+}
+
+/// Readiness of the control plane and its database.
+#[utoipa::path(get, path = "/api/v1/health",
+    responses((status = 200, body = HealthBody), (status = 503, body = HealthBody)))]
+#[expect(dead_code, reason = "documents the route served by the HTTP module")]
+fn health_doc() {}
+
+/// The OpenAPI document of the `/api/v1` routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "httvps control plane: gateway and node API",
+        description = "Machine callers send `Authorization: Bearer <node token>`; devices send `Authorization: Bearer <device JWT>` (from /api/v1/auth/device-token). Every error is `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    paths(
+        health_doc,
+        validate_device,
+        device_token,
+        assign_outline,
+        usage_report,
+        gateway_heartbeat,
+        access_events,
+        outline_heartbeat,
+        outline_config
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (served, and committed as `docs/openapi.json`).
+pub fn openapi_json_text() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi_json_text(),
+    )
+}

@@ -1,0 +1,68 @@
+//! The Outline node routes: heartbeats and the node's own settings.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use httvps_wire::ErrorBody;
+use httvps_wire::heartbeat::{HeartbeatResponse, OutlineBeat, OutlineConfig};
+
+use super::ApiJson;
+use super::caller::{Caller, caller};
+use crate::catalogue;
+use crate::db::models::OutlineNode;
+use crate::error::AppError;
+use crate::heartbeats;
+use crate::node_assignment::HEARTBEAT_INTERVAL_SECS;
+use crate::nodes::Machine;
+use crate::state::AppState;
+
+/// The calling Outline node; anyone else is forbidden.
+async fn node_caller(state: &AppState, headers: &HeaderMap) -> Result<OutlineNode, AppError> {
+    let Caller::Machine(m) = caller(state, headers).await? else {
+        return Err(AppError::Forbidden);
+    };
+    let Machine::Outline(n) = *m else {
+        return Err(AppError::Forbidden);
+    };
+    Ok(n)
+}
+
+/// Outline node liveness, load and traffic counters.
+#[utoipa::path(post, path = "/api/v1/outline/heartbeat", request_body = OutlineBeat,
+    responses((status = 200, body = HeartbeatResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn outline_heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(beat): ApiJson<OutlineBeat>,
+) -> Result<Json<HeartbeatResponse>, AppError> {
+    let n = node_caller(&state, &headers).await?;
+    heartbeats::outline(&state.db, &n, &beat).await?;
+    Ok(Json(HeartbeatResponse {
+        close_sessions: vec![],
+        heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+    }))
+}
+
+/// An Outline node fetches its own settings (its key) with its token.
+#[utoipa::path(get, path = "/api/v1/outline/config",
+    responses((status = 200, body = OutlineConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn outline_config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<OutlineConfig>, AppError> {
+    let n = node_caller(&state, &headers).await?;
+    let region = catalogue::regions_by_ids(&state.db, &[n.region_id])
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| r.code)
+        .unwrap_or_default();
+    Ok(Json(OutlineConfig {
+        node_id: n.id.to_string(),
+        host: n.host,
+        port: n.port,
+        method: n.method,
+        secret: n.secret,
+        region,
+    }))
+}

@@ -1,0 +1,170 @@
+//! A pass of the applier: read the pending inbox rows page by page, merge
+//! them, apply the plan in transactions of bounded size, delete the rows.
+
+use std::collections::HashSet;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::inbox::{self, to_json};
+use super::plan::{self, InboxTotals, Latest, Stored, Totals};
+use super::statements::{APPLY_LOCK, CHARGE, GROW_SESSIONS, LEDGER, LedgerRow, READ};
+use super::{Pass, subscriptions_period_days};
+use crate::db::Db;
+use crate::db::models::now;
+use crate::db::schema::sessions;
+use crate::db_tx;
+use crate::error::{AppError, AppResult};
+use crate::events::AccessChange;
+use crate::ids::SessionId;
+use crate::status::EndReason;
+
+/// Sessions applied per transaction: row locks stay short however large a
+/// pass is.
+const APPLY_CHUNK: usize = 5_000;
+
+/// Inbox rows one pass takes at most (20,000 reports of 200 totals are
+/// 4,000,000 totals); the more a pass takes, the more reports of one
+/// session merge.
+const PASS_ROWS: usize = 20_000;
+
+/// Applies the pending inbox rows (the oldest `PASS_ROWS`): merges them per
+/// session page by page (memory follows the sessions, not the reports),
+/// applies the increase in transactions of `APPLY_CHUNK` sessions, then
+/// deletes the rows. An error leaves the rows for the next pass, which
+/// re-applies them harmlessly. Rows for which `wanted` is true get their
+/// [`RowOutcome`](super::RowOutcome) in the answer.
+pub async fn apply_pending(db: &Db, wanted: impl Fn(i64) -> bool) -> AppResult<Pass> {
+    let mut latest = Latest::new();
+    let mut ids: Vec<i64> = Vec::new();
+    let mut kept: Vec<(i64, InboxTotals)> = Vec::new();
+    let mut totals = 0;
+    let mut after = 0i64;
+    while ids.len() < PASS_ROWS {
+        let page = inbox::read_page(db, after).await?;
+        let Some(last) = page.last().map(|r| r.id) else {
+            break;
+        };
+        after = last;
+        for r in page {
+            ids.push(r.id);
+            match serde_json::from_str::<InboxTotals>(&r.totals) {
+                Ok(t) => {
+                    totals += t.len();
+                    plan::merge(
+                        &mut latest,
+                        t.iter()
+                            .map(|&(id, seq, up, down)| (id, Totals { seq, up, down })),
+                    );
+                    if wanted(r.id) {
+                        kept.push((r.id, t));
+                    }
+                }
+                // Written by `receive`, so this cannot happen; never block
+                // the inbox on one row.
+                Err(e) => {
+                    tracing::error!(inbox.id = r.id, error = %e, "unreadable usage inbox row dropped")
+                }
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(Pass::default());
+    }
+    let merged: Vec<(SessionId, Totals)> = latest.into_iter().collect();
+    let mut grown: HashSet<SessionId> = HashSet::new();
+    let mut ended: HashSet<SessionId> = HashSet::new();
+    for chunk in merged.chunks(APPLY_CHUNK) {
+        let (g, e) = apply_chunk(db, chunk).await?;
+        grown.extend(g);
+        ended.extend(e);
+    }
+    inbox::delete(db, &ids).await?;
+    Ok(Pass {
+        outcomes: plan::outcomes(&kept, &merged, &grown, &ended),
+        ids,
+        totals,
+        sessions: merged.len(),
+        quota_closed: ended.len(),
+    })
+}
+
+/// Applies merged totals in one transaction of five statements whatever its
+/// size: read the sessions with their owners, grow them, add their gains to
+/// the ledger's rows for this hour, charge each account once, end the
+/// sessions of accounts that just used up their allowance (and tell
+/// gateways). Sessions deleted since the report are skipped. Returns the
+/// sessions that grew and those that ended.
+async fn apply_chunk(
+    db: &Db,
+    chunk: &[(SessionId, Totals)],
+) -> AppResult<(Vec<SessionId>, Vec<SessionId>)> {
+    let period_days = subscriptions_period_days();
+    let ids_json = to_json(&chunk.iter().map(|(id, _)| id).collect::<Vec<_>>())?;
+    db_tx!(db, |conn, outbox| {
+        if let Some(lock) = APPLY_LOCK.on(conn) {
+            diesel::sql_query(lock).execute(conn).await?;
+        }
+        let ts = now();
+        let mut clock = std::time::Instant::now();
+        let mut lap = || {
+            let ms = clock.elapsed().as_secs_f64() * 1e3;
+            clock = std::time::Instant::now();
+            ms
+        };
+        let stored: Vec<Stored> = diesel::sql_query(READ.text(conn))
+            .bind::<diesel::sql_types::Text, _>(&ids_json)
+            .load(conn)
+            .await?;
+        let plan = plan::plan_chunk(&stored, chunk, ts);
+        let read_ms = lap();
+        if plan.grown.is_empty() {
+            return Ok::<_, AppError>((Vec::new(), Vec::new()));
+        }
+        diesel::sql_query(GROW_SESSIONS.text(conn))
+            .bind::<diesel::sql_types::Text, _>(to_json(&plan.grown)?)
+            .bind::<diesel::sql_types::Timestamp, _>(ts)
+            .bind::<diesel::sql_types::Timestamp, _>(plan::hour_of(ts))
+            .execute(conn)
+            .await?;
+        let grow_ms = lap();
+        if !plan.closed.is_empty() {
+            let rows: Vec<LedgerRow> = plan.closed.iter().map(LedgerRow::from).collect();
+            diesel::sql_query(LEDGER.text(conn))
+                .bind::<diesel::sql_types::Text, _>(to_json(&rows)?)
+                .execute(conn)
+                .await?;
+        }
+        let ledger_ms = lap();
+        let charged: Vec<plan::Charged> = diesel::sql_query(CHARGE.text(conn))
+            .bind::<diesel::sql_types::Text, _>(to_json(&plan.charges)?)
+            .bind::<diesel::sql_types::Timestamp, _>(ts)
+            .bind::<diesel::sql_types::Integer, _>(period_days)
+            .load(conn)
+            .await?;
+        let charge_ms = lap();
+        tracing::debug!(
+            usage.sessions = plan.grown.len(),
+            read_ms,
+            grow_ms,
+            ledger_ms,
+            charge_ms,
+            "usage chunk applied"
+        );
+        let ending = plan::ending(&stored, &charged);
+        if !ending.is_empty() {
+            diesel::update(sessions::table.filter(sessions::id.eq_any(&ending)))
+                .filter(sessions::ended_at.is_null())
+                .set((
+                    sessions::ended_at.eq(ts),
+                    sessions::end_reason.eq(EndReason::QuotaExceeded),
+                ))
+                .execute(conn)
+                .await?;
+            // Other gateways may hold cached validations for the accounts.
+            outbox.access(AccessChange::QuotaExceeded, None);
+        }
+        let grown: Vec<SessionId> = plan.grown.into_iter().map(|g| g.id).collect();
+        Ok((grown, ending))
+    })
+}

@@ -1,0 +1,113 @@
+//! Receiving a report: checked (every session exists and belongs to the
+//! reporting gateway), merged per session, and stored as one inbox row;
+//! and the inbox's reads and deletes for the applier.
+
+use diesel_async::RunQueryDsl;
+use httvps_wire::usage::MAX_BATCH;
+use httvps_wire::{CloseOrder, SessionTotals};
+
+use super::Received;
+use super::plan::{InboxTotals, Latest, Totals, merge};
+use super::statements::{INBOX_DELETE, INBOX_INSERT, INBOX_READ, InboxRow, Inserted, KNOWN, Known};
+use crate::db::Db;
+use crate::db::models::now;
+use crate::db_run;
+use crate::error::{AppError, AppResult};
+use crate::ids::{GatewayNodeId, SessionId};
+
+/// Inbox rows read at a time.
+pub const PAGE_ROWS: i64 = 500;
+
+pub(super) fn to_json(v: &impl serde::Serialize) -> AppResult<String> {
+    serde_json::to_string(v).map_err(|e| AppError::Internal(e.to_string()))
+}
+
+/// Checks a report from `gateway` and stores it in the inbox. Every
+/// session must exist and belong to that gateway, or nothing is stored.
+/// The answer names the reported sessions that have already ended.
+pub async fn receive(
+    db: &Db,
+    gateway: GatewayNodeId,
+    batch: &[SessionTotals],
+) -> AppResult<Received> {
+    if batch.len() > MAX_BATCH {
+        return Err(AppError::bad(format!(
+            "at most {MAX_BATCH} session totals per report"
+        )));
+    }
+    let mut parsed = Vec::with_capacity(batch.len());
+    for t in batch {
+        if t.seq < 0 || t.bytes_up < 0 || t.bytes_down < 0 {
+            return Err(AppError::bad("seq and byte totals must not be negative"));
+        }
+        let Ok(id) = t.session_id.parse::<SessionId>() else {
+            return Err(AppError::bad("session_id is not a valid id"));
+        };
+        let totals = Totals {
+            seq: t.seq,
+            up: t.bytes_up,
+            down: t.bytes_down,
+        };
+        parsed.push((id, totals));
+    }
+    let mut latest = Latest::new();
+    merge(&mut latest, parsed.into_iter());
+    if latest.is_empty() {
+        return Ok(Received::default());
+    }
+    let ids_json = to_json(&latest.keys().collect::<Vec<_>>())?;
+    let known: Vec<Known> = db_run!(db, |conn| diesel::sql_query(KNOWN.text(conn))
+        .bind::<diesel::sql_types::Text, _>(&ids_json)
+        .load(conn)
+        .await?);
+    if known.len() != latest.len() {
+        return Err(AppError::NotFound("session"));
+    }
+    if known.iter().any(|s| s.gateway_node_id != Some(gateway)) {
+        return Err(AppError::Forbidden);
+    }
+    let close = known
+        .into_iter()
+        .filter_map(|s| {
+            s.end_reason.map(|reason| CloseOrder {
+                session_id: s.id.to_string(),
+                reason: reason.as_str().to_owned(),
+            })
+        })
+        .collect();
+    let totals: InboxTotals = latest
+        .into_iter()
+        .map(|(id, t)| (id, t.seq, t.up, t.down))
+        .collect();
+    let totals = to_json(&totals)?;
+    let row: Inserted = db_run!(db, |conn| diesel::sql_query(INBOX_INSERT.text(conn))
+        .bind::<diesel::sql_types::Text, _>(gateway)
+        .bind::<diesel::sql_types::Text, _>(&totals)
+        .bind::<diesel::sql_types::Timestamp, _>(now())
+        .get_result(conn)
+        .await?);
+    Ok(Received {
+        id: Some(row.id),
+        accepted: batch.len(),
+        close,
+    })
+}
+
+/// Up to [`PAGE_ROWS`] inbox rows after row `after`, oldest first.
+pub async fn read_page(db: &Db, after: i64) -> AppResult<Vec<InboxRow>> {
+    Ok(db_run!(db, |conn| diesel::sql_query(INBOX_READ.text(conn))
+        .bind::<diesel::sql_types::BigInt, _>(after)
+        .bind::<diesel::sql_types::BigInt, _>(PAGE_ROWS)
+        .load(conn)
+        .await?))
+}
+
+/// Deletes applied inbox rows.
+pub async fn delete(db: &Db, ids: &[i64]) -> AppResult<()> {
+    let ids_json = to_json(&ids)?;
+    db_run!(db, |conn| diesel::sql_query(INBOX_DELETE.text(conn))
+        .bind::<diesel::sql_types::Text, _>(&ids_json)
+        .execute(conn)
+        .await?);
+    Ok(())
+}

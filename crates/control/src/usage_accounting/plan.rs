@@ -1,0 +1,487 @@
+//! What a pass of the applier changes, decided without I/O: reports merged
+//! per session (the largest totals win), the increase of each session over
+//! what is stored, the session's current hour (rolled into a ledger row when
+//! a new hour begins), one charge per account (saturating at `i64::MAX`),
+//! and which sessions end when their owner's allowance is spent.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{NaiveDateTime, Timelike};
+use httvps_wire::CloseOrder;
+
+use super::RowOutcome;
+use crate::access;
+use crate::ids::{SessionId, UserId};
+use crate::status::EndReason;
+
+/// Cumulative totals of a session as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// Sequence number of the report.
+    pub seq: i64,
+    /// Bytes from the client.
+    pub up: i64,
+    /// Bytes to the client.
+    pub down: i64,
+}
+
+/// Per session, the largest totals seen (sorted by session id).
+pub type Latest = BTreeMap<SessionId, Totals>;
+
+/// A stored report: `[session_id, seq, bytes_up, bytes_down]` per session
+/// (the inbox's JSON form).
+pub type InboxTotals = Vec<(SessionId, i64, i64, i64)>;
+
+/// Merges cumulative totals: per session, the largest of each is the
+/// latest (totals only grow, so an older or replayed report changes nothing).
+pub fn merge(latest: &mut Latest, totals: impl Iterator<Item = (SessionId, Totals)>) {
+    for (id, t) in totals {
+        latest
+            .entry(id)
+            .and_modify(|e| {
+                *e = Totals {
+                    seq: e.seq.max(t.seq),
+                    up: e.up.max(t.up),
+                    down: e.down.max(t.down),
+                }
+            })
+            .or_insert(t);
+    }
+}
+
+/// A session's totals in `merged` (sorted by session id).
+pub fn newest_of(merged: &[(SessionId, Totals)], session: SessionId) -> Option<Totals> {
+    merged
+        .binary_search_by(|(id, _)| id.cmp(&session))
+        .ok()
+        .map(|i| merged[i].1)
+}
+
+/// The start of the hour `ts` falls in (the ledger's grain).
+pub fn hour_of(ts: NaiveDateTime) -> NaiveDateTime {
+    ts.date().and_hms_opt(ts.hour(), 0, 0).unwrap_or(ts)
+}
+
+/// A session about to grow, as stored, with its owner.
+#[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
+pub struct Stored {
+    /// The session.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub id: SessionId,
+    /// Its device's owner.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub user_id: UserId,
+    /// Stored cumulative bytes up.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub bytes_up: i64,
+    /// Stored cumulative bytes down.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub bytes_down: i64,
+    /// Sequence number of the stored totals.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub last_seq: i64,
+    /// Why it ended, if it has.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub end_reason: Option<EndReason>,
+    /// Start of the hour its current counts belong to.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
+    pub hour_start: Option<NaiveDateTime>,
+    /// Bytes up gained in that hour.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub hour_up: i64,
+    /// Bytes down gained in that hour.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub hour_down: i64,
+}
+
+/// A session's new totals and current hour.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Growth {
+    /// The session.
+    pub id: SessionId,
+    /// New cumulative bytes up.
+    pub up: i64,
+    /// New cumulative bytes down.
+    pub down: i64,
+    /// New sequence number.
+    pub seq: i64,
+    /// Bytes up of the current hour.
+    pub hour_up: i64,
+    /// Bytes down of the current hour.
+    pub hour_down: i64,
+}
+
+/// A session's hour that is over: what goes to the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedHour {
+    /// The session.
+    pub session_id: SessionId,
+    /// Sequence number at the end of the hour.
+    pub seq: i64,
+    /// Cumulative bytes up at the end of the hour.
+    pub total_up: i64,
+    /// Cumulative bytes down at the end of the hour.
+    pub total_down: i64,
+    /// Bytes up gained in the hour.
+    pub delta_up: i64,
+    /// Bytes down gained in the hour.
+    pub delta_down: i64,
+    /// The hour's start.
+    pub hour: NaiveDateTime,
+}
+
+/// Bytes to add to an account's current subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Charge {
+    /// The account.
+    pub user_id: UserId,
+    /// Bytes (saturated at `i64::MAX`).
+    pub delta: i64,
+}
+
+/// What applying a chunk of merged totals changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkPlan {
+    /// Sessions that gained bytes.
+    pub grown: Vec<Growth>,
+    /// Hours that ended, for the ledger.
+    pub closed: Vec<ClosedHour>,
+    /// One charge per account, in account order.
+    pub charges: Vec<Charge>,
+}
+
+/// Plans a chunk at `now`: for each `stored` session with totals in
+/// `merged`, the increase over what is stored (nothing for replays and
+/// older totals), its hour, and its owner's charge.
+pub fn plan_chunk(
+    stored: &[Stored],
+    merged: &[(SessionId, Totals)],
+    now: NaiveDateTime,
+) -> ChunkPlan {
+    let hour = hour_of(now);
+    let mut plan = ChunkPlan::default();
+    let mut by_user: BTreeMap<UserId, i64> = BTreeMap::new();
+    for s in stored {
+        let Some(t) = newest_of(merged, s.id) else {
+            continue;
+        };
+        let delta_up = (t.up - s.bytes_up).max(0);
+        let delta_down = (t.down - s.bytes_down).max(0);
+        if delta_up == 0 && delta_down == 0 {
+            continue;
+        }
+        let (hour_up, hour_down) = match s.hour_start {
+            Some(h) if h == hour => (s.hour_up + delta_up, s.hour_down + delta_down),
+            earlier => {
+                // A new hour for this session: the last one is closed.
+                if let Some(h) = earlier.filter(|_| s.hour_up > 0 || s.hour_down > 0) {
+                    plan.closed.push(ClosedHour {
+                        session_id: s.id,
+                        seq: s.last_seq,
+                        total_up: s.bytes_up,
+                        total_down: s.bytes_down,
+                        delta_up: s.hour_up,
+                        delta_down: s.hour_down,
+                        hour: h,
+                    });
+                }
+                (delta_up, delta_down)
+            }
+        };
+        plan.grown.push(Growth {
+            id: s.id,
+            up: s.bytes_up + delta_up,
+            down: s.bytes_down + delta_down,
+            seq: s.last_seq.max(t.seq),
+            hour_up,
+            hour_down,
+        });
+        let d = by_user.entry(s.user_id).or_insert(0);
+        *d = d.saturating_add(delta_up.saturating_add(delta_down));
+    }
+    plan.charges = by_user
+        .into_iter()
+        .map(|(user_id, delta)| Charge { user_id, delta })
+        .collect();
+    plan
+}
+
+/// An account's subscription after it was charged.
+#[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
+pub struct Charged {
+    /// The account.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub user_id: UserId,
+    /// Traffic used in the period, after the charge.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub traffic_used_bytes: i64,
+    /// The allowance (`None`: unlimited).
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub traffic_limit_bytes: Option<i64>,
+}
+
+/// The open sessions among `stored` whose owner just used up the allowance.
+pub fn ending(stored: &[Stored], charged: &[Charged]) -> Vec<SessionId> {
+    let spent: HashSet<UserId> = charged
+        .iter()
+        .filter(|c| access::quota_spent(c.traffic_used_bytes, c.traffic_limit_bytes))
+        .map(|c| c.user_id)
+        .collect();
+    stored
+        .iter()
+        .filter(|s| s.end_reason.is_none() && spent.contains(&s.user_id))
+        .map(|s| s.id)
+        .collect()
+}
+
+/// What each of the `kept` rows did: its totals that were the newest of
+/// their session and added bytes, and its sessions that ended.
+pub fn outcomes(
+    kept: &[(i64, InboxTotals)],
+    merged: &[(SessionId, Totals)],
+    grown: &HashSet<SessionId>,
+    ended: &HashSet<SessionId>,
+) -> Vec<(i64, RowOutcome)> {
+    kept.iter()
+        .map(|(id, totals)| {
+            let mut out = RowOutcome::default();
+            for (sid, _, up, down) in totals {
+                let newest =
+                    newest_of(merged, *sid).is_some_and(|l| l.up == *up && l.down == *down);
+                if newest && grown.contains(sid) {
+                    out.counted += 1;
+                }
+                if ended.contains(sid) {
+                    out.close.push(CloseOrder {
+                        session_id: sid.to_string(),
+                        reason: EndReason::QuotaExceeded.as_str().to_owned(),
+                    });
+                }
+            }
+            (*id, out)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+
+    fn at(h: u32, m: u32) -> NaiveDateTime {
+        chrono::NaiveDate::from_ymd_opt(2026, 3, 1)
+            .and_then(|d| d.and_hms_opt(h, m, 0))
+            .expect("time")
+    }
+
+    fn stored(user: UserId, up: i64, down: i64, hour: Option<NaiveDateTime>) -> Stored {
+        Stored {
+            id: SessionId::random(),
+            user_id: user,
+            bytes_up: up,
+            bytes_down: down,
+            last_seq: 3,
+            end_reason: None,
+            hour_start: hour,
+            hour_up: if hour.is_some() { up } else { 0 },
+            hour_down: if hour.is_some() { down } else { 0 },
+        }
+    }
+
+    fn charge(user_id: UserId, delta: i64) -> Charge {
+        Charge { user_id, delta }
+    }
+
+    fn spent(user_id: UserId, used: i64, limit: Option<i64>) -> Charged {
+        Charged {
+            user_id,
+            traffic_used_bytes: used,
+            traffic_limit_bytes: limit,
+        }
+    }
+
+    fn merged(reports: &[(SessionId, i64, i64, i64)]) -> Vec<(SessionId, Totals)> {
+        let mut latest = Latest::new();
+        merge(
+            &mut latest,
+            reports
+                .iter()
+                .map(|&(id, seq, up, down)| (id, Totals { seq, up, down })),
+        );
+        latest.into_iter().collect()
+    }
+
+    #[test]
+    fn several_reports_of_one_session_merge_to_the_largest_totals() {
+        let s = SessionId::random();
+        let m = merged(&[(s, 5, 100, 10), (s, 4, 90, 20), (s, 6, 80, 5)]);
+        assert_eq!(
+            m,
+            vec![(
+                s,
+                Totals {
+                    seq: 6,
+                    up: 100,
+                    down: 20
+                }
+            )]
+        );
+        assert_eq!(
+            newest_of(&m, s),
+            Some(Totals {
+                seq: 6,
+                up: 100,
+                down: 20
+            })
+        );
+        assert_eq!(newest_of(&m, SessionId::random()), None);
+    }
+
+    #[test]
+    fn only_the_increase_over_what_is_stored_counts() {
+        let user = UserId::random();
+        let now = at(10, 30);
+        let s = stored(user, 100, 50, Some(hour_of(now)));
+        let plan = plan_chunk(
+            std::slice::from_ref(&s),
+            &merged(&[(s.id, 9, 150, 50)]),
+            now,
+        );
+        assert_eq!(
+            plan.grown,
+            vec![Growth {
+                id: s.id,
+                up: 150,
+                down: 50,
+                seq: 9,
+                hour_up: 150,
+                hour_down: 50
+            }]
+        );
+        assert!(plan.closed.is_empty());
+        assert_eq!(plan.charges, vec![charge(user, 50)]);
+    }
+
+    #[test]
+    fn replays_and_older_totals_change_nothing() {
+        let user = UserId::random();
+        let now = at(10, 30);
+        let s = stored(user, 100, 50, Some(hour_of(now)));
+        let same = plan_chunk(
+            std::slice::from_ref(&s),
+            &merged(&[(s.id, 3, 100, 50)]),
+            now,
+        );
+        assert_eq!(same, ChunkPlan::default());
+        let older = plan_chunk(std::slice::from_ref(&s), &merged(&[(s.id, 2, 90, 40)]), now);
+        assert_eq!(older, ChunkPlan::default());
+        // One direction older, the other newer: only the newer one counts.
+        let mixed = plan_chunk(std::slice::from_ref(&s), &merged(&[(s.id, 4, 90, 70)]), now);
+        assert_eq!(mixed.grown[0].up, 100);
+        assert_eq!(mixed.grown[0].down, 70);
+        assert_eq!(mixed.charges, vec![charge(user, 20)]);
+        // A session absent from the reports is left alone.
+        assert_eq!(
+            plan_chunk(&[s], &merged(&[(SessionId::random(), 1, 9, 9)]), now),
+            ChunkPlan::default()
+        );
+    }
+
+    #[test]
+    fn a_new_hour_closes_the_last_one_into_the_ledger() {
+        let user = UserId::random();
+        let earlier = at(9, 0);
+        let now = at(10, 5);
+        let s = stored(user, 100, 50, Some(earlier));
+        let plan = plan_chunk(
+            std::slice::from_ref(&s),
+            &merged(&[(s.id, 7, 130, 60)]),
+            now,
+        );
+        assert_eq!(
+            plan.closed,
+            vec![ClosedHour {
+                session_id: s.id,
+                seq: 3,
+                total_up: 100,
+                total_down: 50,
+                delta_up: 100,
+                delta_down: 50,
+                hour: earlier
+            }]
+        );
+        assert_eq!((plan.grown[0].hour_up, plan.grown[0].hour_down), (30, 10));
+        // Within the same hour the counts add up instead.
+        let later = at(10, 59) + Duration::seconds(59);
+        let again = Stored {
+            bytes_up: 130,
+            bytes_down: 60,
+            hour_start: Some(hour_of(now)),
+            hour_up: 30,
+            hour_down: 10,
+            ..s.clone()
+        };
+        let plan = plan_chunk(&[again], &merged(&[(s.id, 8, 140, 60)]), later);
+        assert!(plan.closed.is_empty());
+        assert_eq!((plan.grown[0].hour_up, plan.grown[0].hour_down), (40, 10));
+        // A session that never counted anything closes no empty hour.
+        let fresh = stored(user, 0, 0, None);
+        let plan = plan_chunk(
+            std::slice::from_ref(&fresh),
+            &merged(&[(fresh.id, 1, 5, 5)]),
+            now,
+        );
+        assert!(plan.closed.is_empty());
+        assert_eq!((plan.grown[0].hour_up, plan.grown[0].hour_down), (5, 5));
+    }
+
+    #[test]
+    fn charges_are_one_per_account_and_saturate() {
+        let user = UserId::random();
+        let other = UserId::random();
+        let now = at(12, 0);
+        let a = stored(user, 0, 0, None);
+        let b = stored(user, 0, 0, None);
+        let c = stored(other, 0, 0, None);
+        let plan = plan_chunk(
+            &[a.clone(), b.clone(), c.clone()],
+            &merged(&[
+                (a.id, 1, i64::MAX, i64::MAX),
+                (b.id, 1, i64::MAX, 1),
+                (c.id, 1, 10, 20),
+            ]),
+            now,
+        );
+        let mut want = vec![charge(user, i64::MAX), charge(other, 30)];
+        want.sort_by_key(|c| c.user_id);
+        assert_eq!(plan.charges, want);
+    }
+
+    #[test]
+    fn sessions_of_spent_accounts_end_and_rows_learn_what_they_did() {
+        let user = UserId::random();
+        let other = UserId::random();
+        let mut done = stored(user, 0, 0, None);
+        done.end_reason = Some(EndReason::Idle);
+        let open = stored(user, 0, 0, None);
+        let bystander = stored(other, 0, 0, None);
+        let charged = [spent(user, 100, Some(100)), spent(other, 100, None)];
+        let ended = ending(&[done, open.clone(), bystander.clone()], &charged);
+        assert_eq!(ended, vec![open.id]);
+
+        let m = merged(&[(open.id, 2, 10, 10), (bystander.id, 2, 5, 5)]);
+        let kept = vec![
+            (1, vec![(open.id, 1, 9, 9), (bystander.id, 2, 5, 5)]),
+            (2, vec![(open.id, 2, 10, 10)]),
+        ];
+        let grown: HashSet<SessionId> = [open.id, bystander.id].into();
+        let ended: HashSet<SessionId> = ended.into_iter().collect();
+        let out = outcomes(&kept, &m, &grown, &ended);
+        assert_eq!(out[0].1.counted, 1, "the bystander's newest total counted");
+        assert_eq!(out[1].1.counted, 1);
+        assert_eq!(out[0].1.close.len(), 1);
+        assert_eq!(out[1].1.close[0].reason, "quota_exceeded");
+        assert_eq!(out[1].1.close[0].session_id, open.id.to_string());
+    }
+}
