@@ -1217,6 +1217,21 @@ async fn refused_within(plane: &Plane, token: &str, limit: Duration) -> Option<D
     None
 }
 
+/// Moves up to `total` bytes through an echo tunnel and back, ending early
+/// when the tunnel is cut (crossing a quota may close it on the way: a usage
+/// report can land in the middle).
+async fn echo_until_cut(s: &mut TcpStream, total: usize) {
+    let chunk = vec![7u8; 64 * 1024];
+    let mut back = vec![0u8; chunk.len()];
+    let mut moved = 0;
+    while moved < total {
+        if s.write_all(&chunk).await.is_err() || s.read_exact(&mut back).await.is_err() {
+            return;
+        }
+        moved += chunk.len();
+    }
+}
+
 /// Moves `total` bytes through an echo tunnel and back.
 async fn echo_bytes(s: &mut TcpStream, total: usize) {
     let chunk = vec![7u8; 64 * 1024];
@@ -1310,7 +1325,7 @@ async fn every_loss_of_access_closes_tunnels_within_5_seconds_and_refuses_new_on
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            _ => echo_bytes(&mut tunnel, 1_200_000).await,
+            _ => echo_until_cut(&mut tunnel, 1_200_000).await,
         }
         let t0 = std::time::Instant::now();
         let refused = refused_within(&plane, &token, Duration::from_secs(6))
