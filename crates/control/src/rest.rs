@@ -186,7 +186,7 @@ async fn device_token(
         .jwt
         .issue(Audience::Device, &device.id, 0, None, DEVICE_JWT_TTL_SECS)?;
     Ok(Json(DeviceTokenResponse {
-        token,
+        token: token.into(),
         expires_in: DEVICE_JWT_TTL_SECS,
     }))
 }
@@ -228,11 +228,12 @@ async fn assign_outline(
     Ok(Json(AssignResponse {
         session_id: a.session.id,
         node_id: gateway.map(|_| a.node.id.clone()),
+        device_id: gateway.map(|_| a.session.device_id),
         host,
         port,
         gateway_url,
         method: a.node.method,
-        password: a.node.secret,
+        password: a.node.secret.into(),
         region: a.region.code,
         pool_key: a.node.uses_pool_key,
         valid_until,
@@ -381,7 +382,7 @@ async fn outline_config(
         host: n.host,
         port: n.port,
         method: n.method,
-        secret: n.secret,
+        secret: n.secret.into(),
         region,
     }))
 }
