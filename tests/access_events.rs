@@ -155,7 +155,7 @@ async fn a_device_revoked_from_the_command_line_loses_its_open_tunnel_within_5_s
     let running = node::start(&node::NodeOptions {
         listen: "127.0.0.1:0".parse().expect("addr"),
         method: node::parse_method("aes-128-gcm").expect("method"),
-        password: secret.clone(),
+        password: secret.clone().into(),
         allow_private: true,
     })
     .await
@@ -206,7 +206,7 @@ async fn a_device_revoked_from_the_command_line_loses_its_open_tunnel_within_5_s
     let local_addr = local.local_addr().expect("addr");
     let client_opts = client::ClientOptions {
         backend: base.clone(),
-        device_token,
+        device_token: device_token.into(),
         gateway: Some(gateway_url),
         ca_cert: Some(cert.clone()),
         region: None,

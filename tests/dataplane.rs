@@ -3,290 +3,24 @@
 //! and a stock client (ss-local with ss-v2ray-plugin).
 
 mod common;
+#[path = "common/plane.rs"]
+mod plane;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestDb, TestServer, gql};
+use common::{TestServer, gql};
 use futures_util::{SinkExt, StreamExt};
 use httvps_control::accounts::{self, Role};
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::{client, gateway, node, tls};
+use plane::{PASSWORD, Plane, login};
 use serde_json::{Value, json};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-struct Plane {
-    server: TestServer,
-    admin: String,
-    gateway_addr: SocketAddr,
-    cert: std::path::PathBuf,
-    device_token: String,
-    device_id: String,
-    nodes: Vec<(String, Arc<node::RunningNode>, tokio::task::JoinHandle<()>)>,
-    gateway: Option<tokio::task::JoinHandle<()>>,
-    gateway_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    gateway_token: String,
-    admin_addr: Option<SocketAddr>,
-    key: std::path::PathBuf,
-    _dir: common::tempdir::TempDir,
-    _db: TestDb,
-}
-
-async fn login(base: &str, email: &str) -> String {
-    let r = gql(
-        base,
-        None,
-        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
-        json!({"e": email, "p": PASSWORD}),
-    )
-    .await;
-    r["data"]["login"]["accessToken"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{r}"))
-        .to_owned()
-}
-
-impl Plane {
-    /// Control plane, `nodes` pool nodes in region `eu`, a gateway, and a
-    /// device with a subscription.
-    async fn start(nodes: usize) -> Plane {
-        Self::start_with(nodes, |_| {}).await
-    }
-
-    /// Starts (or restarts) the gateway on `addr` with test timings.
-    fn spawn_gateway(
-        &mut self,
-        listener: TcpListener,
-        customize: &dyn Fn(&mut gateway::GatewayOptions),
-    ) {
-        let mut opts = gateway::GatewayOptions {
-            public_url: format!("https://localhost:{}", self.gateway_addr.port()),
-            report_every: Duration::from_millis(500),
-            heartbeat_every: Duration::from_secs(1),
-            cache_ttl: Duration::from_millis(500),
-            max_frame: 64 * 1024,
-            ..Default::default()
-        };
-        customize(&mut opts);
-        let acceptor = tls::acceptor(&self.cert, &self.key).expect("acceptor");
-        let backend = Backend::new(&self.server.base, &self.gateway_token).expect("backend");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        self.gateway_stop = Some(stop);
-        let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("admin bind");
-        admin.set_nonblocking(true).expect("nonblocking");
-        self.admin_addr = admin.local_addr().ok();
-        let admin = TcpListener::from_std(admin).expect("admin listener");
-        self.gateway = Some(tokio::spawn(async move {
-            let _ = gateway::run(opts, backend, acceptor, listener, Some(admin), async {
-                let _ = stopped.await;
-            })
-            .await;
-        }));
-    }
-
-    async fn start_with(nodes: usize, customize: impl Fn(&mut gateway::GatewayOptions)) -> Plane {
-        tls::install_provider();
-        let db = TestDb::pg().await;
-        let server = TestServer::start(db.dsn.clone(), false).await;
-        let base = server.base.clone();
-        let root =
-            accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
-                .await
-                .expect("admin");
-        let admin = login(&base, "root@example.com").await;
-        let r = gql(&base, Some(&admin), "mutation{createRegion(code:\"eu\",name:\"EU\"){id} createPlan(input:{name:\"p\",priceCents:\"0\",durationDays:30,trafficLimitBytes:\"100000000\",deviceLimit:3}){id}}", json!({})).await;
-        let plan = r["data"]["createPlan"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{r}"))
-            .to_owned();
-        let me = root.id;
-        gql(
-            &base,
-            Some(&admin),
-            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
-            json!({"u": me, "p": plan}),
-        )
-        .await;
-        let r = gql(
-            &base,
-            Some(&admin),
-            "mutation{registerDevice(name:\"laptop\",platform:\"linux\"){accessToken device{id}}}",
-            json!({}),
-        )
-        .await;
-        let device_token = r["data"]["registerDevice"]["accessToken"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{r}"))
-            .to_owned();
-        let device_id = r["data"]["registerDevice"]["device"]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
-        let mut plane_nodes = Vec::new();
-        for i in 0..nodes {
-            // Start the node first (port 0), then register it where it listens.
-            let region = gql(&base, Some(&admin), "mutation{registerOutlineNode(input:{region:\"eu\",name:\"probe\",host:\"127.0.0.1\",port:1}){node{id method secret}}}", json!({})).await;
-            let probe = &region["data"]["registerOutlineNode"]["node"];
-            let (method, secret) = (
-                probe["method"].as_str().expect("m").to_owned(),
-                probe["secret"].as_str().expect("s").to_owned(),
-            );
-            gql(
-                &base,
-                Some(&admin),
-                "mutation($id:UUID!){deleteNode(id:$id)}",
-                json!({"id": probe["id"]}),
-            )
-            .await;
-            let running = node::start(&node::NodeOptions {
-                listen: "127.0.0.1:0".parse().expect("addr"),
-                method: node::parse_method(&method).expect("method"),
-                password: secret,
-                allow_private: true,
-            })
-            .await
-            .expect("node");
-            let r = gql(
-                &base,
-                Some(&admin),
-                "mutation($n:String!,$p:Int!){registerOutlineNode(input:{region:\"eu\",name:$n,host:\"127.0.0.1\",port:$p}){token node{id}}}",
-                json!({"n": format!("node{i}"), "p": running.addr.port()}),
-            )
-            .await;
-            let token = r["data"]["registerOutlineNode"]["token"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{r}"))
-                .to_owned();
-            let id = r["data"]["registerOutlineNode"]["node"]["id"]
-                .as_str()
-                .expect("id")
-                .to_owned();
-            let running = Arc::new(running);
-            let beats = node::spawn_heartbeats(
-                Backend::new(&base, &token).expect("backend"),
-                running.clone(),
-                Duration::from_millis(500),
-            );
-            plane_nodes.push((id, running, beats));
-        }
-        let dir = common::tempdir::TempDir::new();
-        let cert = dir.path().join("gw.crt");
-        let key = dir.path().join("gw.key");
-        tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"]).expect("cert");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let gateway_addr = listener.local_addr().expect("addr");
-        let r = gql(&base, Some(&admin), "mutation($u:String!){registerGatewayNode(input:{region:\"eu\",name:\"gw\",publicUrl:$u}){token}}", json!({"u": format!("https://localhost:{}", gateway_addr.port())})).await;
-        let gw_token = r["data"]["registerGatewayNode"]["token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{r}"))
-            .to_owned();
-        let mut plane = Plane {
-            server,
-            admin,
-            gateway_addr,
-            cert,
-            device_token,
-            device_id,
-            nodes: plane_nodes,
-            gateway: None,
-            gateway_stop: None,
-            gateway_token: gw_token,
-            admin_addr: None,
-            key,
-            _dir: dir,
-            _db: db,
-        };
-        plane.spawn_gateway(listener, &customize);
-        // Wait for the nodes' first heartbeats.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        plane
-    }
-
-    /// A TLS connection to the gateway, trusting its certificate.
-    async fn tls(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let connector = tls::connector(Some(&self.cert)).expect("connector");
-        let tcp = TcpStream::connect(self.gateway_addr)
-            .await
-            .expect("connect");
-        let name =
-            tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        connector.connect(name, tcp).await.expect("tls")
-    }
-
-    /// Our client on a free local port; returns the SOCKS address.
-    async fn client(&self) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let opts = client::ClientOptions {
-            backend: self.server.base.clone(),
-            device_token: self.device_token.clone(),
-            gateway: Some(format!("https://localhost:{}", self.gateway_addr.port())),
-            ca_cert: Some(self.cert.clone()),
-            region: None,
-            forward: None,
-        };
-        tokio::spawn(async move {
-            if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {
-                panic!("client: {e:#}");
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        addr
-    }
-
-    async fn gql(&self, q: &str, vars: Value) -> Value {
-        gql(&self.server.base, Some(&self.admin), q, vars).await
-    }
-
-    /// Registers another gateway of region `eu`; returns its token.
-    async fn register_gateway(&self, name: &str) -> String {
-        let r = self
-            .gql(
-                "mutation($n:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:\"https://localhost\"}){token}}",
-                json!({"n": name}),
-            )
-            .await;
-        r["data"]["registerGatewayNode"]["token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{r}"))
-            .to_owned()
-    }
-
-    /// One BIGINT (`n`) from the control plane's database.
-    async fn scalar(&self, q: &str) -> i64 {
-        use diesel_async::RunQueryDsl;
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let httvps_control::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
-            panic!("pg")
-        };
-        let mut conn = pool.get().await.expect("conn");
-        diesel::sql_query(q)
-            .get_result::<N>(&mut *conn)
-            .await
-            .expect("sql")
-            .n
-    }
-
-    /// Runs a statement on the control plane's database.
-    async fn sql(&self, q: &str) {
-        use diesel_async::RunQueryDsl;
-        let httvps_control::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
-            panic!("pg")
-        };
-        let mut conn = pool.get().await.expect("conn");
-        diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
-    }
-}
 
 /// A SOCKS5 CONNECT to `target` through the proxy at `socks`.
 async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> TcpStream {
@@ -666,7 +400,7 @@ async fn forward_mode_pipes_a_local_port_to_one_destination() {
     let local = listener.local_addr().expect("addr");
     let opts = client::ClientOptions {
         backend: plane.server.base.clone(),
-        device_token: plane.device_token.clone(),
+        device_token: plane.device_token.as_str().into(),
         gateway: Some(format!("https://localhost:{}", plane.gateway_addr.port())),
         ca_cert: Some(plane.cert.clone()),
         region: None,
@@ -1167,7 +901,7 @@ impl Plane {
         let addr = listener.local_addr().expect("addr");
         let opts = client::ClientOptions {
             backend: self.server.base.clone(),
-            device_token: device_token.to_owned(),
+            device_token: device_token.into(),
             gateway: Some(format!("https://localhost:{}", self.gateway_addr.port())),
             ca_cert: Some(self.cert.clone()),
             region: None,
@@ -1215,6 +949,21 @@ async fn refused_within(plane: &Plane, token: &str, limit: Duration) -> Option<D
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+/// Moves up to `total` bytes through an echo tunnel and back, ending early
+/// when the tunnel is cut (crossing a quota may close it on the way: a usage
+/// report can land in the middle).
+async fn echo_until_cut(s: &mut TcpStream, total: usize) {
+    let chunk = vec![7u8; 64 * 1024];
+    let mut back = vec![0u8; chunk.len()];
+    let mut moved = 0;
+    while moved < total {
+        if s.write_all(&chunk).await.is_err() || s.read_exact(&mut back).await.is_err() {
+            return;
+        }
+        moved += chunk.len();
+    }
 }
 
 /// Moves `total` bytes through an echo tunnel and back.
@@ -1310,7 +1059,7 @@ async fn every_loss_of_access_closes_tunnels_within_5_seconds_and_refuses_new_on
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            _ => echo_bytes(&mut tunnel, 1_200_000).await,
+            _ => echo_until_cut(&mut tunnel, 1_200_000).await,
         }
         let t0 = std::time::Instant::now();
         let refused = refused_within(&plane, &token, Duration::from_secs(6))
@@ -1723,7 +1472,7 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
     let socks = listener.local_addr().expect("addr");
     let opts = client::ClientOptions {
         backend: plane.server.base.clone(),
-        device_token: plane.device_token.clone(),
+        device_token: plane.device_token.as_str().into(),
         gateway: Some(format!("https://localhost:{port}")),
         ca_cert: Some(dir.path().join("gw.crt")),
         region: None,
@@ -1793,7 +1542,9 @@ async fn a_device_jwt_in_the_authorization_header_opens_a_tunnel() {
         .device_jwt()
         .await
         .expect("device JWT")
-        .token;
+        .token
+        .expose()
+        .to_owned();
     let r = plane
         .gql("{outlineNodes{edges{node{method secret}}}}", json!({}))
         .await;

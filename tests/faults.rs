@@ -343,7 +343,7 @@ async fn usage_survives_gateway_sigkill_control_plane_and_database_outages() {
         node::start(&node::NodeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], node_port)),
             method,
-            password: secret.clone(),
+            password: secret.as_str().into(),
             allow_private: true,
         })
         .await

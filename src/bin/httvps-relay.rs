@@ -15,10 +15,11 @@ use clap::{Parser, Subcommand};
 use httvps::cli::LogArgs;
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::{client, gateway, node, tls};
+use httvps_wire::Secret;
 
 /// httvps data plane: the TLS/WebSocket gateway, the Shadowsocks node, and a
 /// SOCKS5 client.
-#[derive(Parser)]
+#[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     #[command(flatten)]
@@ -27,7 +28,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Terminates TLS and WebSocket and pipes tunnels to the node pool.
     Gateway(GatewayArgs),
@@ -37,7 +38,8 @@ enum Command {
     Connect(ConnectArgs),
 }
 
-#[derive(clap::Args)]
+// Tokens are `Secret`s: a `{:?}` of the arguments shows none of them.
+#[derive(clap::Args, Debug)]
 struct GatewayArgs {
     /// Control plane base URL.
     #[arg(long, env = "GATEWAY_BACKEND_URL")]
@@ -49,7 +51,7 @@ struct GatewayArgs {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    token: String,
+    token: Secret,
     /// TLS listen address.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:443")]
     listen: SocketAddr,
@@ -77,6 +79,11 @@ struct GatewayArgs {
     /// Most devices whose validation answers are cached.
     #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
     cache_capacity: usize,
+    /// Most open client connections (handshakes, requests and tunnels);
+    /// beyond it new connections are closed at once, before TLS. Keep it
+    /// under half the open-file limit: a tunnel holds two descriptors.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 12_000)]
+    max_connections: usize,
     /// Deadline for the TLS handshake, headers and upgrade, in seconds.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     handshake_timeout_secs: u64,
@@ -89,12 +96,23 @@ struct GatewayArgs {
     /// Seconds without data before a tunnel gets a WebSocket Ping.
     #[arg(long, env = "GATEWAY_IDLE_PING_SECS", default_value_t = 30)]
     idle_ping_secs: u64,
-    /// Seconds without data before a tunnel is closed.
+    /// Seconds without data before a tunnel (TCP or UDP) is closed.
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     idle_timeout_secs: u64,
+    /// Unknown device tokens one source (IPv4 address, IPv6 /64) may present
+    /// per window; past it the source gets 429 on every request for the window.
+    #[arg(long, env = "GATEWAY_GUESS_LIMIT", default_value_t = 20)]
+    guess_limit: u32,
+    /// The window of --guess-limit, in seconds.
+    #[arg(long, env = "GATEWAY_GUESS_WINDOW_SECS", default_value_t = 60)]
+    guess_window_secs: u64,
+    /// Most sources whose guesses are tracked (bounds the throttle's memory;
+    /// when full, new guessing sources are shut out at once).
+    #[arg(long, env = "GATEWAY_GUESS_SOURCES", default_value_t = 100_000)]
+    guess_sources: usize,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 struct NodeArgs {
     /// Control plane base URL.
     #[arg(long, env = "NODE_BACKEND_URL")]
@@ -106,7 +124,7 @@ struct NodeArgs {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    token: String,
+    token: Secret,
     /// Listen address; default: 0.0.0.0 on the registered port.
     #[arg(long, env = "NODE_LISTEN")]
     listen: Option<SocketAddr>,
@@ -115,7 +133,7 @@ struct NodeArgs {
     allow_private: bool,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 struct ConnectArgs {
     /// Control plane base URL.
     #[arg(long, env = "CLIENT_BACKEND_URL")]
@@ -127,7 +145,7 @@ struct ConnectArgs {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    device_token: String,
+    device_token: Secret,
     /// Local SOCKS5 address.
     #[arg(long, env = "CLIENT_SOCKS", default_value = "127.0.0.1:1080")]
     socks: SocketAddr,
@@ -189,15 +207,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 public_url: a.public_url,
                 max_tunnels: a.max_tunnels,
                 max_tunnels_per_device: a.max_tunnels_per_device,
+                max_connections: a.max_connections,
                 cache_capacity: a.cache_capacity,
                 handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
                 drain_grace: Duration::from_secs(a.drain_grace_secs),
                 spool: a.spool,
                 idle_ping: Duration::from_secs(a.idle_ping_secs.max(1)),
                 idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+                guess_limit: a.guess_limit,
+                guess_window: Duration::from_secs(a.guess_window_secs.max(1)),
+                guess_sources: a.guess_sources,
                 ..Default::default()
             };
-            let backend = Backend::new(&a.backend, &a.token)?;
+            let backend = Backend::new(&a.backend, a.token.expose())?;
             gateway::run(
                 opts,
                 backend,
@@ -209,7 +231,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Node(a) => {
-            let backend = Backend::new(&a.backend, &a.token)?;
+            let backend = Backend::new(&a.backend, a.token.expose())?;
             let cfg = backend
                 .outline_config()
                 .await
@@ -249,6 +271,61 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 forward: a.forward,
             };
             client::run(opts, listener, httvps::shutdown_signal()).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "tok-3kQ9vX2mR7pL4wN8sT1yZ6bC5dF0gH3jK9nP2qWxYz";
+
+    #[test]
+    fn formatted_arguments_show_no_token() {
+        for args in [
+            vec![
+                "httvps-relay",
+                "gateway",
+                "--backend",
+                "http://127.0.0.1:1",
+                "--token",
+                SECRET,
+                "--cert",
+                "c",
+                "--key",
+                "k",
+                "--public-url",
+                "https://gw",
+            ],
+            vec![
+                "httvps-relay",
+                "node",
+                "--backend",
+                "http://127.0.0.1:1",
+                "--token",
+                SECRET,
+            ],
+            vec![
+                "httvps-relay",
+                "connect",
+                "--backend",
+                "http://127.0.0.1:1",
+                "--device-token",
+                SECRET,
+            ],
+        ] {
+            let cli = Cli::try_parse_from(&args).expect("arguments");
+            let shown = format!("{cli:?} {cli:#?}");
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(shown.contains("redacted"), "{shown}");
+            let token = match &cli.command {
+                Command::Gateway(a) => &a.token,
+                Command::Node(a) => &a.token,
+                Command::Connect(a) => &a.device_token,
+            };
+            assert_eq!(token.expose(), SECRET, "the value itself is kept");
+            assert!(!token.to_string().contains(SECRET));
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use httvps_wire::device::{AssignResponse, DeviceRequest, DeviceTokenResponse};
 use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse, OutlineBeat, OutlineConfig};
 use httvps_wire::usage::{UsageReport, UsageReportResponse};
-use httvps_wire::{ErrorBody, Reason};
+use httvps_wire::{ErrorBody, Reason, Secret};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +40,13 @@ impl BackendError {
     }
 }
 
-/// A client of one control plane with one bearer credential.
-#[derive(Clone)]
+/// A client of one control plane with one bearer credential (a machine or
+/// device token, which its `Debug` does not show).
+#[derive(Debug, Clone)]
 pub struct Backend {
     http: reqwest::Client,
     base: String,
-    token: String,
+    token: Secret,
 }
 
 impl Backend {
@@ -59,7 +60,7 @@ impl Backend {
         Ok(Backend {
             http,
             base: base.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            token: Secret::from(token),
         })
     }
 
@@ -72,7 +73,7 @@ impl Backend {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, BackendError> {
-        self.call_as(req, &self.token).await
+        self.call_as(req, self.token.expose()).await
     }
 
     /// Sends `req` with `bearer`, mapping the error envelope.
@@ -196,7 +197,7 @@ impl Backend {
         let res = self
             .http
             .get(format!("{}/api/v1/gateway/access-events", self.base))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             // The stream lives long; its keepalives say it is alive.
             .timeout(Duration::from_secs(3600))
             .send()

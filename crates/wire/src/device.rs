@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Reason;
+use crate::{Reason, Secret};
 
 /// Body of validate-device and assign-outline.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Default, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRequest {
@@ -21,6 +21,18 @@ pub struct DeviceRequest {
     /// assign-outline: the region wanted (default: the gateway's region, or any).
     #[serde(default)]
     pub region: Option<String>,
+}
+
+/// Shows whether the credentials are there, never what they are.
+impl std::fmt::Debug for DeviceRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |c: &Option<String>| c.as_ref().map(|_| crate::secret::REDACTED);
+        f.debug_struct("DeviceRequest")
+            .field("device_token", &shown(&self.device_token))
+            .field("device_jwt", &shown(&self.device_jwt))
+            .field("region", &self.region)
+            .finish()
+    }
 }
 
 /// A device as machine callers see it.
@@ -72,7 +84,8 @@ pub struct ValidateDeviceResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceTokenResponse {
     /// A short-lived device JWT (audience `httvps:device`).
-    pub token: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub token: Secret,
     /// Seconds until it expires.
     pub expires_in: i64,
 }
@@ -92,13 +105,19 @@ pub struct AssignResponse {
     /// The node's id: only to gateways (to report it unreachable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// The device's id: only to gateways, which count a device's tunnels
+    /// together whatever credential each one presents (its access token or
+    /// any of its device JWTs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
     /// The gateway to connect through: only to clients.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_url: Option<String>,
     /// Shadowsocks cipher.
     pub method: String,
     /// Shadowsocks password.
-    pub password: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub password: Secret,
     /// Region code.
     pub region: String,
     /// Whether the key is the region's pool key (any node of the region fits).
@@ -107,4 +126,81 @@ pub struct AssignResponse {
     /// no longer than that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "node-pool-key-0123456789";
+    const TOKEN: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkIn0.c2lnbmF0dXJl";
+
+    fn assignment() -> AssignResponse {
+        AssignResponse {
+            session_id: "s1".into(),
+            host: Some("10.0.0.1".into()),
+            port: Some(8388),
+            node_id: Some("n1".into()),
+            device_id: Some("d1".into()),
+            gateway_url: None,
+            method: "aes-256-gcm".into(),
+            password: KEY.into(),
+            region: "eu".into(),
+            pool_key: true,
+            valid_until: None,
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_credential_or_key() {
+        let shown = [
+            format!("{:?}", assignment()),
+            format!("{:#?}", assignment()),
+            format!(
+                "{:?}",
+                DeviceTokenResponse {
+                    token: JWT.into(),
+                    expires_in: 900,
+                }
+            ),
+            format!(
+                "{:?}",
+                DeviceRequest {
+                    device_token: Some(TOKEN.into()),
+                    device_jwt: Some(JWT.into()),
+                    region: Some("eu".into()),
+                }
+            ),
+        ];
+        for s in shown {
+            for secret in [KEY, TOKEN, JWT] {
+                assert!(!s.contains(secret), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_json_is_that_of_plain_strings() {
+        let v = serde_json::to_value(assignment()).expect("json");
+        assert_eq!(v["password"], KEY);
+        assert_eq!(v["device_id"], "d1");
+        let back: AssignResponse = serde_json::from_value(v).expect("back");
+        assert_eq!(back.password.expose(), KEY);
+        // An answer without the device (an older control plane) still reads.
+        let mut old = serde_json::to_value(assignment()).expect("json");
+        old.as_object_mut().map(|o| o.remove("device_id"));
+        let back: AssignResponse = serde_json::from_value(old).expect("old answer");
+        assert_eq!(back.device_id, None);
+        let mut none = assignment();
+        none.device_id = None;
+        let v = serde_json::to_value(none).expect("json");
+        assert!(v.get("device_id").is_none(), "skipped when absent: {v}");
+        let t = serde_json::to_value(DeviceTokenResponse {
+            token: JWT.into(),
+            expires_in: 900,
+        })
+        .expect("json");
+        assert_eq!(t, serde_json::json!({"token": JWT, "expires_in": 900}));
+    }
 }

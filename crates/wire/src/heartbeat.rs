@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::CloseOrder;
+use crate::{CloseOrder, Secret};
 
 /// What a gateway reports.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -68,7 +68,30 @@ pub struct OutlineConfig {
     /// Shadowsocks cipher.
     pub method: String,
     /// Shadowsocks password.
-    pub secret: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub secret: Secret,
     /// Region code.
     pub region: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_config_shows_no_key_but_sends_it() {
+        let cfg = OutlineConfig {
+            node_id: "n1".into(),
+            host: "10.0.0.1".into(),
+            port: 8388,
+            method: "chacha20-ietf-poly1305".into(),
+            secret: "the-node-key-42".into(),
+            region: "eu".into(),
+        };
+        for shown in [format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(!shown.contains("the-node-key-42"), "{shown}");
+        }
+        let v = serde_json::to_value(&cfg).expect("json");
+        assert_eq!(v["secret"], "the-node-key-42");
+    }
 }

@@ -12,17 +12,20 @@
 //! - [`heartbeat`]: gateway and node heartbeats, the node's configuration.
 //! - [`events`]: the access-event stream gateways follow.
 //! - [`token`]: the shape of opaque access tokens.
+//! - [`secret`]: secrets (node keys, device JWTs) redacted when formatted.
 
 pub mod device;
 pub mod error;
 pub mod events;
 pub mod heartbeat;
 pub mod reason;
+pub mod secret;
 pub mod token;
 pub mod usage;
 
 pub use error::{ErrorBody, ErrorDetail};
 pub use reason::Reason;
+pub use secret::Secret;
 pub use usage::{CloseOrder, SessionTotals};
 
 /// Body of the health route.

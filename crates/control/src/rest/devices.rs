@@ -73,7 +73,7 @@ pub(super) async fn device_token(
         DEVICE_JWT_TTL_SECS,
     )?;
     Ok(Json(DeviceTokenResponse {
-        token,
+        token: token.into(),
         expires_in: DEVICE_JWT_TTL_SECS,
     }))
 }
@@ -109,11 +109,12 @@ pub(super) async fn assign_outline(
     Ok(Json(AssignResponse {
         session_id: a.session.id.to_string(),
         node_id: gateway.map(|_| a.node.id.to_string()),
+        device_id: gateway.map(|_| a.session.device_id.to_string()),
         host,
         port,
         gateway_url,
         method: a.node.method,
-        password: a.node.secret,
+        password: a.node.secret.into(),
         region: a.region.code,
         pool_key: a.node.uses_pool_key,
         valid_until,

@@ -62,7 +62,7 @@ pub(super) async fn outline_config(
         host: n.host,
         port: n.port,
         method: n.method,
-        secret: n.secret,
+        secret: n.secret.into(),
         region,
     }))
 }

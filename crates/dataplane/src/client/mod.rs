@@ -15,6 +15,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use httvps_wire::Secret;
 use shadowsocks_service::shadowsocks::config::ServerType;
 use shadowsocks_service::shadowsocks::context::{Context, SharedContext};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,14 +30,13 @@ mod udp;
 use params::Params;
 pub use params::{parse_destination, split_url};
 
-/// Client settings.
-// No Debug: it holds the device token.
-#[derive(Clone)]
+/// Client settings (their `Debug` shows no token).
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Control plane base URL.
     pub backend: String,
     /// The device's access token.
-    pub device_token: String,
+    pub device_token: Secret,
     /// Gateway URL; default: what the control plane says.
     pub gateway: Option<String>,
     /// Extra trusted certificate (PEM) for a self-signed gateway.
@@ -47,6 +47,9 @@ pub struct ClientOptions {
     /// destination (`host:port`) through the tunnel.
     pub forward: Option<String>,
 }
+
+/// Pause after a failed accept before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// TLS to the gateway.
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -98,7 +101,8 @@ impl Shared {
         };
         let url = format!(
             "wss://{host}:{}/ws/{}/{kind}",
-            p.gateway_port, self.opts.device_token
+            p.gateway_port,
+            self.opts.device_token.expose()
         );
         // A small read buffer: tungstenite zeroes it before every read.
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -133,7 +137,13 @@ pub async fn run(
             () = &mut shutdown => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
-                Err(_) => continue,
+                Err(e) => {
+                    // Out of descriptors, say: the next accept would fail
+                    // at once too, so pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             },
         };
         let shared = shared.clone();

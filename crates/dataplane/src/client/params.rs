@@ -58,13 +58,13 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
 
 /// Asks the control plane, as the device, for a node and its key.
 pub(super) async fn fetch(opts: &ClientOptions) -> anyhow::Result<Params> {
-    let backend = Backend::new(&opts.backend, &opts.device_token)?;
+    let backend = Backend::new(&opts.backend, opts.device_token.expose())?;
     let jwt = backend
         .device_jwt()
         .await
         .context("exchanging the device token")?;
     let a = backend
-        .assign_as_device(&jwt.token, opts.region.as_deref())
+        .assign_as_device(jwt.token.expose(), opts.region.as_deref())
         .await
         .context("asking for a node")?;
     let url = opts
@@ -74,8 +74,12 @@ pub(super) async fn fetch(opts: &ClientOptions) -> anyhow::Result<Params> {
         .context("no gateway URL known: pass --gateway")?;
     let (gateway_host, gateway_port) = split_url(&url)?;
     let method = parse_method(&a.method).context("unsupported cipher")?;
-    let config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), a.password, method)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        a.password.expose(),
+        method,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Params {
         gateway_host,
         gateway_port,
@@ -102,7 +106,7 @@ pub(super) async fn follow_events(s: Arc<Shared>) {
             req.headers_mut()
                 .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
             let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-            let init = serde_json::json!({"type": "connection_init", "payload": {"deviceToken": s.opts.device_token}});
+            let init = serde_json::json!({"type": "connection_init", "payload": {"deviceToken": s.opts.device_token.expose()}});
             ws.send(Message::Text(init.to_string().into())).await?;
             let sub = serde_json::json!({"id": "1", "type": "subscribe", "payload": {
                 "query": "subscription($r:String){nodeEvents(region:$r){nodeId kind}}", "variables": {"r": region}}});

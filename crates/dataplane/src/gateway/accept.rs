@@ -1,22 +1,51 @@
-//! The accept loop: TLS then HTTP/1.1 on each connection, with deadlines
-//! for the handshake and the headers (slow clients can't hold slots), and
-//! connections told to finish their request and close on shutdown.
+//! The accept loop: a place in the connection budget first (a connection
+//! beyond it is closed at once, before TLS and without a task of its own),
+//! then TLS and HTTP/1.1 with deadlines for the handshake and the headers
+//! (slow clients can't hold slots), and connections told to finish their
+//! request and close on shutdown. Each request carries its connection's
+//! [`Conn`]: the peer's address and the budget place, which a tunnel keeps.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_service::Service;
 
 /// Pause after a failed accept (out of descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the accept loop bounds.
+pub(crate) struct Limits {
+    /// Deadline for the TLS handshake and for each request's headers.
+    pub deadline: Duration,
+    /// Places for open connections, upgraded ones included.
+    pub budget: Arc<Semaphore>,
+    /// Counts connections closed because no place was left.
+    pub shed: Counter,
+}
+
+/// The connection a request came on.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    /// The peer's address, as the socket says (the gateway trusts no
+    /// proxy header: it is the edge).
+    pub peer: IpAddr,
+    /// The connection's place in the budget: a tunnel keeps it as long as
+    /// it keeps the socket.
+    pub permit: Arc<OwnedSemaphorePermit>,
+}
 
 /// Accepts on `listener` until `shutdown`, serving `app`. Connections run
 /// on `connections`; when `stop` is cancelled they finish the request in
@@ -25,11 +54,12 @@ pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     app: Router,
-    deadline: Duration,
+    limits: Limits,
     connections: &TaskTracker,
     stop: &CancellationToken,
     shutdown: impl Future<Output = ()>,
 ) {
+    let deadline = limits.deadline;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -38,16 +68,26 @@ pub(crate) async fn serve(
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
+        };
+        // Over budget: closed here, before any handshake or task.
+        let Ok(permit) = limits.budget.clone().try_acquire_owned() else {
+            limits.shed.inc();
+            drop(tcp);
+            continue;
+        };
+        let conn = Conn {
+            peer: peer.ip(),
+            permit: Arc::new(permit),
         };
         let (acceptor, app, builder, stop) =
             (acceptor.clone(), app.clone(), builder.clone(), stop.clone());
@@ -60,8 +100,14 @@ pub(crate) async fn serve(
                     _ => return,
                 },
             };
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(conn.clone());
+                // A router is always ready: no poll_ready needed.
+                let mut app = app.clone();
+                app.call(req)
+            });
             let conn = builder
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {

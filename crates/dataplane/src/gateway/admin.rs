@@ -22,9 +22,18 @@ use super::Gateway;
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     refused: Counter,
+    /// Connections closed at once because the connection budget was spent.
+    pub shed: Counter,
+    /// Requests answered 429 because their source guessed too many tokens.
+    throttled: Counter,
 }
 
 impl Metrics {
+    /// Counts a request of a source shut out for guessing.
+    pub fn throttled(&self) {
+        self.throttled.inc();
+    }
+
     /// Counts a refused request or tunnel.
     pub fn refused(&self) {
         self.refused.inc();
@@ -99,6 +108,16 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         "httvps_gateway_refused",
         "Requests and tunnels refused.",
         gw.metrics.refused.clone(),
+    );
+    registry.register(
+        "httvps_gateway_shed_connections",
+        "Connections closed before TLS because the connection budget was spent.",
+        gw.metrics.shed.clone(),
+    );
+    registry.register(
+        "httvps_gateway_throttled",
+        "Requests answered 429 because their source presented too many unknown tokens.",
+        gw.metrics.throttled.clone(),
     );
     registry.register_collector(Box::new(Live(gw)));
     Router::new()

@@ -6,14 +6,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use httvps_wire::Reason;
 use httvps_wire::device::AssignResponse;
+use httvps_wire::{Reason, Secret};
 
 use crate::backend::BackendError;
 
-/// Where a device's tunnels go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a device's tunnels go. Its `Debug` shows no key.
+#[derive(Debug, Clone)]
 pub(crate) struct Route {
+    /// The device, as the caps count it: its id when the control plane
+    /// names it, so every credential of one device (its access token, any
+    /// of its device JWTs) shares one count; else the credential itself.
+    pub device: Arc<str>,
     /// The session the tunnels count against.
     pub session_id: String,
     /// The node, for reachability reports.
@@ -23,16 +27,31 @@ pub(crate) struct Route {
     /// Cipher of the node's key (for the access document).
     pub method: String,
     /// The node's key (for the access document).
-    pub password: String,
+    pub password: Secret,
 }
 
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.device == other.device
+            && self.session_id == other.session_id
+            && self.node_id == other.node_id
+            && self.node == other.node
+            && self.method == other.method
+            && self.password.expose() == other.password.expose()
+    }
+}
+
+impl Eq for Route {}
+
 impl Route {
-    /// The route in an assignment, unless it lacks the node's address.
-    pub fn of(a: AssignResponse) -> Option<Route> {
+    /// The route in an assignment for `credential`, unless it lacks the
+    /// node's address.
+    pub fn of(a: AssignResponse, credential: &str) -> Option<Route> {
         let (Some(host), Some(port), Some(node_id)) = (a.host, a.port, a.node_id) else {
             return None;
         };
         Some(Route {
+            device: Arc::from(a.device_id.as_deref().unwrap_or(credential)),
             session_id: a.session_id,
             node_id,
             node: if host.contains(':') {
@@ -73,6 +92,15 @@ impl Entry {
     /// Whether the entry is of no more use at `now` (it can be dropped).
     pub fn spent(&self, now: Instant) -> bool {
         now >= self.fresh_until.max(self.stale_until)
+    }
+
+    /// The device a positive verdict names, however old: enough to refuse
+    /// a device at its cap without asking again.
+    pub fn device(&self) -> Option<Arc<str>> {
+        match &self.verdict {
+            Verdict::Go(r) => Some(r.device.clone()),
+            _ => None,
+        }
     }
 
     /// Whether the entry sends tunnels to one of `sessions`.
@@ -176,7 +204,7 @@ pub(crate) struct Caps {
     max_total: usize,
     max_per_device: usize,
     open: usize,
-    per_device: HashMap<String, usize>,
+    per_device: HashMap<Arc<str>, usize>,
 }
 
 impl Caps {
@@ -190,17 +218,22 @@ impl Caps {
         }
     }
 
-    /// Counts a new tunnel of `device`, unless a cap is reached (the
-    /// gateway's first: a full gateway says so whoever asks).
-    pub fn admit(&mut self, device: &str) -> Result<(), CapRefusal> {
+    /// Why a new tunnel of `device` would be refused now, if it would (the
+    /// gateway's cap first: a full gateway says so whoever asks).
+    pub fn refusal(&self, device: &str) -> Option<CapRefusal> {
         if self.open >= self.max_total {
-            return Err(CapRefusal::Full);
+            return Some(CapRefusal::Full);
         }
         let n = self.per_device.get(device).copied().unwrap_or(0);
-        if n >= self.max_per_device {
-            return Err(CapRefusal::DeviceFull);
+        (n >= self.max_per_device).then_some(CapRefusal::DeviceFull)
+    }
+
+    /// Counts a new tunnel of `device`, unless a cap is reached.
+    pub fn admit(&mut self, device: &Arc<str>) -> Result<(), CapRefusal> {
+        if let Some(refusal) = self.refusal(device) {
+            return Err(refusal);
         }
-        self.per_device.insert(device.to_owned(), n + 1);
+        *self.per_device.entry(device.clone()).or_insert(0) += 1;
         self.open += 1;
         Ok(())
     }
@@ -240,12 +273,17 @@ mod tests {
 
     fn route(session: &str) -> Arc<Route> {
         Arc::new(Route {
+            device: Arc::from("d1"),
             session_id: session.into(),
             node_id: "n1".into(),
             node: "10.0.0.1:8388".into(),
             method: "chacha20-ietf-poly1305".into(),
             password: "k".into(),
         })
+    }
+
+    fn dev(name: &str) -> Arc<str> {
+        Arc::from(name)
     }
 
     #[test]
@@ -356,59 +394,107 @@ mod tests {
         );
     }
 
-    #[test]
-    fn assignments_without_a_node_address_route_nowhere() {
-        let a = |host: Option<&str>| AssignResponse {
+    fn assignment(host: Option<&str>, device: Option<&str>) -> AssignResponse {
+        AssignResponse {
             session_id: "s1".into(),
             host: host.map(str::to_owned),
             port: Some(8388),
             node_id: Some("n1".into()),
+            device_id: device.map(str::to_owned),
             method: "aes-128-gcm".into(),
             password: "k".into(),
             gateway_url: None,
             region: "eu".into(),
             pool_key: true,
             valid_until: None,
-        };
+        }
+    }
+
+    #[test]
+    fn assignments_without_a_node_address_route_nowhere() {
+        let a = |host| assignment(host, Some("d1"));
         assert_eq!(
-            Route::of(a(Some("10.0.0.1"))).map(|r| r.node),
+            Route::of(a(Some("10.0.0.1")), "tok").map(|r| r.node),
             Some("10.0.0.1:8388".into())
         );
         assert_eq!(
-            Route::of(a(Some("fd00::1"))).map(|r| r.node),
+            Route::of(a(Some("fd00::1")), "tok").map(|r| r.node),
             Some("[fd00::1]:8388".into())
         );
-        assert_eq!(Route::of(a(None)), None);
+        assert_eq!(Route::of(a(None), "tok"), None);
+    }
+
+    #[test]
+    fn every_credential_of_a_device_counts_for_the_device() {
+        let a = |device| assignment(Some("10.0.0.1"), device);
+        let by_token = Route::of(a(Some("d1")), "access-token").expect("route");
+        let by_jwt = Route::of(a(Some("d1")), "a.jwt.one").expect("route");
+        assert_eq!(&*by_token.device, "d1");
+        assert_eq!(by_token.device, by_jwt.device);
+        // A control plane that does not name the device: the credential.
+        let old = Route::of(a(None), "a.jwt.two").expect("route");
+        assert_eq!(&*old.device, "a.jwt.two");
+        let mut caps = Caps::new(10, 2);
+        assert_eq!(caps.admit(&by_token.device), Ok(()));
+        assert_eq!(caps.admit(&by_jwt.device), Ok(()));
+        assert_eq!(caps.admit(&by_jwt.device), Err(CapRefusal::DeviceFull));
+    }
+
+    #[test]
+    fn a_route_shows_no_key() {
+        let r = Route {
+            password: "node-key-do-not-print".into(),
+            ..(*route("s1")).clone()
+        };
+        let e = lifetimes().entry(Verdict::Go(Arc::new(r.clone())), Instant::now(), None);
+        for shown in [format!("{r:?}"), format!("{r:#?}"), format!("{e:?}")] {
+            assert!(!shown.contains("node-key-do-not-print"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn cached_positive_verdicts_name_their_device_even_when_stale() {
+        let t0 = Instant::now();
+        let e = lifetimes().entry(Verdict::Go(route("s1")), t0, None);
+        assert_eq!(e.device(), Some(dev("d1")));
+        assert_eq!(fresh(Some(&e), t0 + 10 * S), None, "stale");
+        assert_eq!(e.device(), Some(dev("d1")), "still names the device");
+        let unknown = lifetimes().entry(Verdict::Unknown, t0, None);
+        assert_eq!(unknown.device(), None);
     }
 
     #[test]
     fn caps_count_tunnels_in_all_and_per_device() {
         let mut caps = Caps::new(3, 2);
-        assert_eq!(caps.admit("a"), Ok(()));
-        assert_eq!(caps.admit("a"), Ok(()));
-        assert_eq!(caps.admit("a"), Err(CapRefusal::DeviceFull));
-        assert_eq!(caps.admit("b"), Ok(()));
+        let (a, b, c) = (dev("a"), dev("b"), dev("c"));
+        assert_eq!(caps.admit(&a), Ok(()));
+        assert_eq!(caps.admit(&a), Ok(()));
+        assert_eq!(caps.refusal("a"), Some(CapRefusal::DeviceFull));
+        assert_eq!(caps.admit(&a), Err(CapRefusal::DeviceFull));
+        assert_eq!(caps.admit(&b), Ok(()));
         assert_eq!(caps.open(), 3);
+        assert_eq!(caps.refusal("c"), Some(CapRefusal::Full));
         assert_eq!(
-            caps.admit("c"),
+            caps.admit(&c),
             Err(CapRefusal::Full),
             "the gateway's cap first"
         );
         caps.release("a");
         assert_eq!(caps.open(), 2);
-        assert_eq!(caps.admit("c"), Ok(()));
-        assert_eq!(caps.admit("a"), Err(CapRefusal::Full));
+        assert_eq!(caps.refusal("c"), None);
+        assert_eq!(caps.admit(&c), Ok(()));
+        assert_eq!(caps.admit(&a), Err(CapRefusal::Full));
     }
 
     #[test]
     fn released_devices_are_forgotten_and_unknown_releases_change_nothing() {
         let mut caps = Caps::new(10, 1);
-        assert_eq!(caps.admit("a"), Ok(()));
+        assert_eq!(caps.admit(&dev("a")), Ok(()));
         caps.release("a");
         caps.release("a");
         caps.release("nobody");
         assert_eq!(caps.open(), 0);
         assert!(caps.per_device.is_empty());
-        assert_eq!(caps.admit("a"), Ok(()));
+        assert_eq!(caps.admit(&dev("a")), Ok(()));
     }
 }

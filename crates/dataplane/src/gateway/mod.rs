@@ -7,10 +7,14 @@
 //! serves the Outline dynamic access key document at `/c/{token}`.
 //!
 //! This module puts the parts together ([`run`]); each part owns its state:
-//! - `accept`: the accept loop (TLS + HTTP/1.1 with deadlines).
-//! - `routes`: `/ws/{token}/tcp`, `/ws/{token}/udp`, `/c/{token}`, the 404.
+//! - `accept`: the accept loop (a connection budget taken before TLS, then
+//!   TLS + HTTP/1.1 with deadlines).
+//! - `routes`: `/ws/{token}/tcp`, `/ws/{token}/udp`, `/c/{token}`, the 404
+//!   every refusal looks like, and the order of admission.
+//! - `upgrade`: the checks of a WebSocket upgrade request.
 //! - `admission`: the pure core: verdict lifetimes, the outage rule, caps.
 //! - `validator`: the bounded validation cache and the control-plane call.
+//! - `throttle`: guessed tokens per source, and who is shut out.
 //! - `tunnel`, `tcp`, `udp`: the pipes.
 //! - `document`: the Outline access document.
 //! - `sessions`: per-session counters, close signals, monotonic totals.
@@ -40,8 +44,10 @@ mod schedule;
 mod sessions;
 mod spool;
 mod tcp;
+mod throttle;
 mod tunnel;
 mod udp;
+mod upgrade;
 mod usage;
 mod validator;
 
@@ -54,6 +60,9 @@ pub struct GatewayOptions {
     pub public_url: String,
     /// Deadline for the TLS handshake, the request headers and the upgrade.
     pub handshake_timeout: Duration,
+    /// Most open client connections (handshakes, requests and tunnels):
+    /// beyond it new connections are closed at once, before TLS.
+    pub max_connections: usize,
     /// Most open tunnels in all.
     pub max_tunnels: usize,
     /// Most open tunnels per device (a browser opens dozens).
@@ -77,8 +86,16 @@ pub struct GatewayOptions {
     pub spool: Option<std::path::PathBuf>,
     /// A tunnel with no data either way for this long gets a WebSocket Ping.
     pub idle_ping: Duration,
-    /// A tunnel with no data either way for this long is closed.
+    /// A tunnel (TCP or UDP) with no data either way for this long is closed.
     pub idle_timeout: Duration,
+    /// Unknown device credentials one source (an IPv4 address, an IPv6
+    /// /64) may present per `guess_window` before it is shut out.
+    pub guess_limit: u32,
+    /// The window of `guess_limit`, and how long a source past it gets 429
+    /// on every request.
+    pub guess_window: Duration,
+    /// Most sources whose guesses are tracked (bounds the throttle's memory).
+    pub guess_sources: usize,
 }
 
 impl Default for GatewayOptions {
@@ -86,6 +103,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             public_url: "https://127.0.0.1:8443".into(),
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 12_000,
             max_tunnels: 10_000,
             max_tunnels_per_device: 512,
             max_frame: 256 * 1024,
@@ -98,6 +116,9 @@ impl Default for GatewayOptions {
             spool: None,
             idle_ping: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            guess_limit: 20,
+            guess_window: Duration::from_secs(60),
+            guess_sources: 100_000,
         }
     }
 }
@@ -111,6 +132,7 @@ struct Gateway {
     backend: Backend,
     validations: validator::Validations,
     caps: Mutex<admission::Caps>,
+    throttle: throttle::Throttle,
     sessions: sessions::Sessions,
     beats: follower::Beats,
     reports: usage::Reports,
@@ -121,11 +143,19 @@ struct Gateway {
 
 impl Gateway {
     /// Counts a new tunnel of `device` in the caps.
-    fn admit(&self, device: &str) -> Result<(), admission::CapRefusal> {
+    fn admit(&self, device: &std::sync::Arc<str>) -> Result<(), admission::CapRefusal> {
         self.caps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .admit(device)
+    }
+
+    /// Why a new tunnel of `device` would be refused now, if it would.
+    fn cap_refusal(&self, device: &str) -> Option<admission::CapRefusal> {
+        self.caps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refusal(device)
     }
 
     /// Counts a tunnel of `device` as ended.
@@ -194,6 +224,7 @@ pub async fn run(
             opts.max_tunnels,
             opts.max_tunnels_per_device,
         )),
+        throttle: throttle::Throttle::new(opts.guess_limit, opts.guess_window, opts.guess_sources),
         sessions: sessions::Sessions::default(),
         beats: follower::Beats::default(),
         reports: usage::Reports::new(),
@@ -230,7 +261,15 @@ pub async fn run(
         listener,
         acceptor,
         routes::router(gw.clone()),
-        gw.opts.handshake_timeout,
+        accept::Limits {
+            deadline: gw.opts.handshake_timeout,
+            budget: Arc::new(tokio::sync::Semaphore::new(
+                gw.opts
+                    .max_connections
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            shed: gw.metrics.shed.clone(),
+        },
         &connections,
         &stop_connections,
         shutdown,

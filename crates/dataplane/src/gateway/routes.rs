@@ -1,81 +1,160 @@
-//! The gateway's routes: `/ws/{token}/tcp` and `/ws/{token}/udp` (checked
-//! in full before anything is asked, routed, capped, then upgraded),
-//! `/c/{token}` (the access document), and the same 404 for everything
-//! else, unknown credentials included.
+//! The gateway's routes: `/ws/{token}/tcp` and `/ws/{token}/udp`, checked
+//! in full before anything is asked, then admitted in order (the
+//! credential's verdict, then the caps) before any node connection or UDP
+//! socket is opened, then upgraded; `/c/{token}` (the access document); and
+//! one answer, the unknown path's 404, for every refusal there (bad or
+//! missing upgrade headers, another method, an unknown or refused token),
+//! so neither the routes nor valid tokens can be probed. A source that
+//! guessed too many tokens gets 429 on every path for a while.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::any;
 use tokio::net::{TcpStream, UdpSocket};
 
+use super::accept::Conn;
 use super::admission::{CapRefusal, Route};
 use super::document::{access_yaml, refusal_yaml};
-use super::tunnel::TunnelGuard;
+use super::tunnel::{CapSlot, TunnelGuard};
 use super::validator::Refusal;
-use super::{Gateway, tcp, udp};
+use super::{Gateway, tcp, udp, upgrade};
 
 /// How long a node gets to take a connection.
 const NODE_CONNECT: Duration = Duration::from_secs(5);
 
-/// The public routes.
+/// The public routes. They take every method and refuse all but GET
+/// themselves, with the unknown path's answer: a method router would answer
+/// 405, or add an `Allow` header, and so show that the route exists.
 pub(crate) fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/ws/{token}/tcp", get(ws_tcp))
-        .route("/ws/{token}/udp", get(ws_udp))
-        .route("/c/{token}", get(access_document))
+        .route("/ws/{token}/tcp", any(ws_tcp))
+        .route("/ws/{token}/udp", any(ws_udp))
+        .route("/c/{token}", any(access_document))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), shut_out))
         .with_state(gw)
 }
 
-/// A refused request: a status and a fixed text.
-struct Reject(StatusCode, &'static str);
-
-impl IntoResponse for Reject {
-    fn into_response(self) -> Response {
-        (self.0, self.1).into_response()
-    }
+/// The unknown path's answer, which every refusal on the routes shares.
+fn not_found_response() -> Response {
+    (StatusCode::NOT_FOUND, "Not Found").into_response()
 }
 
 async fn not_found() -> Response {
-    Reject(StatusCode::NOT_FOUND, "Not Found").into_response()
+    not_found_response()
 }
 
-fn refusal_response(gw: &Gateway, r: Refusal) -> Reject {
+/// The answer to a source shut out for guessing, for `left`.
+fn too_many(left: Duration) -> Response {
+    // Whole seconds, rounded up: retrying on time never finds it shut.
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.max(1).to_string())],
+        "Too Many Requests",
+    )
+        .into_response()
+}
+
+/// The peer of the connection `req` came on.
+fn peer(req: &Request) -> Option<IpAddr> {
+    req.extensions().get::<Conn>().map(|c| c.peer)
+}
+
+/// Before any route: a source shut out for guessing gets 429, whatever it
+/// asks (so a valid token tells it nothing), at no control-plane cost.
+async fn shut_out(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    if let Some(left) = peer(&req).and_then(|ip| gw.throttle.shut_out(ip)) {
+        gw.metrics.throttled();
+        return too_many(left);
+    }
+    next.run(req).await
+}
+
+/// The answer to a credential that is not routed: an unknown one looks
+/// like an unknown path (the control plane's answer about it counts as a
+/// guess of its source, which may shut the source out), a refused one too
+/// (the access document shows the reason instead).
+fn refusal_response(gw: &Gateway, r: Refusal, peer: Option<IpAddr>) -> Response {
     gw.metrics.refused();
     match r {
-        Refusal::NotFound | Refusal::Refused(_) => Reject(StatusCode::NOT_FOUND, "Not Found"),
-        Refusal::Unavailable => Reject(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+        Refusal::Unknown { asked } => {
+            let shut = peer
+                .filter(|_| asked)
+                .and_then(|ip| gw.throttle.guessed(ip));
+            match shut {
+                Some(window) => {
+                    tracing::debug!("source shut out for guessing tokens");
+                    too_many(window)
+                }
+                None => not_found_response(),
+            }
+        }
+        Refusal::Refused(_) => not_found_response(),
+        Refusal::Unavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
+        }
     }
 }
 
-/// Admits a tunnel: caps, then its place in the session.
-fn admit(gw: &Arc<Gateway>, token: &str, session_id: &str) -> Result<TunnelGuard, Reject> {
-    if let Err(refusal) = gw.admit(token) {
-        gw.metrics.refused();
-        return Err(match refusal {
-            CapRefusal::Full => Reject(StatusCode::SERVICE_UNAVAILABLE, "Too many tunnels"),
-            CapRefusal::DeviceFull => Reject(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many tunnels for this device",
-            ),
-        });
+fn cap_response(gw: &Gateway, refusal: CapRefusal) -> Response {
+    gw.metrics.refused();
+    match refusal {
+        CapRefusal::Full => (StatusCode::SERVICE_UNAVAILABLE, "Too many tunnels").into_response(),
+        CapRefusal::DeviceFull => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many tunnels for this device",
+        )
+            .into_response(),
     }
-    let session = gw.sessions.attach(session_id);
-    Ok(TunnelGuard::new(gw.clone(), token.to_owned(), session))
 }
 
-/// Routes `token` and connects to its node; a node that does not answer
-/// is reported at once and the route asked again (another node of the
-/// pool may take it).
-async fn connect_node(gw: &Gateway, token: &str) -> Result<(Arc<Route>, TcpStream), Reject> {
+/// Admits a tunnel of `token`, in order: a device known to be at its cap
+/// is refused without asking; then the verdict (cached, else one
+/// control-plane call); then the caps, counted for the device. Nothing is
+/// opened for the tunnel before this succeeds.
+async fn admit(
+    gw: &Arc<Gateway>,
+    token: &str,
+    peer: Option<IpAddr>,
+) -> Result<(Arc<Route>, CapSlot), Response> {
+    if let Some(device) = gw.validations.known_device(token)
+        && let Some(refusal) = gw.cap_refusal(&device)
+    {
+        return Err(cap_response(gw, refusal));
+    }
+    let route = gw
+        .route(token)
+        .await
+        .map_err(|r| refusal_response(gw, r, peer))?;
+    let slot = CapSlot::take(gw, &route.device).map_err(|r| cap_response(gw, r))?;
+    Ok((route, slot))
+}
+
+/// Connects to the node of `route`; a node that does not answer is
+/// reported at once and the route asked again (another node of the pool
+/// may take it).
+async fn connect_node(
+    gw: &Gateway,
+    token: &str,
+    mut route: Arc<Route>,
+    peer: Option<IpAddr>,
+) -> Result<(Arc<Route>, TcpStream), Response> {
     for attempt in 0..2 {
-        let route = gw.route(token).await.map_err(|r| refusal_response(gw, r))?;
+        if attempt > 0 {
+            route = gw
+                .route(token)
+                .await
+                .map_err(|r| refusal_response(gw, r, peer))?;
+        }
         match tokio::time::timeout(NODE_CONNECT, TcpStream::connect(route.node.as_str())).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -91,7 +170,7 @@ async fn connect_node(gw: &Gateway, token: &str) -> Result<(Arc<Route>, TcpStrea
             }
         }
     }
-    Err(refusal_response(gw, Refusal::Unavailable))
+    Err(refusal_response(gw, Refusal::Unavailable, peer))
 }
 
 /// The device credential of a tunnel request: a device JWT presented as
@@ -106,36 +185,37 @@ fn credential(req: &Request, path_token: String) -> String {
         .unwrap_or(path_token)
 }
 
-/// A complete WebSocket upgrade request (RFC 6455 version 13 with a key),
-/// checked before anything is asked of the control plane or a node.
-fn valid_upgrade(req: &Request) -> bool {
-    let h = req.headers();
-    fastwebsockets::upgrade::is_upgrade_request(req)
-        && h.get(header::SEC_WEBSOCKET_KEY).is_some()
-        && h.get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v.as_bytes() == b"13")
+/// The credential of a valid upgrade request, or nothing (then the answer
+/// is the unknown path's).
+fn tunnel_request(path: Result<Path<String>, PathRejection>, req: &Request) -> Option<String> {
+    let Ok(Path(token)) = path else {
+        return None;
+    };
+    upgrade::valid(req).then(|| credential(req, token))
 }
 
 async fn ws_tcp(
     State(gw): State<Arc<Gateway>>,
-    Path(token): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     mut req: Request,
 ) -> Response {
-    if !valid_upgrade(&req) {
-        return not_found().await;
-    }
-    let token = credential(&req, token);
-    let (route, node) = match connect_node(&gw, &token).await {
-        Ok(x) => x,
-        Err(reject) => return reject.into_response(),
+    let Some(token) = tunnel_request(path, &req) else {
+        return not_found_response();
     };
-    let guard = match admit(&gw, &token, &route.session_id) {
-        Ok(g) => g,
-        Err(reject) => return reject.into_response(),
+    let conn = req.extensions().get::<Conn>().cloned();
+    let peer = conn.as_ref().map(|c| c.peer);
+    let (route, slot) = match admit(&gw, &token, peer).await {
+        Ok(x) => x,
+        Err(refused) => return refused,
+    };
+    let (route, node) = match connect_node(&gw, &token, route, peer).await {
+        Ok(x) => x,
+        Err(refused) => return refused,
     };
     let Ok((resp, fut)) = fastwebsockets::upgrade::upgrade(&mut req) else {
-        return (StatusCode::BAD_REQUEST, "Bad Request").into_response();
+        return not_found_response();
     };
+    let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
     let span = tracing::debug_span!("tunnel", session.id = %route.session_id, kind = "tcp");
     gw.tunnels.spawn(tracing::Instrument::instrument(
         tcp::pipe(fut, node, guard),
@@ -162,27 +242,25 @@ async fn node_socket(route: &Route) -> Option<UdpSocket> {
 
 async fn ws_udp(
     State(gw): State<Arc<Gateway>>,
-    Path(token): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     mut req: Request,
 ) -> Response {
-    if !valid_upgrade(&req) {
-        return not_found().await;
-    }
-    let token = credential(&req, token);
-    let route = match gw.route(&token).await {
-        Ok(r) => r,
-        Err(r) => return refusal_response(&gw, r).into_response(),
+    let Some(token) = tunnel_request(path, &req) else {
+        return not_found_response();
+    };
+    let conn = req.extensions().get::<Conn>().cloned();
+    let peer = conn.as_ref().map(|c| c.peer);
+    let (route, slot) = match admit(&gw, &token, peer).await {
+        Ok(x) => x,
+        Err(refused) => return refused,
     };
     let Some(socket) = node_socket(&route).await else {
-        return refusal_response(&gw, Refusal::Unavailable).into_response();
-    };
-    let guard = match admit(&gw, &token, &route.session_id) {
-        Ok(g) => g,
-        Err(reject) => return reject.into_response(),
+        return refusal_response(&gw, Refusal::Unavailable, peer);
     };
     let Ok((resp, fut)) = fastwebsockets::upgrade::upgrade(&mut req) else {
-        return (StatusCode::BAD_REQUEST, "Bad Request").into_response();
+        return not_found_response();
     };
+    let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
     let span = tracing::debug_span!("tunnel", session.id = %route.session_id, kind = "udp");
     gw.tunnels.spawn(tracing::Instrument::instrument(
         udp::pipe(fut, socket, guard),
@@ -192,8 +270,16 @@ async fn ws_udp(
 }
 
 /// `GET /c/{token}`: the Outline dynamic access key document; a refused
-/// device gets the document's error (status 200, the app shows it).
-async fn access_document(State(gw): State<Arc<Gateway>>, Path(token): Path<String>) -> Response {
+/// device gets the document's error (status 200, the app shows it); an
+/// unknown token gets the unknown path's answer.
+async fn access_document(
+    State(gw): State<Arc<Gateway>>,
+    path: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    let (Ok(Path(token)), &Method::GET) = (path, req.method()) else {
+        return not_found_response();
+    };
     let yaml = |body: String| {
         (
             StatusCode::OK,
@@ -210,9 +296,9 @@ async fn access_document(State(gw): State<Arc<Gateway>>, Path(token): Path<Strin
             &gw.opts.public_url,
             &token,
             &route.method,
-            &route.password,
+            route.password.expose(),
         )),
         Err(Refusal::Refused(r)) => yaml(refusal_yaml(r)),
-        Err(r) => refusal_response(&gw, r).into_response(),
+        Err(r) => refusal_response(&gw, r, peer(&req)),
     }
 }

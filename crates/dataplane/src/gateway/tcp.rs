@@ -34,7 +34,7 @@ enum End {
 
 /// Pipes one TCP tunnel until both sides are done.
 pub(crate) async fn pipe(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard) {
-    let gw = guard.gw.clone();
+    let gw = guard.gw().clone();
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 8).await else {
         return;
     };

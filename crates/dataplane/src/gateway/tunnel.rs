@@ -1,41 +1,74 @@
-//! What both pipes share: the guard holding a tunnel's place in the caps
-//! and its session, the upgrade with our WebSocket settings, and the one
-//! writer task per socket.
+//! What both pipes share: the slot a tunnel holds in the caps, the guard
+//! holding that slot, its connection's place in the budget and its
+//! session, the upgrade with our WebSocket settings, and the one writer
+//! task per socket.
 
 use std::sync::Arc;
 
 use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, WebSocketRead};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Gateway;
+use super::admission::CapRefusal;
 use super::sessions::{Closing, Session};
 
-/// Holds a tunnel's place in the caps and in its session; gives both back
-/// when the tunnel ends.
+/// A tunnel's place in the caps (in all and for its device), taken before
+/// anything is opened for it and given back when dropped.
+pub(crate) struct CapSlot {
+    gw: Arc<Gateway>,
+    device: Arc<str>,
+}
+
+impl CapSlot {
+    /// Takes a place for a tunnel of `device`, unless a cap is reached.
+    pub fn take(gw: &Arc<Gateway>, device: &Arc<str>) -> Result<Self, CapRefusal> {
+        gw.admit(device)?;
+        Ok(CapSlot {
+            gw: gw.clone(),
+            device: device.clone(),
+        })
+    }
+}
+
+impl Drop for CapSlot {
+    fn drop(&mut self) {
+        self.gw.release(&self.device);
+    }
+}
+
+/// Holds a tunnel's places (caps, connection budget, session); gives them
+/// back when the tunnel ends.
 pub(crate) struct TunnelGuard {
-    pub(crate) gw: Arc<Gateway>,
-    device: String,
+    slot: CapSlot,
     /// The session the tunnel counts for.
     pub(crate) session: Arc<Session>,
+    /// The connection's place in the budget, kept as long as its socket.
+    _permit: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl TunnelGuard {
-    /// A guard for a tunnel already counted in the caps for `device`.
-    pub fn new(gw: Arc<Gateway>, device: String, session: Arc<Session>) -> Self {
+    /// A guard for a tunnel holding `slot` in the caps, counted in session
+    /// `session_id`.
+    pub fn new(slot: CapSlot, session_id: &str, permit: Option<Arc<OwnedSemaphorePermit>>) -> Self {
+        let session = slot.gw.sessions.attach(session_id);
         TunnelGuard {
-            gw,
-            device,
+            slot,
             session,
+            _permit: permit,
         }
+    }
+
+    /// The gateway.
+    pub fn gw(&self) -> &Arc<Gateway> {
+        &self.slot.gw
     }
 }
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
-        self.gw.release(&self.device);
         self.session.detach();
     }
 }

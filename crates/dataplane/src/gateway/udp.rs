@@ -1,9 +1,12 @@
 //! The UDP pipe: exactly one Shadowsocks UDP packet per binary message
-//! each way, over one UDP socket to the node per WebSocket.
+//! each way, over one UDP socket to the node per WebSocket. Like a TCP
+//! tunnel, it gets a Ping after `idle_ping` and is closed after
+//! `idle_timeout` without a packet either way, and an idle tunnel holds no
+//! receive buffer.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
@@ -11,21 +14,26 @@ use tokio::net::UdpSocket;
 
 use super::tunnel::{self, TunnelGuard, closed_signal};
 
-/// A UDP tunnel with nothing from the node for this long is closed.
-const UDP_IDLE: Duration = Duration::from_secs(120);
-
 /// Largest datagram.
 const DATAGRAM_MAX: usize = 65_536;
 
-/// Pipes one UDP tunnel until either side ends it.
+/// Pipes one UDP tunnel until either side ends it, or it is idle.
 pub(crate) async fn pipe(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard) {
-    let gw = guard.gw.clone();
+    let gw = guard.gw().clone();
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 32).await else {
         return;
     };
+    let (idle_ping, idle_timeout) = (gw.opts.idle_ping, gw.opts.idle_timeout);
+    let born = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
     let socket = Arc::new(socket);
     let session = guard.session.clone();
-    let (up_sock, up_out, up_session) = (socket.clone(), out.clone(), session.clone());
+    let (up_sock, up_out, up_session, up_activity) = (
+        socket.clone(),
+        out.clone(),
+        session.clone(),
+        activity.clone(),
+    );
     let mut upstream = tokio::spawn(async move {
         loop {
             let Ok(frame) = rx
@@ -40,6 +48,7 @@ pub(crate) async fn pipe(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard)
                         up_session
                             .up
                             .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+                        up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 }
                 OpCode::Ping => {
@@ -64,22 +73,43 @@ pub(crate) async fn pipe(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard)
     let closed = closed_signal(session.closed());
     let downstream = async {
         tokio::pin!(closed);
-        let mut buf = vec![0u8; DATAGRAM_MAX];
+        let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                r = tokio::time::timeout(UDP_IDLE, socket.recv(&mut buf)) => match r {
-                    Ok(Ok(n)) => {
-                        if out.send(Frame::binary(Payload::Owned(buf[..n].to_vec()))).await.is_err() {
+                // A buffer only once a datagram waits: idle tunnels hold
+                // none, and the buffer received into is the frame sent.
+                r = socket.readable() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let mut buf = Vec::with_capacity(DATAGRAM_MAX);
+                    // An error is a spurious wake-up, or an ICMP error from
+                    // the node (its next datagram may still come).
+                    if let Ok(n) = socket.try_recv_buf(&mut buf) {
+                        // Shrinking in place keeps what was received.
+                        buf.shrink_to_fit();
+                        if out.send(Frame::binary(Payload::Owned(buf))).await.is_err() {
                             return;
                         }
                         session.down.fetch_add(n as u64, Ordering::Relaxed);
+                        activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
-                    Ok(Err(_)) => {}
-                    Err(_) => {
+                },
+                _ = tick.tick() => {
+                    let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                    let silent = born.elapsed().saturating_sub(last);
+                    if silent >= idle_timeout {
                         let _ = out.send(Frame::close(1000, b"idle")).await;
                         return;
                     }
-                },
+                    if silent >= idle_ping {
+                        let ping = Frame::new(true, OpCode::Ping, None, Payload::Owned(Vec::new()));
+                        if out.send(ping).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 (code, reason) = &mut closed => {
                     let _ = out.send(Frame::close(code, reason)).await;
                     return;

@@ -99,8 +99,8 @@ impl Gateway {
     }
 }
 
-/// Reports at the configured interval; also forgets spent verdicts and
-/// sessions no longer needed.
+/// Reports at the configured interval; also forgets spent verdicts,
+/// sources back at a full guessing allowance and sessions no longer needed.
 pub(crate) async fn report_loop(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(gw.opts.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,6 +108,7 @@ pub(crate) async fn report_loop(gw: Arc<Gateway>) {
         tick.tick().await;
         gw.flush_usage().await;
         gw.validations.prune(std::time::Instant::now());
+        gw.throttle.prune();
         gw.sessions.prune(tokio::time::Instant::now());
     }
 }

@@ -15,8 +15,14 @@ use super::admission::{self, Entry, Failure, Lifetimes, Route, Verdict};
 /// Why a request is not routed.
 #[derive(Debug)]
 pub(crate) enum Refusal {
-    /// Same answer as an unknown path: the gateway can't be probed for tokens.
-    NotFound,
+    /// An unknown credential: the same answer as an unknown path, so the
+    /// gateway can't be probed for tokens. `asked` when the control plane
+    /// was asked about it just now (a new guess, which the throttle counts),
+    /// not when the shape or a cached answer settled it.
+    Unknown {
+        /// Whether the control plane was asked.
+        asked: bool,
+    },
     /// Refused with a reason (for the access document).
     Refused(Reason),
     /// No decision possible now.
@@ -36,6 +42,12 @@ impl Validations {
             cache: Cache::new(capacity.max(1)),
             lifetimes,
         }
+    }
+
+    /// The device a cached positive verdict for `token` names, however
+    /// old the verdict.
+    pub fn known_device(&self, token: &str) -> Option<Arc<str>> {
+        self.cache.get(token)?.device()
     }
 
     /// Forgets one credential's verdict.
@@ -66,7 +78,7 @@ fn verdict_to_result(v: Verdict) -> Result<Arc<Route>, Refusal> {
     match v {
         Verdict::Go(r) => Ok(r),
         Verdict::Refused(r) => Err(Refusal::Refused(r)),
-        Verdict::Unknown => Err(Refusal::NotFound),
+        Verdict::Unknown => Err(Refusal::Unknown { asked: false }),
     }
 }
 
@@ -77,7 +89,7 @@ impl Gateway {
         if !httvps_wire::token::looks_like_token(token)
             && !httvps_wire::token::looks_like_jwt(token)
         {
-            return Err(Refusal::NotFound);
+            return Err(Refusal::Unknown { asked: false });
         }
         let v = &self.validations;
         let cached = v.cache.get(token);
@@ -87,7 +99,7 @@ impl Gateway {
         let (verdict, valid_for) = match self.backend.assign(token).await {
             Ok(a) => {
                 let valid_until = a.valid_until;
-                let Some(route) = Route::of(a) else {
+                let Some(route) = Route::of(a, token) else {
                     return Err(Refusal::Unavailable);
                 };
                 // Never trusted past the subscription's end, and a beat
@@ -115,7 +127,10 @@ impl Gateway {
             .lifetimes
             .entry(verdict.clone(), Instant::now(), valid_for);
         v.cache.insert(token.to_owned(), entry);
-        verdict_to_result(verdict)
+        match verdict_to_result(verdict) {
+            Err(Refusal::Unknown { .. }) => Err(Refusal::Unknown { asked: true }),
+            other => other,
+        }
     }
 }
 
@@ -138,6 +153,7 @@ mod tests {
 
     fn go(session: &str) -> Verdict {
         Verdict::Go(Arc::new(Route {
+            device: Arc::from("d"),
             session_id: session.into(),
             node_id: "n".into(),
             node: "10.0.0.1:1".into(),
@@ -187,6 +203,20 @@ mod tests {
         assert!(v.cache.get("neg").is_none());
         v.prune(now + 60 * S);
         assert!(v.cache.is_empty());
+    }
+
+    #[test]
+    fn the_device_of_a_credential_is_known_while_its_answer_is_kept() {
+        let (v, now) = (validations(16), Instant::now());
+        put(&v, "a", go("s1"), now);
+        put(&v, "u", Verdict::Unknown, now);
+        assert_eq!(v.known_device("a").as_deref(), Some("d"));
+        assert_eq!(v.known_device("u"), None);
+        assert_eq!(v.known_device("never-seen"), None);
+        v.prune(now + 10 * S);
+        assert_eq!(v.known_device("a").as_deref(), Some("d"), "stale, kept");
+        v.prune(now + 60 * S);
+        assert_eq!(v.known_device("a"), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use shadowsocks_service::shadowsocks::dns_resolver::DnsResolver;
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
+use httvps_wire::Secret;
 use httvps_wire::heartbeat::OutlineBeat;
 
 mod destinations;
@@ -35,16 +36,15 @@ pub fn parse_method(name: &str) -> Option<CipherKind> {
     }
 }
 
-/// Node settings.
-// No Debug: it holds the Shadowsocks password.
-#[derive(Clone)]
+/// Node settings (their `Debug` shows no password).
+#[derive(Debug, Clone)]
 pub struct NodeOptions {
     /// Where to listen (TCP and UDP on the same port).
     pub listen: SocketAddr,
     /// Cipher.
     pub method: CipherKind,
     /// Shadowsocks password.
-    pub password: String,
+    pub password: Secret,
     /// Allow private, loopback and link-local destinations (tests on one machine).
     pub allow_private: bool,
 }
@@ -86,7 +86,7 @@ async fn build(
     opts: &NodeOptions,
 ) -> io::Result<(Server, Arc<FlowStat>)> {
     let mut cfg =
-        ServerConfig::new(addr, opts.password.clone(), opts.method).map_err(io::Error::other)?;
+        ServerConfig::new(addr, opts.password.expose(), opts.method).map_err(io::Error::other)?;
     cfg.set_mode(mode);
     cfg.set_timeout(Duration::from_secs(30));
     let mut b = ServerBuilder::new(cfg);

@@ -1,0 +1,118 @@
+//! The checks of a WebSocket upgrade request (RFC 6455 §4.2.1), made before
+//! anything is asked of the control plane or a node: HTTP/1.1 GET, the
+//! `Upgrade` and `Connection` headers, exactly one version (13) and exactly
+//! one `Sec-WebSocket-Key` that is the base64 of exactly 16 bytes.
+
+use axum::extract::Request;
+use axum::http::header::{HeaderName, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+use axum::http::{HeaderMap, HeaderValue, Method, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// Length of the base64 of 16 bytes (padded).
+const KEY_LEN: usize = 24;
+
+/// Whether `key` is the canonical base64 of exactly 16 bytes.
+pub(crate) fn valid_key(key: &[u8]) -> bool {
+    let mut decoded = [0u8; KEY_LEN * 3 / 4];
+    key.len() == KEY_LEN && matches!(STANDARD.decode_slice(key, &mut decoded), Ok(16))
+}
+
+/// The one value of header `name`, if it appears exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
+}
+
+/// Whether `req` is a complete and valid WebSocket upgrade request.
+pub(crate) fn valid(req: &Request) -> bool {
+    let h = req.headers();
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && fastwebsockets::upgrade::is_upgrade_request(req)
+        && single(h, &SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13")
+        && single(h, &SEC_WEBSOCKET_KEY).is_some_and(|k| valid_key(k.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    #[test]
+    fn keys_are_the_base64_of_16_bytes() {
+        assert!(valid_key(KEY.as_bytes()));
+        assert!(valid_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        for bad in [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",     // no padding
+            "dGhlIHNhbXBsZSBub25jZR==",   // bits past the 16th byte
+            "AAAAAAAAAAAAAAAAAAAA",       // 15 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAA=",   // 17 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAAA",   // 18 bytes
+            "dGhlIHNhbXBsZSBub25jZQ==AA", // too long
+            "dGhlIHNhbXBsZSBub25j-Q==",   // URL-safe alphabet
+            "dGhlIHNhbXBsZSBub25j ZQ==",
+            "dGhlIHNhbXBsZSBub25jZQ=\0",
+            "========================",
+        ] {
+            assert!(!valid_key(bad.as_bytes()), "{bad:?} accepted");
+        }
+    }
+
+    fn request(
+        f: impl FnOnce(axum::http::request::Builder) -> axum::http::request::Builder,
+    ) -> Request {
+        f(Request::builder()
+            .uri("/ws/t/tcp")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", KEY))
+        .body(Body::empty())
+        .expect("request")
+    }
+
+    #[test]
+    fn only_complete_http11_get_upgrades_pass() {
+        assert!(valid(&request(|b| b)));
+        assert!(!valid(&request(|b| b.method("POST"))));
+        assert!(!valid(&request(|b| b.method("HEAD"))));
+        assert!(!valid(&request(|b| b.version(Version::HTTP_10))));
+        assert!(
+            !valid(&request(|b| b.header("sec-websocket-key", KEY))),
+            "two keys"
+        );
+        assert!(
+            !valid(&request(|b| b.header("sec-websocket-version", "8"))),
+            "two versions"
+        );
+        let without = |name: &'static str| {
+            let mut r = request(|b| b);
+            r.headers_mut().remove(name);
+            valid(&r)
+        };
+        for name in [
+            "connection",
+            "upgrade",
+            "sec-websocket-version",
+            "sec-websocket-key",
+        ] {
+            assert!(!without(name), "without {name}");
+        }
+        let with = |name: &'static str, value: &'static str| {
+            let mut r = request(|b| b);
+            r.headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+            valid(&r)
+        };
+        assert!(!with("sec-websocket-version", "8"));
+        assert!(!with("sec-websocket-version", "13, 8"));
+        assert!(!with("sec-websocket-key", "short"));
+        assert!(!with("upgrade", "h2c"));
+        assert!(!with("connection", "keep-alive"));
+    }
+}

@@ -1,0 +1,425 @@
+//! The gateway's admission under hostile traffic, end to end on 127.0.0.1
+//! (real TLS, WebSocket and Shadowsocks; the control plane on PostgreSQL):
+//! the connection budget sheds before TLS, a tunnel refused at its
+//! device's cap costs no node connection and no control-plane call, the
+//! cap counts a device's tunnels whatever credential each presents, and a
+//! source guessing tokens is shut out while every other source is served.
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use httvps_dataplane::backend::Backend;
+use plane::{Plane, echo_server, round_trip, ss_over};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP forwarder to `to` counting the connections it accepts.
+async fn counting_forwarder(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// An HTTP proxy of our own in front of the control plane at `base`,
+/// counting the requests whose request line is `POST <path>`.
+async fn counting_proxy(base: &str, path: &str) -> (String, Arc<AtomicUsize>) {
+    let upstream: SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("control plane address");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let needle: Arc<[u8]> = format!("POST {path} ").into_bytes().into();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (needle, count) = (needle.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut in_r, mut in_w) = inbound.into_split();
+                let (mut out_r, mut out_w) = outbound.into_split();
+                let requests = async move {
+                    // Bodies are small JSON: the request line cannot hide in one.
+                    let (mut buf, mut carry) = (vec![0u8; 16 * 1024], Vec::new());
+                    while let Ok(n) = in_r.read(&mut buf).await {
+                        if n == 0 || out_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        carry.extend_from_slice(&buf[..n]);
+                        let found = carry
+                            .windows(needle.len())
+                            .filter(|w| *w == &*needle)
+                            .count();
+                        count.fetch_add(found, Ordering::SeqCst);
+                        let keep = carry.len().min(needle.len() - 1);
+                        carry.drain(..carry.len() - keep);
+                    }
+                    let _ = out_w.shutdown().await;
+                };
+                let answers = async move {
+                    let _ = tokio::io::copy(&mut out_r, &mut in_w).await;
+                    let _ = in_w.shutdown().await;
+                };
+                tokio::join!(requests, answers);
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// A device JWT minted through `POST /api/v1/auth/device-token`.
+async fn device_jwt(plane: &Plane) -> String {
+    Backend::new(&plane.server.base, &plane.device_token)
+        .expect("backend")
+        .device_jwt()
+        .await
+        .expect("device JWT")
+        .token
+        .expose()
+        .to_owned()
+}
+
+/// The value of `name` on the gateway's admin listener.
+async fn gateway_metric(plane: &Plane, name: &str) -> f64 {
+    let admin = plane.admin_addr.expect("admin listener");
+    let text = common::client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_budget_are_shed_before_tls_while_a_tunnel_keeps_working() {
+    let plane = Plane::start_with(1, |o| {
+        o.max_connections = 3;
+        o.handshake_timeout = Duration::from_secs(8);
+    })
+    .await;
+    let (echo, cfg) = (echo_server().await, plane.cipher().await);
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    let w = plane.ws_from(None, &path, None).await.expect("a tunnel");
+    let mut tunnel = ss_over(w, &cfg, echo);
+    assert!(round_trip(&mut tunnel, b"before").await);
+    // Two silent connections take the rest of the budget (the tunnel keeps
+    // its connection's place); they would wait 8 s for a TLS handshake.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(
+            TcpStream::connect(plane.gateway_addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Connections are accepted in order: make sure both silent ones are.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let tcp = TcpStream::connect(plane.gateway_addr)
+            .await
+            .expect("connect");
+        let handshake = tokio::time::timeout(Duration::from_secs(5), plane.tls_over(tcp)).await;
+        assert!(
+            matches!(handshake, Ok(Err(_))),
+            "a connection beyond the budget got TLS (or waited)"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "shed at once: {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        round_trip(&mut tunnel, b"while shedding").await,
+        "the admitted tunnel works"
+    );
+    assert!(gateway_metric(&plane, "httvps_gateway_shed_connections_total").await >= 5.0);
+    // Places come back when connections end.
+    drop(silent);
+    let mut admitted = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let tcp = TcpStream::connect(plane.gateway_addr)
+            .await
+            .expect("connect");
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(5), plane.tls_over(tcp)).await,
+            Ok(Ok(_))
+        ) {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "a place freed is taken again");
+    assert!(round_trip(&mut tunnel, b"after").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_refused_at_the_device_cap_opens_no_node_connection_and_asks_nothing() {
+    let (mut plane, listener) = Plane::prepare(0).await;
+    let node = plane.start_node().await;
+    let (front, node_connections) = counting_forwarder(node.addr).await;
+    plane.register_node("counted", front.port(), node).await;
+    let (via, assigns) = counting_proxy(&plane.server.base, "/api/v1/nodes/assign-outline").await;
+    plane.spawn_gateway_via(listener, &via, &|o| {
+        o.max_tunnels_per_device = 2;
+        o.cache_ttl = Duration::from_millis(300);
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (echo, cfg) = (echo_server().await, plane.cipher().await);
+    let tcp = format!("/ws/{}/tcp", plane.device_token);
+    let udp = format!("/ws/{}/udp", plane.device_token);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let w = plane
+            .ws_from(None, &tcp, None)
+            .await
+            .expect("under the cap");
+        open.push(ss_over(w, &cfg, echo));
+    }
+    assert!(round_trip(&mut open[0], b"capped").await);
+    assert_eq!(node_connections.load(Ordering::SeqCst), 2);
+    assert!(assigns.load(Ordering::SeqCst) >= 1);
+    // Past the answer's freshness: still no need to ask to refuse.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (asked, connected) = (
+        assigns.load(Ordering::SeqCst),
+        node_connections.load(Ordering::SeqCst),
+    );
+    for path in [&tcp, &udp, &tcp, &udp, &tcp] {
+        assert_eq!(
+            plane.ws_from(None, path, None).await.err(),
+            Some(429),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        assigns.load(Ordering::SeqCst),
+        asked,
+        "a refusal at the cap asked the control plane"
+    );
+    assert_eq!(
+        node_connections.load(Ordering::SeqCst),
+        connected,
+        "a refusal at the cap connected to the node"
+    );
+    // A credential of the same device never seen before is asked about
+    // once (to learn whose it is), and still opens nothing.
+    let jwt = device_jwt(&plane).await;
+    assert_eq!(
+        plane.ws_from(None, "/ws/-/tcp", Some(&jwt)).await.err(),
+        Some(429)
+    );
+    assert_eq!(node_connections.load(Ordering::SeqCst), connected);
+    // One tunnel ends: the next is admitted and connected.
+    drop(open.pop());
+    let mut reopened = None;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(w) = plane.ws_from(None, &tcp, None).await {
+            reopened = Some(w);
+            break;
+        }
+    }
+    let mut again = ss_over(reopened.expect("below the cap again"), &cfg, echo);
+    assert!(round_trip(&mut again, b"again").await);
+    assert_eq!(node_connections.load(Ordering::SeqCst), connected + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_device_cap_holds_across_several_device_jwts_of_one_device() {
+    let plane = Plane::start_with(1, |o| o.max_tunnels_per_device = 3).await;
+    let (echo, cfg) = (echo_server().await, plane.cipher().await);
+    // Device JWTs of one second are the same string: mint them apart.
+    let mut jwts = Vec::new();
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        jwts.push(device_jwt(&plane).await);
+    }
+    for (i, a) in jwts.iter().enumerate() {
+        assert!(!jwts[i + 1..].contains(a), "the JWTs differ");
+    }
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    let mut open = Vec::new();
+    for jwt in &jwts[..2] {
+        let w = plane
+            .ws_from(None, "/ws/-/tcp", Some(jwt))
+            .await
+            .expect("under the cap");
+        open.push(ss_over(w, &cfg, echo));
+    }
+    let w = plane
+        .ws_from(None, &path, None)
+        .await
+        .expect("under the cap");
+    open.push(ss_over(w, &cfg, echo));
+    for s in &mut open {
+        assert!(round_trip(s, b"one device").await);
+    }
+    // Three tunnels of one device, by three credentials: the cap is reached
+    // for every credential of the device, new or used.
+    for jwt in &jwts {
+        assert_eq!(
+            plane.ws_from(None, "/ws/-/tcp", Some(jwt)).await.err(),
+            Some(429),
+            "the device is at its cap"
+        );
+    }
+    assert_eq!(plane.ws_from(None, &path, None).await.err(), Some(429));
+    assert_eq!(
+        plane
+            .ws_from(None, &format!("/ws/{}/udp", plane.device_token), None)
+            .await
+            .err(),
+        Some(429)
+    );
+    // One ends: any credential of the device may take its place.
+    drop(open.remove(0));
+    let mut reopened = None;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(w) = plane.ws_from(None, "/ws/-/tcp", Some(&jwts[3])).await {
+            reopened = Some(w);
+            break;
+        }
+    }
+    let mut s = ss_over(reopened.expect("below the cap again"), &cfg, echo);
+    assert!(round_trip(&mut s, b"the fourth JWT").await);
+}
+
+/// Sends `request` over TLS from `from`; returns the status and the whole
+/// answer (the request asks to close after it).
+async fn exchange(plane: &Plane, from: IpAddr, request: &str) -> (u16, String) {
+    let tcp = plane::connect_from(Some(from), plane.gateway_addr).await;
+    let mut s = plane.tls_over(tcp).await.expect("tls");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+}
+
+/// A complete WebSocket upgrade request for `path` (closing after a refusal).
+fn upgrade(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+fn retry_after(answer: &str) -> Option<u64> {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_guessing_tokens_gets_429_everywhere_while_other_sources_are_served() {
+    let plane = Plane::start_with(1, |o| {
+        o.guess_limit = 3;
+        o.guess_window = Duration::from_secs(3);
+    })
+    .await;
+    let (echo, cfg) = (echo_server().await, plane.cipher().await);
+    // Another loopback address is the guessing source.
+    let guesser: IpAddr = [127, 0, 0, 2].into();
+    let legit: IpAddr = [127, 0, 0, 1].into();
+    let guess = || {
+        let t: String = (0..43)
+            .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
+            .collect();
+        format!("/ws/{t}/tcp")
+    };
+    // Only complete upgrade requests are checked, so only they are guesses.
+    for _ in 0..3 {
+        let (status, answer) = exchange(&plane, guesser, &upgrade(&guess())).await;
+        assert_eq!(status, 404, "within the allowance: {answer}");
+    }
+    let (status, answer) = exchange(&plane, guesser, &upgrade(&guess())).await;
+    assert_eq!(status, 429, "{answer}");
+    let retry = retry_after(&answer).unwrap_or_else(|| panic!("no Retry-After: {answer}"));
+    assert!((1..=3).contains(&retry), "{answer}");
+    let shut_at = Instant::now();
+    // Every request of that source, valid token or not, any path.
+    let valid = format!("/ws/{}/tcp", plane.device_token);
+    for path in [
+        valid.as_str(),
+        "/nope",
+        &format!("/c/{}", plane.device_token),
+        &guess(),
+    ] {
+        let (status, answer) = exchange(&plane, guesser, &get(path)).await;
+        assert_eq!(status, 429, "{path}: {answer}");
+        assert!(retry_after(&answer).is_some(), "{answer}");
+    }
+    assert_eq!(
+        plane.ws_from(Some(guesser), &valid, None).await.err(),
+        Some(429)
+    );
+    // Another source: its valid tunnel opens and works, its own guesses
+    // and unknown paths get the usual 404.
+    let w = plane
+        .ws_from(Some(legit), &valid, None)
+        .await
+        .expect("another source's tunnel");
+    let mut s = ss_over(w, &cfg, echo);
+    assert!(round_trip(&mut s, b"unaffected").await);
+    assert_eq!(exchange(&plane, legit, &get("/nope")).await.0, 404);
+    assert_eq!(exchange(&plane, legit, &upgrade(&guess())).await.0, 404);
+    assert!(gateway_metric(&plane, "httvps_gateway_throttled_total").await >= 5.0);
+    assert!(
+        shut_at.elapsed() < Duration::from_secs(3),
+        "the checks ran within the window"
+    );
+    // After the window the source is served again.
+    tokio::time::sleep(
+        Duration::from_secs(3).saturating_sub(shut_at.elapsed()) + Duration::from_millis(300),
+    )
+    .await;
+    let w = plane
+        .ws_from(Some(guesser), &valid, None)
+        .await
+        .expect("served after the window");
+    let mut s = ss_over(w, &cfg, echo);
+    assert!(round_trip(&mut s, b"forgiven").await);
+}
