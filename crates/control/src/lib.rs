@@ -13,7 +13,8 @@
 //!   node and access events), [`pagination`] and [`validate`] (input checks).
 //! - Edges: [`context`] (the app context and the caller), [`graphql`],
 //!   [`rest`], [`state`] (what handlers get), [`http`] (the server),
-//!   [`metrics`], [`app`] (start-up).
+//!   [`console`] (the embedded web console and GraphiQL), [`metrics`],
+//!   [`app`] (start-up).
 
 pub mod accounts;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalogue;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod db;
 pub mod device_validation;
