@@ -64,14 +64,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/console-BZ-ApVZr.css.br")),
     },
     Asset {
-        path: "assets/console-BrzVxUT7.js",
+        path: "assets/console-CAepkuKi.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"07b1bf2bed00319fd60c\"",
+        etag: "\"0e7d780adc183762d71b\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-BrzVxUT7.js"),
-        gzip: Some(include_bytes!("assets/console-BrzVxUT7.js.gz")),
-        brotli: Some(include_bytes!("assets/console-BrzVxUT7.js.br")),
+        raw: include_bytes!("assets/console-CAepkuKi.js"),
+        gzip: Some(include_bytes!("assets/console-CAepkuKi.js.gz")),
+        brotli: Some(include_bytes!("assets/console-CAepkuKi.js.br")),
     },
     Asset {
         path: "assets/dialog-DiiuO5o-.js",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"f352844c59288f164915\"",
+        etag: "\"dced82a576ebc38e061e\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

@@ -74,8 +74,9 @@ export function UsageChart(props: {
           axes: [{ ...axis }, { ...axis, size: 64, values: (_u, ticks) => ticks.map((t) => bytes(t)) }],
           series: [
             {},
-            { label: 'to clients', stroke: downColour, fill: `${downColour}99`, paths: bars, points: { show: false } },
-            { label: 'from clients', stroke: upColour, fill: `${upColour}99`, paths: bars, points: { show: false } },
+            // Filled bars without outlines: empty periods draw nothing.
+            { label: 'to clients', stroke: downColour, width: 0, fill: `${downColour}bb`, paths: bars, points: { show: false } },
+            { label: 'from clients', stroke: upColour, width: 0, fill: `${upColour}bb`, paths: bars, points: { show: false } },
           ],
         },
         [xs, down, up],

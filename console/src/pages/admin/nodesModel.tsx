@@ -2,6 +2,8 @@
 // `nodeEvents`: status, health, load and heartbeats change in place without
 // a reload; registrations and deletions re-read the lists; so does a
 // reconnect of the live socket (events sent while it was down are gone).
+// Heartbeats that change nothing are not events, so the lists are also
+// re-read every few seconds to keep "last heartbeat" honest.
 
 import { useRef } from 'preact/hooks';
 
@@ -9,7 +11,7 @@ import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
 import type { Connection, GatewayNode, NodeEvent, NodeStatus, OutlineNode } from '../../api/types';
 import { Badge } from '../../ui/components';
-import { useLive, useQuery } from '../../ui/hooks';
+import { useLive, usePoll, useQuery } from '../../ui/hooks';
 
 export interface Nodes {
   outline: OutlineNode[];
@@ -19,6 +21,8 @@ export interface Nodes {
 }
 
 const FIRST = 100;
+/** How often the lists are re-read besides the events. */
+const REREAD_MS = 10_000;
 
 function patchStatus(s: string): NodeStatus {
   const up = s.toUpperCase();
@@ -93,6 +97,7 @@ export function useNodes() {
     },
     { onReconnect: q.reload },
   );
+  usePoll(q.reload, REREAD_MS);
   return q;
 }
 
