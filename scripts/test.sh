@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The test command: makes sure PostgreSQL is up, then runs the whole suite
-# (PostgreSQL and SQLite, real sockets on 127.0.0.1).
+# (PostgreSQL and SQLite, real sockets on 127.0.0.1), then the console's
+# checks: its committed build matches its sources, and it works in Chromium
+# against `httvps up` and `httvps serve` (these need Node 20.19+; Chromium is
+# installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh
@@ -18,3 +21,5 @@ fi
 # Load tests open a few thousand sockets.
 ulimit -n 65536 2>/dev/null || true
 cargo test --workspace --all-targets "$@"
+scripts/console-drift.sh
+scripts/browser-tests.sh

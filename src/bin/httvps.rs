@@ -187,12 +187,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             httvps::up::run_up(report, gateway_port, httvps::shutdown_signal(), |addr, plane| {
                 let base = format!("http://{addr}");
+                println!("console:       {base}/console/  (sign in as the admin)");
                 println!("control plane: {base}  (GraphiQL {base}/graphiql, health {base}/api/v1/health, metrics {base}/metrics)");
                 println!("gateway:       https://{}  (self-signed certificate {})", plane.gateway_addr, plane.cert.display());
                 println!("node:          {} (region local)", plane.node_addr);
                 println!("next steps:");
-                println!("  1. in GraphiQL: login as the admin, then createPlan, signUp a user (or use the admin), grantSubscription,");
-                println!("     login as that user and registerDevice(name:\"laptop\", platform:\"linux\") -> accessToken and links");
+                println!("  1. in the console (or GraphiQL): as the admin create a plan and grant it (to yourself or a new user),");
+                println!("     then, as that user, add a device -> its access token, links and QR codes");
                 println!("  2. httvps-relay connect --backend {base} --device-token <accessToken> --socks 127.0.0.1:1080 --ca-cert {}", plane.cert.display());
                 println!("  3. curl --socks5-hostname 127.0.0.1:1080 {base}/api/v1/health   (any page, through the tunnel)");
             })

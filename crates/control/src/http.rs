@@ -5,10 +5,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::http::GraphiQLSource;
 use axum::extract::{DefaultBodyLimit, Query as QueryParams, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -33,9 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
         .merge(super::rest::routes());
-    if state.debug {
-        app = app.route("/graphiql", get(graphiql));
-    }
+    app = app.merge(super::console::routes(state.debug));
     app.fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -130,15 +127,6 @@ async fn prometheus(State(state): State<AppState>) -> Response {
 
 async fn not_found() -> AppError {
     AppError::NotFound("route")
-}
-
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .finish(),
-    )
 }
 
 /// Resolves the caller from `Authorization: Bearer`. No header: anonymous.

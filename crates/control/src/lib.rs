@@ -18,7 +18,8 @@
 //!   [`node_assignment`], [`heartbeats`], [`sessions`], [`usage_accounting`].
 //! - Edges: [`context`] (the app context and the signed-in viewer),
 //!   [`graphql`], [`rest`], [`state`] (what handlers get), [`http`] (the
-//!   server), [`metrics`], [`app`] (start-up).
+//!   server), [`console`] (the embedded web console and GraphiQL),
+//!   [`metrics`], [`app`] (start-up).
 
 pub mod access;
 pub mod accounts;
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalogue;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod db;
 pub mod devices;

@@ -1,0 +1,92 @@
+// Every GraphQL document the console sends, in one place, so the console's
+// use of the API can be read (and compared with schema.graphql) at a glance.
+
+const USER = 'id email role status createdAt';
+const PLAN =
+  'id name priceCents currency durationDays trafficLimitBytes deviceLimit resetPeriod archived createdAt';
+const REGION = 'id code name poolMethod createdAt';
+const SUBSCRIPTION =
+  'id status startsAt expiresAt trafficLimitBytes trafficUsedBytes periodStart';
+const DEVICE = 'id name platform status lastSeenAt createdAt revokedAt';
+const OUTLINE_NODE =
+  'id name host port method usesPoolKey status health capacity load bytesIn bytesOut lastHeartbeatAt version createdAt region { id code name }';
+const GATEWAY_NODE =
+  'id name publicUrl status health openTunnels lastHeartbeatAt version createdAt region { id code name }';
+const SESSION = `id startedAt lastActivityAt endedAt endReason bytesUp bytesDown
+  device { id name user { id email } } outlineNode { id name region { code } } gatewayNode { id name }`;
+const CREDENTIALS = `device { ${DEVICE} } accessToken links { ssconf sip002 }`;
+const PAGE = 'pageInfo { hasNextPage endCursor }';
+
+// Accounts
+export const USERS = `query Users($filter: UserFilterInput, $first: Int, $after: String) {
+  users(filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${USER} } } }`;
+export const USER_DETAIL = `query UserDetail($id: UUID!) { user(id: $id) { ${USER} } }`;
+export const SET_USER_STATUS = `mutation SetUserStatus($id: UUID!, $status: UserStatus!) {
+  setUserStatus(id: $id, status: $status) { ${USER} } }`;
+export const SET_USER_ROLE = `mutation SetUserRole($id: UUID!, $role: Role!) {
+  setUserRole(id: $id, role: $role) { ${USER} } }`;
+
+// Catalogue
+export const PLANS = `query Plans($includeArchived: Boolean!, $first: Int, $after: String) {
+  plans(includeArchived: $includeArchived, first: $first, after: $after) { ${PAGE} nodes { ${PLAN} } } }`;
+export const CREATE_PLAN = `mutation CreatePlan($input: CreatePlanInput!) { createPlan(input: $input) { ${PLAN} } }`;
+export const UPDATE_PLAN = `mutation UpdatePlan($id: UUID!, $input: UpdatePlanInput!) {
+  updatePlan(id: $id, input: $input) { ${PLAN} } }`;
+export const ARCHIVE_PLAN = `mutation ArchivePlan($id: UUID!) { archivePlan(id: $id) { ${PLAN} } }`;
+export const REGIONS = `query Regions($first: Int, $after: String) {
+  regions(first: $first, after: $after) { ${PAGE} nodes { ${REGION} } } }`;
+export const CREATE_REGION = `mutation CreateRegion($code: String!, $name: String!, $poolMethod: String) {
+  createRegion(code: $code, name: $name, poolMethod: $poolMethod) { ${REGION} } }`;
+
+// Subscriptions (the billing record)
+export const SUBSCRIPTIONS = `query Subscriptions($filter: SubscriptionFilterInput, $first: Int, $after: String) {
+  subscriptions(filter: $filter, first: $first, after: $after) {
+    ${PAGE} nodes { ${SUBSCRIPTION} user { id email } plan { id name deviceLimit resetPeriod } } } }`;
+export const GRANT = `mutation Grant($userId: UUID!, $planId: UUID!) {
+  grantSubscription(userId: $userId, planId: $planId) { ${SUBSCRIPTION} } }`;
+export const EXTEND = `mutation Extend($id: UUID!, $days: Int!) {
+  extendSubscription(id: $id, days: $days) { ${SUBSCRIPTION} } }`;
+export const CANCEL = `mutation Cancel($id: UUID!) { cancelSubscription(id: $id) { ${SUBSCRIPTION} } }`;
+
+// Devices
+export const DEVICES = `query Devices($filter: DeviceFilterInput, $first: Int, $after: String) {
+  devices(filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${DEVICE} user { id email } } } }`;
+// Own devices: the server restricts users to theirs; admins filter on themselves.
+export const MY_DEVICES = `query MyDevices($userId: UUID!, $first: Int, $after: String) {
+  devices(filter: { userId: $userId }, first: $first, after: $after) { ${PAGE} nodes { ${DEVICE} } } }`;
+export const REGISTER_DEVICE = `mutation RegisterDevice($name: String!, $platform: String!) {
+  registerDevice(name: $name, platform: $platform) { ${CREDENTIALS} } }`;
+export const REVOKE_DEVICE = `mutation RevokeDevice($id: UUID!) { revokeDevice(id: $id) { ${DEVICE} } }`;
+export const ROTATE_DEVICE = `mutation RotateDevice($id: UUID!) { rotateDeviceToken(id: $id) { ${CREDENTIALS} } }`;
+
+// Nodes
+export const OUTLINE_NODES = `query OutlineNodes($region: String, $filter: NodeFilterInput, $first: Int, $after: String) {
+  outlineNodes(region: $region, filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${OUTLINE_NODE} } } }`;
+export const GATEWAY_NODES = `query GatewayNodes($region: String, $filter: NodeFilterInput, $first: Int, $after: String) {
+  gatewayNodes(region: $region, filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${GATEWAY_NODE} } } }`;
+export const REGISTER_OUTLINE_NODE = `mutation RegisterOutlineNode($input: RegisterOutlineNodeInput!) {
+  registerOutlineNode(input: $input) { token node { ${OUTLINE_NODE} } } }`;
+export const REGISTER_GATEWAY_NODE = `mutation RegisterGatewayNode($input: RegisterGatewayNodeInput!) {
+  registerGatewayNode(input: $input) { token node { ${GATEWAY_NODE} } } }`;
+export const SET_NODE_STATUS = `mutation SetNodeStatus($id: UUID!, $status: NodeStatus!) {
+  setNodeStatus(id: $id, status: $status) { __typename ... on OutlineNode { id status } ... on GatewayNode { id status } } }`;
+export const DELETE_NODE = `mutation DeleteNode($id: UUID!) { deleteNode(id: $id) }`;
+export const ROTATE_NODE_TOKEN = `mutation RotateNodeToken($id: UUID!) { rotateNodeToken(id: $id) }`;
+
+// Activity
+export const SESSIONS = `query Sessions($filter: SessionFilterInput, $first: Int, $after: String) {
+  sessions(filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${SESSION} } } }`;
+export const USAGE = `query Usage($userId: UUID, $nodeId: UUID, $from: DateTime!, $to: DateTime!, $granularity: Granularity!) {
+  usage(userId: $userId, nodeId: $nodeId, from: $from, to: $to, granularity: $granularity) { periodStart bytesUp bytesDown } }`;
+export const AUDIT_LOG = `query AuditLog($filter: AuditFilterInput, $first: Int, $after: String) {
+  auditLog(filter: $filter, first: $first, after: $after) {
+    ${PAGE} nodes { id actorUserId action targetType targetId details createdAt } } }`;
+
+// Subscriber pages
+export const MY_PLAN = `query MyPlan($userId: UUID!, $first: Int) {
+  me { ${USER} }
+  subscriptions(filter: { userId: $userId }, first: $first) { ${PAGE} nodes { ${SUBSCRIPTION} plan { id name deviceLimit resetPeriod } } } }`;
+
+// Live
+export const NODE_EVENTS = `subscription NodeEvents($region: String) {
+  nodeEvents(region: $region) { nodeId nodeKind region kind status health load capacity at } }`;

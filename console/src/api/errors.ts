@@ -1,0 +1,95 @@
+// Errors of the GraphQL API as the console shows them. The server gives every
+// error a stable `extensions.code`; the text here says what the reader can do.
+
+/** The codes of the public API (README, "APIs"), plus the console's own. */
+export type ErrorCode =
+  | 'BAD_REQUEST'
+  | 'UNAUTHENTICATED'
+  | 'FORBIDDEN'
+  | 'NOT_FOUND'
+  | 'CONFLICT'
+  | 'LIMIT_EXCEEDED'
+  | 'UNAVAILABLE'
+  | 'INTERNAL'
+  | 'NETWORK'
+  | 'SESSION_ENDED';
+
+/** One failed GraphQL operation. */
+export class ApiError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly requestId?: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+interface GraphQLErrorShape {
+  message?: string;
+  extensions?: { code?: string; requestId?: string };
+}
+
+const KNOWN = new Set<string>([
+  'BAD_REQUEST',
+  'UNAUTHENTICATED',
+  'FORBIDDEN',
+  'NOT_FOUND',
+  'CONFLICT',
+  'LIMIT_EXCEEDED',
+  'UNAVAILABLE',
+  'INTERNAL',
+]);
+
+/** The first error of a GraphQL response as an [`ApiError`]. */
+export function fromGraphQL(errors: readonly GraphQLErrorShape[]): ApiError {
+  const e = errors[0] ?? {};
+  const raw = e.extensions?.code ?? 'INTERNAL';
+  const code = (KNOWN.has(raw) ? raw : 'BAD_REQUEST') as ErrorCode;
+  return new ApiError(code, e.message ?? 'unknown error', e.extensions?.requestId);
+}
+
+/** Whether an error says the document uses a field this server lacks. */
+export function isUnknownField(err: unknown): boolean {
+  return (
+    err instanceof ApiError &&
+    err.code === 'BAD_REQUEST' &&
+    /Unknown (field|argument|type)/i.test(err.message)
+  );
+}
+
+function capitalised(s: string): string {
+  return s.length ? s[0]!.toUpperCase() + s.slice(1) : s;
+}
+
+/** A sentence for the reader: what went wrong and what to do. */
+export function describe(err: unknown): string {
+  if (!(err instanceof ApiError)) {
+    return 'Something went wrong in the console. Reload the page and try again.';
+  }
+  switch (err.code) {
+    case 'BAD_REQUEST':
+      return `The server refused this: ${err.message}.`;
+    case 'UNAUTHENTICATED':
+      return 'You are not signed in (or your session ended). Sign in again.';
+    case 'SESSION_ENDED':
+      return 'Your session ended. Sign in again.';
+    case 'FORBIDDEN':
+      return 'Your account is not allowed to do this.';
+    case 'NOT_FOUND':
+      return `${capitalised(err.message)}: it may have been deleted. Reload the list.`;
+    case 'CONFLICT':
+      return `Conflict: ${err.message}.`;
+    case 'LIMIT_EXCEEDED':
+      return `Limit reached: ${err.message}.`;
+    case 'UNAVAILABLE':
+      return `The service is unavailable right now (${err.message}). Try again in a moment.`;
+    case 'INTERNAL':
+      return err.requestId
+        ? `The server failed (request id ${err.requestId}). Give this id to the operator.`
+        : 'The server failed. Try again; if it persists, tell the operator.';
+    case 'NETWORK':
+      return 'The server cannot be reached. Check the connection and try again.';
+  }
+}

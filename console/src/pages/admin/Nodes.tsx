@@ -1,0 +1,412 @@
+// Operator: Outline nodes and gateways. Register (the machine token is shown
+// once, with a copy button and the command that uses it), drain, disable,
+// re-activate, rotate the token, delete; status live from nodeEvents.
+
+import { useState } from 'preact/hooks';
+
+import * as doc from '../../api/documents';
+import { gql } from '../../api/graphql';
+import type { Connection, GatewayNode, NodeStatus, Region } from '../../api/types';
+import {
+  Async,
+  Button,
+  ConfirmButton,
+  Dialog,
+  Empty,
+  ErrorNote,
+  Field,
+  OnceValue,
+  Page,
+  Table,
+  toast,
+  useAction,
+} from '../../ui/components';
+import { ago } from '../../ui/format';
+import { useNow, useQuery } from '../../ui/hooks';
+import { LoadCell, NodeState, useNodes } from './nodesModel';
+
+const CIPHERS = ['chacha20-ietf-poly1305', 'aes-128-gcm', 'aes-256-gcm'];
+
+function useRegions() {
+  return useQuery((signal) => gql<{ regions: Connection<Region> }>(doc.REGIONS, { first: 100 }, signal), []);
+}
+
+/** The machine token, shown once after registering or rotating. */
+function TokenDialog(props: { title: string; token: string; kind: 'node' | 'gateway'; onClose: () => void }) {
+  const backend = location.origin;
+  const command =
+    props.kind === 'node'
+      ? `httvps-relay node --backend ${backend} --token ${props.token}`
+      : `httvps-relay gateway --backend ${backend} --token ${props.token} --listen 0.0.0.0:443 --cert gw.crt --key gw.key --public-url https://…`;
+  return (
+    <Dialog title={props.title} onClose={props.onClose} wide>
+      <p class="note warn">
+        This token is shown only now and is stored hashed. Copy it to the machine; if it is lost, rotate
+        the token.
+      </p>
+      <OnceValue label="Machine token" value={props.token} testId="machine-token" />
+      <OnceValue label="Command" value={command} />
+      <footer class="dialog-foot">
+        <Button variant="primary" onClick={props.onClose}>
+          Done
+        </Button>
+      </footer>
+    </Dialog>
+  );
+}
+
+function RegionSelect(props: { id: string; regions: Region[]; value: string; onChange: (v: string) => void }) {
+  return (
+    <select id={props.id} required value={props.value} onChange={(e) => props.onChange(e.currentTarget.value)}>
+      <option value="" disabled>
+        Choose a region
+      </option>
+      {props.regions.map((r) => (
+        <option key={r.id} value={r.code}>
+          {r.name} ({r.code})
+        </option>
+      ))}
+    </select>
+  );
+}
+
+function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: (t: string) => void }) {
+  const [region, setRegion] = useState(props.regions[0]?.code ?? '');
+  const [name, setName] = useState('');
+  const [host, setHost] = useState('');
+  const [port, setPort] = useState('8388');
+  const [capacity, setCapacity] = useState('1000');
+  const [ownKey, setOwnKey] = useState(false);
+  const [method, setMethod] = useState(CIPHERS[0]!);
+  const [secret, setSecret] = useState('');
+  const act = useAction(async () => {
+    const input: Record<string, unknown> = {
+      region,
+      name: name.trim(),
+      host: host.trim(),
+      port: Number(port),
+      capacity: Number(capacity),
+    };
+    if (ownKey) Object.assign(input, { method, secret });
+    const d = await gql<{ registerOutlineNode: { token: string } }>(doc.REGISTER_OUTLINE_NODE, { input });
+    props.onToken(d.registerOutlineNode.token);
+  });
+  return (
+    <Dialog title="Register an Outline node" onClose={props.onClose}>
+      <form
+        class="form-grid"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        <Field label="Region">
+          {(id) => <RegionSelect id={id} regions={props.regions} value={region} onChange={setRegion} />}
+        </Field>
+        <Field label="Name" hint="Unique, e.g. fra-1.">
+          {(id, hint) => (
+            <input id={id} required maxLength={100} aria-describedby={hint} value={name} onInput={(e) => setName(e.currentTarget.value)} />
+          )}
+        </Field>
+        <Field label="Host" hint="Address the gateways reach it at.">
+          {(id, hint) => (
+            <input id={id} required maxLength={253} aria-describedby={hint} value={host} onInput={(e) => setHost(e.currentTarget.value)} />
+          )}
+        </Field>
+        <Field label="Port">
+          {(id) => (
+            <input id={id} type="number" required min={1} max={65535} value={port} onInput={(e) => setPort(e.currentTarget.value)} />
+          )}
+        </Field>
+        <Field label="Capacity" hint="Most concurrent sessions.">
+          {(id, hint) => (
+            <input id={id} type="number" required min={1} aria-describedby={hint} value={capacity} onInput={(e) => setCapacity(e.currentTarget.value)} />
+          )}
+        </Field>
+        <div class="field check">
+          <label>
+            <input type="checkbox" checked={ownKey} onChange={(e) => setOwnKey(e.currentTarget.checked)} /> Own
+            Shadowsocks key (a stock server; a pool of one)
+          </label>
+        </div>
+        {ownKey && (
+          <>
+            <Field label="Cipher">
+              {(id) => (
+                <select id={id} value={method} onChange={(e) => setMethod(e.currentTarget.value)}>
+                  {CIPHERS.map((c) => (
+                    <option key={c}>{c}</option>
+                  ))}
+                </select>
+              )}
+            </Field>
+            <Field label="Password" hint="8 to 256 characters.">
+              {(id, hint) => (
+                <input id={id} required minLength={8} maxLength={256} aria-describedby={hint} value={secret} onInput={(e) => setSecret(e.currentTarget.value)} />
+              )}
+            </Field>
+          </>
+        )}
+        <ErrorNote error={act.error} />
+        <footer class="dialog-foot">
+          <Button onClick={props.onClose}>Cancel</Button>
+          <Button type="submit" variant="primary" busy={act.busy}>
+            Register node
+          </Button>
+        </footer>
+      </form>
+    </Dialog>
+  );
+}
+
+function RegisterGateway(props: { regions: Region[]; onClose: () => void; onToken: (t: string) => void }) {
+  const [region, setRegion] = useState(props.regions[0]?.code ?? '');
+  const [name, setName] = useState('');
+  const [url, setUrl] = useState('https://');
+  const act = useAction(async () => {
+    const d = await gql<{ registerGatewayNode: { token: string } }>(doc.REGISTER_GATEWAY_NODE, {
+      input: { region, name: name.trim(), publicUrl: url.trim() },
+    });
+    props.onToken(d.registerGatewayNode.token);
+  });
+  return (
+    <Dialog title="Register a gateway" onClose={props.onClose}>
+      <form
+        class="form-grid"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        <Field label="Region">
+          {(id) => <RegionSelect id={id} regions={props.regions} value={region} onChange={setRegion} />}
+        </Field>
+        <Field label="Name" hint="Unique, e.g. gw-fra-1.">
+          {(id, hint) => (
+            <input id={id} required maxLength={100} aria-describedby={hint} value={name} onInput={(e) => setName(e.currentTarget.value)} />
+          )}
+        </Field>
+        <Field label="Public URL" hint="What clients connect to, e.g. https://gw1.example.com.">
+          {(id, hint) => (
+            <input id={id} type="url" required aria-describedby={hint} value={url} onInput={(e) => setUrl(e.currentTarget.value)} />
+          )}
+        </Field>
+        <ErrorNote error={act.error} />
+        <footer class="dialog-foot">
+          <Button onClick={props.onClose}>Cancel</Button>
+          <Button type="submit" variant="primary" busy={act.busy}>
+            Register gateway
+          </Button>
+        </footer>
+      </form>
+    </Dialog>
+  );
+}
+
+/** Drain / disable / activate / rotate / delete, for either kind. */
+function NodeActions(props: {
+  node: { id: string; name: string; status: NodeStatus };
+  kind: 'node' | 'gateway';
+  changed: () => void;
+  onToken: (title: string, token: string) => void;
+}) {
+  const { node } = props;
+  const setStatus = (status: NodeStatus) => async () => {
+    await gql(doc.SET_NODE_STATUS, { id: node.id, status });
+    toast(`${node.name}: ${status.toLowerCase()}`);
+  };
+  return (
+    <span class="row-actions">
+      {node.status !== 'ACTIVE' && (
+        <ConfirmButton
+          small
+          label="Activate"
+          title={`Activate ${node.name}?`}
+          body="It takes new sessions again."
+          action={setStatus('ACTIVE')}
+          done={props.changed}
+        />
+      )}
+      {node.status === 'ACTIVE' && (
+        <ConfirmButton
+          small
+          label="Drain"
+          title={`Drain ${node.name}?`}
+          body="Open sessions stay; new ones go elsewhere."
+          action={setStatus('DRAINING')}
+          done={props.changed}
+        />
+      )}
+      {node.status !== 'DISABLED' && (
+        <ConfirmButton
+          small
+          label="Disable"
+          title={`Disable ${node.name}?`}
+          body="It is taken out of service."
+          action={setStatus('DISABLED')}
+          done={props.changed}
+        />
+      )}
+      <ConfirmButton
+        small
+        label="Rotate token"
+        title={`New token for ${node.name}?`}
+        body="The current token stops working at once: the machine must be given the new one."
+        action={async () => {
+          const d = await gql<{ rotateNodeToken: string }>(doc.ROTATE_NODE_TOKEN, { id: node.id });
+          props.onToken(`New token for ${node.name}`, d.rotateNodeToken);
+        }}
+      />
+      <ConfirmButton
+        small
+        variant="danger"
+        label="Delete"
+        title={`Delete ${node.name}?`}
+        body="It is removed from the registry and its token stops working; sessions keep their history."
+        action={async () => {
+          await gql(doc.DELETE_NODE, { id: node.id });
+          toast(`${node.name} deleted`);
+        }}
+        done={props.changed}
+      />
+    </span>
+  );
+}
+
+export function Nodes() {
+  const now = useNow(1000);
+  const nodes = useNodes();
+  const regions = useRegions();
+  const [dialog, setDialog] = useState<'node' | 'gateway' | null>(null);
+  const [token, setToken] = useState<{ title: string; token: string; kind: 'node' | 'gateway' } | null>(null);
+  const regionList = regions.data?.regions.nodes ?? [];
+
+  return (
+    <Page
+      title="Nodes and gateways"
+      actions={
+        <>
+          <Button variant="primary" disabled={!regionList.length} onClick={() => setDialog('node')}>
+            Register node
+          </Button>
+          <Button disabled={!regionList.length} onClick={() => setDialog('gateway')}>
+            Register gateway
+          </Button>
+        </>
+      }
+    >
+      {regions.data && !regionList.length && (
+        <p class="note info">Create a region first: nodes and gateways belong to one.</p>
+      )}
+      <section class="card" aria-labelledby="outline-title">
+        <h2 id="outline-title">Outline nodes</h2>
+        <Async q={nodes}>
+          {(d) =>
+            d.outline.length === 0 ? (
+              <Empty>No Outline nodes registered.</Empty>
+            ) : (
+              <Table
+                label="Outline nodes"
+                head={['Node', 'Region', 'Address', 'Status', 'Load', 'Last heartbeat', 'Key', '']}
+              >
+                {d.outline.map((n) => (
+                  <tr key={n.id} data-node-id={n.id}>
+                    <th scope="row">
+                      {n.name}
+                      {n.version && <div class="muted small">v{n.version}</div>}
+                    </th>
+                    <td>{n.region?.code ?? '—'}</td>
+                    <td class="mono">
+                      {n.host}:{n.port}
+                    </td>
+                    <td class="node-status">
+                      <NodeState status={n.status} health={n.health} />
+                    </td>
+                    <td>
+                      <LoadCell load={n.load} capacity={n.capacity} />
+                    </td>
+                    <td title={n.lastHeartbeatAt ?? undefined}>{ago(n.lastHeartbeatAt, now)}</td>
+                    <td>
+                      {n.usesPoolKey ? 'pool' : 'own'} <span class="muted small">{n.method}</span>
+                    </td>
+                    <td>
+                      <NodeActions
+                        node={n}
+                        kind="node"
+                        changed={nodes.reload}
+                        onToken={(title, t) => setToken({ title, token: t, kind: 'node' })}
+                      />
+                    </td>
+                  </tr>
+                ))}
+              </Table>
+            )
+          }
+        </Async>
+      </section>
+      <section class="card" aria-labelledby="gateways-title">
+        <h2 id="gateways-title">Gateways</h2>
+        <Async q={nodes}>
+          {(d) =>
+            d.gateways.length === 0 ? (
+              <Empty>No gateways registered. Devices get links once there is one.</Empty>
+            ) : (
+              <Table
+                label="Gateways"
+                head={['Gateway', 'Region', 'Public URL', 'Status', 'Open tunnels', 'Last heartbeat', '']}
+              >
+                {d.gateways.map((g: GatewayNode) => (
+                  <tr key={g.id} data-node-id={g.id}>
+                    <th scope="row">
+                      {g.name}
+                      {g.version && <div class="muted small">v{g.version}</div>}
+                    </th>
+                    <td>{g.region?.code ?? '—'}</td>
+                    <td class="mono">{g.publicUrl}</td>
+                    <td class="node-status">
+                      <NodeState status={g.status} health={g.health} />
+                    </td>
+                    <td>{g.openTunnels}</td>
+                    <td title={g.lastHeartbeatAt ?? undefined}>{ago(g.lastHeartbeatAt, now)}</td>
+                    <td>
+                      <NodeActions
+                        node={g}
+                        kind="gateway"
+                        changed={nodes.reload}
+                        onToken={(title, t) => setToken({ title, token: t, kind: 'gateway' })}
+                      />
+                    </td>
+                  </tr>
+                ))}
+              </Table>
+            )
+          }
+        </Async>
+      </section>
+      {nodes.data?.truncated && <p class="muted">Showing the first 100 of each kind.</p>}
+      {dialog === 'node' && (
+        <RegisterNode
+          regions={regionList}
+          onClose={() => setDialog(null)}
+          onToken={(t) => {
+            setDialog(null);
+            setToken({ title: 'Node registered', token: t, kind: 'node' });
+            nodes.reload();
+          }}
+        />
+      )}
+      {dialog === 'gateway' && (
+        <RegisterGateway
+          regions={regionList}
+          onClose={() => setDialog(null)}
+          onToken={(t) => {
+            setDialog(null);
+            setToken({ title: 'Gateway registered', token: t, kind: 'gateway' });
+            nodes.reload();
+          }}
+        />
+      )}
+      {token && <TokenDialog {...token} onClose={() => setToken(null)} />}
+    </Page>
+  );
+}

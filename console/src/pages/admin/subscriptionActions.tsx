@@ -1,0 +1,186 @@
+// Granting, extending and cancelling subscriptions (the billing record), used
+// by the subscriptions page and a user's page.
+
+import { useEffect, useState } from 'preact/hooks';
+
+import * as doc from '../../api/documents';
+import { ApiError } from '../../api/errors';
+import { gql } from '../../api/graphql';
+import type { Connection, Plan, Subscription, User } from '../../api/types';
+import { Button, ConfirmButton, Dialog, ErrorNote, Field, toast, useAction } from '../../ui/components';
+import { bytes, money } from '../../ui/format';
+import { useQuery } from '../../ui/hooks';
+
+/** Email field that suggests matching accounts and resolves to one. */
+function useUserSearch(text: string) {
+  const [matches, setMatches] = useState<User[]>([]);
+  useEffect(() => {
+    const t = text.trim();
+    if (t.length < 2) return setMatches([]);
+    const ctl = new AbortController();
+    const timer = setTimeout(() => {
+      gql<{ users: Connection<User> }>(doc.USERS, { filter: { emailContains: t }, first: 10 }, ctl.signal).then(
+        (d) => setMatches(d.users.nodes),
+        () => undefined,
+      );
+    }, 200);
+    return () => {
+      clearTimeout(timer);
+      ctl.abort();
+    };
+  }, [text]);
+  return matches;
+}
+
+export function GrantDialog(props: { user?: Pick<User, 'id' | 'email'>; onClose: () => void; onGranted: () => void }) {
+  const [email, setEmail] = useState(props.user?.email ?? '');
+  const [planId, setPlanId] = useState('');
+  const matches = useUserSearch(props.user ? '' : email);
+  const plans = useQuery(
+    (signal) => gql<{ plans: Connection<Plan> }>(doc.PLANS, { includeArchived: false, first: 100 }, signal),
+    [],
+  );
+  const planList = plans.data?.plans.nodes ?? [];
+  useEffect(() => {
+    if (!planId && planList[0]) setPlanId(planList[0].id);
+  }, [planList.length]);
+  const act = useAction(async () => {
+    let userId = props.user?.id;
+    if (!userId) {
+      const wanted = email.trim().toLowerCase();
+      const found =
+        matches.find((u) => u.email === wanted) ??
+        (await gql<{ users: Connection<User> }>(doc.USERS, { filter: { emailContains: wanted }, first: 10 })).users.nodes.find(
+          (u) => u.email === wanted,
+        );
+      if (!found) throw new ApiError('NOT_FOUND', `no account with the email ${wanted}`);
+      userId = found.id;
+    }
+    await gql(doc.GRANT, { userId, planId });
+    const plan = planList.find((p) => p.id === planId);
+    toast(`${plan?.name ?? 'Plan'} granted to ${email.trim()}`);
+    props.onGranted();
+  });
+  return (
+    <Dialog title={props.user ? `Grant a plan to ${props.user.email}` : 'Grant a plan'} onClose={props.onClose}>
+      <p class="muted">The subscription starts now. A user with an active subscription must have it extended or cancelled first.</p>
+      <form
+        class="form-grid"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        {!props.user && (
+          <Field label="User's email">
+            {(id) => (
+              <>
+                <input
+                  id={id}
+                  type="email"
+                  required
+                  list={`${id}-list`}
+                  autocomplete="off"
+                  value={email}
+                  onInput={(e) => setEmail(e.currentTarget.value)}
+                />
+                <datalist id={`${id}-list`}>
+                  {matches.map((u) => (
+                    <option key={u.id} value={u.email} />
+                  ))}
+                </datalist>
+              </>
+            )}
+          </Field>
+        )}
+        <Field label="Plan">
+          {(id) => (
+            <select id={id} required value={planId} onChange={(e) => setPlanId(e.currentTarget.value)}>
+              {planList.length === 0 && <option value="">No plans: create one first</option>}
+              {planList.map((p) => (
+                <option key={p.id} value={p.id}>
+                  {p.name} · {p.durationDays} days · {p.trafficLimitBytes ? bytes(p.trafficLimitBytes) : 'unlimited'} ·{' '}
+                  {money(p.priceCents, p.currency)}
+                </option>
+              ))}
+            </select>
+          )}
+        </Field>
+        <ErrorNote error={act.error ?? plans.error} />
+        <footer class="dialog-foot">
+          <Button onClick={props.onClose}>Cancel</Button>
+          <Button type="submit" variant="primary" busy={act.busy} disabled={!planId}>
+            Grant plan
+          </Button>
+        </footer>
+      </form>
+    </Dialog>
+  );
+}
+
+function ExtendDialog(props: { sub: Subscription; onClose: () => void; onDone: () => void }) {
+  const [days, setDays] = useState('30');
+  const act = useAction(async () => {
+    await gql(doc.EXTEND, { id: props.sub.id, days: Number(days) });
+    toast(`Extended by ${days} days`);
+    props.onDone();
+  });
+  return (
+    <Dialog title="Extend subscription" onClose={props.onClose}>
+      <form
+        class="form-grid"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        <Field label="Days to add">
+          {(id) => (
+            <input id={id} type="number" min={1} max={3660} required value={days} onInput={(e) => setDays(e.currentTarget.value)} />
+          )}
+        </Field>
+        <ErrorNote error={act.error} />
+        <footer class="dialog-foot">
+          <Button onClick={props.onClose}>Cancel</Button>
+          <Button type="submit" variant="primary" busy={act.busy}>
+            Extend
+          </Button>
+        </footer>
+      </form>
+    </Dialog>
+  );
+}
+
+export function SubscriptionActions(props: { sub: Subscription; changed: () => void }) {
+  const [extending, setExtending] = useState(false);
+  if (props.sub.status === 'CANCELLED') return null;
+  return (
+    <span class="row-actions">
+      <Button small onClick={() => setExtending(true)}>
+        Extend
+      </Button>
+      {props.sub.status === 'ACTIVE' && (
+        <ConfirmButton
+          small
+          variant="danger"
+          label="Cancel"
+          title="Cancel this subscription?"
+          body="It ends now and the user's tunnels are closed."
+          confirmLabel="Cancel subscription"
+          action={() => gql(doc.CANCEL, { id: props.sub.id })}
+          done={props.changed}
+        />
+      )}
+      {extending && (
+        <ExtendDialog
+          sub={props.sub}
+          onClose={() => setExtending(false)}
+          onDone={() => {
+            setExtending(false);
+            props.changed();
+          }}
+        />
+      )}
+    </span>
+  );
+}

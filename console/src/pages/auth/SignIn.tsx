@@ -1,0 +1,169 @@
+// Sign in and sign up: the pages of signed-out visitors.
+
+import { useState } from 'preact/hooks';
+
+import { ApiError } from '../../api/errors';
+import { login, signUp } from '../../api/session';
+import { useSignUpEnabled } from '../../pending/signUpSetting';
+import { Button, ErrorNote, Field, Link, useAction } from '../../ui/components';
+
+function Shell(props: { title: string; children: preact.ComponentChildren }) {
+  return (
+    <main class="auth" id="main">
+      <div class="auth-box">
+        <p class="brand" aria-hidden="true">
+          httvps
+        </p>
+        <h1>{props.title}</h1>
+        {props.children}
+      </div>
+    </main>
+  );
+}
+
+/** Wrong credentials read better than the generic UNAUTHENTICATED text. */
+function loginError(e: unknown): unknown {
+  if (e instanceof ApiError && e.code === 'UNAUTHENTICATED') {
+    return new ApiError('BAD_REQUEST', 'wrong email or password, or the account is disabled');
+  }
+  return e;
+}
+
+export function SignIn(props: { reason?: string }) {
+  const [email, setEmail] = useState('');
+  const [password, setPassword] = useState('');
+  const signUpEnabled = useSignUpEnabled();
+  const act = useAction(async () => {
+    try {
+      await login(email.trim(), password);
+    } catch (e) {
+      throw loginError(e);
+    }
+  });
+  return (
+    <Shell title="Sign in">
+      {props.reason && (
+        <p class="note info" role="status">
+          {props.reason}
+        </p>
+      )}
+      <form
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        <Field label="Email">
+          {(id) => (
+            <input
+              id={id}
+              type="email"
+              autocomplete="username"
+              required
+              value={email}
+              onInput={(e) => setEmail(e.currentTarget.value)}
+            />
+          )}
+        </Field>
+        <Field label="Password">
+          {(id) => (
+            <input
+              id={id}
+              type="password"
+              autocomplete="current-password"
+              required
+              value={password}
+              onInput={(e) => setPassword(e.currentTarget.value)}
+            />
+          )}
+        </Field>
+        <ErrorNote error={act.error} />
+        <Button type="submit" variant="primary" busy={act.busy}>
+          Sign in
+        </Button>
+      </form>
+      {signUpEnabled && (
+        <p class="muted">
+          No account? <Link to="/signup">Create one</Link>
+        </p>
+      )}
+    </Shell>
+  );
+}
+
+export function SignUp() {
+  const [email, setEmail] = useState('');
+  const [password, setPassword] = useState('');
+  const [confirm, setConfirm] = useState('');
+  const signUpEnabled = useSignUpEnabled();
+  const act = useAction(async () => {
+    if (password !== confirm) throw new ApiError('BAD_REQUEST', 'the two passwords differ');
+    await signUp(email.trim(), password);
+  });
+  if (signUpEnabled === false) {
+    return (
+      <Shell title="Create an account">
+        <p class="note info">Sign-up is closed on this service. Ask its operator for an account.</p>
+        <p>
+          <Link to="/">Sign in</Link>
+        </p>
+      </Shell>
+    );
+  }
+  return (
+    <Shell title="Create an account">
+      <form
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        <Field label="Email">
+          {(id) => (
+            <input
+              id={id}
+              type="email"
+              autocomplete="email"
+              required
+              value={email}
+              onInput={(e) => setEmail(e.currentTarget.value)}
+            />
+          )}
+        </Field>
+        <Field label="Password" hint="At least 10 characters.">
+          {(id, hint) => (
+            <input
+              id={id}
+              type="password"
+              autocomplete="new-password"
+              minLength={10}
+              required
+              aria-describedby={hint}
+              value={password}
+              onInput={(e) => setPassword(e.currentTarget.value)}
+            />
+          )}
+        </Field>
+        <Field label="Password again">
+          {(id) => (
+            <input
+              id={id}
+              type="password"
+              autocomplete="new-password"
+              required
+              value={confirm}
+              onInput={(e) => setConfirm(e.currentTarget.value)}
+            />
+          )}
+        </Field>
+        <ErrorNote error={act.error} />
+        <Button type="submit" variant="primary" busy={act.busy}>
+          Create account
+        </Button>
+      </form>
+      <p class="muted">
+        Have an account? <Link to="/">Sign in</Link>
+      </p>
+    </Shell>
+  );
+}

@@ -1,0 +1,527 @@
+// The console in a real browser (Debian's Chromium), against `httvps up`
+// (SQLite, debug) and against `httvps serve` on PostgreSQL (production
+// mode), each started here on a port it picks itself:
+//
+// an admin signs in, creates a region and a plan, registers a node and a
+// gateway (tokens shown once); a new user signs up; the admin grants the
+// plan; the user signs in, adds a device, and both QR codes decode to the
+// exact links the API returned; the node's heartbeats (sent by this test
+// with the node's token) stop and the overview shows it down within the
+// lease + 2 s without a reload; the admin revokes the device and the user's
+// page shows it; narrow (360 px) layouts; GraphiQL renders with every
+// request to another origin blocked. Every page's screenshot goes to
+// target/browser-screenshots/<mode>/. No request may leave the server's
+// origin, no CSP violation or page error may happen, and no token may
+// appear in a URL.
+
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+
+import jsQR from 'jsqr';
+
+import { gql, launch, ROOT, shot, startServe, startUp, until } from './harness.mjs';
+
+/** The node lease: 3 missed heartbeats of 5 s; the sweeper runs every 2 s. */
+const LEASE_MS = 15_000;
+const SWEEP_MS = 2_000;
+const BUDGET_BYTES = 300 * 1024;
+
+/** Every string under a key named like a credential, anywhere in `v`. */
+function credentials(v, out = new Set()) {
+  if (Array.isArray(v)) v.forEach((x) => credentials(x, out));
+  else if (v && typeof v === 'object') {
+    for (const [k, x] of Object.entries(v)) {
+      if (typeof x === 'string' && /^(accessToken|refreshToken|token|rotateNodeToken)$/.test(k) && x.length > 16) {
+        out.add(x);
+      } else credentials(x, out);
+    }
+  }
+  return out;
+}
+
+async function signIn(page, base, who) {
+  await page.goto(`${base}/console/`);
+  await page.getByLabel('Email').fill(who.email);
+  await page.getByLabel('Password', { exact: true }).fill(who.password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign out' }).waitFor({ timeout: 10_000 });
+}
+
+async function go(page, label) {
+  await page.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: label, exact: true }).click();
+  await page.locator('#page-title').waitFor();
+}
+
+/** Decodes the QR code drawn on a canvas. */
+async function decodeQr(locator) {
+  const img = await locator.evaluate((c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+    return { w: c.width, h: c.height, data: Array.from(d.data) };
+  });
+  return jsQR(new Uint8ClampedArray(img.data), img.w, img.h)?.data ?? null;
+}
+
+/**
+ * The time (ms since the epoch, this machine's clock) at which the node's
+ * status cell first reads `text` from now on, recorded by the page itself
+ * when the DOM changes (Playwright's own waits poll up to every 500 ms).
+ */
+async function whenStatusReads(page, nodeName, text, timeout) {
+  await page.evaluate(
+    ([name, want]) => {
+      const key = `${name}:${want}`;
+      window.__statusAt ??= {};
+      delete window.__statusAt[key];
+      const check = () => {
+        for (const row of document.querySelectorAll('tr')) {
+          if (row.querySelector('th')?.textContent?.trim() !== name) continue;
+          if (row.querySelector('.node-status')?.textContent?.trim() === want) {
+            window.__statusAt[key] = Date.now();
+            return true;
+          }
+        }
+        return false;
+      };
+      if (check()) return;
+      const obs = new MutationObserver(() => check() && obs.disconnect());
+      obs.observe(document.body, { childList: true, subtree: true, characterData: true });
+    },
+    [nodeName, text],
+  );
+  const at = await page.waitForFunction(([key]) => window.__statusAt?.[key], [`${nodeName}:${text}`], {
+    timeout,
+    polling: 100,
+  });
+  return at.jsonValue();
+}
+
+function rowOf(page, name) {
+  return page.locator('tr', { has: page.getByRole('rowheader', { name, exact: true }) });
+}
+
+async function scenario(t, mode, env) {
+  const base = env.server.base;
+  const b = await launch(base);
+  t.after(async () => {
+    await b.close();
+    await env.cleanup();
+  });
+  const seen = new Set();
+  let refreshed = 0;
+  const collect = (ctx) =>
+    ctx.on('response', async (r) => {
+      if (!r.url().endsWith('/graphql')) return;
+      try {
+        const body = await r.json();
+        credentials(body, seen);
+        if (body.data?.refreshToken?.accessToken) refreshed++;
+      } catch {
+        // not JSON (or the page went away)
+      }
+    });
+  const suffix = mode;
+  const region = { code: `r-${suffix}`, name: `Region ${suffix}` };
+  const plan = `Basic ${suffix}`;
+  const nodeName = `node-${suffix}`;
+  const user = { email: `alice-${suffix}@example.com`, password: 'alice-password-1' };
+
+  const adminCtx = await b.context();
+  collect(adminCtx);
+  const admin = await adminCtx.newPage();
+
+  await t.test('the first page is small and interactive within a second', async () => {
+    const sizes = [];
+    admin.on('requestfinished', (req) => {
+      if (req.url().includes('/console/')) sizes.push(req.sizes().then((s) => s.responseBodySize));
+    });
+    // Chromium starts the page's process on the first navigation to the
+    // origin: that is the browser's cost, not the console's, so a health
+    // check goes first. Then, with nothing of the console cached, the time
+    // at which the sign-in form is there to type in, in the page's own clock
+    // (milliseconds since the navigation started).
+    await admin.goto(`${base}/api/v1/health`);
+    await admin.addInitScript(() => {
+      new MutationObserver((_, obs) => {
+        if (document.querySelector('input[type=email]')) {
+          window.__interactiveAt = performance.now();
+          obs.disconnect();
+        }
+      }).observe(document, { childList: true, subtree: true });
+    });
+    await admin.goto(`${base}/console/`);
+    await admin.getByLabel('Email').waitFor();
+    const interactive = Math.round(await admin.evaluate(() => window.__interactiveAt));
+    await admin.waitForLoadState('networkidle');
+    const total = (await Promise.all(sizes)).reduce((a, x) => a + x, 0);
+    t.diagnostic(`${mode}: sign-in page interactive in ${interactive} ms, ${(total / 1024).toFixed(1)} KiB transferred`);
+    assert.ok(interactive < 1000, `interactive in ${interactive} ms`);
+    assert.ok(total > 0 && total < BUDGET_BYTES, `first page ${total} bytes`);
+    await shot(admin, mode, '01-sign-in');
+  });
+
+  await t.test('an admin signs in and creates a region and a plan', async () => {
+    await signIn(admin, base, env.admin);
+    await admin.getByRole('heading', { name: 'Overview' }).waitFor();
+    await admin.getByRole('heading', { name: 'Nodes by region' }).waitFor();
+    await shot(admin, mode, '02-admin-overview');
+
+    await go(admin, 'Regions');
+    await admin.getByRole('button', { name: 'New region' }).click();
+    const rd = admin.getByRole('dialog');
+    await rd.getByLabel('Code').fill(region.code);
+    await rd.getByLabel('Name').fill(region.name);
+    await rd.getByRole('button', { name: 'Create region' }).click();
+    await rowOf(admin, region.code).waitFor();
+    await shot(admin, mode, '03-regions');
+
+    await go(admin, 'Plans');
+    await admin.getByRole('button', { name: 'New plan' }).click();
+    const pd = admin.getByRole('dialog');
+    await pd.getByLabel('Name').fill(plan);
+    await pd.getByLabel('Price').fill('4.99');
+    await pd.getByLabel('Duration (days)').fill('30');
+    await pd.getByLabel('Traffic allowance (GB)').fill('50');
+    await pd.getByLabel('Devices').fill('3');
+    await pd.getByRole('button', { name: 'Create plan' }).click();
+    await rowOf(admin, plan).waitFor();
+    await shot(admin, mode, '04-plans');
+  });
+
+  let nodeToken;
+  await t.test('the admin registers a node and a gateway; their tokens are shown once', async () => {
+    await go(admin, 'Nodes');
+    await admin.getByRole('button', { name: 'Register node' }).click();
+    const nd = admin.getByRole('dialog');
+    await nd.getByLabel('Region').selectOption(region.code);
+    await nd.getByLabel('Name').fill(nodeName);
+    await nd.getByLabel('Host').fill('10.9.8.7');
+    await nd.getByLabel('Port').fill('8388');
+    await nd.getByRole('button', { name: 'Register node' }).click();
+    const token = admin.getByTestId('machine-token');
+    await token.waitFor();
+    nodeToken = await token.inputValue();
+    assert.ok(nodeToken.length >= 20, 'a machine token');
+    await shot(admin, mode, '05-node-token');
+    await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
+    await rowOf(admin, nodeName).waitFor();
+
+    await admin.getByRole('button', { name: 'Register gateway' }).click();
+    const gd = admin.getByRole('dialog');
+    await gd.getByLabel('Region').selectOption(region.code);
+    await gd.getByLabel('Name').fill(`gw-${suffix}`);
+    await gd.getByLabel('Public URL').fill('https://gw1.example.test');
+    await gd.getByRole('button', { name: 'Register gateway' }).click();
+    await admin.getByTestId('machine-token').waitFor();
+    await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
+    await rowOf(admin, `gw-${suffix}`).waitFor();
+    await shot(admin, mode, '06-nodes');
+  });
+
+  // The node's heartbeats, sent by the test with the node's token, every
+  // second until told to stop (optionally with a last one at a given time).
+  const heart = {
+    last: 0,
+    running: null,
+    async beat() {
+      const res = await fetch(`${base}/api/v1/outline/heartbeat`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${nodeToken}` },
+        body: JSON.stringify({ version: 'browser-test', load: 3, bytes_in: 0, bytes_out: 0 }),
+      });
+      assert.equal(res.status, 200, await res.text());
+      this.last = Date.now();
+    },
+    start() {
+      let stopAt = Number.POSITIVE_INFINITY;
+      const loop = (async () => {
+        while (Date.now() + 1000 < stopAt) {
+          await this.beat();
+          await new Promise((r) => setTimeout(r, Math.min(1000, Math.max(0, stopAt - Date.now()))));
+        }
+        if (Number.isFinite(stopAt)) {
+          await new Promise((r) => setTimeout(r, Math.max(0, stopAt - Date.now())));
+          await this.beat();
+        }
+      })();
+      loop.catch(() => undefined); // reported by stop()
+      this.running = {
+        /** Stops now, or after a last heartbeat at `at`; resolves with the last one's time. */
+        stop: async (at = 0) => {
+          stopAt = at;
+          await loop;
+          return this.last;
+        },
+      };
+    },
+  };
+  heart.start();
+  t.after(() => heart.running?.stop().catch(() => undefined));
+
+  await t.test('the overview shows the node up, live', async () => {
+    await go(admin, 'Overview');
+    const status = rowOf(admin, nodeName).locator('.node-status');
+    await status.getByText('up', { exact: true }).waitFor({ timeout: 10_000 });
+    await rowOf(admin, nodeName).getByText('3 / 1000').waitFor({ timeout: 10_000 });
+  });
+
+  const userCtx = await b.context();
+  collect(userCtx);
+  const userPage = await userCtx.newPage();
+
+  await t.test('a new user signs up and has no plan yet', async () => {
+    await userPage.goto(`${base}/console/`);
+    await userPage.getByRole('link', { name: 'Create one' }).click();
+    await userPage.getByLabel('Email').fill(user.email);
+    await userPage.getByLabel('Password', { exact: true }).fill(user.password);
+    await userPage.getByLabel('Password again').fill(user.password);
+    await userPage.getByRole('button', { name: 'Create account' }).click();
+    await userPage.getByRole('heading', { name: 'My plan' }).waitFor();
+    await userPage.getByText('You have no plan yet').waitFor();
+    await shot(userPage, mode, '07-user-no-plan');
+    await userPage.getByRole('button', { name: 'Sign out' }).click();
+    await userPage.getByRole('button', { name: 'Sign in' }).waitFor();
+  });
+
+  await t.test('the admin grants the plan to the new user', async () => {
+    await go(admin, 'Subscriptions');
+    await admin.getByRole('button', { name: 'Grant plan' }).click();
+    const gd = admin.getByRole('dialog');
+    await gd.getByLabel("User's email").fill(user.email);
+    const planId = await gd.locator('option', { hasText: plan }).getAttribute('value');
+    await gd.getByLabel('Plan').selectOption(planId);
+    await gd.getByRole('button', { name: 'Grant plan' }).click();
+    await rowOf(admin, user.email).waitFor();
+    await shot(admin, mode, '08-subscriptions');
+  });
+
+  let links;
+  await t.test('the user signs in, sees the plan, adds a device and its QR codes decode to its links', async () => {
+    await signIn(userPage, base, user);
+    await userPage.getByRole('heading', { name: plan }).waitFor();
+    await userPage.getByText('of 50.0 GB').waitFor();
+    await shot(userPage, mode, '09-user-plan');
+
+    await go(userPage, 'My devices');
+    await userPage.getByText('No devices yet').waitFor();
+    await userPage.getByLabel('Name').fill('Pixel');
+    await userPage.getByLabel('Platform').selectOption('android');
+    const answer = userPage.waitForResponse(
+      (r) => r.url().endsWith('/graphql') && (r.request().postData() ?? '').includes('registerDevice'),
+      { timeout: 10_000 },
+    );
+    await userPage.getByRole('button', { name: 'Add device' }).click();
+    const body = await (await answer).json();
+    links = body.data.registerDevice.links;
+    assert.ok(links?.ssconf.startsWith('ssconf://') && links.sip002.startsWith('ss://'), JSON.stringify(body));
+    const ssconf = userPage.locator('[data-testid=qr-ssconf][data-ready=true]');
+    const sip002 = userPage.locator('[data-testid=qr-sip002][data-ready=true]');
+    await ssconf.waitFor();
+    await sip002.waitFor();
+    assert.equal(await decodeQr(ssconf), links.ssconf);
+    assert.equal(await decodeQr(sip002), links.sip002);
+    assert.equal(await userPage.getByTestId('link-ssconf').inputValue(), links.ssconf);
+    assert.equal(await userPage.getByTestId('link-sip002').inputValue(), links.sip002);
+    await shot(userPage, mode, '10-device-links');
+    await userPage.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
+    await rowOf(userPage, 'Pixel').locator('.device-status').getByText('active').waitFor();
+    await shot(userPage, mode, '11-user-devices');
+  });
+
+  // The sweeper marks a node down at its first run after the lease ran out,
+  // so DOWN comes between the lease and the lease + 2 s after the last
+  // heartbeat (plus the sweep's own work), depending on where that heartbeat
+  // falls in the sweeper's 2 s cycle. The first stop shows the node go down
+  // live and gives the cycle; the second puts the last heartbeat 0.4 s after
+  // a sweep, and there the page must show DOWN within the lease + 2 s.
+  await t.test('the node goes down on the overview within the lease + 2 s of its last heartbeat, without a reload', async () => {
+    await go(admin, 'Overview');
+    const status = rowOf(admin, nodeName).locator('.node-status');
+    await status.getByText('up', { exact: true }).waitFor({ timeout: 10_000 });
+    await admin.evaluate(() => {
+      window.__sameDocument = true;
+    });
+    const budget = LEASE_MS + SWEEP_MS;
+
+    const first = await heart.running.stop();
+    const sweptAt = await whenStatusReads(admin, nodeName, 'down', first + budget + 3_000 - Date.now());
+    t.diagnostic(`${mode}: first stop: node shown down ${sweptAt - first} ms after its last heartbeat`);
+
+    heart.start();
+    await status.getByText('up', { exact: true }).waitFor({ timeout: 10_000 });
+    const cycles = Math.ceil((Date.now() + 3_000 - sweptAt) / SWEEP_MS);
+    const last = await heart.running.stop(sweptAt + cycles * SWEEP_MS + 400);
+    // Waits past the budget so a failure says by how much it was missed.
+    const downAt = await whenStatusReads(admin, nodeName, 'down', last + budget + 10_000 - Date.now());
+    const after = downAt - last;
+    t.diagnostic(`${mode}: second stop: node shown down ${after} ms after its last heartbeat (budget ${budget} ms)`);
+    assert.ok(after <= budget, `down after ${after} ms`);
+    assert.equal(await admin.evaluate(() => window.__sameDocument), true, 'no reload');
+    await shot(admin, mode, '12-overview-node-down');
+  });
+
+  await t.test("the admin revokes the device and the user's page shows it", async () => {
+    await userPage.evaluate(() => {
+      window.__sameDocument = true;
+    });
+    await go(admin, 'Users');
+    await admin.getByLabel('Email contains').fill(user.email);
+    await admin.getByRole('button', { name: 'Search' }).click();
+    await admin.getByRole('link', { name: user.email }).click();
+    await admin.getByRole('heading', { name: user.email }).waitFor();
+    await rowOf(admin, 'Pixel').waitFor();
+    await admin.getByRole('heading', { name: 'Audit trail' }).waitFor();
+    await admin.getByRole('cell', { name: 'grant_subscription' }).waitFor();
+    await shot(admin, mode, '13-user-detail');
+    await rowOf(admin, 'Pixel').getByRole('button', { name: 'Revoke' }).click();
+    await admin.getByRole('dialog').getByRole('button', { name: 'Revoke' }).click();
+    await rowOf(admin, 'Pixel').locator('.device-status').getByText('revoked').waitFor();
+
+    await rowOf(userPage, 'Pixel').locator('.device-status').getByText('revoked').waitFor({ timeout: 15_000 });
+    assert.equal(await userPage.evaluate(() => window.__sameDocument), true, 'no reload');
+    await shot(userPage, mode, '14-user-device-revoked');
+  });
+
+  await t.test('a session whose account is disabled ends cleanly, on the sign-in page', async () => {
+    await admin.getByRole('button', { name: 'Disable account' }).click();
+    await admin.getByRole('dialog').getByRole('button', { name: 'Disable account' }).click();
+    await admin.getByRole('button', { name: 'Enable account' }).waitFor();
+    // The user's page polls its devices: refused, then refused a refresh.
+    await userPage.getByText('Your session ended. Sign in again.').waitFor({ timeout: 15_000 });
+    await userPage.getByRole('button', { name: 'Sign in' }).waitFor();
+    assert.deepEqual(await userPage.evaluate(() => Object.keys(sessionStorage)), [], 'the refresh token is forgotten');
+    await shot(userPage, mode, '15-user-session-ended');
+    await admin.getByRole('button', { name: 'Enable account' }).click();
+    await admin.getByRole('dialog').getByRole('button', { name: 'Enable account' }).click();
+    await admin.getByRole('button', { name: 'Disable account' }).waitFor();
+  });
+
+  await t.test('the other operator pages render', async () => {
+    for (const [label, name, heading] of [
+      ['Sessions', '16-sessions', 'Sessions'],
+      ['Devices', '17-devices', 'Devices'],
+      ['Audit log', '18-audit', 'Audit log'],
+      ['My plan', '19-admin-my-plan', 'My plan'],
+      ['Account', '20-account', 'Account'],
+    ]) {
+      await go(admin, label);
+      await admin.getByRole('heading', { name: heading, exact: true }).waitFor();
+      await admin.waitForLoadState('networkidle');
+      await shot(admin, mode, name);
+    }
+    await go(admin, 'Audit log');
+    await admin.getByRole('cell', { name: 'create_plan' }).first().waitFor();
+    await admin.getByLabel('Action').selectOption('revoke_device');
+    await admin.getByRole('cell', { name: 'create_plan' }).first().waitFor({ state: 'detached' });
+    await admin.getByRole('cell', { name: 'revoke_device' }).waitFor();
+  });
+
+  await t.test('pages fit a 360 px screen', async () => {
+    const narrow = await b.context({ viewport: { width: 360, height: 740 }, deviceScaleFactor: 2 });
+    collect(narrow);
+    const p = await narrow.newPage();
+    await signIn(p, base, env.admin);
+    await p.getByRole('heading', { name: 'Overview' }).waitFor();
+    await p.waitForLoadState('networkidle');
+    const fits = () => p.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
+    assert.ok(await fits(), 'overview fits');
+    await shot(p, mode, '21-narrow-overview');
+    await p.getByRole('button', { name: 'Menu' }).click();
+    await p.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Nodes' }).click();
+    await p.getByRole('heading', { name: 'Nodes and gateways' }).waitFor();
+    assert.ok(await fits(), 'nodes fit');
+    await shot(p, mode, '22-narrow-nodes');
+    await p.getByRole('button', { name: 'Sign out' }).click();
+    await p.getByRole('button', { name: 'Sign in' }).waitFor();
+    await signIn(p, base, user);
+    await p.getByRole('button', { name: 'Menu' }).click();
+    await p.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'My devices' }).click();
+    await rowOf(p, 'Pixel').waitFor();
+    assert.ok(await fits(), 'my devices fit');
+    await shot(p, mode, '23-narrow-my-devices');
+  });
+
+  await t.test('GraphiQL renders from the embedded assets, only where it should', async () => {
+    const html = readFileSync(join(ROOT, 'console/dist/graphiql.html'), 'utf8');
+    const script = /src="(\/console\/assets\/graphiql-[^"]+\.js)"/.exec(html)?.[1];
+    assert.ok(script, 'the GraphiQL bundle');
+    const page = await fetch(`${base}/graphiql`);
+    const asset = await fetch(`${base}${script}`);
+    if (!env.debug) {
+      assert.equal(page.status, 404, 'no GraphiQL outside debug mode');
+      assert.equal(asset.status, 404, "GraphiQL's files are not served outside debug mode");
+      return;
+    }
+    assert.equal(page.status, 200);
+    assert.equal(asset.status, 200);
+    assert.match(page.headers.get('content-security-policy') ?? '', /^default-src 'self'/);
+    const ctx = await b.context();
+    const g = await ctx.newPage();
+    const schema = g.waitForResponse(
+      (r) => r.url().endsWith('/graphql') && (r.request().postData() ?? '').includes('IntrospectionQuery'),
+      { timeout: 15_000 },
+    );
+    await g.goto(`${base}/graphiql`);
+    await g.locator('.graphiql-container').waitFor({ timeout: 15_000 });
+    const introspection = await (await schema).json();
+    assert.equal(introspection.data?.__schema?.queryType?.name, 'Query', JSON.stringify(introspection).slice(0, 300));
+    await g.getByRole('button', { name: /documentation explorer/i }).click();
+    await g.getByText('A GraphQL schema provides a root type', { exact: false }).waitFor({ timeout: 10_000 });
+    await shot(g, mode, '24-graphiql');
+  });
+
+  await t.test('console answers carry the CSP, cache and encoding headers', async () => {
+    const index = await fetch(`${base}/console/users/x`, { headers: { 'accept-encoding': 'br' } });
+    assert.equal(index.status, 200, 'console routes fall back to the page');
+    assert.equal(index.headers.get('content-encoding'), 'br');
+    assert.equal(index.headers.get('cache-control'), 'no-cache');
+    const csp = index.headers.get('content-security-policy') ?? '';
+    assert.match(csp, /default-src 'self'/);
+    assert.match(csp, /script-src 'self'(;|$)/);
+    assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval|https?:|\*/);
+    const html = await index.text();
+    assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/, 'no inline script');
+    const js = /src="(\/console\/assets\/console-[^"]+\.js)"/.exec(html)?.[1];
+    const asset = await fetch(`${base}${js}`, { headers: { 'accept-encoding': 'gzip' } });
+    assert.equal(asset.headers.get('content-encoding'), 'gzip');
+    assert.equal(asset.headers.get('cache-control'), 'public, max-age=31536000, immutable');
+    assert.match(asset.headers.get('content-type') ?? '', /^text\/javascript/);
+    assert.equal((await fetch(`${base}/console/assets/missing-0000.js`)).status, 404);
+    const root = await fetch(`${base}/`, { redirect: 'manual' });
+    assert.equal(root.headers.get('location'), '/console/');
+    const api = await gql(base, '{ __typename }');
+    assert.equal(api.data?.__typename, 'Query', 'the console does not shadow /graphql');
+  });
+
+  await t.test('nothing left the origin, no CSP violation, no page error, no token in a URL', async () => {
+    for (const ctx of [adminCtx, userCtx]) {
+      for (const p of ctx.pages()) {
+        const stored = await p.evaluate(() => ({ local: { ...localStorage }, session: { ...sessionStorage } }));
+        assert.deepEqual(Object.keys(stored.local), [], 'nothing in localStorage');
+        for (const v of Object.values(stored.session)) {
+          assert.ok(!/^eyJ/.test(v), 'no access JWT in sessionStorage');
+        }
+      }
+    }
+    assert.deepEqual(b.report.external, [], 'requests to other origins');
+    assert.deepEqual(b.report.csp, [], 'CSP violations');
+    assert.deepEqual(b.report.errors, [], 'page errors');
+    assert.ok(seen.size >= 4, 'credentials were seen');
+    if (env.tokenMinutes === 1) {
+      t.diagnostic(`${mode}: ${refreshed} access-token refreshes during the run`);
+      assert.ok(refreshed >= 1, 'short-lived access tokens were refreshed');
+    }
+    for (const url of b.report.urls) {
+      for (const secret of seen) assert.ok(!url.includes(secret), `a credential in ${url}`);
+    }
+  });
+}
+
+test('the console against httvps up (SQLite, debug)', { timeout: 300_000 }, async (t) => {
+  await scenario(t, 'up', await startUp());
+});
+
+test('the console against httvps serve on PostgreSQL (production mode)', { timeout: 300_000 }, async (t) => {
+  await scenario(t, 'serve-pg', await startServe());
+});
