@@ -1,11 +1,15 @@
 //! The code's shape, checked: the crates depend on each other only as the
-//! README's code map says (the data plane never on the control plane), and
-//! no two modules import each other (directly or round a longer loop).
+//! README's code map says (the data plane never on the control plane), no
+//! two modules import each other (directly or round a longer loop), and no
+//! source file grows past the size a reader can hold in mind.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Longest source file allowed, in lines.
+const MAX_LINES: usize = 500;
 
 /// The workspace's packages and, for each, every package it depends on
 /// (transitively, normal dependencies only), from `cargo metadata`.
@@ -161,6 +165,26 @@ fn crate_sources() -> Vec<PathBuf> {
         }
     }
     roots
+}
+
+#[test]
+fn no_source_file_is_longer_than_a_reader_can_hold() {
+    let mut long = Vec::new();
+    for root in crate_sources() {
+        for file in rust_files(&root) {
+            let lines = std::fs::read_to_string(&file)
+                .expect("read")
+                .lines()
+                .count();
+            if lines > MAX_LINES {
+                long.push(format!("{} ({lines} lines)", file.display()));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "files over {MAX_LINES} lines: split them along their seams: {long:#?}"
+    );
 }
 
 /// The module path of a file under a crate's `src` (`graphql/ws.rs` →
