@@ -406,10 +406,13 @@ async fn forward_mode_pipes_a_local_port_to_one_destination() {
         region: None,
         forward: Some(target.to_string()),
     };
+    // The listener is bound already: connections wait in its backlog
+    // until the client accepts them, so no pause is needed.
     tokio::spawn(async move {
-        let _ = client::run(opts, listener, std::future::pending::<()>()).await;
+        if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {
+            panic!("client: {e:#}");
+        }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..3 {
         let mut s = TcpStream::connect(local).await.expect("connect");
         s.write_all(b"GET / HTTP/1.0\r\n\r\n")
@@ -756,32 +759,34 @@ async fn stock_ss_local_with_v2ray_plugin_fetches_through_the_gateway() {
         plane.cert.display(),
         plane.device_token
     );
-    let mut child = tokio::process::Command::new("ss-local")
-        .args([
-            "-s",
-            "127.0.0.1",
-            "-p",
-            &plane.gateway_addr.port().to_string(),
-            "-l",
-            &local.port().to_string(),
-            "-b",
-            "127.0.0.1",
-        ])
-        .args([
-            "-k",
-            secret,
-            "-m",
-            method,
-            "--plugin",
-            "ss-v2ray-plugin",
-            "--plugin-opts",
-            &opts,
-        ])
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ss-local");
+    // In its own process group: ss-local starts ss-v2ray-plugin, which
+    // must end with the test too.
+    let mut child = common::group::GroupChild::spawn(
+        tokio::process::Command::new("ss-local")
+            .args([
+                "-s",
+                "127.0.0.1",
+                "-p",
+                &plane.gateway_addr.port().to_string(),
+                "-l",
+                &local.port().to_string(),
+                "-b",
+                "127.0.0.1",
+            ])
+            .args([
+                "-k",
+                secret,
+                "-m",
+                method,
+                "--plugin",
+                "ss-v2ray-plugin",
+                "--plugin-opts",
+                &opts,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+    .expect("ss-local");
     let mut ready = false;
     for _ in 0..50 {
         if TcpStream::connect(local).await.is_ok() {
@@ -804,7 +809,7 @@ async fn stock_ss_local_with_v2ray_plugin_fetches_through_the_gateway() {
     let got = got.expect("headers");
     assert_eq!(got.len(), body.len(), "length");
     assert_eq!(sha2::Sha256::digest(&got), sha2::Sha256::digest(&*body));
-    let _ = child.kill().await;
+    child.kill_group().await;
 }
 
 /// An echo server: everything received goes back.
@@ -907,10 +912,12 @@ impl Plane {
             region: None,
             forward: None,
         };
+        // Bound already: connections wait in the backlog until it accepts.
         tokio::spawn(async move {
-            let _ = client::run(opts, listener, std::future::pending::<()>()).await;
+            if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {
+                panic!("client: {e:#}");
+            }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
         addr
     }
 
@@ -1478,10 +1485,13 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
         region: None,
         forward: None,
     };
+    // The listener is bound already: connections wait in its backlog
+    // until the client accepts them, so no pause is needed.
     tokio::spawn(async move {
-        let _ = client::run(opts, listener, std::future::pending::<()>()).await;
+        if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {
+            panic!("client: {e:#}");
+        }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let body = random_body(128 * 1024);
     let web = http_server(body.clone()).await;
     let digest = sha2::Sha256::digest(&*body);

@@ -522,8 +522,18 @@ async fn a_page_of_50_devices_with_relations_costs_a_bounded_number_of_queries()
             (r, server.state.db.query_count() - before)
         }
     };
-    let (_, used_for_2) = page(2).await;
-    let (r, used) = page(50).await;
+    // The pool's counter also sees the server's background tasks (sweeper,
+    // usage applier), which only ever add: the least of three runs is the
+    // request's own count.
+    let mut used_for_2 = u64::MAX;
+    let mut used = u64::MAX;
+    let mut r = json!(null);
+    for _ in 0..3 {
+        used_for_2 = used_for_2.min(page(2).await.1);
+        let (got, n) = page(50).await;
+        used = used.min(n);
+        r = got;
+    }
     assert_eq!(
         r["data"]["devices"]["edges"].as_array().map(Vec::len),
         Some(50),

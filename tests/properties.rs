@@ -31,7 +31,7 @@ proptest! {
     ) {
         match parse_destination(&format!("{host}:{port}")) {
             Ok(Address::DomainNameAddress(h, p)) => prop_assert_eq!((h, p), (host, port)),
-            Ok(Address::SocketAddress(a)) => prop_assert_eq!(a.port(), port),
+            Ok(Address::SocketAddress(a)) => prop_assert!(false, "{host}:{port} read as the address {a}"),
             Err(e) => prop_assert!(false, "{host}:{port} refused: {e}"),
         }
     }
@@ -85,9 +85,23 @@ proptest! {
     }
 
     #[test]
-    fn issued_device_tokens_look_like_tokens(_n in 0u8..8) {
+    fn issued_device_tokens_look_like_tokens_and_hash_apart(_n in 0u8..8) {
+        let (a, b) = (httvps_control::auth::new_token(), httvps_control::auth::new_token());
+        prop_assert!(httvps_control::auth::looks_like_token(&a));
+        prop_assert_ne!(&a, &b, "two issued tokens are equal");
+        let (ha, hb) = (httvps_control::auth::hash_token(&a), httvps_control::auth::hash_token(&b));
+        prop_assert_ne!(&ha, &hb, "two tokens share a hash");
+        prop_assert!(!ha.contains(a.as_str()), "the hash carries the token");
+    }
+
+    #[test]
+    fn tokens_that_differ_in_one_character_hash_apart(at in any::<proptest::sample::Index>(), c in "[A-Za-z0-9_-]") {
         let t = httvps_control::auth::new_token();
-        prop_assert!(httvps_control::auth::looks_like_token(&t));
-        prop_assert_eq!(httvps_control::auth::hash_token(&t), httvps_control::auth::hash_token(&t));
+        let i = at.index(t.len());
+        let mut bytes = t.clone().into_bytes();
+        prop_assume!(bytes[i] != c.as_bytes()[0]);
+        bytes[i] = c.as_bytes()[0];
+        let other = String::from_utf8(bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_ne!(httvps_control::auth::hash_token(&t), httvps_control::auth::hash_token(&other));
     }
 }

@@ -229,6 +229,8 @@ impl Drop for TestDb {
 }
 
 /// A scratch directory removed on drop (no extra crate needed).
+pub mod group;
+
 pub mod tempdir {
     use std::path::PathBuf;
 

@@ -279,7 +279,7 @@ impl Plane {
                 panic!("client: {e:#}");
             }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Bound already: connections wait in the backlog until it accepts.
         addr
     }
 
