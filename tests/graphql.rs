@@ -599,3 +599,83 @@ async fn pagination_walks_every_row_once_and_caps_first() {
     assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sign_up_setting_opens_and_closes_sign_up_on_postgres() {
+    sign_up_setting(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sign_up_setting_opens_and_closes_sign_up_on_sqlite() {
+    sign_up_setting(TestDb::sqlite().await).await;
+}
+
+async fn sign_up_setting(t: TestDb) {
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let admin = admin_token(&server).await;
+    let (_, utok) = user(base).await;
+    let read = "{settings{signUpEnabled}}";
+    // Anyone may read the settings: the sign-in page needs them.
+    assert_eq!(
+        gql(base, None, read, json!({})).await["data"]["settings"]["signUpEnabled"],
+        true
+    );
+    let close = "mutation{updateSettings(input:{signUpEnabled:false}){signUpEnabled}}";
+    assert_eq!(
+        code(&gql(base, Some(&utok), close, json!({})).await),
+        Some("FORBIDDEN")
+    );
+    assert_eq!(
+        code(&gql(base, None, close, json!({})).await),
+        Some("UNAUTHENTICATED")
+    );
+    assert_eq!(
+        gql(base, None, read, json!({})).await["data"]["settings"]["signUpEnabled"],
+        true,
+        "a refused change changed it"
+    );
+    let r = gql(base, Some(&admin), close, json!({})).await;
+    assert_eq!(r["data"]["updateSettings"]["signUpEnabled"], false, "{r}");
+    assert_eq!(
+        gql(base, None, read, json!({})).await["data"]["settings"]["signUpEnabled"],
+        false
+    );
+    let sign_up = |email: String| async move {
+        gql(
+            base,
+            None,
+            "mutation($e:String!,$p:String!){signUp(email:$e,password:$p){id}}",
+            json!({"e": email, "p": PASSWORD}),
+        )
+        .await
+    };
+    let closed_email = format!("closed-{}@example.com", uuid::Uuid::new_v4().simple());
+    let r = sign_up(closed_email.clone()).await;
+    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    // Nothing was written: the account does not exist once sign-up reopens.
+    let r = gql(
+        base,
+        Some(&admin),
+        "query($e:String!){users(first:5,filter:{emailContains:$e}){edges{node{id}}}}",
+        json!({"e": closed_email}),
+    )
+    .await;
+    assert_eq!(r["data"]["users"]["edges"], json!([]), "{r}");
+    // Existing accounts still log in; admins still create accounts.
+    let r = gql(base, Some(&utok), "{me{id}}", json!({})).await;
+    assert!(r["data"]["me"]["id"].is_string(), "{r}");
+    let r = gql(base, Some(&admin), "query{auditLog(first:50,filter:{action:\"update_settings\"}){edges{node{action targetType}}}}", json!({})).await;
+    assert_eq!(
+        r["data"]["auditLog"]["edges"].as_array().map(Vec::len),
+        Some(1),
+        "{r}"
+    );
+    let open = "mutation{updateSettings(input:{signUpEnabled:true}){signUpEnabled}}";
+    assert_eq!(
+        gql(base, Some(&admin), open, json!({})).await["data"]["updateSettings"]["signUpEnabled"],
+        true
+    );
+    let r = sign_up(closed_email).await;
+    assert!(r["data"]["signUp"]["id"].is_string(), "{r}");
+}

@@ -1294,3 +1294,62 @@ async fn openapi_document_is_served_and_up_to_date() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_shows_where_its_open_session_runs_on_postgres() {
+    device_placement(World::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_shows_where_its_open_session_runs_on_sqlite() {
+    device_placement(World::on(TestDb::sqlite().await).await).await;
+}
+
+async fn device_placement(w: World) {
+    let (node, t1) = w.node("eu", "n1", 100).await;
+    w.beat(&t1, 0).await;
+    let (uid, device, tok) = w.device().await;
+    let (_, _, other_tok) = w.device().await;
+    assert_eq!(
+        placement(&w, &uid, &device).await,
+        Value::Null,
+        "no session yet"
+    );
+    let (s, b) = w.assign(&tok, None).await;
+    assert_eq!(s, 200, "{b}");
+    let sid = b["session_id"].as_str().expect("session").to_owned();
+    // Another device's session does not show on this one.
+    let (s, _) = w.assign(&other_tok, None).await;
+    assert_eq!(s, 200);
+    let p = placement(&w, &uid, &device).await;
+    assert_eq!(p["sessionId"], json!(sid), "{p}");
+    assert_eq!(p["region"], "eu");
+    assert_eq!(p["nodeId"], json!(node));
+    assert_eq!(p["nodeName"], "n1");
+    assert_eq!(p["nodeHealth"], "up");
+    assert!(p["since"].is_string(), "{p}");
+    assert!(p.get("host").is_none() && p.get("secret").is_none());
+    // Once the session ends, the device is placed nowhere.
+    w.sql(&format!(
+        "UPDATE sessions SET ended_at = started_at, end_reason = 'idle' WHERE id = '{sid}'"
+    ))
+    .await;
+    assert_eq!(
+        placement(&w, &uid, &device).await,
+        Value::Null,
+        "an ended session still shows"
+    );
+}
+
+/// The `placement` of the only device of user `uid`, read by an admin.
+async fn placement(w: &World, uid: &str, device: &str) -> Value {
+    let q = "query($u:UUID!){devices(first:5,filter:{userId:$u}){edges{node{id placement{sessionId region regionName nodeId nodeName nodeHealth since}}}}}";
+    let r = w.gql(q, json!({"u": uid})).await;
+    let edges = r["data"]["devices"]["edges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(edges.len(), 1, "{r}");
+    assert_eq!(edges[0]["node"]["id"], json!(device));
+    edges[0]["node"]["placement"].clone()
+}

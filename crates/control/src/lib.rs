@@ -45,6 +45,7 @@ pub mod nodes;
 pub mod pagination;
 pub mod rest;
 pub mod sessions;
+pub mod site_settings;
 pub mod state;
 pub mod status;
 pub mod subscriptions;

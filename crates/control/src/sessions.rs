@@ -221,3 +221,85 @@ const USAGE_BY_DAY: Statement = Statement {
         "?4"
     ),
 };
+
+/// Where a device's open session is: the node and region it runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The open session.
+    pub session_id: crate::ids::SessionId,
+    /// Its device.
+    pub device_id: DeviceId,
+    /// When it opened.
+    pub since: NaiveDateTime,
+    /// The node carrying it.
+    pub node_id: OutlineNodeId,
+    /// The node's name.
+    pub node_name: String,
+    /// The node's health.
+    pub node_health: crate::status::Health,
+    /// The node's region code.
+    pub region: String,
+    /// The region's display name.
+    pub region_name: String,
+}
+
+/// The placements of `devices`: for each, its most recently opened session
+/// that is still open and assigned to a node. Callers have already scoped
+/// the devices to what the viewer may see.
+pub async fn placements_of(db: &Db, ids: &[DeviceId]) -> AppResult<Vec<Placement>> {
+    use crate::db::schema::{outline_nodes, regions};
+    type Row = (
+        crate::ids::SessionId,
+        DeviceId,
+        NaiveDateTime,
+        OutlineNodeId,
+        String,
+        crate::status::Health,
+        String,
+        String,
+    );
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Row> = db_run!(db, |conn| {
+        sessions::table
+            .inner_join(
+                outline_nodes::table.on(sessions::outline_node_id.eq(outline_nodes::id.nullable())),
+            )
+            .inner_join(regions::table.on(regions::id.eq(outline_nodes::region_id)))
+            .filter(sessions::device_id.eq_any(ids))
+            .filter(sessions::ended_at.is_null())
+            .order((sessions::device_id, sessions::started_at.desc()))
+            .select((
+                sessions::id,
+                sessions::device_id,
+                sessions::started_at,
+                outline_nodes::id,
+                outline_nodes::name,
+                outline_nodes::health,
+                regions::code,
+                regions::name,
+            ))
+            .load(conn)
+            .await?
+    });
+    let mut out: Vec<Placement> = Vec::new();
+    for (session_id, device_id, since, node_id, node_name, node_health, region, region_name) in rows
+    {
+        // Rows come newest first per device: keep the first of each.
+        if out.last().is_some_and(|p| p.device_id == device_id) {
+            continue;
+        }
+        out.push(Placement {
+            session_id,
+            device_id,
+            since,
+            node_id,
+            node_name,
+            node_health,
+            region,
+            region_name,
+        });
+    }
+    Ok(out)
+}

@@ -68,6 +68,12 @@ pub async fn create_user(db: &Db, email: &str, password: &str, role: Role) -> Ap
     Ok(inserted)
 }
 
+/// Self-service sign-up: a USER account, while the sign-up setting is on.
+pub async fn sign_up(db: &Db, email: &str, password: &str) -> AppResult<User> {
+    crate::site_settings::require_sign_up_open(db).await?;
+    create_user(db, email, password, Role::User).await
+}
+
 /// Whether any admin account exists.
 pub async fn admin_exists(db: &Db) -> AppResult<bool> {
     Ok(first_admin(db).await?.is_some())

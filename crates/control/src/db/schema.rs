@@ -191,6 +191,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Settings an admin changes at run time; one row, id 1.
+    site_settings (id) {
+        id -> Integer,
+        sign_up_enabled -> Bool,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(subscriptions -> users (user_id));
 diesel::joinable!(subscriptions -> plans (plan_id));
 diesel::joinable!(devices -> users (user_id));
@@ -212,5 +221,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     usage_ledger,
     usage_inbox,
     refresh_tokens,
-    audit_log
+    audit_log,
+    site_settings
 );

@@ -133,7 +133,8 @@ pub struct AccountMutation;
 
 #[Object]
 impl AccountMutation {
-    /// Creates a user account (role USER).
+    /// Creates a user account (role USER); FORBIDDEN while the sign-up
+    /// setting is off.
     async fn sign_up(
         &self,
         ctx: &Context<'_>,
@@ -141,7 +142,7 @@ impl AccountMutation {
         password: String,
     ) -> async_graphql::Result<User> {
         let api = ctx.data::<AppContext>()?;
-        accounts::create_user(&api.db, &email, &password, Role::User)
+        accounts::sign_up(&api.db, &email, &password)
             .await
             .map(User::from)
             .gql()

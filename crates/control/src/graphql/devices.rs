@@ -6,7 +6,8 @@ use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
 use super::accounts::User;
-use super::loaders::{CurrentSubscriptionOf, DbLoader, loader_error};
+use super::loaders::{CurrentSubscriptionOf, DbLoader, PlacementOf, loader_error};
+use super::placement::DevicePlacement;
 use super::subscriptions::Subscription;
 use super::{AppContext, GqlResultExt, SignedIn, actor, connection, viewer};
 use crate::db::models;
@@ -72,6 +73,16 @@ impl Device {
             .await
             .map_err(loader_error)?
             .map(Subscription::from))
+    }
+
+    /// The open session of this device (owner or admin); null when it has none.
+    async fn placement(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DevicePlacement>> {
+        let loader = ctx.data::<DataLoader<DbLoader>>()?;
+        Ok(loader
+            .load_one(PlacementOf(self.id.into()))
+            .await
+            .map_err(loader_error)?
+            .map(DevicePlacement::from))
     }
 }
 

@@ -89,3 +89,26 @@ impl Loader<CurrentSubscriptionOf> for DbLoader {
 pub fn loader_error(e: Shared) -> async_graphql::Error {
     Arc::unwrap_or_clone(e).into_graphql()
 }
+
+/// A device id, for where the device's open session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PlacementOf(pub DeviceId);
+
+impl Loader<PlacementOf> for DbLoader {
+    type Value = crate::sessions::Placement;
+    type Error = Shared;
+
+    async fn load(
+        &self,
+        keys: &[PlacementOf],
+    ) -> Result<HashMap<PlacementOf, Self::Value>, Self::Error> {
+        let ids: Vec<DeviceId> = keys.iter().map(|k| k.0).collect();
+        let rows = crate::sessions::placements_of(&self.db, &ids)
+            .await
+            .map_err(Arc::new)?;
+        Ok(rows
+            .into_iter()
+            .map(|p| (PlacementOf(p.device_id), p))
+            .collect())
+    }
+}

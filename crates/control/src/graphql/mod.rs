@@ -9,7 +9,9 @@ pub mod devices;
 pub mod live;
 pub mod loaders;
 pub mod nodes;
+pub mod placement;
 pub mod scalars;
+pub mod settings;
 pub mod subscriptions;
 pub mod ws;
 
@@ -31,6 +33,7 @@ pub struct Query(
     devices::DeviceQuery,
     nodes::NodeQuery,
     activity::ActivityQuery,
+    settings::SettingsQuery,
 );
 
 /// Root mutation type.
@@ -41,6 +44,7 @@ pub struct Mutation(
     subscriptions::SubscriptionMutation,
     devices::DeviceMutation,
     nodes::NodeMutation,
+    settings::SettingsMutation,
 );
 
 /// The executable schema; the streaming root is `Live` (the word
