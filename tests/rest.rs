@@ -1353,3 +1353,211 @@ async fn placement(w: &World, uid: &str, device: &str) -> Value {
     assert_eq!(edges[0]["node"]["id"], json!(device));
     edges[0]["node"]["placement"].clone()
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A graphql-transport-ws socket signed in with `token`, subscribed to
+/// `query` as operation "1".
+async fn live(base: &str, token: &str, query: &str) -> Ws {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/graphql/ws", base.replace("http://", "ws://"))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let mut ws = tokio_tungstenite::connect_async(req).await.expect("ws").0;
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+    ws.send(Message::Text(init.to_string().into()))
+        .await
+        .expect("init");
+    assert_eq!(live_next(&mut ws).await["type"], "connection_ack");
+    let sub = json!({"id": "1", "type": "subscribe", "payload": {"query": query}});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .expect("subscribe");
+    ws
+}
+
+/// The next message that is not a keep-alive (15 s at most).
+async fn live_next(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(15), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            if v["type"] != "ping" && v["type"] != "pong" {
+                return v;
+            }
+        }
+    }
+}
+
+/// The payload of the next `next` message of operation "1".
+async fn live_event(ws: &mut Ws, field: &str) -> Value {
+    let v = live_next(ws).await;
+    assert_eq!(v["type"], "next", "{v}");
+    v["payload"]["data"][field].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_feed_and_owners_see_sessions_quota_and_devices_live_on_postgres() {
+    live_feed(World::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_feed_and_owners_see_sessions_quota_and_devices_live_on_sqlite() {
+    live_feed(World::on(TestDb::sqlite().await).await).await;
+}
+
+async fn live_feed(w: World) {
+    let base = w.server.base.clone();
+    let (node, t1) = w.node("eu", "n1", 100).await;
+    w.beat(&t1, 0).await;
+    let email = format!("feed-{}@example.com", uuid::Uuid::new_v4().simple());
+    accounts::create_user(&w.server.state.db, &email, PASSWORD, Role::User)
+        .await
+        .expect("user");
+    let user_tok = login(&base, &email).await;
+    let r = w
+        .gql(
+            "query($e:String!){users(first:1,filter:{emailContains:$e}){edges{node{id}}}}",
+            json!({"e": email}),
+        )
+        .await;
+    let uid = r["data"]["users"]["edges"][0]["node"]["id"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    w.gql(
+        "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+        json!({"u": uid, "p": w.plan_id}),
+    )
+    .await;
+    let r = gql(
+        &base,
+        Some(&user_tok),
+        "mutation{registerDevice(name:\"d\",platform:\"linux\"){accessToken device{id}}}",
+        json!({}),
+    )
+    .await;
+    let device = r["data"]["registerDevice"]["device"]["id"]
+        .as_str()
+        .expect("device")
+        .to_owned();
+    let device_tok = r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .expect("tok")
+        .to_owned();
+
+    // Only admins follow the feed.
+    let mut refused = live(&base, &user_tok, "subscription{sessionEvents{kind}}").await;
+    let v = live_next(&mut refused).await;
+    assert_eq!(v["payload"]["data"], Value::Null, "{v}");
+    assert_eq!(v["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN", "{v}");
+
+    let mut sessions = live(&base, &w.admin, "subscription{sessionEvents(region:\"eu\"){kind sessionId deviceId userId userEmail region outlineNodeId endReason bytesUp bytesDown at}}").await;
+    let mut quota = live(&base, &w.admin, "subscription{quotaEvents{kind subscriptionId userId userEmail trafficLimitBytes trafficUsedBytes}}").await;
+    let mut mine = live(
+        &base,
+        &user_tok,
+        "subscription{myDeviceEvents{kind deviceId placement{nodeId nodeName region}}}",
+    )
+    .await;
+    // Subscriptions are in place once an event of another kind flows; give
+    // the server a beat to register them (bounded: the assignment below
+    // is retried until an event arrives).
+    let mut sid = None;
+    for _ in 0..20 {
+        let (s, b) = w.assign(&device_tok, None).await;
+        assert_eq!(s, 200, "{b}");
+        sid = b["session_id"].as_str().map(str::to_owned);
+        if let Ok(v) = tokio::time::timeout(
+            std::time::Duration::from_millis(250),
+            live_next(&mut sessions),
+        )
+        .await
+        {
+            let ev = &v["payload"]["data"]["sessionEvents"];
+            assert_eq!(ev["kind"], "OPENED", "{v}");
+            assert_eq!(ev["sessionId"], json!(sid));
+            assert_eq!(ev["deviceId"], json!(device));
+            assert_eq!(ev["userId"], json!(uid));
+            assert_eq!(ev["userEmail"], json!(email));
+            assert_eq!(ev["region"], "eu");
+            assert_eq!(ev["outlineNodeId"], json!(node));
+            assert_eq!(ev["endReason"], Value::Null);
+            break;
+        }
+        // Not subscribed yet when the session opened: end it and retry.
+        w.sql(&format!(
+            "UPDATE sessions SET ended_at = started_at, end_reason = 'idle' WHERE id = '{}'",
+            sid.clone().unwrap_or_default()
+        ))
+        .await;
+        sid = None;
+    }
+    let sid = sid.expect("an OPENED event");
+    // The owner sees the device placed (earlier tries may show first).
+    let mut placed = false;
+    for _ in 0..40 {
+        let ev = live_event(&mut mine, "myDeviceEvents").await;
+        assert_eq!(ev["deviceId"], json!(device), "{ev}");
+        if ev["kind"] == "SESSION_OPENED" && ev["placement"]["nodeId"] == json!(node) {
+            assert_eq!(ev["placement"]["region"], "eu");
+            placed = true;
+            break;
+        }
+    }
+    assert!(placed, "no SESSION_OPENED with a placement");
+
+    // Crossing the 1,000,000-byte allowance: QUOTA_REACHED, then the
+    // session closes with its reason.
+    let (s, b) = w
+        .post("/api/v1/usage/report", Some(&w.gateway), json!({"reports": [{"session_id": sid, "seq": 1, "bytes_up": 400_000, "bytes_down": 700_000}]}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let ev = live_event(&mut quota, "quotaEvents").await;
+    assert_eq!(ev["kind"], "QUOTA_REACHED", "{ev}");
+    assert_eq!(ev["userId"], json!(uid));
+    assert_eq!(ev["userEmail"], json!(email));
+    assert_eq!(ev["trafficLimitBytes"], "1000000");
+    assert_eq!(ev["trafficUsedBytes"], "1100000");
+    let ev = live_event(&mut sessions, "sessionEvents").await;
+    assert_eq!(ev["kind"], "CLOSED", "{ev}");
+    assert_eq!(ev["sessionId"], json!(sid));
+    assert_eq!(ev["endReason"], "quota_exceeded");
+    assert_eq!(
+        (ev["bytesUp"].as_str(), ev["bytesDown"].as_str()),
+        (Some("400000"), Some("700000"))
+    );
+    let ev = live_event(&mut mine, "myDeviceEvents").await;
+    assert_eq!(ev["kind"], "SESSION_CLOSED", "{ev}");
+    assert_eq!(ev["placement"], Value::Null, "{ev}");
+
+    // A revocation reaches the owner's view.
+    let r = gql(
+        &base,
+        Some(&user_tok),
+        "mutation($d:UUID!){revokeDevice(id:$d){id}}",
+        json!({"d": device}),
+    )
+    .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let ev = live_event(&mut mine, "myDeviceEvents").await;
+    assert_eq!(
+        (ev["kind"].as_str(), ev["deviceId"].as_str()),
+        (Some("REVOKED"), Some(device.as_str())),
+        "{ev}"
+    );
+}

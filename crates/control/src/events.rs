@@ -15,6 +15,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
+use crate::feed::{DeviceChange, QuotaEvent, SessionEvent};
 use crate::ids::UserId;
 pub use httvps_wire::events::AccessEvent;
 
@@ -23,6 +24,15 @@ pub const CHANNEL: &str = "httvps_node_events";
 
 /// The NOTIFY channel of access events.
 pub const ACCESS_CHANNEL: &str = "httvps_access_events";
+
+/// The NOTIFY channel of session events (the admin feed).
+pub const SESSION_CHANNEL: &str = "httvps_session_events";
+
+/// The NOTIFY channel of quota events (the admin feed).
+pub const QUOTA_CHANNEL: &str = "httvps_quota_events";
+
+/// The NOTIFY channel of device changes (owners' live views).
+pub const DEVICE_CHANNEL: &str = "httvps_device_events";
 
 /// What happened to a node.
 #[derive(
@@ -125,6 +135,9 @@ impl AccessChange {
 pub struct Outbox {
     node: Vec<NodeEvent>,
     access: Vec<AccessEvent>,
+    session: Vec<SessionEvent>,
+    quota: Vec<QuotaEvent>,
+    device: Vec<DeviceChange>,
 }
 
 impl Outbox {
@@ -140,9 +153,28 @@ impl Outbox {
             .push(AccessEvent::new(change.as_str(), user.as_deref()));
     }
 
+    /// Sessions opened or closed.
+    pub fn sessions(&mut self, events: impl IntoIterator<Item = SessionEvent>) {
+        self.session.extend(events);
+    }
+
+    /// A subscription reached its allowance or started a new period.
+    pub fn quota(&mut self, event: QuotaEvent) {
+        self.quota.push(event);
+    }
+
+    /// A device was revoked or rotated.
+    pub fn device(&mut self, change: DeviceChange) {
+        self.device.push(change);
+    }
+
     /// Whether nothing was put in.
     pub fn is_empty(&self) -> bool {
-        self.node.is_empty() && self.access.is_empty()
+        self.node.is_empty()
+            && self.access.is_empty()
+            && self.session.is_empty()
+            && self.quota.is_empty()
+            && self.device.is_empty()
     }
 
     /// PostgreSQL: queues the events as notifications of the transaction
@@ -168,13 +200,29 @@ impl Outbox {
             .access
             .iter()
             .map(|e| (ACCESS_CHANNEL, serde_json::to_string(e)));
-        node.chain(access).filter_map(|(channel, json)| match json {
-            Ok(json) => Some((channel, json)),
-            Err(e) => {
-                tracing::warn!(error = %e, "encoding an event");
-                None
-            }
-        })
+        let session = self
+            .session
+            .iter()
+            .map(|e| (SESSION_CHANNEL, serde_json::to_string(e)));
+        let quota = self
+            .quota
+            .iter()
+            .map(|e| (QUOTA_CHANNEL, serde_json::to_string(e)));
+        let device = self
+            .device
+            .iter()
+            .map(|e| (DEVICE_CHANNEL, serde_json::to_string(e)));
+        node.chain(access)
+            .chain(session)
+            .chain(quota)
+            .chain(device)
+            .filter_map(|(channel, json)| match json {
+                Ok(json) => Some((channel, json)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoding an event");
+                    None
+                }
+            })
     }
 }
 
@@ -184,6 +232,9 @@ impl Outbox {
 pub struct Events {
     tx: broadcast::Sender<NodeEvent>,
     access_tx: broadcast::Sender<AccessEvent>,
+    session_tx: broadcast::Sender<SessionEvent>,
+    quota_tx: broadcast::Sender<QuotaEvent>,
+    device_tx: broadcast::Sender<DeviceChange>,
 }
 
 impl Default for Events {
@@ -197,7 +248,16 @@ impl Events {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
         let (access_tx, _) = broadcast::channel(1024);
-        Events { tx, access_tx }
+        let (session_tx, _) = broadcast::channel(1024);
+        let (quota_tx, _) = broadcast::channel(256);
+        let (device_tx, _) = broadcast::channel(256);
+        Events {
+            tx,
+            access_tx,
+            session_tx,
+            quota_tx,
+            device_tx,
+        }
     }
 
     /// Receives every node event from now on (slow receivers skip old ones).
@@ -211,6 +271,21 @@ impl Events {
         self.access_tx.subscribe()
     }
 
+    /// Receives every session event from now on (slow receivers skip old ones).
+    pub fn subscribe_sessions(&self) -> broadcast::Receiver<SessionEvent> {
+        self.session_tx.subscribe()
+    }
+
+    /// Receives every quota event from now on (slow receivers skip old ones).
+    pub fn subscribe_quota(&self) -> broadcast::Receiver<QuotaEvent> {
+        self.quota_tx.subscribe()
+    }
+
+    /// Receives every device change from now on (slow receivers skip old ones).
+    pub fn subscribe_devices(&self) -> broadcast::Receiver<DeviceChange> {
+        self.device_tx.subscribe()
+    }
+
     /// Hands a committed transaction's events to this process's subscribers
     /// (SQLite; on PostgreSQL the listener does it for every replica).
     pub fn deliver(&self, outbox: Outbox) {
@@ -219,6 +294,15 @@ impl Events {
         }
         for e in outbox.access {
             let _ = self.access_tx.send(e);
+        }
+        for e in outbox.session {
+            let _ = self.session_tx.send(e);
+        }
+        for e in outbox.quota {
+            let _ = self.quota_tx.send(e);
+        }
+        for e in outbox.device {
+            let _ = self.device_tx.send(e);
         }
     }
 
@@ -249,7 +333,9 @@ impl Events {
             Ok(conn) => conn,
             Err(e) => return tracing::warn!(error = %e, "event listener cannot connect"),
         };
-        let listen = format!("LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}");
+        let listen = format!(
+            "LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}; LISTEN {SESSION_CHANNEL}; LISTEN {QUOTA_CHANNEL}; LISTEN {DEVICE_CHANNEL}"
+        );
         if let Err(e) = conn.batch_execute(&listen).await {
             return tracing::warn!(error = %e, "LISTEN failed");
         }
@@ -262,22 +348,24 @@ impl Events {
                 Ok(n) => n,
                 Err(e) => return tracing::warn!(error = %e, "event listener"),
             };
-            if n.channel == ACCESS_CHANNEL {
-                match serde_json::from_str::<AccessEvent>(&n.payload) {
-                    Ok(ev) => {
-                        let _ = self.access_tx.send(ev);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "undecodable event"),
-                }
-            } else {
-                match serde_json::from_str::<NodeEvent>(&n.payload) {
-                    Ok(ev) => {
-                        let _ = self.tx.send(ev);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "undecodable node event"),
-                }
+            match n.channel.as_str() {
+                ACCESS_CHANNEL => forward(&self.access_tx, &n.payload),
+                SESSION_CHANNEL => forward(&self.session_tx, &n.payload),
+                QUOTA_CHANNEL => forward(&self.quota_tx, &n.payload),
+                DEVICE_CHANNEL => forward(&self.device_tx, &n.payload),
+                _ => forward(&self.tx, &n.payload),
             }
         }
+    }
+}
+
+/// Decodes one notification's payload and hands it to local subscribers.
+fn forward<T: serde::de::DeserializeOwned>(tx: &broadcast::Sender<T>, payload: &str) {
+    match serde_json::from_str::<T>(payload) {
+        Ok(ev) => {
+            let _ = tx.send(ev);
+        }
+        Err(e) => tracing::warn!(error = %e, "undecodable event"),
     }
 }
 

@@ -184,15 +184,24 @@ pub async fn sweep(db: &Db) -> AppResult<()> {
             .returning(GatewayNode::as_returning())
             .get_results(conn)
             .await?;
-        diesel::update(sessions::table)
+        let idle: Vec<crate::ids::SessionId> = diesel::update(sessions::table)
             .filter(sessions::ended_at.is_null())
             .filter(sessions::last_activity_at.lt(ts - SESSION_IDLE))
             .set((
                 sessions::ended_at.eq(ts),
                 sessions::end_reason.eq(EndReason::Idle),
             ))
-            .execute(conn)
+            .returning(sessions::id)
+            .get_results(conn)
             .await?;
+        if !idle.is_empty() {
+            let rows = crate::session_rows!(conn, idle);
+            outbox.sessions(crate::feed::session_events(
+                crate::feed::SessionEventKind::Closed,
+                rows,
+                ts,
+            ));
+        }
         for n in nodes {
             let code: String = regions::table
                 .find(n.region_id)

@@ -35,6 +35,7 @@ pub mod db;
 pub mod devices;
 pub mod error;
 pub mod events;
+pub mod feed;
 pub mod graphql;
 pub mod heartbeats;
 pub mod http;

@@ -107,14 +107,26 @@ pub async fn end_sessions(db: &Db, sessions: &[(SessionId, EndReason)]) -> AppRe
             .1
             .push(*id);
     }
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
         let ts = now();
+        let mut ended = Vec::new();
         for (reason, ids) in by_reason.values() {
-            diesel::update(sessions::table.filter(sessions::id.eq_any(ids)))
-                .filter(sessions::ended_at.is_null())
-                .set((sessions::ended_at.eq(ts), sessions::end_reason.eq(*reason)))
-                .execute(conn)
-                .await?;
+            let ids: Vec<SessionId> =
+                diesel::update(sessions::table.filter(sessions::id.eq_any(ids)))
+                    .filter(sessions::ended_at.is_null())
+                    .set((sessions::ended_at.eq(ts), sessions::end_reason.eq(*reason)))
+                    .returning(sessions::id)
+                    .get_results(conn)
+                    .await?;
+            ended.extend(ids);
+        }
+        if !ended.is_empty() {
+            let rows = crate::session_rows!(conn, ended);
+            outbox.sessions(crate::feed::session_events(
+                crate::feed::SessionEventKind::Closed,
+                rows,
+                ts,
+            ));
         }
         Ok::<_, crate::error::AppError>(())
     })

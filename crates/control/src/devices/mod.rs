@@ -17,6 +17,7 @@ use crate::db::models::{AuditEntry, Device, Plan, Subscription, now};
 use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
+use crate::feed::{DeviceChange, DeviceEventKind};
 use crate::ids::{DeviceId, UserId};
 pub use crate::status::DeviceStatus;
 use crate::status::SubscriptionStatus;
@@ -142,6 +143,11 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
                 .await?;
         }
         outbox.access(AccessChange::DeviceRevoked, Some(device.user_id));
+        outbox.device(DeviceChange::now(
+            DeviceEventKind::Revoked,
+            device.id,
+            device.user_id,
+        ));
         Ok::<_, AppError>(revoked)
     })
 }
@@ -177,6 +183,11 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<(De
                 .await?;
         }
         outbox.access(AccessChange::DeviceTokenRotated, Some(device.user_id));
+        outbox.device(DeviceChange::now(
+            DeviceEventKind::Rotated,
+            device.id,
+            device.user_id,
+        ));
         Ok::<_, AppError>(rotated)
     })?;
     Ok((device, token))

@@ -1,16 +1,116 @@
-//! The streaming root (`Live`): node events for clients and dashboards.
+//! The streaming root (`Live`): node events for clients and dashboards,
+//! and the admin feed (sessions, allowances).
 
-use async_graphql::{Context, Subscription};
+use async_graphql::{Context, SimpleObject, Subscription};
 use futures_util::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use uuid::Uuid;
 
-use super::{AppContext, LiveViewer};
+use super::placement::DevicePlacement;
+use super::scalars::BigInt;
+use super::{AdminOnly, AppContext, LiveViewer, SignedIn, viewer};
 use crate::events::NodeEvent;
+use crate::feed::{self, DeviceEventKind, QuotaEventKind, SessionEventKind};
+use crate::ids::DeviceId;
 
 /// Live operations.
 #[derive(Default)]
 pub struct Live;
+
+/// A session opened or closed (admin feed).
+#[derive(SimpleObject, Debug, Clone)]
+pub struct SessionEvent {
+    /// Opened or closed.
+    pub kind: SessionEventKind,
+    /// The session.
+    pub session_id: Uuid,
+    /// Its device.
+    pub device_id: Uuid,
+    /// The device's owner.
+    pub user_id: Uuid,
+    /// Owner's email, so a feed can name who without one more query.
+    pub user_email: String,
+    /// Region code of the Outline node.
+    pub region: String,
+    /// The Outline node.
+    pub outline_node_id: Option<Uuid>,
+    /// The gateway.
+    pub gateway_node_id: Option<Uuid>,
+    /// Why it closed (same values as Session.endReason); null when OPENED.
+    pub end_reason: Option<String>,
+    /// Upload total at the event (0 when OPENED).
+    pub bytes_up: BigInt,
+    /// Download total at the event (0 when OPENED).
+    pub bytes_down: BigInt,
+    /// When (UTC).
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<feed::SessionEvent> for SessionEvent {
+    fn from(e: feed::SessionEvent) -> Self {
+        SessionEvent {
+            kind: e.kind,
+            session_id: e.session_id,
+            device_id: e.device_id,
+            user_id: e.user_id,
+            user_email: e.user_email,
+            region: e.region,
+            outline_node_id: e.outline_node_id,
+            gateway_node_id: e.gateway_node_id,
+            end_reason: e.end_reason,
+            bytes_up: BigInt(e.bytes_up),
+            bytes_down: BigInt(e.bytes_down),
+            at: e.at,
+        }
+    }
+}
+
+/// A subscription reached its allowance or started a new period (admin feed).
+#[derive(SimpleObject, Debug, Clone)]
+pub struct QuotaEvent {
+    /// What happened.
+    pub kind: QuotaEventKind,
+    /// The subscription.
+    pub subscription_id: Uuid,
+    /// Its account.
+    pub user_id: Uuid,
+    /// The account's email.
+    pub user_email: String,
+    /// The allowance (null: unlimited).
+    pub traffic_limit_bytes: Option<BigInt>,
+    /// Used in the period after the event.
+    pub traffic_used_bytes: BigInt,
+    /// When (UTC).
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<feed::QuotaEvent> for QuotaEvent {
+    fn from(e: feed::QuotaEvent) -> Self {
+        QuotaEvent {
+            kind: e.kind,
+            subscription_id: e.subscription_id,
+            user_id: e.user_id,
+            user_email: e.user_email,
+            traffic_limit_bytes: e.traffic_limit_bytes.map(BigInt),
+            traffic_used_bytes: BigInt(e.traffic_used_bytes),
+            at: e.at,
+        }
+    }
+}
+
+/// Something happened to one of the caller's devices.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct DeviceEvent {
+    /// What happened.
+    pub kind: DeviceEventKind,
+    /// The device.
+    pub device_id: Uuid,
+    /// After the event: null when the device has no open session.
+    pub placement: Option<DevicePlacement>,
+    /// When (UTC).
+    pub at: chrono::DateTime<chrono::Utc>,
+}
 
 #[Subscription]
 impl Live {
@@ -29,5 +129,78 @@ impl Live {
             Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(ev),
             _ => None,
         }))
+    }
+
+    /// Admin: sessions opening and closing, optionally of one region.
+    /// Delivered to every replica (LISTEN/NOTIFY), like nodeEvents.
+    #[graphql(guard = "AdminOnly")]
+    async fn session_events(
+        &self,
+        ctx: &Context<'_>,
+        region: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = SessionEvent>> {
+        let api = ctx.data::<AppContext>()?;
+        let region = region.map(|r| r.trim().to_lowercase());
+        let rx = api.db.events().subscribe_sessions();
+        Ok(BroadcastStream::new(rx).filter_map(move |ev| match ev {
+            Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(ev.into()),
+            _ => None,
+        }))
+    }
+
+    /// The caller's own devices: revoked, rotated, placed on or moved off a node.
+    #[graphql(guard = "SignedIn")]
+    async fn my_device_events(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = DeviceEvent>> {
+        let api = ctx.data::<AppContext>()?;
+        let me = viewer(ctx)?.user_id.uuid();
+        let events = api.db.events();
+        let sessions = BroadcastStream::new(events.subscribe_sessions()).filter_map(move |ev| {
+            let ev = ev.ok().filter(|e| e.user_id == me)?;
+            let kind = match ev.kind {
+                SessionEventKind::Opened => DeviceEventKind::SessionOpened,
+                SessionEventKind::Closed => DeviceEventKind::SessionClosed,
+            };
+            Some((kind, ev.device_id, ev.at))
+        });
+        let changes = BroadcastStream::new(events.subscribe_devices()).filter_map(move |ev| {
+            let ev = ev.ok().filter(|e| e.user_id == me)?;
+            Some((ev.kind, ev.device_id, ev.at))
+        });
+        let db = api.db.clone();
+        Ok(futures_util::StreamExt::then(
+            sessions.merge(changes),
+            move |(kind, device, at)| {
+                let db = db.clone();
+                async move {
+                    // Where the device is after the event, as `placement` says.
+                    let placement = crate::sessions::placements_of(&db, &[DeviceId::from(device)])
+                        .await
+                        .ok()
+                        .and_then(|p| p.into_iter().next())
+                        .map(DevicePlacement::from);
+                    DeviceEvent {
+                        kind,
+                        device_id: device,
+                        placement,
+                        at,
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Admin: subscriptions that used up their traffic allowance or started
+    /// a new traffic period.
+    #[graphql(guard = "AdminOnly")]
+    async fn quota_events(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = QuotaEvent>> {
+        let api = ctx.data::<AppContext>()?;
+        let rx = api.db.events().subscribe_quota();
+        Ok(BroadcastStream::new(rx).filter_map(|ev| ev.ok().map(QuotaEvent::from)))
     }
 }

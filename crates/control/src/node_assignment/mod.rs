@@ -15,6 +15,7 @@ use crate::db::Db;
 use crate::db::models::{Device, GatewayNode, OutlineNode, Region, Session, now};
 use crate::db::schema::{devices, outline_nodes, regions, sessions};
 use crate::error::{AppError, AppResult};
+use crate::feed::{self, SessionEventKind};
 use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, SessionId};
 use crate::status::NodeStatus;
 use crate::{db_run, db_tx};
@@ -120,7 +121,7 @@ async fn open_session(
     node_id: OutlineNodeId,
     gateway_id: Option<GatewayNodeId>,
 ) -> AppResult<Session> {
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
         let ts = now();
         let fresh = Session {
             id: SessionId::random(),
@@ -135,7 +136,7 @@ async fn open_session(
             last_seq: 0,
             end_reason: None,
         };
-        diesel::insert_into(sessions::table)
+        let inserted = diesel::insert_into(sessions::table)
             .values(&fresh)
             .on_conflict_do_nothing()
             .execute(conn)
@@ -150,6 +151,10 @@ async fn open_session(
             None => q.filter(sessions::gateway_node_id.is_null()),
         };
         let s: Session = q.select(Session::as_select()).first(conn).await?;
+        if inserted == 1 && s.id == fresh.id {
+            let rows = crate::session_rows!(conn, vec![s.id]);
+            outbox.sessions(feed::session_events(SessionEventKind::Opened, rows, ts));
+        }
         diesel::update(devices::table.find(device_id))
             .set(devices::last_seen_at.eq(ts))
             .execute(conn)

@@ -1,22 +1,24 @@
 //! A pass of the applier: read the pending inbox rows page by page, merge
 //! them, apply the plan in transactions of bounded size, delete the rows.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::inbox::{self, to_json};
 use super::plan::{self, InboxTotals, Latest, Stored, Totals};
+use super::quota;
 use super::statements::{APPLY_LOCK, CHARGE, GROW_SESSIONS, LEDGER, LedgerRow, READ};
 use super::{Pass, subscriptions_period_days};
 use crate::db::Db;
 use crate::db::models::now;
-use crate::db::schema::sessions;
+use crate::db::schema::{sessions, users};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
-use crate::ids::SessionId;
+use crate::feed::QuotaEvent;
+use crate::ids::{SessionId, UserId};
 use crate::status::EndReason;
 
 /// Sessions applied per transaction: row locks stay short however large a
@@ -151,16 +153,46 @@ async fn apply_chunk(
             charge_ms,
             "usage chunk applied"
         );
+        let changes = quota::quota_changes(&plan.charges, &charged, ts);
+        if !changes.is_empty() {
+            let users: Vec<UserId> = changes.iter().map(|(_, c)| c.user_id).collect();
+            let emails: HashMap<UserId, String> = users::table
+                .filter(users::id.eq_any(&users))
+                .select((users::id, users::email))
+                .load::<(UserId, String)>(conn)
+                .await?
+                .into_iter()
+                .collect();
+            for (kind, c) in changes {
+                outbox.quota(QuotaEvent {
+                    kind,
+                    subscription_id: c.id.uuid(),
+                    user_id: c.user_id.uuid(),
+                    user_email: emails.get(&c.user_id).cloned().unwrap_or_default(),
+                    traffic_limit_bytes: c.traffic_limit_bytes,
+                    traffic_used_bytes: c.traffic_used_bytes,
+                    at: ts.and_utc(),
+                });
+            }
+        }
         let ending = plan::ending(&stored, &charged);
         if !ending.is_empty() {
-            diesel::update(sessions::table.filter(sessions::id.eq_any(&ending)))
-                .filter(sessions::ended_at.is_null())
-                .set((
-                    sessions::ended_at.eq(ts),
-                    sessions::end_reason.eq(EndReason::QuotaExceeded),
-                ))
-                .execute(conn)
-                .await?;
+            let ended: Vec<SessionId> =
+                diesel::update(sessions::table.filter(sessions::id.eq_any(&ending)))
+                    .filter(sessions::ended_at.is_null())
+                    .set((
+                        sessions::ended_at.eq(ts),
+                        sessions::end_reason.eq(EndReason::QuotaExceeded),
+                    ))
+                    .returning(sessions::id)
+                    .get_results(conn)
+                    .await?;
+            let rows = crate::session_rows!(conn, ended);
+            outbox.sessions(crate::feed::session_events(
+                crate::feed::SessionEventKind::Closed,
+                rows,
+                ts,
+            ));
             // Other gateways may hold cached validations for the accounts.
             outbox.access(AccessChange::QuotaExceeded, None);
         }

@@ -23,6 +23,7 @@ pub mod applier;
 pub mod apply;
 pub mod inbox;
 pub mod plan;
+pub mod quota;
 pub mod statements;
 
 use httvps_wire::CloseOrder;

@@ -11,7 +11,7 @@ use httvps_wire::CloseOrder;
 
 use super::RowOutcome;
 use crate::access;
-use crate::ids::{SessionId, UserId};
+use crate::ids::{SessionId, SubscriptionId, UserId};
 use crate::status::EndReason;
 
 /// Cumulative totals of a session as reported.
@@ -209,6 +209,9 @@ pub fn plan_chunk(
 /// An account's subscription after it was charged.
 #[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
 pub struct Charged {
+    /// The subscription charged.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub id: SubscriptionId,
     /// The account.
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub user_id: UserId,
@@ -218,6 +221,9 @@ pub struct Charged {
     /// The allowance (`None`: unlimited).
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
     pub traffic_limit_bytes: Option<i64>,
+    /// Start of the traffic period, after the charge.
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    pub period_start: NaiveDateTime,
 }
 
 /// The open sessions among `stored` whose owner just used up the allowance.
@@ -295,9 +301,11 @@ mod tests {
 
     fn spent(user_id: UserId, used: i64, limit: Option<i64>) -> Charged {
         Charged {
+            id: crate::ids::SubscriptionId::random(),
             user_id,
             traffic_used_bytes: used,
             traffic_limit_bytes: limit,
+            period_start: crate::db::models::now(),
         }
     }
 

@@ -127,7 +127,7 @@ pub const CHARGE: Statement = Statement {
          WHERE subscriptions.user_id = x.user_id AND ",
         current_subscription_sql!("subscriptions", "$2"),
         " AND p.id = subscriptions.plan_id \
-         RETURNING subscriptions.user_id, subscriptions.traffic_used_bytes, subscriptions.traffic_limit_bytes"
+         RETURNING subscriptions.id, subscriptions.user_id, subscriptions.traffic_used_bytes, subscriptions.traffic_limit_bytes, subscriptions.period_start"
     ),
     sqlite: concat!(
         "UPDATE subscriptions SET \
@@ -144,7 +144,7 @@ pub const CHARGE: Statement = Statement {
          WHERE subscriptions.user_id = x.user_id AND ",
         current_subscription_sql!("subscriptions", "?2"),
         " AND p.id = subscriptions.plan_id \
-         RETURNING user_id, traffic_used_bytes, traffic_limit_bytes"
+         RETURNING id, user_id, traffic_used_bytes, traffic_limit_bytes, period_start"
     ),
 };
 
