@@ -12,7 +12,8 @@
 //! - `routes`: `/ws/{token}/tcp`, `/ws/{token}/udp`, `/c/{token}`, the 404
 //!   every refusal looks like, and the order of admission.
 //! - `upgrade`: the checks of a WebSocket upgrade request.
-//! - `admission`: the pure core: verdict lifetimes, the outage rule, caps.
+//! - `admission`, `caps`: the pure cores: verdict lifetimes, the outage
+//!   rule, the tunnel caps.
 //! - `validator`: the bounded validation cache and the control-plane call.
 //! - `throttle`: guessed tokens per source, and who is shut out.
 //! - `tunnel`, `tcp`, `udp`: the pipes.
@@ -37,6 +38,7 @@ use crate::backend::Backend;
 mod accept;
 mod admin;
 mod admission;
+mod caps;
 mod document;
 mod follower;
 mod routes;
@@ -131,7 +133,7 @@ struct Gateway {
     opts: GatewayOptions,
     backend: Backend,
     validations: validator::Validations,
-    caps: Mutex<admission::Caps>,
+    caps: Mutex<caps::Caps>,
     throttle: throttle::Throttle,
     sessions: sessions::Sessions,
     beats: follower::Beats,
@@ -143,7 +145,7 @@ struct Gateway {
 
 impl Gateway {
     /// Counts a new tunnel of `device` in the caps.
-    fn admit(&self, device: &std::sync::Arc<str>) -> Result<(), admission::CapRefusal> {
+    fn admit(&self, device: &std::sync::Arc<str>) -> Result<(), caps::CapRefusal> {
         self.caps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -151,7 +153,7 @@ impl Gateway {
     }
 
     /// Why a new tunnel of `device` would be refused now, if it would.
-    fn cap_refusal(&self, device: &str) -> Option<admission::CapRefusal> {
+    fn cap_refusal(&self, device: &str) -> Option<caps::CapRefusal> {
         self.caps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -220,7 +222,7 @@ pub async fn run(
     };
     let gw = Arc::new(Gateway {
         validations: validator::Validations::new(opts.cache_capacity, lifetimes),
-        caps: Mutex::new(admission::Caps::new(
+        caps: Mutex::new(caps::Caps::new(
             opts.max_tunnels,
             opts.max_tunnels_per_device,
         )),
