@@ -559,8 +559,17 @@ async fn usage_reports_under_load_on_two_replicas_count_exactly_once() {
     let mut sessions = Vec::new();
     for _ in 0..40 {
         let (uid, _, tok) = w.device().await;
+        // Setting up 40 accounts can outlast the node's lease on a busy
+        // machine: keep it alive.
+        w.beat(&t1, 0).await;
         let (_, b) = w.assign(&tok, None).await;
-        sessions.push((b["session_id"].as_str().expect("session").to_owned(), uid));
+        sessions.push((
+            b["session_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{b}"))
+                .to_owned(),
+            uid,
+        ));
     }
     let ids: Vec<String> = sessions.iter().map(|(s, _)| s.clone()).collect();
     let bases = [w.server.base.clone(), second.base.clone()];
