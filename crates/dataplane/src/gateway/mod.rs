@@ -19,7 +19,8 @@
 //! - `tunnel`, `tcp`, `udp`: the pipes.
 //! - `document`: the Outline access document.
 //! - `sessions`: per-session counters, close signals, monotonic totals.
-//! - `usage`, `spool`: usage reports and the spool behind them.
+//! - `usage`, `spool`: usage reports and the spool behind them (written
+//!   off the runtime's threads, fsync'd, every `spool_every`).
 //! - `follower`, `schedule`: heartbeats, access events, the expiry schedule.
 //! - `admin`: health and metrics.
 
@@ -84,8 +85,11 @@ pub struct GatewayOptions {
     /// On shutdown, how long open tunnels may finish before they are closed (1001).
     pub drain_grace: Duration,
     /// File keeping per-session cumulative totals, so a restart (even after
-    /// SIGKILL) neither loses nor recounts what was reported.
+    /// SIGKILL) recounts nothing and loses at most what moved in the last
+    /// `spool_every`.
     pub spool: Option<std::path::PathBuf>,
+    /// How often the spool is written (fsync'd), besides before each report.
+    pub spool_every: Duration,
     /// A tunnel with no data either way for this long gets a WebSocket Ping.
     pub idle_ping: Duration,
     /// A tunnel (TCP or UDP) with no data either way for this long is closed.
@@ -116,6 +120,7 @@ impl Default for GatewayOptions {
             heartbeat_every: Duration::from_secs(5),
             drain_grace: Duration::from_secs(10),
             spool: None,
+            spool_every: Duration::from_millis(500),
             idle_ping: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             guess_limit: 20,
@@ -138,6 +143,7 @@ struct Gateway {
     sessions: sessions::Sessions,
     beats: follower::Beats,
     reports: usage::Reports,
+    spool: spool::Writer,
     metrics: admin::Metrics,
     /// Every tunnel's pipe.
     tunnels: TaskTracker,
@@ -230,6 +236,7 @@ pub async fn run(
         sessions: sessions::Sessions::default(),
         beats: follower::Beats::default(),
         reports: usage::Reports::new(),
+        spool: spool::Writer::default(),
         metrics: admin::Metrics::default(),
         tunnels: TaskTracker::new(),
         backend,
@@ -246,6 +253,9 @@ pub async fn run(
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
     spawn_until(&background, &stop, usage::report_loop(gw.clone()));
+    if gw.opts.spool.is_some() {
+        spawn_until(&background, &stop, spool::spool_loop(gw.clone()));
+    }
     spawn_until(&background, &stop, follower::heartbeat_loop(gw.clone()));
     spawn_until(&background, &stop, follower::access_loop(gw.clone()));
     if let Some(l) = admin {
