@@ -278,6 +278,7 @@ pub async fn run_up(
     let local = listener.local_addr().context("reading the bound address")?;
     let sweeper =
         httvps_control::heartbeats::spawn_sweeper(state.db.clone(), Duration::from_secs(2));
+    let usage_sweeper = httvps_control::usage_accounting::sweeper::spawn(state.db.clone());
     let server = tokio::spawn(http::serve(listener, state.clone(), shutdown));
     let plane = start_up_data_plane(
         &state,
@@ -293,6 +294,7 @@ pub async fn run_up(
         .context("control plane task")?
         .context("serving HTTP");
     sweeper.abort();
+    usage_sweeper.abort();
     drop(plane);
     served
 }

@@ -1840,6 +1840,7 @@ async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
         ])
         .env("BACKEND_LOG_FORMAT", "json")
         .env("GATEWAY_SELF_SIGNED", "true")
+        .env("GATEWAY_DATA_DIR", dir.path())
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -332,7 +332,8 @@ async fn assignment_policy() {
     .await;
     let (s, b) = w.assign(&dev, None).await;
     assert_eq!(s, 503, "{b}");
-    assert_eq!(b["error"]["code"], "UNAVAILABLE");
+    assert_eq!(b["error"]["code"], "NO_NODE");
+    assert_eq!(b["error"]["reason"], "no_node_available");
 }
 
 #[tokio::test(flavor = "multi_thread")]

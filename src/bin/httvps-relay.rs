@@ -90,7 +90,13 @@ struct GatewayArgs {
     /// On SIGTERM, seconds open tunnels get to finish before they are closed.
     #[arg(long, env = "GATEWAY_DRAIN_GRACE_SECS", default_value_t = 10)]
     drain_grace_secs: u64,
-    /// File keeping unacknowledged usage totals across restarts.
+    /// Directory of the gateway's own files (the usage spool); created if
+    /// missing.
+    #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// File keeping usage totals across restarts, even SIGKILL (written and
+    /// fsync'd every 0.5 s and before each report); default:
+    /// `<data-dir>/gateway-spool.json`.
     #[arg(long, env = "GATEWAY_SPOOL")]
     spool: Option<PathBuf>,
     /// Seconds without data before a tunnel gets a WebSocket Ping.
@@ -196,6 +202,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tls::ensure_self_signed(&a.cert, &a.key, &["localhost", "127.0.0.1"])?;
             }
             let acceptor = tls::acceptor(&a.cert, &a.key)?;
+            let spool = a
+                .spool
+                .unwrap_or_else(|| a.data_dir.join("gateway-spool.json"));
+            if let Some(dir) = spool.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {} (GATEWAY_DATA_DIR)", dir.display()))?;
+            }
             let listener = tokio::net::TcpListener::bind(a.listen)
                 .await
                 .with_context(|| format!("binding {}", a.listen))?;
@@ -211,7 +224,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 cache_capacity: a.cache_capacity,
                 handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
                 drain_grace: Duration::from_secs(a.drain_grace_secs),
-                spool: a.spool,
+                spool: Some(spool),
                 idle_ping: Duration::from_secs(a.idle_ping_secs.max(1)),
                 idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
                 guess_limit: a.guess_limit,

@@ -47,6 +47,7 @@ pub async fn serve(
     let state = prepare(&settings).await?;
     let sweeper =
         crate::heartbeats::spawn_sweeper(state.db.clone(), std::time::Duration::from_secs(2));
+    let usage_sweeper = crate::usage_accounting::sweeper::spawn(state.db.clone());
     let addr = SocketAddr::new(settings.host, settings.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -57,6 +58,7 @@ pub async fn serve(
         .await
         .context("serving HTTP");
     sweeper.abort();
+    usage_sweeper.abort();
     served?;
     tracing::info!("control plane stopped");
     Ok(())

@@ -29,9 +29,13 @@ pub enum AppError {
     /// A limit of the plan or of the service is reached.
     #[error("{0}")]
     LimitExceeded(String),
-    /// A dependency (the database, a node pool) cannot serve now.
+    /// The database (or another dependency) cannot serve now: an outage.
     #[error("{0}")]
     Unavailable(String),
+    /// No healthy node with room serves the region now: a decision, which
+    /// gateways don't paper over with their outage cache.
+    #[error("{0}")]
+    NoNode(String),
     /// The device may not connect, for a stable reason.
     #[error("{}", .0.message())]
     DeviceRefused(httvps_wire::Reason),
@@ -50,7 +54,8 @@ impl AppError {
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::Conflict(_) => "CONFLICT",
             AppError::LimitExceeded(_) => "LIMIT_EXCEEDED",
-            AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::Unavailable(_) => httvps_wire::Unavailable::DatabaseUnavailable.code(),
+            AppError::NoNode(_) => httvps_wire::Unavailable::NoNodeAvailable.code(),
             AppError::DeviceRefused(_) => "DEVICE_REFUSED",
             AppError::Internal(_) => "INTERNAL",
         }
@@ -65,7 +70,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::LimitExceeded(_) => StatusCode::CONFLICT,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::DeviceRefused(_) => StatusCode::FORBIDDEN,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -165,6 +170,16 @@ impl IntoResponse for AppError {
                 message: self.to_string(),
                 reason: match &self {
                     AppError::DeviceRefused(r) => Some(r.as_str().to_owned()),
+                    AppError::Unavailable(_) => Some(
+                        httvps_wire::Unavailable::DatabaseUnavailable
+                            .as_str()
+                            .to_owned(),
+                    ),
+                    AppError::NoNode(_) => Some(
+                        httvps_wire::Unavailable::NoNodeAvailable
+                            .as_str()
+                            .to_owned(),
+                    ),
                     _ => None,
                 },
                 request_id,

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use httvps_wire::device::{AssignResponse, DeviceRequest, DeviceTokenResponse};
 use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse, OutlineBeat, OutlineConfig};
 use httvps_wire::usage::{UsageReport, UsageReportResponse};
-use httvps_wire::{ErrorBody, Reason, Secret};
+use httvps_wire::{ErrorBody, Reason, Secret, Unavailable};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +27,21 @@ pub enum BackendError {
     /// The control plane could not be reached.
     #[error("control plane unreachable: {0}")]
     Unreachable(String),
+    /// The control plane cannot answer now (503), and says why.
+    #[error("control plane unavailable: {}", .0.as_str())]
+    Unavailable(Unavailable),
 }
 
 impl BackendError {
-    /// Whether the control plane itself is down (as opposed to saying no).
+    /// Whether the control plane or its database is down (as opposed to
+    /// the control plane deciding: a refusal, or no node available). A 503
+    /// without our reason comes from something in front of the control
+    /// plane, so it is an outage too.
     pub fn is_outage(&self) -> bool {
         match self {
             BackendError::Unreachable(_) => true,
-            BackendError::Status { status, .. } => *status >= 500 && *status != 503,
+            BackendError::Unavailable(u) => *u == Unavailable::DatabaseUnavailable,
+            BackendError::Status { status, .. } => *status >= 500,
             BackendError::Refused(_) => false,
         }
     }
@@ -102,6 +109,14 @@ impl Backend {
                 .and_then(Reason::parse)
         {
             return Err(BackendError::Refused(reason));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && let Some(why) = body
+                .as_ref()
+                .and_then(|b| b.error.reason.as_deref())
+                .and_then(Unavailable::parse)
+        {
+            return Err(BackendError::Unavailable(why));
         }
         Err(BackendError::Status {
             status: status.as_u16(),

@@ -16,7 +16,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// A human-readable message.
     pub message: String,
-    /// Set when a device is refused: the stable reason code.
+    /// Set when a device is refused (a device reason) or the control plane
+    /// cannot answer now (`database_unavailable`, `no_node_available`):
+    /// the stable reason code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Set on internal errors: quote it when reporting the problem.

@@ -6,7 +6,8 @@
 //!
 //! Map of the crate:
 //! - [`error`]: the JSON error envelope of every REST answer.
-//! - [`reason`]: why a device may not connect (stable codes).
+//! - [`reason`]: why a device may not connect, and why the control plane
+//!   cannot answer now (stable codes).
 //! - [`device`]: validate-device, device-token and assign-outline bodies.
 //! - [`usage`]: usage reports (cumulative totals) and close orders.
 //! - [`heartbeat`]: gateway and node heartbeats, the node's configuration.
@@ -24,7 +25,7 @@ pub mod token;
 pub mod usage;
 
 pub use error::{ErrorBody, ErrorDetail};
-pub use reason::Reason;
+pub use reason::{Reason, Unavailable};
 pub use secret::Secret;
 pub use usage::{CloseOrder, SessionTotals};
 

@@ -71,9 +71,77 @@ impl Reason {
     }
 }
 
+/// Why the control plane cannot answer a device's request now (HTTP 503,
+/// in the error envelope's `code` and `reason`). A gateway tells them
+/// apart: while the database is unavailable it keeps admitting devices it
+/// saw recently (its outage cache); with no node to send a device to it
+/// refuses at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Unavailable {
+    /// The database (or another dependency of the control plane) cannot
+    /// serve now: an outage, the same as the control plane being down.
+    DatabaseUnavailable,
+    /// No healthy node with room serves the device's region now: a
+    /// decision, not an outage.
+    NoNodeAvailable,
+}
+
+impl Unavailable {
+    /// Both answers, for tables and tests.
+    pub const ALL: [Unavailable; 2] = [
+        Unavailable::DatabaseUnavailable,
+        Unavailable::NoNodeAvailable,
+    ];
+
+    /// The envelope's `code`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Unavailable::DatabaseUnavailable => "UNAVAILABLE",
+            Unavailable::NoNodeAvailable => "NO_NODE",
+        }
+    }
+
+    /// The envelope's `reason` (a stable code).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unavailable::DatabaseUnavailable => "database_unavailable",
+            Unavailable::NoNodeAvailable => "no_node_available",
+        }
+    }
+
+    /// Parses the envelope's `reason`.
+    pub fn parse(reason: &str) -> Option<Self> {
+        Unavailable::ALL.into_iter().find(|u| u.as_str() == reason)
+    }
+
+    /// A sentence for people (Outline apps show it).
+    pub fn message(self) -> &'static str {
+        match self {
+            Unavailable::DatabaseUnavailable => "The service is unavailable; try again shortly.",
+            Unavailable::NoNodeAvailable => "No server is available in this region right now.",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Reason;
+    use super::{Reason, Unavailable};
+
+    #[test]
+    fn unavailability_codes_are_distinct_and_round_trip() {
+        for u in Unavailable::ALL {
+            let json = serde_json::to_string(&u).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", u.as_str()));
+            assert_eq!(Unavailable::parse(u.as_str()), Some(u));
+            assert_eq!(Reason::parse(u.as_str()), None, "not a device reason");
+        }
+        assert_ne!(
+            Unavailable::DatabaseUnavailable.code(),
+            Unavailable::NoNodeAvailable.code()
+        );
+    }
 
     #[test]
     fn codes_round_trip_through_serde_and_parse() {

@@ -14,13 +14,13 @@ use crate::actor::Actor;
 use crate::auth;
 use crate::db::Db;
 use crate::db::models::{AuditEntry, Device, Plan, Subscription, now};
-use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
+use crate::db::schema::{audit_log, devices, plans, sessions, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::feed::{DeviceChange, DeviceEventKind};
 use crate::ids::{DeviceId, UserId};
 pub use crate::status::DeviceStatus;
-use crate::status::SubscriptionStatus;
+use crate::status::{EndReason, SubscriptionStatus};
 use crate::{db_run, db_tx, paginate};
 pub use links::{AccessLinks, entry_point};
 
@@ -153,7 +153,8 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
 }
 
 /// Replaces a device's access token (own, or any for admins); the old one
-/// stops working at once, on gateways too.
+/// and the device JWTs exchanged for it stop working at once, and every
+/// gateway closes the tunnels opened with them.
 pub async fn rotate_token(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<(Device, String)> {
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
@@ -174,6 +175,19 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<(De
             .set(devices::token_hash.eq(&hash))
             .returning(Device::as_returning())
             .get_result(conn)
+            .await?;
+        // Tunnels opened with the old token (or a device JWT exchanged for
+        // it) belong to the device's open sessions: ending them makes every
+        // gateway close those tunnels on its next heartbeat, which the
+        // access event below triggers at once. New tunnels get new sessions.
+        diesel::update(sessions::table)
+            .filter(sessions::device_id.eq(id))
+            .filter(sessions::ended_at.is_null())
+            .set((
+                sessions::ended_at.eq(now()),
+                sessions::end_reason.eq(EndReason::DeviceRevoked),
+            ))
+            .execute(conn)
             .await?;
         let details = serde_json::json!({});
         if let Some(e) = audit_of(actor, &device, "rotate_device_token", details) {

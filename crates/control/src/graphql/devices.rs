@@ -188,7 +188,9 @@ impl DeviceMutation {
             .gql()
     }
 
-    /// Replaces a device's access token; the old one stops working.
+    /// Replaces a device's access token; the old one and the device JWTs
+    /// exchanged for it stop working, and their tunnels close on every
+    /// gateway within seconds.
     #[graphql(guard = "SignedIn")]
     async fn rotate_device_token(
         &self,

@@ -99,7 +99,7 @@ pub async fn assign(
             let session = open_session(db, device.id, node.id, gateway_id).await?;
             (node.clone(), session)
         }
-        Err(none) => return Err(AppError::Unavailable(none.message().into())),
+        Err(none) => return Err(AppError::NoNode(none.message().into())),
     };
     let region: Region = db_run!(db, |conn| regions::table
         .find(node.region_id)

@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use httvps_wire::device::DeviceRequest;
 
 use crate::access::{self, Verdict};
+use crate::auth;
 use crate::auth::jwt::Audience;
 use crate::context::bearer_token;
 use crate::db::models::{GatewayNode, now};
@@ -18,8 +19,9 @@ use crate::state::AppState;
 pub(super) enum Caller {
     /// A gateway or node.
     Machine(Box<Machine>),
-    /// A device, by the subject of its device JWT.
-    Device(String),
+    /// A device, by the subject of its device JWT and the generation of
+    /// the access token it was exchanged for.
+    Device(String, i64),
 }
 
 impl Caller {
@@ -30,7 +32,7 @@ impl Caller {
                 Machine::Gateway(g) => Some(g),
                 Machine::Outline(_) => None,
             },
-            Caller::Device(_) => None,
+            Caller::Device(..) => None,
         }
     }
 }
@@ -51,7 +53,7 @@ pub(super) async fn caller_with(
     let token = bearer_token(headers)?.ok_or(AppError::Unauthenticated)?;
     if token.contains('.') {
         let claims = state.api.jwt.verify(Audience::Device, token)?;
-        return Ok(Caller::Device(claims.sub));
+        return Ok(Caller::Device(claims.sub, claims.ver));
     }
     let machine = if cached {
         state.api.machines.authenticate(&state.db, token).await?
@@ -71,16 +73,23 @@ pub(super) async fn gateway_caller(
             Machine::Gateway(g) => Ok(g),
             Machine::Outline(_) => Err(AppError::Forbidden),
         },
-        Caller::Device(_) => Err(AppError::Forbidden),
+        Caller::Device(..) => Err(AppError::Forbidden),
     }
 }
 
 /// Checks the device a device JWT names (a subject that is no id names no
-/// device).
-async fn by_subject(state: &AppState, sub: &str) -> Result<Verdict, AppError> {
-    match sub.parse::<DeviceId>() {
-        Ok(id) => access::check_device(&state.db, id).await,
-        Err(_) => Ok(Verdict::of(None, now())),
+/// device). A JWT exchanged for an access token since rotated names no
+/// device either: rotation retires both credentials.
+async fn by_subject(state: &AppState, sub: &str, generation: i64) -> Result<Verdict, AppError> {
+    let Ok(id) = sub.parse::<DeviceId>() else {
+        return Ok(Verdict::of(None, now()));
+    };
+    let verdict = access::check_device(&state.db, id).await?;
+    match &verdict.device {
+        Some(d) if auth::token_generation(&d.token_hash) != generation => {
+            Ok(Verdict::of(None, now()))
+        }
+        _ => Ok(verdict),
     }
 }
 
@@ -92,11 +101,11 @@ pub(super) async fn verdict_for(
     req: &DeviceRequest,
 ) -> Result<Verdict, AppError> {
     match caller {
-        Caller::Device(sub) => by_subject(state, sub).await,
+        Caller::Device(sub, generation) => by_subject(state, sub, *generation).await,
         Caller::Machine(m) if matches!(**m, Machine::Gateway(_)) => {
             if let Some(jwt) = req.device_jwt.as_deref() {
                 let claims = state.api.jwt.verify(Audience::Device, jwt)?;
-                return by_subject(state, &claims.sub).await;
+                return by_subject(state, &claims.sub, claims.ver).await;
             }
             let token = req
                 .device_token

@@ -13,6 +13,7 @@ use httvps_wire::{ErrorBody, Reason};
 use super::caller::{caller_with, verdict_for};
 use super::{ApiJson, DEVICE_JWT_TTL_SECS};
 use crate::access;
+use crate::auth;
 use crate::auth::jwt::Audience;
 use crate::context::bearer_token;
 use crate::devices;
@@ -68,7 +69,7 @@ pub(super) async fn device_token(
     let token = state.api.jwt.issue(
         Audience::Device,
         &device.id.to_string(),
-        0,
+        auth::token_generation(&device.token_hash),
         None,
         DEVICE_JWT_TTL_SECS,
     )?;

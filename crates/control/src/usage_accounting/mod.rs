@@ -17,7 +17,8 @@
 //! Along its seams: [`inbox`] receives and stores reports; [`plan`] decides,
 //! without I/O, what a pass changes (merge, deltas, hour rollover, charges);
 //! [`statements`] holds the SQL, once per dialect; [`apply`] runs a pass;
-//! [`applier`] schedules passes and answers waiting reports.
+//! [`applier`] schedules passes and answers waiting reports; [`sweeper`]
+//! moves finished hours to the ledger and resets periods by the clock.
 
 pub mod applier;
 pub mod apply;
@@ -25,6 +26,7 @@ pub mod inbox;
 pub mod plan;
 pub mod quota;
 pub mod statements;
+pub mod sweeper;
 
 use httvps_wire::CloseOrder;
 

@@ -1,8 +1,7 @@
 //! Admission, the pure core (no I/O; the time is an argument): which
 //! verdict a cached control-plane answer gives and for how long, how a
-//! failed call is treated (the outage rule), and the tunnel caps.
+//! failed call is treated (the outage rule).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,19 +154,22 @@ pub(crate) enum Failure {
     Said(Verdict),
     /// The control plane is down: a recent positive verdict may serve.
     Outage,
-    /// No decision now (no node free, say): refused, nothing cached.
+    /// No node can take the device now: refused at once, nothing cached.
+    NoNode,
+    /// No decision now (an answer we can't read): refused, nothing cached.
     Undecided,
 }
 
 /// Sorts a failed call. A refusal with a reason keeps it (an unknown
 /// device looks like an unknown path); any other 4xx is about the
-/// credential, so it is unknown; the control plane being unreachable or
-/// failing (5xx) is an outage; a 503 is the control plane's own "not now"
-/// (no healthy node), which a cached answer must not override.
+/// credential, so it is unknown; the control plane being unreachable,
+/// failing (5xx) or without its database is an outage; "no node
+/// available" is its decision, which a cached answer must not override.
 pub(crate) fn classify(e: &BackendError) -> Failure {
     match e {
         BackendError::Refused(Reason::DeviceUnknown) => Failure::Said(Verdict::Unknown),
         BackendError::Refused(r) => Failure::Said(Verdict::Refused(*r)),
+        BackendError::Unavailable(httvps_wire::Unavailable::NoNodeAvailable) => Failure::NoNode,
         BackendError::Status { status, .. } if (400..500).contains(status) => {
             Failure::Said(Verdict::Unknown)
         }
@@ -189,77 +191,10 @@ pub(crate) fn during_outage(entry: Option<&Entry>, now: Instant) -> Option<Arc<R
     }
 }
 
-/// Why a tunnel was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CapRefusal {
-    /// The gateway holds its most tunnels.
-    Full,
-    /// The device holds its most tunnels.
-    DeviceFull,
-}
-
-/// Open tunnels in all and per device, against their caps.
-#[derive(Debug)]
-pub(crate) struct Caps {
-    max_total: usize,
-    max_per_device: usize,
-    open: usize,
-    per_device: HashMap<Arc<str>, usize>,
-}
-
-impl Caps {
-    /// No tunnel open yet.
-    pub fn new(max_total: usize, max_per_device: usize) -> Self {
-        Caps {
-            max_total,
-            max_per_device,
-            open: 0,
-            per_device: HashMap::new(),
-        }
-    }
-
-    /// Why a new tunnel of `device` would be refused now, if it would (the
-    /// gateway's cap first: a full gateway says so whoever asks).
-    pub fn refusal(&self, device: &str) -> Option<CapRefusal> {
-        if self.open >= self.max_total {
-            return Some(CapRefusal::Full);
-        }
-        let n = self.per_device.get(device).copied().unwrap_or(0);
-        (n >= self.max_per_device).then_some(CapRefusal::DeviceFull)
-    }
-
-    /// Counts a new tunnel of `device`, unless a cap is reached.
-    pub fn admit(&mut self, device: &Arc<str>) -> Result<(), CapRefusal> {
-        if let Some(refusal) = self.refusal(device) {
-            return Err(refusal);
-        }
-        *self.per_device.entry(device.clone()).or_insert(0) += 1;
-        self.open += 1;
-        Ok(())
-    }
-
-    /// Counts a tunnel of `device` as ended; devices with none are
-    /// forgotten.
-    pub fn release(&mut self, device: &str) {
-        let Some(n) = self.per_device.get_mut(device) else {
-            return;
-        };
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.per_device.remove(device);
-        }
-        self.open = self.open.saturating_sub(1);
-    }
-
-    /// Open tunnels in all.
-    pub fn open(&self) -> usize {
-        self.open
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::caps::{CapRefusal, Caps};
 
     const S: Duration = Duration::from_secs(1);
 
@@ -375,11 +310,13 @@ mod tests {
             classify(&BackendError::Unreachable("refused".into())),
             Failure::Outage
         );
-        for s in [500, 502, 504] {
+        for s in [500, 502, 503, 504] {
             assert_eq!(classify(&status(s)), Failure::Outage, "{s}");
         }
-        // 503 is the control plane deciding "not now" (no healthy node).
-        assert_eq!(classify(&status(503)), Failure::Undecided);
+        use httvps_wire::Unavailable as U;
+        let unavailable = |u| classify(&BackendError::Unavailable(u));
+        assert_eq!(unavailable(U::DatabaseUnavailable), Failure::Outage);
+        assert_eq!(unavailable(U::NoNodeAvailable), Failure::NoNode);
         assert_eq!(classify(&status(302)), Failure::Undecided);
         for s in [400, 401, 403, 404, 429] {
             assert_eq!(classify(&status(s)), Failure::Said(Verdict::Unknown), "{s}");
@@ -461,40 +398,5 @@ mod tests {
         assert_eq!(e.device(), Some(dev("d1")), "still names the device");
         let unknown = lifetimes().entry(Verdict::Unknown, t0, None);
         assert_eq!(unknown.device(), None);
-    }
-
-    #[test]
-    fn caps_count_tunnels_in_all_and_per_device() {
-        let mut caps = Caps::new(3, 2);
-        let (a, b, c) = (dev("a"), dev("b"), dev("c"));
-        assert_eq!(caps.admit(&a), Ok(()));
-        assert_eq!(caps.admit(&a), Ok(()));
-        assert_eq!(caps.refusal("a"), Some(CapRefusal::DeviceFull));
-        assert_eq!(caps.admit(&a), Err(CapRefusal::DeviceFull));
-        assert_eq!(caps.admit(&b), Ok(()));
-        assert_eq!(caps.open(), 3);
-        assert_eq!(caps.refusal("c"), Some(CapRefusal::Full));
-        assert_eq!(
-            caps.admit(&c),
-            Err(CapRefusal::Full),
-            "the gateway's cap first"
-        );
-        caps.release("a");
-        assert_eq!(caps.open(), 2);
-        assert_eq!(caps.refusal("c"), None);
-        assert_eq!(caps.admit(&c), Ok(()));
-        assert_eq!(caps.admit(&a), Err(CapRefusal::Full));
-    }
-
-    #[test]
-    fn released_devices_are_forgotten_and_unknown_releases_change_nothing() {
-        let mut caps = Caps::new(10, 1);
-        assert_eq!(caps.admit(&dev("a")), Ok(()));
-        caps.release("a");
-        caps.release("a");
-        caps.release("nobody");
-        assert_eq!(caps.open(), 0);
-        assert!(caps.per_device.is_empty());
-        assert_eq!(caps.admit(&dev("a")), Ok(()));
     }
 }

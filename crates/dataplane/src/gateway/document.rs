@@ -1,7 +1,7 @@
 //! The Outline dynamic access key document served at `/c/{token}`: the
 //! transport for stock Outline apps (client 1.15+), or the error they show.
 
-use httvps_wire::Reason;
+use httvps_wire::{Reason, Unavailable};
 
 /// A YAML double-quoted scalar.
 fn yaml_string(s: &str) -> String {
@@ -53,10 +53,19 @@ pub fn access_yaml(public_url: &str, token: &str, method: &str, password: &str) 
 
 /// The document an app shows when the device may not connect.
 pub(crate) fn refusal_yaml(reason: Reason) -> String {
+    error_yaml(reason.message(), reason.as_str())
+}
+
+/// The document an app shows when no node can take the device now.
+pub(crate) fn unavailable_yaml(why: Unavailable) -> String {
+    error_yaml(why.message(), why.as_str())
+}
+
+fn error_yaml(message: &str, details: &str) -> String {
     format!(
         "error:\n  message: {}\n  details: {}\n",
-        yaml_string(reason.message()),
-        yaml_string(reason.as_str())
+        yaml_string(message),
+        yaml_string(details)
     )
 }
 

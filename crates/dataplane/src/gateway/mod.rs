@@ -12,13 +12,15 @@
 //! - `routes`: `/ws/{token}/tcp`, `/ws/{token}/udp`, `/c/{token}`, the 404
 //!   every refusal looks like, and the order of admission.
 //! - `upgrade`: the checks of a WebSocket upgrade request.
-//! - `admission`: the pure core: verdict lifetimes, the outage rule, caps.
+//! - `admission`, `caps`: the pure cores: verdict lifetimes, the outage
+//!   rule, the tunnel caps.
 //! - `validator`: the bounded validation cache and the control-plane call.
 //! - `throttle`: guessed tokens per source, and who is shut out.
 //! - `tunnel`, `tcp`, `udp`: the pipes.
 //! - `document`: the Outline access document.
 //! - `sessions`: per-session counters, close signals, monotonic totals.
-//! - `usage`, `spool`: usage reports and the spool behind them.
+//! - `usage`, `spool`: usage reports and the spool behind them (written
+//!   off the runtime's threads, fsync'd, every `spool_every`).
 //! - `follower`, `schedule`: heartbeats, access events, the expiry schedule.
 //! - `admin`: health and metrics.
 
@@ -37,6 +39,7 @@ use crate::backend::Backend;
 mod accept;
 mod admin;
 mod admission;
+mod caps;
 mod document;
 mod follower;
 mod routes;
@@ -82,8 +85,11 @@ pub struct GatewayOptions {
     /// On shutdown, how long open tunnels may finish before they are closed (1001).
     pub drain_grace: Duration,
     /// File keeping per-session cumulative totals, so a restart (even after
-    /// SIGKILL) neither loses nor recounts what was reported.
+    /// SIGKILL) recounts nothing and loses at most what moved in the last
+    /// `spool_every`.
     pub spool: Option<std::path::PathBuf>,
+    /// How often the spool is written (fsync'd), besides before each report.
+    pub spool_every: Duration,
     /// A tunnel with no data either way for this long gets a WebSocket Ping.
     pub idle_ping: Duration,
     /// A tunnel (TCP or UDP) with no data either way for this long is closed.
@@ -114,6 +120,7 @@ impl Default for GatewayOptions {
             heartbeat_every: Duration::from_secs(5),
             drain_grace: Duration::from_secs(10),
             spool: None,
+            spool_every: Duration::from_millis(500),
             idle_ping: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             guess_limit: 20,
@@ -131,11 +138,12 @@ struct Gateway {
     opts: GatewayOptions,
     backend: Backend,
     validations: validator::Validations,
-    caps: Mutex<admission::Caps>,
+    caps: Mutex<caps::Caps>,
     throttle: throttle::Throttle,
     sessions: sessions::Sessions,
     beats: follower::Beats,
     reports: usage::Reports,
+    spool: spool::Writer,
     metrics: admin::Metrics,
     /// Every tunnel's pipe.
     tunnels: TaskTracker,
@@ -143,7 +151,7 @@ struct Gateway {
 
 impl Gateway {
     /// Counts a new tunnel of `device` in the caps.
-    fn admit(&self, device: &std::sync::Arc<str>) -> Result<(), admission::CapRefusal> {
+    fn admit(&self, device: &std::sync::Arc<str>) -> Result<(), caps::CapRefusal> {
         self.caps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -151,7 +159,7 @@ impl Gateway {
     }
 
     /// Why a new tunnel of `device` would be refused now, if it would.
-    fn cap_refusal(&self, device: &str) -> Option<admission::CapRefusal> {
+    fn cap_refusal(&self, device: &str) -> Option<caps::CapRefusal> {
         self.caps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -220,7 +228,7 @@ pub async fn run(
     };
     let gw = Arc::new(Gateway {
         validations: validator::Validations::new(opts.cache_capacity, lifetimes),
-        caps: Mutex::new(admission::Caps::new(
+        caps: Mutex::new(caps::Caps::new(
             opts.max_tunnels,
             opts.max_tunnels_per_device,
         )),
@@ -228,6 +236,7 @@ pub async fn run(
         sessions: sessions::Sessions::default(),
         beats: follower::Beats::default(),
         reports: usage::Reports::new(),
+        spool: spool::Writer::default(),
         metrics: admin::Metrics::default(),
         tunnels: TaskTracker::new(),
         backend,
@@ -244,6 +253,9 @@ pub async fn run(
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
     spawn_until(&background, &stop, usage::report_loop(gw.clone()));
+    if gw.opts.spool.is_some() {
+        spawn_until(&background, &stop, spool::spool_loop(gw.clone()));
+    }
     spawn_until(&background, &stop, follower::heartbeat_loop(gw.clone()));
     spawn_until(&background, &stop, follower::access_loop(gw.clone()));
     if let Some(l) = admin {

@@ -18,11 +18,13 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use httvps_wire::Unavailable;
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::accept::Conn;
-use super::admission::{CapRefusal, Route};
-use super::document::{access_yaml, refusal_yaml};
+use super::admission::Route;
+use super::caps::CapRefusal;
+use super::document::{access_yaml, refusal_yaml, unavailable_yaml};
 use super::tunnel::{CapSlot, TunnelGuard};
 use super::validator::Refusal;
 use super::{Gateway, tcp, udp, upgrade};
@@ -102,6 +104,7 @@ fn refusal_response(gw: &Gateway, r: Refusal, peer: Option<IpAddr>) -> Response 
         Refusal::Unavailable => {
             (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
         }
+        Refusal::NoNode => (StatusCode::SERVICE_UNAVAILABLE, "No Node Available").into_response(),
     }
 }
 
@@ -299,6 +302,7 @@ async fn access_document(
             route.password.expose(),
         )),
         Err(Refusal::Refused(r)) => yaml(refusal_yaml(r)),
+        Err(Refusal::NoNode) => yaml(unavailable_yaml(Unavailable::NoNodeAvailable)),
         Err(r) => refusal_response(&gw, r, peer(&req)),
     }
 }

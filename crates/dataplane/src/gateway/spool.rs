@@ -1,9 +1,16 @@
 //! The usage spool: every session's cumulative totals, written atomically
-//! before each report, so a restart (even after SIGKILL) neither loses nor
-//! recounts what was reported (the ledger ignores totals it has).
+//! (a temporary file, fsync, rename, fsync of the directory) on a blocking
+//! thread, every `spool_every` and before each report. A restart (even
+//! after SIGKILL) continues from it: what was reported is never counted
+//! twice (the spool is never behind a report; the ledger ignores totals it
+//! has), and at most what moved since the last write is lost.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+
+use super::Gateway;
 
 /// The spool file's content (`{"sessions":{"<id>":[up,down]}}`).
 #[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq, Eq)]
@@ -31,15 +38,62 @@ fn decode(bytes: &[u8]) -> Option<HashMap<String, (u64, u64)>> {
         .map(|s| s.sessions)
 }
 
-/// Writes `totals` to `path` (through a temporary file and a rename).
-pub(crate) fn write(path: &Path, totals: impl IntoIterator<Item = (String, u64, u64)>) {
+/// Writes `totals` to `path` durably: a temporary file, fsync'd, renamed
+/// over the spool, and the directory fsync'd so the rename survives a
+/// crash of the machine too. Blocking: call it off the runtime's threads.
+fn write(path: &Path, totals: Vec<(String, u64, u64)>) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let written = encode(totals)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        tracing::warn!(error = %e, "writing the usage spool");
+    let bytes = encode(totals).map_err(std::io::Error::other)?;
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// One writer at a time, and the totals last written (nothing is written
+/// when nothing moved).
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    last: tokio::sync::Mutex<Option<Vec<(String, u64, u64)>>>,
+}
+
+impl Gateway {
+    /// Writes every session's totals to the spool, if there is one and
+    /// something changed, on a blocking thread. Totals only grow, and the
+    /// snapshot is taken under the writer's lock, so the spool never goes
+    /// back and is never behind totals reported after this returns.
+    pub(crate) async fn write_spool(&self) {
+        let Some(path) = self.opts.spool.clone() else {
+            return;
+        };
+        let mut last = self.spool.last.lock().await;
+        let mut totals = self.sessions.snapshot();
+        totals.sort_unstable();
+        if last.as_ref() == Some(&totals) {
+            return;
+        }
+        let copy = totals.clone();
+        match tokio::task::spawn_blocking(move || write(&path, copy)).await {
+            Ok(Ok(())) => *last = Some(totals),
+            Ok(Err(e)) => tracing::warn!(error = %e, "writing the usage spool"),
+            Err(e) => tracing::warn!(error = %e, "the usage spool writer failed"),
+        }
+    }
+}
+
+/// Writes the spool at `spool_every`, so a SIGKILL loses at most what moved
+/// in one such interval.
+pub(crate) async fn spool_loop(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(gw.opts.spool_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        gw.write_spool().await;
     }
 }
 
@@ -81,6 +135,20 @@ mod tests {
             encode([("a".to_owned(), 1, 2)]).expect("encode"),
             br#"{"sessions":{"a":[1,2]}}"#
         );
+    }
+
+    #[test]
+    fn a_written_spool_is_read_back_and_replaces_the_old_one() {
+        let dir = std::env::temp_dir().join(format!("spool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("spool.json");
+        write(&path, vec![("a".to_owned(), 1, 2)]).expect("write");
+        write(&path, vec![("a".to_owned(), 3, 4), ("b".to_owned(), 5, 0)]).expect("write");
+        let back = read(&path);
+        assert_eq!(back.get("a"), Some(&(3, 4)));
+        assert_eq!(back.get("b"), Some(&(5, 0)));
+        assert!(!path.with_extension("tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Gateway;
-use super::admission::CapRefusal;
+use super::caps::CapRefusal;
 use super::sessions::{Closing, Session};
 
 /// A tunnel's place in the caps (in all and for its device), taken before

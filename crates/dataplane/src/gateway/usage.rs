@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use httvps_wire::SessionTotals;
 use httvps_wire::usage::UsageReport;
 
-use super::{Gateway, spool};
+use super::Gateway;
 use crate::backend::BackendError;
 
 /// Session totals per report: well under the control plane's body limit.
@@ -54,9 +54,8 @@ impl Gateway {
         if pending.is_empty() {
             return;
         }
-        if let Some(path) = &self.opts.spool {
-            spool::write(path, self.sessions.snapshot());
-        }
+        // Spooled first: the spool is never behind what was reported.
+        self.write_spool().await;
         let seq = self.reports.seq.fetch_add(1, Ordering::Relaxed);
         for part in pending.chunks(REPORT_CHUNK) {
             let reports = part

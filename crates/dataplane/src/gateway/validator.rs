@@ -25,8 +25,11 @@ pub(crate) enum Refusal {
     },
     /// Refused with a reason (for the access document).
     Refused(Reason),
-    /// No decision possible now.
+    /// No decision possible now (the control plane or its database down
+    /// past the outage cache, or an answer we can't read).
     Unavailable,
+    /// The control plane says no node can take the device now.
+    NoNode,
 }
 
 /// Cached verdicts, at most a fixed number (the least useful go first).
@@ -120,6 +123,7 @@ impl Gateway {
                     return admission::during_outage(cached.as_ref(), Instant::now())
                         .ok_or(Refusal::Unavailable);
                 }
+                Failure::NoNode => return Err(Refusal::NoNode),
                 Failure::Undecided => return Err(Refusal::Unavailable),
             },
         };

@@ -1,0 +1,270 @@
+//! Usage by the clock, not by the next report: finished hours move from the
+//! sessions to the ledger, and monthly allowances reset at their period
+//! boundary, even for sessions and accounts that never report again. The
+//! decisions are pure ([`finished_hour`], [`period_start_at`], tested
+//! below); [`sweep_at`] runs them at a given time, under the appliers' lock
+//! so it never races a pass; [`spawn`] runs it on every replica.
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::inbox::to_json;
+use super::plan::{ClosedHour, hour_of};
+use super::statements::{APPLY_LOCK, LEDGER, LedgerRow};
+use crate::db::Db;
+use crate::db::models::now;
+use crate::db::schema::{plans, sessions, subscriptions};
+use crate::db_tx;
+use crate::error::{AppError, AppResult};
+use crate::ids::{SessionId, SubscriptionId};
+use crate::status::{ResetPeriod, SubscriptionStatus};
+
+/// How often each replica sweeps: hours reach the ledger and periods reset
+/// at most this late.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Sessions (and subscriptions) one sweep handles per transaction.
+const SWEEP_CHUNK: i64 = 5_000;
+
+/// A session's current hour as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct HourRow {
+    /// The session.
+    pub id: SessionId,
+    /// Sequence number of its totals.
+    pub last_seq: i64,
+    /// Cumulative bytes up.
+    pub bytes_up: i64,
+    /// Cumulative bytes down.
+    pub bytes_down: i64,
+    /// Start of the hour its counts belong to.
+    pub hour_start: Option<NaiveDateTime>,
+    /// Bytes up gained in that hour.
+    pub hour_up: i64,
+    /// Bytes down gained in that hour.
+    pub hour_down: i64,
+}
+
+/// The ledger row of `row`'s hour when that hour is over at `now` and
+/// gained bytes; `None` while it runs (or gained nothing).
+pub fn finished_hour(row: &HourRow, now: NaiveDateTime) -> Option<ClosedHour> {
+    let hour = row.hour_start?;
+    (hour < hour_of(now) && (row.hour_up > 0 || row.hour_down > 0)).then_some(ClosedHour {
+        session_id: row.id,
+        seq: row.last_seq,
+        total_up: row.bytes_up,
+        total_down: row.bytes_down,
+        delta_up: row.hour_up,
+        delta_down: row.hour_down,
+        hour,
+    })
+}
+
+/// The start of the period of `days` days that `now` falls in, counting
+/// from `start`; `None` while the period that began at `start` runs.
+pub fn period_start_at(
+    start: NaiveDateTime,
+    days: i64,
+    now: NaiveDateTime,
+) -> Option<NaiveDateTime> {
+    let len = chrono::Duration::days(days.max(1));
+    if start + len > now {
+        return None;
+    }
+    let periods = (now - start).num_seconds() / len.num_seconds();
+    Some(start + len * i32::try_from(periods).unwrap_or(i32::MAX))
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Session hours moved to the ledger.
+    pub hours: usize,
+    /// Allowances reset for a new period.
+    pub periods: usize,
+}
+
+/// Sweeps at `now`: finished hours to the ledger, due periods reset.
+pub async fn sweep_at(db: &Db, now: NaiveDateTime) -> AppResult<Swept> {
+    let mut swept = Swept::default();
+    loop {
+        let n = close_hours(db, now).await?;
+        swept.hours += n;
+        if n < usize::try_from(SWEEP_CHUNK).unwrap_or(usize::MAX) {
+            break;
+        }
+    }
+    swept.periods = reset_periods(db, now).await?;
+    Ok(swept)
+}
+
+/// Moves one chunk of finished hours to the ledger; returns how many.
+async fn close_hours(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
+    let hour = hour_of(now);
+    db_tx!(db, |conn, _| {
+        if let Some(lock) = APPLY_LOCK.on(conn) {
+            diesel::sql_query(lock).execute(conn).await?;
+        }
+        let rows: Vec<HourRow> = sessions::table
+            .filter(sessions::hour_start.lt(hour))
+            .filter(sessions::hour_up.gt(0).or(sessions::hour_down.gt(0)))
+            .select((
+                sessions::id,
+                sessions::last_seq,
+                sessions::bytes_up,
+                sessions::bytes_down,
+                sessions::hour_start,
+                sessions::hour_up,
+                sessions::hour_down,
+            ))
+            .limit(SWEEP_CHUNK)
+            .load(conn)
+            .await?;
+        let closed: Vec<ClosedHour> = rows.iter().filter_map(|r| finished_hour(r, now)).collect();
+        if closed.is_empty() {
+            return Ok::<_, AppError>(0);
+        }
+        let ledger: Vec<LedgerRow> = closed.iter().map(LedgerRow::from).collect();
+        diesel::sql_query(LEDGER.text(conn))
+            .bind::<diesel::sql_types::Text, _>(to_json(&ledger)?)
+            .execute(conn)
+            .await?;
+        let ids: Vec<SessionId> = closed.iter().map(|c| c.session_id).collect();
+        diesel::update(sessions::table.filter(sessions::id.eq_any(&ids)))
+            .set((
+                sessions::hour_start.eq(None::<NaiveDateTime>),
+                sessions::hour_up.eq(0),
+                sessions::hour_down.eq(0),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(closed.len())
+    })
+}
+
+/// Resets the allowances of monthly plans whose period is over: used bytes
+/// to zero, the period starting at its boundary (not at the next report).
+async fn reset_periods(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
+    let days = crate::subscriptions::PERIOD_DAYS;
+    let cutoff = now - chrono::Duration::days(days);
+    db_tx!(db, |conn, _| {
+        if let Some(lock) = APPLY_LOCK.on(conn) {
+            diesel::sql_query(lock).execute(conn).await?;
+        }
+        let due: Vec<(SubscriptionId, NaiveDateTime)> = subscriptions::table
+            .inner_join(plans::table)
+            .filter(plans::reset_period.eq(ResetPeriod::Monthly))
+            .filter(subscriptions::status.eq(SubscriptionStatus::Active))
+            .filter(subscriptions::period_start.le(cutoff))
+            .select((subscriptions::id, subscriptions::period_start))
+            .limit(SWEEP_CHUNK)
+            .load(conn)
+            .await?;
+        let mut reset = 0;
+        for (id, start) in due {
+            let Some(new_start) = period_start_at(start, days, now) else {
+                continue;
+            };
+            reset += diesel::update(subscriptions::table.find(id))
+                .filter(subscriptions::period_start.eq(start))
+                .set((
+                    subscriptions::traffic_used_bytes.eq(0),
+                    subscriptions::period_start.eq(new_start),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        Ok::<_, AppError>(reset)
+    })
+}
+
+/// Sweeps every [`SWEEP_EVERY`] until the task is dropped.
+pub fn spawn(db: Db) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match sweep_at(&db, now()).await {
+                Ok(s) if s != Swept::default() => {
+                    tracing::debug!(
+                        usage.hours = s.hours,
+                        usage.periods = s.periods,
+                        "usage swept"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "usage sweep failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(s, "%F %T").expect("time")
+    }
+
+    fn row(hour: Option<&str>, up: i64, down: i64) -> HourRow {
+        HourRow {
+            id: SessionId::random(),
+            last_seq: 7,
+            bytes_up: 1_000,
+            bytes_down: 2_000,
+            hour_start: hour.map(at),
+            hour_up: up,
+            hour_down: down,
+        }
+    }
+
+    #[test]
+    fn an_hour_is_finished_once_the_next_one_began_and_only_if_it_gained() {
+        let r = row(Some("2026-12-01 10:00:00"), 10, 20);
+        assert_eq!(finished_hour(&r, at("2026-12-01 10:59:59")), None);
+        let closed = finished_hour(&r, at("2026-12-01 11:00:00")).expect("closed");
+        assert_eq!((closed.delta_up, closed.delta_down), (10, 20));
+        assert_eq!(
+            (closed.total_up, closed.total_down, closed.seq),
+            (1_000, 2_000, 7)
+        );
+        assert_eq!(closed.hour, at("2026-12-01 10:00:00"));
+        assert_eq!(
+            finished_hour(
+                &row(Some("2026-12-01 10:00:00"), 0, 0),
+                at("2026-12-02 00:00:00")
+            ),
+            None
+        );
+        assert_eq!(
+            finished_hour(&row(None, 5, 5), at("2026-12-02 00:00:00")),
+            None
+        );
+    }
+
+    #[test]
+    fn periods_reset_at_their_boundary_however_late_the_sweep() {
+        let start = at("2026-10-01 12:00:00");
+        assert_eq!(period_start_at(start, 30, at("2026-10-31 11:59:59")), None);
+        assert_eq!(
+            period_start_at(start, 30, at("2026-10-31 12:00:00")),
+            Some(at("2026-10-31 12:00:00"))
+        );
+        assert_eq!(
+            period_start_at(start, 30, at("2026-11-05 08:00:00")),
+            Some(at("2026-10-31 12:00:00")),
+            "a late sweep still starts the period at its boundary"
+        );
+        assert_eq!(
+            period_start_at(start, 30, at("2026-12-01 00:00:00")),
+            Some(at("2026-11-30 12:00:00")),
+            "missed periods are skipped"
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! Outages told apart, end to end on 127.0.0.1: the control plane down,
+//! its database down while it stays up (the per-test database closed to
+//! connections), and no healthy node. The first two are outages (devices
+//! seen recently keep being admitted for the outage window, then refused);
+//! the third is the control plane's decision (refused at once, with its own
+//! reason).
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use httvps_control::db::Dsn;
+use plane::{Plane, echo_server, round_trip, ss_over};
+use serde_json::{Value, json};
+use shadowsocks_service::shadowsocks::config::ServerConfig as Key;
+
+/// Opens or closes the test's own database to connections (closing also
+/// ends the connections it has), so the control plane loses its database
+/// while it keeps running. The shared PostgreSQL server stays up.
+async fn database_reachable(plane: &Plane, reachable: bool) {
+    let Dsn::Postgres(url) = &plane._db.dsn else {
+        panic!("pg")
+    };
+    let name = url.rsplit('/').next().expect("database name");
+    let mut admin = AsyncPgConnection::establish(&common::pg_admin_url())
+        .await
+        .expect("admin connection");
+    diesel::sql_query(format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS {reachable}"
+    ))
+    .execute(&mut admin)
+    .await
+    .expect("alter database");
+    if !reachable {
+        diesel::sql_query(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("terminate backends");
+    }
+}
+
+/// The control plane's answer to the gateway's assign-outline for the
+/// test device: status and body.
+async fn assign(plane: &Plane) -> (u16, Value) {
+    let res = common::client()
+        .post(format!("{}/api/v1/nodes/assign-outline", plane.server.base))
+        .bearer_auth(&plane.gateway_token)
+        .json(&json!({"device_token": plane.device_token}))
+        .send()
+        .await
+        .expect("assign");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Whether a new tunnel of the test device opens and echoes, or the
+/// status it was refused with.
+async fn new_tunnel(plane: &Plane, key: &Key, echo: SocketAddr) -> Result<(), u16> {
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    let w = plane.ws_from(None, &path, None).await?;
+    let mut s = ss_over(w, key, echo);
+    if round_trip(&mut s, b"ping").await {
+        Ok(())
+    } else {
+        Err(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_down_with_the_control_plane_up_is_an_outage_then_fails_closed() {
+    let outage = Duration::from_secs(4);
+    let plane = Plane::start_with(1, |o| {
+        o.cache_ttl = Duration::from_millis(300);
+        o.outage_ttl = outage;
+    })
+    .await;
+    let key = plane.cipher().await;
+    let echo = echo_server().await;
+    // The device is seen: a tunnel that stays open.
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    let w = plane.ws_from(None, &path, None).await.expect("tunnel");
+    let seen = Instant::now();
+    let mut open = ss_over(w, &key, echo);
+    assert!(round_trip(&mut open, b"first").await);
+
+    database_reachable(&plane, false).await;
+    // The control plane is up and says its database is unavailable.
+    let mut said = None;
+    for _ in 0..20 {
+        let (status, body) = assign(&plane).await;
+        assert_ne!(body["error"]["code"], "NO_NODE", "{body}");
+        if status == 503 && body["error"]["reason"] == "database_unavailable" {
+            said = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = said.expect("503 database_unavailable while the database is down");
+    assert_eq!(said["error"]["code"], "UNAVAILABLE", "{said}");
+
+    // Past the fresh cache, within the outage window: still admitted.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(seen.elapsed() < outage - Duration::from_millis(1500));
+    assert_eq!(
+        new_tunnel(&plane, &key, echo).await,
+        Ok(()),
+        "a recently seen device is admitted while the database is down"
+    );
+    assert!(round_trip(&mut open, b"still").await, "open tunnels run on");
+
+    // Past the outage window: refused (fail closed).
+    tokio::time::sleep(outage.saturating_sub(seen.elapsed()) + Duration::from_millis(500)).await;
+    assert_eq!(
+        new_tunnel(&plane, &key, echo).await,
+        Err(503),
+        "refused after the outage window"
+    );
+    assert!(round_trip(&mut open, b"again").await, "open tunnels run on");
+
+    // The database comes back: admitted again, nothing restarted.
+    database_reachable(&plane, true).await;
+    let mut back = false;
+    for _ in 0..40 {
+        if new_tunnel(&plane, &key, echo).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(back, "tunnels open again once the database is back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_healthy_node_is_refused_at_once_with_its_own_reason() {
+    let plane = Plane::start_with(1, |o| {
+        o.cache_ttl = Duration::from_millis(300);
+        o.outage_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let key = plane.cipher().await;
+    let echo = echo_server().await;
+    assert_eq!(new_tunnel(&plane, &key, echo).await, Ok(()));
+    // The only node is disabled: nothing can take the device.
+    let r = plane
+        .gql("{outlineNodes{edges{node{id name}}}}", json!({}))
+        .await;
+    let nodes = r["data"]["outlineNodes"]["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|e| e["node"]["id"].as_str().expect("id").to_owned())
+        .collect::<Vec<_>>();
+    for id in nodes {
+        plane
+            .gql(
+                "mutation($a:UUID!){setNodeStatus(id:$a,status:DISABLED){__typename}}",
+                json!({"a": id}),
+            )
+            .await;
+    }
+    let (status, body) = assign(&plane).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "NO_NODE", "{body}");
+    assert_eq!(body["error"]["reason"], "no_node_available", "{body}");
+    // Past the fresh cache the gateway asks, and refuses at once although
+    // its outage cache holds a positive answer well within its window.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let asked = Instant::now();
+    assert_eq!(new_tunnel(&plane, &key, echo).await, Err(503));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    // The access document says why.
+    let (status, doc) = https_get(&plane, &format!("/c/{}", plane.device_token)).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc.contains("details: \"no_node_available\""), "{doc}");
+    assert!(!doc.contains("transport"), "{doc}");
+}
+
+/// A GET through the gateway: status and body.
+async fn https_get(plane: &Plane, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = plane.tls().await;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all).await;
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

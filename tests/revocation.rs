@@ -1,0 +1,178 @@
+//! Revocation reaches every tunnel: rotating a device's token closes every
+//! tunnel opened with the old token or with a device JWT exchanged for it,
+//! on every gateway, within 5 seconds (production timings); both old
+//! credentials are refused at once afterwards, the new token works.
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use httvps_dataplane::backend::Backend;
+use httvps_dataplane::{gateway, tls};
+use plane::{GatewayWs, Plane, SsStream, echo_server, round_trip, ss_over};
+use serde_json::json;
+use shadowsocks_service::shadowsocks::config::ServerConfig as Key;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Production timings: 5 s heartbeats and cache, 2 s reports.
+fn production(o: &mut gateway::GatewayOptions) {
+    let d = gateway::GatewayOptions::default();
+    o.report_every = d.report_every;
+    o.heartbeat_every = d.heartbeat_every;
+    o.cache_ttl = d.cache_ttl;
+}
+
+/// A second gateway of region `eu` on the same control plane; its address.
+async fn second_gateway(plane: &Plane) -> SocketAddr {
+    let token = plane.register_gateway("gw2").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut opts = gateway::GatewayOptions {
+        public_url: format!("https://localhost:{}", addr.port()),
+        max_frame: 64 * 1024,
+        ..Default::default()
+    };
+    production(&mut opts);
+    let acceptor = tls::acceptor(&plane.cert, &plane.key).expect("acceptor");
+    let backend = Backend::new(&plane.server.base, &token).expect("backend");
+    tokio::spawn(async move {
+        let _ = gateway::run(
+            opts,
+            backend,
+            acceptor,
+            listener,
+            None,
+            std::future::pending::<()>(),
+        )
+        .await;
+    });
+    addr
+}
+
+/// A WebSocket upgrade on the gateway at `gw` with the path token or, when
+/// given, a device JWT as `Authorization: Bearer`; the refusal's status.
+async fn ws_at(
+    plane: &Plane,
+    gw: SocketAddr,
+    token: &str,
+    bearer: Option<&str>,
+) -> Result<GatewayWs, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let s = plane.tls_over(tcp).await.map_err(|_| 0u16)?;
+    let mut req = format!("wss://localhost/ws/{token}/tcp")
+        .into_client_request()
+        .expect("request");
+    if let Some(b) = bearer {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {b}").parse().expect("header"),
+        );
+    }
+    match tokio_tungstenite::client_async(req, s).await {
+        Ok((w, _)) => Ok(w),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(_) => Err(0),
+    }
+}
+
+/// An echo tunnel that works.
+async fn tunnel(
+    plane: &Plane,
+    gw: SocketAddr,
+    token: &str,
+    bearer: Option<&str>,
+    key: &Key,
+    echo: SocketAddr,
+) -> SsStream {
+    let w = ws_at(plane, gw, token, bearer).await.expect("tunnel opens");
+    let mut s = ss_over(w, key, echo);
+    assert!(round_trip(&mut s, b"hello").await, "tunnel echoes");
+    s
+}
+
+/// How long until `s` stops echoing, polling every 50 ms up to `limit`.
+async fn closed_within(s: &mut SsStream, limit: Duration, since: Instant) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while since.elapsed() < limit {
+        let exchange = async {
+            s.write_all(b"ping").await?;
+            s.flush().await?;
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await?;
+            std::io::Result::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_millis(500), exchange).await {
+            Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => return Some(since.elapsed()),
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the closing times are reported for the record"
+)]
+async fn rotating_a_token_closes_old_tunnels_on_every_gateway_within_5_seconds() {
+    let plane = Plane::start_with(1, production).await;
+    let gw2 = second_gateway(&plane).await;
+    let gw1 = plane.gateway_addr;
+    let key = plane.cipher().await;
+    let echo = echo_server().await;
+    let old = plane.device_token.clone();
+    let jwt = Backend::new(&plane.server.base, &old)
+        .expect("backend")
+        .device_jwt()
+        .await
+        .expect("device JWT")
+        .token
+        .expose()
+        .to_owned();
+    let mut tunnels = vec![
+        (
+            "gateway 1, old token",
+            tunnel(&plane, gw1, &old, None, &key, echo).await,
+        ),
+        (
+            "gateway 2, old token",
+            tunnel(&plane, gw2, &old, None, &key, echo).await,
+        ),
+        (
+            "gateway 1, old token again",
+            tunnel(&plane, gw1, &old, None, &key, echo).await,
+        ),
+        (
+            "gateway 2, device JWT",
+            tunnel(&plane, gw2, &old, Some(&jwt), &key, echo).await,
+        ),
+    ];
+
+    let rotated = Instant::now();
+    let r = plane
+        .gql(
+            "mutation($d:UUID!){rotateDeviceToken(id:$d){accessToken}}",
+            json!({"d": plane.device_id}),
+        )
+        .await;
+    let new = r["data"]["rotateDeviceToken"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    for (what, s) in &mut tunnels {
+        let took = closed_within(s, Duration::from_secs(5), rotated).await;
+        eprintln!("{what}: closed after {took:?}");
+        assert!(took.is_some(), "{what}: still open 5 s after the rotation");
+    }
+    // Both old credentials are refused everywhere, the new token works.
+    for gw in [gw1, gw2] {
+        assert_eq!(ws_at(&plane, gw, &old, None).await.err(), Some(404));
+        assert_eq!(ws_at(&plane, gw, &old, Some(&jwt)).await.err(), Some(404));
+        let mut s = tunnel(&plane, gw, &new, None, &key, echo).await;
+        assert!(round_trip(&mut s, b"new token").await);
+    }
+}

@@ -1,0 +1,286 @@
+//! The gateway's own durability: the usage spool is on by default (under
+//! `--data-dir`), so a gateway process SIGKILLed at full speed and
+//! restarted loses at most what it counted in the last spool interval
+//! (0.5 s) and counts nothing twice.
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use httvps_dataplane::wsio::WsIo;
+use plane::Plane;
+use shadowsocks_service::shadowsocks::ProxyClientStream;
+use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
+use shadowsocks_service::shadowsocks::context::Context as SsContext;
+use shadowsocks_service::shadowsocks::relay::Address;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpListener;
+
+/// Counts what is written into the WebSocket: the bytes the gateway sees
+/// as payload.
+struct Counting<S> {
+    inner: S,
+    up: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.up.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A server that reads and discards.
+async fn sink() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// `httvps-relay gateway` as a process, with no `--spool`: the default
+/// spool under `data_dir`.
+async fn spawn_gateway(
+    plane: &Plane,
+    port: u16,
+    data_dir: &Path,
+    log: &Path,
+) -> common::GatewayProc {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+        .args(["gateway", "--backend", &plane.server.base])
+        .args(["--token", &plane.gateway_token])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .arg("--cert")
+        .arg(&plane.cert)
+        .arg("--key")
+        .arg(&plane.key)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--public-url", &format!("https://localhost:{port}")])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(log)
+                .map(std::process::Stdio::from)
+                .expect("log"),
+        )
+        .spawn()
+        .expect("httvps-relay gateway");
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return common::GatewayProc { child };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no gateway: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Full-speed tunnels counting what they hand the gateway.
+struct Traffic {
+    up: Arc<AtomicU64>,
+    run: Arc<AtomicBool>,
+    open: Arc<AtomicU64>,
+}
+
+impl Traffic {
+    async fn start(
+        &self,
+        port: u16,
+        plane: &Plane,
+        cfg: &ServerConfig,
+        target: SocketAddr,
+        n: usize,
+    ) {
+        let ctx = SsContext::new_shared(ServerType::Local);
+        let path = format!("/ws/{}/tcp", plane.device_token);
+        for _ in 0..n {
+            let ws = common::gateway_ws(port, &plane.cert, &path).await;
+            let io = Counting {
+                inner: WsIo::new(ws),
+                up: self.up.clone(),
+            };
+            let mut stream = ProxyClientStream::from_stream(
+                ctx.clone(),
+                io,
+                cfg,
+                Address::SocketAddress(target),
+            );
+            let (run, open) = (self.run.clone(), self.open.clone());
+            open.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let chunk = vec![42u8; 8 * 1024];
+                while run.load(Ordering::Relaxed) {
+                    if stream.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = stream.shutdown().await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+
+    /// Stops every tunnel and waits (bounded) until all ended.
+    async fn stop(&self) {
+        self.run.store(false, Ordering::Relaxed);
+        for _ in 0..100 {
+            if self.open.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.run.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
+async fn a_gateway_sigkilled_at_full_speed_loses_at_most_one_spool_interval_and_recounts_nothing() {
+    const TUNNELS: usize = 4;
+    let (plane, listener) = Plane::prepare(1).await;
+    drop(listener);
+    // Full speed on loopback goes far past the test plan's 100 MB.
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let cfg = plane.cipher().await;
+    let target = sink().await;
+    let dir = common::tempdir::TempDir::new();
+    let data = dir.path().join("data");
+    let log = dir.path().join("gateway.log");
+    let port = common::stable_port();
+    let traffic = Traffic {
+        up: Arc::new(AtomicU64::new(0)),
+        run: Arc::new(AtomicBool::new(true)),
+        open: Arc::new(AtomicU64::new(0)),
+    };
+    // What the client had handed the gateway, every 20 ms.
+    let samples: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+    let sampler = {
+        let (samples, up) = (samples.clone(), traffic.up.clone());
+        tokio::spawn(async move {
+            loop {
+                let at = (Instant::now(), up.load(Ordering::Relaxed));
+                samples.lock().expect("samples").push(at);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let gw = spawn_gateway(&plane, port, &data, &log).await;
+    traffic.start(port, &plane, &cfg, target, TUNNELS).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    gw.sigkill().await;
+    let killed = Instant::now();
+    let at_kill = traffic.up.load(Ordering::Relaxed);
+    traffic.stop().await;
+    // The spool interval (0.5 s) and as much again for scheduling on a
+    // busy machine: what the client handed over in the last second.
+    let window = Duration::from_secs(1);
+    let before_window = samples
+        .lock()
+        .expect("samples")
+        .iter()
+        .rev()
+        .find(|(at, _)| killed.duration_since(*at) >= window)
+        .map(|(_, up)| *up)
+        .expect("a sample a second before the kill");
+    let loss_bound = at_kill - before_window;
+    assert!(
+        data.join("gateway-spool.json").exists(),
+        "the spool is on by default, under the data directory"
+    );
+
+    let gw = spawn_gateway(&plane, port, &data, &log).await;
+    traffic.start(port, &plane, &cfg, target, TUNNELS).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    traffic.stop().await;
+    sampler.abort();
+    let moved = traffic.up.load(Ordering::Relaxed);
+
+    // Everything reported: wait (bounded) until the totals stop growing.
+    let total = "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM sessions";
+    let (mut last, mut stable) = (-1, 0);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = plane.scalar(total).await;
+        if now == last {
+            stable += 1;
+            if stable >= 6 {
+                break;
+            }
+        } else {
+            stable = 0;
+        }
+        last = now;
+    }
+    let moved = i64::try_from(moved).expect("moved");
+    let lost = moved - last;
+    eprintln!(
+        "spool: moved {moved} bytes up through {TUNNELS} tunnels at full speed; recorded {last}; \
+         lost {lost} (bound {loss_bound}: what the client handed over in the last second before SIGKILL, \
+         of {at_kill} by then)"
+    );
+    assert!(last <= moved, "counted more than moved: {last} > {moved}");
+    assert!(
+        lost <= i64::try_from(loss_bound).expect("bound"),
+        "lost {lost} > bound {loss_bound}"
+    );
+    assert!(
+        moved > 20_000_000,
+        "too little traffic to mean anything: {moved}"
+    );
+    gw.sigkill().await;
+}

@@ -1,0 +1,142 @@
+//! Usage by the clock: a session's finished hour reaches the ledger and a
+//! monthly allowance resets at its boundary without any further report
+//! (the control plane's usage sweeper, run here at a chosen time on the
+//! real database).
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use httvps_control::db::models::now;
+use httvps_control::usage_accounting::sweeper::{Swept, sweep_at};
+use httvps_dataplane::backend::Backend;
+use httvps_wire::SessionTotals;
+use httvps_wire::usage::UsageReport;
+use plane::Plane;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
+    let (plane, _listener) = Plane::prepare(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let gw = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
+    let session = gw
+        .assign(&plane.device_token)
+        .await
+        .expect("assign")
+        .session_id;
+    let report = |seq, up, down| UsageReport {
+        reports: vec![SessionTotals {
+            session_id: session.clone(),
+            seq,
+            bytes_up: up,
+            bytes_down: down,
+        }],
+    };
+    gw.report(&report(1, 1_000, 3_000)).await.expect("report");
+    let ledger = |what: &'static str| {
+        let (plane, session) = (&plane, session.clone());
+        async move {
+            plane
+                .scalar(&format!(
+                    "SELECT CAST(COALESCE(SUM({what}), 0) AS BIGINT) AS n FROM usage_ledger WHERE session_id = '{session}'"
+                ))
+                .await
+        }
+    };
+    let mut applied = false;
+    for _ in 0..50 {
+        let n = plane
+            .scalar(&format!(
+                "SELECT hour_up AS n FROM sessions WHERE id = '{session}'"
+            ))
+            .await;
+        if n == 1_000 {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(applied, "the report was applied to the session's hour");
+    // Within the hour nothing moves; the subscription's period runs.
+    let db = &plane.server.state.db;
+    assert_eq!(sweep_at(db, now()).await.expect("sweep"), Swept::default());
+    assert_eq!(ledger("delta_up").await, 0);
+
+    // The hour is over (as if an hour passed) and the monthly period began
+    // 31 days ago: one sweep, no report.
+    plane
+        .sql(&format!(
+            "UPDATE sessions SET hour_start = hour_start - interval '1 hour' WHERE id = '{session}'"
+        ))
+        .await;
+    plane.sql("UPDATE plans SET reset_period = 'monthly'").await;
+    plane
+        .sql("UPDATE subscriptions SET period_start = date_trunc('second', now() at time zone 'utc') - interval '31 days'")
+        .await;
+    let expected_start = plane
+        .scalar("SELECT CAST(EXTRACT(EPOCH FROM period_start + interval '30 days') AS BIGINT) AS n FROM subscriptions")
+        .await;
+    assert!(
+        plane
+            .scalar("SELECT traffic_used_bytes AS n FROM subscriptions")
+            .await
+            > 0
+    );
+    let swept = sweep_at(db, now()).await.expect("sweep");
+    assert_eq!(
+        swept,
+        Swept {
+            hours: 1,
+            periods: 1
+        }
+    );
+    assert_eq!(ledger("delta_up").await, 1_000);
+    assert_eq!(ledger("delta_down").await, 3_000);
+    assert_eq!(
+        plane
+            .scalar(&format!(
+                "SELECT hour_up + hour_down AS n FROM sessions WHERE id = '{session}' AND hour_start IS NULL"
+            ))
+            .await,
+        0
+    );
+    assert_eq!(
+        plane
+            .scalar("SELECT traffic_used_bytes AS n FROM subscriptions")
+            .await,
+        0
+    );
+    assert_eq!(
+        plane
+            .scalar(
+                "SELECT CAST(EXTRACT(EPOCH FROM period_start) AS BIGINT) AS n FROM subscriptions"
+            )
+            .await,
+        expected_start,
+        "the new period starts at the boundary, not at the sweep"
+    );
+    // Sweeping again changes nothing; the next report counts only its gain.
+    assert_eq!(sweep_at(db, now()).await.expect("sweep"), Swept::default());
+    gw.report(&report(2, 1_500, 3_000)).await.expect("report");
+    let mut total = 0;
+    for _ in 0..50 {
+        total = ledger("delta_up").await
+            + plane
+                .scalar(&format!(
+                    "SELECT hour_up AS n FROM sessions WHERE id = '{session}'"
+                ))
+                .await;
+        if total == 1_500 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(total, 1_500, "ledger and current hour add up to the totals");
+    assert_eq!(
+        plane
+            .scalar("SELECT traffic_used_bytes AS n FROM subscriptions")
+            .await,
+        500,
+        "the new period counts only what came after the reset"
+    );
+}
