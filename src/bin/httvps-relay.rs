@@ -1,7 +1,8 @@
 //! `httvps-relay`: the data plane: gateway, node and client.
 #![expect(
+    clippy::print_stdout,
     clippy::print_stderr,
-    reason = "a command-line program reports fatal errors on its terminal"
+    reason = "a command-line program talks to its terminal"
 )]
 
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use httvps::cli::LogArgs;
+use httvps::cli::{LogArgs, required};
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::{client, gateway, node, tls};
 use httvps_wire::Secret;
@@ -43,7 +44,7 @@ enum Command {
 struct GatewayArgs {
     /// Control plane base URL.
     #[arg(long, env = "GATEWAY_BACKEND_URL")]
-    backend: String,
+    backend: Option<String>,
     /// This gateway's machine token (from registerGatewayNode).
     #[arg(
         long,
@@ -51,7 +52,7 @@ struct GatewayArgs {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    token: Secret,
+    token: Option<Secret>,
     /// TLS listen address.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:443")]
     listen: SocketAddr,
@@ -60,16 +61,16 @@ struct GatewayArgs {
     admin_listen: SocketAddr,
     /// Certificate chain (PEM).
     #[arg(long, env = "GATEWAY_TLS_CERT")]
-    cert: PathBuf,
+    cert: Option<PathBuf>,
     /// Private key (PEM).
     #[arg(long, env = "GATEWAY_TLS_KEY")]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// Generate a self-signed certificate at --cert/--key if missing (development).
     #[arg(long, env = "GATEWAY_SELF_SIGNED", default_value = "false", value_parser = httvps::cli::parse_bool)]
     self_signed: bool,
     /// Public URL clients use (for access documents).
     #[arg(long, env = "GATEWAY_PUBLIC_URL")]
-    public_url: String,
+    public_url: Option<String>,
     /// Most open tunnels in all.
     #[arg(long, env = "GATEWAY_MAX_TUNNELS", default_value_t = 10_000)]
     max_tunnels: usize,
@@ -116,7 +117,7 @@ struct GatewayArgs {
 struct NodeArgs {
     /// Control plane base URL.
     #[arg(long, env = "NODE_BACKEND_URL")]
-    backend: String,
+    backend: Option<String>,
     /// This node's machine token (from registerOutlineNode).
     #[arg(
         long,
@@ -124,7 +125,7 @@ struct NodeArgs {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    token: Secret,
+    token: Option<Secret>,
     /// Listen address; default: 0.0.0.0 on the registered port.
     #[arg(long, env = "NODE_LISTEN")]
     listen: Option<SocketAddr>,
@@ -137,7 +138,7 @@ struct NodeArgs {
 struct ConnectArgs {
     /// Control plane base URL.
     #[arg(long, env = "CLIENT_BACKEND_URL")]
-    backend: String,
+    backend: Option<String>,
     /// The device's access token (from registerDevice).
     #[arg(
         long,
@@ -145,7 +146,7 @@ struct ConnectArgs {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    device_token: Secret,
+    device_token: Option<Secret>,
     /// Local SOCKS5 address.
     #[arg(long, env = "CLIENT_SOCKS", default_value = "127.0.0.1:1080")]
     socks: SocketAddr,
@@ -166,7 +167,7 @@ struct ConnectArgs {
 
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let cli: Cli = httvps::cli::parse();
     httvps::logging::init(cli.log.log_format, cli.log.debug);
     tls::install_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -179,7 +180,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.log.check)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");
@@ -189,41 +190,130 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+/// What `--check` prints when the settings are valid.
+const CHECKED: &str = "configuration ok";
+
+/// The gateway's validated settings: nothing bound yet.
+struct GatewaySetup {
+    opts: gateway::GatewayOptions,
+    backend: Backend,
+    acceptor: tls::TlsAcceptor,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+}
+
+fn gateway_setup(a: GatewayArgs) -> anyhow::Result<GatewaySetup> {
+    let backend_url = required(
+        a.backend,
+        "GATEWAY_BACKEND_URL",
+        "backend",
+        "the control plane's URL",
+    )?;
+    let token = required(
+        a.token,
+        "GATEWAY_TOKEN",
+        "token",
+        "this gateway's machine token (registerGatewayNode)",
+    )?;
+    let cert = required(
+        a.cert,
+        "GATEWAY_TLS_CERT",
+        "cert",
+        "the certificate chain (PEM)",
+    )?;
+    let key = required(a.key, "GATEWAY_TLS_KEY", "key", "the private key (PEM)")?;
+    let public_url = required(
+        a.public_url,
+        "GATEWAY_PUBLIC_URL",
+        "public-url",
+        "the https:// URL clients use",
+    )?;
+    client::split_url(&public_url).context("GATEWAY_PUBLIC_URL (--public-url)")?;
+    if a.self_signed {
+        tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"])
+            .context("GATEWAY_SELF_SIGNED")?;
+    }
+    let acceptor = tls::acceptor(&cert, &key).context(
+        "GATEWAY_TLS_CERT / GATEWAY_TLS_KEY (set GATEWAY_SELF_SIGNED=true to generate them)",
+    )?;
+    let backend = Backend::new(&backend_url, token.expose()).context("GATEWAY_BACKEND_URL")?;
+    let opts = gateway::GatewayOptions {
+        public_url,
+        max_tunnels: a.max_tunnels,
+        max_tunnels_per_device: a.max_tunnels_per_device,
+        max_connections: a.max_connections,
+        cache_capacity: a.cache_capacity,
+        handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
+        drain_grace: Duration::from_secs(a.drain_grace_secs),
+        spool: a.spool,
+        idle_ping: Duration::from_secs(a.idle_ping_secs.max(1)),
+        idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+        guess_limit: a.guess_limit,
+        guess_window: Duration::from_secs(a.guess_window_secs.max(1)),
+        guess_sources: a.guess_sources,
+        ..Default::default()
+    };
+    Ok(GatewaySetup {
+        opts,
+        backend,
+        acceptor,
+        listen: a.listen,
+        admin_listen: a.admin_listen,
+    })
+}
+
+fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> {
+    let backend = required(
+        a.backend,
+        "CLIENT_BACKEND_URL",
+        "backend",
+        "the control plane's URL",
+    )?;
+    let device_token = required(
+        a.device_token,
+        "CLIENT_DEVICE_TOKEN",
+        "device-token",
+        "the device's access token (registerDevice)",
+    )?;
+    Backend::new(&backend, device_token.expose()).context("CLIENT_BACKEND_URL")?;
+    if let Some(g) = &a.gateway {
+        client::split_url(g).context("CLIENT_GATEWAY_URL (--gateway)")?;
+    }
+    if let Some(f) = &a.forward {
+        client::parse_destination(f).context("CLIENT_FORWARD (--forward)")?;
+    }
+    if let Some(ca) = &a.ca_cert {
+        tls::connector(Some(ca)).context("CLIENT_CA_CERT (--ca-cert)")?;
+    }
+    Ok(client::ClientOptions {
+        backend,
+        device_token,
+        gateway: a.gateway,
+        ca_cert: a.ca_cert,
+        region: a.region,
+        forward: a.forward,
+    })
+}
+
+async fn run(command: Command, check: bool) -> anyhow::Result<()> {
     match command {
         Command::Gateway(a) => {
-            if a.self_signed {
-                tls::ensure_self_signed(&a.cert, &a.key, &["localhost", "127.0.0.1"])?;
+            let g = gateway_setup(a)?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
             }
-            let acceptor = tls::acceptor(&a.cert, &a.key)?;
-            let listener = tokio::net::TcpListener::bind(a.listen)
+            let listener = tokio::net::TcpListener::bind(g.listen)
                 .await
-                .with_context(|| format!("binding {}", a.listen))?;
-            let admin = tokio::net::TcpListener::bind(a.admin_listen)
+                .with_context(|| format!("binding {} (GATEWAY_LISTEN)", g.listen))?;
+            let admin = tokio::net::TcpListener::bind(g.admin_listen)
                 .await
-                .with_context(|| format!("binding {}", a.admin_listen))?;
+                .with_context(|| format!("binding {} (GATEWAY_ADMIN_LISTEN)", g.admin_listen))?;
             tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "gateway listening");
-            let opts = gateway::GatewayOptions {
-                public_url: a.public_url,
-                max_tunnels: a.max_tunnels,
-                max_tunnels_per_device: a.max_tunnels_per_device,
-                max_connections: a.max_connections,
-                cache_capacity: a.cache_capacity,
-                handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
-                drain_grace: Duration::from_secs(a.drain_grace_secs),
-                spool: a.spool,
-                idle_ping: Duration::from_secs(a.idle_ping_secs.max(1)),
-                idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
-                guess_limit: a.guess_limit,
-                guess_window: Duration::from_secs(a.guess_window_secs.max(1)),
-                guess_sources: a.guess_sources,
-                ..Default::default()
-            };
-            let backend = Backend::new(&a.backend, a.token.expose())?;
             gateway::run(
-                opts,
-                backend,
-                acceptor,
+                g.opts,
+                g.backend,
+                g.acceptor,
                 listener,
                 Some(admin),
                 httvps::shutdown_signal(),
@@ -231,7 +321,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Node(a) => {
-            let backend = Backend::new(&a.backend, a.token.expose())?;
+            let backend_url = required(
+                a.backend,
+                "NODE_BACKEND_URL",
+                "backend",
+                "the control plane's URL",
+            )?;
+            let token = required(
+                a.token,
+                "NODE_TOKEN",
+                "token",
+                "this node's machine token (registerOutlineNode)",
+            )?;
+            let backend = Backend::new(&backend_url, token.expose()).context("NODE_BACKEND_URL")?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
             let cfg = backend
                 .outline_config()
                 .await
@@ -258,18 +364,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Connect(a) => {
-            let listener = tokio::net::TcpListener::bind(a.socks)
+            let socks = a.socks;
+            let opts = connect_options(a)?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
+            let listener = tokio::net::TcpListener::bind(socks)
                 .await
-                .with_context(|| format!("binding {}", a.socks))?;
+                .with_context(|| format!("binding {socks} (CLIENT_SOCKS)"))?;
             tracing::info!(socks = %listener.local_addr()?, "SOCKS5 proxy listening");
-            let opts = client::ClientOptions {
-                backend: a.backend,
-                device_token: a.device_token,
-                gateway: a.gateway,
-                ca_cert: a.ca_cert,
-                region: a.region,
-                forward: a.forward,
-            };
             client::run(opts, listener, httvps::shutdown_signal()).await
         }
     }
@@ -315,15 +419,16 @@ mod tests {
                 SECRET,
             ],
         ] {
-            let cli = Cli::try_parse_from(&args).expect("arguments");
+            let cli: Cli = httvps::cli::parse_from(&args).expect("arguments");
             let shown = format!("{cli:?} {cli:#?}");
             assert!(!shown.contains(SECRET), "{shown}");
             assert!(shown.contains("redacted"), "{shown}");
             let token = match &cli.command {
-                Command::Gateway(a) => &a.token,
-                Command::Node(a) => &a.token,
-                Command::Connect(a) => &a.device_token,
-            };
+                Command::Gateway(a) => a.token.as_ref(),
+                Command::Node(a) => a.token.as_ref(),
+                Command::Connect(a) => a.device_token.as_ref(),
+            }
+            .expect("token");
             assert_eq!(token.expose(), SECRET, "the value itself is kept");
             assert!(!token.to_string().contains(SECRET));
         }
