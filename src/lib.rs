@@ -10,11 +10,13 @@
 //! Map of this crate:
 //! - [`cli`]: logging flags and boolean parsing shared by the binaries.
 //! - [`logging`]: structured logs.
+//! - [`relay`]: the data plane's command-line settings, validated.
 //! - [`shutdown`]: the shutdown signal.
 //! - [`up`]: the zero-setup mode, the only place both planes run together.
 
 pub mod cli;
 pub mod logging;
+pub mod relay;
 pub mod shutdown;
 pub mod up;
 

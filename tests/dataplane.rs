@@ -405,6 +405,7 @@ async fn forward_mode_pipes_a_local_port_to_one_destination() {
         ca_cert: Some(plane.cert.clone()),
         region: None,
         forward: Some(target.to_string()),
+        link: Default::default(),
     };
     tokio::spawn(async move {
         let _ = client::run(opts, listener, std::future::pending::<()>()).await;
@@ -906,6 +907,7 @@ impl Plane {
             ca_cert: Some(self.cert.clone()),
             region: None,
             forward: None,
+            link: Default::default(),
         };
         tokio::spawn(async move {
             let _ = client::run(opts, listener, std::future::pending::<()>()).await;
@@ -1477,6 +1479,7 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
         ca_cert: Some(dir.path().join("gw.crt")),
         region: None,
         forward: None,
+        link: Default::default(),
     };
     tokio::spawn(async move {
         let _ = client::run(opts, listener, std::future::pending::<()>()).await;

@@ -3,6 +3,7 @@
 //! every error. Every variable read here is documented in `.env.example`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 pub use jsonwebtoken::Algorithm;
@@ -10,6 +11,7 @@ pub use jsonwebtoken::Algorithm;
 pub use crate::auth::SecretKey;
 use crate::auth::jwt::{ALLOWED_ALGORITHMS, parse_algorithm};
 use crate::db::Dsn;
+use crate::https::TlsFiles;
 
 /// The example secret in `.env.example`; refused at start.
 pub const EXAMPLE_SECRET: &str = "replace-me-with-at-least-32-random-bytes-0000";
@@ -75,6 +77,14 @@ pub struct ServeArgs {
     /// links); defaults to the first active registered gateway.
     #[arg(long, env = "BACKEND_GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; reloaded when it
+    /// changes or on SIGHUP). Unset: plain HTTP, for loopback or behind a
+    /// TLS-terminating proxy.
+    #[arg(long, env = "BACKEND_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "BACKEND_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A configuration error that names the variable at fault.
@@ -118,6 +128,8 @@ pub struct Settings {
     pub debug: bool,
     /// Public gateway URL for access links.
     pub gateway_url: Option<String>,
+    /// HTTPS certificate and key; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Checks a secret key: present, long enough, not the example.
@@ -190,6 +202,27 @@ impl Settings {
                 ));
             }
         };
+        let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "BACKEND_TLS_KEY",
+                    "is missing: BACKEND_TLS_CERT needs its key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "BACKEND_TLS_CERT",
+                    "is missing: BACKEND_TLS_KEY needs its certificate",
+                ));
+            }
+        };
+        if let Some(f) = &tls {
+            crate::https::TlsFront::load(f.clone()).map_err(|e| {
+                ConfigError::new("BACKEND_TLS_CERT", format!("does not load: {e:#}"))
+            })?;
+        }
         Ok(Settings {
             dsn,
             pool_size,
@@ -200,6 +233,7 @@ impl Settings {
             jwt_expire_minutes,
             debug,
             gateway_url,
+            tls,
         })
     }
 }

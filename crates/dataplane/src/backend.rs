@@ -10,6 +10,8 @@ use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse, OutlineBeat, Outlin
 use httvps_wire::usage::{UsageReport, UsageReportResponse};
 use httvps_wire::{ErrorBody, Reason, Secret};
 
+use crate::link::Link;
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -50,9 +52,19 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`) sending `token`.
+    /// A client for `base` (e.g. `https://cp.example.com`, or
+    /// `http://127.0.0.1:8080`) sending `token`, trusting the system's roots.
     pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        Self::connect(base, token, &Link::default())
+    }
+
+    /// A client for `base` sending `token` over `link`; refuses a URL the
+    /// link's rules do not allow (plain HTTP to a host that is not loopback
+    /// unless the link is private).
+    pub fn connect(base: &str, token: &str, link: &Link) -> anyhow::Result<Self> {
+        link.check_url(base)?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(link.client_config()?)
             .timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(32)
@@ -86,7 +98,7 @@ impl Backend {
             .bearer_auth(bearer)
             .send()
             .await
-            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+            .map_err(|e| BackendError::Unreachable(error_chain(&e)))?;
         let status = res.status();
         if status.is_success() {
             return res
@@ -202,7 +214,7 @@ impl Backend {
             .timeout(Duration::from_secs(3600))
             .send()
             .await
-            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+            .map_err(|e| BackendError::Unreachable(error_chain(&e)))?;
         if res.status().is_success() {
             Ok(res)
         } else {
@@ -221,4 +233,17 @@ impl Backend {
         )
         .await
     }
+}
+
+/// An error with its causes (a refused certificate is a cause of a
+/// connection error), for logs and start-up messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

@@ -7,6 +7,8 @@
 //! Map of the crate (decisions are pure functions or state machines with
 //! unit tests beside them; the modules around them do the I/O):
 //! - [`backend`]: the client of the control plane's `/api/v1` routes.
+//! - [`link`]: how the control plane is reached and trusted (https or a
+//!   loopback/private http URL; system roots, a CA file, a SHA-256 pin).
 //! - [`gateway`]: TLS + WebSocket in front of the node pool: accept loop,
 //!   routes, admission (validation cache lifetimes, outage rule, caps), TCP
 //!   and UDP pipes, access document, sessions and usage reports with their
@@ -24,6 +26,7 @@ pub mod backend;
 pub mod client;
 pub mod files;
 pub mod gateway;
+pub mod link;
 pub mod node;
 pub mod tls;
 pub mod wsio;
