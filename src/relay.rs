@@ -13,6 +13,7 @@ use httvps_dataplane::{client, gateway, tls};
 use httvps_wire::Secret;
 
 use crate::cli::required;
+use crate::credentials::{self, Sources};
 
 // Tokens are `Secret`s: a `{:?}` of the arguments shows none of them.
 #[derive(clap::Args, Debug)]
@@ -20,6 +21,17 @@ pub struct GatewayArgs {
     /// Control plane base URL.
     #[arg(long, env = "GATEWAY_BACKEND_URL")]
     pub backend: Option<String>,
+    /// One-time enrollment string (`httvps gateway add` prints it): redeemed
+    /// on first start into --credentials, which later starts use.
+    #[arg(long, env = "GATEWAY_ENROLL", hide_env_values = true)]
+    pub enroll: Option<String>,
+    /// Where the credentials an enrollment gave are kept (owner-only).
+    #[arg(
+        long,
+        env = "GATEWAY_CREDENTIALS",
+        default_value = "/var/lib/httvps/gateway-credentials.json"
+    )]
+    pub credentials: PathBuf,
     /// Extra trusted CA certificate (PEM) for the control plane's HTTPS
     /// (a private CA).
     #[arg(long, env = "GATEWAY_BACKEND_CA")]
@@ -106,6 +118,17 @@ pub struct NodeArgs {
     /// Control plane base URL.
     #[arg(long, env = "NODE_BACKEND_URL")]
     pub backend: Option<String>,
+    /// One-time enrollment string (`httvps node add` prints it): redeemed
+    /// on first start into --credentials, which later starts use.
+    #[arg(long, env = "NODE_ENROLL", hide_env_values = true)]
+    pub enroll: Option<String>,
+    /// Where the credentials an enrollment gave are kept (owner-only).
+    #[arg(
+        long,
+        env = "NODE_CREDENTIALS",
+        default_value = "/var/lib/httvps/node-credentials.json"
+    )]
+    pub credentials: PathBuf,
     /// Extra trusted CA certificate (PEM) for the control plane's HTTPS
     /// (a private CA).
     #[arg(long, env = "NODE_BACKEND_CA")]
@@ -188,19 +211,24 @@ pub struct GatewaySetup {
     pub admin_listen: SocketAddr,
 }
 
-pub fn gateway_setup(a: GatewayArgs) -> anyhow::Result<GatewaySetup> {
-    let backend_url = required(
-        a.backend,
-        "GATEWAY_BACKEND_URL",
-        "backend",
-        "the control plane's URL",
-    )?;
-    let token = required(
-        a.token,
-        "GATEWAY_TOKEN",
-        "token",
-        "this gateway's machine token (registerGatewayNode)",
-    )?;
+pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<GatewaySetup> {
+    let backend = credentials::resolve(
+        Sources {
+            kind: "gateway",
+            prefix: "GATEWAY",
+            backend: a.backend,
+            token: a.token,
+            enroll: a.enroll,
+            file: &a.credentials,
+            link: Link {
+                ca_file: a.backend_ca,
+                pin: a.backend_pin,
+                private_link: a.private_link,
+            },
+        },
+        check,
+    )
+    .await?;
     let cert = required(
         a.cert,
         "GATEWAY_TLS_CERT",
@@ -222,13 +250,6 @@ pub fn gateway_setup(a: GatewayArgs) -> anyhow::Result<GatewaySetup> {
     let acceptor = tls::acceptor(&cert, &key).context(
         "GATEWAY_TLS_CERT / GATEWAY_TLS_KEY (set GATEWAY_SELF_SIGNED=true to generate them)",
     )?;
-    let link = Link {
-        ca_file: a.backend_ca,
-        pin: a.backend_pin,
-        private_link: a.private_link,
-    };
-    let backend =
-        Backend::connect(&backend_url, token.expose(), &link).context("GATEWAY_BACKEND_URL")?;
     let opts = gateway::GatewayOptions {
         public_url,
         max_tunnels: a.max_tunnels,
@@ -293,24 +314,24 @@ pub fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> 
     })
 }
 
-/// The node's control-plane client, from its validated settings.
-pub fn node_backend(a: &NodeArgs) -> anyhow::Result<Backend> {
-    let backend_url = required(
-        a.backend.clone(),
-        "NODE_BACKEND_URL",
-        "backend",
-        "the control plane's URL",
-    )?;
-    let token = required(
-        a.token.clone(),
-        "NODE_TOKEN",
-        "token",
-        "this node's machine token (registerOutlineNode)",
-    )?;
-    let link = Link {
-        ca_file: a.backend_ca.clone(),
-        pin: a.backend_pin,
-        private_link: a.private_link,
-    };
-    Backend::connect(&backend_url, token.expose(), &link).context("NODE_BACKEND_URL")
+/// The node's control-plane client, from its validated settings (with
+/// `check`, an enrollment string is read but not redeemed).
+pub async fn node_backend(a: &NodeArgs, check: bool) -> anyhow::Result<Backend> {
+    credentials::resolve(
+        Sources {
+            kind: "node",
+            prefix: "NODE",
+            backend: a.backend.clone(),
+            token: a.token.clone(),
+            enroll: a.enroll.clone(),
+            file: &a.credentials,
+            link: Link {
+                ca_file: a.backend_ca.clone(),
+                pin: a.backend_pin,
+                private_link: a.private_link,
+            },
+        },
+        check,
+    )
+    .await
 }

@@ -133,6 +133,32 @@ fn the_control_plane_commands_start_or_name_the_variable() {
         &[],
     );
     checks(HTTVPS, d, &["up", "--check"], &[]);
+    // Enrollment strings need the URL machines reach the control plane at.
+    let gw_add = [
+        "gateway",
+        "add",
+        "--region",
+        "eu",
+        "--name",
+        "gw1",
+        "--public-url",
+        "https://gw1.example.com",
+        "--check",
+    ];
+    let node_add = [
+        "node", "add", "--region", "eu", "--name", "n1", "--host", "10.0.0.5", "--port", "8388",
+        "--check",
+    ];
+    refuses(HTTVPS, d, &gw_add, &[], "BACKEND_PUBLIC_URL");
+    refuses(HTTVPS, d, &node_add, &[], "BACKEND_PUBLIC_URL");
+    let public = ("BACKEND_PUBLIC_URL", "https://cp.example.com");
+    checks(HTTVPS, d, &gw_add, &[public]);
+    checks(HTTVPS, d, &node_add, &[public]);
+    for cmd in ["gateway", "node"] {
+        let id = "0b4c6a43-8f60-4d5e-9a51-6c1f7e2f8d10";
+        checks(HTTVPS, d, &[cmd, "rotate", id, "--check"], &[public]);
+        checks(HTTVPS, d, &[cmd, "remove", id, "--check"], &[public]);
+    }
     for printer in ["schema", "openapi"] {
         let r = run(HTTVPS, d, &[printer], &[]);
         assert!(r.ok && r.out.len() > 1000, "{printer}:\n{}", r.out);

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, check: bool) -> anyhow::Result<()> {
     match command {
         Command::Gateway(a) => {
-            let g = gateway_setup(a)?;
+            let g = gateway_setup(a, check).await?;
             if check {
                 println!("{CHECKED}");
                 return Ok(());
@@ -93,7 +93,7 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             .await
         }
         Command::Node(a) => {
-            let backend = node_backend(&a)?;
+            let backend = node_backend(&a, check).await?;
             if check {
                 println!("{CHECKED}");
                 return Ok(());

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 /// What `--check` prints when the settings are valid.
 const CHECKED: &str = "configuration ok";
 use httvps::cli::LogArgs;
+use httvps::enroll::{EnrollArgs, GatewayCommand, NodeCommand};
 use httvps_control::accounts::{self, Role};
 use httvps_control::actor::Actor;
 use httvps_control::config::{DbArgs, ServeArgs, Settings};
@@ -51,6 +52,24 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// Gateways: add (prints an enrollment string), rotate, remove.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        enroll: EnrollArgs,
+    },
+    /// Shadowsocks nodes: add (prints an enrollment string), rotate, remove.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        enroll: EnrollArgs,
     },
     /// Zero-setup start: SQLite under the data directory, a generated secret,
     /// a first admin (password printed once), the server on 127.0.0.1.
@@ -222,6 +241,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  3. curl --socks5-hostname 127.0.0.1:1080 {base}/api/v1/health   (any page, through the tunnel)");
             })
             .await
+        }
+        Command::Gateway {
+            command,
+            db,
+            enroll,
+        } => {
+            db.dsn()?;
+            if check {
+                httvps::enroll::target(&enroll)?;
+                println!("{CHECKED}");
+                return Ok(());
+            }
+            println!("{}", httvps::enroll::gateway(command, &db, &enroll).await?);
+            Ok(())
+        }
+        Command::Node {
+            command,
+            db,
+            enroll,
+        } => {
+            db.dsn()?;
+            if check {
+                httvps::enroll::target(&enroll)?;
+                println!("{CHECKED}");
+                return Ok(());
+            }
+            println!("{}", httvps::enroll::node(command, &db, &enroll).await?);
+            Ok(())
         }
         Command::Openapi => {
             println!("{}", httvps_control::rest::openapi_json_text());

@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use httvps_wire::device::{AssignResponse, DeviceRequest, DeviceTokenResponse};
+use httvps_wire::enroll::EnrollResponse;
 use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse, OutlineBeat, OutlineConfig};
 use httvps_wire::usage::{UsageReport, UsageReportResponse};
 use httvps_wire::{ErrorBody, Reason, Secret};
@@ -223,6 +224,12 @@ impl Backend {
                 code: "ACCESS_EVENTS".into(),
             })
         }
+    }
+
+    /// `POST /enroll`: our token is the one-time enrollment token.
+    pub async fn enroll(&self) -> Result<EnrollResponse, BackendError> {
+        self.call(self.http.post(format!("{}/api/v1/enroll", self.base)))
+            .await
     }
 
     /// `GET /outline/config`.

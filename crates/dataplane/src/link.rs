@@ -52,14 +52,18 @@ impl Pin {
         Ok(Pin(out))
     }
 
-    /// The first certificate of the PEM file `path`'s fingerprint.
-    pub fn of_pem_file(path: &std::path::Path) -> anyhow::Result<Pin> {
+    /// The fingerprint of the last certificate of the PEM chain `path`
+    /// (the CA when the chain ends with it, the certificate itself when it
+    /// is alone).
+    pub fn of_chain_end(path: &std::path::Path) -> anyhow::Result<Pin> {
         use tokio_rustls::rustls::pki_types::pem::PemObject;
-        let cert = CertificateDer::pem_file_iter(path)
+        let mut last = None;
+        for c in CertificateDer::pem_file_iter(path)
             .with_context(|| format!("reading {}", path.display()))?
-            .next()
-            .with_context(|| format!("{} holds no certificate", path.display()))?
-            .with_context(|| format!("parsing {}", path.display()))?;
+        {
+            last = Some(c.with_context(|| format!("parsing {}", path.display()))?);
+        }
+        let cert = last.with_context(|| format!("{} holds no certificate", path.display()))?;
         Ok(Pin::of(&cert))
     }
 }
