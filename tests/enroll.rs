@@ -275,3 +275,59 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
         "{beat:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graphql_registrations_return_the_same_string_for_dashboards() {
+    use httvps_control::accounts::{self, Role};
+    use httvps_control::nodes::enrollment::EnrollTarget;
+    let db = common::TestDb::pg().await;
+    let mut settings = common::settings(db.dsn.clone(), false);
+    let pin = format!("sha256:{}", "5a".repeat(32));
+    settings.enroll = Some(EnrollTarget {
+        url: "https://cp.example.com".into(),
+        pin: Some(pin.clone()),
+    });
+    let state = httvps_control::app::prepare(&settings)
+        .await
+        .expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let st = state.clone();
+    tokio::spawn(async move {
+        let _ = httvps_control::http::serve(listener, st, std::future::pending::<()>()).await;
+    });
+    accounts::create_user(&state.db, "root@example.com", plane::PASSWORD, Role::Admin)
+        .await
+        .expect("admin");
+    let admin = plane::login(&base, "root@example.com").await;
+    let gql = |q: &'static str| {
+        let (base, admin) = (base.clone(), admin.clone());
+        async move { common::gql(&base, Some(&admin), q, json!({})).await }
+    };
+    gql("mutation{createRegion(code:\"eu\",name:\"EU\"){id}}").await;
+    let r = gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw\",publicUrl:\"https://gw.example.com\"}){token enrollment}}").await;
+    let g = &r["data"]["registerGatewayNode"];
+    let e = Enrollment::decode(g["enrollment"].as_str().unwrap_or_else(|| panic!("{r}")))
+        .expect("string");
+    assert_eq!(e.kind, "gateway");
+    assert_eq!(e.url, "https://cp.example.com");
+    assert_eq!(e.pin.as_deref(), Some(pin.as_str()));
+    assert_eq!(Some(e.token.expose()), g["token"].as_str());
+    let r = gql("mutation{registerOutlineNode(input:{region:\"eu\",name:\"n\",host:\"10.0.0.5\",port:8388}){enrollment}}").await;
+    let e = Enrollment::decode(
+        r["data"]["registerOutlineNode"]["enrollment"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}")),
+    )
+    .expect("string");
+    assert_eq!(e.kind, "node");
+    // The string's token redeems once (here, at the address the test reaches).
+    let b = Backend::new(&base, e.token.expose()).expect("backend");
+    assert_eq!(b.enroll().await.expect("redeems").kind, "node");
+    assert!(matches!(
+        b.enroll().await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
+}

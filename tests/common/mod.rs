@@ -276,6 +276,7 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
         debug,
         gateway_url: Some("https://gw.test.example".to_owned()),
         tls: None,
+        enroll: None,
     }
 }
 

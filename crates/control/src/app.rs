@@ -36,6 +36,7 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         db,
         jwt,
         settings.gateway_url.clone(),
+        settings.enroll.clone(),
         settings.debug,
     ))
 }

@@ -12,6 +12,7 @@ pub use crate::auth::SecretKey;
 use crate::auth::jwt::{ALLOWED_ALGORITHMS, parse_algorithm};
 use crate::db::Dsn;
 use crate::https::TlsFiles;
+use crate::nodes::enrollment::{EnrollTarget, pin_of_chain_end};
 
 /// The example secret in `.env.example`; refused at start.
 pub const EXAMPLE_SECRET: &str = "replace-me-with-at-least-32-random-bytes-0000";
@@ -85,6 +86,15 @@ pub struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "BACKEND_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The control plane's URL as gateways and nodes reach it; when set,
+    /// registerGatewayNode and registerOutlineNode also return an
+    /// enrollment string.
+    #[arg(long, env = "BACKEND_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The pin put in enrollment strings; default: the last certificate of
+    /// --tls-cert for an https:// --public-url.
+    #[arg(long, env = "BACKEND_ENROLL_PIN")]
+    pub enroll_pin: Option<String>,
 }
 
 /// A configuration error that names the variable at fault.
@@ -130,6 +140,8 @@ pub struct Settings {
     pub gateway_url: Option<String>,
     /// HTTPS certificate and key; `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Where enrollment strings send machines; `None`: no strings.
+    pub enroll: Option<EnrollTarget>,
 }
 
 /// Checks a secret key: present, long enough, not the example.
@@ -223,6 +235,49 @@ impl Settings {
                 ConfigError::new("BACKEND_TLS_CERT", format!("does not load: {e:#}"))
             })?;
         }
+        let enroll = match args
+            .public_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => None,
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                let pin = match (
+                    args.enroll_pin
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty()),
+                    &tls,
+                ) {
+                    (Some(p), _) => {
+                        let hex = p.strip_prefix("sha256:").unwrap_or(p);
+                        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                            return Err(ConfigError::new(
+                                "BACKEND_ENROLL_PIN",
+                                "must be sha256: and 64 hex digits",
+                            ));
+                        }
+                        Some(format!("sha256:{}", hex.to_ascii_lowercase()))
+                    }
+                    (None, Some(f)) if u.starts_with("https://") => Some(
+                        pin_of_chain_end(&f.cert)
+                            .map_err(|e| ConfigError::new("BACKEND_TLS_CERT", e))?,
+                    ),
+                    _ => None,
+                };
+                Some(EnrollTarget {
+                    url: u.trim_end_matches('/').to_owned(),
+                    pin,
+                })
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "BACKEND_PUBLIC_URL",
+                    "must be an https:// (or http://) URL",
+                ));
+            }
+        };
         Ok(Settings {
             dsn,
             pool_size,
@@ -234,6 +289,7 @@ impl Settings {
             debug,
             gateway_url,
             tls,
+            enroll,
         })
     }
 }

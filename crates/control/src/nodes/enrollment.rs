@@ -91,3 +91,48 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
         token,
     })
 }
+
+/// Where enrollment strings send machines: the control plane's URL as they
+/// reach it, and the pin of the certificate they trust for it.
+#[derive(Debug, Clone)]
+pub struct EnrollTarget {
+    /// The control plane's base URL.
+    pub url: String,
+    /// `sha256:<hex>` of the trusted certificate, if any.
+    pub pin: Option<String>,
+}
+
+impl EnrollTarget {
+    /// The enrollment string of a `kind` (`gateway` or `node`) with its
+    /// one-time `token`.
+    pub fn string(&self, kind: &str, token: &str) -> String {
+        httvps_wire::enroll::Enrollment {
+            kind: kind.to_owned(),
+            url: self.url.clone(),
+            pin: self.pin.clone(),
+            token: token.into(),
+        }
+        .encode()
+    }
+}
+
+/// `sha256:<hex>` of the last certificate of a PEM chain (the CA when the
+/// chain ends with it).
+pub fn pin_of_chain_end(path: &std::path::Path) -> Result<String, String> {
+    use sha2::Digest;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut last = None;
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+        last = Some(c.map_err(|e| e.to_string())?);
+    }
+    let cert = last.ok_or_else(|| format!("{} holds no certificate", path.display()))?;
+    let digest = sha2::Sha256::digest(&cert);
+    Ok(format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
