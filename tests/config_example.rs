@@ -133,6 +133,12 @@ fn the_control_plane_commands_start_or_name_the_variable() {
         &[],
     );
     checks(HTTVPS, d, &["up", "--check"], &[]);
+    checks(
+        HTTVPS,
+        d,
+        &["region", "--code", "eu", "--name", "EU", "--check"],
+        &[],
+    );
     // Enrollment strings need the URL machines reach the control plane at.
     let gw_add = [
         "gateway",

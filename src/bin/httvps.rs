@@ -53,6 +53,17 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Creates a region (its pool key is generated), unless it exists.
+    Region {
+        /// Region code (e.g. eu).
+        #[arg(long)]
+        code: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Gateways: add (prints an enrollment string), rotate, remove.
     Gateway {
         #[command(subcommand)]
@@ -241,6 +252,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  3. curl --socks5-hostname 127.0.0.1:1080 {base}/api/v1/health   (any page, through the tunnel)");
             })
             .await
+        }
+        Command::Region { code, name, db } => {
+            let dsn = db.dsn()?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
+            db::migrate(&dsn).await.context("applying migrations")?;
+            let pool = Db::connect(&dsn, 1)?;
+            if httvps_control::catalogue::region_by_code(&pool, &code)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .is_some()
+            {
+                println!("region {code} exists");
+                return Ok(());
+            }
+            let r = httvps_control::catalogue::create_region(
+                &pool,
+                &Actor::Operator,
+                &code,
+                &name,
+                None,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating region {code}: {e}"))?;
+            println!("created region {} ({})", r.code, r.id);
+            Ok(())
         }
         Command::Gateway {
             command,
