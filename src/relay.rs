@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use httvps_dataplane::backend::Backend;
+use httvps_dataplane::certs::CertFiles;
 use httvps_dataplane::link::{Link, Pin};
 use httvps_dataplane::{client, gateway, tls};
 use httvps_wire::Secret;
@@ -207,6 +208,8 @@ pub struct GatewaySetup {
     pub opts: gateway::GatewayOptions,
     pub backend: Backend,
     pub acceptor: tls::TlsAcceptor,
+    /// The certificate files behind it, to reload on change.
+    pub certs: CertFiles,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
 }
@@ -247,7 +250,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"])
             .context("GATEWAY_SELF_SIGNED")?;
     }
-    let acceptor = tls::acceptor(&cert, &key).context(
+    let (certs, acceptor) = CertFiles::acceptor(&cert, &key).context(
         "GATEWAY_TLS_CERT / GATEWAY_TLS_KEY (set GATEWAY_SELF_SIGNED=true to generate them)",
     )?;
     let opts = gateway::GatewayOptions {
@@ -270,6 +273,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         opts,
         backend,
         acceptor,
+        certs,
         listen: a.listen,
         admin_listen: a.admin_listen,
     })

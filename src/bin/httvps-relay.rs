@@ -82,7 +82,8 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {} (GATEWAY_ADMIN_LISTEN)", g.admin_listen))?;
             tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "gateway listening");
-            gateway::run(
+            let watch = g.certs.spawn_watch(httvps_dataplane::certs::WATCH_EVERY);
+            let served = gateway::run(
                 g.opts,
                 g.backend,
                 g.acceptor,
@@ -90,7 +91,9 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
                 Some(admin),
                 httvps::shutdown_signal(),
             )
-            .await
+            .await;
+            watch.abort();
+            served
         }
         Command::Node(a) => {
             let backend = node_backend(&a, check).await?;

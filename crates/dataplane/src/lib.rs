@@ -18,11 +18,14 @@
 //!   destinations it refuses.
 //! - [`client`]: the local SOCKS5 proxy (or port forward) through a
 //!   gateway: parameters and node events, SOCKS5, UDP associate, forward.
+//! - [`certs`]: the gateway's certificate files, reloaded on change and
+//!   SIGHUP without dropping tunnels.
 //! - [`tls`]: certificates, acceptors and connectors (system roots).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
 
 pub mod backend;
+pub mod certs;
 pub mod client;
 pub mod files;
 pub mod gateway;
