@@ -9,12 +9,20 @@
 //!
 //! Map of this crate:
 //! - [`cli`]: logging flags and boolean parsing shared by the binaries.
+//! - [`enroll`]: `httvps gateway|node add|rotate|remove`, printing
+//!   enrollment strings.
+//! - [`credentials`]: the relay's side: redeeming an enrollment string
+//!   into stored credentials.
 //! - [`logging`]: structured logs.
+//! - [`relay`]: the data plane's command-line settings, validated.
 //! - [`shutdown`]: the shutdown signal.
 //! - [`up`]: the zero-setup mode, the only place both planes run together.
 
 pub mod cli;
+pub mod credentials;
+pub mod enroll;
 pub mod logging;
+pub mod relay;
 pub mod shutdown;
 pub mod up;
 

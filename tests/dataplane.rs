@@ -405,6 +405,7 @@ async fn forward_mode_pipes_a_local_port_to_one_destination() {
         ca_cert: Some(plane.cert.clone()),
         region: None,
         forward: Some(target.to_string()),
+        link: Default::default(),
     };
     // The listener is bound already: connections wait in its backlog
     // until the client accepts them, so no pause is needed.
@@ -911,6 +912,7 @@ impl Plane {
             ca_cert: Some(self.cert.clone()),
             region: None,
             forward: None,
+            link: Default::default(),
         };
         // Bound already: connections wait in the backlog until it accepts.
         tokio::spawn(async move {
@@ -1484,6 +1486,7 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
         ca_cert: Some(dir.path().join("gw.crt")),
         region: None,
         forward: None,
+        link: Default::default(),
     };
     // The listener is bound already: connections wait in its backlog
     // until the client accepts them, so no pause is needed.

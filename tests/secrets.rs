@@ -83,6 +83,7 @@ fn no_type_holding_a_secret_formats_it() {
         ca_cert: None,
         region: None,
         forward: None,
+        link: Default::default(),
     };
     assert_hidden("ClientOptions", &debug(&client_options));
     for token in [TOKEN, JWT] {

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+/// What `--check` prints when the settings are valid.
+const CHECKED: &str = "configuration ok";
 use httvps::cli::LogArgs;
+use httvps::enroll::{EnrollArgs, GatewayCommand, NodeCommand};
 use httvps_control::accounts::{self, Role};
 use httvps_control::actor::Actor;
 use httvps_control::config::{DbArgs, ServeArgs, Settings};
@@ -48,6 +52,35 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// Creates a region (its pool key is generated), unless it exists.
+    Region {
+        /// Region code (e.g. eu).
+        #[arg(long)]
+        code: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Gateways: add (prints an enrollment string), rotate, remove.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        enroll: EnrollArgs,
+    },
+    /// Shadowsocks nodes: add (prints an enrollment string), rotate, remove.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        enroll: EnrollArgs,
     },
     /// Zero-setup start: SQLite under the data directory, a generated secret,
     /// a first admin (password printed once), the server on 127.0.0.1.
@@ -97,7 +130,7 @@ enum DeviceCommand {
 
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let cli: Cli = httvps::cli::parse();
     httvps::logging::init(cli.log.log_format, cli.log.debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -120,13 +153,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let check = cli.log.check;
     match cli.command {
         Command::Serve(args) => {
             let settings = Settings::from_args(&args, cli.log.debug)?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
             httvps_control::app::serve(settings, httvps::shutdown_signal()).await
         }
         Command::Migrate { db: args } => {
             let dsn = args.dsn()?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
             let n = db::migrate(&dsn).await.context("applying migrations")?;
             println!("applied {n} migration(s)");
             Ok(())
@@ -140,6 +182,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let dsn = args.dsn()?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
             let mut password = String::new();
             std::io::stdin()
                 .lock()
@@ -159,6 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let dsn = args.dsn()?;
             let id = DeviceId::parse("id", &id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
             let pool = Db::connect(&dsn, 1)?;
             let device = devices::revoke(&pool, &Actor::Operator, id)
                 .await
@@ -174,6 +224,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             gateway_port,
         } => {
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
             httvps_dataplane::tls::install_provider();
             let report = httvps::up::prepare_up(&data_dir, port).await?;
             println!(
@@ -198,6 +252,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  3. curl --socks5-hostname 127.0.0.1:1080 {base}/api/v1/health   (any page, through the tunnel)");
             })
             .await
+        }
+        Command::Region { code, name, db } => {
+            let dsn = db.dsn()?;
+            if check {
+                println!("{CHECKED}");
+                return Ok(());
+            }
+            db::migrate(&dsn).await.context("applying migrations")?;
+            let pool = Db::connect(&dsn, 1)?;
+            if httvps_control::catalogue::region_by_code(&pool, &code)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .is_some()
+            {
+                println!("region {code} exists");
+                return Ok(());
+            }
+            let r = httvps_control::catalogue::create_region(
+                &pool,
+                &Actor::Operator,
+                &code,
+                &name,
+                None,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating region {code}: {e}"))?;
+            println!("created region {} ({})", r.code, r.id);
+            Ok(())
+        }
+        Command::Gateway {
+            command,
+            db,
+            enroll,
+        } => {
+            db.dsn()?;
+            if check {
+                httvps::enroll::target(&enroll)?;
+                println!("{CHECKED}");
+                return Ok(());
+            }
+            println!("{}", httvps::enroll::gateway(command, &db, &enroll).await?);
+            Ok(())
+        }
+        Command::Node {
+            command,
+            db,
+            enroll,
+        } => {
+            db.dsn()?;
+            if check {
+                httvps::enroll::target(&enroll)?;
+                println!("{CHECKED}");
+                return Ok(());
+            }
+            println!("{}", httvps::enroll::node(command, &db, &enroll).await?);
+            Ok(())
         }
         Command::Openapi => {
             println!("{}", httvps_control::rest::openapi_json_text());

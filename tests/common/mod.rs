@@ -277,6 +277,8 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
         jwt_expire_minutes: 15,
         debug,
         gateway_url: Some("https://gw.test.example".to_owned()),
+        tls: None,
+        enroll: None,
     }
 }
 
@@ -344,6 +346,8 @@ impl TestServer {
 pub fn client() -> reqwest::Client {
     static C: OnceLock<reqwest::Client> = OnceLock::new();
     C.get_or_init(|| {
+        // reqwest's TLS takes the process's crypto provider.
+        httvps_dataplane::tls::install_provider();
         reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()

@@ -90,6 +90,18 @@ impl Plane {
         backend: &str,
         customize: &dyn Fn(&mut gateway::GatewayOptions),
     ) {
+        let backend = Backend::new(backend, &self.gateway_token).expect("backend");
+        self.spawn_gateway_with(listener, backend, customize);
+    }
+
+    /// [`Plane::spawn_gateway`] with the gateway's control-plane client
+    /// given (another link, say).
+    pub fn spawn_gateway_with(
+        &mut self,
+        listener: TcpListener,
+        backend: Backend,
+        customize: &dyn Fn(&mut gateway::GatewayOptions),
+    ) {
         let mut opts = gateway::GatewayOptions {
             public_url: format!("https://localhost:{}", self.gateway_addr.port()),
             report_every: Duration::from_millis(500),
@@ -100,7 +112,6 @@ impl Plane {
         };
         customize(&mut opts);
         let acceptor = tls::acceptor(&self.cert, &self.key).expect("acceptor");
-        let backend = Backend::new(backend, &self.gateway_token).expect("backend");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         self.gateway_stop = Some(stop);
         let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("admin bind");
@@ -273,6 +284,7 @@ impl Plane {
             ca_cert: Some(self.cert.clone()),
             region: None,
             forward: None,
+            link: Default::default(),
         };
         tokio::spawn(async move {
             if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {

@@ -10,6 +10,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::config::Settings;
 use crate::db::{self, Db, Dsn};
 use crate::http;
+use crate::https::{TlsFront, TlsListener, WATCH_EVERY};
 use crate::state::AppState;
 
 /// Connects, migrates and builds the state for `settings`.
@@ -35,6 +36,7 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         db,
         jwt,
         settings.gateway_url.clone(),
+        settings.enroll.clone(),
         settings.debug,
     ))
 }
@@ -53,10 +55,22 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(http.addr = %local, debug = settings.debug, "control plane listening");
-    let served = http::serve(listener, state, shutdown)
-        .await
-        .context("serving HTTP");
+    let served = match &settings.tls {
+        None => {
+            tracing::info!(http.addr = %local, debug = settings.debug, tls = false, "control plane listening");
+            http::serve(listener, state, shutdown).await
+        }
+        Some(files) => {
+            let front = TlsFront::load(files.clone()).context("BACKEND_TLS_CERT / BACKEND_TLS_KEY")?;
+            let watch = front.spawn_watch(WATCH_EVERY);
+            let listener = TlsListener::new(listener, front).context("TLS listener")?;
+            tracing::info!(http.addr = %local, debug = settings.debug, tls = true, "control plane listening");
+            let served = http::serve(listener, state, shutdown).await;
+            watch.abort();
+            served
+        }
+    }
+    .context("serving HTTP");
     sweeper.abort();
     usage_sweeper.abort();
     served?;

@@ -3,6 +3,7 @@
 //! every error. Every variable read here is documented in `.env.example`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 pub use jsonwebtoken::Algorithm;
@@ -10,6 +11,8 @@ pub use jsonwebtoken::Algorithm;
 pub use crate::auth::SecretKey;
 use crate::auth::jwt::{ALLOWED_ALGORITHMS, parse_algorithm};
 use crate::db::Dsn;
+use crate::https::TlsFiles;
+use crate::nodes::enrollment::{EnrollTarget, pin_of_chain_end};
 
 /// The example secret in `.env.example`; refused at start.
 pub const EXAMPLE_SECRET: &str = "replace-me-with-at-least-32-random-bytes-0000";
@@ -75,6 +78,23 @@ pub struct ServeArgs {
     /// links); defaults to the first active registered gateway.
     #[arg(long, env = "BACKEND_GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; reloaded when it
+    /// changes or on SIGHUP). Unset: plain HTTP, for loopback or behind a
+    /// TLS-terminating proxy.
+    #[arg(long, env = "BACKEND_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "BACKEND_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The control plane's URL as gateways and nodes reach it; when set,
+    /// registerGatewayNode and registerOutlineNode also return an
+    /// enrollment string.
+    #[arg(long, env = "BACKEND_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The pin put in enrollment strings; default: the last certificate of
+    /// --tls-cert for an https:// --public-url.
+    #[arg(long, env = "BACKEND_ENROLL_PIN")]
+    pub enroll_pin: Option<String>,
 }
 
 /// A configuration error that names the variable at fault.
@@ -118,6 +138,10 @@ pub struct Settings {
     pub debug: bool,
     /// Public gateway URL for access links.
     pub gateway_url: Option<String>,
+    /// HTTPS certificate and key; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Where enrollment strings send machines; `None`: no strings.
+    pub enroll: Option<EnrollTarget>,
 }
 
 /// Checks a secret key: present, long enough, not the example.
@@ -190,6 +214,70 @@ impl Settings {
                 ));
             }
         };
+        let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "BACKEND_TLS_KEY",
+                    "is missing: BACKEND_TLS_CERT needs its key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "BACKEND_TLS_CERT",
+                    "is missing: BACKEND_TLS_KEY needs its certificate",
+                ));
+            }
+        };
+        if let Some(f) = &tls {
+            crate::https::TlsFront::load(f.clone()).map_err(|e| {
+                ConfigError::new("BACKEND_TLS_CERT", format!("does not load: {e:#}"))
+            })?;
+        }
+        let enroll = match args
+            .public_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => None,
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                let pin = match (
+                    args.enroll_pin
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty()),
+                    &tls,
+                ) {
+                    (Some(p), _) => {
+                        let hex = p.strip_prefix("sha256:").unwrap_or(p);
+                        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                            return Err(ConfigError::new(
+                                "BACKEND_ENROLL_PIN",
+                                "must be sha256: and 64 hex digits",
+                            ));
+                        }
+                        Some(format!("sha256:{}", hex.to_ascii_lowercase()))
+                    }
+                    (None, Some(f)) if u.starts_with("https://") => Some(
+                        pin_of_chain_end(&f.cert)
+                            .map_err(|e| ConfigError::new("BACKEND_TLS_CERT", e))?,
+                    ),
+                    _ => None,
+                };
+                Some(EnrollTarget {
+                    url: u.trim_end_matches('/').to_owned(),
+                    pin,
+                })
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "BACKEND_PUBLIC_URL",
+                    "must be an https:// (or http://) URL",
+                ));
+            }
+        };
         Ok(Settings {
             dsn,
             pool_size,
@@ -200,6 +288,8 @@ impl Settings {
             jwt_expire_minutes,
             debug,
             gateway_url,
+            tls,
+            enroll,
         })
     }
 }

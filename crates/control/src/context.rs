@@ -24,6 +24,9 @@ pub struct AppContext {
     pub gateway_url: Option<String>,
     /// Recently authenticated machine tokens.
     pub machines: MachineCache,
+    /// Where enrollment strings send machines (`BACKEND_PUBLIC_URL`); none:
+    /// registrations return no string.
+    pub enroll: Option<crate::nodes::enrollment::EnrollTarget>,
 }
 
 /// Who is calling: resolved once per request from the access token.

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::context::{Viewer, bearer_token, viewer_from_token};
@@ -57,13 +56,18 @@ async fn close_after_unread_body(mut res: Response) -> Response {
     res
 }
 
-/// Serves `router` on an already bound listener until `shutdown` completes,
+/// Serves `router` on an already bound listener (plain TCP, or
+/// [`crate::https::TlsListener`]) until `shutdown` completes,
 /// then lets in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let closing = state.closing.clone();
     let mut applier = AbortOnDrop(tokio::spawn({
         let (usage, db) = (state.usage.clone(), state.db.clone());

@@ -18,7 +18,8 @@
 //!   [`node_assignment`], [`heartbeats`], [`sessions`], [`usage_accounting`].
 //! - Edges: [`context`] (the app context and the signed-in viewer),
 //!   [`graphql`], [`rest`], [`state`] (what handlers get), [`http`] (the
-//!   server), [`console`] (the embedded web console and GraphiQL),
+//!   server), [`https`] (TLS in front of it, certificate reloaded on
+//!   change or SIGHUP), [`console`] (the embedded web console and GraphiQL),
 //!   [`metrics`], [`app`] (start-up).
 
 pub mod access;
@@ -39,6 +40,7 @@ pub mod feed;
 pub mod graphql;
 pub mod heartbeats;
 pub mod http;
+pub mod https;
 pub mod ids;
 pub mod metrics;
 pub mod node_assignment;

@@ -6,9 +6,12 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use httvps_wire::device::{AssignResponse, DeviceRequest, DeviceTokenResponse};
+use httvps_wire::enroll::EnrollResponse;
 use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse, OutlineBeat, OutlineConfig};
 use httvps_wire::usage::{UsageReport, UsageReportResponse};
 use httvps_wire::{ErrorBody, Reason, Secret, Unavailable};
+
+use crate::link::Link;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +60,19 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`) sending `token`.
+    /// A client for `base` (e.g. `https://cp.example.com`, or
+    /// `http://127.0.0.1:8080`) sending `token`, trusting the system's roots.
     pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        Self::connect(base, token, &Link::default())
+    }
+
+    /// A client for `base` sending `token` over `link`; refuses a URL the
+    /// link's rules do not allow (plain HTTP to a host that is not loopback
+    /// unless the link is private).
+    pub fn connect(base: &str, token: &str, link: &Link) -> anyhow::Result<Self> {
+        link.check_url(base)?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(link.client_config()?)
             .timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(32)
@@ -93,7 +106,7 @@ impl Backend {
             .bearer_auth(bearer)
             .send()
             .await
-            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+            .map_err(|e| BackendError::Unreachable(error_chain(&e)))?;
         let status = res.status();
         if status.is_success() {
             return res
@@ -217,7 +230,7 @@ impl Backend {
             .timeout(Duration::from_secs(3600))
             .send()
             .await
-            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+            .map_err(|e| BackendError::Unreachable(error_chain(&e)))?;
         if res.status().is_success() {
             Ok(res)
         } else {
@@ -228,6 +241,12 @@ impl Backend {
         }
     }
 
+    /// `POST /enroll`: our token is the one-time enrollment token.
+    pub async fn enroll(&self) -> Result<EnrollResponse, BackendError> {
+        self.call(self.http.post(format!("{}/api/v1/enroll", self.base)))
+            .await
+    }
+
     /// `GET /outline/config`.
     pub async fn outline_config(&self) -> Result<OutlineConfig, BackendError> {
         self.call(
@@ -236,4 +255,17 @@ impl Backend {
         )
         .await
     }
+}
+
+/// An error with its causes (a refused certificate is a cause of a
+/// connection error), for logs and start-up messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

@@ -7,6 +7,8 @@
 //! Map of the crate (decisions are pure functions or state machines with
 //! unit tests beside them; the modules around them do the I/O):
 //! - [`backend`]: the client of the control plane's `/api/v1` routes.
+//! - [`link`]: how the control plane is reached and trusted (https or a
+//!   loopback/private http URL; system roots, a CA file, a SHA-256 pin).
 //! - [`gateway`]: TLS + WebSocket in front of the node pool: accept loop,
 //!   routes, admission (validation cache lifetimes, outage rule, caps), TCP
 //!   and UDP pipes, access document, sessions and usage reports with their
@@ -16,14 +18,18 @@
 //!   destinations it refuses.
 //! - [`client`]: the local SOCKS5 proxy (or port forward) through a
 //!   gateway: parameters and node events, SOCKS5, UDP associate, forward.
+//! - [`certs`]: the gateway's certificate files, reloaded on change and
+//!   SIGHUP without dropping tunnels.
 //! - [`tls`]: certificates, acceptors and connectors (system roots).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
 
 pub mod backend;
+pub mod certs;
 pub mod client;
 pub mod files;
 pub mod gateway;
+pub mod link;
 pub mod node;
 pub mod tls;
 pub mod wsio;

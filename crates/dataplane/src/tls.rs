@@ -6,10 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+pub use tokio_rustls::TlsAcceptor;
+use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Installs aws-lc-rs as the process's crypto provider (idempotent).
 pub fn install_provider() {
@@ -19,7 +20,7 @@ pub fn install_provider() {
 /// aws-lc-rs with TLS_AES_128_GCM_SHA256 preferred: its handshake hashes
 /// with SHA-256, which CPUs accelerate (SHA-384 is computed in software),
 /// and AES-128 is the cheapest bulk cipher where AES instructions exist.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     p.cipher_suites
         .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
@@ -61,10 +62,9 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// A TLS connector trusting the web PKI roots the system provides, plus
-/// `extra_ca` when given (a self-signed gateway certificate).
-pub fn connector(extra_ca: Option<&Path>) -> anyhow::Result<TlsConnector> {
-    install_provider();
+/// The web PKI roots the system provides, plus `extra_ca` when given (a
+/// self-signed gateway certificate, or a private CA).
+pub fn roots(extra_ca: Option<&Path>) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     if let Some(path) = extra_ca {
         for c in CertificateDer::pem_file_iter(path)
@@ -82,6 +82,14 @@ pub fn connector(extra_ca: Option<&Path>) -> anyhow::Result<TlsConnector> {
         tracing::debug!(error = %e, "a system root certificate was skipped");
     }
     let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+    Ok(roots)
+}
+
+/// A TLS connector trusting the web PKI roots the system provides, plus
+/// `extra_ca` when given (a self-signed gateway certificate).
+pub fn connector(extra_ca: Option<&Path>) -> anyhow::Result<TlsConnector> {
+    install_provider();
+    let roots = roots(extra_ca)?;
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS versions")?

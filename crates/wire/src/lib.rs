@@ -9,6 +9,7 @@
 //! - [`reason`]: why a device may not connect, and why the control plane
 //!   cannot answer now (stable codes).
 //! - [`device`]: validate-device, device-token and assign-outline bodies.
+//! - [`enroll`]: the one-time enrollment string and its redemption.
 //! - [`usage`]: usage reports (cumulative totals) and close orders.
 //! - [`heartbeat`]: gateway and node heartbeats, the node's configuration.
 //! - [`events`]: the access-event stream gateways follow.
@@ -16,6 +17,7 @@
 //! - [`secret`]: secrets (node keys, device JWTs) redacted when formatted.
 
 pub mod device;
+pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod heartbeat;

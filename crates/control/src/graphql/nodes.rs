@@ -162,6 +162,10 @@ pub enum Node {
 /// A new node and its machine token (shown this once).
 #[derive(SimpleObject)]
 pub struct RegisteredOutlineNode {
+    /// One-time enrollment string for `httvps-relay node --enroll`
+    /// (control-plane URL, pin, this token); null when the control plane
+    /// has no BACKEND_PUBLIC_URL.
+    pub enrollment: Option<String>,
     /// The node.
     pub node: OutlineNode,
     /// Machine token for `Authorization: Bearer` on /api/v1.
@@ -171,6 +175,10 @@ pub struct RegisteredOutlineNode {
 /// A new gateway and its machine token (shown this once).
 #[derive(SimpleObject)]
 pub struct RegisteredGatewayNode {
+    /// One-time enrollment string for `httvps-relay gateway --enroll`
+    /// (control-plane URL, pin, this token); null when the control plane
+    /// has no BACKEND_PUBLIC_URL.
+    pub enrollment: Option<String>,
     /// The gateway.
     pub node: GatewayNode,
     /// Machine token for `Authorization: Bearer` on /api/v1.
@@ -304,6 +312,7 @@ impl NodeMutation {
             .gql()?;
         Ok(RegisteredOutlineNode {
             node: node.into(),
+            enrollment: api.enroll.as_ref().map(|e| e.string("node", &token)),
             token,
         })
     }
@@ -327,6 +336,7 @@ impl NodeMutation {
         .gql()?;
         Ok(RegisteredGatewayNode {
             node: node.into(),
+            enrollment: api.enroll.as_ref().map(|e| e.string("gateway", &token)),
             token,
         })
     }

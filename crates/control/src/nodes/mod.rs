@@ -2,8 +2,10 @@
 //! [`registry`] registers, sets the status of, deletes and re-keys them
 //! (admins), publishing a node event in the transaction of each change;
 //! [`listing`] lists and loads them; [`machines`] authenticates the machine
-//! tokens they call `/api/v1` with.
+//! tokens they call `/api/v1` with; [`enrollment`] trades a one-time
+//! enrollment token for a machine's own.
 
+pub mod enrollment;
 pub mod listing;
 pub mod machines;
 pub mod registry;

@@ -1,12 +1,14 @@
 //! The REST compatibility routes under `/api/v1/` that gateways, nodes and
 //! clients call. Thin handlers over the use-case modules, by caller:
 //! [`devices`] (validate, device token, assign), [`gateways`] (usage,
-//! access events, heartbeats), [`nodes`] (heartbeats, config), with
+//! access events, heartbeats), [`nodes`] (heartbeats, config), `enroll`
+//! (a new machine redeems its one-time token), with
 //! [`caller`] resolving who calls. One JSON error envelope; the OpenAPI
 //! document is generated from these types.
 
 mod caller;
 mod devices;
+mod enroll;
 mod gateways;
 mod nodes;
 
@@ -23,6 +25,7 @@ use devices::{
     __path_assign_outline, __path_device_token, __path_validate_device, assign_outline,
     device_token, validate_device,
 };
+use enroll::{__path_enroll, enroll};
 use gateways::{
     __path_access_events, __path_gateway_heartbeat, __path_usage_report, access_events,
     gateway_heartbeat, usage_report,
@@ -43,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/gateway/access-events", get(access_events))
         .route("/api/v1/outline/heartbeat", post(outline_heartbeat))
         .route("/api/v1/outline/config", get(outline_config))
+        .route("/api/v1/enroll", post(enroll))
         .route("/api/v1/openapi.json", get(openapi_json))
 }
 
@@ -92,7 +96,8 @@ fn health_doc() {}
         gateway_heartbeat,
         access_events,
         outline_heartbeat,
-        outline_config
+        outline_config,
+        enroll
     )
 )]
 pub struct ApiDoc;

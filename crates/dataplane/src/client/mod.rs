@@ -46,6 +46,8 @@ pub struct ClientOptions {
     /// Instead of SOCKS5, forward every local connection to this
     /// destination (`host:port`) through the tunnel.
     pub forward: Option<String>,
+    /// How the control plane is reached and trusted.
+    pub link: crate::link::Link,
 }
 
 /// Pause after a failed accept before the next.

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{ClientOptions, Shared};
 use crate::backend::Backend;
+use crate::link::Link;
 use crate::node::parse_method;
 
 /// Where tunnels go and the Shadowsocks key.
@@ -58,7 +59,7 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
 
 /// Asks the control plane, as the device, for a node and its key.
 pub(super) async fn fetch(opts: &ClientOptions) -> anyhow::Result<Params> {
-    let backend = Backend::new(&opts.backend, opts.device_token.expose())?;
+    let backend = Backend::connect(&opts.backend, opts.device_token.expose(), &opts.link)?;
     let jwt = backend
         .device_jwt()
         .await
@@ -94,6 +95,31 @@ fn node_gone(kind: &str) -> bool {
     matches!(kind, "DOWN" | "DRAINING" | "DISABLED" | "DELETED")
 }
 
+/// A byte stream of either kind.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// The connection under the events WebSocket: TLS (trusted as `link` says)
+/// for `wss://`, plain TCP for `ws://`.
+async fn events_stream(ws_url: &str, link: &Link) -> anyhow::Result<Box<dyn Io>> {
+    let url = url::Url::parse(ws_url).context("the control plane's URL")?;
+    let host = url
+        .host_str()
+        .context("the control plane's URL has no host")?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    if url.scheme() != "wss" {
+        return Ok(Box::new(tcp));
+    }
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(link.client_config()?));
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host)?;
+    Ok(Box::new(connector.connect(name, tcp).await?))
+}
+
 /// Follows `nodeEvents` of the client's region; when a node goes down,
 /// drains or disappears, fetches parameters again. Reconnects after
 /// failures, until the task is dropped.
@@ -105,7 +131,8 @@ pub(super) async fn follow_events(s: Arc<Shared>) {
             let mut req = ws_url.as_str().into_client_request()?;
             req.headers_mut()
                 .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
-            let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+            let stream = events_stream(&ws_url, &s.opts.link).await?;
+            let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await?;
             let init = serde_json::json!({"type": "connection_init", "payload": {"deviceToken": s.opts.device_token.expose()}});
             ws.send(Message::Text(init.to_string().into())).await?;
             let sub = serde_json::json!({"id": "1", "type": "subscribe", "payload": {

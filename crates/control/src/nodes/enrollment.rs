@@ -1,0 +1,138 @@
+//! Enrollment: a gateway or node trades the one-time token of its
+//! enrollment string (the token it was registered or re-keyed with) for a
+//! machine token of its own. The swap is a compare-and-set on the stored
+//! hash, so a string is good for one redemption however many are tried at
+//! once; a second one finds the token gone (401).
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::machines::{Machine, authenticate_machine};
+use crate::actor::Actor;
+use crate::db::Db;
+use crate::db::schema::{audit_log, gateway_nodes, outline_nodes};
+use crate::db_tx;
+use crate::error::{AppError, AppResult};
+use crate::{audit, auth};
+
+/// What a redeemed enrollment gives the machine.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// `gateway` or `node`.
+    pub kind: &'static str,
+    /// The machine's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its new machine token (shown once).
+    pub token: String,
+}
+
+/// Redeems the one-time token `presented`: replaces it with a new machine
+/// token, which is returned; the presented one stops working.
+pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
+    // Always from the database: a cached answer could outlive the swap.
+    let machine = authenticate_machine(db, presented).await?;
+    let old = auth::hash_token(presented);
+    let token = auth::new_token();
+    let new = auth::hash_token(&token);
+    let (kind, id, name) = match &machine {
+        Machine::Gateway(g) => ("gateway", g.id.to_string(), g.name.clone()),
+        Machine::Outline(n) => ("node", n.id.to_string(), n.name.clone()),
+    };
+    let entry = audit::entry(
+        &Actor::Operator,
+        "enroll",
+        if kind == "gateway" {
+            "gateway_node"
+        } else {
+            "outline_node"
+        },
+        Some(&id),
+        serde_json::json!({"name": name}),
+    );
+    db_tx!(db, |conn, _| {
+        let swapped = match &machine {
+            Machine::Gateway(g) => {
+                diesel::update(
+                    gateway_nodes::table
+                        .find(g.id)
+                        .filter(gateway_nodes::token_hash.eq(&old)),
+                )
+                .set(gateway_nodes::token_hash.eq(&new))
+                .execute(conn)
+                .await?
+            }
+            Machine::Outline(n) => {
+                diesel::update(
+                    outline_nodes::table
+                        .find(n.id)
+                        .filter(outline_nodes::token_hash.eq(&old)),
+                )
+                .set(outline_nodes::token_hash.eq(&new))
+                .execute(conn)
+                .await?
+            }
+        };
+        if swapped == 0 {
+            // Redeemed (or re-keyed) by someone else meanwhile.
+            return Err(AppError::Unauthenticated);
+        }
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok(())
+    })?;
+    Ok(Enrolled {
+        kind,
+        id,
+        name,
+        token,
+    })
+}
+
+/// Where enrollment strings send machines: the control plane's URL as they
+/// reach it, and the pin of the certificate they trust for it.
+#[derive(Debug, Clone)]
+pub struct EnrollTarget {
+    /// The control plane's base URL.
+    pub url: String,
+    /// `sha256:<hex>` of the trusted certificate, if any.
+    pub pin: Option<String>,
+}
+
+impl EnrollTarget {
+    /// The enrollment string of a `kind` (`gateway` or `node`) with its
+    /// one-time `token`.
+    pub fn string(&self, kind: &str, token: &str) -> String {
+        httvps_wire::enroll::Enrollment {
+            kind: kind.to_owned(),
+            url: self.url.clone(),
+            pin: self.pin.clone(),
+            token: token.into(),
+        }
+        .encode()
+    }
+}
+
+/// `sha256:<hex>` of the last certificate of a PEM chain (the CA when the
+/// chain ends with it).
+pub fn pin_of_chain_end(path: &std::path::Path) -> Result<String, String> {
+    use sha2::Digest;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut last = None;
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+        last = Some(c.map_err(|e| e.to_string())?);
+    }
+    let cert = last.ok_or_else(|| format!("{} holds no certificate", path.display()))?;
+    let digest = sha2::Sha256::digest(&cert);
+    Ok(format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}

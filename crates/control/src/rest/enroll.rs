@@ -1,0 +1,32 @@
+//! Enrollment: a new gateway or node redeems its one-time token.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use httvps_wire::ErrorBody;
+use httvps_wire::enroll::EnrollResponse;
+
+use crate::context::bearer_token;
+use crate::error::AppError;
+use crate::nodes::enrollment;
+use crate::state::AppState;
+
+/// Trades the one-time token of an enrollment string (as the bearer) for
+/// the machine's own token; the one-time token stops working, so a second
+/// redemption gets 401.
+#[utoipa::path(post, path = "/api/v1/enroll",
+    responses((status = 200, body = EnrollResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn enroll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<EnrollResponse>, AppError> {
+    let token = bearer_token(&headers)?.ok_or(AppError::Unauthenticated)?;
+    let e = enrollment::redeem(&state.db, token).await?;
+    tracing::info!(node.kind = e.kind, node.id = %e.id, "enrolled");
+    Ok(Json(EnrollResponse {
+        kind: e.kind.to_owned(),
+        id: e.id,
+        name: e.name,
+        token: e.token.into(),
+    }))
+}

@@ -1,0 +1,131 @@
+//! The relay's credentials: from flags (`--backend`, `--token`), from the
+//! file an enrollment wrote, or by redeeming an enrollment string on first
+//! start (`--enroll`), which writes that file (owner-only) so later starts
+//! need nothing but the file.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use httvps_dataplane::backend::Backend;
+use httvps_dataplane::link::{Link, Pin};
+use httvps_wire::Secret;
+use httvps_wire::enroll::Enrollment;
+use serde::{Deserialize, Serialize};
+
+/// What an enrolled machine keeps.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    kind: String,
+    backend: String,
+    #[serde(default)]
+    pin: Option<String>,
+    token: Secret,
+}
+
+/// Where the credentials of one command come from.
+#[derive(Debug)]
+pub struct Sources<'a> {
+    /// `gateway` or `node`.
+    pub kind: &'static str,
+    /// Variable prefix: `GATEWAY` or `NODE`.
+    pub prefix: &'static str,
+    /// `--backend`.
+    pub backend: Option<String>,
+    /// `--token`.
+    pub token: Option<Secret>,
+    /// `--enroll`.
+    pub enroll: Option<String>,
+    /// `--credentials`.
+    pub file: &'a Path,
+    /// `--backend-ca`, `--backend-pin`, `--private-link`.
+    pub link: Link,
+}
+
+/// A control-plane client with the resolved credentials. With `check`, an
+/// enrollment string is only read, not redeemed.
+pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
+    let p = s.prefix;
+    if let Some(token) = s.token {
+        let url = s.backend.with_context(|| {
+            format!("{p}_BACKEND_URL (--backend) is missing: the control plane's URL")
+        })?;
+        return Backend::connect(&url, token.expose(), &s.link)
+            .with_context(|| format!("{p}_BACKEND_URL"));
+    }
+    if s.file.exists() {
+        let raw = std::fs::read(s.file)
+            .with_context(|| format!("{p}_CREDENTIALS: reading {}", s.file.display()))?;
+        let stored: Stored = serde_json::from_slice(&raw)
+            .with_context(|| format!("{p}_CREDENTIALS: {} is damaged", s.file.display()))?;
+        anyhow::ensure!(
+            stored.kind == s.kind,
+            "{p}_CREDENTIALS: {} holds a {}'s credentials",
+            s.file.display(),
+            stored.kind
+        );
+        let link = Link {
+            pin: stored
+                .pin
+                .as_deref()
+                .map(Pin::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            ..s.link
+        };
+        return Backend::connect(&stored.backend, stored.token.expose(), &link)
+            .with_context(|| format!("{p}_CREDENTIALS: {}", s.file.display()));
+    }
+    let raw = s.enroll.with_context(|| {
+        format!(
+            "{p}_TOKEN (--token) is missing: give this {}'s machine token, or its \
+             enrollment string in {p}_ENROLL (--enroll) (`httvps {} add` prints one)",
+            s.kind, s.kind
+        )
+    })?;
+    let e = Enrollment::decode(&raw).map_err(|why| anyhow::anyhow!("{p}_ENROLL: {why}"))?;
+    anyhow::ensure!(
+        e.kind == s.kind,
+        "{p}_ENROLL: this string enrolls a {}, not a {}",
+        e.kind,
+        s.kind
+    );
+    let pin = e
+        .pin
+        .as_deref()
+        .map(Pin::parse)
+        .transpose()
+        .map_err(|why| anyhow::anyhow!("{p}_ENROLL: the pin {why}"))?;
+    let link = Link {
+        pin: pin.or(s.link.pin),
+        ..s.link
+    };
+    let once = Backend::connect(&e.url, e.token.expose(), &link)
+        .with_context(|| format!("{p}_ENROLL: the control plane's URL"))?;
+    if check {
+        return Ok(once);
+    }
+    // Fail before redeeming when the file cannot be written: a redeemed
+    // string cannot be used again.
+    if let Some(dir) = s.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{p}_CREDENTIALS: creating {}", dir.display()))?;
+    }
+    let probe = s.file.with_extension("probe");
+    httvps_dataplane::files::write_private(&probe, b"")
+        .with_context(|| format!("{p}_CREDENTIALS: {} is not writable", s.file.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let answer = once.enroll().await.map_err(|e| {
+        anyhow::anyhow!("{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once: print a new one with `httvps {} rotate <id>`", s.kind)
+    })?;
+    let stored = Stored {
+        kind: s.kind.to_owned(),
+        backend: e.url.clone(),
+        pin: pin.map(|p| p.to_string()),
+        token: answer.token,
+    };
+    let json = serde_json::to_vec_pretty(&stored).context("credentials")?;
+    httvps_dataplane::files::write_private(s.file, &json)
+        .with_context(|| format!("{p}_CREDENTIALS: writing {}", s.file.display()))?;
+    tracing::info!(node.id = %answer.id, name = %answer.name, file = %s.file.display(), "enrolled");
+    Backend::connect(&e.url, stored.token.expose(), &link).context("the control plane's URL")
+}

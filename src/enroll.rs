@@ -1,0 +1,209 @@
+//! The control plane's CLI for machines: `httvps gateway add|rotate|remove`
+//! and `httvps node add|rotate|remove`. Adding or rotating prints a
+//! one-time enrollment string (control-plane URL, certificate pin, token)
+//! that `httvps-relay gateway|node --enroll` redeems on first start.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use httvps_control::actor::Actor;
+use httvps_control::config::DbArgs;
+use httvps_control::db::{self, Db};
+use httvps_control::nodes::{self, NewOutlineNode};
+use httvps_dataplane::link::{Link, Pin};
+use httvps_wire::enroll::Enrollment;
+
+/// Where the printed strings send machines, and how they trust it.
+#[derive(Debug, Clone, Args)]
+pub struct EnrollArgs {
+    /// The control plane's URL as gateways and nodes reach it
+    /// (https://, or http:// over a loopback or private link).
+    #[arg(long, env = "BACKEND_PUBLIC_URL")]
+    pub control_url: Option<String>,
+    /// The pin (sha256:<hex>) put in enrollment strings; default: the last
+    /// certificate of --tls-cert (the private CA when the chain ends with
+    /// it), none when the control plane has no certificate of its own.
+    #[arg(long, env = "BACKEND_ENROLL_PIN")]
+    pub enroll_pin: Option<Pin>,
+    /// The control plane's certificate chain (see `httvps serve --help`).
+    #[arg(long, env = "BACKEND_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+}
+
+/// `httvps gateway …`.
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Registers a gateway and prints its enrollment string.
+    Add {
+        /// Region code.
+        #[arg(long)]
+        region: String,
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// The https:// URL clients connect to.
+        #[arg(long)]
+        public_url: String,
+    },
+    /// Replaces a gateway's token (the old one stops working) and prints a
+    /// new enrollment string.
+    Rotate {
+        /// The gateway's id.
+        id: uuid::Uuid,
+    },
+    /// Deletes a gateway; its token stops working.
+    Remove {
+        /// The gateway's id.
+        id: uuid::Uuid,
+    },
+}
+
+/// `httvps node …`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Registers a Shadowsocks node (with its region's pool key) and prints
+    /// its enrollment string.
+    Add {
+        /// Region code.
+        #[arg(long)]
+        region: String,
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Address the gateways reach it at.
+        #[arg(long)]
+        host: String,
+        /// Its port.
+        #[arg(long)]
+        port: i32,
+        /// Most concurrent sessions.
+        #[arg(long, default_value_t = 1000)]
+        capacity: i32,
+    },
+    /// Replaces a node's token and prints a new enrollment string.
+    Rotate {
+        /// The node's id.
+        id: uuid::Uuid,
+    },
+    /// Deletes a node; its token stops working.
+    Remove {
+        /// The node's id.
+        id: uuid::Uuid,
+    },
+}
+
+/// The URL and pin that go in enrollment strings, checked as the machine
+/// will check them.
+pub fn target(args: &EnrollArgs) -> anyhow::Result<(String, Option<Pin>)> {
+    let url = crate::cli::required(
+        args.control_url.clone(),
+        "BACKEND_PUBLIC_URL",
+        "control-url",
+        "the control plane's URL as gateways and nodes reach it",
+    )?;
+    let pin = match (&args.enroll_pin, &args.tls_cert) {
+        (Some(p), _) => Some(*p),
+        (None, Some(cert)) if url.starts_with("https://") => {
+            Some(Pin::of_chain_end(cert).context("BACKEND_TLS_CERT")?)
+        }
+        _ => None,
+    };
+    let link = Link {
+        pin,
+        // The operator vouches for the link when printing an http:// URL
+        // for another host; the machine still has to say so itself.
+        private_link: true,
+        ..Link::default()
+    };
+    link.check_url(&url).context("BACKEND_PUBLIC_URL")?;
+    Ok((url.trim_end_matches('/').to_owned(), pin))
+}
+
+fn string(kind: &str, url: &str, pin: Option<Pin>, token: String) -> String {
+    Enrollment {
+        kind: kind.to_owned(),
+        url: url.to_owned(),
+        pin: pin.map(|p| p.to_string()),
+        token: token.into(),
+    }
+    .encode()
+}
+
+fn fail(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// Runs `httvps gateway …`; returns what to print (the enrollment string
+/// or a confirmation).
+pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Result<String> {
+    let dsn = db.dsn()?;
+    db::migrate(&dsn).await.context("applying migrations")?;
+    let pool = Db::connect(&dsn, 1)?;
+    let op = Actor::Operator;
+    match cmd {
+        GatewayCommand::Add {
+            region,
+            name,
+            public_url,
+        } => {
+            let (url, pin) = target(e)?;
+            let (g, token) = nodes::register_gateway(&pool, &op, &region, &name, &public_url)
+                .await
+                .map_err(fail)?;
+            tracing::info!(gateway.id = %g.id, "gateway registered");
+            Ok(string("gateway", &url, pin, token))
+        }
+        GatewayCommand::Rotate { id } => {
+            let (url, pin) = target(e)?;
+            let token = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
+            Ok(string("gateway", &url, pin, token))
+        }
+        GatewayCommand::Remove { id } => {
+            nodes::delete(&pool, &op, id).await.map_err(fail)?;
+            Ok(format!("removed {id}"))
+        }
+    }
+}
+
+/// Runs `httvps node …`, like [`gateway`].
+pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Result<String> {
+    let dsn = db.dsn()?;
+    db::migrate(&dsn).await.context("applying migrations")?;
+    let pool = Db::connect(&dsn, 1)?;
+    let op = Actor::Operator;
+    match cmd {
+        NodeCommand::Add {
+            region,
+            name,
+            host,
+            port,
+            capacity,
+        } => {
+            let (url, pin) = target(e)?;
+            let input = NewOutlineNode {
+                region,
+                name,
+                host,
+                port,
+                method: None,
+                secret: None,
+                capacity,
+            };
+            let (n, token) = nodes::register_outline(&pool, &op, input)
+                .await
+                .map_err(fail)?;
+            tracing::info!(node.id = %n.id, "node registered");
+            Ok(string("node", &url, pin, token))
+        }
+        NodeCommand::Rotate { id } => {
+            let (url, pin) = target(e)?;
+            let token = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
+            Ok(string("node", &url, pin, token))
+        }
+        NodeCommand::Remove { id } => {
+            nodes::delete(&pool, &op, id).await.map_err(fail)?;
+            Ok(format!("removed {id}"))
+        }
+    }
+}

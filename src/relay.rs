@@ -1,0 +1,354 @@
+//! The data plane's command-line settings (`httvps-relay gateway`, `node`,
+//! `connect`): flags with their variables, validated into what each
+//! command runs with, every error naming its variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use httvps_dataplane::backend::Backend;
+use httvps_dataplane::certs::CertFiles;
+use httvps_dataplane::link::{Link, Pin};
+use httvps_dataplane::{client, gateway, tls};
+use httvps_wire::Secret;
+
+use crate::cli::required;
+use crate::credentials::{self, Sources};
+
+// Tokens are `Secret`s: a `{:?}` of the arguments shows none of them.
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    /// Control plane base URL.
+    #[arg(long, env = "GATEWAY_BACKEND_URL")]
+    pub backend: Option<String>,
+    /// One-time enrollment string (`httvps gateway add` prints it): redeemed
+    /// on first start into --credentials, which later starts use.
+    #[arg(long, env = "GATEWAY_ENROLL", hide_env_values = true)]
+    pub enroll: Option<String>,
+    /// Where the credentials an enrollment gave are kept (owner-only).
+    #[arg(
+        long,
+        env = "GATEWAY_CREDENTIALS",
+        default_value = "/var/lib/httvps/gateway-credentials.json"
+    )]
+    pub credentials: PathBuf,
+    /// Extra trusted CA certificate (PEM) for the control plane's HTTPS
+    /// (a private CA).
+    #[arg(long, env = "GATEWAY_BACKEND_CA")]
+    pub backend_ca: Option<PathBuf>,
+    /// SHA-256 pin of a certificate in the control plane's chain
+    /// (`sha256:` and 64 hex digits): that certificate becomes the only
+    /// trusted root for the control plane.
+    #[arg(long, env = "GATEWAY_BACKEND_PIN")]
+    pub backend_pin: Option<Pin>,
+    /// Allow a plain http:// control-plane URL to a host that is not
+    /// loopback: the network between the planes is private.
+    #[arg(long, env = "GATEWAY_PRIVATE_LINK", default_value = "false", value_parser = crate::cli::parse_bool)]
+    pub private_link: bool,
+    /// This gateway's machine token (from registerGatewayNode).
+    #[arg(
+        long,
+        env = "GATEWAY_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub token: Option<Secret>,
+    /// TLS listen address.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:443")]
+    pub listen: SocketAddr,
+    /// Health and metrics listen address.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9443")]
+    pub admin_listen: SocketAddr,
+    /// Certificate chain (PEM).
+    #[arg(long, env = "GATEWAY_TLS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM).
+    #[arg(long, env = "GATEWAY_TLS_KEY")]
+    pub key: Option<PathBuf>,
+    /// Generate a self-signed certificate at --cert/--key if missing (development).
+    #[arg(long, env = "GATEWAY_SELF_SIGNED", default_value = "false", value_parser = crate::cli::parse_bool)]
+    pub self_signed: bool,
+    /// Public URL clients use (for access documents).
+    #[arg(long, env = "GATEWAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Most open tunnels in all.
+    #[arg(long, env = "GATEWAY_MAX_TUNNELS", default_value_t = 10_000)]
+    pub max_tunnels: usize,
+    /// Most open tunnels per device.
+    #[arg(long, env = "GATEWAY_MAX_TUNNELS_PER_DEVICE", default_value_t = 512)]
+    pub max_tunnels_per_device: usize,
+    /// Most devices whose validation answers are cached.
+    #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: usize,
+    /// Most open client connections (handshakes, requests and tunnels);
+    /// beyond it new connections are closed at once, before TLS. Keep it
+    /// under half the open-file limit: a tunnel holds two descriptors.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 12_000)]
+    pub max_connections: usize,
+    /// Deadline for the TLS handshake, headers and upgrade, in seconds.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// On SIGTERM, seconds open tunnels get to finish before they are closed.
+    #[arg(long, env = "GATEWAY_DRAIN_GRACE_SECS", default_value_t = 10)]
+    pub drain_grace_secs: u64,
+    /// Directory of the gateway's own files (the usage spool); created if
+    /// missing.
+    #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// File keeping usage totals across restarts, even SIGKILL (written and
+    /// fsync'd every 0.5 s and before each report); default:
+    /// `<data-dir>/gateway-spool.json`.
+    #[arg(long, env = "GATEWAY_SPOOL")]
+    pub spool: Option<PathBuf>,
+    /// Seconds without data before a tunnel gets a WebSocket Ping.
+    #[arg(long, env = "GATEWAY_IDLE_PING_SECS", default_value_t = 30)]
+    pub idle_ping_secs: u64,
+    /// Seconds without data before a tunnel (TCP or UDP) is closed.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub idle_timeout_secs: u64,
+    /// Unknown device tokens one source (IPv4 address, IPv6 /64) may present
+    /// per window; past it the source gets 429 on every request for the window.
+    #[arg(long, env = "GATEWAY_GUESS_LIMIT", default_value_t = 20)]
+    pub guess_limit: u32,
+    /// The window of --guess-limit, in seconds.
+    #[arg(long, env = "GATEWAY_GUESS_WINDOW_SECS", default_value_t = 60)]
+    pub guess_window_secs: u64,
+    /// Most sources whose guesses are tracked (bounds the throttle's memory;
+    /// when full, new guessing sources are shut out at once).
+    #[arg(long, env = "GATEWAY_GUESS_SOURCES", default_value_t = 100_000)]
+    pub guess_sources: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// Control plane base URL.
+    #[arg(long, env = "NODE_BACKEND_URL")]
+    pub backend: Option<String>,
+    /// One-time enrollment string (`httvps node add` prints it): redeemed
+    /// on first start into --credentials, which later starts use.
+    #[arg(long, env = "NODE_ENROLL", hide_env_values = true)]
+    pub enroll: Option<String>,
+    /// Where the credentials an enrollment gave are kept (owner-only).
+    #[arg(
+        long,
+        env = "NODE_CREDENTIALS",
+        default_value = "/var/lib/httvps/node-credentials.json"
+    )]
+    pub credentials: PathBuf,
+    /// Extra trusted CA certificate (PEM) for the control plane's HTTPS
+    /// (a private CA).
+    #[arg(long, env = "NODE_BACKEND_CA")]
+    pub backend_ca: Option<PathBuf>,
+    /// SHA-256 pin of a certificate in the control plane's chain
+    /// (`sha256:` and 64 hex digits): that certificate becomes the only
+    /// trusted root for the control plane.
+    #[arg(long, env = "NODE_BACKEND_PIN")]
+    pub backend_pin: Option<Pin>,
+    /// Allow a plain http:// control-plane URL to a host that is not
+    /// loopback: the network between the planes is private.
+    #[arg(long, env = "NODE_PRIVATE_LINK", default_value = "false", value_parser = crate::cli::parse_bool)]
+    pub private_link: bool,
+    /// This node's machine token (from registerOutlineNode).
+    #[arg(
+        long,
+        env = "NODE_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub token: Option<Secret>,
+    /// Listen address; default: 0.0.0.0 on the registered port.
+    #[arg(long, env = "NODE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Allow private, loopback and link-local destinations (tests on one machine).
+    #[arg(long, env = "NODE_ALLOW_PRIVATE", default_value = "false", value_parser = crate::cli::parse_bool)]
+    pub allow_private: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConnectArgs {
+    /// Control plane base URL.
+    #[arg(long, env = "CLIENT_BACKEND_URL")]
+    pub backend: Option<String>,
+    /// Extra trusted CA certificate (PEM) for the control plane's HTTPS
+    /// (a private CA).
+    #[arg(long, env = "CLIENT_BACKEND_CA")]
+    pub backend_ca: Option<PathBuf>,
+    /// SHA-256 pin of a certificate in the control plane's chain
+    /// (`sha256:` and 64 hex digits): that certificate becomes the only
+    /// trusted root for the control plane.
+    #[arg(long, env = "CLIENT_BACKEND_PIN")]
+    pub backend_pin: Option<Pin>,
+    /// Allow a plain http:// control-plane URL to a host that is not
+    /// loopback: the network between the planes is private.
+    #[arg(long, env = "CLIENT_PRIVATE_LINK", default_value = "false", value_parser = crate::cli::parse_bool)]
+    pub private_link: bool,
+    /// The device's access token (from registerDevice).
+    #[arg(
+        long,
+        env = "CLIENT_DEVICE_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub device_token: Option<Secret>,
+    /// Local SOCKS5 address.
+    #[arg(long, env = "CLIENT_SOCKS", default_value = "127.0.0.1:1080")]
+    pub socks: SocketAddr,
+    /// Gateway URL; default: the one the control plane names.
+    #[arg(long, env = "CLIENT_GATEWAY_URL")]
+    pub gateway: Option<String>,
+    /// Extra trusted certificate (PEM), for a self-signed gateway.
+    #[arg(long, env = "CLIENT_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Region wanted.
+    #[arg(long, env = "CLIENT_REGION")]
+    pub region: Option<String>,
+    /// Forward every connection on the --socks address to this host:port
+    /// through the tunnel, instead of speaking SOCKS5.
+    #[arg(long, env = "CLIENT_FORWARD")]
+    pub forward: Option<String>,
+}
+
+/// The gateway's validated settings: nothing bound yet.
+pub struct GatewaySetup {
+    pub opts: gateway::GatewayOptions,
+    pub backend: Backend,
+    pub acceptor: tls::TlsAcceptor,
+    /// The certificate files behind it, to reload on change.
+    pub certs: CertFiles,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+}
+
+pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<GatewaySetup> {
+    let backend = credentials::resolve(
+        Sources {
+            kind: "gateway",
+            prefix: "GATEWAY",
+            backend: a.backend,
+            token: a.token,
+            enroll: a.enroll,
+            file: &a.credentials,
+            link: Link {
+                ca_file: a.backend_ca,
+                pin: a.backend_pin,
+                private_link: a.private_link,
+            },
+        },
+        check,
+    )
+    .await?;
+    let cert = required(
+        a.cert,
+        "GATEWAY_TLS_CERT",
+        "cert",
+        "the certificate chain (PEM)",
+    )?;
+    let key = required(a.key, "GATEWAY_TLS_KEY", "key", "the private key (PEM)")?;
+    let public_url = required(
+        a.public_url,
+        "GATEWAY_PUBLIC_URL",
+        "public-url",
+        "the https:// URL clients use",
+    )?;
+    client::split_url(&public_url).context("GATEWAY_PUBLIC_URL (--public-url)")?;
+    if a.self_signed {
+        tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"])
+            .context("GATEWAY_SELF_SIGNED")?;
+    }
+    let (certs, acceptor) = CertFiles::acceptor(&cert, &key).context(
+        "GATEWAY_TLS_CERT / GATEWAY_TLS_KEY (set GATEWAY_SELF_SIGNED=true to generate them)",
+    )?;
+    let spool = a
+        .spool
+        .unwrap_or_else(|| a.data_dir.join("gateway-spool.json"));
+    if !check && let Some(dir) = spool.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} (GATEWAY_DATA_DIR)", dir.display()))?;
+    }
+    let opts = gateway::GatewayOptions {
+        public_url,
+        max_tunnels: a.max_tunnels,
+        max_tunnels_per_device: a.max_tunnels_per_device,
+        max_connections: a.max_connections,
+        cache_capacity: a.cache_capacity,
+        handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
+        drain_grace: Duration::from_secs(a.drain_grace_secs),
+        spool: Some(spool),
+        idle_ping: Duration::from_secs(a.idle_ping_secs.max(1)),
+        idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+        guess_limit: a.guess_limit,
+        guess_window: Duration::from_secs(a.guess_window_secs.max(1)),
+        guess_sources: a.guess_sources,
+        ..Default::default()
+    };
+    Ok(GatewaySetup {
+        opts,
+        backend,
+        acceptor,
+        certs,
+        listen: a.listen,
+        admin_listen: a.admin_listen,
+    })
+}
+
+pub fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> {
+    let backend = required(
+        a.backend,
+        "CLIENT_BACKEND_URL",
+        "backend",
+        "the control plane's URL",
+    )?;
+    let device_token = required(
+        a.device_token,
+        "CLIENT_DEVICE_TOKEN",
+        "device-token",
+        "the device's access token (registerDevice)",
+    )?;
+    let link = Link {
+        ca_file: a.backend_ca,
+        pin: a.backend_pin,
+        private_link: a.private_link,
+    };
+    Backend::connect(&backend, device_token.expose(), &link).context("CLIENT_BACKEND_URL")?;
+    if let Some(g) = &a.gateway {
+        client::split_url(g).context("CLIENT_GATEWAY_URL (--gateway)")?;
+    }
+    if let Some(f) = &a.forward {
+        client::parse_destination(f).context("CLIENT_FORWARD (--forward)")?;
+    }
+    if let Some(ca) = &a.ca_cert {
+        tls::connector(Some(ca)).context("CLIENT_CA_CERT (--ca-cert)")?;
+    }
+    Ok(client::ClientOptions {
+        backend,
+        device_token,
+        gateway: a.gateway,
+        ca_cert: a.ca_cert,
+        region: a.region,
+        forward: a.forward,
+        link,
+    })
+}
+
+/// The node's control-plane client, from its validated settings (with
+/// `check`, an enrollment string is read but not redeemed).
+pub async fn node_backend(a: &NodeArgs, check: bool) -> anyhow::Result<Backend> {
+    credentials::resolve(
+        Sources {
+            kind: "node",
+            prefix: "NODE",
+            backend: a.backend.clone(),
+            token: a.token.clone(),
+            enroll: a.enroll.clone(),
+            file: &a.credentials,
+            link: Link {
+                ca_file: a.backend_ca.clone(),
+                pin: a.backend_pin,
+                private_link: a.private_link,
+            },
+        },
+        check,
+    )
+    .await
+}

@@ -1,0 +1,293 @@
+//! Every binary and subcommand run as an operator would after
+//! `cp .env.example .env`: each either starts or refuses with a message
+//! naming the variable to set, never with clap's "invalid value ''" for an
+//! empty example line. Commands that would write to the example's database
+//! are run with `--check`; the ports of `up` are moved off the example's so
+//! parallel runs do not collide.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A command run in `dir` (holding the example as `.env`) with nothing of
+/// the caller's environment but `PATH`, plus `extra`.
+fn cmd(bin: &str, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c
+}
+
+struct Ran {
+    ok: bool,
+    out: String,
+}
+
+/// Runs a command that ends by itself (bounded).
+fn run(bin: &str, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Ran {
+    let mut child = cmd(bin, dir, args, extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("invalid value ''") && !text.contains("a value is required"),
+        "{bin} {args:?}: an empty example line was taken as a value:\n{text}"
+    );
+    Ran {
+        ok: out.status.success(),
+        out: text,
+    }
+}
+
+/// The command refuses to start and names `var`.
+fn refuses(bin: &str, dir: &Path, args: &[&str], extra: &[(&str, &str)], var: &str) {
+    let r = run(bin, dir, args, extra);
+    assert!(!r.ok, "{bin} {args:?} started:\n{}", r.out);
+    assert!(
+        r.out
+            .lines()
+            .any(|l| l.starts_with("error: ") && l.contains(var)),
+        "{bin} {args:?}: the error should name {var}:\n{}",
+        r.out
+    );
+}
+
+/// The command's settings are valid (`--check` passes).
+fn checks(bin: &str, dir: &Path, args: &[&str], extra: &[(&str, &str)]) {
+    let r = run(bin, dir, args, extra);
+    assert!(
+        r.ok && r.out.contains("configuration ok"),
+        "{bin} {args:?}:\n{}",
+        r.out
+    );
+}
+
+const HTTVPS: &str = env!("CARGO_BIN_EXE_httvps");
+const RELAY: &str = env!("CARGO_BIN_EXE_httvps-relay");
+const SECRET: (&str, &str) = ("BACKEND_SECRET_KEY", common::TEST_SECRET);
+
+fn example_dir() -> common::tempdir::TempDir {
+    let dir = common::tempdir::TempDir::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join(".env.example");
+    std::fs::copy(example, dir.path().join(".env")).expect("copy .env.example");
+    dir
+}
+
+#[test]
+fn the_control_plane_commands_start_or_name_the_variable() {
+    let dir = example_dir();
+    let d = dir.path();
+    // As shipped: the example secret is refused, by name.
+    refuses(HTTVPS, d, &["serve"], &[], "BACKEND_SECRET_KEY");
+    refuses(HTTVPS, d, &["serve", "--check"], &[], "BACKEND_SECRET_KEY");
+    // With the one secret set, the rest of the example is valid.
+    checks(HTTVPS, d, &["serve", "--check"], &[SECRET]);
+    checks(HTTVPS, d, &["migrate", "--check"], &[]);
+    checks(
+        HTTVPS,
+        d,
+        &[
+            "admin",
+            "create",
+            "--email",
+            "ops@example.com",
+            "--password-stdin",
+            "--check",
+        ],
+        &[],
+    );
+    checks(
+        HTTVPS,
+        d,
+        &[
+            "device",
+            "revoke",
+            "0b4c6a43-8f60-4d5e-9a51-6c1f7e2f8d10",
+            "--check",
+        ],
+        &[],
+    );
+    checks(HTTVPS, d, &["up", "--check"], &[]);
+    checks(
+        HTTVPS,
+        d,
+        &["region", "--code", "eu", "--name", "EU", "--check"],
+        &[],
+    );
+    // Enrollment strings need the URL machines reach the control plane at.
+    let gw_add = [
+        "gateway",
+        "add",
+        "--region",
+        "eu",
+        "--name",
+        "gw1",
+        "--public-url",
+        "https://gw1.example.com",
+        "--check",
+    ];
+    let node_add = [
+        "node", "add", "--region", "eu", "--name", "n1", "--host", "10.0.0.5", "--port", "8388",
+        "--check",
+    ];
+    refuses(HTTVPS, d, &gw_add, &[], "BACKEND_PUBLIC_URL");
+    refuses(HTTVPS, d, &node_add, &[], "BACKEND_PUBLIC_URL");
+    let public = ("BACKEND_PUBLIC_URL", "https://cp.example.com");
+    checks(HTTVPS, d, &gw_add, &[public]);
+    checks(HTTVPS, d, &node_add, &[public]);
+    for cmd in ["gateway", "node"] {
+        let id = "0b4c6a43-8f60-4d5e-9a51-6c1f7e2f8d10";
+        checks(HTTVPS, d, &[cmd, "rotate", id, "--check"], &[public]);
+        checks(HTTVPS, d, &[cmd, "remove", id, "--check"], &[public]);
+    }
+    for printer in ["schema", "openapi"] {
+        let r = run(HTTVPS, d, &[printer], &[]);
+        assert!(r.ok && r.out.len() > 1000, "{printer}:\n{}", r.out);
+    }
+    // A wrong value from a variable is reported with the variable's name.
+    refuses(
+        HTTVPS,
+        d,
+        &["serve", "--check"],
+        &[SECRET, ("BACKEND_PORT", "http")],
+        "BACKEND_PORT",
+    );
+    refuses(
+        HTTVPS,
+        d,
+        &["serve", "--check"],
+        &[SECRET, ("BACKEND_LOG_FORMAT", "xml")],
+        "BACKEND_LOG_FORMAT",
+    );
+}
+
+#[test]
+fn up_starts_from_the_example() {
+    let dir = example_dir();
+    let (port, gw) = (common::stable_port(), common::stable_port());
+    let mut child = cmd(
+        HTTVPS,
+        dir.path(),
+        &["up"],
+        &[
+            ("HTTVPS_UP_PORT", &port.to_string()),
+            ("HTTVPS_UP_GATEWAY_PORT", &gw.to_string()),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn up");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = String::new();
+    let mut listening = false;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("control plane listening") {
+            listening = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "up did not start:\n{seen}");
+}
+
+#[test]
+fn the_data_plane_commands_start_or_name_the_variable() {
+    let dir = example_dir();
+    let d = dir.path();
+    // As shipped, each names the credential it needs first.
+    refuses(RELAY, d, &["gateway"], &[], "GATEWAY_TOKEN");
+    refuses(RELAY, d, &["node"], &[], "NODE_TOKEN");
+    refuses(RELAY, d, &["connect"], &[], "CLIENT_DEVICE_TOKEN");
+    // With a token, the empty example lines are defaults, not values.
+    checks(RELAY, d, &["node", "--check"], &[("NODE_TOKEN", "t0k3n")]);
+    checks(
+        RELAY,
+        d,
+        &["connect", "--check"],
+        &[("CLIENT_DEVICE_TOKEN", "t0k3n")],
+    );
+    // The example's certificate paths do not exist here: named.
+    refuses(
+        RELAY,
+        d,
+        &["gateway", "--check"],
+        &[("GATEWAY_TOKEN", "t0k3n")],
+        "GATEWAY_TLS_CERT",
+    );
+    // With certificate files it can write, the gateway's settings are valid.
+    let (cert, key) = (d.join("gw.crt"), d.join("gw.key"));
+    checks(
+        RELAY,
+        d,
+        &["gateway", "--check"],
+        &[
+            ("GATEWAY_TOKEN", "t0k3n"),
+            ("GATEWAY_SELF_SIGNED", "true"),
+            ("GATEWAY_TLS_CERT", cert.to_str().expect("path")),
+            ("GATEWAY_TLS_KEY", key.to_str().expect("path")),
+        ],
+    );
+    // A wrong value is reported with its variable's name.
+    refuses(
+        RELAY,
+        d,
+        &["node", "--check"],
+        &[("NODE_TOKEN", "t0k3n"), ("NODE_LISTEN", "everywhere")],
+        "NODE_LISTEN",
+    );
+    refuses(
+        RELAY,
+        d,
+        &["connect", "--check"],
+        &[
+            ("CLIENT_DEVICE_TOKEN", "t0k3n"),
+            ("CLIENT_FORWARD", "nowhere"),
+        ],
+        "CLIENT_FORWARD",
+    );
+    // The node really starts past its settings: it goes on to ask the
+    // control plane (none at the example's address here) for its own.
+    let r = run(
+        RELAY,
+        d,
+        &["node"],
+        &[
+            ("NODE_TOKEN", "t0k3n"),
+            ("NODE_BACKEND_URL", "http://127.0.0.1:1"),
+        ],
+    );
+    assert!(
+        !r.ok && r.out.contains("fetching this node's settings"),
+        "{}",
+        r.out
+    );
+}

@@ -1,0 +1,249 @@
+//! The container files, checked statically (these machines have no
+//! container runtime): `docker-compose.yml` parses and comes up whole on
+//! paper (every service it depends on exists, the one-shot enrollment
+//! service runs before the machines that read its strings, the node is not
+//! published, every variable it sets or reads is documented in
+//! `.env.example`, state goes to volumes), and the Dockerfile builds with
+//! `--locked` from a cached dependency layer, a `.dockerignore` keeping
+//! `target/` and `.env` out, a user that is not root owning the state
+//! directories, and listening on every interface inside the container.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_yaml::Value;
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn example_vars() -> BTreeSet<String> {
+    read(".env.example")
+        .lines()
+        .map(|l| l.trim_start_matches("# ").trim())
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().to_owned())
+        .filter(|k| {
+            k.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect()
+}
+
+fn compose() -> Value {
+    serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml parses")
+}
+
+fn service<'a>(c: &'a Value, name: &str) -> &'a Value {
+    c["services"]
+        .get(name)
+        .unwrap_or_else(|| panic!("no service {name}"))
+}
+
+fn env_keys(s: &Value) -> Vec<String> {
+    s["environment"]
+        .as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn env_value(s: &Value, key: &str) -> Option<String> {
+    s["environment"]
+        .get(key)
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
+
+#[test]
+fn compose_comes_up_whole_on_paper() {
+    let c = compose();
+    let services = c["services"].as_mapping().expect("services");
+    let names: BTreeSet<String> = services
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    for needed in ["postgres", "backend", "enroll", "gateway", "node"] {
+        assert!(names.contains(needed), "no {needed} service");
+    }
+    let volumes: BTreeSet<String> = c["volumes"]
+        .as_mapping()
+        .expect("volumes")
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let example = example_vars();
+    for (name, s) in services {
+        let name = name.as_str().expect("name");
+        // Dependencies exist; volumes are declared.
+        if let Some(deps) = s["depends_on"].as_mapping() {
+            for d in deps.keys() {
+                assert!(
+                    names.contains(d.as_str().expect("dep")),
+                    "{name} depends on {d:?}"
+                );
+            }
+        }
+        for v in s["volumes"].as_sequence().into_iter().flatten() {
+            let v = v.as_str().expect("volume");
+            let src = v.split(':').next().unwrap_or_default();
+            assert!(volumes.contains(src), "{name}: volume {src} not declared");
+        }
+        // Our images read .env; every variable set for them is documented.
+        if name != "postgres" {
+            assert_eq!(s["env_file"][0].as_str(), Some(".env"), "{name}");
+            for k in env_keys(s) {
+                assert!(example.contains(&k), "{name} sets {k}, not in .env.example");
+            }
+        }
+    }
+    // Variables interpolated from .env are documented too.
+    let text = read("docker-compose.yml");
+    for part in text.split("${").skip(1) {
+        let var: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        assert!(example.contains(&var), "${{{var}}} not in .env.example");
+    }
+    // The one-shot enrollment runs after the control plane is healthy, and
+    // the machines start only once it finished.
+    let enroll = service(&c, "enroll");
+    assert_eq!(enroll["restart"].as_str(), Some("no"));
+    assert_eq!(
+        enroll["depends_on"]["backend"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    for m in ["gateway", "node"] {
+        let s = service(&c, m);
+        assert_eq!(
+            s["depends_on"]["enroll"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{m}"
+        );
+        let cmd = s["command"].as_sequence().expect("command");
+        let line = cmd
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            line.contains(&format!("httvps-relay {m} --enroll")),
+            "{m}: {line}"
+        );
+        assert!(line.contains(&format!("/enroll/{m}.enroll")), "{m}: {line}");
+        // The link between the planes is the compose network.
+        let prefix = if m == "gateway" { "GATEWAY" } else { "NODE" };
+        assert_eq!(
+            env_value(s, &format!("{prefix}_PRIVATE_LINK")).as_deref(),
+            Some("true")
+        );
+        // Credentials on the machine's own volume.
+        let creds = env_value(s, &format!("{prefix}_CREDENTIALS")).expect("credentials");
+        assert!(creds.starts_with("/var/lib/httvps/"), "{creds}");
+        assert!(
+            s["volumes"]
+                .as_sequence()
+                .expect("volumes")
+                .iter()
+                .any(|v| v.as_str().is_some_and(|v| v.ends_with(":/var/lib/httvps"))),
+            "{m} keeps its state on a volume"
+        );
+    }
+    let script = enroll["command"]
+        .as_sequence()
+        .expect("command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for step in ["httvps region", "httvps gateway add", "httvps node add"] {
+        assert!(script.contains(step), "enroll does not run {step}");
+    }
+    assert!(script.contains("--port 8388") && script.contains("--host node"));
+    // The node is not published; the gateway is; the backend only on the
+    // host's loopback.
+    assert!(
+        service(&c, "node").get("ports").is_none(),
+        "the node is published"
+    );
+    assert!(
+        service(&c, "gateway")["ports"][0]
+            .as_str()
+            .is_some_and(|p| p.ends_with(":8443"))
+    );
+    let backend_port = service(&c, "backend")["ports"][0].as_str().expect("port");
+    assert!(backend_port.starts_with("127.0.0.1:"), "{backend_port}");
+    // Inside the containers, servers listen on every interface.
+    assert_eq!(
+        env_value(service(&c, "backend"), "BACKEND_HOST").as_deref(),
+        Some("0.0.0.0")
+    );
+    assert!(
+        env_value(service(&c, "gateway"), "GATEWAY_LISTEN")
+            .is_some_and(|l| l.starts_with("0.0.0.0:"))
+    );
+    // The gateway's written files are on its volume.
+    let gw = service(&c, "gateway");
+    assert_eq!(
+        env_value(gw, "GATEWAY_SELF_SIGNED").as_deref(),
+        Some("true")
+    );
+    for k in ["GATEWAY_TLS_CERT", "GATEWAY_TLS_KEY", "GATEWAY_SPOOL"] {
+        assert!(
+            env_value(gw, k).is_some_and(|p| p.starts_with("/var/lib/httvps/")),
+            "{k} is not on the gateway's volume"
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_locked_from_a_cached_layer_as_a_user() {
+    let d = read("Dockerfile");
+    let lines: Vec<&str> = d.lines().map(str::trim).collect();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("Dockerfile has no {needle:?}"))
+    };
+    // Dependencies are fetched from the manifests before the sources come in.
+    let fetch = at("cargo fetch --locked");
+    let sources = at("COPY . .");
+    assert!(at("COPY Cargo.toml Cargo.lock") < fetch && fetch < sources);
+    assert!(at("cargo build --release --locked") > sources);
+    // Every workspace member's manifest is in the dependency layer.
+    let members = read("Cargo.toml");
+    for member in [
+        "crates/wire",
+        "crates/control",
+        "crates/dataplane",
+        "crates/netlab",
+    ] {
+        assert!(members.contains(member));
+        assert!(
+            d.contains(&format!("COPY {member}/Cargo.toml {member}/")),
+            "{member}"
+        );
+    }
+    // Runs as a user that is not root, owning its state directories.
+    let user = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("USER");
+    assert!(!user.ends_with("root") && !user.ends_with(" 0"), "{user}");
+    assert!(d.contains("chown nobody:nogroup /var/lib/httvps"));
+    assert!(d.contains("BACKEND_HOST=0.0.0.0"));
+    // The build context leaves out build output, local settings and data.
+    let ignore = read(".dockerignore");
+    let ignored: BTreeSet<&str> = ignore.lines().map(str::trim).collect();
+    for must in ["target/", ".env", "data/"] {
+        assert!(ignored.contains(must), ".dockerignore misses {must}");
+    }
+    assert!(ignored.contains("!.env.example"));
+}

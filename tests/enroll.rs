@@ -1,0 +1,333 @@
+//! Enrollment end to end with the real binaries: `httvps node add` /
+//! `httvps gateway add` print a one-time string; `httvps-relay node|gateway
+//! --enroll` redeem it on first start into an owner-only credentials file
+//! and run; the same string is refused a second time; rotation gives a new
+//! string and retires the stored token; removal retires it too.
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use httvps_dataplane::backend::{Backend, BackendError};
+use httvps_wire::enroll::Enrollment;
+use plane::Plane;
+use serde_json::json;
+
+/// Runs `httvps ARGS` against the plane's database; returns its stdout's
+/// last line (the enrollment string or the confirmation).
+fn httvps(plane: &Plane, args: &[&str]) -> String {
+    let out = common::httvps_cmd()
+        .args(args)
+        .env("BACKEND_DB_DSN", plane._db.url())
+        .env("BACKEND_PUBLIC_URL", &plane.server.base)
+        .stdin(Stdio::null())
+        .output()
+        .expect("httvps");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "httvps {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().last().unwrap_or_default().trim().to_owned()
+}
+
+fn relay(args: &[&str], log: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"));
+    c.args(args)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).map(Stdio::from).expect("log"))
+        .kill_on_drop(true);
+    c
+}
+
+/// Waits until `query`'s nodes include one named `name` with health up.
+async fn wait_up(plane: &Plane, list: &str, name: &str, log: &Path) {
+    for _ in 0..150 {
+        let r = plane
+            .gql(
+                &format!("{{{list}{{edges{{node{{name health}}}}}}}}"),
+                json!({}),
+            )
+            .await;
+        if r["data"][list]["edges"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|n| n["node"]["name"] == name && n["node"]["health"] == "up")
+        }) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{name} never came up: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// The token stored in a credentials file.
+fn stored_token(file: &Path) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file).expect("credentials")).expect("json");
+    v["token"].as_str().expect("token").to_owned()
+}
+
+async fn config_with(base: &str, token: &str) -> Result<(), BackendError> {
+    Backend::new(base, token)
+        .expect("backend")
+        .outline_config()
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
+    let (plane, _listener) = Plane::prepare(0).await;
+    let dir = common::tempdir::TempDir::new();
+    let d = dir.path();
+    let port = common::stable_port();
+
+    // The node.
+    let s = httvps(
+        &plane,
+        &[
+            "node",
+            "add",
+            "--region",
+            "eu",
+            "--name",
+            "n1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    let e = Enrollment::decode(&s).expect("an enrollment string");
+    assert_eq!(
+        (e.kind.as_str(), e.url.as_str()),
+        ("node", plane.server.base.as_str())
+    );
+    let creds = d.join("state/node.json");
+    let log = d.join("node.log");
+    let mut node = relay(
+        &[
+            "node",
+            "--enroll",
+            &s,
+            "--credentials",
+            creds.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--allow-private",
+        ],
+        &log,
+    )
+    .spawn()
+    .expect("node");
+    wait_up(&plane, "outlineNodes", "n1", &log).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&creds)
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "credentials readable by others");
+    }
+    let token = stored_token(&creds);
+    assert_ne!(token, e.token.expose(), "the one-time token was kept");
+    // The one-time token is spent: the same string is refused.
+    let again = relay(
+        &[
+            "node",
+            "--enroll",
+            &s,
+            "--credentials",
+            d.join("other.json").to_str().expect("path"),
+        ],
+        &d.join("again.log"),
+    )
+    .status()
+    .await
+    .expect("run");
+    assert!(!again.success());
+    let said = std::fs::read_to_string(d.join("again.log")).unwrap_or_default();
+    assert!(
+        said.contains("NODE_ENROLL") && said.contains("refused"),
+        "{said}"
+    );
+    assert!(!d.join("other.json").exists());
+    assert!(matches!(
+        config_with(&plane.server.base, e.token.expose()).await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
+    // Later starts need only the file.
+    let out = relay(
+        &[
+            "node",
+            "--check",
+            "--credentials",
+            creds.to_str().expect("path"),
+        ],
+        &d.join("check.log"),
+    )
+    .status()
+    .await
+    .expect("run");
+    assert!(out.success());
+    config_with(&plane.server.base, &token)
+        .await
+        .expect("stored token works");
+    let _ = node.start_kill();
+    let _ = node.wait().await;
+
+    // Rotation: a new string; the stored token stops working.
+    let r = plane
+        .gql("{outlineNodes{edges{node{id name}}}}", json!({}))
+        .await;
+    let id = r["data"]["outlineNodes"]["edges"]
+        .as_array()
+        .and_then(|e| e.iter().find(|n| n["node"]["name"] == "n1"))
+        .and_then(|n| n["node"]["id"].as_str())
+        .expect("node id")
+        .to_owned();
+    let rotated = httvps(&plane, &["node", "rotate", &id]);
+    assert_ne!(rotated, s);
+    assert!(matches!(
+        config_with(&plane.server.base, &token).await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
+    let fresh = Enrollment::decode(&rotated).expect("string");
+    let answer = Backend::new(&plane.server.base, fresh.token.expose())
+        .expect("backend")
+        .enroll()
+        .await
+        .expect("the rotated string redeems");
+    assert_eq!(answer.id, id);
+
+    // The gateway.
+    let gw_port = common::stable_port();
+    let public = format!("https://localhost:{gw_port}");
+    let s = httvps(
+        &plane,
+        &[
+            "gateway",
+            "add",
+            "--region",
+            "eu",
+            "--name",
+            "gw-enrolled",
+            "--public-url",
+            &public,
+        ],
+    );
+    let gw_creds = d.join("gw.json");
+    let log = d.join("gateway.log");
+    let mut gateway = relay(
+        &[
+            "gateway",
+            "--enroll",
+            &s,
+            "--credentials",
+            gw_creds.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{gw_port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--self-signed",
+            "--cert",
+            d.join("gw.crt").to_str().expect("path"),
+            "--key",
+            d.join("gw.key").to_str().expect("path"),
+            "--public-url",
+            &public,
+        ],
+        &log,
+    )
+    .spawn()
+    .expect("gateway");
+    wait_up(&plane, "gatewayNodes", "gw-enrolled", &log).await;
+    let _ = gateway.start_kill();
+    let _ = gateway.wait().await;
+    // Removal retires its token.
+    let r = plane
+        .gql("{gatewayNodes{edges{node{id name}}}}", json!({}))
+        .await;
+    let gw_id = r["data"]["gatewayNodes"]["edges"]
+        .as_array()
+        .and_then(|e| e.iter().find(|n| n["node"]["name"] == "gw-enrolled"))
+        .and_then(|n| n["node"]["id"].as_str())
+        .expect("gateway id")
+        .to_owned();
+    assert!(httvps(&plane, &["gateway", "remove", &gw_id]).starts_with("removed"));
+    let beat = Backend::new(&plane.server.base, &stored_token(&gw_creds))
+        .expect("backend")
+        .gateway_heartbeat(&Default::default())
+        .await;
+    assert!(
+        matches!(beat, Err(BackendError::Status { status: 401, .. })),
+        "{beat:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graphql_registrations_return_the_same_string_for_dashboards() {
+    use httvps_control::accounts::{self, Role};
+    use httvps_control::nodes::enrollment::EnrollTarget;
+    let db = common::TestDb::pg().await;
+    let mut settings = common::settings(db.dsn.clone(), false);
+    let pin = format!("sha256:{}", "5a".repeat(32));
+    settings.enroll = Some(EnrollTarget {
+        url: "https://cp.example.com".into(),
+        pin: Some(pin.clone()),
+    });
+    let state = httvps_control::app::prepare(&settings)
+        .await
+        .expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let st = state.clone();
+    tokio::spawn(async move {
+        let _ = httvps_control::http::serve(listener, st, std::future::pending::<()>()).await;
+    });
+    accounts::create_user(&state.db, "root@example.com", plane::PASSWORD, Role::Admin)
+        .await
+        .expect("admin");
+    let admin = plane::login(&base, "root@example.com").await;
+    let gql = |q: &'static str| {
+        let (base, admin) = (base.clone(), admin.clone());
+        async move { common::gql(&base, Some(&admin), q, json!({})).await }
+    };
+    gql("mutation{createRegion(code:\"eu\",name:\"EU\"){id}}").await;
+    let r = gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw\",publicUrl:\"https://gw.example.com\"}){token enrollment}}").await;
+    let g = &r["data"]["registerGatewayNode"];
+    let e = Enrollment::decode(g["enrollment"].as_str().unwrap_or_else(|| panic!("{r}")))
+        .expect("string");
+    assert_eq!(e.kind, "gateway");
+    assert_eq!(e.url, "https://cp.example.com");
+    assert_eq!(e.pin.as_deref(), Some(pin.as_str()));
+    assert_eq!(Some(e.token.expose()), g["token"].as_str());
+    let r = gql("mutation{registerOutlineNode(input:{region:\"eu\",name:\"n\",host:\"10.0.0.5\",port:8388}){enrollment}}").await;
+    let e = Enrollment::decode(
+        r["data"]["registerOutlineNode"]["enrollment"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}")),
+    )
+    .expect("string");
+    assert_eq!(e.kind, "node");
+    // The string's token redeems once (here, at the address the test reaches).
+    let b = Backend::new(&base, e.token.expose()).expect("backend");
+    assert_eq!(b.enroll().await.expect("redeems").kind, "node");
+    assert!(matches!(
+        b.enroll().await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
+}
