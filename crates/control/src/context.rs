@@ -12,6 +12,7 @@ use crate::error::AppError;
 use crate::ids::{DeviceId, UserId};
 use crate::nodes::MachineCache;
 use crate::status::{Role, UserStatus};
+use crate::throttle::Throttles;
 
 /// What handlers need, shared by every request.
 #[derive(Clone)]
@@ -74,11 +75,13 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
         .ok_or(AppError::Unauthenticated)
 }
 
-/// Checks an access JWT and the user behind it (active, token version current).
+/// Checks an access JWT and the user behind it (active, token version
+/// current, the refresh-token family it was issued in not revoked).
 pub async fn viewer_from_token(api: &AppContext, token: &str) -> Result<Viewer, AppError> {
     let claims = api.jwt.verify(Audience::Access, token)?;
     let id: UserId = claims.sub.parse().map_err(|_| AppError::Unauthenticated)?;
-    let user = accounts::find_user(&api.db, id)
+    let family = claims.fam.as_deref().ok_or(AppError::Unauthenticated)?;
+    let user = accounts::signed_in_user(&api.db, id, family)
         .await?
         .ok_or(AppError::Unauthenticated)?;
     if user.status != UserStatus::Active || user.token_version != claims.ver {

@@ -11,13 +11,15 @@ use super::{audit, auth};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{User, now};
-use crate::db::schema::{audit_log, refresh_tokens, users};
+use crate::db::schema::{audit_log, refresh_tokens, token_families, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::ids::UserId;
 pub use crate::status::{Role, UserStatus};
 use crate::{db_run, db_tx, paginate};
-pub use tokens::{REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh};
+pub use tokens::{
+    REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh, signed_in_user,
+};
 
 /// Normalises and checks an email address.
 pub fn normalize_email(raw: &str) -> AppResult<String> {
@@ -175,6 +177,7 @@ pub async fn set_status(
                 .set(refresh_tokens::revoked_at.eq(ts))
                 .execute(conn)
                 .await?;
+            tokens::revoke_families!(conn, user_id, ts);
             outbox.access(AccessChange::UserDisabled, Some(user_id));
         }
         diesel::insert_into(audit_log::table)

@@ -1,7 +1,10 @@
 //! Signing in and out: access JWTs, rotating refresh tokens in families
 //! (reuse revokes the family), log-out everywhere and password changes.
-//! None of these touch tunnels (devices hold their own tokens), so they
-//! publish no access event.
+//! Every access token names its family (`fam`) and carries the user's token
+//! version (`ver`); [`signed_in_user`] checks both on use, so revoking a
+//! family, logging out or changing the password ends the access tokens
+//! issued before at once. None of these touch tunnels (devices hold their
+//! own tokens), so they publish no access event.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -10,12 +13,25 @@ use super::authenticate;
 use crate::auth::jwt::{Audience, JwtKeys};
 use crate::auth::{self, check_password_policy};
 use crate::db::Db;
-use crate::db::models::{RefreshToken, User, new_id, now};
-use crate::db::schema::{refresh_tokens, users};
+use crate::db::models::{RefreshToken, TokenFamily, User, new_id, now};
+use crate::db::schema::{refresh_tokens, token_families, users};
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::status::UserStatus;
 use crate::{db_run, db_tx};
+
+/// Revokes every live refresh-token family of a user inside a transaction
+/// (a macro: the body is expanded once per backend's connection type).
+macro_rules! revoke_families {
+    ($conn:expr, $user_id:expr, $ts:expr) => {
+        diesel::update(token_families::table.filter(token_families::user_id.eq($user_id)))
+            .filter(token_families::revoked_at.is_null())
+            .set(token_families::revoked_at.eq($ts))
+            .execute($conn)
+            .await?
+    };
+}
+pub(crate) use revoke_families;
 
 /// Lifetime of a refresh token.
 pub const REFRESH_TTL_DAYS: i64 = 30;
@@ -31,15 +47,39 @@ pub struct Tokens {
     pub user: User,
 }
 
-/// Issues an access token for `user`.
-pub fn access_token(jwt: &JwtKeys, user: &User) -> AppResult<String> {
-    jwt.issue(
+/// Issues an access token for `user` in refresh-token family `family`.
+pub fn access_token(jwt: &JwtKeys, user: &User, family: &str) -> AppResult<String> {
+    jwt.issue_in_family(
         Audience::Access,
         &user.id.to_string(),
         user.token_version,
         Some(user.role.as_str()),
         jwt.access_ttl_secs,
+        Some(family),
     )
+}
+
+/// The user an access token's claims stand for, if the account exists and
+/// the token's family is still live (one query: the user and its family).
+/// The caller compares the status and token version.
+pub async fn signed_in_user(db: &Db, user_id: UserId, family: &str) -> AppResult<Option<User>> {
+    let found: Option<(User, bool)> = db_run!(db, |conn| {
+        users::table
+            .find(user_id)
+            .select((
+                User::as_select(),
+                diesel::dsl::exists(
+                    token_families::table
+                        .filter(token_families::id.eq(family))
+                        .filter(token_families::user_id.eq(user_id))
+                        .filter(token_families::revoked_at.is_null()),
+                ),
+            ))
+            .first(conn)
+            .await
+            .optional()?
+    });
+    Ok(found.and_then(|(user, live)| live.then_some(user)))
 }
 
 fn new_refresh_row(user_id: UserId, family_id: &str) -> (String, RefreshToken) {
@@ -61,20 +101,33 @@ fn new_refresh_row(user_id: UserId, family_id: &str) -> (String, RefreshToken) {
 /// Checks credentials and starts a new refresh-token family.
 pub async fn login(db: &Db, jwt: &JwtKeys, email: &str, password: &str) -> AppResult<Tokens> {
     let user = authenticate(db, email, password).await?;
-    let (refresh_token, row) = new_refresh_row(user.id, &new_id());
-    db_run!(db, |conn| diesel::insert_into(refresh_tokens::table)
-        .values(&row)
-        .execute(conn)
-        .await?);
+    let family = TokenFamily {
+        id: new_id(),
+        user_id: user.id,
+        revoked_at: None,
+        created_at: now(),
+    };
+    let (refresh_token, row) = new_refresh_row(user.id, &family.id);
+    db_tx!(db, |conn, _| {
+        diesel::insert_into(token_families::table)
+            .values(&family)
+            .execute(conn)
+            .await?;
+        diesel::insert_into(refresh_tokens::table)
+            .values(&row)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(())
+    })?;
     Ok(Tokens {
-        access_token: access_token(jwt, &user)?,
+        access_token: access_token(jwt, &user, &family.id)?,
         refresh_token,
         user,
     })
 }
 
 enum Rotation {
-    Rotated(String, User),
+    Rotated(String, User, String),
     Refused,
 }
 
@@ -111,6 +164,12 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
             .set(refresh_tokens::revoked_at.eq(ts))
             .execute(conn)
             .await?;
+            // The access tokens issued in the family die with it.
+            diesel::update(token_families::table.find(&found.family_id))
+                .filter(token_families::revoked_at.is_null())
+                .set(token_families::revoked_at.eq(ts))
+                .execute(conn)
+                .await?;
             tracing::warn!(user.id = %found.user_id, "refresh token reused: family revoked");
             return Ok(Rotation::Refused);
         }
@@ -130,11 +189,11 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
             .values(&row)
             .execute(conn)
             .await?;
-        Ok(Rotation::Rotated(token, user))
+        Ok(Rotation::Rotated(token, user, found.family_id))
     })?;
     match outcome {
-        Rotation::Rotated(refresh_token, user) => Ok(Tokens {
-            access_token: access_token(jwt, &user)?,
+        Rotation::Rotated(refresh_token, user, family) => Ok(Tokens {
+            access_token: access_token(jwt, &user, &family)?,
             refresh_token,
             user,
         }),
@@ -152,6 +211,7 @@ pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
             .set(refresh_tokens::revoked_at.eq(ts))
             .execute(conn)
             .await?;
+        revoke_families!(conn, user_id, ts);
         diesel::update(users::table.find(user_id))
             .set((
                 users::token_version.eq(users::token_version + 1),
@@ -189,6 +249,7 @@ pub async fn change_password(db: &Db, user_id: UserId, current: &str, new: &str)
             .set(refresh_tokens::revoked_at.eq(ts))
             .execute(conn)
             .await?;
+        revoke_families!(conn, user_id, ts);
         Ok::<_, AppError>(())
     })
 }

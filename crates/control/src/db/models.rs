@@ -278,6 +278,20 @@ pub struct RefreshToken {
     pub created_at: NaiveDateTime,
 }
 
+/// A row of `token_families`: one log-in and the tokens rotated from it.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[diesel(table_name = token_families)]
+pub struct TokenFamily {
+    /// Its id (carried in access tokens as `fam`).
+    pub id: String,
+    /// Whose.
+    pub user_id: UserId,
+    /// When it was revoked: its access and refresh tokens stop working.
+    pub revoked_at: Option<NaiveDateTime>,
+    /// Creation time (UTC).
+    pub created_at: NaiveDateTime,
+}
+
 /// A row of `audit_log`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = audit_log)]
