@@ -275,6 +275,7 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
         jwt_expire_minutes: 15,
         debug,
         gateway_url: Some("https://gw.test.example".to_owned()),
+        throttle: Default::default(),
     }
 }
 
@@ -296,7 +297,12 @@ impl TestServer {
 
     /// Like [`TestServer::start`] on a given address (to restart on the same port).
     pub async fn start_at(dsn: Dsn, debug: bool, addr: SocketAddr) -> Self {
-        let state = httvps_control::app::prepare(&settings(dsn, debug))
+        Self::start_with(settings(dsn, debug), addr).await
+    }
+
+    /// Like [`TestServer::start_at`] with the given settings.
+    pub async fn start_with(settings: Settings, addr: SocketAddr) -> Self {
+        let state = httvps_control::app::prepare(&settings)
             .await
             .expect("prepare");
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");

@@ -36,6 +36,7 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         jwt,
         settings.gateway_url.clone(),
         settings.debug,
+        settings.throttle.clone(),
     ))
 }
 

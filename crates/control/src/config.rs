@@ -10,6 +10,7 @@ pub use jsonwebtoken::Algorithm;
 pub use crate::auth::SecretKey;
 use crate::auth::jwt::{ALLOWED_ALGORITHMS, parse_algorithm};
 use crate::db::Dsn;
+pub use crate::throttle::ThrottleSettings;
 
 /// The example secret in `.env.example`; refused at start.
 pub const EXAMPLE_SECRET: &str = "replace-me-with-at-least-32-random-bytes-0000";
@@ -75,6 +76,81 @@ pub struct ServeArgs {
     /// links); defaults to the first active registered gateway.
     #[arg(long, env = "BACKEND_GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// Throttles on guessing and flooding.
+    #[command(flatten)]
+    pub throttle: ThrottleArgs,
+}
+
+/// Flags of the throttles on guessing and flooding.
+#[derive(Debug, Clone, Args)]
+pub struct ThrottleArgs {
+    /// Window every allowance refills over, in seconds (1 to 86400).
+    #[arg(long, env = "BACKEND_THROTTLE_WINDOW_SECS", default_value_t = 60)]
+    pub throttle_window_secs: u64,
+    /// Log-in attempts per account and window, from anywhere.
+    #[arg(long, env = "BACKEND_LOGIN_PER_ACCOUNT", default_value_t = 10)]
+    pub login_per_account: u32,
+    /// Log-in attempts per source address and window, for any account.
+    #[arg(long, env = "BACKEND_LOGIN_PER_SOURCE", default_value_t = 30)]
+    pub login_per_source: u32,
+    /// Sign-ups per source address and window.
+    #[arg(long, env = "BACKEND_SIGNUP_PER_SOURCE", default_value_t = 10)]
+    pub signup_per_source: u32,
+    /// Refresh-token exchanges per source address and window.
+    #[arg(long, env = "BACKEND_REFRESH_PER_SOURCE", default_value_t = 60)]
+    pub refresh_per_source: u32,
+    /// Unknown or invalid credentials at /api/v1 (machine tokens, device
+    /// tokens and JWTs) per source address and window.
+    #[arg(long, env = "BACKEND_UNKNOWN_TOKENS_PER_SOURCE", default_value_t = 30)]
+    pub unknown_tokens_per_source: u32,
+    /// Header a trusted reverse proxy sets to the client's address (such as
+    /// X-Forwarded-For; its last address counts). Empty: the socket's
+    /// address. Set it only when every request comes through that proxy.
+    #[arg(long, env = "BACKEND_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+}
+
+impl ThrottleArgs {
+    /// The validated settings.
+    pub fn settings(&self) -> Result<ThrottleSettings, ConfigError> {
+        fn positive(var: &'static str, n: u32) -> Result<u32, ConfigError> {
+            if (1..=1_000_000).contains(&n) {
+                Ok(n)
+            } else {
+                Err(ConfigError::new(var, "must be from 1 to 1000000"))
+            }
+        }
+        if !(1..=86_400).contains(&self.throttle_window_secs) {
+            return Err(ConfigError::new(
+                "BACKEND_THROTTLE_WINDOW_SECS",
+                "must be from 1 to 86400 seconds",
+            ));
+        }
+        let client_ip_header = match self
+            .client_ip_header
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+        {
+            None => None,
+            Some(h) => Some(axum::http::HeaderName::try_from(h).map_err(|_| {
+                ConfigError::new("BACKEND_CLIENT_IP_HEADER", "must be a header name")
+            })?),
+        };
+        Ok(ThrottleSettings {
+            window: std::time::Duration::from_secs(self.throttle_window_secs),
+            login_per_account: positive("BACKEND_LOGIN_PER_ACCOUNT", self.login_per_account)?,
+            login_per_source: positive("BACKEND_LOGIN_PER_SOURCE", self.login_per_source)?,
+            signup_per_source: positive("BACKEND_SIGNUP_PER_SOURCE", self.signup_per_source)?,
+            refresh_per_source: positive("BACKEND_REFRESH_PER_SOURCE", self.refresh_per_source)?,
+            unknown_tokens_per_source: positive(
+                "BACKEND_UNKNOWN_TOKENS_PER_SOURCE",
+                self.unknown_tokens_per_source,
+            )?,
+            client_ip_header,
+            ..ThrottleSettings::default()
+        })
+    }
 }
 
 /// A configuration error that names the variable at fault.
@@ -118,6 +194,8 @@ pub struct Settings {
     pub debug: bool,
     /// Public gateway URL for access links.
     pub gateway_url: Option<String>,
+    /// Throttles on guessing and flooding.
+    pub throttle: ThrottleSettings,
 }
 
 /// Checks a secret key: present, long enough, not the example.
@@ -200,6 +278,7 @@ impl Settings {
             jwt_expire_minutes,
             debug,
             gateway_url,
+            throttle: args.throttle.settings()?,
         })
     }
 }

@@ -2,6 +2,8 @@
 //! events, keys, caches), and who is calling: the signed-in [`Viewer`]
 //! resolved from an access JWT, or a device on the live socket.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, header};
 
 use crate::accounts;
@@ -25,6 +27,8 @@ pub struct AppContext {
     pub gateway_url: Option<String>,
     /// Recently authenticated machine tokens.
     pub machines: MachineCache,
+    /// Allowances against guessing and flooding.
+    pub throttles: Arc<Throttles>,
 }
 
 /// Who is calling: resolved once per request from the access token.

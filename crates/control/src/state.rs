@@ -8,6 +8,7 @@ use crate::context::AppContext;
 use crate::db::Db;
 use crate::graphql::{ApiSchema, build_schema};
 use crate::metrics::{Live, Metrics};
+use crate::throttle::{ThrottleSettings, Throttles};
 use crate::usage_accounting::Applier;
 
 /// Everything a request handler needs, built once at start-up.
@@ -32,12 +33,19 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state from its parts.
-    pub fn new(db: Db, jwt: JwtKeys, gateway_url: Option<String>, debug: bool) -> Self {
+    pub fn new(
+        db: Db,
+        jwt: JwtKeys,
+        gateway_url: Option<String>,
+        debug: bool,
+        throttle: ThrottleSettings,
+    ) -> Self {
         let api = AppContext {
             db: db.clone(),
             jwt,
             gateway_url,
             machines: Default::default(),
+            throttles: Arc::new(Throttles::new(throttle)),
         };
         let schema = build_schema(api.clone(), debug);
         let usage = Arc::new(Applier::default());

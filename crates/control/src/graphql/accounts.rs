@@ -10,6 +10,14 @@ use crate::accounts::{self, Role, UserFilter, UserStatus};
 use crate::db::models;
 use crate::error::AppError;
 use crate::pagination::PageArgs;
+use crate::throttle::ClientAddr;
+
+/// Where the request comes from, for the throttles (unknown in process).
+fn client_addr(ctx: &Context<'_>) -> ClientAddr {
+    ctx.data_opt::<ClientAddr>()
+        .copied()
+        .unwrap_or(ClientAddr(None))
+}
 
 /// An account.
 #[derive(SimpleObject, Clone)]
@@ -141,6 +149,7 @@ impl AccountMutation {
         password: String,
     ) -> async_graphql::Result<User> {
         let api = ctx.data::<AppContext>()?;
+        api.throttles.sign_up(client_addr(ctx)).gql()?;
         accounts::create_user(&api.db, &email, &password, Role::User)
             .await
             .map(User::from)
@@ -155,6 +164,7 @@ impl AccountMutation {
         password: String,
     ) -> async_graphql::Result<AuthPayload> {
         let api = ctx.data::<AppContext>()?;
+        api.throttles.login(client_addr(ctx), &email).gql()?;
         accounts::login(&api.db, &api.jwt, &email, &password)
             .await
             .map(AuthPayload::from)
@@ -169,6 +179,7 @@ impl AccountMutation {
         token: String,
     ) -> async_graphql::Result<AuthPayload> {
         let api = ctx.data::<AppContext>()?;
+        api.throttles.refresh(client_addr(ctx)).gql()?;
         accounts::refresh(&api.db, &api.jwt, &token)
             .await
             .map(AuthPayload::from)

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::loaders::{BATCH_DELAY, DbLoader};
 use super::{ApiSchema, AppContext, DeviceViewer};
 use crate::context::viewer_from_token;
+use crate::throttle::ClientAddr;
 
 /// Time a client has to send `connection_init`.
 pub const INIT_DEADLINE: Duration = Duration::from_secs(10);
@@ -38,8 +39,13 @@ fn bearer(payload: &serde_json::Value) -> Option<String> {
     obj.get("token").and_then(|v| v.as_str()).map(str::to_owned)
 }
 
-async fn init_data(api: AppContext, payload: serde_json::Value) -> async_graphql::Result<Data> {
+async fn init_data(
+    api: AppContext,
+    from: ClientAddr,
+    payload: serde_json::Value,
+) -> async_graphql::Result<Data> {
     let mut data = Data::default();
+    data.insert(from);
     data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn).delay(BATCH_DELAY));
     if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
         // The access rule decides, as for a tunnel: a device that may not
@@ -77,12 +83,13 @@ pub async fn serve(
     api: AppContext,
     socket: WebSocket,
     protocol: WebSocketProtocols,
+    from: ClientAddr,
 ) {
     let (mut sink, mut source) = socket.split();
     let (to_gql, gql_input) = mpsc::channel::<Vec<u8>>(16);
     let init_api = api.clone();
     let gql = async_graphql::http::WebSocket::new(schema, ReceiverStream::new(gql_input), protocol)
-        .on_connection_init(move |payload| init_data(init_api, payload));
+        .on_connection_init(move |payload| init_data(init_api, from, payload));
     let mut gql = std::pin::pin!(gql);
     let mut active: HashSet<String> = HashSet::new();
     let mut initialised = false;
