@@ -494,6 +494,7 @@ async fn websocket_auth_init_deadline_and_subscription_cap() {
     let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
     let r = ws_init(&mut ws, json!({"Authorization": "Bearer forged"})).await;
     assert_eq!(r["type"], "close", "{r}");
+    assert_eq!(r["code"], 4403, "graphql-transport-ws says 4403: {r}");
     // Anonymous sockets may connect but not subscribe.
     let mut ws = ws_connect(&server.base, "graphql-ws").await;
     assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
@@ -524,6 +525,143 @@ async fn websocket_auth_init_deadline_and_subscription_cap() {
     assert!(
         waited >= Duration::from_secs(9) && waited < Duration::from_secs(14),
         "{waited:?}"
+    );
+    server.stop().await;
+}
+
+fn ws_op(protocol: &str, id: &str, query: &str, variables: Value) -> Message {
+    let kind = if protocol == "graphql-ws" {
+        "start"
+    } else {
+        "subscribe"
+    };
+    Message::Text(
+        json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}})
+            .to_string()
+            .into(),
+    )
+}
+
+/// The first error code of a WebSocket answer, whichever protocol framed it.
+fn ws_code(r: &Value) -> Option<&str> {
+    let p = &r["payload"];
+    p[0]["extensions"]["code"]
+        .as_str()
+        .or_else(|| p["extensions"]["code"].as_str())
+        .or_else(|| p["errors"][0]["extensions"]["code"].as_str())
+}
+
+/// The limits of HTTP hold on both WebSocket protocols: aliases, depth, and
+/// a 500-alias login mutation is refused without running (the account's
+/// log-in allowance is untouched afterwards).
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_applies_the_http_limits_on_both_protocols() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let email = format!("ws-{}@example.com", uuid::Uuid::new_v4().simple());
+    accounts::create_user(&server.state.db, &email, PASSWORD, Role::User)
+        .await
+        .expect("user");
+    let aliases: Vec<String> = (0..300).map(|i| format!("a{i}: __typename")).collect();
+    let wide = format!("{{{}}}", aliases.join(" "));
+    let deep =
+        "{me{devices{edges{node{user{devices{edges{node{user{devices{edges{node{id}}}}}}}}}}}}}";
+    let logins: Vec<String> = (0..500)
+        .map(|i| format!("l{i}: login(email:$e,password:$p){{accessToken}}"))
+        .collect();
+    let mass_login = format!("mutation($e:String!,$p:String!){{{}}}", logins.join(" "));
+    assert!(mass_login.len() > 20_000 && mass_login.len() < 64 * 1024);
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = ws_connect(&server.base, protocol).await;
+        assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
+        ws.send(ws_op(protocol, "wide", &wide, json!({})))
+            .await
+            .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_str()),
+            (Some("error"), Some("wide")),
+            "{protocol}: {r}"
+        );
+        assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{protocol}: {r}");
+        assert!(r.to_string().contains("aliases"), "{r}");
+        ws.send(ws_op(protocol, "deep", deep, json!({})))
+            .await
+            .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{protocol}: {r}");
+        assert!(
+            r.to_string().to_lowercase().contains("nested"),
+            "{protocol}: {r}"
+        );
+        let r = ws_next(&mut ws).await;
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_str()),
+            (Some("complete"), Some("deep")),
+            "{r}"
+        );
+        let started = std::time::Instant::now();
+        ws.send(ws_op(
+            protocol,
+            "logins",
+            &mass_login,
+            json!({"e": email, "p": "wrong password"}),
+        ))
+        .await
+        .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{protocol}: {r}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // Still a working socket: a plain query runs.
+        ws.send(ws_op(protocol, "ok", "{__typename}", json!({})))
+            .await
+            .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(
+            r["payload"]["data"]["__typename"], "Query",
+            "{protocol}: {r}"
+        );
+    }
+    // None of the 1,000 logins ran: the account's allowance is whole.
+    let r = gql(
+        &server.base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+        json!({"e": email, "p": PASSWORD}),
+    )
+    .await;
+    assert!(r["data"]["login"]["accessToken"].is_string(), "{r}");
+    server.stop().await;
+}
+
+/// graphql-transport-ws: a subscribe reusing an id in use closes 4409.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_reused_subscription_id_closes_4409() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let user = token_for(&server.base, &server.state.db, Role::User).await;
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    let r = ws_init(&mut ws, json!({"Authorization": format!("Bearer {user}")})).await;
+    assert_eq!(r["type"], "connection_ack", "{r}");
+    for _ in 0..2 {
+        ws.send(ws_op(
+            "graphql-transport-ws",
+            "same",
+            "subscription{nodeEvents{nodeId}}",
+            json!({}),
+        ))
+        .await
+        .expect("send");
+    }
+    let r = ws_next(&mut ws).await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_u64()),
+        (Some("close"), Some(4409)),
+        "{r}"
     );
     server.stop().await;
 }

@@ -1,6 +1,9 @@
 //! `/graphql/ws`: live operations over graphql-transport-ws and the legacy
 //! graphql-ws protocol, with what the stock handler lacks: authentication in
-//! `connection_init`, a deadline for it, and a cap on subscriptions per socket.
+//! `connection_init` (refused: close 4403), a deadline for it, the limits
+//! HTTP applies (the schema's depth and complexity, the alias count, the
+//! 64 KiB document), a cap on subscriptions per socket, and ids that cannot
+//! be reused while in use (close 4409).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,8 +17,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::loaders::{BATCH_DELAY, DbLoader};
-use super::{ApiSchema, AppContext, DeviceViewer};
+use super::{ApiSchema, AppContext, DeviceViewer, check_aliases};
 use crate::context::viewer_from_token;
+use crate::error::AppError;
 use crate::throttle::ClientAddr;
 
 /// Time a client has to send `connection_init`.
@@ -67,14 +71,95 @@ async fn init_data(
     Ok(data)
 }
 
-fn error_message(protocol: WebSocketProtocols, id: &str, message: &str) -> String {
+fn error_message(protocol: WebSocketProtocols, id: &str, err: &AppError) -> String {
+    let error =
+        serde_json::json!({ "message": err.to_string(), "extensions": {"code": err.code()} });
     let payload = match protocol {
-        WebSocketProtocols::GraphQLWS => {
-            serde_json::json!([{ "message": message, "extensions": {"code": "LIMIT_EXCEEDED"} }])
-        }
-        _ => serde_json::json!({ "message": message, "extensions": {"code": "LIMIT_EXCEEDED"} }),
+        WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
+        _ => error,
     };
     serde_json::json!({"type": "error", "id": id, "payload": payload}).to_string()
+}
+
+/// What to do with a client's `subscribe` (or legacy `start`) before the
+/// engine sees it: the limits HTTP applies, applied here too.
+enum Admission {
+    /// Hand it to the engine.
+    Run,
+    /// Answer this error for the id and drop the operation.
+    Refuse(AppError),
+    /// Close the socket (graphql-transport-ws: an id already in use).
+    Close(u16, String),
+}
+
+fn admit(
+    protocol: WebSocketProtocols,
+    active: &HashSet<String>,
+    id: &str,
+    payload: Option<&serde_json::Value>,
+) -> Admission {
+    if active.contains(id) {
+        return match protocol {
+            WebSocketProtocols::GraphQLWS => {
+                Admission::Close(4409, format!("Subscriber for {id} already exists"))
+            }
+            _ => Admission::Refuse(AppError::bad(format!("operation id {id} is in use"))),
+        };
+    }
+    if active.len() >= MAX_SUBSCRIPTIONS {
+        return Admission::Refuse(AppError::LimitExceeded(format!(
+            "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+        )));
+    }
+    let query = payload
+        .and_then(|p| p.get("query"))
+        .and_then(|q| q.as_str())
+        .unwrap_or_default();
+    match check_aliases(query) {
+        Ok(()) => Admission::Run,
+        Err(e) => Admission::Refuse(e),
+    }
+}
+
+/// Gives every error the engine itself raised (parse, validation, limits,
+/// input coercion) the code `BAD_REQUEST`, as on HTTP.
+fn with_codes(mut msg: serde_json::Value) -> serde_json::Value {
+    fn fill(errors: Option<&mut serde_json::Value>) {
+        let Some(serde_json::Value::Array(errors)) = errors else {
+            return;
+        };
+        for e in errors {
+            if let Some(obj) = e.as_object_mut() {
+                let ext = obj
+                    .entry("extensions")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(ext) = ext.as_object_mut() {
+                    ext.entry("code").or_insert_with(|| "BAD_REQUEST".into());
+                }
+            }
+        }
+    }
+    match msg.get("type").and_then(|t| t.as_str()) {
+        Some("error") => {
+            if msg.get("payload").is_some_and(|p| p.is_object()) {
+                // Legacy protocol: one error object.
+                if let Some(p) = msg.get_mut("payload") {
+                    let mut one = serde_json::Value::Array(vec![p.take()]);
+                    fill(Some(&mut one));
+                    if let serde_json::Value::Array(mut v) = one {
+                        *p = v.pop().unwrap_or_default();
+                    }
+                }
+            } else {
+                fill(msg.get_mut("payload"));
+            }
+        }
+        Some("next" | "data") => {
+            fill(msg.get_mut("payload").and_then(|p| p.get_mut("errors")));
+        }
+        _ => {}
+    }
+    msg
 }
 
 /// Serves one upgraded socket until either side closes.
@@ -93,6 +178,7 @@ pub async fn serve(
     let mut gql = std::pin::pin!(gql);
     let mut active: HashSet<String> = HashSet::new();
     let mut initialised = false;
+    let mut acked = false;
     let deadline = tokio::time::sleep(INIT_DEADLINE);
     let mut deadline = std::pin::pin!(deadline);
     loop {
@@ -113,14 +199,18 @@ pub async fn serve(
                 let id = parsed.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
                 match kind {
                     "connection_init" => initialised = true,
-                    "subscribe" | "start" => {
-                        if !active.contains(&id.to_string()) && active.len() >= MAX_SUBSCRIPTIONS {
-                            let text = error_message(protocol, &id.to_string(), &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"));
+                    "subscribe" | "start" => match admit(protocol, &active, &id, parsed.get("payload")) {
+                        Admission::Run => { active.insert(id); }
+                        Admission::Refuse(err) => {
+                            let text = error_message(protocol, &id, &err);
                             if sink.send(Message::Text(text.into())).await.is_err() { break; }
                             continue;
                         }
-                        active.insert(id);
-                    }
+                        Admission::Close(code, reason) => {
+                            let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                            break;
+                        }
+                    },
                     "complete" | "stop" => { active.remove(&id.to_string()); }
                     _ => {}
                 }
@@ -129,13 +219,27 @@ pub async fn serve(
             out = gql.next() => {
                 match out {
                     Some(WsMessage::Text(text)) => {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                            && matches!(v.get("type").and_then(|t| t.as_str()), Some("complete" | "error"))
-                            && let Some(id) = v.get("id").and_then(|i| i.as_str())
-                        {
-                            active.remove(id);
-                        }
+                        let text = match serde_json::from_str::<serde_json::Value>(&text) {
+                            Ok(v) => {
+                                let kind = v.get("type").and_then(|t| t.as_str());
+                                if kind == Some("connection_ack") {
+                                    acked = true;
+                                }
+                                if matches!(kind, Some("complete" | "error"))
+                                    && let Some(id) = v.get("id").and_then(|i| i.as_str())
+                                {
+                                    active.remove(id);
+                                }
+                                with_codes(v).to_string()
+                            }
+                            Err(_) => text,
+                        };
                         if sink.send(Message::Text(text.into())).await.is_err() { break; }
+                    }
+                    // graphql-transport-ws: a refused connection_init closes 4403.
+                    Some(WsMessage::Close(1002, _)) if !acked && protocol == WebSocketProtocols::GraphQLWS => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 4403, reason: "Forbidden".into() }))).await;
+                        break;
                     }
                     Some(WsMessage::Close(code, reason)) => {
                         let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
