@@ -82,6 +82,11 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
 /// Checks an access JWT and the user behind it (active, token version
 /// current, the refresh-token family it was issued in not revoked).
 pub async fn viewer_from_token(api: &AppContext, token: &str) -> Result<Viewer, AppError> {
+    viewer_until(api, token).await.map(|(viewer, _)| viewer)
+}
+
+/// [`viewer_from_token`], with the token's expiry (seconds since the epoch).
+pub async fn viewer_until(api: &AppContext, token: &str) -> Result<(Viewer, i64), AppError> {
     let claims = api.jwt.verify(Audience::Access, token)?;
     let id: UserId = claims.sub.parse().map_err(|_| AppError::Unauthenticated)?;
     let family = claims.fam.as_deref().ok_or(AppError::Unauthenticated)?;
@@ -91,8 +96,11 @@ pub async fn viewer_from_token(api: &AppContext, token: &str) -> Result<Viewer, 
     if user.status != UserStatus::Active || user.token_version != claims.ver {
         return Err(AppError::Unauthenticated);
     }
-    Ok(Viewer {
-        user_id: user.id,
-        role: user.role,
-    })
+    Ok((
+        Viewer {
+            user_id: user.id,
+            role: user.role,
+        },
+        claims.exp,
+    ))
 }

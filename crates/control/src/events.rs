@@ -24,6 +24,19 @@ pub const CHANNEL: &str = "httvps_node_events";
 /// The NOTIFY channel of access events.
 pub const ACCESS_CHANNEL: &str = "httvps_access_events";
 
+/// The NOTIFY channel of account events.
+pub const ACCOUNT_CHANNEL: &str = "httvps_account_events";
+
+/// An account's sign-in credentials changed (log-out, password or role
+/// change, a refresh family revoked, enabled or disabled): live sockets
+/// signed in as it check their token again. Not sent to gateways (tunnels
+/// do not depend on these).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccountEvent {
+    /// The account.
+    pub user_id: String,
+}
+
 /// What happened to a node.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, async_graphql::Enum,
@@ -125,6 +138,7 @@ impl AccessChange {
 pub struct Outbox {
     node: Vec<NodeEvent>,
     access: Vec<AccessEvent>,
+    account: Vec<AccountEvent>,
 }
 
 impl Outbox {
@@ -140,9 +154,16 @@ impl Outbox {
             .push(AccessEvent::new(change.as_str(), user.as_deref()));
     }
 
+    /// `user`'s sign-in credentials changed.
+    pub fn account(&mut self, user: UserId) {
+        self.account.push(AccountEvent {
+            user_id: user.to_string(),
+        });
+    }
+
     /// Whether nothing was put in.
     pub fn is_empty(&self) -> bool {
-        self.node.is_empty() && self.access.is_empty()
+        self.node.is_empty() && self.access.is_empty() && self.account.is_empty()
     }
 
     /// PostgreSQL: queues the events as notifications of the transaction
@@ -168,13 +189,19 @@ impl Outbox {
             .access
             .iter()
             .map(|e| (ACCESS_CHANNEL, serde_json::to_string(e)));
-        node.chain(access).filter_map(|(channel, json)| match json {
-            Ok(json) => Some((channel, json)),
-            Err(e) => {
-                tracing::warn!(error = %e, "encoding an event");
-                None
-            }
-        })
+        let account = self
+            .account
+            .iter()
+            .map(|e| (ACCOUNT_CHANNEL, serde_json::to_string(e)));
+        node.chain(access)
+            .chain(account)
+            .filter_map(|(channel, json)| match json {
+                Ok(json) => Some((channel, json)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoding an event");
+                    None
+                }
+            })
     }
 }
 
@@ -184,6 +211,7 @@ impl Outbox {
 pub struct Events {
     tx: broadcast::Sender<NodeEvent>,
     access_tx: broadcast::Sender<AccessEvent>,
+    account_tx: broadcast::Sender<AccountEvent>,
 }
 
 impl Default for Events {
@@ -197,7 +225,12 @@ impl Events {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
         let (access_tx, _) = broadcast::channel(1024);
-        Events { tx, access_tx }
+        let (account_tx, _) = broadcast::channel(1024);
+        Events {
+            tx,
+            access_tx,
+            account_tx,
+        }
     }
 
     /// Receives every node event from now on (slow receivers skip old ones).
@@ -211,6 +244,12 @@ impl Events {
         self.access_tx.subscribe()
     }
 
+    /// Receives every account event from now on (a slow receiver learns it
+    /// lagged, which live sockets treat as an event).
+    pub fn subscribe_accounts(&self) -> broadcast::Receiver<AccountEvent> {
+        self.account_tx.subscribe()
+    }
+
     /// Hands a committed transaction's events to this process's subscribers
     /// (SQLite; on PostgreSQL the listener does it for every replica).
     pub fn deliver(&self, outbox: Outbox) {
@@ -219,6 +258,9 @@ impl Events {
         }
         for e in outbox.access {
             let _ = self.access_tx.send(e);
+        }
+        for e in outbox.account {
+            let _ = self.account_tx.send(e);
         }
     }
 
@@ -249,7 +291,7 @@ impl Events {
             Ok(conn) => conn,
             Err(e) => return tracing::warn!(error = %e, "event listener cannot connect"),
         };
-        let listen = format!("LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}");
+        let listen = format!("LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}; LISTEN {ACCOUNT_CHANNEL}");
         if let Err(e) = conn.batch_execute(&listen).await {
             return tracing::warn!(error = %e, "LISTEN failed");
         }
@@ -262,7 +304,14 @@ impl Events {
                 Ok(n) => n,
                 Err(e) => return tracing::warn!(error = %e, "event listener"),
             };
-            if n.channel == ACCESS_CHANNEL {
+            if n.channel == ACCOUNT_CHANNEL {
+                match serde_json::from_str::<AccountEvent>(&n.payload) {
+                    Ok(ev) => {
+                        let _ = self.account_tx.send(ev);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable account event"),
+                }
+            } else if n.channel == ACCESS_CHANNEL {
                 match serde_json::from_str::<AccessEvent>(&n.payload) {
                     Ok(ev) => {
                         let _ = self.access_tx.send(ev);

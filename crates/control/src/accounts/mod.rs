@@ -171,6 +171,7 @@ pub async fn set_status(
             .await
             .optional()?
             .ok_or(AppError::NotFound("user"))?;
+        outbox.account(user_id);
         if status == UserStatus::Disabled {
             diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
                 .filter(refresh_tokens::revoked_at.is_null())
@@ -255,7 +256,8 @@ pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> Ap
         Some(&user_id.to_string()),
         serde_json::json!({"role": role.as_str()}),
     );
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
+        outbox.account(user_id);
         let user: User = diesel::update(users::table.find(user_id))
             .set((
                 users::role.eq(role),

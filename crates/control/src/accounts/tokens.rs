@@ -4,7 +4,8 @@
 //! version (`ver`); [`signed_in_user`] checks both on use, so revoking a
 //! family, logging out or changing the password ends the access tokens
 //! issued before at once. None of these touch tunnels (devices hold their
-//! own tokens), so they publish no access event.
+//! own tokens), so they publish no access event; revoking publishes an
+//! account event, so live sockets signed in with those tokens end.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -138,7 +139,7 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
         return Err(AppError::Unauthenticated);
     }
     let hash = auth::hash_token(token);
-    let outcome = db_tx!(db, |conn, _| {
+    let outcome = db_tx!(db, |conn, outbox| {
         let ts = now();
         let found: Option<RefreshToken> = refresh_tokens::table
             .filter(refresh_tokens::token_hash.eq(&hash))
@@ -170,6 +171,7 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
                 .set(token_families::revoked_at.eq(ts))
                 .execute(conn)
                 .await?;
+            outbox.account(found.user_id);
             tracing::warn!(user.id = %found.user_id, "refresh token reused: family revoked");
             return Ok(Rotation::Refused);
         }
@@ -204,7 +206,8 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
 /// Logs the user out everywhere: revokes every refresh token and makes
 /// every access token issued so far invalid.
 pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
+        outbox.account(user_id);
         let ts = now();
         diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
             .filter(refresh_tokens::revoked_at.is_null())
@@ -234,7 +237,8 @@ pub async fn change_password(db: &Db, user_id: UserId, current: &str, new: &str)
         return Err(AppError::bad("current password is wrong"));
     }
     let hash = auth::hash_password(new.to_owned()).await?;
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
+        outbox.account(user_id);
         let ts = now();
         diesel::update(users::table.find(user_id))
             .set((
