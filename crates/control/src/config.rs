@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use clap::Args;
+pub use httvps_wire::Secret;
 pub use jsonwebtoken::Algorithm;
 
 pub use crate::auth::SecretKey;
@@ -22,7 +23,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub struct DbArgs {
     /// Database URL: postgres://user@host:5432/db or sqlite://path/to/file.db.
     #[arg(long = "db-dsn", env = "BACKEND_DB_DSN", hide_env_values = true)]
-    pub db_dsn: Option<String>,
+    pub db_dsn: Option<Secret>,
     /// Most connections the pool opens to PostgreSQL.
     #[arg(long, env = "BACKEND_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
@@ -33,7 +34,8 @@ impl DbArgs {
     pub fn dsn(&self) -> Result<Dsn, ConfigError> {
         let raw = self
             .db_dsn
-            .as_deref()
+            .as_ref()
+            .map(Secret::expose)
             .ok_or(ConfigError::new("BACKEND_DB_DSN", "is missing"))?;
         Dsn::parse(raw).map_err(|why| ConfigError::new("BACKEND_DB_DSN", why))
     }
@@ -59,7 +61,7 @@ pub struct ServeArgs {
     pub db: DbArgs,
     /// Secret for signing tokens: at least 32 bytes, not the example value.
     #[arg(long, env = "BACKEND_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
+    pub secret_key: Option<Secret>,
     /// Address to listen on.
     #[arg(long, env = "BACKEND_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -225,7 +227,7 @@ impl Settings {
     pub fn from_args(args: &ServeArgs, debug: bool) -> Result<Self, ConfigError> {
         let dsn = args.db.dsn()?;
         let pool_size = args.db.pool_size()?;
-        let secret = validate_secret(args.secret_key.as_deref())?;
+        let secret = validate_secret(args.secret_key.as_ref().map(Secret::expose))?;
         let host: IpAddr = args.host.trim().parse().map_err(|_| {
             ConfigError::new(
                 "BACKEND_HOST",

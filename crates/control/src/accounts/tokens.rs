@@ -20,6 +20,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::status::UserStatus;
 use crate::{db_run, db_tx};
+use httvps_wire::Secret;
 
 /// Revokes every live refresh-token family of a user inside a transaction
 /// (a macro: the body is expanded once per backend's connection type).
@@ -41,9 +42,9 @@ pub const REFRESH_TTL_DAYS: i64 = 30;
 #[derive(Debug)]
 pub struct Tokens {
     /// Short-lived access JWT.
-    pub access_token: String,
+    pub access_token: Secret,
     /// Single-use opaque refresh token.
-    pub refresh_token: String,
+    pub refresh_token: Secret,
     /// The user.
     pub user: User,
 }
@@ -121,8 +122,8 @@ pub async fn login(db: &Db, jwt: &JwtKeys, email: &str, password: &str) -> AppRe
         Ok::<_, AppError>(())
     })?;
     Ok(Tokens {
-        access_token: access_token(jwt, &user, &family.id)?,
-        refresh_token,
+        access_token: access_token(jwt, &user, &family.id)?.into(),
+        refresh_token: refresh_token.into(),
         user,
     })
 }
@@ -195,8 +196,8 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
     })?;
     match outcome {
         Rotation::Rotated(refresh_token, user, family) => Ok(Tokens {
-            access_token: access_token(jwt, &user, &family)?,
-            refresh_token,
+            access_token: access_token(jwt, &user, &family)?.into(),
+            refresh_token: refresh_token.into(),
             user,
         }),
         Rotation::Refused => Err(AppError::Unauthenticated),

@@ -1,5 +1,7 @@
 //! Row structs, one per table, shared by both backends. Ids are newtypes
-//! and closed sets of values are enums, so a row says what it holds.
+//! and closed sets of values are enums, so a row says what it holds. Rows
+//! that hold a secret or a hash of one format it as `[redacted]` (see
+//! [`redacted`](super::redacted)).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -13,7 +15,7 @@ use crate::status::{
 };
 
 /// A row of `users`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = users)]
 pub struct User {
     /// Its id.
@@ -63,7 +65,7 @@ pub struct Plan {
 }
 
 /// A row of `regions`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = regions)]
 pub struct Region {
     /// Its id.
@@ -109,7 +111,7 @@ pub struct Subscription {
 }
 
 /// A row of `devices`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = devices)]
 pub struct Device {
     /// Its id.
@@ -133,7 +135,7 @@ pub struct Device {
 }
 
 /// A row of `outline_nodes`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = outline_nodes)]
 pub struct OutlineNode {
     /// Its id.
@@ -177,7 +179,7 @@ pub struct OutlineNode {
 }
 
 /// A row of `gateway_nodes`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = gateway_nodes)]
 pub struct GatewayNode {
     /// Its id.
@@ -257,7 +259,7 @@ pub struct UsageEntry {
 }
 
 /// A row of `refresh_tokens`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = refresh_tokens)]
 pub struct RefreshToken {
     /// Its id.

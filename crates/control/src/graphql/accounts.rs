@@ -60,8 +60,8 @@ pub struct AuthPayload {
 impl From<accounts::Tokens> for AuthPayload {
     fn from(t: accounts::Tokens) -> Self {
         AuthPayload {
-            access_token: t.access_token,
-            refresh_token: t.refresh_token,
+            access_token: t.access_token.expose().to_owned(),
+            refresh_token: t.refresh_token.expose().to_owned(),
             user: t.user.into(),
         }
     }
