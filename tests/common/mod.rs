@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use httvps_control::config::{SecretKey, Settings};
+use httvps_control::config::{SecretKey, Settings, ThrottleSettings};
 use httvps_control::db::{self, Db, Dsn};
 use httvps_control::http::{self, AppState};
 use tokio::sync::oneshot;
@@ -275,7 +275,15 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
         jwt_expire_minutes: 15,
         debug,
         gateway_url: Some("https://gw.test.example".to_owned()),
-        throttle: Default::default(),
+        // Every test client comes from 127.0.0.1: the per-source limits
+        // are the throttle tests' business (they set their own).
+        throttle: ThrottleSettings {
+            login_per_source: 100_000,
+            signup_per_source: 100_000,
+            refresh_per_source: 100_000,
+            unknown_tokens_per_source: 100_000,
+            ..ThrottleSettings::default()
+        },
     }
 }
 
