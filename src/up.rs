@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use httvps_control::accounts::{self, Role};
-use httvps_control::config::{SecretKey, Settings, validate_secret};
+use httvps_control::config::{Secret, SecretKey, Settings, validate_secret};
 use httvps_control::db::{self, Db, Dsn};
 use httvps_control::state::AppState;
 use httvps_control::{app, http};
@@ -22,7 +22,7 @@ pub struct UpReport {
     /// Settings the server runs with.
     pub settings: Settings,
     /// The first admin's email and password, when created by this start.
-    pub new_admin: Option<(String, String)>,
+    pub new_admin: Option<(String, Secret)>,
     /// The data directory.
     pub data_dir: PathBuf,
 }
@@ -51,6 +51,7 @@ pub async fn prepare_up(data_dir: &Path, port: u16) -> anyhow::Result<UpReport> 
         gateway_url: None,
         tls: None,
         enroll: None,
+        throttle: Default::default(),
     };
     db::migrate(&dsn).await.context("applying migrations")?;
     let db = Db::connect(&dsn, 1).context("opening the database")?;
@@ -64,7 +65,7 @@ pub async fn prepare_up(data_dir: &Path, port: u16) -> anyhow::Result<UpReport> 
         accounts::create_user(&db, UP_ADMIN_EMAIL, &password, Role::Admin)
             .await
             .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
-        Some((UP_ADMIN_EMAIL.to_owned(), password))
+        Some((UP_ADMIN_EMAIL.to_owned(), Secret::new(password)))
     };
     Ok(UpReport {
         settings,

@@ -578,13 +578,21 @@ async fn hourly_ledger_migration_sums_earlier_rows_into_hours() {
         .await
         .expect("connect");
     let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+    let later = harness
+        .revert_last_migration(db::PG_MIGRATIONS)
+        .expect("revert the token families");
+    assert_eq!(
+        later.to_string(),
+        "20261201000001",
+        "token families come after it"
+    );
     let last = harness
         .revert_last_migration(db::PG_MIGRATIONS)
         .expect("revert the hourly ledger");
     assert_eq!(
         last.to_string(),
         "20261127000002",
-        "the hourly ledger is the last migration"
+        "the hourly ledger is the migration before"
     );
     let mut conn: diesel_async::AsyncPgConnection = harness.into_inner();
     for q in [
@@ -596,7 +604,7 @@ async fn hourly_ledger_migration_sums_earlier_rows_into_hours() {
     ] {
         diesel::sql_query(q).execute(&mut conn).await.expect(q);
     }
-    assert_eq!(db::migrate(&t.dsn).await.expect("up again"), 1);
+    assert_eq!(db::migrate(&t.dsn).await.expect("up again"), 2);
     #[derive(QueryableByName, Debug, PartialEq)]
     struct Hour {
         #[diesel(sql_type = diesel::sql_types::Text)]

@@ -494,6 +494,7 @@ async fn websocket_auth_init_deadline_and_subscription_cap() {
     let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
     let r = ws_init(&mut ws, json!({"Authorization": "Bearer forged"})).await;
     assert_eq!(r["type"], "close", "{r}");
+    assert_eq!(r["code"], 4403, "graphql-transport-ws says 4403: {r}");
     // Anonymous sockets may connect but not subscribe.
     let mut ws = ws_connect(&server.base, "graphql-ws").await;
     assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
@@ -524,6 +525,289 @@ async fn websocket_auth_init_deadline_and_subscription_cap() {
     assert!(
         waited >= Duration::from_secs(9) && waited < Duration::from_secs(14),
         "{waited:?}"
+    );
+    server.stop().await;
+}
+
+fn ws_op(protocol: &str, id: &str, query: &str, variables: Value) -> Message {
+    let kind = if protocol == "graphql-ws" {
+        "start"
+    } else {
+        "subscribe"
+    };
+    Message::Text(
+        json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}})
+            .to_string()
+            .into(),
+    )
+}
+
+/// The first error code of a WebSocket answer, whichever protocol framed it.
+fn ws_code(r: &Value) -> Option<&str> {
+    let p = &r["payload"];
+    p[0]["extensions"]["code"]
+        .as_str()
+        .or_else(|| p["extensions"]["code"].as_str())
+        .or_else(|| p["errors"][0]["extensions"]["code"].as_str())
+}
+
+/// The limits of HTTP hold on both WebSocket protocols: aliases, depth, and
+/// a 500-alias login mutation is refused without running (the account's
+/// log-in allowance is untouched afterwards).
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_applies_the_http_limits_on_both_protocols() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let email = format!("ws-{}@example.com", uuid::Uuid::new_v4().simple());
+    accounts::create_user(&server.state.db, &email, PASSWORD, Role::User)
+        .await
+        .expect("user");
+    let aliases: Vec<String> = (0..300).map(|i| format!("a{i}: __typename")).collect();
+    let wide = format!("{{{}}}", aliases.join(" "));
+    let deep =
+        "{me{devices{edges{node{user{devices{edges{node{user{devices{edges{node{id}}}}}}}}}}}}}";
+    let logins: Vec<String> = (0..500)
+        .map(|i| format!("l{i}: login(email:$e,password:$p){{accessToken}}"))
+        .collect();
+    let mass_login = format!("mutation($e:String!,$p:String!){{{}}}", logins.join(" "));
+    assert!(mass_login.len() > 20_000 && mass_login.len() < 64 * 1024);
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = ws_connect(&server.base, protocol).await;
+        assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
+        ws.send(ws_op(protocol, "wide", &wide, json!({})))
+            .await
+            .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_str()),
+            (Some("error"), Some("wide")),
+            "{protocol}: {r}"
+        );
+        assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{protocol}: {r}");
+        assert!(r.to_string().contains("aliases"), "{r}");
+        ws.send(ws_op(protocol, "deep", deep, json!({})))
+            .await
+            .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{protocol}: {r}");
+        assert!(
+            r.to_string().to_lowercase().contains("nested"),
+            "{protocol}: {r}"
+        );
+        let r = ws_next(&mut ws).await;
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_str()),
+            (Some("complete"), Some("deep")),
+            "{r}"
+        );
+        let started = std::time::Instant::now();
+        ws.send(ws_op(
+            protocol,
+            "logins",
+            &mass_login,
+            json!({"e": email, "p": "wrong password"}),
+        ))
+        .await
+        .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{protocol}: {r}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // Still a working socket: a plain query runs.
+        ws.send(ws_op(protocol, "ok", "{__typename}", json!({})))
+            .await
+            .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(
+            r["payload"]["data"]["__typename"], "Query",
+            "{protocol}: {r}"
+        );
+    }
+    // None of the 1,000 logins ran: the account's allowance is whole.
+    let r = gql(
+        &server.base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+        json!({"e": email, "p": PASSWORD}),
+    )
+    .await;
+    assert!(r["data"]["login"]["accessToken"].is_string(), "{r}");
+    server.stop().await;
+}
+
+/// graphql-transport-ws: a subscribe reusing an id in use closes 4409.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_reused_subscription_id_closes_4409() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let user = token_for(&server.base, &server.state.db, Role::User).await;
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    let r = ws_init(&mut ws, json!({"Authorization": format!("Bearer {user}")})).await;
+    assert_eq!(r["type"], "connection_ack", "{r}");
+    for _ in 0..2 {
+        ws.send(ws_op(
+            "graphql-transport-ws",
+            "same",
+            "subscription{nodeEvents{nodeId}}",
+            json!({}),
+        ))
+        .await
+        .expect("send");
+    }
+    let r = ws_next(&mut ws).await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_u64()),
+        (Some("close"), Some(4409)),
+        "{r}"
+    );
+    server.stop().await;
+}
+
+/// A signed-in socket following `nodeEvents`, and the user's token.
+async fn live_socket(server: &TestServer, token: &str) -> Ws {
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    let r = ws_init(&mut ws, json!({"Authorization": format!("Bearer {token}")})).await;
+    assert_eq!(r["type"], "connection_ack", "{r}");
+    ws.send(ws_op(
+        "graphql-transport-ws",
+        "live",
+        "subscription{nodeEvents{nodeId}}",
+        json!({}),
+    ))
+    .await
+    .expect("send");
+    ws
+}
+
+/// Waits (at most 5 s) for the socket to close; returns the close code.
+async fn closes_within_5s(ws: &mut Ws) -> Value {
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), ws_next(ws))
+        .await
+        .expect("the socket ends within 5 s");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    r
+}
+
+/// Logging out, changing the password and being disabled each end the
+/// account's live sockets within 5 s (close 4403); other accounts' stay.
+async fn live_sockets_end_with_their_credential(server: &TestServer) {
+    let db = &server.state.db;
+    let admin = token_for(&server.base, db, Role::Admin).await;
+    let bystander = token_for(&server.base, db, Role::User).await;
+    let mut other = live_socket(server, &bystander).await;
+
+    let user = token_for(&server.base, db, Role::User).await;
+    let mut ws = live_socket(server, &user).await;
+    let r = gql(&server.base, Some(&user), "mutation{logout}", json!({})).await;
+    assert_eq!(r["data"]["logout"], true, "{r}");
+    let r = closes_within_5s(&mut ws).await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_u64()),
+        (Some("close"), Some(4403)),
+        "logout: {r}"
+    );
+
+    let user = token_for(&server.base, db, Role::User).await;
+    let mut ws = live_socket(server, &user).await;
+    let r = gql(
+        &server.base,
+        Some(&user),
+        "mutation($c:String!,$n:String!){changePassword(currentPassword:$c,newPassword:$n)}",
+        json!({"c": PASSWORD, "n": "another long password"}),
+    )
+    .await;
+    assert_eq!(r["data"]["changePassword"], true, "{r}");
+    let r = closes_within_5s(&mut ws).await;
+    assert_eq!(r["code"], 4403, "password change: {r}");
+
+    let user = token_for(&server.base, db, Role::User).await;
+    let me = gql(&server.base, Some(&user), "{me{id}}", json!({})).await;
+    let id = me["data"]["me"]["id"].as_str().expect("id").to_owned();
+    let mut ws = live_socket(server, &user).await;
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        "mutation($id:UUID!){setUserStatus(id:$id,status:DISABLED){status}}",
+        json!({"id": id}),
+    )
+    .await;
+    assert_eq!(r["data"]["setUserStatus"]["status"], "DISABLED", "{r}");
+    let r = closes_within_5s(&mut ws).await;
+    assert_eq!(r["code"], 4403, "disabled: {r}");
+
+    // The bystander's socket still works.
+    other
+        .send(ws_op(
+            "graphql-transport-ws",
+            "q",
+            "{__typename}",
+            json!({}),
+        ))
+        .await
+        .expect("send");
+    let r = ws_next(&mut other).await;
+    assert_eq!(r["payload"]["data"]["__typename"], "Query", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_sockets_end_with_their_credential_postgres() {
+    let t = TestDb::pg().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    live_sockets_end_with_their_credential(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_sockets_end_with_their_credential_sqlite() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    live_sockets_end_with_their_credential(&server).await;
+    server.stop().await;
+}
+
+/// A socket signed in with an access token closes 4403 when it expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_socket_ends_when_its_token_expires() {
+    use base64::Engine;
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let user = token_for(&server.base, &server.state.db, Role::User).await;
+    let payload = user.split('.').nth(1).expect("claims");
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64"),
+    )
+    .expect("json");
+    // The same account and log-in, with a 3-second lifetime.
+    let short = httvps_control::auth::jwt::JwtKeys::new(
+        &httvps_control::config::SecretKey::new(common::TEST_SECRET.into()),
+        jsonwebtoken::Algorithm::HS256,
+        3,
+    )
+    .issue_in_family(
+        httvps_control::auth::jwt::Audience::Access,
+        claims["sub"].as_str().expect("sub"),
+        claims["ver"].as_i64().expect("ver"),
+        claims["role"].as_str(),
+        3,
+        claims["fam"].as_str(),
+    )
+    .expect("jwt");
+    let started = std::time::Instant::now();
+    let mut ws = live_socket(&server, &short).await;
+    let r = tokio::time::timeout(Duration::from_secs(9), ws_next(&mut ws))
+        .await
+        .expect("closed in time");
+    assert_eq!(r["code"], 4403, "{r}");
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_secs(1) && lived < Duration::from_secs(8),
+        "{lived:?}"
     );
     server.stop().await;
 }

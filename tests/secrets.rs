@@ -1,8 +1,10 @@
-//! Secrets cannot leak by accident: every data-plane type that holds one
-//! (node keys, machine and device tokens, device JWTs) formats without it,
-//! with `{:?}`, `{:#?}` and, where the type has one, `{}`. (The gateway's
-//! cached route is checked beside it, in the crate; the relay's arguments
-//! in the binary.)
+//! Secrets cannot leak by accident: every type that holds one formats
+//! without it, with `{:?}`, `{:#?}` and, where the type has one, `{}`: in
+//! the data plane (node keys, machine and device tokens, device JWTs) and
+//! in the control plane (the signing secret, the database URL's password,
+//! password hashes, token hashes, pool and node keys, access and refresh
+//! tokens, the first admin's password). (The gateway's cached route is
+//! checked beside it, in the crate; the relay's arguments in the binary.)
 
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::{client, node};
@@ -104,4 +106,169 @@ fn the_wire_still_carries_them() {
     };
     let v = serde_json::to_value(&config).expect("json");
     assert_eq!(v["secret"], NODE_KEY, "the JSON is unchanged: {v}");
+}
+
+const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+const DB_PASSWORD: &str = "db-password-Kp3xQ9vL";
+const SIGNING_SECRET: &str = "signing-secret-0123456789-abcdefghijklmnop";
+const TOKEN_HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn assert_control_hidden(what: &str, shown: &[String]) {
+    assert_hidden(what, shown);
+    for s in shown {
+        for secret in [PASSWORD_HASH, DB_PASSWORD, SIGNING_SECRET, TOKEN_HASH] {
+            assert!(!s.contains(secret), "{what} shows a secret: {s}");
+        }
+    }
+}
+
+#[test]
+fn no_control_plane_type_holding_a_secret_formats_it() {
+    use httvps_control::config::{DbArgs, SecretKey, ServeArgs, Settings, ThrottleArgs};
+    use httvps_control::db::Dsn;
+    use httvps_control::db::models::{
+        Device, GatewayNode, OutlineNode, RefreshToken, Region, User,
+    };
+    use httvps_control::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, UserId};
+    use httvps_control::status::{DeviceStatus, Health, NodeStatus, Role, UserStatus};
+
+    let ts = chrono::Utc::now().naive_utc();
+    let dsn = format!("postgres://httvps:{DB_PASSWORD}@db.internal:5432/httvps");
+    let db = DbArgs {
+        db_dsn: Some(dsn.as_str().into()),
+        db_pool_size: 16,
+    };
+    assert_control_hidden("DbArgs", &debug(&db));
+    let serve = ServeArgs {
+        db: db.clone(),
+        secret_key: Some(SIGNING_SECRET.into()),
+        host: "127.0.0.1".into(),
+        port: "8000".into(),
+        jwt_algorithm: "HS256".into(),
+        jwt_expire_minutes: "15".into(),
+        gateway_url: None,
+        throttle: ThrottleArgs {
+            throttle_window_secs: 60,
+            login_per_account: 10,
+            login_per_source: 30,
+            signup_per_source: 10,
+            refresh_per_source: 60,
+            unknown_tokens_per_source: 30,
+            client_ip_header: None,
+        },
+    };
+    assert_control_hidden("ServeArgs", &debug(&serve));
+    let settings = Settings::from_args(&serve, false).expect("settings");
+    assert_control_hidden("Settings", &debug(&settings));
+    let report = httvps::up::UpReport {
+        settings: settings.clone(),
+        new_admin: Some(("admin@localhost".into(), DB_PASSWORD.into())),
+        data_dir: "data".into(),
+    };
+    assert_control_hidden("UpReport", &debug(&report));
+    assert_control_hidden("Dsn", &debug(&Dsn::parse(&dsn).expect("dsn")));
+    let key = SecretKey::new(SIGNING_SECRET.into());
+    assert_control_hidden("SecretKey", &debug(&key));
+    let jwt = httvps_control::auth::jwt::JwtKeys::new(&key, jsonwebtoken::Algorithm::HS256, 60);
+    assert_control_hidden("JwtKeys", &debug(&jwt));
+
+    let user = User {
+        id: UserId::random(),
+        email: "someone@example.com".into(),
+        password_hash: PASSWORD_HASH.into(),
+        role: Role::User,
+        status: UserStatus::Active,
+        token_version: 0,
+        created_at: ts,
+        updated_at: ts,
+    };
+    assert_control_hidden("User", &debug(&user));
+    let tokens = httvps_control::accounts::Tokens {
+        access_token: JWT.into(),
+        refresh_token: TOKEN.into(),
+        user: user.clone(),
+    };
+    assert_control_hidden("Tokens", &debug(&tokens));
+    let region = Region {
+        id: RegionId::random(),
+        code: "eu".into(),
+        name: "Europe".into(),
+        pool_method: "aes-256-gcm".into(),
+        pool_secret: NODE_KEY.into(),
+        created_at: ts,
+    };
+    assert_control_hidden("Region", &debug(&region));
+    let device = Device {
+        id: DeviceId::random(),
+        user_id: user.id,
+        name: "phone".into(),
+        platform: "android".into(),
+        status: DeviceStatus::Active,
+        token_hash: TOKEN_HASH.into(),
+        last_seen_at: None,
+        created_at: ts,
+        revoked_at: None,
+    };
+    assert_control_hidden("Device", &debug(&device));
+    let node = OutlineNode {
+        id: OutlineNodeId::random(),
+        region_id: region.id,
+        name: "n1".into(),
+        host: "10.0.0.1".into(),
+        port: 8388,
+        method: "aes-256-gcm".into(),
+        secret: NODE_KEY.into(),
+        uses_pool_key: true,
+        status: NodeStatus::Active,
+        health: Health::Up,
+        capacity: 100,
+        token_hash: TOKEN_HASH.into(),
+        last_heartbeat_at: None,
+        load: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        version: None,
+        created_at: ts,
+        updated_at: ts,
+    };
+    assert_control_hidden("OutlineNode", &debug(&node));
+    let gateway = GatewayNode {
+        id: GatewayNodeId::random(),
+        region_id: region.id,
+        name: "gw1".into(),
+        public_url: "https://gw1.example.com".into(),
+        token_hash: TOKEN_HASH.into(),
+        status: NodeStatus::Active,
+        health: Health::Up,
+        last_heartbeat_at: None,
+        open_tunnels: 0,
+        version: None,
+        created_at: ts,
+        updated_at: ts,
+    };
+    assert_control_hidden("GatewayNode", &debug(&gateway));
+    let refresh = RefreshToken {
+        id: "r1".into(),
+        user_id: user.id,
+        family_id: "f1".into(),
+        token_hash: TOKEN_HASH.into(),
+        expires_at: ts,
+        used_at: None,
+        revoked_at: None,
+        created_at: ts,
+    };
+    assert_control_hidden("RefreshToken", &debug(&refresh));
+    let new_node = httvps_control::nodes::NewOutlineNode {
+        region: "eu".into(),
+        name: "own".into(),
+        host: "10.0.0.2".into(),
+        port: 8388,
+        method: Some("aes-256-gcm".into()),
+        secret: Some(NODE_KEY.into()),
+        capacity: 10,
+    };
+    assert_control_hidden("NewOutlineNode", &debug(&new_node));
+    // What is not secret still shows, so the output stays useful.
+    assert!(format!("{user:?}").contains("someone@example.com"));
+    assert!(format!("{node:?}").contains("10.0.0.1"));
 }

@@ -236,7 +236,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             if let Some((email, password)) = &report.new_admin {
                 println!(
-                    "first admin created (shown once, keep it):\n  email:    {email}\n  password: {password}"
+                    "first admin created (shown once, keep it):\n  email:    {email}\n  password: {}",
+                    password.expose()
                 );
             }
             httvps::up::run_up(report, gateway_port, httvps::shutdown_signal(), |addr, plane| {

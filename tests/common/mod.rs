@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use httvps_control::config::{SecretKey, Settings};
+use httvps_control::config::{SecretKey, Settings, ThrottleSettings};
 use httvps_control::db::{self, Db, Dsn};
 use httvps_control::http::{self, AppState};
 use tokio::sync::oneshot;
@@ -279,6 +279,15 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
         gateway_url: Some("https://gw.test.example".to_owned()),
         tls: None,
         enroll: None,
+        // Every test client comes from 127.0.0.1: the per-source limits
+        // are the throttle tests' business (they set their own).
+        throttle: ThrottleSettings {
+            login_per_source: 100_000,
+            signup_per_source: 100_000,
+            refresh_per_source: 100_000,
+            unknown_tokens_per_source: 100_000,
+            ..ThrottleSettings::default()
+        },
     }
 }
 
@@ -300,7 +309,12 @@ impl TestServer {
 
     /// Like [`TestServer::start`] on a given address (to restart on the same port).
     pub async fn start_at(dsn: Dsn, debug: bool, addr: SocketAddr) -> Self {
-        let state = httvps_control::app::prepare(&settings(dsn, debug))
+        Self::start_with(settings(dsn, debug), addr).await
+    }
+
+    /// Like [`TestServer::start_at`] with the given settings.
+    pub async fn start_with(settings: Settings, addr: SocketAddr) -> Self {
+        let state = httvps_control::app::prepare(&settings)
             .await
             .expect("prepare");
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");

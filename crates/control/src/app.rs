@@ -38,6 +38,7 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         settings.gateway_url.clone(),
         settings.enroll.clone(),
         settings.debug,
+        settings.throttle.clone(),
     ))
 }
 

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+pub use httvps_wire::Secret;
 pub use jsonwebtoken::Algorithm;
 
 pub use crate::auth::SecretKey;
@@ -13,6 +14,7 @@ use crate::auth::jwt::{ALLOWED_ALGORITHMS, parse_algorithm};
 use crate::db::Dsn;
 use crate::https::TlsFiles;
 use crate::nodes::enrollment::{EnrollTarget, pin_of_chain_end};
+pub use crate::throttle::ThrottleSettings;
 
 /// The example secret in `.env.example`; refused at start.
 pub const EXAMPLE_SECRET: &str = "replace-me-with-at-least-32-random-bytes-0000";
@@ -24,7 +26,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub struct DbArgs {
     /// Database URL: postgres://user@host:5432/db or sqlite://path/to/file.db.
     #[arg(long = "db-dsn", env = "BACKEND_DB_DSN", hide_env_values = true)]
-    pub db_dsn: Option<String>,
+    pub db_dsn: Option<Secret>,
     /// Most connections the pool opens to PostgreSQL.
     #[arg(long, env = "BACKEND_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
@@ -35,7 +37,8 @@ impl DbArgs {
     pub fn dsn(&self) -> Result<Dsn, ConfigError> {
         let raw = self
             .db_dsn
-            .as_deref()
+            .as_ref()
+            .map(Secret::expose)
             .ok_or(ConfigError::new("BACKEND_DB_DSN", "is missing"))?;
         Dsn::parse(raw).map_err(|why| ConfigError::new("BACKEND_DB_DSN", why))
     }
@@ -61,7 +64,7 @@ pub struct ServeArgs {
     pub db: DbArgs,
     /// Secret for signing tokens: at least 32 bytes, not the example value.
     #[arg(long, env = "BACKEND_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
+    pub secret_key: Option<Secret>,
     /// Address to listen on.
     #[arg(long, env = "BACKEND_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -95,6 +98,81 @@ pub struct ServeArgs {
     /// --tls-cert for an https:// --public-url.
     #[arg(long, env = "BACKEND_ENROLL_PIN")]
     pub enroll_pin: Option<String>,
+    /// Throttles on guessing and flooding.
+    #[command(flatten)]
+    pub throttle: ThrottleArgs,
+}
+
+/// Flags of the throttles on guessing and flooding.
+#[derive(Debug, Clone, Args)]
+pub struct ThrottleArgs {
+    /// Window every allowance refills over, in seconds (1 to 86400).
+    #[arg(long, env = "BACKEND_THROTTLE_WINDOW_SECS", default_value_t = 60)]
+    pub throttle_window_secs: u64,
+    /// Log-in attempts per account and window, from anywhere.
+    #[arg(long, env = "BACKEND_LOGIN_PER_ACCOUNT", default_value_t = 10)]
+    pub login_per_account: u32,
+    /// Log-in attempts per source address and window, for any account.
+    #[arg(long, env = "BACKEND_LOGIN_PER_SOURCE", default_value_t = 30)]
+    pub login_per_source: u32,
+    /// Sign-ups per source address and window.
+    #[arg(long, env = "BACKEND_SIGNUP_PER_SOURCE", default_value_t = 10)]
+    pub signup_per_source: u32,
+    /// Refresh-token exchanges per source address and window.
+    #[arg(long, env = "BACKEND_REFRESH_PER_SOURCE", default_value_t = 60)]
+    pub refresh_per_source: u32,
+    /// Unknown or invalid credentials at /api/v1 (machine tokens, device
+    /// tokens and JWTs) per source address and window.
+    #[arg(long, env = "BACKEND_UNKNOWN_TOKENS_PER_SOURCE", default_value_t = 30)]
+    pub unknown_tokens_per_source: u32,
+    /// Header a trusted reverse proxy sets to the client's address (such as
+    /// X-Forwarded-For; its last address counts). Empty: the socket's
+    /// address. Set it only when every request comes through that proxy.
+    #[arg(long, env = "BACKEND_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+}
+
+impl ThrottleArgs {
+    /// The validated settings.
+    pub fn settings(&self) -> Result<ThrottleSettings, ConfigError> {
+        fn positive(var: &'static str, n: u32) -> Result<u32, ConfigError> {
+            if (1..=1_000_000).contains(&n) {
+                Ok(n)
+            } else {
+                Err(ConfigError::new(var, "must be from 1 to 1000000"))
+            }
+        }
+        if !(1..=86_400).contains(&self.throttle_window_secs) {
+            return Err(ConfigError::new(
+                "BACKEND_THROTTLE_WINDOW_SECS",
+                "must be from 1 to 86400 seconds",
+            ));
+        }
+        let client_ip_header = match self
+            .client_ip_header
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+        {
+            None => None,
+            Some(h) => Some(axum::http::HeaderName::try_from(h).map_err(|_| {
+                ConfigError::new("BACKEND_CLIENT_IP_HEADER", "must be a header name")
+            })?),
+        };
+        Ok(ThrottleSettings {
+            window: std::time::Duration::from_secs(self.throttle_window_secs),
+            login_per_account: positive("BACKEND_LOGIN_PER_ACCOUNT", self.login_per_account)?,
+            login_per_source: positive("BACKEND_LOGIN_PER_SOURCE", self.login_per_source)?,
+            signup_per_source: positive("BACKEND_SIGNUP_PER_SOURCE", self.signup_per_source)?,
+            refresh_per_source: positive("BACKEND_REFRESH_PER_SOURCE", self.refresh_per_source)?,
+            unknown_tokens_per_source: positive(
+                "BACKEND_UNKNOWN_TOKENS_PER_SOURCE",
+                self.unknown_tokens_per_source,
+            )?,
+            client_ip_header,
+            ..ThrottleSettings::default()
+        })
+    }
 }
 
 /// A configuration error that names the variable at fault.
@@ -142,6 +220,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// Where enrollment strings send machines; `None`: no strings.
     pub enroll: Option<EnrollTarget>,
+    /// Throttles on guessing and flooding.
+    pub throttle: ThrottleSettings,
 }
 
 /// Checks a secret key: present, long enough, not the example.
@@ -171,7 +251,7 @@ impl Settings {
     pub fn from_args(args: &ServeArgs, debug: bool) -> Result<Self, ConfigError> {
         let dsn = args.db.dsn()?;
         let pool_size = args.db.pool_size()?;
-        let secret = validate_secret(args.secret_key.as_deref())?;
+        let secret = validate_secret(args.secret_key.as_ref().map(Secret::expose))?;
         let host: IpAddr = args.host.trim().parse().map_err(|_| {
             ConfigError::new(
                 "BACKEND_HOST",
@@ -290,6 +370,7 @@ impl Settings {
             gateway_url,
             tls,
             enroll,
+            throttle: args.throttle.settings()?,
         })
     }
 }

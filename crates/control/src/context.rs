@@ -2,6 +2,8 @@
 //! events, keys, caches), and who is calling: the signed-in [`Viewer`]
 //! resolved from an access JWT, or a device on the live socket.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, header};
 
 use crate::accounts;
@@ -12,6 +14,7 @@ use crate::error::AppError;
 use crate::ids::{DeviceId, UserId};
 use crate::nodes::MachineCache;
 use crate::status::{Role, UserStatus};
+use crate::throttle::Throttles;
 
 /// What handlers need, shared by every request.
 #[derive(Clone)]
@@ -27,6 +30,8 @@ pub struct AppContext {
     /// Where enrollment strings send machines (`BACKEND_PUBLIC_URL`); none:
     /// registrations return no string.
     pub enroll: Option<crate::nodes::enrollment::EnrollTarget>,
+    /// Allowances against guessing and flooding.
+    pub throttles: Arc<Throttles>,
 }
 
 /// Who is calling: resolved once per request from the access token.
@@ -77,18 +82,28 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
         .ok_or(AppError::Unauthenticated)
 }
 
-/// Checks an access JWT and the user behind it (active, token version current).
+/// Checks an access JWT and the user behind it (active, token version
+/// current, the refresh-token family it was issued in not revoked).
 pub async fn viewer_from_token(api: &AppContext, token: &str) -> Result<Viewer, AppError> {
+    viewer_until(api, token).await.map(|(viewer, _)| viewer)
+}
+
+/// [`viewer_from_token`], with the token's expiry (seconds since the epoch).
+pub async fn viewer_until(api: &AppContext, token: &str) -> Result<(Viewer, i64), AppError> {
     let claims = api.jwt.verify(Audience::Access, token)?;
     let id: UserId = claims.sub.parse().map_err(|_| AppError::Unauthenticated)?;
-    let user = accounts::find_user(&api.db, id)
+    let family = claims.fam.as_deref().ok_or(AppError::Unauthenticated)?;
+    let user = accounts::signed_in_user(&api.db, id, family)
         .await?
         .ok_or(AppError::Unauthenticated)?;
     if user.status != UserStatus::Active || user.token_version != claims.ver {
         return Err(AppError::Unauthenticated);
     }
-    Ok(Viewer {
-        user_id: user.id,
-        role: user.role,
-    })
+    Ok((
+        Viewer {
+            user_id: user.id,
+            role: user.role,
+        },
+        claims.exp,
+    ))
 }

@@ -29,6 +29,13 @@ pub enum AppError {
     /// A limit of the plan or of the service is reached.
     #[error("{0}")]
     LimitExceeded(String),
+    /// Too many attempts from this source or for this account: retry after
+    /// the given number of seconds.
+    #[error("too many attempts: retry in {retry_after_secs} s")]
+    Throttled {
+        /// Seconds until an attempt is allowed again.
+        retry_after_secs: u64,
+    },
     /// The database (or another dependency) cannot serve now: an outage.
     #[error("{0}")]
     Unavailable(String),
@@ -53,7 +60,7 @@ impl AppError {
             AppError::Forbidden => "FORBIDDEN",
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::Conflict(_) => "CONFLICT",
-            AppError::LimitExceeded(_) => "LIMIT_EXCEEDED",
+            AppError::LimitExceeded(_) | AppError::Throttled { .. } => "LIMIT_EXCEEDED",
             AppError::Unavailable(_) => httvps_wire::Unavailable::DatabaseUnavailable.code(),
             AppError::NoNode(_) => httvps_wire::Unavailable::NoNodeAvailable.code(),
             AppError::DeviceRefused(_) => "DEVICE_REFUSED",
@@ -70,6 +77,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::LimitExceeded(_) => StatusCode::CONFLICT,
+            AppError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) | AppError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::DeviceRefused(_) => StatusCode::FORBIDDEN,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,6 +118,9 @@ impl AppError {
             ext.set("code", self.code());
             if let Some(id) = &request_id {
                 ext.set("requestId", id.as_str());
+            }
+            if let AppError::Throttled { retry_after_secs } = &self {
+                ext.set("retryAfter", *retry_after_secs);
             }
         });
         err
@@ -185,7 +196,14 @@ impl IntoResponse for AppError {
                 request_id,
             },
         };
-        (self.status(), axum::Json(body)).into_response()
+        let mut res = (self.status(), axum::Json(body)).into_response();
+        if let AppError::Throttled { retry_after_secs } = &self {
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after_secs),
+            );
+        }
+        res
     }
 }
 

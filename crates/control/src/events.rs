@@ -33,6 +33,18 @@ pub const QUOTA_CHANNEL: &str = "httvps_quota_events";
 
 /// The NOTIFY channel of device changes (owners' live views).
 pub const DEVICE_CHANNEL: &str = "httvps_device_events";
+/// The NOTIFY channel of account events.
+pub const ACCOUNT_CHANNEL: &str = "httvps_account_events";
+
+/// An account's sign-in credentials changed (log-out, password or role
+/// change, a refresh family revoked, enabled or disabled): live sockets
+/// signed in as it check their token again. Not sent to gateways (tunnels
+/// do not depend on these).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccountEvent {
+    /// The account.
+    pub user_id: String,
+}
 
 /// What happened to a node.
 #[derive(
@@ -138,6 +150,7 @@ pub struct Outbox {
     session: Vec<SessionEvent>,
     quota: Vec<QuotaEvent>,
     device: Vec<DeviceChange>,
+    account: Vec<AccountEvent>,
 }
 
 impl Outbox {
@@ -168,10 +181,18 @@ impl Outbox {
         self.device.push(change);
     }
 
+    /// `user`'s sign-in credentials changed.
+    pub fn account(&mut self, user: UserId) {
+        self.account.push(AccountEvent {
+            user_id: user.to_string(),
+        });
+    }
+
     /// Whether nothing was put in.
     pub fn is_empty(&self) -> bool {
         self.node.is_empty()
             && self.access.is_empty()
+            && self.account.is_empty()
             && self.session.is_empty()
             && self.quota.is_empty()
             && self.device.is_empty()
@@ -212,7 +233,12 @@ impl Outbox {
             .device
             .iter()
             .map(|e| (DEVICE_CHANNEL, serde_json::to_string(e)));
+        let account = self
+            .account
+            .iter()
+            .map(|e| (ACCOUNT_CHANNEL, serde_json::to_string(e)));
         node.chain(access)
+            .chain(account)
             .chain(session)
             .chain(quota)
             .chain(device)
@@ -235,6 +261,7 @@ pub struct Events {
     session_tx: broadcast::Sender<SessionEvent>,
     quota_tx: broadcast::Sender<QuotaEvent>,
     device_tx: broadcast::Sender<DeviceChange>,
+    account_tx: broadcast::Sender<AccountEvent>,
 }
 
 impl Default for Events {
@@ -251,9 +278,11 @@ impl Events {
         let (session_tx, _) = broadcast::channel(1024);
         let (quota_tx, _) = broadcast::channel(256);
         let (device_tx, _) = broadcast::channel(256);
+        let (account_tx, _) = broadcast::channel(1024);
         Events {
             tx,
             access_tx,
+            account_tx,
             session_tx,
             quota_tx,
             device_tx,
@@ -286,6 +315,12 @@ impl Events {
         self.device_tx.subscribe()
     }
 
+    /// Receives every account event from now on (a slow receiver learns it
+    /// lagged, which live sockets treat as an event).
+    pub fn subscribe_accounts(&self) -> broadcast::Receiver<AccountEvent> {
+        self.account_tx.subscribe()
+    }
+
     /// Hands a committed transaction's events to this process's subscribers
     /// (SQLite; on PostgreSQL the listener does it for every replica).
     pub fn deliver(&self, outbox: Outbox) {
@@ -303,6 +338,9 @@ impl Events {
         }
         for e in outbox.device {
             let _ = self.device_tx.send(e);
+        }
+        for e in outbox.account {
+            let _ = self.account_tx.send(e);
         }
     }
 
@@ -334,7 +372,7 @@ impl Events {
             Err(e) => return tracing::warn!(error = %e, "event listener cannot connect"),
         };
         let listen = format!(
-            "LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}; LISTEN {SESSION_CHANNEL}; LISTEN {QUOTA_CHANNEL}; LISTEN {DEVICE_CHANNEL}"
+            "LISTEN {CHANNEL}; LISTEN {ACCESS_CHANNEL}; LISTEN {ACCOUNT_CHANNEL}; LISTEN {SESSION_CHANNEL}; LISTEN {QUOTA_CHANNEL}; LISTEN {DEVICE_CHANNEL}"
         );
         if let Err(e) = conn.batch_execute(&listen).await {
             return tracing::warn!(error = %e, "LISTEN failed");
@@ -349,6 +387,7 @@ impl Events {
                 Err(e) => return tracing::warn!(error = %e, "event listener"),
             };
             match n.channel.as_str() {
+                ACCOUNT_CHANNEL => forward(&self.account_tx, &n.payload),
                 ACCESS_CHANNEL => forward(&self.access_tx, &n.payload),
                 SESSION_CHANNEL => forward(&self.session_tx, &n.payload),
                 QUOTA_CHANNEL => forward(&self.quota_tx, &n.payload),

@@ -2,14 +2,16 @@
 //! WebSocket) and GraphiQL.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
-use axum::extract::{DefaultBodyLimit, Query as QueryParams, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query as QueryParams, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -19,6 +21,7 @@ use crate::graphql::check_aliases;
 use crate::graphql::loaders::{BATCH_DELAY, DbLoader};
 use crate::metrics;
 pub use crate::state::AppState;
+use crate::throttle::ClientAddr;
 
 /// Largest request body accepted anywhere (GraphQL and REST), in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -30,9 +33,18 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(prometheus))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
-        .merge(super::rest::routes());
+        .merge(
+            super::rest::routes().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                throttle_guessers,
+            )),
+        );
     app = app.merge(super::console::routes(state.debug));
     app.fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client_addr,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
@@ -41,6 +53,37 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(close_after_unread_body))
         .with_state(state)
+}
+
+/// Notes where the request comes from (the socket, or the trusted proxy
+/// header when one is configured), for the throttles.
+async fn client_addr(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let socket = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let addr = ClientAddr::of(&state.api.throttles.settings, req.headers(), socket);
+    req.extensions_mut().insert(addr);
+    next.run(req).await
+}
+
+/// On `/api/v1`: a source that presented too many unknown or invalid
+/// credentials is refused (429) before its credential is looked up, and
+/// every 401 counts against its allowance.
+async fn throttle_guessers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let from = req
+        .extensions()
+        .get::<ClientAddr>()
+        .copied()
+        .unwrap_or(ClientAddr(None));
+    if let Err(e) = state.api.throttles.guesser(from) {
+        return e.into_response();
+    }
+    let res = next.run(req).await;
+    if res.status() == StatusCode::UNAUTHORIZED {
+        state.api.throttles.unknown_credential(from);
+    }
+    res
 }
 
 /// A 413 leaves the request body unread, so the connection cannot carry
@@ -65,8 +108,7 @@ pub async fn serve<L>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let closing = state.closing.clone();
     let mut applier = AbortOnDrop(tokio::spawn({
@@ -74,12 +116,15 @@ where
         let stop = state.closing.subscribe();
         async move { usage.run(db, stop).await }
     }));
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing.send_replace(true);
-        })
-        .await;
+    let served = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        closing.send_replace(true);
+    })
+    .await;
     // The applier applies what was stored, then stops; what it cannot apply
     // in time waits in the inbox for the next start.
     if tokio::time::timeout(Duration::from_secs(5), &mut applier.0)
@@ -157,6 +202,7 @@ fn graphql_error(err: AppError) -> Response {
 async fn execute(
     state: &AppState,
     headers: &HeaderMap,
+    from: ClientAddr,
     request: async_graphql::Request,
 ) -> Response {
     if let Err(e) = check_aliases(&request.query) {
@@ -167,7 +213,7 @@ async fn execute(
         Err(e) => return graphql_error(e),
     };
     let loader = DataLoader::new(DbLoader::new(state.db.clone()), tokio::spawn).delay(BATCH_DELAY);
-    let mut request = request.data(loader);
+    let mut request = request.data(loader).data(from);
     if let Some(v) = viewer {
         request = request.data(v);
     }
@@ -184,7 +230,12 @@ async fn execute(
 }
 
 /// `POST /graphql`: JSON only; one operation per request (no batching).
-async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn graphql_post(
+    State(state): State<AppState>,
+    from: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -205,7 +256,8 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
         }
         Err(e) => return graphql_error(AppError::bad(format!("malformed GraphQL request: {e}"))),
     };
-    execute(&state, &headers, request).await
+    let from = from.map_or(ClientAddr(None), |Extension(a)| a);
+    execute(&state, &headers, from, request).await
 }
 
 #[derive(serde::Deserialize)]
@@ -219,6 +271,7 @@ struct GetParams {
 /// `GET /graphql`: queries only; mutations must be POSTed.
 async fn graphql_get(
     State(state): State<AppState>,
+    from: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     params: Result<QueryParams<GetParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -240,7 +293,8 @@ async fn graphql_get(
             Err(_) => return graphql_error(AppError::bad("variables must be a JSON object")),
         }
     }
-    execute(&state, &headers, request).await
+    let from = from.map_or(ClientAddr(None), |Extension(a)| a);
+    execute(&state, &headers, from, request).await
 }
 
 /// Whether every operation that could run is a query. Unparseable documents
@@ -265,6 +319,7 @@ fn is_query_only(query: &str, operation_name: Option<&str>) -> bool {
 /// legacy `graphql-ws`.
 async fn graphql_ws(
     State(state): State<AppState>,
+    from: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
@@ -281,6 +336,13 @@ async fn graphql_ws(
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| {
-            super::graphql::ws::serve(state.schema.clone(), state.api.clone(), socket, protocol)
+            let from = from.map_or(ClientAddr(None), |Extension(a)| a);
+            super::graphql::ws::serve(
+                state.schema.clone(),
+                state.api.clone(),
+                socket,
+                protocol,
+                from,
+            )
         })
 }

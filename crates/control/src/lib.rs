@@ -9,7 +9,8 @@
 //! - Foundations: [`config`] (typed settings), [`events`] (node and access
 //!   events; the per-transaction outbox), [`db`] (pools, schema, rows,
 //!   migrations, `db_run!`/`db_tx!`, per-dialect statements), [`auth`]
-//!   (passwords, opaque tokens, JWTs), [`validate`] (input checks),
+//!   (passwords, opaque tokens, JWTs), [`throttle`] (guessing and flooding
+//!   allowances per account and source), [`validate`] (input checks),
 //!   [`pagination`], [`audit`].
 //! - Use cases, one module per capability, called by GraphQL, REST and the
 //!   CLI alike; each owns its rules and publishes the events its changes
@@ -52,5 +53,6 @@ pub mod site_settings;
 pub mod state;
 pub mod status;
 pub mod subscriptions;
+pub mod throttle;
 pub mod usage_accounting;
 pub mod validate;

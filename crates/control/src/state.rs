@@ -9,6 +9,7 @@ use crate::db::Db;
 use crate::graphql::{ApiSchema, build_schema};
 use crate::metrics::{Live, Metrics};
 use crate::nodes::enrollment::EnrollTarget;
+use crate::throttle::{ThrottleSettings, Throttles};
 use crate::usage_accounting::Applier;
 
 /// Everything a request handler needs, built once at start-up.
@@ -39,6 +40,7 @@ impl AppState {
         gateway_url: Option<String>,
         enroll: Option<EnrollTarget>,
         debug: bool,
+        throttle: ThrottleSettings,
     ) -> Self {
         let api = AppContext {
             db: db.clone(),
@@ -46,6 +48,7 @@ impl AppState {
             gateway_url,
             machines: Default::default(),
             enroll,
+            throttles: Arc::new(Throttles::new(throttle)),
         };
         let schema = build_schema(api.clone(), debug);
         let usage = Arc::new(Applier::default());

@@ -11,13 +11,15 @@ use super::{audit, auth};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{User, now};
-use crate::db::schema::{audit_log, refresh_tokens, users};
+use crate::db::schema::{audit_log, refresh_tokens, token_families, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::ids::UserId;
 pub use crate::status::{Role, UserStatus};
 use crate::{db_run, db_tx, paginate};
-pub use tokens::{REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh};
+pub use tokens::{
+    REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh, signed_in_user,
+};
 
 /// Normalises and checks an email address.
 pub fn normalize_email(raw: &str) -> AppResult<String> {
@@ -175,12 +177,14 @@ pub async fn set_status(
             .await
             .optional()?
             .ok_or(AppError::NotFound("user"))?;
+        outbox.account(user_id);
         if status == UserStatus::Disabled {
             diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
                 .filter(refresh_tokens::revoked_at.is_null())
                 .set(refresh_tokens::revoked_at.eq(ts))
                 .execute(conn)
                 .await?;
+            tokens::revoke_families!(conn, user_id, ts);
             outbox.access(AccessChange::UserDisabled, Some(user_id));
         }
         diesel::insert_into(audit_log::table)
@@ -258,7 +262,8 @@ pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> Ap
         Some(&user_id.to_string()),
         serde_json::json!({"role": role.as_str()}),
     );
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
+        outbox.account(user_id);
         let user: User = diesel::update(users::table.find(user_id))
             .set((
                 users::role.eq(role),

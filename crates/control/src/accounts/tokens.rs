@@ -1,7 +1,11 @@
 //! Signing in and out: access JWTs, rotating refresh tokens in families
 //! (reuse revokes the family), log-out everywhere and password changes.
-//! None of these touch tunnels (devices hold their own tokens), so they
-//! publish no access event.
+//! Every access token names its family (`fam`) and carries the user's token
+//! version (`ver`); [`signed_in_user`] checks both on use, so revoking a
+//! family, logging out or changing the password ends the access tokens
+//! issued before at once. None of these touch tunnels (devices hold their
+//! own tokens), so they publish no access event; revoking publishes an
+//! account event, so live sockets signed in with those tokens end.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -10,12 +14,26 @@ use super::authenticate;
 use crate::auth::jwt::{Audience, JwtKeys};
 use crate::auth::{self, check_password_policy};
 use crate::db::Db;
-use crate::db::models::{RefreshToken, User, new_id, now};
-use crate::db::schema::{refresh_tokens, users};
+use crate::db::models::{RefreshToken, TokenFamily, User, new_id, now};
+use crate::db::schema::{refresh_tokens, token_families, users};
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::status::UserStatus;
 use crate::{db_run, db_tx};
+use httvps_wire::Secret;
+
+/// Revokes every live refresh-token family of a user inside a transaction
+/// (a macro: the body is expanded once per backend's connection type).
+macro_rules! revoke_families {
+    ($conn:expr, $user_id:expr, $ts:expr) => {
+        diesel::update(token_families::table.filter(token_families::user_id.eq($user_id)))
+            .filter(token_families::revoked_at.is_null())
+            .set(token_families::revoked_at.eq($ts))
+            .execute($conn)
+            .await?
+    };
+}
+pub(crate) use revoke_families;
 
 /// Lifetime of a refresh token.
 pub const REFRESH_TTL_DAYS: i64 = 30;
@@ -24,22 +42,46 @@ pub const REFRESH_TTL_DAYS: i64 = 30;
 #[derive(Debug)]
 pub struct Tokens {
     /// Short-lived access JWT.
-    pub access_token: String,
+    pub access_token: Secret,
     /// Single-use opaque refresh token.
-    pub refresh_token: String,
+    pub refresh_token: Secret,
     /// The user.
     pub user: User,
 }
 
-/// Issues an access token for `user`.
-pub fn access_token(jwt: &JwtKeys, user: &User) -> AppResult<String> {
-    jwt.issue(
+/// Issues an access token for `user` in refresh-token family `family`.
+pub fn access_token(jwt: &JwtKeys, user: &User, family: &str) -> AppResult<String> {
+    jwt.issue_in_family(
         Audience::Access,
         &user.id.to_string(),
         user.token_version,
         Some(user.role.as_str()),
         jwt.access_ttl_secs,
+        Some(family),
     )
+}
+
+/// The user an access token's claims stand for, if the account exists and
+/// the token's family is still live (one query: the user and its family).
+/// The caller compares the status and token version.
+pub async fn signed_in_user(db: &Db, user_id: UserId, family: &str) -> AppResult<Option<User>> {
+    let found: Option<(User, bool)> = db_run!(db, |conn| {
+        users::table
+            .find(user_id)
+            .select((
+                User::as_select(),
+                diesel::dsl::exists(
+                    token_families::table
+                        .filter(token_families::id.eq(family))
+                        .filter(token_families::user_id.eq(user_id))
+                        .filter(token_families::revoked_at.is_null()),
+                ),
+            ))
+            .first(conn)
+            .await
+            .optional()?
+    });
+    Ok(found.and_then(|(user, live)| live.then_some(user)))
 }
 
 fn new_refresh_row(user_id: UserId, family_id: &str) -> (String, RefreshToken) {
@@ -61,20 +103,33 @@ fn new_refresh_row(user_id: UserId, family_id: &str) -> (String, RefreshToken) {
 /// Checks credentials and starts a new refresh-token family.
 pub async fn login(db: &Db, jwt: &JwtKeys, email: &str, password: &str) -> AppResult<Tokens> {
     let user = authenticate(db, email, password).await?;
-    let (refresh_token, row) = new_refresh_row(user.id, &new_id());
-    db_run!(db, |conn| diesel::insert_into(refresh_tokens::table)
-        .values(&row)
-        .execute(conn)
-        .await?);
+    let family = TokenFamily {
+        id: new_id(),
+        user_id: user.id,
+        revoked_at: None,
+        created_at: now(),
+    };
+    let (refresh_token, row) = new_refresh_row(user.id, &family.id);
+    db_tx!(db, |conn, _| {
+        diesel::insert_into(token_families::table)
+            .values(&family)
+            .execute(conn)
+            .await?;
+        diesel::insert_into(refresh_tokens::table)
+            .values(&row)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(())
+    })?;
     Ok(Tokens {
-        access_token: access_token(jwt, &user)?,
-        refresh_token,
+        access_token: access_token(jwt, &user, &family.id)?.into(),
+        refresh_token: refresh_token.into(),
         user,
     })
 }
 
 enum Rotation {
-    Rotated(String, User),
+    Rotated(String, User, String),
     Refused,
 }
 
@@ -85,7 +140,7 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
         return Err(AppError::Unauthenticated);
     }
     let hash = auth::hash_token(token);
-    let outcome = db_tx!(db, |conn, _| {
+    let outcome = db_tx!(db, |conn, outbox| {
         let ts = now();
         let found: Option<RefreshToken> = refresh_tokens::table
             .filter(refresh_tokens::token_hash.eq(&hash))
@@ -111,6 +166,13 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
             .set(refresh_tokens::revoked_at.eq(ts))
             .execute(conn)
             .await?;
+            // The access tokens issued in the family die with it.
+            diesel::update(token_families::table.find(&found.family_id))
+                .filter(token_families::revoked_at.is_null())
+                .set(token_families::revoked_at.eq(ts))
+                .execute(conn)
+                .await?;
+            outbox.account(found.user_id);
             tracing::warn!(user.id = %found.user_id, "refresh token reused: family revoked");
             return Ok(Rotation::Refused);
         }
@@ -130,12 +192,12 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
             .values(&row)
             .execute(conn)
             .await?;
-        Ok(Rotation::Rotated(token, user))
+        Ok(Rotation::Rotated(token, user, found.family_id))
     })?;
     match outcome {
-        Rotation::Rotated(refresh_token, user) => Ok(Tokens {
-            access_token: access_token(jwt, &user)?,
-            refresh_token,
+        Rotation::Rotated(refresh_token, user, family) => Ok(Tokens {
+            access_token: access_token(jwt, &user, &family)?.into(),
+            refresh_token: refresh_token.into(),
             user,
         }),
         Rotation::Refused => Err(AppError::Unauthenticated),
@@ -145,13 +207,15 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
 /// Logs the user out everywhere: revokes every refresh token and makes
 /// every access token issued so far invalid.
 pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
+        outbox.account(user_id);
         let ts = now();
         diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
             .filter(refresh_tokens::revoked_at.is_null())
             .set(refresh_tokens::revoked_at.eq(ts))
             .execute(conn)
             .await?;
+        revoke_families!(conn, user_id, ts);
         diesel::update(users::table.find(user_id))
             .set((
                 users::token_version.eq(users::token_version + 1),
@@ -174,7 +238,8 @@ pub async fn change_password(db: &Db, user_id: UserId, current: &str, new: &str)
         return Err(AppError::bad("current password is wrong"));
     }
     let hash = auth::hash_password(new.to_owned()).await?;
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
+        outbox.account(user_id);
         let ts = now();
         diesel::update(users::table.find(user_id))
             .set((
@@ -189,6 +254,7 @@ pub async fn change_password(db: &Db, user_id: UserId, current: &str, new: &str)
             .set(refresh_tokens::revoked_at.eq(ts))
             .execute(conn)
             .await?;
+        revoke_families!(conn, user_id, ts);
         Ok::<_, AppError>(())
     })
 }

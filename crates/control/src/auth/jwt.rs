@@ -51,6 +51,10 @@ pub struct Claims {
     /// Role at issue time (access tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The refresh-token family an access token was issued in: revoking the
+    /// family invalidates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fam: Option<String>,
 }
 
 /// The key and algorithm used to sign and check tokens.
@@ -104,6 +108,20 @@ impl JwtKeys {
         role: Option<&str>,
         ttl_secs: i64,
     ) -> AppResult<String> {
+        self.issue_in_family(aud, sub, ver, role, ttl_secs, None)
+    }
+
+    /// Like [`JwtKeys::issue`], naming the refresh-token family the token
+    /// belongs to.
+    pub fn issue_in_family(
+        &self,
+        aud: Audience,
+        sub: &str,
+        ver: i64,
+        role: Option<&str>,
+        ttl_secs: i64,
+        fam: Option<&str>,
+    ) -> AppResult<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: sub.to_owned(),
@@ -113,6 +131,7 @@ impl JwtKeys {
             iat: now,
             ver,
             role: role.map(str::to_owned),
+            fam: fam.map(str::to_owned),
         };
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.encoding)
             .map_err(|e| AppError::Internal(format!("jwt encode: {e}")))

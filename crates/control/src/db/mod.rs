@@ -7,6 +7,7 @@
 
 pub mod dialect;
 pub mod models;
+mod redacted;
 pub mod schema;
 
 pub use dialect::{Dialect, Statement};

@@ -1,5 +1,7 @@
 //! Row structs, one per table, shared by both backends. Ids are newtypes
-//! and closed sets of values are enums, so a row says what it holds.
+//! and closed sets of values are enums, so a row says what it holds. Rows
+//! that hold a secret or a hash of one format it as `[redacted]` (see
+//! [`redacted`](super::redacted)).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -13,7 +15,7 @@ use crate::status::{
 };
 
 /// A row of `users`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = users)]
 pub struct User {
     /// Its id.
@@ -63,7 +65,7 @@ pub struct Plan {
 }
 
 /// A row of `regions`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = regions)]
 pub struct Region {
     /// Its id.
@@ -109,7 +111,7 @@ pub struct Subscription {
 }
 
 /// A row of `devices`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = devices)]
 pub struct Device {
     /// Its id.
@@ -133,7 +135,7 @@ pub struct Device {
 }
 
 /// A row of `outline_nodes`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = outline_nodes)]
 pub struct OutlineNode {
     /// Its id.
@@ -177,7 +179,7 @@ pub struct OutlineNode {
 }
 
 /// A row of `gateway_nodes`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = gateway_nodes)]
 pub struct GatewayNode {
     /// Its id.
@@ -257,7 +259,7 @@ pub struct UsageEntry {
 }
 
 /// A row of `refresh_tokens`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = refresh_tokens)]
 pub struct RefreshToken {
     /// Its id.
@@ -273,6 +275,20 @@ pub struct RefreshToken {
     /// When it was exchanged (single use).
     pub used_at: Option<NaiveDateTime>,
     /// When it was revoked.
+    pub revoked_at: Option<NaiveDateTime>,
+    /// Creation time (UTC).
+    pub created_at: NaiveDateTime,
+}
+
+/// A row of `token_families`: one log-in and the tokens rotated from it.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[diesel(table_name = token_families)]
+pub struct TokenFamily {
+    /// Its id (carried in access tokens as `fam`).
+    pub id: String,
+    /// Whose.
+    pub user_id: UserId,
+    /// When it was revoked: its access and refresh tokens stop working.
     pub revoked_at: Option<NaiveDateTime>,
     /// Creation time (UTC).
     pub created_at: NaiveDateTime,

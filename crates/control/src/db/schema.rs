@@ -179,6 +179,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Refresh-token families (one per log-in); access tokens name theirs.
+    token_families (id) {
+        id -> Text,
+        user_id -> Text,
+        revoked_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     /// Admin actions, written in the same transaction as the change.
     audit_log (id) {
         id -> Text,
@@ -208,6 +218,7 @@ diesel::joinable!(gateway_nodes -> regions (region_id));
 diesel::joinable!(sessions -> devices (device_id));
 diesel::joinable!(usage_ledger -> sessions (session_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
+diesel::joinable!(token_families -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -221,6 +232,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     usage_ledger,
     usage_inbox,
     refresh_tokens,
+    token_families,
     audit_log,
     site_settings
 );

@@ -10,6 +10,14 @@ use crate::accounts::{self, Role, UserFilter, UserStatus};
 use crate::db::models;
 use crate::error::AppError;
 use crate::pagination::PageArgs;
+use crate::throttle::ClientAddr;
+
+/// Where the request comes from, for the throttles (unknown in process).
+fn client_addr(ctx: &Context<'_>) -> ClientAddr {
+    ctx.data_opt::<ClientAddr>()
+        .copied()
+        .unwrap_or(ClientAddr(None))
+}
 
 /// An account.
 #[derive(SimpleObject, Clone)]
@@ -52,8 +60,8 @@ pub struct AuthPayload {
 impl From<accounts::Tokens> for AuthPayload {
     fn from(t: accounts::Tokens) -> Self {
         AuthPayload {
-            access_token: t.access_token,
-            refresh_token: t.refresh_token,
+            access_token: t.access_token.expose().to_owned(),
+            refresh_token: t.refresh_token.expose().to_owned(),
             user: t.user.into(),
         }
     }
@@ -142,6 +150,7 @@ impl AccountMutation {
         password: String,
     ) -> async_graphql::Result<User> {
         let api = ctx.data::<AppContext>()?;
+        api.throttles.sign_up(client_addr(ctx)).gql()?;
         accounts::sign_up(&api.db, &email, &password)
             .await
             .map(User::from)
@@ -156,6 +165,7 @@ impl AccountMutation {
         password: String,
     ) -> async_graphql::Result<AuthPayload> {
         let api = ctx.data::<AppContext>()?;
+        api.throttles.login(client_addr(ctx), &email).gql()?;
         accounts::login(&api.db, &api.jwt, &email, &password)
             .await
             .map(AuthPayload::from)
@@ -170,6 +180,7 @@ impl AccountMutation {
         token: String,
     ) -> async_graphql::Result<AuthPayload> {
         let api = ctx.data::<AppContext>()?;
+        api.throttles.refresh(client_addr(ctx)).gql()?;
         accounts::refresh(&api.db, &api.jwt, &token)
             .await
             .map(AuthPayload::from)

@@ -304,7 +304,7 @@ impl NodeMutation {
             host: input.host,
             port: input.port,
             method: input.method,
-            secret: input.secret,
+            secret: input.secret.map(Into::into),
             capacity: input.capacity,
         };
         let (node, token) = nodes::register_outline(&api.db, &actor(ctx)?, new)

@@ -1,8 +1,15 @@
 //! `/graphql/ws`: live operations over graphql-transport-ws and the legacy
 //! graphql-ws protocol, with what the stock handler lacks: authentication in
-//! `connection_init`, a deadline for it, and a cap on subscriptions per socket.
+//! `connection_init` (refused: close 4403), a deadline for it, the limits
+//! HTTP applies (the schema's depth and complexity, the alias count, the
+//! 64 KiB document), a cap on subscriptions per socket, and ids that cannot
+//! be reused while in use (close 4409). A socket lives no longer than its
+//! credential: when the account's or the device's access changes (the
+//! events the use cases publish) the credential is checked again, and a
+//! user's token ends at its expiry; either way the socket closes 4403.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_graphql::Data;
@@ -10,12 +17,15 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::http::{WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::loaders::{BATCH_DELAY, DbLoader};
-use super::{ApiSchema, AppContext, DeviceViewer};
-use crate::context::viewer_from_token;
+use super::{ApiSchema, AppContext, DeviceViewer, check_aliases};
+use crate::context::{viewer_from_token, viewer_until};
+use crate::error::AppError;
+use crate::ids::UserId;
+use crate::throttle::ClientAddr;
 
 /// Time a client has to send `connection_init`.
 pub const INIT_DEADLINE: Duration = Duration::from_secs(10);
@@ -38,37 +48,203 @@ fn bearer(payload: &serde_json::Value) -> Option<String> {
     obj.get("token").and_then(|v| v.as_str()).map(str::to_owned)
 }
 
-async fn init_data(api: AppContext, payload: serde_json::Value) -> async_graphql::Result<Data> {
+/// What a socket signed in with: checked again whenever its account or
+/// its access changes, and for a user's token, until its expiry.
+#[derive(Debug, Clone)]
+enum Credential {
+    /// An access JWT of a user, valid until `expires_at` (epoch seconds).
+    User {
+        token: String,
+        user_id: UserId,
+        expires_at: i64,
+    },
+    /// A device's access token.
+    Device { token: String, user_id: UserId },
+}
+
+impl Credential {
+    fn user_id(&self) -> UserId {
+        match self {
+            Credential::User { user_id, .. } | Credential::Device { user_id, .. } => *user_id,
+        }
+    }
+
+    /// Whether the credential still stands. An unreachable database is no
+    /// reason to end a socket: only a refusal is.
+    async fn still_valid(&self, api: &AppContext) -> bool {
+        match self {
+            Credential::User { token, .. } => !matches!(
+                viewer_from_token(api, token).await,
+                Err(AppError::Unauthenticated | AppError::Forbidden)
+            ),
+            Credential::Device { token, .. } => {
+                match crate::access::check_token(&api.db, token).await {
+                    Ok(verdict) => verdict.admitted().is_ok(),
+                    Err(_) => true,
+                }
+            }
+        }
+    }
+}
+
+type CredentialSlot = Arc<Mutex<Option<Credential>>>;
+
+async fn init_data(
+    api: AppContext,
+    from: ClientAddr,
+    slot: CredentialSlot,
+    payload: serde_json::Value,
+) -> async_graphql::Result<Data> {
     let mut data = Data::default();
+    data.insert(from);
     data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn).delay(BATCH_DELAY));
-    if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
+    let credential = if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
         // The access rule decides, as for a tunnel: a device that may not
         // connect may not follow the nodes either.
         let device = crate::access::check_token(&api.db, token)
             .await
             .map_err(|e| e.into_graphql())?
             .admitted()
-            .map_err(|_| crate::error::AppError::Unauthenticated.into_graphql())?;
+            .map_err(|_| AppError::Unauthenticated.into_graphql())?;
         data.insert(DeviceViewer {
             device_id: device.id,
         });
+        Some(Credential::Device {
+            token: token.to_owned(),
+            user_id: device.user_id,
+        })
     } else if let Some(token) = bearer(&payload) {
-        let viewer = viewer_from_token(&api, &token)
+        let (viewer, expires_at) = viewer_until(&api, &token)
             .await
             .map_err(|e| e.into_graphql())?;
+        let user_id = viewer.user_id;
         data.insert(viewer);
-    }
+        Some(Credential::User {
+            token,
+            user_id,
+            expires_at,
+        })
+    } else {
+        None
+    };
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = credential;
     Ok(data)
 }
 
-fn error_message(protocol: WebSocketProtocols, id: &str, message: &str) -> String {
+/// When a token that expires at `epoch_secs` stops being valid, on the
+/// runtime's clock.
+fn instant_of(epoch_secs: i64) -> tokio::time::Instant {
+    let left = epoch_secs.saturating_sub(chrono::Utc::now().timestamp());
+    tokio::time::Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+}
+
+/// Far enough away to mean never (no credential to expire).
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn error_message(protocol: WebSocketProtocols, id: &str, err: &AppError) -> String {
+    let error =
+        serde_json::json!({ "message": err.to_string(), "extensions": {"code": err.code()} });
     let payload = match protocol {
-        WebSocketProtocols::GraphQLWS => {
-            serde_json::json!([{ "message": message, "extensions": {"code": "LIMIT_EXCEEDED"} }])
-        }
-        _ => serde_json::json!({ "message": message, "extensions": {"code": "LIMIT_EXCEEDED"} }),
+        WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
+        _ => error,
     };
     serde_json::json!({"type": "error", "id": id, "payload": payload}).to_string()
+}
+
+/// What to do with a client's `subscribe` (or legacy `start`) before the
+/// engine sees it: the limits HTTP applies, applied here too.
+enum Admission {
+    /// Hand it to the engine.
+    Run,
+    /// Answer this error for the id and drop the operation.
+    Refuse(AppError),
+    /// Close the socket (graphql-transport-ws: an id already in use).
+    Close(u16, String),
+}
+
+fn admit(
+    protocol: WebSocketProtocols,
+    active: &HashSet<String>,
+    id: &str,
+    payload: Option<&serde_json::Value>,
+) -> Admission {
+    if active.contains(id) {
+        return match protocol {
+            WebSocketProtocols::GraphQLWS => {
+                Admission::Close(4409, format!("Subscriber for {id} already exists"))
+            }
+            _ => Admission::Refuse(AppError::bad(format!("operation id {id} is in use"))),
+        };
+    }
+    if active.len() >= MAX_SUBSCRIPTIONS {
+        return Admission::Refuse(AppError::LimitExceeded(format!(
+            "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+        )));
+    }
+    let query = payload
+        .and_then(|p| p.get("query"))
+        .and_then(|q| q.as_str())
+        .unwrap_or_default();
+    match check_aliases(query) {
+        Ok(()) => Admission::Run,
+        Err(e) => Admission::Refuse(e),
+    }
+}
+
+/// Gives every error the engine itself raised (parse, validation, limits,
+/// input coercion) the code `BAD_REQUEST`, as on HTTP.
+fn with_codes(mut msg: serde_json::Value) -> serde_json::Value {
+    fn fill(errors: Option<&mut serde_json::Value>) {
+        let Some(serde_json::Value::Array(errors)) = errors else {
+            return;
+        };
+        for e in errors {
+            if let Some(obj) = e.as_object_mut() {
+                let ext = obj
+                    .entry("extensions")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(ext) = ext.as_object_mut() {
+                    ext.entry("code").or_insert_with(|| "BAD_REQUEST".into());
+                }
+            }
+        }
+    }
+    match msg.get("type").and_then(|t| t.as_str()) {
+        Some("error") => {
+            if msg.get("payload").is_some_and(|p| p.is_object()) {
+                // Legacy protocol: one error object.
+                if let Some(p) = msg.get_mut("payload") {
+                    let mut one = serde_json::Value::Array(vec![p.take()]);
+                    fill(Some(&mut one));
+                    if let serde_json::Value::Array(mut v) = one {
+                        *p = v.pop().unwrap_or_default();
+                    }
+                }
+            } else {
+                fill(msg.get_mut("payload"));
+            }
+        }
+        Some("next" | "data") => {
+            fill(msg.get_mut("payload").and_then(|p| p.get_mut("errors")));
+        }
+        _ => {}
+    }
+    msg
+}
+
+/// The close that ends a socket whose credential no longer stands.
+fn forbidden() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 4403,
+        reason: "Forbidden".into(),
+    }))
+}
+
+async fn still_valid(api: &AppContext, credential: Option<&Credential>) -> bool {
+    match credential {
+        Some(c) => c.still_valid(api).await,
+        None => true,
+    }
 }
 
 /// Serves one upgraded socket until either side closes.
@@ -77,19 +253,55 @@ pub async fn serve(
     api: AppContext,
     socket: WebSocket,
     protocol: WebSocketProtocols,
+    from: ClientAddr,
 ) {
     let (mut sink, mut source) = socket.split();
     let (to_gql, gql_input) = mpsc::channel::<Vec<u8>>(16);
     let init_api = api.clone();
+    let slot = CredentialSlot::default();
+    let init_slot = slot.clone();
     let gql = async_graphql::http::WebSocket::new(schema, ReceiverStream::new(gql_input), protocol)
-        .on_connection_init(move |payload| init_data(init_api, payload));
+        .on_connection_init(move |payload| init_data(init_api, from, init_slot, payload));
+    // Subscribed before anything runs, so no change is missed.
+    let mut accounts = api.db.events().subscribe_accounts();
+    let mut access = api.db.events().subscribe_access();
+    let mut credential: Option<Credential> = None;
+    let expiry = tokio::time::sleep(NEVER);
+    let mut expiry = std::pin::pin!(expiry);
     let mut gql = std::pin::pin!(gql);
     let mut active: HashSet<String> = HashSet::new();
     let mut initialised = false;
+    let mut acked = false;
     let deadline = tokio::time::sleep(INIT_DEADLINE);
     let mut deadline = std::pin::pin!(deadline);
     loop {
         tokio::select! {
+            () = &mut expiry, if credential.is_some() => {
+                let _ = sink.send(forbidden()).await;
+                break;
+            }
+            changed = accounts.recv(), if credential.is_some() => {
+                let concerned = match &changed {
+                    Ok(ev) => credential.as_ref().is_some_and(|c| c.user_id().to_string() == ev.user_id),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => false,
+                };
+                if concerned && !still_valid(&api, credential.as_ref()).await {
+                    let _ = sink.send(forbidden()).await;
+                    break;
+                }
+            }
+            changed = access.recv(), if credential.is_some() => {
+                let concerned = match &changed {
+                    Ok(ev) => ev.user_id.as_ref().is_none_or(|u| credential.as_ref().is_some_and(|c| c.user_id().to_string() == *u)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => false,
+                };
+                if concerned && !still_valid(&api, credential.as_ref()).await {
+                    let _ = sink.send(forbidden()).await;
+                    break;
+                }
+            }
             () = &mut deadline, if !initialised => {
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() }))).await;
                 break;
@@ -106,14 +318,18 @@ pub async fn serve(
                 let id = parsed.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
                 match kind {
                     "connection_init" => initialised = true,
-                    "subscribe" | "start" => {
-                        if !active.contains(&id.to_string()) && active.len() >= MAX_SUBSCRIPTIONS {
-                            let text = error_message(protocol, &id.to_string(), &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"));
+                    "subscribe" | "start" => match admit(protocol, &active, &id, parsed.get("payload")) {
+                        Admission::Run => { active.insert(id); }
+                        Admission::Refuse(err) => {
+                            let text = error_message(protocol, &id, &err);
                             if sink.send(Message::Text(text.into())).await.is_err() { break; }
                             continue;
                         }
-                        active.insert(id);
-                    }
+                        Admission::Close(code, reason) => {
+                            let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                            break;
+                        }
+                    },
                     "complete" | "stop" => { active.remove(&id.to_string()); }
                     _ => {}
                 }
@@ -122,13 +338,31 @@ pub async fn serve(
             out = gql.next() => {
                 match out {
                     Some(WsMessage::Text(text)) => {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                            && matches!(v.get("type").and_then(|t| t.as_str()), Some("complete" | "error"))
-                            && let Some(id) = v.get("id").and_then(|i| i.as_str())
-                        {
-                            active.remove(id);
-                        }
+                        let text = match serde_json::from_str::<serde_json::Value>(&text) {
+                            Ok(v) => {
+                                let kind = v.get("type").and_then(|t| t.as_str());
+                                if kind == Some("connection_ack") {
+                                    acked = true;
+                                    credential = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                                    if let Some(Credential::User { expires_at, .. }) = &credential {
+                                        expiry.as_mut().reset(instant_of(*expires_at));
+                                    }
+                                }
+                                if matches!(kind, Some("complete" | "error"))
+                                    && let Some(id) = v.get("id").and_then(|i| i.as_str())
+                                {
+                                    active.remove(id);
+                                }
+                                with_codes(v).to_string()
+                            }
+                            Err(_) => text,
+                        };
                         if sink.send(Message::Text(text.into())).await.is_err() { break; }
+                    }
+                    // graphql-transport-ws: a refused connection_init closes 4403.
+                    Some(WsMessage::Close(1002, _)) if !acked && protocol == WebSocketProtocols::GraphQLWS => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 4403, reason: "Forbidden".into() }))).await;
+                        break;
                     }
                     Some(WsMessage::Close(code, reason)) => {
                         let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;

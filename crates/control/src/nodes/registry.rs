@@ -3,6 +3,7 @@
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use httvps_wire::Secret;
 
 use super::{AnyNode, gateway_event, outline_event, status_event};
 use crate::actor::Actor;
@@ -30,7 +31,7 @@ pub struct NewOutlineNode {
     /// Own key: cipher. With `secret`, the node is a pool of one.
     pub method: Option<String>,
     /// Own key: password. Without it the node uses its region's pool key.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Most concurrent sessions it should carry.
     pub capacity: i32,
 }
@@ -62,7 +63,10 @@ pub async fn register_outline(
     let region = region(db, &input.region).await?;
     validate::range("port", input.port.into(), 1, 65535)?;
     validate::range("capacity", input.capacity.into(), 1, 10_000_000)?;
-    let (method, secret, uses_pool_key) = match (input.method.as_deref(), input.secret.as_deref()) {
+    let (method, secret, uses_pool_key) = match (
+        input.method.as_deref(),
+        input.secret.as_ref().map(Secret::expose),
+    ) {
         (m, Some(s)) => (
             catalogue::method(m.unwrap_or(catalogue::METHODS[0]))?,
             validate::text("secret", s, 8, 256)?,

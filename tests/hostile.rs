@@ -1,0 +1,415 @@
+//! The control plane under hostile traffic: revocation that reaches access
+//! tokens, and throttled guessing and flooding, on PostgreSQL and SQLite.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{TestDb, TestServer, client, gql};
+use httvps_control::config::ThrottleSettings;
+use httvps_control::db::Dsn;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn code(r: &Value) -> Option<&str> {
+    r["errors"][0]["extensions"]["code"].as_str()
+}
+
+async fn sign_up(base: &str) -> String {
+    let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+    let r = gql(
+        base,
+        None,
+        "mutation($e:String!,$p:String!){signUp(email:$e,password:$p){id}}",
+        json!({"e": email, "p": PASSWORD}),
+    )
+    .await;
+    assert!(r["data"]["signUp"]["id"].is_string(), "signUp: {r}");
+    email
+}
+
+/// Logs in; returns (access token, refresh token).
+async fn login(base: &str, email: &str, password: &str) -> (String, String) {
+    let r = gql(
+        base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken refreshToken}}",
+        json!({"e": email, "p": password}),
+    )
+    .await;
+    let get = |k: &str| {
+        r["data"]["login"][k]
+            .as_str()
+            .unwrap_or_else(|| panic!("login: {r}"))
+            .to_owned()
+    };
+    (get("accessToken"), get("refreshToken"))
+}
+
+async fn refresh(base: &str, token: &str) -> Value {
+    gql(
+        base,
+        None,
+        "mutation($t:String!){refreshToken(token:$t){accessToken refreshToken}}",
+        json!({"t": token}),
+    )
+    .await
+}
+
+async fn me_works(base: &str, access: &str) -> bool {
+    let r = gql(base, Some(access), "{me{id}}", json!({})).await;
+    match code(&r) {
+        None if r["data"]["me"]["id"].is_string() => true,
+        Some("UNAUTHENTICATED") => false,
+        _ => panic!("unexpected answer to me: {r}"),
+    }
+}
+
+/// Revoking a refresh family (reuse), changing the password and logging out
+/// each end the access tokens issued before; other families live on until
+/// the account-wide changes.
+async fn revocation_reaches_access_tokens(server: &TestServer) {
+    let base = &server.base;
+    let email = sign_up(base).await;
+    let (access_a, refresh_a) = login(base, &email, PASSWORD).await;
+    let (access_b, _refresh_b) = login(base, &email, PASSWORD).await;
+    let r = refresh(base, &refresh_a).await;
+    let access_a2 = r["data"]["refreshToken"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("refresh: {r}"))
+        .to_owned();
+    assert!(me_works(base, &access_a).await);
+    assert!(me_works(base, &access_a2).await);
+    // Replaying the used refresh token revokes family A: both of its access
+    // tokens stop working at once, family B is untouched.
+    assert_eq!(
+        code(&refresh(base, &refresh_a).await),
+        Some("UNAUTHENTICATED")
+    );
+    assert!(
+        !me_works(base, &access_a).await,
+        "family revoked, old token"
+    );
+    assert!(
+        !me_works(base, &access_a2).await,
+        "family revoked, refreshed token"
+    );
+    assert!(
+        me_works(base, &access_b).await,
+        "another family stays valid"
+    );
+
+    // A password change ends every family.
+    let r = gql(
+        base,
+        Some(&access_b),
+        "mutation($c:String!,$n:String!){changePassword(currentPassword:$c,newPassword:$n)}",
+        json!({"c": PASSWORD, "n": "another long password"}),
+    )
+    .await;
+    assert_eq!(r["data"]["changePassword"], true, "{r}");
+    assert!(!me_works(base, &access_b).await, "password changed");
+
+    // Logging out ends the tokens of this log-in and of every other one.
+    let (access_c, refresh_c) = login(base, &email, "another long password").await;
+    let (access_d, _) = login(base, &email, "another long password").await;
+    assert!(me_works(base, &access_c).await);
+    let r = gql(base, Some(&access_c), "mutation{logout}", json!({})).await;
+    assert_eq!(r["data"]["logout"], true, "{r}");
+    assert!(!me_works(base, &access_c).await, "logged out");
+    assert!(!me_works(base, &access_d).await, "logged out everywhere");
+    assert_eq!(
+        code(&refresh(base, &refresh_c).await),
+        Some("UNAUTHENTICATED")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_reaches_access_tokens_postgres() {
+    let t = TestDb::pg().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    revocation_reaches_access_tokens(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_reaches_access_tokens_sqlite() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    revocation_reaches_access_tokens(&server).await;
+    server.stop().await;
+}
+
+/// A server whose throttles are `throttle` (defaults with a short window
+/// unless changed).
+async fn throttled_server(dsn: Dsn, f: impl FnOnce(&mut ThrottleSettings)) -> TestServer {
+    let mut settings = common::settings(dsn, false);
+    f(&mut settings.throttle);
+    TestServer::start_with(settings, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// A GraphQL operation sent as if through a proxy from `client_ip`.
+async fn gql_from(base: &str, client_ip: &str, query: &str, variables: Value) -> Value {
+    client()
+        .post(format!("{base}/graphql"))
+        .header("x-forwarded-for", format!("10.9.9.9, {client_ip}"))
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .expect("graphql request")
+        .json()
+        .await
+        .expect("graphql json")
+}
+
+const LOGIN: &str = "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}";
+
+/// 200 wrong passwords in a row: after the account's small burst every
+/// guess is refused with LIMIT_EXCEEDED (and a retry-after) without being
+/// checked, so the right password is refused too; once the window has
+/// passed it works again.
+async fn wrong_passwords_are_refused_before_the_right_one(dsn: Dsn) {
+    const BURST: u32 = 3;
+    const WINDOW: Duration = Duration::from_secs(6);
+    let server = throttled_server(dsn, |t| {
+        t.window = WINDOW;
+        t.login_per_account = BURST;
+        t.login_per_source = 1000;
+    })
+    .await;
+    let base = &server.base;
+    let email = sign_up(base).await;
+    let started = Instant::now();
+    let (mut checked, mut refused) = (0u32, 0u32);
+    for i in 0..200 {
+        let r = gql(
+            base,
+            None,
+            LOGIN,
+            json!({"e": email, "p": format!("wrong password {i}")}),
+        )
+        .await;
+        match code(&r) {
+            Some("BAD_REQUEST") => checked += 1,
+            Some("LIMIT_EXCEEDED") => {
+                refused += 1;
+                let retry = r["errors"][0]["extensions"]["retryAfter"].as_u64();
+                assert!(retry.is_some_and(|s| (1..=6).contains(&s)), "{r}");
+            }
+            _ => panic!("unexpected answer: {r}"),
+        }
+    }
+    // One attempt comes back every WINDOW / BURST.
+    let refills = started.elapsed().as_secs_f64() / (WINDOW.as_secs_f64() / f64::from(BURST));
+    assert!(
+        f64::from(checked) <= f64::from(BURST) + refills.ceil(),
+        "{checked} guesses were checked in {:?}",
+        started.elapsed()
+    );
+    assert!(refused >= 190, "only {refused} refused");
+    let r = gql(base, None, LOGIN, json!({"e": email, "p": PASSWORD})).await;
+    assert_eq!(
+        code(&r),
+        Some("LIMIT_EXCEEDED"),
+        "right password during the flood: {r}"
+    );
+    // The legitimate user is not locked out for longer than the window.
+    tokio::time::sleep(WINDOW).await;
+    let r = gql(base, None, LOGIN, json!({"e": email, "p": PASSWORD})).await;
+    assert!(
+        r["data"]["login"]["accessToken"].is_string(),
+        "after the window: {r}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_are_refused_before_the_right_one_postgres() {
+    let t = TestDb::pg().await;
+    wrong_passwords_are_refused_before_the_right_one(t.dsn.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_are_refused_before_the_right_one_sqlite() {
+    let t = TestDb::sqlite().await;
+    wrong_passwords_are_refused_before_the_right_one(t.dsn.clone()).await;
+}
+
+/// Each aliased `login` in one document is one attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn aliased_logins_count_one_attempt_each() {
+    let t = TestDb::sqlite().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.login_per_account = 5;
+        t.login_per_source = 1000;
+        t.window = Duration::from_secs(600);
+    })
+    .await;
+    let base = &server.base;
+    let email = sign_up(base).await;
+    let fields: Vec<String> = (0..20)
+        .map(|i| format!("a{i}: login(email:$e,password:$p){{accessToken}}"))
+        .collect();
+    let doc = format!("mutation($e:String!,$p:String!){{{}}}", fields.join(" "));
+    let r = gql(base, None, &doc, json!({"e": email, "p": PASSWORD})).await;
+    let signed_in = (0..20)
+        .filter(|i| r["data"][format!("a{i}")]["accessToken"].is_string())
+        .count();
+    let errors = r["errors"].as_array().expect("errors");
+    let refused = errors
+        .iter()
+        .filter(|e| e["extensions"]["code"] == "LIMIT_EXCEEDED")
+        .count();
+    assert_eq!((signed_in, refused, errors.len()), (5, 15, 15), "{r}");
+    server.stop().await;
+}
+
+/// One source flooding log-ins for many accounts is stopped; a user at
+/// another address is served, and the source's own limit counts aliases too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_source_is_stopped_and_others_are_served() {
+    let t = TestDb::pg().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.login_per_source = 5;
+        t.client_ip_header = Some(reqwest::header::HeaderName::from_static("x-forwarded-for"));
+    })
+    .await;
+    let base = &server.base;
+    let victim = sign_up(base).await;
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let r = gql_from(
+            base,
+            "203.0.113.66",
+            LOGIN,
+            json!({"e": format!("guess{i}@example.com"), "p": "wrong password"}),
+        )
+        .await;
+        answers.push(code(&r).unwrap_or("none").to_owned());
+    }
+    assert_eq!(
+        answers.iter().filter(|c| *c == "LIMIT_EXCEEDED").count(),
+        7,
+        "{answers:?}"
+    );
+    let r = gql_from(
+        base,
+        "203.0.113.66",
+        LOGIN,
+        json!({"e": victim, "p": PASSWORD}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("LIMIT_EXCEEDED"), "{r}");
+    let r = gql_from(
+        base,
+        "198.51.100.20",
+        LOGIN,
+        json!({"e": victim, "p": PASSWORD}),
+    )
+    .await;
+    assert!(
+        r["data"]["login"]["accessToken"].is_string(),
+        "another source: {r}"
+    );
+    server.stop().await;
+}
+
+/// Sign-ups and refreshes are limited per source.
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_up_and_refresh_floods_are_refused() {
+    let t = TestDb::sqlite().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.signup_per_source = 4;
+        t.refresh_per_source = 3;
+        t.window = Duration::from_secs(600);
+    })
+    .await;
+    let base = &server.base;
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        let r = gql(
+            base,
+            None,
+            "mutation($e:String!,$p:String!){signUp(email:$e,password:$p){id}}",
+            json!({"e": format!("flood{i}@example.com"), "p": PASSWORD}),
+        )
+        .await;
+        codes.push(code(&r).map(str::to_owned));
+        if code(&r) == Some("LIMIT_EXCEEDED") {
+            assert!(
+                r["errors"][0]["extensions"]["retryAfter"]
+                    .as_u64()
+                    .is_some(),
+                "{r}"
+            );
+        }
+    }
+    let created = codes.iter().filter(|c| c.is_none()).count();
+    let refused = codes
+        .iter()
+        .filter(|c| c.as_deref() == Some("LIMIT_EXCEEDED"))
+        .count();
+    assert_eq!((created, refused), (4, 6), "{codes:?}");
+    let mut refresh_codes = Vec::new();
+    for _ in 0..6 {
+        let r = refresh(base, "Zm9vYmFyZm9vYmFyZm9vYmFyZm9vYmFyZm9vYmFyZm9vYg").await;
+        refresh_codes.push(code(&r).unwrap_or("none").to_owned());
+    }
+    assert_eq!(
+        refresh_codes,
+        ["UNAUTHENTICATED"; 3]
+            .into_iter()
+            .chain(["LIMIT_EXCEEDED"; 3])
+            .collect::<Vec<_>>()
+    );
+    server.stop().await;
+}
+
+/// Unknown machine and device tokens at `/api/v1`: past the allowance the
+/// source gets 429 with `Retry-After` and the JSON envelope on every route,
+/// before any token is looked up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_token_flood_gets_429() {
+    let t = TestDb::pg().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.unknown_tokens_per_source = 5;
+        t.window = Duration::from_secs(600);
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let token = format!("{i:0>43}");
+        let req = if i % 2 == 0 {
+            client().get(server.url("/api/v1/outline/config"))
+        } else {
+            client().post(server.url("/api/v1/auth/device-token"))
+        };
+        let res = req.bearer_auth(token).send().await.expect("request");
+        let status = res.status().as_u16();
+        if status == 429 {
+            let retry: u64 = res
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .expect("Retry-After");
+            assert!((1..=120).contains(&retry), "{retry}");
+            let body: Value = res.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "LIMIT_EXCEEDED", "{body}");
+        }
+        statuses.push(status);
+    }
+    // Five within the allowance, the one that goes past it, then 429 only.
+    assert_eq!(&statuses[..6], &[401; 6], "{statuses:?}");
+    assert!(statuses[6..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Health is not a credential route: it keeps answering.
+    let res = client()
+        .get(server.url("/api/v1/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(res.status().as_u16(), 200);
+    server.stop().await;
+}
