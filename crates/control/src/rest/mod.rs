@@ -54,8 +54,17 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
+        match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(v)) => {
+                // serde reads a struct from an array too: refuse it here.
+                if !v.is_object() {
+                    return Err(AppError::bad("the body must be a JSON object"));
+                }
+                storable_json(&v).map_err(AppError::BadRequest)?;
+                serde_json::from_value(v)
+                    .map(ApiJson)
+                    .map_err(|e| AppError::bad(format!("invalid body: {e}")))
+            }
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(AppError::bad("the body must be application/json"))
             }
@@ -67,6 +76,20 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
             }
             Err(e) => Err(AppError::bad(format!("unreadable body: {}", e.body_text()))),
         }
+    }
+}
+
+/// Checks every string of a JSON value (keys included) can be stored.
+fn storable_json(v: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value as J;
+    match v {
+        J::String(s) => crate::validate::storable(s),
+        J::Array(items) => items.iter().try_for_each(storable_json),
+        J::Object(fields) => fields.iter().try_for_each(|(k, v)| {
+            crate::validate::storable(k)?;
+            storable_json(v)
+        }),
+        _ => Ok(()),
     }
 }
 
