@@ -35,6 +35,9 @@ pub enum AppError {
     /// The device may not connect, for a stable reason.
     #[error("{}", .0.message())]
     DeviceRefused(httvps_wire::Reason),
+    /// The request body is larger than the server accepts.
+    #[error("the request body is too large")]
+    TooLarge,
     /// A bug or an unexpected failure; the text is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -52,6 +55,7 @@ impl AppError {
             AppError::LimitExceeded(_) => "LIMIT_EXCEEDED",
             AppError::Unavailable(_) => "UNAVAILABLE",
             AppError::DeviceRefused(_) => "DEVICE_REFUSED",
+            AppError::TooLarge => "PAYLOAD_TOO_LARGE",
             AppError::Internal(_) => "INTERNAL",
         }
     }
@@ -67,6 +71,7 @@ impl AppError {
             AppError::LimitExceeded(_) => StatusCode::CONFLICT,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::DeviceRefused(_) => StatusCode::FORBIDDEN,
+            AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -40,15 +40,49 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(close_after_unread_body))
+        .layer(axum::middleware::map_response(envelope_framework_errors))
         .with_state(state)
 }
 
-/// A 413 leaves the request body unread, so the connection cannot carry
+/// Answers the framework writes itself (405 with an empty body, 413 as
+/// text) get our `{"error": …}` envelope like every other refusal. A 413
+/// also leaves the request body unread, so the connection cannot carry
 /// another request: say so, or pooling clients reuse a connection the
 /// server is about to close.
-async fn close_after_unread_body(mut res: Response) -> Response {
-    if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+async fn envelope_framework_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let mut res = match status {
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::PAYLOAD_TOO_LARGE if !is_json => {
+            let (code, message) = if status == StatusCode::METHOD_NOT_ALLOWED {
+                ("METHOD_NOT_ALLOWED", "this method is not allowed here")
+            } else {
+                ("PAYLOAD_TOO_LARGE", "the request body is too large")
+            };
+            let (mut parts, _) = res.into_parts();
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let body = httvps_wire::ErrorBody {
+                error: httvps_wire::ErrorDetail {
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                    reason: None,
+                    request_id: None,
+                },
+            };
+            let mut fresh = (status, Json(body)).into_response();
+            for (k, v) in &parts.headers {
+                if k != header::CONTENT_TYPE {
+                    fresh.headers_mut().insert(k, v.clone());
+                }
+            }
+            fresh
+        }
+        _ => res,
+    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
         res.headers_mut().insert(
             header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
