@@ -49,6 +49,7 @@ pub async fn prepare_up(data_dir: &Path, port: u16) -> anyhow::Result<UpReport> 
         jwt_expire_minutes: 60,
         debug: true,
         gateway_url: None,
+        http: Default::default(),
     };
     db::migrate(&dsn).await.context("applying migrations")?;
     let db = Db::connect(&dsn, 1).context("opening the database")?;

@@ -275,6 +275,7 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
         jwt_expire_minutes: 15,
         debug,
         gateway_url: Some("https://gw.test.example".to_owned()),
+        http: Default::default(),
     }
 }
 

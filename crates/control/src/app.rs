@@ -44,20 +44,33 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    crate::listener::raise_nofile_limit();
     let state = prepare(&settings).await?;
     let sweeper =
         crate::heartbeats::spawn_sweeper(state.db.clone(), std::time::Duration::from_secs(2));
     let addr = SocketAddr::new(settings.host, settings.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = bind(addr).with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     tracing::info!(http.addr = %local, debug = settings.debug, "control plane listening");
-    let served = http::serve(listener, state, shutdown)
+    let served = http::serve_with(listener, state, settings.http, shutdown)
         .await
         .context("serving HTTP");
     sweeper.abort();
     served?;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// Binds with a deep accept queue (4096, as far as the kernel allows), so a
+/// burst of connections waits to be accepted (and shed by the budget if
+/// need be) instead of overflowing the queue.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

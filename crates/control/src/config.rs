@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// links); defaults to the first active registered gateway.
     #[arg(long, env = "BACKEND_GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// HTTP server limits.
+    #[command(flatten)]
+    pub http: crate::listener::HttpArgs,
 }
 
 /// A configuration error that names the variable at fault.
@@ -118,6 +121,8 @@ pub struct Settings {
     pub debug: bool,
     /// Public gateway URL for access links.
     pub gateway_url: Option<String>,
+    /// HTTP deadlines and the connection budget.
+    pub http: crate::listener::HttpLimits,
 }
 
 /// Checks a secret key: present, long enough, not the example.
@@ -200,6 +205,7 @@ impl Settings {
             jwt_expire_minutes,
             debug,
             gateway_url,
+            http: args.http.limits()?,
         })
     }
 }

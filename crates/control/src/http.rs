@@ -18,6 +18,7 @@ use crate::context::{Viewer, bearer_token, viewer_from_token};
 use crate::error::AppError;
 use crate::graphql::check_aliases;
 use crate::graphql::loaders::{BATCH_DELAY, DbLoader};
+use crate::listener::HttpLimits;
 use crate::metrics;
 pub use crate::state::AppState;
 
@@ -91,11 +92,21 @@ async fn envelope_framework_errors(res: Response) -> Response {
     res
 }
 
-/// Serves `router` on an already bound listener until `shutdown` completes,
-/// then lets in-flight requests finish.
+/// Serves `router` on an already bound listener with the default limits
+/// until `shutdown` completes, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, state, HttpLimits::default(), shutdown).await
+}
+
+/// Like [`serve`] within `limits` (deadlines and the connection budget).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
@@ -104,12 +115,13 @@ pub async fn serve(
         let stop = state.closing.subscribe();
         async move { usage.run(db, stop).await }
     }));
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing.send_replace(true);
-        })
-        .await;
+    let _signal = AbortOnDrop(tokio::spawn(async move {
+        shutdown.await;
+        closing.send_replace(true);
+    }));
+    let stop = state.closing.subscribe();
+    let shed = state.metrics.shed.clone();
+    crate::listener::serve(listener, router(state), limits, stop, shed).await;
     // The applier applies what was stored, then stops; what it cannot apply
     // in time waits in the inbox for the next start.
     if tokio::time::timeout(Duration::from_secs(5), &mut applier.0)
@@ -118,7 +130,7 @@ pub async fn serve(
     {
         tracing::warn!("usage left in the inbox at shutdown");
     }
-    served
+    Ok(())
 }
 
 /// Aborts a background task when dropped, so it ends with its owner.

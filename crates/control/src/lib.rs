@@ -18,7 +18,7 @@
 //!   [`node_assignment`], [`heartbeats`], [`sessions`], [`usage_accounting`].
 //! - Edges: [`context`] (the app context and the signed-in viewer),
 //!   [`graphql`], [`rest`], [`state`] (what handlers get), [`http`] (the
-//!   server), [`console`] (the embedded web console and GraphiQL),
+//!   routes), [`listener`] (the accept loop: deadlines, connection budget), [`console`] (the embedded web console and GraphiQL),
 //!   [`metrics`], [`app`] (start-up).
 
 pub mod access;
@@ -39,6 +39,7 @@ pub mod graphql;
 pub mod heartbeats;
 pub mod http;
 pub mod ids;
+pub mod listener;
 pub mod metrics;
 pub mod node_assignment;
 pub mod nodes;
