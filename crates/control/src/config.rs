@@ -3,6 +3,7 @@
 //! every error. Every variable read here is documented in `.env.example`.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::Args;
 pub use jsonwebtoken::Algorithm;
@@ -77,7 +78,7 @@ pub struct ServeArgs {
     pub gateway_url: Option<String>,
     /// HTTP server limits.
     #[command(flatten)]
-    pub http: crate::listener::HttpArgs,
+    pub http: HttpArgs,
 }
 
 /// A configuration error that names the variable at fault.
@@ -122,7 +123,7 @@ pub struct Settings {
     /// Public gateway URL for access links.
     pub gateway_url: Option<String>,
     /// HTTP deadlines and the connection budget.
-    pub http: crate::listener::HttpLimits,
+    pub http: HttpLimits,
 }
 
 /// Checks a secret key: present, long enough, not the example.
@@ -206,6 +207,67 @@ impl Settings {
             debug,
             gateway_url,
             http: args.http.limits()?,
+        })
+    }
+}
+
+/// HTTP server limits, as flags and environment variables.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Seconds a connection has to send a request's complete headers, from
+    /// the moment the server waits for it (so also the longest an idle
+    /// keep-alive connection stays open).
+    #[arg(long, env = "BACKEND_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a request has to send its whole body once its headers are in.
+    #[arg(long, env = "BACKEND_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Most open connections; beyond it new ones are closed at once.
+    #[arg(long, env = "BACKEND_MAX_CONNECTIONS", default_value_t = 8192)]
+    pub max_connections: usize,
+}
+
+/// Validated HTTP server limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// See [`HttpArgs::header_timeout_secs`].
+    pub header_timeout: Duration,
+    /// See [`HttpArgs::body_timeout_secs`].
+    pub body_timeout: Duration,
+    /// See [`HttpArgs::max_connections`].
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 8192,
+        }
+    }
+}
+
+impl HttpArgs {
+    /// Checks the limits, naming the variable at fault.
+    pub fn limits(&self) -> Result<HttpLimits, ConfigError> {
+        let secs = |var: &'static str, v: u64| {
+            if (1..=3600).contains(&v) {
+                Ok(Duration::from_secs(v))
+            } else {
+                Err(ConfigError::new(var, "must be from 1 to 3600 seconds"))
+            }
+        };
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(ConfigError::new(
+                "BACKEND_MAX_CONNECTIONS",
+                "must be from 1 to 1000000",
+            ));
+        }
+        Ok(HttpLimits {
+            header_timeout: secs("BACKEND_HEADER_TIMEOUT_SECS", self.header_timeout_secs)?,
+            body_timeout: secs("BACKEND_BODY_TIMEOUT_SECS", self.body_timeout_secs)?,
+            max_connections: self.max_connections,
         })
     }
 }
