@@ -99,3 +99,123 @@ async fn credentials_before_bodies_and_one_envelope_for_every_refusal() {
     );
     server.stop().await;
 }
+
+async fn admin(server: &TestServer) -> String {
+    let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "correct horse battery staple";
+    httvps_control::accounts::create_user(
+        &server.state.db,
+        &email,
+        password,
+        httvps_control::accounts::Role::Admin,
+    )
+    .await
+    .expect("admin");
+    let r = common::gql(
+        &server.base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+        serde_json::json!({"e": email, "p": password}),
+    )
+    .await;
+    r["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned()
+}
+
+async fn cross_region_heartbeat(db: TestDb) {
+    let server = TestServer::start(db.dsn.clone(), false).await;
+    let token = admin(&server).await;
+    let q = |query: &'static str| {
+        let (base, token) = (server.base.clone(), token.clone());
+        async move {
+            let r = common::gql(&base, Some(&token), query, serde_json::json!({})).await;
+            assert!(r["errors"].is_null(), "{query}: {r}");
+            r["data"].clone()
+        }
+    };
+    q("mutation{createRegion(code:\"eu\",name:\"Europe\"){id}}").await;
+    q("mutation{createRegion(code:\"us\",name:\"America\"){id}}").await;
+    let gw = q("mutation{registerGatewayNode(input:{region:\"eu\",name:\"g\",publicUrl:\"https://g.example\"}){token}}").await;
+    let gw = gw["registerGatewayNode"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let own = q("mutation{registerOutlineNode(input:{region:\"eu\",name:\"a\",host:\"10.0.0.1\",port:8388}){node{id}}}").await;
+    let own = own["registerOutlineNode"]["node"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let foreign = q("mutation{registerOutlineNode(input:{region:\"us\",name:\"b\",host:\"10.0.0.2\",port:8388}){node{id}}}").await;
+    let foreign = foreign["registerOutlineNode"]["node"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let health = |id: String| {
+        let (base, token) = (server.base.clone(), token.clone());
+        async move {
+            let r = common::gql(
+                &base,
+                Some(&token),
+                "query{outlineNodes{edges{node{id health}}}}",
+                serde_json::json!({}),
+            )
+            .await;
+            r["data"]["outlineNodes"]["edges"]
+                .as_array()
+                .expect("edges")
+                .iter()
+                .find(|e| e["node"]["id"] == id.as_str())
+                .map(|e| e["node"]["health"].clone())
+                .unwrap_or_else(|| panic!("{r}"))
+        }
+    };
+    let beat = |body: Value| {
+        let (url, gw) = (server.url("/api/v1/gateway/heartbeat"), gw.clone());
+        async move {
+            let res = client()
+                .post(url)
+                .bearer_auth(gw)
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.expect("json"))
+        }
+    };
+    // Its own region's node: applied.
+    let (status, v) = beat(serde_json::json!({"reachable_nodes": [own]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(health(own.clone()).await, "up");
+    let before = (health(own.clone()).await, health(foreign.clone()).await);
+    // A node of another region, alone or beside its own: refused, nothing applied.
+    for body in [
+        serde_json::json!({"unreachable_nodes": [foreign]}),
+        serde_json::json!({"unreachable_nodes": [own], "reachable_nodes": [foreign]}),
+    ] {
+        let (status, v) = beat(body.clone()).await;
+        assert_eq!(status, 403, "{body}: {v}");
+        assert_eq!(v["error"]["code"], "FORBIDDEN");
+        assert_eq!(
+            (health(own.clone()).await, health(foreign.clone()).await),
+            before,
+            "a refused heartbeat changed node health"
+        );
+    }
+    let (status, v) = beat(serde_json::json!({"unreachable_nodes": [own]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(health(own.clone()).await, "down");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cross_region_heartbeat_is_refused_on_postgres() {
+    cross_region_heartbeat(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cross_region_heartbeat_is_refused_on_sqlite() {
+    cross_region_heartbeat(TestDb::sqlite().await).await;
+}
