@@ -219,3 +219,50 @@ async fn cross_region_heartbeat_is_refused_on_postgres() {
 async fn cross_region_heartbeat_is_refused_on_sqlite() {
     cross_region_heartbeat(TestDb::sqlite().await).await;
 }
+
+/// Methods and paths a client makes up cannot grow the metrics: 2,000
+/// requests with random method names and paths leave `/metrics` small.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_stay_bounded_under_random_methods_and_paths() {
+    use rand::Rng;
+    let db = TestDb::sqlite().await;
+    let server = TestServer::start(db.dsn.clone(), false).await;
+    let mut rng = rand::rng();
+    let mut sent = 0;
+    for _ in 0..2_000 {
+        let name: String = (0..rng.random_range(3..12))
+            .map(|_| char::from(b'A' + rng.random_range(0..26u8)))
+            .collect();
+        let method = reqwest::Method::from_bytes(name.as_bytes()).expect("method");
+        let path = format!("/x{}", rng.random::<u64>());
+        if client()
+            .request(method, server.url(&path))
+            .send()
+            .await
+            .is_ok()
+        {
+            sent += 1;
+        }
+    }
+    assert!(sent > 1_900, "only {sent} requests answered");
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.len() < 64 * 1024,
+        "/metrics grew to {} bytes",
+        text.len()
+    );
+    assert!(
+        text.lines()
+            .any(|l| l
+                .starts_with("httvps_http_requests_total{method=\"OTHER\",route=\"unmatched\"")),
+        "{text}"
+    );
+    server.stop().await;
+}
