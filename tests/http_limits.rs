@@ -180,3 +180,46 @@ async fn connections_beyond_the_budget_are_closed_at_once() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_token_guards_metrics_only() {
+    let db = TestDb::sqlite().await;
+    let mut cmd = httvps_cmd();
+    cmd.args(["serve", "--port", "0"])
+        .env("BACKEND_DB_DSN", db.url())
+        .env("BACKEND_SECRET_KEY", TEST_SECRET)
+        .env("BACKEND_METRICS_TOKEN", "metrics-token-0123456789");
+    let p = spawn_listening(cmd);
+    let addr = p.addr.expect("the server did not start");
+    let client = common::client();
+    let url = format!("http://{addr}/metrics");
+    for token in [None, Some("wrong-token-0123456789")] {
+        let mut req = client.get(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("send");
+        assert_eq!(res.status().as_u16(), 401, "token {token:?}");
+        let v: serde_json::Value = res.json().await.expect("json");
+        assert_eq!(v["error"]["code"], "UNAUTHENTICATED");
+    }
+    let res = client
+        .get(&url)
+        .bearer_auth("metrics-token-0123456789")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(
+        res.text()
+            .await
+            .expect("text")
+            .contains("httvps_db_pool_connections")
+    );
+    let health = client
+        .get(format!("http://{addr}/api/v1/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status().as_u16(), 200);
+}

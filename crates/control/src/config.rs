@@ -225,10 +225,13 @@ pub struct HttpArgs {
     /// Most open connections; beyond it new ones are closed at once.
     #[arg(long, env = "BACKEND_MAX_CONNECTIONS", default_value_t = 8192)]
     pub max_connections: usize,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
+    #[arg(long, env = "BACKEND_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// Validated HTTP server limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// See [`HttpArgs::header_timeout_secs`].
     pub header_timeout: Duration,
@@ -236,6 +239,8 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// See [`HttpArgs::max_connections`].
     pub max_connections: usize,
+    /// See [`HttpArgs::metrics_token`].
+    pub metrics_token: Option<SecretKey>,
 }
 
 impl Default for HttpLimits {
@@ -244,6 +249,7 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 8192,
+            metrics_token: None,
         }
     }
 }
@@ -268,6 +274,16 @@ impl HttpArgs {
             header_timeout: secs("BACKEND_HEADER_TIMEOUT_SECS", self.header_timeout_secs)?,
             body_timeout: secs("BACKEND_BODY_TIMEOUT_SECS", self.body_timeout_secs)?,
             max_connections: self.max_connections,
+            metrics_token: match self.metrics_token.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(t) if t.len() < 16 => {
+                    return Err(ConfigError::new(
+                        "BACKEND_METRICS_TOKEN",
+                        "must be at least 16 bytes",
+                    ));
+                }
+                Some(t) => Some(SecretKey::new(t.to_owned())),
+            },
         })
     }
 }

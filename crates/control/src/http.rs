@@ -121,7 +121,30 @@ pub async fn serve_with(
     }));
     let stop = state.closing.subscribe();
     let shed = state.metrics.shed.clone();
-    crate::listener::serve(listener, router(state), limits, stop, shed).await;
+    let mut app = router(state);
+    if let Some(token) = &limits.metrics_token {
+        let want = crate::auth::hash_token(token.expose());
+        app = app.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let want = want.clone();
+                async move {
+                    if req.uri().path() == "/metrics" {
+                        // Compared as hashes: the time taken says nothing
+                        // about how much of a guess was right.
+                        let given = bearer_token(req.headers())
+                            .ok()
+                            .flatten()
+                            .map(crate::auth::hash_token);
+                        if given.as_deref() != Some(want.as_str()) {
+                            return AppError::Unauthenticated.into_response();
+                        }
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+    }
+    crate::listener::serve(listener, app, limits, stop, shed).await;
     // The applier applies what was stored, then stops; what it cannot apply
     // in time waits in the inbox for the next start.
     if tokio::time::timeout(Duration::from_secs(5), &mut applier.0)
