@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: makes sure PostgreSQL is up, then runs the whole suite
-# (PostgreSQL and SQLite, real sockets on 127.0.0.1), then the console's
+# (PostgreSQL and SQLite, real sockets on 127.0.0.1), then the schema-driven
+# fuzzer of the REST routes, then the console's
 # checks: its committed build matches its sources, and it works in Chromium
 # against `httvps up` and `httvps serve` (these need Node 20.19+; Chromium is
 # installed with apt-get when missing).
@@ -21,5 +22,7 @@ fi
 # Load tests open a few thousand sockets.
 ulimit -n 65536 2>/dev/null || true
 cargo test --workspace --all-targets "$@"
+# The REST routes against their OpenAPI document (schemathesis, about 2 min).
+scripts/rest-fuzz.sh
 scripts/console-drift.sh
 scripts/browser-tests.sh

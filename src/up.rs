@@ -52,6 +52,7 @@ pub async fn prepare_up(data_dir: &Path, port: u16) -> anyhow::Result<UpReport> 
         tls: None,
         enroll: None,
         throttle: Default::default(),
+        http: Default::default(),
     };
     db::migrate(&dsn).await.context("applying migrations")?;
     let db = Db::connect(&dsn, 1).context("opening the database")?;

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use httvps_control::http;
-use httvps_control::https::{TlsFiles, TlsFront, TlsListener};
+use httvps_control::https::{TlsFiles, TlsFront};
 use httvps_dataplane::backend::{Backend, BackendError};
 use httvps_dataplane::link::{Link, Pin};
 use plane::Plane;
@@ -68,10 +68,11 @@ async fn serve_https(plane: &Plane, files: TlsFiles) -> (String, TlsFront) {
         .await
         .expect("bind");
     let port = tcp.local_addr().expect("addr").port();
-    let listener = TlsListener::new(tcp, front.clone()).expect("listener");
     let state = plane.server.state.clone();
+    let tls = Some(front.clone());
     tokio::spawn(async move {
-        let _ = http::serve(listener, state, std::future::pending::<()>()).await;
+        let limits = httvps_control::config::HttpLimits::default();
+        let _ = http::serve_with(tcp, state, limits, tls, std::future::pending::<()>()).await;
     });
     (format!("https://127.0.0.1:{port}"), front)
 }

@@ -1465,7 +1465,10 @@ async fn live_feed(w: World) {
     let mut refused = live(&base, &user_tok, "subscription{sessionEvents{kind}}").await;
     let v = live_next(&mut refused).await;
     assert_eq!(v["payload"]["data"], Value::Null, "{v}");
-    assert_eq!(v["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN", "{v}");
+    assert_eq!(
+        v["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{v}"
+    );
 
     let mut sessions = live(&base, &w.admin, "subscription{sessionEvents(region:\"eu\"){kind sessionId deviceId userId userEmail region outlineNodeId endReason bytesUp bytesDown at}}").await;
     let mut quota = live(&base, &w.admin, "subscription{quotaEvents{kind subscriptionId userId userEmail trafficLimitBytes trafficUsedBytes}}").await;

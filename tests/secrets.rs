@@ -156,6 +156,16 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
             unknown_tokens_per_source: 30,
             client_ip_header: None,
         },
+        http: httvps_control::config::HttpArgs {
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 8192,
+            metrics_token: Some(SIGNING_SECRET.into()),
+        },
+        tls_cert: None,
+        tls_key: None,
+        public_url: None,
+        enroll_pin: None,
     };
     assert_control_hidden("ServeArgs", &debug(&serve));
     let settings = Settings::from_args(&serve, false).expect("settings");

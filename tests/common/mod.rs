@@ -288,6 +288,7 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
             unknown_tokens_per_source: 100_000,
             ..ThrottleSettings::default()
         },
+        http: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::config::Settings;
 use crate::db::{self, Db, Dsn};
 use crate::http;
-use crate::https::{TlsFront, TlsListener, WATCH_EVERY};
+use crate::https::{TlsFront, WATCH_EVERY};
 use crate::state::AppState;
 
 /// Connects, migrates and builds the state for `settings`.
@@ -47,34 +47,45 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    crate::listener::raise_nofile_limit();
     let state = prepare(&settings).await?;
     let sweeper =
         crate::heartbeats::spawn_sweeper(state.db.clone(), std::time::Duration::from_secs(2));
     let usage_sweeper = crate::usage_accounting::sweeper::spawn(state.db.clone());
     let addr = SocketAddr::new(settings.host, settings.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = bind(addr).with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    let served = match &settings.tls {
-        None => {
-            tracing::info!(http.addr = %local, debug = settings.debug, tls = false, "control plane listening");
-            http::serve(listener, state, shutdown).await
-        }
+    let tls = match &settings.tls {
+        None => None,
         Some(files) => {
-            let front = TlsFront::load(files.clone()).context("BACKEND_TLS_CERT / BACKEND_TLS_KEY")?;
-            let watch = front.spawn_watch(WATCH_EVERY);
-            let listener = TlsListener::new(listener, front).context("TLS listener")?;
-            tracing::info!(http.addr = %local, debug = settings.debug, tls = true, "control plane listening");
-            let served = http::serve(listener, state, shutdown).await;
-            watch.abort();
-            served
+            Some(TlsFront::load(files.clone()).context("BACKEND_TLS_CERT / BACKEND_TLS_KEY")?)
         }
+    };
+    let watch = tls.as_ref().map(|front| front.spawn_watch(WATCH_EVERY));
+    tracing::info!(http.addr = %local, debug = settings.debug, tls = tls.is_some(), "control plane listening");
+    let served = http::serve_with(listener, state, settings.http.clone(), tls, shutdown)
+        .await
+        .context("serving HTTP");
+    if let Some(w) = watch {
+        w.abort();
     }
-    .context("serving HTTP");
     sweeper.abort();
     usage_sweeper.abort();
     served?;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// Binds with a deep accept queue (4096, as far as the kernel allows), so a
+/// burst of connections waits to be accepted (and shed by the budget if
+/// need be) instead of overflowing the queue.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

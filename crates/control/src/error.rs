@@ -46,6 +46,9 @@ pub enum AppError {
     /// The device may not connect, for a stable reason.
     #[error("{}", .0.message())]
     DeviceRefused(httvps_wire::Reason),
+    /// The request body is larger than the server accepts.
+    #[error("the request body is too large")]
+    TooLarge,
     /// A bug or an unexpected failure; the text is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -64,6 +67,7 @@ impl AppError {
             AppError::Unavailable(_) => httvps_wire::Unavailable::DatabaseUnavailable.code(),
             AppError::NoNode(_) => httvps_wire::Unavailable::NoNodeAvailable.code(),
             AppError::DeviceRefused(_) => "DEVICE_REFUSED",
+            AppError::TooLarge => "PAYLOAD_TOO_LARGE",
             AppError::Internal(_) => "INTERNAL",
         }
     }
@@ -80,6 +84,7 @@ impl AppError {
             AppError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) | AppError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::DeviceRefused(_) => StatusCode::FORBIDDEN,
+            AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

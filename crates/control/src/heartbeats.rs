@@ -57,6 +57,20 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
     let reachable: Vec<OutlineNodeId> = parse_ids(&beat.reachable_nodes)?;
     let was_up = g.health == Health::Up;
     db_tx!(db, |conn, outbox| {
+        // A gateway speaks only for the nodes of its own region: one foreign
+        // node refuses the whole heartbeat, before anything is written.
+        let named: Vec<OutlineNodeId> = unreachable.iter().chain(&reachable).copied().collect();
+        if !named.is_empty() {
+            let foreign: i64 = outline_nodes::table
+                .filter(outline_nodes::id.eq_any(&named))
+                .filter(outline_nodes::region_id.ne(g.region_id))
+                .count()
+                .get_result(conn)
+                .await?;
+            if foreign > 0 {
+                return Err(AppError::Forbidden);
+            }
+        }
         let ts = now();
         let updated = diesel::update(gateway_nodes::table.find(g.id))
             .set((

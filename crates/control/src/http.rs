@@ -13,12 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
+use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::context::{Viewer, bearer_token, viewer_from_token};
 use crate::error::AppError;
 use crate::graphql::check_aliases;
 use crate::graphql::loaders::{BATCH_DELAY, DbLoader};
+use crate::listener::HttpLimits;
 use crate::metrics;
 pub use crate::state::AppState;
 use crate::throttle::ClientAddr;
@@ -51,7 +53,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(close_after_unread_body))
+        .layer(axum::middleware::map_response(envelope_framework_errors))
         .with_state(state)
 }
 
@@ -86,11 +88,45 @@ async fn throttle_guessers(State(state): State<AppState>, req: Request, next: Ne
     res
 }
 
-/// A 413 leaves the request body unread, so the connection cannot carry
+/// Answers the framework writes itself (405 with an empty body, 413 as
+/// text) get our `{"error": …}` envelope like every other refusal. A 413
+/// also leaves the request body unread, so the connection cannot carry
 /// another request: say so, or pooling clients reuse a connection the
 /// server is about to close.
-async fn close_after_unread_body(mut res: Response) -> Response {
-    if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+async fn envelope_framework_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let mut res = match status {
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::PAYLOAD_TOO_LARGE if !is_json => {
+            let (code, message) = if status == StatusCode::METHOD_NOT_ALLOWED {
+                ("METHOD_NOT_ALLOWED", "this method is not allowed here")
+            } else {
+                ("PAYLOAD_TOO_LARGE", "the request body is too large")
+            };
+            let (mut parts, _) = res.into_parts();
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let body = httvps_wire::ErrorBody {
+                error: httvps_wire::ErrorDetail {
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                    reason: None,
+                    request_id: None,
+                },
+            };
+            let mut fresh = (status, Json(body)).into_response();
+            for (k, v) in &parts.headers {
+                if k != header::CONTENT_TYPE {
+                    fresh.headers_mut().insert(k, v.clone());
+                }
+            }
+            fresh
+        }
+        _ => res,
+    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
         res.headers_mut().insert(
             header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
@@ -99,32 +135,61 @@ async fn close_after_unread_body(mut res: Response) -> Response {
     res
 }
 
-/// Serves `router` on an already bound listener (plain TCP, or
-/// [`crate::https::TlsListener`]) until `shutdown` completes,
-/// then lets in-flight requests finish.
-pub async fn serve<L>(
-    listener: L,
+/// Serves `router` on an already bound listener with the default limits
+/// until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
+) -> std::io::Result<()> {
+    serve_with(listener, state, HttpLimits::default(), None, shutdown).await
+}
+
+/// Like [`serve`] within `limits` (deadlines and the connection budget),
+/// over HTTPS when `tls` is given.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    limits: HttpLimits,
+    tls: Option<crate::https::TlsFront>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let closing = state.closing.clone();
     let mut applier = AbortOnDrop(tokio::spawn({
         let (usage, db) = (state.usage.clone(), state.db.clone());
         let stop = state.closing.subscribe();
         async move { usage.run(db, stop).await }
     }));
-    let served = axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let _signal = AbortOnDrop(tokio::spawn(async move {
         shutdown.await;
         closing.send_replace(true);
-    })
-    .await;
+    }));
+    let stop = state.closing.subscribe();
+    let shed = state.metrics.shed.clone();
+    let mut app = router(state);
+    if let Some(token) = &limits.metrics_token {
+        let want = crate::auth::hash_token(token.expose());
+        app = app.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let want = want.clone();
+                async move {
+                    if req.uri().path() == "/metrics" {
+                        // Compared as hashes: the time taken says nothing
+                        // about how much of a guess was right.
+                        let given = bearer_token(req.headers())
+                            .ok()
+                            .flatten()
+                            .map(crate::auth::hash_token);
+                        if given.as_deref() != Some(want.as_str()) {
+                            return AppError::Unauthenticated.into_response();
+                        }
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+    }
+    crate::listener::serve(listener, app, limits, tls, stop, shed).await;
     // The applier applies what was stored, then stops; what it cannot apply
     // in time waits in the inbox for the next start.
     if tokio::time::timeout(Duration::from_secs(5), &mut applier.0)
@@ -133,7 +198,7 @@ where
     {
         tracing::warn!("usage left in the inbox at shutdown");
     }
-    served
+    Ok(())
 }
 
 /// Aborts a background task when dropped, so it ends with its owner.

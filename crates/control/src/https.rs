@@ -1,20 +1,17 @@
 //! The control plane serving HTTPS itself: a certificate and key from PEM
 //! files, reloaded when either file changes or on SIGHUP (the old pair
-//! stays in use when the new one does not load), and a listener whose
-//! connections come out of a TLS handshake with a deadline.
+//! stays in use when the new one does not load).
 //!
-//! [`TlsFront::accept`] wraps one accepted `TcpStream`, so any accept loop
-//! (with its own budget and deadlines) can put TLS in front of it;
-//! [`TlsListener`] is the one `http::serve` uses.
+//! [`TlsFront::accept`] wraps one accepted `TcpStream`: the control plane's
+//! accept loop ([`crate::listener`]) calls it inside the connection's place
+//! in the budget, held to the header deadline.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -169,69 +166,5 @@ impl TlsFront {
             Ok(r) => r,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
-    }
-}
-
-/// A listener handing out connections that completed their TLS handshake;
-/// handshakes run in tasks of their own, so a slow one holds no other.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
-}
-
-impl TlsListener {
-    /// TLS with `front` on the connections of `tcp`.
-    pub fn new(tcp: TcpListener, front: TlsFront) -> std::io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        let accepting = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (front, tx) = (front.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match front.accept(stream).await {
-                        Ok(tls) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener {
-            rx,
-            local,
-            accepting,
-        })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }

@@ -19,7 +19,8 @@
 //!   [`node_assignment`], [`heartbeats`], [`sessions`], [`usage_accounting`].
 //! - Edges: [`context`] (the app context and the signed-in viewer),
 //!   [`graphql`], [`rest`], [`state`] (what handlers get), [`http`] (the
-//!   server), [`https`] (TLS in front of it, certificate reloaded on
+//!   routes), [`listener`] (the accept loop: deadlines, connection
+//!   budget), [`https`] (TLS in front of it, certificate reloaded on
 //!   change or SIGHUP), [`console`] (the embedded web console and GraphiQL),
 //!   [`metrics`], [`app`] (start-up).
 
@@ -43,6 +44,7 @@ pub mod heartbeats;
 pub mod http;
 pub mod https;
 pub mod ids;
+pub mod listener;
 pub mod metrics;
 pub mod node_assignment;
 pub mod nodes;

@@ -117,6 +117,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Latency,
+    /// Connections closed at once because the connection budget was full.
+    pub shed: Counter,
 }
 
 impl Metrics {
@@ -136,11 +138,18 @@ impl Metrics {
             Unit::Seconds,
             latency.clone(),
         );
+        let shed = Counter::default();
+        registry.register(
+            "httvps_http_shed_connections",
+            "Connections closed at once because the connection budget was full",
+            shed.clone(),
+        );
         registry.register_collector(Box::new(live));
         Metrics {
             registry,
             requests,
             latency,
+            shed,
         }
     }
 

@@ -63,10 +63,10 @@ fn decode(cursor: &str) -> AppResult<Cursor> {
     let created_at = chrono::DateTime::from_timestamp_micros(micros)
         .ok_or_else(bad)?
         .naive_utc();
-    Ok(Cursor {
-        created_at,
-        id: id.to_owned(),
-    })
+    crate::validate::time("after", created_at).map_err(|_| bad())?;
+    // Every row id is a UUID: anything else is not one of our cursors.
+    let id = uuid::Uuid::parse_str(id).map_err(|_| bad())?.to_string();
+    Ok(Cursor { created_at, id })
 }
 
 /// One page of rows and whether more follow.

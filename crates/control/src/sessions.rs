@@ -120,6 +120,8 @@ pub async fn usage(
     }
     let user_id = actor.scope(user_id);
     let node_id = node_id.filter(|_| actor.is_admin());
+    let from = crate::validate::time("from", from)?;
+    let to = crate::validate::time("to", to)?;
     if to <= from {
         return Err(AppError::bad("to must be after from"));
     }

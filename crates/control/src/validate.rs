@@ -1,6 +1,8 @@
 //! Input checks shared by GraphQL and REST: clear messages naming the field.
 //! Ids are parsed by their own types (see [`crate::ids`]).
 
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+
 use crate::error::{AppError, AppResult};
 
 /// Trims `value` and checks it has `min..=max` characters and no control
@@ -13,12 +15,43 @@ pub fn text(field: &str, value: &str, min: usize, max: usize) -> AppResult<Strin
             "{field} must have {min} to {max} characters"
         )));
     }
-    if v.chars().any(char::is_control) {
+    if value.contains('\0') || v.chars().any(char::is_control) {
         return Err(AppError::bad(format!(
             "{field} must not contain control characters"
         )));
     }
     Ok(v.to_owned())
+}
+
+/// Checks that a string can be stored in any text column of either
+/// backend: PostgreSQL refuses the NUL character in `text`.
+pub fn storable(value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err("strings must not contain the NUL character".into());
+    }
+    Ok(())
+}
+
+/// Earliest time accepted as input: both backends hold it, and nothing we
+/// store is older.
+pub const MIN_TIME: NaiveDateTime = match NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(d) => d.and_time(NaiveTime::MIN),
+    None => NaiveDateTime::MIN,
+};
+/// Latest time accepted as input (both backends hold four-digit years).
+pub const MAX_TIME: NaiveDateTime = match NaiveDate::from_ymd_opt(9999, 12, 31) {
+    Some(d) => d.and_time(NaiveTime::MIN),
+    None => NaiveDateTime::MAX,
+};
+
+/// Checks a time is one both backends hold (1970-01-01 to 9999-12-31, UTC).
+pub fn time(field: &str, value: NaiveDateTime) -> AppResult<NaiveDateTime> {
+    if value < MIN_TIME || value > MAX_TIME {
+        return Err(AppError::bad(format!(
+            "{field} must be between 1970-01-01 and 9999-12-31"
+        )));
+    }
+    Ok(value)
 }
 
 /// Checks an integer range.

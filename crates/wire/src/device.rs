@@ -13,13 +13,19 @@ pub struct DeviceRequest {
     /// The device's access token (from the tunnel URL): required when a
     /// gateway calls, absent when the device calls with its device JWT.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub device_token: Option<String>,
     /// Instead of `device_token`: the device JWT a client presented to the
     /// gateway as `Authorization: Bearer` (gateways only).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub device_jwt: Option<String>,
     /// assign-outline: the region wanted (default: the gateway's region, or any).
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 32, pattern = r"^\s*[A-Za-z0-9_-]+\s*$")
+    )]
     pub region: Option<String>,
 }
 

@@ -9,20 +9,25 @@ use crate::{CloseOrder, Secret};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GatewayBeat {
-    /// Software version.
+    /// Software version (1 to 64 characters, no control characters).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub version: Option<String>,
     /// Open tunnels (WebSockets).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub open_tunnels: i32,
     /// Sessions with tunnels open on this gateway.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
     pub open_sessions: Vec<String>,
     /// Outline nodes the gateway failed to reach since its last heartbeat.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     pub unreachable_nodes: Vec<String>,
     /// Outline nodes the gateway reached since its last heartbeat.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     pub reachable_nodes: Vec<String>,
 }
 
@@ -31,17 +36,21 @@ pub struct GatewayBeat {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OutlineBeat {
-    /// Software version.
+    /// Software version (1 to 64 characters, no control characters).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub version: Option<String>,
     /// Open client connections.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub load: i32,
     /// Bytes received since the node started.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub bytes_in: i64,
     /// Bytes sent since the node started.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub bytes_out: i64,
 }
 

@@ -13,12 +13,16 @@ pub const MAX_BATCH: usize = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct SessionTotals {
     /// The session (from assign-outline).
+    #[cfg_attr(feature = "openapi", schema(format = "uuid"))]
     pub session_id: String,
     /// Increasing per session; later reports carry larger numbers.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub seq: i64,
     /// Cumulative bytes from the client since the session started.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub bytes_up: i64,
     /// Cumulative bytes to the client since the session started.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub bytes_down: i64,
 }
 
@@ -38,6 +42,7 @@ pub struct CloseOrder {
 #[serde(deny_unknown_fields)]
 pub struct UsageReport {
     /// Cumulative totals per session (at most 10,000).
+    #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
     pub reports: Vec<SessionTotals>,
 }
 

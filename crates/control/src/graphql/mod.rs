@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod activity;
 pub mod catalogue;
 pub mod devices;
+pub mod inputs;
 pub mod live;
 pub mod loaders;
 pub mod nodes;
@@ -65,7 +66,8 @@ pub fn build_schema(api: AppContext, debug: bool) -> ApiSchema {
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
-        .limit_directives(8);
+        .limit_directives(8)
+        .extension(inputs::InputCheck);
     if !debug {
         builder = builder.disable_introspection().disable_suggestions();
     }

@@ -51,7 +51,7 @@ pub async fn assign(
 ) -> AppResult<Assignment> {
     let region_id: Option<RegionId> = match region {
         Some(code) => {
-            let code = code.trim().to_lowercase();
+            let code = crate::validate::code("region", code)?;
             let r: Option<RegionId> = db_run!(db, |conn| regions::table
                 .filter(regions::code.eq(&code))
                 .select(regions::id)

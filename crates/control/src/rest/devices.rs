@@ -29,9 +29,10 @@ use crate::state::AppState;
 pub(super) async fn validate_device(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<DeviceRequest>,
+    body: ApiJson<DeviceRequest>,
 ) -> Result<Json<ValidateDeviceResponse>, AppError> {
     let caller = caller_with(&state, &headers, true).await?;
+    let req = body.read()?;
     let v = verdict_for(&state, &caller, &req).await?;
     Ok(Json(ValidateDeviceResponse {
         valid: v.valid(),
@@ -82,13 +83,15 @@ pub(super) async fn device_token(
 /// Picks a node for the device and opens or reuses its session.
 #[utoipa::path(post, path = "/api/v1/nodes/assign-outline", request_body = DeviceRequest,
     responses((status = 200, body = AssignResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 pub(super) async fn assign_outline(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<DeviceRequest>,
+    body: ApiJson<DeviceRequest>,
 ) -> Result<Json<AssignResponse>, AppError> {
     let caller = caller_with(&state, &headers, true).await?;
+    let req = body.read()?;
     let verdict = verdict_for(&state, &caller, &req).await?;
     let gateway = caller.gateway();
     let valid_until = verdict

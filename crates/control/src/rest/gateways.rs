@@ -27,9 +27,10 @@ const ACCESS_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15)
 pub(super) async fn usage_report(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<UsageReport>,
+    body: ApiJson<UsageReport>,
 ) -> Result<Json<UsageReportResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
+    let req = body.read()?;
     let received = usage_accounting::receive(&state.db, g.id, &req.reports).await?;
     let mut close_sessions = received.close;
     let (applied, counted) = match received.id {
@@ -104,9 +105,10 @@ pub(super) async fn access_events(
 pub(super) async fn gateway_heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(beat): ApiJson<GatewayBeat>,
+    body: ApiJson<GatewayBeat>,
 ) -> Result<Json<HeartbeatResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
+    let beat = body.read()?;
     let close = heartbeats::gateway(&state.db, &g, &beat).await?;
     Ok(Json(HeartbeatResponse {
         close_sessions: close,

@@ -11,9 +11,12 @@ mod devices;
 mod enroll;
 mod gateways;
 mod nodes;
+mod openapi;
+use openapi::Contract;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use httvps_wire::HealthBody;
@@ -50,27 +53,64 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/openapi.json", get(openapi_json))
 }
 
-/// A JSON body whose every rejection (malformed, wrong types, unknown
-/// fields, wrong content type) is a 400 in our error envelope.
-pub struct ApiJson<T>(pub T);
+/// A JSON body whose every rejection (malformed, not an object, wrong
+/// types, unknown fields, wrong content type, a string no column holds) is
+/// a 400 in our error envelope. It is read when the request arrives but
+/// judged only by [`ApiJson::read`], which handlers call after they have
+/// authenticated the caller: an anonymous caller learns 401, not what is
+/// wrong with its body.
+pub struct ApiJson<T>(Result<T, AppError>);
+
+impl<T> ApiJson<T> {
+    /// The body, or why it is refused.
+    pub fn read(self) -> Result<T, AppError> {
+        self.0
+    }
+}
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = AppError;
+    type Rejection = std::convert::Infallible;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(AppError::bad("the body must be application/json"))
+        Ok(ApiJson(parse_body(req, state).await))
+    }
+}
+
+async fn parse_body<S: Send + Sync, T: serde::de::DeserializeOwned>(
+    req: Request,
+    state: &S,
+) -> Result<T, AppError> {
+    match Json::<serde_json::Value>::from_request(req, state).await {
+        Ok(Json(v)) => {
+            // serde reads a struct from an array too: refuse it here.
+            if !v.is_object() {
+                return Err(AppError::bad("the body must be a JSON object"));
             }
-            Err(JsonRejection::JsonDataError(e)) => {
-                Err(AppError::bad(format!("invalid body: {}", e.body_text())))
-            }
-            Err(JsonRejection::JsonSyntaxError(_)) => {
-                Err(AppError::bad("the body is not valid JSON"))
-            }
-            Err(e) => Err(AppError::bad(format!("unreadable body: {}", e.body_text()))),
+            storable_json(&v).map_err(AppError::BadRequest)?;
+            serde_json::from_value(v).map_err(|e| AppError::bad(format!("invalid body: {e}")))
         }
+        Err(JsonRejection::MissingJsonContentType(_)) => {
+            Err(AppError::bad("the body must be application/json"))
+        }
+        Err(JsonRejection::JsonSyntaxError(_)) => Err(AppError::bad("the body is not valid JSON")),
+        Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(AppError::TooLarge)
+        }
+        Err(e) => Err(AppError::bad(format!("unreadable body: {}", e.body_text()))),
+    }
+}
+
+/// Checks every string of a JSON value (keys included) can be stored.
+fn storable_json(v: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value as J;
+    match v {
+        J::String(s) => crate::validate::storable(s),
+        J::Array(items) => items.iter().try_for_each(storable_json),
+        J::Object(fields) => fields.iter().try_for_each(|(k, v)| {
+            crate::validate::storable(k)?;
+            storable_json(v)
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -85,7 +125,7 @@ fn health_doc() {}
 #[openapi(
     info(
         title = "httvps control plane: gateway and node API",
-        description = "Machine callers send `Authorization: Bearer <node token>`; devices send `Authorization: Bearer <device JWT>` (from /api/v1/auth/device-token). Every error is `{\"error\": {\"code\", \"message\"}}`."
+        description = "Machine callers send `Authorization: Bearer <node token>`; devices send `Authorization: Bearer <device JWT>` (from /api/v1/auth/device-token). Every error, including 405 and 413, is `{\"error\": {\"code\", \"message\"}}`; the credential is checked before the body."
     ),
     paths(
         health_doc,
@@ -98,7 +138,8 @@ fn health_doc() {}
         outline_heartbeat,
         outline_config,
         enroll
-    )
+    ),
+    modifiers(&Contract)
 )]
 pub struct ApiDoc;
 

@@ -33,9 +33,10 @@ async fn node_caller(state: &AppState, headers: &HeaderMap) -> Result<OutlineNod
 pub(super) async fn outline_heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(beat): ApiJson<OutlineBeat>,
+    body: ApiJson<OutlineBeat>,
 ) -> Result<Json<HeartbeatResponse>, AppError> {
     let n = node_caller(&state, &headers).await?;
+    let beat = body.read()?;
     heartbeats::outline(&state.db, &n, &beat).await?;
     Ok(Json(HeartbeatResponse {
         close_sessions: vec![],

@@ -1,0 +1,98 @@
+//! One check on every input value of every operation, on every transport:
+//! a schema extension that looks at the parsed document and its variables
+//! before anything runs. Strings no column can hold (a NUL character:
+//! PostgreSQL refuses it in `text`) are refused as `BAD_REQUEST` here, so
+//! no resolver has to remember them. Ranges, lengths and shapes are checked
+//! by the scalars and by [`crate::validate`].
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::{ErrorExtensionValues, ServerError, ServerResult, Value, Variables};
+
+use crate::validate;
+
+/// The extension factory installed on the schema.
+pub struct InputCheck;
+
+impl ExtensionFactory for InputCheck {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(InputCheckExtension)
+    }
+}
+
+struct InputCheckExtension;
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for InputCheckExtension {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        for (name, value) in variables.iter() {
+            check_value(value).map_err(|m| bad(format!("variable ${name}: {m}")))?;
+        }
+        for (_, op) in doc.operations.iter() {
+            for var in &op.node.variable_definitions {
+                if let Some(default) = &var.node.default_value {
+                    check_value(&default.node).map_err(bad)?;
+                }
+            }
+            check_set(&op.node.selection_set.node)?;
+        }
+        for frag in doc.fragments.values() {
+            check_set(&frag.node.selection_set.node)?;
+        }
+        Ok(doc)
+    }
+}
+
+fn bad(message: String) -> ServerError {
+    let mut err = ServerError::new(message, None);
+    let mut ext = ErrorExtensionValues::default();
+    ext.set("code", "BAD_REQUEST");
+    err.extensions = Some(ext);
+    err
+}
+
+fn check_set(set: &SelectionSet) -> ServerResult<()> {
+    for item in &set.items {
+        match &item.node {
+            Selection::Field(f) => {
+                for (name, value) in &f.node.arguments {
+                    // Variables stand for themselves: their values are
+                    // checked on their own.
+                    let literal = value
+                        .node
+                        .clone()
+                        .into_const_with(|_| Ok::<_, std::convert::Infallible>(Value::Null));
+                    let Ok(literal) = literal;
+                    check_value(&literal)
+                        .map_err(|m| bad(format!("argument {}: {m}", name.node)))?;
+                }
+                check_set(&f.node.selection_set.node)?;
+            }
+            Selection::InlineFragment(i) => check_set(&i.node.selection_set.node)?,
+            Selection::FragmentSpread(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks every string inside a value (keys included).
+pub fn check_value(value: &Value) -> Result<(), String> {
+    match value {
+        Value::String(s) => validate::storable(s),
+        Value::List(items) => items.iter().try_for_each(check_value),
+        Value::Object(fields) => fields.iter().try_for_each(|(k, v)| {
+            validate::storable(k.as_str())?;
+            check_value(v)
+        }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,225 @@
+//! The control plane's HTTP server under idle and slow sockets: `httvps
+//! serve` (a real process, short deadlines) holds 5,000 sockets that send
+//! nothing, half a header or half a body, keeps answering health in under a
+//! second, and closes every one of them after its deadline; beyond its
+//! connection budget it closes new connections at once.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{TEST_SECRET, TestDb, httvps_cmd, spawn_listening};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HELD: usize = 5_000;
+
+fn serve(db: &TestDb, max_connections: usize) -> common::Proc {
+    let mut cmd = httvps_cmd();
+    cmd.args(["serve", "--port", "0"])
+        .env("BACKEND_DB_DSN", db.url())
+        .env("BACKEND_SECRET_KEY", TEST_SECRET)
+        .env("BACKEND_HEADER_TIMEOUT_SECS", "2")
+        .env("BACKEND_BODY_TIMEOUT_SECS", "2")
+        .env("BACKEND_MAX_CONNECTIONS", max_connections.to_string());
+    let p = spawn_listening(cmd);
+    assert!(p.addr.is_some(), "the server did not start");
+    p
+}
+
+/// What a slow socket sends before it stalls.
+fn stall(i: usize) -> &'static [u8] {
+    match i % 3 {
+        0 => b"",
+        1 => b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        _ => b"POST /api/v1/gateway/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"vers",
+    }
+}
+
+/// One health request on a fresh connection; its time.
+async fn health(addr: SocketAddr) -> Duration {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("health answered within 5 s")
+        .expect("read");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    start.elapsed()
+}
+
+/// Whether the peer closed `s` (EOF or reset) within `within`; what it sent
+/// before is read and ignored.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_answers_under_5000_slow_sockets_and_they_are_closed() {
+    let limit = httvps_control::listener::raise_nofile_limit().unwrap_or(0);
+    assert!(
+        limit > HELD as u64 + 500,
+        "this test needs {HELD}+ descriptors"
+    );
+    let db = TestDb::sqlite().await;
+    let p = serve(&db, 8192);
+    let addr = p.addr.expect("addr");
+    // Open and stall 5,000 sockets, 250 at a time.
+    let mut held = Vec::with_capacity(HELD);
+    let opened_at = Instant::now();
+    for chunk in 0..HELD / 250 {
+        let batch: Vec<_> = (0..250)
+            .map(|j| {
+                let i = chunk * 250 + j;
+                tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr).await.expect("connect");
+                    s.write_all(stall(i)).await.expect("write");
+                    s
+                })
+            })
+            .collect();
+        for t in batch {
+            held.push(t.await.expect("task"));
+        }
+    }
+    let opened = opened_at.elapsed();
+    // Health keeps answering while they are held.
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        worst = worst.max(health(addr).await);
+    }
+    assert!(worst < Duration::from_secs(1), "health took {worst:?}");
+    // Every slow socket is closed after its 2 s deadline (counted from when
+    // it was opened: allow for the time opening them all took).
+    let within = Duration::from_secs(6) + opened;
+    let checks: Vec<_> = held
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { closed_within(&mut s, within).await }))
+        .collect();
+    let mut open = [0usize; 3];
+    for (i, c) in checks.into_iter().enumerate() {
+        if !c.await.expect("task") {
+            open[i % 3] += 1;
+        }
+    }
+    assert_eq!(
+        open,
+        [0, 0, 0],
+        "sockets left open after the deadline (nothing, half a header, half a body)"
+    );
+    assert!(health(addr).await < Duration::from_secs(1));
+    #[expect(clippy::print_stderr, reason = "the figures of the run")]
+    {
+        eprintln!("opened {HELD} slow sockets in {opened:?}; health worst {worst:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_budget_are_closed_at_once() {
+    let db = TestDb::sqlite().await;
+    let p = serve(&db, 20);
+    let addr = p.addr.expect("addr");
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Let the server take them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = TcpStream::connect(addr).await.expect("connect");
+    let _ = extra
+        .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(1)).await,
+        "a connection beyond the budget was kept"
+    );
+    // Places come back when connections go.
+    drop(held);
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let _ = s
+            .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+        if out.starts_with(b"HTTP/1.1 200") {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "health never answered after the connections left");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("httvps_http_shed_connections_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_token_guards_metrics_only() {
+    let db = TestDb::sqlite().await;
+    let mut cmd = httvps_cmd();
+    cmd.args(["serve", "--port", "0"])
+        .env("BACKEND_DB_DSN", db.url())
+        .env("BACKEND_SECRET_KEY", TEST_SECRET)
+        .env("BACKEND_METRICS_TOKEN", "metrics-token-0123456789");
+    let p = spawn_listening(cmd);
+    let addr = p.addr.expect("the server did not start");
+    let client = common::client();
+    let url = format!("http://{addr}/metrics");
+    for token in [None, Some("wrong-token-0123456789")] {
+        let mut req = client.get(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("send");
+        assert_eq!(res.status().as_u16(), 401, "token {token:?}");
+        let v: serde_json::Value = res.json().await.expect("json");
+        assert_eq!(v["error"]["code"], "UNAUTHENTICATED");
+    }
+    let res = client
+        .get(&url)
+        .bearer_auth("metrics-token-0123456789")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(
+        res.text()
+            .await
+            .expect("text")
+            .contains("httvps_db_pool_connections")
+    );
+    let health = client
+        .get(format!("http://{addr}/api/v1/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status().as_u16(), 200);
+}
