@@ -588,6 +588,48 @@ async fn target_closing_first_ends_the_stream_after_every_byte() {
     );
 }
 
+/// The node's load the control plane holds, polled until `want` says yes
+/// (bounded); returns the last value seen.
+async fn node_load_until(plane: &Plane, want: impl Fn(i64) -> bool) -> i64 {
+    let mut load = -1;
+    for _ in 0..100 {
+        load = plane
+            .scalar(&format!(
+                "SELECT load::bigint AS n FROM outline_nodes WHERE id = '{}'",
+                plane.nodes[0].0
+            ))
+            .await;
+        if want(load) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load
+}
+
+/// The node's heartbeat carries its real load: the client connections it
+/// holds open, up while tunnels are open and back down when they close.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_heartbeats_report_its_open_connections() {
+    let plane = Plane::start(1).await;
+    let echo = echo_server().await;
+    let socks = plane.client().await;
+    assert_eq!(node_load_until(&plane, |l| l == 0).await, 0, "idle node");
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        let mut s = socks_connect(socks, echo).await;
+        assert!(alive(&mut s).await, "tunnel works");
+        tunnels.push(s);
+    }
+    assert_eq!(
+        node_load_until(&plane, |l| l == 3).await,
+        3,
+        "three tunnels open"
+    );
+    tunnels.clear();
+    assert_eq!(node_load_until(&plane, |l| l == 0).await, 0, "all closed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn udp_associate_round_trips_a_datagram() {
     let plane = Plane::start(1).await;
