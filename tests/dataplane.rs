@@ -475,6 +475,165 @@ async fn half_close_still_receives_the_full_reply() {
     );
 }
 
+/// A server that answers the first request on each connection with `body`
+/// (no length, no framing), then closes when `close` or else keeps the
+/// connection until the peer closes it.
+async fn reply_server(body: Arc<Vec<u8>>, close: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if s.write_all(&body).await.is_err() {
+                    return;
+                }
+                if close {
+                    let _ = s.shutdown().await;
+                } else {
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A server that reads an 8-byte length and that many bytes, answers with
+/// their SHA-256 in hex and closes.
+async fn digest_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(len) = s.read_u64().await else {
+                    return;
+                };
+                let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                if s.read_exact(&mut data).await.is_err() {
+                    return;
+                }
+                let digest = format!("{:x}", sha2::Sha256::digest(&data));
+                let _ = s.write_all(digest.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `data` to a [`digest_server`] through the SOCKS5 proxy `socks`
+/// and reads its answer to the end.
+async fn upload(socks: SocketAddr, target: SocketAddr, data: &[u8]) -> String {
+    let mut s = socks_connect(socks, target).await;
+    s.write_u64(data.len() as u64).await.expect("length");
+    s.write_all(data).await.expect("upload");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_string(&mut answer))
+        .await
+        .expect("the answer and its end in time")
+        .expect("read");
+    answer
+}
+
+/// When the target closes first, the client sees every byte and then the
+/// end of the stream, without closing anything itself. A target that keeps
+/// its connection open gives the same bytes and no end: the end seen is
+/// the target's, passed on by the gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn target_closing_first_ends_the_stream_after_every_byte() {
+    let plane = Plane::start(1).await;
+    let body = random_body(3 * 1024 * 1024 + 17);
+    let closing = reply_server(body.clone(), true).await;
+    let open = reply_server(body.clone(), false).await;
+    let socks = plane.client().await;
+    for round in 0..3 {
+        let mut s = socks_connect(socks, closing).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("request");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no end of stream"))
+            .expect("read");
+        assert!(
+            got == *body,
+            "round {round}: {} of {} bytes",
+            got.len(),
+            body.len()
+        );
+    }
+    let mut s = socks_connect(socks, open).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("request");
+    let mut got = vec![0u8; body.len()];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut got))
+        .await
+        .expect("the reply in time")
+        .expect("read");
+    assert!(got == *body, "the same bytes from the open target");
+    let mut more = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), s.read(&mut more))
+            .await
+            .is_err(),
+        "no end while the target keeps its connection"
+    );
+}
+
+/// The node's load the control plane holds, polled until `want` says yes
+/// (bounded); returns the last value seen.
+async fn node_load_until(plane: &Plane, want: impl Fn(i64) -> bool) -> i64 {
+    let mut load = -1;
+    for _ in 0..100 {
+        load = plane
+            .scalar(&format!(
+                "SELECT load::bigint AS n FROM outline_nodes WHERE id = '{}'",
+                plane.nodes[0].0
+            ))
+            .await;
+        if want(load) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load
+}
+
+/// The node's heartbeat carries its real load: the client connections it
+/// holds open, up while tunnels are open and back down when they close.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_heartbeats_report_its_open_connections() {
+    let plane = Plane::start(1).await;
+    let echo = echo_server().await;
+    let socks = plane.client().await;
+    assert_eq!(node_load_until(&plane, |l| l == 0).await, 0, "idle node");
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        let mut s = socks_connect(socks, echo).await;
+        assert!(alive(&mut s).await, "tunnel works");
+        tunnels.push(s);
+    }
+    assert_eq!(
+        node_load_until(&plane, |l| l == 3).await,
+        3,
+        "three tunnels open"
+    );
+    tunnels.clear();
+    assert_eq!(node_load_until(&plane, |l| l == 0).await, 0, "all closed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn udp_associate_round_trips_a_datagram() {
     let plane = Plane::start(1).await;
@@ -810,6 +969,26 @@ async fn stock_ss_local_with_v2ray_plugin_fetches_through_the_gateway() {
     let got = got.expect("headers");
     assert_eq!(got.len(), body.len(), "length");
     assert_eq!(sha2::Sha256::digest(&got), sha2::Sha256::digest(&*body));
+    // The node finishes first on every download: each one must still end
+    // with every byte (v2ray-core drops what it holds when the WebSocket
+    // ends under it), so a few more of them.
+    for round in 1..4 {
+        let got = fetch(local, web).await;
+        assert!(
+            got == *body,
+            "download {round}: {} of {} bytes",
+            got.len(),
+            body.len()
+        );
+    }
+    // The other direction: 10 MiB up, the digest back, then the target's end.
+    let up = random_body(10 * 1024 * 1024);
+    let answer = upload(local, digest_server().await, &up).await;
+    assert_eq!(
+        answer,
+        format!("{:x}", sha2::Sha256::digest(&*up)),
+        "upload"
+    );
     child.kill_group().await;
 }
 

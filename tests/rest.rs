@@ -224,30 +224,10 @@ async fn assignment_policy() {
     // n5 stops heartbeating: its lease runs out and the sweeper marks it down.
     w.sql(&format!("UPDATE outline_nodes SET last_heartbeat_at = last_heartbeat_at - interval '1 minute' WHERE id = '{n5}'")).await;
     heartbeats::sweep(&w.server.state.db).await.expect("sweep");
-    // n6 is full: one open session on it.
-    let (_, _, filler) = w.device().await;
-    w.sql(&format!(
-        "UPDATE outline_nodes SET status = 'disabled' WHERE id IN ('{n1}', '{n2}')"
-    ))
-    .await;
-    let (s, b) = w.assign(&filler, None).await;
-    assert_eq!((s, b["host"].as_str().is_some()), (200, true), "{b}");
-    w.sql(&format!(
-        "UPDATE outline_nodes SET status = 'active' WHERE id IN ('{n1}', '{n2}')"
-    ))
-    .await;
-    // n1 carries one session more than n2: the next device goes to n2.
-    let (_, _, other) = w.device().await;
-    w.sql(&format!(
-        "UPDATE outline_nodes SET status = 'disabled' WHERE id = '{n2}'"
-    ))
-    .await;
-    let (s, b) = w.assign(&other, None).await;
-    assert_eq!(s, 200, "{b}");
-    w.sql(&format!(
-        "UPDATE outline_nodes SET status = 'active' WHERE id = '{n2}'"
-    ))
-    .await;
+    // n6 is full: its heartbeat reports as many connections as its capacity.
+    w.beat(&t6, 1).await;
+    // n1 is full too: the next device goes to n2.
+    w.beat(&t1, 10).await;
     let (_, _, dev) = w.device().await;
     let (s, b) = w.assign(&dev, None).await;
     assert_eq!(s, 200, "{b}");
@@ -257,7 +237,7 @@ async fn assignment_policy() {
             "SELECT count(*) AS n FROM sessions WHERE id = '{sid}' AND outline_node_id = '{n2}'"
         ))
         .await;
-    assert_eq!(picked, 1, "least loaded relative to capacity: n2 ({b})");
+    assert_eq!(picked, 1, "the only node with room: n2 ({b})");
     assert_eq!(b["region"], "eu");
     assert_eq!(b["host"], "10.1.0.1");
     assert!(
@@ -282,11 +262,11 @@ async fn assignment_policy() {
     }
     assert_eq!(
         w.scalar(&format!(
-            "SELECT count(*) AS n FROM sessions WHERE outline_node_id = '{n6}'"
+            "SELECT count(*) AS n FROM sessions WHERE outline_node_id IN ('{n1}', '{n6}')"
         ))
         .await,
-        1,
-        "n6 holds only the filler"
+        0,
+        "full nodes get no new session"
     );
     // Region respected.
     let (s, b) = w.assign(&dev, Some("us")).await;
@@ -302,7 +282,9 @@ async fn assignment_policy() {
     );
     let (s, b) = w.assign(&dev, Some("mars")).await;
     assert_eq!((s, b["error"]["code"].as_str()), (404, Some("NOT_FOUND")));
-    // The sticky node drains: the device moves to a healthy node of the region.
+    // The sticky node drains: the device moves to a healthy node of the
+    // region with room (n1 has room again).
+    w.beat(&t1, 0).await;
     w.gql(
         "mutation($a:UUID!){setNodeStatus(id:$a,status:DRAINING){__typename}}",
         json!({"a": n2}),

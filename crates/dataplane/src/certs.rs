@@ -74,6 +74,9 @@ impl CertFiles {
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Session resumption: stateless tickets, keys rotated (see tls.rs).
+        cfg.ticketer =
+            tokio_rustls::rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS ticket keys")?;
         let files = CertFiles {
             cert: cert.to_owned(),
             key: key.to_owned(),

@@ -1,6 +1,14 @@
 //! TLS material: certificate files, a self-signed certificate for
 //! development, and client configs that trust the system's roots plus an
 //! extra certificate.
+//!
+//! Session resumption: the acceptor issues stateless TLS 1.3 tickets
+//! (rustls' `Ticketer`: AEAD-sealed, keys rotated every 6 hours, the old
+//! key still accepted for one more period), so every worker of a gateway
+//! resumes every ticket the gateway issued, with nothing stored per client.
+//! A connector keeps the tickets it receives (rustls' in-memory cache), so
+//! a client that reconnects through the same connector skips the
+//! certificate and key exchange.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -59,6 +67,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .with_single_cert(certs, key)
         .context("TLS certificate")?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS ticket keys")?;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
@@ -90,10 +99,80 @@ pub fn roots(extra_ca: Option<&Path>) -> anyhow::Result<RootCertStore> {
 pub fn connector(extra_ca: Option<&Path>) -> anyhow::Result<TlsConnector> {
     install_provider();
     let roots = roots(extra_ca)?;
-    let cfg = ClientConfig::builder_with_provider(provider())
+    let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // Tickets for this many gateways (a few per gateway are kept).
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(64);
     Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::HandshakeKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::ServerName;
+
+    /// A gateway-like server: answers each connection with one line and
+    /// keeps reading until the peer closes.
+    async fn server(acceptor: TlsAcceptor) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = tls.write_all(b"hello\n").await;
+                    let mut sink = [0u8; 64];
+                    while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        addr
+    }
+
+    /// Connects, reads the greeting (the tickets arrive with it) and says
+    /// how the handshake went.
+    async fn visit(connector: &TlsConnector, addr: std::net::SocketAddr) -> HandshakeKind {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        let mut line = [0u8; 6];
+        tls.read_exact(&mut line).await.expect("greeting");
+        assert_eq!(&line, b"hello\n");
+        let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+        let _ = tls.shutdown().await;
+        kind
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_reconnects_resumes_its_session() {
+        let dir = std::env::temp_dir().join(format!("httvps-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = (dir.join("gw.crt"), dir.join("gw.key"));
+        ensure_self_signed(&cert, &key, &["localhost"]).expect("certificate");
+        let addr = server(acceptor(&cert, &key).expect("acceptor")).await;
+        let client = connector(Some(&cert)).expect("connector");
+        assert_eq!(visit(&client, addr).await, HandshakeKind::Full);
+        // Every later connection resumes, whichever worker accepts it.
+        for _ in 0..4 {
+            assert_eq!(visit(&client, addr).await, HandshakeKind::Resumed);
+        }
+        // A client without the gateway's ticket does a full handshake.
+        let stranger = connector(Some(&cert)).expect("connector");
+        assert_eq!(visit(&stranger, addr).await, HandshakeKind::Full);
+        // Another gateway (other ticket keys) cannot open this client's
+        // tickets: a full handshake there, no error.
+        let other = server(acceptor(&cert, &key).expect("acceptor")).await;
+        assert_eq!(visit(&client, other).await, HandshakeKind::Full);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

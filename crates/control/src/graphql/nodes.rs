@@ -37,7 +37,8 @@ pub struct OutlineNode {
     pub status: NodeStatus,
     /// unknown, up or down.
     pub health: String,
-    /// Most concurrent sessions it should carry.
+    /// Most concurrent client connections it should carry (compared with
+    /// the load its heartbeats report).
     pub capacity: i32,
     /// Open connections at the last heartbeat.
     pub load: i32,
@@ -200,7 +201,7 @@ pub struct RegisterOutlineNodeInput {
     pub method: Option<String>,
     /// Own Shadowsocks password: the node becomes a pool of one.
     pub secret: Option<String>,
-    /// Most concurrent sessions (default 1000).
+    /// Most concurrent client connections (default 1000).
     #[graphql(default = 1000)]
     pub capacity: i32,
 }

@@ -1,14 +1,20 @@
 //! The choice of a node, without I/O: among the region's nodes, the healthy
 //! active ones; the device's open session through this gateway when one is
-//! on such a node (sticky); otherwise the least loaded relative to capacity,
-//! pool-key nodes first, never a full one.
-
-use std::collections::HashMap;
+//! on such a node (sticky); otherwise one with room, pool-key nodes first,
+//! never a full one.
+//!
+//! A node's load is what its last heartbeat reported (its open client
+//! connections), so a choice reads the region's node rows and nothing that
+//! grows with the sessions. That load is up to a heartbeat interval old:
+//! picking "the least loaded" would send every new session of that interval
+//! to the same node, so the pick is random, weighted by each node's room
+//! (capacity minus load): the emptier a node relative to its size, the more
+//! new sessions it takes, and a burst spreads over the pool.
 
 use chrono::NaiveDateTime;
 
 use crate::db::models::{OutlineNode, Session};
-use crate::ids::{GatewayNodeId, OutlineNodeId};
+use crate::ids::GatewayNodeId;
 use crate::status::{Health, NodeStatus};
 
 /// A node stops being healthy when it misses this many heartbeat intervals.
@@ -75,15 +81,20 @@ impl NoNode {
     }
 }
 
+/// The room a node has for new connections (0 when full).
+fn room(n: &OutlineNode) -> i64 {
+    (i64::from(n.capacity) - i64::from(n.load)).max(0)
+}
+
 /// Chooses among `nodes` (the region's) at `at` for a device whose open
-/// sessions are `current`, called through `gateway`; `open` counts the open
-/// sessions per node.
+/// sessions are `current`, called through `gateway`. `spin`, in `[0, 1)`,
+/// is the random draw of a fresh choice.
 pub fn choose<'a>(
     nodes: &'a [OutlineNode],
-    open: &HashMap<OutlineNodeId, i64>,
     current: &'a [Session],
     gateway: Option<GatewayNodeId>,
     at: NaiveDateTime,
+    spin: f64,
 ) -> Result<Choice<'a>, NoNode> {
     let healthy: Vec<&OutlineNode> = nodes.iter().filter(|n| eligible(n, at)).collect();
     let sticky = current.iter().find_map(|s| {
@@ -93,17 +104,21 @@ pub fn choose<'a>(
     if let Some(c) = sticky {
         return Ok(c);
     }
-    let load = |n: &OutlineNode| open.get(&n.id).copied().unwrap_or(0);
-    let ratio = |n: &OutlineNode| load(n) as f64 / f64::from(n.capacity.max(1));
-    healthy
-        .iter()
-        .filter(|n| load(n) < i64::from(n.capacity))
-        .min_by(|a, b| {
-            // Pool-key nodes first: clients holding the region key work on any of them.
-            (!a.uses_pool_key, ratio(a))
-                .partial_cmp(&(!b.uses_pool_key, ratio(b)))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
+    let open: Vec<&OutlineNode> = healthy.iter().copied().filter(|n| room(n) > 0).collect();
+    // Pool-key nodes first: clients holding the region key work on any of them.
+    let pool: Vec<&OutlineNode> = open.iter().copied().filter(|n| n.uses_pool_key).collect();
+    let candidates = if pool.is_empty() { open } else { pool };
+    let total: i64 = candidates.iter().map(|n| room(n)).sum();
+    // The point on the line of all rooms laid end to end that `spin` hits.
+    let mut at_room = (spin.clamp(0.0, 1.0) * total as f64) as i64;
+    for n in &candidates {
+        if at_room < room(n) {
+            return Ok(Choice::Fresh(n));
+        }
+        at_room -= room(n);
+    }
+    candidates
+        .last()
         .map(|n| Choice::Fresh(n))
         .ok_or(if nodes.is_empty() {
             NoNode::NoneActive
@@ -118,9 +133,13 @@ pub fn choose<'a>(
 mod tests {
     use super::*;
     use crate::db::models::now;
-    use crate::ids::{DeviceId, RegionId, SessionId};
+    use crate::ids::{DeviceId, OutlineNodeId, RegionId, SessionId};
 
     fn node(capacity: i32, pool: bool) -> OutlineNode {
+        loaded(capacity, 0, pool)
+    }
+
+    fn loaded(capacity: i32, load: i32, pool: bool) -> OutlineNode {
         OutlineNode {
             id: OutlineNodeId::random(),
             region_id: RegionId::random(),
@@ -135,7 +154,7 @@ mod tests {
             capacity,
             token_hash: "h".into(),
             last_heartbeat_at: Some(now()),
-            load: 0,
+            load,
             bytes_in: 0,
             bytes_out: 0,
             version: None,
@@ -168,22 +187,34 @@ mod tests {
     }
 
     #[test]
-    fn least_loaded_relative_to_capacity_wins() {
-        let nodes = [node(10, true), node(100, true)];
-        let open = HashMap::from([(nodes[0].id, 5), (nodes[1].id, 10)]);
-        assert_eq!(fresh(choose(&nodes, &open, &[], None, now())), nodes[1].id);
+    fn new_sessions_spread_in_proportion_to_room() {
+        // Rooms 5 and 90: spins below 5/95 land on the first node.
+        let nodes = [loaded(10, 5, true), loaded(100, 10, true)];
+        assert_eq!(fresh(choose(&nodes, &[], None, now(), 0.0)), nodes[0].id);
+        assert_eq!(fresh(choose(&nodes, &[], None, now(), 0.05)), nodes[0].id);
+        assert_eq!(fresh(choose(&nodes, &[], None, now(), 0.06)), nodes[1].id);
+        assert_eq!(fresh(choose(&nodes, &[], None, now(), 0.999)), nodes[1].id);
+        // Over an even sweep of spins, each node's share is its share of the room.
+        let picks = (0..950)
+            .filter(|i| {
+                fresh(choose(&nodes, &[], None, now(), f64::from(*i) / 950.0)) == nodes[0].id
+            })
+            .count();
+        assert_eq!(picks, 50);
     }
 
     #[test]
     fn pool_key_nodes_come_first_and_full_nodes_never() {
-        let nodes = [node(100, false), node(10, true)];
-        let open = HashMap::from([(nodes[1].id, 9)]);
-        assert_eq!(fresh(choose(&nodes, &open, &[], None, now())), nodes[1].id);
-        let open = HashMap::from([(nodes[1].id, 10)]);
-        assert_eq!(fresh(choose(&nodes, &open, &[], None, now())), nodes[0].id);
-        let open = HashMap::from([(nodes[0].id, 100), (nodes[1].id, 10)]);
+        let nodes = [node(100, false), loaded(10, 9, true)];
+        for spin in [0.0, 0.5, 0.99] {
+            assert_eq!(fresh(choose(&nodes, &[], None, now(), spin)), nodes[1].id);
+        }
+        let nodes = [node(100, false), loaded(10, 10, true)];
+        assert_eq!(fresh(choose(&nodes, &[], None, now(), 0.0)), nodes[0].id);
+        // A load past capacity (connections are not refused) is full too.
+        let nodes = [loaded(100, 100, false), loaded(10, 12, true)];
         assert_eq!(
-            choose(&nodes, &open, &[], None, now()).err(),
+            choose(&nodes, &[], None, now(), 0.3).err(),
             Some(NoNode::AllFull)
         );
     }
@@ -202,16 +233,13 @@ mod tests {
         unknown.last_heartbeat_at = None;
         let nodes = [down, draining, silent];
         assert_eq!(
-            choose(&nodes, &HashMap::new(), &[], None, t).err(),
+            choose(&nodes, &[], None, t, 0.5).err(),
             Some(NoNode::NoneHealthy)
         );
         let with_unknown = [nodes[0].clone(), unknown.clone()];
+        assert_eq!(fresh(choose(&with_unknown, &[], None, t, 0.5)), unknown.id);
         assert_eq!(
-            fresh(choose(&with_unknown, &HashMap::new(), &[], None, t)),
-            unknown.id
-        );
-        assert_eq!(
-            choose(&[], &HashMap::new(), &[], None, t).err(),
+            choose(&[], &[], None, t, 0.5).err(),
             Some(NoNode::NoneActive)
         );
         assert_eq!(
@@ -223,28 +251,26 @@ mod tests {
     #[test]
     fn sessions_stick_to_their_node_through_the_same_gateway() {
         let gw = Some(GatewayNodeId::random());
-        let nodes = [node(100, true), node(100, true)];
-        let open = HashMap::from([(nodes[0].id, 50)]);
+        let nodes = [loaded(100, 100, true), node(100, true)];
         let mine = session(&nodes[0], gw);
         let current = [mine.clone()];
-        match choose(&nodes, &open, &current, gw, now()) {
+        // Sticky even when its node is full: the device is already there.
+        match choose(&nodes, &current, gw, now(), 0.0) {
             Ok(Choice::Sticky { node, session }) => {
                 assert_eq!((node.id, session.id), (nodes[0].id, mine.id));
             }
             other => panic!("expected sticky, got {other:?}"),
         }
-        // Through another gateway: a fresh choice (the less loaded node).
+        // Through another gateway: a fresh choice (the one with room).
         let other_gw = Some(GatewayNodeId::random());
         assert_eq!(
-            fresh(choose(&nodes, &open, &current, other_gw, now())),
+            fresh(choose(&nodes, &current, other_gw, now(), 0.0)),
             nodes[1].id
         );
         // Its node went down: a fresh choice.
         let mut gone = nodes.clone();
         gone[0].health = Health::Down;
-        assert_eq!(
-            fresh(choose(&gone, &open, &current, gw, now())),
-            nodes[1].id
-        );
+        gone[0].load = 0;
+        assert_eq!(fresh(choose(&gone, &current, gw, now(), 0.0)), nodes[1].id);
     }
 }

@@ -2,6 +2,17 @@
 //! per session. A client Close is a half-close: the node's side is shut
 //! for writing and whatever the node still sends is forwarded first. Idle
 //! tunnels hold no read buffer; the buffer read into is the frame sent.
+//!
+//! When the node finishes first, the Close goes out as soon as the client
+//! has read past the last data frame, proven by the Pong to a Ping queued
+//! behind it. v2ray-plugin needs that: v2ray-core's WebSocket transport
+//! (gorilla/websocket) reports any end of a WebSocket, a Close or the
+//! connection's EOF alike, as an error, and v2ray-core then interrupts the
+//! pipe between its outbound and its inbound, dropping what it has read
+//! from the socket but not yet written to the local connection. A Close
+//! right behind the data is read in the same turn and drops the tail; once
+//! the Pong left, the reader has handed everything on and the Close arrives
+//! a round trip later.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,12 +22,17 @@ use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::tunnel::{self, TunnelGuard, closed_signal};
 
-/// How long the gateway waits, once the node has finished, for the client
-/// to close first.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The payload of the Ping queued behind a tunnel's last data frame; its
+/// Pong says the client has read everything before it.
+const DRAINED_PING: &[u8] = b"end";
+
+/// How long the gateway waits for that Pong (a client that does not answer
+/// Pings gets its Close after this).
+const DRAINED_WAIT: Duration = Duration::from_secs(3);
 
 /// Largest read from a node, and so largest frame to a client.
 const READ_CHUNK: usize = 64 * 1024;
@@ -46,6 +62,8 @@ pub(crate) async fn pipe(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard) {
     let session = guard.session.clone();
     let up_out = out.clone();
     let up_session = session.clone();
+    let drained = Arc::new(Notify::new());
+    let up_drained = drained.clone();
     let mut upstream = tokio::spawn(async move {
         loop {
             let frame = match rx
@@ -78,7 +96,11 @@ pub(crate) async fn pipe(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard) {
                         .send(Frame::pong(Payload::Owned(frame.payload.to_vec())))
                         .await;
                 }
-                OpCode::Pong => {}
+                OpCode::Pong => {
+                    if &frame.payload[..] == DRAINED_PING {
+                        up_drained.notify_one();
+                    }
+                }
                 OpCode::Close => {
                     let _ = node_w.shutdown().await;
                     return true;
@@ -149,11 +171,15 @@ pub(crate) async fn pipe(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard) {
         tokio::select! {
             end = &mut downstream => {
                 if end == End::NodeDone {
-                    // The node is done. Give the client a moment to finish
-                    // on its own first: some stock clients (v2ray-plugin)
-                    // treat a Close as an error and drop what they have not
-                    // yet passed on.
-                    let client_done = tokio::time::timeout(CLOSE_GRACE, &mut upstream).await.is_ok();
+                    // The node is done: close once the client has read
+                    // past the last data frame (see the module's note).
+                    let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(DRAINED_PING));
+                    let _ = closer.send(ping).await;
+                    let client_done = tokio::select! {
+                        _ = drained.notified() => false,
+                        _ = &mut upstream => true,
+                        _ = tokio::time::sleep(DRAINED_WAIT) => false,
+                    };
                     let _ = closer.send(Frame::close(1000, b"")).await;
                     if !client_done {
                         // Let the client answer our Close before the socket
