@@ -92,7 +92,12 @@ fn table() -> BTreeMap<&'static str, (Access, String)> {
         ("Mutation.setNodeStatus", (Admin, format!("mutation{{setNodeStatus(id:\"{ID}\",status:DRAINING){{__typename}}}}"))),
         ("Mutation.deleteNode", (Admin, format!("mutation{{deleteNode(id:\"{ID}\")}}"))),
         ("Mutation.rotateNodeToken", (Admin, format!("mutation{{rotateNodeToken(id:\"{ID}\")}}"))),
+        ("Query.settings", (Public, "{settings{signUpEnabled}}".into())),
+        ("Mutation.updateSettings", (Admin, "mutation{updateSettings(input:{}){signUpEnabled}}".into())),
         ("Live.nodeEvents", (Live, String::new())),
+        ("Live.sessionEvents", (Live, String::new())),
+        ("Live.quotaEvents", (Live, String::new())),
+        ("Live.myDeviceEvents", (Live, String::new())),
     ])
 }
 

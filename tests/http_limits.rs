@@ -167,7 +167,9 @@ async fn connections_beyond_the_budget_are_closed_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "health never answered after the connections left");
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+    let metrics = common::client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
         .await
         .expect("metrics")
         .text()

@@ -123,8 +123,8 @@ impl DeviceChange {
     }
 }
 
-/// One row of [`session_events!`]: what a session event says, read in the
-/// transaction that opened or ended the session.
+/// One row of [`session_rows!`](crate::session_rows): what a session event
+/// says, read in the transaction that opened or ended the session.
 pub type SessionRow = (
     crate::ids::SessionId,
     crate::ids::DeviceId,
@@ -138,7 +138,8 @@ pub type SessionRow = (
     i64,
 );
 
-/// Turns rows read by [`session_events!`] into events of `kind` at `at`.
+/// Turns rows read by [`session_rows!`](crate::session_rows) into events
+/// of `kind` at `at`.
 pub fn session_events(
     kind: SessionEventKind,
     rows: Vec<SessionRow>,
@@ -166,36 +167,6 @@ pub fn session_events(
         .collect()
 }
 
-/// Reads, on `$conn` (inside the transaction that changed them), what the
-/// session events of the sessions `$ids` say: a `Vec<SessionRow>`.
-#[macro_export]
-macro_rules! session_rows {
-    ($conn:expr, $ids:expr) => {{
-        use $crate::db::schema::{devices, outline_nodes, regions, sessions, users};
-        sessions::table
-            .inner_join(devices::table.inner_join(users::table))
-            .left_join(
-                outline_nodes::table.on(sessions::outline_node_id.eq(outline_nodes::id.nullable())),
-            )
-            .left_join(regions::table.on(regions::id.eq(outline_nodes::region_id)))
-            .filter(sessions::id.eq_any($ids))
-            .select((
-                sessions::id,
-                sessions::device_id,
-                devices::user_id,
-                users::email,
-                regions::code.nullable(),
-                sessions::outline_node_id,
-                sessions::gateway_node_id,
-                sessions::end_reason,
-                sessions::bytes_up,
-                sessions::bytes_down,
-            ))
-            .load::<$crate::feed::SessionRow>($conn)
-            .await?
-    }};
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,7 +175,7 @@ mod tests {
 
     #[test]
     fn rows_become_events_with_their_kind_and_reason() {
-        let at = crate::db::models::now();
+        let at = chrono::Utc::now().naive_utc();
         let (s, d, u) = (SessionId::random(), DeviceId::random(), UserId::random());
         let row = (
             s,

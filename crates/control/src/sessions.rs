@@ -305,3 +305,33 @@ pub async fn placements_of(db: &Db, ids: &[DeviceId]) -> AppResult<Vec<Placement
     }
     Ok(out)
 }
+
+/// Reads, on `$conn` (inside the transaction that changed them), what the
+/// session events of the sessions `$ids` say: a `Vec<SessionRow>`.
+#[macro_export]
+macro_rules! session_rows {
+    ($conn:expr, $ids:expr) => {{
+        use $crate::db::schema::{devices, outline_nodes, regions, sessions, users};
+        sessions::table
+            .inner_join(devices::table.inner_join(users::table))
+            .left_join(
+                outline_nodes::table.on(sessions::outline_node_id.eq(outline_nodes::id.nullable())),
+            )
+            .left_join(regions::table.on(regions::id.eq(outline_nodes::region_id)))
+            .filter(sessions::id.eq_any($ids))
+            .select((
+                sessions::id,
+                sessions::device_id,
+                devices::user_id,
+                users::email,
+                regions::code.nullable(),
+                sessions::outline_node_id,
+                sessions::gateway_node_id,
+                sessions::end_reason,
+                sessions::bytes_up,
+                sessions::bytes_down,
+            ))
+            .load::<$crate::feed::SessionRow>($conn)
+            .await?
+    }};
+}
