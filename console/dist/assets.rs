@@ -54,6 +54,16 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
+        path: "assets/console-B-V-ZWOB.js",
+        content_type: "text/javascript; charset=utf-8",
+        etag: "\"75bcdd5102c3ecc71acd\"",
+        immutable: true,
+        debug_only: false,
+        raw: include_bytes!("assets/console-B-V-ZWOB.js"),
+        gzip: Some(include_bytes!("assets/console-B-V-ZWOB.js.gz")),
+        brotli: Some(include_bytes!("assets/console-B-V-ZWOB.js.br")),
+    },
+    Asset {
         path: "assets/console-BZ-ApVZr.css",
         content_type: "text/css; charset=utf-8",
         etag: "\"c09bbacc18fc42ae9dce\"",
@@ -62,16 +72,6 @@ static ASSETS: &[Asset] = &[
         raw: include_bytes!("assets/console-BZ-ApVZr.css"),
         gzip: Some(include_bytes!("assets/console-BZ-ApVZr.css.gz")),
         brotli: Some(include_bytes!("assets/console-BZ-ApVZr.css.br")),
-    },
-    Asset {
-        path: "assets/console-CAepkuKi.js",
-        content_type: "text/javascript; charset=utf-8",
-        etag: "\"0e7d780adc183762d71b\"",
-        immutable: true,
-        debug_only: false,
-        raw: include_bytes!("assets/console-CAepkuKi.js"),
-        gzip: Some(include_bytes!("assets/console-CAepkuKi.js.gz")),
-        brotli: Some(include_bytes!("assets/console-CAepkuKi.js.br")),
     },
     Asset {
         path: "assets/dialog-DiiuO5o-.js",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"dced82a576ebc38e061e\"",
+        etag: "\"672b67265306330ce2c8\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

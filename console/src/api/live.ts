@@ -2,8 +2,9 @@
 // the whole console, opened when the first live operation starts, with the
 // access token in `connection_init` (never in the URL). The socket
 // reconnects with backoff and a fresh token. When the server ends an
-// operation or refuses the socket's credential (its token expired or was
-// revoked), the operation starts over on a new socket after a refresh.
+// operation or refuses the socket's credential (close 4403: its token
+// expired or was revoked, the account was disabled), the operation starts
+// over on a new socket after a refresh, or the session ends.
 // Either way the page is told, so it re-reads what it shows: events sent
 // while nothing listened are gone.
 
@@ -42,7 +43,9 @@ function getClient(): Client {
     lazyCloseTimeout: 3_000,
     keepAlive: 20_000,
     retryAttempts: Number.POSITIVE_INFINITY,
-    shouldRetry: () => session.get().status === 'signed-in',
+    // 4403: the server refused the socket's credential (revoked, expired,
+    // account disabled): not retried as it is; the operation refreshes.
+    shouldRetry: (e) => session.get().status === 'signed-in' && !(isCloseEvent(e) && e.code === 4403),
     retryWait: (retries) => new Promise((resolve) => setTimeout(resolve, backoff(retries))),
     connectionParams: async () => {
       const token = await accessToken();
@@ -144,9 +147,10 @@ export function subscribe<T>(
             handlers.onError?.(fromGraphQL(err));
             return;
           }
-          // A close the client does not retry: 1002 is how the server
-          // refuses the credential in connection_init.
-          void again(on, isCloseEvent(err) && err.code === 1002);
+          // A close the client does not retry: 4403 (1002 from older
+          // servers) is how the server refuses the socket's credential, in
+          // connection_init or when it stops being valid.
+          void again(on, isCloseEvent(err) && (err.code === 4403 || err.code === 1002));
         },
         // The server ended the operation (its credential ran out, say).
         complete: () => void again(on, false),
