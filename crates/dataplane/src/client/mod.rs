@@ -21,6 +21,8 @@ use shadowsocks_service::shadowsocks::context::{Context, SharedContext};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 mod forward;
 mod params;
@@ -109,7 +111,14 @@ impl Shared {
         // A small read buffer: tungstenite zeroes it before every read.
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(16 * 1024);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tls, Some(config))
+        let mut req = url.as_str().into_client_request()?;
+        // We read a Close in order behind the data: the gateway need not
+        // hold it back.
+        req.headers_mut().insert(
+            crate::gateway::ORDERED_CLOSE_HEADER,
+            HeaderValue::from_static("1"),
+        );
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, tls, Some(config))
             .await
             .context("WebSocket with the gateway")?;
         Ok(ws)

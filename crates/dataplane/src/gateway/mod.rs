@@ -55,6 +55,7 @@ mod usage;
 mod validator;
 
 pub use document::access_yaml;
+pub use tcp::ORDERED_CLOSE_HEADER;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]

@@ -219,9 +219,13 @@ async fn ws_tcp(
         return not_found_response();
     };
     let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
+    let ordered_close = req
+        .headers()
+        .get(tcp::ORDERED_CLOSE_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
     let span = tracing::debug_span!("tunnel", session.id = %route.session_id, kind = "tcp");
     gw.tunnels.spawn(tracing::Instrument::instrument(
-        tcp::pipe(fut, node, guard),
+        tcp::pipe(fut, node, guard, ordered_close),
         span,
     ));
     resp.into_response()

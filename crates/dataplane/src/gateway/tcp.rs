@@ -3,16 +3,21 @@
 //! for writing and whatever the node still sends is forwarded first. Idle
 //! tunnels hold no read buffer; the buffer read into is the frame sent.
 //!
-//! When the node finishes first, the Close goes out as soon as the client
-//! has read past the last data frame, proven by the Pong to a Ping queued
-//! behind it. v2ray-plugin needs that: v2ray-core's WebSocket transport
+//! When the node finishes first, a client that reads a Close in order
+//! behind the data (ours says so with [`ORDERED_CLOSE_HEADER`]) gets the
+//! Close right behind the last data frame. Every other client gets it once
+//! it has read past the last data frame, proven by the Pong to a Ping
+//! queued behind it, and has had a moment to hand on what it read.
+//! v2ray-plugin needs that: v2ray-core's WebSocket transport
 //! (gorilla/websocket) reports any end of a WebSocket, a Close or the
 //! connection's EOF alike, as an error, and v2ray-core then interrupts the
-//! pipe between its outbound and its inbound, dropping what it has read
-//! from the socket but not yet written to the local connection. A Close
-//! right behind the data is read in the same turn and drops the tail; once
-//! the Pong left, the reader has handed everything on and the Close arrives
-//! a round trip later.
+//! pipe between its outbound and its inbound, dropping what that pipe
+//! holds (up to its 512 KiB buffer) but has not yet written to the local
+//! connection. The Pong leaves when the reader has passed the data into
+//! that pipe; the pipe drains into the local connection at the pace the
+//! client has been reading at, so the wait after the Pong scales with the
+//! Ping's round trip ([`drain_grace`]). A client that closes first ends
+//! the wait at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +39,21 @@ const DRAINED_PING: &[u8] = b"end";
 /// Pings gets its Close after this).
 const DRAINED_WAIT: Duration = Duration::from_secs(3);
 
+/// The request header by which a client says it reads a Close in order
+/// behind the data frames before it (value `1`): it gets the Close right
+/// behind the last one.
+pub const ORDERED_CLOSE_HEADER: &str = "x-httvps-ordered-close";
+
+/// The least and the most a client that is not known to read a Close in
+/// order is given, after its Pong, to hand on what it has read.
+const DRAIN_GRACE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
+/// The wait after the Pong, from the Ping's round trip (which covers
+/// reading the last data frames): eight of them, within [`DRAIN_GRACE`].
+fn drain_grace(round_trip: Duration) -> Duration {
+    (round_trip * 8).clamp(DRAIN_GRACE.0, DRAIN_GRACE.1)
+}
+
 /// Largest read from a node, and so largest frame to a client.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -49,7 +69,15 @@ enum End {
 }
 
 /// Pipes one TCP tunnel until both sides are done.
-pub(crate) async fn pipe(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard) {
+///
+/// `ordered_close`: the client reads a Close in order behind the data (see
+/// the module's note).
+pub(crate) async fn pipe(
+    fut: UpgradeFut,
+    node: TcpStream,
+    guard: TunnelGuard,
+    ordered_close: bool,
+) {
     let gw = guard.gw().clone();
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 8).await else {
         return;
@@ -170,16 +198,25 @@ pub(crate) async fn pipe(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard) {
         tokio::pin!(downstream);
         tokio::select! {
             end = &mut downstream => {
-                if end == End::NodeDone {
+                if end == End::NodeDone && ordered_close {
+                    let _ = closer.send(Frame::close(1000, b"")).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
+                } else if end == End::NodeDone {
                     // The node is done: close once the client has read
-                    // past the last data frame (see the module's note).
+                    // past the last data frame and handed it on (see the
+                    // module's note).
                     let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(DRAINED_PING));
+                    let pinged = Instant::now();
                     let _ = closer.send(ping).await;
-                    let client_done = tokio::select! {
+                    let mut client_done = tokio::select! {
                         _ = drained.notified() => false,
                         _ = &mut upstream => true,
                         _ = tokio::time::sleep(DRAINED_WAIT) => false,
                     };
+                    if !client_done {
+                        let grace = drain_grace(pinged.elapsed());
+                        client_done = tokio::time::timeout(grace, &mut upstream).await.is_ok();
+                    }
                     let _ = closer.send(Frame::close(1000, b"")).await;
                     if !client_done {
                         // Let the client answer our Close before the socket
@@ -205,4 +242,19 @@ pub(crate) async fn pipe(fut: UpgradeFut, node: TcpStream, guard: TunnelGuard) {
     upstream.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     drop(guard);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_grace_scales_with_the_round_trip_within_its_bounds() {
+        assert_eq!(drain_grace(Duration::ZERO), DRAIN_GRACE.0);
+        assert_eq!(
+            drain_grace(Duration::from_millis(40)),
+            Duration::from_millis(320)
+        );
+        assert_eq!(drain_grace(Duration::from_secs(2)), DRAIN_GRACE.1);
+    }
 }
