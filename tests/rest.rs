@@ -346,8 +346,14 @@ async fn usage_ledger_arithmetic_holds_for_random_report_histories() {
         let mut reports = Vec::new();
         for steps in &increments {
             let (uid, _, tok) = w.device().await;
+            // Making accounts is slow on a busy machine: keep the node's
+            // lease fresh.
+            w.beat(&t1, 0).await;
             let (_, b) = w.assign(&tok, None).await;
-            let sid = b["session_id"].as_str().expect("session").to_owned();
+            let sid = b["session_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("session: {b}"))
+                .to_owned();
             let (mut up, mut down) = (0i64, 0i64);
             for (seq, (du, dd)) in steps.iter().enumerate() {
                 up += du;
