@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: makes sure PostgreSQL is up, then runs the whole suite
-# (PostgreSQL and SQLite, real sockets on 127.0.0.1), then the schema-driven
+# (PostgreSQL and SQLite, real sockets on 127.0.0.1; tests install what they
+# run with apt-get when missing: shadowsocks-libev, v2ray-plugin, pebble),
+# then the schema-driven
 # fuzzer of the REST routes, then the console's
 # checks: its committed build matches its sources, and it works in Chromium
 # against `httvps up` and `httvps serve` (these need Node 20.19+; Chromium is

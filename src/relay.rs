@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use httvps_dataplane::acme::{self, Acme, AcmeOptions};
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::certs::CertFiles;
 use httvps_dataplane::link::{Link, Pin};
@@ -69,6 +70,25 @@ pub struct GatewayArgs {
     /// Generate a self-signed certificate at --cert/--key if missing (development).
     #[arg(long, env = "GATEWAY_SELF_SIGNED", default_value = "false", value_parser = crate::cli::parse_bool)]
     pub self_signed: bool,
+    /// Obtain and renew the certificate by ACME (TLS-ALPN-01 on --listen's
+    /// port) for these DNS names (repeated or comma separated); then
+    /// --cert, --key and --self-signed are not used.
+    #[arg(long, env = "GATEWAY_ACME_DOMAIN", value_delimiter = ',')]
+    pub acme_domain: Vec<String>,
+    /// ACME directory URL (default: Let's Encrypt production).
+    #[arg(long, env = "GATEWAY_ACME_DIRECTORY", default_value = acme::LETS_ENCRYPT)]
+    pub acme_directory: String,
+    /// ACME account contacts (`mailto:` URLs; repeated or comma separated).
+    #[arg(long, env = "GATEWAY_ACME_CONTACT", value_delimiter = ',')]
+    pub acme_contact: Vec<String>,
+    /// Where the ACME account, certificate and key are kept; default:
+    /// `<data-dir>/acme`.
+    #[arg(long, env = "GATEWAY_ACME_CACHE")]
+    pub acme_cache: Option<PathBuf>,
+    /// Extra trusted CA certificate (PEM) for the ACME directory's HTTPS
+    /// (a private ACME server, such as Pebble).
+    #[arg(long, env = "GATEWAY_ACME_DIRECTORY_CA")]
+    pub acme_directory_ca: Option<PathBuf>,
     /// Public URL clients use (for access documents).
     #[arg(long, env = "GATEWAY_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -216,6 +236,8 @@ pub struct GatewaySetup {
     pub acceptor: tls::TlsAcceptor,
     /// The certificate files behind it, to reload on change.
     pub certs: CertFiles,
+    /// The ACME task keeping those files, to start once listening.
+    pub acme: Option<Acme>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
 }
@@ -238,13 +260,6 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         check,
     )
     .await?;
-    let cert = required(
-        a.cert,
-        "GATEWAY_TLS_CERT",
-        "cert",
-        "the certificate chain (PEM)",
-    )?;
-    let key = required(a.key, "GATEWAY_TLS_KEY", "key", "the private key (PEM)")?;
     let public_url = required(
         a.public_url,
         "GATEWAY_PUBLIC_URL",
@@ -252,13 +267,30 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         "the https:// URL clients use",
     )?;
     client::split_url(&public_url).context("GATEWAY_PUBLIC_URL (--public-url)")?;
-    if a.self_signed {
-        tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"])
-            .context("GATEWAY_SELF_SIGNED")?;
-    }
-    let (certs, acceptor) = CertFiles::acceptor(&cert, &key).context(
-        "GATEWAY_TLS_CERT / GATEWAY_TLS_KEY (set GATEWAY_SELF_SIGNED=true to generate them)",
-    )?;
+    let (certs, acceptor, acme) = if a.acme_domain.is_empty() {
+        let (certs, acceptor) = file_certs(a.cert, a.key, a.self_signed)?;
+        (certs, acceptor, None)
+    } else {
+        let opts = AcmeOptions {
+            domains: a.acme_domain,
+            directory: a.acme_directory,
+            contact: a.acme_contact,
+            cache: a.acme_cache.unwrap_or_else(|| a.data_dir.join("acme")),
+            directory_ca: a.acme_directory_ca,
+        };
+        if let Err((setting, e)) = opts.validate() {
+            let var = match setting {
+                acme::Setting::Domains => "GATEWAY_ACME_DOMAIN (--acme-domain)",
+                acme::Setting::Directory => "GATEWAY_ACME_DIRECTORY (--acme-directory)",
+                acme::Setting::Contact => "GATEWAY_ACME_CONTACT (--acme-contact)",
+                acme::Setting::DirectoryCa => "GATEWAY_ACME_DIRECTORY_CA (--acme-directory-ca)",
+            };
+            return Err(e.context(var));
+        }
+        let (task, certs, acceptor) =
+            Acme::prepare(opts, !check).context("GATEWAY_ACME_CACHE (--acme-cache)")?;
+        (certs, acceptor, Some(task))
+    };
     let spool = a
         .spool
         .unwrap_or_else(|| a.data_dir.join("gateway-spool.json"));
@@ -287,9 +319,34 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         backend,
         acceptor,
         certs,
+        acme,
         listen: a.listen,
         admin_listen: a.admin_listen,
     })
+}
+
+/// The certificate from files (--cert, --key), generated first with
+/// --self-signed.
+fn file_certs(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    self_signed: bool,
+) -> anyhow::Result<(CertFiles, tls::TlsAcceptor)> {
+    let cert = required(
+        cert,
+        "GATEWAY_TLS_CERT",
+        "cert",
+        "the certificate chain (PEM), or GATEWAY_ACME_DOMAIN",
+    )?;
+    let key = required(key, "GATEWAY_TLS_KEY", "key", "the private key (PEM)")?;
+    if self_signed {
+        tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"])
+            .context("GATEWAY_SELF_SIGNED")?;
+    }
+    CertFiles::acceptor(&cert, &key).context(
+        "GATEWAY_TLS_CERT / GATEWAY_TLS_KEY (set GATEWAY_SELF_SIGNED=true to generate them, \
+         or GATEWAY_ACME_DOMAIN to obtain one by ACME)",
+    )
 }
 
 pub fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> {

@@ -256,6 +256,25 @@ fn the_data_plane_commands_start_or_name_the_variable() {
             ("GATEWAY_TLS_KEY", key.to_str().expect("path")),
         ],
     );
+    // Or by ACME, with no certificate files; a wrong ACME setting is named.
+    let acme = [
+        ("GATEWAY_TOKEN", "t0k3n"),
+        ("GATEWAY_ACME_DOMAIN", "gw1.example.com,gw2.example.com"),
+        ("GATEWAY_ACME_CONTACT", "mailto:ops@example.com"),
+        ("GATEWAY_DATA_DIR", d.to_str().expect("path")),
+    ];
+    checks(RELAY, d, &["gateway", "--check"], &acme);
+    for (var, wrong) in [
+        ("GATEWAY_ACME_DOMAIN", "*.example.com"),
+        ("GATEWAY_ACME_CONTACT", "ops@example.com"),
+        ("GATEWAY_ACME_DIRECTORY", "http://acme.example/directory"),
+        ("GATEWAY_ACME_DIRECTORY_CA", "/nonexistent/ca.pem"),
+    ] {
+        let mut env = acme.to_vec();
+        env.retain(|(k, _)| *k != var);
+        env.push((var, wrong));
+        refuses(RELAY, d, &["gateway", "--check"], &env, var);
+    }
     // A wrong value is reported with its variable's name.
     refuses(
         RELAY,

@@ -83,6 +83,8 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
                 .with_context(|| format!("binding {} (GATEWAY_ADMIN_LISTEN)", g.admin_listen))?;
             tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "gateway listening");
             let watch = g.certs.spawn_watch(httvps_dataplane::certs::WATCH_EVERY);
+            // Started once listening: the ACME server validates on our port.
+            let acme = g.acme.map(httvps_dataplane::acme::Acme::spawn);
             let served = gateway::run(
                 g.opts,
                 g.backend,
@@ -93,6 +95,9 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             )
             .await;
             watch.abort();
+            if let Some(task) = acme {
+                task.abort();
+            }
             served
         }
         Command::Node(a) => {

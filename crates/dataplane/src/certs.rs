@@ -2,7 +2,12 @@
 //! renewal by certbot or any ACME client) or on SIGHUP, without a restart:
 //! new handshakes get the new certificate, open tunnels keep the session
 //! they have. A pair that does not load leaves the one in use.
+//!
+//! The same acceptor answers ACME TLS-ALPN-01 validations (RFC 8737) when
+//! [`crate::acme`] runs: a handshake offering ALPN `acme-tls/1` for a name
+//! with a pending challenge gets that challenge's certificate.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -36,17 +41,36 @@ fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     Ok(Arc::new(ck))
 }
 
-#[derive(Debug)]
-struct Current(RwLock<Arc<CertifiedKey>>);
+/// The ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+#[derive(Debug, Default)]
+struct Current {
+    /// The pair served; none yet while ACME obtains the first one.
+    pair: RwLock<Option<Arc<CertifiedKey>>>,
+    /// TLS-ALPN-01 challenge certificates by lower-case name.
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
 
 impl ResolvesServerCert for Current {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.0
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if validation {
+            // Only the challenge's certificate, never the real one.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self
+                .challenges
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
+                .get(&name)
+                .cloned();
+        }
+        self.pair
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -66,23 +90,100 @@ impl CertFiles {
     /// Loads `cert` and `key`; returns them with an acceptor (HTTP/1.1)
     /// that always presents the pair loaded last.
     pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<(CertFiles, TlsAcceptor)> {
+        let files = CertFiles::new(cert, key);
+        *files
+            .current
+            .pair
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(load(cert, key)?);
+        let acceptor = files.tls_acceptor(false)?;
+        Ok((files, acceptor))
+    }
+
+    /// An acceptor for the pair an ACME client keeps at `cert` and `key`:
+    /// it serves them when they load (none yet on a first start: handshakes
+    /// fail until [`CertFiles::reload`] succeeds), and answers TLS-ALPN-01
+    /// validations with the challenges of [`CertFiles::set_challenge`].
+    pub fn acme_acceptor(cert: &Path, key: &Path) -> anyhow::Result<(CertFiles, TlsAcceptor)> {
+        let files = CertFiles::new(cert, key);
+        if cert.exists() || key.exists() {
+            match load(cert, key) {
+                Ok(pair) => {
+                    *files
+                        .current
+                        .pair
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(pair);
+                }
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cached ACME certificate not usable; a new one will be ordered"
+                ),
+            }
+        }
+        let acceptor = files.tls_acceptor(true)?;
+        Ok((files, acceptor))
+    }
+
+    fn new(cert: &Path, key: &Path) -> CertFiles {
         crate::tls::install_provider();
-        let current = Arc::new(Current(RwLock::new(load(cert, key)?)));
+        CertFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: Arc::new(Current::default()),
+        }
+    }
+
+    fn tls_acceptor(&self, acme: bool) -> anyhow::Result<TlsAcceptor> {
         let mut cfg = ServerConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .context("TLS versions")?
             .with_no_client_auth()
-            .with_cert_resolver(current.clone());
+            .with_cert_resolver(self.current.clone());
+        // The server's order decides: clients offering http/1.1 get it; an
+        // ACME validator offers acme-tls/1 alone.
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if acme {
+            cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         // Session resumption: stateless tickets, keys rotated (see tls.rs).
         cfg.ticketer =
             tokio_rustls::rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS ticket keys")?;
-        let files = CertFiles {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            current,
+        Ok(TlsAcceptor::from(Arc::new(cfg)))
+    }
+
+    /// Whether a pair is being served.
+    pub fn has_pair(&self) -> bool {
+        self.current
+            .pair
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Serves `challenge` to TLS-ALPN-01 validations of `name` (none: the
+    /// challenge is over).
+    pub fn set_challenge(&self, name: &str, challenge: Option<Arc<CertifiedKey>>) {
+        let mut map = self
+            .current
+            .challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let name = name.to_ascii_lowercase();
+        match challenge {
+            Some(c) => map.insert(name, c),
+            None => map.remove(&name),
         };
-        Ok((files, TlsAcceptor::from(Arc::new(cfg))))
+    }
+
+    /// The certificate chain file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+
+    /// The private key file.
+    pub fn key_path(&self) -> &Path {
+        &self.key
     }
 
     /// Loads the files again; on failure the pair in use stays.
@@ -90,9 +191,9 @@ impl CertFiles {
         let fresh = load(&self.cert, &self.key)?;
         *self
             .current
-            .0
+            .pair
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh;
+            .unwrap_or_else(PoisonError::into_inner) = Some(fresh);
         tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
         Ok(())
     }

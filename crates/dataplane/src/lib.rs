@@ -19,11 +19,14 @@
 //! - [`client`]: the local SOCKS5 proxy (or port forward) through a
 //!   gateway: parameters and node events, SOCKS5, UDP associate, forward.
 //! - [`certs`]: the gateway's certificate files, reloaded on change and
-//!   SIGHUP without dropping tunnels.
+//!   SIGHUP without dropping tunnels; ACME TLS-ALPN-01 answers.
+//! - [`acme`]: certificates ordered and renewed by ACME (TLS-ALPN-01 on
+//!   the gateway's own port), cached, swapped in through [`certs`].
 //! - [`tls`]: certificates, acceptors and connectors (system roots).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
 
+pub mod acme;
 pub mod backend;
 pub mod certs;
 pub mod client;

@@ -100,6 +100,10 @@ pub(crate) async fn serve(
                     _ => return,
                 },
             };
+            // An ACME validation (TLS-ALPN-01) ends with its handshake.
+            if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
+                return;
+            }
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(conn.clone());
                 // A router is always ready: no poll_ready needed.
