@@ -7,8 +7,9 @@
 //!   `cp` at the same address, as a database on the host itself.
 //! - `gw`, the gateway host: on the control plane's network (`cpnet`), on
 //!   the public network (`public`, 203.0.113.0/24) and on the pool's
-//!   network (`pool`). It routes the nodes' traffic to the control plane,
-//!   but forwards nothing that arrives from the public side. The control
+//!   network (`pool`). It is the pool's router (the nodes' default route,
+//!   the control plane's way to them), but forwards nothing that arrives
+//!   from the public side. The control
 //!   plane's API (sign-in, the device's parameters) is published on its
 //!   public address by a TCP relay, as an edge load balancer would.
 //! - `n1`, `n2`: Shadowsocks nodes on the pool network only, reaching the
@@ -78,21 +79,31 @@ fn the_production_topology_on_separate_hosts() {
                 &["gw", "client"],
                 Some("203.0.113.0/24".parse().expect("subnet")),
             )
-            .link("pool", &["gw", "n1", "n2", "web"])
-            .route("n1", "cp", "gw")
-            .route("n2", "cp", "gw"),
+            .link("pool", &["gw", "n1", "n2", "web"]),
     )
     .expect("building the lab");
     let addr = |host: &str, link: &str| lab.addr(host, link).expect("address");
     let (cp, gw_public) = (addr("cp", "cpnet"), addr("gw", "public"));
     let (n1, n2) = (addr("n1", "pool"), addr("n2", "pool"));
-    // The client's way out is the gateway host, which forwards nothing
-    // that comes from the public side.
-    ip(
-        &lab,
-        "client",
-        &["route", "add", "default", "via", &gw_public.to_string()],
-    );
+    // The gateway host is the router of the pool (the nodes' default
+    // route, the control plane's way to them) and the client's way out,
+    // but forwards nothing that comes from the public side: without that,
+    // the client would reach the nodes through it.
+    let gw_pool = addr("gw", "pool").to_string();
+    for node in ["n1", "n2"] {
+        ip(&lab, node, &["route", "add", "default", "via", &gw_pool]);
+    }
+    let gw_cpnet = addr("gw", "cpnet").to_string();
+    for node in [n1, n2] {
+        ip(
+            &lab,
+            "cp",
+            &["route", "add", &node.to_string(), "via", &gw_cpnet],
+        );
+    }
+    let gw_out = gw_public.to_string();
+    ip(&lab, "client", &["route", "add", "default", "via", &gw_out]);
+    sysctl(&lab, "gw", "net.ipv4.ip_forward=1");
     sysctl(&lab, "gw", "net.ipv4.conf.public.forwarding=0");
     let pg = pg_addr(&db.url());
     assert_eq!(
