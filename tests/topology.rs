@@ -295,6 +295,7 @@ fn the_production_topology_on_separate_hosts() {
     };
     // Both carry a MiB each way, byte for byte (ss-local listens before
     // its plugin is up: the first tries may close at once).
+    let mut carried = Vec::new();
     for (which, name) in [(stock, "the stock client"), (ours, "our client")] {
         let deadline = Instant::now() + within;
         loop {
@@ -308,6 +309,11 @@ fn the_production_topology_on_separate_hosts() {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        carried.push(
+            *web.peers()
+                .last()
+                .expect("a tunnel reached the destination"),
+        );
     }
 
     // The client host cannot open a connection to a node (nor to the
@@ -325,13 +331,10 @@ fn the_production_topology_on_separate_hosts() {
         }
     }
 
-    // The node that carried the last tunnel loses its link: new tunnels go
-    // to the other one. The stock client has a fixed configuration and no
-    // way to the control plane: it fetches nothing.
-    let used = *web
-        .peers()
-        .last()
-        .expect("a tunnel reached the destination");
+    // The node that carried the stock client's tunnel loses its link: new
+    // tunnels go to the other one. The stock client has a fixed
+    // configuration and no way to the control plane: it fetches nothing.
+    let used = carried[0];
     let (cut, other) = if used == n1 { ("n1", n2) } else { ("n2", n1) };
     assert!(used == n1 || used == n2, "the destination saw {used}");
     ip(&lab, cut, &["link", "set", "dev", "pool", "down"]);
