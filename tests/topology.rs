@@ -67,6 +67,8 @@ fn the_production_topology_on_separate_hosts() {
         );
         return;
     }
+    // Namespaces a killed run left behind (their creator is gone).
+    netns::cleanup_stale().expect("sweeping stale namespaces");
     ensure_stock_client();
     httvps_dataplane::tls::install_provider();
     let tmp = common::tempdir::TempDir::new();
