@@ -197,9 +197,7 @@ pub async fn list(
 ) -> AppResult<Page<Subscription>> {
     let user_id = actor.scope(filter.user_id);
     let rows = db_run!(db, |conn| {
-        let mut q = subscriptions::table
-            .select(Subscription::as_select())
-            .into_boxed();
+        let mut q = subscriptions::table.select(Subscription::as_select()).into_boxed();
         if let Some(u) = user_id {
             q = q.filter(subscriptions::user_id.eq(u));
         }
@@ -209,6 +207,22 @@ pub async fn list(
         paginate!(q, subscriptions, page).load(conn).await?
     });
     Ok(Page::from_fetch(rows, page.first))
+}
+
+/// How many of the list's rows match `filter` (the actor's own, or
+/// anyone's for admins).
+pub async fn count(db: &Db, actor: &Actor, filter: &SubscriptionFilter) -> AppResult<i64> {
+    let user_id = actor.scope(filter.user_id);
+    Ok(db_run!(db, |conn| {
+        let mut q = subscriptions::table.into_boxed();
+        if let Some(u) = user_id {
+            q = q.filter(subscriptions::user_id.eq(u));
+        }
+        if let Some(s) = filter.status {
+            q = q.filter(subscriptions::status.eq(s));
+        }
+        q.count().get_result::<i64>(conn).await?
+    }))
 }
 
 /// The subscription stored as active (at most one) of each of `user_ids`.
