@@ -1573,5 +1573,8 @@ async fn live_feed(w: World) {
             json!({"u": uid}),
         )
         .await;
-    assert_eq!(r["data"]["subscriptions"]["nodes"][0]["status"], "EXPIRED", "{r}");
+    assert_eq!(
+        r["data"]["subscriptions"]["nodes"][0]["status"], "EXPIRED",
+        "{r}"
+    );
 }

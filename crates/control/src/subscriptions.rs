@@ -197,7 +197,9 @@ pub async fn list(
 ) -> AppResult<Page<Subscription>> {
     let user_id = actor.scope(filter.user_id);
     let rows = db_run!(db, |conn| {
-        let mut q = subscriptions::table.select(Subscription::as_select()).into_boxed();
+        let mut q = subscriptions::table
+            .select(Subscription::as_select())
+            .into_boxed();
         if let Some(u) = user_id {
             q = q.filter(subscriptions::user_id.eq(u));
         }

@@ -5,11 +5,11 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
+use super::counts::{Counted, counted_connection};
 use super::devices::Device;
 use super::loaders::{DbLoader, loader_error};
 use super::nodes::{GatewayNode, OutlineNode};
 use super::scalars::BigInt;
-use super::counts::{Counted, counted_connection};
 use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor};
 use crate::audit::{self, AuditFilter};
 use crate::db::models;

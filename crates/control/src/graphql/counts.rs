@@ -6,8 +6,8 @@ use async_graphql::{Context, Object, OutputType};
 use chrono::NaiveDateTime;
 
 use super::{AppContext, GqlResultExt, actor};
-use crate::audit::AuditFilter;
 use crate::accounts::UserFilter;
+use crate::audit::AuditFilter;
 use crate::devices::DeviceFilter;
 use crate::pagination::{self, Page};
 use crate::sessions::SessionFilter;

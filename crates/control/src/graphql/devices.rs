@@ -6,10 +6,10 @@ use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
 use super::accounts::User;
+use super::counts::{Counted, counted_connection};
 use super::loaders::{CurrentSubscriptionOf, DbLoader, PlacementOf, loader_error};
 use super::placement::DevicePlacement;
 use super::subscriptions::Subscription;
-use super::counts::{Counted, counted_connection};
 use super::{AppContext, GqlResultExt, SignedIn, actor, viewer};
 use crate::db::models;
 use crate::devices::{self, AccessLinks, DeviceFilter, DeviceStatus};

@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use super::accounts::User;
 use super::catalogue::Plan;
+use super::counts::{Counted, counted_connection};
 use super::loaders::{DbLoader, loader_error};
 use super::scalars::BigInt;
-use super::counts::{Counted, counted_connection};
 use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor};
 use crate::access;
 use crate::db::models;
