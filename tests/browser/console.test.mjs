@@ -11,9 +11,9 @@
 // feed shows the session open, the user's page shows the device's region
 // and node, live; the node's heartbeats (sent by this test with the node's
 // token) stop and the overview shows it down within the lease + 2 s
-// without a reload; the admin revokes the device and the user's page shows
-// it (and, with a tunnel, the feed shows the session closed and the
-// placement goes); narrow (360 px) layouts; GraphiQL renders with every
+// without a reload; with the tunnel, the user replaces the device's links
+// and the feed shows its sessions close and the placement goes, live; the
+// admin revokes the device and the user's page shows it; narrow (360 px) layouts; GraphiQL renders with every
 // request to another origin blocked. Every page's screenshot goes to
 // target/browser-screenshots/<mode>/. No request may leave the server's
 // origin, no CSP violation or page error may happen, and no token may
@@ -440,6 +440,23 @@ async function scenario(t, mode, env) {
     await shot(admin, mode, '12-overview-node-down');
   });
 
+  await t.test("the user replaces the device's links: its tunnel closes, live in the feed and on the user's page", { skip: !env.dataPlane && 'no data plane in serve' }, async () => {
+    const row = rowOf(userPage, 'Pixel');
+    await row.locator('.device-placement').getByText('local-node').waitFor();
+    await row.getByRole('button', { name: 'New links' }).click();
+    await userPage.getByRole('dialog').getByRole('button', { name: 'Rotate token' }).click();
+    await userPage.getByTestId('link-ssconf').waitFor();
+    await userPage.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
+    // The old token's sessions end; the gateway closes their tunnels.
+    await feedItem('closed', `${user.email}: session in local ended (device revoked)`).waitFor({ timeout: 15_000 });
+    await row.locator('.device-placement').getByText('not connected').waitFor({ timeout: 10_000 });
+    assert.equal(await feed.evaluate(() => window.__sameDocument), true, 'no reload');
+    assert.equal(await userPage.evaluate(() => window.__sameDocument), true, 'no reload');
+    await shot(feed, mode, '12b-overview-session-closed');
+    await shot(userPage, mode, '12c-user-device-not-connected');
+    await assert.rejects(echoThrough(tunnel.client.addr, 'with the old token', 5_000));
+  });
+
   await t.test("the admin revokes the device and the user's page shows it", async () => {
     await userPage.evaluate(() => {
       window.__sameDocument = true;
@@ -464,14 +481,7 @@ async function scenario(t, mode, env) {
     await rowOf(userPage, 'Pixel').locator('.device-status').getByText('revoked').waitFor({ timeout: 15_000 });
     assert.equal(await userPage.evaluate(() => window.__sameDocument), true, 'no reload');
     await shot(userPage, mode, '14-user-device-revoked');
-    if (tunnel) {
-      // The gateway closes the tunnel: the session ends, live on both sides.
-      await feedItem('closed', `${user.email}: session in local ended (device revoked)`).waitFor({ timeout: 15_000 });
-      await rowOf(userPage, 'Pixel').locator('.device-placement').getByText('not connected').waitFor({ timeout: 10_000 });
-      assert.equal(await feed.evaluate(() => window.__sameDocument), true, 'no reload');
-      await shot(feed, mode, '14b-overview-session-closed');
-      await assert.rejects(echoThrough(tunnel.client.addr, 'after the revocation', 5_000));
-    }
+
   });
 
   await t.test('a session whose account is disabled ends cleanly, on the sign-in page', async () => {
