@@ -396,7 +396,8 @@ async function scenario(t, mode, env) {
     const echo = await startEcho();
     const client = await startClient({ base, deviceToken, caCert: env.dataPlane.caCert, forward: echo.addr });
     tunnel = { echo, client };
-    assert.equal(await echoThrough(client.addr, 'through the tunnel'), 'through the tunnel');
+    // The first tunnel waits for the client's device JWT and the gateway's TLS.
+    assert.equal(await echoThrough(client.addr, 'through the tunnel', 45_000), 'through the tunnel');
 
     await feedItem('opened', user.email).waitFor({ timeout: 10_000 });
     // (The client may open more than one tunnel, each a session.)
