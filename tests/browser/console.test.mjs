@@ -394,7 +394,14 @@ async function scenario(t, mode, env) {
     await userPage.waitForLoadState('networkidle');
 
     const echo = await startEcho();
-    const client = await startClient({ base, deviceToken, caCert: env.dataPlane.caCert, forward: echo.addr });
+    // Region `local`: `up`'s own node (this test's other node is not real).
+    const client = await startClient({
+      base,
+      deviceToken,
+      caCert: env.dataPlane.caCert,
+      forward: echo.addr,
+      region: 'local',
+    });
     tunnel = { echo, client };
     // The first tunnel waits for the client's device JWT and the gateway's TLS.
     assert.equal(await echoThrough(client.addr, 'through the tunnel', 45_000), 'through the tunnel');

@@ -275,10 +275,21 @@ export async function gql(base, query, variables = {}, token) {
  * `httvps-relay connect` for a device: every connection to its address is
  * forwarded through a tunnel (gateway, then node) to `forward`.
  */
-export async function startClient({ base, deviceToken, caCert, forward }) {
+export async function startClient({ base, deviceToken, caCert, forward, region }) {
   const child = spawn(
     RELAY,
-    ['connect', '--backend', base, '--ca-cert', caCert, '--socks', '127.0.0.1:0', '--forward', forward],
+    [
+      'connect',
+      '--backend',
+      base,
+      '--ca-cert',
+      caCert,
+      '--socks',
+      '127.0.0.1:0',
+      '--forward',
+      forward,
+      ...(region ? ['--region', region] : []),
+    ],
     {
       cwd: ROOT,
       // The token through the environment: not in the process list.
