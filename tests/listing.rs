@@ -58,7 +58,7 @@ async fn totals_order_and_targets(t: TestDb) {
     let server = TestServer::start(t.dsn.clone(), false).await;
     let base = &server.base;
     let (aid, admin) = account(&server, Role::Admin).await;
-    let (uid, utok) = account(&server, Role::User).await;
+    let (uid, _) = account(&server, Role::User).await;
     let (other, _) = account(&server, Role::User).await;
 
     // Seven audited changes about the user (role and status back and forth)
@@ -195,6 +195,8 @@ async fn totals_order_and_targets(t: TestDb) {
         .await;
         assert!(r["errors"].is_null(), "{r}");
     }
+    // (A role change ends the account's earlier tokens: a fresh account.)
+    let (_, utok) = account(&server, Role::User).await;
     let r = gql(
         base,
         Some(&utok),
