@@ -7,6 +7,7 @@ mod common;
 use common::{TestDb, TestServer, client, gql};
 use httvps_control::accounts::{self, Role};
 use httvps_control::heartbeats;
+use httvps_control::usage_accounting::sweeper::sweep_at;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -1551,5 +1552,35 @@ async fn live_feed(w: World) {
         (ev["kind"].as_str(), ev["deviceId"].as_str()),
         (Some("REVOKED"), Some(device.as_str())),
         "{ev}"
+    );
+
+    // The subscription reaches its expiry (the sweeper run at a later
+    // time): EXPIRED once, and it shows as expired.
+    let later = httvps_control::db::models::now() + chrono::Duration::days(4000);
+    let swept = sweep_at(&w.server.state.db, later).await.expect("sweep");
+    assert!(swept.expired >= 1, "{swept:?}");
+    let mut expired = None;
+    for _ in 0..5 {
+        let ev = live_event(&mut quota, "quotaEvents").await;
+        if ev["kind"] == "EXPIRED" {
+            expired = Some(ev);
+            break;
+        }
+    }
+    let ev = expired.expect("an EXPIRED event");
+    assert_eq!(ev["userId"], json!(uid), "{ev}");
+    assert_eq!(ev["userEmail"], json!(email));
+    assert_eq!(ev["trafficUsedBytes"], "1100000");
+    let again = sweep_at(&w.server.state.db, later).await.expect("sweep");
+    assert_eq!(again.expired, 0, "expired once");
+    let r = w
+        .gql(
+            "query($u:UUID!){subscriptions(filter:{userId:$u}){nodes{status}}}",
+            json!({"u": uid}),
+        )
+        .await;
+    assert_eq!(
+        r["data"]["subscriptions"]["nodes"][0]["status"], "EXPIRED",
+        "{r}"
     );
 }

@@ -87,7 +87,8 @@ async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
         swept,
         Swept {
             hours: 1,
-            periods: 1
+            periods: 1,
+            expired: 0
         }
     );
     assert_eq!(ledger("delta_up").await, 1_000);

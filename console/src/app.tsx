@@ -16,6 +16,7 @@ import { Overview } from './pages/admin/Overview';
 import { Plans } from './pages/admin/Plans';
 import { Regions } from './pages/admin/Regions';
 import { Sessions } from './pages/admin/Sessions';
+import { Settings } from './pages/admin/Settings';
 import { Subscriptions } from './pages/admin/Subscriptions';
 import { UserDetail } from './pages/admin/UserDetail';
 import { Users } from './pages/admin/Users';
@@ -42,6 +43,7 @@ const ADMIN_ROUTES: Route[] = [
   { path: '/devices', label: 'Devices', render: () => <Devices /> },
   { path: '/sessions', label: 'Sessions', render: () => <Sessions /> },
   { path: '/audit', label: 'Audit log', render: () => <Audit /> },
+  { path: '/settings', label: 'Settings', render: () => <Settings /> },
   { path: '/my/plan', label: 'My plan', render: (_p, u) => <MyPlan userId={u.id} /> },
   { path: '/my/devices', label: 'My devices', render: (_p, u) => <MyDevices userId={u.id} /> },
   { path: '/account', label: 'Account', render: () => <Account /> },

@@ -3,12 +3,17 @@
 // mode), each started here on a port it picks itself:
 //
 // an admin signs in, creates a region and a plan, registers a node and a
-// gateway (tokens shown once); a new user signs up; the admin grants the
-// plan; the user signs in, adds a device, and both QR codes decode to the
-// exact links the API returned; the node's heartbeats (sent by this test
-// with the node's token) stop and the overview shows it down within the
-// lease + 2 s without a reload; the admin revokes the device and the user's
-// page shows it; narrow (360 px) layouts; GraphiQL renders with every
+// gateway (tokens shown once); the admin closes sign-up (the form is gone,
+// the API refuses) and opens it again; a new user signs up; the admin
+// grants the plan; the user signs in, adds a device, and both QR codes
+// decode to the exact links the API returned; against `up` (which runs a
+// gateway and a node) a real tunnel of that device opens: the admin's live
+// feed shows the session open, the user's page shows the device's region
+// and node, live; the node's heartbeats (sent by this test with the node's
+// token) stop and the overview shows it down within the lease + 2 s
+// without a reload; with the tunnel, the user replaces the device's links
+// and the feed shows its sessions close and the placement goes, live; the
+// admin revokes the device and the user's page shows it; narrow (360 px) layouts; GraphiQL renders with every
 // request to another origin blocked. Every page's screenshot goes to
 // target/browser-screenshots/<mode>/. No request may leave the server's
 // origin, no CSP violation or page error may happen, and no token may
@@ -21,7 +26,7 @@ import { test } from 'node:test';
 
 import jsQR from 'jsqr';
 
-import { gql, launch, ROOT, shot, startServe, startUp, until } from './harness.mjs';
+import { echoThrough, gql, launch, ROOT, shot, startClient, startEcho, startServe, startUp, until } from './harness.mjs';
 
 /** The node lease: 3 missed heartbeats of 5 s; the sweeper runs every 2 s. */
 const LEASE_MS = 15_000;
@@ -270,6 +275,32 @@ async function scenario(t, mode, env) {
   collect(userCtx);
   const userPage = await userCtx.newPage();
 
+  await t.test('sign-up closed by the admin: the form is gone and the API refuses; opened again', async () => {
+    await go(admin, 'Settings');
+    const state = admin.getByTestId('signup-state');
+    await state.getByText('open').waitFor();
+    await admin.getByRole('button', { name: 'Close sign-up' }).click();
+    await state.getByText('closed').waitFor();
+    await shot(admin, mode, '06b-settings-sign-up-closed');
+
+    await userPage.goto(`${base}/console/`);
+    await userPage.getByRole('button', { name: 'Sign in' }).waitFor();
+    await userPage.getByRole('link', { name: 'Create one' }).waitFor({ state: 'detached', timeout: 5_000 });
+    await userPage.goto(`${base}/console/signup`);
+    await userPage.getByText('Sign-up is closed on this service').waitFor();
+    assert.equal(await userPage.getByRole('button', { name: 'Create account' }).count(), 0, 'no sign-up form');
+    await shot(userPage, mode, '06c-sign-up-closed');
+    const refused = await gql(base, 'mutation($e:String!,$p:String!){signUp(email:$e,password:$p){id}}', {
+      e: `mallory-${suffix}@example.com`,
+      p: 'mallory-password-1',
+    });
+    assert.equal(refused.errors?.[0]?.extensions?.code, 'FORBIDDEN', JSON.stringify(refused));
+    assert.equal(refused.data ?? null, null);
+
+    await admin.getByRole('button', { name: 'Open sign-up' }).click();
+    await state.getByText('open').waitFor();
+  });
+
   await t.test('a new user signs up and has no plan yet', async () => {
     await userPage.goto(`${base}/console/`);
     await userPage.getByRole('link', { name: 'Create one' }).click();
@@ -297,6 +328,7 @@ async function scenario(t, mode, env) {
   });
 
   let links;
+  let deviceToken;
   await t.test('the user signs in, sees the plan, adds a device and its QR codes decode to its links', async () => {
     await signIn(userPage, base, user);
     await userPage.getByRole('heading', { name: plan }).waitFor();
@@ -314,6 +346,7 @@ async function scenario(t, mode, env) {
     await userPage.getByRole('button', { name: 'Add device' }).click();
     const body = await (await answer).json();
     links = body.data.registerDevice.links;
+    deviceToken = body.data.registerDevice.accessToken;
     assert.ok(links?.ssconf.startsWith('ssconf://') && links.sip002.startsWith('ss://'), JSON.stringify(body));
     const ssconf = userPage.locator('[data-testid=qr-ssconf][data-ready=true]');
     const sip002 = userPage.locator('[data-testid=qr-sip002][data-ready=true]');
@@ -327,6 +360,60 @@ async function scenario(t, mode, env) {
     await userPage.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
     await rowOf(userPage, 'Pixel').locator('.device-status').getByText('active').waitFor();
     await shot(userPage, mode, '11-user-devices');
+  });
+
+  // A second admin tab stays on the overview: its live feed is what the
+  // admin sees while the tunnel opens and, later, closes.
+  const feed = env.dataPlane ? await adminCtx.newPage() : null;
+  const feedItem = (label, text) =>
+    feed
+      .getByTestId('activity-feed')
+      .locator('li', { hasText: text })
+      .filter({ has: feed.getByText(label, { exact: true }) })
+      .first();
+  let tunnel = null;
+  t.after(async () => {
+    await tunnel?.client.stop();
+    tunnel?.echo.close();
+  });
+
+  await t.test('a tunnel opens: the admin sees the session live, the user sees its region and node', { skip: !env.dataPlane && 'no data plane in serve' }, async () => {
+    await signIn(feed, base, env.admin);
+    await feed.getByRole('heading', { name: 'Live activity' }).waitFor();
+    await feed.evaluate(() => {
+      window.__sameDocument = true;
+    });
+    const before = Number(await feed.getByTestId('open-sessions').textContent());
+    const cell = rowOf(userPage, 'Pixel').locator('.device-placement');
+    await cell.getByText('not connected').waitFor();
+    await userPage.evaluate(() => {
+      window.__sameDocument = true;
+    });
+    // Live operations are in place once the pages are idle.
+    await feed.waitForLoadState('networkidle');
+    await userPage.waitForLoadState('networkidle');
+
+    const echo = await startEcho();
+    // Region `local`: `up`'s own node (this test's other node is not real).
+    const client = await startClient({
+      base,
+      deviceToken,
+      caCert: env.dataPlane.caCert,
+      forward: echo.addr,
+      region: 'local',
+    });
+    tunnel = { echo, client };
+    // The first tunnel waits for the client's device JWT and the gateway's TLS.
+    assert.equal(await echoThrough(client.addr, 'through the tunnel', 45_000), 'through the tunnel');
+
+    await feedItem('opened', user.email).waitFor({ timeout: 10_000 });
+    // (The client may open more than one tunnel, each a session.)
+    await until('the open-session count to grow', async () => Number(await feed.getByTestId('open-sessions').textContent()) > before);
+    await shot(feed, mode, '11b-overview-session-opened');
+    await cell.getByText('local-node').waitFor({ timeout: 10_000 });
+    await cell.getByText('up', { exact: true }).waitFor();
+    assert.equal(await userPage.evaluate(() => window.__sameDocument), true, 'no reload');
+    await shot(userPage, mode, '11c-user-device-placed');
   });
 
   // The sweeper marks a node down at its first run after the lease ran out,
@@ -361,6 +448,23 @@ async function scenario(t, mode, env) {
     await shot(admin, mode, '12-overview-node-down');
   });
 
+  await t.test("the user replaces the device's links: its tunnel closes, live in the feed and on the user's page", { skip: !env.dataPlane && 'no data plane in serve' }, async () => {
+    const row = rowOf(userPage, 'Pixel');
+    await row.locator('.device-placement').getByText('local-node').waitFor();
+    await row.getByRole('button', { name: 'New links' }).click();
+    await userPage.getByRole('dialog').getByRole('button', { name: 'Rotate token' }).click();
+    await userPage.getByTestId('link-ssconf').waitFor();
+    await userPage.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
+    // The old token's sessions end; the gateway closes their tunnels.
+    await feedItem('closed', `${user.email}: session in local ended (device revoked)`).waitFor({ timeout: 15_000 });
+    await row.locator('.device-placement').getByText('not connected').waitFor({ timeout: 10_000 });
+    assert.equal(await feed.evaluate(() => window.__sameDocument), true, 'no reload');
+    assert.equal(await userPage.evaluate(() => window.__sameDocument), true, 'no reload');
+    await shot(feed, mode, '12b-overview-session-closed');
+    await shot(userPage, mode, '12c-user-device-not-connected');
+    await assert.rejects(echoThrough(tunnel.client.addr, 'with the old token', 5_000));
+  });
+
   await t.test("the admin revokes the device and the user's page shows it", async () => {
     await userPage.evaluate(() => {
       window.__sameDocument = true;
@@ -370,17 +474,22 @@ async function scenario(t, mode, env) {
     await admin.getByRole('button', { name: 'Search' }).click();
     await admin.getByRole('link', { name: user.email }).click();
     await admin.getByRole('heading', { name: user.email }).waitFor();
-    await rowOf(admin, 'Pixel').waitFor();
+    // The account's devices (its sessions' rows name the device too).
+    const pixel = admin
+      .getByRole('region', { name: 'Devices', exact: true })
+      .locator('tr', { has: admin.getByRole('rowheader', { name: 'Pixel', exact: true }) });
+    await pixel.waitFor();
     await admin.getByRole('heading', { name: 'Audit trail' }).waitFor();
     await admin.getByRole('cell', { name: 'grant_subscription' }).waitFor();
     await shot(admin, mode, '13-user-detail');
-    await rowOf(admin, 'Pixel').getByRole('button', { name: 'Revoke' }).click();
+    await pixel.getByRole('button', { name: 'Revoke' }).click();
     await admin.getByRole('dialog').getByRole('button', { name: 'Revoke' }).click();
-    await rowOf(admin, 'Pixel').locator('.device-status').getByText('revoked').waitFor();
+    await pixel.locator('.device-status').getByText('revoked').waitFor();
 
     await rowOf(userPage, 'Pixel').locator('.device-status').getByText('revoked').waitFor({ timeout: 15_000 });
     assert.equal(await userPage.evaluate(() => window.__sameDocument), true, 'no reload');
     await shot(userPage, mode, '14-user-device-revoked');
+
   });
 
   await t.test('a session whose account is disabled ends cleanly, on the sign-in page', async () => {

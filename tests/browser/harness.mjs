@@ -13,6 +13,7 @@ import { chromium } from 'playwright-core';
 
 export const ROOT = new URL('../../', import.meta.url).pathname;
 export const HTTVPS = process.env.HTTVPS_BIN ?? join(ROOT, 'target/debug/httvps');
+export const RELAY = process.env.HTTVPS_RELAY_BIN ?? join(ROOT, 'target/debug/httvps-relay');
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 export const SHOTS = join(ROOT, 'target/browser-screenshots');
 const PG_URL = process.env.HTTVPS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -35,7 +36,8 @@ export async function until(what, check, ms = 10_000, every = 100) {
 
 /** A server process of ours: its output, its address, and a stop by PID. */
 class Server {
-  constructor(child, label) {
+  /** `marker`: the log line that names the address, in its field `field`. */
+  constructor(child, label, marker = 'control plane listening', field = 'http.addr') {
     this.child = child;
     this.label = label;
     this.output = '';
@@ -45,11 +47,11 @@ class Server {
       this.output += chunk.toString();
       if (!this.addr) {
         for (const line of this.output.split('\n')) {
-          if (!line.includes('control plane listening')) continue;
+          if (!line.includes(marker)) continue;
           try {
-            this.addr = JSON.parse(line)['http.addr'] ?? null;
+            this.addr = JSON.parse(line)[field] ?? JSON.parse(line).fields?.[field] ?? null;
           } catch {
-            const m = /http\.addr[=:]\s*"?([\d.:]+)/.exec(line);
+            const m = new RegExp(`${field.replace('.', '\\.')}[=:]\\s*"?([\\d.:]+)`).exec(line);
             if (m) this.addr = m[1];
           }
         }
@@ -64,6 +66,19 @@ class Server {
 
   get base() {
     return `http://${this.addr}`;
+  }
+
+  /** Resolves once the address is logged (no health check). */
+  async listening() {
+    await until(
+      `${this.label} to listen`,
+      () => {
+        if (this.exited) throw new Error(`${this.label} exited:\n${this.output}`);
+        return this.addr;
+      },
+      30_000,
+    );
+    return this;
   }
 
   async ready() {
@@ -113,6 +128,9 @@ export async function startUp() {
     admin: { email: 'admin@localhost', password },
     debug: true,
     tokenMinutes: 60,
+    // `up` runs a gateway (self-signed, its certificate in the data
+    // directory) and a node in region `local`: real tunnels work.
+    dataPlane: { caCert: join(dir, 'gateway.crt') },
     cleanup: async () => {
       await server.stop();
       rmSync(dir, { recursive: true, force: true });
@@ -158,6 +176,7 @@ export async function startServe() {
     admin,
     debug: false,
     tokenMinutes: 1,
+    dataPlane: null,
     cleanup: async () => {
       await server.stop();
       psql(`DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`);
@@ -250,4 +269,80 @@ export async function gql(base, query, variables = {}, token) {
     body: JSON.stringify({ query, variables }),
   });
   return res.json();
+}
+
+/**
+ * `httvps-relay connect` for a device: every connection to its address is
+ * forwarded through a tunnel (gateway, then node) to `forward`.
+ */
+export async function startClient({ base, deviceToken, caCert, forward, region }) {
+  const child = spawn(
+    RELAY,
+    [
+      'connect',
+      '--backend',
+      base,
+      '--ca-cert',
+      caCert,
+      '--socks',
+      '127.0.0.1:0',
+      '--forward',
+      forward,
+      ...(region ? ['--region', region] : []),
+    ],
+    {
+      cwd: ROOT,
+      // The token through the environment: not in the process list.
+      env: { ...process.env, RUST_LOG: 'info', CLIENT_DEVICE_TOKEN: deviceToken },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  return new Server(child, 'httvps-relay connect', 'SOCKS5 proxy listening', 'socks').listening();
+}
+
+/** A TCP echo server on 127.0.0.1 (port chosen by the system). */
+export async function startEcho() {
+  const { createServer } = await import('node:net');
+  const sockets = new Set();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => undefined);
+    s.pipe(s);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    addr: `127.0.0.1:${server.address().port}`,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+/** Sends `text` through the TCP address `addr` and waits for its echo. */
+export async function echoThrough(addr, text, ms = 15_000) {
+  const { connect } = await import('node:net');
+  const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];
+  return new Promise((resolve, reject) => {
+    const s = connect(port, host);
+    let got = '';
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`no echo through ${addr} within ${ms} ms (got ${JSON.stringify(got)})`));
+    }, ms);
+    s.on('connect', () => s.write(text));
+    s.on('data', (d) => {
+      got += d.toString();
+      if (got.length >= text.length) {
+        clearTimeout(timer);
+        s.end();
+        resolve(got);
+      }
+    });
+    s.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
 }

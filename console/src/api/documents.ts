@@ -16,10 +16,12 @@ const SESSION = `id startedAt lastActivityAt endedAt endReason bytesUp bytesDown
   device { id name user { id email } } outlineNode { id name region { code } } gatewayNode { id name }`;
 const CREDENTIALS = `device { ${DEVICE} } accessToken links { ssconf sip002 }`;
 const PAGE = 'pageInfo { hasNextPage endCursor }';
+const COUNTED = `totalCount ${PAGE}`;
+const PLACEMENT = 'sessionId region regionName nodeId nodeName nodeHealth since';
 
 // Accounts
 export const USERS = `query Users($filter: UserFilterInput, $first: Int, $after: String) {
-  users(filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${USER} } } }`;
+  users(filter: $filter, first: $first, after: $after) { ${COUNTED} nodes { ${USER} } } }`;
 export const USER_DETAIL = `query UserDetail($id: UUID!) { user(id: $id) { ${USER} } }`;
 export const SET_USER_STATUS = `mutation SetUserStatus($id: UUID!, $status: UserStatus!) {
   setUserStatus(id: $id, status: $status) { ${USER} } }`;
@@ -41,7 +43,7 @@ export const CREATE_REGION = `mutation CreateRegion($code: String!, $name: Strin
 // Subscriptions (the billing record)
 export const SUBSCRIPTIONS = `query Subscriptions($filter: SubscriptionFilterInput, $first: Int, $after: String) {
   subscriptions(filter: $filter, first: $first, after: $after) {
-    ${PAGE} nodes { ${SUBSCRIPTION} user { id email } plan { id name deviceLimit resetPeriod } } } }`;
+    ${COUNTED} nodes { ${SUBSCRIPTION} user { id email } plan { id name deviceLimit resetPeriod } } } }`;
 export const GRANT = `mutation Grant($userId: UUID!, $planId: UUID!) {
   grantSubscription(userId: $userId, planId: $planId) { ${SUBSCRIPTION} } }`;
 export const EXTEND = `mutation Extend($id: UUID!, $days: Int!) {
@@ -50,10 +52,11 @@ export const CANCEL = `mutation Cancel($id: UUID!) { cancelSubscription(id: $id)
 
 // Devices
 export const DEVICES = `query Devices($filter: DeviceFilterInput, $first: Int, $after: String) {
-  devices(filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${DEVICE} user { id email } } } }`;
+  devices(filter: $filter, first: $first, after: $after) { ${COUNTED} nodes { ${DEVICE} user { id email } } } }`;
 // Own devices: the server restricts users to theirs; admins filter on themselves.
 export const MY_DEVICES = `query MyDevices($userId: UUID!, $first: Int, $after: String) {
-  devices(filter: { userId: $userId }, first: $first, after: $after) { ${PAGE} nodes { ${DEVICE} } } }`;
+  devices(filter: { userId: $userId }, first: $first, after: $after) {
+    ${COUNTED} nodes { ${DEVICE} placement { ${PLACEMENT} } } } }`;
 export const REGISTER_DEVICE = `mutation RegisterDevice($name: String!, $platform: String!) {
   registerDevice(name: $name, platform: $platform) { ${CREDENTIALS} } }`;
 export const REVOKE_DEVICE = `mutation RevokeDevice($id: UUID!) { revokeDevice(id: $id) { ${DEVICE} } }`;
@@ -74,19 +77,34 @@ export const DELETE_NODE = `mutation DeleteNode($id: UUID!) { deleteNode(id: $id
 export const ROTATE_NODE_TOKEN = `mutation RotateNodeToken($id: UUID!) { rotateNodeToken(id: $id) }`;
 
 // Activity
-export const SESSIONS = `query Sessions($filter: SessionFilterInput, $first: Int, $after: String) {
-  sessions(filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${SESSION} } } }`;
+export const SESSIONS = `query Sessions($filter: SessionFilterInput, $first: Int, $after: String, $order: ListOrder! = NEWEST_FIRST) {
+  sessions(filter: $filter, first: $first, after: $after, order: $order) { ${COUNTED} nodes { ${SESSION} } } }`;
+export const SESSION_COUNT = `query SessionCount($filter: SessionFilterInput) {
+  sessions(filter: $filter, first: 1) { totalCount } }`;
 export const USAGE = `query Usage($userId: UUID, $nodeId: UUID, $from: DateTime!, $to: DateTime!, $granularity: Granularity!) {
   usage(userId: $userId, nodeId: $nodeId, from: $from, to: $to, granularity: $granularity) { periodStart bytesUp bytesDown } }`;
-export const AUDIT_LOG = `query AuditLog($filter: AuditFilterInput, $first: Int, $after: String) {
-  auditLog(filter: $filter, first: $first, after: $after) {
-    ${PAGE} nodes { id actorUserId action targetType targetId details createdAt } } }`;
+export const AUDIT_LOG = `query AuditLog($filter: AuditFilterInput, $first: Int, $after: String, $order: ListOrder! = NEWEST_FIRST) {
+  auditLog(filter: $filter, first: $first, after: $after, order: $order) {
+    ${COUNTED} nodes { id actorUserId action targetType targetId details createdAt } } }`;
 
 // Subscriber pages
 export const MY_PLAN = `query MyPlan($userId: UUID!, $first: Int) {
   me { ${USER} }
-  subscriptions(filter: { userId: $userId }, first: $first) { ${PAGE} nodes { ${SUBSCRIPTION} plan { id name deviceLimit resetPeriod } } } }`;
+  subscriptions(filter: { userId: $userId }, first: $first) { ${COUNTED} nodes { ${SUBSCRIPTION} plan { id name deviceLimit resetPeriod } } } }`;
 
 // Live
 export const NODE_EVENTS = `subscription NodeEvents($region: String) {
   nodeEvents(region: $region) { nodeId nodeKind region kind status health load capacity at } }`;
+
+// Admin feed and owners' live view
+export const SESSION_EVENTS = `subscription SessionEvents($region: String) {
+  sessionEvents(region: $region) { kind sessionId deviceId userId userEmail region outlineNodeId gatewayNodeId endReason bytesUp bytesDown at } }`;
+export const QUOTA_EVENTS = `subscription QuotaEvents {
+  quotaEvents { kind subscriptionId userId userEmail trafficLimitBytes trafficUsedBytes at } }`;
+export const MY_DEVICE_EVENTS = `subscription MyDeviceEvents {
+  myDeviceEvents { kind deviceId at placement { ${PLACEMENT} } } }`;
+
+// Settings
+export const SETTINGS = 'query Settings { settings { signUpEnabled } }';
+export const UPDATE_SETTINGS = `mutation UpdateSettings($input: UpdateSettingsInput!) {
+  updateSettings(input: $input) { signUpEnabled } }`;

@@ -50,15 +50,6 @@ export function fromGraphQL(errors: readonly GraphQLErrorShape[]): ApiError {
   return new ApiError(code, e.message ?? 'unknown error', e.extensions?.requestId);
 }
 
-/** Whether an error says the document uses a field this server lacks. */
-export function isUnknownField(err: unknown): boolean {
-  return (
-    err instanceof ApiError &&
-    err.code === 'BAD_REQUEST' &&
-    /Unknown (field|argument|type)/i.test(err.message)
-  );
-}
-
 function capitalised(s: string): string {
   return s.length ? s[0]!.toUpperCase() + s.slice(1) : s;
 }

@@ -23,6 +23,13 @@ export interface Connection<T> {
   nodes: T[];
 }
 
+/** A connection that also says how many items its filter matches. */
+export interface CountedConnection<T> extends Connection<T> {
+  totalCount: number;
+}
+
+export type ListOrder = 'OLDEST_FIRST' | 'NEWEST_FIRST';
+
 export interface User {
   id: UUID;
   email: string;
@@ -168,5 +175,66 @@ export interface NodeEvent {
   health: string;
   load: number;
   capacity: number;
+  at: DateTime;
+}
+
+/** `Query.settings`: what an admin changes at run time. */
+export interface Settings {
+  signUpEnabled: boolean;
+}
+
+export type SessionEventKind = 'OPENED' | 'CLOSED';
+
+/** One event of `Live.sessionEvents` (admin). */
+export interface SessionEvent {
+  kind: SessionEventKind;
+  sessionId: UUID;
+  deviceId: UUID;
+  userId: UUID;
+  userEmail: string;
+  /** Region code of the Outline node ("" when it has none). */
+  region: string;
+  outlineNodeId: UUID | null;
+  gatewayNodeId: UUID | null;
+  /** Why it closed (as `Session.endReason`); null when OPENED. */
+  endReason: string | null;
+  bytesUp: BigIntString;
+  bytesDown: BigIntString;
+  at: DateTime;
+}
+
+export type QuotaEventKind = 'QUOTA_REACHED' | 'PERIOD_RESET' | 'EXPIRED';
+
+/** One event of `Live.quotaEvents` (admin). */
+export interface QuotaEvent {
+  kind: QuotaEventKind;
+  subscriptionId: UUID;
+  userId: UUID;
+  userEmail: string;
+  trafficLimitBytes: BigIntString | null;
+  trafficUsedBytes: BigIntString;
+  at: DateTime;
+}
+
+/** `Device.placement`: the device's open session, as its owner sees it. */
+export interface DevicePlacement {
+  sessionId: UUID;
+  region: string;
+  regionName: string;
+  nodeId: UUID;
+  nodeName: string;
+  /** unknown, up or down. */
+  nodeHealth: string;
+  since: DateTime;
+}
+
+export type DeviceEventKind = 'REVOKED' | 'ROTATED' | 'SESSION_OPENED' | 'SESSION_CLOSED';
+
+/** One event of `Live.myDeviceEvents`. */
+export interface DeviceEvent {
+  kind: DeviceEventKind;
+  deviceId: UUID;
+  /** After the event: null when the device has no open session. */
+  placement: DevicePlacement | null;
   at: DateTime;
 }

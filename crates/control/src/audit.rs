@@ -39,9 +39,33 @@ pub struct AuditFilter {
     pub action: Option<String>,
     /// Only this actor.
     pub actor_user_id: Option<UserId>,
+    /// Only entries about this kind of target.
+    pub target_type: Option<String>,
+    /// Only entries about this target.
+    pub target_id: Option<String>,
 }
 
-/// Admin: a page of the audit log, oldest first.
+/// Applies an [`AuditFilter`] to a boxed query on `audit_log`.
+macro_rules! filter_audit {
+    ($q:expr, $filter:expr) => {{
+        let (mut q, filter) = ($q, $filter);
+        if let Some(a) = &filter.action {
+            q = q.filter(audit_log::action.eq(a.clone()));
+        }
+        if let Some(a) = filter.actor_user_id {
+            q = q.filter(audit_log::actor_user_id.eq(a));
+        }
+        if let Some(t) = &filter.target_type {
+            q = q.filter(audit_log::target_type.eq(t.clone()));
+        }
+        if let Some(t) = &filter.target_id {
+            q = q.filter(audit_log::target_id.eq(t.clone()));
+        }
+        q
+    }};
+}
+
+/// Admin: a page of the audit log, in `page.order`.
 pub async fn list(
     db: &Db,
     actor: &Actor,
@@ -50,16 +74,25 @@ pub async fn list(
 ) -> AppResult<Page<AuditEntry>> {
     actor.require_admin()?;
     let rows = db_run!(db, |conn| {
-        let mut q = audit_log::table
-            .select(AuditEntry::as_select())
-            .into_boxed();
-        if let Some(a) = &filter.action {
-            q = q.filter(audit_log::action.eq(a.clone()));
-        }
-        if let Some(a) = filter.actor_user_id {
-            q = q.filter(audit_log::actor_user_id.eq(a));
-        }
+        let q = filter_audit!(
+            audit_log::table
+                .select(AuditEntry::as_select())
+                .into_boxed(),
+            filter
+        );
         paginate!(q, audit_log, page).load(conn).await?
     });
     Ok(Page::from_fetch(rows, page.first))
+}
+
+/// Admin: how many audit entries match `filter`.
+pub async fn count(db: &Db, actor: &Actor, filter: &AuditFilter) -> AppResult<i64> {
+    actor.require_admin()?;
+    Ok(db_run!(db, |conn| filter_audit!(
+        audit_log::table.into_boxed(),
+        filter
+    )
+    .count()
+    .get_result::<i64>(conn)
+    .await?))
 }

@@ -121,6 +121,8 @@ pub enum AccessChange {
     SubscriptionExtended,
     /// A subscription was cancelled.
     SubscriptionCancelled,
+    /// Subscriptions reached their expiry.
+    SubscriptionExpired,
     /// Accounts used up their allowance.
     QuotaExceeded,
 }
@@ -135,6 +137,7 @@ impl AccessChange {
             AccessChange::SubscriptionReplaced => "subscription_replaced",
             AccessChange::SubscriptionExtended => "subscription_extended",
             AccessChange::SubscriptionCancelled => "subscription_cancelled",
+            AccessChange::SubscriptionExpired => "subscription_expired",
             AccessChange::QuotaExceeded => "quota_exceeded",
         }
     }

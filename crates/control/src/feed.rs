@@ -1,5 +1,5 @@
 //! The admin feed: sessions opening and closing, subscriptions reaching
-//! their allowance or starting a new period. Use cases put these in the
+//! their allowance, starting a new period or expiring. Use cases put these in the
 //! outbox of the transaction that made the change (see
 //! [`events`](crate::events)), like node and access events.
 
@@ -55,9 +55,11 @@ pub enum QuotaEventKind {
     QuotaReached,
     /// The traffic period started over (MONTHLY plans).
     PeriodReset,
+    /// The subscription reached its expiresAt (marked expired by the sweeper).
+    Expired,
 }
 
-/// A subscription reached its allowance or started a new period.
+/// A subscription reached its allowance, started a new period or expired.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaEvent {

@@ -1,5 +1,5 @@
-//! Keyset pagination on (created_at, id): stable under inserts, one indexed
-//! range scan per page.
+//! Keyset pagination on (created_at, id), oldest or newest first: stable
+//! under inserts, one indexed range scan per page.
 
 use base64::Engine;
 use chrono::NaiveDateTime;
@@ -20,13 +20,25 @@ pub struct Cursor {
     pub id: String,
 }
 
+/// The order of a list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, async_graphql::Enum)]
+pub enum ListOrder {
+    /// Oldest first (creation time, then id, ascending).
+    #[default]
+    OldestFirst,
+    /// Newest first (creation time, then id, descending).
+    NewestFirst,
+}
+
 /// Which page to read.
 #[derive(Debug, Clone)]
 pub struct PageArgs {
     /// Rows wanted.
     pub first: i64,
-    /// Start after this row.
+    /// Start after this row (in `order`).
     pub after: Option<Cursor>,
+    /// Oldest or newest first.
+    pub order: ListOrder,
 }
 
 impl PageArgs {
@@ -39,7 +51,21 @@ impl PageArgs {
             )));
         }
         let after = after.map(decode).transpose()?;
-        Ok(PageArgs { first, after })
+        Ok(PageArgs {
+            first,
+            after,
+            order: ListOrder::OldestFirst,
+        })
+    }
+
+    /// The same page in `order` (a cursor is a row, valid in either order).
+    pub fn ordered(self, order: ListOrder) -> Self {
+        PageArgs { order, ..self }
+    }
+
+    /// Whether the list runs newest first.
+    pub fn newest_first(&self) -> bool {
+        self.order == ListOrder::NewestFirst
     }
 }
 
@@ -87,20 +113,35 @@ impl<T> Page<T> {
     }
 }
 
-/// Applies keyset filtering and ordering to a boxed diesel query on a table
-/// with `created_at` and `id` columns, fetching one extra row.
+/// Applies keyset filtering and ordering (as `$page.order` says) to a boxed
+/// diesel query on a table with `created_at` and `id` columns, fetching one
+/// extra row.
 #[macro_export]
 macro_rules! paginate {
-    ($query:expr, $table:ident, $page:expr) => {{
+    ($query:expr, $table:ident, $page:expr) => {
+        $crate::paginate!($query, $table::created_at, $table::id, $page)
+    };
+    ($query:expr, $created:expr, $id:expr, $page:expr) => {{
         let mut q = $query;
-        if let Some(c) = &$page.after {
-            q = q.filter(
-                $table::created_at.gt(c.created_at).or($table::created_at
-                    .eq(c.created_at)
-                    .and($table::id.gt(c.id.clone()))),
-            );
+        if $page.newest_first() {
+            if let Some(c) = &$page.after {
+                q = q.filter(
+                    $created
+                        .lt(c.created_at)
+                        .or($created.eq(c.created_at).and($id.lt(c.id.clone()))),
+                );
+            }
+            q.order(($created.desc(), $id.desc()))
+                .limit($page.first + 1)
+        } else {
+            if let Some(c) = &$page.after {
+                q = q.filter(
+                    $created
+                        .gt(c.created_at)
+                        .or($created.eq(c.created_at).and($id.gt(c.id.clone()))),
+                );
+            }
+            q.order(($created.asc(), $id.asc())).limit($page.first + 1)
         }
-        q.order(($table::created_at.asc(), $table::id.asc()))
-            .limit($page.first + 1)
     }};
 }

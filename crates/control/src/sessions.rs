@@ -28,17 +28,10 @@ pub struct SessionFilter {
     pub open: Option<bool>,
 }
 
-/// Admin: a page of sessions, oldest first.
-pub async fn list(
-    db: &Db,
-    actor: &Actor,
-    filter: &SessionFilter,
-    page: &PageArgs,
-) -> AppResult<Page<Session>> {
-    actor.require_admin()?;
-    // Sessions have no created_at column: page on started_at through an alias.
-    let rows = db_run!(db, |conn| {
-        let mut q = sessions::table.select(Session::as_select()).into_boxed();
+/// Applies a [`SessionFilter`] to a boxed query on `sessions`.
+macro_rules! filter_sessions {
+    ($q:expr, $filter:expr) => {{
+        let (mut q, filter) = ($q, $filter);
         if let Some(d) = filter.device_id {
             q = q.filter(sessions::device_id.eq(d));
         }
@@ -59,21 +52,41 @@ pub async fn list(
             Some(false) => q = q.filter(sessions::ended_at.is_not_null()),
             None => {}
         }
-        if let Some(c) = &page.after {
-            q = q.filter(
-                sessions::started_at
-                    .gt(c.created_at)
-                    .or(sessions::started_at
-                        .eq(c.created_at)
-                        .and(sessions::id.gt(c.id.clone()))),
-            );
-        }
-        q.order((sessions::started_at.asc(), sessions::id.asc()))
-            .limit(page.first + 1)
+        q
+    }};
+}
+
+/// Admin: a page of sessions, in `page.order` of their start.
+pub async fn list(
+    db: &Db,
+    actor: &Actor,
+    filter: &SessionFilter,
+    page: &PageArgs,
+) -> AppResult<Page<Session>> {
+    actor.require_admin()?;
+    // Sessions have no created_at column: page on their start.
+    let rows = db_run!(db, |conn| {
+        let q = filter_sessions!(
+            sessions::table.select(Session::as_select()).into_boxed(),
+            filter
+        );
+        crate::paginate!(q, sessions::started_at, sessions::id, page)
             .load(conn)
             .await?
     });
     Ok(Page::from_fetch(rows, page.first))
+}
+
+/// Admin: how many sessions match `filter`.
+pub async fn count(db: &Db, actor: &Actor, filter: &SessionFilter) -> AppResult<i64> {
+    actor.require_admin()?;
+    Ok(db_run!(db, |conn| filter_sessions!(
+        sessions::table.into_boxed(),
+        filter
+    )
+    .count()
+    .get_result::<i64>(conn)
+    .await?))
 }
 
 /// Width of a usage bucket.

@@ -211,6 +211,22 @@ pub async fn list(
     Ok(Page::from_fetch(rows, page.first))
 }
 
+/// How many of the list's rows match `filter` (the actor's own, or
+/// anyone's for admins).
+pub async fn count(db: &Db, actor: &Actor, filter: &SubscriptionFilter) -> AppResult<i64> {
+    let user_id = actor.scope(filter.user_id);
+    Ok(db_run!(db, |conn| {
+        let mut q = subscriptions::table.into_boxed();
+        if let Some(u) = user_id {
+            q = q.filter(subscriptions::user_id.eq(u));
+        }
+        if let Some(s) = filter.status {
+            q = q.filter(subscriptions::status.eq(s));
+        }
+        q.count().get_result::<i64>(conn).await?
+    }))
+}
+
 /// The subscription stored as active (at most one) of each of `user_ids`.
 pub async fn current_for_users(db: &Db, user_ids: &[UserId]) -> AppResult<Vec<Subscription>> {
     Ok(db_run!(db, |conn| subscriptions::table

@@ -4,7 +4,7 @@ import { useState } from 'preact/hooks';
 
 import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
-import type { AuditEntry, Connection, User } from '../../api/types';
+import type { AuditEntry, Connection, CountedConnection, User } from '../../api/types';
 import { Async, Empty, Field, Link, Page, PagerBar, Table } from '../../ui/components';
 import { shortId, when } from '../../ui/format';
 import { usePager, useQuery } from '../../ui/hooks';
@@ -73,7 +73,7 @@ export function Audit() {
   const emails = new Map((admins.data?.users.nodes ?? []).map((u) => [u.id, u.email]));
   const q = useQuery(
     (signal) =>
-      gql<{ auditLog: Connection<AuditEntry> }>(
+      gql<{ auditLog: CountedConnection<AuditEntry> }>(
         doc.AUDIT_LOG,
         { filter: { action: action || undefined, actorUserId: actor || undefined }, first: 50, after: pager.after },
         signal,
@@ -122,13 +122,15 @@ export function Audit() {
           )}
         </Field>
       </div>
-      <p class="muted">Oldest first.</p>
       <Async q={q}>
         {(d) =>
           d.auditLog.nodes.length === 0 ? (
             <Empty>No entries{action || actor ? ' match these filters' : ' yet'}.</Empty>
           ) : (
             <>
+              <p class="muted">
+                {d.auditLog.totalCount} {d.auditLog.totalCount === 1 ? 'entry' : 'entries'}, newest first.
+              </p>
               <Table label="Audit log" head={['When', 'Admin', 'Action', 'Target', 'Details']}>
                 {d.auditLog.nodes.map((e) => (
                   <tr key={e.id}>

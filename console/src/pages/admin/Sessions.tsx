@@ -4,7 +4,7 @@ import { useState } from 'preact/hooks';
 
 import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
-import type { Connection, Session } from '../../api/types';
+import type { CountedConnection, Session } from '../../api/types';
 import { Async, Badge, Empty, Field, Link, Page, PagerBar, Table } from '../../ui/components';
 import { ago, bytes, when } from '../../ui/format';
 import { useNow, usePager, usePoll, useQuery } from '../../ui/hooks';
@@ -60,7 +60,7 @@ export function Sessions() {
   const pager = usePager();
   const q = useQuery(
     (signal) =>
-      gql<{ sessions: Connection<Session> }>(
+      gql<{ sessions: CountedConnection<Session> }>(
         doc.SESSIONS,
         { filter: { open: open === '' ? undefined : open === 'true' }, first: 50, after: pager.after },
         signal,
@@ -88,13 +88,15 @@ export function Sessions() {
           )}
         </Field>
       </div>
-      <p class="muted">Oldest first.</p>
       <Async q={q}>
         {(d) =>
           d.sessions.nodes.length === 0 ? (
             <Empty>{open === 'true' ? 'No open sessions right now.' : 'No sessions.'}</Empty>
           ) : (
             <>
+              <p class="muted" data-testid="sessions-total">
+                {d.sessions.totalCount} {d.sessions.totalCount === 1 ? 'session' : 'sessions'}, newest first.
+              </p>
               <Table label="Sessions" head={SESSION_HEAD}>
                 <SessionRows sessions={d.sessions.nodes} now={now} showUser />
               </Table>

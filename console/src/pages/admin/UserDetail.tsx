@@ -281,7 +281,10 @@ export function UserDetail(props: { id: string }) {
                         ))}
                       </Table>
                       {!t.complete && (
-                        <p class="muted">Only the oldest 500 entries of each kind of action were read.</p>
+                        <p class="muted">
+                          Only the newest 50 entries about each of its records are shown:{' '}
+                          <Link to="/audit">the audit log</Link> has them all.
+                        </p>
                       )}
                     </>
                   )

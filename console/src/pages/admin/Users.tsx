@@ -6,8 +6,7 @@ import { useState } from 'preact/hooks';
 
 import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
-import type { Connection, Role, User, UserStatus } from '../../api/types';
-import { SignUpSettingCard } from '../../pending/signUpSetting';
+import type { CountedConnection, Role, User, UserStatus } from '../../api/types';
 import { RoleBadge, UserStatusBadge } from '../../ui/badges';
 import { Async, Empty, Field, Link, Page, PagerBar, Table } from '../../ui/components';
 import { when } from '../../ui/format';
@@ -21,7 +20,7 @@ export function Users() {
   const pager = usePager();
   const q = useQuery(
     (signal) =>
-      gql<{ users: Connection<User> }>(
+      gql<{ users: CountedConnection<User> }>(
         doc.USERS,
         {
           filter: {
@@ -38,7 +37,6 @@ export function Users() {
   );
   return (
     <Page title="Users">
-      <SignUpSettingCard />
       <form
         class="filters"
         role="search"
@@ -106,6 +104,9 @@ export function Users() {
             <Empty>No account matches.</Empty>
           ) : (
             <>
+              <p class="muted">
+                {d.users.totalCount} {d.users.totalCount === 1 ? 'account' : 'accounts'}
+              </p>
               <Table label="Users" head={['Email', 'Role', 'Status', 'Created']}>
                 {d.users.nodes.map((u) => (
                   <tr key={u.id}>

@@ -4,8 +4,8 @@ import { useState } from 'preact/hooks';
 
 import { ApiError } from '../../api/errors';
 import { login, signUp } from '../../api/session';
-import { useSignUpEnabled } from '../../pending/signUpSetting';
-import { Button, ErrorNote, Field, Link, useAction } from '../../ui/components';
+import { Button, ErrorNote, Field, Link, Loading, useAction } from '../../ui/components';
+import { useSignUpEnabled } from './signUpSetting';
 
 function Shell(props: { title: string; children: preact.ComponentChildren }) {
   return (
@@ -100,7 +100,14 @@ export function SignUp() {
     if (password !== confirm) throw new ApiError('BAD_REQUEST', 'the two passwords differ');
     await signUp(email.trim(), password);
   });
-  if (signUpEnabled === false) {
+  if (signUpEnabled === undefined) {
+    return (
+      <Shell title="Create an account">
+        <Loading />
+      </Shell>
+    );
+  }
+  if (!signUpEnabled) {
     return (
       <Shell title="Create an account">
         <p class="note info">Sign-up is closed on this service. Ask its operator for an account.</p>

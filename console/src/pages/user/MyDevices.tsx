@@ -1,14 +1,13 @@
 // Subscriber: my devices. Add one (its links as QR codes, shown once),
-// rotate its token, revoke it; where each is connected (when the server
-// reports it). Changes made elsewhere (an operator revoking a device) show
-// up without a reload.
+// rotate its token, revoke it; the region and node each is connected to,
+// live. Changes made elsewhere (an operator revoking a device, a tunnel
+// opening) show up without a reload.
 
-import { useState } from 'preact/hooks';
+import { useMemo, useState } from 'preact/hooks';
 
 import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
-import type { Connection, Device, DeviceCredentials } from '../../api/types';
-import { PlacementCell, useDevicePlacements } from '../../pending/devicePlacement';
+import type { CountedConnection, Device, DeviceCredentials, DevicePlacement, UUID } from '../../api/types';
 import {
   Async,
   Button,
@@ -26,11 +25,14 @@ import { DeviceStatusBadge } from '../../ui/badges';
 import { CredentialsDialog } from '../../ui/credentials';
 import { ago, when } from '../../ui/format';
 import { useNow, usePager, usePoll, useQuery } from '../../ui/hooks';
+import { PlacementCell, useLivePlacements } from './placement';
 
 const PLATFORMS = ['android', 'ios', 'windows', 'macos', 'linux', 'other'];
 const PAGE_SIZE = 50;
-/** How often the list is re-read while the server has no device events. */
-const POLL_MS = 4_000;
+/** A safety net: live events keep the list current, this re-reads it anyway. */
+const POLL_MS = 60_000;
+
+type MyDevice = Device & { placement: DevicePlacement | null };
 
 function AddDevice(props: { onAdded: (c: DeviceCredentials) => void }) {
   const [name, setName] = useState('');
@@ -94,15 +96,19 @@ export function MyDevices(props: { userId: string }) {
   const [creds, setCreds] = useState<DeviceCredentials | null>(null);
   const q = useQuery(
     (signal) =>
-      gql<{ devices: Connection<Device> }>(
+      gql<{ devices: CountedConnection<MyDevice> }>(
         doc.MY_DEVICES,
         { userId: props.userId, first: PAGE_SIZE, after: pager.after },
         signal,
       ),
     [props.userId, pager.after],
   );
-  const placements = useDevicePlacements(props.userId, q.reload);
-  usePoll(q.reload, placements.supported ? 60_000 : POLL_MS);
+  const listed = useMemo(
+    () => q.data && new Map<UUID, DevicePlacement | null>(q.data.devices.nodes.map((n) => [n.id, n.placement])),
+    [q.data],
+  );
+  const placement = useLivePlacements(listed, q.reload);
+  usePoll(q.reload, POLL_MS);
 
   const rotate = async (d: Device) => {
     const r = await gql<{ rotateDeviceToken: DeviceCredentials }>(doc.ROTATE_DEVICE, { id: d.id });
@@ -122,7 +128,9 @@ export function MyDevices(props: { userId: string }) {
         }}
       />
       <section class="card" aria-labelledby="list-title">
-        <h2 id="list-title">Devices</h2>
+        <h2 id="list-title">
+          Devices{q.data ? <span class="muted"> ({q.data.devices.totalCount})</span> : null}
+        </h2>
         <Async q={q}>
           {(d) =>
             d.devices.nodes.length === 0 ? (
@@ -135,7 +143,7 @@ export function MyDevices(props: { userId: string }) {
                     'Name',
                     'Platform',
                     'Status',
-                    ...(placements.supported ? ['Connected to'] : []),
+                    'Connected to',
                     'Last seen',
                     'Added',
                     '',
@@ -148,11 +156,9 @@ export function MyDevices(props: { userId: string }) {
                       <td class="device-status">
                         <DeviceStatusBadge status={dev.status} />
                       </td>
-                      {placements.supported && (
-                        <td>
-                          <PlacementCell placement={placements.placement(dev.id)} />
-                        </td>
-                      )}
+                      <td class="device-placement">
+                        <PlacementCell placement={placement(dev.id)} />
+                      </td>
                       <td title={dev.lastSeenAt ?? undefined}>{ago(dev.lastSeenAt, now)}</td>
                       <td>{when(dev.createdAt)}</td>
                       <td class="row-actions">

@@ -206,6 +206,50 @@ pub struct UserFilter {
     pub email_contains: Option<String>,
 }
 
+/// Turns `emailContains` into a LIKE pattern (escaped, lower case).
+fn email_pattern(filter: &UserFilter) -> Option<String> {
+    filter.email_contains.as_ref().map(|s| {
+        let escaped = s
+            .trim()
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    })
+}
+
+/// Applies a [`UserFilter`] (and its pattern) to a boxed query on `users`.
+macro_rules! filter_users {
+    ($q:expr, $filter:expr, $pattern:expr) => {{
+        let (mut q, filter, pattern) = ($q, $filter, $pattern);
+        if let Some(r) = filter.role {
+            q = q.filter(users::role.eq(r));
+        }
+        if let Some(s) = filter.status {
+            q = q.filter(users::status.eq(s));
+        }
+        if let Some(p) = pattern {
+            q = q.filter(users::email.like(p.clone()).escape('\\'));
+        }
+        q
+    }};
+}
+
+/// Admin: how many users match `filter`.
+pub async fn count(db: &Db, actor: &Actor, filter: &UserFilter) -> AppResult<i64> {
+    actor.require_admin()?;
+    let pattern = email_pattern(filter);
+    Ok(db_run!(db, |conn| filter_users!(
+        users::table.into_boxed(),
+        filter,
+        &pattern
+    )
+    .count()
+    .get_result::<i64>(conn)
+    .await?))
+}
+
 /// Admin: a page of users.
 pub async fn list(
     db: &Db,
@@ -214,26 +258,13 @@ pub async fn list(
     page: &PageArgs,
 ) -> AppResult<Page<User>> {
     actor.require_admin()?;
-    let pattern = filter.email_contains.as_ref().map(|s| {
-        let escaped = s
-            .trim()
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
+    let pattern = email_pattern(filter);
     let rows = db_run!(db, |conn| {
-        let mut q = users::table.select(User::as_select()).into_boxed();
-        if let Some(r) = filter.role {
-            q = q.filter(users::role.eq(r));
-        }
-        if let Some(s) = filter.status {
-            q = q.filter(users::status.eq(s));
-        }
-        if let Some(p) = &pattern {
-            q = q.filter(users::email.like(p.clone()).escape('\\'));
-        }
+        let q = filter_users!(
+            users::table.select(User::as_select()).into_boxed(),
+            filter,
+            &pattern
+        );
         paginate!(q, users, page).load(conn).await?
     });
     Ok(Page::from_fetch(rows, page.first))

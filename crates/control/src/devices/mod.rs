@@ -180,15 +180,26 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<(De
         // it) belong to the device's open sessions: ending them makes every
         // gateway close those tunnels on its next heartbeat, which the
         // access event below triggers at once. New tunnels get new sessions.
-        diesel::update(sessions::table)
+        let ts = now();
+        let ended: Vec<crate::ids::SessionId> = diesel::update(sessions::table)
             .filter(sessions::device_id.eq(id))
             .filter(sessions::ended_at.is_null())
             .set((
-                sessions::ended_at.eq(now()),
+                sessions::ended_at.eq(ts),
                 sessions::end_reason.eq(EndReason::DeviceRevoked),
             ))
-            .execute(conn)
+            .returning(sessions::id)
+            .get_results(conn)
             .await?;
+        if !ended.is_empty() {
+            // The admin feed and the owner's view see them close.
+            let rows = crate::session_rows!(conn, ended);
+            outbox.sessions(crate::feed::session_events(
+                crate::feed::SessionEventKind::Closed,
+                rows,
+                ts,
+            ));
+        }
         let details = serde_json::json!({});
         if let Some(e) = audit_of(actor, &device, "rotate_device_token", details) {
             diesel::insert_into(audit_log::table)
@@ -235,6 +246,22 @@ pub async fn list(
         paginate!(q, devices, page).load(conn).await?
     });
     Ok(Page::from_fetch(rows, page.first))
+}
+
+/// How many of the list's rows match `filter` (the actor's own, or
+/// anyone's for admins).
+pub async fn count(db: &Db, actor: &Actor, filter: &DeviceFilter) -> AppResult<i64> {
+    let user_id = actor.scope(filter.user_id);
+    Ok(db_run!(db, |conn| {
+        let mut q = devices::table.into_boxed();
+        if let Some(u) = user_id {
+            q = q.filter(devices::user_id.eq(u));
+        }
+        if let Some(s) = filter.status {
+            q = q.filter(devices::status.eq(s));
+        }
+        q.count().get_result::<i64>(conn).await?
+    }))
 }
 
 /// Loads devices by id.

@@ -5,7 +5,8 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
-use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, connection, viewer};
+use super::counts::{Counted, counted_connection};
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, viewer};
 use crate::accounts::{self, Role, UserFilter, UserStatus};
 use crate::db::models;
 use crate::error::AppError;
@@ -104,7 +105,7 @@ impl AccountQuery {
         filter: Option<UserFilterInput>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, User>> {
+    ) -> async_graphql::Result<Connection<String, User, Counted>> {
         let api = ctx.data::<AppContext>()?;
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
@@ -116,9 +117,10 @@ impl AccountQuery {
         let rows = accounts::list(&api.db, &actor(ctx)?, &filter, &page)
             .await
             .gql()?;
-        Ok(connection(
+        Ok(counted_connection(
             rows,
             after.is_some(),
+            Counted::Users(filter),
             |u| (u.created_at, u.id),
             User::from,
         ))

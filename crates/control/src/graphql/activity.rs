@@ -5,15 +5,16 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
+use super::counts::{Counted, counted_connection};
 use super::devices::Device;
 use super::loaders::{DbLoader, loader_error};
 use super::nodes::{GatewayNode, OutlineNode};
 use super::scalars::BigInt;
-use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, connection};
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor};
 use crate::audit::{self, AuditFilter};
 use crate::db::models;
 use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, UserId};
-use crate::pagination::PageArgs;
+use crate::pagination::{ListOrder, PageArgs};
 use crate::sessions::{self, Granularity, SessionFilter};
 
 /// A device's stay on one node through one gateway.
@@ -151,6 +152,11 @@ pub struct AuditFilterInput {
     pub action: Option<String>,
     /// Only this admin's actions.
     pub actor_user_id: Option<Uuid>,
+    /// Only entries about this kind of target (e.g. `user`, `device`).
+    pub target_type: Option<String>,
+    /// Only entries about this target (a user's trail: its id, and each of
+    /// its devices' and subscriptions' ids).
+    pub target_id: Option<Uuid>,
 }
 
 /// Activity queries.
@@ -159,7 +165,8 @@ pub struct ActivityQuery;
 
 #[Object]
 impl ActivityQuery {
-    /// Admin: sessions, oldest first.
+    /// Admin: sessions by their start, oldest first unless `order` says
+    /// NEWEST_FIRST.
     #[graphql(guard = "AdminOnly")]
     async fn sessions(
         &self,
@@ -167,9 +174,10 @@ impl ActivityQuery {
         filter: Option<SessionFilterInput>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Session>> {
+        #[graphql(default)] order: ListOrder,
+    ) -> async_graphql::Result<Connection<String, Session, Counted>> {
         let api = ctx.data::<AppContext>()?;
-        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?.ordered(order);
         let f = filter.unwrap_or_default();
         let filter = SessionFilter {
             device_id: f.device_id.map(DeviceId::from),
@@ -180,9 +188,10 @@ impl ActivityQuery {
         let rows = sessions::list(&api.db, &actor(ctx)?, &filter, &page)
             .await
             .gql()?;
-        Ok(connection(
+        Ok(counted_connection(
             rows,
             after.is_some(),
+            Counted::Sessions(filter),
             |s| (s.started_at, s.id),
             Session::from,
         ))
@@ -222,7 +231,7 @@ impl ActivityQuery {
             .collect())
     }
 
-    /// Admin: the audit log, oldest first.
+    /// Admin: the audit log, oldest first unless `order` says NEWEST_FIRST.
     #[graphql(guard = "AdminOnly")]
     async fn audit_log(
         &self,
@@ -230,20 +239,29 @@ impl ActivityQuery {
         filter: Option<AuditFilterInput>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, AuditEntry>> {
+        #[graphql(default)] order: ListOrder,
+    ) -> async_graphql::Result<Connection<String, AuditEntry, Counted>> {
         let api = ctx.data::<AppContext>()?;
-        let page = PageArgs::new(first, after.as_deref()).gql()?;
+        let page = PageArgs::new(first, after.as_deref()).gql()?.ordered(order);
         let f = filter.unwrap_or_default();
+        let target_type = f
+            .target_type
+            .map(|t| crate::validate::text("targetType", &t, 1, 64))
+            .transpose()
+            .gql()?;
         let filter = AuditFilter {
             action: f.action,
             actor_user_id: f.actor_user_id.map(UserId::from),
+            target_type,
+            target_id: f.target_id.map(|t| t.to_string()),
         };
         let rows = audit::list(&api.db, &actor(ctx)?, &filter, &page)
             .await
             .gql()?;
-        Ok(connection(
+        Ok(counted_connection(
             rows,
             after.is_some(),
+            Counted::Audit(filter),
             |e| (e.created_at, e.id.clone()),
             |e| AuditEntry {
                 id: super::uuid(&e.id),

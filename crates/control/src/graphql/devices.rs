@@ -6,10 +6,11 @@ use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use uuid::Uuid;
 
 use super::accounts::User;
+use super::counts::{Counted, counted_connection};
 use super::loaders::{CurrentSubscriptionOf, DbLoader, PlacementOf, loader_error};
 use super::placement::DevicePlacement;
 use super::subscriptions::Subscription;
-use super::{AppContext, GqlResultExt, SignedIn, actor, connection, viewer};
+use super::{AppContext, GqlResultExt, SignedIn, actor, viewer};
 use crate::db::models;
 use crate::devices::{self, AccessLinks, DeviceFilter, DeviceStatus};
 use crate::ids::UserId;
@@ -121,7 +122,7 @@ impl DeviceQuery {
         filter: Option<DeviceFilterInput>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Device>> {
+    ) -> async_graphql::Result<Connection<String, Device, Counted>> {
         let api = ctx.data::<AppContext>()?;
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
@@ -132,9 +133,10 @@ impl DeviceQuery {
         let rows = devices::list(&api.db, &actor(ctx)?, &filter, &page)
             .await
             .gql()?;
-        Ok(connection(
+        Ok(counted_connection(
             rows,
             after.is_some(),
+            Counted::Devices(filter),
             |d| (d.created_at, d.id),
             Device::from,
         ))

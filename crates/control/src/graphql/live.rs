@@ -66,7 +66,8 @@ impl From<feed::SessionEvent> for SessionEvent {
     }
 }
 
-/// A subscription reached its allowance or started a new period (admin feed).
+/// A subscription reached its allowance, started a new period or expired
+/// (admin feed).
 #[derive(SimpleObject, Debug, Clone)]
 pub struct QuotaEvent {
     /// What happened.
@@ -192,8 +193,8 @@ impl Live {
         ))
     }
 
-    /// Admin: subscriptions that used up their traffic allowance or started
-    /// a new traffic period.
+    /// Admin: subscriptions that used up their traffic allowance, started
+    /// a new traffic period or reached their expiry.
     #[graphql(guard = "AdminOnly")]
     async fn quota_events(
         &self,

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod activity;
 pub mod catalogue;
+pub mod counts;
 pub mod devices;
 pub mod inputs;
 pub mod live;

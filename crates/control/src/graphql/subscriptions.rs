@@ -7,9 +7,10 @@ use uuid::Uuid;
 
 use super::accounts::User;
 use super::catalogue::Plan;
+use super::counts::{Counted, counted_connection};
 use super::loaders::{DbLoader, loader_error};
 use super::scalars::BigInt;
-use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, connection};
+use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor};
 use crate::access;
 use crate::db::models;
 use crate::ids::{PlanId, UserId};
@@ -104,7 +105,7 @@ impl SubscriptionQuery {
         filter: Option<SubscriptionFilterInput>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Subscription>> {
+    ) -> async_graphql::Result<Connection<String, Subscription, Counted>> {
         let api = ctx.data::<AppContext>()?;
         let page = PageArgs::new(first, after.as_deref()).gql()?;
         let f = filter.unwrap_or_default();
@@ -115,9 +116,10 @@ impl SubscriptionQuery {
         let rows = subscriptions::list(&api.db, &actor(ctx)?, &filter, &page)
             .await
             .gql()?;
-        Ok(connection(
+        Ok(counted_connection(
             rows,
             after.is_some(),
+            Counted::Subscriptions(filter),
             |s| (s.created_at, s.id),
             Subscription::from,
         ))

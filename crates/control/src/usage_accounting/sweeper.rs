@@ -1,6 +1,8 @@
 //! Usage by the clock, not by the next report: finished hours move from the
-//! sessions to the ledger, and monthly allowances reset at their period
-//! boundary, even for sessions and accounts that never report again. The
+//! sessions to the ledger, monthly allowances reset at their period
+//! boundary, and subscriptions past their `expires_at` are marked expired
+//! (with an `EXPIRED` event for the admin feed, in the same transaction),
+//! even for sessions and accounts that never report again. The
 //! decisions are pure ([`finished_hour`], [`period_start_at`], tested
 //! below); [`sweep_at`] runs them at a given time, under the appliers' lock
 //! so it never races a pass; [`spawn`] runs it on every replica.
@@ -16,10 +18,12 @@ use super::plan::{ClosedHour, hour_of};
 use super::statements::{APPLY_LOCK, LEDGER, LedgerRow};
 use crate::db::Db;
 use crate::db::models::now;
-use crate::db::schema::{plans, sessions, subscriptions};
+use crate::db::schema::{plans, sessions, subscriptions, users};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
-use crate::ids::{SessionId, SubscriptionId};
+use crate::events::AccessChange;
+use crate::feed::{QuotaEvent, QuotaEventKind};
+use crate::ids::{SessionId, SubscriptionId, UserId};
 use crate::status::{ResetPeriod, SubscriptionStatus};
 
 /// How often each replica sweeps: hours reach the ledger and periods reset
@@ -85,6 +89,8 @@ pub struct Swept {
     pub hours: usize,
     /// Allowances reset for a new period.
     pub periods: usize,
+    /// Subscriptions marked expired.
+    pub expired: usize,
 }
 
 /// Sweeps at `now`: finished hours to the ledger, due periods reset.
@@ -98,6 +104,13 @@ pub async fn sweep_at(db: &Db, now: NaiveDateTime) -> AppResult<Swept> {
         }
     }
     swept.periods = reset_periods(db, now).await?;
+    loop {
+        let n = expire_subscriptions(db, now).await?;
+        swept.expired += n;
+        if n < usize::try_from(SWEEP_CHUNK).unwrap_or(usize::MAX) {
+            break;
+        }
+    }
     Ok(swept)
 }
 
@@ -182,6 +195,67 @@ async fn reset_periods(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
     })
 }
 
+/// What an expiring subscription's event says: id, account, email,
+/// allowance, used.
+type ExpiringRow = (SubscriptionId, UserId, String, Option<i64>, i64);
+
+/// Marks one chunk of active subscriptions whose `expires_at` has passed as
+/// expired, each with an `EXPIRED` quota event and one access event for
+/// gateways, in the same transaction; returns how many.
+async fn expire_subscriptions(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
+    db_tx!(db, |conn, outbox| {
+        let due: Vec<ExpiringRow> = subscriptions::table
+            .inner_join(users::table)
+            .filter(subscriptions::status.eq(SubscriptionStatus::Active))
+            .filter(subscriptions::expires_at.le(now))
+            .select((
+                subscriptions::id,
+                subscriptions::user_id,
+                users::email,
+                subscriptions::traffic_limit_bytes,
+                subscriptions::traffic_used_bytes,
+            ))
+            .limit(SWEEP_CHUNK)
+            .load(conn)
+            .await?;
+        if due.is_empty() {
+            return Ok::<_, AppError>(0);
+        }
+        let ids: Vec<SubscriptionId> = due.iter().map(|d| d.0).collect();
+        // Only those still active and lapsed now (an extension may have won).
+        let marked: Vec<SubscriptionId> =
+            diesel::update(subscriptions::table.filter(subscriptions::id.eq_any(&ids)))
+                .filter(subscriptions::status.eq(SubscriptionStatus::Active))
+                .filter(subscriptions::expires_at.le(now))
+                .set((
+                    subscriptions::status.eq(SubscriptionStatus::Expired),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .returning(subscriptions::id)
+                .get_results(conn)
+                .await?;
+        for (id, user, email, limit, used) in due {
+            if !marked.contains(&id) {
+                continue;
+            }
+            outbox.quota(QuotaEvent {
+                kind: QuotaEventKind::Expired,
+                subscription_id: id.uuid(),
+                user_id: user.uuid(),
+                user_email: email,
+                traffic_limit_bytes: limit,
+                traffic_used_bytes: used,
+                at: now.and_utc(),
+            });
+        }
+        if !marked.is_empty() {
+            // Gateways drop what they cached for these accounts.
+            outbox.access(AccessChange::SubscriptionExpired, None);
+        }
+        Ok(marked.len())
+    })
+}
+
 /// Sweeps every [`SWEEP_EVERY`] until the task is dropped.
 pub fn spawn(db: Db) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -194,6 +268,7 @@ pub fn spawn(db: Db) -> tokio::task::JoinHandle<()> {
                     tracing::debug!(
                         usage.hours = s.hours,
                         usage.periods = s.periods,
+                        usage.expired = s.expired,
                         "usage swept"
                     );
                 }
