@@ -184,7 +184,7 @@ async fn sized(
             .await?;
         let Some(allowance) = a.traffic_limit_bytes else {
             let until = grants::valid_until(ts, UNLIMITED_TTL, a.expires_at, a.expires_at);
-            return Ok(GrantResponse {
+            return Ok::<_, AppError>(GrantResponse {
                 session_id: req.session_id.clone(),
                 limit: None,
                 valid_ms: millis(ts, until),
@@ -222,7 +222,7 @@ async fn sized(
             .bind::<Timestamp, _>(until)
             .execute(conn)
             .await?;
-        Ok(GrantResponse {
+        Ok::<_, AppError>(GrantResponse {
             session_id: req.session_id.clone(),
             limit: Some(limit),
             valid_ms: if limit > req.used {
