@@ -126,6 +126,53 @@ impl Plane {
         }));
     }
 
+    /// Another gateway of region `eu` named `name` on a free port of
+    /// 127.0.0.1, with the test timings changed by `customize` and the
+    /// certificate of the first; it runs until the test ends. Returns its
+    /// address.
+    pub async fn start_another_gateway(
+        &self,
+        name: &str,
+        customize: &dyn Fn(&mut gateway::GatewayOptions),
+    ) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let public_url = format!("https://localhost:{}", addr.port());
+        let r = self
+            .gql(
+                "mutation($n:String!,$u:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:$u}){token}}",
+                json!({"n": name, "u": public_url}),
+            )
+            .await;
+        let token = r["data"]["registerGatewayNode"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned();
+        let backend = Backend::new(&self.server.base, &token).expect("backend");
+        let mut opts = gateway::GatewayOptions {
+            public_url,
+            report_every: Duration::from_millis(500),
+            heartbeat_every: Duration::from_secs(1),
+            cache_ttl: Duration::from_millis(500),
+            max_frame: 64 * 1024,
+            ..Default::default()
+        };
+        customize(&mut opts);
+        let acceptor = tls::acceptor(&self.cert, &self.key).expect("acceptor");
+        tokio::spawn(async move {
+            let _ = gateway::run(
+                opts,
+                backend,
+                acceptor,
+                listener,
+                None,
+                std::future::pending::<()>(),
+            )
+            .await;
+        });
+        addr
+    }
+
     /// Everything but the gateway, whose listener (already registered as
     /// the gateway's public URL) is returned for [`Plane::spawn_gateway`].
     pub async fn prepare(nodes: usize) -> (Plane, TcpListener) {

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use httvps_wire::device::{AssignResponse, DeviceRequest, DeviceTokenResponse};
 use httvps_wire::enroll::EnrollResponse;
+use httvps_wire::grant::{GrantRequest, GrantResponse};
 use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse, OutlineBeat, OutlineConfig};
 use httvps_wire::usage::{UsageReport, UsageReportResponse};
 use httvps_wire::{ErrorBody, Reason, Secret, Unavailable};
@@ -189,6 +190,16 @@ impl Backend {
             self.http
                 .post(format!("{}/api/v1/usage/report", self.base))
                 .json(report),
+        )
+        .await
+    }
+
+    /// `POST /quota/grant`.
+    pub async fn grant(&self, req: &GrantRequest) -> Result<GrantResponse, BackendError> {
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/quota/grant", self.base))
+                .json(req),
         )
         .await
     }

@@ -11,6 +11,7 @@
 //! - [`device`]: validate-device, device-token and assign-outline bodies.
 //! - [`enroll`]: the one-time enrollment string and its redemption.
 //! - [`usage`]: usage reports (cumulative totals) and close orders.
+//! - [`grant`]: quota grants, slices of an allowance counted at the gateway.
 //! - [`heartbeat`]: gateway and node heartbeats, the node's configuration.
 //! - [`events`]: the access-event stream gateways follow.
 //! - [`token`]: the shape of opaque access tokens.
@@ -20,6 +21,7 @@ pub mod device;
 pub mod enroll;
 pub mod error;
 pub mod events;
+pub mod grant;
 pub mod heartbeat;
 pub mod reason;
 pub mod secret;

@@ -202,6 +202,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Quota grants: the cumulative bytes a gateway may let a session move.
+    quota_grants (session_id) {
+        session_id -> Text,
+        subscription_id -> Text,
+        granted -> BigInt,
+        valid_until -> Timestamp,
+    }
+}
+
+diesel::table! {
     /// Settings an admin changes at run time; one row, id 1.
     site_settings (id) {
         id -> Integer,
@@ -234,5 +244,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     refresh_tokens,
     token_families,
     audit_log,
-    site_settings
+    site_settings,
+    quota_grants
 );

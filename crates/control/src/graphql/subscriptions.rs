@@ -33,6 +33,9 @@ pub struct Subscription {
     pub traffic_limit_bytes: Option<BigInt>,
     /// Traffic used in the current period, in bytes.
     pub traffic_used_bytes: BigInt,
+    /// Whether the period's allowance is used up (no tunnel is admitted
+    /// until the next period).
+    pub quota_reached: bool,
     /// Start of the current traffic period (UTC).
     pub period_start: chrono::DateTime<chrono::Utc>,
     /// The subscriber (resolved by `user`).
@@ -52,6 +55,7 @@ impl From<models::Subscription> for Subscription {
             expires_at: s.expires_at.and_utc(),
             traffic_limit_bytes: s.traffic_limit_bytes.map(BigInt),
             traffic_used_bytes: BigInt(s.traffic_used_bytes),
+            quota_reached: access::quota_spent(s.traffic_used_bytes, s.traffic_limit_bytes),
             period_start: s.period_start.and_utc(),
             user_id: s.user_id,
             plan_id: s.plan_id,

@@ -1,7 +1,7 @@
 //! The REST compatibility routes under `/api/v1/` that gateways, nodes and
 //! clients call. Thin handlers over the use-case modules, by caller:
 //! [`devices`] (validate, device token, assign), [`gateways`] (usage,
-//! access events, heartbeats), [`nodes`] (heartbeats, config), `enroll`
+//! access events, heartbeats), [`grants`] (quota grants), [`nodes`] (heartbeats, config), `enroll`
 //! (a new machine redeems its one-time token), with
 //! [`caller`] resolving who calls. One JSON error envelope; the OpenAPI
 //! document is generated from these types.
@@ -10,6 +10,7 @@ mod caller;
 mod devices;
 mod enroll;
 mod gateways;
+mod grants;
 mod nodes;
 mod openapi;
 use openapi::Contract;
@@ -33,6 +34,7 @@ use gateways::{
     __path_access_events, __path_gateway_heartbeat, __path_usage_report, access_events,
     gateway_heartbeat, usage_report,
 };
+use grants::{__path_quota_grant, quota_grant};
 use nodes::{__path_outline_config, __path_outline_heartbeat, outline_config, outline_heartbeat};
 
 /// Lifetime of device JWTs, in seconds.
@@ -45,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/auth/device-token", post(device_token))
         .route("/api/v1/nodes/assign-outline", post(assign_outline))
         .route("/api/v1/usage/report", post(usage_report))
+        .route("/api/v1/quota/grant", post(quota_grant))
         .route("/api/v1/gateway/heartbeat", post(gateway_heartbeat))
         .route("/api/v1/gateway/access-events", get(access_events))
         .route("/api/v1/outline/heartbeat", post(outline_heartbeat))
@@ -133,6 +136,7 @@ fn health_doc() {}
         device_token,
         assign_outline,
         usage_report,
+        quota_grant,
         gateway_heartbeat,
         access_events,
         outline_heartbeat,

@@ -18,10 +18,13 @@
 //! without I/O, what a pass changes (merge, deltas, hour rollover, charges);
 //! [`statements`] holds the SQL, once per dialect; [`apply`] runs a pass;
 //! [`applier`] schedules passes and answers waiting reports; [`sweeper`]
-//! moves finished hours to the ledger and resets periods by the clock.
+//! moves finished hours to the ledger and resets periods by the clock;
+//! [`grants`] sizes quota grants (pure) and [`grant_store`] stores them.
 
 pub mod applier;
 pub mod apply;
+pub mod grant_store;
+pub mod grants;
 pub mod inbox;
 pub mod plan;
 pub mod quota;

@@ -19,6 +19,7 @@
 //! - `tunnel`, `tcp`, `udp`: the pipes.
 //! - `document`: the Outline access document.
 //! - `sessions`: per-session counters, close signals, monotonic totals.
+//! - `grant`, `granting`: quota grants (the pure core; asking for them).
 //! - `usage`, `spool`: usage reports and the spool behind them (written
 //!   off the runtime's threads, fsync'd, every `spool_every`).
 //! - `follower`, `schedule`: heartbeats, access events, the expiry schedule.
@@ -42,6 +43,8 @@ mod admission;
 mod caps;
 mod document;
 mod follower;
+mod grant;
+mod granting;
 mod routes;
 mod schedule;
 mod sessions;

@@ -18,13 +18,14 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use httvps_wire::Unavailable;
+use httvps_wire::{Reason, Unavailable};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::accept::Conn;
 use super::admission::Route;
 use super::caps::CapRefusal;
 use super::document::{access_yaml, refusal_yaml, unavailable_yaml};
+use super::grant::clock_ms;
 use super::tunnel::{CapSlot, TunnelGuard};
 use super::validator::Refusal;
 use super::{Gateway, tcp, udp, upgrade};
@@ -219,6 +220,9 @@ async fn ws_tcp(
         return not_found_response();
     };
     let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
+    if let Err(refused) = granted(&gw, &guard, peer).await {
+        return refused;
+    }
     let ordered_close = req
         .headers()
         .get(tcp::ORDERED_CLOSE_HEADER)
@@ -229,6 +233,30 @@ async fn ws_tcp(
         span,
     ));
     resp.into_response()
+}
+
+/// Whether the tunnel's session has a quota grant with room (asked for
+/// now when it has none); refused like a refused credential otherwise.
+async fn granted(gw: &Gateway, guard: &TunnelGuard, peer: Option<IpAddr>) -> Result<(), Response> {
+    if guard.room().await {
+        return Ok(());
+    }
+    let why = guard
+        .session
+        .grant
+        .denied()
+        .unwrap_or(Reason::QuotaExceeded);
+    Err(refusal_response(gw, Refusal::Refused(why), peer))
+}
+
+/// Why a session's grant refuses more bytes, when the control plane said
+/// so and nothing was granted since.
+fn spent_grant(gw: &Gateway, session_id: &str) -> Option<Reason> {
+    let s = gw.sessions.get(session_id)?;
+    if s.grant.room(s.used(), clock_ms()) > 0 {
+        return None;
+    }
+    s.grant.denied()
 }
 
 /// A UDP socket connected to the node of `route`.
@@ -268,6 +296,9 @@ async fn ws_udp(
         return not_found_response();
     };
     let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
+    if let Err(refused) = granted(&gw, &guard, peer).await {
+        return refused;
+    }
     let span = tracing::debug_span!("tunnel", session.id = %route.session_id, kind = "udp");
     gw.tunnels.spawn(tracing::Instrument::instrument(
         udp::pipe(fut, socket, guard),
@@ -299,12 +330,15 @@ async fn access_document(
             .into_response()
     };
     match gw.route(&token).await {
-        Ok(route) => yaml(access_yaml(
-            &gw.opts.public_url,
-            &token,
-            &route.method,
-            route.password.expose(),
-        )),
+        Ok(route) => match spent_grant(&gw, &route.session_id) {
+            Some(why) => yaml(refusal_yaml(why)),
+            None => yaml(access_yaml(
+                &gw.opts.public_url,
+                &token,
+                &route.method,
+                route.password.expose(),
+            )),
+        },
         Err(Refusal::Refused(r)) => yaml(refusal_yaml(r)),
         Err(Refusal::NoNode) => yaml(unavailable_yaml(Unavailable::NoNodeAvailable)),
         Err(r) => refusal_response(&gw, r, peer(&req)),

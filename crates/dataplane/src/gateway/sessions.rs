@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use httvps_wire::CloseOrder;
+use httvps_wire::{CloseOrder, Reason};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -28,6 +28,8 @@ pub(crate) enum Closing {
     Closed,
     /// The gateway is going away (its drain grace is over).
     GoingAway,
+    /// The session's quota grant is spent and no new one came (why).
+    Spent(Reason),
 }
 
 /// One session's counters.
@@ -41,6 +43,10 @@ pub(crate) struct Session {
     reported: Mutex<(u64, u64)>,
     close: watch::Sender<Closing>,
     last_used: Mutex<Instant>,
+    /// The quota grant its bytes count against.
+    pub grant: super::grant::Grant,
+    /// One grant question at a time.
+    pub asking: tokio::sync::Mutex<()>,
 }
 
 impl Session {
@@ -52,6 +58,8 @@ impl Session {
             reported: Mutex::new((0, 0)),
             close: watch::channel(Closing::Open).0,
             last_used: Mutex::new(now),
+            grant: super::grant::Grant::default(),
+            asking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -67,6 +75,41 @@ impl Session {
     /// and no lock is shared by every tunnel.
     pub fn closed(&self) -> watch::Receiver<Closing> {
         self.close.subscribe()
+    }
+
+    /// Bytes both ways so far (what grants count).
+    pub fn used(&self) -> u64 {
+        let (u, d) = self.totals();
+        u.saturating_add(d)
+    }
+
+    /// Open tunnels.
+    pub fn tunnel_count(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
+    /// The grant is spent and no new one came: every tunnel closes (1008),
+    /// unless they close already.
+    pub fn spent(&self, why: Reason) {
+        self.close.send_if_modified(|c| {
+            let open = *c == Closing::Open;
+            if open {
+                *c = Closing::Spent(why);
+            }
+            open
+        });
+    }
+
+    /// A new grant came after the last one was spent: tunnels opened from
+    /// now on stay open.
+    pub fn granted_again(&self) {
+        self.close.send_if_modified(|c| {
+            let spent = matches!(*c, Closing::Spent(_));
+            if spent {
+                *c = Closing::Open;
+            }
+            spent
+        });
     }
 
     /// A tunnel of the session ended.
@@ -189,6 +232,11 @@ impl Sessions {
                 open
             });
         }
+    }
+
+    /// Session `id`, if counted.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        lock(&self.inner).live.get(id).cloned()
     }
 
     /// Sessions with open tunnels.

@@ -29,6 +29,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use httvps_wire::Reason;
+
+use super::grant::clock_ms;
 use super::tunnel::{self, TunnelGuard, closed_signal};
 
 /// The payload of the Ping queued behind a tunnel's last data frame; its
@@ -92,6 +95,7 @@ pub(crate) async fn pipe(
     let up_session = session.clone();
     let drained = Arc::new(Notify::new());
     let up_drained = drained.clone();
+    let (up_gw, up_id) = (gw.clone(), guard.session_id.clone());
     let mut upstream = tokio::spawn(async move {
         loop {
             let frame = match rx
@@ -107,6 +111,11 @@ pub(crate) async fn pipe(
             };
             match frame.opcode {
                 OpCode::Binary | OpCode::Continuation => {
+                    // Nothing past the grant: the session's close signal
+                    // ends the tunnel; frames until then are dropped.
+                    if !up_gw.room(&up_id, &up_session).await {
+                        continue;
+                    }
                     if node_w.write_all(&frame.payload).await.is_err() {
                         return false;
                     }
@@ -140,6 +149,7 @@ pub(crate) async fn pipe(
     // registration per tunnel, not one per frame.
     let closed = closed_signal(session.closed());
     let down_session = session.clone();
+    let down_id = guard.session_id.clone();
     let closer = out.clone();
     let downstream = async move {
         tokio::pin!(closed);
@@ -154,8 +164,22 @@ pub(crate) async fn pipe(
                     if r.is_err() {
                         return End::NodeDone;
                     }
-                    let mut buf = Vec::with_capacity(READ_CHUNK);
-                    match node_r.try_read_buf(&mut buf) {
+                    // Nothing read past the grant.
+                    if !gw.room(&down_id, &down_session).await {
+                        let why = down_session.grant.denied().unwrap_or(Reason::QuotaExceeded);
+                        let _ = out.send(Frame::close(1008, why.as_str().as_bytes())).await;
+                        return End::Cancelled;
+                    }
+                    let room = down_session.grant.room(down_session.used(), clock_ms());
+                    let chunk = usize::try_from(room).unwrap_or(READ_CHUNK).clamp(1, READ_CHUNK);
+                    let mut buf = Vec::with_capacity(chunk);
+                    let read = if chunk < READ_CHUNK {
+                        buf.resize(chunk, 0);
+                        node_r.try_read(&mut buf).inspect(|n| buf.truncate(*n))
+                    } else {
+                        node_r.try_read_buf(&mut buf)
+                    };
+                    match read {
                         Ok(0) => return End::NodeDone,
                         Ok(n) => {
                             if n < READ_CHUNK / 4 {

@@ -45,6 +45,8 @@ pub(crate) struct TunnelGuard {
     slot: CapSlot,
     /// The session the tunnel counts for.
     pub(crate) session: Arc<Session>,
+    /// Its id.
+    pub(crate) session_id: Arc<str>,
     /// The connection's place in the budget, kept as long as its socket.
     _permit: Option<Arc<OwnedSemaphorePermit>>,
 }
@@ -57,6 +59,7 @@ impl TunnelGuard {
         TunnelGuard {
             slot,
             session,
+            session_id: Arc::from(session_id),
             _permit: permit,
         }
     }
@@ -65,11 +68,19 @@ impl TunnelGuard {
     pub fn gw(&self) -> &Arc<Gateway> {
         &self.slot.gw
     }
+
+    /// Whether the session may move bytes now (see [`Gateway::room`]).
+    pub async fn room(&self) -> bool {
+        self.slot.gw.room(&self.session_id, &self.session).await
+    }
 }
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
         self.session.detach();
+        if self.session.tunnel_count() == 0 {
+            self.slot.gw.release_grant(&self.session_id, &self.session);
+        }
     }
 }
 
@@ -79,6 +90,7 @@ impl Drop for TunnelGuard {
 pub(crate) async fn closed_signal(mut rx: watch::Receiver<Closing>) -> (u16, &'static [u8]) {
     match rx.wait_for(|c| *c != Closing::Open).await.map(|c| *c) {
         Ok(Closing::GoingAway) => (1001, b"gateway going away"),
+        Ok(Closing::Spent(why)) => (1008, why.as_str().as_bytes()),
         Ok(_) => (1008, b"session closed"),
         Err(_) => std::future::pending().await,
     }

@@ -34,6 +34,7 @@ pub(crate) async fn pipe(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard)
         session.clone(),
         activity.clone(),
     );
+    let (up_gw, up_id) = (gw.clone(), guard.session_id.clone());
     let mut upstream = tokio::spawn(async move {
         loop {
             let Ok(frame) = rx
@@ -44,7 +45,10 @@ pub(crate) async fn pipe(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard)
             };
             match frame.opcode {
                 OpCode::Binary => {
-                    if up_sock.send(&frame.payload).await.is_ok() {
+                    // Nothing past the grant (the close signal follows).
+                    if up_gw.room(&up_id, &up_session).await
+                        && up_sock.send(&frame.payload).await.is_ok()
+                    {
                         up_session
                             .up
                             .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
@@ -87,6 +91,10 @@ pub(crate) async fn pipe(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard)
                     // An error is a spurious wake-up, or an ICMP error from
                     // the node (its next datagram may still come).
                     if let Ok(n) = socket.try_recv_buf(&mut buf) {
+                        // Nothing past the grant: the datagram is dropped.
+                        if !gw.room(&guard.session_id, &session).await {
+                            continue;
+                        }
                         // Shrinking in place keeps what was received.
                         buf.shrink_to_fit();
                         if out.send(Frame::binary(Payload::Owned(buf))).await.is_err() {

@@ -1,0 +1,236 @@
+//! Quota grants, stored: a gateway asks for a session's next slice (see
+//! [`grants`](super::grants) for the sizing). The subscription's row is
+//! locked for the transaction (PostgreSQL; SQLite has one writer), so two
+//! gateways asking at once never both get the last bytes.
+
+use chrono::NaiveDateTime;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+use diesel_async::RunQueryDsl;
+use httvps_wire::Reason;
+use httvps_wire::grant::{GrantRequest, GrantResponse};
+
+use super::grants::{self, Ask, GRANT_TTL, UNLIMITED_TTL};
+use crate::access;
+use crate::db::models::now;
+use crate::db::{Db, Statement};
+use crate::error::{AppError, AppResult};
+use crate::ids::{DeviceId, GatewayNodeId, SessionId, SubscriptionId};
+use crate::{db_run, db_tx};
+
+/// The session a grant is asked for.
+#[derive(diesel::QueryableByName)]
+struct SessionRow {
+    #[diesel(sql_type = Text)]
+    device_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    gateway_node_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    end_reason: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    recorded: i64,
+}
+
+const SESSION: Statement = Statement {
+    pg: "SELECT device_id, gateway_node_id, end_reason, bytes_up + bytes_down AS recorded \
+         FROM sessions WHERE id = $1",
+    sqlite: "SELECT device_id, gateway_node_id, end_reason, bytes_up + bytes_down AS recorded \
+             FROM sessions WHERE id = ?1",
+};
+
+/// The subscription's allowance, read under its row lock.
+#[derive(diesel::QueryableByName)]
+struct AllowanceRow {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    traffic_limit_bytes: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    traffic_used_bytes: i64,
+    #[diesel(sql_type = Timestamp)]
+    period_start: NaiveDateTime,
+    #[diesel(sql_type = Timestamp)]
+    expires_at: NaiveDateTime,
+}
+
+const LOCK_SUBSCRIPTION: Statement = Statement {
+    pg: "SELECT traffic_limit_bytes, traffic_used_bytes, period_start, expires_at \
+         FROM subscriptions WHERE id = $1 FOR UPDATE",
+    sqlite: "SELECT traffic_limit_bytes, traffic_used_bytes, period_start, expires_at \
+             FROM subscriptions WHERE id = ?1",
+};
+
+/// What the live grants of other sessions of a subscription hold back.
+#[derive(diesel::QueryableByName)]
+struct HeldRow {
+    #[diesel(sql_type = BigInt)]
+    granted: i64,
+    #[diesel(sql_type = BigInt)]
+    recorded: i64,
+}
+
+const OTHERS: Statement = Statement {
+    pg: "SELECT g.granted, s.bytes_up + s.bytes_down AS recorded FROM quota_grants g \
+         JOIN sessions s ON s.id = g.session_id \
+         WHERE g.subscription_id = $1 AND g.session_id <> $2 AND g.valid_until > $3",
+    sqlite: "SELECT g.granted, s.bytes_up + s.bytes_down AS recorded FROM quota_grants g \
+             JOIN sessions s ON s.id = g.session_id \
+             WHERE g.subscription_id = ?1 AND g.session_id <> ?2 AND g.valid_until > ?3",
+};
+
+const UPSERT: Statement = Statement {
+    pg: "INSERT INTO quota_grants (session_id, subscription_id, granted, valid_until) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (session_id) DO UPDATE SET \
+         subscription_id = excluded.subscription_id, granted = excluded.granted, \
+         valid_until = excluded.valid_until",
+    sqlite: "INSERT INTO quota_grants (session_id, subscription_id, granted, valid_until) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id) DO UPDATE SET \
+             subscription_id = excluded.subscription_id, granted = excluded.granted, \
+             valid_until = excluded.valid_until",
+};
+
+/// A released grant keeps holding the session's unreported bytes until it
+/// expires (its limit becomes what the gateway counted).
+const RELEASE: Statement = Statement {
+    pg: "UPDATE quota_grants SET granted = LEAST(granted, $2) WHERE session_id = $1",
+    sqlite: "UPDATE quota_grants SET granted = MIN(granted, ?2) WHERE session_id = ?1",
+};
+
+const PRUNE: Statement = Statement {
+    pg: "DELETE FROM quota_grants WHERE subscription_id = $1 AND valid_until <= $2",
+    sqlite: "DELETE FROM quota_grants WHERE subscription_id = ?1 AND valid_until <= ?2",
+};
+
+/// Milliseconds from `now` to `until` (never negative).
+fn millis(now: NaiveDateTime, until: NaiveDateTime) -> i64 {
+    (until - now).num_milliseconds().max(0)
+}
+
+/// Nothing more for the session, for `reason`.
+fn refused(req: &GrantRequest, reason: Option<Reason>) -> GrantResponse {
+    GrantResponse {
+        session_id: req.session_id.clone(),
+        limit: Some(req.used),
+        valid_ms: 0,
+        reason,
+    }
+}
+
+/// Answers a grant request of `gateway`: the session must be its own.
+pub async fn grant(
+    db: &Db,
+    gateway: GatewayNodeId,
+    req: &GrantRequest,
+) -> AppResult<GrantResponse> {
+    if req.used < 0 || req.want < 0 {
+        return Err(AppError::bad("used and want must not be negative"));
+    }
+    let Ok(session) = req.session_id.parse::<SessionId>() else {
+        return Err(AppError::bad("session_id is not a valid id"));
+    };
+    let sid = session.to_string();
+    let row: Option<SessionRow> = db_run!(db, |conn| diesel::sql_query(SESSION.text(conn))
+        .bind::<Text, _>(&sid)
+        .get_result(conn)
+        .await
+        .map(Some)
+        .or_else(|e| match e {
+            diesel::result::Error::NotFound => Ok(None),
+            e => Err(e),
+        }))?;
+    let Some(row) = row else {
+        return Err(AppError::NotFound("session"));
+    };
+    if row.gateway_node_id.as_deref() != Some(gateway.to_string().as_str()) {
+        return Err(AppError::NotFound("session"));
+    }
+    if req.release {
+        db_run!(db, |conn| diesel::sql_query(RELEASE.text(conn))
+            .bind::<Text, _>(&sid)
+            .bind::<BigInt, _>(req.used.max(row.recorded))
+            .execute(conn)
+            .await)?;
+        return Ok(refused(req, None));
+    }
+    let device: DeviceId = row
+        .device_id
+        .parse()
+        .map_err(|_| AppError::Internal("stored device id".into()))?;
+    let verdict = access::check_device(db, device).await?;
+    if let Some(reason) = verdict.reason {
+        return Ok(refused(req, Some(reason)));
+    }
+    if row.end_reason.is_some() {
+        return Ok(refused(req, Some(Reason::QuotaExceeded)));
+    }
+    let Some(sub) = verdict.subscription else {
+        return Ok(refused(req, Some(Reason::NoSubscription)));
+    };
+    sized(db, sub.id, &sid, req, row.recorded).await
+}
+
+/// Sizes and stores the session's grant under the subscription's lock.
+async fn sized(
+    db: &Db,
+    sub: SubscriptionId,
+    sid: &str,
+    req: &GrantRequest,
+    recorded: i64,
+) -> AppResult<GrantResponse> {
+    let sub_id = sub.to_string();
+    let period = chrono::Duration::days(crate::subscriptions::PERIOD_DAYS);
+    db_tx!(db, |conn, _| {
+        let ts = now();
+        let a: AllowanceRow = diesel::sql_query(LOCK_SUBSCRIPTION.text(conn))
+            .bind::<Text, _>(&sub_id)
+            .get_result(conn)
+            .await?;
+        let Some(allowance) = a.traffic_limit_bytes else {
+            let until = grants::valid_until(ts, UNLIMITED_TTL, a.expires_at, a.expires_at);
+            return Ok::<_, AppError>(GrantResponse {
+                session_id: req.session_id.clone(),
+                limit: None,
+                valid_ms: millis(ts, until),
+                reason: None,
+            });
+        };
+        diesel::sql_query(PRUNE.text(conn))
+            .bind::<Text, _>(&sub_id)
+            .bind::<Timestamp, _>(ts)
+            .execute(conn)
+            .await?;
+        let others: Vec<HeldRow> = diesel::sql_query(OTHERS.text(conn))
+            .bind::<Text, _>(&sub_id)
+            .bind::<Text, _>(sid)
+            .bind::<Timestamp, _>(ts)
+            .load(conn)
+            .await?;
+        let others = others
+            .iter()
+            .map(|h| grants::held(h.granted, h.recorded))
+            .fold(0i64, i64::saturating_add);
+        let limit = grants::limit(Ask {
+            allowance,
+            charged: a.traffic_used_bytes,
+            others,
+            used: req.used,
+            recorded,
+            want: req.want,
+        });
+        let until = grants::valid_until(ts, GRANT_TTL, a.expires_at, a.period_start + period);
+        diesel::sql_query(UPSERT.text(conn))
+            .bind::<Text, _>(sid)
+            .bind::<Text, _>(&sub_id)
+            .bind::<BigInt, _>(limit)
+            .bind::<Timestamp, _>(until)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(GrantResponse {
+            session_id: req.session_id.clone(),
+            limit: Some(limit),
+            valid_ms: if limit > req.used {
+                millis(ts, until)
+            } else {
+                0
+            },
+            reason: (limit <= req.used).then_some(Reason::QuotaExceeded),
+        })
+    })
+}

@@ -1,0 +1,201 @@
+//! Quota grants, the pure core (no I/O; the time is an argument): how many
+//! bytes a session may be granted out of what its subscription has left,
+//! and for how long. A grant is a cumulative limit on the session's bytes
+//! (up plus down, as the usage charge counts them). What a grant holds
+//! back from the subscription is its limit less what the ledger already
+//! recorded for the session, so reports return unused bytes by
+//! themselves: the recorded total grows to meet the limit.
+
+use chrono::{Duration, NaiveDateTime};
+
+/// The least slice granted while at least that much is left (a smaller
+/// remainder is granted whole).
+pub const MIN_SLICE: i64 = 256 * 1024;
+
+/// The most one grant adds: a tunnel at 1 GB/s asks about four times a
+/// second.
+pub const MAX_SLICE: i64 = 256 * 1024 * 1024;
+
+/// How long a grant of a limited allowance holds.
+pub const GRANT_TTL: Duration = Duration::seconds(30);
+
+/// How long an unlimited plan's grant holds (it only has an end to keep).
+pub const UNLIMITED_TTL: Duration = Duration::minutes(10);
+
+/// What one session's grant holds back from its subscription: its limit
+/// less what the ledger recorded for it (never negative).
+pub fn held(limit: i64, recorded: i64) -> i64 {
+    limit.saturating_sub(recorded).max(0)
+}
+
+/// What a grant is sized from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// The allowance of the period.
+    pub allowance: i64,
+    /// Bytes the ledger charged in the period.
+    pub charged: i64,
+    /// What the live grants of the subscription's other sessions hold back.
+    pub others: i64,
+    /// The session's bytes as the gateway counted them (cumulative).
+    pub used: i64,
+    /// The session's bytes as the ledger recorded them (cumulative).
+    pub recorded: i64,
+    /// The gateway's wish on top of `used`.
+    pub want: i64,
+}
+
+/// The session's new cumulative limit: `used` plus a slice of what is
+/// left once the charged bytes, the others' grants and the session's own
+/// unreported bytes are taken out. At most half of what is left (at least
+/// [`MIN_SLICE`]) goes to one ask, so sessions sharing a subscription
+/// share its end; `used` itself when nothing is left.
+pub fn limit(a: Ask) -> i64 {
+    let unreported = a.used.saturating_sub(a.recorded).max(0);
+    let left = a
+        .allowance
+        .saturating_sub(a.charged)
+        .saturating_sub(a.others)
+        .saturating_sub(unreported);
+    if left <= 0 {
+        return a.used;
+    }
+    let slice = a
+        .want
+        .clamp(MIN_SLICE, MAX_SLICE)
+        .min((left / 2).max(MIN_SLICE))
+        .min(left);
+    a.used.saturating_add(slice)
+}
+
+/// When a grant made at `now` ends: after `ttl`, and never past the
+/// subscription's end nor its period's (the period's end is ignored once
+/// passed: the sweeper starts the next one).
+pub fn valid_until(
+    now: NaiveDateTime,
+    ttl: Duration,
+    expires_at: NaiveDateTime,
+    period_end: NaiveDateTime,
+) -> NaiveDateTime {
+    let mut until = (now + ttl).min(expires_at);
+    if period_end > now {
+        until = until.min(period_end);
+    }
+    until.max(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: i64 = 1024 * 1024;
+
+    fn ask() -> Ask {
+        Ask {
+            allowance: 5 * MIB,
+            charged: 0,
+            others: 0,
+            used: 0,
+            recorded: 0,
+            want: 64 * MIB,
+        }
+    }
+
+    #[test]
+    fn a_grant_is_at_most_half_of_what_is_left() {
+        assert_eq!(limit(ask()), 5 * MIB / 2);
+        // The gateway counted 1 MiB the ledger has not yet: it is taken out.
+        let a = Ask { used: MIB, ..ask() };
+        assert_eq!(limit(a), MIB + 2 * MIB);
+        // Recorded already: charged holds it.
+        let a = Ask {
+            used: MIB,
+            recorded: MIB,
+            charged: MIB,
+            ..ask()
+        };
+        assert_eq!(limit(a), 3 * MIB);
+    }
+
+    #[test]
+    fn the_end_of_an_allowance_is_granted_whole_then_nothing() {
+        let a = Ask {
+            charged: 5 * MIB - 100_000,
+            ..ask()
+        };
+        assert_eq!(limit(a), 100_000, "less than a minimal slice: all of it");
+        let a = Ask {
+            charged: 5 * MIB - 300_000,
+            ..ask()
+        };
+        assert_eq!(limit(a), MIN_SLICE, "a minimal slice");
+        for charged in [5 * MIB, 6 * MIB] {
+            let a = Ask {
+                charged,
+                used: 7,
+                recorded: 7,
+                ..ask()
+            };
+            assert_eq!(limit(a), 7, "nothing more");
+        }
+    }
+
+    #[test]
+    fn other_grants_are_never_granted_twice() {
+        // Two sessions asking in turn never hold more than is left.
+        let first = limit(ask());
+        let second = limit(Ask {
+            others: held(first, 0),
+            ..ask()
+        });
+        assert!(first + second <= 5 * MIB, "{first} + {second}");
+        let a = Ask {
+            others: 5 * MIB,
+            ..ask()
+        };
+        assert_eq!(limit(a), 0, "everything is held by others");
+        // The others' reports give back their unused part.
+        assert_eq!(held(first, first), 0);
+        assert_eq!(held(first, first + 10), 0, "an overshoot holds nothing");
+    }
+
+    #[test]
+    fn small_wishes_get_a_minimal_slice_and_huge_ones_are_capped() {
+        let big = Ask {
+            allowance: i64::MAX,
+            want: i64::MAX,
+            ..ask()
+        };
+        assert_eq!(limit(big), MAX_SLICE);
+        let small = Ask {
+            allowance: 100 * MIB,
+            want: 1,
+            ..ask()
+        };
+        assert_eq!(limit(small), MIN_SLICE);
+        let huge = Ask {
+            allowance: i64::MAX,
+            used: i64::MAX - 1,
+            recorded: i64::MAX - 1,
+            ..big
+        };
+        assert_eq!(limit(huge), i64::MAX, "saturates");
+    }
+
+    #[test]
+    fn a_grant_ends_by_its_ttl_the_subscription_or_the_period() {
+        let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0)
+            .expect("time")
+            .naive_utc();
+        let far = t0 + Duration::days(10);
+        assert_eq!(valid_until(t0, GRANT_TTL, far, far), t0 + GRANT_TTL);
+        let soon = t0 + Duration::seconds(3);
+        assert_eq!(valid_until(t0, GRANT_TTL, soon, far), soon);
+        assert_eq!(valid_until(t0, GRANT_TTL, far, soon), soon);
+        // A period already over (the sweeper is about to reset it).
+        let past = t0 - Duration::seconds(1);
+        assert_eq!(valid_until(t0, GRANT_TTL, far, past), t0 + GRANT_TTL);
+        // An ended subscription grants nothing.
+        assert_eq!(valid_until(t0, GRANT_TTL, past, far), t0);
+    }
+}

@@ -1,0 +1,125 @@
+//! Quota grants, asked for: a session's first grant before its first
+//! tunnel opens, the next one ahead of time (in the background, once half
+//! the slice or half its validity is gone), one at once when it is spent
+//! (the tunnel waits for the answer), and a release when the session's
+//! last tunnel ends. When the answer grants nothing more, every tunnel of
+//! the session is closed (1008, the reason's code). One question at a time
+//! per session. When the control plane cannot be asked, the session gets a
+//! provisional slice (the outage rule admitted it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use httvps_wire::Reason;
+use httvps_wire::grant::GrantRequest;
+
+use super::Gateway;
+use super::grant::{OUTAGE_SLICE, clock_ms};
+use super::sessions::Session;
+use crate::backend::BackendError;
+
+/// Longest wait for an answer while a tunnel holds its frame.
+const ASK_WAIT: Duration = Duration::from_secs(3);
+
+impl Gateway {
+    /// Whether the session may move more bytes now; asks ahead when due.
+    /// When the grant is spent, asks at once and waits; when nothing more
+    /// is granted, closes the session's tunnels and says no.
+    pub(crate) async fn room(self: &Arc<Self>, id: &Arc<str>, s: &Arc<Session>) -> bool {
+        let now = clock_ms();
+        let used = s.used();
+        if s.grant.room(used, now) > 0 {
+            if s.grant.due(used, now) {
+                self.ask_ahead(id, s);
+            }
+            return true;
+        }
+        self.ask_now(id, s).await;
+        if s.grant.room(s.used(), clock_ms()) > 0 {
+            return true;
+        }
+        s.spent(s.grant.denied().unwrap_or(Reason::QuotaExceeded));
+        false
+    }
+
+    /// Asks for the next grant in the background, unless a question is
+    /// already out.
+    fn ask_ahead(self: &Arc<Self>, id: &Arc<str>, s: &Arc<Session>) {
+        let (gw, id, s) = (self.clone(), id.clone(), s.clone());
+        tokio::spawn(async move {
+            let Ok(_turn) = s.asking.try_lock() else {
+                return;
+            };
+            if s.grant.due(s.used(), clock_ms()) {
+                gw.ask(&id, &s).await;
+            }
+        });
+    }
+
+    /// Asks for a grant unless the question already out brings room.
+    pub(crate) async fn ask_now(&self, id: &str, s: &Session) {
+        let turn = tokio::time::timeout(ASK_WAIT, s.asking.lock()).await;
+        if s.grant.room(s.used(), clock_ms()) > 0 {
+            return;
+        }
+        let _turn = turn;
+        self.ask(id, s).await;
+    }
+
+    /// One question (the caller holds the session's turn).
+    async fn ask(&self, id: &str, s: &Session) {
+        let (now, used) = (clock_ms(), s.used());
+        let req = GrantRequest {
+            session_id: id.to_owned(),
+            used: i64::try_from(used).unwrap_or(i64::MAX),
+            want: i64::try_from(s.grant.want(used, now)).unwrap_or(i64::MAX),
+            release: false,
+        };
+        match tokio::time::timeout(ASK_WAIT, self.backend.grant(&req)).await {
+            Ok(Ok(answer)) => {
+                s.grant.apply(&answer, used, now);
+                if s.grant.room(used, now) > 0 {
+                    s.granted_again();
+                }
+            }
+            // Refused for what it holds: a session the control plane
+            // does not know (or not as ours) moves nothing more.
+            Ok(Err(BackendError::Status { status, code })) if (400..500).contains(&status) => {
+                tracing::warn!(session.id = %id, status, %code, "quota grant refused");
+                s.grant.provisional(0, used, now, 0);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(session.id = %id, error = %e, "quota grant unavailable; provisional slice");
+                let valid = u64::try_from(self.opts.outage_ttl.as_millis()).unwrap_or(u64::MAX);
+                s.grant.provisional(OUTAGE_SLICE, used, now, valid);
+            }
+            Err(_) => {
+                tracing::warn!(session.id = %id, "quota grant timed out; provisional slice");
+                let valid = u64::try_from(self.opts.outage_ttl.as_millis()).unwrap_or(u64::MAX);
+                s.grant.provisional(OUTAGE_SLICE, used, now, valid);
+            }
+        }
+    }
+
+    /// The session's last tunnel ended: gives back what its grant did not
+    /// spend (unless a tunnel came back meanwhile).
+    pub(crate) fn release_grant(self: &Arc<Self>, id: &Arc<str>, s: &Arc<Session>) {
+        let (gw, id, s) = (self.clone(), id.clone(), s.clone());
+        tokio::spawn(async move {
+            let _turn = s.asking.lock().await;
+            if s.tunnel_count() > 0 {
+                return;
+            }
+            s.grant.release();
+            let req = GrantRequest {
+                session_id: id.to_string(),
+                used: i64::try_from(s.used()).unwrap_or(i64::MAX),
+                want: 0,
+                release: true,
+            };
+            if let Err(e) = gw.backend.grant(&req).await {
+                tracing::debug!(session.id = %id, error = %e, "grant release not delivered; it expires");
+            }
+        });
+    }
+}

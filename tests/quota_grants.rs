@@ -1,0 +1,440 @@
+//! Quota grants end to end on 127.0.0.1: a 5 MiB allowance spent by full
+//! speed tunnels (both directions at once) through one gateway and
+//! through two gateways sharing the subscription. The overshoot past the
+//! allowance is what was in flight when the grants ran out: at most 1 MiB.
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use httvps_control::accounts::{self, Role};
+use httvps_dataplane::client;
+use plane::{PASSWORD, Plane, login};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::gql;
+
+/// The allowance of the test plan.
+const ALLOWANCE: i64 = 5 * 1024 * 1024;
+
+/// The most recorded usage may pass the allowance by.
+const MAX_OVERSHOOT: i64 = 1024 * 1024;
+
+/// A user on a plan of [`ALLOWANCE`] with one device: its access token and
+/// its subscription's id.
+async fn device_on_small_plan(plane: &Plane) -> (String, String) {
+    let r = plane
+        .gql(
+            "mutation($b:BigInt!){createPlan(input:{name:\"five\",priceCents:\"0\",durationDays:30,trafficLimitBytes:$b,deviceLimit:3}){id}}",
+            json!({"b": ALLOWANCE.to_string()}),
+        )
+        .await;
+    let plan = r["data"]["createPlan"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let email = format!("q-{}@example.com", uuid::Uuid::new_v4().simple());
+    let u = accounts::create_user(&plane.server.state.db, &email, PASSWORD, Role::User)
+        .await
+        .expect("user");
+    let r = plane
+        .gql(
+            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+            json!({"u": u.id, "p": plan}),
+        )
+        .await;
+    let sub = r["data"]["grantSubscription"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let tok = login(&plane.server.base, &email).await;
+    let r = gql(
+        &plane.server.base,
+        Some(&tok),
+        "mutation{registerDevice(name:\"phone\",platform:\"android\"){accessToken}}",
+        json!({}),
+    )
+    .await;
+    let token = r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    (token, sub)
+}
+
+/// A server that sends zeros as fast as it can and reads everything it
+/// gets, on every connection.
+async fn source_and_sink() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (mut r, mut w) = s.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            tokio::spawn(async move {
+                let chunk = vec![0u8; 64 * 1024];
+                while w.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// Our client for `token` through the gateway at `gateway`; returns its
+/// SOCKS address.
+async fn client_via(plane: &Plane, token: &str, gateway: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let opts = client::ClientOptions {
+        backend: plane.server.base.clone(),
+        device_token: token.into(),
+        gateway: Some(format!("https://localhost:{}", gateway.port())),
+        ca_cert: Some(plane.cert.clone()),
+        region: None,
+        forward: None,
+        link: Default::default(),
+    };
+    tokio::spawn(async move {
+        let _ = client::run(opts, listener, std::future::pending::<()>()).await;
+    });
+    addr
+}
+
+/// A SOCKS5 CONNECT to `target` through `socks`.
+async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(socks).await.expect("socks");
+    s.write_all(&[5, 1, 0]).await.expect("greeting");
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).await.expect("method");
+    let SocketAddr::V4(v4) = target else {
+        panic!("v4 only")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).await.expect("connect");
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).await.expect("reply");
+    assert_eq!(rep[1], 0, "SOCKS CONNECT refused");
+    s
+}
+
+/// Sends and receives at full speed until the tunnel is cut; returns the
+/// bytes received, or `None` when it was not cut within 60 s.
+async fn full_speed_until_cut(s: TcpStream) -> Option<u64> {
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; 64 * 1024];
+        while w.write_all(&chunk).await.is_ok() {}
+    });
+    let reader = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(60), reader).await;
+    writer.abort();
+    got.ok()
+}
+
+/// The subscription's recorded usage once reports stopped moving it (no
+/// change for 2 s; at most 20 s).
+async fn settled_usage(plane: &Plane, sub: &str) -> i64 {
+    let q = format!("SELECT traffic_used_bytes AS n FROM subscriptions WHERE id = '{sub}'");
+    let (mut last, mut since) = (plane.scalar(&q).await, Instant::now());
+    let t0 = Instant::now();
+    while since.elapsed() < Duration::from_secs(2) && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = plane.scalar(&q).await;
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
+/// The status of a WebSocket upgrade at `path` on the gateway at `addr`
+/// (101 when it opens).
+async fn upgrade_status(plane: &Plane, addr: SocketAddr, path: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::Error;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let tls = plane.tls_over(tcp).await.expect("tls");
+    match tokio_tungstenite::client_async(format!("wss://localhost{path}"), tls).await {
+        Ok(_) => 101,
+        Err(Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+/// `GET path` on the gateway at `addr`: the whole answer.
+async fn get(plane: &Plane, addr: SocketAddr, path: &str) -> String {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut tls = plane.tls_over(tcp).await.expect("tls");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.expect("request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Spends the allowance with `tunnels` full-speed tunnels spread over
+/// `gateways`, then checks what the issue promises.
+#[expect(
+    clippy::print_stderr,
+    reason = "the overshoot is reported for the record"
+)]
+async fn spend(plane: &Plane, gateways: &[SocketAddr], tunnels: usize, label: &str) -> i64 {
+    let (token, sub) = device_on_small_plan(plane).await;
+    let target = source_and_sink().await;
+    let mut clients = Vec::new();
+    for gw in gateways {
+        clients.push(client_via(plane, &token, *gw).await);
+    }
+    let mut streams = Vec::new();
+    for i in 0..tunnels {
+        streams.push(socks_connect(clients[i % clients.len()], target).await);
+    }
+    let t0 = Instant::now();
+    let runs: Vec<_> = streams
+        .into_iter()
+        .map(|s| tokio::spawn(full_speed_until_cut(s)))
+        .collect();
+    let mut received = 0u64;
+    for run in runs {
+        let got = run.await.expect("tunnel task");
+        received += got.unwrap_or_else(|| panic!("{label}: a tunnel was not cut within 60 s"));
+    }
+    let cut_after = t0.elapsed();
+    let used = settled_usage(plane, &sub).await;
+    let overshoot = used - ALLOWANCE;
+    eprintln!(
+        "{label}: {tunnels} tunnel(s) over {} gateway(s): cut after {cut_after:?}; recorded {used} B of {ALLOWANCE} B, overshoot {overshoot} B; the clients received {received} B",
+        gateways.len()
+    );
+    assert!(
+        used >= ALLOWANCE,
+        "{label}: the allowance is spent to the byte ({used} of {ALLOWANCE})"
+    );
+    assert!(
+        overshoot <= MAX_OVERSHOOT,
+        "{label}: overshoot {overshoot} B > {MAX_OVERSHOOT} B"
+    );
+    // The subscription says so.
+    let r = plane
+        .gql(
+            "{subscriptions(first:100){edges{node{id quotaReached trafficUsedBytes}}}}",
+            json!({}),
+        )
+        .await;
+    let mine = r["data"]["subscriptions"]["edges"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["node"]["id"] == sub.as_str()))
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(mine["node"]["quotaReached"], true, "{label}: {mine}");
+    // New tunnels are refused, and the access document says why, on
+    // every gateway.
+    for gw in gateways {
+        assert_eq!(
+            upgrade_status(plane, *gw, &format!("/ws/{token}/tcp")).await,
+            404,
+            "{label}: a new tunnel through {gw}"
+        );
+        let doc = get(plane, *gw, &format!("/c/{token}")).await;
+        assert!(
+            doc.contains("error:") && doc.contains("quota_exceeded"),
+            "{label}: the access document through {gw}: {doc}"
+        );
+    }
+    overshoot
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_full_speed_tunnel_overshoots_a_5_mib_allowance_by_at_most_1_mib() {
+    let plane = Plane::start(1).await;
+    spend(&plane, &[plane.gateway_addr], 1, "one tunnel").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_full_speed_tunnels_over_two_gateways_overshoot_by_at_most_1_mib() {
+    let many = |o: &mut httvps_dataplane::gateway::GatewayOptions| o.max_tunnels_per_device = 64;
+    let plane = Plane::start_with(1, many).await;
+    let second = plane.start_another_gateway("gw2", &many).await;
+    // Its first heartbeat.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    spend(&plane, &[plane.gateway_addr, second], 8, "eight tunnels").await;
+}
+
+/// `POST path` with `token`: the status and the JSON answer.
+async fn post(
+    base: &str,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let res = common::client()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// The limit granted to session `(gateway token, id)` asking with nothing
+/// used and wishing for `want`.
+async fn held(base: &str, (gw, sid): &(String, String), want: i64) -> i64 {
+    let body = json!({"session_id": sid, "used": 0, "want": want});
+    let (s, b) = post(base, "/api/v1/quota/grant", gw, body).await;
+    assert_eq!(s, 200, "{b}");
+    b["limit"].as_i64().unwrap_or_else(|| panic!("{b}"))
+}
+
+/// The grant route on `db`: two gateways asking at once for sessions of
+/// one subscription never hold more than it has left; a release gives the
+/// rest back; bad input is a typed 4xx.
+async fn grants_never_hold_more_than_is_left(db: common::TestDb) {
+    let server = common::TestServer::start(db.dsn.clone(), false).await;
+    let base = server.base.clone();
+    accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
+        .await
+        .expect("admin");
+    let admin = login(&base, "root@example.com").await;
+    let r = gql(&base, Some(&admin), "mutation{createRegion(code:\"eu\",name:\"EU\"){id} createPlan(input:{name:\"p\",priceCents:\"0\",durationDays:30,trafficLimitBytes:\"1000000\",deviceLimit:5}){id} a:registerGatewayNode(input:{region:\"eu\",name:\"gw1\",publicUrl:\"https://gw1.example.com\"}){token} b:registerGatewayNode(input:{region:\"eu\",name:\"gw2\",publicUrl:\"https://gw2.example.com\"}){token} registerOutlineNode(input:{region:\"eu\",name:\"n\",host:\"10.1.0.1\",port:8388}){token}}", json!({})).await;
+    let field = |p: &str| {
+        r["data"][p]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned()
+    };
+    let (gw1, gw2, node) = (field("a"), field("b"), field("registerOutlineNode"));
+    let plan = r["data"]["createPlan"]["id"]
+        .as_str()
+        .expect("plan")
+        .to_owned();
+    let (s, b) = post(
+        &base,
+        "/api/v1/outline/heartbeat",
+        &node,
+        json!({"load": 0, "version": "test"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let user = accounts::create_user(&server.state.db, "u@example.com", PASSWORD, Role::User)
+        .await
+        .expect("user");
+    gql(
+        &base,
+        Some(&admin),
+        "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+        json!({"u": user.id, "p": plan}),
+    )
+    .await;
+    let tok = login(&base, "u@example.com").await;
+    let r = gql(
+        &base,
+        Some(&tok),
+        "mutation{registerDevice(name:\"d\",platform:\"linux\"){accessToken}}",
+        json!({}),
+    )
+    .await;
+    let device = r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let mut sessions = Vec::new();
+    for gw in [&gw1, &gw2] {
+        let (s, b) = post(
+            &base,
+            "/api/v1/nodes/assign-outline",
+            gw,
+            json!({"device_token": device}),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        sessions.push((
+            gw.clone(),
+            b["session_id"].as_str().expect("session").to_owned(),
+        ));
+    }
+    // Sixteen asks at once, both gateways, each wishing for everything.
+    let asks = (0..16).map(|i| {
+        let (gw, sid) = sessions[i % 2].clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            post(
+                &base,
+                "/api/v1/quota/grant",
+                &gw,
+                json!({"session_id": sid, "used": 0, "want": 1_000_000_000}),
+            )
+            .await
+        })
+    });
+    for ask in asks.collect::<Vec<_>>() {
+        let (s, b) = ask.await.expect("ask");
+        assert_eq!(s, 200, "{b}");
+        let limit = b["limit"].as_i64().unwrap_or_else(|| panic!("{b}"));
+        assert!((0..=1_000_000).contains(&limit), "{b}");
+    }
+    // Asked again in turn, each gets at most what the other does not hold.
+    let first = held(&base, &sessions[0], 1).await;
+    let second = held(&base, &sessions[1], 1).await;
+    assert!(first > 0 && second > 0, "{first} {second}");
+    assert!(
+        first + second <= 1_000_000,
+        "{first} + {second} held of 1,000,000"
+    );
+    // A release gives the first session's grant back to the second.
+    let (s, b) = post(
+        &base,
+        "/api/v1/quota/grant",
+        &sessions[0].0,
+        json!({"session_id": sessions[0].1, "used": 0, "release": true}),
+    )
+    .await;
+    assert_eq!((s, b["limit"].as_i64()), (200, Some(0)), "{b}");
+    let more = held(&base, &sessions[1], 1_000_000_000).await;
+    assert!(more > second && more <= 1_000_000, "{second} -> {more}");
+    // Bad input: typed refusals, never a 500.
+    let (gw, sid) = &sessions[0];
+    for (body, want) in [
+        (json!({"session_id": sid, "used": -1}), 400),
+        (json!({"session_id": "nope", "used": 0}), 400),
+        (json!({"session_id": sid, "used": 0, "extra": 1}), 400),
+        (
+            json!({"session_id": uuid::Uuid::new_v4().to_string(), "used": 0}),
+            404,
+        ),
+        (json!({"session_id": sessions[1].1, "used": 0}), 404),
+    ] {
+        let (s, b) = post(&base, "/api/v1/quota/grant", gw, body.clone()).await;
+        assert_eq!(s, want, "{body} -> {b}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_never_hold_more_than_is_left_on_postgres() {
+    grants_never_hold_more_than_is_left(common::TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_never_hold_more_than_is_left_on_sqlite() {
+    grants_never_hold_more_than_is_left(common::TestDb::sqlite().await).await;
+}
