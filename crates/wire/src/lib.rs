@@ -11,6 +11,8 @@
 //! - [`device`]: validate-device, device-token and assign-outline bodies.
 //! - [`enroll`]: the one-time enrollment string and its redemption.
 //! - [`usage`]: usage reports (cumulative totals) and close orders.
+//! - [`witness`]: the node's per-connection totals and the gateway's links
+//!   of node connections to sessions (the second witness of usage).
 //! - [`heartbeat`]: gateway and node heartbeats, the node's configuration.
 //! - [`events`]: the access-event stream gateways follow.
 //! - [`token`]: the shape of opaque access tokens.
@@ -25,6 +27,7 @@ pub mod reason;
 pub mod secret;
 pub mod token;
 pub mod usage;
+pub mod witness;
 
 pub use error::{ErrorBody, ErrorDetail};
 pub use reason::{Reason, Unavailable};

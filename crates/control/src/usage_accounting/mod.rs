@@ -18,7 +18,9 @@
 //! without I/O, what a pass changes (merge, deltas, hour rollover, charges);
 //! [`statements`] holds the SQL, once per dialect; [`apply`] runs a pass;
 //! [`applier`] schedules passes and answers waiting reports; [`sweeper`]
-//! moves finished hours to the ledger and resets periods by the clock.
+//! moves finished hours to the ledger and resets periods by the clock;
+//! [`witness`] takes the node's per-connection totals as a second witness
+//! (the larger of the two counts, see its rule).
 
 pub mod applier;
 pub mod apply;
@@ -27,6 +29,7 @@ pub mod plan;
 pub mod quota;
 pub mod statements;
 pub mod sweeper;
+pub mod witness;
 
 use httvps_wire::CloseOrder;
 

@@ -219,6 +219,9 @@ async fn ws_tcp(
         return not_found_response();
     };
     let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
+    if let Ok(local) = node.local_addr() {
+        gw.links.add(&route.session_id, local);
+    }
     let ordered_close = req
         .headers()
         .get(tcp::ORDERED_CLOSE_HEADER)
