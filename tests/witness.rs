@@ -68,7 +68,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
-            self.counts.client_up.fetch_add(*n as u64, Ordering::Relaxed);
+            self.counts
+                .client_up
+                .fetch_add(*n as u64, Ordering::Relaxed);
         }
         r
     }
@@ -124,7 +126,15 @@ impl Traffic {
         }
     }
 
-    async fn start(&self, port: u16, cert: &Path, token: &str, cfg: &ServerConfig, to: SocketAddr, n: usize) {
+    async fn start(
+        &self,
+        port: u16,
+        cert: &Path,
+        token: &str,
+        cfg: &ServerConfig,
+        to: SocketAddr,
+        n: usize,
+    ) {
         let ctx = SsContext::new_shared(ServerType::Local);
         let path = format!("/ws/{token}/tcp");
         for _ in 0..n {
@@ -199,16 +209,26 @@ async fn spawn_node(plane: &Plane, token: &str, port: u16, dir: &Path) -> common
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).map(std::process::Stdio::from).expect("log"))
+        .stderr(
+            std::fs::File::create(&log)
+                .map(std::process::Stdio::from)
+                .expect("log"),
+        )
         .spawn()
         .expect("httvps-relay node");
     for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return common::GatewayProc { child };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("no node: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    panic!(
+        "no node: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 /// A node registered in region `eu` on a free port, with its token.
@@ -241,7 +261,8 @@ fn buffer_max(file: &str) -> u64 {
 /// gateway-client sockets at the kernel's limits, and the gateway's own
 /// queue (8 frames of 64 KiB, the frame being written and TLS records).
 fn in_flight_bound() -> u64 {
-    let socket_pair = buffer_max("/proc/sys/net/ipv4/tcp_wmem") + buffer_max("/proc/sys/net/ipv4/tcp_rmem");
+    let socket_pair =
+        buffer_max("/proc/sys/net/ipv4/tcp_wmem") + buffer_max("/proc/sys/net/ipv4/tcp_rmem");
     2 * socket_pair + 1024 * 1024
 }
 
@@ -281,22 +302,45 @@ fn check(what: &str, tunnels: usize, counts: &Counts, recorded: (i64, i64)) {
         down - client_down,
         client_up - up
     );
-    assert!(client_down > 20_000_000, "too little traffic down: {client_down}");
+    assert!(
+        client_down > 20_000_000,
+        "too little traffic down: {client_down}"
+    );
     assert!(dest_up > 20_000_000, "too little traffic up: {dest_up}");
-    assert!(down >= client_down, "lost download: recorded {down} < client {client_down}");
-    assert!(down - client_down <= bound, "download over-counted: {down} vs {client_down} (bound {bound})");
-    assert!(up >= dest_up, "lost upload: recorded {up} < arrived {dest_up}");
-    assert!(up <= client_up, "upload counted twice: {up} > client {client_up}");
-    assert!(client_up - up <= bound, "upload under-counted: {up} vs {client_up} (bound {bound})");
+    assert!(
+        down >= client_down,
+        "lost download: recorded {down} < client {client_down}"
+    );
+    assert!(
+        down - client_down <= bound,
+        "download over-counted: {down} vs {client_down} (bound {bound})"
+    );
+    assert!(
+        up >= dest_up,
+        "lost upload: recorded {up} < arrived {dest_up}"
+    );
+    assert!(
+        up <= client_up,
+        "upload counted twice: {up} > client {client_up}"
+    );
+    assert!(
+        client_up - up <= bound,
+        "upload under-counted: {up} vs {client_up} (bound {bound})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[expect(clippy::print_stderr, reason = "the figures are reported for the record")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
 async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_node() {
     const TUNNELS: usize = 3;
     let (plane, listener) = Plane::prepare(0).await;
     drop(listener);
-    plane.sql("UPDATE subscriptions SET traffic_limit_bytes = NULL").await;
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
     let dir = common::tempdir::TempDir::new();
     let (node_token, node_port) = register_node(&plane, "witness").await;
     let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
@@ -306,9 +350,12 @@ async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_no
     let target = destination(counts.clone()).await;
     let port = common::stable_port();
     let cert = dir.path().join("gw.crt");
-    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port).await;
+    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
+        .await;
     let traffic = Traffic::new(counts.clone());
-    traffic.start(port, &cert, &plane.device_token, &cfg, target, TUNNELS).await;
+    traffic
+        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
+        .await;
     tokio::time::sleep(Duration::from_millis(3_300)).await;
     gw.sigkill().await;
     // The gateway's own record is gone: only the node can tell.
@@ -316,8 +363,11 @@ async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_no
     traffic.ended().await;
 
     // Restarted, it counts the session from zero; the node counts on.
-    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port).await;
-    traffic.start(port, &cert, &plane.device_token, &cfg, target, TUNNELS).await;
+    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
+        .await;
+    traffic
+        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     traffic.stop().await;
     let recorded = settled(&plane).await;
@@ -325,18 +375,26 @@ async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_no
     let witnessed = plane
         .scalar("SELECT COUNT(*) AS n FROM node_witness WHERE session_id IS NOT NULL")
         .await;
-    assert!(witnessed >= 2 * TUNNELS as i64, "every connection witnessed: {witnessed}");
+    assert!(
+        witnessed >= 2 * TUNNELS as i64,
+        "every connection witnessed: {witnessed}"
+    );
     gw.sigkill().await;
     node.sigkill().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[expect(clippy::print_stderr, reason = "the figures are reported for the record")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
 async fn a_node_sigkilled_mid_transfer_is_covered_by_the_gateway() {
     const TUNNELS: usize = 3;
     let (plane, listener) = Plane::prepare(0).await;
     drop(listener);
-    plane.sql("UPDATE subscriptions SET traffic_limit_bytes = NULL").await;
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
     let dir = common::tempdir::TempDir::new();
     let (node_token, node_port) = register_node(&plane, "witness").await;
     let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
@@ -346,9 +404,12 @@ async fn a_node_sigkilled_mid_transfer_is_covered_by_the_gateway() {
     let target = destination(counts.clone()).await;
     let port = common::stable_port();
     let cert = dir.path().join("gw.crt");
-    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port).await;
+    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
+        .await;
     let traffic = Traffic::new(counts.clone());
-    traffic.start(port, &cert, &plane.device_token, &cfg, target, TUNNELS).await;
+    traffic
+        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
+        .await;
     tokio::time::sleep(Duration::from_millis(3_300)).await;
     node.sigkill().await;
     // The tunnels die with the node; the gateway lives on and reports.

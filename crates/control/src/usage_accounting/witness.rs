@@ -424,7 +424,10 @@ mod tests {
             canonical_peer("[::ffff:10.0.0.1]:80").as_deref(),
             Some("10.0.0.1:80")
         );
-        assert_eq!(canonical_peer("[2001:db8::1]:80").as_deref(), Some("[2001:db8::1]:80"));
+        assert_eq!(
+            canonical_peer("[2001:db8::1]:80").as_deref(),
+            Some("[2001:db8::1]:80")
+        );
         assert_eq!(canonical_peer("10.0.0.1"), None);
         assert_eq!(canonical_peer("host:80"), None);
     }
