@@ -203,7 +203,7 @@ async fn spawn_node(plane: &Plane, token: &str, port: u16, dir: &Path) -> common
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
         .args(["node", "--backend", &plane.server.base, "--token", token])
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--allow-private", "true"])
+        .arg("--allow-private")
         .arg("--credentials")
         .arg(dir.join("node-credentials.json"))
         .env("RUST_LOG", "warn")
@@ -266,17 +266,25 @@ fn in_flight_bound() -> u64 {
     2 * socket_pair + 1024 * 1024
 }
 
-/// Recorded totals (up, down) once they stop growing for 3 s (bounded).
+/// Recorded totals (up, down) once they, and the node's per-connection
+/// totals, have not changed for 4 s (the node reports every second;
+/// bounded).
 async fn settled(plane: &Plane) -> (i64, i64) {
-    let up = "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM sessions";
+    let sums = "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM sessions";
     let down = "SELECT CAST(COALESCE(SUM(bytes_down), 0) AS BIGINT) AS n FROM sessions";
-    let (mut last, mut stable) = ((-1, -1), 0);
-    for _ in 0..80 {
+    let node =
+        "SELECT CAST(COALESCE(SUM(bytes_up + bytes_down), 0) AS BIGINT) AS n FROM node_witness";
+    let (mut last, mut stable) = ((-1, -1, -1), 0);
+    for _ in 0..120 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = (plane.scalar(up).await, plane.scalar(down).await);
+        let now = (
+            plane.scalar(sums).await,
+            plane.scalar(down).await,
+            plane.scalar(node).await,
+        );
         if now == last {
             stable += 1;
-            if stable >= 6 {
+            if stable >= 8 {
                 break;
             }
         } else {
@@ -284,7 +292,7 @@ async fn settled(plane: &Plane) -> (i64, i64) {
         }
         last = now;
     }
-    last
+    (last.0, last.1)
 }
 
 /// Checks the recorded totals against what the client and the destination
@@ -371,6 +379,14 @@ async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_no
     tokio::time::sleep(Duration::from_secs(2)).await;
     traffic.stop().await;
     let recorded = settled(&plane).await;
+    for q in [
+        "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM node_witness",
+        "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM node_witness WHERE session_id IS NULL",
+        "SELECT COUNT(*) AS n FROM node_witness",
+        "SELECT COUNT(*) AS n FROM sessions",
+    ] {
+        eprintln!("{q}: {}", plane.scalar(q).await);
+    }
     check("gateway SIGKILL, spool lost", TUNNELS, &counts, recorded);
     let witnessed = plane
         .scalar("SELECT COUNT(*) AS n FROM node_witness WHERE session_id IS NOT NULL")
