@@ -353,7 +353,7 @@ mod tests {
                 hour_down: 0,
             };
             let plan = plan_chunk(&[stored], &merged, now());
-            if let Some(g) = plan.grown.first() {
+            if let Some(g) = <[_]>::first(&plan.grown) {
                 (up, down, seq) = (g.up, g.down, g.seq);
             }
             charged += plan.charges.iter().map(|c| c.delta).sum::<i64>();
