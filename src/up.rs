@@ -225,11 +225,13 @@ pub async fn start_up_data_plane(
     tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"])?;
     let acceptor = tls::acceptor(&cert, &key)?;
     let running = std::sync::Arc::new(running);
-    let beats = node::spawn_heartbeats(
-        Backend::new(backend_url, &node_token)?,
-        running.clone(),
-        Duration::from_secs(5),
+    let node_backend = Backend::new(backend_url, &node_token)?;
+    let witness = node::witness::spawn_reports(
+        node_backend.clone(),
+        running.witness.clone(),
+        node::witness::REPORT_EVERY,
     );
+    let beats = node::spawn_heartbeats(node_backend, running.clone(), Duration::from_secs(5));
     let opts = gw::GatewayOptions {
         public_url,
         spool: Some(data_dir.join("gateway-spool.json")),
@@ -254,7 +256,7 @@ pub async fn start_up_data_plane(
         gateway_addr,
         node_addr,
         cert,
-        tasks: vec![beats, gw_task],
+        tasks: vec![beats, witness, gw_task],
         _node: running,
     })
 }

@@ -578,13 +578,21 @@ async fn hourly_ledger_migration_sums_earlier_rows_into_hours() {
         .await
         .expect("connect");
     let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+    let witness = harness
+        .revert_last_migration(db::PG_MIGRATIONS)
+        .expect("revert the usage witness");
+    assert_eq!(
+        witness.to_string(),
+        "20261202200001",
+        "the usage witness comes last"
+    );
     let settings = harness
         .revert_last_migration(db::PG_MIGRATIONS)
         .expect("revert the site settings");
     assert_eq!(
         settings.to_string(),
         "20261201600001",
-        "site settings come last"
+        "site settings come before it"
     );
     let later = harness
         .revert_last_migration(db::PG_MIGRATIONS)
@@ -612,7 +620,7 @@ async fn hourly_ledger_migration_sums_earlier_rows_into_hours() {
     ] {
         diesel::sql_query(q).execute(&mut conn).await.expect(q);
     }
-    assert_eq!(db::migrate(&t.dsn).await.expect("up again"), 3);
+    assert_eq!(db::migrate(&t.dsn).await.expect("up again"), 4);
     #[derive(QueryableByName, Debug, PartialEq)]
     struct Hour {
         #[diesel(sql_type = diesel::sql_types::Text)]

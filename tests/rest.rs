@@ -1038,6 +1038,8 @@ async fn auth_matrix_and_scoping() {
         ("/api/v1/usage/report", json!({"reports": []})),
         ("/api/v1/gateway/heartbeat", json!({})),
         ("/api/v1/outline/heartbeat", json!({})),
+        ("/api/v1/usage/links", json!({"links": []})),
+        ("/api/v1/outline/witness", json!({"conns": []})),
     ];
     for (path, body) in &routes {
         assert_eq!(
@@ -1057,6 +1059,22 @@ async fn auth_matrix_and_scoping() {
         );
     }
     // Each machine only on its own routes.
+    assert_eq!(
+        w.post(
+            "/api/v1/outline/witness",
+            Some(&w.gateway),
+            json!({"conns": []})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        w.post("/api/v1/usage/links", Some(&node_tok), json!({"links": []}))
+            .await
+            .0,
+        403
+    );
     assert_eq!(
         w.post("/api/v1/outline/heartbeat", Some(&w.gateway), json!({}))
             .await

@@ -17,6 +17,8 @@ async fn credentials_before_bodies_and_one_envelope_for_every_refusal() {
         "/api/v1/usage/report",
         "/api/v1/gateway/heartbeat",
         "/api/v1/outline/heartbeat",
+        "/api/v1/usage/links",
+        "/api/v1/outline/witness",
     ];
     for path in posts {
         for (token, body) in [

@@ -125,9 +125,15 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             .with_context(|| format!("starting the Shadowsocks server on {listen}"))?;
             tracing::info!(addr = %running.addr, node.id = %cfg.node_id, region = %cfg.region, "node listening");
             let running = Arc::new(running);
+            let witness = node::witness::spawn_reports(
+                backend.clone(),
+                running.witness.clone(),
+                node::witness::REPORT_EVERY,
+            );
             let beats = node::spawn_heartbeats(backend, running.clone(), Duration::from_secs(5));
             httvps::shutdown_signal().await;
             beats.abort();
+            witness.abort();
             running.stop();
             Ok(())
         }

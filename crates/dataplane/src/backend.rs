@@ -10,6 +10,7 @@ use httvps_wire::enroll::EnrollResponse;
 use httvps_wire::grant::{GrantRequest, GrantResponse};
 use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse, OutlineBeat, OutlineConfig};
 use httvps_wire::usage::{UsageReport, UsageReportResponse};
+use httvps_wire::witness::{SessionLinks, SessionLinksResponse, WitnessReport, WitnessResponse};
 use httvps_wire::{ErrorBody, Reason, Secret, Unavailable};
 
 use crate::link::Link;
@@ -213,6 +214,33 @@ impl Backend {
             self.http
                 .post(format!("{}/api/v1/gateway/heartbeat", self.base))
                 .json(beat),
+        )
+        .await
+    }
+
+    /// `POST /usage/links` (a gateway): which node connection carries which
+    /// session.
+    pub async fn session_links(
+        &self,
+        links: &SessionLinks,
+    ) -> Result<SessionLinksResponse, BackendError> {
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/usage/links", self.base))
+                .json(links),
+        )
+        .await
+    }
+
+    /// `POST /outline/witness` (a node): its connections' cumulative totals.
+    pub async fn witness_report(
+        &self,
+        report: &WitnessReport,
+    ) -> Result<WitnessResponse, BackendError> {
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/outline/witness", self.base))
+                .json(report),
         )
         .await
     }

@@ -12,6 +12,8 @@
 //! - [`enroll`]: the one-time enrollment string and its redemption.
 //! - [`usage`]: usage reports (cumulative totals) and close orders.
 //! - [`grant`]: quota grants, slices of an allowance counted at the gateway.
+//! - [`witness`]: the node's per-connection totals and the gateway's links
+//!   of node connections to sessions (the second witness of usage).
 //! - [`heartbeat`]: gateway and node heartbeats, the node's configuration.
 //! - [`events`]: the access-event stream gateways follow.
 //! - [`token`]: the shape of opaque access tokens.
@@ -27,6 +29,7 @@ pub mod reason;
 pub mod secret;
 pub mod token;
 pub mod usage;
+pub mod witness;
 
 pub use error::{ErrorBody, ErrorDetail};
 pub use reason::{Reason, Unavailable};

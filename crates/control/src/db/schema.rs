@@ -165,6 +165,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Which node connection (the gateway's local address, the node's
+    /// peer) carries which session: the key of the node's witness.
+    witness_links (outline_node_id, peer) {
+        outline_node_id -> Text,
+        peer -> Text,
+        session_id -> Text,
+        linked_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// Cumulative totals per node connection, as the node counted them.
+    node_witness (outline_node_id, conn) {
+        outline_node_id -> Text,
+        conn -> BigInt,
+        peer -> Text,
+        session_id -> Nullable<Text>,
+        bytes_up -> BigInt,
+        bytes_down -> BigInt,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     /// Rotating refresh tokens, grouped in families for reuse detection.
     refresh_tokens (id) {
         id -> Text,
@@ -241,6 +265,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     sessions,
     usage_ledger,
     usage_inbox,
+    witness_links,
+    node_witness,
     refresh_tokens,
     token_families,
     audit_log,

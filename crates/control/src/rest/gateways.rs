@@ -8,6 +8,7 @@ use axum::response::IntoResponse;
 use httvps_wire::ErrorBody;
 use httvps_wire::heartbeat::{GatewayBeat, HeartbeatResponse};
 use httvps_wire::usage::{UsageReport, UsageReportResponse};
+use httvps_wire::witness::{SessionLinks, SessionLinksResponse};
 
 use super::ApiJson;
 use super::caller::gateway_caller;
@@ -49,6 +50,26 @@ pub(super) async fn usage_report(
         counted,
         close_sessions,
     }))
+}
+
+/// Gateways say which of their connections to a node (by local address)
+/// carries which session, so the node's per-connection totals count for it.
+#[utoipa::path(post, path = "/api/v1/usage/links", request_body = SessionLinks,
+    responses((status = 200, body = SessionLinksResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn usage_links(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: ApiJson<SessionLinks>,
+) -> Result<Json<SessionLinksResponse>, AppError> {
+    let g = gateway_caller(&state, &headers).await?;
+    let req = body.read()?;
+    let (accepted, row) = usage_accounting::witness::link(&state.db, g.id, &req.links).await?;
+    if let Some(id) = row {
+        // Stored: applied by this pass or a later one.
+        let _ = state.usage.submit(id).await;
+    }
+    Ok(Json(SessionLinksResponse { accepted }))
 }
 
 /// Access events for gateways, as newline-delimited JSON: a `hello` line at

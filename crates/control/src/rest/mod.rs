@@ -1,7 +1,7 @@
 //! The REST compatibility routes under `/api/v1/` that gateways, nodes and
 //! clients call. Thin handlers over the use-case modules, by caller:
 //! [`devices`] (validate, device token, assign), [`gateways`] (usage,
-//! access events, heartbeats), [`grants`] (quota grants), [`nodes`] (heartbeats, config), `enroll`
+//! links, access events, heartbeats), [`grants`] (quota grants), [`nodes`] (heartbeats, witness, config), `enroll`
 //! (a new machine redeems its one-time token), with
 //! [`caller`] resolving who calls. One JSON error envelope; the OpenAPI
 //! document is generated from these types.
@@ -31,11 +31,14 @@ use devices::{
 };
 use enroll::{__path_enroll, enroll};
 use gateways::{
-    __path_access_events, __path_gateway_heartbeat, __path_usage_report, access_events,
-    gateway_heartbeat, usage_report,
+    __path_access_events, __path_gateway_heartbeat, __path_usage_links, __path_usage_report,
+    access_events, gateway_heartbeat, usage_links, usage_report,
+};
+use nodes::{
+    __path_outline_config, __path_outline_heartbeat, __path_outline_witness, outline_config,
+    outline_heartbeat, outline_witness,
 };
 use grants::{__path_quota_grant, quota_grant};
-use nodes::{__path_outline_config, __path_outline_heartbeat, outline_config, outline_heartbeat};
 
 /// Lifetime of device JWTs, in seconds.
 pub const DEVICE_JWT_TTL_SECS: i64 = 15 * 60;
@@ -48,9 +51,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/nodes/assign-outline", post(assign_outline))
         .route("/api/v1/usage/report", post(usage_report))
         .route("/api/v1/quota/grant", post(quota_grant))
+        .route("/api/v1/usage/links", post(usage_links))
         .route("/api/v1/gateway/heartbeat", post(gateway_heartbeat))
         .route("/api/v1/gateway/access-events", get(access_events))
         .route("/api/v1/outline/heartbeat", post(outline_heartbeat))
+        .route("/api/v1/outline/witness", post(outline_witness))
         .route("/api/v1/outline/config", get(outline_config))
         .route("/api/v1/enroll", post(enroll))
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -137,9 +142,11 @@ fn health_doc() {}
         assign_outline,
         usage_report,
         quota_grant,
+        usage_links,
         gateway_heartbeat,
         access_events,
         outline_heartbeat,
+        outline_witness,
         outline_config,
         enroll
     ),

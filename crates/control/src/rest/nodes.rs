@@ -1,10 +1,12 @@
-//! The Outline node routes: heartbeats and the node's own settings.
+//! The Outline node routes: heartbeats, the node's witness of usage and
+//! its own settings.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use httvps_wire::ErrorBody;
 use httvps_wire::heartbeat::{HeartbeatResponse, OutlineBeat, OutlineConfig};
+use httvps_wire::witness::{WitnessReport, WitnessResponse};
 
 use super::ApiJson;
 use super::caller::{Caller, caller};
@@ -15,6 +17,7 @@ use crate::heartbeats;
 use crate::node_assignment::HEARTBEAT_INTERVAL_SECS;
 use crate::nodes::Machine;
 use crate::state::AppState;
+use crate::usage_accounting;
 
 /// The calling Outline node; anyone else is forbidden.
 async fn node_caller(state: &AppState, headers: &HeaderMap) -> Result<OutlineNode, AppError> {
@@ -41,6 +44,28 @@ pub(super) async fn outline_heartbeat(
     Ok(Json(HeartbeatResponse {
         close_sessions: vec![],
         heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+    }))
+}
+
+/// An Outline node reports the cumulative totals of its connections (a
+/// second witness of usage; only for itself); idempotent.
+#[utoipa::path(post, path = "/api/v1/outline/witness", request_body = WitnessReport,
+    responses((status = 200, body = WitnessResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn outline_witness(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: ApiJson<WitnessReport>,
+) -> Result<Json<WitnessResponse>, AppError> {
+    let n = node_caller(&state, &headers).await?;
+    let req = body.read()?;
+    let w = usage_accounting::witness::witness(&state.db, n.id, &req.conns).await?;
+    if let Some(id) = w.row {
+        // Stored: applied by this pass or a later one.
+        let _ = state.usage.submit(id).await;
+    }
+    Ok(Json(WitnessResponse {
+        accepted: w.accepted,
+        linked: w.linked,
     }))
 }
 

@@ -20,6 +20,8 @@
 //! [`applier`] schedules passes and answers waiting reports; [`sweeper`]
 //! moves finished hours to the ledger and resets periods by the clock;
 //! [`grants`] sizes quota grants (pure) and [`grant_store`] stores them.
+//! [`witness`] takes the node's per-connection totals as a second witness
+//! (the larger of the two counts, see its rule).
 
 pub mod applier;
 pub mod apply;
@@ -30,6 +32,7 @@ pub mod plan;
 pub mod quota;
 pub mod statements;
 pub mod sweeper;
+pub mod witness;
 
 use httvps_wire::CloseOrder;
 

@@ -22,6 +22,8 @@
 //! - `grant`, `granting`: quota grants (the pure core; asking for them).
 //! - `usage`, `spool`: usage reports and the spool behind them (written
 //!   off the runtime's threads, fsync'd, every `spool_every`).
+//! - `links`: which node connection carries which session, sent as tunnels
+//!   open, so the node's own count witnesses the session too.
 //! - `follower`, `schedule`: heartbeats, access events, the expiry schedule.
 //! - `admin`: health and metrics.
 
@@ -45,6 +47,7 @@ mod document;
 mod follower;
 mod grant;
 mod granting;
+mod links;
 mod routes;
 mod schedule;
 mod sessions;
@@ -147,6 +150,8 @@ struct Gateway {
     sessions: sessions::Sessions,
     beats: follower::Beats,
     reports: usage::Reports,
+    /// Node connections to tie to their sessions (the node's witness).
+    links: links::Links,
     spool: spool::Writer,
     metrics: admin::Metrics,
     /// Every tunnel's pipe.
@@ -240,6 +245,7 @@ pub async fn run(
         sessions: sessions::Sessions::default(),
         beats: follower::Beats::default(),
         reports: usage::Reports::new(),
+        links: links::Links::default(),
         spool: spool::Writer::default(),
         metrics: admin::Metrics::default(),
         tunnels: TaskTracker::new(),
@@ -257,6 +263,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
     spawn_until(&background, &stop, usage::report_loop(gw.clone()));
+    spawn_until(&background, &stop, links::links_loop(gw.clone()));
     if gw.opts.spool.is_some() {
         spawn_until(&background, &stop, spool::spool_loop(gw.clone()));
     }

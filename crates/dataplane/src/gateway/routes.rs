@@ -223,6 +223,9 @@ async fn ws_tcp(
     if let Err(refused) = granted(&gw, &guard, peer).await {
         return refused;
     }
+    if let Ok(local) = node.local_addr() {
+        gw.links.add(&route.session_id, local);
+    }
     let ordered_close = req
         .headers()
         .get(tcp::ORDERED_CLOSE_HEADER)

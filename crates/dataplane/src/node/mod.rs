@@ -5,6 +5,8 @@
 //!
 //! - `destinations`: the one table of refused destinations, with the
 //!   ACL and the resolver filter made from it.
+//! - [`witness`]: the counting front on the public TCP port, which makes
+//!   the node a second witness of every session's bytes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,9 +25,11 @@ use httvps_wire::Secret;
 use httvps_wire::heartbeat::OutlineBeat;
 
 mod destinations;
+pub mod witness;
 
 pub use destinations::{PRIVATE_NETS, PrivateNet, is_private};
 use destinations::{PublicOnly, private_block_acl};
+pub use witness::Witness;
 
 /// Parses one of the supported cipher names.
 pub fn parse_method(name: &str) -> Option<CipherKind> {
@@ -54,6 +58,8 @@ pub struct NodeOptions {
 pub struct RunningNode {
     /// The TCP and UDP address.
     pub addr: SocketAddr,
+    /// Every client TCP connection's bytes, per peer connection.
+    pub witness: Arc<Witness>,
     stats: Vec<Arc<FlowStat>>,
     tasks: Vec<JoinHandle<io::Result<()>>>,
 }
@@ -100,37 +106,36 @@ async fn build(
     Ok((b.build().await?, stat))
 }
 
-/// Starts a node. With port 0, TCP and UDP get one common free port.
+/// Starts a node: the Shadowsocks TCP server on a loopback port behind the
+/// counting front on `opts.listen` (see [`witness`]), the UDP server on the
+/// same port as the front. With port 0, TCP and UDP get one common free port.
 pub async fn start(opts: &NodeOptions) -> io::Result<RunningNode> {
-    if opts.listen.port() != 0 {
-        let (server, stat) = build(opts.listen, Mode::TcpAndUdp, opts).await?;
-        let addr = server
-            .tcp_server()
-            .map(|t| t.local_addr())
-            .transpose()?
-            .unwrap_or(opts.listen);
-        return Ok(RunningNode {
-            addr,
-            stats: vec![stat],
-            tasks: vec![tokio::spawn(server.run())],
-        });
-    }
-    for _ in 0..16 {
-        let (tcp, tcp_stat) = build(opts.listen, Mode::TcpOnly, opts).await?;
-        let addr = tcp
-            .tcp_server()
-            .ok_or_else(|| io::Error::other("no TCP server"))?
-            .local_addr()?;
+    let inner_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (tcp, tcp_stat) = build(inner_addr, Mode::TcpOnly, opts).await?;
+    let inner = tcp
+        .tcp_server()
+        .ok_or_else(|| io::Error::other("no TCP server"))?
+        .local_addr()?;
+    let tries = if opts.listen.port() == 0 { 16 } else { 1 };
+    for _ in 0..tries {
+        let listener = tokio::net::TcpListener::bind(opts.listen).await?;
+        let addr = listener.local_addr()?;
         match build(addr, Mode::UdpOnly, opts).await {
             Ok((udp, udp_stat)) => {
-                let tasks = vec![tokio::spawn(tcp.run()), tokio::spawn(udp.run())];
+                let witness = Arc::new(Witness::new());
+                let tasks = vec![
+                    tokio::spawn(tcp.run()),
+                    tokio::spawn(udp.run()),
+                    tokio::spawn(witness::front(listener, inner, witness.clone())),
+                ];
                 return Ok(RunningNode {
                     addr,
+                    witness,
                     stats: vec![tcp_stat, udp_stat],
                     tasks,
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 1 => continue,
             Err(e) => return Err(e),
         }
     }

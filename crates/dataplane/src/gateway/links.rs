@@ -1,0 +1,114 @@
+//! Links of node connections to sessions: when a TCP tunnel opens, the
+//! gateway tells the control plane which of its connections to the node
+//! (by its local address and port, the peer the node sees) carries which
+//! session, so the node's per-connection totals count for that session.
+//! Links are sent at once, a few at a time, off the tunnel's path; a failed
+//! send is retried.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use httvps_wire::witness::{MAX_WITNESS_BATCH, SessionLink, SessionLinks};
+use tokio::sync::Notify;
+
+use super::Gateway;
+use crate::backend::BackendError;
+
+/// How long new links gather before they are sent together.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Wait before resending after a failure.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Most links kept waiting while the control plane is away (the oldest go
+/// first: their tunnels are counted by the gateway all the same).
+const MAX_WAITING: usize = 100_000;
+
+/// Links not yet sent.
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    waiting: Mutex<Vec<SessionLink>>,
+    wake: Notify,
+}
+
+impl Links {
+    /// Notes that the node connection from `local` carries `session`.
+    pub fn add(&self, session: &str, local: SocketAddr) {
+        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if w.len() >= MAX_WAITING {
+            w.remove(0);
+        }
+        w.push(SessionLink {
+            session_id: session.to_owned(),
+            local: local.to_string(),
+        });
+        drop(w);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<SessionLink> {
+        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = w.len().min(MAX_WITNESS_BATCH);
+        w.drain(..n).collect()
+    }
+
+    fn put_back(&self, mut links: Vec<SessionLink>) {
+        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        links.append(&mut w);
+        *w = links;
+    }
+}
+
+/// Sends links as they come.
+pub(crate) async fn links_loop(gw: Arc<Gateway>) {
+    loop {
+        gw.links.wake.notified().await;
+        tokio::time::sleep(GATHER).await;
+        loop {
+            let batch = gw.links.take();
+            if batch.is_empty() {
+                break;
+            }
+            match gw
+                .backend
+                .session_links(&SessionLinks {
+                    links: batch.clone(),
+                })
+                .await
+            {
+                Ok(_) => {}
+                // A session the control plane no longer knows: its tunnels
+                // are not worth a witness.
+                Err(BackendError::Status { status, code }) if matches!(status, 400 | 404 | 413) => {
+                    tracing::warn!(status, %code, links = batch.len(), "session links refused; dropped");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "session links failed; will resend");
+                    gw.links.put_back(batch);
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_leave_in_order_and_failed_ones_go_first_again() {
+        let links = Links::default();
+        links.add("a", "10.0.0.1:1000".parse().expect("addr"));
+        links.add("b", "10.0.0.1:1001".parse().expect("addr"));
+        let sent = links.take();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].local, "10.0.0.1:1000");
+        links.add("c", "10.0.0.1:1002".parse().expect("addr"));
+        links.put_back(sent);
+        let again: Vec<String> = links.take().into_iter().map(|l| l.session_id).collect();
+        assert_eq!(again, ["a", "b", "c"]);
+        assert!(links.take().is_empty());
+    }
+}

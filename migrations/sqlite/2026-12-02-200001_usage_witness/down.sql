@@ -1,0 +1,2 @@
+DROP TABLE node_witness;
+DROP TABLE witness_links;

@@ -1,0 +1,436 @@
+//! The node as a second witness of every byte: a gateway SIGKILLed
+//! mid-transfer (its spool lost too) and restarted, or a node SIGKILLed
+//! mid-transfer, loses nothing the client moved and counts nothing twice.
+//! The only excess is what sat inside the killed process and the kernel
+//! buffers of the sockets between the client and the node, bounded here by
+//! the kernel's own socket buffer limits.
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use httvps_dataplane::wsio::WsIo;
+use plane::Plane;
+use serde_json::json;
+use shadowsocks_service::shadowsocks::ProxyClientStream;
+use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
+use shadowsocks_service::shadowsocks::context::Context as SsContext;
+use shadowsocks_service::shadowsocks::relay::Address;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpListener;
+
+/// Bytes through the tunnels, as each party counts them.
+#[derive(Default)]
+struct Counts {
+    /// Ciphertext the client handed the WebSocket.
+    client_up: AtomicU64,
+    /// Ciphertext the client read from the WebSocket.
+    client_down: AtomicU64,
+    /// Plaintext the destination received.
+    dest_up: AtomicU64,
+}
+
+/// The client's WebSocket, counting what goes in and comes out.
+struct Counting<S> {
+    inner: S,
+    counts: Arc<Counts>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counts
+            .client_down
+            .fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counts
+                .client_up
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A destination that sends without end and counts what it receives.
+async fn destination(counts: Arc<Counts>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (mut r, mut w) = s.into_split();
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    counts.dest_up.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+            tokio::spawn(async move {
+                let chunk = vec![7u8; 16 * 1024];
+                while w.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// Full-speed tunnels both ways until stopped or broken.
+struct Traffic {
+    counts: Arc<Counts>,
+    run: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Traffic {
+    fn new(counts: Arc<Counts>) -> Self {
+        Traffic {
+            counts,
+            run: Arc::new(AtomicBool::new(true)),
+            open: Arc::default(),
+        }
+    }
+
+    async fn start(
+        &self,
+        port: u16,
+        cert: &Path,
+        token: &str,
+        cfg: &ServerConfig,
+        to: SocketAddr,
+        n: usize,
+    ) {
+        let ctx = SsContext::new_shared(ServerType::Local);
+        let path = format!("/ws/{token}/tcp");
+        for _ in 0..n {
+            let ws = common::gateway_ws(port, cert, &path).await;
+            let io = Counting {
+                inner: WsIo::new(ws),
+                counts: self.counts.clone(),
+            };
+            let stream =
+                ProxyClientStream::from_stream(ctx.clone(), io, cfg, Address::SocketAddress(to));
+            let (mut r, mut w) = tokio::io::split(stream);
+            let (run, open) = (self.run.clone(), self.open.clone());
+            open.fetch_add(2, Ordering::Relaxed);
+            let writer_open = open.clone();
+            let writer_run = run.clone();
+            tokio::spawn(async move {
+                let chunk = vec![42u8; 8 * 1024];
+                while writer_run.load(Ordering::Relaxed) {
+                    if w.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = w.shutdown().await;
+                writer_open.fetch_sub(1, Ordering::Relaxed);
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while run.load(Ordering::Relaxed) {
+                    match r.read(&mut buf).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+
+    /// Stops every tunnel and waits (bounded) until all ended.
+    async fn stop(&self) {
+        self.run.store(false, Ordering::Relaxed);
+        for _ in 0..100 {
+            if self.open.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.run.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits (bounded) until every tunnel has ended by itself.
+    async fn ended(&self) {
+        for _ in 0..100 {
+            if self.open.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop().await;
+    }
+}
+
+/// `httvps-relay node` as a process, registered as `name` on `port`.
+async fn spawn_node(plane: &Plane, token: &str, port: u16, dir: &Path) -> common::GatewayProc {
+    let log = dir.join("node.log");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+        .args(["node", "--backend", &plane.server.base, "--token", token])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--allow-private")
+        .arg("--credentials")
+        .arg(dir.join("node-credentials.json"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(&log)
+                .map(std::process::Stdio::from)
+                .expect("log"),
+        )
+        .spawn()
+        .expect("httvps-relay node");
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return common::GatewayProc { child };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no node: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// A node registered in region `eu` on a free port, with its token.
+async fn register_node(plane: &Plane, name: &str) -> (String, u16) {
+    let port = common::stable_port();
+    let r = plane
+        .gql(
+            "mutation($n:String!,$p:Int!){registerOutlineNode(input:{region:\"eu\",name:$n,host:\"127.0.0.1\",port:$p}){token}}",
+            json!({"n": name, "p": port}),
+        )
+        .await;
+    let token = r["data"]["registerOutlineNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    (token, port)
+}
+
+/// The third number of a `/proc/sys/net/ipv4/tcp_*mem` file: the most a
+/// socket's buffer grows to.
+fn buffer_max(file: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|n| n.parse().ok()))
+        .unwrap_or(6 * 1024 * 1024)
+}
+
+/// What can be in flight per tunnel, one way, between the node's counter
+/// and the client's: the send and receive buffers of the node-gateway and
+/// gateway-client sockets at the kernel's limits, and the gateway's own
+/// queue (8 frames of 64 KiB, the frame being written and TLS records).
+fn in_flight_bound() -> u64 {
+    let socket_pair =
+        buffer_max("/proc/sys/net/ipv4/tcp_wmem") + buffer_max("/proc/sys/net/ipv4/tcp_rmem");
+    2 * socket_pair + 1024 * 1024
+}
+
+/// Recorded totals (up, down) once they, and the node's per-connection
+/// totals, have not changed for 4 s (the node reports every second;
+/// bounded).
+async fn settled(plane: &Plane) -> (i64, i64) {
+    let sums = "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM sessions";
+    let down = "SELECT CAST(COALESCE(SUM(bytes_down), 0) AS BIGINT) AS n FROM sessions";
+    let node =
+        "SELECT CAST(COALESCE(SUM(bytes_up + bytes_down), 0) AS BIGINT) AS n FROM node_witness";
+    let (mut last, mut stable) = ((-1, -1, -1), 0);
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = (
+            plane.scalar(sums).await,
+            plane.scalar(down).await,
+            plane.scalar(node).await,
+        );
+        if now == last {
+            stable += 1;
+            if stable >= 8 {
+                break;
+            }
+        } else {
+            stable = 0;
+        }
+        last = now;
+    }
+    (last.0, last.1)
+}
+
+/// Checks the recorded totals against what the client and the destination
+/// counted, and prints the figures.
+fn check(what: &str, tunnels: usize, counts: &Counts, recorded: (i64, i64)) {
+    let client_up = i64::try_from(counts.client_up.load(Ordering::Relaxed)).expect("up");
+    let client_down = i64::try_from(counts.client_down.load(Ordering::Relaxed)).expect("down");
+    let dest_up = i64::try_from(counts.dest_up.load(Ordering::Relaxed)).expect("dest");
+    let bound = i64::try_from(in_flight_bound() * tunnels as u64).expect("bound");
+    let (up, down) = recorded;
+    eprintln!(
+        "witness ({what}): {tunnels} tunnels; down: client read {client_down}, recorded {down} \
+         (excess {}); up: client wrote {client_up}, destination got {dest_up} (plaintext), \
+         recorded {up} (client's excess {}); in-flight bound {bound}",
+        down - client_down,
+        client_up - up
+    );
+    assert!(
+        client_down > 20_000_000,
+        "too little traffic down: {client_down}"
+    );
+    assert!(dest_up > 20_000_000, "too little traffic up: {dest_up}");
+    assert!(
+        down >= client_down,
+        "lost download: recorded {down} < client {client_down}"
+    );
+    assert!(
+        down - client_down <= bound,
+        "download over-counted: {down} vs {client_down} (bound {bound})"
+    );
+    assert!(
+        up >= dest_up,
+        "lost upload: recorded {up} < arrived {dest_up}"
+    );
+    assert!(
+        up <= client_up,
+        "upload counted twice: {up} > client {client_up}"
+    );
+    assert!(
+        client_up - up <= bound,
+        "upload under-counted: {up} vs {client_up} (bound {bound})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
+async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_node() {
+    const TUNNELS: usize = 3;
+    let (plane, listener) = Plane::prepare(0).await;
+    drop(listener);
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
+    let dir = common::tempdir::TempDir::new();
+    let (node_token, node_port) = register_node(&plane, "witness").await;
+    let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cfg = plane.cipher().await;
+    let counts = Arc::new(Counts::default());
+    let target = destination(counts.clone()).await;
+    let port = common::stable_port();
+    let cert = dir.path().join("gw.crt");
+    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
+        .await;
+    let traffic = Traffic::new(counts.clone());
+    traffic
+        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
+        .await;
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    gw.sigkill().await;
+    // The gateway's own record is gone: only the node can tell.
+    let _ = std::fs::remove_file(dir.path().join("spool.json"));
+    traffic.ended().await;
+
+    // Restarted, it counts the session from zero; the node counts on.
+    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
+        .await;
+    traffic
+        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    traffic.stop().await;
+    let recorded = settled(&plane).await;
+    for q in [
+        "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM node_witness",
+        "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM node_witness WHERE session_id IS NULL",
+        "SELECT COUNT(*) AS n FROM node_witness",
+        "SELECT COUNT(*) AS n FROM sessions",
+    ] {
+        eprintln!("{q}: {}", plane.scalar(q).await);
+    }
+    check("gateway SIGKILL, spool lost", TUNNELS, &counts, recorded);
+    let witnessed = plane
+        .scalar("SELECT COUNT(*) AS n FROM node_witness WHERE session_id IS NOT NULL")
+        .await;
+    assert!(
+        witnessed >= 2 * TUNNELS as i64,
+        "every connection witnessed: {witnessed}"
+    );
+    gw.sigkill().await;
+    node.sigkill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
+async fn a_node_sigkilled_mid_transfer_is_covered_by_the_gateway() {
+    const TUNNELS: usize = 3;
+    let (plane, listener) = Plane::prepare(0).await;
+    drop(listener);
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
+    let dir = common::tempdir::TempDir::new();
+    let (node_token, node_port) = register_node(&plane, "witness").await;
+    let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cfg = plane.cipher().await;
+    let counts = Arc::new(Counts::default());
+    let target = destination(counts.clone()).await;
+    let port = common::stable_port();
+    let cert = dir.path().join("gw.crt");
+    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
+        .await;
+    let traffic = Traffic::new(counts.clone());
+    traffic
+        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
+        .await;
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    node.sigkill().await;
+    // The tunnels die with the node; the gateway lives on and reports.
+    traffic.ended().await;
+    let recorded = settled(&plane).await;
+    check("node SIGKILL", TUNNELS, &counts, recorded);
+    gw.sigkill().await;
+}
