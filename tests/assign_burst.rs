@@ -188,7 +188,10 @@ async fn burst(db: TestDb) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(applied, DEVICES as i64, "every report applied to its session");
+    assert_eq!(
+        applied, DEVICES as i64,
+        "every report applied to its session"
+    );
 
     // The feed: one OPENED event per new session, no more.
     let mut opened: HashMap<String, usize> = HashMap::new();

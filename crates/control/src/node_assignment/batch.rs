@@ -310,7 +310,12 @@ mod tests {
         let r = RegionId::random();
         let nodes = vec![node(r), node(r)];
         let (d, g) = (DeviceId::random(), Some(GatewayNodeId::random()));
-        let (plans, fresh) = plan(&[ask(d, g, Some(r)), ask(d, g, Some(r))], &nodes, vec![], now());
+        let (plans, fresh) = plan(
+            &[ask(d, g, Some(r)), ask(d, g, Some(r))],
+            &nodes,
+            vec![],
+            now(),
+        );
         assert_eq!(fresh.len(), 1, "one session to insert");
         let keys: Vec<Key> = plans
             .iter()
