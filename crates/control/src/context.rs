@@ -32,6 +32,8 @@ pub struct AppContext {
     pub enroll: Option<crate::nodes::enrollment::EnrollTarget>,
     /// Allowances against guessing and flooding.
     pub throttles: Arc<Throttles>,
+    /// Opens sessions of concurrent assignments in shared transactions.
+    pub opener: crate::node_assignment::Opener,
 }
 
 /// Who is calling: resolved once per request from the access token.

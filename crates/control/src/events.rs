@@ -204,13 +204,29 @@ impl Outbox {
     /// PostgreSQL: queues the events as notifications of the transaction
     /// `conn` is in, so they are delivered at its commit and never without
     /// it. Call last in the transaction.
+    /// All of them in one statement (a batch of assignments publishes one
+    /// event per new session), in order.
     pub async fn notify_in(&self, conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
-        for (channel, payload) in self.payloads() {
-            diesel::sql_query("SELECT pg_notify($1, $2)")
-                .bind::<diesel::sql_types::Text, _>(channel)
-                .bind::<diesel::sql_types::Text, _>(payload)
+        use diesel::sql_types::{Array, Text};
+        let (channels, payloads): (Vec<&str>, Vec<String>) = self.payloads().unzip();
+        match channels.len() {
+            0 => {}
+            1 => {
+                diesel::sql_query("SELECT pg_notify($1, $2)")
+                    .bind::<Text, _>(channels[0])
+                    .bind::<Text, _>(&payloads[0])
+                    .execute(conn)
+                    .await?;
+            }
+            _ => {
+                diesel::sql_query(
+                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
+                )
+                .bind::<Array<Text>, _>(channels)
+                .bind::<Array<Text>, _>(payloads)
                 .execute(conn)
                 .await?;
+            }
         }
         Ok(())
     }

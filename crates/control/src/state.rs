@@ -49,6 +49,7 @@ impl AppState {
             machines: Default::default(),
             enroll,
             throttles: Arc::new(Throttles::new(throttle)),
+            opener: Default::default(),
         };
         let schema = build_schema(api.clone(), debug);
         let usage = Arc::new(Applier::default());

@@ -98,9 +98,14 @@ pub(super) async fn assign_outline(
         .subscription
         .as_ref()
         .map(|s| s.expires_at.and_utc());
-    let a =
-        node_assignment::validate_and_assign(&state.db, verdict, gateway, req.region.as_deref())
-            .await?;
+    let a = node_assignment::validate_and_assign(
+        &state.db,
+        &state.api.opener,
+        verdict,
+        gateway,
+        req.region.as_deref(),
+    )
+    .await?;
     let (host, port, gateway_url) = match gateway {
         Some(_) => (Some(a.node.host.clone()), Some(a.node.port), None),
         None => {

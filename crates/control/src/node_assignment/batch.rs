@@ -1,0 +1,367 @@
+//! Assigning a batch of devices in one transaction: one read of the active
+//! nodes, one of the devices' open sessions, one multi-row INSERT of the
+//! new sessions, their OPENED feed events and the `last_seen_at` refresh,
+//! all committed together (one commit, one WAL flush for the whole batch).
+//! A caller that gets a session id back finds it committed, and the feed
+//! hears of a session exactly when it exists.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::choice::{self, Choice};
+use super::{Assignment, LAST_SEEN_STEP};
+use crate::db::Db;
+use crate::db::models::{OutlineNode, Region, Session, now};
+use crate::db::schema::{devices, outline_nodes, regions, sessions};
+use crate::db_tx;
+use crate::error::{AppError, AppResult};
+use crate::feed::{self, SessionEventKind};
+use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, SessionId};
+use crate::status::NodeStatus;
+
+/// One device to assign: who, through which gateway, in which region.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// The device (it passed validation).
+    pub device_id: DeviceId,
+    /// When it was last seen, as read with its validation.
+    pub last_seen_at: Option<NaiveDateTime>,
+    /// The calling gateway (sessions are per device, node and gateway).
+    pub gateway: Option<GatewayNodeId>,
+    /// The region to pick from (`None`: any region).
+    pub region: Option<RegionId>,
+    /// The random draw of a fresh choice, in `[0, 1)`.
+    pub spin: f64,
+}
+
+/// An open session's identity: at most one is open per key (the unique
+/// index `sessions_one_open`).
+type Key = (DeviceId, Option<OutlineNodeId>, Option<GatewayNodeId>);
+
+fn key(s: &Session) -> Key {
+    (s.device_id, s.outline_node_id, s.gateway_node_id)
+}
+
+/// What one ask comes to before the writes: a session that is already
+/// open, a new one to insert (by its key), or no node at all.
+enum Plan {
+    Sticky(Session, usize),
+    Fresh(Key, usize),
+    NoNode(String),
+}
+
+/// Assigns every ask in one transaction; the answers are in the order of
+/// `asks`. An error of the transaction itself fails the whole batch.
+pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assignment>>> {
+    let ts = now();
+    let any_region = asks.iter().any(|a| a.region.is_none());
+    let mut region_ids: Vec<RegionId> = asks.iter().filter_map(|a| a.region).collect();
+    region_ids.sort();
+    region_ids.dedup();
+    let mut device_ids: Vec<DeviceId> = asks.iter().map(|a| a.device_id).collect();
+    device_ids.sort();
+    device_ids.dedup();
+    // Devices whose `last_seen_at` is stale (a write per call would be a
+    // write per tunnel burst), in id order like every lock taken here.
+    let mut stale: Vec<DeviceId> = asks
+        .iter()
+        .filter(|a| a.last_seen_at.is_none_or(|t| t < ts - LAST_SEEN_STEP))
+        .map(|a| a.device_id)
+        .collect();
+    stale.sort();
+    stale.dedup();
+    db_tx!(db, |conn, outbox| {
+        let mut q = outline_nodes::table
+            .inner_join(regions::table)
+            .filter(outline_nodes::status.eq(NodeStatus::Active))
+            .into_boxed();
+        if !any_region {
+            q = q.filter(outline_nodes::region_id.eq_any(&region_ids));
+        }
+        let nodes: Vec<(OutlineNode, Region)> = q
+            .select((OutlineNode::as_select(), Region::as_select()))
+            .order(outline_nodes::id)
+            .load(conn)
+            .await?;
+        let current: Vec<Session> = sessions::table
+            .filter(sessions::device_id.eq_any(&device_ids))
+            .filter(sessions::ended_at.is_null())
+            .select(Session::as_select())
+            .load(conn)
+            .await?;
+        let (plans, fresh) = plan(asks, &nodes, current, ts);
+        let mut rows: Vec<Session> = fresh.into_values().collect();
+        // Inserted in device order: two batches never wait on each other
+        // in opposite orders.
+        rows.sort_by(|a, b| key(a).cmp(&key(b)));
+        let made: Vec<Session> = if rows.is_empty() {
+            Vec::new()
+        } else {
+            conn.insert_sessions(&rows).await?
+        };
+        let mut open: HashMap<Key, Session> = made.iter().map(|s| (key(s), s.clone())).collect();
+        // A concurrent transaction opened some of them first: use its.
+        let lost: Vec<DeviceId> = rows
+            .iter()
+            .filter(|r| !open.contains_key(&key(r)))
+            .map(|r| r.device_id)
+            .collect();
+        if !lost.is_empty() {
+            let theirs: Vec<Session> = sessions::table
+                .filter(sessions::device_id.eq_any(&lost))
+                .filter(sessions::ended_at.is_null())
+                .select(Session::as_select())
+                .load(conn)
+                .await?;
+            for s in theirs {
+                open.entry(key(&s)).or_insert(s);
+            }
+        }
+        if !made.is_empty() {
+            let ids: Vec<SessionId> = made.iter().map(|s| s.id).collect();
+            let rows = crate::session_rows!(conn, ids);
+            outbox.sessions(feed::session_events(SessionEventKind::Opened, rows, ts));
+        }
+        if !stale.is_empty() {
+            diesel::update(devices::table.filter(devices::id.eq_any(&stale)))
+                .set(devices::last_seen_at.eq(ts))
+                .execute(conn)
+                .await?;
+        }
+        let answers = plans
+            .into_iter()
+            .map(|p| match p {
+                Plan::Sticky(session, at) => Ok(assignment(session, &nodes[at])),
+                Plan::Fresh(k, at) => match open.get(&k) {
+                    Some(s) => Ok(assignment(s.clone(), &nodes[at])),
+                    // Opened and ended again before our insert saw it.
+                    None => Err(AppError::Conflict(
+                        "the session closed while it was assigned; try again".into(),
+                    )),
+                },
+                Plan::NoNode(m) => Err(AppError::NoNode(m)),
+            })
+            .collect::<Vec<_>>();
+        Ok::<_, AppError>(answers)
+    })
+}
+
+/// Inserts new sessions, skipping those whose key is already open; returns
+/// the inserted ones. One statement on PostgreSQL; SQLite has no multi-row
+/// INSERT ... ON CONFLICT in diesel, and its batches are of one anyway.
+trait InsertSessions {
+    async fn insert_sessions(&mut self, rows: &[Session]) -> QueryResult<Vec<Session>>;
+}
+
+impl InsertSessions for diesel_async::AsyncPgConnection {
+    async fn insert_sessions(&mut self, rows: &[Session]) -> QueryResult<Vec<Session>> {
+        diesel::insert_into(sessions::table)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(Session::as_returning())
+            .get_results(self)
+            .await
+    }
+}
+
+impl InsertSessions for crate::db::SqliteConn {
+    async fn insert_sessions(&mut self, rows: &[Session]) -> QueryResult<Vec<Session>> {
+        let mut made = Vec::with_capacity(rows.len());
+        for row in rows {
+            let one: Option<Session> = diesel::insert_into(sessions::table)
+                .values(row)
+                .on_conflict_do_nothing()
+                .returning(Session::as_returning())
+                .get_result(self)
+                .await
+                .optional()?;
+            made.extend(one);
+        }
+        Ok(made)
+    }
+}
+
+fn assignment(session: Session, (node, region): &(OutlineNode, Region)) -> Assignment {
+    Assignment {
+        session,
+        node: node.clone(),
+        region: region.clone(),
+    }
+}
+
+/// Decides every ask without I/O: the sessions to insert (one per key), and
+/// per ask its plan. A device asked twice in the batch sticks to the session
+/// its first ask opens, as it would across two calls.
+fn plan(
+    asks: &[Ask],
+    nodes: &[(OutlineNode, Region)],
+    current: Vec<Session>,
+    ts: NaiveDateTime,
+) -> (Vec<Plan>, HashMap<Key, Session>) {
+    let mut by_device: HashMap<DeviceId, Vec<Session>> = HashMap::new();
+    for s in current {
+        by_device.entry(s.device_id).or_default().push(s);
+    }
+    let mut fresh: HashMap<Key, Session> = HashMap::new();
+    let mut plans = Vec::with_capacity(asks.len());
+    for ask in asks {
+        let (candidates, places): (Vec<OutlineNode>, Vec<usize>) = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| ask.region.is_none_or(|r| n.region_id == r))
+            .map(|(i, (n, _))| (n.clone(), i))
+            .unzip();
+        let mine = by_device.entry(ask.device_id).or_default();
+        let at = |node: &OutlineNode| {
+            let i = candidates.iter().position(|n| n.id == node.id).unwrap_or(0);
+            places[i]
+        };
+        let p = match choice::choose(&candidates, mine, ask.gateway, ts, ask.spin) {
+            Ok(Choice::Sticky { node, session }) => {
+                let k = key(session);
+                if fresh.contains_key(&k) {
+                    Plan::Fresh(k, at(node))
+                } else {
+                    Plan::Sticky(session.clone(), at(node))
+                }
+            }
+            Ok(Choice::Fresh(node)) => {
+                let s = Session {
+                    id: SessionId::random(),
+                    device_id: ask.device_id,
+                    outline_node_id: Some(node.id),
+                    gateway_node_id: ask.gateway,
+                    started_at: ts,
+                    last_activity_at: ts,
+                    ended_at: None,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    last_seq: 0,
+                    end_reason: None,
+                };
+                let (k, at) = (key(&s), at(node));
+                fresh.insert(k, s.clone());
+                mine.push(s);
+                Plan::Fresh(k, at)
+            }
+            Err(none) => Plan::NoNode(none.message().into()),
+        };
+        plans.push(p);
+    }
+    (plans, fresh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::models::now;
+    use crate::ids::{GatewayNodeId, RegionId};
+    use crate::status::Health;
+
+    fn node(region: RegionId) -> (OutlineNode, Region) {
+        let ts = now();
+        let n = OutlineNode {
+            id: OutlineNodeId::random(),
+            region_id: region,
+            name: "n".into(),
+            host: "10.0.0.1".into(),
+            port: 8388,
+            method: "chacha20-ietf-poly1305".into(),
+            secret: "s".into(),
+            uses_pool_key: false,
+            status: NodeStatus::Active,
+            health: Health::Up,
+            capacity: 100,
+            token_hash: String::new(),
+            last_heartbeat_at: Some(ts),
+            load: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            version: None,
+            created_at: ts,
+            updated_at: ts,
+        };
+        let r = Region {
+            id: region,
+            code: "r".into(),
+            name: "R".into(),
+            pool_method: "chacha20-ietf-poly1305".into(),
+            pool_secret: "p".into(),
+            created_at: ts,
+        };
+        (n, r)
+    }
+
+    fn ask(device: DeviceId, gateway: Option<GatewayNodeId>, region: Option<RegionId>) -> Ask {
+        Ask {
+            device_id: device,
+            last_seen_at: None,
+            gateway,
+            region,
+            spin: 0.5,
+        }
+    }
+
+    #[test]
+    fn a_device_asked_twice_in_a_batch_gets_one_new_session() {
+        let r = RegionId::random();
+        let nodes = vec![node(r), node(r)];
+        let (d, g) = (DeviceId::random(), Some(GatewayNodeId::random()));
+        let (plans, fresh) = plan(
+            &[ask(d, g, Some(r)), ask(d, g, Some(r))],
+            &nodes,
+            vec![],
+            now(),
+        );
+        assert_eq!(fresh.len(), 1, "one session to insert");
+        let keys: Vec<Key> = plans
+            .iter()
+            .map(|p| match p {
+                Plan::Fresh(k, _) => *k,
+                _ => panic!("both asks wait for the new session"),
+            })
+            .collect();
+        assert_eq!(keys[0], keys[1]);
+    }
+
+    #[test]
+    fn asks_pick_nodes_of_their_own_region_and_an_empty_region_has_none() {
+        let (r1, r2) = (RegionId::random(), RegionId::random());
+        let nodes = vec![node(r1), node(r2)];
+        let asks = [
+            ask(DeviceId::random(), None, Some(r2)),
+            ask(DeviceId::random(), None, Some(RegionId::random())),
+        ];
+        let (plans, fresh) = plan(&asks, &nodes, vec![], now());
+        assert_eq!(fresh.len(), 1);
+        assert!(matches!(plans[0], Plan::Fresh(_, 1)), "the node of r2");
+        assert!(matches!(plans[1], Plan::NoNode(_)));
+    }
+
+    #[test]
+    fn an_open_session_on_a_healthy_node_is_reused() {
+        let r = RegionId::random();
+        let nodes = vec![node(r)];
+        let (d, g) = (DeviceId::random(), Some(GatewayNodeId::random()));
+        let ts = now();
+        let open = Session {
+            id: SessionId::random(),
+            device_id: d,
+            outline_node_id: Some(nodes[0].0.id),
+            gateway_node_id: g,
+            started_at: ts,
+            last_activity_at: ts,
+            ended_at: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            last_seq: 0,
+            end_reason: None,
+        };
+        let (plans, fresh) = plan(&[ask(d, g, Some(r))], &nodes, vec![open.clone()], ts);
+        assert!(fresh.is_empty());
+        assert!(matches!(&plans[0], Plan::Sticky(s, 0) if s.id == open.id));
+    }
+}
