@@ -15,7 +15,12 @@
 //! - `n1`, `n2`: Shadowsocks nodes on the pool network only, reaching the
 //!   control plane through `gw`; `web`, a destination on that network.
 //! - `client`: on the public network only, its default route through
-//!   `gw`; it reaches the gateway and nothing behind it.
+//!   `gw`; it reaches the gateway and nothing behind it. The gateway's
+//!   name resolves there to its public address (the host's `/etc/hosts`).
+//! - `acme`: on the public network, Pebble (a real ACME server) and its
+//!   DNS, which resolves the gateway's name to its public address. The
+//!   gateway obtains its certificate there itself (TLS-ALPN-01 on its port
+//!   443); clients trust Pebble's root.
 //!
 //! Gateways and nodes enroll from the strings `httvps gateway add` / `node
 //! add` print (control-plane URL, CA pin, one-time token). A stock client
@@ -34,6 +39,8 @@ mod certs;
 mod common;
 #[path = "topology/hosts.rs"]
 mod hosts;
+#[path = "common/pebble.rs"]
+mod pebble;
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -84,7 +91,7 @@ fn the_production_topology_on_separate_hosts() {
             .link("cpnet", &["cp", "gw"])
             .link_in(
                 "public",
-                &["gw", "client"],
+                &["gw", "client", "acme"],
                 Some("203.0.113.0/24".parse().expect("subnet")),
             )
             .link("pool", &["gw", "n1", "n2", "web"]),
@@ -121,10 +128,14 @@ fn the_production_topology_on_separate_hosts() {
     );
 
     // Certificates: a private CA signs the control plane's (for its own
-    // address and the published one) and the gateway's.
+    // address and the published one); the gateway obtains its own by ACME
+    // from Pebble on the `acme` host, for a name that resolves to its
+    // public address (Pebble's DNS, the client host's /etc/hosts).
     let ca = certs::ca("httvps topology CA", tmp.path());
     let cp_cert = certs::leaf(&ca, &[cp, gw_public], tmp.path(), "control-plane");
-    let gw_tls = certs::gateway_tls(&ca, gw_public, tmp.path());
+    let acme = certs::AcmeServer::start(&lab, "acme", addr("acme", "public"), gw_public);
+    let gw_tls = certs::gateway_tls(&acme, tmp.path());
+    let _names = hosts::HostsFile::write(&lab, "client", gw_public, certs::GATEWAY_DOMAIN);
 
     // The control-plane host: the server, then the operator's commands.
     let cp_url = format!("https://{cp}:{CP_PORT}");
@@ -164,7 +175,7 @@ fn the_production_topology_on_separate_hosts() {
         &["admin", "create", "--email", EMAIL, "--password-stdin"],
         Some(&format!("{PASSWORD}\n")),
     );
-    let gw_url = format!("https://{gw_public}");
+    let gw_url = format!("https://{}", certs::GATEWAY_DOMAIN);
     let gw_enroll = cli(
         &[
             "gateway",
@@ -235,17 +246,24 @@ fn the_production_topology_on_separate_hosts() {
         async move { wait_all_up(&api, pin, &["gw1", "n1", "n2"]).await }
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs.dump()));
+    // The gateway has its certificate before any client starts.
+    let gw_tls_addr = SocketAddr::from((gw_public, 443));
+    on_host(&lab, "client", || {
+        certs::wait_certificate(gw_tls_addr, &gw_tls.trust, Duration::from_secs(90))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", acme.pebble.logs(), logs.dump()));
 
     // The stock client: its key from the access document the gateway
-    // serves; ss-local with v2ray-plugin, trusting the gateway's CA.
+    // serves; ss-local with v2ray-plugin, trusting Pebble's root.
     let (method, secret) = on_host(&lab, "client", || {
         let doc = format!("{gw_url}/c/{device_token}");
         let trust = gw_tls.trust.clone();
-        async move { access_key(&doc, trust).await }
+        async move { access_key(&doc, gw_tls_addr, trust).await }
     });
     let stock = SocketAddr::from(([127, 0, 0, 1], 1080));
     let opts = format!(
-        "tls;host={gw_public};cert={};path=/ws/{device_token}/tcp;mux=0",
+        "tls;host={};cert={};path=/ws/{device_token}/tcp;mux=0",
+        certs::GATEWAY_DOMAIN,
         arg(&gw_tls.trust)
     );
     let mut cmd = command(&lab, &logs, "client", "ss-local", &[], "ss-local");
@@ -387,6 +405,7 @@ fn the_production_topology_on_separate_hosts() {
     drop(open);
     drop(running);
     drop(_server);
+    acme.stop();
 }
 
 /// Installs ss-local and v2ray-plugin (Debian packages) when missing.
@@ -561,13 +580,20 @@ async fn wait_all_up(api: &str, pin: Pin, names: &[&str]) -> Result<(), String> 
 }
 
 /// The cipher and secret of the access document at `url` (the gateway's
-/// `/c/{token}`, as Outline apps fetch it), trusting `trust`.
-async fn access_key(url: &str, trust: std::path::PathBuf) -> (String, String) {
+/// `/c/{token}`, as Outline apps fetch it), trusting `trust`; the
+/// gateway's name resolves to `gateway`.
+async fn access_key(url: &str, gateway: SocketAddr, trust: std::path::PathBuf) -> (String, String) {
     let link = Link {
         ca_file: Some(trust),
         ..Link::default()
     };
-    let text = https(&link)
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(link.client_config().expect("TLS"))
+        .resolve(certs::GATEWAY_DOMAIN, gateway)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let text = client
         .get(url)
         .send()
         .await

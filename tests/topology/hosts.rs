@@ -265,3 +265,54 @@ pub fn exchange(s: &mut TcpStream, len: usize) -> bool {
 pub fn arg(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Where `ip netns exec <ns>` finds files it mounts over `/etc` for the
+/// programs it runs in `<ns>`.
+const NETNS_ETC: &str = "/etc/netns";
+
+/// A host's own `/etc/hosts` (`/etc/netns/<namespace>/hosts`, which `ip
+/// netns exec` mounts over the machine's for the programs it runs there),
+/// as a resolver on that host would answer; removed on drop.
+pub struct HostsFile {
+    dir: PathBuf,
+}
+
+impl HostsFile {
+    /// Makes `name` resolve to `addr` for the programs run on `host`.
+    /// Files left by runs whose process is gone are removed first.
+    pub fn write(lab: &Lab, host: &str, addr: Ipv4Addr, name: &str) -> HostsFile {
+        sweep_stale_hosts_files();
+        let dir = Path::new(NETNS_ETC).join(lab.netns(host).expect("host"));
+        std::fs::create_dir_all(&dir).expect("creating the host's /etc");
+        let text = format!("127.0.0.1 localhost\n{addr} {name}\n");
+        std::fs::write(dir.join("hosts"), text).expect("writing the host's /etc/hosts");
+        HostsFile { dir }
+    }
+}
+
+impl Drop for HostsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes `/etc/netns/hv-<pid>-...` of runs whose process `<pid>` is gone
+/// (the namespace naming of `httvps_netlab`).
+fn sweep_stale_hosts_files() {
+    let Ok(entries) = std::fs::read_dir(NETNS_ETC) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(httvps_netlab::netns::PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
