@@ -297,6 +297,10 @@ async fn settled(plane: &Plane) -> (i64, i64) {
 
 /// Checks the recorded totals against what the client and the destination
 /// counted, and prints the figures.
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
 fn check(what: &str, tunnels: usize, counts: &Counts, recorded: (i64, i64)) {
     let client_up = i64::try_from(counts.client_up.load(Ordering::Relaxed)).expect("up");
     let client_down = i64::try_from(counts.client_down.load(Ordering::Relaxed)).expect("down");
@@ -400,10 +404,6 @@ async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_no
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[expect(
-    clippy::print_stderr,
-    reason = "the figures are reported for the record"
-)]
 async fn a_node_sigkilled_mid_transfer_is_covered_by_the_gateway() {
     const TUNNELS: usize = 3;
     let (plane, listener) = Plane::prepare(0).await;

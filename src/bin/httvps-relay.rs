@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Terminates TLS and WebSocket and pipes tunnels to the node pool.
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// Runs a Shadowsocks node registered in the control plane.
     Node(NodeArgs),
     /// A local SOCKS5 proxy tunnelling through a gateway.
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, check: bool) -> anyhow::Result<()> {
     match command {
         Command::Gateway(a) => {
-            let g = gateway_setup(a, check).await?;
+            let g = gateway_setup(*a, check).await?;
             if check {
                 println!("{CHECKED}");
                 return Ok(());

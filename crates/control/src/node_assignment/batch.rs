@@ -96,7 +96,7 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
         let mut rows: Vec<Session> = fresh.into_values().collect();
         // Inserted in device order: two batches never wait on each other
         // in opposite orders.
-        rows.sort_by(|a, b| key(a).cmp(&key(b)));
+        rows.sort_by_key(key);
         let made: Vec<Session> = if rows.is_empty() {
             Vec::new()
         } else {

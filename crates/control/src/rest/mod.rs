@@ -34,11 +34,11 @@ use gateways::{
     __path_access_events, __path_gateway_heartbeat, __path_usage_links, __path_usage_report,
     access_events, gateway_heartbeat, usage_links, usage_report,
 };
+use grants::{__path_quota_grant, quota_grant};
 use nodes::{
     __path_outline_config, __path_outline_heartbeat, __path_outline_witness, outline_config,
     outline_heartbeat, outline_witness,
 };
-use grants::{__path_quota_grant, quota_grant};
 
 /// Lifetime of device JWTs, in seconds.
 pub const DEVICE_JWT_TTL_SECS: i64 = 15 * 60;
