@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -577,6 +578,7 @@ def wrk(url, script, conns, seconds):
 
 
 GATEWAY_TOKEN = "benchgatewaytoken00000000000000000000000000"
+NODE_TOKEN = "benchnode"
 
 
 def control_plane():
@@ -650,6 +652,7 @@ end
         pg_rps = (before + after) / 2
         # Ingestion: open sessions, one per device, reported in chunks of 200.
         ingest = ingestion(port, dsn, max(SECS * 6, 30))
+        witnessed = ingestion(port, dsn, max(SECS * 6, 30), witness=True)
     finally:
         stop(server)
         if not os.environ.get("BENCH_KEEP_DB"):
@@ -665,11 +668,18 @@ end
             f"{rps:,.0f} req/s, p99 {p99}, {bad} errors", f"pgbench -S {pg_rps:,.0f} tps", f"{ratio:.2f}",
             f">= {floor}x", ratio >= floor and bad == 0)
     if ingest:
-        accepted, sustained, drain, sessions, bad, consistent = ingest
+        accepted, sustained, drain, sessions, bad, consistent, _ = ingest
         row("control plane", f"usage ingestion, {sessions:,} open sessions, reports of 200 totals, 16 callers",
             f"{sustained:,.0f} totals/s applied ({accepted:,.0f}/s accepted, inbox empty {drain:.1f} s "
             f"after the load; {bad} errors; ledger {'consistent' if consistent else 'INCONSISTENT'})",
             "-", "-", ">= 100,000/s", sustained >= 100_000 and bad == 0 and consistent)
+    if witnessed:
+        accepted, sustained, drain, sessions, bad, consistent, node = witnessed
+        row("control plane", f"usage ingestion with the node witness, {sessions:,} linked sessions, "
+            "16 gateway + 16 node callers",
+            f"{sustained:,.0f} gateway totals/s + {node:,.0f} node totals/s applied (inbox empty {drain:.1f} s "
+            f"after the load; {bad} errors; ledger {'consistent' if consistent else 'INCONSISTENT'})",
+            "-", "-", ">= 100,000/s gateway totals", sustained >= 100_000 and bad == 0 and consistent)
 
 
 def scalar(dsn, sql):
@@ -677,17 +687,21 @@ def scalar(dsn, sql):
     return out.stdout.decode().strip()
 
 
-def ingestion(port, dsn, seconds):
+def ingestion(port, dsn, seconds, witness=False):
     """Gateways reporting cumulative totals for SESSIONS open sessions (at
     100,000 totals/s each session is reported every 2 s, as a gateway does).
     The rate that counts is the sustained one: every accepted total applied
     to sessions, ledger and subscriptions, up to the moment the inbox is
-    empty again."""
+    empty again. With `witness`, every session is first linked to a node
+    connection (`usage/links`) and the node reports its own totals of those
+    connections (`outline/witness`, 16 more callers) during the same load,
+    as a node witnessing every session does."""
     sessions = min(SESSIONS, DEVICES)
+    prefix = "41000000" if witness else "40000000"
     psql(dsn, f"""
 UPDATE sessions SET ended_at = now(), end_reason = 'idle' WHERE ended_at IS NULL;
 INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, last_activity_at, bytes_up, bytes_down, last_seq)
-  SELECT '40000000-0000-4000-8000-' || lpad(i::text, 12, '0'), '30000000-0000-4000-8000-' || lpad(i::text, 12, '0'),
+  SELECT '{prefix}-0000-4000-8000-' || lpad(i::text, 12, '0'), '30000000-0000-4000-8000-' || lpad(i::text, 12, '0'),
   '00000000-0000-4000-8000-000000000004', '00000000-0000-4000-8000-000000000003', now(), now(), 0, 0, 0
   FROM generate_series(1, {sessions}) i;
 """)
@@ -695,7 +709,17 @@ INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_a
                    stdout=subprocess.DEVNULL)
     ids_file = os.path.join(WORK, "sessions.txt")
     with open(ids_file, "w") as f:
-        f.write("\n".join(f"40000000-0000-4000-8000-{i:012d}" for i in range(1, sessions + 1)))
+        f.write("\n".join(f"{prefix}-0000-4000-8000-{i:012d}" for i in range(1, sessions + 1)))
+    ids = [f"{prefix}-0000-4000-8000-{i:012d}" for i in range(1, sessions + 1)]
+    peers = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:40000" for i in range(1, sessions + 1)]
+    if witness:
+        # The gateway's links: which node connection carries which session.
+        for at in range(0, sessions, 10_000):
+            links = [{"session_id": sid, "local": peer}
+                     for sid, peer in zip(ids[at:at + 10_000], peers[at:at + 10_000])]
+            http("POST", f"http://127.0.0.1:{port}/api/v1/usage/links", {"links": links}, GATEWAY_TOKEN)
+        with open(os.path.join(WORK, "peers.txt"), "w") as f:
+            f.write("\n".join(peers))
     script = os.path.join(WORK, "ingest.lua")
     with open(script, "w") as f:
         f.write(f"""
@@ -725,8 +749,47 @@ request = function()
   return wrk.format(nil, nil, nil, '{{"reports":[' .. table.concat(parts, ",") .. ']}}')
 end
 """)
+    node_script = os.path.join(WORK, "witness.lua")
+    with open(node_script, "w") as f:
+        f.write(f"""
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  peers = {{}}
+  for line in io.lines("{os.path.join(WORK, 'peers.txt')}") do peers[#peers + 1] = line end
+  batches = math.floor(#peers / 200)
+  counter = 0
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {NODE_TOKEN}"
+request = function()
+  counter = counter + 1
+  local b = ((counter * 2 + tid) % batches)
+  -- The node's count runs a little ahead of the gateway's upload and
+  -- behind its download: the ledger takes the larger of each.
+  local v = counter * 1000 + tid
+  local parts = {{}}
+  for i = 1, 200 do
+    local c = b * 200 + i
+    parts[i] = string.format('{{"conn":%d,"peer":"%s","bytes_up":%d,"bytes_down":%d}}', c, peers[c], v + 7, v - 7)
+  end
+  return wrk.format(nil, nil, nil, '{{"conns":[' .. table.concat(parts, ",") .. ']}}')
+end
+""")
     t0 = time.time()
+    node_result = {}
+    if witness:
+        def node_load():
+            node_result["r"] = wrk(f"http://127.0.0.1:{port}/api/v1/outline/witness", node_script, 16, seconds)
+        node_thread = threading.Thread(target=node_load)
+        node_thread.start()
     rps, p99, bad, errs = wrk(f"http://127.0.0.1:{port}/api/v1/usage/report", script, 16, seconds)
+    if witness:
+        node_thread.join()
     loaded = time.time() - t0
     t1 = time.time()
     while int(scalar(dsn, "SELECT count(*) FROM usage_inbox")) > 0 and time.time() - t1 < 300:
@@ -734,6 +797,12 @@ end
     drain = time.time() - t1
     accepted = rps * 200
     sustained = accepted * seconds / (seconds + drain)
+    node_rps, node_p99, node_bad, node_errs = node_result.get("r", (0.0, "-", 0, ""))
+    node_sustained = node_rps * 200 * seconds / (seconds + drain)
+    bad += node_bad
+    if witness:
+        log(f"  outline/witness: {node_rps:,.0f} req/s x 200 = {node_rps * 200:,.0f} totals/s accepted, "
+            f"p99 {node_p99}, non-2xx {node_bad} {node_errs}; {node_sustained:,.0f} totals/s sustained")
     # Every byte applied once: sessions, ledger and subscriptions agree.
     sums = scalar(dsn, "SELECT (SELECT sum(bytes_up + bytes_down) FROM sessions), "
                        "(SELECT sum(delta_up + delta_down) FROM usage_hours), "
@@ -743,7 +812,7 @@ end
     log(f"  usage/report: {rps:,.0f} req/s x 200 = {accepted:,.0f} totals/s accepted, p99 {p99}, "
         f"non-2xx {bad} {errs}; inbox empty {drain:.1f} s after {loaded:.1f} s of load: "
         f"{sustained:,.0f} totals/s sustained; {entries} ledger entries; sums {sums}")
-    return accepted, sustained, drain, sessions, bad, consistent
+    return accepted, sustained, drain, sessions, bad, consistent, node_sustained
 
 
 def pgbench_init(dsn):

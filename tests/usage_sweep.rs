@@ -88,7 +88,8 @@ async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
         Swept {
             hours: 1,
             periods: 1,
-            expired: 0
+            expired: 0,
+            witness: 0
         }
     );
     assert_eq!(ledger("delta_up").await, 1_000);
@@ -139,5 +140,91 @@ async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
             .await,
         500,
         "the new period counts only what came after the reset"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn witness_rows_of_long_ended_sessions_and_stale_unlinked_connections_are_pruned() {
+    let (plane, _listener) = Plane::prepare(1).await;
+    let gw = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
+    let utc = "date_trunc('second', now() at time zone 'utc')";
+    // Session `old` ended two hours ago, session `recent` ten minutes ago.
+    let mut ids = Vec::new();
+    for (name, ago) in [("old", "2 hours"), ("recent", "10 minutes")] {
+        let id = gw
+            .assign(&plane.device_token)
+            .await
+            .expect("assign")
+            .session_id;
+        plane
+            .sql(&format!(
+                "UPDATE sessions SET started_at = {utc} - interval '{ago}' - interval '1 minute', \
+                 ended_at = {utc} - interval '{ago}', end_reason = 'idle', \
+                 bytes_up = 10, bytes_down = 20 WHERE id = '{id}'"
+            ))
+            .await;
+        ids.push((name, id));
+    }
+    for (conn, (_, id)) in ids.iter().enumerate() {
+        plane
+            .sql(&format!(
+                "INSERT INTO witness_links SELECT outline_node_id, '10.0.0.1:{conn}', id, {utc} \
+                 FROM sessions WHERE id = '{id}'"
+            ))
+            .await;
+        plane
+            .sql(&format!(
+                "INSERT INTO node_witness SELECT outline_node_id, {conn}, '10.0.0.1:{conn}', id, 10, 20, {utc} \
+                 FROM sessions WHERE id = '{id}'"
+            ))
+            .await;
+    }
+    // Two connections no gateway linked: one quiet for two hours, one now.
+    let (_, any) = &ids[0];
+    for (conn, ago) in [(7, "2 hours"), (8, "0 seconds")] {
+        plane
+            .sql(&format!(
+                "INSERT INTO node_witness SELECT outline_node_id, {conn}, '10.0.0.9:{conn}', NULL, 1, 1, \
+                 {utc} - interval '{ago}' FROM sessions WHERE id = '{any}'"
+            ))
+            .await;
+    }
+    let db = &plane.server.state.db;
+    let swept = sweep_at(db, now()).await.expect("sweep");
+    assert_eq!(
+        swept.witness, 3,
+        "old's row and link, the quiet unlinked one"
+    );
+    let count = |q: &'static str| plane.scalar(q);
+    assert_eq!(
+        count("SELECT count(*) AS n FROM node_witness WHERE session_id IS NOT NULL").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) AS n FROM node_witness WHERE session_id IS NULL").await,
+        1
+    );
+    assert_eq!(count("SELECT count(*) AS n FROM witness_links").await, 1);
+    let (_, recent) = &ids[1];
+    assert_eq!(
+        plane
+            .scalar(&format!(
+                "SELECT count(*) AS n FROM node_witness WHERE session_id = '{recent}'"
+            ))
+            .await,
+        1,
+        "a session ended ten minutes ago keeps its witness"
+    );
+    assert_eq!(
+        plane
+            .scalar("SELECT CAST(SUM(bytes_up + bytes_down) AS BIGINT) AS n FROM sessions")
+            .await,
+        60,
+        "sessions keep their recorded totals"
+    );
+    assert_eq!(
+        sweep_at(db, now()).await.expect("sweep").witness,
+        0,
+        "nothing left to prune"
     );
 }

@@ -2,7 +2,9 @@
 //! sessions to the ledger, monthly allowances reset at their period
 //! boundary, and subscriptions past their `expires_at` are marked expired
 //! (with an `EXPIRED` event for the admin feed, in the same transaction),
-//! even for sessions and accounts that never report again. The
+//! even for sessions and accounts that never report again; the node
+//! witness's rows of sessions that ended over [`WITNESS_KEEP`] ago, and
+//! its connections that were never tied to a session, are deleted. The
 //! decisions are pure ([`finished_hour`], [`period_start_at`], tested
 //! below); [`sweep_at`] runs them at a given time, under the appliers' lock
 //! so it never races a pass; [`spawn`] runs it on every replica.
@@ -16,15 +18,15 @@ use diesel_async::RunQueryDsl;
 use super::inbox::to_json;
 use super::plan::{ClosedHour, hour_of};
 use super::statements::{APPLY_LOCK, LEDGER, LedgerRow};
-use crate::db::Db;
 use crate::db::models::now;
 use crate::db::schema::{plans, sessions, subscriptions, users};
-use crate::db_tx;
+use crate::db::{Db, Statement};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::feed::{QuotaEvent, QuotaEventKind};
 use crate::ids::{SessionId, SubscriptionId, UserId};
 use crate::status::{ResetPeriod, SubscriptionStatus};
+use crate::{db_run, db_tx};
 
 /// How often each replica sweeps: hours reach the ledger and periods reset
 /// at most this late.
@@ -32,6 +34,36 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Sessions (and subscriptions) one sweep handles per transaction.
 const SWEEP_CHUNK: i64 = 5_000;
+
+/// How long the node witness's rows of an ended session (and a node
+/// connection never tied to a session) are kept: long enough for the last
+/// reports of a connection to arrive, after which the session's recorded
+/// totals, not these rows, are what counts. Without this the witness
+/// tables would grow with every connection ever served.
+pub const WITNESS_KEEP: chrono::Duration = chrono::Duration::hours(1);
+
+/// Deletes one chunk of witness rows of sessions ended before `$1`.
+const PRUNE_WITNESS: Statement = Statement {
+    pg: "DELETE FROM node_witness WHERE session_id IN (SELECT w.session_id FROM node_witness w \
+         JOIN sessions s ON s.id = w.session_id WHERE s.ended_at < $1 LIMIT 5000)",
+    sqlite: "DELETE FROM node_witness WHERE session_id IN (SELECT w.session_id FROM node_witness w \
+             JOIN sessions s ON s.id = w.session_id WHERE s.ended_at < ?1 LIMIT 5000)",
+};
+
+/// Deletes one chunk of links of sessions ended before `$1`.
+const PRUNE_LINKS: Statement = Statement {
+    pg: "DELETE FROM witness_links WHERE session_id IN (SELECT l.session_id FROM witness_links l \
+         JOIN sessions s ON s.id = l.session_id WHERE s.ended_at < $1 LIMIT 5000)",
+    sqlite: "DELETE FROM witness_links WHERE session_id IN (SELECT l.session_id FROM witness_links l \
+             JOIN sessions s ON s.id = l.session_id WHERE s.ended_at < ?1 LIMIT 5000)",
+};
+
+/// Deletes node connections never tied to a session and not reported
+/// since `$1` (a peer no gateway linked: a probe, a stock client).
+const PRUNE_UNLINKED: Statement = Statement {
+    pg: "DELETE FROM node_witness WHERE session_id IS NULL AND updated_at < $1",
+    sqlite: "DELETE FROM node_witness WHERE session_id IS NULL AND updated_at < ?1",
+};
 
 /// A session's current hour as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable)]
@@ -91,6 +123,8 @@ pub struct Swept {
     pub periods: usize,
     /// Subscriptions marked expired.
     pub expired: usize,
+    /// Node witness rows and links deleted (see [`WITNESS_KEEP`]).
+    pub witness: usize,
 }
 
 /// Sweeps at `now`: finished hours to the ledger, due periods reset.
@@ -111,7 +145,36 @@ pub async fn sweep_at(db: &Db, now: NaiveDateTime) -> AppResult<Swept> {
             break;
         }
     }
+    swept.witness = prune_witness(db, now - WITNESS_KEEP).await?;
     Ok(swept)
+}
+
+/// Deletes the witness rows and links of sessions ended before `cutoff`
+/// and the unlinked connections last reported before it; returns how many
+/// rows went. The sessions keep their recorded totals: a witness report
+/// arriving later for a pruned connection finds no link and counts for
+/// nothing.
+async fn prune_witness(db: &Db, cutoff: NaiveDateTime) -> AppResult<usize> {
+    let mut pruned = 0;
+    for statement in [&PRUNE_WITNESS, &PRUNE_LINKS] {
+        loop {
+            let n = db_run!(db, |conn| diesel::sql_query(statement.text(conn))
+                .bind::<diesel::sql_types::Timestamp, _>(cutoff)
+                .execute(conn)
+                .await?);
+            pruned += n;
+            // A chunk deletes at least the rows it picked (at most
+            // 5,000): fewer than that means it picked fewer, the last.
+            if n < usize::try_from(SWEEP_CHUNK).unwrap_or(usize::MAX) {
+                break;
+            }
+        }
+    }
+    pruned += db_run!(db, |conn| diesel::sql_query(PRUNE_UNLINKED.text(conn))
+        .bind::<diesel::sql_types::Timestamp, _>(cutoff)
+        .execute(conn)
+        .await?);
+    Ok(pruned)
 }
 
 /// Moves one chunk of finished hours to the ledger; returns how many.
