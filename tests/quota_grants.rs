@@ -438,3 +438,102 @@ async fn grants_never_hold_more_than_is_left_on_postgres() {
 async fn grants_never_hold_more_than_is_left_on_sqlite() {
     grants_never_hold_more_than_is_left(common::TestDb::sqlite().await).await;
 }
+
+/// Grant requests the control plane has answered so far (its metrics).
+async fn grant_requests(plane: &Plane) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", plane.server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("httvps_http_requests_total")
+                && l.contains("route=\"/api/v1/quota/grant\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// An echo server: every connection gets back what it sends.
+async fn echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// One round trip of `n` bytes through a new tunnel, which then closes.
+async fn round_trip(socks: SocketAddr, target: SocketAddr, n: usize) {
+    let mut s = socks_connect(socks, target).await;
+    let sent = vec![7u8; n];
+    s.write_all(&sent).await.expect("send");
+    let mut back = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+        .await
+        .expect("echo within 10 s")
+        .expect("echo");
+    assert_eq!(back, sent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_opened_right_after_the_last_one_ended_keeps_the_grant() {
+    let plane = Plane::start(1).await;
+    let (token, _sub) = device_on_small_plan(&plane).await;
+    let target = echo().await;
+    let socks = client_via(&plane, &token, plane.gateway_addr).await;
+    // Wait for the client to be ready: its first tunnel works.
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(socks)).await
+        {
+            if s.write_all(&[5, 1, 0]).await.is_ok() {
+                let mut r = [0u8; 2];
+                if s.read_exact(&mut r).await.is_ok() {
+                    ready = true;
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the client's SOCKS port answers");
+    round_trip(socks, target, 4096).await;
+    let after_first = grant_requests(&plane).await;
+    assert!(after_first >= 1, "the first tunnel asked for a grant");
+    // The last tunnel ended; the next one opens within the release delay
+    // and asks nothing.
+    round_trip(socks, target, 4096).await;
+    round_trip(socks, target, 4096).await;
+    assert_eq!(
+        grant_requests(&plane).await,
+        after_first,
+        "tunnels opened right after the last one ended used its grant"
+    );
+    // Two seconds after the last tunnel ended the rest goes back (one
+    // release), and the next tunnel asks again.
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = grant_requests(&plane).await;
+        if seen == after_first + 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen,
+        after_first + 1,
+        "the grant was released after the delay"
+    );
+    round_trip(socks, target, 4096).await;
+    assert_eq!(grant_requests(&plane).await, after_first + 2, "asked again");
+}

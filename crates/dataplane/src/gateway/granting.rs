@@ -1,13 +1,15 @@
 //! Quota grants, asked for: a session's first grant before its first
 //! tunnel opens, the next one ahead of time (in the background, once half
 //! the slice or half its validity is gone), one at once when it is spent
-//! (the tunnel waits for the answer), and a release when the session's
-//! last tunnel ends. When the answer grants nothing more, every tunnel of
+//! (the tunnel waits for the answer), and a release [`RELEASE_AFTER`] after
+//! the session's last tunnel ends (a tunnel that opens meanwhile keeps the
+//! grant and asks nothing). When the answer grants nothing more, every tunnel of
 //! the session is closed (1008, the reason's code). One question at a time
 //! per session. When the control plane cannot be asked, the session gets a
 //! provisional slice (the outage rule admitted it).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use httvps_wire::Reason;
@@ -20,6 +22,12 @@ use crate::backend::BackendError;
 
 /// Longest wait for an answer while a tunnel holds its frame.
 const ASK_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a session keeps its grant after its last tunnel ended: clients
+/// open tunnels one after another (a page, a retry), and each would
+/// otherwise wait for a round trip to the control plane before its first
+/// byte. What the grant holds stays reserved that much longer.
+pub(crate) const RELEASE_AFTER: Duration = Duration::from_secs(2);
 
 impl Gateway {
     /// Whether the session may move more bytes now; asks ahead when due.
@@ -102,12 +110,16 @@ impl Gateway {
     }
 
     /// The session's last tunnel ended: gives back what its grant did not
-    /// spend (unless a tunnel came back meanwhile).
+    /// spend, [`RELEASE_AFTER`] later, unless a tunnel came back meanwhile.
     pub(crate) fn release_grant(self: &Arc<Self>, id: &Arc<str>, s: &Arc<Session>) {
+        let epoch = s.release_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let (gw, id, s) = (self.clone(), id.clone(), s.clone());
         tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_AFTER).await;
             let _turn = s.asking.lock().await;
-            if s.tunnel_count() > 0 {
+            // A tunnel is back, or it came and went and a later release
+            // is due: that one decides.
+            if s.tunnel_count() > 0 || s.release_epoch.load(Ordering::Relaxed) != epoch {
                 return;
             }
             s.grant.release();

@@ -47,6 +47,9 @@ pub(crate) struct Session {
     pub grant: super::grant::Grant,
     /// One grant question at a time.
     pub asking: tokio::sync::Mutex<()>,
+    /// Counts the times the session lost its last tunnel: a release
+    /// scheduled then goes ahead only if it is still the latest.
+    pub release_epoch: AtomicU64,
 }
 
 impl Session {
@@ -60,6 +63,7 @@ impl Session {
             last_used: Mutex::new(now),
             grant: super::grant::Grant::default(),
             asking: tokio::sync::Mutex::new(()),
+            release_epoch: AtomicU64::new(0),
         }
     }
 
