@@ -434,3 +434,44 @@ async fn a_node_sigkilled_mid_transfer_is_covered_by_the_gateway() {
     check("node SIGKILL", TUNNELS, &counts, recorded);
     gw.sigkill().await;
 }
+
+/// More connections moving bytes in one report interval than one request
+/// body could hold at the old batch size: the node splits its report and
+/// every connection is witnessed (none is refused for its size and resent
+/// forever).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_reports_more_connections_than_one_body_holds() {
+    const CONNS: usize = 1_200;
+    let (plane, listener) = Plane::prepare(0).await;
+    drop(listener);
+    let dir = common::tempdir::TempDir::new();
+    let (node_token, node_port) = register_node(&plane, "busy").await;
+    let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
+    // Each connection sends 100 bytes (not Shadowsocks: the server closes
+    // it, the counting front has counted them) within the same second.
+    let mut conns = Vec::with_capacity(CONNS);
+    for _ in 0..CONNS {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", node_port))
+            .await
+            .expect("connect to the node");
+        s.write_all(&[0u8; 100]).await.expect("send");
+        conns.push(s);
+    }
+    let mut seen = (0, 0);
+    for _ in 0..150 {
+        seen = (
+            plane.scalar("SELECT count(*) AS n FROM node_witness").await,
+            plane
+                .scalar("SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM node_witness")
+                .await,
+        );
+        if seen.0 >= CONNS as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(conns);
+    assert_eq!(seen.0, CONNS as i64, "every connection witnessed");
+    assert_eq!(seen.1, 100 * CONNS as i64, "every byte of them");
+    node.sigkill().await;
+}

@@ -26,7 +26,7 @@ pub use crate::state::AppState;
 use crate::throttle::ClientAddr;
 
 /// Largest request body accepted anywhere (GraphQL and REST), in bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = httvps_wire::MAX_BODY_BYTES;
 
 /// The whole HTTP surface of the control plane.
 pub fn router(state: AppState) -> Router {

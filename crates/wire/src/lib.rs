@@ -31,6 +31,10 @@ pub mod token;
 pub mod usage;
 pub mod witness;
 
+/// Largest request body the control plane accepts anywhere (GraphQL and
+/// REST), in bytes: senders size their batches to fit it.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 pub use error::{ErrorBody, ErrorDetail};
 pub use reason::{Reason, Unavailable};
 pub use secret::Secret;

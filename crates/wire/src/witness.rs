@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 /// Most entries one witness report or one links report may carry.
 pub const MAX_WITNESS_BATCH: usize = 10_000;
 
+/// Entries a node or a gateway puts in one witness or links report: at the
+/// longest each entry can be (IPv6 peers, 19-digit counters) that many fit
+/// [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES) with room to spare, so no
+/// report is ever refused for its size.
+pub const WITNESS_CHUNK: usize = 200;
+
 /// One connection's cumulative totals as the node counted them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -82,6 +88,37 @@ pub struct SessionLinksResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_of_the_longest_entries_fits_the_body_limit() {
+        let peer = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535".to_owned();
+        let conns = WitnessReport {
+            conns: vec![
+                ConnTotals {
+                    conn: i64::MAX,
+                    peer: peer.clone(),
+                    bytes_up: i64::MAX,
+                    bytes_down: i64::MAX,
+                };
+                WITNESS_CHUNK
+            ],
+        };
+        let links = SessionLinks {
+            links: vec![
+                SessionLink {
+                    session_id: "ffffffff-ffff-ffff-ffff-ffffffffffff".into(),
+                    local: peer,
+                };
+                WITNESS_CHUNK
+            ],
+        };
+        for len in [
+            serde_json::to_vec(&conns).expect("json").len(),
+            serde_json::to_vec(&links).expect("json").len(),
+        ] {
+            assert!(len < crate::MAX_BODY_BYTES / 2, "{len} bytes");
+        }
+    }
 
     #[test]
     fn bodies_refuse_unknown_fields_and_round_trip() {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use httvps_wire::witness::{MAX_WITNESS_BATCH, SessionLink, SessionLinks};
+use httvps_wire::witness::{SessionLink, SessionLinks, WITNESS_CHUNK};
 use tokio::sync::Notify;
 
 use super::Gateway;
@@ -49,7 +49,7 @@ impl Links {
 
     fn take(&self) -> Vec<SessionLink> {
         let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = w.len().min(MAX_WITNESS_BATCH);
+        let n = w.len().min(WITNESS_CHUNK);
         w.drain(..n).collect()
     }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use httvps_wire::witness::{ConnTotals, MAX_WITNESS_BATCH, WitnessReport};
+use httvps_wire::witness::{ConnTotals, WITNESS_CHUNK, WitnessReport};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -231,7 +231,7 @@ pub fn spawn_reports(
         loop {
             tick.tick().await;
             let pending = witness.pending();
-            for part in pending.chunks(MAX_WITNESS_BATCH) {
+            for part in pending.chunks(WITNESS_CHUNK) {
                 let report = WitnessReport {
                     conns: part.to_vec(),
                 };
