@@ -220,7 +220,8 @@ pub struct ConnectArgs {
     /// Extra trusted certificate (PEM), for a self-signed gateway.
     #[arg(long, env = "CLIENT_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
-    /// Region wanted.
+    /// Region wanted; default: the region of the device's open session,
+    /// else the first active gateway's region (never a random one).
     #[arg(long, env = "CLIENT_REGION")]
     pub region: Option<String>,
     /// Forward every connection on the --socks address to this host:port

@@ -348,3 +348,33 @@ macro_rules! session_rows {
             .await?
     }};
 }
+
+/// Ends, on `$conn` inside the transaction of the change that implies it,
+/// the open sessions of the devices `$devices` selects (an expression
+/// `sessions::device_id.eq_any(..)` accepts: a list of ids or a subquery)
+/// with `$reason` at `$ts`, and puts their CLOSED events in `$outbox`, so
+/// the session rows end with the change instead of when a gateway next
+/// reports. Usage reported later for those sessions is still charged (the
+/// ledger applies reports of ended sessions). Expands to the ids ended.
+#[macro_export]
+macro_rules! end_open_sessions {
+    ($conn:expr, $outbox:expr, $devices:expr, $reason:expr, $ts:expr) => {{
+        use $crate::db::schema::sessions;
+        let ended: Vec<$crate::ids::SessionId> = diesel::update(sessions::table)
+            .filter(sessions::device_id.eq_any($devices))
+            .filter(sessions::ended_at.is_null())
+            .set((sessions::ended_at.eq($ts), sessions::end_reason.eq($reason)))
+            .returning(sessions::id)
+            .get_results($conn)
+            .await?;
+        if !ended.is_empty() {
+            let rows = $crate::session_rows!($conn, &ended);
+            $outbox.sessions($crate::feed::session_events(
+                $crate::feed::SessionEventKind::Closed,
+                rows,
+                $ts,
+            ));
+        }
+        ended
+    }};
+}

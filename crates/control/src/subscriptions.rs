@@ -11,10 +11,11 @@ use super::{audit, validate};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{Plan, Subscription, now};
-use crate::db::schema::{audit_log, plans, subscriptions, users};
+use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::ids::{PlanId, SubscriptionId, UserId};
+use crate::status::EndReason;
 pub use crate::status::SubscriptionStatus;
 use crate::{db_run, db_tx, paginate};
 
@@ -148,7 +149,8 @@ pub async fn extend(
     })
 }
 
-/// Admin: cancels a subscription now; its tunnels are closed.
+/// Admin: cancels a subscription now; unless another one is in force, the
+/// owner's open sessions end and their tunnels are closed.
 pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Subscription> {
     actor.require_admin()?;
     db_tx!(db, |conn, outbox| {
@@ -174,6 +176,21 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
             .values(&entry)
             .execute(conn)
             .await?;
+        // Without another subscription in force the owner's sessions end
+        // now, not when a gateway next reports; the access event closes
+        // their tunnels.
+        let others: Vec<Subscription> = subscriptions::table
+            .filter(subscriptions::user_id.eq(updated.user_id))
+            .filter(subscriptions::status.eq(SubscriptionStatus::Active))
+            .select(Subscription::as_select())
+            .load(conn)
+            .await?;
+        if !others.iter().any(|s| crate::access::is_current(s, ts)) {
+            let owned = devices::table
+                .filter(devices::user_id.eq(updated.user_id))
+                .select(devices::id);
+            crate::end_open_sessions!(conn, outbox, owned, EndReason::SubscriptionEnded, ts);
+        }
         outbox.access(AccessChange::SubscriptionCancelled, Some(updated.user_id));
         Ok::<_, AppError>(updated)
     })

@@ -146,9 +146,9 @@ impl CertFiles {
         if acme {
             cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         }
-        // Session resumption: stateless tickets, keys rotated (see tls.rs).
-        cfg.ticketer =
-            tokio_rustls::rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS ticket keys")?;
+        // Session resumption (see tls.rs): the ticket keys belong to this
+        // config, which reloads keep, so tickets outlive a renewal.
+        crate::tls::enable_resumption(&mut cfg)?;
         Ok(TlsAcceptor::from(Arc::new(cfg)))
     }
 

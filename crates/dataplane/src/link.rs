@@ -141,7 +141,10 @@ impl Link {
         }
     }
 
-    /// The TLS client configuration for the control plane.
+    /// The TLS client configuration for the control plane. It keeps the
+    /// sessions it is given (rustls' default in-memory store), so a caller
+    /// that keeps one config (a [`crate::backend::Backend`]'s reqwest client,
+    /// the client's events connector) resumes when it reconnects.
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
         crate::tls::install_provider();
         let provider = crate::tls::provider();

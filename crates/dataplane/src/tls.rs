@@ -2,13 +2,21 @@
 //! development, and client configs that trust the system's roots plus an
 //! extra certificate.
 //!
-//! Session resumption: the acceptor issues stateless TLS 1.3 tickets
-//! (rustls' `Ticketer`: AEAD-sealed, keys rotated every 6 hours, the old
-//! key still accepted for one more period), so every worker of a gateway
-//! resumes every ticket the gateway issued, with nothing stored per client.
-//! A connector keeps the tickets it receives (rustls' in-memory cache), so
-//! a client that reconnects through the same connector skips the
-//! certificate and key exchange.
+//! Session resumption ([`enable_resumption`]): the acceptor issues
+//! stateless TLS 1.3 tickets (rustls' `Ticketer`: AEAD-sealed, keys rotated
+//! every 6 hours, the old key still accepted for one more period), so every
+//! worker of a gateway resumes every ticket the gateway issued, with
+//! nothing stored per client; TLS 1.2 clients without tickets resume from a
+//! bounded in-memory session cache. The ticket keys live in the one
+//! `ServerConfig`, which a certificate reload or an ACME renewal does not
+//! replace (the certificate is resolved per handshake, see
+//! [`crate::certs`]), so tickets survive renewals; a restarted gateway has
+//! new keys and its clients do one full handshake. A connector keeps the
+//! tickets it receives (rustls' in-memory cache), so a client that
+//! reconnects through the same connector skips the certificate and key
+//! exchange. 0-RTT (early data) stays off: early data can be replayed by
+//! anyone who captured it, and the first bytes a client sends are its
+//! device token and the opening of a tunnel.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -67,8 +75,23 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .with_single_cert(certs, key)
         .context("TLS certificate")?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS ticket keys")?;
+    enable_resumption(&mut cfg)?;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// How many TLS 1.2 sessions a gateway remembers for clients that resume
+/// by session id (about 100 bytes each; the oldest go first).
+pub const SESSION_CACHE: usize = 4096;
+
+/// Turns session resumption on for a server config (see the module's
+/// notes): rotating ticket keys shared by every connection the config
+/// accepts, a bounded session cache for TLS 1.2, no early data.
+pub fn enable_resumption(cfg: &mut ServerConfig) -> anyhow::Result<()> {
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS ticket keys")?;
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    // No 0-RTT: early data is replayable.
+    cfg.max_early_data_size = 0;
+    Ok(())
 }
 
 /// The web PKI roots the system provides, plus `extra_ca` when given (a

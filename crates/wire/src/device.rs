@@ -20,7 +20,9 @@ pub struct DeviceRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub device_jwt: Option<String>,
-    /// assign-outline: the region wanted (default: the gateway's region, or any).
+    /// assign-outline: the region wanted (default: the calling gateway's
+    /// region; for a device asking itself, the region of its open session,
+    /// else the first active gateway's region).
     #[serde(default)]
     #[cfg_attr(
         feature = "openapi",

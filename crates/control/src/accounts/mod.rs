@@ -11,10 +11,11 @@ use super::{audit, auth};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{User, now};
-use crate::db::schema::{audit_log, refresh_tokens, token_families, users};
+use crate::db::schema::{audit_log, devices, refresh_tokens, token_families, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::ids::UserId;
+use crate::status::EndReason;
 pub use crate::status::{Role, UserStatus};
 use crate::{db_run, db_tx, paginate};
 pub use tokens::{
@@ -143,8 +144,9 @@ pub async fn user(db: &Db, actor: &Actor, id: UserId) -> AppResult<Option<User>>
     find_user(db, id).await
 }
 
-/// Admin: enables or disables an account. Disabling invalidates its tokens
-/// and tells gateways, which close its tunnels.
+/// Admin: enables or disables an account. Disabling invalidates its tokens,
+/// ends its devices' open sessions and tells gateways, which close its
+/// tunnels.
 pub async fn set_status(
     db: &Db,
     actor: &Actor,
@@ -185,6 +187,12 @@ pub async fn set_status(
                 .execute(conn)
                 .await?;
             tokens::revoke_families!(conn, user_id, ts);
+            // The sessions of every device end with the account, not when a
+            // gateway next reports; the access event closes their tunnels.
+            let owned = devices::table
+                .filter(devices::user_id.eq(user_id))
+                .select(devices::id);
+            crate::end_open_sessions!(conn, outbox, owned, EndReason::UserDisabled, ts);
             outbox.access(AccessChange::UserDisabled, Some(user_id));
         }
         diesel::insert_into(audit_log::table)

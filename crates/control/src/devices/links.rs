@@ -12,6 +12,7 @@ use crate::db::models::{GatewayNode, Region};
 use crate::db::schema::{gateway_nodes, regions};
 use crate::db_run;
 use crate::error::AppResult;
+use crate::ids::RegionId;
 use crate::status::NodeStatus;
 
 /// Ready-to-use access links for a device token.
@@ -56,6 +57,58 @@ pub async fn entry_point(
     })
 }
 
+/// The default region: the region of the first active gateway (where
+/// [`entry_point`] sends devices), or the first region when there is no
+/// gateway yet. A device that asks for a node without naming a region and
+/// has no placement gets one here.
+pub async fn default_region(db: &Db) -> AppResult<Option<RegionId>> {
+    Ok(db_run!(db, |conn| {
+        let g: Option<RegionId> = gateway_nodes::table
+            .filter(gateway_nodes::status.eq(NodeStatus::Active))
+            .order(gateway_nodes::created_at.asc())
+            .select(gateway_nodes::region_id)
+            .first(conn)
+            .await
+            .optional()?;
+        match g {
+            Some(r) => Some(r),
+            None => regions::table
+                .order(regions::created_at.asc())
+                .select(regions::id)
+                .first(conn)
+                .await
+                .optional()?,
+        }
+    }))
+}
+
+/// The gateway a device should tunnel through to reach `region`'s nodes:
+/// the configured URL when there is one (a single gateway), else the first
+/// active gateway of that region, else the first active gateway at all.
+pub async fn gateway_url_for(
+    db: &Db,
+    configured_url: Option<&str>,
+    region: RegionId,
+) -> AppResult<Option<String>> {
+    if let Some(url) = configured_url {
+        return Ok(Some(url.to_owned()));
+    }
+    let found: Vec<(String, bool)> = db_run!(db, |conn| gateway_nodes::table
+        .filter(gateway_nodes::status.eq(NodeStatus::Active))
+        .order(gateway_nodes::created_at.asc())
+        .select((
+            gateway_nodes::public_url,
+            gateway_nodes::region_id.eq(region),
+        ))
+        .load(conn)
+        .await?);
+    let first = <[_]>::first(&found).map(|(u, _): &(String, bool)| u.clone());
+    Ok(found
+        .into_iter()
+        .find_map(|(u, ours)| ours.then_some(u))
+        .or(first))
+}
+
 /// What a URL component may hold unencoded: RFC 3986's unreserved set.
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -92,7 +145,6 @@ pub fn links(gateway_url: &str, region: &Region, token: &str) -> Option<AccessLi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::RegionId;
 
     fn region() -> Region {
         Region {

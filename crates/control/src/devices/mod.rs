@@ -14,7 +14,7 @@ use crate::actor::Actor;
 use crate::auth;
 use crate::db::Db;
 use crate::db::models::{AuditEntry, Device, Plan, Subscription, now};
-use crate::db::schema::{audit_log, devices, plans, sessions, subscriptions, users};
+use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::feed::{DeviceChange, DeviceEventKind};
@@ -22,7 +22,7 @@ use crate::ids::{DeviceId, UserId};
 pub use crate::status::DeviceStatus;
 use crate::status::{EndReason, SubscriptionStatus};
 use crate::{db_run, db_tx, paginate};
-pub use links::{AccessLinks, entry_point};
+pub use links::{AccessLinks, default_region, entry_point, gateway_url_for};
 
 /// Registers a device for `user_id` within the device limit of the user's
 /// current subscription. Returns the device and its access token (the only
@@ -114,7 +114,7 @@ fn audit_of(
 }
 
 /// Revokes a device (the actor's own, or any for admins): its token stops
-/// working and gateways close its tunnels.
+/// working, its open sessions end, and gateways close its tunnels.
 pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
     db_tx!(db, |conn, outbox| {
         let found: Option<Device> = devices::table
@@ -127,14 +127,18 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
             // Someone else's device looks exactly like a missing one.
             return Err(AppError::NotFound("device"));
         };
+        let ts = now();
         let revoked = diesel::update(devices::table.find(id))
             .set((
                 devices::status.eq(DeviceStatus::Revoked),
-                devices::revoked_at.eq(now()),
+                devices::revoked_at.eq(ts),
             ))
             .returning(Device::as_returning())
             .get_result(conn)
             .await?;
+        // Its sessions end with the revocation, not when a gateway next
+        // reports; the access event below closes their tunnels.
+        crate::end_open_sessions!(conn, outbox, [id], EndReason::DeviceRevoked, ts);
         let details = serde_json::json!({"userId": device.user_id});
         if let Some(e) = audit_of(actor, &device, "revoke_device", details) {
             diesel::insert_into(audit_log::table)
@@ -180,26 +184,7 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<(De
         // it) belong to the device's open sessions: ending them makes every
         // gateway close those tunnels on its next heartbeat, which the
         // access event below triggers at once. New tunnels get new sessions.
-        let ts = now();
-        let ended: Vec<crate::ids::SessionId> = diesel::update(sessions::table)
-            .filter(sessions::device_id.eq(id))
-            .filter(sessions::ended_at.is_null())
-            .set((
-                sessions::ended_at.eq(ts),
-                sessions::end_reason.eq(EndReason::DeviceRevoked),
-            ))
-            .returning(sessions::id)
-            .get_results(conn)
-            .await?;
-        if !ended.is_empty() {
-            // The admin feed and the owner's view see them close.
-            let rows = crate::session_rows!(conn, ended);
-            outbox.sessions(crate::feed::session_events(
-                crate::feed::SessionEventKind::Closed,
-                rows,
-                ts,
-            ));
-        }
+        crate::end_open_sessions!(conn, outbox, [id], EndReason::DeviceRevoked, now());
         let details = serde_json::json!({});
         if let Some(e) = audit_of(actor, &device, "rotate_device_token", details) {
             diesel::insert_into(audit_log::table)

@@ -17,10 +17,11 @@ use diesel_async::RunQueryDsl;
 use crate::access::Verdict;
 use crate::db::Db;
 use crate::db::models::{Device, GatewayNode, OutlineNode, Region, Session};
-use crate::db::schema::regions;
+use crate::db::schema::{outline_nodes, regions, sessions};
 use crate::db_run;
 use crate::error::{AppError, AppResult};
-use crate::ids::RegionId;
+use crate::ids::{DeviceId, RegionId};
+use crate::status::NodeStatus;
 pub use batch::Ask;
 pub use choice::{Choice, HEARTBEAT_INTERVAL_SECS, MISSED_HEARTBEATS, lease};
 pub use opener::Opener;
@@ -42,7 +43,8 @@ pub struct Assignment {
 
 /// Assigns a node to a device that passed validation. `gateway` is the
 /// calling gateway (sessions are per device, node and gateway); `region` a
-/// requested region code. The session is opened (or found) in a batch of
+/// requested region code; without one, the gateway's region, or for a
+/// device asking itself, [`device_region`]. The session is opened (or found) in a batch of
 /// concurrent calls through `opener` and committed when this returns.
 pub async fn assign(
     db: &Db,
@@ -63,7 +65,10 @@ pub async fn assign(
             Some(r.ok_or(AppError::NotFound("region"))?)
         }
         // A gateway serves its own region's pool by default.
-        None => gateway.map(|g| g.region_id),
+        None => match gateway {
+            Some(g) => Some(g.region_id),
+            None => device_region(db, device.id).await?,
+        },
     };
     let ask = Ask {
         device_id: device.id,
@@ -73,6 +78,31 @@ pub async fn assign(
         spin: rand::random(),
     };
     opener.assign(db, ask).await
+}
+
+/// The region of a device that asks for a node itself without naming one
+/// (our client without `--region`): where its newest open session runs on
+/// an active node (its placement, so a reconnect stays there), else the
+/// default region ([`crate::devices::default_region`]: the first active
+/// gateway's, where the device's tunnels go). Never "any region": the key
+/// the device gets must be one the gateway it uses can reach.
+pub async fn device_region(db: &Db, device: DeviceId) -> AppResult<Option<RegionId>> {
+    let placed: Option<RegionId> = db_run!(db, |conn| sessions::table
+        .inner_join(
+            outline_nodes::table.on(sessions::outline_node_id.eq(outline_nodes::id.nullable())),
+        )
+        .filter(sessions::device_id.eq(device))
+        .filter(sessions::ended_at.is_null())
+        .filter(outline_nodes::status.eq(NodeStatus::Active))
+        .order((sessions::started_at.desc(), sessions::id))
+        .select(outline_nodes::region_id)
+        .first(conn)
+        .await
+        .optional()?);
+    match placed {
+        Some(r) => Ok(Some(r)),
+        None => crate::devices::default_region(db).await,
+    }
 }
 
 /// Validates and assigns in one call; a refused device is an error carrying

@@ -109,9 +109,11 @@ pub(super) async fn assign_outline(
     let (host, port, gateway_url) = match gateway {
         Some(_) => (Some(a.node.host.clone()), Some(a.node.port), None),
         None => {
-            let url = devices::entry_point(&state.db, state.api.gateway_url.as_deref())
-                .await?
-                .map(|(u, _)| u);
+            // A gateway of the assigned region: the key answered is one
+            // that gateway's nodes hold.
+            let url =
+                devices::gateway_url_for(&state.db, state.api.gateway_url.as_deref(), a.region.id)
+                    .await?;
             (None, None, url)
         }
     };

@@ -43,7 +43,8 @@ pub struct ClientOptions {
     pub gateway: Option<String>,
     /// Extra trusted certificate (PEM) for a self-signed gateway.
     pub ca_cert: Option<PathBuf>,
-    /// Region wanted.
+    /// Region wanted; `None`: the control plane decides (the region of the
+    /// device's open session, else the first active gateway's region).
     pub region: Option<String>,
     /// Instead of SOCKS5, forward every local connection to this
     /// destination (`host:port`) through the tunnel.
@@ -63,6 +64,10 @@ struct Shared {
     opts: ClientOptions,
     params: RwLock<Params>,
     tls: TlsConnector,
+    /// The control plane, as the device.
+    backend: crate::backend::Backend,
+    /// TLS to the control plane's events socket.
+    link_tls: TlsConnector,
     ctx: SharedContext,
 }
 
@@ -133,10 +138,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let target = opts.forward.as_deref().map(parse_destination).transpose()?;
-    let params = params::fetch(&opts).await?;
+    // One of each for the client's life: a reconnect resumes its TLS
+    // session instead of a full handshake.
+    let backend =
+        crate::backend::Backend::connect(&opts.backend, opts.device_token.expose(), &opts.link)?;
+    let link_tls = TlsConnector::from(Arc::new(opts.link.client_config()?));
+    let params = params::fetch(&opts, &backend).await?;
     tracing::info!(region = %params.region, gateway = %params.gateway_host, "client ready");
     let shared = Arc::new(Shared {
         tls: crate::tls::connector(opts.ca_cert.as_deref())?,
+        backend,
+        link_tls,
         params: RwLock::new(params),
         ctx: Context::new_shared(ServerType::Local),
         opts,

@@ -15,7 +15,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{ClientOptions, Shared};
 use crate::backend::Backend;
-use crate::link::Link;
 use crate::node::parse_method;
 
 /// Where tunnels go and the Shadowsocks key.
@@ -57,9 +56,10 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
     Ok((host, parsed.port_or_known_default().unwrap_or(443)))
 }
 
-/// Asks the control plane, as the device, for a node and its key.
-pub(super) async fn fetch(opts: &ClientOptions) -> anyhow::Result<Params> {
-    let backend = Backend::connect(&opts.backend, opts.device_token.expose(), &opts.link)?;
+/// Asks the control plane, as the device, for a node and its key, through
+/// `backend` (one per client: its connections, and the TLS sessions that
+/// let a new one resume, are kept between calls).
+pub(super) async fn fetch(opts: &ClientOptions, backend: &Backend) -> anyhow::Result<Params> {
     let jwt = backend
         .device_jwt()
         .await
@@ -99,9 +99,13 @@ fn node_gone(kind: &str) -> bool {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-/// The connection under the events WebSocket: TLS (trusted as `link` says)
-/// for `wss://`, plain TCP for `ws://`.
-async fn events_stream(ws_url: &str, link: &Link) -> anyhow::Result<Box<dyn Io>> {
+/// The connection under the events WebSocket: TLS through `tls` (trusted
+/// as the link says, one connector per client so a reconnect resumes) for
+/// `wss://`, plain TCP for `ws://`.
+async fn events_stream(
+    ws_url: &str,
+    tls: &tokio_rustls::TlsConnector,
+) -> anyhow::Result<Box<dyn Io>> {
     let url = url::Url::parse(ws_url).context("the control plane's URL")?;
     let host = url
         .host_str()
@@ -115,9 +119,8 @@ async fn events_stream(ws_url: &str, link: &Link) -> anyhow::Result<Box<dyn Io>>
     if url.scheme() != "wss" {
         return Ok(Box::new(tcp));
     }
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(link.client_config()?));
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host)?;
-    Ok(Box::new(connector.connect(name, tcp).await?))
+    Ok(Box::new(tls.connect(name, tcp).await?))
 }
 
 /// Follows `nodeEvents` of the client's region; when a node goes down,
@@ -131,7 +134,7 @@ pub(super) async fn follow_events(s: Arc<Shared>) {
             let mut req = ws_url.as_str().into_client_request()?;
             req.headers_mut()
                 .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
-            let stream = events_stream(&ws_url, &s.opts.link).await?;
+            let stream = events_stream(&ws_url, &s.link_tls).await?;
             let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await?;
             let init = serde_json::json!({"type": "connection_init", "payload": {"deviceToken": s.opts.device_token.expose()}});
             ws.send(Message::Text(init.to_string().into())).await?;
@@ -145,7 +148,7 @@ pub(super) async fn follow_events(s: Arc<Shared>) {
                     .as_str()
                     .unwrap_or_default();
                 if node_gone(kind) {
-                    match fetch(&s.opts).await {
+                    match fetch(&s.opts, &s.backend).await {
                         Ok(p) => s.set_params(p),
                         Err(e) => tracing::warn!(error = %e, "refreshing parameters"),
                     }

@@ -1,0 +1,393 @@
+//! A device's sessions follow what happens to it, on PostgreSQL and on
+//! SQLite: revoking the device, disabling its owner or cancelling the
+//! owner's subscription ends its open session rows in the same change
+//! (not when a gateway next reports), and usage a gateway reports later
+//! for those sessions is still charged. A device that asks for a node
+//! itself without naming a region lands in a region chosen by a rule
+//! (its placement, else the first gateway's region), never at random,
+//! and is sent to a gateway of that region.
+
+mod common;
+
+use common::{TestDb, TestServer, client, gql};
+use httvps_control::accounts::{self, Role};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct World {
+    server: TestServer,
+    admin: String,
+    plan_id: String,
+    _db: TestDb,
+}
+
+async fn login(base: &str, email: &str) -> String {
+    let r = gql(
+        base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+        json!({"e": email, "p": PASSWORD}),
+    )
+    .await;
+    r["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned()
+}
+
+/// A user with a subscription and one device.
+struct Owner {
+    user_id: String,
+    subscription_id: String,
+    device_id: String,
+    token: String,
+}
+
+impl World {
+    /// A control plane with regions `eu` then `us` and a plan.
+    async fn on(db: TestDb) -> World {
+        // No configured gateway URL: the registered gateways are the
+        // entry points.
+        let mut settings = common::settings(db.dsn.clone(), false);
+        settings.gateway_url = None;
+        let server =
+            TestServer::start_with(settings, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await;
+        accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
+            .await
+            .expect("admin");
+        let admin = login(&server.base, "root@example.com").await;
+        let r = gql(&server.base, Some(&admin), "mutation{a:createRegion(code:\"eu\",name:\"EU\"){id} b:createRegion(code:\"us\",name:\"US\"){id} createPlan(input:{name:\"p\",priceCents:\"0\",durationDays:30,trafficLimitBytes:\"100000000\",deviceLimit:5}){id}}", json!({})).await;
+        let plan_id = r["data"]["createPlan"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned();
+        World {
+            server,
+            admin,
+            plan_id,
+            _db: db,
+        }
+    }
+
+    async fn gql(&self, q: &str, vars: Value) -> Value {
+        let r = gql(&self.server.base, Some(&self.admin), q, vars).await;
+        assert!(r["errors"].is_null(), "{r}");
+        r
+    }
+
+    /// Registers a gateway in `region`; returns its token.
+    async fn gateway(&self, region: &str, url: &str) -> String {
+        let r = self
+            .gql(
+                "mutation($r:String!,$u:String!){registerGatewayNode(input:{region:$r,name:$u,publicUrl:$u}){token}}",
+                json!({"r": region, "u": url}),
+            )
+            .await;
+        r["data"]["registerGatewayNode"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned()
+    }
+
+    /// Registers an Outline node in `region`.
+    async fn node(&self, region: &str, name: &str) {
+        self.gql(
+            "mutation($r:String!,$n:String!){registerOutlineNode(input:{region:$r,name:$n,host:\"10.1.0.1\",port:8388,capacity:100}){token}}",
+            json!({"r": region, "n": name}),
+        )
+        .await;
+    }
+
+    /// A new user with a subscription and one device.
+    async fn owner(&self) -> Owner {
+        let email = format!("u-{}@example.com", uuid::Uuid::new_v4().simple());
+        let user = accounts::create_user(&self.server.state.db, &email, PASSWORD, Role::User)
+            .await
+            .expect("user");
+        let r = self
+            .gql(
+                "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+                json!({"u": user.id, "p": self.plan_id}),
+            )
+            .await;
+        let subscription_id = r["data"]["grantSubscription"]["id"]
+            .as_str()
+            .expect("subscription")
+            .to_owned();
+        let tok = login(&self.server.base, &email).await;
+        let r = gql(
+            &self.server.base,
+            Some(&tok),
+            "mutation{registerDevice(name:\"d\",platform:\"linux\"){accessToken device{id}}}",
+            json!({}),
+        )
+        .await;
+        let d = &r["data"]["registerDevice"];
+        Owner {
+            user_id: user.id.to_string(),
+            subscription_id,
+            device_id: d["device"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+            token: d["accessToken"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    async fn post(&self, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+        let res = client()
+            .post(self.server.url(path))
+            .bearer_auth(bearer)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A session for `device_token` through the gateway holding `gateway`.
+    async fn session(&self, gateway: &str, device_token: &str) -> String {
+        let (s, b) = self
+            .post(
+                "/api/v1/nodes/assign-outline",
+                gateway,
+                json!({"device_token": device_token}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        b["session_id"].as_str().expect("session").to_owned()
+    }
+
+    /// A cumulative usage report of `gateway` for `session`.
+    async fn report(&self, gateway: &str, session: &str, seq: i64, up: i64, down: i64) {
+        let (s, b) = self
+            .post(
+                "/api/v1/usage/report",
+                gateway,
+                json!({"reports": [{"session_id": session, "seq": seq, "bytes_up": up, "bytes_down": down}]}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+
+    /// The device asks for a node itself (with its device JWT).
+    async fn assign_as_device(&self, device_token: &str, region: Option<&str>) -> Value {
+        let (s, b) = self
+            .post("/api/v1/auth/device-token", device_token, json!({}))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let jwt = b["token"].as_str().expect("jwt").to_owned();
+        let (s, b) = self
+            .post(
+                "/api/v1/nodes/assign-outline",
+                &jwt,
+                json!({"region": region}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        b
+    }
+
+    /// Waits (at most 20 s) until every stored usage report is applied.
+    async fn usage_settled(&self) {
+        for _ in 0..400 {
+            if self.int("SELECT count(*) AS n FROM usage_inbox").await == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("usage inbox not drained in 20 s");
+    }
+
+    async fn int(&self, q: &str) -> i64 {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        match &self.server.state.db.pool {
+            httvps_control::db::DbPool::Pg(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q)
+                    .get_result::<N>(&mut *conn)
+                    .await
+                    .expect("sql")
+                    .n
+            }
+            httvps_control::db::DbPool::Sqlite(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q)
+                    .get_result::<N>(&mut *conn)
+                    .await
+                    .expect("sql")
+                    .n
+            }
+        }
+    }
+
+    /// The session's end reason (`None`: open), checked against `ended_at`.
+    async fn end_reason(&self, session: &str) -> Option<String> {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct R {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            reason: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            ended: i64,
+        }
+        let q = format!(
+            "SELECT end_reason AS reason, CAST(CASE WHEN ended_at IS NULL THEN 0 ELSE 1 END AS BIGINT) AS ended FROM sessions WHERE id = '{session}'"
+        );
+        let r: R = match &self.server.state.db.pool {
+            httvps_control::db::DbPool::Pg(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q)
+                    .get_result(&mut *conn)
+                    .await
+                    .expect("sql")
+            }
+            httvps_control::db::DbPool::Sqlite(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q)
+                    .get_result(&mut *conn)
+                    .await
+                    .expect("sql")
+            }
+        };
+        assert_eq!(r.ended == 1, r.reason.is_some(), "{session}");
+        r.reason
+    }
+}
+
+/// Each change ends the sessions in its own transaction; a late report for
+/// an ended session is charged to the session and to the subscription.
+async fn changes_end_sessions_at_once(w: World) {
+    let gw = w.gateway("eu", "https://gw-eu.example.com").await;
+    w.node("eu", "n1").await;
+
+    // Revoking a device.
+    let a = w.owner().await;
+    let sid = w.session(&gw, &a.token).await;
+    w.report(&gw, &sid, 1, 1_000, 2_000).await;
+    w.usage_settled().await;
+    assert_eq!(w.end_reason(&sid).await, None);
+    w.gql(
+        "mutation($id:UUID!){revokeDevice(id:$id){status}}",
+        json!({"id": a.device_id}),
+    )
+    .await;
+    assert_eq!(
+        w.end_reason(&sid).await.as_deref(),
+        Some("device_revoked"),
+        "the session should end with the revocation"
+    );
+    // The gateway's last report arrives after the revocation: charged.
+    w.report(&gw, &sid, 2, 5_000, 7_000).await;
+    w.usage_settled().await;
+    let used = |sub: &str| {
+        format!(
+            "SELECT CAST(traffic_used_bytes AS BIGINT) AS n FROM subscriptions WHERE id = '{sub}'"
+        )
+    };
+    assert_eq!(
+        w.int(&format!(
+            "SELECT CAST(bytes_up + bytes_down AS BIGINT) AS n FROM sessions WHERE id = '{sid}'"
+        ))
+        .await,
+        12_000
+    );
+    assert_eq!(w.int(&used(&a.subscription_id)).await, 12_000);
+
+    // Disabling the owner.
+    let b = w.owner().await;
+    let sid = w.session(&gw, &b.token).await;
+    w.gql(
+        "mutation($id:UUID!){setUserStatus(id:$id,status:DISABLED){status}}",
+        json!({"id": b.user_id}),
+    )
+    .await;
+    assert_eq!(w.end_reason(&sid).await.as_deref(), Some("user_disabled"));
+    w.report(&gw, &sid, 1, 300, 400).await;
+    w.usage_settled().await;
+    assert_eq!(w.int(&used(&b.subscription_id)).await, 700);
+
+    // Cancelling the owner's subscription.
+    let c = w.owner().await;
+    let sid = w.session(&gw, &c.token).await;
+    w.gql(
+        "mutation($id:UUID!){cancelSubscription(id:$id){status}}",
+        json!({"id": c.subscription_id}),
+    )
+    .await;
+    assert_eq!(
+        w.end_reason(&sid).await.as_deref(),
+        Some("subscription_ended")
+    );
+
+    // Someone else's session stays open through all of it.
+    let (d, e) = (w.owner().await, w.owner().await);
+    let kept = w.session(&gw, &d.token).await;
+    let gone = w.session(&gw, &e.token).await;
+    w.gql(
+        "mutation($id:UUID!){revokeDevice(id:$id){status}}",
+        json!({"id": e.device_id}),
+    )
+    .await;
+    assert_eq!(w.end_reason(&gone).await.as_deref(), Some("device_revoked"));
+    assert_eq!(w.end_reason(&kept).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_disabling_or_cancelling_ends_sessions_at_once_postgres() {
+    changes_end_sessions_at_once(World::on(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_disabling_or_cancelling_ends_sessions_at_once_sqlite() {
+    changes_end_sessions_at_once(World::on(TestDb::sqlite().await).await).await;
+}
+
+/// Regions `eu` (first) and `us`, a node in each; the only gateway first is
+/// in `us`. A device without a region lands in `us` every time (eight
+/// devices: a random region would split them); after a gateway of `eu`
+/// places a device there, its own asks stay in `eu` and name the `eu`
+/// gateway; a region named explicitly wins.
+async fn a_device_without_a_region_lands_by_rule(w: World) {
+    w.node("eu", "eu-1").await;
+    w.node("us", "us-1").await;
+    w.gateway("us", "https://gw-us.example.com").await;
+    for _ in 0..8 {
+        let o = w.owner().await;
+        let a = w.assign_as_device(&o.token, None).await;
+        assert_eq!(a["region"], "us", "{a}");
+        assert_eq!(a["gateway_url"], "https://gw-us.example.com", "{a}");
+    }
+    let eu_gw = w.gateway("eu", "https://gw-eu.example.com").await;
+    let o = w.owner().await;
+    // Not placed yet: still the first gateway's region.
+    let fresh = w.owner().await;
+    assert_eq!(w.assign_as_device(&fresh.token, None).await["region"], "us");
+    // Placed in eu by the eu gateway: the device's own asks follow.
+    w.session(&eu_gw, &o.token).await;
+    for _ in 0..3 {
+        let a = w.assign_as_device(&o.token, None).await;
+        assert_eq!(a["region"], "eu", "{a}");
+        assert_eq!(a["gateway_url"], "https://gw-eu.example.com", "{a}");
+    }
+    let a = w.assign_as_device(&o.token, Some("us")).await;
+    assert_eq!(a["region"], "us", "{a}");
+    assert_eq!(a["gateway_url"], "https://gw-us.example.com", "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_without_a_region_lands_by_rule_postgres() {
+    a_device_without_a_region_lands_by_rule(World::on(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_without_a_region_lands_by_rule_sqlite() {
+    a_device_without_a_region_lands_by_rule(World::on(TestDb::sqlite().await).await).await;
+}
