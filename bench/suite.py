@@ -578,7 +578,7 @@ def wrk(url, script, conns, seconds):
 
 
 GATEWAY_TOKEN = "benchgatewaytoken00000000000000000000000000"
-NODE_TOKEN = "benchnode"
+NODE_TOKEN = "benchnodetoken00000000000000000000000000000"
 
 
 def control_plane():
@@ -611,7 +611,7 @@ INSERT INTO gateway_nodes (id, region_id, name, public_url, token_hash, status, 
   encode(sha256('{GATEWAY_TOKEN}'::bytea), 'hex'),'active','unknown',NULL,0,NULL,now(),now());
 INSERT INTO outline_nodes (id, region_id, name, host, port, method, secret, uses_pool_key, status, health, capacity, token_hash, last_heartbeat_at, created_at, updated_at)
   VALUES ('00000000-0000-4000-8000-000000000004','00000000-0000-4000-8000-000000000002','n1','10.0.0.1',8388,
-  'chacha20-ietf-poly1305','benchbenchbenchbench',true,'active','up',10000000, encode(sha256('benchnode'::bytea), 'hex'), NULL, now(), now());
+  'chacha20-ietf-poly1305','benchbenchbenchbench',true,'active','up',10000000, encode(sha256('{NODE_TOKEN}'::bytea), 'hex'), NULL, now(), now());
 """)
     # Settle the bulk load before measuring: no autovacuum or checkpoint
     # should land in the middle of a run.
