@@ -322,6 +322,12 @@ impl Plane {
 
     /// Our client on a free local port; returns the SOCKS address.
     pub async fn client(&self) -> SocketAddr {
+        self.client_with_mux(false).await
+    }
+
+    /// [`Plane::client`], multiplexing its tunnels over one HTTP/2
+    /// connection when `mux`.
+    pub async fn client_with_mux(&self, mux: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let opts = client::ClientOptions {
@@ -332,6 +338,7 @@ impl Plane {
             region: None,
             forward: None,
             link: Default::default(),
+            mux,
         };
         tokio::spawn(async move {
             if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {
