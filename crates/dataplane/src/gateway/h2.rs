@@ -31,8 +31,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-use super::accept::Conn;
-
 /// Receive window of each stream (see the module's note).
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 
@@ -77,16 +75,18 @@ pub(super) struct Timing {
 }
 
 /// Serves `app` over HTTP/2 on `tls` until the client leaves, misses the
-/// preface deadline, or `stop` is cancelled.
-pub(super) async fn serve<T>(
+/// preface deadline, or `stop` is cancelled; every request carries `conn`
+/// (the connection's details) in its extensions.
+pub(super) async fn serve<T, C>(
     builder: &http2::Builder<TokioExecutor>,
     tls: T,
     app: Router,
-    conn: Conn,
+    conn: C,
     timing: Timing,
     stop: &CancellationToken,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Clone + Send + Sync + 'static,
 {
     let seen = Arc::new(AtomicBool::new(false));
     let io = Seen {
