@@ -10,6 +10,7 @@ mod plane;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use httvps_dataplane::backend::Backend;
 use httvps_dataplane::gateway;
 use plane::Plane;
 use serde_json::json;
@@ -365,4 +366,49 @@ async fn a_small_round_trip_completes_beside_a_bulk_stream_on_the_same_connectio
         metric(&plane, "httvps_gateway_accepted_connections_total").await,
         1.0
     );
+}
+
+/// A TLS acceptor for the gateway's certificate that offers HTTP/1.1 only
+/// (a gateway from before HTTP/2).
+fn http11_only(plane: &Plane) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&plane.cert)
+        .expect("cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(&plane.key).expect("key");
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("config");
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_without_http2_gets_one_connection_per_tunnel_from_the_mux_client() {
+    let (mut plane, listener) = Plane::prepare(1).await;
+    let backend = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
+    let acceptor = http11_only(&plane);
+    let opts = gateway::GatewayOptions {
+        public_url: format!("https://localhost:{}", plane.gateway_addr.port()),
+        report_every: Duration::from_millis(500),
+        heartbeat_every: Duration::from_secs(1),
+        cache_ttl: Duration::from_millis(500),
+        ..Default::default()
+    };
+    plane.spawn_gateway_on(listener, backend, acceptor, opts);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let n = 4;
+    for _ in 0..n {
+        let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+        assert!(alive(&mut s).await, "a tunnel over HTTP/1.1");
+    }
+    // Each tunnel had a connection of its own (besides the client's one
+    // look at the gateway's protocols).
+    assert!(metric(&plane, "httvps_gateway_accepted_connections_total").await >= f64::from(n));
 }

@@ -112,6 +112,17 @@ impl Plane {
         };
         customize(&mut opts);
         let acceptor = tls::acceptor(&self.cert, &self.key).expect("acceptor");
+        self.spawn_gateway_on(listener, backend, acceptor, opts);
+    }
+
+    /// Starts the gateway with `acceptor` (other TLS settings) and `opts`.
+    pub fn spawn_gateway_on(
+        &mut self,
+        listener: TcpListener,
+        backend: Backend,
+        acceptor: tls::TlsAcceptor,
+        opts: gateway::GatewayOptions,
+    ) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         self.gateway_stop = Some(stop);
         let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("admin bind");
