@@ -228,8 +228,9 @@ class Plane:
             self.base, tok, 'mutation{registerDevice(name:"bench",platform:"linux"){accessToken}}'
         )["registerDevice"]["accessToken"]
 
-    def client(self, name, forward=None):
-        """Our client: SOCKS5, or a port forward to `forward`. Returns (proc, port)."""
+    def client(self, name, forward=None, mux=False):
+        """Our client: SOCKS5, or a port forward to `forward`; with `mux`, its
+        tunnels are streams of one HTTP/2 connection. Returns (proc, port)."""
         port = free_port()
         env = {
             "CLIENT_BACKEND_URL": self.base,
@@ -241,6 +242,8 @@ class Plane:
         }
         if forward:
             env["CLIENT_FORWARD"] = forward
+        if mux:
+            env["CLIENT_MUX"] = "true"
         p = spawn(name, [f"{REL}/httvps-relay", "connect"], env)
         wait_port(port)
         return p, port
@@ -318,6 +321,10 @@ def throughput(plane):
         p, port = plane.client("client-forward", forward=target)
         return [p], port
 
+    def ours_mux():
+        p, port = plane.client("client-forward-mux", forward=target, mux=True)
+        return [p], port
+
     def stock_through_ours():
         opts = f"{tls_client};path=/ws/{plane.device}/tcp;mux=0"
         return ss_tunnel("ss-tunnel-ours", plane.gw_port, target, plane.method, plane.secret, opts)
@@ -351,6 +358,7 @@ def throughput(plane):
     pipelines = [
         ("raw TCP (no tunnel)", lambda: ([], iport)),
         ("ours: client -> gateway (TLS+WS) -> node", ours),
+        ("ours --mux: client -> gateway (TLS+h2+WS streams) -> node", ours_mux),
         ("stock ss-tunnel+v2ray-plugin -> our gateway -> node", stock_through_ours),
         ("ss-tunnel+v2ray-plugin (TLS+WS) -> v2ray-plugin -> ss-server", v2ray_tls),
         ("ss-tunnel+v2ray-plugin (TLS+WS) -> websockify (TLS) -> ss-server", websockify_tls),
@@ -372,11 +380,20 @@ def throughput(plane):
         finally:
             for p in procs:
                 stop(p)
-    ours_name = pipelines[1][0]
-    stock_ws = [pipelines[3][0], pipelines[4][0]]
+    ours_name, mux_name = pipelines[1][0], pipelines[2][0]
+    stock_ws = [pipelines[4][0], pipelines[5][0]]
+    rust_name = pipelines[-1][0]
+    for streams in (1, 4):
+        m_o = got.get((mux_name, streams))
+        r = got.get((rust_name, streams))
+        if m_o is None or r is None:
+            row("throughput", f"{streams} stream(s) --mux vs {rust_name}", fmt_mbps(m_o), fmt_mbps(r), "-", ">= 0.8x", False)
+        else:
+            ratio = m_o / r if r else 0
+            row("throughput", f"{streams} stream(s) --mux vs {rust_name}", fmt_mbps(m_o), fmt_mbps(r), f"{ratio:.2f}", ">= 0.8x", ratio >= 0.8)
     for streams in (1, 4):
         o = got.get((ours_name, streams))
-        for name, mbps in [(n, got.get((n, streams))) for n, _ in pipelines if n != ours_name]:
+        for name, mbps in [(n, got.get((n, streams))) for n, _ in pipelines if n not in (ours_name, mux_name)]:
             if mbps is None:
                 row("throughput", f"{streams} stream(s) vs {name}", fmt_mbps(o), "failed", "-", "-", None)
                 continue
@@ -407,17 +424,26 @@ def load(*args, timeout=120):
 def setup_rate(plane):
     log("== tunnel setup (SOCKS5 connect + 32-byte round trip, 16 at a time) ==")
     p, port = plane.client("client-socks")
+    pm, mport = plane.client("client-socks-mux", mux=True)
     m, pw = plane.method, "bench-peer-password"
     s, sport = ssrust_server(m, pw)
     c, cport = sslocal("sslocal-socks", sport, m, pw)
     try:
         load("setup", f"127.0.0.1:{port}", 1, 4)  # warms the validation cache
         ours = load("setup", f"127.0.0.1:{port}", 8, 16)
+        load("setup", f"127.0.0.1:{mport}", 1, 4)
+        mux = load("setup", f"127.0.0.1:{mport}", 8, 16)
         peer = load("setup", f"127.0.0.1:{cport}", 8, 16)
     finally:
-        for x in (p, s, c):
+        for x in (p, pm, s, c):
             stop(x)
-    log(f"  ours {ours}\n  shadowsocks-rust {peer}")
+    log(f"  ours {ours}\n  ours --mux {mux}\n  shadowsocks-rust {peer}")
+    mratio = mux["rate"] / peer["rate"] if peer["rate"] else 0
+    row("setup", "new tunnels per second, --mux", f"{mux['rate']:,.0f}/s ({mux['errors']} errors)",
+        f"{peer['rate']:,.0f}/s ({peer['errors']} errors)", f"{mratio:.2f}", ">= 1.0x", mratio >= 1.0)
+    mp99 = mux["p99_ms"] / max(peer["p99_ms"], 1e-9)
+    row("setup", "p99 latency incl. setup, --mux", f"{mux['p99_ms']:.2f} ms", f"{peer['p99_ms']:.2f} ms",
+        f"{mp99:.2f}", "<= 1.5x", mp99 <= 1.5)
     ratio = ours["rate"] / peer["rate"] if peer["rate"] else 0
     row("setup", "new tunnels per second", f"{ours['rate']:,.0f}/s ({ours['errors']} errors)",
         f"{peer['rate']:,.0f}/s ({peer['errors']} errors)", f"{ratio:.2f}", ">= 0.5x", ratio >= 0.5)

@@ -228,6 +228,12 @@ pub struct ConnectArgs {
     /// through the tunnel, instead of speaking SOCKS5.
     #[arg(long, env = "CLIENT_FORWARD")]
     pub forward: Option<String>,
+    /// Carry every TCP tunnel as a stream of one warm HTTP/2 connection to
+    /// the gateway (WebSockets over extended CONNECT, RFC 8441): a new
+    /// tunnel costs no TCP, TLS or WebSocket handshake. Falls back to one
+    /// connection per tunnel when the gateway does not offer it.
+    #[arg(long, env = "CLIENT_MUX", default_value = "false", value_parser = crate::cli::parse_bool)]
+    pub mux: bool,
 }
 
 /// The gateway's validated settings: nothing bound yet.
@@ -386,6 +392,7 @@ pub fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> 
         region: a.region,
         forward: a.forward,
         link,
+        mux: a.mux,
     })
 }
 

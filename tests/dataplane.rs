@@ -406,6 +406,7 @@ async fn forward_mode_pipes_a_local_port_to_one_destination() {
         region: None,
         forward: Some(target.to_string()),
         link: Default::default(),
+        mux: false,
     };
     // The listener is bound already: connections wait in its backlog
     // until the client accepts them, so no pause is needed.
@@ -1092,6 +1093,7 @@ impl Plane {
             region: None,
             forward: None,
             link: Default::default(),
+            mux: false,
         };
         // Bound already: connections wait in the backlog until it accepts.
         tokio::spawn(async move {
@@ -1666,6 +1668,7 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
         region: None,
         forward: None,
         link: Default::default(),
+        mux: false,
     };
     // The listener is bound already: connections wait in its backlog
     // until the client accepts them, so no pause is needed.

@@ -101,6 +101,7 @@ async fn client_via(plane: &Plane, token: &str, gateway: SocketAddr) -> SocketAd
         region: None,
         forward: None,
         link: Default::default(),
+        mux: false,
     };
     tokio::spawn(async move {
         let _ = client::run(opts, listener, std::future::pending::<()>()).await;

@@ -86,6 +86,7 @@ fn no_type_holding_a_secret_formats_it() {
         region: None,
         forward: None,
         link: Default::default(),
+        mux: false,
     };
     assert_hidden("ClientOptions", &debug(&client_options));
     for token in [TOKEN, JWT] {

@@ -112,6 +112,17 @@ impl Plane {
         };
         customize(&mut opts);
         let acceptor = tls::acceptor(&self.cert, &self.key).expect("acceptor");
+        self.spawn_gateway_on(listener, backend, acceptor, opts);
+    }
+
+    /// Starts the gateway with `acceptor` (other TLS settings) and `opts`.
+    pub fn spawn_gateway_on(
+        &mut self,
+        listener: TcpListener,
+        backend: Backend,
+        acceptor: tls::TlsAcceptor,
+        opts: gateway::GatewayOptions,
+    ) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         self.gateway_stop = Some(stop);
         let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("admin bind");
@@ -322,6 +333,12 @@ impl Plane {
 
     /// Our client on a free local port; returns the SOCKS address.
     pub async fn client(&self) -> SocketAddr {
+        self.client_with_mux(false).await
+    }
+
+    /// [`Plane::client`], multiplexing its tunnels over one HTTP/2
+    /// connection when `mux`.
+    pub async fn client_with_mux(&self, mux: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let opts = client::ClientOptions {
@@ -332,6 +349,7 @@ impl Plane {
             region: None,
             forward: None,
             link: Default::default(),
+            mux,
         };
         tokio::spawn(async move {
             if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {

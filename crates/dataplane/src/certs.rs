@@ -140,9 +140,10 @@ impl CertFiles {
             .context("TLS versions")?
             .with_no_client_auth()
             .with_cert_resolver(self.current.clone());
-        // The server's order decides: clients offering http/1.1 get it; an
-        // ACME validator offers acme-tls/1 alone.
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The server's order decides: clients offering h2 get it, those
+        // offering only http/1.1 get that; an ACME validator offers
+        // acme-tls/1 alone.
+        cfg.alpn_protocols = crate::tls::gateway_alpn();
         if acme {
             cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         }

@@ -59,7 +59,15 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[&str]) -> anyhow::Re
     Ok(())
 }
 
-/// A TLS acceptor from PEM certificate and key files (HTTP/1.1 only).
+/// The application protocols a gateway offers, in its order of preference
+/// (the server's order decides): a client offering `h2` gets HTTP/2 (and
+/// WebSockets over extended CONNECT); one offering only `http/1.1`, or no
+/// ALPN at all, gets HTTP/1.1 as before.
+pub(crate) fn gateway_alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}
+
+/// A TLS acceptor from PEM certificate and key files (HTTP/2 and HTTP/1.1).
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     install_provider();
     let certs = CertificateDer::pem_file_iter(cert)
@@ -74,7 +82,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("TLS certificate")?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = gateway_alpn();
     enable_resumption(&mut cfg)?;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -120,6 +128,14 @@ pub fn roots(extra_ca: Option<&Path>) -> anyhow::Result<RootCertStore> {
 /// A TLS connector trusting the web PKI roots the system provides, plus
 /// `extra_ca` when given (a self-signed gateway certificate).
 pub fn connector(extra_ca: Option<&Path>) -> anyhow::Result<TlsConnector> {
+    connector_with_alpn(extra_ca, Vec::new())
+}
+
+/// [`connector`] offering the application protocols `alpn` (in order).
+pub fn connector_with_alpn(
+    extra_ca: Option<&Path>,
+    alpn: Vec<Vec<u8>>,
+) -> anyhow::Result<TlsConnector> {
     install_provider();
     let roots = roots(extra_ca)?;
     let mut cfg = ClientConfig::builder_with_provider(provider())
@@ -129,6 +145,7 @@ pub fn connector(extra_ca: Option<&Path>) -> anyhow::Result<TlsConnector> {
         .with_no_client_auth();
     // Tickets for this many gateways (a few per gateway are kept).
     cfg.resumption = rustls::client::Resumption::in_memory_sessions(64);
+    cfg.alpn_protocols = alpn;
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::params::Params;
-use super::{Shared, Tls};
+use super::{Io, Shared};
 use crate::wsio::WsIo;
 
 /// Copy buffer per direction: large writes mean few WebSocket messages and
@@ -24,12 +24,13 @@ const COPY_BUF: usize = 32 * 1024;
 /// address too and must fit one AEAD chunk (16,383 bytes).
 const FIRST_WRITE_MAX: usize = 16 * 1024 - 512;
 
-/// A Shadowsocks stream to a target through a gateway WebSocket.
-pub(super) type Proxied = CapFirstWrite<ProxyClientStream<WsIo<Tls>>>;
+/// A Shadowsocks stream to a target through a gateway WebSocket (on a
+/// connection of its own, or a stream of the warm HTTP/2 connection).
+pub(super) type Proxied = CapFirstWrite<ProxyClientStream<WsIo<Box<dyn Io>>>>;
 
 /// Opens a tunnel to `target` with the parameters `p`.
 pub(super) async fn open(s: &Shared, p: &Params, target: Address) -> anyhow::Result<Proxied> {
-    let ws = s.open_ws(p, "tcp").await?;
+    let ws = s.open_tcp(p).await?;
     Ok(CapFirstWrite::new(ProxyClientStream::from_stream(
         s.ctx.clone(),
         WsIo::new(ws),

@@ -9,6 +9,9 @@
 //! - `socks`: the SOCKS5 front.
 //! - `udp`: UDP ASSOCIATE.
 //! - `forward`: one tunnel per local TCP connection.
+//! - `mux`, `h2io`: with `--mux`, TCP tunnels as streams of one warm
+//!   HTTP/2 connection (WebSockets over extended CONNECT, RFC 8441); UDP
+//!   associations keep their own HTTP/1.1 WebSocket.
 
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -25,6 +28,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 mod forward;
+mod h2io;
+mod mux;
 mod params;
 mod socks;
 mod udp;
@@ -51,6 +56,10 @@ pub struct ClientOptions {
     pub forward: Option<String>,
     /// How the control plane is reached and trusted.
     pub link: crate::link::Link,
+    /// Carry TCP tunnels as streams of one warm HTTP/2 connection to the
+    /// gateway (falls back to one WebSocket connection per tunnel when the
+    /// gateway does not offer it).
+    pub mux: bool,
 }
 
 /// Pause after a failed accept before the next.
@@ -69,6 +78,8 @@ struct Shared {
     /// TLS to the control plane's events socket.
     link_tls: TlsConnector,
     ctx: SharedContext,
+    /// The multiplexed transport, with `--mux`.
+    mux: Option<mux::Mux>,
 }
 
 impl Shared {
@@ -82,6 +93,36 @@ impl Shared {
 
     fn set_params(&self, p: Params) {
         *self.params.write().unwrap_or_else(PoisonError::into_inner) = p;
+        // New parameters, new warm connection (open tunnels keep theirs).
+        if let Some(mux) = &self.mux {
+            mux.renew();
+        }
+    }
+
+    /// A TCP tunnel's WebSocket: a stream of the warm HTTP/2 connection
+    /// with `--mux` (unless the gateway takes HTTP/1.1 only), else a
+    /// connection of its own.
+    async fn open_tcp(
+        &self,
+        p: &Params,
+    ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>> {
+        if let Some(mux) = self.mux.as_ref().filter(|m| !m.h1_only()) {
+            match mux.stream(p, self.opts.device_token.expose()).await {
+                Ok(stream) => {
+                    let stream: Box<dyn Io> = Box::new(stream);
+                    return Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        stream,
+                        tokio_tungstenite::tungstenite::protocol::Role::Client,
+                        Some(ws_config()),
+                    )
+                    .await);
+                }
+                Err(mux::MuxError::NoH2) => {}
+                Err(mux::MuxError::Other(e)) => return Err(e),
+            }
+        }
+        let tls: Box<dyn Io> = Box::new(self.connect_tls(p).await?);
+        self.ws_over(p, "tcp", tls).await
     }
 
     /// A WebSocket to the gateway's `/ws/{token}/{kind}`.
@@ -90,6 +131,12 @@ impl Shared {
         p: &Params,
         kind: &str,
     ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Tls>> {
+        let tls = self.connect_tls(p).await?;
+        self.ws_over(p, kind, tls).await
+    }
+
+    /// A TLS connection of its own to the gateway.
+    async fn connect_tls(&self, p: &Params) -> anyhow::Result<Tls> {
         let tcp = tokio::time::timeout(
             Duration::from_secs(10),
             TcpStream::connect((p.gateway_host.as_str(), p.gateway_port)),
@@ -103,6 +150,19 @@ impl Shared {
             .connect(name, tcp)
             .await
             .context("TLS with the gateway")?;
+        Ok(tls)
+    }
+
+    /// The WebSocket upgrade to `/ws/{token}/{kind}` over `tls`.
+    async fn ws_over<S>(
+        &self,
+        p: &Params,
+        kind: &str,
+        tls: S,
+    ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let host = if p.gateway_host.contains(':') {
             format!("[{}]", p.gateway_host)
         } else {
@@ -113,9 +173,7 @@ impl Shared {
             p.gateway_port,
             self.opts.device_token.expose()
         );
-        // A small read buffer: tungstenite zeroes it before every read.
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(16 * 1024);
+        let config = ws_config();
         let mut req = url.as_str().into_client_request()?;
         // We read a Close in order behind the data: the gateway need not
         // hold it back.
@@ -129,6 +187,16 @@ impl Shared {
         Ok(ws)
     }
 }
+
+/// Our WebSocket settings: a small read buffer (tungstenite zeroes it
+/// before every read).
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
+/// A byte stream a tunnel's WebSocket runs on.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Runs the SOCKS5 proxy (or the port forward) on `listener` until
 /// `shutdown`.
@@ -145,15 +213,22 @@ pub async fn run(
     let link_tls = TlsConnector::from(Arc::new(opts.link.client_config()?));
     let params = params::fetch(&opts, &backend).await?;
     tracing::info!(region = %params.region, gateway = %params.gateway_host, "client ready");
+    let mux = if opts.mux {
+        Some(mux::Mux::new(opts.ca_cert.as_deref())?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         tls: crate::tls::connector(opts.ca_cert.as_deref())?,
         backend,
         link_tls,
+        mux,
         params: RwLock::new(params),
         ctx: Context::new_shared(ServerType::Local),
         opts,
     });
     let follower = tokio::spawn(params::follow_events(shared.clone()));
+    let keeper = tokio::spawn(mux::keep(shared.clone()));
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -182,5 +257,6 @@ pub async fn run(
         });
     }
     follower.abort();
+    keeper.abort();
     Ok(())
 }

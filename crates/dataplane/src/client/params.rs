@@ -95,17 +95,13 @@ fn node_gone(kind: &str) -> bool {
     matches!(kind, "DOWN" | "DRAINING" | "DISABLED" | "DELETED")
 }
 
-/// A byte stream of either kind.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
 /// The connection under the events WebSocket: TLS through `tls` (trusted
 /// as the link says, one connector per client so a reconnect resumes) for
 /// `wss://`, plain TCP for `ws://`.
 async fn events_stream(
     ws_url: &str,
     tls: &tokio_rustls::TlsConnector,
-) -> anyhow::Result<Box<dyn Io>> {
+) -> anyhow::Result<Box<dyn super::Io>> {
     let url = url::Url::parse(ws_url).context("the control plane's URL")?;
     let host = url
         .host_str()

@@ -4,6 +4,10 @@
 //! (slow clients can't hold slots), and connections told to finish their
 //! request and close on shutdown. Each request carries its connection's
 //! [`Conn`]: the peer's address and the budget place, which a tunnel keeps.
+//!
+//! A client that negotiates `h2` by ALPN gets HTTP/2 instead (see `h2`):
+//! the same routes, tunnels as extended-CONNECT streams; the connection
+//! holds one place in the budget however many streams it carries.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -34,6 +38,11 @@ pub(crate) struct Limits {
     pub budget: Arc<Semaphore>,
     /// Counts connections closed because no place was left.
     pub shed: Counter,
+    /// Counts connections taken (TLS not yet done).
+    pub accepted: Counter,
+    /// On shutdown, how long an HTTP/2 connection's streams (tunnels) may
+    /// take to end before the connection is dropped.
+    pub drain: Duration,
 }
 
 /// The connection a request came on.
@@ -66,6 +75,8 @@ pub(crate) async fn serve(
         .header_read_timeout(deadline)
         .keep_alive(true);
     let builder = Arc::new(builder);
+    let h2 = Arc::new(super::h2::builder());
+    let drain = limits.drain;
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -85,12 +96,18 @@ pub(crate) async fn serve(
             drop(tcp);
             continue;
         };
+        limits.accepted.inc();
         let conn = Conn {
             peer: peer.ip(),
             permit: Arc::new(permit),
         };
-        let (acceptor, app, builder, stop) =
-            (acceptor.clone(), app.clone(), builder.clone(), stop.clone());
+        let (acceptor, app, builder, h2, stop) = (
+            acceptor.clone(),
+            app.clone(),
+            builder.clone(),
+            h2.clone(),
+            stop.clone(),
+        );
         connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let tls = tokio::select! {
@@ -101,7 +118,14 @@ pub(crate) async fn serve(
                 },
             };
             // An ACME validation (TLS-ALPN-01) ends with its handshake.
-            if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
+            let alpn = tls.get_ref().1.alpn_protocol();
+            if alpn == Some(crate::certs::ACME_TLS_ALPN) {
+                return;
+            }
+            let is_h2 = alpn == Some(b"h2".as_slice());
+            if is_h2 {
+                let timing = super::h2::Timing { deadline, drain };
+                super::h2::serve(&h2, tls, app, conn, timing, &stop).await;
                 return;
             }
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {

@@ -24,6 +24,8 @@ pub(crate) struct Metrics {
     refused: Counter,
     /// Connections closed at once because the connection budget was spent.
     pub shed: Counter,
+    /// Connections taken within the budget (before TLS).
+    pub accepted: Counter,
     /// Requests answered 429 because their source guessed too many tokens.
     throttled: Counter,
 }
@@ -113,6 +115,11 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         "httvps_gateway_shed_connections",
         "Connections closed before TLS because the connection budget was spent.",
         gw.metrics.shed.clone(),
+    );
+    registry.register(
+        "httvps_gateway_accepted_connections",
+        "Client connections taken within the budget (an HTTP/2 connection counts once, whatever its streams).",
+        gw.metrics.accepted.clone(),
     );
     registry.register(
         "httvps_gateway_throttled",

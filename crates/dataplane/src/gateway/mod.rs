@@ -9,6 +9,8 @@
 //! This module puts the parts together ([`run`]); each part owns its state:
 //! - `accept`: the accept loop (a connection budget taken before TLS, then
 //!   TLS + HTTP/1.1 with deadlines).
+//! - `h2`: HTTP/2 connections (ALPN `h2`): windows, stream limit, pings,
+//!   WebSockets over extended CONNECT (RFC 8441).
 //! - `routes`: `/ws/{token}/tcp`, `/ws/{token}/udp`, `/c/{token}`, the 404
 //!   every refusal looks like, and the order of admission.
 //! - `upgrade`: the checks of a WebSocket upgrade request.
@@ -47,6 +49,7 @@ mod document;
 mod follower;
 mod grant;
 mod granting;
+mod h2;
 mod links;
 mod routes;
 mod schedule;
@@ -292,6 +295,8 @@ pub async fn run(
                     .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
             shed: gw.metrics.shed.clone(),
+            accepted: gw.metrics.accepted.clone(),
+            drain: gw.opts.drain_grace + CLOSE_DEADLINE,
         },
         &connections,
         &stop_connections,

@@ -216,7 +216,7 @@ async fn ws_tcp(
         Ok(x) => x,
         Err(refused) => return refused,
     };
-    let Ok((resp, fut)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+    let Some((resp, fut)) = upgrade::accept(&mut req) else {
         return not_found_response();
     };
     let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
@@ -235,7 +235,7 @@ async fn ws_tcp(
         tcp::pipe(fut, node, guard, ordered_close),
         span,
     ));
-    resp.into_response()
+    resp
 }
 
 /// Whether the tunnel's session has a quota grant with room (asked for
@@ -295,7 +295,7 @@ async fn ws_udp(
     let Some(socket) = node_socket(&route).await else {
         return refusal_response(&gw, Refusal::Unavailable, peer);
     };
-    let Ok((resp, fut)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+    let Some((resp, fut)) = upgrade::accept(&mut req) else {
         return not_found_response();
     };
     let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
@@ -307,7 +307,7 @@ async fn ws_udp(
         udp::pipe(fut, socket, guard),
         span,
     ));
-    resp.into_response()
+    resp
 }
 
 /// `GET /c/{token}`: the Outline dynamic access key document; a refused

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -33,6 +32,7 @@ use httvps_wire::Reason;
 
 use super::grant::clock_ms;
 use super::tunnel::{self, TunnelGuard, closed_signal};
+use super::upgrade::Opening;
 
 /// The payload of the Ping queued behind a tunnel's last data frame; its
 /// Pong says the client has read everything before it.
@@ -75,12 +75,7 @@ enum End {
 ///
 /// `ordered_close`: the client reads a Close in order behind the data (see
 /// the module's note).
-pub(crate) async fn pipe(
-    fut: UpgradeFut,
-    node: TcpStream,
-    guard: TunnelGuard,
-    ordered_close: bool,
-) {
+pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, ordered_close: bool) {
     let gw = guard.gw().clone();
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 8).await else {
         return;

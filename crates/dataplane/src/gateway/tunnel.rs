@@ -5,8 +5,7 @@
 
 use std::sync::Arc;
 
-use fastwebsockets::upgrade::UpgradeFut;
-use fastwebsockets::{Frame, OpCode, WebSocketRead};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketRead};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -14,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::Gateway;
 use super::caps::CapRefusal;
 use super::sessions::{Closing, Session};
+use super::upgrade::Opening;
 
 /// A tunnel's place in the caps (in all and for its device), taken before
 /// anything is opened for it and given back when dropped.
@@ -102,16 +102,20 @@ pub(crate) type WsIo = TokioIo<hyper::upgrade::Upgraded>;
 /// The reading half of a tunnel's WebSocket.
 pub(crate) type WsRead = WebSocketRead<tokio::io::ReadHalf<WsIo>>;
 
-/// Completes the upgrade with our settings (no automatic Close or Pong, a
+/// Completes the upgrade (over HTTP/1.1 or HTTP/2: the same upgraded byte
+/// stream either way) with our settings (no automatic Close or Pong, a
 /// frame limit) and starts the only task that writes to the socket: frames
 /// queued on the returned sender (at most `queue` in flight: backpressure),
 /// until a Close is written.
 pub(crate) async fn open(
-    fut: UpgradeFut,
+    fut: Opening,
     max_frame: usize,
     queue: usize,
 ) -> Option<(WsRead, mpsc::Sender<Frame<'static>>, JoinHandle<()>)> {
-    let mut ws = fut.await.ok()?;
+    let mut ws = match fut {
+        Opening::H1(fut) => fut.await.ok()?,
+        Opening::H2(on) => WebSocket::after_handshake(TokioIo::new(on.await.ok()?), Role::Server),
+    };
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
     ws.set_max_message_size(max_frame);

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use tokio::net::UdpSocket;
 
 use super::tunnel::{self, TunnelGuard, closed_signal};
+use super::upgrade::Opening;
 
 /// Largest datagram.
 const DATAGRAM_MAX: usize = 65_536;
 
 /// Pipes one UDP tunnel until either side ends it, or it is idle.
-pub(crate) async fn pipe(fut: UpgradeFut, socket: UdpSocket, guard: TunnelGuard) {
+pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
     let gw = guard.gw().clone();
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 32).await else {
         return;

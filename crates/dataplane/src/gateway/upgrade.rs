@@ -1,11 +1,15 @@
 //! The checks of a WebSocket upgrade request (RFC 6455 §4.2.1), made before
 //! anything is asked of the control plane or a node: HTTP/1.1 GET, the
 //! `Upgrade` and `Connection` headers, exactly one version (13) and exactly
-//! one `Sec-WebSocket-Key` that is the base64 of exactly 16 bytes.
+//! one `Sec-WebSocket-Key` that is the base64 of exactly 16 bytes. Over
+//! HTTP/2 (RFC 8441 §4–5): CONNECT with `:protocol` `websocket` and
+//! exactly one version (13); no key (the stream is the handshake). Then
+//! the answer that opens the tunnel: 101 over HTTP/1.1, 200 over HTTP/2.
 
 use axum::extract::Request;
 use axum::http::header::{HeaderName, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
-use axum::http::{HeaderMap, HeaderValue, Method, Version};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
@@ -25,14 +29,50 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
     all.next().is_none().then_some(first)
 }
 
-/// Whether `req` is a complete and valid WebSocket upgrade request.
+/// Whether `req` is a complete and valid WebSocket upgrade request, over
+/// HTTP/1.1 or over HTTP/2.
 pub(crate) fn valid(req: &Request) -> bool {
+    valid_h1(req) || valid_h2(req)
+}
+
+/// Whether `req` is a valid HTTP/1.1 upgrade (RFC 6455).
+fn valid_h1(req: &Request) -> bool {
     let h = req.headers();
     req.method() == Method::GET
         && req.version() == Version::HTTP_11
         && fastwebsockets::upgrade::is_upgrade_request(req)
         && single(h, &SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13")
         && single(h, &SEC_WEBSOCKET_KEY).is_some_and(|k| valid_key(k.as_bytes()))
+}
+
+/// Whether `req` is a valid extended CONNECT for a WebSocket (RFC 8441).
+fn valid_h2(req: &Request) -> bool {
+    req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() == "websocket")
+        && single(req.headers(), &SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13")
+}
+
+/// The answer that opens a tunnel on a valid request, and the upgrade to
+/// await once it is sent; `None` when the request cannot be upgraded.
+pub(crate) fn accept(req: &mut Request) -> Option<(Response, Opening)> {
+    if req.version() == Version::HTTP_2 {
+        let on = hyper::upgrade::on(&mut *req);
+        return Some((StatusCode::OK.into_response(), Opening::H2(on)));
+    }
+    let (resp, fut) = fastwebsockets::upgrade::upgrade(req).ok()?;
+    Some((resp.into_response(), Opening::H1(fut)))
+}
+
+/// An accepted upgrade, not yet complete.
+pub(crate) enum Opening {
+    /// HTTP/1.1: the connection itself, after the 101.
+    H1(fastwebsockets::upgrade::UpgradeFut),
+    /// HTTP/2: the request's stream, after the 200.
+    H2(hyper::upgrade::OnUpgrade),
 }
 
 #[cfg(test)]
@@ -114,5 +154,61 @@ mod tests {
         assert!(!with("sec-websocket-key", "short"));
         assert!(!with("upgrade", "h2c"));
         assert!(!with("connection", "keep-alive"));
+    }
+
+    fn h2_request(
+        protocol: Option<&'static str>,
+        f: impl FnOnce(axum::http::request::Builder) -> axum::http::request::Builder,
+    ) -> Request {
+        let mut b = Request::builder()
+            .method("CONNECT")
+            .version(Version::HTTP_2)
+            .uri("https://localhost/ws/t/tcp")
+            .header("sec-websocket-version", "13");
+        if let Some(p) = protocol {
+            b = b.extension(hyper::ext::Protocol::from_static(p));
+        }
+        f(b).body(Body::empty()).expect("request")
+    }
+
+    #[test]
+    fn only_extended_connects_for_websocket_version_13_pass_over_http2() {
+        assert!(valid(&h2_request(Some("websocket"), |b| b)));
+        assert!(!valid(&h2_request(None, |b| b)), "plain CONNECT");
+        assert!(!valid(&h2_request(Some("webtransport"), |b| b)));
+        assert!(!valid(&h2_request(Some("WebSocket "), |b| b)));
+        assert!(!valid(&h2_request(Some("websocket"), |b| b.method("GET"))));
+        assert!(!valid(&h2_request(Some("websocket"), |b| b.method("POST"))));
+        assert!(
+            !valid(&h2_request(Some("websocket"), |b| b.version(Version::HTTP_11))),
+            "CONNECT over HTTP/1.1"
+        );
+        assert!(
+            !valid(&h2_request(Some("websocket"), |b| b
+                .header("sec-websocket-version", "13"))),
+            "two versions"
+        );
+        let mut r = h2_request(Some("websocket"), |b| b);
+        r.headers_mut().remove("sec-websocket-version");
+        assert!(!valid(&r), "no version");
+        let mut r = h2_request(Some("websocket"), |b| b);
+        r.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("8"));
+        assert!(!valid(&r), "version 8");
+        // An HTTP/1.1-style GET upgrade sent over HTTP/2 is no upgrade.
+        let r = request(|b| b.version(Version::HTTP_2));
+        assert!(!valid(&r));
+    }
+
+    #[test]
+    fn http2_tunnels_are_answered_200_and_http11_ones_101() {
+        let mut r = h2_request(Some("websocket"), |b| b);
+        let (resp, opening) = accept(&mut r).expect("accepted");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(matches!(opening, Opening::H2(_)));
+        let mut r = request(|b| b);
+        let (resp, opening) = accept(&mut r).expect("accepted");
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert!(matches!(opening, Opening::H1(_)));
     }
 }

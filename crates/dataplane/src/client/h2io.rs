@@ -1,0 +1,144 @@
+//! One extended-CONNECT stream of the warm HTTP/2 connection seen as a
+//! byte stream (`AsyncRead + AsyncWrite`), for the WebSocket on top. Writes
+//! go out at once, right behind the request's HEADERS, without waiting for
+//! the gateway's answer (its first bytes are the Shadowsocks request); the
+//! first read waits for the answer and fails unless it is 200. Writes are
+//! paced by the gateway's windows; reads give the window back as the
+//! reader consumes, so a slow local reader slows its own stream only.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h2::client::ResponseFuture;
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A tunnel's stream.
+pub(super) struct H2Stream {
+    /// The gateway's answer, until it arrives.
+    response: Option<ResponseFuture>,
+    recv: Option<RecvStream>,
+    send: SendStream<Bytes>,
+    /// Received bytes not yet read (their window not yet given back).
+    pending: Bytes,
+    eof: bool,
+    /// Our end of the stream was sent.
+    ended: bool,
+}
+
+impl H2Stream {
+    /// The stream of a request just sent.
+    pub(super) fn new(response: ResponseFuture, send: SendStream<Bytes>) -> Self {
+        H2Stream {
+            response: Some(response),
+            recv: None,
+            send,
+            pending: Bytes::new(),
+            eof: false,
+            ended: false,
+        }
+    }
+}
+
+fn to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"));
+    }
+    io::Error::new(io::ErrorKind::ConnectionReset, e)
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        loop {
+            if !me.pending.is_empty() {
+                let n = me.pending.len().min(buf.remaining());
+                buf.put_slice(&me.pending[..n]);
+                me.pending.advance(n);
+                if let Some(recv) = me.recv.as_mut() {
+                    let _ = recv.flow_control().release_capacity(n);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if me.eof {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(response) = me.response.as_mut() {
+                let answer = ready!(Pin::new(response).poll(cx)).map_err(to_io)?;
+                me.response = None;
+                if answer.status() != http::StatusCode::OK {
+                    me.eof = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!("the gateway refused the tunnel ({})", answer.status()),
+                    )));
+                }
+                me.recv = Some(answer.into_body());
+                continue;
+            }
+            let Some(recv) = me.recv.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(recv.poll_data(cx)) {
+                Some(Ok(data)) => me.pending = data,
+                None => me.eof = true,
+                Some(Err(e))
+                    if matches!(e.reason(), Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL)) =>
+                {
+                    me.eof = true;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.ended {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        self.send.reserve_capacity(buf.len());
+        while self.send.capacity() == 0 {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+        let n = self.send.capacity().min(buf.len());
+        self.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection's task writes what is queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+        Poll::Ready(Ok(()))
+    }
+}

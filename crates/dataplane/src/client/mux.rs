@@ -1,0 +1,313 @@
+//! The multiplexed transport (`--mux`): one warm TLS connection to the
+//! gateway speaking HTTP/2, every TCP tunnel a WebSocket over an extended
+//! CONNECT stream of it (RFC 8441). A new tunnel on a warm connection
+//! costs no TCP, TLS or WebSocket handshake: its first Shadowsocks bytes
+//! leave right behind the stream's HEADERS.
+//!
+//! The connection is opened at start and kept: h2 pings every
+//! [`PING_EVERY`] (a missed answer ends it), and a keeper task opens a new
+//! one when it fails, when the gateway sends GOAWAY (the next stream is
+//! refused and opened again on a new connection) and when node events
+//! change the parameters. A gateway that does not choose `h2` by ALPN or
+//! does not enable extended CONNECT gets HTTP/1.1 WebSockets, as without
+//! `--mux`, and is asked again after [`H1_RECHECK`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use h2::client::SendRequest;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_util::sync::CancellationToken;
+
+use super::h2io::H2Stream;
+use super::params::Params;
+
+/// Receive window per stream and per connection: as the gateway's (sized
+/// for a long fat link; see the gateway's `h2` module).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Largest frame the gateway may send us.
+const MAX_FRAME: u32 = 64 * 1024;
+
+/// Interval of our pings on an idle or busy connection.
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// How long a ping's answer (and the connection's setup) may take.
+const PING_WAIT: Duration = Duration::from_secs(20);
+
+/// How long a gateway that speaks only HTTP/1.1 is not asked again.
+const H1_RECHECK: Duration = Duration::from_secs(60);
+
+/// Longest pause between attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Why no stream could be opened.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MuxError {
+    /// The gateway does not take WebSockets over HTTP/2.
+    #[error("the gateway does not offer WebSockets over HTTP/2")]
+    NoH2,
+    /// Anything else (connection, TLS, HTTP/2).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// A warm connection.
+#[derive(Clone)]
+struct Warm {
+    /// Which connection of this client it is.
+    id: u64,
+    /// The gateway it goes to.
+    gateway: (String, u16),
+    send: SendRequest<Bytes>,
+    /// Cancelled when the connection is over.
+    over: CancellationToken,
+}
+
+/// The warm connection and what keeps it.
+pub(super) struct Mux {
+    tls: TlsConnector,
+    warm: Mutex<Option<Warm>>,
+    /// One connection attempt at a time.
+    dialing: tokio::sync::Mutex<()>,
+    /// Until when the gateway is known to take HTTP/1.1 only.
+    h1_until: Mutex<Option<Instant>>,
+    /// Wakes the keeper: the parameters changed.
+    renew: Notify,
+    /// The next connection's id.
+    next_id: AtomicU64,
+}
+
+impl Mux {
+    /// A transport trusting `ca_cert` besides the system's roots.
+    pub(super) fn new(ca_cert: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let tls =
+            crate::tls::connector_with_alpn(ca_cert, vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+        Ok(Mux {
+            tls,
+            warm: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
+            h1_until: Mutex::new(None),
+            renew: Notify::new(),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether tunnels should use HTTP/1.1 WebSockets for now.
+    pub(super) fn h1_only(&self) -> bool {
+        self.h1_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// The parameters changed: new streams go on a new connection (open
+    /// ones finish on the old).
+    pub(super) fn renew(&self) {
+        *self.warm.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.renew.notify_one();
+    }
+
+    /// The warm connection to the gateway of `p`, if there is one.
+    fn current(&self, p: &Params) -> Option<Warm> {
+        let warm = self.warm.lock().unwrap_or_else(PoisonError::into_inner);
+        warm.as_ref()
+            .filter(|w| {
+                !w.over.is_cancelled()
+                    && w.gateway.0 == p.gateway_host
+                    && w.gateway.1 == p.gateway_port
+            })
+            .cloned()
+    }
+
+    /// Takes no more streams on `gone` (not a newer connection); its open
+    /// streams finish on it (after a GOAWAY, say).
+    fn forget(&self, gone: &Warm) {
+        let mut warm = self.warm.lock().unwrap_or_else(PoisonError::into_inner);
+        if warm.as_ref().is_some_and(|w| w.id == gone.id) {
+            *warm = None;
+        }
+    }
+
+    /// The warm connection, opened now if there is none.
+    async fn ensure(&self, p: &Params) -> Result<Warm, MuxError> {
+        if let Some(w) = self.current(p) {
+            return Ok(w);
+        }
+        let _dialing = self.dialing.lock().await;
+        if let Some(w) = self.current(p) {
+            return Ok(w);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match dial(&self.tls, p, id).await {
+            Ok(w) => {
+                *self.warm.lock().unwrap_or_else(PoisonError::into_inner) = Some(w.clone());
+                Ok(w)
+            }
+            Err(MuxError::NoH2) => {
+                tracing::info!("the gateway takes HTTP/1.1 WebSockets only");
+                *self.h1_until.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Instant::now() + H1_RECHECK);
+                Err(MuxError::NoH2)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a tunnel's stream to `/ws/{token}/tcp` on the warm connection
+    /// (on a new one if it is gone or the gateway sent GOAWAY).
+    pub(super) async fn stream(&self, p: &Params, token: &str) -> Result<H2Stream, MuxError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let warm = self.ensure(p).await?;
+            let req = request(p, token)?;
+            let sent = async {
+                let mut send = warm.send.clone().ready().await?;
+                send.send_request(req, false)
+            };
+            match tokio::time::timeout(PING_WAIT, sent).await {
+                Ok(Ok((response, send))) => return Ok(H2Stream::new(response, send)),
+                Ok(Err(e)) => last = Some(anyhow::Error::new(e)),
+                Err(_) => last = Some(anyhow::anyhow!("no stream within {PING_WAIT:?}")),
+            }
+            self.forget(&warm);
+        }
+        Err(MuxError::Other(
+            last.unwrap_or_else(|| anyhow::anyhow!("no stream")),
+        ))
+    }
+}
+
+/// The extended CONNECT of a tunnel.
+fn request(p: &Params, token: &str) -> anyhow::Result<http::Request<()>> {
+    let host = if p.gateway_host.contains(':') {
+        format!("[{}]", p.gateway_host)
+    } else {
+        p.gateway_host.clone()
+    };
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("https://{host}:{}/ws/{token}/tcp", p.gateway_port))
+        .extension(h2::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        // We read a Close in order behind the data.
+        .header(crate::gateway::ORDERED_CLOSE_HEADER, "1")
+        .body(())
+        .context("tunnel request")
+}
+
+/// Opens a connection to the gateway of `p` and starts its tasks (the
+/// connection itself and its pings).
+async fn dial(tls: &TlsConnector, p: &Params, id: u64) -> Result<Warm, MuxError> {
+    let tcp = tokio::time::timeout(
+        PING_WAIT,
+        TcpStream::connect((p.gateway_host.as_str(), p.gateway_port)),
+    )
+    .await
+    .context("connecting to the gateway: timeout")?
+    .context("connecting to the gateway")?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(p.gateway_host.clone()).context("gateway host name")?;
+    let stream = tokio::time::timeout(PING_WAIT, tls.connect(name, tcp))
+        .await
+        .context("TLS with the gateway: timeout")?
+        .context("TLS with the gateway")?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
+        return Err(MuxError::NoH2);
+    }
+    let (send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .context("HTTP/2 with the gateway")?;
+    let mut ping = conn.ping_pong().context("HTTP/2 pings")?;
+    let over = CancellationToken::new();
+    let driver_over = over.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "gateway connection ended");
+                }
+            }
+            () = driver_over.cancelled() => {}
+        }
+        driver_over.cancel();
+    });
+    // The gateway's SETTINGS come before its answer to our first ping:
+    // after it we know whether it takes extended CONNECT.
+    let pong = tokio::time::timeout(PING_WAIT, ping.ping(h2::Ping::opaque())).await;
+    if !matches!(pong, Ok(Ok(_))) {
+        over.cancel();
+        return Err(MuxError::Other(anyhow::anyhow!(
+            "the gateway did not answer a ping"
+        )));
+    }
+    if !send.is_extended_connect_protocol_enabled() {
+        over.cancel();
+        return Err(MuxError::NoH2);
+    }
+    let pinger_over = over.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = pinger_over.cancelled() => return,
+                () = tokio::time::sleep(PING_EVERY) => {}
+            }
+            let pong = tokio::time::timeout(PING_WAIT, ping.ping(h2::Ping::opaque())).await;
+            if !matches!(pong, Ok(Ok(_))) {
+                tracing::debug!("the gateway missed a ping: reconnecting");
+                pinger_over.cancel();
+                return;
+            }
+        }
+    });
+    tracing::debug!("warm connection to the gateway open");
+    Ok(Warm {
+        id,
+        gateway: (p.gateway_host.clone(), p.gateway_port),
+        send,
+        over,
+    })
+}
+
+/// Keeps a warm connection to the current gateway until the client ends:
+/// opened at start, opened again when it ends or the parameters change.
+pub(super) async fn keep(shared: std::sync::Arc<super::Shared>) {
+    let Some(mux) = shared.mux.as_ref() else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let p = shared.params();
+        let pause = match mux.ensure(&p).await {
+            Ok(warm) => {
+                backoff = Duration::from_millis(200);
+                tokio::select! {
+                    () = warm.over.cancelled() => {}
+                    () = mux.renew.notified() => {}
+                }
+                continue;
+            }
+            Err(MuxError::NoH2) => H1_RECHECK,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "warm connection to the gateway failed");
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = mux.renew.notified() => {}
+        }
+    }
+}

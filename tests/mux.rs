@@ -1,0 +1,414 @@
+//! The multiplexed client transport end to end on 127.0.0.1: our client
+//! with `--mux` (tunnels as WebSocket streams of one HTTP/2 connection,
+//! RFC 8441) through a real gateway (TLS, ALPN `h2`), real Shadowsocks
+//! nodes and the control plane on PostgreSQL.
+
+mod common;
+#[path = "common/plane.rs"]
+mod plane;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use httvps_dataplane::backend::Backend;
+use httvps_dataplane::gateway;
+use plane::Plane;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A SOCKS5 CONNECT to `target` through the proxy at `socks` (`None` when
+/// the proxy refuses).
+async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(socks).await.ok()?;
+    s.write_all(&[5, 1, 0]).await.ok()?;
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).await.ok()?;
+    let SocketAddr::V4(v4) = target else {
+        return None;
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).await.ok()?;
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).await.ok()?;
+    (rep[1] == 0).then_some(s)
+}
+
+/// Whether a few bytes come back through an echo tunnel within 2 s.
+async fn alive(s: &mut TcpStream) -> bool {
+    alive_within(s, Duration::from_secs(2)).await
+}
+
+/// Whether a few bytes come back through an echo tunnel within `limit`.
+async fn alive_within(s: &mut TcpStream, limit: Duration) -> bool {
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut b = [0u8; 4];
+    matches!(
+        tokio::time::timeout(limit, s.read_exact(&mut b)).await,
+        Ok(Ok(_))
+    ) && &b == b"ping"
+}
+
+/// `data` sent through an echo tunnel and read back in full, both ways at
+/// once; whether every byte came back as sent.
+async fn echo_exact(mut s: TcpStream, data: Vec<u8>) -> bool {
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(&data).await?;
+        w.shutdown().await
+    };
+    let mut back = Vec::with_capacity(data.len());
+    let receive = r.read_to_end(&mut back);
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::try_join!(send, receive)
+    })
+    .await;
+    matches!(done, Ok(Ok(_))) && back == data
+}
+
+fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut v);
+    v
+}
+
+/// A figure of the gateway's metrics (0 when absent).
+async fn metric(plane: &Plane, name: &str) -> f64 {
+    let admin = plane.admin_addr.expect("admin listener");
+    let text = common::client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The bytes (up, down) the control plane counted for gateway `gw`'s
+/// sessions, once they stop growing below `want` (bounded wait).
+async fn usage(plane: &Plane, want: f64) -> (f64, f64) {
+    let mut got = (0.0, 0.0);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let r = plane
+            .gql(
+                "{sessions(first:100){edges{node{bytesUp bytesDown gatewayNode{name}}}}}",
+                json!({}),
+            )
+            .await;
+        let edges = r["data"]["sessions"]["edges"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .clone();
+        let sum = |field: &str| -> f64 {
+            edges
+                .iter()
+                .filter(|e| e["node"]["gatewayNode"]["name"] == "gw")
+                .filter_map(|e| e["node"][field].as_str()?.parse::<f64>().ok())
+                .sum()
+        };
+        got = (sum("bytesUp"), sum("bytesDown"));
+        if got.0 >= want && got.1 >= want {
+            break;
+        }
+    }
+    got
+}
+
+/// Runs `n` echo tunnels of `len` random bytes each at once through
+/// `socks`; all must come back exact.
+async fn echo_tunnels(socks: SocketAddr, echo: SocketAddr, n: usize, len: usize) {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(tokio::spawn(async move {
+            let s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+            echo_exact(s, random(len)).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert!(t.await.expect("join"), "tunnel {i}: bytes lost or changed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_mux_tunnels_share_one_connection_byte_exact_and_counted_as_single_ones() {
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let (n, len) = (50, 128 * 1024);
+    echo_tunnels(socks, echo, n, len).await;
+    // One TCP connection carried them all (the client's warm one).
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        1.0,
+        "connections the gateway accepted"
+    );
+    // Usage: the Shadowsocks bytes each way, as for single-tunnel
+    // WebSockets (payload plus at most 1 % of AEAD overhead).
+    let moved = (n * len) as f64;
+    let (up, down) = usage(&plane, moved).await;
+    for (way, v) in [("up", up), ("down", down)] {
+        let ratio = v / moved;
+        assert!(
+            (1.0..1.01).contains(&ratio),
+            "{way}: {v} bytes counted for {moved} moved ({ratio})"
+        );
+    }
+    // The same traffic through single-tunnel WebSockets counts the same.
+    let single = plane.client().await;
+    echo_tunnels(single, echo, n, len).await;
+    let (up2, down2) = usage(&plane, 2.0 * moved).await;
+    for (way, mux, h1) in [("up", up, up2 - up), ("down", down, down2 - down)] {
+        let ratio = mux / h1;
+        assert!(
+            (0.99..1.01).contains(&ratio),
+            "{way}: mux counted {mux}, single tunnels {h1}"
+        );
+    }
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        1.0 + n as f64,
+        "single tunnels take a connection each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_the_device_closes_every_mux_tunnel_and_refuses_new_streams() {
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..10 {
+        let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+        assert!(alive(&mut s).await);
+        tunnels.push(s);
+    }
+    plane
+        .gql(
+            "mutation($id:UUID!){revokeDevice(id:$id){status}}",
+            json!({"id": plane.device_id}),
+        )
+        .await;
+    let t0 = Instant::now();
+    for (i, s) in tunnels.iter_mut().enumerate() {
+        let mut closed = false;
+        while t0.elapsed() < Duration::from_secs(8) {
+            if !alive(s).await {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            closed,
+            "tunnel {i} still open {:?} after revoking",
+            t0.elapsed()
+        );
+    }
+    let all_closed = t0.elapsed();
+    assert!(
+        all_closed <= Duration::from_secs(6),
+        "closed after {all_closed:?}"
+    );
+    // A new stream on the same warm connection is refused.
+    for _ in 0..3 {
+        if let Some(mut s) = socks_connect(socks, echo).await {
+            assert!(!alive(&mut s).await, "a new tunnel worked after revoking");
+        }
+    }
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        1.0
+    );
+    assert_eq!(metric(&plane, "httvps_gateway_open_tunnels").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mux_client_reconnects_after_the_gateway_restarts() {
+    let mut plane = Plane::start_with(1, |o| o.drain_grace = Duration::from_millis(300)).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut s).await);
+    let _ = plane.gateway_stop.take().expect("stop").send(());
+    tokio::time::timeout(Duration::from_secs(15), plane.gateway.take().expect("task"))
+        .await
+        .expect("gateway stopped")
+        .expect("join");
+    assert!(!alive(&mut s).await, "the tunnel outlived its gateway");
+    // The same address again.
+    let listener = TcpListener::bind(plane.gateway_addr).await.expect("rebind");
+    plane.spawn_gateway(listener, &|o: &mut gateway::GatewayOptions| {
+        o.drain_grace = Duration::from_millis(300);
+    });
+    let t0 = Instant::now();
+    let mut back = false;
+    while t0.elapsed() < Duration::from_secs(20) {
+        if let Some(mut s) = socks_connect(socks, echo).await
+            && alive(&mut s).await
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(back, "no tunnel within {:?} of the restart", t0.elapsed());
+    // Later tunnels share the new warm connection.
+    for _ in 0..5 {
+        let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+        assert!(alive(&mut s).await);
+    }
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        1.0,
+        "connections the restarted gateway accepted"
+    );
+}
+
+/// What the source sends: well under the test plan's 100 MB allowance
+/// (crossing it would close every tunnel of the device).
+const BULK: usize = 16 << 20;
+
+/// A target that takes two bytes, then sends [`BULK`] zeros as fast as
+/// the peer reads, then closes.
+async fn source_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read what the client sent first: unread bytes would
+                // turn the close into a reset that discards the tail.
+                let mut go = [0u8; 2];
+                if s.read_exact(&mut go).await.is_err() {
+                    return;
+                }
+                let chunk = vec![0u8; 64 * 1024];
+                for _ in 0..BULK / chunk.len() {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the round trips seen are reported for the record"
+)]
+async fn a_small_round_trip_completes_beside_a_bulk_stream_on_the_same_connection() {
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let source = source_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let mut probe = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    let t = Instant::now();
+    assert!(alive(&mut probe).await);
+    let alone = t.elapsed();
+    // A bulk download fills the connection's windows (the first bytes
+    // sent carry the target's address: the node connects on them).
+    let mut bulk = socks_connect(socks, source).await.expect("SOCKS CONNECT");
+    bulk.write_all(b"go").await.expect("first bytes");
+    let reading = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            match bulk.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+            // A reader a little slower than the link: the stream's window
+            // stays full while the probes run.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (total, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Correctness with a generous bound: how long a round trip waits
+    // behind the bulk stream's window is measured by the benchmarks.
+    let limit = Duration::from_secs(10);
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(
+            alive_within(&mut probe, limit).await,
+            "round trip beside the bulk stream"
+        );
+        worst = worst.max(t.elapsed());
+        // A new tunnel opens beside it too.
+        let mut fresh = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+        assert!(
+            alive_within(&mut fresh, limit).await,
+            "new tunnel beside the bulk stream"
+        );
+    }
+    let (total, took) = reading.await.expect("join");
+    eprintln!(
+        "round trip alone {alone:?}, beside a bulk stream (worst of 5) {worst:?}; bulk moved {total} bytes in {took:?}"
+    );
+    assert_eq!(total, BULK as u64, "the bulk stream's bytes");
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        1.0
+    );
+}
+
+/// A TLS acceptor for the gateway's certificate that offers HTTP/1.1 only
+/// (a gateway from before HTTP/2).
+fn http11_only(plane: &Plane) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&plane.cert)
+        .expect("cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(&plane.key).expect("key");
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("config");
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_without_http2_gets_one_connection_per_tunnel_from_the_mux_client() {
+    let (mut plane, listener) = Plane::prepare(1).await;
+    let backend = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
+    let acceptor = http11_only(&plane);
+    let opts = gateway::GatewayOptions {
+        public_url: format!("https://localhost:{}", plane.gateway_addr.port()),
+        report_every: Duration::from_millis(500),
+        heartbeat_every: Duration::from_secs(1),
+        cache_ttl: Duration::from_millis(500),
+        ..Default::default()
+    };
+    plane.spawn_gateway_on(listener, backend, acceptor, opts);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let n = 4;
+    for _ in 0..n {
+        let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+        assert!(alive(&mut s).await, "a tunnel over HTTP/1.1");
+    }
+    // Each tunnel had a connection of its own (besides the client's one
+    // look at the gateway's protocols).
+    assert!(metric(&plane, "httvps_gateway_accepted_connections_total").await >= f64::from(n));
+}
