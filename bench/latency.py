@@ -31,7 +31,7 @@ bench/latency_probes.py.
 
 Environment: BENCH_LAT_PROFILES (A,B), BENCH_LAT_REPS (warm fetches and
 fetches under bulk, default 15), BENCH_LAT_COLD (cold starts, default 6),
-BENCH_LAT_PAGES (page loads, default 5), BENCH_LAT_BULK_SECONDS (default 5).
+BENCH_LAT_PAGES (page loads, default 9), BENCH_LAT_BULK_SECONDS (default 5).
 """
 
 import contextlib
@@ -54,7 +54,7 @@ PROFILES = {
 }
 REPS = int(os.environ.get("BENCH_LAT_REPS", "15"))
 COLD = int(os.environ.get("BENCH_LAT_COLD", "6"))
-PAGES = int(os.environ.get("BENCH_LAT_PAGES", "5"))
+PAGES = int(os.environ.get("BENCH_LAT_PAGES", "9"))
 BULK_SECONDS = float(os.environ.get("BENCH_LAT_BULK_SECONDS", "5"))
 PEER_PASSWORD = "bench-peer-password"
 
