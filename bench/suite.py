@@ -5,18 +5,22 @@ same run on the same machine, and the ratios are what count.
 Run through `bench/run` (it installs the peers and builds first). Sections:
 throughput (iperf3, 1 and 4 streams), tunnel setup (rate, p50, p99), the
 end of a stream when the target closes first (no close tail),
-gateway memory (per idle tunnel, 10,000 tunnels) and the control plane
+gateway memory (per idle tunnel, 10,000 tunnels), the control plane
 (validate-device, assign-outline, usage ingestion on PostgreSQL with
-BENCH_DEVICES devices, against pgbench select-only). Prints a table and
-writes BENCHMARKS.md.
+BENCH_DEVICES devices, against pgbench select-only) and latency over a
+delayed link between network namespaces (bench/latency.py). Prints a table
+and writes BENCHMARKS.md.
 
 Environment: BENCH_SECONDS (per throughput run, default 5), BENCH_DEVICES
 (default 1000000), BENCH_SESSIONS (open sessions reported in the ingestion
 run, default 200000), BENCH_TUNNELS (default 10000, or what the fd limit
-allows), BENCH_ONLY (comma list of sections: throughput,setup,close,memory,control),
+allows), BENCH_ONLY (comma list of sections:
+throughput,setup,close,memory,control,latency), BENCH_BIN_DIR (where the
+release binaries are, default target/release),
 BENCH_KEEP_DB=1 (keep the PostgreSQL database for profiling), BENCH_CP_LOG
 (the control plane's RUST_LOG, e.g. httvps::control::usage_accounting=debug
-for the applier's passes and statement times).
+for the applier's passes and statement times). The latency section's own
+knobs are in bench/latency.py.
 """
 
 import json
@@ -31,8 +35,10 @@ import threading
 import time
 import urllib.request
 
+import latency
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+REL = os.path.abspath(os.environ.get("BENCH_BIN_DIR") or os.path.join(ROOT, "target", "release"))
 LOAD = os.path.join(REL, "examples", "tunnel_load")
 SECS = int(os.environ.get("BENCH_SECONDS", "5"))
 DEVICES = int(os.environ.get("BENCH_DEVICES", "1000000"))
@@ -137,13 +143,17 @@ def row(section, measure, ours, peer, ratio, target, ok):
 
 
 class Plane:
-    """Control plane (SQLite), one node, one gateway, one device."""
+    """Control plane (SQLite), one node, one gateway, one device. `work`
+    holds the database and the gateway's certificate (made when missing);
+    the control plane and the gateway listen on `host`, and clients reach
+    the gateway as `public_host`."""
 
-    def __init__(self):
+    def __init__(self, work=WORK, host="127.0.0.1", public_host="localhost"):
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         env = {
-            "BACKEND_DB_DSN": f"sqlite://{WORK}/plane.db",
+            "BACKEND_DB_DSN": f"sqlite://{work}/plane.db",
+            "BACKEND_HOST": host,
             "BACKEND_SECRET_KEY": SECRET_KEY,
             "BACKEND_PORT": str(port),
             "RUST_LOG": "warn",
@@ -203,21 +213,21 @@ class Plane:
             self.base,
             tok,
             'mutation($u:String!){registerGatewayNode(input:{region:"bench",name:"gw",publicUrl:$u}){token}}',
-            {"u": f"https://localhost:{self.gw_port}"},
+            {"u": f"https://{public_host}:{self.gw_port}"},
         )["registerGatewayNode"]
-        self.cert, self.key = f"{WORK}/gw.crt", f"{WORK}/gw.key"
+        self.cert, self.key = f"{work}/gw.crt", f"{work}/gw.key"
         self.gateway = spawn(
             "gateway",
             [f"{REL}/httvps-relay", "gateway"],
             {
                 "GATEWAY_BACKEND_URL": self.base,
                 "GATEWAY_TOKEN": g["token"],
-                "GATEWAY_LISTEN": f"127.0.0.1:{self.gw_port}",
+                "GATEWAY_LISTEN": f"{host}:{self.gw_port}",
                 "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
                 "GATEWAY_TLS_CERT": self.cert,
                 "GATEWAY_TLS_KEY": self.key,
                 "GATEWAY_SELF_SIGNED": "true",
-                "GATEWAY_PUBLIC_URL": f"https://localhost:{self.gw_port}",
+                "GATEWAY_PUBLIC_URL": f"https://{public_host}:{self.gw_port}",
                 "GATEWAY_MAX_TUNNELS": str(TUNNELS * 2 + 1000),
                 "GATEWAY_MAX_TUNNELS_PER_DEVICE": str(TUNNELS * 2 + 1000),
                 "RUST_LOG": "warn",
@@ -892,7 +902,7 @@ def write_report(started):
 
 def main():
     started = time.time()
-    sections = ONLY or {"throughput", "setup", "close", "memory", "control"}
+    sections = ONLY or {"throughput", "setup", "close", "memory", "control", "latency"}
     try:
         if sections & {"throughput", "setup", "close", "memory"}:
             plane = Plane()
@@ -906,6 +916,8 @@ def main():
                 memory(plane)
         if "control" in sections:
             control_plane()
+        if "latency" in sections:
+            latency.section(sys.modules[__name__])
     finally:
         for p in reversed(PROCS):
             stop(p)
