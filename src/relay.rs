@@ -127,6 +127,10 @@ pub struct GatewayArgs {
     /// Seconds without data before a tunnel (TCP or UDP) is closed.
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     pub idle_timeout_secs: u64,
+    /// Seconds an HTTP/2 connection may carry no request and no tunnel
+    /// before it is told to go away (our client opens a new one).
+    #[arg(long, env = "GATEWAY_H2_IDLE_SECS", default_value_t = 60)]
+    pub h2_idle_secs: u64,
     /// Unknown device tokens one source (IPv4 address, IPv6 /64) may present
     /// per window; past it the source gets 429 on every request for the window.
     #[arg(long, env = "GATEWAY_GUESS_LIMIT", default_value_t = 20)]
@@ -316,6 +320,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         spool: Some(spool),
         idle_ping: Duration::from_secs(a.idle_ping_secs.max(1)),
         idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+        h2_idle: Duration::from_secs(a.h2_idle_secs.max(1)),
         guess_limit: a.guess_limit,
         guess_window: Duration::from_secs(a.guess_window_secs.max(1)),
         guess_sources: a.guess_sources,

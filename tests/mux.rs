@@ -412,3 +412,48 @@ async fn a_gateway_without_http2_gets_one_connection_per_tunnel_from_the_mux_cli
     // look at the gateway's protocols).
     assert!(metric(&plane, "httvps_gateway_accepted_connections_total").await >= f64::from(n));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_connection_that_opens_nothing_is_told_to_go_away_and_one_with_a_tunnel_stays() {
+    let idle = Duration::from_secs(2);
+    let plane = Plane::start_with(1, move |o| o.h2_idle = idle).await;
+    // A bare HTTP/2 connection: preface and settings, then nothing.
+    let tls = httvps_dataplane::tls::connector_with_alpn(Some(&plane.cert), vec![b"h2".to_vec()])
+        .expect("connector");
+    let tcp = TcpStream::connect(plane.gateway_addr)
+        .await
+        .expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tls.connect(name, tcp).await.expect("TLS");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (_send, connection) = h2::client::handshake(stream)
+        .await
+        .expect("HTTP/2 handshake");
+    let t0 = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(30), connection).await;
+    assert!(
+        ended.is_ok(),
+        "the idle connection was still open after 30 s"
+    );
+    assert!(
+        t0.elapsed() >= idle - Duration::from_millis(200),
+        "closed before the idle limit: {:?}",
+        t0.elapsed()
+    );
+    // A tunnel held without data past the limit keeps its connection.
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut s).await);
+    let before = metric(&plane, "httvps_gateway_accepted_connections_total").await;
+    tokio::time::sleep(idle * 3).await;
+    assert!(
+        alive(&mut s).await,
+        "the tunnel outlived its connection's idle limit"
+    );
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        before,
+        "the tunnel's connection was kept"
+    );
+}

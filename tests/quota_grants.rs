@@ -496,14 +496,11 @@ async fn a_tunnel_opened_right_after_the_last_one_ended_keeps_the_grant() {
     for _ in 0..100 {
         if let Ok(Ok(mut s)) =
             tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(socks)).await
+            && s.write_all(&[5, 1, 0]).await.is_ok()
+            && s.read_exact(&mut [0u8; 2]).await.is_ok()
         {
-            if s.write_all(&[5, 1, 0]).await.is_ok() {
-                let mut r = [0u8; 2];
-                if s.read_exact(&mut r).await.is_ok() {
-                    ready = true;
-                    break;
-                }
-            }
+            ready = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -47,6 +47,8 @@ fn main() -> ExitCode {
     let cli: Cli = httvps::cli::parse();
     httvps::logging::init(cli.log.log_format, cli.log.debug);
     tls::install_provider();
+    // Before any socket: tunnels need descriptors, not the default 1,024.
+    httvps_dataplane::nofile::raise();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -25,6 +25,7 @@
 //! - [`tls`]: certificates, acceptors and connectors (system roots).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
+//! - [`nofile`]: the open-file limit, raised to the hard one at start.
 
 pub mod acme;
 pub mod backend;
@@ -34,5 +35,6 @@ pub mod files;
 pub mod gateway;
 pub mod link;
 pub mod node;
+pub mod nofile;
 pub mod tls;
 pub mod wsio;

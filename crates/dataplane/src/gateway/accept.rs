@@ -43,6 +43,9 @@ pub(crate) struct Limits {
     /// On shutdown, how long an HTTP/2 connection's streams (tunnels) may
     /// take to end before the connection is dropped.
     pub drain: Duration,
+    /// An HTTP/2 connection without a request or a tunnel for this long
+    /// is told to go away.
+    pub h2_idle: Duration,
 }
 
 /// The connection a request came on.
@@ -77,6 +80,7 @@ pub(crate) async fn serve(
     let builder = Arc::new(builder);
     let h2 = Arc::new(super::h2::builder());
     let drain = limits.drain;
+    let h2_idle = limits.h2_idle;
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -124,8 +128,14 @@ pub(crate) async fn serve(
             }
             let is_h2 = alpn == Some(b"h2".as_slice());
             if is_h2 {
-                let timing = super::h2::Timing { deadline, drain };
-                super::h2::serve(&h2, tls, app, conn, timing, &stop).await;
+                let timing = super::h2::Timing {
+                    deadline,
+                    drain,
+                    idle: h2_idle,
+                };
+                let permit = Arc::downgrade(&conn.permit);
+                let holders = move || permit.strong_count();
+                super::h2::serve(&h2, tls, app, conn, holders, timing, &stop).await;
                 return;
             }
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {

@@ -12,13 +12,17 @@
 //! allocated for a window until data arrives, so idle streams cost only
 //! their stream state and tunnel. The client must send its connection
 //! preface within the handshake deadline; afterwards pings every 20 s
-//! (answered within 20 s) keep the connection or end it. On shutdown the
+//! (answered within 20 s) keep the connection or end it, and a connection
+//! that carries no request and no tunnel for the idle limit (60 s by
+//! default) is told to go away, so a connection that opens nothing cannot
+//! hold its place in the connection budget for ever (an idle HTTP/1.1
+//! connection is closed at the header deadline). On shutdown the
 //! connection is told to go away (GOAWAY) and its open streams get the
 //! tunnels' drain before it is dropped.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -66,22 +70,32 @@ pub(super) fn builder() -> http2::Builder<TokioExecutor> {
     b
 }
 
+/// How often a connection's activity is looked at for the idle limit.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+
 /// The deadlines of one connection.
 pub(super) struct Timing {
     /// For the client's connection preface.
     pub deadline: Duration,
     /// On shutdown, for the open streams to end.
     pub drain: Duration,
+    /// Without a request or an open tunnel for this long, the connection
+    /// is told to go away.
+    pub idle: Duration,
 }
 
 /// Serves `app` over HTTP/2 on `tls` until the client leaves, misses the
-/// preface deadline, or `stop` is cancelled; every request carries `conn`
-/// (the connection's details) in its extensions.
+/// preface deadline, stays idle past `timing.idle`, or `stop` is
+/// cancelled; every request carries `conn` (the connection's details) in
+/// its extensions. `holders` counts what holds the connection's details
+/// (requests in flight and open tunnels keep a copy): while it stays at
+/// what it was at the start and no request comes, the connection is idle.
 pub(super) async fn serve<T, C>(
     builder: &http2::Builder<TokioExecutor>,
     tls: T,
     app: Router,
     conn: C,
+    holders: impl Fn() -> usize,
     timing: Timing,
     stop: &CancellationToken,
 ) where
@@ -93,11 +107,15 @@ pub(super) async fn serve<T, C>(
         inner: tls,
         seen: seen.clone(),
     };
+    let requests = Arc::new(AtomicU64::new(0));
+    let counted = requests.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        counted.fetch_add(1, Ordering::Relaxed);
         req.extensions_mut().insert(conn.clone());
         let mut app = app.clone();
         app.call(req)
     });
+    let at_rest = holders();
     let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
     let silent = async {
@@ -106,9 +124,25 @@ pub(super) async fn serve<T, C>(
             std::future::pending::<()>().await;
         }
     };
+    let idle = async {
+        let (mut last, mut since) = (0, tokio::time::Instant::now());
+        loop {
+            tokio::time::sleep(IDLE_CHECK).await;
+            let n = requests.load(Ordering::Relaxed);
+            if n != last || holders() > at_rest {
+                (last, since) = (n, tokio::time::Instant::now());
+            } else if since.elapsed() >= timing.idle {
+                return;
+            }
+        }
+    };
     tokio::select! {
         _ = served.as_mut() => {}
         () = silent => {}
+        () = idle => {
+            served.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(timing.drain, served).await;
+        }
         () = stop.cancelled() => {
             served.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(timing.drain, served).await;

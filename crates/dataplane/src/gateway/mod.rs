@@ -104,6 +104,10 @@ pub struct GatewayOptions {
     pub idle_ping: Duration,
     /// A tunnel (TCP or UDP) with no data either way for this long is closed.
     pub idle_timeout: Duration,
+    /// An HTTP/2 connection with no request and no open tunnel for this
+    /// long is told to go away (GOAWAY): a connection that opens nothing
+    /// cannot hold its place in the connection budget.
+    pub h2_idle: Duration,
     /// Unknown device credentials one source (an IPv4 address, an IPv6
     /// /64) may present per `guess_window` before it is shut out.
     pub guess_limit: u32,
@@ -133,6 +137,7 @@ impl Default for GatewayOptions {
             spool_every: Duration::from_millis(500),
             idle_ping: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            h2_idle: Duration::from_secs(60),
             guess_limit: 20,
             guess_window: Duration::from_secs(60),
             guess_sources: 100_000,
@@ -297,6 +302,7 @@ pub async fn run(
             shed: gw.metrics.shed.clone(),
             accepted: gw.metrics.accepted.clone(),
             drain: gw.opts.drain_grace + CLOSE_DEADLINE,
+            h2_idle: gw.opts.h2_idle,
         },
         &connections,
         &stop_connections,
