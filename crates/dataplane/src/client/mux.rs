@@ -226,6 +226,8 @@ async fn dial(tls: &TlsConnector, p: &Params, id: u64) -> Result<Warm, MuxError>
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        // A lifetime count, not a rate: see the gateway's `h2::builder`.
+        .max_local_error_reset_streams(None)
         .handshake::<_, Bytes>(stream)
         .await
         .context("HTTP/2 with the gateway")?;

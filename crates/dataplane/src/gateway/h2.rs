@@ -66,6 +66,13 @@ pub(super) fn builder() -> http2::Builder<TokioExecutor> {
         .keep_alive_interval(PING)
         .keep_alive_timeout(PING)
         .max_header_list_size(MAX_HEADERS)
+        // The h2 library counts the streams it resets itself (a frame on a
+        // stream that just ended, as when a tunnel closes while the peer
+        // still sends) over the connection's whole life and ends the
+        // connection at 1,024: a warm connection carries far more tunnels
+        // than that. Concurrent streams stay bounded, and so do remote
+        // resets not yet accepted (the rapid-reset guard).
+        .max_local_error_reset_streams(None)
         .enable_connect_protocol();
     b
 }
