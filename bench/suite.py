@@ -723,6 +723,43 @@ def scalar(dsn, sql):
     return out.stdout.decode().strip()
 
 
+def report_script(name, items_file, token, key, entry):
+    """A wrk script posting `{key: [200 entries]}` bodies: entry `c` of
+    batch `b` is `string.format(entry)` over the `c`-th line of
+    `items_file` (`items[c]`) and a value `v` that grows with every
+    request. Each of wrk's two threads owns every other batch."""
+    path = os.path.join(WORK, name)
+    with open(path, "w") as f:
+        f.write(f"""
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  items = {{}}
+  for line in io.lines("{items_file}") do items[#items + 1] = line end
+  batches = math.floor(#items / 200)
+  counter = 0
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+request = function()
+  counter = counter + 1
+  local b = ((counter * 2 + tid) % batches)
+  local v = counter * 1000 + tid
+  local parts = {{}}
+  for i = 1, 200 do
+    local c = b * 200 + i
+    parts[i] = string.format({entry})
+  end
+  return wrk.format(nil, nil, nil, '{{"{key}":[' .. table.concat(parts, ",") .. ']}}')
+end
+""")
+    return path
+
+
 def ingestion(port, dsn, seconds, witness=False):
     """Gateways reporting cumulative totals for SESSIONS open sessions (at
     100,000 totals/s each session is reported every 2 s, as a gateway does).
@@ -756,66 +793,13 @@ INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_a
             http("POST", f"http://127.0.0.1:{port}/api/v1/usage/links", {"links": links}, GATEWAY_TOKEN)
         with open(os.path.join(WORK, "peers.txt"), "w") as f:
             f.write("\n".join(peers))
-    script = os.path.join(WORK, "ingest.lua")
-    with open(script, "w") as f:
-        f.write(f"""
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
-function init(args)
-  ids = {{}}
-  for line in io.lines("{ids_file}") do ids[#ids + 1] = line end
-  batches = math.floor(#ids / 200)
-  counter = 0
-end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {GATEWAY_TOKEN}"
-request = function()
-  counter = counter + 1
-  -- Each thread owns every other batch; totals grow with the counter.
-  local b = ((counter * 2 + tid) % batches)
-  local v = counter * 1000 + tid
-  local parts = {{}}
-  for i = 1, 200 do
-    parts[i] = string.format('{{"session_id":"%s","seq":%d,"bytes_up":%d,"bytes_down":%d}}', ids[b * 200 + i], v, v, v)
-  end
-  return wrk.format(nil, nil, nil, '{{"reports":[' .. table.concat(parts, ",") .. ']}}')
-end
-""")
-    node_script = os.path.join(WORK, "witness.lua")
-    with open(node_script, "w") as f:
-        f.write(f"""
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
-function init(args)
-  peers = {{}}
-  for line in io.lines("{os.path.join(WORK, 'peers.txt')}") do peers[#peers + 1] = line end
-  batches = math.floor(#peers / 200)
-  counter = 0
-end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {NODE_TOKEN}"
-request = function()
-  counter = counter + 1
-  local b = ((counter * 2 + tid) % batches)
-  -- The node's count runs a little ahead of the gateway's upload and
-  -- behind its download: the ledger takes the larger of each.
-  local v = counter * 1000 + tid
-  local parts = {{}}
-  for i = 1, 200 do
-    local c = b * 200 + i
-    parts[i] = string.format('{{"conn":%d,"peer":"%s","bytes_up":%d,"bytes_down":%d}}', c, peers[c], v + 7, v - 7)
-  end
-  return wrk.format(nil, nil, nil, '{{"conns":[' .. table.concat(parts, ",") .. ']}}')
-end
-""")
+    script = report_script("ingest.lua", ids_file, GATEWAY_TOKEN, "reports",
+                           """'{"session_id":"%s","seq":%d,"bytes_up":%d,"bytes_down":%d}', items[c], v, v, v""")
+    # The node's count runs a little ahead of the gateway's upload and
+    # behind its download: the ledger takes the larger of each.
+    node_script = witness and report_script(
+        "witness.lua", os.path.join(WORK, "peers.txt"), NODE_TOKEN, "conns",
+        """'{"conn":%d,"peer":"%s","bytes_up":%d,"bytes_down":%d}', c, items[c], v + 7, v - 7""")
     t0 = time.time()
     node_result = {}
     if witness:
