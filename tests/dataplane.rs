@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A SOCKS5 CONNECT to `target` through the proxy at `socks`.
 async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> TcpStream {
-    socks_connect_raw(socks, target)
+    common::socks_connect(socks, target)
         .await
         .expect("SOCKS CONNECT refused")
 }
@@ -1459,7 +1459,7 @@ async fn control_plane_outage_keeps_tunnels_then_fails_closed_then_recovers() {
         Duration::from_secs(3).saturating_sub(stopped_at.elapsed()) + Duration::from_millis(500),
     )
     .await;
-    let refused = tokio::time::timeout(Duration::from_secs(10), socks_connect_raw(socks, echo))
+    let refused = tokio::time::timeout(Duration::from_secs(10), common::socks_connect(socks, echo))
         .await
         .expect("answer in time");
     assert!(
@@ -1472,7 +1472,7 @@ async fn control_plane_outage_keeps_tunnels_then_fails_closed_then_recovers() {
     let mut recovered = false;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut s = socks_connect_raw(socks, echo).await;
+        let mut s = common::socks_connect(socks, echo).await;
         if let Some(s) = s.as_mut()
             && alive(s).await
         {
@@ -1484,24 +1484,6 @@ async fn control_plane_outage_keeps_tunnels_then_fails_closed_then_recovers() {
         recovered,
         "tunnels work again once the control plane is back"
     );
-}
-
-/// Like [`socks_connect`] but `None` when the proxy refuses.
-async fn socks_connect_raw(socks: SocketAddr, target: SocketAddr) -> Option<TcpStream> {
-    let mut s = TcpStream::connect(socks).await.ok()?;
-    s.write_all(&[5, 1, 0]).await.ok()?;
-    let mut r = [0u8; 2];
-    s.read_exact(&mut r).await.ok()?;
-    let SocketAddr::V4(v4) = target else {
-        return None;
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&v4.ip().octets());
-    req.extend_from_slice(&v4.port().to_be_bytes());
-    s.write_all(&req).await.ok()?;
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep).await.ok()?;
-    (rep[1] == 0).then_some(s)
 }
 
 #[tokio::test(flavor = "multi_thread")]

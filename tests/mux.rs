@@ -10,31 +10,13 @@ mod plane;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::socks_connect;
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::gateway;
 use plane::Plane;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A SOCKS5 CONNECT to `target` through the proxy at `socks` (`None` when
-/// the proxy refuses).
-async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> Option<TcpStream> {
-    let mut s = TcpStream::connect(socks).await.ok()?;
-    s.write_all(&[5, 1, 0]).await.ok()?;
-    let mut r = [0u8; 2];
-    s.read_exact(&mut r).await.ok()?;
-    let SocketAddr::V4(v4) = target else {
-        return None;
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&v4.ip().octets());
-    req.extend_from_slice(&v4.port().to_be_bytes());
-    s.write_all(&req).await.ok()?;
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep).await.ok()?;
-    (rep[1] == 0).then_some(s)
-}
 
 /// Whether a few bytes come back through an echo tunnel within 2 s.
 async fn alive(s: &mut TcpStream) -> bool {

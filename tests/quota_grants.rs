@@ -111,21 +111,9 @@ async fn client_via(plane: &Plane, token: &str, gateway: SocketAddr) -> SocketAd
 
 /// A SOCKS5 CONNECT to `target` through `socks`.
 async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(socks).await.expect("socks");
-    s.write_all(&[5, 1, 0]).await.expect("greeting");
-    let mut r = [0u8; 2];
-    s.read_exact(&mut r).await.expect("method");
-    let SocketAddr::V4(v4) = target else {
-        panic!("v4 only")
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&v4.ip().octets());
-    req.extend_from_slice(&v4.port().to_be_bytes());
-    s.write_all(&req).await.expect("connect");
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep).await.expect("reply");
-    assert_eq!(rep[1], 0, "SOCKS CONNECT refused");
-    s
+    common::socks_connect(socks, target)
+        .await
+        .expect("SOCKS CONNECT refused")
 }
 
 /// Sends and receives at full speed until the tunnel is cut; returns the

@@ -16,6 +16,26 @@ use httvps_control::db::{self, Db, Dsn};
 use httvps_control::http::{self, AppState};
 use tokio::sync::oneshot;
 
+/// A SOCKS5 CONNECT to the IPv4 `target` through the proxy at `socks`:
+/// the stream once the proxy said yes, `None` when it refused or failed.
+pub async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(socks).await.ok()?;
+    s.write_all(&[5, 1, 0]).await.ok()?;
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).await.ok()?;
+    let SocketAddr::V4(v4) = target else {
+        return None;
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).await.ok()?;
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).await.ok()?;
+    (rep[1] == 0).then_some(s)
+}
+
 /// The PostgreSQL server tests use (trust auth on this machine and in CI).
 pub fn pg_admin_url() -> String {
     std::env::var("HTTVPS_TEST_PG_URL")
