@@ -491,6 +491,43 @@ async fn node_events_reach_subscribers_on_another_replica() {
     drop(b);
 }
 
+/// A burst of messages larger than the engine's input queue, sent without
+/// waiting, is all taken: the socket neither wedges nor drops any (a full
+/// queue once stopped the engine that drains it, and the socket with it).
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_takes_a_burst_longer_than_its_queue() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let user = token_for(&server.base, &server.state.db, Role::User).await;
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    assert_eq!(
+        ws_init(&mut ws, json!({"Authorization": format!("Bearer {user}")})).await["type"],
+        "connection_ack"
+    );
+    let mut burst = Vec::new();
+    for i in 0..150 {
+        let id = format!("b{i}");
+        burst.push(json!({"id": id, "type": "subscribe", "payload": {"query": "subscription{nodeEvents{nodeId}}"}}));
+        burst.push(json!({"id": id, "type": "complete"}));
+    }
+    burst.push(json!({"id": "last", "type": "subscribe", "payload": {"query": "{__typename}"}}));
+    for m in burst {
+        ws.feed(Message::Text(m.to_string().into()))
+            .await
+            .expect("feed");
+    }
+    ws.flush().await.expect("send");
+    loop {
+        let r = ws_next(&mut ws).await;
+        if r["id"] == "last" {
+            assert_eq!(r["type"], "next", "{r}");
+            assert_eq!(r["payload"]["data"]["__typename"], "Query", "{r}");
+            break;
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_auth_init_deadline_and_subscription_cap() {
     let t = TestDb::sqlite().await;

@@ -274,8 +274,19 @@ pub async fn serve(
     let mut acked = false;
     let deadline = tokio::time::sleep(INIT_DEADLINE);
     let mut deadline = std::pin::pin!(deadline);
+    // A message the engine's full input queue could not take yet: the
+    // socket is not read again until it is handed over, while the engine
+    // keeps running (and draining its queue) in the other branches. Waiting
+    // for room inside the read branch would stop the engine that makes it.
+    let mut waiting: Option<Vec<u8>> = None;
     loop {
         tokio::select! {
+            room = to_gql.reserve(), if waiting.is_some() => {
+                let Ok(permit) = room else { break };
+                if let Some(bytes) = waiting.take() {
+                    permit.send(bytes);
+                }
+            }
             () = &mut expiry, if credential.is_some() => {
                 let _ = sink.send(forbidden()).await;
                 break;
@@ -306,7 +317,7 @@ pub async fn serve(
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() }))).await;
                 break;
             }
-            msg = source.next() => {
+            msg = source.next(), if waiting.is_none() => {
                 let bytes = match msg {
                     Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
                     Some(Ok(Message::Binary(b))) => b.to_vec(),
@@ -333,7 +344,11 @@ pub async fn serve(
                     "complete" | "stop" => { active.remove(&id.to_string()); }
                     _ => {}
                 }
-                if to_gql.send(bytes).await.is_err() { break; }
+                match to_gql.try_send(bytes) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(bytes)) => waiting = Some(bytes),
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
             }
             out = gql.next() => {
                 match out {
