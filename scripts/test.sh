@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh
+scripts/ensure-packages.sh
 # Databases left behind by an interrupted earlier run: their names start
 # with the test process's id, so those of a suite still running stay.
 url="${HTTVPS_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -880,24 +880,10 @@ async fn node_going_down_mid_use_moves_tunnels_to_a_healthy_node() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stock_ss_local_with_v2ray_plugin_fetches_through_the_gateway() {
-    if std::process::Command::new("ss-local")
-        .arg("-h")
-        .output()
-        .is_err()
-        || std::process::Command::new("ss-v2ray-plugin")
-            .arg("-version")
-            .output()
-            .is_err()
-    {
-        let status = std::process::Command::new("sh")
-            .args(["-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shadowsocks-libev shadowsocks-v2ray-plugin >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shadowsocks-libev shadowsocks-v2ray-plugin)"])
-            .status()
-            .expect("apt-get");
-        assert!(
-            status.success(),
-            "installing shadowsocks-libev and shadowsocks-v2ray-plugin failed"
-        );
-    }
+    common::apt_install(
+        &["shadowsocks-libev", "shadowsocks-v2ray-plugin"],
+        &[("ss-local", "-h"), ("ss-v2ray-plugin", "-version")],
+    );
     let plane = Plane::start(1).await;
     let body = random_body(10 * 1024 * 1024);
     let web = http_server(body.clone()).await;

@@ -36,6 +36,45 @@ pub async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> Option<toki
     (rep[1] == 0).then_some(s)
 }
 
+/// Installs Debian `packages` with apt-get unless every program of
+/// `present` (each with an argument it answers to) already runs. One
+/// install at a time per test process, and apt-get waits for dpkg's lock
+/// instead of failing at once, so tests (and other processes) installing
+/// at the same moment do not break each other.
+pub fn apt_install(packages: &[&str], present: &[(&str, &str)]) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let runs = |(bin, arg): &(&str, &str)| {
+        Command::new(bin)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if present.iter().all(runs) {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if present.iter().all(runs) {
+        return;
+    }
+    let list = packages.join(" ");
+    let apt = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -qq";
+    let script = format!("{apt} install {list} || ({apt} update && {apt} install {list})");
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("running apt-get");
+    assert!(
+        out.status.success(),
+        "installing {list} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The PostgreSQL server tests use (trust auth on this machine and in CI).
 pub fn pg_admin_url() -> String {
     std::env::var("HTTVPS_TEST_PG_URL")

@@ -14,26 +14,10 @@ use super::common::{self, tempdir::TempDir};
 
 /// Installs Pebble with apt-get when it is missing.
 pub fn ensure_installed() {
-    let present = |bin: &str| {
-        std::process::Command::new(bin)
-            .arg("-h")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if present("pebble") && present("pebble-challtestsrv") {
-        return;
-    }
-    let status = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble >/dev/null 2>&1 \
-             || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble)",
-        ])
-        .status()
-        .expect("apt-get");
-    assert!(status.success(), "installing pebble failed");
+    common::apt_install(
+        &["pebble"],
+        &[("pebble", "-h"), ("pebble-challtestsrv", "-h")],
+    );
 }
 
 /// Where and how Pebble validates.
