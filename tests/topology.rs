@@ -56,6 +56,9 @@ const PASSWORD: &str = "a long operator passphrase 42";
 /// The control plane's HTTPS port (on `cp`, and published on `gw`).
 const CP_PORT: u16 = 8443;
 const NODE_PORT: u16 = 8388;
+/// The gateway's and the client's logs say why each tunnel was refused or
+/// not opened (the logs are printed when the test fails).
+const DATAPLANE_DEBUG: (&str, &str) = ("RUST_LOG", "info,httvps_dataplane=debug");
 /// How long the control plane's link stays cut.
 const CP_CUT: Duration = Duration::from_secs(30);
 
@@ -225,7 +228,7 @@ fn the_production_topology_on_separate_hosts() {
         ]);
         running.push(lab.spawn(&mut cmd).expect("node"));
     }
-    let mut cmd = command(&lab, &logs, "gw", relay_bin, &[], "gateway");
+    let mut cmd = command(&lab, &logs, "gw", relay_bin, &[DATAPLANE_DEBUG], "gateway");
     cmd.args(["gateway", "--enroll", &gw_enroll])
         .args(["--credentials", &arg(&tmp.path().join("gw.json"))])
         .args(["--listen", "0.0.0.0:443", "--public-url", &gw_url])
@@ -286,7 +289,14 @@ fn the_production_topology_on_separate_hosts() {
         unreachable!("an IPv4 lab")
     };
     let ours = SocketAddr::from(([127, 0, 0, 1], 1081));
-    let mut cmd = command(&lab, &logs, "client", relay_bin, &[], "connect");
+    let mut cmd = command(
+        &lab,
+        &logs,
+        "client",
+        relay_bin,
+        &[DATAPLANE_DEBUG],
+        "connect",
+    );
     cmd.args(["connect", "--backend", &api, "--backend-pin", &pin])
         .args([
             "--device-token",
@@ -309,15 +319,18 @@ fn the_production_topology_on_separate_hosts() {
             socks5(&lab, "client", stock, web_v4)
         } else {
             let s = hosts::connect(&lab, "client", ours, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.set_read_timeout(Some(hosts::STALL))?;
+            s.set_write_timeout(Some(hosts::STALL))?;
             Ok(s)
         }
     };
     // Both carry a MiB each way, byte for byte (ss-local listens before
-    // its plugin is up: the first tries may close at once).
+    // its plugin is up: the first tries may close at once). A try that
+    // stalls is given up after a few seconds, so one stuck tunnel does not
+    // use up the whole wait.
     let mut carried = Vec::new();
     for (which, name) in [(stock, "the stock client"), (ours, "our client")] {
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + 2 * within;
         loop {
             if tunnel(which).is_ok_and(|mut s| exchange(&mut s, 1 << 20)) {
                 break;
@@ -410,17 +423,9 @@ fn the_production_topology_on_separate_hosts() {
 
 /// Installs ss-local and v2ray-plugin (Debian packages) when missing.
 fn ensure_stock_client() {
-    let have = |p: &str, a: &str| std::process::Command::new(p).arg(a).output().is_ok();
-    if have("ss-local", "-h") && have("ss-v2ray-plugin", "-version") {
-        return;
-    }
-    let status = std::process::Command::new("sh")
-        .args(["-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shadowsocks-libev shadowsocks-v2ray-plugin >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shadowsocks-libev shadowsocks-v2ray-plugin)"])
-        .status()
-        .expect("apt-get");
-    assert!(
-        status.success(),
-        "installing shadowsocks-libev and shadowsocks-v2ray-plugin failed"
+    common::apt_install(
+        &["shadowsocks-libev", "shadowsocks-v2ray-plugin"],
+        &[("ss-local", "-h"), ("ss-v2ray-plugin", "-version")],
     );
 }
 

@@ -219,6 +219,11 @@ fn echo(s: TcpStream) {
     let _ = w.shutdown(Shutdown::Write);
 }
 
+/// How long a tunnel of the lab may stay silent (reading or writing)
+/// before a try through it is given up: more than a gateway takes to give
+/// up a node that does not answer (5 s) and route to another.
+pub const STALL: Duration = Duration::from_secs(15);
+
 /// Opens a SOCKS5 CONNECT to `to` through the proxy at `proxy` on `host`.
 pub fn socks5(
     lab: &Lab,
@@ -227,7 +232,8 @@ pub fn socks5(
     to: SocketAddrV4,
 ) -> std::io::Result<TcpStream> {
     let mut s = connect(lab, host, proxy, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.set_read_timeout(Some(STALL))?;
+    s.set_write_timeout(Some(STALL))?;
     s.write_all(&[5, 1, 0])?;
     let mut hello = [0u8; 2];
     s.read_exact(&mut hello)?;

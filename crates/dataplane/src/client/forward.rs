@@ -6,6 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use shadowsocks_service::shadowsocks::ProxyClientStream;
 use shadowsocks_service::shadowsocks::relay::Address;
@@ -28,9 +29,24 @@ const FIRST_WRITE_MAX: usize = 16 * 1024 - 512;
 /// connection of its own, or a stream of the warm HTTP/2 connection).
 pub(super) type Proxied = CapFirstWrite<ProxyClientStream<WsIo<Box<dyn Io>>>>;
 
-/// Opens a tunnel to `target` with the parameters `p`.
+/// How long opening a tunnel (TCP, TLS and the WebSocket upgrade, or a
+/// stream of the warm connection) may take before the local connection is
+/// given up.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Opens a tunnel to `target` with the parameters `p`. A failure is logged
+/// as a warning: it is what a user looks for when nothing loads.
 pub(super) async fn open(s: &Shared, p: &Params, target: Address) -> anyhow::Result<Proxied> {
-    let ws = s.open_tcp(p).await?;
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, s.open_tcp(p))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the tunnel timed out")));
+    let ws = match opened {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), gateway = %p.gateway_host, "tunnel not opened");
+            return Err(e);
+        }
+    };
     Ok(CapFirstWrite::new(ProxyClientStream::from_stream(
         s.ctx.clone(),
         WsIo::new(ws),

@@ -88,6 +88,7 @@ async fn shut_out(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> R
 /// (the access document shows the reason instead).
 fn refusal_response(gw: &Gateway, r: Refusal, peer: Option<IpAddr>) -> Response {
     gw.metrics.refused();
+    tracing::debug!(refusal = ?r, "tunnel refused");
     match r {
         Refusal::Unknown { asked } => {
             let shut = peer
@@ -111,6 +112,7 @@ fn refusal_response(gw: &Gateway, r: Refusal, peer: Option<IpAddr>) -> Response 
 
 fn cap_response(gw: &Gateway, refusal: CapRefusal) -> Response {
     gw.metrics.refused();
+    tracing::debug!(refusal = ?refusal, "tunnel refused at a cap");
     match refusal {
         CapRefusal::Full => (StatusCode::SERVICE_UNAVAILABLE, "Too many tunnels").into_response(),
         CapRefusal::DeviceFull => (
