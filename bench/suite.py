@@ -5,7 +5,8 @@ same run on the same machine, and the ratios are what count.
 Run through `bench/run` (it installs the peers and builds first). Sections:
 throughput (iperf3, 1 and 4 streams), tunnel setup (rate, p50, p99), the
 end of a stream when the target closes first (no close tail),
-gateway memory (per idle tunnel, 10,000 tunnels), the control plane
+gateway memory (per idle tunnel, 10,000 tunnels), the node's memory and
+descriptors per idle tunnel, the control plane
 (validate-device, assign-outline, usage ingestion on PostgreSQL with
 BENCH_DEVICES devices, against pgbench select-only) and latency over a
 delayed link between network namespaces (bench/latency.py). Prints a table
@@ -195,7 +196,7 @@ class Plane:
             {"p": node_port},
         )["registerOutlineNode"]
         self.method, self.secret = n["node"]["method"], n["node"]["secret"]
-        spawn(
+        self.node = spawn(
             "node",
             [f"{REL}/httvps-relay", "node"],
             {
@@ -564,20 +565,28 @@ def hold(port, count):
     return p, json.loads(line or b'{"open": 0, "failed": -1}')
 
 
+def fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def memory(plane):
-    log("== gateway memory with idle tunnels ==")
+    log("== gateway and node memory with idle tunnels ==")
     p, port = plane.client("client-hold")
-    gw = plane.gateway.pid
+    gw, node = plane.gateway.pid, plane.node.pid
     try:
         load("setup", f"127.0.0.1:{port}", 1, 2)
         time.sleep(1)
         base = rss_kib(gw)
-        results = {}
+        node_base = (rss_kib(node), fds(node))
+        results, node_results = {}, {}
         for count in (1000, TUNNELS):
             h, opened = hold(port, count)
             time.sleep(2)
             results[count] = (rss_kib(gw), opened)
-            log(f"  {count} tunnels: {opened}, gateway RSS {results[count][0]:,} KiB (base {base:,} KiB)")
+            node_results[count] = (rss_kib(node), fds(node))
+            log(f"  {count} tunnels: {opened}, gateway RSS {results[count][0]:,} KiB (base {base:,} KiB), "
+                f"node RSS {node_results[count][0]:,} KiB and {node_results[count][1]:,} fds "
+                f"(base {node_base[0]:,} KiB, {node_base[1]} fds)")
             h.stdin.close()
             h.wait(60)
             time.sleep(3)
@@ -586,6 +595,10 @@ def memory(plane):
     for count, (rss, opened) in results.items():
         per = (rss - base) / max(opened["open"], 1)
         row("memory", f"gateway KiB per idle tunnel ({count} open)", f"{per:.1f} KiB", "-", "-", "<= 32 KiB", per <= 32)
+        (node_rss, node_fds), n = node_results[count], max(opened["open"], 1)
+        node_kib, node_per = (node_rss - node_base[0]) / n, (node_fds - node_base[1]) / n
+        row("memory", f"node KiB and descriptors per idle tunnel ({count} open)",
+            f"{node_kib:.1f} KiB, {node_per:.2f} fds", "-", "-", "2 fds", node_per <= 2.05)
     rss, opened = results[TUNNELS]
     if TUNNELS < 10000:
         log(f"  note: the fd limit here is {FD_LIMIT}; 10,000 tunnels need over 20,000 descriptors per process")

@@ -1,12 +1,16 @@
-//! The node: a real Shadowsocks server (shadowsocks-service, TCP and UDP)
-//! with its pool's key, refusing private destinations by default, and
+//! The node: a real Shadowsocks server (TCP: our own accept loop over the
+//! `shadowsocks` crate; UDP: shadowsocks-service's server) with its pool's
+//! key, refusing private destinations by default, and
 //! heartbeating its load (open client connections, read from the kernel's
 //! socket table) and traffic counters to the control plane.
 //!
+//! - `tcp`: the Shadowsocks TCP accept loop on the public port (the
+//!   `shadowsocks` crate's server streams, shadowsocks-service's logic),
+//!   counting every connection's bytes as it copies them.
 //! - `destinations`: the one table of refused destinations, with the
 //!   ACL and the resolver filter made from it.
-//! - [`witness`]: the counting front on the public TCP port, which makes
-//!   the node a second witness of every session's bytes.
+//! - [`witness`]: the per-connection counters, which make the node a
+//!   second witness of every session's bytes, and their reports.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +29,7 @@ use httvps_wire::Secret;
 use httvps_wire::heartbeat::OutlineBeat;
 
 mod destinations;
+mod tcp;
 pub mod witness;
 
 pub use destinations::{PRIVATE_NETS, PrivateNet, is_private};
@@ -53,6 +58,10 @@ pub struct NodeOptions {
     /// Allow private, loopback and link-local destinations (tests on one machine).
     pub allow_private: bool,
 }
+
+/// How long a client has to send its request header, and the node to
+/// reach the destination (shadowsocks-service's server timeout).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running node.
 pub struct RunningNode {
@@ -87,15 +96,12 @@ impl Drop for RunningNode {
     }
 }
 
-async fn build(
-    addr: SocketAddr,
-    mode: Mode,
-    opts: &NodeOptions,
-) -> io::Result<(Server, Arc<FlowStat>)> {
+/// shadowsocks-service's UDP server on `addr`.
+async fn build_udp(addr: SocketAddr, opts: &NodeOptions) -> io::Result<(Server, Arc<FlowStat>)> {
     let mut cfg =
         ServerConfig::new(addr, opts.password.expose(), opts.method).map_err(io::Error::other)?;
-    cfg.set_mode(mode);
-    cfg.set_timeout(Duration::from_secs(30));
+    cfg.set_mode(Mode::UdpOnly);
+    cfg.set_timeout(HANDSHAKE_TIMEOUT);
     let mut b = ServerBuilder::new(cfg);
     if !opts.allow_private {
         b.set_acl(Arc::new(private_block_acl()?));
@@ -106,27 +112,27 @@ async fn build(
     Ok((b.build().await?, stat))
 }
 
-/// Starts a node: the Shadowsocks TCP server on a loopback port behind the
-/// counting front on `opts.listen` (see [`witness`]), the UDP server on the
-/// same port as the front. With port 0, TCP and UDP get one common free port.
+/// Starts a node: the Shadowsocks TCP accept loop (see `tcp`) and
+/// shadowsocks-service's UDP server, both on `opts.listen`. With port 0,
+/// TCP and UDP get one common free port.
 pub async fn start(opts: &NodeOptions) -> io::Result<RunningNode> {
-    let inner_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (tcp, tcp_stat) = build(inner_addr, Mode::TcpOnly, opts).await?;
-    let inner = tcp
-        .tcp_server()
-        .ok_or_else(|| io::Error::other("no TCP server"))?
-        .local_addr()?;
+    let witness = Arc::new(Witness::new());
+    let tcp_stat = Arc::new(FlowStat::new());
+    let relay = Arc::new(tcp::TcpRelay::new(
+        opts,
+        HANDSHAKE_TIMEOUT,
+        witness.clone(),
+        tcp_stat.clone(),
+    )?);
     let tries = if opts.listen.port() == 0 { 16 } else { 1 };
     for _ in 0..tries {
         let listener = tokio::net::TcpListener::bind(opts.listen).await?;
         let addr = listener.local_addr()?;
-        match build(addr, Mode::UdpOnly, opts).await {
+        match build_udp(addr, opts).await {
             Ok((udp, udp_stat)) => {
-                let witness = Arc::new(Witness::new());
                 let tasks = vec![
-                    tokio::spawn(tcp.run()),
                     tokio::spawn(udp.run()),
-                    tokio::spawn(witness::front(listener, inner, witness.clone())),
+                    tokio::spawn(tcp::run(listener, relay)),
                 ];
                 return Ok(RunningNode {
                     addr,

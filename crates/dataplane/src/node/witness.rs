@@ -1,6 +1,6 @@
-//! The node as a second witness of usage: the node's public TCP port is a
-//! counting front in front of the Shadowsocks server (on a loopback port of
-//! its own), so every byte of every client connection is counted per peer
+//! The node as a second witness of usage: the node's own Shadowsocks accept
+//! loop (`tcp`) reads and writes every client connection through
+//! [`Counted`], so every byte of every client connection is counted per peer
 //! connection, and the cumulative totals of connections that moved bytes
 //! are reported to the control plane (`outline/witness`) every interval.
 //! Totals are cumulative: a report resent, or a connection reported again,
@@ -16,16 +16,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use httvps_wire::witness::{ConnTotals, WITNESS_CHUNK, WitnessReport};
+use shadowsocks_service::net::FlowStat;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::backend::Backend;
 
 /// How often `httvps-relay node` reports its connections' totals.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
-
-/// Copy buffer per direction of a connection.
-const COPY_BUF: usize = 64 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -127,6 +125,14 @@ impl Witness {
         lock(&self.conns).len()
     }
 
+    /// Connections open now.
+    pub fn open_count(&self) -> usize {
+        lock(&self.conns)
+            .values()
+            .filter(|c| c.open.load(Ordering::Relaxed))
+            .count()
+    }
+
     /// Whether no connection is counted.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -134,10 +140,34 @@ impl Witness {
 }
 
 /// A client connection counting what is read from it (up) and written to
-/// it (down).
-struct Counted {
+/// it (down), into its own totals and the node's traffic counters; dropping
+/// it (the connection closing) marks the connection closed.
+pub(super) struct Counted {
     inner: TcpStream,
     conn: Arc<Conn>,
+    flow: Arc<FlowStat>,
+}
+
+impl Counted {
+    /// Counts `inner`, accepted from `peer`, in `witness` and `flow`.
+    pub(super) fn new(
+        inner: TcpStream,
+        peer: SocketAddr,
+        witness: &Witness,
+        flow: Arc<FlowStat>,
+    ) -> Self {
+        Counted {
+            inner,
+            conn: witness.open(peer),
+            flow,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.conn.open.store(false, Ordering::Relaxed);
+    }
 }
 
 impl AsyncRead for Counted {
@@ -148,9 +178,10 @@ impl AsyncRead for Counted {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
+        let n = (buf.filled().len() - before) as u64;
         if n > 0 {
-            self.conn.up.fetch_add(n as u64, Ordering::Relaxed);
+            self.conn.up.fetch_add(n, Ordering::Relaxed);
+            self.flow.incr_rx(n);
         }
         r
     }
@@ -165,6 +196,7 @@ impl AsyncWrite for Counted {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.conn.down.fetch_add(*n as u64, Ordering::Relaxed);
+            self.flow.incr_tx(*n as u64);
         }
         r
     }
@@ -175,47 +207,6 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Accepts client connections on `listener` and pipes each to the
-/// Shadowsocks server at `server`, counting it in `witness`.
-pub(super) async fn front(
-    listener: TcpListener,
-    server: SocketAddr,
-    witness: Arc<Witness>,
-) -> io::Result<()> {
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(x) => x,
-            // Out of descriptors, say: the next accept may work.
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let witness = witness.clone();
-        tokio::spawn(async move {
-            let _ = client.set_nodelay(true);
-            let Ok(mut inner) = TcpStream::connect(server).await else {
-                return;
-            };
-            let _ = inner.set_nodelay(true);
-            let conn = witness.open(peer);
-            let mut counted = Counted {
-                inner: client,
-                conn: conn.clone(),
-            };
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut counted,
-                &mut inner,
-                COPY_BUF,
-                COPY_BUF,
-            )
-            .await;
-            conn.open.store(false, Ordering::Relaxed);
-        });
     }
 }
 
@@ -271,47 +262,5 @@ mod tests {
         assert_eq!((p[0].peer.as_str(), p[0].bytes_down), ("127.0.0.1:4001", 8));
         w.mark_reported(&p);
         assert_eq!(w.len(), 1, "the closed one, fully reported, is forgotten");
-    }
-
-    #[tokio::test]
-    async fn the_front_counts_each_connection_both_ways() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // An echo server stands for the Shadowsocks server behind the front.
-        let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let server = echo.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = echo.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let witness = Arc::new(Witness::new());
-        tokio::spawn(front(listener, server, witness.clone()));
-        let mut c = TcpStream::connect(addr).await.expect("connect");
-        let local = c.local_addr().expect("local");
-        c.write_all(&[1u8; 100_000]).await.expect("write");
-        let mut back = vec![0u8; 100_000];
-        c.read_exact(&mut back).await.expect("read");
-        c.shutdown().await.expect("shutdown");
-        let mut rest = Vec::new();
-        c.read_to_end(&mut rest).await.expect("eof");
-        let mut p = Vec::new();
-        for _ in 0..100 {
-            let closed = lock(&witness.conns)
-                .values()
-                .all(|c| !c.open.load(Ordering::Relaxed));
-            p = witness.pending();
-            if closed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(p.len(), 1);
-        assert_eq!(p[0].peer, local.to_string(), "keyed by the peer as seen");
-        assert_eq!((p[0].bytes_up, p[0].bytes_down), (100_000, 100_000));
     }
 }

@@ -1,0 +1,158 @@
+//! The node's Shadowsocks TCP accept loop, on the public port itself: the
+//! `shadowsocks` crate's server stream does the crypto, the replay filter
+//! and the request header; this loop follows shadowsocks-service's own
+//! server (`server/tcprelay.rs`) step for step, and reads and writes the
+//! client connection through the witness's counter, so a tunnel costs the
+//! node two descriptors (client, destination) and one copy per byte.
+//!
+//! What a client sees is what a stock `ssserver` shows it: a header not
+//! complete within the timeout, or cut by EOF, closes the connection; a
+//! header that fails authentication (garbage, a wrong key) gets no answer
+//! and the connection is read and discarded until the client closes it, so
+//! probing cannot tell the node from any other server; a refused or
+//! unreachable destination closes it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shadowsocks_service::acl::AccessControl;
+use shadowsocks_service::net::FlowStat;
+use shadowsocks_service::net::utils::ignore_until_end;
+use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
+use shadowsocks_service::shadowsocks::context::{Context, SharedContext};
+use shadowsocks_service::shadowsocks::crypto::CipherKind;
+use shadowsocks_service::shadowsocks::dns_resolver::DnsResolver;
+use shadowsocks_service::shadowsocks::net::{ConnectOpts, TcpStream as OutboundTcpStream};
+use shadowsocks_service::shadowsocks::relay::tcprelay::ProxyServerStream;
+use shadowsocks_service::shadowsocks::relay::tcprelay::utils::copy_encrypted_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::NodeOptions;
+use super::destinations::{PublicOnly, private_block_acl};
+use super::witness::{Counted, Witness};
+
+/// What every connection of the loop shares.
+pub(super) struct TcpRelay {
+    context: SharedContext,
+    method: CipherKind,
+    key: Box<[u8]>,
+    /// Refuses private IP destinations (`None` with `allow_private`).
+    acl: Option<AccessControl>,
+    connect: ConnectOpts,
+    /// Limit on reading the request header and on connecting to the
+    /// destination (shadowsocks-service's server timeout).
+    timeout: Duration,
+    witness: Arc<Witness>,
+    flow: Arc<FlowStat>,
+}
+
+impl TcpRelay {
+    /// The relay for `opts`, counting in `witness` (per connection) and
+    /// `flow` (the node's totals).
+    pub(super) fn new(
+        opts: &NodeOptions,
+        timeout: Duration,
+        witness: Arc<Witness>,
+        flow: Arc<FlowStat>,
+    ) -> io::Result<Self> {
+        let cfg = ServerConfig::new(opts.listen, opts.password.expose(), opts.method)
+            .map_err(io::Error::other)?;
+        let mut context = Context::new(ServerType::Server);
+        let acl = if opts.allow_private {
+            None
+        } else {
+            context.set_dns_resolver(Arc::new(DnsResolver::custom_resolver(PublicOnly)));
+            Some(private_block_acl()?)
+        };
+        Ok(TcpRelay {
+            context: Arc::new(context),
+            method: opts.method,
+            key: cfg.key().into(),
+            acl,
+            connect: ConnectOpts::default(),
+            timeout,
+            witness,
+            flow,
+        })
+    }
+
+    /// Serves one accepted client connection to its end.
+    async fn serve(&self, socket: TcpStream, peer: SocketAddr) {
+        if let Some(acl) = &self.acl
+            && acl.check_client_blocked(&peer)
+        {
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        let counted = Counted::new(socket, peer, &self.witness, self.flow.clone());
+        let mut stream =
+            ProxyServerStream::from_stream(self.context.clone(), counted, self.method, &self.key);
+        let target = match tokio::time::timeout(self.timeout, stream.handshake()).await {
+            Ok(Ok(target)) => target,
+            // Timed out, or EOF before a whole header: close.
+            Err(_) => return,
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return;
+            }
+            Ok(Err(e)) => {
+                // Authentication failed (or a replayed salt was refused):
+                // stay silent and discard what comes until the client
+                // closes, as ssserver does (shadowsocks-rust issue 292).
+                tracing::debug!(%peer, error = %e, "bad shadowsocks header; draining silently");
+                let mut raw = stream.into_inner();
+                let _ = ignore_until_end(&mut raw).await;
+                return;
+            }
+        };
+        if let Some(acl) = &self.acl
+            && acl.check_outbound_blocked(&self.context, &target).await
+        {
+            tracing::debug!(%peer, "destination refused");
+            return;
+        }
+        let connect =
+            OutboundTcpStream::connect_remote_with_opts(&self.context, &target, &self.connect);
+        let mut remote = match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(remote)) => remote,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "destination unreachable");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "destination timed out");
+                return;
+            }
+        };
+        // Half-close both ways: EOF on one side shuts the other's write half
+        // down, and copying the other way goes on.
+        let _ = copy_encrypted_bidirectional(self.method, &mut stream, &mut remote).await;
+    }
+}
+
+/// Accepts client connections on `listener` and serves each with `relay`.
+pub(super) async fn run(listener: TcpListener, relay: Arc<TcpRelay>) -> io::Result<()> {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(x) => x,
+            // Out of descriptors, say: the next accept may work.
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let relay = relay.clone();
+        tokio::spawn(async move { relay.serve(socket, peer).await });
+    }
+}
+
+#[cfg(test)]
+#[path = "tcp_tests.rs"]
+mod tests;

@@ -1,0 +1,179 @@
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+
+use shadowsocks_service::shadowsocks::ProxyClientStream;
+use shadowsocks_service::shadowsocks::relay::Address;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::super::{RunningNode, parse_method, start};
+use super::*;
+
+const PASSWORD: &str = "a-test-password";
+
+async fn node() -> RunningNode {
+    start(&NodeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        method: parse_method("chacha20-ietf-poly1305").expect("method"),
+        password: PASSWORD.into(),
+        allow_private: true,
+    })
+    .await
+    .expect("node")
+}
+
+async fn echo_server() -> SocketAddr {
+    let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = echo.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The client's socket, tallying the ciphertext it writes and reads.
+struct Tally {
+    inner: TcpStream,
+    wrote: Arc<AtomicU64>,
+    read: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Tally {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl AsyncWrite for Tally {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.wrote.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Waits until the witness holds no open connection, and returns what it
+/// has pending.
+async fn settled(node: &RunningNode) -> Vec<httvps_wire::witness::ConnTotals> {
+    for _ in 0..200 {
+        if node.witness.open_count() == 0 {
+            return node.witness.pending();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("a connection stayed open");
+}
+
+#[tokio::test]
+async fn the_loop_counts_each_connection_both_ways_as_the_client_sees_it() {
+    let echo = echo_server().await;
+    let node = node().await;
+    let (wrote, read) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let socket = TcpStream::connect(node.addr).await.expect("connect");
+    let local = socket.local_addr().expect("local");
+    let tally = Tally {
+        inner: socket,
+        wrote: wrote.clone(),
+        read: read.clone(),
+    };
+    let cfg = ServerConfig::new(node.addr, PASSWORD, node_method()).expect("cfg");
+    let ctx = Context::new_shared(ServerType::Local);
+    let mut c = ProxyClientStream::from_stream(ctx, tally, &cfg, Address::SocketAddress(echo));
+    let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    // The client's first write (the header's) must fit one chunk.
+    c.write_all(&sent[..100]).await.expect("write");
+    c.write_all(&sent[100..]).await.expect("write");
+    let mut back = vec![0u8; sent.len()];
+    c.read_exact(&mut back).await.expect("echo");
+    assert_eq!(back, sent);
+    // Half-close: the echo sees EOF, closes its side, and the client reads
+    // the end of the stream through the node.
+    c.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.expect("eof");
+    assert!(rest.is_empty());
+    drop(c);
+    let p = settled(&node).await;
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].peer, local.to_string(), "keyed by the peer as seen");
+    let (up, down) = (wrote.load(Ordering::Relaxed), read.load(Ordering::Relaxed));
+    assert!(
+        up > 300_000 && down > 300_000,
+        "ciphertext: {up} up, {down} down"
+    );
+    assert_eq!((p[0].bytes_up, p[0].bytes_down), (up as i64, down as i64));
+    assert_eq!(
+        (node.rx(), node.tx()),
+        (up, down),
+        "the heartbeat counters agree"
+    );
+}
+
+fn node_method() -> CipherKind {
+    parse_method("chacha20-ietf-poly1305").expect("method")
+}
+
+#[tokio::test]
+async fn a_header_that_fails_authentication_gets_silence_until_the_client_closes() {
+    let node = node().await;
+    let mut c = TcpStream::connect(node.addr).await.expect("connect");
+    // A salt and a length chunk that no key authenticates.
+    c.write_all(&[0x5a; 32 + 2 + 16]).await.expect("write");
+    let mut b = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await;
+    assert!(quiet.is_err(), "no answer and no close: {quiet:?}");
+    // More garbage is read and discarded, still silently.
+    c.write_all(&[0x33; 4096]).await.expect("still open");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await;
+    assert!(quiet.is_err(), "no answer and no close: {quiet:?}");
+    c.shutdown().await.expect("shutdown");
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+        .await
+        .expect("closed after the client's EOF")
+        .expect("a clean close");
+    assert_eq!(n, 0);
+    let p = settled(&node).await;
+    assert_eq!((p[0].bytes_up, p[0].bytes_down), (50 + 4096, 0));
+}
+
+#[tokio::test]
+async fn a_header_cut_by_eof_closes_at_once() {
+    let node = node().await;
+    let mut c = TcpStream::connect(node.addr).await.expect("connect");
+    c.write_all(&[0x5a; 20]).await.expect("write");
+    c.shutdown().await.expect("shutdown");
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+        .await
+        .expect("closed")
+        .expect("a clean close");
+    assert_eq!(n, 0);
+}
