@@ -779,9 +779,10 @@ def ingestion(port, dsn, seconds, witness=False):
     The rate that counts is the sustained one: every accepted total applied
     to sessions, ledger and subscriptions, up to the moment the inbox is
     empty again. With `witness`, every session is first linked to a node
-    connection (`usage/links`) and the node reports its own totals of those
-    connections (`outline/witness`, 16 more callers) during the same load,
-    as a node witnessing every session does."""
+    connection (`usage/links`) and the node, having learned the session of
+    each of its connections, reports its own totals of every session
+    (`outline/witness`, 16 more callers, 200 sessions per report) during the
+    same load, as a node witnessing every session does."""
     sessions = min(SESSIONS, DEVICES)
     prefix = "41000000" if witness else "40000000"
     psql(dsn, f"""
@@ -804,15 +805,13 @@ INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_a
             links = [{"session_id": sid, "local": peer}
                      for sid, peer in zip(ids[at:at + 200], peers[at:at + 200])]
             http("POST", f"http://127.0.0.1:{port}/api/v1/usage/links", {"links": links}, GATEWAY_TOKEN)
-        with open(os.path.join(WORK, "peers.txt"), "w") as f:
-            f.write("\n".join(peers))
     script = report_script("ingest.lua", ids_file, GATEWAY_TOKEN, "reports",
                            """'{"session_id":"%s","seq":%d,"bytes_up":%d,"bytes_down":%d}', items[c], v, v, v""")
     # The node's count runs a little ahead of the gateway's upload and
     # behind its download: the ledger takes the larger of each.
     node_script = witness and report_script(
-        "witness.lua", os.path.join(WORK, "peers.txt"), NODE_TOKEN, "conns",
-        """'{"conn":%d,"peer":"%s","bytes_up":%d,"bytes_down":%d}', c, items[c], v + 7, v - 7""")
+        "witness.lua", ids_file, NODE_TOKEN, "sessions",
+        """'{"session_id":"%s","epoch":1,"bytes_up":%d,"bytes_down":%d}', items[c], v + 7, v - 7""")
     t0 = time.time()
     node_result = {}
     if witness:

@@ -144,83 +144,47 @@ async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn witness_rows_of_long_ended_sessions_and_stale_unlinked_connections_are_pruned() {
+async fn links_of_node_connections_are_pruned_after_an_hour_and_sessions_keep_their_totals() {
     let (plane, _listener) = Plane::prepare(1).await;
     let gw = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
     let utc = "date_trunc('second', now() at time zone 'utc')";
-    // Session `old` ended two hours ago, session `recent` ten minutes ago.
-    let mut ids = Vec::new();
-    for (name, ago) in [("old", "2 hours"), ("recent", "10 minutes")] {
-        let id = gw
-            .assign(&plane.device_token)
-            .await
-            .expect("assign")
-            .session_id;
+    let id = gw
+        .assign(&plane.device_token)
+        .await
+        .expect("assign")
+        .session_id;
+    plane
+        .sql(&format!(
+            "UPDATE sessions SET bytes_up = 10, bytes_down = 20, witness_epoch = 5, \
+             witness_up = 10, witness_down = 20 WHERE id = '{id}'"
+        ))
+        .await;
+    // Three links of the session's connections: two hours, 61 minutes and
+    // ten minutes old.
+    for (port, ago) in [(1, "2 hours"), (2, "61 minutes"), (3, "10 minutes")] {
         plane
             .sql(&format!(
-                "UPDATE sessions SET started_at = {utc} - interval '{ago}' - interval '1 minute', \
-                 ended_at = {utc} - interval '{ago}', end_reason = 'idle', \
-                 bytes_up = 10, bytes_down = 20 WHERE id = '{id}'"
-            ))
-            .await;
-        ids.push((name, id));
-    }
-    for (conn, (_, id)) in ids.iter().enumerate() {
-        plane
-            .sql(&format!(
-                "INSERT INTO witness_links SELECT outline_node_id, '10.0.0.1:{conn}', id, {utc} \
-                 FROM sessions WHERE id = '{id}'"
-            ))
-            .await;
-        plane
-            .sql(&format!(
-                "INSERT INTO node_witness SELECT outline_node_id, {conn}, '10.0.0.1:{conn}', id, 10, 20, {utc} \
-                 FROM sessions WHERE id = '{id}'"
-            ))
-            .await;
-    }
-    // Two connections no gateway linked: one quiet for two hours, one now.
-    let (_, any) = &ids[0];
-    for (conn, ago) in [(7, "2 hours"), (8, "0 seconds")] {
-        plane
-            .sql(&format!(
-                "INSERT INTO node_witness SELECT outline_node_id, {conn}, '10.0.0.9:{conn}', NULL, 1, 1, \
-                 {utc} - interval '{ago}' FROM sessions WHERE id = '{any}'"
+                "INSERT INTO witness_links SELECT outline_node_id, '10.0.0.1:{port}', id, \
+                 {utc} - interval '{ago}' FROM sessions WHERE id = '{id}'"
             ))
             .await;
     }
     let db = &plane.server.state.db;
     let swept = sweep_at(db, now()).await.expect("sweep");
-    assert_eq!(
-        swept.witness, 3,
-        "old's row and link, the quiet unlinked one"
-    );
-    let count = |q: &'static str| plane.scalar(q);
-    assert_eq!(
-        count("SELECT count(*) AS n FROM node_witness WHERE session_id IS NOT NULL").await,
-        1
-    );
-    assert_eq!(
-        count("SELECT count(*) AS n FROM node_witness WHERE session_id IS NULL").await,
-        1
-    );
-    assert_eq!(count("SELECT count(*) AS n FROM witness_links").await, 1);
-    let (_, recent) = &ids[1];
+    assert_eq!(swept.witness, 2, "the links older than an hour");
     assert_eq!(
         plane
-            .scalar(&format!(
-                "SELECT count(*) AS n FROM node_witness WHERE session_id = '{recent}'"
-            ))
+            .scalar("SELECT count(*) AS n FROM witness_links WHERE peer = '10.0.0.1:3'")
             .await,
         1,
-        "a session ended ten minutes ago keeps its witness"
+        "the recent link stays"
     );
     assert_eq!(
         plane
-            .scalar("SELECT CAST(SUM(bytes_up + bytes_down) AS BIGINT) AS n FROM sessions")
+            .scalar("SELECT CAST(SUM(bytes_up + bytes_down + witness_up + witness_down) AS BIGINT) AS n FROM sessions")
             .await,
         60,
-        "sessions keep their recorded totals"
+        "the session keeps its recorded totals and the node's count"
     );
     assert_eq!(
         sweep_at(db, now()).await.expect("sweep").witness,

@@ -266,14 +266,13 @@ fn in_flight_bound() -> u64 {
     2 * socket_pair + 1024 * 1024
 }
 
-/// Recorded totals (up, down) once they, and the node's per-connection
-/// totals, have not changed for 4 s (the node reports every second;
-/// bounded).
+/// Recorded totals (up, down) once they, and the node's count, have not
+/// changed for 4 s (the node reports every second; bounded).
 async fn settled(plane: &Plane) -> (i64, i64) {
     let sums = "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM sessions";
     let down = "SELECT CAST(COALESCE(SUM(bytes_down), 0) AS BIGINT) AS n FROM sessions";
     let node =
-        "SELECT CAST(COALESCE(SUM(bytes_up + bytes_down), 0) AS BIGINT) AS n FROM node_witness";
+        "SELECT CAST(COALESCE(SUM(witness_up + witness_down), 0) AS BIGINT) AS n FROM sessions";
     let (mut last, mut stable) = ((-1, -1, -1), 0);
     for _ in 0..120 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -384,20 +383,28 @@ async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_no
     traffic.stop().await;
     let recorded = settled(&plane).await;
     for q in [
-        "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM node_witness",
-        "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM node_witness WHERE session_id IS NULL",
-        "SELECT COUNT(*) AS n FROM node_witness",
+        "SELECT CAST(COALESCE(SUM(witness_up), 0) AS BIGINT) AS n FROM sessions",
+        "SELECT CAST(COALESCE(SUM(witness_down), 0) AS BIGINT) AS n FROM sessions",
+        "SELECT CAST(COALESCE(MAX(witness_epoch), 0) AS BIGINT) AS n FROM sessions",
+        "SELECT COUNT(*) AS n FROM witness_links",
         "SELECT COUNT(*) AS n FROM sessions",
     ] {
         eprintln!("{q}: {}", plane.scalar(q).await);
     }
     check("gateway SIGKILL, spool lost", TUNNELS, &counts, recorded);
-    let witnessed = plane
-        .scalar("SELECT COUNT(*) AS n FROM node_witness WHERE session_id IS NOT NULL")
+    let linked = plane
+        .scalar("SELECT COUNT(*) AS n FROM witness_links")
         .await;
     assert!(
-        witnessed >= 2 * TUNNELS as i64,
-        "every connection witnessed: {witnessed}"
+        linked >= 2 * TUNNELS as i64,
+        "every connection linked: {linked}"
+    );
+    let based = plane
+        .scalar("SELECT COUNT(*) AS n FROM sessions WHERE witness_base_down > 0")
+        .await;
+    assert!(
+        based >= 1,
+        "the node counted the session's second gateway's connections under a new epoch"
     );
     gw.sigkill().await;
     node.sigkill().await;
@@ -436,42 +443,77 @@ async fn a_node_sigkilled_mid_transfer_is_covered_by_the_gateway() {
 }
 
 /// More connections moving bytes in one report interval than one request
-/// body could hold at the old batch size: the node splits its report and
-/// every connection is witnessed (none is refused for its size and resent
-/// forever).
+/// body could hold at the old batch size, all of one session: the node
+/// splits its questions and its report, ties every connection and counts
+/// every byte of them for the session (no gateway reports here, so what is
+/// recorded is the node's count alone).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_reports_more_connections_than_one_body_holds() {
+async fn a_node_ties_and_counts_more_connections_than_one_body_holds() {
     const CONNS: usize = 1_200;
     let (plane, listener) = Plane::prepare(0).await;
     drop(listener);
     let dir = common::tempdir::TempDir::new();
     let (node_token, node_port) = register_node(&plane, "busy").await;
     let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
+    let gw = httvps_dataplane::backend::Backend::new(&plane.server.base, &plane.gateway_token)
+        .expect("backend");
+    // The only node: the session is placed on it once it has beaten.
+    let mut session = String::new();
+    for _ in 0..100 {
+        match gw.assign(&plane.device_token).await {
+            Ok(a) => {
+                session = a.session_id;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(!session.is_empty(), "a session on the node");
     // Each connection sends 100 bytes (not Shadowsocks: the server closes
-    // it, the counting front has counted them) within the same second.
+    // it after its header times out, the counter has counted them); the
+    // test links each as the gateway would.
     let mut conns = Vec::with_capacity(CONNS);
+    let mut links = Vec::with_capacity(CONNS);
     for _ in 0..CONNS {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", node_port))
             .await
             .expect("connect to the node");
+        links.push(httvps_wire::witness::SessionLink {
+            session_id: session.clone(),
+            local: s.local_addr().expect("local").to_string(),
+        });
         s.write_all(&[0u8; 100]).await.expect("send");
         conns.push(s);
     }
-    let mut seen = (0, 0);
+    for part in links.chunks(200) {
+        gw.session_links(&httvps_wire::witness::SessionLinks {
+            links: part.to_vec(),
+        })
+        .await
+        .expect("links stored");
+    }
+    let mut seen = 0;
     for _ in 0..150 {
-        seen = (
-            plane.scalar("SELECT count(*) AS n FROM node_witness").await,
-            plane
-                .scalar("SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM node_witness")
-                .await,
-        );
-        if seen.0 >= CONNS as i64 {
+        seen = plane
+            .scalar(&format!(
+                "SELECT witness_up AS n FROM sessions WHERE id = '{session}'"
+            ))
+            .await;
+        if seen >= 100 * CONNS as i64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(conns);
-    assert_eq!(seen.0, CONNS as i64, "every connection witnessed");
-    assert_eq!(seen.1, 100 * CONNS as i64, "every byte of them");
+    assert_eq!(seen, 100 * CONNS as i64, "every byte of every connection");
+    assert_eq!(
+        plane
+            .scalar(&format!(
+                "SELECT bytes_up AS n FROM sessions WHERE id = '{session}'"
+            ))
+            .await,
+        100 * CONNS as i64,
+        "recorded: the node's count, the only witness here"
+    );
     node.sigkill().await;
 }

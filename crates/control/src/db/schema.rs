@@ -136,6 +136,11 @@ diesel::table! {
         hour_start -> Nullable<Timestamp>,
         hour_up -> BigInt,
         hour_down -> BigInt,
+        witness_epoch -> BigInt,
+        witness_base_up -> BigInt,
+        witness_base_down -> BigInt,
+        witness_up -> BigInt,
+        witness_down -> BigInt,
     }
 }
 
@@ -172,19 +177,6 @@ diesel::table! {
         peer -> Text,
         session_id -> Text,
         linked_at -> Timestamp,
-    }
-}
-
-diesel::table! {
-    /// Cumulative totals per node connection, as the node counted them.
-    node_witness (outline_node_id, conn) {
-        outline_node_id -> Text,
-        conn -> BigInt,
-        peer -> Text,
-        session_id -> Nullable<Text>,
-        bytes_up -> BigInt,
-        bytes_down -> BigInt,
-        updated_at -> Timestamp,
     }
 }
 
@@ -266,7 +258,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     usage_ledger,
     usage_inbox,
     witness_links,
-    node_witness,
     refresh_tokens,
     token_families,
     audit_log,

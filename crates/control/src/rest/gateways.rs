@@ -53,7 +53,7 @@ pub(super) async fn usage_report(
 }
 
 /// Gateways say which of their connections to a node (by local address)
-/// carries which session, so the node's per-connection totals count for it.
+/// carries which session, so the node can count those connections for it.
 #[utoipa::path(post, path = "/api/v1/usage/links", request_body = SessionLinks,
     responses((status = 200, body = SessionLinksResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -64,11 +64,7 @@ pub(super) async fn usage_links(
 ) -> Result<Json<SessionLinksResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
     let req = body.read()?;
-    let (accepted, row) = usage_accounting::witness::link(&state.db, g.id, &req.links).await?;
-    if let Some(id) = row {
-        // Stored: applied by this pass or a later one.
-        let _ = state.usage.submit(id).await;
-    }
+    let accepted = usage_accounting::witness::link(&state.db, g.id, &req.links).await?;
     Ok(Json(SessionLinksResponse { accepted }))
 }
 

@@ -47,8 +47,9 @@ pub(super) async fn outline_heartbeat(
     }))
 }
 
-/// An Outline node reports the cumulative totals of its connections (a
-/// second witness of usage; only for itself); idempotent.
+/// An Outline node reports its cumulative totals per session (a second
+/// witness of usage; only for its own sessions) and asks which sessions its
+/// new connections carry; idempotent.
 #[utoipa::path(post, path = "/api/v1/outline/witness", request_body = WitnessReport,
     responses((status = 200, body = WitnessResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn outline_witness(
@@ -58,14 +59,14 @@ pub(super) async fn outline_witness(
 ) -> Result<Json<WitnessResponse>, AppError> {
     let n = node_caller(&state, &headers).await?;
     let req = body.read()?;
-    let w = usage_accounting::witness::witness(&state.db, n.id, &req.conns).await?;
+    let w = usage_accounting::witness::witness(&state.db, n.id, &req).await?;
     if let Some(id) = w.row {
         // Stored: applied by this pass or a later one.
         let _ = state.usage.submit(id).await;
     }
     Ok(Json(WitnessResponse {
         accepted: w.accepted,
-        linked: w.linked,
+        ties: w.ties,
     }))
 }
 

@@ -7,7 +7,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::inbox::{self, to_json};
-use super::plan::{self, InboxTotals, Latest, Stored, Totals};
+use super::plan::{
+    self, InboxNodeTotals, InboxTotals, Merged, MergedLatest, NodeTotals, Stored, Totals,
+};
 use super::quota;
 use super::statements::{APPLY_LOCK, CHARGE, GROW_SESSIONS, LEDGER, LedgerRow, READ};
 use super::{Pass, subscriptions_period_days};
@@ -25,6 +27,15 @@ use crate::status::EndReason;
 /// pass is.
 const APPLY_CHUNK: usize = 5_000;
 
+/// An inbox row's body: a gateway's totals (a JSON array) or a node's
+/// (`{"node": [...]}`).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum InboxBody {
+    Gateway(InboxTotals),
+    Node { node: InboxNodeTotals },
+}
+
 /// Inbox rows one pass takes at most (20,000 reports of 200 totals are
 /// 4,000,000 totals); the more a pass takes, the more reports of one
 /// session merge.
@@ -37,7 +48,7 @@ const PASS_ROWS: usize = 20_000;
 /// re-applies them harmlessly. Rows for which `wanted` is true get their
 /// [`RowOutcome`](super::RowOutcome) in the answer.
 pub async fn apply_pending(db: &Db, wanted: impl Fn(i64) -> bool) -> AppResult<Pass> {
-    let mut latest = Latest::new();
+    let mut latest = MergedLatest::new();
     let mut ids: Vec<i64> = Vec::new();
     let mut kept: Vec<(i64, InboxTotals)> = Vec::new();
     let mut totals = 0;
@@ -50,10 +61,10 @@ pub async fn apply_pending(db: &Db, wanted: impl Fn(i64) -> bool) -> AppResult<P
         after = last;
         for r in page {
             ids.push(r.id);
-            match serde_json::from_str::<InboxTotals>(&r.totals) {
-                Ok(t) => {
+            match serde_json::from_str::<InboxBody>(&r.totals) {
+                Ok(InboxBody::Gateway(t)) => {
                     totals += t.len();
-                    plan::merge(
+                    plan::merge_gateway(
                         &mut latest,
                         t.iter()
                             .map(|&(id, seq, up, down)| (id, Totals { seq, up, down })),
@@ -62,8 +73,16 @@ pub async fn apply_pending(db: &Db, wanted: impl Fn(i64) -> bool) -> AppResult<P
                         kept.push((r.id, t));
                     }
                 }
-                // Written by `receive`, so this cannot happen; never block
-                // the inbox on one row.
+                Ok(InboxBody::Node { node }) => {
+                    totals += node.len();
+                    plan::merge_node(
+                        &mut latest,
+                        node.iter()
+                            .map(|&(id, epoch, up, down)| (id, NodeTotals { epoch, up, down })),
+                    );
+                }
+                // Written by `receive` or `witness`, so this cannot happen;
+                // never block the inbox on one row.
                 Err(e) => {
                     tracing::error!(inbox.id = r.id, error = %e, "unreadable usage inbox row dropped")
                 }
@@ -73,7 +92,7 @@ pub async fn apply_pending(db: &Db, wanted: impl Fn(i64) -> bool) -> AppResult<P
     if ids.is_empty() {
         return Ok(Pass::default());
     }
-    let merged: Vec<(SessionId, Totals)> = latest.into_iter().collect();
+    let merged: Vec<(SessionId, Merged)> = latest.into_iter().collect();
     let mut grown: HashSet<SessionId> = HashSet::new();
     let mut ended: HashSet<SessionId> = HashSet::new();
     for chunk in merged.chunks(APPLY_CHUNK) {
@@ -99,7 +118,7 @@ pub async fn apply_pending(db: &Db, wanted: impl Fn(i64) -> bool) -> AppResult<P
 /// sessions that grew and those that ended.
 async fn apply_chunk(
     db: &Db,
-    chunk: &[(SessionId, Totals)],
+    chunk: &[(SessionId, Merged)],
 ) -> AppResult<(Vec<SessionId>, Vec<SessionId>)> {
     let period_days = subscriptions_period_days();
     let ids_json = to_json(&chunk.iter().map(|(id, _)| id).collect::<Vec<_>>())?;
@@ -138,12 +157,17 @@ async fn apply_chunk(
                 .await?;
         }
         let ledger_ms = lap();
-        let charged: Vec<plan::Charged> = diesel::sql_query(CHARGE.text(conn))
-            .bind::<diesel::sql_types::Text, _>(to_json(&plan.charges)?)
-            .bind::<diesel::sql_types::Timestamp, _>(ts)
-            .bind::<diesel::sql_types::Integer, _>(period_days)
-            .load(conn)
-            .await?;
+        let charged: Vec<plan::Charged> = if plan.charges.is_empty() {
+            // Only the node's count moved: nothing to charge.
+            Vec::new()
+        } else {
+            diesel::sql_query(CHARGE.text(conn))
+                .bind::<diesel::sql_types::Text, _>(to_json(&plan.charges)?)
+                .bind::<diesel::sql_types::Timestamp, _>(ts)
+                .bind::<diesel::sql_types::Integer, _>(period_days)
+                .load(conn)
+                .await?
+        };
         let charge_ms = lap();
         tracing::debug!(
             usage.sessions = plan.grown.len(),

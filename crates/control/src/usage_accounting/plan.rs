@@ -1,6 +1,8 @@
 //! What a pass of the applier changes, decided without I/O: reports merged
-//! per session (the largest totals win), the increase of each session over
-//! what is stored, the session's current hour (rolled into a ledger row when
+//! per session (the largest totals win; the node's per epoch), the node's
+//! count of each session folded across its epochs, the increase of each
+//! session over what is stored (the larger of the gateway's and the node's
+//! count in each direction), the session's current hour (rolled into a ledger row when
 //! a new hour begins), one charge per account (saturating at `i64::MAX`),
 //! and which sessions end when their owner's allowance is spent.
 
@@ -32,6 +34,111 @@ pub type Latest = BTreeMap<SessionId, Totals>;
 /// (the inbox's JSON form).
 pub type InboxTotals = Vec<(SessionId, i64, i64, i64)>;
 
+/// A node's cumulative totals of a session in one of its epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeTotals {
+    /// The epoch (a node counting a session anew takes a larger one).
+    pub epoch: i64,
+    /// Bytes from the client.
+    pub up: i64,
+    /// Bytes to the client.
+    pub down: i64,
+}
+
+/// A stored node report: `[session_id, epoch, bytes_up, bytes_down]` per
+/// session (the inbox's JSON form, under the key `node`).
+pub type InboxNodeTotals = Vec<(SessionId, i64, i64, i64)>;
+
+/// What one pass merged for a session: the gateway's newest totals, if it
+/// reported, and the node's largest totals of each epoch it reported, in
+/// epoch order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Merged {
+    /// The gateway's largest totals.
+    pub gateway: Option<Totals>,
+    /// The node's largest totals per epoch, ascending.
+    pub node: Vec<NodeTotals>,
+}
+
+/// Per session, what a pass merged (sorted by session id).
+pub type MergedLatest = BTreeMap<SessionId, Merged>;
+
+/// Merges gateway totals into `latest` (see [`merge`]).
+pub fn merge_gateway(latest: &mut MergedLatest, totals: impl Iterator<Item = (SessionId, Totals)>) {
+    for (id, t) in totals {
+        let m = latest.entry(id).or_default();
+        m.gateway = Some(match m.gateway {
+            Some(e) => Totals {
+                seq: e.seq.max(t.seq),
+                up: e.up.max(t.up),
+                down: e.down.max(t.down),
+            },
+            None => t,
+        });
+    }
+}
+
+/// Merges node totals into `latest`: per session and epoch, the largest of
+/// each direction.
+pub fn merge_node(
+    latest: &mut MergedLatest,
+    totals: impl Iterator<Item = (SessionId, NodeTotals)>,
+) {
+    for (id, t) in totals {
+        let node = &mut latest.entry(id).or_default().node;
+        match node.binary_search_by_key(&t.epoch, |n| n.epoch) {
+            Ok(i) => {
+                node[i].up = node[i].up.max(t.up);
+                node[i].down = node[i].down.max(t.down);
+            }
+            Err(i) => node.insert(i, t),
+        }
+    }
+}
+
+/// The node's count of a session as stored: the epoch it counts in, what
+/// the earlier epochs counted (the base), and the count so far (the base
+/// plus the current epoch's totals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeCount {
+    /// The epoch of the latest totals folded in.
+    pub epoch: i64,
+    /// Bytes up counted in earlier epochs.
+    pub base_up: i64,
+    /// Bytes down counted in earlier epochs.
+    pub base_down: i64,
+    /// Bytes up counted so far.
+    pub up: i64,
+    /// Bytes down counted so far.
+    pub down: i64,
+}
+
+impl NodeCount {
+    /// Folds in an epoch's totals: of the current epoch, the larger count
+    /// wins (a replay changes nothing); a later epoch starts from the count
+    /// so far; an earlier one is over and changes nothing.
+    pub fn fold(self, t: NodeTotals) -> NodeCount {
+        let (up, down) = (t.up.max(0), t.down.max(0));
+        if t.epoch < self.epoch {
+            self
+        } else if t.epoch == self.epoch {
+            NodeCount {
+                up: self.up.max(self.base_up.saturating_add(up)),
+                down: self.down.max(self.base_down.saturating_add(down)),
+                ..self
+            }
+        } else {
+            NodeCount {
+                epoch: t.epoch,
+                base_up: self.up,
+                base_down: self.down,
+                up: self.up.saturating_add(up),
+                down: self.down.saturating_add(down),
+            }
+        }
+    }
+}
+
 /// Merges cumulative totals: per session, the largest of each is the
 /// latest (totals only grow, so an older or replayed report changes nothing).
 pub fn merge(latest: &mut Latest, totals: impl Iterator<Item = (SessionId, Totals)>) {
@@ -49,12 +156,12 @@ pub fn merge(latest: &mut Latest, totals: impl Iterator<Item = (SessionId, Total
     }
 }
 
-/// A session's totals in `merged` (sorted by session id).
-pub fn newest_of(merged: &[(SessionId, Totals)], session: SessionId) -> Option<Totals> {
+/// What `merged` (sorted by session id) holds for a session.
+pub fn newest_of(merged: &[(SessionId, Merged)], session: SessionId) -> Option<&Merged> {
     merged
         .binary_search_by(|(id, _)| id.cmp(&session))
         .ok()
-        .map(|i| merged[i].1)
+        .map(|i| &merged[i].1)
 }
 
 /// The start of the hour `ts` falls in (the ledger's grain).
@@ -92,9 +199,37 @@ pub struct Stored {
     /// Bytes down gained in that hour.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub hour_down: i64,
+    /// The node's count: its epoch.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub witness_epoch: i64,
+    /// The node's count: bytes up of earlier epochs.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub witness_base_up: i64,
+    /// The node's count: bytes down of earlier epochs.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub witness_base_down: i64,
+    /// The node's count of bytes up so far.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub witness_up: i64,
+    /// The node's count of bytes down so far.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub witness_down: i64,
 }
 
-/// A session's new totals and current hour.
+impl Stored {
+    /// The node's count as stored.
+    pub fn node_count(&self) -> NodeCount {
+        NodeCount {
+            epoch: self.witness_epoch,
+            base_up: self.witness_base_up,
+            base_down: self.witness_base_down,
+            up: self.witness_up,
+            down: self.witness_down,
+        }
+    }
+}
+
+/// A session's new totals, current hour and node count.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Growth {
     /// The session.
@@ -109,6 +244,16 @@ pub struct Growth {
     pub hour_up: i64,
     /// Bytes down of the current hour.
     pub hour_down: i64,
+    /// The node's count: its epoch.
+    pub w_epoch: i64,
+    /// The node's count: bytes up of earlier epochs.
+    pub w_base_up: i64,
+    /// The node's count: bytes down of earlier epochs.
+    pub w_base_down: i64,
+    /// The node's count of bytes up so far.
+    pub w_up: i64,
+    /// The node's count of bytes down so far.
+    pub w_down: i64,
 }
 
 /// A session's hour that is over: what goes to the ledger.
@@ -150,24 +295,30 @@ pub struct ChunkPlan {
     pub charges: Vec<Charge>,
 }
 
-/// Plans a chunk at `now`: for each `stored` session with totals in
-/// `merged`, the increase over what is stored (nothing for replays and
-/// older totals), its hour, and its owner's charge.
+/// Plans a chunk at `now`: for each `stored` session with reports in
+/// `merged`, the node's count folded across its epochs, the increase of
+/// the larger of the gateway's and the node's count over what is recorded
+/// (nothing for replays and older totals), its hour, and its owner's
+/// charge. A session whose node count moved but whose recorded totals did
+/// not is still written (the count must survive for the next epoch).
 pub fn plan_chunk(
     stored: &[Stored],
-    merged: &[(SessionId, Totals)],
+    merged: &[(SessionId, Merged)],
     now: NaiveDateTime,
 ) -> ChunkPlan {
     let hour = hour_of(now);
     let mut plan = ChunkPlan::default();
     let mut by_user: BTreeMap<UserId, i64> = BTreeMap::new();
     for s in stored {
-        let Some(t) = newest_of(merged, s.id) else {
+        let Some(m) = newest_of(merged, s.id) else {
             continue;
         };
-        let delta_up = (t.up - s.bytes_up).max(0);
-        let delta_down = (t.down - s.bytes_down).max(0);
-        if delta_up == 0 && delta_down == 0 {
+        let before = s.node_count();
+        let count = m.node.iter().fold(before, |c, t| c.fold(*t));
+        let t = m.gateway.unwrap_or_default();
+        let delta_up = (t.up.max(count.up) - s.bytes_up).max(0);
+        let delta_down = (t.down.max(count.down) - s.bytes_down).max(0);
+        if delta_up == 0 && delta_down == 0 && count == before {
             continue;
         }
         let (hour_up, hour_down) = match s.hour_start {
@@ -195,9 +346,16 @@ pub fn plan_chunk(
             seq: s.last_seq.max(t.seq),
             hour_up,
             hour_down,
+            w_epoch: count.epoch,
+            w_base_up: count.base_up,
+            w_base_down: count.base_down,
+            w_up: count.up,
+            w_down: count.down,
         });
-        let d = by_user.entry(s.user_id).or_insert(0);
-        *d = d.saturating_add(delta_up.saturating_add(delta_down));
+        if delta_up > 0 || delta_down > 0 {
+            let d = by_user.entry(s.user_id).or_insert(0);
+            *d = d.saturating_add(delta_up.saturating_add(delta_down));
+        }
     }
     plan.charges = by_user
         .into_iter()
@@ -244,7 +402,7 @@ pub fn ending(stored: &[Stored], charged: &[Charged]) -> Vec<SessionId> {
 /// their session and added bytes, and its sessions that ended.
 pub fn outcomes(
     kept: &[(i64, InboxTotals)],
-    merged: &[(SessionId, Totals)],
+    merged: &[(SessionId, Merged)],
     grown: &HashSet<SessionId>,
     ended: &HashSet<SessionId>,
 ) -> Vec<(i64, RowOutcome)> {
@@ -252,8 +410,9 @@ pub fn outcomes(
         .map(|(id, totals)| {
             let mut out = RowOutcome::default();
             for (sid, _, up, down) in totals {
-                let newest =
-                    newest_of(merged, *sid).is_some_and(|l| l.up == *up && l.down == *down);
+                let newest = newest_of(merged, *sid)
+                    .and_then(|m| m.gateway)
+                    .is_some_and(|l| l.up == *up && l.down == *down);
                 if newest && grown.contains(sid) {
                     out.counted += 1;
                 }
@@ -292,6 +451,11 @@ mod tests {
             hour_start: hour,
             hour_up: if hour.is_some() { up } else { 0 },
             hour_down: if hour.is_some() { down } else { 0 },
+            witness_epoch: 0,
+            witness_base_up: 0,
+            witness_base_down: 0,
+            witness_up: 0,
+            witness_down: 0,
         }
     }
 
@@ -309,9 +473,9 @@ mod tests {
         }
     }
 
-    fn merged(reports: &[(SessionId, i64, i64, i64)]) -> Vec<(SessionId, Totals)> {
-        let mut latest = Latest::new();
-        merge(
+    fn merged(reports: &[(SessionId, i64, i64, i64)]) -> Vec<(SessionId, Merged)> {
+        let mut latest = MergedLatest::new();
+        merge_gateway(
             &mut latest,
             reports
                 .iter()
@@ -320,29 +484,19 @@ mod tests {
         latest.into_iter().collect()
     }
 
+    fn gw(seq: i64, up: i64, down: i64) -> Merged {
+        Merged {
+            gateway: Some(Totals { seq, up, down }),
+            node: Vec::new(),
+        }
+    }
+
     #[test]
     fn several_reports_of_one_session_merge_to_the_largest_totals() {
         let s = SessionId::random();
         let m = merged(&[(s, 5, 100, 10), (s, 4, 90, 20), (s, 6, 80, 5)]);
-        assert_eq!(
-            m,
-            vec![(
-                s,
-                Totals {
-                    seq: 6,
-                    up: 100,
-                    down: 20
-                }
-            )]
-        );
-        assert_eq!(
-            newest_of(&m, s),
-            Some(Totals {
-                seq: 6,
-                up: 100,
-                down: 20
-            })
-        );
+        assert_eq!(m, vec![(s, gw(6, 100, 20))]);
+        assert_eq!(newest_of(&m, s), Some(&gw(6, 100, 20)));
         assert_eq!(newest_of(&m, SessionId::random()), None);
     }
 
@@ -364,7 +518,12 @@ mod tests {
                 down: 50,
                 seq: 9,
                 hour_up: 150,
-                hour_down: 50
+                hour_down: 50,
+                w_epoch: 0,
+                w_base_up: 0,
+                w_base_down: 0,
+                w_up: 0,
+                w_down: 0,
             }]
         );
         assert!(plan.closed.is_empty());
@@ -491,5 +650,181 @@ mod tests {
         assert_eq!(out[0].1.close.len(), 1);
         assert_eq!(out[1].1.close[0].reason, "quota_exceeded");
         assert_eq!(out[1].1.close[0].session_id, open.id.to_string());
+    }
+
+    fn node(epoch: i64, up: i64, down: i64) -> NodeTotals {
+        NodeTotals { epoch, up, down }
+    }
+
+    #[test]
+    fn node_totals_merge_per_epoch_in_epoch_order() {
+        let s = SessionId::random();
+        let mut latest = MergedLatest::new();
+        merge_node(
+            &mut latest,
+            [
+                (s, node(20, 5, 1)),
+                (s, node(10, 9, 9)),
+                (s, node(20, 3, 7)),
+                (s, node(10, 4, 10)),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(latest[&s].node, vec![node(10, 9, 10), node(20, 5, 7)]);
+        assert_eq!(latest[&s].gateway, None);
+    }
+
+    #[test]
+    fn a_node_count_adds_epochs_and_ignores_replays_and_the_past() {
+        let c = NodeCount::default()
+            .fold(node(10, 100, 1_000))
+            .fold(node(10, 90, 1_100));
+        assert_eq!((c.epoch, c.up, c.down), (10, 100, 1_100));
+        // The node restarted: the new epoch counts on top.
+        let c = c.fold(node(20, 5, 50));
+        assert_eq!(
+            c,
+            NodeCount {
+                epoch: 20,
+                base_up: 100,
+                base_down: 1_100,
+                up: 105,
+                down: 1_150
+            }
+        );
+        // A replay of either epoch changes nothing; the current one grows.
+        assert_eq!(c.fold(node(10, 500, 5_000)), c);
+        assert_eq!(c.fold(node(20, 5, 50)), c);
+        assert_eq!(c.fold(node(20, 6, 50)).up, 106);
+    }
+
+    #[test]
+    fn the_larger_of_the_gateways_and_the_nodes_count_is_recorded_once() {
+        let user = UserId::random();
+        let now = at(10, 30);
+        let s = stored(user, 0, 0, Some(hour_of(now)));
+        let both = |g: Option<Totals>, n: &[NodeTotals]| {
+            vec![(
+                s.id,
+                Merged {
+                    gateway: g,
+                    node: n.to_vec(),
+                },
+            )]
+        };
+        // The gateway is ahead upstream, the node downstream.
+        let plan = plan_chunk(
+            std::slice::from_ref(&s),
+            &both(
+                Some(Totals {
+                    seq: 4,
+                    up: 100,
+                    down: 900,
+                }),
+                &[node(7, 90, 1_000)],
+            ),
+            now,
+        );
+        let g = &plan.grown[0];
+        assert_eq!((g.up, g.down, g.seq), (100, 1_000, 4));
+        assert_eq!((g.w_epoch, g.w_up, g.w_down), (7, 90, 1_000));
+        assert_eq!(plan.charges, vec![charge(user, 1_100)]);
+        // Stored back, the same reports again count nothing.
+        let again = Stored {
+            bytes_up: 100,
+            bytes_down: 1_000,
+            last_seq: 4,
+            hour_up: 100,
+            hour_down: 1_000,
+            witness_epoch: 7,
+            witness_up: 90,
+            witness_down: 1_000,
+            ..s.clone()
+        };
+        let replay = both(
+            Some(Totals {
+                seq: 4,
+                up: 100,
+                down: 900,
+            }),
+            &[node(7, 90, 1_000)],
+        );
+        assert_eq!(
+            plan_chunk(std::slice::from_ref(&again), &replay, now),
+            ChunkPlan::default()
+        );
+        // The node's count moves without passing the gateway's: written, not
+        // charged.
+        let plan = plan_chunk(
+            std::slice::from_ref(&again),
+            &both(None, &[node(8, 10, 0)]),
+            now,
+        );
+        assert!(plan.charges.is_empty());
+        let g = &plan.grown[0];
+        assert_eq!((g.up, g.down), (100, 1_000));
+        assert_eq!(
+            (g.w_epoch, g.w_base_up, g.w_up, g.w_down),
+            (8, 90, 100, 1_000)
+        );
+    }
+
+    #[test]
+    fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
+        let user = UserId::random();
+        let now = at(10, 30);
+        let mut s = stored(user, 0, 0, Some(hour_of(now)));
+        let mut recorded = Vec::new();
+        let passes: [Merged; 4] = [
+            Merged {
+                gateway: Some(Totals {
+                    seq: 1,
+                    up: 10,
+                    down: 1_000,
+                }),
+                node: vec![node(5, 10, 1_100)],
+            },
+            // The gateway is gone; the node counts on, restarts, counts on.
+            Merged {
+                gateway: None,
+                node: vec![node(5, 12, 3_000), node(9, 0, 200)],
+            },
+            Merged {
+                gateway: None,
+                node: vec![node(9, 1, 700)],
+            },
+            // A restarted gateway without its spool reports from zero.
+            Merged {
+                gateway: Some(Totals {
+                    seq: 1,
+                    up: 2,
+                    down: 300,
+                }),
+                node: vec![],
+            },
+        ];
+        for m in passes {
+            let plan = plan_chunk(std::slice::from_ref(&s), &[(s.id, m)], now);
+            if let Some(g) = plan.grown.first() {
+                s = Stored {
+                    bytes_up: g.up,
+                    bytes_down: g.down,
+                    last_seq: g.seq,
+                    hour_up: g.hour_up,
+                    hour_down: g.hour_down,
+                    witness_epoch: g.w_epoch,
+                    witness_base_up: g.w_base_up,
+                    witness_base_down: g.w_base_down,
+                    witness_up: g.w_up,
+                    witness_down: g.w_down,
+                    ..s
+                };
+            }
+            recorded.push((s.bytes_up, s.bytes_down));
+        }
+        assert_eq!(
+            recorded,
+            vec![(10, 1_100), (12, 3_200), (13, 3_700), (13, 3_700)]
+        );
     }
 }

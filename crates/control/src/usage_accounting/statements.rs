@@ -4,7 +4,7 @@
 
 use crate::current_subscription_sql;
 use crate::db::Statement;
-use crate::ids::{GatewayNodeId, SessionId};
+use crate::ids::{GatewayNodeId, OutlineNodeId, SessionId};
 use crate::status::EndReason;
 
 use super::plan::ClosedHour;
@@ -55,28 +55,41 @@ pub const INBOX_DELETE: Statement = Statement {
 /// writes byte totals, and appliers take turns, so no row lock is needed.
 pub const READ: Statement = Statement {
     pg: "SELECT s.id, d.user_id, s.bytes_up, s.bytes_down, s.last_seq, s.end_reason, \
-         s.hour_start, s.hour_up, s.hour_down FROM sessions s JOIN devices d ON d.id = s.device_id \
+         s.hour_start, s.hour_up, s.hour_down, s.witness_epoch, s.witness_base_up, \
+         s.witness_base_down, s.witness_up, s.witness_down \
+         FROM sessions s JOIN devices d ON d.id = s.device_id \
          WHERE s.id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
     sqlite: "SELECT s.id, d.user_id, s.bytes_up, s.bytes_down, s.last_seq, \
-             s.end_reason, s.hour_start, s.hour_up, s.hour_down \
+             s.end_reason, s.hour_start, s.hour_up, s.hour_down, s.witness_epoch, \
+             s.witness_base_up, s.witness_base_down, s.witness_up, s.witness_down \
              FROM sessions s JOIN devices d ON d.id = s.device_id \
              WHERE s.id IN (SELECT value FROM json_each(?1))",
 };
 
-/// Grows the sessions and their current hour (the third parameter is the
-/// hour's start).
+/// Grows the sessions, their current hour and the node's count (the third
+/// parameter is the hour's start).
 pub const GROW_SESSIONS: Statement = Statement {
     pg: "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
          last_seq = x.seq, last_activity_at = $2, hour_start = $3, hour_up = x.hour_up, \
-         hour_down = x.hour_down FROM json_to_recordset($1::json) \
-         AS x(id text, up bigint, down bigint, seq bigint, hour_up bigint, hour_down bigint) \
+         hour_down = x.hour_down, witness_epoch = x.w_epoch, witness_base_up = x.w_base_up, \
+         witness_base_down = x.w_base_down, witness_up = x.w_up, witness_down = x.w_down \
+         FROM json_to_recordset($1::json) \
+         AS x(id text, up bigint, down bigint, seq bigint, hour_up bigint, hour_down bigint, \
+         w_epoch bigint, w_base_up bigint, w_base_down bigint, w_up bigint, w_down bigint) \
          WHERE sessions.id = x.id",
     sqlite: "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
              last_seq = x.seq, last_activity_at = ?2, hour_start = ?3, hour_up = x.hour_up, \
-             hour_down = x.hour_down FROM (SELECT json_extract(value, '$.id') AS id, \
+             hour_down = x.hour_down, witness_epoch = x.w_epoch, witness_base_up = x.w_base_up, \
+             witness_base_down = x.w_base_down, witness_up = x.w_up, witness_down = x.w_down \
+             FROM (SELECT json_extract(value, '$.id') AS id, \
              json_extract(value, '$.up') AS up, json_extract(value, '$.down') AS down, \
              json_extract(value, '$.seq') AS seq, json_extract(value, '$.hour_up') AS hour_up, \
-             json_extract(value, '$.hour_down') AS hour_down FROM json_each(?1)) AS x \
+             json_extract(value, '$.hour_down') AS hour_down, \
+             json_extract(value, '$.w_epoch') AS w_epoch, \
+             json_extract(value, '$.w_base_up') AS w_base_up, \
+             json_extract(value, '$.w_base_down') AS w_base_down, \
+             json_extract(value, '$.w_up') AS w_up, json_extract(value, '$.w_down') AS w_down \
+             FROM json_each(?1)) AS x \
              WHERE sessions.id = x.id",
 };
 
@@ -147,6 +160,26 @@ pub const CHARGE: Statement = Statement {
          RETURNING id, user_id, traffic_used_bytes, traffic_limit_bytes, period_start"
     ),
 };
+
+/// The sessions of a node's report as stored: their node, for the check on
+/// receipt.
+pub const NODE_KNOWN: Statement = Statement {
+    pg: "SELECT id, outline_node_id FROM sessions \
+         WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+    sqlite: "SELECT id, outline_node_id FROM sessions \
+             WHERE id IN (SELECT value FROM json_each(?1))",
+};
+
+/// A session of a node's report as stored.
+#[derive(diesel::QueryableByName)]
+pub struct NodeKnown {
+    /// The session.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub id: SessionId,
+    /// Its node.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub outline_node_id: Option<OutlineNodeId>,
+}
 
 /// A reported session as stored, for the check on receipt.
 #[derive(diesel::QueryableByName)]

@@ -2,9 +2,8 @@
 //! sessions to the ledger, monthly allowances reset at their period
 //! boundary, and subscriptions past their `expires_at` are marked expired
 //! (with an `EXPIRED` event for the admin feed, in the same transaction),
-//! even for sessions and accounts that never report again; the node
-//! witness's rows of sessions that ended over [`WITNESS_KEEP`] ago, and
-//! its connections that were never tied to a session, are deleted. The
+//! even for sessions and accounts that never report again; links of node
+//! connections older than [`WITNESS_KEEP`] are deleted. The
 //! decisions are pure ([`finished_hour`], [`period_start_at`], tested
 //! below); [`sweep_at`] runs them at a given time, under the appliers' lock
 //! so it never races a pass; [`spawn`] runs it on every replica.
@@ -35,34 +34,19 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Sessions (and subscriptions) one sweep handles per transaction.
 const SWEEP_CHUNK: i64 = 5_000;
 
-/// How long the node witness's rows of an ended session (and a node
-/// connection never tied to a session) are kept: long enough for the last
-/// reports of a connection to arrive, after which the session's recorded
-/// totals, not these rows, are what counts. Without this the witness
-/// tables would grow with every connection ever served.
+/// How long a gateway's link of a node connection to its session is kept:
+/// a node asks for the session of a new connection within seconds of
+/// accepting it, and gives up after a minute; after that the link is
+/// useless. Without this the links would grow with every connection ever
+/// opened.
 pub const WITNESS_KEEP: chrono::Duration = chrono::Duration::hours(1);
 
-/// Deletes one chunk of witness rows of sessions ended before `$1`.
-const PRUNE_WITNESS: Statement = Statement {
-    pg: "DELETE FROM node_witness WHERE session_id IN (SELECT w.session_id FROM node_witness w \
-         JOIN sessions s ON s.id = w.session_id WHERE s.ended_at < $1 LIMIT 5000)",
-    sqlite: "DELETE FROM node_witness WHERE session_id IN (SELECT w.session_id FROM node_witness w \
-             JOIN sessions s ON s.id = w.session_id WHERE s.ended_at < ?1 LIMIT 5000)",
-};
-
-/// Deletes one chunk of links of sessions ended before `$1`.
+/// Deletes one chunk of links made before `$1`.
 const PRUNE_LINKS: Statement = Statement {
-    pg: "DELETE FROM witness_links WHERE session_id IN (SELECT l.session_id FROM witness_links l \
-         JOIN sessions s ON s.id = l.session_id WHERE s.ended_at < $1 LIMIT 5000)",
-    sqlite: "DELETE FROM witness_links WHERE session_id IN (SELECT l.session_id FROM witness_links l \
-             JOIN sessions s ON s.id = l.session_id WHERE s.ended_at < ?1 LIMIT 5000)",
-};
-
-/// Deletes node connections never tied to a session and not reported
-/// since `$1` (a peer no gateway linked: a probe, a stock client).
-const PRUNE_UNLINKED: Statement = Statement {
-    pg: "DELETE FROM node_witness WHERE session_id IS NULL AND updated_at < $1",
-    sqlite: "DELETE FROM node_witness WHERE session_id IS NULL AND updated_at < ?1",
+    pg: "DELETE FROM witness_links WHERE (outline_node_id, peer) IN \
+         (SELECT outline_node_id, peer FROM witness_links WHERE linked_at < $1 LIMIT 5000)",
+    sqlite: "DELETE FROM witness_links WHERE rowid IN \
+             (SELECT rowid FROM witness_links WHERE linked_at < ?1 LIMIT 5000)",
 };
 
 /// A session's current hour as stored.
@@ -123,7 +107,7 @@ pub struct Swept {
     pub periods: usize,
     /// Subscriptions marked expired.
     pub expired: usize,
-    /// Node witness rows and links deleted (see [`WITNESS_KEEP`]).
+    /// Links of node connections deleted (see [`WITNESS_KEEP`]).
     pub witness: usize,
 }
 
@@ -149,32 +133,19 @@ pub async fn sweep_at(db: &Db, now: NaiveDateTime) -> AppResult<Swept> {
     Ok(swept)
 }
 
-/// Deletes the witness rows and links of sessions ended before `cutoff`
-/// and the unlinked connections last reported before it; returns how many
-/// rows went. The sessions keep their recorded totals: a witness report
-/// arriving later for a pruned connection finds no link and counts for
-/// nothing.
+/// Deletes the links made before `cutoff`; returns how many went.
 async fn prune_witness(db: &Db, cutoff: NaiveDateTime) -> AppResult<usize> {
     let mut pruned = 0;
-    for statement in [&PRUNE_WITNESS, &PRUNE_LINKS] {
-        loop {
-            let n = db_run!(db, |conn| diesel::sql_query(statement.text(conn))
-                .bind::<diesel::sql_types::Timestamp, _>(cutoff)
-                .execute(conn)
-                .await?);
-            pruned += n;
-            // A chunk deletes at least the rows it picked (at most
-            // 5,000): fewer than that means it picked fewer, the last.
-            if n < usize::try_from(SWEEP_CHUNK).unwrap_or(usize::MAX) {
-                break;
-            }
+    loop {
+        let n = db_run!(db, |conn| diesel::sql_query(PRUNE_LINKS.text(conn))
+            .bind::<diesel::sql_types::Timestamp, _>(cutoff)
+            .execute(conn)
+            .await?);
+        pruned += n;
+        if n < usize::try_from(SWEEP_CHUNK).unwrap_or(usize::MAX) {
+            return Ok(pruned);
         }
     }
-    pruned += db_run!(db, |conn| diesel::sql_query(PRUNE_UNLINKED.text(conn))
-        .bind::<diesel::sql_types::Timestamp, _>(cutoff)
-        .execute(conn)
-        .await?);
-    Ok(pruned)
 }
 
 /// Moves one chunk of finished hours to the ledger; returns how many.

@@ -2,40 +2,51 @@
 //!
 //! A gateway links each connection it opens to a node (its local address
 //! and port, which the node sees as the peer) to the session it carries
-//! ([`link`]); a node reports the cumulative totals of each connection it
-//! serves ([`witness`]). A connection counts for the session its peer was
-//! linked to when the connection was first reported, or when the link came,
-//! whichever is later; once tied, it stays tied.
+//! ([`link`]). A node asks for the session of each new connection (by its
+//! peer, [`witness`]); the answer ties the connection to the session, and
+//! from then on the node counts the connection in the session's totals and
+//! reports those, cumulative per session and epoch. A node report is stored
+//! like a gateway's, as one inbox row, and the applier merges both in the
+//! same pass: the node's witness costs one update per active session per
+//! pass, the one the gateway's totals cost anyway, not a write per
+//! connection.
 //!
 //! ## The rule
 //!
 //! Per session and direction, the ledger records the larger of the two
 //! witnesses' cumulative totals: the gateway's (its usage reports) and the
-//! node's (the sum over the session's connections). Both count the same
-//! bytes at the two ends of the gateway-node connection, so while both are
-//! alive they differ only by what is in flight between them; a witness
-//! that dies (or restarts without its spool) only ever falls behind, never
-//! ahead, so the larger is the survivor's. Witness totals enter the usage
-//! inbox as ordinary session totals, so the applier's merge (the largest
-//! totals win) and its "add only the increase over what is stored" apply
-//! the rule, batched, and nothing is counted twice: replays, reorderings
-//! and a witness arriving before or after the gateway change nothing.
-//! [`recorded`] states the rule for one session.
+//! node's (its count across epochs: a node that restarts, or forgets a
+//! session and meets it again, counts it from zero under a larger epoch,
+//! added to what the earlier epochs counted). Both count the same bytes at
+//! the two ends of the gateway-node connection, so while both are alive
+//! they differ only by what is in flight between them; a witness that dies
+//! (or restarts without its spool) only ever falls behind, never ahead, so
+//! the larger is the survivor's. Totals of one epoch only grow and the
+//! applier adds only the increase over what is stored, so replays,
+//! reorderings and a witness arriving before or after the gateway count
+//! nothing twice. [`recorded`] states the rule for one session;
+//! [`plan`](super::plan) applies it, batched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use diesel_async::RunQueryDsl;
-use httvps_wire::witness::{ConnTotals, MAX_WITNESS_BATCH, SessionLink};
+use httvps_wire::witness::{ConnTie, MAX_WITNESS_BATCH, SessionLink, WitnessReport};
 
 use super::inbox::to_json;
-use super::plan::{InboxTotals, Totals};
-use super::statements::{INBOX_INSERT, Inserted, KNOWN, Known};
+use super::plan::{InboxNodeTotals, Totals};
+use super::statements::{INBOX_INSERT, Inserted, KNOWN, Known, NODE_KNOWN, NodeKnown};
 use crate::db::models::now;
 use crate::db::{Db, Statement};
 use crate::db_run;
 use crate::error::{AppError, AppResult};
 use crate::ids::{GatewayNodeId, OutlineNodeId, SessionId};
+
+/// A link made more than this before a connection was accepted (by the
+/// connection's age as the node reports it, measured against this clock)
+/// belongs to an earlier connection from the same address and port. The
+/// margin covers the time the report takes to arrive.
+pub const LINK_SLACK: chrono::Duration = chrono::Duration::seconds(10);
 
 /// What the ledger records for a session from the gateway's totals and the
 /// node's: the larger of each direction (see the module's note).
@@ -53,12 +64,15 @@ pub fn canonical_peer(text: &str) -> Option<String> {
     Some(SocketAddr::new(a.ip().to_canonical(), a.port()).to_string())
 }
 
-/// The node's totals of each session, as inbox totals (sequence 0: the
-/// node's totals never move a session's sequence).
-pub fn as_inbox(sums: &[WitnessSum]) -> InboxTotals {
-    sums.iter()
-        .map(|s| (s.session_id, 0, s.up.max(0), s.down.max(0)))
-        .collect()
+/// Whether a link made at `linked_at` can be the link of a connection
+/// accepted `age_ms` before `now`.
+pub fn link_fits(
+    linked_at: chrono::NaiveDateTime,
+    age_ms: i64,
+    now: chrono::NaiveDateTime,
+) -> bool {
+    let accepted = now - chrono::Duration::milliseconds(age_ms.clamp(0, 365 * 86_400_000));
+    linked_at >= accepted - LINK_SLACK
 }
 
 /// Stores links, replacing the last link of the same node and peer.
@@ -77,78 +91,23 @@ const LINK_INSERT: Statement = Statement {
              session_id = excluded.session_id, linked_at = excluded.linked_at",
 };
 
-/// Ties the node's connections reported before their link came.
-const LINK_ATTRIBUTE: Statement = Statement {
-    pg: "UPDATE node_witness SET session_id = l.session_id FROM witness_links l \
-         WHERE node_witness.session_id IS NULL AND l.outline_node_id = node_witness.outline_node_id \
-         AND l.peer = node_witness.peer \
-         AND l.session_id = ANY(ARRAY(SELECT json_array_elements_text($1::json))) \
-         RETURNING node_witness.session_id",
-    sqlite: "UPDATE node_witness SET session_id = l.session_id FROM witness_links l \
-             WHERE node_witness.session_id IS NULL AND l.outline_node_id = node_witness.outline_node_id \
-             AND l.peer = node_witness.peer \
-             AND l.session_id IN (SELECT value FROM json_each(?1)) \
-             RETURNING node_witness.session_id",
+/// The links of a node's peers.
+const LINKS_OF: Statement = Statement {
+    pg: "SELECT peer, session_id, linked_at FROM witness_links WHERE outline_node_id = $1 \
+         AND peer = ANY(ARRAY(SELECT json_array_elements_text($2::json)))",
+    sqlite: "SELECT peer, session_id, linked_at FROM witness_links WHERE outline_node_id = ?1 \
+             AND peer IN (SELECT value FROM json_each(?2))",
 };
 
-/// Stores a node's connection totals (the largest win), tying new ones to
-/// their peer's session; returns the sessions of the rows.
-const WITNESS_UPSERT: Statement = Statement {
-    pg: "INSERT INTO node_witness \
-         (outline_node_id, conn, peer, session_id, bytes_up, bytes_down, updated_at) \
-         SELECT $2, x.conn, x.peer, l.session_id, x.up, x.down, $3 \
-         FROM json_to_recordset($1::json) AS x(conn bigint, peer text, up bigint, down bigint) \
-         LEFT JOIN witness_links l ON l.outline_node_id = $2 AND l.peer = x.peer \
-         ON CONFLICT (outline_node_id, conn) DO UPDATE SET \
-         bytes_up = GREATEST(node_witness.bytes_up, excluded.bytes_up), \
-         bytes_down = GREATEST(node_witness.bytes_down, excluded.bytes_down), \
-         session_id = COALESCE(node_witness.session_id, excluded.session_id), \
-         updated_at = excluded.updated_at \
-         RETURNING session_id",
-    sqlite: "INSERT INTO node_witness \
-             (outline_node_id, conn, peer, session_id, bytes_up, bytes_down, updated_at) \
-             SELECT ?2, json_extract(x.value, '$.conn'), json_extract(x.value, '$.peer'), \
-             l.session_id, json_extract(x.value, '$.up'), json_extract(x.value, '$.down'), ?3 \
-             FROM json_each(?1) AS x LEFT JOIN witness_links l \
-             ON l.outline_node_id = ?2 AND l.peer = json_extract(x.value, '$.peer') WHERE true \
-             ON CONFLICT (outline_node_id, conn) DO UPDATE SET \
-             bytes_up = max(node_witness.bytes_up, excluded.bytes_up), \
-             bytes_down = max(node_witness.bytes_down, excluded.bytes_down), \
-             session_id = COALESCE(node_witness.session_id, excluded.session_id), \
-             updated_at = excluded.updated_at \
-             RETURNING session_id",
-};
-
-/// The node's totals of sessions: the sum over their connections.
-const SUMS: Statement = Statement {
-    pg: "SELECT session_id, CAST(SUM(bytes_up) AS BIGINT) AS up, \
-         CAST(SUM(bytes_down) AS BIGINT) AS down FROM node_witness \
-         WHERE session_id = ANY(ARRAY(SELECT json_array_elements_text($1::json))) \
-         GROUP BY session_id",
-    sqlite: "SELECT session_id, CAST(SUM(bytes_up) AS BIGINT) AS up, \
-             CAST(SUM(bytes_down) AS BIGINT) AS down FROM node_witness \
-             WHERE session_id IN (SELECT value FROM json_each(?1)) GROUP BY session_id",
-};
-
-/// A session a statement returned (none for connections not yet linked).
+/// A link as [`LINKS_OF`] reads it.
 #[derive(diesel::QueryableByName)]
-struct Tied {
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    session_id: Option<SessionId>,
-}
-
-/// A session's totals as the node witnessed them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, diesel::QueryableByName)]
-pub struct WitnessSum {
-    /// The session.
+struct LinkRead {
     #[diesel(sql_type = diesel::sql_types::Text)]
-    pub session_id: SessionId,
-    /// Bytes the node received over the session's connections.
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub up: i64,
-    /// Bytes the node sent over them.
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub down: i64,
+    peer: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    session_id: SessionId,
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    linked_at: chrono::NaiveDateTime,
 }
 
 #[derive(serde::Serialize)]
@@ -157,48 +116,9 @@ struct LinkRow<'a> {
     peer: &'a str,
 }
 
-#[derive(serde::Serialize)]
-struct ConnRow<'a> {
-    conn: i64,
-    peer: &'a str,
-    up: i64,
-    down: i64,
-}
-
-/// Stores what the node witnessed for `sessions` as one inbox row (the
-/// applier merges it with the gateway's totals); `None` when there is
-/// nothing to store.
-async fn submit_sums(db: &Db, source: &str, sessions: &[SessionId]) -> AppResult<Option<i64>> {
-    if sessions.is_empty() {
-        return Ok(None);
-    }
-    let ids_json = to_json(&sessions)?;
-    let sums: Vec<WitnessSum> = db_run!(db, |conn| diesel::sql_query(SUMS.text(conn))
-        .bind::<diesel::sql_types::Text, _>(&ids_json)
-        .load(conn)
-        .await?);
-    if sums.is_empty() {
-        return Ok(None);
-    }
-    let totals = to_json(&as_inbox(&sums))?;
-    let row: Inserted = db_run!(db, |conn| diesel::sql_query(INBOX_INSERT.text(conn))
-        .bind::<diesel::sql_types::Text, _>(source)
-        .bind::<diesel::sql_types::Text, _>(&totals)
-        .bind::<diesel::sql_types::Timestamp, _>(now())
-        .get_result(conn)
-        .await?);
-    Ok(Some(row.id))
-}
-
 /// Stores `links` from `gateway`: every session must exist and be this
-/// gateway's, or nothing is stored. Connections the node reported before
-/// their link are tied now. Returns the links stored and the inbox row of
-/// the node's totals this tied, if any.
-pub async fn link(
-    db: &Db,
-    gateway: GatewayNodeId,
-    links: &[SessionLink],
-) -> AppResult<(usize, Option<i64>)> {
+/// gateway's, or nothing is stored. Returns the links stored.
+pub async fn link(db: &Db, gateway: GatewayNodeId, links: &[SessionLink]) -> AppResult<usize> {
     if links.len() > MAX_WITNESS_BATCH {
         return Err(AppError::bad(format!(
             "at most {MAX_WITNESS_BATCH} links per report"
@@ -217,7 +137,7 @@ pub async fn link(
         by_peer.insert(peer, id);
     }
     if by_peer.is_empty() {
-        return Ok((0, None));
+        return Ok(0);
     }
     let mut sessions: Vec<SessionId> = by_peer.values().copied().collect();
     sessions.sort_unstable();
@@ -242,124 +162,131 @@ pub async fn link(
         .collect();
     let rows = to_json(&rows)?;
     let ts = now();
-    let tied: Vec<Tied> = db_run!(db, |conn| {
-        diesel::sql_query(LINK_INSERT.text(conn))
-            .bind::<diesel::sql_types::Text, _>(&rows)
-            .bind::<diesel::sql_types::Timestamp, _>(ts)
-            .execute(conn)
-            .await?;
-        diesel::sql_query(LINK_ATTRIBUTE.text(conn))
-            .bind::<diesel::sql_types::Text, _>(&ids_json)
-            .load(conn)
-            .await?
-    });
-    let mut tied: Vec<SessionId> = tied.into_iter().filter_map(|t| t.session_id).collect();
-    tied.sort_unstable();
-    tied.dedup();
-    let row = submit_sums(db, &gateway.to_string(), &tied).await?;
-    Ok((by_peer.len(), row))
+    db_run!(db, |conn| diesel::sql_query(LINK_INSERT.text(conn))
+        .bind::<diesel::sql_types::Text, _>(&rows)
+        .bind::<diesel::sql_types::Timestamp, _>(ts)
+        .execute(conn)
+        .await?);
+    Ok(by_peer.len())
 }
 
 /// What a node's witness report did.
 #[derive(Debug, Clone, Default)]
 pub struct Witnessed {
-    /// Connection totals received.
+    /// Session totals stored.
     pub accepted: usize,
-    /// Of them, those tied to a session.
-    pub linked: usize,
-    /// The inbox row of the sessions' new node totals, if any.
+    /// Connections asked about that a gateway has linked, with their
+    /// sessions.
+    pub ties: Vec<ConnTie>,
+    /// The inbox row of the session totals, if any.
     pub row: Option<i64>,
 }
 
-/// Stores `conns` from `node` (the largest totals of each connection win)
-/// and the node's new totals of their sessions as one inbox row.
-pub async fn witness(db: &Db, node: OutlineNodeId, conns: &[ConnTotals]) -> AppResult<Witnessed> {
-    if conns.len() > MAX_WITNESS_BATCH {
+/// The session totals of a report, checked and merged: per session and
+/// epoch the largest of each direction.
+pub fn node_totals(report: &WitnessReport) -> AppResult<InboxNodeTotals> {
+    let mut merged: BTreeMap<(SessionId, i64), (i64, i64)> = BTreeMap::new();
+    for t in &report.sessions {
+        if t.epoch < 0 || t.bytes_up < 0 || t.bytes_down < 0 {
+            return Err(AppError::bad("epoch and byte totals must not be negative"));
+        }
+        let Ok(id) = t.session_id.parse::<SessionId>() else {
+            return Err(AppError::bad("session_id is not a valid id"));
+        };
+        let e = merged.entry((id, t.epoch)).or_insert((0, 0));
+        *e = (e.0.max(t.bytes_up), e.1.max(t.bytes_down));
+    }
+    Ok(merged
+        .into_iter()
+        .map(|((id, epoch), (up, down))| (id, epoch, up, down))
+        .collect())
+}
+
+/// Takes a report from `node`: its session totals (every known session
+/// must be this node's; sessions deleted since are skipped) stored as one
+/// inbox row, and the sessions of the connections it asks about, from the
+/// gateways' links.
+pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> AppResult<Witnessed> {
+    if report.sessions.len() + report.conns.len() > MAX_WITNESS_BATCH {
         return Err(AppError::bad(format!(
-            "at most {MAX_WITNESS_BATCH} connection totals per report"
+            "at most {MAX_WITNESS_BATCH} entries per report"
         )));
     }
-    let mut by_conn: BTreeMap<i64, (String, i64, i64)> = BTreeMap::new();
-    for c in conns {
-        if c.conn < 0 || c.bytes_up < 0 || c.bytes_down < 0 {
-            return Err(AppError::bad("conn and byte totals must not be negative"));
+    let mut asked: Vec<(i64, String, i64)> = Vec::with_capacity(report.conns.len());
+    for c in &report.conns {
+        if c.conn < 0 || c.age_ms < 0 || c.bytes_up < 0 || c.bytes_down < 0 {
+            return Err(AppError::bad(
+                "conn, age_ms and byte totals must not be negative",
+            ));
         }
         let Some(peer) = canonical_peer(&c.peer) else {
             return Err(AppError::bad("peer must be an ip:port address"));
         };
-        let e = by_conn.entry(c.conn).or_insert((peer, 0, 0));
-        e.1 = e.1.max(c.bytes_up);
-        e.2 = e.2.max(c.bytes_down);
+        asked.push((c.conn, peer, c.age_ms));
     }
-    if by_conn.is_empty() {
-        return Ok(Witnessed::default());
+    let mut totals = node_totals(report)?;
+    let mut out = Witnessed::default();
+    if !totals.is_empty() {
+        let mut ids: Vec<SessionId> = totals.iter().map(|t| t.0).collect();
+        ids.dedup();
+        let ids_json = to_json(&ids)?;
+        let known: Vec<NodeKnown> = db_run!(db, |conn| diesel::sql_query(NODE_KNOWN.text(conn))
+            .bind::<diesel::sql_types::Text, _>(&ids_json)
+            .load(conn)
+            .await?);
+        if known.iter().any(|s| s.outline_node_id != Some(node)) {
+            return Err(AppError::Forbidden);
+        }
+        if known.len() != ids.len() {
+            let known: std::collections::HashSet<SessionId> = known.iter().map(|k| k.id).collect();
+            totals.retain(|t| known.contains(&t.0));
+        }
+        if !totals.is_empty() {
+            out.accepted = totals.len();
+            let body = to_json(&serde_json::json!({ "node": totals }))?;
+            let row: Inserted = db_run!(db, |conn| diesel::sql_query(INBOX_INSERT.text(conn))
+                .bind::<diesel::sql_types::Text, _>(node)
+                .bind::<diesel::sql_types::Text, _>(&body)
+                .bind::<diesel::sql_types::Timestamp, _>(now())
+                .get_result(conn)
+                .await?);
+            out.row = Some(row.id);
+        }
     }
-    let rows: Vec<ConnRow> = by_conn
-        .iter()
-        .map(|(conn, (peer, up, down))| ConnRow {
-            conn: *conn,
-            peer,
-            up: *up,
-            down: *down,
-        })
-        .collect();
-    let rows = to_json(&rows)?;
-    let tied: Vec<Tied> = db_run!(db, |conn| diesel::sql_query(WITNESS_UPSERT.text(conn))
-        .bind::<diesel::sql_types::Text, _>(&rows)
-        .bind::<diesel::sql_types::Text, _>(node)
-        .bind::<diesel::sql_types::Timestamp, _>(now())
-        .load(conn)
-        .await?);
-    let mut sessions: Vec<SessionId> = tied.iter().filter_map(|t| t.session_id).collect();
-    let linked = sessions.len();
-    sessions.sort_unstable();
-    sessions.dedup();
-    let row = submit_sums(db, &node.to_string(), &sessions).await?;
-    Ok(Witnessed {
-        accepted: conns.len(),
-        linked,
-        row,
-    })
+    if !asked.is_empty() {
+        let mut peers: Vec<&str> = asked.iter().map(|(_, p, _)| p.as_str()).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let peers_json = to_json(&peers)?;
+        let links: Vec<LinkRead> = db_run!(db, |conn| diesel::sql_query(LINKS_OF.text(conn))
+            .bind::<diesel::sql_types::Text, _>(node)
+            .bind::<diesel::sql_types::Text, _>(&peers_json)
+            .load(conn)
+            .await?);
+        let links: HashMap<&str, &LinkRead> = links.iter().map(|l| (l.peer.as_str(), l)).collect();
+        let ts = now();
+        out.ties = asked
+            .iter()
+            .filter_map(|(conn, peer, age)| {
+                let l = links.get(peer.as_str())?;
+                link_fits(l.linked_at, *age, ts).then(|| ConnTie {
+                    conn: *conn,
+                    session_id: l.session_id.to_string(),
+                })
+            })
+            .collect();
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::plan::{Latest, Stored, merge, plan_chunk};
+    use httvps_wire::witness::SessionWitness;
+
     use super::*;
 
     fn t(seq: i64, up: i64, down: i64) -> Totals {
         Totals { seq, up, down }
-    }
-
-    /// Applies reports, in order, pass by pass, to one session stored at
-    /// zero; returns the recorded totals and what was charged.
-    fn ledger(passes: &[&[Totals]]) -> (i64, i64, i64) {
-        let id = SessionId::random();
-        let user = crate::ids::UserId::random();
-        let (mut up, mut down, mut seq, mut charged) = (0, 0, 0, 0);
-        for pass in passes {
-            let mut latest = Latest::new();
-            merge(&mut latest, pass.iter().map(|t| (id, *t)));
-            let merged: Vec<_> = latest.into_iter().collect();
-            let stored = Stored {
-                id,
-                user_id: user,
-                bytes_up: up,
-                bytes_down: down,
-                last_seq: seq,
-                end_reason: None,
-                hour_start: None,
-                hour_up: 0,
-                hour_down: 0,
-            };
-            let plan = plan_chunk(&[stored], &merged, now());
-            if let Some(g) = <[_]>::first(&plan.grown) {
-                (up, down, seq) = (g.up, g.down, g.seq);
-            }
-            charged += plan.charges.iter().map(|c| c.delta).sum::<i64>();
-        }
-        assert_eq!(charged, up + down, "charged exactly what is recorded");
-        (up, down, seq)
     }
 
     #[test]
@@ -368,50 +295,6 @@ mod tests {
         // down when written to the gateway: each is ahead in one direction.
         assert_eq!(recorded(t(9, 100, 40), t(0, 90, 50)), t(9, 100, 50));
         assert_eq!(recorded(t(1, 0, 0), t(0, 0, 0)), t(1, 0, 0));
-    }
-
-    #[test]
-    fn both_witnesses_alive_count_once() {
-        let (up, down, seq) = ledger(&[
-            &[t(1, 100, 1_000), t(0, 100, 1_000)],
-            &[t(0, 150, 1_600)],
-            &[t(2, 160, 1_500)],
-            &[t(2, 160, 1_500), t(0, 150, 1_600)],
-        ]);
-        assert_eq!((up, down, seq), (160, 1_600, 2));
-    }
-
-    #[test]
-    fn a_killed_gateway_is_covered_by_the_node() {
-        // The gateway's last report was at 1,000; the node saw the
-        // connection run to 5,000 before it ended with the gateway.
-        let (up, down, _) = ledger(&[
-            &[t(1, 10, 1_000)],
-            &[t(0, 12, 3_000)],
-            &[t(0, 12, 5_000)],
-            // A restarted gateway without its spool reports from zero: it
-            // never takes bytes back, and it never adds the node's again.
-            &[t(7, 2, 300)],
-        ]);
-        assert_eq!((up, down), (12, 5_000));
-    }
-
-    #[test]
-    fn a_restarted_gateway_without_spool_and_its_new_connections_are_counted_by_the_node() {
-        // After the restart the gateway counts from zero, the node sums
-        // every connection of the session: old and new.
-        let (_, down, _) = ledger(&[
-            &[t(1, 0, 1_000), t(0, 0, 1_200)],
-            &[t(9, 0, 500)],
-            &[t(0, 0, 1_700), t(10, 0, 500)],
-        ]);
-        assert_eq!(down, 1_700);
-    }
-
-    #[test]
-    fn a_killed_node_is_covered_by_the_gateway() {
-        let (up, down, _) = ledger(&[&[t(0, 500, 5)], &[t(3, 900, 9)], &[t(0, 500, 5)]]);
-        assert_eq!((up, down), (900, 9));
     }
 
     #[test]
@@ -433,13 +316,51 @@ mod tests {
     }
 
     #[test]
-    fn node_sums_enter_the_inbox_with_sequence_zero() {
+    fn a_link_older_than_the_connection_belongs_to_another() {
+        let now = now();
+        let age = 30_000;
+        // Linked as the connection opened, or after.
+        assert!(link_fits(now - chrono::Duration::seconds(30), age, now));
+        assert!(link_fits(now, age, now));
+        // Within the slack for the report's way here.
+        assert!(link_fits(now - chrono::Duration::seconds(39), age, now));
+        // A link of the same address and port a minute before.
+        assert!(!link_fits(now - chrono::Duration::seconds(90), age, now));
+        // Absurd ages do not overflow.
+        assert!(link_fits(now, i64::MAX, now));
+    }
+
+    #[test]
+    fn session_totals_merge_per_epoch_and_refuse_bad_input() {
         let s = SessionId::random();
-        let sums = [WitnessSum {
-            session_id: s,
-            up: 3,
-            down: -1,
-        }];
-        assert_eq!(as_inbox(&sums), vec![(s, 0, 3, 0)]);
+        let w = |epoch, up, down| SessionWitness {
+            session_id: s.to_string(),
+            epoch,
+            bytes_up: up,
+            bytes_down: down,
+        };
+        let report = WitnessReport {
+            sessions: vec![w(5, 10, 20), w(5, 30, 1), w(6, 0, 0)],
+            conns: Vec::new(),
+        };
+        assert_eq!(
+            node_totals(&report).expect("totals"),
+            vec![(s, 5, 30, 20), (s, 6, 0, 0)]
+        );
+        for bad in [w(-1, 0, 0), w(1, -1, 0), w(1, 0, -1)] {
+            let r = WitnessReport {
+                sessions: vec![bad],
+                conns: Vec::new(),
+            };
+            assert!(matches!(node_totals(&r), Err(AppError::BadRequest(_))));
+        }
+        let r = WitnessReport {
+            sessions: vec![SessionWitness {
+                session_id: "nope".into(),
+                ..w(1, 1, 1)
+            }],
+            conns: Vec::new(),
+        };
+        assert!(node_totals(&r).is_err());
     }
 }

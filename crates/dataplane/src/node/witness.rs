@@ -1,10 +1,16 @@
 //! The node as a second witness of usage: the node's own Shadowsocks accept
 //! loop (`tcp`) reads and writes every client connection through
-//! [`Counted`], so every byte of every client connection is counted per peer
-//! connection, and the cumulative totals of connections that moved bytes
-//! are reported to the control plane (`outline/witness`) every interval.
-//! Totals are cumulative: a report resent, or a connection reported again,
-//! counts nothing twice. UDP is not witnessed (the gateway counts it alone).
+//! [`Counted`], so every byte of every client connection is counted. The
+//! node asks the control plane which session each new connection carries
+//! (the gateway linked its local address, the node's peer, to the session);
+//! once told, it counts the connection in the session's totals, and every
+//! interval it reports the totals of the sessions that moved, cumulative
+//! per session and epoch (`outline/witness`). A session the node starts
+//! counting (again, after a restart or after it forgot the session) gets a
+//! new, larger epoch, and the control plane adds epochs up. Totals are
+//! cumulative: a report resent counts nothing twice. Connections no gateway
+//! linked (a stock client, a probe) are asked about for a while, then left
+//! uncounted. UDP is not witnessed (the gateway counts it alone).
 
 use std::collections::HashMap;
 use std::io;
@@ -13,32 +19,46 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use httvps_wire::witness::{ConnTotals, WITNESS_CHUNK, WitnessReport};
+use httvps_wire::witness::{
+    ConnTie, ConnTotals, SessionWitness, WITNESS_CHUNK, WitnessReport, WitnessResponse,
+};
 use shadowsocks_service::net::FlowStat;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 
-/// How often `httvps-relay node` reports its connections' totals.
+/// How often `httvps-relay node` reports its sessions' totals.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Answers after which a connection no gateway linked is no longer asked
+/// about (and not counted): about half a minute at one report a second.
+pub const MAX_ASKS: u32 = 30;
+
+/// The same for a connection already closed: a link comes within
+/// milliseconds of the connection, so a few answers settle it.
+pub const MAX_ASKS_CLOSED: u32 = 3;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// One client connection's counters.
 #[derive(Debug)]
 struct Conn {
     peer: SocketAddr,
+    accepted: Instant,
     /// Bytes received from the peer.
     up: AtomicU64,
     /// Bytes sent to the peer.
     down: AtomicU64,
     open: AtomicBool,
-    reported: Mutex<(u64, u64)>,
 }
 
 impl Conn {
@@ -48,12 +68,63 @@ impl Conn {
             self.down.load(Ordering::Relaxed),
         )
     }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
 }
 
-/// Every connection the node counts, until its last totals are reported.
+/// A connection whose session the node is still asking for.
+#[derive(Debug)]
+struct Untied {
+    conn: Arc<Conn>,
+    /// Answers that did not name its session.
+    asked: u32,
+}
+
+/// A session the node counts: its epoch, its open connections and the
+/// totals of its closed ones.
+#[derive(Debug)]
+struct Counting {
+    epoch: i64,
+    conns: Vec<Arc<Conn>>,
+    closed: (u64, u64),
+    reported: (u64, u64),
+}
+
+impl Counting {
+    /// Folds closed connections into `closed` and returns the totals.
+    fn totals(&mut self) -> (u64, u64) {
+        let mut closed = self.closed;
+        self.conns.retain(|c| {
+            // Closed first, then read: the counts of a closed connection
+            // are final.
+            if c.is_open() {
+                return true;
+            }
+            let (u, d) = c.totals();
+            closed = (closed.0.saturating_add(u), closed.1.saturating_add(d));
+            false
+        });
+        self.closed = closed;
+        self.conns.iter().fold(closed, |(u, d), c| {
+            let (cu, cd) = c.totals();
+            (u.saturating_add(cu), d.saturating_add(cd))
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    untied: HashMap<i64, Untied>,
+    sessions: HashMap<String, Counting>,
+}
+
+/// Every connection and session the node counts, until their last totals
+/// are reported.
 #[derive(Debug)]
 pub struct Witness {
-    conns: Mutex<HashMap<i64, Arc<Conn>>>,
+    book: Mutex<Book>,
     next: AtomicI64,
 }
 
@@ -64,12 +135,13 @@ impl Default for Witness {
 }
 
 impl Witness {
-    /// Connection ids start at the wall clock in milliseconds times 1,000,
-    /// so a restarted node's ids never meet its earlier ones (unless it
-    /// opened over a thousand connections per millisecond of its life).
+    /// Connection ids and epochs start at the wall clock in milliseconds
+    /// times 1,000, so a restarted node's never meet its earlier ones (unless
+    /// it opened over a thousand connections per millisecond of its life),
+    /// and a restarted node's epochs are larger than the last one's.
     pub fn new() -> Self {
         Witness {
-            conns: Mutex::default(),
+            book: Mutex::default(),
             next: AtomicI64::new(chrono::Utc::now().timestamp_millis().saturating_mul(1_000)),
         }
     }
@@ -78,64 +150,136 @@ impl Witness {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let c = Arc::new(Conn {
             peer,
+            accepted: Instant::now(),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             open: AtomicBool::new(true),
-            reported: Mutex::new((0, 0)),
         });
-        lock(&self.conns).insert(id, c.clone());
+        lock(&self.book).untied.insert(
+            id,
+            Untied {
+                conn: c.clone(),
+                asked: 0,
+            },
+        );
         c
     }
 
-    /// Connections whose totals changed since last acknowledged.
-    pub fn pending(&self) -> Vec<ConnTotals> {
-        lock(&self.conns)
-            .iter()
-            .filter_map(|(id, c)| {
-                let (up, down) = c.totals();
-                (*lock(&c.reported) != (up, down)).then(|| ConnTotals {
-                    conn: *id,
-                    peer: c.peer.to_string(),
-                    bytes_up: i64::try_from(up).unwrap_or(i64::MAX),
-                    bytes_down: i64::try_from(down).unwrap_or(i64::MAX),
+    /// What to report now: the sessions whose totals changed since last
+    /// acknowledged, and every connection whose session is not known yet.
+    pub fn pending(&self) -> WitnessReport {
+        let mut book = lock(&self.book);
+        let sessions = book
+            .sessions
+            .iter_mut()
+            .filter_map(|(id, s)| {
+                let (up, down) = s.totals();
+                (s.reported != (up, down)).then(|| SessionWitness {
+                    session_id: id.clone(),
+                    epoch: s.epoch,
+                    bytes_up: signed(up),
+                    bytes_down: signed(down),
                 })
             })
-            .collect()
+            .collect();
+        let conns = book
+            .untied
+            .iter()
+            .map(|(id, u)| {
+                let (up, down) = u.conn.totals();
+                ConnTotals {
+                    conn: *id,
+                    peer: u.conn.peer.to_string(),
+                    age_ms: i64::try_from(u.conn.accepted.elapsed().as_millis())
+                        .unwrap_or(i64::MAX),
+                    bytes_up: signed(up),
+                    bytes_down: signed(down),
+                }
+            })
+            .collect();
+        WitnessReport { sessions, conns }
     }
 
-    /// Notes totals as acknowledged; closed connections fully reported are
-    /// forgotten.
-    pub fn mark_reported(&self, part: &[ConnTotals]) {
-        let mut conns = lock(&self.conns);
-        for t in part {
-            if let Some(c) = conns.get(&t.conn) {
-                let at = (
-                    u64::try_from(t.bytes_up).unwrap_or(0),
-                    u64::try_from(t.bytes_down).unwrap_or(0),
+    /// Notes a part of a report as answered: its session totals as
+    /// acknowledged, its connections tied to the sessions `ties` name (the
+    /// rest asked about once more). Sessions with no open connection whose
+    /// totals are acknowledged are forgotten, and so are connections asked
+    /// about too often.
+    pub fn mark_reported(&self, part: &WitnessReport, ties: &[ConnTie]) {
+        let mut book = lock(&self.book);
+        for s in &part.sessions {
+            if let Some(c) = book.sessions.get_mut(&s.session_id)
+                && c.epoch == s.epoch
+            {
+                c.reported = (
+                    u64::try_from(s.bytes_up).unwrap_or(0),
+                    u64::try_from(s.bytes_down).unwrap_or(0),
                 );
-                *lock(&c.reported) = at;
             }
         }
-        conns.retain(|_, c| c.open.load(Ordering::Relaxed) || *lock(&c.reported) != c.totals());
+        for t in ties {
+            let Some(u) = book.untied.remove(&t.conn) else {
+                continue;
+            };
+            let epoch = &self.next;
+            book.sessions
+                .entry(t.session_id.clone())
+                .or_insert_with(|| Counting {
+                    epoch: epoch.fetch_add(1, Ordering::Relaxed),
+                    conns: Vec::new(),
+                    closed: (0, 0),
+                    reported: (0, 0),
+                })
+                .conns
+                .push(u.conn);
+        }
+        for c in &part.conns {
+            if let Some(u) = book.untied.get_mut(&c.conn) {
+                u.asked += 1;
+            }
+        }
+        book.untied.retain(|_, u| {
+            u.asked
+                < if u.conn.is_open() {
+                    MAX_ASKS
+                } else {
+                    MAX_ASKS_CLOSED
+                }
+        });
+        book.sessions.retain(|_, s| {
+            let totals = s.totals();
+            !s.conns.is_empty() || s.reported != totals
+        });
     }
 
-    /// Connections counted now (open, or closed with totals not yet
-    /// acknowledged).
+    /// Connections counted or asked about now (open, or closed with totals
+    /// not yet acknowledged).
     pub fn len(&self) -> usize {
-        lock(&self.conns).len()
+        let book = lock(&self.book);
+        book.untied.len() + book.sessions.values().map(|s| s.conns.len()).sum::<usize>()
     }
 
     /// Connections open now.
     pub fn open_count(&self) -> usize {
-        lock(&self.conns)
-            .values()
-            .filter(|c| c.open.load(Ordering::Relaxed))
-            .count()
+        let book = lock(&self.book);
+        book.untied.values().filter(|u| u.conn.is_open()).count()
+            + book
+                .sessions
+                .values()
+                .flat_map(|s| &s.conns)
+                .filter(|c| c.is_open())
+                .count()
     }
 
-    /// Whether no connection is counted.
+    /// Sessions counted now.
+    pub fn sessions(&self) -> usize {
+        lock(&self.book).sessions.len()
+    }
+
+    /// Whether nothing is counted.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let book = lock(&self.book);
+        book.untied.is_empty() && book.sessions.is_empty()
     }
 }
 
@@ -166,7 +310,7 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.conn.open.store(false, Ordering::Relaxed);
+        self.conn.open.store(false, Ordering::Release);
     }
 }
 
@@ -210,6 +354,24 @@ impl AsyncWrite for Counted {
     }
 }
 
+/// Splits a report into parts of at most [`WITNESS_CHUNK`] entries.
+fn parts(report: WitnessReport) -> Vec<WitnessReport> {
+    let mut out = Vec::new();
+    for s in report.sessions.chunks(WITNESS_CHUNK) {
+        out.push(WitnessReport {
+            sessions: s.to_vec(),
+            conns: Vec::new(),
+        });
+    }
+    for c in report.conns.chunks(WITNESS_CHUNK) {
+        out.push(WitnessReport {
+            sessions: Vec::new(),
+            conns: c.to_vec(),
+        });
+    }
+    out
+}
+
 /// Reports the witness's changed totals every `every` until dropped.
 pub fn spawn_reports(
     backend: Backend,
@@ -221,13 +383,18 @@ pub fn spawn_reports(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let pending = witness.pending();
-            for part in pending.chunks(WITNESS_CHUNK) {
-                let report = WitnessReport {
-                    conns: part.to_vec(),
-                };
-                match backend.witness_report(&report).await {
-                    Ok(_) => witness.mark_reported(part),
+            for part in parts(witness.pending()) {
+                match backend.witness_report(&part).await {
+                    Ok(WitnessResponse { ties, .. }) => witness.mark_reported(&part, &ties),
+                    // Refused as it is (a session deleted under it, a
+                    // body the control plane cannot take): resending it
+                    // would be refused again.
+                    Err(BackendError::Status { status, code })
+                        if matches!(status, 400 | 403 | 413) =>
+                    {
+                        tracing::warn!(status, %code, "witness report refused; dropped");
+                        witness.mark_reported(&part, &[]);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "witness report failed; will resend");
                         break;
@@ -242,25 +409,120 @@ pub fn spawn_reports(
 mod tests {
     use super::*;
 
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn tie(conn: i64, session: &str) -> ConnTie {
+        ConnTie {
+            conn,
+            session_id: session.into(),
+        }
+    }
+
     #[test]
-    fn changed_totals_are_pending_and_closed_connections_go_once_reported() {
+    fn connections_are_asked_about_until_tied_then_counted_per_session() {
         let w = Witness::new();
-        let a = w.open("127.0.0.1:4000".parse().expect("addr"));
-        let b = w.open("127.0.0.1:4001".parse().expect("addr"));
-        assert!(w.pending().is_empty());
+        let a = w.open(addr(4000));
+        let b = w.open(addr(4001));
+        let p = w.pending();
+        assert!(p.sessions.is_empty());
+        assert_eq!(p.conns.len(), 2, "asked about even before any byte");
         a.up.fetch_add(10, Ordering::Relaxed);
         b.down.fetch_add(7, Ordering::Relaxed);
         let p = w.pending();
-        assert_eq!(p.len(), 2);
-        w.mark_reported(&p);
-        assert!(w.pending().is_empty());
-        assert_eq!(w.len(), 2, "open connections stay");
-        b.down.fetch_add(1, Ordering::Relaxed);
-        b.open.store(false, Ordering::Relaxed);
+        let id_a = p
+            .conns
+            .iter()
+            .find(|c| c.peer == "127.0.0.1:4000")
+            .expect("a")
+            .conn;
+        let id_b = p
+            .conns
+            .iter()
+            .find(|c| c.peer == "127.0.0.1:4001")
+            .expect("b")
+            .conn;
+        // Both carry session s.
+        w.mark_reported(&p, &[tie(id_a, "s"), tie(id_b, "s")]);
         let p = w.pending();
-        assert_eq!(p.len(), 1);
-        assert_eq!((p[0].peer.as_str(), p[0].bytes_down), ("127.0.0.1:4001", 8));
-        w.mark_reported(&p);
-        assert_eq!(w.len(), 1, "the closed one, fully reported, is forgotten");
+        assert!(p.conns.is_empty());
+        assert_eq!(p.sessions.len(), 1);
+        let s = &p.sessions[0];
+        assert_eq!(
+            (s.session_id.as_str(), s.bytes_up, s.bytes_down),
+            ("s", 10, 7)
+        );
+        w.mark_reported(&p, &[]);
+        assert!(w.pending().sessions.is_empty(), "nothing moved since");
+        // One closes after more bytes: its totals stay in the session's.
+        b.down.fetch_add(3, Ordering::Relaxed);
+        b.open.store(false, Ordering::Release);
+        a.up.fetch_add(1, Ordering::Relaxed);
+        let p = w.pending();
+        assert_eq!((p.sessions[0].bytes_up, p.sessions[0].bytes_down), (11, 10));
+        let epoch = p.sessions[0].epoch;
+        w.mark_reported(&p, &[]);
+        assert_eq!(w.sessions(), 1, "a is still open");
+        // The last closes: once its totals are acknowledged, the session
+        // is forgotten; met again, it counts under a larger epoch.
+        a.open.store(false, Ordering::Release);
+        let p = w.pending();
+        assert!(p.sessions.is_empty(), "nothing new to say");
+        w.mark_reported(&p, &[]);
+        assert!(w.is_empty());
+        let c = w.open(addr(4002));
+        c.up.fetch_add(5, Ordering::Relaxed);
+        let p = w.pending();
+        w.mark_reported(&p, &[tie(p.conns[0].conn, "s")]);
+        let p = w.pending();
+        assert_eq!(p.sessions[0].bytes_up, 5);
+        assert!(p.sessions[0].epoch > epoch);
+    }
+
+    #[test]
+    fn unanswered_totals_are_sent_again_and_unlinked_connections_given_up() {
+        let w = Witness::new();
+        let a = w.open(addr(5000));
+        let p = w.pending();
+        w.mark_reported(&p, &[tie(p.conns[0].conn, "s")]);
+        a.up.fetch_add(9, Ordering::Relaxed);
+        let first = w.pending();
+        // The report failed: nothing is marked, the same totals go again.
+        a.up.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(w.pending().sessions[0].bytes_up, 10);
+        assert_eq!(first.sessions[0].bytes_up, 9);
+        // A connection no gateway linked: asked about, then given up.
+        let stray = w.open(addr(6000));
+        for _ in 0..MAX_ASKS {
+            let p = w.pending();
+            assert!(p.conns.iter().any(|c| c.peer == "127.0.0.1:6000"));
+            w.mark_reported(&p, &[]);
+        }
+        assert!(w.pending().conns.is_empty());
+        drop(stray);
+        // Closed ones are given up sooner.
+        let quick = w.open(addr(6001));
+        quick.open.store(false, Ordering::Release);
+        for _ in 0..MAX_ASKS_CLOSED {
+            let p = w.pending();
+            w.mark_reported(&p, &[]);
+        }
+        assert!(w.pending().conns.is_empty());
+    }
+
+    #[test]
+    fn reports_split_into_parts_that_fit_a_body() {
+        let w = Witness::new();
+        for i in 0..(WITNESS_CHUNK + 3) {
+            w.open(addr(10_000 + i as u16));
+        }
+        let parts = parts(w.pending());
+        assert_eq!(parts.len(), 2);
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.sessions.len() + p.conns.len() <= WITNESS_CHUNK)
+        );
     }
 }
