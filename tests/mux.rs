@@ -8,6 +8,7 @@ mod common;
 mod plane;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::socks_connect;
@@ -438,4 +439,119 @@ async fn an_http2_connection_that_opens_nothing_is_told_to_go_away_and_one_with_
         before,
         "the tunnel's connection was kept"
     );
+}
+
+/// Drives a TLS 1.3 handshake with the gateway offering `alpn`, but never
+/// sends the client's `Finished`; returns what the gateway sent as
+/// application data in the meantime (waiting at most `wait`).
+fn sent_before_finished(
+    addr: SocketAddr,
+    cert: &std::path::Path,
+    alpn: &[&[u8]],
+    wait: Duration,
+) -> Vec<u8> {
+    use std::io::Read as _;
+    use tokio_rustls::rustls;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(httvps_dataplane::tls::roots(Some(cert)).expect("roots"))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    // The client hello only: what the client queues after the server's
+    // flight (its Finished) is never written.
+    tls.write_tls(&mut sock).expect("client hello");
+    let mut got = Vec::new();
+    let until = Instant::now() + wait;
+    while got.is_empty() && Instant::now() < until {
+        match tls.read_tls(&mut sock) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+        tls.process_new_packets().expect("TLS");
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tls.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_http2_settings_leave_with_its_handshake_and_only_for_http2() {
+    let plane = Plane::start(1).await;
+    let (addr, cert) = (plane.gateway_addr, plane.cert.clone());
+    // Offering h2: the SETTINGS arrive before the client's Finished went
+    // out, i.e. with the server's handshake flight (one round trip less).
+    let early = tokio::task::spawn_blocking(move || {
+        sent_before_finished(addr, &cert, &[b"h2", b"http/1.1"], Duration::from_secs(3))
+    })
+    .await
+    .expect("h2 client");
+    assert!(early.len() >= 9, "nothing before Finished: {early:?}");
+    assert_eq!(early[3], 0x4, "a SETTINGS frame first: {early:?}");
+    assert_eq!(early[4], 0, "not an acknowledgement");
+    let len = usize::from(early[0]) << 16 | usize::from(early[1]) << 8 | usize::from(early[2]);
+    assert_eq!(early.len(), 9 + len, "that frame alone");
+    // ENABLE_CONNECT_PROTOCOL (0x8) = 1 is among them: the client may open
+    // its tunnel at once.
+    assert!(
+        early[9..]
+            .chunks(6)
+            .any(|s| s == [0x00, 0x08, 0x00, 0x00, 0x00, 0x01]),
+        "extended CONNECT enabled: {early:?}"
+    );
+    // HTTP/1.1 clients (the stock ones) get nothing they did not ask for.
+    let cert = plane.cert.clone();
+    let none = tokio::task::spawn_blocking(move || {
+        sent_before_finished(addr, &cert, &[b"http/1.1"], Duration::from_millis(1_500))
+    })
+    .await
+    .expect("http/1.1 client");
+    assert!(none.is_empty(), "sent to an HTTP/1.1 client: {none:?}");
+    // A whole HTTP/2 connection still works: had the server's own copy of
+    // the SETTINGS gone out too, the client would acknowledge both and
+    // the server would end the connection on the acknowledgement it did
+    // not expect.
+    let tls = httvps_dataplane::tls::connector_with_alpn(Some(&plane.cert), vec![b"h2".to_vec()])
+        .expect("connector");
+    let tcp = TcpStream::connect(plane.gateway_addr)
+        .await
+        .expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tls.connect(name, tcp).await.expect("TLS");
+    let (send, connection) = h2::client::handshake(stream)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.expect("ready");
+    let req = tokio_tungstenite::tungstenite::http::Request::get("https://localhost/api/v1/health")
+        .body(())
+        .expect("request");
+    let (resp, _) = send.send_request(req, true).expect("send");
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("in time")
+        .expect("response");
+    assert!(resp.status().as_u16() < 500, "{}", resp.status());
 }

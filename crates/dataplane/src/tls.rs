@@ -12,9 +12,10 @@
 //! replace (the certificate is resolved per handshake, see
 //! [`crate::certs`]), so tickets survive renewals; a restarted gateway has
 //! new keys and its clients do one full handshake. A connector keeps the
-//! tickets it receives (rustls' in-memory cache), so a client that
-//! reconnects through the same connector skips the certificate and key
-//! exchange. 0-RTT (early data) stays off: early data can be replayed by
+//! tickets it receives ([`TicketStore`]: up to [`TICKETS_PER_SERVER`] per
+//! gateway, newest used first), so a client that reconnects through the same
+//! connector skips the certificate and key exchange, also when it opens
+//! many tunnels at once (each takes a ticket; rustls' own store keeps 8). 0-RTT (early data) stays off: early data can be replayed by
 //! anyone who captured it, and the first bytes a client sends are its
 //! device token and the opening of a tunnel.
 
@@ -93,12 +94,18 @@ pub const SESSION_CACHE: usize = 4096;
 
 /// Turns session resumption on for a server config (see the module's
 /// notes): rotating ticket keys shared by every connection the config
-/// accepts, a bounded session cache for TLS 1.2, no early data.
+/// accepts, a bounded session cache for TLS 1.2, no early data, and what
+/// the server queues before the handshake sent with its Finished.
 pub fn enable_resumption(cfg: &mut ServerConfig) -> anyhow::Result<()> {
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS ticket keys")?;
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     // No 0-RTT: early data is replayable.
     cfg.max_early_data_size = 0;
+    // What the server queues before the handshake ends (the gateway's
+    // HTTP/2 SETTINGS, the same for every client) leaves with its Finished
+    // instead of waiting for the client's: one round trip less for a new
+    // HTTP/2 client.
+    cfg.send_half_rtt_data = true;
     Ok(())
 }
 
@@ -143,10 +150,119 @@ pub fn connector_with_alpn(
         .context("TLS versions")?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    // Tickets for this many gateways (a few per gateway are kept).
-    cfg.resumption = rustls::client::Resumption::in_memory_sessions(64);
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(TicketStore::default()));
     cfg.alpn_protocols = alpn;
     Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+/// TLS 1.3 tickets a connector keeps per server. A ticket is used once, and
+/// each handshake brings two new ones, so a client opening this many
+/// tunnels at once still resumes every one.
+pub const TICKETS_PER_SERVER: usize = 64;
+
+/// Servers a connector keeps tickets for (the oldest is forgotten first).
+pub const TICKET_SERVERS: usize = 16;
+
+/// What a connector remembers of one server.
+#[derive(Default)]
+struct Remembered {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<rustls::client::Tls12ClientSessionValue>,
+    /// Oldest first.
+    tls13: std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>,
+}
+
+/// A client's session store: rustls' in-memory store with room for
+/// [`TICKETS_PER_SERVER`] tickets per server instead of 8, handing out the
+/// newest first (the freshest, furthest from expiry).
+#[derive(Default)]
+pub struct TicketStore {
+    servers: std::sync::Mutex<Vec<(rustls::pki_types::ServerName<'static>, Remembered)>>,
+}
+
+impl std::fmt::Debug for TicketStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketStore").finish_non_exhaustive()
+    }
+}
+
+impl TicketStore {
+    fn edit<R>(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+        insert: bool,
+        f: impl FnOnce(&mut Remembered) -> R,
+    ) -> Option<R> {
+        let mut servers = self
+            .servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, r)) = servers.iter_mut().find(|(n, _)| n == name) {
+            return Some(f(r));
+        }
+        if !insert {
+            return None;
+        }
+        if servers.len() >= TICKET_SERVERS {
+            servers.remove(0);
+        }
+        servers.push((name.to_owned(), Remembered::default()));
+        servers.last_mut().map(|(_, r)| f(r))
+    }
+
+    /// Tickets kept for `name`.
+    pub fn tickets(&self, name: &rustls::pki_types::ServerName<'_>) -> usize {
+        self.edit(name, false, |r| r.tls13.len()).unwrap_or(0)
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketStore {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.edit(&name, true, |r| r.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.edit(name, false, |r| r.kx_hint).flatten()
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.edit(&name, true, |r| r.tls12 = Some(value));
+    }
+
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.edit(name, false, |r| r.tls12.clone()).flatten()
+    }
+
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.edit(name, false, |r| r.tls12 = None);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.edit(&name, true, |r| {
+            if r.tls13.len() >= TICKETS_PER_SERVER {
+                r.tls13.pop_front();
+            }
+            r.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.edit(name, false, |r| r.tls13.pop_back()).flatten()
+    }
 }
 
 #[cfg(test)]
@@ -214,5 +330,49 @@ mod tests {
         let other = server(acceptor(&cert, &key).expect("acceptor")).await;
         assert_eq!(visit(&client, other).await, HandshakeKind::Full);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_opening_many_connections_at_once_resumes_every_one() {
+        let dir = std::env::temp_dir().join(format!("httvps-tls-many-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = (dir.join("gw.crt"), dir.join("gw.key"));
+        ensure_self_signed(&cert, &key, &["localhost"]).expect("certificate");
+        let addr = server(acceptor(&cert, &key).expect("acceptor")).await;
+        let client = connector(Some(&cert)).expect("connector");
+        // Each handshake brings two tickets and uses one: 40 in a row
+        // leave 40 kept (rustls' own store would hold 8).
+        for _ in 0..40 {
+            visit(&client, addr).await;
+        }
+        let opened: Vec<_> = (0..32)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { visit(&client, addr).await })
+            })
+            .collect();
+        let mut full = 0;
+        for o in opened {
+            if o.await.expect("visit") == HandshakeKind::Full {
+                full += 1;
+            }
+        }
+        assert_eq!(full, 0, "32 at once, all resumed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_store_keeps_a_bounded_number_of_servers() {
+        use rustls::client::ClientSessionStore;
+        let store = TicketStore::default();
+        for i in 0..(TICKET_SERVERS + 3) {
+            let name = ServerName::try_from(format!("gw{i}.example")).expect("name");
+            store.set_kx_hint(name, rustls::NamedGroup::X25519);
+        }
+        let first = ServerName::try_from("gw0.example").expect("name");
+        let last = ServerName::try_from(format!("gw{}.example", TICKET_SERVERS + 2)).expect("name");
+        assert_eq!(store.kx_hint(&first), None, "the oldest forgotten");
+        assert_eq!(store.kx_hint(&last), Some(rustls::NamedGroup::X25519));
+        assert_eq!(store.tickets(&last), 0);
     }
 }

@@ -7,7 +7,10 @@
 //!
 //! A client that negotiates `h2` by ALPN gets HTTP/2 instead (see `h2`):
 //! the same routes, tunnels as extended-CONNECT streams; the connection
-//! holds one place in the budget however many streams it carries.
+//! holds one place in the budget however many streams it carries. Its
+//! SETTINGS leave with the TLS handshake (see `h2`): the client hello is
+//! read first, and a client offering `h2` has them queued before the
+//! handshake goes on.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -79,6 +82,11 @@ pub(crate) async fn serve(
         .keep_alive(true);
     let builder = Arc::new(builder);
     let h2 = Arc::new(super::h2::builder());
+    let settings = super::h2::server_settings(&h2).await;
+    if settings.is_none() {
+        tracing::warn!("HTTP/2 settings not captured: they will follow the TLS handshake");
+    }
+    let tls_config = acceptor.config().clone();
     let drain = limits.drain;
     let h2_idle = limits.h2_idle;
     tokio::pin!(shutdown);
@@ -105,8 +113,9 @@ pub(crate) async fn serve(
             peer: peer.ip(),
             permit: Arc::new(permit),
         };
-        let (acceptor, app, builder, h2, stop) = (
-            acceptor.clone(),
+        let (tls_config, settings, app, builder, h2, stop) = (
+            tls_config.clone(),
+            settings.clone(),
             app.clone(),
             builder.clone(),
             h2.clone(),
@@ -114,10 +123,38 @@ pub(crate) async fn serve(
         );
         connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = tokio::select! {
+            let handshake = async {
+                let start = tokio_rustls::LazyConfigAcceptor::new(
+                    tokio_rustls::rustls::server::Acceptor::default(),
+                    tcp,
+                )
+                .await
+                .ok()?;
+                // The server's order picks `h2` whenever the client offers
+                // it: queue the SETTINGS before the handshake goes on.
+                let offers_h2 = start
+                    .client_hello()
+                    .alpn()
+                    .is_some_and(|mut offered| offered.any(|p| p == b"h2"));
+                let early = settings
+                    .filter(|_| offers_h2)
+                    .unwrap_or_else(|| Arc::from(Vec::new()));
+                let queued = early.clone();
+                let tls = start
+                    .into_stream_with(tls_config, move |conn| {
+                        use std::io::Write as _;
+                        if !queued.is_empty() {
+                            let _ = conn.writer().write_all(&queued);
+                        }
+                    })
+                    .await
+                    .ok()?;
+                Some((tls, early))
+            };
+            let (tls, early) = tokio::select! {
                 () = stop.cancelled() => return,
-                tls = tokio::time::timeout(deadline, acceptor.accept(tcp)) => match tls {
-                    Ok(Ok(tls)) => tls,
+                tls = tokio::time::timeout(deadline, handshake) => match tls {
+                    Ok(Some(tls)) => tls,
                     _ => return,
                 },
             };
@@ -127,7 +164,13 @@ pub(crate) async fn serve(
                 return;
             }
             let is_h2 = alpn == Some(b"h2".as_slice());
+            if !is_h2 && !early.is_empty() {
+                // HTTP/2 SETTINGS went to a connection that is not HTTP/2
+                // (the server's order makes this impossible): end it.
+                return;
+            }
             if is_h2 {
+                let tls = super::h2::SentEarly::new(tls, early);
                 let timing = super::h2::Timing {
                     deadline,
                     drain,

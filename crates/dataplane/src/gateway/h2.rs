@@ -19,6 +19,18 @@
 //! connection is closed at the header deadline). On shutdown the
 //! connection is told to go away (GOAWAY) and its open streams get the
 //! tunnels' drain before it is dropped.
+//!
+//! The server's SETTINGS leave with the TLS handshake (0.5-RTT data, TLS
+//! 1.3): a client may open an extended CONNECT stream only once it has seen
+//! SETTINGS_ENABLE_CONNECT_PROTOCOL, and sent after the handshake they
+//! would cost a new client one more round trip. The frame is the one this
+//! builder writes first on every connection ([`server_settings`], captured
+//! once at start on an in-memory pipe); it is handed to TLS before the
+//! handshake of a client that offers `h2`, and [`SentEarly`] takes the
+//! HTTP/2 server's own copy out of its output, so the client sees one
+//! SETTINGS frame, as usual. The frame is the same for every client and
+//! says nothing about the connection, so sending it before the client's
+//! `Finished` reveals nothing.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,6 +87,119 @@ pub(super) fn builder() -> http2::Builder<TokioExecutor> {
         .max_local_error_reset_streams(None)
         .enable_connect_protocol();
     b
+}
+
+/// The SETTINGS frame a connection served with `builder` begins with,
+/// read from a connection over an in-memory pipe; `None` if it could not be
+/// had (then no connection gets it early).
+pub(super) async fn server_settings(builder: &http2::Builder<TokioExecutor>) -> Option<Arc<[u8]>> {
+    use tokio::io::AsyncReadExt;
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(axum::body::Body::empty()))
+    });
+    let served = builder.serve_connection(TokioIo::new(ours), service);
+    let first = async {
+        let mut frame = vec![0u8; 9];
+        theirs.read_exact(&mut frame).await.ok()?;
+        // Type 0x4 (SETTINGS) on stream 0, not an acknowledgement.
+        if frame[3] != 0x4 || frame[4] != 0 || frame[5..9] != [0, 0, 0, 0] {
+            return None;
+        }
+        let len = usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
+        frame.resize(9 + len, 0);
+        theirs.read_exact(&mut frame[9..]).await.ok()?;
+        Some(Arc::<[u8]>::from(frame))
+    };
+    tokio::select! {
+        frame = first => frame,
+        _ = served => None,
+        () = tokio::time::sleep(Duration::from_secs(1)) => None,
+    }
+}
+
+/// A connection whose first bytes (`early`, the server's SETTINGS) already
+/// went out with the TLS handshake: the same bytes, when the HTTP/2 server
+/// writes them, are taken out of its output. Any other first bytes end the
+/// connection (they cannot be, see [`server_settings`]).
+pub(super) struct SentEarly<T> {
+    inner: T,
+    early: Arc<[u8]>,
+    /// How much of `early` the server has written (and was taken out).
+    at: usize,
+}
+
+impl<T> SentEarly<T> {
+    /// `inner`, on which `early` already went out (empty: nothing did).
+    pub(super) fn new(inner: T, early: Arc<[u8]>) -> Self {
+        SentEarly {
+            inner,
+            early,
+            at: 0,
+        }
+    }
+
+    /// Takes up to the rest of `early` from the start of `buf`; `None` once
+    /// all of it was taken.
+    fn take(&mut self, buf: &[u8]) -> Option<std::io::Result<usize>> {
+        let rest = self.early.get(self.at..).filter(|r| !r.is_empty())?;
+        let n = rest.len().min(buf.len());
+        if buf[..n] != rest[..n] {
+            return Some(Err(std::io::Error::other(
+                "the HTTP/2 server's first bytes differ from those sent with the handshake",
+            )));
+        }
+        self.at += n;
+        Some(Ok(n))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SentEarly<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SentEarly<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(taken) = self.take(buf) {
+            return Poll::Ready(taken);
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && let Some(taken) = self.take(first)
+        {
+            return Poll::Ready(taken);
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// How often a connection's activity is looked at for the idle limit.
@@ -205,5 +330,46 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Seen<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_settings_are_captured_once_and_taken_out_of_the_output() {
+        let frame = server_settings(&builder()).await.expect("settings");
+        assert_eq!(frame[3], 0x4, "a SETTINGS frame");
+        assert_eq!(
+            frame.len(),
+            9 + (usize::from(frame[1]) << 8 | usize::from(frame[2]))
+        );
+        // The same builder, the same frame.
+        assert_eq!(server_settings(&builder()).await.expect("again"), frame);
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut w = SentEarly::new(a, frame.clone());
+        // Written in two pieces plus what follows: only what follows passes.
+        w.write_all(&frame[..4]).await.expect("first piece");
+        let mut rest = frame[4..].to_vec();
+        rest.extend_from_slice(b"next");
+        w.write_all(&rest).await.expect("second piece");
+        w.flush().await.expect("flush");
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"next");
+        // Other first bytes end the connection.
+        let (a, _b) = tokio::io::duplex(1024);
+        let mut w = SentEarly::new(a, frame);
+        assert!(w.write_all(b"GET / HTTP/1.1\r\n").await.is_err());
+        // Nothing sent early: everything passes.
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut w = SentEarly::new(a, Arc::from(Vec::new()));
+        w.write_all(b"abc").await.expect("write");
+        let mut got = [0u8; 3];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"abc");
     }
 }
