@@ -245,34 +245,57 @@ async fn dial(tls: &TlsConnector, p: &Params, id: u64) -> Result<Warm, MuxError>
         }
         driver_over.cancel();
     });
-    // The gateway's SETTINGS come before its answer to our first ping:
-    // after it we know whether it takes extended CONNECT.
-    let pong = tokio::time::timeout(PING_WAIT, ping.ping(h2::Ping::opaque())).await;
-    if !matches!(pong, Ok(Ok(_))) {
-        over.cancel();
-        return Err(MuxError::Other(anyhow::anyhow!(
-            "the gateway did not answer a ping"
-        )));
-    }
-    if !send.is_extended_connect_protocol_enabled() {
-        over.cancel();
-        return Err(MuxError::NoH2);
-    }
+    // The pinger: a first ping at once, then one every PING_EVERY; a
+    // missed answer ends the connection.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let pinger_over = over.clone();
     tokio::spawn(async move {
+        let mut first = Some(first_tx);
         loop {
-            tokio::select! {
-                () = pinger_over.cancelled() => return,
-                () = tokio::time::sleep(PING_EVERY) => {}
-            }
             let pong = tokio::time::timeout(PING_WAIT, ping.ping(h2::Ping::opaque())).await;
-            if !matches!(pong, Ok(Ok(_))) {
+            let answered = matches!(pong, Ok(Ok(_)));
+            if let Some(tx) = first.take() {
+                let _ = tx.send(answered);
+            }
+            if !answered {
                 tracing::debug!("the gateway missed a ping: reconnecting");
                 pinger_over.cancel();
                 return;
             }
+            tokio::select! {
+                () = pinger_over.cancelled() => return,
+                () = tokio::time::sleep(PING_EVERY) => {}
+            }
         }
     });
+    // Whether the gateway takes extended CONNECT is in its SETTINGS. Ours
+    // sends them with its TLS handshake, so they are usually here already
+    // (looked at every millisecond while the connection's task reads
+    // them); from any gateway they come before the answer to the first
+    // ping, which settles it otherwise.
+    let first_rx = async { first_rx.await.unwrap_or(false) };
+    tokio::pin!(first_rx);
+    let enabled = loop {
+        if send.is_extended_connect_protocol_enabled() {
+            break true;
+        }
+        tokio::select! {
+            answered = &mut first_rx => {
+                if !answered {
+                    over.cancel();
+                    return Err(MuxError::Other(anyhow::anyhow!(
+                        "the gateway did not answer a ping"
+                    )));
+                }
+                break send.is_extended_connect_protocol_enabled();
+            }
+            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+    };
+    if !enabled {
+        over.cancel();
+        return Err(MuxError::NoH2);
+    }
     tracing::debug!("warm connection to the gateway open");
     Ok(Warm {
         id,
