@@ -163,7 +163,11 @@ pub fn spawn_heartbeats(
             tick.tick().await;
             let beat = OutlineBeat {
                 version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-                load: open_connections(node.addr.port()),
+                // The TCP connections the node serves now, as its own
+                // accept loop counts them (reading the kernel's socket
+                // tables instead cost a parse of every socket of the host,
+                // TIME_WAIT included, per beat).
+                load: i32::try_from(node.witness.open_count()).unwrap_or(i32::MAX),
                 bytes_in: i64::try_from(node.rx()).unwrap_or(i64::MAX),
                 bytes_out: i64::try_from(node.tx()).unwrap_or(i64::MAX),
             };
@@ -172,76 +176,4 @@ pub fn spawn_heartbeats(
             }
         }
     })
-}
-
-/// The node's open client connections: established TCP sockets whose local
-/// port is the node's, from the kernel's socket tables (0 where there are
-/// none to read).
-pub fn open_connections(port: u16) -> i32 {
-    let n: usize = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|table| established_on(&table, port))
-        .sum();
-    i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// Counts the rows of a `/proc/net/tcp` table in state ESTABLISHED (`01`)
-/// whose local address has port `port`.
-fn established_on(table: &str, port: u16) -> usize {
-    table
-        .lines()
-        .skip(1)
-        .filter(|row| {
-            let mut cols = row.split_whitespace();
-            let local = cols.nth(1).unwrap_or_default();
-            let state = cols.nth(1).unwrap_or_default();
-            let local_port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            state == "01" && local_port == Some(port)
-        })
-        .count()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn established_sockets_on_the_port_are_counted() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:20FC 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:20FC 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
-   2: 0100007F:20FC 0100007F:D432 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1
-   3: 0100007F:D433 0100007F:20FC 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0000000000000000 20 4 30 10 -1
-   4: 0100007F:20FC 0100007F:D434 06 00000000:00000000 00:00000000 00000000     0        0 0 3 0000000000000000 20 4 30 10 -1
-";
-        // Port 0x20FC = 8444: the listener (0A), two clients, the node's own
-        // outgoing socket to another 8444 (remote side) and a TIME_WAIT.
-        assert_eq!(established_on(table, 8444), 2);
-        assert_eq!(established_on(table, 8445), 0);
-        assert_eq!(established_on("", 8444), 0);
-    }
-
-    #[tokio::test]
-    async fn open_connections_follow_real_sockets() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        assert_eq!(open_connections(port), 0);
-        let mut held = Vec::new();
-        for _ in 0..3 {
-            let c = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .expect("connect");
-            let (s, _) = listener.accept().await.expect("accept");
-            held.push((c, s));
-        }
-        assert_eq!(open_connections(port), 3);
-        held.clear();
-        // Closed sockets leave ESTABLISHED at once on loopback.
-        assert_eq!(open_connections(port), 0);
-    }
 }
