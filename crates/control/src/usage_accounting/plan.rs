@@ -27,6 +27,18 @@ pub struct Totals {
     pub down: i64,
 }
 
+impl Totals {
+    /// The larger of each of `self` and `other` (totals only grow, so the
+    /// larger is the newer).
+    pub fn max(self, other: Totals) -> Totals {
+        Totals {
+            seq: self.seq.max(other.seq),
+            up: self.up.max(other.up),
+            down: self.down.max(other.down),
+        }
+    }
+}
+
 /// Per session, the largest totals seen (sorted by session id).
 pub type Latest = BTreeMap<SessionId, Totals>;
 
@@ -67,14 +79,7 @@ pub type MergedLatest = BTreeMap<SessionId, Merged>;
 pub fn merge_gateway(latest: &mut MergedLatest, totals: impl Iterator<Item = (SessionId, Totals)>) {
     for (id, t) in totals {
         let m = latest.entry(id).or_default();
-        m.gateway = Some(match m.gateway {
-            Some(e) => Totals {
-                seq: e.seq.max(t.seq),
-                up: e.up.max(t.up),
-                down: e.down.max(t.down),
-            },
-            None => t,
-        });
+        m.gateway = Some(m.gateway.map_or(t, |e| e.max(t)));
     }
 }
 
@@ -143,16 +148,7 @@ impl NodeCount {
 /// latest (totals only grow, so an older or replayed report changes nothing).
 pub fn merge(latest: &mut Latest, totals: impl Iterator<Item = (SessionId, Totals)>) {
     for (id, t) in totals {
-        latest
-            .entry(id)
-            .and_modify(|e| {
-                *e = Totals {
-                    seq: e.seq.max(t.seq),
-                    up: e.up.max(t.up),
-                    down: e.down.max(t.down),
-                }
-            })
-            .or_insert(t);
+        latest.entry(id).and_modify(|e| *e = e.max(t)).or_insert(t);
     }
 }
 

@@ -20,13 +20,14 @@ pub const APPLY_LOCK: Statement = Statement {
     sqlite: "",
 };
 
-/// The reported sessions as stored, for the check on receipt. `= ANY(ARRAY(...))`
+/// The reported sessions as stored, for the check on receipt (a gateway's
+/// report or a node's). `= ANY(ARRAY(...))`
 /// makes one index scan over all the keys; `IN (SELECT ...)` hashes them and
 /// probes the index once per key.
 pub const KNOWN: Statement = Statement {
-    pg: "SELECT id, gateway_node_id, end_reason FROM sessions \
+    pg: "SELECT id, gateway_node_id, outline_node_id, end_reason FROM sessions \
          WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
-    sqlite: "SELECT id, gateway_node_id, end_reason FROM sessions \
+    sqlite: "SELECT id, gateway_node_id, outline_node_id, end_reason FROM sessions \
              WHERE id IN (SELECT value FROM json_each(?1))",
 };
 
@@ -161,26 +162,6 @@ pub const CHARGE: Statement = Statement {
     ),
 };
 
-/// The sessions of a node's report as stored: their node, for the check on
-/// receipt.
-pub const NODE_KNOWN: Statement = Statement {
-    pg: "SELECT id, outline_node_id FROM sessions \
-         WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
-    sqlite: "SELECT id, outline_node_id FROM sessions \
-             WHERE id IN (SELECT value FROM json_each(?1))",
-};
-
-/// A session of a node's report as stored.
-#[derive(diesel::QueryableByName)]
-pub struct NodeKnown {
-    /// The session.
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub id: SessionId,
-    /// Its node.
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    pub outline_node_id: Option<OutlineNodeId>,
-}
-
 /// A reported session as stored, for the check on receipt.
 #[derive(diesel::QueryableByName)]
 pub struct Known {
@@ -190,6 +171,9 @@ pub struct Known {
     /// Its gateway.
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub gateway_node_id: Option<GatewayNodeId>,
+    /// Its node.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub outline_node_id: Option<OutlineNodeId>,
     /// Why it ended, if it has.
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub end_reason: Option<EndReason>,

@@ -35,7 +35,7 @@ use httvps_wire::witness::{ConnTie, MAX_WITNESS_BATCH, SessionLink, WitnessRepor
 
 use super::inbox::to_json;
 use super::plan::{InboxNodeTotals, Totals};
-use super::statements::{INBOX_INSERT, Inserted, KNOWN, Known, NODE_KNOWN, NodeKnown};
+use super::statements::{INBOX_INSERT, Inserted, KNOWN, Known};
 use crate::db::models::now;
 use crate::db::{Db, Statement};
 use crate::db_run;
@@ -51,11 +51,7 @@ pub const LINK_SLACK: chrono::Duration = chrono::Duration::seconds(10);
 /// What the ledger records for a session from the gateway's totals and the
 /// node's: the larger of each direction (see the module's note).
 pub fn recorded(gateway: Totals, node: Totals) -> Totals {
-    Totals {
-        seq: gateway.seq.max(node.seq),
-        up: gateway.up.max(node.up),
-        down: gateway.down.max(node.down),
-    }
+    gateway.max(node)
 }
 
 /// A peer as both sides spell it: `ip:port`, IPv4-mapped IPv6 as IPv4.
@@ -230,7 +226,7 @@ pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> Ap
         let mut ids: Vec<SessionId> = totals.iter().map(|t| t.0).collect();
         ids.dedup();
         let ids_json = to_json(&ids)?;
-        let known: Vec<NodeKnown> = db_run!(db, |conn| diesel::sql_query(NODE_KNOWN.text(conn))
+        let known: Vec<Known> = db_run!(db, |conn| diesel::sql_query(KNOWN.text(conn))
             .bind::<diesel::sql_types::Text, _>(&ids_json)
             .load(conn)
             .await?);
