@@ -229,7 +229,8 @@ pub async fn start_up_data_plane(
     let witness = node::witness::spawn_reports(
         node_backend.clone(),
         running.witness.clone(),
-        node::witness::REPORT_EVERY,
+        node::witness::ASK_EVERY,
+        node::witness::TOTALS_EVERY,
     );
     let beats = node::spawn_heartbeats(node_backend, running.clone(), Duration::from_secs(5));
     let opts = gw::GatewayOptions {

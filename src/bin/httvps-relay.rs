@@ -130,7 +130,8 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             let witness = node::witness::spawn_reports(
                 backend.clone(),
                 running.witness.clone(),
-                node::witness::REPORT_EVERY,
+                node::witness::ASK_EVERY,
+                node::witness::TOTALS_EVERY,
             );
             let beats = node::spawn_heartbeats(backend, running.clone(), Duration::from_secs(5));
             httvps::shutdown_signal().await;

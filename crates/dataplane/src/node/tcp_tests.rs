@@ -85,7 +85,7 @@ impl AsyncWrite for Tally {
 async fn settled(node: &RunningNode) -> Vec<httvps_wire::witness::ConnTotals> {
     for _ in 0..200 {
         if node.witness.open_count() == 0 {
-            return node.witness.pending().conns;
+            return node.witness.pending(true).conns;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

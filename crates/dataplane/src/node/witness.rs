@@ -4,8 +4,9 @@
 //! node asks the control plane which session each new connection carries
 //! (the gateway linked its local address, the node's peer, to the session);
 //! once told, it counts the connection in the session's totals, and every
-//! interval it reports the totals of the sessions that moved, cumulative
-//! per session and epoch (`outline/witness`). A session the node starts
+//! [`TOTALS_EVERY`] it reports the totals of the sessions that moved,
+//! cumulative per session and epoch (`outline/witness`); a session whose
+//! connections have all closed, at the next ask. A session the node starts
 //! counting (again, after a restart or after it forgot the session) gets a
 //! new, larger epoch, and the control plane adds epochs up. Totals are
 //! cumulative: a report resent counts nothing twice. Connections no gateway
@@ -30,11 +31,24 @@ use tokio::net::TcpStream;
 
 use crate::backend::{Backend, BackendError};
 
-/// How often `httvps-relay node` reports its sessions' totals.
-pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often `httvps-relay node` asks for the sessions of its new
+/// connections (a link must be found while it is fresh).
+pub const ASK_EVERY: Duration = Duration::from_secs(1);
+
+/// How often `httvps-relay node` reports the totals of sessions still
+/// open. The ledger takes the larger of the gateway's totals (every 2 s)
+/// and the node's, so while the gateway lives the node's report changes
+/// nothing; when the gateway dies, its connections to the node close, and
+/// a session whose connections have all closed is reported at the next ask
+/// (within [`ASK_EVERY`]). Nothing is lost by reporting open sessions less
+/// often than the gateway (a loss needs both witnesses to die, and then
+/// what the gateway had not reported is lost whatever the node's
+/// interval), and the control plane takes 5 gateway reports for every node
+/// report of the same open sessions.
+pub const TOTALS_EVERY: Duration = Duration::from_secs(10);
 
 /// Answers after which a connection no gateway linked is no longer asked
-/// about (and not counted): about half a minute at one report a second.
+/// about (and not counted): about half a minute at one ask a second.
 pub const MAX_ASKS: u32 = 30;
 
 /// The same for a connection already closed: a link comes within
@@ -166,15 +180,18 @@ impl Witness {
     }
 
     /// What to report now: the sessions whose totals changed since last
-    /// acknowledged, and every connection whose session is not known yet.
-    pub fn pending(&self) -> WitnessReport {
+    /// acknowledged (with `totals`, all of them; without, those whose
+    /// connections have all closed); and every connection whose session is
+    /// not known yet.
+    pub fn pending(&self, totals: bool) -> WitnessReport {
         let mut book = lock(&self.book);
         let sessions = book
             .sessions
             .iter_mut()
             .filter_map(|(id, s)| {
                 let (up, down) = s.totals();
-                (s.reported != (up, down)).then(|| SessionWitness {
+                let due = totals || s.conns.is_empty();
+                (due && s.reported != (up, down)).then(|| SessionWitness {
                     session_id: id.clone(),
                     epoch: s.epoch,
                     bytes_up: signed(up),
@@ -372,18 +389,32 @@ fn parts(report: WitnessReport) -> Vec<WitnessReport> {
     out
 }
 
-/// Reports the witness's changed totals every `every` until dropped.
+/// Asks for the sessions of new connections every `ask_every` and reports
+/// the witness's changed totals every `totals_every` (rounded up to a
+/// multiple of `ask_every`), until dropped.
 pub fn spawn_reports(
     backend: Backend,
     witness: Arc<Witness>,
-    every: Duration,
+    ask_every: Duration,
+    totals_every: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let ask_every = ask_every.max(Duration::from_millis(1));
+    let per_totals = totals_every
+        .as_nanos()
+        .div_ceil(ask_every.as_nanos())
+        .max(1);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(ask_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u128 = 0;
         loop {
             tick.tick().await;
-            for part in parts(witness.pending()) {
+            ticks += 1;
+            let pending = witness.pending(ticks.is_multiple_of(per_totals));
+            if pending.sessions.is_empty() && pending.conns.is_empty() {
+                continue;
+            }
+            for part in parts(pending) {
                 match backend.witness_report(&part).await {
                     Ok(WitnessResponse { ties, .. }) => witness.mark_reported(&part, &ties),
                     // Refused as it is (a session deleted under it, a
