@@ -3,7 +3,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, from the manifests and the lock file alone, so this
-# layer is reused until they change (stub targets stand in for the sources).
+# layer is reused until they change (stub targets stand in for the sources:
+# a library per package and the two binaries the manifest names).
 COPY Cargo.toml Cargo.lock ./
 COPY crates/wire/Cargo.toml crates/wire/
 COPY crates/control/Cargo.toml crates/control/
@@ -11,7 +12,11 @@ COPY crates/dataplane/Cargo.toml crates/dataplane/
 COPY crates/netlab/Cargo.toml crates/netlab/
 RUN for d in . crates/wire crates/control crates/dataplane crates/netlab; do \
       mkdir -p "$d/src" && touch "$d/src/lib.rs"; \
-    done && cargo fetch --locked
+    done \
+    && mkdir -p src/bin \
+    && echo 'fn main() {}' > src/bin/httvps.rs \
+    && echo 'fn main() {}' > src/bin/httvps-relay.rs \
+    && cargo fetch --locked
 # Then the sources (.dockerignore keeps target/, .env and data/ out).
 COPY . .
 RUN cargo build --release --locked --bins

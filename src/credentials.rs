@@ -1,7 +1,10 @@
 //! The relay's credentials: from flags (`--backend`, `--token`), from the
 //! file an enrollment wrote, or by redeeming an enrollment string on first
 //! start (`--enroll`), which writes that file (owner-only) so later starts
-//! need nothing but the file.
+//! need nothing but the file. The file remembers which string it came from
+//! (its SHA-256): started with a different string (a rotation printed a
+//! new one), the machine redeems the new string and replaces the file; the
+//! same string again (a restart with unchanged settings) reads the file.
 
 use std::path::Path;
 
@@ -20,6 +23,34 @@ struct Stored {
     #[serde(default)]
     pin: Option<String>,
     token: Secret,
+    /// SHA-256 (hex) of the enrollment string redeemed for this file.
+    #[serde(default)]
+    enrollment: Option<String>,
+}
+
+/// What a credentials file remembers of the string it came from.
+fn digest(enrollment: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(enrollment.trim().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A client from a stored file.
+fn from_stored(stored: &Stored, s: &Sources<'_>) -> anyhow::Result<Backend> {
+    let p = s.prefix;
+    let link = Link {
+        pin: stored
+            .pin
+            .as_deref()
+            .map(Pin::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        ..s.link.clone()
+    };
+    Backend::connect(&stored.backend, stored.token.expose(), &link)
+        .with_context(|| format!("{p}_CREDENTIALS: {}", s.file.display()))
 }
 
 /// Where the credentials of one command come from.
@@ -52,7 +83,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         return Backend::connect(&url, token.expose(), &s.link)
             .with_context(|| format!("{p}_BACKEND_URL"));
     }
-    if s.file.exists() {
+    let stored = if s.file.exists() {
         let raw = std::fs::read(s.file)
             .with_context(|| format!("{p}_CREDENTIALS: reading {}", s.file.display()))?;
         let stored: Stored = serde_json::from_slice(&raw)
@@ -63,19 +94,20 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
             s.file.display(),
             stored.kind
         );
-        let link = Link {
-            pin: stored
-                .pin
-                .as_deref()
-                .map(Pin::parse)
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
-            ..s.link
+        // The file stands unless a string it did not come from is given.
+        let newer = match (s.enroll.as_deref(), stored.enrollment.as_deref()) {
+            (Some(given), Some(had)) => digest(given) != had,
+            (Some(_), None) => true,
+            (None, _) => false,
         };
-        return Backend::connect(&stored.backend, stored.token.expose(), &link)
-            .with_context(|| format!("{p}_CREDENTIALS: {}", s.file.display()));
-    }
-    let raw = s.enroll.with_context(|| {
+        if !newer {
+            return from_stored(&stored, &s);
+        }
+        Some(stored)
+    } else {
+        None
+    };
+    let raw = s.enroll.clone().with_context(|| {
         format!(
             "{p}_TOKEN (--token) is missing: give this {}'s machine token, or its \
              enrollment string in {p}_ENROLL (--enroll) (`httvps {} add` prints one)",
@@ -97,12 +129,15 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         .map_err(|why| anyhow::anyhow!("{p}_ENROLL: the pin {why}"))?;
     let link = Link {
         pin: pin.or(s.link.pin),
-        ..s.link
+        ..s.link.clone()
     };
     let once = Backend::connect(&e.url, e.token.expose(), &link)
         .with_context(|| format!("{p}_ENROLL: the control plane's URL"))?;
     if check {
-        return Ok(once);
+        return match &stored {
+            Some(stored) => from_stored(stored, &s),
+            None => Ok(once),
+        };
     }
     // Fail before redeeming when the file cannot be written: a redeemed
     // string cannot be used again.
@@ -114,17 +149,36 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
     httvps_dataplane::files::write_private(&probe, b"")
         .with_context(|| format!("{p}_CREDENTIALS: {} is not writable", s.file.display()))?;
     let _ = std::fs::remove_file(&probe);
-    let answer = once.enroll().await.map_err(|e| {
-        anyhow::anyhow!("{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once: print a new one with `httvps {} rotate <id>`", s.kind)
-    })?;
+    let answer = match once.enroll().await {
+        Ok(answer) => answer,
+        // A file written before files remembered their string, or a
+        // rotation that cannot be redeemed now: the stored token stands.
+        Err(e) => {
+            if let Some(stored) = &stored {
+                tracing::warn!(error = %e, file = %s.file.display(),
+                    "{p}_ENROLL was not redeemed; using the stored credentials");
+                return from_stored(stored, &s);
+            }
+            return Err(anyhow::anyhow!(
+                "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once: print a new one with `httvps {} rotate <id>`",
+                s.kind
+            ));
+        }
+    };
     let stored = Stored {
         kind: s.kind.to_owned(),
         backend: e.url.clone(),
         pin: pin.map(|p| p.to_string()),
         token: answer.token,
+        enrollment: Some(digest(&raw)),
     };
     let json = serde_json::to_vec_pretty(&stored).context("credentials")?;
-    httvps_dataplane::files::write_private(s.file, &json)
+    // Written beside, then renamed over the file: a rotation replaces the
+    // old credentials whole, and a crash leaves one file or the other.
+    let fresh = s.file.with_extension("new");
+    let _ = std::fs::remove_file(&fresh);
+    httvps_dataplane::files::write_private(&fresh, &json)
+        .and_then(|()| std::fs::rename(&fresh, s.file))
         .with_context(|| format!("{p}_CREDENTIALS: writing {}", s.file.display()))?;
     tracing::info!(node.id = %answer.id, name = %answer.name, file = %s.file.display(), "enrolled");
     Backend::connect(&e.url, stored.token.expose(), &link).context("the control plane's URL")

@@ -247,3 +247,58 @@ fn the_dockerfile_builds_locked_from_a_cached_layer_as_a_user() {
     }
     assert!(ignored.contains("!.env.example"));
 }
+
+/// The Dockerfile's build stage up to `COPY . .`, replayed in an empty
+/// directory: its `COPY` lines copy the named files from the repository,
+/// its `RUN` lines run in `sh` (cargo offline: the registry cache of this
+/// machine stands in for the network). The dependency layer must build
+/// from the manifests alone, as `docker build` runs it.
+#[test]
+fn the_dockerfiles_dependency_layer_runs_from_the_manifests_alone() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = read("Dockerfile");
+    // Join continuation lines, then take the build stage's steps.
+    let joined = d.replace("\\\n", " ");
+    let steps: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("WORKDIR /src"))
+        .skip(1)
+        .take_while(|l| *l != "COPY . .")
+        .filter(|l| l.starts_with("COPY ") || l.starts_with("RUN "))
+        .collect();
+    assert!(steps.iter().any(|s| s.contains("cargo fetch")), "{steps:?}");
+    let dir = std::env::temp_dir().join(format!("httvps-docker-layer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    for step in &steps {
+        if let Some(args) = step.strip_prefix("COPY ") {
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            let (dest, sources) = parts.split_last().expect("COPY has a destination");
+            for src in sources {
+                let to = if dest.ends_with('/') {
+                    dir.join(dest)
+                        .join(Path::new(src).file_name().expect("name"))
+                } else {
+                    dir.join(dest)
+                };
+                std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+                std::fs::copy(root.join(src), &to).unwrap_or_else(|e| panic!("{src}: {e}"));
+            }
+        } else if let Some(cmd) = step.strip_prefix("RUN ") {
+            let out = std::process::Command::new("sh")
+                .args(["-ec", cmd])
+                .current_dir(&dir)
+                .env("CARGO_NET_OFFLINE", "true")
+                .env_remove("CARGO_TARGET_DIR")
+                .output()
+                .expect("sh");
+            assert!(
+                out.status.success(),
+                "RUN {cmd}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -184,6 +184,27 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     config_with(&plane.server.base, &token)
         .await
         .expect("stored token works");
+    // So do restarts with the settings unchanged: the file remembers the
+    // string it came from, and the spent string is not tried again.
+    let out = relay(
+        &[
+            "node",
+            "--check",
+            "--enroll",
+            &s,
+            "--credentials",
+            creds.to_str().expect("path"),
+        ],
+        &d.join("check-same.log"),
+    )
+    .status()
+    .await
+    .expect("run");
+    assert!(
+        out.success(),
+        "{}",
+        std::fs::read_to_string(d.join("check-same.log")).unwrap_or_default()
+    );
     let _ = node.start_kill();
     let _ = node.wait().await;
 
@@ -203,13 +224,52 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
         config_with(&plane.server.base, &token).await,
         Err(BackendError::Status { status: 401, .. })
     ));
-    let fresh = Enrollment::decode(&rotated).expect("string");
-    let answer = Backend::new(&plane.server.base, fresh.token.expose())
-        .expect("backend")
-        .enroll()
+    // Started with the new string beside the old file, the node redeems
+    // it and replaces the file.
+    let log = d.join("node-rotated.log");
+    let mut node = relay(
+        &[
+            "node",
+            "--enroll",
+            &rotated,
+            "--credentials",
+            creds.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--allow-private",
+        ],
+        &log,
+    )
+    .spawn()
+    .expect("node");
+    let mut renewed = token.clone();
+    for _ in 0..150 {
+        renewed = stored_token(&creds);
+        if renewed != token {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(
+        renewed,
+        token,
+        "the rotated string was not redeemed: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    config_with(&plane.server.base, &renewed)
         .await
-        .expect("the rotated string redeems");
-    assert_eq!(answer.id, id);
+        .expect("the renewed token works");
+    let fresh = Enrollment::decode(&rotated).expect("string");
+    assert!(
+        Backend::new(&plane.server.base, fresh.token.expose())
+            .expect("backend")
+            .enroll()
+            .await
+            .is_err(),
+        "the rotated string is spent"
+    );
+    let _ = node.start_kill();
+    let _ = node.wait().await;
 
     // The gateway.
     let gw_port = common::stable_port();
