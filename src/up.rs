@@ -148,7 +148,7 @@ pub async fn start_up_data_plane(
     let running = node::start(&node::NodeOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         method,
-        password: region.pool_secret.as_str().into(),
+        password: region.pool_secret.expose().into(),
         allow_private: true,
     })
     .await

@@ -714,7 +714,8 @@ async fn https_get(plane: &Plane, path: &str) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn access_document_has_the_outline_structure_and_errors_for_revoked_devices() {
+async fn access_document_has_the_outline_structure_tells_an_ended_subscription_and_hides_a_revoked_device()
+ {
     let plane = Plane::start(1).await;
     let (status, body) = https_get(&plane, &format!("/c/{}", plane.device_token)).await;
     assert_eq!(status, 200, "{body}");
@@ -737,14 +738,30 @@ async fn access_document_has_the_outline_structure_and_errors_for_revoked_device
     ))
     .expect("expected YAML");
     assert_eq!(doc, expected);
+    // A subscription that ended: the app shows why (status 200, an error
+    // document).
+    let r = plane
+        .gql("{subscriptions{edges{node{id}}}}", json!({}))
+        .await;
+    let sub = r["data"]["subscriptions"]["edges"][0]["node"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
     plane
         .gql(
-            "mutation($id:UUID!){revokeDevice(id:$id){status}}",
-            json!({"id": plane.device_id}),
+            "mutation($id:UUID!){cancelSubscription(id:$id){status}}",
+            json!({"id": sub}),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (status, body) = https_get(&plane, &format!("/c/{}", plane.device_token)).await;
+    let mut told = (0, String::new());
+    for _ in 0..50 {
+        told = https_get(&plane, &format!("/c/{}", plane.device_token)).await;
+        if told.1.contains("error") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = told;
     assert_eq!(status, 200, "{body}");
     let doc: serde_yaml::Value = serde_yaml::from_str(&body).expect("YAML");
     assert!(
@@ -753,8 +770,33 @@ async fn access_document_has_the_outline_structure_and_errors_for_revoked_device
             .is_some_and(|m| !m.is_empty()),
         "{body}"
     );
-    assert_eq!(doc["error"]["details"].as_str(), Some("device_revoked"));
+    assert!(
+        matches!(
+            doc["error"]["details"].as_str(),
+            Some("subscription_expired" | "no_subscription")
+        ),
+        "{body}"
+    );
     assert!(doc.get("transport").is_none());
+    // A revoked device's token is answered as an unknown one: nothing
+    // tells that it was ever valid.
+    plane
+        .gql(
+            "mutation($id:UUID!){revokeDevice(id:$id){status}}",
+            json!({"id": plane.device_id}),
+        )
+        .await;
+    let unknown = https_get(&plane, "/c/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    assert_eq!(unknown.0, 404);
+    let mut revoked = (0, String::new());
+    for _ in 0..50 {
+        revoked = https_get(&plane, &format!("/c/{}", plane.device_token)).await;
+        if revoked.0 == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(revoked, unknown);
 }
 
 async fn ws(

@@ -853,3 +853,293 @@ async fn a_live_socket_ends_when_its_token_expires() {
     );
     server.stop().await;
 }
+
+/// Waits (at most 5 s) for the socket to end, skipping what it sends
+/// before: the close code, `None` when it ended without one (the
+/// connection dropped).
+async fn ends_within_5s(ws: &mut Ws) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the socket ends within 5 s")
+        {
+            None | Some(Err(_)) => return None,
+            Some(Ok(Message::Close(c))) => return c.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The answer to operation `id`: the first message for it other than
+/// `complete` (other operations' messages are skipped).
+async fn ws_answer(ws: &mut Ws, id: &str) -> Value {
+    loop {
+        let r = ws_next(ws).await;
+        if r["type"] == "close" || (r["id"] == id && r["type"] != "complete") {
+            return r;
+        }
+    }
+}
+
+/// A device's socket (signed in with `deviceToken`) following `nodeEvents`.
+async fn device_socket(server: &TestServer, device_token: &str) -> Ws {
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    let r = ws_init(&mut ws, json!({"deviceToken": device_token})).await;
+    assert_eq!(r["type"], "connection_ack", "{r}");
+    ws.send(ws_op(
+        "graphql-transport-ws",
+        "live",
+        "subscription{nodeEvents{nodeId kind}}",
+        json!({}),
+    ))
+    .await
+    .expect("send");
+    ws
+}
+
+/// Changes `node`'s status until `ws` delivers the event (its subscription
+/// may start after the first change): at most 20 rounds of 500 ms.
+async fn delivers_node_events(server: &TestServer, admin: &str, node: &str, ws: &mut Ws) {
+    for round in 0..20 {
+        let status = if round % 2 == 0 { "DRAINING" } else { "ACTIVE" };
+        let r = gql(
+            &server.base,
+            Some(admin),
+            "mutation($id:UUID!,$s:NodeStatus!){setNodeStatus(id:$id,status:$s){__typename}}",
+            json!({"id": node, "s": status}),
+        )
+        .await;
+        assert!(r["errors"].is_null(), "{r}");
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(500), ws_answer(ws, "live")).await
+        {
+            assert_eq!(r["type"], "next", "{r}");
+            assert_eq!(r["payload"]["data"]["nodeEvents"]["nodeId"], node, "{r}");
+            return;
+        }
+    }
+    panic!("the device's subscription delivered no node event");
+}
+
+/// A device's live socket lives no longer than the device's credential:
+/// revoking the device, or rotating its token, closes it within 5 s (4403),
+/// while the owner's other device keeps its socket; the old tokens are then
+/// refused in `connection_init` and the new one is taken.
+async fn device_sockets_end_with_their_device(server: &TestServer) {
+    let db = &server.state.db;
+    let admin = token_for(&server.base, db, Role::Admin).await;
+    let user = token_for(&server.base, db, Role::User).await;
+    let me = gql(&server.base, Some(&user), "{me{id}}", json!({})).await;
+    let user_id = me["data"]["me"]["id"].as_str().expect("id").to_owned();
+    let r = gql(&server.base, Some(&admin), "mutation{createRegion(code:\"eu\",name:\"EU\"){id} createPlan(input:{name:\"p\",priceCents:\"0\",durationDays:30,deviceLimit:3}){id}}", json!({})).await;
+    let plan = r["data"]["createPlan"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+        json!({"u": user_id, "p": plan}),
+    )
+    .await;
+    assert!(r["data"]["grantSubscription"]["id"].is_string(), "{r}");
+    let r = gql(&server.base, Some(&admin), "mutation{registerOutlineNode(input:{region:\"eu\",name:\"n1\",host:\"10.0.0.5\",port:8388}){node{id}}}", json!({})).await;
+    let node = r["data"]["registerOutlineNode"]["node"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let mut devices = Vec::new();
+    for name in ["laptop", "phone"] {
+        let r = gql(
+            &server.base,
+            Some(&user),
+            "mutation($n:String!){registerDevice(name:$n,platform:\"linux\"){accessToken device{id}}}",
+            json!({"n": name}),
+        )
+        .await;
+        let creds = &r["data"]["registerDevice"];
+        devices.push((
+            creds["device"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+            creds["accessToken"].as_str().expect("token").to_owned(),
+        ));
+    }
+    let [(laptop, laptop_token), (phone, phone_token)] =
+        <[(String, String); 2]>::try_from(devices).expect("two devices");
+    let mut laptop_ws = device_socket(server, &laptop_token).await;
+    let mut phone_ws = device_socket(server, &phone_token).await;
+    // Both follow the nodes as devices.
+    delivers_node_events(server, &admin, &node, &mut laptop_ws).await;
+    delivers_node_events(server, &admin, &node, &mut phone_ws).await;
+
+    // Revoked: the laptop's socket closes, the phone's stays.
+    let r = gql(
+        &server.base,
+        Some(&user),
+        "mutation($id:UUID!){revokeDevice(id:$id){id}}",
+        json!({"id": laptop}),
+    )
+    .await;
+    assert_eq!(r["data"]["revokeDevice"]["id"], laptop.as_str(), "{r}");
+    assert_eq!(ends_within_5s(&mut laptop_ws).await, Some(4403), "revoked");
+    phone_ws
+        .send(ws_op(
+            "graphql-transport-ws",
+            "q",
+            "{__typename}",
+            json!({}),
+        ))
+        .await
+        .expect("send");
+    let r = ws_answer(&mut phone_ws, "q").await;
+    assert_eq!(r["payload"]["data"]["__typename"], "Query", "{r}");
+
+    // Rotated: the phone's socket closes.
+    let r = gql(
+        &server.base,
+        Some(&user),
+        "mutation($id:UUID!){rotateDeviceToken(id:$id){accessToken}}",
+        json!({"id": phone}),
+    )
+    .await;
+    let rotated = r["data"]["rotateDeviceToken"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    assert_eq!(ends_within_5s(&mut phone_ws).await, Some(4403), "rotated");
+
+    // The revoked and the replaced tokens no longer sign in; the new one does.
+    for (what, token) in [("revoked", &laptop_token), ("replaced", &phone_token)] {
+        let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+        let r = ws_init(&mut ws, json!({"deviceToken": token})).await;
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_u64()),
+            (Some("close"), Some(4403)),
+            "{what}: {r}"
+        );
+    }
+    let mut ws = device_socket(server, &rotated).await;
+    delivers_node_events(server, &admin, &node, &mut ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_sockets_end_with_their_device_postgres() {
+    let t = TestDb::pg().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    device_sockets_end_with_their_device(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_sockets_end_with_their_device_sqlite() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    device_sockets_end_with_their_device(&server).await;
+    server.stop().await;
+}
+
+/// The other limits of HTTP on both WebSocket protocols, the legacy
+/// graphql-ws (`start`/`stop`/`data`/`error`) included: an operation over the
+/// complexity limit is refused before it runs; a message over 64 KiB ends
+/// the socket while one just under it is answered; a socket holds at most
+/// 20 subscriptions, and a stopped one frees its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_complexity_size_and_subscription_cap_on_both_protocols() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let user = token_for(&server.base, &server.state.db, Role::User).await;
+    let auth = json!({"Authorization": format!("Bearer {user}")});
+    let complex = format!(
+        "{{{}}}",
+        "plans{edges{node{id name priceCents currency durationDays}}} ".repeat(200)
+    );
+    assert!(complex.len() < 32 * 1024);
+    let padded = |n: usize| format!("{{__typename}} #{}", "x".repeat(n));
+    let live = "subscription{nodeEvents{nodeId}}";
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = ws_connect(&server.base, protocol).await;
+        assert_eq!(
+            ws_init(&mut ws, auth.clone()).await["type"],
+            "connection_ack"
+        );
+        // Too complex: refused, not run (a signed-in user may list plans).
+        ws.send(ws_op(protocol, "complex", &complex, json!({})))
+            .await
+            .expect("send");
+        let r = ws_answer(&mut ws, "complex").await;
+        assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{protocol}: {r}");
+        assert!(
+            r.to_string().to_lowercase().contains("complex"),
+            "{protocol}: {r}"
+        );
+        assert!(r["payload"]["data"].is_null(), "{protocol}: {r}");
+        // Just under 64 KiB: answered.
+        ws.send(ws_op(protocol, "near", &padded(60_000), json!({})))
+            .await
+            .expect("send");
+        let r = ws_answer(&mut ws, "near").await;
+        assert_eq!(
+            r["payload"]["data"]["__typename"], "Query",
+            "{protocol}: {r}"
+        );
+        // Over 64 KiB: the socket ends, nothing is answered.
+        ws.send(ws_op(protocol, "huge", &padded(70_000), json!({})))
+            .await
+            .expect("send");
+        ends_within_5s(&mut ws).await;
+
+        // At most 20 subscriptions.
+        let mut ws = ws_connect(&server.base, protocol).await;
+        assert_eq!(
+            ws_init(&mut ws, auth.clone()).await["type"],
+            "connection_ack"
+        );
+        for i in 0..21 {
+            ws.send(ws_op(protocol, &format!("s{i}"), live, json!({})))
+                .await
+                .expect("send");
+        }
+        let r = ws_next(&mut ws).await;
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_str()),
+            (Some("error"), Some("s20")),
+            "{protocol}: {r}"
+        );
+        assert_eq!(ws_code(&r), Some("LIMIT_EXCEEDED"), "{protocol}: {r}");
+        // One stopped: one more fits, and only one.
+        let stop = if protocol == "graphql-ws" {
+            "stop"
+        } else {
+            "complete"
+        };
+        ws.send(Message::Text(
+            json!({"id": "s0", "type": stop}).to_string().into(),
+        ))
+        .await
+        .expect("send");
+        for id in ["s21", "s22"] {
+            ws.send(ws_op(protocol, id, live, json!({})))
+                .await
+                .expect("send");
+        }
+        let r = loop {
+            let r = ws_next(&mut ws).await;
+            if r["type"] != "complete" {
+                break r;
+            }
+        };
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_str()),
+            (Some("error"), Some("s22")),
+            "{protocol}: {r}"
+        );
+        assert_eq!(ws_code(&r), Some("LIMIT_EXCEEDED"), "{protocol}: {r}");
+    }
+    // The server took none of it badly.
+    let r = gql(&server.base, None, "{__typename}", json!({})).await;
+    assert_eq!(r["data"]["__typename"], "Query", "{r}");
+    server.stop().await;
+}

@@ -413,3 +413,96 @@ async fn an_unknown_token_flood_gets_429() {
     assert_eq!(res.status().as_u16(), 200);
     server.stop().await;
 }
+
+/// A device's valid access token minting device JWTs in a loop, from many
+/// sources: past the device's allowance every exchange is 429 with a
+/// Retry-After, whoever asks; another device is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn device_jwts_are_limited_per_device_from_any_source() {
+    const BURST: u32 = 4;
+    let t = TestDb::sqlite().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.device_jwts_per_device = BURST;
+        t.window = Duration::from_secs(600);
+        t.client_ip_header = Some(reqwest::header::HeaderName::from_static("x-forwarded-for"));
+    })
+    .await;
+    let base = &server.base;
+    httvps_control::accounts::create_user(
+        &server.state.db,
+        "owner@example.com",
+        PASSWORD,
+        httvps_control::accounts::Role::Admin,
+    )
+    .await
+    .expect("admin");
+    let (admin, _) = login(base, "owner@example.com", PASSWORD).await;
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation{createPlan(input:{name:\"p\",priceCents:\"0\",durationDays:30,deviceLimit:5}){id}} ",
+        json!({}),
+    )
+    .await;
+    let plan = r["data"]["createPlan"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let me = gql(base, Some(&admin), "{me{id}}", json!({})).await;
+    let uid = me["data"]["me"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{me}"))
+        .to_owned();
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+        json!({"u": uid, "p": plan}),
+    )
+    .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let mut devices = Vec::new();
+    for name in ["a", "b"] {
+        let r = gql(
+            base,
+            Some(&admin),
+            "mutation($n:String!){registerDevice(name:$n,platform:\"linux\"){accessToken}}",
+            json!({"n": name}),
+        )
+        .await;
+        devices.push(
+            r["data"]["registerDevice"]["accessToken"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+        );
+    }
+    let mint = |token: String, source: u32| {
+        let url = server.url("/api/v1/auth/device-token");
+        async move {
+            client()
+                .post(url)
+                .header("x-forwarded-for", format!("198.51.100.{source}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("device-token")
+        }
+    };
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let res = mint(devices[0].clone(), i).await;
+        let status = res.status().as_u16();
+        if status == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+            let body: Value = res.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "LIMIT_EXCEEDED", "{body}");
+        }
+        statuses.push(status);
+    }
+    let burst = BURST as usize;
+    assert_eq!(&statuses[..burst], &vec![200; burst][..], "{statuses:?}");
+    assert!(statuses[burst..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(mint(devices[1].clone(), 1).await.status().as_u16(), 200);
+    server.stop().await;
+}

@@ -1,8 +1,10 @@
 //! The control plane's HTTP server under idle and slow sockets: `httvps
 //! serve` (a real process, short deadlines) holds 5,000 sockets that send
 //! nothing, half a header or half a body, keeps answering health in under a
-//! second, and closes every one of them after its deadline; beyond its
-//! connection budget it closes new connections at once.
+//! second, and closes every one of them after its deadline, an idle
+//! keep-alive connection included; beyond its connection budget it closes
+//! new connections at once. It raises its soft open-file limit to the hard
+//! one.
 
 mod common;
 
@@ -227,4 +229,124 @@ async fn metrics_token_guards_metrics_only() {
         .await
         .expect("health");
     assert_eq!(health.status().as_u16(), 200);
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` from `s` (bounded):
+/// its head and body.
+async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no content-length: {head}"));
+                if buf.len() >= end + 4 + len {
+                    return (head, buf[end + 4..end + 4 + len].to_vec());
+                }
+            }
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "closed mid-response: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout_at(deadline, read)
+        .await
+        .expect("answered within 5 s")
+}
+
+/// A keep-alive connection that was answered and then says nothing is
+/// closed after the header deadline (2 s here), neither at once nor never.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_is_closed_after_its_deadline() {
+    let db = TestDb::sqlite().await;
+    let p = serve(&db, 64);
+    let addr = p.addr.expect("addr");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let answered = Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(6)).await,
+        "an idle keep-alive connection was kept past its deadline"
+    );
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(1500),
+        "closed {idle:?} after the answer: before its deadline"
+    );
+}
+
+/// The soft and hard open-file limits of process `pid`, from
+/// /proc/`pid`/limits.
+fn nofile_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let parse = |f: &str| f.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
+    (parse(fields[3]), parse(fields[4]))
+}
+
+/// `httvps serve`, started with its soft open-file limit below the hard
+/// one, raises it to the hard one before it listens.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_raises_its_open_file_limit_to_the_hard_one() {
+    common::apt_install(&["util-linux"], &[("prlimit", "--version")]);
+    let (_, hard) = nofile_limits("self");
+    let soft = (hard / 2).min(1024);
+    let lowered = format!("--nofile={soft}:{hard}");
+    // The wrapper does lower it: a shell started the same way says so.
+    let out = std::process::Command::new("prlimit")
+        .args([lowered.as_str(), "--", "sh", "-c", "ulimit -Sn"])
+        .output()
+        .expect("prlimit");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        soft.to_string(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = TestDb::sqlite().await;
+    let mut inner = httvps_cmd();
+    inner
+        .args(["serve", "--port", "0"])
+        .env("BACKEND_DB_DSN", db.url())
+        .env("BACKEND_SECRET_KEY", TEST_SECRET);
+    // prlimit sets the limits and execs the server: one process, one pid.
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.args([lowered.as_str(), "--"])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let p = spawn_listening(cmd);
+    assert!(p.addr.is_some(), "the server did not start");
+    let pid = p.child.id().to_string();
+    assert!(
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .expect("exe")
+            .ends_with("httvps"),
+        "the pid is the server's"
+    );
+    assert_eq!(nofile_limits(&pid), (hard, hard), "soft limit not raised");
 }

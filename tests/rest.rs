@@ -269,9 +269,37 @@ async fn assignment_policy() {
         0,
         "full nodes get no new session"
     );
-    // Region respected.
+    // A gateway is assigned nodes of its own region only: naming another
+    // region is forbidden and opens nothing there.
     let (s, b) = w.assign(&dev, Some("us")).await;
-    assert_eq!(s, 200);
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{b}"
+    );
+    assert_eq!(
+        w.scalar(&format!(
+            "SELECT count(*) AS n FROM sessions WHERE outline_node_id = '{us1}'"
+        ))
+        .await,
+        0
+    );
+    let (s, b) = w.assign(&dev, Some("eu")).await;
+    assert_eq!((s, b["region"].as_str()), (200, Some("eu")), "{b}");
+    // The region is respected for a gateway of that region.
+    let r = w.gql("mutation{registerGatewayNode(input:{region:\"us\",name:\"gw-us\",publicUrl:\"https://gw-us.example.com\"}){token}}", json!({})).await;
+    let gw_us = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let (s, b) = w
+        .post(
+            "/api/v1/nodes/assign-outline",
+            Some(&gw_us),
+            json!({"device_token": dev, "region": "us"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
     assert_eq!(b["region"], "us");
     let sid_us = b["session_id"].as_str().expect("session");
     assert_eq!(
@@ -1013,8 +1041,17 @@ async fn node_lease_expiry_publishes_down_and_stops_assignments() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn auth_matrix_and_scoping() {
-    let w = World::new().await;
+async fn auth_matrix_and_scoping_on_postgres() {
+    auth_matrix_and_scoping(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_matrix_and_scoping_on_sqlite() {
+    auth_matrix_and_scoping(TestDb::sqlite().await).await;
+}
+
+async fn auth_matrix_and_scoping(db: TestDb) {
+    let w = World::on(db).await;
     let (_, node_tok) = w.node("eu", "n1", 100).await;
     w.beat(&node_tok, 0).await;
     let (_, _, dev_tok) = w.device().await;
@@ -1124,6 +1161,47 @@ async fn auth_matrix_and_scoping() {
         0
     );
     assert_eq!(w.scalar("SELECT count(*) AS n FROM usage_hours").await, 0);
+    // Nor may it name A's session anywhere else: heartbeat, links, grants
+    // (a grant answers as for a session that does not exist).
+    let foreign = [
+        (
+            "/api/v1/gateway/heartbeat",
+            json!({"open_sessions": [sid]}),
+            "FORBIDDEN",
+        ),
+        (
+            "/api/v1/usage/links",
+            json!({"links": [{"session_id": sid, "local": "10.0.0.9:40000"}]}),
+            "FORBIDDEN",
+        ),
+        (
+            "/api/v1/quota/grant",
+            json!({"session_id": sid, "used": 0}),
+            "NOT_FOUND",
+        ),
+    ];
+    for (path, body, code) in &foreign {
+        let (s, b) = w.post(path, Some(&gw_b), body.clone()).await;
+        assert_eq!(b["error"]["code"], *code, "{path}: {b}");
+        let want = if *code == "FORBIDDEN" { 403 } else { 404 };
+        assert_eq!(s, want, "{path}: {b}");
+    }
+    assert_eq!(
+        w.scalar("SELECT count(*) AS n FROM witness_links").await,
+        0,
+        "a refused link is not stored"
+    );
+    // A node witnessing another node's session: 403, nothing stored.
+    let (_, other_node) = w.node("eu", "n2", 100).await;
+    let (s, b) = w
+        .post(
+            "/api/v1/outline/witness",
+            Some(&other_node),
+            json!({"sessions": [{"session_id": sid, "epoch": 1, "bytes_up": 9, "bytes_down": 9}]}),
+        )
+        .await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(w.scalar("SELECT count(*) AS n FROM usage_inbox").await, 0);
     // Health leaks nothing and needs no token.
     let res = client()
         .get(w.url("/api/v1/health"))

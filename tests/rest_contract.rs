@@ -73,9 +73,18 @@ async fn credentials_before_bodies_and_one_envelope_for_every_refusal() {
         .await
         .expect("json");
     let schemes = &doc["components"]["securitySchemes"];
-    for s in ["machine_token", "device_jwt", "device_access_token"] {
+    for s in [
+        "machine_token",
+        "device_jwt",
+        "device_access_token",
+        "enrollment_token",
+    ] {
         assert_eq!(schemes[s]["scheme"], "bearer", "{s}: {schemes}");
     }
+    assert_eq!(
+        doc["paths"]["/api/v1/enroll"]["post"]["security"][0]["enrollment_token"],
+        serde_json::json!([])
+    );
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("item") {
             let responses = op["responses"].as_object().expect("responses");
@@ -91,6 +100,12 @@ async fn credentials_before_bodies_and_one_envelope_for_every_refusal() {
                 assert!(
                     responses.contains_key(status),
                     "{method} {path} does not document {status}"
+                );
+            }
+            if let Some(throttled) = responses.get("429") {
+                assert_eq!(
+                    throttled["headers"]["Retry-After"]["schema"]["type"], "integer",
+                    "{method} {path}: 429 without Retry-After"
                 );
             }
         }

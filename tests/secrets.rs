@@ -3,8 +3,10 @@
 //! the data plane (node keys, machine and device tokens, device JWTs) and
 //! in the control plane (the signing secret, the database URL's password,
 //! password hashes, token hashes, pool and node keys, access and refresh
-//! tokens, the first admin's password). (The gateway's cached route is
-//! checked beside it, in the crate; the relay's arguments in the binary.)
+//! tokens, the first admin's password), in its rows and in the GraphQL
+//! payloads that hand a token out once or show a node's key. (The
+//! gateway's cached route is checked beside it, in the crate; the relay's
+//! arguments in the binary.)
 
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::{client, node};
@@ -128,7 +130,7 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
     use httvps_control::config::{DbArgs, SecretKey, ServeArgs, Settings, ThrottleArgs};
     use httvps_control::db::Dsn;
     use httvps_control::db::models::{
-        Device, GatewayNode, OutlineNode, RefreshToken, Region, User,
+        Device, GatewayNode, OutlineNode, RefreshToken, Region, SecretText, User,
     };
     use httvps_control::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, UserId};
     use httvps_control::status::{DeviceStatus, Health, NodeStatus, Role, UserStatus};
@@ -155,6 +157,7 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
             signup_per_source: 10,
             refresh_per_source: 60,
             unknown_tokens_per_source: 30,
+            device_jwts_per_device: 60,
             client_ip_header: None,
         },
         http: httvps_control::config::HttpArgs {
@@ -282,4 +285,52 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
     // What is not secret still shows, so the output stays useful.
     assert!(format!("{user:?}").contains("someone@example.com"));
     assert!(format!("{node:?}").contains("10.0.0.1"));
+
+    // The column type itself, with `{}` too.
+    for value in [PASSWORD_HASH, TOKEN_HASH, NODE_KEY] {
+        let column = SecretText::from(value);
+        let mut shown = debug(&column);
+        shown.push(format!("{column}"));
+        shown.push(column.to_string());
+        assert_control_hidden("SecretText", &shown);
+        assert_eq!(column.expose(), value);
+    }
+
+    // GraphQL payloads that hand a secret out once, or show a node's key.
+    use httvps_control::graphql::{accounts, devices, nodes};
+    let auth = accounts::AuthPayload::from(httvps_control::accounts::Tokens {
+        access_token: JWT.into(),
+        refresh_token: TOKEN.into(),
+        user: user.clone(),
+    });
+    assert_control_hidden("AuthPayload", &debug(&auth));
+    assert_eq!(auth.access_token.expose(), JWT);
+    assert_eq!(auth.refresh_token.expose(), TOKEN);
+    let links = httvps_control::devices::links::links("https://gw.example.com", &region, TOKEN)
+        .expect("links");
+    assert_control_hidden("AccessLinks", &debug(&links));
+    assert!(links.ssconf.expose().ends_with(TOKEN));
+    let credentials = devices::DeviceCredentials {
+        device: device.clone().into(),
+        access_token: TOKEN.into(),
+        links: Some(links),
+    };
+    assert_control_hidden("DeviceCredentials", &debug(&credentials));
+    let shown_node = nodes::OutlineNode::from(node.clone());
+    assert_control_hidden("graphql OutlineNode", &debug(&shown_node));
+    assert_eq!(shown_node.secret.expose(), NODE_KEY);
+    let enrollment = format!("httvps-enroll:{TOKEN}");
+    let registered = nodes::RegisteredOutlineNode {
+        enrollment: Some(enrollment.as_str().into()),
+        node: shown_node,
+        token: TOKEN.into(),
+    };
+    assert_control_hidden("RegisteredOutlineNode", &debug(&registered));
+    let registered = nodes::RegisteredGatewayNode {
+        enrollment: Some(enrollment.as_str().into()),
+        node: gateway.clone().into(),
+        token: TOKEN.into(),
+    };
+    assert_control_hidden("RegisteredGatewayNode", &debug(&registered));
+    assert!(format!("{registered:?}").contains("gw1.example.com"));
 }

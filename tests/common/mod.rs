@@ -339,12 +339,14 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
         tls: None,
         enroll: None,
         // Every test client comes from 127.0.0.1: the per-source limits
-        // are the throttle tests' business (they set their own).
+        // (and the per-device one) are the throttle tests' business (they
+        // set their own).
         throttle: ThrottleSettings {
             login_per_source: 100_000,
             signup_per_source: 100_000,
             refresh_per_source: 100_000,
             unknown_tokens_per_source: 100_000,
+            device_jwts_per_device: 100_000,
             ..ThrottleSettings::default()
         },
         http: Default::default(),

@@ -254,7 +254,7 @@ pub async fn create_region(
         code: validate::code("code", code)?,
         name: validate::text("name", name, 1, 100)?,
         pool_method: method(pool_method.unwrap_or(METHODS[0]))?,
-        pool_secret: auth::random_secret(24),
+        pool_secret: auth::random_secret(24).into(),
         created_at: now(),
     };
     let entry = audit::entry(
@@ -289,7 +289,7 @@ pub async fn ensure_region(db: &Db, code: &str, name: &str) -> AppResult<Region>
         code: validate::code("code", code)?,
         name: validate::text("name", name, 1, 100)?,
         pool_method: METHODS[0].to_owned(),
-        pool_secret: auth::random_secret(24),
+        pool_secret: auth::random_secret(24).into(),
         created_at: now(),
     };
     db_run!(db, |conn| diesel::insert_into(regions::table)

@@ -129,6 +129,10 @@ pub struct ThrottleArgs {
     /// tokens and JWTs) per source address and window.
     #[arg(long, env = "BACKEND_UNKNOWN_TOKENS_PER_SOURCE", default_value_t = 30)]
     pub unknown_tokens_per_source: u32,
+    /// Device JWTs minted per device and window (auth/device-token), from
+    /// any source.
+    #[arg(long, env = "BACKEND_DEVICE_JWTS_PER_DEVICE", default_value_t = 60)]
+    pub device_jwts_per_device: u32,
     /// Header a trusted reverse proxy sets to the client's address (such as
     /// X-Forwarded-For; its last address counts). Empty: the socket's
     /// address. Set it only when every request comes through that proxy.
@@ -172,6 +176,10 @@ impl ThrottleArgs {
             unknown_tokens_per_source: positive(
                 "BACKEND_UNKNOWN_TOKENS_PER_SOURCE",
                 self.unknown_tokens_per_source,
+            )?,
+            device_jwts_per_device: positive(
+                "BACKEND_DEVICE_JWTS_PER_DEVICE",
+                self.device_jwts_per_device,
             )?,
             client_ip_header,
             ..ThrottleSettings::default()

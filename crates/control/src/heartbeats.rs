@@ -71,6 +71,23 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
                 return Err(AppError::Forbidden);
             }
         }
+        // And only for its own sessions (one ended or deleted since is not
+        // foreign: it is simply not refreshed).
+        if !open.is_empty() {
+            let foreign: i64 = sessions::table
+                .filter(sessions::id.eq_any(&open))
+                .filter(
+                    sessions::gateway_node_id
+                        .ne(g.id)
+                        .or(sessions::gateway_node_id.is_null()),
+                )
+                .count()
+                .get_result(conn)
+                .await?;
+            if foreign > 0 {
+                return Err(AppError::Forbidden);
+            }
+        }
         let ts = now();
         let updated = diesel::update(gateway_nodes::table.find(g.id))
             .set((

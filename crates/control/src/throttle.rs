@@ -1,6 +1,7 @@
 //! Throttles on guessing and flooding (GCRA, `governor`): log-ins per
-//! account and per source, sign-ups and refreshes per source, and unknown
-//! credentials (device and machine tokens at `/api/v1`) per source.
+//! account and per source, sign-ups and refreshes per source, unknown
+//! credentials (device and machine tokens at `/api/v1`) per source, and
+//! device JWTs minted per device (`auth/device-token`).
 //!
 //! A source is the client's address (an IPv6 /64, the block one subscriber
 //! usually holds), taken from the socket, or from a proxy header only when
@@ -49,6 +50,8 @@ pub struct ThrottleSettings {
     pub refresh_per_source: u32,
     /// Unknown or invalid credentials at `/api/v1` per source and window.
     pub unknown_tokens_per_source: u32,
+    /// Device JWTs minted per device and window (`auth/device-token`).
+    pub device_jwts_per_device: u32,
     /// Most keys (accounts or sources) each table tracks.
     pub max_keys: usize,
     /// A header set by a trusted reverse proxy that carries the client's
@@ -65,6 +68,7 @@ impl Default for ThrottleSettings {
             signup_per_source: 10,
             refresh_per_source: 60,
             unknown_tokens_per_source: 30,
+            device_jwts_per_device: 60,
             max_keys: 100_000,
             client_ip_header: None,
         }
@@ -115,7 +119,11 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
 /// An account's key: a digest of its normalised email, so the table's
 /// memory does not depend on what callers send.
 fn account_key(email: &str) -> [u8; 16] {
-    let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
+    digest_key(email.trim().to_lowercase().as_bytes())
+}
+
+fn digest_key(bytes: &[u8]) -> [u8; 16] {
+    let digest = Sha256::digest(bytes);
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
     key
@@ -213,6 +221,7 @@ pub struct Throttles<C: Clock + Clone = DefaultClock> {
     signup_source: Keyed<IpAddr, C>,
     refresh_source: Keyed<IpAddr, C>,
     unknown_source: Keyed<IpAddr, C>,
+    device_jwt: Keyed<[u8; 16], C>,
     /// The settings (for reading client addresses).
     pub settings: ThrottleSettings,
 }
@@ -241,7 +250,8 @@ impl<C: Clock + Clone> Throttles<C> {
             login_source: Keyed::new(settings.login_per_source, w, max, clock.clone()),
             signup_source: Keyed::new(settings.signup_per_source, w, max, clock.clone()),
             refresh_source: Keyed::new(settings.refresh_per_source, w, max, clock.clone()),
-            unknown_source: Keyed::new(settings.unknown_tokens_per_source, w, max, clock),
+            unknown_source: Keyed::new(settings.unknown_tokens_per_source, w, max, clock.clone()),
+            device_jwt: Keyed::new(settings.device_jwts_per_device, w, max, clock),
             settings,
         }
     }
@@ -268,6 +278,15 @@ impl<C: Clock + Clone> Throttles<C> {
     /// Counts a refresh-token exchange from `from`.
     pub fn refresh(&self, from: ClientAddr) -> AppResult<()> {
         Self::per_source(&self.refresh_source, from)
+    }
+
+    /// Counts a device JWT minted for `device` (its id), from anywhere: a
+    /// device needs one per JWT lifetime, so a flood of valid exchanges
+    /// (each a query and a signature) is refused.
+    pub fn device_jwt(&self, device: &str) -> AppResult<()> {
+        self.device_jwt
+            .hit(&digest_key(device.as_bytes()))
+            .map_err(refused)
     }
 
     /// Whether `from` is shut out for presenting too many unknown

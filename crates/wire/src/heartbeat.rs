@@ -19,15 +19,15 @@ pub struct GatewayBeat {
     pub open_tunnels: i32,
     /// Sessions with tunnels open on this gateway.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
+    #[cfg_attr(feature = "openapi", schema(max_items = 10000, format = "uuid"))]
     pub open_sessions: Vec<String>,
     /// Outline nodes the gateway failed to reach since its last heartbeat.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000, format = "uuid"))]
     pub unreachable_nodes: Vec<String>,
     /// Outline nodes the gateway reached since its last heartbeat.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000, format = "uuid"))]
     pub reachable_nodes: Vec<String>,
 }
 

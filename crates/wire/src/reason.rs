@@ -60,6 +60,17 @@ impl Reason {
         }
     }
 
+    /// Whether the refusal is about the subscription (none, ended, used
+    /// up): the device itself is in order, and its owner can act on it. The
+    /// gateway's access document tells these; the others (an unknown or
+    /// revoked device, a disabled account) it answers as an unknown token.
+    pub fn is_subscription(self) -> bool {
+        matches!(
+            self,
+            Reason::NoSubscription | Reason::SubscriptionExpired | Reason::QuotaExceeded
+        )
+    }
+
     /// The session end reason this verdict implies.
     pub fn end_reason(self) -> &'static str {
         match self {
@@ -151,5 +162,21 @@ mod tests {
             assert_eq!(Reason::parse(r.as_str()), Some(r));
         }
         assert_eq!(Reason::parse("nope"), None);
+    }
+
+    #[test]
+    fn only_subscription_refusals_are_told_in_the_access_document() {
+        let told: Vec<Reason> = Reason::ALL
+            .into_iter()
+            .filter(|r| r.is_subscription())
+            .collect();
+        assert_eq!(
+            told,
+            [
+                Reason::NoSubscription,
+                Reason::SubscriptionExpired,
+                Reason::QuotaExceeded
+            ]
+        );
     }
 }

@@ -51,7 +51,7 @@ pub async fn create_user(db: &Db, email: &str, password: &str, role: Role) -> Ap
     let user = User {
         id: UserId::random(),
         email,
-        password_hash,
+        password_hash: password_hash.into(),
         role,
         status: UserStatus::Active,
         token_version: 0,
@@ -114,7 +114,7 @@ pub async fn authenticate(db: &Db, email: &str, password: &str) -> AppResult<Use
         let _ = auth::hash_password(password.chars().take(auth::MAX_PASSWORD_LEN).collect()).await;
         return Err(bad());
     };
-    if !auth::verify_password(password.to_owned(), user.password_hash.clone()).await {
+    if !auth::verify_password(password.to_owned(), user.password_hash.expose().to_owned()).await {
         return Err(bad());
     }
     if user.status != UserStatus::Active {

@@ -91,7 +91,7 @@ fn new_refresh_row(user_id: UserId, family_id: &str) -> (String, RefreshToken) {
         id: new_id(),
         user_id,
         family_id: family_id.to_owned(),
-        token_hash: auth::hash_token(&token),
+        token_hash: auth::hash_token(&token).into(),
         expires_at: ts + chrono::Duration::days(REFRESH_TTL_DAYS),
         used_at: None,
         revoked_at: None,
@@ -234,7 +234,7 @@ pub async fn change_password(db: &Db, user_id: UserId, current: &str, new: &str)
     let user = super::find_user(db, user_id)
         .await?
         .ok_or(AppError::NotFound("user"))?;
-    if !auth::verify_password(current.to_owned(), user.password_hash.clone()).await {
+    if !auth::verify_password(current.to_owned(), user.password_hash.expose().to_owned()).await {
         return Err(AppError::bad("current password is wrong"));
     }
     let hash = auth::hash_password(new.to_owned()).await?;

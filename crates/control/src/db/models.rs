@@ -1,11 +1,12 @@
 //! Row structs, one per table, shared by both backends. Ids are newtypes
-//! and closed sets of values are enums, so a row says what it holds. Rows
-//! that hold a secret or a hash of one format it as `[redacted]` (see
-//! [`redacted`](super::redacted)).
+//! and closed sets of values are enums, so a row says what it holds. A
+//! secret or a hash of one is a [`SecretText`], which formats as
+//! `[redacted]`: a row in a log line or a panic message leaks nothing.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+pub use super::redacted::SecretText;
 use super::schema::*;
 use crate::ids::{
     DeviceId, GatewayNodeId, OutlineNodeId, PlanId, RegionId, SessionId, SubscriptionId, UserId,
@@ -15,7 +16,7 @@ use crate::status::{
 };
 
 /// A row of `users`.
-#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = users)]
 pub struct User {
     /// Its id.
@@ -23,7 +24,7 @@ pub struct User {
     /// Email address, lower case.
     pub email: String,
     /// argon2id hash of the password.
-    pub password_hash: String,
+    pub password_hash: SecretText,
     /// Admin or user.
     pub role: Role,
     /// Active or disabled.
@@ -65,7 +66,7 @@ pub struct Plan {
 }
 
 /// A row of `regions`.
-#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = regions)]
 pub struct Region {
     /// Its id.
@@ -77,7 +78,7 @@ pub struct Region {
     /// Cipher of the pool key.
     pub pool_method: String,
     /// The pool key every pool-key node of the region shares.
-    pub pool_secret: String,
+    pub pool_secret: SecretText,
     /// Creation time (UTC).
     pub created_at: NaiveDateTime,
 }
@@ -111,7 +112,7 @@ pub struct Subscription {
 }
 
 /// A row of `devices`.
-#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = devices)]
 pub struct Device {
     /// Its id.
@@ -125,7 +126,7 @@ pub struct Device {
     /// Active or revoked.
     pub status: DeviceStatus,
     /// Hash of its access token.
-    pub token_hash: String,
+    pub token_hash: SecretText,
     /// Last time it was assigned a node (UTC).
     pub last_seen_at: Option<NaiveDateTime>,
     /// Registration time (UTC).
@@ -135,7 +136,7 @@ pub struct Device {
 }
 
 /// A row of `outline_nodes`.
-#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = outline_nodes)]
 pub struct OutlineNode {
     /// Its id.
@@ -151,7 +152,7 @@ pub struct OutlineNode {
     /// Cipher.
     pub method: String,
     /// Shadowsocks password.
-    pub secret: String,
+    pub secret: SecretText,
     /// Whether its key is its region's pool key.
     pub uses_pool_key: bool,
     /// Admin status.
@@ -161,7 +162,7 @@ pub struct OutlineNode {
     /// Most concurrent sessions it should carry.
     pub capacity: i32,
     /// Hash of its machine token.
-    pub token_hash: String,
+    pub token_hash: SecretText,
     /// Last heartbeat (UTC).
     pub last_heartbeat_at: Option<NaiveDateTime>,
     /// Open connections at the last heartbeat.
@@ -179,7 +180,7 @@ pub struct OutlineNode {
 }
 
 /// A row of `gateway_nodes`.
-#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = gateway_nodes)]
 pub struct GatewayNode {
     /// Its id.
@@ -191,7 +192,7 @@ pub struct GatewayNode {
     /// URL clients connect to.
     pub public_url: String,
     /// Hash of its machine token.
-    pub token_hash: String,
+    pub token_hash: SecretText,
     /// Admin status.
     pub status: NodeStatus,
     /// Whether it heartbeats.
@@ -259,7 +260,7 @@ pub struct UsageEntry {
 }
 
 /// A row of `refresh_tokens`.
-#[derive(Clone, Queryable, Selectable, Insertable, Identifiable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Identifiable)]
 #[diesel(table_name = refresh_tokens)]
 pub struct RefreshToken {
     /// Its id.
@@ -269,7 +270,7 @@ pub struct RefreshToken {
     /// The family it rotates in (revoked together on reuse).
     pub family_id: String,
     /// Hash of the token.
-    pub token_hash: String,
+    pub token_hash: SecretText,
     /// End of validity (UTC).
     pub expires_at: NaiveDateTime,
     /// When it was exchanged (single use).

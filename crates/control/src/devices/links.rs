@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::db::Db;
-use crate::db::models::{GatewayNode, Region};
+use crate::db::models::{GatewayNode, Region, SecretText};
 use crate::db::schema::{gateway_nodes, regions};
 use crate::db_run;
 use crate::error::AppResult;
@@ -19,9 +19,9 @@ use crate::status::NodeStatus;
 #[derive(Debug, Clone, async_graphql::SimpleObject)]
 pub struct AccessLinks {
     /// `ssconf://` dynamic access key for Outline apps (1.15+).
-    pub ssconf: String,
+    pub ssconf: SecretText,
     /// SIP002 `ss://` link for clients with v2ray-plugin (WebSocket over TLS).
-    pub sip002: String,
+    pub sip002: SecretText,
 }
 
 /// Where devices connect: the gateway's public URL and the pool key of its
@@ -130,15 +130,19 @@ pub fn links(gateway_url: &str, region: &Region, token: &str) -> Option<AccessLi
         None => host.to_owned(),
     };
     let port = url.port().unwrap_or(DEFAULT_PORT);
-    let userinfo = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{}:{}", region.pool_method, region.pool_secret));
+    let userinfo = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}:{}",
+        region.pool_method,
+        region.pool_secret.expose()
+    ));
     let plugin = format!("v2ray-plugin;tls;host={host};path=/ws/{token}/tcp;mux=0");
     Some(AccessLinks {
-        ssconf: format!("ssconf://{authority}/c/{token}"),
+        ssconf: format!("ssconf://{authority}/c/{token}").into(),
         sip002: format!(
             "ss://{userinfo}@{host}:{port}/?plugin={}#httvps",
             utf8_percent_encode(&plugin, UNRESERVED)
-        ),
+        )
+        .into(),
     })
 }
 
@@ -160,11 +164,11 @@ mod tests {
     #[test]
     fn links_name_the_gateway_and_encode_the_plugin_options() {
         let l = links("https://gw.example.com/", &region(), "tok-en_1").expect("links");
-        assert_eq!(l.ssconf, "ssconf://gw.example.com/c/tok-en_1");
+        assert_eq!(l.ssconf.expose(), "ssconf://gw.example.com/c/tok-en_1");
         let userinfo =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("aes-128-gcm:s3cret");
         assert_eq!(
-            l.sip002,
+            l.sip002.expose(),
             format!(
                 "ss://{userinfo}@gw.example.com:443/?plugin=v2ray-plugin%3Btls%3Bhost%3Dgw.example.com%3Bpath%3D%2Fws%2Ftok-en_1%2Ftcp%3Bmux%3D0#httvps"
             )
@@ -174,18 +178,26 @@ mod tests {
     #[test]
     fn an_explicit_port_is_kept_and_ipv6_hosts_keep_their_brackets() {
         let l = links("https://localhost:8443", &region(), "t").expect("links");
-        assert_eq!(l.ssconf, "ssconf://localhost:8443/c/t");
+        assert_eq!(l.ssconf.expose(), "ssconf://localhost:8443/c/t");
         assert!(
-            l.sip002.contains("@localhost:8443/?plugin="),
+            l.sip002.expose().contains("@localhost:8443/?plugin="),
             "{}",
-            l.sip002
+            l.sip002.expose()
         );
         let l = links("https://[::1]:9000/x", &region(), "t").expect("links");
-        assert_eq!(l.ssconf, "ssconf://[::1]:9000/c/t");
-        assert!(l.sip002.contains("@[::1]:9000/"), "{}", l.sip002);
+        assert_eq!(l.ssconf.expose(), "ssconf://[::1]:9000/c/t");
+        assert!(
+            l.sip002.expose().contains("@[::1]:9000/"),
+            "{}",
+            l.sip002.expose()
+        );
         // Plain HTTP still gets TLS links on 443: the plugin speaks TLS.
         let l = links("http://gw.example.com", &region(), "t").expect("links");
-        assert!(l.sip002.contains("@gw.example.com:443/"), "{}", l.sip002);
+        assert!(
+            l.sip002.expose().contains("@gw.example.com:443/"),
+            "{}",
+            l.sip002.expose()
+        );
         assert!(links("not a url", &region(), "t").is_none());
     }
 }

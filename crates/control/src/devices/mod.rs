@@ -80,7 +80,7 @@ pub async fn register(
             name: name.clone(),
             platform: platform.clone(),
             status: DeviceStatus::Active,
-            token_hash: token_hash.clone(),
+            token_hash: token_hash.clone().into(),
             last_seen_at: None,
             created_at: ts,
             revoked_at: None,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::counts::{Counted, counted_connection};
 use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, viewer};
 use crate::accounts::{self, Role, UserFilter, UserStatus};
-use crate::db::models;
+use crate::db::models::{self, SecretText};
 use crate::error::AppError;
 use crate::pagination::PageArgs;
 use crate::throttle::ClientAddr;
@@ -21,7 +21,7 @@ fn client_addr(ctx: &Context<'_>) -> ClientAddr {
 }
 
 /// An account.
-#[derive(SimpleObject, Clone)]
+#[derive(SimpleObject, Clone, Debug)]
 pub struct User {
     /// Stable id.
     pub id: Uuid,
@@ -48,12 +48,12 @@ impl From<models::User> for User {
 }
 
 /// Tokens returned by `login` and `refreshToken`.
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Debug)]
 pub struct AuthPayload {
     /// Short-lived access JWT for `Authorization: Bearer`.
-    pub access_token: String,
+    pub access_token: SecretText,
     /// Single-use refresh token: exchange it with `refreshToken` for new tokens.
-    pub refresh_token: String,
+    pub refresh_token: SecretText,
     /// The signed-in user.
     pub user: User,
 }
@@ -61,8 +61,8 @@ pub struct AuthPayload {
 impl From<accounts::Tokens> for AuthPayload {
     fn from(t: accounts::Tokens) -> Self {
         AuthPayload {
-            access_token: t.access_token.expose().to_owned(),
-            refresh_token: t.refresh_token.expose().to_owned(),
+            access_token: t.access_token.into(),
+            refresh_token: t.refresh_token.into(),
             user: t.user.into(),
         }
     }

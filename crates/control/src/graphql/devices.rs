@@ -11,13 +11,13 @@ use super::loaders::{CurrentSubscriptionOf, DbLoader, PlacementOf, loader_error}
 use super::placement::DevicePlacement;
 use super::subscriptions::Subscription;
 use super::{AppContext, GqlResultExt, SignedIn, actor, viewer};
-use crate::db::models;
+use crate::db::models::{self, SecretText};
 use crate::devices::{self, AccessLinks, DeviceFilter, DeviceStatus};
 use crate::ids::UserId;
 use crate::pagination::PageArgs;
 
 /// A user's device.
-#[derive(SimpleObject, Clone)]
+#[derive(SimpleObject, Clone, Debug)]
 #[graphql(complex)]
 pub struct Device {
     /// Stable id.
@@ -89,12 +89,12 @@ impl Device {
 
 /// What `registerDevice` and `rotateDeviceToken` return: the token and links
 /// are shown this once.
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Debug)]
 pub struct DeviceCredentials {
     /// The device.
     pub device: Device,
     /// Opaque access token for tunnel URLs and `Authorization: Bearer`.
-    pub access_token: String,
+    pub access_token: SecretText,
     /// Ready-to-use links; null until a gateway URL is known.
     pub links: Option<AccessLinks>,
 }
@@ -154,7 +154,7 @@ async fn credentials(
     let links = entry.and_then(|(url, region)| devices::links::links(&url, &region, &token));
     Ok(DeviceCredentials {
         device: device.into(),
-        access_token: token,
+        access_token: token.into(),
         links,
     })
 }

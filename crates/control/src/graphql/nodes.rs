@@ -10,13 +10,13 @@ use super::catalogue::Region;
 use super::loaders::{DbLoader, loader_error};
 use super::scalars::BigInt;
 use super::{AdminOnly, AppContext, GqlResultExt, actor, connection};
-use crate::db::models;
+use crate::db::models::{self, SecretText};
 use crate::ids::RegionId;
 use crate::nodes::{self, AnyNode, NewOutlineNode, NodeFilter, NodeStatus};
 use crate::pagination::PageArgs;
 
 /// A Shadowsocks node of the pool.
-#[derive(SimpleObject, Clone)]
+#[derive(SimpleObject, Clone, Debug)]
 #[graphql(complex)]
 pub struct OutlineNode {
     /// Stable id.
@@ -30,7 +30,7 @@ pub struct OutlineNode {
     /// Cipher.
     pub method: String,
     /// Shadowsocks password (the region's pool key unless it has its own).
-    pub secret: String,
+    pub secret: SecretText,
     /// Whether it uses its region's pool key (false: a pool of one).
     pub uses_pool_key: bool,
     /// Admin status.
@@ -95,7 +95,7 @@ impl OutlineNode {
 }
 
 /// A TLS/WebSocket gateway.
-#[derive(SimpleObject, Clone)]
+#[derive(SimpleObject, Clone, Debug)]
 #[graphql(complex)]
 pub struct GatewayNode {
     /// Stable id.
@@ -161,29 +161,29 @@ pub enum Node {
 }
 
 /// A new node and its machine token (shown this once).
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Debug)]
 pub struct RegisteredOutlineNode {
     /// One-time enrollment string for `httvps-relay node --enroll`
     /// (control-plane URL, pin, this token); null when the control plane
     /// has no BACKEND_PUBLIC_URL.
-    pub enrollment: Option<String>,
+    pub enrollment: Option<SecretText>,
     /// The node.
     pub node: OutlineNode,
     /// Machine token for `Authorization: Bearer` on /api/v1.
-    pub token: String,
+    pub token: SecretText,
 }
 
 /// A new gateway and its machine token (shown this once).
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Debug)]
 pub struct RegisteredGatewayNode {
     /// One-time enrollment string for `httvps-relay gateway --enroll`
     /// (control-plane URL, pin, this token); null when the control plane
     /// has no BACKEND_PUBLIC_URL.
-    pub enrollment: Option<String>,
+    pub enrollment: Option<SecretText>,
     /// The gateway.
     pub node: GatewayNode,
     /// Machine token for `Authorization: Bearer` on /api/v1.
-    pub token: String,
+    pub token: SecretText,
 }
 
 /// Fields of a new Outline node.
@@ -200,7 +200,7 @@ pub struct RegisterOutlineNodeInput {
     /// Own cipher (with `secret`); omit both to use the region's pool key.
     pub method: Option<String>,
     /// Own Shadowsocks password: the node becomes a pool of one.
-    pub secret: Option<String>,
+    pub secret: Option<SecretText>,
     /// Most concurrent client connections (default 1000).
     #[graphql(default = 1000)]
     pub capacity: i32,
@@ -313,8 +313,8 @@ impl NodeMutation {
             .gql()?;
         Ok(RegisteredOutlineNode {
             node: node.into(),
-            enrollment: api.enroll.as_ref().map(|e| e.string("node", &token)),
-            token,
+            enrollment: api.enroll.as_ref().map(|e| e.string("node", &token).into()),
+            token: token.into(),
         })
     }
 
@@ -337,8 +337,11 @@ impl NodeMutation {
         .gql()?;
         Ok(RegisteredGatewayNode {
             node: node.into(),
-            enrollment: api.enroll.as_ref().map(|e| e.string("gateway", &token)),
-            token,
+            enrollment: api
+                .enroll
+                .as_ref()
+                .map(|e| e.string("gateway", &token).into()),
+            token: token.into(),
         })
     }
 

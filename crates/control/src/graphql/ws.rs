@@ -17,6 +17,7 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::http::{WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use httvps_wire::Secret;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -54,12 +55,12 @@ fn bearer(payload: &serde_json::Value) -> Option<String> {
 enum Credential {
     /// An access JWT of a user, valid until `expires_at` (epoch seconds).
     User {
-        token: String,
+        token: Secret,
         user_id: UserId,
         expires_at: i64,
     },
     /// A device's access token.
-    Device { token: String, user_id: UserId },
+    Device { token: Secret, user_id: UserId },
 }
 
 impl Credential {
@@ -74,11 +75,11 @@ impl Credential {
     async fn still_valid(&self, api: &AppContext) -> bool {
         match self {
             Credential::User { token, .. } => !matches!(
-                viewer_from_token(api, token).await,
+                viewer_from_token(api, token.expose()).await,
                 Err(AppError::Unauthenticated | AppError::Forbidden)
             ),
             Credential::Device { token, .. } => {
-                match crate::access::check_token(&api.db, token).await {
+                match crate::access::check_token(&api.db, token.expose()).await {
                     Ok(verdict) => verdict.admitted().is_ok(),
                     Err(_) => true,
                 }
@@ -110,7 +111,7 @@ async fn init_data(
             device_id: device.id,
         });
         Some(Credential::Device {
-            token: token.to_owned(),
+            token: token.into(),
             user_id: device.user_id,
         })
     } else if let Some(token) = bearer(&payload) {
@@ -120,7 +121,7 @@ async fn init_data(
         let user_id = viewer.user_id;
         data.insert(viewer);
         Some(Credential::User {
-            token,
+            token: token.into(),
             user_id,
             expires_at,
         })

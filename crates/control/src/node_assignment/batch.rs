@@ -275,7 +275,7 @@ mod tests {
             status: NodeStatus::Active,
             health: Health::Up,
             capacity: 100,
-            token_hash: String::new(),
+            token_hash: String::new().into(),
             last_heartbeat_at: Some(ts),
             load: 0,
             bytes_in: 0,

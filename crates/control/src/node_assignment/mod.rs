@@ -43,7 +43,8 @@ pub struct Assignment {
 
 /// Assigns a node to a device that passed validation. `gateway` is the
 /// calling gateway (sessions are per device, node and gateway); `region` a
-/// requested region code; without one, the gateway's region, or for a
+/// requested region code (for a gateway, only its own: another is
+/// forbidden); without one, the gateway's region, or for a
 /// device asking itself, [`device_region`]. The session is opened (or found) in a batch of
 /// concurrent calls through `opener` and committed when this returns.
 pub async fn assign(
@@ -62,7 +63,13 @@ pub async fn assign(
                 .first(conn)
                 .await
                 .optional()?);
-            Some(r.ok_or(AppError::NotFound("region"))?)
+            let r = r.ok_or(AppError::NotFound("region"))?;
+            // A gateway reaches only its own region's nodes: it is never
+            // told another region's node or key.
+            if gateway.is_some_and(|g| g.region_id != r) {
+                return Err(AppError::Forbidden);
+            }
+            Some(r)
         }
         // A gateway serves its own region's pool by default.
         None => match gateway {

@@ -69,7 +69,7 @@ pub async fn register_outline(
     ) {
         (m, Some(s)) => (
             catalogue::method(m.unwrap_or(catalogue::METHODS[0]))?,
-            validate::text("secret", s, 8, 256)?,
+            validate::text("secret", s, 8, 256)?.into(),
             false,
         ),
         (None, None) => (region.pool_method.clone(), region.pool_secret.clone(), true),
@@ -93,7 +93,7 @@ pub async fn register_outline(
         status: NodeStatus::Active,
         health: Health::Unknown,
         capacity: input.capacity,
-        token_hash: auth::hash_token(&token),
+        token_hash: auth::hash_token(&token).into(),
         last_heartbeat_at: None,
         load: 0,
         bytes_in: 0,
@@ -147,7 +147,7 @@ pub async fn register_gateway(
         region_id: region.id,
         name: validate::text("name", name, 1, 100)?,
         public_url: url.trim_end_matches('/').to_owned(),
-        token_hash: auth::hash_token(&token),
+        token_hash: auth::hash_token(&token).into(),
         status: NodeStatus::Active,
         health: Health::Unknown,
         last_heartbeat_at: None,

@@ -86,7 +86,7 @@ async fn by_subject(state: &AppState, sub: &str, generation: i64) -> Result<Verd
     };
     let verdict = access::check_device(&state.db, id).await?;
     match &verdict.device {
-        Some(d) if auth::token_generation(&d.token_hash) != generation => {
+        Some(d) if auth::token_generation(d.token_hash.expose()) != generation => {
             Ok(Verdict::of(None, now()))
         }
         _ => Ok(verdict),

@@ -67,10 +67,11 @@ pub(super) async fn device_token(
         Err(Reason::DeviceUnknown) => return Err(AppError::Unauthenticated),
         Err(r) => return Err(AppError::DeviceRefused(r)),
     };
+    state.api.throttles.device_jwt(&device.id.to_string())?;
     let token = state.api.jwt.issue(
         Audience::Device,
         &device.id.to_string(),
-        auth::token_generation(&device.token_hash),
+        auth::token_generation(device.token_hash.expose()),
         None,
         DEVICE_JWT_TTL_SECS,
     )?;

@@ -15,6 +15,8 @@ const MACHINE: &str = "machine_token";
 const DEVICE_JWT: &str = "device_jwt";
 /// A device's opaque access token (`registerDevice`).
 const DEVICE_TOKEN: &str = "device_access_token";
+/// The one-time token of an enrollment string (`httvps gateway|node add`).
+const ENROLLMENT: &str = "enrollment_token";
 
 /// Which credentials a route takes (alternatives); none: public.
 fn credentials(path: &str) -> &'static [&'static str] {
@@ -22,6 +24,7 @@ fn credentials(path: &str) -> &'static [&'static str] {
         "/api/v1/health" => &[],
         "/api/v1/auth/validate-device" | "/api/v1/nodes/assign-outline" => &[MACHINE, DEVICE_JWT],
         "/api/v1/auth/device-token" => &[DEVICE_TOKEN],
+        "/api/v1/enroll" => &[ENROLLMENT],
         _ => &[MACHINE],
     }
 }
@@ -38,6 +41,25 @@ fn error(description: &str) -> RefOr<Response> {
             )
             .build(),
     )
+}
+
+/// The refusal of a spent allowance: its envelope and when to retry.
+fn throttled(description: &str) -> RefOr<Response> {
+    let RefOr::T(mut response) = error(description) else {
+        unreachable!("error() builds the response inline")
+    };
+    let seconds = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(1))
+        .build();
+    response.headers.insert(
+        "Retry-After".to_owned(),
+        utoipa::openapi::HeaderBuilder::new()
+            .schema(seconds)
+            .description(Some("Whole seconds until the allowance has room again."))
+            .build(),
+    );
+    RefOr::T(response)
 }
 
 fn add(op: &mut Operation, status: &str, description: &str) {
@@ -77,6 +99,13 @@ impl utoipa::Modify for Contract {
             DEVICE_TOKEN,
             bearer("opaque", "A device's access token, from registerDevice."),
         );
+        components.add_security_scheme(
+            ENROLLMENT,
+            bearer(
+                "opaque",
+                "The one-time token inside an enrollment string (httvps gateway|node add); spent by its first use.",
+            ),
+        );
         for (path, item) in openapi.paths.paths.iter_mut() {
             let creds = credentials(path);
             let ops = [
@@ -96,10 +125,9 @@ impl utoipa::Modify for Contract {
                     );
                     add(op, "401", "No valid credential (checked before the body).");
                     add(op, "403", "The credential may not use this route.");
-                    add(
-                        op,
-                        "429",
-                        "Too many attempts from this source; see Retry-After.",
+                    op.responses.responses.insert(
+                        "429".to_owned(),
+                        throttled("Too many attempts (from this source, or for this device); see Retry-After."),
                     );
                 }
                 if has_body {

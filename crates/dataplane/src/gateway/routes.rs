@@ -344,7 +344,10 @@ async fn access_document(
                 route.password.expose(),
             )),
         },
-        Err(Refusal::Refused(r)) => yaml(refusal_yaml(r)),
+        // What the subscriber can act on (renew, wait for the reset) is
+        // told; a revoked device or a disabled account is answered as an
+        // unknown token is, so the document cannot tell them apart.
+        Err(Refusal::Refused(r)) if r.is_subscription() => yaml(refusal_yaml(r)),
         Err(Refusal::NoNode) => yaml(unavailable_yaml(Unavailable::NoNodeAvailable)),
         Err(r) => refusal_response(&gw, r, peer(&req)),
     }
