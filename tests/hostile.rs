@@ -506,3 +506,55 @@ async fn device_jwts_are_limited_per_device_from_any_source() {
     assert_eq!(mint(devices[1].clone(), 1).await.status().as_u16(), 200);
     server.stop().await;
 }
+
+/// One account's refresh tokens exchanged from many sources: past the
+/// account's allowance the exchange is LIMIT_EXCEEDED, and the refused
+/// token is not spent (it works once the allowance has room again);
+/// another account is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshes_are_limited_per_account_and_a_refused_token_is_kept() {
+    const BURST: u32 = 3;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let t = TestDb::sqlite().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.refresh_per_account = BURST;
+        t.window = WINDOW;
+        t.client_ip_header = Some(reqwest::header::HeaderName::from_static("x-forwarded-for"));
+    })
+    .await;
+    let base = &server.base;
+    let (email, other) = (sign_up(base).await, sign_up(base).await);
+    let (_, mut token) = login(base, &email, PASSWORD).await;
+    const REFRESH: &str = "mutation($t:String!){refreshToken(token:$t){refreshToken}}";
+    for i in 0..BURST {
+        let r = gql_from(
+            base,
+            &format!("198.51.100.{i}"),
+            REFRESH,
+            json!({"t": token}),
+        )
+        .await;
+        token = r["data"]["refreshToken"]["refreshToken"]
+            .as_str()
+            .unwrap_or_else(|| panic!("refresh {i}: {r}"))
+            .to_owned();
+    }
+    let r = gql_from(base, "203.0.113.9", REFRESH, json!({"t": token})).await;
+    assert_eq!(code(&r), Some("LIMIT_EXCEEDED"), "{r}");
+    // Another account is served.
+    let (_, theirs) = login(base, &other, PASSWORD).await;
+    let r = gql_from(base, "203.0.113.9", REFRESH, json!({"t": theirs})).await;
+    assert!(r["data"]["refreshToken"]["refreshToken"].is_string(), "{r}");
+    // The refused token was not spent: it works once there is room.
+    let started = Instant::now();
+    loop {
+        let r = gql_from(base, "203.0.113.10", REFRESH, json!({"t": token})).await;
+        if r["data"]["refreshToken"]["refreshToken"].is_string() {
+            break;
+        }
+        assert_eq!(code(&r), Some("LIMIT_EXCEEDED"), "{r}");
+        assert!(started.elapsed() < WINDOW * 3, "still refused: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}

@@ -156,6 +156,7 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
             login_per_source: 30,
             signup_per_source: 10,
             refresh_per_source: 60,
+            refresh_per_account: 30,
             unknown_tokens_per_source: 30,
             device_jwts_per_device: 60,
             client_ip_header: None,

@@ -345,6 +345,7 @@ pub fn settings(dsn: Dsn, debug: bool) -> Settings {
             login_per_source: 100_000,
             signup_per_source: 100_000,
             refresh_per_source: 100_000,
+            refresh_per_account: 100_000,
             unknown_tokens_per_source: 100_000,
             device_jwts_per_device: 100_000,
             ..ThrottleSettings::default()

@@ -125,6 +125,9 @@ pub struct ThrottleArgs {
     /// Refresh-token exchanges per source address and window.
     #[arg(long, env = "BACKEND_REFRESH_PER_SOURCE", default_value_t = 60)]
     pub refresh_per_source: u32,
+    /// Refresh-token exchanges per account and window, from any source.
+    #[arg(long, env = "BACKEND_REFRESH_PER_ACCOUNT", default_value_t = 30)]
+    pub refresh_per_account: u32,
     /// Unknown or invalid credentials at /api/v1 (machine tokens, device
     /// tokens and JWTs) per source address and window.
     #[arg(long, env = "BACKEND_UNKNOWN_TOKENS_PER_SOURCE", default_value_t = 30)]
@@ -173,6 +176,7 @@ impl ThrottleArgs {
             login_per_source: positive("BACKEND_LOGIN_PER_SOURCE", self.login_per_source)?,
             signup_per_source: positive("BACKEND_SIGNUP_PER_SOURCE", self.signup_per_source)?,
             refresh_per_source: positive("BACKEND_REFRESH_PER_SOURCE", self.refresh_per_source)?,
+            refresh_per_account: positive("BACKEND_REFRESH_PER_ACCOUNT", self.refresh_per_account)?,
             unknown_tokens_per_source: positive(
                 "BACKEND_UNKNOWN_TOKENS_PER_SOURCE",
                 self.unknown_tokens_per_source,

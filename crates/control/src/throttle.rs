@@ -1,5 +1,6 @@
 //! Throttles on guessing and flooding (GCRA, `governor`): log-ins per
-//! account and per source, sign-ups and refreshes per source, unknown
+//! account and per source, sign-ups per source, refreshes per source and
+//! per account, unknown
 //! credentials (device and machine tokens at `/api/v1`) per source, and
 //! device JWTs minted per device (`auth/device-token`).
 //!
@@ -48,6 +49,8 @@ pub struct ThrottleSettings {
     pub signup_per_source: u32,
     /// Refresh-token exchanges per source and window.
     pub refresh_per_source: u32,
+    /// Refresh-token exchanges per account and window (any source).
+    pub refresh_per_account: u32,
     /// Unknown or invalid credentials at `/api/v1` per source and window.
     pub unknown_tokens_per_source: u32,
     /// Device JWTs minted per device and window (`auth/device-token`).
@@ -67,6 +70,7 @@ impl Default for ThrottleSettings {
             login_per_source: 30,
             signup_per_source: 10,
             refresh_per_source: 60,
+            refresh_per_account: 30,
             unknown_tokens_per_source: 30,
             device_jwts_per_device: 60,
             max_keys: 100_000,
@@ -220,6 +224,7 @@ pub struct Throttles<C: Clock + Clone = DefaultClock> {
     login_source: Keyed<IpAddr, C>,
     signup_source: Keyed<IpAddr, C>,
     refresh_source: Keyed<IpAddr, C>,
+    refresh_account: Keyed<[u8; 16], C>,
     unknown_source: Keyed<IpAddr, C>,
     device_jwt: Keyed<[u8; 16], C>,
     /// The settings (for reading client addresses).
@@ -250,6 +255,7 @@ impl<C: Clock + Clone> Throttles<C> {
             login_source: Keyed::new(settings.login_per_source, w, max, clock.clone()),
             signup_source: Keyed::new(settings.signup_per_source, w, max, clock.clone()),
             refresh_source: Keyed::new(settings.refresh_per_source, w, max, clock.clone()),
+            refresh_account: Keyed::new(settings.refresh_per_account, w, max, clock.clone()),
             unknown_source: Keyed::new(settings.unknown_tokens_per_source, w, max, clock.clone()),
             device_jwt: Keyed::new(settings.device_jwts_per_device, w, max, clock),
             settings,
@@ -278,6 +284,14 @@ impl<C: Clock + Clone> Throttles<C> {
     /// Counts a refresh-token exchange from `from`.
     pub fn refresh(&self, from: ClientAddr) -> AppResult<()> {
         Self::per_source(&self.refresh_source, from)
+    }
+
+    /// Counts a refresh-token exchange for the account `user` (its id),
+    /// from anywhere, before the token is spent.
+    pub fn refresh_account(&self, user: &str) -> AppResult<()> {
+        self.refresh_account
+            .hit(&digest_key(user.as_bytes()))
+            .map_err(refused)
     }
 
     /// Counts a device JWT minted for `device` (its id), from anywhere: a

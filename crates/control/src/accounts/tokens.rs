@@ -135,7 +135,12 @@ enum Rotation {
 
 /// Rotates a refresh token: single use; presenting a used one revokes its
 /// whole family (the token was stolen or replayed).
-pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
+pub async fn refresh(
+    db: &Db,
+    jwt: &JwtKeys,
+    token: &str,
+    admit: impl Fn(UserId) -> AppResult<()> + Send + Sync,
+) -> AppResult<Tokens> {
     if !auth::looks_like_token(token) {
         return Err(AppError::Unauthenticated);
     }
@@ -151,6 +156,8 @@ pub async fn refresh(db: &Db, jwt: &JwtKeys, token: &str) -> AppResult<Tokens> {
         let Some(found) = found else {
             return Ok::<_, AppError>(Rotation::Refused);
         };
+        // The account's allowance of exchanges, before the token is spent.
+        admit(found.user_id)?;
         // Claim the token; only one caller can.
         let claimed = diesel::update(refresh_tokens::table.find(&found.id))
             .filter(refresh_tokens::used_at.is_null())

@@ -183,10 +183,13 @@ impl AccountMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let api = ctx.data::<AppContext>()?;
         api.throttles.refresh(client_addr(ctx)).gql()?;
-        accounts::refresh(&api.db, &api.jwt, &token)
-            .await
-            .map(AuthPayload::from)
-            .gql()
+        let throttles = api.throttles.clone();
+        accounts::refresh(&api.db, &api.jwt, &token, move |user| {
+            throttles.refresh_account(&user.to_string())
+        })
+        .await
+        .map(AuthPayload::from)
+        .gql()
     }
 
     /// Signs out everywhere: every refresh and access token of the user stops working.
