@@ -18,6 +18,7 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
   "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 cargo build -q --bin httvps
+bin="${CARGO_TARGET_DIR:-target}/debug/httvps"
 run="$root/run"
 rm -rf "$run" && mkdir -p "$run"
 export BACKEND_DB_DSN="sqlite://$PWD/$run/httvps.db"
@@ -26,9 +27,9 @@ export BACKEND_SECRET_KEY
 export BACKEND_HOST=127.0.0.1 BACKEND_PORT=0 BACKEND_LOG_FORMAT=json BACKEND_DEBUG=false
 unset RUST_LOG
 password="fuzz-admin-$(head -c 12 /dev/urandom | base64 | tr -d '\n/+=')"
-printf '%s\n' "$password" | target/debug/httvps admin create --email fuzz@example.com --password-stdin >/dev/null
+printf '%s\n' "$password" | "$bin" admin create --email fuzz@example.com --password-stdin >/dev/null
 
-target/debug/httvps serve 2>"$run/server.log" >/dev/null &
+"$bin" serve 2>"$run/server.log" >/dev/null &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
 base=""
