@@ -12,8 +12,10 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 export const ROOT = new URL('../../', import.meta.url).pathname;
-export const HTTVPS = process.env.HTTVPS_BIN ?? join(ROOT, 'target/debug/httvps');
-export const RELAY = process.env.HTTVPS_RELAY_BIN ?? join(ROOT, 'target/debug/httvps-relay');
+// The binaries cargo built, wherever CARGO_TARGET_DIR puts them.
+const BUILT = join(process.env.CARGO_TARGET_DIR ?? join(ROOT, 'target'), 'debug');
+export const HTTVPS = process.env.HTTVPS_BIN ?? join(BUILT, 'httvps');
+export const RELAY = process.env.HTTVPS_RELAY_BIN ?? join(BUILT, 'httvps-relay');
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 export const SHOTS = join(ROOT, 'target/browser-screenshots');
 const PG_URL = process.env.HTTVPS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
