@@ -7,13 +7,13 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
 export const ROOT = new URL('../../', import.meta.url).pathname;
 // The binaries cargo built, wherever CARGO_TARGET_DIR puts them.
-const BUILT = join(process.env.CARGO_TARGET_DIR ?? join(ROOT, 'target'), 'debug');
+const BUILT = join(resolve(ROOT, process.env.CARGO_TARGET_DIR ?? 'target'), 'debug');
 export const HTTVPS = process.env.HTTVPS_BIN ?? join(BUILT, 'httvps');
 export const RELAY = process.env.HTTVPS_RELAY_BIN ?? join(BUILT, 'httvps-relay');
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
