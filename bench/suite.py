@@ -739,14 +739,11 @@ def scalar(dsn, sql):
     return out.stdout.decode().strip()
 
 
-def report_script(name, items_file, token, key, entry):
-    """A wrk script posting `{key: [200 entries]}` bodies: entry `c` of
-    batch `b` is `string.format(entry)` over the `c`-th line of
-    `items_file` (`items[c]`) and a value `v` that grows with every
-    request. Each of wrk's two threads owns every other batch."""
-    path = os.path.join(WORK, name)
-    with open(path, "w") as f:
-        f.write(f"""
+def lua_preamble(items_file):
+    """What the report scripts share: each of wrk's two threads numbered
+    (`tid`), the session ids of `items_file` read into `items`, 200 per
+    batch, and the request counters at zero."""
+    return f"""
 local threads = 0
 function setup(thread)
   thread:set("tid", threads)
@@ -756,8 +753,19 @@ function init(args)
   items = {{}}
   for line in io.lines("{items_file}") do items[#items + 1] = line end
   batches = math.floor(#items / 200)
-  counter = 0
+  counter, gw, node = 0, 0, 0
 end
+"""
+
+
+def report_script(name, items_file, token, key, entry):
+    """A wrk script posting `{key: [200 entries]}` bodies: entry `c` of
+    batch `b` is `string.format(entry)` over the `c`-th line of
+    `items_file` (`items[c]`) and a value `v` that grows with every
+    request. Each of wrk's two threads owns every other batch."""
+    path = os.path.join(WORK, name)
+    with open(path, "w") as f:
+        f.write(lua_preamble(items_file) + f"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {token}"
@@ -785,18 +793,7 @@ def mixed_script(name, items_file):
     two threads owns every other batch."""
     path = os.path.join(WORK, name)
     with open(path, "w") as f:
-        f.write(f"""
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
-function init(args)
-  items = {{}}
-  for line in io.lines("{items_file}") do items[#items + 1] = line end
-  batches = math.floor(#items / 200)
-  counter, gw, node = 0, 0, 0
-end
+        f.write(lua_preamble(items_file) + f"""
 local gw_headers = {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {GATEWAY_TOKEN}"}}
 local node_headers = {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {NODE_TOKEN}"}}
 request = function()
