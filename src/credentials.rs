@@ -37,6 +37,18 @@ fn digest(enrollment: &str) -> String {
         .collect()
 }
 
+/// Writes `stored` beside `file`, then renames it over the file: a
+/// rotation replaces the old credentials whole, and a crash leaves one
+/// file or the other.
+fn store(file: &Path, stored: &Stored) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(stored).context("credentials")?;
+    let fresh = file.with_extension("new");
+    let _ = std::fs::remove_file(&fresh);
+    httvps_dataplane::files::write_private(&fresh, &json)
+        .and_then(|()| std::fs::rename(&fresh, file))?;
+    Ok(())
+}
+
 /// A client from a stored file.
 fn from_stored(stored: &Stored, s: &Sources<'_>) -> anyhow::Result<Backend> {
     let p = s.prefix;
@@ -154,10 +166,21 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         // A file written before files remembered their string, or a
         // rotation that cannot be redeemed now: the stored token stands.
         Err(e) => {
-            if let Some(stored) = &stored {
+            if let Some(mut stored) = stored {
                 tracing::warn!(error = %e, file = %s.file.display(),
                     "{p}_ENROLL was not redeemed; using the stored credentials");
-                return from_stored(stored, &s);
+                // A spent or retired string stays so: remembered, it is not
+                // tried again at the next start.
+                if matches!(
+                    e,
+                    httvps_dataplane::backend::BackendError::Status { status: 401, .. }
+                ) {
+                    stored.enrollment = Some(digest(&raw));
+                    if let Err(e) = store(s.file, &stored) {
+                        tracing::warn!(error = %e, "{p}_CREDENTIALS: not updated");
+                    }
+                }
+                return from_stored(&stored, &s);
             }
             return Err(anyhow::anyhow!(
                 "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once: print a new one with `httvps {} rotate <id>`",
@@ -172,13 +195,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         token: answer.token,
         enrollment: Some(digest(&raw)),
     };
-    let json = serde_json::to_vec_pretty(&stored).context("credentials")?;
-    // Written beside, then renamed over the file: a rotation replaces the
-    // old credentials whole, and a crash leaves one file or the other.
-    let fresh = s.file.with_extension("new");
-    let _ = std::fs::remove_file(&fresh);
-    httvps_dataplane::files::write_private(&fresh, &json)
-        .and_then(|()| std::fs::rename(&fresh, s.file))
+    store(s.file, &stored)
         .with_context(|| format!("{p}_CREDENTIALS: writing {}", s.file.display()))?;
     tracing::info!(node.id = %answer.id, name = %answer.name, file = %s.file.display(), "enrolled");
     Backend::connect(&e.url, stored.token.expose(), &link).context("the control plane's URL")

@@ -270,6 +270,48 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     );
     let _ = node.start_kill();
     let _ = node.wait().await;
+    // A file written before files remembered their string, started with
+    // that (spent) string: the stored token stands, and the string is
+    // remembered so the next start does not try it again.
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&creds).expect("credentials")).expect("json");
+    v.as_object_mut().expect("object").remove("enrollment");
+    std::fs::write(&creds, serde_json::to_vec(&v).expect("json")).expect("write");
+    let log = d.join("node-old-file.log");
+    let mut node = relay(
+        &[
+            "node",
+            "--enroll",
+            &rotated,
+            "--credentials",
+            creds.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--allow-private",
+        ],
+        &log,
+    )
+    .spawn()
+    .expect("node");
+    let mut remembered = serde_json::Value::Null;
+    for _ in 0..150 {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&creds).expect("credentials")).expect("json");
+        if v["enrollment"].is_string() {
+            remembered = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        remembered["enrollment"].is_string(),
+        "the spent string was not remembered: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(remembered["token"].as_str(), Some(renewed.as_str()));
+    assert!(node.try_wait().expect("wait").is_none(), "the node runs on");
+    let _ = node.start_kill();
+    let _ = node.wait().await;
 
     // The gateway.
     let gw_port = common::stable_port();
