@@ -47,6 +47,26 @@ fn relay(args: &[&str], log: &Path) -> tokio::process::Command {
     c
 }
 
+/// `httvps-relay node --enroll STRING` on 127.0.0.1:`port`, keeping its
+/// credentials in `creds`.
+fn enrolled_node(string: &str, creds: &Path, port: u16, log: &Path) -> tokio::process::Child {
+    relay(
+        &[
+            "node",
+            "--enroll",
+            string,
+            "--credentials",
+            creds.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--allow-private",
+        ],
+        log,
+    )
+    .spawn()
+    .expect("node")
+}
+
 /// Waits until `query`'s nodes include one named `name` with health up.
 async fn wait_up(plane: &Plane, list: &str, name: &str, log: &Path) {
     for _ in 0..150 {
@@ -115,21 +135,7 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     );
     let creds = d.join("state/node.json");
     let log = d.join("node.log");
-    let mut node = relay(
-        &[
-            "node",
-            "--enroll",
-            &s,
-            "--credentials",
-            creds.to_str().expect("path"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--allow-private",
-        ],
-        &log,
-    )
-    .spawn()
-    .expect("node");
+    let mut node = enrolled_node(&s, &creds, port, &log);
     wait_up(&plane, "outlineNodes", "n1", &log).await;
     #[cfg(unix)]
     {
@@ -227,21 +233,7 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     // Started with the new string beside the old file, the node redeems
     // it and replaces the file.
     let log = d.join("node-rotated.log");
-    let mut node = relay(
-        &[
-            "node",
-            "--enroll",
-            &rotated,
-            "--credentials",
-            creds.to_str().expect("path"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--allow-private",
-        ],
-        &log,
-    )
-    .spawn()
-    .expect("node");
+    let mut node = enrolled_node(&rotated, &creds, port, &log);
     let mut renewed = token.clone();
     for _ in 0..150 {
         renewed = stored_token(&creds);
@@ -278,21 +270,7 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     v.as_object_mut().expect("object").remove("enrollment");
     std::fs::write(&creds, serde_json::to_vec(&v).expect("json")).expect("write");
     let log = d.join("node-old-file.log");
-    let mut node = relay(
-        &[
-            "node",
-            "--enroll",
-            &rotated,
-            "--credentials",
-            creds.to_str().expect("path"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--allow-private",
-        ],
-        &log,
-    )
-    .spawn()
-    .expect("node");
+    let mut node = enrolled_node(&rotated, &creds, port, &log);
     let mut remembered = serde_json::Value::Null;
     for _ in 0..150 {
         let v: serde_json::Value =
