@@ -1011,6 +1011,68 @@ async fn next_event(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn idle_sessions_end_with_their_event_and_active_ones_stay() {
+    let w = World::new().await;
+    let (_, t1) = w.node("eu", "n1", 100).await;
+    w.beat(&t1, 0).await;
+    let (_, _, idle_tok) = w.device().await;
+    let (_, _, busy_tok) = w.device().await;
+    let (s, b) = w.assign(&idle_tok, None).await;
+    assert_eq!(s, 200, "{b}");
+    let idle = b["session_id"].as_str().expect("session").to_owned();
+    let (s, b) = w.assign(&busy_tok, None).await;
+    assert_eq!(s, 200, "{b}");
+    let busy = b["session_id"].as_str().expect("session").to_owned();
+    let mut events = w.server.state.db.events().subscribe_sessions();
+    // Nothing idle yet: nothing ends.
+    let db = &w.server.state.db;
+    assert_eq!(heartbeats::end_idle_sessions(db).await.expect("sweep"), 0);
+    // One session saw nothing for longer than the idle limit, the other a
+    // minute short of it.
+    w.sql(&format!(
+        "UPDATE sessions SET last_activity_at = last_activity_at - interval '11 minutes' WHERE id = '{idle}'"
+    ))
+    .await;
+    w.sql(&format!(
+        "UPDATE sessions SET last_activity_at = last_activity_at - interval '9 minutes' WHERE id = '{busy}'"
+    ))
+    .await;
+    assert_eq!(heartbeats::end_idle_sessions(db).await.expect("sweep"), 1);
+    // The OPENED events of the assignments may still be on their way.
+    let ev = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let ev = events.recv().await.expect("event");
+            if ev.kind == httvps_control::feed::SessionEventKind::Closed {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("CLOSED in time");
+    assert_eq!(ev.session_id.to_string(), idle);
+    assert_eq!(ev.end_reason.as_deref(), Some("idle"), "{ev:?}");
+    let ended = |id: &str| {
+        format!(
+            "SELECT count(*) AS n FROM sessions WHERE id = '{id}' AND ended_at IS NOT NULL AND end_reason = 'idle'"
+        )
+    };
+    assert_eq!(w.scalar(&ended(&idle)).await, 1);
+    assert_eq!(
+        w.scalar(&format!(
+            "SELECT count(*) AS n FROM sessions WHERE id = '{busy}' AND ended_at IS NULL"
+        ))
+        .await,
+        1
+    );
+    // Ended once: a second sweep finds nothing, and the device's next
+    // assignment opens a new session.
+    assert_eq!(heartbeats::end_idle_sessions(db).await.expect("sweep"), 0);
+    let (s, b) = w.assign(&idle_tok, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_ne!(b["session_id"].as_str(), Some(idle.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn node_lease_expiry_publishes_down_and_stops_assignments() {
     let w = World::new().await;
     let (n1, t1) = w.node("eu", "n1", 100).await;

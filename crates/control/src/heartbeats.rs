@@ -1,6 +1,7 @@
 //! Heartbeats from gateways and Outline nodes, and the sweeper that marks
-//! nodes down when their lease runs out and ends idle sessions. Every health
-//! change publishes its node event in the transaction that makes it.
+//! nodes down when their lease runs out and (less often) ends idle
+//! sessions. Every health change publishes its node event in the
+//! transaction that makes it.
 
 use std::time::Duration;
 
@@ -189,9 +190,16 @@ pub async fn outline(db: &Db, n: &OutlineNode, beat: &OutlineBeat) -> AppResult<
     })
 }
 
-/// One sweep: nodes and gateways whose lease ran out go down (each change
-/// published once, even with several replicas sweeping), idle sessions end.
+/// One full sweep: [`sweep_leases`], then [`end_idle_sessions`].
 pub async fn sweep(db: &Db) -> AppResult<()> {
+    sweep_leases(db).await?;
+    end_idle_sessions(db).await?;
+    Ok(())
+}
+
+/// Nodes and gateways whose lease ran out go down (each change published
+/// once, even with several replicas sweeping).
+pub async fn sweep_leases(db: &Db) -> AppResult<()> {
     db_tx!(db, |conn, outbox| {
         let ts = now();
         let expired = ts - lease();
@@ -215,24 +223,6 @@ pub async fn sweep(db: &Db) -> AppResult<()> {
             .returning(GatewayNode::as_returning())
             .get_results(conn)
             .await?;
-        let idle: Vec<crate::ids::SessionId> = diesel::update(sessions::table)
-            .filter(sessions::ended_at.is_null())
-            .filter(sessions::last_activity_at.lt(ts - SESSION_IDLE))
-            .set((
-                sessions::ended_at.eq(ts),
-                sessions::end_reason.eq(EndReason::Idle),
-            ))
-            .returning(sessions::id)
-            .get_results(conn)
-            .await?;
-        if !idle.is_empty() {
-            let rows = crate::session_rows!(conn, idle);
-            outbox.sessions(crate::feed::session_events(
-                crate::feed::SessionEventKind::Closed,
-                rows,
-                ts,
-            ));
-        }
         for n in nodes {
             let code: String = regions::table
                 .find(n.region_id)
@@ -253,15 +243,61 @@ pub async fn sweep(db: &Db) -> AppResult<()> {
     })
 }
 
-/// Runs [`sweep`] every `every` until the task is dropped.
+/// Ends the sessions with no tunnel and no report for [`SESSION_IDLE`]
+/// (their CLOSED events in the same transaction); returns how many. It
+/// reads the whole sessions table, so it runs every [`IDLE_SWEEP_EVERY`],
+/// not with every lease sweep.
+pub async fn end_idle_sessions(db: &Db) -> AppResult<usize> {
+    db_tx!(db, |conn, outbox| {
+        let ts = now();
+        let idle: Vec<SessionId> = diesel::update(sessions::table)
+            .filter(sessions::ended_at.is_null())
+            .filter(sessions::last_activity_at.lt(ts - SESSION_IDLE))
+            .set((
+                sessions::ended_at.eq(ts),
+                sessions::end_reason.eq(EndReason::Idle),
+            ))
+            .returning(sessions::id)
+            .get_results(conn)
+            .await?;
+        if !idle.is_empty() {
+            let rows = crate::session_rows!(conn, &idle);
+            outbox.sessions(crate::feed::session_events(
+                crate::feed::SessionEventKind::Closed,
+                rows,
+                ts,
+            ));
+        }
+        Ok::<_, AppError>(idle.len())
+    })
+}
+
+/// How often idle sessions are looked for: a session ends between
+/// [`SESSION_IDLE`] and this much later. The search reads the whole
+/// sessions table (`last_activity_at` changes with every report, so an
+/// index on it would cost every report its in-place update): once a
+/// minute, not with every 2 s lease sweep.
+pub const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs [`sweep_leases`] every `every` and [`end_idle_sessions`] every
+/// [`IDLE_SWEEP_EVERY`] (the first time at start) until the task is dropped.
 pub fn spawn_sweeper(db: Db, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle_due = tokio::time::Instant::now();
         loop {
             tick.tick().await;
-            if let Err(e) = sweep(&db).await {
+            if let Err(e) = sweep_leases(&db).await {
                 tracing::warn!(error = %e, "sweep failed");
+            }
+            if tokio::time::Instant::now() >= idle_due {
+                idle_due = tokio::time::Instant::now() + IDLE_SWEEP_EVERY;
+                match end_idle_sessions(&db).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(sessions = n, "idle sessions ended"),
+                    Err(e) => tracing::warn!(error = %e, "idle session sweep failed"),
+                }
             }
         }
     })

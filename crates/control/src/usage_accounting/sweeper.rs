@@ -6,7 +6,8 @@
 //! connections older than [`WITNESS_KEEP`] are deleted. The
 //! decisions are pure ([`finished_hour`], [`period_start_at`], tested
 //! below); [`sweep_at`] runs them at a given time, under the appliers' lock
-//! so it never races a pass; [`spawn`] runs it on every replica.
+//! so it never races a pass; [`spawn`] runs it on every replica (looking
+//! for finished hours once per hour, the rest every [`SWEEP_EVERY`]).
 
 use std::time::Duration;
 
@@ -41,12 +42,14 @@ const SWEEP_CHUNK: i64 = 5_000;
 /// opened.
 pub const WITNESS_KEEP: chrono::Duration = chrono::Duration::hours(1);
 
-/// Deletes one chunk of links made before `$1`.
+/// Deletes one chunk of links made before `$1`, oldest first (by row
+/// address: the ordered chunk comes from the index on `linked_at`, which
+/// stops at the first younger link, and nothing else is read).
 const PRUNE_LINKS: Statement = Statement {
-    pg: "DELETE FROM witness_links WHERE (outline_node_id, peer) IN \
-         (SELECT outline_node_id, peer FROM witness_links WHERE linked_at < $1 LIMIT 5000)",
+    pg: "DELETE FROM witness_links WHERE ctid = ANY(ARRAY(\
+         SELECT ctid FROM witness_links WHERE linked_at < $1 ORDER BY linked_at LIMIT 5000))",
     sqlite: "DELETE FROM witness_links WHERE rowid IN \
-             (SELECT rowid FROM witness_links WHERE linked_at < ?1 LIMIT 5000)",
+             (SELECT rowid FROM witness_links WHERE linked_at < ?1 ORDER BY linked_at LIMIT 5000)",
 };
 
 /// A session's current hour as stored.
@@ -113,12 +116,23 @@ pub struct Swept {
 
 /// Sweeps at `now`: finished hours to the ledger, due periods reset.
 pub async fn sweep_at(db: &Db, now: NaiveDateTime) -> AppResult<Swept> {
+    sweep_with(db, now, true).await
+}
+
+/// [`sweep_at`], closing finished hours only when `hours` is true: the
+/// search for them reads every session that gained bytes, and once a sweep
+/// has closed every hour before the current one, only the next hour's
+/// start makes more (a pass always writes the hour it runs in, and closes
+/// an older one it finds itself).
+async fn sweep_with(db: &Db, now: NaiveDateTime, hours: bool) -> AppResult<Swept> {
     let mut swept = Swept::default();
-    loop {
-        let n = close_hours(db, now).await?;
-        swept.hours += n;
-        if n < usize::try_from(SWEEP_CHUNK).unwrap_or(usize::MAX) {
-            break;
+    if hours {
+        loop {
+            let n = close_hours(db, now).await?;
+            swept.hours += n;
+            if n < usize::try_from(SWEEP_CHUNK).unwrap_or(usize::MAX) {
+                break;
+            }
         }
     }
     swept.periods = reset_periods(db, now).await?;
@@ -295,9 +309,18 @@ pub fn spawn(db: Db) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The hour before which every finished hour is in the ledger.
+        let mut closed_before: Option<NaiveDateTime> = None;
         loop {
             tick.tick().await;
-            match sweep_at(&db, now()).await {
+            let at = now();
+            let hour = hour_of(at);
+            let hours = closed_before != Some(hour);
+            let swept = sweep_with(&db, at, hours).await;
+            if hours && swept.is_ok() {
+                closed_before = Some(hour);
+            }
+            match swept {
                 Ok(s) if s != Swept::default() => {
                     tracing::debug!(
                         usage.hours = s.hours,

@@ -1,0 +1,2 @@
+DROP INDEX subscriptions_status_period;
+DROP INDEX subscriptions_status_expiry;
