@@ -3,10 +3,13 @@
 //! stream of one TLS connection.
 //!
 //! Flow-control windows are fixed and sized for a long fat link rather
-//! than adaptive: 4 MiB per stream lets one stream fill about 640 Mbit/s
-//! at 50 ms RTT (210 Mbit/s at 150 ms), and 16 MiB per connection lets
-//! four bulk streams run at that rate together while bounding what one
-//! connection can make the gateway buffer. Fixed windows also keep the
+//! than adaptive: 4 MiB per stream (what a client may upload ahead of the
+//! node; the window also covers what waits in the client's socket buffer,
+//! so one upload moves at most 4 MiB per round trip), and 16 MiB per
+//! connection lets four such streams run together while
+//! bounding what one connection can make the gateway buffer for a node
+//! that does not read. Downloads are paced by the client's own, larger
+//! windows. Fixed windows also keep the
 //! scheduling fair: a bulk stream can never take the whole connection
 //! window, so a small stream beside it always has credit. Nothing is
 //! allocated for a window until data arrives, so idle streams cost only
