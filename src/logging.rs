@@ -25,3 +25,17 @@ pub fn init(format: LogFormat, debug: bool) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+
+/// Reports the error a command ends with: one `error: …` line on stderr
+/// for whoever started it, and, with JSON logs, the same as a log event
+/// for the collector (in the human format that line would say it twice).
+#[expect(
+    clippy::print_stderr,
+    reason = "the command's last word to its terminal"
+)]
+pub fn exiting(format: LogFormat, e: &anyhow::Error) {
+    if matches!(format, LogFormat::Json) {
+        tracing::error!(error = format!("{e:#}"), "exiting");
+    }
+    eprintln!("error: {e:#}");
+}

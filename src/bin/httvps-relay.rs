@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let cli: Cli = httvps::cli::parse();
     httvps::logging::init(cli.log.log_format, cli.log.debug);
+    let format = cli.log.log_format;
     tls::install_provider();
     // Before any socket: tunnels need descriptors, not the default 1,024.
     httvps_dataplane::nofile::raise();
@@ -62,8 +63,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, cli.log.check)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("error: {e:#}");
+            httvps::logging::exiting(format, &e);
             ExitCode::FAILURE
         }
     }

@@ -132,6 +132,7 @@ fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let cli: Cli = httvps::cli::parse();
     httvps::logging::init(cli.log.log_format, cli.log.debug);
+    let format = cli.log.log_format;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -145,8 +146,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("error: {e:#}");
+            httvps::logging::exiting(format, &e);
             ExitCode::FAILURE
         }
     }

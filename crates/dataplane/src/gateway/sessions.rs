@@ -214,7 +214,13 @@ impl Sessions {
         let inner = lock(&self.inner);
         for o in orders {
             if let Some(s) = inner.live.get(&o.session_id) {
-                tracing::info!(session.id = %o.session_id, reason = %o.reason, "closing session");
+                // The control plane repeats an order with every report
+                // that names the session: said once, at info.
+                if *s.close.borrow() == Closing::Closed {
+                    tracing::debug!(session.id = %o.session_id, reason = %o.reason, "closing session again");
+                } else {
+                    tracing::info!(session.id = %o.session_id, reason = %o.reason, "closing session");
+                }
                 // Tunnels open now close; a later tunnel of the same
                 // session (never routed there again once the cache forgot
                 // it) is left alone, as when no tunnel listens.
