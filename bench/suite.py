@@ -674,8 +674,19 @@ INSERT INTO outline_nodes (id, region_id, name, host, port, method, secret, uses
     wait_port(port)
     script = os.path.join(WORK, "device.lua")
     with open(script, "w") as f:
+        # Each of wrk's threads runs the script in a Lua state of its own:
+        # seeded alike, both would ask for the same devices in the same
+        # order, and half the calls would meet a call for the same device
+        # in flight (a lock wait on its new session, not a first call).
         f.write(f"""
-math.randomseed(os.time())
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  math.randomseed(os.time() * 16 + tid)
+end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {GATEWAY_TOKEN}"
