@@ -256,6 +256,20 @@ fn the_dockerfile_builds_locked_from_a_cached_layer_as_a_user() {
 #[test]
 fn the_dockerfiles_dependency_layer_runs_from_the_manifests_alone() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The cache must hold every locked package, for every target, as the
+    // layer's `cargo fetch` asks (a build fetches only its own platform's):
+    // fetched here, from the registry, when a fresh machine lacks some.
+    let fetched = std::process::Command::new("cargo")
+        .args(["fetch", "--locked"])
+        .current_dir(root)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("cargo fetch");
+    assert!(
+        fetched.status.success(),
+        "cargo fetch --locked in the repository\n{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
     let d = read("Dockerfile");
     // Join continuation lines, then take the build stage's steps.
     let joined = d.replace("\\\n", " ");
