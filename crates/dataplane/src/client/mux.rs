@@ -31,11 +31,11 @@ use super::params::Params;
 /// Receive window per stream: what the gateway may send a stream ahead of
 /// our reader. A download runs at most window / RTT, and the window also
 /// covers what waits in the gateway's socket buffer (up to the kernel's
-/// `tcp_wmem`, 4 MiB by default), so 4 MiB held one stream to about 0.6x
-/// of a plain TCP connection at 50 ms RTT; 16 MiB leaves the TCP
-/// connection as the limit up to about 2 Gbit/s at 50 ms (600 Mbit/s at
-/// 150 ms). Only our own memory is at stake: data arrives no faster than
-/// the local reader takes it once the window is spent.
+/// `tcp_wmem`, 4 MiB by default), so 4 MiB held a download below a
+/// connection per tunnel at 50 ms RTT; 16 MiB keeps the window out of
+/// the way up to about 2 Gbit/s at 50 ms (600 Mbit/s at 150 ms). Only
+/// our own memory is at stake: data arrives no faster than the local
+/// reader takes it once the window is spent.
 const STREAM_WINDOW: u32 = 16 << 20;
 
 /// Receive window of the connection: four streams at full window, so a
