@@ -678,12 +678,7 @@ INSERT INTO outline_nodes (id, region_id, name, host, port, method, secret, uses
         # seeded alike, both would ask for the same devices in the same
         # order, and half the calls would meet a call for the same device
         # in flight (a lock wait on its new session, not a first call).
-        f.write(f"""
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
+        f.write(LUA_THREAD_IDS + f"""
 function init(args)
   math.randomseed(os.time() * 16 + tid)
 end
@@ -750,16 +745,22 @@ def scalar(dsn, sql):
     return out.stdout.decode().strip()
 
 
-def lua_preamble(items_file):
-    """What the report scripts share: each of wrk's two threads numbered
-    (`tid`), the session ids of `items_file` read into `items`, 200 per
-    batch, and the request counters at zero."""
-    return f"""
+# Numbers each of wrk's threads (`tid`, from 0): every thread runs the
+# script in a Lua state of its own.
+LUA_THREAD_IDS = """
 local threads = 0
 function setup(thread)
   thread:set("tid", threads)
   threads = threads + 1
 end
+"""
+
+
+def lua_preamble(items_file):
+    """What the report scripts share: each of wrk's two threads numbered
+    (`tid`), the session ids of `items_file` read into `items`, 200 per
+    batch, and the request counters at zero."""
+    return LUA_THREAD_IDS + f"""
 function init(args)
   items = {{}}
   for line in io.lines("{items_file}") do items[#items + 1] = line end
