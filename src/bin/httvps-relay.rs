@@ -60,6 +60,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Seeding takes a while once per process; the runtime waits for it
+    // when it shuts down.
+    runtime.spawn_blocking(tls::seed_random);
     match runtime.block_on(run(cli.command, cli.log.check)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -34,6 +34,18 @@ pub fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Seeds the process's random generator: aws-lc collects CPU-jitter
+/// entropy for its root seed on the first use in a process, about 40 ms of
+/// one core. Run at start (on a blocking thread, beside the first network
+/// round trips), so that a client's first TLS handshake does not stop for
+/// it between its TCP connection and its ClientHello.
+pub fn seed_random() {
+    let mut bytes = [0u8; 16];
+    if provider().secure_random.fill(&mut bytes).is_err() {
+        tracing::warn!("the random generator failed to seed");
+    }
+}
+
 /// aws-lc-rs with TLS_AES_128_GCM_SHA256 preferred: its handshake hashes
 /// with SHA-256, which CPUs accelerate (SHA-384 is computed in software),
 /// and AES-128 is the cheapest bulk cipher where AES instructions exist.
