@@ -238,6 +238,13 @@ pub struct ConnectArgs {
     /// connection per tunnel when the gateway does not offer it.
     #[arg(long, env = "CLIENT_MUX", default_value = "false", value_parser = crate::cli::parse_bool)]
     pub mux: bool,
+    /// With --mux: how many warm HTTP/2 connections to keep; a new tunnel
+    /// goes to the one carrying the fewest, so a bulk download and the
+    /// small requests beside it travel apart (a loss on one TCP
+    /// connection holds back every stream on it).
+    #[arg(long, env = "CLIENT_MUX_CONNECTIONS", default_value_t = client::DEFAULT_MUX_CONNECTIONS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=client::MAX_MUX_CONNECTIONS as i64))]
+    pub mux_connections: u16,
 }
 
 /// The gateway's validated settings: nothing bound yet.
@@ -398,6 +405,7 @@ pub fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> 
         forward: a.forward,
         link,
         mux: a.mux,
+        mux_connections: usize::from(a.mux_connections),
     })
 }
 

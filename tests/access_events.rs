@@ -213,6 +213,7 @@ async fn a_device_revoked_from_the_command_line_loses_its_open_tunnel_within_5_s
         forward: Some(echo.to_string()),
         link: Default::default(),
         mux: false,
+        mux_connections: client::DEFAULT_MUX_CONNECTIONS,
     };
     let client_task = tokio::spawn(async move {
         let _ = client::run(client_opts, local, std::future::pending::<()>()).await;

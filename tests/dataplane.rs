@@ -407,6 +407,7 @@ async fn forward_mode_pipes_a_local_port_to_one_destination() {
         forward: Some(target.to_string()),
         link: Default::default(),
         mux: false,
+        mux_connections: client::DEFAULT_MUX_CONNECTIONS,
     };
     // The listener is bound already: connections wait in its backlog
     // until the client accepts them, so no pause is needed.
@@ -1122,6 +1123,7 @@ impl Plane {
             forward: None,
             link: Default::default(),
             mux: false,
+            mux_connections: client::DEFAULT_MUX_CONNECTIONS,
         };
         // Bound already: connections wait in the backlog until it accepts.
         tokio::spawn(async move {
@@ -1679,6 +1681,7 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
         forward: None,
         link: Default::default(),
         mux: false,
+        mux_connections: client::DEFAULT_MUX_CONNECTIONS,
     };
     // The listener is bound already: connections wait in its backlog
     // until the client accepts them, so no pause is needed.

@@ -123,6 +123,30 @@ async fn echo_tunnels(socks: SocketAddr, echo: SocketAddr, n: usize, len: usize)
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_keeping_two_connections_spreads_its_tunnels_over_them() {
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux_connections(true, 2).await;
+    echo_tunnels(socks, echo, 20, 64 * 1024).await;
+    // Both warm connections, and no connection of a tunnel's own.
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        2.0,
+        "connections the gateway accepted"
+    );
+    // Tunnels held open side by side on the pool keep working.
+    let mut held = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut held).await);
+    let mut beside = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut beside).await);
+    assert!(alive(&mut held).await);
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn fifty_mux_tunnels_share_one_connection_byte_exact_and_counted_as_single_ones() {
     let plane = Plane::start(1).await;
     let echo = plane::echo_server().await;

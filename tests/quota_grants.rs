@@ -102,6 +102,7 @@ async fn client_via(plane: &Plane, token: &str, gateway: SocketAddr) -> SocketAd
         forward: None,
         link: Default::default(),
         mux: false,
+        mux_connections: client::DEFAULT_MUX_CONNECTIONS,
     };
     tokio::spawn(async move {
         let _ = client::run(opts, listener, std::future::pending::<()>()).await;

@@ -89,6 +89,7 @@ fn no_type_holding_a_secret_formats_it() {
         forward: None,
         link: Default::default(),
         mux: false,
+        mux_connections: client::DEFAULT_MUX_CONNECTIONS,
     };
     assert_hidden("ClientOptions", &debug(&client_options));
     for token in [TOKEN, JWT] {

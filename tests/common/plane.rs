@@ -339,6 +339,12 @@ impl Plane {
     /// [`Plane::client`], multiplexing its tunnels over one HTTP/2
     /// connection when `mux`.
     pub async fn client_with_mux(&self, mux: bool) -> SocketAddr {
+        self.client_with_mux_connections(mux, 1).await
+    }
+
+    /// [`Plane::client`], multiplexing its tunnels over `connections` warm
+    /// HTTP/2 connections when `mux`.
+    pub async fn client_with_mux_connections(&self, mux: bool, connections: usize) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let opts = client::ClientOptions {
@@ -350,6 +356,7 @@ impl Plane {
             forward: None,
             link: Default::default(),
             mux,
+            mux_connections: connections,
         };
         tokio::spawn(async move {
             if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {

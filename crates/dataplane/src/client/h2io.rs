@@ -27,11 +27,17 @@ pub(super) struct H2Stream {
     eof: bool,
     /// Our end of the stream was sent.
     ended: bool,
+    /// Counts the stream in its connection's load until dropped.
+    _count: super::mux::StreamCount,
 }
 
 impl H2Stream {
     /// The stream of a request just sent.
-    pub(super) fn new(response: ResponseFuture, send: SendStream<Bytes>) -> Self {
+    pub(super) fn new(
+        response: ResponseFuture,
+        send: SendStream<Bytes>,
+        count: super::mux::StreamCount,
+    ) -> Self {
         H2Stream {
             response: Some(response),
             recv: None,
@@ -39,6 +45,7 @@ impl H2Stream {
             pending: Bytes::new(),
             eof: false,
             ended: false,
+            _count: count,
         }
     }
 }

@@ -9,8 +9,8 @@
 //! - `socks`: the SOCKS5 front.
 //! - `udp`: UDP ASSOCIATE.
 //! - `forward`: one tunnel per local TCP connection.
-//! - `mux`, `h2io`: with `--mux`, TCP tunnels as streams of one warm
-//!   HTTP/2 connection (WebSockets over extended CONNECT, RFC 8441); UDP
+//! - `mux`, `h2io`: with `--mux`, TCP tunnels as streams of a few warm
+//!   HTTP/2 connections (WebSockets over extended CONNECT, RFC 8441); UDP
 //!   associations keep their own HTTP/1.1 WebSocket.
 
 use std::path::PathBuf;
@@ -56,11 +56,19 @@ pub struct ClientOptions {
     pub forward: Option<String>,
     /// How the control plane is reached and trusted.
     pub link: crate::link::Link,
-    /// Carry TCP tunnels as streams of one warm HTTP/2 connection to the
+    /// Carry TCP tunnels as streams of warm HTTP/2 connections to the
     /// gateway (falls back to one WebSocket connection per tunnel when the
     /// gateway does not offer it).
     pub mux: bool,
+    /// How many warm connections `mux` keeps (1 to
+    /// [`MAX_MUX_CONNECTIONS`]); a new tunnel goes to the one with the
+    /// fewest open tunnels.
+    pub mux_connections: usize,
 }
+
+pub use mux::{
+    DEFAULT_CONNECTIONS as DEFAULT_MUX_CONNECTIONS, MAX_CONNECTIONS as MAX_MUX_CONNECTIONS,
+};
 
 /// Pause after a failed accept before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -214,7 +222,10 @@ pub async fn run(
     let params = params::fetch(&opts, &backend).await?;
     tracing::info!(region = %params.region, gateway = %params.gateway_host, "client ready");
     let mux = if opts.mux {
-        Some(mux::Mux::new(opts.ca_cert.as_deref())?)
+        Some(mux::Mux::new(
+            opts.ca_cert.as_deref(),
+            opts.mux_connections,
+        )?)
     } else {
         None
     };

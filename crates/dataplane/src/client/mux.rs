@@ -1,19 +1,28 @@
-//! The multiplexed transport (`--mux`): one warm TLS connection to the
-//! gateway speaking HTTP/2, every TCP tunnel a WebSocket over an extended
-//! CONNECT stream of it (RFC 8441). A new tunnel on a warm connection
-//! costs no TCP, TLS or WebSocket handshake: its first Shadowsocks bytes
-//! leave right behind the stream's HEADERS.
+//! The multiplexed transport (`--mux`): a few warm TLS connections to the
+//! gateway speaking HTTP/2 (`--mux-connections`, 2 by default), every TCP
+//! tunnel a WebSocket over an extended CONNECT stream of one of them (RFC
+//! 8441). A new tunnel on a warm connection costs no TCP, TLS or
+//! WebSocket handshake: its first Shadowsocks bytes leave right behind the
+//! stream's HEADERS.
 //!
-//! The connection is opened at start and kept: h2 pings every
-//! [`PING_EVERY`] (a missed answer ends it), and a keeper task opens a new
-//! one when it fails, when the gateway sends GOAWAY (the next stream is
+//! A new stream goes to the warm connection that carries the fewest open
+//! streams ([`least_loaded`]). Streams of one connection share one TCP
+//! byte stream: a loss holds back every stream behind it until the
+//! retransmission lands (a round trip), and a small answer queues behind
+//! the bulk data already in the socket. With two connections a bulk
+//! download and the small requests opened beside it travel apart, and the
+//! connections' work (TLS, HTTP/2 framing) runs on two cores.
+//!
+//! Each connection is opened at start and kept: h2 pings every
+//! [`PING_EVERY`] (a missed answer ends it), and a keeper opens a new one
+//! when it fails, when the gateway sends GOAWAY (the next stream is
 //! refused and opened again on a new connection) and when node events
 //! change the parameters. A gateway that does not choose `h2` by ALPN or
 //! does not enable extended CONNECT gets HTTP/1.1 WebSockets, as without
 //! `--mux`, and is asked again after [`H1_RECHECK`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -52,6 +61,12 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// How long a ping's answer (and the connection's setup) may take.
 const PING_WAIT: Duration = Duration::from_secs(20);
 
+/// Warm connections a client keeps unless told otherwise.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+
+/// The most warm connections a client may be told to keep.
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// How long a gateway that speaks only HTTP/1.1 is not asked again.
 const H1_RECHECK: Duration = Duration::from_secs(60);
 
@@ -79,33 +94,77 @@ struct Warm {
     send: SendRequest<Bytes>,
     /// Cancelled when the connection is over.
     over: CancellationToken,
+    /// Its open streams (see [`StreamCount`]).
+    streams: Arc<AtomicUsize>,
 }
 
-/// The warm connection and what keeps it.
-pub(super) struct Mux {
-    tls: TlsConnector,
+/// One open stream in its connection's count, for as long as it lives.
+pub(super) struct StreamCount(Arc<AtomicUsize>);
+
+impl StreamCount {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        StreamCount(count.clone())
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The slot a new stream goes to, from each slot's open streams (`None`:
+/// no warm connection there): the warm one with the fewest (the first of
+/// equals), else the first slot, whose keeper is dialing.
+pub(super) fn least_loaded(loads: &[Option<usize>]) -> usize {
+    loads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, load)| load.map(|n| (n, i)))
+        .min()
+        .map_or(0, |(_, i)| i)
+}
+
+/// One warm connection's place and what keeps it.
+struct Slot {
     warm: Mutex<Option<Warm>>,
     /// One connection attempt at a time.
     dialing: tokio::sync::Mutex<()>,
+    /// Wakes the slot's keeper: the parameters changed.
+    renew: Notify,
+}
+
+/// The warm connections and what keeps them.
+pub(super) struct Mux {
+    tls: TlsConnector,
+    slots: Vec<Slot>,
     /// Until when the gateway is known to take HTTP/1.1 only.
     h1_until: Mutex<Option<Instant>>,
-    /// Wakes the keeper: the parameters changed.
-    renew: Notify,
     /// The next connection's id.
     next_id: AtomicU64,
 }
 
 impl Mux {
-    /// A transport trusting `ca_cert` besides the system's roots.
-    pub(super) fn new(ca_cert: Option<&std::path::Path>) -> anyhow::Result<Self> {
+    /// A transport keeping `connections` warm connections (at least one),
+    /// trusting `ca_cert` besides the system's roots.
+    pub(super) fn new(
+        ca_cert: Option<&std::path::Path>,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
         let tls =
             crate::tls::connector_with_alpn(ca_cert, vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+        let slots = (0..connections.clamp(1, MAX_CONNECTIONS))
+            .map(|_| Slot {
+                warm: Mutex::new(None),
+                dialing: tokio::sync::Mutex::new(()),
+                renew: Notify::new(),
+            })
+            .collect();
         Ok(Mux {
             tls,
-            warm: Mutex::new(None),
-            dialing: tokio::sync::Mutex::new(()),
+            slots,
             h1_until: Mutex::new(None),
-            renew: Notify::new(),
             next_id: AtomicU64::new(0),
         })
     }
@@ -118,16 +177,22 @@ impl Mux {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    /// The parameters changed: new streams go on a new connection (open
+    /// The parameters changed: new streams go on new connections (open
     /// ones finish on the old).
     pub(super) fn renew(&self) {
-        *self.warm.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        self.renew.notify_one();
+        for slot in &self.slots {
+            *slot.warm.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            slot.renew.notify_one();
+        }
     }
 
-    /// The warm connection to the gateway of `p`, if there is one.
-    fn current(&self, p: &Params) -> Option<Warm> {
-        let warm = self.warm.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The warm connection of slot `i` to the gateway of `p`, if there is
+    /// one.
+    fn current(&self, i: usize, p: &Params) -> Option<Warm> {
+        let warm = self.slots[i]
+            .warm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         warm.as_ref()
             .filter(|w| {
                 !w.over.is_cancelled()
@@ -137,28 +202,45 @@ impl Mux {
             .cloned()
     }
 
-    /// Takes no more streams on `gone` (not a newer connection); its open
-    /// streams finish on it (after a GOAWAY, say).
-    fn forget(&self, gone: &Warm) {
-        let mut warm = self.warm.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Takes no more streams on `gone` (not a newer connection) in slot
+    /// `i`; its open streams finish on it (after a GOAWAY, say).
+    fn forget(&self, i: usize, gone: &Warm) {
+        let mut warm = self.slots[i]
+            .warm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if warm.as_ref().is_some_and(|w| w.id == gone.id) {
             *warm = None;
         }
     }
 
-    /// The warm connection, opened now if there is none.
-    async fn ensure(&self, p: &Params) -> Result<Warm, MuxError> {
-        if let Some(w) = self.current(p) {
+    /// The slot a new stream to the gateway of `p` goes to.
+    fn pick(&self, p: &Params) -> usize {
+        let loads: Vec<Option<usize>> = (0..self.slots.len())
+            .map(|i| {
+                self.current(i, p)
+                    .map(|w| w.streams.load(Ordering::Relaxed))
+            })
+            .collect();
+        least_loaded(&loads)
+    }
+
+    /// The warm connection of slot `i`, opened now if there is none.
+    async fn ensure(&self, i: usize, p: &Params) -> Result<Warm, MuxError> {
+        if let Some(w) = self.current(i, p) {
             return Ok(w);
         }
-        let _dialing = self.dialing.lock().await;
-        if let Some(w) = self.current(p) {
+        let _dialing = self.slots[i].dialing.lock().await;
+        if let Some(w) = self.current(i, p) {
             return Ok(w);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         match dial(&self.tls, p, id).await {
             Ok(w) => {
-                *self.warm.lock().unwrap_or_else(PoisonError::into_inner) = Some(w.clone());
+                *self.slots[i]
+                    .warm
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(w.clone());
                 Ok(w)
             }
             Err(MuxError::NoH2) => {
@@ -172,22 +254,27 @@ impl Mux {
     }
 
     /// Opens a tunnel's stream to `/ws/{token}/tcp` on the warm connection
-    /// (on a new one if it is gone or the gateway sent GOAWAY).
+    /// with the fewest streams (on a new one if it is gone or the gateway
+    /// sent GOAWAY).
     pub(super) async fn stream(&self, p: &Params, token: &str) -> Result<H2Stream, MuxError> {
         let mut last = None;
         for _ in 0..2 {
-            let warm = self.ensure(p).await?;
+            let i = self.pick(p);
+            let warm = self.ensure(i, p).await?;
             let req = request(p, token)?;
             let sent = async {
                 let mut send = warm.send.clone().ready().await?;
                 send.send_request(req, false)
             };
             match tokio::time::timeout(PING_WAIT, sent).await {
-                Ok(Ok((response, send))) => return Ok(H2Stream::new(response, send)),
+                Ok(Ok((response, send))) => {
+                    let count = StreamCount::new(&warm.streams);
+                    return Ok(H2Stream::new(response, send, count));
+                }
                 Ok(Err(e)) => last = Some(anyhow::Error::new(e)),
                 Err(_) => last = Some(anyhow::anyhow!("no stream within {PING_WAIT:?}")),
             }
-            self.forget(&warm);
+            self.forget(i, &warm);
         }
         Err(MuxError::Other(
             last.unwrap_or_else(|| anyhow::anyhow!("no stream")),
@@ -312,24 +399,32 @@ async fn dial(tls: &TlsConnector, p: &Params, id: u64) -> Result<Warm, MuxError>
         gateway: (p.gateway_host.clone(), p.gateway_port),
         send,
         over,
+        streams: Arc::new(AtomicUsize::new(0)),
     })
 }
 
-/// Keeps a warm connection to the current gateway until the client ends:
-/// opened at start, opened again when it ends or the parameters change.
-pub(super) async fn keep(shared: std::sync::Arc<super::Shared>) {
+/// Keeps every warm connection to the current gateway until the client
+/// ends: opened at start, opened again when it ends or the parameters
+/// change.
+pub(super) async fn keep(shared: Arc<super::Shared>) {
     let Some(mux) = shared.mux.as_ref() else {
         return;
     };
+    futures_util::future::join_all((0..mux.slots.len()).map(|i| keep_slot(&shared, mux, i))).await;
+}
+
+/// Keeps slot `i`'s connection (see [`keep`]).
+async fn keep_slot(shared: &super::Shared, mux: &Mux, i: usize) {
+    let renew = &mux.slots[i].renew;
     let mut backoff = Duration::from_millis(200);
     loop {
         let p = shared.params();
-        let pause = match mux.ensure(&p).await {
+        let pause = match mux.ensure(i, &p).await {
             Ok(warm) => {
                 backoff = Duration::from_millis(200);
                 tokio::select! {
                     () = warm.over.cancelled() => {}
-                    () = mux.renew.notified() => {}
+                    () = renew.notified() => {}
                 }
                 continue;
             }
@@ -342,7 +437,47 @@ pub(super) async fn keep(shared: std::sync::Arc<super::Shared>) {
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = mux.renew.notified() => {}
+            () = renew.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_stream_goes_to_the_warm_connection_with_the_fewest() {
+        assert_eq!(least_loaded(&[Some(1), Some(0)]), 1, "beside a bulk stream");
+        assert_eq!(
+            least_loaded(&[Some(3), Some(2), Some(2)]),
+            1,
+            "first of equals"
+        );
+        assert_eq!(least_loaded(&[Some(0), Some(0)]), 0);
+        assert_eq!(
+            least_loaded(&[None, Some(7)]),
+            1,
+            "a warm one over a dialing one"
+        );
+        assert_eq!(least_loaded(&[Some(4), None]), 0);
+        assert_eq!(least_loaded(&[None, None]), 0, "none warm: the first slot");
+        assert_eq!(
+            least_loaded(&[Some(9)]),
+            0,
+            "one connection takes everything"
+        );
+    }
+
+    #[test]
+    fn a_stream_counts_while_it_lives() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let a = StreamCount::new(&count);
+        let b = StreamCount::new(&count);
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(count.load(Ordering::Relaxed), 0);
     }
 }
