@@ -9,12 +9,30 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use h2::client::ResponseFuture;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// One open stream in its connection's count, for as long as it lives.
+pub(super) struct StreamCount(Arc<AtomicUsize>);
+
+impl StreamCount {
+    pub(super) fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        StreamCount(count.clone())
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A tunnel's stream.
 pub(super) struct H2Stream {
@@ -28,7 +46,7 @@ pub(super) struct H2Stream {
     /// Our end of the stream was sent.
     ended: bool,
     /// Counts the stream in its connection's load until dropped.
-    _count: super::mux::StreamCount,
+    _count: StreamCount,
 }
 
 impl H2Stream {
@@ -36,7 +54,7 @@ impl H2Stream {
     pub(super) fn new(
         response: ResponseFuture,
         send: SendStream<Bytes>,
-        count: super::mux::StreamCount,
+        count: StreamCount,
     ) -> Self {
         H2Stream {
             response: Some(response),

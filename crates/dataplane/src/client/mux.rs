@@ -34,7 +34,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 
-use super::h2io::H2Stream;
+use super::h2io::{H2Stream, StreamCount};
 use super::params::Params;
 
 /// Receive window per stream: what the gateway may send a stream ahead of
@@ -96,22 +96,6 @@ struct Warm {
     over: CancellationToken,
     /// Its open streams (see [`StreamCount`]).
     streams: Arc<AtomicUsize>,
-}
-
-/// One open stream in its connection's count, for as long as it lives.
-pub(super) struct StreamCount(Arc<AtomicUsize>);
-
-impl StreamCount {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        StreamCount(count.clone())
-    }
-}
-
-impl Drop for StreamCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// The slot a new stream goes to, from each slot's open streams (`None`:
