@@ -119,6 +119,13 @@ struct Slot {
     renew: Notify,
 }
 
+impl Slot {
+    /// The slot's connection, locked.
+    fn warm(&self) -> std::sync::MutexGuard<'_, Option<Warm>> {
+        self.warm.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The warm connections and what keeps them.
 pub(super) struct Mux {
     tls: TlsConnector,
@@ -165,7 +172,7 @@ impl Mux {
     /// ones finish on the old).
     pub(super) fn renew(&self) {
         for slot in &self.slots {
-            *slot.warm.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            *slot.warm() = None;
             slot.renew.notify_one();
         }
     }
@@ -173,10 +180,7 @@ impl Mux {
     /// The warm connection of slot `i` to the gateway of `p`, if there is
     /// one.
     fn current(&self, i: usize, p: &Params) -> Option<Warm> {
-        let warm = self.slots[i]
-            .warm
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let warm = self.slots[i].warm();
         warm.as_ref()
             .filter(|w| {
                 !w.over.is_cancelled()
@@ -189,10 +193,7 @@ impl Mux {
     /// Takes no more streams on `gone` (not a newer connection) in slot
     /// `i`; its open streams finish on it (after a GOAWAY, say).
     fn forget(&self, i: usize, gone: &Warm) {
-        let mut warm = self.slots[i]
-            .warm
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut warm = self.slots[i].warm();
         if warm.as_ref().is_some_and(|w| w.id == gone.id) {
             *warm = None;
         }
@@ -221,10 +222,7 @@ impl Mux {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         match dial(&self.tls, p, id).await {
             Ok(w) => {
-                *self.slots[i]
-                    .warm
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(w.clone());
+                *self.slots[i].warm() = Some(w.clone());
                 Ok(w)
             }
             Err(MuxError::NoH2) => {
