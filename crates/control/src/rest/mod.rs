@@ -15,11 +15,11 @@ mod nodes;
 mod openapi;
 use openapi::Contract;
 
-use axum::extract::rejection::JsonRejection;
+use axum::Router;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use bytes::Bytes;
 use httvps_wire::HealthBody;
 use utoipa::OpenApi;
 
@@ -88,38 +88,66 @@ async fn parse_body<S: Send + Sync, T: serde::de::DeserializeOwned>(
     req: Request,
     state: &S,
 ) -> Result<T, AppError> {
-    match Json::<serde_json::Value>::from_request(req, state).await {
-        Ok(Json(v)) => {
-            // serde reads a struct from an array too: refuse it here.
-            if !v.is_object() {
-                return Err(AppError::bad("the body must be a JSON object"));
-            }
-            storable_json(&v).map_err(AppError::BadRequest)?;
-            serde_json::from_value(v).map_err(|e| AppError::bad(format!("invalid body: {e}")))
-        }
-        Err(JsonRejection::MissingJsonContentType(_)) => {
-            Err(AppError::bad("the body must be application/json"))
-        }
-        Err(JsonRejection::JsonSyntaxError(_)) => Err(AppError::bad("the body is not valid JSON")),
-        Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(AppError::TooLarge)
-        }
-        Err(e) => Err(AppError::bad(format!("unreadable body: {}", e.body_text()))),
+    if !json_content_type(req.headers()) {
+        return Err(AppError::bad("the body must be application/json"));
+    }
+    let bytes = match Bytes::from_request(req, state).await {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(AppError::TooLarge),
+        Err(e) => return Err(AppError::bad(format!("unreadable body: {}", e.body_text()))),
+    };
+    // Straight into the typed body: no tree of values first (a usage
+    // report carries hundreds of entries).
+    let parsed = serde_json::from_slice::<T>(&bytes);
+    if parsed.is_err() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+        return Err(AppError::bad("the body is not valid JSON"));
+    }
+    // serde reads a struct from an array too: refuse it here.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AppError::bad("the body must be a JSON object"));
+    }
+    storable_json(&bytes).map_err(AppError::BadRequest)?;
+    parsed.map_err(|e| AppError::bad(format!("invalid body: {e}")))
+}
+
+/// `application/json` or an `application/*+json` type, as axum's `Json`
+/// accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some((ty, sub)) => ty == "application" && (sub == "json" || sub.ends_with("+json")),
+        None => false,
     }
 }
 
-/// Checks every string of a JSON value (keys included) can be stored.
-fn storable_json(v: &serde_json::Value) -> Result<(), String> {
-    use serde_json::Value as J;
-    match v {
-        J::String(s) => crate::validate::storable(s),
-        J::Array(items) => items.iter().try_for_each(storable_json),
-        J::Object(fields) => fields.iter().try_for_each(|(k, v)| {
-            crate::validate::storable(k)?;
-            storable_json(v)
-        }),
-        _ => Ok(()),
+/// Checks every string of a syntactically valid JSON document (keys
+/// included) can be stored: none holds a NUL character. A JSON string
+/// spells NUL only as the escape `\u0000` (a raw control character is
+/// invalid JSON), so the check reads escapes and skips the rest.
+fn storable_json(json: &[u8]) -> Result<(), String> {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json.get(i + 1) == Some(&b'u') && json.get(i + 2..i + 6) == Some(b"0000") {
+                return crate::validate::storable("\0");
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
     }
+    Ok(())
 }
 
 /// Readiness of the control plane and its database.
@@ -164,4 +192,37 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         openapi_json_text(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_escape_is_found_and_an_escaped_backslash_is_not_one() {
+        assert!(storable_json(br#"{"a":"x\u0000y"}"#).is_err());
+        assert!(storable_json(br#"{"a\u0000":1}"#).is_err());
+        assert!(
+            storable_json(br#"{"a":"x\\u0000y"}"#).is_ok(),
+            "a backslash, then u0000"
+        );
+        assert!(storable_json(br#"{"a":"x\\\u0000"}"#).is_err());
+        assert!(storable_json(br#"{"a":"\u00001"}"#).is_err());
+        assert!(storable_json(br#"{"a":"\u0001\"\\"}"#).is_ok());
+    }
+
+    #[test]
+    fn json_types_are_those_axum_accepts() {
+        let with = |ct: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::CONTENT_TYPE, ct.parse().unwrap());
+            json_content_type(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/problem+json"));
+        assert!(!with("text/json"));
+        assert!(!with("application/jsonx"));
+        assert!(!json_content_type(&axum::http::HeaderMap::new()));
+    }
 }
