@@ -637,3 +637,56 @@ async fn hourly_ledger_migration_sums_earlier_rows_into_hours() {
         ]
     );
 }
+
+#[derive(diesel::QueryableByName)]
+struct Spelled {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    v: String,
+}
+
+/// A statement that uses `$1` twice, run through `Prepared`.
+const TWICE: db::Statement = db::Statement {
+    pg: "SELECT $1::text || $2::text || $1::text AS v",
+    sqlite: "SELECT ?1 || ?2 || ?1 AS v",
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_statements_stay_prepared_and_bind_a_reused_number_twice() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    let t = TestDb::pg().await;
+    let mut conn = AsyncPgConnection::establish(&t.url())
+        .await
+        .expect("connect");
+    for _ in 0..3 {
+        let row: Spelled = TWICE
+            .prepared(&conn)
+            .text("a")
+            .text("b")
+            .get_result(&mut conn)
+            .await
+            .expect("prepared");
+        assert_eq!(row.v, "aba");
+    }
+    // diesel's own raw query is prepared and closed on every run; ours is
+    // prepared once and kept.
+    let kept: Spelled = diesel::sql_query(
+        "SELECT count(*)::text AS v FROM pg_prepared_statements \
+         WHERE statement LIKE 'SELECT $1::text || $2::text || $3::text%'",
+    )
+    .get_result(&mut conn)
+    .await
+    .expect("count");
+    assert_eq!(kept.v, "1", "one statement prepared for three runs");
+    let lite = TestDb::sqlite().await;
+    let db = lite.pool();
+    let row: Result<Spelled, AppError> = async {
+        Ok(db_run!(db, |conn| TWICE
+            .prepared(conn)
+            .text("x")
+            .text("y")
+            .get_result(conn)
+            .await?))
+    }
+    .await;
+    assert_eq!(row.expect("sqlite").v, "xyx");
+}

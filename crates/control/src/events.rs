@@ -15,6 +15,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
+use crate::db::Statement;
 use crate::feed::{DeviceChange, QuotaEvent, SessionEvent};
 use crate::ids::UserId;
 pub use httvps_wire::events::AccessEvent;
@@ -35,6 +36,19 @@ pub const QUOTA_CHANNEL: &str = "httvps_quota_events";
 pub const DEVICE_CHANNEL: &str = "httvps_device_events";
 /// The NOTIFY channel of account events.
 pub const ACCOUNT_CHANNEL: &str = "httvps_account_events";
+
+/// One notification (PostgreSQL only: SQLite broadcasts after commit).
+const NOTIFY_ONE: Statement = Statement {
+    pg: "SELECT pg_notify($1, $2)",
+    sqlite: "",
+};
+
+/// Several notifications, in order, from a JSON array of
+/// `[channel, payload]` pairs.
+const NOTIFY_MANY: Statement = Statement {
+    pg: "SELECT pg_notify(x ->> 0, x ->> 1) FROM json_array_elements($1::json) AS t(x)",
+    sqlite: "",
+};
 
 /// An account's sign-in credentials changed (log-out, password or role
 /// change, a refresh family revoked, enabled or disabled): live sockets
@@ -207,25 +221,26 @@ impl Outbox {
     /// All of them in one statement (a batch of assignments publishes one
     /// event per new session), in order.
     pub async fn notify_in(&self, conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
-        use diesel::sql_types::{Array, Text};
         let (channels, payloads): (Vec<&str>, Vec<String>) = self.payloads().unzip();
         match channels.len() {
             0 => {}
             1 => {
-                diesel::sql_query("SELECT pg_notify($1, $2)")
-                    .bind::<Text, _>(channels[0])
-                    .bind::<Text, _>(&payloads[0])
+                NOTIFY_ONE
+                    .prepared(conn)
+                    .text(channels[0])
+                    .text(&payloads[0])
                     .execute(conn)
                     .await?;
             }
             _ => {
-                diesel::sql_query(
-                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
-                )
-                .bind::<Array<Text>, _>(channels)
-                .bind::<Array<Text>, _>(payloads)
-                .execute(conn)
-                .await?;
+                let pairs: Vec<(&str, &str)> = channels
+                    .iter()
+                    .zip(&payloads)
+                    .map(|(c, p)| (*c, p.as_str()))
+                    .collect();
+                let pairs = serde_json::to_string(&pairs)
+                    .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+                NOTIFY_MANY.prepared(conn).text(pairs).execute(conn).await?;
             }
         }
         Ok(())

@@ -7,10 +7,12 @@
 
 pub mod dialect;
 pub mod models;
+pub mod prepared;
 mod redacted;
 pub mod schema;
 
 pub use dialect::{Dialect, Statement};
+pub use prepared::Prepared;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -123,8 +123,8 @@ async fn apply_chunk(
     let period_days = subscriptions_period_days();
     let ids_json = to_json(&chunk.iter().map(|(id, _)| id).collect::<Vec<_>>())?;
     db_tx!(db, |conn, outbox| {
-        if let Some(lock) = APPLY_LOCK.on(conn) {
-            diesel::sql_query(lock).execute(conn).await?;
+        if APPLY_LOCK.on(conn).is_some() {
+            APPLY_LOCK.prepared(conn).execute(conn).await?;
         }
         let ts = now();
         let mut clock = std::time::Instant::now();
@@ -133,26 +133,25 @@ async fn apply_chunk(
             clock = std::time::Instant::now();
             ms
         };
-        let stored: Vec<Stored> = diesel::sql_query(READ.text(conn))
-            .bind::<diesel::sql_types::Text, _>(&ids_json)
-            .load(conn)
-            .await?;
+        let stored: Vec<Stored> = READ.prepared(conn).text(&ids_json).load(conn).await?;
         let plan = plan::plan_chunk(&stored, chunk, ts);
         let read_ms = lap();
         if plan.grown.is_empty() {
             return Ok::<_, AppError>((Vec::new(), Vec::new()));
         }
-        diesel::sql_query(GROW_SESSIONS.text(conn))
-            .bind::<diesel::sql_types::Text, _>(to_json(&plan.grown)?)
-            .bind::<diesel::sql_types::Timestamp, _>(ts)
-            .bind::<diesel::sql_types::Timestamp, _>(plan::hour_of(ts))
+        GROW_SESSIONS
+            .prepared(conn)
+            .text(to_json(&plan.grown)?)
+            .timestamp(ts)
+            .timestamp(plan::hour_of(ts))
             .execute(conn)
             .await?;
         let grow_ms = lap();
         if !plan.closed.is_empty() {
             let rows: Vec<LedgerRow> = plan.closed.iter().map(LedgerRow::from).collect();
-            diesel::sql_query(LEDGER.text(conn))
-                .bind::<diesel::sql_types::Text, _>(to_json(&rows)?)
+            LEDGER
+                .prepared(conn)
+                .text(to_json(&rows)?)
                 .execute(conn)
                 .await?;
         }
@@ -161,10 +160,11 @@ async fn apply_chunk(
             // Only the node's count moved: nothing to charge.
             Vec::new()
         } else {
-            diesel::sql_query(CHARGE.text(conn))
-                .bind::<diesel::sql_types::Text, _>(to_json(&plan.charges)?)
-                .bind::<diesel::sql_types::Timestamp, _>(ts)
-                .bind::<diesel::sql_types::Integer, _>(period_days)
+            CHARGE
+                .prepared(conn)
+                .text(to_json(&plan.charges)?)
+                .timestamp(ts)
+                .integer(period_days)
                 .load(conn)
                 .await?
         };

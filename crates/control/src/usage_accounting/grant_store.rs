@@ -126,8 +126,9 @@ pub async fn grant(
         return Err(AppError::bad("session_id is not a valid id"));
     };
     let sid = session.to_string();
-    let row: Option<SessionRow> = db_run!(db, |conn| diesel::sql_query(SESSION.text(conn))
-        .bind::<Text, _>(&sid)
+    let row: Option<SessionRow> = db_run!(db, |conn| SESSION
+        .prepared(conn)
+        .text(&sid)
         .get_result(conn)
         .await
         .map(Some)
@@ -142,9 +143,10 @@ pub async fn grant(
         return Err(AppError::NotFound("session"));
     }
     if req.release {
-        db_run!(db, |conn| diesel::sql_query(RELEASE.text(conn))
-            .bind::<Text, _>(&sid)
-            .bind::<BigInt, _>(req.used.max(row.recorded))
+        db_run!(db, |conn| RELEASE
+            .prepared(conn)
+            .text(&sid)
+            .bigint(req.used.max(row.recorded))
             .execute(conn)
             .await)?;
         return Ok(refused(req, None));
@@ -178,8 +180,9 @@ async fn sized(
     let period = chrono::Duration::days(crate::subscriptions::PERIOD_DAYS);
     db_tx!(db, |conn, _| {
         let ts = now();
-        let a: AllowanceRow = diesel::sql_query(LOCK_SUBSCRIPTION.text(conn))
-            .bind::<Text, _>(&sub_id)
+        let a: AllowanceRow = LOCK_SUBSCRIPTION
+            .prepared(conn)
+            .text(&sub_id)
             .get_result(conn)
             .await?;
         let Some(allowance) = a.traffic_limit_bytes else {
@@ -191,15 +194,17 @@ async fn sized(
                 reason: None,
             });
         };
-        diesel::sql_query(PRUNE.text(conn))
-            .bind::<Text, _>(&sub_id)
-            .bind::<Timestamp, _>(ts)
+        PRUNE
+            .prepared(conn)
+            .text(&sub_id)
+            .timestamp(ts)
             .execute(conn)
             .await?;
-        let others: Vec<HeldRow> = diesel::sql_query(OTHERS.text(conn))
-            .bind::<Text, _>(&sub_id)
-            .bind::<Text, _>(sid)
-            .bind::<Timestamp, _>(ts)
+        let others: Vec<HeldRow> = OTHERS
+            .prepared(conn)
+            .text(&sub_id)
+            .text(sid)
+            .timestamp(ts)
             .load(conn)
             .await?;
         let others = others
@@ -215,11 +220,12 @@ async fn sized(
             want: req.want,
         });
         let until = grants::valid_until(ts, GRANT_TTL, a.expires_at, a.period_start + period);
-        diesel::sql_query(UPSERT.text(conn))
-            .bind::<Text, _>(sid)
-            .bind::<Text, _>(&sub_id)
-            .bind::<BigInt, _>(limit)
-            .bind::<Timestamp, _>(until)
+        UPSERT
+            .prepared(conn)
+            .text(sid)
+            .text(&sub_id)
+            .bigint(limit)
+            .timestamp(until)
             .execute(conn)
             .await?;
         Ok::<_, AppError>(GrantResponse {

@@ -56,8 +56,9 @@ pub async fn receive(
         return Ok(Received::default());
     }
     let ids_json = to_json(&latest.keys().collect::<Vec<_>>())?;
-    let known: Vec<Known> = db_run!(db, |conn| diesel::sql_query(KNOWN.text(conn))
-        .bind::<diesel::sql_types::Text, _>(&ids_json)
+    let known: Vec<Known> = db_run!(db, |conn| KNOWN
+        .prepared(conn)
+        .text(&ids_json)
         .load(conn)
         .await?);
     if known.len() != latest.len() {
@@ -80,10 +81,11 @@ pub async fn receive(
         .map(|(id, t)| (id, t.seq, t.up, t.down))
         .collect();
     let totals = to_json(&totals)?;
-    let row: Inserted = db_run!(db, |conn| diesel::sql_query(INBOX_INSERT.text(conn))
-        .bind::<diesel::sql_types::Text, _>(gateway)
-        .bind::<diesel::sql_types::Text, _>(&totals)
-        .bind::<diesel::sql_types::Timestamp, _>(now())
+    let row: Inserted = db_run!(db, |conn| INBOX_INSERT
+        .prepared(conn)
+        .text(gateway.to_string())
+        .text(&totals)
+        .timestamp(now())
         .get_result(conn)
         .await?);
     Ok(Received {
@@ -95,9 +97,10 @@ pub async fn receive(
 
 /// Up to [`PAGE_ROWS`] inbox rows after row `after`, oldest first.
 pub async fn read_page(db: &Db, after: i64) -> AppResult<Vec<InboxRow>> {
-    Ok(db_run!(db, |conn| diesel::sql_query(INBOX_READ.text(conn))
-        .bind::<diesel::sql_types::BigInt, _>(after)
-        .bind::<diesel::sql_types::BigInt, _>(PAGE_ROWS)
+    Ok(db_run!(db, |conn| INBOX_READ
+        .prepared(conn)
+        .bigint(after)
+        .bigint(PAGE_ROWS)
         .load(conn)
         .await?))
 }
@@ -105,8 +108,9 @@ pub async fn read_page(db: &Db, after: i64) -> AppResult<Vec<InboxRow>> {
 /// Deletes applied inbox rows.
 pub async fn delete(db: &Db, ids: &[i64]) -> AppResult<()> {
     let ids_json = to_json(&ids)?;
-    db_run!(db, |conn| diesel::sql_query(INBOX_DELETE.text(conn))
-        .bind::<diesel::sql_types::Text, _>(&ids_json)
+    db_run!(db, |conn| INBOX_DELETE
+        .prepared(conn)
+        .text(&ids_json)
         .execute(conn)
         .await?);
     Ok(())

@@ -139,8 +139,9 @@ pub async fn link(db: &Db, gateway: GatewayNodeId, links: &[SessionLink]) -> App
     sessions.sort_unstable();
     sessions.dedup();
     let ids_json = to_json(&sessions)?;
-    let known: Vec<Known> = db_run!(db, |conn| diesel::sql_query(KNOWN.text(conn))
-        .bind::<diesel::sql_types::Text, _>(&ids_json)
+    let known: Vec<Known> = db_run!(db, |conn| KNOWN
+        .prepared(conn)
+        .text(&ids_json)
         .load(conn)
         .await?);
     if known.len() != sessions.len() {
@@ -158,9 +159,10 @@ pub async fn link(db: &Db, gateway: GatewayNodeId, links: &[SessionLink]) -> App
         .collect();
     let rows = to_json(&rows)?;
     let ts = now();
-    db_run!(db, |conn| diesel::sql_query(LINK_INSERT.text(conn))
-        .bind::<diesel::sql_types::Text, _>(&rows)
-        .bind::<diesel::sql_types::Timestamp, _>(ts)
+    db_run!(db, |conn| LINK_INSERT
+        .prepared(conn)
+        .text(&rows)
+        .timestamp(ts)
         .execute(conn)
         .await?);
     Ok(by_peer.len())
@@ -226,8 +228,9 @@ pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> Ap
         let mut ids: Vec<SessionId> = totals.iter().map(|t| t.0).collect();
         ids.dedup();
         let ids_json = to_json(&ids)?;
-        let known: Vec<Known> = db_run!(db, |conn| diesel::sql_query(KNOWN.text(conn))
-            .bind::<diesel::sql_types::Text, _>(&ids_json)
+        let known: Vec<Known> = db_run!(db, |conn| KNOWN
+            .prepared(conn)
+            .text(&ids_json)
             .load(conn)
             .await?);
         if known.iter().any(|s| s.outline_node_id != Some(node)) {
@@ -240,10 +243,11 @@ pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> Ap
         if !totals.is_empty() {
             out.accepted = totals.len();
             let body = to_json(&serde_json::json!({ "node": totals }))?;
-            let row: Inserted = db_run!(db, |conn| diesel::sql_query(INBOX_INSERT.text(conn))
-                .bind::<diesel::sql_types::Text, _>(node)
-                .bind::<diesel::sql_types::Text, _>(&body)
-                .bind::<diesel::sql_types::Timestamp, _>(now())
+            let row: Inserted = db_run!(db, |conn| INBOX_INSERT
+                .prepared(conn)
+                .text(node.to_string())
+                .text(&body)
+                .timestamp(now())
                 .get_result(conn)
                 .await?);
             out.row = Some(row.id);
@@ -254,9 +258,10 @@ pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> Ap
         peers.sort_unstable();
         peers.dedup();
         let peers_json = to_json(&peers)?;
-        let links: Vec<LinkRead> = db_run!(db, |conn| diesel::sql_query(LINKS_OF.text(conn))
-            .bind::<diesel::sql_types::Text, _>(node)
-            .bind::<diesel::sql_types::Text, _>(&peers_json)
+        let links: Vec<LinkRead> = db_run!(db, |conn| LINKS_OF
+            .prepared(conn)
+            .text(node.to_string())
+            .text(&peers_json)
             .load(conn)
             .await?);
         let links: HashMap<&str, &LinkRead> = links.iter().map(|l| (l.peer.as_str(), l)).collect();
