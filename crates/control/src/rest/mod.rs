@@ -215,7 +215,10 @@ mod tests {
     fn json_types_are_those_axum_accepts() {
         let with = |ct: &str| {
             let mut h = axum::http::HeaderMap::new();
-            h.insert(axum::http::header::CONTENT_TYPE, ct.parse().unwrap());
+            h.insert(
+                axum::http::header::CONTENT_TYPE,
+                ct.parse().expect("a header value"),
+            );
             json_content_type(&h)
         };
         assert!(with("application/json"));
