@@ -11,11 +11,10 @@
 
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::db::Statement;
 use crate::feed::{DeviceChange, QuotaEvent, SessionEvent};
 use crate::ids::UserId;
 pub use httvps_wire::events::AccessEvent;
@@ -36,19 +35,6 @@ pub const QUOTA_CHANNEL: &str = "httvps_quota_events";
 pub const DEVICE_CHANNEL: &str = "httvps_device_events";
 /// The NOTIFY channel of account events.
 pub const ACCOUNT_CHANNEL: &str = "httvps_account_events";
-
-/// One notification (PostgreSQL only: SQLite broadcasts after commit).
-const NOTIFY_ONE: Statement = Statement {
-    pg: "SELECT pg_notify($1, $2)",
-    sqlite: "",
-};
-
-/// Several notifications, in order, from a JSON array of
-/// `[channel, payload]` pairs.
-const NOTIFY_MANY: Statement = Statement {
-    pg: "SELECT pg_notify(x ->> 0, x ->> 1) FROM json_array_elements($1::json) AS t(x)",
-    sqlite: "",
-};
 
 /// An account's sign-in credentials changed (log-out, password or role
 /// change, a refresh family revoked, enabled or disabled): live sockets
@@ -215,38 +201,10 @@ impl Outbox {
             && self.device.is_empty()
     }
 
-    /// PostgreSQL: queues the events as notifications of the transaction
-    /// `conn` is in, so they are delivered at its commit and never without
-    /// it. Call last in the transaction.
-    /// All of them in one statement (a batch of assignments publishes one
-    /// event per new session), in order.
-    pub async fn notify_in(&self, conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
-        let (channels, payloads): (Vec<&str>, Vec<String>) = self.payloads().unzip();
-        match channels.len() {
-            0 => {}
-            1 => {
-                NOTIFY_ONE
-                    .prepared(conn)
-                    .text(channels[0])
-                    .text(&payloads[0])
-                    .execute(conn)
-                    .await?;
-            }
-            _ => {
-                let pairs: Vec<(&str, &str)> = channels
-                    .iter()
-                    .zip(&payloads)
-                    .map(|(c, p)| (*c, p.as_str()))
-                    .collect();
-                let pairs = serde_json::to_string(&pairs)
-                    .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-                NOTIFY_MANY.prepared(conn).text(pairs).execute(conn).await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn payloads(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    /// Every event as its channel and JSON payload, in publishing order
+    /// (PostgreSQL sends them with `pg_notify` in the transaction, see
+    /// [`db::notify`](crate::db::notify)).
+    pub fn payloads(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
         let node = self
             .node
             .iter()

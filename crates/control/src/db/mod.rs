@@ -7,11 +7,13 @@
 
 pub mod dialect;
 pub mod models;
+mod notify;
 pub mod prepared;
 mod redacted;
 pub mod schema;
 
 pub use dialect::{Dialect, Statement};
+pub use notify::notify;
 pub use prepared::Prepared;
 
 use std::sync::Arc;
@@ -373,7 +375,7 @@ macro_rules! db_tx {
                         $body
                     }
                     .await?;
-                    outbox.notify_in($conn).await?;
+                    $crate::db::notify($conn, &outbox).await?;
                     Ok::<_, $crate::error::AppError>(value)
                 })
                 .await

@@ -80,6 +80,13 @@ impl<'a> Prepared<'a> {
         self
     }
 
+    /// Binds `v` encoded as JSON as the next value, as `TEXT` (cast it in
+    /// the statement: `$1::json`).
+    pub fn json(self, v: &impl serde::Serialize) -> QueryResult<Self> {
+        let json = serde_json::to_string(v).map_err(|e| Error::SerializationError(Box::new(e)))?;
+        Ok(self.text(json))
+    }
+
     /// Binds the next value as `TIMESTAMP`.
     pub fn timestamp(mut self, v: NaiveDateTime) -> Self {
         self.params.push(Param::Timestamp(v));

@@ -200,11 +200,9 @@ impl InsertSessions for diesel_async::AsyncPgConnection {
                 gateway_node_id: r.gateway_node_id,
             })
             .collect();
-        let new = serde_json::to_string(&new)
-            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
         let made: Vec<InsertedSession> = INSERT_SESSIONS
             .prepared(self)
-            .text(new)
+            .json(&new)?
             .timestamp(started)
             .load(self)
             .await?;
