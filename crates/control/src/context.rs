@@ -16,9 +16,28 @@ use crate::nodes::MachineCache;
 use crate::status::{Role, UserStatus};
 use crate::throttle::Throttles;
 
-/// What handlers need, shared by every request.
+/// What handlers need, shared by every request. Cheap to clone (one
+/// reference count); its parts are read through `Deref`.
 #[derive(Clone)]
-pub struct AppContext {
+pub struct AppContext(Arc<ContextParts>);
+
+impl AppContext {
+    /// The context of `parts`.
+    pub fn new(parts: ContextParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppContext {
+    type Target = ContextParts;
+
+    fn deref(&self) -> &ContextParts {
+        &self.0
+    }
+}
+
+/// What an [`AppContext`] holds.
+pub struct ContextParts {
     /// The database (and this process's event fan-out, [`Db::events`]).
     pub db: Db,
     /// Token keys.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::auth::jwt::JwtKeys;
-use crate::context::AppContext;
+use crate::context::{AppContext, ContextParts};
 use crate::db::Db;
 use crate::graphql::{ApiSchema, build_schema};
 use crate::metrics::{Live, Metrics};
@@ -12,9 +12,22 @@ use crate::nodes::enrollment::EnrollTarget;
 use crate::throttle::{ThrottleSettings, Throttles};
 use crate::usage_accounting::Applier;
 
-/// Everything a request handler needs, built once at start-up.
+/// Everything a request handler needs, built once at start-up. Cheap to
+/// clone (one reference count: axum clones the state for every extractor
+/// and middleware of every request); its parts are read through `Deref`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<StateParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = StateParts;
+
+    fn deref(&self) -> &StateParts {
+        &self.0
+    }
+}
+
+/// What an [`AppState`] holds.
+pub struct StateParts {
     /// The database (and its events).
     pub db: Db,
     /// What use cases need (database, keys, caches).
@@ -42,7 +55,7 @@ impl AppState {
         debug: bool,
         throttle: ThrottleSettings,
     ) -> Self {
-        let api = AppContext {
+        let api = AppContext::new(ContextParts {
             db: db.clone(),
             jwt,
             gateway_url,
@@ -50,14 +63,14 @@ impl AppState {
             enroll,
             throttles: Arc::new(Throttles::new(throttle)),
             opener: Default::default(),
-        };
+        });
         let schema = build_schema(api.clone(), debug);
         let usage = Arc::new(Applier::default());
         let metrics = Arc::new(Metrics::new(Live {
             db: db.clone(),
             usage: usage.clone(),
         }));
-        AppState {
+        AppState(Arc::new(StateParts {
             db,
             api,
             schema,
@@ -65,6 +78,6 @@ impl AppState {
             debug,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             usage,
-        }
+        }))
     }
 }

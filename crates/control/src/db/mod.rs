@@ -107,7 +107,9 @@ pub struct Db {
     /// The pool.
     pub pool: DbPool,
     queries: Arc<AtomicU64>,
-    events: Events,
+    // Shared: a `Db` is cloned into every request, and six channel
+    // senders are six reference counts to bump.
+    events: Arc<Events>,
 }
 
 fn counting(queries: &Arc<AtomicU64>) -> impl diesel::connection::Instrumentation + use<> {
@@ -224,7 +226,7 @@ impl Db {
         Ok(Db {
             pool,
             queries,
-            events: Events::new(),
+            events: Arc::new(Events::new()),
         })
     }
 
