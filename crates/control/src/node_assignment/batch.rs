@@ -93,6 +93,16 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
             .load(conn)
             .await?;
         let (plans, fresh) = plan(asks, &nodes, current, ts);
+        // Before the insert: the insert's foreign-key check then finds the
+        // device rows already locked by this transaction (no second lock
+        // written to each row's page).
+        if !stale.is_empty() {
+            diesel::update(devices::table.filter(devices::id.eq_any(&stale)))
+                .set(devices::last_seen_at.eq(ts))
+                .execute(conn)
+                .await?;
+        }
+
         let mut rows: Vec<Session> = fresh.into_values().collect();
         // Inserted in device order: two batches never wait on each other
         // in opposite orders.
@@ -124,12 +134,6 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
             let ids: Vec<SessionId> = made.iter().map(|s| s.id).collect();
             let rows = crate::session_rows!(conn, ids);
             outbox.sessions(feed::session_events(SessionEventKind::Opened, rows, ts));
-        }
-        if !stale.is_empty() {
-            diesel::update(devices::table.filter(devices::id.eq_any(&stale)))
-                .set(devices::last_seen_at.eq(ts))
-                .execute(conn)
-                .await?;
         }
         let answers = plans
             .into_iter()
@@ -278,7 +282,7 @@ fn plan(
             }
             Ok(Choice::Fresh(node)) => {
                 let s = Session {
-                    id: SessionId::random(),
+                    id: SessionId::ordered(),
                     device_id: ask.device_id,
                     outline_node_id: Some(node.id),
                     gateway_node_id: ask.gateway,
