@@ -672,13 +672,15 @@ INSERT INTO outline_nodes (id, region_id, name, host, port, method, secret, uses
         "BACKEND_DB_DSN": dsn, "BACKEND_SECRET_KEY": SECRET_KEY, "BACKEND_PORT": str(port),
         "BACKEND_DB_POOL_SIZE": "32", "RUST_LOG": os.environ.get("BENCH_CP_LOG", "warn")})
     wait_port(port)
-    script = os.path.join(WORK, "device.lua")
-    with open(script, "w") as f:
-        # Each of wrk's threads runs the script in a Lua state of its own:
-        # seeded alike, both would ask for the same devices in the same
-        # order, and half the calls would meet a call for the same device
-        # in flight (a lock wait on its new session, not a first call).
-        f.write(LUA_THREAD_IDS + f"""
+    def device_script(name, devices):
+        path = os.path.join(WORK, name)
+        with open(path, "w") as f:
+            # Each of wrk's threads runs the script in a Lua state of its
+            # own: seeded alike, both would ask for the same devices in the
+            # same order, and half the calls would meet a call for the same
+            # device in flight (a lock wait on its new session, not a first
+            # call).
+            f.write(LUA_THREAD_IDS + f"""
 function init(args)
   math.randomseed(os.time() * 16 + tid)
 end
@@ -686,10 +688,16 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {GATEWAY_TOKEN}"
 request = function()
-  local i = math.random(1, {DEVICES})
+  local i = math.random(1, {devices})
   return wrk.format(nil, nil, nil, string.format('{{"device_token":"bench%038d"}}', i))
 end
 """)
+        return path
+
+    script = device_script("device.lua", DEVICES)
+    # A gateway's repeat call: the first 5,000 devices, each with its
+    # session open (a warm-up run opens them), so a call reads and reuses.
+    repeat = device_script("repeat.lua", min(DEVICES, 5000))
     seconds = max(SECS * 2, 10)
     try:
         results = {}
@@ -704,6 +712,11 @@ end
             log(f"  {route}: {rps:,.0f} req/s, p99 {p99}, non-2xx {bad} {errs}")
             if route.startswith("auth"):
                 after = pgbench(dsn, seconds)
+        assign = f"http://127.0.0.1:{port}/api/v1/nodes/assign-outline"
+        wrk(assign, repeat, 50, seconds)  # opens the sessions
+        rps, p99, bad, errs = wrk(assign, repeat, 50, seconds)
+        repeated = (rps, p99, bad)
+        log(f"  assign-outline, repeat calls: {rps:,.0f} req/s, p99 {p99}, non-2xx {bad} {errs}")
         pg_rps = (before + after) / 2
         # Ingestion: open sessions, one per device, reported in chunks of 200.
         ingest = ingestion(port, dsn, max(SECS * 6, 30))
@@ -722,6 +735,10 @@ end
         row("control plane", f"{route}, 50 callers, {DEVICES:,} devices",
             f"{rps:,.0f} req/s, p99 {p99}, {bad} errors", f"pgbench -S {pg_rps:,.0f} tps", f"{ratio:.2f}",
             f">= {floor}x", ratio >= floor and bad == 0)
+    rps, p99, bad = repeated
+    row("control plane", "nodes/assign-outline, repeat calls (5,000 devices, each with its session open), 50 callers",
+        f"{rps:,.0f} req/s, p99 {p99}, {bad} errors", f"pgbench -S {pg_rps:,.0f} tps", f"{rps / pg_rps:.2f}",
+        "-", None if bad == 0 else False)
     if ingest:
         accepted, sustained, drain, sessions, bad, consistent, _ = ingest
         row("control plane", f"usage ingestion, {sessions:,} open sessions, reports of 200 totals, 16 callers",

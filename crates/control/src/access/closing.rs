@@ -153,6 +153,7 @@ mod tests {
                 revoked_at: None,
             },
             user_status: UserStatus::Active,
+            user_email: "d@example.test".into(),
             subscription: None,
         }
     }

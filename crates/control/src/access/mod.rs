@@ -31,6 +31,8 @@ pub struct Facts {
     pub device: Device,
     /// Its owner's status.
     pub user_status: UserStatus,
+    /// Its owner's email (what the session feed names the owner by).
+    pub user_email: String,
     /// The owner's subscription stored as active.
     pub subscription: Option<Subscription>,
 }
@@ -40,6 +42,8 @@ pub struct Facts {
 pub struct Verdict {
     /// The device, when one matched.
     pub device: Option<Device>,
+    /// Its owner's email, when a device matched.
+    pub owner_email: Option<String>,
     /// The owner's subscription stored as active, when there is one.
     pub subscription: Option<Subscription>,
     /// Why not, when the device may not connect.
@@ -52,12 +56,14 @@ impl Verdict {
         match facts {
             None => Verdict {
                 device: None,
+                owner_email: None,
                 subscription: None,
                 reason: Some(Reason::DeviceUnknown),
             },
             Some(f) => Verdict {
                 reason: judge(&f, at),
                 device: Some(f.device),
+                owner_email: Some(f.user_email),
                 subscription: f.subscription,
             },
         }
@@ -171,6 +177,7 @@ mod tests {
                 revoked_at: None,
             },
             user_status: UserStatus::Active,
+            user_email: "owner@example.test".into(),
             subscription: Some(Subscription {
                 id: SubscriptionId::random(),
                 user_id,

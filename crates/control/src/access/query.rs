@@ -1,6 +1,6 @@
 //! The one query of the access rule: a device with its owner's status and
-//! the owner's subscription stored as active, looked up by access token,
-//! by device id, or for several devices at once. Each lookup is a plain
+//! email and the owner's subscription stored as active, looked up by access
+//! token, by device id, or for several devices at once. Each lookup is a plain
 //! (not boxed) diesel query, so PostgreSQL keeps it prepared: validate-device
 //! is the hottest route there is.
 
@@ -18,7 +18,7 @@ use crate::ids::DeviceId;
 use crate::status::{SubscriptionStatus, UserStatus};
 
 /// A row of the query.
-type Row = (Device, UserStatus, Option<Subscription>);
+type Row = (Device, UserStatus, String, Option<Subscription>);
 
 /// The query without its filter: devices, owners and stored-active
 /// subscriptions.
@@ -34,15 +34,17 @@ macro_rules! facts {
             .select((
                 Device::as_select(),
                 users::status,
+                users::email,
                 Option::<Subscription>::as_select(),
             ))
     };
 }
 
-fn to_facts((device, user_status, subscription): Row) -> Facts {
+fn to_facts((device, user_status, user_email, subscription): Row) -> Facts {
     Facts {
         device,
         user_status,
+        user_email,
         subscription,
     }
 }

@@ -1,6 +1,7 @@
 //! Assigning a batch of devices in one transaction: one read of the active
 //! nodes, one of the devices' open sessions, one multi-row INSERT of the
-//! new sessions, their OPENED feed events and the `last_seen_at` refresh,
+//! new sessions, their OPENED feed events (built from what the batch holds,
+//! not read back) and the `last_seen_at` refresh,
 //! all committed together (one commit, one WAL flush for the whole batch).
 //! A caller that gets a session id back finds it committed, and the feed
 //! hears of a session exactly when it exists.
@@ -18,8 +19,8 @@ use crate::db::schema::{devices, outline_nodes, regions, sessions};
 use crate::db::{Db, Statement};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
-use crate::feed::{self, SessionEventKind};
-use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, SessionId};
+use crate::feed::{self, SessionEventKind, SessionRow};
+use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, SessionId, UserId};
 use crate::status::NodeStatus;
 
 /// One device to assign: who, through which gateway, in which region.
@@ -27,6 +28,11 @@ use crate::status::NodeStatus;
 pub struct Ask {
     /// The device (it passed validation).
     pub device_id: DeviceId,
+    /// Its owner, and the owner's email as read with the validation (the
+    /// feed event of a new session names both; no second read).
+    pub user_id: UserId,
+    /// See `user_id`.
+    pub user_email: String,
     /// When it was last seen, as read with its validation.
     pub last_seen_at: Option<NaiveDateTime>,
     /// The calling gateway (sessions are per device, node and gateway).
@@ -131,9 +137,11 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
             }
         }
         if !made.is_empty() {
-            let ids: Vec<SessionId> = made.iter().map(|s| s.id).collect();
-            let rows = crate::session_rows!(conn, ids);
-            outbox.sessions(feed::session_events(SessionEventKind::Opened, rows, ts));
+            outbox.sessions(feed::session_events(
+                SessionEventKind::Opened,
+                feed_rows(asks, &nodes, &made),
+                ts,
+            ));
         }
         let answers = plans
             .into_iter()
@@ -236,6 +244,34 @@ impl InsertSessions for crate::db::SqliteConn {
     }
 }
 
+/// The feed rows of the sessions a batch opened, from what the batch holds:
+/// each session's ask (its owner) and node (its region), as
+/// [`session_rows!`](crate::session_rows) would read them back.
+fn feed_rows(asks: &[Ask], nodes: &[(OutlineNode, Region)], made: &[Session]) -> Vec<SessionRow> {
+    let owners: HashMap<DeviceId, &Ask> = asks.iter().map(|a| (a.device_id, a)).collect();
+    made.iter()
+        .filter_map(|s| {
+            let ask = owners.get(&s.device_id)?;
+            let region = nodes
+                .iter()
+                .find(|(n, _)| Some(n.id) == s.outline_node_id)
+                .map(|(_, r)| r.code.clone());
+            Some((
+                s.id,
+                s.device_id,
+                ask.user_id,
+                ask.user_email.clone(),
+                region,
+                s.outline_node_id,
+                s.gateway_node_id,
+                None,
+                0,
+                0,
+            ))
+        })
+        .collect()
+}
+
 fn assignment(session: Session, (node, region): &(OutlineNode, Region)) -> Assignment {
     Assignment {
         session,
@@ -310,7 +346,7 @@ fn plan(
 mod tests {
     use super::*;
     use crate::db::models::now;
-    use crate::ids::{GatewayNodeId, RegionId};
+    use crate::ids::{GatewayNodeId, RegionId, UserId};
     use crate::status::Health;
 
     fn node(region: RegionId) -> (OutlineNode, Region) {
@@ -350,6 +386,8 @@ mod tests {
     fn ask(device: DeviceId, gateway: Option<GatewayNodeId>, region: Option<RegionId>) -> Ask {
         Ask {
             device_id: device,
+            user_id: UserId::random(),
+            user_email: "o@example.test".into(),
             last_seen_at: None,
             gateway,
             region,
@@ -391,6 +429,25 @@ mod tests {
         assert_eq!(fresh.len(), 1);
         assert!(matches!(plans[0], Plan::Fresh(_, 1)), "the node of r2");
         assert!(matches!(plans[1], Plan::NoNode(_)));
+    }
+
+    #[test]
+    fn feed_rows_name_the_owner_of_the_ask_and_the_region_of_the_node() {
+        let (r1, r2) = (RegionId::random(), RegionId::random());
+        let mut nodes = vec![node(r1), node(r2)];
+        nodes[1].1.code = "second".into();
+        let d = DeviceId::random();
+        let a = ask(d, None, Some(r2));
+        let (_, fresh) = plan(std::slice::from_ref(&a), &nodes, vec![], now());
+        let made: Vec<Session> = fresh.into_values().collect();
+        let rows = feed_rows(std::slice::from_ref(&a), &nodes, &made);
+        assert_eq!(rows.len(), 1);
+        let (id, device, user, email, region, node_id, _, reason, up, down) = rows[0].clone();
+        assert_eq!((id, device, user), (made[0].id, d, a.user_id));
+        assert_eq!(email, a.user_email);
+        assert_eq!(region.as_deref(), Some("second"));
+        assert_eq!(node_id, Some(nodes[1].0.id));
+        assert_eq!((reason, up, down), (None, 0, 0));
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub struct Assignment {
     pub region: Region,
 }
 
-/// Assigns a node to a device that passed validation. `gateway` is the
+/// Assigns a node to a device that passed validation (`owner_email`, read
+/// with it, names the owner in the feed event of a new session). `gateway` is the
 /// calling gateway (sessions are per device, node and gateway); `region` a
 /// requested region code (for a gateway, only its own: another is
 /// forbidden); without one, the gateway's region, or for a
@@ -51,6 +52,7 @@ pub async fn assign(
     db: &Db,
     opener: &Opener,
     device: &Device,
+    owner_email: String,
     gateway: Option<&GatewayNode>,
     region: Option<&str>,
 ) -> AppResult<Assignment> {
@@ -79,6 +81,8 @@ pub async fn assign(
     };
     let ask = Ask {
         device_id: device.id,
+        user_id: device.user_id,
+        user_email: owner_email,
         last_seen_at: device.last_seen_at,
         gateway: gateway.map(|g| g.id),
         region: region_id,
@@ -121,6 +125,7 @@ pub async fn validate_and_assign(
     gateway: Option<&GatewayNode>,
     region: Option<&str>,
 ) -> AppResult<Assignment> {
+    let owner_email = verdict.owner_email.clone().unwrap_or_default();
     let device = verdict.admitted().map_err(AppError::DeviceRefused)?;
-    assign(db, opener, &device, gateway, region).await
+    assign(db, opener, &device, owner_email, gateway, region).await
 }
