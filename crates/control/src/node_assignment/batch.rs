@@ -1,10 +1,10 @@
-//! Assigning a batch of devices in one transaction: one read of the active
-//! nodes, one of the devices' open sessions, one multi-row INSERT of the
-//! new sessions, their OPENED feed events (built from what the batch holds,
-//! not read back) and the `last_seen_at` refresh,
-//! all committed together (one commit, one WAL flush for the whole batch).
-//! A caller that gets a session id back finds it committed, and the feed
-//! hears of a session exactly when it exists.
+//! Assigning a batch of devices: one read of the active nodes and one of
+//! the devices' open sessions, then, when there is anything to write, one
+//! transaction: the `last_seen_at` refresh, one multi-row INSERT of the new
+//! sessions and their OPENED feed events (built from what the batch holds,
+//! not read back), all committed together (one commit, one WAL flush for
+//! the whole batch). A caller that gets a session id back finds it
+//! committed, and the feed hears of a session exactly when it exists.
 
 use std::collections::HashMap;
 
@@ -17,11 +17,11 @@ use super::{Assignment, LAST_SEEN_STEP};
 use crate::db::models::{OutlineNode, Region, Session, now};
 use crate::db::schema::{devices, outline_nodes, regions, sessions};
 use crate::db::{Db, Statement};
-use crate::db_tx;
 use crate::error::{AppError, AppResult};
 use crate::feed::{self, SessionEventKind, SessionRow};
 use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, SessionId, UserId};
 use crate::status::NodeStatus;
+use crate::{db_run, db_tx};
 
 /// One device to assign: who, through which gateway, in which region.
 #[derive(Debug, Clone)]
@@ -79,7 +79,11 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
         .collect();
     stale.sort();
     stale.dedup();
-    db_tx!(db, |conn, outbox| {
+    // The reads come first, outside a transaction (in one, each statement
+    // would read what was committed when it began all the same): a batch
+    // whose devices all have their session open and were seen lately
+    // writes nothing, and then needs no BEGIN and COMMIT.
+    let (nodes, current): (Vec<(OutlineNode, Region)>, Vec<Session>) = db_run!(db, |conn| {
         let mut q = outline_nodes::table
             .inner_join(regions::table)
             .filter(outline_nodes::status.eq(NodeStatus::Active))
@@ -87,28 +91,63 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
         if !any_region {
             q = q.filter(outline_nodes::region_id.eq_any(&region_ids));
         }
-        let nodes: Vec<(OutlineNode, Region)> = q
+        let nodes = q
             .select((OutlineNode::as_select(), Region::as_select()))
             .order(outline_nodes::id)
             .load(conn)
             .await?;
-        let current: Vec<Session> = sessions::table
+        let current = sessions::table
             .filter(sessions::device_id.eq_any(&device_ids))
             .filter(sessions::ended_at.is_null())
             .select(Session::as_select())
             .load(conn)
             .await?;
-        let (plans, fresh) = plan(asks, &nodes, current, ts);
+        (nodes, current)
+    });
+    let (plans, fresh) = plan(asks, &nodes, current, ts);
+    let open = if fresh.is_empty() && stale.is_empty() {
+        HashMap::new()
+    } else {
+        write(db, asks, &nodes, fresh, &stale, ts).await?
+    };
+    Ok(plans
+        .into_iter()
+        .map(|p| match p {
+            Plan::Sticky(session, at) => Ok(assignment(session, &nodes[at])),
+            Plan::Fresh(k, at) => match open.get(&k) {
+                Some(s) => Ok(assignment(s.clone(), &nodes[at])),
+                // Opened and ended again before our insert saw it.
+                None => Err(AppError::Conflict(
+                    "the session closed while it was assigned; try again".into(),
+                )),
+            },
+            Plan::NoNode(m) => Err(AppError::NoNode(m)),
+        })
+        .collect())
+}
+
+/// The writes of a batch, in one transaction: the `last_seen_at` refresh
+/// of the `stale` devices, the `fresh` sessions (a key another transaction
+/// opened first is taken from it) and their OPENED feed events. Returns
+/// the open session of every fresh key.
+async fn write(
+    db: &Db,
+    asks: &[Ask],
+    nodes: &[(OutlineNode, Region)],
+    fresh: HashMap<Key, Session>,
+    stale: &[DeviceId],
+    ts: NaiveDateTime,
+) -> AppResult<HashMap<Key, Session>> {
+    db_tx!(db, |conn, outbox| {
         // Before the insert: the insert's foreign-key check then finds the
         // device rows already locked by this transaction (no second lock
         // written to each row's page).
         if !stale.is_empty() {
-            diesel::update(devices::table.filter(devices::id.eq_any(&stale)))
+            diesel::update(devices::table.filter(devices::id.eq_any(stale)))
                 .set(devices::last_seen_at.eq(ts))
                 .execute(conn)
                 .await?;
         }
-
         let mut rows: Vec<Session> = fresh.into_values().collect();
         // Inserted in device order: two batches never wait on each other
         // in opposite orders.
@@ -139,25 +178,11 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
         if !made.is_empty() {
             outbox.sessions(feed::session_events(
                 SessionEventKind::Opened,
-                feed_rows(asks, &nodes, &made),
+                feed_rows(asks, nodes, &made),
                 ts,
             ));
         }
-        let answers = plans
-            .into_iter()
-            .map(|p| match p {
-                Plan::Sticky(session, at) => Ok(assignment(session, &nodes[at])),
-                Plan::Fresh(k, at) => match open.get(&k) {
-                    Some(s) => Ok(assignment(s.clone(), &nodes[at])),
-                    // Opened and ended again before our insert saw it.
-                    None => Err(AppError::Conflict(
-                        "the session closed while it was assigned; try again".into(),
-                    )),
-                },
-                Plan::NoNode(m) => Err(AppError::NoNode(m)),
-            })
-            .collect::<Vec<_>>();
-        Ok::<_, AppError>(answers)
+        Ok::<_, AppError>(open)
     })
 }
 
