@@ -13,10 +13,11 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::choice::{self, Choice};
+use super::insert::InsertSessions;
 use super::{Assignment, LAST_SEEN_STEP};
+use crate::db::Db;
 use crate::db::models::{OutlineNode, Region, Session, now};
 use crate::db::schema::{devices, outline_nodes, regions, sessions};
-use crate::db::{Db, Statement};
 use crate::error::{AppError, AppResult};
 use crate::feed::{self, SessionEventKind, SessionRow};
 use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, SessionId, UserId};
@@ -59,8 +60,9 @@ enum Plan {
     NoNode(String),
 }
 
-/// Assigns every ask in one transaction; the answers are in the order of
-/// `asks`. An error of the transaction itself fails the whole batch.
+/// Assigns every ask, writing (when there is anything to write) in one
+/// transaction; the answers are in the order of `asks`. An error of a read
+/// or of the transaction fails the whole batch.
 pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assignment>>> {
     let ts = now();
     let any_region = asks.iter().any(|a| a.region.is_none());
@@ -184,89 +186,6 @@ async fn write(
         }
         Ok::<_, AppError>(open)
     })
-}
-
-/// Inserts new sessions, skipping those whose key is already open; returns
-/// the inserted ones. One statement on PostgreSQL; SQLite has no multi-row
-/// INSERT ... ON CONFLICT in diesel, and its batches are of one anyway.
-trait InsertSessions {
-    async fn insert_sessions(&mut self, rows: &[Session]) -> QueryResult<Vec<Session>>;
-}
-
-/// The new sessions of a batch from a JSON array, skipping keys already
-/// open; one prepared statement whatever the batch's size (diesel's
-/// multi-row INSERT is a new text, parsed and planned, per row count).
-const INSERT_SESSIONS: Statement = Statement {
-    pg: "INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
-         last_activity_at, bytes_up, bytes_down, last_seq) \
-         SELECT x.id, x.device_id, x.outline_node_id, x.gateway_node_id, $2, $2, 0, 0, 0 \
-         FROM json_to_recordset($1::json) \
-         AS x(id text, device_id text, outline_node_id text, gateway_node_id text) \
-         ON CONFLICT DO NOTHING RETURNING id",
-    sqlite: "",
-};
-
-/// A session [`INSERT_SESSIONS`] inserted.
-#[derive(diesel::QueryableByName)]
-struct InsertedSession {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    id: SessionId,
-}
-
-/// A new session as [`INSERT_SESSIONS`] reads it.
-#[derive(serde::Serialize)]
-struct NewSession {
-    id: SessionId,
-    device_id: DeviceId,
-    outline_node_id: Option<OutlineNodeId>,
-    gateway_node_id: Option<GatewayNodeId>,
-}
-
-impl InsertSessions for diesel_async::AsyncPgConnection {
-    async fn insert_sessions(&mut self, rows: &[Session]) -> QueryResult<Vec<Session>> {
-        // Every row of a batch starts at the batch's time.
-        let Some(started) = rows.first().map(|r| r.started_at) else {
-            return Ok(Vec::new());
-        };
-        let new: Vec<NewSession> = rows
-            .iter()
-            .map(|r| NewSession {
-                id: r.id,
-                device_id: r.device_id,
-                outline_node_id: r.outline_node_id,
-                gateway_node_id: r.gateway_node_id,
-            })
-            .collect();
-        let made: Vec<InsertedSession> = INSERT_SESSIONS
-            .prepared(self)
-            .json(&new)?
-            .timestamp(started)
-            .load(self)
-            .await?;
-        let made: std::collections::HashSet<SessionId> = made.into_iter().map(|m| m.id).collect();
-        Ok(rows
-            .iter()
-            .filter(|r| made.contains(&r.id))
-            .cloned()
-            .collect())
-    }
-}
-
-impl InsertSessions for crate::db::SqliteConn {
-    async fn insert_sessions(&mut self, rows: &[Session]) -> QueryResult<Vec<Session>> {
-        let mut made = Vec::with_capacity(rows.len());
-        for row in rows {
-            let one: Option<Session> = diesel::insert_into(sessions::table)
-                .values(row)
-                .on_conflict_do_nothing()
-                .returning(Session::as_returning())
-                .get_result(self)
-                .await
-                .optional()?;
-            made.extend(one);
-        }
-        Ok(made)
-    }
 }
 
 /// The feed rows of the sessions a batch opened, from what the batch holds:

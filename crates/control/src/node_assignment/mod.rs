@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod choice;
+mod insert;
 pub mod opener;
 
 use diesel::prelude::*;
