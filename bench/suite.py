@@ -697,7 +697,8 @@ end
     script = device_script("device.lua", DEVICES)
     # A gateway's repeat call: the first 5,000 devices, each with its
     # session open (a warm-up run opens them), so a call reads and reuses.
-    repeat = device_script("repeat.lua", min(DEVICES, 5000))
+    repeaters = min(DEVICES, 5000)
+    repeat = device_script("repeat.lua", repeaters)
     seconds = max(SECS * 2, 10)
     try:
         results = {}
@@ -736,7 +737,7 @@ end
             f"{rps:,.0f} req/s, p99 {p99}, {bad} errors", f"pgbench -S {pg_rps:,.0f} tps", f"{ratio:.2f}",
             f">= {floor}x", ratio >= floor and bad == 0)
     rps, p99, bad = repeated
-    row("control plane", "nodes/assign-outline, repeat calls (5,000 devices, each with its session open), 50 callers",
+    row("control plane", f"nodes/assign-outline, repeat calls ({repeaters:,} devices, each with its session open), 50 callers",
         f"{rps:,.0f} req/s, p99 {p99}, {bad} errors", f"pgbench -S {pg_rps:,.0f} tps", f"{rps / pg_rps:.2f}",
         "-", None if bad == 0 else False)
     if ingest:
