@@ -43,8 +43,8 @@ pub struct Assignment {
 }
 
 /// Assigns a node to a device that passed validation (`owner_email`, read
-/// with it, names the owner in the feed event of a new session). `gateway` is the
-/// calling gateway (sessions are per device, node and gateway); `region` a
+/// with it, names the owner in the feed event of a new session). `gateway`
+/// is the calling gateway (sessions are per device, node and gateway); `region` a
 /// requested region code (for a gateway, only its own: another is
 /// forbidden); without one, the gateway's region, or for a
 /// device asking itself, [`device_region`]. The session is opened (or found) in a batch of
@@ -122,11 +122,11 @@ pub async fn device_region(db: &Db, device: DeviceId) -> AppResult<Option<Region
 pub async fn validate_and_assign(
     db: &Db,
     opener: &Opener,
-    verdict: Verdict,
+    mut verdict: Verdict,
     gateway: Option<&GatewayNode>,
     region: Option<&str>,
 ) -> AppResult<Assignment> {
-    let owner_email = verdict.owner_email.clone().unwrap_or_default();
+    let owner_email = verdict.owner_email.take().unwrap_or_default();
     let device = verdict.admitted().map_err(AppError::DeviceRefused)?;
     assign(db, opener, &device, owner_email, gateway, region).await
 }
