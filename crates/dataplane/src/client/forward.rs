@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 
 use super::params::Params;
 use super::{Io, Shared};
-use crate::wsio::WsIo;
 
 /// Copy buffer per direction: large writes mean few WebSocket messages and
 /// few syscalls at every hop.
@@ -27,7 +26,7 @@ const FIRST_WRITE_MAX: usize = 16 * 1024 - 512;
 
 /// A Shadowsocks stream to a target through a gateway WebSocket (on a
 /// connection of its own, or a stream of the warm HTTP/2 connection).
-pub(super) type Proxied = CapFirstWrite<ProxyClientStream<WsIo<Box<dyn Io>>>>;
+pub(super) type Proxied = CapFirstWrite<ProxyClientStream<Box<dyn Io>>>;
 
 /// How long opening a tunnel (TCP, TLS and the WebSocket upgrade, or a
 /// stream of the warm connection) may take before the local connection is
@@ -40,8 +39,8 @@ pub(super) async fn open(s: &Shared, p: &Params, target: Address) -> anyhow::Res
     let opened = tokio::time::timeout(OPEN_TIMEOUT, s.open_tcp(p))
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the tunnel timed out")));
-    let ws = match opened {
-        Ok(ws) => ws,
+    let tunnel = match opened {
+        Ok(tunnel) => tunnel,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), gateway = %p.gateway_host, "tunnel not opened");
             return Err(e);
@@ -49,7 +48,7 @@ pub(super) async fn open(s: &Shared, p: &Params, target: Address) -> anyhow::Res
     };
     Ok(CapFirstWrite::new(ProxyClientStream::from_stream(
         s.ctx.clone(),
-        WsIo::new(ws),
+        tunnel,
         &p.config,
         target,
     )))

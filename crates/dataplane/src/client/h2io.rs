@@ -1,10 +1,15 @@
-//! One extended-CONNECT stream of the warm HTTP/2 connection seen as a
-//! byte stream (`AsyncRead + AsyncWrite`), for the WebSocket on top. Writes
-//! go out at once, right behind the request's HEADERS, without waiting for
-//! the gateway's answer (its first bytes are the Shadowsocks request); the
-//! first read waits for the answer and fails unless it is 200. Writes are
-//! paced by the gateway's windows; reads give the window back as the
-//! reader consumes, so a slow local reader slows its own stream only.
+//! One extended-CONNECT stream of the warm HTTP/2 connection carrying a
+//! tunnel's WebSocket, seen as the tunnel's byte stream (`AsyncRead +
+//! AsyncWrite`): each write is one binary frame ([`super::wsframe`]),
+//! reads give the payload of the gateway's frames. Writes go out at once,
+//! right behind the request's HEADERS, without waiting for the gateway's
+//! answer (its first bytes are the Shadowsocks request); the first read
+//! waits for the answer and fails unless it is 200. Writes are paced by
+//! the gateway's windows; reads give the window back as the reader
+//! consumes, so a slow local reader slows its own stream only. Shutting
+//! down the write side sends a Close and keeps reading until the
+//! gateway's Close (a half-close); the gateway's Close is answered with
+//! ours, a Ping with its Pong.
 
 use std::future::Future;
 use std::io;
@@ -13,10 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::client::ResponseFuture;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::wsframe::{self, Control, Deframer};
 
 /// One open stream in its connection's count, for as long as it lives.
 pub(super) struct StreamCount(Arc<AtomicUsize>);
@@ -42,8 +49,10 @@ pub(super) struct H2Stream {
     send: SendStream<Bytes>,
     /// Received bytes not yet read (their window not yet given back).
     pending: Bytes,
+    /// The gateway's frames, read out of `pending`.
+    frames: Deframer,
     eof: bool,
-    /// Our end of the stream was sent.
+    /// Our Close was sent.
     ended: bool,
     /// Counts the stream in its connection's load until dropped.
     _count: StreamCount,
@@ -61,6 +70,7 @@ impl H2Stream {
             recv: None,
             send,
             pending: Bytes::new(),
+            frames: Deframer::default(),
             eof: false,
             ended: false,
             _count: count,
@@ -77,6 +87,11 @@ fn to_io(e: h2::Error) -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionReset, e)
 }
 
+/// A fresh masking key for a frame we send.
+fn mask() -> [u8; 4] {
+    rand::random()
+}
+
 impl AsyncRead for H2Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -84,15 +99,45 @@ impl AsyncRead for H2Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = &mut *self;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
-            if !me.pending.is_empty() {
-                let n = me.pending.len().min(buf.remaining());
-                buf.put_slice(&me.pending[..n]);
-                me.pending.advance(n);
+            if !me.pending.is_empty() && !me.eof {
+                let before = buf.filled().len();
+                let (used, control) = me
+                    .frames
+                    .step(&me.pending, buf)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                me.pending.advance(used);
                 if let Some(recv) = me.recv.as_mut() {
-                    let _ = recv.flow_control().release_capacity(n);
+                    let _ = recv.flow_control().release_capacity(used);
                 }
-                return Poll::Ready(Ok(()));
+                match control {
+                    Some(Control::Ping(payload)) if !me.ended => {
+                        let mut frame = BytesMut::new();
+                        wsframe::pong(&payload, mask(), &mut frame);
+                        me.send.send_data(frame.freeze(), false).map_err(to_io)?;
+                    }
+                    Some(Control::Ping(_)) => {}
+                    Some(Control::Close) => {
+                        // Answered at once, as RFC 6455 asks: the gateway
+                        // waits for it before it ends the stream.
+                        me.eof = true;
+                        if !me.ended {
+                            me.ended = true;
+                            let mut frame = BytesMut::new();
+                            wsframe::close(mask(), &mut frame);
+                            me.send.send_data(frame.freeze(), false).map_err(to_io)?;
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    None => {}
+                }
+                if buf.filled().len() > before {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             if me.eof {
                 return Poll::Ready(Ok(()));
@@ -148,9 +193,9 @@ impl AsyncWrite for H2Stream {
             }
         }
         let n = self.send.capacity().min(buf.len());
-        self.send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-            .map_err(to_io)?;
+        let mut frame = BytesMut::new();
+        wsframe::binary(&buf[..n], mask(), &mut frame);
+        self.send.send_data(frame.freeze(), false).map_err(to_io)?;
         Poll::Ready(Ok(n))
     }
 
@@ -161,8 +206,12 @@ impl AsyncWrite for H2Stream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.ended {
+            // A half-close: the gateway sends what the node still has,
+            // then its Close.
             self.ended = true;
-            let _ = self.send.send_data(Bytes::new(), true);
+            let mut frame = BytesMut::new();
+            wsframe::close(mask(), &mut frame);
+            self.send.send_data(frame.freeze(), false).map_err(to_io)?;
         }
         Poll::Ready(Ok(()))
     }

@@ -33,6 +33,7 @@ mod mux;
 mod params;
 mod socks;
 mod udp;
+mod wsframe;
 
 use params::Params;
 pub use params::{parse_destination, split_url};
@@ -107,30 +108,21 @@ impl Shared {
         }
     }
 
-    /// A TCP tunnel's WebSocket: a stream of the warm HTTP/2 connection
-    /// with `--mux` (unless the gateway takes HTTP/1.1 only), else a
-    /// connection of its own.
-    async fn open_tcp(
-        &self,
-        p: &Params,
-    ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>> {
+    /// A TCP tunnel's WebSocket as the byte stream it carries: a stream
+    /// of the warm HTTP/2 connection with `--mux` (unless the gateway
+    /// takes HTTP/1.1 only), else a connection of its own.
+    async fn open_tcp(&self, p: &Params) -> anyhow::Result<Box<dyn Io>> {
         if let Some(mux) = self.mux.as_ref().filter(|m| !m.h1_only()) {
             match mux.stream(p, self.opts.device_token.expose()).await {
-                Ok(stream) => {
-                    let stream: Box<dyn Io> = Box::new(stream);
-                    return Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
-                        stream,
-                        tokio_tungstenite::tungstenite::protocol::Role::Client,
-                        Some(ws_config()),
-                    )
-                    .await);
-                }
+                Ok(stream) => return Ok(Box::new(stream)),
                 Err(mux::MuxError::NoH2) => {}
                 Err(mux::MuxError::Other(e)) => return Err(e),
             }
         }
-        let tls: Box<dyn Io> = Box::new(self.connect_tls(p).await?);
-        self.ws_over(p, "tcp", tls).await
+        let tls = self.connect_tls(p).await?;
+        Ok(Box::new(crate::wsio::WsIo::new(
+            self.ws_over(p, "tcp", tls).await?,
+        )))
     }
 
     /// A WebSocket to the gateway's `/ws/{token}/{kind}`.
