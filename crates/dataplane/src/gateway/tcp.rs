@@ -49,7 +49,7 @@ pub const ORDERED_CLOSE_HEADER: &str = "x-httvps-ordered-close";
 
 /// The least and the most a client that is not known to read a Close in
 /// order is given, after its Pong, to hand on what it has read.
-const DRAIN_GRACE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+const DRAIN_GRACE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
 /// The wait after the Pong, from the Ping's round trip (which covers
 /// reading the last data frames): eight of them, within [`DRAIN_GRACE`].
