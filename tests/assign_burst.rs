@@ -3,7 +3,9 @@
 //! PostgreSQL) each get a session of their own that is committed when the
 //! answer arrives (a usage report for it is accepted and applied), and the
 //! admin feed hears of each new session exactly once. A device asking twice
-//! in the same burst keeps one session.
+//! in the same burst keeps one session. Then a burst of validate-device
+//! calls (checks that arrive together share one query on PostgreSQL), mixing
+//! admitted, revoked and unknown devices: each gets its own verdict.
 
 mod common;
 
@@ -148,10 +150,12 @@ async fn burst(db: TestDb) {
     .await;
     let mut by_device: HashMap<String, String> = HashMap::new();
     let mut sessions: HashSet<String> = HashSet::new();
+    let mut device_of: HashMap<&str, String> = HashMap::new();
     for (token, (s, b)) in asks.iter().zip(&answers) {
         assert_eq!(s, &200, "{b}");
         let session = b["session_id"].as_str().expect("session id").to_owned();
         let device = b["device_id"].as_str().expect("device id").to_owned();
+        device_of.insert(token.as_str(), device.clone());
         match by_device.get(&device) {
             Some(first) => assert_eq!(first, &session, "{token}: one session per device"),
             None => {
@@ -215,7 +219,65 @@ async fn burst(db: TestDb) {
     let got: HashSet<String> = opened.keys().cloned().collect();
     assert_eq!(got, sessions, "an OPENED event per session");
     assert!(opened.values().all(|n| *n == 1), "{opened:?}");
+
+    // A validate burst: every fifth device revoked, twenty unknown tokens
+    // and a malformed one among the real ones.
+    let revoked: HashSet<&str> = tokens.iter().step_by(5).map(String::as_str).collect();
+    for t in &revoked {
+        exec(
+            &server,
+            &format!(
+                "UPDATE devices SET status = 'revoked' WHERE id = '{}'",
+                device_of[t]
+            ),
+        )
+        .await;
+    }
+    let unknown: Vec<String> = (0..20).map(|i| format!("A{i:042}")).collect();
+    let mut checks: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    checks.extend(unknown.iter().map(String::as_str));
+    checks.push("not a token");
+    checks.extend(tokens.iter().take(10).map(String::as_str));
+    let url = server.url("/api/v1/auth/validate-device");
+    let answers = futures_util::future::join_all(
+        checks
+            .iter()
+            .map(|t| post(url.clone(), &gateway, json!({"device_token": t}))),
+    )
+    .await;
+    for (token, (s, b)) in checks.iter().zip(&answers) {
+        assert_eq!(s, &200, "{b}");
+        let (valid, reason) = match device_of.get(token) {
+            Some(_) if revoked.contains(token) => (false, json!("device_revoked")),
+            Some(_) => (true, Value::Null),
+            None => (false, json!("device_unknown")),
+        };
+        assert_eq!(
+            (&b["valid"], &b["reason"]),
+            (&json!(valid), &reason),
+            "{token}: {b}"
+        );
+        match device_of.get(token) {
+            Some(id) => assert_eq!(b["device"]["id"], json!(id), "{token}: its own device"),
+            None => assert!(b["device"].is_null(), "{b}"),
+        }
+    }
     server.stop().await;
+}
+
+async fn exec(server: &TestServer, q: &str) {
+    use diesel_async::RunQueryDsl;
+    match &server.state.db.pool {
+        httvps_control::db::DbPool::Pg(pool) => {
+            let mut conn = pool.get().await.expect("conn");
+            diesel::sql_query(q).execute(&mut *conn).await
+        }
+        httvps_control::db::DbPool::Sqlite(pool) => {
+            let mut conn = pool.get().await.expect("conn");
+            diesel::sql_query(q).execute(&mut *conn).await
+        }
+    }
+    .expect("sql");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -53,6 +53,8 @@ pub struct ContextParts {
     pub throttles: Arc<Throttles>,
     /// Opens sessions of concurrent assignments in shared transactions.
     pub opener: crate::node_assignment::Opener,
+    /// Checks forwarded access tokens, several in one query.
+    pub tokens: crate::access::TokenChecks,
 }
 
 /// Who is calling: resolved once per request from the access token.

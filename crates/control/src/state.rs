@@ -63,6 +63,7 @@ impl AppState {
             enroll,
             throttles: Arc::new(Throttles::new(throttle)),
             opener: Default::default(),
+            tokens: Default::default(),
         });
         let schema = build_schema(api.clone(), debug);
         let usage = Arc::new(Applier::default());

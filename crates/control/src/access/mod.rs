@@ -14,6 +14,7 @@
 
 pub mod closing;
 pub mod query;
+pub mod tokens;
 
 use chrono::NaiveDateTime;
 pub use httvps_wire::Reason;
@@ -22,6 +23,7 @@ use crate::db::models::{Device, Subscription};
 use crate::status::{DeviceStatus, SubscriptionStatus, UserStatus};
 
 pub use query::{check_device, check_token};
+pub use tokens::TokenChecks;
 
 /// What the rule judges: a device, its owner's status, and the owner's
 /// subscription stored as active (at most one per user), if any.

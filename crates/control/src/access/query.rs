@@ -1,8 +1,11 @@
 //! The one query of the access rule: a device with its owner's status and
 //! email and the owner's subscription stored as active, looked up by access
-//! token, by device id, or for several devices at once. Each lookup is a plain
+//! token (alone or several at once, [`super::tokens`]), by device id, or
+//! for several devices at once. Each lookup is a plain
 //! (not boxed) diesel query, so PostgreSQL keeps it prepared: validate-device
 //! is the hottest route there is.
+
+use std::collections::HashMap;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -83,6 +86,21 @@ pub async fn by_devices(db: &Db, ids: &[DeviceId]) -> AppResult<Vec<Facts>> {
         .load(conn)
         .await?);
     Ok(rows.into_iter().map(to_facts).collect())
+}
+
+/// The facts about each device whose access token hashes to one of
+/// `hashes`, by that hash (a hash twice in `hashes` is looked up once).
+pub async fn by_hashes(db: &Db, hashes: &[String]) -> AppResult<HashMap<String, Facts>> {
+    if hashes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<Row> = db_run!(db, |conn| facts!()
+        .filter(devices::token_hash.eq_any(hashes))
+        .load(conn)
+        .await?);
+    Ok(super::tokens::by_hash(
+        rows.into_iter().map(to_facts).collect(),
+    ))
 }
 
 /// Checks a device by its opaque access token (from a tunnel URL, or the

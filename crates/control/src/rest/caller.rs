@@ -111,7 +111,7 @@ pub(super) async fn verdict_for(
                 .device_token
                 .as_deref()
                 .ok_or_else(|| AppError::bad("device_token or device_jwt is required"))?;
-            access::check_token(&state.db, token).await
+            state.api.tokens.check(&state.db, token).await
         }
         Caller::Machine(_) => Err(AppError::Forbidden),
     }
