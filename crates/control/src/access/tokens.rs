@@ -1,6 +1,7 @@
 //! Token checks that arrive together share one query on PostgreSQL: the
 //! hot routes (validate-device, assign-outline) ask for the facts of a
-//! forwarded access token on every call, and one statement for a batch of
+//! forwarded access token on every call (as do the device-token exchange
+//! and the GraphQL sockets of devices), and one statement for a batch of
 //! hashes (`token_hash = ANY($1)`) costs PostgreSQL one round of parse,
 //! bind and executor start instead of one per call. A batch takes what is
 //! queued when a slot frees up (at most [`MAX_BATCH`] hashes, [`PARALLEL`]

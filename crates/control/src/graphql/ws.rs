@@ -79,7 +79,7 @@ impl Credential {
                 Err(AppError::Unauthenticated | AppError::Forbidden)
             ),
             Credential::Device { token, .. } => {
-                match crate::access::check_token(&api.db, token.expose()).await {
+                match api.tokens.check(&api.db, token.expose()).await {
                     Ok(verdict) => verdict.admitted().is_ok(),
                     Err(_) => true,
                 }
@@ -102,7 +102,9 @@ async fn init_data(
     let credential = if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
         // The access rule decides, as for a tunnel: a device that may not
         // connect may not follow the nodes either.
-        let device = crate::access::check_token(&api.db, token)
+        let device = api
+            .tokens
+            .check(&api.db, token)
             .await
             .map_err(|e| e.into_graphql())?
             .admitted()

@@ -12,7 +12,6 @@ use httvps_wire::{ErrorBody, Reason};
 
 use super::caller::{caller_with, verdict_for};
 use super::{ApiJson, DEVICE_JWT_TTL_SECS};
-use crate::access;
 use crate::auth;
 use crate::auth::jwt::Audience;
 use crate::context::bearer_token;
@@ -62,7 +61,7 @@ pub(super) async fn device_token(
     headers: HeaderMap,
 ) -> Result<Json<DeviceTokenResponse>, AppError> {
     let token = bearer_token(&headers)?.ok_or(AppError::Unauthenticated)?;
-    let device = match access::check_token(&state.db, token).await?.admitted() {
+    let device = match state.api.tokens.check(&state.db, token).await?.admitted() {
         Ok(d) => d,
         Err(Reason::DeviceUnknown) => return Err(AppError::Unauthenticated),
         Err(r) => return Err(AppError::DeviceRefused(r)),
