@@ -18,8 +18,10 @@ use crate::error::{AppError, AppResult};
 /// Most asks in one transaction.
 pub const MAX_BATCH: usize = 64;
 
-/// Batch transactions in flight at once.
-pub const PARALLEL: usize = 4;
+/// Batch transactions in flight at once. Two keep PostgreSQL's cores busy
+/// while the next batch fills; with four, batches were smaller and the
+/// route 14 % slower (BENCHMARKS.md).
+pub const PARALLEL: usize = 2;
 
 /// Asks waiting for a slot; callers wait for room beyond this.
 const QUEUE: usize = 4096;
