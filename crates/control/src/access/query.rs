@@ -98,9 +98,13 @@ pub async fn by_hashes(db: &Db, hashes: &[String]) -> AppResult<HashMap<String, 
         .filter(devices::token_hash.eq_any(hashes))
         .load(conn)
         .await?);
-    Ok(super::tokens::by_hash(
-        rows.into_iter().map(to_facts).collect(),
-    ))
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let facts = to_facts(row);
+            (facts.device.token_hash.expose().to_owned(), facts)
+        })
+        .collect())
 }
 
 /// Checks a device by its opaque access token (from a tunnel URL, or the

@@ -8,7 +8,6 @@
 //! queries at once): no timer, so a lone call waits for nobody. On SQLite
 //! (one connection) every check is its own query.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -99,12 +98,4 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
             }
         });
     }
-}
-
-/// Facts by the token hash of their device.
-pub(super) fn by_hash(facts: Vec<Facts>) -> HashMap<String, Facts> {
-    facts
-        .into_iter()
-        .map(|f| (f.device.token_hash.expose().to_owned(), f))
-        .collect()
 }
