@@ -2,8 +2,8 @@
 //! hot routes (validate-device, assign-outline) ask for the facts of a
 //! forwarded access token on every call (as do the device-token exchange
 //! and the GraphQL sockets of devices), and one statement for a batch of
-//! hashes (`token_hash = ANY($1)`) costs PostgreSQL one round of parse,
-//! bind and executor start instead of one per call. A batch takes what is
+//! hashes (`token_hash = ANY($1)`) costs one round trip, bind and
+//! executor start instead of one per call. A batch takes what is
 //! queued when a slot frees up (at most [`MAX_BATCH`] hashes, [`PARALLEL`]
 //! queries at once): no timer, so a lone call waits for nobody. On SQLite
 //! (one connection) every check is its own query.
