@@ -30,6 +30,7 @@ pub mod actor;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod batching;
 pub mod catalogue;
 pub mod config;
 pub mod console;

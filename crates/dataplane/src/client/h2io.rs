@@ -92,6 +92,16 @@ fn mask() -> [u8; 4] {
     rand::random()
 }
 
+/// Sends the frame `build` writes (given a fresh mask).
+fn send_frame(
+    send: &mut SendStream<Bytes>,
+    build: impl FnOnce([u8; 4], &mut BytesMut),
+) -> io::Result<()> {
+    let mut frame = BytesMut::new();
+    build(mask(), &mut frame);
+    send.send_data(frame.freeze(), false).map_err(to_io)
+}
+
 impl AsyncRead for H2Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -115,9 +125,7 @@ impl AsyncRead for H2Stream {
                 }
                 match control {
                     Some(Control::Ping(payload)) if !me.ended => {
-                        let mut frame = BytesMut::new();
-                        wsframe::pong(&payload, mask(), &mut frame);
-                        me.send.send_data(frame.freeze(), false).map_err(to_io)?;
+                        send_frame(&mut me.send, |m, f| wsframe::pong(&payload, m, f))?;
                     }
                     Some(Control::Ping(_)) => {}
                     Some(Control::Close) => {
@@ -126,9 +134,7 @@ impl AsyncRead for H2Stream {
                         me.eof = true;
                         if !me.ended {
                             me.ended = true;
-                            let mut frame = BytesMut::new();
-                            wsframe::close(mask(), &mut frame);
-                            me.send.send_data(frame.freeze(), false).map_err(to_io)?;
+                            send_frame(&mut me.send, wsframe::close)?;
                         }
                         return Poll::Ready(Ok(()));
                     }
@@ -193,9 +199,7 @@ impl AsyncWrite for H2Stream {
             }
         }
         let n = self.send.capacity().min(buf.len());
-        let mut frame = BytesMut::new();
-        wsframe::binary(&buf[..n], mask(), &mut frame);
-        self.send.send_data(frame.freeze(), false).map_err(to_io)?;
+        send_frame(&mut self.send, |m, f| wsframe::binary(&buf[..n], m, f))?;
         Poll::Ready(Ok(n))
     }
 
@@ -209,9 +213,7 @@ impl AsyncWrite for H2Stream {
             // A half-close: the gateway sends what the node still has,
             // then its Close.
             self.ended = true;
-            let mut frame = BytesMut::new();
-            wsframe::close(mask(), &mut frame);
-            self.send.send_data(frame.freeze(), false).map_err(to_io)?;
+            send_frame(&mut self.send, wsframe::close)?;
         }
         Poll::Ready(Ok(()))
     }
