@@ -1,10 +1,12 @@
 //! Assigning a batch of devices: one read of the active nodes and one of
-//! the devices' open sessions, then, when there is anything to write, one
-//! transaction: the `last_seen_at` refresh, one multi-row INSERT of the new
-//! sessions and their OPENED feed events (built from what the batch holds,
-//! not read back), all committed together (one commit, one WAL flush for
-//! the whole batch). A caller that gets a session id back finds it
-//! committed, and the feed hears of a session exactly when it exists.
+//! the devices' open sessions (pipelined on PostgreSQL: one round trip),
+//! then, when there is anything to write, one transaction: the
+//! `last_seen_at` refresh, one multi-row INSERT of the new sessions and
+//! their OPENED feed events (built from what the batch holds, not read
+//! back), all committed together (one commit, one WAL flush for the whole
+//! batch; on PostgreSQL the transaction is a single statement, so one
+//! round trip). A caller that gets a session id back finds it committed,
+//! and the feed hears of a session exactly when it exists.
 
 use std::collections::HashMap;
 
@@ -13,11 +15,11 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::choice::{self, Choice};
-use super::insert::InsertSessions;
+use super::insert::{self, InsertSessions};
 use super::{Assignment, LAST_SEEN_STEP};
-use crate::db::Db;
 use crate::db::models::{OutlineNode, Region, Session, now};
 use crate::db::schema::{devices, outline_nodes, regions, sessions};
+use crate::db::{Db, DbPool};
 use crate::error::{AppError, AppResult};
 use crate::feed::{self, SessionEventKind, SessionRow};
 use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, SessionId, UserId};
@@ -85,27 +87,7 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
     // would read what was committed when it began all the same): a batch
     // whose devices all have their session open and were seen lately
     // writes nothing, and then needs no BEGIN and COMMIT.
-    let (nodes, current): (Vec<(OutlineNode, Region)>, Vec<Session>) = db_run!(db, |conn| {
-        let mut q = outline_nodes::table
-            .inner_join(regions::table)
-            .filter(outline_nodes::status.eq(NodeStatus::Active))
-            .into_boxed();
-        if !any_region {
-            q = q.filter(outline_nodes::region_id.eq_any(&region_ids));
-        }
-        let nodes = q
-            .select((OutlineNode::as_select(), Region::as_select()))
-            .order(outline_nodes::id)
-            .load(conn)
-            .await?;
-        let current = sessions::table
-            .filter(sessions::device_id.eq_any(&device_ids))
-            .filter(sessions::ended_at.is_null())
-            .select(Session::as_select())
-            .load(conn)
-            .await?;
-        (nodes, current)
-    });
+    let (nodes, current) = read(db, any_region, &region_ids, &device_ids).await?;
     let (plans, fresh) = plan(asks, &nodes, current, ts);
     let open = if fresh.is_empty() && stale.is_empty() {
         HashMap::new()
@@ -128,10 +110,70 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
         .collect())
 }
 
+/// The active nodes (with their regions) of `region_ids`, or of every
+/// region.
+macro_rules! active_nodes {
+    ($any_region:expr, $region_ids:expr, $conn:expr) => {{
+        let active = outline_nodes::table
+            .inner_join(regions::table)
+            .filter(outline_nodes::status.eq(NodeStatus::Active))
+            .select((OutlineNode::as_select(), Region::as_select()))
+            .order(outline_nodes::id);
+        // Two plain queries rather than one boxed: PostgreSQL keeps each
+        // prepared.
+        if $any_region {
+            active.load($conn).await
+        } else {
+            active
+                .filter(outline_nodes::region_id.eq_any($region_ids))
+                .load($conn)
+                .await
+        }
+    }};
+}
+
+/// The open sessions of `device_ids`.
+macro_rules! open_sessions_of {
+    ($device_ids:expr) => {
+        sessions::table
+            .filter(sessions::device_id.eq_any($device_ids))
+            .filter(sessions::ended_at.is_null())
+            .select(Session::as_select())
+    };
+}
+
+/// A batch's reads: the active nodes of its regions (of all, when an ask
+/// names none) and its devices' open sessions; on PostgreSQL both sent at
+/// once on one connection (pipelined: one round trip).
+async fn read(
+    db: &Db,
+    any_region: bool,
+    region_ids: &[RegionId],
+    device_ids: &[DeviceId],
+) -> AppResult<(Vec<(OutlineNode, Region)>, Vec<Session>)> {
+    match &db.pool {
+        DbPool::Pg(pool) => {
+            let conn = pool.get().await?;
+            let (mut a, mut b) = (&*conn, &*conn);
+            let nodes = async { active_nodes!(any_region, region_ids, &mut a) };
+            let current = open_sessions_of!(device_ids).load(&mut b);
+            Ok(futures_util::try_join!(nodes, current)?)
+        }
+        DbPool::Sqlite(pool) => {
+            let mut conn = pool.get().await?;
+            let nodes = active_nodes!(any_region, region_ids, &mut *conn)?;
+            let current = open_sessions_of!(device_ids).load(&mut *conn).await?;
+            Ok((nodes, current))
+        }
+    }
+}
+
 /// The writes of a batch, in one transaction: the `last_seen_at` refresh
 /// of the `stale` devices, the `fresh` sessions (a key another transaction
-/// opened first is taken from it) and their OPENED feed events. Returns
-/// the open session of every fresh key.
+/// opened first is taken from it) and their OPENED feed events. On
+/// PostgreSQL the transaction is one statement
+/// ([`insert::open_sessions`]). Returns the open session of every fresh
+/// key.
 async fn write(
     db: &Db,
     asks: &[Ask],
@@ -140,52 +182,69 @@ async fn write(
     stale: &[DeviceId],
     ts: NaiveDateTime,
 ) -> AppResult<HashMap<Key, Session>> {
-    db_tx!(db, |conn, outbox| {
-        // Before the insert: the insert's foreign-key check then finds the
-        // device rows already locked by this transaction (no second lock
-        // written to each row's page).
-        if !stale.is_empty() {
-            diesel::update(devices::table.filter(devices::id.eq_any(stale)))
-                .set(devices::last_seen_at.eq(ts))
-                .execute(conn)
-                .await?;
+    let mut rows: Vec<Session> = fresh.into_values().collect();
+    // Inserted in device order: two batches never wait on each other in
+    // opposite orders.
+    rows.sort_by_key(key);
+    let made: Vec<Session> = match &db.pool {
+        DbPool::Pg(pool) => {
+            let events: HashMap<SessionId, String> =
+                feed::session_events(SessionEventKind::Opened, feed_rows(asks, nodes, &rows), ts)
+                    .into_iter()
+                    .filter_map(|e| {
+                        Some((
+                            SessionId::from(e.session_id),
+                            serde_json::to_string(&e).ok()?,
+                        ))
+                    })
+                    .collect();
+            let mut conn = pool.get().await?;
+            insert::open_sessions(&mut conn, &rows, stale, ts, |r| events.get(&r.id).cloned())
+                .await?
         }
-        let mut rows: Vec<Session> = fresh.into_values().collect();
-        // Inserted in device order: two batches never wait on each other
-        // in opposite orders.
-        rows.sort_by_key(key);
-        let made: Vec<Session> = if rows.is_empty() {
-            Vec::new()
-        } else {
-            conn.insert_sessions(&rows).await?
-        };
-        let mut open: HashMap<Key, Session> = made.iter().map(|s| (key(s), s.clone())).collect();
-        // A concurrent transaction opened some of them first: use its.
-        let lost: Vec<DeviceId> = rows
-            .iter()
-            .filter(|r| !open.contains_key(&key(r)))
-            .map(|r| r.device_id)
-            .collect();
-        if !lost.is_empty() {
-            let theirs: Vec<Session> = sessions::table
-                .filter(sessions::device_id.eq_any(&lost))
-                .filter(sessions::ended_at.is_null())
-                .select(Session::as_select())
-                .load(conn)
-                .await?;
-            for s in theirs {
-                open.entry(key(&s)).or_insert(s);
+        DbPool::Sqlite(_) => db_tx!(db, |conn, outbox| {
+            // Before the insert: the insert's foreign-key check then finds
+            // the device rows already locked by this transaction.
+            if !stale.is_empty() {
+                diesel::update(devices::table.filter(devices::id.eq_any(stale)))
+                    .set(devices::last_seen_at.eq(ts))
+                    .execute(conn)
+                    .await?;
             }
+            let made: Vec<Session> = if rows.is_empty() {
+                Vec::new()
+            } else {
+                conn.insert_sessions(&rows).await?
+            };
+            if !made.is_empty() {
+                outbox.sessions(feed::session_events(
+                    SessionEventKind::Opened,
+                    feed_rows(asks, nodes, &made),
+                    ts,
+                ));
+            }
+            Ok::<_, AppError>(made)
+        })?,
+    };
+    let mut open: HashMap<Key, Session> = made.iter().map(|s| (key(s), s.clone())).collect();
+    // A concurrent transaction opened some of them first: use its.
+    let lost: Vec<DeviceId> = rows
+        .iter()
+        .filter(|r| !open.contains_key(&key(r)))
+        .map(|r| r.device_id)
+        .collect();
+    if !lost.is_empty() {
+        let theirs: Vec<Session> = db_run!(db, |conn| sessions::table
+            .filter(sessions::device_id.eq_any(&lost))
+            .filter(sessions::ended_at.is_null())
+            .select(Session::as_select())
+            .load(conn)
+            .await?);
+        for s in theirs {
+            open.entry(key(&s)).or_insert(s);
         }
-        if !made.is_empty() {
-            outbox.sessions(feed::session_events(
-                SessionEventKind::Opened,
-                feed_rows(asks, nodes, &made),
-                ts,
-            ));
-        }
-        Ok::<_, AppError>(open)
-    })
+    }
+    Ok(open)
 }
 
 /// The feed rows of the sessions a batch opened, from what the batch holds:

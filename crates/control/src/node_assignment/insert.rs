@@ -1,5 +1,8 @@
-//! The INSERT of a batch's new sessions, per backend: one prepared
-//! statement over a JSON array on PostgreSQL, one row at a time on SQLite.
+//! The writes of a batch, per backend. On PostgreSQL one prepared statement
+//! is the whole transaction ([`open_sessions`]): the `last_seen_at`
+//! refresh, the new sessions and their OPENED notifications. On SQLite the
+//! new sessions are inserted one row at a time, in a transaction of the
+//! caller's.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -7,6 +10,7 @@ use diesel_async::RunQueryDsl;
 use crate::db::Statement;
 use crate::db::models::Session;
 use crate::db::schema::sessions;
+use crate::events::SESSION_CHANNEL;
 use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, SessionId};
 
 /// Inserts new sessions, skipping those whose key is already open; returns
@@ -90,4 +94,79 @@ impl InsertSessions for crate::db::SqliteConn {
         }
         Ok(made)
     }
+}
+
+/// A batch's writes on PostgreSQL in one statement, which commits on its
+/// own: the `last_seen_at` refresh of the stale devices (`$3`, a JSON
+/// array of ids), the new sessions (`$1`, skipping keys already open) and
+/// one notification per session inserted, with its feed event (`$4` the
+/// channel). One round trip instead of six (BEGIN, three statements,
+/// COMMIT); the notifications are the statement's, so they go out exactly
+/// when its rows commit. The foreign-key checks run at the statement's
+/// end, after the refresh locked the device rows.
+const OPEN_SESSIONS: Statement = Statement {
+    pg: "WITH new AS MATERIALIZED ( \
+           SELECT * FROM json_to_recordset($1::json) \
+           AS x(id text, device_id text, outline_node_id text, gateway_node_id text, feed text)), \
+         seen AS ( \
+           UPDATE devices SET last_seen_at = $2 \
+           WHERE id = ANY (ARRAY(SELECT json_array_elements_text($3::json)))), \
+         made AS ( \
+           INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
+           last_activity_at, bytes_up, bytes_down, last_seq) \
+           SELECT id, device_id, outline_node_id, gateway_node_id, $2, $2, 0, 0, 0 FROM new \
+           ON CONFLICT DO NOTHING RETURNING id) \
+         SELECT made.id, \
+           CASE WHEN new.feed IS NOT NULL THEN pg_notify($4, new.feed)::text END AS told \
+         FROM made JOIN new USING (id)",
+    sqlite: "",
+};
+
+/// A new session with the feed event to publish if it is inserted.
+#[derive(serde::Serialize)]
+struct NewWithFeed<'a> {
+    #[serde(flatten)]
+    session: NewSession,
+    feed: Option<&'a str>,
+}
+
+/// Runs a batch's writes on PostgreSQL as one statement (see
+/// [`OPEN_SESSIONS`]): refreshes `stale`, inserts `rows` (a key already
+/// open is skipped), publishes `feed(row)` for each row inserted. Returns
+/// the rows inserted.
+pub(super) async fn open_sessions(
+    conn: &mut diesel_async::AsyncPgConnection,
+    rows: &[Session],
+    stale: &[DeviceId],
+    at: chrono::NaiveDateTime,
+    feed: impl Fn(&Session) -> Option<String>,
+) -> QueryResult<Vec<Session>> {
+    let events: Vec<Option<String>> = rows.iter().map(feed).collect();
+    let new: Vec<NewWithFeed<'_>> = rows
+        .iter()
+        .zip(&events)
+        .map(|(r, f)| NewWithFeed {
+            session: NewSession {
+                id: r.id,
+                device_id: r.device_id,
+                outline_node_id: r.outline_node_id,
+                gateway_node_id: r.gateway_node_id,
+            },
+            feed: f.as_deref(),
+        })
+        .collect();
+    let made: Vec<InsertedSession> = OPEN_SESSIONS
+        .prepared(conn)
+        .json(&new)?
+        .timestamp(at)
+        .json(&stale)?
+        .text(SESSION_CHANNEL)
+        .load(conn)
+        .await?;
+    let made: std::collections::HashSet<SessionId> = made.into_iter().map(|m| m.id).collect();
+    Ok(rows
+        .iter()
+        .filter(|r| made.contains(&r.id))
+        .cloned()
+        .collect())
 }
