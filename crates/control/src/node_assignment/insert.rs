@@ -100,7 +100,7 @@ impl InsertSessions for crate::db::SqliteConn {
 /// own: the `last_seen_at` refresh of the stale devices (`$3`, a JSON
 /// array of ids), the new sessions (`$1`, skipping keys already open) and
 /// one notification per session inserted, with its feed event (`$4` the
-/// channel). One round trip instead of six (BEGIN, three statements,
+/// channel). One round trip instead of five (BEGIN, three statements,
 /// COMMIT); the notifications are the statement's, so they go out exactly
 /// when its rows commit. The foreign-key checks run at the statement's
 /// end, after the refresh locked the device rows.
