@@ -199,8 +199,7 @@ async fn write(
                     })
                     .collect();
             let mut conn = pool.get().await?;
-            insert::open_sessions(&mut conn, &rows, stale, ts, |r| events.get(&r.id).cloned())
-                .await?
+            insert::open_sessions(&mut conn, &rows, stale, ts, &events).await?
         }
         DbPool::Sqlite(_) => db_tx!(db, |conn, outbox| {
             // Before the insert: the insert's foreign-key check then finds

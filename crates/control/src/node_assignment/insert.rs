@@ -4,6 +4,8 @@
 //! new sessions are inserted one row at a time, in a transaction of the
 //! caller's.
 
+use std::collections::{HashMap, HashSet};
+
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -49,33 +51,31 @@ struct NewSession {
     gateway_node_id: Option<GatewayNodeId>,
 }
 
+impl From<&Session> for NewSession {
+    fn from(r: &Session) -> Self {
+        NewSession {
+            id: r.id,
+            device_id: r.device_id,
+            outline_node_id: r.outline_node_id,
+            gateway_node_id: r.gateway_node_id,
+        }
+    }
+}
+
 impl InsertSessions for diesel_async::AsyncPgConnection {
     async fn insert_sessions(&mut self, rows: &[Session]) -> QueryResult<Vec<Session>> {
         // Every row of a batch starts at the batch's time.
         let Some(started) = rows.first().map(|r| r.started_at) else {
             return Ok(Vec::new());
         };
-        let new: Vec<NewSession> = rows
-            .iter()
-            .map(|r| NewSession {
-                id: r.id,
-                device_id: r.device_id,
-                outline_node_id: r.outline_node_id,
-                gateway_node_id: r.gateway_node_id,
-            })
-            .collect();
+        let new: Vec<NewSession> = rows.iter().map(NewSession::from).collect();
         let made: Vec<InsertedSession> = INSERT_SESSIONS
             .prepared(self)
             .json(&new)?
             .timestamp(started)
             .load(self)
             .await?;
-        let made: std::collections::HashSet<SessionId> = made.into_iter().map(|m| m.id).collect();
-        Ok(rows
-            .iter()
-            .filter(|r| made.contains(&r.id))
-            .cloned()
-            .collect())
+        Ok(inserted(rows, made))
     }
 }
 
@@ -132,27 +132,21 @@ struct NewWithFeed<'a> {
 
 /// Runs a batch's writes on PostgreSQL as one statement (see
 /// [`OPEN_SESSIONS`]): refreshes `stale`, inserts `rows` (a key already
-/// open is skipped), publishes `feed(row)` for each row inserted. Returns
+/// open is skipped), publishes each inserted row's event in `feed` (by
+/// session id). Returns
 /// the rows inserted.
 pub(super) async fn open_sessions(
     conn: &mut diesel_async::AsyncPgConnection,
     rows: &[Session],
     stale: &[DeviceId],
     at: chrono::NaiveDateTime,
-    feed: impl Fn(&Session) -> Option<String>,
+    feed: &HashMap<SessionId, String>,
 ) -> QueryResult<Vec<Session>> {
-    let events: Vec<Option<String>> = rows.iter().map(feed).collect();
     let new: Vec<NewWithFeed<'_>> = rows
         .iter()
-        .zip(&events)
-        .map(|(r, f)| NewWithFeed {
-            session: NewSession {
-                id: r.id,
-                device_id: r.device_id,
-                outline_node_id: r.outline_node_id,
-                gateway_node_id: r.gateway_node_id,
-            },
-            feed: f.as_deref(),
+        .map(|r| NewWithFeed {
+            session: NewSession::from(r),
+            feed: feed.get(&r.id).map(String::as_str),
         })
         .collect();
     let made: Vec<InsertedSession> = OPEN_SESSIONS
@@ -163,10 +157,14 @@ pub(super) async fn open_sessions(
         .text(SESSION_CHANNEL)
         .load(conn)
         .await?;
-    let made: std::collections::HashSet<SessionId> = made.into_iter().map(|m| m.id).collect();
-    Ok(rows
-        .iter()
+    Ok(inserted(rows, made))
+}
+
+/// The rows of `rows` that a statement reported as `made`, in order.
+fn inserted(rows: &[Session], made: Vec<InsertedSession>) -> Vec<Session> {
+    let made: HashSet<SessionId> = made.into_iter().map(|m| m.id).collect();
+    rows.iter()
         .filter(|r| made.contains(&r.id))
         .cloned()
-        .collect())
+        .collect()
 }
