@@ -3,6 +3,7 @@
 //! two (used by SOCKS5 CONNECT and by the plain port forward).
 
 use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use shadowsocks_service::shadowsocks::ProxyClientStream;
 use shadowsocks_service::shadowsocks::relay::Address;
+use shadowsocks_service::shadowsocks::relay::socks5::{Reply, TcpResponseHeader};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -33,10 +35,16 @@ pub(super) type Proxied = CapFirstWrite<ProxyClientStream<Box<dyn Io>>>;
 /// given up.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Opens a tunnel to `target` with the parameters `p`. A failure is logged
-/// as a warning: it is what a user looks for when nothing loads.
-pub(super) async fn open(s: &Shared, p: &Params, target: Address) -> anyhow::Result<Proxied> {
-    let opened = tokio::time::timeout(OPEN_TIMEOUT, s.open_tcp(p))
+/// Opens a tunnel to `target` with the parameters `p` (with `--mux`, on
+/// warm connection `slot` first). A failure is logged as a warning: it is
+/// what a user looks for when nothing loads.
+async fn open(
+    s: &Shared,
+    p: &Params,
+    target: Address,
+    slot: Option<usize>,
+) -> anyhow::Result<Proxied> {
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, s.open_tcp(p, slot))
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the tunnel timed out")));
     let tunnel = match opened {
@@ -55,22 +63,92 @@ pub(super) async fn open(s: &Shared, p: &Params, target: Address) -> anyhow::Res
 }
 
 /// Copies both ways until both sides are done.
-pub(super) async fn pipe(stream: &mut TcpStream, proxied: &mut Proxied) -> io::Result<()> {
+async fn pipe(stream: &mut TcpStream, proxied: &mut Proxied) -> io::Result<()> {
     tokio::io::copy_bidirectional_with_sizes(stream, proxied, COPY_BUF, COPY_BUF).await?;
+    Ok(())
+}
+
+/// What the local side is told once its tunnel is open, or could not be.
+#[derive(Clone, Copy)]
+pub(super) enum Answer {
+    /// Nothing (a plain port forward).
+    Nothing,
+    /// A SOCKS5 reply.
+    Socks,
+}
+
+/// Answers a SOCKS5 request with `reply` and the address bound for it.
+pub(super) async fn socks_reply<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    reply: Reply,
+    bound: SocketAddr,
+) -> io::Result<()> {
+    TcpResponseHeader::new(reply, Address::SocketAddress(bound))
+        .write_to(w)
+        .await
+}
+
+/// Carries the local connection `stream` to `target` through a new
+/// tunnel, answering it as `answer` says, until both sides are done. With
+/// `--mux` all of it runs on the lane of the warm connection the tunnel
+/// goes to ([`super::lane`]): the local socket moves to that lane.
+pub(super) async fn carry(
+    s: Arc<Shared>,
+    stream: TcpStream,
+    target: Address,
+    answer: Answer,
+) -> anyhow::Result<()> {
+    let p = s.params();
+    if let Some(mux) = s.mux.as_ref().filter(|m| !m.h1_only()) {
+        let (slot, counted) = mux.take(&p);
+        let local = stream.into_std()?;
+        let shared = s.clone();
+        let carried = mux.run_on(slot, async move {
+            let _counted = counted;
+            let stream = TcpStream::from_std(local)?;
+            tunnel(&shared, &p, stream, target, answer, Some(slot)).await
+        });
+        return carried
+            .await
+            .unwrap_or_else(|| Err(anyhow::anyhow!("the client is ending")));
+    }
+    tunnel(&s, &p, stream, target, answer, None).await
+}
+
+/// Opens the tunnel, answers the local side, pipes (see [`carry`]).
+async fn tunnel(
+    s: &Shared,
+    p: &Params,
+    mut stream: TcpStream,
+    target: Address,
+    answer: Answer,
+    slot: Option<usize>,
+) -> anyhow::Result<()> {
+    let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let mut proxied = match open(s, p, target, slot).await {
+        Ok(x) => x,
+        Err(e) => {
+            if let Answer::Socks = answer {
+                socks_reply(&mut stream, Reply::GeneralFailure, unspecified).await?;
+            }
+            return Err(e);
+        }
+    };
+    if let Answer::Socks = answer {
+        socks_reply(&mut stream, Reply::Succeeded, unspecified).await?;
+    }
+    pipe(&mut stream, &mut proxied).await?;
     Ok(())
 }
 
 /// Pipes one local connection to `target` through a new tunnel.
 pub(super) async fn forward(
     s: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     target: Address,
 ) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
-    let p = s.params();
-    let mut proxied = open(&s, &p, target).await?;
-    pipe(&mut stream, &mut proxied).await?;
-    Ok(())
+    carry(s, stream, target, Answer::Nothing).await
 }
 
 /// Caps the first write to a [`ProxyClientStream`] (see [`FIRST_WRITE_MAX`]);

@@ -14,8 +14,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -24,22 +22,6 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::wsframe::{self, Control, Deframer};
-
-/// One open stream in its connection's count, for as long as it lives.
-pub(super) struct StreamCount(Arc<AtomicUsize>);
-
-impl StreamCount {
-    pub(super) fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        StreamCount(count.clone())
-    }
-}
-
-impl Drop for StreamCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// A tunnel's stream.
 pub(super) struct H2Stream {
@@ -54,17 +36,11 @@ pub(super) struct H2Stream {
     eof: bool,
     /// Our Close was sent.
     ended: bool,
-    /// Counts the stream in its connection's load until dropped.
-    _count: StreamCount,
 }
 
 impl H2Stream {
     /// The stream of a request just sent.
-    pub(super) fn new(
-        response: ResponseFuture,
-        send: SendStream<Bytes>,
-        count: StreamCount,
-    ) -> Self {
+    pub(super) fn new(response: ResponseFuture, send: SendStream<Bytes>) -> Self {
         H2Stream {
             response: Some(response),
             recv: None,
@@ -73,7 +49,6 @@ impl H2Stream {
             frames: Deframer::default(),
             eof: false,
             ended: false,
-            _count: count,
         }
     }
 }

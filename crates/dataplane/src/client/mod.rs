@@ -12,6 +12,8 @@
 //! - `mux`, `h2io`: with `--mux`, TCP tunnels as streams of a few warm
 //!   HTTP/2 connections (WebSockets over extended CONNECT, RFC 8441); UDP
 //!   associations keep their own HTTP/1.1 WebSocket.
+//! - `lane`: with `--mux`, the thread each warm connection and its
+//!   tunnels run on.
 
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -29,6 +31,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 mod forward;
 mod h2io;
+mod lane;
 mod mux;
 mod params;
 mod socks;
@@ -111,9 +114,10 @@ impl Shared {
     /// A TCP tunnel's WebSocket as the byte stream it carries: a stream
     /// of the warm HTTP/2 connection with `--mux` (unless the gateway
     /// takes HTTP/1.1 only), else a connection of its own.
-    async fn open_tcp(&self, p: &Params) -> anyhow::Result<Box<dyn Io>> {
+    /// `slot` is the warm connection to try first (see [`forward::carry`]).
+    async fn open_tcp(&self, p: &Params, slot: Option<usize>) -> anyhow::Result<Box<dyn Io>> {
         if let Some(mux) = self.mux.as_ref().filter(|m| !m.h1_only()) {
-            match mux.stream(p, self.opts.device_token.expose()).await {
+            match mux.stream(slot, p, self.opts.device_token.expose()).await {
                 Ok(stream) => return Ok(Box::new(stream)),
                 Err(mux::MuxError::NoH2) => {}
                 Err(mux::MuxError::Other(e)) => return Err(e),

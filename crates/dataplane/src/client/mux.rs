@@ -5,13 +5,15 @@
 //! WebSocket handshake: its first Shadowsocks bytes leave right behind the
 //! stream's HEADERS.
 //!
-//! A new stream goes to the warm connection that carries the fewest open
-//! streams ([`least_loaded`]). Streams of one connection share one TCP
+//! A new tunnel goes to the warm connection that carries the fewest
+//! tunnels ([`least_loaded`]). Streams of one connection share one TCP
 //! byte stream: a loss holds back every stream behind it until the
 //! retransmission lands (a round trip), and a small answer queues behind
 //! the bulk data already in the socket. With two connections a bulk
 //! download and the small requests opened beside it travel apart, and the
-//! connections' work (TLS, HTTP/2 framing) runs on two cores.
+//! connections' work (TLS, HTTP/2 framing) runs on two cores: each
+//! connection and the tunnels it carries run on a thread of their own
+//! ([`super::lane`]).
 //!
 //! Each connection is opened at start and kept: h2 pings every
 //! [`PING_EVERY`] (a missed answer ends it), and a keeper opens a new one
@@ -21,7 +23,7 @@
 //! does not enable extended CONNECT gets HTTP/1.1 WebSockets, as without
 //! `--mux`, and is asked again after [`H1_RECHECK`].
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 
-use super::h2io::{H2Stream, StreamCount};
+use super::h2io::H2Stream;
+use super::lane::{Lane, TunnelCount};
 use super::params::Params;
 
 /// Receive window per stream: what the gateway may send a stream ahead of
@@ -94,8 +97,6 @@ struct Warm {
     send: SendRequest<Bytes>,
     /// Cancelled when the connection is over.
     over: CancellationToken,
-    /// Its open streams (see [`StreamCount`]).
-    streams: Arc<AtomicUsize>,
 }
 
 /// The slot a new stream goes to, from each slot's open streams (`None`:
@@ -130,6 +131,8 @@ impl Slot {
 pub(super) struct Mux {
     tls: TlsConnector,
     slots: Vec<Slot>,
+    /// Slot `i`'s connection and its tunnels run on `lanes[i]`.
+    lanes: Vec<Lane>,
     /// Until when the gateway is known to take HTTP/1.1 only.
     h1_until: Mutex<Option<Instant>>,
     /// The next connection's id.
@@ -145,16 +148,22 @@ impl Mux {
     ) -> anyhow::Result<Self> {
         let tls =
             crate::tls::connector_with_alpn(ca_cert, vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
-        let slots = (0..connections.clamp(1, MAX_CONNECTIONS))
+        let n = connections.clamp(1, MAX_CONNECTIONS);
+        let slots = (0..n)
             .map(|_| Slot {
                 warm: Mutex::new(None),
                 dialing: tokio::sync::Mutex::new(()),
                 renew: Notify::new(),
             })
             .collect();
+        let lanes = (0..n)
+            .map(Lane::start)
+            .collect::<std::io::Result<_>>()
+            .context("starting the warm connections' threads")?;
         Ok(Mux {
             tls,
             slots,
+            lanes,
             h1_until: Mutex::new(None),
             next_id: AtomicU64::new(0),
         })
@@ -202,12 +211,17 @@ impl Mux {
     /// The slot a new stream to the gateway of `p` goes to.
     fn pick(&self, p: &Params) -> usize {
         let loads: Vec<Option<usize>> = (0..self.slots.len())
-            .map(|i| {
-                self.current(i, p)
-                    .map(|w| w.streams.load(Ordering::Relaxed))
-            })
+            .map(|i| self.current(i, p).map(|_| self.lanes[i].load()))
             .collect();
         least_loaded(&loads)
+    }
+
+    /// The slot a new tunnel to the gateway of `p` goes to, counted in
+    /// its lane's load from now on (before it opens: tunnels that start
+    /// together spread over the connections).
+    pub(super) fn take(&self, p: &Params) -> (usize, TunnelCount) {
+        let i = self.pick(p);
+        (i, self.lanes[i].hold())
     }
 
     /// The warm connection of slot `i`, opened now if there is none.
@@ -220,7 +234,12 @@ impl Mux {
             return Ok(w);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        match dial(&self.tls, p, id).await {
+        // On the slot's lane: the connection's socket and tasks live there.
+        let dialed = self.lanes[i]
+            .run(dial(self.tls.clone(), p.clone(), id))
+            .await
+            .unwrap_or_else(|| Err(MuxError::Other(anyhow::anyhow!("the client is ending"))));
+        match dialed {
             Ok(w) => {
                 *self.slots[i].warm() = Some(w.clone());
                 Ok(w)
@@ -235,13 +254,31 @@ impl Mux {
         }
     }
 
-    /// Opens a tunnel's stream to `/ws/{token}/tcp` on the warm connection
-    /// with the fewest streams (on a new one if it is gone or the gateway
-    /// sent GOAWAY).
-    pub(super) async fn stream(&self, p: &Params, token: &str) -> Result<H2Stream, MuxError> {
+    /// Runs `fut` (a tunnel to go on slot `i`'s connection) on that
+    /// slot's lane; `None` if the lane ended first.
+    pub(super) async fn run_on<F>(&self, i: usize, fut: F) -> Option<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.lanes[i].run(fut).await
+    }
+
+    /// Opens a tunnel's stream to `/ws/{token}/tcp` on slot `slot`'s warm
+    /// connection (the one with the fewest streams when `None`, and on a
+    /// second try), on a new one if it is gone or the gateway sent GOAWAY.
+    pub(super) async fn stream(
+        &self,
+        slot: Option<usize>,
+        p: &Params,
+        token: &str,
+    ) -> Result<H2Stream, MuxError> {
         let mut last = None;
-        for _ in 0..2 {
-            let i = self.pick(p);
+        for attempt in 0..2 {
+            let i = match slot {
+                Some(i) if attempt == 0 && i < self.slots.len() => i,
+                _ => self.pick(p),
+            };
             let warm = self.ensure(i, p).await?;
             let req = request(p, token)?;
             let sent = async {
@@ -249,10 +286,7 @@ impl Mux {
                 send.send_request(req, false)
             };
             match tokio::time::timeout(PING_WAIT, sent).await {
-                Ok(Ok((response, send))) => {
-                    let count = StreamCount::new(&warm.streams);
-                    return Ok(H2Stream::new(response, send, count));
-                }
+                Ok(Ok((response, send))) => return Ok(H2Stream::new(response, send)),
                 Ok(Err(e)) => last = Some(anyhow::Error::new(e)),
                 Err(_) => last = Some(anyhow::anyhow!("no stream within {PING_WAIT:?}")),
             }
@@ -283,8 +317,8 @@ fn request(p: &Params, token: &str) -> anyhow::Result<http::Request<()>> {
 }
 
 /// Opens a connection to the gateway of `p` and starts its tasks (the
-/// connection itself and its pings).
-async fn dial(tls: &TlsConnector, p: &Params, id: u64) -> Result<Warm, MuxError> {
+/// connection itself and its pings) on the runtime it runs on.
+async fn dial(tls: TlsConnector, p: Params, id: u64) -> Result<Warm, MuxError> {
     let tcp = tokio::time::timeout(
         PING_WAIT,
         TcpStream::connect((p.gateway_host.as_str(), p.gateway_port)),
@@ -381,7 +415,6 @@ async fn dial(tls: &TlsConnector, p: &Params, id: u64) -> Result<Warm, MuxError>
         gateway: (p.gateway_host.clone(), p.gateway_port),
         send,
         over,
-        streams: Arc::new(AtomicUsize::new(0)),
     })
 }
 
@@ -449,17 +482,5 @@ mod tests {
             0,
             "one connection takes everything"
         );
-    }
-
-    #[test]
-    fn a_stream_counts_while_it_lives() {
-        let count = Arc::new(AtomicUsize::new(0));
-        let a = StreamCount::new(&count);
-        let b = StreamCount::new(&count);
-        assert_eq!(count.load(Ordering::Relaxed), 2);
-        drop(a);
-        assert_eq!(count.load(Ordering::Relaxed), 1);
-        drop(b);
-        assert_eq!(count.load(Ordering::Relaxed), 0);
     }
 }

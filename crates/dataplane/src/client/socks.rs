@@ -5,24 +5,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use shadowsocks_service::shadowsocks::relay::socks5::{
-    self, Address, Command, HandshakeRequest, HandshakeResponse, Reply, SOCKS5_AUTH_METHOD_NONE,
-    SOCKS5_AUTH_METHOD_NOT_ACCEPTABLE, TcpRequestHeader, TcpResponseHeader,
+    self, Command, HandshakeRequest, HandshakeResponse, Reply, SOCKS5_AUTH_METHOD_NONE,
+    SOCKS5_AUTH_METHOD_NOT_ACCEPTABLE, TcpRequestHeader,
 };
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::{Shared, forward, udp};
-
-/// Answers a request with `reply` and the address bound for it.
-async fn reply<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    reply: Reply,
-    bound: SocketAddr,
-) -> std::io::Result<()> {
-    TcpResponseHeader::new(reply, Address::SocketAddress(bound))
-        .write_to(w)
-        .await
-}
+use super::forward::{self, Answer, socks_reply as reply};
+use super::{Shared, udp};
 
 /// Serves one local SOCKS5 connection.
 pub(super) async fn serve(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Result<()> {
@@ -48,21 +37,10 @@ pub(super) async fn serve(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Resu
             return Err(e.into());
         }
     };
-    let p = s.params();
     match request.command {
-        Command::TcpConnect => {
-            let mut proxied = match forward::open(&s, &p, request.address).await {
-                Ok(x) => x,
-                Err(e) => {
-                    reply(&mut stream, Reply::GeneralFailure, unspecified).await?;
-                    return Err(e);
-                }
-            };
-            reply(&mut stream, Reply::Succeeded, unspecified).await?;
-            forward::pipe(&mut stream, &mut proxied).await?;
-            Ok(())
-        }
+        Command::TcpConnect => forward::carry(s, stream, request.address, Answer::Socks).await,
         Command::UdpAssociate => {
+            let p = s.params();
             let association = udp::Association::open(&s, &stream, &p).await?;
             reply(&mut stream, Reply::Succeeded, association.local_addr()?).await?;
             association.run(&s, stream, p).await
