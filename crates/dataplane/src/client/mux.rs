@@ -265,7 +265,7 @@ impl Mux {
     }
 
     /// Opens a tunnel's stream to `/ws/{token}/tcp` on slot `slot`'s warm
-    /// connection (the one with the fewest streams when `None`, and on a
+    /// connection (the one with the fewest tunnels when `None`, and on a
     /// second try), on a new one if it is gone or the gateway sent GOAWAY.
     pub(super) async fn stream(
         &self,
