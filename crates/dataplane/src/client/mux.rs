@@ -99,7 +99,7 @@ struct Warm {
     over: CancellationToken,
 }
 
-/// The slot a new stream goes to, from each slot's open streams (`None`:
+/// The slot a new tunnel goes to, from each slot's tunnels (`None`:
 /// no warm connection there): the warm one with the fewest (the first of
 /// equals), else the first slot, whose keeper is dialing.
 pub(super) fn least_loaded(loads: &[Option<usize>]) -> usize {
@@ -208,7 +208,7 @@ impl Mux {
         }
     }
 
-    /// The slot a new stream to the gateway of `p` goes to.
+    /// The slot a new tunnel to the gateway of `p` goes to.
     fn pick(&self, p: &Params) -> usize {
         let loads: Vec<Option<usize>> = (0..self.slots.len())
             .map(|i| self.current(i, p).map(|_| self.lanes[i].load()))
