@@ -30,15 +30,18 @@ pub(super) struct Lane {
 impl Lane {
     /// Starts lane `i`'s thread.
     pub(super) fn start(i: usize) -> std::io::Result<Self> {
-        let runtime = Builder::new_current_thread().enable_all().build()?;
-        let handle = runtime.handle().clone();
+        let rt = Builder::new_current_thread().enable_all().build()?;
+        let handle = rt.handle().clone();
+        let runtime = LaneRuntime(Some(rt));
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("mux-lane-{i}"))
             .spawn(move || {
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
+                if let Some(rt) = &runtime.0 {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                }
             })?;
         Ok(Lane {
             handle,
@@ -69,6 +72,19 @@ impl Lane {
     }
 }
 
+/// A lane's runtime, shut down without waiting when dropped: a thread
+/// that cannot be started drops it where it was built, on an async
+/// caller's thread, where a plain drop would panic.
+struct LaneRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for LaneRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// One tunnel in its lane's count, for as long as it lives.
 pub(super) struct TunnelCount(Arc<AtomicUsize>);
 
@@ -92,6 +108,20 @@ mod tests {
         assert_eq!(lane.load(), 1);
         drop(b);
         assert_eq!(lane.load(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lane_runtime_dropped_on_an_async_thread_shuts_down_quietly() {
+        // What a lane whose thread cannot be started does (a plain drop of
+        // a runtime here panics).
+        let rt = Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handle = rt.handle().clone();
+        rt.spawn(std::future::pending::<()>());
+        drop(LaneRuntime(Some(rt)));
+        assert!(handle.spawn(async {}).await.is_err(), "shut down");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
