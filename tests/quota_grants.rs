@@ -295,10 +295,11 @@ async fn held(base: &str, (gw, sid): &(String, String), want: i64) -> i64 {
     b["limit"].as_i64().unwrap_or_else(|| panic!("{b}"))
 }
 
-/// The grant route on `db`: two gateways asking at once for sessions of
-/// one subscription never hold more than it has left; a release gives the
-/// rest back; bad input is a typed 4xx.
-async fn grants_never_hold_more_than_is_left(db: common::TestDb) {
+/// A control plane on `db` with a region, a plan of 1,000,000 bytes, two
+/// gateways and a node, and one device of a subscriber with a session
+/// through each gateway: the server, its base URL and the (gateway token,
+/// session id) pairs.
+async fn two_sessions(db: &common::TestDb) -> (common::TestServer, String, Vec<(String, String)>) {
     let server = common::TestServer::start(db.dsn.clone(), false).await;
     let base = server.base.clone();
     accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
@@ -362,6 +363,14 @@ async fn grants_never_hold_more_than_is_left(db: common::TestDb) {
             b["session_id"].as_str().expect("session").to_owned(),
         ));
     }
+    (server, base, sessions)
+}
+
+/// The grant route on `db`: two gateways asking at once for sessions of
+/// one subscription never hold more than it has left; a release gives the
+/// rest back; bad input is a typed 4xx.
+async fn grants_never_hold_more_than_is_left(db: common::TestDb) {
+    let (server, base, sessions) = two_sessions(&db).await;
     // Sixteen asks at once, both gateways, each wishing for everything.
     let asks = (0..16).map(|i| {
         let (gw, sid) = sessions[i % 2].clone();
@@ -427,6 +436,86 @@ async fn grants_never_hold_more_than_is_left_on_postgres() {
 #[tokio::test(flavor = "multi_thread")]
 async fn grants_never_hold_more_than_is_left_on_sqlite() {
     grants_never_hold_more_than_is_left(common::TestDb::sqlite().await).await;
+}
+
+/// A usage report applied while a grant is asked for (its session's
+/// bytes and the subscription's charge grow in one transaction, which
+/// holds the subscription's row until it commits) is counted once: the
+/// grant reads the session's bytes again under the subscription's lock.
+/// Read once before the lock, the report counted twice and the last
+/// 200,000 bytes of the allowance were refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_applied_during_a_grant_is_counted_once() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let db = common::TestDb::pg().await;
+    let (server, base, sessions) = two_sessions(&db).await;
+    let (gw, sid) = sessions[0].clone();
+    let httvps_control::db::Dsn::Postgres(url) = &db.dsn else {
+        panic!("pg")
+    };
+    let mut applier = AsyncPgConnection::establish(url).await.expect("connect");
+    let mut watcher = AsyncPgConnection::establish(url).await.expect("connect");
+    // What the usage applier does with a report of 800,000 bytes, left
+    // uncommitted: the session's bytes, then the subscription's charge.
+    for q in [
+        "BEGIN".to_owned(),
+        format!("UPDATE sessions SET bytes_up = bytes_up + 800000 WHERE id = '{sid}'"),
+        format!(
+            "UPDATE subscriptions SET traffic_used_bytes = traffic_used_bytes + 800000 \
+             WHERE status = 'active' AND user_id = (SELECT d.user_id FROM sessions s \
+             JOIN devices d ON d.id = s.device_id WHERE s.id = '{sid}')"
+        ),
+    ] {
+        diesel::sql_query(&q)
+            .execute(&mut applier)
+            .await
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+    }
+    // The gateway, having moved those bytes, asks for more.
+    let ask = tokio::spawn({
+        let base = base.clone();
+        async move {
+            post(
+                &base,
+                "/api/v1/quota/grant",
+                &gw,
+                json!({"session_id": sid, "used": 800_000, "want": 1_000_000}),
+            )
+            .await
+        }
+    });
+    // Once the ask waits for the subscription's row, the report commits.
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut waited = false;
+    for _ in 0..100 {
+        let w: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result(&mut watcher)
+        .await
+        .expect("activity");
+        if w.n > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waited, "the grant never waited for the subscription's lock");
+    diesel::sql_query("COMMIT")
+        .execute(&mut applier)
+        .await
+        .expect("commit");
+    let (s, b) = ask.await.expect("ask");
+    assert_eq!(s, 200, "{b}");
+    // 1,000,000 allowed, 800,000 charged and recorded: the rest is granted.
+    assert_eq!(b["limit"].as_i64(), Some(1_000_000), "{b}");
+    assert!(b["reason"].is_null(), "{b}");
+    server.stop().await;
 }
 
 /// Grant requests the control plane has answered so far (its metrics).

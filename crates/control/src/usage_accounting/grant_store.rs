@@ -4,6 +4,7 @@
 //! gateways asking at once never both get the last bytes.
 
 use chrono::NaiveDateTime;
+use diesel::OptionalExtension;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use diesel_async::RunQueryDsl;
 use httvps_wire::Reason;
@@ -168,7 +169,9 @@ pub async fn grant(
     sized(db, sub.id, &sid, req, row.recorded).await
 }
 
-/// Sizes and stores the session's grant under the subscription's lock.
+/// Sizes and stores the session's grant under the subscription's lock
+/// (`recorded`: the session's bytes as first read, used only if the
+/// session is gone by the time they are read again under the lock).
 async fn sized(
     db: &Db,
     sub: SubscriptionId,
@@ -185,6 +188,20 @@ async fn sized(
             .text(&sub_id)
             .get_result(conn)
             .await?;
+        // The session's bytes read again under the lock: a usage report
+        // applied since the first read adds to the session and to the
+        // subscription's charge in one transaction, and a charge read
+        // after it beside bytes read before it would count the report
+        // twice (refusing what the allowance still holds). Here both see
+        // the same reports: one that committed before the lock, or none
+        // that waits for it.
+        let recorded: i64 = SESSION
+            .prepared(conn)
+            .text(sid)
+            .get_result::<SessionRow>(conn)
+            .await
+            .optional()?
+            .map_or(recorded, |r| r.recorded);
         let Some(allowance) = a.traffic_limit_bytes else {
             let until = grants::valid_until(ts, UNLIMITED_TTL, a.expires_at, a.expires_at);
             return Ok::<_, AppError>(GrantResponse {
