@@ -286,11 +286,23 @@ async fn post(
     (status, res.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// Gateway `gw` asks for a grant for session `sid`, having moved `used`
+/// bytes and wishing for `want` more: the status and the JSON answer.
+async fn ask_grant(
+    base: &str,
+    gw: &str,
+    sid: &str,
+    used: i64,
+    want: i64,
+) -> (u16, serde_json::Value) {
+    let body = json!({"session_id": sid, "used": used, "want": want});
+    post(base, "/api/v1/quota/grant", gw, body).await
+}
+
 /// The limit granted to session `(gateway token, id)` asking with nothing
 /// used and wishing for `want`.
 async fn held(base: &str, (gw, sid): &(String, String), want: i64) -> i64 {
-    let body = json!({"session_id": sid, "used": 0, "want": want});
-    let (s, b) = post(base, "/api/v1/quota/grant", gw, body).await;
+    let (s, b) = ask_grant(base, gw, sid, 0, want).await;
     assert_eq!(s, 200, "{b}");
     b["limit"].as_i64().unwrap_or_else(|| panic!("{b}"))
 }
@@ -375,15 +387,7 @@ async fn grants_never_hold_more_than_is_left(db: common::TestDb) {
     let asks = (0..16).map(|i| {
         let (gw, sid) = sessions[i % 2].clone();
         let base = base.clone();
-        tokio::spawn(async move {
-            post(
-                &base,
-                "/api/v1/quota/grant",
-                &gw,
-                json!({"session_id": sid, "used": 0, "want": 1_000_000_000}),
-            )
-            .await
-        })
+        tokio::spawn(async move { ask_grant(&base, &gw, &sid, 0, 1_000_000_000).await })
     });
     for ask in asks.collect::<Vec<_>>() {
         let (s, b) = ask.await.expect("ask");
@@ -454,7 +458,6 @@ async fn a_report_applied_during_a_grant_is_counted_once() {
         panic!("pg")
     };
     let mut applier = AsyncPgConnection::establish(url).await.expect("connect");
-    let mut watcher = AsyncPgConnection::establish(url).await.expect("connect");
     // What the usage applier does with a report of 800,000 bytes, left
     // uncommitted: the session's bytes, then the subscription's charge.
     for q in [
@@ -474,32 +477,18 @@ async fn a_report_applied_during_a_grant_is_counted_once() {
     // The gateway, having moved those bytes, asks for more.
     let ask = tokio::spawn({
         let base = base.clone();
-        async move {
-            post(
-                &base,
-                "/api/v1/quota/grant",
-                &gw,
-                json!({"session_id": sid, "used": 800_000, "want": 1_000_000}),
-            )
-            .await
-        }
+        async move { ask_grant(&base, &gw, &sid, 800_000, 1_000_000).await }
     });
     // Once the ask waits for the subscription's row, the report commits.
-    #[derive(diesel::QueryableByName)]
-    struct Waiting {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let mut waited = false;
     for _ in 0..100 {
-        let w: Waiting = diesel::sql_query(
+        let waiting = common::scalar(
+            &server.state.db,
             "SELECT count(*) AS n FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        .get_result(&mut watcher)
-        .await
-        .expect("activity");
-        if w.n > 0 {
+        .await;
+        if waiting > 0 {
             waited = true;
             break;
         }

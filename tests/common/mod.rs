@@ -113,6 +113,23 @@ fn migrations_fingerprint() -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+/// One BIGINT (`n`) from `db`'s PostgreSQL database.
+pub async fn scalar(db: &Db, q: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let db::DbPool::Pg(pool) = &db.pool else {
+        panic!("pg")
+    };
+    let mut conn = pool.get().await.expect("conn");
+    diesel::sql_query(q)
+        .get_result::<N>(&mut *conn)
+        .await
+        .expect("sql")
+        .n
+}
 
 async fn admin_conn() -> AsyncPgConnection {
     AsyncPgConnection::establish(&pg_admin_url())

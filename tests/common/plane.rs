@@ -388,21 +388,7 @@ impl Plane {
 
     /// One BIGINT (`n`) from the control plane's database.
     pub async fn scalar(&self, q: &str) -> i64 {
-        use diesel_async::RunQueryDsl;
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let httvps_control::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
-            panic!("pg")
-        };
-        let mut conn = pool.get().await.expect("conn");
-        diesel::sql_query(q)
-            .get_result::<N>(&mut *conn)
-            .await
-            .expect("sql")
-            .n
+        common::scalar(&self.server.state.db, q).await
     }
 
     /// Runs a statement on the control plane's database.

@@ -188,6 +188,15 @@ async fn sized(
             .text(&sub_id)
             .get_result(conn)
             .await?;
+        let Some(allowance) = a.traffic_limit_bytes else {
+            let until = grants::valid_until(ts, UNLIMITED_TTL, a.expires_at, a.expires_at);
+            return Ok::<_, AppError>(GrantResponse {
+                session_id: req.session_id.clone(),
+                limit: None,
+                valid_ms: millis(ts, until),
+                reason: None,
+            });
+        };
         // The session's bytes read again under the lock: a usage report
         // applied since the first read adds to the session and to the
         // subscription's charge in one transaction, and a charge read
@@ -202,15 +211,6 @@ async fn sized(
             .await
             .optional()?
             .map_or(recorded, |r| r.recorded);
-        let Some(allowance) = a.traffic_limit_bytes else {
-            let until = grants::valid_until(ts, UNLIMITED_TTL, a.expires_at, a.expires_at);
-            return Ok::<_, AppError>(GrantResponse {
-                session_id: req.session_id.clone(),
-                limit: None,
-                valid_ms: millis(ts, until),
-                reason: None,
-            });
-        };
         PRUNE
             .prepared(conn)
             .text(&sub_id)
