@@ -9,6 +9,7 @@ mod plane;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::socks_connect;
@@ -373,6 +374,187 @@ async fn a_small_round_trip_completes_beside_a_bulk_stream_on_the_same_connectio
         metric(&plane, "httvps_gateway_accepted_connections_total").await,
         1.0
     );
+}
+
+/// A target that takes two bytes, then sends zeros for as long as the
+/// peer takes them (at most 1 GiB or 90 s), adding what it wrote to
+/// `sent`.
+async fn endless_source(sent: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let mut go = [0u8; 2];
+                if s.read_exact(&mut go).await.is_err() {
+                    return;
+                }
+                let chunk = vec![0u8; 64 * 1024];
+                let t = Instant::now();
+                for _ in 0..(1usize << 30) / chunk.len() {
+                    if t.elapsed() > Duration::from_secs(90) || s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until `sent` has not grown for a second (every download is held
+/// by a window), at most 60 s; what it reached.
+async fn until_stalled(sent: &AtomicU64) -> u64 {
+    let t = Instant::now();
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now == last {
+            return now;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "downloads nobody reads still moving after 60 s ({now} bytes)"
+        );
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "what the stalled downloads held is reported for the record"
+)]
+async fn downloads_whose_readers_stop_do_not_stop_the_other_tunnels_of_their_connection() {
+    let plane = Plane::start(1).await;
+    // Each stalled download holds tens of MiB along the way: no allowance.
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
+    let echo = plane::echo_server().await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let source = endless_source(sent.clone()).await;
+    // One connection, so every tunnel shares its windows.
+    let socks = plane.client_with_mux(true).await;
+    // More stalled downloads than a connection window of four stream
+    // windows would take: each holds its stream's whole window.
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        let mut s = socks_connect(socks, source).await.expect("SOCKS CONNECT");
+        s.write_all(b"go").await.expect("first bytes");
+        stalled.push(s);
+    }
+    let held = until_stalled(&sent).await;
+    eprintln!("six downloads nobody reads stopped after {held} bytes");
+    assert!(
+        held > 6 * (16 << 20),
+        "each stalled download holds at least its stream window: {held} bytes"
+    );
+    // A new tunnel on the same connection still makes its round trip.
+    let mut probe = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(
+        alive_within(&mut probe, Duration::from_secs(10)).await,
+        "a new tunnel beside six stalled downloads"
+    );
+    // And a stalled download moves again once read.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0usize;
+    while read < 32 << 20 {
+        let n = tokio::time::timeout(Duration::from_secs(10), stalled[0].read(&mut buf))
+            .await
+            .expect("a stalled download resumes")
+            .expect("read");
+        assert!(n > 0, "the download ended early");
+        read += n;
+    }
+    assert!(
+        sent.load(Ordering::Relaxed) > held,
+        "reading let the source send again"
+    );
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        1.0,
+        "every tunnel on the one connection"
+    );
+}
+
+/// A target that reads nothing until `drain` is notified, then reads and
+/// drops everything; each connection is held at most 90 s.
+async fn sink_server(drain: Arc<tokio::sync::Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(90), async {
+                    drain.notified().await;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                })
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "what the stalled uploads held is reported for the record"
+)]
+async fn uploads_to_targets_that_stop_reading_do_not_stop_the_other_tunnels_of_their_connection() {
+    let plane = Plane::start(1).await;
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
+    let echo = plane::echo_server().await;
+    let drain = Arc::new(tokio::sync::Notify::new());
+    let sink = sink_server(drain.clone()).await;
+    let socks = plane.client_with_mux(true).await;
+    // More stalled uploads than a gateway connection window of four of
+    // its stream windows would take.
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..6 {
+        let mut s = socks_connect(socks, sink).await.expect("SOCKS CONNECT");
+        let sent = sent.clone();
+        writers.push(tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(90) && s.write_all(&chunk).await.is_ok() {
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let held = until_stalled(&sent).await;
+    eprintln!("six uploads nobody reads stopped after {held} bytes");
+    assert!(
+        held > 6 * (4 << 20),
+        "each stalled upload holds at least the gateway's stream window: {held} bytes"
+    );
+    let mut probe = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(
+        alive_within(&mut probe, Duration::from_secs(10)).await,
+        "a new tunnel beside six stalled uploads"
+    );
+    // The uploads move again once their targets read.
+    drain.notify_waiters();
+    let t = Instant::now();
+    while sent.load(Ordering::Relaxed) < held + (32 << 20) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the stalled uploads did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in writers {
+        w.abort();
+    }
 }
 
 /// A TLS acceptor for the gateway's certificate that offers HTTP/1.1 only

@@ -50,10 +50,16 @@ use super::params::Params;
 /// reader takes it once the window is spent.
 const STREAM_WINDOW: u32 = 16 << 20;
 
-/// Receive window of the connection: four streams at full window, so a
-/// bulk stream never holds the whole connection's credit and a small
-/// stream beside it always has some.
-const CONNECTION_WINDOW: u32 = 64 << 20;
+/// Receive window of the connection: 1 GiB, sixty-four streams at full
+/// window (Go's HTTP/2 client takes the same). Data that arrived for a
+/// stream but that its local reader has not taken yet holds the
+/// connection's window too, so a window of a few streams would let a few
+/// readers that stop (paused videos) stop every tunnel of the connection,
+/// new ones included, while its pings still pass. With this one only the
+/// stream windows bound what waits, each stalled tunnel holding at most
+/// [`STREAM_WINDOW`] of our memory, and a bulk stream never holds the
+/// connection's credit.
+const CONNECTION_WINDOW: u32 = 1 << 30;
 
 /// Largest frame the gateway may send us.
 const MAX_FRAME: u32 = 64 * 1024;

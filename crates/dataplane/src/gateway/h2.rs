@@ -5,11 +5,17 @@
 //! Flow-control windows are fixed and sized for a long fat link rather
 //! than adaptive: 4 MiB per stream (what a client may upload ahead of the
 //! node; the window also covers what waits in the client's socket buffer,
-//! so one upload moves at most 4 MiB per round trip), and 16 MiB per
-//! connection lets four such streams run together while
-//! bounding what one connection can make the gateway buffer for a node
-//! that does not read. Downloads are paced by the client's own, larger
-//! windows. Fixed windows also keep the
+//! so one upload moves at most 4 MiB per round trip). The connection's
+//! window is every stream's at once ([`MAX_STREAMS`] of them, 1 GiB): data
+//! that arrived for a stream whose node has stopped reading (its target
+//! does not read) holds the connection's window until it is read, so a
+//! window of a few streams would let a few such uploads stop every other
+//! stream of the connection, the first bytes of new tunnels included.
+//! What the gateway buffers for a node that does not read is bounded per
+//! stream (4 MiB) and by the tunnel caps, per device as with one
+//! connection per tunnel; a smaller connection window would only make a
+//! client spread the same streams over more connections. Downloads are
+//! paced by the client's own, larger windows. Fixed windows also keep the
 //! scheduling fair: a bulk stream can never take the whole connection
 //! window, so a small stream beside it always has credit. Nothing is
 //! allocated for a window until data arrives, so idle streams cost only
@@ -53,8 +59,18 @@ use tower_service::Service;
 /// Receive window of each stream (see the module's note).
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 
-/// Receive window of each connection (see the module's note).
-pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Receive window of each connection: every stream's at once (see the
+/// module's note).
+pub(crate) const CONNECTION_WINDOW: u32 = MAX_STREAMS * STREAM_WINDOW;
+const _: () = assert!(
+    CONNECTION_WINDOW <= h2_window_max(),
+    "HTTP/2 windows stop at 2^31 - 1"
+);
+
+/// The largest window HTTP/2 allows.
+const fn h2_window_max() -> u32 {
+    (1 << 31) - 1
+}
 
 /// Largest frame a client may send: fewer frames (and headers) per byte.
 const MAX_FRAME: u32 = 64 * 1024;
