@@ -18,5 +18,14 @@ apt=(apt-get -o DPkg::Lock::Timeout=600 -y -qq)
 export DEBIAN_FRONTEND=noninteractive
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
-$sudo "${apt[@]}" install "${need[@]}" >/dev/null \
-  || { $sudo "${apt[@]}" update && $sudo "${apt[@]}" install "${need[@]}" >/dev/null; }
+# A mirror's name that does not resolve for a moment (seen here) is tried
+# again, a few seconds later.
+for try in 1 2 3; do
+  if $sudo "${apt[@]}" install "${need[@]}" >/dev/null \
+    || { $sudo "${apt[@]}" update && $sudo "${apt[@]}" install "${need[@]}" >/dev/null; }; then
+    exit 0
+  fi
+  [ "$try" -lt 3 ] && sleep $((try * 5))
+done
+echo "installing ${need[*]} failed three times" >&2
+exit 1

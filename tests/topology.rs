@@ -314,6 +314,7 @@ fn the_production_topology_on_separate_hosts() {
     let within = Duration::from_secs(20);
     wait_listening(&lab, &logs, "client", stock, within);
     wait_listening(&lab, &logs, "client", ours, within);
+    let ready = Instant::now();
     let tunnel = |which: SocketAddr| -> std::io::Result<std::net::TcpStream> {
         if which == stock {
             socks5(&lab, "client", stock, web_v4)
@@ -331,13 +332,21 @@ fn the_production_topology_on_separate_hosts() {
     let mut carried = Vec::new();
     for (which, name) in [(stock, "the stock client"), (ours, "our client")] {
         let deadline = Instant::now() + 2 * within;
+        let mut tries = Vec::new();
         loop {
-            if tunnel(which).is_ok_and(|mut s| exchange(&mut s, 1 << 20)) {
-                break;
-            }
+            let at = Instant::now();
+            let tried = tunnel(which)
+                .map_err(|e| format!("connecting: {e}"))
+                .and_then(|mut s| exchange(&mut s, 1 << 20));
+            let Err(why) = tried else { break };
+            tries.push(format!(
+                "{:?} after the client was ready: {why}",
+                at - ready
+            ));
             assert!(
                 Instant::now() < deadline,
-                "{name} moved no data: {}",
+                "{name} moved no data:\n{}\n{}",
+                tries.join("\n"),
                 logs.dump()
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -374,11 +383,12 @@ fn the_production_topology_on_separate_hosts() {
     for (which, name) in [(stock, "the stock client"), (ours, "our client")] {
         let seen = web.peers().len();
         let mut s = tunnel(which).unwrap_or_else(|e| panic!("{name}: {e}: {}", logs.dump()));
-        assert!(
-            exchange(&mut s, 256 << 10),
-            "{name}: no tunnel after {cut} went down: {}",
-            logs.dump()
-        );
+        if let Err(why) = exchange(&mut s, 256 << 10) {
+            panic!(
+                "{name}: no tunnel after {cut} went down: {why}: {}",
+                logs.dump()
+            );
+        }
         assert_eq!(web.peers()[seen..], [other], "{name}'s new tunnel");
     }
 
@@ -389,19 +399,22 @@ fn the_production_topology_on_separate_hosts() {
         (tunnel(ours).expect("ours"), "ours"),
     ];
     for (s, name) in &mut open {
-        assert!(exchange(s, 64 << 10), "{name} before the cut");
+        if let Err(why) = exchange(s, 64 << 10) {
+            panic!("{name} before the cut: {why}");
+        }
     }
     lab.cut("cpnet").expect("cutting the control plane's link");
     let cut_at = Instant::now();
     let mut rounds = 0;
     while cut_at.elapsed() < CP_CUT {
         for (s, name) in &mut open {
-            assert!(
-                exchange(s, 64 << 10),
-                "{name}: an open tunnel stopped {:?} into the cut: {}",
-                cut_at.elapsed(),
-                logs.dump()
-            );
+            if let Err(why) = exchange(s, 64 << 10) {
+                panic!(
+                    "{name}: an open tunnel stopped {:?} into the cut: {why}: {}",
+                    cut_at.elapsed(),
+                    logs.dump()
+                );
+            }
         }
         rounds += 1;
         std::thread::sleep(Duration::from_secs(2));
@@ -409,11 +422,9 @@ fn the_production_topology_on_separate_hosts() {
     lab.restore("cpnet").expect("restoring the link");
     assert!(rounds >= 10, "only {rounds} rounds during the cut");
     for (s, name) in &mut open {
-        assert!(
-            exchange(s, 64 << 10),
-            "{name} after the cut: {}",
-            logs.dump()
-        );
+        if let Err(why) = exchange(s, 64 << 10) {
+            panic!("{name} after the cut: {why}: {}", logs.dump());
+        }
     }
     drop(open);
     drop(running);

@@ -63,16 +63,25 @@ pub fn apt_install(packages: &[&str], present: &[(&str, &str)]) {
     let list = packages.join(" ");
     let apt = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -qq";
     let script = format!("{apt} install {list} || ({apt} update && {apt} install {list})");
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .expect("running apt-get");
-    assert!(
-        out.status.success(),
-        "installing {list} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A mirror's name that does not resolve for a moment is tried again.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("running apt-get");
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            tries < 3,
+            "installing {list} failed {tries} times: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_secs(5 * tries));
+    }
 }
 
 /// The PostgreSQL server tests use (trust auth on this machine and in CI).

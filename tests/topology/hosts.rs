@@ -252,19 +252,48 @@ pub fn socks5(
 }
 
 /// Sends `len` random bytes on `s` (from a thread of its own, so that an
-/// echo never stalls on full buffers) and reads them back: true when every
-/// byte came back, in order, within the stream's read timeout.
-pub fn exchange(s: &mut TcpStream, len: usize) -> bool {
+/// echo never stalls on full buffers) and reads them back: `Ok` when every
+/// byte came back, in order, within the stream's read timeout, else what
+/// went wrong (for the failure's message).
+pub fn exchange(s: &mut TcpStream, len: usize) -> Result<(), String> {
     let mut sent = vec![0u8; len];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut sent);
-    let Ok(mut w) = s.try_clone() else {
-        return false;
-    };
+    let mut w = s
+        .try_clone()
+        .map_err(|e| format!("cloning the socket: {e}"))?;
     let data = sent.clone();
-    let writer = std::thread::spawn(move || w.write_all(&data).is_ok());
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || w.write_all(&data));
     let mut got = vec![0u8; len];
-    let read = s.read_exact(&mut got).is_ok();
-    writer.join().unwrap_or(false) && read && got == sent
+    let mut read = 0;
+    let mut why = None;
+    while read < len {
+        match s.read(&mut got[read..]) {
+            Ok(0) => {
+                why = Some("end of stream".to_owned());
+                break;
+            }
+            Ok(n) => read += n,
+            Err(e) => {
+                why = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let wrote = writer
+        .join()
+        .map_err(|_| "the writer panicked".to_owned())?;
+    let took = started.elapsed();
+    if let Some(why) = why {
+        return Err(format!(
+            "{why} after {read} of {len} bytes back in {took:?} (send: {wrote:?})"
+        ));
+    }
+    wrote.map_err(|e| format!("sending: {e} after {took:?}"))?;
+    if got != sent {
+        return Err("the bytes came back changed".to_owned());
+    }
+    Ok(())
 }
 
 /// A log file's path as an argument.
