@@ -183,7 +183,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
                 return from_stored(&stored, &s);
             }
             return Err(anyhow::anyhow!(
-                "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once: print a new one with `httvps {} rotate <id>`",
+                "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, for 24 h: print a new one with `httvps {} rotate <id>`",
                 s.kind
             ));
         }

@@ -1,7 +1,8 @@
 //! Enrollment end to end with the real binaries: `httvps node add` /
 //! `httvps gateway add` print a one-time string; `httvps-relay node|gateway
 //! --enroll` redeem it on first start into an owner-only credentials file
-//! and run; the same string is refused a second time; rotation gives a new
+//! and run; the same string is refused a second time, and any string after
+//! 24 h unless redeemed or used before; rotation gives a new
 //! string and retires the stored token; removal retires it too.
 
 mod common;
@@ -356,17 +357,16 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn graphql_registrations_return_the_same_string_for_dashboards() {
+/// A control plane on `db` (enrollment strings naming `enroll`, when
+/// given) serving on 127.0.0.1: its base URL, an admin's access token and
+/// its state.
+async fn control_plane(
+    db: &common::TestDb,
+    enroll: Option<httvps_control::nodes::enrollment::EnrollTarget>,
+) -> (String, String, httvps_control::state::AppState) {
     use httvps_control::accounts::{self, Role};
-    use httvps_control::nodes::enrollment::EnrollTarget;
-    let db = common::TestDb::pg().await;
     let mut settings = common::settings(db.dsn.clone(), false);
-    let pin = format!("sha256:{}", "5a".repeat(32));
-    settings.enroll = Some(EnrollTarget {
-        url: "https://cp.example.com".into(),
-        pin: Some(pin.clone()),
-    });
+    settings.enroll = enroll;
     let state = httvps_control::app::prepare(&settings)
         .await
         .expect("state");
@@ -382,6 +382,22 @@ async fn graphql_registrations_return_the_same_string_for_dashboards() {
         .await
         .expect("admin");
     let admin = plane::login(&base, "root@example.com").await;
+    (base, admin, state)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graphql_registrations_return_the_same_string_for_dashboards() {
+    use httvps_control::nodes::enrollment::EnrollTarget;
+    let db = common::TestDb::pg().await;
+    let pin = format!("sha256:{}", "5a".repeat(32));
+    let (base, admin, _state) = control_plane(
+        &db,
+        Some(EnrollTarget {
+            url: "https://cp.example.com".into(),
+            pin: Some(pin.clone()),
+        }),
+    )
+    .await;
     let gql = |q: &'static str| {
         let (base, admin) = (base.clone(), admin.clone());
         async move { common::gql(&base, Some(&admin), q, json!({})).await }
@@ -410,4 +426,136 @@ async fn graphql_registrations_return_the_same_string_for_dashboards() {
         b.enroll().await,
         Err(BackendError::Status { status: 401, .. })
     ));
+}
+
+/// `enrollmentExpiresAt` of the machine `name` in `list`
+/// (`gatewayNodes` or `outlineNodes`), null when it has none.
+async fn expiry(base: &str, admin: &str, list: &str, name: &str) -> serde_json::Value {
+    let q = format!("{{{list}{{edges{{node{{name enrollmentExpiresAt}}}}}}}}");
+    let r = common::gql(base, Some(admin), &q, json!({})).await;
+    r["data"][list]["edges"]
+        .as_array()
+        .and_then(|e| e.iter().find(|n| n["node"]["name"] == name))
+        .map(|n| n["node"]["enrollmentExpiresAt"].clone())
+        .unwrap_or_else(|| panic!("{name} in {r}"))
+}
+
+/// Moves every pending enrollment of both machine tables into the past.
+async fn expire_pending(db: &httvps_control::db::Db) -> httvps_control::error::AppResult<()> {
+    use diesel_async::RunQueryDsl;
+    for table in ["gateway_nodes", "outline_nodes"] {
+        let q = format!(
+            "UPDATE {table} SET enroll_expires_at = '2000-01-01 00:00:00' WHERE enroll_expires_at IS NOT NULL"
+        );
+        httvps_control::db_run!(db, |conn| diesel::sql_query(&q).execute(conn).await?);
+    }
+    Ok(())
+}
+
+/// An enrollment string is good for 24 h unless redeemed or used as the
+/// machine's own token before; an expired one is refused (401) as a
+/// spent one is and changes nothing; `rotate` gives a fresh one.
+async fn strings_expire_on(db: common::TestDb) {
+    let (base, admin, state) = control_plane(&db, None).await;
+    let gql = |q: String| {
+        let (base, admin) = (base.clone(), admin.clone());
+        async move { common::gql(&base, Some(&admin), &q, json!({})).await }
+    };
+    gql("mutation{createRegion(code:\"eu\",name:\"EU\"){id}}".into()).await;
+    let mut tokens = Vec::new();
+    for name in ["used", "forgotten"] {
+        let r = gql(format!("mutation{{registerGatewayNode(input:{{region:\"eu\",name:\"{name}\",publicUrl:\"https://{name}.example.com\"}}){{token}}}}")).await;
+        tokens.push(
+            r["data"]["registerGatewayNode"]["token"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+        );
+    }
+    let r = gql("mutation{registerOutlineNode(input:{region:\"eu\",name:\"n\",host:\"10.0.0.5\",port:8388}){token node{id}}}".into()).await;
+    let node_token = r["data"]["registerOutlineNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let node_id = r["data"]["registerOutlineNode"]["node"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Printed now, good for 24 h.
+    let until = expiry(&base, &admin, "gatewayNodes", "used").await;
+    let until = chrono::DateTime::parse_from_rfc3339(until.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc);
+    let left = until - chrono::Utc::now();
+    assert!(
+        left > chrono::TimeDelta::hours(24) - chrono::TimeDelta::minutes(2)
+            && left <= chrono::TimeDelta::hours(24),
+        "{left:?} left"
+    );
+
+    // A token used as the machine's own (`--token`) is enrolled by its
+    // first use and no longer expires.
+    let used = Backend::new(&base, &tokens[0]).expect("backend");
+    used.gateway_heartbeat(&Default::default())
+        .await
+        .expect("the fresh token works");
+    assert!(
+        expiry(&base, &admin, "gatewayNodes", "used")
+            .await
+            .is_null()
+    );
+
+    // A day later, the strings nobody redeemed or used are refused,
+    // whether redeemed or used directly, and stay as they were.
+    expire_pending(&state.db).await.expect("backdating");
+    let forgotten = Backend::new(&base, &tokens[1]).expect("backend");
+    assert!(matches!(
+        forgotten.enroll().await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
+    assert!(matches!(
+        forgotten.gateway_heartbeat(&Default::default()).await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
+    assert!(
+        expiry(&base, &admin, "gatewayNodes", "forgotten")
+            .await
+            .is_string(),
+        "a refused string changed its machine"
+    );
+    let node = Backend::new(&base, &node_token).expect("backend");
+    assert!(matches!(
+        node.enroll().await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
+    used.gateway_heartbeat(&Default::default())
+        .await
+        .expect("an enrolled token does not expire");
+
+    // Rotation prints a fresh string, which redeems.
+    let r = gql(format!("mutation{{rotateNodeToken(id:\"{node_id}\")}}")).await;
+    let rotated = r["data"]["rotateNodeToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(expiry(&base, &admin, "outlineNodes", "n").await.is_string());
+    let enrolled = Backend::new(&base, rotated)
+        .expect("backend")
+        .enroll()
+        .await
+        .expect("the rotated string redeems");
+    assert!(expiry(&base, &admin, "outlineNodes", "n").await.is_null());
+    config_with(&base, enrolled.token.expose())
+        .await
+        .expect("the redeemed token works");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_strings_expire_unless_redeemed_or_used_first_on_postgres() {
+    strings_expire_on(common::TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_strings_expire_unless_redeemed_or_used_first_on_sqlite() {
+    strings_expire_on(common::TestDb::sqlite().await).await;
 }

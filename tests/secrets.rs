@@ -246,6 +246,7 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
         version: None,
         created_at: ts,
         updated_at: ts,
+        enroll_expires_at: None,
     };
     assert_control_hidden("OutlineNode", &debug(&node));
     let gateway = GatewayNode {
@@ -261,6 +262,7 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
         version: None,
         created_at: ts,
         updated_at: ts,
+        enroll_expires_at: None,
     };
     assert_control_hidden("GatewayNode", &debug(&gateway));
     let refresh = RefreshToken {

@@ -177,6 +177,9 @@ pub struct OutlineNode {
     pub created_at: NaiveDateTime,
     /// Last change (UTC).
     pub updated_at: NaiveDateTime,
+    /// Until when the one-time token of its enrollment string works if
+    /// neither redeemed nor used (`None`: redeemed or used).
+    pub enroll_expires_at: Option<NaiveDateTime>,
 }
 
 /// A row of `gateway_nodes`.
@@ -207,6 +210,9 @@ pub struct GatewayNode {
     pub created_at: NaiveDateTime,
     /// Last change (UTC).
     pub updated_at: NaiveDateTime,
+    /// Until when the one-time token of its enrollment string works if
+    /// neither redeemed nor used (`None`: redeemed or used).
+    pub enroll_expires_at: Option<NaiveDateTime>,
 }
 
 /// A row of `sessions`.

@@ -98,6 +98,7 @@ diesel::table! {
         version -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        enroll_expires_at -> Nullable<Timestamp>,
     }
 }
 
@@ -116,6 +117,7 @@ diesel::table! {
         version -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        enroll_expires_at -> Nullable<Timestamp>,
     }
 }
 

@@ -52,6 +52,10 @@ pub struct OutlineNode {
     pub version: Option<String>,
     /// Registration time (UTC).
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Until when the one-time token of its latest enrollment string works
+    /// (UTC; strings expire 24 h after `add` or `rotate` printed them);
+    /// null once it was redeemed or used.
+    pub enrollment_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Its region (resolved by `region`).
     #[graphql(skip)]
     pub region_id: RegionId,
@@ -76,6 +80,7 @@ impl From<models::OutlineNode> for OutlineNode {
             last_heartbeat_at: n.last_heartbeat_at.map(|t| t.and_utc()),
             version: n.version,
             created_at: n.created_at.and_utc(),
+            enrollment_expires_at: n.enroll_expires_at.map(|t| t.and_utc()),
             region_id: n.region_id,
         }
     }
@@ -116,6 +121,10 @@ pub struct GatewayNode {
     pub version: Option<String>,
     /// Registration time (UTC).
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Until when the one-time token of its latest enrollment string works
+    /// (UTC; strings expire 24 h after `add` or `rotate` printed them);
+    /// null once it was redeemed or used.
+    pub enrollment_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Its region (resolved by `region`).
     #[graphql(skip)]
     pub region_id: RegionId,
@@ -133,6 +142,7 @@ impl From<models::GatewayNode> for GatewayNode {
             last_heartbeat_at: g.last_heartbeat_at.map(|t| t.and_utc()),
             version: g.version,
             created_at: g.created_at.and_utc(),
+            enrollment_expires_at: g.enroll_expires_at.map(|t| t.and_utc()),
             region_id: g.region_id,
         }
     }

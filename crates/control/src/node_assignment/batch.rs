@@ -373,6 +373,7 @@ mod tests {
             version: None,
             created_at: ts,
             updated_at: ts,
+            enroll_expires_at: None,
         };
         let r = Region {
             id: region,

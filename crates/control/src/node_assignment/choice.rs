@@ -160,6 +160,7 @@ mod tests {
             version: None,
             created_at: now(),
             updated_at: now(),
+            enroll_expires_at: None,
         }
     }
 

@@ -3,6 +3,12 @@
 //! machine token of its own. The swap is a compare-and-set on the stored
 //! hash, so a string is good for one redemption however many are tried at
 //! once; a second one finds the token gone (401).
+//!
+//! A string expires [`ENROLLMENT_TTL`] after it was printed unless it was
+//! redeemed or its token used as the machine's own before (`--token`; the
+//! first use counts as the enrollment): a string copied somewhere and
+//! forgotten stops being a machine credential. An expired one gets 401 as
+//! a spent one does; `rotate` prints a new one.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -14,6 +20,14 @@ use crate::db::schema::{audit_log, gateway_nodes, outline_nodes};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
 use crate::{audit, auth};
+
+/// How long an enrollment string works if neither redeemed nor used.
+pub const ENROLLMENT_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// Until when a string printed at `issued` works.
+pub fn expires(issued: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
+    issued + ENROLLMENT_TTL
+}
 
 /// What a redeemed enrollment gives the machine.
 #[derive(Debug, Clone)]
@@ -59,7 +73,10 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
                         .find(g.id)
                         .filter(gateway_nodes::token_hash.eq(&old)),
                 )
-                .set(gateway_nodes::token_hash.eq(&new))
+                .set((
+                    gateway_nodes::token_hash.eq(&new),
+                    gateway_nodes::enroll_expires_at.eq(None::<chrono::NaiveDateTime>),
+                ))
                 .execute(conn)
                 .await?
             }
@@ -69,7 +86,10 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
                         .find(n.id)
                         .filter(outline_nodes::token_hash.eq(&old)),
                 )
-                .set(outline_nodes::token_hash.eq(&new))
+                .set((
+                    outline_nodes::token_hash.eq(&new),
+                    outline_nodes::enroll_expires_at.eq(None::<chrono::NaiveDateTime>),
+                ))
                 .execute(conn)
                 .await?
             }

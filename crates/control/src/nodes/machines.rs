@@ -10,7 +10,7 @@ use diesel_async::RunQueryDsl;
 
 use crate::auth;
 use crate::db::Db;
-use crate::db::models::{GatewayNode, OutlineNode};
+use crate::db::models::{GatewayNode, OutlineNode, now};
 use crate::db::schema::{gateway_nodes, outline_nodes};
 use crate::db_run;
 use crate::error::{AppError, AppResult};
@@ -50,12 +50,63 @@ pub async fn authenticate_machine(db: &Db, token: &str) -> AppResult<Machine> {
         };
         (g, o)
     });
-    match (g, o) {
-        (Some(g), _) if g.status != NodeStatus::Disabled => Ok(Machine::Gateway(g)),
-        (_, Some(o)) if o.status != NodeStatus::Disabled => Ok(Machine::Outline(o)),
-        (Some(_), _) | (_, Some(_)) => Err(AppError::Forbidden),
-        _ => Err(AppError::Unauthenticated),
+    let mut machine = match (g, o) {
+        (Some(g), _) if g.status != NodeStatus::Disabled => Machine::Gateway(g),
+        (_, Some(o)) if o.status != NodeStatus::Disabled => Machine::Outline(o),
+        (Some(_), _) | (_, Some(_)) => return Err(AppError::Forbidden),
+        _ => return Err(AppError::Unauthenticated),
+    };
+    settle_enrollment(db, &mut machine, &hash).await?;
+    Ok(machine)
+}
+
+/// A token still waiting for its enrollment (the one of a string printed
+/// by `add` or `rotate`): refused once the string has expired, else its
+/// first use as the machine's own token counts as the enrollment and the
+/// token stops expiring.
+async fn settle_enrollment(db: &Db, machine: &mut Machine, hash: &str) -> AppResult<()> {
+    let pending = match machine {
+        Machine::Gateway(g) => &mut g.enroll_expires_at,
+        Machine::Outline(o) => &mut o.enroll_expires_at,
+    };
+    let Some(until) = *pending else {
+        return Ok(());
+    };
+    if until <= now() {
+        return Err(AppError::Unauthenticated);
     }
+    let none = None::<chrono::NaiveDateTime>;
+    match machine {
+        Machine::Gateway(g) => {
+            let id = g.id;
+            db_run!(db, |conn| {
+                diesel::update(
+                    gateway_nodes::table
+                        .find(id)
+                        .filter(gateway_nodes::token_hash.eq(hash)),
+                )
+                .set(gateway_nodes::enroll_expires_at.eq(none))
+                .execute(conn)
+                .await?
+            });
+            g.enroll_expires_at = None;
+        }
+        Machine::Outline(o) => {
+            let id = o.id;
+            db_run!(db, |conn| {
+                diesel::update(
+                    outline_nodes::table
+                        .find(id)
+                        .filter(outline_nodes::token_hash.eq(hash)),
+                )
+                .set(outline_nodes::enroll_expires_at.eq(none))
+                .execute(conn)
+                .await?
+            });
+            o.enroll_expires_at = None;
+        }
+    }
+    Ok(())
 }
 
 /// How long an authenticated machine token is trusted without asking the
@@ -108,7 +159,6 @@ impl MachineCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::models::now;
     use crate::ids::{GatewayNodeId, RegionId};
     use crate::status::Health;
 
@@ -126,6 +176,7 @@ mod tests {
             version: None,
             created_at: now(),
             updated_at: now(),
+            enroll_expires_at: None,
         })
     }
 

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use httvps_wire::Secret;
 
-use super::{AnyNode, gateway_event, outline_event, status_event};
+use super::{AnyNode, enrollment, gateway_event, outline_event, status_event};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, Region, now};
@@ -101,6 +101,7 @@ pub async fn register_outline(
         version: None,
         created_at: ts,
         updated_at: ts,
+        enroll_expires_at: Some(enrollment::expires(ts)),
     };
     let entry = audit::entry(
         actor,
@@ -155,6 +156,7 @@ pub async fn register_gateway(
         version: None,
         created_at: ts,
         updated_at: ts,
+        enroll_expires_at: Some(enrollment::expires(ts)),
     };
     let entry = audit::entry(
         actor,
@@ -285,6 +287,7 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<S
     actor.require_admin()?;
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
+    let until = Some(enrollment::expires(now()));
     let entry = audit::entry(
         actor,
         "rotate_node_token",
@@ -294,11 +297,17 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<S
     );
     db_tx!(db, |conn, _| {
         let n = diesel::update(outline_nodes::table.find(OutlineNodeId::from(id)))
-            .set(outline_nodes::token_hash.eq(&hash))
+            .set((
+                outline_nodes::token_hash.eq(&hash),
+                outline_nodes::enroll_expires_at.eq(until),
+            ))
             .execute(conn)
             .await?
             + diesel::update(gateway_nodes::table.find(GatewayNodeId::from(id)))
-                .set(gateway_nodes::token_hash.eq(&hash))
+                .set((
+                    gateway_nodes::token_hash.eq(&hash),
+                    gateway_nodes::enroll_expires_at.eq(until),
+                ))
                 .execute(conn)
                 .await?;
         if n == 0 {
