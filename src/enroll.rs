@@ -151,12 +151,18 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
             let (g, token) = nodes::register_gateway(&pool, &op, &region, &name, &public_url)
                 .await
                 .map_err(fail)?;
-            tracing::info!(gateway.id = %g.id, "gateway registered");
+            tracing::info!(
+                gateway.id = %g.id,
+                enrollment.expires_at = %expiry(g.enroll_expires_at),
+                "gateway registered"
+            );
             Ok(string("gateway", &url, pin, token))
         }
         GatewayCommand::Rotate { id } => {
             let (url, pin) = target(e)?;
             let token = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
+            let until = nodes::enrollment::expires(chrono::Utc::now().naive_utc());
+            tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");
             Ok(string("gateway", &url, pin, token))
         }
         GatewayCommand::Remove { id } => {
@@ -164,6 +170,11 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
             Ok(format!("removed {id}"))
         }
     }
+}
+
+/// When a string printed now stops working (RFC 3339, UTC), for the log.
+fn expiry(at: Option<chrono::NaiveDateTime>) -> String {
+    at.map_or_else(|| "never".to_owned(), |t| t.and_utc().to_rfc3339())
 }
 
 /// Runs `httvps node …`, like [`gateway`].
@@ -193,12 +204,18 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
             let (n, token) = nodes::register_outline(&pool, &op, input)
                 .await
                 .map_err(fail)?;
-            tracing::info!(node.id = %n.id, "node registered");
+            tracing::info!(
+                node.id = %n.id,
+                enrollment.expires_at = %expiry(n.enroll_expires_at),
+                "node registered"
+            );
             Ok(string("node", &url, pin, token))
         }
         NodeCommand::Rotate { id } => {
             let (url, pin) = target(e)?;
             let token = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
+            let until = nodes::enrollment::expires(chrono::Utc::now().naive_utc());
+            tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");
             Ok(string("node", &url, pin, token))
         }
         NodeCommand::Remove { id } => {
