@@ -55,10 +55,9 @@ const STREAM_WINDOW: u32 = 16 << 20;
 /// stream but that its local reader has not taken yet holds the
 /// connection's window too, so a window of a few streams would let a few
 /// readers that stop (paused videos) stop every tunnel of the connection,
-/// new ones included, while its pings still pass. With this one only the
-/// stream windows bound what waits, each stalled tunnel holding at most
-/// [`STREAM_WINDOW`] of our memory, and a bulk stream never holds the
-/// connection's credit.
+/// new ones included, while its pings still pass. With this one it takes
+/// sixty-four, each holding at most [`STREAM_WINDOW`] of our memory, and
+/// a bulk stream never holds the connection's credit.
 const CONNECTION_WINDOW: u32 = 1 << 30;
 
 /// Largest frame the gateway may send us.

@@ -6,15 +6,14 @@
 //! than adaptive: 4 MiB per stream (what a client may upload ahead of the
 //! node; the window also covers what waits in the client's socket buffer,
 //! so one upload moves at most 4 MiB per round trip). The connection's
-//! window is every stream's at once ([`MAX_STREAMS`] of them, 1 GiB): data
-//! that arrived for a stream whose node has stopped reading (its target
-//! does not read) holds the connection's window until it is read, so a
-//! window of a few streams would let a few such uploads stop every other
-//! stream of the connection, the first bytes of new tunnels included.
-//! What the gateway buffers for a node that does not read is bounded per
-//! stream (4 MiB) and by the tunnel caps, per device as with one
-//! connection per tunnel; a smaller connection window would only make a
-//! client spread the same streams over more connections. Downloads are
+//! window is sixteen streams' (64 MiB): data that arrived for a stream
+//! whose node has stopped reading (its target reads nothing) holds the
+//! connection's window until it is read: with a window of four streams,
+//! four such uploads would stop every other stream of their connection,
+//! the first bytes of new tunnels included; it takes sixteen. The window also bounds what one connection can make the
+//! gateway hold, before its tunnels are authorized too (a client may send
+//! data right behind a CONNECT), so it is not wider: every stream's
+//! window at once would be 1 GiB per connection. Downloads are
 //! paced by the client's own, larger windows. Fixed windows also keep the
 //! scheduling fair: a bulk stream can never take the whole connection
 //! window, so a small stream beside it always has credit. Nothing is
@@ -59,18 +58,9 @@ use tower_service::Service;
 /// Receive window of each stream (see the module's note).
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 
-/// Receive window of each connection: every stream's at once (see the
-/// module's note).
-pub(crate) const CONNECTION_WINDOW: u32 = MAX_STREAMS * STREAM_WINDOW;
-const _: () = assert!(
-    CONNECTION_WINDOW <= h2_window_max(),
-    "HTTP/2 windows stop at 2^31 - 1"
-);
-
-/// The largest window HTTP/2 allows.
-const fn h2_window_max() -> u32 {
-    (1 << 31) - 1
-}
+/// Receive window of each connection: sixteen streams' (see the module's
+/// note).
+pub(crate) const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
 
 /// Largest frame a client may send: fewer frames (and headers) per byte.
 const MAX_FRAME: u32 = 64 * 1024;
