@@ -559,3 +559,121 @@ async fn enrollment_strings_expire_unless_redeemed_or_used_first_on_postgres() {
 async fn enrollment_strings_expire_unless_redeemed_or_used_first_on_sqlite() {
     strings_expire_on(common::TestDb::sqlite().await).await;
 }
+
+/// Rows a migration test inserts before the expiry migration: a region
+/// and two gateways, one heard from and one never heard from.
+const BEFORE_EXPIRY: [&str; 3] = [
+    "INSERT INTO regions (id, code, name, pool_method, pool_secret, created_at) VALUES \
+     ('7d0e3f0a-0000-4000-8000-000000000001', 'eu', 'EU', 'aes-256-gcm', 'a pool secret of 24 b', '2026-11-01 09:00:00')",
+    "INSERT INTO gateway_nodes (id, region_id, name, public_url, token_hash, status, health, last_heartbeat_at, created_at, updated_at) VALUES \
+     ('7d0e3f0a-0000-4000-8000-000000000002', '7d0e3f0a-0000-4000-8000-000000000001', 'running', 'https://a.example.com', 'h1', 'active', 'up', '2026-11-01 09:00:00', '2026-11-01 09:00:00', '2026-11-01 09:00:00')",
+    "INSERT INTO gateway_nodes (id, region_id, name, public_url, token_hash, status, health, created_at, updated_at) VALUES \
+     ('7d0e3f0a-0000-4000-8000-000000000003', '7d0e3f0a-0000-4000-8000-000000000001', 'never-started', 'https://b.example.com', 'h2', 'active', 'unknown', '2026-11-01 09:00:00', '2026-11-01 09:00:00')",
+];
+
+/// The expiry migration on `t` (fully migrated): reverted (with any
+/// later ones), the rows of
+/// [`BEFORE_EXPIRY`] written, applied again; the gateways as the code
+/// reads them, by name.
+async fn gateways_across_the_expiry_migration(
+    t: &common::TestDb,
+) -> Vec<(String, Option<chrono::NaiveDateTime>)> {
+    use diesel_async::RunQueryDsl;
+    use diesel_migrations::MigrationHarness;
+    use httvps_control::db::{self, Dsn};
+    const VERSION: &str = "20261203100001";
+    let mut reverted;
+    match &t.dsn {
+        Dsn::Postgres(url) => {
+            let conn =
+                <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(url)
+                    .await
+                    .expect("connect");
+            let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+            reverted = 0;
+            loop {
+                reverted += 1;
+                let v = harness
+                    .revert_last_migration(db::PG_MIGRATIONS)
+                    .expect("revert")
+                    .to_string();
+                if v == VERSION {
+                    break;
+                }
+                assert!(v.as_str() > VERSION && reverted < 50, "reverted {v}");
+            }
+            let mut conn: diesel_async::AsyncPgConnection = harness.into_inner();
+            for q in BEFORE_EXPIRY {
+                diesel::sql_query(q).execute(&mut conn).await.expect(q);
+            }
+        }
+        Dsn::Sqlite(path) => {
+            use diesel::Connection;
+            let mut conn = diesel::SqliteConnection::establish(path).expect("connect");
+            reverted = 0;
+            loop {
+                reverted += 1;
+                let v = conn
+                    .revert_last_migration(db::SQLITE_MIGRATIONS)
+                    .expect("revert")
+                    .to_string();
+                if v == VERSION {
+                    break;
+                }
+                assert!(v.as_str() > VERSION && reverted < 50, "reverted {v}");
+            }
+            for q in BEFORE_EXPIRY {
+                diesel::RunQueryDsl::execute(diesel::sql_query(q), &mut conn).expect(q);
+            }
+        }
+    }
+    assert_eq!(db::migrate(&t.dsn).await.expect("up again"), reverted);
+    let pool = db::Db::connect(&t.dsn, 1).expect("pool");
+    read_gateways(&pool).await.expect("gateways")
+}
+
+/// Every gateway's name and enrollment expiry, through the model.
+async fn read_gateways(
+    pool: &httvps_control::db::Db,
+) -> httvps_control::error::AppResult<Vec<(String, Option<chrono::NaiveDateTime>)>> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use httvps_control::db::models::GatewayNode;
+    use httvps_control::db::schema::gateway_nodes;
+    let rows: Vec<GatewayNode> = httvps_control::db_run!(pool, |conn| gateway_nodes::table
+        .select(GatewayNode::as_select())
+        .order(gateway_nodes::name)
+        .load(conn)
+        .await?);
+    Ok(rows
+        .into_iter()
+        .map(|g| (g.name, g.enroll_expires_at))
+        .collect())
+}
+
+/// Machines never heard from before the upgrade get a day to enroll;
+/// running ones keep their tokens as they are.
+async fn expiry_migration_on(t: common::TestDb) {
+    let rows = gateways_across_the_expiry_migration(&t).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1], ("running".to_owned(), None));
+    assert_eq!(rows[0].0, "never-started");
+    let until = rows[0]
+        .1
+        .expect("a deadline for the gateway never heard from");
+    let left = until - chrono::Utc::now().naive_utc();
+    assert!(
+        left > chrono::TimeDelta::hours(23) && left <= chrono::TimeDelta::hours(24),
+        "{left:?} left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn machines_never_heard_from_get_a_day_to_enroll_after_the_upgrade_on_postgres() {
+    expiry_migration_on(common::TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn machines_never_heard_from_get_a_day_to_enroll_after_the_upgrade_on_sqlite() {
+    expiry_migration_on(common::TestDb::sqlite().await).await;
+}

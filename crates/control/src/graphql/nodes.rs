@@ -54,7 +54,8 @@ pub struct OutlineNode {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Until when the one-time token of its latest enrollment string works
     /// (UTC; strings expire 24 h after `add` or `rotate` printed them);
-    /// null once it was redeemed or used.
+    /// null once it was redeemed or used (and for machines heard from
+    /// before strings expired).
     pub enrollment_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Its region (resolved by `region`).
     #[graphql(skip)]
@@ -123,7 +124,8 @@ pub struct GatewayNode {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Until when the one-time token of its latest enrollment string works
     /// (UTC; strings expire 24 h after `add` or `rotate` printed them);
-    /// null once it was redeemed or used.
+    /// null once it was redeemed or used (and for machines heard from
+    /// before strings expired).
     pub enrollment_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Its region (resolved by `region`).
     #[graphql(skip)]

@@ -13,7 +13,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::machines::{Machine, authenticate_machine};
+use super::machines::{Machine, find_machine};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes};
@@ -46,7 +46,8 @@ pub struct Enrolled {
 /// token, which is returned; the presented one stops working.
 pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
     // Always from the database: a cached answer could outlive the swap.
-    let machine = authenticate_machine(db, presented).await?;
+    let machine = find_machine(db, presented).await?;
+    let at = crate::db::models::now();
     let old = auth::hash_token(presented);
     let token = auth::new_token();
     let new = auth::hash_token(&token);
@@ -71,7 +72,12 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
                 diesel::update(
                     gateway_nodes::table
                         .find(g.id)
-                        .filter(gateway_nodes::token_hash.eq(&old)),
+                        .filter(gateway_nodes::token_hash.eq(&old))
+                        .filter(
+                            gateway_nodes::enroll_expires_at
+                                .is_null()
+                                .or(gateway_nodes::enroll_expires_at.gt(at)),
+                        ),
                 )
                 .set((
                     gateway_nodes::token_hash.eq(&new),
@@ -84,7 +90,12 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
                 diesel::update(
                     outline_nodes::table
                         .find(n.id)
-                        .filter(outline_nodes::token_hash.eq(&old)),
+                        .filter(outline_nodes::token_hash.eq(&old))
+                        .filter(
+                            outline_nodes::enroll_expires_at
+                                .is_null()
+                                .or(outline_nodes::enroll_expires_at.gt(at)),
+                        ),
                 )
                 .set((
                     outline_nodes::token_hash.eq(&new),
@@ -95,7 +106,7 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
             }
         };
         if swapped == 0 {
-            // Redeemed (or re-keyed) by someone else meanwhile.
+            // Redeemed (or re-keyed) by someone else meanwhile, or expired.
             return Err(AppError::Unauthenticated);
         }
         diesel::insert_into(audit_log::table)

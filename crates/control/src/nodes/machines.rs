@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -25,8 +26,17 @@ pub enum Machine {
     Outline(OutlineNode),
 }
 
-/// Finds the node holding `token`; disabled nodes are refused.
+/// Finds the node holding `token`; disabled nodes are refused, and so is
+/// a token whose enrollment string expired before it was redeemed or used.
 pub async fn authenticate_machine(db: &Db, token: &str) -> AppResult<Machine> {
+    let mut machine = find_machine(db, token).await?;
+    settle_enrollment(db, &mut machine, &auth::hash_token(token)).await?;
+    Ok(machine)
+}
+
+/// The node holding `token`, as [`authenticate_machine`] checks it, but
+/// without counting this as the token's first use (for redeeming it).
+pub(super) async fn find_machine(db: &Db, token: &str) -> AppResult<Machine> {
     if !auth::looks_like_token(token) {
         return Err(AppError::Unauthenticated);
     }
@@ -50,61 +60,89 @@ pub async fn authenticate_machine(db: &Db, token: &str) -> AppResult<Machine> {
         };
         (g, o)
     });
-    let mut machine = match (g, o) {
+    let machine = match (g, o) {
         (Some(g), _) if g.status != NodeStatus::Disabled => Machine::Gateway(g),
         (_, Some(o)) if o.status != NodeStatus::Disabled => Machine::Outline(o),
         (Some(_), _) | (_, Some(_)) => return Err(AppError::Forbidden),
         _ => return Err(AppError::Unauthenticated),
     };
-    settle_enrollment(db, &mut machine, &hash).await?;
+    if machine
+        .enrollment_pending_until()
+        .is_some_and(|until| until <= now())
+    {
+        return Err(AppError::Unauthenticated);
+    }
     Ok(machine)
 }
 
-/// A token still waiting for its enrollment (the one of a string printed
-/// by `add` or `rotate`): refused once the string has expired, else its
-/// first use as the machine's own token counts as the enrollment and the
-/// token stops expiring.
-async fn settle_enrollment(db: &Db, machine: &mut Machine, hash: &str) -> AppResult<()> {
-    let pending = match machine {
-        Machine::Gateway(g) => &mut g.enroll_expires_at,
-        Machine::Outline(o) => &mut o.enroll_expires_at,
-    };
-    let Some(until) = *pending else {
-        return Ok(());
-    };
-    if until <= now() {
-        return Err(AppError::Unauthenticated);
+impl Machine {
+    /// Until when its token's enrollment string works, if the token was
+    /// neither redeemed nor used yet.
+    pub fn enrollment_pending_until(&self) -> Option<NaiveDateTime> {
+        match self {
+            Machine::Gateway(g) => g.enroll_expires_at,
+            Machine::Outline(o) => o.enroll_expires_at,
+        }
     }
-    let none = None::<chrono::NaiveDateTime>;
-    match machine {
+}
+
+/// A token still waiting for its enrollment (the one of a string printed
+/// by `add` or `rotate`, not expired: [`find_machine`] checked): its first
+/// use as the machine's own token counts as the enrollment, and the token
+/// stops expiring. The change is made only while the row still holds the
+/// token and the string has not expired meanwhile; otherwise the token is
+/// refused.
+async fn settle_enrollment(db: &Db, machine: &mut Machine, hash: &str) -> AppResult<()> {
+    if machine.enrollment_pending_until().is_none() {
+        return Ok(());
+    }
+    let at = now();
+    let none = None::<NaiveDateTime>;
+    let settled = match machine {
         Machine::Gateway(g) => {
             let id = g.id;
-            db_run!(db, |conn| {
+            let n = db_run!(db, |conn| {
                 diesel::update(
                     gateway_nodes::table
                         .find(id)
-                        .filter(gateway_nodes::token_hash.eq(hash)),
+                        .filter(gateway_nodes::token_hash.eq(hash))
+                        .filter(
+                            gateway_nodes::enroll_expires_at
+                                .is_null()
+                                .or(gateway_nodes::enroll_expires_at.gt(at)),
+                        ),
                 )
                 .set(gateway_nodes::enroll_expires_at.eq(none))
                 .execute(conn)
                 .await?
             });
             g.enroll_expires_at = None;
+            n
         }
         Machine::Outline(o) => {
             let id = o.id;
-            db_run!(db, |conn| {
+            let n = db_run!(db, |conn| {
                 diesel::update(
                     outline_nodes::table
                         .find(id)
-                        .filter(outline_nodes::token_hash.eq(hash)),
+                        .filter(outline_nodes::token_hash.eq(hash))
+                        .filter(
+                            outline_nodes::enroll_expires_at
+                                .is_null()
+                                .or(outline_nodes::enroll_expires_at.gt(at)),
+                        ),
                 )
                 .set(outline_nodes::enroll_expires_at.eq(none))
                 .execute(conn)
                 .await?
             });
             o.enroll_expires_at = None;
+            n
         }
+    };
+    if settled == 0 {
+        // Rotated, redeemed by someone else or expired since it was read.
+        return Err(AppError::Unauthenticated);
     }
     Ok(())
 }
