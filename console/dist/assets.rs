@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-Cdtl7lSv.js",
+        path: "assets/console-B3s5umIO.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"d438a9b52fae3b1a698c\"",
+        etag: "\"de0f8e0554007c622bf8\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-Cdtl7lSv.js"),
-        gzip: Some(include_bytes!("assets/console-Cdtl7lSv.js.gz")),
-        brotli: Some(include_bytes!("assets/console-Cdtl7lSv.js.br")),
+        raw: include_bytes!("assets/console-B3s5umIO.js"),
+        gzip: Some(include_bytes!("assets/console-B3s5umIO.js.gz")),
+        brotli: Some(include_bytes!("assets/console-B3s5umIO.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"72a44f6a68a5d34252ce\"",
+        etag: "\"de26f80cb9c7e30b991f\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

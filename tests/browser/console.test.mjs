@@ -211,6 +211,9 @@ async function scenario(t, mode, env) {
     await shot(admin, mode, '05-node-token');
     await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
     await rowOf(admin, nodeName).waitFor();
+    // Never heard from yet: the row says until when its token works.
+    const pending = await rowOf(admin, nodeName).textContent();
+    assert.match(pending, /never\s*token expires in 2[34] h/, pending);
 
     await admin.getByRole('button', { name: 'Register gateway' }).click();
     const gd = admin.getByRole('dialog');

@@ -9,9 +9,9 @@ const SUBSCRIPTION =
   'id status startsAt expiresAt trafficLimitBytes trafficUsedBytes periodStart';
 const DEVICE = 'id name platform status lastSeenAt createdAt revokedAt';
 const OUTLINE_NODE =
-  'id name host port method usesPoolKey status health capacity load bytesIn bytesOut lastHeartbeatAt version createdAt region { id code name }';
+  'id name host port method usesPoolKey status health capacity load bytesIn bytesOut lastHeartbeatAt enrollmentExpiresAt version createdAt region { id code name }';
 const GATEWAY_NODE =
-  'id name publicUrl status health openTunnels lastHeartbeatAt version createdAt region { id code name }';
+  'id name publicUrl status health openTunnels lastHeartbeatAt enrollmentExpiresAt version createdAt region { id code name }';
 const SESSION = `id startedAt lastActivityAt endedAt endReason bytesUp bytesDown
   device { id name user { id email } } outlineNode { id name region { code } } gatewayNode { id name }`;
 const CREDENTIALS = `device { ${DEVICE} } accessToken links { ssconf sip002 }`;

@@ -107,6 +107,8 @@ export interface OutlineNode {
   bytesIn: BigIntString;
   bytesOut: BigIntString;
   lastHeartbeatAt: DateTime | null;
+  /** Until when the token of its latest enrollment string works if unused (null once used). */
+  enrollmentExpiresAt: DateTime | null;
   version: string | null;
   createdAt: DateTime;
   region: Pick<Region, 'id' | 'code' | 'name'> | null;
@@ -120,6 +122,8 @@ export interface GatewayNode {
   health: string;
   openTunnels: number;
   lastHeartbeatAt: DateTime | null;
+  /** Until when the token of its latest enrollment string works if unused (null once used). */
+  enrollmentExpiresAt: DateTime | null;
   version: string | null;
   createdAt: DateTime;
   region: Pick<Region, 'id' | 'code' | 'name'> | null;

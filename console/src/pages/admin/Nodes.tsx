@@ -31,6 +31,35 @@ function useRegions() {
   return useQuery((signal) => gql<{ regions: Connection<Region> }>(doc.REGIONS, { first: 100 }, signal), []);
 }
 
+/**
+ * The last heartbeat; for a machine never heard from, whether its token
+ * still works (an unused token expires 24 h after it was issued).
+ */
+function Heartbeat(props: { at: string | null; expires: string | null; now: number }) {
+  if (props.at || !props.expires) {
+    return <td title={props.at ?? undefined}>{ago(props.at, props.now)}</td>;
+  }
+  const live = Date.parse(props.expires) > props.now;
+  return (
+    <td title={props.expires}>
+      never
+      {live ? (
+        <div class="muted small">token expires in {within(Date.parse(props.expires) - props.now)}</div>
+      ) : (
+        <div class="small">
+          <span class="badge warn">token expired: rotate it</span>
+        </div>
+      )}
+    </td>
+  );
+}
+
+/** A time left, to the nearest hour (minutes under an hour). */
+function within(ms: number): string {
+  const min = Math.max(1, Math.round(ms / 60_000));
+  return min < 60 ? `${min} min` : `${Math.round(min / 60)} h`;
+}
+
 /** The machine token, shown once after registering or rotating. */
 function TokenDialog(props: { title: string; token: string; kind: 'node' | 'gateway'; onClose: () => void }) {
   const backend = location.origin;
@@ -41,8 +70,8 @@ function TokenDialog(props: { title: string; token: string; kind: 'node' | 'gate
   return (
     <Dialog title={props.title} onClose={props.onClose} wide>
       <p class="note warn">
-        This token is shown only now and is stored hashed. Copy it to the machine; if it is lost, rotate
-        the token.
+        This token is shown only now and is stored hashed. Copy it to the machine and start it within
+        24 h: a token not used by then expires. If it is lost or expired, rotate the token.
       </p>
       <OnceValue label="Machine token" value={props.token} testId="machine-token" />
       <OnceValue label="Command" value={command} />
@@ -325,7 +354,7 @@ export function Nodes() {
                     <td>
                       <LoadCell load={n.load} capacity={n.capacity} />
                     </td>
-                    <td title={n.lastHeartbeatAt ?? undefined}>{ago(n.lastHeartbeatAt, now)}</td>
+                    <Heartbeat at={n.lastHeartbeatAt} expires={n.enrollmentExpiresAt} now={now} />
                     <td>
                       {n.usesPoolKey ? 'pool' : 'own'} <span class="muted small">{n.method}</span>
                     </td>
@@ -367,7 +396,7 @@ export function Nodes() {
                       <NodeState status={g.status} health={g.health} />
                     </td>
                     <td>{g.openTunnels}</td>
-                    <td title={g.lastHeartbeatAt ?? undefined}>{ago(g.lastHeartbeatAt, now)}</td>
+                    <Heartbeat at={g.lastHeartbeatAt} expires={g.enrollmentExpiresAt} now={now} />
                     <td>
                       <NodeActions
                         node={g}
