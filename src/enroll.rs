@@ -160,8 +160,7 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
         }
         GatewayCommand::Rotate { id } => {
             let (url, pin) = target(e)?;
-            let token = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
-            let until = nodes::enrollment::expires(chrono::Utc::now().naive_utc());
+            let (token, until) = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
             tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");
             Ok(string("gateway", &url, pin, token))
         }
@@ -213,8 +212,7 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
         }
         NodeCommand::Rotate { id } => {
             let (url, pin) = target(e)?;
-            let token = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
-            let until = nodes::enrollment::expires(chrono::Utc::now().naive_utc());
+            let (token, until) = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
             tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");
             Ok(string("node", &url, pin, token))
         }

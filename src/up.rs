@@ -193,7 +193,7 @@ pub async fn start_up_data_plane(
                 .id
         }
     };
-    let node_token = nodes::rotate_token(db, &admin, node_id.uuid())
+    let (node_token, _) = nodes::rotate_token(db, &admin, node_id.uuid())
         .await
         .map_err(fail)?;
     let gateway_addr = gateway.local_addr()?;
@@ -217,7 +217,7 @@ pub async fn start_up_data_plane(
                 .id
         }
     };
-    let gw_token = nodes::rotate_token(db, &admin, gw_id.uuid())
+    let (gw_token, _) = nodes::rotate_token(db, &admin, gw_id.uuid())
         .await
         .map_err(fail)?;
     let cert = data_dir.join("gateway.crt");

@@ -393,6 +393,9 @@ impl NodeMutation {
         id: Uuid,
     ) -> async_graphql::Result<String> {
         let api = ctx.data::<AppContext>()?;
-        nodes::rotate_token(&api.db, &actor(ctx)?, id).await.gql()
+        nodes::rotate_token(&api.db, &actor(ctx)?, id)
+            .await
+            .map(|(token, _)| token)
+            .gql()
     }
 }

@@ -283,11 +283,17 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
 }
 
 /// Admin: replaces a node's machine token; the old one stops working.
-pub async fn rotate_token(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<String> {
+/// Returns the new token and until when it works unless used before.
+pub async fn rotate_token(
+    db: &Db,
+    actor: &Actor,
+    id: uuid::Uuid,
+) -> AppResult<(String, chrono::NaiveDateTime)> {
     actor.require_admin()?;
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
-    let until = Some(enrollment::expires(now()));
+    let expires_at = enrollment::expires(now());
+    let until = Some(expires_at);
     let entry = audit::entry(
         actor,
         "rotate_node_token",
@@ -319,5 +325,5 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<S
             .await?;
         Ok(())
     })?;
-    Ok(token)
+    Ok((token, expires_at))
 }
