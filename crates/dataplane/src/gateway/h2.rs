@@ -8,13 +8,14 @@
 //! so one upload moves at most 4 MiB per round trip). The connection's
 //! window is sixteen streams' (64 MiB): data that arrived for a stream
 //! whose node has stopped reading (its target reads nothing) holds the
-//! connection's window until it is read: with a window of four streams,
-//! four such uploads would stop every other stream of their connection,
-//! the first bytes of new tunnels included; it takes sixteen. The window also bounds what one connection can make the
-//! gateway hold, before its tunnels are authorized too (a client may send
-//! data right behind a CONNECT), so it is not wider: every stream's
-//! window at once would be 1 GiB per connection. Downloads are
-//! paced by the client's own, larger windows. Fixed windows also keep the
+//! connection's window until it is read, so with a window of four
+//! streams, four such uploads would stop every other stream of their
+//! connection, the first bytes of new tunnels included; it takes sixteen.
+//! The window also bounds what one connection can make the gateway hold,
+//! before its tunnels are authorized too (a client may send data right
+//! behind a CONNECT), so it is not wider: every stream's window at once
+//! would be 1 GiB per connection. Downloads are paced by the client's
+//! own, larger windows. Fixed windows also keep the
 //! scheduling fair: a bulk stream can never take the whole connection
 //! window, so a small stream beside it always has credit. Nothing is
 //! allocated for a window until data arrives, so idle streams cost only
