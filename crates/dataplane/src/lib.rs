@@ -23,6 +23,8 @@
 //! - [`acme`]: certificates ordered and renewed by ACME (TLS-ALPN-01 on
 //!   the gateway's own port), cached, swapped in through [`certs`].
 //! - [`tls`]: certificates, acceptors and connectors (system roots).
+//! - [`readahead`]: sockets read in blocks of up to 64 KiB beneath TLS
+//!   and Shadowsocks (rustls reads 4 KiB at a time).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
 //! - [`nofile`]: the open-file limit, raised to the hard one at start.
@@ -36,5 +38,6 @@ pub mod gateway;
 pub mod link;
 pub mod node;
 pub mod nofile;
+pub mod readahead;
 pub mod tls;
 pub mod wsio;

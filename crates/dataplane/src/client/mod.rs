@@ -78,7 +78,7 @@ pub use mux::{
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// TLS to the gateway.
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+type Tls = tokio_rustls::client::TlsStream<crate::readahead::ReadAhead>;
 
 /// What every local connection shares.
 struct Shared {
@@ -151,7 +151,7 @@ impl Shared {
         let name = ServerName::try_from(p.gateway_host.clone()).context("gateway host name")?;
         let tls = self
             .tls
-            .connect(name, tcp)
+            .connect(name, crate::readahead::ReadAhead::new(tcp))
             .await
             .context("TLS with the gateway")?;
         Ok(tls)

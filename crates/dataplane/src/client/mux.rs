@@ -333,6 +333,7 @@ async fn dial(tls: TlsConnector, p: Params, id: u64) -> Result<Warm, MuxError> {
     .context("connecting to the gateway")?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(p.gateway_host.clone()).context("gateway host name")?;
+    let tcp = crate::readahead::ReadAhead::new(tcp);
     let stream = tokio::time::timeout(PING_WAIT, tls.connect(name, tcp))
         .await
         .context("TLS with the gateway: timeout")?

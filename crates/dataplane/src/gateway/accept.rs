@@ -123,6 +123,7 @@ pub(crate) async fn serve(
         );
         connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
+            let tcp = crate::readahead::ReadAhead::new(tcp);
             let handshake = async {
                 let start = tokio_rustls::LazyConfigAcceptor::new(
                     tokio_rustls::rustls::server::Acceptor::default(),

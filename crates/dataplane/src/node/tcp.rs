@@ -3,7 +3,9 @@
 //! and the request header; this loop follows shadowsocks-service's own
 //! server (`server/tcprelay.rs`) step for step, and reads and writes the
 //! client connection through the witness's counter, so a tunnel costs the
-//! node two descriptors (client, destination) and one copy per byte.
+//! node two descriptors (client, destination). The client connection is
+//! read in blocks ([`ReadAhead`]), not a read per Shadowsocks length and
+//! payload.
 //!
 //! What a client sees is what a stock `ssserver` shows it: a header not
 //! complete within the timeout, or cut by EOF, closes the connection; a
@@ -32,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::NodeOptions;
 use super::destinations::{PublicOnly, private_block_acl};
 use super::witness::{Counted, Witness};
+use crate::readahead::ReadAhead;
 
 /// What every connection of the loop shares.
 pub(super) struct TcpRelay {
@@ -86,6 +89,9 @@ impl TcpRelay {
             return;
         }
         let _ = socket.set_nodelay(true);
+        // Shadowsocks reads each chunk's length, then its payload, with a
+        // read each: blocks read ahead serve both.
+        let socket = ReadAhead::new(socket);
         let counted = Counted::new(socket, peer, &self.witness, self.flow.clone());
         let mut stream =
             ProxyServerStream::from_stream(self.context.clone(), counted, self.method, &self.key);

@@ -22,12 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::readahead::ReadAhead;
 use httvps_wire::witness::{
     ConnTie, ConnTotals, SessionWitness, WITNESS_CHUNK, WitnessReport, WitnessResponse,
 };
 use shadowsocks_service::net::FlowStat;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::backend::{Backend, BackendError};
 
@@ -304,7 +304,7 @@ impl Witness {
 /// it (down), into its own totals and the node's traffic counters; dropping
 /// it (the connection closing) marks the connection closed.
 pub(super) struct Counted {
-    inner: TcpStream,
+    inner: ReadAhead,
     conn: Arc<Conn>,
     flow: Arc<FlowStat>,
 }
@@ -312,7 +312,7 @@ pub(super) struct Counted {
 impl Counted {
     /// Counts `inner`, accepted from `peer`, in `witness` and `flow`.
     pub(super) fn new(
-        inner: TcpStream,
+        inner: ReadAhead,
         peer: SocketAddr,
         witness: &Witness,
         flow: Arc<FlowStat>,
