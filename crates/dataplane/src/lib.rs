@@ -25,6 +25,8 @@
 //! - [`tls`]: certificates, acceptors and connectors (system roots).
 //! - [`readahead`]: sockets read in blocks of up to 64 KiB beneath TLS
 //!   and Shadowsocks (rustls reads 4 KiB at a time).
+//! - [`writeblocks`]: writes gathered into blocks until a flush (the
+//!   node's Shadowsocks chunks).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
 //! - [`nofile`]: the open-file limit, raised to the hard one at start.
@@ -40,4 +42,5 @@ pub mod node;
 pub mod nofile;
 pub mod readahead;
 pub mod tls;
+pub mod writeblocks;
 pub mod wsio;

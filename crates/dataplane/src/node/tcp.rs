@@ -5,7 +5,10 @@
 //! client connection through the witness's counter, so a tunnel costs the
 //! node two descriptors (client, destination). The client connection is
 //! read in blocks ([`ReadAhead`]), not a read per Shadowsocks length and
-//! payload.
+//! payload, and both connections are written in blocks ([`WriteBlocks`]),
+//! not a write per Shadowsocks chunk: the copy is tokio's, which flushes
+//! whenever its source has nothing more to give, where shadowsocks' own
+//! flushes only at the end.
 //!
 //! What a client sees is what a stock `ssserver` shows it: a header not
 //! complete within the timeout, or cut by EOF, closes the connection; a
@@ -28,13 +31,17 @@ use shadowsocks_service::shadowsocks::crypto::CipherKind;
 use shadowsocks_service::shadowsocks::dns_resolver::DnsResolver;
 use shadowsocks_service::shadowsocks::net::{ConnectOpts, TcpStream as OutboundTcpStream};
 use shadowsocks_service::shadowsocks::relay::tcprelay::ProxyServerStream;
-use shadowsocks_service::shadowsocks::relay::tcprelay::utils::copy_encrypted_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::NodeOptions;
 use super::destinations::{PublicOnly, private_block_acl};
 use super::witness::{Counted, Witness};
 use crate::readahead::ReadAhead;
+use crate::writeblocks::WriteBlocks;
+
+/// The most a copy reads at once, either way: one Shadowsocks AEAD chunk's
+/// payload (what shadowsocks' own copy reads).
+const COPY_BUF: usize = 0x3FFF;
 
 /// What every connection of the loop shares.
 pub(super) struct TcpRelay {
@@ -92,7 +99,8 @@ impl TcpRelay {
         // Shadowsocks reads each chunk's length, then its payload, with a
         // read each: blocks read ahead serve both.
         let socket = ReadAhead::new(socket);
-        let counted = Counted::new(socket, peer, &self.witness, self.flow.clone());
+        let counted =
+            WriteBlocks::new(Counted::new(socket, peer, &self.witness, self.flow.clone()));
         let mut stream =
             ProxyServerStream::from_stream(self.context.clone(), counted, self.method, &self.key);
         let target = match tokio::time::timeout(self.timeout, stream.handshake()).await {
@@ -126,7 +134,7 @@ impl TcpRelay {
         let connect =
             OutboundTcpStream::connect_remote_with_opts(&self.context, &target, &self.connect);
         let mut remote = match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(remote)) => remote,
+            Ok(Ok(remote)) => WriteBlocks::new(remote),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "destination unreachable");
                 return;
@@ -138,7 +146,9 @@ impl TcpRelay {
         };
         // Half-close both ways: EOF on one side shuts the other's write half
         // down, and copying the other way goes on.
-        let _ = copy_encrypted_bidirectional(self.method, &mut stream, &mut remote).await;
+        let _ =
+            tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut remote, COPY_BUF, COPY_BUF)
+                .await;
     }
 }
 
