@@ -1,11 +1,11 @@
 //! One extended-CONNECT stream of the warm HTTP/2 connection carrying a
 //! tunnel's WebSocket, seen as the tunnel's byte stream (`AsyncRead +
-//! AsyncWrite`): each write is one binary frame ([`super::wsframe`]),
-//! reads give the payload of the gateway's frames. Frames written before
-//! a flush leave together, in one DATA frame of up to [`COALESCE`] bytes
-//! (a copy loop flushes whenever its source has nothing more to give), so
-//! a bulk upload costs one HTTP/2 frame and one TLS write per 64 KiB, not
-//! per Shadowsocks chunk. The first flush sends right behind the
+//! AsyncWrite`): writes before a flush make one binary frame
+//! ([`super::wsframe`]) of up to [`COALESCE`] bytes, sent as one DATA
+//! frame (a copy loop flushes whenever its source has nothing more to
+//! give), so a bulk upload costs one HTTP/2 frame, and the gateway one
+//! write to its node, per 64 KiB, not per Shadowsocks chunk; reads give
+//! the payload of the gateway's frames. The first flush sends right behind the
 //! request's HEADERS, without waiting for the gateway's answer (its first
 //! bytes are the Shadowsocks request); the first read
 //! waits for the answer and fails unless it is 200. Writes are paced by
@@ -20,7 +20,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::ResponseFuture;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,8 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::wsframe::{self, Control, Deframer};
 
 /// Frames queued past this many payload bytes are sent without waiting
-/// for a flush.
-pub(super) const COALESCE: usize = 64 * 1024;
+/// for a flush: the frame and its header fit one HTTP/2 frame of the
+/// gateway's 64 KiB.
+pub(super) const COALESCE: usize = crate::wsio::COALESCE;
 
 /// A tunnel's stream.
 pub(super) struct H2Stream {
@@ -37,10 +38,14 @@ pub(super) struct H2Stream {
     response: Option<ResponseFuture>,
     recv: Option<RecvStream>,
     send: SendStream<Bytes>,
-    /// Frames written and not yet sent (until a flush or [`COALESCE`]).
+    /// Written and not yet sent (until a flush or [`COALESCE`]): one
+    /// binary frame, its header's room first, its payload masked as it
+    /// comes.
     out: BytesMut,
     /// The payload bytes in `out`, counted against the stream's capacity.
     queued: usize,
+    /// The mask of the binary frame in `out`, while it is open.
+    open: Option<[u8; 4]>,
     /// Received bytes not yet read (their window not yet given back).
     pending: Bytes,
     /// The gateway's frames, read out of `pending`.
@@ -59,6 +64,7 @@ impl H2Stream {
             send,
             out: BytesMut::new(),
             queued: 0,
+            open: None,
             pending: Bytes::new(),
             frames: Deframer::default(),
             eof: false,
@@ -82,8 +88,47 @@ fn mask() -> [u8; 4] {
 }
 
 impl H2Stream {
-    /// Hands the queued frames to the connection as one DATA frame.
+    /// Appends `data` to the open binary frame (opening one if none is).
+    fn queue(&mut self, data: &[u8]) {
+        let mask = match self.open {
+            Some(mask) => {
+                if self.out.capacity() < wsframe::MAX_HEADER + COALESCE {
+                    // A second write before a flush: a bulk transfer,
+                    // one frame's room at once.
+                    self.out
+                        .reserve(wsframe::MAX_HEADER + COALESCE - self.out.len());
+                }
+                mask
+            }
+            None => {
+                let mask = mask();
+                // A lone write (a request) takes what it needs.
+                self.out = BytesMut::with_capacity(wsframe::MAX_HEADER + data.len());
+                self.out.put_bytes(0, wsframe::MAX_HEADER);
+                self.open = Some(mask);
+                mask
+            }
+        };
+        let start = self.out.len();
+        self.out.extend_from_slice(data);
+        wsframe::mask_at(&mut self.out[start..], mask, self.queued);
+        self.queued += data.len();
+    }
+
+    /// Writes the open frame's header into the room before its payload.
+    fn seal(&mut self) {
+        if let Some(mask) = self.open.take() {
+            let slot: &mut [u8; wsframe::MAX_HEADER] = (&mut self.out[..wsframe::MAX_HEADER])
+                .try_into()
+                .expect("the header's room");
+            let used = wsframe::binary_header(self.queued, mask, slot);
+            self.out.advance(wsframe::MAX_HEADER - used);
+        }
+    }
+
+    /// Hands what is queued to the connection as one DATA frame.
     fn push(&mut self) -> io::Result<()> {
+        self.seal();
         if self.out.is_empty() {
             return Ok(());
         }
@@ -95,6 +140,7 @@ impl H2Stream {
     /// Sends what is queued, then the frame `build` writes (given a fresh
     /// mask): control frames keep their place behind the data.
     fn send_frame(&mut self, build: impl FnOnce([u8; 4], &mut BytesMut)) -> io::Result<()> {
+        self.seal();
         build(mask(), &mut self.out);
         self.push()
     }
@@ -193,9 +239,8 @@ impl AsyncWrite for H2Stream {
             // What the gateway's windows allow beyond what is queued.
             let room = me.send.capacity().saturating_sub(me.queued);
             if room > 0 {
-                let n = room.min(buf.len());
-                wsframe::binary(&buf[..n], mask(), &mut me.out);
-                me.queued += n;
+                let n = room.min(buf.len()).min(COALESCE - me.queued);
+                me.queue(&buf[..n]);
                 if me.queued >= COALESCE {
                     me.push()?;
                 }

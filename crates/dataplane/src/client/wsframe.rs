@@ -1,7 +1,8 @@
 //! The client's side of WebSocket framing (RFC 6455) for a tunnel that
 //! carries a byte stream over an HTTP/2 stream, without a message layer:
-//! a write becomes one masked binary frame built straight into the buffer
-//! handed to HTTP/2 (one copy, masked in place while in cache); reads take
+//! writes become one masked binary frame built straight into the buffer
+//! handed to HTTP/2 (one copy, masked in place while in cache, the header
+//! written into room left before the payload once its length is known); reads take
 //! the payload of the gateway's frames straight out of the received DATA
 //! chunks, whatever their boundaries. Control frames are answered by the
 //! caller: a Ping with its Pong, a Close ends the stream.
@@ -189,11 +190,6 @@ impl Deframer {
     }
 }
 
-/// Appends a masked binary frame of `payload` to `out`.
-pub(super) fn binary(payload: &[u8], mask: [u8; 4], out: &mut BytesMut) {
-    frame(BINARY, payload, mask, out);
-}
-
 /// Appends a masked Pong of `payload` to `out`.
 pub(super) fn pong(payload: &[u8], mask: [u8; 4], out: &mut BytesMut) {
     frame(PONG, payload, mask, out);
@@ -226,6 +222,49 @@ fn frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut BytesMut) {
     apply_mask(&mut out[start..], mask);
 }
 
+/// Writes the header of a final, masked binary frame of `len` payload
+/// bytes at the end of `slot` (the room left before the payload); returns
+/// how many bytes of `slot` it took.
+pub(super) fn binary_header(len: usize, mask: [u8; 4], slot: &mut [u8; MAX_HEADER]) -> usize {
+    let mut head = [0u8; MAX_HEADER];
+    head[0] = 0x80 | BINARY;
+    let at = match len {
+        n if n < 126 => {
+            head[1] = 0x80 | n as u8;
+            2
+        }
+        n if n <= usize::from(u16::MAX) => {
+            head[1] = 0x80 | 126;
+            head[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            4
+        }
+        n => {
+            head[1] = 0x80 | 127;
+            head[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+            10
+        }
+    };
+    head[at..at + 4].copy_from_slice(&mask);
+    let used = at + 4;
+    slot[MAX_HEADER - used..].copy_from_slice(&head[..used]);
+    used
+}
+
+/// Masks `buf`, the payload of a frame from byte `offset` on, with the
+/// frame's `mask`.
+pub(super) fn mask_at(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    let r = offset % 4;
+    apply_mask(
+        buf,
+        [
+            mask[r],
+            mask[(r + 1) % 4],
+            mask[(r + 2) % 4],
+            mask[(r + 3) % 4],
+        ],
+    );
+}
+
 /// `buf[i] ^= mask[i % 4]`, eight bytes at a time (the copy before it
 /// leaves the payload in cache).
 fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
@@ -247,6 +286,7 @@ fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
 
     /// The gateway's (unmasked) frame of `opcode`.
     fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
@@ -375,8 +415,25 @@ mod tests {
         let mask = [0x12, 0x34, 0x56, 0x78];
         for len in [0usize, 1, 7, 8, 9, 125, 126, 127, 65_535, 65_536, 100_003] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 31 + 5) as u8).collect();
+            // As the stream builds it: the payload masked piece by piece
+            // (odd sizes, so pieces start at every phase of the mask), the
+            // header written into the room before it.
             let mut out = BytesMut::new();
-            binary(&payload, mask, &mut out);
+            out.put_bytes(0, MAX_HEADER);
+            let mut at = 0;
+            for size in [1usize, 3, 8, 13, 4096].into_iter().cycle() {
+                if at == len {
+                    break;
+                }
+                let piece = &payload[at..(at + size).min(len)];
+                let start = out.len();
+                out.extend_from_slice(piece);
+                mask_at(&mut out[start..], mask, at);
+                at += piece.len();
+            }
+            let slot: &mut [u8; MAX_HEADER] = (&mut out[..MAX_HEADER]).try_into().expect("room");
+            let used = binary_header(len, mask, slot);
+            out.advance(MAX_HEADER - used);
             assert_eq!(read_client_frame(&out), (BINARY, payload), "{len} bytes");
         }
         let mut out = BytesMut::new();
