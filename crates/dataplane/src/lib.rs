@@ -41,6 +41,8 @@ pub mod link;
 pub mod node;
 pub mod nofile;
 pub mod readahead;
+#[cfg(test)]
+mod test_sockets;
 pub mod tls;
 pub mod writeblocks;
 pub mod wsio;

@@ -1,21 +1,9 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use super::{BLOCK, FIRST_BLOCK, ReadAhead};
-
-/// A connected pair of loopback sockets.
-async fn pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
-    (a.expect("connect"), b.expect("accept").0)
-}
-
-fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i * 7 % 251) as u8).collect()
-}
+use crate::test_sockets::{pair, pattern};
 
 /// Reads until `want` bytes came, 4 KiB at a time (as rustls asks).
 async fn read_small(r: &mut ReadAhead, want: usize) -> Vec<u8> {

@@ -5,10 +5,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{WebSocketStream, accept_async, client_async};
 
 use super::{COALESCE, WsIo};
-
-fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i * 7 % 251) as u8).collect()
-}
+use crate::test_sockets::pattern;
 
 /// Our side as `WsIo`, the peer's as a plain WebSocket, on loopback.
 async fn pair() -> (WsIo<TcpStream>, WebSocketStream<TcpStream>) {
