@@ -18,9 +18,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Writes queued past this many bytes leave without waiting for a flush:
-/// a message, header included, stays below 64 KiB (well under the
-/// gateway's frame limit) and fits one 64 KiB HTTP/2 frame.
-pub const COALESCE: usize = 64 * 1024 - 16;
+/// with its 8-byte header (and HTTP/2's 9 on `--mux`) a message is at
+/// most 64 KiB, four whole TLS records and below the gateway's frame
+/// limit. One byte more left a one-byte TLS record, and a write of its
+/// own, behind every frame.
+pub const COALESCE: usize = 64 * 1024 - 17;
+const _: () = assert!(COALESCE < 1 << 16, "an 8-byte masked frame header");
 
 /// The adapter.
 pub struct WsIo<S> {

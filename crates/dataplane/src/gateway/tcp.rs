@@ -57,8 +57,12 @@ fn drain_grace(round_trip: Duration) -> Duration {
     (round_trip * 8).clamp(DRAIN_GRACE.0, DRAIN_GRACE.1)
 }
 
-/// Largest read from a node, and so largest frame to a client.
-const READ_CHUNK: usize = 64 * 1024;
+/// Largest read from a node, and so largest frame to a client: with its
+/// 4-byte header (and HTTP/2's 9) a frame is exactly 64 KiB, four whole
+/// TLS records. At 64 KiB of payload every frame left a record of a few
+/// bytes behind (and on HTTP/2 a second DATA frame): two writes per frame.
+const READ_CHUNK: usize = 64 * 1024 - 13;
+const _: () = assert!(READ_CHUNK < 1 << 16, "a 4-byte frame header");
 
 /// How the node-to-client half of a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -114,7 +114,15 @@ pub(crate) async fn open(
 ) -> Option<(WsRead, mpsc::Sender<Frame<'static>>, JoinHandle<()>)> {
     let mut ws = match fut {
         Opening::H1(fut) => fut.await.ok()?,
-        Opening::H2(on) => WebSocket::after_handshake(TokioIo::new(on.await.ok()?), Role::Server),
+        Opening::H2(on) => {
+            let mut ws = WebSocket::after_handshake(TokioIo::new(on.await.ok()?), Role::Server);
+            // hyper's HTTP/2 stream takes one buffer per write: a vectored
+            // frame would leave as two DATA frames (the 4-byte header on
+            // its own) and spill a small TLS record, a write of its own,
+            // behind every frame. One buffer keeps a frame one DATA frame.
+            ws.set_writev(false);
+            ws
+        }
     };
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
