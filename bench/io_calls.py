@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """System calls and CPU of our data-plane processes, per GB and per tunnel.
 
-Usage: bench/io_calls.py [--bulk] [--setup] [--streams N]
+Usage: bench/io_calls.py [--bulk] [--setup] [--streams N] [--reverse]
 
 Starts the plane as bench/suite.py does (release binaries from
 BENCH_BIN_DIR or target/release: control plane on SQLite, one node, one
 gateway, our client) and, for our client with and without `--mux`:
 
-  --bulk:  one iperf3 upload (BENCH_SECONDS, 1 stream unless --streams)
-           through a port forward; per GB carried, the read and write
-           system calls and the CPU seconds of the client, the gateway and
-           the node;
+  --bulk:  one iperf3 upload (BENCH_SECONDS, 1 stream unless --streams;
+           a download with --reverse) through a port forward; per GB
+           carried, the read and write system calls and the CPU seconds
+           of the client, the gateway and the node;
   --setup: `tunnel_load setup` (8 s, 16 workers); per tunnel, the reads,
            page faults, brk/madvise calls and CPU microseconds of each.
 
@@ -21,6 +21,7 @@ default.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -75,7 +76,19 @@ def total(counts, events):
     return sum(counts.get(e.split(":")[-1].replace("sys_enter_", ""), 0) for e in events)
 
 
-def bulk(plane, streams):
+def iperf(port, streams, reverse):
+    """Mbit/s of one iperf3 run through `port` (a download if `reverse`)."""
+    if not reverse:
+        return suite.iperf(port, streams)
+    out = subprocess.run(
+        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(suite.SECS), "-P", str(streams), "-R", "-J"],
+        capture_output=True,
+        timeout=suite.SECS + 60,
+    )
+    return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+def bulk(plane, streams, reverse):
     iport = suite.free_port()
     suite.spawn("iperf3-server", ["iperf3", "-s", "-p", str(iport)])
     suite.wait_port(iport)
@@ -84,10 +97,11 @@ def bulk(plane, streams):
         time.sleep(1)
         procs = {"client": c.pid, "gateway": plane.gateway.pid, "node": plane.node.pid}
         counted = Counted(procs, READS + WRITES)
-        mbit = suite.iperf(port, streams)
+        mbit = iperf(port, streams, reverse)
         seen = counted.stop()
         gb = mbit * suite.SECS / 8 / 1000
-        print(f"bulk, {'--mux' if mux else 'WebSocket per tunnel'}: {mbit:,.0f} Mbit/s, {gb:.2f} GB", flush=True)
+        way = "download" if reverse else "upload"
+        print(f"bulk {way}, {'--mux' if mux else 'WebSocket per tunnel'}: {mbit:,.0f} Mbit/s, {gb:.2f} GB", flush=True)
         for role, (counts, cpu) in seen.items():
             r, w = total(counts, READS), total(counts, WRITES)
             print(f"  {role:8s} per GB: {r / gb:9,.0f} reads {w / gb:9,.0f} writes {cpu / gb:6.3f} CPU s", flush=True)
@@ -115,12 +129,13 @@ def main():
     ap.add_argument("--bulk", action="store_true")
     ap.add_argument("--setup", action="store_true")
     ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("--reverse", action="store_true", help="bulk: a download, not an upload")
     a = ap.parse_args()
     both = not (a.bulk or a.setup)
     plane = suite.Plane()
     try:
         if a.bulk or both:
-            bulk(plane, a.streams)
+            bulk(plane, a.streams, a.reverse)
         if a.setup or both:
             setup(plane)
     finally:

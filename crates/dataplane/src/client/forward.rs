@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::params::Params;
 use super::{Io, Shared};
+use crate::writeblocks::WriteBlocks;
 
 /// Copy buffer per direction: large writes mean few WebSocket messages and
 /// few syscalls at every hop.
@@ -62,9 +63,12 @@ async fn open(
     )))
 }
 
-/// Copies both ways until both sides are done.
+/// Copies both ways until both sides are done. What comes from the
+/// tunnel is written to the local socket in blocks ([`WriteBlocks`]), not
+/// a write per Shadowsocks chunk.
 async fn pipe(stream: &mut TcpStream, proxied: &mut Proxied) -> io::Result<()> {
-    tokio::io::copy_bidirectional_with_sizes(stream, proxied, COPY_BUF, COPY_BUF).await?;
+    let mut local = WriteBlocks::new(stream);
+    tokio::io::copy_bidirectional_with_sizes(&mut local, proxied, COPY_BUF, COPY_BUF).await?;
     Ok(())
 }
 
