@@ -25,8 +25,8 @@
 //! - [`tls`]: certificates, acceptors and connectors (system roots).
 //! - [`readahead`]: sockets read in blocks of up to 64 KiB beneath TLS
 //!   and Shadowsocks (rustls reads 4 KiB at a time).
-//! - [`writeblocks`]: writes gathered into blocks until a flush (the
-//!   node's Shadowsocks chunks).
+//! - [`writeblocks`]: writes gathered into blocks until a flush
+//!   (Shadowsocks chunks, at the node and our client's local socket).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
 //! - [`nofile`]: the open-file limit, raised to the hard one at start.

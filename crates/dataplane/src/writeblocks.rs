@@ -1,8 +1,10 @@
 //! Writes gathered into blocks until the writer flushes.
 //!
-//! The node's Shadowsocks stream writes one chunk (at most 16 KiB of
-//! payload) per write, each way, and each became a `write` system call
-//! and a wake-up of the reader across the socket. [`WriteBlocks`] queues
+//! A Shadowsocks stream writes one chunk (at most 16 KiB of payload) per
+//! write, and so does a copy out of one (it reads a chunk at a time): at
+//! the node, both ways, and at our client towards the local socket, each
+//! became a `write` system call and a wake-up of the reader across the
+//! socket. [`WriteBlocks`] queues
 //! small writes and hands them to the socket together once [`BLOCK`]
 //! bytes wait or the writer flushes; a copy loop flushes whenever its
 //! source has nothing more to give (tokio's copy does), so nothing waits
