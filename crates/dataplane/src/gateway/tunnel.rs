@@ -117,9 +117,8 @@ pub(crate) async fn open(
         Opening::H2(on) => {
             let mut ws = WebSocket::after_handshake(TokioIo::new(on.await.ok()?), Role::Server);
             // hyper's HTTP/2 stream takes one buffer per write: a vectored
-            // frame would leave as two DATA frames (the 4-byte header on
-            // its own) and spill a small TLS record, a write of its own,
-            // behind every frame. One buffer keeps a frame one DATA frame.
+            // frame would leave as two DATA frames (the frame header on
+            // its own). One buffer keeps a frame one DATA frame.
             ws.set_writev(false);
             ws
         }
