@@ -21,7 +21,6 @@ default.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -76,18 +75,6 @@ def total(counts, events):
     return sum(counts.get(e.split(":")[-1].replace("sys_enter_", ""), 0) for e in events)
 
 
-def iperf(port, streams, reverse):
-    """Mbit/s of one iperf3 run through `port` (a download if `reverse`)."""
-    if not reverse:
-        return suite.iperf(port, streams)
-    out = subprocess.run(
-        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(suite.SECS), "-P", str(streams), "-R", "-J"],
-        capture_output=True,
-        timeout=suite.SECS + 60,
-    )
-    return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-
-
 def bulk(plane, streams, reverse):
     iport = suite.free_port()
     suite.spawn("iperf3-server", ["iperf3", "-s", "-p", str(iport)])
@@ -97,7 +84,7 @@ def bulk(plane, streams, reverse):
         time.sleep(1)
         procs = {"client": c.pid, "gateway": plane.gateway.pid, "node": plane.node.pid}
         counted = Counted(procs, READS + WRITES)
-        mbit = iperf(port, streams, reverse)
+        mbit = suite.iperf(port, streams, reverse)
         seen = counted.stop()
         gb = mbit * suite.SECS / 8 / 1000
         way = "download" if reverse else "upload"

@@ -306,9 +306,11 @@ def sslocal(name, server_port, method, password, forward=None):
 # --- Sections --------------------------------------------------------------
 
 
-def iperf(port, streams):
+def iperf(port, streams, reverse=False):
+    """Mbit/s of one iperf3 upload through `port` (a download if `reverse`)."""
     out = subprocess.run(
-        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(SECS), "-P", str(streams), "-J"],
+        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(SECS), "-P", str(streams), "-J"]
+        + (["-R"] if reverse else []),
         capture_output=True,
         timeout=SECS + 60,
     )

@@ -204,30 +204,18 @@ pub(super) fn close(mask: [u8; 4], out: &mut BytesMut) {
 /// the payload copied and masked in one pass.
 fn frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut BytesMut) {
     out.reserve(MAX_HEADER + payload.len());
-    out.put_u8(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.put_u8(0x80 | n as u8),
-        n if n <= usize::from(u16::MAX) => {
-            out.put_u8(0x80 | 126);
-            out.put_u16(n as u16);
-        }
-        n => {
-            out.put_u8(0x80 | 127);
-            out.put_u64(n as u64);
-        }
-    }
-    out.put_slice(&mask);
+    let (head, used) = header(opcode, payload.len(), mask);
+    out.put_slice(&head[..used]);
     let start = out.len();
     out.extend_from_slice(payload);
     apply_mask(&mut out[start..], mask);
 }
 
-/// Writes the header of a final, masked binary frame of `len` payload
-/// bytes at the end of `slot` (the room left before the payload); returns
-/// how many bytes of `slot` it took.
-pub(super) fn binary_header(len: usize, mask: [u8; 4], slot: &mut [u8; MAX_HEADER]) -> usize {
+/// The header of a final, masked frame of `opcode` with `len` payload
+/// bytes: its bytes and how many of them there are.
+fn header(opcode: u8, len: usize, mask: [u8; 4]) -> ([u8; MAX_HEADER], usize) {
     let mut head = [0u8; MAX_HEADER];
-    head[0] = 0x80 | BINARY;
+    head[0] = 0x80 | opcode;
     let at = match len {
         n if n < 126 => {
             head[1] = 0x80 | n as u8;
@@ -245,7 +233,14 @@ pub(super) fn binary_header(len: usize, mask: [u8; 4], slot: &mut [u8; MAX_HEADE
         }
     };
     head[at..at + 4].copy_from_slice(&mask);
-    let used = at + 4;
+    (head, at + 4)
+}
+
+/// Writes the header of a final, masked binary frame of `len` payload
+/// bytes at the end of `slot` (the room left before the payload); returns
+/// how many bytes of `slot` it took.
+pub(super) fn binary_header(len: usize, mask: [u8; 4], slot: &mut [u8; MAX_HEADER]) -> usize {
+    let (head, used) = header(BINARY, len, mask);
     slot[MAX_HEADER - used..].copy_from_slice(&head[..used]);
     used
 }
