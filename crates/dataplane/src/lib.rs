@@ -27,6 +27,8 @@
 //!   and Shadowsocks (rustls reads 4 KiB at a time).
 //! - [`writeblocks`]: writes gathered into blocks until a flush
 //!   (Shadowsocks chunks, at the node and our client's local socket).
+//! - [`sswrites`]: writes into a Shadowsocks stream retried as first
+//!   offered (tokio's copy offers more; the stream would count it sent).
 //! - [`wsio`]: a WebSocket seen as a byte stream (the client's side).
 //! - [`files`]: private files (keys, spools).
 //! - [`nofile`]: the open-file limit, raised to the hard one at start.
@@ -41,6 +43,7 @@ pub mod link;
 pub mod node;
 pub mod nofile;
 pub mod readahead;
+pub mod sswrites;
 #[cfg(test)]
 mod test_sockets;
 pub mod tls;

@@ -4,19 +4,18 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use shadowsocks_service::shadowsocks::ProxyClientStream;
 use shadowsocks_service::shadowsocks::relay::Address;
 use shadowsocks_service::shadowsocks::relay::socks5::{Reply, TcpResponseHeader};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::params::Params;
 use super::{Io, Shared};
+use crate::sswrites::ShadowWrites;
 use crate::writeblocks::WriteBlocks;
 
 /// Copy buffer per direction: large writes mean few WebSocket messages and
@@ -29,7 +28,7 @@ const FIRST_WRITE_MAX: usize = 16 * 1024 - 512;
 
 /// A Shadowsocks stream to a target through a gateway WebSocket (on a
 /// connection of its own, or a stream of the warm HTTP/2 connection).
-pub(super) type Proxied = CapFirstWrite<ProxyClientStream<Box<dyn Io>>>;
+pub(super) type Proxied = ShadowWrites<ProxyClientStream<Box<dyn Io>>>;
 
 /// How long opening a tunnel (TCP, TLS and the WebSocket upgrade, or a
 /// stream of the warm connection) may take before the local connection is
@@ -55,12 +54,10 @@ async fn open(
             return Err(e);
         }
     };
-    Ok(CapFirstWrite::new(ProxyClientStream::from_stream(
-        s.ctx.clone(),
-        tunnel,
-        &p.config,
-        target,
-    )))
+    Ok(ShadowWrites::first_capped(
+        ProxyClientStream::from_stream(s.ctx.clone(), tunnel, &p.config, target),
+        FIRST_WRITE_MAX,
+    ))
 }
 
 /// Copies both ways until both sides are done. What comes from the
@@ -155,52 +152,6 @@ pub(super) async fn forward(
     carry(s, stream, target, Answer::Nothing).await
 }
 
-/// Caps the first write to a [`ProxyClientStream`] (see [`FIRST_WRITE_MAX`]);
-/// later writes pass unchanged.
-pub(super) struct CapFirstWrite<S> {
-    inner: S,
-    first: bool,
-}
-
-impl<S> CapFirstWrite<S> {
-    fn new(inner: S) -> Self {
-        CapFirstWrite { inner, first: true }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for CapFirstWrite<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for CapFirstWrite<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let n = if self.first {
-            buf.len().min(FIRST_WRITE_MAX)
-        } else {
-            buf.len()
-        };
-        let r = Pin::new(&mut self.inner).poll_write(cx, &buf[..n]);
-        if matches!(r, Poll::Ready(Ok(_))) {
-            self.first = false;
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+#[cfg(test)]
+#[path = "forward_tests.rs"]
+mod tests;

@@ -8,7 +8,10 @@
 //! payload, and both connections are written in blocks ([`WriteBlocks`]),
 //! not a write per Shadowsocks chunk: the copy is tokio's, which flushes
 //! whenever its source has nothing more to give, where shadowsocks' own
-//! flushes only at the end.
+//! flushes only at the end. tokio's copy also offers a write retried
+//! after `Pending` more than it offered first, which the server stream
+//! would count as sent without sending ([`ShadowWrites`] offers the same
+//! bytes again).
 //!
 //! What a client sees is what a stock `ssserver` shows it: a header not
 //! complete within the timeout, or cut by EOF, closes the connection; a
@@ -37,6 +40,7 @@ use super::NodeOptions;
 use super::destinations::{PublicOnly, private_block_acl};
 use super::witness::{Counted, Witness};
 use crate::readahead::ReadAhead;
+use crate::sswrites::ShadowWrites;
 use crate::writeblocks::WriteBlocks;
 
 /// The most a copy reads at once, either way: one Shadowsocks AEAD chunk's
@@ -146,6 +150,7 @@ impl TcpRelay {
         };
         // Half-close both ways: EOF on one side shuts the other's write half
         // down, and copying the other way goes on.
+        let mut stream = ShadowWrites::new(stream);
         let _ =
             tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut remote, COPY_BUF, COPY_BUF)
                 .await;

@@ -177,3 +177,35 @@ async fn a_header_cut_by_eof_closes_at_once() {
         .expect("a clean close");
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn a_trickled_download_to_a_reader_in_bursts_arrives_whole_and_in_order() {
+    // Short reads from the destination while the client holds the node's
+    // writes back: where tokio's copy retries a write with more than it
+    // first offered (the server stream alone counted that as sent; the
+    // node's queued writes make it rare here, `sswrites`' tests make it
+    // happen every time).
+    let sent = crate::test_sockets::pattern(2 << 20);
+    let source = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = source.local_addr().expect("addr");
+    let data = sent.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = source.accept().await.expect("accept");
+        crate::test_sockets::trickle(&mut s, &data, 12_000).await;
+        let _ = s.shutdown().await;
+        let _ = s.read_to_end(&mut Vec::new()).await;
+    });
+    let node = node().await;
+    let socket = crate::test_sockets::small_window()
+        .connect(node.addr)
+        .await
+        .expect("connect");
+    let cfg = ServerConfig::new(node.addr, PASSWORD, node_method()).expect("cfg");
+    let ctx = Context::new_shared(ServerType::Local);
+    let mut c = ProxyClientStream::from_stream(ctx, socket, &cfg, Address::SocketAddress(target));
+    c.write_all(b"go").await.expect("request");
+    c.flush().await.expect("flush");
+    let got = crate::test_sockets::read_in_bursts(&mut c).await;
+    assert_eq!(got.len(), sent.len(), "every byte, once");
+    assert!(got == sent, "in order");
+}
