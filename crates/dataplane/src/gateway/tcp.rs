@@ -57,14 +57,15 @@ fn drain_grace(round_trip: Duration) -> Duration {
     (round_trip * 8).clamp(DRAIN_GRACE.0, DRAIN_GRACE.1)
 }
 
-/// Largest read from a node, and so largest frame to a client. A frame
-/// of 64 KiB less 13 (with its header and HTTP/2's, exactly four TLS
-/// records) lost the last bytes of a long download in
-/// `tests/dataplane.rs` (`a_client_that_stops_reading_gets_backpressure_not_buffering`,
-/// three runs in three under the suite's load) for a reason not yet
-/// found, so frames stay at 64 KiB, and each leaves a TLS record of a
-/// few bytes behind it.
-const READ_CHUNK: usize = 64 * 1024;
+/// Largest read from a node, and so largest frame to a client: with its
+/// 4-byte header (and HTTP/2's 9) a frame is exactly 64 KiB, four whole
+/// TLS records. At 64 KiB of payload every frame left a record of a few
+/// bytes behind (and on HTTP/2 a second DATA frame): two writes per frame.
+/// (This size once seemed to lose the end of long downloads; the node
+/// lost those bytes, see `sswrites.rs`, and at this size it only lost
+/// them more often.)
+const READ_CHUNK: usize = 64 * 1024 - 13;
+const _: () = assert!(READ_CHUNK < 1 << 16, "a 4-byte frame header");
 
 /// How the node-to-client half of a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
