@@ -154,6 +154,10 @@ impl TcpRelay {
         let _ =
             tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut remote, COPY_BUF, COPY_BUF)
                 .await;
+        // The destination first: once the witness hears the client
+        // connection closed, the tunnel holds no descriptor.
+        drop(remote);
+        drop(stream);
     }
 }
 
