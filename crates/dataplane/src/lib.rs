@@ -24,7 +24,8 @@
 //!   the gateway's own port), cached, swapped in through [`certs`].
 //! - [`tls`]: certificates, acceptors and connectors (system roots).
 //! - [`readahead`]: sockets read in blocks of up to 64 KiB beneath TLS
-//!   and Shadowsocks (rustls reads 4 KiB at a time).
+//!   and Shadowsocks (rustls reads 4 KiB at a time), and the node's
+//!   destination connections.
 //! - [`writeblocks`]: writes gathered into blocks until a flush
 //!   (Shadowsocks chunks, at the node and our client's local socket).
 //! - [`sswrites`]: writes into a Shadowsocks stream retried as first

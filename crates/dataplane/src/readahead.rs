@@ -7,14 +7,15 @@
 //! needs no more), doubling up to 64 KiB while reads fill their blocks, so
 //! a busy connection makes one system call where it made sixteen. The
 //! node's Shadowsocks server reads each chunk's length and then its
-//! payload, two reads per chunk, and gains the same way. The
-//! block is given back whenever the socket has nothing to read, and a read
-//! waits for readiness before it takes one, so an idle connection holds no
-//! buffer.
+//! payload, two reads per chunk, and gains the same way; so does the
+//! node's copy from a destination, which reads one chunk's payload (16
+//! KiB) at a time. The block is given back whenever the stream has
+//! nothing to read, and a read on a socket waits for readiness before it
+//! takes one, so an idle connection holds no buffer.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,33 +28,59 @@ pub const BLOCK: usize = 64 * 1024;
 /// more, and blocks double (up to [`BLOCK`]) while reads fill them.
 pub const FIRST_BLOCK: usize = 16 * 1024;
 
-/// A TCP socket read in blocks of up to [`BLOCK`] bytes; writes pass
-/// straight through.
+/// Whether a stream has something to read, asked without a system call
+/// (tokio's readiness), so that a read waiting for data holds no block.
+pub trait ReadReady {
+    /// Ready when a read may find data (or the end, or an error); `None`
+    /// when the stream cannot tell.
+    fn poll_ready_to_read(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_ready_to_read(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        Some(self.poll_read_ready(cx))
+    }
+}
+
+impl ReadReady for shadowsocks_service::shadowsocks::net::TcpStream {
+    fn poll_ready_to_read(&self, _: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        None
+    }
+}
+
+/// A stream (a TCP socket by default) read in blocks of up to [`BLOCK`]
+/// bytes; writes pass straight through.
 #[derive(Debug)]
-pub struct ReadAhead {
-    inner: TcpStream,
+pub struct ReadAhead<S = TcpStream> {
+    inner: S,
     /// What was read and not yet handed out; no capacity while idle.
     ahead: BytesMut,
     /// The size of the next block.
     block: usize,
+    /// No read has filled its buffer yet, or the last read found nothing:
+    /// a stream that cannot tell whether it is ready is then read straight
+    /// into the caller's buffer until a read fills it, so waiting (and
+    /// every wake-up while idle) takes no block, nor does a small exchange.
+    dry: bool,
 }
 
-impl ReadAhead {
+impl<S> ReadAhead<S> {
     /// Wraps `inner` with nothing read ahead.
-    pub fn new(inner: TcpStream) -> ReadAhead {
+    pub fn new(inner: S) -> ReadAhead<S> {
         ReadAhead {
             inner,
             ahead: BytesMut::new(),
             block: FIRST_BLOCK,
+            dry: true,
         }
     }
 
-    /// The socket.
-    pub fn get_ref(&self) -> &TcpStream {
+    /// The stream.
+    pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
-    /// Bytes read from the socket and not yet handed out.
+    /// Bytes read from the stream and not yet handed out.
     pub fn buffered(&self) -> usize {
         self.ahead.len()
     }
@@ -70,7 +97,7 @@ impl ReadAhead {
     }
 }
 
-impl AsyncRead for ReadAhead {
+impl<S: AsyncRead + ReadReady + Unpin> AsyncRead for ReadAhead<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,13 +116,21 @@ impl AsyncRead for ReadAhead {
             return Pin::new(&mut this.inner).poll_read(cx, out);
         }
         // Readiness first (no system call): waiting holds no block.
-        match this.inner.poll_read_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => {
+        match this.inner.poll_ready_to_read(cx) {
+            Some(Poll::Ready(Ok(()))) => {}
+            Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+            Some(Poll::Pending) => {
                 this.ahead = BytesMut::new();
                 return Poll::Pending;
             }
+            None if this.dry => {
+                this.ahead = BytesMut::new();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+                // A full read: data is flowing again, blocks from the next.
+                this.dry = out.remaining() > 0;
+                return Poll::Ready(Ok(()));
+            }
+            None => {}
         }
         // Empty: the block of the last read (if kept) is reused.
         this.ahead.clear();
@@ -118,13 +153,14 @@ impl AsyncRead for ReadAhead {
             }
             Poll::Pending => {
                 this.ahead = BytesMut::new();
+                this.dry = true;
                 Poll::Pending
             }
         }
     }
 }
 
-impl AsyncWrite for ReadAhead {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -101,3 +101,50 @@ async fn writes_go_through_unchanged() {
     w.shutdown().await.expect("shutdown");
     assert_eq!(reader.await.expect("reader"), sent);
 }
+
+#[tokio::test]
+async fn a_stream_without_readiness_is_read_in_blocks_and_holds_none_once_dry() {
+    use shadowsocks_service::shadowsocks::net::{ConnectOpts, TcpStream as Outbound};
+    // The node's destination connection: shadowsocks' own stream.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let opts = ConnectOpts::default();
+    let (out, accepted) = tokio::join!(Outbound::connect_with_opts(&addr, &opts), l.accept());
+    let (mut tx, _) = accepted.expect("accept");
+    let mut r = ReadAhead::new(out.expect("connect"));
+    let sent = pattern(200 * 1024);
+    tx.write_all(&sent).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // One chunk's payload at a time, as the node's copy reads.
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 0x3FFF];
+    while got.len() < sent.len() {
+        let n = r.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "early end after {} bytes", got.len());
+        got.extend_from_slice(&chunk[..n]);
+        if got.len() == 0x3FFF {
+            assert_eq!(r.held(), 0, "the first read goes straight to the caller");
+        }
+        if got.len() == 2 * 0x3FFF {
+            assert_eq!(r.buffered(), FIRST_BLOCK - 0x3FFF, "then a block at once");
+        }
+    }
+    assert_eq!(got, sent);
+    // Nothing more to read: the read waits, holding no block, and so do
+    // the reads after it until one fills its buffer.
+    let idle = tokio::time::timeout(Duration::from_millis(50), r.read(&mut chunk)).await;
+    assert!(idle.is_err(), "nothing to read yet: {idle:?}");
+    assert_eq!(r.held(), 0, "a dry stream holds no block");
+    tx.write_all(&sent[..100 * 1024]).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(r.read(&mut chunk).await.expect("read"), 0x3FFF);
+    assert_eq!(r.held(), 0, "read straight into the caller's buffer");
+    assert_eq!(r.read(&mut chunk).await.expect("read"), 0x3FFF);
+    assert!(r.buffered() > 0, "flowing again: blocks again");
+    drop(tx);
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).await.expect("the rest");
+    assert_eq!(rest.len() + 2 * 0x3FFF, 100 * 1024);
+}

@@ -5,7 +5,8 @@
 //! client connection through the witness's counter, so a tunnel costs the
 //! node two descriptors (client, destination). The client connection is
 //! read in blocks ([`ReadAhead`]), not a read per Shadowsocks length and
-//! payload, and both connections are written in blocks ([`WriteBlocks`]),
+//! payload, and so is the destination connection, not a read per chunk's
+//! payload; both connections are written in blocks ([`WriteBlocks`]),
 //! not a write per Shadowsocks chunk: the copy is tokio's, which flushes
 //! whenever its source has nothing more to give, where shadowsocks' own
 //! flushes only at the end. tokio's copy also offers a write retried
@@ -138,7 +139,7 @@ impl TcpRelay {
         let connect =
             OutboundTcpStream::connect_remote_with_opts(&self.context, &target, &self.connect);
         let mut remote = match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(remote)) => WriteBlocks::new(remote),
+            Ok(Ok(remote)) => WriteBlocks::new(ReadAhead::new(remote)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "destination unreachable");
                 return;
