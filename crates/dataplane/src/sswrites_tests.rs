@@ -8,7 +8,7 @@ use shadowsocks_service::shadowsocks::context::Context;
 use shadowsocks_service::shadowsocks::crypto::CipherKind;
 use shadowsocks_service::shadowsocks::relay::Address;
 use shadowsocks_service::shadowsocks::relay::tcprelay::ProxyServerStream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -33,64 +33,66 @@ fn client(tx: TcpStream) -> ProxyClientStream<TcpStream> {
     ProxyClientStream::from_stream(ctx, tx, &config(), target)
 }
 
+/// The server's side of a client stream over `rx`, its header read.
+async fn server(rx: TcpStream) -> ProxyServerStream<TcpStream> {
+    let ctx = Context::new_shared(ServerType::Server);
+    let mut s = ProxyServerStream::from_stream(ctx, rx, METHOD, config().key());
+    s.handshake().await.expect("header");
+    s
+}
+
 /// Decrypts everything the client sends over `rx`, to its end.
 fn decrypt_all(rx: TcpStream) -> JoinHandle<Vec<u8>> {
     tokio::spawn(async move {
-        let ctx = Context::new_shared(ServerType::Server);
-        let cfg = config();
-        let mut s = ProxyServerStream::from_stream(ctx, rx, METHOD, cfg.key());
-        s.handshake().await.expect("header");
         let mut got = Vec::new();
-        s.read_to_end(&mut got).await.expect("read to the end");
+        server(rx)
+            .await
+            .read_to_end(&mut got)
+            .await
+            .expect("read to the end");
         got
     })
 }
 
-/// Offers `w` slices of `step` bytes of `data` from `*at` on, once each,
-/// until one is pending (the socket's buffers are full); returns the length
-/// of the pending offer.
-async fn write_until_pending<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    data: &[u8],
-    at: &mut usize,
-    step: usize,
-) -> usize {
+/// Each offer while the socket's buffers fill.
+const STEP: usize = 1000;
+
+/// Offers `w` slices of [`STEP`] bytes of `data` from `*at` on, once each,
+/// until one is pending (the socket's buffers are full).
+async fn write_until_pending<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], at: &mut usize) {
     loop {
-        let offer = &data[*at..*at + step];
+        let offer = &data[*at..*at + STEP];
         match poll_fn(|cx| Poll::Ready(Pin::new(&mut *w).poll_write(cx, offer))).await {
             Poll::Ready(n) => *at += n.expect("write"),
-            Poll::Pending => return step,
+            Poll::Pending => return,
         }
     }
 }
 
-/// Reports what `w` says it wrote of an offer longer than the pending one,
-/// once the socket drains, then writes the rest and closes.
-async fn retry_longer_then_finish<W: AsyncWrite + AsyncRead + Unpin>(
-    mut w: W,
-    data: &[u8],
-    mut at: usize,
-    longer: usize,
-) -> usize {
-    let n = w.write(&data[at..at + longer]).await.expect("retry");
-    at += n;
-    w.write_all(&data[at..]).await.expect("the rest");
+/// Over a loopback socket, through `wrap`: offers [`STEP`] bytes at a time
+/// until one offer is pending, then, once the socket drains, retries with
+/// three times as much (as tokio's copy does when it read more
+/// meanwhile), writes the rest and closes. Returns what the retry
+/// reported written, what the far side decrypted, and what was sent.
+async fn retry_longer<W: AsyncWrite + Unpin>(
+    wrap: impl FnOnce(ProxyClientStream<TcpStream>) -> W,
+) -> (usize, Vec<u8>, Vec<u8>) {
+    let data = pattern(16 << 20);
+    let (tx, rx) = pair().await;
+    let mut w = wrap(client(tx));
+    let mut at = 0;
+    write_until_pending(&mut w, &data, &mut at).await;
+    let reader = decrypt_all(rx);
+    let n = w.write(&data[at..at + 3 * STEP]).await.expect("retry");
+    w.write_all(&data[at + n..]).await.expect("the rest");
     w.shutdown().await.expect("shutdown");
-    n
+    (n, reader.await.expect("reader"), data)
 }
 
 #[tokio::test]
 async fn a_retry_after_pending_sends_and_reports_exactly_the_first_offer() {
-    let data = pattern(16 << 20);
-    let (tx, rx) = pair().await;
-    let mut w = ShadowWrites::new(client(tx));
-    let mut at = 0;
-    let pending = write_until_pending(&mut w, &data, &mut at, 1000).await;
-    let reader = decrypt_all(rx);
-    // tokio's copy offers more on the retry (it read more meanwhile).
-    let n = retry_longer_then_finish(w, &data, at, 3 * pending).await;
-    assert_eq!(n, pending, "the retry reports what was encrypted");
-    let got = reader.await.expect("reader");
+    let (n, got, data) = retry_longer(ShadowWrites::new).await;
+    assert_eq!(n, STEP, "the retry reports what was encrypted");
     assert_eq!(got.len(), data.len());
     assert!(got == data, "every byte once, in order");
 }
@@ -99,18 +101,11 @@ async fn a_retry_after_pending_sends_and_reports_exactly_the_first_offer() {
 async fn the_bare_stream_reports_the_longer_retry_and_loses_the_difference() {
     // Why the wrapper exists (shadowsocks-rust issue 2175): if this ever
     // fails, the stream counts its writes right and the wrapper could go.
-    let data = pattern(16 << 20);
-    let (tx, rx) = pair().await;
-    let mut w = client(tx);
-    let mut at = 0;
-    let pending = write_until_pending(&mut w, &data, &mut at, 1000).await;
-    let reader = decrypt_all(rx);
-    let n = retry_longer_then_finish(w, &data, at, 3 * pending).await;
-    assert_eq!(n, 3 * pending, "the stream reports its retry's length");
-    let got = reader.await.expect("reader");
+    let (n, got, data) = retry_longer(|bare| bare).await;
+    assert_eq!(n, 3 * STEP, "the stream reports its retry's length");
     assert_eq!(
         got.len(),
-        data.len() - 2 * pending,
+        data.len() - 2 * STEP,
         "bytes reported sent and never sent"
     );
 }
@@ -121,9 +116,9 @@ async fn a_retry_with_fewer_bytes_is_refused_not_sent_as_something_else() {
     let (tx, _rx) = pair().await;
     let mut w = ShadowWrites::new(client(tx));
     let mut at = 0;
-    let pending = write_until_pending(&mut w, &data, &mut at, 1000).await;
-    let r = poll_fn(|cx| Poll::Ready(Pin::new(&mut w).poll_write(cx, &data[at..at + pending - 1])))
-        .await;
+    write_until_pending(&mut w, &data, &mut at).await;
+    let r =
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut w).poll_write(cx, &data[at..at + STEP - 1]))).await;
     match r {
         Poll::Ready(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
         other => panic!("a shorter retry was taken: {other:?}"),
@@ -158,13 +153,10 @@ async fn tokio_copy_into_the_stream_sends_every_byte_once_in_order() {
         .await
         .expect("connect");
     let (rx, _) = listener.accept().await.expect("accept");
-    let reader = tokio::spawn(async move {
-        let ctx = Context::new_shared(ServerType::Server);
-        let cfg = config();
-        let mut s = ProxyServerStream::from_stream(ctx, rx, METHOD, cfg.key());
-        s.handshake().await.expect("header");
-        crate::test_sockets::read_in_bursts(&mut s).await
-    });
+    let reader =
+        tokio::spawn(
+            async move { crate::test_sockets::read_in_bursts(&mut server(rx).await).await },
+        );
     let (mut source, mut from_source) = pair().await;
     let sent = data.clone();
     tokio::spawn(async move {
