@@ -502,6 +502,9 @@ async fn sink_server(drain: Arc<tokio::sync::Notify>) -> SocketAddr {
     addr
 }
 
+/// Uploads held at once by targets that read nothing, on one connection.
+const STALLED_UPLOADS: usize = 20;
+
 #[tokio::test(flavor = "multi_thread")]
 #[expect(
     clippy::print_stderr,
@@ -516,11 +519,12 @@ async fn uploads_to_targets_that_stop_reading_do_not_stop_the_other_tunnels_of_t
     let drain = Arc::new(tokio::sync::Notify::new());
     let sink = sink_server(drain.clone()).await;
     let socks = plane.client_with_mux(true).await;
-    // More stalled uploads than a gateway connection window of four of
-    // its stream windows would take.
+    // More stalled uploads than the sixteen stream windows a gateway
+    // connection window of 64 MiB held: every stream may hold its whole
+    // window without taking another stream's credit.
     let sent = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..STALLED_UPLOADS {
         let mut s = socks_connect(socks, sink).await.expect("SOCKS CONNECT");
         let sent = sent.clone();
         writers.push(tokio::spawn(async move {
@@ -532,15 +536,15 @@ async fn uploads_to_targets_that_stop_reading_do_not_stop_the_other_tunnels_of_t
         }));
     }
     let held = until_stalled(&sent).await;
-    eprintln!("six uploads nobody reads stopped after {held} bytes");
+    eprintln!("{STALLED_UPLOADS} uploads nobody reads stopped after {held} bytes");
     assert!(
-        held > 6 * (4 << 20),
+        held > STALLED_UPLOADS as u64 * (4 << 20),
         "each stalled upload holds at least the gateway's stream window: {held} bytes"
     );
     let mut probe = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
     assert!(
         alive_within(&mut probe, Duration::from_secs(10)).await,
-        "a new tunnel beside six stalled uploads"
+        "a new tunnel beside {STALLED_UPLOADS} stalled uploads"
     );
     // The uploads move again once their targets read.
     drain.notify_waiters();

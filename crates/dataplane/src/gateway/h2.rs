@@ -6,22 +6,25 @@
 //! than adaptive: 4 MiB per stream (what a client may upload ahead of the
 //! node; the window also covers what waits in the client's socket buffer,
 //! so one upload moves at most 4 MiB per round trip). The connection's
-//! window is sixteen streams' (64 MiB): data that arrived for a stream
-//! whose node has stopped reading (its target reads nothing) holds the
-//! connection's window until it is read, so with a window of four
-//! streams, four such uploads would stop every other stream of their
-//! connection, the first bytes of new tunnels included; it takes sixteen.
-//! The window also bounds what one connection can make the gateway hold,
-//! before its tunnels are authorized too (a client may send data right
-//! behind a CONNECT), so it is not wider: every stream's window at once
-//! would be 1 GiB per connection. Downloads are paced by the client's
-//! own, larger windows. Fixed windows also keep the
-//! scheduling fair: a bulk stream can never take the whole connection
-//! window, so a small stream beside it always has credit. Nothing is
-//! allocated for a window until data arrives, so idle streams cost only
-//! their stream state and tunnel. The client must send its connection
-//! preface within the handshake deadline; afterwards pings every 20 s
-//! (answered within 20 s) keep the connection or end it, and a connection
+//! window is every stream's at once ([`MAX_STREAMS`] of them, 1 GiB):
+//! data that arrived for a stream whose node has stopped reading (its
+//! target reads nothing) holds the connection's window until it is read,
+//! so with a narrower one (it was sixteen streams' for a while) that many
+//! stalled uploads stopped every other stream of their connection, the
+//! first bytes of new tunnels included. This way no stream can take
+//! another's credit, and a bulk stream beside a small one never holds the
+//! connection's. What the gateway holds for uploads is bounded per
+//! stream instead, as a WebSocket tunnel over HTTP/1.1 is by its socket's
+//! receive buffer: 4 MiB a tunnel, so a device at its tunnel cap
+//! (`max_tunnels_per_device`, 512 by default) holds at most 2 GiB however
+//! many connections it spreads its tunnels over (a window per connection
+//! never bounded a device, whose connections are not counted); a stream
+//! that is refused (a bad token, a cap) ends, and what it had sent is
+//! freed with it. Downloads are paced by the client's own, larger
+//! windows. Nothing is allocated for a window until data arrives, so idle
+//! streams cost only their stream state and tunnel. The client must send
+//! its connection preface within the handshake deadline; afterwards
+//! pings every 20 s (answered within 20 s) keep the connection or end it, and a connection
 //! that carries no request and no tunnel for the idle limit (60 s by
 //! default) is told to go away, so a connection that opens nothing cannot
 //! hold its place in the connection budget for ever (an idle HTTP/1.1
@@ -59,9 +62,9 @@ use tower_service::Service;
 /// Receive window of each stream (see the module's note).
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 
-/// Receive window of each connection: sixteen streams' (see the module's
-/// note).
-pub(crate) const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
+/// Receive window of each connection: every stream's at once, so no
+/// stream waits for another's (see the module's note).
+pub(crate) const CONNECTION_WINDOW: u32 = MAX_STREAMS * STREAM_WINDOW;
 
 /// Largest frame a client may send: fewer frames (and headers) per byte.
 const MAX_FRAME: u32 = 64 * 1024;
