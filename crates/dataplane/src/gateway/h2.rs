@@ -2,33 +2,32 @@
 //! tunnels opened as WebSockets over extended CONNECT (RFC 8441), each a
 //! stream of one TLS connection.
 //!
-//! Flow-control windows are fixed and sized for a long fat link rather
-//! than adaptive: 4 MiB per stream (what a client may upload ahead of the
-//! node; the window also covers what waits in the client's socket buffer,
-//! so one upload moves at most 4 MiB per round trip). The connection's
-//! window is every stream's at once ([`MAX_STREAMS`] of them, 1 GiB):
-//! data that arrived for a stream whose node has stopped reading (its
-//! target reads nothing) holds the connection's window until it is read,
-//! so with a narrower one (it was sixteen streams' for a while) that many
-//! stalled uploads stopped every other stream of their connection, the
-//! first bytes of new tunnels included. This way no stream can take
-//! another's credit, and a bulk stream beside a small one never holds the
-//! connection's. What the gateway holds for uploads is bounded per
-//! stream instead, as a WebSocket tunnel over HTTP/1.1 is by its socket's
-//! receive buffer: 4 MiB a tunnel, so a device at its tunnel cap
-//! (`max_tunnels_per_device`, 512 by default) holds at most 2 GiB however
-//! many connections it spreads its tunnels over (a window per connection
-//! never bounded a device, whose connections are not counted); a stream
-//! that is refused (a bad token, a cap) ends, and what it had sent is
-//! freed with it. Downloads are paced by the client's own, larger
-//! windows. Nothing is allocated for a window until data arrives, so idle
-//! streams cost only their stream state and tunnel. The client must send
-//! its connection preface within the handshake deadline; afterwards
-//! pings every 20 s (answered within 20 s) keep the connection or end it, and a connection
-//! that carries no request and no tunnel for the idle limit (60 s by
-//! default) is told to go away, so a connection that opens nothing cannot
-//! hold its place in the connection budget for ever (an idle HTTP/1.1
-//! connection is closed at the header deadline). On shutdown the
+//! Flow-control windows are fixed and sized for a long fat link rather than
+//! adaptive: 4 MiB per stream (what a client may upload ahead of the node;
+//! the window also covers what waits in the client's socket buffer, so one
+//! upload moves at most 4 MiB per round trip). The connection's window is
+//! every stream's at once ([`MAX_STREAMS`] of them, 1 GiB): data that
+//! arrived for a stream whose node has stopped reading (its target reads
+//! nothing) holds the connection's window until it is read, so with a
+//! window of fewer streams', as many stalled uploads would stop every other
+//! stream of their connection, the first bytes of new tunnels included.
+//! This way no stream can take another's credit, and a bulk stream beside a
+//! small one never holds the connection's. What the gateway holds for
+//! uploads is bounded per stream instead, as a WebSocket tunnel over
+//! HTTP/1.1 is by its socket's receive buffer: 4 MiB a tunnel, so a device
+//! at its tunnel cap (`max_tunnels_per_device`, 512 by default) holds at
+//! most 2 GiB however many connections it spreads its tunnels over (a
+//! window per connection never bounded a device, whose connections are not
+//! counted); a stream that is refused (a bad token, a cap) ends, and what
+//! it had sent is freed with it. Downloads are paced by the client's own,
+//! larger windows. Nothing is allocated for a window until data arrives, so
+//! idle streams cost only their stream state and tunnel. The client must
+//! send its connection preface within the handshake deadline; afterwards
+//! pings every 20 s (answered within 20 s) keep the connection or end it,
+//! and a connection that carries no request and no tunnel for the idle
+//! limit (60 s by default) is told to go away, so a connection that opens
+//! nothing cannot hold its place in the connection budget for ever (an idle
+//! HTTP/1.1 connection is closed at the header deadline). On shutdown the
 //! connection is told to go away (GOAWAY) and its open streams get the
 //! tunnels' drain before it is dropped.
 //!
