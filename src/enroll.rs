@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use httvps_control::actor::Actor;
 use httvps_control::config::DbArgs;
 use httvps_control::db::{self, Db};
-use httvps_control::nodes::{self, NewOutlineNode};
+use httvps_control::nodes::enrollment::MAX_ENROLLMENT_TTL_HOURS;
+use httvps_control::nodes::{self, EnrollmentTtl, NewOutlineNode};
 use httvps_dataplane::link::{Link, Pin};
 use httvps_wire::enroll::Enrollment;
 
@@ -31,6 +32,21 @@ pub struct EnrollArgs {
     pub tls_cert: Option<PathBuf>,
 }
 
+/// How long a printed enrollment string works.
+#[derive(Debug, Args)]
+pub struct Lifetime {
+    /// Hours the enrollment string works unless redeemed or used (1-720).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(i64).range(1..=MAX_ENROLLMENT_TTL_HOURS))]
+    ttl_hours: i64,
+}
+
+impl Lifetime {
+    /// The lifetime as the control plane takes it.
+    fn ttl(&self) -> anyhow::Result<EnrollmentTtl> {
+        EnrollmentTtl::hours("--ttl-hours", Some(self.ttl_hours)).map_err(fail)
+    }
+}
+
 /// `httvps gateway …`.
 #[derive(Debug, Subcommand)]
 pub enum GatewayCommand {
@@ -45,12 +61,16 @@ pub enum GatewayCommand {
         /// The https:// URL clients connect to.
         #[arg(long)]
         public_url: String,
+        #[command(flatten)]
+        lifetime: Lifetime,
     },
     /// Replaces a gateway's token (the old one stops working) and prints a
     /// new enrollment string.
     Rotate {
         /// The gateway's id.
         id: uuid::Uuid,
+        #[command(flatten)]
+        lifetime: Lifetime,
     },
     /// Deletes a gateway; its token stops working.
     Remove {
@@ -80,11 +100,15 @@ pub enum NodeCommand {
         /// Most concurrent sessions.
         #[arg(long, default_value_t = 1000)]
         capacity: i32,
+        #[command(flatten)]
+        lifetime: Lifetime,
     },
     /// Replaces a node's token and prints a new enrollment string.
     Rotate {
         /// The node's id.
         id: uuid::Uuid,
+        #[command(flatten)]
+        lifetime: Lifetime,
     },
     /// Deletes a node; its token stops working.
     Remove {
@@ -146,11 +170,13 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
             region,
             name,
             public_url,
+            lifetime,
         } => {
             let (url, pin) = target(e)?;
-            let (g, token) = nodes::register_gateway(&pool, &op, &region, &name, &public_url)
-                .await
-                .map_err(fail)?;
+            let (g, token) =
+                nodes::register_gateway(&pool, &op, &region, &name, &public_url, lifetime.ttl()?)
+                    .await
+                    .map_err(fail)?;
             tracing::info!(
                 gateway.id = %g.id,
                 enrollment.expires_at = %expiry(g.enroll_expires_at),
@@ -158,9 +184,11 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
             );
             Ok(string("gateway", &url, pin, token))
         }
-        GatewayCommand::Rotate { id } => {
+        GatewayCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
-            let (token, until) = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
+            let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl()?)
+                .await
+                .map_err(fail)?;
             tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");
             Ok(string("gateway", &url, pin, token))
         }
@@ -189,6 +217,7 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
             host,
             port,
             capacity,
+            lifetime,
         } => {
             let (url, pin) = target(e)?;
             let input = NewOutlineNode {
@@ -200,7 +229,7 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
                 secret: None,
                 capacity,
             };
-            let (n, token) = nodes::register_outline(&pool, &op, input)
+            let (n, token) = nodes::register_outline(&pool, &op, input, lifetime.ttl()?)
                 .await
                 .map_err(fail)?;
             tracing::info!(
@@ -210,9 +239,11 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
             );
             Ok(string("node", &url, pin, token))
         }
-        NodeCommand::Rotate { id } => {
+        NodeCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
-            let (token, until) = nodes::rotate_token(&pool, &op, id).await.map_err(fail)?;
+            let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl()?)
+                .await
+                .map_err(fail)?;
             tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");
             Ok(string("node", &url, pin, token))
         }

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use httvps_control::accounts::{self, Role};
 use httvps_control::config::{Secret, SecretKey, Settings, validate_secret};
 use httvps_control::db::{self, Db, Dsn};
+use httvps_control::nodes::EnrollmentTtl;
 use httvps_control::state::AppState;
 use httvps_control::{app, http};
 use httvps_dataplane::files::write_private;
@@ -186,14 +187,14 @@ pub async fn start_up_data_plane(
                 secret: None,
                 capacity: 1000,
             };
-            nodes::register_outline(db, &admin, input)
+            nodes::register_outline(db, &admin, input, EnrollmentTtl::default())
                 .await
                 .map_err(fail)?
                 .0
                 .id
         }
     };
-    let (node_token, _) = nodes::rotate_token(db, &admin, node_id.uuid())
+    let (node_token, _) = nodes::rotate_token(db, &admin, node_id.uuid(), EnrollmentTtl::default())
         .await
         .map_err(fail)?;
     let gateway_addr = gateway.local_addr()?;
@@ -210,14 +211,21 @@ pub async fn start_up_data_plane(
     let gw_id = match gw_existing {
         Some(id) => id,
         None => {
-            nodes::register_gateway(db, &admin, "local", "local-gateway", &public_url)
-                .await
-                .map_err(fail)?
-                .0
-                .id
+            nodes::register_gateway(
+                db,
+                &admin,
+                "local",
+                "local-gateway",
+                &public_url,
+                EnrollmentTtl::default(),
+            )
+            .await
+            .map_err(fail)?
+            .0
+            .id
         }
     };
-    let (gw_token, _) = nodes::rotate_token(db, &admin, gw_id.uuid())
+    let (gw_token, _) = nodes::rotate_token(db, &admin, gw_id.uuid(), EnrollmentTtl::default())
         .await
         .map_err(fail)?;
     let cert = data_dir.join("gateway.crt");

@@ -225,8 +225,29 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
         .and_then(|n| n["node"]["id"].as_str())
         .expect("node id")
         .to_owned();
-    let rotated = httvps(&plane, &["node", "rotate", &id]);
+    // A lifetime out of range is refused before anything changes.
+    let refused = common::httvps_cmd()
+        .args(["node", "rotate", &id, "--ttl-hours", "0"])
+        .env("BACKEND_DB_DSN", plane._db.url())
+        .env("BACKEND_PUBLIC_URL", &plane.server.base)
+        .stdin(Stdio::null())
+        .output()
+        .expect("httvps");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--ttl-hours"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    config_with(&plane.server.base, &token)
+        .await
+        .expect("a refused rotation leaves the token");
+    let rotated = httvps(&plane, &["node", "rotate", &id, "--ttl-hours", "3"]);
     assert_ne!(rotated, s);
+    assert_left(
+        &expiry(&plane.server.base, &plane.admin, "outlineNodes", "n1").await,
+        chrono::TimeDelta::hours(3),
+    );
     assert!(matches!(
         config_with(&plane.server.base, &token).await,
         Err(BackendError::Status { status: 401, .. })
@@ -440,6 +461,19 @@ async fn expiry(base: &str, admin: &str, list: &str, name: &str) -> serde_json::
         .unwrap_or_else(|| panic!("{name} in {r}"))
 }
 
+/// `until` (an RFC 3339 time) is `want` from now, give or take the
+/// test's own time.
+fn assert_left(until: &serde_json::Value, want: chrono::TimeDelta) {
+    let until = chrono::DateTime::parse_from_rfc3339(until.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc);
+    let left = until - chrono::Utc::now();
+    assert!(
+        left > want - chrono::TimeDelta::minutes(2) && left <= want,
+        "{left:?} left, {want:?} wanted"
+    );
+}
+
 /// Moves every pending enrollment of both machine tables into the past.
 async fn expire_pending(db: &httvps_control::db::Db) -> httvps_control::error::AppResult<()> {
     use diesel_async::RunQueryDsl;
@@ -483,15 +517,55 @@ async fn strings_expire_on(db: common::TestDb) {
         .to_owned();
 
     // Printed now, good for 24 h.
-    let until = expiry(&base, &admin, "gatewayNodes", "used").await;
-    let until = chrono::DateTime::parse_from_rfc3339(until.as_str().expect("a time"))
-        .expect("RFC 3339")
-        .with_timezone(&chrono::Utc);
-    let left = until - chrono::Utc::now();
-    assert!(
-        left > chrono::TimeDelta::hours(24) - chrono::TimeDelta::minutes(2)
-            && left <= chrono::TimeDelta::hours(24),
-        "{left:?} left"
+    assert_left(
+        &expiry(&base, &admin, "gatewayNodes", "used").await,
+        chrono::TimeDelta::hours(24),
+    );
+
+    // Or for the hours the operator chose, 1 to 720: beyond that the
+    // mutation is refused and nothing is made or changed.
+    let r = gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"brief\",publicUrl:\"https://brief.example.com\",enrollmentTtlHours:2}){token}}".into()).await;
+    assert!(r["data"]["registerGatewayNode"]["token"].is_string(), "{r}");
+    assert_left(
+        &expiry(&base, &admin, "gatewayNodes", "brief").await,
+        chrono::TimeDelta::hours(2),
+    );
+    for hours in [0, 721, -5] {
+        let r = gql(format!("mutation{{registerOutlineNode(input:{{region:\"eu\",name:\"n{hours}\",host:\"10.0.0.6\",port:8388,enrollmentTtlHours:{hours}}}){{token}}}}")).await;
+        assert_eq!(
+            r["errors"][0]["extensions"]["code"], "BAD_REQUEST",
+            "{hours}: {r}"
+        );
+        let r = gql(format!(
+            "mutation{{rotateNodeToken(id:\"{node_id}\",enrollmentTtlHours:{hours})}}"
+        ))
+        .await;
+        assert_eq!(
+            r["errors"][0]["extensions"]["code"], "BAD_REQUEST",
+            "{hours}: {r}"
+        );
+    }
+    let r = gql("{outlineNodes{edges{node{name}}}}".into()).await;
+    assert_eq!(
+        r["data"]["outlineNodes"]["edges"].as_array().map(Vec::len),
+        Some(1),
+        "a refused registration made a node: {r}"
+    );
+    config_with(&base, &node_token)
+        .await
+        .expect("a refused rotation leaves the token");
+    // That first use enrolled the node: rotate for a string to expire.
+    let r = gql(format!(
+        "mutation{{rotateNodeToken(id:\"{node_id}\",enrollmentTtlHours:1)}}"
+    ))
+    .await;
+    let node_token = r["data"]["rotateNodeToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    assert_left(
+        &expiry(&base, &admin, "outlineNodes", "n").await,
+        chrono::TimeDelta::hours(1),
     );
 
     // A token used as the machine's own (`--token`) is enrolled by its

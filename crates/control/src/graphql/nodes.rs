@@ -11,8 +11,9 @@ use super::loaders::{DbLoader, loader_error};
 use super::scalars::BigInt;
 use super::{AdminOnly, AppContext, GqlResultExt, actor, connection};
 use crate::db::models::{self, SecretText};
+use crate::error::AppResult;
 use crate::ids::RegionId;
-use crate::nodes::{self, AnyNode, NewOutlineNode, NodeFilter, NodeStatus};
+use crate::nodes::{self, AnyNode, EnrollmentTtl, NewOutlineNode, NodeFilter, NodeStatus};
 use crate::pagination::PageArgs;
 
 /// A Shadowsocks node of the pool.
@@ -216,6 +217,9 @@ pub struct RegisterOutlineNodeInput {
     /// Most concurrent client connections (default 1000).
     #[graphql(default = 1000)]
     pub capacity: i32,
+    /// Hours its enrollment string works unless redeemed or used (1-720;
+    /// default 24).
+    pub enrollment_ttl_hours: Option<i32>,
 }
 
 /// Fields of a new gateway.
@@ -227,6 +231,9 @@ pub struct RegisterGatewayNodeInput {
     pub name: String,
     /// URL clients connect to, e.g. https://gw1.example.com.
     pub public_url: String,
+    /// Hours its enrollment string works unless redeemed or used (1-720;
+    /// default 24).
+    pub enrollment_ttl_hours: Option<i32>,
 }
 
 /// Filters on node lists.
@@ -297,6 +304,11 @@ impl NodeQuery {
     }
 }
 
+/// An enrollment string's lifetime as a mutation gives it.
+fn ttl_hours(hours: Option<i32>) -> AppResult<EnrollmentTtl> {
+    EnrollmentTtl::hours("enrollmentTtlHours", hours.map(i64::from))
+}
+
 /// Node mutations.
 #[derive(Default)]
 pub struct NodeMutation;
@@ -311,6 +323,7 @@ impl NodeMutation {
         input: RegisterOutlineNodeInput,
     ) -> async_graphql::Result<RegisteredOutlineNode> {
         let api = ctx.data::<AppContext>()?;
+        let ttl = ttl_hours(input.enrollment_ttl_hours).gql()?;
         let new = NewOutlineNode {
             region: input.region,
             name: input.name,
@@ -320,7 +333,7 @@ impl NodeMutation {
             secret: input.secret.map(Into::into),
             capacity: input.capacity,
         };
-        let (node, token) = nodes::register_outline(&api.db, &actor(ctx)?, new)
+        let (node, token) = nodes::register_outline(&api.db, &actor(ctx)?, new, ttl)
             .await
             .gql()?;
         Ok(RegisteredOutlineNode {
@@ -338,12 +351,14 @@ impl NodeMutation {
         input: RegisterGatewayNodeInput,
     ) -> async_graphql::Result<RegisteredGatewayNode> {
         let api = ctx.data::<AppContext>()?;
+        let ttl = ttl_hours(input.enrollment_ttl_hours).gql()?;
         let (node, token) = nodes::register_gateway(
             &api.db,
             &actor(ctx)?,
             &input.region,
             &input.name,
             &input.public_url,
+            ttl,
         )
         .await
         .gql()?;
@@ -386,14 +401,18 @@ impl NodeMutation {
     }
 
     /// Admin: replaces a node's machine token; returns the new one once.
+    /// Its enrollment string works for `enrollmentTtlHours` (1-720; default
+    /// 24) unless redeemed or used.
     #[graphql(guard = "AdminOnly")]
     async fn rotate_node_token(
         &self,
         ctx: &Context<'_>,
         id: Uuid,
+        enrollment_ttl_hours: Option<i32>,
     ) -> async_graphql::Result<String> {
         let api = ctx.data::<AppContext>()?;
-        nodes::rotate_token(&api.db, &actor(ctx)?, id)
+        let ttl = ttl_hours(enrollment_ttl_hours).gql()?;
+        nodes::rotate_token(&api.db, &actor(ctx)?, id, ttl)
             .await
             .map(|(token, _)| token)
             .gql()

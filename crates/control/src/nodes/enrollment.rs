@@ -4,11 +4,12 @@
 //! hash, so a string is good for one redemption however many are tried at
 //! once; a second one finds the token gone (401).
 //!
-//! A string expires [`ENROLLMENT_TTL`] after it was printed unless it was
-//! redeemed or its token used as the machine's own before (`--token`; the
-//! first use counts as the enrollment): a string copied somewhere and
-//! forgotten stops being a machine credential. An expired one gets 401 as
-//! a spent one does; `rotate` prints a new one.
+//! A string expires [`ENROLLMENT_TTL`] after it was printed (or after the
+//! lifetime its issuer chose, [`EnrollmentTtl`]: 1 h to 30 days) unless
+//! it was redeemed or its token used as the machine's own before
+//! (`--token`; the first use counts as the enrollment): a string copied
+//! somewhere and forgotten stops being a machine credential. An expired one
+//! gets 401 as a spent one does; `rotate` prints a new one.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -21,12 +22,41 @@ use crate::db_tx;
 use crate::error::{AppError, AppResult};
 use crate::{audit, auth};
 
-/// How long an enrollment string works if neither redeemed nor used.
+/// How long an enrollment string works if neither redeemed nor used,
+/// unless its issuer chose otherwise.
 pub const ENROLLMENT_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
-/// Until when a string printed at `issued` works.
-pub fn expires(issued: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
-    issued + ENROLLMENT_TTL
+/// The longest lifetime a string may be given, in hours (30 days).
+pub const MAX_ENROLLMENT_TTL_HOURS: i64 = 30 * 24;
+
+/// The lifetime of an enrollment string: whole hours, 1 to
+/// [`MAX_ENROLLMENT_TTL_HOURS`]; [`ENROLLMENT_TTL`] by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnrollmentTtl(chrono::TimeDelta);
+
+impl Default for EnrollmentTtl {
+    fn default() -> Self {
+        EnrollmentTtl(ENROLLMENT_TTL)
+    }
+}
+
+impl EnrollmentTtl {
+    /// `hours`, or the default when `None`; a bad-input error naming
+    /// `field` when out of range.
+    pub fn hours(field: &str, hours: Option<i64>) -> AppResult<Self> {
+        match hours {
+            None => Ok(Self::default()),
+            Some(h) => {
+                let h = crate::validate::range(field, h, 1, MAX_ENROLLMENT_TTL_HOURS)?;
+                Ok(EnrollmentTtl(chrono::TimeDelta::hours(h)))
+            }
+        }
+    }
+
+    /// Until when a string printed at `issued` works.
+    pub fn expires(self, issued: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
+        issued + self.0
+    }
 }
 
 /// What a redeemed enrollment gives the machine.
@@ -166,4 +196,38 @@ pub fn pin_of_chain_end(path: &std::path::Path) -> Result<String, String> {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lifetime_is_whole_hours_from_one_to_thirty_days() {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0)
+            .expect("a time")
+            .naive_utc();
+        assert_eq!(
+            EnrollmentTtl::hours("ttl", None)
+                .expect("default")
+                .expires(at),
+            at + chrono::TimeDelta::hours(24)
+        );
+        assert_eq!(
+            EnrollmentTtl::hours("ttl", Some(1))
+                .expect("one hour")
+                .expires(at),
+            at + chrono::TimeDelta::hours(1)
+        );
+        assert_eq!(
+            EnrollmentTtl::hours("ttl", Some(720))
+                .expect("30 days")
+                .expires(at),
+            at + chrono::TimeDelta::days(30)
+        );
+        for bad in [0, -1, 721, i64::MAX] {
+            let e = EnrollmentTtl::hours("ttl", Some(bad)).expect_err("out of range");
+            assert!(matches!(e, AppError::BadRequest(_)), "{bad}: {e:?}");
+        }
+    }
 }

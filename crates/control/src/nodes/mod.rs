@@ -13,6 +13,7 @@ pub mod registry;
 use crate::db::models::{GatewayNode, OutlineNode};
 use crate::events::{NodeEvent, NodeEventKind, NodeKind};
 pub use crate::status::{Health, NodeStatus};
+pub use enrollment::EnrollmentTtl;
 pub use listing::{NodeFilter, gateways_by_ids, list_gateways, list_outline, outline_by_ids};
 pub use machines::{MACHINE_CACHE_TTL, Machine, MachineCache, authenticate_machine};
 pub use registry::{

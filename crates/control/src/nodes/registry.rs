@@ -5,7 +5,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use httvps_wire::Secret;
 
-use super::{AnyNode, enrollment, gateway_event, outline_event, status_event};
+use super::enrollment::EnrollmentTtl;
+use super::{AnyNode, gateway_event, outline_event, status_event};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, Region, now};
@@ -53,11 +54,13 @@ async fn region(db: &Db, code: &str) -> AppResult<Region> {
         .ok_or(AppError::NotFound("region"))
 }
 
-/// Admin: registers an Outline node; returns it and its machine token.
+/// Admin: registers an Outline node; returns it and its machine token,
+/// whose enrollment string works for `ttl` unless redeemed or used.
 pub async fn register_outline(
     db: &Db,
     actor: &Actor,
     input: NewOutlineNode,
+    ttl: EnrollmentTtl,
 ) -> AppResult<(OutlineNode, String)> {
     actor.require_admin()?;
     let region = region(db, &input.region).await?;
@@ -101,7 +104,7 @@ pub async fn register_outline(
         version: None,
         created_at: ts,
         updated_at: ts,
-        enroll_expires_at: Some(enrollment::expires(ts)),
+        enroll_expires_at: Some(ttl.expires(ts)),
     };
     let entry = audit::entry(
         actor,
@@ -127,13 +130,15 @@ pub async fn register_outline(
     Ok((node, token))
 }
 
-/// Admin: registers a gateway; returns it and its machine token.
+/// Admin: registers a gateway; returns it and its machine token, whose
+/// enrollment string works for `ttl` unless redeemed or used.
 pub async fn register_gateway(
     db: &Db,
     actor: &Actor,
     region_code: &str,
     name: &str,
     public_url: &str,
+    ttl: EnrollmentTtl,
 ) -> AppResult<(GatewayNode, String)> {
     actor.require_admin()?;
     let region = region(db, region_code).await?;
@@ -156,7 +161,7 @@ pub async fn register_gateway(
         version: None,
         created_at: ts,
         updated_at: ts,
-        enroll_expires_at: Some(enrollment::expires(ts)),
+        enroll_expires_at: Some(ttl.expires(ts)),
     };
     let entry = audit::entry(
         actor,
@@ -283,16 +288,18 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
 }
 
 /// Admin: replaces a node's machine token; the old one stops working.
-/// Returns the new token and until when it works unless used before.
+/// Returns the new token and until when it works unless used before
+/// (`ttl` from now).
 pub async fn rotate_token(
     db: &Db,
     actor: &Actor,
     id: uuid::Uuid,
+    ttl: EnrollmentTtl,
 ) -> AppResult<(String, chrono::NaiveDateTime)> {
     actor.require_admin()?;
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
-    let expires_at = enrollment::expires(now());
+    let expires_at = ttl.expires(now());
     let until = Some(expires_at);
     let entry = audit::entry(
         actor,
