@@ -18,7 +18,9 @@
 //! at its tunnel cap (`max_tunnels_per_device`, 512 by default) holds at
 //! most 2 GiB however many connections it spreads its tunnels over (a
 //! window per connection never bounded a device, whose connections are not
-//! counted); a stream that is refused (a bad token, a cap) ends, and what
+//! counted). A stream waiting for its token's check holds at most its
+//! window for as long as the check takes (at most the control plane's
+//! timeout), and one that is refused (a bad token, a cap) ends, and what
 //! it had sent is freed with it. Downloads are paced by the client's own,
 //! larger windows. Nothing is allocated for a window until data arrives, so
 //! idle streams cost only their stream state and tunnel. The client must
