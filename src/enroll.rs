@@ -10,7 +10,6 @@ use clap::{Args, Subcommand};
 use httvps_control::actor::Actor;
 use httvps_control::config::DbArgs;
 use httvps_control::db::{self, Db};
-use httvps_control::nodes::enrollment::MAX_ENROLLMENT_TTL_HOURS;
 use httvps_control::nodes::{self, EnrollmentTtl, NewOutlineNode};
 use httvps_dataplane::link::{Link, Pin};
 use httvps_wire::enroll::Enrollment;
@@ -36,15 +35,14 @@ pub struct EnrollArgs {
 #[derive(Debug, Args)]
 pub struct Lifetime {
     /// Hours the enrollment string works unless redeemed or used (1-720).
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(i64).range(1..=MAX_ENROLLMENT_TTL_HOURS))]
-    ttl_hours: i64,
+    #[arg(long = "ttl-hours", value_name = "HOURS", default_value_t = EnrollmentTtl::default(), value_parser = ttl_hours)]
+    ttl: EnrollmentTtl,
 }
 
-impl Lifetime {
-    /// The lifetime as the control plane takes it.
-    fn ttl(&self) -> anyhow::Result<EnrollmentTtl> {
-        EnrollmentTtl::hours("--ttl-hours", Some(self.ttl_hours)).map_err(fail)
-    }
+/// `--ttl-hours`, checked as the control plane checks it.
+fn ttl_hours(value: &str) -> Result<EnrollmentTtl, String> {
+    let hours = value.parse().map_err(|e| format!("{e}"))?;
+    EnrollmentTtl::hours("--ttl-hours", Some(hours)).map_err(|e| e.to_string())
 }
 
 /// `httvps gateway …`.
@@ -174,7 +172,7 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
         } => {
             let (url, pin) = target(e)?;
             let (g, token) =
-                nodes::register_gateway(&pool, &op, &region, &name, &public_url, lifetime.ttl()?)
+                nodes::register_gateway(&pool, &op, &region, &name, &public_url, lifetime.ttl)
                     .await
                     .map_err(fail)?;
             tracing::info!(
@@ -186,7 +184,7 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
         }
         GatewayCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
-            let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl()?)
+            let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
                 .await
                 .map_err(fail)?;
             tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");
@@ -229,7 +227,7 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
                 secret: None,
                 capacity,
             };
-            let (n, token) = nodes::register_outline(&pool, &op, input, lifetime.ttl()?)
+            let (n, token) = nodes::register_outline(&pool, &op, input, lifetime.ttl)
                 .await
                 .map_err(fail)?;
             tracing::info!(
@@ -241,7 +239,7 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
         }
         NodeCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
-            let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl()?)
+            let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
                 .await
                 .map_err(fail)?;
             tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");

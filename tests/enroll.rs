@@ -18,16 +18,22 @@ use httvps_wire::enroll::Enrollment;
 use plane::Plane;
 use serde_json::json;
 
-/// Runs `httvps ARGS` against the plane's database; returns its stdout's
-/// last line (the enrollment string or the confirmation).
-fn httvps(plane: &Plane, args: &[&str]) -> String {
-    let out = common::httvps_cmd()
+/// Runs `httvps ARGS` against the plane's database.
+fn run_httvps(plane: &Plane, args: &[&str]) -> std::process::Output {
+    common::httvps_cmd()
         .args(args)
         .env("BACKEND_DB_DSN", plane._db.url())
         .env("BACKEND_PUBLIC_URL", &plane.server.base)
         .stdin(Stdio::null())
         .output()
-        .expect("httvps");
+        .expect("httvps")
+}
+
+/// Runs `httvps ARGS` against the plane's database, which must succeed;
+/// returns its stdout's last line (the enrollment string or the
+/// confirmation).
+fn httvps(plane: &Plane, args: &[&str]) -> String {
+    let out = run_httvps(plane, args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -226,13 +232,7 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
         .expect("node id")
         .to_owned();
     // A lifetime out of range is refused before anything changes.
-    let refused = common::httvps_cmd()
-        .args(["node", "rotate", &id, "--ttl-hours", "0"])
-        .env("BACKEND_DB_DSN", plane._db.url())
-        .env("BACKEND_PUBLIC_URL", &plane.server.base)
-        .stdin(Stdio::null())
-        .output()
-        .expect("httvps");
+    let refused = run_httvps(&plane, &["node", "rotate", &id, "--ttl-hours", "0"]);
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--ttl-hours"),

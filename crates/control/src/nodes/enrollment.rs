@@ -40,6 +40,13 @@ impl Default for EnrollmentTtl {
     }
 }
 
+/// The lifetime in hours, as `--ttl-hours` takes it.
+impl std::fmt::Display for EnrollmentTtl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.num_hours())
+    }
+}
+
 impl EnrollmentTtl {
     /// `hours`, or the default when `None`; a bad-input error naming
     /// `field` when out of range.
@@ -225,6 +232,7 @@ mod tests {
                 .expires(at),
             at + chrono::TimeDelta::days(30)
         );
+        assert_eq!(EnrollmentTtl::default().to_string(), "24");
         for bad in [0, -1, 721, i64::MAX] {
             let e = EnrollmentTtl::hours("ttl", Some(bad)).expect_err("out of range");
             assert!(matches!(e, AppError::BadRequest(_)), "{bad}: {e:?}");
