@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-B3s5umIO.js",
+        path: "assets/console-Cbncww4_.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"de0f8e0554007c622bf8\"",
+        etag: "\"1460d9648ac95b21dacb\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-B3s5umIO.js"),
-        gzip: Some(include_bytes!("assets/console-B3s5umIO.js.gz")),
-        brotli: Some(include_bytes!("assets/console-B3s5umIO.js.br")),
+        raw: include_bytes!("assets/console-Cbncww4_.js"),
+        gzip: Some(include_bytes!("assets/console-Cbncww4_.js.gz")),
+        brotli: Some(include_bytes!("assets/console-Cbncww4_.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"de26f80cb9c7e30b991f\"",
+        etag: "\"dc60275ba5545fbc27ca\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

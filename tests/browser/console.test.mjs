@@ -195,7 +195,7 @@ async function scenario(t, mode, env) {
   });
 
   let nodeToken;
-  await t.test('the admin registers a node and a gateway; their tokens are shown once', async () => {
+  await t.test('the admin registers a node and a gateway and rotates a token, each with its lifetime; tokens are shown once', async () => {
     await go(admin, 'Nodes');
     await admin.getByRole('button', { name: 'Register node' }).click();
     const nd = admin.getByRole('dialog');
@@ -220,11 +220,31 @@ async function scenario(t, mode, env) {
     await gd.getByLabel('Region').selectOption(region.code);
     await gd.getByLabel('Name').fill(`gw-${suffix}`);
     await gd.getByLabel('Public URL').fill('https://gw1.example.test');
+    // A lifetime other than the default: the dialog and the row say it.
+    assert.equal(await gd.getByLabel('Token valid for (hours)').inputValue(), '24');
+    await gd.getByLabel('Token valid for (hours)').fill('3');
     await gd.getByRole('button', { name: 'Register gateway' }).click();
     await admin.getByTestId('machine-token').waitFor();
+    await admin.getByRole('dialog').getByText('start it within 3 h').waitFor();
     await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
-    await rowOf(admin, `gw-${suffix}`).waitFor();
+    const gwRow = rowOf(admin, `gw-${suffix}`);
+    await gwRow.waitFor();
+    assert.match(await gwRow.textContent(), /never\s*token expires in [23] h/);
     await shot(admin, mode, '06-nodes');
+
+    // Rotating: an out-of-range lifetime is refused and the old token
+    // kept; a valid one gives a new token with that lifetime.
+    await gwRow.getByRole('button', { name: 'Rotate token' }).click();
+    const rd = admin.getByRole('dialog');
+    await rd.getByLabel('Token valid for (hours)').fill('721');
+    await rd.getByRole('button', { name: 'Rotate token' }).click();
+    await rd.getByRole('alert').getByText(/enrollmentTtlHours.*720/).waitFor();
+    await rd.getByLabel('Token valid for (hours)').fill('48');
+    await rd.getByRole('button', { name: 'Rotate token' }).click();
+    await admin.getByTestId('machine-token').waitFor();
+    await admin.getByRole('dialog').getByText('start it within 48 h').waitFor();
+    await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
+    await gwRow.getByText(/token expires in 4[78] h/).waitFor();
   });
 
   // The node's heartbeats, sent by the test with the node's token, every

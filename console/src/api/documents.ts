@@ -74,7 +74,8 @@ export const REGISTER_GATEWAY_NODE = `mutation RegisterGatewayNode($input: Regis
 export const SET_NODE_STATUS = `mutation SetNodeStatus($id: UUID!, $status: NodeStatus!) {
   setNodeStatus(id: $id, status: $status) { __typename ... on OutlineNode { id status } ... on GatewayNode { id status } } }`;
 export const DELETE_NODE = `mutation DeleteNode($id: UUID!) { deleteNode(id: $id) }`;
-export const ROTATE_NODE_TOKEN = `mutation RotateNodeToken($id: UUID!) { rotateNodeToken(id: $id) }`;
+export const ROTATE_NODE_TOKEN = `mutation RotateNodeToken($id: UUID!, $enrollmentTtlHours: Int) {
+  rotateNodeToken(id: $id, enrollmentTtlHours: $enrollmentTtlHours) }`;
 
 // Activity
 export const SESSIONS = `query Sessions($filter: SessionFilterInput, $first: Int, $after: String, $order: ListOrder! = NEWEST_FIRST) {

@@ -33,7 +33,8 @@ function useRegions() {
 
 /**
  * The last heartbeat; for a machine never heard from, whether its token
- * still works (an unused token expires 24 h after it was issued).
+ * still works (an unused token expires at the end of the lifetime chosen
+ * when it was issued).
  */
 function Heartbeat(props: { at: string | null; expires: string | null; now: number }) {
   if (props.at || !props.expires) {
@@ -60,8 +61,43 @@ function within(ms: number): string {
   return min < 60 ? `${min} min` : `${Math.round(min / 60)} h`;
 }
 
+/** Longest lifetime of an unused machine token, in hours (30 days). */
+const MAX_TTL_HOURS = 720;
+
+/** Lifetime of a new machine token unless the operator picks another. */
+const DEFAULT_TTL_HOURS = '24';
+
+/** How long a new machine token works unused (1 to 720 hours). */
+function TtlField(props: { value: string; onChange: (v: string) => void }) {
+  return (
+    <Field label="Token valid for (hours)" hint={`1 to ${MAX_TTL_HOURS}: a token not used by then expires.`}>
+      {(id, hint) => (
+        <input
+          id={id}
+          type="number"
+          required
+          min={1}
+          max={MAX_TTL_HOURS}
+          step={1}
+          aria-describedby={hint}
+          value={props.value}
+          onInput={(e) => props.onChange(e.currentTarget.value)}
+        />
+      )}
+    </Field>
+  );
+}
+
+/** A new machine token as shown once: its dialog's title, the kind of machine, its lifetime. */
+interface Issued {
+  title: string;
+  token: string;
+  kind: 'node' | 'gateway';
+  hours: number;
+}
+
 /** The machine token, shown once after registering or rotating. */
-function TokenDialog(props: { title: string; token: string; kind: 'node' | 'gateway'; onClose: () => void }) {
+function TokenDialog(props: Issued & { onClose: () => void }) {
   const backend = location.origin;
   const command =
     props.kind === 'node'
@@ -71,7 +107,7 @@ function TokenDialog(props: { title: string; token: string; kind: 'node' | 'gate
     <Dialog title={props.title} onClose={props.onClose} wide>
       <p class="note warn">
         This token is shown only now and is stored hashed. Copy it to the machine and start it within
-        24 h: a token not used by then expires. If it is lost or expired, rotate the token.
+        {` ${props.hours} h`}: a token not used by then expires. If it is lost or expired, rotate the token.
       </p>
       <OnceValue label="Machine token" value={props.token} testId="machine-token" />
       <OnceValue label="Command" value={command} />
@@ -99,7 +135,7 @@ function RegionSelect(props: { id: string; regions: Region[]; value: string; onC
   );
 }
 
-function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: (t: string) => void }) {
+function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: (t: string, hours: number) => void }) {
   const [region, setRegion] = useState(props.regions[0]?.code ?? '');
   const [name, setName] = useState('');
   const [host, setHost] = useState('');
@@ -108,6 +144,7 @@ function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: 
   const [ownKey, setOwnKey] = useState(false);
   const [method, setMethod] = useState(CIPHERS[0]!);
   const [secret, setSecret] = useState('');
+  const [ttl, setTtl] = useState(DEFAULT_TTL_HOURS);
   const act = useAction(async () => {
     const input: Record<string, unknown> = {
       region,
@@ -115,10 +152,11 @@ function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: 
       host: host.trim(),
       port: Number(port),
       capacity: Number(capacity),
+      enrollmentTtlHours: Number(ttl),
     };
     if (ownKey) Object.assign(input, { method, secret });
     const d = await gql<{ registerOutlineNode: { token: string } }>(doc.REGISTER_OUTLINE_NODE, { input });
-    props.onToken(d.registerOutlineNode.token);
+    props.onToken(d.registerOutlineNode.token, Number(ttl));
   });
   return (
     <Dialog title="Register an Outline node" onClose={props.onClose}>
@@ -176,6 +214,7 @@ function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: 
             </Field>
           </>
         )}
+        <TtlField value={ttl} onChange={setTtl} />
         <ErrorNote error={act.error} />
         <footer class="dialog-foot">
           <Button onClick={props.onClose}>Cancel</Button>
@@ -188,15 +227,16 @@ function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: 
   );
 }
 
-function RegisterGateway(props: { regions: Region[]; onClose: () => void; onToken: (t: string) => void }) {
+function RegisterGateway(props: { regions: Region[]; onClose: () => void; onToken: (t: string, hours: number) => void }) {
   const [region, setRegion] = useState(props.regions[0]?.code ?? '');
   const [name, setName] = useState('');
   const [url, setUrl] = useState('https://');
+  const [ttl, setTtl] = useState(DEFAULT_TTL_HOURS);
   const act = useAction(async () => {
     const d = await gql<{ registerGatewayNode: { token: string } }>(doc.REGISTER_GATEWAY_NODE, {
-      input: { region, name: name.trim(), publicUrl: url.trim() },
+      input: { region, name: name.trim(), publicUrl: url.trim(), enrollmentTtlHours: Number(ttl) },
     });
-    props.onToken(d.registerGatewayNode.token);
+    props.onToken(d.registerGatewayNode.token, Number(ttl));
   });
   return (
     <Dialog title="Register a gateway" onClose={props.onClose}>
@@ -220,6 +260,7 @@ function RegisterGateway(props: { regions: Region[]; onClose: () => void; onToke
             <input id={id} type="url" required aria-describedby={hint} value={url} onInput={(e) => setUrl(e.currentTarget.value)} />
           )}
         </Field>
+        <TtlField value={ttl} onChange={setTtl} />
         <ErrorNote error={act.error} />
         <footer class="dialog-foot">
           <Button onClick={props.onClose}>Cancel</Button>
@@ -237,9 +278,10 @@ function NodeActions(props: {
   node: { id: string; name: string; status: NodeStatus };
   kind: 'node' | 'gateway';
   changed: () => void;
-  onToken: (title: string, token: string) => void;
+  onToken: (title: string, token: string, hours: number) => void;
 }) {
   const { node } = props;
+  const [ttl, setTtl] = useState(DEFAULT_TTL_HOURS);
   const setStatus = (status: NodeStatus) => async () => {
     await gql(doc.SET_NODE_STATUS, { id: node.id, status });
     toast(`${node.name}: ${status.toLowerCase()}`);
@@ -280,11 +322,21 @@ function NodeActions(props: {
         small
         label="Rotate token"
         title={`New token for ${node.name}?`}
-        body="The current token stops working at once: the machine must be given the new one."
+        body={
+          <>
+            <p>The current token stops working at once: the machine must be given the new one.</p>
+            <TtlField value={ttl} onChange={setTtl} />
+          </>
+        }
         action={async () => {
-          const d = await gql<{ rotateNodeToken: string }>(doc.ROTATE_NODE_TOKEN, { id: node.id });
-          props.onToken(`New token for ${node.name}`, d.rotateNodeToken);
+          const hours = Number(ttl);
+          const d = await gql<{ rotateNodeToken: string }>(doc.ROTATE_NODE_TOKEN, {
+            id: node.id,
+            enrollmentTtlHours: hours,
+          });
+          props.onToken(`New token for ${node.name}`, d.rotateNodeToken, hours);
         }}
+        done={props.changed}
       />
       <ConfirmButton
         small
@@ -307,7 +359,7 @@ export function Nodes() {
   const nodes = useNodes();
   const regions = useRegions();
   const [dialog, setDialog] = useState<'node' | 'gateway' | null>(null);
-  const [token, setToken] = useState<{ title: string; token: string; kind: 'node' | 'gateway' } | null>(null);
+  const [token, setToken] = useState<Issued | null>(null);
   const regionList = regions.data?.regions.nodes ?? [];
 
   return (
@@ -363,7 +415,7 @@ export function Nodes() {
                         node={n}
                         kind="node"
                         changed={nodes.reload}
-                        onToken={(title, t) => setToken({ title, token: t, kind: 'node' })}
+                        onToken={(title, t, hours) => setToken({ title, token: t, kind: 'node', hours })}
                       />
                     </td>
                   </tr>
@@ -402,7 +454,7 @@ export function Nodes() {
                         node={g}
                         kind="gateway"
                         changed={nodes.reload}
-                        onToken={(title, t) => setToken({ title, token: t, kind: 'gateway' })}
+                        onToken={(title, t, hours) => setToken({ title, token: t, kind: 'gateway', hours })}
                       />
                     </td>
                   </tr>
@@ -417,9 +469,9 @@ export function Nodes() {
         <RegisterNode
           regions={regionList}
           onClose={() => setDialog(null)}
-          onToken={(t) => {
+          onToken={(t, hours) => {
             setDialog(null);
-            setToken({ title: 'Node registered', token: t, kind: 'node' });
+            setToken({ title: 'Node registered', token: t, kind: 'node', hours });
             nodes.reload();
           }}
         />
@@ -428,9 +480,9 @@ export function Nodes() {
         <RegisterGateway
           regions={regionList}
           onClose={() => setDialog(null)}
-          onToken={(t) => {
+          onToken={(t, hours) => {
             setDialog(null);
-            setToken({ title: 'Gateway registered', token: t, kind: 'gateway' });
+            setToken({ title: 'Gateway registered', token: t, kind: 'gateway', hours });
             nodes.reload();
           }}
         />
