@@ -10,6 +10,11 @@ delay line (`httvps-netlab`), one profile after the other:
   stream per direction), so a round trip loses a packet about 2 % of the
   time. Packet by packet, no reordering, no rate limit.
 
+Not run unless named in BENCH_LAT_PROFILES:
+
+- C: 150 ms RTT (75 ms each way) without loss: what of profile B comes
+  from its round trips rather than from its losses.
+
 Host `server` runs the control plane (SQLite), our gateway (self-signed),
 our node, ssserver (shadowsocks-rust), ss-server behind a v2ray-plugin
 server (TLS) and an HTTP target; host `client` runs one client at a time:
@@ -29,9 +34,19 @@ the round trip it adds at the set delay.
 The probes (fetches, page loads, the bulk reader, the target) are in
 bench/latency_probes.py.
 
+The page load's row also gives the packets that crossed the line per
+load in each direction (the line's counters around the loads; with
+offload a "packet" is what the kernel handed the TUN device at once, up
+to 64 KiB): each is a separate chance of a loss.
+
 Environment: BENCH_LAT_PROFILES (A,B), BENCH_LAT_REPS (warm fetches and
 fetches under bulk, default 15), BENCH_LAT_COLD (cold starts, default 6),
-BENCH_LAT_PAGES (page loads, default 9), BENCH_LAT_BULK_SECONDS (default 5).
+BENCH_LAT_PAGES (page loads, default 25: at 1 % loss a load's time depends
+on whether and where it met a loss, so the median needs many), BENCH_LAT_BULK_SECONDS
+(default 5), BENCH_LAT_CLIENTS (which clients, comma-separated, default
+all: none, raw, v2mux, v2per, ours, oursmux; rows of the others say "not
+measured"), BENCH_LAT_PRIME=1 (two 3 s bulk downloads through each client
+before its page loads). Every client's page loads are also logged, sorted.
 """
 
 import contextlib
@@ -51,10 +66,12 @@ PROBES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "latency_probe
 PROFILES = {
     "A": {"label": "50 ms RTT", "delay_ms": 25, "loss": 0.0},
     "B": {"label": "150 ms RTT, 1 % loss each way", "delay_ms": 75, "loss": 0.01},
+    "C": {"label": "150 ms RTT, no loss", "delay_ms": 75, "loss": 0.0},
 }
 REPS = int(os.environ.get("BENCH_LAT_REPS", "15"))
 COLD = int(os.environ.get("BENCH_LAT_COLD", "6"))
-PAGES = int(os.environ.get("BENCH_LAT_PAGES", "9"))
+PAGES = int(os.environ.get("BENCH_LAT_PAGES", "25"))
+PRIME = os.environ.get("BENCH_LAT_PRIME") == "1"
 BULK_SECONDS = float(os.environ.get("BENCH_LAT_BULK_SECONDS", "5"))
 PEER_PASSWORD = "bench-peer-password"
 
@@ -64,6 +81,11 @@ V2_PER = "ss-local + v2ray-plugin mux=0 (TLS+WS per tunnel) -> our gateway -> no
 OURS = "ours: httvps-relay connect (TLS+WS per tunnel) -> gateway -> node"
 OURS_MUX = "ours: httvps-relay connect --mux -> gateway -> node"
 CLIENTS = (RAW, V2_MUX, V2_PER, OURS, OURS_MUX)
+KEYS = {"none": None, "raw": RAW, "v2mux": V2_MUX, "v2per": V2_PER, "ours": OURS, "oursmux": OURS_MUX}
+_named = [k.strip() for k in os.environ.get("BENCH_LAT_CLIENTS", ",".join(KEYS)).split(",") if k.strip()]
+if any(k not in KEYS for k in _named):
+    sys.exit(f"BENCH_LAT_CLIENTS: unknown client in {_named} (known: {', '.join(KEYS)})")
+SELECTED = [KEYS[k] for k in _named]
 SHORT = {RAW: "shadowsocks-rust (raw)", V2_MUX: "v2ray-plugin mux=1", V2_PER: "v2ray-plugin mux=0 via our gateway",
          OURS: "ours", OURS_MUX: "ours --mux"}
 
@@ -287,11 +309,23 @@ class Profile:
                 time.sleep(0.05)
             r["warm"] = statistics.median(f for f, _ in runs)
             r["alone"] = statistics.median(d for _, d in runs)
+            if PRIME:
+                # Bulk first, so each connection's congestion control has
+                # seen the path's rate before the bursts of the page loads.
+                for _ in range(2):
+                    self.bulk(socks, 3).communicate(timeout=60)
             pages = []
+            before = self.lab.stats()
             for _ in range(PAGES):
                 pages.append(page_load(socks, self.dst))
                 time.sleep(0.3)
+            after = self.lab.stats()
             r["page"] = statistics.median(pages)
+            self.s.log(f"  {SHORT[kind] if kind else 'no tunnel'}: page loads (ms, sorted): "
+                       + " ".join(f"{p * 1000:.0f}" for p in sorted(pages)))
+            # The client's host is the line's first end.
+            r["page_out"] = (after["a_to_b"]["received"] - before["a_to_b"]["received"]) / PAGES
+            r["page_back"] = (after["b_to_a"]["received"] - before["b_to_a"]["received"]) / PAGES
             out = json.loads(self.bulk(socks, BULK_SECONDS).communicate(timeout=BULK_SECONDS + 60)[0])
             r["bulk"] = out["bytes"] * 8 / out["seconds"] / 1e6
             b = self.bulk(socks, 600)
@@ -327,7 +361,7 @@ class Profile:
             results["rtt"] = self.connect_rtt()
             s.log(f"  TCP connect across the line: median {results['rtt'] * 1000:.1f} ms (RTT {self.rtt * 1000:.0f} ms)")
             for kind in (None, RAW, V2_MUX, V2_PER, OURS, OURS_MUX):
-                if kind == OURS_MUX and not self.have_mux:
+                if kind == OURS_MUX and not self.have_mux or kind not in SELECTED:
                     continue
                 name = kind or "no tunnel"
                 t = time.time()
@@ -391,7 +425,10 @@ def section(s):
 def targets(metric, kind, key):
     """The issue's target for a cell: (text, peer kind or None, test on the
     figure and the peer's) or None. Targets are set at 50 ms RTT except the
-    page load's (both profiles) and the small fetch under bulk (both)."""
+    page load's (both profiles) and the small fetch under bulk (both);
+    profile C has none."""
+    if key not in ("A", "B"):
+        return None
     a = key == "A"
     if metric == "warm" and kind == OURS_MUX and a:
         return "<= 0.6x raw", RAW, lambda v, p: v <= 0.6 * p
@@ -451,7 +488,7 @@ def report(s, prof, ceil, res, stats):
     cell = {
         "warm": lambda r: rt(r["warm"]),
         "cold": lambda r: f"{rt(r['cold'])}; {ms(r['cold_exec'])} from exec",
-        "page": lambda r: ms(r["page"]),
+        "page": lambda r: f"{ms(r['page'])} ({r['page_out']:.0f} packets out, {r['page_back']:.0f} back per load)",
         "bulk": lambda r: f"{r['bulk']:,.0f} Mbit/s",
         "under": lambda r: f"{ms(r['under'])} beside {r['under_bulk']:,.0f} Mbit/s of bulk, {ms(r['alone'])} alone",
     }
@@ -462,6 +499,9 @@ def report(s, prof, ceil, res, stats):
             ttext = t[0] if t else "-"
             if kind == OURS_MUX and not prof.have_mux:
                 s.row(sec, measure, "not available (httvps-relay connect has no --mux)", "-", "-", ttext, None)
+                continue
+            if kind not in SELECTED:
+                s.row(sec, measure, "not measured (BENCH_LAT_CLIENTS)", "-", "-", ttext, None)
                 continue
             if not ok(kind):
                 s.row(sec, measure, f"failed: {res.get(kind, {}).get('failed', '?')}", "-", "-", ttext, False if t else None)
