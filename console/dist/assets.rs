@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-Cbncww4_.js",
+        path: "assets/console-9UUCvfIZ.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"1460d9648ac95b21dacb\"",
+        etag: "\"e409cbeb03f81ecd2f26\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-Cbncww4_.js"),
-        gzip: Some(include_bytes!("assets/console-Cbncww4_.js.gz")),
-        brotli: Some(include_bytes!("assets/console-Cbncww4_.js.br")),
+        raw: include_bytes!("assets/console-9UUCvfIZ.js"),
+        gzip: Some(include_bytes!("assets/console-9UUCvfIZ.js.gz")),
+        brotli: Some(include_bytes!("assets/console-9UUCvfIZ.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"dc60275ba5545fbc27ca\"",
+        etag: "\"1f4454f81a0af6baa11f\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

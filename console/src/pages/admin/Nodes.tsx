@@ -146,17 +146,18 @@ function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: 
   const [secret, setSecret] = useState('');
   const [ttl, setTtl] = useState(DEFAULT_TTL_HOURS);
   const act = useAction(async () => {
+    const hours = Number(ttl);
     const input: Record<string, unknown> = {
       region,
       name: name.trim(),
       host: host.trim(),
       port: Number(port),
       capacity: Number(capacity),
-      enrollmentTtlHours: Number(ttl),
+      enrollmentTtlHours: hours,
     };
     if (ownKey) Object.assign(input, { method, secret });
     const d = await gql<{ registerOutlineNode: { token: string } }>(doc.REGISTER_OUTLINE_NODE, { input });
-    props.onToken(d.registerOutlineNode.token, Number(ttl));
+    props.onToken(d.registerOutlineNode.token, hours);
   });
   return (
     <Dialog title="Register an Outline node" onClose={props.onClose}>
@@ -233,10 +234,11 @@ function RegisterGateway(props: { regions: Region[]; onClose: () => void; onToke
   const [url, setUrl] = useState('https://');
   const [ttl, setTtl] = useState(DEFAULT_TTL_HOURS);
   const act = useAction(async () => {
+    const hours = Number(ttl);
     const d = await gql<{ registerGatewayNode: { token: string } }>(doc.REGISTER_GATEWAY_NODE, {
-      input: { region, name: name.trim(), publicUrl: url.trim(), enrollmentTtlHours: Number(ttl) },
+      input: { region, name: name.trim(), publicUrl: url.trim(), enrollmentTtlHours: hours },
     });
-    props.onToken(d.registerGatewayNode.token, Number(ttl));
+    props.onToken(d.registerGatewayNode.token, hours);
   });
   return (
     <Dialog title="Register a gateway" onClose={props.onClose}>
