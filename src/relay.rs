@@ -142,6 +142,18 @@ pub struct GatewayArgs {
     /// when full, new guessing sources are shut out at once).
     #[arg(long, env = "GATEWAY_GUESS_SOURCES", default_value_t = 100_000)]
     pub guess_sources: usize,
+    /// Most control-plane calls in flight at once about credentials never
+    /// seen accepted (requests about one credential share one call); past
+    /// it, 503 with Retry-After at once.
+    #[arg(long, env = "GATEWAY_MAX_PENDING_CHECKS", default_value_t = 512)]
+    pub max_pending_checks: usize,
+    /// The same, for calls caused by one source (IPv4 address, IPv6 /64).
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_PENDING_CHECKS_PER_SOURCE",
+        default_value_t = 16
+    )]
+    pub max_pending_checks_per_source: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -331,6 +343,8 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         guess_limit: a.guess_limit,
         guess_window: Duration::from_secs(a.guess_window_secs.max(1)),
         guess_sources: a.guess_sources,
+        max_pending_checks: a.max_pending_checks,
+        max_pending_checks_per_source: a.max_pending_checks_per_source,
         ..Default::default()
     };
     Ok(GatewaySetup {

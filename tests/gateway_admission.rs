@@ -41,6 +41,12 @@ async fn counting_forwarder(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
 /// An HTTP proxy of our own in front of the control plane at `base`,
 /// counting the requests whose request line is `POST <path>`.
 async fn counting_proxy(base: &str, path: &str) -> (String, Arc<AtomicUsize>) {
+    holding_proxy(base, path, Duration::ZERO).await
+}
+
+/// [`counting_proxy`], holding each of those requests for `hold` before it
+/// goes on (a slow control plane).
+async fn holding_proxy(base: &str, path: &str, hold: Duration) -> (String, Arc<AtomicUsize>) {
     let upstream: SocketAddr = base
         .trim_start_matches("http://")
         .parse()
@@ -63,7 +69,7 @@ async fn counting_proxy(base: &str, path: &str) -> (String, Arc<AtomicUsize>) {
                     // Bodies are small JSON: the request line cannot hide in one.
                     let (mut buf, mut carry) = (vec![0u8; 16 * 1024], Vec::new());
                     while let Ok(n) = in_r.read(&mut buf).await {
-                        if n == 0 || out_w.write_all(&buf[..n]).await.is_err() {
+                        if n == 0 {
                             break;
                         }
                         carry.extend_from_slice(&buf[..n]);
@@ -74,6 +80,12 @@ async fn counting_proxy(base: &str, path: &str) -> (String, Arc<AtomicUsize>) {
                         count.fetch_add(found, Ordering::SeqCst);
                         let keep = carry.len().min(needle.len() - 1);
                         carry.drain(..carry.len() - keep);
+                        if found > 0 {
+                            tokio::time::sleep(hold).await;
+                        }
+                        if out_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                     }
                     let _ = out_w.shutdown().await;
                 };
@@ -367,12 +379,7 @@ async fn a_source_guessing_tokens_gets_429_everywhere_while_other_sources_are_se
     // Another loopback address is the guessing source.
     let guesser: IpAddr = [127, 0, 0, 2].into();
     let legit: IpAddr = [127, 0, 0, 1].into();
-    let guess = || {
-        let t: String = (0..43)
-            .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
-            .collect();
-        format!("/ws/{t}/tcp")
-    };
+    let guess = stranger_path;
     // Only complete upgrade requests are checked, so only they are guesses.
     // Three are allowed at once; on a slow machine one may have come back
     // before the fourth, so guess until refused (bounded).
@@ -429,4 +436,152 @@ async fn a_source_guessing_tokens_gets_429_everywhere_while_other_sources_are_se
         .expect("served after the window");
     let mut s = ss_over(w, &cfg, echo);
     assert!(round_trip(&mut s, b"forgiven").await);
+}
+
+/// A path with a well-formed token nobody holds.
+fn stranger_path() -> String {
+    let t: String = (0..43)
+        .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
+        .collect();
+    format!("/ws/{t}/tcp")
+}
+
+/// An upgrade request for a stranger's path from `from`, sent in a task of
+/// its own: its answer's status.
+fn stranger_upgrade(plane: &Arc<Plane>, from: IpAddr) -> tokio::task::JoinHandle<u16> {
+    let (plane, path) = (plane.clone(), stranger_path());
+    tokio::spawn(async move { exchange(&plane, from, &upgrade(&path)).await.0 })
+}
+
+/// Waits (at most 1 s) until `count` reaches `n`.
+async fn until_counted(count: &AtomicUsize, n: usize) {
+    for _ in 0..50 {
+        if count.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tunnels_opened_at_once_with_one_credential_cost_one_control_plane_call() {
+    let (mut plane, listener) = Plane::prepare(1).await;
+    let (via, assigns) = holding_proxy(
+        &plane.server.base,
+        "/api/v1/nodes/assign-outline",
+        Duration::from_millis(400),
+    )
+    .await;
+    plane.spawn_gateway_via(listener, &via, &|_| {});
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (echo, cfg) = (echo_server().await, plane.cipher().await);
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    // Twelve tunnels of a device the gateway has not seen, at once: all
+    // wait for the one call about its credential (held 400 ms on the way).
+    let opened =
+        futures_util::future::join_all((0..12).map(|_| plane.ws_from(None, &path, None))).await;
+    assert_eq!(
+        assigns.load(Ordering::SeqCst),
+        1,
+        "one call for twelve tunnels"
+    );
+    let mut tunnels = Vec::new();
+    for w in opened {
+        tunnels.push(ss_over(w.expect("admitted"), &cfg, echo));
+    }
+    for s in &mut tunnels {
+        assert!(round_trip(s, b"shared").await);
+    }
+    // Strangers' requests at once with one unknown token: one call, one
+    // guess (the throttle allows 20).
+    let unknown = upgrade(&stranger_path());
+    let answers = futures_util::future::join_all(
+        (0..6).map(|_| exchange(&plane, [127, 0, 0, 2].into(), &unknown)),
+    )
+    .await;
+    assert!(answers.iter().all(|(s, _)| *s == 404), "{answers:?}");
+    assert_eq!(assigns.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        gateway_metric(&plane, "httvps_gateway_checks_shed_total").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strangers_calls_to_the_control_plane_are_bounded_per_source_and_in_all() {
+    const HOLD: Duration = Duration::from_millis(1500);
+    let (mut plane, listener) = Plane::prepare(1).await;
+    let (via, assigns) =
+        holding_proxy(&plane.server.base, "/api/v1/nodes/assign-outline", HOLD).await;
+    plane.spawn_gateway_via(listener, &via, &|o| {
+        o.max_pending_checks = 3;
+        o.max_pending_checks_per_source = 2;
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (echo, cfg) = (echo_server().await, plane.cipher().await);
+    let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+        [127, 0, 0, 2].into(),
+        [127, 0, 0, 3].into(),
+        [127, 0, 0, 4].into(),
+    );
+    let valid = format!("/ws/{}/tcp", plane.device_token);
+    let plane = Arc::new(plane);
+    // Source a: two unknown tokens wait for their calls (held).
+    let waiting = [stranger_upgrade(&plane, a), stranger_upgrade(&plane, a)];
+    // Source b: the device's own token, never seen by this gateway yet.
+    let p = plane.clone();
+    let (v, e, k) = (valid.clone(), echo, cfg.clone());
+    let device = tokio::spawn(async move {
+        let w = p.ws_from(Some(b), &v, None).await?;
+        let mut s = ss_over(w, &k, e);
+        Ok::<bool, u16>(round_trip(&mut s, b"after the wait").await)
+    });
+    until_counted(&assigns, 3).await;
+    assert_eq!(assigns.load(Ordering::SeqCst), 3);
+    // A third of source a's: past its bound, refused at once, no call.
+    let started = Instant::now();
+    let (status, answer) = exchange(&plane, a, &upgrade(&stranger_path())).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(retry_after(&answer), Some(1), "{answer}");
+    // Source c has none waiting, but three wait in all.
+    let (status, answer) = exchange(&plane, c, &upgrade(&stranger_path())).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        started.elapsed() < HOLD / 2,
+        "refused at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        assigns.load(Ordering::SeqCst),
+        3,
+        "the refused asked nothing"
+    );
+    assert_eq!(
+        gateway_metric(&plane, "httvps_gateway_checks_shed_total").await,
+        2.0
+    );
+    // The calls come back: the strangers get the unknown path's answer and
+    // the device its tunnel.
+    for w in waiting {
+        assert_eq!(w.await.expect("join"), 404);
+    }
+    assert_eq!(device.await.expect("join"), Ok(true));
+    // Places are free again: source c is served.
+    assert_eq!(exchange(&plane, c, &upgrade(&stranger_path())).await.0, 404);
+    // Once stale, the device's answer is asked again; the device is known,
+    // so its requests are not counted against strangers' bounds, and three
+    // strangers waiting do not turn it away.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = assigns.load(Ordering::SeqCst);
+    let waiting = [a, a, c].map(|from| stranger_upgrade(&plane, from));
+    until_counted(&assigns, before + 3).await;
+    let w = plane
+        .ws_from(Some(b), &valid, None)
+        .await
+        .expect("a known device is not shed");
+    let mut s = ss_over(w, &cfg, echo);
+    assert!(round_trip(&mut s, b"known").await);
+    for w in waiting {
+        assert_eq!(w.await.expect("join"), 404);
+    }
 }

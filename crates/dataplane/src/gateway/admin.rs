@@ -28,12 +28,20 @@ pub(crate) struct Metrics {
     pub accepted: Counter,
     /// Requests answered 429 because their source guessed too many tokens.
     throttled: Counter,
+    /// Requests refused because too many requests of strangers waited for
+    /// the control plane at once.
+    checks_shed: Counter,
 }
 
 impl Metrics {
     /// Counts a request of a source shut out for guessing.
     pub fn throttled(&self) {
         self.throttled.inc();
+    }
+
+    /// Counts a request refused before its check: too many were waiting.
+    pub fn check_shed(&self) {
+        self.checks_shed.inc();
     }
 
     /// Counts a refused request or tunnel.
@@ -125,6 +133,11 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         "httvps_gateway_throttled",
         "Requests answered 429 because their source presented too many unknown tokens.",
         gw.metrics.throttled.clone(),
+    );
+    registry.register(
+        "httvps_gateway_checks_shed",
+        "Requests refused at once (503) because too many requests about credentials never accepted were waiting for the control plane, in all or from their source.",
+        gw.metrics.checks_shed.clone(),
     );
     registry.register_collector(Box::new(Live(gw)));
     Router::new()

@@ -20,7 +20,9 @@
 //! window per connection never bounded a device, whose connections are not
 //! counted). A stream waiting for its token's check holds at most its
 //! window for as long as the check takes (at most the control plane's
-//! timeout), and one that is refused (a bad token, a cap) ends, and what
+//! timeout); the checks of credentials never accepted are bounded per
+//! source and in all, and the streams waiting on each (`pending`), and one
+//! that is refused (a bad token, a cap) ends, and what
 //! it had sent is freed with it. Downloads are paced by the client's own,
 //! larger windows. Nothing is allocated for a window until data arrives, so
 //! idle streams cost only their stream state and tunnel. The client must

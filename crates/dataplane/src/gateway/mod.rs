@@ -17,6 +17,8 @@
 //! - `admission`, `caps`: the pure cores: verdict lifetimes, the outage
 //!   rule, the tunnel caps.
 //! - `validator`: the bounded validation cache and the control-plane call.
+//! - `pending`: checks in flight (one call per credential, shared by the
+//!   requests about it) and their bounds.
 //! - `throttle`: guessed tokens per source, and who is shut out.
 //! - `tunnel`, `tcp`, `udp`: the pipes.
 //! - `document`: the Outline access document.
@@ -51,6 +53,7 @@ mod grant;
 mod granting;
 mod h2;
 mod links;
+mod pending;
 mod routes;
 mod schedule;
 mod sessions;
@@ -116,6 +119,13 @@ pub struct GatewayOptions {
     pub guess_window: Duration,
     /// Most sources whose guesses are tracked (bounds the throttle's memory).
     pub guess_sources: usize,
+    /// Most control-plane calls in flight at once about credentials the
+    /// gateway has never seen accepted (requests about one credential share
+    /// one call; beyond, 503 with `Retry-After` at once, before any call).
+    pub max_pending_checks: usize,
+    /// The same, for calls caused by one source (an IPv4 address, an IPv6
+    /// /64).
+    pub max_pending_checks_per_source: usize,
 }
 
 impl Default for GatewayOptions {
@@ -141,6 +151,8 @@ impl Default for GatewayOptions {
             guess_limit: 20,
             guess_window: Duration::from_secs(60),
             guess_sources: 100_000,
+            max_pending_checks: 512,
+            max_pending_checks_per_source: 16,
         }
     }
 }
@@ -244,7 +256,16 @@ pub async fn run(
         negative: opts.cache_ttl,
     };
     let gw = Arc::new(Gateway {
-        validations: validator::Validations::new(opts.cache_capacity, lifetimes),
+        validations: validator::Validations::new(
+            opts.cache_capacity,
+            lifetimes,
+            pending::Limits {
+                calls: opts.max_pending_checks,
+                calls_per_source: opts.max_pending_checks_per_source,
+                // More would be refused at the device's cap anyway.
+                waiting_per_call: opts.max_tunnels_per_device,
+            },
+        ),
         caps: Mutex::new(caps::Caps::new(
             opts.max_tunnels,
             opts.max_tunnels_per_device,

@@ -5,7 +5,9 @@
 //! one answer, the unknown path's 404, for every refusal there (bad or
 //! missing upgrade headers, another method, an unknown or refused token),
 //! so neither the routes nor valid tokens can be probed. A source that
-//! guessed too many tokens gets 429 on every path for a while.
+//! guessed too many tokens gets 429 on every path for a while; a request
+//! that would need a control-plane call past the bounds on calls in flight
+//! (`pending`) gets 503 with `Retry-After` at once.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -107,6 +109,12 @@ fn refusal_response(gw: &Gateway, r: Refusal, peer: Option<IpAddr>) -> Response 
             (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
         }
         Refusal::NoNode => (StatusCode::SERVICE_UNAVAILABLE, "No Node Available").into_response(),
+        Refusal::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "Service Unavailable",
+        )
+            .into_response(),
     }
 }
 
@@ -138,7 +146,7 @@ async fn admit(
         return Err(cap_response(gw, refusal));
     }
     let route = gw
-        .route(token)
+        .route(token, peer)
         .await
         .map_err(|r| refusal_response(gw, r, peer))?;
     let slot = CapSlot::take(gw, &route.device).map_err(|r| cap_response(gw, r))?;
@@ -157,7 +165,7 @@ async fn connect_node(
     for attempt in 0..2 {
         if attempt > 0 {
             route = gw
-                .route(token)
+                .route(token, peer)
                 .await
                 .map_err(|r| refusal_response(gw, r, peer))?;
         }
@@ -334,7 +342,7 @@ async fn access_document(
         )
             .into_response()
     };
-    match gw.route(&token).await {
+    match gw.route(&token, peer(&req)).await {
         Ok(route) => match spent_grant(&gw, &route.session_id) {
             Some(why) => yaml(refusal_yaml(why)),
             None => yaml(access_yaml(

@@ -1,8 +1,11 @@
 //! The validation cache and the control-plane round trip behind each
 //! handshake: a bounded cache of verdicts per credential (lifetimes from
-//! [`admission`](super::admission)), so a burst of tunnels costs one round
-//! trip, and invalidations (access events, close orders, dead nodes).
+//! [`admission`](super::admission)), one call per credential in flight
+//! shared by every request about it, with strangers' waiting requests
+//! bounded ([`pending`](super::pending)), so a burst of tunnels costs one
+//! round trip; and invalidations (access events, close orders, dead nodes).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +14,11 @@ use quick_cache::sync::Cache;
 
 use super::Gateway;
 use super::admission::{self, Entry, Failure, Lifetimes, Route, Verdict};
+use super::pending::{Asker, Flights, Limits};
+use super::throttle;
 
 /// Why a request is not routed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Refusal {
     /// An unknown credential: the same answer as an unknown path, so the
     /// gateway can't be probed for tokens. `asked` when the control plane
@@ -30,20 +35,30 @@ pub(crate) enum Refusal {
     Unavailable,
     /// The control plane says no node can take the device now.
     NoNode,
+    /// Too many calls about credentials never accepted are in flight, in
+    /// all or from this source, or too many requests wait on this one:
+    /// refused before any call.
+    Busy,
 }
+
+/// What a check comes to.
+type Answer = Result<Arc<Route>, Refusal>;
 
 /// Cached verdicts, at most a fixed number (the least useful go first).
 pub(crate) struct Validations {
     cache: Cache<String, Entry>,
     lifetimes: Lifetimes,
+    checks: Flights<Answer>,
 }
 
 impl Validations {
-    /// An empty cache of at most `capacity` credentials.
-    pub fn new(capacity: usize, lifetimes: Lifetimes) -> Self {
+    /// An empty cache of at most `capacity` credentials, and no call in
+    /// flight (at most `checks` of them, see [`Flights`]).
+    pub fn new(capacity: usize, lifetimes: Lifetimes, checks: Limits) -> Self {
         Validations {
             cache: Cache::new(capacity.max(1)),
             lifetimes,
+            checks: Flights::new(checks),
         }
     }
 
@@ -77,7 +92,7 @@ impl Validations {
     }
 }
 
-fn verdict_to_result(v: Verdict) -> Result<Arc<Route>, Refusal> {
+fn verdict_to_result(v: Verdict) -> Answer {
     match v {
         Verdict::Go(r) => Ok(r),
         Verdict::Refused(r) => Err(Refusal::Refused(r)),
@@ -87,8 +102,8 @@ fn verdict_to_result(v: Verdict) -> Result<Arc<Route>, Refusal> {
 
 impl Gateway {
     /// Where the device holding `token` (an access token, or a device JWT
-    /// from `Authorization: Bearer`) goes, or why not.
-    pub(crate) async fn route(&self, token: &str) -> Result<Arc<Route>, Refusal> {
+    /// from `Authorization: Bearer`), asking from `peer`, goes, or why not.
+    pub(crate) async fn route(&self, token: &str, peer: Option<IpAddr>) -> Answer {
         if !httvps_wire::token::looks_like_token(token)
             && !httvps_wire::token::looks_like_jwt(token)
         {
@@ -99,6 +114,26 @@ impl Gateway {
         if let Some(verdict) = admission::fresh(cached.as_ref(), Instant::now()) {
             return verdict_to_result(verdict);
         }
+        let asker = match cached.as_ref().and_then(Entry::device) {
+            Some(_) => Asker::Known,
+            None => Asker::Stranger(peer.map(throttle::source)),
+        };
+        let Some(place) = v.checks.join(token, asker) else {
+            self.metrics.check_shed();
+            return Err(Refusal::Busy);
+        };
+        let (answer, ran) = place.answer(|| self.check(token, cached.as_ref())).await;
+        match answer {
+            // One call is one guess, however many requests waited for it.
+            Err(Refusal::Unknown { .. }) => Err(Refusal::Unknown { asked: ran }),
+            other => other,
+        }
+    }
+
+    /// The control plane's answer about `token` (`cached`: what the cache
+    /// held, for an outage), cached when it is one to keep.
+    async fn check(&self, token: &str, cached: Option<&Entry>) -> Answer {
+        let v = &self.validations;
         let (verdict, valid_for) = match self.backend.assign(token).await {
             Ok(a) => {
                 let valid_until = a.valid_until;
@@ -120,7 +155,7 @@ impl Gateway {
                 Failure::Outage => {
                     // Keep serving what the control plane said recently.
                     tracing::warn!(error = %e, "control plane unreachable");
-                    return admission::during_outage(cached.as_ref(), Instant::now())
+                    return admission::during_outage(cached, Instant::now())
                         .ok_or(Refusal::Unavailable);
                 }
                 Failure::NoNode => return Err(Refusal::NoNode),
@@ -131,10 +166,7 @@ impl Gateway {
             .lifetimes
             .entry(verdict.clone(), Instant::now(), valid_for);
         v.cache.insert(token.to_owned(), entry);
-        match verdict_to_result(verdict) {
-            Err(Refusal::Unknown { .. }) => Err(Refusal::Unknown { asked: true }),
-            other => other,
-        }
+        verdict_to_result(verdict)
     }
 }
 
@@ -151,6 +183,11 @@ mod tests {
                 fresh: 5 * S,
                 outage: 60 * S,
                 negative: 5 * S,
+            },
+            Limits {
+                calls: 16,
+                calls_per_source: 4,
+                waiting_per_call: 16,
             },
         )
     }
