@@ -765,3 +765,52 @@ async fn the_gateways_http2_settings_leave_with_its_handshake_and_only_for_http2
         .expect("response");
     assert!(resp.status().as_u16() < 500, "{}", resp.status());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_connection_carries_no_more_tunnels_than_its_window_covers() {
+    // 2^31 - 1 bytes of connection window, 16 MiB per stream.
+    const PER_CONNECTION: usize = 127;
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let mut open = Vec::new();
+    for i in 0..PER_CONNECTION + 3 {
+        let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+        assert!(
+            alive_within(&mut s, Duration::from_secs(10)).await,
+            "tunnel {i}"
+        );
+        open.push(s);
+    }
+    // The first 127 share the warm connection; each of the last three has a
+    // WebSocket connection of its own.
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        4.0
+    );
+    assert_eq!(metric(&plane, "httvps_gateway_open_tunnels").await, 130.0);
+    // Tunnels of the warm connection end: new ones go on it again.
+    drop(open.drain(..5));
+    for _ in 0..50 {
+        if metric(&plane, "httvps_gateway_open_tunnels").await <= 125.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The client counts a tunnel out when its pipe ends, about when the
+    // gateway does.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+        assert!(alive(&mut s).await);
+        open.push(s);
+    }
+    assert_eq!(
+        metric(&plane, "httvps_gateway_accepted_connections_total").await,
+        4.0,
+        "room on the warm connection again"
+    );
+    for s in &mut open {
+        assert!(alive(s).await);
+    }
+}

@@ -100,8 +100,14 @@ pub(super) async fn carry(
     answer: Answer,
 ) -> anyhow::Result<()> {
     let p = s.params();
-    if let Some(mux) = s.mux.as_ref().filter(|m| !m.h1_only()) {
-        let (slot, counted) = mux.take(&p);
+    // Unless every warm connection carries all the tunnels its window
+    // covers: then this one gets a WebSocket connection of its own.
+    if let Some((mux, (slot, counted))) = s
+        .mux
+        .as_ref()
+        .filter(|m| !m.h1_only())
+        .and_then(|m| Some((m, m.take(&p)?)))
+    {
         let local = stream.into_std()?;
         let shared = s.clone();
         let carried = mux.run_on(slot, async move {

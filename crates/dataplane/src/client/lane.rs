@@ -55,10 +55,15 @@ impl Lane {
         self.tunnels.load(Ordering::Relaxed)
     }
 
-    /// Counts one more tunnel on the lane until the count is dropped.
-    pub(super) fn hold(&self) -> TunnelCount {
-        self.tunnels.fetch_add(1, Ordering::Relaxed);
-        TunnelCount(self.tunnels.clone())
+    /// Counts one more tunnel on the lane until the count is dropped,
+    /// unless it carries `limit` already.
+    pub(super) fn try_hold(&self, limit: usize) -> Option<TunnelCount> {
+        self.tunnels
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(TunnelCount(self.tunnels.clone()))
     }
 
     /// Runs `fut` on the lane and waits for its output (`None` if the
@@ -99,14 +104,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_tunnel_counts_while_it_lives() {
+    async fn a_tunnel_counts_while_it_lives_and_a_full_lane_takes_none() {
         let lane = Lane::start(0).expect("lane");
-        let a = lane.hold();
-        let b = lane.hold();
+        let a = lane.try_hold(2).expect("room");
+        let b = lane.try_hold(2).expect("room");
         assert_eq!(lane.load(), 2);
+        assert!(lane.try_hold(2).is_none(), "full");
+        assert_eq!(lane.load(), 2, "a refusal counts nothing");
         drop(a);
         assert_eq!(lane.load(), 1);
-        drop(b);
+        let c = lane.try_hold(2).expect("room again");
+        drop((b, c));
         assert_eq!(lane.load(), 0);
     }
 

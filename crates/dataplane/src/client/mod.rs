@@ -112,11 +112,12 @@ impl Shared {
     }
 
     /// A TCP tunnel's WebSocket as the byte stream it carries: a stream
-    /// of the warm HTTP/2 connection with `--mux` (unless the gateway
-    /// takes HTTP/1.1 only), else a connection of its own.
-    /// `slot` is the warm connection to try first (see [`forward::carry`]).
+    /// of warm HTTP/2 connection `slot` with `--mux` (unless the gateway
+    /// takes HTTP/1.1 only), else a connection of its own (`slot` is
+    /// `None` without `--mux`, and when every warm connection is full; see
+    /// [`forward::carry`]).
     async fn open_tcp(&self, p: &Params, slot: Option<usize>) -> anyhow::Result<Box<dyn Io>> {
-        if let Some(mux) = self.mux.as_ref().filter(|m| !m.h1_only()) {
+        if let (Some(mux), Some(_)) = (self.mux.as_ref().filter(|m| !m.h1_only()), slot) {
             match mux.stream(slot, p, self.opts.device_token.expose()).await {
                 Ok(stream) => return Ok(Box::new(stream)),
                 Err(mux::MuxError::NoH2) => {}

@@ -6,7 +6,8 @@
 //! stream's HEADERS.
 //!
 //! A new tunnel goes to the warm connection that carries the fewest
-//! tunnels ([`least_loaded`]). Streams of one connection share one TCP
+//! tunnels ([`least_loaded`]), and to a WebSocket connection of its own
+//! when every one carries [`TUNNELS_PER_CONNECTION`]. Streams of one connection share one TCP
 //! byte stream: a loss holds back every stream behind it until the
 //! retransmission lands (a round trip), and a small answer queues behind
 //! the bulk data already in the socket. With two connections a bulk
@@ -50,15 +51,28 @@ use super::params::Params;
 /// reader takes it once the window is spent.
 const STREAM_WINDOW: u32 = 16 << 20;
 
-/// Receive window of the connection: 1 GiB, sixty-four streams at full
-/// window (Go's HTTP/2 client takes the same). Data that arrived for a
-/// stream but that its local reader has not taken yet holds the
-/// connection's window too, so a window of a few streams would let a few
-/// readers that stop (paused videos) stop every tunnel of the connection,
-/// new ones included, while its pings still pass. With this one it takes
-/// sixty-four, each holding at most [`STREAM_WINDOW`] of our memory, and
-/// a bulk stream never holds the connection's credit.
-const CONNECTION_WINDOW: u32 = 1 << 30;
+/// Receive window of the connection: the largest HTTP/2 allows
+/// (2^31 - 1 bytes, just under 2 GiB). Data that arrived for a stream but
+/// that its local reader has not taken yet holds the connection's window
+/// too, so a window of a few streams would let a few readers that stop
+/// (paused videos) stop every tunnel of the connection, new ones included,
+/// while its pings still pass. A connection carries no more tunnels than
+/// this window holds full stream windows ([`TUNNELS_PER_CONNECTION`]), so
+/// however many of its readers stop, each holding at most
+/// [`STREAM_WINDOW`] of our memory, the others keep their credit, and a
+/// bulk stream never holds the connection's.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
+/// Most tunnels one warm connection carries: as many full stream windows
+/// as its connection window holds (127). A tunnel opened while every warm
+/// connection carries that many gets a WebSocket connection of its own, as
+/// without `--mux`.
+pub(super) const TUNNELS_PER_CONNECTION: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
+
+const _: () = assert!(
+    TUNNELS_PER_CONNECTION as u64 * STREAM_WINDOW as u64 <= CONNECTION_WINDOW as u64
+        && TUNNELS_PER_CONNECTION >= 64
+);
 
 /// Largest frame the gateway may send us.
 const MAX_FRAME: u32 = 64 * 1024;
@@ -223,10 +237,18 @@ impl Mux {
 
     /// The slot a new tunnel to the gateway of `p` goes to, counted in
     /// its lane's load from now on (before it opens: tunnels that start
-    /// together spread over the connections).
-    pub(super) fn take(&self, p: &Params) -> (usize, TunnelCount) {
-        let i = self.pick(p);
-        (i, self.lanes[i].hold())
+    /// together spread over the connections): the one [`Mux::pick`] names,
+    /// else the least loaded with room; `None` when every lane carries
+    /// [`TUNNELS_PER_CONNECTION`] tunnels.
+    pub(super) fn take(&self, p: &Params) -> Option<(usize, TunnelCount)> {
+        let first = self.pick(p);
+        let mut order: Vec<usize> = (0..self.lanes.len()).collect();
+        order.sort_by_key(|&i| (i != first, self.lanes[i].load()));
+        order.into_iter().find_map(|i| {
+            self.lanes[i]
+                .try_hold(TUNNELS_PER_CONNECTION)
+                .map(|count| (i, count))
+        })
     }
 
     /// The warm connection of slot `i`, opened now if there is none.
