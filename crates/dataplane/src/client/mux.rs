@@ -118,6 +118,15 @@ struct Warm {
     over: CancellationToken,
 }
 
+impl Warm {
+    /// Whether new tunnels to the gateway of `p` may go on it.
+    fn serves(&self, p: &Params) -> bool {
+        !self.over.is_cancelled()
+            && self.gateway.0 == p.gateway_host
+            && self.gateway.1 == p.gateway_port
+    }
+}
+
 /// The slot a new tunnel goes to, from each slot's tunnels (`None`:
 /// no warm connection there): the warm one with the fewest (the first of
 /// equals), else the first slot, whose keeper is dialing.
@@ -154,6 +163,9 @@ pub(super) struct Mux {
     lanes: Vec<Lane>,
     /// Until when the gateway is known to take HTTP/1.1 only.
     h1_until: Mutex<Option<Instant>>,
+    /// One tunnel is placed at a time: two placed at once would both read
+    /// the same loads and go to the same connection.
+    placing: Mutex<()>,
     /// The next connection's id.
     next_id: AtomicU64,
 }
@@ -184,6 +196,7 @@ impl Mux {
             slots,
             lanes,
             h1_until: Mutex::new(None),
+            placing: Mutex::new(()),
             next_id: AtomicU64::new(0),
         })
     }
@@ -209,13 +222,7 @@ impl Mux {
     /// one.
     fn current(&self, i: usize, p: &Params) -> Option<Warm> {
         let warm = self.slots[i].warm();
-        warm.as_ref()
-            .filter(|w| {
-                !w.over.is_cancelled()
-                    && w.gateway.0 == p.gateway_host
-                    && w.gateway.1 == p.gateway_port
-            })
-            .cloned()
+        warm.as_ref().filter(|w| w.serves(p)).cloned()
     }
 
     /// Takes no more streams on `gone` (not a newer connection) in slot
@@ -229,8 +236,13 @@ impl Mux {
 
     /// The slot a new tunnel to the gateway of `p` goes to.
     fn pick(&self, p: &Params) -> usize {
+        // Without cloning the connection's handle: a clone takes the
+        // connection's lock, which its lane's tasks hold as they work.
         let loads: Vec<Option<usize>> = (0..self.slots.len())
-            .map(|i| self.current(i, p).map(|_| self.lanes[i].load()))
+            .map(|i| {
+                let warm = self.slots[i].warm().as_ref().is_some_and(|w| w.serves(p));
+                warm.then(|| self.lanes[i].load())
+            })
             .collect();
         least_loaded(&loads)
     }
@@ -241,6 +253,7 @@ impl Mux {
     /// else the least loaded with room; `None` when every lane carries
     /// [`TUNNELS_PER_CONNECTION`] tunnels.
     pub(super) fn take(&self, p: &Params) -> Option<(usize, TunnelCount)> {
+        let _placing = self.placing.lock().unwrap_or_else(PoisonError::into_inner);
         let first = self.pick(p);
         let mut order: Vec<usize> = (0..self.lanes.len()).collect();
         order.sort_by_key(|&i| (i != first, self.lanes[i].load()));
