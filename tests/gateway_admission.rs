@@ -41,12 +41,18 @@ async fn counting_forwarder(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
 /// An HTTP proxy of our own in front of the control plane at `base`,
 /// counting the requests whose request line is `POST <path>`.
 async fn counting_proxy(base: &str, path: &str) -> (String, Arc<AtomicUsize>) {
-    holding_proxy(base, path, Duration::ZERO).await
+    holding_proxy(base, path, Duration::ZERO, Duration::ZERO).await
 }
 
 /// [`counting_proxy`], holding each of those requests for `hold` before it
-/// goes on (a slow control plane).
-async fn holding_proxy(base: &str, path: &str, hold: Duration) -> (String, Arc<AtomicUsize>) {
+/// goes on, and its answer for `hold_answer` (a slow control plane, a slow
+/// link back).
+async fn holding_proxy(
+    base: &str,
+    path: &str,
+    hold: Duration,
+    hold_answer: Duration,
+) -> (String, Arc<AtomicUsize>) {
     let upstream: SocketAddr = base
         .trim_start_matches("http://")
         .parse()
@@ -65,6 +71,9 @@ async fn holding_proxy(base: &str, path: &str, hold: Duration) -> (String, Arc<A
                 };
                 let (mut in_r, mut in_w) = inbound.into_split();
                 let (mut out_r, mut out_w) = outbound.into_split();
+                // Answers owed to those requests on this connection.
+                let owed = Arc::new(AtomicUsize::new(0));
+                let owing = owed.clone();
                 let requests = async move {
                     // Bodies are small JSON: the request line cannot hide in one.
                     let (mut buf, mut carry) = (vec![0u8; 16 * 1024], Vec::new());
@@ -78,6 +87,7 @@ async fn holding_proxy(base: &str, path: &str, hold: Duration) -> (String, Arc<A
                             .filter(|w| *w == &*needle)
                             .count();
                         count.fetch_add(found, Ordering::SeqCst);
+                        owing.fetch_add(found, Ordering::SeqCst);
                         let keep = carry.len().min(needle.len() - 1);
                         carry.drain(..carry.len() - keep);
                         if found > 0 {
@@ -90,7 +100,22 @@ async fn holding_proxy(base: &str, path: &str, hold: Duration) -> (String, Arc<A
                     let _ = out_w.shutdown().await;
                 };
                 let answers = async move {
-                    let _ = tokio::io::copy(&mut out_r, &mut in_w).await;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = out_r.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        // The first bytes of an owed answer wait.
+                        let held = owed
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| o.checked_sub(1))
+                            .is_ok();
+                        if held {
+                            tokio::time::sleep(hold_answer).await;
+                        }
+                        if in_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
                     let _ = in_w.shutdown().await;
                 };
                 tokio::join!(requests, answers);
@@ -470,6 +495,7 @@ async fn tunnels_opened_at_once_with_one_credential_cost_one_control_plane_call(
         &plane.server.base,
         "/api/v1/nodes/assign-outline",
         Duration::from_millis(400),
+        Duration::ZERO,
     )
     .await;
     plane.spawn_gateway_via(listener, &via, &|_| {});
@@ -511,8 +537,13 @@ async fn tunnels_opened_at_once_with_one_credential_cost_one_control_plane_call(
 async fn strangers_calls_to_the_control_plane_are_bounded_per_source_and_in_all() {
     const HOLD: Duration = Duration::from_millis(1500);
     let (mut plane, listener) = Plane::prepare(1).await;
-    let (via, assigns) =
-        holding_proxy(&plane.server.base, "/api/v1/nodes/assign-outline", HOLD).await;
+    let (via, assigns) = holding_proxy(
+        &plane.server.base,
+        "/api/v1/nodes/assign-outline",
+        HOLD,
+        Duration::ZERO,
+    )
+    .await;
     plane.spawn_gateway_via(listener, &via, &|o| {
         o.max_pending_checks = 3;
         o.max_pending_checks_per_source = 2;
@@ -584,4 +615,86 @@ async fn strangers_calls_to_the_control_plane_are_bounded_per_source_and_in_all(
     for w in waiting {
         assert_eq!(w.await.expect("join"), 404);
     }
+}
+
+/// A second device of the plane's owner: its access token and id.
+async fn another_device(plane: &Plane, name: &str) -> (String, String) {
+    let r = plane
+        .gql(
+            "mutation($n:String!){registerDevice(name:$n,platform:\"linux\"){accessToken device{id}}}",
+            serde_json::json!({"n": name}),
+        )
+        .await;
+    let d = &r["data"]["registerDevice"];
+    (
+        d["accessToken"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned(),
+        d["device"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned(),
+    )
+}
+
+async fn revoke(plane: &Plane, device: &str) {
+    let r = plane
+        .gql(
+            "mutation($id:UUID!){revokeDevice(id:$id){status}}",
+            serde_json::json!({"id": device}),
+        )
+        .await;
+    assert_eq!(r["data"]["revokeDevice"]["status"], "REVOKED", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_asked_for_after_access_changes_does_not_wait_for_a_check_begun_before() {
+    // The control plane's answers take 800 ms to come back.
+    const HOLD: Duration = Duration::from_millis(800);
+    let (mut plane, listener) = Plane::prepare(1).await;
+    let (via, assigns) = holding_proxy(
+        &plane.server.base,
+        "/api/v1/nodes/assign-outline",
+        Duration::ZERO,
+        HOLD,
+    )
+    .await;
+    plane.spawn_gateway_via(listener, &via, &|o| o.cache_ttl = Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let plane = Arc::new(plane);
+    let from: IpAddr = [127, 0, 0, 1].into();
+    let (token, id) = another_device(&plane, "second").await;
+    let path = format!("/ws/{token}/tcp");
+    // A tunnel of the device: the control plane says yes at once, the
+    // answer is on its way back.
+    let (p, first) = (plane.clone(), path.clone());
+    let opened = tokio::spawn(async move { p.ws_from(Some(from), &first, None).await.is_ok() });
+    until_counted(&assigns, 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Access changes while it travels (the event stream is not held).
+    revoke(&plane, &id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A tunnel asked for after the change does not wait for the call begun
+    // before it: it makes its own and is told no. (Given the answer from
+    // before, it would be refused all the same further on, at its
+    // session's quota grant; the call count is what tells.)
+    let started = Instant::now();
+    assert_eq!(
+        plane.ws_from(Some(from), &path, None).await.err(),
+        Some(404)
+    );
+    assert!(
+        started.elapsed() >= HOLD,
+        "it was given the answer of the call begun before the revocation"
+    );
+    assert_eq!(assigns.load(Ordering::SeqCst), 2);
+    // The first tunnel's request came before the change; however it was
+    // answered, the device is refused afterwards (that the answer is not
+    // cached is shown in validator.rs).
+    let _ = opened.await.expect("join");
+    assert_eq!(
+        plane.ws_from(Some(from), &path, None).await.err(),
+        Some(404)
+    );
 }

@@ -91,9 +91,10 @@ impl<T: Clone> Flights<T> {
         }
     }
 
-    /// A place for a request about `token` by `asker`: on the call in
-    /// flight for it if there is one, else on a new one; `None` when that
-    /// goes past a bound.
+    /// A place for a request by `asker` about the credential `token` (the
+    /// key of its call: the caller may add to it what else makes a call
+    /// different): on the call in flight for it if there is one, else on a
+    /// new one; `None` when that goes past a bound.
     pub fn join(&self, token: &str, asker: Asker) -> Option<Place<'_, T>> {
         let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let inner = &mut *guard;

@@ -4,9 +4,12 @@
 //! shared by every request about it, with strangers' waiting requests
 //! bounded ([`pending`](super::pending)), so a burst of tunnels costs one
 //! round trip; and invalidations (access events, close orders, dead nodes).
+//! An answer to a call begun before an invalidation is given to the
+//! requests that were waiting for it, but never cached, and a request that
+//! comes after the invalidation does not wait for that call: it asks again.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use httvps_wire::Reason;
@@ -49,6 +52,10 @@ pub(crate) struct Validations {
     cache: Cache<String, Entry>,
     lifetimes: Lifetimes,
     checks: Flights<Answer>,
+    /// Bumped by every invalidation, under its write lock; an answer is
+    /// cached under its read lock, only if the epoch is the one its call
+    /// began in.
+    epoch: RwLock<u64>,
 }
 
 impl Validations {
@@ -59,7 +66,32 @@ impl Validations {
             cache: Cache::new(capacity.max(1)),
             lifetimes,
             checks: Flights::new(checks),
+            epoch: RwLock::new(0),
         }
+    }
+
+    /// The current epoch (see [`Validations::invalidate`]).
+    fn epoch(&self) -> u64 {
+        *self.epoch.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `change` on the cache in a new epoch: answers of calls begun
+    /// before it are not cached after it.
+    fn invalidate(&self, change: impl FnOnce(&Cache<String, Entry>)) {
+        let mut epoch = self.epoch.write().unwrap_or_else(PoisonError::into_inner);
+        *epoch += 1;
+        change(&self.cache);
+    }
+
+    /// Caches `entry` for `token` unless an invalidation came since
+    /// `epoch`; whether it did.
+    fn keep(&self, epoch: u64, token: &str, entry: Entry) -> bool {
+        let now = self.epoch.read().unwrap_or_else(PoisonError::into_inner);
+        let current = *now == epoch;
+        if current {
+            self.cache.insert(token.to_owned(), entry);
+        }
+        current
     }
 
     /// The device a cached positive verdict for `token` names, however
@@ -70,19 +102,21 @@ impl Validations {
 
     /// Forgets one credential's verdict.
     pub fn forget(&self, token: &str) {
-        self.cache.remove(token);
+        self.invalidate(|c| {
+            c.remove(token);
+        });
     }
 
     /// Forgets every verdict: each device's next handshake asks again.
     pub fn forget_all(&self) {
-        self.cache.clear();
+        self.invalidate(Cache::clear);
     }
 
     /// Forgets the verdicts routing to `sessions` (closed by the control
     /// plane): their devices' next handshakes ask again.
     pub fn forget_sessions(&self, sessions: &[&str]) {
         if !sessions.is_empty() {
-            self.cache.retain(|_, e| !e.routes_to(sessions));
+            self.invalidate(|c| c.retain(|_, e| !e.routes_to(sessions)));
         }
     }
 
@@ -110,6 +144,9 @@ impl Gateway {
             return Err(Refusal::Unknown { asked: false });
         }
         let v = &self.validations;
+        // Before the cache is read: an invalidation after this point makes
+        // this request's call a new one.
+        let epoch = v.epoch();
         let cached = v.cache.get(token);
         if let Some(verdict) = admission::fresh(cached.as_ref(), Instant::now()) {
             return verdict_to_result(verdict);
@@ -118,11 +155,13 @@ impl Gateway {
             Some(_) => Asker::Known,
             None => Asker::Stranger(peer.map(throttle::source)),
         };
-        let Some(place) = v.checks.join(token, asker) else {
+        let Some(place) = v.checks.join(&format!("{epoch}/{token}"), asker) else {
             self.metrics.check_shed();
             return Err(Refusal::Busy);
         };
-        let (answer, ran) = place.answer(|| self.check(token, cached.as_ref())).await;
+        let (answer, ran) = place
+            .answer(|| self.check(token, cached.as_ref(), epoch))
+            .await;
         match answer {
             // One call is one guess, however many requests waited for it.
             Err(Refusal::Unknown { .. }) => Err(Refusal::Unknown { asked: ran }),
@@ -131,8 +170,9 @@ impl Gateway {
     }
 
     /// The control plane's answer about `token` (`cached`: what the cache
-    /// held, for an outage), cached when it is one to keep.
-    async fn check(&self, token: &str, cached: Option<&Entry>) -> Answer {
+    /// held, for an outage), cached when it is one to keep and nothing was
+    /// invalidated since `epoch`.
+    async fn check(&self, token: &str, cached: Option<&Entry>, epoch: u64) -> Answer {
         let v = &self.validations;
         let (verdict, valid_for) = match self.backend.assign(token).await {
             Ok(a) => {
@@ -165,7 +205,9 @@ impl Gateway {
         let entry = v
             .lifetimes
             .entry(verdict.clone(), Instant::now(), valid_for);
-        v.cache.insert(token.to_owned(), entry);
+        if !v.keep(epoch, token, entry) {
+            tracing::debug!("access changed during the check: its answer is not cached");
+        }
         verdict_to_result(verdict)
     }
 }
@@ -220,6 +262,26 @@ mod tests {
         assert!(v.cache.get("c").is_some());
         v.forget("b");
         assert!(v.cache.get("b").is_none());
+    }
+
+    #[test]
+    fn an_answer_to_a_call_begun_before_an_invalidation_is_not_kept() {
+        let (v, now) = (validations(16), Instant::now());
+        let begun = v.epoch();
+        v.forget_sessions(&["elsewhere"]);
+        assert!(!v.keep(begun, "a", v.lifetimes.entry(go("s1"), now, None)));
+        assert!(v.cache.get("a").is_none());
+        let begun = v.epoch();
+        assert!(v.keep(begun, "a", v.lifetimes.entry(go("s1"), now, None)));
+        assert!(v.cache.get("a").is_some());
+        for forget in [
+            &(|v: &Validations| v.forget("x")) as &dyn Fn(&Validations),
+            &|v: &Validations| v.forget_all(),
+        ] {
+            let begun = v.epoch();
+            forget(&v);
+            assert!(!v.keep(begun, "b", v.lifetimes.entry(go("s2"), now, None)));
+        }
     }
 
     #[test]
