@@ -9,8 +9,9 @@
 //! - `socks`: the SOCKS5 front.
 //! - `udp`: UDP ASSOCIATE.
 //! - `forward`: one tunnel per local TCP connection.
-//! - `mux`, `h2io`: with `--mux`, TCP tunnels as streams of a few warm
-//!   HTTP/2 connections (WebSockets over extended CONNECT, RFC 8441); UDP
+//! - `mux`, `warm`, `h2io`: with `--mux`, TCP tunnels as streams of a few
+//!   warm HTTP/2 connections (WebSockets over extended CONNECT, RFC 8441):
+//!   keeping them and placing tunnels, opening one, a stream as bytes; UDP
 //!   associations keep their own HTTP/1.1 WebSocket.
 //! - `lane`: with `--mux`, the thread each warm connection and its
 //!   tunnels run on.
@@ -36,6 +37,7 @@ mod mux;
 mod params;
 mod socks;
 mod udp;
+mod warm;
 mod wsframe;
 
 use params::Params;
