@@ -28,8 +28,9 @@ pub(crate) struct Metrics {
     pub accepted: Counter,
     /// Requests answered 429 because their source guessed too many tokens.
     throttled: Counter,
-    /// Requests refused because too many requests of strangers waited for
-    /// the control plane at once.
+    /// Requests refused before a control-plane call: too many calls about
+    /// credentials never accepted were in flight (in all or from their
+    /// source), or too many requests waited on theirs.
     checks_shed: Counter,
 }
 
@@ -39,7 +40,7 @@ impl Metrics {
         self.throttled.inc();
     }
 
-    /// Counts a request refused before its check: too many were waiting.
+    /// Counts a request refused before its check (see `checks_shed`).
     pub fn check_shed(&self) {
         self.checks_shed.inc();
     }
@@ -136,7 +137,7 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
     );
     registry.register(
         "httvps_gateway_checks_shed",
-        "Requests refused at once (503) because too many requests about credentials never accepted were waiting for the control plane, in all or from their source.",
+        "Requests refused at once (503) because too many control-plane calls about credentials never accepted were in flight (in all or from their source), or too many requests waited on theirs.",
         gw.metrics.checks_shed.clone(),
     );
     registry.register_collector(Box::new(Live(gw)));
