@@ -650,8 +650,8 @@ async fn revoke(plane: &Plane, device: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tunnel_asked_for_after_access_changes_does_not_wait_for_a_check_begun_before() {
-    // The control plane's answers take 800 ms to come back.
-    const HOLD: Duration = Duration::from_millis(800);
+    // The control plane's answers take 1.5 s to come back.
+    const HOLD: Duration = Duration::from_millis(1500);
     let (mut plane, listener) = Plane::prepare(1).await;
     let (via, assigns) = holding_proxy(
         &plane.server.base,
@@ -674,7 +674,8 @@ async fn a_tunnel_asked_for_after_access_changes_does_not_wait_for_a_check_begun
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Access changes while it travels (the event stream is not held).
     revoke(&plane, &id).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time for the access event to reach the gateway (milliseconds).
+    tokio::time::sleep(Duration::from_millis(600)).await;
     // A tunnel asked for after the change does not wait for the call begun
     // before it: it makes its own and is told no. (Given the answer from
     // before, it would be refused all the same further on, at its
