@@ -488,18 +488,32 @@ async fn until_counted(count: &AtomicUsize, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tunnels_opened_at_once_with_one_credential_cost_one_control_plane_call() {
+/// A plane with one node whose gateway calls the control plane through a
+/// [`holding_proxy`] holding `assign-outline` requests for `hold` and their
+/// answers for `hold_answer`, gateway settings changed by `customize`;
+/// with the count of those requests, once the nodes have beaten.
+async fn plane_behind_held_checks(
+    hold: Duration,
+    hold_answer: Duration,
+    customize: &dyn Fn(&mut httvps_dataplane::gateway::GatewayOptions),
+) -> (Plane, Arc<AtomicUsize>) {
     let (mut plane, listener) = Plane::prepare(1).await;
     let (via, assigns) = holding_proxy(
         &plane.server.base,
         "/api/v1/nodes/assign-outline",
-        Duration::from_millis(400),
-        Duration::ZERO,
+        hold,
+        hold_answer,
     )
     .await;
-    plane.spawn_gateway_via(listener, &via, &|_| {});
+    plane.spawn_gateway_via(listener, &via, customize);
     tokio::time::sleep(Duration::from_millis(700)).await;
+    (plane, assigns)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tunnels_opened_at_once_with_one_credential_cost_one_control_plane_call() {
+    let (plane, assigns) =
+        plane_behind_held_checks(Duration::from_millis(400), Duration::ZERO, &|_| {}).await;
     let (echo, cfg) = (echo_server().await, plane.cipher().await);
     let path = format!("/ws/{}/tcp", plane.device_token);
     // Twelve tunnels of a device the gateway has not seen, at once: all
@@ -536,19 +550,11 @@ async fn tunnels_opened_at_once_with_one_credential_cost_one_control_plane_call(
 #[tokio::test(flavor = "multi_thread")]
 async fn strangers_calls_to_the_control_plane_are_bounded_per_source_and_in_all() {
     const HOLD: Duration = Duration::from_millis(1500);
-    let (mut plane, listener) = Plane::prepare(1).await;
-    let (via, assigns) = holding_proxy(
-        &plane.server.base,
-        "/api/v1/nodes/assign-outline",
-        HOLD,
-        Duration::ZERO,
-    )
-    .await;
-    plane.spawn_gateway_via(listener, &via, &|o| {
+    let (plane, assigns) = plane_behind_held_checks(HOLD, Duration::ZERO, &|o| {
         o.max_pending_checks = 3;
         o.max_pending_checks_per_source = 2;
-    });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    })
+    .await;
     let (echo, cfg) = (echo_server().await, plane.cipher().await);
     let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
         [127, 0, 0, 2].into(),
@@ -652,16 +658,10 @@ async fn revoke(plane: &Plane, device: &str) {
 async fn a_tunnel_asked_for_after_access_changes_does_not_wait_for_a_check_begun_before() {
     // The control plane's answers take 1.5 s to come back.
     const HOLD: Duration = Duration::from_millis(1500);
-    let (mut plane, listener) = Plane::prepare(1).await;
-    let (via, assigns) = holding_proxy(
-        &plane.server.base,
-        "/api/v1/nodes/assign-outline",
-        Duration::ZERO,
-        HOLD,
-    )
+    let (plane, assigns) = plane_behind_held_checks(Duration::ZERO, HOLD, &|o| {
+        o.cache_ttl = Duration::from_secs(30);
+    })
     .await;
-    plane.spawn_gateway_via(listener, &via, &|o| o.cache_ttl = Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(700)).await;
     let plane = Arc::new(plane);
     let from: IpAddr = [127, 0, 0, 1].into();
     let (token, id) = another_device(&plane, "second").await;

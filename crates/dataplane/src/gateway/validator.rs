@@ -144,13 +144,14 @@ impl Gateway {
             return Err(Refusal::Unknown { asked: false });
         }
         let v = &self.validations;
-        // Before the cache is read: an invalidation after this point makes
-        // this request's call a new one.
-        let epoch = v.epoch();
         let cached = v.cache.get(token);
         if let Some(verdict) = admission::fresh(cached.as_ref(), Instant::now()) {
             return verdict_to_result(verdict);
         }
+        // Only when a call may be needed, and before it is joined or made:
+        // an invalidation after this point leaves its answer uncached, and
+        // a request after the invalidation makes a call of its own.
+        let epoch = v.epoch();
         let asker = match cached.as_ref().and_then(Entry::device) {
             Some(_) => Asker::Known,
             None => Asker::Stranger(peer.map(throttle::source)),
