@@ -147,6 +147,24 @@ async fn no_healthy_node_is_refused_at_once_with_its_own_reason() {
     let echo = echo_server().await;
     assert_eq!(new_tunnel(&plane, &key, echo).await, Ok(()));
     // The only node is disabled: nothing can take the device.
+    disable_every_node(&plane).await;
+    // Past the fresh cache the gateway asks, and refuses at once although
+    // its outage cache holds a positive answer well within its window.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let asked = Instant::now();
+    assert_eq!(new_tunnel(&plane, &key, echo).await, Err(503));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    // The access document says why.
+    let (status, doc) = https_get(&plane, &format!("/c/{}", plane.device_token)).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc.contains("details: \"no_node_available\""), "{doc}");
+    assert!(!doc.contains("transport"), "{doc}");
+}
+
+/// Disables every Outline node of the plane: nothing can take a device
+/// (the control plane says so).
+async fn disable_every_node(plane: &Plane) {
     let r = plane
         .gql("{outlineNodes{edges{node{id name}}}}", json!({}))
         .await;
@@ -164,22 +182,32 @@ async fn no_healthy_node_is_refused_at_once_with_its_own_reason() {
             )
             .await;
     }
-    let (status, body) = assign(&plane).await;
+    let (status, body) = assign(plane).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "NO_NODE", "{body}");
     assert_eq!(body["error"]["reason"], "no_node_available", "{body}");
-    // Past the fresh cache the gateway asks, and refuses at once although
-    // its outage cache holds a positive answer well within its window.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let asked = Instant::now();
-    assert_eq!(new_tunnel(&plane, &key, echo).await, Err(503));
-    let took = asked.elapsed();
-    assert!(took < Duration::from_secs(1), "refused after {took:?}");
-    // The access document says why.
-    let (status, doc) = https_get(&plane, &format!("/c/{}", plane.device_token)).await;
-    assert_eq!(status, 200, "{doc}");
-    assert!(doc.contains("details: \"no_node_available\""), "{doc}");
-    assert!(!doc.contains("transport"), "{doc}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disabled_node_gets_no_new_tunnels_while_gateways_hold_fresh_answers_naming_it() {
+    // Answers fresh for longer than the test runs: what the gateway does
+    // below, it does on the access event the change publishes.
+    let plane = Plane::start_with(1, |o| {
+        o.cache_ttl = Duration::from_secs(30);
+    })
+    .await;
+    let (key, echo) = (plane.cipher().await, echo_server().await);
+    assert_eq!(new_tunnel(&plane, &key, echo).await, Ok(()));
+    disable_every_node(&plane).await;
+    let mut refused = false;
+    for _ in 0..20 {
+        if new_tunnel(&plane, &key, echo).await == Err(503) {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "new tunnels still sent to the disabled node");
 }
 
 /// A GET through the gateway: status and body.

@@ -125,6 +125,10 @@ pub enum AccessChange {
     SubscriptionExpired,
     /// Accounts used up their allowance.
     QuotaExceeded,
+    /// An Outline node's status changed or it was deleted: the routes
+    /// gateways keep for devices may name a node that takes no more
+    /// tunnels, so they ask again.
+    NodeStatusChanged,
 }
 
 impl AccessChange {
@@ -139,6 +143,7 @@ impl AccessChange {
             AccessChange::SubscriptionCancelled => "subscription_cancelled",
             AccessChange::SubscriptionExpired => "subscription_expired",
             AccessChange::QuotaExceeded => "quota_exceeded",
+            AccessChange::NodeStatusChanged => "node_status_changed",
         }
     }
 }

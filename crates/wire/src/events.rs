@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Someone's right to connect shrank (device revoked or its token rotated,
-/// account disabled, subscription cancelled or replaced, quota used up).
+/// account disabled, subscription cancelled or replaced, quota used up), or
+/// where one may connect did (an Outline node drained, disabled or deleted).
 /// Gateways forget every cached validation when they hear one and ask the
 /// control plane which of their open sessions to close.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

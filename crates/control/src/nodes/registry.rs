@@ -13,7 +13,7 @@ use crate::db::models::{GatewayNode, OutlineNode, Region, now};
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
-use crate::events::NodeEventKind;
+use crate::events::{AccessChange, NodeEventKind};
 use crate::ids::{GatewayNodeId, OutlineNodeId, RegionId};
 use crate::status::{Health, NodeStatus};
 use crate::{audit, auth, catalogue, validate};
@@ -240,6 +240,9 @@ pub async fn set_status(
             .execute(conn)
             .await?;
         outbox.node(node.event(&code, status_event(status)));
+        if matches!(node, AnyNode::Outline(_)) {
+            outbox.access(AccessChange::NodeStatusChanged, None);
+        }
         Ok::<_, AppError>(node)
     })
 }
@@ -283,6 +286,9 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
             .execute(conn)
             .await?;
         outbox.node(node.event(&code, NodeEventKind::Deleted));
+        if matches!(node, AnyNode::Outline(_)) {
+            outbox.access(AccessChange::NodeStatusChanged, None);
+        }
         Ok::<_, AppError>(())
     })
 }
