@@ -2,8 +2,10 @@
 //! (real TLS, WebSocket and Shadowsocks; the control plane on PostgreSQL):
 //! the connection budget sheds before TLS, a tunnel refused at its
 //! device's cap costs no node connection and no control-plane call, the
-//! cap counts a device's tunnels whatever credential each presents, and a
-//! source guessing tokens is shut out while every other source is served.
+//! cap counts a device's tunnels whatever credential each presents, a
+//! source guessing tokens is shut out while every other source is served,
+//! checks in flight are shared and bounded, and a known device's stale
+//! answer serves its tunnels at once while one refresh runs.
 
 mod common;
 #[path = "common/plane.rs"]
@@ -605,7 +607,9 @@ async fn strangers_calls_to_the_control_plane_are_bounded_per_source_and_in_all(
     assert_eq!(device.await.expect("join"), Ok(true));
     // Places are free again: source c is served.
     assert_eq!(exchange(&plane, c, &upgrade(&stranger_path())).await.0, 404);
-    // Once stale, the device's answer is asked again; the device is known,
+    // Once stale for longer than a stale answer is served (the device's
+    // answer is over 2 s old, its lifetime 0.5 s), the device's answer is
+    // asked again before its tunnel opens; the device is known,
     // so its requests are not counted against strangers' bounds, and three
     // strangers waiting do not turn it away.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -698,4 +702,58 @@ async fn a_tunnel_asked_for_after_access_changes_does_not_wait_for_a_check_begun
         plane.ws_from(Some(from), &path, None).await.err(),
         Some(404)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_devices_stale_answer_serves_its_tunnels_at_once_while_one_refresh_runs() {
+    // The control plane's answers take 1.5 s to come back, and are fresh
+    // for 1.5 s.
+    const HOLD: Duration = Duration::from_millis(1500);
+    const TTL: Duration = Duration::from_millis(1500);
+    let (plane, assigns) = plane_behind_held_checks(Duration::ZERO, HOLD, &|o| {
+        o.cache_ttl = TTL;
+    })
+    .await;
+    let (echo, cfg) = (echo_server().await, plane.cipher().await);
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    // The device's first tunnel waits for the first answer.
+    let started = Instant::now();
+    let w = plane.ws_from(None, &path, None).await.expect("admitted");
+    assert!(started.elapsed() >= HOLD);
+    let mut first = ss_over(w, &cfg, echo);
+    assert!(round_trip(&mut first, b"first").await);
+    // Once the answer is stale, four tunnels at once are admitted on it at
+    // once, and one refresh goes to the control plane.
+    tokio::time::sleep(TTL + Duration::from_millis(200)).await;
+    let stale = Instant::now();
+    let opened =
+        futures_util::future::join_all((0..4).map(|_| plane.ws_from(None, &path, None))).await;
+    assert!(
+        stale.elapsed() < HOLD / 2,
+        "the tunnels waited for the refresh: {:?}",
+        stale.elapsed()
+    );
+    for w in opened {
+        let mut s = ss_over(w.expect("admitted on the stale answer"), &cfg, echo);
+        assert!(round_trip(&mut s, b"stale").await);
+    }
+    until_counted(&assigns, 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(assigns.load(Ordering::SeqCst), 2, "one refresh for four");
+    // The refresh's answer is cached: the next tunnel asks nothing.
+    tokio::time::sleep(HOLD + Duration::from_millis(500) - stale.elapsed()).await;
+    let w = plane.ws_from(None, &path, None).await.expect("fresh again");
+    assert!(round_trip(&mut ss_over(w, &cfg, echo), b"fresh").await);
+    assert_eq!(assigns.load(Ordering::SeqCst), 2);
+    // An answer more than a lifetime past its freshness is not used: the
+    // device's tunnel waits for its call.
+    tokio::time::sleep(HOLD + 2 * TTL + Duration::from_millis(1000) - stale.elapsed()).await;
+    let started = Instant::now();
+    let w = plane.ws_from(None, &path, None).await.expect("admitted");
+    assert!(
+        started.elapsed() >= HOLD,
+        "served an answer past its revalidation window"
+    );
+    assert!(round_trip(&mut ss_over(w, &cfg, echo), b"checked").await);
+    assert_eq!(assigns.load(Ordering::SeqCst), 3);
 }

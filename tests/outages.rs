@@ -148,9 +148,11 @@ async fn no_healthy_node_is_refused_at_once_with_its_own_reason() {
     assert_eq!(new_tunnel(&plane, &key, echo).await, Ok(()));
     // The only node is disabled: nothing can take the device.
     disable_every_node(&plane).await;
-    // Past the fresh cache the gateway asks, and refuses at once although
-    // its outage cache holds a positive answer well within its window.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past the fresh cache and the stale answer's revalidation window (or
+    // at the access event, whichever comes first) the gateway asks, and
+    // refuses at once although its outage cache holds a positive answer
+    // well within its window.
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let asked = Instant::now();
     assert_eq!(new_tunnel(&plane, &key, echo).await, Err(503));
     let took = asked.elapsed();

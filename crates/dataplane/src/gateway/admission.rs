@@ -1,6 +1,7 @@
 //! Admission, the pure core (no I/O; the time is an argument): which
-//! verdict a cached control-plane answer gives and for how long, how a
-//! failed call is treated (the outage rule).
+//! verdict a cached control-plane answer gives and for how long, which
+//! stale answer is served while it is refreshed, how a failed call is
+//! treated (the outage rule).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +84,9 @@ pub(crate) struct Entry {
     pub verdict: Verdict,
     /// Used without asking until then.
     pub fresh_until: Instant,
+    /// A positive verdict: used until then while one refresh runs (see
+    /// [`revalidating`]).
+    pub revalidate_until: Instant,
     /// Used while the control plane is down until then (positive verdicts).
     pub stale_until: Instant,
 }
@@ -90,7 +94,10 @@ pub(crate) struct Entry {
 impl Entry {
     /// Whether the entry is of no more use at `now` (it can be dropped).
     pub fn spent(&self, now: Instant) -> bool {
-        now >= self.fresh_until.max(self.stale_until)
+        now >= self
+            .fresh_until
+            .max(self.stale_until)
+            .max(self.revalidate_until)
     }
 
     /// The device a positive verdict names, however old: enough to refuse
@@ -128,13 +135,20 @@ impl Lifetimes {
     /// is left of the subscription: no verdict outlives it.
     pub fn entry(&self, verdict: Verdict, now: Instant, valid_for: Option<Duration>) -> Entry {
         let cap = valid_for.unwrap_or(LONGEST).min(LONGEST);
-        let (fresh, stale) = match verdict {
-            Verdict::Go(_) => (self.fresh, self.outage),
-            Verdict::Refused(_) | Verdict::Unknown => (self.negative, Duration::ZERO),
+        let (fresh, stale, revalidate) = match verdict {
+            Verdict::Go(_) => (
+                self.fresh,
+                self.outage,
+                self.fresh.saturating_add(self.fresh.min(self.outage)),
+            ),
+            Verdict::Refused(_) | Verdict::Unknown => {
+                (self.negative, Duration::ZERO, Duration::ZERO)
+            }
         };
         Entry {
             verdict,
             fresh_until: now + fresh.min(cap),
+            revalidate_until: now + revalidate.min(cap),
             stale_until: now + stale.min(cap),
         }
     }
@@ -145,6 +159,26 @@ pub(crate) fn fresh(entry: Option<&Entry>, now: Instant) -> Option<Verdict> {
     entry
         .filter(|e| now < e.fresh_until)
         .map(|e| e.verdict.clone())
+}
+
+/// The route of a positive verdict still within its revalidation window at
+/// `now`: past its freshness, one more fresh lifetime (never longer than
+/// the outage lifetime, nor past the subscription's end). Its route is
+/// used at once while one refresh runs
+/// in the background, so a device in use does not wait for a control-plane
+/// round trip every time its answer goes stale. Access changes reach the
+/// cache as events and clear it, and a refresh's "no" replaces the entry,
+/// so the one thing served on a stale answer is what arrives while its
+/// refresh is under way. Negative verdicts are never served stale.
+pub(crate) fn revalidating(entry: Option<&Entry>, now: Instant) -> Option<Arc<Route>> {
+    match entry {
+        Some(Entry {
+            verdict: Verdict::Go(r),
+            revalidate_until,
+            ..
+        }) if now < *revalidate_until => Some(r.clone()),
+        _ => None,
+    }
 }
 
 /// What a failed call to the control plane means.
@@ -269,6 +303,44 @@ mod tests {
         let ended = lifetimes().entry(Verdict::Go(route("s1")), t0, Some(Duration::ZERO));
         assert_eq!(fresh(Some(&ended), t0), None);
         assert_eq!(during_outage(Some(&ended), t0), None);
+    }
+
+    #[test]
+    fn a_stale_positive_answer_serves_while_it_is_refreshed_for_one_more_lifetime() {
+        let t0 = Instant::now();
+        let e = lifetimes().entry(Verdict::Go(route("s1")), t0, None);
+        assert_eq!(fresh(Some(&e), t0 + 5 * S), None);
+        assert_eq!(revalidating(Some(&e), t0 + 5 * S), Some(route("s1")));
+        assert_eq!(revalidating(Some(&e), t0 + 9 * S), Some(route("s1")));
+        assert_eq!(
+            revalidating(Some(&e), t0 + 10 * S),
+            None,
+            "then the device waits for its answer"
+        );
+        // Never past the subscription's end.
+        let ending = lifetimes().entry(Verdict::Go(route("s1")), t0, Some(6 * S));
+        assert!(revalidating(Some(&ending), t0 + 5 * S).is_some());
+        assert_eq!(revalidating(Some(&ending), t0 + 6 * S), None);
+        // Never longer than an outage would be served.
+        let short = Lifetimes {
+            outage: 2 * S,
+            ..lifetimes()
+        };
+        let e = short.entry(Verdict::Go(route("s1")), t0, None);
+        assert!(revalidating(Some(&e), t0 + 6 * S).is_some());
+        assert_eq!(revalidating(Some(&e), t0 + 7 * S), None);
+        let closed = Lifetimes {
+            outage: Duration::ZERO,
+            ..lifetimes()
+        };
+        let e = closed.entry(Verdict::Go(route("s1")), t0, None);
+        assert_eq!(revalidating(Some(&e), t0 + 5 * S), None, "fail closed");
+        // Never a negative answer.
+        for verdict in [Verdict::Unknown, Verdict::Refused(Reason::DeviceRevoked)] {
+            let e = lifetimes().entry(verdict, t0, None);
+            assert_eq!(revalidating(Some(&e), t0 + 2 * S), None);
+        }
+        assert_eq!(revalidating(None, t0), None);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! - `routes`: `/ws/{token}/tcp`, `/ws/{token}/udp`, `/c/{token}`, the 404
 //!   every refusal looks like, and the order of admission.
 //! - `upgrade`: the checks of a WebSocket upgrade request.
-//! - `admission`, `caps`: the pure cores: verdict lifetimes, the outage
-//!   rule, the tunnel caps.
+//! - `admission`, `caps`: the pure cores: verdict lifetimes, stale answers
+//!   served while refreshed, the outage rule, the tunnel caps.
 //! - `validator`: the bounded validation cache and the control-plane call.
 //! - `pending`: checks in flight (one call per credential, shared by the
 //!   requests about it) and their bounds.

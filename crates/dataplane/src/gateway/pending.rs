@@ -134,6 +134,12 @@ impl<T: Clone> Flights<T> {
         Some(self.place(token, answer))
     }
 
+    /// Whether a call under the key `token` is in flight.
+    pub fn in_flight(&self, token: &str) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.calls.contains_key(token)
+    }
+
     fn place(&self, token: &str, answer: Arc<OnceCell<T>>) -> Place<'_, T> {
         Place {
             flights: self,
@@ -277,8 +283,10 @@ mod tests {
         assert!(f.join("t", Asker::Known).is_none());
         assert!(f.join("t", Asker::Stranger(Some(ip(1)))).is_none());
         let other = f.join("u", Asker::Known).expect("another credential");
+        assert!(f.in_flight("t") && f.in_flight("u") && !f.in_flight("v"));
         drop(places);
         drop(other);
+        assert!(!f.in_flight("t"), "the last place ends the call");
         assert!(f.join("t", Asker::Known).is_some());
     }
 

@@ -157,7 +157,7 @@ async fn admit(
 /// reported at once and the route asked again (another node of the pool
 /// may take it).
 async fn connect_node(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     token: &str,
     mut route: Arc<Route>,
     peer: Option<IpAddr>,

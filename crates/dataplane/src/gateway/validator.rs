@@ -7,6 +7,8 @@
 //! An answer to a call begun before an invalidation is given to the
 //! requests that were waiting for it, but never cached, and a request that
 //! comes after the invalidation does not wait for that call: it asks again.
+//! A positive answer just past its freshness is used at once while one
+//! refresh runs in the background ([`admission::revalidating`]).
 
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -137,21 +139,25 @@ fn verdict_to_result(v: Verdict) -> Answer {
 impl Gateway {
     /// Where the device holding `token` (an access token, or a device JWT
     /// from `Authorization: Bearer`), asking from `peer`, goes, or why not.
-    pub(crate) async fn route(&self, token: &str, peer: Option<IpAddr>) -> Answer {
+    pub(crate) async fn route(self: &Arc<Self>, token: &str, peer: Option<IpAddr>) -> Answer {
         if !httvps_wire::token::looks_like_token(token)
             && !httvps_wire::token::looks_like_jwt(token)
         {
             return Err(Refusal::Unknown { asked: false });
         }
         let v = &self.validations;
-        let cached = v.cache.get(token);
-        if let Some(verdict) = admission::fresh(cached.as_ref(), Instant::now()) {
+        let (cached, now) = (v.cache.get(token), Instant::now());
+        if let Some(verdict) = admission::fresh(cached.as_ref(), now) {
             return verdict_to_result(verdict);
         }
         // Only when a call may be needed, and before it is joined or made:
         // an invalidation after this point leaves its answer uncached, and
         // a request after the invalidation makes a call of its own.
         let epoch = v.epoch();
+        if let Some(route) = admission::revalidating(cached.as_ref(), now) {
+            self.refresh(token, epoch);
+            return Ok(route);
+        }
         let asker = match cached.as_ref().and_then(Entry::device) {
             Some(_) => Asker::Known,
             None => Asker::Stranger(peer.map(throttle::source)),
@@ -168,6 +174,27 @@ impl Gateway {
             Err(Refusal::Unknown { .. }) => Err(Refusal::Unknown { asked: ran }),
             other => other,
         }
+    }
+
+    /// Starts one call about `token` in the background, unless one begun
+    /// in `epoch` is in flight: its answer replaces the stale one.
+    fn refresh(self: &Arc<Self>, token: &str, epoch: u64) {
+        let key = format!("{epoch}/{token}");
+        if self.validations.checks.in_flight(&key) {
+            return;
+        }
+        let (gw, token) = (self.clone(), token.to_owned());
+        tokio::spawn(async move {
+            // Two requests may both have found none in flight: the second
+            // waits on the first's call, it makes none.
+            let Some(place) = gw.validations.checks.join(&key, Asker::Known) else {
+                return;
+            };
+            let cached = gw.validations.cache.get(&token);
+            let _ = place
+                .answer(|| gw.check(&token, cached.as_ref(), epoch))
+                .await;
+        });
     }
 
     /// The control plane's answer about `token` (`cached`: what the cache
@@ -199,8 +226,16 @@ impl Gateway {
                     return admission::during_outage(cached, Instant::now())
                         .ok_or(Refusal::Unavailable);
                 }
-                Failure::NoNode => return Err(Refusal::NoNode),
-                Failure::Undecided => return Err(Refusal::Unavailable),
+                // Nothing cached; nor is a stale yes served on until the
+                // next answer.
+                Failure::NoNode => {
+                    v.cache.remove(token);
+                    return Err(Refusal::NoNode);
+                }
+                Failure::Undecided => {
+                    v.cache.remove(token);
+                    return Err(Refusal::Unavailable);
+                }
             },
         };
         let entry = v
