@@ -706,10 +706,10 @@ async fn a_tunnel_asked_for_after_access_changes_does_not_wait_for_a_check_begun
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_known_devices_stale_answer_serves_its_tunnels_at_once_while_one_refresh_runs() {
-    // The control plane's answers take 1.5 s to come back, and are fresh
-    // for 1.5 s.
-    const HOLD: Duration = Duration::from_millis(1500);
-    const TTL: Duration = Duration::from_millis(1500);
+    // The control plane's answers take 2 s to come back, and are fresh for
+    // 2 s.
+    const HOLD: Duration = Duration::from_secs(2);
+    const TTL: Duration = Duration::from_secs(2);
     let (plane, assigns) = plane_behind_held_checks(Duration::ZERO, HOLD, &|o| {
         o.cache_ttl = TTL;
     })
@@ -741,13 +741,14 @@ async fn a_known_devices_stale_answer_serves_its_tunnels_at_once_while_one_refre
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(assigns.load(Ordering::SeqCst), 2, "one refresh for four");
     // The refresh's answer is cached: the next tunnel asks nothing.
-    tokio::time::sleep(HOLD + Duration::from_millis(500) - stale.elapsed()).await;
+    tokio::time::sleep((HOLD + Duration::from_millis(500)).saturating_sub(stale.elapsed())).await;
     let w = plane.ws_from(None, &path, None).await.expect("fresh again");
     assert!(round_trip(&mut ss_over(w, &cfg, echo), b"fresh").await);
     assert_eq!(assigns.load(Ordering::SeqCst), 2);
     // An answer more than a lifetime past its freshness is not used: the
     // device's tunnel waits for its call.
-    tokio::time::sleep(HOLD + 2 * TTL + Duration::from_millis(1000) - stale.elapsed()).await;
+    tokio::time::sleep((HOLD + 2 * TTL + Duration::from_secs(1)).saturating_sub(stale.elapsed()))
+        .await;
     let started = Instant::now();
     let w = plane.ws_from(None, &path, None).await.expect("admitted");
     assert!(

@@ -146,12 +146,18 @@ async fn no_healthy_node_is_refused_at_once_with_its_own_reason() {
     let key = plane.cipher().await;
     let echo = echo_server().await;
     assert_eq!(new_tunnel(&plane, &key, echo).await, Ok(()));
-    // The only node is disabled: nothing can take the device.
-    disable_every_node(&plane).await;
-    // Past the fresh cache and the stale answer's revalidation window (or
-    // at the access event, whichever comes first) the gateway asks, and
-    // refuses at once although its outage cache holds a positive answer
-    // well within its window.
+    // The only node is disabled behind the gateway's back (in the
+    // database: no access event): nothing can take the device.
+    plane
+        .sql("UPDATE outline_nodes SET status = 'disabled'")
+        .await;
+    let (status, body) = assign(&plane).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "NO_NODE", "{body}");
+    assert_eq!(body["error"]["reason"], "no_node_available", "{body}");
+    // Past the fresh cache and the stale answer's revalidation window the
+    // gateway asks, and refuses at once although its outage cache holds a
+    // positive answer well within its window.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let asked = Instant::now();
     assert_eq!(new_tunnel(&plane, &key, echo).await, Err(503));

@@ -125,10 +125,9 @@ pub enum AccessChange {
     SubscriptionExpired,
     /// Accounts used up their allowance.
     QuotaExceeded,
-    /// An Outline node's status changed or it was deleted: the routes
-    /// gateways keep for devices may name a node that takes no more
-    /// tunnels, so they ask again.
-    NodeStatusChanged,
+    /// An Outline node was drained, disabled or deleted: the answers
+    /// gateways keep that route to it are asked again.
+    NodeWithdrawn,
 }
 
 impl AccessChange {
@@ -143,7 +142,7 @@ impl AccessChange {
             AccessChange::SubscriptionCancelled => "subscription_cancelled",
             AccessChange::SubscriptionExpired => "subscription_expired",
             AccessChange::QuotaExceeded => "quota_exceeded",
-            AccessChange::NodeStatusChanged => "node_status_changed",
+            AccessChange::NodeWithdrawn => "node_withdrawn",
         }
     }
 }
@@ -172,6 +171,15 @@ impl Outbox {
         let user = user.map(|u| u.to_string());
         self.access
             .push(AccessEvent::new(change.as_str(), user.as_deref()));
+    }
+
+    /// The Outline node `node` takes no more new tunnels (drained, disabled
+    /// or deleted): gateways drop the answers routing to it.
+    pub fn node_withdrawn(&mut self, node: &str) {
+        self.access.push(AccessEvent::node(
+            AccessChange::NodeWithdrawn.as_str(),
+            node,
+        ));
     }
 
     /// Sessions opened or closed.

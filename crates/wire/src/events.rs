@@ -1,8 +1,8 @@
 //! The access-event stream a gateway follows
 //! (`GET /api/v1/gateway/access-events`, newline-delimited JSON): a `hello`
 //! line at once, an `access` line whenever someone's right to connect
-//! shrinks, a `keepalive` line now and then, and `lagged` when the server
-//! dropped events for a slow reader.
+//! shrinks or an Outline node is withdrawn, a `keepalive` line now and
+//! then, and `lagged` when the server dropped events for a slow reader.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 /// account disabled, subscription cancelled or replaced, quota used up), or
 /// where one may connect did (an Outline node drained, disabled or deleted).
 /// Gateways forget every cached validation when they hear one and ask the
-/// control plane which of their open sessions to close.
+/// control plane which of their open sessions to close; for a node's
+/// withdrawal (`node_id` set) they forget only the validations routing to
+/// that node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessEvent {
@@ -20,6 +22,10 @@ pub struct AccessEvent {
     pub reason: String,
     /// The account concerned.
     pub user_id: Option<String>,
+    /// The Outline node concerned, when the change is only that a node
+    /// takes no more new tunnels: only the answers routing to it go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     /// When it happened (UTC).
     pub at: chrono::DateTime<chrono::Utc>,
 }
@@ -31,8 +37,53 @@ impl AccessEvent {
             kind: "access".into(),
             reason: reason.into(),
             user_id: user_id.map(str::to_owned),
+            node_id: None,
             at: chrono::Utc::now(),
         }
+    }
+
+    /// An access event about the Outline node `node_id` only.
+    pub fn node(reason: &str, node_id: &str) -> Self {
+        AccessEvent {
+            node_id: Some(node_id.to_owned()),
+            ..AccessEvent::new(reason, None)
+        }
+    }
+}
+
+/// What a line of the stream asks a gateway to drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Nothing (`hello`, `keepalive`).
+    Nothing,
+    /// The answers routing to this Outline node.
+    Node(String),
+    /// Every answer.
+    Everything,
+}
+
+/// What a line of the stream asks a gateway to drop: nothing for `hello`
+/// and `keepalive`, the answers routing to one node for an access event
+/// naming only a node, and everything for anything else, including lines
+/// not understood (missing an event is worse than dropping a cache).
+pub fn scope(line: &[u8]) -> Scope {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Line {
+        kind: String,
+        #[serde(default)]
+        user_id: Option<String>,
+        #[serde(default)]
+        node_id: Option<String>,
+    }
+    match serde_json::from_slice::<Line>(line) {
+        Ok(Line { kind, .. }) if kind == "hello" || kind == "keepalive" => Scope::Nothing,
+        Ok(Line {
+            kind,
+            user_id: None,
+            node_id: Some(node),
+        }) if kind == "access" => Scope::Node(node),
+        _ => Scope::Everything,
     }
 }
 
@@ -43,18 +94,10 @@ pub const KEEPALIVE_LINE: &str = r#"{"kind":"keepalive"}"#;
 /// The line that says events were dropped for a slow reader.
 pub const LAGGED_LINE: &str = r#"{"kind":"lagged"}"#;
 
-/// Whether a line of the stream asks a gateway to drop its validations:
-/// anything but `hello` and `keepalive`, including lines not understood
-/// (missing an event is worse than dropping a cache).
+/// Whether a line of the stream asks a gateway to drop any validation
+/// (see [`scope`]).
 pub fn is_access_change(line: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Line {
-        kind: String,
-    }
-    !matches!(
-        serde_json::from_slice::<Line>(line),
-        Ok(Line { kind }) if kind == "hello" || kind == "keepalive"
-    )
+    scope(line) != Scope::Nothing
 }
 
 #[cfg(test)]
@@ -70,5 +113,25 @@ mod tests {
         assert!(is_access_change(&ev));
         assert!(is_access_change(b"not json"));
         assert!(is_access_change(br#"{"kind":"something new"}"#));
+    }
+
+    #[test]
+    fn an_event_naming_only_a_node_drops_that_nodes_answers() {
+        let ev = serde_json::to_vec(&AccessEvent::node("node_status_changed", "n1")).expect("json");
+        assert_eq!(scope(&ev), Scope::Node("n1".into()));
+        let user =
+            serde_json::to_vec(&AccessEvent::new("device_revoked", Some("u"))).expect("json");
+        assert!(!String::from_utf8_lossy(&user).contains("nodeId"));
+        assert_eq!(scope(&user), Scope::Everything);
+        // Anything else naming a node still drops everything.
+        assert_eq!(
+            scope(br#"{"kind":"access","userId":"u","nodeId":"n1"}"#),
+            Scope::Everything
+        );
+        assert_eq!(
+            scope(br#"{"kind":"other","nodeId":"n1"}"#),
+            Scope::Everything
+        );
+        assert_eq!(scope(HELLO_LINE.as_bytes()), Scope::Nothing);
     }
 }

@@ -307,6 +307,8 @@ pub async fn serve(
             }
             changed = access.recv(), if credential.is_some() => {
                 let concerned = match &changed {
+                    // A node's withdrawal changes no one's credentials.
+                    Ok(ev) if ev.node_id.is_some() => false,
                     Ok(ev) => ev.user_id.as_ref().is_none_or(|u| credential.as_ref().is_some_and(|c| c.user_id().to_string() == *u)),
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => false,

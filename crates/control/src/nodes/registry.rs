@@ -13,7 +13,7 @@ use crate::db::models::{GatewayNode, OutlineNode, Region, now};
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
-use crate::events::{AccessChange, NodeEventKind};
+use crate::events::NodeEventKind;
 use crate::ids::{GatewayNodeId, OutlineNodeId, RegionId};
 use crate::status::{Health, NodeStatus};
 use crate::{audit, auth, catalogue, validate};
@@ -240,8 +240,10 @@ pub async fn set_status(
             .execute(conn)
             .await?;
         outbox.node(node.event(&code, status_event(status)));
-        if matches!(node, AnyNode::Outline(_)) {
-            outbox.access(AccessChange::NodeStatusChanged, None);
+        if let AnyNode::Outline(o) = &node
+            && status != NodeStatus::Active
+        {
+            outbox.node_withdrawn(&o.id.to_string());
         }
         Ok::<_, AppError>(node)
     })
@@ -286,8 +288,8 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
             .execute(conn)
             .await?;
         outbox.node(node.event(&code, NodeEventKind::Deleted));
-        if matches!(node, AnyNode::Outline(_)) {
-            outbox.access(AccessChange::NodeStatusChanged, None);
+        if let AnyNode::Outline(o) = &node {
+            outbox.node_withdrawn(&o.id.to_string());
         }
         Ok::<_, AppError>(())
     })

@@ -109,6 +109,11 @@ impl Entry {
         }
     }
 
+    /// Whether the entry sends tunnels to the node `node_id`.
+    pub fn routes_to_node(&self, node_id: &str) -> bool {
+        matches!(&self.verdict, Verdict::Go(r) if r.node_id == node_id)
+    }
+
     /// Whether the entry sends tunnels to one of `sessions`.
     pub fn routes_to(&self, sessions: &[&str]) -> bool {
         matches!(&self.verdict, Verdict::Go(r) if sessions.contains(&r.session_id.as_str()))
@@ -370,6 +375,8 @@ mod tests {
         assert!(!e.routes_to(&["s2"]));
         let refused = lifetimes().entry(Verdict::Refused(Reason::QuotaExceeded), t0, None);
         assert!(!refused.routes_to(&["s1"]));
+        assert!(e.routes_to_node("n1") && !e.routes_to_node("n2"));
+        assert!(!refused.routes_to_node("n1"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use httvps_wire::events::Scope;
 use httvps_wire::heartbeat::GatewayBeat;
 use tokio::sync::Notify;
 
@@ -126,9 +127,18 @@ pub(crate) async fn access_loop(gw: Arc<Gateway>) {
                     buf.extend_from_slice(&chunk);
                     while let Some(end) = buf.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = buf.drain(..=end).collect();
-                        if httvps_wire::events::is_access_change(&line) {
-                            tracing::debug!("access changed: validations dropped");
-                            access_changed(&gw);
+                        match httvps_wire::events::scope(&line) {
+                            Scope::Nothing => {}
+                            // It closes nothing: the node's open tunnels
+                            // run on (as when it is drained).
+                            Scope::Node(node) => {
+                                tracing::debug!(node.id = %node, "node withdrawn: its routes dropped");
+                                gw.validations.forget_node(&node);
+                            }
+                            Scope::Everything => {
+                                tracing::debug!("access changed: validations dropped");
+                                access_changed(&gw);
+                            }
                         }
                     }
                     if buf.len() > ACCESS_LINE_MAX {

@@ -176,6 +176,8 @@ struct Gateway {
     metrics: admin::Metrics,
     /// Every tunnel's pipe.
     tunnels: TaskTracker,
+    /// Cancelled when the gateway stops: its background tasks end.
+    stop: CancellationToken,
 }
 
 impl Gateway {
@@ -278,6 +280,7 @@ pub async fn run(
         spool: spool::Writer::default(),
         metrics: admin::Metrics::default(),
         tunnels: TaskTracker::new(),
+        stop: CancellationToken::new(),
         backend,
         opts,
     });
@@ -289,7 +292,7 @@ pub async fn run(
         gw.sessions.restore(restored);
     }
     let background = TaskTracker::new();
-    let stop = CancellationToken::new();
+    let stop = gw.stop.clone();
     let _stop_on_drop = stop.clone().drop_guard();
     spawn_until(&background, &stop, usage::report_loop(gw.clone()));
     spawn_until(&background, &stop, links::links_loop(gw.clone()));

@@ -122,6 +122,21 @@ impl Validations {
         }
     }
 
+    /// Forgets the verdicts routing to the Outline node `node_id` (it takes
+    /// no more new tunnels): their devices' next handshakes ask again.
+    pub fn forget_node(&self, node_id: &str) {
+        self.invalidate(|c| c.retain(|_, e| !e.routes_to_node(node_id)));
+    }
+
+    /// Forgets `token`'s verdict unless an invalidation came since `epoch`
+    /// (a verdict cached since is not the one to drop).
+    fn drop_if_current(&self, epoch: u64, token: &str) {
+        let now = self.epoch.read().unwrap_or_else(PoisonError::into_inner);
+        if *now == epoch {
+            self.cache.remove(token);
+        }
+    }
+
     /// Drops verdicts of no more use at `now`.
     pub fn prune(&self, now: Instant) {
         self.cache.retain(|_, e| !e.spent(now));
@@ -184,7 +199,12 @@ impl Gateway {
             return;
         }
         let (gw, token) = (self.clone(), token.to_owned());
-        tokio::spawn(async move {
+        let stop = gw.stop.clone();
+        tokio::spawn(stop.run_until_cancelled_owned(async move {
+            // Access changed since: the next request asks afresh.
+            if gw.validations.epoch() != epoch {
+                return;
+            }
             // Two requests may both have found none in flight: the second
             // waits on the first's call, it makes none.
             let Some(place) = gw.validations.checks.join(&key, Asker::Known) else {
@@ -194,7 +214,7 @@ impl Gateway {
             let _ = place
                 .answer(|| gw.check(&token, cached.as_ref(), epoch))
                 .await;
-        });
+        }));
     }
 
     /// The control plane's answer about `token` (`cached`: what the cache
@@ -206,6 +226,7 @@ impl Gateway {
             Ok(a) => {
                 let valid_until = a.valid_until;
                 let Some(route) = Route::of(a, token) else {
+                    v.drop_if_current(epoch, token);
                     return Err(Refusal::Unavailable);
                 };
                 // Never trusted past the subscription's end, and a beat
@@ -229,11 +250,11 @@ impl Gateway {
                 // Nothing cached; nor is a stale yes served on until the
                 // next answer.
                 Failure::NoNode => {
-                    v.cache.remove(token);
+                    v.drop_if_current(epoch, token);
                     return Err(Refusal::NoNode);
                 }
                 Failure::Undecided => {
-                    v.cache.remove(token);
+                    v.drop_if_current(epoch, token);
                     return Err(Refusal::Unavailable);
                 }
             },
@@ -298,6 +319,34 @@ mod tests {
         assert!(v.cache.get("c").is_some());
         v.forget("b");
         assert!(v.cache.get("b").is_none());
+    }
+
+    #[test]
+    fn a_withdrawn_node_takes_the_verdicts_routing_to_it_and_no_others() {
+        let (v, now) = (validations(16), Instant::now());
+        put(&v, "a", go("s1"), now);
+        put(&v, "c", Verdict::Unknown, now);
+        let begun = v.epoch();
+        v.forget_node("elsewhere");
+        assert!(v.cache.get("a").is_some() && v.cache.get("c").is_some());
+        v.forget_node("n");
+        assert!(v.cache.get("a").is_none());
+        assert!(v.cache.get("c").is_some());
+        assert!(!v.keep(begun, "a", v.lifetimes.entry(go("s1"), now, None)));
+    }
+
+    #[test]
+    fn a_refresh_drops_only_the_verdict_of_its_own_epoch() {
+        let (v, now) = (validations(16), Instant::now());
+        let begun = v.epoch();
+        put(&v, "a", go("s1"), now);
+        v.drop_if_current(begun, "a");
+        assert!(v.cache.get("a").is_none());
+        let begun = v.epoch();
+        v.forget("x");
+        put(&v, "a", go("s2"), now);
+        v.drop_if_current(begun, "a");
+        assert!(v.cache.get("a").is_some(), "cached after the call began");
     }
 
     #[test]
