@@ -561,6 +561,42 @@ async fn usage_inbox_merges(w: World) {
         vec![("1300".into(), "900".into()), ("100".into(), "50".into())],
         "{r}"
     );
+    // Totals at the largest value a report takes, on two sessions: the
+    // report's sums saturate instead of failing.
+    let (_, _, other) = w.device().await;
+    let (_, b) = w.assign(&other, None).await;
+    let sid2 = b["session_id"].as_str().expect("session").to_owned();
+    let (s, b) = w
+        .post(
+            "/api/v1/usage/report",
+            Some(&w.gateway),
+            json!({"reports": [
+                {"session_id": sid, "seq": 6, "bytes_up": i64::MAX, "bytes_down": i64::MAX},
+                {"session_id": sid2, "seq": 1, "bytes_up": i64::MAX, "bytes_down": i64::MAX},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    w.usage_settled().await;
+    let max = i64::MAX.to_string();
+    for granularity in ["HOUR", "DAY"] {
+        let r = w
+            .gql(
+                &format!("query($f:DateTime!,$t:DateTime!){{usage(from:$f,to:$t,granularity:{granularity}){{bytesUp bytesDown}}}}"),
+                json!({"f": (chrono::Utc::now() - day).to_rfc3339(), "t": (chrono::Utc::now() + day).to_rfc3339()}),
+            )
+            .await;
+        let buckets = r["data"]["usage"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"));
+        assert!(
+            buckets
+                .iter()
+                .any(|h| h["bytesUp"].as_str() == Some(&*max)
+                    && h["bytesDown"].as_str() == Some(&*max)),
+            "{r}"
+        );
+    }
 }
 
 /// Many gateways reporting at once, each report growing, to two control

@@ -165,15 +165,19 @@ pub async fn usage(
 
 /// The usage report: closed hours from the ledger and each session's
 /// current hour (the `usage_hours` view), summed per bucket, for an
-/// optional user (third parameter) and node (fourth).
+/// optional user (third parameter) and node (fourth). Each sum saturates
+/// at the largest BIGINT: totals reported near it (which the report
+/// accepts) must not make the report fail.
 macro_rules! usage_sql {
-    ($bucket:literal, $from:literal, $to:literal, $user:literal, $node:literal, $null_user:literal, $null_node:literal) => {
+    ($bucket:literal, $up:literal, $down:literal, $from:literal, $to:literal, $user:literal, $node:literal, $null_user:literal, $null_node:literal) => {
         concat!(
             "SELECT ",
             $bucket,
-            " AS bucket, \
-             CAST(COALESCE(SUM(l.delta_up), 0) AS BIGINT) AS bytes_up, \
-             CAST(COALESCE(SUM(l.delta_down), 0) AS BIGINT) AS bytes_down \
+            " AS bucket, ",
+            $up,
+            " AS bytes_up, ",
+            $down,
+            " AS bytes_down \
              FROM usage_hours l JOIN sessions s ON s.id = l.session_id \
              JOIN devices d ON d.id = s.device_id \
              WHERE l.recorded_at >= ",
@@ -197,6 +201,8 @@ macro_rules! usage_sql {
 const USAGE_BY_HOUR: Statement = Statement {
     pg: usage_sql!(
         "date_trunc('hour', l.recorded_at)",
+        "CAST(LEAST(COALESCE(SUM(l.delta_up), 0), 9223372036854775807) AS BIGINT)",
+        "CAST(LEAST(COALESCE(SUM(l.delta_down), 0), 9223372036854775807) AS BIGINT)",
         "$1",
         "$2",
         "$3",
@@ -206,6 +212,8 @@ const USAGE_BY_HOUR: Statement = Statement {
     ),
     sqlite: usage_sql!(
         "strftime('%Y-%m-%d %H:00:00', l.recorded_at)",
+        "CAST(MIN(TOTAL(l.delta_up), 9223372036854775807.0) AS INTEGER)",
+        "CAST(MIN(TOTAL(l.delta_down), 9223372036854775807.0) AS INTEGER)",
         "?1",
         "?2",
         "?3",
@@ -219,6 +227,8 @@ const USAGE_BY_HOUR: Statement = Statement {
 const USAGE_BY_DAY: Statement = Statement {
     pg: usage_sql!(
         "date_trunc('day', l.recorded_at)",
+        "CAST(LEAST(COALESCE(SUM(l.delta_up), 0), 9223372036854775807) AS BIGINT)",
+        "CAST(LEAST(COALESCE(SUM(l.delta_down), 0), 9223372036854775807) AS BIGINT)",
         "$1",
         "$2",
         "$3",
@@ -228,6 +238,8 @@ const USAGE_BY_DAY: Statement = Statement {
     ),
     sqlite: usage_sql!(
         "strftime('%Y-%m-%d 00:00:00', l.recorded_at)",
+        "CAST(MIN(TOTAL(l.delta_up), 9223372036854775807.0) AS INTEGER)",
+        "CAST(MIN(TOTAL(l.delta_down), 9223372036854775807.0) AS INTEGER)",
         "?1",
         "?2",
         "?3",
