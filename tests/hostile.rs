@@ -367,9 +367,24 @@ async fn sign_up_and_refresh_floods_are_refused() {
     server.stop().await;
 }
 
+/// A gateway's heartbeat with `token`: its status.
+async fn gateway_beat(server: &TestServer, token: &str) -> u16 {
+    client()
+        .post(server.url("/api/v1/gateway/heartbeat"))
+        .bearer_auth(token)
+        .json(&json!({"open_tunnels": 0}))
+        .send()
+        .await
+        .expect("heartbeat")
+        .status()
+        .as_u16()
+}
+
 /// Unknown machine and device tokens at `/api/v1`: past the allowance the
 /// source gets 429 with `Retry-After` and the JSON envelope on every route,
-/// before any token is looked up.
+/// before any token is looked up; a machine token authenticated before
+/// from that source (a gateway behind the guesser's address) is still
+/// served.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_token_flood_gets_429() {
     let t = TestDb::pg().await;
@@ -378,6 +393,28 @@ async fn an_unknown_token_flood_gets_429() {
         t.window = Duration::from_secs(600);
     })
     .await;
+    let base = &server.base;
+    httvps_control::accounts::create_user(
+        &server.state.db,
+        "ops@example.com",
+        PASSWORD,
+        httvps_control::accounts::Role::Admin,
+    )
+    .await
+    .expect("admin");
+    let (admin, _) = login(base, "ops@example.com", PASSWORD).await;
+    let r = gql(base, Some(&admin), "mutation{createRegion(code:\"eu\",name:\"EU\"){id} a:registerGatewayNode(input:{region:\"eu\",name:\"gw1\",publicUrl:\"https://gw1.example.com\"}){token} b:registerGatewayNode(input:{region:\"eu\",name:\"gw2\",publicUrl:\"https://gw2.example.com\"}){token}}", json!({})).await;
+    let (working, unseen) = (
+        r["data"]["a"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned(),
+        r["data"]["b"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned(),
+    );
+    assert_eq!(gateway_beat(&server, &working).await, 200);
     let mut statuses = Vec::new();
     for i in 0..30 {
         let token = format!("{i:0>43}");
@@ -404,6 +441,12 @@ async fn an_unknown_token_flood_gets_429() {
     // Five within the allowance, the one that goes past it, then 429 only.
     assert_eq!(&statuses[..6], &[401; 6], "{statuses:?}");
     assert!(statuses[6..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The gateway that beat before the flood still beats from the same
+    // address; one whose token was never used from it waits like a guess.
+    for _ in 0..3 {
+        assert_eq!(gateway_beat(&server, &working).await, 200);
+    }
+    assert_eq!(gateway_beat(&server, &unseen).await, 429);
     // Health is not a credential route: it keeps answering.
     let res = client()
         .get(server.url("/api/v1/health"))

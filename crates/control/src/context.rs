@@ -51,6 +51,9 @@ pub struct ContextParts {
     pub enroll: Option<crate::nodes::enrollment::EnrollTarget>,
     /// Allowances against guessing and flooding.
     pub throttles: Arc<Throttles>,
+    /// Credentials authenticated recently (they pass a shut-out source's
+    /// throttle; see [`crate::proven`]).
+    pub proven: crate::proven::Proven,
     /// Opens sessions of concurrent assignments in shared transactions.
     pub opener: crate::node_assignment::Opener,
     /// Checks forwarded access tokens, several in one query.

@@ -70,20 +70,34 @@ async fn client_addr(State(state): State<AppState>, mut req: Request, next: Next
 }
 
 /// On `/api/v1`: a source that presented too many unknown or invalid
-/// credentials is refused (429) before its credential is looked up, and
-/// every 401 counts against its allowance.
+/// credentials is refused (429) before its credential is looked up, unless
+/// the credential it presents was authenticated recently (see
+/// [`crate::proven`]); every 401 counts against its allowance, and the
+/// credential it answered is proven no more.
 async fn throttle_guessers(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let from = req
         .extensions()
         .get::<ClientAddr>()
         .copied()
         .unwrap_or(ClientAddr(None));
+    let bearer = crate::context::bearer_token(req.headers())
+        .ok()
+        .flatten()
+        .map(str::to_owned);
     if let Err(e) = state.api.throttles.guesser(from) {
-        return e.into_response();
+        let proven = bearer
+            .as_deref()
+            .is_some_and(|t| state.api.proven.is_proven(t, std::time::Instant::now()));
+        if !proven {
+            return e.into_response();
+        }
     }
     let res = next.run(req).await;
     if res.status() == StatusCode::UNAUTHORIZED {
         state.api.throttles.unknown_credential(from);
+        if let Some(t) = &bearer {
+            state.api.proven.forget(t);
+        }
     }
     res
 }

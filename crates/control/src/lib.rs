@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod node_assignment;
 pub mod nodes;
 pub mod pagination;
+pub mod proven;
 pub mod rest;
 pub mod sessions;
 pub mod site_settings;

@@ -62,6 +62,7 @@ impl AppState {
             machines: Default::default(),
             enroll,
             throttles: Arc::new(Throttles::new(throttle)),
+            proven: Default::default(),
             opener: Default::default(),
             tokens: Default::default(),
         });

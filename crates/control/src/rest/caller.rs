@@ -53,6 +53,7 @@ pub(super) async fn caller_with(
     let token = bearer_token(headers)?.ok_or(AppError::Unauthenticated)?;
     if token.contains('.') {
         let claims = state.api.jwt.verify(Audience::Device, token)?;
+        state.api.proven.prove(token, std::time::Instant::now());
         return Ok(Caller::Device(claims.sub, claims.ver));
     }
     let machine = if cached {
@@ -60,6 +61,7 @@ pub(super) async fn caller_with(
     } else {
         nodes::authenticate_machine(&state.db, token).await?
     };
+    state.api.proven.prove(token, std::time::Instant::now());
     Ok(Caller::Machine(Box::new(machine)))
 }
 

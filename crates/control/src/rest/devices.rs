@@ -66,6 +66,7 @@ pub(super) async fn device_token(
         Err(Reason::DeviceUnknown) => return Err(AppError::Unauthenticated),
         Err(r) => return Err(AppError::DeviceRefused(r)),
     };
+    state.api.proven.prove(token, std::time::Instant::now());
     state.api.throttles.device_jwt(&device.id.to_string())?;
     let token = state.api.jwt.issue(
         Audience::Device,
