@@ -108,6 +108,50 @@ async fn reproducers(dsn: Dsn) {
         .as_str()
         .unwrap_or_else(|| panic!("{gw}"))
         .to_owned();
+    // Gateway URLs client links are built on, and addresses that would
+    // pass for another account's: refused, nothing stored.
+    for (i, url) in [
+        "http://example.com",
+        "https://",
+        "https://a b.com",
+        "https://x.com:65536",
+        "https://%zz",
+        "https://user:pw@x.com",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = gql(
+            base,
+            t,
+            "mutation($n:String!,$u:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:$u}){token}}",
+            json!({"n": format!("bad{i}"), "u": url}),
+        )
+        .await;
+        assert_eq!(code(&r), Some("BAD_REQUEST"), "{url}: {r}");
+    }
+    for email in [
+        "a@b.co\u{200b}",
+        "admin@localhost.",
+        &format!("{}@b.co", "x".repeat(65)),
+    ] {
+        let r = gql(
+            base,
+            None,
+            "mutation($e:String!){signUp(email:$e,password:\"correct horse battery staple\"){id}}",
+            json!({"e": email}),
+        )
+        .await;
+        assert_eq!(code(&r), Some("BAD_REQUEST"), "{email:?}: {r}");
+    }
+    let nodes = gql(base, t, "{gatewayNodes{edges{node{id}}}}", json!({})).await;
+    assert_eq!(
+        nodes["data"]["gatewayNodes"]["edges"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{nodes}"
+    );
     for (path, body) in [
         (
             "/api/v1/nodes/assign-outline",

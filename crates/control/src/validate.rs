@@ -38,10 +38,14 @@ pub const MIN_TIME: NaiveDateTime = match NaiveDate::from_ymd_opt(1970, 1, 1) {
     Some(d) => d.and_time(NaiveTime::MIN),
     None => NaiveDateTime::MIN,
 };
-/// Latest time accepted as input (both backends hold four-digit years).
-pub const MAX_TIME: NaiveDateTime = match NaiveDate::from_ymd_opt(9999, 12, 31) {
-    Some(d) => d.and_time(NaiveTime::MIN),
-    None => NaiveDateTime::MAX,
+/// Latest time accepted as input, the last second of 9999-12-31 (both
+/// backends hold four-digit years).
+pub const MAX_TIME: NaiveDateTime = match (
+    NaiveDate::from_ymd_opt(9999, 12, 31),
+    NaiveTime::from_hms_opt(23, 59, 59),
+) {
+    (Some(d), Some(t)) => d.and_time(t),
+    _ => NaiveDateTime::MAX,
 };
 
 /// Checks a time is one both backends hold (1970-01-01 to 9999-12-31, UTC).
@@ -76,4 +80,72 @@ pub fn code(field: &str, value: &str) -> AppResult<String> {
         )));
     }
     Ok(v)
+}
+
+/// Checks the public URL of a gateway (what client links are built on):
+/// an absolute `https://` URL with a host, a valid port if any, no
+/// credentials, query or fragment; returned without a trailing `/`.
+pub fn https_url(field: &str, value: &str) -> AppResult<String> {
+    let v = text(field, value, 1, 2048)?;
+    let bad = || AppError::bad(format!("{field} must be an https:// URL with a host"));
+    if !v.to_ascii_lowercase().starts_with("https://") || v.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    let url = url::Url::parse(&v).map_err(|_| bad())?;
+    let plain = url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if url.scheme() != "https" || url.host_str().is_none_or(str::is_empty) || !plain {
+        return Err(bad());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_url_is_an_https_url_with_a_host_and_nothing_else() {
+        for good in [
+            "https://gw1.example.com",
+            "https://gw1.example.com/",
+            "https://127.0.0.1:8443",
+            "https://[::1]:8443",
+            "https://gw.example.com/vpn",
+            "HTTPS://GW.example.com",
+        ] {
+            assert!(https_url("publicUrl", good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            https_url("publicUrl", "https://GW.example.com:443/").ok(),
+            Some("https://gw.example.com".to_owned())
+        );
+        for bad in [
+            "http://example.com",
+            "https://",
+            "https:",
+            "https://a b.com",
+            "https://x.com:65536",
+            "https://%zz",
+            "https://user:pw@x.com",
+            "https://x.com/?q=1",
+            "https://x.com/#f",
+            "ftp://x.com",
+            "gw.example.com",
+        ] {
+            assert!(https_url("publicUrl", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_run_to_the_last_second_of_9999() {
+        let last = NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|d| d.and_hms_opt(23, 0, 0))
+            .expect("time");
+        assert!(time("to", last).is_ok());
+        assert!(time("to", MAX_TIME + chrono::Duration::seconds(1)).is_err());
+        assert!(time("from", MIN_TIME - chrono::Duration::seconds(1)).is_err());
+    }
 }

@@ -22,22 +22,48 @@ pub use tokens::{
     REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh, signed_in_user,
 };
 
-/// Normalises and checks an email address.
+/// Whether `c` is invisible where it stands (a default-ignorable code
+/// point: zero-width spaces and joiners, bidirectional controls, soft
+/// hyphens, variation selectors, tags...): an address holding one would
+/// look like another.
+fn invisible(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5
+        | 0x180B..=0x180F | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
+        | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+/// Normalises and checks an email address: trimmed, in Unicode NFC and
+/// lower case (so an address written with decomposed accents is the same
+/// account as the precomposed one), refused with invisible or control
+/// characters, a local part over 64 bytes, or a domain with an empty label
+/// (a trailing dot included) or a label over 63 bytes.
 pub fn normalize_email(raw: &str) -> AppResult<String> {
-    let email = raw.trim().to_lowercase();
+    let bad = || AppError::bad("email is not a valid address");
+    let trimmed = raw.trim();
+    if trimmed.chars().any(invisible) {
+        return Err(bad());
+    }
+    let nfc = icu_normalizer::ComposingNormalizerBorrowed::new_nfc();
+    let email = nfc
+        .normalize(&nfc.normalize(trimmed).to_lowercase())
+        .into_owned();
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err(bad());
+    };
+    let labels_ok = domain.split('.').all(|l| !l.is_empty() && l.len() <= 63);
     let valid = (3..=254).contains(&email.len())
-        && email.split('@').count() == 2
-        && !email.starts_with('@')
-        && !email.ends_with('@')
-        && email
-            .split('@')
-            .nth(1)
-            .is_some_and(|d| d.contains('.') || d == "localhost")
+        && !local.is_empty()
+        && local.len() <= 64
+        && !domain.contains('@')
+        && labels_ok
+        && (domain.contains('.') || domain == "localhost")
         && !email
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
     if !valid {
-        return Err(AppError::bad("email is not a valid address"));
+        return Err(bad());
     }
     Ok(email)
 }
@@ -320,4 +346,45 @@ pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> Ap
             .await?;
         Ok::<_, AppError>(user)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_email;
+
+    #[test]
+    fn addresses_that_would_look_alike_are_one_address_or_refused() {
+        assert_eq!(
+            normalize_email("  Admin@Example.COM ").ok().as_deref(),
+            Some("admin@example.com")
+        );
+        // Decomposed and precomposed accents are one address.
+        assert_eq!(
+            normalize_email("u\u{0308}@\u{4f8b}\u{3048}.jp").ok(),
+            normalize_email("\u{fc}@\u{4f8b}\u{3048}.jp").ok()
+        );
+        assert!(normalize_email("\u{fc}@\u{4f8b}\u{3048}.jp").is_ok());
+        for bad in [
+            "a@b.co\u{200b}",
+            "a\u{200d}@b.co",
+            "a@b\u{202e}.co",
+            "a\u{ad}b@b.co",
+            "admin@localhost.",
+            "a@.b.co",
+            "a@b..co",
+            "a@b@c.co",
+            "@b.co",
+            "a@",
+            "a b@c.co",
+            "nodomain",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        let local = "a".repeat(64);
+        assert!(normalize_email(&format!("{local}@b.co")).is_ok());
+        assert!(normalize_email(&format!("{local}a@b.co")).is_err());
+        let label = "d".repeat(64);
+        assert!(normalize_email(&format!("a@{label}.co")).is_err());
+        assert!(normalize_email("admin@localhost").is_ok());
+    }
 }

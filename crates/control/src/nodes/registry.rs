@@ -142,17 +142,14 @@ pub async fn register_gateway(
 ) -> AppResult<(GatewayNode, String)> {
     actor.require_admin()?;
     let region = region(db, region_code).await?;
-    let url = validate::text("publicUrl", public_url, 1, 2048)?;
-    if !url.starts_with("https://") && !url.starts_with("http://") {
-        return Err(AppError::bad("publicUrl must be an https:// URL"));
-    }
+    let url = validate::https_url("publicUrl", public_url)?;
     let token = auth::new_token();
     let ts = now();
     let node = GatewayNode {
         id: GatewayNodeId::random(),
         region_id: region.id,
         name: validate::text("name", name, 1, 100)?,
-        public_url: url.trim_end_matches('/').to_owned(),
+        public_url: url,
         token_hash: auth::hash_token(&token).into(),
         status: NodeStatus::Active,
         health: Health::Unknown,
