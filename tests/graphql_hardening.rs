@@ -699,12 +699,49 @@ async fn websocket_reused_subscription_id_closes_4409() {
         .await
         .expect("send");
     }
-    let r = ws_next(&mut ws).await;
+    closes_with(&mut ws, 4409).await;
+    server.stop().await;
+}
+
+/// Asserts the socket's next message is its close with `code`.
+async fn closes_with(ws: &mut Ws, code: u64) {
+    let r = ws_next(ws).await;
     assert_eq!(
         (r["type"].as_str(), r["code"].as_u64()),
-        (Some("close"), Some(4409)),
+        (Some("close"), Some(code)),
         "{r}"
     );
+}
+
+/// graphql-transport-ws: a `subscribe` before `connection_init` closes
+/// 4401, and a message that is not one of the protocol's 4400 (before or
+/// after the handshake).
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let user = token_for(&server.base, &server.state.db, Role::User).await;
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    ws.send(ws_op(
+        "graphql-transport-ws",
+        "early",
+        "subscription{nodeEvents{nodeId}}",
+        json!({}),
+    ))
+    .await
+    .expect("send");
+    closes_with(&mut ws, 4401).await;
+    for breach in ["not json", r#"{"type":"whatever"}"#, r#"{"id":"1"}"#] {
+        for init in [false, true] {
+            let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+            if init {
+                let r = ws_init(&mut ws, json!({"Authorization": format!("Bearer {user}")})).await;
+                assert_eq!(r["type"], "connection_ack", "{r}");
+            }
+            ws.send(Message::Text(breach.into())).await.expect("send");
+            closes_with(&mut ws, 4400).await;
+        }
+    }
     server.stop().await;
 }
 

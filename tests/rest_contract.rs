@@ -283,3 +283,63 @@ async fn metrics_stay_bounded_under_random_methods_and_paths() {
     );
     server.stop().await;
 }
+
+/// What the HTTP framework refuses on `/graphql` (a body too large, one
+/// cut short, a WebSocket route asked without an upgrade) is answered in
+/// GraphQL's error shape with a code, like every other GraphQL refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn framework_refusals_on_graphql_are_graphql_errors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::sqlite().await;
+    let server = TestServer::start(db.dsn.clone(), false).await;
+    let shape = |v: &Value| {
+        v["errors"][0]["extensions"]["code"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let res = client()
+        .post(server.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 70 * 1024])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status().as_u16(), 413);
+    let v: Value = res.json().await.expect("json");
+    assert_eq!(shape(&v).as_deref(), Some("PAYLOAD_TOO_LARGE"), "{v}");
+    let res = client()
+        .get(server.url("/graphql/ws"))
+        .send()
+        .await
+        .expect("send");
+    let status = res.status().as_u16();
+    let v: Value = res.json().await.expect("json");
+    assert!((400..500).contains(&status), "{status} {v}");
+    assert_eq!(shape(&v).as_deref(), Some("BAD_REQUEST"), "{v}");
+    // A body shorter than its Content-Length, the writing side then closed.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\":")
+        .await
+        .expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{answer}"
+    );
+    let v: Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(shape(&v).as_deref(), Some("BAD_REQUEST"), "{v}");
+    server.stop().await;
+}

@@ -3,7 +3,9 @@
 //! `connection_init` (refused: close 4403), a deadline for it, the limits
 //! HTTP applies (the schema's depth and complexity, the alias count, the
 //! 64 KiB document), a cap on subscriptions per socket, and ids that cannot
-//! be reused while in use (close 4409). A socket lives no longer than its
+//! be reused while in use (close 4409); graphql-transport-ws's codes for a
+//! message it cannot read (4400) and a `subscribe` before `connection_init`
+//! (4401). A socket lives no longer than its
 //! credential: when the account's or the device's access changes (the
 //! events the use cases publish) the credential is checked again, and a
 //! user's token ends at its expiry; either way the socket closes 4403.
@@ -235,6 +237,18 @@ fn with_codes(mut msg: serde_json::Value) -> serde_json::Value {
     msg
 }
 
+/// graphql-transport-ws's answer to a client message of type `kind` that
+/// breaks the protocol, as a close code and reason: a message that is not
+/// one of its types (or not JSON) closes 4400, a `subscribe` before
+/// `connection_init` 4401.
+fn out_of_protocol(kind: &str, initialised: bool) -> Option<(u16, &'static str)> {
+    match kind {
+        "subscribe" if !initialised => Some((4401, "Unauthorized")),
+        "connection_init" | "ping" | "pong" | "subscribe" | "complete" => None,
+        _ => Some((4400, "Invalid message received")),
+    }
+}
+
 /// The close that ends a socket whose credential no longer stands.
 fn forbidden() -> Message {
     Message::Close(Some(CloseFrame {
@@ -331,6 +345,12 @@ pub async fn serve(
                 };
                 let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 let kind = parsed.get("type").and_then(|v| v.as_str()).unwrap_or_default();
+                if protocol == WebSocketProtocols::GraphQLWS
+                    && let Some((code, reason)) = out_of_protocol(kind, initialised)
+                {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
                 let id = parsed.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
                 match kind {
                     "connection_init" => initialised = true,
@@ -382,6 +402,11 @@ pub async fn serve(
                     // graphql-transport-ws: a refused connection_init closes 4403.
                     Some(WsMessage::Close(1002, _)) if !acked && protocol == WebSocketProtocols::GraphQLWS => {
                         let _ = sink.send(Message::Close(Some(CloseFrame { code: 4403, reason: "Forbidden".into() }))).await;
+                        break;
+                    }
+                    // graphql-transport-ws: a message it cannot read closes 4400.
+                    Some(WsMessage::Close(1002, reason)) if protocol == WebSocketProtocols::GraphQLWS => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 4400, reason: reason.into() }))).await;
                         break;
                     }
                     Some(WsMessage::Close(code, reason)) => {
