@@ -415,6 +415,22 @@ async fn an_unknown_token_flood_gets_429() {
             .to_owned(),
     );
     assert_eq!(gateway_beat(&server, &working).await, 200);
+    // Device JWTs a gateway forwards that are not ours name no device: the
+    // gateway's request is answered as for an unknown device, not 401, so
+    // strangers sending junk to a gateway do not count against its address.
+    for i in 0..8 {
+        let res = client()
+            .post(server.url("/api/v1/auth/validate-device"))
+            .bearer_auth(&working)
+            .json(&json!({"device_jwt": format!("junk.{i}.jwt")}))
+            .send()
+            .await
+            .expect("validate");
+        let status = res.status().as_u16();
+        let v: Value = res.json().await.expect("json");
+        assert_eq!((status, &v["valid"]), (200, &json!(false)), "{v}");
+        assert_eq!(v["reason"], "device_unknown", "{v}");
+    }
     let mut statuses = Vec::new();
     for i in 0..30 {
         let token = format!("{i:0>43}");
@@ -598,6 +614,59 @@ async fn refreshes_are_limited_per_account_and_a_refused_token_is_kept() {
         assert_eq!(code(&r), Some("LIMIT_EXCEEDED"), "{r}");
         assert!(started.elapsed() < WINDOW * 3, "still refused: {r}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}
+
+/// An account stored before addresses were put in NFC and checked for
+/// invisible characters still signs in with the address as it was stored;
+/// the same address in NFC is another one (it was never stored).
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_stored_under_the_former_email_rules_still_sign_in() {
+    use diesel_async::RunQueryDsl;
+    let t = TestDb::pg().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let db = &server.state.db;
+    for (stored, other_form) in [
+        ("u\u{308}ser@example.com", Some("\u{fc}ser@example.com")),
+        ("admin@localhost.", None),
+        ("a@b.co\u{200b}", None),
+    ] {
+        let placeholder = format!("p{}@example.com", stored.len());
+        httvps_control::accounts::create_user(
+            db,
+            &placeholder,
+            PASSWORD,
+            httvps_control::accounts::Role::User,
+        )
+        .await
+        .expect("user");
+        let httvps_control::db::DbPool::Pg(pool) = &db.pool else {
+            panic!("pg")
+        };
+        let mut conn = pool.get().await.expect("conn");
+        diesel::sql_query("UPDATE users SET email = $1 WHERE email = $2")
+            .bind::<diesel::sql_types::Text, _>(stored)
+            .bind::<diesel::sql_types::Text, _>(&placeholder)
+            .execute(&mut *conn)
+            .await
+            .expect("update");
+        let user = httvps_control::accounts::authenticate(db, stored, PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("{stored:?}: {e:?}"));
+        assert_eq!(user.email, stored);
+        assert!(
+            httvps_control::accounts::authenticate(db, stored, "wrong password, long enough")
+                .await
+                .is_err()
+        );
+        if let Some(other) = other_form {
+            assert!(
+                httvps_control::accounts::authenticate(db, other, PASSWORD)
+                    .await
+                    .is_err()
+            );
+        }
     }
     server.stop().await;
 }

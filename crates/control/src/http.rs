@@ -157,7 +157,7 @@ async fn envelope_framework_errors(req: Request, next: Next) -> Response {
         };
         for (k, v) in &parts.headers {
             if k != header::CONTENT_TYPE {
-                fresh.headers_mut().insert(k, v.clone());
+                fresh.headers_mut().append(k, v.clone());
             }
         }
         fresh

@@ -1,12 +1,15 @@
 //! Credentials proven recently: digests of the bearer tokens (machine
-//! tokens, device tokens, device JWTs) that `/api/v1` authenticated in the
+//! tokens, device tokens, device JWTs) that `/api/v1` authenticated, or
+//! itself issued (a device JWT, a machine token at enrollment), in the
 //! last [`PROVEN_FOR`]. A source shut out for presenting too many unknown
 //! credentials is still served when it presents one of these, so a gateway
 //! or node that shares its address with a guesser (behind one NAT, or every
 //! part of `httvps up` on one host) is not cut off by someone else's
 //! guesses. Only the throttle is skipped: the credential is checked as
 //! always, and one refused since (401) is no longer proven. A guesser gains
-//! nothing: only a credential the control plane accepted gets through.
+//! nothing: only a credential the control plane accepted gets through. The
+//! set is this replica's and lives in memory: behind a load balancer, a
+//! credential passes a shut-out source on the replicas that saw it.
 //!
 //! Memory is bounded: at most a fixed number of digests, the least useful
 //! dropped first.

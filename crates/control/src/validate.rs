@@ -82,9 +82,10 @@ pub fn code(field: &str, value: &str) -> AppResult<String> {
     Ok(v)
 }
 
-/// Checks the public URL of a gateway (what client links are built on):
-/// an absolute `https://` URL with a host, a valid port if any, no
-/// credentials, query or fragment; returned without a trailing `/`.
+/// Checks the public URL of a gateway (what client links are built on,
+/// from its host and port only): an absolute `https://` URL with a host, a
+/// port from 1 if any, and nothing else (no credentials, path, query or
+/// fragment); returned without a trailing `/`.
 pub fn https_url(field: &str, value: &str) -> AppResult<String> {
     let v = text(field, value, 1, 2048)?;
     let bad = || AppError::bad(format!("{field} must be an https:// URL with a host"));
@@ -94,9 +95,12 @@ pub fn https_url(field: &str, value: &str) -> AppResult<String> {
     let url = url::Url::parse(&v).map_err(|_| bad())?;
     let plain = url.username().is_empty()
         && url.password().is_none()
+        && url.path() == "/"
         && url.query().is_none()
-        && url.fragment().is_none();
-    if url.scheme() != "https" || url.host_str().is_none_or(str::is_empty) || !plain {
+        && url.fragment().is_none()
+        && url.port() != Some(0);
+    let host = url.host_str().unwrap_or_default();
+    if url.scheme() != "https" || host.trim_matches('.').is_empty() || !plain {
         return Err(bad());
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -113,7 +117,6 @@ mod tests {
             "https://gw1.example.com/",
             "https://127.0.0.1:8443",
             "https://[::1]:8443",
-            "https://gw.example.com/vpn",
             "HTTPS://GW.example.com",
         ] {
             assert!(https_url("publicUrl", good).is_ok(), "{good}");
@@ -134,6 +137,9 @@ mod tests {
             "https://x.com/#f",
             "ftp://x.com",
             "gw.example.com",
+            "https://x.com:0",
+            "https://./",
+            "https://gw.example.com/vpn",
         ] {
             assert!(https_url("publicUrl", bad).is_err(), "{bad}");
         }

@@ -34,31 +34,37 @@ fn invisible(c: char) -> bool {
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
-/// Normalises and checks an email address: trimmed, in Unicode NFC and
-/// lower case (so an address written with decomposed accents is the same
-/// account as the precomposed one), refused with invisible or control
-/// characters, a local part over 64 bytes, or a domain with an empty label
-/// (a trailing dot included) or a label over 63 bytes.
+/// Normalises and checks an email address: trimmed, in Unicode NFKC and
+/// lower case (an address written with decomposed accents or full-width
+/// letters is the same account as the plain one), its domain as IDNA reads
+/// it, in Unicode (`bücher.de` and `xn--bcher-kva.de` are one domain);
+/// refused with invisible or control characters, a local part over 64
+/// bytes, or a domain with an empty label (a trailing dot included), a
+/// label over 63 bytes or more than 253 bytes in all (as ASCII).
 pub fn normalize_email(raw: &str) -> AppResult<String> {
     let bad = || AppError::bad("email is not a valid address");
     let trimmed = raw.trim();
     if trimmed.chars().any(invisible) {
         return Err(bad());
     }
-    let nfc = icu_normalizer::ComposingNormalizerBorrowed::new_nfc();
-    let email = nfc
-        .normalize(&nfc.normalize(trimmed).to_lowercase())
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    let folded = nfkc
+        .normalize(&nfkc.normalize(trimmed).to_lowercase())
         .into_owned();
-    let Some((local, domain)) = email.split_once('@') else {
+    let Some((local, domain)) = folded.split_once('@') else {
         return Err(bad());
     };
-    let labels_ok = domain.split('.').all(|l| !l.is_empty() && l.len() <= 63);
+    let ascii = url::quirks::domain_to_ascii(domain);
+    let labels_ok = ascii.split('.').all(|l| !l.is_empty() && l.len() <= 63);
+    let email = format!("{local}@{}", url::quirks::domain_to_unicode(domain));
     let valid = (3..=254).contains(&email.len())
         && !local.is_empty()
         && local.len() <= 64
         && !domain.contains('@')
+        && !ascii.is_empty()
+        && ascii.len() <= 253
         && labels_ok
-        && (domain.contains('.') || domain == "localhost")
+        && (ascii.contains('.') || ascii == "localhost")
         && !email
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
@@ -123,17 +129,29 @@ pub async fn first_admin(db: &Db) -> AppResult<Option<UserId>> {
 /// wrong password, so accounts can't be probed.
 pub async fn authenticate(db: &Db, email: &str, password: &str) -> AppResult<User> {
     let bad = || AppError::BadRequest("wrong email or password".into());
-    let Ok(email) = normalize_email(email) else {
+    // Addresses stored before they were put in NFC (or before invisible
+    // characters and empty labels were refused) are found as they were
+    // stored then: trimmed and in lower case. The current form wins.
+    let legacy = email.trim().to_lowercase();
+    let current = normalize_email(email).ok();
+    if current.is_none() && (legacy.is_empty() || legacy.len() > 254) {
         return Err(bad());
-    };
-    let found: Option<User> = db_run!(db, |conn| {
+    }
+    let wanted: Vec<&str> = current
+        .iter()
+        .map(String::as_str)
+        .chain([legacy.as_str()])
+        .collect();
+    let mut candidates: Vec<User> = db_run!(db, |conn| {
         users::table
-            .filter(users::email.eq(&email))
+            .filter(users::email.eq_any(&wanted))
             .select(User::as_select())
-            .first(conn)
-            .await
-            .optional()?
+            .limit(2)
+            .load(conn)
+            .await?
     });
+    candidates.sort_by_key(|u| Some(&u.email) != current.as_ref());
+    let found = candidates.into_iter().next();
     let Some(user) = found else {
         // Spend about the time of a real check, so timing does not reveal
         // which emails exist.
@@ -364,6 +382,19 @@ mod tests {
             normalize_email("\u{fc}@\u{4f8b}\u{3048}.jp").ok()
         );
         assert!(normalize_email("\u{fc}@\u{4f8b}\u{3048}.jp").is_ok());
+        // Full-width letters, and a domain in either of its IDNA forms.
+        assert_eq!(
+            normalize_email("\u{ff41}dmin@example.com").ok().as_deref(),
+            Some("admin@example.com")
+        );
+        assert_eq!(
+            normalize_email("a@xn--bcher-kva.de").ok().as_deref(),
+            Some("a@b\u{fc}cher.de")
+        );
+        assert_eq!(
+            normalize_email("A@B\u{dc}CHER.de").ok().as_deref(),
+            Some("a@b\u{fc}cher.de")
+        );
         for bad in [
             "a@b.co\u{200b}",
             "a\u{200d}@b.co",
@@ -385,6 +416,11 @@ mod tests {
         assert!(normalize_email(&format!("{local}a@b.co")).is_err());
         let label = "d".repeat(64);
         assert!(normalize_email(&format!("a@{label}.co")).is_err());
+        // 63 bytes as ASCII: the punycode label is what counts.
+        let wide = format!("{}\u{fc}", "a".repeat(60));
+        assert!(wide.len() <= 63, "62 bytes as UTF-8");
+        assert!(normalize_email(&format!("x@{wide}.de")).is_err());
+        assert!(normalize_email("a@1.2.3.4").is_err(), "not a domain");
         assert!(normalize_email("admin@localhost").is_ok());
     }
 }

@@ -230,7 +230,7 @@ pub struct RegisterGatewayNodeInput {
     /// Unique name.
     pub name: String,
     /// URL clients connect to, e.g. https://gw1.example.com: `https://`
-    /// with a host (and optional port and path), nothing else.
+    /// with a host (and optional port), nothing else.
     pub public_url: String,
     /// Hours its enrollment string works unless redeemed or used (1-720;
     /// default 24).

@@ -75,6 +75,8 @@ pub(super) async fn device_token(
         None,
         DEVICE_JWT_TTL_SECS,
     )?;
+    // Its first use may come from a source shut out for guessing.
+    state.api.proven.prove(&token, std::time::Instant::now());
     Ok(Json(DeviceTokenResponse {
         token: token.into(),
         expires_in: DEVICE_JWT_TTL_SECS,
