@@ -367,6 +367,19 @@ async fn sign_up_and_refresh_floods_are_refused() {
     server.stop().await;
 }
 
+/// An admin account `email` created on `server`, signed in: its access token.
+async fn signed_in_admin(server: &TestServer, email: &str) -> String {
+    httvps_control::accounts::create_user(
+        &server.state.db,
+        email,
+        PASSWORD,
+        httvps_control::accounts::Role::Admin,
+    )
+    .await
+    .expect("admin");
+    login(&server.base, email, PASSWORD).await.0
+}
+
 /// A gateway's heartbeat with `token`: its status.
 async fn gateway_beat(server: &TestServer, token: &str) -> u16 {
     client()
@@ -394,15 +407,7 @@ async fn an_unknown_token_flood_gets_429() {
     })
     .await;
     let base = &server.base;
-    httvps_control::accounts::create_user(
-        &server.state.db,
-        "ops@example.com",
-        PASSWORD,
-        httvps_control::accounts::Role::Admin,
-    )
-    .await
-    .expect("admin");
-    let (admin, _) = login(base, "ops@example.com", PASSWORD).await;
+    let admin = signed_in_admin(&server, "ops@example.com").await;
     let r = gql(base, Some(&admin), "mutation{createRegion(code:\"eu\",name:\"EU\"){id} a:registerGatewayNode(input:{region:\"eu\",name:\"gw1\",publicUrl:\"https://gw1.example.com\"}){token} b:registerGatewayNode(input:{region:\"eu\",name:\"gw2\",publicUrl:\"https://gw2.example.com\"}){token}}", json!({})).await;
     let (working, unseen) = (
         r["data"]["a"]["token"]
@@ -487,15 +492,7 @@ async fn device_jwts_are_limited_per_device_from_any_source() {
     })
     .await;
     let base = &server.base;
-    httvps_control::accounts::create_user(
-        &server.state.db,
-        "owner@example.com",
-        PASSWORD,
-        httvps_control::accounts::Role::Admin,
-    )
-    .await
-    .expect("admin");
-    let (admin, _) = login(base, "owner@example.com", PASSWORD).await;
+    let admin = signed_in_admin(&server, "owner@example.com").await;
     let r = gql(
         base,
         Some(&admin),

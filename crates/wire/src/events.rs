@@ -94,25 +94,19 @@ pub const KEEPALIVE_LINE: &str = r#"{"kind":"keepalive"}"#;
 /// The line that says events were dropped for a slow reader.
 pub const LAGGED_LINE: &str = r#"{"kind":"lagged"}"#;
 
-/// Whether a line of the stream asks a gateway to drop any validation
-/// (see [`scope`]).
-pub fn is_access_change(line: &[u8]) -> bool {
-    scope(line) != Scope::Nothing
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn hello_and_keepalive_change_nothing_everything_else_does() {
-        assert!(!is_access_change(HELLO_LINE.as_bytes()));
-        assert!(!is_access_change(KEEPALIVE_LINE.as_bytes()));
-        assert!(is_access_change(LAGGED_LINE.as_bytes()));
+        assert_eq!(scope(HELLO_LINE.as_bytes()), Scope::Nothing);
+        assert_eq!(scope(KEEPALIVE_LINE.as_bytes()), Scope::Nothing);
+        assert_eq!(scope(LAGGED_LINE.as_bytes()), Scope::Everything);
         let ev = serde_json::to_vec(&AccessEvent::new("device_revoked", Some("u"))).expect("json");
-        assert!(is_access_change(&ev));
-        assert!(is_access_change(b"not json"));
-        assert!(is_access_change(br#"{"kind":"something new"}"#));
+        assert_eq!(scope(&ev), Scope::Everything);
+        assert_eq!(scope(b"not json"), Scope::Everything);
+        assert_eq!(scope(br#"{"kind":"something new"}"#), Scope::Everything);
     }
 
     #[test]
