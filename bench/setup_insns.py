@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per tunnel setup in each data-plane process, by callgrind.
 
-Usage: bench/setup_insns.py BINS_DIR OUT_DIR [--n 300] [--conc 4] [--warm 20] [--peer] [--no-ours]
+Usage: bench/setup_insns.py BINS_DIR OUT_DIR [--n 300] [--conc 4] [--warm 20] [--mux] [--peer] [--no-ours]
        bench/setup_insns.py BINS_DIR OUT_DIR --strace [--n 300] ...   (syscalls per tunnel instead)
 
 Starts the plane the way bench/suite.py's Plane does (control plane on
@@ -20,7 +20,8 @@ measures two windows in each process with `callgrind_control -z PID` /
 Ir per tunnel = load-window Ir / N; the idle window shows the background
 rate (reported; "net" subtracts it scaled to the load window's length).
 
-With --peer it measures sslocal -> ssserver (shadowsocks-rust) the same way.
+With --mux our client carries the tunnels over its warm HTTP/2
+connections (`httvps-relay connect --mux`). With --peer it measures sslocal -> ssserver (shadowsocks-rust) the same way.
 Writes OUT_DIR/result.json and prints it.
 """
 
@@ -132,7 +133,7 @@ def gql(base, token, query, variables=None):
 # --- the plane, as bench/suite.py's Plane, measured processes under a tool ---
 
 
-def start_plane(bins, mode):
+def start_plane(bins, mode, mux=False):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
@@ -228,6 +229,7 @@ def start_plane(bins, mode):
             "CLIENT_SOCKS": f"127.0.0.1:{cport}",
             "CLIENT_GATEWAY_URL": f"https://localhost:{gw_port}",
             "CLIENT_CA_CERT": cert,
+            "CLIENT_MUX": "true" if mux else "false",
             "RUST_LOG": "warn",
         },
         mode,
@@ -453,6 +455,7 @@ def main():
     ap.add_argument("--warm", type=int, default=20)
     ap.add_argument("--idle", type=float, default=5)
     ap.add_argument("--settle", type=float, default=3)
+    ap.add_argument("--mux", action="store_true")
     ap.add_argument("--peer", action="store_true")
     ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--strace", action="store_true")
@@ -464,11 +467,11 @@ def main():
     mode = "strace" if a.strace else "callgrind"
     measure = measure_strace if a.strace else measure_callgrind
     echo = Echo()
-    result = {"bins": bins, "commit": open(f"{bins}/COMMIT").read().strip() if os.path.exists(f"{bins}/COMMIT") else None,
+    result = {"mux": a.mux, "bins": bins, "commit": open(f"{bins}/COMMIT").read().strip() if os.path.exists(f"{bins}/COMMIT") else None,
               "mode": mode}
     try:
         if not a.no_ours:
-            procs, socks, method = start_plane(bins, mode)
+            procs, socks, method = start_plane(bins, mode, a.mux)
             log(f"plane up (method {method}), client SOCKS 127.0.0.1:{socks}")
             result["ours"] = measure(procs, socks, echo, a, "ours")
             for p in procs.values():

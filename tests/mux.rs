@@ -814,3 +814,41 @@ async fn a_warm_connection_carries_no_more_tunnels_than_its_window_covers() {
         assert!(alive(s).await);
     }
 }
+
+/// A SOCKS5 client that sends its greeting, its request and its first
+/// bytes in one write, without waiting for the replies (the greeting and
+/// the request are read through one buffer, which then holds those
+/// bytes): they reach the target, over a warm connection and over a
+/// connection of the tunnel's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_sent_right_behind_the_socks_request_reach_the_target() {
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let SocketAddr::V4(v4) = echo else {
+        panic!("an IPv4 echo server");
+    };
+    for mux in [true, false] {
+        let socks = plane.client_with_mux(mux).await;
+        let mut all = vec![5, 1, 0, 5, 1, 0, 1];
+        all.extend_from_slice(&v4.ip().octets());
+        all.extend_from_slice(&v4.port().to_be_bytes());
+        // More than the buffer holds: the rest is read by the tunnel's copy.
+        let payload = random(3000);
+        all.extend_from_slice(&payload);
+        let mut s = TcpStream::connect(socks).await.expect("connect");
+        s.write_all(&all).await.expect("write");
+        let mut replies = [0u8; 2 + 10];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut replies))
+            .await
+            .expect("replies in time")
+            .expect("replies");
+        assert_eq!(replies[..2], [5, 0], "no authentication");
+        assert_eq!(replies[2..4], [5, 0], "CONNECT succeeded");
+        let mut got = vec![0u8; payload.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("echo in time (mux: {mux})"))
+            .expect("echo");
+        assert!(got == payload, "the bytes came back changed (mux: {mux})");
+    }
+}

@@ -40,6 +40,7 @@ pub mod certs;
 pub mod client;
 pub mod files;
 pub mod gateway;
+mod lane;
 pub mod link;
 pub mod node;
 pub mod nofile;

@@ -80,6 +80,11 @@ impl<S> ReadAhead<S> {
         &self.inner
     }
 
+    /// The stream, to change it (what was read ahead stays).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// Bytes read from the stream and not yet handed out.
     pub fn buffered(&self) -> usize {
         self.ahead.len()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shadowsocks_service::shadowsocks::ProxyClientStream;
 use shadowsocks_service::shadowsocks::relay::Address;
 use shadowsocks_service::shadowsocks::relay::socks5::{Reply, TcpResponseHeader};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::params::Params;
@@ -90,14 +90,17 @@ pub(super) async fn socks_reply<W: AsyncWrite + Unpin>(
 }
 
 /// Carries the local connection `stream` to `target` through a new
-/// tunnel, answering it as `answer` says, until both sides are done. With
+/// tunnel, answering it as `answer` says, until both sides are done;
+/// `early` is what the local side sent past its request (sent first). With
 /// `--mux` all of it runs on the lane of the warm connection the tunnel
-/// goes to ([`super::lane`]): the local socket moves to that lane.
+/// goes to ([`crate::lane`]): the local socket moves to that lane, this
+/// returns at once and the lane logs how the tunnel ended.
 pub(super) async fn carry(
     s: Arc<Shared>,
     stream: TcpStream,
     target: Address,
     answer: Answer,
+    early: Vec<u8>,
 ) -> anyhow::Result<()> {
     let p = s.params();
     // Unless every warm connection carries all the tunnels its window
@@ -110,25 +113,28 @@ pub(super) async fn carry(
     {
         let local = stream.into_std()?;
         let shared = s.clone();
-        let carried = mux.run_on(slot, async move {
+        mux.spawn_on(slot, async move {
             let _counted = counted;
-            let stream = TcpStream::from_std(local)?;
-            tunnel(&shared, &p, stream, target, answer, Some(slot)).await
+            let carried = match TcpStream::from_std(local) {
+                Ok(stream) => tunnel(&shared, &p, stream, target, answer, early, Some(slot)).await,
+                Err(e) => Err(e.into()),
+            };
+            super::ended(carried);
         });
-        return carried
-            .await
-            .unwrap_or_else(|| Err(anyhow::anyhow!("the client is ending")));
+        return Ok(());
     }
-    tunnel(&s, &p, stream, target, answer, None).await
+    tunnel(&s, &p, stream, target, answer, early, None).await
 }
 
-/// Opens the tunnel, answers the local side, pipes (see [`carry`]).
+/// Opens the tunnel, answers the local side, sends `early`, pipes (see
+/// [`carry`]).
 async fn tunnel(
     s: &Shared,
     p: &Params,
     mut stream: TcpStream,
     target: Address,
     answer: Answer,
+    early: Vec<u8>,
     slot: Option<usize>,
 ) -> anyhow::Result<()> {
     let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
@@ -144,6 +150,11 @@ async fn tunnel(
     if let Answer::Socks = answer {
         socks_reply(&mut stream, Reply::Succeeded, unspecified).await?;
     }
+    if !early.is_empty() {
+        // Flushed: writes into the tunnel may wait for more otherwise.
+        proxied.write_all(&early).await?;
+        proxied.flush().await?;
+    }
     pipe(&mut stream, &mut proxied).await?;
     Ok(())
 }
@@ -155,7 +166,7 @@ pub(super) async fn forward(
     target: Address,
 ) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
-    carry(s, stream, target, Answer::Nothing).await
+    carry(s, stream, target, Answer::Nothing, Vec::new()).await
 }
 
 #[cfg(test)]

@@ -32,7 +32,6 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 mod forward;
 mod h2io;
-mod lane;
 mod mux;
 mod params;
 mod socks;
@@ -257,16 +256,20 @@ pub async fn run(
         let shared = shared.clone();
         let target = target.clone();
         tokio::spawn(async move {
-            let ended = match target {
+            ended(match target {
                 Some(target) => forward::forward(shared, stream, target).await,
                 None => socks::serve(shared, stream).await,
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "local connection ended");
-            }
+            });
         });
     }
     follower.abort();
     keeper.abort();
     Ok(())
+}
+
+/// Logs how a local connection's work ended, if it failed.
+fn ended(r: anyhow::Result<()>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "local connection ended");
+    }
 }

@@ -14,7 +14,7 @@
 //! download and the small requests opened beside it travel apart, and the
 //! connections' work (TLS, HTTP/2 framing) runs on two cores: each
 //! connection and the tunnels it carries run on a thread of their own
-//! ([`super::lane`]).
+//! ([`crate::lane`]).
 //!
 //! Each connection is opened at start and kept: h2 pings every
 //! [`PING_EVERY`] (a missed answer ends it), and a keeper opens a new one
@@ -33,10 +33,10 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
 use super::h2io::H2Stream;
-use super::lane::{Lane, TunnelCount};
 use super::params::Params;
 pub(super) use super::warm::{MuxError, TUNNELS_PER_CONNECTION};
 use super::warm::{PING_WAIT, Warm, dial, request};
+use crate::lane::{Held, Lane};
 
 /// Warm connections a client keeps unless told otherwise.
 pub const DEFAULT_CONNECTIONS: usize = 2;
@@ -111,7 +111,7 @@ impl Mux {
             })
             .collect();
         let lanes = (0..n)
-            .map(Lane::start)
+            .map(|i| Lane::start(format!("mux-lane-{i}")))
             .collect::<std::io::Result<_>>()
             .context("starting the warm connections' threads")?;
         Ok(Mux {
@@ -175,7 +175,7 @@ impl Mux {
     /// together spread over the connections): the one [`Mux::pick`] names,
     /// else the least loaded with room; `None` when every lane carries
     /// [`TUNNELS_PER_CONNECTION`] tunnels.
-    pub(super) fn take(&self, p: &Params) -> Option<(usize, TunnelCount)> {
+    pub(super) fn take(&self, p: &Params) -> Option<(usize, Held)> {
         let _placing = self.placing.lock().unwrap_or_else(PoisonError::into_inner);
         let first = self.pick(p);
         let mut order: Vec<usize> = (0..self.lanes.len()).collect();
@@ -218,13 +218,14 @@ impl Mux {
     }
 
     /// Runs `fut` (a tunnel to go on slot `i`'s connection) on that
-    /// slot's lane; `None` if the lane ended first.
-    pub(super) async fn run_on<F>(&self, i: usize, fut: F) -> Option<F::Output>
+    /// slot's lane, from there to its end: the task that handed it over
+    /// ends at once, and nothing wakes it when the tunnel closes. If the
+    /// lane has ended, `fut` is dropped (and its local socket closed).
+    pub(super) fn spawn_on<F>(&self, i: usize, fut: F)
     where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.lanes[i].run(fut).await
+        self.lanes[i].spawn(fut);
     }
 
     /// Opens a tunnel's stream to `/ws/{token}/tcp` on slot `slot`'s warm

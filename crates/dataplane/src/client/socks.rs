@@ -8,37 +8,50 @@ use shadowsocks_service::shadowsocks::relay::socks5::{
     self, Command, HandshakeRequest, HandshakeResponse, Reply, SOCKS5_AUTH_METHOD_NONE,
     SOCKS5_AUTH_METHOD_NOT_ACCEPTABLE, TcpRequestHeader,
 };
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
 use super::forward::{self, Answer, socks_reply as reply};
 use super::{Shared, udp};
 
-/// Serves one local SOCKS5 connection.
+/// Room for what a local client sends before its tunnel opens: the
+/// greeting and the request (at most 257 + 262 bytes), and any bytes it
+/// sends right behind them.
+const HEAD: usize = 1024;
+
+/// Serves one local SOCKS5 connection. The greeting and the request are
+/// read through one buffer: one read each, not one per field (five reads
+/// per tunnel before). Bytes read past the request (a client that does not
+/// wait for the reply) go into the tunnel first.
 pub(super) async fn serve(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
-    let hello = HandshakeRequest::read_from(&mut stream).await?;
+    let mut head = BufReader::with_capacity(HEAD, &mut stream);
+    let hello = HandshakeRequest::read_from(&mut head).await?;
     if !hello.methods.contains(&SOCKS5_AUTH_METHOD_NONE) {
         HandshakeResponse::new(SOCKS5_AUTH_METHOD_NOT_ACCEPTABLE)
-            .write_to(&mut stream)
+            .write_to(head.get_mut())
             .await?;
         anyhow::bail!("no acceptable auth method");
     }
     HandshakeResponse::new(SOCKS5_AUTH_METHOD_NONE)
-        .write_to(&mut stream)
+        .write_to(head.get_mut())
         .await?;
     let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-    let request = match TcpRequestHeader::read_from(&mut stream).await {
+    let request = match TcpRequestHeader::read_from(&mut head).await {
         Ok(r) => r,
         Err(socks5::Error::IoError(e)) => return Err(e.into()),
         // A request we cannot serve gets its reply code (command or
         // address type not supported) before the connection closes.
         Err(e) => {
-            reply(&mut stream, e.as_reply(), unspecified).await?;
+            reply(head.get_mut(), e.as_reply(), unspecified).await?;
             return Err(e.into());
         }
     };
+    let early = head.buffer().to_vec();
     match request.command {
-        Command::TcpConnect => forward::carry(s, stream, request.address, Answer::Socks).await,
+        Command::TcpConnect => {
+            forward::carry(s, stream, request.address, Answer::Socks, early).await
+        }
         Command::UdpAssociate => {
             let p = s.params();
             let association = udp::Association::open(&s, &stream, &p).await?;
@@ -49,5 +62,74 @@ pub(super) async fn serve(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Resu
             reply(&mut stream, Reply::CommandNotSupported, unspecified).await?;
             anyhow::bail!("unsupported SOCKS command BIND")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// Both ends of a TCP connection on 127.0.0.1: the client's, the server's.
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
+    /// A greeting and a CONNECT request to 127.0.0.1:`port`, as one write.
+    fn greeting_and_request(port: u16) -> Vec<u8> {
+        let mut b = vec![5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1];
+        b.extend_from_slice(&port.to_be_bytes());
+        b
+    }
+
+    #[tokio::test]
+    async fn greeting_request_and_early_bytes_in_one_read_are_told_apart() {
+        let (mut client, mut server) = connected().await;
+        // Everything at once, with the first payload bytes behind it.
+        let mut sent = greeting_and_request(8080);
+        sent.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        client.write_all(&sent).await.expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut head = BufReader::with_capacity(HEAD, &mut server);
+        let hello = HandshakeRequest::read_from(&mut head)
+            .await
+            .expect("greeting");
+        assert_eq!(hello.methods, vec![SOCKS5_AUTH_METHOD_NONE]);
+        let request = TcpRequestHeader::read_from(&mut head)
+            .await
+            .expect("request");
+        assert!(matches!(request.command, Command::TcpConnect));
+        assert_eq!(request.address.to_string(), "127.0.0.1:8080");
+        assert_eq!(head.buffer(), b"GET / HTTP/1.1\r\n", "the early bytes");
+    }
+
+    #[tokio::test]
+    async fn a_request_split_over_many_writes_is_read_whole_with_nothing_early() {
+        let (mut client, mut server) = connected().await;
+        let sent = greeting_and_request(443);
+        let writer = tokio::spawn(async move {
+            for b in sent {
+                client.write_all(&[b]).await.expect("write");
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            client
+        });
+        let mut head = BufReader::with_capacity(HEAD, &mut server);
+        HandshakeRequest::read_from(&mut head)
+            .await
+            .expect("greeting");
+        let request = TcpRequestHeader::read_from(&mut head)
+            .await
+            .expect("request");
+        assert_eq!(request.address.to_string(), "127.0.0.1:443");
+        assert!(head.buffer().is_empty());
+        drop(writer.await.expect("writer"));
     }
 }

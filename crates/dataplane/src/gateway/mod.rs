@@ -224,6 +224,23 @@ impl Gateway {
     }
 }
 
+/// The lanes client connections run on: one per core the process may use.
+/// None when their threads cannot be started (then connections run on the
+/// caller's runtime, as they would anyway).
+fn lanes() -> Vec<crate::lane::Lane> {
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    match (0..n)
+        .map(|i| crate::lane::Lane::start(format!("gateway-lane-{i}")))
+        .collect::<std::io::Result<Vec<_>>>()
+    {
+        Ok(lanes) => lanes,
+        Err(e) => {
+            tracing::warn!(error = %e, "lanes not started: connections run on the shared runtime");
+            Vec::new()
+        }
+    }
+}
+
 /// Runs `task` on `tracker` until `stop` is cancelled.
 fn spawn_until(
     tracker: &TaskTracker,
@@ -309,6 +326,7 @@ pub async fn run(
             }
         });
     }
+    let lanes = lanes();
     let connections = TaskTracker::new();
     let stop_connections = CancellationToken::new();
     let _connections_on_drop = stop_connections.clone().drop_guard();
@@ -328,6 +346,7 @@ pub async fn run(
             drain: gw.opts.drain_grace + CLOSE_DEADLINE,
             h2_idle: gw.opts.h2_idle,
         },
+        &lanes,
         &connections,
         &stop_connections,
         shutdown,
