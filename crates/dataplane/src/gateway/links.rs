@@ -6,6 +6,7 @@
 //! burst of tunnels costs the control plane a few requests, not one per
 //! tunnel; a failed send is retried.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -35,7 +36,10 @@ const MAX_WAITING: usize = 100_000;
 /// Links not yet sent.
 #[derive(Debug, Default)]
 pub(crate) struct Links {
-    waiting: Mutex<Vec<SessionLink>>,
+    /// Oldest first: a full queue drops from the front in constant time
+    /// (a `Vec` moved every waiting link per new tunnel while the control
+    /// plane was away).
+    waiting: Mutex<VecDeque<SessionLink>>,
     wake: Notify,
 }
 
@@ -44,9 +48,9 @@ impl Links {
     pub fn add(&self, session: &str, local: SocketAddr) {
         let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if w.len() >= MAX_WAITING {
-            w.remove(0);
+            w.pop_front();
         }
-        w.push(SessionLink {
+        w.push_back(SessionLink {
             session_id: session.to_owned(),
             local: local.to_string(),
         });
@@ -60,10 +64,16 @@ impl Links {
         w.drain(..n).collect()
     }
 
-    fn put_back(&self, mut links: Vec<SessionLink>) {
+    /// Puts links that could not be sent back in front, dropping the
+    /// oldest past [`MAX_WAITING`].
+    fn put_back(&self, links: Vec<SessionLink>) {
         let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        links.append(&mut w);
-        *w = links;
+        for link in links.into_iter().rev() {
+            w.push_front(link);
+        }
+        while w.len() > MAX_WAITING {
+            w.pop_front();
+        }
     }
 }
 
@@ -117,5 +127,29 @@ mod tests {
         let again: Vec<String> = links.take().into_iter().map(|l| l.session_id).collect();
         assert_eq!(again, ["a", "b", "c"]);
         assert!(links.take().is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_links() {
+        let links = Links::default();
+        let addr: SocketAddr = "10.0.0.1:1000".parse().expect("addr");
+        for i in 0..MAX_WAITING + 2 {
+            links.add(&i.to_string(), addr);
+        }
+        let first = links.take();
+        assert_eq!(first[0].session_id, "2", "the two oldest were dropped");
+        // Put back into a queue that filled up meanwhile: still bounded,
+        // still the oldest dropped.
+        let n = first.len();
+        for i in 0..n {
+            links.add(&format!("new{i}"), addr);
+        }
+        links.put_back(first);
+        let w = links.waiting.lock().expect("lock");
+        assert_eq!(w.len(), MAX_WAITING);
+        assert_eq!(
+            w.back().map(|l| l.session_id.as_str()),
+            Some(format!("new{}", n - 1).as_str())
+        );
     }
 }
