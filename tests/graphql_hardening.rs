@@ -714,8 +714,8 @@ async fn closes_with(ws: &mut Ws, code: u64) {
 }
 
 /// graphql-transport-ws: a `subscribe` before `connection_init` closes
-/// 4401, and a message that is not one of the protocol's 4400 (before or
-/// after the handshake).
+/// 4401, and a message that is not one of the protocol's, or cannot be
+/// read as its type, 4400 (before or after the handshake).
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
     let t = TestDb::sqlite().await;
@@ -731,7 +731,15 @@ async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
     .await
     .expect("send");
     closes_with(&mut ws, 4401).await;
-    for breach in ["not json", r#"{"type":"whatever"}"#, r#"{"id":"1"}"#] {
+    // The last two are of the protocol's types but cannot be read as them:
+    // before the ack too they close 4400, not 4403 (a refused init).
+    for breach in [
+        "not json",
+        r#"{"type":"whatever"}"#,
+        r#"{"id":"1"}"#,
+        r#"{"type":"complete"}"#,
+        r#"{"type":"complete","id":7}"#,
+    ] {
         for init in [false, true] {
             let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
             if init {

@@ -238,13 +238,16 @@ fn with_codes(mut msg: serde_json::Value) -> serde_json::Value {
 }
 
 /// graphql-transport-ws's answer to a client message of type `kind` that
-/// breaks the protocol, as a close code and reason: a message that is not
-/// one of its types (or not JSON) closes 4400, a `subscribe` before
-/// `connection_init` 4401.
-fn out_of_protocol(kind: &str, initialised: bool) -> Option<(u16, &'static str)> {
+/// breaks the protocol, as a close code and reason: a `subscribe` before
+/// `connection_init` closes 4401; a message that is not one of its types,
+/// not JSON, or not `readable` as its type (a `complete` without an id, a
+/// `subscribe` without a payload) 4400. The engine would close those
+/// 1002, which before its ack cannot be told from a refused
+/// `connection_init` (4403).
+fn out_of_protocol(kind: &str, initialised: bool, readable: bool) -> Option<(u16, &'static str)> {
     match kind {
         "subscribe" if !initialised => Some((4401, "Unauthorized")),
-        "connection_init" | "ping" | "pong" | "subscribe" | "complete" => None,
+        "connection_init" | "ping" | "pong" | "subscribe" | "complete" if readable => None,
         _ => Some((4400, "Invalid message received")),
     }
 }
@@ -346,7 +349,11 @@ pub async fn serve(
                 let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 let kind = parsed.get("type").and_then(|v| v.as_str()).unwrap_or_default();
                 if protocol == WebSocketProtocols::GraphQLWS
-                    && let Some((code, reason)) = out_of_protocol(kind, initialised)
+                    && let Some((code, reason)) = out_of_protocol(
+                        kind,
+                        initialised,
+                        serde_json::from_slice::<async_graphql::http::ClientMessage>(&bytes).is_ok(),
+                    )
                 {
                     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                     break;
