@@ -199,6 +199,10 @@ pub struct NodeArgs {
     /// Allow private, loopback and link-local destinations (tests on one machine).
     #[arg(long, env = "NODE_ALLOW_PRIVATE", default_value = "false", value_parser = crate::cli::parse_bool)]
     pub allow_private: bool,
+    /// Close a connection (and its destination's) that moves no byte
+    /// either way for this many seconds.
+    #[arg(long, env = "NODE_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(clap::Args, Debug)]

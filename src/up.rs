@@ -151,6 +151,7 @@ pub async fn start_up_data_plane(
         method,
         password: region.pool_secret.expose().into(),
         allow_private: true,
+        idle_timeout: node::DEFAULT_IDLE_TIMEOUT,
     })
     .await
     .context("starting the embedded node")?;

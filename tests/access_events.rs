@@ -157,6 +157,7 @@ async fn a_device_revoked_from_the_command_line_loses_its_open_tunnel_within_5_s
         method: node::parse_method("aes-128-gcm").expect("method"),
         password: secret.clone().into(),
         allow_private: true,
+        idle_timeout: node::DEFAULT_IDLE_TIMEOUT,
     })
     .await
     .expect("node");

@@ -1630,6 +1630,7 @@ async fn nodes_refuse_private_destinations_by_default() {
         method,
         password: "a-test-password".into(),
         allow_private,
+        idle_timeout: node::DEFAULT_IDLE_TIMEOUT,
     };
     let ctx = Context::new_shared(ServerType::Local);
     let cfg = ServerConfig::new(

@@ -345,6 +345,7 @@ async fn usage_survives_gateway_sigkill_control_plane_and_database_outages() {
             method,
             password: secret.as_str().into(),
             allow_private: true,
+            idle_timeout: node::DEFAULT_IDLE_TIMEOUT,
         })
         .await
         .expect("node"),

@@ -33,6 +33,7 @@ async fn start_node() -> node::RunningNode {
         method: node::parse_method(METHOD).expect("method"),
         password: PASSWORD.into(),
         allow_private: true,
+        idle_timeout: node::DEFAULT_IDLE_TIMEOUT,
     })
     .await
     .expect("node")

@@ -78,6 +78,7 @@ fn no_type_holding_a_secret_formats_it() {
         method: node::parse_method("aes-128-gcm").expect("cipher"),
         password: NODE_KEY.into(),
         allow_private: false,
+        idle_timeout: node::DEFAULT_IDLE_TIMEOUT,
     };
     assert_hidden("NodeOptions", &debug(&node_options));
     let client_options = client::ClientOptions {

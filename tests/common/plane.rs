@@ -281,6 +281,7 @@ impl Plane {
             method: node::parse_method(&method).expect("method"),
             password: secret.into(),
             allow_private: true,
+            idle_timeout: node::DEFAULT_IDLE_TIMEOUT,
         })
         .await
         .expect("node")

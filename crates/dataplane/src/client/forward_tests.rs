@@ -20,6 +20,7 @@ async fn a_trickled_upload_to_a_destination_reading_in_bursts_arrives_whole_and_
         method,
         password: PASSWORD.into(),
         allow_private: true,
+        idle_timeout: crate::node::DEFAULT_IDLE_TIMEOUT,
     })
     .await
     .expect("node");

@@ -57,7 +57,15 @@ pub struct NodeOptions {
     pub password: Secret,
     /// Allow private, loopback and link-local destinations (tests on one machine).
     pub allow_private: bool,
+    /// A connection that moves no byte either way for this long is closed
+    /// (its destination too): a destination that stops reading can hold
+    /// neither the node's descriptors nor its buffers for ever.
+    pub idle_timeout: Duration,
 }
+
+/// [`NodeOptions::idle_timeout`] unless told otherwise: the gateway's own
+/// default idle limit for a tunnel.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long a client has to send its request header, and the node to
 /// reach the destination (shadowsocks-service's server timeout).

@@ -19,11 +19,15 @@
 //! header that fails authentication (garbage, a wrong key) gets no answer
 //! and the connection is read and discarded until the client closes it, so
 //! probing cannot tell the node from any other server; a refused or
-//! unreachable destination closes it.
+//! unreachable destination closes it. A connection that moves no byte
+//! either way for the idle limit is closed with its destination's.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use shadowsocks_service::acl::AccessControl;
@@ -35,6 +39,7 @@ use shadowsocks_service::shadowsocks::crypto::CipherKind;
 use shadowsocks_service::shadowsocks::dns_resolver::DnsResolver;
 use shadowsocks_service::shadowsocks::net::{ConnectOpts, TcpStream as OutboundTcpStream};
 use shadowsocks_service::shadowsocks::relay::tcprelay::ProxyServerStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::NodeOptions;
@@ -59,6 +64,8 @@ pub(super) struct TcpRelay {
     /// Limit on reading the request header and on connecting to the
     /// destination (shadowsocks-service's server timeout).
     timeout: Duration,
+    /// A connection moving no byte either way for this long is closed.
+    idle: Duration,
     witness: Arc<Witness>,
     flow: Arc<FlowStat>,
 }
@@ -88,6 +95,7 @@ impl TcpRelay {
             acl,
             connect: ConnectOpts::default(),
             timeout,
+            idle: opts.idle_timeout,
             witness,
             flow,
         })
@@ -138,8 +146,9 @@ impl TcpRelay {
         }
         let connect =
             OutboundTcpStream::connect_remote_with_opts(&self.context, &target, &self.connect);
+        let moved = AtomicU64::new(0);
         let mut remote = match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(remote)) => WriteBlocks::new(ReadAhead::new(remote)),
+            Ok(Ok(remote)) => Moved::new(WriteBlocks::new(ReadAhead::new(remote)), &moved),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "destination unreachable");
                 return;
@@ -150,15 +159,85 @@ impl TcpRelay {
             }
         };
         // Half-close both ways: EOF on one side shuts the other's write half
-        // down, and copying the other way goes on.
+        // down, and copying the other way goes on. Every byte either way
+        // passes the destination's side: when none has for the idle limit,
+        // the copy is dropped. Without that a destination that stops
+        // reading held the tunnel for ever: the copy toward it waits to
+        // write, so the client's close is never read.
         let mut stream = ShadowWrites::new(stream);
-        let _ =
-            tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut remote, COPY_BUF, COPY_BUF)
-                .await;
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut remote, COPY_BUF, COPY_BUF) => {}
+            () = idle(&moved, self.idle) => {
+                tracing::debug!(%peer, "no byte moved for the idle limit; closed");
+            }
+        }
         // The destination first: once the witness hears the client
         // connection closed, the tunnel holds no descriptor.
         drop(remote);
         drop(stream);
+    }
+}
+
+/// Completes once `moved` has stayed the same for `limit`.
+async fn idle(moved: &AtomicU64, limit: Duration) {
+    let step = (limit / 4).max(Duration::from_millis(50));
+    let (mut last, mut since) = (moved.load(Ordering::Relaxed), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(step).await;
+        let now = moved.load(Ordering::Relaxed);
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
+/// A stream counting the bytes read from it and written to it.
+struct Moved<'a, S> {
+    inner: S,
+    moved: &'a AtomicU64,
+}
+
+impl<'a, S> Moved<'a, S> {
+    fn new(inner: S, moved: &'a AtomicU64) -> Self {
+        Moved { inner, moved }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Moved<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Moved<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -12,11 +12,16 @@ use super::*;
 const PASSWORD: &str = "a-test-password";
 
 async fn node() -> RunningNode {
+    node_idle_after(super::super::DEFAULT_IDLE_TIMEOUT).await
+}
+
+async fn node_idle_after(idle_timeout: Duration) -> RunningNode {
     start(&NodeOptions {
         listen: "127.0.0.1:0".parse().expect("addr"),
         method: parse_method("chacha20-ietf-poly1305").expect("method"),
         password: PASSWORD.into(),
         allow_private: true,
+        idle_timeout,
     })
     .await
     .expect("node")
@@ -208,4 +213,65 @@ async fn a_trickled_download_to_a_reader_in_bursts_arrives_whole_and_in_order() 
     let got = crate::test_sockets::read_in_bursts(&mut c).await;
     assert_eq!(got.len(), sent.len(), "every byte, once");
     assert!(got == sent, "in order");
+}
+
+/// A destination that accepts and never reads: the node's writes toward
+/// it stop, and so does its reading of the client. Such a tunnel used to
+/// hold the node's two descriptors and its buffers for ever, the client's
+/// close unread; now it ends once no byte has moved either way for the
+/// idle limit. A tunnel that keeps moving, however slowly, stays.
+#[tokio::test]
+async fn a_tunnel_whose_destination_stops_reading_ends_at_the_idle_limit() {
+    let sink = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = sink.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = sink.accept().await {
+            held.push(s);
+        }
+    });
+    let node = node_idle_after(Duration::from_secs(1)).await;
+    let cfg = ServerConfig::new(node.addr, PASSWORD, node_method()).expect("cfg");
+    let ctx = Context::new_shared(ServerType::Local);
+    let socket = TcpStream::connect(node.addr).await.expect("connect");
+    let mut c = ProxyClientStream::from_stream(ctx, socket, &cfg, Address::SocketAddress(target));
+    c.write_all(b"first").await.expect("header");
+    // Push until every buffer on the way is full and the writes stop.
+    let chunk = vec![7u8; 64 * 1024];
+    let mut pushed = 0usize;
+    while let Ok(Ok(())) =
+        tokio::time::timeout(Duration::from_millis(500), c.write_all(&chunk)).await
+    {
+        pushed += chunk.len();
+        assert!(pushed < 512 << 20, "the destination never pushed back");
+    }
+    assert_eq!(node.witness.open_count(), 1, "stuck, still open");
+    // Within the idle limit and a check's step, the node lets go.
+    let mut closed = false;
+    for _ in 0..40 {
+        if node.witness.open_count() == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the stuck tunnel was not closed");
+    held.abort();
+
+    // An echo that answers a byte every 400 ms for 3 s: never idle for the
+    // limit, so never closed.
+    let echo = echo_server().await;
+    let ctx = Context::new_shared(ServerType::Local);
+    let socket = TcpStream::connect(node.addr).await.expect("connect");
+    let mut c = ProxyClientStream::from_stream(ctx, socket, &cfg, Address::SocketAddress(echo));
+    for i in 0..8u8 {
+        c.write_all(&[i]).await.expect("write");
+        c.flush().await.expect("flush");
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .await
+            .expect("a slow tunnel stays open");
+        assert_eq!(b[0], i);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
 }
