@@ -197,9 +197,14 @@ impl AsyncRead for H2Stream {
                 me.response = None;
                 if answer.status() != http::StatusCode::OK {
                     me.eof = true;
+                    let refused = format!("the gateway refused the tunnel ({})", answer.status());
+                    // Its SOCKS reply went out already (the first bytes do
+                    // not wait for the answer): the log is where a user
+                    // finds why, as without `--mux`.
+                    tracing::warn!(error = %refused, "tunnel not opened");
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::ConnectionRefused,
-                        format!("the gateway refused the tunnel ({})", answer.status()),
+                        refused,
                     )));
                 }
                 me.recv = Some(answer.into_body());
