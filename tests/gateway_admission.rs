@@ -424,7 +424,8 @@ async fn a_source_guessing_tokens_gets_429_everywhere_while_other_sources_are_se
     let retry = retry_after(&answer).unwrap_or_else(|| panic!("no Retry-After: {answer}"));
     assert!((1..=WINDOW.as_secs()).contains(&retry), "{answer}");
     let shut_at = Instant::now();
-    // Every request of that source, valid token or not, any path.
+    // Every request of that source, a valid token the gateway has not
+    // admitted yet or not, any path.
     let valid = format!("/ws/{}/tcp", plane.device_token);
     for path in [
         valid.as_str(),
@@ -450,7 +451,19 @@ async fn a_source_guessing_tokens_gets_429_everywhere_while_other_sources_are_se
     assert!(round_trip(&mut s, b"unaffected").await);
     assert_eq!(exchange(&plane, legit, &get("/nope")).await.0, 404);
     assert_eq!(exchange(&plane, legit, &upgrade(&guess())).await.0, 404);
-    assert!(gateway_metric(&plane, "httvps_gateway_throttled_total").await >= 5.0);
+    // That credential is now in use (admitted, in the cache): from the
+    // shut-out source too it is served (a subscriber behind the same NAT
+    // as the guesser), while the source's guesses and other paths still
+    // get 429.
+    let w = plane
+        .ws_from(Some(guesser), &valid, None)
+        .await
+        .expect("a credential in use, from the shut-out source");
+    let mut s = ss_over(w, &cfg, echo);
+    assert!(round_trip(&mut s, b"behind the same address").await);
+    assert_eq!(exchange(&plane, guesser, &upgrade(&guess())).await.0, 429);
+    assert_eq!(exchange(&plane, guesser, &get("/nope")).await.0, 429);
+    assert!(gateway_metric(&plane, "httvps_gateway_throttled_total").await >= 7.0);
     assert!(
         shut_at.elapsed() < WINDOW,
         "the checks ran within the window"

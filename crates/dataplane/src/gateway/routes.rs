@@ -75,13 +75,36 @@ fn peer(req: &Request) -> Option<IpAddr> {
 }
 
 /// Before any route: a source shut out for guessing gets 429, whatever it
-/// asks (so a valid token tells it nothing), at no control-plane cost.
+/// asks, at no control-plane cost; a token the gateway has not admitted
+/// before tells it nothing, valid or not. A credential it has admitted (a
+/// positive answer in its cache, however old) still passes: it is in use,
+/// not guessed, and one guesser behind a carrier's NAT would otherwise shut
+/// out every subscriber sharing that address. Passing tells a guesser
+/// nothing either: only a credential in use passes, and to present one it
+/// must already hold it.
 async fn shut_out(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    if let Some(left) = peer(&req).and_then(|ip| gw.throttle.shut_out(ip)) {
+    if let Some(left) = peer(&req).and_then(|ip| gw.throttle.shut_out(ip))
+        && presented(&req).is_none_or(|t| gw.validations.known_device(&t).is_none())
+    {
         gw.metrics.throttled();
         return too_many(left);
     }
     next.run(req).await
+}
+
+/// The device credential a request to a route presents (see
+/// [`credential`]), read from its raw path.
+fn presented(req: &Request) -> Option<String> {
+    let path = req.uri().path();
+    let token = path
+        .strip_prefix("/ws/")
+        .and_then(|rest| {
+            rest.strip_suffix("/tcp")
+                .or_else(|| rest.strip_suffix("/udp"))
+        })
+        .or_else(|| path.strip_prefix("/c/"))
+        .filter(|t| !t.is_empty() && !t.contains('/'))?;
+    Some(credential(req, token.to_owned()))
 }
 
 /// The answer to a credential that is not routed: an unknown one looks

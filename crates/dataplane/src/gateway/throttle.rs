@@ -4,7 +4,8 @@
 //! `governor`). A source that goes past it is shut out for the window:
 //! every request it makes, on any path, is answered 429 with
 //! `Retry-After`, so even a valid token tells it nothing, and it costs no
-//! control-plane call. Other sources are not affected.
+//! control-plane call; only a credential the gateway admitted before
+//! passes (`routes::shut_out`). Other sources are not affected.
 //!
 //! Memory is bounded: at most `max_sources` sources are tracked. When that
 //! many are, sources back at a full allowance are dropped; if none is, a new
