@@ -200,7 +200,7 @@ pub struct NodeArgs {
     #[arg(long, env = "NODE_ALLOW_PRIVATE", default_value = "false", value_parser = crate::cli::parse_bool)]
     pub allow_private: bool,
     /// Close a connection (and its destination's) that moves no byte
-    /// either way for this many seconds.
+    /// either way for this many seconds (at least 1; there is no "never").
     #[arg(long, env = "NODE_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     pub idle_timeout_secs: u64,
 }

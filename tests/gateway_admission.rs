@@ -463,7 +463,31 @@ async fn a_source_guessing_tokens_gets_429_everywhere_while_other_sources_are_se
     assert!(round_trip(&mut s, b"behind the same address").await);
     assert_eq!(exchange(&plane, guesser, &upgrade(&guess())).await.0, 429);
     assert_eq!(exchange(&plane, guesser, &get("/nope")).await.0, 429);
-    assert!(gateway_metric(&plane, "httvps_gateway_throttled_total").await >= 7.0);
+    // A credential in use carries nothing else past the shut-out: the
+    // access document reads its path's token only, so a device JWT in use,
+    // sent as the header, does not carry a guess of another device's token
+    // (here a real one, whose document would give its key away).
+    let jwt = device_jwt(&plane).await;
+    let w = plane
+        .ws_from(Some(legit), "/ws/-/tcp", Some(&jwt))
+        .await
+        .expect("the JWT's tunnel: now in use");
+    drop(w);
+    let r = plane
+        .gql(
+            "mutation{registerDevice(name:\"other\",platform:\"linux\"){accessToken}}",
+            serde_json::json!({}),
+        )
+        .await;
+    let other = r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"));
+    let carried = format!(
+        "GET /c/{other} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {jwt}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, answer) = exchange(&plane, guesser, &carried).await;
+    assert_eq!(status, 429, "{answer}");
+    assert!(gateway_metric(&plane, "httvps_gateway_throttled_total").await >= 8.0);
     assert!(
         shut_at.elapsed() < WINDOW,
         "the checks ran within the window"

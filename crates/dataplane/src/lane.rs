@@ -2,9 +2,9 @@
 //! which hands data back and forth (a connection's task and the tasks of
 //! the tunnels it carries) does it on one thread, with no cross-thread
 //! wake-up between them. Our client runs each warm `--mux` connection and
-//! its tunnels on a lane; the gateway runs each client connection (TLS,
-//! HTTP/1.1 or HTTP/2, the tunnels it carries and their node sockets) on
-//! one, the least loaded when it is accepted.
+//! its tunnels on a lane; the gateway moves each HTTP/2 connection, once
+//! its TLS handshake is done, to the least loaded one, with the tunnels it
+//! carries and their node sockets ([`MovableTcp`] moves the socket).
 //!
 //! On a shared multi-threaded runtime a tunnel's every write woke the
 //! connection's task, which the scheduler often ran on the other worker:

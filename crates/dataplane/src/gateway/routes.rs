@@ -92,18 +92,24 @@ async fn shut_out(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> R
     next.run(req).await
 }
 
-/// The device credential a request to a route presents (see
-/// [`credential`]), read from its raw path.
+/// The device credential a request to a route presents, read from its raw
+/// path as that route reads it: a tunnel's (see [`credential`]: a device
+/// JWT in the header first), the access document's (the path's token only,
+/// so a credential in use cannot carry a guess of another past the
+/// shut-out).
 fn presented(req: &Request) -> Option<String> {
     let path = req.uri().path();
+    let plain = |t: &str| !t.is_empty() && !t.contains('/');
+    if let Some(token) = path.strip_prefix("/c/") {
+        return plain(token).then(|| token.to_owned());
+    }
     let token = path
         .strip_prefix("/ws/")
         .and_then(|rest| {
             rest.strip_suffix("/tcp")
                 .or_else(|| rest.strip_suffix("/udp"))
         })
-        .or_else(|| path.strip_prefix("/c/"))
-        .filter(|t| !t.is_empty() && !t.contains('/'))?;
+        .filter(|t| plain(t))?;
     Some(credential(req, token.to_owned()))
 }
 
