@@ -373,6 +373,37 @@ async fn exchange(plane: &Plane, from: IpAddr, request: &str) -> (u16, String) {
     (status, text)
 }
 
+/// An HTTP/1.1 request head past 32 KiB (one header of 200 KB) is refused
+/// (431, or the connection closed) before it is read whole: it was read and
+/// held up to hyper's default of about 400 KB per connection, while
+/// HTTP/2 caps headers at 16 KiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_request_head_is_refused_before_it_is_read_whole() {
+    let plane = Plane::start(1).await;
+    let tcp = plane::connect_from(None, plane.gateway_addr).await;
+    let mut s = plane.tls_over(tcp).await.expect("tls");
+    let head = format!(
+        "GET /nope HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    // Refused part way, the rest may not be taken.
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.write_all(head.as_bytes())).await;
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "read whole and answered: {text}"
+    );
+    // A head of the usual size still gets the usual answer.
+    assert_eq!(
+        exchange(&plane, [127, 0, 0, 1].into(), &get("/nope"))
+            .await
+            .0,
+        404
+    );
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 }

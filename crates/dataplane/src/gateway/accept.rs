@@ -43,6 +43,11 @@ use crate::readahead::ReadAhead;
 /// A client connection after its handshake.
 type Tls = tokio_rustls::server::TlsStream<ReadAhead<MovableTcp>>;
 
+/// The most an HTTP/1.1 request's head may take (hyper's default is about
+/// 400 KB, held per connection until the head is whole); HTTP/2 caps a
+/// head's headers at 16 KiB (`h2`). Past it: 431.
+const MAX_HEAD: usize = 32 * 1024;
+
 /// Pause after a failed accept (out of descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -117,6 +122,7 @@ pub(crate) async fn serve(
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(deadline)
+        .max_buf_size(MAX_HEAD)
         .keep_alive(true);
     let h2 = super::h2::builder();
     let settings = super::h2::server_settings(&h2).await;
