@@ -24,10 +24,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use shadowsocks_service::acl::AccessControl;
@@ -39,12 +36,11 @@ use shadowsocks_service::shadowsocks::crypto::CipherKind;
 use shadowsocks_service::shadowsocks::dns_resolver::DnsResolver;
 use shadowsocks_service::shadowsocks::net::{ConnectOpts, TcpStream as OutboundTcpStream};
 use shadowsocks_service::shadowsocks::relay::tcprelay::ProxyServerStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::NodeOptions;
 use super::destinations::{PublicOnly, private_block_acl};
-use super::witness::{Counted, Witness};
+use super::witness::{Counted, Moved, Witness};
 use crate::readahead::ReadAhead;
 use crate::sswrites::ShadowWrites;
 use crate::writeblocks::WriteBlocks;
@@ -112,8 +108,11 @@ impl TcpRelay {
         // Shadowsocks reads each chunk's length, then its payload, with a
         // read each: blocks read ahead serve both.
         let socket = ReadAhead::new(socket);
-        let counted =
-            WriteBlocks::new(Counted::new(socket, peer, &self.witness, self.flow.clone()));
+        let counted = Counted::new(socket, peer, &self.witness, self.flow.clone());
+        // What the witness counts of this connection tells the idle limit
+        // whether bytes still move.
+        let moved = counted.moved();
+        let counted = WriteBlocks::new(counted);
         let mut stream =
             ProxyServerStream::from_stream(self.context.clone(), counted, self.method, &self.key);
         let target = match tokio::time::timeout(self.timeout, stream.handshake()).await {
@@ -146,9 +145,8 @@ impl TcpRelay {
         }
         let connect =
             OutboundTcpStream::connect_remote_with_opts(&self.context, &target, &self.connect);
-        let moved = AtomicU64::new(0);
         let mut remote = match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(remote)) => Moved::new(WriteBlocks::new(ReadAhead::new(remote)), &moved),
+            Ok(Ok(remote)) => WriteBlocks::new(ReadAhead::new(remote)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "destination unreachable");
                 return;
@@ -160,8 +158,8 @@ impl TcpRelay {
         };
         // Half-close both ways: EOF on one side shuts the other's write half
         // down, and copying the other way goes on. Every byte either way
-        // passes the destination's side: when none has for the idle limit,
-        // the copy is dropped. Without that a destination that stops
+        // passes the client's side, which the witness counts: when none has
+        // for the idle limit, the copy is dropped. Without that a destination that stops
         // reading held the tunnel for ever: the copy toward it waits to
         // write, so the client's close is never read.
         let mut stream = ShadowWrites::new(stream);
@@ -179,65 +177,17 @@ impl TcpRelay {
 }
 
 /// Completes once `moved` has stayed the same for `limit`.
-async fn idle(moved: &AtomicU64, limit: Duration) {
+async fn idle(moved: &Moved, limit: Duration) {
     let step = (limit / 4).max(Duration::from_millis(50));
-    let (mut last, mut since) = (moved.load(Ordering::Relaxed), tokio::time::Instant::now());
+    let (mut last, mut since) = (moved.bytes(), tokio::time::Instant::now());
     loop {
         tokio::time::sleep(step).await;
-        let now = moved.load(Ordering::Relaxed);
+        let now = moved.bytes();
         if now != last {
             (last, since) = (now, tokio::time::Instant::now());
         } else if since.elapsed() >= limit {
             return;
         }
-    }
-}
-
-/// A stream counting the bytes read from it and written to it.
-struct Moved<'a, S> {
-    inner: S,
-    moved: &'a AtomicU64,
-}
-
-impl<'a, S> Moved<'a, S> {
-    fn new(inner: S, moved: &'a AtomicU64) -> Self {
-        Moved { inner, moved }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Moved<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.moved.fetch_add(n as u64, Ordering::Relaxed);
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Moved<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.moved.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

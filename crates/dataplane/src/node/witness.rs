@@ -325,6 +325,25 @@ impl Counted {
     }
 }
 
+impl Counted {
+    /// A view of what the connection has moved both ways, readable while
+    /// the connection runs elsewhere.
+    pub(super) fn moved(&self) -> Moved {
+        Moved(self.conn.clone())
+    }
+}
+
+/// What one client connection has moved, both ways (see [`Counted::moved`]).
+pub(super) struct Moved(Arc<Conn>);
+
+impl Moved {
+    /// Bytes read from the client and written to it so far.
+    pub(super) fn bytes(&self) -> u64 {
+        let (up, down) = self.0.totals();
+        up.wrapping_add(down)
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.conn.open.store(false, Ordering::Release);
