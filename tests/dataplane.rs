@@ -636,9 +636,8 @@ async fn node_heartbeats_report_its_open_connections() {
     assert_eq!(node_load_until(&plane, |l| l == 0).await, 0, "all closed");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn udp_associate_round_trips_a_datagram() {
-    let plane = Plane::start(1).await;
+/// A UDP echo server on 127.0.0.1.
+async fn udp_echo() -> SocketAddr {
     let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -649,15 +648,19 @@ async fn udp_associate_round_trips_a_datagram() {
             let _ = echo.send_to(&buf[..n], from).await;
         }
     });
-    let socks = plane.client().await;
+    echo_addr
+}
+
+/// A UDP ASSOCIATE naming `port` (0: not known): the control connection
+/// and the relay's address.
+async fn associate(socks: SocketAddr, port: u16) -> (TcpStream, SocketAddr) {
     let mut control = TcpStream::connect(socks).await.expect("connect");
     control.write_all(&[5, 1, 0]).await.expect("greet");
     let mut r = [0u8; 2];
     control.read_exact(&mut r).await.expect("reply");
-    control
-        .write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
-        .await
-        .expect("associate");
+    let mut request = vec![5, 3, 0, 1, 0, 0, 0, 0];
+    request.extend_from_slice(&port.to_be_bytes());
+    control.write_all(&request).await.expect("associate");
     let mut rep = [0u8; 10];
     control.read_exact(&mut rep).await.expect("reply");
     assert_eq!(rep[1], 0, "UDP ASSOCIATE refused");
@@ -665,30 +668,94 @@ async fn udp_associate_round_trips_a_datagram() {
         [rep[4], rep[5], rep[6], rep[7]],
         u16::from_be_bytes([rep[8], rep[9]]),
     ));
-    let local = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let SocketAddr::V4(v4) = echo_addr else {
-        panic!("v4")
-    };
+    (control, relay)
+}
+
+/// `payload` to `to` in a SOCKS5 UDP header.
+fn socks_datagram(to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let SocketAddr::V4(v4) = to else { panic!("v4") };
     let mut packet = vec![0, 0, 0, 1];
     packet.extend_from_slice(&v4.ip().octets());
     packet.extend_from_slice(&v4.port().to_be_bytes());
-    packet.extend_from_slice(b"ping through the tunnel");
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// Sends `packet` to `relay` from `local` up to `tries` times, 500 ms
+/// apart, until something comes back.
+async fn exchange(
+    local: &tokio::net::UdpSocket,
+    relay: SocketAddr,
+    packet: &[u8],
+    tries: usize,
+) -> Option<Vec<u8>> {
     let mut answer = vec![0u8; 2048];
-    let mut got = None;
-    for _ in 0..10 {
-        local.send_to(&packet, relay).await.expect("send");
+    for _ in 0..tries {
+        local.send_to(packet, relay).await.expect("send");
         if let Ok(Ok((n, _))) =
             tokio::time::timeout(Duration::from_millis(500), local.recv_from(&mut answer)).await
         {
-            got = Some(answer[..n].to_vec());
-            break;
+            return Some(answer[..n].to_vec());
         }
     }
-    let got = got.expect("an answer through UDP ASSOCIATE");
+    None
+}
+
+async fn udp_socket() -> tokio::net::UdpSocket {
+    tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn udp_associate_round_trips_a_datagram() {
+    let plane = Plane::start(1).await;
+    let echo = udp_echo().await;
+    let socks = plane.client().await;
+    let (control, relay) = associate(socks, 0).await;
+    let local = udp_socket().await;
+    let packet = socks_datagram(echo, b"ping through the tunnel");
+    let got = exchange(&local, relay, &packet, 10)
+        .await
+        .expect("an answer through UDP ASSOCIATE");
     assert!(got.ends_with(b"ping through the tunnel"), "{got:?}");
     assert_eq!(&got[..4], &[0, 0, 0, 1]);
+
+    // Another socket, once the association has its peer: dropped, and the
+    // answers still go to the application that asked.
+    let stranger = udp_socket().await;
+    let foreign = socks_datagram(echo, b"from a stranger");
+    assert_eq!(
+        exchange(&stranger, relay, &foreign, 2).await,
+        None,
+        "a stranger's datagram was relayed"
+    );
+    let again = exchange(&local, relay, &packet, 10).await.expect("again");
+    assert!(again.ends_with(b"ping through the tunnel"), "{again:?}");
+    drop(control);
+}
+
+/// A request that names its port: datagrams from any other port are
+/// dropped, even before the application's first one.
+#[tokio::test(flavor = "multi_thread")]
+async fn udp_associate_takes_datagrams_from_the_named_port_only() {
+    let plane = Plane::start(1).await;
+    let echo = udp_echo().await;
+    let socks = plane.client().await;
+    let local = udp_socket().await;
+    let (control, relay) = associate(socks, local.local_addr().expect("addr").port()).await;
+    let stranger = udp_socket().await;
+    let foreign = socks_datagram(echo, b"from a stranger");
+    assert_eq!(
+        exchange(&stranger, relay, &foreign, 2).await,
+        None,
+        "a datagram from another port was relayed"
+    );
+    let packet = socks_datagram(echo, b"from the named port");
+    let got = exchange(&local, relay, &packet, 10)
+        .await
+        .expect("an answer to the named port");
+    assert!(got.ends_with(b"from the named port"), "{got:?}");
     drop(control);
 }
 

@@ -54,7 +54,8 @@ pub(super) async fn serve(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Resu
         }
         Command::UdpAssociate => {
             let p = s.params();
-            let association = udp::Association::open(&s, &stream, &p).await?;
+            let port = request.address.port();
+            let association = udp::Association::open(&s, &stream, port, &p).await?;
             reply(&mut stream, Reply::Succeeded, association.local_addr()?).await?;
             association.run(&s, stream, p).await
         }
