@@ -284,6 +284,29 @@ async fn changes_end_sessions_at_once(w: World) {
         Some("device_revoked"),
         "the session should end with the revocation"
     );
+    // Revoked again (by the admin): answered as it is, its time and its
+    // one audit entry standing.
+    let revoked_at = |r: &Value| r["data"]["revokeDevice"]["revokedAt"].clone();
+    let revoke = "mutation($id:UUID!){revokeDevice(id:$id){status revokedAt}}";
+    let first = w.gql(revoke, json!({"id": a.device_id})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let again = w.gql(revoke, json!({"id": a.device_id})).await;
+    assert_eq!(
+        again["data"]["revokeDevice"]["status"], "REVOKED",
+        "{again}"
+    );
+    assert!(revoked_at(&first).is_string(), "{first}");
+    assert_eq!(revoked_at(&again), revoked_at(&first), "{again}");
+    assert_eq!(
+        w.int(&format!(
+            "SELECT CAST(count(*) AS BIGINT) AS n FROM audit_log \
+             WHERE action = 'revoke_device' AND target_id = '{}'",
+            a.device_id
+        ))
+        .await,
+        1,
+        "one audit entry"
+    );
     // The gateway's last report arrives after the revocation: charged.
     w.report(&gw, &sid, 2, 5_000, 7_000).await;
     w.usage_settled().await;

@@ -266,6 +266,89 @@ async fn aliased_logins_count_one_attempt_each() {
     server.stop().await;
 }
 
+/// `changePassword` checks the current password like a log-in, and counts
+/// like one: with a signed-in token, 20 aliased guesses check 5 (the
+/// account's allowance) and refuse the rest; the right password is then
+/// refused too, and so is a log-in to the account, until the allowance
+/// refills.
+#[tokio::test(flavor = "multi_thread")]
+async fn password_changes_spend_the_accounts_log_in_allowance() {
+    let t = TestDb::sqlite().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.login_per_account = 6;
+        t.login_per_source = 1000;
+        t.window = Duration::from_secs(600);
+    })
+    .await;
+    let base = &server.base;
+    let email = sign_up(base).await;
+    let (access, _) = login(base, &email, PASSWORD).await;
+    let fields: Vec<String> = (0..20)
+        .map(|i| format!("a{i}: changePassword(currentPassword:\"guess {i}\",newPassword:$n)"))
+        .collect();
+    let doc = format!("mutation($n:String!){{{}}}", fields.join(" "));
+    let r = gql(
+        base,
+        Some(&access),
+        &doc,
+        json!({"n": "a new password 123"}),
+    )
+    .await;
+    let errors = r["errors"].as_array().expect("errors");
+    let count = |c: &str| {
+        errors
+            .iter()
+            .filter(|e| e["extensions"]["code"] == c)
+            .count()
+    };
+    assert_eq!(
+        (count("BAD_REQUEST"), count("LIMIT_EXCEEDED"), errors.len()),
+        (5, 15, 20),
+        "{r}"
+    );
+    let right = gql(
+        base,
+        Some(&access),
+        "mutation($c:String!,$n:String!){changePassword(currentPassword:$c,newPassword:$n)}",
+        json!({"c": PASSWORD, "n": "a new password 123"}),
+    )
+    .await;
+    assert_eq!(code(&right), Some("LIMIT_EXCEEDED"), "{right}");
+    let log_in = gql(base, None, LOGIN, json!({"e": email, "p": PASSWORD})).await;
+    assert_eq!(code(&log_in), Some("LIMIT_EXCEEDED"), "{log_in}");
+    server.stop().await;
+}
+
+/// Spellings of one address that log-in takes as the same account (upper
+/// case, full-width letters) share the account's allowance.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_spelling_of_the_email_does_not_buy_more_guesses() {
+    let t = TestDb::sqlite().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.login_per_account = 3;
+        t.login_per_source = 1000;
+        t.window = Duration::from_secs(600);
+    })
+    .await;
+    let base = &server.base;
+    let email = sign_up(base).await;
+    let full_width: String = email
+        .chars()
+        .map(|c| match c {
+            'a'..='z' => char::from_u32(u32::from(c) - u32::from('a') + 0xFF41).unwrap_or(c),
+            _ => c,
+        })
+        .collect();
+    let spellings = [email.to_uppercase(), full_width.clone(), email.clone()];
+    for e in &spellings {
+        let r = gql(base, None, LOGIN, json!({"e": e, "p": "wrong password"})).await;
+        assert_eq!(code(&r), Some("BAD_REQUEST"), "{e}: {r}");
+    }
+    let r = gql(base, None, LOGIN, json!({"e": full_width, "p": PASSWORD})).await;
+    assert_eq!(code(&r), Some("LIMIT_EXCEEDED"), "{r}");
+    server.stop().await;
+}
+
 /// One source flooding log-ins for many accounts is stopped; a user at
 /// another address is served, and the source's own limit counts aliases too.
 #[tokio::test(flavor = "multi_thread")]

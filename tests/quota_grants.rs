@@ -442,6 +442,50 @@ async fn grants_never_hold_more_than_is_left_on_sqlite() {
     grants_never_hold_more_than_is_left(common::TestDb::sqlite().await).await;
 }
 
+/// Totals at the bound of a report (`i64::MAX` each way, which the
+/// applier stores as they are) are a spent allowance, not a 500: the
+/// session's own grant and a grant of another session of the subscription
+/// (which reads the first one's totals while its grant lives) both answer
+/// 200 with nothing granted. The sum of the two totals overflowed
+/// ("bigint out of range").
+async fn totals_at_the_bound_are_a_spent_allowance(db: common::TestDb) {
+    let (server, base, sessions) = two_sessions(&db).await;
+    let (gw, sid) = &sessions[0];
+    assert!(held(&base, &sessions[0], 1000).await > 0, "a live grant");
+    let (s, b) = post(
+        &base,
+        "/api/v1/usage/report",
+        gw,
+        json!({"reports": [{"session_id": sid, "seq": 1, "bytes_up": i64::MAX, "bytes_down": i64::MAX}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        answers = Vec::new();
+        for (gw, sid) in &sessions {
+            let (s, b) = ask_grant(&base, gw, sid, 0, 1000).await;
+            answers.push((s, b["limit"].as_i64()));
+        }
+        if answers.iter().all(|a| *a == (200, Some(0))) || answers.iter().any(|a| a.0 >= 500) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answers, [(200, Some(0)), (200, Some(0))]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totals_at_the_bound_are_a_spent_allowance_on_postgres() {
+    totals_at_the_bound_are_a_spent_allowance(common::TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totals_at_the_bound_are_a_spent_allowance_on_sqlite() {
+    totals_at_the_bound_are_a_spent_allowance(common::TestDb::sqlite().await).await;
+}
+
 /// A usage report applied while a grant is asked for (its session's
 /// bytes and the subscription's charge grow in one transaction, which
 /// holds the subscription's row until it commits) is counted once: the

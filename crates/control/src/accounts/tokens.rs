@@ -235,12 +235,22 @@ pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
 }
 
 /// Changes the user's password after checking the current one; older tokens
-/// stop working.
-pub async fn change_password(db: &Db, user_id: UserId, current: &str, new: &str) -> AppResult<()> {
+/// stop working. `attempt` counts the check against the account's guessing
+/// allowance (the log-in's) before the current password is hashed: a
+/// stolen access token does not buy unlimited guesses at the password that
+/// would outlive it.
+pub async fn change_password(
+    db: &Db,
+    user_id: UserId,
+    current: &str,
+    new: &str,
+    attempt: impl FnOnce(&User) -> AppResult<()>,
+) -> AppResult<()> {
     check_password_policy(new)?;
     let user = super::find_user(db, user_id)
         .await?
         .ok_or(AppError::NotFound("user"))?;
+    attempt(&user)?;
     if !auth::verify_password(current.to_owned(), user.password_hash.expose().to_owned()).await {
         return Err(AppError::bad("current password is wrong"));
     }

@@ -53,9 +53,31 @@ pub fn check_password_policy(password: &str) -> AppResult<()> {
     Ok(())
 }
 
+/// Argon2 runs at once at most: two per core. Each holds about 19 MiB
+/// for a few tens of milliseconds of a core's time; more at once only
+/// queue for the cores, and a burst of log-ins (or of aliased
+/// `changePassword` calls) would otherwise take a blocking thread and its
+/// memory each (up to 512 threads, about 10 GB). Callers past the bound
+/// wait their turn.
+static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    tokio::sync::Semaphore::new(cores.max(1) * 2)
+});
+
+/// Runs one argon2 job off the async threads, within [`HASHING`].
+async fn hashing<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
+    let _turn = HASHING
+        .acquire()
+        .await
+        .map_err(|e| AppError::Internal(format!("hashing: {e}")))?;
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| AppError::Internal(format!("join: {e}")))
+}
+
 /// Hashes a password with argon2id, off the async threads.
 pub async fn hash_password(password: String) -> AppResult<String> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
         let salt =
@@ -65,8 +87,7 @@ pub async fn hash_password(password: String) -> AppResult<String> {
             .map(|h| h.to_string())
             .map_err(|e| AppError::Internal(format!("argon2: {e}")))
     })
-    .await
-    .map_err(|e| AppError::Internal(format!("join: {e}")))?
+    .await?
 }
 
 /// Verifies a password against a stored argon2 hash, off the async threads.
@@ -74,7 +95,7 @@ pub async fn verify_password(password: String, hash: String) -> bool {
     if password.len() > MAX_PASSWORD_LEN {
         return false;
     }
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
                 Argon2::default()

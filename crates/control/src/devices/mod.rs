@@ -114,7 +114,8 @@ fn audit_of(
 }
 
 /// Revokes a device (the actor's own, or any for admins): its token stops
-/// working, its open sessions end, and gateways close its tunnels.
+/// working, its open sessions end, and gateways close its tunnels. A device
+/// already revoked is answered as it is.
 pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
     db_tx!(db, |conn, outbox| {
         let found: Option<Device> = devices::table
@@ -127,6 +128,11 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
             // Someone else's device looks exactly like a missing one.
             return Err(AppError::NotFound("device"));
         };
+        if device.status == DeviceStatus::Revoked {
+            // Already revoked: its revocation time, events and audit entry
+            // stand as they were.
+            return Ok(device);
+        }
         let ts = now();
         let revoked = diesel::update(devices::table.find(id))
             .set((

@@ -203,6 +203,8 @@ impl AccountMutation {
     }
 
     /// Changes the signed-in user's password; older tokens stop working.
+    /// Each call counts as a log-in attempt for the account and the source
+    /// (LIMIT_EXCEEDED with retryAfter past the allowance).
     #[graphql(guard = "SignedIn")]
     async fn change_password(
         &self,
@@ -211,11 +213,13 @@ impl AccountMutation {
         new_password: String,
     ) -> async_graphql::Result<bool> {
         let api = ctx.data::<AppContext>()?;
+        let (throttles, from) = (api.throttles.clone(), client_addr(ctx));
         accounts::change_password(
             &api.db,
             viewer(ctx)?.user_id,
             &current_password,
             &new_password,
+            move |user| throttles.login(from, &user.email),
         )
         .await
         .gql()?;

@@ -180,7 +180,9 @@ impl DeviceMutation {
         credentials(api, device, token).await
     }
 
-    /// Revokes a device (own, or any for admins): its tunnels close.
+    /// Revokes a device (own, or any for admins): its tunnels close. A
+    /// device already revoked is answered as it is (its revocation time
+    /// stands).
     #[graphql(guard = "SignedIn")]
     async fn revoke_device(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Device> {
         let api = ctx.data::<AppContext>()?;

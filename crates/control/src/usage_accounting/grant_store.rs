@@ -18,7 +18,9 @@ use crate::error::{AppError, AppResult};
 use crate::ids::{DeviceId, GatewayNodeId, SessionId, SubscriptionId};
 use crate::{db_run, db_tx};
 
-/// The session a grant is asked for.
+/// The session a grant is asked for. Its byte totals are added saturating
+/// at `i64::MAX`, as the usage statements store them (two totals near the
+/// bound overflowed the sum: "bigint out of range", a 500).
 #[derive(diesel::QueryableByName)]
 struct SessionRow {
     #[diesel(sql_type = Text)]
@@ -32,9 +34,11 @@ struct SessionRow {
 }
 
 const SESSION: Statement = Statement {
-    pg: "SELECT device_id, gateway_node_id, end_reason, bytes_up + bytes_down AS recorded \
+    pg: "SELECT device_id, gateway_node_id, end_reason, \
+         CASE WHEN bytes_up > 9223372036854775807 - bytes_down THEN 9223372036854775807 ELSE bytes_up + bytes_down END AS recorded \
          FROM sessions WHERE id = $1",
-    sqlite: "SELECT device_id, gateway_node_id, end_reason, bytes_up + bytes_down AS recorded \
+    sqlite: "SELECT device_id, gateway_node_id, end_reason, \
+             CASE WHEN bytes_up > 9223372036854775807 - bytes_down THEN 9223372036854775807 ELSE bytes_up + bytes_down END AS recorded \
              FROM sessions WHERE id = ?1",
 };
 
@@ -68,10 +72,12 @@ struct HeldRow {
 }
 
 const OTHERS: Statement = Statement {
-    pg: "SELECT g.granted, s.bytes_up + s.bytes_down AS recorded FROM quota_grants g \
+    pg: "SELECT g.granted, \
+         CASE WHEN s.bytes_up > 9223372036854775807 - s.bytes_down THEN 9223372036854775807 ELSE s.bytes_up + s.bytes_down END AS recorded FROM quota_grants g \
          JOIN sessions s ON s.id = g.session_id \
          WHERE g.subscription_id = $1 AND g.session_id <> $2 AND g.valid_until > $3",
-    sqlite: "SELECT g.granted, s.bytes_up + s.bytes_down AS recorded FROM quota_grants g \
+    sqlite: "SELECT g.granted, \
+             CASE WHEN s.bytes_up > 9223372036854775807 - s.bytes_down THEN 9223372036854775807 ELSE s.bytes_up + s.bytes_down END AS recorded FROM quota_grants g \
              JOIN sessions s ON s.id = g.session_id \
              WHERE g.subscription_id = ?1 AND g.session_id <> ?2 AND g.valid_until > ?3",
 };
