@@ -852,3 +852,67 @@ async fn bytes_sent_right_behind_the_socks_request_reach_the_target() {
         assert!(got == payload, "the bytes came back changed (mux: {mux})");
     }
 }
+
+/// A server on 127.0.0.1 that sends to whoever connects until they stop
+/// taking it (for 60 s at most).
+async fn flood_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![7u8; 64 * 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                    while s.write_all(&chunk).await.is_ok() {}
+                })
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A tunnel whose client stops reading while its destination keeps
+/// sending ends at the gateway's idle limit and gives its place back. The
+/// gateway waited for room in the tunnel's queue without watching its idle
+/// timer or its close signal (revocation, a spent grant), so such a tunnel
+/// held its place for ever.
+async fn a_tunnel_whose_client_stops_reading_ends_at_the_idle_limit(mux: bool) {
+    let plane = Plane::start_with(1, |o| {
+        o.idle_ping = Duration::from_millis(300);
+        o.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let flood = flood_server().await;
+    let socks = plane.client_with_mux(mux).await;
+    let mut stuck = socks_connect(socks, flood).await.expect("tunnel");
+    // A first byte: the client sends the tunnel's destination with it.
+    stuck.write_all(b"go").await.expect("write");
+    let open = || metric(&plane, "httvps_gateway_open_tunnels");
+    let t0 = Instant::now();
+    while open().await != 1.0 && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open().await, 1.0, "the tunnel opened");
+    let t0 = Instant::now();
+    while open().await != 0.0 && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        open().await,
+        0.0,
+        "the tunnel of a client that stopped reading was still open after {:?}",
+        t0.elapsed()
+    );
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_tunnel_whose_client_stops_reading_ends_at_the_idle_limit() {
+    a_tunnel_whose_client_stops_reading_ends_at_the_idle_limit(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mux_tunnel_whose_client_stops_reading_ends_at_the_idle_limit() {
+    a_tunnel_whose_client_stops_reading_ends_at_the_idle_limit(true).await;
+}

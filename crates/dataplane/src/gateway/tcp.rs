@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use httvps_wire::Reason;
 
@@ -106,7 +106,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
             {
                 Ok(f) => f,
                 Err(WebSocketError::FrameTooLarge) => {
-                    let _ = up_out.send(Frame::close(1009, b"frame too large")).await;
+                    tunnel::queue_last(&up_out, Frame::close(1009, b"frame too large")).await;
                     return false;
                 }
                 Err(_) => return false,
@@ -127,7 +127,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
                 OpCode::Text => {
-                    let _ = up_out.send(Frame::close(1003, b"binary frames only")).await;
+                    tunnel::queue_last(&up_out, Frame::close(1003, b"binary frames only")).await;
                     return false;
                 }
                 OpCode::Ping => {
@@ -157,19 +157,37 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
         tokio::pin!(closed);
         let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A frame read from the node that the writer's queue had no room
+        // for (the client reads slower than the node sends), with its
+        // length. Nothing more is read from the node until it is queued,
+        // and the loop keeps watching the close signal and the idle timer
+        // meanwhile: a client that stops reading is closed at the idle
+        // limit, and by a revocation or a spent grant at once, where
+        // waiting on the queue held its tunnel for ever.
+        let mut pending: Option<(Frame<'static>, usize)> = None;
         loop {
             tokio::select! {
+                permit = out.reserve(), if pending.is_some() => {
+                    let Ok(permit) = permit else {
+                        return End::ClientGone;
+                    };
+                    if let Some((frame, n)) = pending.take() {
+                        permit.send(frame);
+                        down_session.down.fetch_add(n as u64, Ordering::Relaxed);
+                        activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                },
                 // A buffer only once there is something to read: idle
                 // tunnels hold none, and the buffer read into is the frame
                 // sent (no copy).
-                r = node_r.readable() => {
+                r = node_r.readable(), if pending.is_none() => {
                     if r.is_err() {
                         return End::NodeDone;
                     }
                     // Nothing read past the grant.
                     if !gw.room(&down_id, &down_session).await {
                         let why = down_session.grant.denied().unwrap_or(Reason::QuotaExceeded);
-                        let _ = out.send(Frame::close(1008, why.as_str().as_bytes())).await;
+                        tunnel::queue_last(&out, Frame::close(1008, why.as_str().as_bytes())).await;
                         return End::Cancelled;
                     }
                     let room = down_session.grant.room(down_session.used(), clock_ms());
@@ -187,11 +205,14 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                             if n < READ_CHUNK / 4 {
                                 buf.shrink_to_fit();
                             }
-                            if out.send(Frame::binary(Payload::Owned(buf))).await.is_err() {
-                                return End::ClientGone;
+                            match out.try_send(Frame::binary(Payload::Owned(buf))) {
+                                Ok(()) => {
+                                    down_session.down.fetch_add(n as u64, Ordering::Relaxed);
+                                    activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                                }
+                                Err(mpsc::error::TrySendError::Full(frame)) => pending = Some((frame, n)),
+                                Err(mpsc::error::TrySendError::Closed(_)) => return End::ClientGone,
                             }
-                            down_session.down.fetch_add(n as u64, Ordering::Relaxed);
-                            activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => return End::NodeDone,
@@ -201,18 +222,19 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                     let silent = born.elapsed().saturating_sub(last);
                     if silent >= idle_timeout {
-                        let _ = out.send(Frame::close(1000, b"idle")).await;
+                        tunnel::queue_last(&out, Frame::close(1000, b"idle")).await;
                         return End::Cancelled;
                     }
+                    // A full queue already waits on the client: no Ping.
                     if silent >= idle_ping {
                         let ping = Frame::new(true, OpCode::Ping, None, Payload::Owned(Vec::new()));
-                        if out.send(ping).await.is_err() {
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = out.try_send(ping) {
                             return End::ClientGone;
                         }
                     }
                 }
                 (code, reason) = &mut closed => {
-                    let _ = out.send(Frame::close(code, reason)).await;
+                    tunnel::queue_last(&out, Frame::close(code, reason)).await;
                     return End::Cancelled;
                 }
             }
@@ -225,7 +247,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
         tokio::select! {
             end = &mut downstream => {
                 if end == End::NodeDone && ordered_close {
-                    let _ = closer.send(Frame::close(1000, b"")).await;
+                    tunnel::queue_last(&closer, Frame::close(1000, b"")).await;
                     let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                 } else if end == End::NodeDone {
                     // The node is done: close once the client has read
@@ -233,7 +255,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     // module's note).
                     let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(DRAINED_PING));
                     let pinged = Instant::now();
-                    let _ = closer.send(ping).await;
+                    tunnel::queue_last(&closer, ping).await;
                     let mut client_done = tokio::select! {
                         _ = drained.notified() => false,
                         _ = &mut upstream => true,
@@ -243,7 +265,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                         let grace = drain_grace(pinged.elapsed());
                         client_done = tokio::time::timeout(grace, &mut upstream).await.is_ok();
                     }
-                    let _ = closer.send(Frame::close(1000, b"")).await;
+                    tunnel::queue_last(&closer, Frame::close(1000, b"")).await;
                     if !client_done {
                         // Let the client answer our Close before the socket
                         // goes: unread bytes would turn the close into a reset.
@@ -258,7 +280,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                 if matches!(half, Ok(true)) {
                     // Half-close: forward what the node still sends, then close.
                     if downstream.await == End::NodeDone {
-                        let _ = closer.send(Frame::close(1000, b"")).await;
+                        tunnel::queue_last(&closer, Frame::close(1000, b"")).await;
                     }
                 }
             }
@@ -266,7 +288,9 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
     }
     drop(closer);
     upstream.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // As long as the client goes without a frame before it is pinged
+    // (30 s by default: a 64 KiB frame at 2 KB/s).
+    tunnel::finish_writer(writer, idle_ping).await;
     drop(guard);
 }
 

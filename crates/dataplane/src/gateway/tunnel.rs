@@ -4,6 +4,8 @@
 //! task per socket.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketRead};
 use hyper_util::rt::TokioIo;
@@ -111,7 +113,7 @@ pub(crate) async fn open(
     fut: Opening,
     max_frame: usize,
     queue: usize,
-) -> Option<(WsRead, mpsc::Sender<Frame<'static>>, JoinHandle<()>)> {
+) -> Option<(WsRead, mpsc::Sender<Frame<'static>>, Writer)> {
     let mut ws = match fut {
         Opening::H1(fut) => fut.await.ok()?,
         Opening::H2(on) => {
@@ -128,13 +130,57 @@ pub(crate) async fn open(
     ws.set_max_message_size(max_frame);
     let (rx, mut tx) = ws.split(tokio::io::split);
     let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(queue);
-    let writer = tokio::spawn(async move {
+    let written = Arc::new(AtomicU64::new(0));
+    let count = written.clone();
+    let handle = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
             let last = frame.opcode == OpCode::Close;
             if tx.write_frame(frame).await.is_err() || tx.flush().await.is_err() || last {
                 break;
             }
+            count.fetch_add(1, Ordering::Relaxed);
         }
     });
-    Some((rx, out, writer))
+    Some((rx, out, Writer { handle, written }))
+}
+
+/// The task that writes a tunnel's frames, and how many it has written.
+pub(crate) struct Writer {
+    handle: JoinHandle<()>,
+    written: Arc<AtomicU64>,
+}
+
+/// How long a frame that ends a tunnel (a Close, the drain's Ping) may wait
+/// for room in the writer's queue, and the writer for its last frames to
+/// go out: a client that stops reading holds its tunnel no longer.
+const LAST_FRAMES_WAIT: Duration = Duration::from_secs(3);
+
+/// Queues `frame` for the writer, unless its queue stays full for
+/// [`LAST_FRAMES_WAIT`] (the client has stopped reading) or the writer is
+/// gone; whether it was queued.
+pub(crate) async fn queue_last(out: &mpsc::Sender<Frame<'static>>, frame: Frame<'static>) -> bool {
+    matches!(
+        tokio::time::timeout(LAST_FRAMES_WAIT, out.send(frame)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Lets the writer (whose senders are all dropped) write what is queued, a
+/// Close last, for as long as it makes progress, and ends it once `stall`
+/// passes without a frame written: a slow client still gets every byte
+/// queued for it, one that has stopped reading does not hold its socket
+/// and its place.
+pub(crate) async fn finish_writer(mut writer: Writer, stall: Duration) {
+    let mut seen = writer.written.load(Ordering::Relaxed);
+    while tokio::time::timeout(stall, &mut writer.handle)
+        .await
+        .is_err()
+    {
+        let now = writer.written.load(Ordering::Relaxed);
+        if now == seen {
+            writer.handle.abort();
+            return;
+        }
+        seen = now;
+    }
 }

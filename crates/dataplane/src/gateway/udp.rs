@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::tunnel::{self, TunnelGuard, closed_signal};
 use super::upgrade::Opening;
@@ -62,13 +63,15 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                 }
                 OpCode::Pong => {}
                 OpCode::Close => {
-                    let _ = up_out.send(Frame::close(1000, b"")).await;
+                    tunnel::queue_last(&up_out, Frame::close(1000, b"")).await;
                     return;
                 }
                 OpCode::Text | OpCode::Continuation => {
-                    let _ = up_out
-                        .send(Frame::close(1003, b"one binary message per packet"))
-                        .await;
+                    tunnel::queue_last(
+                        &up_out,
+                        Frame::close(1003, b"one binary message per packet"),
+                    )
+                    .await;
                     return;
                 }
             }
@@ -97,29 +100,36 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                         }
                         // Shrinking in place keeps what was received.
                         buf.shrink_to_fit();
-                        if out.send(Frame::binary(Payload::Owned(buf))).await.is_err() {
-                            return;
+                        // A datagram the client has no room for is dropped,
+                        // as a full socket buffer drops it: waiting for
+                        // room would stop the close signal and the idle
+                        // timer too, for as long as the client does not read.
+                        match out.try_send(Frame::binary(Payload::Owned(buf))) {
+                            Ok(()) => {
+                                session.down.fetch_add(n as u64, Ordering::Relaxed);
+                                activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            }
+                            Err(TrySendError::Full(_)) => {}
+                            Err(TrySendError::Closed(_)) => return,
                         }
-                        session.down.fetch_add(n as u64, Ordering::Relaxed);
-                        activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 },
                 _ = tick.tick() => {
                     let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                     let silent = born.elapsed().saturating_sub(last);
                     if silent >= idle_timeout {
-                        let _ = out.send(Frame::close(1000, b"idle")).await;
+                        tunnel::queue_last(&out, Frame::close(1000, b"idle")).await;
                         return;
                     }
                     if silent >= idle_ping {
                         let ping = Frame::new(true, OpCode::Ping, None, Payload::Owned(Vec::new()));
-                        if out.send(ping).await.is_err() {
+                        if let Err(TrySendError::Closed(_)) = out.try_send(ping) {
                             return;
                         }
                     }
                 }
                 (code, reason) = &mut closed => {
-                    let _ = out.send(Frame::close(code, reason)).await;
+                    tunnel::queue_last(&out, Frame::close(code, reason)).await;
                     return;
                 }
             }
@@ -130,6 +140,8 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
         _ = &mut upstream => {}
     }
     drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // As long as the client goes without a frame before it is pinged
+    // (30 s by default: a 64 KiB frame at 2 KB/s).
+    tunnel::finish_writer(writer, idle_ping).await;
     drop(guard);
 }
