@@ -210,6 +210,8 @@ def start_plane(bins, mode, mux=False):
             "GATEWAY_SELF_SIGNED": "true",
             "GATEWAY_PUBLIC_URL": f"https://localhost:{gw_port}",
             "GATEWAY_MAX_TUNNELS": str(tunnels * 2 + 1000),
+            # Every load generator connects from 127.0.0.1.
+            "GATEWAY_MAX_CONNECTIONS_PER_SOURCE": str(tunnels * 2 + 1000),
             "GATEWAY_MAX_TUNNELS_PER_DEVICE": str(tunnels * 2 + 1000),
             "RUST_LOG": "warn",
         },

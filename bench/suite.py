@@ -230,6 +230,8 @@ class Plane:
                 "GATEWAY_SELF_SIGNED": "true",
                 "GATEWAY_PUBLIC_URL": f"https://{public_host}:{self.gw_port}",
                 "GATEWAY_MAX_TUNNELS": str(TUNNELS * 2 + 1000),
+                # Every load generator connects from 127.0.0.1.
+                "GATEWAY_MAX_CONNECTIONS_PER_SOURCE": str(TUNNELS * 2 + 1000),
                 "GATEWAY_MAX_TUNNELS_PER_DEVICE": str(TUNNELS * 2 + 1000),
                 "RUST_LOG": "warn",
             },

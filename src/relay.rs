@@ -106,6 +106,16 @@ pub struct GatewayArgs {
     /// under half the open-file limit: a tunnel holds two descriptors.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 12_000)]
     pub max_connections: usize,
+    /// Most connections from one source address (an IPv4 address, an IPv6
+    /// /64) that carry no tunnel yet (handshakes, plain requests, idle
+    /// keep-alives); beyond it new ones from that source are closed at
+    /// once, before TLS. Connections carrying a tunnel do not count.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 256
+    )]
+    pub max_connections_per_source: usize,
     /// Deadline for the TLS handshake, headers and upgrade, in seconds.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u64,
@@ -337,6 +347,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         max_tunnels: a.max_tunnels,
         max_tunnels_per_device: a.max_tunnels_per_device,
         max_connections: a.max_connections,
+        max_connections_per_source: a.max_connections_per_source,
         cache_capacity: a.cache_capacity,
         handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
         drain_grace: Duration::from_secs(a.drain_grace_secs),

@@ -221,6 +221,72 @@ async fn connections_beyond_the_budget_are_shed_before_tls_while_a_tunnel_keeps_
     assert!(round_trip(&mut tunnel, b"after").await);
 }
 
+/// Whether a TLS handshake from `from` (the default source when `None`)
+/// succeeds within 5 s.
+async fn handshake_from(plane: &Plane, from: Option<IpAddr>) -> bool {
+    let tcp = plane::connect_from(from, plane.gateway_addr).await;
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), plane.tls_over(tcp)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// One source holds at most its share of connections that carry no tunnel
+/// (here 3), however it keeps them busy (requests answered 404 on
+/// keep-alive): past it, its new connections are shed before TLS, while
+/// its tunnels (which do not count) keep working and other sources are
+/// served. One source could hold the whole connection budget this way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_holds_few_connections_without_a_tunnel_while_its_tunnels_and_others_are_served() {
+    let plane = Plane::start_with(1, |o| o.max_connections_per_source = 3).await;
+    let (echo, cfg) = (echo_server().await, plane.cipher().await);
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    let mut tunnels = Vec::new();
+    for _ in 0..4 {
+        let w = plane.ws_from(None, &path, None).await.expect("a tunnel");
+        let mut t = ss_over(w, &cfg, echo);
+        assert!(round_trip(&mut t, b"a tunnel").await);
+        tunnels.push(t);
+    }
+    let mut bare = Vec::new();
+    for i in 0..3 {
+        let mut s = plane.tls().await;
+        s.write_all(b"GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.expect("answer");
+        assert_eq!(&head, b"HTTP/1.1 404", "connection {i}");
+        bare.push(s);
+    }
+    for _ in 0..3 {
+        assert!(
+            !handshake_from(&plane, None).await,
+            "a fourth bare connection got TLS"
+        );
+    }
+    assert!(
+        handshake_from(&plane, Some("127.0.0.2".parse().expect("ip"))).await,
+        "another source is served"
+    );
+    for t in &mut tunnels {
+        assert!(
+            round_trip(t, b"still").await,
+            "a tunnel of the source works"
+        );
+    }
+    drop(bare.pop());
+    let mut admitted = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if handshake_from(&plane, None).await {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "a place given back is taken again");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tunnel_refused_at_the_device_cap_opens_no_node_connection_and_asks_nothing() {
     let (mut plane, listener) = Plane::prepare(0).await;

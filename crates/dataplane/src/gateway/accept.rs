@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use super::strangers::{Stranger, Strangers};
 use crate::lane::{Lane, MovableTcp, Way};
 use crate::readahead::ReadAhead;
 
@@ -57,6 +58,8 @@ pub(crate) struct Limits {
     pub deadline: Duration,
     /// Places for open connections, upgraded ones included.
     pub budget: Arc<Semaphore>,
+    /// Connections carrying no tunnel yet, bounded per source.
+    pub strangers: Arc<Strangers>,
     /// Counts connections closed because no place was left.
     pub shed: Counter,
     /// Counts connections taken (TLS not yet done).
@@ -78,6 +81,9 @@ pub(crate) struct Conn {
     /// The connection's place in the budget: a tunnel keeps it as long as
     /// it keeps the socket.
     pub permit: Arc<OwnedSemaphorePermit>,
+    /// Its place among its source's connections that carry no tunnel yet,
+    /// given back with the first tunnel.
+    pub stranger: Arc<Stranger>,
 }
 
 /// What every connection is served with.
@@ -155,7 +161,13 @@ pub(crate) async fn serve(
                 }
             },
         };
-        // Over budget: closed here, before any handshake or task.
+        // Over budget, or its source holds as many connections without a
+        // tunnel as it may: closed here, before any handshake or task.
+        let Some(stranger) = limits.strangers.enter(peer.ip()) else {
+            limits.shed.inc();
+            drop(tcp);
+            continue;
+        };
         let Ok(permit) = limits.budget.clone().try_acquire_owned() else {
             limits.shed.inc();
             drop(tcp);
@@ -165,6 +177,7 @@ pub(crate) async fn serve(
         let conn = Conn {
             peer: peer.ip(),
             permit: Arc::new(permit),
+            stranger: Arc::new(stranger),
         };
         connections.spawn(connection(serving.clone(), tcp, conn));
     }

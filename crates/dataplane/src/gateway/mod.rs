@@ -58,6 +58,7 @@ mod routes;
 mod schedule;
 mod sessions;
 mod spool;
+mod strangers;
 mod tcp;
 mod throttle;
 mod tunnel;
@@ -79,6 +80,11 @@ pub struct GatewayOptions {
     /// Most open client connections (handshakes, requests and tunnels):
     /// beyond it new connections are closed at once, before TLS.
     pub max_connections: usize,
+    /// Most connections from one source (an IPv4 address, an IPv6 /64)
+    /// that carry no tunnel yet: handshakes, plain requests, idle
+    /// keep-alives. Beyond it new connections from that source are closed
+    /// at once, before TLS; a connection carrying a tunnel does not count.
+    pub max_connections_per_source: usize,
     /// Most open tunnels in all.
     pub max_tunnels: usize,
     /// Most open tunnels per device (a browser opens dozens).
@@ -134,6 +140,7 @@ impl Default for GatewayOptions {
             public_url: "https://127.0.0.1:8443".into(),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 12_000,
+            max_connections_per_source: 256,
             max_tunnels: 10_000,
             max_tunnels_per_device: 512,
             max_frame: 256 * 1024,
@@ -341,6 +348,7 @@ pub async fn run(
                     .max_connections
                     .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
+            strangers: strangers::Strangers::new(gw.opts.max_connections_per_source),
             shed: gw.metrics.shed.clone(),
             accepted: gw.metrics.accepted.clone(),
             drain: gw.opts.drain_grace + CLOSE_DEADLINE,

@@ -258,6 +258,9 @@ async fn ws_tcp(
     let Some((resp, fut)) = upgrade::accept(&mut req) else {
         return not_found_response();
     };
+    if let Some(c) = &conn {
+        c.stranger.known();
+    }
     let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
     if let Err(refused) = granted(&gw, &guard, peer).await {
         return refused;
@@ -337,6 +340,9 @@ async fn ws_udp(
     let Some((resp, fut)) = upgrade::accept(&mut req) else {
         return not_found_response();
     };
+    if let Some(c) = &conn {
+        c.stranger.known();
+    }
     let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
     if let Err(refused) = granted(&gw, &guard, peer).await {
         return refused;
