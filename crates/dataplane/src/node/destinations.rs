@@ -82,6 +82,8 @@ pub const PRIVATE_NETS: &[PrivateNet] = &[
     PrivateNet::v4(240, 0, 0, 0, 4),
     // Unspecified.
     PrivateNet::v6(0, 128),
+    // IPv4-compatible (deprecated, never routed; `::` and `::1` within).
+    PrivateNet::v6(0, 96),
     // Loopback.
     PrivateNet {
         addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -93,25 +95,67 @@ pub const PRIVATE_NETS: &[PrivateNet] = &[
     PrivateNet::v6(0xfe80, 10),
     // Multicast.
     PrivateNet::v6(0xff00, 8),
+    // Local-use NAT64 (RFC 8215): a network's own translator.
+    PrivateNet {
+        addr: IpAddr::V6(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0)),
+        prefix: 48,
+    },
 ];
 
+/// The well-known NAT64 prefix (RFC 6052), `64:ff9b::/96`: on a network
+/// with a translator an address in it reaches the IPv4 address in its last
+/// 32 bits, so it is refused exactly when that IPv4 address is.
+const NAT64: [u16; 6] = [0x64, 0xff9b, 0, 0, 0, 0];
+
+/// The IPv4 address an IPv6 one reaches: v4-mapped (`::ffff:a.b.c.d`), or
+/// through the well-known NAT64 prefix.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    v6.to_ipv4_mapped().or_else(|| {
+        let [.., a, b, c, d] = v6.octets();
+        (v6.segments()[..6] == NAT64).then_some(Ipv4Addr::new(a, b, c, d))
+    })
+}
+
+/// The refused IPv4 networks as reached through the NAT64 prefix.
+fn nat64_nets() -> impl Iterator<Item = PrivateNet> {
+    PRIVATE_NETS.iter().filter_map(|net| match net.addr {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d, e, f] = NAT64;
+            let bits =
+                u128::from(Ipv6Addr::new(a, b, c, d, e, f, 0, 0)) | u128::from(u32::from(v4));
+            Some(PrivateNet {
+                addr: IpAddr::V6(Ipv6Addr::from(bits)),
+                prefix: 96 + net.prefix,
+            })
+        }
+        IpAddr::V6(_) => None,
+    })
+}
+
 /// Whether a destination is private, loopback, link-local or otherwise not
-/// on the public internet.
+/// on the public internet (an IPv4 address written as IPv6, v4-mapped or
+/// through the NAT64 prefix, counts as that IPv4 address).
 pub fn is_private(ip: IpAddr) -> bool {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
         v4 => v4,
     };
     PRIVATE_NETS.iter().any(|net| net.contains(ip))
 }
 
-/// The ACL rules refusing [`PRIVATE_NETS`].
+/// The ACL rules refusing [`PRIVATE_NETS`] (and their NAT64 forms), for IP
+/// literals. Every name is allowed by the ACL: it would otherwise resolve
+/// the name to check it (a blocking lookup, inside the loop that receives
+/// every client's UDP packets: one name whose server never answers
+/// stopped UDP for everyone), and [`PublicOnly`] checks every address a
+/// name resolves to when it is connected to or sent to anyway.
 fn acl_rules() -> String {
     let mut rules = String::from("[accept_all]\n[outbound_allow_all]\n[outbound_block_list]\n");
-    for net in PRIVATE_NETS {
+    for net in PRIVATE_NETS.iter().copied().chain(nat64_nets()) {
         rules.push_str(&net.to_string());
         rules.push('\n');
     }
+    rules.push_str("[outbound_allow_list]\n.*\n");
     rules
 }
 
@@ -132,12 +176,18 @@ pub(super) fn private_block_acl() -> io::Result<AccessControl> {
 /// ACL's check and the connection's own lookup (DNS rebinding).
 pub(super) struct PublicOnly;
 
+/// Longest a lookup may take: the system resolver has no deadline of its
+/// own that a client's name cannot stretch.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl DnsResolve for PublicOnly {
     async fn resolve(&self, addr: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((addr, port))
-            .await?
-            .filter(|a| !is_private(a.ip()))
-            .collect();
+        let found: Vec<SocketAddr> =
+            tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((addr, port)))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name lookup timed out"))??
+                .filter(|a| !is_private(a.ip()))
+                .collect();
         if found.is_empty() {
             // Never an empty Ok: shadowsocks asserts on it.
             return Err(io::Error::new(
@@ -193,6 +243,14 @@ mod tests {
         "::ffff:127.0.0.1",
         "::ffff:169.254.169.254",
         "::ffff:0.0.0.0",
+        "::2",
+        "::127.0.0.1",
+        "64:ff9b::a00:5",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b::ffff:ffff",
+        "64:ff9b:1::",
+        "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
     ];
 
     /// Public addresses, many just outside a range.
@@ -216,7 +274,10 @@ mod tests {
         "198.17.255.255",
         "198.20.0.0",
         "223.255.255.255",
-        "::2",
+        "::1:0:0:0",
+        "64:ff9b::808:808",
+        "64:ff9b::b00:0",
+        "64:ff9b:2::1",
         "2001:db8::1",
         "2606:4700::1111",
         "fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
@@ -280,9 +341,16 @@ mod tests {
             .lines()
             .skip_while(|l| *l != "[outbound_block_list]")
             .skip(1)
+            .take_while(|l| !l.starts_with('['))
             .collect();
-        let table: Vec<String> = PRIVATE_NETS.iter().map(ToString::to_string).collect();
+        let table: Vec<String> = PRIVATE_NETS
+            .iter()
+            .copied()
+            .chain(nat64_nets())
+            .map(|n| n.to_string())
+            .collect();
         assert_eq!(listed, table);
+        assert!(rules.ends_with("[outbound_allow_list]\n.*\n"), "{rules}");
     }
 
     #[tokio::test]
@@ -300,5 +368,45 @@ mod tests {
                 "ACL and table disagree on {a}"
             );
         }
+    }
+
+    /// A resolver that counts its lookups and answers a public address.
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl DnsResolve for Counting {
+        async fn resolve(&self, _addr: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(vec![SocketAddr::new(ip("203.0.113.9"), port)])
+        }
+    }
+
+    /// The ACL decides on a name without resolving it: shadowsocks' UDP
+    /// server asks it inside the loop that receives every client's
+    /// packets, where a lookup that hangs stopped them all.
+    #[tokio::test]
+    async fn the_acl_passes_names_without_resolving_them() {
+        use shadowsocks_service::shadowsocks::config::ServerType;
+        use shadowsocks_service::shadowsocks::context::Context;
+        use shadowsocks_service::shadowsocks::dns_resolver::DnsResolver;
+        use shadowsocks_service::shadowsocks::relay::Address;
+        let acl = private_block_acl().expect("acl");
+        let lookups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut ctx = Context::new(ServerType::Server);
+        ctx.set_dns_resolver(std::sync::Arc::new(DnsResolver::custom_resolver(Counting(
+            lookups.clone(),
+        ))));
+        for name in [
+            "example.com",
+            "never-answers.invalid",
+            "127.0.0.1",
+            "localhost",
+        ] {
+            let dest = Address::DomainNameAddress(name.to_owned(), 53);
+            assert!(!acl.check_outbound_blocked(&ctx, &dest).await, "{name}");
+        }
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // Literals are still refused by the table.
+        let literal = Address::SocketAddress(SocketAddr::new(ip("64:ff9b::a00:5"), 53));
+        assert!(acl.check_outbound_blocked(&ctx, &literal).await);
     }
 }
