@@ -379,6 +379,59 @@ async fn depth_limit_applies() {
     server.stop().await;
 }
 
+/// `n` fragments, each spreading the next twice: under 1 KB, about 2^n
+/// selections once spread.
+fn fragment_bomb(n: usize) -> String {
+    let mut q = String::from("query{...F0} ");
+    for i in 0..n {
+        q.push_str(&format!("fragment F{i} on Query{{...F{} ...F{}}} ", i + 1, i + 1));
+    }
+    q.push_str(&format!("fragment F{n} on Query{{__typename}}"));
+    q
+}
+
+/// A document whose fragments double at every level is refused at once
+/// (BAD_REQUEST) over POST, GET and the WebSocket, anonymously; the
+/// engine's validation walked every spread (2^23 visits for 23 levels),
+/// holding a worker, and the health route with it, for 24 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_document_whose_fragments_multiply_is_refused_at_once() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let bomb = fragment_bomb(30);
+    assert!(bomb.len() < 2048);
+    let started = std::time::Instant::now();
+    let r = gql(&server.base, None, &bomb, json!({})).await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(r.to_string().contains("selections"), "{r}");
+    let r: Value = common::client()
+        .get(format!("{}/graphql", server.base))
+        .query(&[("query", bomb.as_str())])
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
+    ws.send(ws_op("graphql-transport-ws", "bomb", &bomb, json!({})))
+        .await
+        .expect("send");
+    let r = ws_next(&mut ws).await;
+    assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A document with a few fragments spread a few times still runs.
+    let r = gql(&server.base, None, &fragment_bomb(4), json!({})).await;
+    assert_eq!(r["data"]["__typename"], "Query", "{r}");
+    server.stop().await;
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

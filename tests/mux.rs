@@ -617,7 +617,7 @@ async fn an_http2_connection_that_opens_nothing_is_told_to_go_away_and_one_with_
         .await
         .expect("connect");
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let stream = tls.connect(name, tcp).await.expect("TLS");
+    let stream = tls.connect(name.clone(), tcp).await.expect("TLS");
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
     let (_send, connection) = h2::client::handshake(stream)
         .await
@@ -631,6 +631,53 @@ async fn an_http2_connection_that_opens_nothing_is_told_to_go_away_and_one_with_
     assert!(
         t0.elapsed() >= idle - Duration::from_millis(200),
         "closed before the idle limit: {:?}",
+        t0.elapsed()
+    );
+    // Requests that open no tunnel (answered 404) do not keep a connection
+    // from being idle: one every 300 ms kept it, and its place in the
+    // budget, for ever.
+    let tcp = TcpStream::connect(plane.gateway_addr)
+        .await
+        .expect("connect");
+    let stream = tls.connect(name.clone(), tcp).await.expect("TLS");
+    let (send, connection) = h2::client::handshake(stream)
+        .await
+        .expect("HTTP/2 handshake");
+    let asking = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..100 {
+            let Ok(mut ready) = send.clone().ready().await else {
+                break;
+            };
+            let req =
+                tokio_tungstenite::tungstenite::http::Request::get("https://localhost/nothing")
+                    .body(())
+                    .expect("request");
+            let Ok((answer, _)) = ready.send_request(req, true) else {
+                break;
+            };
+            match answer.await {
+                Ok(r) => statuses.push(r.status().as_u16()),
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        statuses
+    });
+    let t0 = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(30), connection).await;
+    assert!(
+        ended.is_ok(),
+        "a connection making requests but no tunnel was still open after 30 s"
+    );
+    let statuses = asking.await.expect("asking");
+    assert!(
+        statuses.len() >= 3 && statuses.iter().all(|s| *s == 404),
+        "{statuses:?}"
+    );
+    assert!(
+        t0.elapsed() >= idle - Duration::from_millis(200) && t0.elapsed() < idle * 4,
+        "closed after {:?}, the idle limit is {idle:?}",
         t0.elapsed()
     );
     // A tunnel held without data past the limit keeps its connection.

@@ -18,7 +18,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::context::{Viewer, bearer_token, viewer_from_token};
 use crate::error::AppError;
-use crate::graphql::check_aliases;
+use crate::graphql::check_document;
 use crate::graphql::loaders::{BATCH_DELAY, DbLoader};
 use crate::listener::HttpLimits;
 use crate::metrics;
@@ -308,7 +308,7 @@ async fn execute(
     from: ClientAddr,
     request: async_graphql::Request,
 ) -> Response {
-    if let Err(e) = check_aliases(&request.query) {
+    if let Err(e) = check_document(&request.query) {
         return graphql_error(e);
     }
     let viewer = match resolve_viewer(state, headers).await {

@@ -14,6 +14,7 @@ pub mod nodes;
 pub mod placement;
 pub mod scalars;
 pub mod settings;
+pub mod shape;
 pub mod subscriptions;
 pub mod ws;
 
@@ -59,6 +60,7 @@ pub const MAX_DEPTH: usize = 12;
 pub const MAX_COMPLEXITY: usize = 1000;
 /// Most aliases a document may use.
 pub const MAX_ALIASES: usize = 30;
+pub use shape::{MAX_SELECTIONS, check_document};
 
 /// Builds the schema. `debug` turns on introspection and field suggestions.
 pub fn build_schema(api: AppContext, debug: bool) -> ApiSchema {
@@ -153,43 +155,6 @@ pub fn connection<R, K: std::fmt::Display, N: OutputType>(
         Edge::new(pagination::encode(ts, &id.to_string()), node(r))
     }));
     c
-}
-
-/// Counts the aliases in a document (fragments included), refusing the
-/// document when there are more than [`MAX_ALIASES`].
-pub fn check_aliases(query: &str) -> Result<(), AppError> {
-    use async_graphql::parser::types::{Selection, SelectionSet};
-    fn count(set: &SelectionSet) -> usize {
-        set.items
-            .iter()
-            .map(|s| match &s.node {
-                Selection::Field(f) => {
-                    usize::from(f.node.alias.is_some()) + count(&f.node.selection_set.node)
-                }
-                Selection::InlineFragment(i) => count(&i.node.selection_set.node),
-                Selection::FragmentSpread(_) => 0,
-            })
-            .sum()
-    }
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return Ok(());
-    };
-    let ops: usize = doc
-        .operations
-        .iter()
-        .map(|(_, op)| count(&op.node.selection_set.node))
-        .sum();
-    let frags: usize = doc
-        .fragments
-        .values()
-        .map(|f| count(&f.node.selection_set.node))
-        .sum();
-    if ops + frags > MAX_ALIASES {
-        return Err(AppError::bad(format!(
-            "the query uses more than {MAX_ALIASES} aliases"
-        )));
-    }
-    Ok(())
 }
 
 /// The UUID of an id stored as free text (audit targets); every id we

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::loaders::{BATCH_DELAY, DbLoader};
-use super::{ApiSchema, AppContext, DeviceViewer, check_aliases};
+use super::{ApiSchema, AppContext, DeviceViewer, check_document};
 use crate::context::{viewer_from_token, viewer_until};
 use crate::error::AppError;
 use crate::ids::UserId;
@@ -190,7 +190,7 @@ fn admit(
         .and_then(|p| p.get("query"))
         .and_then(|q| q.as_str())
         .unwrap_or_default();
-    match check_aliases(query) {
+    match check_document(query) {
         Ok(()) => Admission::Run,
         Err(e) => Admission::Refuse(e),
     }

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use super::strangers::{Stranger, Strangers};
+use super::strangers::{Carried, Stranger, Strangers};
 use crate::lane::{Lane, MovableTcp, Way};
 use crate::readahead::ReadAhead;
 
@@ -79,11 +79,15 @@ pub(crate) struct Conn {
     /// proxy header: it is the edge).
     pub peer: IpAddr,
     /// The connection's place in the budget: a tunnel keeps it as long as
-    /// it keeps the socket.
+    /// it keeps the socket (held, never read: the place goes back when the
+    /// last holder drops it).
+    #[expect(dead_code, reason = "held for its drop")]
     pub permit: Arc<OwnedSemaphorePermit>,
     /// Its place among its source's connections that carry no tunnel yet,
     /// given back with the first tunnel.
     pub stranger: Arc<Stranger>,
+    /// The tunnels it carries now.
+    pub carried: Carried,
 }
 
 /// What every connection is served with.
@@ -178,6 +182,7 @@ pub(crate) async fn serve(
             peer: peer.ip(),
             permit: Arc::new(permit),
             stranger: Arc::new(stranger),
+            carried: Carried::default(),
         };
         connections.spawn(connection(serving.clone(), tcp, conn));
     }
@@ -289,8 +294,8 @@ async fn http2(serving: Arc<Serving>, tls: Tls, early: Arc<[u8]>, conn: Conn) {
         drain: serving.drain,
         idle: serving.h2_idle,
     };
-    let permit = Arc::downgrade(&conn.permit);
-    let holders = move || permit.strong_count();
+    let carried = conn.carried.clone();
+    let tunnels = move || carried.now();
     let app = serving.app.clone();
-    super::h2::serve(&serving.h2, tls, app, conn, holders, timing, &serving.stop).await;
+    super::h2::serve(&serving.h2, tls, app, conn, tunnels, timing, &serving.stop).await;
 }

@@ -49,7 +49,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -227,23 +227,24 @@ pub(super) struct Timing {
     pub deadline: Duration,
     /// On shutdown, for the open streams to end.
     pub drain: Duration,
-    /// Without a request or an open tunnel for this long, the connection
-    /// is told to go away.
+    /// Without an open tunnel for this long, the connection is told to go
+    /// away.
     pub idle: Duration,
 }
 
 /// Serves `app` over HTTP/2 on `tls` until the client leaves, misses the
 /// preface deadline, stays idle past `timing.idle`, or `stop` is
 /// cancelled; every request carries `conn` (the connection's details) in
-/// its extensions. `holders` counts what holds the connection's details
-/// (requests in flight and open tunnels keep a copy): while it stays at
-/// what it was at the start and no request comes, the connection is idle.
+/// its extensions. `tunnels` counts the tunnels the connection carries:
+/// while it is 0 the connection is idle, whatever requests it makes (one
+/// every few seconds, answered 404, kept a connection that carried
+/// nothing from ever being idle, and its place in the budget taken).
 pub(super) async fn serve<T, C>(
     builder: &http2::Builder<TokioExecutor>,
     tls: T,
     app: Router,
     conn: C,
-    holders: impl Fn() -> usize,
+    tunnels: impl Fn() -> u64,
     timing: Timing,
     stop: &CancellationToken,
 ) where
@@ -255,15 +256,11 @@ pub(super) async fn serve<T, C>(
         inner: tls,
         seen: seen.clone(),
     };
-    let requests = Arc::new(AtomicU64::new(0));
-    let counted = requests.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        counted.fetch_add(1, Ordering::Relaxed);
         req.extensions_mut().insert(conn.clone());
         let mut app = app.clone();
         app.call(req)
     });
-    let at_rest = holders();
     let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
     let silent = async {
@@ -273,12 +270,11 @@ pub(super) async fn serve<T, C>(
         }
     };
     let idle = async {
-        let (mut last, mut since) = (0, tokio::time::Instant::now());
+        let mut since = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(IDLE_CHECK).await;
-            let n = requests.load(Ordering::Relaxed);
-            if n != last || holders() > at_rest {
-                (last, since) = (n, tokio::time::Instant::now());
+            if tunnels() > 0 {
+                since = tokio::time::Instant::now();
             } else if since.elapsed() >= timing.idle {
                 return;
             }

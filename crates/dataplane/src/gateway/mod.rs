@@ -113,9 +113,9 @@ pub struct GatewayOptions {
     pub idle_ping: Duration,
     /// A tunnel (TCP or UDP) with no data either way for this long is closed.
     pub idle_timeout: Duration,
-    /// An HTTP/2 connection with no request and no open tunnel for this
-    /// long is told to go away (GOAWAY): a connection that opens nothing
-    /// cannot hold its place in the connection budget.
+    /// An HTTP/2 connection with no open tunnel for this long is told to
+    /// go away (GOAWAY), whatever other requests it makes: a connection
+    /// that opens nothing cannot hold its place in the connection budget.
     pub h2_idle: Duration,
     /// Unknown device credentials one source (an IPv4 address, an IPv6
     /// /64) may present per `guess_window` before it is shut out.

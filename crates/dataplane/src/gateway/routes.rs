@@ -258,13 +258,11 @@ async fn ws_tcp(
     let Some((resp, fut)) = upgrade::accept(&mut req) else {
         return not_found_response();
     };
-    if let Some(c) = &conn {
-        c.stranger.known();
-    }
-    let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
+    let guard = TunnelGuard::new(slot, &route.session_id, conn);
     if let Err(refused) = granted(&gw, &guard, peer).await {
         return refused;
     }
+    guard.opened();
     if let Ok(local) = node.local_addr() {
         gw.links.add(&route.session_id, local);
     }
@@ -340,13 +338,11 @@ async fn ws_udp(
     let Some((resp, fut)) = upgrade::accept(&mut req) else {
         return not_found_response();
     };
-    if let Some(c) = &conn {
-        c.stranger.known();
-    }
-    let guard = TunnelGuard::new(slot, &route.session_id, conn.map(|c| c.permit));
+    let guard = TunnelGuard::new(slot, &route.session_id, conn);
     if let Err(refused) = granted(&gw, &guard, peer).await {
         return refused;
     }
+    guard.opened();
     let span = tracing::debug_span!("tunnel", session.id = %route.session_id, kind = "udp");
     gw.tunnels.spawn(tracing::Instrument::instrument(
         udp::pipe(fut, socket, guard),

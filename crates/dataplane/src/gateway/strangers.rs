@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::throttle::source;
@@ -86,6 +86,34 @@ impl Stranger {
 impl Drop for Stranger {
     fn drop(&mut self) {
         self.known();
+    }
+}
+
+/// How many tunnels a connection carries now: an HTTP/2 connection's idle
+/// limit counts these, not requests (a request every few seconds, answered
+/// 404, kept a connection that carried nothing from ever being idle).
+#[derive(Clone, Default)]
+pub(crate) struct Carried(Arc<AtomicU64>);
+
+impl Carried {
+    /// Tunnels carried now.
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one tunnel until the returned value is dropped.
+    pub fn carry(&self) -> Carrying {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Carrying(self.0.clone())
+    }
+}
+
+/// One tunnel counted in [`Carried`].
+pub(crate) struct Carrying(Arc<AtomicU64>);
+
+impl Drop for Carrying {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

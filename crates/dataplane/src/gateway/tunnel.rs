@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketRead};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Gateway;
+use super::accept::Conn;
 use super::caps::CapRefusal;
 use super::sessions::{Closing, Session};
+use super::strangers::Carrying;
 use super::upgrade::Opening;
 
 /// A tunnel's place in the caps (in all and for its device), taken before
@@ -49,20 +51,32 @@ pub(crate) struct TunnelGuard {
     pub(crate) session: Arc<Session>,
     /// Its id.
     pub(crate) session_id: Arc<str>,
-    /// The connection's place in the budget, kept as long as its socket.
-    _permit: Option<Arc<OwnedSemaphorePermit>>,
+    /// The connection it came on (its place in the budget, kept as long
+    /// as its socket), counting the tunnel among those it carries.
+    conn: Option<(Conn, Carrying)>,
 }
 
 impl TunnelGuard {
     /// A guard for a tunnel holding `slot` in the caps, counted in session
-    /// `session_id`.
-    pub fn new(slot: CapSlot, session_id: &str, permit: Option<Arc<OwnedSemaphorePermit>>) -> Self {
+    /// `session_id`, on connection `conn`.
+    pub fn new(slot: CapSlot, session_id: &str, conn: Option<Conn>) -> Self {
         let session = slot.gw.sessions.attach(session_id);
         TunnelGuard {
             slot,
             session,
             session_id: Arc::from(session_id),
-            _permit: permit,
+            conn: conn.map(|c| {
+                let carrying = c.carried.carry();
+                (c, carrying)
+            }),
+        }
+    }
+
+    /// The tunnel is open (admitted and granted): its connection is no
+    /// longer a stranger to its source's bound.
+    pub fn opened(&self) {
+        if let Some((c, _)) = &self.conn {
+            c.stranger.known();
         }
     }
 

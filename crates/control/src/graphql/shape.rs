@@ -1,0 +1,189 @@
+//! The shape of a document, checked on its text before the engine sees
+//! it: how many aliases it uses, and how many selections its operations
+//! and fragments hold once every fragment spread is expanded. The engine's
+//! own validation walks each spread again, so a chain of fragments each
+//! spreading the next twice (23 of them fit in 1 KB) made it visit about
+//! 2^23 selections: one anonymous request held a worker for 24 s, and the
+//! listener with it. Counted here with each fragment's size remembered,
+//! that document costs a few dozen steps and is refused.
+
+use std::collections::HashMap;
+
+use async_graphql::parser::types::{FragmentDefinition, Selection, SelectionSet};
+use async_graphql::{Name, Positioned};
+
+use super::MAX_ALIASES;
+use crate::error::AppError;
+
+/// Most selections (fields, inline fragments and spreads, with every
+/// spread expanded) an operation or a fragment may hold: the complexity
+/// limit allows about 1,000 fields, and nothing legitimate comes near.
+pub const MAX_SELECTIONS: usize = 2_000;
+
+/// Most fragments spread within one another along one path.
+const MAX_SPREAD_DEPTH: usize = 32;
+
+/// Refuses a document with more than [`MAX_ALIASES`] aliases (fragments
+/// included), or whose operations or fragments hold more than
+/// [`MAX_SELECTIONS`] selections once expanded, or spread fragments
+/// deeper than 32. A document that does not parse passes (the engine
+/// answers it).
+pub fn check_document(query: &str) -> Result<(), AppError> {
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return Ok(());
+    };
+    let ops: usize = doc
+        .operations
+        .iter()
+        .map(|(_, op)| aliases(&op.node.selection_set.node))
+        .sum();
+    let frags: usize = doc
+        .fragments
+        .values()
+        .map(|f| aliases(&f.node.selection_set.node))
+        .sum();
+    if ops + frags > MAX_ALIASES {
+        return Err(AppError::bad(format!(
+            "the query uses more than {MAX_ALIASES} aliases"
+        )));
+    }
+    let mut sizes = Sizes {
+        fragments: &doc.fragments,
+        known: HashMap::new(),
+    };
+    let within = doc
+        .operations
+        .iter()
+        .all(|(_, op)| sizes.set(&op.node.selection_set.node, 0).is_some())
+        && doc
+            .fragments
+            .keys()
+            .all(|name| sizes.fragment(name, 0).is_some());
+    if !within {
+        return Err(AppError::bad(format!(
+            "the query holds more than {MAX_SELECTIONS} selections once its fragments are \
+             spread, or spreads fragments more than {MAX_SPREAD_DEPTH} deep"
+        )));
+    }
+    Ok(())
+}
+
+/// The aliases in a selection set, fragments not followed.
+fn aliases(set: &SelectionSet) -> usize {
+    set.items
+        .iter()
+        .map(|s| match &s.node {
+            Selection::Field(f) => {
+                usize::from(f.node.alias.is_some()) + aliases(&f.node.selection_set.node)
+            }
+            Selection::InlineFragment(i) => aliases(&i.node.selection_set.node),
+            Selection::FragmentSpread(_) => 0,
+        })
+        .sum()
+}
+
+/// Expanded sizes, each fragment's counted once.
+struct Sizes<'a> {
+    fragments: &'a HashMap<Name, Positioned<FragmentDefinition>>,
+    known: HashMap<&'a str, usize>,
+}
+
+impl<'a> Sizes<'a> {
+    /// The selections of `set` with spreads expanded; `None` past the
+    /// bounds. `depth`: the spreads it sits within.
+    fn set(&mut self, set: &'a SelectionSet, depth: usize) -> Option<usize> {
+        let mut n = 0usize;
+        for s in &set.items {
+            let inner = match &s.node {
+                Selection::Field(f) => self.set(&f.node.selection_set.node, depth)?,
+                Selection::InlineFragment(i) => self.set(&i.node.selection_set.node, depth)?,
+                Selection::FragmentSpread(spread) => {
+                    self.fragment(&spread.node.fragment_name.node, depth + 1)?
+                }
+            };
+            n = n.saturating_add(1).saturating_add(inner);
+            if n > MAX_SELECTIONS {
+                return None;
+            }
+        }
+        Some(n)
+    }
+
+    /// The selections of fragment `name` expanded (0 for an unknown one,
+    /// and for a cycle: the engine refuses both).
+    fn fragment(&mut self, name: &'a str, depth: usize) -> Option<usize> {
+        if depth > MAX_SPREAD_DEPTH {
+            return None;
+        }
+        if let Some(n) = self.known.get(name) {
+            return Some(*n);
+        }
+        let Some(def) = self.fragments.get(name) else {
+            return Some(0);
+        };
+        self.known.insert(name, 0);
+        let n = self.set(&def.node.selection_set.node, depth)?;
+        self.known.insert(name, n);
+        Some(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` fragments, each spreading the next twice.
+    fn doubling(n: usize) -> String {
+        let mut q = String::from("query{...F0} ");
+        for i in 0..n {
+            q.push_str(&format!(
+                "fragment F{i} on Query{{...F{} ...F{}}} ",
+                i + 1,
+                i + 1
+            ));
+        }
+        q.push_str(&format!("fragment F{n} on Query{{__typename}}"));
+        q
+    }
+
+    #[test]
+    fn fragments_spread_twice_at_every_level_are_refused_at_once() {
+        assert!(check_document(&doubling(5)).is_ok(), "63 selections");
+        let started = std::time::Instant::now();
+        for n in [11, 23, 30, 200] {
+            assert!(check_document(&doubling(n)).is_err(), "{n} levels");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn ordinary_documents_and_what_the_engine_refuses_itself_pass() {
+        for ok in [
+            "{ me { id email } }",
+            "query Q { me { ...U } } fragment U on User { id email role }",
+            "fragment A on Query { ...B } fragment B on Query { ...A } query { ...A }",
+            "query { ...Missing }",
+            "not a document",
+        ] {
+            assert!(check_document(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_long_chain_of_fragments_is_refused() {
+        let mut q = String::from("query{...F0} ");
+        for i in 0..40 {
+            q.push_str(&format!("fragment F{i} on Query{{...F{}}} ", i + 1));
+        }
+        q.push_str("fragment F40 on Query{__typename}");
+        assert!(check_document(&q).is_err());
+    }
+
+    #[test]
+    fn many_flat_fields_past_the_bound_are_refused() {
+        let fields = "__typename ".repeat(MAX_SELECTIONS + 1);
+        assert!(check_document(&format!("{{{fields}}}")).is_err());
+        let fields = "__typename ".repeat(100);
+        assert!(check_document(&format!("{{{fields}}}")).is_ok());
+    }
+}
