@@ -442,11 +442,22 @@ async fn graphql_registrations_return_the_same_string_for_dashboards() {
     assert_eq!(e.kind, "node");
     // The string's token redeems once (here, at the address the test reaches).
     let b = Backend::new(&base, e.token.expose()).expect("backend");
-    assert_eq!(b.enroll().await.expect("redeems").kind, "node");
+    let enrolled = b.enroll().await.expect("redeems");
+    assert_eq!(enrolled.kind, "node");
     assert!(matches!(
         b.enroll().await,
         Err(BackendError::Status { status: 401, .. })
     ));
+    // The machine's own token is not a string: it does not redeem (which
+    // would let whoever holds it re-key the machine), and keeps working.
+    let own = Backend::new(&base, enrolled.token.expose()).expect("backend");
+    assert!(matches!(
+        own.enroll().await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
+    config_with(&base, enrolled.token.expose())
+        .await
+        .expect("the machine's token still works");
 }
 
 /// `enrollmentExpiresAt` of the machine `name` in `list`
@@ -622,6 +633,12 @@ async fn strings_expire_on(db: common::TestDb) {
     config_with(&base, enrolled.token.expose())
         .await
         .expect("the redeemed token works");
+    // A token used as the machine's own (here, the first string's,
+    // enrolled by its use) is not redeemed either.
+    assert!(matches!(
+        used.enroll().await,
+        Err(BackendError::Status { status: 401, .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -384,7 +384,11 @@ async fn depth_limit_applies() {
 fn fragment_bomb(n: usize) -> String {
     let mut q = String::from("query{...F0} ");
     for i in 0..n {
-        q.push_str(&format!("fragment F{i} on Query{{...F{} ...F{}}} ", i + 1, i + 1));
+        q.push_str(&format!(
+            "fragment F{i} on Query{{...F{} ...F{}}} ",
+            i + 1,
+            i + 1
+        ));
     }
     q.push_str(&format!("fragment F{n} on Query{{__typename}}"));
     q

@@ -80,7 +80,11 @@ pub struct Enrolled {
 }
 
 /// Redeems the one-time token `presented`: replaces it with a new machine
-/// token, which is returned; the presented one stops working.
+/// token, which is returned; the presented one stops working. Only a token
+/// still waiting for its enrollment (printed by `add` or `rotate`, not
+/// expired, neither redeemed nor used as the machine's own) is taken: a
+/// machine's own token is not a string, and redeeming it again and again
+/// let whoever held it re-key the machine.
 pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
     // Always from the database: a cached answer could outlive the swap.
     let machine = find_machine(db, presented).await?;
@@ -110,11 +114,7 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
                     gateway_nodes::table
                         .find(g.id)
                         .filter(gateway_nodes::token_hash.eq(&old))
-                        .filter(
-                            gateway_nodes::enroll_expires_at
-                                .is_null()
-                                .or(gateway_nodes::enroll_expires_at.gt(at)),
-                        ),
+                        .filter(gateway_nodes::enroll_expires_at.gt(at)),
                 )
                 .set((
                     gateway_nodes::token_hash.eq(&new),
@@ -128,11 +128,7 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
                     outline_nodes::table
                         .find(n.id)
                         .filter(outline_nodes::token_hash.eq(&old))
-                        .filter(
-                            outline_nodes::enroll_expires_at
-                                .is_null()
-                                .or(outline_nodes::enroll_expires_at.gt(at)),
-                        ),
+                        .filter(outline_nodes::enroll_expires_at.gt(at)),
                 )
                 .set((
                     outline_nodes::token_hash.eq(&new),
@@ -143,7 +139,8 @@ pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
             }
         };
         if swapped == 0 {
-            // Redeemed (or re-keyed) by someone else meanwhile, or expired.
+            // Redeemed (or re-keyed) by someone else meanwhile, expired, or
+            // not a string's token at all.
             return Err(AppError::Unauthenticated);
         }
         diesel::insert_into(audit_log::table)

@@ -14,7 +14,8 @@ use crate::state::AppState;
 /// Trades the one-time token of an enrollment string (as the bearer) for
 /// the machine's own token; the one-time token stops working, so a second
 /// redemption gets 401, as does a string past its lifetime (24 h unless
-/// its issuer chose 1 to 720 h) that was neither redeemed nor used.
+/// its issuer chose 1 to 720 h) that was neither redeemed nor used, and a
+/// machine's own token (it is not a string's).
 #[utoipa::path(post, path = "/api/v1/enroll",
     responses((status = 200, body = EnrollResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn enroll(
