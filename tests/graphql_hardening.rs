@@ -807,6 +807,79 @@ async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
             closes_with(&mut ws, 4400).await;
         }
     }
+    // A connection_init whose payload is not an object cannot be read as
+    // one (4400); one whose credential is not a string is refused (4403),
+    // not taken as anonymous.
+    for (payload, code) in [
+        (json!("Bearer x"), 4400),
+        (json!([1, 2]), 4400),
+        (json!(5), 4400),
+        (json!({"Authorization": 5}), 4403),
+        (json!({"token": {"a": 1}}), 4403),
+        (json!({"deviceToken": ["x"]}), 4403),
+    ] {
+        let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+        ws.send(Message::Text(
+            json!({"type": "connection_init", "payload": payload})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .expect("send");
+        closes_with(&mut ws, code).await;
+    }
+    // A subscription of two root fields is refused for its id; the socket
+    // goes on.
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    let r = ws_init(&mut ws, json!({"Authorization": format!("Bearer {user}")})).await;
+    assert_eq!(r["type"], "connection_ack", "{r}");
+    ws.send(ws_op(
+        "graphql-transport-ws",
+        "two",
+        "subscription{nodeEvents{kind} quotaEvents{kind}}",
+        json!({}),
+    ))
+    .await
+    .expect("send");
+    let r = ws_next(&mut ws).await;
+    assert_eq!(
+        (r["type"].as_str(), r["id"].as_str(), ws_code(&r)),
+        (Some("error"), Some("two"), Some("BAD_REQUEST")),
+        "{r}"
+    );
+    ws.send(ws_op(
+        "graphql-transport-ws",
+        "ok",
+        "{__typename}",
+        json!({}),
+    ))
+    .await
+    .expect("send");
+    let r = ws_next(&mut ws).await;
+    assert_eq!(r["payload"]["data"]["__typename"], "Query", "{r}");
+    // The legacy protocol: a start before connection_init is a protocol
+    // error (1002), not an internal one (1011).
+    let mut ws = ws_connect(&server.base, "graphql-ws").await;
+    ws.send(ws_op(
+        "graphql-ws",
+        "early",
+        "subscription{nodeEvents{kind}}",
+        json!({}),
+    ))
+    .await
+    .expect("send");
+    closes_with(&mut ws, 1002).await;
+    // Over HTTP an empty array is a batch too.
+    let res = common::client()
+        .post(format!("{}/graphql", server.base))
+        .header("content-type", "application/json")
+        .body("  []")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status().as_u16(), 400);
+    let r: Value = res.json().await.expect("json");
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
     server.stop().await;
 }
 

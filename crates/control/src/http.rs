@@ -352,11 +352,13 @@ async fn graphql_post(
             "GraphQL requests must be POSTed as application/json",
         ));
     }
+    // An array is a batch, empty or not (serde would read `[]` as a
+    // request with every field left out).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return graphql_error(AppError::bad("batched requests are not supported"));
+    }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(_) if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') => {
-            return graphql_error(AppError::bad("batched requests are not supported"));
-        }
         Err(e) => return graphql_error(AppError::bad(format!("malformed GraphQL request: {e}"))),
     };
     let from = from.map_or(ClientAddr(None), |Extension(a)| a);

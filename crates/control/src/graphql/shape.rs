@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use async_graphql::parser::types::{FragmentDefinition, Selection, SelectionSet};
+use async_graphql::parser::types::{FragmentDefinition, OperationType, Selection, SelectionSet};
 use async_graphql::{Name, Positioned};
 
 use super::MAX_ALIASES;
@@ -47,6 +47,19 @@ pub fn check_document(query: &str) -> Result<(), AppError> {
             "the query uses more than {MAX_ALIASES} aliases"
         )));
     }
+    for (_, op) in doc.operations.iter() {
+        if op.node.ty == OperationType::Subscription {
+            let mut keys = Vec::new();
+            root_keys(&op.node.selection_set.node, &doc.fragments, 0, &mut keys);
+            keys.sort_unstable();
+            keys.dedup();
+            if keys.len() > 1 {
+                return Err(AppError::bad(
+                    "a subscription selects exactly one root field",
+                ));
+            }
+        }
+    }
     let mut sizes = Sizes {
         fragments: &doc.fragments,
         known: HashMap::new(),
@@ -66,6 +79,36 @@ pub fn check_document(query: &str) -> Result<(), AppError> {
         )));
     }
     Ok(())
+}
+
+/// The response keys (alias or name) a root selection set gives, through
+/// its fragments (at most [`MAX_SPREAD_DEPTH`] deep, and no more than a
+/// few: past two the answer is known).
+fn root_keys<'a>(
+    set: &'a SelectionSet,
+    fragments: &'a HashMap<Name, Positioned<FragmentDefinition>>,
+    depth: usize,
+    keys: &mut Vec<&'a str>,
+) {
+    if depth > MAX_SPREAD_DEPTH {
+        return;
+    }
+    for s in &set.items {
+        if keys.len() > 1 {
+            return;
+        }
+        match &s.node {
+            Selection::Field(f) => keys.push(f.node.response_key().node.as_str()),
+            Selection::InlineFragment(i) => {
+                root_keys(&i.node.selection_set.node, fragments, depth + 1, keys);
+            }
+            Selection::FragmentSpread(spread) => {
+                if let Some(def) = fragments.get(&spread.node.fragment_name.node) {
+                    root_keys(&def.node.selection_set.node, fragments, depth + 1, keys);
+                }
+            }
+        }
+    }
 }
 
 /// The aliases in a selection set, fragments not followed.
@@ -166,6 +209,25 @@ mod tests {
             "not a document",
         ] {
             assert!(check_document(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_subscription_selects_one_root_field() {
+        for ok in [
+            "subscription { nodeEvents { kind } }",
+            "subscription { a: nodeEvents { kind } a: nodeEvents { nodeId } }",
+            "subscription { ...S } fragment S on Subscription { nodeEvents { kind } }",
+            "{ me { id } __typename }",
+        ] {
+            assert!(check_document(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "subscription { nodeEvents { kind } quotaEvents { kind } }",
+            "subscription { nodeEvents { kind } ...S } fragment S on Subscription { quotaEvents { kind } }",
+            "subscription { ... on Subscription { a: nodeEvents { kind } } nodeEvents { kind } }",
+        ] {
+            assert!(check_document(bad).is_err(), "{bad}");
         }
     }
 

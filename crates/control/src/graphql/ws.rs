@@ -35,6 +35,19 @@ pub const INIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Most subscriptions one socket may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 20;
 
+/// The keys a `connection_init` payload may carry a credential in.
+const CREDENTIAL_KEYS: [&str; 4] = ["Authorization", "authorization", "token", "deviceToken"];
+
+/// Whether the payload carries a credential that is not a string (refused,
+/// rather than taken as no credential at all).
+fn unreadable_credential(payload: &serde_json::Value) -> bool {
+    payload.as_object().is_some_and(|o| {
+        CREDENTIAL_KEYS
+            .iter()
+            .any(|k| o.get(*k).is_some_and(|v| !v.is_string() && !v.is_null()))
+    })
+}
+
 fn bearer(payload: &serde_json::Value) -> Option<String> {
     let obj = payload.as_object()?;
     for key in ["Authorization", "authorization"] {
@@ -98,6 +111,9 @@ async fn init_data(
     slot: CredentialSlot,
     payload: serde_json::Value,
 ) -> async_graphql::Result<Data> {
+    if unreadable_credential(&payload) {
+        return Err(AppError::Unauthenticated.into_graphql());
+    }
     let mut data = Data::default();
     data.insert(from);
     data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn).delay(BATCH_DELAY));
@@ -348,14 +364,28 @@ pub async fn serve(
                 };
                 let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 let kind = parsed.get("type").and_then(|v| v.as_str()).unwrap_or_default();
+                // A connection_init's payload, when there is one, is an
+                // object (the protocol's `Record<string, unknown>`).
+                let payload_ok = kind != "connection_init"
+                    || parsed.get("payload").is_none_or(|p| p.is_null() || p.is_object());
                 if protocol == WebSocketProtocols::GraphQLWS
                     && let Some((code, reason)) = out_of_protocol(
                         kind,
                         initialised,
-                        serde_json::from_slice::<async_graphql::http::ClientMessage>(&bytes).is_ok(),
+                        payload_ok && serde_json::from_slice::<async_graphql::http::ClientMessage>(&bytes).is_ok(),
                     )
                 {
                     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+                // The legacy protocol: a `start` before `connection_init`
+                // is the client's mistake, a protocol error (the engine
+                // closed 1011, an internal error).
+                if protocol == WebSocketProtocols::SubscriptionsTransportWS
+                    && kind == "start"
+                    && !initialised
+                {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1002, reason: "start before connection_init".into() }))).await;
                     break;
                 }
                 let id = parsed.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();

@@ -37,13 +37,36 @@ pub struct NewOutlineNode {
     pub capacity: i32,
 }
 
+/// A node's address as gateways reach it: an IP address (IPv6 with or
+/// without brackets, kept without), or a host name (labels of letters,
+/// digits, `-` and `_`, none empty, over 63 bytes or edged with `-`, the
+/// last not all digits: `1.2.3` and `999.1.1.1` are addresses written
+/// wrong). A port, a path or anything else is refused: gateways could not
+/// reach it.
 fn host(value: &str) -> AppResult<String> {
     let h = validate::text("host", value, 1, 253)?;
-    if !h
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-    {
-        return Err(AppError::bad("host must be a host name or an IP address"));
+    let bad = || AppError::bad("host must be a host name or an IP address, without a port");
+    let bare = h
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(&h);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let name = h.strip_suffix('.').unwrap_or(&h);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let last_numeric = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if !name.split('.').all(label_ok) || last_numeric {
+        return Err(bad());
     }
     Ok(h)
 }
@@ -338,4 +361,46 @@ pub async fn rotate_token(
         Ok(())
     })?;
     Ok((token, expires_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host;
+
+    #[test]
+    fn a_host_is_an_address_or_a_host_name_and_nothing_else() {
+        for (given, kept) in [
+            ("10.1.0.1", "10.1.0.1"),
+            ("::1", "::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("node", "node"),
+            ("node-1.eu.example.com", "node-1.eu.example.com"),
+            ("example.com.", "example.com."),
+            ("my_node", "my_node"),
+            ("123.example.com", "123.example.com"),
+        ] {
+            assert_eq!(host(given).ok().as_deref(), Some(kept), "{given}");
+        }
+        for bad in [
+            "1.2.3.4:80",
+            "example.com:443",
+            "[::1]:80",
+            "999.1.1.1",
+            "1.2.3",
+            "a..b",
+            "-bad-.com",
+            "bad-.com",
+            "bad host",
+            ".",
+            "http://example.com",
+            "example.com/x",
+            "[example.com]",
+        ] {
+            assert!(host(bad).is_err(), "{bad}");
+        }
+        assert!(
+            host(&format!("{}.com", "a".repeat(64))).is_err(),
+            "a long label"
+        );
+    }
 }
