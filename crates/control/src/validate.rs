@@ -15,12 +15,21 @@ pub fn text(field: &str, value: &str, min: usize, max: usize) -> AppResult<Strin
             "{field} must have {min} to {max} characters"
         )));
     }
-    if value.contains('\0') || v.chars().any(char::is_control) {
+    if value.contains('\0') || v.chars().any(|c| c.is_control() || bidi_control(c)) {
         return Err(AppError::bad(format!(
             "{field} must not contain control characters"
         )));
     }
     Ok(v.to_owned())
+}
+
+/// The bidirectional embeddings, overrides and isolates (U+202A to U+202E,
+/// U+2066 to U+2069): a name holding one shows its characters in another
+/// order than they are stored ("Trojan Source"), in the console and in
+/// logs. Marks (U+200E, U+200F) and joiners stay allowed: right-to-left
+/// names and emoji need them.
+fn bidi_control(c: char) -> bool {
+    matches!(u32::from(c), 0x202A..=0x202E | 0x2066..=0x2069)
 }
 
 /// Checks that a string can be stored in any text column of either
@@ -38,11 +47,12 @@ pub const MIN_TIME: NaiveDateTime = match NaiveDate::from_ymd_opt(1970, 1, 1) {
     Some(d) => d.and_time(NaiveTime::MIN),
     None => NaiveDateTime::MIN,
 };
-/// Latest time accepted as input, the last second of 9999-12-31 (both
-/// backends hold four-digit years).
+/// Latest time accepted as input, the last microsecond of 9999-12-31
+/// (both backends hold four-digit years and microseconds): the whole last
+/// second, fractions included.
 pub const MAX_TIME: NaiveDateTime = match (
     NaiveDate::from_ymd_opt(9999, 12, 31),
-    NaiveTime::from_hms_opt(23, 59, 59),
+    NaiveTime::from_hms_micro_opt(23, 59, 59, 999_999),
 ) {
     (Some(d), Some(t)) => d.and_time(t),
     _ => NaiveDateTime::MAX,
@@ -111,6 +121,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_refuse_control_and_bidi_override_characters_but_keep_marks_and_joiners() {
+        for bad in ["a\u{202e}b", "\u{2066}x", "a\u{7}b", "a\0b"] {
+            assert!(text("name", bad, 1, 64).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "\u{5e9}\u{5dc}\u{5d5}\u{5dd}\u{200f}",
+            "\u{1f468}\u{200d}\u{1f469} iPad",
+            "  plain  ",
+        ] {
+            assert!(text("name", ok, 1, 64).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
     fn a_gateway_url_is_an_https_url_with_a_host_and_nothing_else() {
         for good in [
             "https://gw1.example.com",
@@ -152,6 +176,10 @@ mod tests {
             .expect("time");
         assert!(time("to", last).is_ok());
         assert!(time("to", MAX_TIME + chrono::Duration::seconds(1)).is_err());
+        let half_past = NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 500))
+            .expect("time");
+        assert!(time("to", half_past).is_ok(), "the last second is whole");
         assert!(time("from", MIN_TIME - chrono::Duration::seconds(1)).is_err());
     }
 }
