@@ -82,11 +82,28 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
         tokio::pin!(closed);
         let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A datagram the writer's queue had no room for, with its length:
+        // until it is queued nothing more is received (the socket's own
+        // buffer holds what comes, and drops past it, as before), while
+        // the close signal and the idle timer are still watched. Waiting
+        // on the queue instead stopped both for as long as the client did
+        // not read.
+        let mut pending: Option<(Frame<'static>, usize)> = None;
         loop {
             tokio::select! {
+                permit = out.reserve(), if pending.is_some() => {
+                    let Ok(permit) = permit else {
+                        return;
+                    };
+                    if let Some((frame, n)) = pending.take() {
+                        permit.send(frame);
+                        session.down.fetch_add(n as u64, Ordering::Relaxed);
+                        activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                },
                 // A buffer only once a datagram waits: idle tunnels hold
                 // none, and the buffer received into is the frame sent.
-                r = socket.readable() => {
+                r = socket.readable(), if pending.is_none() => {
                     if r.is_err() {
                         return;
                     }
@@ -100,16 +117,12 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                         }
                         // Shrinking in place keeps what was received.
                         buf.shrink_to_fit();
-                        // A datagram the client has no room for is dropped,
-                        // as a full socket buffer drops it: waiting for
-                        // room would stop the close signal and the idle
-                        // timer too, for as long as the client does not read.
                         match out.try_send(Frame::binary(Payload::Owned(buf))) {
                             Ok(()) => {
                                 session.down.fetch_add(n as u64, Ordering::Relaxed);
                                 activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                             }
-                            Err(TrySendError::Full(_)) => {}
+                            Err(TrySendError::Full(frame)) => pending = Some((frame, n)),
                             Err(TrySendError::Closed(_)) => return,
                         }
                     }
