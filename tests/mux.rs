@@ -963,3 +963,142 @@ async fn a_websocket_tunnel_whose_client_stops_reading_ends_at_the_idle_limit() 
 async fn a_mux_tunnel_whose_client_stops_reading_ends_at_the_idle_limit() {
     a_tunnel_whose_client_stops_reading_ends_at_the_idle_limit(true).await;
 }
+
+/// The HTTP/2 client preface must be whole within the handshake deadline:
+/// a preface sent a byte at a time held its connection for as long as the
+/// client kept sending.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_preface_sent_a_byte_at_a_time_is_cut_at_the_deadline() {
+    let plane = Plane::start_with(1, |o| o.handshake_timeout = Duration::from_secs(2)).await;
+    let tls = httvps_dataplane::tls::connector_with_alpn(Some(&plane.cert), vec![b"h2".to_vec()])
+        .expect("connector");
+    let tcp = TcpStream::connect(plane.gateway_addr)
+        .await
+        .expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut stream = tls.connect(name, tcp).await.expect("TLS");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let t0 = Instant::now();
+    let mut cut = None;
+    for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+        if stream.write_all(&[*b]).await.is_err() || stream.flush().await.is_err() {
+            cut = Some(t0.elapsed());
+            break;
+        }
+        // Whatever the gateway sent (its SETTINGS), and whether it closed.
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await
+        {
+            cut = Some(t0.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("the connection outlived a 12 s preface");
+    assert!(
+        cut < Duration::from_secs(5),
+        "cut after {cut:?}, the deadline is 2 s"
+    );
+}
+
+/// An HTTP/2 connection from `from` to the gateway, driven in the
+/// background: its request handle and the task that ends with it.
+async fn h2_from(
+    plane: &Plane,
+    from: std::net::IpAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tls = httvps_dataplane::tls::connector_with_alpn(Some(&plane.cert), vec![b"h2".to_vec()])
+        .expect("connector");
+    let tcp = plane::connect_from(Some(from), plane.gateway_addr).await;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tls.connect(name, tcp).await.expect("TLS");
+    let (send, connection) = h2::client::handshake(stream)
+        .await
+        .expect("HTTP/2 handshake");
+    let driven = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (send, driven)
+}
+
+/// Opens a tunnel stream on `send` (answered 200), then resets it.
+async fn tunnel_then_reset(send: &h2::client::SendRequest<bytes::Bytes>, token: &str) {
+    let req = tokio_tungstenite::tungstenite::http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("https://localhost/ws/{token}/tcp"))
+        .extension(h2::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .expect("request");
+    let mut ready = send.clone().ready().await.expect("ready");
+    let (answer, mut body) = ready.send_request(req, false).expect("send");
+    let answer = answer.await.expect("answer");
+    assert_eq!(answer.status().as_u16(), 200);
+    body.send_reset(h2::Reason::CANCEL);
+    drop(answer);
+}
+
+/// A connection whose tunnels have all ended counts again against its
+/// source's bound of connections without a tunnel: HTTP/2 connections
+/// that open a tunnel now and then and reset it held the whole budget from
+/// one source, the bound counting them only until their first tunnel. One
+/// whose last tunnel ends while its source is at the bound is told to go.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_between_tunnels_count_against_their_sources_bound() {
+    let plane = Plane::start_with(1, |o| o.max_connections_per_source = 3).await;
+    let from: std::net::IpAddr = "127.0.0.5".parse().expect("ip");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (send, driven) = h2_from(&plane, from).await;
+        tunnel_then_reset(&send, &plane.device_token).await;
+        held.push((send, driven));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tcp = plane::connect_from(Some(from), plane.gateway_addr).await;
+    let fourth = tokio::time::timeout(Duration::from_secs(5), plane.tls_over(tcp)).await;
+    assert!(
+        matches!(fourth, Ok(Err(_))),
+        "a fourth connection of the source got TLS while three sat between tunnels"
+    );
+    // Four connections each carrying a tunnel are fine (tunnels do not
+    // count); when all four end, one has no place left and is told to go.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut carrying = Vec::new();
+    for _ in 0..4 {
+        let (send, driven) = h2_from(&plane, from).await;
+        let req = tokio_tungstenite::tungstenite::http::Request::builder()
+            .method("CONNECT")
+            .uri(format!("https://localhost/ws/{}/tcp", plane.device_token))
+            .extension(h2::ext::Protocol::from_static("websocket"))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .expect("request");
+        let mut ready = send.clone().ready().await.expect("ready");
+        let (answer, body) = ready.send_request(req, false).expect("send");
+        assert_eq!(answer.await.expect("answer").status().as_u16(), 200);
+        carrying.push((send, driven, body));
+    }
+    // The handles stay: a connection ends only if the gateway ends it.
+    let mut sends = Vec::new();
+    let mut drivens = Vec::new();
+    for (send, driven, mut body) in carrying {
+        body.send_reset(h2::Reason::CANCEL);
+        sends.push(send);
+        drivens.push(driven);
+    }
+    let mut ended = 0;
+    for driven in drivens {
+        if tokio::time::timeout(Duration::from_secs(3), driven)
+            .await
+            .is_ok()
+        {
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, 1, "one connection past the bound is told to go");
+    drop(sends);
+}

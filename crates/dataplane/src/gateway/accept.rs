@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use super::strangers::{Carried, Stranger, Strangers};
+use super::strangers::{Stranger, Strangers};
 use crate::lane::{Lane, MovableTcp, Way};
 use crate::readahead::ReadAhead;
 
@@ -83,11 +83,9 @@ pub(crate) struct Conn {
     /// last holder drops it).
     #[expect(dead_code, reason = "held for its drop")]
     pub permit: Arc<OwnedSemaphorePermit>,
-    /// Its place among its source's connections that carry no tunnel yet,
-    /// given back with the first tunnel.
+    /// Its place among its source's connections that carry no tunnel, and
+    /// the tunnels it carries.
     pub stranger: Arc<Stranger>,
-    /// The tunnels it carries now.
-    pub carried: Carried,
 }
 
 /// What every connection is served with.
@@ -181,8 +179,7 @@ pub(crate) async fn serve(
         let conn = Conn {
             peer: peer.ip(),
             permit: Arc::new(permit),
-            stranger: Arc::new(stranger),
-            carried: Carried::default(),
+            stranger,
         };
         connections.spawn(connection(serving.clone(), tcp, conn));
     }
@@ -267,10 +264,22 @@ async fn connection(serving: Arc<Serving>, tcp: TcpStream, conn: Conn) {
     }
     let app = serving.app.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // hyper stops reading at MAX_HEAD only between reads: a head that
+        // arrived whole in one read past it was served. Counted here, the
+        // answer is 431 however the head was split.
+        let oversized = head_len(&req) > MAX_HEAD;
         req.extensions_mut().insert(conn.clone());
         // A router is always ready: no poll_ready needed.
         let mut app = app.clone();
-        app.call(req)
+        let answer = (!oversized).then(|| app.call(req));
+        async move {
+            match answer {
+                Some(answer) => answer.await,
+                None => Ok(axum::response::IntoResponse::into_response(
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                )),
+            }
+        }
     });
     let conn = serving
         .http1
@@ -286,6 +295,16 @@ async fn connection(serving: Arc<Serving>, tcp: TcpStream, conn: Conn) {
     }
 }
 
+/// About the size of a request's head as sent: its request line and its
+/// header lines.
+fn head_len(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .fold(line, usize::saturating_add)
+}
+
 /// Serves an HTTP/2 connection whose handshake sent `early` (its SETTINGS).
 async fn http2(serving: Arc<Serving>, tls: Tls, early: Arc<[u8]>, conn: Conn) {
     let tls = super::h2::SentEarly::new(tls, early);
@@ -294,8 +313,8 @@ async fn http2(serving: Arc<Serving>, tls: Tls, early: Arc<[u8]>, conn: Conn) {
         drain: serving.drain,
         idle: serving.h2_idle,
     };
-    let carried = conn.carried.clone();
-    let tunnels = move || carried.now();
+    let stranger = conn.stranger.clone();
+    let tunnels = move || (stranger.tunnels(), stranger.evicted());
     let app = serving.app.clone();
     super::h2::serve(&serving.h2, tls, app, conn, tunnels, timing, &serving.stop).await;
 }

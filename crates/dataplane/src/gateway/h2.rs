@@ -235,16 +235,18 @@ pub(super) struct Timing {
 /// Serves `app` over HTTP/2 on `tls` until the client leaves, misses the
 /// preface deadline, stays idle past `timing.idle`, or `stop` is
 /// cancelled; every request carries `conn` (the connection's details) in
-/// its extensions. `tunnels` counts the tunnels the connection carries:
-/// while it is 0 the connection is idle, whatever requests it makes (one
-/// every few seconds, answered 404, kept a connection that carried
-/// nothing from ever being idle, and its place in the budget taken).
+/// its extensions. `tunnels` tells the tunnels the connection carries and
+/// whether it is to go once it carries none (its source had no place left
+/// for it among its connections without a tunnel): while it carries none
+/// the connection is idle, whatever requests it makes (one every few
+/// seconds, answered 404, kept a connection that carried nothing from ever
+/// being idle, and its place in the budget taken).
 pub(super) async fn serve<T, C>(
     builder: &http2::Builder<TokioExecutor>,
     tls: T,
     app: Router,
     conn: C,
-    tunnels: impl Fn() -> u64,
+    tunnels: impl Fn() -> (u64, bool),
     timing: Timing,
     stop: &CancellationToken,
 ) where
@@ -255,6 +257,7 @@ pub(super) async fn serve<T, C>(
     let io = Seen {
         inner: tls,
         seen: seen.clone(),
+        read: 0,
     };
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(conn.clone());
@@ -273,10 +276,11 @@ pub(super) async fn serve<T, C>(
         let mut since = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(IDLE_CHECK).await;
-            if tunnels() > 0 {
-                since = tokio::time::Instant::now();
-            } else if since.elapsed() >= timing.idle {
-                return;
+            match tunnels() {
+                (0, true) => return,
+                (0, false) if since.elapsed() >= timing.idle => return,
+                (0, false) => {}
+                _ => since = tokio::time::Instant::now(),
             }
         }
     };
@@ -294,10 +298,16 @@ pub(super) async fn serve<T, C>(
     }
 }
 
-/// A stream that notes when its first bytes arrive.
+/// The client connection preface (RFC 9113, 3.4) is this long.
+const PREFACE_LEN: usize = 24;
+
+/// A stream that notes when the whole client preface has arrived (not its
+/// first byte: a preface sent a byte every few seconds held the
+/// connection past the deadline, for as long as the client liked).
 struct Seen<T> {
     inner: T,
     seen: Arc<AtomicBool>,
+    read: usize,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Seen<T> {
@@ -308,8 +318,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Seen<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            self.seen.store(true, Ordering::Relaxed);
+        if self.read < PREFACE_LEN {
+            self.read += buf.filled().len() - before;
+            if self.read >= PREFACE_LEN {
+                self.seen.store(true, Ordering::Relaxed);
+            }
         }
         Poll::Ready(Ok(()))
     }

@@ -1,12 +1,13 @@
-//! Connections that carry no tunnel yet, counted per source (an IPv4
-//! address, an IPv6 /64). A connection is a stranger from its accept until
-//! it carries its first tunnel (or ends): handshakes, requests answered
-//! 404 and idle keep-alives all count. Past the bound, new connections
-//! from that source are closed at once, before TLS, so one source cannot
-//! hold the connection budget with connections that open nothing (a
-//! request every few seconds keeps a connection from being idle); a
-//! carrier's NAT full of subscribers is not held back by its tunnels,
-//! which do not count.
+//! Connections that carry no tunnel, counted per source (an IPv4 address,
+//! an IPv6 /64). A connection counts from its accept until a tunnel on it
+//! is granted, and again from when its last tunnel ends: handshakes,
+//! requests answered 404, idle keep-alives, and HTTP/2 connections between
+//! tunnels all count. Past the bound, new connections from that source are
+//! closed at once, before TLS, and an HTTP/2 connection whose last tunnel
+//! ends while its source is at the bound is told to go away; so one source
+//! cannot hold the connection budget with connections that open nothing,
+//! or that open a tunnel now and then and reset it. A carrier's NAT full
+//! of subscribers is not held back by their tunnels, which do not count.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,19 +33,40 @@ impl Strangers {
 
     /// Counts a new connection from `peer`, unless its source has as many
     /// strangers as allowed.
-    pub fn enter(self: &Arc<Self>, peer: IpAddr) -> Option<Stranger> {
+    pub fn enter(self: &Arc<Self>, peer: IpAddr) -> Option<Arc<Stranger>> {
         let key = source(peer);
+        if !self.take(key) {
+            return None;
+        }
+        Some(Arc::new(Stranger {
+            table: self.clone(),
+            key,
+            counted: AtomicBool::new(true),
+            tunnels: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+        }))
+    }
+
+    /// Takes a place of `key`'s, unless it has none left.
+    fn take(&self, key: IpAddr) -> bool {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let n = counts.entry(key).or_insert(0);
         if *n >= self.per_source {
-            return None;
+            return false;
         }
         *n += 1;
-        Some(Stranger {
-            table: self.clone(),
-            key,
-            left: AtomicBool::new(false),
-        })
+        true
+    }
+
+    /// Gives a place of `key`'s back.
+    fn give(&self, key: IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&key);
+            }
+        }
     }
 
     /// Strangers from `peer`'s source now.
@@ -55,30 +77,56 @@ impl Strangers {
     }
 }
 
-/// One connection's place among its source's strangers: given back when it
-/// carries its first tunnel, or when it ends.
+/// One connection: whether it holds a place among its source's strangers,
+/// the tunnels it carries now, and whether it was told to go (its last
+/// tunnel ended while its source had no place left).
 pub(crate) struct Stranger {
     table: Arc<Strangers>,
     key: IpAddr,
-    left: AtomicBool,
+    counted: AtomicBool,
+    tunnels: AtomicU64,
+    evicted: AtomicBool,
 }
 
 impl Stranger {
-    /// The connection carries a tunnel: it no longer counts.
+    /// A tunnel on the connection is granted: it no longer counts.
     pub fn known(&self) {
-        if self.left.swap(true, Ordering::Relaxed) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.table.give(self.key);
+        }
+    }
+
+    /// Counts one tunnel on the connection until the returned value is
+    /// dropped; when the last one goes, the connection counts again (or,
+    /// its source having no place left, is to go).
+    pub fn carry(self: &Arc<Self>) -> Carrying {
+        self.tunnels.fetch_add(1, Ordering::AcqRel);
+        Carrying(self.clone())
+    }
+
+    /// Tunnels carried now.
+    pub fn tunnels(&self) -> u64 {
+        self.tunnels.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection is to go once it carries no tunnel.
+    pub fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// The connection carries no tunnel again.
+    fn rejoin(&self) {
+        if self.counted.load(Ordering::Acquire) {
             return;
         }
-        let mut counts = self
-            .table
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.key);
+        if self.table.take(self.key) {
+            if self.counted.swap(true, Ordering::AcqRel) {
+                // Counted meanwhile by another rejoin: one place only.
+                self.table.give(self.key);
             }
+            self.evicted.store(false, Ordering::Release);
+        } else {
+            self.evicted.store(true, Ordering::Release);
         }
     }
 }
@@ -89,31 +137,14 @@ impl Drop for Stranger {
     }
 }
 
-/// How many tunnels a connection carries now: an HTTP/2 connection's idle
-/// limit counts these, not requests (a request every few seconds, answered
-/// 404, kept a connection that carried nothing from ever being idle).
-#[derive(Clone, Default)]
-pub(crate) struct Carried(Arc<AtomicU64>);
-
-impl Carried {
-    /// Tunnels carried now.
-    pub fn now(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// Counts one tunnel until the returned value is dropped.
-    pub fn carry(&self) -> Carrying {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Carrying(self.0.clone())
-    }
-}
-
-/// One tunnel counted in [`Carried`].
-pub(crate) struct Carrying(Arc<AtomicU64>);
+/// One tunnel counted on its connection.
+pub(crate) struct Carrying(Arc<Stranger>);
 
 impl Drop for Carrying {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.tunnels.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.rejoin();
+        }
     }
 }
 
@@ -123,6 +154,37 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("address")
+    }
+
+    #[test]
+    fn a_connection_counts_again_when_its_last_tunnel_ends_or_is_told_to_go() {
+        let t = Strangers::new(2);
+        let a = t.enter(ip("203.0.113.7")).expect("first");
+        let tunnel = a.carry();
+        a.known();
+        assert_eq!(t.count(ip("203.0.113.7")), 0, "carrying a granted tunnel");
+        let b = t.enter(ip("203.0.113.7")).expect("second");
+        let c = t.enter(ip("203.0.113.7")).expect("third");
+        drop(tunnel);
+        assert_eq!(a.tunnels(), 0);
+        assert!(a.evicted(), "no place left for it: it is to go");
+        drop(c);
+        let tunnel = a.carry();
+        a.known();
+        drop(tunnel);
+        assert!(!a.evicted(), "a place was free this time");
+        assert_eq!(t.count(ip("203.0.113.7")), 2, "counted again: b and a");
+        drop((a, b));
+        assert_eq!(t.count(ip("203.0.113.7")), 0);
+    }
+
+    #[test]
+    fn a_refused_tunnel_leaves_the_connection_counted_once() {
+        let t = Strangers::new(3);
+        let a = t.enter(ip("198.51.100.1")).expect("first");
+        drop(a.carry());
+        assert_eq!(t.count(ip("198.51.100.1")), 1);
+        assert!(!a.evicted());
     }
 
     #[test]

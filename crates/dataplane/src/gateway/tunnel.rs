@@ -66,7 +66,7 @@ impl TunnelGuard {
             session,
             session_id: Arc::from(session_id),
             conn: conn.map(|c| {
-                let carrying = c.carried.carry();
+                let carrying = c.stranger.carry();
                 (c, carrying)
             }),
         }
