@@ -165,8 +165,8 @@ pub(crate) struct Writer {
 }
 
 /// How long a frame that ends a tunnel (a Close, the drain's Ping) may wait
-/// for room in the writer's queue, and the writer for its last frames to
-/// go out: a client that stops reading holds its tunnel no longer.
+/// for room in the writer's queue: a client that stops reading holds its
+/// tunnel no longer.
 const LAST_FRAMES_WAIT: Duration = Duration::from_secs(3);
 
 /// Queues `frame` for the writer, unless its queue stays full for
