@@ -941,6 +941,20 @@ async fn bad_tokens_paths_text_and_oversized_frames_are_refused() {
         after.is_err() || !matches!(next, Some(Ok(Message::Binary(_)))),
         "the tunnel stayed open"
     );
+    // A frame of exactly the limit (64 KiB here) is taken ("1009 beyond");
+    // one byte more is not.
+    for (len, refused) in [(64 * 1024, false), (64 * 1024 + 1, true)] {
+        let mut w = ws(&plane, &format!("/ws/{}/tcp", plane.device_token))
+            .await
+            .expect("upgrade");
+        w.send(Message::Binary(vec![0u8; len].into()))
+            .await
+            .expect("send");
+        let got = tokio::time::timeout(Duration::from_secs(1), w.next()).await;
+        let closed_1009 =
+            matches!(&got, Ok(Some(Ok(Message::Close(Some(f))))) if u16::from(f.code) == 1009);
+        assert_eq!(closed_1009, refused, "{len} bytes: {got:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -87,6 +87,8 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 8).await else {
         return;
     };
+    let progress = writer.progress();
+    let (up_progress, down_progress) = (progress.clone(), progress.clone());
     let (idle_ping, idle_timeout) = (gw.opts.idle_ping, gw.opts.idle_timeout);
     let born = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
@@ -106,7 +108,12 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
             {
                 Ok(f) => f,
                 Err(WebSocketError::FrameTooLarge) => {
-                    tunnel::queue_last(&up_out, Frame::close(1009, b"frame too large")).await;
+                    tunnel::queue_last(
+                        &up_out,
+                        &up_progress,
+                        Frame::close(1009, b"frame too large"),
+                    )
+                    .await;
                     return false;
                 }
                 Err(_) => return false,
@@ -127,7 +134,12 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
                 OpCode::Text => {
-                    tunnel::queue_last(&up_out, Frame::close(1003, b"binary frames only")).await;
+                    tunnel::queue_last(
+                        &up_out,
+                        &up_progress,
+                        Frame::close(1003, b"binary frames only"),
+                    )
+                    .await;
                     return false;
                 }
                 OpCode::Ping => {
@@ -187,7 +199,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     // Nothing read past the grant.
                     if !gw.room(&down_id, &down_session).await {
                         let why = down_session.grant.denied().unwrap_or(Reason::QuotaExceeded);
-                        tunnel::queue_last(&out, Frame::close(1008, why.as_str().as_bytes())).await;
+                        tunnel::queue_last(&out, &down_progress, Frame::close(1008, why.as_str().as_bytes())).await;
                         return End::Cancelled;
                     }
                     let room = down_session.grant.room(down_session.used(), clock_ms());
@@ -222,7 +234,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                     let silent = born.elapsed().saturating_sub(last);
                     if silent >= idle_timeout {
-                        tunnel::queue_last(&out, Frame::close(1000, b"idle")).await;
+                        tunnel::queue_last(&out, &down_progress, Frame::close(1000, b"idle")).await;
                         return End::Cancelled;
                     }
                     // A full queue already waits on the client: no Ping.
@@ -234,7 +246,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     }
                 }
                 (code, reason) = &mut closed => {
-                    tunnel::queue_last(&out, Frame::close(code, reason)).await;
+                    tunnel::queue_last(&out, &down_progress, Frame::close(code, reason)).await;
                     return End::Cancelled;
                 }
             }
@@ -247,7 +259,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
         tokio::select! {
             end = &mut downstream => {
                 if end == End::NodeDone && ordered_close {
-                    tunnel::queue_last(&closer, Frame::close(1000, b"")).await;
+                    tunnel::queue_last(&closer, &progress, Frame::close(1000, b"")).await;
                     let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                 } else if end == End::NodeDone {
                     // The node is done: close once the client has read
@@ -255,7 +267,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     // module's note).
                     let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(DRAINED_PING));
                     let pinged = Instant::now();
-                    tunnel::queue_last(&closer, ping).await;
+                    tunnel::queue_last(&closer, &progress, ping).await;
                     let mut client_done = tokio::select! {
                         _ = drained.notified() => false,
                         _ = &mut upstream => true,
@@ -265,7 +277,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                         let grace = drain_grace(pinged.elapsed());
                         client_done = tokio::time::timeout(grace, &mut upstream).await.is_ok();
                     }
-                    tunnel::queue_last(&closer, Frame::close(1000, b"")).await;
+                    tunnel::queue_last(&closer, &progress, Frame::close(1000, b"")).await;
                     if !client_done {
                         // Let the client answer our Close before the socket
                         // goes: unread bytes would turn the close into a reset.
@@ -280,7 +292,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                 if matches!(half, Ok(true)) {
                     // Half-close: forward what the node still sends, then close.
                     if downstream.await == End::NodeDone {
-                        tunnel::queue_last(&closer, Frame::close(1000, b"")).await;
+                        tunnel::queue_last(&closer, &progress, Frame::close(1000, b"")).await;
                     }
                 }
             }

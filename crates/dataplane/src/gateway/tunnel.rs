@@ -141,7 +141,9 @@ pub(crate) async fn open(
     };
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
-    ws.set_max_message_size(max_frame);
+    // fastwebsockets refuses a payload of its limit too: `max_frame`
+    // bytes are allowed, 1009 beyond.
+    ws.set_max_message_size(max_frame.saturating_add(1));
     let (rx, mut tx) = ws.split(tokio::io::split);
     let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(queue);
     let written = Arc::new(AtomicU64::new(0));
@@ -169,14 +171,49 @@ pub(crate) struct Writer {
 /// tunnel no longer.
 const LAST_FRAMES_WAIT: Duration = Duration::from_secs(3);
 
+/// How many frames a tunnel's writer has written.
+#[derive(Clone)]
+pub(crate) struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Writer {
+    /// Its progress, for [`queue_last`].
+    pub fn progress(&self) -> Progress {
+        Progress(self.written.clone())
+    }
+}
+
 /// Queues `frame` for the writer, unless its queue stays full for
-/// [`LAST_FRAMES_WAIT`] (the client has stopped reading) or the writer is
-/// gone; whether it was queued.
-pub(crate) async fn queue_last(out: &mpsc::Sender<Frame<'static>>, frame: Frame<'static>) -> bool {
-    matches!(
-        tokio::time::timeout(LAST_FRAMES_WAIT, out.send(frame)).await,
-        Ok(Ok(()))
-    )
+/// [`LAST_FRAMES_WAIT`] while the writer writes nothing (the client has
+/// stopped reading; a slow one still gets it), or the writer is gone;
+/// whether it was queued.
+pub(crate) async fn queue_last(
+    out: &mpsc::Sender<Frame<'static>>,
+    progress: &Progress,
+    frame: Frame<'static>,
+) -> bool {
+    let mut seen = progress.now();
+    loop {
+        match tokio::time::timeout(LAST_FRAMES_WAIT, out.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(frame);
+                return true;
+            }
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                let now = progress.now();
+                if now == seen {
+                    return false;
+                }
+                seen = now;
+            }
+        }
+    }
 }
 
 /// Lets the writer (whose senders are all dropped) write what is queued, a

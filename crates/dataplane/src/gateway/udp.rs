@@ -24,6 +24,8 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 32).await else {
         return;
     };
+    let progress = writer.progress();
+    let up_progress = progress.clone();
     let (idle_ping, idle_timeout) = (gw.opts.idle_ping, gw.opts.idle_timeout);
     let born = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
@@ -63,12 +65,13 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                 }
                 OpCode::Pong => {}
                 OpCode::Close => {
-                    tunnel::queue_last(&up_out, Frame::close(1000, b"")).await;
+                    tunnel::queue_last(&up_out, &up_progress, Frame::close(1000, b"")).await;
                     return;
                 }
                 OpCode::Text | OpCode::Continuation => {
                     tunnel::queue_last(
                         &up_out,
+                        &up_progress,
                         Frame::close(1003, b"one binary message per packet"),
                     )
                     .await;
@@ -131,7 +134,7 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                     let silent = born.elapsed().saturating_sub(last);
                     if silent >= idle_timeout {
-                        tunnel::queue_last(&out, Frame::close(1000, b"idle")).await;
+                        tunnel::queue_last(&out, &progress, Frame::close(1000, b"idle")).await;
                         return;
                     }
                     if silent >= idle_ping {
@@ -142,7 +145,7 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     }
                 }
                 (code, reason) = &mut closed => {
-                    tunnel::queue_last(&out, Frame::close(code, reason)).await;
+                    tunnel::queue_last(&out, &progress, Frame::close(code, reason)).await;
                     return;
                 }
             }
