@@ -33,13 +33,26 @@ struct SessionRow {
     recorded: i64,
 }
 
+/// Session `s`'s bytes both ways as `recorded`, saturating at the largest
+/// BIGINT (the usage statements store each total up to it).
+macro_rules! recorded {
+    () => {
+        "CASE WHEN s.bytes_up > 9223372036854775807 - s.bytes_down \
+         THEN 9223372036854775807 ELSE s.bytes_up + s.bytes_down END AS recorded"
+    };
+}
+
 const SESSION: Statement = Statement {
-    pg: "SELECT device_id, gateway_node_id, end_reason, \
-         CASE WHEN bytes_up > 9223372036854775807 - bytes_down THEN 9223372036854775807 ELSE bytes_up + bytes_down END AS recorded \
-         FROM sessions WHERE id = $1",
-    sqlite: "SELECT device_id, gateway_node_id, end_reason, \
-             CASE WHEN bytes_up > 9223372036854775807 - bytes_down THEN 9223372036854775807 ELSE bytes_up + bytes_down END AS recorded \
-             FROM sessions WHERE id = ?1",
+    pg: concat!(
+        "SELECT device_id, gateway_node_id, end_reason, ",
+        recorded!(),
+        " FROM sessions s WHERE s.id = $1"
+    ),
+    sqlite: concat!(
+        "SELECT device_id, gateway_node_id, end_reason, ",
+        recorded!(),
+        " FROM sessions s WHERE s.id = ?1"
+    ),
 };
 
 /// The subscription's allowance, read under its row lock.
@@ -72,14 +85,18 @@ struct HeldRow {
 }
 
 const OTHERS: Statement = Statement {
-    pg: "SELECT g.granted, \
-         CASE WHEN s.bytes_up > 9223372036854775807 - s.bytes_down THEN 9223372036854775807 ELSE s.bytes_up + s.bytes_down END AS recorded FROM quota_grants g \
-         JOIN sessions s ON s.id = g.session_id \
-         WHERE g.subscription_id = $1 AND g.session_id <> $2 AND g.valid_until > $3",
-    sqlite: "SELECT g.granted, \
-             CASE WHEN s.bytes_up > 9223372036854775807 - s.bytes_down THEN 9223372036854775807 ELSE s.bytes_up + s.bytes_down END AS recorded FROM quota_grants g \
-             JOIN sessions s ON s.id = g.session_id \
-             WHERE g.subscription_id = ?1 AND g.session_id <> ?2 AND g.valid_until > ?3",
+    pg: concat!(
+        "SELECT g.granted, ",
+        recorded!(),
+        " FROM quota_grants g JOIN sessions s ON s.id = g.session_id \
+         WHERE g.subscription_id = $1 AND g.session_id <> $2 AND g.valid_until > $3"
+    ),
+    sqlite: concat!(
+        "SELECT g.granted, ",
+        recorded!(),
+        " FROM quota_grants g JOIN sessions s ON s.id = g.session_id \
+         WHERE g.subscription_id = ?1 AND g.session_id <> ?2 AND g.valid_until > ?3"
+    ),
 };
 
 const UPSERT: Statement = Statement {

@@ -298,7 +298,10 @@ async fn connection(serving: Arc<Serving>, tcp: TcpStream, conn: Conn) {
 /// About the size of a request's head as sent: its request line and its
 /// header lines.
 fn head_len(req: &Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     req.headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)

@@ -190,25 +190,21 @@ impl Writer {
 
 /// Queues `frame` for the writer, unless its queue stays full for
 /// [`LAST_FRAMES_WAIT`] while the writer writes nothing (the client has
-/// stopped reading; a slow one still gets it), or the writer is gone;
-/// whether it was queued.
+/// stopped reading; a slow one still gets it), or the writer is gone.
 pub(crate) async fn queue_last(
     out: &mpsc::Sender<Frame<'static>>,
     progress: &Progress,
     frame: Frame<'static>,
-) -> bool {
+) {
     let mut seen = progress.now();
     loop {
         match tokio::time::timeout(LAST_FRAMES_WAIT, out.reserve()).await {
-            Ok(Ok(permit)) => {
-                permit.send(frame);
-                return true;
-            }
-            Ok(Err(_)) => return false,
+            Ok(Ok(permit)) => return permit.send(frame),
+            Ok(Err(_)) => return,
             Err(_) => {
                 let now = progress.now();
                 if now == seen {
-                    return false;
+                    return;
                 }
                 seen = now;
             }
