@@ -341,6 +341,72 @@ fn check(what: &str, tunnels: usize, counts: &Counts, recorded: (i64, i64)) {
     );
 }
 
+/// A plane with a node process that witnesses, a gateway process, and a
+/// destination that sends without end: what each test below starts from.
+struct Witnessed {
+    plane: Plane,
+    dir: common::tempdir::TempDir,
+    node: common::GatewayProc,
+    gw: common::GatewayProc,
+    cfg: ServerConfig,
+    counts: Arc<Counts>,
+    target: SocketAddr,
+    port: u16,
+    cert: std::path::PathBuf,
+}
+
+impl Witnessed {
+    /// Starts it, the subscription's allowance set to `allowance` bytes
+    /// (`None`: unlimited).
+    async fn start(allowance: Option<i64>) -> Witnessed {
+        let (plane, listener) = Plane::prepare(0).await;
+        drop(listener);
+        let limit = allowance.map_or("NULL".to_owned(), |b| b.to_string());
+        plane
+            .sql(&format!(
+                "UPDATE subscriptions SET traffic_limit_bytes = {limit}"
+            ))
+            .await;
+        let dir = common::tempdir::TempDir::new();
+        let (node_token, node_port) = register_node(&plane, "witness").await;
+        let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cfg = plane.cipher().await;
+        let counts = Arc::new(Counts::default());
+        let target = destination(counts.clone()).await;
+        let port = common::stable_port();
+        let cert = dir.path().join("gw.crt");
+        let gw =
+            common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
+                .await;
+        Witnessed {
+            plane,
+            dir,
+            node,
+            gw,
+            cfg,
+            counts,
+            target,
+            port,
+            cert,
+        }
+    }
+
+    /// Starts `n` full-speed tunnels through the gateway.
+    async fn traffic(&self, traffic: &Traffic, n: usize) {
+        traffic
+            .start(
+                self.port,
+                &self.cert,
+                &self.plane.device_token,
+                &self.cfg,
+                self.target,
+                n,
+            )
+            .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[expect(
     clippy::print_stderr,
@@ -348,45 +414,35 @@ fn check(what: &str, tunnels: usize, counts: &Counts, recorded: (i64, i64)) {
 )]
 async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_node() {
     const TUNNELS: usize = 3;
-    let (plane, listener) = Plane::prepare(0).await;
-    drop(listener);
-    plane
-        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
-        .await;
-    let dir = common::tempdir::TempDir::new();
-    let (node_token, node_port) = register_node(&plane, "witness").await;
-    let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let cfg = plane.cipher().await;
-    let counts = Arc::new(Counts::default());
-    let target = destination(counts.clone()).await;
-    let port = common::stable_port();
-    let cert = dir.path().join("gw.crt");
-    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
-        .await;
-    let traffic = Traffic::new(counts.clone());
-    traffic
-        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
-        .await;
+    let w = Witnessed::start(None).await;
+    let traffic = Traffic::new(w.counts.clone());
+    w.traffic(&traffic, TUNNELS).await;
     tokio::time::sleep(Duration::from_millis(3_300)).await;
-    gw.sigkill().await;
+    w.gw.sigkill().await;
     // The gateway's own record is gone: only the node can tell.
-    let _ = std::fs::remove_file(dir.path().join("spool.json"));
+    let _ = std::fs::remove_file(w.dir.path().join("spool.json"));
     traffic.ended().await;
     // The node's last totals of the first gateway's connections reach the
     // ledger (and, acknowledged, let the node forget the session).
-    settled(&plane).await;
+    settled(&w.plane).await;
 
     // Restarted, it counts the session from zero; the node counts it under
     // a new epoch.
-    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
-        .await;
+    let plane = &w.plane;
+    let gw = common::GatewayProc::spawn(
+        &plane.server.base,
+        &plane.gateway_token,
+        w.dir.path(),
+        w.port,
+    )
+    .await;
+    let (cert, cfg) = (&w.cert, &w.cfg);
     traffic
-        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
+        .start(w.port, cert, &plane.device_token, cfg, w.target, TUNNELS)
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     traffic.stop().await;
-    let recorded = settled(&plane).await;
+    let recorded = settled(plane).await;
     for q in [
         "SELECT CAST(COALESCE(SUM(witness_up), 0) AS BIGINT) AS n FROM sessions",
         "SELECT CAST(COALESCE(SUM(witness_down), 0) AS BIGINT) AS n FROM sessions",
@@ -396,7 +452,7 @@ async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_no
     ] {
         eprintln!("{q}: {}", plane.scalar(q).await);
     }
-    check("gateway SIGKILL, spool lost", TUNNELS, &counts, recorded);
+    check("gateway SIGKILL, spool lost", TUNNELS, &w.counts, recorded);
     let linked = plane
         .scalar("SELECT COUNT(*) AS n FROM witness_links")
         .await;
@@ -412,39 +468,22 @@ async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_no
         "the node counted the session's second gateway's connections under a new epoch"
     );
     gw.sigkill().await;
-    node.sigkill().await;
+    w.node.sigkill().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_sigkilled_mid_transfer_is_covered_by_the_gateway() {
     const TUNNELS: usize = 3;
-    let (plane, listener) = Plane::prepare(0).await;
-    drop(listener);
-    plane
-        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
-        .await;
-    let dir = common::tempdir::TempDir::new();
-    let (node_token, node_port) = register_node(&plane, "witness").await;
-    let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let cfg = plane.cipher().await;
-    let counts = Arc::new(Counts::default());
-    let target = destination(counts.clone()).await;
-    let port = common::stable_port();
-    let cert = dir.path().join("gw.crt");
-    let gw = common::GatewayProc::spawn(&plane.server.base, &plane.gateway_token, dir.path(), port)
-        .await;
-    let traffic = Traffic::new(counts.clone());
-    traffic
-        .start(port, &cert, &plane.device_token, &cfg, target, TUNNELS)
-        .await;
+    let w = Witnessed::start(None).await;
+    let traffic = Traffic::new(w.counts.clone());
+    w.traffic(&traffic, TUNNELS).await;
     tokio::time::sleep(Duration::from_millis(3_300)).await;
-    node.sigkill().await;
+    w.node.sigkill().await;
     // The tunnels die with the node; the gateway lives on and reports.
     traffic.ended().await;
-    let recorded = settled(&plane).await;
-    check("node SIGKILL", TUNNELS, &counts, recorded);
-    gw.sigkill().await;
+    let recorded = settled(&w.plane).await;
+    check("node SIGKILL", TUNNELS, &w.counts, recorded);
+    w.gw.sigkill().await;
 }
 
 /// More connections moving bytes in one report interval than one request
@@ -521,4 +560,53 @@ async fn a_node_ties_and_counts_more_connections_than_one_body_holds() {
         "recorded: the node's count, the only witness here"
     );
     node.sigkill().await;
+}
+
+/// A 5 MiB allowance spent by full-speed tunnels both ways through a
+/// gateway and a node that witnesses: at the cut-off the node has written
+/// more toward the gateway than the gateway let through (it sits in the
+/// sockets between them), and the ledger records the node's count only as
+/// far as the session's grant. Recorded usage passes the allowance by no
+/// more than 1 MiB, as without the witness (`tests/quota_grants.rs`).
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the overshoot is reported for the record"
+)]
+async fn the_node_witness_records_no_more_than_the_grants_let_through_at_a_cut_off() {
+    const TUNNELS: usize = 2;
+    const ALLOWANCE: i64 = 5 * 1024 * 1024;
+    let w = Witnessed::start(Some(ALLOWANCE)).await;
+    let (plane, counts) = (&w.plane, &w.counts);
+    let traffic = Traffic::new(counts.clone());
+    w.traffic(&traffic, TUNNELS).await;
+    // The gateway cuts the tunnels when the grants run out.
+    traffic.ended().await;
+    let (up, down) = settled(plane).await;
+    let used = plane
+        .scalar("SELECT CAST(SUM(traffic_used_bytes) AS BIGINT) AS n FROM subscriptions")
+        .await;
+    let node_count = plane
+        .scalar("SELECT CAST(SUM(witness_up + witness_down) AS BIGINT) AS n FROM sessions")
+        .await;
+    let client_down = i64::try_from(counts.client_down.load(Ordering::Relaxed)).expect("down");
+    eprintln!(
+        "cut-off with the node witnessing: recorded {up} up + {down} down, charged {used} of \
+         {ALLOWANCE}; the node counted {node_count}, the client read {client_down}"
+    );
+    assert!(
+        node_count > 0,
+        "the node witnessed the session (else this test shows nothing)"
+    );
+    assert!(used >= ALLOWANCE, "the allowance is spent: {used}");
+    assert!(
+        used - ALLOWANCE <= 1024 * 1024,
+        "charged {used} B for a {ALLOWANCE} B allowance"
+    );
+    assert!(
+        down >= client_down,
+        "recorded {down} down, but the client read {client_down}"
+    );
+    w.gw.sigkill().await;
+    w.node.sigkill().await;
 }

@@ -10,7 +10,7 @@ use diesel_async::RunQueryDsl;
 use httvps_wire::Reason;
 use httvps_wire::grant::{GrantRequest, GrantResponse};
 
-use super::grants::{self, Ask, GRANT_TTL, UNLIMITED_TTL};
+use super::grants::{self, Ask, GRANT_TTL, KEPT_AFTER_EXPIRY, UNLIMITED_TTL};
 use crate::access;
 use crate::db::models::now;
 use crate::db::{Db, Statement};
@@ -117,9 +117,18 @@ const RELEASE: Statement = Statement {
     sqlite: "UPDATE quota_grants SET granted = MIN(granted, ?2) WHERE session_id = ?1",
 };
 
+/// Deletes the subscription's grants that expired before the second
+/// parameter (now less [`KEPT_AFTER_EXPIRY`]).
 const PRUNE: Statement = Statement {
     pg: "DELETE FROM quota_grants WHERE subscription_id = $1 AND valid_until <= $2",
     sqlite: "DELETE FROM quota_grants WHERE subscription_id = ?1 AND valid_until <= ?2",
+};
+
+/// An unlimited session has no grant: a limited one left from before the
+/// plan changed would cap the node witness's count of it.
+const FORGET: Statement = Statement {
+    pg: "DELETE FROM quota_grants WHERE session_id = $1",
+    sqlite: "DELETE FROM quota_grants WHERE session_id = ?1",
 };
 
 /// Milliseconds from `now` to `until` (never negative).
@@ -212,6 +221,7 @@ async fn sized(
             .get_result(conn)
             .await?;
         let Some(allowance) = a.traffic_limit_bytes else {
+            FORGET.prepared(conn).text(sid).execute(conn).await?;
             let until = grants::valid_until(ts, UNLIMITED_TTL, a.expires_at, a.expires_at);
             return Ok::<_, AppError>(GrantResponse {
                 session_id: req.session_id.clone(),
@@ -237,7 +247,7 @@ async fn sized(
         PRUNE
             .prepared(conn)
             .text(&sub_id)
-            .timestamp(ts)
+            .timestamp(ts - KEPT_AFTER_EXPIRY)
             .execute(conn)
             .await?;
         let others: Vec<HeldRow> = OTHERS

@@ -22,6 +22,12 @@ pub const GRANT_TTL: Duration = Duration::seconds(30);
 /// How long an unlimited plan's grant holds (it only has an end to keep).
 pub const UNLIMITED_TTL: Duration = Duration::minutes(10);
 
+/// How long an expired grant is kept: it holds nothing back any more, but
+/// it still caps what the node witness's count records for its session
+/// (the node reports a session within seconds of its last connection
+/// closing, so an hour is ample).
+pub const KEPT_AFTER_EXPIRY: Duration = Duration::hours(1);
+
 /// What one session's grant holds back from its subscription: its limit
 /// less what the ledger recorded for it (never negative).
 pub fn held(limit: i64, recorded: i64) -> i64 {

@@ -39,6 +39,41 @@ impl Totals {
     }
 }
 
+/// What the ledger records for a session from the gateway's totals and the
+/// node's: the larger of each direction (see [`witness`](super::witness)), with the
+/// node's surplus over the gateway cut where both together would pass
+/// `cap`, the limit of the session's quota grant (or the gateway's own
+/// total, if larger). The gateway lets no byte through past its grant, so
+/// what the node counts beyond it never reached the client: it sat in the
+/// sockets between the node and a gateway that had stopped reading at the
+/// cut-off. The download surplus is cut first (that is where those bytes
+/// are), then the upload's. Without a grant (an unlimited subscription,
+/// or a gateway that never asked) nothing is cut.
+pub fn recorded(gateway: Totals, node: Totals, cap: Option<i64>) -> Totals {
+    let r = gateway.max(node);
+    let Some(cap) = cap else {
+        return r;
+    };
+    // In i128: two totals near the bound do not overflow.
+    let wide = |t: Totals| (i128::from(t.up), i128::from(t.down));
+    let ((g_up, g_down), (r_up, r_down)) = (wide(gateway), wide(r));
+    let bound = i128::from(cap).max(g_up + g_down);
+    let mut excess = r_up + r_down - bound;
+    if excess <= 0 {
+        return r;
+    }
+    let cut_down = excess.min(r_down - g_down);
+    excess -= cut_down;
+    let cut_up = excess.min(r_up - g_up);
+    // Each cut leaves at least the gateway's total, an i64.
+    let narrow = |v: i128| i64::try_from(v).unwrap_or(i64::MAX);
+    Totals {
+        seq: r.seq,
+        up: narrow(r_up - cut_up),
+        down: narrow(r_down - cut_down),
+    }
+}
+
 /// Per session, the largest totals seen (sorted by session id).
 pub type Latest = BTreeMap<SessionId, Totals>;
 
@@ -210,6 +245,11 @@ pub struct Stored {
     /// The node's count of bytes down so far.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub witness_down: i64,
+    /// The limit of the session's quota grant, if it has one: the most the
+    /// gateway could let through, so the most the node's count may record
+    /// (see [`recorded`]).
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub witness_cap: Option<i64>,
 }
 
 impl Stored {
@@ -294,7 +334,8 @@ pub struct ChunkPlan {
 /// Plans a chunk at `now`: for each `stored` session with reports in
 /// `merged`, the node's count folded across its epochs, the increase of
 /// the larger of the gateway's and the node's count over what is recorded
-/// (nothing for replays and older totals), its hour, and its owner's
+/// (the node's within the session's grant; nothing for replays and older
+/// totals), its hour, and its owner's
 /// charge. A session whose node count moved but whose recorded totals did
 /// not is still written (the count must survive for the next epoch).
 pub fn plan_chunk(
@@ -312,8 +353,14 @@ pub fn plan_chunk(
         let before = s.node_count();
         let count = m.node.iter().fold(before, |c, t| c.fold(*t));
         let t = m.gateway.unwrap_or_default();
-        let delta_up = (t.up.max(count.up) - s.bytes_up).max(0);
-        let delta_down = (t.down.max(count.down) - s.bytes_down).max(0);
+        let node = Totals {
+            seq: 0,
+            up: count.up,
+            down: count.down,
+        };
+        let r = recorded(t, node, s.witness_cap);
+        let delta_up = (r.up - s.bytes_up).max(0);
+        let delta_down = (r.down - s.bytes_down).max(0);
         if delta_up == 0 && delta_down == 0 && count == before {
             continue;
         }

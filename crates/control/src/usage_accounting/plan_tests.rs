@@ -26,6 +26,7 @@ fn stored(user: UserId, up: i64, down: i64, hour: Option<NaiveDateTime>) -> Stor
         witness_base_down: 0,
         witness_up: 0,
         witness_down: 0,
+        witness_cap: None,
     }
 }
 
@@ -396,4 +397,37 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
         recorded,
         vec![(10, 1_100), (12, 3_200), (13, 3_700), (13, 3_700)]
     );
+}
+
+#[test]
+fn the_nodes_count_is_recorded_only_as_far_as_the_sessions_grant() {
+    let user = UserId::random();
+    let now = at(10, 30);
+    // Cut off at a 1,000-byte grant: the gateway forwarded 100 up and 895
+    // down, the node had written 4,000 down toward it.
+    let s = Stored {
+        witness_cap: Some(1_000),
+        ..stored(user, 0, 0, Some(hour_of(now)))
+    };
+    let m = Merged {
+        gateway: Some(Totals {
+            seq: 9,
+            up: 100,
+            down: 895,
+        }),
+        node: vec![node(3, 100, 4_000)],
+    };
+    let plan = plan_chunk(std::slice::from_ref(&s), &[(s.id, m.clone())], now);
+    let g = &plan.grown[0];
+    assert_eq!((g.up, g.down), (100, 900));
+    // The node's own count is kept whole (its next epoch counts on top).
+    assert_eq!((g.w_up, g.w_down), (100, 4_000));
+    assert_eq!(plan.charges, vec![charge(user, 1_000)]);
+    // Without a grant (unlimited), the larger count stands.
+    let free = Stored {
+        witness_cap: None,
+        ..s.clone()
+    };
+    let plan = plan_chunk(std::slice::from_ref(&free), &[(s.id, m)], now);
+    assert_eq!((plan.grown[0].up, plan.grown[0].down), (100, 4_000));
 }

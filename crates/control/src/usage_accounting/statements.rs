@@ -52,18 +52,22 @@ pub const INBOX_DELETE: Statement = Statement {
     sqlite: "DELETE FROM usage_inbox WHERE id IN (SELECT value FROM json_each(?1))",
 };
 
-/// Reads the sessions about to grow with their owners. Only the applier
-/// writes byte totals, and appliers take turns, so no row lock is needed.
+/// Reads the sessions about to grow with their owners and their quota
+/// grants' limits (the node witness's cap). Only the applier writes byte
+/// totals, and appliers take turns, so no row lock is needed.
 pub const READ: Statement = Statement {
     pg: "SELECT s.id, d.user_id, s.bytes_up, s.bytes_down, s.last_seq, s.end_reason, \
          s.hour_start, s.hour_up, s.hour_down, s.witness_epoch, s.witness_base_up, \
-         s.witness_base_down, s.witness_up, s.witness_down \
+         s.witness_base_down, s.witness_up, s.witness_down, g.granted AS witness_cap \
          FROM sessions s JOIN devices d ON d.id = s.device_id \
+         LEFT JOIN quota_grants g ON g.session_id = s.id \
          WHERE s.id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
     sqlite: "SELECT s.id, d.user_id, s.bytes_up, s.bytes_down, s.last_seq, \
              s.end_reason, s.hour_start, s.hour_up, s.hour_down, s.witness_epoch, \
-             s.witness_base_up, s.witness_base_down, s.witness_up, s.witness_down \
+             s.witness_base_up, s.witness_base_down, s.witness_up, s.witness_down, \
+             g.granted AS witness_cap \
              FROM sessions s JOIN devices d ON d.id = s.device_id \
+             LEFT JOIN quota_grants g ON g.session_id = s.id \
              WHERE s.id IN (SELECT value FROM json_each(?1))",
 };
 

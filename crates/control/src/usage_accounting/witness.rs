@@ -24,7 +24,11 @@
 //! the larger is the survivor's. Totals of one epoch only grow and the
 //! applier adds only the increase over what is stored, so replays,
 //! reorderings and a witness arriving before or after the gateway count
-//! nothing twice. [`recorded`] states the rule for one session;
+//! nothing twice. One bound: the node's count is recorded only as far as
+//! the session's quota grant, the most the gateway could let through; at a
+//! cut-off the node has written more toward a gateway that stopped
+//! reading, and those bytes never reached the client.
+//! [`recorded`](super::plan::recorded) states the rule for one session;
 //! [`plan`](super::plan) applies it, batched.
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,7 +38,7 @@ use diesel_async::RunQueryDsl;
 use httvps_wire::witness::{ConnTie, MAX_WITNESS_BATCH, SessionLink, WitnessReport};
 
 use super::inbox::to_json;
-use super::plan::{InboxNodeTotals, Totals};
+use super::plan::InboxNodeTotals;
 use super::statements::{INBOX_INSERT, Inserted, KNOWN, Known};
 use crate::db::models::now;
 use crate::db::{Db, Statement};
@@ -47,12 +51,6 @@ use crate::ids::{GatewayNodeId, OutlineNodeId, SessionId};
 /// belongs to an earlier connection from the same address and port. The
 /// margin covers the time the report takes to arrive.
 pub const LINK_SLACK: chrono::Duration = chrono::Duration::seconds(10);
-
-/// What the ledger records for a session from the gateway's totals and the
-/// node's: the larger of each direction (see the module's note).
-pub fn recorded(gateway: Totals, node: Totals) -> Totals {
-    gateway.max(node)
-}
 
 /// A peer as both sides spell it: `ip:port`, IPv4-mapped IPv6 as IPv4.
 pub fn canonical_peer(text: &str) -> Option<String> {
@@ -285,6 +283,7 @@ mod tests {
     use httvps_wire::witness::SessionWitness;
 
     use super::*;
+    use crate::usage_accounting::plan::{Totals, recorded};
 
     fn t(seq: i64, up: i64, down: i64) -> Totals {
         Totals { seq, up, down }
@@ -294,8 +293,48 @@ mod tests {
     fn the_larger_witness_wins_each_direction() {
         // The gateway counts up when written to the node, the node counts
         // down when written to the gateway: each is ahead in one direction.
-        assert_eq!(recorded(t(9, 100, 40), t(0, 90, 50)), t(9, 100, 50));
-        assert_eq!(recorded(t(1, 0, 0), t(0, 0, 0)), t(1, 0, 0));
+        assert_eq!(recorded(t(9, 100, 40), t(0, 90, 50), None), t(9, 100, 50));
+        assert_eq!(recorded(t(1, 0, 0), t(0, 0, 0), None), t(1, 0, 0));
+        // Within the grant, the cap changes nothing.
+        assert_eq!(
+            recorded(t(9, 100, 40), t(0, 90, 50), Some(150)),
+            t(9, 100, 50)
+        );
+    }
+
+    #[test]
+    fn the_node_counts_no_further_than_the_grant() {
+        // Cut off at a 1,000-byte grant: the gateway forwarded 100 up and
+        // 890 down; the node wrote 3,000 down toward it.
+        assert_eq!(
+            recorded(t(4, 100, 890), t(0, 100, 3_000), Some(1_000)),
+            t(4, 100, 900)
+        );
+        // The gateway died: only the node tells, up to the grant, the
+        // download's surplus cut first.
+        assert_eq!(
+            recorded(t(0, 0, 0), t(0, 700, 3_000), Some(1_000)),
+            t(0, 700, 300)
+        );
+        assert_eq!(
+            recorded(t(0, 0, 0), t(0, 1_500, 3_000), Some(1_000)),
+            t(0, 1_000, 0)
+        );
+        // The gateway's own count stands even past the grant (a grant
+        // released at the gateway's count, or a last frame over it).
+        assert_eq!(
+            recorded(t(2, 600, 600), t(0, 600, 900), Some(1_000)),
+            t(2, 600, 600)
+        );
+        // Never below the gateway's count, and no overflow at the bounds.
+        assert_eq!(
+            recorded(t(1, i64::MAX, i64::MAX), t(0, i64::MAX, i64::MAX), Some(0)),
+            t(1, i64::MAX, i64::MAX)
+        );
+        assert_eq!(
+            recorded(t(0, 0, 0), t(0, i64::MAX, i64::MAX), Some(i64::MAX)),
+            t(0, i64::MAX, 0)
+        );
     }
 
     #[test]
