@@ -18,7 +18,7 @@ use httvps_dataplane::{client, gateway, node, tls};
 use plane::{PASSWORD, Plane, login};
 use serde_json::{Value, json};
 use sha2::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -2184,4 +2184,173 @@ async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
         .expect("exited in time")
         .expect("wait");
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// A client frame as raw bytes: masked with a fixed key unless `masked`
+/// is false.
+fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![first];
+    let bit = if masked { 0x80 } else { 0 };
+    if payload.len() < 126 {
+        out.push(bit | payload.len() as u8);
+    } else {
+        out.push(bit | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    let key = [0x11, 0x22, 0x33, 0x44];
+    if masked {
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// The code of the first Close the gateway sends on `s` within 5 s
+/// (skipping data and Pings), or `None` when it closes without one.
+async fn close_code<S: AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
+    let read = async {
+        loop {
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).await.ok()?;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    s.read_exact(&mut b).await.ok()?;
+                    u64::from(u16::from_be_bytes(b))
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    s.read_exact(&mut b).await.ok()?;
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; usize::try_from(len).ok()?];
+            s.read_exact(&mut payload).await.ok()?;
+            if head[0] & 0x0f == 0x8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the gateway answers within 5 s")
+}
+
+/// Frames a client may not send (RFC 6455): each fails its tunnel with
+/// Close 1002 (1007 for a Close reason that is not UTF-8), over TCP and UDP
+/// tunnels; a well-formed Close still gets the ordinary 1000.
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_that_break_the_websocket_protocol_fail_the_tunnel_with_1002() {
+    let plane = Plane::start(1).await;
+    let token = plane.device_token.clone();
+    let close = |code: u16, reason: &[u8]| {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason);
+        client_frame(0x88, &p, true)
+    };
+    let pong_126 = client_frame(0x8a, &[0u8; 126], true);
+    let cases: Vec<(&str, &str, Vec<u8>, Option<u16>)> = vec![
+        (
+            "unmasked binary",
+            "tcp",
+            client_frame(0x82, b"hello", false),
+            Some(1002),
+        ),
+        (
+            "unmasked after a masked frame",
+            "tcp",
+            [
+                client_frame(0x82, b"x", true),
+                client_frame(0x82, b"y", false),
+            ]
+            .concat(),
+            Some(1002),
+        ),
+        (
+            "unmasked close",
+            "tcp",
+            client_frame(0x88, &1000u16.to_be_bytes(), false),
+            Some(1002),
+        ),
+        (
+            "continuation without a start",
+            "tcp",
+            client_frame(0x80, b"abc", true),
+            Some(1002),
+        ),
+        (
+            "a new message inside a fragmented one",
+            "tcp",
+            [
+                client_frame(0x02, b"a", true),
+                client_frame(0x82, b"b", true),
+            ]
+            .concat(),
+            Some(1002),
+        ),
+        ("close code 999", "tcp", close(999, b""), Some(1002)),
+        ("close code 1005", "tcp", close(1005, b""), Some(1002)),
+        (
+            "one-byte close",
+            "tcp",
+            client_frame(0x88, &[3], true),
+            Some(1002),
+        ),
+        (
+            "close reason not UTF-8",
+            "tcp",
+            close(1000, &[0xc3, 0x28]),
+            Some(1007),
+        ),
+        ("pong of 126 bytes", "tcp", pong_126, Some(1002)),
+        (
+            "reserved bit",
+            "tcp",
+            client_frame(0xc2, b"z", true),
+            Some(1002),
+        ),
+        (
+            "unmasked datagram",
+            "udp",
+            client_frame(0x82, b"dgram", false),
+            Some(1002),
+        ),
+        ("close code 999 on udp", "udp", close(999, b""), Some(1002)),
+        (
+            "a well-formed close",
+            "udp",
+            close(1000, b"bye"),
+            Some(1000),
+        ),
+        (
+            "a well-formed close",
+            "tcp",
+            close(4000, b"bye"),
+            Some(1000),
+        ),
+    ];
+    for (name, kind, bytes, want) in cases {
+        let mut s = plane.tls().await;
+        s.write_all(&upgrade_request(&format!("/ws/{token}/{kind}"), ""))
+            .await
+            .expect("upgrade");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut b).await.expect("read");
+            assert!(n > 0, "{name}: closed before answering");
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{name}");
+        s.write_all(&bytes).await.expect("send");
+        assert_eq!(close_code(&mut s).await, want, "{name}");
+    }
+    // Still serving.
+    let socks = plane.client().await;
+    let body = random_body(20_000);
+    let web = http_server(body.clone()).await;
+    assert_eq!(fetch(socks, web).await, *body);
 }

@@ -20,7 +20,8 @@
 //! - `pending`: checks in flight (one call per credential, shared by the
 //!   requests about it) and their bounds.
 //! - `throttle`: guessed tokens per source, and who is shut out.
-//! - `tunnel`, `tcp`, `udp`: the pipes.
+//! - `tunnel`, `tcp`, `udp`: the pipes; `frames`: a client's frames held
+//!   to RFC 6455 (masked, fragments in order, valid Close).
 //! - `document`: the Outline access document.
 //! - `sessions`: per-session counters, close signals, monotonic totals.
 //! - `grant`, `granting`: quota grants (the pure core; asking for them).
@@ -49,6 +50,7 @@ mod admission;
 mod caps;
 mod document;
 mod follower;
+mod frames;
 mod grant;
 mod granting;
 mod h2;

@@ -23,13 +23,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
 use httvps_wire::Reason;
 
+use super::frames;
 use super::grant::clock_ms;
 use super::tunnel::{self, TunnelGuard, closed_signal};
 use super::upgrade::Opening;
@@ -101,22 +102,12 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
     let up_drained = drained.clone();
     let (up_gw, up_id) = (gw.clone(), guard.session_id.clone());
     let mut upstream = tokio::spawn(async move {
+        let mut sequence = frames::Sequence::default();
         loop {
-            let frame = match rx
-                .read_frame::<_, WebSocketError>(&mut |_| async { Ok(()) })
-                .await
-            {
-                Ok(f) => f,
-                Err(WebSocketError::FrameTooLarge) => {
-                    tunnel::queue_last(
-                        &up_out,
-                        &up_progress,
-                        Frame::close(1009, b"frame too large"),
-                    )
-                    .await;
-                    return false;
-                }
-                Err(_) => return false,
+            let Some(frame) =
+                tunnel::next_frame(&mut rx, &mut sequence, &up_out, &up_progress).await
+            else {
+                return false;
             };
             match frame.opcode {
                 OpCode::Binary | OpCode::Continuation => {

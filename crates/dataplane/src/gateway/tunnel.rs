@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketRead};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::Gateway;
 use super::accept::Conn;
 use super::caps::CapRefusal;
+use super::frames::{self, MaskedOnly, Sequence};
 use super::sessions::{Closing, Session};
 use super::strangers::Carrying;
 use super::upgrade::Opening;
@@ -115,8 +116,8 @@ pub(crate) async fn closed_signal(mut rx: watch::Receiver<Closing>) -> (u16, &'s
 /// The upgraded connection.
 pub(crate) type WsIo = TokioIo<hyper::upgrade::Upgraded>;
 
-/// The reading half of a tunnel's WebSocket.
-pub(crate) type WsRead = WebSocketRead<tokio::io::ReadHalf<WsIo>>;
+/// The reading half of a tunnel's WebSocket (unmasked frames refused).
+pub(crate) type WsRead = WebSocketRead<MaskedOnly<tokio::io::ReadHalf<WsIo>>>;
 
 /// Completes the upgrade (over HTTP/1.1 or HTTP/2: the same upgraded byte
 /// stream either way) with our settings (no automatic Close or Pong, a
@@ -144,7 +145,10 @@ pub(crate) async fn open(
     // fastwebsockets refuses a payload of its limit too: `max_frame`
     // bytes are allowed, 1009 beyond.
     ws.set_max_message_size(max_frame.saturating_add(1));
-    let (rx, mut tx) = ws.split(tokio::io::split);
+    let (rx, mut tx) = ws.split(|io| {
+        let (r, w) = tokio::io::split(io);
+        (MaskedOnly::new(r), w)
+    });
     let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(queue);
     let written = Arc::new(AtomicU64::new(0));
     let count = written.clone();
@@ -158,6 +162,31 @@ pub(crate) async fn open(
         }
     });
     Some((rx, out, Writer { handle, written }))
+}
+
+/// The client's next frame, held to the protocol (see `frames`): `None`
+/// once the tunnel must end, with the Close that a broken rule calls for
+/// queued.
+pub(crate) async fn next_frame<'a>(
+    rx: &'a mut WsRead,
+    sequence: &mut Sequence,
+    out: &mpsc::Sender<Frame<'static>>,
+    progress: &Progress,
+) -> Option<Frame<'a>> {
+    let refusal = match rx
+        .read_frame::<_, WebSocketError>(&mut |_| async { Ok(()) })
+        .await
+    {
+        Ok(f) => match sequence.check(&f) {
+            Ok(()) => return Some(f),
+            Err(r) => Some(r),
+        },
+        Err(e) => frames::failure(&e),
+    };
+    if let Some((code, reason)) = refusal {
+        queue_last(out, progress, Frame::close(code, reason)).await;
+    }
+    None
 }
 
 /// The task that writes a tunnel's frames, and how many it has written.

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::frames;
 use super::tunnel::{self, TunnelGuard, closed_signal};
 use super::upgrade::Opening;
 
@@ -39,15 +40,15 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
     );
     let (up_gw, up_id) = (gw.clone(), guard.session_id.clone());
     let mut upstream = tokio::spawn(async move {
+        let mut sequence = frames::Sequence::default();
         loop {
-            let Ok(frame) = rx
-                .read_frame::<_, WebSocketError>(&mut |_| async { Ok(()) })
-                .await
+            let Some(frame) =
+                tunnel::next_frame(&mut rx, &mut sequence, &up_out, &up_progress).await
             else {
                 return;
             };
             match frame.opcode {
-                OpCode::Binary => {
+                OpCode::Binary if frame.fin => {
                     // Nothing past the grant (the close signal follows).
                     if up_gw.room(&up_id, &up_session).await
                         && up_sock.send(&frame.payload).await.is_ok()
@@ -68,7 +69,7 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     tunnel::queue_last(&up_out, &up_progress, Frame::close(1000, b"")).await;
                     return;
                 }
-                OpCode::Text | OpCode::Continuation => {
+                OpCode::Binary | OpCode::Text | OpCode::Continuation => {
                     tunnel::queue_last(
                         &up_out,
                         &up_progress,

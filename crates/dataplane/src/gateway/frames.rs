@@ -1,0 +1,228 @@
+//! A client's WebSocket frames held to RFC 6455, beyond what fastwebsockets
+//! checks (reserved bits, unknown opcodes, fragmented control frames, Ping
+//! size, the frame limit):
+//! - every frame from a client is masked (5.1): [`MaskedOnly`] watches the
+//!   frame headers in the bytes as they are read, before fastwebsockets
+//!   parses them, and fails the read at the first unmasked one;
+//! - fragments come in order, and control frames carry at most 125 bytes
+//!   (5.4, 5.5), checked by [`Sequence`] on each parsed frame;
+//! - a Close carries nothing, or a code a peer may send with a UTF-8 reason
+//!   (5.5.1, 7.4).
+//!
+//! A frame that breaks a rule fails the connection with Close 1002 (1007
+//! for a reason that is not UTF-8), as [`failure`] maps each refusal.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use fastwebsockets::{Frame, OpCode, WebSocketError};
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// What the read of an unmasked frame fails with.
+const UNMASKED: &str = "an unmasked frame from a client";
+
+/// Where the watcher is in the byte stream.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    /// In a frame header, with `have` of its bytes.
+    Head { head: [u8; 2], have: usize },
+    /// In the rest of a header (extended length and mask) and the payload:
+    /// `skip` bytes to pass, the first `len_want` of them the extended
+    /// length (`len_have` read so far, into `len`).
+    Body {
+        skip: u64,
+        len: [u8; 8],
+        len_have: usize,
+        len_want: usize,
+    },
+    /// An unmasked frame was seen: every read fails.
+    Refused,
+}
+
+/// An `AsyncRead` of a client's side of a WebSocket that fails at the
+/// first frame header without the mask bit (see the module's note).
+pub(crate) struct MaskedOnly<R> {
+    inner: R,
+    at: At,
+}
+
+impl<R> MaskedOnly<R> {
+    /// Watches `inner` from a frame boundary (right after the handshake).
+    pub fn new(inner: R) -> Self {
+        MaskedOnly {
+            inner,
+            at: At::Head {
+                head: [0; 2],
+                have: 0,
+            },
+        }
+    }
+
+    /// Walks `data`, the bytes just read, through the frame headers.
+    fn scan(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match &mut self.at {
+                At::Refused => break,
+                At::Head { head, have } => {
+                    head[*have] = data[0];
+                    *have += 1;
+                    data = &data[1..];
+                    if *have == 2 {
+                        if head[1] & 0x80 == 0 {
+                            self.at = At::Refused;
+                            break;
+                        }
+                        let code = head[1] & 0x7f;
+                        let len_want = match code {
+                            126 => 2,
+                            127 => 8,
+                            _ => 0,
+                        };
+                        // The extended length and the mask, then the
+                        // payload (added once the length is known).
+                        self.at = At::Body {
+                            skip: len_want as u64
+                                + 4
+                                + if len_want == 0 { u64::from(code) } else { 0 },
+                            len: [0; 8],
+                            len_have: 0,
+                            len_want,
+                        };
+                    }
+                }
+                At::Body {
+                    skip,
+                    len,
+                    len_have,
+                    len_want,
+                } => {
+                    if *len_have < *len_want {
+                        len[*len_have] = data[0];
+                        *len_have += 1;
+                        *skip -= 1;
+                        data = &data[1..];
+                        if *len_have == *len_want {
+                            let n = if *len_want == 2 {
+                                u64::from(u16::from_be_bytes([len[0], len[1]]))
+                            } else {
+                                u64::from_be_bytes(*len)
+                            };
+                            *skip = skip.saturating_add(n);
+                        }
+                        continue;
+                    }
+                    let k = (*skip).min(data.len() as u64);
+                    *skip -= k;
+                    data = &data[k as usize..];
+                    if *skip == 0 {
+                        self.at = At::Head {
+                            head: [0; 2],
+                            have: 0,
+                        };
+                    }
+                }
+            }
+        }
+        if matches!(self.at, At::Refused) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, UNMASKED));
+        }
+        Ok(())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for MaskedOnly<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if matches!(self.at, At::Refused) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, UNMASKED)));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let this = &mut *self;
+        // The bytes of a refused read are not handed on: the read fails.
+        this.scan(&buf.filled()[before..])
+            .inspect_err(|_| buf.set_filled(before))?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Why a client's frame fails its connection: the Close to send.
+pub(crate) type Refusal = (u16, &'static [u8]);
+
+/// The Close that a read error calls for: `None` when the connection is
+/// simply gone (nothing to tell), 1009 for a frame past the limit, 1002
+/// for a frame that breaks the protocol.
+pub(crate) fn failure(e: &WebSocketError) -> Option<Refusal> {
+    match e {
+        WebSocketError::FrameTooLarge => Some((1009, b"frame too large")),
+        WebSocketError::IoError(io) if io.kind() == io::ErrorKind::InvalidData => {
+            Some((1002, b"unmasked frame"))
+        }
+        WebSocketError::IoError(_)
+        | WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed
+        | WebSocketError::SendError(_)
+        | WebSocketError::HTTPError(_) => None,
+        _ => Some((1002, b"protocol error")),
+    }
+}
+
+/// The order of a client's frames: whether a fragmented message is open.
+#[derive(Debug, Default)]
+pub(crate) struct Sequence {
+    fragmented: bool,
+}
+
+/// Whether a peer may send Close code `code` (RFC 6455 7.4: the defined
+/// codes but those never sent, the registered ones, 3000–4999).
+fn sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+impl Sequence {
+    /// Checks `frame`, the next from the client.
+    pub fn check(&mut self, frame: &Frame<'_>) -> Result<(), Refusal> {
+        match frame.opcode {
+            OpCode::Binary | OpCode::Text => {
+                if self.fragmented {
+                    return Err((1002, b"a new message inside a fragmented one"));
+                }
+                self.fragmented = !frame.fin;
+            }
+            OpCode::Continuation => {
+                if !self.fragmented {
+                    return Err((1002, b"a continuation without a message"));
+                }
+                self.fragmented = !frame.fin;
+            }
+            OpCode::Ping | OpCode::Pong | OpCode::Close => {
+                if frame.payload.len() > 125 {
+                    return Err((1002, b"control frame too large"));
+                }
+            }
+        }
+        if frame.opcode == OpCode::Close {
+            let p = &frame.payload[..];
+            if p.len() == 1 {
+                return Err((1002, b"a one-byte close"));
+            }
+            if p.len() >= 2 {
+                if !sendable(u16::from_be_bytes([p[0], p[1]])) {
+                    return Err((1002, b"close code not allowed"));
+                }
+                if std::str::from_utf8(&p[2..]).is_err() {
+                    return Err((1007, b"close reason not UTF-8"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "frames_tests.rs"]
+mod tests;
