@@ -1795,15 +1795,20 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
         }
     };
     // The first round warms the gateway (connection pools, allocator); the
-    // baseline is taken after it, and a second round must leave nothing behind.
+    // baseline is taken after it, and two more rounds (400 tunnels) must
+    // leave nothing behind. The memory margin is the allocator's: its
+    // arenas keep up to a few MiB of what a round freed (4.5 MiB seen
+    // once), while a leak of 16 KiB per tunnel would show as 6.4 MB.
+    const MARGIN_KIB: u64 = 6 * 1024;
     round().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (fd_base, rss_base) = (fds(), rss_kib(pid));
     round().await;
+    round().await;
     // Back to the baseline (bounded wait: closes finish asynchronously).
     let mut now = (fds(), rss_kib(pid));
     for _ in 0..50 {
-        if now.0 <= fd_base + 2 && now.1 <= rss_base + 4096 {
+        if now.0 <= fd_base + 2 && now.1 <= rss_base + MARGIN_KIB {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1819,7 +1824,7 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
         now.0
     );
     assert!(
-        now.1 <= rss_base + 4096,
+        now.1 <= rss_base + MARGIN_KIB,
         "gateway memory: {rss_base} KiB before, {} KiB after",
         now.1
     );
