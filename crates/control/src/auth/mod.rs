@@ -1,9 +1,9 @@
 //! Credentials: password hashing, opaque tokens hashed at rest, and JWTs.
 
+mod argon;
 pub mod jwt;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::SaltString;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -54,7 +54,8 @@ pub fn check_password_policy(password: &str) -> AppResult<()> {
 }
 
 /// Argon2 runs at once at most: two per core. Each holds about 19 MiB
-/// for a few tens of milliseconds of a core's time; more at once only
+/// (kept for the next, see `argon`) for a few tens of milliseconds of a
+/// core's time; more at once only
 /// queue for the cores, and a burst of log-ins (or of aliased
 /// `changePassword` calls) would otherwise take a blocking thread and its
 /// memory each (up to 512 threads, about 10 GB). Callers past the bound
@@ -82,9 +83,7 @@ pub async fn hash_password(password: String) -> AppResult<String> {
         rand::rng().fill_bytes(&mut salt);
         let salt =
             SaltString::encode_b64(&salt).map_err(|e| AppError::Internal(format!("salt: {e}")))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
+        argon::hash(password.as_bytes(), &salt)
             .map_err(|e| AppError::Internal(format!("argon2: {e}")))
     })
     .await?
@@ -95,17 +94,9 @@ pub async fn verify_password(password: String, hash: String) -> bool {
     if password.len() > MAX_PASSWORD_LEN {
         return false;
     }
-    hashing(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+    hashing(move || argon::verify(password.as_bytes(), &hash))
+        .await
+        .unwrap_or(false)
 }
 
 /// A new opaque token: 256 random bits, URL-safe base64 without padding.
