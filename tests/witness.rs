@@ -408,13 +408,28 @@ impl Witnessed {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_node() {
+    gateway_sigkilled_without_its_spool(None).await;
+}
+
+/// The same on a limited plan: the restarted gateway counts the session
+/// from zero and asks for grants from there, and the node's count, which
+/// goes on from the whole session, is still recorded (the grants' bound on
+/// it is in the ledger's terms).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_sigkilled_without_its_spool_on_a_limited_plan_is_covered_by_the_node() {
+    gateway_sigkilled_without_its_spool(Some(1 << 40)).await;
+}
+
+/// A gateway SIGKILLed mid-transfer, its spool deleted, restarted: what
+/// is recorded matches what the client and the destination saw.
 #[expect(
     clippy::print_stderr,
     reason = "the figures are reported for the record"
 )]
-async fn a_gateway_sigkilled_mid_transfer_without_its_spool_is_covered_by_the_node() {
+async fn gateway_sigkilled_without_its_spool(allowance: Option<i64>) {
     const TUNNELS: usize = 3;
-    let w = Witnessed::start(None).await;
+    let w = Witnessed::start(allowance).await;
     let traffic = Traffic::new(w.counts.clone());
     w.traffic(&traffic, TUNNELS).await;
     tokio::time::sleep(Duration::from_millis(3_300)).await;

@@ -226,6 +226,8 @@ diesel::table! {
         subscription_id -> Text,
         granted -> BigInt,
         valid_until -> Timestamp,
+        gateway_used -> BigInt,
+        ledger_offset -> BigInt,
     }
 }
 

@@ -99,22 +99,49 @@ const OTHERS: Statement = Statement {
     ),
 };
 
+/// Stores the session's grant: its limit in the ledger's terms, the
+/// gateway's count and the offset between the two (see
+/// [`grants::ledger_offset`]).
 const UPSERT: Statement = Statement {
-    pg: "INSERT INTO quota_grants (session_id, subscription_id, granted, valid_until) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (session_id) DO UPDATE SET \
+    pg: "INSERT INTO quota_grants \
+         (session_id, subscription_id, granted, valid_until, gateway_used, ledger_offset) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id) DO UPDATE SET \
          subscription_id = excluded.subscription_id, granted = excluded.granted, \
-         valid_until = excluded.valid_until",
-    sqlite: "INSERT INTO quota_grants (session_id, subscription_id, granted, valid_until) \
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id) DO UPDATE SET \
+         valid_until = excluded.valid_until, gateway_used = excluded.gateway_used, \
+         ledger_offset = excluded.ledger_offset",
+    sqlite: "INSERT INTO quota_grants \
+             (session_id, subscription_id, granted, valid_until, gateway_used, ledger_offset) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (session_id) DO UPDATE SET \
              subscription_id = excluded.subscription_id, granted = excluded.granted, \
-             valid_until = excluded.valid_until",
+             valid_until = excluded.valid_until, gateway_used = excluded.gateway_used, \
+             ledger_offset = excluded.ledger_offset",
+};
+
+/// The session's grant as its gateway last asked for it.
+#[derive(diesel::QueryableByName)]
+struct PrevRow {
+    #[diesel(sql_type = BigInt)]
+    gateway_used: i64,
+    #[diesel(sql_type = BigInt)]
+    ledger_offset: i64,
+}
+
+const PREV: Statement = Statement {
+    pg: "SELECT gateway_used, ledger_offset FROM quota_grants WHERE session_id = $1",
+    sqlite: "SELECT gateway_used, ledger_offset FROM quota_grants WHERE session_id = ?1",
 };
 
 /// A released grant keeps holding the session's unreported bytes until it
-/// expires (its limit becomes what the gateway counted).
+/// expires: its limit becomes what the gateway counted (in the ledger's
+/// terms, saturating), or what the ledger recorded if more. Parameters:
+/// the session, the gateway's count, the recorded bytes.
 const RELEASE: Statement = Statement {
-    pg: "UPDATE quota_grants SET granted = LEAST(granted, $2) WHERE session_id = $1",
-    sqlite: "UPDATE quota_grants SET granted = MIN(granted, ?2) WHERE session_id = ?1",
+    pg: "UPDATE quota_grants SET granted = LEAST(granted, GREATEST(CASE \
+         WHEN ledger_offset > 9223372036854775807 - $2 THEN 9223372036854775807 \
+         ELSE ledger_offset + $2 END, $3)) WHERE session_id = $1",
+    sqlite: "UPDATE quota_grants SET granted = MIN(granted, MAX(CASE \
+             WHEN ledger_offset > 9223372036854775807 - ?2 THEN 9223372036854775807 \
+             ELSE ledger_offset + ?2 END, ?3)) WHERE session_id = ?1",
 };
 
 /// Deletes the subscription's grants that expired before the second
@@ -179,7 +206,8 @@ pub async fn grant(
         db_run!(db, |conn| RELEASE
             .prepared(conn)
             .text(&sid)
-            .bigint(req.used.max(row.recorded))
+            .bigint(req.used)
+            .bigint(row.recorded)
             .execute(conn)
             .await)?;
         return Ok(refused(req, None));
@@ -270,12 +298,25 @@ async fn sized(
             want: req.want,
         });
         let until = grants::valid_until(ts, GRANT_TTL, a.expires_at, a.period_start + period);
+        let prev: Option<PrevRow> = PREV
+            .prepared(conn)
+            .text(sid)
+            .get_result(conn)
+            .await
+            .optional()?;
+        let offset = grants::ledger_offset(
+            prev.map(|p| (p.gateway_used, p.ledger_offset)),
+            req.used,
+            recorded,
+        );
         UPSERT
             .prepared(conn)
             .text(sid)
             .text(&sub_id)
-            .bigint(limit)
+            .bigint(offset.saturating_add(limit))
             .timestamp(until)
+            .bigint(req.used)
+            .bigint(offset)
             .execute(conn)
             .await?;
         Ok::<_, AppError>(GrantResponse {

@@ -2,9 +2,10 @@
 //! bytes a session may be granted out of what its subscription has left,
 //! and for how long. A grant is a cumulative limit on the session's bytes
 //! (up plus down, as the usage charge counts them). What a grant holds
-//! back from the subscription is its limit less what the ledger already
-//! recorded for the session, so reports return unused bytes by
-//! themselves: the recorded total grows to meet the limit.
+//! back from the subscription is its limit, stored in the ledger's terms
+//! (plus [`ledger_offset`]), less what the ledger already recorded for the
+//! session, so reports return unused bytes by themselves: the recorded
+//! total grows to meet the limit.
 
 use chrono::{Duration, NaiveDateTime};
 
@@ -32,6 +33,25 @@ pub const KEPT_AFTER_EXPIRY: Duration = Duration::hours(1);
 /// less what the ledger recorded for it (never negative).
 pub fn held(limit: i64, recorded: i64) -> i64 {
     limit.saturating_sub(recorded).max(0)
+}
+
+/// What the ledger had recorded for a session when its gateway's count
+/// was zero: a grant's limit plus this is the limit in the ledger's terms
+/// (what is stored). The two counts differ when a gateway restarted
+/// without its counts and counts the session from zero again while the
+/// ledger goes on (the node witness's count spans both); the gateway's
+/// count falling below its last ask (`prev`: that count and the offset
+/// then) tells of it, and the offset is then the ledger's lead over the
+/// new count. Otherwise it stays as it was: the ledger's lead over the
+/// gateway's count within one run of the gateway is bytes the node counted
+/// in flight, which the bound on the node's count must not take as spent.
+pub fn ledger_offset(prev: Option<(i64, i64)>, used: i64, recorded: i64) -> i64 {
+    let lead = recorded.saturating_sub(used).max(0);
+    match prev {
+        Some((prev_used, prev_offset)) if used >= prev_used => prev_offset,
+        Some((_, prev_offset)) => prev_offset.max(lead),
+        None => lead,
+    }
 }
 
 /// What a grant is sized from.
@@ -203,5 +223,23 @@ mod tests {
         assert_eq!(valid_until(t0, GRANT_TTL, far, past), t0 + GRANT_TTL);
         // An ended subscription grants nothing.
         assert_eq!(valid_until(t0, GRANT_TTL, past, far), t0);
+    }
+
+    #[test]
+    fn the_ledger_offset_follows_a_gateway_that_counts_from_zero_again() {
+        // A new session: none.
+        assert_eq!(ledger_offset(None, 0, 0), 0);
+        // One run of the gateway: it stays, whatever the node has counted
+        // in flight meanwhile.
+        assert_eq!(ledger_offset(Some((4 * MIB, 0)), 6 * MIB, 9 * MIB), 0);
+        // Restarted without its counts: 100 MiB recorded, 1 MiB counted
+        // since.
+        assert_eq!(ledger_offset(Some((90 * MIB, 0)), MIB, 100 * MIB), 99 * MIB);
+        // Restarted from its spool, a little behind its last ask.
+        assert_eq!(ledger_offset(Some((90 * MIB, 0)), 89 * MIB, 90 * MIB), MIB);
+        // Never below what it was.
+        assert_eq!(ledger_offset(Some((5 * MIB, 7 * MIB)), MIB, 0), 7 * MIB);
+        // A grant pruned long ago: the ledger's lead.
+        assert_eq!(ledger_offset(None, MIB, 3 * MIB), 2 * MIB);
     }
 }

@@ -42,8 +42,9 @@ impl Totals {
 /// What the ledger records for a session from the gateway's totals and the
 /// node's: the larger of each direction (see [`witness`](super::witness)), with the
 /// node's surplus over the gateway cut where both together would pass
-/// `cap`, the limit of the session's quota grant (or the gateway's own
-/// total, if larger). The gateway lets no byte through past its grant, so
+/// `cap`, the limit of the session's quota grant as stored (in the
+/// ledger's terms, see `grants::ledger_offset`), or the gateway's own
+/// total, if larger. The gateway lets no byte through past its grant, so
 /// what the node counts beyond it never reached the client: it sat in the
 /// sockets between the node and a gateway that had stopped reading at the
 /// cut-off. The download surplus is cut first (that is where those bytes
