@@ -19,8 +19,23 @@ use std::task::{Context, Poll, ready};
 use fastwebsockets::{Frame, OpCode, WebSocketError};
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// What the read of an unmasked frame fails with.
-const UNMASKED: &str = "an unmasked frame from a client";
+/// What the read of an unmasked frame fails with (its own type, so it is
+/// told apart from other errors of the kind `InvalidData`, such as TLS's).
+#[derive(Debug)]
+struct Unmasked;
+
+impl std::fmt::Display for Unmasked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an unmasked frame from a client")
+    }
+}
+
+impl std::error::Error for Unmasked {}
+
+/// The error of a read that met an unmasked frame.
+fn unmasked() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Unmasked)
+}
 
 /// Where the watcher is in the byte stream.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +140,7 @@ impl<R> MaskedOnly<R> {
             }
         }
         if matches!(self.at, At::Refused) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, UNMASKED));
+            return Err(unmasked());
         }
         Ok(())
     }
@@ -138,7 +153,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for MaskedOnly<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if matches!(self.at, At::Refused) {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, UNMASKED)));
+            return Poll::Ready(Err(unmasked()));
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
@@ -154,14 +169,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for MaskedOnly<R> {
 pub(crate) type Refusal = (u16, &'static [u8]);
 
 /// The Close that a read error calls for: `None` when the connection is
-/// simply gone (nothing to tell), 1009 for a frame past the limit, 1002
-/// for a frame that breaks the protocol.
+/// simply gone or broken below the WebSocket (nothing to tell), 1009 for a
+/// frame past the limit, 1007 for text that is not UTF-8, 1002 for a frame
+/// that breaks the protocol.
 pub(crate) fn failure(e: &WebSocketError) -> Option<Refusal> {
     match e {
         WebSocketError::FrameTooLarge => Some((1009, b"frame too large")),
-        WebSocketError::IoError(io) if io.kind() == io::ErrorKind::InvalidData => {
+        WebSocketError::IoError(io) if io.get_ref().is_some_and(|e| e.is::<Unmasked>()) => {
             Some((1002, b"unmasked frame"))
         }
+        WebSocketError::InvalidUTF8 => Some((1007, b"text not UTF-8")),
         WebSocketError::IoError(_)
         | WebSocketError::UnexpectedEOF
         | WebSocketError::ConnectionClosed

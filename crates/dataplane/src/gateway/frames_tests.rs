@@ -152,12 +152,20 @@ fn read_errors_map_to_the_close_they_call_for() {
         Some(1009)
     );
     assert_eq!(
+        failure(&WebSocketError::IoError(unmasked())).map(|r| r.0),
+        Some(1002)
+    );
+    // A broken TLS record is of the same kind, and nothing to answer.
+    assert_eq!(
         failure(&WebSocketError::IoError(io::Error::new(
             io::ErrorKind::InvalidData,
-            UNMASKED
-        )))
-        .map(|r| r.0),
-        Some(1002)
+            "received corrupt message"
+        ))),
+        None
+    );
+    assert_eq!(
+        failure(&WebSocketError::InvalidUTF8).map(|r| r.0),
+        Some(1007)
     );
     assert_eq!(
         failure(&WebSocketError::ReservedBitsNotZero).map(|r| r.0),
