@@ -14,8 +14,11 @@ use argon2::password_hash::{Output, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 /// Buffers kept for reuse; one per hash that ran at once (the callers
-/// bound how many that is).
+/// bound how many that is), and never more than [`MAX_KEPT`].
 static POOL: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+
+/// The most buffers kept (about 19 MiB each), whatever ran at once.
+const MAX_KEPT: usize = 16;
 
 /// The largest buffer kept: the default parameters' (a stored hash with
 /// more memory gets a buffer of its own, dropped after use).
@@ -32,9 +35,10 @@ fn with_blocks<T>(n: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
     }
     let out = f(&mut blocks[..n]);
     if blocks.len() <= kept_blocks() {
-        POOL.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(blocks);
+        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < MAX_KEPT {
+            pool.push(blocks);
+        }
     }
     out
 }

@@ -65,15 +65,21 @@ static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLoc
     tokio::sync::Semaphore::new(cores.max(1) * 2)
 });
 
-/// Runs one argon2 job off the async threads, within [`HASHING`].
+/// Runs one argon2 job off the async threads, within [`HASHING`]. The
+/// turn goes with the job: a caller that gives up (its client gone) does
+/// not free it while the job still runs.
 async fn hashing<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
-    let _turn = HASHING
+    let turn = HASHING
         .acquire()
         .await
         .map_err(|e| AppError::Internal(format!("hashing: {e}")))?;
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(|e| AppError::Internal(format!("join: {e}")))
+    tokio::task::spawn_blocking(move || {
+        let out = job();
+        drop(turn);
+        out
+    })
+    .await
+    .map_err(|e| AppError::Internal(format!("join: {e}")))
 }
 
 /// Hashes a password with argon2id, off the async threads.
