@@ -2359,3 +2359,92 @@ async fn frames_that_break_the_websocket_protocol_fail_the_tunnel_with_1002() {
     let web = http_server(body.clone()).await;
     assert_eq!(fetch(socks, web).await, *body);
 }
+
+/// A datagram sent as a fragmented message (as clients whose write buffer
+/// is smaller than the datagram send it) reaches its destination whole,
+/// and the answer comes back; a fragmented message past 64 KiB closes the
+/// tunnel with 1009.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_datagram_sent_in_fragments_crosses_a_udp_tunnel_whole() {
+    use shadowsocks_service::shadowsocks::config::ServerType;
+    use shadowsocks_service::shadowsocks::context::Context;
+    use shadowsocks_service::shadowsocks::relay::Address;
+    use shadowsocks_service::shadowsocks::relay::udprelay::crypto_io::{
+        decrypt_server_payload, encrypt_client_payload,
+    };
+    use shadowsocks_service::shadowsocks::relay::udprelay::options::UdpSocketControlData;
+    let plane = Plane::start(1).await;
+    let cfg = plane.cipher().await;
+    let ctx = Context::new_shared(ServerType::Local);
+    // An echo that answers with the length it received.
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let echo_addr = echo.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(format!("got {n}").as_bytes(), from).await;
+        }
+    });
+    let payload: Vec<u8> = (0..9_000u32).map(|i| (i % 251) as u8).collect();
+    let mut packet = bytes::BytesMut::new();
+    encrypt_client_payload(
+        &ctx,
+        cfg.method(),
+        cfg.key(),
+        &Address::SocketAddress(echo_addr),
+        &UdpSocketControlData::default(),
+        cfg.identity_keys(),
+        &payload,
+        &mut packet,
+    );
+    let token = plane.device_token.clone();
+    let open = || async {
+        let mut s = plane.tls().await;
+        s.write_all(&upgrade_request(&format!("/ws/{token}/udp"), ""))
+            .await
+            .expect("upgrade");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert!(s.read(&mut b).await.expect("read") > 0, "closed");
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        s
+    };
+    let mut s = open().await;
+    // Three fragments, a Ping between two of them.
+    let (a, rest) = packet.split_at(4_000);
+    let (b, c) = rest.split_at(4_000);
+    let mut wire = client_frame(0x02, a, true);
+    wire.extend(client_frame(0x89, b"p", true));
+    wire.extend(client_frame(0x00, b, true));
+    wire.extend(client_frame(0x80, c, true));
+    s.write_all(&wire).await.expect("send");
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).await.expect("frame");
+            let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+            s.read_exact(&mut payload).await.expect("payload");
+            if head[0] & 0x0f == 0x2 {
+                return payload;
+            }
+        }
+    })
+    .await
+    .expect("an answer within 5 s");
+    let mut answer = answer;
+    let (n, from, _) =
+        decrypt_server_payload(&ctx, cfg.method(), cfg.key(), &mut answer).expect("decrypt");
+    assert_eq!(from, Address::SocketAddress(echo_addr));
+    assert_eq!(&answer[..n], b"got 9000", "the destination got it whole");
+    // Past 64 KiB in fragments: 1009.
+    let mut s = open().await;
+    let mut wire = client_frame(0x02, &[0u8; 40_000], true);
+    wire.extend(client_frame(0x80, &[0u8; 30_000], true));
+    s.write_all(&wire).await.expect("send");
+    assert_eq!(close_code(&mut s).await, Some(1009));
+}

@@ -1,8 +1,8 @@
 //! The UDP pipe: exactly one Shadowsocks UDP packet per binary message
-//! each way, over one UDP socket to the node per WebSocket. Like a TCP
-//! tunnel, it gets a Ping after `idle_ping` and is closed after
-//! `idle_timeout` without a packet either way, and an idle tunnel holds no
-//! receive buffer.
+//! each way (a message may come fragmented, up to 64 KiB), over one UDP
+//! socket to the node per WebSocket. Like a TCP tunnel, it gets a Ping
+//! after `idle_ping` and is closed after `idle_timeout` without a packet
+//! either way, and an idle tunnel holds no receive buffer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +41,10 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
     let (up_gw, up_id) = (gw.clone(), guard.session_id.clone());
     let mut upstream = tokio::spawn(async move {
         let mut sequence = frames::Sequence::default();
+        // A datagram that came as a fragmented message (clients whose write
+        // buffer is smaller than the datagram send it so), gathered until
+        // its last frame.
+        let mut gathered: Vec<u8> = Vec::new();
         loop {
             let Some(frame) =
                 tunnel::next_frame(&mut rx, &mut sequence, &up_out, &up_progress).await
@@ -48,15 +52,30 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                 return;
             };
             match frame.opcode {
-                OpCode::Binary if frame.fin => {
+                OpCode::Binary | OpCode::Continuation => {
+                    let whole = frame.fin && gathered.is_empty();
+                    if !whole {
+                        if gathered.len() + frame.payload.len() > DATAGRAM_MAX {
+                            let too_large = Frame::close(1009, b"datagram too large");
+                            tunnel::queue_last(&up_out, &up_progress, too_large).await;
+                            return;
+                        }
+                        gathered.extend_from_slice(&frame.payload);
+                        if !frame.fin {
+                            continue;
+                        }
+                    }
+                    let datagram: &[u8] = if whole { &frame.payload } else { &gathered };
                     // Nothing past the grant (the close signal follows).
-                    if up_gw.room(&up_id, &up_session).await
-                        && up_sock.send(&frame.payload).await.is_ok()
+                    if up_gw.room(&up_id, &up_session).await && up_sock.send(datagram).await.is_ok()
                     {
                         up_session
                             .up
-                            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+                            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
                         up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                    if !whole {
+                        gathered = Vec::new();
                     }
                 }
                 OpCode::Ping => {
@@ -69,11 +88,11 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     tunnel::queue_last(&up_out, &up_progress, Frame::close(1000, b"")).await;
                     return;
                 }
-                OpCode::Binary | OpCode::Text | OpCode::Continuation => {
+                OpCode::Text => {
                     tunnel::queue_last(
                         &up_out,
                         &up_progress,
-                        Frame::close(1003, b"one binary message per packet"),
+                        Frame::close(1003, b"binary messages only"),
                     )
                     .await;
                     return;
