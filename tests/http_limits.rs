@@ -2,8 +2,8 @@
 //! serve` (a real process, short deadlines) holds 5,000 sockets that send
 //! nothing, half a header or half a body, keeps answering health in under a
 //! second, and closes every one of them after its deadline, an idle
-//! keep-alive connection included; beyond its connection budget it closes
-//! new connections at once. It raises its soft open-file limit to the hard
+//! keep-alive connection included; beyond its connection budget, or its
+//! share for one source, it closes new connections at once. It raises its soft open-file limit to the hard
 //! one.
 
 mod common;
@@ -17,14 +17,17 @@ use tokio::net::TcpStream;
 
 const HELD: usize = 5_000;
 
-fn serve(db: &TestDb, max_connections: usize) -> common::Proc {
+/// `httvps serve` with a budget of `max_connections` and at most
+/// `per_source` from one source (0: no bound).
+fn serve(db: &TestDb, max_connections: usize, per_source: usize) -> common::Proc {
     let mut cmd = httvps_cmd();
     cmd.args(["serve", "--port", "0"])
         .env("BACKEND_DB_DSN", db.url())
         .env("BACKEND_SECRET_KEY", TEST_SECRET)
         .env("BACKEND_HEADER_TIMEOUT_SECS", "2")
         .env("BACKEND_BODY_TIMEOUT_SECS", "2")
-        .env("BACKEND_MAX_CONNECTIONS", max_connections.to_string());
+        .env("BACKEND_MAX_CONNECTIONS", max_connections.to_string())
+        .env("BACKEND_MAX_CONNECTIONS_PER_SOURCE", per_source.to_string());
     let p = spawn_listening(cmd);
     assert!(p.addr.is_some(), "the server did not start");
     p
@@ -81,7 +84,8 @@ async fn health_answers_under_5000_slow_sockets_and_they_are_closed() {
         "this test needs {HELD}+ descriptors"
     );
     let db = TestDb::sqlite().await;
-    let p = serve(&db, 8192);
+    // Every socket comes from 127.0.0.1: no per-source bound here.
+    let p = serve(&db, 8192, 0);
     let addr = p.addr.expect("addr");
     // Open and stall 5,000 sockets, 250 at a time.
     let mut held = Vec::with_capacity(HELD);
@@ -139,7 +143,7 @@ async fn health_answers_under_5000_slow_sockets_and_they_are_closed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_beyond_the_budget_are_closed_at_once() {
     let db = TestDb::sqlite().await;
-    let p = serve(&db, 20);
+    let p = serve(&db, 20, 0);
     let addr = p.addr.expect("addr");
     let mut held = Vec::new();
     for _ in 0..20 {
@@ -269,7 +273,7 @@ async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_keep_alive_connection_is_closed_after_its_deadline() {
     let db = TestDb::sqlite().await;
-    let p = serve(&db, 64);
+    let p = serve(&db, 64, 0);
     let addr = p.addr.expect("addr");
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -349,4 +353,60 @@ async fn serve_raises_its_open_file_limit_to_the_hard_one() {
         "the pid is the server's"
     );
     assert_eq!(nofile_limits(&pid), (hard, hard), "soft limit not raised");
+}
+
+/// A connection to `to` from the local address `from`.
+async fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(from, 0)).expect("bind");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Health over a fresh connection from `from`: whether it answered 200.
+async fn health_from(from: std::net::IpAddr, addr: SocketAddr) -> bool {
+    let mut s = connect_from(from, addr).await;
+    let _ = s
+        .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    out.starts_with(b"HTTP/1.1 200")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_source_holds_no_more_than_its_share_while_others_are_served() {
+    let db = TestDb::sqlite().await;
+    let p = serve(&db, 8192, 20);
+    let addr = p.addr.expect("addr");
+    let (here, there): (std::net::IpAddr, std::net::IpAddr) =
+        ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect_from(here, addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The source's 21st is closed at once, unanswered.
+    let mut extra = connect_from(here, addr).await;
+    let _ = extra
+        .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), extra.read_to_end(&mut out)).await;
+    assert!(out.is_empty(), "answered past the source's share");
+    // Another source is served meanwhile.
+    assert!(health_from(there, addr).await, "another source refused");
+    // Places come back when connections go.
+    drop(held);
+    let mut ok = false;
+    for _ in 0..50 {
+        if health_from(here, addr).await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ok,
+        "the source was not served again after its connections left"
+    );
 }

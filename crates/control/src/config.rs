@@ -408,6 +408,16 @@ pub struct HttpArgs {
     /// Most open connections; beyond it new ones are closed at once.
     #[arg(long, env = "BACKEND_MAX_CONNECTIONS", default_value_t = 8192)]
     pub max_connections: usize,
+    /// Most open connections from one source (an IPv4 address or an IPv6
+    /// /64); beyond it its new ones are closed at once, so one source
+    /// cannot hold the whole budget. 0: no bound (behind a reverse proxy,
+    /// where every connection comes from the proxy).
+    #[arg(
+        long,
+        env = "BACKEND_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 256
+    )]
+    pub max_connections_per_source: usize,
     /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
     #[arg(long, env = "BACKEND_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
@@ -422,6 +432,8 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// See [`HttpArgs::max_connections`].
     pub max_connections: usize,
+    /// See [`HttpArgs::max_connections_per_source`] (0: no bound).
+    pub max_connections_per_source: usize,
     /// See [`HttpArgs::metrics_token`].
     pub metrics_token: Option<SecretKey>,
 }
@@ -432,6 +444,7 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 8192,
+            max_connections_per_source: 256,
             metrics_token: None,
         }
     }
@@ -453,10 +466,17 @@ impl HttpArgs {
                 "must be from 1 to 1000000",
             ));
         }
+        if self.max_connections_per_source > 1_000_000 {
+            return Err(ConfigError::new(
+                "BACKEND_MAX_CONNECTIONS_PER_SOURCE",
+                "must be from 0 (no bound) to 1000000",
+            ));
+        }
         Ok(HttpLimits {
             header_timeout: secs("BACKEND_HEADER_TIMEOUT_SECS", self.header_timeout_secs)?,
             body_timeout: secs("BACKEND_BODY_TIMEOUT_SECS", self.body_timeout_secs)?,
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
             metrics_token: match self.metrics_token.as_ref().map(|t| t.expose().trim()) {
                 None | Some("") => None,
                 Some(t) if t.len() < 16 => {

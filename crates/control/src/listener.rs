@@ -1,15 +1,17 @@
 //! The control plane's accept loop, bounded so that no client can hold it:
-//! a place in the connection budget first (beyond it a connection is closed
-//! at once, before anything is read and without a task of its own), then
+//! a place in its source's share and in the connection budget first
+//! (beyond either a connection is closed at once, before anything is read
+//! and without a task of its own), then
 //! HTTP/1.1 with a deadline for each request's headers (hyper starts it when
 //! it waits for a request, so it bounds idle keep-alive connections too) and
 //! one for its body. With TLS, the handshake happens inside the
 //! connection's place in the budget, held to the header deadline.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -62,6 +64,7 @@ pub async fn serve(
     shed: prometheus_client::metrics::counter::Counter,
 ) {
     let budget = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Arc::new(Sources::new(limits.max_connections_per_source));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -80,7 +83,13 @@ pub async fn serve(
                 }
             },
         };
-        // Over budget: closed here, before anything is read.
+        // Over budget, or over its source's share: closed here, before
+        // anything is read.
+        let Some(place) = sources.enter(peer.ip()) else {
+            shed.inc();
+            drop(tcp);
+            continue;
+        };
         let Ok(permit) = budget.clone().try_acquire_owned() else {
             shed.inc();
             drop(tcp);
@@ -95,7 +104,7 @@ pub async fn serve(
         };
         let (tls, handshake_timeout) = (tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, place);
             let _ = tcp.set_nodelay(true);
             match tls {
                 None => conn.serve(tcp).await,
@@ -110,6 +119,64 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+/// Open connections per source (see [`crate::throttle::source_key`]),
+/// each at most `bound` (0: no bound).
+struct Sources {
+    bound: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place in its source's share; given back when dropped.
+struct SourcePlace {
+    sources: Arc<Sources>,
+    key: IpAddr,
+}
+
+impl Sources {
+    fn new(bound: usize) -> Self {
+        Sources {
+            bound,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for a connection from `ip`, unless its source holds its
+    /// share already (`None` for every connection when there is no bound:
+    /// nothing to count).
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<Option<SourcePlace>> {
+        if self.bound == 0 {
+            return Some(None);
+        }
+        let key = crate::throttle::source_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.bound {
+            return None;
+        }
+        *n += 1;
+        Some(Some(SourcePlace {
+            sources: self.clone(),
+            key,
+        }))
+    }
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut open = self
+            .sources
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 
