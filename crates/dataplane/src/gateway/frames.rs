@@ -179,6 +179,7 @@ pub(crate) fn failure(e: &WebSocketError) -> Option<Refusal> {
             Some((1002, b"unmasked frame"))
         }
         WebSocketError::InvalidUTF8 => Some((1007, b"text not UTF-8")),
+        WebSocketError::PingFrameTooLarge => Some((1002, b"control frame too large")),
         WebSocketError::IoError(_)
         | WebSocketError::UnexpectedEOF
         | WebSocketError::ConnectionClosed

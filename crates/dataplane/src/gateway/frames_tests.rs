@@ -167,6 +167,11 @@ fn read_errors_map_to_the_close_they_call_for() {
         failure(&WebSocketError::InvalidUTF8).map(|r| r.0),
         Some(1007)
     );
+    // The same reason as for a Pong or Close over 125 bytes.
+    assert_eq!(
+        failure(&WebSocketError::PingFrameTooLarge),
+        Some((1002, &b"control frame too large"[..]))
+    );
     assert_eq!(
         failure(&WebSocketError::ReservedBitsNotZero).map(|r| r.0),
         Some(1002)
