@@ -167,7 +167,7 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
             header_timeout_secs: 10,
             body_timeout_secs: 30,
             max_connections: 8192,
-            max_connections_per_source: 256,
+            max_connections_per_source: 2048,
             metrics_token: Some(SIGNING_SECRET.into()),
         },
         tls_cert: None,

@@ -410,12 +410,15 @@ pub struct HttpArgs {
     pub max_connections: usize,
     /// Most open connections from one source (an IPv4 address or an IPv6
     /// /64); beyond it its new ones are closed at once, so one source
-    /// cannot hold the whole budget. 0: no bound (behind a reverse proxy,
-    /// where every connection comes from the proxy).
+    /// cannot hold the whole budget. The default, a quarter of the default
+    /// budget, leaves room for a busy gateway: its calls are not pooled
+    /// into a fixed number of connections (up to 512 credential checks at
+    /// once after a restart, grants, reports). 0: no bound (behind a
+    /// reverse proxy, where every connection comes from the proxy).
     #[arg(
         long,
         env = "BACKEND_MAX_CONNECTIONS_PER_SOURCE",
-        default_value_t = 256
+        default_value_t = 2048
     )]
     pub max_connections_per_source: usize,
     /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
@@ -444,7 +447,7 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 8192,
-            max_connections_per_source: 256,
+            max_connections_per_source: 2048,
             metrics_token: None,
         }
     }
