@@ -31,6 +31,20 @@ struct SessionRow {
     end_reason: Option<String>,
     #[diesel(sql_type = BigInt)]
     recorded: i64,
+    /// Its grant's gateway count at the last ask, if it has a grant.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    gateway_used: Option<i64>,
+    /// Its grant's ledger offset, if it has a grant.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    ledger_offset: Option<i64>,
+}
+
+impl SessionRow {
+    /// Its grant as its gateway last asked for it: the gateway's count and
+    /// the ledger offset (see [`grants::ledger_offset`]).
+    fn prev(&self) -> Option<(i64, i64)> {
+        self.gateway_used.zip(self.ledger_offset)
+    }
 }
 
 /// Session `s`'s bytes both ways as `recorded`, saturating at the largest
@@ -42,16 +56,19 @@ macro_rules! recorded {
     };
 }
 
+/// The session, with its grant's bookkeeping if it has a grant.
 const SESSION: Statement = Statement {
     pg: concat!(
         "SELECT device_id, gateway_node_id, end_reason, ",
         recorded!(),
-        " FROM sessions s WHERE s.id = $1"
+        ", g.gateway_used, g.ledger_offset FROM sessions s \
+         LEFT JOIN quota_grants g ON g.session_id = s.id WHERE s.id = $1"
     ),
     sqlite: concat!(
         "SELECT device_id, gateway_node_id, end_reason, ",
         recorded!(),
-        " FROM sessions s WHERE s.id = ?1"
+        ", g.gateway_used, g.ledger_offset FROM sessions s \
+         LEFT JOIN quota_grants g ON g.session_id = s.id WHERE s.id = ?1"
     ),
 };
 
@@ -115,20 +132,6 @@ const UPSERT: Statement = Statement {
              subscription_id = excluded.subscription_id, granted = excluded.granted, \
              valid_until = excluded.valid_until, gateway_used = excluded.gateway_used, \
              ledger_offset = excluded.ledger_offset",
-};
-
-/// The session's grant as its gateway last asked for it.
-#[derive(diesel::QueryableByName)]
-struct PrevRow {
-    #[diesel(sql_type = BigInt)]
-    gateway_used: i64,
-    #[diesel(sql_type = BigInt)]
-    ledger_offset: i64,
-}
-
-const PREV: Statement = Statement {
-    pg: "SELECT gateway_used, ledger_offset FROM quota_grants WHERE session_id = $1",
-    sqlite: "SELECT gateway_used, ledger_offset FROM quota_grants WHERE session_id = ?1",
 };
 
 /// A released grant keeps holding the session's unreported bytes until it
@@ -258,6 +261,12 @@ async fn sized(
                 reason: None,
             });
         };
+        PRUNE
+            .prepared(conn)
+            .text(&sub_id)
+            .timestamp(ts - KEPT_AFTER_EXPIRY)
+            .execute(conn)
+            .await?;
         // The session's bytes read again under the lock: a usage report
         // applied since the first read adds to the session and to the
         // subscription's charge in one transaction, and a charge read
@@ -265,19 +274,14 @@ async fn sized(
         // twice (refusing what the allowance still holds). Here both see
         // the same reports: one that committed before the lock, or none
         // that waits for it.
-        let recorded: i64 = SESSION
+        let again: Option<SessionRow> = SESSION
             .prepared(conn)
             .text(sid)
-            .get_result::<SessionRow>(conn)
+            .get_result(conn)
             .await
-            .optional()?
-            .map_or(recorded, |r| r.recorded);
-        PRUNE
-            .prepared(conn)
-            .text(&sub_id)
-            .timestamp(ts - KEPT_AFTER_EXPIRY)
-            .execute(conn)
-            .await?;
+            .optional()?;
+        let recorded = again.as_ref().map_or(recorded, |r| r.recorded);
+        let prev = again.as_ref().and_then(SessionRow::prev);
         let others: Vec<HeldRow> = OTHERS
             .prepared(conn)
             .text(&sub_id)
@@ -298,17 +302,7 @@ async fn sized(
             want: req.want,
         });
         let until = grants::valid_until(ts, GRANT_TTL, a.expires_at, a.period_start + period);
-        let prev: Option<PrevRow> = PREV
-            .prepared(conn)
-            .text(sid)
-            .get_result(conn)
-            .await
-            .optional()?;
-        let offset = grants::ledger_offset(
-            prev.map(|p| (p.gateway_used, p.ledger_offset)),
-            req.used,
-            recorded,
-        );
+        let offset = grants::ledger_offset(prev, req.used, recorded);
         UPSERT
             .prepared(conn)
             .text(sid)

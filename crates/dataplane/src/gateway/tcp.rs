@@ -30,7 +30,6 @@ use tokio::sync::{Notify, mpsc};
 
 use httvps_wire::Reason;
 
-use super::frames;
 use super::grant::clock_ms;
 use super::tunnel::{self, TunnelGuard, closed_signal};
 use super::upgrade::Opening;
@@ -102,11 +101,8 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
     let up_drained = drained.clone();
     let (up_gw, up_id) = (gw.clone(), guard.session_id.clone());
     let mut upstream = tokio::spawn(async move {
-        let mut sequence = frames::Sequence::default();
         loop {
-            let Some(frame) =
-                tunnel::next_frame(&mut rx, &mut sequence, &up_out, &up_progress).await
-            else {
+            let Some(frame) = rx.next(&up_out, &up_progress).await else {
                 return false;
             };
             match frame.opcode {

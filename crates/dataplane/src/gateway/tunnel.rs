@@ -116,8 +116,12 @@ pub(crate) async fn closed_signal(mut rx: watch::Receiver<Closing>) -> (u16, &'s
 /// The upgraded connection.
 pub(crate) type WsIo = TokioIo<hyper::upgrade::Upgraded>;
 
-/// The reading half of a tunnel's WebSocket (unmasked frames refused).
-pub(crate) type WsRead = WebSocketRead<MaskedOnly<tokio::io::ReadHalf<WsIo>>>;
+/// The reading half of a tunnel's WebSocket: the client's frames, held to
+/// the protocol (see `frames`).
+pub(crate) struct ClientFrames {
+    rx: WebSocketRead<MaskedOnly<tokio::io::ReadHalf<WsIo>>>,
+    sequence: Sequence,
+}
 
 /// Completes the upgrade (over HTTP/1.1 or HTTP/2: the same upgraded byte
 /// stream either way) with our settings (no automatic Close or Pong, a
@@ -128,7 +132,7 @@ pub(crate) async fn open(
     fut: Opening,
     max_frame: usize,
     queue: usize,
-) -> Option<(WsRead, mpsc::Sender<Frame<'static>>, Writer)> {
+) -> Option<(ClientFrames, mpsc::Sender<Frame<'static>>, Writer)> {
     let mut ws = match fut {
         Opening::H1(fut) => fut.await.ok()?,
         Opening::H2(on) => {
@@ -161,32 +165,37 @@ pub(crate) async fn open(
             count.fetch_add(1, Ordering::Relaxed);
         }
     });
-    Some((rx, out, Writer { handle, written }))
+    let frames = ClientFrames {
+        rx,
+        sequence: Sequence::default(),
+    };
+    Some((frames, out, Writer { handle, written }))
 }
 
-/// The client's next frame, held to the protocol (see `frames`): `None`
-/// once the tunnel must end, with the Close that a broken rule calls for
-/// queued.
-pub(crate) async fn next_frame<'a>(
-    rx: &'a mut WsRead,
-    sequence: &mut Sequence,
-    out: &mpsc::Sender<Frame<'static>>,
-    progress: &Progress,
-) -> Option<Frame<'a>> {
-    let refusal = match rx
-        .read_frame::<_, WebSocketError>(&mut |_| async { Ok(()) })
-        .await
-    {
-        Ok(f) => match sequence.check(&f) {
-            Ok(()) => return Some(f),
-            Err(r) => Some(r),
-        },
-        Err(e) => frames::failure(&e),
-    };
-    if let Some((code, reason)) = refusal {
-        queue_last(out, progress, Frame::close(code, reason)).await;
+impl ClientFrames {
+    /// The client's next frame: `None` once the tunnel must end, with the
+    /// Close that a broken rule calls for queued on `out`.
+    pub(crate) async fn next(
+        &mut self,
+        out: &mpsc::Sender<Frame<'static>>,
+        progress: &Progress,
+    ) -> Option<Frame<'_>> {
+        let refusal = match self
+            .rx
+            .read_frame::<_, WebSocketError>(&mut |_| async { Ok(()) })
+            .await
+        {
+            Ok(f) => match self.sequence.check(&f) {
+                Ok(()) => return Some(f),
+                Err(r) => Some(r),
+            },
+            Err(e) => frames::failure(&e),
+        };
+        if let Some((code, reason)) = refusal {
+            queue_last(out, progress, Frame::close(code, reason)).await;
+        }
+        None
     }
-    None
 }
 
 /// The task that writes a tunnel's frames, and how many it has written.

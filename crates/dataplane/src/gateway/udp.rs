@@ -12,7 +12,6 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::frames;
 use super::tunnel::{self, TunnelGuard, closed_signal};
 use super::upgrade::Opening;
 
@@ -40,15 +39,12 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
     );
     let (up_gw, up_id) = (gw.clone(), guard.session_id.clone());
     let mut upstream = tokio::spawn(async move {
-        let mut sequence = frames::Sequence::default();
         // A datagram that came as a fragmented message (clients whose write
         // buffer is smaller than the datagram send it so), gathered until
         // its last frame.
         let mut gathered: Vec<u8> = Vec::new();
         loop {
-            let Some(frame) =
-                tunnel::next_frame(&mut rx, &mut sequence, &up_out, &up_progress).await
-            else {
+            let Some(frame) = rx.next(&up_out, &up_progress).await else {
                 return;
             };
             match frame.opcode {
