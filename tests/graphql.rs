@@ -679,3 +679,163 @@ async fn sign_up_setting(t: TestDb) {
     let r = sign_up(closed_email).await;
     assert!(r["data"]["signUp"]["id"].is_string(), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_sets_and_resets_one_subscriptions_traffic_on_postgres() {
+    subscription_traffic(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_sets_and_resets_one_subscriptions_traffic_on_sqlite() {
+    subscription_traffic(TestDb::sqlite().await).await;
+}
+
+/// `setSubscriptionTrafficLimit` and `resetSubscriptionTraffic`: what they
+/// store, what they refuse (and that a refusal changes nothing), the plan
+/// left as it was, the audit trail.
+async fn subscription_traffic(t: TestDb) {
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let admin = admin_token(&server).await;
+    let (uid, utok) = user(base).await;
+    let plan_id = plan(base, &admin, 2).await;
+    let r = grant(base, &admin, &uid, &plan_id).await;
+    let sub = r["data"]["grantSubscription"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let fields =
+        "id trafficLimitBytes trafficUsedBytes quotaReached periodStart plan{trafficLimitBytes}";
+    let set = format!(
+        "mutation($id:UUID!,$b:BigInt){{setSubscriptionTrafficLimit(id:$id,trafficLimitBytes:$b){{{fields}}}}}"
+    );
+    let reset = format!("mutation($id:UUID!){{resetSubscriptionTraffic(id:$id){{{fields}}}}}");
+    let limit_of = async |sub: &str| {
+        let r = gql(
+            base,
+            Some(&admin),
+            "{subscriptions(first:100){edges{node{id trafficLimitBytes}}}}",
+            json!({}),
+        )
+        .await;
+        r["data"]["subscriptions"]["edges"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["node"]["id"] == sub))
+            .map(|e| e["node"]["trafficLimitBytes"].clone())
+            .unwrap_or_else(|| panic!("{r}"))
+    };
+
+    // Raised, lowered to nothing, made unlimited: stored as given; the
+    // plan keeps its allowance.
+    let r = gql(
+        base,
+        Some(&admin),
+        &set,
+        json!({"id": sub, "b": "5368709120"}),
+    )
+    .await;
+    let s = &r["data"]["setSubscriptionTrafficLimit"];
+    assert_eq!(s["trafficLimitBytes"], "5368709120", "{r}");
+    assert_eq!(s["plan"]["trafficLimitBytes"], "1073741824", "{r}");
+    assert_eq!(s["quotaReached"], false, "{r}");
+    let r = gql(base, Some(&admin), &set, json!({"id": sub, "b": "0"})).await;
+    assert_eq!(
+        r["data"]["setSubscriptionTrafficLimit"]["quotaReached"], true,
+        "{r}"
+    );
+    let r = gql(base, Some(&admin), &set, json!({"id": sub, "b": null})).await;
+    let s = &r["data"]["setSubscriptionTrafficLimit"];
+    assert_eq!(s["trafficLimitBytes"], Value::Null, "{r}");
+    assert_eq!(s["quotaReached"], false, "{r}");
+
+    // Client mistakes: typed errors, nothing changed.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for (vars, want) in [
+        (json!({"id": sub, "b": "-1"}), "BAD_REQUEST"),
+        (json!({"id": sub, "b": "lots"}), "BAD_REQUEST"),
+        (
+            json!({"id": sub, "b": "99999999999999999999"}),
+            "BAD_REQUEST",
+        ),
+        (json!({"id": unknown, "b": "1"}), "NOT_FOUND"),
+        (json!({"id": "not-an-id", "b": "1"}), "BAD_REQUEST"),
+    ] {
+        let r = gql(base, Some(&admin), &set, vars.clone()).await;
+        assert_eq!(code(&r), Some(want), "{vars}: {r}");
+    }
+    // Left out is not "unlimited": null says that.
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($id:UUID!){setSubscriptionTrafficLimit(id:$id){id}}",
+        json!({"id": sub}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    let r = gql(base, Some(&utok), &set, json!({"id": sub, "b": "1"})).await;
+    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    let r = gql(base, Some(&utok), &reset, json!({"id": sub})).await;
+    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    let r = gql(base, Some(&admin), &reset, json!({"id": unknown})).await;
+    assert_eq!(code(&r), Some("NOT_FOUND"), "{r}");
+    assert_eq!(
+        limit_of(&sub).await,
+        Value::Null,
+        "a refused change changed it"
+    );
+
+    // A reset starts the period now with nothing used.
+    let before = gql(base, Some(&admin), &set, json!({"id": sub, "b": "1000"})).await;
+    let before = before["data"]["setSubscriptionTrafficLimit"]["periodStart"].clone();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let r = gql(base, Some(&admin), &reset, json!({"id": sub})).await;
+    let s = &r["data"]["resetSubscriptionTraffic"];
+    assert_eq!(s["trafficUsedBytes"], "0", "{r}");
+    assert_eq!(s["trafficLimitBytes"], "1000", "{r}");
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    assert!(
+        at(&s["periodStart"]) > at(&before),
+        "the period starts now: {r} (was {before})"
+    );
+
+    // A cancelled subscription keeps its terms.
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($id:UUID!){cancelSubscription(id:$id){status}}",
+        json!({"id": sub}),
+    )
+    .await;
+    assert_eq!(
+        r["data"]["cancelSubscription"]["status"], "CANCELLED",
+        "{r}"
+    );
+    let r = gql(base, Some(&admin), &set, json!({"id": sub, "b": "1"})).await;
+    assert_eq!(code(&r), Some("CONFLICT"), "{r}");
+    let r = gql(base, Some(&admin), &reset, json!({"id": sub})).await;
+    assert_eq!(code(&r), Some("CONFLICT"), "{r}");
+    assert_eq!(limit_of(&sub).await, "1000");
+
+    // Every change is in the audit log, refusals are not.
+    for (action, n) in [
+        ("set_subscription_traffic_limit", 4),
+        ("reset_subscription_traffic", 1),
+    ] {
+        let r = gql(
+            base,
+            Some(&admin),
+            "query($a:String!){auditLog(first:50,filter:{action:$a}){edges{node{targetId}}}}",
+            json!({"a": action}),
+        )
+        .await;
+        assert_eq!(
+            r["data"]["auditLog"]["edges"].as_array().map(Vec::len),
+            Some(n),
+            "{action}: {r}"
+        );
+    }
+    server.stop().await;
+}

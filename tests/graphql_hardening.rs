@@ -83,6 +83,8 @@ fn table() -> BTreeMap<&'static str, (Access, String)> {
         ("Mutation.createRegion", (Admin, "mutation{createRegion(code:\"!!\",name:\"\"){id}}".into())),
         ("Mutation.grantSubscription", (Admin, format!("mutation{{grantSubscription(userId:\"{ID}\",planId:\"{ID}\"){{id}}}}"))),
         ("Mutation.extendSubscription", (Admin, format!("mutation{{extendSubscription(id:\"{ID}\",days:1){{id}}}}"))),
+        ("Mutation.setSubscriptionTrafficLimit", (Admin, format!("mutation{{setSubscriptionTrafficLimit(id:\"{ID}\",trafficLimitBytes:\"1\"){{id}}}}"))),
+        ("Mutation.resetSubscriptionTraffic", (Admin, format!("mutation{{resetSubscriptionTraffic(id:\"{ID}\"){{id}}}}"))),
         ("Mutation.cancelSubscription", (Admin, format!("mutation{{cancelSubscription(id:\"{ID}\"){{id}}}}"))),
         ("Mutation.registerDevice", (SignedIn, "mutation{registerDevice(name:\"\",platform:\"\"){accessToken}}".into())),
         ("Mutation.revokeDevice", (SignedIn, format!("mutation{{revokeDevice(id:\"{ID}\"){{id}}}}"))),

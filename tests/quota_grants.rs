@@ -646,3 +646,109 @@ async fn a_tunnel_opened_right_after_the_last_one_ended_keeps_the_grant() {
     round_trip(socks, target, 4096).await;
     assert_eq!(grant_requests(&plane).await, after_first + 2, "asked again");
 }
+
+/// `setSubscriptionTrafficLimit`/`resetSubscriptionTraffic` through `plane`'s
+/// admin: the subscription's allowance and used bytes after the change.
+async fn operate(plane: &Plane, mutation: &str, vars: serde_json::Value) -> (Option<i64>, i64) {
+    let r = plane.gql(mutation, vars).await;
+    let s = r["data"]
+        .as_object()
+        .and_then(|d| d.values().next())
+        .unwrap_or_else(|| panic!("{r}"));
+    let n = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse::<i64>().ok());
+    (
+        n(&s["trafficLimitBytes"]),
+        n(&s["trafficUsedBytes"]).unwrap_or_else(|| panic!("{r}")),
+    )
+}
+
+/// How long until a new tunnel through `gw` opens (a 101), polled every
+/// 100 ms for at most `within`; `None` if it never did.
+async fn opens_within(
+    plane: &Plane,
+    gw: SocketAddr,
+    token: &str,
+    within: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if upgrade_status(plane, gw, &format!("/ws/{token}/tcp")).await == 101 {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_raises_lowers_and_resets_a_spent_allowance() {
+    const SET: &str = "mutation($id:UUID!,$b:BigInt){setSubscriptionTrafficLimit(id:$id,trafficLimitBytes:$b){trafficLimitBytes trafficUsedBytes}}";
+    const RESET: &str =
+        "mutation($id:UUID!){resetSubscriptionTraffic(id:$id){trafficLimitBytes trafficUsedBytes}}";
+    let plane = Plane::start(1).await;
+    let gw = plane.gateway_addr;
+    let (token, sub) = device_on_small_plan(&plane).await;
+    let target = source_and_sink().await;
+    let socks = client_via(&plane, &token, gw).await;
+
+    // Spent: the tunnel is cut and the gateway refuses (and caches it).
+    let cut = full_speed_until_cut(socks_connect(socks, target).await).await;
+    assert!(cut.is_some(), "the first tunnel was cut");
+    let used = settled_usage(&plane, &sub).await;
+    assert!(used >= ALLOWANCE, "spent: {used}");
+    assert_eq!(
+        upgrade_status(&plane, gw, &format!("/ws/{token}/tcp")).await,
+        404
+    );
+
+    // Raised: the device gets through again before the gateway's cached
+    // refusal would have expired (5 s), and is cut at the new allowance.
+    let raised = 2 * ALLOWANCE;
+    let (limit, _) = operate(&plane, SET, json!({"id": sub, "b": raised.to_string()})).await;
+    assert_eq!(limit, Some(raised));
+    let waited = opens_within(&plane, gw, &token, Duration::from_secs(3)).await;
+    assert!(
+        waited.is_some(),
+        "a raised allowance let the device in within 3 s"
+    );
+    let cut = full_speed_until_cut(socks_connect(socks, target).await).await;
+    assert!(cut.is_some(), "the tunnel was cut at the raised allowance");
+    let used = settled_usage(&plane, &sub).await;
+    assert!(
+        (raised..=raised + MAX_OVERSHOOT).contains(&used),
+        "recorded {used} B against a raised allowance of {raised} B"
+    );
+
+    // Reset: nothing used, in again.
+    let (_, after) = operate(&plane, RESET, json!({"id": sub})).await;
+    assert_eq!(after, 0);
+    let waited = opens_within(&plane, gw, &token, Duration::from_secs(3)).await;
+    assert!(waited.is_some(), "a reset let the device in within 3 s");
+
+    // Lowered to what the period used: an open tunnel closes within
+    // seconds, and new ones are refused.
+    let echo = echo().await;
+    let mut open = socks_connect(socks, echo).await;
+    open.write_all(b"ping").await.expect("send");
+    let mut back = [0u8; 4];
+    open.read_exact(&mut back).await.expect("echo");
+    let (limit, _) = operate(&plane, SET, json!({"id": sub, "b": "0"})).await;
+    assert_eq!(limit, Some(0));
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 64];
+        loop {
+            match open.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the open tunnel was closed within 10 s");
+    let q = "SELECT count(*) AS n FROM sessions WHERE ended_at IS NULL";
+    assert_eq!(plane.scalar(q).await, 0, "no session is left open");
+    assert_eq!(
+        upgrade_status(&plane, gw, &format!("/ws/{token}/tcp")).await,
+        404
+    );
+}

@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-9UUCvfIZ.js",
+        path: "assets/console-Da6FXG7G.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"e409cbeb03f81ecd2f26\"",
+        etag: "\"4dd0b7e58878c09a1470\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-9UUCvfIZ.js"),
-        gzip: Some(include_bytes!("assets/console-9UUCvfIZ.js.gz")),
-        brotli: Some(include_bytes!("assets/console-9UUCvfIZ.js.br")),
+        raw: include_bytes!("assets/console-Da6FXG7G.js"),
+        gzip: Some(include_bytes!("assets/console-Da6FXG7G.js.gz")),
+        brotli: Some(include_bytes!("assets/console-Da6FXG7G.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"1f4454f81a0af6baa11f\"",
+        etag: "\"c5afb2d6bf157bde69fe\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

@@ -348,6 +348,19 @@ async function scenario(t, mode, env) {
     await gd.getByRole('button', { name: 'Grant plan' }).click();
     await rowOf(admin, user.email).waitFor();
     await shot(admin, mode, '08-subscriptions');
+    // One subscription's traffic: an allowance of its own, then a new period.
+    const row = rowOf(admin, user.email);
+    await row.getByRole('button', { name: 'Traffic' }).click();
+    const td = admin.getByRole('dialog');
+    const allowance = td.getByLabel('Allowance per period (GB)');
+    assert.equal(await allowance.inputValue(), '50', "the plan's allowance to start from");
+    await allowance.fill('75');
+    await td.getByRole('button', { name: 'Set allowance' }).click();
+    await row.getByText('0 B of 75.0 GB (0%)').waitFor();
+    await row.getByRole('button', { name: 'Reset usage' }).click();
+    await admin.getByRole('dialog').getByRole('button', { name: 'Reset usage' }).click();
+    await admin.getByRole('dialog').waitFor({ state: 'detached' });
+    await row.getByText('0 B of 75.0 GB (0%)').waitFor();
   });
 
   let links;
@@ -355,7 +368,8 @@ async function scenario(t, mode, env) {
   await t.test('the user signs in, sees the plan, adds a device and its QR codes decode to its links', async () => {
     await signIn(userPage, base, user);
     await userPage.getByRole('heading', { name: plan }).waitFor();
-    await userPage.getByText('of 50.0 GB').waitFor();
+    // The subscription's own allowance, which the admin raised past the plan's.
+    await userPage.getByText('of 75.0 GB').waitFor();
     await shot(userPage, mode, '09-user-plan');
 
     await go(userPage, 'My devices');

@@ -49,6 +49,9 @@ export const GRANT = `mutation Grant($userId: UUID!, $planId: UUID!) {
 export const EXTEND = `mutation Extend($id: UUID!, $days: Int!) {
   extendSubscription(id: $id, days: $days) { ${SUBSCRIPTION} } }`;
 export const CANCEL = `mutation Cancel($id: UUID!) { cancelSubscription(id: $id) { ${SUBSCRIPTION} } }`;
+export const SET_TRAFFIC_LIMIT = `mutation SetTrafficLimit($id: UUID!, $bytes: BigInt) {
+  setSubscriptionTrafficLimit(id: $id, trafficLimitBytes: $bytes) { ${SUBSCRIPTION} } }`;
+export const RESET_TRAFFIC = `mutation ResetTraffic($id: UUID!) { resetSubscriptionTraffic(id: $id) { ${SUBSCRIPTION} } }`;
 
 // Devices
 export const DEVICES = `query Devices($filter: DeviceFilterInput, $first: Int, $after: String) {

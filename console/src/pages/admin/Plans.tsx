@@ -24,10 +24,10 @@ import {
 import { bytes, money } from '../../ui/format';
 import { usePager, useQuery } from '../../ui/hooks';
 
-const GB = 1_000_000_000;
+export const GB = 1_000_000_000;
 
 /** "12.5" (GB) -> bytes as a decimal string; "" -> null (unlimited). */
-function gbToBytes(gb: string): string | null {
+export function gbToBytes(gb: string): string | null {
   const t = gb.trim();
   if (!t) return null;
   const n = Number(t);

@@ -1,5 +1,6 @@
-// Granting, extending and cancelling subscriptions (the billing record), used
-// by the subscriptions page and a user's page.
+// Granting, extending and cancelling subscriptions (the billing record), and
+// one subscription's traffic (its allowance, a new period), used by the
+// subscriptions page and a user's page.
 
 import { useEffect, useState } from 'preact/hooks';
 
@@ -10,6 +11,7 @@ import type { Connection, Plan, Subscription, User } from '../../api/types';
 import { Button, ConfirmButton, Dialog, ErrorNote, Field, toast, useAction } from '../../ui/components';
 import { bytes, money } from '../../ui/format';
 import { useQuery } from '../../ui/hooks';
+import { GB, gbToBytes } from './Plans';
 
 /** Email field that suggests matching accounts and resolves to one. */
 function useUserSearch(text: string) {
@@ -151,14 +153,66 @@ function ExtendDialog(props: { sub: Subscription; onClose: () => void; onDone: (
   );
 }
 
+function TrafficDialog(props: { sub: Subscription; onClose: () => void; onDone: () => void }) {
+  const limit = props.sub.trafficLimitBytes;
+  const [traffic, setTraffic] = useState(limit ? String(Number(limit) / GB) : '');
+  const act = useAction(async () => {
+    const value = gbToBytes(traffic);
+    await gql(doc.SET_TRAFFIC_LIMIT, { id: props.sub.id, bytes: value });
+    toast(value ? `Allowance set to ${bytes(value)}` : 'Allowance lifted');
+    props.onDone();
+  });
+  return (
+    <Dialog title="Traffic allowance" onClose={props.onClose}>
+      <p class="muted">
+        For this subscription only; its plan keeps its own. Used this period: {bytes(props.sub.trafficUsedBytes)}. Raised
+        past that, a user cut off connects again at once; at or below it, the user's tunnels are closed.
+      </p>
+      <form
+        class="form-grid"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        <Field label="Allowance per period (GB)" hint="Empty for unlimited.">
+          {(id, hint) => (
+            <input id={id} type="number" min={0} step="any" aria-describedby={hint} value={traffic} onInput={(e) => setTraffic(e.currentTarget.value)} />
+          )}
+        </Field>
+        <ErrorNote error={act.error} />
+        <footer class="dialog-foot">
+          <Button onClick={props.onClose}>Cancel</Button>
+          <Button type="submit" variant="primary" busy={act.busy}>
+            Set allowance
+          </Button>
+        </footer>
+      </form>
+    </Dialog>
+  );
+}
+
 export function SubscriptionActions(props: { sub: Subscription; changed: () => void }) {
   const [extending, setExtending] = useState(false);
+  const [traffic, setTraffic] = useState(false);
   if (props.sub.status === 'CANCELLED') return null;
   return (
     <span class="row-actions">
       <Button small onClick={() => setExtending(true)}>
         Extend
       </Button>
+      <Button small onClick={() => setTraffic(true)}>
+        Traffic
+      </Button>
+      <ConfirmButton
+        small
+        label="Reset usage"
+        title="Reset this subscription's usage?"
+        body="Its traffic period starts over now with nothing used."
+        confirmLabel="Reset usage"
+        action={() => gql(doc.RESET_TRAFFIC, { id: props.sub.id })}
+        done={props.changed}
+      />
       {props.sub.status === 'ACTIVE' && (
         <ConfirmButton
           small
@@ -169,6 +223,16 @@ export function SubscriptionActions(props: { sub: Subscription; changed: () => v
           confirmLabel="Cancel subscription"
           action={() => gql(doc.CANCEL, { id: props.sub.id })}
           done={props.changed}
+        />
+      )}
+      {traffic && (
+        <TrafficDialog
+          sub={props.sub}
+          onClose={() => setTraffic(false)}
+          onDone={() => {
+            setTraffic(false);
+            props.changed();
+          }}
         />
       )}
       {extending && (

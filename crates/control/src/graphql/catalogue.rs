@@ -192,7 +192,8 @@ impl CatalogueMutation {
             .gql()
     }
 
-    /// Admin: changes a plan; existing subscriptions keep their terms.
+    /// Admin: changes a plan; existing subscriptions keep their terms
+    /// (`setSubscriptionTrafficLimit` changes one subscription's allowance).
     #[graphql(guard = "AdminOnly")]
     async fn update_plan(
         &self,

@@ -2,7 +2,7 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, InputObject, MaybeUndefined, Object, SimpleObject};
 use uuid::Uuid;
 
 use super::accounts::User;
@@ -13,9 +13,11 @@ use super::scalars::BigInt;
 use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor};
 use crate::access;
 use crate::db::models;
+use crate::error::AppError;
 use crate::ids::{PlanId, UserId};
 use crate::pagination::PageArgs;
 use crate::subscriptions::{self, SubscriptionFilter, SubscriptionStatus};
+use crate::usage_accounting::allowance;
 
 /// A user's right to use the service, granted from a plan.
 #[derive(SimpleObject, Clone)]
@@ -161,6 +163,55 @@ impl SubscriptionMutation {
     ) -> async_graphql::Result<Subscription> {
         let api = ctx.data::<AppContext>()?;
         subscriptions::extend(&api.db, &actor(ctx)?, id.into(), days)
+            .await
+            .map(Subscription::from)
+            .gql()
+    }
+
+    /// Admin: sets one subscription's traffic allowance per period in
+    /// bytes (null: unlimited); its plan and the plan's other
+    /// subscriptions keep theirs (the argument is required; null lifts
+    /// the allowance). Raised past what the period has used, a
+    /// subscriber cut off by the allowance connects again at once; lowered
+    /// to it or below, the subscriber's tunnels are closed (QUOTA_REACHED).
+    /// CONFLICT for a cancelled subscription.
+    #[graphql(guard = "AdminOnly")]
+    async fn set_subscription_traffic_limit(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        traffic_limit_bytes: MaybeUndefined<BigInt>,
+    ) -> async_graphql::Result<Subscription> {
+        let api = ctx.data::<AppContext>()?;
+        // Left out is a mistake, not "unlimited": null says that.
+        let limit = match traffic_limit_bytes {
+            MaybeUndefined::Undefined => {
+                return Err(
+                    AppError::bad("trafficLimitBytes is required (null for unlimited)")
+                        .into_graphql(),
+                );
+            }
+            MaybeUndefined::Null => None,
+            MaybeUndefined::Value(b) => Some(b.0),
+        };
+        allowance::set_limit(&api.db, &actor(ctx)?, id.into(), limit)
+            .await
+            .map(Subscription::from)
+            .gql()
+    }
+
+    /// Admin: starts the subscription's traffic period over now, with
+    /// nothing used (PERIOD_RESET); a MONTHLY plan's next period counts
+    /// from now. A subscriber cut off by the allowance connects again at
+    /// once. CONFLICT for a cancelled subscription.
+    #[graphql(guard = "AdminOnly")]
+    async fn reset_subscription_traffic(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<Subscription> {
+        let api = ctx.data::<AppContext>()?;
+        allowance::reset(&api.db, &actor(ctx)?, id.into())
             .await
             .map(Subscription::from)
             .gql()

@@ -21,8 +21,10 @@
 //! moves finished hours to the ledger and resets periods by the clock;
 //! [`grants`] sizes quota grants (pure) and [`grant_store`] stores them.
 //! [`witness`] takes the node's per-connection totals as a second witness
-//! (the larger of the two counts, see its rule).
+//! (the larger of the two counts, see its rule). [`allowance`] is the
+//! operator's hand on one subscription: its allowance, a new period.
 
+pub mod allowance;
 pub mod applier;
 pub mod apply;
 pub mod grant_store;

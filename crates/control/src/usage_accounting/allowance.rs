@@ -1,0 +1,213 @@
+//! An operator's changes to one subscription's traffic: its allowance per
+//! period ([`set_limit`]) and a new period from now ([`reset`]). Both run
+//! under the appliers' lock, so no pass charges the subscription in
+//! between, and both tell gateways in their transaction: a subscriber cut
+//! off by the allowance may connect again at once (gateways drop the
+//! refusals they cached), and one whose allowance fell to what the period
+//! has used is cut off as reaching it would (sessions ended with
+//! `quota_exceeded`, a `QUOTA_REACHED` event).
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::statements::APPLY_LOCK;
+use crate::access::{is_current, quota_spent};
+use crate::actor::Actor;
+use crate::db::Db;
+use crate::db::models::{Subscription, now};
+use crate::db::schema::{audit_log, devices, subscriptions, users};
+use crate::error::{AppError, AppResult};
+use crate::events::AccessChange;
+use crate::feed::{QuotaEvent, QuotaEventKind};
+use crate::ids::SubscriptionId;
+use crate::status::{EndReason, SubscriptionStatus};
+use crate::{audit, db_tx, validate};
+
+/// What a change of the allowance or of the used bytes means for access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing a gateway holds changes.
+    None,
+    /// The allowance was spent and is not any more: gateways drop the
+    /// refusals they cached.
+    Lifted,
+    /// The allowance is spent now and was not: the owner's tunnels close.
+    Reached,
+}
+
+/// The effect of moving a subscription from `before` to `after` (allowance
+/// and used bytes), for one in force at the time (`current`).
+pub fn effect(current: bool, before: (Option<i64>, i64), after: (Option<i64>, i64)) -> Effect {
+    let was = quota_spent(before.1, before.0);
+    let is = quota_spent(after.1, after.0);
+    match (was, is) {
+        (true, false) => Effect::Lifted,
+        (false, true) if current => Effect::Reached,
+        _ => Effect::None,
+    }
+}
+
+/// One change of subscription `$id` in a transaction of its own, on either
+/// backend: the appliers' lock, the subscription read (a cancelled one is
+/// refused), the update `$set` (of `$sub` as read, at `$ts`), its audit
+/// entry (`$action`, `$details`), then what it means: the quota event
+/// `$kind` (if any), and per [`effect`] the owner's sessions ended with a
+/// `QUOTA_REACHED` event, or the refusals gateways cached dropped.
+macro_rules! change {
+    ($db:expr, $actor:expr, $id:expr, $action:expr, $kind:expr,
+     |$sub:ident, $ts:ident| $set:expr, $details:expr) => {
+        db_tx!($db, |conn, outbox| {
+            let $ts = now();
+            if let Some(lock) = APPLY_LOCK.on(conn) {
+                diesel::sql_query(lock).execute(conn).await?;
+            }
+            let $sub: Subscription = subscriptions::table
+                .find($id)
+                .select(Subscription::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("subscription"))?;
+            if $sub.status == SubscriptionStatus::Cancelled {
+                return Err(AppError::Conflict(
+                    "a cancelled subscription keeps its terms: grant a new one".into(),
+                ));
+            }
+            let updated: Subscription = diesel::update(subscriptions::table.find($id))
+                .set($set)
+                .returning(Subscription::as_returning())
+                .get_result(conn)
+                .await?;
+            let entry = audit::entry(
+                $actor,
+                $action,
+                "subscription",
+                Some(&$id.to_string()),
+                $details,
+            );
+            diesel::insert_into(audit_log::table)
+                .values(&entry)
+                .execute(conn)
+                .await?;
+            let effect = effect(
+                is_current(&$sub, $ts),
+                ($sub.traffic_limit_bytes, $sub.traffic_used_bytes),
+                (updated.traffic_limit_bytes, updated.traffic_used_bytes),
+            );
+            let reached = (effect == Effect::Reached).then_some(QuotaEventKind::QuotaReached);
+            let kinds: Vec<QuotaEventKind> = $kind.into_iter().chain(reached).collect();
+            if !kinds.is_empty() {
+                let email: String = users::table
+                    .find(updated.user_id)
+                    .select(users::email)
+                    .first(conn)
+                    .await?;
+                for kind in kinds {
+                    outbox.quota(QuotaEvent {
+                        kind,
+                        subscription_id: updated.id.uuid(),
+                        user_id: updated.user_id.uuid(),
+                        user_email: email.clone(),
+                        traffic_limit_bytes: updated.traffic_limit_bytes,
+                        traffic_used_bytes: updated.traffic_used_bytes,
+                        at: $ts.and_utc(),
+                    });
+                }
+            }
+            match effect {
+                Effect::None => {}
+                Effect::Lifted => {
+                    outbox.access(AccessChange::SubscriptionExtended, Some(updated.user_id));
+                }
+                Effect::Reached => {
+                    let owned = devices::table
+                        .filter(devices::user_id.eq(updated.user_id))
+                        .select(devices::id);
+                    crate::end_open_sessions!(conn, outbox, owned, EndReason::QuotaExceeded, $ts);
+                    outbox.access(AccessChange::QuotaExceeded, Some(updated.user_id));
+                }
+            }
+            Ok::<_, AppError>(updated)
+        })
+    };
+}
+
+/// Admin: sets one subscription's traffic allowance per period (`None`:
+/// unlimited). Its plan, and other subscriptions of the plan, keep theirs.
+pub async fn set_limit(
+    db: &Db,
+    actor: &Actor,
+    id: SubscriptionId,
+    limit: Option<i64>,
+) -> AppResult<Subscription> {
+    actor.require_admin()?;
+    if let Some(v) = limit {
+        validate::range("trafficLimitBytes", v, 0, i64::MAX)?;
+    }
+    change!(
+        db,
+        actor,
+        id,
+        "set_subscription_traffic_limit",
+        None,
+        |sub, ts| (
+            subscriptions::traffic_limit_bytes.eq(limit),
+            subscriptions::updated_at.eq(ts),
+        ),
+        serde_json::json!({
+            "trafficLimitBytes": limit.map(|v| v.to_string()),
+            "previous": sub.traffic_limit_bytes.map(|v| v.to_string()),
+        })
+    )
+}
+
+/// Admin: starts the subscription's traffic period over now: nothing used
+/// (a monthly plan's next period counts from now).
+pub async fn reset(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Subscription> {
+    actor.require_admin()?;
+    change!(
+        db,
+        actor,
+        id,
+        "reset_subscription_traffic",
+        Some(QuotaEventKind::PeriodReset),
+        |sub, ts| (
+            subscriptions::traffic_used_bytes.eq(0),
+            subscriptions::period_start.eq(ts),
+            subscriptions::updated_at.eq(ts),
+        ),
+        serde_json::json!({"usedBytes": sub.traffic_used_bytes.to_string()})
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raising_a_spent_allowance_lifts_the_refusal() {
+        assert_eq!(effect(true, (Some(10), 10), (Some(20), 10)), Effect::Lifted);
+        assert_eq!(effect(true, (Some(10), 12), (None, 12)), Effect::Lifted);
+        // A reset lifts it too, in force or not.
+        assert_eq!(effect(false, (Some(10), 10), (Some(10), 0)), Effect::Lifted);
+    }
+
+    #[test]
+    fn lowering_to_what_was_used_reaches_the_allowance() {
+        assert_eq!(
+            effect(true, (Some(20), 10), (Some(10), 10)),
+            Effect::Reached
+        );
+        assert_eq!(effect(true, (None, 10), (Some(0), 10)), Effect::Reached);
+        // Not for a subscription that is not in force: nothing is open.
+        assert_eq!(effect(false, (Some(20), 10), (Some(10), 10)), Effect::None);
+    }
+
+    #[test]
+    fn changes_on_one_side_of_the_allowance_change_nothing() {
+        assert_eq!(effect(true, (Some(20), 10), (Some(30), 10)), Effect::None);
+        assert_eq!(effect(true, (Some(20), 10), (Some(11), 10)), Effect::None);
+        assert_eq!(effect(true, (Some(10), 12), (Some(11), 12)), Effect::None);
+        assert_eq!(effect(true, (None, 5), (None, 0)), Effect::None);
+    }
+}
