@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use httvps_control::accounts::{self, Role};
-use httvps_control::config::{Secret, SecretKey, Settings, validate_secret};
+use httvps_control::config::{
+    HttpLimits, Secret, SecretKey, Settings, ThrottleSettings, validate_secret,
+};
 use httvps_control::db::{self, Db, Dsn};
 use httvps_control::nodes::EnrollmentTtl;
 use httvps_control::state::AppState;
@@ -28,13 +30,23 @@ pub struct UpReport {
     pub data_dir: PathBuf,
 }
 
+/// The throttles and HTTP limits `up` runs its control plane with: the
+/// `BACKEND_*` settings `serve` reads, with the same defaults.
+#[derive(Debug, Clone, Default)]
+pub struct UpLimits {
+    /// Throttles on guessing and flooding.
+    pub throttle: ThrottleSettings,
+    /// HTTP deadlines and the connection budget.
+    pub http: HttpLimits,
+}
+
 /// Email of the admin `up` creates on first start.
 pub const UP_ADMIN_EMAIL: &str = "admin@localhost";
 
 /// Prepares the zero-setup mode: the data directory, a secret kept there
 /// (mode 0600), the SQLite database, and a first admin with a random
-/// password on the first start only.
-pub async fn prepare_up(data_dir: &Path, port: u16) -> anyhow::Result<UpReport> {
+/// password on the first start only; the control plane runs with `limits`.
+pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow::Result<UpReport> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let secret = load_or_create_secret(&data_dir.join("secret.key"))?;
@@ -52,8 +64,8 @@ pub async fn prepare_up(data_dir: &Path, port: u16) -> anyhow::Result<UpReport> 
         gateway_url: None,
         tls: None,
         enroll: None,
-        throttle: Default::default(),
-        http: Default::default(),
+        throttle: limits.throttle,
+        http: limits.http,
     };
     db::migrate(&dsn).await.context("applying migrations")?;
     let db = Db::connect(&dsn, 1).context("opening the database")?;

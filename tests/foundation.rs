@@ -505,6 +505,48 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
     drop(second);
 }
 
+/// `up` runs its control plane with the `BACKEND_*` throttles and HTTP
+/// limits `serve` reads, and refuses a bad one by its name.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_reads_the_backend_throttles_and_limits() {
+    let dir = common::tempdir::TempDir::new();
+    let up = |vars: &[(&str, &str)]| {
+        let mut cmd = httvps_cmd();
+        cmd.current_dir(dir.path())
+            .args(["up", "--port", "0", "--gateway-port", "0"])
+            .envs(vars.iter().copied());
+        cmd
+    };
+    let out = up(&[("BACKEND_LOGIN_PER_SOURCE", "0")])
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "a zero allowance is refused");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("BACKEND_LOGIN_PER_SOURCE"), "{said}");
+    let running = spawn_listening(up(&[
+        ("BACKEND_LOGIN_PER_SOURCE", "2"),
+        ("BACKEND_LOGIN_PER_ACCOUNT", "1000"),
+    ]));
+    let base = format!("http://{}", running.addr.expect("up came up"));
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let r = gql(
+            &base,
+            None,
+            "mutation{login(email:\"admin@localhost\",password:\"not the password\"){accessToken}}",
+            serde_json::json!({}),
+        )
+        .await;
+        codes.push(r["errors"][0]["extensions"]["code"].clone());
+    }
+    assert_eq!(
+        codes,
+        ["BAD_REQUEST", "BAD_REQUEST", "LIMIT_EXCEEDED"],
+        "two log-ins per source, then throttled"
+    );
+    drop(running);
+}
+
 #[test]
 fn schema_graphql_is_up_to_date() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))

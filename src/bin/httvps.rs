@@ -18,7 +18,7 @@ use httvps::cli::LogArgs;
 use httvps::enroll::{EnrollArgs, GatewayCommand, NodeCommand};
 use httvps_control::accounts::{self, Role};
 use httvps_control::actor::Actor;
-use httvps_control::config::{DbArgs, ServeArgs, Settings};
+use httvps_control::config::{DbArgs, HttpArgs, ServeArgs, Settings, ThrottleArgs};
 use httvps_control::db::{self, Db};
 use httvps_control::devices;
 use httvps_control::ids::DeviceId;
@@ -94,6 +94,12 @@ enum Command {
         /// Port of the embedded gateway (TLS).
         #[arg(long, env = "HTTVPS_UP_GATEWAY_PORT", default_value_t = httvps::up::UP_GATEWAY_PORT)]
         gateway_port: u16,
+        /// Throttles on guessing and flooding, as `serve` reads them.
+        #[command(flatten)]
+        throttle: ThrottleArgs,
+        /// HTTP server limits, as `serve` reads them.
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Prints the GraphQL schema (SDL), as committed in schema.graphql.
     Schema,
@@ -223,13 +229,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             port,
             gateway_port,
+            throttle,
+            http,
         } => {
+            let limits = httvps::up::UpLimits {
+                throttle: throttle.settings()?,
+                http: http.limits()?,
+            };
             if check {
                 println!("{CHECKED}");
                 return Ok(());
             }
             httvps_dataplane::tls::install_provider();
-            let report = httvps::up::prepare_up(&data_dir, port).await?;
+            let report = httvps::up::prepare_up(&data_dir, port, limits).await?;
             println!(
                 "httvps is starting with its data in {}",
                 report.data_dir.display()
