@@ -410,3 +410,64 @@ async fn one_source_holds_no_more_than_its_share_while_others_are_served() {
         "the source was not served again after its connections left"
     );
 }
+
+/// `n` heartbeats at once through `backend`; how many failed.
+async fn beats_failed(backend: &httvps_dataplane::backend::Backend, n: usize) -> usize {
+    let beat = httvps_wire::heartbeat::GatewayBeat::default();
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let (b, beat) = (backend.clone(), beat.clone());
+            tokio::spawn(async move { b.gateway_heartbeat(&beat).await })
+        })
+        .collect();
+    let mut failed = 0;
+    for c in calls {
+        if c.await.expect("call task").is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+/// A gateway's calls to its control plane are bounded in flight, so a
+/// burst of them (every session asking at once) stays within the
+/// control plane's share for one source instead of being cut off there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_gateway_calls_stays_within_the_control_planes_share_for_its_source() {
+    use httvps_control::{actor::Actor, catalogue, nodes};
+    use httvps_dataplane::backend::Backend;
+    let db = TestDb::sqlite().await;
+    let p = serve(&db, 8192, 8);
+    let base = format!("http://{}", p.addr.expect("addr"));
+    let pool = db.pool();
+    catalogue::create_region(&pool, &Actor::Operator, "eu", "EU", None)
+        .await
+        .expect("region");
+    let (_, token) = nodes::register_gateway(
+        &pool,
+        &Actor::Operator,
+        "eu",
+        "gw",
+        "https://gw.example.com",
+        nodes::EnrollmentTtl::default(),
+    )
+    .await
+    .expect("gateway");
+    // Bounded to the share, every call of a burst gets through.
+    let bounded = Backend::new(&base, &token)
+        .expect("client")
+        .max_in_flight(8);
+    assert_eq!(beats_failed(&bounded, 200).await, 0);
+    // Its connections (idle in its pool) give their places back.
+    drop(bounded);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Beyond the share the control plane closes connections at once: the
+    // same burst unbounded loses calls (the bound above is needed).
+    let unbounded = Backend::new(&base, &token)
+        .expect("client")
+        .max_in_flight(200);
+    assert!(
+        beats_failed(&unbounded, 200).await > 0,
+        "200 calls at once over 200 connections all got through a share of 8"
+    );
+}

@@ -411,10 +411,10 @@ pub struct HttpArgs {
     /// Most open connections from one source (an IPv4 address or an IPv6
     /// /64); beyond it its new ones are closed at once, so one source
     /// cannot hold the whole budget. The default, a quarter of the default
-    /// budget, leaves room for a busy gateway: its calls are not pooled
-    /// into a fixed number of connections (up to 512 credential checks at
-    /// once after a restart, grants, reports). 0: no bound (behind a
-    /// reverse proxy, where every connection comes from the proxy).
+    /// budget, leaves room for several gateways behind one address: each
+    /// keeps at most 512 calls (connections) in flight, plus its
+    /// access-event stream. 0: no bound (behind a reverse proxy, where
+    /// every connection comes from the proxy).
     #[arg(
         long,
         env = "BACKEND_MAX_CONNECTIONS_PER_SOURCE",

@@ -1,9 +1,11 @@
 //! The data plane's client of the control plane's `/api/v1` routes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 
 use httvps_wire::device::{AssignResponse, DeviceRequest, DeviceTokenResponse};
 use httvps_wire::enroll::EnrollResponse;
@@ -52,13 +54,27 @@ impl BackendError {
     }
 }
 
+/// Calls one client has in flight at once by default (see
+/// [`Backend::max_in_flight`]): as many as a gateway's credential checks
+/// may be (their own bound), so they alone never wait for a turn.
+pub const MAX_IN_FLIGHT: usize = 512;
+
+/// Longest wait of a call for its turn, and for its answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A client of one control plane with one bearer credential (a machine or
-/// device token, which its `Debug` does not show).
+/// device token, which its `Debug` does not show). Its clones share its
+/// connections and its bound on calls in flight: a call waits for its
+/// turn (at most the call timeout) rather than open one more connection,
+/// so a gateway whose sessions all ask at once (after an outage, say)
+/// holds at most [`MAX_IN_FLIGHT`] connections to the control plane, well
+/// within the control plane's share for one source.
 #[derive(Debug, Clone)]
 pub struct Backend {
     http: reqwest::Client,
     base: String,
     token: Secret,
+    turns: Arc<Semaphore>,
 }
 
 impl Backend {
@@ -75,7 +91,7 @@ impl Backend {
         link.check_url(base)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(link.client_config()?)
-            .timeout(Duration::from_secs(5))
+            .timeout(CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(32)
             .build()?;
@@ -83,7 +99,16 @@ impl Backend {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: Secret::from(token),
+            turns: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         })
+    }
+
+    /// The same client with at most `n` calls in flight (at least one)
+    /// instead of [`MAX_IN_FLIGHT`], for it and the clones made after.
+    #[must_use]
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.turns = Arc::new(Semaphore::new(n.max(1)));
+        self
     }
 
     /// The control plane's base URL.
@@ -104,6 +129,12 @@ impl Backend {
         req: reqwest::RequestBuilder,
         bearer: &str,
     ) -> Result<T, BackendError> {
+        // The turn is held until the answer is read: its connection is
+        // busy until then.
+        let _turn = tokio::time::timeout(CALL_TIMEOUT, self.turns.acquire())
+            .await
+            .map_err(|_| BackendError::Unreachable("too many calls in flight".into()))?
+            .map_err(|_| BackendError::Unreachable("client closed".into()))?;
         let res = req
             .bearer_auth(bearer)
             .send()
