@@ -752,3 +752,40 @@ async fn an_operator_raises_lowers_and_resets_a_spent_allowance() {
         404
     );
 }
+
+/// An allowance lowered to more than the period used: a tunnel that holds
+/// a grant from before (here an unlimited one, valid for minutes) is held
+/// to the new allowance, since the gateway asks for its grant again at
+/// once; it would otherwise run on until a usage report showed the
+/// allowance spent.
+#[tokio::test(flavor = "multi_thread")]
+async fn lowering_an_allowance_takes_back_the_grants_already_given() {
+    const SET: &str = "mutation($id:UUID!,$b:BigInt){setSubscriptionTrafficLimit(id:$id,trafficLimitBytes:$b){trafficLimitBytes trafficUsedBytes}}";
+    let plane = Plane::start(1).await;
+    let gw = plane.gateway_addr;
+    let (token, sub) = device_on_small_plan(&plane).await;
+    let (limit, _) = operate(&plane, SET, json!({"id": sub, "b": null})).await;
+    assert_eq!(limit, None);
+    let socks = client_via(&plane, &token, gw).await;
+    let echo = echo().await;
+    // A tunnel that took its (unlimited) grant, then idles.
+    let mut s = socks_connect(socks, echo).await;
+    let chunk = vec![3u8; 1 << 20];
+    s.write_all(&chunk).await.expect("send");
+    let mut back = vec![0u8; chunk.len()];
+    s.read_exact(&mut back).await.expect("echo");
+    let used = settled_usage(&plane, &sub).await;
+    assert!(used >= 2 << 20, "the round trip is counted: {used}");
+    let lowered = used + ALLOWANCE;
+    let (limit, _) = operate(&plane, SET, json!({"id": sub, "b": lowered.to_string()})).await;
+    assert_eq!(limit, Some(lowered));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same tunnel at full speed stops at the new allowance.
+    let cut = full_speed_until_cut(s).await;
+    assert!(cut.is_some(), "the tunnel was cut");
+    let recorded = settled_usage(&plane, &sub).await;
+    assert!(
+        (lowered..=lowered + MAX_OVERSHOOT).contains(&recorded),
+        "recorded {recorded} B against a lowered allowance of {lowered} B"
+    );
+}

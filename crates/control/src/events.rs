@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
 use crate::feed::{DeviceChange, QuotaEvent, SessionEvent};
-use crate::ids::UserId;
+use crate::ids::{SessionId, UserId};
 pub use httvps_wire::events::AccessEvent;
 
 /// The NOTIFY channel of node events.
@@ -35,6 +35,10 @@ pub const QUOTA_CHANNEL: &str = "httvps_quota_events";
 pub const DEVICE_CHANNEL: &str = "httvps_device_events";
 /// The NOTIFY channel of account events.
 pub const ACCOUNT_CHANNEL: &str = "httvps_account_events";
+
+/// Most sessions one regrant event lists: a NOTIFY payload must stay under
+/// 8,000 bytes, and a session id takes 39 of them in the list.
+pub const REGRANT_PER_EVENT: usize = 100;
 
 /// An account's sign-in credentials changed (log-out, password or role
 /// change, a refresh family revoked, enabled or disabled): live sockets
@@ -128,6 +132,9 @@ pub enum AccessChange {
     /// An Outline node was drained, disabled or deleted: the answers
     /// gateways keep that route to it are asked again.
     NodeWithdrawn,
+    /// A subscription's allowance shrank without being used up: gateways
+    /// ask for its open sessions' grants again.
+    AllowanceLowered,
 }
 
 impl AccessChange {
@@ -143,6 +150,7 @@ impl AccessChange {
             AccessChange::SubscriptionExpired => "subscription_expired",
             AccessChange::QuotaExceeded => "quota_exceeded",
             AccessChange::NodeWithdrawn => "node_withdrawn",
+            AccessChange::AllowanceLowered => "allowance_lowered",
         }
     }
 }
@@ -171,6 +179,19 @@ impl Outbox {
         let user = user.map(|u| u.to_string());
         self.access
             .push(AccessEvent::new(change.as_str(), user.as_deref()));
+    }
+
+    /// `user`'s allowance shrank: gateways holding one of `sessions` ask
+    /// for its grant again (in events of at most [`REGRANT_PER_EVENT`]).
+    pub fn regrant(&mut self, user: UserId, sessions: &[SessionId]) {
+        let user = user.to_string();
+        for chunk in sessions.chunks(REGRANT_PER_EVENT) {
+            self.access.push(AccessEvent::regrant(
+                AccessChange::AllowanceLowered.as_str(),
+                Some(&user),
+                chunk.iter().map(ToString::to_string).collect(),
+            ));
+        }
     }
 
     /// The Outline node `node` takes no more new tunnels (drained, disabled

@@ -26,6 +26,12 @@ pub struct AccessEvent {
     /// takes no more new tunnels: only the answers routing to it go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Open sessions whose allowance shrank (it is not used up: that
+    /// ends them): a gateway holding one asks for its next quota grant
+    /// now instead of when its current one runs low, and keeps its cached
+    /// validations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regrant: Vec<String>,
     /// When it happened (UTC).
     pub at: chrono::DateTime<chrono::Utc>,
 }
@@ -38,7 +44,17 @@ impl AccessEvent {
             reason: reason.into(),
             user_id: user_id.map(str::to_owned),
             node_id: None,
+            regrant: Vec::new(),
             at: chrono::Utc::now(),
+        }
+    }
+
+    /// An access event asking gateways to ask for the grants of `sessions`
+    /// again (`user_id`'s allowance shrank).
+    pub fn regrant(reason: &str, user_id: Option<&str>, sessions: Vec<String>) -> Self {
+        AccessEvent {
+            regrant: sessions,
+            ..AccessEvent::new(reason, user_id)
         }
     }
 
@@ -58,14 +74,17 @@ pub enum Scope {
     Nothing,
     /// The answers routing to this Outline node.
     Node(String),
+    /// Nothing cached: the grants of these sessions are asked for again.
+    Regrant(Vec<String>),
     /// Every answer.
     Everything,
 }
 
 /// What a line of the stream asks a gateway to drop: nothing for `hello`
 /// and `keepalive`, the answers routing to one node for an access event
-/// naming only a node, and everything for anything else, including lines
-/// not understood (missing an event is worse than dropping a cache).
+/// naming only a node, the grants of the sessions an access event lists to
+/// ask again, and everything for anything else, including lines not
+/// understood (missing an event is worse than dropping a cache).
 pub fn scope(line: &[u8]) -> Scope {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -75,6 +94,8 @@ pub fn scope(line: &[u8]) -> Scope {
         user_id: Option<String>,
         #[serde(default)]
         node_id: Option<String>,
+        #[serde(default)]
+        regrant: Vec<String>,
     }
     match serde_json::from_slice::<Line>(line) {
         Ok(Line { kind, .. }) if kind == "hello" || kind == "keepalive" => Scope::Nothing,
@@ -82,7 +103,14 @@ pub fn scope(line: &[u8]) -> Scope {
             kind,
             user_id: None,
             node_id: Some(node),
-        }) if kind == "access" => Scope::Node(node),
+            regrant,
+        }) if kind == "access" && regrant.is_empty() => Scope::Node(node),
+        Ok(Line {
+            kind,
+            node_id: None,
+            regrant,
+            ..
+        }) if kind == "access" && !regrant.is_empty() => Scope::Regrant(regrant),
         _ => Scope::Everything,
     }
 }
@@ -107,6 +135,34 @@ mod tests {
         assert_eq!(scope(&ev), Scope::Everything);
         assert_eq!(scope(b"not json"), Scope::Everything);
         assert_eq!(scope(br#"{"kind":"something new"}"#), Scope::Everything);
+    }
+
+    #[test]
+    fn an_event_listing_sessions_asks_their_grants_again_and_drops_nothing() {
+        let ev = AccessEvent::regrant(
+            "allowance_lowered",
+            Some("u"),
+            vec!["s1".into(), "s2".into()],
+        );
+        let line = serde_json::to_vec(&ev).expect("json");
+        assert_eq!(scope(&line), Scope::Regrant(vec!["s1".into(), "s2".into()]));
+        // Without sessions, or naming a node as well: everything.
+        let none = serde_json::to_vec(&AccessEvent::regrant(
+            "allowance_lowered",
+            Some("u"),
+            vec![],
+        ))
+        .expect("json");
+        assert!(!String::from_utf8_lossy(&none).contains("regrant"));
+        assert_eq!(scope(&none), Scope::Everything);
+        assert_eq!(
+            scope(br#"{"kind":"access","nodeId":"n1","regrant":["s1"]}"#),
+            Scope::Everything
+        );
+        assert_eq!(
+            scope(br#"{"kind":"other","regrant":["s1"]}"#),
+            Scope::Everything
+        );
     }
 
     #[test]

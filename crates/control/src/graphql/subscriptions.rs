@@ -173,7 +173,8 @@ impl SubscriptionMutation {
     /// subscriptions keep theirs (the argument is required; null lifts
     /// the allowance). Raised past what the period has used, a
     /// subscriber cut off by the allowance connects again at once; lowered
-    /// to it or below, the subscriber's tunnels are closed (QUOTA_REACHED).
+    /// to it or below, the subscriber's tunnels are closed (QUOTA_REACHED);
+    /// lowered above it, open tunnels run on to the new allowance.
     /// CONFLICT for a cancelled subscription.
     #[graphql(guard = "AdminOnly")]
     async fn set_subscription_traffic_limit(

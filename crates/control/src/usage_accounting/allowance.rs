@@ -3,9 +3,12 @@
 //! under the appliers' lock, so no pass charges the subscription in
 //! between, and both tell gateways in their transaction: a subscriber cut
 //! off by the allowance may connect again at once (gateways drop the
-//! refusals they cached), and one whose allowance fell to what the period
-//! has used is cut off as reaching it would (sessions ended with
-//! `quota_exceeded`, a `QUOTA_REACHED` event).
+//! refusals they cached), one whose allowance fell to what the period has
+//! used is cut off as reaching it would (sessions ended with
+//! `quota_exceeded`, a `QUOTA_REACHED` event), and for one left with less
+//! but not nothing gateways ask for the open sessions' grants again (a
+//! grant sized from the old allowance, or an unlimited one, could let
+//! through more than the new one leaves).
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -14,12 +17,13 @@ use super::statements::APPLY_LOCK;
 use crate::access::{is_current, quota_spent};
 use crate::actor::Actor;
 use crate::db::Db;
+use crate::db::Statement;
 use crate::db::models::{Subscription, now};
-use crate::db::schema::{audit_log, devices, subscriptions, users};
+use crate::db::schema::{audit_log, devices, sessions, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::feed::{QuotaEvent, QuotaEventKind};
-use crate::ids::SubscriptionId;
+use crate::ids::{SessionId, SubscriptionId};
 use crate::status::{EndReason, SubscriptionStatus};
 use crate::{audit, db_tx, validate};
 
@@ -33,6 +37,10 @@ pub enum Effect {
     Lifted,
     /// The allowance is spent now and was not: the owner's tunnels close.
     Reached,
+    /// What is left shrank without running out: gateways ask for the open
+    /// sessions' grants again (one sized from the old allowance could let
+    /// through more than the new one leaves).
+    Lowered,
 }
 
 /// The effect of moving a subscription from `before` to `after` (allowance
@@ -40,12 +48,26 @@ pub enum Effect {
 pub fn effect(current: bool, before: (Option<i64>, i64), after: (Option<i64>, i64)) -> Effect {
     let was = quota_spent(before.1, before.0);
     let is = quota_spent(after.1, after.0);
+    let left = |(limit, used): (Option<i64>, i64)| limit.map(|l| l.saturating_sub(used));
+    // `None` (unlimited) is more than any number.
+    let shrank = match (left(before), left(after)) {
+        (None, Some(_)) => true,
+        (Some(b), Some(a)) => a < b,
+        _ => false,
+    };
     match (was, is) {
         (true, false) => Effect::Lifted,
         (false, true) if current => Effect::Reached,
+        (false, false) if current && shrank => Effect::Lowered,
         _ => Effect::None,
     }
 }
+
+/// Locks the subscription's row (PostgreSQL; SQLite has one writer).
+const SUBSCRIPTION_LOCK: Statement = Statement {
+    pg: "SELECT 1 FROM subscriptions WHERE id = $1 FOR UPDATE",
+    sqlite: "",
+};
 
 /// One change of subscription `$id` in a transaction of its own, on either
 /// backend: the appliers' lock, the subscription read (a cancelled one is
@@ -60,6 +82,15 @@ macro_rules! change {
             let $ts = now();
             if let Some(lock) = APPLY_LOCK.on(conn) {
                 diesel::sql_query(lock).execute(conn).await?;
+            }
+            // Read under the row's lock (SQLite has one writer anyway), so
+            // a cancellation cannot slip in between the check and the
+            // update below.
+            if let Some(lock) = SUBSCRIPTION_LOCK.on(conn) {
+                diesel::sql_query(lock)
+                    .bind::<diesel::sql_types::Text, _>($id.to_string())
+                    .execute(conn)
+                    .await?;
             }
             let $sub: Subscription = subscriptions::table
                 .find($id)
@@ -126,6 +157,18 @@ macro_rules! change {
                     crate::end_open_sessions!(conn, outbox, owned, EndReason::QuotaExceeded, $ts);
                     outbox.access(AccessChange::QuotaExceeded, Some(updated.user_id));
                 }
+                Effect::Lowered => {
+                    let owned = devices::table
+                        .filter(devices::user_id.eq(updated.user_id))
+                        .select(devices::id);
+                    let open: Vec<SessionId> = sessions::table
+                        .filter(sessions::device_id.eq_any(owned))
+                        .filter(sessions::ended_at.is_null())
+                        .select(sessions::id)
+                        .load(conn)
+                        .await?;
+                    outbox.regrant(updated.user_id, &open);
+                }
             }
             Ok::<_, AppError>(updated)
         })
@@ -176,7 +219,10 @@ pub async fn reset(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Subs
             subscriptions::period_start.eq(ts),
             subscriptions::updated_at.eq(ts),
         ),
-        serde_json::json!({"usedBytes": sub.traffic_used_bytes.to_string()})
+        serde_json::json!({
+            "usedBytes": sub.traffic_used_bytes.to_string(),
+            "previousPeriodStart": sub.period_start.and_utc(),
+        })
     )
 }
 
@@ -204,9 +250,21 @@ mod tests {
     }
 
     #[test]
-    fn changes_on_one_side_of_the_allowance_change_nothing() {
+    fn less_left_but_not_spent_asks_the_grants_again() {
+        assert_eq!(
+            effect(true, (Some(20), 10), (Some(11), 10)),
+            Effect::Lowered
+        );
+        assert_eq!(effect(true, (None, 10), (Some(1000), 10)), Effect::Lowered);
+        // Nothing is open on a subscription not in force.
+        assert_eq!(effect(false, (Some(20), 10), (Some(11), 10)), Effect::None);
+    }
+
+    #[test]
+    fn more_left_or_still_spent_changes_nothing() {
         assert_eq!(effect(true, (Some(20), 10), (Some(30), 10)), Effect::None);
-        assert_eq!(effect(true, (Some(20), 10), (Some(11), 10)), Effect::None);
+        assert_eq!(effect(true, (Some(20), 10), (None, 10)), Effect::None);
+        assert_eq!(effect(true, (Some(20), 10), (Some(20), 0)), Effect::None);
         assert_eq!(effect(true, (Some(10), 12), (Some(11), 12)), Effect::None);
         assert_eq!(effect(true, (None, 5), (None, 0)), Effect::None);
     }

@@ -135,6 +135,20 @@ pub(crate) async fn access_loop(gw: Arc<Gateway>) {
                                 tracing::debug!(node.id = %node, "node withdrawn: its routes dropped");
                                 gw.validations.forget_node(&node);
                             }
+                            // Nothing cached changes: what is left to
+                            // these sessions shrank, so their next grants
+                            // are asked for now.
+                            Scope::Regrant(ids) => {
+                                tracing::debug!(
+                                    sessions = ids.len(),
+                                    "allowance lowered: grants asked again"
+                                );
+                                for id in ids {
+                                    if let Some(s) = gw.sessions.get(&id) {
+                                        gw.ask_again(&Arc::from(id), &s);
+                                    }
+                                }
+                            }
                             Scope::Everything => {
                                 tracing::debug!("access changed: validations dropped");
                                 access_changed(&gw);

@@ -64,6 +64,22 @@ impl Gateway {
         });
     }
 
+    /// Asks for the session's next grant now, in the background, whatever
+    /// is left of the current one (its allowance shrank); after the
+    /// question already out, if one is (it may have been answered from the
+    /// old allowance).
+    pub(crate) fn ask_again(self: &Arc<Self>, id: &Arc<str>, s: &Arc<Session>) {
+        let (gw, id, s) = (self.clone(), id.clone(), s.clone());
+        tokio::spawn(async move {
+            let _turn = s.asking.lock().await;
+            // A grant given up (no tunnel) or spent is asked for anyway
+            // before the session moves another byte.
+            if s.grant.room(s.used(), clock_ms()) > 0 {
+                gw.ask(&id, &s).await;
+            }
+        });
+    }
+
     /// Asks for a grant unless the question already out brings room.
     pub(crate) async fn ask_now(&self, id: &str, s: &Session) {
         let turn = tokio::time::timeout(ASK_WAIT, s.asking.lock()).await;
