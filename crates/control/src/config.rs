@@ -411,10 +411,11 @@ pub struct HttpArgs {
     /// Most open connections from one source (an IPv4 address or an IPv6
     /// /64); beyond it its new ones are closed at once, so one source
     /// cannot hold the whole budget. The default, a quarter of the default
-    /// budget, leaves room for several gateways behind one address: each
-    /// keeps at most 512 calls (connections) in flight, plus its
-    /// access-event stream. 0: no bound (behind a reverse proxy, where
-    /// every connection comes from the proxy).
+    /// budget, leaves room for two gateways behind one address: each
+    /// keeps at most 768 calls (connections) in flight (512 credential
+    /// checks, 256 other calls), plus its access-event stream. 0: no bound
+    /// (behind a reverse proxy, where every connection comes from the
+    /// proxy).
     #[arg(
         long,
         env = "BACKEND_MAX_CONNECTIONS_PER_SOURCE",

@@ -54,27 +54,34 @@ impl BackendError {
     }
 }
 
-/// Calls one client has in flight at once by default (see
-/// [`Backend::max_in_flight`]): as many as a gateway's credential checks
-/// may be (their own bound), so they alone never wait for a turn.
-pub const MAX_IN_FLIGHT: usize = 512;
+/// Credential checks (`assign-outline` as a gateway) one client has in
+/// flight at once by default: as many as a gateway's checks of credentials
+/// it does not know may be (their own bound).
+pub const MAX_CHECKS_IN_FLIGHT: usize = 512;
+
+/// Other calls (grants, usage reports, links, heartbeats) one client has
+/// in flight at once by default, apart from the checks, so a burst of
+/// checks never holds them up.
+pub const MAX_OTHERS_IN_FLIGHT: usize = 256;
 
 /// Longest wait of a call for its turn, and for its answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A client of one control plane with one bearer credential (a machine or
 /// device token, which its `Debug` does not show). Its clones share its
-/// connections and its bound on calls in flight: a call waits for its
+/// connections and its bounds on calls in flight: a call waits for its
 /// turn (at most the call timeout) rather than open one more connection,
 /// so a gateway whose sessions all ask at once (after an outage, say)
-/// holds at most [`MAX_IN_FLIGHT`] connections to the control plane, well
-/// within the control plane's share for one source.
+/// holds at most [`MAX_CHECKS_IN_FLIGHT`] + [`MAX_OTHERS_IN_FLIGHT`]
+/// connections to the control plane, within the control plane's share for
+/// one source. Checks and the other calls take turns apart.
 #[derive(Debug, Clone)]
 pub struct Backend {
     http: reqwest::Client,
     base: String,
     token: Secret,
-    turns: Arc<Semaphore>,
+    checks: Arc<Semaphore>,
+    others: Arc<Semaphore>,
 }
 
 impl Backend {
@@ -99,15 +106,18 @@ impl Backend {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: Secret::from(token),
-            turns: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            checks: Arc::new(Semaphore::new(MAX_CHECKS_IN_FLIGHT)),
+            others: Arc::new(Semaphore::new(MAX_OTHERS_IN_FLIGHT)),
         })
     }
 
-    /// The same client with at most `n` calls in flight (at least one)
-    /// instead of [`MAX_IN_FLIGHT`], for it and the clones made after.
+    /// The same client with at most `n` checks and `n` other calls in
+    /// flight (at least one each) instead of the defaults, for it and the
+    /// clones made after.
     #[must_use]
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.turns = Arc::new(Semaphore::new(n.max(1)));
+        self.checks = Arc::new(Semaphore::new(n.max(1)));
+        self.others = Arc::new(Semaphore::new(n.max(1)));
         self
     }
 
@@ -120,18 +130,29 @@ impl Backend {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, BackendError> {
-        self.call_as(req, self.token.expose()).await
+        self.send(&self.others, req, self.token.expose()).await
     }
 
-    /// Sends `req` with `bearer`, mapping the error envelope.
+    /// Sends `req` with `bearer`, among the other calls.
     async fn call_as<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
         bearer: &str,
     ) -> Result<T, BackendError> {
+        self.send(&self.others, req, bearer).await
+    }
+
+    /// Sends `req` with `bearer` once `turns` gives it a turn, mapping the
+    /// error envelope.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        turns: &Semaphore,
+        req: reqwest::RequestBuilder,
+        bearer: &str,
+    ) -> Result<T, BackendError> {
         // The turn is held until the answer is read: its connection is
         // busy until then.
-        let _turn = tokio::time::timeout(CALL_TIMEOUT, self.turns.acquire())
+        let _turn = tokio::time::timeout(CALL_TIMEOUT, turns.acquire())
             .await
             .map_err(|_| BackendError::Unreachable("too many calls in flight".into()))?
             .map_err(|_| BackendError::Unreachable("client closed".into()))?;
@@ -181,12 +202,11 @@ impl Backend {
             device_jwt: jwt.then(|| credential.to_owned()),
             region: None,
         };
-        self.call(
-            self.http
-                .post(format!("{}/api/v1/nodes/assign-outline", self.base))
-                .json(&body),
-        )
-        .await
+        let req = self
+            .http
+            .post(format!("{}/api/v1/nodes/assign-outline", self.base))
+            .json(&body);
+        self.send(&self.checks, req, self.token.expose()).await
     }
 
     /// `POST /nodes/assign-outline` as a device (our token is a device JWT).
