@@ -150,7 +150,7 @@ impl AccessChange {
             AccessChange::SubscriptionExpired => "subscription_expired",
             AccessChange::QuotaExceeded => "quota_exceeded",
             AccessChange::NodeWithdrawn => "node_withdrawn",
-            AccessChange::AllowanceLowered => "allowance_lowered",
+            AccessChange::AllowanceLowered => httvps_wire::events::ALLOWANCE_LOWERED,
         }
     }
 }
@@ -187,7 +187,6 @@ impl Outbox {
         let user = user.to_string();
         for chunk in sessions.chunks(REGRANT_PER_EVENT) {
             self.access.push(AccessEvent::regrant(
-                AccessChange::AllowanceLowered.as_str(),
                 Some(&user),
                 chunk.iter().map(ToString::to_string).collect(),
             ));

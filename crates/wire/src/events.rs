@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 
 /// Someone's right to connect shrank (device revoked or its token rotated,
 /// account disabled, subscription cancelled or replaced, quota used up), or
-/// where one may connect did (an Outline node drained, disabled or deleted).
-/// Gateways forget every cached validation when they hear one and ask the
-/// control plane which of their open sessions to close; for a node's
-/// withdrawal (`node_id` set) they forget only the validations routing to
-/// that node.
+/// where one may connect did (an Outline node drained, disabled or deleted),
+/// or how much one may still move did (an allowance lowered). Gateways
+/// forget every cached validation when they hear one and ask the control
+/// plane which of their open sessions to close; for a node's withdrawal
+/// (`node_id` set) they forget only the validations routing to that node,
+/// and for a lowered allowance (`regrant` set) nothing: they ask for the
+/// listed sessions' quota grants again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessEvent {
@@ -50,11 +52,12 @@ impl AccessEvent {
     }
 
     /// An access event asking gateways to ask for the grants of `sessions`
-    /// again (`user_id`'s allowance shrank).
-    pub fn regrant(reason: &str, user_id: Option<&str>, sessions: Vec<String>) -> Self {
+    /// again (`user_id`'s allowance shrank), with the reason
+    /// [`ALLOWANCE_LOWERED`].
+    pub fn regrant(user_id: Option<&str>, sessions: Vec<String>) -> Self {
         AccessEvent {
             regrant: sessions,
-            ..AccessEvent::new(reason, user_id)
+            ..AccessEvent::new(ALLOWANCE_LOWERED, user_id)
         }
     }
 
@@ -95,6 +98,8 @@ pub fn scope(line: &[u8]) -> Scope {
         #[serde(default)]
         node_id: Option<String>,
         #[serde(default)]
+        reason: String,
+        #[serde(default)]
         regrant: Vec<String>,
     }
     match serde_json::from_slice::<Line>(line) {
@@ -104,16 +109,24 @@ pub fn scope(line: &[u8]) -> Scope {
             user_id: None,
             node_id: Some(node),
             regrant,
+            ..
         }) if kind == "access" && regrant.is_empty() => Scope::Node(node),
         Ok(Line {
             kind,
+            reason,
             node_id: None,
             regrant,
             ..
-        }) if kind == "access" && !regrant.is_empty() => Scope::Regrant(regrant),
+        }) if kind == "access" && reason == ALLOWANCE_LOWERED && !regrant.is_empty() => {
+            Scope::Regrant(regrant)
+        }
         _ => Scope::Everything,
     }
 }
+
+/// The reason of the one access event that lists sessions to ask grants
+/// for again ([`AccessEvent::regrant`]).
+pub const ALLOWANCE_LOWERED: &str = "allowance_lowered";
 
 /// The first line of the stream.
 pub const HELLO_LINE: &str = r#"{"kind":"hello"}"#;
@@ -139,20 +152,11 @@ mod tests {
 
     #[test]
     fn an_event_listing_sessions_asks_their_grants_again_and_drops_nothing() {
-        let ev = AccessEvent::regrant(
-            "allowance_lowered",
-            Some("u"),
-            vec!["s1".into(), "s2".into()],
-        );
+        let ev = AccessEvent::regrant(Some("u"), vec!["s1".into(), "s2".into()]);
         let line = serde_json::to_vec(&ev).expect("json");
         assert_eq!(scope(&line), Scope::Regrant(vec!["s1".into(), "s2".into()]));
         // Without sessions, or naming a node as well: everything.
-        let none = serde_json::to_vec(&AccessEvent::regrant(
-            "allowance_lowered",
-            Some("u"),
-            vec![],
-        ))
-        .expect("json");
+        let none = serde_json::to_vec(&AccessEvent::regrant(Some("u"), vec![])).expect("json");
         assert!(!String::from_utf8_lossy(&none).contains("regrant"));
         assert_eq!(scope(&none), Scope::Everything);
         assert_eq!(

@@ -70,8 +70,10 @@ pub(super) async fn usage_links(
 
 /// Access events for gateways, as newline-delimited JSON: a `hello` line at
 /// once, an `access` line whenever someone's right to connect shrinks
-/// (drop cached validations, heartbeat now), a `keepalive` line every 15 s.
-/// The stream ends when the server shuts down; gateways reconnect.
+/// (drop cached validations, heartbeat now; one naming a node drops only
+/// the answers routing to it, one listing `regrant` sessions asks for
+/// their quota grants again), a `keepalive` line every 15 s. The stream
+/// ends when the server shuts down; gateways reconnect.
 #[utoipa::path(get, path = "/api/v1/gateway/access-events",
     responses((status = 200, description = "Newline-delimited JSON events", content_type = "application/x-ndjson"),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]

@@ -29,6 +29,18 @@ const ASK_WAIT: Duration = Duration::from_secs(3);
 /// byte. What the grant holds stays reserved that much longer.
 pub(crate) const RELEASE_AFTER: Duration = Duration::from_secs(2);
 
+/// What a question that gets no answer (the control plane unreachable,
+/// slow or failing) leaves of a session's grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unanswered {
+    /// A provisional slice (the outage rule admitted the session, and its
+    /// grant is spent or due).
+    Provisional,
+    /// The grant it has: asked again only because the allowance shrank, a
+    /// provisional slice could be more than the new allowance leaves.
+    Keep,
+}
+
 impl Gateway {
     /// Whether the session may move more bytes now; asks ahead when due.
     /// When the grant is spent, asks at once and waits; when nothing more
@@ -59,7 +71,7 @@ impl Gateway {
                 return;
             };
             if s.grant.due(s.used(), clock_ms()) {
-                gw.ask(&id, &s).await;
+                gw.ask(&id, &s, Unanswered::Provisional).await;
             }
         });
     }
@@ -75,7 +87,7 @@ impl Gateway {
             // A grant given up (no tunnel) or spent is asked for anyway
             // before the session moves another byte.
             if s.grant.room(s.used(), clock_ms()) > 0 {
-                gw.ask(&id, &s).await;
+                gw.ask(&id, &s, Unanswered::Keep).await;
             }
         });
     }
@@ -87,11 +99,12 @@ impl Gateway {
             return;
         }
         let _turn = turn;
-        self.ask(id, s).await;
+        self.ask(id, s, Unanswered::Provisional).await;
     }
 
-    /// One question (the caller holds the session's turn).
-    async fn ask(&self, id: &str, s: &Session) {
+    /// One question (the caller holds the session's turn); `unanswered`
+    /// says what a failure leaves.
+    async fn ask(&self, id: &str, s: &Session, unanswered: Unanswered) {
         let (now, used) = (clock_ms(), s.used());
         let req = GrantRequest {
             session_id: id.to_owned(),
@@ -111,6 +124,12 @@ impl Gateway {
             Ok(Err(BackendError::Status { status, code })) if (400..500).contains(&status) => {
                 tracing::warn!(session.id = %id, status, %code, "quota grant refused");
                 s.grant.provisional(0, used, now, 0);
+            }
+            Ok(Err(e)) if unanswered == Unanswered::Keep => {
+                tracing::warn!(session.id = %id, error = %e, "quota grant unavailable; the current one kept");
+            }
+            Err(_) if unanswered == Unanswered::Keep => {
+                tracing::warn!(session.id = %id, "quota grant timed out; the current one kept");
             }
             Ok(Err(e)) => {
                 tracing::warn!(session.id = %id, error = %e, "quota grant unavailable; provisional slice");
