@@ -411,13 +411,14 @@ async fn one_source_holds_no_more_than_its_share_while_others_are_served() {
     );
 }
 
-/// `n` heartbeats at once through `backend`; how many failed.
-async fn beats_failed(backend: &httvps_dataplane::backend::Backend, n: usize) -> usize {
-    let beat = httvps_wire::heartbeat::GatewayBeat::default();
+/// `n` calls at once through `backend` (session links, empty); how many
+/// failed.
+async fn calls_failed(backend: &httvps_dataplane::backend::Backend, n: usize) -> usize {
     let calls: Vec<_> = (0..n)
         .map(|_| {
-            let (b, beat) = (backend.clone(), beat.clone());
-            tokio::spawn(async move { b.gateway_heartbeat(&beat).await })
+            let b = backend.clone();
+            let links = httvps_wire::witness::SessionLinks { links: Vec::new() };
+            tokio::spawn(async move { b.session_links(&links).await })
         })
         .collect();
     let mut failed = 0;
@@ -453,11 +454,13 @@ async fn a_burst_of_gateway_calls_stays_within_the_control_planes_share_for_its_
     )
     .await
     .expect("gateway");
-    // Bounded to the share, every call of a burst gets through.
+    // Bounded to the share, every call of a burst gets through (the
+    // connections of its turns; heartbeats wait for none, and none is
+    // sent here).
     let bounded = Backend::new(&base, &token)
         .expect("client")
         .max_in_flight(8);
-    assert_eq!(beats_failed(&bounded, 200).await, 0);
+    assert_eq!(calls_failed(&bounded, 200).await, 0);
     // Its connections (idle in its pool) give their places back.
     drop(bounded);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -467,7 +470,7 @@ async fn a_burst_of_gateway_calls_stays_within_the_control_planes_share_for_its_
         .expect("client")
         .max_in_flight(200);
     assert!(
-        beats_failed(&unbounded, 200).await > 0,
+        calls_failed(&unbounded, 200).await > 0,
         "200 calls at once over 200 connections all got through a share of 8"
     );
 }

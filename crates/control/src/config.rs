@@ -413,7 +413,7 @@ pub struct HttpArgs {
     /// cannot hold the whole budget. The default, a quarter of the default
     /// budget, leaves room for two gateways behind one address: each
     /// keeps at most 768 calls (connections) in flight (512 credential
-    /// checks, 256 other calls), plus its access-event stream. 0: no bound
+    /// checks, 256 other calls), plus its heartbeat and access-event stream. 0: no bound
     /// (behind a reverse proxy, where every connection comes from the
     /// proxy).
     #[arg(

@@ -59,9 +59,9 @@ impl BackendError {
 /// it does not know may be (their own bound).
 pub const MAX_CHECKS_IN_FLIGHT: usize = 512;
 
-/// Other calls (grants, usage reports, links, heartbeats) one client has
-/// in flight at once by default, apart from the checks, so a burst of
-/// checks never holds them up.
+/// Other calls (grants, usage reports, links) one client has in flight at
+/// once by default, apart from the checks, so a burst of checks never
+/// holds them up. Heartbeats (one at a time) wait for no turn.
 pub const MAX_OTHERS_IN_FLIGHT: usize = 256;
 
 /// Longest wait of a call for its turn, and for its answer.
@@ -130,7 +130,8 @@ impl Backend {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, BackendError> {
-        self.send(&self.others, req, self.token.expose()).await
+        self.send(Some(&self.others), req, self.token.expose())
+            .await
     }
 
     /// Sends `req` with `bearer`, among the other calls.
@@ -139,23 +140,28 @@ impl Backend {
         req: reqwest::RequestBuilder,
         bearer: &str,
     ) -> Result<T, BackendError> {
-        self.send(&self.others, req, bearer).await
+        self.send(Some(&self.others), req, bearer).await
     }
 
-    /// Sends `req` with `bearer` once `turns` gives it a turn, mapping the
-    /// error envelope.
+    /// Sends `req` with `bearer` once `turns` gives it a turn (none: at
+    /// once), mapping the error envelope.
     async fn send<T: DeserializeOwned>(
         &self,
-        turns: &Semaphore,
+        turns: Option<&Semaphore>,
         req: reqwest::RequestBuilder,
         bearer: &str,
     ) -> Result<T, BackendError> {
         // The turn is held until the answer is read: its connection is
         // busy until then.
-        let _turn = tokio::time::timeout(CALL_TIMEOUT, turns.acquire())
-            .await
-            .map_err(|_| BackendError::Unreachable("too many calls in flight".into()))?
-            .map_err(|_| BackendError::Unreachable("client closed".into()))?;
+        let _turn = match turns {
+            Some(turns) => Some(
+                tokio::time::timeout(CALL_TIMEOUT, turns.acquire())
+                    .await
+                    .map_err(|_| BackendError::Unreachable("too many calls in flight".into()))?
+                    .map_err(|_| BackendError::Unreachable("client closed".into()))?,
+            ),
+            None => None,
+        };
         let res = req
             .bearer_auth(bearer)
             .send()
@@ -206,7 +212,8 @@ impl Backend {
             .http
             .post(format!("{}/api/v1/nodes/assign-outline", self.base))
             .json(&body);
-        self.send(&self.checks, req, self.token.expose()).await
+        self.send(Some(&self.checks), req, self.token.expose())
+            .await
     }
 
     /// `POST /nodes/assign-outline` as a device (our token is a device JWT).
@@ -261,12 +268,13 @@ impl Backend {
         &self,
         beat: &GatewayBeat,
     ) -> Result<HeartbeatResponse, BackendError> {
-        self.call(
-            self.http
-                .post(format!("{}/api/v1/gateway/heartbeat", self.base))
-                .json(beat),
-        )
-        .await
+        // One at a time (the follower's loop), and never behind other
+        // calls: a late beat would mark the machine down.
+        let req = self
+            .http
+            .post(format!("{}/api/v1/gateway/heartbeat", self.base))
+            .json(beat);
+        self.send(None, req, self.token.expose()).await
     }
 
     /// `POST /usage/links` (a gateway): which node connection carries which
@@ -301,12 +309,13 @@ impl Backend {
         &self,
         beat: &OutlineBeat,
     ) -> Result<HeartbeatResponse, BackendError> {
-        self.call(
-            self.http
-                .post(format!("{}/api/v1/outline/heartbeat", self.base))
-                .json(beat),
-        )
-        .await
+        // One at a time (the follower's loop), and never behind other
+        // calls: a late beat would mark the machine down.
+        let req = self
+            .http
+            .post(format!("{}/api/v1/outline/heartbeat", self.base))
+            .json(beat);
+        self.send(None, req, self.token.expose()).await
     }
 
     /// `GET /gateway/access-events`: the open stream (newline-delimited
