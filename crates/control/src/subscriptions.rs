@@ -120,7 +120,9 @@ pub async fn extend(
             ));
         }
         let from = sub.expires_at.max(ts);
+        // Not if a cancellation committed since the read: it stands.
         let updated = diesel::update(subscriptions::table.find(id))
+            .filter(subscriptions::status.ne(SubscriptionStatus::Cancelled))
             .set((
                 subscriptions::expires_at.eq(from + chrono::Duration::days(days.into())),
                 subscriptions::status.eq(SubscriptionStatus::Active),
@@ -129,9 +131,15 @@ pub async fn extend(
             .returning(Subscription::as_returning())
             .get_result(conn)
             .await
+            .optional()
             .map_err(AppError::on_conflict(
                 "the user has another active subscription",
-            ))?;
+            ))?
+            .ok_or_else(|| {
+                AppError::Conflict(
+                    "a cancelled subscription cannot be extended: grant a new one".into(),
+                )
+            })?;
         let entry = audit::entry(
             actor,
             "extend_subscription",
