@@ -505,6 +505,65 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
     drop(second);
 }
 
+/// Cancelling a subscription locks it and then its sessions, the reverse
+/// of a usage pass (sessions, then their subscriptions), so it waits for
+/// the appliers' lock first: the two never deadlock.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_subscription_waits_for_the_usage_appliers() {
+    use httvps_control::actor::Actor;
+    use httvps_control::catalogue::{self, NewPlan};
+    use httvps_control::subscriptions;
+    let t = TestDb::pg().await;
+    let db = t.pool();
+    let user = accounts::create_user(&db, "c@example.com", "long enough password", Role::User)
+        .await
+        .expect("user");
+    let plan = catalogue::create_plan(
+        &db,
+        &Actor::Operator,
+        NewPlan {
+            name: "p".into(),
+            price_cents: 0,
+            currency: "USD".into(),
+            duration_days: 30,
+            traffic_limit_bytes: Some(1 << 30),
+            device_limit: 1,
+            reset_period: ResetPeriod::Monthly,
+        },
+    )
+    .await
+    .expect("plan");
+    let sub = subscriptions::grant(&db, &Actor::Operator, user.id, plan.id)
+        .await
+        .expect("grant");
+    // An applier's pass holds the lock (taken here for the session).
+    let db::DbPool::Pg(pool) = &db.pool else {
+        panic!("pg")
+    };
+    let mut holder = pool.get().await.expect("conn");
+    let key = httvps_control::db::APPLY_LOCK_KEY;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({key})"))
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let cancel = {
+        let db = db.clone();
+        tokio::spawn(async move { subscriptions::cancel(&db, &Actor::Operator, sub.id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!cancel.is_finished(), "the cancellation waits for the pass");
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({key})"))
+        .execute(&mut *holder)
+        .await
+        .expect("unlock");
+    let done = tokio::time::timeout(Duration::from_secs(5), cancel)
+        .await
+        .expect("the cancellation goes ahead once the pass is over")
+        .expect("task")
+        .expect("cancel");
+    assert_eq!(done.status, SubscriptionStatus::Cancelled);
+}
+
 /// `up` runs its control plane with the `BACKEND_*` throttles and HTTP
 /// limits `serve` reads, and refuses a bad one by its name.
 #[tokio::test(flavor = "multi_thread")]

@@ -9,9 +9,9 @@ use diesel_async::RunQueryDsl;
 use super::pagination::{Page, PageArgs};
 use super::{audit, validate};
 use crate::actor::Actor;
-use crate::db::Db;
 use crate::db::models::{Plan, Subscription, now};
 use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
+use crate::db::{APPLY_LOCK, Db};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::ids::{PlanId, SubscriptionId, UserId};
@@ -162,6 +162,11 @@ pub async fn extend(
 pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Subscription> {
     actor.require_admin()?;
     db_tx!(db, |conn, outbox| {
+        // The subscription, then its sessions: the appliers lock sessions,
+        // then subscriptions, so their lock comes first.
+        if let Some(lock) = APPLY_LOCK.on(conn) {
+            diesel::sql_query(lock).execute(conn).await?;
+        }
         let ts = now();
         let updated: Subscription = diesel::update(subscriptions::table.find(id))
             .set((

@@ -13,6 +13,19 @@ mod redacted;
 pub mod schema;
 
 pub use dialect::{Dialect, Statement};
+
+/// Key of the PostgreSQL advisory lock that makes the usage appliers of
+/// several replicas take turns ("usage" in ASCII, 0x0075_7361_6765).
+pub const APPLY_LOCK_KEY: i64 = 504_446_936_933;
+
+/// Takes the usage appliers' lock for the transaction (SQLite has one
+/// writer anyway). A pass locks sessions and then their subscriptions; a
+/// change that locks a subscription and then its sessions takes this
+/// first, so the two never wait on each other in opposite orders.
+pub const APPLY_LOCK: Statement = Statement {
+    pg: "SELECT pg_advisory_xact_lock(504446936933)",
+    sqlite: "",
+};
 pub use notify::notify;
 pub use prepared::Prepared;
 

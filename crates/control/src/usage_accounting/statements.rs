@@ -9,16 +9,7 @@ use crate::status::EndReason;
 
 use super::plan::ClosedHour;
 
-/// Key of the PostgreSQL advisory lock that makes the appliers of several
-/// replicas take turns ("usage" in ASCII, 0x0075_7361_6765).
-pub const APPLY_LOCK_KEY: i64 = 504_446_936_933;
-
-/// Takes the appliers' lock for the transaction (SQLite has one writer
-/// anyway).
-pub const APPLY_LOCK: Statement = Statement {
-    pg: "SELECT pg_advisory_xact_lock(504446936933)",
-    sqlite: "",
-};
+pub use crate::db::{APPLY_LOCK, APPLY_LOCK_KEY};
 
 /// The reported sessions as stored, for the check on receipt (a gateway's
 /// report or a node's). `= ANY(ARRAY(...))`
