@@ -74,7 +74,8 @@ const SUBSCRIPTION_LOCK: Statement = Statement {
 /// refused), the update `$set` (of `$sub` as read, at `$ts`), its audit
 /// entry (`$action`, `$details`), then what it means: the quota event
 /// `$kind` (if any), and per [`effect`] the owner's sessions ended with a
-/// `QUOTA_REACHED` event, or the refusals gateways cached dropped.
+/// `QUOTA_REACHED` event, the refusals gateways cached dropped, or the
+/// owner's open sessions' grants asked for again.
 macro_rules! change {
     ($db:expr, $actor:expr, $id:expr, $action:expr, $kind:expr,
      |$sub:ident, $ts:ident| $set:expr, $details:expr) => {
