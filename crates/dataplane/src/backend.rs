@@ -73,8 +73,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// turn (at most the call timeout) rather than open one more connection,
 /// so a gateway whose sessions all ask at once (after an outage, say)
 /// holds at most [`MAX_CHECKS_IN_FLIGHT`] + [`MAX_OTHERS_IN_FLIGHT`]
-/// connections to the control plane, within the control plane's share for
-/// one source. Checks and the other calls take turns apart.
+/// connections to the control plane for them, plus its heartbeat's and
+/// its access-event stream's, within the control plane's share for one
+/// source. Checks and the other calls take turns apart.
 #[derive(Debug, Clone)]
 pub struct Backend {
     http: reqwest::Client,
