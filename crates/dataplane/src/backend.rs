@@ -127,12 +127,12 @@ impl Backend {
         &self.base
     }
 
+    /// Sends `req` with our token, among the other calls.
     async fn call<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, BackendError> {
-        self.send(Some(&self.others), req, self.token.expose())
-            .await
+        self.call_as(req, self.token.expose()).await
     }
 
     /// Sends `req` with `bearer`, among the other calls.

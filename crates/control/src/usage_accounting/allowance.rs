@@ -146,22 +146,20 @@ macro_rules! change {
                     });
                 }
             }
+            // The owner's devices, whose open sessions the effect concerns.
+            let owned = devices::table
+                .filter(devices::user_id.eq(updated.user_id))
+                .select(devices::id);
             match effect {
                 Effect::None => {}
                 Effect::Lifted => {
                     outbox.access(AccessChange::SubscriptionExtended, Some(updated.user_id));
                 }
                 Effect::Reached => {
-                    let owned = devices::table
-                        .filter(devices::user_id.eq(updated.user_id))
-                        .select(devices::id);
                     crate::end_open_sessions!(conn, outbox, owned, EndReason::QuotaExceeded, $ts);
                     outbox.access(AccessChange::QuotaExceeded, Some(updated.user_id));
                 }
                 Effect::Lowered => {
-                    let owned = devices::table
-                        .filter(devices::user_id.eq(updated.user_id))
-                        .select(devices::id);
                     let open: Vec<SessionId> = sessions::table
                         .filter(sessions::device_id.eq_any(owned))
                         .filter(sessions::ended_at.is_null())
