@@ -8,6 +8,8 @@ mod common;
 mod plane;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use httvps_control::accounts::{self, Role};
@@ -647,6 +649,9 @@ async fn a_tunnel_opened_right_after_the_last_one_ended_keeps_the_grant() {
     assert_eq!(grant_requests(&plane).await, after_first + 2, "asked again");
 }
 
+/// Sets a subscription's allowance (`$id`, `$b`: null lifts it).
+const SET_LIMIT: &str = "mutation($id:UUID!,$b:BigInt){setSubscriptionTrafficLimit(id:$id,trafficLimitBytes:$b){trafficLimitBytes trafficUsedBytes}}";
+
 /// `setSubscriptionTrafficLimit`/`resetSubscriptionTraffic` through `plane`'s
 /// admin: the subscription's allowance and used bytes after the change.
 async fn operate(plane: &Plane, mutation: &str, vars: serde_json::Value) -> (Option<i64>, i64) {
@@ -682,7 +687,6 @@ async fn opens_within(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_raises_lowers_and_resets_a_spent_allowance() {
-    const SET: &str = "mutation($id:UUID!,$b:BigInt){setSubscriptionTrafficLimit(id:$id,trafficLimitBytes:$b){trafficLimitBytes trafficUsedBytes}}";
     const RESET: &str =
         "mutation($id:UUID!){resetSubscriptionTraffic(id:$id){trafficLimitBytes trafficUsedBytes}}";
     let plane = Plane::start(1).await;
@@ -704,7 +708,12 @@ async fn an_operator_raises_lowers_and_resets_a_spent_allowance() {
     // Raised: the device gets through again before the gateway's cached
     // refusal would have expired (5 s), and is cut at the new allowance.
     let raised = 2 * ALLOWANCE;
-    let (limit, _) = operate(&plane, SET, json!({"id": sub, "b": raised.to_string()})).await;
+    let (limit, _) = operate(
+        &plane,
+        SET_LIMIT,
+        json!({"id": sub, "b": raised.to_string()}),
+    )
+    .await;
     assert_eq!(limit, Some(raised));
     let waited = opens_within(&plane, gw, &token, Duration::from_secs(3)).await;
     assert!(
@@ -732,7 +741,7 @@ async fn an_operator_raises_lowers_and_resets_a_spent_allowance() {
     open.write_all(b"ping").await.expect("send");
     let mut back = [0u8; 4];
     open.read_exact(&mut back).await.expect("echo");
-    let (limit, _) = operate(&plane, SET, json!({"id": sub, "b": "0"})).await;
+    let (limit, _) = operate(&plane, SET_LIMIT, json!({"id": sub, "b": "0"})).await;
     assert_eq!(limit, Some(0));
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         let mut buf = [0u8; 64];
@@ -753,6 +762,48 @@ async fn an_operator_raises_lowers_and_resets_a_spent_allowance() {
     );
 }
 
+/// A device whose subscription's allowance is lifted, and a tunnel of it
+/// through `plane`'s gateway that took its (unlimited) grant with a 1 MiB
+/// round trip and then idles: the tunnel, the subscription's id and the
+/// usage recorded.
+async fn idle_tunnel_on_an_unlimited_grant(plane: &Plane) -> (TcpStream, String, i64) {
+    let (token, sub) = device_on_small_plan(plane).await;
+    let (limit, _) = operate(plane, SET_LIMIT, json!({"id": sub, "b": null})).await;
+    assert_eq!(limit, None);
+    let socks = client_via(plane, &token, plane.gateway_addr).await;
+    let mut s = socks_connect(socks, echo().await).await;
+    let chunk = vec![3u8; 1 << 20];
+    s.write_all(&chunk).await.expect("send");
+    let mut back = vec![0u8; chunk.len()];
+    s.read_exact(&mut back).await.expect("echo");
+    let used = settled_usage(plane, &sub).await;
+    assert!(used >= 2 << 20, "the round trip is counted: {used}");
+    (s, sub, used)
+}
+
+/// Lowers `sub`'s allowance to `lowered` bytes.
+async fn lower(plane: &Plane, sub: &str, lowered: i64) {
+    let (limit, _) = operate(
+        plane,
+        SET_LIMIT,
+        json!({"id": sub, "b": lowered.to_string()}),
+    )
+    .await;
+    assert_eq!(limit, Some(lowered));
+}
+
+/// Runs `s` at full speed both ways until it is cut; the usage recorded
+/// for `sub` then is the allowance `lowered`, within [`MAX_OVERSHOOT`].
+async fn stops_at(plane: &Plane, s: TcpStream, sub: &str, lowered: i64) {
+    let cut = full_speed_until_cut(s).await;
+    assert!(cut.is_some(), "the tunnel was cut");
+    let recorded = settled_usage(plane, sub).await;
+    assert!(
+        (lowered..=lowered + MAX_OVERSHOOT).contains(&recorded),
+        "recorded {recorded} B against a lowered allowance of {lowered} B"
+    );
+}
+
 /// An allowance lowered to more than the period used: a tunnel that holds
 /// a grant from before (here an unlimited one, valid for minutes) is held
 /// to the new allowance, since the gateway asks for its grant again at
@@ -760,32 +811,106 @@ async fn an_operator_raises_lowers_and_resets_a_spent_allowance() {
 /// allowance spent.
 #[tokio::test(flavor = "multi_thread")]
 async fn lowering_an_allowance_takes_back_the_grants_already_given() {
-    const SET: &str = "mutation($id:UUID!,$b:BigInt){setSubscriptionTrafficLimit(id:$id,trafficLimitBytes:$b){trafficLimitBytes trafficUsedBytes}}";
     let plane = Plane::start(1).await;
-    let gw = plane.gateway_addr;
-    let (token, sub) = device_on_small_plan(&plane).await;
-    let (limit, _) = operate(&plane, SET, json!({"id": sub, "b": null})).await;
-    assert_eq!(limit, None);
-    let socks = client_via(&plane, &token, gw).await;
-    let echo = echo().await;
-    // A tunnel that took its (unlimited) grant, then idles.
-    let mut s = socks_connect(socks, echo).await;
-    let chunk = vec![3u8; 1 << 20];
-    s.write_all(&chunk).await.expect("send");
-    let mut back = vec![0u8; chunk.len()];
-    s.read_exact(&mut back).await.expect("echo");
-    let used = settled_usage(&plane, &sub).await;
-    assert!(used >= 2 << 20, "the round trip is counted: {used}");
+    let (s, sub, used) = idle_tunnel_on_an_unlimited_grant(&plane).await;
     let lowered = used + ALLOWANCE;
-    let (limit, _) = operate(&plane, SET, json!({"id": sub, "b": lowered.to_string()})).await;
-    assert_eq!(limit, Some(lowered));
+    lower(&plane, &sub, lowered).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The same tunnel at full speed stops at the new allowance.
-    let cut = full_speed_until_cut(s).await;
-    assert!(cut.is_some(), "the tunnel was cut");
-    let recorded = settled_usage(&plane, &sub).await;
+    stops_at(&plane, s, &sub, lowered).await;
+}
+
+/// A TCP forwarder in front of the control plane that a test can sever:
+/// severed, it closes every connection it carries and every new one.
+struct Severable {
+    open: tokio::sync::watch::Sender<bool>,
+    /// Access-event streams opened through it.
+    streams: Arc<AtomicUsize>,
+}
+
+impl Severable {
+    /// Forwards to the control plane at `base`; returns its URL.
+    async fn start(base: &str) -> (String, Severable) {
+        let upstream: SocketAddr = base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("control plane address");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (open, _) = tokio::sync::watch::channel(true);
+        let streams = Arc::new(AtomicUsize::new(0));
+        let (rx, counted) = (open.subscribe(), streams.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (mut rx, counted) = (rx.clone(), counted.clone());
+                tokio::spawn(async move {
+                    if !*rx.borrow_and_update() {
+                        return;
+                    }
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let mut first = vec![0u8; 4096];
+                    let Ok(n) = inbound.read(&mut first).await else {
+                        return;
+                    };
+                    if first[..n].starts_with(b"GET /api/v1/gateway/access-events ") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if outbound.write_all(&first[..n]).await.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), Severable { open, streams })
+    }
+
+    fn sever(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// A gateway that was cut off from its control plane while an allowance
+/// was lowered never heard the event that listed the sessions to ask
+/// again. Once it hears events again, it treats every grant as stale: a
+/// tunnel holding an unlimited grant from before asks again before its
+/// next byte, and stops at the new allowance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_missed_a_lowering_asks_again_once_it_hears_events_again() {
+    let (mut plane, listener) = Plane::prepare(1).await;
+    let (via, link) = Severable::start(&plane.server.base).await;
+    plane.spawn_gateway_via(listener, &via, &|_| {});
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (s, sub, used) = idle_tunnel_on_an_unlimited_grant(&plane).await;
+
+    // Lowered while the gateway cannot hear it.
+    let heard = link.streams.load(Ordering::SeqCst);
+    assert!(heard >= 1, "the gateway follows the access events");
+    link.sever();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lowered = used + ALLOWANCE;
+    lower(&plane, &sub, lowered).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link.restore();
+    let t0 = Instant::now();
+    while link.streams.load(Ordering::SeqCst) == heard && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        (lowered..=lowered + MAX_OVERSHOOT).contains(&recorded),
-        "recorded {recorded} B against a lowered allowance of {lowered} B"
+        link.streams.load(Ordering::SeqCst) > heard,
+        "the gateway opened its access-event stream again"
     );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The same tunnel at full speed stops at the new allowance.
+    stops_at(&plane, s, &sub, lowered).await;
 }

@@ -114,12 +114,15 @@ fn access_changed(gw: &Gateway) {
 
 /// Follows the control plane's access events. Reconnects after failures;
 /// every (re)connect counts as a change, since events may have been
-/// missed meanwhile.
+/// missed meanwhile: cached verdicts go, and every session's grant is
+/// asked for again at its next byte (a lowered allowance's event lists
+/// sessions whose grants shrank).
 pub(crate) async fn access_loop(gw: Arc<Gateway>) {
     loop {
         match gw.backend.access_events().await {
             Ok(mut res) => {
                 access_changed(&gw);
+                gw.sessions.grants_stale();
                 let mut buf: Vec<u8> = Vec::new();
                 while let Ok(Ok(Some(chunk))) =
                     tokio::time::timeout(ACCESS_SILENCE, res.chunk()).await

@@ -7,7 +7,7 @@
 //! before it forwards a frame, so the bytes let through past a grant are
 //! at most the frames already in flight when it ran out.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -53,6 +53,9 @@ pub(crate) struct Grant {
     ask_by_ms: AtomicU64,
     last: Mutex<Last>,
     denied: Mutex<Option<Reason>>,
+    /// What it was sized from may have changed unseen (access events were
+    /// missed): asked again at the next byte, whatever is left of it.
+    stale: AtomicBool,
 }
 
 impl Grant {
@@ -103,6 +106,25 @@ impl Grant {
     /// the control plane (it could not be asked).
     pub fn provisional(&self, slice: u64, used: u64, now_ms: u64, valid_ms: u64) {
         self.set(used.saturating_add(slice), used, now_ms, valid_ms);
+    }
+
+    /// Marks the grant stale: the allowance it was sized from may have
+    /// shrunk without the gateway hearing of it (its access-event stream
+    /// was down), so it is asked for again before the next byte moves.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the grant is stale (see [`Grant::mark_stale`]).
+    pub fn stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Clears the stale mark: a question is about to be asked, and its
+    /// answer is fresh. An answer alone does not clear it, since the
+    /// question it answers may predate the mark.
+    pub fn fresh(&self) {
+        self.stale.store(false, Ordering::Relaxed);
     }
 
     /// Gives the grant up (the session's tunnels are gone): the next
@@ -176,6 +198,20 @@ mod tests {
         assert_eq!(g.denied(), None, "a later grant clears it");
         g.release();
         assert_eq!(g.room(70, 3), 0, "released: ask again");
+    }
+
+    #[test]
+    fn a_stale_grant_stays_stale_until_a_question_is_asked() {
+        let g = Grant::default();
+        g.apply(&answer(None, 600_000, None), 0, 0);
+        assert!(!g.stale());
+        g.mark_stale();
+        assert!(g.stale());
+        assert!(g.room(1 << 40, 1_000) > 0, "what it holds is unchanged");
+        g.apply(&answer(Some(5_000), 600_000, None), 0, 2_000);
+        assert!(g.stale(), "an answer to an older question leaves it stale");
+        g.fresh();
+        assert!(!g.stale(), "the question asked clears it");
     }
 
     #[test]

@@ -45,16 +45,23 @@ impl Gateway {
     /// Whether the session may move more bytes now; asks ahead when due.
     /// When the grant is spent, asks at once and waits; when nothing more
     /// is granted, closes the session's tunnels and says no.
+    /// A stale grant (access events were missed) is asked for again
+    /// first, the tunnel waiting, as for a spent one.
     pub(crate) async fn room(self: &Arc<Self>, id: &Arc<str>, s: &Arc<Session>) -> bool {
         let now = clock_ms();
         let used = s.used();
         if s.grant.room(used, now) > 0 {
-            if s.grant.due(used, now) {
-                self.ask_ahead(id, s);
+            if s.grant.stale() {
+                self.recheck(id, s).await;
+            } else {
+                if s.grant.due(used, now) {
+                    self.ask_ahead(id, s);
+                }
+                return true;
             }
-            return true;
+        } else {
+            self.ask_now(id, s).await;
         }
-        self.ask_now(id, s).await;
         if s.grant.room(s.used(), clock_ms()) > 0 {
             return true;
         }
@@ -102,9 +109,23 @@ impl Gateway {
         self.ask(id, s, Unanswered::Provisional).await;
     }
 
+    /// Asks for a stale grant again (the allowance it was sized from may
+    /// have shrunk unseen), unless a question asked meanwhile did; the
+    /// grant is kept when there is no answer.
+    async fn recheck(&self, id: &str, s: &Session) {
+        let turn = tokio::time::timeout(ASK_WAIT, s.asking.lock()).await;
+        if !s.grant.stale() {
+            return;
+        }
+        let _turn = turn;
+        self.ask(id, s, Unanswered::Keep).await;
+    }
+
     /// One question (the caller holds the session's turn); `unanswered`
     /// says what a failure leaves.
     async fn ask(&self, id: &str, s: &Session, unanswered: Unanswered) {
+        // Whatever made the grant stale happened before this question.
+        s.grant.fresh();
         let (now, used) = (clock_ms(), s.used());
         let req = GrantRequest {
             session_id: id.to_owned(),

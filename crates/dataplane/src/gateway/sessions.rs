@@ -244,6 +244,14 @@ impl Sessions {
         }
     }
 
+    /// Marks every session's grant stale (access events may have been
+    /// missed): each asks again at its next byte.
+    pub fn grants_stale(&self) {
+        for s in lock(&self.inner).live.values() {
+            s.grant.mark_stale();
+        }
+    }
+
     /// Session `id`, if counted.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
         lock(&self.inner).live.get(id).cloned()
