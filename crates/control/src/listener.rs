@@ -7,11 +7,10 @@
 //! one for its body. With TLS, the handshake happens inside the
 //! connection's place in the budget, held to the header deadline.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use bytes::Bytes;
 use http_body::Frame;
+use httvps_wire::source::{SourceCounts, source_of};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -64,7 +64,7 @@ pub async fn serve(
     shed: prometheus_client::metrics::counter::Counter,
 ) {
     let budget = Arc::new(Semaphore::new(limits.max_connections));
-    let sources = Arc::new(Sources::new(limits.max_connections_per_source));
+    let sources = Sources::new(limits.max_connections_per_source);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -122,61 +122,41 @@ pub async fn serve(
     }
 }
 
-/// Open connections per source (see [`crate::throttle::source_key`]),
-/// each at most `bound` (0: no bound).
-struct Sources {
-    bound: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
+/// Open connections per source (see [`source_of`]), each at most `bound`
+/// (none when 0).
+struct Sources(Option<Arc<SourceCounts>>);
 
 /// A connection's place in its source's share; given back when dropped.
 struct SourcePlace {
-    sources: Arc<Sources>,
-    key: IpAddr,
+    counts: Arc<SourceCounts>,
+    source: IpAddr,
 }
 
 impl Sources {
     fn new(bound: usize) -> Self {
-        Sources {
-            bound,
-            open: Mutex::new(HashMap::new()),
-        }
+        Sources((bound > 0).then(|| Arc::new(SourceCounts::new(bound))))
     }
 
     /// A place for a connection from `ip`, unless its source holds its
     /// share already (`None` for every connection when there is no bound:
     /// nothing to count).
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<Option<SourcePlace>> {
-        if self.bound == 0 {
+    fn enter(&self, ip: IpAddr) -> Option<Option<SourcePlace>> {
+        let Some(counts) = &self.0 else {
             return Some(None);
-        }
-        let key = crate::throttle::source_key(ip);
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = open.entry(key).or_insert(0);
-        if *n >= self.bound {
-            return None;
-        }
-        *n += 1;
-        Some(Some(SourcePlace {
-            sources: self.clone(),
-            key,
-        }))
+        };
+        let source = source_of(ip);
+        counts.take(source).then(|| {
+            Some(SourcePlace {
+                counts: counts.clone(),
+                source,
+            })
+        })
     }
 }
 
 impl Drop for SourcePlace {
     fn drop(&mut self) {
-        let mut open = self
-            .sources
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.key);
-            }
-        }
+        self.counts.give(self.source);
     }
 }
 

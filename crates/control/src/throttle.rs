@@ -16,7 +16,7 @@
 //! refused until some are (a flood of distinct keys gains nothing).
 
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
+use httvps_wire::source::source_of;
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 
@@ -102,21 +103,6 @@ impl ClientAddr {
                 .next_back()
         });
         ClientAddr(from_header.or(socket))
-    }
-}
-
-/// The key a request counts under: the address itself for IPv4 (IPv4 in
-/// IPv6 included), the /64 for IPv6.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
     }
 }
 
@@ -270,7 +256,7 @@ impl<C: Clock + Clone> Throttles<C> {
 
     fn per_source(keyed: &Keyed<IpAddr, C>, from: ClientAddr) -> AppResult<()> {
         match from.0 {
-            Some(ip) => keyed.hit(&source_key(ip)).map_err(refused),
+            Some(ip) => keyed.hit(&source_of(ip)).map_err(refused),
             None => Ok(()),
         }
     }
@@ -314,7 +300,7 @@ impl<C: Clock + Clone> Throttles<C> {
     pub fn guesser(&self, from: ClientAddr) -> AppResult<()> {
         match from
             .0
-            .and_then(|ip| self.unknown_source.blocked(&source_key(ip)))
+            .and_then(|ip| self.unknown_source.blocked(&source_of(ip)))
         {
             Some(wait) => Err(refused(wait)),
             None => Ok(()),
@@ -324,7 +310,7 @@ impl<C: Clock + Clone> Throttles<C> {
     /// Counts an unknown or invalid credential from `from`.
     pub fn unknown_credential(&self, from: ClientAddr) {
         if let Some(ip) = from.0 {
-            let _ = self.unknown_source.hit(&source_key(ip));
+            let _ = self.unknown_source.hit(&source_of(ip));
         }
     }
 }

@@ -17,6 +17,7 @@
 //! - [`heartbeat`]: gateway and node heartbeats, the node's configuration.
 //! - [`events`]: the access-event stream gateways follow.
 //! - [`token`]: the shape of opaque access tokens.
+//! - [`source`]: what one source of traffic is, for per-source bounds.
 //! - [`secret`]: secrets (node keys, device JWTs) redacted when formatted.
 
 pub mod device;
@@ -27,6 +28,7 @@ pub mod grant;
 pub mod heartbeat;
 pub mod reason;
 pub mod secret;
+pub mod source;
 pub mod token;
 pub mod usage;
 pub mod witness;

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use httvps_wire::source::SourceCounts;
 use tokio::sync::OnceCell;
 
 /// The calls in flight, one per credential.
@@ -46,7 +47,7 @@ struct Inner<T> {
     calls: HashMap<String, Call<T>>,
     /// Strangers' calls in flight, in all and per source.
     counted: usize,
-    by_source: HashMap<IpAddr, usize>,
+    by_source: SourceCounts,
 }
 
 struct Call<T> {
@@ -81,7 +82,7 @@ impl<T: Clone> Flights<T> {
             inner: Mutex::new(Inner {
                 calls: HashMap::new(),
                 counted: 0,
-                by_source: HashMap::new(),
+                by_source: SourceCounts::new(limits.calls_per_source),
             }),
             limits: Limits {
                 calls: limits.calls.max(1),
@@ -111,12 +112,10 @@ impl<T: Clone> Flights<T> {
                 if inner.counted >= self.limits.calls {
                     return None;
                 }
-                if let Some(ip) = source {
-                    let n = inner.by_source.entry(ip).or_insert(0);
-                    if *n >= self.limits.calls_per_source {
-                        return None;
-                    }
-                    *n += 1;
+                if let Some(ip) = source
+                    && !inner.by_source.take(ip)
+                {
+                    return None;
                 }
                 inner.counted += 1;
                 Some(source)
@@ -152,10 +151,7 @@ impl<T: Clone> Flights<T> {
     #[cfg(test)]
     fn counted(&self, source: IpAddr) -> (usize, usize) {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        (
-            inner.counted,
-            inner.by_source.get(&source).copied().unwrap_or(0),
-        )
+        (inner.counted, inner.by_source.held(source))
     }
 
     /// Calls in flight.
@@ -205,13 +201,8 @@ impl<T> Drop for Place<'_, T> {
         inner.calls.remove(&self.token);
         if let Some(source) = counted {
             inner.counted = inner.counted.saturating_sub(1);
-            if let Some(ip) = source
-                && let Some(n) = inner.by_source.get_mut(&ip)
-            {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    inner.by_source.remove(&ip);
-                }
+            if let Some(ip) = source {
+                inner.by_source.give(ip);
             }
         }
     }

@@ -9,33 +9,26 @@
 //! or that open a tunnel now and then and reset it. A carrier's NAT full
 //! of subscribers is not held back by their tunnels, which do not count.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
-use super::throttle::source;
+use httvps_wire::source::{SourceCounts, source_of};
 
 /// The strangers of every source.
-pub(crate) struct Strangers {
-    per_source: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
+pub(crate) struct Strangers(SourceCounts);
 
 impl Strangers {
     /// A table allowing `per_source` strangers per source (at least 1).
     pub fn new(per_source: usize) -> Arc<Self> {
-        Arc::new(Strangers {
-            per_source: per_source.max(1),
-            counts: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Strangers(SourceCounts::new(per_source)))
     }
 
     /// Counts a new connection from `peer`, unless its source has as many
     /// strangers as allowed.
     pub fn enter(self: &Arc<Self>, peer: IpAddr) -> Option<Arc<Stranger>> {
-        let key = source(peer);
-        if !self.take(key) {
+        let key = source_of(peer);
+        if !self.0.take(key) {
             return None;
         }
         Some(Arc::new(Stranger {
@@ -47,33 +40,10 @@ impl Strangers {
         }))
     }
 
-    /// Takes a place of `key`'s, unless it has none left.
-    fn take(&self, key: IpAddr) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = counts.entry(key).or_insert(0);
-        if *n >= self.per_source {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    /// Gives a place of `key`'s back.
-    fn give(&self, key: IpAddr) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&key);
-            }
-        }
-    }
-
     /// Strangers from `peer`'s source now.
     #[cfg(test)]
     pub fn count(&self, peer: IpAddr) -> usize {
-        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.get(&source(peer)).copied().unwrap_or(0)
+        self.0.held(source_of(peer))
     }
 }
 
@@ -92,7 +62,7 @@ impl Stranger {
     /// A tunnel on the connection is granted: it no longer counts.
     pub fn known(&self) {
         if self.counted.swap(false, Ordering::AcqRel) {
-            self.table.give(self.key);
+            self.table.0.give(self.key);
         }
     }
 
@@ -119,10 +89,10 @@ impl Stranger {
         if self.counted.load(Ordering::Acquire) {
             return;
         }
-        if self.table.take(self.key) {
+        if self.table.0.take(self.key) {
             if self.counted.swap(true, Ordering::AcqRel) {
                 // Counted meanwhile by another rejoin: one place only.
-                self.table.give(self.key);
+                self.table.0.give(self.key);
             }
             self.evicted.store(false, Ordering::Release);
         } else {
@@ -202,7 +172,7 @@ mod tests {
         assert_eq!(t.count(ip("203.0.113.7")), 2, "a known one leaves once");
         drop((b, c));
         assert_eq!(t.count(ip("203.0.113.7")), 0);
-        assert!(t.counts.lock().expect("lock").is_empty(), "no entry left");
+        assert_eq!(t.0.sources(), 0, "no entry left");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! guesser is shut out at once (one with more addresses than that gains no
 //! guesses from them). The shut-out list is a bounded cache too.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
+use httvps_wire::source::source_of;
 use quick_cache::sync::Cache;
 
 /// Shortest window honoured.
@@ -29,21 +30,6 @@ const MIN_WINDOW: Duration = Duration::from_secs(1);
 
 /// How often, at most, a full table is searched for sources to drop.
 const PRUNE_AT_MOST_EVERY: Duration = Duration::from_secs(1);
-
-/// The source a request counts for: the address itself for IPv4 (IPv4 in
-/// IPv6 included), the /64 for IPv6.
-pub(crate) fn source(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
 
 /// Guesses per source, and who is shut out until when.
 pub(crate) struct Throttle<C: Clock = DefaultClock> {
@@ -84,7 +70,7 @@ impl<C: Clock + Clone> Throttle<C> {
 
     /// How much longer `ip`'s source is shut out, if it is.
     pub fn shut_out(&self, ip: IpAddr) -> Option<Duration> {
-        let key = source(ip);
+        let key = source_of(ip);
         let until = self.shut_out.get(&key)?;
         let left = Duration::from(until.duration_since(self.clock.now()));
         if left.is_zero() {
@@ -97,7 +83,7 @@ impl<C: Clock + Clone> Throttle<C> {
     /// Counts an unknown credential from `ip`. When it is one too many, the
     /// source is shut out for the window, which is returned.
     pub fn guessed(&self, ip: IpAddr) -> Option<Duration> {
-        let key = source(ip);
+        let key = source_of(ip);
         if self.limiter.len() >= self.max_sources {
             self.prune_when_due();
             if self.limiter.len() >= self.max_sources {
@@ -218,13 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_64_is_one_source_and_mapped_ipv4_is_ipv4() {
-        assert_eq!(
-            source(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
-            ip("2001:db8:1:2::")
-        );
-        assert_eq!(source(ip("::ffff:192.0.2.9")), ip("192.0.2.9"));
-        assert_eq!(source(ip("192.0.2.9")), ip("192.0.2.9"));
+    fn an_ipv6_64_is_one_source() {
         let (t, _) = throttle(1, 10 * S, 100);
         assert_eq!(t.guessed(ip("2001:db8:1:2::1")), None);
         assert!(t.guessed(ip("2001:db8:1:2::ffff")).is_some(), "same /64");

@@ -15,12 +15,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use httvps_wire::Reason;
+use httvps_wire::source::source_of;
 use quick_cache::sync::Cache;
 
 use super::Gateway;
 use super::admission::{self, Entry, Failure, Lifetimes, Route, Verdict};
 use super::pending::{Asker, Flights, Limits};
-use super::throttle;
 
 /// Why a request is not routed.
 #[derive(Debug, Clone)]
@@ -175,7 +175,7 @@ impl Gateway {
         }
         let asker = match cached.as_ref().and_then(Entry::device) {
             Some(_) => Asker::Known,
-            None => Asker::Stranger(peer.map(throttle::source)),
+            None => Asker::Stranger(peer.map(source_of)),
         };
         let Some(place) = v.checks.join(&format!("{epoch}/{token}"), asker) else {
             self.metrics.check_shed();
