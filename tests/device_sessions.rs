@@ -2,7 +2,8 @@
 //! SQLite: revoking the device, disabling its owner or cancelling the
 //! owner's subscription ends its open session rows in the same change
 //! (not when a gateway next reports), and usage a gateway reports later
-//! for those sessions is still charged. A device that asks for a node
+//! for those sessions is still charged. An admin's `closeSession` ends
+//! one session (`closed_by_admin`), and only that one. A device that asks for a node
 //! itself without naming a region lands in a region chosen by a rule
 //! (its placement, else the first gateway's region), never at random,
 //! and is sent to a gateway of that region.
@@ -42,6 +43,8 @@ struct Owner {
     subscription_id: String,
     device_id: String,
     token: String,
+    /// The owner's access JWT.
+    login: String,
 }
 
 impl World {
@@ -132,6 +135,7 @@ impl World {
                 .unwrap_or_else(|| panic!("{r}"))
                 .to_owned(),
             token: d["accessToken"].as_str().expect("token").to_owned(),
+            login: tok,
         }
     }
 
@@ -371,6 +375,74 @@ async fn revoking_disabling_or_cancelling_ends_sessions_at_once_postgres() {
 #[tokio::test(flavor = "multi_thread")]
 async fn revoking_disabling_or_cancelling_ends_sessions_at_once_sqlite() {
     changes_end_sessions_at_once(World::on(TestDb::sqlite().await).await).await;
+}
+
+/// `closeSession` ends the one session, audited once; closing it again,
+/// an unknown session or a user's attempt change nothing; the device's
+/// next ask opens a new session; usage reported later is charged.
+async fn an_admin_closes_one_session(w: World) {
+    const CLOSE: &str = "mutation($id:UUID!){closeSession(id:$id){id endedAt endReason bytesUp}}";
+    let gw = w.gateway("eu", "https://gw-eu.example.com").await;
+    let gw2 = w.gateway("eu", "https://gw2-eu.example.com").await;
+    w.node("eu", "n1").await;
+    let a = w.owner().await;
+    let sid = w.session(&gw, &a.token).await;
+    let other = w.session(&gw2, &a.token).await;
+    assert_ne!(sid, other);
+
+    let r = gql(&w.server.base, Some(&a.login), CLOSE, json!({"id": sid})).await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "FORBIDDEN", "{r}");
+    let admin = |vars: Value| gql(&w.server.base, Some(&w.admin), CLOSE, vars);
+    let r = admin(json!({"id": uuid::Uuid::new_v4()})).await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "NOT_FOUND", "{r}");
+    let r = admin(json!({"id": "not-an-id"})).await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "BAD_REQUEST", "{r}");
+    assert_eq!(w.end_reason(&sid).await, None, "nothing changed");
+
+    let r = w.gql(CLOSE, json!({"id": sid})).await;
+    assert_eq!(
+        r["data"]["closeSession"]["endReason"], "closed_by_admin",
+        "{r}"
+    );
+    let ended_at = r["data"]["closeSession"]["endedAt"].clone();
+    assert!(ended_at.is_string(), "{r}");
+    assert_eq!(w.end_reason(&sid).await.as_deref(), Some("closed_by_admin"));
+    assert_eq!(
+        w.end_reason(&other).await,
+        None,
+        "the other session runs on"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let again = w.gql(CLOSE, json!({"id": sid})).await;
+    assert_eq!(
+        again["data"]["closeSession"]["endedAt"], ended_at,
+        "{again}"
+    );
+    let audited = w
+        .int(&format!(
+            "SELECT count(*) AS n FROM audit_log WHERE action = 'close_session' AND target_id = '{sid}'"
+        ))
+        .await;
+    assert_eq!(audited, 1);
+
+    // Usage reported after the close is charged; the next ask is new.
+    w.report(&gw, &sid, 1, 1_000, 2_000).await;
+    w.usage_settled().await;
+    let r = w.gql(CLOSE, json!({"id": sid})).await;
+    assert_eq!(r["data"]["closeSession"]["bytesUp"], "1000", "{r}");
+    let next = w.session(&gw, &a.token).await;
+    assert_ne!(next, sid, "a new session");
+    assert_eq!(w.end_reason(&next).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_closes_one_session_postgres() {
+    an_admin_closes_one_session(World::on(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_closes_one_session_sqlite() {
+    an_admin_closes_one_session(World::on(TestDb::sqlite().await).await).await;
 }
 
 /// Regions `eu` (first) and `us`, a node in each; the only gateway first is

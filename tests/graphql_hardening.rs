@@ -94,6 +94,7 @@ fn table() -> BTreeMap<&'static str, (Access, String)> {
         ("Mutation.setNodeStatus", (Admin, format!("mutation{{setNodeStatus(id:\"{ID}\",status:DRAINING){{__typename}}}}"))),
         ("Mutation.deleteNode", (Admin, format!("mutation{{deleteNode(id:\"{ID}\")}}"))),
         ("Mutation.rotateNodeToken", (Admin, format!("mutation{{rotateNodeToken(id:\"{ID}\")}}"))),
+        ("Mutation.closeSession", (Admin, format!("mutation{{closeSession(id:\"{ID}\"){{id}}}}"))),
         ("Query.settings", (Public, "{settings{signUpEnabled}}".into())),
         ("Mutation.updateSettings", (Admin, "mutation{updateSettings(input:{}){signUpEnabled}}".into())),
         ("Live.nodeEvents", (Live, String::new())),

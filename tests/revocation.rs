@@ -1,7 +1,10 @@
 //! Revocation reaches every tunnel: rotating a device's token closes every
 //! tunnel opened with the old token or with a device JWT exchanged for it,
 //! on every gateway, within 5 seconds (production timings); both old
-//! credentials are refused at once afterwards, the new token works.
+//! credentials are refused at once afterwards, the new token works. An
+//! admin closing one session closes its tunnels within 5 seconds too (on a
+//! gateway that heartbeats once a minute: the access event does it), and
+//! the device's next tunnel gets a new session.
 
 mod common;
 #[path = "common/plane.rs"]
@@ -10,6 +13,7 @@ mod plane;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use httvps_control::accounts::{self, Role};
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::{gateway, tls};
 use plane::{GatewayWs, Plane, SsStream, echo_server, round_trip, ss_over};
@@ -175,4 +179,95 @@ async fn rotating_a_token_closes_old_tunnels_on_every_gateway_within_5_seconds()
         let mut s = tunnel(&plane, gw, &new, None, &key, echo).await;
         assert!(round_trip(&mut s, b"new token").await);
     }
+}
+
+/// The open sessions: each one's id and its gateway's public URL.
+async fn open_sessions(plane: &Plane) -> Vec<(String, String)> {
+    let r = plane
+        .gql(
+            "{sessions(filter:{open:true}){nodes{id gatewayNode{publicUrl}}}}",
+            json!({}),
+        )
+        .await;
+    r["data"]["sessions"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|n| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (text(&n["id"]), text(&n["gatewayNode"]["publicUrl"]))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_closes_one_session_its_tunnels_close_and_the_device_gets_a_new_one() {
+    const CLOSE: &str = "mutation($id:UUID!){closeSession(id:$id){id endedAt endReason}}";
+    // The first gateway beats and reports once a minute: only the close's
+    // access event can make it close the tunnel within seconds.
+    let plane = Plane::start_with(1, |o| {
+        production(o);
+        o.heartbeat_every = Duration::from_secs(60);
+        o.report_every = Duration::from_secs(60);
+    })
+    .await;
+    let gw2 = second_gateway(&plane).await;
+    let gw1 = plane.gateway_addr;
+    let key = plane.cipher().await;
+    let echo = echo_server().await;
+    let token = plane.device_token.clone();
+    let mut one = tunnel(&plane, gw1, &token, None, &key, echo).await;
+    let mut two = tunnel(&plane, gw2, &token, None, &key, echo).await;
+    let open = open_sessions(&plane).await;
+    assert_eq!(open.len(), 2, "a session per gateway: {open:?}");
+    let on_gw1 = format!("https://localhost:{}", gw1.port());
+    let (sid, _) = open
+        .iter()
+        .find(|(_, url)| *url == on_gw1)
+        .cloned()
+        .unwrap_or_else(|| panic!("no session through {on_gw1}: {open:?}"));
+
+    // A user may not; an unknown session is NOT_FOUND; nothing changed.
+    let email = "someone@example.com";
+    accounts::create_user(&plane.server.state.db, email, plane::PASSWORD, Role::User)
+        .await
+        .expect("user");
+    let user = plane::login(&plane.server.base, email).await;
+    let r = common::gql(&plane.server.base, Some(&user), CLOSE, json!({"id": sid})).await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "FORBIDDEN", "{r}");
+    let r = plane.gql(CLOSE, json!({"id": uuid::Uuid::new_v4()})).await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "NOT_FOUND", "{r}");
+    assert_eq!(open_sessions(&plane).await.len(), 2);
+
+    let closed = Instant::now();
+    let r = plane.gql(CLOSE, json!({"id": sid})).await;
+    assert_eq!(
+        r["data"]["closeSession"]["endReason"], "closed_by_admin",
+        "{r}"
+    );
+    let ended_at = r["data"]["closeSession"]["endedAt"].clone();
+    assert!(ended_at.is_string(), "{r}");
+    let took = closed_within(&mut one, Duration::from_secs(5), closed).await;
+    assert!(took.is_some(), "its tunnel still open 5 s after the close");
+    assert!(
+        round_trip(&mut two, b"the other session").await,
+        "the device's other session runs on"
+    );
+    // Closed again: answered as it is, its end unchanged.
+    let r = plane.gql(CLOSE, json!({"id": sid})).await;
+    assert_eq!(r["data"]["closeSession"]["endedAt"], ended_at, "{r}");
+    let q = format!(
+        "SELECT count(*) AS n FROM audit_log WHERE action = 'close_session' AND target_id = '{sid}'"
+    );
+    assert_eq!(plane.scalar(&q).await, 1, "audited once");
+
+    // The device connects again through the same gateway: a new session.
+    let mut again = tunnel(&plane, gw1, &token, None, &key, echo).await;
+    assert!(round_trip(&mut again, b"back").await);
+    let open = open_sessions(&plane).await;
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(
+        open.iter().all(|(id, _)| *id != sid),
+        "a new session, not the closed one"
+    );
 }

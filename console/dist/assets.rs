@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-Da6FXG7G.js",
+        path: "assets/console-DLNNo_M0.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"4dd0b7e58878c09a1470\"",
+        etag: "\"5257c673d5b0f8a1da9a\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-Da6FXG7G.js"),
-        gzip: Some(include_bytes!("assets/console-Da6FXG7G.js.gz")),
-        brotli: Some(include_bytes!("assets/console-Da6FXG7G.js.br")),
+        raw: include_bytes!("assets/console-DLNNo_M0.js"),
+        gzip: Some(include_bytes!("assets/console-DLNNo_M0.js.gz")),
+        brotli: Some(include_bytes!("assets/console-DLNNo_M0.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"c5afb2d6bf157bde69fe\"",
+        etag: "\"533ce51b2cc5eb31fcd3\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

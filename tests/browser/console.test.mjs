@@ -453,6 +453,19 @@ async function scenario(t, mode, env) {
     await shot(userPage, mode, '11c-user-device-placed');
   });
 
+  await t.test('the admin closes the session: it ends live in the feed, and the device connects again with a new one', { skip: !env.dataPlane && 'no data plane in serve' }, async () => {
+    await go(admin, 'Sessions');
+    await admin.getByRole('heading', { name: 'Sessions', exact: true }).waitFor();
+    const close = admin.locator('tr', { hasText: user.email }).getByRole('button', { name: 'Close' }).first();
+    await close.click();
+    await admin.getByRole('dialog').getByRole('button', { name: 'Close session' }).click();
+    await feedItem('closed', `${user.email}: session in local ended (closed by admin)`).waitFor({ timeout: 15_000 });
+    await shot(admin, mode, '11d-session-closed-by-admin');
+    // The client opens its next tunnel as ever: a new session.
+    assert.equal(await echoThrough(tunnel.client.addr, 'after the close', 30_000), 'after the close');
+    await rowOf(userPage, 'Pixel').locator('.device-placement').getByText('local-node').waitFor({ timeout: 10_000 });
+  });
+
   // The sweeper marks a node down at its first run after the lease ran out,
   // so DOWN comes between the lease and the lease + 2 s after the last
   // heartbeat (plus the sweep's own work), depending on where that heartbeat

@@ -135,6 +135,9 @@ pub enum AccessChange {
     /// A subscription's allowance shrank without being used up: gateways
     /// ask for its open sessions' grants again.
     AllowanceLowered,
+    /// An admin ended a session: gateways close its tunnels and forget
+    /// the answer that routed its device to it.
+    SessionClosed,
 }
 
 impl AccessChange {
@@ -151,6 +154,7 @@ impl AccessChange {
             AccessChange::QuotaExceeded => "quota_exceeded",
             AccessChange::NodeWithdrawn => "node_withdrawn",
             AccessChange::AllowanceLowered => httvps_wire::events::ALLOWANCE_LOWERED,
+            AccessChange::SessionClosed => "session_closed",
         }
     }
 }

@@ -12,6 +12,7 @@ import { usePager, useQuery } from '../../ui/hooks';
 const ACTIONS = [
   'archive_plan',
   'cancel_subscription',
+  'close_session',
   'create_plan',
   'create_region',
   'delete_node',

@@ -5,13 +5,34 @@ import { useState } from 'preact/hooks';
 import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
 import type { CountedConnection, Session } from '../../api/types';
-import { Async, Badge, Empty, Field, Link, Page, PagerBar, Table } from '../../ui/components';
+import { Async, Badge, ConfirmButton, Empty, Field, Link, Page, PagerBar, Table, toast } from '../../ui/components';
 import { ago, bytes, when } from '../../ui/format';
 import { useNow, usePager, usePoll, useQuery } from '../../ui/hooks';
 
 export const SESSION_HEAD = ['Device', 'Node', 'Gateway', 'Started', 'Last activity', 'Ended', 'Traffic'];
 
-export function SessionRows(props: { sessions: Session[]; now: number; showUser?: boolean }) {
+/** Ends an open session (its tunnels close; the device's next one opens a new session). */
+function CloseSession(props: { session: Session; changed: () => void }) {
+  const name = props.session.device?.name ?? 'this device';
+  return (
+    <ConfirmButton
+      small
+      variant="danger"
+      label="Close"
+      title={`Close the session of “${name}”?`}
+      body="Its tunnels close within seconds. The device may connect again at once, with a new session (on another node, if this one is draining)."
+      confirmLabel="Close session"
+      action={async () => {
+        await gql(doc.CLOSE_SESSION, { id: props.session.id });
+        toast(`The session of “${name}” closed`);
+      }}
+      done={props.changed}
+    />
+  );
+}
+
+/** Session rows; with `changed`, open ones get a Close button (and the table an extra column). */
+export function SessionRows(props: { sessions: Session[]; now: number; showUser?: boolean; changed?: () => void }) {
   return (
     <>
       {props.sessions.map((s) => (
@@ -48,6 +69,7 @@ export function SessionRows(props: { sessions: Session[]; now: number; showUser?
           <td>
             ↓ {bytes(s.bytesDown)} · ↑ {bytes(s.bytesUp)}
           </td>
+          {props.changed && <td>{!s.endedAt && <CloseSession session={s} changed={props.changed} />}</td>}
         </tr>
       ))}
     </>
@@ -97,8 +119,8 @@ export function Sessions() {
               <p class="muted" data-testid="sessions-total">
                 {d.sessions.totalCount} {d.sessions.totalCount === 1 ? 'session' : 'sessions'}, newest first.
               </p>
-              <Table label="Sessions" head={SESSION_HEAD}>
-                <SessionRows sessions={d.sessions.nodes} now={now} showUser />
+              <Table label="Sessions" head={[...SESSION_HEAD, '']}>
+                <SessionRows sessions={d.sessions.nodes} now={now} showUser changed={q.reload} />
               </Table>
               <PagerBar
                 page={pager.page}

@@ -1,6 +1,7 @@
 //! The rule applied to open sessions: of the sessions a gateway holds, which
 //! it must close (ended already, or whose device may no longer connect).
-//! Newly refused sessions are ended here with their reason.
+//! Newly refused sessions are ended here with their reason, and so is a
+//! session an admin closes.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,10 +11,12 @@ use diesel_async::RunQueryDsl;
 use httvps_wire::CloseOrder;
 
 use super::{Facts, judge, query};
+use crate::actor::Actor;
 use crate::db::Db;
-use crate::db::models::now;
-use crate::db::schema::sessions;
-use crate::error::AppResult;
+use crate::db::models::{Session, now};
+use crate::db::schema::{audit_log, devices, sessions};
+use crate::error::{AppError, AppResult};
+use crate::events::AccessChange;
 use crate::ids::{DeviceId, GatewayNodeId, SessionId};
 use crate::status::EndReason;
 use crate::{db_run, db_tx};
@@ -129,6 +132,62 @@ pub async fn end_sessions(db: &Db, sessions: &[(SessionId, EndReason)]) -> AppRe
             ));
         }
         Ok::<_, crate::error::AppError>(())
+    })
+}
+
+/// Admin: ends the open session `id` now (`closed_by_admin`). Gateways
+/// forget what routed its device there and close its tunnels at once; the
+/// device's next tunnel opens a new session, perhaps on another node. A
+/// session that has ended already is answered as it is.
+pub async fn close_by_admin(db: &Db, actor: &Actor, id: SessionId) -> AppResult<Session> {
+    actor.require_admin()?;
+    db_tx!(db, |conn, outbox| {
+        let ts = now();
+        let closed: Option<Session> = diesel::update(sessions::table.find(id))
+            .filter(sessions::ended_at.is_null())
+            .set((
+                sessions::ended_at.eq(ts),
+                sessions::end_reason.eq(EndReason::ClosedByAdmin),
+            ))
+            .returning(Session::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        let Some(closed) = closed else {
+            // Ended already (its end stands), or no such session.
+            return sessions::table
+                .find(id)
+                .select(Session::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("session"));
+        };
+        let user: crate::ids::UserId = devices::table
+            .find(closed.device_id)
+            .select(devices::user_id)
+            .first(conn)
+            .await?;
+        let rows = crate::session_rows!(conn, &[id]);
+        outbox.sessions(crate::feed::session_events(
+            crate::feed::SessionEventKind::Closed,
+            rows,
+            ts,
+        ));
+        let details = serde_json::json!({"deviceId": closed.device_id, "userId": user});
+        let entry = crate::audit::entry(
+            actor,
+            "close_session",
+            "session",
+            Some(&id.to_string()),
+            details,
+        );
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        outbox.access(AccessChange::SessionClosed, Some(user));
+        Ok::<_, AppError>(closed)
     })
 }
 

@@ -275,3 +275,24 @@ impl ActivityQuery {
         ))
     }
 }
+
+/// Activity mutations.
+#[derive(Default)]
+pub struct ActivityMutation;
+
+#[Object]
+impl ActivityMutation {
+    /// Admin: ends an open session now (`endReason` `closed_by_admin`):
+    /// every gateway closes its tunnels within moments, and the device's
+    /// next tunnel opens a new session, perhaps on another node (to move
+    /// devices off a node, say). A session that has ended already is
+    /// answered as it is.
+    #[graphql(guard = "AdminOnly")]
+    async fn close_session(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Session> {
+        let api = ctx.data::<AppContext>()?;
+        crate::access::closing::close_by_admin(&api.db, &actor(ctx)?, id.into())
+            .await
+            .map(Session::from)
+            .gql()
+    }
+}

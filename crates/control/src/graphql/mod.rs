@@ -47,6 +47,7 @@ pub struct Mutation(
     subscriptions::SubscriptionMutation,
     devices::DeviceMutation,
     nodes::NodeMutation,
+    activity::ActivityMutation,
     settings::SettingsMutation,
 );
 
