@@ -839,3 +839,202 @@ async fn subscription_traffic(t: TestDb) {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_create_accounts_and_set_passwords_on_postgres() {
+    admin_accounts(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_create_accounts_and_set_passwords_on_sqlite() {
+    admin_accounts(TestDb::sqlite().await).await;
+}
+
+/// `createUser` works while sign-up is closed, with the sign-up's rules
+/// for emails and passwords; `setUserPassword` ends the sign-ins made with
+/// the old password. Both are admin-only and audited without the password;
+/// a refused call creates or changes nothing.
+async fn admin_accounts(t: TestDb) {
+    const CREATE: &str = "mutation($e:String!,$p:String!,$r:Role){createUser(email:$e,password:$p,role:$r){id email role status}}";
+    const SET: &str = "mutation($id:UUID!,$p:String!){setUserPassword(id:$id,password:$p){id}}";
+    const NEW: &str = "a brand new long password";
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let admin = admin_token(&server).await;
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation{updateSettings(input:{signUpEnabled:false}){signUpEnabled}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["data"]["updateSettings"]["signUpEnabled"], false, "{r}");
+    let users = || async {
+        let r = gql(base, Some(&admin), "{users{totalCount}}", json!({})).await;
+        r["data"]["users"]["totalCount"].as_i64().unwrap_or(-1)
+    };
+    let before = users().await;
+
+    // Refused: bad email, short password, not an admin, a taken email.
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let email = format!("New-{tag}@Example.COM");
+    let r = gql(
+        base,
+        Some(&admin),
+        CREATE,
+        json!({"e": "no at sign", "p": PASSWORD}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        CREATE,
+        json!({"e": email, "p": "short"}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    let (_, user_tok) = user_when_closed(&server).await;
+    let r = gql(
+        base,
+        Some(&user_tok),
+        CREATE,
+        json!({"e": email, "p": PASSWORD}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    assert_eq!(
+        users().await,
+        before + 1,
+        "only the test's own user was added"
+    );
+
+    let r = gql(
+        base,
+        Some(&admin),
+        CREATE,
+        json!({"e": email, "p": PASSWORD}),
+    )
+    .await;
+    let made = &r["data"]["createUser"];
+    assert_eq!(made["email"], format!("new-{tag}@example.com"), "{r}");
+    assert_eq!(made["role"], "USER", "{r}");
+    assert_eq!(made["status"], "ACTIVE", "{r}");
+    let id = made["id"].as_str().expect("id").to_owned();
+    let r = gql(
+        base,
+        Some(&admin),
+        CREATE,
+        json!({"e": format!("new-{tag}@example.com"), "p": PASSWORD}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("CONFLICT"), "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        CREATE,
+        json!({"e": format!("ops-{tag}@example.com"), "p": PASSWORD, "r": "ADMIN"}),
+    )
+    .await;
+    assert_eq!(r["data"]["createUser"]["role"], "ADMIN", "{r}");
+    assert_eq!(users().await, before + 3);
+
+    // The new account signs in; then an admin sets its password.
+    let normal = format!("new-{tag}@example.com");
+    let sign_in = |p: &'static str| {
+        let vars = json!({"e": normal, "p": p});
+        async move {
+            gql(
+                base,
+                None,
+                "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken refreshToken}}",
+                vars,
+            )
+            .await
+        }
+    };
+    let r = sign_in(PASSWORD).await;
+    let access = r["data"]["login"]["accessToken"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let refresh = r["data"]["login"]["refreshToken"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    let r = gql(base, Some(&admin), SET, json!({"id": id, "p": "short"})).await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        SET,
+        json!({"id": uuid::Uuid::new_v4(), "p": NEW}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("NOT_FOUND"), "{r}");
+    let r = gql(base, Some(&user_tok), SET, json!({"id": id, "p": NEW})).await;
+    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    let r = gql(base, Some(&access), "{me{id}}", json!({})).await;
+    assert_eq!(
+        r["data"]["me"]["id"],
+        id.as_str(),
+        "refused calls changed nothing: {r}"
+    );
+
+    let r = gql(base, Some(&admin), SET, json!({"id": id, "p": NEW})).await;
+    assert_eq!(r["data"]["setUserPassword"]["id"], id.as_str(), "{r}");
+    let r = gql(base, Some(&access), "{me{id}}", json!({})).await;
+    assert_eq!(
+        code(&r),
+        Some("UNAUTHENTICATED"),
+        "the old sign-in ended: {r}"
+    );
+    let r = gql(
+        base,
+        None,
+        "mutation($t:String!){refreshToken(token:$t){accessToken}}",
+        json!({"t": refresh}),
+    )
+    .await;
+    assert_eq!(
+        code(&r),
+        Some("UNAUTHENTICATED"),
+        "its refresh token too: {r}"
+    );
+    assert!(
+        code(&sign_in(PASSWORD).await).is_some(),
+        "the old password fails"
+    );
+    assert!(sign_in(NEW).await["data"]["login"]["accessToken"].is_string());
+
+    // Audited, without the password.
+    let r = gql(
+        base,
+        Some(&admin),
+        "{auditLog(first:100){nodes{action targetId details}}}",
+        json!({}),
+    )
+    .await;
+    let entries = r["data"]["auditLog"]["nodes"]
+        .as_array()
+        .expect("entries")
+        .clone();
+    let of = |action: &str| entries.iter().filter(|e| e["action"] == action).count();
+    assert_eq!(of("create_user"), 2, "{r}");
+    assert_eq!(of("set_user_password"), 1, "{r}");
+    assert!(
+        !r.to_string().contains(NEW) && !r.to_string().contains(PASSWORD),
+        "{r}"
+    );
+    server.stop().await;
+}
+
+/// A USER account made straight in the database (sign-up being closed),
+/// signed in: its id and access token.
+async fn user_when_closed(server: &TestServer) -> (String, String) {
+    let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+    let u = accounts::create_user(&server.state.db, &email, PASSWORD, Role::User)
+        .await
+        .expect("user");
+    (u.id.to_string(), login(&server.base, &email).await)
+}

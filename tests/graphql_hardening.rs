@@ -75,6 +75,8 @@ fn table() -> BTreeMap<&'static str, (Access, String)> {
         ("Mutation.refreshToken", (Public, "mutation{refreshToken(token:\"nope\"){accessToken}}".into())),
         ("Mutation.logout", (SignedIn, "mutation{logout}".into())),
         ("Mutation.changePassword", (SignedIn, "mutation{changePassword(currentPassword:\"wrong password\",newPassword:\"x\")}".into())),
+        ("Mutation.createUser", (Admin, "mutation{createUser(email:\"bad\",password:\"x\"){id}}".into())),
+        ("Mutation.setUserPassword", (Admin, format!("mutation{{setUserPassword(id:\"{ID}\",password:\"x\"){{id}}}}"))),
         ("Mutation.setUserRole", (Admin, format!("mutation{{setUserRole(id:\"{ID}\",role:USER){{id}}}}"))),
         ("Mutation.setUserStatus", (Admin, format!("mutation{{setUserStatus(id:\"{ID}\",status:ACTIVE){{id}}}}"))),
         ("Mutation.createPlan", (Admin, "mutation{createPlan(input:{name:\"\",priceCents:\"-1\",durationDays:0,deviceLimit:0}){id}}".into())),

@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-DLNNo_M0.js",
+        path: "assets/console-DWxMx8Z8.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"5257c673d5b0f8a1da9a\"",
+        etag: "\"f0d67e22e37e1be1cb4f\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-DLNNo_M0.js"),
-        gzip: Some(include_bytes!("assets/console-DLNNo_M0.js.gz")),
-        brotli: Some(include_bytes!("assets/console-DLNNo_M0.js.br")),
+        raw: include_bytes!("assets/console-DWxMx8Z8.js"),
+        gzip: Some(include_bytes!("assets/console-DWxMx8Z8.js.gz")),
+        brotli: Some(include_bytes!("assets/console-DWxMx8Z8.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"533ce51b2cc5eb31fcd3\"",
+        etag: "\"c04df16f76730efc2d83\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

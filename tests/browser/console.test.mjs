@@ -576,6 +576,28 @@ async function scenario(t, mode, env) {
     await admin.getByRole('cell', { name: 'revoke_device' }).waitFor();
   });
 
+  await t.test('the admin creates an account and sets its password; it signs in with the one set', async () => {
+    const made = { email: `made-${Date.now()}@example.com`, password: 'a first password' };
+    await go(admin, 'Users');
+    await admin.getByRole('button', { name: 'New account' }).click();
+    const form = admin.getByRole('dialog');
+    await form.getByLabel('Email').fill(made.email);
+    await form.getByLabel('First password').fill(made.password);
+    await form.getByRole('button', { name: 'Create account' }).click();
+    await admin.getByRole('heading', { name: made.email }).waitFor();
+    await admin.getByRole('button', { name: 'Set password' }).click();
+    const set = admin.getByRole('dialog');
+    await set.getByLabel('New password').fill('the password set by an admin');
+    await shot(admin, mode, '20b-set-password');
+    await set.getByRole('button', { name: 'Set password' }).click();
+    await set.waitFor({ state: 'detached' });
+    const ctx = await b.context();
+    collect(ctx);
+    const p = await ctx.newPage();
+    await signIn(p, base, { email: made.email, password: 'the password set by an admin' });
+    await ctx.close();
+  });
+
   await t.test('pages fit a 360 px screen', async () => {
     const narrow = await b.context({ viewport: { width: 360, height: 740 }, deviceScaleFactor: 2 });
     collect(narrow);

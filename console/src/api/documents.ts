@@ -25,6 +25,10 @@ export const USERS = `query Users($filter: UserFilterInput, $first: Int, $after:
 export const USER_DETAIL = `query UserDetail($id: UUID!) { user(id: $id) { ${USER} } }`;
 export const SET_USER_STATUS = `mutation SetUserStatus($id: UUID!, $status: UserStatus!) {
   setUserStatus(id: $id, status: $status) { ${USER} } }`;
+export const CREATE_USER = `mutation CreateUser($email: String!, $password: String!, $role: Role) {
+  createUser(email: $email, password: $password, role: $role) { ${USER} } }`;
+export const SET_USER_PASSWORD = `mutation SetUserPassword($id: UUID!, $password: String!) {
+  setUserPassword(id: $id, password: $password) { ${USER} } }`;
 export const SET_USER_ROLE = `mutation SetUserRole($id: UUID!, $role: Role!) {
   setUserRole(id: $id, role: $role) { ${USER} } }`;
 

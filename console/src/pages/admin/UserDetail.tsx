@@ -12,7 +12,6 @@ import {
   Button,
   ConfirmButton,
   Empty,
-  Field,
   Link,
   Page,
   PagerBar,
@@ -27,6 +26,7 @@ import { Expiry, TrafficBar } from '../../ui/subscription';
 import { UsageCharts } from '../../ui/usage';
 import { auditTrail } from './auditTrail';
 import { DeviceActions } from './deviceActions';
+import { RoleField, SetPassword } from './accountDialogs';
 import { AuditDetails } from './Audit';
 import { SessionRows, SESSION_HEAD } from './Sessions';
 import { GrantDialog, SubscriptionActions } from './subscriptionActions';
@@ -35,9 +35,12 @@ function AccountControls(props: { user: User; changed: (u: User) => void }) {
   const me = useStore(currentSession);
   const self = me.status === 'signed-in' && me.user.id === props.user.id;
   const [role, setRole] = useState<Role>(props.user.role);
+  const [settingPassword, setSettingPassword] = useState(false);
   const u = props.user;
   return (
     <div class="controls">
+      <Button onClick={() => setSettingPassword(true)}>Set password</Button>
+      {settingPassword && <SetPassword user={u} onClose={() => setSettingPassword(false)} />}
       {u.status === 'ACTIVE' ? (
         <ConfirmButton
           variant="danger"
@@ -65,14 +68,7 @@ function AccountControls(props: { user: User; changed: (u: User) => void }) {
         />
       )}
       <div class="inline-form">
-        <Field label="Role">
-          {(id) => (
-            <select id={id} value={role} onChange={(e) => setRole(e.currentTarget.value as Role)}>
-              <option value="USER">user</option>
-              <option value="ADMIN">admin</option>
-            </select>
-          )}
-        </Field>
+        <RoleField value={role} set={setRole} />
         {role !== u.role && (
           <ConfirmButton
             label="Change role"

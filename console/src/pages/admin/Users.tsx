@@ -1,6 +1,6 @@
 // Operator: accounts. Search by email, filter by role and status, page
 // through; open one for its subscriptions, devices, sessions, usage and
-// audit trail.
+// audit trail; create one.
 
 import { useState } from 'preact/hooks';
 
@@ -8,15 +8,18 @@ import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
 import type { CountedConnection, Role, User, UserStatus } from '../../api/types';
 import { RoleBadge, UserStatusBadge } from '../../ui/badges';
-import { Async, Empty, Field, Link, Page, PagerBar, Table } from '../../ui/components';
+import { Async, Button, Empty, Field, Link, Page, PagerBar, Table } from '../../ui/components';
 import { when } from '../../ui/format';
 import { usePager, useQuery } from '../../ui/hooks';
+import { navigate } from '../../router';
+import { NewAccount } from './accountDialogs';
 
 export function Users() {
   const [search, setSearch] = useState('');
   const [applied, setApplied] = useState('');
   const [role, setRole] = useState<Role | ''>('');
   const [status, setStatus] = useState<UserStatus | ''>('');
+  const [adding, setAdding] = useState(false);
   const pager = usePager();
   const q = useQuery(
     (signal) =>
@@ -36,7 +39,15 @@ export function Users() {
     [applied, role, status, pager.after],
   );
   return (
-    <Page title="Users">
+    <Page
+      title="Users"
+      actions={
+        <Button variant="primary" onClick={() => setAdding(true)}>
+          New account
+        </Button>
+      }
+    >
+      {adding && <NewAccount onClose={() => setAdding(false)} onSaved={(u) => navigate(`/users/${u.id}`)} />}
       <form
         class="filters"
         role="search"

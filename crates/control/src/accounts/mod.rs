@@ -19,7 +19,8 @@ use crate::status::EndReason;
 pub use crate::status::{Role, UserStatus};
 use crate::{db_run, db_tx, paginate};
 pub use tokens::{
-    REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh, signed_in_user,
+    REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh,
+    set_password_by_admin, signed_in_user,
 };
 
 /// Whether `c` is invisible where it stands (a default-ignorable code
@@ -74,13 +75,14 @@ pub fn normalize_email(raw: &str) -> AppResult<String> {
     Ok(email)
 }
 
-/// Creates an account with the given role; a duplicate email is a conflict.
-pub async fn create_user(db: &Db, email: &str, password: &str, role: Role) -> AppResult<User> {
+/// A new account's row: the email in its normal form, the password held
+/// to the policy and hashed.
+async fn new_account(email: &str, password: &str, role: Role) -> AppResult<User> {
     let email = normalize_email(email)?;
     auth::check_password_policy(password)?;
     let password_hash = auth::hash_password(password.to_owned()).await?;
     let ts = now();
-    let user = User {
+    Ok(User {
         id: UserId::random(),
         email,
         password_hash: password_hash.into(),
@@ -89,18 +91,58 @@ pub async fn create_user(db: &Db, email: &str, password: &str, role: Role) -> Ap
         token_version: 0,
         created_at: ts,
         updated_at: ts,
-    };
-    let inserted: User = db_run!(db, |conn| {
+    })
+}
+
+/// Inserts `$user` on `$conn`: the stored row, or CONFLICT for an email
+/// already taken.
+macro_rules! insert_account {
+    ($conn:expr, $user:expr) => {
         diesel::insert_into(users::table)
-            .values(&user)
+            .values($user)
             .returning(User::as_returning())
-            .get_result(conn)
+            .get_result($conn)
             .await
             .map_err(AppError::on_conflict(
                 "an account with this email already exists",
             ))?
-    });
+    };
+}
+
+/// Creates an account with the given role; a duplicate email is a conflict.
+pub async fn create_user(db: &Db, email: &str, password: &str, role: Role) -> AppResult<User> {
+    let user = new_account(email, password, role).await?;
+    let inserted: User = db_run!(db, |conn| insert_account!(conn, &user));
     Ok(inserted)
+}
+
+/// Admin: creates an account with `role`, whether or not sign-up is open
+/// (operators who sell access themselves keep it closed); audited as
+/// `create_user`. The password is the first one, for the person to change.
+pub async fn create_by_admin(
+    db: &Db,
+    actor: &Actor,
+    email: &str,
+    password: &str,
+    role: Role,
+) -> AppResult<User> {
+    actor.require_admin()?;
+    let user = new_account(email, password, role).await?;
+    let entry = audit::entry(
+        actor,
+        "create_user",
+        "user",
+        Some(&user.id.to_string()),
+        serde_json::json!({"email": user.email, "role": role.as_str()}),
+    );
+    db_tx!(db, |conn, _outbox| {
+        let inserted: User = insert_account!(conn, &user);
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(inserted)
+    })
 }
 
 /// Self-service sign-up: a USER account, while the sign-up setting is on.

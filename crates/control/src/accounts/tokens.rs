@@ -1,5 +1,6 @@
 //! Signing in and out: access JWTs, rotating refresh tokens in families
-//! (reuse revokes the family), log-out everywhere and password changes.
+//! (reuse revokes the family), log-out everywhere and password changes
+//! (the user's own, or an admin's for a user who lost theirs).
 //! Every access token names its family (`fam`) and carries the user's token
 //! version (`ver`); [`signed_in_user`] checks both on use, so revoking a
 //! family, logging out or changing the password ends the access tokens
@@ -11,11 +12,13 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::authenticate;
+use crate::actor::Actor;
+use crate::audit;
 use crate::auth::jwt::{Audience, JwtKeys};
 use crate::auth::{self, check_password_policy};
 use crate::db::Db;
 use crate::db::models::{RefreshToken, TokenFamily, User, new_id, now};
-use crate::db::schema::{refresh_tokens, token_families, users};
+use crate::db::schema::{audit_log, refresh_tokens, token_families, users};
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::status::UserStatus;
@@ -234,6 +237,35 @@ pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
     })
 }
 
+/// Sets `$user_id`'s password hash to `$hash` on `$conn` and ends every
+/// sign-in made with the old one (refresh tokens, their families, access
+/// tokens by the version); the account's live sockets are told. The row,
+/// or NOT_FOUND.
+macro_rules! replace_password {
+    ($conn:expr, $outbox:expr, $user_id:expr, $hash:expr) => {{
+        $outbox.account($user_id);
+        let ts = now();
+        let user: User = diesel::update(users::table.find($user_id))
+            .set((
+                users::password_hash.eq($hash),
+                users::token_version.eq(users::token_version + 1),
+                users::updated_at.eq(ts),
+            ))
+            .returning(User::as_returning())
+            .get_result($conn)
+            .await
+            .optional()?
+            .ok_or(AppError::NotFound("user"))?;
+        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq($user_id)))
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::revoked_at.eq(ts))
+            .execute($conn)
+            .await?;
+        revoke_families!($conn, $user_id, ts);
+        user
+    }};
+}
+
 /// Changes the user's password after checking the current one; older tokens
 /// stop working. `attempt` counts the check against the account's guessing
 /// allowance (the log-in's) before the current password is hashed: a
@@ -256,22 +288,37 @@ pub async fn change_password(
     }
     let hash = auth::hash_password(new.to_owned()).await?;
     db_tx!(db, |conn, outbox| {
-        outbox.account(user_id);
-        let ts = now();
-        diesel::update(users::table.find(user_id))
-            .set((
-                users::password_hash.eq(&hash),
-                users::token_version.eq(users::token_version + 1),
-                users::updated_at.eq(ts),
-            ))
-            .execute(conn)
-            .await?;
-        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
-            .filter(refresh_tokens::revoked_at.is_null())
-            .set(refresh_tokens::revoked_at.eq(ts))
-            .execute(conn)
-            .await?;
-        revoke_families!(conn, user_id, ts);
+        replace_password!(conn, outbox, user_id, &hash);
         Ok::<_, AppError>(())
+    })
+}
+
+/// Admin: sets an account's password (its owner lost it); every sign-in
+/// made with the old one ends, as after [`change_password`]. Audited as
+/// `set_user_password` (the password is not recorded). Tunnels are not
+/// touched: devices hold their own tokens.
+pub async fn set_password_by_admin(
+    db: &Db,
+    actor: &Actor,
+    user_id: UserId,
+    new: &str,
+) -> AppResult<User> {
+    actor.require_admin()?;
+    check_password_policy(new)?;
+    let hash = auth::hash_password(new.to_owned()).await?;
+    let entry = audit::entry(
+        actor,
+        "set_user_password",
+        "user",
+        Some(&user_id.to_string()),
+        serde_json::json!({}),
+    );
+    db_tx!(db, |conn, outbox| {
+        let user = replace_password!(conn, outbox, user_id, &hash);
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(user)
     })
 }

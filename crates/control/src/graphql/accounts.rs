@@ -226,6 +226,41 @@ impl AccountMutation {
         Ok(true)
     }
 
+    /// Admin: creates an account (role USER unless `role` says ADMIN),
+    /// also while sign-up is closed; its owner signs in with `password`
+    /// and may change it. CONFLICT when the email has an account.
+    #[graphql(guard = "AdminOnly")]
+    async fn create_user(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+        role: Option<Role>,
+    ) -> async_graphql::Result<User> {
+        let api = ctx.data::<AppContext>()?;
+        let role = role.unwrap_or(Role::User);
+        accounts::create_by_admin(&api.db, &actor(ctx)?, &email, &password, role)
+            .await
+            .map(User::from)
+            .gql()
+    }
+
+    /// Admin: sets an account's password (its owner lost it); every
+    /// sign-in made with the old one ends. Tunnels are not touched.
+    #[graphql(guard = "AdminOnly")]
+    async fn set_user_password(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        password: String,
+    ) -> async_graphql::Result<User> {
+        let api = ctx.data::<AppContext>()?;
+        accounts::set_password_by_admin(&api.db, &actor(ctx)?, id.into(), &password)
+            .await
+            .map(User::from)
+            .gql()
+    }
+
     /// Admin: changes an account's role; its older tokens stop working.
     #[graphql(guard = "AdminOnly")]
     async fn set_user_role(
