@@ -112,6 +112,45 @@ async fn events_are_published_at_commit_and_never_on_rollback_sqlite() {
     events_follow_their_transaction(&TestDb::sqlite().await).await;
 }
 
+/// Events published while the control plane's LISTEN connection was down
+/// never reach it: once the listener is back, its subscribers (every
+/// gateway's stream) hear that events were missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_that_reconnects_says_events_were_missed() {
+    let t = TestDb::pg().await;
+    let Dsn::Postgres(url) = &t.dsn else {
+        panic!("pg")
+    };
+    let db = Db::connect(&t.dsn, 2).expect("pool");
+    db.events().start_listener(url).await;
+    let mut heard = db.events().subscribe_access();
+    let admin = common::pg_admin_url();
+    let dbname = url.rsplit('/').next().expect("database name").to_owned();
+    let killed = std::process::Command::new("psql")
+        .args(["-At", "-d", &admin, "-c"])
+        .arg(format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{dbname}' AND query LIKE 'LISTEN%'"
+        ))
+        .output()
+        .expect("psql");
+    assert_eq!(
+        String::from_utf8_lossy(&killed.stdout).trim(),
+        "1",
+        "the listener was found"
+    );
+    let ev = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("an event");
+    assert_eq!(ev.kind, "lagged", "{ev:?}");
+    let line = serde_json::to_vec(&ev).expect("json");
+    assert_eq!(
+        httvps_wire::events::scope(&line),
+        httvps_wire::events::Scope::Missed
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_revoked_from_the_command_line_loses_its_open_tunnel_within_5_seconds() {
     tls::install_provider();

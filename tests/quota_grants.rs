@@ -8,8 +8,6 @@ mod common;
 mod plane;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use httvps_control::accounts::{self, Role};
@@ -20,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::gql;
+use common::link::ControlLink;
 
 /// The allowance of the test plan.
 const ALLOWANCE: i64 = 5 * 1024 * 1024;
@@ -820,65 +819,6 @@ async fn lowering_an_allowance_takes_back_the_grants_already_given() {
     stops_at(&plane, s, &sub, lowered).await;
 }
 
-/// A TCP forwarder in front of the control plane that a test can sever:
-/// severed, it closes every connection it carries and every new one.
-struct Severable {
-    open: tokio::sync::watch::Sender<bool>,
-    /// Access-event streams opened through it.
-    streams: Arc<AtomicUsize>,
-}
-
-impl Severable {
-    /// Forwards to the control plane at `base`; returns its URL.
-    async fn start(base: &str) -> (String, Severable) {
-        let upstream: SocketAddr = base
-            .trim_start_matches("http://")
-            .parse()
-            .expect("control plane address");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (open, _) = tokio::sync::watch::channel(true);
-        let streams = Arc::new(AtomicUsize::new(0));
-        let (rx, counted) = (open.subscribe(), streams.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let (mut rx, counted) = (rx.clone(), counted.clone());
-                tokio::spawn(async move {
-                    if !*rx.borrow_and_update() {
-                        return;
-                    }
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let mut first = vec![0u8; 4096];
-                    let Ok(n) = inbound.read(&mut first).await else {
-                        return;
-                    };
-                    if first[..n].starts_with(b"GET /api/v1/gateway/access-events ") {
-                        counted.fetch_add(1, Ordering::SeqCst);
-                    }
-                    if outbound.write_all(&first[..n]).await.is_err() {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = rx.wait_for(|open| !*open) => {}
-                    }
-                });
-            }
-        });
-        (format!("http://{addr}"), Severable { open, streams })
-    }
-
-    fn sever(&self) {
-        self.open.send_replace(false);
-    }
-
-    fn restore(&self) {
-        self.open.send_replace(true);
-    }
-}
-
 /// A gateway that was cut off from its control plane while an allowance
 /// was lowered never heard the event that listed the sessions to ask
 /// again. Once it hears events again, it treats every grant as stale: a
@@ -887,13 +827,13 @@ impl Severable {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_that_missed_a_lowering_asks_again_once_it_hears_events_again() {
     let (mut plane, listener) = Plane::prepare(1).await;
-    let (via, link) = Severable::start(&plane.server.base).await;
-    plane.spawn_gateway_via(listener, &via, &|_| {});
+    let link = ControlLink::start(&plane.server.base).await;
+    plane.spawn_gateway_via(listener, &link.url, &|_| {});
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (s, sub, used) = idle_tunnel_on_an_unlimited_grant(&plane).await;
 
     // Lowered while the gateway cannot hear it.
-    let heard = link.streams.load(Ordering::SeqCst);
+    let heard = link.streams();
     assert!(heard >= 1, "the gateway follows the access events");
     link.sever();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -902,11 +842,11 @@ async fn a_gateway_that_missed_a_lowering_asks_again_once_it_hears_events_again(
     tokio::time::sleep(Duration::from_millis(500)).await;
     link.restore();
     let t0 = Instant::now();
-    while link.streams.load(Ordering::SeqCst) == heard && t0.elapsed() < Duration::from_secs(10) {
+    while link.streams() == heard && t0.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        link.streams.load(Ordering::SeqCst) > heard,
+        link.streams() > heard,
         "the gateway opened its access-event stream again"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;

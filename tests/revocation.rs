@@ -13,6 +13,7 @@ mod plane;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::link::ControlLink;
 use httvps_control::accounts::{self, Role};
 use httvps_dataplane::backend::Backend;
 use httvps_dataplane::{gateway, tls};
@@ -270,4 +271,51 @@ async fn an_admin_closes_one_session_its_tunnels_close_and_the_device_gets_a_new
         open.iter().all(|(id, _)| *id != sid),
         "a new session, not the closed one"
     );
+}
+
+/// A gateway that never hears of the close (its event stream withheld,
+/// heartbeats and reports a minute apart, answers cached for a minute):
+/// the first tunnel after the close meets the ended session's refused
+/// grant, which drops the answer cached for the device, and the next
+/// tunnel opens a new session instead of being refused for a minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_missed_a_close_moves_the_device_to_a_new_session() {
+    const CLOSE: &str = "mutation($id:UUID!){closeSession(id:$id){endReason}}";
+    let (mut plane, listener) = Plane::prepare(1).await;
+    let link = ControlLink::start(&plane.server.base).await;
+    link.withhold_events(true);
+    plane.spawn_gateway_via(listener, &link.url, &|o| {
+        o.heartbeat_every = Duration::from_secs(60);
+        o.report_every = Duration::from_secs(60);
+        o.cache_ttl = Duration::from_secs(60);
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (gw, key, echo) = (
+        plane.gateway_addr,
+        plane.cipher().await,
+        echo_server().await,
+    );
+    let token = plane.device_token.clone();
+    drop(tunnel(&plane, gw, &token, None, &key, echo).await);
+    // The grant goes back 2 s after the session's last tunnel.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let open = open_sessions(&plane).await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    let sid = open[0].0.clone();
+    let r = plane.gql(CLOSE, json!({"id": sid})).await;
+    assert_eq!(
+        r["data"]["closeSession"]["endReason"], "closed_by_admin",
+        "{r}"
+    );
+
+    assert_eq!(
+        ws_at(&plane, gw, &token, None).await.err(),
+        Some(404),
+        "routed to the ended session: refused"
+    );
+    let mut s = tunnel(&plane, gw, &token, None, &key, echo).await;
+    assert!(round_trip(&mut s, b"a new session").await);
+    let open = open_sessions(&plane).await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_ne!(open[0].0, sid, "a new session");
 }

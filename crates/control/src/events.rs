@@ -395,7 +395,11 @@ impl Events {
     }
 
     /// One connection's worth of listening: returns when it fails.
+    /// After a reconnect, local subscribers of access events are told that
+    /// events may have been missed meanwhile (gateways then drop what they
+    /// cached and ask for their grants again).
     async fn listen_once(&self, url: &str, ready: &mut Option<tokio::sync::oneshot::Sender<()>>) {
+        let reconnecting = ready.is_none();
         let mut conn = match AsyncPgConnection::establish(url).await {
             Ok(conn) => conn,
             Err(e) => return tracing::warn!(error = %e, "event listener cannot connect"),
@@ -408,6 +412,11 @@ impl Events {
         }
         if let Some(r) = ready.take() {
             let _ = r.send(());
+        }
+        if reconnecting {
+            let _ = self
+                .access_tx
+                .send(AccessEvent::missed("listener_reconnected"));
         }
         let mut stream = std::pin::pin!(conn.notifications_stream());
         while let Some(n) = stream.next().await {

@@ -61,6 +61,16 @@ impl AccessEvent {
         }
     }
 
+    /// The event that says events were missed (a reader too slow, the
+    /// control plane's own listener reconnected): kind `lagged`, read as
+    /// [`Scope::Missed`].
+    pub fn missed(reason: &str) -> Self {
+        AccessEvent {
+            kind: LAGGED_KIND.into(),
+            ..AccessEvent::new(reason, None)
+        }
+    }
+
     /// An access event about the Outline node `node_id` only.
     pub fn node(reason: &str, node_id: &str) -> Self {
         AccessEvent {
@@ -81,12 +91,16 @@ pub enum Scope {
     Regrant(Vec<String>),
     /// Every answer.
     Everything,
+    /// Events were missed: every answer, and every grant is asked for
+    /// again (an allowance may have shrunk unseen).
+    Missed,
 }
 
 /// What a line of the stream asks a gateway to drop: nothing for `hello`
 /// and `keepalive`, the answers routing to one node for an access event
 /// naming only a node, the grants of the sessions an access event lists to
-/// ask again, and everything for anything else, including lines not
+/// ask again, everything and every grant when events were missed
+/// (`lagged`), and everything for anything else, including lines not
 /// understood (missing an event is worse than dropping a cache).
 pub fn scope(line: &[u8]) -> Scope {
     #[derive(Deserialize)]
@@ -104,6 +118,7 @@ pub fn scope(line: &[u8]) -> Scope {
     }
     match serde_json::from_slice::<Line>(line) {
         Ok(Line { kind, .. }) if kind == "hello" || kind == "keepalive" => Scope::Nothing,
+        Ok(Line { kind, .. }) if kind == LAGGED_KIND => Scope::Missed,
         Ok(Line {
             kind,
             user_id: None,
@@ -132,6 +147,8 @@ pub const ALLOWANCE_LOWERED: &str = "allowance_lowered";
 pub const HELLO_LINE: &str = r#"{"kind":"hello"}"#;
 /// The line that says the stream is alive.
 pub const KEEPALIVE_LINE: &str = r#"{"kind":"keepalive"}"#;
+/// The kind of the line that says events were missed.
+pub const LAGGED_KIND: &str = "lagged";
 /// The line that says events were dropped for a slow reader.
 pub const LAGGED_LINE: &str = r#"{"kind":"lagged"}"#;
 
@@ -143,7 +160,10 @@ mod tests {
     fn hello_and_keepalive_change_nothing_everything_else_does() {
         assert_eq!(scope(HELLO_LINE.as_bytes()), Scope::Nothing);
         assert_eq!(scope(KEEPALIVE_LINE.as_bytes()), Scope::Nothing);
-        assert_eq!(scope(LAGGED_LINE.as_bytes()), Scope::Everything);
+        assert_eq!(scope(LAGGED_LINE.as_bytes()), Scope::Missed);
+        let missed =
+            serde_json::to_vec(&AccessEvent::missed("listener_reconnected")).expect("json");
+        assert_eq!(scope(&missed), Scope::Missed);
         let ev = serde_json::to_vec(&AccessEvent::new("device_revoked", Some("u"))).expect("json");
         assert_eq!(scope(&ev), Scope::Everything);
         assert_eq!(scope(b"not json"), Scope::Everything);

@@ -156,6 +156,15 @@ pub(crate) async fn access_loop(gw: Arc<Gateway>) {
                                 tracing::debug!("access changed: validations dropped");
                                 access_changed(&gw);
                             }
+                            // As after a reconnect: what was missed may
+                            // have shrunk an allowance.
+                            Scope::Missed => {
+                                tracing::info!(
+                                    "access events were missed: validations dropped, grants asked again"
+                                );
+                                access_changed(&gw);
+                                gw.sessions.grants_stale();
+                            }
                         }
                     }
                     if buf.len() > ACCESS_LINE_MAX {

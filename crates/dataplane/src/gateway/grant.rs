@@ -127,6 +127,12 @@ impl Grant {
         self.stale.store(false, Ordering::Relaxed);
     }
 
+    /// Makes the next grant due by `at_ms` at the latest: a question that
+    /// went unanswered is asked again then (ahead, in the background).
+    pub fn due_by(&self, at_ms: u64) {
+        self.ask_by_ms.fetch_min(at_ms, Ordering::Relaxed);
+    }
+
     /// Gives the grant up (the session's tunnels are gone): the next
     /// tunnel asks again.
     pub fn release(&self) {
@@ -212,6 +218,11 @@ mod tests {
         assert!(g.stale(), "an answer to an older question leaves it stale");
         g.fresh();
         assert!(!g.stale(), "the question asked clears it");
+        assert!(!g.due(0, 3_000));
+        g.due_by(4_000);
+        assert!(!g.due(0, 3_999) && g.due(0, 4_000), "asked again by then");
+        g.due_by(900_000);
+        assert!(g.due(0, 4_000), "never later than it was");
     }
 
     #[test]

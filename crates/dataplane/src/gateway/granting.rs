@@ -23,6 +23,10 @@ use crate::backend::BackendError;
 /// Longest wait for an answer while a tunnel holds its frame.
 const ASK_WAIT: Duration = Duration::from_secs(3);
 
+/// How soon a grant kept after an unanswered question (see
+/// [`Unanswered::Keep`]) is asked for again.
+const RETRY_KEPT_MS: u64 = 1_000;
+
 /// How long a session keeps its grant after its last tunnel ended: clients
 /// open tunnels one after another (a page, a retry), and each would
 /// otherwise wait for a round trip to the control plane before its first
@@ -146,11 +150,15 @@ impl Gateway {
                 tracing::warn!(session.id = %id, status, %code, "quota grant refused");
                 s.grant.provisional(0, used, now, 0);
             }
+            // Kept for now, and asked again soon in the background (where a
+            // failure falls back on the outage rule).
             Ok(Err(e)) if unanswered == Unanswered::Keep => {
                 tracing::warn!(session.id = %id, error = %e, "quota grant unavailable; the current one kept");
+                s.grant.due_by(now.saturating_add(RETRY_KEPT_MS));
             }
             Err(_) if unanswered == Unanswered::Keep => {
                 tracing::warn!(session.id = %id, "quota grant timed out; the current one kept");
+                s.grant.due_by(now.saturating_add(RETRY_KEPT_MS));
             }
             Ok(Err(e)) => {
                 tracing::warn!(session.id = %id, error = %e, "quota grant unavailable; provisional slice");
