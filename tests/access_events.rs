@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{TestDb, TestServer, gql};
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use httvps_control::accounts::{self, Role};
 use httvps_control::db::{Db, Dsn};
 use httvps_control::error::AppError;
@@ -124,21 +125,18 @@ async fn a_listener_that_reconnects_says_events_were_missed() {
     let db = Db::connect(&t.dsn, 2).expect("pool");
     db.events().start_listener(url).await;
     let mut heard = db.events().subscribe_access();
-    let admin = common::pg_admin_url();
     let dbname = url.rsplit('/').next().expect("database name").to_owned();
-    let killed = std::process::Command::new("psql")
-        .args(["-At", "-d", &admin, "-c"])
-        .arg(format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = '{dbname}' AND query LIKE 'LISTEN%'"
-        ))
-        .output()
-        .expect("psql");
-    assert_eq!(
-        String::from_utf8_lossy(&killed.stdout).trim(),
-        "1",
-        "the listener was found"
-    );
+    let mut admin = diesel_async::AsyncPgConnection::establish(&common::pg_admin_url())
+        .await
+        .expect("admin connection");
+    let killed = diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{dbname}' AND query LIKE 'LISTEN%'"
+    ))
+    .execute(&mut admin)
+    .await
+    .expect("terminate");
+    assert_eq!(killed, 1, "the listener was found");
     let ev = tokio::time::timeout(Duration::from_secs(10), heard.recv())
         .await
         .expect("an event within 10 s")

@@ -552,23 +552,6 @@ async fn a_report_applied_during_a_grant_is_counted_once() {
     server.stop().await;
 }
 
-/// Grant requests the control plane has answered so far (its metrics).
-async fn grant_requests(plane: &Plane) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", plane.server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|l| {
-            l.starts_with("httvps_http_requests_total")
-                && l.contains("route=\"/api/v1/quota/grant\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// An echo server: every connection gets back what it sends.
 async fn echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -618,14 +601,14 @@ async fn a_tunnel_opened_right_after_the_last_one_ended_keeps_the_grant() {
     }
     assert!(ready, "the client's SOCKS port answers");
     round_trip(socks, target, 4096).await;
-    let after_first = grant_requests(&plane).await;
+    let after_first = plane.grant_requests().await;
     assert!(after_first >= 1, "the first tunnel asked for a grant");
     // The last tunnel ended; the next one opens within the release delay
     // and asks nothing.
     round_trip(socks, target, 4096).await;
     round_trip(socks, target, 4096).await;
     assert_eq!(
-        grant_requests(&plane).await,
+        plane.grant_requests().await,
         after_first,
         "tunnels opened right after the last one ended used its grant"
     );
@@ -633,7 +616,7 @@ async fn a_tunnel_opened_right_after_the_last_one_ended_keeps_the_grant() {
     // release), and the next tunnel asks again.
     let mut seen = 0;
     for _ in 0..100 {
-        seen = grant_requests(&plane).await;
+        seen = plane.grant_requests().await;
         if seen == after_first + 1 {
             break;
         }
@@ -645,7 +628,7 @@ async fn a_tunnel_opened_right_after_the_last_one_ended_keeps_the_grant() {
         "the grant was released after the delay"
     );
     round_trip(socks, target, 4096).await;
-    assert_eq!(grant_requests(&plane).await, after_first + 2, "asked again");
+    assert_eq!(plane.grant_requests().await, after_first + 2, "asked again");
 }
 
 /// Sets a subscription's allowance (`$id`, `$b`: null lifts it).

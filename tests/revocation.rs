@@ -297,8 +297,17 @@ async fn a_gateway_that_missed_a_close_moves_the_device_to_a_new_session() {
     );
     let token = plane.device_token.clone();
     drop(tunnel(&plane, gw, &token, None, &key, echo).await);
-    // The grant goes back 2 s after the session's last tunnel.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // The grant goes back 2 s after the session's last tunnel (a request
+    // of its own): then the next tunnel has to ask for one.
+    let asked = plane.grant_requests().await;
+    let t0 = Instant::now();
+    while plane.grant_requests().await == asked && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        plane.grant_requests().await > asked,
+        "the grant was given back"
+    );
     let open = open_sessions(&plane).await;
     assert_eq!(open.len(), 1, "{open:?}");
     let sid = open[0].0.clone();

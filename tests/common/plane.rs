@@ -387,6 +387,23 @@ impl Plane {
             .to_owned()
     }
 
+    /// Grant requests the control plane has answered so far (its metrics).
+    pub async fn grant_requests(&self) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.server.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|l| {
+                l.starts_with("httvps_http_requests_total")
+                    && l.contains("route=\"/api/v1/quota/grant\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// One BIGINT (`n`) from the control plane's database.
     pub async fn scalar(&self, q: &str) -> i64 {
         common::scalar(&self.server.state.db, q).await

@@ -46,4 +46,9 @@ pub struct GrantResponse {
     pub valid_ms: i64,
     /// Why nothing more was granted, when that is the case.
     pub reason: Option<Reason>,
+    /// The session has ended (an admin closed it, say), whatever `reason`
+    /// says: the device's next tunnel is checked afresh and gets a new
+    /// session. Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
 }

@@ -173,6 +173,7 @@ fn refused(req: &GrantRequest, reason: Option<Reason>) -> GrantResponse {
         limit: Some(req.used),
         valid_ms: 0,
         reason,
+        ended: false,
     }
 }
 
@@ -224,7 +225,11 @@ pub async fn grant(
         return Ok(refused(req, Some(reason)));
     }
     if row.end_reason.is_some() {
-        return Ok(refused(req, Some(Reason::QuotaExceeded)));
+        // Gateways before `ended` read the refusal alone.
+        return Ok(GrantResponse {
+            ended: true,
+            ..refused(req, Some(Reason::QuotaExceeded))
+        });
     }
     let Some(sub) = verdict.subscription else {
         return Ok(refused(req, Some(Reason::NoSubscription)));
@@ -259,6 +264,7 @@ async fn sized(
                 limit: None,
                 valid_ms: millis(ts, until),
                 reason: None,
+                ended: false,
             });
         };
         PRUNE
@@ -322,6 +328,7 @@ async fn sized(
                 0
             },
             reason: (limit <= req.used).then_some(Reason::QuotaExceeded),
+            ended: false,
         })
     })
 }

@@ -56,6 +56,8 @@ pub(crate) struct Grant {
     /// What it was sized from may have changed unseen (access events were
     /// missed): asked again at the next byte, whatever is left of it.
     stale: AtomicBool,
+    /// The last answer said the session has ended.
+    ended: AtomicBool,
 }
 
 impl Grant {
@@ -100,6 +102,13 @@ impl Grant {
         let valid = u64::try_from(answer.valid_ms).unwrap_or(0);
         self.set(limit, used, now_ms, valid);
         *self.denied.lock().unwrap_or_else(PoisonError::into_inner) = answer.reason;
+        self.ended.store(answer.ended, Ordering::Relaxed);
+    }
+
+    /// Whether the last answer said the session has ended (its device's
+    /// next tunnel gets a new one).
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// A grant of `slice` bytes over `used`, for `valid_ms`, made without
@@ -125,12 +134,6 @@ impl Grant {
     /// question it answers may predate the mark.
     pub fn fresh(&self) {
         self.stale.store(false, Ordering::Relaxed);
-    }
-
-    /// Makes the next grant due by `at_ms` at the latest: a question that
-    /// went unanswered is asked again then (ahead, in the background).
-    pub fn due_by(&self, at_ms: u64) {
-        self.ask_by_ms.fetch_min(at_ms, Ordering::Relaxed);
     }
 
     /// Gives the grant up (the session's tunnels are gone): the next
@@ -165,6 +168,7 @@ mod tests {
             limit,
             valid_ms,
             reason,
+            ended: false,
         }
     }
 
@@ -218,11 +222,21 @@ mod tests {
         assert!(g.stale(), "an answer to an older question leaves it stale");
         g.fresh();
         assert!(!g.stale(), "the question asked clears it");
-        assert!(!g.due(0, 3_000));
-        g.due_by(4_000);
-        assert!(!g.due(0, 3_999) && g.due(0, 4_000), "asked again by then");
-        g.due_by(900_000);
-        assert!(g.due(0, 4_000), "never later than it was");
+    }
+
+    #[test]
+    fn an_answer_says_whether_the_session_ended() {
+        let g = Grant::default();
+        assert!(!g.ended());
+        let ended = GrantResponse {
+            ended: true,
+            ..answer(Some(10), 0, Some(Reason::QuotaExceeded))
+        };
+        g.apply(&ended, 10, 0);
+        assert!(g.ended());
+        assert_eq!(g.room(10, 1), 0);
+        g.apply(&answer(Some(900), 1_000, None), 10, 2);
+        assert!(!g.ended(), "a later answer clears it");
     }
 
     #[test]

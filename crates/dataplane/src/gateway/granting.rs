@@ -24,8 +24,8 @@ use crate::backend::BackendError;
 const ASK_WAIT: Duration = Duration::from_secs(3);
 
 /// How soon a grant kept after an unanswered question (see
-/// [`Unanswered::Keep`]) is asked for again.
-const RETRY_KEPT_MS: u64 = 1_000;
+/// [`Unanswered::Keep`]) is asked for once more.
+const RETRY_KEPT: Duration = Duration::from_secs(1);
 
 /// How long a session keeps its grant after its last tunnel ended: clients
 /// open tunnels one after another (a page, a retry), and each would
@@ -97,6 +97,20 @@ impl Gateway {
             let _turn = s.asking.lock().await;
             // A grant given up (no tunnel) or spent is asked for anyway
             // before the session moves another byte.
+            if s.grant.room(s.used(), clock_ms()) > 0 && !gw.ask(&id, &s, Unanswered::Keep).await {
+                gw.retry_kept(&id, &s);
+            }
+        });
+    }
+
+    /// A question asked with [`Unanswered::Keep`] got no answer: asked once
+    /// more [`RETRY_KEPT`] later, in the background, if the grant is still
+    /// in use; after that the grant kept runs its course (the outage rule).
+    fn retry_kept(self: &Arc<Self>, id: &Arc<str>, s: &Arc<Session>) {
+        let (gw, id, s) = (self.clone(), id.clone(), s.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_KEPT).await;
+            let _turn = s.asking.lock().await;
             if s.grant.room(s.used(), clock_ms()) > 0 {
                 gw.ask(&id, &s, Unanswered::Keep).await;
             }
@@ -116,18 +130,24 @@ impl Gateway {
     /// Asks for a stale grant again (the allowance it was sized from may
     /// have shrunk unseen), unless a question asked meanwhile did; the
     /// grant is kept when there is no answer.
-    async fn recheck(&self, id: &str, s: &Session) {
+    async fn recheck(self: &Arc<Self>, id: &Arc<str>, s: &Arc<Session>) {
         let turn = tokio::time::timeout(ASK_WAIT, s.asking.lock()).await;
         if !s.grant.stale() {
             return;
         }
-        let _turn = turn;
-        self.ask(id, s, Unanswered::Keep).await;
+        let answered = {
+            let _turn = turn;
+            self.ask(id, s, Unanswered::Keep).await
+        };
+        if !answered {
+            self.retry_kept(id, s);
+        }
     }
 
     /// One question (the caller holds the session's turn); `unanswered`
-    /// says what a failure leaves.
-    async fn ask(&self, id: &str, s: &Session, unanswered: Unanswered) {
+    /// says what a failure leaves. Whether it was answered (a refusal is
+    /// an answer).
+    async fn ask(&self, id: &str, s: &Session, unanswered: Unanswered) -> bool {
         // Whatever made the grant stale happened before this question.
         s.grant.fresh();
         let (now, used) = (clock_ms(), s.used());
@@ -143,22 +163,20 @@ impl Gateway {
                 if s.grant.room(used, now) > 0 {
                     s.granted_again();
                 }
+                return true;
             }
             // Refused for what it holds: a session the control plane
             // does not know (or not as ours) moves nothing more.
             Ok(Err(BackendError::Status { status, code })) if (400..500).contains(&status) => {
                 tracing::warn!(session.id = %id, status, %code, "quota grant refused");
                 s.grant.provisional(0, used, now, 0);
+                return true;
             }
-            // Kept for now, and asked again soon in the background (where a
-            // failure falls back on the outage rule).
             Ok(Err(e)) if unanswered == Unanswered::Keep => {
                 tracing::warn!(session.id = %id, error = %e, "quota grant unavailable; the current one kept");
-                s.grant.due_by(now.saturating_add(RETRY_KEPT_MS));
             }
             Err(_) if unanswered == Unanswered::Keep => {
                 tracing::warn!(session.id = %id, "quota grant timed out; the current one kept");
-                s.grant.due_by(now.saturating_add(RETRY_KEPT_MS));
             }
             Ok(Err(e)) => {
                 tracing::warn!(session.id = %id, error = %e, "quota grant unavailable; provisional slice");
@@ -171,6 +189,7 @@ impl Gateway {
                 s.grant.provisional(OUTAGE_SLICE, used, now, valid);
             }
         }
+        false
     }
 
     /// The session's last tunnel ended: gives back what its grant did not

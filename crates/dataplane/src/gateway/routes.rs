@@ -259,7 +259,7 @@ async fn ws_tcp(
         return not_found_response();
     };
     let guard = TunnelGuard::new(slot, &route.session_id, conn);
-    if let Err(refused) = granted(&gw, &token, &guard, peer).await {
+    if let Err(refused) = granted(&gw, &guard, peer).await {
         return refused;
     }
     guard.opened();
@@ -280,19 +280,16 @@ async fn ws_tcp(
 
 /// Whether the tunnel's session has a quota grant with room (asked for
 /// now when it has none); refused like a refused credential otherwise.
-/// A refusal also drops the answer cached for `token`: its session may
-/// have ended (an admin closed it, say), and the device's next tunnel is
-/// checked afresh (opening a new session if it may).
-async fn granted(
-    gw: &Gateway,
-    token: &str,
-    guard: &TunnelGuard,
-    peer: Option<IpAddr>,
-) -> Result<(), Response> {
+/// When the refusal says the session has ended (an admin closed it, say),
+/// the answers routing to it go too: the device's next tunnel is checked
+/// afresh and opens a new session if it may.
+async fn granted(gw: &Gateway, guard: &TunnelGuard, peer: Option<IpAddr>) -> Result<(), Response> {
     if guard.room().await {
         return Ok(());
     }
-    gw.validations.forget(token);
+    if guard.session.grant.ended() {
+        gw.validations.forget_sessions(&[&guard.session_id]);
+    }
     let why = guard
         .session
         .grant
@@ -348,7 +345,7 @@ async fn ws_udp(
         return not_found_response();
     };
     let guard = TunnelGuard::new(slot, &route.session_id, conn);
-    if let Err(refused) = granted(&gw, &token, &guard, peer).await {
+    if let Err(refused) = granted(&gw, &guard, peer).await {
         return refused;
     }
     guard.opened();
