@@ -1038,3 +1038,128 @@ async fn user_when_closed(server: &TestServer) -> (String, String) {
         .expect("user");
     (u.id.to_string(), login(&server.base, &email).await)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_are_renamed_by_their_owner_or_an_admin_on_postgres() {
+    device_renames(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_are_renamed_by_their_owner_or_an_admin_on_sqlite() {
+    device_renames(TestDb::sqlite().await).await;
+}
+
+/// `renameDevice`: the owner renames its device (unaudited, as its own
+/// act), an admin anyone's (audited with both names); another user's
+/// device is NOT_FOUND and a blank or long name BAD_REQUEST, changing
+/// nothing; the token keeps working.
+async fn device_renames(t: TestDb) {
+    const RENAME: &str =
+        "mutation($id:UUID!,$n:String!){renameDevice(id:$id,name:$n){id name status}}";
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let admin = admin_token(&server).await;
+    let p = plan(base, &admin, 3).await;
+    let (uid, tok) = user(base).await;
+    grant(base, &admin, &uid, &p).await;
+    let r = gql(
+        base,
+        Some(&tok),
+        "mutation{registerDevice(name:\"phone\",platform:\"android\"){accessToken device{id}}}",
+        json!({}),
+    )
+    .await;
+    let id = r["data"]["registerDevice"]["device"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let token = r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let name = || async {
+        let r = gql(base, Some(&tok), "{devices{nodes{id name}}}", json!({})).await;
+        r["data"]["devices"]["nodes"][0]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let r = gql(
+        base,
+        Some(&tok),
+        RENAME,
+        json!({"id": id, "n": "  Work phone "}),
+    )
+    .await;
+    assert_eq!(r["data"]["renameDevice"]["name"], "Work phone", "{r}");
+    for bad in ["   ", &"x".repeat(65)] {
+        let r = gql(base, Some(&tok), RENAME, json!({"id": id, "n": bad})).await;
+        assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    }
+    let (_, other) = user(base).await;
+    let r = gql(
+        base,
+        Some(&other),
+        RENAME,
+        json!({"id": id, "n": "mine now"}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("NOT_FOUND"), "{r}");
+    let r = gql(base, None, RENAME, json!({"id": id, "n": "anyone"})).await;
+    assert_eq!(code(&r), Some("UNAUTHENTICATED"), "{r}");
+    assert_eq!(
+        name().await,
+        "Work phone",
+        "refused renames changed nothing"
+    );
+
+    let r = gql(
+        base,
+        Some(&admin),
+        RENAME,
+        json!({"id": id, "n": "Support renamed it"}),
+    )
+    .await;
+    assert_eq!(r["data"]["renameDevice"]["status"], "ACTIVE", "{r}");
+    assert_eq!(name().await, "Support renamed it");
+    let r = gql(
+        base,
+        Some(&admin),
+        "{auditLog(filter:{action:\"rename_device\"}){nodes{targetId details}}}",
+        json!({}),
+    )
+    .await;
+    let entries = r["data"]["auditLog"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .clone();
+    assert_eq!(entries.len(), 1, "only the admin's rename is audited: {r}");
+    assert_eq!(entries[0]["targetId"], id.as_str());
+    assert!(
+        entries[0]["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Work phone"),
+        "{r}"
+    );
+    assert_eq!(
+        device_token_status(&server, &token).await,
+        200,
+        "the token still works"
+    );
+    server.stop().await;
+}
+
+/// `POST /api/v1/auth/device-token` with the device's access token: the
+/// status (200 while the device may connect).
+async fn device_token_status(server: &TestServer, token: &str) -> u16 {
+    client()
+        .post(server.url("/api/v1/auth/device-token"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}

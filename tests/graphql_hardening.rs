@@ -90,6 +90,7 @@ fn table() -> BTreeMap<&'static str, (Access, String)> {
         ("Mutation.cancelSubscription", (Admin, format!("mutation{{cancelSubscription(id:\"{ID}\"){{id}}}}"))),
         ("Mutation.registerDevice", (SignedIn, "mutation{registerDevice(name:\"\",platform:\"\"){accessToken}}".into())),
         ("Mutation.revokeDevice", (SignedIn, format!("mutation{{revokeDevice(id:\"{ID}\"){{id}}}}"))),
+        ("Mutation.renameDevice", (SignedIn, format!("mutation{{renameDevice(id:\"{ID}\",name:\"n\"){{id}}}}"))),
         ("Mutation.rotateDeviceToken", (SignedIn, format!("mutation{{rotateDeviceToken(id:\"{ID}\"){{accessToken}}}}"))),
         ("Mutation.registerOutlineNode", (Admin, "mutation{registerOutlineNode(input:{region:\"none\",name:\"n\",host:\"h\",port:1}){token}}".into())),
         ("Mutation.registerGatewayNode", (Admin, "mutation{registerGatewayNode(input:{region:\"none\",name:\"g\",publicUrl:\"https://g\"}){token}}".into())),

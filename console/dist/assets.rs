@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-DWxMx8Z8.js",
+        path: "assets/console-bjB4IB9i.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"f0d67e22e37e1be1cb4f\"",
+        etag: "\"d229cb29c8adbb620417\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-DWxMx8Z8.js"),
-        gzip: Some(include_bytes!("assets/console-DWxMx8Z8.js.gz")),
-        brotli: Some(include_bytes!("assets/console-DWxMx8Z8.js.br")),
+        raw: include_bytes!("assets/console-bjB4IB9i.js"),
+        gzip: Some(include_bytes!("assets/console-bjB4IB9i.js.gz")),
+        brotli: Some(include_bytes!("assets/console-bjB4IB9i.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"c04df16f76730efc2d83\"",
+        etag: "\"f9233b3715fa19f80902\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

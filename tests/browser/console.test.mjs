@@ -399,6 +399,21 @@ async function scenario(t, mode, env) {
     await shot(userPage, mode, '11-user-devices');
   });
 
+  await t.test('the user renames the device and back; its links stay', async () => {
+    const rename = async (from, to) => {
+      await rowOf(userPage, from).getByRole('button', { name: 'Rename' }).click();
+      const form = userPage.getByRole('dialog');
+      await form.getByLabel('Name').fill(to);
+      await form.getByRole('button', { name: 'Rename' }).click();
+      await form.waitFor({ state: 'detached' });
+      await rowOf(userPage, to).waitFor();
+    };
+    await rename('Pixel', 'Pixel 9');
+    await shot(userPage, mode, '11a-device-renamed');
+    await rename('Pixel 9', 'Pixel');
+    await rowOf(userPage, 'Pixel').locator('.device-status').getByText('active').waitFor();
+  });
+
   // A second admin tab stays on the overview: its live feed is what the
   // admin sees while the tunnel opens and, later, closes.
   const feed = env.dataPlane ? await adminCtx.newPage() : null;

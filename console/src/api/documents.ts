@@ -67,6 +67,7 @@ export const MY_DEVICES = `query MyDevices($userId: UUID!, $first: Int, $after: 
 export const REGISTER_DEVICE = `mutation RegisterDevice($name: String!, $platform: String!) {
   registerDevice(name: $name, platform: $platform) { ${CREDENTIALS} } }`;
 export const CLOSE_SESSION = `mutation CloseSession($id: UUID!) { closeSession(id: $id) { ${SESSION} } }`;
+export const RENAME_DEVICE = `mutation RenameDevice($id: UUID!, $name: String!) { renameDevice(id: $id, name: $name) { ${DEVICE} } }`;
 export const REVOKE_DEVICE = `mutation RevokeDevice($id: UUID!) { revokeDevice(id: $id) { ${DEVICE} } }`;
 export const ROTATE_DEVICE = `mutation RotateDevice($id: UUID!) { rotateDeviceToken(id: $id) { ${CREDENTIALS} } }`;
 

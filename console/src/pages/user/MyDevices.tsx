@@ -1,5 +1,5 @@
 // Subscriber: my devices. Add one (its links as QR codes, shown once),
-// rotate its token, revoke it; the region and node each is connected to,
+// rename it, rotate its token, revoke it; the region and node each is connected to,
 // live. Changes made elsewhere (an operator revoking a device, a tunnel
 // opening) show up without a reload.
 
@@ -26,6 +26,7 @@ import { CredentialsDialog } from '../../ui/credentials';
 import { ago, when } from '../../ui/format';
 import { useNow, usePager, usePoll, useQuery } from '../../ui/hooks';
 import { PlacementCell, useLivePlacements } from './placement';
+import { RenameDevice } from './renameDevice';
 
 const PLATFORMS = ['android', 'ios', 'windows', 'macos', 'linux', 'other'];
 const PAGE_SIZE = 50;
@@ -94,6 +95,7 @@ export function MyDevices(props: { userId: string }) {
   const now = useNow(5_000);
   const pager = usePager();
   const [creds, setCreds] = useState<DeviceCredentials | null>(null);
+  const [renaming, setRenaming] = useState<Device | null>(null);
   const q = useQuery(
     (signal) =>
       gql<{ devices: CountedConnection<MyDevice> }>(
@@ -164,6 +166,9 @@ export function MyDevices(props: { userId: string }) {
                       <td class="row-actions">
                         {dev.status === 'ACTIVE' && (
                           <>
+                            <Button small onClick={() => setRenaming(dev)}>
+                              Rename
+                            </Button>
                             <ConfirmButton
                               small
                               label="New links"
@@ -200,6 +205,7 @@ export function MyDevices(props: { userId: string }) {
         </Async>
       </section>
       {creds && <CredentialsDialog creds={creds} onClose={() => setCreds(null)} />}
+      {renaming && <RenameDevice device={renaming} onClose={() => setRenaming(null)} onSaved={q.reload} />}
     </Page>
   );
 }

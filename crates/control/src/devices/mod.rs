@@ -24,6 +24,23 @@ use crate::status::{EndReason, SubscriptionStatus};
 use crate::{db_run, db_tx, paginate};
 pub use links::{AccessLinks, default_region, entry_point, gateway_url_for};
 
+/// The device `$id`, read on `$conn`, if `$actor` may act for its owner;
+/// NOT_FOUND otherwise (someone else's device looks exactly like a
+/// missing one).
+macro_rules! device_of {
+    ($conn:expr, $actor:expr, $id:expr) => {{
+        let found: Option<Device> = devices::table
+            .find($id)
+            .select(Device::as_select())
+            .first($conn)
+            .await
+            .optional()?;
+        found
+            .filter(|d| $actor.may_act_for(d.user_id))
+            .ok_or(AppError::NotFound("device"))?
+    }};
+}
+
 /// Registers a device for `user_id` within the device limit of the user's
 /// current subscription. Returns the device and its access token (the only
 /// time the token is seen).
@@ -118,16 +135,7 @@ fn audit_of(
 /// already revoked is answered as it is.
 pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
     db_tx!(db, |conn, outbox| {
-        let found: Option<Device> = devices::table
-            .find(id)
-            .select(Device::as_select())
-            .first(conn)
-            .await
-            .optional()?;
-        let Some(device) = found.filter(|d| actor.may_act_for(d.user_id)) else {
-            // Someone else's device looks exactly like a missing one.
-            return Err(AppError::NotFound("device"));
-        };
+        let device = device_of!(conn, actor, id);
         if device.status == DeviceStatus::Revoked {
             // Already revoked: its revocation time, events and audit entry
             // stand as they were.
@@ -162,6 +170,29 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
     })
 }
 
+/// Renames a device (own, or any for admins; audited as `rename_device`
+/// when an admin renames someone else's). Its token, links and sessions
+/// stay as they are.
+pub async fn rename(db: &Db, actor: &Actor, id: DeviceId, name: &str) -> AppResult<Device> {
+    let name = validate::text("name", name, 1, 64)?;
+    db_tx!(db, |conn, _outbox| {
+        let device = device_of!(conn, actor, id);
+        let renamed = diesel::update(devices::table.find(id))
+            .set(devices::name.eq(&name))
+            .returning(Device::as_returning())
+            .get_result(conn)
+            .await?;
+        let details = serde_json::json!({"from": device.name, "to": name});
+        if let Some(e) = audit_of(actor, &device, "rename_device", details) {
+            diesel::insert_into(audit_log::table)
+                .values(&e)
+                .execute(conn)
+                .await?;
+        }
+        Ok::<_, AppError>(renamed)
+    })
+}
+
 /// Replaces a device's access token (own, or any for admins); the old one
 /// and the device JWTs exchanged for it stop working at once, and every
 /// gateway closes the tunnels opened with them.
@@ -169,15 +200,7 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<(De
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
     let device = db_tx!(db, |conn, outbox| {
-        let found: Option<Device> = devices::table
-            .find(id)
-            .select(Device::as_select())
-            .first(conn)
-            .await
-            .optional()?;
-        let Some(device) = found.filter(|d| actor.may_act_for(d.user_id)) else {
-            return Err(AppError::NotFound("device"));
-        };
+        let device = device_of!(conn, actor, id);
         if device.status != DeviceStatus::Active {
             return Err(AppError::Conflict("the device is revoked".into()));
         }

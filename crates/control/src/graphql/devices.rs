@@ -192,6 +192,22 @@ impl DeviceMutation {
             .gql()
     }
 
+    /// Renames a device (own, or any for admins); its token, links and
+    /// sessions stay as they are.
+    #[graphql(guard = "SignedIn")]
+    async fn rename_device(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        name: String,
+    ) -> async_graphql::Result<Device> {
+        let api = ctx.data::<AppContext>()?;
+        devices::rename(&api.db, &actor(ctx)?, id.into(), &name)
+            .await
+            .map(Device::from)
+            .gql()
+    }
+
     /// Replaces a device's access token; the old one and the device JWTs
     /// exchanged for it stop working, and their tunnels close on every
     /// gateway within seconds.
