@@ -412,6 +412,15 @@ async fn an_admin_closes_one_session(w: World) {
         None,
         "the other session runs on"
     );
+    // Its gateway's next grant ask is refused as ended (so it drops the
+    // answers routing there); the other session is granted as before.
+    let grant_ask = |sid: &str| json!({"session_id": sid, "used": 0, "want": 1_000_000});
+    let (s, b) = w.post("/api/v1/quota/grant", &gw, grant_ask(&sid)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!((&b["ended"], &b["limit"]), (&json!(true), &json!(0)), "{b}");
+    let (s, b) = w.post("/api/v1/quota/grant", &gw2, grant_ask(&other)).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["ended"].is_null() && b["reason"].is_null(), "{b}");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let again = w.gql(CLOSE, json!({"id": sid})).await;
     assert_eq!(

@@ -474,6 +474,13 @@ async fn totals_at_the_bound_are_a_spent_allowance(db: common::TestDb) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(answers, [(200, Some(0)), (200, Some(0))]);
+    // A spent allowance is not an ended session: gateways keep their
+    // answers for the device (no re-check per tunnel).
+    for (gw, sid) in &sessions {
+        let (_, b) = ask_grant(&base, gw, sid, 0, 1000).await;
+        assert_eq!(b["reason"], "quota_exceeded", "{b}");
+        assert!(b["ended"].is_null(), "{b}");
+    }
     server.stop().await;
 }
 
