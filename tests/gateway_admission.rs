@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::link::Needles;
 use httvps_dataplane::backend::Backend;
 use plane::{Plane, echo_server, round_trip, ss_over};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,20 +79,14 @@ async fn holding_proxy(
                 let owing = owed.clone();
                 let requests = async move {
                     // Bodies are small JSON: the request line cannot hide in one.
-                    let (mut buf, mut carry) = (vec![0u8; 16 * 1024], Vec::new());
+                    let (mut buf, mut lines) = (vec![0u8; 16 * 1024], Needles::new(&needle));
                     while let Ok(n) = in_r.read(&mut buf).await {
                         if n == 0 {
                             break;
                         }
-                        carry.extend_from_slice(&buf[..n]);
-                        let found = carry
-                            .windows(needle.len())
-                            .filter(|w| *w == &*needle)
-                            .count();
+                        let found = lines.count(&buf[..n]);
                         count.fetch_add(found, Ordering::SeqCst);
                         owing.fetch_add(found, Ordering::SeqCst);
-                        let keep = carry.len().min(needle.len() - 1);
-                        carry.drain(..carry.len() - keep);
                         if found > 0 {
                             tokio::time::sleep(hold).await;
                         }

@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-bjB4IB9i.js",
+        path: "assets/console-Dr_7Ms2q.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"d229cb29c8adbb620417\"",
+        etag: "\"c30c65d317ae650a1900\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-bjB4IB9i.js"),
-        gzip: Some(include_bytes!("assets/console-bjB4IB9i.js.gz")),
-        brotli: Some(include_bytes!("assets/console-bjB4IB9i.js.br")),
+        raw: include_bytes!("assets/console-Dr_7Ms2q.js"),
+        gzip: Some(include_bytes!("assets/console-Dr_7Ms2q.js.gz")),
+        brotli: Some(include_bytes!("assets/console-Dr_7Ms2q.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"f9233b3715fa19f80902\"",
+        etag: "\"49e272f2757339fb3141\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

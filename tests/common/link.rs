@@ -74,6 +74,36 @@ impl ControlLink {
     }
 }
 
+/// Counts a byte string's occurrences in a stream read in pieces (one
+/// may straddle two reads).
+pub struct Needles {
+    needle: Vec<u8>,
+    carry: Vec<u8>,
+}
+
+impl Needles {
+    /// Counts `needle` (not empty).
+    pub fn new(needle: &[u8]) -> Needles {
+        Needles {
+            needle: needle.to_vec(),
+            carry: Vec::new(),
+        }
+    }
+
+    /// The occurrences that end in `read`, the stream's next piece.
+    pub fn count(&mut self, read: &[u8]) -> usize {
+        self.carry.extend_from_slice(read);
+        let found = self
+            .carry
+            .windows(self.needle.len())
+            .filter(|w| *w == self.needle.as_slice())
+            .count();
+        let keep = self.carry.len().min(self.needle.len() - 1);
+        self.carry.drain(..self.carry.len() - keep);
+        found
+    }
+}
+
 /// One connection, carried until either side ends or the link is severed.
 async fn carry(
     inbound: TcpStream,
@@ -91,20 +121,17 @@ async fn carry(
     let (mut in_r, mut in_w) = inbound.into_split();
     let (mut out_r, mut out_w) = outbound.into_split();
     let requests = async move {
-        let (mut buf, mut carry) = (vec![0u8; 16 * 1024], Vec::new());
+        let (mut buf, mut events) = (vec![0u8; 16 * 1024], Needles::new(EVENTS));
         while let Ok(n) = in_r.read(&mut buf).await {
             if n == 0 {
                 break;
             }
-            carry.extend_from_slice(&buf[..n]);
-            let found = carry.windows(EVENTS.len()).filter(|w| *w == EVENTS).count();
+            let found = events.count(&buf[..n]);
             streams.fetch_add(found, Ordering::SeqCst);
             if found > 0 && withhold.load(Ordering::SeqCst) {
                 // Held: nothing more goes either way on this connection.
                 std::future::pending::<()>().await;
             }
-            let keep = carry.len().min(EVENTS.len() - 1);
-            carry.drain(..carry.len() - keep);
             if out_w.write_all(&buf[..n]).await.is_err() {
                 break;
             }

@@ -134,6 +134,27 @@ export function Field(props: {
   );
 }
 
+/** A field for choosing a password: the server's policy (at least 10
+ * characters) checked as it is typed, `hint` beneath it. */
+export function NewPasswordField(props: { label: string; hint: string; value: string; set: (v: string) => void }) {
+  return (
+    <Field label={props.label} hint={props.hint}>
+      {(id, hint) => (
+        <input
+          id={id}
+          type="password"
+          autocomplete="new-password"
+          minLength={10}
+          required
+          aria-describedby={hint}
+          value={props.value}
+          onInput={(e) => props.set(e.currentTarget.value)}
+        />
+      )}
+    </Field>
+  );
+}
+
 export function Badge(props: { tone: 'ok' | 'warn' | 'bad' | 'muted' | 'info'; children: ComponentChildren }) {
   return <span class={`badge ${props.tone}`}>{props.children}</span>;
 }

@@ -370,10 +370,25 @@ macro_rules! session_rows {
 /// ledger applies reports of ended sessions). Expands to the ids ended.
 #[macro_export]
 macro_rules! end_open_sessions {
-    ($conn:expr, $outbox:expr, $devices:expr, $reason:expr, $ts:expr) => {{
+    ($conn:expr, $outbox:expr, $devices:expr, $reason:expr, $ts:expr) => {
+        $crate::end_sessions_where!(
+            $conn,
+            $outbox,
+            $crate::db::schema::sessions::device_id.eq_any($devices),
+            $reason,
+            $ts
+        )
+    };
+}
+
+/// [`end_open_sessions!`] for the open sessions `$filter` selects (a
+/// filter on `sessions`: by device, by id).
+#[macro_export]
+macro_rules! end_sessions_where {
+    ($conn:expr, $outbox:expr, $filter:expr, $reason:expr, $ts:expr) => {{
         use $crate::db::schema::sessions;
         let ended: Vec<$crate::ids::SessionId> = diesel::update(sessions::table)
-            .filter(sessions::device_id.eq_any($devices))
+            .filter($filter)
             .filter(sessions::ended_at.is_null())
             .set((sessions::ended_at.eq($ts), sessions::end_reason.eq($reason)))
             .returning(sessions::id)

@@ -6,26 +6,9 @@ import { useState } from 'preact/hooks';
 import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
 import type { Role, User } from '../../api/types';
-import { Button, Dialog, ErrorNote, Field, toast, useAction } from '../../ui/components';
+import { Button, Dialog, ErrorNote, Field, NewPasswordField, toast, useAction } from '../../ui/components';
 
-function PasswordField(props: { label: string; value: string; set: (v: string) => void }) {
-  return (
-    <Field label={props.label} hint="At least 10 characters. Hand it over privately; they may change it.">
-      {(id, hint) => (
-        <input
-          id={id}
-          type="password"
-          autocomplete="new-password"
-          minLength={10}
-          required
-          aria-describedby={hint}
-          value={props.value}
-          onInput={(e) => props.set(e.currentTarget.value)}
-        />
-      )}
-    </Field>
-  );
-}
+const PASSWORD_HINT = 'At least 10 characters. Hand it over privately; they may change it.';
 
 /** The role of an account, to choose. */
 export function RoleField(props: { value: Role; set: (r: Role) => void }) {
@@ -73,7 +56,7 @@ export function NewAccount(props: { onClose: () => void; onSaved: (u: User) => v
             />
           )}
         </Field>
-        <PasswordField label="First password" value={password} set={setPassword} />
+        <NewPasswordField label="First password" hint={PASSWORD_HINT} value={password} set={setPassword} />
         <RoleField value={role} set={setRole} />
         <ErrorNote error={act.error} />
         <footer class="dialog-foot">
@@ -105,7 +88,7 @@ export function SetPassword(props: { user: User; onClose: () => void }) {
         }}
       >
         <p class="muted">It is signed out everywhere; its devices keep working.</p>
-        <PasswordField label="New password" value={password} set={setPassword} />
+        <NewPasswordField label="New password" hint={PASSWORD_HINT} value={password} set={setPassword} />
         <ErrorNote error={act.error} />
         <footer class="dialog-foot">
           <Button onClick={props.onClose}>Cancel</Button>

@@ -4,7 +4,7 @@ import { useState } from 'preact/hooks';
 
 import { ApiError } from '../../api/errors';
 import { changePassword, logout, session } from '../../api/session';
-import { Button, ConfirmButton, ErrorNote, Field, Page, toast, useAction } from '../../ui/components';
+import { Button, ConfirmButton, ErrorNote, Field, NewPasswordField, Page, toast, useAction } from '../../ui/components';
 import { when } from '../../ui/format';
 import { useStore } from '../../ui/hooks';
 
@@ -55,20 +55,12 @@ export function Account() {
               />
             )}
           </Field>
-          <Field label="New password" hint="At least 10 characters. Other sessions are signed out.">
-            {(id, hint) => (
-              <input
-                id={id}
-                type="password"
-                autocomplete="new-password"
-                minLength={10}
-                required
-                aria-describedby={hint}
-                value={next}
-                onInput={(e) => setNext(e.currentTarget.value)}
-              />
-            )}
-          </Field>
+          <NewPasswordField
+            label="New password"
+            hint="At least 10 characters. Other sessions are signed out."
+            value={next}
+            set={setNext}
+          />
           <Field label="New password again">
             {(id) => (
               <input

@@ -4,7 +4,7 @@ import { useState } from 'preact/hooks';
 
 import { ApiError } from '../../api/errors';
 import { login, signUp } from '../../api/session';
-import { Button, ErrorNote, Field, Link, Loading, useAction } from '../../ui/components';
+import { Button, ErrorNote, Field, Link, Loading, NewPasswordField, useAction } from '../../ui/components';
 import { useSignUpEnabled } from './signUpSetting';
 
 function Shell(props: { title: string; children: preact.ComponentChildren }) {
@@ -137,20 +137,7 @@ export function SignUp() {
             />
           )}
         </Field>
-        <Field label="Password" hint="At least 10 characters.">
-          {(id, hint) => (
-            <input
-              id={id}
-              type="password"
-              autocomplete="new-password"
-              minLength={10}
-              required
-              aria-describedby={hint}
-              value={password}
-              onInput={(e) => setPassword(e.currentTarget.value)}
-            />
-          )}
-        </Field>
+        <NewPasswordField label="Password" hint="At least 10 characters." value={password} set={setPassword} />
         <Field label="Password again">
           {(id) => (
             <input

@@ -112,24 +112,8 @@ pub async fn end_sessions(db: &Db, sessions: &[(SessionId, EndReason)]) -> AppRe
     }
     db_tx!(db, |conn, outbox| {
         let ts = now();
-        let mut ended = Vec::new();
         for (reason, ids) in by_reason.values() {
-            let ids: Vec<SessionId> =
-                diesel::update(sessions::table.filter(sessions::id.eq_any(ids)))
-                    .filter(sessions::ended_at.is_null())
-                    .set((sessions::ended_at.eq(ts), sessions::end_reason.eq(*reason)))
-                    .returning(sessions::id)
-                    .get_results(conn)
-                    .await?;
-            ended.extend(ids);
-        }
-        if !ended.is_empty() {
-            let rows = crate::session_rows!(conn, ended);
-            outbox.sessions(crate::feed::session_events(
-                crate::feed::SessionEventKind::Closed,
-                rows,
-                ts,
-            ));
+            crate::end_sessions_where!(conn, outbox, sessions::id.eq_any(ids), *reason, ts);
         }
         Ok::<_, crate::error::AppError>(())
     })
@@ -142,39 +126,30 @@ pub async fn end_sessions(db: &Db, sessions: &[(SessionId, EndReason)]) -> AppRe
 pub async fn close_by_admin(db: &Db, actor: &Actor, id: SessionId) -> AppResult<Session> {
     actor.require_admin()?;
     db_tx!(db, |conn, outbox| {
-        let ts = now();
-        let closed: Option<Session> = diesel::update(sessions::table.find(id))
-            .filter(sessions::ended_at.is_null())
-            .set((
-                sessions::ended_at.eq(ts),
-                sessions::end_reason.eq(EndReason::ClosedByAdmin),
-            ))
-            .returning(Session::as_returning())
-            .get_result(conn)
+        let ended = crate::end_sessions_where!(
+            conn,
+            outbox,
+            sessions::id.eq(id),
+            EndReason::ClosedByAdmin,
+            now()
+        );
+        let session: Session = sessions::table
+            .find(id)
+            .select(Session::as_select())
+            .first(conn)
             .await
-            .optional()?;
-        let Some(closed) = closed else {
-            // Ended already (its end stands), or no such session.
-            return sessions::table
-                .find(id)
-                .select(Session::as_select())
-                .first(conn)
-                .await
-                .optional()?
-                .ok_or(AppError::NotFound("session"));
-        };
+            .optional()?
+            .ok_or(AppError::NotFound("session"))?;
+        if ended.is_empty() {
+            // Ended already: its end stands.
+            return Ok(session);
+        }
         let user: crate::ids::UserId = devices::table
-            .find(closed.device_id)
+            .find(session.device_id)
             .select(devices::user_id)
             .first(conn)
             .await?;
-        let rows = crate::session_rows!(conn, &[id]);
-        outbox.sessions(crate::feed::session_events(
-            crate::feed::SessionEventKind::Closed,
-            rows,
-            ts,
-        ));
-        let details = serde_json::json!({"deviceId": closed.device_id, "userId": user});
+        let details = serde_json::json!({"deviceId": session.device_id, "userId": user});
         let entry = crate::audit::entry(
             actor,
             "close_session",
@@ -187,7 +162,7 @@ pub async fn close_by_admin(db: &Db, actor: &Actor, id: SessionId) -> AppResult<
             .execute(conn)
             .await?;
         outbox.access(AccessChange::SessionClosed, Some(user));
-        Ok::<_, AppError>(closed)
+        Ok::<_, AppError>(session)
     })
 }
 
