@@ -1732,6 +1732,22 @@ async fn live_feed(w: World) {
     assert_eq!(ev["kind"], "SESSION_CLOSED", "{ev}");
     assert_eq!(ev["placement"], Value::Null, "{ev}");
 
+    // A rename (here an admin's) reaches the owner's view.
+    let r = gql(
+        &base,
+        Some(&w.admin),
+        "mutation($d:UUID!){renameDevice(id:$d,name:\"laptop\"){name}}",
+        json!({"d": device}),
+    )
+    .await;
+    assert_eq!(r["data"]["renameDevice"]["name"], "laptop", "{r}");
+    let ev = live_event(&mut mine, "myDeviceEvents").await;
+    assert_eq!(
+        (ev["kind"].as_str(), ev["deviceId"].as_str()),
+        (Some("RENAMED"), Some(device.as_str())),
+        "{ev}"
+    );
+
     // A revocation reaches the owner's view.
     let r = gql(
         &base,

@@ -273,14 +273,13 @@ async fn an_admin_closes_one_session_its_tunnels_close_and_the_device_gets_a_new
     );
 }
 
-/// A gateway that never hears of the close (its event stream withheld,
-/// heartbeats and reports a minute apart, answers cached for a minute):
-/// the first tunnel after the close meets the ended session's refused
-/// grant, which drops the answer cached for the device, and the next
-/// tunnel opens a new session instead of being refused for a minute.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_gateway_that_missed_a_close_moves_the_device_to_a_new_session() {
-    const CLOSE: &str = "mutation($id:UUID!){closeSession(id:$id){endReason}}";
+/// Closes one session, as an admin.
+const CLOSE: &str = "mutation($id:UUID!){closeSession(id:$id){endReason}}";
+
+/// A plane whose gateway hears no access event (its stream withheld by the
+/// link, which must live as long as the plane), heartbeats and reports a
+/// minute apart and caches answers for a minute.
+async fn deaf_gateway() -> (Plane, ControlLink) {
     let (mut plane, listener) = Plane::prepare(1).await;
     let link = ControlLink::start(&plane.server.base).await;
     link.withhold_events(true);
@@ -290,6 +289,18 @@ async fn a_gateway_that_missed_a_close_moves_the_device_to_a_new_session() {
         o.cache_ttl = Duration::from_secs(60);
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
+    (plane, link)
+}
+
+/// A gateway that never hears of the close (its event stream withheld,
+/// heartbeats and reports a minute apart, answers cached for a minute):
+/// the first tunnel after the close meets the ended session's refused
+/// grant, which drops the answer cached for the device, and the gateway
+/// admits the tunnel once more, on a new session: the device is never
+/// refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_missed_a_close_moves_the_device_to_a_new_session() {
+    let (plane, _link) = deaf_gateway().await;
     let (gw, key, echo) = (
         plane.gateway_addr,
         plane.cipher().await,
@@ -317,14 +328,55 @@ async fn a_gateway_that_missed_a_close_moves_the_device_to_a_new_session() {
         "{r}"
     );
 
-    assert_eq!(
-        ws_at(&plane, gw, &token, None).await.err(),
-        Some(404),
-        "routed to the ended session: refused"
-    );
+    // The first tunnel after the close already works, on a new session.
     let mut s = tunnel(&plane, gw, &token, None, &key, echo).await;
     assert!(round_trip(&mut s, b"a new session").await);
     let open = open_sessions(&plane).await;
     assert_eq!(open.len(), 1, "{open:?}");
     assert_ne!(open[0].0, sid, "a new session");
+}
+
+/// The body of `GET path` on the plane's gateway.
+async fn document(plane: &Plane, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = plane.tls().await;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all).await;
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// A tunnel that learns from its own grant's answer that an admin closed
+/// its session (the gateway missed the event) is closed; the access
+/// document asked for afterwards is the key, not the closed session's
+/// refusal: the session is forgotten and the device routed anew.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_a_tunnel_found_closed_does_not_refuse_the_access_document() {
+    let (plane, _link) = deaf_gateway().await;
+    let (key, echo) = (plane.cipher().await, echo_server().await);
+    let token = plane.device_token.clone();
+    let mut s = tunnel(&plane, plane.gateway_addr, &token, None, &key, echo).await;
+    let open = open_sessions(&plane).await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    let r = plane.gql(CLOSE, json!({"id": open[0].0})).await;
+    assert_eq!(
+        r["data"]["closeSession"]["endReason"], "closed_by_admin",
+        "{r}"
+    );
+    // The plan's allowance is sliced (8 MiB a grant): the tunnel asks for
+    // its next grant once it moved half of one, and hears of the close.
+    let chunk = vec![7u8; 64 * 1024];
+    let mut moved = 0;
+    while moved < 64 && round_trip(&mut s, &chunk).await {
+        moved += 1;
+    }
+    assert!(moved < 64, "the tunnel closed once its grant was refused");
+    let doc = document(&plane, &format!("/c/{token}")).await;
+    assert!(doc.contains("transport:"), "the key, not a refusal: {doc}");
+    assert!(!doc.contains("error:"), "{doc}");
+    // The document routed the device anew: a new session is open.
+    let now_open = open_sessions(&plane).await;
+    assert_eq!(now_open.len(), 1, "{now_open:?}");
+    assert_ne!(now_open[0].0, open[0].0, "a new session");
 }

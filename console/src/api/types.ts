@@ -232,7 +232,7 @@ export interface DevicePlacement {
   since: DateTime;
 }
 
-export type DeviceEventKind = 'REVOKED' | 'ROTATED' | 'SESSION_OPENED' | 'SESSION_CLOSED';
+export type DeviceEventKind = 'REVOKED' | 'ROTATED' | 'RENAMED' | 'SESSION_OPENED' | 'SESSION_CLOSED';
 
 /** One event of `Live.myDeviceEvents`. */
 export interface DeviceEvent {

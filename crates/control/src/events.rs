@@ -216,7 +216,7 @@ impl Outbox {
         self.quota.push(event);
     }
 
-    /// A device was revoked or rotated.
+    /// A device was revoked, rotated or renamed.
     pub fn device(&mut self, change: DeviceChange) {
         self.device.push(change);
     }

@@ -88,18 +88,20 @@ pub enum DeviceEventKind {
     Revoked,
     /// Its access token was replaced.
     Rotated,
+    /// Its name changed (by its owner or an admin).
+    Renamed,
     /// A session of it opened.
     SessionOpened,
     /// A session of it closed.
     SessionClosed,
 }
 
-/// A device was revoked or rotated (session changes come as
+/// A device was revoked, rotated or renamed (session changes come as
 /// [`SessionEvent`]s).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceChange {
-    /// Revoked or rotated.
+    /// Revoked, rotated or renamed.
     pub kind: DeviceEventKind,
     /// The device.
     pub device_id: uuid::Uuid,

@@ -47,8 +47,8 @@ pub struct GrantResponse {
     /// Why nothing more was granted, when that is the case.
     pub reason: Option<Reason>,
     /// The session has ended (an admin closed it, say), whatever `reason`
-    /// says: the device's next tunnel is checked afresh and gets a new
-    /// session. Left out when false.
+    /// says: the gateway routes the device afresh (a new session, if it
+    /// may have one). Left out when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ended: bool,
 }

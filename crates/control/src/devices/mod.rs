@@ -175,8 +175,11 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
 /// stay as they are.
 pub async fn rename(db: &Db, actor: &Actor, id: DeviceId, name: &str) -> AppResult<Device> {
     let name = validate::text("name", name, 1, 64)?;
-    db_tx!(db, |conn, _outbox| {
+    db_tx!(db, |conn, outbox| {
         let device = device_of!(conn, actor, id);
+        if device.name == name {
+            return Ok(device);
+        }
         let renamed = diesel::update(devices::table.find(id))
             .set(devices::name.eq(&name))
             .returning(Device::as_returning())
@@ -189,6 +192,11 @@ pub async fn rename(db: &Db, actor: &Actor, id: DeviceId, name: &str) -> AppResu
                 .execute(conn)
                 .await?;
         }
+        outbox.device(DeviceChange::now(
+            DeviceEventKind::Renamed,
+            device.id,
+            device.user_id,
+        ));
         Ok::<_, AppError>(renamed)
     })
 }

@@ -149,7 +149,8 @@ impl Live {
         }))
     }
 
-    /// The caller's own devices: revoked, rotated, placed on or moved off a node.
+    /// The caller's own devices: revoked, rotated, renamed, placed on or
+    /// moved off a node.
     #[graphql(guard = "SignedIn")]
     async fn my_device_events(
         &self,

@@ -69,7 +69,13 @@ impl Gateway {
         if s.grant.room(s.used(), clock_ms()) > 0 {
             return true;
         }
-        s.spent(s.grant.denied().unwrap_or(Reason::QuotaExceeded));
+        if s.grant.ended() {
+            // Closed by the control plane (an admin, say), as a close
+            // order would have done, not for a spent allowance.
+            s.ended();
+        } else {
+            s.spent(s.grant.denied().unwrap_or(Reason::QuotaExceeded));
+        }
         false
     }
 
@@ -120,7 +126,8 @@ impl Gateway {
     /// Asks for a grant unless the question already out brings room.
     pub(crate) async fn ask_now(&self, id: &str, s: &Session) {
         let turn = tokio::time::timeout(ASK_WAIT, s.asking.lock()).await;
-        if s.grant.room(s.used(), clock_ms()) > 0 {
+        // An ended session never gets more: the answer is in already.
+        if s.grant.room(s.used(), clock_ms()) > 0 || s.grant.ended() {
             return;
         }
         let _turn = turn;

@@ -247,21 +247,17 @@ async fn ws_tcp(
     };
     let conn = req.extensions().get::<Conn>().cloned();
     let peer = conn.as_ref().map(|c| c.peer);
-    let (route, slot) = match admit(&gw, &token, peer).await {
-        Ok(x) => x,
-        Err(refused) => return refused,
-    };
-    let (route, node) = match connect_node(&gw, &token, route, peer).await {
+    let (gwr, tok) = (&gw, token.as_str());
+    let opened = admitted(&gw, &token, conn, move |route| {
+        connect_node(gwr, tok, route, peer)
+    });
+    let (route, node, guard) = match opened.await {
         Ok(x) => x,
         Err(refused) => return refused,
     };
     let Some((resp, fut)) = upgrade::accept(&mut req) else {
         return not_found_response();
     };
-    let guard = TunnelGuard::new(slot, &route.session_id, conn);
-    if let Err(refused) = granted(&gw, &guard, peer).await {
-        return refused;
-    }
     guard.opened();
     if let Ok(local) = node.local_addr() {
         gw.links.add(&route.session_id, local);
@@ -278,34 +274,72 @@ async fn ws_tcp(
     resp
 }
 
-/// Whether the tunnel's session has a quota grant with room (asked for
-/// now when it has none); refused like a refused credential otherwise.
-/// When the refusal says the session has ended (an admin closed it, say),
-/// the answers routing to it go too: the device's next tunnel is checked
-/// afresh and opens a new session if it may.
-async fn granted(gw: &Gateway, guard: &TunnelGuard, peer: Option<IpAddr>) -> Result<(), Response> {
-    if guard.room().await {
-        return Ok(());
+/// Admits a tunnel of `token` (see [`admit`]), opens its node side with
+/// `node` and makes sure its session has a quota grant with room (asked
+/// for now when it has none). A session the control plane says has ended
+/// (an admin closed it while this gateway missed the event) is forgotten
+/// with every answer routing to it, and the tunnel admitted once more:
+/// the device gets a new session if it may, and no refusal.
+async fn admitted<N, F, Fut>(
+    gw: &Arc<Gateway>,
+    token: &str,
+    conn: Option<Conn>,
+    node: F,
+) -> Result<(Arc<Route>, N, TunnelGuard), Response>
+where
+    F: Fn(Arc<Route>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Arc<Route>, N), Response>>,
+{
+    let peer = conn.as_ref().map(|c| c.peer);
+    // The connection carries this request throughout, so a first try's
+    // guard going does not make it a stranger again meanwhile.
+    let _carrying = conn.as_ref().map(|c| c.stranger.carry());
+    let mut again = true;
+    loop {
+        let (route, slot) = admit(gw, token, peer).await?;
+        let (route, side) = node(route).await?;
+        let guard = TunnelGuard::new(slot, &route.session_id, conn.clone());
+        if guard.room().await {
+            return Ok((route, side, guard));
+        }
+        let grant = &guard.session.grant;
+        if grant.ended() {
+            gw.validations.forget_ended(token, &guard.session_id);
+            if std::mem::take(&mut again) {
+                continue;
+            }
+        }
+        let why = grant.denied().unwrap_or(Reason::QuotaExceeded);
+        return Err(refusal_response(gw, Refusal::Refused(why), peer));
     }
-    if guard.session.grant.ended() {
-        gw.validations.forget_sessions(&[&guard.session_id]);
-    }
-    let why = guard
-        .session
-        .grant
-        .denied()
-        .unwrap_or(Reason::QuotaExceeded);
-    Err(refusal_response(gw, Refusal::Refused(why), peer))
 }
 
-/// Why a session's grant refuses more bytes, when the control plane said
-/// so and nothing was granted since.
-fn spent_grant(gw: &Gateway, session_id: &str) -> Option<Reason> {
-    let s = gw.sessions.get(session_id)?;
+/// What a session's grant says of the access document.
+enum Standing {
+    /// Nothing against it: room, no answer yet, or no reason given.
+    Usable,
+    /// The control plane refused more bytes, for this reason, and nothing
+    /// was granted since.
+    Refused(Reason),
+    /// The control plane said the session has ended: it is forgotten with
+    /// the answers routing to it, and the device's next route opens a new
+    /// one.
+    Ended,
+}
+
+/// The [`Standing`] of session `session_id`, to which `token` routed.
+fn standing(gw: &Gateway, token: &str, session_id: &str) -> Standing {
+    let Some(s) = gw.sessions.get(session_id) else {
+        return Standing::Usable;
+    };
     if s.grant.room(s.used(), clock_ms()) > 0 {
-        return None;
+        return Standing::Usable;
     }
-    s.grant.denied()
+    if s.grant.ended() {
+        gw.validations.forget_ended(token, session_id);
+        return Standing::Ended;
+    }
+    s.grant.denied().map_or(Standing::Usable, Standing::Refused)
 }
 
 /// A UDP socket connected to the node of `route`.
@@ -334,20 +368,20 @@ async fn ws_udp(
     };
     let conn = req.extensions().get::<Conn>().cloned();
     let peer = conn.as_ref().map(|c| c.peer);
-    let (route, slot) = match admit(&gw, &token, peer).await {
+    let gwr = &gw;
+    let opened = admitted(&gw, &token, conn, move |route| async move {
+        match node_socket(&route).await {
+            Some(socket) => Ok((route, socket)),
+            None => Err(refusal_response(gwr, Refusal::Unavailable, peer)),
+        }
+    });
+    let (route, socket, guard) = match opened.await {
         Ok(x) => x,
         Err(refused) => return refused,
-    };
-    let Some(socket) = node_socket(&route).await else {
-        return refusal_response(&gw, Refusal::Unavailable, peer);
     };
     let Some((resp, fut)) = upgrade::accept(&mut req) else {
         return not_found_response();
     };
-    let guard = TunnelGuard::new(slot, &route.session_id, conn);
-    if let Err(refused) = granted(&gw, &guard, peer).await {
-        return refused;
-    }
     guard.opened();
     let span = tracing::debug_span!("tunnel", session.id = %route.session_id, kind = "udp");
     gw.tunnels.spawn(tracing::Instrument::instrument(
@@ -379,10 +413,16 @@ async fn access_document(
         )
             .into_response()
     };
-    match gw.route(&token, peer(&req)).await {
-        Ok(route) => match spent_grant(&gw, &route.session_id) {
-            Some(why) => yaml(refusal_yaml(why)),
-            None => yaml(access_yaml(
+    let mut route = gw.route(&token, peer(&req)).await;
+    if let Ok(r) = &route
+        && let Standing::Ended = standing(&gw, &token, &r.session_id)
+    {
+        route = gw.route(&token, peer(&req)).await;
+    }
+    match route {
+        Ok(route) => match standing(&gw, &token, &route.session_id) {
+            Standing::Refused(why) => yaml(refusal_yaml(why)),
+            Standing::Usable | Standing::Ended => yaml(access_yaml(
                 &gw.opts.public_url,
                 &token,
                 &route.method,

@@ -104,6 +104,12 @@ impl Session {
         });
     }
 
+    /// The control plane said the session has ended: every tunnel closes
+    /// as on its close order.
+    pub fn ended(&self) {
+        let _ = self.close.send(Closing::Closed);
+    }
+
     /// A new grant came after the last one was spent: tunnels opened from
     /// now on stay open.
     pub fn granted_again(&self) {

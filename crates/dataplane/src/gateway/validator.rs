@@ -114,6 +114,20 @@ impl Validations {
         self.invalidate(Cache::clear);
     }
 
+    /// Forgets the verdicts routing to `session` when the one cached for
+    /// `token` still does: requests of one device that all heard of the
+    /// session's end start one new epoch, not one each, and so share the
+    /// call that routes the device anew.
+    pub fn forget_ended(&self, token: &str, session: &str) {
+        if self
+            .cache
+            .get(token)
+            .is_some_and(|e| e.routes_to(&[session]))
+        {
+            self.forget_sessions(&[session]);
+        }
+    }
+
     /// Forgets the verdicts routing to `sessions` (closed by the control
     /// plane): their devices' next handshakes ask again.
     pub fn forget_sessions(&self, sessions: &[&str]) {
@@ -367,6 +381,25 @@ mod tests {
             forget(&v);
             assert!(!v.keep(begun, "b", v.lifetimes.entry(go("s2"), now, None)));
         }
+    }
+
+    #[test]
+    fn an_ended_session_is_forgotten_once_for_a_token() {
+        let (v, now) = (validations(16), Instant::now());
+        put(&v, "a", go("s1"), now);
+        put(&v, "b", go("s1"), now);
+        let begun = v.epoch();
+        v.forget_ended("a", "s1");
+        assert!(v.cache.get("a").is_none() && v.cache.get("b").is_none());
+        assert_ne!(v.epoch(), begun, "a new epoch");
+        // A request that heard of the same end after the device was
+        // routed anew (or while it is) changes nothing.
+        put(&v, "a", go("s2"), now);
+        let begun = v.epoch();
+        v.forget_ended("a", "s1");
+        v.forget_ended("c", "s1");
+        assert_eq!(v.epoch(), begun, "the call under way stays shared");
+        assert!(v.cache.get("a").is_some());
     }
 
     #[test]
