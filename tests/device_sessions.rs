@@ -52,8 +52,13 @@ impl World {
     async fn on(db: TestDb) -> World {
         // No configured gateway URL: the registered gateways are the
         // entry points.
+        Self::entering_at(db, None).await
+    }
+
+    /// As [`World::on`], with `entry` as the configured gateway URL.
+    async fn entering_at(db: TestDb, entry: Option<&str>) -> World {
         let mut settings = common::settings(db.dsn.clone(), false);
-        settings.gateway_url = None;
+        settings.gateway_url = entry.map(str::to_owned);
         let server =
             TestServer::start_with(settings, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await;
         accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
@@ -484,6 +489,88 @@ async fn a_device_without_a_region_lands_by_rule(w: World) {
     let a = w.assign_as_device(&o.token, Some("us")).await;
     assert_eq!(a["region"], "us", "{a}");
     assert_eq!(a["gateway_url"], "https://gw-us.example.com", "{a}");
+}
+
+/// The configured gateway URL is a registered gateway of `us` (as `up`'s
+/// embedded one is), registered after one of `eu`: a device that names no
+/// region gets `us`, the configured gateway's region, and its links carry
+/// `us`'s key; one that names `eu` is sent to `eu`'s gateway, never to the
+/// configured one with `eu`'s key. With the configured gateway disabled,
+/// `eu`'s is the entry point, and `us` has no gateway to name.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_configured_gateway_carries_only_its_own_region() {
+    const US: &str = "https://gw-us.example.com";
+    const EU: &str = "https://gw-eu.example.com";
+    let w = World::entering_at(TestDb::pg().await, Some(US)).await;
+    w.node("eu", "eu-1").await;
+    w.node("us", "us-1").await;
+    w.gateway("eu", EU).await;
+    w.gateway("us", US).await;
+    let o = w.owner().await;
+    let a = w.assign_as_device(&o.token, None).await;
+    assert_eq!(
+        (&a["region"], &a["gateway_url"]),
+        (&json!("us"), &json!(US)),
+        "{a}"
+    );
+    let us_key = a["password"].as_str().expect("key").to_owned();
+    let a = w.assign_as_device(&o.token, Some("eu")).await;
+    assert_eq!(
+        (&a["region"], &a["gateway_url"]),
+        (&json!("eu"), &json!(EU)),
+        "{a}"
+    );
+    let eu_key = a["password"].as_str().expect("key").to_owned();
+    assert_ne!(us_key, eu_key, "a key per region");
+    let links = |r: &Value| {
+        r["data"]["rotateDeviceToken"]["links"]["sip002"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned()
+    };
+    let rotate = "mutation($d:UUID!){rotateDeviceToken(id:$d){links{sip002}}}";
+    let sip = links(&w.gql(rotate, json!({"d": o.device_id})).await);
+    assert!(sip.contains("gw-us.example.com"), "{sip}");
+    assert!(sip_key(&sip).ends_with(&format!(":{us_key}")), "{sip}");
+
+    let us_id = w
+        .gql("{gatewayNodes{nodes{id publicUrl}}}", json!({}))
+        .await["data"]["gatewayNodes"]["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["publicUrl"] == US))
+        .and_then(|n| n["id"].as_str())
+        .expect("the us gateway")
+        .to_owned();
+    w.gql(
+        "mutation($id:UUID!){setNodeStatus(id:$id,status:DISABLED){__typename}}",
+        json!({"id": us_id}),
+    )
+    .await;
+    let fresh = w.owner().await;
+    let a = w.assign_as_device(&fresh.token, None).await;
+    assert_eq!(
+        (&a["region"], &a["gateway_url"]),
+        (&json!("eu"), &json!(EU)),
+        "{a}"
+    );
+    let a = w.assign_as_device(&fresh.token, Some("us")).await;
+    assert_eq!(a["gateway_url"], Value::Null, "no gateway of us: {a}");
+    let sip = links(&w.gql(rotate, json!({"d": fresh.device_id})).await);
+    assert!(sip.contains("gw-eu.example.com"), "{sip}");
+    assert!(sip_key(&sip).ends_with(&format!(":{eu_key}")), "{sip}");
+}
+
+/// The `method:password` of a SIP002 link (its user info, base64url).
+fn sip_key(sip: &str) -> String {
+    use base64::Engine;
+    let info = sip
+        .strip_prefix("ss://")
+        .and_then(|r| r.split('@').next())
+        .unwrap_or_default();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(info.trim_end_matches('='))
+        .unwrap_or_default();
+    String::from_utf8_lossy(&raw).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1163,3 +1163,126 @@ async fn device_token_status(server: &TestServer, token: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_changes_that_change_nothing_or_go_too_far_on_postgres() {
+    admin_bounds(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_changes_that_change_nothing_or_go_too_far_on_sqlite() {
+    admin_bounds(TestDb::sqlite().await).await;
+}
+
+/// Setting a role or a status an account already has changes nothing: its
+/// sign-ins keep working and nothing is audited. A search text no email
+/// could hold, an email whose domain label ends in a hyphen and an
+/// extension past 9999-12-31 are typed refusals (on SQLite too, where the
+/// search would meet the bound on LIKE patterns).
+async fn admin_bounds(t: TestDb) {
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let admin = admin_token(&server).await;
+    let (id, tok) = user(base).await;
+    let me = || async { gql(base, Some(&tok), "{me{id}}", json!({})).await };
+    assert_eq!(me().await["data"]["me"]["id"], json!(id));
+    let admin_ref = admin.as_str();
+    let audited = |action: &'static str| async move {
+        let r = gql(
+            base,
+            Some(admin_ref),
+            "query($a:String!){auditLog(filter:{action:$a}){totalCount}}",
+            json!({"a": action}),
+        )
+        .await;
+        r["data"]["auditLog"]["totalCount"].as_i64().unwrap_or(-1)
+    };
+    for (m, action) in [
+        (
+            "mutation($id:UUID!){setUserRole(id:$id,role:USER){role}}",
+            "set_user_role",
+        ),
+        (
+            "mutation($id:UUID!){setUserStatus(id:$id,status:ACTIVE){status}}",
+            "set_user_status",
+        ),
+    ] {
+        let r = gql(base, Some(&admin), m, json!({"id": id})).await;
+        assert!(r["errors"].is_null(), "{r}");
+        assert_eq!(me().await["data"]["me"]["id"], json!(id), "still signed in");
+        assert_eq!(audited(action).await, 0, "nothing to audit");
+    }
+    // A real change still ends the sign-ins and is audited.
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($id:UUID!){setUserStatus(id:$id,status:DISABLED){status}}",
+        json!({"id": id}),
+    )
+    .await;
+    assert_eq!(r["data"]["setUserStatus"]["status"], "DISABLED", "{r}");
+    assert_eq!(code(&me().await), Some("UNAUTHENTICATED"));
+    assert_eq!(audited("set_user_status").await, 1);
+
+    let long = "a".repeat(50_000);
+    let r = gql(
+        base,
+        Some(&admin),
+        "query($e:String!){users(filter:{emailContains:$e}){totalCount}}",
+        json!({"e": long}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        "query($e:String!){users(filter:{emailContains:$e}){totalCount}}",
+        json!({"e": "example"}),
+    )
+    .await;
+    assert!(r["data"]["users"]["totalCount"].as_i64() > Some(0), "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($e:String!,$p:String!){createUser(email:$e,password:$p){id}}",
+        json!({"e": "a@-example-.com", "p": PASSWORD}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+
+    // 3,660 days at a time, 30 at once: the year 9999 is reached within
+    // 27 requests, and the extension past it refused.
+    let (holder, _) = user(base).await;
+    let p = plan(base, &admin, 1).await;
+    let g = grant(base, &admin, &holder, &p).await;
+    let sub = g["data"]["grantSubscription"]["id"]
+        .as_str()
+        .expect("sub")
+        .to_owned();
+    let many: String = (0..30)
+        .map(|i| format!("e{i}:extendSubscription(id:$s,days:3660){{expiresAt}} "))
+        .collect();
+    let extend = format!("mutation($s:UUID!){{{many}}}");
+    let mut refused = None;
+    for _ in 0..40 {
+        let r = gql(base, Some(&admin), &extend, json!({"s": sub})).await;
+        if !r["errors"].is_null() {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("an extension past 9999 is refused");
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        "query($u:UUID!){subscriptions(filter:{userId:$u}){nodes{id expiresAt status}}}",
+        json!({"u": holder}),
+    )
+    .await;
+    let held = &r["data"]["subscriptions"]["nodes"][0];
+    assert_eq!(held["id"], json!(sub), "{r}");
+    let until = held["expiresAt"].as_str().unwrap_or_default();
+    assert!(until.starts_with("99"), "{r}");
+    assert_eq!(held["status"], "ACTIVE", "{r}");
+}

@@ -1138,6 +1138,101 @@ async fn node_lease_expiry_publishes_down_and_stops_assignments() {
     next_event(&mut events, NodeEventKind::Down).await;
 }
 
+/// Two gateways of one region that see two new nodes the other way round
+/// (each reaches the node the other cannot), heartbeating at the same
+/// moment: both are answered, round after round (the nodes' rows are
+/// changed in one order, so neither transaction waits on the other's).
+#[tokio::test(flavor = "multi_thread")]
+async fn crossed_node_reports_from_two_gateways_are_both_answered() {
+    let w = World::new().await;
+    let (a, _) = w.node("eu", "a", 100).await;
+    let (b, _) = w.node("eu", "b", 100).await;
+    let r = w.gql("mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw2\",publicUrl:\"https://gw2.example.com\"}){token}}", json!({})).await;
+    let gw2 = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    for round in 0..40 {
+        w.sql(&format!(
+            "UPDATE outline_nodes SET health = 'unknown' WHERE id IN ('{a}', '{b}')"
+        ))
+        .await;
+        let one = w.post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"unreachable_nodes": [a], "reachable_nodes": [b]}),
+        );
+        let two = w.post(
+            "/api/v1/gateway/heartbeat",
+            Some(&gw2),
+            json!({"unreachable_nodes": [b], "reachable_nodes": [a]}),
+        );
+        let ((s1, b1), (s2, b2)) = tokio::join!(one, two);
+        assert_eq!((s1, s2), (200, 200), "round {round}: {b1} {b2}");
+    }
+}
+
+/// A heartbeat that names a node both reachable and unreachable is
+/// refused whole, and the node keeps its health.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_that_contradicts_itself_is_refused() {
+    let w = World::new().await;
+    let (a, _) = w.node("eu", "a", 100).await;
+    let (s, b) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"unreachable_nodes": [a], "reachable_nodes": [a]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["code"], "BAD_REQUEST", "{b}");
+    let unknown = w
+        .scalar(&format!(
+            "SELECT count(*) AS n FROM outline_nodes WHERE id = '{a}' AND health = 'unknown'"
+        ))
+        .await;
+    assert_eq!(unknown, 1, "nothing changed");
+}
+
+/// Deleting a node ends its open sessions (`node_down`) in the same
+/// transaction, so none is left open without a node; the device's next
+/// assignment opens a new session on a node that is still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_node_ends_its_open_sessions() {
+    let w = World::new().await;
+    let (n1, t1) = w.node("eu", "n1", 100).await;
+    let (n2, t2) = w.node("eu", "n2", 100).await;
+    w.beat(&t1, 0).await;
+    w.beat(&t2, 0).await;
+    let (_, _, tok) = w.device().await;
+    let (s, b) = w.assign(&tok, None).await;
+    assert_eq!(s, 200, "{b}");
+    let sid = b["session_id"].as_str().expect("session").to_owned();
+    let on = b["node_id"].as_str().expect("node").to_owned();
+    let other = if on == n1 { n2 } else { n1 };
+    let r = w
+        .gql("mutation($id:UUID!){deleteNode(id:$id)}", json!({"id": on}))
+        .await;
+    assert_eq!(r["data"]["deleteNode"], true, "{r}");
+    let ended = w
+        .scalar(&format!(
+            "SELECT count(*) AS n FROM sessions WHERE id = '{sid}' AND end_reason = 'node_down'"
+        ))
+        .await;
+    assert_eq!(ended, 1, "the session ended with its node");
+    let open = w
+        .scalar(
+            "SELECT count(*) AS n FROM sessions WHERE ended_at IS NULL AND outline_node_id IS NULL",
+        )
+        .await;
+    assert_eq!(open, 0, "no open session without a node");
+    let (s, b) = w.assign(&tok, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_ne!(b["session_id"].as_str(), Some(sid.as_str()));
+    assert_eq!(b["node_id"].as_str(), Some(other.as_str()), "{b}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_matrix_and_scoping_on_postgres() {
     auth_matrix_and_scoping(TestDb::pg().await).await;

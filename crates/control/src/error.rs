@@ -160,6 +160,10 @@ impl From<diesel::result::Error> for AppError {
                         AppError::BadRequest("a value is out of its allowed range".into())
                     } else if msg.contains("database is locked") {
                         AppError::Unavailable("database busy, retry".into())
+                    } else if msg.contains("deadlock detected") {
+                        // PostgreSQL chose this transaction to undo; it
+                        // left nothing behind, and a retry goes through.
+                        AppError::Unavailable("concurrent update, retry".into())
                     } else {
                         AppError::Internal(format!("database: {msg}"))
                     }

@@ -41,6 +41,24 @@ fn parse_ids<T: std::str::FromStr>(ids: &[String]) -> AppResult<Vec<T>> {
         .collect()
 }
 
+/// What a gateway's heartbeat says of nodes, in id order: each node once
+/// (the heartbeat names none in both lists), up when it is named
+/// reachable, down when unreachable.
+fn judged(
+    unreachable: &[OutlineNodeId],
+    reachable: &[OutlineNodeId],
+) -> Vec<(OutlineNodeId, Health, NodeEventKind)> {
+    let mut all: std::collections::BTreeMap<OutlineNodeId, (Health, NodeEventKind)> =
+        std::collections::BTreeMap::new();
+    for id in unreachable {
+        all.insert(*id, (Health::Down, NodeEventKind::Down));
+    }
+    for id in reachable {
+        all.insert(*id, (Health::Up, NodeEventKind::Up));
+    }
+    all.into_iter().map(|(id, (h, k))| (id, h, k)).collect()
+}
+
 /// Records a gateway's heartbeat; returns the sessions it must close.
 pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<Vec<CloseOrder>> {
     let version = check_version(&beat.version)?;
@@ -56,6 +74,11 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
     let open: Vec<SessionId> = parse_ids(&beat.open_sessions)?;
     let unreachable: Vec<OutlineNodeId> = parse_ids(&beat.unreachable_nodes)?;
     let reachable: Vec<OutlineNodeId> = parse_ids(&beat.reachable_nodes)?;
+    if reachable.iter().any(|id| unreachable.contains(id)) {
+        return Err(AppError::bad(
+            "a node is named both reachable and unreachable",
+        ));
+    }
     let was_up = g.health == Health::Up;
     db_tx!(db, |conn, outbox| {
         // A gateway speaks only for the nodes of its own region: one foreign
@@ -118,25 +141,22 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
                 .await?;
             outbox.node(gateway_event(&updated, &code, NodeEventKind::Up));
         }
-        // Nodes judged by what the gateway saw: stock nodes send no heartbeat.
-        for (ids, health, kind) in [
-            (&unreachable, Health::Down, NodeEventKind::Down),
-            (&reachable, Health::Up, NodeEventKind::Up),
-        ] {
-            if ids.is_empty() {
-                continue;
-            }
-            let changed: Vec<OutlineNode> = diesel::update(outline_nodes::table)
-                .filter(outline_nodes::id.eq_any(ids))
+        // Nodes judged by what the gateway saw: stock nodes send no
+        // heartbeat. One row at a time in id order, as every gateway does:
+        // two gateways that see two nodes the other way round would
+        // otherwise each lock one and wait for the other's (a deadlock).
+        for (id, health, kind) in judged(&unreachable, &reachable) {
+            let changed: Option<OutlineNode> = diesel::update(outline_nodes::table.find(id))
                 .filter(outline_nodes::health.ne(health))
                 .set((
                     outline_nodes::health.eq(health),
                     outline_nodes::updated_at.eq(ts),
                 ))
                 .returning(OutlineNode::as_returning())
-                .get_results(conn)
-                .await?;
-            for n in changed {
+                .get_result(conn)
+                .await
+                .optional()?;
+            if let Some(n) = changed {
                 let code: String = regions::table
                     .find(n.region_id)
                     .select(regions::code)

@@ -120,11 +120,16 @@ pub async fn extend(
             ));
         }
         let from = sub.expires_at.max(ts);
+        // Within what every backend stores and sorts as a time.
+        let until = from
+            .checked_add_signed(chrono::Duration::days(days.into()))
+            .filter(|t| *t <= validate::MAX_TIME)
+            .ok_or_else(|| AppError::bad("the subscription would end after 9999-12-31"))?;
         // Not if a cancellation committed since the read: it stands.
         let updated = diesel::update(subscriptions::table.find(id))
             .filter(subscriptions::status.ne(SubscriptionStatus::Cancelled))
             .set((
-                subscriptions::expires_at.eq(from + chrono::Duration::days(days.into())),
+                subscriptions::expires_at.eq(until),
                 subscriptions::status.eq(SubscriptionStatus::Active),
                 subscriptions::updated_at.eq(ts),
             ))

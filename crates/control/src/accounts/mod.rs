@@ -17,6 +17,7 @@ use crate::events::AccessChange;
 use crate::ids::UserId;
 use crate::status::EndReason;
 pub use crate::status::{Role, UserStatus};
+use crate::validate;
 use crate::{db_run, db_tx, paginate};
 pub use tokens::{
     REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh,
@@ -41,7 +42,8 @@ fn invisible(c: char) -> bool {
 /// it, in Unicode (`bücher.de` and `xn--bcher-kva.de` are one domain);
 /// refused with invisible or control characters, a local part over 64
 /// bytes, or a domain with an empty label (a trailing dot included), a
-/// label over 63 bytes or more than 253 bytes in all (as ASCII).
+/// label over 63 bytes or that begins or ends with a hyphen, or more than
+/// 253 bytes in all (as ASCII).
 pub fn normalize_email(raw: &str) -> AppResult<String> {
     let bad = || AppError::bad("email is not a valid address");
     let trimmed = raw.trim();
@@ -56,7 +58,9 @@ pub fn normalize_email(raw: &str) -> AppResult<String> {
         return Err(bad());
     };
     let ascii = url::quirks::domain_to_ascii(domain);
-    let labels_ok = ascii.split('.').all(|l| !l.is_empty() && l.len() <= 63);
+    let labels_ok = ascii
+        .split('.')
+        .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-'));
     let email = format!("{local}@{}", url::quirks::domain_to_unicode(domain));
     let valid = (3..=254).contains(&email.len())
         && !local.is_empty()
@@ -230,6 +234,21 @@ pub async fn user(db: &Db, actor: &Actor, id: UserId) -> AppResult<Option<User>>
     find_user(db, id).await
 }
 
+/// The answer to a change that changes nothing (the account is already
+/// so): the account as it is, read on `$conn`, with nothing written,
+/// audited or revoked; NOT_FOUND when there is no such account.
+macro_rules! unchanged_user {
+    ($conn:expr, $id:expr) => {
+        users::table
+            .find($id)
+            .select(User::as_select())
+            .first($conn)
+            .await
+            .optional()?
+            .ok_or(AppError::NotFound("user"))
+    };
+}
+
 /// Admin: enables or disables an account. Disabling invalidates its tokens,
 /// ends its devices' open sessions and tells gateways, which close its
 /// tunnels.
@@ -254,7 +273,8 @@ pub async fn set_status(
     );
     db_tx!(db, |conn, outbox| {
         let ts = now();
-        let user: User = diesel::update(users::table.find(user_id))
+        let changed: Option<User> = diesel::update(users::table.find(user_id))
+            .filter(users::status.ne(status))
             .set((
                 users::status.eq(status),
                 users::token_version.eq(users::token_version + 1),
@@ -263,8 +283,10 @@ pub async fn set_status(
             .returning(User::as_returning())
             .get_result(conn)
             .await
-            .optional()?
-            .ok_or(AppError::NotFound("user"))?;
+            .optional()?;
+        let Some(user) = changed else {
+            return unchanged_user!(conn, user_id);
+        };
         outbox.account(user_id);
         if status == UserStatus::Disabled {
             diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
@@ -300,17 +322,19 @@ pub struct UserFilter {
     pub email_contains: Option<String>,
 }
 
-/// Turns `emailContains` into a LIKE pattern (escaped, lower case).
-fn email_pattern(filter: &UserFilter) -> Option<String> {
-    filter.email_contains.as_ref().map(|s| {
-        let escaped = s
-            .trim()
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    })
+/// Turns `emailContains` into a LIKE pattern (escaped, lower case); a
+/// text no email could contain (over 254 characters, or with control
+/// characters) is refused, before SQLite's bound on patterns is met.
+fn email_pattern(filter: &UserFilter) -> AppResult<Option<String>> {
+    let Some(s) = filter.email_contains.as_ref() else {
+        return Ok(None);
+    };
+    let escaped = validate::text("emailContains", s, 0, 254)?
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    Ok(Some(format!("%{escaped}%")))
 }
 
 /// Applies a [`UserFilter`] (and its pattern) to a boxed query on `users`.
@@ -333,7 +357,7 @@ macro_rules! filter_users {
 /// Admin: how many users match `filter`.
 pub async fn count(db: &Db, actor: &Actor, filter: &UserFilter) -> AppResult<i64> {
     actor.require_admin()?;
-    let pattern = email_pattern(filter);
+    let pattern = email_pattern(filter)?;
     Ok(db_run!(db, |conn| filter_users!(
         users::table.into_boxed(),
         filter,
@@ -352,7 +376,7 @@ pub async fn list(
     page: &PageArgs,
 ) -> AppResult<Page<User>> {
     actor.require_admin()?;
-    let pattern = email_pattern(filter);
+    let pattern = email_pattern(filter)?;
     let rows = db_run!(db, |conn| {
         let q = filter_users!(
             users::table.select(User::as_select()).into_boxed(),
@@ -388,8 +412,8 @@ pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> Ap
         serde_json::json!({"role": role.as_str()}),
     );
     db_tx!(db, |conn, outbox| {
-        outbox.account(user_id);
-        let user: User = diesel::update(users::table.find(user_id))
+        let changed: Option<User> = diesel::update(users::table.find(user_id))
+            .filter(users::role.ne(role))
             .set((
                 users::role.eq(role),
                 users::token_version.eq(users::token_version + 1),
@@ -398,8 +422,11 @@ pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> Ap
             .returning(User::as_returning())
             .get_result(conn)
             .await
-            .optional()?
-            .ok_or(AppError::NotFound("user"))?;
+            .optional()?;
+        let Some(user) = changed else {
+            return unchanged_user!(conn, user_id);
+        };
+        outbox.account(user_id);
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -424,6 +451,10 @@ mod tests {
             normalize_email("\u{fc}@\u{4f8b}\u{3048}.jp").ok()
         );
         assert!(normalize_email("\u{fc}@\u{4f8b}\u{3048}.jp").is_ok());
+        // A label may not begin or end with a hyphen (RFC 1035).
+        assert!(normalize_email("a@-example.com").is_err());
+        assert!(normalize_email("a@example-.com").is_err());
+        assert!(normalize_email("a@ex-ample.com").is_ok());
         // Full-width letters, and a domain in either of its IDNA forms.
         assert_eq!(
             normalize_email("\u{ff41}dmin@example.com").ok().as_deref(),

@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::db::Db;
-use crate::db::models::{GatewayNode, Region, SecretText};
+use crate::db::models::{Region, SecretText};
 use crate::db::schema::{gateway_nodes, regions};
 use crate::db_run;
 use crate::error::AppResult;
@@ -24,89 +24,114 @@ pub struct AccessLinks {
     pub sip002: SecretText,
 }
 
+/// A registered gateway as the entry point sees it: its public URL, its
+/// region and whether it is active, in the order of registration.
+type Known = (String, RegionId, NodeStatus);
+
+/// Every registered gateway (see [`Known`]).
+async fn known_gateways(db: &Db) -> AppResult<Vec<Known>> {
+    Ok(db_run!(db, |conn| gateway_nodes::table
+        .order(gateway_nodes::created_at.asc())
+        .select((
+            gateway_nodes::public_url,
+            gateway_nodes::region_id,
+            gateway_nodes::status,
+        ))
+        .load(conn)
+        .await?))
+}
+
+/// Whether two gateway URLs name the same place.
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// Where devices connect and the region whose key they get: the
+/// configured URL, in the region of the gateway registered at it (or, when
+/// none is, of the first active gateway: a front for the gateways); a
+/// configured URL whose registered gateway is not active is passed over.
+/// Otherwise the first active gateway. `None` for the region: no gateway
+/// is active yet.
+fn entry(configured: Option<&str>, gateways: &[Known]) -> Option<(String, Option<RegionId>)> {
+    let first_active = gateways.iter().find(|g| g.2 == NodeStatus::Active);
+    if let Some(url) = configured {
+        match gateways.iter().find(|g| same_url(&g.0, url)) {
+            Some(g) if g.2 == NodeStatus::Active => return Some((url.to_owned(), Some(g.1))),
+            Some(_) => {}
+            None => return Some((url.to_owned(), first_active.map(|g| g.1))),
+        }
+    }
+    first_active.map(|g| (g.0.clone(), Some(g.1)))
+}
+
+/// The gateway that devices of `region` connect through (its key is the
+/// region's): the configured URL unless a gateway registered at it is of
+/// another region or not active; else the first active gateway of the
+/// region; else none (no gateway of another region can take the key).
+fn url_for(configured: Option<&str>, gateways: &[Known], region: RegionId) -> Option<String> {
+    if let Some(url) = configured {
+        let registered = gateways.iter().find(|g| same_url(&g.0, url));
+        if registered.is_none_or(|g| g.1 == region && g.2 == NodeStatus::Active) {
+            return Some(url.to_owned());
+        }
+    }
+    gateways
+        .iter()
+        .find(|g| g.1 == region && g.2 == NodeStatus::Active)
+        .map(|g| g.0.clone())
+}
+
+/// The first region created, if any.
+async fn first_region(db: &Db) -> AppResult<Option<Region>> {
+    Ok(db_run!(db, |conn| regions::table
+        .order(regions::created_at.asc())
+        .select(Region::as_select())
+        .first(conn)
+        .await
+        .optional()?))
+}
+
 /// Where devices connect: the gateway's public URL and the pool key of its
-/// region. The configured URL wins; otherwise the first active gateway.
+/// region (see [`entry`]); with no active gateway, the configured URL in
+/// the first region.
 pub async fn entry_point(
     db: &Db,
     configured_url: Option<&str>,
 ) -> AppResult<Option<(String, Region)>> {
-    let (gateways, first_region): (Vec<(GatewayNode, Region)>, Option<Region>) =
-        db_run!(db, |conn| {
-            let g = gateway_nodes::table
-                .inner_join(regions::table)
-                .filter(gateway_nodes::status.eq(NodeStatus::Active))
-                .order(gateway_nodes::created_at.asc())
-                .limit(1)
-                .select((GatewayNode::as_select(), Region::as_select()))
-                .load(conn)
-                .await?;
-            let r = regions::table
-                .order(regions::created_at.asc())
-                .select(Region::as_select())
-                .first(conn)
-                .await
-                .optional()?;
-            (g, r)
-        });
-    let from_gateway = gateways.into_iter().next();
-    Ok(match (configured_url, from_gateway, first_region) {
-        (Some(url), Some((_, region)), _) => Some((url.to_owned(), region)),
-        (Some(url), None, Some(region)) => Some((url.to_owned(), region)),
-        (None, Some((g, region)), _) => Some((g.public_url, region)),
-        _ => None,
-    })
-}
-
-/// The default region: the region of the first active gateway (where
-/// [`entry_point`] sends devices), or the first region when there is no
-/// gateway yet. A device that asks for a node without naming a region and
-/// has no placement gets one here.
-pub async fn default_region(db: &Db) -> AppResult<Option<RegionId>> {
-    Ok(db_run!(db, |conn| {
-        let g: Option<RegionId> = gateway_nodes::table
-            .filter(gateway_nodes::status.eq(NodeStatus::Active))
-            .order(gateway_nodes::created_at.asc())
-            .select(gateway_nodes::region_id)
+    let Some((url, region)) = entry(configured_url, &known_gateways(db).await?) else {
+        return Ok(None);
+    };
+    let region = match region {
+        Some(id) => db_run!(db, |conn| regions::table
+            .find(id)
+            .select(Region::as_select())
             .first(conn)
             .await
-            .optional()?;
-        match g {
-            Some(r) => Some(r),
-            None => regions::table
-                .order(regions::created_at.asc())
-                .select(regions::id)
-                .first(conn)
-                .await
-                .optional()?,
-        }
-    }))
+            .optional()?),
+        None => first_region(db).await?,
+    };
+    Ok(region.map(|r| (url, r)))
 }
 
-/// The gateway a device should tunnel through to reach `region`'s nodes:
-/// the configured URL when there is one (a single gateway), else the first
-/// active gateway of that region, else the first active gateway at all.
+/// The default region: the region [`entry_point`] sends devices to, or
+/// the first region when there is no gateway yet. A device that asks for
+/// a node without naming a region and has no placement gets one here.
+pub async fn default_region(db: &Db, configured_url: Option<&str>) -> AppResult<Option<RegionId>> {
+    match entry(configured_url, &known_gateways(db).await?) {
+        Some((_, Some(region))) => Ok(Some(region)),
+        _ => Ok(first_region(db).await?.map(|r| r.id)),
+    }
+}
+
+/// The gateway a device should tunnel through to reach `region`'s nodes
+/// (see [`url_for`]).
 pub async fn gateway_url_for(
     db: &Db,
     configured_url: Option<&str>,
     region: RegionId,
 ) -> AppResult<Option<String>> {
-    if let Some(url) = configured_url {
-        return Ok(Some(url.to_owned()));
-    }
-    let found: Vec<(String, bool)> = db_run!(db, |conn| gateway_nodes::table
-        .filter(gateway_nodes::status.eq(NodeStatus::Active))
-        .order(gateway_nodes::created_at.asc())
-        .select((
-            gateway_nodes::public_url,
-            gateway_nodes::region_id.eq(region),
-        ))
-        .load(conn)
-        .await?);
-    let first = <[_]>::first(&found).map(|(u, _): &(String, bool)| u.clone());
-    Ok(found
-        .into_iter()
-        .find_map(|(u, ours)| ours.then_some(u))
-        .or(first))
+    Ok(url_for(configured_url, &known_gateways(db).await?, region))
 }
 
 /// What a URL component may hold unencoded: RFC 3986's unreserved set.
@@ -149,6 +174,56 @@ pub fn links(gateway_url: &str, region: &Region, token: &str) -> Option<AccessLi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gw(url: &str, region: RegionId, status: NodeStatus) -> Known {
+        (url.to_owned(), region, status)
+    }
+
+    #[test]
+    fn a_configured_gateway_carries_its_own_region_only() {
+        let (eu, us) = (RegionId::random(), RegionId::random());
+        let known = [
+            gw("https://eu.example", eu, NodeStatus::Active),
+            gw("https://us.example", us, NodeStatus::Active),
+        ];
+        let us_url = Some("https://us.example/");
+        assert_eq!(
+            entry(us_url, &known),
+            Some(("https://us.example/".to_owned(), Some(us)))
+        );
+        assert_eq!(
+            url_for(us_url, &known, eu).as_deref(),
+            Some("https://eu.example")
+        );
+        assert_eq!(
+            url_for(us_url, &known, us).as_deref(),
+            Some("https://us.example/")
+        );
+        // A front no gateway is registered at: always used, in the first
+        // active gateway's region for the links.
+        let front = Some("https://vpn.example");
+        assert_eq!(
+            entry(front, &known),
+            Some(("https://vpn.example".to_owned(), Some(eu)))
+        );
+        assert_eq!(
+            url_for(front, &known, us).as_deref(),
+            Some("https://vpn.example")
+        );
+        // Its gateway disabled: passed over; a region with no active
+        // gateway has none to name.
+        let known = [
+            gw("https://eu.example", eu, NodeStatus::Active),
+            gw("https://us.example", us, NodeStatus::Disabled),
+        ];
+        assert_eq!(
+            entry(us_url, &known),
+            Some(("https://eu.example".to_owned(), Some(eu)))
+        );
+        assert_eq!(url_for(us_url, &known, us), None);
+        assert_eq!(url_for(None, &known, us), None);
+        assert_eq!(entry(None, &[]), None);
+    }
 
     fn region() -> Region {
         Region {

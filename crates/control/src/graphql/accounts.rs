@@ -262,6 +262,7 @@ impl AccountMutation {
     }
 
     /// Admin: changes an account's role; its older tokens stop working.
+    /// The role it has already changes nothing (nothing is audited).
     #[graphql(guard = "AdminOnly")]
     async fn set_user_role(
         &self,
@@ -276,7 +277,8 @@ impl AccountMutation {
             .gql()
     }
 
-    /// Admin: enables or disables an account. Disabling signs it out and
+    /// Admin: enables or disables an account (the status it has already
+    /// changes nothing). Disabling signs it out and
     /// closes its tunnels.
     #[graphql(guard = "AdminOnly")]
     async fn set_user_status(

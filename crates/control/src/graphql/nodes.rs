@@ -393,7 +393,9 @@ impl NodeMutation {
         )
     }
 
-    /// Admin: deletes a node; sessions keep their history.
+    /// Admin: deletes a node. Its open sessions end first (`node_down`) and
+    /// their tunnels close (drain or disable it to let them finish);
+    /// ended sessions keep their history.
     #[graphql(guard = "AdminOnly")]
     async fn delete_node(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<bool> {
         let api = ctx.data::<AppContext>()?;

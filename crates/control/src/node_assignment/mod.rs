@@ -47,8 +47,10 @@ pub struct Assignment {
 /// is the calling gateway (sessions are per device, node and gateway); `region` a
 /// requested region code (for a gateway, only its own: another is
 /// forbidden); without one, the gateway's region, or for a
-/// device asking itself, [`device_region`]. The session is opened (or found) in a batch of
-/// concurrent calls through `opener` and committed when this returns.
+/// device asking itself, [`device_region`] (`entry_url`: the configured
+/// gateway URL, which decides the default region). The session is opened
+/// (or found) in a batch of concurrent calls through `opener` and
+/// committed when this returns.
 pub async fn assign(
     db: &Db,
     opener: &Opener,
@@ -56,6 +58,7 @@ pub async fn assign(
     owner_email: String,
     gateway: Option<&GatewayNode>,
     region: Option<&str>,
+    entry_url: Option<&str>,
 ) -> AppResult<Assignment> {
     let region_id: Option<RegionId> = match region {
         Some(code) => {
@@ -77,7 +80,7 @@ pub async fn assign(
         // A gateway serves its own region's pool by default.
         None => match gateway {
             Some(g) => Some(g.region_id),
-            None => device_region(db, device.id).await?,
+            None => device_region(db, device.id, entry_url).await?,
         },
     };
     let ask = Ask {
@@ -95,10 +98,15 @@ pub async fn assign(
 /// The region of a device that asks for a node itself without naming one
 /// (our client without `--region`): where its newest open session runs on
 /// an active node (its placement, so a reconnect stays there), else the
-/// default region ([`crate::devices::default_region`]: the first active
-/// gateway's, where the device's tunnels go). Never "any region": the key
-/// the device gets must be one the gateway it uses can reach.
-pub async fn device_region(db: &Db, device: DeviceId) -> AppResult<Option<RegionId>> {
+/// default region ([`crate::devices::default_region`]: the region of the
+/// gateway the device's tunnels go to, `entry_url` when one is
+/// configured). Never "any region": the key the device gets must be one
+/// the gateway it uses can reach.
+pub async fn device_region(
+    db: &Db,
+    device: DeviceId,
+    entry_url: Option<&str>,
+) -> AppResult<Option<RegionId>> {
     let placed: Option<RegionId> = db_run!(db, |conn| sessions::table
         .inner_join(
             outline_nodes::table.on(sessions::outline_node_id.eq(outline_nodes::id.nullable())),
@@ -113,20 +121,21 @@ pub async fn device_region(db: &Db, device: DeviceId) -> AppResult<Option<Region
         .optional()?);
     match placed {
         Some(r) => Ok(Some(r)),
-        None => crate::devices::default_region(db).await,
+        None => crate::devices::default_region(db, entry_url).await,
     }
 }
 
-/// Validates and assigns in one call; a refused device is an error carrying
-/// the reason.
+/// Validates and assigns in one call (see [`assign`]); a refused device is
+/// an error carrying the reason.
 pub async fn validate_and_assign(
     db: &Db,
     opener: &Opener,
     mut verdict: Verdict,
     gateway: Option<&GatewayNode>,
     region: Option<&str>,
+    entry_url: Option<&str>,
 ) -> AppResult<Assignment> {
     let owner_email = verdict.owner_email.take().unwrap_or_default();
     let device = verdict.admitted().map_err(AppError::DeviceRefused)?;
-    assign(db, opener, &device, owner_email, gateway, region).await
+    assign(db, opener, &device, owner_email, gateway, region, entry_url).await
 }

@@ -13,9 +13,9 @@ use crate::db::models::{GatewayNode, OutlineNode, Region, now};
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
-use crate::events::NodeEventKind;
+use crate::events::{AccessChange, NodeEventKind};
 use crate::ids::{GatewayNodeId, OutlineNodeId, RegionId};
-use crate::status::{Health, NodeStatus};
+use crate::status::{EndReason, Health, NodeStatus};
 use crate::{audit, auth, catalogue, validate};
 
 /// Fields of a new Outline node.
@@ -269,7 +269,12 @@ pub async fn set_status(
     })
 }
 
-/// Admin: deletes a node; its sessions keep their history.
+/// Admin: deletes a node. Its open sessions (on an Outline node, or
+/// through a gateway) end first with `node_down`, and gateways close their
+/// tunnels at once (the devices reconnect elsewhere): a deleted node's
+/// sessions would otherwise stay open with no node. Ended sessions keep
+/// their history (without the node). Drain or disable a node to let its
+/// tunnels finish instead.
 pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
     actor.require_admin()?;
     let entry = audit::entry(
@@ -280,16 +285,28 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
         serde_json::json!({}),
     );
     db_tx!(db, |conn, outbox| {
-        let o: Option<OutlineNode> =
-            diesel::delete(outline_nodes::table.find(OutlineNodeId::from(id)))
-                .returning(OutlineNode::as_returning())
-                .get_result(conn)
-                .await
-                .optional()?;
+        let (outline, gateway) = (OutlineNodeId::from(id), GatewayNodeId::from(id));
+        let ended = crate::end_sessions_where!(
+            conn,
+            outbox,
+            sessions::outline_node_id
+                .eq(outline)
+                .or(sessions::gateway_node_id.eq(gateway)),
+            EndReason::NodeDown,
+            now()
+        );
+        if !ended.is_empty() {
+            outbox.access(AccessChange::SessionClosed, None);
+        }
+        let o: Option<OutlineNode> = diesel::delete(outline_nodes::table.find(outline))
+            .returning(OutlineNode::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
         let node = match o {
             Some(n) => AnyNode::Outline(n),
             None => AnyNode::Gateway(
-                diesel::delete(gateway_nodes::table.find(GatewayNodeId::from(id)))
+                diesel::delete(gateway_nodes::table.find(gateway))
                     .returning(GatewayNode::as_returning())
                     .get_result(conn)
                     .await

@@ -107,6 +107,7 @@ pub(super) async fn assign_outline(
         verdict,
         gateway,
         req.region.as_deref(),
+        state.api.gateway_url.as_deref(),
     )
     .await?;
     let (host, port, gateway_url) = match gateway {
