@@ -239,6 +239,19 @@ async fn limits_transport_rules_and_masking() {
     )
     .await;
     assert_eq!(res.status(), 400);
+    let r: Value = res.json().await.expect("json");
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(
+        r["errors"][0].get("locations").is_none(),
+        "a refusal of the request is at no place in a document: {r}"
+    );
+    // No query at all: refused like any request that is not one.
+    for body in ["{}", r#"{"query":"  "}"#, r#"{"variables":{}}"#] {
+        let res = post(body.to_owned(), "application/json").await;
+        assert_eq!(res.status(), 400, "{body}");
+        let r: Value = res.json().await.expect("json");
+        assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    }
     // Body over 64 KiB: 413 before parsing.
     let res = post(
         format!(

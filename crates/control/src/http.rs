@@ -294,11 +294,14 @@ pub async fn resolve_viewer(
     }
 }
 
+/// A refusal of the whole request, before any document is run: a GraphQL
+/// response with the one error, without `locations` (it is not at a place
+/// in a document), and the error's HTTP status.
 fn graphql_error(err: AppError) -> Response {
     let status = err.status();
-    let gql = async_graphql::Response::from_errors(vec![
-        err.into_graphql().into_server_error(Default::default()),
-    ]);
+    let mut error = err.into_graphql().into_server_error(Default::default());
+    error.locations.clear();
+    let gql = async_graphql::Response::from_errors(vec![error]);
     (status, Json(gql)).into_response()
 }
 
@@ -308,6 +311,9 @@ async fn execute(
     from: ClientAddr,
     request: async_graphql::Request,
 ) -> Response {
+    if request.query.trim().is_empty() {
+        return graphql_error(AppError::bad("the request has no query"));
+    }
     if let Err(e) = check_document(&request.query) {
         return graphql_error(e);
     }
