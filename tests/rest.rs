@@ -1172,6 +1172,106 @@ async fn crossed_node_reports_from_two_gateways_are_both_answered() {
     }
 }
 
+/// A gateway's heartbeat marks the open sessions it names active (the idle
+/// sweep then leaves them), on both backends.
+async fn a_heartbeat_marks_its_sessions_active(db: TestDb) {
+    let w = World::on(db).await;
+    let (_, t) = w.node("eu", "n1", 100).await;
+    w.beat(&t, 0).await;
+    let (_, _, tok) = w.device().await;
+    let (_, b) = w.assign(&tok, None).await;
+    let sid = b["session_id"].as_str().expect("session").to_owned();
+    w.sql(&format!(
+        "UPDATE sessions SET last_activity_at = '2000-01-01 00:00:00' WHERE id = '{sid}'"
+    ))
+    .await;
+    let (s, b) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"open_sessions": [sid]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let touched = w
+        .scalar(&format!(
+            "SELECT count(*) AS n FROM sessions WHERE id = '{sid}' AND last_activity_at > '2001-01-01'"
+        ))
+        .await;
+    assert_eq!(touched, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_marks_its_sessions_active_on_postgres() {
+    a_heartbeat_marks_its_sessions_active(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_marks_its_sessions_active_on_sqlite() {
+    a_heartbeat_marks_its_sessions_active(TestDb::sqlite().await).await;
+}
+
+/// A gateway deleted while it heartbeats with its open sessions: the
+/// deletion goes through, and every heartbeat is answered (200 before the
+/// deletion, 401 after), never a failure of the database's making (the
+/// heartbeat skips sessions the deletion holds; the deletion takes the
+/// appliers' lock first).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_deleted_while_it_heartbeats() {
+    let w = World::new().await;
+    let (_, t) = w.node("eu", "n1", 100).await;
+    w.beat(&t, 0).await;
+    let mut devices = Vec::new();
+    for _ in 0..3 {
+        devices.push(w.device().await.2);
+    }
+    for round in 0..8 {
+        let name = format!("gw-doomed-{round}");
+        let r = w
+            .gql(
+                "mutation($n:String!,$u:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:$u}){token node{id}}}",
+                json!({"n": name, "u": format!("https://{name}.example.com")}),
+            )
+            .await;
+        let token = r["data"]["registerGatewayNode"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned();
+        let id = r["data"]["registerGatewayNode"]["node"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned();
+        let mut sessions = Vec::new();
+        for d in &devices {
+            let (s, b) = w
+                .post(
+                    "/api/v1/nodes/assign-outline",
+                    Some(&token),
+                    json!({"device_token": d}),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+            sessions.push(b["session_id"].clone());
+        }
+        let beats = (0..6).map(|_| {
+            w.post(
+                "/api/v1/gateway/heartbeat",
+                Some(&token),
+                json!({"open_sessions": sessions}),
+            )
+        });
+        let delete = w.gql("mutation($id:UUID!){deleteNode(id:$id)}", json!({"id": id}));
+        let (answers, deleted) = tokio::join!(futures_util::future::join_all(beats), delete);
+        assert_eq!(
+            deleted["data"]["deleteNode"], true,
+            "round {round}: {deleted}"
+        );
+        for (s, b) in answers {
+            assert!(s == 200 || s == 401, "round {round}: {s} {b}");
+        }
+    }
+}
+
 /// A heartbeat that names a node both reachable and unreachable is
 /// refused whole, and the node keeps its health.
 #[tokio::test(flavor = "multi_thread")]

@@ -11,13 +11,13 @@ use diesel_async::RunQueryDsl;
 use super::access::closing;
 use super::node_assignment::lease;
 use super::nodes::{gateway_event, outline_event};
-use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, now};
 use crate::db::schema::{gateway_nodes, outline_nodes, regions, sessions};
+use crate::db::{Db, Statement};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
 use crate::events::NodeEventKind;
-use crate::ids::{OutlineNodeId, SessionId};
+use crate::ids::{GatewayNodeId, OutlineNodeId, SessionId};
 use crate::status::{EndReason, Health};
 use httvps_wire::CloseOrder;
 use httvps_wire::heartbeat::{GatewayBeat, OutlineBeat};
@@ -40,6 +40,23 @@ fn parse_ids<T: std::str::FromStr>(ids: &[String]) -> AppResult<Vec<T>> {
         })
         .collect()
 }
+
+/// Marks a gateway's open sessions (`$2`, a JSON array of ids; `$3` the
+/// gateway) active at `$1`. On PostgreSQL a session whose row another
+/// transaction holds is skipped, not waited for: that one is growing it
+/// (which marks it active too) or ending it, and a heartbeat that waited
+/// on sessions, holding its gateway's row, could close a cycle with it
+/// (a node's deletion, an applier's pass). Locked in id order.
+const TOUCH_SESSIONS: Statement = Statement {
+    pg: "UPDATE sessions SET last_activity_at = $1 WHERE id IN ( \
+           SELECT id FROM sessions \
+           WHERE id = ANY (ARRAY(SELECT json_array_elements_text($2::json))) \
+             AND gateway_node_id = $3 AND ended_at IS NULL \
+           ORDER BY id FOR NO KEY UPDATE SKIP LOCKED)",
+    sqlite: "UPDATE sessions SET last_activity_at = ?1 \
+             WHERE id IN (SELECT value FROM json_each(?2)) \
+               AND gateway_node_id = ?3 AND ended_at IS NULL",
+};
 
 /// What a gateway's heartbeat says of nodes, in id order: each node once
 /// (the heartbeat names none in both lists), up when it is named
@@ -123,13 +140,16 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
             ))
             .returning(GatewayNode::as_returning())
             .get_result(conn)
-            .await?;
+            .await
+            .optional()?
+            // Deleted since its token was checked: the token is gone too.
+            .ok_or(AppError::Unauthenticated)?;
         if !open.is_empty() {
-            diesel::update(sessions::table)
-                .filter(sessions::id.eq_any(&open))
-                .filter(sessions::gateway_node_id.eq(g.id))
-                .filter(sessions::ended_at.is_null())
-                .set(sessions::last_activity_at.eq(ts))
+            TOUCH_SESSIONS
+                .prepared(conn)
+                .timestamp(ts)
+                .json(&open)?
+                .text(g.id.to_string())
                 .execute(conn)
                 .await?;
         }
@@ -197,7 +217,10 @@ pub async fn outline(db: &Db, n: &OutlineNode, beat: &OutlineBeat) -> AppResult<
             ))
             .returning(OutlineNode::as_returning())
             .get_result(conn)
-            .await?;
+            .await
+            .optional()?
+            // Deleted since its token was checked: the token is gone too.
+            .ok_or(AppError::Unauthenticated)?;
         if let Some(kind) = kind {
             let code: String = regions::table
                 .find(updated.region_id)
@@ -217,32 +240,48 @@ pub async fn sweep(db: &Db) -> AppResult<()> {
     Ok(())
 }
 
+/// The rows of `$table` (model `$model`, ids `$id`) that are up with a
+/// heartbeat older than `$expired`, marked down at `$ts` on `$conn` one
+/// row at a time in id order; expands to the rows changed.
+macro_rules! lapsed {
+    ($conn:expr, $table:ident, $model:ty, $id:ty, $expired:expr, $ts:expr) => {{
+        let ids: Vec<$id> = $table::table
+            .filter($table::health.eq(Health::Up))
+            .filter($table::last_heartbeat_at.lt($expired))
+            .order($table::id)
+            .select($table::id)
+            .load($conn)
+            .await?;
+        let mut down: Vec<$model> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row: Option<$model> = diesel::update($table::table.find(id))
+                .filter($table::health.eq(Health::Up))
+                .filter($table::last_heartbeat_at.lt($expired))
+                .set(($table::health.eq(Health::Down), $table::updated_at.eq($ts)))
+                .returning(<$model>::as_returning())
+                .get_result($conn)
+                .await
+                .optional()?;
+            down.extend(row);
+        }
+        down
+    }};
+}
+
 /// Nodes and gateways whose lease ran out go down (each change published
 /// once, even with several replicas sweeping).
 pub async fn sweep_leases(db: &Db) -> AppResult<()> {
     db_tx!(db, |conn, outbox| {
         let ts = now();
         let expired = ts - lease();
-        let nodes: Vec<OutlineNode> = diesel::update(outline_nodes::table)
-            .filter(outline_nodes::health.eq(Health::Up))
-            .filter(outline_nodes::last_heartbeat_at.lt(expired))
-            .set((
-                outline_nodes::health.eq(Health::Down),
-                outline_nodes::updated_at.eq(ts),
-            ))
-            .returning(OutlineNode::as_returning())
-            .get_results(conn)
-            .await?;
-        let gateways: Vec<GatewayNode> = diesel::update(gateway_nodes::table)
-            .filter(gateway_nodes::health.eq(Health::Up))
-            .filter(gateway_nodes::last_heartbeat_at.lt(expired))
-            .set((
-                gateway_nodes::health.eq(Health::Down),
-                gateway_nodes::updated_at.eq(ts),
-            ))
-            .returning(GatewayNode::as_returning())
-            .get_results(conn)
-            .await?;
+        // Row by row, gateways then nodes, each in id order: the order a
+        // gateway's heartbeat takes them in (its own row, then the nodes
+        // it judges), so the two never wait on each other.
+        // Gateways then nodes, each in id order: the order a gateway's
+        // heartbeat takes them in (its own row, then the nodes it judges),
+        // so the two never wait on each other.
+        let gateways = lapsed!(conn, gateway_nodes, GatewayNode, GatewayNodeId, expired, ts);
+        let nodes = lapsed!(conn, outline_nodes, OutlineNode, OutlineNodeId, expired, ts);
         for n in nodes {
             let code: String = regions::table
                 .find(n.region_id)

@@ -220,12 +220,8 @@ pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
     db_tx!(db, |conn, outbox| {
         outbox.account(user_id);
         let ts = now();
-        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
-            .filter(refresh_tokens::revoked_at.is_null())
-            .set(refresh_tokens::revoked_at.eq(ts))
-            .execute(conn)
-            .await?;
-        revoke_families!(conn, user_id, ts);
+        // The account's row first, as a password change and disabling
+        // take it: then its tokens, never the other way round.
         diesel::update(users::table.find(user_id))
             .set((
                 users::token_version.eq(users::token_version + 1),
@@ -233,6 +229,12 @@ pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
             ))
             .execute(conn)
             .await?;
+        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::revoked_at.eq(ts))
+            .execute(conn)
+            .await?;
+        revoke_families!(conn, user_id, ts);
         Ok::<_, AppError>(())
     })
 }

@@ -8,9 +8,9 @@ use httvps_wire::Secret;
 use super::enrollment::EnrollmentTtl;
 use super::{AnyNode, gateway_event, outline_event, status_event};
 use crate::actor::Actor;
-use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, Region, now};
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
+use crate::db::{APPLY_LOCK, Db};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
 use crate::events::{AccessChange, NodeEventKind};
@@ -285,34 +285,54 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
         serde_json::json!({}),
     );
     db_tx!(db, |conn, outbox| {
+        // The appliers' lock first: a pass grows sessions (ended ones
+        // too) in id order, which the ending and the cascade below would
+        // otherwise meet in another order. A heartbeat skips the sessions
+        // held here, so it never waits on them.
+        if let Some(lock) = APPLY_LOCK.on(conn) {
+            diesel::sql_query(lock).execute(conn).await?;
+        }
         let (outline, gateway) = (OutlineNodeId::from(id), GatewayNodeId::from(id));
-        let ended = crate::end_sessions_where!(
-            conn,
-            outbox,
-            sessions::outline_node_id
-                .eq(outline)
-                .or(sessions::gateway_node_id.eq(gateway)),
-            EndReason::NodeDown,
-            now()
-        );
+        let is_outline: bool =
+            diesel::select(diesel::dsl::exists(outline_nodes::table.find(outline)))
+                .get_result(conn)
+                .await?;
+        let ended = if is_outline {
+            crate::end_sessions_where!(
+                conn,
+                outbox,
+                sessions::outline_node_id.eq(outline),
+                EndReason::NodeDown,
+                now()
+            )
+        } else {
+            crate::end_sessions_where!(
+                conn,
+                outbox,
+                sessions::gateway_node_id.eq(gateway),
+                EndReason::NodeDown,
+                now()
+            )
+        };
         if !ended.is_empty() {
             outbox.access(AccessChange::SessionClosed, None);
         }
-        let o: Option<OutlineNode> = diesel::delete(outline_nodes::table.find(outline))
-            .returning(OutlineNode::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?;
-        let node = match o {
-            Some(n) => AnyNode::Outline(n),
-            None => AnyNode::Gateway(
+        let node = if is_outline {
+            AnyNode::Outline(
+                diesel::delete(outline_nodes::table.find(outline))
+                    .returning(OutlineNode::as_returning())
+                    .get_result(conn)
+                    .await?,
+            )
+        } else {
+            AnyNode::Gateway(
                 diesel::delete(gateway_nodes::table.find(gateway))
                     .returning(GatewayNode::as_returning())
                     .get_result(conn)
                     .await
                     .optional()?
                     .ok_or(AppError::NotFound("node"))?,
-            ),
+            )
         };
         let region: RegionId = node.region_id();
         let code: String = regions::table
