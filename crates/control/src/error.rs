@@ -54,7 +54,26 @@ pub enum AppError {
     Internal(String),
 }
 
+/// What a transaction the database undid to break a deadlock, or could not
+/// serialize, is answered with (a retry goes through).
+const CONCURRENT_UPDATE: &str = "concurrent update, retry";
+
+/// What a write that names a row deleted meanwhile (or deletes one still
+/// named) is answered with.
+const MISSING_REFERENCE: &str = "refers to a missing record or is still referenced";
+
 impl AppError {
+    /// Whether this is the outcome of a race with another transaction (a
+    /// deadlock broken, a serialization failure, a row named by the write
+    /// deleted meanwhile): the same work tried again may go through.
+    pub fn is_race(&self) -> bool {
+        match self {
+            AppError::Unavailable(m) => m == CONCURRENT_UPDATE,
+            AppError::Conflict(m) => m == MISSING_REFERENCE,
+            _ => false,
+        }
+    }
+
     /// The stable machine-readable code of this error.
     pub fn code(&self) -> &'static str {
         match self {
@@ -140,13 +159,13 @@ impl From<diesel::result::Error> for AppError {
             E::DatabaseError(kind, info) => match kind {
                 DatabaseErrorKind::UniqueViolation => AppError::Conflict("already exists".into()),
                 DatabaseErrorKind::ForeignKeyViolation => {
-                    AppError::Conflict("refers to a missing record or is still referenced".into())
+                    AppError::Conflict(MISSING_REFERENCE.into())
                 }
                 DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation => {
                     AppError::BadRequest("a value is out of its allowed range".into())
                 }
                 DatabaseErrorKind::SerializationFailure => {
-                    AppError::Unavailable("concurrent update, retry".into())
+                    AppError::Unavailable(CONCURRENT_UPDATE.into())
                 }
                 DatabaseErrorKind::ClosedConnection => {
                     AppError::Unavailable("database unavailable".into())
@@ -163,7 +182,7 @@ impl From<diesel::result::Error> for AppError {
                     } else if msg.contains("deadlock detected") {
                         // PostgreSQL chose this transaction to undo; it
                         // left nothing behind, and a retry goes through.
-                        AppError::Unavailable("concurrent update, retry".into())
+                        AppError::Unavailable(CONCURRENT_UPDATE.into())
                     } else {
                         AppError::Internal(format!("database: {msg}"))
                     }
@@ -218,3 +237,24 @@ impl IntoResponse for AppError {
 
 /// Result alias for use cases.
 pub type AppResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_db(kind: DatabaseErrorKind, message: &str) -> AppError {
+        diesel::result::Error::DatabaseError(kind, Box::new(message.to_owned())).into()
+    }
+
+    #[test]
+    fn races_are_told_from_faults() {
+        let deadlock = from_db(DatabaseErrorKind::Unknown, "deadlock detected");
+        assert!(deadlock.is_race());
+        assert_eq!(deadlock.status().as_u16(), 503, "retryable, not INTERNAL");
+        assert!(from_db(DatabaseErrorKind::SerializationFailure, "x").is_race());
+        assert!(from_db(DatabaseErrorKind::ForeignKeyViolation, "x").is_race());
+        assert!(!from_db(DatabaseErrorKind::UniqueViolation, "x").is_race());
+        assert!(!from_db(DatabaseErrorKind::Unknown, "disk full").is_race());
+        assert!(!AppError::Unavailable("database unavailable".into()).is_race());
+    }
+}

@@ -55,12 +55,15 @@ fn one(answers: AppResult<Vec<AppResult<Assignment>>>) -> AppResult<Assignment> 
         .unwrap_or_else(|| Err(AppError::Internal("an empty batch answer".into())))
 }
 
-/// One batch, tried again once when PostgreSQL broke a deadlock by
-/// aborting it (locks are taken in id order, so this is a safety net).
+/// One batch, tried again once after a race with another transaction
+/// (see [`AppError::is_race`]): PostgreSQL broke a deadlock by aborting it
+/// (locks are taken in id order, so this is a safety net), or a node it
+/// chose was deleted between the read and the insert (the second try reads
+/// the nodes again). Either would otherwise fail every ask of the batch.
 async fn assign_with_retry(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assignment>>> {
     match batch::assign_all(db, asks).await {
-        Err(AppError::Internal(m)) if m.contains("deadlock") => {
-            tracing::warn!("an assignment batch hit a deadlock; trying it again");
+        Err(e) if e.is_race() => {
+            tracing::warn!(error = %e, "an assignment batch met a concurrent change; trying it again");
             batch::assign_all(db, asks).await
         }
         other => other,
