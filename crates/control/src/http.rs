@@ -12,7 +12,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use bytes::Bytes;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -343,7 +342,7 @@ async fn graphql_post(
     State(state): State<AppState>,
     from: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -358,6 +357,10 @@ async fn graphql_post(
             "GraphQL requests must be POSTed as application/json",
         ));
     }
+    let body = match crate::body::whole(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return graphql_error(e),
+    };
     // An array is a batch, empty or not (serde would read `[]` as a
     // request with every field left out).
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {

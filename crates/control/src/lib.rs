@@ -31,6 +31,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod batching;
+pub mod body;
 pub mod catalogue;
 pub mod config;
 pub mod console;

@@ -17,9 +17,7 @@ use openapi::Contract;
 
 use axum::Router;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
 use axum::routing::{get, post};
-use bytes::Bytes;
 use httvps_wire::HealthBody;
 use utoipa::OpenApi;
 
@@ -79,23 +77,16 @@ impl<T> ApiJson<T> {
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ApiJson(parse_body(req, state).await))
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ApiJson(parse_body(req).await))
     }
 }
 
-async fn parse_body<S: Send + Sync, T: serde::de::DeserializeOwned>(
-    req: Request,
-    state: &S,
-) -> Result<T, AppError> {
+async fn parse_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, AppError> {
     if !json_content_type(req.headers()) {
         return Err(AppError::bad("the body must be application/json"));
     }
-    let bytes = match Bytes::from_request(req, state).await {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(AppError::TooLarge),
-        Err(e) => return Err(AppError::bad(format!("unreadable body: {}", e.body_text()))),
-    };
+    let bytes = crate::body::whole(req.into_body(), crate::http::MAX_BODY_BYTES).await?;
     // Straight into the typed body: no tree of values first (a usage
     // report carries hundreds of entries).
     let parsed = serde_json::from_slice::<T>(&bytes);
