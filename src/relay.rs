@@ -137,9 +137,9 @@ pub struct GatewayArgs {
     /// Seconds without data before a tunnel (TCP or UDP) is closed.
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     pub idle_timeout_secs: u64,
-    /// Seconds an HTTP/2 connection may carry no tunnel before it is told
-    /// to go away, whatever other requests it makes (our client opens a
-    /// new one).
+    /// Seconds a connection may carry no tunnel before it is told to go
+    /// away (HTTP/2) or closed (HTTP/1.1), whatever other requests it
+    /// makes (our client opens a new one).
     #[arg(long, env = "GATEWAY_H2_IDLE_SECS", default_value_t = 60)]
     pub h2_idle_secs: u64,
     /// Unknown device tokens one source (IPv4 address, IPv6 /64) may present

@@ -698,6 +698,59 @@ async fn an_http2_connection_that_opens_nothing_is_told_to_go_away_and_one_with_
     );
 }
 
+/// An HTTP/1.1 keep-alive connection that only ever asks for pages that
+/// are not there (one every 300 ms, each answered 404) is closed once it
+/// has carried no tunnel for the idle limit, as an HTTP/2 one is told to
+/// go away: it held its place in the connection budget (and its source's
+/// share) for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http1_connection_that_opens_nothing_is_closed_at_the_idle_limit() {
+    let idle = Duration::from_secs(2);
+    let plane = Plane::start_with(1, move |o| o.h2_idle = idle).await;
+    let tls =
+        httvps_dataplane::tls::connector_with_alpn(Some(&plane.cert), vec![b"http/1.1".to_vec()])
+            .expect("connector");
+    let tcp = TcpStream::connect(plane.gateway_addr)
+        .await
+        .expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = tls.connect(name, tcp).await.expect("TLS");
+    let t0 = Instant::now();
+    let mut answered = 0;
+    let mut buf = vec![0u8; 4096];
+    let closed = loop {
+        if t0.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        let asked = s
+            .write_all(b"GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        if asked.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => {
+                let head = String::from_utf8_lossy(&buf[..n]);
+                assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+                answered += 1;
+            }
+            Err(_) => panic!("no answer within 5 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        closed,
+        "a connection making requests but no tunnel was still open after 30 s"
+    );
+    assert!(answered >= 3, "{answered} requests answered");
+    assert!(
+        t0.elapsed() >= idle - Duration::from_millis(200) && t0.elapsed() < idle * 4,
+        "closed after {:?}, the idle limit is {idle:?}",
+        t0.elapsed()
+    );
+}
+
 /// Drives a TLS 1.3 handshake with the gateway offering `alpn`, but never
 /// sends the client's `Finished`; returns what the gateway sent as
 /// application data in the meantime (waiting at most `wait`).

@@ -67,8 +67,9 @@ pub(crate) struct Limits {
     /// On shutdown, how long an HTTP/2 connection's streams (tunnels) may
     /// take to end before the connection is dropped.
     pub drain: Duration,
-    /// An HTTP/2 connection without a request or a tunnel for this long
-    /// is told to go away.
+    /// A connection (HTTP/2 or HTTP/1.1) without a tunnel for this long
+    /// is told to go away (GOAWAY; on HTTP/1.1 closed after the request in
+    /// flight), whatever other requests it makes.
     pub h2_idle: Duration,
 }
 
@@ -263,6 +264,7 @@ async fn connection(serving: Arc<Serving>, tcp: TcpStream, conn: Conn) {
         return;
     }
     let app = serving.app.clone();
+    let stranger = conn.stranger.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // hyper stops reading at MAX_HEAD only between reads: a head that
         // arrived whole in one read past it was served. Counted here, the
@@ -286,8 +288,20 @@ async fn connection(serving: Arc<Serving>, tcp: TcpStream, conn: Conn) {
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
     tokio::pin!(conn);
+    // As on HTTP/2: requests that open no tunnel (one every few seconds,
+    // each answered 404) do not keep a connection's place for ever. Once
+    // a request is upgraded to a tunnel, the connection is the tunnel's
+    // and this ends.
+    let idle = super::h2::idle(
+        move || (stranger.tunnels(), stranger.evicted()),
+        serving.h2_idle,
+    );
     tokio::select! {
         _ = conn.as_mut() => {}
+        () = idle => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(deadline, conn).await;
+        }
         () = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(deadline, conn).await;

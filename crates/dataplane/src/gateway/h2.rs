@@ -30,8 +30,9 @@
 //! pings every 20 s (answered within 20 s) keep the connection or end it,
 //! and a connection that carries no request and no tunnel for the idle
 //! limit (60 s by default) is told to go away, so a connection that opens
-//! nothing cannot hold its place in the connection budget for ever (an idle
-//! HTTP/1.1 connection is closed at the header deadline). On shutdown the
+//! nothing cannot hold its place in the connection budget for ever (an
+//! HTTP/1.1 connection is closed at the same limit, see [`idle`], and an
+//! idle one at the header deadline). On shutdown the
 //! connection is told to go away (GOAWAY) and its open streams get the
 //! tunnels' drain before it is dropped.
 //!
@@ -221,6 +222,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SentEarly<T> {
 /// How often a connection's activity is looked at for the idle limit.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
+/// Completes once a connection has carried no tunnel for `limit` (or at
+/// once when it carries none and is to go): `tunnels` tells the tunnels it
+/// carries and whether it is to go (see [`serve`]). Requests that open no
+/// tunnel do not count: a connection kept busy with 404s is idle.
+pub(super) async fn idle(tunnels: impl Fn() -> (u64, bool), limit: Duration) {
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(IDLE_CHECK).await;
+        match tunnels() {
+            (0, true) => return,
+            (0, false) if since.elapsed() >= limit => return,
+            (0, false) => {}
+            _ => since = tokio::time::Instant::now(),
+        }
+    }
+}
+
 /// The deadlines of one connection.
 pub(super) struct Timing {
     /// For the client's connection preface.
@@ -272,18 +290,7 @@ pub(super) async fn serve<T, C>(
             std::future::pending::<()>().await;
         }
     };
-    let idle = async {
-        let mut since = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(IDLE_CHECK).await;
-            match tunnels() {
-                (0, true) => return,
-                (0, false) if since.elapsed() >= timing.idle => return,
-                (0, false) => {}
-                _ => since = tokio::time::Instant::now(),
-            }
-        }
-    };
+    let idle = idle(tunnels, timing.idle);
     tokio::select! {
         _ = served.as_mut() => {}
         () = silent => {}

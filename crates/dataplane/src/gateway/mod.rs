@@ -115,9 +115,10 @@ pub struct GatewayOptions {
     pub idle_ping: Duration,
     /// A tunnel (TCP or UDP) with no data either way for this long is closed.
     pub idle_timeout: Duration,
-    /// An HTTP/2 connection with no open tunnel for this long is told to
-    /// go away (GOAWAY), whatever other requests it makes: a connection
-    /// that opens nothing cannot hold its place in the connection budget.
+    /// A connection with no open tunnel for this long is told to go away
+    /// (GOAWAY on HTTP/2; closed after the request in flight on HTTP/1.1),
+    /// whatever other requests it makes: a connection that opens nothing
+    /// cannot hold its place in the connection budget.
     pub h2_idle: Duration,
     /// Unknown device credentials one source (an IPv4 address, an IPv6
     /// /64) may present per `guess_window` before it is shut out.
