@@ -750,3 +750,56 @@ async fn accounts_stored_under_the_former_email_rules_still_sign_in() {
     }
     server.stop().await;
 }
+
+/// How a GraphQL socket that signs in with device token `token` ends: the
+/// close code it gets (0: none within 10 s).
+async fn device_socket_close(base: &str, token: &str) -> u16 {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/graphql/ws", base.replace("http://", "ws://"))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
+    let init = json!({"type": "connection_init", "payload": {"deviceToken": token}});
+    ws.send(Message::Text(init.to_string().into()))
+        .await
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
+        if let Message::Close(frame) = msg {
+            return frame.map_or(0, |f| u16::from(f.code));
+        }
+    }
+    0
+}
+
+/// Device tokens guessed at the GraphQL socket's `connection_init` count
+/// against the source's allowance of unknown credentials, as at /api/v1:
+/// past it, /api/v1 refuses the source (429) before looking.
+#[tokio::test(flavor = "multi_thread")]
+async fn device_tokens_guessed_at_the_live_socket_are_throttled() {
+    let t = TestDb::sqlite().await;
+    let server = throttled_server(t.dsn.clone(), |t| {
+        t.unknown_tokens_per_source = 5;
+        t.window = Duration::from_secs(600);
+    })
+    .await;
+    for i in 0..8 {
+        let guess = format!("{i:0>43}");
+        assert_eq!(device_socket_close(&server.base, &guess).await, 4403);
+    }
+    let res = client()
+        .post(format!("{}/api/v1/auth/validate-device", server.base))
+        .bearer_auth(format!("{:0>43}", 99))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 429, "the source's guesses were counted");
+    server.stop().await;
+}

@@ -118,13 +118,23 @@ async fn init_data(
     data.insert(from);
     data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn).delay(BATCH_DELAY));
     let credential = if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
-        // The access rule decides, as for a tunnel: a device that may not
-        // connect may not follow the nodes either.
-        let device = api
+        // A source that presented too many unknown credentials (here or
+        // at /api/v1) is refused before its next one is looked up, and an
+        // unknown device token counts against it, as at /api/v1.
+        api.throttles
+            .guesser(from)
+            .map_err(AppError::into_graphql)?;
+        let verdict = api
             .tokens
             .check(&api.db, token)
             .await
-            .map_err(|e| e.into_graphql())?
+            .map_err(|e| e.into_graphql())?;
+        if verdict.device.is_none() {
+            api.throttles.unknown_credential(from);
+        }
+        // The access rule decides, as for a tunnel: a device that may not
+        // connect may not follow the nodes either.
+        let device = verdict
             .admitted()
             .map_err(|_| AppError::Unauthenticated.into_graphql())?;
         data.insert(DeviceViewer {
