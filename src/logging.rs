@@ -1,9 +1,50 @@
 //! Structured logs through tracing: JSON by default, a human format on
 //! request; `BACKEND_DEBUG` raises the default level; `RUST_LOG` overrides.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 use crate::cli::LogFormat;
+
+/// Most warnings and errors of the Shadowsocks crates written per second;
+/// the rest of that second's are dropped. They log one line per bad
+/// packet (`decrypt payload failed` for every garbage datagram a client
+/// sends through its UDP tunnel): half a million lines, 100 MB, in ten
+/// seconds from one client.
+const SHADOWSOCKS_LINES_PER_SEC: u64 = 20;
+
+/// The second [`COUNTED`] counts in, and how many lines it let through.
+static SECOND: AtomicU64 = AtomicU64::new(0);
+static COUNTED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether an event of `meta` is written: all but the Shadowsocks crates'
+/// warnings and errors past [`SHADOWSOCKS_LINES_PER_SEC`] in a second.
+fn within_rate(meta: &tracing::Metadata<'_>) -> bool {
+    if !meta.is_event()
+        || !meta.target().starts_with("shadowsocks")
+        || *meta.level() > tracing::Level::WARN
+    {
+        return true;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    admit(now, &SECOND, &COUNTED, SHADOWSOCKS_LINES_PER_SEC)
+}
+
+/// One more line in second `now`, of at most `per_sec` a second (`second`
+/// and `counted` hold the count's second and the lines so far).
+fn admit(now: u64, second: &AtomicU64, counted: &AtomicU64, per_sec: u64) -> bool {
+    if second.swap(now, Ordering::Relaxed) != now {
+        counted.store(0, Ordering::Relaxed);
+    }
+    counted.fetch_add(1, Ordering::Relaxed) < per_sec
+}
 
 /// Installs the global subscriber. Call once, from a binary's `main`.
 pub fn init(format: LogFormat, debug: bool) {
@@ -12,17 +53,26 @@ pub fn init(format: LogFormat, debug: bool) {
     } else {
         "info"
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = env.and(filter_fn(within_rate));
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .try_init(),
     };
 }
 
@@ -38,4 +88,19 @@ pub fn exiting(format: LogFormat, e: &anyhow::Error) {
         tracing::error!(error = format!("{e:#}"), "exiting");
     }
     eprintln!("error: {e:#}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_the_rate_a_second_then_afresh() {
+        let (second, counted) = (AtomicU64::new(0), AtomicU64::new(0));
+        let first: usize = (0..100).filter(|_| admit(7, &second, &counted, 20)).count();
+        assert_eq!(first, 20);
+        assert!(admit(8, &second, &counted, 20), "a new second");
+        let next: usize = (0..100).filter(|_| admit(8, &second, &counted, 20)).count();
+        assert_eq!(next, 19);
+    }
 }
