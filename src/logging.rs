@@ -4,8 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing_subscriber::filter::{FilterExt, filter_fn};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::filter::{FilterExt, LevelFilter};
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
 
@@ -22,13 +25,40 @@ const SHADOWSOCKS_LINES_PER_SEC: u64 = 20;
 static SECOND: AtomicU64 = AtomicU64::new(0);
 static COUNTED: AtomicU64 = AtomicU64::new(0);
 
+/// The filter that holds the Shadowsocks crates to
+/// [`SHADOWSOCKS_LINES_PER_SEC`]. It judges events, once each: their
+/// records come through the `log` bridge (target `log` until normalized),
+/// so a callsite cannot be judged once for all of its events.
+struct ShadowsocksRate;
+
+impl<S> Filter<S> for ShadowsocksRate {
+    fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if meta.target() == "log" || meta.target().starts_with("shadowsocks") {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
+        let normalized = event.normalized_metadata();
+        within_rate(normalized.as_ref().unwrap_or_else(|| event.metadata()))
+    }
+
+    // No ceiling of its own: the level filter's stands.
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
+    }
+}
+
 /// Whether an event of `meta` is written: all but the Shadowsocks crates'
 /// warnings and errors past [`SHADOWSOCKS_LINES_PER_SEC`] in a second.
-fn within_rate(meta: &tracing::Metadata<'_>) -> bool {
-    if !meta.is_event()
-        || !meta.target().starts_with("shadowsocks")
-        || *meta.level() > tracing::Level::WARN
-    {
+fn within_rate(meta: &Metadata<'_>) -> bool {
+    if !meta.target().starts_with("shadowsocks") || *meta.level() > tracing::Level::WARN {
         return true;
     }
     let now = SystemTime::now()
@@ -54,7 +84,7 @@ pub fn init(format: LogFormat, debug: bool) {
         "info"
     };
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let filter = env.and(filter_fn(within_rate));
+    let filter = env.and(ShadowsocksRate);
     let _ = match format {
         LogFormat::Json => tracing_subscriber::registry()
             .with(

@@ -752,7 +752,8 @@ async fn accounts_stored_under_the_former_email_rules_still_sign_in() {
 }
 
 /// How a GraphQL socket that signs in with device token `token` ends: the
-/// close code it gets (0: none within 10 s).
+/// close code it gets, or 0 when it is accepted (or nothing comes within
+/// 10 s).
 async fn device_socket_close(base: &str, token: &str) -> u16 {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
@@ -771,8 +772,10 @@ async fn device_socket_close(base: &str, token: &str) -> u16 {
         .expect("send");
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
-        if let Message::Close(frame) = msg {
-            return frame.map_or(0, |f| u16::from(f.code));
+        match msg {
+            Message::Close(frame) => return frame.map_or(0, |f| u16::from(f.code)),
+            Message::Text(t) if t.contains("connection_ack") => return 0,
+            _ => {}
         }
     }
     0
@@ -789,6 +792,8 @@ async fn device_tokens_guessed_at_the_live_socket_are_throttled() {
         t.window = Duration::from_secs(600);
     })
     .await;
+    let device = registered_device(&server).await;
+    assert_eq!(device_socket_close(&server.base, &device).await, 0);
     for i in 0..8 {
         let guess = format!("{i:0>43}");
         assert_eq!(device_socket_close(&server.base, &guess).await, 4403);
@@ -801,5 +806,44 @@ async fn device_tokens_guessed_at_the_live_socket_are_throttled() {
         .await
         .expect("send");
     assert_eq!(res.status(), 429, "the source's guesses were counted");
+    // A device accepted before still signs in from the shut-out source.
+    assert_eq!(
+        device_socket_close(&server.base, &device).await,
+        0,
+        "a proven device was shut out with the guesser"
+    );
     server.stop().await;
+}
+
+/// A device of a new account on a new plan: its access token.
+async fn registered_device(server: &TestServer) -> String {
+    let admin = signed_in_admin(server, "socket-owner@example.com").await;
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        "mutation{createPlan(input:{name:\"s\",priceCents:\"0\",durationDays:30,deviceLimit:5}){id}} ",
+        json!({}),
+    )
+    .await;
+    let plan = r["data"]["createPlan"]["id"].clone();
+    let me = gql(&server.base, Some(&admin), "{me{id}}", json!({})).await;
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+        json!({"u": me["data"]["me"]["id"], "p": plan}),
+    )
+    .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        "mutation{registerDevice(name:\"d\",platform:\"linux\"){accessToken}}",
+        json!({}),
+    )
+    .await;
+    r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned()
 }

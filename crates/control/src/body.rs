@@ -21,7 +21,8 @@ pub async fn whole(mut body: Body, limit: usize) -> Result<Bytes, AppError> {
     if announced > limit {
         return Err(AppError::TooLarge);
     }
-    let mut buf = BytesMut::with_capacity(announced);
+    // Grown as bytes come: a header alone does not reserve the bound.
+    let mut buf = BytesMut::with_capacity(announced.min(16 * 1024));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if too_large(&e) {

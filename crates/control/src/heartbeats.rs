@@ -277,9 +277,6 @@ pub async fn sweep_leases(db: &Db) -> AppResult<()> {
         // Row by row, gateways then nodes, each in id order: the order a
         // gateway's heartbeat takes them in (its own row, then the nodes
         // it judges), so the two never wait on each other.
-        // Gateways then nodes, each in id order: the order a gateway's
-        // heartbeat takes them in (its own row, then the nodes it judges),
-        // so the two never wait on each other.
         let gateways = lapsed!(conn, gateway_nodes, GatewayNode, GatewayNodeId, expired, ts);
         let nodes = lapsed!(conn, outline_nodes, OutlineNode, OutlineNodeId, expired, ts);
         for n in nodes {

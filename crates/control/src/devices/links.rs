@@ -50,14 +50,20 @@ fn same_url(a: &str, b: &str) -> bool {
 /// Where devices connect and the region whose key they get: the
 /// configured URL, in the region of the gateway registered at it (or, when
 /// none is, of the first active gateway: a front for the gateways); a
-/// configured URL whose registered gateway is not active is passed over.
+/// configured URL whose registered gateway is not active is passed over
+/// for an active gateway, if there is one.
 /// Otherwise the first active gateway. `None` for the region: no gateway
 /// is active yet.
 fn entry(configured: Option<&str>, gateways: &[Known]) -> Option<(String, Option<RegionId>)> {
     let first_active = gateways.iter().find(|g| g.2 == NodeStatus::Active);
     if let Some(url) = configured {
         match gateways.iter().find(|g| same_url(&g.0, url)) {
-            Some(g) if g.2 == NodeStatus::Active => return Some((url.to_owned(), Some(g.1))),
+            // Passed over for an active one; with none, it still is where
+            // devices are meant to go (links are given only with a new
+            // token: none at all would need another rotation later).
+            Some(g) if g.2 == NodeStatus::Active || first_active.is_none() => {
+                return Some((url.to_owned(), Some(g.1)));
+            }
             Some(_) => {}
             None => return Some((url.to_owned(), first_active.map(|g| g.1))),
         }
@@ -222,6 +228,12 @@ mod tests {
         );
         assert_eq!(url_for(us_url, &known, us), None);
         assert_eq!(url_for(None, &known, us), None);
+        let alone = [gw("https://us.example", us, NodeStatus::Draining)];
+        assert_eq!(
+            entry(us_url, &alone),
+            Some(("https://us.example/".to_owned(), Some(us))),
+            "no other gateway: still the configured one"
+        );
         assert_eq!(entry(None, &[]), None);
     }
 

@@ -118,12 +118,17 @@ async fn init_data(
     data.insert(from);
     data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn).delay(BATCH_DELAY));
     let credential = if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
-        // A source that presented too many unknown credentials (here or
-        // at /api/v1) is refused before its next one is looked up, and an
-        // unknown device token counts against it, as at /api/v1.
-        api.throttles
-            .guesser(from)
-            .map_err(AppError::into_graphql)?;
+        // As at /api/v1: a source that presented too many unknown
+        // credentials (here or there) is refused before its next one is
+        // looked up, unless that one was accepted lately (a device behind
+        // the same address as a guesser); an unknown device token counts
+        // against the source, and an accepted one is proven.
+        let now = std::time::Instant::now();
+        if let Err(e) = api.throttles.guesser(from)
+            && !api.proven.is_proven(token, now)
+        {
+            return Err(e.into_graphql());
+        }
         let verdict = api
             .tokens
             .check(&api.db, token)
@@ -131,12 +136,14 @@ async fn init_data(
             .map_err(|e| e.into_graphql())?;
         if verdict.device.is_none() {
             api.throttles.unknown_credential(from);
+            api.proven.forget(token);
         }
         // The access rule decides, as for a tunnel: a device that may not
         // connect may not follow the nodes either.
         let device = verdict
             .admitted()
             .map_err(|_| AppError::Unauthenticated.into_graphql())?;
+        api.proven.prove(token, now);
         data.insert(DeviceViewer {
             device_id: device.id,
         });

@@ -274,7 +274,9 @@ pub async fn set_status(
 /// tunnels at once (the devices reconnect elsewhere): a deleted node's
 /// sessions would otherwise stay open with no node. Ended sessions keep
 /// their history (without the node). Drain or disable a node to let its
-/// tunnels finish instead.
+/// tunnels finish instead. (A session an assignment commits through a
+/// gateway while the gateway is being deleted keeps running, as a session
+/// with no gateway, until it idles out.)
 pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
     actor.require_admin()?;
     let entry = audit::entry(
@@ -314,16 +316,24 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
                 now()
             )
         };
-        if !ended.is_empty() {
-            outbox.access(AccessChange::SessionClosed, None);
-        }
+        let mut closed = !ended.is_empty();
         let node = if is_outline {
-            AnyNode::Outline(
-                diesel::delete(outline_nodes::table.find(outline))
-                    .returning(OutlineNode::as_returning())
-                    .get_result(conn)
-                    .await?,
-            )
+            let node = diesel::delete(outline_nodes::table.find(outline))
+                .returning(OutlineNode::as_returning())
+                .get_result(conn)
+                .await?;
+            // A session an assignment inserted on the node after the
+            // ending above (its batch read the node before this began) is
+            // left open by the cascade with no node: ended too.
+            let orphans = crate::end_sessions_where!(
+                conn,
+                outbox,
+                sessions::outline_node_id.is_null(),
+                EndReason::NodeDown,
+                now()
+            );
+            closed |= !orphans.is_empty();
+            AnyNode::Outline(node)
         } else {
             AnyNode::Gateway(
                 diesel::delete(gateway_nodes::table.find(gateway))
@@ -334,6 +344,9 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
                     .ok_or(AppError::NotFound("node"))?,
             )
         };
+        if closed {
+            outbox.access(AccessChange::SessionClosed, None);
+        }
         let region: RegionId = node.region_id();
         let code: String = regions::table
             .find(region)
