@@ -86,7 +86,7 @@ async fn parse_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, A
     if !json_content_type(req.headers()) {
         return Err(AppError::bad("the body must be application/json"));
     }
-    let bytes = crate::body::whole(req.into_body(), crate::http::MAX_BODY_BYTES).await?;
+    let bytes = crate::body::whole(req.into_body(), httvps_wire::MAX_BODY_BYTES).await?;
     // Straight into the typed body: no tree of values first (a usage
     // report carries hundreds of entries).
     let parsed = serde_json::from_slice::<T>(&bytes);
