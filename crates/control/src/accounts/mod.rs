@@ -11,7 +11,7 @@ use super::{audit, auth};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{User, now};
-use crate::db::schema::{audit_log, devices, refresh_tokens, token_families, users};
+use crate::db::schema::{audit_log, devices, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::ids::UserId;
@@ -289,12 +289,7 @@ pub async fn set_status(
         };
         outbox.account(user_id);
         if status == UserStatus::Disabled {
-            diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
-                .filter(refresh_tokens::revoked_at.is_null())
-                .set(refresh_tokens::revoked_at.eq(ts))
-                .execute(conn)
-                .await?;
-            tokens::revoke_families!(conn, user_id, ts);
+            tokens::revoke_sign_ins!(conn, user_id, ts);
             // The sessions of every device end with the account, not when a
             // gateway next reports; the access event closes their tunnels.
             let owned = devices::table

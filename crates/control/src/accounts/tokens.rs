@@ -25,18 +25,25 @@ use crate::status::UserStatus;
 use crate::{db_run, db_tx};
 use httvps_wire::Secret;
 
-/// Revokes every live refresh-token family of a user inside a transaction
-/// (a macro: the body is expanded once per backend's connection type).
-macro_rules! revoke_families {
-    ($conn:expr, $user_id:expr, $ts:expr) => {
+/// Ends every sign-in of `$user_id` at `$ts` on `$conn`: its refresh
+/// tokens and their families are revoked (access tokens go with the
+/// account's token version, which the caller bumps first).
+macro_rules! revoke_sign_ins {
+    ($conn:expr, $user_id:expr, $ts:expr) => {{
+        use $crate::db::schema::{refresh_tokens, token_families};
+        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq($user_id)))
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::revoked_at.eq($ts))
+            .execute($conn)
+            .await?;
         diesel::update(token_families::table.filter(token_families::user_id.eq($user_id)))
             .filter(token_families::revoked_at.is_null())
             .set(token_families::revoked_at.eq($ts))
             .execute($conn)
             .await?
-    };
+    }};
 }
-pub(crate) use revoke_families;
+pub(crate) use revoke_sign_ins;
 
 /// Lifetime of a refresh token.
 pub const REFRESH_TTL_DAYS: i64 = 30;
@@ -229,12 +236,7 @@ pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
             ))
             .execute(conn)
             .await?;
-        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq(user_id)))
-            .filter(refresh_tokens::revoked_at.is_null())
-            .set(refresh_tokens::revoked_at.eq(ts))
-            .execute(conn)
-            .await?;
-        revoke_families!(conn, user_id, ts);
+        revoke_sign_ins!(conn, user_id, ts);
         Ok::<_, AppError>(())
     })
 }
@@ -258,12 +260,7 @@ macro_rules! replace_password {
             .await
             .optional()?
             .ok_or(AppError::NotFound("user"))?;
-        diesel::update(refresh_tokens::table.filter(refresh_tokens::user_id.eq($user_id)))
-            .filter(refresh_tokens::revoked_at.is_null())
-            .set(refresh_tokens::revoked_at.eq(ts))
-            .execute($conn)
-            .await?;
-        revoke_families!($conn, $user_id, ts);
+        revoke_sign_ins!($conn, $user_id, ts);
         user
     }};
 }
