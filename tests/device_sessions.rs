@@ -7,6 +7,8 @@
 //! itself without naming a region lands in a region chosen by a rule
 //! (its placement, else the first gateway's region), never at random,
 //! and is sent to a gateway of that region.
+//! A plan covering fewer devices than an account has leaves the oldest
+//! working and refuses the newest (`device_limit`) until one is revoked.
 
 mod common;
 
@@ -210,6 +212,34 @@ impl World {
         panic!("usage inbox not drained in 20 s");
     }
 
+    /// What validate-device says of `device_token`: valid, and the reason.
+    async fn validate(&self, gateway: &str, device_token: &str) -> (bool, Value) {
+        let (s, b) = self
+            .post(
+                "/api/v1/auth/validate-device",
+                gateway,
+                json!({"device_token": device_token}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        (b["valid"].as_bool().expect("valid"), b["reason"].clone())
+    }
+
+    /// Runs a statement that changes rows.
+    async fn exec(&self, q: &str) {
+        use diesel_async::RunQueryDsl;
+        match &self.server.state.db.pool {
+            httvps_control::db::DbPool::Pg(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+            }
+            httvps_control::db::DbPool::Sqlite(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+            }
+        }
+    }
+
     async fn int(&self, q: &str) -> i64 {
         use diesel_async::RunQueryDsl;
         #[derive(diesel::QueryableByName)]
@@ -380,6 +410,200 @@ async fn revoking_disabling_or_cancelling_ends_sessions_at_once_postgres() {
 #[tokio::test(flavor = "multi_thread")]
 async fn revoking_disabling_or_cancelling_ends_sessions_at_once_sqlite() {
     changes_end_sessions_at_once(World::on(TestDb::sqlite().await).await).await;
+}
+
+/// A plan covering fewer devices than the account has, granted after a
+/// larger one: the oldest devices keep working, the newest are refused
+/// with `device_limit` and their open sessions end with it; revoking one
+/// frees a place for the next in line; a later change of the plan leaves
+/// the subscription's limit as it was granted.
+async fn a_smaller_plan_leaves_the_oldest_devices(w: World) {
+    let gw = w.gateway("eu", "https://gw-eu.example.com").await;
+    w.node("eu", "n1").await;
+    let small = w
+        .gql(
+            "mutation{createPlan(input:{name:\"small\",priceCents:\"0\",durationDays:30,deviceLimit:2}){id}}",
+            json!({}),
+        )
+        .await["data"]["createPlan"]["id"]
+        .as_str()
+        .expect("plan")
+        .to_owned();
+    let a = w.owner().await;
+    let mut tokens = vec![a.token.clone()];
+    let mut ids = vec![a.device_id.clone()];
+    for name in ["b", "c"] {
+        let r = gql(
+            &w.server.base,
+            Some(&a.login),
+            "mutation($n:String!){registerDevice(name:$n,platform:\"linux\"){accessToken device{id}}}",
+            json!({"n": name}),
+        )
+        .await;
+        let d = &r["data"]["registerDevice"];
+        tokens.push(
+            d["accessToken"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+        );
+        ids.push(d["device"]["id"].as_str().expect("id").to_owned());
+    }
+    let oldest = w.session(&gw, &tokens[0]).await;
+    let newest = w.session(&gw, &tokens[2]).await;
+
+    // The five-device subscription lapses with the sessions still open,
+    // and the two-device plan is granted.
+    w.exec(&format!(
+        "UPDATE subscriptions SET starts_at = '2020-01-01 00:00:00', expires_at = '2020-02-01 00:00:00' WHERE id = '{}'",
+        a.subscription_id
+    ))
+    .await;
+    let r = w
+        .gql(
+            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id deviceLimit}}",
+            json!({"u": a.user_id, "p": small}),
+        )
+        .await;
+    assert_eq!(r["data"]["grantSubscription"]["deviceLimit"], 2, "{r}");
+    let small_sub = r["data"]["grantSubscription"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        w.end_reason(&newest).await.as_deref(),
+        Some("device_limit"),
+        "the newest device's session ends with the grant"
+    );
+    assert_eq!(
+        w.end_reason(&oldest).await,
+        None,
+        "the oldest keeps its session"
+    );
+
+    assert_eq!(w.validate(&gw, &tokens[0]).await, (true, Value::Null));
+    assert_eq!(w.validate(&gw, &tokens[1]).await, (true, Value::Null));
+    assert_eq!(
+        w.validate(&gw, &tokens[2]).await,
+        (false, json!("device_limit"))
+    );
+    let (s, b) = w
+        .post(
+            "/api/v1/nodes/assign-outline",
+            &gw,
+            json!({"device_token": tokens[2]}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["reason"].as_str()),
+        (403, Some("device_limit")),
+        "{b}"
+    );
+    let marks = gql(
+        &w.server.base,
+        Some(&a.login),
+        "{devices{edges{node{name overLimit}}}}",
+        json!({}),
+    )
+    .await;
+    let mut marked: Vec<(String, bool)> = marks["data"]["devices"]["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{marks}"))
+        .iter()
+        .map(|e| {
+            (
+                e["node"]["name"].as_str().expect("name").to_owned(),
+                e["node"]["overLimit"].as_bool().expect("overLimit"),
+            )
+        })
+        .collect();
+    marked.sort();
+    assert_eq!(
+        marked,
+        [("b".into(), false), ("c".into(), true), ("d".into(), false)]
+    );
+    // Three active devices under a limit of two: no fourth.
+    let r = gql(
+        &w.server.base,
+        Some(&a.login),
+        "mutation{registerDevice(name:\"e\",platform:\"linux\"){accessToken}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "LIMIT_EXCEEDED",
+        "{r}"
+    );
+
+    // Lowering the plan now leaves the granted subscription as it is.
+    w.gql(
+        "mutation($id:UUID!){updatePlan(id:$id,input:{deviceLimit:1}){deviceLimit}}",
+        json!({"id": small}),
+    )
+    .await;
+    assert_eq!(w.validate(&gw, &tokens[1]).await, (true, Value::Null));
+
+    // Revoking the oldest frees its place for the newest.
+    w.gql(
+        "mutation($id:UUID!){revokeDevice(id:$id){status}}",
+        json!({"id": ids[0]}),
+    )
+    .await;
+    assert_eq!(w.validate(&gw, &tokens[2]).await, (true, Value::Null));
+    let again = w.session(&gw, &tokens[2]).await;
+    assert_eq!(w.end_reason(&again).await, None);
+
+    // The two-device subscription runs out; a five-device one takes its
+    // place and a third device is registered under it; when that one is
+    // cancelled and the two-device one extended, the newest is beyond the
+    // limit again.
+    w.exec(&format!(
+        "UPDATE subscriptions SET status = 'expired' WHERE id = '{small_sub}'"
+    ))
+    .await;
+    let r = w
+        .gql(
+            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+            json!({"u": a.user_id, "p": w.plan_id}),
+        )
+        .await;
+    let big_sub = r["data"]["grantSubscription"]["id"].as_str().expect("id");
+    let r = gql(
+        &w.server.base,
+        Some(&a.login),
+        "mutation{registerDevice(name:\"f\",platform:\"linux\"){accessToken}}",
+        json!({}),
+    )
+    .await;
+    let third = r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    w.gql(
+        "mutation($id:UUID!){cancelSubscription(id:$id){status}}",
+        json!({"id": big_sub}),
+    )
+    .await;
+    w.gql(
+        "mutation($id:UUID!){extendSubscription(id:$id,days:30){status}}",
+        json!({"id": small_sub}),
+    )
+    .await;
+    assert_eq!(w.validate(&gw, &tokens[2]).await, (true, Value::Null));
+    assert_eq!(
+        w.validate(&gw, &third).await,
+        (false, json!("device_limit"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_smaller_plan_leaves_the_oldest_devices_postgres() {
+    a_smaller_plan_leaves_the_oldest_devices(World::on(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_smaller_plan_leaves_the_oldest_devices_sqlite() {
+    a_smaller_plan_leaves_the_oldest_devices(World::on(TestDb::sqlite().await).await).await;
 }
 
 /// `closeSession` ends the one session, audited once; closing it again,

@@ -91,6 +91,7 @@ async fn storage_invariants(t: &TestDb) {
         period_start: ts,
         created_at: ts,
         updated_at: ts,
+        device_limit: plan.device_limit,
     };
     let insert = |s: Subscription| {
         let db = db.clone();

@@ -226,6 +226,7 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
         last_seen_at: None,
         created_at: ts,
         revoked_at: None,
+        over_limit: false,
     };
     assert_control_hidden("Device", &debug(&device));
     let node = OutlineNode {

@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-Dr_7Ms2q.js",
+        path: "assets/console-Ck0RLyiK.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"c30c65d317ae650a1900\"",
+        etag: "\"e638fb08bbec556030cf\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-Dr_7Ms2q.js"),
-        gzip: Some(include_bytes!("assets/console-Dr_7Ms2q.js.gz")),
-        brotli: Some(include_bytes!("assets/console-Dr_7Ms2q.js.br")),
+        raw: include_bytes!("assets/console-Ck0RLyiK.js"),
+        gzip: Some(include_bytes!("assets/console-Ck0RLyiK.js.gz")),
+        brotli: Some(include_bytes!("assets/console-Ck0RLyiK.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"49e272f2757339fb3141\"",
+        etag: "\"4c88d9c1510764d2c63f\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

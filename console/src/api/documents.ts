@@ -6,8 +6,8 @@ const PLAN =
   'id name priceCents currency durationDays trafficLimitBytes deviceLimit resetPeriod archived createdAt';
 const REGION = 'id code name poolMethod createdAt';
 const SUBSCRIPTION =
-  'id status startsAt expiresAt trafficLimitBytes trafficUsedBytes periodStart';
-const DEVICE = 'id name platform status lastSeenAt createdAt revokedAt';
+  'id status startsAt expiresAt trafficLimitBytes trafficUsedBytes periodStart deviceLimit';
+const DEVICE = 'id name platform status lastSeenAt createdAt revokedAt overLimit';
 const OUTLINE_NODE =
   'id name host port method usesPoolKey status health capacity load bytesIn bytesOut lastHeartbeatAt enrollmentExpiresAt version createdAt region { id code name }';
 const GATEWAY_NODE =

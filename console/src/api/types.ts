@@ -67,6 +67,8 @@ export interface Subscription {
   trafficLimitBytes: BigIntString | null;
   trafficUsedBytes: BigIntString;
   periodStart: DateTime;
+  /** Active devices it covers (the plan's limit when it was granted). */
+  deviceLimit: number;
   user?: Pick<User, 'id' | 'email'> | null;
   plan?: Pick<Plan, 'id' | 'name' | 'deviceLimit' | 'resetPeriod'> | null;
 }
@@ -79,6 +81,8 @@ export interface Device {
   lastSeenAt: DateTime | null;
   createdAt: DateTime;
   revokedAt: DateTime | null;
+  /** Active, but beyond the device limit of the owner's subscription. */
+  overLimit: boolean;
   user?: Pick<User, 'id' | 'email'> | null;
 }
 

@@ -3,8 +3,10 @@
 import type { Device, Role, Subscription, UserStatus } from '../api/types';
 import { Badge } from './components';
 
-export function DeviceStatusBadge(props: { status: Device['status'] }) {
-  return props.status === 'ACTIVE' ? <Badge tone="ok">active</Badge> : <Badge tone="bad">revoked</Badge>;
+export function DeviceStatusBadge(props: { status: Device['status']; overLimit?: boolean }) {
+  if (props.status !== 'ACTIVE') return <Badge tone="bad">revoked</Badge>;
+  // Active, but the plan covers fewer devices: it connects once another is revoked.
+  return props.overLimit ? <Badge tone="warn">over the device limit</Badge> : <Badge tone="ok">active</Badge>;
 }
 
 export function RoleBadge(props: { role: Role }) {

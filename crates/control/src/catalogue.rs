@@ -139,7 +139,8 @@ pub async fn create_plan(db: &Db, actor: &Actor, input: NewPlan) -> AppResult<Pl
     })
 }
 
-/// Admin: changes a plan. Existing subscriptions keep their terms.
+/// Admin: changes a plan. Existing subscriptions keep their terms (allowance,
+/// device limit, duration): the change applies to grants from now on.
 pub async fn update_plan(
     db: &Db,
     actor: &Actor,

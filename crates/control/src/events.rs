@@ -138,6 +138,9 @@ pub enum AccessChange {
     /// An admin ended a session: gateways close its tunnels and forget
     /// the answer that routed its device to it.
     SessionClosed,
+    /// Devices of an account went beyond its device limit or came back
+    /// within it.
+    DeviceLimit,
 }
 
 impl AccessChange {
@@ -155,6 +158,7 @@ impl AccessChange {
             AccessChange::NodeWithdrawn => "node_withdrawn",
             AccessChange::AllowanceLowered => httvps_wire::events::ALLOWANCE_LOWERED,
             AccessChange::SessionClosed => "session_closed",
+            AccessChange::DeviceLimit => "device_limit",
         }
     }
 }

@@ -183,6 +183,8 @@ stored_enum! {
         ClosedByAdmin = "closed_by_admin",
         /// The gateway shut down.
         GatewayShutdown = "gateway_shutdown",
+        /// The device is beyond its owner's device limit.
+        DeviceLimit = "device_limit",
     }
 }
 
@@ -194,6 +196,7 @@ impl From<Reason> for EndReason {
             Reason::UserDisabled => EndReason::UserDisabled,
             Reason::NoSubscription | Reason::SubscriptionExpired => EndReason::SubscriptionEnded,
             Reason::QuotaExceeded => EndReason::QuotaExceeded,
+            Reason::DeviceLimit => EndReason::DeviceLimit,
         }
     }
 }

@@ -31,6 +31,12 @@ pub async fn grant(
 ) -> AppResult<Subscription> {
     actor.require_admin()?;
     db_tx!(db, |conn, outbox| {
+        // Sessions of devices beyond the new limit may end below: the
+        // appliers lock sessions, then subscriptions, so their lock comes
+        // first.
+        if let Some(lock) = APPLY_LOCK.on(conn) {
+            diesel::sql_query(lock).execute(conn).await?;
+        }
         let ts = now();
         let plan: Plan = plans::table
             .find(plan_id)
@@ -42,8 +48,14 @@ pub async fn grant(
         if plan.archived {
             return Err(AppError::Conflict("the plan is archived".into()));
         }
-        let user_exists: i64 = users::table.find(user_id).count().get_result(conn).await?;
-        if user_exists == 0 {
+        // The user's row, held to the end: registrations and revocations
+        // of the user's devices wait, so the device limit below is fitted
+        // to a list that cannot change meanwhile.
+        let touched = diesel::update(users::table.find(user_id))
+            .set(users::updated_at.eq(ts))
+            .execute(conn)
+            .await?;
+        if touched == 0 {
             return Err(AppError::NotFound("user"));
         }
         // A lapsed subscription still marked active is closed first.
@@ -69,6 +81,7 @@ pub async fn grant(
             period_start: ts,
             created_at: ts,
             updated_at: ts,
+            device_limit: plan.device_limit,
         };
         let inserted = diesel::insert_into(subscriptions::table)
             .values(&sub)
@@ -89,6 +102,9 @@ pub async fn grant(
             .values(&entry)
             .execute(conn)
             .await?;
+        // The new plan may cover fewer devices than the account has, or
+        // more than the one before.
+        crate::fit_device_limit!(conn, outbox, user_id, ts);
         // The new plan may allow less than the one it replaces.
         outbox.access(AccessChange::SubscriptionReplaced, Some(user_id));
         Ok(inserted)
@@ -106,6 +122,11 @@ pub async fn extend(
     actor.require_admin()?;
     validate::range("days", days.into(), 1, 3660)?;
     db_tx!(db, |conn, outbox| {
+        // As in `grant`: sessions may end below when a lapsed subscription
+        // comes back with a smaller device limit than the devices had.
+        if let Some(lock) = APPLY_LOCK.on(conn) {
+            diesel::sql_query(lock).execute(conn).await?;
+        }
         let ts = now();
         let sub: Subscription = subscriptions::table
             .find(id)
@@ -125,6 +146,12 @@ pub async fn extend(
             .checked_add_signed(chrono::Duration::days(days.into()))
             .filter(|t| *t <= validate::MAX_TIME)
             .ok_or_else(|| AppError::bad("the subscription would end after 9999-12-31"))?;
+        // The owner's row before the subscription's, as grants and
+        // registrations take them.
+        diesel::update(users::table.find(sub.user_id))
+            .set(users::updated_at.eq(ts))
+            .execute(conn)
+            .await?;
         // Not if a cancellation committed since the read: it stands.
         let updated = diesel::update(subscriptions::table.find(id))
             .filter(subscriptions::status.ne(SubscriptionStatus::Cancelled))
@@ -145,6 +172,11 @@ pub async fn extend(
                     "a cancelled subscription cannot be extended: grant a new one".into(),
                 )
             })?;
+        if sub.status != SubscriptionStatus::Active {
+            // A lapsed subscription active again: its device limit holds
+            // for the devices as they are now.
+            crate::fit_device_limit!(conn, outbox, updated.user_id, ts);
+        }
         let entry = audit::entry(
             actor,
             "extend_subscription",

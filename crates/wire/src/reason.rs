@@ -18,17 +18,21 @@ pub enum Reason {
     SubscriptionExpired,
     /// The traffic allowance is used up.
     QuotaExceeded,
+    /// The account has more active devices than its subscription covers,
+    /// and this is one of the newest: another must be revoked first.
+    DeviceLimit,
 }
 
 impl Reason {
     /// Every reason, for tables and tests.
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::DeviceUnknown,
         Reason::DeviceRevoked,
         Reason::UserDisabled,
         Reason::NoSubscription,
         Reason::SubscriptionExpired,
         Reason::QuotaExceeded,
+        Reason::DeviceLimit,
     ];
 
     /// The stable code.
@@ -40,6 +44,7 @@ impl Reason {
             Reason::NoSubscription => "no_subscription",
             Reason::SubscriptionExpired => "subscription_expired",
             Reason::QuotaExceeded => "quota_exceeded",
+            Reason::DeviceLimit => "device_limit",
         }
     }
 
@@ -57,17 +62,24 @@ impl Reason {
             Reason::NoSubscription => "The account has no subscription.",
             Reason::SubscriptionExpired => "The subscription has expired.",
             Reason::QuotaExceeded => "The traffic allowance is used up.",
+            Reason::DeviceLimit => {
+                "The plan covers fewer devices than the account has: remove one to use this one."
+            }
         }
     }
 
     /// Whether the refusal is about the subscription (none, ended, used
-    /// up): the device itself is in order, and its owner can act on it. The
+    /// up, or covering fewer devices): the device itself is in order, and
+    /// its owner can act on it. The
     /// gateway's access document tells these; the others (an unknown or
     /// revoked device, a disabled account) it answers as an unknown token.
     pub fn is_subscription(self) -> bool {
         matches!(
             self,
-            Reason::NoSubscription | Reason::SubscriptionExpired | Reason::QuotaExceeded
+            Reason::NoSubscription
+                | Reason::SubscriptionExpired
+                | Reason::QuotaExceeded
+                | Reason::DeviceLimit
         )
     }
 
@@ -78,6 +90,7 @@ impl Reason {
             Reason::UserDisabled => "user_disabled",
             Reason::NoSubscription | Reason::SubscriptionExpired => "subscription_ended",
             Reason::QuotaExceeded => "quota_exceeded",
+            Reason::DeviceLimit => "device_limit",
         }
     }
 }
@@ -175,7 +188,8 @@ mod tests {
             [
                 Reason::NoSubscription,
                 Reason::SubscriptionExpired,
-                Reason::QuotaExceeded
+                Reason::QuotaExceeded,
+                Reason::DeviceLimit
             ]
         );
     }

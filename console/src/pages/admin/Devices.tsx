@@ -59,7 +59,7 @@ export function Devices() {
                     <td>{dev.user ? <Link to={`/users/${dev.user.id}`}>{dev.user.email}</Link> : '—'}</td>
                     <td>{dev.platform}</td>
                     <td class="device-status">
-                      <DeviceStatusBadge status={dev.status} />
+                      <DeviceStatusBadge status={dev.status} overLimit={dev.overLimit} />
                     </td>
                     <td>{ago(dev.lastSeenAt, now)}</td>
                     <td>{day(dev.createdAt)}</td>

@@ -211,7 +211,7 @@ export function UserDetail(props: { id: string }) {
                           <th scope="row">{dev.name}</th>
                           <td>{dev.platform}</td>
                           <td class="device-status">
-                            <DeviceStatusBadge status={dev.status} />
+                            <DeviceStatusBadge status={dev.status} overLimit={dev.overLimit} />
                           </td>
                           <td>{ago(dev.lastSeenAt, now)}</td>
                           <td>{day(dev.createdAt)}</td>

@@ -156,7 +156,7 @@ export function MyDevices(props: { userId: string }) {
                       <th scope="row">{dev.name}</th>
                       <td>{dev.platform}</td>
                       <td class="device-status">
-                        <DeviceStatusBadge status={dev.status} />
+                        <DeviceStatusBadge status={dev.status} overLimit={dev.overLimit} />
                       </td>
                       <td class="device-placement">
                         <PlacementCell placement={placement(dev.id)} />

@@ -58,7 +58,7 @@ export function MyPlan(props: { userId: string }) {
                   </dd>
                   <dt>Devices</dt>
                   <dd>
-                    up to {sub.plan?.deviceLimit ?? '?'} · <Link to="/my/devices">manage devices</Link>
+                    up to {sub.deviceLimit} · <Link to="/my/devices">manage devices</Link>
                   </dd>
                 </dl>
               </section>

@@ -185,6 +185,7 @@ mod tests {
                 last_seen_at: None,
                 created_at: now(),
                 revoked_at: None,
+                over_limit: false,
             },
             user_status: UserStatus::Active,
             user_email: "d@example.test".into(),

@@ -1,7 +1,8 @@
 //! The access rule, in one place: may this device open a tunnel now? The
 //! device must be active, its owner active, the owner's subscription
 //! current (stored active and `starts_at <= now < expires_at`) and within
-//! its allowance. [`judge`] decides from loaded facts and the time it is
+//! its allowance, and the device within the subscription's device limit
+//! (kept on the device row by [`crate::devices::limit`]). [`judge`] decides from loaded facts and the time it is
 //! given (pure, tested below); [`query`] loads those facts with the one
 //! query every caller shares; [`closing`] applies the rule to open sessions.
 //!
@@ -104,6 +105,9 @@ pub fn judge(facts: &Facts, at: NaiveDateTime) -> Option<Reason> {
     if quota_spent(sub.traffic_used_bytes, sub.traffic_limit_bytes) {
         return Some(Reason::QuotaExceeded);
     }
+    if facts.device.over_limit {
+        return Some(Reason::DeviceLimit);
+    }
     None
 }
 
@@ -177,6 +181,7 @@ mod tests {
                 last_seen_at: None,
                 created_at: t(-100),
                 revoked_at: None,
+                over_limit: false,
             },
             user_status: UserStatus::Active,
             user_email: "owner@example.test".into(),
@@ -192,6 +197,7 @@ mod tests {
                 period_start: t(0),
                 created_at: t(0),
                 updated_at: t(0),
+                device_limit: 3,
             }),
         }
     }
@@ -229,8 +235,12 @@ mod tests {
             judge(&stored_expired, t(30)),
             Some(Reason::SubscriptionExpired)
         );
-        let spent = with_sub(|s| s.traffic_used_bytes = 5000);
+        let mut spent = with_sub(|s| s.traffic_used_bytes = 5000);
+        spent.device.over_limit = true;
         assert_eq!(judge(&spent, t(30)), Some(Reason::QuotaExceeded));
+        let mut beyond = facts();
+        beyond.device.over_limit = true;
+        assert_eq!(judge(&beyond, t(30)), Some(Reason::DeviceLimit));
     }
 
     #[test]

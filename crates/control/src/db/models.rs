@@ -109,6 +109,9 @@ pub struct Subscription {
     pub created_at: NaiveDateTime,
     /// Last change (UTC).
     pub updated_at: NaiveDateTime,
+    /// How many active devices it covers (the plan's limit when it was
+    /// granted).
+    pub device_limit: i32,
 }
 
 /// A row of `devices`.
@@ -133,6 +136,10 @@ pub struct Device {
     pub created_at: NaiveDateTime,
     /// Revocation time (UTC).
     pub revoked_at: Option<NaiveDateTime>,
+    /// Whether it is beyond its owner's device limit: active, but one of
+    /// more active devices than the subscription covers (the newest ones
+    /// are), so it may not connect until another is revoked.
+    pub over_limit: bool,
 }
 
 /// A row of `outline_nodes`.

@@ -58,6 +58,7 @@ diesel::table! {
         period_start -> Timestamp,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        device_limit -> Integer,
     }
 }
 
@@ -73,6 +74,7 @@ diesel::table! {
         last_seen_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         revoked_at -> Nullable<Timestamp>,
+        over_limit -> Bool,
     }
 }
 

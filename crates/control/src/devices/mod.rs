@@ -1,8 +1,10 @@
-//! Devices: registration within the plan's device limit (race-free), the
-//! access token (shown once, stored hashed, rotatable), revocation, and the
+//! Devices: registration within the subscription's device limit
+//! (race-free; devices beyond a limit lowered later are marked, [`limit`]),
+//! the access token (shown once, stored hashed, rotatable), revocation, and the
 //! ready-to-use access links ([`links`]). Revoking a device or replacing
 //! its token tells gateways in the same transaction, whoever calls.
 
+pub mod limit;
 pub mod links;
 
 use diesel::prelude::*;
@@ -13,8 +15,8 @@ use super::{access, audit, validate};
 use crate::actor::Actor;
 use crate::auth;
 use crate::db::Db;
-use crate::db::models::{AuditEntry, Device, Plan, Subscription, now};
-use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
+use crate::db::models::{AuditEntry, Device, Subscription, now};
+use crate::db::schema::{audit_log, devices, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::feed::{DeviceChange, DeviceEventKind};
@@ -66,15 +68,14 @@ pub async fn register(
         if touched == 0 {
             return Err(AppError::NotFound("user"));
         }
-        let stored: Option<(Subscription, Plan)> = subscriptions::table
-            .inner_join(plans::table)
+        let stored: Option<Subscription> = subscriptions::table
             .filter(subscriptions::user_id.eq(user_id))
             .filter(subscriptions::status.eq(SubscriptionStatus::Active))
-            .select((Subscription::as_select(), Plan::as_select()))
+            .select(Subscription::as_select())
             .first(conn)
             .await
             .optional()?;
-        let Some((_, plan)) = stored.filter(|(s, _)| access::is_current(s, ts)) else {
+        let Some(sub) = stored.filter(|s| access::is_current(s, ts)) else {
             return Err(AppError::LimitExceeded(
                 "an active subscription is needed to register a device".into(),
             ));
@@ -85,10 +86,10 @@ pub async fn register(
             .count()
             .get_result(conn)
             .await?;
-        if active >= i64::from(plan.device_limit) {
+        if active >= i64::from(sub.device_limit) {
             return Err(AppError::LimitExceeded(format!(
                 "the plan allows {} active device(s): revoke one first",
-                plan.device_limit
+                sub.device_limit
             )));
         }
         let device = Device {
@@ -101,6 +102,7 @@ pub async fn register(
             last_seen_at: None,
             created_at: ts,
             revoked_at: None,
+            over_limit: false,
         };
         diesel::insert_into(devices::table)
             .values(&device)
@@ -142,6 +144,12 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
             return Ok(device);
         }
         let ts = now();
+        // The owner's row first, as registration takes it: the places
+        // under the device limit are counted below without a race.
+        diesel::update(users::table.find(device.user_id))
+            .set(users::updated_at.eq(ts))
+            .execute(conn)
+            .await?;
         let revoked = diesel::update(devices::table.find(id))
             .set((
                 devices::status.eq(DeviceStatus::Revoked),
@@ -153,6 +161,9 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
         // Its sessions end with the revocation, not when a gateway next
         // reports; the access event below closes their tunnels.
         crate::end_open_sessions!(conn, outbox, [id], EndReason::DeviceRevoked, ts);
+        // A place under the device limit may have come free for the next
+        // device in line.
+        crate::fit_device_limit!(conn, outbox, device.user_id, ts);
         let details = serde_json::json!({"userId": device.user_id});
         if let Some(e) = audit_of(actor, &device, "revoke_device", details) {
             diesel::insert_into(audit_log::table)

@@ -34,6 +34,10 @@ pub struct Device {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Revocation time (UTC).
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether it is active but beyond the device limit of its owner's
+    /// subscription (one of the newest of more active devices than the
+    /// plan covers): it may not connect until another device is revoked.
+    pub over_limit: bool,
     /// The owner (resolved by `user`).
     #[graphql(skip)]
     pub user_id: UserId,
@@ -49,6 +53,7 @@ impl From<models::Device> for Device {
             last_seen_at: d.last_seen_at.map(|t| t.and_utc()),
             created_at: d.created_at.and_utc(),
             revoked_at: d.revoked_at.map(|t| t.and_utc()),
+            over_limit: d.over_limit,
             user_id: d.user_id,
         }
     }

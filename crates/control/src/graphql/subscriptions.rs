@@ -40,6 +40,9 @@ pub struct Subscription {
     pub quota_reached: bool,
     /// Start of the current traffic period (UTC).
     pub period_start: chrono::DateTime<chrono::Utc>,
+    /// How many active devices it covers (the plan's limit when it was
+    /// granted; a later change of the plan leaves it as it is).
+    pub device_limit: i32,
     /// The subscriber (resolved by `user`).
     #[graphql(skip)]
     pub user_id: UserId,
@@ -59,6 +62,7 @@ impl From<models::Subscription> for Subscription {
             traffic_used_bytes: BigInt(s.traffic_used_bytes),
             quota_reached: access::quota_spent(s.traffic_used_bytes, s.traffic_limit_bytes),
             period_start: s.period_start.and_utc(),
+            device_limit: s.device_limit,
             user_id: s.user_id,
             plan_id: s.plan_id,
         }
