@@ -7,6 +7,8 @@
 //! itself without naming a region lands in a region chosen by a rule
 //! (its placement, else the first gateway's region), never at random,
 //! and is sent to a gateway of that region.
+//! A session opened with a token replaced meanwhile is closed at the
+//! gateway's next heartbeat.
 //! A plan covering fewer devices than an account has leaves the oldest
 //! working and refuses the newest (`device_limit`) until one is revoked.
 
@@ -604,6 +606,53 @@ async fn a_smaller_plan_leaves_the_oldest_devices_postgres() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_smaller_plan_leaves_the_oldest_devices_sqlite() {
     a_smaller_plan_leaves_the_oldest_devices(World::on(TestDb::sqlite().await).await).await;
+}
+
+/// A session opened with an access token that was replaced before the
+/// session committed (the replacement's transaction ended the sessions it
+/// saw, not this one) is closed at its gateway's next heartbeat, as a
+/// revoked device's; a session of the current token is kept.
+async fn a_replaced_tokens_late_session_is_closed(w: World) {
+    let gw = w.gateway("eu", "https://gw-eu.example.com").await;
+    w.node("eu", "n1").await;
+    let a = w.owner().await;
+    let b = w.owner().await;
+    let late = w.session(&gw, &a.token).await;
+    let kept = w.session(&gw, &b.token).await;
+    // The replacement as it lands when the session commits just after it:
+    // a new token hash, the session still open.
+    w.exec(&format!(
+        "UPDATE devices SET token_hash = '{}' WHERE id = '{}'",
+        "ab".repeat(32),
+        a.device_id
+    ))
+    .await;
+    assert_eq!(w.end_reason(&late).await, None);
+    let (s, body) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            &gw,
+            json!({"open_tunnels": 2, "open_sessions": [late, kept]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["close_sessions"],
+        json!([{"session_id": late, "reason": "device_revoked"}]),
+        "{body}"
+    );
+    assert_eq!(w.end_reason(&late).await.as_deref(), Some("device_revoked"));
+    assert_eq!(w.end_reason(&kept).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_tokens_late_session_is_closed_postgres() {
+    a_replaced_tokens_late_session_is_closed(World::on(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_tokens_late_session_is_closed_sqlite() {
+    a_replaced_tokens_late_session_is_closed(World::on(TestDb::sqlite().await).await).await;
 }
 
 /// `closeSession` ends the one session, audited once; closing it again,

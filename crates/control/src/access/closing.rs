@@ -30,6 +30,9 @@ pub struct Held {
     pub device_id: DeviceId,
     /// Why it ended, if it has.
     pub end_reason: Option<EndReason>,
+    /// The generation of the access token it was opened with (0: not
+    /// recorded).
+    pub token_generation: i64,
 }
 
 /// What to tell the gateway, and which sessions to end now.
@@ -39,6 +42,13 @@ pub struct Closing {
     pub orders: Vec<(SessionId, EndReason)>,
     /// Sessions to end now (a subset of the orders).
     pub to_end: Vec<(SessionId, EndReason)>,
+}
+
+/// Whether `held` was opened with an access token other than the one its
+/// device holds now.
+fn replaced(held: &Held, device: &Facts) -> bool {
+    held.token_generation != 0
+        && held.token_generation != crate::auth::token_generation(device.device.token_hash.expose())
 }
 
 /// Decides, at `at`, what happens to `held` sessions given the `facts`
@@ -52,6 +62,10 @@ pub fn decide(held: &[Held], facts: &[Facts], at: NaiveDateTime) -> Closing {
             continue;
         }
         let refusal = match by_device.get(&s.device_id) {
+            // Opened with an access token replaced since (an assignment
+            // that committed just after the replacement ended the
+            // device's sessions): the token no longer admits anything.
+            Some(f) if replaced(s, f) => Some(super::Reason::DeviceUnknown),
             Some(f) => judge(f, at),
             None => Some(super::Reason::DeviceUnknown),
         };
@@ -77,7 +91,12 @@ pub async fn close_orders(
     let held: Vec<Held> = db_run!(db, |conn| sessions::table
         .filter(sessions::id.eq_any(session_ids))
         .filter(sessions::gateway_node_id.eq(gateway))
-        .select((sessions::id, sessions::device_id, sessions::end_reason))
+        .select((
+            sessions::id,
+            sessions::device_id,
+            sessions::end_reason,
+            sessions::token_generation,
+        ))
         .load(conn)
         .await?);
     let mut devices: Vec<DeviceId> = held.iter().map(|s| s.device_id).collect();
@@ -200,16 +219,19 @@ mod tests {
             id: SessionId::random(),
             device_id: a,
             end_reason: Some(EndReason::Idle),
+            token_generation: 0,
         };
         let revoked = Held {
             id: SessionId::random(),
             device_id: b,
             end_reason: None,
+            token_generation: 0,
         };
         let gone = Held {
             id: SessionId::random(),
             device_id: c,
             end_reason: None,
+            token_generation: 0,
         };
         let facts = [
             device(a, DeviceStatus::Active),
@@ -240,8 +262,34 @@ mod tests {
             id: SessionId::random(),
             device_id: a,
             end_reason: None,
+            token_generation: 0,
         };
         let out = decide(std::slice::from_ref(&open), &facts, now());
         assert_eq!(out.to_end, vec![(open.id, EndReason::SubscriptionEnded)]);
+    }
+
+    #[test]
+    fn a_session_of_a_replaced_token_is_closed() {
+        let d = DeviceId::random();
+        let mut facts = device(d, DeviceStatus::Active);
+        facts.device.token_hash = "00000000000002a0ffff".into();
+        let current = crate::auth::token_generation(facts.device.token_hash.expose());
+        let held = |token_generation| Held {
+            id: SessionId::random(),
+            device_id: d,
+            end_reason: None,
+            token_generation,
+        };
+        let (stale, unrecorded, fresh) = (held(current + 1), held(0), held(current));
+        let out = decide(
+            &[stale.clone(), unrecorded.clone(), fresh.clone()],
+            std::slice::from_ref(&facts),
+            now(),
+        );
+        // The stale one is closed as a revoked token's; the others are
+        // judged by the rule (here: no subscription).
+        assert_eq!(out.to_end[0], (stale.id, EndReason::DeviceRevoked));
+        assert_eq!(out.to_end[1], (unrecorded.id, EndReason::SubscriptionEnded));
+        assert_eq!(out.to_end[2], (fresh.id, EndReason::SubscriptionEnded));
     }
 }

@@ -248,6 +248,9 @@ pub struct Session {
     pub last_seq: i64,
     /// Why it ended.
     pub end_reason: Option<EndReason>,
+    /// The generation of the device's access token it was opened with
+    /// ([`crate::auth::token_generation`]; 0: not recorded).
+    pub token_generation: i64,
 }
 
 /// A row of `usage_ledger`.

@@ -145,6 +145,7 @@ diesel::table! {
         witness_base_down -> BigInt,
         witness_up -> BigInt,
         witness_down -> BigInt,
+        token_generation -> BigInt,
     }
 }
 

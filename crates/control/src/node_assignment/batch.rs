@@ -44,6 +44,9 @@ pub struct Ask {
     pub region: Option<RegionId>,
     /// The random draw of a fresh choice, in `[0, 1)`.
     pub spin: f64,
+    /// The generation of the access token it was validated with (stored
+    /// on a new session, so a replaced token's session is closed).
+    pub token_generation: i64,
 }
 
 /// An open session's identity: at most one is open per key (the unique
@@ -331,6 +334,7 @@ fn plan(
                     bytes_down: 0,
                     last_seq: 0,
                     end_reason: None,
+                    token_generation: ask.token_generation,
                 };
                 let (k, at) = (key(&s), at(node));
                 fresh.insert(k, s.clone());
@@ -395,6 +399,7 @@ mod tests {
             gateway,
             region,
             spin: 0.5,
+            token_generation: 1,
         }
     }
 
@@ -471,6 +476,7 @@ mod tests {
             bytes_down: 0,
             last_seq: 0,
             end_reason: None,
+            token_generation: 0,
         };
         let (plans, fresh) = plan(&[ask(d, g, Some(r))], &nodes, vec![open.clone()], ts);
         assert!(fresh.is_empty());

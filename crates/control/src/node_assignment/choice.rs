@@ -177,6 +177,7 @@ mod tests {
             bytes_down: 0,
             last_seq: 0,
             end_reason: None,
+            token_generation: 0,
         }
     }
 

@@ -91,6 +91,7 @@ pub async fn assign(
         gateway: gateway.map(|g| g.id),
         region: region_id,
         spin: rand::random(),
+        token_generation: crate::auth::token_generation(device.token_hash.expose()),
     };
     opener.assign(db, ask).await
 }
