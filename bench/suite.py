@@ -652,9 +652,9 @@ INSERT INTO regions (id, code, name, pool_method, pool_secret, created_at)
   VALUES ('00000000-0000-4000-8000-000000000002','bench','Bench','chacha20-ietf-poly1305','benchbenchbenchbench',now());
 INSERT INTO users SELECT '10000000-0000-4000-8000-' || lpad(i::text, 12, '0'), 'u' || i || '@bench.test', 'x', 'user', 'active', 0, now(), now()
   FROM generate_series(1, {users}) i;
-INSERT INTO subscriptions (id, user_id, plan_id, status, starts_at, expires_at, traffic_limit_bytes, traffic_used_bytes, period_start, created_at, updated_at)
+INSERT INTO subscriptions (id, user_id, plan_id, status, starts_at, expires_at, traffic_limit_bytes, traffic_used_bytes, period_start, created_at, updated_at, device_limit)
   SELECT '20000000-0000-4000-8000-' || lpad(i::text, 12, '0'), '10000000-0000-4000-8000-' || lpad(i::text, 12, '0'),
-  '00000000-0000-4000-8000-000000000001', 'active', now() - interval '1 day', now() + interval '30 days', NULL, 0, now(), now(), now()
+  '00000000-0000-4000-8000-000000000001', 'active', now() - interval '1 day', now() + interval '30 days', NULL, 0, now(), now(), now(), 100
   FROM generate_series(1, {users}) i;
 INSERT INTO devices SELECT '30000000-0000-4000-8000-' || lpad(i::text, 12, '0'), '10000000-0000-4000-8000-' || lpad(((i + 9) / 10)::text, 12, '0'),
   'd' || i, 'linux', 'active', encode(sha256(('bench' || lpad(i::text, 38, '0'))::bytea), 'hex'), NULL, now(), NULL

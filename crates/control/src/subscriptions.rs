@@ -9,9 +9,9 @@ use diesel_async::RunQueryDsl;
 use super::pagination::{Page, PageArgs};
 use super::{audit, validate};
 use crate::actor::Actor;
+use crate::db::Db;
 use crate::db::models::{Plan, Subscription, now};
 use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
-use crate::db::{APPLY_LOCK, Db};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::ids::{PlanId, SubscriptionId, UserId};
@@ -34,9 +34,7 @@ pub async fn grant(
         // Sessions of devices beyond the new limit may end below: the
         // appliers lock sessions, then subscriptions, so their lock comes
         // first.
-        if let Some(lock) = APPLY_LOCK.on(conn) {
-            diesel::sql_query(lock).execute(conn).await?;
-        }
+        crate::apply_lock!(conn);
         let ts = now();
         let plan: Plan = plans::table
             .find(plan_id)
@@ -124,9 +122,7 @@ pub async fn extend(
     db_tx!(db, |conn, outbox| {
         // As in `grant`: sessions may end below when a lapsed subscription
         // comes back with a smaller device limit than the devices had.
-        if let Some(lock) = APPLY_LOCK.on(conn) {
-            diesel::sql_query(lock).execute(conn).await?;
-        }
+        crate::apply_lock!(conn);
         let ts = now();
         let sub: Subscription = subscriptions::table
             .find(id)
@@ -172,11 +168,10 @@ pub async fn extend(
                     "a cancelled subscription cannot be extended: grant a new one".into(),
                 )
             })?;
-        if sub.status != SubscriptionStatus::Active {
-            // A lapsed subscription active again: its device limit holds
-            // for the devices as they are now.
-            crate::fit_device_limit!(conn, outbox, updated.user_id, ts);
-        }
+        // A lapsed subscription may be active again: its device limit
+        // holds for the devices as they are now (whatever the status read
+        // above said: the sweeper may have expired it since).
+        crate::fit_device_limit!(conn, outbox, updated.user_id, ts);
         let entry = audit::entry(
             actor,
             "extend_subscription",
@@ -201,9 +196,7 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
     db_tx!(db, |conn, outbox| {
         // The subscription, then its sessions: the appliers lock sessions,
         // then subscriptions, so their lock comes first.
-        if let Some(lock) = APPLY_LOCK.on(conn) {
-            diesel::sql_query(lock).execute(conn).await?;
-        }
+        crate::apply_lock!(conn);
         let ts = now();
         let updated: Subscription = diesel::update(subscriptions::table.find(id))
             .set((

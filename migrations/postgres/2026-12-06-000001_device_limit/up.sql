@@ -1,10 +1,11 @@
 -- The plan's device limit is a term of the subscription, copied when it is
 -- granted, like its traffic allowance: a later change of the plan leaves
--- existing subscriptions as they are.
+-- existing subscriptions as they are. The default (the largest limit a
+-- plan can have) is for rows written by code that predates the column,
+-- as on SQLite.
 ALTER TABLE subscriptions ADD COLUMN device_limit INTEGER NOT NULL DEFAULT 1000
     CHECK (device_limit BETWEEN 1 AND 1000);
 UPDATE subscriptions s SET device_limit = p.device_limit FROM plans p WHERE p.id = s.plan_id;
-ALTER TABLE subscriptions ALTER COLUMN device_limit DROP DEFAULT;
 
 -- A device beyond its owner's device limit (the account has more active
 -- devices than the subscription allows, after a smaller plan was granted)

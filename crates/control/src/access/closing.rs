@@ -130,6 +130,7 @@ pub async fn end_sessions(db: &Db, sessions: &[(SessionId, EndReason)]) -> AppRe
             .push(*id);
     }
     db_tx!(db, |conn, outbox| {
+        crate::apply_lock!(conn);
         let ts = now();
         for (reason, ids) in by_reason.values() {
             crate::end_sessions_where!(conn, outbox, sessions::id.eq_any(ids), *reason, ts);
@@ -145,6 +146,7 @@ pub async fn end_sessions(db: &Db, sessions: &[(SessionId, EndReason)]) -> AppRe
 pub async fn close_by_admin(db: &Db, actor: &Actor, id: SessionId) -> AppResult<Session> {
     actor.require_admin()?;
     db_tx!(db, |conn, outbox| {
+        crate::apply_lock!(conn);
         let ended = crate::end_sessions_where!(
             conn,
             outbox,

@@ -272,6 +272,11 @@ pub async fn set_status(
         serde_json::json!({"status": status.as_str()}),
     );
     db_tx!(db, |conn, outbox| {
+        // Disabling ends the account's sessions, outside the usage
+        // appliers.
+        if status == UserStatus::Disabled {
+            crate::apply_lock!(conn);
+        }
         let ts = now();
         let changed: Option<User> = diesel::update(users::table.find(user_id))
             .filter(users::status.ne(status))

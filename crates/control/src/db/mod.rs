@@ -26,6 +26,19 @@ pub const APPLY_LOCK: Statement = Statement {
     pg: "SELECT pg_advisory_xact_lock(504446936933)",
     sqlite: "",
 };
+/// Takes [`APPLY_LOCK`] on `$conn` inside a transaction (PostgreSQL; SQLite
+/// has one writer anyway). It must come first, before any row lock: a
+/// change that ends sessions outside the appliers then never holds a
+/// session row an applier pass waits for, nor waits for one it holds.
+#[macro_export]
+macro_rules! apply_lock {
+    ($conn:expr) => {
+        if let Some(lock) = $crate::db::APPLY_LOCK.on($conn) {
+            diesel::sql_query(lock).execute($conn).await?;
+        }
+    };
+}
+
 pub use notify::notify;
 pub use prepared::Prepared;
 

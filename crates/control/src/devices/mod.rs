@@ -137,6 +137,8 @@ fn audit_of(
 /// already revoked is answered as it is.
 pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
     db_tx!(db, |conn, outbox| {
+        // Its sessions end below, outside the usage appliers.
+        crate::apply_lock!(conn);
         let device = device_of!(conn, actor, id);
         if device.status == DeviceStatus::Revoked {
             // Already revoked: its revocation time, events and audit entry
@@ -154,6 +156,8 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
             .set((
                 devices::status.eq(DeviceStatus::Revoked),
                 devices::revoked_at.eq(ts),
+                // Only active devices hold places under the limit.
+                devices::over_limit.eq(false),
             ))
             .returning(Device::as_returning())
             .get_result(conn)
@@ -219,6 +223,8 @@ pub async fn rotate_token(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<(De
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
     let device = db_tx!(db, |conn, outbox| {
+        // Its sessions end below, outside the usage appliers.
+        crate::apply_lock!(conn);
         let device = device_of!(conn, actor, id);
         if device.status != DeviceStatus::Active {
             return Err(AppError::Conflict("the device is revoked".into()));

@@ -8,9 +8,9 @@ use httvps_wire::Secret;
 use super::enrollment::EnrollmentTtl;
 use super::{AnyNode, gateway_event, outline_event, status_event};
 use crate::actor::Actor;
+use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, Region, now};
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
-use crate::db::{APPLY_LOCK, Db};
 use crate::db_tx;
 use crate::error::{AppError, AppResult};
 use crate::events::{AccessChange, NodeEventKind};
@@ -291,9 +291,7 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
         // too) in id order, which the ending and the cascade below would
         // otherwise meet in another order. A heartbeat skips the sessions
         // held here, so it never waits on them.
-        if let Some(lock) = APPLY_LOCK.on(conn) {
-            diesel::sql_query(lock).execute(conn).await?;
-        }
+        crate::apply_lock!(conn);
         let (outline, gateway) = (OutlineNodeId::from(id), GatewayNodeId::from(id));
         let is_outline: bool =
             diesel::select(diesel::dsl::exists(outline_nodes::table.find(outline)))

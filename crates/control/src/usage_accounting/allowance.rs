@@ -13,7 +13,6 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::statements::APPLY_LOCK;
 use crate::access::{is_current, quota_spent};
 use crate::actor::Actor;
 use crate::db::Db;
@@ -81,9 +80,7 @@ macro_rules! change {
      |$sub:ident, $ts:ident| $set:expr, $details:expr) => {
         db_tx!($db, |conn, outbox| {
             let $ts = now();
-            if let Some(lock) = APPLY_LOCK.on(conn) {
-                diesel::sql_query(lock).execute(conn).await?;
-            }
+            crate::apply_lock!(conn);
             // Read under the row's lock (SQLite has one writer anyway), so
             // a cancellation cannot slip in between the check and the
             // update below.

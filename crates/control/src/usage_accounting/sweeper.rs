@@ -17,7 +17,7 @@ use diesel_async::RunQueryDsl;
 
 use super::inbox::to_json;
 use super::plan::{ClosedHour, hour_of};
-use super::statements::{APPLY_LOCK, LEDGER, LedgerRow};
+use super::statements::{LEDGER, LedgerRow};
 use crate::db::models::now;
 use crate::db::schema::{plans, sessions, subscriptions, users};
 use crate::db::{Db, Statement};
@@ -166,9 +166,7 @@ async fn prune_witness(db: &Db, cutoff: NaiveDateTime) -> AppResult<usize> {
 async fn close_hours(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
     let hour = hour_of(now);
     db_tx!(db, |conn, _| {
-        if let Some(lock) = APPLY_LOCK.on(conn) {
-            diesel::sql_query(lock).execute(conn).await?;
-        }
+        crate::apply_lock!(conn);
         let rows: Vec<HourRow> = sessions::table
             .filter(sessions::hour_start.lt(hour))
             .filter(sessions::hour_up.gt(0).or(sessions::hour_down.gt(0)))
@@ -212,9 +210,7 @@ async fn reset_periods(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
     let days = crate::subscriptions::PERIOD_DAYS;
     let cutoff = now - chrono::Duration::days(days);
     db_tx!(db, |conn, _| {
-        if let Some(lock) = APPLY_LOCK.on(conn) {
-            diesel::sql_query(lock).execute(conn).await?;
-        }
+        crate::apply_lock!(conn);
         let due: Vec<(SubscriptionId, NaiveDateTime)> = subscriptions::table
             .inner_join(plans::table)
             .filter(plans::reset_period.eq(ResetPeriod::Monthly))
