@@ -8,7 +8,8 @@
 //! (its placement, else the first gateway's region), never at random,
 //! and is sent to a gateway of that region.
 //! A session opened with a token replaced meanwhile is closed at the
-//! gateway's next heartbeat.
+//! gateway's next heartbeat, or by the device's next assignment with its
+//! current token, which does not join it.
 //! A plan covering fewer devices than an account has leaves the oldest
 //! working and refuses the newest (`device_limit`) until one is revoked.
 
@@ -596,6 +597,27 @@ async fn a_smaller_plan_leaves_the_oldest_devices(w: World) {
         w.validate(&gw, &third).await,
         (false, json!("device_limit"))
     );
+
+    // With no subscription in force, no device is beyond a limit.
+    w.gql(
+        "mutation($id:UUID!){cancelSubscription(id:$id){status}}",
+        json!({"id": small_sub}),
+    )
+    .await;
+    let marks = gql(
+        &w.server.base,
+        Some(&a.login),
+        "{devices{edges{node{name overLimit}}}}",
+        json!({}),
+    )
+    .await;
+    let over: Vec<&Value> = marks["data"]["devices"]["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{marks}"))
+        .iter()
+        .filter(|e| e["node"]["overLimit"] == true)
+        .collect();
+    assert!(over.is_empty(), "{marks}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -643,6 +665,57 @@ async fn a_replaced_tokens_late_session_is_closed(w: World) {
     );
     assert_eq!(w.end_reason(&late).await.as_deref(), Some("device_revoked"));
     assert_eq!(w.end_reason(&kept).await, None);
+}
+
+/// The same late session met by the device's next assignment with its
+/// current token: that call does not join it, it ends it and gets a
+/// session of its own.
+async fn the_current_token_does_not_join_a_replaced_tokens_session(w: World) {
+    let gw = w.gateway("eu", "https://gw-eu.example.com").await;
+    w.node("eu", "n1").await;
+    let a = w.owner().await;
+    let late = w.session(&gw, &a.token).await;
+    let r = gql(
+        &w.server.base,
+        Some(&a.login),
+        "mutation($id:UUID!){rotateDeviceToken(id:$id){accessToken}}",
+        json!({"id": a.device_id}),
+    )
+    .await;
+    let current = r["data"]["rotateDeviceToken"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    assert_eq!(w.end_reason(&late).await.as_deref(), Some("device_revoked"));
+    // As it stands when the old token's session commits just after the
+    // rotation ended the device's sessions: open.
+    w.exec(&format!(
+        "UPDATE sessions SET ended_at = NULL, end_reason = NULL WHERE id = '{late}'"
+    ))
+    .await;
+    let own = w.session(&gw, &current).await;
+    assert_ne!(
+        own, late,
+        "the current token joined the replaced one's session"
+    );
+    assert_eq!(w.end_reason(&late).await.as_deref(), Some("device_revoked"));
+    assert_eq!(w.end_reason(&own).await, None);
+    // And it keeps it.
+    assert_eq!(w.session(&gw, &current).await, own);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_current_token_does_not_join_a_replaced_tokens_session_postgres() {
+    the_current_token_does_not_join_a_replaced_tokens_session(World::on(TestDb::pg().await).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_current_token_does_not_join_a_replaced_tokens_session_sqlite() {
+    the_current_token_does_not_join_a_replaced_tokens_session(
+        World::on(TestDb::sqlite().await).await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -94,7 +94,7 @@ pub async fn grant(
             "grant_subscription",
             "subscription",
             Some(&sub.id.to_string()),
-            serde_json::json!({"userId": user_id, "planId": plan.id}),
+            serde_json::json!({"userId": user_id, "planId": plan.id, "deviceLimit": plan.device_limit}),
         );
         diesel::insert_into(audit_log::table)
             .values(&entry)
@@ -234,6 +234,13 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
                 .select(devices::id);
             crate::end_open_sessions!(conn, outbox, owned, EndReason::SubscriptionEnded, ts);
         }
+        // No device is beyond the limit of a subscription no longer in
+        // force (the owner's row first, as registrations take it).
+        diesel::update(users::table.find(updated.user_id))
+            .set(users::updated_at.eq(ts))
+            .execute(conn)
+            .await?;
+        crate::fit_device_limit!(conn, outbox, updated.user_id, ts);
         outbox.access(AccessChange::SubscriptionCancelled, Some(updated.user_id));
         Ok::<_, AppError>(updated)
     })

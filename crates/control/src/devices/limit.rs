@@ -28,9 +28,12 @@ impl Places {
 }
 
 /// Splits `active` (oldest first, with each one's current mark) at
-/// `limit`: the first `limit` are within it, the rest beyond.
-pub fn places(active: &[(DeviceId, bool)], limit: i32) -> Places {
-    let keep = usize::try_from(limit.max(0)).unwrap_or(usize::MAX);
+/// `limit`: the first `limit` are within it, the rest beyond. Without a
+/// limit (no subscription stored active) every one is within.
+pub fn places(active: &[(DeviceId, bool)], limit: Option<i32>) -> Places {
+    let keep = limit.map_or(usize::MAX, |l| {
+        usize::try_from(l.max(0)).unwrap_or(usize::MAX)
+    });
     let mut out = Places::default();
     for (i, (id, over)) in active.iter().enumerate() {
         match (i < keep, *over) {
@@ -45,8 +48,8 @@ pub fn places(active: &[(DeviceId, bool)], limit: i32) -> Places {
 /// Fits the active devices of user `$user` on `$conn` (inside a
 /// transaction that holds the user's row, so registrations of the same
 /// user wait) to the device limit of the user's subscription stored as
-/// active, if there is one: marks the newest beyond it, unmarks the ones
-/// now within it, ends the open sessions of the newly marked ones with
+/// active (none: no device is beyond a limit): marks the newest beyond it,
+/// unmarks the ones now within it, ends the open sessions of the newly marked ones with
 /// `device_limit` (their CLOSED events go in `$outbox`) at `$ts`, and
 /// publishes an access event when anything changed, so gateways forget
 /// what they were told about the account. Expands to the [`Places`].
@@ -62,17 +65,14 @@ macro_rules! fit_device_limit {
             .first($conn)
             .await
             .optional()?;
-        let mut places = $crate::devices::limit::Places::default();
-        if let Some(limit) = limit {
-            let active: Vec<($crate::ids::DeviceId, bool)> = devices::table
-                .filter(devices::user_id.eq($user))
-                .filter(devices::status.eq(DeviceStatus::Active))
-                .order((devices::created_at.asc(), devices::id.asc()))
-                .select((devices::id, devices::over_limit))
-                .load($conn)
-                .await?;
-            places = $crate::devices::limit::places(&active, limit);
-        }
+        let active: Vec<($crate::ids::DeviceId, bool)> = devices::table
+            .filter(devices::user_id.eq($user))
+            .filter(devices::status.eq(DeviceStatus::Active))
+            .order((devices::created_at.asc(), devices::id.asc()))
+            .select((devices::id, devices::over_limit))
+            .load($conn)
+            .await?;
+        let places = $crate::devices::limit::places(&active, limit);
         if !places.newly_over.is_empty() {
             diesel::update(devices::table.filter(devices::id.eq_any(&places.newly_over)))
                 .set(devices::over_limit.eq(true))
@@ -111,7 +111,7 @@ mod tests {
     fn the_oldest_keep_their_places() {
         let d = ids(4);
         let active: Vec<_> = d.iter().map(|id| (*id, false)).collect();
-        let p = places(&active, 2);
+        let p = places(&active, Some(2));
         assert_eq!(p.newly_over, vec![d[2], d[3]]);
         assert!(p.newly_within.is_empty());
     }
@@ -121,7 +121,7 @@ mod tests {
         let d = ids(3);
         // The oldest was revoked (gone from the list); two marked remain.
         let active = vec![(d[1], true), (d[2], true)];
-        let p = places(&active, 1);
+        let p = places(&active, Some(1));
         assert_eq!(p.newly_within, vec![d[1]]);
         assert!(p.newly_over.is_empty());
     }
@@ -130,26 +130,33 @@ mod tests {
     fn marks_already_right_change_nothing() {
         let d = ids(3);
         let active = vec![(d[0], false), (d[1], true), (d[2], true)];
-        assert!(places(&active, 1).is_empty());
+        assert!(places(&active, Some(1)).is_empty());
         let all_within = vec![(d[0], false), (d[1], false)];
-        assert!(places(&all_within, 5).is_empty());
-        assert!(places(&[], 1).is_empty());
+        assert!(places(&all_within, Some(5)).is_empty());
+        assert!(places(&[], Some(1)).is_empty());
     }
 
     #[test]
     fn a_larger_limit_unmarks_everyone_within_it() {
         let d = ids(3);
         let active = vec![(d[0], false), (d[1], true), (d[2], true)];
-        let p = places(&active, 3);
+        let p = places(&active, Some(3));
         assert_eq!(p.newly_within, vec![d[1], d[2]]);
         assert!(p.newly_over.is_empty());
+    }
+
+    #[test]
+    fn without_a_subscription_nobody_is_beyond_a_limit() {
+        let d = ids(2);
+        let active = vec![(d[0], false), (d[1], true)];
+        assert_eq!(places(&active, None).newly_within, vec![d[1]]);
     }
 
     #[test]
     fn a_limit_below_one_marks_everyone() {
         let d = ids(2);
         let active = vec![(d[0], false), (d[1], false)];
-        assert_eq!(places(&active, 0).newly_over, d);
-        assert_eq!(places(&active, -3).newly_over, d);
+        assert_eq!(places(&active, Some(0)).newly_over, d);
+        assert_eq!(places(&active, Some(-3)).newly_over, d);
     }
 }

@@ -88,7 +88,7 @@ pub async fn register(
             .await?;
         if active >= i64::from(sub.device_limit) {
             return Err(AppError::LimitExceeded(format!(
-                "the plan allows {} active device(s): revoke one first",
+                "the subscription allows {} active device(s): revoke one first",
                 sub.device_limit
             )));
         }

@@ -37,6 +37,9 @@ pub struct Device {
     /// Whether it is active but beyond the device limit of its owner's
     /// subscription (one of the newest of more active devices than the
     /// plan covers): it may not connect until another device is revoked.
+    /// Fitted when a subscription is granted, extended or cancelled and
+    /// when a device is revoked (one that merely runs out keeps the marks
+    /// until then; its devices are refused for that first).
     pub over_limit: bool,
     /// The owner (resolved by `user`).
     #[graphql(skip)]

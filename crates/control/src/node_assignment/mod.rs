@@ -14,15 +14,16 @@ pub mod opener;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use httvps_wire::Reason;
 
 use crate::access::Verdict;
 use crate::db::Db;
 use crate::db::models::{Device, GatewayNode, OutlineNode, Region, Session};
-use crate::db::schema::{outline_nodes, regions, sessions};
+use crate::db::schema::{devices, outline_nodes, regions, sessions};
 use crate::db_run;
 use crate::error::{AppError, AppResult};
 use crate::ids::{DeviceId, RegionId};
-use crate::status::NodeStatus;
+use crate::status::{EndReason, NodeStatus};
 pub use batch::Ask;
 pub use choice::{Choice, HEARTBEAT_INTERVAL_SECS, MISSED_HEARTBEATS, lease};
 pub use opener::Opener;
@@ -93,6 +94,30 @@ pub async fn assign(
         spin: rand::random(),
         token_generation: crate::auth::token_generation(device.token_hash.expose()),
     };
+    let assigned = opener.assign(db, ask.clone()).await?;
+    let theirs = assigned.session.token_generation;
+    if theirs == 0 || theirs == ask.token_generation {
+        return Ok(assigned);
+    }
+    // The device's open session was opened with another access token than
+    // the one this call was validated with: one of the two was replaced
+    // while the other was assigned. Rare, so only now is the device read
+    // again.
+    let current: Option<String> = db_run!(db, |conn| devices::table
+        .find(device.id)
+        .select(devices::token_hash)
+        .first(conn)
+        .await
+        .optional()?);
+    let current = current.map(|h| crate::auth::token_generation(&h));
+    if current != Some(ask.token_generation) {
+        // This call's token is the replaced one: it admits nothing.
+        return Err(AppError::DeviceRefused(Reason::DeviceUnknown));
+    }
+    // The session's is: it ends (its gateway closes its tunnels) and this
+    // call gets a session of its own.
+    crate::access::closing::end_sessions(db, &[(assigned.session.id, EndReason::DeviceRevoked)])
+        .await?;
     opener.assign(db, ask).await
 }
 
