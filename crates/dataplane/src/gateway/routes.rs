@@ -393,14 +393,13 @@ async fn ws_udp(
 
 /// `GET /c/{token}`: the Outline dynamic access key document; a refused
 /// device gets the document's error (status 200, the app shows it); an
-/// unknown token gets the unknown path's answer. `HEAD` answers as `GET`
-/// without the body (HTTP leaves it out).
+/// unknown token gets the unknown path's answer.
 async fn access_document(
     State(gw): State<Arc<Gateway>>,
     path: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
-    let (Ok(Path(token)), &Method::GET | &Method::HEAD) = (path, req.method()) else {
+    let (Ok(Path(token)), &Method::GET) = (path, req.method()) else {
         return not_found_response();
     };
     let yaml = |body: String| {
