@@ -1789,6 +1789,123 @@ async fn live_event(ws: &mut Ws, field: &str) -> Value {
     v["payload"]["data"][field].clone()
 }
 
+/// The owner's live view hears of devices marked beyond the device limit
+/// and back within it (`LIMIT_CHANGED`), so a console shows the mark
+/// without reloading.
+#[tokio::test(flavor = "multi_thread")]
+async fn owners_see_device_limit_marks_live() {
+    let w = World::new().await;
+    let base = w.server.base.clone();
+    let email = format!("marks-{}@example.com", uuid::Uuid::new_v4().simple());
+    let user = accounts::create_user(&w.server.state.db, &email, PASSWORD, Role::User)
+        .await
+        .expect("user");
+    let user_tok = login(&base, &email).await;
+    let r = w
+        .gql(
+            "mutation{a:createPlan(input:{name:\"three\",priceCents:\"0\",durationDays:30,deviceLimit:3}){id} b:createPlan(input:{name:\"one\",priceCents:\"0\",durationDays:30,deviceLimit:1}){id}}",
+            json!({}),
+        )
+        .await;
+    let (three, one) = (r["data"]["a"]["id"].clone(), r["data"]["b"]["id"].clone());
+    let r = w
+        .gql(
+            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+            json!({"u": user.id, "p": three}),
+        )
+        .await;
+    let first_sub = r["data"]["grantSubscription"]["id"].clone();
+    let mut ids = Vec::new();
+    for name in ["old", "new"] {
+        let r = gql(
+            &base,
+            Some(&user_tok),
+            "mutation($n:String!){registerDevice(name:$n,platform:\"linux\"){device{id}}}",
+            json!({"n": name}),
+        )
+        .await;
+        ids.push(
+            r["data"]["registerDevice"]["device"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+        );
+    }
+    let mut mine = live(
+        &base,
+        &user_tok,
+        "subscription{myDeviceEvents{kind deviceId}}",
+    )
+    .await;
+    // Renames until one is heard: the subscription is live from then on.
+    let mut heard = false;
+    for i in 0..20 {
+        let r = gql(
+            &base,
+            Some(&user_tok),
+            "mutation($d:UUID!,$n:String!){renameDevice(id:$d,name:$n){name}}",
+            json!({"d": ids[0], "n": format!("old-{i}")}),
+        )
+        .await;
+        assert!(r["errors"].is_null(), "{r}");
+        if let Ok(v) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), live_next(&mut mine)).await
+        {
+            assert_eq!(
+                v["payload"]["data"]["myDeviceEvents"]["kind"], "RENAMED",
+                "{v}"
+            );
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "the live view never answered");
+
+    // A one-device plan in place of the three-device one: the newer device
+    // is marked.
+    w.gql(
+        "mutation($id:UUID!){cancelSubscription(id:$id){status}}",
+        json!({"id": first_sub}),
+    )
+    .await;
+    w.gql(
+        "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id}}",
+        json!({"u": user.id, "p": one}),
+    )
+    .await;
+    let ev = live_event(&mut mine, "myDeviceEvents").await;
+    assert_eq!(
+        (ev["kind"].as_str(), ev["deviceId"].as_str()),
+        (Some("LIMIT_CHANGED"), Some(ids[1].as_str())),
+        "{ev}"
+    );
+    // Revoking the older one brings the newer back within the limit.
+    let r = gql(
+        &base,
+        Some(&user_tok),
+        "mutation($d:UUID!){revokeDevice(id:$d){id}}",
+        json!({"d": ids[0]}),
+    )
+    .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let ev = live_event(&mut mine, "myDeviceEvents").await;
+        got.push((
+            ev["kind"].as_str().unwrap_or_default().to_owned(),
+            ev["deviceId"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("LIMIT_CHANGED".to_owned(), ids[1].clone()),
+            ("REVOKED".to_owned(), ids[0].clone())
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_feed_and_owners_see_sessions_quota_and_devices_live_on_postgres() {
     live_feed(World::new().await).await;

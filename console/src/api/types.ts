@@ -236,7 +236,13 @@ export interface DevicePlacement {
   since: DateTime;
 }
 
-export type DeviceEventKind = 'REVOKED' | 'ROTATED' | 'RENAMED' | 'SESSION_OPENED' | 'SESSION_CLOSED';
+export type DeviceEventKind =
+  | 'REVOKED'
+  | 'ROTATED'
+  | 'RENAMED'
+  | 'SESSION_OPENED'
+  | 'SESSION_CLOSED'
+  | 'LIMIT_CHANGED';
 
 /** One event of `Live.myDeviceEvents`. */
 export interface DeviceEvent {

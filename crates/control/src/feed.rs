@@ -94,6 +94,9 @@ pub enum DeviceEventKind {
     SessionOpened,
     /// A session of it closed.
     SessionClosed,
+    /// It went beyond its owner's device limit, or came back within it
+    /// (`Device.overLimit`).
+    LimitChanged,
 }
 
 /// A device was revoked, rotated or renamed (session changes come as

@@ -1,6 +1,7 @@
 // Where a subscriber's devices are: `Device.placement` (read with the list)
 // kept live by `Live.myDeviceEvents` (sessions opening and closing,
-// revocations, rotations and renames, including those an operator makes).
+// revocations, rotations, renames and device-limit marks, including those
+// an operator makes).
 
 import { useEffect, useState } from 'preact/hooks';
 

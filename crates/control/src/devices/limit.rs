@@ -94,6 +94,13 @@ macro_rules! fit_device_limit {
         }
         if !places.is_empty() {
             $outbox.access($crate::events::AccessChange::DeviceLimit, Some($user));
+            for device in places.newly_over.iter().chain(&places.newly_within) {
+                $outbox.device($crate::feed::DeviceChange::now(
+                    $crate::feed::DeviceEventKind::LimitChanged,
+                    *device,
+                    $user,
+                ));
+            }
         }
         places
     }};

@@ -150,7 +150,7 @@ impl Live {
     }
 
     /// The caller's own devices: revoked, rotated, renamed, placed on or
-    /// moved off a node.
+    /// moved off a node, marked beyond the device limit or back within it.
     #[graphql(guard = "SignedIn")]
     async fn my_device_events(
         &self,
