@@ -235,7 +235,9 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
             crate::end_open_sessions!(conn, outbox, owned, EndReason::SubscriptionEnded, ts);
         }
         // No device is beyond the limit of a subscription no longer in
-        // force (the owner's row first, as registrations take it).
+        // force. The owner's row is held for that, so no registration
+        // slips in (after the subscription's row here: the appliers' lock
+        // above orders this against every other change that takes both).
         diesel::update(users::table.find(updated.user_id))
             .set(users::updated_at.eq(ts))
             .execute(conn)
