@@ -11,7 +11,7 @@ use super::{audit, validate};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{Plan, Subscription, now};
-use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
+use crate::db::schema::{audit_log, devices, plans, subscriptions};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::ids::{PlanId, SubscriptionId, UserId};
@@ -49,10 +49,7 @@ pub async fn grant(
         // The user's row, held to the end: registrations and revocations
         // of the user's devices wait, so the device limit below is fitted
         // to a list that cannot change meanwhile.
-        let touched = diesel::update(users::table.find(user_id))
-            .set(users::updated_at.eq(ts))
-            .execute(conn)
-            .await?;
+        let touched = crate::hold_owner!(conn, user_id, ts);
         if touched == 0 {
             return Err(AppError::NotFound("user"));
         }
@@ -144,10 +141,7 @@ pub async fn extend(
             .ok_or_else(|| AppError::bad("the subscription would end after 9999-12-31"))?;
         // The owner's row before the subscription's, as grants and
         // registrations take them.
-        diesel::update(users::table.find(sub.user_id))
-            .set(users::updated_at.eq(ts))
-            .execute(conn)
-            .await?;
+        crate::hold_owner!(conn, sub.user_id, ts);
         // Not if a cancellation committed since the read: it stands.
         let updated = diesel::update(subscriptions::table.find(id))
             .filter(subscriptions::status.ne(SubscriptionStatus::Cancelled))
@@ -238,10 +232,7 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
         // force. The owner's row is held for that, so no registration
         // slips in (after the subscription's row here: the appliers' lock
         // above orders this against every other change that takes both).
-        diesel::update(users::table.find(updated.user_id))
-            .set(users::updated_at.eq(ts))
-            .execute(conn)
-            .await?;
+        crate::hold_owner!(conn, updated.user_id, ts);
         crate::fit_device_limit!(conn, outbox, updated.user_id, ts);
         outbox.access(AccessChange::SubscriptionCancelled, Some(updated.user_id));
         Ok::<_, AppError>(updated)

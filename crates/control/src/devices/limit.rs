@@ -45,6 +45,22 @@ pub fn places(active: &[(DeviceId, bool)], limit: Option<i32>) -> Places {
     out
 }
 
+/// Holds the row of account `$user` on `$conn` to the end of the
+/// transaction (its `updated_at` set to `$ts`): registrations, revocations
+/// and subscription changes of one account take it before they count or
+/// fit its devices, so they queue instead of racing (a PostgreSQL row
+/// lock; SQLite takes its write lock). Expands to the rows touched: 0 when
+/// there is no such account.
+#[macro_export]
+macro_rules! hold_owner {
+    ($conn:expr, $user:expr, $ts:expr) => {
+        diesel::update($crate::db::schema::users::table.find($user))
+            .set($crate::db::schema::users::updated_at.eq($ts))
+            .execute($conn)
+            .await?
+    };
+}
+
 /// Fits the active devices of user `$user` on `$conn` (inside a
 /// transaction that holds the user's row, so registrations of the same
 /// user wait) to the device limit of the user's subscription stored as

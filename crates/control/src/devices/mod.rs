@@ -16,7 +16,7 @@ use crate::actor::Actor;
 use crate::auth;
 use crate::db::Db;
 use crate::db::models::{AuditEntry, Device, Subscription, now};
-use crate::db::schema::{audit_log, devices, subscriptions, users};
+use crate::db::schema::{audit_log, devices, subscriptions};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::feed::{DeviceChange, DeviceEventKind};
@@ -61,10 +61,7 @@ pub async fn register(
         // Lock the user's row first: concurrent registrations of one user
         // queue here, so the count below cannot race (PostgreSQL row lock;
         // SQLite takes its write lock).
-        let touched = diesel::update(users::table.find(user_id))
-            .set(users::updated_at.eq(ts))
-            .execute(conn)
-            .await?;
+        let touched = crate::hold_owner!(conn, user_id, ts);
         if touched == 0 {
             return Err(AppError::NotFound("user"));
         }
@@ -148,10 +145,7 @@ pub async fn revoke(db: &Db, actor: &Actor, id: DeviceId) -> AppResult<Device> {
         let ts = now();
         // The owner's row first, as registration takes it: the places
         // under the device limit are counted below without a race.
-        diesel::update(users::table.find(device.user_id))
-            .set(users::updated_at.eq(ts))
-            .execute(conn)
-            .await?;
+        crate::hold_owner!(conn, device.user_id, ts);
         let revoked = diesel::update(devices::table.find(id))
             .set((
                 devices::status.eq(DeviceStatus::Revoked),

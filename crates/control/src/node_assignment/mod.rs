@@ -19,7 +19,7 @@ use httvps_wire::Reason;
 use crate::access::Verdict;
 use crate::db::Db;
 use crate::db::models::{Device, GatewayNode, OutlineNode, Region, Session};
-use crate::db::schema::{devices, outline_nodes, regions, sessions};
+use crate::db::schema::{devices, outline_nodes, regions, sessions, users};
 use crate::db_run;
 use crate::error::{AppError, AppResult};
 use crate::ids::{DeviceId, RegionId};
@@ -84,33 +84,39 @@ pub async fn assign(
             None => device_region(db, device.id, entry_url).await?,
         },
     };
-    let ask = Ask {
+    let generation = crate::auth::token_generation(device.token_hash.expose());
+    // Built again only on the rare second try below (the hot path copies
+    // nothing).
+    let ask = |user_email: String| Ask {
         device_id: device.id,
         user_id: device.user_id,
-        user_email: owner_email,
+        user_email,
         last_seen_at: device.last_seen_at,
         gateway: gateway.map(|g| g.id),
         region: region_id,
         spin: rand::random(),
-        token_generation: crate::auth::token_generation(device.token_hash.expose()),
+        token_generation: generation,
     };
-    let assigned = opener.assign(db, ask.clone()).await?;
+    let assigned = opener.assign(db, ask(owner_email)).await?;
     let theirs = assigned.session.token_generation;
-    if theirs == 0 || theirs == ask.token_generation {
+    if theirs == 0 || theirs == generation {
         return Ok(assigned);
     }
     // The device's open session was opened with another access token than
     // the one this call was validated with: one of the two was replaced
     // while the other was assigned. Rare, so only now is the device read
     // again.
-    let current: Option<String> = db_run!(db, |conn| devices::table
-        .find(device.id)
-        .select(devices::token_hash)
+    let current: Option<(String, String)> = db_run!(db, |conn| devices::table
+        .inner_join(users::table)
+        .filter(devices::id.eq(device.id))
+        .select((devices::token_hash, users::email))
         .first(conn)
         .await
         .optional()?);
-    let current = current.map(|h| crate::auth::token_generation(&h));
-    if current != Some(ask.token_generation) {
+    let Some((hash, owner_email)) = current else {
+        return Err(AppError::DeviceRefused(Reason::DeviceUnknown));
+    };
+    if crate::auth::token_generation(&hash) != generation {
         // This call's token is the replaced one: it admits nothing.
         return Err(AppError::DeviceRefused(Reason::DeviceUnknown));
     }
@@ -118,7 +124,7 @@ pub async fn assign(
     // call gets a session of its own.
     crate::access::closing::end_sessions(db, &[(assigned.session.id, EndReason::DeviceRevoked)])
         .await?;
-    opener.assign(db, ask).await
+    opener.assign(db, ask(owner_email)).await
 }
 
 /// The region of a device that asks for a node itself without naming one
