@@ -1270,6 +1270,74 @@ async fn a_gateway_deleted_while_it_heartbeats() {
             assert!(s == 200 || s == 401, "round {round}: {s} {b}");
         }
     }
+    // The interleaving the rounds above may or may not meet, on cue: the
+    // token checked, then the deletion committed (its sessions' gateway is
+    // now NULL), then the heartbeat's own transaction. It is a 401, not a
+    // 403 for sessions taken as another gateway's.
+    let r = w
+        .gql(
+            "mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw-late\",publicUrl:\"https://gw-late.example.com\"}){token node{id}}}",
+            json!({}),
+        )
+        .await;
+    let token = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let id = r["data"]["registerGatewayNode"]["node"]["id"].clone();
+    let (s, b) = w
+        .post(
+            "/api/v1/nodes/assign-outline",
+            Some(&token),
+            json!({"device_token": devices[0]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let db = &w.server.state.db;
+    let g = gateway_of(db, &token).await;
+    let r = w
+        .gql("mutation($id:UUID!){deleteNode(id:$id)}", json!({"id": id}))
+        .await;
+    assert_eq!(r["data"]["deleteNode"], true, "{r}");
+    let beat = httvps_wire::heartbeat::GatewayBeat {
+        open_sessions: vec![b["session_id"].as_str().expect("session").to_owned()],
+        ..Default::default()
+    };
+    let late = heartbeats::gateway(db, &g, &beat).await;
+    assert!(
+        matches!(late, Err(httvps_control::error::AppError::Unauthenticated)),
+        "{late:?}"
+    );
+    // So is its usage report, in the same place.
+    let totals = || httvps_wire::SessionTotals {
+        session_id: beat.open_sessions[0].clone(),
+        seq: 1,
+        bytes_up: 10,
+        bytes_down: 10,
+    };
+    let late = httvps_control::usage_accounting::receive(db, g.id, &[totals()]).await;
+    assert!(
+        matches!(late, Err(httvps_control::error::AppError::Unauthenticated)),
+        "{late:?}"
+    );
+    // While another gateway, alive, reporting that session is refused.
+    let other = gateway_of(db, &w.gateway).await;
+    let foreign = httvps_control::usage_accounting::receive(db, other.id, &[totals()]).await;
+    assert!(
+        matches!(foreign, Err(httvps_control::error::AppError::Forbidden)),
+        "{foreign:?}"
+    );
+}
+
+/// The gateway a machine token names, as a route's check finds it.
+async fn gateway_of(
+    db: &httvps_control::db::Db,
+    token: &str,
+) -> httvps_control::db::models::GatewayNode {
+    match httvps_control::nodes::authenticate_machine(db, token).await {
+        Ok(httvps_control::nodes::Machine::Gateway(g)) => g,
+        other => panic!("a gateway's token names a gateway: {:?}", other.is_ok()),
+    }
 }
 
 /// A heartbeat that names a node both reachable and unreachable is

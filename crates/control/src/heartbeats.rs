@@ -98,8 +98,27 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
     }
     let was_up = g.health == Health::Up;
     db_tx!(db, |conn, outbox| {
+        let ts = now();
+        let updated = diesel::update(gateway_nodes::table.find(g.id))
+            .set((
+                gateway_nodes::health.eq(Health::Up),
+                gateway_nodes::last_heartbeat_at.eq(ts),
+                gateway_nodes::open_tunnels.eq(beat.open_tunnels),
+                gateway_nodes::version.eq(&version),
+                gateway_nodes::updated_at.eq(ts),
+            ))
+            .returning(GatewayNode::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?
+            // Deleted since its token was checked: the token is gone too.
+            // First, before the checks below: a deletion sets its
+            // sessions' gateway to NULL, which they would take for
+            // another gateway's sessions (a 403 where the answer is 401).
+            // The row stays held, so no deletion commits meanwhile.
+            .ok_or(AppError::Unauthenticated)?;
         // A gateway speaks only for the nodes of its own region: one foreign
-        // node refuses the whole heartbeat, before anything is written.
+        // node refuses the whole heartbeat (its transaction writes nothing).
         let named: Vec<OutlineNodeId> = unreachable.iter().chain(&reachable).copied().collect();
         if !named.is_empty() {
             let foreign: i64 = outline_nodes::table
@@ -129,21 +148,6 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
                 return Err(AppError::Forbidden);
             }
         }
-        let ts = now();
-        let updated = diesel::update(gateway_nodes::table.find(g.id))
-            .set((
-                gateway_nodes::health.eq(Health::Up),
-                gateway_nodes::last_heartbeat_at.eq(ts),
-                gateway_nodes::open_tunnels.eq(beat.open_tunnels),
-                gateway_nodes::version.eq(&version),
-                gateway_nodes::updated_at.eq(ts),
-            ))
-            .returning(GatewayNode::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?
-            // Deleted since its token was checked: the token is gone too.
-            .ok_or(AppError::Unauthenticated)?;
         if !open.is_empty() {
             TOUCH_SESSIONS
                 .prepared(conn)

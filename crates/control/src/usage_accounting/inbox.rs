@@ -13,10 +13,45 @@ use crate::db::Db;
 use crate::db::models::now;
 use crate::db_run;
 use crate::error::{AppError, AppResult};
-use crate::ids::{GatewayNodeId, SessionId};
+use crate::ids::{GatewayNodeId, OutlineNodeId, SessionId};
 
 /// Inbox rows read at a time.
 pub const PAGE_ROWS: i64 = 500;
+
+/// Who sent a report that names sessions.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Sender {
+    /// A gateway (its usage report, its connection links).
+    Gateway(GatewayNodeId),
+    /// An Outline node (its witness report).
+    Node(OutlineNodeId),
+}
+
+/// The refusal for a report that names a session not its sender's: 403,
+/// unless the sender was deleted since its token was checked (the
+/// deletion set its sessions' reference to NULL, which reads as another
+/// machine's): then 401, what its token gets from now on.
+pub(super) async fn not_the_senders(db: &Db, sender: Sender) -> AppError {
+    async fn exists(db: &Db, sender: Sender) -> AppResult<bool> {
+        use crate::db::schema::{gateway_nodes, outline_nodes};
+        use diesel::QueryDsl;
+        Ok(db_run!(db, |conn| match sender {
+            Sender::Gateway(id) =>
+                diesel::select(diesel::dsl::exists(gateway_nodes::table.find(id)))
+                    .get_result::<bool>(conn)
+                    .await?,
+            Sender::Node(id) =>
+                diesel::select(diesel::dsl::exists(outline_nodes::table.find(id)))
+                    .get_result::<bool>(conn)
+                    .await?,
+        }))
+    }
+    match exists(db, sender).await {
+        Ok(true) => AppError::Forbidden,
+        Ok(false) => AppError::Unauthenticated,
+        Err(e) => e,
+    }
+}
 
 pub(super) fn to_json(v: &impl serde::Serialize) -> AppResult<String> {
     serde_json::to_string(v).map_err(|e| AppError::Internal(e.to_string()))
@@ -65,7 +100,7 @@ pub async fn receive(
         return Err(AppError::NotFound("session"));
     }
     if known.iter().any(|s| s.gateway_node_id != Some(gateway)) {
-        return Err(AppError::Forbidden);
+        return Err(not_the_senders(db, Sender::Gateway(gateway)).await);
     }
     let close = known
         .into_iter()

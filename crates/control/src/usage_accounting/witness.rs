@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use diesel_async::RunQueryDsl;
 use httvps_wire::witness::{ConnTie, MAX_WITNESS_BATCH, SessionLink, WitnessReport};
 
-use super::inbox::to_json;
+use super::inbox::{Sender, not_the_senders, to_json};
 use super::plan::InboxNodeTotals;
 use super::statements::{INBOX_INSERT, Inserted, KNOWN, Known};
 use crate::db::models::now;
@@ -146,7 +146,7 @@ pub async fn link(db: &Db, gateway: GatewayNodeId, links: &[SessionLink]) -> App
         return Err(AppError::NotFound("session"));
     }
     if known.iter().any(|s| s.gateway_node_id != Some(gateway)) {
-        return Err(AppError::Forbidden);
+        return Err(not_the_senders(db, Sender::Gateway(gateway)).await);
     }
     let rows: Vec<LinkRow> = by_peer
         .iter()
@@ -232,7 +232,7 @@ pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> Ap
             .load(conn)
             .await?);
         if known.iter().any(|s| s.outline_node_id != Some(node)) {
-            return Err(AppError::Forbidden);
+            return Err(not_the_senders(db, Sender::Node(node)).await);
         }
         if known.len() != ids.len() {
             let known: std::collections::HashSet<SessionId> = known.iter().map(|k| k.id).collect();
