@@ -51,6 +51,7 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let secret = load_or_create_secret(&data_dir.join("secret.key"))?;
     let db_path = data_dir.join("httvps.db");
+    keep_private(&db_path)?;
     let dsn = Dsn::Sqlite(db_path.to_string_lossy().into_owned());
     let settings = Settings {
         dsn: dsn.clone(),
@@ -86,6 +87,21 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
         new_admin,
         data_dir: data_dir.to_owned(),
     })
+}
+
+/// Creates the database file readable by its owner only (it holds token
+/// hashes and the regions' pool keys), or makes an existing one so. SQLite
+/// gives its write-ahead log and shared-memory files the database's mode.
+fn keep_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))
 }
 
 fn load_or_create_secret(path: &Path) -> anyhow::Result<SecretKey> {
@@ -300,14 +316,18 @@ pub async fn run_up(
     settings.gateway_url = Some(format!("https://{}", gw_listener.local_addr()?));
     let state = app::prepare(&settings).await?;
     let addr = SocketAddr::new(settings.host, settings.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = app::bind(addr).with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let sweeper =
         httvps_control::heartbeats::spawn_sweeper(state.db.clone(), Duration::from_secs(2));
     let usage_sweeper = httvps_control::usage_accounting::sweeper::spawn(state.db.clone());
-    let server = tokio::spawn(http::serve(listener, state.clone(), shutdown));
+    let server = tokio::spawn(http::serve_with(
+        listener,
+        state.clone(),
+        settings.http.clone(),
+        None,
+        shutdown,
+    ));
     let plane = start_up_data_plane(
         &state,
         &report.data_dir,

@@ -586,8 +586,28 @@ async fn up_reads_the_backend_throttles_and_limits() {
     let running = spawn_listening(up(&[
         ("BACKEND_LOGIN_PER_SOURCE", "2"),
         ("BACKEND_LOGIN_PER_ACCOUNT", "1000"),
+        ("BACKEND_METRICS_TOKEN", "a-metrics-token-of-some-length"),
     ]));
     let base = format!("http://{}", running.addr.expect("up came up"));
+    // The HTTP limits too: metrics need their token.
+    let metrics = |token: Option<&str>| {
+        let mut req = client().get(format!("{base}/metrics"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.expect("metrics").status().as_u16() }
+    };
+    assert_eq!(metrics(None).await, 401);
+    assert_eq!(metrics(Some("a-metrics-token-of-some-length")).await, 200);
+    // The database (token hashes, pool keys) is its owner's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("data/httvps.db"))
+            .expect("database file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
     let mut codes = Vec::new();
     for _ in 0..3 {
         let r = gql(

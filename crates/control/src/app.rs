@@ -79,7 +79,7 @@ pub async fn serve(
 /// Binds with a deep accept queue (4096, as far as the kernel allows), so a
 /// burst of connections waits to be accepted (and shed by the budget if
 /// need be) instead of overflowing the queue.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
