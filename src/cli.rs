@@ -122,7 +122,7 @@ fn name_the_variable(cmd: &clap::Command, e: clap::Error) -> clap::Error {
     env_args(cmd, &mut args);
     // The argument clap names, whose variable holds the refused value.
     let hit = args.into_iter().find(|(long, env)| {
-        shown.contains(&format!("'--{long} <"))
+        (shown.contains(&format!("'--{long} <")) || shown.contains(&format!("'--{long}'")))
             && std::env::var(env).is_ok_and(|v| value.as_deref().is_none_or(|x| x == v))
     });
     match hit {

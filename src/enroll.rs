@@ -19,15 +19,15 @@ use httvps_wire::enroll::Enrollment;
 pub struct EnrollArgs {
     /// The control plane's URL as gateways and nodes reach it
     /// (https://, or http:// over a loopback or private link).
-    #[arg(long, env = "BACKEND_PUBLIC_URL")]
+    #[arg(long, env = "BACKEND_PUBLIC_URL", global = true)]
     pub control_url: Option<String>,
     /// The pin (sha256:<hex>) put in enrollment strings; default: the last
     /// certificate of --tls-cert (the private CA when the chain ends with
     /// it), none when the control plane has no certificate of its own.
-    #[arg(long, env = "BACKEND_ENROLL_PIN")]
+    #[arg(long, env = "BACKEND_ENROLL_PIN", global = true)]
     pub enroll_pin: Option<Pin>,
     /// The control plane's certificate chain (see `httvps serve --help`).
-    #[arg(long, env = "BACKEND_TLS_CERT")]
+    #[arg(long, env = "BACKEND_TLS_CERT", global = true)]
     pub tls_cert: Option<PathBuf>,
 }
 

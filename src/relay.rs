@@ -67,7 +67,8 @@ pub struct GatewayArgs {
     /// Private key (PEM).
     #[arg(long, env = "GATEWAY_TLS_KEY")]
     pub key: Option<PathBuf>,
-    /// Generate a self-signed certificate at --cert/--key if missing (development).
+    /// Generate a self-signed certificate at --cert/--key if missing, for
+    /// localhost, 127.0.0.1 and the host of --public-url (development).
     #[arg(long, env = "GATEWAY_SELF_SIGNED", default_value = "false", value_parser = crate::cli::parse_bool)]
     pub self_signed: bool,
     /// Obtain and renew the certificate by ACME (TLS-ALPN-01 on --listen's
@@ -117,7 +118,7 @@ pub struct GatewayArgs {
     )]
     pub max_connections_per_source: usize,
     /// Deadline for the TLS handshake, headers and upgrade, in seconds.
-    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = at_least_one_second())]
     pub handshake_timeout_secs: u64,
     /// On SIGTERM, seconds open tunnels get to finish before they are closed.
     #[arg(long, env = "GATEWAY_DRAIN_GRACE_SECS", default_value_t = 10)]
@@ -132,22 +133,22 @@ pub struct GatewayArgs {
     #[arg(long, env = "GATEWAY_SPOOL")]
     pub spool: Option<PathBuf>,
     /// Seconds without data before a tunnel gets a WebSocket Ping.
-    #[arg(long, env = "GATEWAY_IDLE_PING_SECS", default_value_t = 30)]
+    #[arg(long, env = "GATEWAY_IDLE_PING_SECS", default_value_t = 30, value_parser = at_least_one_second())]
     pub idle_ping_secs: u64,
     /// Seconds without data before a tunnel (TCP or UDP) is closed.
-    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600, value_parser = at_least_one_second())]
     pub idle_timeout_secs: u64,
     /// Seconds a connection may carry no tunnel before it is told to go
     /// away (HTTP/2) or closed (HTTP/1.1), whatever other requests it
     /// makes (our client opens a new one).
-    #[arg(long, env = "GATEWAY_H2_IDLE_SECS", default_value_t = 60)]
+    #[arg(long, env = "GATEWAY_H2_IDLE_SECS", default_value_t = 60, value_parser = at_least_one_second())]
     pub h2_idle_secs: u64,
     /// Unknown device tokens one source (IPv4 address, IPv6 /64) may present
     /// per window; past it the source gets 429 on every request for the window.
     #[arg(long, env = "GATEWAY_GUESS_LIMIT", default_value_t = 20)]
     pub guess_limit: u32,
     /// The window of --guess-limit, in seconds.
-    #[arg(long, env = "GATEWAY_GUESS_WINDOW_SECS", default_value_t = 60)]
+    #[arg(long, env = "GATEWAY_GUESS_WINDOW_SECS", default_value_t = 60, value_parser = at_least_one_second())]
     pub guess_window_secs: u64,
     /// Most sources whose guesses are tracked (bounds the throttle's memory;
     /// when full, new guessing sources are shut out at once).
@@ -165,6 +166,12 @@ pub struct GatewayArgs {
         default_value_t = 16
     )]
     pub max_pending_checks_per_source: usize,
+}
+
+/// A number of seconds, at least 1 (0 is refused, naming the variable,
+/// rather than taken as 1).
+fn at_least_one_second() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
 }
 
 #[derive(clap::Args, Debug)]
@@ -212,7 +219,7 @@ pub struct NodeArgs {
     pub allow_private: bool,
     /// Close a connection (and its destination's) that moves no byte
     /// either way for this many seconds (at least 1; there is no "never").
-    #[arg(long, env = "NODE_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    #[arg(long, env = "NODE_IDLE_TIMEOUT_SECS", default_value_t = 600, value_parser = at_least_one_second())]
     pub idle_timeout_secs: u64,
 }
 
@@ -311,9 +318,10 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         "public-url",
         "the https:// URL clients use",
     )?;
-    client::split_url(&public_url).context("GATEWAY_PUBLIC_URL (--public-url)")?;
+    let (public_host, _) =
+        client::split_url(&public_url).context("GATEWAY_PUBLIC_URL (--public-url)")?;
     let (certs, acceptor, acme) = if a.acme_domain.is_empty() {
-        let (certs, acceptor) = file_certs(a.cert, a.key, a.self_signed)?;
+        let (certs, acceptor) = file_certs(a.cert, a.key, a.self_signed, &public_host)?;
         (certs, acceptor, None)
     } else {
         let opts = AcmeOptions {
@@ -350,14 +358,14 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         max_connections: a.max_connections,
         max_connections_per_source: a.max_connections_per_source,
         cache_capacity: a.cache_capacity,
-        handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
+        handshake_timeout: Duration::from_secs(a.handshake_timeout_secs),
         drain_grace: Duration::from_secs(a.drain_grace_secs),
         spool: Some(spool),
-        idle_ping: Duration::from_secs(a.idle_ping_secs.max(1)),
-        idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
-        h2_idle: Duration::from_secs(a.h2_idle_secs.max(1)),
+        idle_ping: Duration::from_secs(a.idle_ping_secs),
+        idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+        h2_idle: Duration::from_secs(a.h2_idle_secs),
         guess_limit: a.guess_limit,
-        guess_window: Duration::from_secs(a.guess_window_secs.max(1)),
+        guess_window: Duration::from_secs(a.guess_window_secs),
         guess_sources: a.guess_sources,
         max_pending_checks: a.max_pending_checks,
         max_pending_checks_per_source: a.max_pending_checks_per_source,
@@ -375,11 +383,13 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
 }
 
 /// The certificate from files (--cert, --key), generated first with
-/// --self-signed.
+/// --self-signed when they are missing (for `localhost`, 127.0.0.1 and
+/// `public_host`, the host of --public-url clients check it against).
 fn file_certs(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     self_signed: bool,
+    public_host: &str,
 ) -> anyhow::Result<(CertFiles, tls::TlsAcceptor)> {
     let cert = required(
         cert,
@@ -389,8 +399,11 @@ fn file_certs(
     )?;
     let key = required(key, "GATEWAY_TLS_KEY", "key", "the private key (PEM)")?;
     if self_signed {
-        tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1"])
-            .context("GATEWAY_SELF_SIGNED")?;
+        let mut names = vec!["localhost", "127.0.0.1"];
+        if !names.contains(&public_host) {
+            names.push(public_host);
+        }
+        tls::ensure_self_signed(&cert, &key, &names).context("GATEWAY_SELF_SIGNED")?;
     }
     CertFiles::acceptor(&cert, &key).context(
         "GATEWAY_TLS_CERT / GATEWAY_TLS_KEY (set GATEWAY_SELF_SIGNED=true to generate them, \

@@ -182,6 +182,48 @@ fn the_control_plane_commands_start_or_name_the_variable() {
         let r = run(HTTVPS, d, &[printer], &[]);
         assert!(r.ok && r.out.len() > 1000, "{printer}:\n{}", r.out);
     }
+    // A reader that stops early (`httvps openapi | head`): no panic.
+    {
+        use std::io::Read;
+        let mut child = cmd(HTTVPS, d, &["openapi"], &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut head = [0u8; 100];
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_exact(&mut head)
+            .expect("the document's head");
+        let out = child.wait_with_output().expect("wait");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !said.contains("panicked"), "{said}");
+    }
+    // The settings flags also come after the subcommand.
+    checks(
+        HTTVPS,
+        d,
+        &[
+            "node",
+            "add",
+            "--region",
+            "eu",
+            "--name",
+            "n1",
+            "--host",
+            "10.0.0.5",
+            "--port",
+            "8388",
+            "--control-url",
+            "https://cp.example.com",
+            "--db-dsn",
+            "sqlite://flags.db",
+            "--check",
+        ],
+        &[],
+    );
     // A wrong value from a variable is reported with the variable's name.
     refuses(
         HTTVPS,
@@ -197,6 +239,22 @@ fn the_control_plane_commands_start_or_name_the_variable() {
         &[SECRET, ("BACKEND_LOG_FORMAT", "xml")],
         "BACKEND_LOG_FORMAT",
     );
+    refuses(
+        HTTVPS,
+        d,
+        &["serve", "--check"],
+        &[SECRET, ("BACKEND_DEBUG", "maybe")],
+        "BACKEND_DEBUG",
+    );
+    for url in ["http://gw.example.com", "https://gw.example.com/path"] {
+        refuses(
+            HTTVPS,
+            d,
+            &["serve", "--check"],
+            &[SECRET, ("BACKEND_GATEWAY_URL", url)],
+            "BACKEND_GATEWAY_URL",
+        );
+    }
 }
 
 #[test]
@@ -242,6 +300,14 @@ fn the_data_plane_commands_start_or_name_the_variable() {
     refuses(RELAY, d, &["connect"], &[], "CLIENT_DEVICE_TOKEN");
     // With a token, the empty example lines are defaults, not values.
     checks(RELAY, d, &["node", "--check"], &[("NODE_TOKEN", "t0k3n")]);
+    // A timeout of 0 seconds is refused by name, not taken as 1.
+    refuses(
+        RELAY,
+        d,
+        &["node", "--check"],
+        &[("NODE_TOKEN", "t0k3n"), ("NODE_IDLE_TIMEOUT_SECS", "0")],
+        "NODE_IDLE_TIMEOUT_SECS",
+    );
     checks(
         RELAY,
         d,

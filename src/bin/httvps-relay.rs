@@ -125,7 +125,7 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
                 method,
                 password: cfg.secret,
                 allow_private: a.allow_private,
-                idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+                idle_timeout: Duration::from_secs(a.idle_timeout_secs),
             })
             .await
             .with_context(|| format!("starting the Shadowsocks server on {listen}"))?;

@@ -323,12 +323,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Openapi => {
-            println!("{}", httvps_control::rest::openapi_json_text());
-            Ok(())
+            print_document(&format!("{}\n", httvps_control::rest::openapi_json_text()))
         }
-        Command::Schema => {
-            print!("{}", httvps_control::graphql::sdl());
-            Ok(())
+        Command::Schema => print_document(&httvps_control::graphql::sdl()),
+    }
+}
+
+/// Writes a document to standard output; a reader that stops early (`|
+/// head`) is no error.
+fn print_document(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing to standard output")
         }
+        _ => Ok(()),
     }
 }

@@ -26,10 +26,21 @@ pub const MIN_SECRET_LEN: usize = 32;
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// Database URL: postgres://user@host:5432/db or sqlite://path/to/file.db.
-    #[arg(long = "db-dsn", env = "BACKEND_DB_DSN", hide_env_values = true)]
+    // Global: it may come after a subcommand, as in `node add --db-dsn …`.
+    #[arg(
+        long = "db-dsn",
+        env = "BACKEND_DB_DSN",
+        hide_env_values = true,
+        global = true
+    )]
     pub db_dsn: Option<Secret>,
     /// Most connections the pool opens to PostgreSQL.
-    #[arg(long, env = "BACKEND_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "BACKEND_DB_POOL_SIZE",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_pool_size: usize,
 }
 
@@ -302,15 +313,16 @@ impl Settings {
             .filter(|s| !s.is_empty())
         {
             None => None,
-            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
-                Some(u.trim_end_matches('/').to_owned())
-            }
-            Some(_) => {
-                return Err(ConfigError::new(
-                    "BACKEND_GATEWAY_URL",
-                    "must be an https:// URL",
-                ));
-            }
+            // As registerGatewayNode checks a gateway's public URL: the
+            // gateway speaks TLS only, and links append their own paths.
+            Some(u) => Some(
+                crate::validate::https_url("BACKEND_GATEWAY_URL", u).map_err(|_| {
+                    ConfigError::new(
+                        "BACKEND_GATEWAY_URL",
+                        "must be an https:// URL with a host and no path, query or credentials",
+                    )
+                })?,
+            ),
         };
         let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
             (None, None) => None,
@@ -402,7 +414,9 @@ pub struct HttpArgs {
     /// keep-alive connection stays open).
     #[arg(long, env = "BACKEND_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
-    /// Seconds a request has to send its whole body once its headers are in.
+    /// Seconds a request has to send its whole body once its headers are
+    /// in; also the longest a response may wait for the client to take a
+    /// byte of it before the connection is closed.
     #[arg(long, env = "BACKEND_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
     /// Most open connections; beyond it new ones are closed at once.
