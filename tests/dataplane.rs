@@ -1396,6 +1396,41 @@ async fn every_loss_of_access_closes_tunnels_within_5_seconds_and_refuses_new_on
     }
 }
 
+/// Removing a gateway ends its sessions (`node_down`) and its open tunnels
+/// close: the gateway, refused at its next heartbeat (its token went with
+/// it), closes them rather than carry traffic it can no longer report.
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_gateway_closes_its_open_tunnels() {
+    let plane = Plane::start_with(1, production_timings).await;
+    let echo = echo_server().await;
+    let socks = plane.client_for(&plane.device_token).await;
+    let mut tunnel = socks_connect(socks, echo).await;
+    assert!(alive(&mut tunnel).await, "tunnel before");
+    let r = plane
+        .gql("{gatewayNodes(first:10){edges{node{id}}}}", json!({}))
+        .await;
+    let id = r["data"]["gatewayNodes"]["edges"][0]["node"]["id"].clone();
+    let r = plane
+        .gql("mutation($id:UUID!){deleteNode(id:$id)}", json!({"id": id}))
+        .await;
+    assert_eq!(r["data"]["deleteNode"], true, "{r}");
+    closed_within(&mut tunnel, Duration::from_secs(8))
+        .await
+        .expect("the removed gateway's tunnel is closed");
+    let ended = plane
+        .gql("{sessions(first:10){edges{node{endReason}}}}", json!({}))
+        .await;
+    // The tunnel's session (the client's own, asked as the device, runs
+    // through no gateway and stays).
+    let edges = ended["data"]["sessions"]["edges"]
+        .as_array()
+        .expect("sessions");
+    assert!(
+        edges.iter().any(|e| e["node"]["endReason"] == "node_down"),
+        "{ended}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_the_control_plane_forgot_does_not_hold_back_the_others() {
     let plane = Plane::start(1).await;

@@ -74,6 +74,28 @@ impl Gateway {
         };
         match self.backend.gateway_heartbeat(&beat).await {
             Ok(answer) => self.close_sessions(&answer.close_sessions),
+            Err(crate::backend::BackendError::Status { status: 401, .. }) => {
+                // The control plane no longer knows this gateway's token:
+                // the gateway was removed (its sessions ended with
+                // `node_down`) or its token rotated. Its usage can no
+                // longer be reported, so its tunnels stop here too.
+                let orders: Vec<httvps_wire::CloseOrder> = self
+                    .sessions
+                    .open_ids()
+                    .into_iter()
+                    .map(|session_id| httvps_wire::CloseOrder {
+                        session_id,
+                        reason: "node_down".to_owned(),
+                    })
+                    .collect();
+                tracing::error!(
+                    tunnels.closed = orders.len(),
+                    "the control plane refuses this gateway's token (removed or rotated): its tunnels are closed; enroll it again"
+                );
+                self.validations.forget_all();
+                self.close_sessions(&orders);
+                lock(&self.beats.unreachable).extend(unreachable);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed");
                 // Told next time.
