@@ -455,6 +455,56 @@ async fn a_document_whose_fragments_multiply_is_refused_at_once() {
     server.stop().await;
 }
 
+/// A document made of mistakes gets an answer about its own size: too
+/// many argument values or variables are refused whole, and the errors
+/// listed stop at 50 (then one saying how many more), so an anonymous 64 KB
+/// question cannot come back as megabytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_mistakes_get_a_short_answer() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let post = |q: String| {
+        let url = format!("{}/graphql", server.base);
+        async move {
+            let res = common::client()
+                .post(url)
+                .json(&json!({ "query": q }))
+                .send()
+                .await
+                .expect("POST");
+            let body = res.bytes().await.expect("body");
+            (
+                body.len(),
+                serde_json::from_slice::<Value>(&body).expect("json"),
+            )
+        }
+    };
+    let args = vec!["a:1"; 12_000].join(",");
+    let (len, r) = post(format!("{{settings({args}){{signUpEnabled}}}}")).await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(len < 1_000, "{len} bytes");
+    let vars = vec!["$a:Int"; 8_000].join(",");
+    let (len, r) = post(format!("query({vars}){{__typename}}")).await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(len < 1_000, "{len} bytes");
+    // Within the bounds, 900 unknown (and repeated) arguments: 50 errors
+    // and a count of the rest.
+    let args = vec!["a:1"; 900].join(",");
+    let (len, r) = post(format!("{{settings({args}){{signUpEnabled}}}}")).await;
+    let errors = r["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 51, "{len} bytes");
+    assert!(
+        errors[50]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("more errors left out"),
+        "{}",
+        errors[50]
+    );
+    assert!(len < 30_000, "{len} bytes");
+    server.stop().await;
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

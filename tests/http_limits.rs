@@ -527,3 +527,82 @@ async fn bodies_sent_a_byte_at_a_time_cost_no_more_than_their_bytes() {
         CLIENTS * ROUNDS
     );
 }
+
+/// A client that asks for responses and never reads them (a tiny receive
+/// window) holds nothing for long: once a response's write has made no
+/// progress for the body deadline (2 s here) the connection is closed,
+/// with most of what it asked for never sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_its_responses_is_closed_after_the_deadline() {
+    let db = TestDb::sqlite_empty();
+    let mut cmd = httvps_cmd();
+    cmd.args(["serve", "--port", "0"])
+        .env("BACKEND_DB_DSN", db.url())
+        .env("BACKEND_SECRET_KEY", TEST_SECRET)
+        .env("BACKEND_DEBUG", "true")
+        .env("BACKEND_HEADER_TIMEOUT_SECS", "2")
+        .env("BACKEND_BODY_TIMEOUT_SECS", "2");
+    let p = spawn_listening(cmd);
+    let addr = p.addr.expect("the server did not start");
+    // GraphiQL's script, the largest file served (in debug mode).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console/dist/assets");
+    let (name, size) = std::fs::read_dir(&dir)
+        .expect("console assets")
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            (name.starts_with("graphiql") && name.ends_with(".js"))
+                .then(|| (name, e.metadata().map(|m| m.len()).unwrap_or(0)))
+        })
+        .max_by_key(|(_, size)| *size)
+        .expect("GraphiQL's script");
+    let asked: u64 = 40;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small window");
+    let mut s = socket.connect(addr).await.expect("connect");
+    let one = format!("GET /console/assets/{name} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(one.repeat(usize::try_from(asked).unwrap_or(1)).as_bytes())
+        .await
+        .expect("requests");
+    // Past the deadline, with nothing read.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut taken: u64 = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => taken += n as u64,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection stayed open");
+    assert!(
+        taken < asked * size / 2,
+        "{taken} bytes of {} came: the server waited for the reader",
+        asked * size
+    );
+}
+
+/// A body that does not arrive by the body deadline (2 s here) gets 408
+/// `REQUEST_TIMEOUT`, not a 400 that says the body was malformed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_stops_arriving_gets_408() {
+    let db = TestDb::sqlite_empty();
+    let p = serve(&db, 100, 0);
+    let addr = p.addr.expect("listening");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\"",
+    )
+    .await
+    .expect("write");
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 408"), "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "REQUEST_TIMEOUT",
+        "{v}"
+    );
+}

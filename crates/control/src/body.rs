@@ -25,8 +25,10 @@ pub async fn whole(mut body: Body, limit: usize) -> Result<Bytes, AppError> {
     let mut buf = BytesMut::with_capacity(announced.min(16 * 1024));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            if too_large(&e) {
+            if caused_by::<LengthLimitError>(&e) {
                 AppError::TooLarge
+            } else if caused_by::<crate::listener::BodyTimeout>(&e) {
+                AppError::BodyTimeout
             } else {
                 AppError::bad(format!("unreadable body: {e}"))
             }
@@ -42,10 +44,12 @@ pub async fn whole(mut body: Body, limit: usize) -> Result<Bytes, AppError> {
 }
 
 /// Whether the body failed for going past a length limit.
-fn too_large(e: &axum::Error) -> bool {
+/// Whether `e` was caused by an error of type `T` (a size limit, the
+/// listener's body deadline).
+fn caused_by<T: std::error::Error + 'static>(e: &axum::Error) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        if c.is::<LengthLimitError>() {
+        if c.is::<T>() {
             return true;
         }
         cause = c.source();

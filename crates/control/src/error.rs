@@ -49,6 +49,9 @@ pub enum AppError {
     /// The request body is larger than the server accepts.
     #[error("the request body is too large")]
     TooLarge,
+    /// The request body did not arrive within the body deadline.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// A bug or an unexpected failure; the text is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -87,6 +90,7 @@ impl AppError {
             AppError::NoNode(_) => httvps_wire::Unavailable::NoNodeAvailable.code(),
             AppError::DeviceRefused(_) => "DEVICE_REFUSED",
             AppError::TooLarge => "PAYLOAD_TOO_LARGE",
+            AppError::BodyTimeout => "REQUEST_TIMEOUT",
             AppError::Internal(_) => "INTERNAL",
         }
     }
@@ -104,6 +108,7 @@ impl AppError {
             AppError::Unavailable(_) | AppError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::DeviceRefused(_) => StatusCode::FORBIDDEN,
             AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -304,6 +304,9 @@ fn graphql_error(err: AppError) -> Response {
     (status, Json(gql)).into_response()
 }
 
+/// Most errors one GraphQL answer lists (then one saying how many more).
+pub const MAX_ERRORS: usize = 50;
+
 async fn execute(
     state: &AppState,
     headers: &HeaderMap,
@@ -326,6 +329,16 @@ async fn execute(
         request = request.data(v);
     }
     let mut response = state.schema.execute(request).await;
+    // At most MAX_ERRORS errors, the rest counted: an answer stays about
+    // the size of its question, however many mistakes the question holds.
+    if response.errors.len() > MAX_ERRORS {
+        let more = response.errors.len() - MAX_ERRORS;
+        response.errors.truncate(MAX_ERRORS);
+        response.errors.push(async_graphql::ServerError::new(
+            format!("{more} more errors left out"),
+            None,
+        ));
+    }
     // Errors raised by the engine itself (parse, validation, limits, input
     // coercion) carry no code yet: they are all the client's.
     for err in &mut response.errors {

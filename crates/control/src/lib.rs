@@ -61,3 +61,4 @@ pub mod subscriptions;
 pub mod throttle;
 pub mod usage_accounting;
 pub mod validate;
+pub mod write_deadline;

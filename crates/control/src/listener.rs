@@ -30,6 +30,7 @@ use tower_service::Service as _;
 
 pub use crate::config::{HttpArgs, HttpLimits};
 use crate::https::TlsFront;
+use crate::write_deadline::WriteDeadline;
 
 /// Pause after a failed accept (out of descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -106,13 +107,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = (permit, place);
             let _ = tcp.set_nodelay(true);
+            // Responses must be taken: a write without progress for the
+            // body deadline closes the connection.
+            let write_limit = conn.body_timeout;
             match tls {
-                None => conn.serve(tcp).await,
+                None => conn.serve(WriteDeadline::new(tcp, write_limit)).await,
                 // The handshake is held to the header deadline, inside the
                 // connection's place in the budget.
                 Some(front) => {
                     match tokio::time::timeout(handshake_timeout, front.accept(tcp)).await {
-                        Ok(Ok(stream)) => conn.serve(stream).await,
+                        Ok(Ok(stream)) => conn.serve(WriteDeadline::new(stream, write_limit)).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -217,7 +221,7 @@ impl DeadlineBody {
 /// The body did not arrive in time.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive in time")]
-struct BodyTimeout;
+pub(crate) struct BodyTimeout;
 
 impl http_body::Body for DeadlineBody {
     type Data = Bytes;
