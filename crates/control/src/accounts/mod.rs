@@ -204,11 +204,16 @@ pub async fn authenticate(db: &Db, email: &str, password: &str) -> AppResult<Use
         let _ = auth::hash_password(password.chars().take(auth::MAX_PASSWORD_LEN).collect()).await;
         return Err(bad());
     };
-    if !auth::verify_password(password.to_owned(), user.password_hash.expose().to_owned()).await {
-        return Err(bad());
-    }
+    let verified =
+        auth::verify_password(password.to_owned(), user.password_hash.expose().to_owned()).await;
+    // A disabled account answers the same whatever the password (checked
+    // all the same, for the time it takes): a guesser must not learn the
+    // password of an account for when it is enabled again.
     if user.status != UserStatus::Active {
         return Err(AppError::Forbidden);
+    }
+    if !verified {
+        return Err(bad());
     }
     Ok(user)
 }

@@ -50,6 +50,16 @@ pub fn check_password_policy(password: &str) -> AppResult<()> {
             "password must have at most {MAX_PASSWORD_LEN} bytes"
         )));
     }
+    // What a careless client sends (a pasted newline, a blank field) is
+    // refused here, not stored as the password nobody can type again.
+    if password.chars().any(char::is_control) {
+        return Err(AppError::bad(
+            "password must not contain control characters (newlines, tabs)",
+        ));
+    }
+    if password.trim().is_empty() {
+        return Err(AppError::bad("password must not be only spaces"));
+    }
     Ok(())
 }
 
@@ -157,5 +167,21 @@ mod generation_tests {
         assert!(ga > 0 && gb > 0);
         assert_eq!(ga, token_generation(&hash_token(&a)));
         assert_eq!(token_generation("short"), 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_policy_refuses_short_long_blank_and_control_characters() {
+        assert!(check_password_policy("pass word 12").is_ok());
+        assert!(check_password_policy("short").is_err());
+        assert!(check_password_policy(&"x".repeat(MAX_PASSWORD_LEN + 1)).is_err());
+        assert!(check_password_policy(&"\n".repeat(12)).is_err());
+        assert!(check_password_policy("good password\n").is_err());
+        assert!(check_password_policy("tab\tseparated").is_err());
+        assert!(check_password_policy(&" ".repeat(12)).is_err());
     }
 }
