@@ -1674,6 +1674,13 @@ async fn bad_input_gets_a_typed_4xx_and_writes_nothing() {
         ("/api/v1/gateway/heartbeat", json!({"open_tunnels": 4294967296u64}).to_string(), "application/json", 400),
         ("/api/v1/nodes/assign-outline", json!({}).to_string(), "application/json", 400),
         ("/api/v1/nodes/assign-outline", json!({"device_token": 5}).to_string(), "application/json", 400),
+        // Longer than the schema's maxLength.
+        ("/api/v1/auth/validate-device", json!({"device_token": "x".repeat(4097)}).to_string(), "application/json", 400),
+        ("/api/v1/auth/validate-device", json!({"device_jwt": "x".repeat(4097)}).to_string(), "application/json", 400),
+        // Ids only in their hyphenated form: an answer names them as sent.
+        ("/api/v1/usage/report", json!({"reports": [{"session_id": format!("{{{sid}}}"), "seq": 1, "bytes_up": 1, "bytes_down": 1}]}).to_string(), "application/json", 400),
+        ("/api/v1/usage/report", json!({"reports": [{"session_id": format!("urn:uuid:{sid}"), "seq": 1, "bytes_up": 1, "bytes_down": 1}]}).to_string(), "application/json", 400),
+        ("/api/v1/quota/grant", json!({"session_id": sid.replace('-', ""), "used": 0, "want": 1}).to_string(), "application/json", 400),
     ];
     for (path, body, ctype, expected) in cases {
         let (s, b) = raw(path, gw.clone(), body.clone(), ctype).await;

@@ -15,6 +15,11 @@ use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
 
+/// A string that is not an id in its hyphenated form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an id (expected the hyphenated form, 8-4-4-4-12 hex digits)")]
+pub struct NotAnId;
+
 macro_rules! ids {
     ($($(#[doc = $doc:literal])* $name:ident;)*) => {$(
         $(#[doc = $doc])*
@@ -67,11 +72,17 @@ macro_rules! ids {
             }
         }
 
+        /// Only the hyphenated form (either case), as the API documents
+        /// it (`format: uuid`): braces, `urn:uuid:` and bare hex are
+        /// refused, so an id always comes back as it was sent.
         impl FromStr for $name {
-            type Err = uuid::Error;
+            type Err = NotAnId;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map($name)
+                if s.len() != 36 {
+                    return Err(NotAnId);
+                }
+                Uuid::try_parse(s).map($name).map_err(|_| NotAnId)
             }
         }
 

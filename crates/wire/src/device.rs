@@ -31,6 +31,29 @@ pub struct DeviceRequest {
     pub region: Option<String>,
 }
 
+/// Longest credential (`device_token`, `device_jwt`) a [`DeviceRequest`]
+/// may carry, in characters, as its schema says.
+pub const MAX_CREDENTIAL_LEN: usize = 4096;
+
+impl DeviceRequest {
+    /// The name of a credential longer than [`MAX_CREDENTIAL_LEN`], if one
+    /// is.
+    pub fn too_long(&self) -> Option<&'static str> {
+        let long = |c: &Option<String>| {
+            c.as_deref().is_some_and(|t| {
+                t.len() > MAX_CREDENTIAL_LEN && t.chars().count() > MAX_CREDENTIAL_LEN
+            })
+        };
+        if long(&self.device_token) {
+            Some("device_token")
+        } else if long(&self.device_jwt) {
+            Some("device_jwt")
+        } else {
+            None
+        }
+    }
+}
+
 /// Shows whether the credentials are there, never what they are.
 impl std::fmt::Debug for DeviceRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

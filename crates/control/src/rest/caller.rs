@@ -102,6 +102,12 @@ pub(super) async fn verdict_for(
     caller: &Caller,
     req: &DeviceRequest,
 ) -> Result<Verdict, AppError> {
+    if let Some(field) = req.too_long() {
+        return Err(AppError::bad(format!(
+            "{field} must have at most {} characters",
+            httvps_wire::device::MAX_CREDENTIAL_LEN
+        )));
+    }
     match caller {
         Caller::Device(sub, generation) => by_subject(state, sub, *generation).await,
         Caller::Machine(m) if matches!(**m, Machine::Gateway(_)) => {

@@ -167,9 +167,9 @@ fn millis(now: NaiveDateTime, until: NaiveDateTime) -> i64 {
 }
 
 /// Nothing more for the session, for `reason`.
-fn refused(req: &GrantRequest, reason: Option<Reason>) -> GrantResponse {
+fn refused(session: SessionId, req: &GrantRequest, reason: Option<Reason>) -> GrantResponse {
     GrantResponse {
-        session_id: req.session_id.clone(),
+        session_id: session.to_string(),
         limit: Some(req.used),
         valid_ms: 0,
         reason,
@@ -214,7 +214,7 @@ pub async fn grant(
             .bigint(row.recorded)
             .execute(conn)
             .await)?;
-        return Ok(refused(req, None));
+        return Ok(refused(session, req, None));
     }
     let device: DeviceId = row
         .device_id
@@ -222,17 +222,17 @@ pub async fn grant(
         .map_err(|_| AppError::Internal("stored device id".into()))?;
     let verdict = access::check_device(db, device).await?;
     if let Some(reason) = verdict.reason {
-        return Ok(refused(req, Some(reason)));
+        return Ok(refused(session, req, Some(reason)));
     }
     if row.end_reason.is_some() {
         // Gateways before `ended` read the refusal alone.
         return Ok(GrantResponse {
             ended: true,
-            ..refused(req, Some(Reason::QuotaExceeded))
+            ..refused(session, req, Some(Reason::QuotaExceeded))
         });
     }
     let Some(sub) = verdict.subscription else {
-        return Ok(refused(req, Some(Reason::NoSubscription)));
+        return Ok(refused(session, req, Some(Reason::NoSubscription)));
     };
     sized(db, sub.id, &sid, req, row.recorded).await
 }
@@ -260,7 +260,7 @@ async fn sized(
             FORGET.prepared(conn).text(sid).execute(conn).await?;
             let until = grants::valid_until(ts, UNLIMITED_TTL, a.expires_at, a.expires_at);
             return Ok::<_, AppError>(GrantResponse {
-                session_id: req.session_id.clone(),
+                session_id: sid.to_owned(),
                 limit: None,
                 valid_ms: millis(ts, until),
                 reason: None,
@@ -320,7 +320,7 @@ async fn sized(
             .execute(conn)
             .await?;
         Ok::<_, AppError>(GrantResponse {
-            session_id: req.session_id.clone(),
+            session_id: sid.to_owned(),
             limit: Some(limit),
             valid_ms: if limit > req.used {
                 millis(ts, until)
