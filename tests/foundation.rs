@@ -187,6 +187,54 @@ async fn migrations_up_down_up_sqlite() {
     up_down_up(&TestDb::sqlite_empty()).await;
 }
 
+/// A SQLite migration that commits its own transaction (the device limit's
+/// table rebuild) and whose recording was lost (the process stopped between
+/// its commit and diesel's record): the next start records it and goes on,
+/// instead of running it again into "duplicate column". One that did not
+/// commit is run again, whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sqlite_migration_committed_but_not_recorded_is_recorded_at_the_next_start() {
+    let t = TestDb::sqlite_empty();
+    db::migrate(&t.dsn).await.expect("up");
+    let db = t.pool();
+    let forget = "DELETE FROM __diesel_schema_migrations WHERE version = '20261206000001'";
+    let recorded =
+        "SELECT count(*) AS n FROM __diesel_schema_migrations WHERE version = '20261206000001'";
+    let counted = |db: Db| async move {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let n: Result<i64, AppError> = async {
+            Ok(db_run!(db, |conn| diesel::sql_query(recorded)
+                .get_result::<N>(conn)
+                .await?
+                .n))
+        }
+        .await;
+        n.expect("count")
+    };
+    let forgot: Result<usize, AppError> = async {
+        Ok(db_run!(db, |conn| diesel::sql_query(forget)
+            .execute(conn)
+            .await?))
+    }
+    .await;
+    assert_eq!(forgot.expect("forget"), 1);
+    assert_eq!(counted(db).await, 0);
+    assert_eq!(
+        db::migrate(&t.dsn).await.expect("the next start migrates"),
+        0,
+        "nothing is run again"
+    );
+    let db = t.pool();
+    assert_eq!(counted(db.clone()).await, 1);
+    accounts::create_user(&db, "x@example.com", "long enough password", Role::Admin)
+        .await
+        .expect("usable");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn health_ok_then_503_when_database_goes_away() {
     let mut t = TestDb::pg().await;

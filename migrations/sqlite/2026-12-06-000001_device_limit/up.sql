@@ -5,9 +5,9 @@
 -- rows that refer to sessions stay as they are), a new table, the rows
 -- copied, the old one dropped, the new one renamed, its indexes made again,
 -- all in one transaction. diesel records the migration after that commit:
--- if the process dies between the two, the next start stops at "duplicate
--- column device_limit"; the schema is complete then, and inserting the
--- version 20261206000001 into __diesel_schema_migrations repairs it.
+-- if the process dies between the two, the next start finds the column
+-- and records the migration instead of running it again
+-- (crates/control/src/db/repair.rs).
 PRAGMA foreign_keys = OFF;
 BEGIN;
 ALTER TABLE subscriptions ADD COLUMN device_limit INTEGER NOT NULL DEFAULT 1000

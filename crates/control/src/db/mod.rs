@@ -10,6 +10,7 @@ pub mod models;
 mod notify;
 pub mod prepared;
 mod redacted;
+mod repair;
 pub mod schema;
 
 pub use dialect::{Dialect, Statement};
@@ -324,6 +325,14 @@ pub async fn migrate(dsn: &Dsn) -> Result<usize, SetupError> {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
                 let mut conn = open_sqlite(&path)?;
+                let recorded = repair::record_committed(&mut conn)
+                    .map_err(|e| SetupError::Migration(e.to_string()))?;
+                for version in recorded {
+                    tracing::warn!(
+                        migration = version,
+                        "a migration that commits on its own had committed but was not recorded (the process stopped in between): recorded now"
+                    );
+                }
                 conn.run_pending_migrations(SQLITE_MIGRATIONS)
                     .map(|v| v.len())
                     .map_err(|e| SetupError::Migration(e.to_string()))
