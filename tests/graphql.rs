@@ -332,6 +332,15 @@ async fn password_change_logout_and_disabling_invalidate_tokens() {
     )
     .await;
     assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    // The same with a wrong password: a guess learns nothing of it.
+    let r = gql(
+        base,
+        None,
+        "mutation($e:String!){login(email:$e,password:\"not the password at all\"){accessToken}}",
+        json!({"e": email}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
     // A role change invalidates older tokens too.
     let (other_id, other_tok) = user(base).await;
     let r = gql(
