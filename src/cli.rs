@@ -28,7 +28,8 @@ pub struct LogArgs {
         global = true
     )]
     pub log_format: LogFormat,
-    /// Debug mode: verbose logs, and GraphQL introspection, suggestions and GraphiQL on.
+    /// Debug mode: verbose logs (and, in the control plane, GraphQL
+    /// introspection, suggestions and GraphiQL on).
     #[arg(long, env = "BACKEND_DEBUG", default_value = "false", value_parser = parse_bool, global = true)]
     pub debug: bool,
     /// Validate the settings (flags, environment, `.env`), print what is

@@ -99,6 +99,8 @@ pub fn init(format: LogFormat, debug: bool) {
         LogFormat::Pretty => tracing_subscriber::registry()
             .with(
                 fmt::layer()
+                    // Colours for a terminal only, not into a log file.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_writer(std::io::stderr)
                     .with_filter(filter),
             )

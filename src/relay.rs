@@ -266,8 +266,8 @@ pub struct ConnectArgs {
     /// through the tunnel, instead of speaking SOCKS5.
     #[arg(long, env = "CLIENT_FORWARD")]
     pub forward: Option<String>,
-    /// Carry every TCP tunnel as a stream of one warm HTTP/2 connection to
-    /// the gateway (WebSockets over extended CONNECT, RFC 8441): a new
+    /// Carry every TCP tunnel as a stream of a warm HTTP/2 connection to
+    /// the gateway (see --mux-connections) (WebSockets over extended CONNECT, RFC 8441): a new
     /// tunnel costs no TCP, TLS or WebSocket handshake. Falls back to one
     /// connection per tunnel when the gateway does not offer it.
     #[arg(long, env = "CLIENT_MUX", default_value = "false", value_parser = crate::cli::parse_bool)]

@@ -180,7 +180,11 @@ pub fn spawn_heartbeats(
                 bytes_out: i64::try_from(node.tx()).unwrap_or(i64::MAX),
             };
             if let Err(e) = backend.outline_heartbeat(&beat).await {
-                tracing::warn!(error = %e, "heartbeat failed");
+                if matches!(e, crate::backend::BackendError::Status { status: 401, .. }) {
+                    tracing::error!(error = %e, "heartbeat refused: the control plane no longer knows this node's token (removed or rotated); enroll it again");
+                } else {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
             }
         }
     })
