@@ -502,6 +502,18 @@ async fn many_mistakes_get_a_short_answer() {
         errors[50]
     );
     assert!(len < 30_000, "{len} bytes");
+    // A compressed body is not read as if it were plain.
+    let res = common::client()
+        .post(format!("{}/graphql", server.base))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(json!({"query": "{__typename}"}).to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 400);
+    let r: Value = res.json().await.expect("json");
+    assert!(r.to_string().contains("Content-Encoding"), "{r}");
     server.stop().await;
 }
 
@@ -886,6 +898,11 @@ async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
         (json!({"Authorization": 5}), 4403),
         (json!({"token": {"a": 1}}), 4403),
         (json!({"deviceToken": ["x"]}), 4403),
+        // Two credentials: which would the socket act as?
+        (
+            json!({"Authorization": format!("Bearer {user}"), "deviceToken": "x"}),
+            4403,
+        ),
     ] {
         let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
         ws.send(Message::Text(
@@ -938,6 +955,27 @@ async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
     .await
     .expect("send");
     closes_with(&mut ws, 1002).await;
+    // The legacy protocol: a payload that is no object is refused with
+    // connection_error, not acknowledged as anonymous.
+    let mut ws = ws_connect(&server.base, "graphql-ws").await;
+    ws.send(Message::Text(
+        json!({"type": "connection_init", "payload": "x"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .expect("send");
+    let r = ws_next(&mut ws).await;
+    assert_ne!(r["type"], "connection_ack", "{r}");
+    // A text frame that is not UTF-8 closes 1007 (RFC 6455), on both.
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let mut ws = ws_connect(&server.base, protocol).await;
+        let bad = Frame::message(vec![0xff, 0xfe, b'{'], OpCode::Data(Data::Text), true);
+        ws.send(Message::Frame(bad)).await.expect("send");
+        closes_with(&mut ws, 1007).await;
+    }
     // Over HTTP an empty array is a batch too.
     let res = common::client()
         .post(format!("{}/graphql", server.base))

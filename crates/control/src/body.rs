@@ -44,6 +44,22 @@ pub async fn whole(mut body: Body, limit: usize) -> Result<Bytes, AppError> {
 }
 
 /// Whether the body failed for going past a length limit.
+/// Refuses a body sent with a `Content-Encoding` other than `identity`:
+/// the server decodes none, and a compressed body read as plain JSON
+/// would be answered as if it were malformed.
+pub fn plain_encoding(headers: &axum::http::HeaderMap) -> Result<(), AppError> {
+    match headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().map(str::trim))
+    {
+        None => Ok(()),
+        Some(Ok(v)) if v.eq_ignore_ascii_case("identity") => Ok(()),
+        Some(_) => Err(AppError::bad(
+            "Content-Encoding is not supported: send the body uncompressed",
+        )),
+    }
+}
+
 /// Whether `e` was caused by an error of type `T` (a size limit, the
 /// listener's body deadline).
 fn caused_by<T: std::error::Error + 'static>(e: &axum::Error) -> bool {

@@ -370,6 +370,9 @@ async fn graphql_post(
             "GraphQL requests must be POSTed as application/json",
         ));
     }
+    if let Err(e) = crate::body::plain_encoding(&headers) {
+        return graphql_error(e);
+    }
     let body = match crate::body::whole(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(e) => return graphql_error(e),

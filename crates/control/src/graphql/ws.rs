@@ -38,14 +38,22 @@ pub const MAX_SUBSCRIPTIONS: usize = 20;
 /// The keys a `connection_init` payload may carry a credential in.
 const CREDENTIAL_KEYS: [&str; 4] = ["Authorization", "authorization", "token", "deviceToken"];
 
-/// Whether the payload carries a credential that is not a string (refused,
-/// rather than taken as no credential at all).
+/// Whether the payload's credential cannot be read (refused, rather than
+/// taken as no credential at all): a payload that is neither an object nor
+/// null, a credential that is not a string, or more than one credential
+/// (which one would the socket act as?).
 fn unreadable_credential(payload: &serde_json::Value) -> bool {
-    payload.as_object().is_some_and(|o| {
-        CREDENTIAL_KEYS
-            .iter()
-            .any(|k| o.get(*k).is_some_and(|v| !v.is_string() && !v.is_null()))
-    })
+    let Some(o) = payload.as_object() else {
+        return !payload.is_null();
+    };
+    let not_strings = CREDENTIAL_KEYS
+        .iter()
+        .any(|k| o.get(*k).is_some_and(|v| !v.is_string() && !v.is_null()));
+    let given = CREDENTIAL_KEYS
+        .iter()
+        .filter(|k| o.get(**k).is_some_and(serde_json::Value::is_string))
+        .count();
+    not_strings || given > 1
 }
 
 fn bearer(payload: &serde_json::Value) -> Option<String> {
@@ -377,6 +385,12 @@ pub async fn serve(
                     Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
                     Some(Ok(Message::Binary(b))) => b.to_vec(),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    // A text frame that is not UTF-8 gets the close RFC 6455
+                    // names for it (1007) rather than a dropped connection.
+                    Some(Err(e)) if e.to_string().contains("UTF-8") => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1007, reason: "text frames must be UTF-8".into() }))).await;
+                        break;
+                    }
                     _ => break,
                 };
                 let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();

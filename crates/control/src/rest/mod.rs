@@ -86,6 +86,7 @@ async fn parse_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, A
     if !json_content_type(req.headers()) {
         return Err(AppError::bad("the body must be application/json"));
     }
+    crate::body::plain_encoding(req.headers())?;
     let bytes = crate::body::whole(req.into_body(), httvps_wire::MAX_BODY_BYTES).await?;
     // Straight into the typed body: no tree of values first (a usage
     // report carries hundreds of entries).
