@@ -51,6 +51,13 @@ fn host(value: &str) -> AppResult<String> {
         .and_then(|r| r.strip_suffix(']'))
         .unwrap_or(&h);
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        // 0.0.0.0 and :: are where a server listens, not an address to
+        // connect to.
+        if ip.is_unspecified() {
+            return Err(AppError::bad(
+                "host must be an address gateways can connect to, not 0.0.0.0 or ::",
+            ));
+        }
         return Ok(ip.to_string());
     }
     let name = h.strip_suffix('.').unwrap_or(&h);
@@ -431,6 +438,9 @@ mod tests {
         }
         for bad in [
             "1.2.3.4:80",
+            "0.0.0.0",
+            "::",
+            "[::]",
             "example.com:443",
             "[::1]:80",
             "999.1.1.1",
