@@ -1,0 +1,101 @@
+//! The user list: filtered, counted and paged for admins, and loaded by id
+//! for dataloaders.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::{Role, UserStatus};
+use crate::actor::Actor;
+use crate::db::Db;
+use crate::db::models::User;
+use crate::db::schema::users;
+use crate::error::AppResult;
+use crate::ids::UserId;
+use crate::pagination::{Page, PageArgs};
+use crate::{db_run, paginate, validate};
+
+/// Filters on the user list.
+#[derive(Debug, Default, Clone)]
+pub struct UserFilter {
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only this status.
+    pub status: Option<UserStatus>,
+    /// Emails containing this text.
+    pub email_contains: Option<String>,
+}
+
+/// Turns `emailContains` into a LIKE pattern (escaped, lower case); a
+/// text no email could contain (over 254 characters, or with control
+/// characters) is refused, before SQLite's bound on patterns is met.
+fn email_pattern(filter: &UserFilter) -> AppResult<Option<String>> {
+    let Some(s) = filter.email_contains.as_ref() else {
+        return Ok(None);
+    };
+    let escaped = validate::text("emailContains", s, 0, 254)?
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    Ok(Some(format!("%{escaped}%")))
+}
+
+/// Applies a [`UserFilter`] (and its pattern) to a boxed query on `users`.
+macro_rules! filter_users {
+    ($q:expr, $filter:expr, $pattern:expr) => {{
+        let (mut q, filter, pattern) = ($q, $filter, $pattern);
+        if let Some(r) = filter.role {
+            q = q.filter(users::role.eq(r));
+        }
+        if let Some(s) = filter.status {
+            q = q.filter(users::status.eq(s));
+        }
+        if let Some(p) = pattern {
+            q = q.filter(users::email.like(p.clone()).escape('\\'));
+        }
+        q
+    }};
+}
+
+/// Admin: how many users match `filter`.
+pub async fn count(db: &Db, actor: &Actor, filter: &UserFilter) -> AppResult<i64> {
+    actor.require_admin()?;
+    let pattern = email_pattern(filter)?;
+    Ok(db_run!(db, |conn| filter_users!(
+        users::table.into_boxed(),
+        filter,
+        &pattern
+    )
+    .count()
+    .get_result::<i64>(conn)
+    .await?))
+}
+
+/// Admin: a page of users.
+pub async fn list(
+    db: &Db,
+    actor: &Actor,
+    filter: &UserFilter,
+    page: &PageArgs,
+) -> AppResult<Page<User>> {
+    actor.require_admin()?;
+    let pattern = email_pattern(filter)?;
+    let rows = db_run!(db, |conn| {
+        let q = filter_users!(
+            users::table.select(User::as_select()).into_boxed(),
+            filter,
+            &pattern
+        );
+        paginate!(q, users, page).load(conn).await?
+    });
+    Ok(Page::from_fetch(rows, page.first))
+}
+
+/// Loads users by id (for dataloaders).
+pub async fn by_ids(db: &Db, ids: &[UserId]) -> AppResult<Vec<User>> {
+    Ok(db_run!(db, |conn| users::table
+        .filter(users::id.eq_any(ids))
+        .select(User::as_select())
+        .load(conn)
+        .await?))
+}
