@@ -1414,7 +1414,7 @@ async fn removing_a_gateway_closes_its_open_tunnels() {
         .gql("mutation($id:UUID!){deleteNode(id:$id)}", json!({"id": id}))
         .await;
     assert_eq!(r["data"]["deleteNode"], true, "{r}");
-    closed_within(&mut tunnel, Duration::from_secs(8))
+    closed_within(&mut tunnel, Duration::from_secs(15))
         .await
         .expect("the removed gateway's tunnel is closed");
     let ended = plane

@@ -4,6 +4,7 @@
 //! cached verdict when access changes.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub(crate) struct Beats {
     kick: Notify,
     unreachable: Mutex<HashSet<String>>,
     reachable: Mutex<HashSet<String>>,
+    /// Whether the last heartbeat was refused for the gateway's token.
+    refused: AtomicBool,
 }
 
 impl Beats {
@@ -73,12 +76,21 @@ impl Gateway {
             reachable_nodes: reachable,
         };
         match self.backend.gateway_heartbeat(&beat).await {
-            Ok(answer) => self.close_sessions(&answer.close_sessions),
-            Err(crate::backend::BackendError::Status { status: 401, .. }) => {
-                // The control plane no longer knows this gateway's token:
-                // the gateway was removed (its sessions ended with
-                // `node_down`) or its token rotated. Its usage can no
-                // longer be reported, so its tunnels stop here too.
+            Ok(answer) => {
+                if self.beats.refused.swap(false, Ordering::Relaxed) {
+                    tracing::info!("heartbeat accepted again");
+                }
+                self.close_sessions(&answer.close_sessions);
+            }
+            // The control plane itself (its envelope, not a proxy's 401)
+            // no longer knows this gateway's token: the gateway was removed
+            // (its sessions ended with `node_down`) or its token rotated.
+            // Its usage can no longer be reported, so its tunnels stop here
+            // too, and at every beat while that lasts (ones opened on
+            // answers cached before).
+            Err(crate::backend::BackendError::Status {
+                status: 401, code, ..
+            }) if code == "UNAUTHENTICATED" => {
                 let orders: Vec<httvps_wire::CloseOrder> = self
                     .sessions
                     .open_ids()
@@ -88,10 +100,12 @@ impl Gateway {
                         reason: "node_down".to_owned(),
                     })
                     .collect();
-                tracing::error!(
-                    tunnels.closed = orders.len(),
-                    "the control plane refuses this gateway's token (removed or rotated): its tunnels are closed; enroll it again"
-                );
+                if !self.beats.refused.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        tunnels.closed = orders.len(),
+                        "the control plane refuses this gateway's token (removed or rotated): its tunnels are closed; enroll it again"
+                    );
+                }
                 self.validations.forget_all();
                 self.close_sessions(&orders);
                 lock(&self.beats.unreachable).extend(unreachable);
