@@ -24,12 +24,14 @@ pub enum BackendError {
     #[error("device refused: {}", .0.as_str())]
     Refused(Reason),
     /// The control plane answered with an error.
-    #[error("control plane answered {status}: {code}")]
+    #[error("control plane answered {status}: {code}{}", if message.is_empty() { String::new() } else { format!(" ({message})") })]
     Status {
         /// HTTP status.
         status: u16,
         /// Error code from the envelope.
         code: String,
+        /// Its message (empty when the answer had none).
+        message: String,
     },
     /// The control plane could not be reached.
     #[error("control plane unreachable: {0}")]
@@ -192,11 +194,14 @@ impl Backend {
         {
             return Err(BackendError::Unavailable(why));
         }
+        let (code, message) = body.map_or_else(
+            || ("UNKNOWN".to_owned(), String::new()),
+            |b| (b.error.code, b.error.message),
+        );
         Err(BackendError::Status {
             status: status.as_u16(),
-            code: body
-                .map(|b| b.error.code)
-                .unwrap_or_else(|| "UNKNOWN".into()),
+            code,
+            message,
         })
     }
 
@@ -337,6 +342,7 @@ impl Backend {
             Err(BackendError::Status {
                 status: res.status().as_u16(),
                 code: "ACCESS_EVENTS".into(),
+                message: String::new(),
             })
         }
     }
@@ -368,4 +374,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendError;
+
+    #[test]
+    fn a_status_error_says_what_the_control_plane_said() {
+        let e = BackendError::Status {
+            status: 404,
+            code: "NOT_FOUND".into(),
+            message: "region not found".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "control plane answered 404: NOT_FOUND (region not found)"
+        );
+        let bare = BackendError::Status {
+            status: 502,
+            code: "UNKNOWN".into(),
+            message: String::new(),
+        };
+        assert_eq!(bare.to_string(), "control plane answered 502: UNKNOWN");
+    }
 }

@@ -384,6 +384,7 @@ mod tests {
         let status = |status| BackendError::Status {
             status,
             code: "X".into(),
+            message: String::new(),
         };
         assert_eq!(
             classify(&BackendError::Unreachable("refused".into())),

@@ -174,7 +174,7 @@ impl Gateway {
             }
             // Refused for what it holds: a session the control plane
             // does not know (or not as ours) moves nothing more.
-            Ok(Err(BackendError::Status { status, code })) if (400..500).contains(&status) => {
+            Ok(Err(BackendError::Status { status, code, .. })) if (400..500).contains(&status) => {
                 tracing::warn!(session.id = %id, status, %code, "quota grant refused");
                 s.grant.provisional(0, used, now, 0);
                 return true;

@@ -97,7 +97,9 @@ pub(crate) async fn links_loop(gw: Arc<Gateway>) {
                 Ok(_) => {}
                 // A session the control plane no longer knows: its tunnels
                 // are not worth a witness.
-                Err(BackendError::Status { status, code }) if matches!(status, 400 | 404 | 413) => {
+                Err(BackendError::Status { status, code, .. })
+                    if matches!(status, 400 | 404 | 413) =>
+                {
                     tracing::warn!(status, %code, links = batch.len(), "session links refused; dropped");
                 }
                 Err(e) => {

@@ -76,7 +76,7 @@ impl Gateway {
                         let reports = vec![totals(&one.0, one.1, one.2, seq)];
                         match self.backend.report(&UsageReport { reports }).await {
                             Ok(answer) => self.close_sessions(&answer.close_sessions),
-                            Err(BackendError::Status { status, code })
+                            Err(BackendError::Status { status, code, .. })
                                 if refuses_content(status) =>
                             {
                                 tracing::warn!(session.id = %one.0, status, %code, "usage refused; dropped");

@@ -439,7 +439,7 @@ pub fn spawn_reports(
                     // Refused as it is (a session deleted under it, a
                     // body the control plane cannot take): resending it
                     // would be refused again.
-                    Err(BackendError::Status { status, code })
+                    Err(BackendError::Status { status, code, .. })
                         if matches!(status, 400 | 403 | 413) =>
                     {
                         tracing::warn!(status, %code, "witness report refused; dropped");
