@@ -1320,6 +1320,18 @@ async fn a_gateway_deleted_while_it_heartbeats() {
         matches!(late, Err(httvps_control::error::AppError::Unauthenticated)),
         "{late:?}"
     );
+    // And its grant request.
+    let grant = httvps_wire::grant::GrantRequest {
+        session_id: beat.open_sessions[0].clone(),
+        used: 0,
+        want: 1,
+        release: false,
+    };
+    let late = httvps_control::usage_accounting::grant_store::grant(db, g.id, &grant).await;
+    assert!(
+        matches!(late, Err(httvps_control::error::AppError::Unauthenticated)),
+        "{late:?}"
+    );
     // While another gateway, alive, reporting that session is refused.
     let other = gateway_of(db, &w.gateway).await;
     let foreign = httvps_control::usage_accounting::receive(db, other.id, &[totals()]).await;

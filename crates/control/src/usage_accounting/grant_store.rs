@@ -204,7 +204,14 @@ pub async fn grant(
         return Err(AppError::NotFound("session"));
     };
     if row.gateway_node_id.as_deref() != Some(gateway.to_string().as_str()) {
-        return Err(AppError::NotFound("session"));
+        // Another gateway's session is none of this one's business (404);
+        // a gateway deleted since its token was checked gets 401.
+        return Err(
+            match super::inbox::not_the_senders(db, super::inbox::Sender::Gateway(gateway)).await {
+                AppError::Forbidden => AppError::NotFound("session"),
+                other => other,
+            },
+        );
     }
     if req.release {
         db_run!(db, |conn| RELEASE
