@@ -502,6 +502,23 @@ async fn many_mistakes_get_a_short_answer() {
         errors[50]
     );
     assert!(len < 30_000, "{len} bytes");
+    // The same over the WebSocket.
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
+    ws.send(ws_op(
+        "graphql-transport-ws",
+        "many",
+        &format!("{{settings({args}){{signUpEnabled}}}}"),
+        json!({}),
+    ))
+    .await
+    .expect("send");
+    let r = ws_next(&mut ws).await;
+    let errors = r["payload"]
+        .as_array()
+        .or_else(|| r["payload"]["errors"].as_array())
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(errors.len(), 51, "{r}");
     // A compressed body is not read as if it were plain.
     let res = common::client()
         .post(format!("{}/graphql", server.base))

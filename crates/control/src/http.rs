@@ -17,8 +17,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::context::{Viewer, bearer_token, viewer_from_token};
 use crate::error::AppError;
-use crate::graphql::check_document;
 use crate::graphql::loaders::{BATCH_DELAY, DbLoader};
+use crate::graphql::{MAX_ERRORS, check_document};
 use crate::listener::HttpLimits;
 use crate::metrics;
 pub use crate::state::AppState;
@@ -303,9 +303,6 @@ fn graphql_error(err: AppError) -> Response {
     let gql = async_graphql::Response::from_errors(vec![error]);
     (status, Json(gql)).into_response()
 }
-
-/// Most errors one GraphQL answer lists (then one saying how many more).
-pub const MAX_ERRORS: usize = 50;
 
 async fn execute(
     state: &AppState,

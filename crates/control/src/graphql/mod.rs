@@ -61,7 +61,7 @@ pub const MAX_DEPTH: usize = 12;
 pub const MAX_COMPLEXITY: usize = 1000;
 /// Most aliases a document may use.
 pub const MAX_ALIASES: usize = 30;
-pub use shape::{MAX_SELECTIONS, check_document};
+pub use shape::{MAX_ERRORS, MAX_SELECTIONS, check_document};
 
 /// Builds the schema. `debug` turns on introspection and field suggestions.
 pub fn build_schema(api: AppContext, debug: bool) -> ApiSchema {

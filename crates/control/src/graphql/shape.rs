@@ -31,6 +31,9 @@ const MAX_SPREAD_DEPTH: usize = 32;
 pub const MAX_ARGUMENTS: usize = 1_000;
 /// See [`MAX_ARGUMENTS`].
 pub const MAX_VARIABLES: usize = 100;
+/// Most errors one answer lists, over HTTP and the WebSocket alike (then
+/// one saying how many more).
+pub const MAX_ERRORS: usize = 50;
 
 /// Refuses a document with more than [`MAX_ALIASES`] aliases (fragments
 /// included), or whose operations or fragments hold more than

@@ -238,12 +238,20 @@ fn admit(
 }
 
 /// Gives every error the engine itself raised (parse, validation, limits,
-/// input coercion) the code `BAD_REQUEST`, as on HTTP.
+/// input coercion) the code `BAD_REQUEST`, and lists at most
+/// [`MAX_ERRORS`](super::MAX_ERRORS) (then one saying how many
+/// more), as on HTTP.
 fn with_codes(mut msg: serde_json::Value) -> serde_json::Value {
     fn fill(errors: Option<&mut serde_json::Value>) {
         let Some(serde_json::Value::Array(errors)) = errors else {
             return;
         };
+        let max = super::MAX_ERRORS;
+        if errors.len() > max {
+            let more = errors.len() - max;
+            errors.truncate(max);
+            errors.push(serde_json::json!({ "message": format!("{more} more errors left out") }));
+        }
         for e in errors {
             if let Some(obj) = e.as_object_mut() {
                 let ext = obj
