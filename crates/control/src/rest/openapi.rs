@@ -133,6 +133,11 @@ impl utoipa::Modify for Contract {
                 if has_body {
                     add(op, "400", "The body is not a JSON object of this shape.");
                     add(op, "413", "The body is larger than 64 KiB.");
+                    add(
+                        op,
+                        "408",
+                        "The body did not arrive within the body deadline.",
+                    );
                 }
                 add(op, "405", "Another method than the one documented.");
                 add(op, "503", "The database is unavailable.");
