@@ -100,8 +100,21 @@ fn keep_private(path: &Path) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("making {} private", path.display()))
+    // With the write-ahead log and shared memory an earlier version or a
+    // crash left behind: SQLite reuses them as they are.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if !suffix.is_empty() && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("making {} private", file.display()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_or_create_secret(path: &Path) -> anyhow::Result<SecretKey> {
@@ -308,6 +321,8 @@ pub async fn run_up(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr, &UpDataPlane),
 ) -> anyhow::Result<()> {
+    // As `serve`: the connection budget, not the descriptor table, sheds.
+    httvps_control::listener::raise_nofile_limit();
     let mut settings = report.settings;
     let gw_addr = SocketAddr::new(settings.host, gateway_port);
     let gw_listener = TcpListener::bind(gw_addr)

@@ -631,6 +631,15 @@ async fn up_reads_the_backend_throttles_and_limits() {
     assert!(!out.status.success(), "a zero allowance is refused");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("BACKEND_LOGIN_PER_SOURCE"), "{said}");
+    // A write-ahead log left readable by others (an earlier version):
+    // made private too.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        let wal = dir.path().join("data/httvps.db-wal");
+        std::fs::write(&wal, b"").expect("wal");
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).expect("mode");
+    }
     let running = spawn_listening(up(&[
         ("BACKEND_LOGIN_PER_SOURCE", "2"),
         ("BACKEND_LOGIN_PER_ACCOUNT", "1000"),
@@ -655,6 +664,12 @@ async fn up_reads_the_backend_throttles_and_limits() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        for side in ["data/httvps.db-wal", "data/httvps.db-shm"] {
+            if let Ok(m) = std::fs::metadata(dir.path().join(side)) {
+                let mode = m.permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{side}: {mode:o}");
+            }
+        }
     }
     let mut codes = Vec::new();
     for _ in 0..3 {
