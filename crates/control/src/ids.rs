@@ -74,7 +74,7 @@ macro_rules! ids {
 
         /// Only the hyphenated form (either case), as the API documents
         /// it (`format: uuid`): braces, `urn:uuid:` and bare hex are
-        /// refused, so an id always comes back as it was sent.
+        /// refused, so an id always comes back in its one canonical form.
         impl FromStr for $name {
             type Err = NotAnId;
 
