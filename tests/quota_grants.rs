@@ -1,7 +1,9 @@
 //! Quota grants end to end on 127.0.0.1: a 5 MiB allowance spent by full
 //! speed tunnels (both directions at once) through one gateway and
-//! through two gateways sharing the subscription. The overshoot past the
-//! allowance is what was in flight when the grants ran out: at most 1 MiB.
+//! through two gateways sharing the subscription, and by thirty tunnels of
+//! three devices. The gateway counts every frame against its grant before
+//! it forwards it, so recorded usage meets the allowance to the byte and
+//! never passes it.
 
 mod common;
 #[path = "common/plane.rs"]
@@ -23,12 +25,20 @@ use common::link::ControlLink;
 /// The allowance of the test plan.
 const ALLOWANCE: i64 = 5 * 1024 * 1024;
 
-/// The most recorded usage may pass the allowance by.
-const MAX_OVERSHOOT: i64 = 1024 * 1024;
+/// The most recorded usage may pass the allowance by: nothing (the gateway
+/// counts every frame against the grant before it forwards it).
+const MAX_OVERSHOOT: i64 = 0;
 
 /// A user on a plan of [`ALLOWANCE`] with one device: its access token and
 /// its subscription's id.
 async fn device_on_small_plan(plane: &Plane) -> (String, String) {
+    let (mut tokens, sub) = devices_on_small_plan(plane, 1).await;
+    (tokens.remove(0), sub)
+}
+
+/// A user on a plan of [`ALLOWANCE`] with `n` devices (at most 3): their
+/// access tokens and the subscription's id.
+async fn devices_on_small_plan(plane: &Plane, n: usize) -> (Vec<String>, String) {
     let r = plane
         .gql(
             "mutation($b:BigInt!){createPlan(input:{name:\"five\",priceCents:\"0\",durationDays:30,trafficLimitBytes:$b,deviceLimit:3}){id}}",
@@ -54,18 +64,23 @@ async fn device_on_small_plan(plane: &Plane) -> (String, String) {
         .unwrap_or_else(|| panic!("{r}"))
         .to_owned();
     let tok = login(&plane.server.base, &email).await;
-    let r = gql(
-        &plane.server.base,
-        Some(&tok),
-        "mutation{registerDevice(name:\"phone\",platform:\"android\"){accessToken}}",
-        json!({}),
-    )
-    .await;
-    let token = r["data"]["registerDevice"]["accessToken"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{r}"))
-        .to_owned();
-    (token, sub)
+    let mut tokens = Vec::new();
+    for _ in 0..n {
+        let r = gql(
+            &plane.server.base,
+            Some(&tok),
+            "mutation{registerDevice(name:\"phone\",platform:\"android\"){accessToken}}",
+            json!({}),
+        )
+        .await;
+        tokens.push(
+            r["data"]["registerDevice"]["accessToken"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned(),
+        );
+    }
+    (tokens, sub)
 }
 
 /// A server that sends zeros as fast as it can and reads everything it
@@ -184,16 +199,31 @@ async fn get(plane: &Plane, addr: SocketAddr, path: &str) -> String {
 
 /// Spends the allowance with `tunnels` full-speed tunnels spread over
 /// `gateways`, then checks what the issue promises.
+async fn spend(plane: &Plane, gateways: &[SocketAddr], tunnels: usize, label: &str) -> i64 {
+    spend_by(plane, gateways, 1, tunnels, label).await
+}
+
+/// [`spend`] by `devices` devices of the subscription, each through every
+/// gateway.
 #[expect(
     clippy::print_stderr,
     reason = "the overshoot is reported for the record"
 )]
-async fn spend(plane: &Plane, gateways: &[SocketAddr], tunnels: usize, label: &str) -> i64 {
-    let (token, sub) = device_on_small_plan(plane).await;
+async fn spend_by(
+    plane: &Plane,
+    gateways: &[SocketAddr],
+    devices: usize,
+    tunnels: usize,
+    label: &str,
+) -> i64 {
+    let (tokens, sub) = devices_on_small_plan(plane, devices).await;
+    let token = &tokens[0];
     let target = source_and_sink().await;
     let mut clients = Vec::new();
-    for gw in gateways {
-        clients.push(client_via(plane, &token, *gw).await);
+    for t in &tokens {
+        for gw in gateways {
+            clients.push(client_via(plane, t, *gw).await);
+        }
     }
     let mut streams = Vec::new();
     for i in 0..tunnels {
@@ -254,13 +284,22 @@ async fn spend(plane: &Plane, gateways: &[SocketAddr], tunnels: usize, label: &s
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_full_speed_tunnel_overshoots_a_5_mib_allowance_by_at_most_1_mib() {
+async fn one_full_speed_tunnel_stops_at_a_5_mib_allowance() {
     let plane = Plane::start(1).await;
     spend(&plane, &[plane.gateway_addr], 1, "one tunnel").await;
 }
 
+/// Many tunnels of several devices at once (each device its own session,
+/// each session its own grant): together they stop at the allowance too.
 #[tokio::test(flavor = "multi_thread")]
-async fn eight_full_speed_tunnels_over_two_gateways_overshoot_by_at_most_1_mib() {
+async fn thirty_tunnels_of_three_devices_stop_at_the_allowance() {
+    let many = |o: &mut httvps_dataplane::gateway::GatewayOptions| o.max_tunnels_per_device = 64;
+    let plane = Plane::start_with(1, many).await;
+    spend_by(&plane, &[plane.gateway_addr], 3, 30, "thirty tunnels").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_full_speed_tunnels_over_two_gateways_stop_at_the_allowance() {
     let many = |o: &mut httvps_dataplane::gateway::GatewayOptions| o.max_tunnels_per_device = 64;
     let plane = Plane::start_with(1, many).await;
     let second = plane.start_another_gateway("gw2", &many).await;

@@ -3,9 +3,10 @@
 //! session's cumulative byte limit (up plus down, as reports count them)
 //! and until when it holds; the point past which the next grant is asked
 //! for ahead of time (half the slice, or half the validity); and what to
-//! ask for, from the session's recent rate. A tunnel checks for room
-//! before it forwards a frame, so the bytes let through past a grant are
-//! at most the frames already in flight when it ran out.
+//! ask for, from the session's recent rate. A tunnel counts each frame
+//! against the grant before it forwards it (`Session::take_within`), so
+//! nothing passes a grant, however many tunnels of the session forward
+//! at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};

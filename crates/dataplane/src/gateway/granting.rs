@@ -9,7 +9,7 @@
 //! provisional slice (the outage rule admitted it).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use httvps_wire::Reason;
@@ -64,7 +64,7 @@ impl Gateway {
                 return true;
             }
         } else {
-            self.ask_now(id, s).await;
+            self.ask_now(id, s, 1).await;
         }
         if s.grant.room(s.used(), clock_ms()) > 0 {
             return true;
@@ -123,11 +123,45 @@ impl Gateway {
         });
     }
 
-    /// Asks for a grant unless the question already out brings room.
-    pub(crate) async fn ask_now(&self, id: &str, s: &Session) {
+    /// Counts the bytes of a frame of `len` the session is about to move
+    /// (on `counter`, its `up` or `down`) against its grant before they
+    /// move, exactly, however many of its tunnels count at once; returns
+    /// how many may move. A frame the grant has no room for whole is asked
+    /// for at once (the allowance usually has more); when it still does
+    /// not fit, the allowance is at its end: what fits moves (the recorded
+    /// usage meets the allowance to the byte, never passes it) and the
+    /// session's tunnels close, as when [`Gateway::room`] finds nothing
+    /// granted.
+    pub(crate) async fn take(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        s: &Arc<Session>,
+        counter: &AtomicU64,
+        len: u64,
+    ) -> u64 {
+        let first = s.take_within(counter, len, clock_ms());
+        if first == len {
+            return len;
+        }
+        s.give_back(counter, first);
+        self.ask_now(id, s, len).await;
+        let fits = s.take_within(counter, len, clock_ms());
+        if fits < len {
+            if s.grant.ended() {
+                s.ended();
+            } else {
+                s.spent(s.grant.denied().unwrap_or(Reason::QuotaExceeded));
+            }
+        }
+        fits
+    }
+
+    /// Asks for a grant unless the question already out brings room for
+    /// `need` bytes.
+    pub(crate) async fn ask_now(&self, id: &str, s: &Session, need: u64) {
         let turn = tokio::time::timeout(ASK_WAIT, s.asking.lock()).await;
         // An ended session never gets more: the answer is in already.
-        if s.grant.room(s.used(), clock_ms()) > 0 || s.grant.ended() {
+        if s.grant.room(s.used(), clock_ms()) >= need.max(1) || s.grant.ended() {
             return;
         }
         let _turn = turn;

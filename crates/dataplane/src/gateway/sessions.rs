@@ -47,6 +47,10 @@ pub(crate) struct Session {
     pub grant: super::grant::Grant,
     /// One grant question at a time.
     pub asking: tokio::sync::Mutex<()>,
+    /// Held while bytes are counted against the grant (see
+    /// [`Session::take_within`]): tunnels of the session that count at
+    /// once see each other's bytes.
+    taking: Mutex<()>,
     /// Counts the times the session lost its last tunnel: a release
     /// scheduled then goes ahead only if it is still the latest.
     pub release_epoch: AtomicU64,
@@ -63,8 +67,26 @@ impl Session {
             last_used: Mutex::new(now),
             grant: super::grant::Grant::default(),
             asking: tokio::sync::Mutex::new(()),
+            taking: Mutex::new(()),
             release_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Counts on `counter` (this session's `up` or `down`) as many of `len`
+    /// bytes about to move as the grant has room for at `now_ms`; returns
+    /// how many that is. Exact however many tunnels count at once.
+    pub fn take_within(&self, counter: &AtomicU64, len: u64, now_ms: u64) -> u64 {
+        let _held = lock(&self.taking);
+        let fits = self.grant.room(self.used(), now_ms).min(len);
+        counter.fetch_add(fits, Ordering::Relaxed);
+        fits
+    }
+
+    /// Gives back `n` bytes counted by [`Session::take_within`] that did
+    /// not move.
+    pub fn give_back(&self, counter: &AtomicU64, n: u64) {
+        let _held = lock(&self.taking);
+        counter.fetch_sub(n, Ordering::Relaxed);
     }
 
     fn totals(&self) -> (u64, u64) {

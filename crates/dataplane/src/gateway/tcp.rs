@@ -112,12 +112,18 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     if !up_gw.room(&up_id, &up_session).await {
                         continue;
                     }
-                    if node_w.write_all(&frame.payload).await.is_err() {
+                    // Counted before it is written, as far as the grant
+                    // goes (see Gateway::take): at the allowance's end only
+                    // what fits is written, and the tunnel closes.
+                    let len = frame.payload.len() as u64;
+                    let fits = up_gw.take(&up_id, &up_session, &up_session.up, len).await;
+                    let fits = usize::try_from(fits).unwrap_or(0).min(frame.payload.len());
+                    if fits == 0 {
+                        continue;
+                    }
+                    if node_w.write_all(&frame.payload[..fits]).await.is_err() {
                         return false;
                     }
-                    up_session
-                        .up
-                        .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
                     up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
                 OpCode::Text => {
@@ -170,9 +176,8 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     let Ok(permit) = permit else {
                         return End::ClientGone;
                     };
-                    if let Some((frame, n)) = pending.take() {
+                    if let Some((frame, _)) = pending.take() {
                         permit.send(frame);
-                        down_session.down.fetch_add(n as u64, Ordering::Relaxed);
                         activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 },
@@ -204,9 +209,20 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                             if n < READ_CHUNK / 4 {
                                 buf.shrink_to_fit();
                             }
+                            // Counted before it is queued, as far as the
+                            // grant goes: the session's other tunnels read
+                            // within what is left, and at the allowance's
+                            // end only what fits goes (the close follows).
+                            let fits = gw.take(&down_id, &down_session, &down_session.down, n as u64).await;
+                            let fits = usize::try_from(fits).unwrap_or(0).min(n);
+                            if fits == 0 {
+                                let why = down_session.grant.denied().unwrap_or(Reason::QuotaExceeded);
+                                tunnel::queue_last(&out, &down_progress, Frame::close(1008, why.as_str().as_bytes())).await;
+                                return End::Cancelled;
+                            }
+                            buf.truncate(fits);
                             match out.try_send(Frame::binary(Payload::Owned(buf))) {
                                 Ok(()) => {
-                                    down_session.down.fetch_add(n as u64, Ordering::Relaxed);
                                     activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                                 }
                                 Err(mpsc::error::TrySendError::Full(frame)) => pending = Some((frame, n)),

@@ -12,6 +12,8 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::Gateway;
+use super::sessions::Session;
 use super::tunnel::{self, TunnelGuard, closed_signal};
 use super::upgrade::Opening;
 
@@ -63,11 +65,20 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     }
                     let datagram: &[u8] = if whole { &frame.payload } else { &gathered };
                     // Nothing past the grant (the close signal follows).
-                    if up_gw.room(&up_id, &up_session).await && up_sock.send(datagram).await.is_ok()
+                    // Counted before it is sent (see Gateway::take); a
+                    // datagram cannot be cut: one that does not fit whole
+                    // is dropped (what it counted given back).
+                    if up_gw.room(&up_id, &up_session).await
+                        && whole_or_none(
+                            &up_gw,
+                            &up_id,
+                            &up_session,
+                            &up_session.up,
+                            datagram.len(),
+                        )
+                        .await
+                        && up_sock.send(datagram).await.is_ok()
                     {
-                        up_session
-                            .up
-                            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
                         up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                     if !whole {
@@ -114,9 +125,8 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     let Ok(permit) = permit else {
                         return;
                     };
-                    if let Some((frame, n)) = pending.take() {
+                    if let Some((frame, _)) = pending.take() {
                         permit.send(frame);
-                        session.down.fetch_add(n as u64, Ordering::Relaxed);
                         activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 },
@@ -131,14 +141,15 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     // the node (its next datagram may still come).
                     if let Ok(n) = socket.try_recv_buf(&mut buf) {
                         // Nothing past the grant: the datagram is dropped.
-                        if !gw.room(&guard.session_id, &session).await {
+                        if !gw.room(&guard.session_id, &session).await
+                            || !whole_or_none(&gw, &guard.session_id, &session, &session.down, n).await
+                        {
                             continue;
                         }
                         // Shrinking in place keeps what was received.
                         buf.shrink_to_fit();
                         match out.try_send(Frame::binary(Payload::Owned(buf))) {
                             Ok(()) => {
-                                session.down.fetch_add(n as u64, Ordering::Relaxed);
                                 activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                             }
                             Err(TrySendError::Full(frame)) => pending = Some((frame, n)),
@@ -176,4 +187,22 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
     // (30 s by default: a 64 KiB frame at 2 KB/s).
     tunnel::finish_writer(writer, idle_ping).await;
     drop(guard);
+}
+
+/// Counts a datagram of `len` bytes whole against the session's grant, or
+/// not at all (a datagram cannot be cut).
+async fn whole_or_none(
+    gw: &Arc<Gateway>,
+    id: &Arc<str>,
+    s: &Arc<Session>,
+    counter: &AtomicU64,
+    len: usize,
+) -> bool {
+    let len = len as u64;
+    let fits = gw.take(id, s, counter, len).await;
+    if fits < len {
+        s.give_back(counter, fits);
+        return false;
+    }
+    true
 }
