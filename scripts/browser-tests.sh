@@ -2,7 +2,8 @@
 # Drives the console in Debian's Chromium (through playwright-core: no
 # browser download) against `httvps up` and `httvps serve` on PostgreSQL.
 # Installs chromium with apt-get when it is missing. Screenshots of every
-# page go to target/browser-screenshots/.
+# page, and each server's log (server.log), go to
+# target/browser-screenshots/<mode>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/require-node.sh

@@ -5,7 +5,7 @@
 // waits everywhere.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -135,6 +135,7 @@ export async function startUp() {
     dataPlane: { caCert: join(dir, 'gateway.crt') },
     cleanup: async () => {
       await server.stop();
+      keepLog('up', server.output);
       rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -181,6 +182,7 @@ export async function startServe() {
     dataPlane: null,
     cleanup: async () => {
       await server.stop();
+      keepLog('serve-pg', server.output);
       psql(`DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`);
     },
   };
@@ -254,6 +256,13 @@ export async function launch(base) {
       await browser.close();
     },
   };
+}
+
+/** Keeps a server's output beside the screenshots (for a failure's story). */
+export function keepLog(mode, output) {
+  const dir = join(SHOTS, mode);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'server.log'), output);
 }
 
 /** Saves a full-page screenshot under target/browser-screenshots/<mode>/. */
