@@ -91,23 +91,14 @@ impl Gateway {
             Err(crate::backend::BackendError::Status {
                 status: 401, code, ..
             }) if code == "UNAUTHENTICATED" => {
-                let orders: Vec<httvps_wire::CloseOrder> = self
-                    .sessions
-                    .open_ids()
-                    .into_iter()
-                    .map(|session_id| httvps_wire::CloseOrder {
-                        session_id,
-                        reason: "node_down".to_owned(),
-                    })
-                    .collect();
+                self.validations.forget_all();
+                let closed = self.sessions.close_all();
                 if !self.beats.refused.swap(true, Ordering::Relaxed) {
                     tracing::error!(
-                        tunnels.closed = orders.len(),
+                        tunnels.closed = closed,
                         "the control plane refuses this gateway's token (removed or rotated): its tunnels are closed; enroll it again"
                     );
                 }
-                self.validations.forget_all();
-                self.close_sessions(&orders);
                 lock(&self.beats.unreachable).extend(unreachable);
             }
             Err(e) => {

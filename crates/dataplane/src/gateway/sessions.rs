@@ -257,6 +257,22 @@ impl Sessions {
         }
     }
 
+    /// Fires the close signal of every session with open tunnels (the
+    /// control plane no longer knows the gateway); returns how many.
+    pub fn close_all(&self) -> usize {
+        let inner = lock(&self.inner);
+        let open = inner
+            .live
+            .values()
+            .filter(|s| s.tunnels.load(Ordering::Relaxed) > 0);
+        let mut closed = 0;
+        for s in open {
+            let _ = s.close.send(Closing::Closed);
+            closed += 1;
+        }
+        closed
+    }
+
     /// The drain is over: every tunnel closes (1001), now and from now on.
     pub fn going_away(&self) {
         let mut inner = lock(&self.inner);

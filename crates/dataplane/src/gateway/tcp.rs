@@ -163,20 +163,20 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
         let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A frame read from the node that the writer's queue had no room
-        // for (the client reads slower than the node sends), with its
-        // length. Nothing more is read from the node until it is queued,
+        // for (the client reads slower than the node sends; its bytes are
+        // counted already). Nothing more is read from the node until it is queued,
         // and the loop keeps watching the close signal and the idle timer
         // meanwhile: a client that stops reading is closed at the idle
         // limit, and by a revocation or a spent grant at once, where
         // waiting on the queue held its tunnel for ever.
-        let mut pending: Option<(Frame<'static>, usize)> = None;
+        let mut pending: Option<Frame<'static>> = None;
         loop {
             tokio::select! {
                 permit = out.reserve(), if pending.is_some() => {
                     let Ok(permit) = permit else {
                         return End::ClientGone;
                     };
-                    if let Some((frame, _)) = pending.take() {
+                    if let Some(frame) = pending.take() {
                         permit.send(frame);
                         activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
@@ -225,7 +225,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                                 Ok(()) => {
                                     activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                                 }
-                                Err(mpsc::error::TrySendError::Full(frame)) => pending = Some((frame, n)),
+                                Err(mpsc::error::TrySendError::Full(frame)) => pending = Some(frame),
                                 Err(mpsc::error::TrySendError::Closed(_)) => return End::ClientGone,
                             }
                         }

@@ -112,20 +112,20 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
         tokio::pin!(closed);
         let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A datagram the writer's queue had no room for, with its length:
+        // A datagram the writer's queue had no room for (counted already):
         // until it is queued nothing more is received (the socket's own
         // buffer holds what comes, and drops past it, as before), while
         // the close signal and the idle timer are still watched. Waiting
         // on the queue instead stopped both for as long as the client did
         // not read.
-        let mut pending: Option<(Frame<'static>, usize)> = None;
+        let mut pending: Option<Frame<'static>> = None;
         loop {
             tokio::select! {
                 permit = out.reserve(), if pending.is_some() => {
                     let Ok(permit) = permit else {
                         return;
                     };
-                    if let Some((frame, _)) = pending.take() {
+                    if let Some(frame) = pending.take() {
                         permit.send(frame);
                         activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
@@ -152,7 +152,7 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                             Ok(()) => {
                                 activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
                             }
-                            Err(TrySendError::Full(frame)) => pending = Some((frame, n)),
+                            Err(TrySendError::Full(frame)) => pending = Some(frame),
                             Err(TrySendError::Closed(_)) => return,
                         }
                     }
