@@ -112,7 +112,7 @@ class Server {
 function start(args, env, label) {
   const child = spawn(HTTVPS, args, {
     cwd: ROOT,
-    env: { ...process.env, RUST_LOG: 'info', ...env },
+    env: { ...process.env, RUST_LOG: process.env.SERVER_RUST_LOG ?? 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   return new Server(child, label);

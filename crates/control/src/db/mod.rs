@@ -6,6 +6,7 @@
 //! between the dialects is written once per dialect as a [`Statement`].
 
 pub mod dialect;
+mod held;
 pub mod models;
 mod notify;
 pub mod prepared;
@@ -40,6 +41,7 @@ macro_rules! apply_lock {
     };
 }
 
+pub use held::{Held, SLOW_HOLD, checkout};
 pub use notify::notify;
 pub use prepared::Prepared;
 
@@ -377,13 +379,15 @@ macro_rules! db_run {
     ($db:expr, |$conn:ident| $body:expr) => {
         match &($db).pool {
             $crate::db::DbPool::Pg(pool) => {
-                let mut pooled = pool.get().await?;
-                let $conn = &mut *pooled;
+                let mut pooled =
+                    $crate::db::checkout(pool.get(), concat!(file!(), ":", line!())).await?;
+                let $conn = &mut **pooled;
                 $body
             }
             $crate::db::DbPool::Sqlite(pool) => {
-                let mut pooled = pool.get().await?;
-                let $conn = &mut *pooled;
+                let mut pooled =
+                    $crate::db::checkout(pool.get(), concat!(file!(), ":", line!())).await?;
+                let $conn = &mut **pooled;
                 $body
             }
         }
@@ -404,8 +408,9 @@ macro_rules! db_tx {
         let db: &$crate::db::Db = &$db;
         match &db.pool {
             $crate::db::DbPool::Pg(pool) => {
-                let mut pooled = pool.get().await?;
-                diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| {
+                let mut pooled =
+                    $crate::db::checkout(pool.get(), concat!(file!(), ":", line!())).await?;
+                diesel_async::AsyncConnection::transaction(&mut **pooled, async |$conn| {
                     let mut outbox = $crate::events::Outbox::default();
                     let value = async {
                         let $out = &mut outbox;
@@ -418,8 +423,9 @@ macro_rules! db_tx {
                 .await
             }
             $crate::db::DbPool::Sqlite(pool) => {
-                let mut pooled = pool.get().await?;
-                diesel_async::AsyncConnection::transaction(&mut *pooled, async |$conn| {
+                let mut pooled =
+                    $crate::db::checkout(pool.get(), concat!(file!(), ":", line!())).await?;
+                diesel_async::AsyncConnection::transaction(&mut **pooled, async |$conn| {
                     let mut outbox = $crate::events::Outbox::default();
                     let value = async {
                         let $out = &mut outbox;

@@ -156,16 +156,16 @@ async fn read(
 ) -> AppResult<(Vec<(OutlineNode, Region)>, Vec<Session>)> {
     match &db.pool {
         DbPool::Pg(pool) => {
-            let conn = pool.get().await?;
-            let (mut a, mut b) = (&*conn, &*conn);
+            let conn = crate::db::checkout(pool.get(), concat!(file!(), ":", line!())).await?;
+            let (mut a, mut b) = (&**conn, &**conn);
             let nodes = async { active_nodes!(any_region, region_ids, &mut a) };
             let current = open_sessions_of!(device_ids).load(&mut b);
             Ok(futures_util::try_join!(nodes, current)?)
         }
         DbPool::Sqlite(pool) => {
-            let mut conn = pool.get().await?;
-            let nodes = active_nodes!(any_region, region_ids, &mut *conn)?;
-            let current = open_sessions_of!(device_ids).load(&mut *conn).await?;
+            let mut conn = crate::db::checkout(pool.get(), concat!(file!(), ":", line!())).await?;
+            let nodes = active_nodes!(any_region, region_ids, &mut **conn)?;
+            let current = open_sessions_of!(device_ids).load(&mut **conn).await?;
             Ok((nodes, current))
         }
     }
@@ -201,7 +201,7 @@ async fn write(
                         ))
                     })
                     .collect();
-            let mut conn = pool.get().await?;
+            let mut conn = crate::db::checkout(pool.get(), concat!(file!(), ":", line!())).await?;
             insert::open_sessions(&mut conn, &rows, stale, ts, &events).await?
         }
         DbPool::Sqlite(_) => db_tx!(db, |conn, outbox| {
