@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{TestDb, TestServer, client, gql};
+use common::{TestDb, TestServer, client, gql, live, live_event};
 use httvps_control::accounts::{self, Role};
 use serde_json::{Value, json};
 
@@ -927,4 +927,150 @@ async fn a_device_without_a_region_lands_by_rule_postgres() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_without_a_region_lands_by_rule_sqlite() {
     a_device_without_a_region_lands_by_rule(World::on(TestDb::sqlite().await).await).await;
+}
+
+/// A device's owner watching it live (`myDeviceEvents`, on the console's
+/// WebSocket) while replacing its token: on SQLite's single connection the
+/// socket's check of its own credential and the live view's placement
+/// lookup used to wait on each other for the pool's whole 5 s wait, so the
+/// new token came back without its links ("database unavailable") and
+/// every other query of the process waited too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_view_does_not_hold_up_its_owners_changes_sqlite() {
+    let w = World::on(TestDb::sqlite().await).await;
+    w.node("eu", "eu-1").await;
+    w.gateway("eu", "https://gw-eu.example.com").await;
+    let o = w.owner().await;
+    let base = w.server.base.clone();
+    let mut mine = live(
+        &base,
+        &o.login,
+        "subscription{myDeviceEvents{kind deviceId placement{nodeName}}}",
+    )
+    .await;
+    // Renames until one is heard: the view is live from then on.
+    let mut heard = false;
+    for i in 0..20 {
+        let r = gql(
+            &base,
+            Some(&o.login),
+            "mutation($d:UUID!,$n:String!){renameDevice(id:$d,name:$n){name}}",
+            json!({"d": o.device_id, "n": format!("d-{i}")}),
+        )
+        .await;
+        assert!(r["errors"].is_null(), "{r}");
+        if tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            live_event(&mut mine, "myDeviceEvents"),
+        )
+        .await
+        .is_ok()
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "the live view never answered");
+    for i in 0..12 {
+        let r = gql(
+            &base,
+            Some(&o.login),
+            "mutation($d:UUID!){rotateDeviceToken(id:$d){accessToken links{sip002}}}",
+            json!({"d": o.device_id}),
+        )
+        .await;
+        assert!(r["errors"].is_null(), "rotation {i}: {r}");
+        assert!(
+            r["data"]["rotateDeviceToken"]["links"]["sip002"].is_string(),
+            "rotation {i} came back without its links: {r}"
+        );
+        let ev = live_event(&mut mine, "myDeviceEvents").await;
+        assert_eq!(ev["kind"], "ROTATED", "{ev}");
+    }
+}
+
+/// A console that stops reading its WebSocket while its live view has
+/// much to say is dropped once [`QUEUE`]-many messages wait for it, rather
+/// than holding the socket's engine (and any database connection an
+/// operation of it holds) until the write deadline; the control plane
+/// answers everyone else throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_that_does_not_read_is_dropped_sqlite() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const VIEWS: usize = 20;
+    const RENAMES: usize = 400;
+    let w = World::on(TestDb::sqlite().await).await;
+    let o = w.owner().await;
+    let base = w.server.base.clone();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small window");
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("address");
+    let tcp = socket.connect(addr).await.expect("connect");
+    let req = common::live_request(&base);
+    let (mut slow, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("websocket");
+    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", o.login)}});
+    slow.send(Message::Text(init.to_string().into()))
+        .await
+        .expect("init");
+    assert_eq!(common::live_next(&mut slow).await["type"], "connection_ack");
+    // Each view asks for the device's id under many names: about 1.5 KB
+    // an event, so that what waits outgrows the sockets' buffers.
+    let fields: String = (0..28).map(|i| format!(" d{i}:deviceId")).collect();
+    let query = format!("subscription{{myDeviceEvents{{kind{fields}}}}}");
+    for id in 0..VIEWS {
+        let sub = json!({"id": id.to_string(), "type": "subscribe", "payload": {"query": query}});
+        slow.send(Message::Text(sub.to_string().into()))
+            .await
+            .expect("subscribe");
+    }
+    let rename = |i: usize| {
+        gql(
+            &base,
+            Some(&o.login),
+            "mutation($d:UUID!,$n:String!){renameDevice(id:$d,name:$n){name}}",
+            json!({"d": o.device_id, "n": format!("d-{i}")}),
+        )
+    };
+    // Renames until the views are live (every one answers each rename).
+    let mut heard = false;
+    for i in 0..20 {
+        assert!(rename(i).await["errors"].is_null());
+        if tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            common::live_next(&mut slow),
+        )
+        .await
+        .is_ok()
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "the live views never answered");
+    // From here the client reads nothing while its views get VIEWS
+    // messages per rename.
+    for i in 0..RENAMES {
+        let r = rename(i).await;
+        assert!(
+            r["errors"].is_null(),
+            "rename {i} while a socket does not read: {r}"
+        );
+    }
+    // The socket was dropped: reading now ends (after what the kernel
+    // buffered), well short of everything the views had to say.
+    let mut got = 0usize;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(Ok(msg)) = slow.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+            got += 1;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the socket stayed open after {got} messages");
+    assert!(got < VIEWS * RENAMES, "{got} messages: nothing was dropped");
 }

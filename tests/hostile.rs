@@ -757,14 +757,7 @@ async fn accounts_stored_under_the_former_email_rules_still_sign_in() {
 async fn device_socket_close(base: &str, token: &str) -> u16 {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("{}/graphql/ws", base.replace("http://", "ws://"))
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
+    let req = common::live_request(base);
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
     let init = json!({"type": "connection_init", "payload": {"deviceToken": token}});
     ws.send(Message::Text(init.to_string().into()))

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestDb, TestServer, client, gql};
+use common::{TestDb, TestServer, client, gql, live, live_event, live_next};
 use httvps_control::accounts::{self, Role};
 use httvps_control::heartbeats;
 use httvps_control::usage_accounting::sweeper::sweep_at;
@@ -1818,62 +1818,6 @@ async fn placement(w: &World, uid: &str, device: &str) -> Value {
     assert_eq!(edges.len(), 1, "{r}");
     assert_eq!(edges[0]["node"]["id"], json!(device));
     edges[0]["node"]["placement"].clone()
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A graphql-transport-ws socket signed in with `token`, subscribed to
-/// `query` as operation "1".
-async fn live(base: &str, token: &str, query: &str) -> Ws {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("{}/graphql/ws", base.replace("http://", "ws://"))
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
-    let mut ws = tokio_tungstenite::connect_async(req).await.expect("ws").0;
-    let init =
-        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
-    ws.send(Message::Text(init.to_string().into()))
-        .await
-        .expect("init");
-    assert_eq!(live_next(&mut ws).await["type"], "connection_ack");
-    let sub = json!({"id": "1", "type": "subscribe", "payload": {"query": query}});
-    ws.send(Message::Text(sub.to_string().into()))
-        .await
-        .expect("subscribe");
-    ws
-}
-
-/// The next message that is not a keep-alive (15 s at most).
-async fn live_next(ws: &mut Ws) -> Value {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    loop {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(15), ws.next())
-            .await
-            .expect("a message in time")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t).expect("json");
-            if v["type"] != "ping" && v["type"] != "pong" {
-                return v;
-            }
-        }
-    }
-}
-
-/// The payload of the next `next` message of operation "1".
-async fn live_event(ws: &mut Ws, field: &str) -> Value {
-    let v = live_next(ws).await;
-    assert_eq!(v["type"], "next", "{v}");
-    v["payload"]["data"][field].clone()
 }
 
 /// The owner's live view hears of devices marked beyond the device limit

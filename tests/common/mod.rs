@@ -652,3 +652,69 @@ pub async fn gateway_ws(
         .expect("websocket");
     ws
 }
+
+/// A WebSocket client of the control plane.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The upgrade request of a graphql-transport-ws socket to the control
+/// plane at `base`.
+pub fn live_request(base: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/graphql/ws", base.replace("http://", "ws://"))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    req
+}
+
+/// A graphql-transport-ws socket signed in with `token`, subscribed to
+/// `query` as operation "1".
+pub async fn live(base: &str, token: &str, query: &str) -> Ws {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let req = live_request(base);
+    let mut ws = tokio_tungstenite::connect_async(req).await.expect("ws").0;
+    let init = serde_json::json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+    ws.send(Message::Text(init.to_string().into()))
+        .await
+        .expect("init");
+    assert_eq!(live_next(&mut ws).await["type"], "connection_ack");
+    let sub = serde_json::json!({"id": "1", "type": "subscribe", "payload": {"query": query}});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .expect("subscribe");
+    ws
+}
+
+/// The next message that is not a keep-alive (15 s at most).
+pub async fn live_next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(15), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+            if v["type"] != "ping" && v["type"] != "pong" {
+                return v;
+            }
+        }
+    }
+}
+
+/// The payload of the next `next` message of operation "1".
+pub async fn live_event(ws: &mut Ws, field: &str) -> serde_json::Value {
+    let v = live_next(ws).await;
+    assert_eq!(v["type"], "next", "{v}");
+    v["payload"]["data"][field].clone()
+}

@@ -177,10 +177,17 @@ impl Live {
             move |(kind, device, at)| {
                 let db = db.clone();
                 async move {
-                    // Where the device is after the event, as `placement` says.
-                    let placement = crate::sessions::placements_of(&db, &[DeviceId::from(device)])
+                    // Where the device is after the event, as `placement`
+                    // says; looked up in a task of its own, which the
+                    // socket's loop cannot leave unpolled halfway (see
+                    // `ws::Recheck`).
+                    let lookup = tokio::spawn(async move {
+                        crate::sessions::placements_of(&db, &[DeviceId::from(device)]).await
+                    });
+                    let placement = lookup
                         .await
                         .ok()
+                        .and_then(Result::ok)
                         .and_then(|p| p.into_iter().next())
                         .map(DevicePlacement::from);
                     DeviceEvent {

@@ -11,171 +11,29 @@
 //! user's token ends at its expiry; either way the socket closes 4403.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
-use async_graphql::Data;
-use async_graphql::dataloader::DataLoader;
 use async_graphql::http::{WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
-use httvps_wire::Secret;
+use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::loaders::{BATCH_DELAY, DbLoader};
-use super::{ApiSchema, AppContext, DeviceViewer, check_document};
-use crate::context::{viewer_from_token, viewer_until};
+mod credential;
+mod outbox;
+
+use credential::{Credential, CredentialSlot, Recheck, init_data};
+use outbox::Outbox;
+
+use super::{ApiSchema, AppContext, check_document};
 use crate::error::AppError;
-use crate::ids::UserId;
 use crate::throttle::ClientAddr;
 
 /// Time a client has to send `connection_init`.
 pub const INIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Most subscriptions one socket may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 20;
-
-/// The keys a `connection_init` payload may carry a credential in.
-const CREDENTIAL_KEYS: [&str; 4] = ["Authorization", "authorization", "token", "deviceToken"];
-
-/// Whether the payload's credential cannot be read (refused, rather than
-/// taken as no credential at all): a payload that is neither an object nor
-/// null, a credential that is not a string, or more than one credential
-/// (which one would the socket act as?).
-fn unreadable_credential(payload: &serde_json::Value) -> bool {
-    let Some(o) = payload.as_object() else {
-        return !payload.is_null();
-    };
-    let not_strings = CREDENTIAL_KEYS
-        .iter()
-        .any(|k| o.get(*k).is_some_and(|v| !v.is_string() && !v.is_null()));
-    let given = CREDENTIAL_KEYS
-        .iter()
-        .filter(|k| o.get(**k).is_some_and(serde_json::Value::is_string))
-        .count();
-    not_strings || given > 1
-}
-
-fn bearer(payload: &serde_json::Value) -> Option<String> {
-    let obj = payload.as_object()?;
-    for key in ["Authorization", "authorization"] {
-        if let Some(v) = obj.get(key).and_then(|v| v.as_str()) {
-            return Some(
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                    .unwrap_or(v)
-                    .trim()
-                    .to_owned(),
-            );
-        }
-    }
-    obj.get("token").and_then(|v| v.as_str()).map(str::to_owned)
-}
-
-/// What a socket signed in with: checked again whenever its account or
-/// its access changes, and for a user's token, until its expiry.
-#[derive(Debug, Clone)]
-enum Credential {
-    /// An access JWT of a user, valid until `expires_at` (epoch seconds).
-    User {
-        token: Secret,
-        user_id: UserId,
-        expires_at: i64,
-    },
-    /// A device's access token.
-    Device { token: Secret, user_id: UserId },
-}
-
-impl Credential {
-    fn user_id(&self) -> UserId {
-        match self {
-            Credential::User { user_id, .. } | Credential::Device { user_id, .. } => *user_id,
-        }
-    }
-
-    /// Whether the credential still stands. An unreachable database is no
-    /// reason to end a socket: only a refusal is.
-    async fn still_valid(&self, api: &AppContext) -> bool {
-        match self {
-            Credential::User { token, .. } => !matches!(
-                viewer_from_token(api, token.expose()).await,
-                Err(AppError::Unauthenticated | AppError::Forbidden)
-            ),
-            Credential::Device { token, .. } => {
-                match api.tokens.check(&api.db, token.expose()).await {
-                    Ok(verdict) => verdict.admitted().is_ok(),
-                    Err(_) => true,
-                }
-            }
-        }
-    }
-}
-
-type CredentialSlot = Arc<Mutex<Option<Credential>>>;
-
-async fn init_data(
-    api: AppContext,
-    from: ClientAddr,
-    slot: CredentialSlot,
-    payload: serde_json::Value,
-) -> async_graphql::Result<Data> {
-    if unreadable_credential(&payload) {
-        return Err(AppError::Unauthenticated.into_graphql());
-    }
-    let mut data = Data::default();
-    data.insert(from);
-    data.insert(DataLoader::new(DbLoader::new(api.db.clone()), tokio::spawn).delay(BATCH_DELAY));
-    let credential = if let Some(token) = payload.get("deviceToken").and_then(|v| v.as_str()) {
-        // As at /api/v1: a source that presented too many unknown
-        // credentials (here or there) is refused before its next one is
-        // looked up, unless that one was accepted lately (a device behind
-        // the same address as a guesser); an unknown device token counts
-        // against the source, and an accepted one is proven.
-        let now = std::time::Instant::now();
-        if let Err(e) = api.throttles.guesser(from)
-            && !api.proven.is_proven(token, now)
-        {
-            return Err(e.into_graphql());
-        }
-        let verdict = api
-            .tokens
-            .check(&api.db, token)
-            .await
-            .map_err(|e| e.into_graphql())?;
-        if verdict.device.is_none() {
-            api.throttles.unknown_credential(from);
-            api.proven.forget(token);
-        }
-        // The access rule decides, as for a tunnel: a device that may not
-        // connect may not follow the nodes either.
-        let device = verdict
-            .admitted()
-            .map_err(|_| AppError::Unauthenticated.into_graphql())?;
-        api.proven.prove(token, now);
-        data.insert(DeviceViewer {
-            device_id: device.id,
-        });
-        Some(Credential::Device {
-            token: token.into(),
-            user_id: device.user_id,
-        })
-    } else if let Some(token) = bearer(&payload) {
-        let (viewer, expires_at) = viewer_until(&api, &token)
-            .await
-            .map_err(|e| e.into_graphql())?;
-        let user_id = viewer.user_id;
-        data.insert(viewer);
-        Some(Credential::User {
-            token: token.into(),
-            user_id,
-            expires_at,
-        })
-    } else {
-        None
-    };
-    *slot.lock().unwrap_or_else(PoisonError::into_inner) = credential;
-    Ok(data)
-}
 
 /// When a token that expires at `epoch_secs` stops being valid, on the
 /// runtime's clock.
@@ -309,13 +167,6 @@ fn forbidden() -> Message {
     }))
 }
 
-async fn still_valid(api: &AppContext, credential: Option<&Credential>) -> bool {
-    match credential {
-        Some(c) => c.still_valid(api).await,
-        None => true,
-    }
-}
-
 /// Serves one upgraded socket until either side closes.
 pub async fn serve(
     schema: ApiSchema,
@@ -324,13 +175,22 @@ pub async fn serve(
     protocol: WebSocketProtocols,
     from: ClientAddr,
 ) {
-    let (mut sink, mut source) = socket.split();
+    let (sink, mut source) = socket.split();
+    let (mut sink, writer) = Outbox::start(sink);
     let (to_gql, gql_input) = mpsc::channel::<Vec<u8>>(16);
     let init_api = api.clone();
     let slot = CredentialSlot::default();
     let init_slot = slot.clone();
     let gql = async_graphql::http::WebSocket::new(schema, ReceiverStream::new(gql_input), protocol)
-        .on_connection_init(move |payload| init_data(init_api, from, init_slot, payload));
+        // In a task of its own, for the reason given at [`Recheck`]: the
+        // engine is not polled while the loop sends.
+        .on_connection_init(move |payload| async move {
+            tokio::spawn(init_data(init_api, from, init_slot, payload))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(AppError::Internal(format!("connection_init: {e}")).into_graphql())
+                })
+        });
     // Subscribed before anything runs, so no change is missed.
     let mut accounts = api.db.events().subscribe_accounts();
     let mut access = api.db.events().subscribe_access();
@@ -348,6 +208,7 @@ pub async fn serve(
     // keeps running (and draining its queue) in the other branches. Waiting
     // for room inside the read branch would stop the engine that makes it.
     let mut waiting: Option<Vec<u8>> = None;
+    let mut recheck = Recheck::default();
     loop {
         tokio::select! {
             room = to_gql.reserve(), if waiting.is_some() => {
@@ -366,9 +227,8 @@ pub async fn serve(
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => false,
                 };
-                if concerned && !still_valid(&api, credential.as_ref()).await {
-                    let _ = sink.send(forbidden()).await;
-                    break;
+                if concerned {
+                    recheck.ask(&api, credential.as_ref());
                 }
             }
             changed = access.recv(), if credential.is_some() => {
@@ -379,9 +239,18 @@ pub async fn serve(
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => false,
                 };
-                if concerned && !still_valid(&api, credential.as_ref()).await {
+                if concerned {
+                    recheck.ask(&api, credential.as_ref());
+                }
+            }
+            valid = recheck.answer(), if recheck.running() => {
+                if !valid {
                     let _ = sink.send(forbidden()).await;
                     break;
+                }
+                if recheck.again {
+                    recheck.again = false;
+                    recheck.ask(&api, credential.as_ref());
                 }
             }
             () = &mut deadline, if !initialised => {
@@ -494,4 +363,5 @@ pub async fn serve(
             }
         }
     }
+    writer.finish(sink).await;
 }

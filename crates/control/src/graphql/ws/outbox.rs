@@ -1,0 +1,90 @@
+//! What a WebSocket sends goes through a queue to a writer task of its
+//! own, so the connection's loop never waits on a client that does not
+//! read. While the loop waits, the engine is not polled, and an operation
+//! in it that holds a database connection, or is next in line for one,
+//! keeps it unused for as long: with a pool of one (SQLite) the whole
+//! control plane waits on that socket. A client that lets [`QUEUE`]
+//! messages pile up is not reading; the socket is dropped.
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Messages waiting for the client at most.
+pub const QUEUE: usize = 256;
+
+/// How long the writer gets to deliver what was queued, a closing frame
+/// included, once the connection's loop ended.
+const FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The sending half: queues without waiting.
+pub(super) struct Outbox {
+    queue: mpsc::Sender<Message>,
+    /// A message found the queue full.
+    overflowed: bool,
+}
+
+/// The writer task, to be ended with [`Writer::finish`].
+pub(super) struct Writer(JoinHandle<()>);
+
+/// The client does not read (or is gone): the socket is to be dropped.
+#[derive(Debug)]
+pub(super) struct NotReading;
+
+impl Outbox {
+    /// Starts the writer over `sink`.
+    pub(super) fn start(sink: SplitSink<WebSocket, Message>) -> (Outbox, Writer) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        (
+            Outbox {
+                queue,
+                overflowed: false,
+            },
+            Writer(tokio::spawn(write(sink, rx))),
+        )
+    }
+
+    /// Queues `message`. `async` so it reads like a sink's send, but it
+    /// never waits: a full queue is an error.
+    pub(super) async fn send(&mut self, message: Message) -> Result<(), NotReading> {
+        match self.queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.overflowed {
+                    tracing::debug!(
+                        queued = QUEUE,
+                        "a WebSocket client that does not read is dropped"
+                    );
+                }
+                self.overflowed = true;
+                Err(NotReading)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(NotReading),
+        }
+    }
+}
+
+impl Writer {
+    /// Lets the writer deliver what is queued (at most [`FLUSH`]) unless
+    /// the client stopped reading, then drops the socket.
+    pub(super) async fn finish(self, outbox: Outbox) {
+        let reading = !outbox.overflowed;
+        drop(outbox);
+        let Writer(mut task) = self;
+        if !reading || tokio::time::timeout(FLUSH, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+async fn write(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
+    while let Some(message) = rx.recv().await {
+        let closing = matches!(message, Message::Close(_));
+        if sink.send(message).await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
