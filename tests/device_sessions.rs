@@ -999,7 +999,7 @@ async fn a_socket_that_does_not_read_is_dropped_sqlite() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     const VIEWS: usize = 20;
-    const RENAMES: usize = 400;
+    const RENAMES: usize = 600;
     let w = World::on(TestDb::sqlite().await).await;
     let o = w.owner().await;
     let base = w.server.base.clone();

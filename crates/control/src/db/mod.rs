@@ -280,18 +280,11 @@ impl Db {
     /// Answers whether the database responds within `deadline`.
     pub async fn ping(&self, deadline: Duration) -> bool {
         let check = async {
-            match &self.pool {
-                DbPool::Pg(pool) => {
-                    let mut conn = pool.get().await.ok()?;
-                    diesel::sql_query("SELECT 1").execute(&mut *conn).await.ok()
-                }
-                DbPool::Sqlite(pool) => {
-                    let mut conn = pool.get().await.ok()?;
-                    diesel::sql_query("SELECT 1").execute(&mut *conn).await.ok()
-                }
-            }
+            Ok::<_, crate::error::AppError>(crate::db_run!(self, |conn| {
+                diesel::sql_query("SELECT 1").execute(conn).await?
+            }))
         };
-        matches!(tokio::time::timeout(deadline, check).await, Ok(Some(_)))
+        matches!(tokio::time::timeout(deadline, check).await, Ok(Ok(_)))
     }
 }
 

@@ -197,13 +197,15 @@ impl Recheck {
     }
 
     /// The running check's verdict (guarded by [`Recheck::running`]); a
-    /// check that failed to finish keeps the socket, as a database error
-    /// does.
+    /// check that failed to finish (it panicked) closes the socket: a
+    /// credential that could not be checked is not kept on trust. (A
+    /// database error is an answer: the socket stays, see
+    /// `Credential::still_valid`.)
     pub(super) async fn answer(&mut self) -> bool {
         let Some(task) = self.running.as_mut() else {
             return std::future::pending().await;
         };
-        let valid = task.await.unwrap_or(true);
+        let valid = task.await.unwrap_or(false);
         self.running = None;
         valid
     }

@@ -197,7 +197,8 @@ pub async fn serve(
     let mut credential: Option<Credential> = None;
     let expiry = tokio::time::sleep(NEVER);
     let mut expiry = std::pin::pin!(expiry);
-    let mut gql = std::pin::pin!(gql);
+    // Boxed, to be dropped before the last messages are flushed.
+    let mut gql = Box::pin(gql);
     let mut active: HashSet<String> = HashSet::new();
     let mut initialised = false;
     let mut acked = false;
@@ -363,5 +364,9 @@ pub async fn serve(
             }
         }
     }
+    // The engine first: an operation of it holding a database connection
+    // must not keep it while the client is given time to read.
+    drop(gql);
+    drop(recheck);
     writer.finish(sink).await;
 }

@@ -12,8 +12,10 @@ use futures_util::stream::SplitSink;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Messages waiting for the client at most.
-pub const QUEUE: usize = 256;
+/// Messages waiting for the client at most: room for a burst of every
+/// live view at once (an event feed lags, skipping events, past 1,024 of
+/// them), so a client that reads at network speed is never dropped for one.
+pub const QUEUE: usize = 4096;
 
 /// How long the writer gets to deliver what was queued, a closing frame
 /// included, once the connection's loop ended.
