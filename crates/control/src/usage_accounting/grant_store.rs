@@ -37,6 +37,12 @@ struct SessionRow {
     /// Its grant's ledger offset, if it has a grant.
     #[diesel(sql_type = Nullable<BigInt>)]
     ledger_offset: Option<i64>,
+    /// Its grant's limit in the ledger's terms, if it has a grant.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    granted: Option<i64>,
+    /// When its grant ends, if it has one.
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    valid_until: Option<NaiveDateTime>,
 }
 
 impl SessionRow {
@@ -44,6 +50,17 @@ impl SessionRow {
     /// the ledger offset (see [`grants::ledger_offset`]).
     fn prev(&self) -> Option<(i64, i64)> {
         self.gateway_used.zip(self.ledger_offset)
+    }
+
+    /// What its grant, while it lives at `now`, still lets its gateway move
+    /// past `used` (its limit in the gateway's terms less `used`).
+    fn room(&self, used: i64, now: NaiveDateTime) -> i64 {
+        match (self.granted, self.ledger_offset, self.valid_until) {
+            (Some(granted), Some(offset), Some(until)) if until > now => {
+                granted.saturating_sub(offset).saturating_sub(used).max(0)
+            }
+            _ => 0,
+        }
     }
 }
 
@@ -61,13 +78,13 @@ const SESSION: Statement = Statement {
     pg: concat!(
         "SELECT device_id, gateway_node_id, end_reason, ",
         recorded!(),
-        ", g.gateway_used, g.ledger_offset FROM sessions s \
+        ", g.gateway_used, g.ledger_offset, g.granted, g.valid_until FROM sessions s \
          LEFT JOIN quota_grants g ON g.session_id = s.id WHERE s.id = $1"
     ),
     sqlite: concat!(
         "SELECT device_id, gateway_node_id, end_reason, ",
         recorded!(),
-        ", g.gateway_used, g.ledger_offset FROM sessions s \
+        ", g.gateway_used, g.ledger_offset, g.granted, g.valid_until FROM sessions s \
          LEFT JOIN quota_grants g ON g.session_id = s.id WHERE s.id = ?1"
     ),
 };
@@ -295,6 +312,7 @@ async fn sized(
             .optional()?;
         let recorded = again.as_ref().map_or(recorded, |r| r.recorded);
         let prev = again.as_ref().and_then(SessionRow::prev);
+        let kept = again.as_ref().map_or(0, |r| r.room(req.used, ts));
         let others: Vec<HeldRow> = OTHERS
             .prepared(conn)
             .text(&sub_id)
@@ -313,6 +331,7 @@ async fn sized(
             used: req.used,
             recorded,
             want: req.want,
+            kept,
         });
         let until = grants::valid_until(ts, GRANT_TTL, a.expires_at, a.period_start + period);
         let offset = grants::ledger_offset(prev, req.used, recorded);

@@ -69,13 +69,22 @@ pub struct Ask {
     pub recorded: i64,
     /// The gateway's wish on top of `used`.
     pub want: i64,
+    /// What the session's live grant still lets its gateway move past
+    /// `used`: the gateway goes on spending it while its question is out,
+    /// so a renewal keeps at least that much (see [`limit`]).
+    pub kept: i64,
 }
 
 /// The session's new cumulative limit: `used` plus a slice of what is
 /// left once the charged bytes, the others' grants and the session's own
 /// unreported bytes are taken out. At most half of what is left (at least
 /// [`MIN_SLICE`]) goes to one ask, so sessions sharing a subscription
-/// share its end; `used` itself when nothing is left.
+/// share its end; `used` itself when nothing is left. Never less than the
+/// room the live grant still gives (`kept`) while what is left holds it:
+/// the gateway may spend all of it before the answer arrives, and a
+/// smaller limit would free for other sessions bytes already on their way.
+/// (What is left always holds it unless the allowance was lowered; then
+/// the grant shrinks, as it must.)
 pub fn limit(a: Ask) -> i64 {
     let unreported = a.used.saturating_sub(a.recorded).max(0);
     let left = a
@@ -90,6 +99,7 @@ pub fn limit(a: Ask) -> i64 {
         .want
         .clamp(MIN_SLICE, MAX_SLICE)
         .min((left / 2).max(MIN_SLICE))
+        .max(a.kept)
         .min(left);
     a.used.saturating_add(slice)
 }
@@ -124,7 +134,30 @@ mod tests {
             used: 0,
             recorded: 0,
             want: 64 * MIB,
+            kept: 0,
         }
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_room_of_the_live_grant() {
+        // 2.5 MiB granted; the others since hold 1.875 MiB; asked again
+        // halfway (1.25 MiB used, unreported). Half of what is left (1.875
+        // MiB) would make a limit of 2.1875 MiB: less than the 2.5 MiB the
+        // gateway may spend meanwhile.
+        let a = Ask {
+            others: 15 * MIB / 8,
+            used: 5 * MIB / 4,
+            kept: 5 * MIB / 4,
+            ..ask()
+        };
+        assert_eq!(limit(a), 5 * MIB / 2);
+        assert_eq!(limit(Ask { kept: 0, ..a }), 35 * MIB / 16);
+        // A lowered allowance shrinks it all the same: to what is left.
+        let lowered = Ask {
+            allowance: 4 * MIB,
+            ..a
+        };
+        assert_eq!(limit(lowered), 5 * MIB / 4 + 7 * MIB / 8);
     }
 
     #[test]

@@ -137,6 +137,15 @@ impl Grant {
         self.stale.store(false, Ordering::Relaxed);
     }
 
+    /// A question asked ahead went unanswered: the grant stands, and is
+    /// not due again before `next_ms` (nor by its bytes before it is
+    /// spent, when the tunnel asks at once).
+    pub fn put_off(&self, next_ms: u64) {
+        self.ask_at
+            .store(self.limit.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.ask_by_ms.store(next_ms, Ordering::Relaxed);
+    }
+
     /// Gives the grant up (the session's tunnels are gone): the next
     /// tunnel asks again.
     pub fn release(&self) {
@@ -194,6 +203,19 @@ mod tests {
         assert!(g.due(0, 5_100), "half the time gone: ask ahead");
         assert_eq!(g.room(1_200, 5_000), 0, "spent (and past it)");
         assert_eq!(g.room(0, 10_100), 0, "expired");
+    }
+
+    #[test]
+    fn an_unanswered_ask_ahead_puts_the_next_one_off() {
+        let g = Grant::default();
+        g.apply(&answer(Some(1_000), 10_000, None), 0, 100);
+        assert!(g.due(600, 1_000));
+        g.put_off(2_000);
+        assert!(!g.due(600, 1_000), "put off");
+        assert!(!g.due(999, 1_999), "put off, not spent");
+        assert!(g.due(600, 2_000), "due again");
+        assert!(g.due(1_000, 1_000), "spent");
+        assert_eq!(g.room(600, 1_000), 400, "the grant stands");
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! the session's last tunnel ends (a tunnel that opens meanwhile keeps the
 //! grant and asks nothing). When the answer grants nothing more, every tunnel of
 //! the session is closed (1008, the reason's code). One question at a time
-//! per session. When the control plane cannot be asked, the session gets a
-//! provisional slice (the outage rule admitted it).
+//! per session. When the control plane cannot be asked, a session whose
+//! grant is spent gets a provisional slice (the outage rule admitted it);
+//! one that asked ahead keeps the grant it has and asks again when due (a
+//! slow answer is not an outage: a provisional slice on top of a live
+//! grant could pass the allowance while the control plane is merely late).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,10 @@ const ASK_WAIT: Duration = Duration::from_secs(3);
 /// [`Unanswered::Keep`]) is asked for once more.
 const RETRY_KEPT: Duration = Duration::from_secs(1);
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// How long a session keeps its grant after its last tunnel ended: clients
 /// open tunnels one after another (a page, a retry), and each would
 /// otherwise wait for a round trip to the control plane before its first
@@ -40,8 +47,9 @@ enum Unanswered {
     /// A provisional slice (the outage rule admitted the session, and its
     /// grant is spent or due).
     Provisional,
-    /// The grant it has: asked again only because the allowance shrank, a
-    /// provisional slice could be more than the new allowance leaves.
+    /// The grant it has: asked ahead while it still has room, or again
+    /// because the allowance shrank (a provisional slice could be more
+    /// than the new allowance leaves).
     Keep,
 }
 
@@ -87,8 +95,9 @@ impl Gateway {
             let Ok(_turn) = s.asking.try_lock() else {
                 return;
             };
-            if s.grant.due(s.used(), clock_ms()) {
-                gw.ask(&id, &s, Unanswered::Provisional).await;
+            if s.grant.due(s.used(), clock_ms()) && !gw.ask(&id, &s, Unanswered::Keep).await {
+                s.grant
+                    .put_off(clock_ms().saturating_add(millis(RETRY_KEPT)));
             }
         });
     }
