@@ -2483,3 +2483,44 @@ async fn a_datagram_sent_in_fragments_crosses_a_udp_tunnel_whole() {
     s.write_all(&wire).await.expect("send");
     assert_eq!(close_code(&mut s).await, Some(1009));
 }
+
+/// The client's SOCKS5 front answers a CONNECT that names no destination
+/// (port 0, an empty host name) with "host unreachable" instead of
+/// "succeeded" and a tunnel to nowhere, and drops a local connection that
+/// never sends its request instead of keeping it open.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socks_front_refuses_what_names_no_destination_and_drops_the_silent() {
+    let plane = Plane::start(1).await;
+    let socks = plane.client().await;
+    let refused = |request: Vec<u8>| async move {
+        let mut s = TcpStream::connect(socks).await.expect("connect");
+        s.write_all(&[5, 1, 0]).await.expect("greet");
+        let mut r = [0u8; 2];
+        s.read_exact(&mut r).await.expect("method");
+        s.write_all(&request).await.expect("request");
+        let mut rep = [0u8; 10];
+        s.read_exact(&mut rep).await.expect("reply");
+        rep[1]
+    };
+    // CONNECT 127.0.0.1:0, then CONNECT "":80 (a zero-length name).
+    assert_eq!(refused(vec![5, 1, 0, 1, 127, 0, 0, 1, 0, 0]).await, 4);
+    assert_eq!(refused(vec![5, 1, 0, 3, 0, 0, 80]).await, 4);
+    // A real destination still gets its tunnel.
+    let echo = echo_server().await;
+    let mut ok = common::socks_connect(socks, echo)
+        .await
+        .expect("a CONNECT to a real destination");
+    ok.write_all(b"ping").await.expect("write");
+    let mut got = [0u8; 4];
+    ok.read_exact(&mut got).await.expect("echo");
+    assert_eq!(&got, b"ping");
+
+    // Connected, silent: closed after the handshake deadline (10 s).
+    let mut silent = TcpStream::connect(socks).await.expect("connect");
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "a silent SOCKS5 connection stayed open: {closed:?}"
+    );
+}

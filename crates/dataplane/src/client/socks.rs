@@ -3,9 +3,10 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use shadowsocks_service::shadowsocks::relay::socks5::{
-    self, Command, HandshakeRequest, HandshakeResponse, Reply, SOCKS5_AUTH_METHOD_NONE,
+    self, Address, Command, HandshakeRequest, HandshakeResponse, Reply, SOCKS5_AUTH_METHOD_NONE,
     SOCKS5_AUTH_METHOD_NOT_ACCEPTABLE, TcpRequestHeader,
 };
 use tokio::io::BufReader;
@@ -19,13 +20,58 @@ use super::{Shared, udp};
 /// sends right behind them.
 const HEAD: usize = 1024;
 
+/// How long a local client has to send its greeting and its request: a
+/// connection that sends neither holds no socket past it.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Serves one local SOCKS5 connection. The greeting and the request are
 /// read through one buffer: one read each, not one per field (five reads
 /// per tunnel before). Bytes read past the request (a client that does not
 /// wait for the reply) go into the tunnel first.
 pub(super) async fn serve(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
-    let mut head = BufReader::with_capacity(HEAD, &mut stream);
+    let Ok(request) = tokio::time::timeout(HANDSHAKE_DEADLINE, handshake(&mut stream)).await else {
+        anyhow::bail!("no SOCKS5 request within {HANDSHAKE_DEADLINE:?}");
+    };
+    let (request, early) = request?;
+    let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    match request.command {
+        Command::TcpConnect if !connectable(&request.address) => {
+            // Nothing a tunnel could reach: refused here, not after a
+            // tunnel was opened for it.
+            reply(&mut stream, Reply::HostUnreachable, unspecified).await?;
+            anyhow::bail!("SOCKS5 CONNECT to {}: no such destination", request.address)
+        }
+        Command::TcpConnect => {
+            forward::carry(s, stream, request.address, Answer::Socks, early).await
+        }
+        Command::UdpAssociate => {
+            let p = s.params();
+            let port = request.address.port();
+            let association = udp::Association::open(&s, &stream, port, &p).await?;
+            reply(&mut stream, Reply::Succeeded, association.local_addr()?).await?;
+            association.run(&s, stream, p).await
+        }
+        Command::TcpBind => {
+            reply(&mut stream, Reply::CommandNotSupported, unspecified).await?;
+            anyhow::bail!("unsupported SOCKS command BIND")
+        }
+    }
+}
+
+/// Whether a CONNECT names a destination at all: a port, and a host name
+/// that is not empty.
+fn connectable(address: &Address) -> bool {
+    match address {
+        Address::SocketAddress(a) => a.port() != 0,
+        Address::DomainNameAddress(host, port) => *port != 0 && !host.is_empty(),
+    }
+}
+
+/// Reads the greeting and the request (answering the greeting); returns
+/// the request and the bytes that came right behind it.
+async fn handshake(stream: &mut TcpStream) -> anyhow::Result<(TcpRequestHeader, Vec<u8>)> {
+    let mut head = BufReader::with_capacity(HEAD, stream);
     let hello = HandshakeRequest::read_from(&mut head).await?;
     if !hello.methods.contains(&SOCKS5_AUTH_METHOD_NONE) {
         HandshakeResponse::new(SOCKS5_AUTH_METHOD_NOT_ACCEPTABLE)
@@ -48,22 +94,7 @@ pub(super) async fn serve(s: Arc<Shared>, mut stream: TcpStream) -> anyhow::Resu
         }
     };
     let early = head.buffer().to_vec();
-    match request.command {
-        Command::TcpConnect => {
-            forward::carry(s, stream, request.address, Answer::Socks, early).await
-        }
-        Command::UdpAssociate => {
-            let p = s.params();
-            let port = request.address.port();
-            let association = udp::Association::open(&s, &stream, port, &p).await?;
-            reply(&mut stream, Reply::Succeeded, association.local_addr()?).await?;
-            association.run(&s, stream, p).await
-        }
-        Command::TcpBind => {
-            reply(&mut stream, Reply::CommandNotSupported, unspecified).await?;
-            anyhow::bail!("unsupported SOCKS command BIND")
-        }
-    }
+    Ok((request, early))
 }
 
 #[cfg(test)]
@@ -109,6 +140,17 @@ mod tests {
         assert!(matches!(request.command, Command::TcpConnect));
         assert_eq!(request.address.to_string(), "127.0.0.1:8080");
         assert_eq!(head.buffer(), b"GET / HTTP/1.1\r\n", "the early bytes");
+    }
+
+    #[test]
+    fn a_connect_needs_a_port_and_a_host() {
+        let ip = |port| Address::SocketAddress(SocketAddr::from(([127, 0, 0, 1], port)));
+        let name = |host: &str, port| Address::DomainNameAddress(host.to_owned(), port);
+        assert!(connectable(&ip(80)));
+        assert!(connectable(&name("example.com", 443)));
+        assert!(!connectable(&ip(0)));
+        assert!(!connectable(&name("example.com", 0)));
+        assert!(!connectable(&name("", 443)));
     }
 
     #[tokio::test]
