@@ -125,6 +125,22 @@ async fn every_refusal_on_the_routes_is_answered_as_an_unknown_path_is() {
             request("GET", &path, "HTTP/1.1", &[], &[&second_key]),
         );
         add("no key", request("GET", &path, "HTTP/1.1", &["key"], &[]));
+        // A declared body: which bytes are body and which are frames would
+        // depend on who reads the head.
+        add(
+            "a body",
+            request("GET", &path, "HTTP/1.1", &[], &["Content-Length: 5"]) + "hello",
+        );
+        add(
+            "a chunked body",
+            request(
+                "GET",
+                &path,
+                "HTTP/1.1",
+                &[],
+                &["Transfer-Encoding: chunked"],
+            ) + "0\r\n\r\n",
+        );
         for v in ["8", "12", "13, 8", "14"] {
             let line = format!("Sec-WebSocket-Version: {v}");
             add(

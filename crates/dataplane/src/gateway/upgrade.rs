@@ -1,13 +1,18 @@
 //! The checks of a WebSocket upgrade request (RFC 6455 §4.2.1), made before
 //! anything is asked of the control plane or a node: HTTP/1.1 GET, the
 //! `Upgrade` and `Connection` headers, exactly one version (13) and exactly
-//! one `Sec-WebSocket-Key` that is the base64 of exactly 16 bytes. Over
+//! one `Sec-WebSocket-Key` that is the base64 of exactly 16 bytes, and no
+//! body (a `Transfer-Encoding`, or a `Content-Length` other than 0: where
+//! the body would end and the frames begin is then a matter of which side
+//! a proxy in front believes). Over
 //! HTTP/2 (RFC 8441 §4–5): CONNECT with `:protocol` `websocket` and
 //! exactly one version (13); no key (the stream is the handshake). Then
 //! the answer that opens the tunnel: 101 over HTTP/1.1, 200 over HTTP/2.
 
 use axum::extract::Request;
-use axum::http::header::{HeaderName, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+use axum::http::header::{
+    CONTENT_LENGTH, HeaderName, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING,
+};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -43,6 +48,10 @@ fn valid_h1(req: &Request) -> bool {
         && fastwebsockets::upgrade::is_upgrade_request(req)
         && single(h, &SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13")
         && single(h, &SEC_WEBSOCKET_KEY).is_some_and(|k| valid_key(k.as_bytes()))
+        && !h.contains_key(TRANSFER_ENCODING)
+        && h.get_all(CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0")
 }
 
 /// Whether `req` is a valid extended CONNECT for a WebSocket (RFC 8441).
@@ -154,6 +163,9 @@ mod tests {
         assert!(!with("sec-websocket-key", "short"));
         assert!(!with("upgrade", "h2c"));
         assert!(!with("connection", "keep-alive"));
+        assert!(!with("content-length", "5"), "a body");
+        assert!(!with("transfer-encoding", "chunked"), "a body");
+        assert!(with("content-length", "0"), "an empty body");
     }
 
     fn h2_request(
