@@ -52,6 +52,19 @@ fn store(file: &Path, stored: &Stored) -> anyhow::Result<()> {
 /// A client from a stored file.
 fn from_stored(stored: &Stored, s: &Sources<'_>) -> anyhow::Result<Backend> {
     let p = s.prefix;
+    // The file's URL is the one its token was issued by; a different one
+    // given beside it (often an example's default) is not taken, but said.
+    if let Some(given) = s.backend.as_deref()
+        && given.trim_end_matches('/') != stored.backend.trim_end_matches('/')
+    {
+        tracing::warn!(
+            given,
+            stored = %stored.backend,
+            file = %s.file.display(),
+            "{p}_BACKEND_URL differs from the control plane the credentials file was enrolled with; \
+             the file's is used (enroll again to change it)"
+        );
+    }
     let link = Link {
         pin: stored
             .pin

@@ -321,7 +321,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
     let (public_host, _) =
         client::split_url(&public_url).context("GATEWAY_PUBLIC_URL (--public-url)")?;
     let (certs, acceptor, acme) = if a.acme_domain.is_empty() {
-        let (certs, acceptor) = file_certs(a.cert, a.key, a.self_signed, &public_host)?;
+        let (certs, acceptor) = file_certs(a.cert, a.key, a.self_signed, &public_host, check)?;
         (certs, acceptor, None)
     } else {
         let opts = AcmeOptions {
@@ -385,11 +385,14 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
 /// The certificate from files (--cert, --key), generated first with
 /// --self-signed when they are missing (for `localhost`, 127.0.0.1 and
 /// `public_host`, the host of --public-url clients check it against).
+/// With `check` nothing is written: a certificate --self-signed would make
+/// is made in a scratch directory, loaded from there and removed.
 fn file_certs(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     self_signed: bool,
     public_host: &str,
+    check: bool,
 ) -> anyhow::Result<(CertFiles, tls::TlsAcceptor)> {
     let cert = required(
         cert,
@@ -402,6 +405,17 @@ fn file_certs(
         let mut names = vec!["localhost", "127.0.0.1"];
         if !names.contains(&public_host) {
             names.push(public_host);
+        }
+        if check && !(cert.exists() && key.exists()) {
+            let scratch = std::env::temp_dir().join(format!("httvps-check-{}", std::process::id()));
+            std::fs::create_dir_all(&scratch)
+                .with_context(|| format!("creating {}", scratch.display()))?;
+            let (c, k) = (scratch.join("cert.pem"), scratch.join("key.pem"));
+            let made = tls::ensure_self_signed(&c, &k, &names)
+                .context("GATEWAY_SELF_SIGNED")
+                .and_then(|()| CertFiles::acceptor(&c, &k).context("GATEWAY_SELF_SIGNED"));
+            let _ = std::fs::remove_dir_all(&scratch);
+            return made;
         }
         tls::ensure_self_signed(&cert, &key, &names).context("GATEWAY_SELF_SIGNED")?;
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use httvps_control::accounts::{self, Role};
+use httvps_control::actor::Actor;
 use httvps_control::config::{
     HttpLimits, Secret, SecretKey, Settings, ThrottleSettings, validate_secret,
 };
@@ -77,9 +78,15 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
         None
     } else {
         let password = httvps_control::auth::random_secret(15);
-        accounts::create_user(&db, UP_ADMIN_EMAIL, &password, Role::Admin)
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
+        accounts::create_by_admin(
+            &db,
+            &Actor::Operator,
+            UP_ADMIN_EMAIL,
+            &password,
+            Role::Admin,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
         Some((UP_ADMIN_EMAIL.to_owned(), Secret::new(password)))
     };
     Ok(UpReport {
@@ -167,7 +174,6 @@ pub async fn start_up_data_plane(
 ) -> anyhow::Result<UpDataPlane> {
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
-    use httvps_control::actor::Actor;
     use httvps_control::db::schema::{gateway_nodes, outline_nodes};
     use httvps_control::ids::{GatewayNodeId, OutlineNodeId};
     use httvps_control::{catalogue, nodes};

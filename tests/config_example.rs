@@ -121,6 +121,17 @@ fn the_control_plane_commands_start_or_name_the_variable() {
     // With the one secret set, the rest of the example is valid.
     checks(HTTVPS, d, &["serve", "--check"], &[SECRET]);
     checks(HTTVPS, d, &["migrate", "--check"], &[]);
+    // The documents need no settings: a check says so, not the document.
+    for doc in ["schema", "openapi"] {
+        let r = run(HTTVPS, d, &[doc, "--check"], &[]);
+        assert!(
+            r.ok && r.out.contains("configuration ok")
+                && !r.out.contains("type Query")
+                && !r.out.contains("\"openapi\""),
+            "{doc} --check:\n{}",
+            r.out
+        );
+    }
     checks(
         HTTVPS,
         d,
@@ -320,7 +331,7 @@ fn the_data_plane_commands_start_or_name_the_variable() {
         &[("GATEWAY_TOKEN", "t0k3n")],
         "GATEWAY_TLS_CERT",
     );
-    // With certificate files it can write, the gateway's settings are valid.
+    // With certificate files it could write, the gateway's settings are valid.
     let (cert, key) = (d.join("gw.crt"), d.join("gw.key"));
     checks(
         RELAY,
@@ -332,6 +343,11 @@ fn the_data_plane_commands_start_or_name_the_variable() {
             ("GATEWAY_TLS_CERT", cert.to_str().expect("path")),
             ("GATEWAY_TLS_KEY", key.to_str().expect("path")),
         ],
+    );
+    // A check writes nothing: the certificate is made where it is checked.
+    assert!(
+        !cert.exists() && !key.exists(),
+        "gateway --check wrote the certificate files"
     );
     // Or by ACME, with no certificate files; a wrong ACME setting is named.
     let acme = [

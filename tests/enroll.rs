@@ -197,6 +197,28 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     config_with(&plane.server.base, &token)
         .await
         .expect("stored token works");
+    // A control plane URL given beside the file is not taken over the
+    // one the file was enrolled with, but it is said.
+    let out = relay(
+        &[
+            "node",
+            "--check",
+            "--backend",
+            "http://127.0.0.1:1",
+            "--credentials",
+            creds.to_str().expect("path"),
+        ],
+        &d.join("check-other-url.log"),
+    )
+    .status()
+    .await
+    .expect("run");
+    let said = std::fs::read_to_string(d.join("check-other-url.log")).unwrap_or_default();
+    assert!(out.success(), "{said}");
+    assert!(
+        said.contains("NODE_BACKEND_URL differs") && said.contains("http://127.0.0.1:1"),
+        "{said}"
+    );
     // So do restarts with the settings unchanged: the file remembers the
     // string it came from, and the spent string is not tried again.
     let out = relay(

@@ -479,6 +479,17 @@ async fn admin_create_reads_the_password_from_stdin() {
         .expect("login");
     assert_eq!(user.role, "admin");
     assert!(user.password_hash.expose().starts_with("$argon2id$"));
+    // In the audit trail, as the operator's (no account did it).
+    let audited = common::scalar(
+        &db,
+        &format!(
+            "SELECT COUNT(*) AS n FROM audit_log WHERE action = 'create_user' \
+             AND target_id = '{}' AND actor_user_id IS NULL",
+            user.id
+        ),
+    )
+    .await;
+    assert_eq!(audited, 1, "admin create is audited");
     // Without --password-stdin there is no way to set a password: refused.
     let out = httvps_cmd()
         .args(["admin", "create", "--email", "x@example.com"])

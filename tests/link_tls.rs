@@ -284,6 +284,13 @@ async fn the_control_plane_reloads_its_certificate_on_change_and_on_sighup() {
         }
     };
     assert!(answers(first.pin).await);
+    // The compose file's health check passes against it (on this port).
+    let probe = compose_healthcheck().replace(":8000", &format!(":{port}"));
+    let checked = std::process::Command::new("sh")
+        .args(["-c", &probe])
+        .output()
+        .expect("sh");
+    assert!(checked.status.success(), "{probe}: {checked:?}");
     // A new chain from another CA, the files replaced: picked up within a
     // few seconds (the files are looked at every 5 s).
     let second = ca("second CA");
@@ -326,4 +333,14 @@ async fn the_control_plane_reloads_its_certificate_on_change_and_on_sighup() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(switched, "SIGHUP did not reload the certificate");
+}
+
+/// The command of the control plane's health check in `docker-compose.yml`.
+fn compose_healthcheck() -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+        .expect("docker-compose.yml");
+    let compose: serde_yaml::Value = serde_yaml::from_str(&text).expect("parses");
+    let test = &compose["services"]["backend"]["healthcheck"]["test"];
+    assert_eq!(test[0].as_str(), Some("CMD-SHELL"), "{test:?}");
+    test[1].as_str().expect("a shell command").to_owned()
 }
