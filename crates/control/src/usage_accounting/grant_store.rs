@@ -53,8 +53,13 @@ impl SessionRow {
     }
 
     /// What its grant, while it lives at `now`, still lets its gateway move
-    /// past `used` (its limit in the gateway's terms less `used`).
+    /// past `used` (its limit in the gateway's terms less `used`); nothing
+    /// once the gateway's count went back (it restarted and counts from
+    /// zero: the grant it spent from is gone with it).
     fn room(&self, used: i64, now: NaiveDateTime) -> i64 {
+        if self.gateway_used.is_some_and(|prev| used < prev) {
+            return 0;
+        }
         match (self.granted, self.ledger_offset, self.valid_until) {
             (Some(granted), Some(offset), Some(until)) if until > now => {
                 granted.saturating_sub(offset).saturating_sub(used).max(0)
@@ -357,4 +362,41 @@ async fn sized(
             ended: false,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(gateway_used: i64, granted: i64, offset: i64, until: NaiveDateTime) -> SessionRow {
+        SessionRow {
+            device_id: "d".into(),
+            gateway_node_id: None,
+            end_reason: None,
+            recorded: 0,
+            gateway_used: Some(gateway_used),
+            ledger_offset: Some(offset),
+            granted: Some(granted),
+            valid_until: Some(until),
+        }
+    }
+
+    #[test]
+    fn the_room_kept_is_the_live_grant_past_the_count_in_the_gateways_terms() {
+        let t = now();
+        let later = t + chrono::Duration::seconds(10);
+        // Limit 1,000 in the gateway's terms (1,100 stored with an offset
+        // of 100), last asked at 400, asking now at 600.
+        assert_eq!(row(400, 1_100, 100, later).room(600, t), 400);
+        assert_eq!(row(400, 1_100, 100, later).room(1_200, t), 0, "spent");
+        assert_eq!(row(400, 1_100, 100, t).room(600, t), 0, "expired");
+        // The gateway restarted and counts from zero: nothing is kept.
+        assert_eq!(row(400, 1_100, 100, later).room(10, t), 0);
+        let none = SessionRow {
+            granted: None,
+            valid_until: None,
+            ..row(0, 0, 0, later)
+        };
+        assert_eq!(none.room(0, t), 0, "no grant");
+    }
 }

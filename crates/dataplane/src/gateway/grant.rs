@@ -59,6 +59,9 @@ pub(crate) struct Grant {
     stale: AtomicBool,
     /// The last answer said the session has ended.
     ended: AtomicBool,
+    /// When a question asked ahead last went unanswered (0: answered
+    /// since, or never).
+    unanswered_ms: AtomicU64,
 }
 
 impl Grant {
@@ -104,6 +107,7 @@ impl Grant {
         self.set(limit, used, now_ms, valid);
         *self.denied.lock().unwrap_or_else(PoisonError::into_inner) = answer.reason;
         self.ended.store(answer.ended, Ordering::Relaxed);
+        self.unanswered_ms.store(0, Ordering::Relaxed);
     }
 
     /// Whether the last answer said the session has ended (its device's
@@ -137,13 +141,21 @@ impl Grant {
         self.stale.store(false, Ordering::Relaxed);
     }
 
-    /// A question asked ahead went unanswered: the grant stands, and is
-    /// not due again before `next_ms` (nor by its bytes before it is
-    /// spent, when the tunnel asks at once).
-    pub fn put_off(&self, next_ms: u64) {
+    /// A question asked ahead went unanswered at `now_ms`: the grant
+    /// stands, and is not due again before `next_ms` (nor by its bytes
+    /// before it is spent, when the tunnel asks at once).
+    pub fn put_off(&self, now_ms: u64, next_ms: u64) {
         self.ask_at
             .store(self.limit.load(Ordering::Relaxed), Ordering::Relaxed);
         self.ask_by_ms.store(next_ms, Ordering::Relaxed);
+        self.unanswered_ms.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a question asked ahead went unanswered at or after
+    /// `since_ms`, with no answer since.
+    pub fn unanswered_since(&self, since_ms: u64) -> bool {
+        let at = self.unanswered_ms.load(Ordering::Relaxed);
+        at != 0 && at >= since_ms
     }
 
     /// Gives the grant up (the session's tunnels are gone): the next
@@ -210,12 +222,15 @@ mod tests {
         let g = Grant::default();
         g.apply(&answer(Some(1_000), 10_000, None), 0, 100);
         assert!(g.due(600, 1_000));
-        g.put_off(2_000);
+        g.put_off(1_000, 2_000);
+        assert!(g.unanswered_since(500) && !g.unanswered_since(1_001));
         assert!(!g.due(600, 1_000), "put off");
         assert!(!g.due(999, 1_999), "put off, not spent");
         assert!(g.due(600, 2_000), "due again");
         assert!(g.due(1_000, 1_000), "spent");
         assert_eq!(g.room(600, 1_000), 400, "the grant stands");
+        g.apply(&answer(Some(2_000), 10_000, None), 600, 1_500);
+        assert!(!g.unanswered_since(0), "answered since");
     }
 
     #[test]

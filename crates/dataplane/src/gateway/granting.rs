@@ -7,9 +7,10 @@
 //! the session is closed (1008, the reason's code). One question at a time
 //! per session. When the control plane cannot be asked, a session whose
 //! grant is spent gets a provisional slice (the outage rule admitted it);
-//! one that asked ahead keeps the grant it has and asks again when due (a
+//! one that asked ahead keeps the grant it has and asks again 5 s later (a
 //! slow answer is not an outage: a provisional slice on top of a live
-//! grant could pass the allowance while the control plane is merely late).
+//! grant could pass the allowance while the control plane is merely late),
+//! and takes the provisional slice at once if the grant runs out before.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,12 @@ const ASK_WAIT: Duration = Duration::from_secs(3);
 /// How soon a grant kept after an unanswered question (see
 /// [`Unanswered::Keep`]) is asked for once more.
 const RETRY_KEPT: Duration = Duration::from_secs(1);
+
+/// How soon a question asked ahead that went unanswered is asked again
+/// (the grant kept meanwhile); within [`ASK_WAIT`] more, a grant that runs
+/// out takes the outage rule's provisional slice at once rather than wait
+/// for another question to time out.
+const RETRY_AHEAD: Duration = Duration::from_secs(5);
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -96,8 +103,9 @@ impl Gateway {
                 return;
             };
             if s.grant.due(s.used(), clock_ms()) && !gw.ask(&id, &s, Unanswered::Keep).await {
+                let now = clock_ms();
                 s.grant
-                    .put_off(clock_ms().saturating_add(millis(RETRY_KEPT)));
+                    .put_off(now, now.saturating_add(millis(RETRY_AHEAD)));
             }
         });
     }
@@ -168,6 +176,20 @@ impl Gateway {
     /// Asks for a grant unless the question already out brings room for
     /// `need` bytes.
     pub(crate) async fn ask_now(&self, id: &str, s: &Session, need: u64) {
+        let now = clock_ms();
+        if s.grant
+            .unanswered_since(now.saturating_sub(millis(RETRY_AHEAD + ASK_WAIT)))
+        {
+            // The control plane did not answer the question asked ahead:
+            // an outage, whose rule applies now (no tunnel waits on
+            // another question to time out).
+            if s.grant.room(s.used(), now) < need.max(1) && !s.grant.ended() {
+                tracing::warn!(session.id = %id, "quota grant unavailable; provisional slice");
+                s.grant
+                    .provisional(OUTAGE_SLICE, s.used(), now, millis(self.opts.outage_ttl));
+            }
+            return;
+        }
         let turn = tokio::time::timeout(ASK_WAIT, s.asking.lock()).await;
         // An ended session never gets more: the answer is in already.
         if s.grant.room(s.used(), clock_ms()) >= need.max(1) || s.grant.ended() {
