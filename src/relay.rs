@@ -407,9 +407,17 @@ fn file_certs(
             names.push(public_host);
         }
         if check && !(cert.exists() && key.exists()) {
-            let scratch = std::env::temp_dir().join(format!("httvps-check-{}", std::process::id()));
-            std::fs::create_dir_all(&scratch)
-                .with_context(|| format!("creating {}", scratch.display()))?;
+            // A new directory of a random name, the owner's only: nothing
+            // planted there beforehand is read or written through.
+            let scratch =
+                std::env::temp_dir().join(format!("httvps-check-{}", uuid::Uuid::new_v4()));
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&scratch)
+                    .with_context(|| format!("creating {}", scratch.display()))?;
+            }
             let (c, k) = (scratch.join("cert.pem"), scratch.join("key.pem"));
             let made = tls::ensure_self_signed(&c, &k, &names)
                 .context("GATEWAY_SELF_SIGNED")
