@@ -9,6 +9,12 @@
 //! credential: when the account's or the device's access changes (the
 //! events the use cases publish) the credential is checked again, and a
 //! user's token ends at its expiry; either way the socket closes 4403.
+//! Nothing the loop awaits waits on the database or on the client: the
+//! check runs in a task beside the engine (`credential::Recheck`), and
+//! what the socket sends goes through a bounded queue to a writer task
+//! (`outbox`). An engine left unpolled while it waits for a database
+//! connection would keep the one the pool hands it (on SQLite, the only
+//! one) unused.
 
 use std::collections::HashSet;
 use std::sync::PoisonError;
@@ -183,7 +189,7 @@ pub async fn serve(
     let init_slot = slot.clone();
     let gql = async_graphql::http::WebSocket::new(schema, ReceiverStream::new(gql_input), protocol)
         // In a task of its own, for the reason given at [`Recheck`]: the
-        // engine is not polled while the loop sends.
+        // engine is not polled while the loop runs a branch.
         .on_connection_init(move |payload| async move {
             tokio::spawn(init_data(init_api, from, init_slot, payload))
                 .await
