@@ -252,12 +252,12 @@ impl Gateway {
             }
             Ok(Err(e)) => {
                 tracing::warn!(session.id = %id, error = %e, "quota grant unavailable; provisional slice");
-                let valid = u64::try_from(self.opts.outage_ttl.as_millis()).unwrap_or(u64::MAX);
+                let valid = millis(self.opts.outage_ttl);
                 s.grant.provisional(OUTAGE_SLICE, used, now, valid);
             }
             Err(_) => {
                 tracing::warn!(session.id = %id, "quota grant timed out; provisional slice");
-                let valid = u64::try_from(self.opts.outage_ttl.as_millis()).unwrap_or(u64::MAX);
+                let valid = millis(self.opts.outage_ttl);
                 s.grant.provisional(OUTAGE_SLICE, used, now, valid);
             }
         }
