@@ -1413,6 +1413,167 @@ async fn deleting_a_node_ends_its_open_sessions() {
     assert_eq!(b["node_id"].as_str(), Some(other.as_str()), "{b}");
 }
 
+impl World {
+    /// Runs one statement on the server's database.
+    async fn exec(&self, q: &str) {
+        use diesel_async::RunQueryDsl;
+        match &self.server.state.db.pool {
+            httvps_control::db::DbPool::Pg(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+            }
+            httvps_control::db::DbPool::Sqlite(pool) => {
+                let mut conn = pool.get().await.expect("conn");
+                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+            }
+        }
+    }
+
+    /// A session of a device on a node through the gateway, and behind
+    /// it `n` ended sessions of the same device, node and gateway: the
+    /// open session's id, the node's and the gateway's.
+    async fn long_history(&self, n: usize) -> (String, String, String) {
+        let (node, t) = self.node("eu", "n1", 100).await;
+        self.beat(&t, 0).await;
+        let (_, _, tok) = self.device().await;
+        let (s, b) = self.assign(&tok, None).await;
+        assert_eq!(s, 200, "{b}");
+        let sid = b["session_id"].as_str().expect("session").to_owned();
+        let gateway = gateway_of(&self.server.state.db, &self.gateway)
+            .await
+            .id
+            .to_string();
+        let (new_id, numbers) = match self.server.state.db.pool {
+            httvps_control::db::DbPool::Pg(_) => (
+                "gen_random_uuid()::text",
+                format!("generate_series(1, {n}) AS i(v)"),
+            ),
+            httvps_control::db::DbPool::Sqlite(_) => (
+                "lower(printf('%s-%s-%s-%s-%s', hex(randomblob(4)), hex(randomblob(2)), \
+                 hex(randomblob(2)), hex(randomblob(2)), hex(randomblob(6))))",
+                format!(
+                    "(WITH RECURSIVE c(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM c WHERE v < {n}) SELECT v FROM c) AS i"
+                ),
+            ),
+        };
+        self.exec(&format!(
+            "INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
+             last_activity_at, ended_at, end_reason) \
+             SELECT {new_id}, s.device_id, s.outline_node_id, s.gateway_node_id, s.started_at, \
+                    s.started_at, s.started_at, 'idle' \
+             FROM sessions s, {numbers} WHERE s.id = '{sid}'"
+        ))
+        .await;
+        (sid, node, gateway)
+    }
+
+    /// Session `sid` ended with its gateway (`node_down`), and `n` ended
+    /// sessions are kept without their node and gateway.
+    async fn history_kept(&self, sid: &str, n: i64) {
+        let ended = self
+            .scalar(&format!(
+                "SELECT count(*) AS n FROM sessions WHERE id = '{sid}' AND end_reason = 'node_down'"
+            ))
+            .await;
+        assert_eq!(ended, 1, "the open session ended with its gateway");
+        let kept = self
+            .scalar(
+                "SELECT count(*) AS n FROM sessions WHERE end_reason = 'idle' \
+                 AND outline_node_id IS NULL AND gateway_node_id IS NULL",
+            )
+            .await;
+        assert_eq!(kept, n, "the history is kept, without the nodes");
+    }
+
+    /// Deletes node `id` while an applier pass holds the appliers' lock:
+    /// its ended sessions are detached before the deletion waits on it
+    /// (`attached` counts those still attached), and it completes once the
+    /// pass is over.
+    async fn delete_beside_a_pass(&self, id: &str, attached: &str) {
+        use diesel_async::RunQueryDsl;
+        let httvps_control::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
+            panic!("pg")
+        };
+        let mut pass = pool.get().await.expect("conn");
+        let key = httvps_control::db::APPLY_LOCK_KEY;
+        diesel::sql_query(format!("SELECT pg_advisory_lock({key})"))
+            .execute(&mut *pass)
+            .await
+            .expect("the appliers' lock");
+        let deletion = self.gql("mutation($id:UUID!){deleteNode(id:$id)}", json!({"id": id}));
+        tokio::pin!(deletion);
+        let t0 = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                r = &mut deletion => panic!("deleted while the appliers' lock was held: {r}"),
+                () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
+            if self.scalar(attached).await == 0 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(15),
+                "the history is detached before the deletion takes the appliers' lock"
+            );
+        }
+        tokio::select! {
+            r = &mut deletion => panic!("deleted while the appliers' lock was held: {r}"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(300)) => {}
+        }
+        diesel::sql_query(format!("SELECT pg_advisory_unlock({key})"))
+            .execute(&mut *pass)
+            .await
+            .expect("unlock");
+        let r = tokio::time::timeout(std::time::Duration::from_secs(30), deletion)
+            .await
+            .expect("the deletion completes after the pass");
+        assert_eq!(r["data"]["deleteNode"], true, "{r}");
+    }
+}
+
+/// Deleting a node with a long session history does not hold the usage
+/// appliers' lock for the length of it: its ended sessions are detached
+/// (their reference to it set to NULL, as before) a slice at a time
+/// before the deletion takes the lock, so the deletion's transaction
+/// stays short. Checked with a pass holding the lock: the history is
+/// detached meanwhile, the deletion waits, then completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_a_long_history_is_detached_before_the_appliers_lock() {
+    let w = World::new().await;
+    let (sid, node, gateway) = w.long_history(30_000).await;
+    w.delete_beside_a_pass(
+        &gateway,
+        &format!(
+            "SELECT count(*) AS n FROM sessions WHERE gateway_node_id = '{gateway}' AND ended_at IS NOT NULL"
+        ),
+    )
+    .await;
+    w.history_kept(&sid, 0).await;
+    w.delete_beside_a_pass(
+        &node,
+        &format!(
+            "SELECT count(*) AS n FROM sessions WHERE outline_node_id = '{node}' AND ended_at IS NOT NULL"
+        ),
+    )
+    .await;
+    w.history_kept(&sid, 30_000).await;
+}
+
+/// The same on SQLite (one writer, no appliers' lock): the history is
+/// kept without the nodes, across more than one slice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_a_long_history_is_deleted_on_sqlite() {
+    let w = World::on(TestDb::sqlite().await).await;
+    let (sid, node, gateway) = w.long_history(45_000).await;
+    for id in [&gateway, &node] {
+        let r = w
+            .gql("mutation($id:UUID!){deleteNode(id:$id)}", json!({"id": id}))
+            .await;
+        assert_eq!(r["data"]["deleteNode"], true, "{r}");
+    }
+    w.history_kept(&sid, 45_000).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_matrix_and_scoping_on_postgres() {
     auth_matrix_and_scoping(TestDb::pg().await).await;

@@ -6,6 +6,7 @@
 //! enrollment token for a machine's own.
 
 pub mod enrollment;
+mod history;
 pub mod listing;
 pub mod machines;
 pub mod registry;

@@ -6,17 +6,18 @@ use diesel_async::RunQueryDsl;
 use httvps_wire::Secret;
 
 use super::enrollment::EnrollmentTtl;
+use super::history::{self, Side};
 use super::{AnyNode, gateway_event, outline_event, status_event};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, Region, now};
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
-use crate::db_tx;
 use crate::error::{AppError, AppResult};
 use crate::events::{AccessChange, NodeEventKind};
 use crate::ids::{GatewayNodeId, OutlineNodeId, RegionId};
 use crate::status::{EndReason, Health, NodeStatus};
 use crate::{audit, auth, catalogue, validate};
+use crate::{db_run, db_tx};
 
 /// Fields of a new Outline node.
 #[derive(Debug, Clone)]
@@ -283,9 +284,31 @@ pub async fn set_status(
 /// their history (without the node). Drain or disable a node to let its
 /// tunnels finish instead. (A session an assignment commits through a
 /// gateway while the gateway is being deleted keeps running, as a session
-/// with no gateway, until it idles out.)
+/// with no gateway, until it idles out.) The ended sessions are detached
+/// from the node first, a slice at a time (see [`super::history`]), so
+/// the deletion's own transaction stays short however long its history.
 pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
     actor.require_admin()?;
+    let (outline, gateway) = (OutlineNodeId::from(id), GatewayNodeId::from(id));
+    let side = db_run!(db, |conn| {
+        let is_outline: bool =
+            diesel::select(diesel::dsl::exists(outline_nodes::table.find(outline)))
+                .get_result(conn)
+                .await?;
+        let is_gateway: bool =
+            diesel::select(diesel::dsl::exists(gateway_nodes::table.find(gateway)))
+                .get_result(conn)
+                .await?;
+        if is_outline {
+            Some(Side::Outline)
+        } else {
+            is_gateway.then_some(Side::Gateway)
+        }
+    });
+    if let Some(side) = side {
+        let detached = history::detach(db, side, &id.to_string()).await?;
+        tracing::debug!(node.id = %id, sessions = detached, "node history detached");
+    }
     let entry = audit::entry(
         actor,
         "delete_node",
@@ -299,7 +322,6 @@ pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
         // otherwise meet in another order. A heartbeat skips the sessions
         // held here, so it never waits on them.
         crate::apply_lock!(conn);
-        let (outline, gateway) = (OutlineNodeId::from(id), GatewayNodeId::from(id));
         let is_outline: bool =
             diesel::select(diesel::dsl::exists(outline_nodes::table.find(outline)))
                 .get_result(conn)
