@@ -1430,8 +1430,9 @@ impl World {
     }
 
     /// A session of a device on a node through the gateway, and behind
-    /// it `n` ended sessions of the same device, node and gateway: the
-    /// open session's id, the node's and the gateway's.
+    /// it `n` sessions of the same device, node and gateway that ended a
+    /// day before and one that ended as it started: the open session's
+    /// id, the node's and the gateway's.
     async fn long_history(&self, n: usize) -> (String, String, String) {
         let (node, t) = self.node("eu", "n1", 100).await;
         self.beat(&t, 0).await;
@@ -1443,14 +1444,16 @@ impl World {
             .await
             .id
             .to_string();
-        let (new_id, numbers) = match self.server.state.db.pool {
+        let (new_id, day_before, numbers) = match self.server.state.db.pool {
             httvps_control::db::DbPool::Pg(_) => (
                 "gen_random_uuid()::text",
+                "s.started_at - interval '1 day'",
                 format!("generate_series(1, {n}) AS i(v)"),
             ),
             httvps_control::db::DbPool::Sqlite(_) => (
                 "lower(printf('%s-%s-%s-%s-%s', hex(randomblob(4)), hex(randomblob(2)), \
                  hex(randomblob(2)), hex(randomblob(2)), hex(randomblob(6))))",
+                "strftime('%Y-%m-%d %H:%M:%f', s.started_at, '-1 day')",
                 format!(
                     "(WITH RECURSIVE c(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM c WHERE v < {n}) SELECT v FROM c) AS i"
                 ),
@@ -1459,9 +1462,16 @@ impl World {
         self.exec(&format!(
             "INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
              last_activity_at, ended_at, end_reason) \
-             SELECT {new_id}, s.device_id, s.outline_node_id, s.gateway_node_id, s.started_at, \
-                    s.started_at, s.started_at, 'idle' \
+             SELECT {new_id}, s.device_id, s.outline_node_id, s.gateway_node_id, {day_before}, \
+                    {day_before}, {day_before}, 'idle' \
              FROM sessions s, {numbers} WHERE s.id = '{sid}'"
+        ))
+        .await;
+        self.exec(&format!(
+            "INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
+             last_activity_at, ended_at, end_reason) \
+             SELECT {new_id}, device_id, outline_node_id, gateway_node_id, started_at, \
+                    started_at, started_at, 'idle' FROM sessions WHERE id = '{sid}'"
         ))
         .await;
         (sid, node, gateway)
@@ -1485,14 +1495,22 @@ impl World {
         assert_eq!(kept, n, "the history is kept, without the nodes");
     }
 
-    /// Deletes node `id` while an applier pass holds the appliers' lock:
-    /// its ended sessions are detached before the deletion waits on it
-    /// (`attached` counts those still attached), and it completes once the
-    /// pass is over.
-    async fn delete_beside_a_pass(&self, id: &str, attached: &str) {
+    /// Deletes node `id` (its reference: `column`) while an applier pass
+    /// holds the appliers' lock: its sessions that ended a day before
+    /// session `sid` started are detached before the deletion waits on
+    /// it, the one that ended as `sid` started is left to the deletion,
+    /// and the deletion completes once the pass is over.
+    async fn delete_beside_a_pass(&self, sid: &str, column: &str, id: &str) {
         use diesel_async::RunQueryDsl;
         let httvps_control::db::DbPool::Pg(pool) = &self.server.state.db.pool else {
             panic!("pg")
+        };
+        let attached = |older: bool| {
+            let cmp = if older { "<" } else { ">=" };
+            format!(
+                "SELECT count(*) AS n FROM sessions WHERE {column} = '{id}' AND end_reason = 'idle' \
+                 AND ended_at {cmp} (SELECT started_at FROM sessions WHERE id = '{sid}') - interval '1 hour'"
+            )
         };
         let mut pass = pool.get().await.expect("conn");
         let key = httvps_control::db::APPLY_LOCK_KEY;
@@ -1508,7 +1526,7 @@ impl World {
                 r = &mut deletion => panic!("deleted while the appliers' lock was held: {r}"),
                 () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
             }
-            if self.scalar(attached).await == 0 {
+            if self.scalar(&attached(true)).await == 0 {
                 break;
             }
             assert!(
@@ -1520,6 +1538,11 @@ impl World {
             r = &mut deletion => panic!("deleted while the appliers' lock was held: {r}"),
             () = tokio::time::sleep(std::time::Duration::from_millis(300)) => {}
         }
+        assert_eq!(
+            self.scalar(&attached(false)).await,
+            1,
+            "a session that ended lately is left to the deletion"
+        );
         diesel::sql_query(format!("SELECT pg_advisory_unlock({key})"))
             .execute(&mut *pass)
             .await
@@ -1541,22 +1564,11 @@ impl World {
 async fn a_node_with_a_long_history_is_detached_before_the_appliers_lock() {
     let w = World::new().await;
     let (sid, node, gateway) = w.long_history(30_000).await;
-    w.delete_beside_a_pass(
-        &gateway,
-        &format!(
-            "SELECT count(*) AS n FROM sessions WHERE gateway_node_id = '{gateway}' AND ended_at IS NOT NULL"
-        ),
-    )
-    .await;
+    w.delete_beside_a_pass(&sid, "gateway_node_id", &gateway)
+        .await;
     w.history_kept(&sid, 0).await;
-    w.delete_beside_a_pass(
-        &node,
-        &format!(
-            "SELECT count(*) AS n FROM sessions WHERE outline_node_id = '{node}' AND ended_at IS NOT NULL"
-        ),
-    )
-    .await;
-    w.history_kept(&sid, 30_000).await;
+    w.delete_beside_a_pass(&sid, "outline_node_id", &node).await;
+    w.history_kept(&sid, 30_001).await;
 }
 
 /// The same on SQLite (one writer, no appliers' lock): the history is
@@ -1571,7 +1583,7 @@ async fn a_node_with_a_long_history_is_deleted_on_sqlite() {
             .await;
         assert_eq!(r["data"]["deleteNode"], true, "{r}");
     }
-    w.history_kept(&sid, 45_000).await;
+    w.history_kept(&sid, 45_001).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -287,8 +287,19 @@ pub async fn set_status(
 /// with no gateway, until it idles out.) The ended sessions are detached
 /// from the node first, a slice at a time (see [`super::history`]), so
 /// the deletion's own transaction stays short however long its history.
+/// It runs to its end even when the request that asked for it goes away
+/// (a walk stopped halfway would leave part of a live node's history
+/// detached).
 pub async fn delete(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
     actor.require_admin()?;
+    let (db, actor) = (db.clone(), *actor);
+    tokio::spawn(async move { delete_now(&db, &actor, id).await })
+        .await
+        .map_err(|e| AppError::Internal(format!("node deletion: {e}")))?
+}
+
+/// [`delete`], in the task that carries it through.
+async fn delete_now(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
     let (outline, gateway) = (OutlineNodeId::from(id), GatewayNodeId::from(id));
     let side = db_run!(db, |conn| {
         let is_outline: bool =
