@@ -14,6 +14,8 @@
 //! are skipped, never waited for: the deletion's cascade takes them, as
 //! it takes sessions that end or move meanwhile.
 //!
+//! A history shorter than [`WORTH_A_WALK`] is left to the cascade.
+//!
 //! Until the deletion commits, a detached session reads as another
 //! machine's: a report naming it is refused (403, and the sender sends it
 //! again later). Sessions that ended recently are left attached, so the
@@ -69,11 +71,44 @@ macro_rules! detach_statement {
     };
 }
 
+/// Counts, up to `$3`, the sessions whose `$column` is `$1` that ended
+/// before `$2` (by the index on Outline nodes; for a gateway, a scan that
+/// stops at the `$3`th).
+macro_rules! settled_statement {
+    ($column:literal) => {
+        Statement {
+            pg: concat!(
+                "SELECT count(*) AS n FROM (SELECT 1 FROM sessions \
+                 WHERE ",
+                $column,
+                " = $1 AND ended_at < $2 LIMIT $3) settled"
+            ),
+            sqlite: concat!(
+                "SELECT count(*) AS n FROM (SELECT 1 FROM sessions \
+                 WHERE ",
+                $column,
+                " = ?1 AND ended_at < ?2 LIMIT ?3)"
+            ),
+        }
+    };
+}
+
+/// Fewer settled sessions than this are left to the deletion's cascade
+/// (a few hundred milliseconds at most): the walk reads the whole table,
+/// which a short history is not worth.
+const WORTH_A_WALK: i64 = 10_000;
+
 /// Detaches the ended sessions of an Outline node.
 const DETACH_OUTLINE: Statement = detach_statement!("outline_node_id");
 
 /// Detaches the ended sessions through a gateway.
 const DETACH_GATEWAY: Statement = detach_statement!("gateway_node_id");
+
+/// Counts an Outline node's settled sessions.
+const SETTLED_OUTLINE: Statement = settled_statement!("outline_node_id");
+
+/// Counts a gateway's settled sessions.
+const SETTLED_GATEWAY: Statement = settled_statement!("gateway_node_id");
 
 /// One number read back.
 #[derive(QueryableByName)]
@@ -92,18 +127,28 @@ pub(crate) enum Side {
 }
 
 /// Sets node `id`'s reference to NULL on its sessions that ended more
-/// than [`SETTLED`] ago (see the module documentation); returns how many
-/// it changed.
+/// than [`SETTLED`] ago, when there are [`WORTH_A_WALK`] of them or more
+/// (see the module documentation); returns how many it changed.
 pub(crate) async fn detach(db: &Db, side: Side, id: &str) -> AppResult<u64> {
     let before = now() - SETTLED;
+    let (statement, settled) = match side {
+        Side::Outline => (DETACH_OUTLINE, SETTLED_OUTLINE),
+        Side::Gateway => (DETACH_GATEWAY, SETTLED_GATEWAY),
+    };
+    let history: Number = db_run!(db, |conn| settled
+        .prepared(conn)
+        .text(id)
+        .timestamp(before)
+        .bigint(WORTH_A_WALK)
+        .get_result(conn)
+        .await?);
+    if history.n < WORTH_A_WALK {
+        return Ok(0);
+    }
     let end: Number = db_run!(db, |conn| TABLE_END.prepared(conn).get_result(conn).await?);
     let slice = match db.pool {
         DbPool::Pg(_) => PG_SLICE,
         DbPool::Sqlite(_) => SQLITE_SLICE,
-    };
-    let statement = match side {
-        Side::Outline => DETACH_OUTLINE,
-        Side::Gateway => DETACH_GATEWAY,
     };
     let mut changed = 0u64;
     let mut from = 0i64;
