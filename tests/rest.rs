@@ -1414,21 +1414,6 @@ async fn deleting_a_node_ends_its_open_sessions() {
 }
 
 impl World {
-    /// Runs one statement on the server's database.
-    async fn exec(&self, q: &str) {
-        use diesel_async::RunQueryDsl;
-        match &self.server.state.db.pool {
-            httvps_control::db::DbPool::Pg(pool) => {
-                let mut conn = pool.get().await.expect("conn");
-                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
-            }
-            httvps_control::db::DbPool::Sqlite(pool) => {
-                let mut conn = pool.get().await.expect("conn");
-                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
-            }
-        }
-    }
-
     /// A session of a device on a node through the gateway, and behind
     /// it `n` sessions of the same device, node and gateway that ended a
     /// day before and one that ended as it started: the open session's
@@ -1459,7 +1444,7 @@ impl World {
                 ),
             ),
         };
-        self.exec(&format!(
+        self.sql(&format!(
             "INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
              last_activity_at, ended_at, end_reason) \
              SELECT {new_id}, s.device_id, s.outline_node_id, s.gateway_node_id, {day_before}, \
@@ -1467,7 +1452,7 @@ impl World {
              FROM sessions s, {numbers} WHERE s.id = '{sid}'"
         ))
         .await;
-        self.exec(&format!(
+        self.sql(&format!(
             "INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
              last_activity_at, ended_at, end_reason) \
              SELECT {new_id}, device_id, outline_node_id, gateway_node_id, started_at, \
