@@ -234,3 +234,85 @@ async fn totals_order_and_targets(t: TestDb) {
     assert_eq!(r["data"]["sessions"]["totalCount"], 0, "{r}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_trail_names_its_kind_on_postgres() {
+    a_nodes_trail_names_its_kind(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_trail_names_its_kind_on_sqlite() {
+    a_nodes_trail_names_its_kind(TestDb::sqlite().await).await;
+}
+
+/// Every audited change of a node (registration, status, token, deletion)
+/// records the kind its registration recorded, so filtering by
+/// `gateway_node` gives a gateway's whole trail and nothing of a node's.
+async fn a_nodes_trail_names_its_kind(t: TestDb) {
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let (_, admin) = account(&server, Role::Admin).await;
+    let ok = |r: &Value| assert!(r["errors"].is_null(), "{r}");
+    ok(&gql(
+        base,
+        Some(&admin),
+        "mutation{createRegion(code:\"lt\",name:\"Trail\"){code}}",
+        json!({}),
+    )
+    .await);
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation{registerGatewayNode(input:{region:\"lt\",name:\"gw\",publicUrl:\"https://gw.example.com\"}){node{id}}}",
+        json!({}),
+    )
+    .await;
+    let gateway = r["data"]["registerGatewayNode"]["node"]["id"].clone();
+    assert!(gateway.is_string(), "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation{registerOutlineNode(input:{region:\"lt\",name:\"n\",host:\"10.1.0.1\",port:8388}){node{id}}}",
+        json!({}),
+    )
+    .await;
+    let node = r["data"]["registerOutlineNode"]["node"]["id"].clone();
+    assert!(node.is_string(), "{r}");
+    for id in [&gateway, &node] {
+        for change in [
+            "mutation($i:UUID!){setNodeStatus(id:$i,status:DISABLED){__typename}}",
+            "mutation($i:UUID!){rotateNodeToken(id:$i)}",
+            "mutation($i:UUID!){deleteNode(id:$i)}",
+        ] {
+            ok(&gql(base, Some(&admin), change, json!({"i": id})).await);
+        }
+    }
+    let trail =
+        "query($t:UUID!){auditLog(first:10,filter:{targetId:$t}){nodes{action targetType}}}";
+    for (id, kind) in [(&gateway, "gateway_node"), (&node, "outline_node")] {
+        let r = gql(base, Some(&admin), trail, json!({"t": id})).await;
+        let entries = r["data"]["auditLog"]["nodes"].as_array().expect("entries");
+        let actions: Vec<&str> = entries
+            .iter()
+            .filter_map(|e| e["action"].as_str())
+            .collect();
+        assert_eq!(
+            actions.len(),
+            4,
+            "registration, status, token, deletion: {r}"
+        );
+        for e in entries {
+            assert_eq!(e["targetType"], kind, "{r}");
+        }
+    }
+    let r = gql(
+        base,
+        Some(&admin),
+        "{g:auditLog(filter:{targetType:\"gateway_node\"}){totalCount} n:auditLog(filter:{targetType:\"outline_node\"}){totalCount} x:auditLog(filter:{targetType:\"node\"}){totalCount}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["data"]["g"]["totalCount"], 4, "{r}");
+    assert_eq!(r["data"]["n"]["totalCount"], 4, "{r}");
+    assert_eq!(r["data"]["x"]["totalCount"], 0, "{r}");
+}

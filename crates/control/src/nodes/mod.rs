@@ -78,6 +78,14 @@ impl AnyNode {
         }
     }
 
+    /// The audit log's target type for it, as its registration recorded.
+    pub fn audit_type(&self) -> &'static str {
+        match self {
+            AnyNode::Outline(_) => "outline_node",
+            AnyNode::Gateway(_) => "gateway_node",
+        }
+    }
+
     /// Its region.
     pub fn region_id(&self) -> crate::ids::RegionId {
         match self {

@@ -224,13 +224,6 @@ pub async fn set_status(
     status: NodeStatus,
 ) -> AppResult<AnyNode> {
     actor.require_admin()?;
-    let entry = audit::entry(
-        actor,
-        "set_node_status",
-        "node",
-        Some(&id.to_string()),
-        serde_json::json!({"status": status.as_str()}),
-    );
     db_tx!(db, |conn, outbox| {
         let ts = now();
         let o: Option<OutlineNode> =
@@ -263,6 +256,13 @@ pub async fn set_status(
             .select(regions::code)
             .first(conn)
             .await?;
+        let entry = audit::entry(
+            actor,
+            "set_node_status",
+            node.audit_type(),
+            Some(&id.to_string()),
+            serde_json::json!({"status": status.as_str()}),
+        );
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -320,13 +320,6 @@ async fn delete_now(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
         let detached = history::detach(db, side, &id.to_string()).await?;
         tracing::debug!(node.id = %id, sessions = detached, "node history detached");
     }
-    let entry = audit::entry(
-        actor,
-        "delete_node",
-        "node",
-        Some(&id.to_string()),
-        serde_json::json!({}),
-    );
     db_tx!(db, |conn, outbox| {
         // The appliers' lock first: a pass grows sessions (ended ones
         // too) in id order, which the ending and the cascade below would
@@ -391,6 +384,13 @@ async fn delete_now(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
             .select(regions::code)
             .first(conn)
             .await?;
+        let entry = audit::entry(
+            actor,
+            "delete_node",
+            node.audit_type(),
+            Some(&id.to_string()),
+            serde_json::json!({}),
+        );
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -417,31 +417,33 @@ pub async fn rotate_token(
     let hash = auth::hash_token(&token);
     let expires_at = ttl.expires(now());
     let until = Some(expires_at);
-    let entry = audit::entry(
-        actor,
-        "rotate_node_token",
-        "node",
-        Some(&id.to_string()),
-        serde_json::json!({}),
-    );
     db_tx!(db, |conn, _| {
-        let n = diesel::update(outline_nodes::table.find(OutlineNodeId::from(id)))
+        let outline = diesel::update(outline_nodes::table.find(OutlineNodeId::from(id)))
             .set((
                 outline_nodes::token_hash.eq(&hash),
                 outline_nodes::enroll_expires_at.eq(until),
             ))
             .execute(conn)
-            .await?
-            + diesel::update(gateway_nodes::table.find(GatewayNodeId::from(id)))
-                .set((
-                    gateway_nodes::token_hash.eq(&hash),
-                    gateway_nodes::enroll_expires_at.eq(until),
-                ))
-                .execute(conn)
-                .await?;
-        if n == 0 {
-            return Err(AppError::NotFound("node"));
-        }
+            .await?;
+        let gateway = diesel::update(gateway_nodes::table.find(GatewayNodeId::from(id)))
+            .set((
+                gateway_nodes::token_hash.eq(&hash),
+                gateway_nodes::enroll_expires_at.eq(until),
+            ))
+            .execute(conn)
+            .await?;
+        let target_type = match (outline, gateway) {
+            (0, 0) => return Err(AppError::NotFound("node")),
+            (0, _) => "gateway_node",
+            _ => "outline_node",
+        };
+        let entry = audit::entry(
+            actor,
+            "rotate_node_token",
+            target_type,
+            Some(&id.to_string()),
+            serde_json::json!({}),
+        );
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
