@@ -227,6 +227,7 @@ class Plane:
                 "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
                 "GATEWAY_TLS_CERT": self.cert,
                 "GATEWAY_TLS_KEY": self.key,
+                "GATEWAY_DATA_DIR": work,
                 "GATEWAY_SELF_SIGNED": "true",
                 "GATEWAY_PUBLIC_URL": f"https://{public_host}:{self.gw_port}",
                 "GATEWAY_MAX_TUNNELS": str(TUNNELS * 2 + 1000),

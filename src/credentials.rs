@@ -196,7 +196,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
                 return from_stored(&stored, &s);
             }
             return Err(anyhow::anyhow!(
-                "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, for 24 h: print a new one with `httvps {} rotate <id>`",
+                "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, until it expires (24 h unless `--ttl-hours` said otherwise): print a new one with `httvps {} rotate <id>`",
                 s.kind
             ));
         }
@@ -210,6 +210,6 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
     };
     store(s.file, &stored)
         .with_context(|| format!("{p}_CREDENTIALS: writing {}", s.file.display()))?;
-    tracing::info!(node.id = %answer.id, name = %answer.name, file = %s.file.display(), "enrolled");
+    tracing::info!(kind = s.kind, id = %answer.id, name = %answer.name, file = %s.file.display(), "enrolled");
     Backend::connect(&e.url, stored.token.expose(), &link).context("the control plane's URL")
 }

@@ -123,9 +123,10 @@ pub struct GatewayArgs {
     /// On SIGTERM, seconds open tunnels get to finish before they are closed.
     #[arg(long, env = "GATEWAY_DRAIN_GRACE_SECS", default_value_t = 10)]
     pub drain_grace_secs: u64,
-    /// Directory of the gateway's own files (the usage spool); created if
-    /// missing.
-    #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "data")]
+    /// Directory of the gateway's own files (the usage spool, the ACME
+    /// cache); created if missing. Absolute by default, as --credentials:
+    /// a service started from another directory keeps its files.
+    #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "/var/lib/httvps")]
     pub data_dir: PathBuf,
     /// File keeping usage totals across restarts, even SIGKILL (written and
     /// fsync'd every 0.5 s and before each report); default:
@@ -259,7 +260,9 @@ pub struct ConnectArgs {
     #[arg(long, env = "CLIENT_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// Region wanted; default: the region of the device's open session,
-    /// else the first active gateway's region (never a random one).
+    /// else the control plane's default region (the configured gateway
+    /// URL's, else the first active gateway's, else the first created;
+    /// never a random one).
     #[arg(long, env = "CLIENT_REGION")]
     pub region: Option<String>,
     /// Forward every connection on the --socks address to this host:port

@@ -264,6 +264,21 @@ fn the_control_plane_commands_start_or_name_the_variable() {
             "BACKEND_GATEWAY_URL",
         );
     }
+    // The pin in the form `openssl x509 -fingerprint -sha256` prints it is
+    // taken by `serve` as by `gateway add`; a damaged one names itself.
+    let colons = vec!["5F"; 32].join(":");
+    for pin in [colons.clone(), format!("sha256:{}", "5f".repeat(32))] {
+        let pinned = ("BACKEND_ENROLL_PIN", pin.as_str());
+        checks(HTTVPS, d, &["serve", "--check"], &[SECRET, public, pinned]);
+        checks(HTTVPS, d, &gw_add, &[public, pinned]);
+    }
+    refuses(
+        HTTVPS,
+        d,
+        &["serve", "--check"],
+        &[SECRET, public, ("BACKEND_ENROLL_PIN", &colons[3..])],
+        "BACKEND_ENROLL_PIN",
+    );
 }
 
 #[test]

@@ -35,15 +35,8 @@ impl Pin {
     /// Parses `sha256:` followed by 64 hex digits (colons allowed, any case;
     /// the prefix may be left out).
     pub fn parse(raw: &str) -> Result<Pin, String> {
-        let raw = raw.trim();
-        let hex = raw
-            .strip_prefix("sha256:")
-            .or_else(|| raw.strip_prefix("SHA256:"))
-            .unwrap_or(raw)
-            .replace(':', "");
-        if hex.len() != 64 {
-            return Err("must be sha256: and 64 hex digits".into());
-        }
+        let pin = httvps_wire::enroll::canonical_pin(raw)?;
+        let hex = &pin["sha256:".len()..];
         let mut out = [0u8; 32];
         for (i, b) in out.iter_mut().enumerate() {
             *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("zz"), 16)

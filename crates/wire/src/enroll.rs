@@ -11,6 +11,23 @@ use crate::Secret;
 /// What every enrollment string starts with.
 pub const PREFIX: &str = "httvps-enroll:";
 
+/// A certificate pin as the enrollment string carries it (`sha256:` and 64
+/// lowercase hex digits), from the forms operators paste: with or without
+/// the prefix (either case), the digits in any case, bytes separated by
+/// colons or not (as `openssl x509 -fingerprint -sha256` prints them).
+pub fn canonical_pin(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let hex = raw
+        .strip_prefix("sha256:")
+        .or_else(|| raw.strip_prefix("SHA256:"))
+        .unwrap_or(raw)
+        .replace(':', "");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("must be sha256: and 64 hex digits".into());
+    }
+    Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+}
+
 /// What an enrollment string carries (base64url JSON after [`PREFIX`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,5 +115,35 @@ mod tests {
         assert!(Enrollment::decode("httvps-enroll:!!").is_err());
         assert!(Enrollment::decode("eyJ9").is_err());
         assert!(Enrollment::decode(&format!("{PREFIX}e30")).is_err());
+    }
+
+    #[test]
+    fn a_pin_is_read_in_every_form_operators_paste() {
+        let want = format!("sha256:{}", "ab".repeat(32));
+        let colons = vec!["AB"; 32].join(":");
+        for given in [
+            want.clone(),
+            "AB".repeat(32),
+            format!("SHA256:{}", "Ab".repeat(32)),
+            colons.clone(),
+            format!("sha256:{colons}"),
+            format!("  {want}\n"),
+        ] {
+            assert_eq!(
+                canonical_pin(&given).as_deref(),
+                Ok(want.as_str()),
+                "{given}"
+            );
+        }
+        for bad in [
+            String::new(),
+            "sha256:".into(),
+            "ab".repeat(31),
+            "ab".repeat(33),
+            format!("sha256:{}zz", "ab".repeat(31)),
+            format!("md5:{}", "ab".repeat(32)),
+        ] {
+            assert!(canonical_pin(&bad).is_err(), "{bad}");
+        }
     }
 }

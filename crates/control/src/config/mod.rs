@@ -362,16 +362,10 @@ impl Settings {
                         .filter(|s| !s.is_empty()),
                     &tls,
                 ) {
-                    (Some(p), _) => {
-                        let hex = p.strip_prefix("sha256:").unwrap_or(p);
-                        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                            return Err(ConfigError::new(
-                                "BACKEND_ENROLL_PIN",
-                                "must be sha256: and 64 hex digits",
-                            ));
-                        }
-                        Some(format!("sha256:{}", hex.to_ascii_lowercase()))
-                    }
+                    (Some(p), _) => Some(
+                        httvps_wire::enroll::canonical_pin(p)
+                            .map_err(|e| ConfigError::new("BACKEND_ENROLL_PIN", e))?,
+                    ),
                     (None, Some(f)) if u.starts_with("https://") => Some(
                         pin_of_chain_end(&f.cert)
                             .map_err(|e| ConfigError::new("BACKEND_TLS_CERT", e))?,
