@@ -1294,4 +1294,61 @@ async fn admin_bounds(t: TestDb) {
     let until = held["expiresAt"].as_str().unwrap_or_default();
     assert!(until.starts_with("99"), "{r}");
     assert_eq!(held["status"], "ACTIVE", "{r}");
+
+    // A plan changed with nothing to change, archived twice, a
+    // subscription cancelled twice: the repeats answer the record as it
+    // is and audit nothing.
+    let p = plan(base, &admin, 1).await;
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($p:UUID!){updatePlan(id:$p,input:{}){id archived}}",
+        json!({"p": p}),
+    )
+    .await;
+    assert_eq!(r["data"]["updatePlan"]["id"], json!(p), "{r}");
+    assert_eq!(audited("update_plan").await, 0, "nothing to audit");
+    let (lapsed, _) = user(base).await;
+    let g = grant(base, &admin, &lapsed, &p).await;
+    let lapsed_sub = g["data"]["grantSubscription"]["id"].clone();
+    for _ in 0..2 {
+        let r = gql(
+            base,
+            Some(&admin),
+            "mutation($p:UUID!){archivePlan(id:$p){archived}}",
+            json!({"p": p}),
+        )
+        .await;
+        assert_eq!(r["data"]["archivePlan"]["archived"], true, "{r}");
+        let r = gql(
+            base,
+            Some(&admin),
+            "mutation($s:UUID!){cancelSubscription(id:$s){status}}",
+            json!({"s": sub}),
+        )
+        .await;
+        assert_eq!(
+            r["data"]["cancelSubscription"]["status"], "CANCELLED",
+            "{r}"
+        );
+    }
+    assert_eq!(audited("archive_plan").await, 1, "archived once");
+    assert_eq!(audited("cancel_subscription").await, 1, "cancelled once");
+    // A subscription of the archived plan, in force: extended; lapsed:
+    // bringing it back would be a new grant of the plan, refused.
+    let extend_lapsed = "mutation($s:UUID!){extendSubscription(id:$s,days:30){status}}";
+    let r = gql(base, Some(&admin), extend_lapsed, json!({"s": lapsed_sub})).await;
+    assert_eq!(r["data"]["extendSubscription"]["status"], "ACTIVE", "{r}");
+    let extended = audited("extend_subscription").await;
+    common::execute(
+        &server.state.db,
+        &format!(
+            "UPDATE subscriptions SET starts_at = '2019-12-01 00:00:00', expires_at = '2020-01-01 00:00:00' WHERE id = '{}'",
+            lapsed_sub.as_str().expect("sub")
+        ),
+    )
+    .await;
+    let r = gql(base, Some(&admin), extend_lapsed, json!({"s": lapsed_sub})).await;
+    assert_eq!(code(&r), Some("CONFLICT"), "{r}");
+    assert_eq!(audited("extend_subscription").await, extended, "{r}");
 }

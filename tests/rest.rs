@@ -167,17 +167,7 @@ impl World {
     }
 
     async fn sql(&self, q: &str) {
-        use diesel_async::RunQueryDsl;
-        match &self.server.state.db.pool {
-            httvps_control::db::DbPool::Pg(pool) => {
-                let mut conn = pool.get().await.expect("conn");
-                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
-            }
-            httvps_control::db::DbPool::Sqlite(pool) => {
-                let mut conn = pool.get().await.expect("conn");
-                diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
-            }
-        }
+        common::execute(&self.server.state.db, q).await;
     }
 
     async fn scalar(&self, q: &str) -> i64 {
@@ -678,7 +668,7 @@ async fn usage_ledger_counts_once_on_sqlite() {
 }
 
 async fn usage_ledger_counts_once(w: World) {
-    let (_, t1) = w.node("eu", "n1", 100).await;
+    let (n1, t1) = w.node("eu", "n1", 100).await;
     w.beat(&t1, 0).await;
     let mut sessions = Vec::new();
     let mut subs = Vec::new();
@@ -771,6 +761,29 @@ async fn usage_ledger_counts_once(w: World) {
         })
         .sum();
     assert_eq!(up, 4 * 5000, "{r}");
+    // A subscriber's own usage, on the node it used and on another: the
+    // node filter applies to everyone (it was once dropped for
+    // non-admins, who then got all their usage as if it were one node's).
+    let r = w
+        .gql("query($u:UUID!){user(id:$u){email}}", json!({"u": subs[0]}))
+        .await;
+    let email = r["data"]["user"]["email"].as_str().expect("email");
+    let user = login(&w.server.base, email).await;
+    let q = "query($n:UUID){usage(nodeId:$n,from:\"2026-01-01T00:00:00Z\",to:\"2030-01-01T00:00:00Z\",granularity:DAY){bytesUp}}";
+    for (node, want) in [
+        (json!(n1), 5000),
+        (json!(uuid::Uuid::new_v4()), 0),
+        (Value::Null, 5000),
+    ] {
+        let r = gql(&w.server.base, Some(&user), q, json!({"n": node})).await;
+        let up: i64 = r["data"]["usage"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .iter()
+            .filter_map(|p| p["bytesUp"].as_str()?.parse::<i64>().ok())
+            .sum();
+        assert_eq!(up, want, "node {node}: {r}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

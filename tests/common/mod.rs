@@ -122,6 +122,20 @@ fn migrations_fingerprint() -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+/// Runs the statement `q` on `db`, PostgreSQL or SQLite.
+pub async fn execute(db: &Db, q: &str) {
+    match &db.pool {
+        db::DbPool::Pg(pool) => {
+            let mut conn = pool.get().await.expect("conn");
+            diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+        }
+        db::DbPool::Sqlite(pool) => {
+            let mut conn = pool.get().await.expect("conn");
+            diesel::sql_query(q).execute(&mut *conn).await.expect("sql");
+        }
+    }
+}
+
 /// One BIGINT (`n`) from `db`'s PostgreSQL database.
 pub async fn scalar(db: &Db, q: &str) -> i64 {
     #[derive(diesel::QueryableByName)]

@@ -158,28 +158,29 @@ pub async fn update_plan(
     );
     db_tx!(db, |conn, _| {
         let ts = now();
-        let p = if changes.name.is_none()
+        if changes.name.is_none()
             && changes.price_cents.is_none()
             && changes.duration_days.is_none()
             && changes.traffic_limit_bytes.is_none()
             && changes.device_limit.is_none()
         {
-            plans::table
+            // Nothing to change: answered as it is, nothing audited.
+            return plans::table
                 .find(id)
                 .select(Plan::as_select())
                 .first(conn)
                 .await
                 .optional()?
-        } else {
-            diesel::update(plans::table.find(id))
-                .set((&changes, plans::updated_at.eq(ts)))
-                .returning(Plan::as_returning())
-                .get_result(conn)
-                .await
-                .optional()
-                .map_err(AppError::on_conflict("a plan with this name exists"))?
-        };
-        let p = p.ok_or(AppError::NotFound("plan"))?;
+                .ok_or(AppError::NotFound("plan"));
+        }
+        let p = diesel::update(plans::table.find(id))
+            .set((&changes, plans::updated_at.eq(ts)))
+            .returning(Plan::as_returning())
+            .get_result(conn)
+            .await
+            .optional()
+            .map_err(AppError::on_conflict("a plan with this name exists"))?
+            .ok_or(AppError::NotFound("plan"))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -200,12 +201,22 @@ pub async fn archive_plan(db: &Db, actor: &Actor, id: PlanId) -> AppResult<Plan>
     );
     db_tx!(db, |conn, _| {
         let p = diesel::update(plans::table.find(id))
+            .filter(plans::archived.eq(false))
             .set((plans::archived.eq(true), plans::updated_at.eq(now())))
             .returning(Plan::as_returning())
             .get_result(conn)
             .await
-            .optional()?
-            .ok_or(AppError::NotFound("plan"))?;
+            .optional()?;
+        let Some(p) = p else {
+            // Archived already: answered as it is, nothing audited.
+            return plans::table
+                .find(id)
+                .select(Plan::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("plan"));
+        };
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)

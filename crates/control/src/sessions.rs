@@ -116,9 +116,9 @@ pub struct UsageBucket {
 pub const MAX_BUCKETS: i64 = 24 * 400;
 
 /// Usage per bucket in `[from, to)`: the actor's own, or for admins any
-/// user's (everyone's when `user_id` is `None`), optionally one node's.
-/// Another user's usage is forbidden to non-admins; the node filter is
-/// admins' only.
+/// user's (everyone's when `user_id` is `None`), optionally one node's
+/// (for anyone: a user sees only its own usage, on that node).
+/// Another user's usage is forbidden to non-admins.
 pub async fn usage(
     db: &Db,
     actor: &Actor,
@@ -132,7 +132,6 @@ pub async fn usage(
         return Err(AppError::Forbidden);
     }
     let user_id = actor.scope(user_id);
-    let node_id = node_id.filter(|_| actor.is_admin());
     let from = crate::validate::time("from", from)?;
     let to = crate::validate::time("to", to)?;
     if to <= from {

@@ -107,7 +107,8 @@ pub async fn grant(
 }
 
 /// Admin: adds days to a subscription (from its expiry, or from now if it
-/// has lapsed, which makes it active again).
+/// has lapsed, which makes it active again, unless its plan is
+/// archived).
 pub async fn extend(
     db: &Db,
     actor: &Actor,
@@ -132,6 +133,21 @@ pub async fn extend(
             return Err(AppError::Conflict(
                 "a cancelled subscription cannot be extended: grant a new one".into(),
             ));
+        }
+        // Bringing a lapsed subscription back is a new grant in all but
+        // name, which an archived plan no longer takes (one in force may
+        // still be extended: archiving lets running subscriptions go on).
+        if sub.expires_at <= ts || sub.status == SubscriptionStatus::Expired {
+            let archived: bool = plans::table
+                .find(sub.plan_id)
+                .select(plans::archived)
+                .first(conn)
+                .await?;
+            if archived {
+                return Err(AppError::Conflict(
+                    "the plan is archived: a lapsed subscription of it cannot be extended; grant another plan".into(),
+                ));
+            }
         }
         let from = sub.expires_at.max(ts);
         // Within what every backend stores and sorts as a time.
@@ -184,7 +200,9 @@ pub async fn extend(
 }
 
 /// Admin: cancels a subscription now; unless another one is in force, the
-/// owner's open sessions end and their tunnels are closed.
+/// owner's open sessions end and their tunnels are closed. A lapsed one
+/// can be cancelled too (then it cannot be extended); one cancelled
+/// already is answered as it is.
 pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Subscription> {
     actor.require_admin()?;
     db_tx!(db, |conn, outbox| {
@@ -192,7 +210,8 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
         // then subscriptions, so their lock comes first.
         crate::apply_lock!(conn);
         let ts = now();
-        let updated: Subscription = diesel::update(subscriptions::table.find(id))
+        let updated: Option<Subscription> = diesel::update(subscriptions::table.find(id))
+            .filter(subscriptions::status.ne(SubscriptionStatus::Cancelled))
             .set((
                 subscriptions::status.eq(SubscriptionStatus::Cancelled),
                 subscriptions::updated_at.eq(ts),
@@ -200,8 +219,18 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
             .returning(Subscription::as_returning())
             .get_result(conn)
             .await
-            .optional()?
-            .ok_or(AppError::NotFound("subscription"))?;
+            .optional()?;
+        let Some(updated) = updated else {
+            // Cancelled already: answered as it is, and nothing is
+            // audited or sent again.
+            return subscriptions::table
+                .find(id)
+                .select(Subscription::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("subscription"));
+        };
         let entry = audit::entry(
             actor,
             "cancel_subscription",

@@ -83,6 +83,8 @@ async fn hashing<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) ->
         .acquire()
         .await
         .map_err(|e| AppError::Internal(format!("hashing: {e}")))?;
+    #[cfg(test)]
+    tests::HASHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::task::spawn_blocking(move || {
         let out = job();
         drop(turn);
@@ -106,13 +108,23 @@ pub async fn hash_password(password: String) -> AppResult<String> {
 }
 
 /// Verifies a password against a stored argon2 hash, off the async threads.
-pub async fn verify_password(password: String, hash: String) -> bool {
-    if password.len() > MAX_PASSWORD_LEN {
-        return false;
+/// One longer than [`MAX_PASSWORD_LEN`] never matches, and takes the time
+/// of a check all the same (its first bytes are checked): answering it at
+/// once would tell that the account exists, since an unknown email spends
+/// a hash's time.
+pub async fn verify_password(mut password: String, hash: String) -> bool {
+    let too_long = password.len() > MAX_PASSWORD_LEN;
+    if too_long {
+        let mut end = MAX_PASSWORD_LEN;
+        while !password.is_char_boundary(end) {
+            end -= 1;
+        }
+        password.truncate(end);
     }
-    hashing(move || argon::verify(password.as_bytes(), &hash))
+    let verified = hashing(move || argon::verify(password.as_bytes(), &hash))
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+    verified && !too_long
 }
 
 /// A new opaque token: 256 random bits, URL-safe base64 without padding.
@@ -173,6 +185,24 @@ mod generation_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hashes and checks run (by every test of the crate).
+    pub(super) static HASHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    #[tokio::test]
+    async fn a_password_too_long_never_matches_and_is_checked_all_the_same() {
+        let password = "p".repeat(MAX_PASSWORD_LEN);
+        let hash = hash_password(password.clone()).await.expect("hash");
+        assert!(verify_password(password.clone(), hash.clone()).await);
+        let before = HASHED.load(std::sync::atomic::Ordering::Relaxed);
+        // Its first MAX_PASSWORD_LEN bytes are the password.
+        assert!(!verify_password(format!("{password}p"), hash.clone()).await);
+        assert!(!verify_password(format!("{password}\u{e9}"), hash).await);
+        assert!(
+            HASHED.load(std::sync::atomic::Ordering::Relaxed) >= before + 2,
+            "a check's time is spent on a password too long, as on an unknown email"
+        );
+    }
 
     #[test]
     fn the_password_policy_refuses_short_long_blank_and_control_characters() {

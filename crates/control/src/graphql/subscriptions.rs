@@ -157,7 +157,9 @@ impl SubscriptionMutation {
             .gql()
     }
 
-    /// Admin: adds days to a subscription.
+    /// Admin: adds days to a subscription, from its expiry (from now if it
+    /// has lapsed, which makes it active again). CONFLICT for a cancelled
+    /// subscription, and for a lapsed one of an archived plan.
     #[graphql(guard = "AdminOnly")]
     async fn extend_subscription(
         &self,
@@ -222,7 +224,9 @@ impl SubscriptionMutation {
             .gql()
     }
 
-    /// Admin: cancels a subscription now; its tunnels are closed.
+    /// Admin: cancels a subscription now; its tunnels are closed. A lapsed
+    /// one may be cancelled (it can no longer be extended); one cancelled
+    /// already is answered as it is (nothing audited again).
     #[graphql(guard = "AdminOnly")]
     async fn cancel_subscription(
         &self,
