@@ -663,6 +663,74 @@ async fn usage_reports_under_load_on_two_replicas_count_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_count_without_a_grant_is_capped_on_a_limited_plan_on_postgres() {
+    witness_without_a_grant(World::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_count_without_a_grant_is_capped_on_a_limited_plan_on_sqlite() {
+    witness_without_a_grant(World::on(TestDb::sqlite().await).await).await;
+}
+
+/// A node's count of a session for which its gateway asked no quota
+/// grant: on a limited plan it adds nothing to the gateway's own count
+/// (the gateway let nothing through on a grant, so the rest never reached
+/// the client); on an unlimited plan it is recorded whole.
+async fn witness_without_a_grant(w: World) {
+    let (_, node) = w.node("eu", "n1", 100).await;
+    w.beat(&node, 0).await;
+    let (limited_user, _, limited) = w.device().await;
+    let r = w
+        .gql(
+            "mutation{createPlan(input:{name:\"unlimited\",priceCents:\"0\",durationDays:30,trafficLimitBytes:null,deviceLimit:3}){id}}",
+            json!({}),
+        )
+        .await;
+    let plan = r["data"]["createPlan"]["id"]
+        .as_str()
+        .expect("plan")
+        .to_owned();
+    let (free_user, _, free) = w.device_on(&plan).await;
+    let mut sessions = Vec::new();
+    for tok in [&limited, &free] {
+        let (s, a) = w.assign(tok, None).await;
+        assert_eq!(s, 200, "{a}");
+        sessions.push(a["session_id"].as_str().expect("session").to_owned());
+    }
+    let (s, b) = w
+        .post(
+            "/api/v1/usage/report",
+            Some(&w.gateway),
+            json!({"reports": [{"session_id": sessions[0], "seq": 1, "bytes_up": 0, "bytes_down": 1000}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = w
+        .post(
+            "/api/v1/outline/witness",
+            Some(&node),
+            json!({"sessions": [
+                {"session_id": sessions[0], "epoch": 1, "bytes_up": 0, "bytes_down": 5_000_000_000i64},
+                {"session_id": sessions[1], "epoch": 1, "bytes_up": 0, "bytes_down": 5_000_000},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    w.usage_settled().await;
+    let used = "SELECT traffic_used_bytes AS n FROM subscriptions WHERE user_id = ";
+    assert_eq!(
+        w.scalar(&format!("{used}'{limited_user}'")).await,
+        1000,
+        "the gateway's count, no more"
+    );
+    assert_eq!(
+        w.scalar(&format!("{used}'{free_user}'")).await,
+        5_000_000,
+        "the node's count, whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn usage_ledger_counts_once_on_sqlite() {
     usage_ledger_counts_once(World::on(TestDb::sqlite().await).await).await;
 }
@@ -1810,6 +1878,163 @@ async fn auth_matrix_and_scoping(db: TestDb) {
             .0,
         401
     );
+}
+
+/// A gateway's credential retired: its open access-event stream ends
+/// without another line (the event that follows is not sent to it), the
+/// hot routes' cache of it is dropped by the change made here, and a
+/// gateway deleted where the cache still trusts it (the CLI, another
+/// replica) gets 401 from assign-outline, not a batch's 409.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retired_gateway_credential_gets_nothing_more() {
+    let w = World::new().await;
+    let (_, node) = w.node("eu", "n1", 100).await;
+    w.beat(&node, 0).await;
+    let (_, device, tok) = w.device().await;
+    let gateway = |name: &'static str| {
+        let w = &w;
+        async move {
+            let r = w
+                .gql(
+                    "mutation($n:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:\"https://gw.example.com\"}){token node{id}}}",
+                    json!({"n": name}),
+                )
+                .await;
+            let g = &r["data"]["registerGatewayNode"];
+            (
+                g["node"]["id"].as_str().expect("id").to_owned(),
+                g["token"].as_str().expect("token").to_owned(),
+            )
+        }
+    };
+    let (rotated, rotated_tok) = gateway("rotated").await;
+    let mut stream = client()
+        .get(w.url("/api/v1/gateway/access-events"))
+        .bearer_auth(&rotated_tok)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    let hello = stream.chunk().await.expect("hello").expect("a line");
+    assert!(String::from_utf8_lossy(&hello).contains("hello"));
+    let validate = |t: String| {
+        let w = &w;
+        let tok = tok.clone();
+        async move {
+            w.post(
+                "/api/v1/auth/validate-device",
+                Some(&t),
+                json!({"device_token": tok}),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(validate(rotated_tok.clone()).await, 200, "cached from now");
+    let r = w
+        .gql(
+            "mutation($i:UUID!){rotateNodeToken(id:$i)}",
+            json!({"i": rotated}),
+        )
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    assert_eq!(
+        validate(rotated_tok.clone()).await,
+        401,
+        "not from the cache"
+    );
+    let r = w
+        .gql(
+            "mutation($d:UUID!){revokeDevice(id:$d){id}}",
+            json!({"d": device}),
+        )
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let next = tokio::time::timeout(std::time::Duration::from_secs(15), stream.chunk())
+        .await
+        .expect("the stream ends");
+    assert!(
+        !matches!(next, Ok(Some(_))),
+        "no line after the credential was retired: {next:?}"
+    );
+
+    // Deleted where this process's cache still holds it.
+    let (deleted, deleted_tok) = gateway("deleted").await;
+    let (_, _, other) = w.device().await;
+    let (s, a) = w
+        .post(
+            "/api/v1/nodes/assign-outline",
+            Some(&deleted_tok),
+            json!({"device_token": other}),
+        )
+        .await;
+    assert_eq!(s, 200, "{a}");
+    httvps_control::nodes::delete(
+        &w.server.state.db,
+        &httvps_control::actor::Actor::Operator,
+        deleted.parse().expect("uuid"),
+    )
+    .await
+    .expect("deleted");
+    let (_, _, third) = w.device().await;
+    let (s, a) = w
+        .post(
+            "/api/v1/nodes/assign-outline",
+            Some(&deleted_tok),
+            json!({"device_token": third}),
+        )
+        .await;
+    assert_eq!(
+        (s, &a["error"]["code"]),
+        (401, &json!("UNAUTHENTICATED")),
+        "{a}"
+    );
+    // Others' assignments go on.
+    let (s, a) = w.assign(&third, None).await;
+    assert_eq!(s, 200, "{a}");
+}
+
+/// An anonymous request is answered 401 before its body is read: no
+/// `100 Continue`, no wait for a body that never comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anonymous_request_is_refused_before_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::on(TestDb::sqlite().await).await;
+    let addr = w.server.base.trim_start_matches("http://").to_owned();
+    for (auth, expect) in [
+        ("", ""),
+        (
+            "authorization: Bearer not-a-token\r\n",
+            "expect: 100-continue\r\n",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /api/v1/usage/report HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n{auth}{expect}\r\n"
+        );
+        s.write_all(head.as_bytes()).await.expect("head");
+        let mut got = vec![0u8; 4096];
+        // The body deadline is 30 s: an answer within 15 s came without it.
+        let n = tokio::time::timeout(std::time::Duration::from_secs(15), s.read(&mut got))
+            .await
+            .expect("answered without the body")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&got[..n]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    // The scheme's name in any case.
+    let (s, b) = w.post("/api/v1/gateway/heartbeat", None, json!({})).await;
+    assert_eq!(s, 401, "{b}");
+    let res = client()
+        .post(w.url("/api/v1/gateway/heartbeat"))
+        .header("authorization", format!("BEARER {}", w.gateway))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -505,12 +505,17 @@ async fn a_node_sigkilled_mid_transfer_is_covered_by_the_gateway() {
 /// body could hold at the old batch size, all of one session: the node
 /// splits its questions and its report, ties every connection and counts
 /// every byte of them for the session (no gateway reports here, so what is
-/// recorded is the node's count alone).
+/// recorded is the node's count alone: on an unlimited plan, since on a
+/// limited one a session without a grant is recorded no further than the
+/// gateway's count).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_ties_and_counts_more_connections_than_one_body_holds() {
     const CONNS: usize = 1_200;
     let (plane, listener) = Plane::prepare(0).await;
     drop(listener);
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
     let dir = common::tempdir::TempDir::new();
     let (node_token, node_port) = register_node(&plane, "busy").await;
     let node = spawn_node(&plane, &node_token, node_port, dir.path()).await;

@@ -93,6 +93,7 @@ pub struct DeviceViewer {
 }
 
 /// The bearer token of a request, if any; a malformed header is an error.
+/// The scheme's name is read in any case (RFC 9110, 11.1).
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
@@ -101,8 +102,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
         .to_str()
         .ok()
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
         })
         .map(|t| Some(t.trim()))
         .ok_or(AppError::Unauthenticated)

@@ -382,15 +382,14 @@ impl NodeMutation {
         status: NodeStatus,
     ) -> async_graphql::Result<Node> {
         let api = ctx.data::<AppContext>()?;
-        Ok(
-            match nodes::set_status(&api.db, &actor(ctx)?, id, status)
-                .await
-                .gql()?
-            {
-                AnyNode::Outline(n) => Node::Outline(n.into()),
-                AnyNode::Gateway(g) => Node::Gateway(g.into()),
-            },
-        )
+        let node = nodes::set_status(&api.db, &actor(ctx)?, id, status)
+            .await
+            .gql()?;
+        api.machines.forget(id);
+        Ok(match node {
+            AnyNode::Outline(n) => Node::Outline(n.into()),
+            AnyNode::Gateway(g) => Node::Gateway(g.into()),
+        })
     }
 
     /// Admin: deletes a node. Its open sessions end first (`node_down`) and
@@ -400,6 +399,7 @@ impl NodeMutation {
     async fn delete_node(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<bool> {
         let api = ctx.data::<AppContext>()?;
         nodes::delete(&api.db, &actor(ctx)?, id).await.gql()?;
+        api.machines.forget(id);
         Ok(true)
     }
 
@@ -415,9 +415,10 @@ impl NodeMutation {
     ) -> async_graphql::Result<String> {
         let api = ctx.data::<AppContext>()?;
         let ttl = ttl_hours(enrollment_ttl_hours).gql()?;
-        nodes::rotate_token(&api.db, &actor(ctx)?, id, ttl)
+        let (token, _) = nodes::rotate_token(&api.db, &actor(ctx)?, id, ttl)
             .await
-            .map(|(token, _)| token)
-            .gql()
+            .gql()?;
+        api.machines.forget(id);
+        Ok(token)
     }
 }

@@ -76,6 +76,14 @@ pub(super) async fn find_machine(db: &Db, token: &str) -> AppResult<Machine> {
 }
 
 impl Machine {
+    /// Its id.
+    pub fn id(&self) -> uuid::Uuid {
+        match self {
+            Machine::Gateway(g) => g.id.uuid(),
+            Machine::Outline(o) => o.id.uuid(),
+        }
+    }
+
     /// Until when its token's enrollment string works, if the token was
     /// neither redeemed nor used yet.
     pub fn enrollment_pending_until(&self) -> Option<NaiveDateTime> {
@@ -184,6 +192,14 @@ impl MachineCache {
         let machine = authenticate_machine(db, token).await?;
         self.inner.insert(hash, (Instant::now(), machine.clone()));
         Ok(machine)
+    }
+
+    /// Drops what is cached for the machine `id` (its token was retired,
+    /// or it was disabled or deleted): this process's next call with it
+    /// asks the database. Other processes (replicas, the CLI's changes)
+    /// learn it within [`MACHINE_CACHE_TTL`].
+    pub fn forget(&self, id: uuid::Uuid) {
+        self.inner.retain(|_, (_, m)| m.id() != id);
     }
 
     /// The machine cached for `hash`, if it was authenticated less than

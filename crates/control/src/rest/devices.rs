@@ -31,7 +31,7 @@ pub(super) async fn validate_device(
     body: ApiJson<DeviceRequest>,
 ) -> Result<Json<ValidateDeviceResponse>, AppError> {
     let caller = caller_with(&state, &headers, true).await?;
-    let req = body.read()?;
+    let req = body.read().await?;
     let v = verdict_for(&state, &caller, &req).await?;
     Ok(Json(ValidateDeviceResponse {
         valid: v.valid(),
@@ -94,7 +94,7 @@ pub(super) async fn assign_outline(
     body: ApiJson<DeviceRequest>,
 ) -> Result<Json<AssignResponse>, AppError> {
     let caller = caller_with(&state, &headers, true).await?;
-    let req = body.read()?;
+    let req = body.read().await?;
     let verdict = verdict_for(&state, &caller, &req).await?;
     let gateway = caller.gateway();
     let valid_until = verdict

@@ -31,7 +31,7 @@ pub(super) async fn usage_report(
     body: ApiJson<UsageReport>,
 ) -> Result<Json<UsageReportResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
-    let req = body.read()?;
+    let req = body.read().await?;
     let received = usage_accounting::receive(&state.db, g.id, &req.reports).await?;
     let mut close_sessions = received.close;
     let (applied, counted) = match received.id {
@@ -63,7 +63,7 @@ pub(super) async fn usage_links(
     body: ApiJson<SessionLinks>,
 ) -> Result<Json<SessionLinksResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
-    let req = body.read()?;
+    let req = body.read().await?;
     let accepted = usage_accounting::witness::link(&state.db, g.id, &req.links).await?;
     Ok(Json(SessionLinksResponse { accepted }))
 }
@@ -72,8 +72,11 @@ pub(super) async fn usage_links(
 /// once, an `access` line whenever someone's right to connect shrinks
 /// (drop cached validations, heartbeat now; one naming a node drops only
 /// the answers routing to it, one listing `regrant` sessions asks for
-/// their quota grants again), a `keepalive` line every 15 s. The stream
-/// ends when the server shuts down; gateways reconnect.
+/// their quota grants again), a `keepalive` line every 15 s. The
+/// gateway's token is checked again before every line after the `hello`
+/// (events that arrived together share one check): once it is retired, or
+/// the gateway disabled or deleted, the stream ends without another line.
+/// It also ends when the server shuts down; gateways reconnect.
 #[utoipa::path(get, path = "/api/v1/gateway/access-events",
     responses((status = 200, description = "Newline-delimited JSON events", content_type = "application/x-ndjson"),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -81,41 +84,84 @@ pub(super) async fn access_events(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<axum::response::Response, AppError> {
-    gateway_caller(&state, &headers).await?;
-    let events = state.db.events().subscribe_access();
-    let closing = state.closing.subscribe();
-    let lines = futures_util::stream::unfold(
-        (events, closing, true),
-        |(mut events, mut closing, first)| async move {
-            use tokio::sync::broadcast::error::RecvError;
-            let line = if first {
-                httvps_wire::events::HELLO_LINE.to_owned()
-            } else if *closing.borrow() {
-                return None;
-            } else {
-                tokio::select! {
-                    _ = closing.changed() => return None,
-                    got = tokio::time::timeout(ACCESS_KEEPALIVE, events.recv()) => match got {
-                        Err(_) => httvps_wire::events::KEEPALIVE_LINE.to_owned(),
-                        Ok(Ok(ev)) => serde_json::to_string(&ev).unwrap_or_default(),
-                        // Missed some: as good as an event.
-                        Ok(Err(RecvError::Lagged(_))) => httvps_wire::events::LAGGED_LINE.to_owned(),
-                        Ok(Err(RecvError::Closed)) => return None,
-                    },
-                }
-            };
-            let bytes = bytes::Bytes::from(line + "\n");
-            Some((
-                Ok::<_, std::convert::Infallible>(bytes),
-                (events, closing, false),
-            ))
-        },
-    );
+    let gateway = gateway_caller(&state, &headers).await?;
+    let token = crate::context::bearer_token(&headers)?
+        .ok_or(AppError::Unauthenticated)?
+        .to_owned();
+    let stream = AccessStream {
+        events: state.db.events().subscribe_access(),
+        closing: state.closing.subscribe(),
+        db: state.db.clone(),
+        token,
+        gateway: gateway.id.uuid(),
+        first: true,
+    };
+    let lines = futures_util::stream::unfold(stream, |mut s| async move {
+        let line = s.next().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
+            s,
+        ))
+    });
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
         axum::body::Body::from_stream(lines),
     )
         .into_response())
+}
+
+/// Most events sent after one check of the gateway's token.
+const EVENTS_PER_CHECK: usize = 64;
+
+/// One gateway's access-event stream (see [`access_events`]).
+struct AccessStream {
+    events: tokio::sync::broadcast::Receiver<crate::events::AccessEvent>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    db: crate::db::Db,
+    token: String,
+    gateway: uuid::Uuid,
+    first: bool,
+}
+
+impl AccessStream {
+    /// The next lines to send (each ending in a newline), or `None` when
+    /// the stream ends.
+    async fn next(&mut self) -> Option<String> {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        if std::mem::take(&mut self.first) {
+            return Some(format!("{}\n", httvps_wire::events::HELLO_LINE));
+        }
+        if *self.closing.borrow() {
+            return None;
+        }
+        let first = tokio::select! {
+            _ = self.closing.changed() => return None,
+            got = tokio::time::timeout(ACCESS_KEEPALIVE, self.events.recv()) => match got {
+                Err(_) => httvps_wire::events::KEEPALIVE_LINE.to_owned(),
+                Ok(Ok(ev)) => serde_json::to_string(&ev).unwrap_or_default(),
+                // Missed some: as good as an event.
+                Ok(Err(RecvError::Lagged(_))) => httvps_wire::events::LAGGED_LINE.to_owned(),
+                Ok(Err(RecvError::Closed)) => return None,
+            },
+        };
+        let mut lines = first + "\n";
+        for _ in 1..EVENTS_PER_CHECK {
+            let line = match self.events.try_recv() {
+                Ok(ev) => serde_json::to_string(&ev).unwrap_or_default(),
+                Err(TryRecvError::Lagged(_)) => httvps_wire::events::LAGGED_LINE.to_owned(),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            };
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+        // Nothing more for a credential retired meanwhile. A database
+        // that cannot answer ends the stream too: the gateway reconnects
+        // and is checked again.
+        match crate::nodes::authenticate_machine(&self.db, &self.token).await {
+            Ok(m) if m.id() == self.gateway => Some(lines),
+            _ => None,
+        }
+    }
 }
 
 /// Gateway liveness and load; answers with sessions to close.
@@ -127,7 +173,7 @@ pub(super) async fn gateway_heartbeat(
     body: ApiJson<GatewayBeat>,
 ) -> Result<Json<HeartbeatResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
-    let beat = body.read()?;
+    let beat = body.read().await?;
     let close = heartbeats::gateway(&state.db, &g, &beat).await?;
     Ok(Json(HeartbeatResponse {
         close_sessions: close,

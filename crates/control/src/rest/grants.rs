@@ -27,6 +27,6 @@ pub(super) async fn quota_grant(
     body: ApiJson<GrantRequest>,
 ) -> Result<Json<GrantResponse>, AppError> {
     let g = gateway_caller(&state, &headers).await?;
-    let req = body.read()?;
+    let req = body.read().await?;
     Ok(Json(grant_store::grant(&state.db, g.id, &req).await?))
 }

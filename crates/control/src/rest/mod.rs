@@ -61,24 +61,31 @@ pub fn routes() -> Router<AppState> {
 
 /// A JSON body whose every rejection (malformed, not an object, wrong
 /// types, unknown fields, wrong content type, a string no column holds) is
-/// a 400 in our error envelope. It is read when the request arrives but
-/// judged only by [`ApiJson::read`], which handlers call after they have
-/// authenticated the caller: an anonymous caller learns 401, not what is
-/// wrong with its body.
-pub struct ApiJson<T>(Result<T, AppError>);
+/// a 400 in our error envelope. It is not read until [`ApiJson::read`],
+/// which handlers call after they have authenticated the caller: an
+/// anonymous caller gets 401 at once, without a `100 Continue` and
+/// without the server waiting for its body, and learns nothing of what is
+/// wrong with it.
+pub struct ApiJson<T> {
+    req: Request,
+    body: std::marker::PhantomData<fn() -> T>,
+}
 
-impl<T> ApiJson<T> {
-    /// The body, or why it is refused.
-    pub fn read(self) -> Result<T, AppError> {
-        self.0
+impl<T: serde::de::DeserializeOwned> ApiJson<T> {
+    /// Reads the body now, or says why it is refused.
+    pub async fn read(self) -> Result<T, AppError> {
+        parse_body(self.req).await
     }
 }
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<S: Send + Sync, T> FromRequest<S> for ApiJson<T> {
     type Rejection = std::convert::Infallible;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ApiJson(parse_body(req).await))
+        Ok(ApiJson {
+            req,
+            body: std::marker::PhantomData,
+        })
     }
 }
 

@@ -39,7 +39,7 @@ pub(super) async fn outline_heartbeat(
     body: ApiJson<OutlineBeat>,
 ) -> Result<Json<HeartbeatResponse>, AppError> {
     let n = node_caller(&state, &headers).await?;
-    let beat = body.read()?;
+    let beat = body.read().await?;
     heartbeats::outline(&state.db, &n, &beat).await?;
     Ok(Json(HeartbeatResponse {
         close_sessions: vec![],
@@ -58,7 +58,7 @@ pub(super) async fn outline_witness(
     body: ApiJson<WitnessReport>,
 ) -> Result<Json<WitnessResponse>, AppError> {
     let n = node_caller(&state, &headers).await?;
-    let req = body.read()?;
+    let req = body.read().await?;
     let w = usage_accounting::witness::witness(&state.db, n.id, &req).await?;
     if let Some(id) = w.row {
         // Stored: applied by this pass or a later one.

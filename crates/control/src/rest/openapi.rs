@@ -130,9 +130,10 @@ impl utoipa::Modify for Contract {
                         throttled("Too many attempts (from this source, or for this device); see Retry-After."),
                     );
                 }
+                // Every route, with a body or not: the limit comes first.
+                add(op, "413", "A body larger than 64 KiB (declared or sent).");
                 if has_body {
                     add(op, "400", "The body is not a JSON object of this shape.");
-                    add(op, "413", "The body is larger than 64 KiB.");
                     add(
                         op,
                         "408",

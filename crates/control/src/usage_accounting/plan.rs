@@ -48,8 +48,9 @@ impl Totals {
 /// what the node counts beyond it never reached the client: it sat in the
 /// sockets between the node and a gateway that had stopped reading at the
 /// cut-off. The download surplus is cut first (that is where those bytes
-/// are), then the upload's. Without a grant (an unlimited subscription,
-/// or a gateway that never asked) nothing is cut.
+/// are), then the upload's. Without a cap (an unlimited subscription)
+/// nothing is cut; a limited one's session without a grant has a cap of
+/// 0 (see `statements::READ`): the node adds nothing to the gateway's.
 pub fn recorded(gateway: Totals, node: Totals, cap: Option<i64>) -> Totals {
     let r = gateway.max(node);
     let Some(cap) = cap else {

@@ -44,19 +44,28 @@ pub const INBOX_DELETE: Statement = Statement {
 };
 
 /// Reads the sessions about to grow with their owners and their quota
-/// grants' limits (the node witness's cap). Only the applier writes byte
-/// totals, and appliers take turns, so no row lock is needed.
+/// grants' limits (the node witness's cap). A session with no grant whose
+/// owner's subscription is limited gets a cap of 0: the gateway let
+/// nothing through on a grant, so the node's count goes no further than
+/// the gateway's own (the subquery runs only where the grant is missing).
+/// Only the applier writes byte totals, and appliers take turns, so no
+/// row lock is needed.
 pub const READ: Statement = Statement {
     pg: "SELECT s.id, d.user_id, s.bytes_up, s.bytes_down, s.last_seq, s.end_reason, \
          s.hour_start, s.hour_up, s.hour_down, s.witness_epoch, s.witness_base_up, \
-         s.witness_base_down, s.witness_up, s.witness_down, g.granted AS witness_cap \
+         s.witness_base_down, s.witness_up, s.witness_down, \
+         COALESCE(g.granted, (SELECT 0::bigint FROM subscriptions sub \
+           WHERE sub.user_id = d.user_id AND sub.status = 'active' \
+           AND sub.traffic_limit_bytes IS NOT NULL LIMIT 1)) AS witness_cap \
          FROM sessions s JOIN devices d ON d.id = s.device_id \
          LEFT JOIN quota_grants g ON g.session_id = s.id \
          WHERE s.id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
     sqlite: "SELECT s.id, d.user_id, s.bytes_up, s.bytes_down, s.last_seq, \
              s.end_reason, s.hour_start, s.hour_up, s.hour_down, s.witness_epoch, \
              s.witness_base_up, s.witness_base_down, s.witness_up, s.witness_down, \
-             g.granted AS witness_cap \
+             COALESCE(g.granted, (SELECT 0 FROM subscriptions sub \
+               WHERE sub.user_id = d.user_id AND sub.status = 'active' \
+               AND sub.traffic_limit_bytes IS NOT NULL LIMIT 1)) AS witness_cap \
              FROM sessions s JOIN devices d ON d.id = s.device_id \
              LEFT JOIN quota_grants g ON g.session_id = s.id \
              WHERE s.id IN (SELECT value FROM json_each(?1))",

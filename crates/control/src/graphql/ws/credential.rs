@@ -40,13 +40,12 @@ fn bearer(payload: &serde_json::Value) -> Option<String> {
     let obj = payload.as_object()?;
     for key in ["Authorization", "authorization"] {
         if let Some(v) = obj.get(key).and_then(|v| v.as_str()) {
-            return Some(
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                    .unwrap_or(v)
-                    .trim()
-                    .to_owned(),
-            );
+            // The scheme's name in any case, as in a header.
+            let token = v
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map_or(v, |(_, token)| token);
+            return Some(token.trim().to_owned());
         }
     }
     obj.get("token").and_then(|v| v.as_str()).map(str::to_owned)
