@@ -124,8 +124,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "GATEWAY_DRAIN_GRACE_SECS", default_value_t = 10)]
     pub drain_grace_secs: u64,
     /// Directory of the gateway's own files (the usage spool, the ACME
-    /// cache); created if missing. Absolute by default, as --credentials:
-    /// a service started from another directory keeps its files.
+    /// cache); created if missing. Absolute, as --credentials.
     #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "/var/lib/httvps")]
     pub data_dir: PathBuf,
     /// File keeping usage totals across restarts, even SIGKILL (written and
@@ -160,7 +159,9 @@ pub struct GatewayArgs {
     /// it, 503 with Retry-After at once.
     #[arg(long, env = "GATEWAY_MAX_PENDING_CHECKS", default_value_t = 512)]
     pub max_pending_checks: usize,
-    /// The same, for calls caused by one source (IPv4 address, IPv6 /64).
+    /// The same, for calls caused by one source (IPv4 address, IPv6 /64);
+    /// four times as many of its HTTP/2 streams may wait on such calls in
+    /// all.
     #[arg(
         long,
         env = "GATEWAY_MAX_PENDING_CHECKS_PER_SOURCE",
@@ -259,10 +260,9 @@ pub struct ConnectArgs {
     /// Extra trusted certificate (PEM), for a self-signed gateway.
     #[arg(long, env = "CLIENT_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
-    /// Region wanted; default: the region of the device's open session,
-    /// else the control plane's default region (the configured gateway
-    /// URL's, else the first active gateway's, else the first created;
-    /// never a random one).
+    /// Region wanted; default: the device's open session's, else the
+    /// control plane's default (the configured gateway URL's, else the
+    /// first active gateway's, else the first created; never random).
     #[arg(long, env = "CLIENT_REGION")]
     pub region: Option<String>,
     /// Forward every connection on the --socks address to this host:port

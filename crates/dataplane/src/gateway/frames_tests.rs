@@ -184,3 +184,131 @@ fn read_errors_map_to_the_close_they_call_for() {
         None
     );
 }
+
+/// Hands out `bytes` `step` bytes per read.
+struct Trickle {
+    bytes: Vec<u8>,
+    at: usize,
+    step: usize,
+}
+
+impl AsyncRead for Trickle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self
+            .step
+            .min(self.bytes.len() - self.at)
+            .min(buf.remaining());
+        let at = self.at;
+        buf.put_slice(&self.bytes[at..at + n]);
+        self.at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn the_reader_gives_every_frame_unmasked_however_the_reads_split() {
+    let sizes = [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000];
+    let mut stream = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..*n).map(|j| (i + j) as u8).collect();
+        stream.extend(frame(*n != 126, 2, &payload, true));
+        if *n == 126 {
+            stream.extend(frame(true, 0, b"end", true));
+        }
+    }
+    stream.extend(frame(true, 9, b"ping", true));
+    stream.extend(frame(true, 1, "text é".as_bytes(), true));
+    for step in [1, 3, 14, 1_000, stream.len()] {
+        let mut r = Reader::new(
+            Trickle {
+                bytes: stream.clone(),
+                at: 0,
+                step,
+            },
+            70_000,
+        );
+        for (i, n) in sizes.iter().enumerate() {
+            let f = r
+                .read()
+                .await
+                .unwrap_or_else(|e| panic!("step {step}: {e}"));
+            let want: Vec<u8> = (0..*n).map(|j| (i + j) as u8).collect();
+            assert_eq!((f.opcode, &f.payload[..]), (OpCode::Binary, &want[..]));
+            assert_eq!(f.fin, *n != 126);
+            if *n == 126 {
+                let f = r.read().await.expect("continuation");
+                assert_eq!(
+                    (f.opcode, &f.payload[..]),
+                    (OpCode::Continuation, &b"end"[..])
+                );
+            }
+        }
+        let f = r.read().await.expect("ping");
+        assert_eq!((f.opcode, &f.payload[..]), (OpCode::Ping, &b"ping"[..]));
+        let f = r.read().await.expect("text");
+        assert_eq!(&f.payload[..], "text é".as_bytes());
+        assert!(matches!(r.read().await, Err(WebSocketError::UnexpectedEOF)));
+    }
+}
+
+#[tokio::test]
+async fn the_reader_refuses_what_breaks_the_rules() {
+    let refused = |bytes: Vec<u8>| async move {
+        let mut r = Reader::new(&bytes[..], 1_000);
+        r.read().await.map(|_| ()).expect_err("refused")
+    };
+    let too_large = refused(frame(true, 2, &[0u8; 1_001], true)).await;
+    assert_eq!(failure(&too_large).map(|r| r.0), Some(1009));
+    let at_limit = frame(true, 2, &[0u8; 1_000], true);
+    assert!(Reader::new(&at_limit[..], 1_000).read().await.is_ok());
+    let mut reserved = frame(true, 2, b"x", true);
+    reserved[0] |= 0x40;
+    assert_eq!(failure(&refused(reserved).await).map(|r| r.0), Some(1002));
+    assert_eq!(
+        failure(&refused(frame(true, 3, b"x", true)).await).map(|r| r.0),
+        Some(1002),
+        "an unknown opcode"
+    );
+    assert_eq!(
+        failure(&refused(frame(false, 9, b"x", true)).await).map(|r| r.0),
+        Some(1002),
+        "a fragmented Ping"
+    );
+    assert_eq!(
+        failure(&refused(frame(true, 9, &[0u8; 126], true)).await).map(|r| r.0),
+        Some(1002),
+        "a Ping too large"
+    );
+    assert_eq!(
+        failure(&refused(frame(true, 1, &[0xff, 0xfe], true)).await).map(|r| r.0),
+        Some(1007),
+        "text not UTF-8"
+    );
+    // A length past what any frame may have is refused before a byte of
+    // payload is awaited.
+    let mut huge = vec![0x82, 0xff];
+    huge.extend_from_slice(&u64::MAX.to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    assert_eq!(failure(&refused(huge).await).map(|r| r.0), Some(1009));
+    // Cut short: the connection is gone, nothing to tell.
+    let cut = frame(true, 2, &[0u8; 500], true);
+    assert_eq!(failure(&refused(cut[..100].to_vec()).await), None);
+}
+
+#[tokio::test]
+async fn the_reader_lets_go_of_a_large_frames_buffer() {
+    let mut stream = frame(true, 2, &vec![5u8; 250_000], true);
+    stream.extend(frame(true, 2, b"small", true));
+    let mut r = Reader::new(&stream[..], 256 * 1024);
+    let big = r.read().await.expect("large");
+    assert_eq!(big.payload.len(), 250_000);
+    drop(big);
+    assert!(r.buf.capacity() <= READ_AHEAD, "{}", r.buf.capacity());
+    let small = r.read().await.expect("small");
+    assert_eq!(&small.payload[..], b"small");
+    assert!(r.buf.capacity() <= READ_AHEAD, "{}", r.buf.capacity());
+}

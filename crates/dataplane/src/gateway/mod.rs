@@ -293,6 +293,9 @@ pub async fn run(
                 calls_per_source: opts.max_pending_checks_per_source,
                 // More would be refused at the device's cap anyway.
                 waiting_per_call: opts.max_tunnels_per_device,
+                // A new device's burst of tunnels fits (a page through a
+                // SOCKS proxy opens a few dozen at once).
+                waiting_per_source: opts.max_pending_checks_per_source.saturating_mul(4),
             },
         ),
         caps: Mutex::new(caps::Caps::new(

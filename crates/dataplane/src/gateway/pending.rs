@@ -7,8 +7,13 @@
 //!
 //! Calls about credentials the gateway has never seen answered yes are
 //! what a stranger can cause in any number, so those in flight at once are
-//! bounded, per source (an IPv4 address, an IPv6 /64) and in all; and no
-//! call has more requests waiting on it than one device may have tunnels.
+//! bounded, per source (an IPv4 address, an IPv6 /64) and in all; no call
+//! has more requests waiting on it than one device may have tunnels; and a
+//! source has at most [`Limits::waiting_per_source`] HTTP/2 streams
+//! waiting on strangers' calls in all (its own calls and those it joins),
+//! so one connection cannot hang hundreds of streams, each sending ahead
+//! up to its window, on one slow call (an HTTP/1.1 request sends nothing
+//! ahead that the server holds: it is not counted there).
 //! A request beyond a bound is refused at once, before any call. The
 //! guessing throttle counts answers, so without these bounds a burst of
 //! guesses sent before the first answers would not be bounded at all, and
@@ -41,6 +46,8 @@ pub(crate) struct Limits {
     pub calls_per_source: usize,
     /// Requests waiting on one call.
     pub waiting_per_call: usize,
+    /// Strangers' HTTP/2 streams from one source waiting on calls, in all.
+    pub waiting_per_source: usize,
 }
 
 struct Inner<T> {
@@ -48,6 +55,8 @@ struct Inner<T> {
     /// Strangers' calls in flight, in all and per source.
     counted: usize,
     by_source: SourceCounts,
+    /// Strangers' requests waiting, per source.
+    waiting_by_source: SourceCounts,
 }
 
 struct Call<T> {
@@ -63,8 +72,11 @@ struct Call<T> {
 pub(crate) enum Asker {
     /// A credential with a positive answer cached: its call is not counted.
     Known,
-    /// Anyone else, from `Some(source)` (`None`: counted in all only).
-    Stranger(Option<IpAddr>),
+    /// Anyone else, from `Some(source)` (`None`: counted in all only),
+    /// and whether its request may send data ahead of its admission (an
+    /// HTTP/2 stream, up to its window: bounded per source while it
+    /// waits).
+    Stranger(Option<IpAddr>, bool),
 }
 
 /// A request's place among those waiting for the call about its
@@ -73,6 +85,8 @@ pub(crate) struct Place<'a, T> {
     flights: &'a Flights<T>,
     token: String,
     answer: Arc<OnceCell<T>>,
+    /// The source whose waiting stranger this is, if one.
+    stranger: Option<IpAddr>,
 }
 
 impl<T: Clone> Flights<T> {
@@ -83,11 +97,13 @@ impl<T: Clone> Flights<T> {
                 calls: HashMap::new(),
                 counted: 0,
                 by_source: SourceCounts::new(limits.calls_per_source),
+                waiting_by_source: SourceCounts::new(limits.waiting_per_source.max(1)),
             }),
             limits: Limits {
                 calls: limits.calls.max(1),
                 calls_per_source: limits.calls_per_source.max(1),
                 waiting_per_call: limits.waiting_per_call.max(1),
+                waiting_per_source: limits.waiting_per_source.max(1),
             },
         }
     }
@@ -99,16 +115,42 @@ impl<T: Clone> Flights<T> {
     pub fn join(&self, token: &str, asker: Asker) -> Option<Place<'_, T>> {
         let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let inner = &mut *guard;
+        let stranger = match asker {
+            Asker::Stranger(Some(ip), true) => Some(ip),
+            _ => None,
+        };
+        if let Some(ip) = stranger
+            && !inner.waiting_by_source.take(ip)
+        {
+            return None;
+        }
+        let placed = self.place_in(inner, token, asker, stranger);
+        if placed.is_none()
+            && let Some(ip) = stranger
+        {
+            inner.waiting_by_source.give(ip);
+        }
+        placed
+    }
+
+    /// [`Flights::join`] once the stranger's waiting place is taken.
+    fn place_in(
+        &self,
+        inner: &mut Inner<T>,
+        token: &str,
+        asker: Asker,
+        stranger: Option<IpAddr>,
+    ) -> Option<Place<'_, T>> {
         if let Some(call) = inner.calls.get_mut(token) {
             if call.waiting >= self.limits.waiting_per_call {
                 return None;
             }
             call.waiting += 1;
-            return Some(self.place(token, call.answer.clone()));
+            return Some(self.place(token, call.answer.clone(), stranger));
         }
         let counted = match asker {
             Asker::Known => None,
-            Asker::Stranger(source) => {
+            Asker::Stranger(source, _) => {
                 if inner.counted >= self.limits.calls {
                     return None;
                 }
@@ -130,7 +172,7 @@ impl<T: Clone> Flights<T> {
                 counted,
             },
         );
-        Some(self.place(token, answer))
+        Some(self.place(token, answer, stranger))
     }
 
     /// Whether a call under the key `token` is in flight.
@@ -139,11 +181,17 @@ impl<T: Clone> Flights<T> {
         inner.calls.contains_key(token)
     }
 
-    fn place(&self, token: &str, answer: Arc<OnceCell<T>>) -> Place<'_, T> {
+    fn place(
+        &self,
+        token: &str,
+        answer: Arc<OnceCell<T>>,
+        stranger: Option<IpAddr>,
+    ) -> Place<'_, T> {
         Place {
             flights: self,
             token: token.to_owned(),
             answer,
+            stranger,
         }
     }
 
@@ -188,6 +236,9 @@ impl<T> Drop for Place<'_, T> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let inner = &mut *guard;
+        if let Some(ip) = self.stranger {
+            inner.waiting_by_source.give(ip);
+        }
         let Some(call) = inner.calls.get_mut(&self.token) else {
             return;
         };
@@ -223,29 +274,88 @@ mod tests {
             calls,
             calls_per_source,
             waiting_per_call,
+            waiting_per_source: 100,
         })
+    }
+
+    #[test]
+    fn a_sources_strangers_waiting_are_bounded_in_all() {
+        let f = Flights::<u32>::new(Limits {
+            calls: 100,
+            calls_per_source: 100,
+            waiting_per_call: 100,
+            waiting_per_source: 4,
+        });
+        let mut held: Vec<_> = (0..4)
+            .map(|_| {
+                f.join("t", Asker::Stranger(Some(ip(1)), true))
+                    .expect("room")
+            })
+            .collect();
+        assert!(
+            f.join("t", Asker::Stranger(Some(ip(1)), true)).is_none(),
+            "a fifth waiting on the same call"
+        );
+        assert!(
+            f.join("u", Asker::Stranger(Some(ip(1)), true)).is_none(),
+            "nor on a call of its own"
+        );
+        let h1 = f
+            .join("t", Asker::Stranger(Some(ip(1)), false))
+            .expect("an HTTP/1.1 request sends nothing ahead: not counted");
+        let other = f
+            .join("t", Asker::Stranger(Some(ip(2)), true))
+            .expect("another source waits");
+        let known = f.join("t", Asker::Known).expect("a known device waits");
+        held.pop();
+        held.push(
+            f.join("t", Asker::Stranger(Some(ip(1)), true))
+                .expect("a place freed"),
+        );
+        drop((held, h1, other, known));
+        assert_eq!(f.calls(), 0);
+        // A refusal at another bound takes no waiting place.
+        let f = Flights::<u32>::new(Limits {
+            calls: 100,
+            calls_per_source: 1,
+            waiting_per_call: 100,
+            waiting_per_source: 2,
+        });
+        let first = f
+            .join("a", Asker::Stranger(Some(ip(1)), true))
+            .expect("room");
+        for _ in 0..5 {
+            assert!(f.join("b", Asker::Stranger(Some(ip(1)), true)).is_none());
+        }
+        let second = f.join("a", Asker::Stranger(Some(ip(1)), true));
+        assert!(second.is_some(), "its one other waiting place is free");
+        drop((first, second));
     }
 
     #[test]
     fn strangers_calls_are_bounded_per_source_and_in_all_and_known_devices_are_not() {
         let f = flights(3, 2, 100);
-        let a1 = f.join("t1", Asker::Stranger(Some(ip(1)))).expect("first");
-        let a2 = f.join("t2", Asker::Stranger(Some(ip(1)))).expect("second");
+        let a1 = f
+            .join("t1", Asker::Stranger(Some(ip(1)), true))
+            .expect("first");
+        let a2 = f
+            .join("t2", Asker::Stranger(Some(ip(1)), true))
+            .expect("second");
         assert!(
-            f.join("t3", Asker::Stranger(Some(ip(1)))).is_none(),
+            f.join("t3", Asker::Stranger(Some(ip(1)), true)).is_none(),
             "a third call from one source"
         );
         let waiter = f
-            .join("t1", Asker::Stranger(Some(ip(1))))
+            .join("t1", Asker::Stranger(Some(ip(1)), true))
             .expect("waiting on a call in flight is no new call");
         let b1 = f
-            .join("t4", Asker::Stranger(Some(ip(2))))
+            .join("t4", Asker::Stranger(Some(ip(2)), true))
             .expect("another source");
         assert!(
-            f.join("t5", Asker::Stranger(Some(ip(3)))).is_none(),
+            f.join("t5", Asker::Stranger(Some(ip(3)), true)).is_none(),
             "past the bound in all"
         );
-        assert!(f.join("t6", Asker::Stranger(None)).is_none());
+        assert!(f.join("t6", Asker::Stranger(None, true)).is_none());
         let known: Vec<_> = (0..10)
             .map(|i| {
                 f.join(&format!("k{i}"), Asker::Known)
@@ -258,7 +368,7 @@ mod tests {
         drop(waiter);
         assert_eq!(f.counted(ip(1)), (2, 1));
         let a3 = f
-            .join("t3", Asker::Stranger(Some(ip(1))))
+            .join("t3", Asker::Stranger(Some(ip(1)), true))
             .expect("a place freed");
         drop((a2, a3, b1, known));
         assert_eq!(f.counted(ip(1)), (0, 0));
@@ -272,7 +382,7 @@ mod tests {
             .map(|_| f.join("t", Asker::Known).expect("room"))
             .collect();
         assert!(f.join("t", Asker::Known).is_none());
-        assert!(f.join("t", Asker::Stranger(Some(ip(1)))).is_none());
+        assert!(f.join("t", Asker::Stranger(Some(ip(1)), true)).is_none());
         let other = f.join("u", Asker::Known).expect("another credential");
         assert!(f.in_flight("t") && f.in_flight("u") && !f.in_flight("v"));
         drop(places);
@@ -293,7 +403,10 @@ mod tests {
             7
         };
         let places: Vec<_> = (0..20)
-            .map(|_| f.join("t", Asker::Stranger(Some(ip(1)))).expect("room"))
+            .map(|_| {
+                f.join("t", Asker::Stranger(Some(ip(1)), true))
+                    .expect("room")
+            })
             .collect();
         let answers = futures_util::future::join_all(places.iter().map(|p| p.answer(ask)));
         let release = async {

@@ -114,9 +114,9 @@ fn presented(req: &Request) -> Option<String> {
 }
 
 /// The answer to a credential that is not routed: an unknown one looks
-/// like an unknown path (the control plane's answer about it counts as a
-/// guess of its source, which may shut the source out), a refused one too
-/// (the access document shows the reason instead).
+/// like an unknown path (the control plane's answer about it counted as a
+/// guess of its source, which may have shut the source out: then 429), a
+/// refused one too (the access document shows the reason instead).
 fn refusal_response(gw: &Gateway, r: Refusal, peer: Option<IpAddr>) -> Response {
     gw.metrics.refused();
     tracing::debug!(refusal = ?r, "tunnel refused");
@@ -124,7 +124,7 @@ fn refusal_response(gw: &Gateway, r: Refusal, peer: Option<IpAddr>) -> Response 
         Refusal::Unknown { asked } => {
             let shut = peer
                 .filter(|_| asked)
-                .and_then(|ip| gw.throttle.guessed(ip));
+                .and_then(|ip| gw.throttle.shut_out(ip));
             match shut {
                 Some(window) => {
                     tracing::debug!("source shut out for guessing tokens");
@@ -168,6 +168,7 @@ async fn admit(
     gw: &Arc<Gateway>,
     token: &str,
     peer: Option<IpAddr>,
+    ahead: bool,
 ) -> Result<(Arc<Route>, CapSlot), Response> {
     if let Some(device) = gw.validations.known_device(token)
         && let Some(refusal) = gw.cap_refusal(&device)
@@ -175,7 +176,7 @@ async fn admit(
         return Err(cap_response(gw, refusal));
     }
     let route = gw
-        .route(token, peer)
+        .route(token, peer, ahead)
         .await
         .map_err(|r| refusal_response(gw, r, peer))?;
     let slot = CapSlot::take(gw, &route.device).map_err(|r| cap_response(gw, r))?;
@@ -194,7 +195,7 @@ async fn connect_node(
     for attempt in 0..2 {
         if attempt > 0 {
             route = gw
-                .route(token, peer)
+                .route(token, peer, false)
                 .await
                 .map_err(|r| refusal_response(gw, r, peer))?;
         }
@@ -249,7 +250,8 @@ async fn ws_tcp(
     let conn = req.extensions().get::<Conn>().cloned();
     let peer = conn.as_ref().map(|c| c.peer);
     let (gwr, tok) = (&gw, token.as_str());
-    let opened = admitted(&gw, &token, conn, move |route| {
+    let ahead = req.version() == axum::http::Version::HTTP_2;
+    let opened = admitted(&gw, &token, conn, ahead, move |route| {
         connect_node(gwr, tok, route, peer)
     });
     let (route, node, guard) = match opened.await {
@@ -285,6 +287,7 @@ async fn admitted<N, F, Fut>(
     gw: &Arc<Gateway>,
     token: &str,
     conn: Option<Conn>,
+    ahead: bool,
     node: F,
 ) -> Result<(Arc<Route>, N, TunnelGuard), Response>
 where
@@ -297,7 +300,7 @@ where
     let _carrying = conn.as_ref().map(|c| c.stranger.carry());
     let mut again = true;
     loop {
-        let (route, slot) = admit(gw, token, peer).await?;
+        let (route, slot) = admit(gw, token, peer, ahead).await?;
         let (route, side) = node(route).await?;
         let guard = TunnelGuard::new(slot, &route.session_id, conn.clone());
         if guard.room().await {
@@ -370,7 +373,8 @@ async fn ws_udp(
     let conn = req.extensions().get::<Conn>().cloned();
     let peer = conn.as_ref().map(|c| c.peer);
     let gwr = &gw;
-    let opened = admitted(&gw, &token, conn, move |route| async move {
+    let ahead = req.version() == axum::http::Version::HTTP_2;
+    let opened = admitted(&gw, &token, conn, ahead, move |route| async move {
         match node_socket(&route).await {
             Some(socket) => Ok((route, socket)),
             None => Err(refusal_response(gwr, Refusal::Unavailable, peer)),
@@ -414,11 +418,11 @@ async fn access_document(
         )
             .into_response()
     };
-    let mut route = gw.route(&token, peer(&req)).await;
+    let mut route = gw.route(&token, peer(&req), false).await;
     if let Ok(r) = &route
         && let Standing::Ended = standing(&gw, &token, &r.session_id)
     {
-        route = gw.route(&token, peer(&req)).await;
+        route = gw.route(&token, peer(&req), false).await;
     }
     match route {
         Ok(route) => match standing(&gw, &token, &route.session_id) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::Gateway;
 use super::accept::Conn;
 use super::caps::CapRefusal;
-use super::frames::{self, MaskedOnly, Sequence};
+use super::frames::{self, MaskedOnly, Reader, Sequence};
 use super::sessions::{Closing, Session};
 use super::strangers::Carrying;
 use super::upgrade::Opening;
@@ -119,7 +119,7 @@ pub(crate) type WsIo = TokioIo<hyper::upgrade::Upgraded>;
 /// The reading half of a tunnel's WebSocket: the client's frames, held to
 /// the protocol (see `frames`).
 pub(crate) struct ClientFrames {
-    rx: WebSocketRead<MaskedOnly<tokio::io::ReadHalf<WsIo>>>,
+    rx: Reader<MaskedOnly<tokio::io::ReadHalf<WsIo>>>,
     sequence: Sequence,
 }
 
@@ -133,26 +133,26 @@ pub(crate) async fn open(
     max_frame: usize,
     queue: usize,
 ) -> Option<(ClientFrames, mpsc::Sender<Frame<'static>>, Writer)> {
-    let mut ws = match fut {
-        Opening::H1(fut) => fut.await.ok()?,
-        Opening::H2(on) => {
-            let mut ws = WebSocket::after_handshake(TokioIo::new(on.await.ok()?), Role::Server);
-            // hyper's HTTP/2 stream takes one buffer per write: a vectored
-            // frame would leave as two DATA frames (the frame header on
-            // its own). One buffer keeps a frame one DATA frame.
-            ws.set_writev(false);
-            ws
-        }
+    let (io, h2) = match fut {
+        // Nothing is read into the WebSocket's own buffer by the upgrade:
+        // its stream is all there is.
+        Opening::H1(fut) => (fut.await.ok()?.into_inner(), false),
+        Opening::H2(on) => (
+            WebSocket::after_handshake(TokioIo::new(on.await.ok()?), Role::Server).into_inner(),
+            true,
+        ),
     };
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    // fastwebsockets refuses a payload of its limit too: `max_frame`
-    // bytes are allowed, 1009 beyond.
-    ws.set_max_message_size(max_frame.saturating_add(1));
-    let (rx, mut tx) = ws.split(|io| {
-        let (r, w) = tokio::io::split(io);
-        (MaskedOnly::new(r), w)
-    });
+    let (r, w) = tokio::io::split(io);
+    // Frames are read by our reader (see `frames`), written by
+    // fastwebsockets' writer (no automatic Close or Pong on this side).
+    let rx = Reader::new(MaskedOnly::new(r), max_frame);
+    let (_, mut tx) = fastwebsockets::after_handshake_split(tokio::io::empty(), w, Role::Server);
+    if h2 {
+        // hyper's HTTP/2 stream takes one buffer per write: a vectored
+        // frame would leave as two DATA frames (the frame header on its
+        // own). One buffer keeps a frame one DATA frame.
+        tx.set_writev(false);
+    }
     let (out, mut out_rx) = mpsc::channel::<Frame<'static>>(queue);
     let written = Arc::new(AtomicU64::new(0));
     let count = written.clone();
@@ -180,11 +180,7 @@ impl ClientFrames {
         out: &mpsc::Sender<Frame<'static>>,
         progress: &Progress,
     ) -> Option<Frame<'_>> {
-        let refusal = match self
-            .rx
-            .read_frame::<_, WebSocketError>(&mut |_| async { Ok(()) })
-            .await
-        {
+        let refusal = match self.rx.read().await {
             Ok(f) => match self.sequence.check(&f) {
                 Ok(()) => return Some(f),
                 Err(r) => Some(r),

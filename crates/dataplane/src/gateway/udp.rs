@@ -17,8 +17,13 @@ use super::sessions::Session;
 use super::tunnel::{self, TunnelGuard, closed_signal};
 use super::upgrade::Opening;
 
-/// Largest datagram.
-const DATAGRAM_MAX: usize = 65_536;
+/// Largest datagram: the most one UDP datagram carries over IPv4
+/// (65,535 less the IP and UDP headers); a larger one could not be sent
+/// to the node.
+const DATAGRAM_MAX: usize = 65_507;
+
+/// Room for any datagram the node sends (over IPv6 up to 65,527 bytes).
+const RECV_MAX: usize = 65_536;
 
 /// Pipes one UDP tunnel until either side ends it, or it is idle.
 pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
@@ -52,12 +57,15 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
             match frame.opcode {
                 OpCode::Binary | OpCode::Continuation => {
                     let whole = frame.fin && gathered.is_empty();
+                    // Whole or in fragments, a message past a datagram's
+                    // size ends the tunnel (it could not be sent, and is
+                    // not counted).
+                    if gathered.len() + frame.payload.len() > DATAGRAM_MAX {
+                        let too_large = Frame::close(1009, b"datagram too large");
+                        tunnel::queue_last(&up_out, &up_progress, too_large).await;
+                        return;
+                    }
                     if !whole {
-                        if gathered.len() + frame.payload.len() > DATAGRAM_MAX {
-                            let too_large = Frame::close(1009, b"datagram too large");
-                            tunnel::queue_last(&up_out, &up_progress, too_large).await;
-                            return;
-                        }
                         gathered.extend_from_slice(&frame.payload);
                         if !frame.fin {
                             continue;
@@ -77,9 +85,13 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                             datagram.len(),
                         )
                         .await
-                        && up_sock.send(datagram).await.is_ok()
                     {
-                        up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        if up_sock.send(datagram).await.is_ok() {
+                            up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        } else {
+                            // Not sent: not the client's to pay.
+                            up_session.give_back(&up_session.up, datagram.len() as u64);
+                        }
                     }
                     if !whole {
                         gathered = Vec::new();
@@ -136,7 +148,7 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     if r.is_err() {
                         return;
                     }
-                    let mut buf = Vec::with_capacity(DATAGRAM_MAX);
+                    let mut buf = Vec::with_capacity(RECV_MAX);
                     // An error is a spurious wake-up, or an ICMP error from
                     // the node (its next datagram may still come).
                     if let Ok(n) = socket.try_recv_buf(&mut buf) {

@@ -168,7 +168,14 @@ fn verdict_to_result(v: Verdict) -> Answer {
 impl Gateway {
     /// Where the device holding `token` (an access token, or a device JWT
     /// from `Authorization: Bearer`), asking from `peer`, goes, or why not.
-    pub(crate) async fn route(self: &Arc<Self>, token: &str, peer: Option<IpAddr>) -> Answer {
+    /// `ahead`: the request is an HTTP/2 stream, which may send data ahead
+    /// of its admission (see [`Asker::Stranger`]).
+    pub(crate) async fn route(
+        self: &Arc<Self>,
+        token: &str,
+        peer: Option<IpAddr>,
+        ahead: bool,
+    ) -> Answer {
         if !httvps_wire::token::looks_like_token(token)
             && !httvps_wire::token::looks_like_jwt(token)
         {
@@ -189,20 +196,49 @@ impl Gateway {
         }
         let asker = match cached.as_ref().and_then(Entry::device) {
             Some(_) => Asker::Known,
-            None => Asker::Stranger(peer.map(source_of)),
+            None => Asker::Stranger(peer.map(source_of), ahead),
         };
         let Some(place) = v.checks.join(&format!("{epoch}/{token}"), asker) else {
             self.metrics.check_shed();
             return Err(Refusal::Busy);
         };
+        // A stranger's call is a guess of its source, counted when the
+        // answer comes (see `Gateway::check_to_the_end`).
+        let guesser = match asker {
+            Asker::Stranger(..) => peer,
+            Asker::Known => None,
+        };
         let (answer, ran) = place
-            .answer(|| self.check(token, cached.as_ref(), epoch))
+            .answer(|| self.check_to_the_end(token, cached.clone(), epoch, guesser))
             .await;
         match answer {
             // One call is one guess, however many requests waited for it.
             Err(Refusal::Unknown { .. }) => Err(Refusal::Unknown { asked: ran }),
             other => other,
         }
+    }
+
+    /// [`Gateway::check`] in a task of its own, which runs to its end even
+    /// if every request waiting on it goes away: the control plane has
+    /// been asked by then, so an unknown answer still counts as a guess of
+    /// `guesser`'s source (a client that resets its requests before the
+    /// answer otherwise guessed for free), and a positive one is cached.
+    fn check_to_the_end(
+        self: &Arc<Self>,
+        token: &str,
+        cached: Option<Entry>,
+        epoch: u64,
+        guesser: Option<IpAddr>,
+    ) -> impl Future<Output = Answer> + use<> {
+        let (gw, token) = (self.clone(), token.to_owned());
+        let task = tokio::spawn(async move {
+            let answer = gw.check(&token, cached.as_ref(), epoch).await;
+            if let (Err(Refusal::Unknown { .. }), Some(ip)) = (&answer, guesser) {
+                gw.throttle.guessed(ip);
+            }
+            answer
+        });
+        async move { task.await.unwrap_or(Err(Refusal::Unavailable)) }
     }
 
     /// Starts one call about `token` in the background, unless one begun
@@ -301,6 +337,7 @@ mod tests {
                 calls: 16,
                 calls_per_source: 4,
                 waiting_per_call: 16,
+                waiting_per_source: 16,
             },
         )
     }
