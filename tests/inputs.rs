@@ -88,6 +88,22 @@ async fn reproducers(dsn: Dsn) {
         let r = gql(base, t, query, vars).await;
         assert_eq!(code(&r), Some("BAD_REQUEST"), "{query}: {r}");
     }
+    // A platform of 32 characters whose lower case has 64 (`İ` is `i`
+    // and a combining dot): the field named, before anything else.
+    let r = gql(
+        base,
+        t,
+        "mutation($p:String!){registerDevice(name:\"d\",platform:$p){accessToken}}",
+        json!({"p": "İ".repeat(32)}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("platform")),
+        "{r}"
+    );
     // REST: a region naming no column value, and bodies that are not objects.
     let region = gql(
         base,

@@ -53,7 +53,9 @@ pub async fn register(
     platform: &str,
 ) -> AppResult<(Device, String)> {
     let name = validate::text("name", name, 1, 64)?;
-    let platform = validate::text("platform", platform, 1, 32)?.to_lowercase();
+    // Lower case first: a few letters grow in it (`İ` is two characters),
+    // and the bound holds for what is stored.
+    let platform = validate::text("platform", &platform.to_lowercase(), 1, 32)?;
     let token = auth::new_token();
     let token_hash = auth::hash_token(&token);
     let device = db_tx!(db, |conn, _| {

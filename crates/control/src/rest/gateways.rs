@@ -154,12 +154,14 @@ impl AccessStream {
             lines.push_str(&line);
             lines.push('\n');
         }
-        // Nothing more for a credential retired meanwhile. A database
-        // that cannot answer ends the stream too: the gateway reconnects
-        // and is checked again.
+        // Nothing more for a credential retired meanwhile. A database that
+        // cannot answer does not end the stream (the gateway would take
+        // the reconnection for missed events and drop its whole cache):
+        // no change can be committed meanwhile either.
         match crate::nodes::authenticate_machine(&self.db, &self.token).await {
-            Ok(m) if m.id() == self.gateway => Some(lines),
-            _ => None,
+            Ok(m) => (m.id() == self.gateway).then_some(lines),
+            Err(AppError::Unauthenticated | AppError::Forbidden) => None,
+            Err(_) => Some(lines),
         }
     }
 }

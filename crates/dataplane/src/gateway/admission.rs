@@ -200,18 +200,22 @@ pub(crate) enum Failure {
 }
 
 /// Sorts a failed call. A refusal with a reason keeps it (an unknown
-/// device looks like an unknown path); any other 4xx is about the
-/// credential, so it is unknown; the control plane being unreachable,
-/// failing (5xx) or without its database is an outage; "no node
-/// available" is its decision, which a cached answer must not override.
+/// device looks like an unknown path); a 400 or 404 is about the
+/// credential (one no device could hold), so it is unknown; the control
+/// plane being unreachable, failing (5xx) or without its database is an
+/// outage; "no node available" is its decision, which a cached answer
+/// must not override. Any other 4xx (the gateway's own token refused, a
+/// throttle in front, a conflict to try again) says nothing about the
+/// device: undecided, so no subscriber is answered "unknown" and counted
+/// as a guesser for it.
 pub(crate) fn classify(e: &BackendError) -> Failure {
     match e {
         BackendError::Refused(Reason::DeviceUnknown) => Failure::Said(Verdict::Unknown),
         BackendError::Refused(r) => Failure::Said(Verdict::Refused(*r)),
         BackendError::Unavailable(httvps_wire::Unavailable::NoNodeAvailable) => Failure::NoNode,
-        BackendError::Status { status, .. } if (400..500).contains(status) => {
-            Failure::Said(Verdict::Unknown)
-        }
+        BackendError::Status {
+            status: 400 | 404, ..
+        } => Failure::Said(Verdict::Unknown),
         e if e.is_outage() => Failure::Outage,
         _ => Failure::Undecided,
     }
@@ -397,8 +401,10 @@ mod tests {
         let unavailable = |u| classify(&BackendError::Unavailable(u));
         assert_eq!(unavailable(U::DatabaseUnavailable), Failure::Outage);
         assert_eq!(unavailable(U::NoNodeAvailable), Failure::NoNode);
-        assert_eq!(classify(&status(302)), Failure::Undecided);
-        for s in [400, 401, 403, 404, 429] {
+        for s in [302, 401, 403, 409, 429] {
+            assert_eq!(classify(&status(s)), Failure::Undecided, "{s}");
+        }
+        for s in [400, 404] {
             assert_eq!(classify(&status(s)), Failure::Said(Verdict::Unknown), "{s}");
         }
         assert_eq!(
