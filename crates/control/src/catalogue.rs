@@ -156,23 +156,17 @@ pub async fn update_plan(
         Some(&id.to_string()),
         serde_json::json!({}),
     );
+    if changes.name.is_none()
+        && changes.price_cents.is_none()
+        && changes.duration_days.is_none()
+        && changes.traffic_limit_bytes.is_none()
+        && changes.device_limit.is_none()
+    {
+        // Nothing to change: answered as it is, nothing audited.
+        return plan_as_it_is(db, id).await;
+    }
     db_tx!(db, |conn, _| {
         let ts = now();
-        if changes.name.is_none()
-            && changes.price_cents.is_none()
-            && changes.duration_days.is_none()
-            && changes.traffic_limit_bytes.is_none()
-            && changes.device_limit.is_none()
-        {
-            // Nothing to change: answered as it is, nothing audited.
-            return plans::table
-                .find(id)
-                .select(Plan::as_select())
-                .first(conn)
-                .await
-                .optional()?
-                .ok_or(AppError::NotFound("plan"));
-        }
         let p = diesel::update(plans::table.find(id))
             .set((&changes, plans::updated_at.eq(ts)))
             .returning(Plan::as_returning())
@@ -199,7 +193,7 @@ pub async fn archive_plan(db: &Db, actor: &Actor, id: PlanId) -> AppResult<Plan>
         Some(&id.to_string()),
         serde_json::json!({}),
     );
-    db_tx!(db, |conn, _| {
+    let archived = db_tx!(db, |conn, _| {
         let p = diesel::update(plans::table.find(id))
             .filter(plans::archived.eq(false))
             .set((plans::archived.eq(true), plans::updated_at.eq(now())))
@@ -207,22 +201,27 @@ pub async fn archive_plan(db: &Db, actor: &Actor, id: PlanId) -> AppResult<Plan>
             .get_result(conn)
             .await
             .optional()?;
-        let Some(p) = p else {
-            // Archived already: answered as it is, nothing audited.
-            return plans::table
-                .find(id)
-                .select(Plan::as_select())
-                .first(conn)
-                .await
-                .optional()?
-                .ok_or(AppError::NotFound("plan"));
-        };
-        diesel::insert_into(audit_log::table)
-            .values(&entry)
-            .execute(conn)
-            .await?;
+        if p.is_some() {
+            diesel::insert_into(audit_log::table)
+                .values(&entry)
+                .execute(conn)
+                .await?;
+        }
         Ok::<_, AppError>(p)
-    })
+    })?;
+    match archived {
+        Some(p) => Ok(p),
+        // Archived already: answered as it is, nothing audited.
+        None => plan_as_it_is(db, id).await,
+    }
+}
+
+/// The plan `id` as stored.
+async fn plan_as_it_is(db: &Db, id: PlanId) -> AppResult<Plan> {
+    plans_by_ids(db, &[id])
+        .await?
+        .pop()
+        .ok_or(AppError::NotFound("plan"))
 }
 
 /// A page of plans; archived ones only for admins who ask.

@@ -93,7 +93,6 @@ pub struct DeviceViewer {
 }
 
 /// The bearer token of a request, if any; a malformed header is an error.
-/// The scheme's name is read in any case (RFC 9110, 11.1).
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
@@ -101,11 +100,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
     value
         .to_str()
         .ok()
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token)
-        })
-        .map(|t| Some(t.trim()))
+        .and_then(httvps_wire::token::bearer)
+        .map(Some)
         .ok_or(AppError::Unauthenticated)
 }
 

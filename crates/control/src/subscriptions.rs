@@ -205,7 +205,7 @@ pub async fn extend(
 /// already is answered as it is.
 pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Subscription> {
     actor.require_admin()?;
-    db_tx!(db, |conn, outbox| {
+    let cancelled = db_tx!(db, |conn, outbox| {
         // The subscription, then its sessions: the appliers lock sessions,
         // then subscriptions, so their lock comes first.
         crate::apply_lock!(conn);
@@ -221,15 +221,7 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
             .await
             .optional()?;
         let Some(updated) = updated else {
-            // Cancelled already: answered as it is, and nothing is
-            // audited or sent again.
-            return subscriptions::table
-                .find(id)
-                .select(Subscription::as_select())
-                .first(conn)
-                .await
-                .optional()?
-                .ok_or(AppError::NotFound("subscription"));
+            return Ok(None);
         };
         let entry = audit::entry(
             actor,
@@ -264,8 +256,17 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
         crate::hold_owner!(conn, updated.user_id, ts);
         crate::fit_device_limit!(conn, outbox, updated.user_id, ts);
         outbox.access(AccessChange::SubscriptionCancelled, Some(updated.user_id));
-        Ok::<_, AppError>(updated)
-    })
+        Ok::<_, AppError>(Some(updated))
+    })?;
+    match cancelled {
+        Some(s) => Ok(s),
+        // Cancelled already: answered as it is, and nothing is audited or
+        // sent again.
+        None => by_ids(db, &[id])
+            .await?
+            .pop()
+            .ok_or(AppError::NotFound("subscription")),
+    }
 }
 
 /// Filters on the subscription list.

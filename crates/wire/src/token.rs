@@ -13,6 +13,16 @@ pub fn looks_like_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The credential of an `Authorization` value of the Bearer scheme, the
+/// scheme's name read in any case (RFC 9110, 11.1), trimmed; `None` for
+/// another scheme.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credential.trim())
+}
+
 /// Whether a string could be a JWT (three dot-separated parts, bounded).
 pub fn looks_like_jwt(token: &str) -> bool {
     token.len() < 4096 && token.split('.').count() == 3
@@ -30,6 +40,16 @@ mod tests {
         assert!(!looks_like_token(&"a".repeat(44)));
         assert!(!looks_like_token(&format!("{}=", "a".repeat(42))));
         assert!(!looks_like_token(&format!("{}é", "a".repeat(41))));
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for v in ["Bearer t", "bearer t", "BEARER  t ", "bEaReR t"] {
+            assert_eq!(bearer(v), Some("t"), "{v}");
+        }
+        for v in ["Basic t", "Bearert", "t", ""] {
+            assert_eq!(bearer(v), None, "{v}");
+        }
     }
 
     #[test]

@@ -223,9 +223,8 @@ fn credential(req: &Request, path_token: String) -> String {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
+        .and_then(httvps_wire::token::bearer)
+        .map(str::to_owned)
         .filter(|t| t.contains('.'))
         .unwrap_or(path_token)
 }

@@ -40,12 +40,8 @@ fn bearer(payload: &serde_json::Value) -> Option<String> {
     let obj = payload.as_object()?;
     for key in ["Authorization", "authorization"] {
         if let Some(v) = obj.get(key).and_then(|v| v.as_str()) {
-            // The scheme's name in any case, as in a header.
-            let token = v
-                .split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map_or(v, |(_, token)| token);
-            return Some(token.trim().to_owned());
+            let token = httvps_wire::token::bearer(v).unwrap_or(v.trim());
+            return Some(token.to_owned());
         }
     }
     obj.get("token").and_then(|v| v.as_str()).map(str::to_owned)
