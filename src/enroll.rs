@@ -1,5 +1,6 @@
-//! The control plane's CLI for machines: `httvps gateway add|rotate|remove`
-//! and `httvps node add|rotate|remove`. Adding or rotating prints a
+//! The control plane's CLI for machines: `httvps gateway
+//! add|update|rotate|remove` and `httvps node add|update|rotate|remove`.
+//! Adding or rotating prints a
 //! one-time enrollment string (control-plane URL, certificate pin, token)
 //! that `httvps-relay gateway|node --enroll` redeems on first start.
 
@@ -62,6 +63,18 @@ pub enum GatewayCommand {
         #[command(flatten)]
         lifetime: Lifetime,
     },
+    /// Changes a gateway's name or public URL (the links handed out from
+    /// now on; set the gateway's own GATEWAY_PUBLIC_URL on its host too).
+    Update {
+        /// The gateway's id.
+        id: uuid::Uuid,
+        /// New unique name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New https:// URL clients connect to.
+        #[arg(long)]
+        public_url: Option<String>,
+    },
     /// Replaces a gateway's token (the old one stops working) and prints a
     /// new enrollment string.
     Rotate {
@@ -100,6 +113,24 @@ pub enum NodeCommand {
         capacity: i32,
         #[command(flatten)]
         lifetime: Lifetime,
+    },
+    /// Changes a node's name, address or capacity (new tunnels go to a new
+    /// address; open ones keep theirs).
+    Update {
+        /// The node's id.
+        id: uuid::Uuid,
+        /// New unique name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New address the gateways reach it at.
+        #[arg(long)]
+        host: Option<String>,
+        /// New port.
+        #[arg(long)]
+        port: Option<i32>,
+        /// New most concurrent sessions.
+        #[arg(long)]
+        capacity: Option<i32>,
     },
     /// Replaces a node's token and prints a new enrollment string.
     Rotate {
@@ -182,6 +213,20 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
             );
             Ok(string("gateway", &url, pin, token))
         }
+        GatewayCommand::Update {
+            id,
+            name,
+            public_url,
+        } => {
+            let changes = nodes::GatewayChanges { name, public_url };
+            let g = nodes::update_gateway(&pool, &op, id.into(), changes)
+                .await
+                .map_err(fail)?;
+            Ok(format!(
+                "updated {id}: name {}, public URL {}",
+                g.name, g.public_url
+            ))
+        }
         GatewayCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
             let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
@@ -236,6 +281,27 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
                 "node registered"
             );
             Ok(string("node", &url, pin, token))
+        }
+        NodeCommand::Update {
+            id,
+            name,
+            host,
+            port,
+            capacity,
+        } => {
+            let changes = nodes::OutlineChanges {
+                name,
+                host,
+                port,
+                capacity,
+            };
+            let n = nodes::update_outline(&pool, &op, id.into(), changes)
+                .await
+                .map_err(fail)?;
+            Ok(format!(
+                "updated {id}: name {}, host {}, port {}, capacity {}",
+                n.name, n.host, n.port, n.capacity
+            ))
         }
         NodeCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;

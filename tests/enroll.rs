@@ -389,6 +389,45 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
         .and_then(|n| n["node"]["id"].as_str())
         .expect("gateway id")
         .to_owned();
+    // An update changes the URL handed out from now on; a bad URL is
+    // refused with the field named, and changes nothing.
+    let updated = httvps(
+        &plane,
+        &[
+            "gateway",
+            "update",
+            &gw_id,
+            "--public-url",
+            "https://gw9.example.com",
+        ],
+    );
+    assert!(updated.contains("https://gw9.example.com"), "{updated}");
+    let refused = run_httvps(
+        &plane,
+        &["gateway", "update", &gw_id, "--public-url", "gw9"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("publicUrl"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let r = plane
+        .gql("{gatewayNodes{edges{node{id publicUrl}}}}", json!({}))
+        .await;
+    assert!(
+        r["data"]["gatewayNodes"]["edges"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|n| n["node"]["id"] == gw_id.as_str()
+                && n["node"]["publicUrl"] == "https://gw9.example.com")),
+        "{r}"
+    );
+    let wrong = run_httvps(&plane, &["node", "update", &gw_id, "--capacity", "5"]);
+    assert!(
+        !wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("not found"),
+        "a gateway's id is no Outline node's: {}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
     assert!(httvps(&plane, &["gateway", "remove", &gw_id]).starts_with("removed"));
     let beat = Backend::new(&plane.server.base, &stored_token(&gw_creds))
         .expect("backend")

@@ -41,6 +41,19 @@ impl World {
 
     async fn on(db: TestDb) -> World {
         let server = TestServer::start(db.dsn.clone(), false).await;
+        Self::around(server, db).await
+    }
+
+    /// A world whose control plane has no configured gateway URL: links
+    /// carry the registered gateway's own.
+    async fn without_front(db: TestDb) -> World {
+        let mut settings = common::settings(db.dsn.clone(), false);
+        settings.gateway_url = None;
+        let server = TestServer::start_with(settings, ([127, 0, 0, 1], 0).into()).await;
+        Self::around(server, db).await
+    }
+
+    async fn around(server: TestServer, db: TestDb) -> World {
         accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
             .await
             .expect("admin");
@@ -2532,4 +2545,271 @@ async fn live_feed(w: World) {
         r["data"]["subscriptions"]["nodes"][0]["status"], "EXPIRED",
         "{r}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_change_in_place_on_postgres() {
+    nodes_change_in_place(World::without_front(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_change_in_place_on_sqlite() {
+    nodes_change_in_place(World::without_front(TestDb::sqlite().await).await).await;
+}
+
+/// The audit actions recorded for `target`, oldest first.
+async fn trail(w: &World, target: &str) -> Vec<(String, Value)> {
+    let r = w
+        .gql(
+            "query($t:UUID!){auditLog(first:50,filter:{targetId:$t}){nodes{action details createdAt}}}",
+            json!({"t": target}),
+        )
+        .await;
+    let mut entries: Vec<(String, String, Value)> = r["data"]["auditLog"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|e| {
+            let details = e["details"]
+                .as_str()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or_else(|| e["details"].clone());
+            (
+                e["createdAt"].as_str().unwrap_or_default().to_owned(),
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                details,
+            )
+        })
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.into_iter().map(|(_, a, d)| (a, d)).collect()
+}
+
+fn code(r: &Value) -> &str {
+    r["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
+}
+
+/// An Outline node's address, name and capacity and a gateway's name and
+/// URL change in place: new tunnels go to the new address (the gateways'
+/// answers routing to the node are withdrawn), new links carry the new
+/// URL, each change is audited once, a change that changes nothing is
+/// neither audited nor published, and a bad value changes nothing.
+async fn nodes_change_in_place(w: World) {
+    use httvps_control::events::NodeEventKind;
+    let (node, nt) = w.node("eu", "n1", 100).await;
+    w.node("us", "taken", 100).await;
+    w.beat(&nt, 0).await;
+    let (_, device, tok) = w.device().await;
+    let (s, b) = w.assign(&tok, None).await;
+    assert_eq!(
+        (s, &b["host"], &b["port"]),
+        (200, &json!("10.1.0.1"), &json!(8388)),
+        "{b}"
+    );
+    let mut events = w.server.state.db.events().subscribe();
+    let mut access = w.server.state.db.events().subscribe_access();
+
+    let update = "mutation($i:UUID!,$in:UpdateOutlineNodeInput!){updateOutlineNode(id:$i,input:$in){id name host port capacity}}";
+    let r = w
+        .gql(
+            update,
+            json!({"i": node, "in": {"host": "[2001:db8::7]", "port": 8389, "capacity": 50}}),
+        )
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let n = &r["data"]["updateOutlineNode"];
+    assert_eq!(
+        (&n["name"], &n["host"], &n["port"], &n["capacity"]),
+        (
+            &json!("n1"),
+            &json!("2001:db8::7"),
+            &json!(8389),
+            &json!(50)
+        ),
+        "{r}"
+    );
+    let ev = next_event(&mut events, NodeEventKind::Updated).await;
+    assert_eq!((ev.node_id.as_str(), ev.capacity), (node.as_str(), 50));
+    let withdrawn = tokio::time::timeout(std::time::Duration::from_secs(5), access.recv())
+        .await
+        .expect("an access event in time")
+        .expect("event");
+    assert_eq!(
+        (withdrawn.reason.as_str(), withdrawn.node_id.as_deref()),
+        ("node_withdrawn", Some(node.as_str()))
+    );
+    let withdrawals =
+        |rx: &mut tokio::sync::broadcast::Receiver<httvps_wire::events::AccessEvent>| {
+            std::iter::from_fn(|| rx.try_recv().ok())
+                .filter(|e| e.reason == "node_withdrawn")
+                .count()
+        };
+    // The open session's device and a new one both reach the new address.
+    let (_, again) = w.assign(&tok, None).await;
+    assert_eq!(
+        (&again["host"], &again["port"]),
+        (&json!("2001:db8::7"), &json!(8389)),
+        "{again}"
+    );
+    let (_, _, other) = w.device().await;
+    let (s, fresh) = w.assign(&other, None).await;
+    assert_eq!((s, &fresh["host"]), (200, &json!("2001:db8::7")), "{fresh}");
+
+    // Changing nothing (no field, or every field as it is): no entry, no event.
+    for same in [
+        json!({}),
+        json!({"host": "2001:db8::7", "port": 8389, "name": "n1"}),
+    ] {
+        let r = w.gql(update, json!({"i": node, "in": same})).await;
+        assert_eq!(r["data"]["updateOutlineNode"]["host"], "2001:db8::7", "{r}");
+    }
+    // A capacity-only change has no new address: nothing is withdrawn.
+    let r = w
+        .gql(
+            update,
+            json!({"i": node, "in": {"name": "n1b", "capacity": 60}}),
+        )
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let ev = next_event(&mut events, NodeEventKind::Updated).await;
+    assert_eq!(
+        ev.capacity, 60,
+        "the first event after the no-ops is the rename's"
+    );
+    assert_eq!(
+        withdrawals(&mut access),
+        0,
+        "no address change, nothing withdrawn"
+    );
+    let actions = trail(&w, &node).await;
+    let updates: Vec<&Value> = actions
+        .iter()
+        .filter(|(a, _)| a == "update_outline_node")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(updates.len(), 2, "{actions:?}");
+    assert_eq!(
+        updates[0],
+        &json!({"host": "2001:db8::7", "port": 8389, "capacity": 50})
+    );
+    assert_eq!(updates[1], &json!({"name": "n1b", "capacity": 60}));
+
+    // Bad values: a typed error and nothing changed.
+    for (bad, want) in [
+        (json!({"port": 0}), "BAD_REQUEST"),
+        (json!({"port": 65536}), "BAD_REQUEST"),
+        (json!({"host": "10.1.0.9:80"}), "BAD_REQUEST"),
+        (json!({"host": "0.0.0.0"}), "BAD_REQUEST"),
+        (json!({"capacity": 0}), "BAD_REQUEST"),
+        (json!({"name": " "}), "BAD_REQUEST"),
+        (json!({"name": "taken", "port": 9000}), "CONFLICT"),
+    ] {
+        let r = w.gql(update, json!({"i": node, "in": bad})).await;
+        assert_eq!(code(&r), want, "{bad}: {r}");
+    }
+    let r = w
+        .gql(update, json!({"i": device, "in": {"port": 9000}}))
+        .await;
+    assert_eq!(code(&r), "NOT_FOUND", "{r}");
+    let r = w
+        .gql(
+            "{outlineNodes(first:10){nodes{id name host port capacity}}}",
+            json!({}),
+        )
+        .await;
+    let kept = r["data"]["outlineNodes"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"] == json!(node))
+        .cloned()
+        .expect("the node");
+    assert_eq!(
+        kept,
+        json!({"id": node, "name": "n1b", "host": "2001:db8::7", "port": 8389, "capacity": 60})
+    );
+
+    // The gateway: a new URL goes into the links handed out from now on.
+    let r = w.gql("{gatewayNodes(first:5){nodes{id}}}", json!({})).await;
+    let gw = r["data"]["gatewayNodes"]["nodes"][0]["id"]
+        .as_str()
+        .expect("gateway")
+        .to_owned();
+    let gupdate = "mutation($i:UUID!,$in:UpdateGatewayNodeInput!){updateGatewayNode(id:$i,input:$in){name publicUrl}}";
+    let r = w
+        .gql(
+            gupdate,
+            json!({"i": gw, "in": {"publicUrl": "https://GW2.example.com:8443/"}}),
+        )
+        .await;
+    assert_eq!(
+        r["data"]["updateGatewayNode"],
+        json!({"name": "gw1", "publicUrl": "https://gw2.example.com:8443"}),
+        "{r}"
+    );
+    let r = w
+        .gql(
+            "mutation($d:UUID!){rotateDeviceToken(id:$d){links{sip002}}}",
+            json!({"d": device}),
+        )
+        .await;
+    let link = r["data"]["rotateDeviceToken"]["links"]["sip002"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(link.contains("gw2.example.com"), "{link}");
+    assert!(!link.contains("gw1.example.com"), "{link}");
+    for (bad, want) in [
+        (
+            json!({"publicUrl": "http://gw3.example.com"}),
+            "BAD_REQUEST",
+        ),
+        (
+            json!({"publicUrl": "https://gw3.example.com/path"}),
+            "BAD_REQUEST",
+        ),
+        (json!({"name": ""}), "BAD_REQUEST"),
+    ] {
+        let r = w.gql(gupdate, json!({"i": gw, "in": bad})).await;
+        assert_eq!(code(&r), want, "{bad}: {r}");
+    }
+    // An Outline node's id is not a gateway's, and the other way round.
+    let r = w
+        .gql(gupdate, json!({"i": node, "in": {"name": "x"}}))
+        .await;
+    assert_eq!(code(&r), "NOT_FOUND", "{r}");
+    let r = w.gql(update, json!({"i": gw, "in": {"name": "x"}})).await;
+    assert_eq!(code(&r), "NOT_FOUND", "{r}");
+    let gtrail = trail(&w, &gw).await;
+    let gupdates: Vec<&Value> = gtrail
+        .iter()
+        .filter(|(a, _)| a == "update_gateway_node")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(
+        gupdates,
+        vec![&json!({"publicUrl": "https://gw2.example.com:8443"})]
+    );
+
+    // Subscribers cannot change nodes.
+    let email = format!("s-{}@example.com", uuid::Uuid::new_v4().simple());
+    accounts::create_user(&w.server.state.db, &email, PASSWORD, Role::User)
+        .await
+        .expect("user");
+    let user = login(&w.server.base, &email).await;
+    let r = gql(
+        &w.server.base,
+        Some(&user),
+        update,
+        json!({"i": node, "in": {"port": 1}}),
+    )
+    .await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    let r = gql(
+        &w.server.base,
+        Some(&user),
+        gupdate,
+        json!({"i": gw, "in": {"name": "mine"}}),
+    )
+    .await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
 }

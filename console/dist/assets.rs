@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-Ck0RLyiK.js",
+        path: "assets/console-CMbBN6RJ.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"e638fb08bbec556030cf\"",
+        etag: "\"92a1882385a801bb53d3\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-Ck0RLyiK.js"),
-        gzip: Some(include_bytes!("assets/console-Ck0RLyiK.js.gz")),
-        brotli: Some(include_bytes!("assets/console-Ck0RLyiK.js.br")),
+        raw: include_bytes!("assets/console-CMbBN6RJ.js"),
+        gzip: Some(include_bytes!("assets/console-CMbBN6RJ.js.gz")),
+        brotli: Some(include_bytes!("assets/console-CMbBN6RJ.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"4c88d9c1510764d2c63f\"",
+        etag: "\"63800490b63aecbf6d0a\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

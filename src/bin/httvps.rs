@@ -64,7 +64,7 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Gateways: add (prints an enrollment string), rotate, remove.
+    /// Gateways: add (prints an enrollment string), update, rotate, remove.
     Gateway {
         #[command(subcommand)]
         command: GatewayCommand,
@@ -73,7 +73,8 @@ enum Command {
         #[command(flatten)]
         enroll: EnrollArgs,
     },
-    /// Shadowsocks nodes: add (prints an enrollment string), rotate, remove.
+    /// Shadowsocks nodes: add (prints an enrollment string), update, rotate,
+    /// remove.
     Node {
         #[command(subcommand)]
         command: NodeCommand,

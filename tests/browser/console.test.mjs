@@ -245,6 +245,25 @@ async function scenario(t, mode, env) {
     await admin.getByRole('dialog').getByText('start it within 48 h').waitFor();
     await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
     await gwRow.getByText(/token expires in 4[78] h/).waitFor();
+
+    // Editing in place: a URL the server refuses keeps the dialog open
+    // with the reason and changes nothing; a good one shows in the row.
+    await gwRow.getByRole('button', { name: 'Edit' }).click();
+    const ed = admin.getByRole('dialog');
+    assert.equal(await ed.getByLabel('Public URL').inputValue(), 'https://gw1.example.test');
+    await ed.getByLabel('Public URL').fill('https://gw2.example.test/path');
+    await ed.getByRole('button', { name: 'Save' }).click();
+    await ed.getByRole('alert').getByText(/publicUrl/).waitFor();
+    await ed.getByLabel('Public URL').fill('https://gw2.example.test');
+    await ed.getByRole('button', { name: 'Save' }).click();
+    await gwRow.getByText('https://gw2.example.test').waitFor();
+    const nodeRow = rowOf(admin, nodeName);
+    await nodeRow.getByRole('button', { name: 'Edit' }).click();
+    const ned = admin.getByRole('dialog');
+    assert.equal(await ned.getByLabel('Host').inputValue(), '10.9.8.7');
+    await ned.getByLabel('Port').fill('8389');
+    await ned.getByRole('button', { name: 'Save' }).click();
+    await nodeRow.getByText('10.9.8.7:8389').waitFor();
   });
 
   // The node's heartbeats, sent by the test with the node's token, every

@@ -80,6 +80,10 @@ export const REGISTER_OUTLINE_NODE = `mutation RegisterOutlineNode($input: Regis
   registerOutlineNode(input: $input) { token node { ${OUTLINE_NODE} } } }`;
 export const REGISTER_GATEWAY_NODE = `mutation RegisterGatewayNode($input: RegisterGatewayNodeInput!) {
   registerGatewayNode(input: $input) { token node { ${GATEWAY_NODE} } } }`;
+export const UPDATE_OUTLINE_NODE = `mutation UpdateOutlineNode($id: UUID!, $input: UpdateOutlineNodeInput!) {
+  updateOutlineNode(id: $id, input: $input) { ${OUTLINE_NODE} } }`;
+export const UPDATE_GATEWAY_NODE = `mutation UpdateGatewayNode($id: UUID!, $input: UpdateGatewayNodeInput!) {
+  updateGatewayNode(id: $id, input: $input) { ${GATEWAY_NODE} } }`;
 export const SET_NODE_STATUS = `mutation SetNodeStatus($id: UUID!, $status: NodeStatus!) {
   setNodeStatus(id: $id, status: $status) { __typename ... on OutlineNode { id status } ... on GatewayNode { id status } } }`;
 export const DELETE_NODE = `mutation DeleteNode($id: UUID!) { deleteNode(id: $id) }`;

@@ -171,6 +171,7 @@ export type NodeEventKind =
   | 'ACTIVE'
   | 'DISABLED'
   | 'LOAD'
+  | 'UPDATED'
   | 'DELETED';
 
 /** One event of `Live.nodeEvents`; `status` and `health` are lower case. */

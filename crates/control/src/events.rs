@@ -69,6 +69,9 @@ pub enum NodeEventKind {
     Disabled,
     /// Load changed (heartbeat).
     Load,
+    /// Its name, address or capacity (an Outline node), or its name or
+    /// public URL (a gateway), changed.
+    Updated,
     /// Deleted.
     Deleted,
 }

@@ -1,7 +1,8 @@
 // Operator: Outline nodes and gateways. Register (the machine token is shown
-// once, with a copy button and the command that uses it), drain, disable,
-// re-activate, rotate the token, delete; status live from nodeEvents.
+// once, with a copy button and the command that uses it), edit, drain,
+// disable, re-activate, rotate the token, delete; status live from nodeEvents.
 
+import type { ComponentChildren } from 'preact';
 import { useState } from 'preact/hooks';
 
 import * as doc from '../../api/documents';
@@ -23,6 +24,7 @@ import {
 } from '../../ui/components';
 import { ago } from '../../ui/format';
 import { useNow, useQuery } from '../../ui/hooks';
+import { AddressFields, EditButton } from './EditNode';
 import { LoadCell, NodeState, useNodes } from './nodesModel';
 
 const CIPHERS = ['chacha20-ietf-poly1305', 'aes-128-gcm', 'aes-256-gcm'];
@@ -176,21 +178,12 @@ function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: 
             <input id={id} required maxLength={100} aria-describedby={hint} value={name} onInput={(e) => setName(e.currentTarget.value)} />
           )}
         </Field>
-        <Field label="Host" hint="Address the gateways reach it at.">
-          {(id, hint) => (
-            <input id={id} required maxLength={253} aria-describedby={hint} value={host} onInput={(e) => setHost(e.currentTarget.value)} />
-          )}
-        </Field>
-        <Field label="Port">
-          {(id) => (
-            <input id={id} type="number" required min={1} max={65535} value={port} onInput={(e) => setPort(e.currentTarget.value)} />
-          )}
-        </Field>
-        <Field label="Capacity" hint="Most concurrent sessions.">
-          {(id, hint) => (
-            <input id={id} type="number" required min={1} aria-describedby={hint} value={capacity} onInput={(e) => setCapacity(e.currentTarget.value)} />
-          )}
-        </Field>
+        <AddressFields
+          hostHint="Address the gateways reach it at."
+          host={[host, setHost]}
+          port={[port, setPort]}
+          capacity={[capacity, setCapacity]}
+        />
         <div class="field check">
           <label>
             <input type="checkbox" checked={ownKey} onChange={(e) => setOwnKey(e.currentTarget.checked)} /> Own
@@ -275,12 +268,14 @@ function RegisterGateway(props: { regions: Region[]; onClose: () => void; onToke
   );
 }
 
-/** Drain / disable / activate / rotate / delete, for either kind. */
+/** Edit / drain / disable / activate / rotate / delete, for either kind. */
 function NodeActions(props: {
   node: { id: string; name: string; status: NodeStatus };
   kind: 'node' | 'gateway';
   changed: () => void;
   onToken: (title: string, token: string, hours: number) => void;
+  /** Rendered first (the row's "Edit"). */
+  children?: ComponentChildren;
 }) {
   const { node } = props;
   const [ttl, setTtl] = useState(DEFAULT_TTL_HOURS);
@@ -290,6 +285,7 @@ function NodeActions(props: {
   };
   return (
     <span class="row-actions">
+      {props.children}
       {node.status !== 'ACTIVE' && (
         <ConfirmButton
           small
@@ -418,7 +414,9 @@ export function Nodes() {
                         kind="node"
                         changed={nodes.reload}
                         onToken={(title, t, hours) => setToken({ title, token: t, kind: 'node', hours })}
-                      />
+                      >
+                        <EditButton kind="node" node={n} done={nodes.reload} />
+                      </NodeActions>
                     </td>
                   </tr>
                 ))}
@@ -457,7 +455,9 @@ export function Nodes() {
                         kind="gateway"
                         changed={nodes.reload}
                         onToken={(title, t, hours) => setToken({ title, token: t, kind: 'gateway', hours })}
-                      />
+                      >
+                        <EditButton kind="gateway" node={g} done={nodes.reload} />
+                      </NodeActions>
                     </td>
                   </tr>
                 ))}

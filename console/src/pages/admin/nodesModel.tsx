@@ -1,6 +1,6 @@
 // Outline nodes and gateways as the operator sees them, kept live from
 // `nodeEvents`: status, health, load and heartbeats change in place without
-// a reload; registrations and deletions re-read the lists; so does a
+// a reload; registrations, changes and deletions re-read the lists; so does a
 // reconnect of the live socket (events sent while it was down are gone).
 // Heartbeats that change nothing are not events, so the lists are also
 // re-read every few seconds to keep "last heartbeat" honest.
@@ -31,7 +31,7 @@ function patchStatus(s: string): NodeStatus {
 
 /** Applies one event to the lists; returns null when they must be re-read. */
 export function applyNodeEvent(nodes: Nodes, ev: NodeEvent): Nodes | null {
-  if (ev.kind === 'REGISTERED' || ev.kind === 'DELETED') return null;
+  if (ev.kind === 'REGISTERED' || ev.kind === 'UPDATED' || ev.kind === 'DELETED') return null;
   const beat = ev.kind === 'UP' || ev.kind === 'LOAD';
   if (ev.nodeKind === 'OUTLINE') {
     if (!nodes.outline.some((n) => n.id === ev.nodeId)) return null;

@@ -237,6 +237,30 @@ pub struct RegisterGatewayNodeInput {
     pub enrollment_ttl_hours: Option<i32>,
 }
 
+/// Changes to an Outline node; an omitted field stays as it is.
+#[derive(InputObject, Default)]
+pub struct UpdateOutlineNodeInput {
+    /// New unique name.
+    pub name: Option<String>,
+    /// New address gateways reach it at (new tunnels go there; open ones
+    /// keep their connection).
+    pub host: Option<String>,
+    /// New port (1-65535).
+    pub port: Option<i32>,
+    /// New capacity: most concurrent client connections (1-10000000).
+    pub capacity: Option<i32>,
+}
+
+/// Changes to a gateway; an omitted field stays as it is.
+#[derive(InputObject, Default)]
+pub struct UpdateGatewayNodeInput {
+    /// New unique name.
+    pub name: Option<String>,
+    /// New URL clients connect to (the links handed out from now on; the
+    /// gateway's own GATEWAY_PUBLIC_URL is set on its host).
+    pub public_url: Option<String>,
+}
+
 /// Filters on node lists.
 #[derive(InputObject, Default)]
 pub struct NodeFilterInput {
@@ -371,6 +395,48 @@ impl NodeMutation {
                 .map(|e| e.string("gateway", &token).into()),
             token: token.into(),
         })
+    }
+
+    /// Admin: changes an Outline node's name, address or capacity. A
+    /// change that changes nothing answers the node as it is.
+    #[graphql(guard = "AdminOnly")]
+    async fn update_outline_node(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        input: UpdateOutlineNodeInput,
+    ) -> async_graphql::Result<OutlineNode> {
+        let api = ctx.data::<AppContext>()?;
+        let changes = nodes::OutlineChanges {
+            name: input.name,
+            host: input.host,
+            port: input.port,
+            capacity: input.capacity,
+        };
+        let node = nodes::update_outline(&api.db, &actor(ctx)?, id.into(), changes)
+            .await
+            .gql()?;
+        Ok(node.into())
+    }
+
+    /// Admin: changes a gateway's name or public URL. A change that
+    /// changes nothing answers the gateway as it is.
+    #[graphql(guard = "AdminOnly")]
+    async fn update_gateway_node(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        input: UpdateGatewayNodeInput,
+    ) -> async_graphql::Result<GatewayNode> {
+        let api = ctx.data::<AppContext>()?;
+        let changes = nodes::GatewayChanges {
+            name: input.name,
+            public_url: input.public_url,
+        };
+        let node = nodes::update_gateway(&api.db, &actor(ctx)?, id.into(), changes)
+            .await
+            .gql()?;
+        Ok(node.into())
     }
 
     /// Admin: sets a node's status (ACTIVE, DRAINING or DISABLED).

@@ -1,10 +1,12 @@
 //! The node registry: Outline (Shadowsocks) nodes and gateways.
 //! [`registry`] registers, sets the status of, deletes and re-keys them
 //! (admins), publishing a node event in the transaction of each change;
+//! [`changes`] changes their names, addresses and capacity;
 //! [`listing`] lists and loads them; [`machines`] authenticates the machine
 //! tokens they call `/api/v1` with; [`enrollment`] trades a one-time
 //! enrollment token for a machine's own.
 
+mod changes;
 pub mod enrollment;
 mod history;
 pub mod listing;
@@ -14,6 +16,7 @@ pub mod registry;
 use crate::db::models::{GatewayNode, OutlineNode};
 use crate::events::{NodeEvent, NodeEventKind, NodeKind};
 pub use crate::status::{Health, NodeStatus};
+pub use changes::{GatewayChanges, OutlineChanges, update_gateway, update_outline};
 pub use enrollment::EnrollmentTtl;
 pub use listing::{NodeFilter, gateways_by_ids, list_gateways, list_outline, outline_by_ids};
 pub use machines::{MACHINE_CACHE_TTL, Machine, MachineCache, authenticate_machine};

@@ -44,7 +44,7 @@ pub struct NewOutlineNode {
 /// last not all digits: `1.2.3` and `999.1.1.1` are addresses written
 /// wrong). A port, a path or anything else is refused: gateways could not
 /// reach it.
-fn host(value: &str) -> AppResult<String> {
+pub(super) fn host(value: &str) -> AppResult<String> {
     let h = validate::text("host", value, 1, 253)?;
     let bad = || AppError::bad("host must be a host name or an IP address, without a port");
     let bare = h
