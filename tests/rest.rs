@@ -120,6 +120,15 @@ impl World {
         )
     }
 
+    /// A signed-in subscriber's access token (an account with no plan).
+    async fn subscriber(&self) -> String {
+        let email = format!("s-{}@example.com", uuid::Uuid::new_v4().simple());
+        accounts::create_user(&self.server.state.db, &email, PASSWORD, Role::User)
+            .await
+            .expect("user");
+        login(&self.server.base, &email).await
+    }
+
     /// Registers an Outline node; returns (id, token).
     async fn node(&self, region: &str, name: &str, capacity: i32) -> (String, String) {
         let r = self
@@ -2791,11 +2800,7 @@ async fn nodes_change_in_place(w: World) {
     );
 
     // Subscribers cannot change nodes.
-    let email = format!("s-{}@example.com", uuid::Uuid::new_v4().simple());
-    accounts::create_user(&w.server.state.db, &email, PASSWORD, Role::User)
-        .await
-        .expect("user");
-    let user = login(&w.server.base, &email).await;
+    let user = w.subscriber().await;
     let r = gql(
         &w.server.base,
         Some(&user),
@@ -2811,5 +2816,105 @@ async fn nodes_change_in_place(w: World) {
         json!({"i": gw, "in": {"name": "mine"}}),
     )
     .await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn regions_are_renamed_and_deleted_on_postgres() {
+    regions_renamed_and_deleted(World::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn regions_are_renamed_and_deleted_on_sqlite() {
+    regions_renamed_and_deleted(World::on(TestDb::sqlite().await).await).await;
+}
+
+/// A region is renamed with its code and key kept (the same name again is
+/// not audited again); it is deleted only while nothing belongs to it, and
+/// its code can then be created anew.
+async fn regions_renamed_and_deleted(w: World) {
+    async fn regions(w: &World) -> std::collections::BTreeMap<String, Value> {
+        let r = w
+            .gql("{regions(first:10){nodes{id code name}}}", json!({}))
+            .await;
+        r["data"]["regions"]["nodes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .iter()
+            .map(|n| (n["code"].as_str().unwrap_or_default().to_owned(), n.clone()))
+            .collect()
+    }
+    let before = regions(&w).await;
+    let (eu, us) = (before["eu"]["id"].clone(), before["us"]["id"].clone());
+    let rename = "mutation($i:UUID!,$n:String!){renameRegion(id:$i,name:$n){id code name}}";
+    for _ in 0..2 {
+        let r = w.gql(rename, json!({"i": eu, "n": " Europe "})).await;
+        assert_eq!(
+            r["data"]["renameRegion"],
+            json!({"id": eu, "code": "eu", "name": "Europe"}),
+            "{r}"
+        );
+    }
+    let renames = trail(&w, eu.as_str().expect("id")).await;
+    assert_eq!(
+        renames.iter().filter(|(a, _)| a == "rename_region").count(),
+        1,
+        "the same name again is not a change: {renames:?}"
+    );
+    for (vars, want) in [
+        (json!({"i": eu, "n": ""}), "BAD_REQUEST"),
+        (json!({"i": eu, "n": "a\u{202e}b"}), "BAD_REQUEST"),
+        (json!({"i": uuid::Uuid::new_v4(), "n": "x"}), "NOT_FOUND"),
+    ] {
+        let r = w.gql(rename, vars.clone()).await;
+        assert_eq!(code(&r), want, "{vars}: {r}");
+    }
+    // A gateway belongs to eu: it stays, with the reason.
+    let delete = "mutation($i:UUID!){deleteRegion(id:$i)}";
+    let r = w.gql(delete, json!({"i": eu})).await;
+    assert_eq!(code(&r), "CONFLICT", "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("delete them first")),
+        "{r}"
+    );
+    assert_eq!(regions(&w).await["eu"]["name"], "Europe");
+    // A node keeps us until it goes.
+    let (node, _) = w.node("us", "us1", 10).await;
+    assert_eq!(code(&w.gql(delete, json!({"i": us})).await), "CONFLICT");
+    let r = w
+        .gql("mutation($i:UUID!){deleteNode(id:$i)}", json!({"i": node}))
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let r = w.gql(delete, json!({"i": us})).await;
+    assert_eq!(r["data"]["deleteRegion"], true, "{r}");
+    assert!(!regions(&w).await.contains_key("us"));
+    assert_eq!(code(&w.gql(delete, json!({"i": us})).await), "NOT_FOUND");
+    let deletions = trail(&w, us.as_str().expect("id")).await;
+    assert!(
+        deletions
+            .iter()
+            .any(|(a, d)| a == "delete_region" && d["code"] == "us"),
+        "{deletions:?}"
+    );
+    let r = w
+        .gql(
+            "mutation{createRegion(code:\"us\",name:\"US again\"){code}}",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r["data"]["createRegion"]["code"], "us", "{r}");
+    // Subscribers can do neither.
+    let user = w.subscriber().await;
+    let r = gql(
+        &w.server.base,
+        Some(&user),
+        rename,
+        json!({"i": eu, "n": "mine"}),
+    )
+    .await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    let r = gql(&w.server.base, Some(&user), delete, json!({"i": eu})).await;
     assert_eq!(code(&r), "FORBIDDEN", "{r}");
 }

@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-CMbBN6RJ.js",
+        path: "assets/console-CZhPI2w-.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"92a1882385a801bb53d3\"",
+        etag: "\"bf70aea937c0f84f3bfe\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-CMbBN6RJ.js"),
-        gzip: Some(include_bytes!("assets/console-CMbBN6RJ.js.gz")),
-        brotli: Some(include_bytes!("assets/console-CMbBN6RJ.js.br")),
+        raw: include_bytes!("assets/console-CZhPI2w-.js"),
+        gzip: Some(include_bytes!("assets/console-CZhPI2w-.js.gz")),
+        brotli: Some(include_bytes!("assets/console-CZhPI2w-.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"63800490b63aecbf6d0a\"",
+        etag: "\"fcff1b950ea13f0a2b14\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

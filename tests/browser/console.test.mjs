@@ -264,6 +264,21 @@ async function scenario(t, mode, env) {
     await ned.getByLabel('Port').fill('8389');
     await ned.getByRole('button', { name: 'Save' }).click();
     await nodeRow.getByText('10.9.8.7:8389').waitFor();
+
+    // The region its machines belong to cannot be deleted (the reason is
+    // shown, the region stays); it can be renamed, its code kept.
+    await go(admin, 'Regions');
+    const regionRow = rowOf(admin, region.code);
+    await regionRow.getByRole('button', { name: 'Delete' }).click();
+    const del = admin.getByRole('dialog');
+    await del.getByRole('button', { name: 'Delete' }).click();
+    await del.getByRole('alert').getByText(/delete them first/).waitFor();
+    await del.getByRole('button', { name: 'Keep it' }).click();
+    await regionRow.getByRole('button', { name: 'Rename' }).click();
+    const ren = admin.getByRole('dialog');
+    await ren.getByLabel('Name').fill(`${region.name} renamed`);
+    await ren.getByRole('button', { name: 'Rename' }).click();
+    await regionRow.getByText(`${region.name} renamed`).waitFor();
   });
 
   // The node's heartbeats, sent by the test with the node's token, every

@@ -43,6 +43,8 @@ export const REGIONS = `query Regions($first: Int, $after: String) {
   regions(first: $first, after: $after) { ${PAGE} nodes { ${REGION} } } }`;
 export const CREATE_REGION = `mutation CreateRegion($code: String!, $name: String!, $poolMethod: String) {
   createRegion(code: $code, name: $name, poolMethod: $poolMethod) { ${REGION} } }`;
+export const RENAME_REGION = `mutation RenameRegion($id: UUID!, $name: String!) { renameRegion(id: $id, name: $name) { ${REGION} } }`;
+export const DELETE_REGION = `mutation DeleteRegion($id: UUID!) { deleteRegion(id: $id) }`;
 
 // Subscriptions (the billing record)
 export const SUBSCRIPTIONS = `query Subscriptions($filter: SubscriptionFilterInput, $first: Int, $after: String) {

@@ -290,6 +290,74 @@ pub async fn create_region(
     })
 }
 
+/// Admin: renames a region. Its code, which gateways, clients and links
+/// use, and its pool key stay. The same name again is answered as it is,
+/// unaudited.
+pub async fn rename_region(db: &Db, actor: &Actor, id: RegionId, name: &str) -> AppResult<Region> {
+    actor.require_admin()?;
+    let name = validate::text("name", name, 1, 100)?;
+    db_tx!(db, |conn, _| {
+        let renamed = diesel::update(regions::table.find(id))
+            .filter(regions::name.ne(&name))
+            .set(regions::name.eq(&name))
+            .returning(Region::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        let Some(r) = renamed else {
+            return regions::table
+                .find(id)
+                .select(Region::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("region"));
+        };
+        let entry = audit::entry(
+            actor,
+            "rename_region",
+            "region",
+            Some(&id.to_string()),
+            serde_json::json!({"code": r.code, "name": r.name}),
+        );
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(r)
+    })
+}
+
+/// Admin: deletes a region that no node or gateway belongs to (CONFLICT
+/// while one does: delete those first). Its code may then be created anew,
+/// with a new pool key.
+pub async fn delete_region(db: &Db, actor: &Actor, id: RegionId) -> AppResult<()> {
+    actor.require_admin()?;
+    db_tx!(db, |conn, _| {
+        let code: String = diesel::delete(regions::table.find(id))
+            .returning(regions::code)
+            .get_result(conn)
+            .await
+            .optional()
+            .map_err(AppError::on_conflict(
+                "nodes or gateways belong to this region: delete them first",
+            ))?
+            .ok_or(AppError::NotFound("region"))?;
+        let entry = audit::entry(
+            actor,
+            "delete_region",
+            "region",
+            Some(&id.to_string()),
+            serde_json::json!({"code": code}),
+        );
+        diesel::insert_into(audit_log::table)
+            .values(&entry)
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(())
+    })
+}
+
 /// Creates a region if its code is new (for `up`); returns it either way.
 pub async fn ensure_region(db: &Db, code: &str, name: &str) -> AppResult<Region> {
     if let Some(r) = region_by_code(db, code).await? {

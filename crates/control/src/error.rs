@@ -176,12 +176,17 @@ impl From<diesel::result::Error> for AppError {
                     AppError::Unavailable("database unavailable".into())
                 }
                 _ => {
-                    // SQLite reports CHECK and busy errors as "unknown": classify by text.
+                    // SQLite reports CHECK, foreign-key and busy errors as
+                    // "unknown": classify by text.
                     let msg = info.message();
                     if msg.contains("CHECK constraint failed")
                         || msg.contains("NOT NULL constraint failed")
                     {
                         AppError::BadRequest("a value is out of its allowed range".into())
+                    } else if msg.contains("FOREIGN KEY constraint failed") {
+                        // A row still referenced (a delete RESTRICTed) or
+                        // a reference to none.
+                        AppError::Conflict(MISSING_REFERENCE.into())
                     } else if msg.contains("database is locked") {
                         AppError::Unavailable("database busy, retry".into())
                     } else if msg.contains("deadlock detected") {

@@ -1,4 +1,5 @@
-// Operator: regions (each a pool of nodes sharing one Shadowsocks key).
+// Operator: regions (each a pool of nodes sharing one Shadowsocks key):
+// create, rename (the code and key stay), delete one no node belongs to.
 
 import { useState } from 'preact/hooks';
 
@@ -8,6 +9,7 @@ import type { Connection, Region } from '../../api/types';
 import {
   Async,
   Button,
+  ConfirmButton,
   Dialog,
   Empty,
   ErrorNote,
@@ -83,8 +85,43 @@ function NewRegion(props: { onClose: () => void; onSaved: () => void }) {
   );
 }
 
+function RenameRegion(props: { region: Region; onClose: () => void; onSaved: () => void }) {
+  const [name, setName] = useState(props.region.name);
+  const act = useAction(async () => {
+    await gql(doc.RENAME_REGION, { id: props.region.id, name: name.trim() });
+    toast(`Region ${props.region.code} renamed`);
+    props.onSaved();
+    props.onClose();
+  });
+  return (
+    <Dialog title={`Rename ${props.region.code}`} onClose={props.onClose}>
+      <form
+        class="form-grid"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        <Field label="Name" hint="Its code and pool key stay.">
+          {(id, hint) => (
+            <input id={id} required maxLength={100} aria-describedby={hint} value={name} onInput={(e) => setName(e.currentTarget.value)} />
+          )}
+        </Field>
+        <ErrorNote error={act.error} />
+        <footer class="dialog-foot">
+          <Button onClick={props.onClose}>Cancel</Button>
+          <Button type="submit" variant="primary" busy={act.busy}>
+            Rename
+          </Button>
+        </footer>
+      </form>
+    </Dialog>
+  );
+}
+
 export function Regions() {
   const [adding, setAdding] = useState(false);
+  const [renaming, setRenaming] = useState<Region | null>(null);
   const pager = usePager();
   const q = useQuery(
     (signal) => gql<{ regions: Connection<Region> }>(doc.REGIONS, { first: 50, after: pager.after }, signal),
@@ -105,7 +142,7 @@ export function Regions() {
             <Empty>No regions yet. Create one, then register its nodes and gateways.</Empty>
           ) : (
             <>
-              <Table label="Regions" head={['Code', 'Name', 'Pool cipher', 'Created']}>
+              <Table label="Regions" head={['Code', 'Name', 'Pool cipher', 'Created', '']}>
                 {d.regions.nodes.map((r) => (
                   <tr key={r.id}>
                     <th scope="row" class="mono">
@@ -114,6 +151,25 @@ export function Regions() {
                     <td>{r.name}</td>
                     <td class="mono">{r.poolMethod}</td>
                     <td>{when(r.createdAt)}</td>
+                    <td>
+                      <span class="row-actions">
+                        <Button small onClick={() => setRenaming(r)}>
+                          Rename
+                        </Button>
+                        <ConfirmButton
+                          small
+                          variant="danger"
+                          label="Delete"
+                          title={`Delete region ${r.code}?`}
+                          body="Only a region no node or gateway belongs to can go. Its pool key goes with it."
+                          action={async () => {
+                            await gql(doc.DELETE_REGION, { id: r.id });
+                            toast(`Region ${r.code} deleted`);
+                          }}
+                          done={q.reload}
+                        />
+                      </span>
+                    </td>
                   </tr>
                 ))}
               </Table>
@@ -127,6 +183,7 @@ export function Regions() {
           )
         }
       </Async>
+      {renaming && <RenameRegion region={renaming} onClose={() => setRenaming(null)} onSaved={q.reload} />}
       {adding && (
         <NewRegion
           onClose={() => setAdding(false)}

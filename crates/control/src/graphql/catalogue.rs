@@ -244,4 +244,31 @@ impl CatalogueMutation {
             .map(Region::from)
             .gql()
     }
+
+    /// Admin: renames a region; its code and pool key stay. The same name
+    /// again answers the region as it is.
+    #[graphql(guard = "AdminOnly")]
+    async fn rename_region(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        name: String,
+    ) -> async_graphql::Result<Region> {
+        let api = ctx.data::<AppContext>()?;
+        catalogue::rename_region(&api.db, &actor(ctx)?, id.into(), &name)
+            .await
+            .map(Region::from)
+            .gql()
+    }
+
+    /// Admin: deletes a region no node or gateway belongs to (CONFLICT
+    /// while one does).
+    #[graphql(guard = "AdminOnly")]
+    async fn delete_region(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<bool> {
+        let api = ctx.data::<AppContext>()?;
+        catalogue::delete_region(&api.db, &actor(ctx)?, id.into())
+            .await
+            .gql()?;
+        Ok(true)
+    }
 }
