@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::SimpleAsyncConnection;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
@@ -407,7 +407,7 @@ impl Events {
     /// cached and ask for their grants again).
     async fn listen_once(&self, url: &str, ready: &mut Option<tokio::sync::oneshot::Sender<()>>) {
         let reconnecting = ready.is_none();
-        let mut conn = match AsyncPgConnection::establish(url).await {
+        let mut conn = match crate::db::connect::pg(url).await {
             Ok(conn) => conn,
             Err(e) => return tracing::warn!(error = %e, "event listener cannot connect"),
         };

@@ -5,6 +5,7 @@
 //! transaction's events when (and only if) it commits. Raw SQL that differs
 //! between the dialects is written once per dialect as a [`Statement`].
 
+pub(crate) mod connect;
 pub mod dialect;
 mod held;
 pub mod models;
@@ -156,15 +157,28 @@ pub enum SetupError {
     /// The pool could not be built.
     #[error("building the connection pool: {0}")]
     Pool(String),
-    /// A connection could not be opened.
+    /// A connection could not be opened. (Not a `source`: the message
+    /// carries it, and error chains would print it twice.)
     #[error("connecting to the database: {0}")]
-    Connect(#[from] diesel::ConnectionError),
+    Connect(diesel::ConnectionError),
     /// A migration failed.
     #[error("running migrations: {0}")]
     Migration(String),
-    /// A statement failed during set-up.
+    /// A statement failed during set-up (not a `source` either).
     #[error("database: {0}")]
-    Query(#[from] diesel::result::Error),
+    Query(diesel::result::Error),
+}
+
+impl From<diesel::ConnectionError> for SetupError {
+    fn from(e: diesel::ConnectionError) -> Self {
+        SetupError::Connect(e)
+    }
+}
+
+impl From<diesel::result::Error> for SetupError {
+    fn from(e: diesel::result::Error) -> Self {
+        SetupError::Query(e)
+    }
 }
 
 /// Applied to every SQLite connection: enforce foreign keys (off by default in
@@ -200,7 +214,7 @@ impl Db {
                     let q = q.clone();
                     let url = url.to_owned();
                     async move {
-                        let mut conn = AsyncPgConnection::establish(&url).await?;
+                        let mut conn = connect::pg(&url).await?;
                         conn.set_instrumentation(counting(&q));
                         Ok(conn)
                     }
@@ -294,7 +308,7 @@ impl Db {
 pub async fn migrate(dsn: &Dsn) -> Result<usize, SetupError> {
     match dsn {
         Dsn::Postgres(url) => {
-            let mut conn = AsyncPgConnection::establish(url).await?;
+            let mut conn = connect::pg(url).await?;
             diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
                 .execute(&mut conn)
                 .await?;
@@ -342,7 +356,7 @@ pub async fn migrate(dsn: &Dsn) -> Result<usize, SetupError> {
 pub async fn revert_all(dsn: &Dsn) -> Result<usize, SetupError> {
     match dsn {
         Dsn::Postgres(url) => {
-            let conn = AsyncPgConnection::establish(url).await?;
+            let conn = connect::pg(url).await?;
             let mut harness = AsyncMigrationHarness::new(conn);
             harness
                 .revert_all_migrations(PG_MIGRATIONS)

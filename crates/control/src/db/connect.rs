@@ -1,0 +1,84 @@
+//! Opening a PostgreSQL connection with an error an operator can act on.
+//!
+//! tokio-postgres reports a server that asks for a password the DSN does not
+//! carry as a configuration error whose cause ("password missing") is lost
+//! on the way up through diesel-async: all that reaches the log is "invalid
+//! configuration". [`pg`] names what is missing instead.
+
+use diesel::ConnectionError;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+
+/// What an operator is told when the server wants a password the DSN lacks.
+pub(crate) const NO_PASSWORD: &str = "the server asks for a password and BACKEND_DB_DSN has \
+     none: postgres://USER:PASSWORD@HOST:PORT/DB (percent-encode special characters)";
+
+/// Opens one connection to `url`.
+pub(crate) async fn pg(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
+    AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| explain(e, url))
+}
+
+/// `e`, with "invalid configuration" explained when `url` has no password
+/// (the only configuration error left once a URL has parsed and a server
+/// answered).
+fn explain(e: ConnectionError, url: &str) -> ConnectionError {
+    let bare = match &e {
+        ConnectionError::CouldntSetupConfiguration(diesel::result::Error::DatabaseError(
+            _,
+            info,
+        )) => info.message() == "invalid configuration",
+        ConnectionError::BadConnection(m) => m == "invalid configuration",
+        _ => false,
+    };
+    let no_password = url::Url::parse(url).is_ok_and(|u| u.password().is_none());
+    if bare && no_password {
+        ConnectionError::BadConnection(NO_PASSWORD.to_owned())
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on 127.0.0.1 that asks every client for a cleartext
+    /// password, as a `password` line of pg_hba.conf makes PostgreSQL do.
+    async fn asking_for_a_password() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                // The startup message: a length (itself included), then the rest.
+                let len = s.read_u32().await.unwrap_or(8);
+                let mut rest = vec![0; len.saturating_sub(4) as usize];
+                let _ = s.read_exact(&mut rest).await;
+                // AuthenticationCleartextPassword: 'R', length 8, code 3.
+                let _ = s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await;
+                let _ = s.read(&mut [0; 64]).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_dsn_without_the_password_the_server_asks_for_is_named() {
+        let addr = asking_for_a_password().await;
+        let Err(e) = super::pg(&format!("postgres://httvps@{addr}/httvps")).await else {
+            panic!("connected without a password")
+        };
+        assert_eq!(e.to_string(), super::NO_PASSWORD);
+        // With a password in the DSN the server's own answer stands (here
+        // it hangs up after asking).
+        let Err(e) = super::pg(&format!("postgres://httvps:pw@{addr}/httvps")).await else {
+            panic!("connected")
+        };
+        assert_ne!(e.to_string(), super::NO_PASSWORD);
+    }
+}
