@@ -257,7 +257,18 @@ pub async fn start_up_data_plane(
             .map_err(httvps_control::error::AppError::from))
         .map_err(fail)?;
     let gw_id = match gw_existing {
-        Some(id) => id,
+        // Its URL follows the port it listens at this time (links carry
+        // it); a start on the same port changes nothing.
+        Some(id) => {
+            let at = nodes::GatewayChanges {
+                name: None,
+                public_url: Some(public_url.clone()),
+            };
+            nodes::update_gateway(db, &admin, id, at)
+                .await
+                .map_err(fail)?
+                .id
+        }
         None => {
             nodes::register_gateway(
                 db,

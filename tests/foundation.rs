@@ -555,13 +555,50 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
+    // The gateway's registered URL is the one it listens at, so links
+    // reach it; a restart on another port moves it.
+    let registered = async |at: &std::net::SocketAddr, stdout: &[String]| {
+        let printed = stdout
+            .iter()
+            .find_map(|l| l.strip_prefix("gateway:"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("gateway line")
+            .to_owned();
+        let base = format!("http://{at}");
+        let login = gql(
+            &base,
+            None,
+            "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+            serde_json::json!({"e": "admin@localhost", "p": password}),
+        )
+        .await;
+        let token = login["data"]["login"]["accessToken"]
+            .as_str()
+            .expect("token");
+        let r = gql(
+            &base,
+            Some(token),
+            "{gatewayNodes{nodes{name publicUrl}}}",
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(
+            r["data"]["gatewayNodes"]["nodes"],
+            serde_json::json!([{"name": "local-gateway", "publicUrl": printed}]),
+            "{r}"
+        );
+        printed
+    };
+    let first_url = registered(&addr, &first.stdout).await;
     drop(first);
     let second = start();
-    assert!(second.addr.is_some(), "restarted");
+    let again = second.addr.expect("restarted");
     assert!(
         !second.stdout.iter().any(|l| l.contains("password:")),
         "no new password on restart"
     );
+    let second_url = registered(&again, &second.stdout).await;
+    assert_ne!(first_url, second_url, "each start on a port of its own");
     drop(second);
 }
 
