@@ -65,14 +65,16 @@ pub enum GatewayCommand {
     },
     /// Changes a gateway's name or public URL (the links handed out from
     /// now on; set the gateway's own GATEWAY_PUBLIC_URL on its host too).
+    #[command(group(clap::ArgGroup::new("changes").required(true).multiple(true)))]
     Update {
         /// The gateway's id.
         id: uuid::Uuid,
         /// New unique name.
-        #[arg(long)]
+        #[arg(long, group = "changes")]
         name: Option<String>,
-        /// New https:// URL clients connect to.
-        #[arg(long)]
+        /// New https:// URL clients connect to (refused while
+        /// BACKEND_GATEWAY_URL names its current one).
+        #[arg(long, group = "changes")]
         public_url: Option<String>,
     },
     /// Replaces a gateway's token (the old one stops working) and prints a
@@ -116,20 +118,21 @@ pub enum NodeCommand {
     },
     /// Changes a node's name, address or capacity (new tunnels go to a new
     /// address; open ones keep theirs).
+    #[command(group(clap::ArgGroup::new("changes").required(true).multiple(true)))]
     Update {
         /// The node's id.
         id: uuid::Uuid,
         /// New unique name.
-        #[arg(long)]
+        #[arg(long, group = "changes")]
         name: Option<String>,
         /// New address the gateways reach it at.
-        #[arg(long)]
+        #[arg(long, group = "changes")]
         host: Option<String>,
-        /// New port.
-        #[arg(long)]
+        /// New port (1-65535).
+        #[arg(long, group = "changes", allow_negative_numbers = true)]
         port: Option<i32>,
         /// New most concurrent sessions.
-        #[arg(long)]
+        #[arg(long, group = "changes", allow_negative_numbers = true)]
         capacity: Option<i32>,
     },
     /// Replaces a node's token and prints a new enrollment string.
@@ -187,12 +190,27 @@ fn fail(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
+/// The registry's database, which must exist: machines belong to regions
+/// made before them, so an SQLite file that is not there is a mistyped
+/// `BACKEND_DB_DSN`, not a database to create.
+async fn registry(db: &DbArgs) -> anyhow::Result<Db> {
+    let dsn = db.dsn()?;
+    if let db::Dsn::Sqlite(path) = &dsn
+        && !std::path::Path::new(path).exists()
+    {
+        anyhow::bail!(
+            "no database at {path} (BACKEND_DB_DSN): give the one the control plane uses \
+             (`httvps up` keeps it in its data directory as httvps.db)"
+        );
+    }
+    db::migrate(&dsn).await.context("applying migrations")?;
+    Ok(Db::connect(&dsn, 1)?)
+}
+
 /// Runs `httvps gateway …`; returns what to print (the enrollment string
 /// or a confirmation).
 pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Result<String> {
-    let dsn = db.dsn()?;
-    db::migrate(&dsn).await.context("applying migrations")?;
-    let pool = Db::connect(&dsn, 1)?;
+    let pool = registry(db).await?;
     let op = Actor::Operator;
     match cmd {
         GatewayCommand::Add {
@@ -219,7 +237,12 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
             public_url,
         } => {
             let changes = nodes::GatewayChanges { name, public_url };
-            let g = nodes::update_gateway(&pool, &op, id.into(), changes)
+            // As the control plane would refuse it: BACKEND_GATEWAY_URL,
+            // where it is set for this command too (the environment or
+            // `.env`), names the gateway links are built on.
+            let configured = std::env::var("BACKEND_GATEWAY_URL").ok();
+            let configured = configured.as_deref().filter(|u| !u.trim().is_empty());
+            let g = nodes::update_gateway(&pool, &op, id.into(), changes, configured)
                 .await
                 .map_err(fail)?;
             Ok(format!(
@@ -249,9 +272,7 @@ fn expiry(at: Option<chrono::NaiveDateTime>) -> String {
 
 /// Runs `httvps node …`, like [`gateway`].
 pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Result<String> {
-    let dsn = db.dsn()?;
-    db::migrate(&dsn).await.context("applying migrations")?;
-    let pool = Db::connect(&dsn, 1)?;
+    let pool = registry(db).await?;
     let op = Actor::Operator;
     match cmd {
         NodeCommand::Add {

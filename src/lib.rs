@@ -16,7 +16,9 @@
 //! - [`logging`]: structured logs.
 //! - [`relay`]: the data plane's command-line settings, validated.
 //! - [`shutdown`]: the shutdown signal.
-//! - [`up`]: the zero-setup mode, the only place both planes run together.
+//! - [`up`]: the zero-setup mode, the only place both planes run together
+//!   (`up_machines`: its node and gateway in the registry, by the ids kept
+//!   in its data directory).
 
 pub mod cli;
 pub mod credentials;
@@ -25,5 +27,6 @@ pub mod logging;
 pub mod relay;
 pub mod shutdown;
 pub mod up;
+mod up_machines;
 
 pub use shutdown::shutdown_signal;

@@ -172,10 +172,6 @@ pub async fn start_up_data_plane(
     backend_url: &str,
     gateway: TcpListener,
 ) -> anyhow::Result<UpDataPlane> {
-    use diesel::prelude::*;
-    use diesel_async::RunQueryDsl;
-    use httvps_control::db::schema::{gateway_nodes, outline_nodes};
-    use httvps_control::ids::{GatewayNodeId, OutlineNodeId};
     use httvps_control::{catalogue, nodes};
     use httvps_dataplane::{backend::Backend, gateway as gw, node, tls};
 
@@ -203,87 +199,14 @@ pub async fn start_up_data_plane(
     .await
     .context("starting the embedded node")?;
     let node_addr = running.addr;
-    let port = i32::from(node_addr.port());
-    let existing: Option<OutlineNodeId> = httvps_control::db_run!(db, |conn| outline_nodes::table
-        .filter(outline_nodes::name.eq("local-node"))
-        .select(outline_nodes::id)
-        .first(conn)
-        .await
-        .optional()
-        .map_err(httvps_control::error::AppError::from))
-    .map_err(fail)?;
-    let node_id = match existing {
-        Some(id) => {
-            httvps_control::db_run!(db, |conn| diesel::update(outline_nodes::table.find(id))
-                .set((
-                    outline_nodes::host.eq("127.0.0.1"),
-                    outline_nodes::port.eq(port)
-                ))
-                .execute(conn)
-                .await
-                .map_err(httvps_control::error::AppError::from))
-            .map_err(fail)?;
-            id
-        }
-        None => {
-            let input = nodes::NewOutlineNode {
-                region: "local".into(),
-                name: "local-node".into(),
-                host: "127.0.0.1".into(),
-                port,
-                method: None,
-                secret: None,
-                capacity: 1000,
-            };
-            nodes::register_outline(db, &admin, input, EnrollmentTtl::default())
-                .await
-                .map_err(fail)?
-                .0
-                .id
-        }
-    };
+    let mut machines = crate::up_machines::Local::open(db, admin, data_dir)?;
+    let node_id = machines.node(i32::from(node_addr.port())).await?;
     let (node_token, _) = nodes::rotate_token(db, &admin, node_id.uuid(), EnrollmentTtl::default())
         .await
         .map_err(fail)?;
     let gateway_addr = gateway.local_addr()?;
     let public_url = format!("https://{gateway_addr}");
-    let gw_existing: Option<GatewayNodeId> =
-        httvps_control::db_run!(db, |conn| gateway_nodes::table
-            .filter(gateway_nodes::name.eq("local-gateway"))
-            .select(gateway_nodes::id)
-            .first(conn)
-            .await
-            .optional()
-            .map_err(httvps_control::error::AppError::from))
-        .map_err(fail)?;
-    let gw_id = match gw_existing {
-        // Its URL follows the port it listens at this time (links carry
-        // it); a start on the same port changes nothing.
-        Some(id) => {
-            let at = nodes::GatewayChanges {
-                name: None,
-                public_url: Some(public_url.clone()),
-            };
-            nodes::update_gateway(db, &admin, id, at)
-                .await
-                .map_err(fail)?
-                .id
-        }
-        None => {
-            nodes::register_gateway(
-                db,
-                &admin,
-                "local",
-                "local-gateway",
-                &public_url,
-                EnrollmentTtl::default(),
-            )
-            .await
-            .map_err(fail)?
-            .0
-            .id
-        }
-    };
+    let gw_id = machines.gateway(&public_url).await?;
     let (gw_token, _) = nodes::rotate_token(db, &admin, gw_id.uuid(), EnrollmentTtl::default())
         .await
         .map_err(fail)?;

@@ -556,8 +556,9 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
         assert_eq!(mode & 0o777, 0o600);
     }
     // The gateway's registered URL is the one it listens at, so links
-    // reach it; a restart on another port moves it.
-    let registered = async |at: &std::net::SocketAddr, stdout: &[String]| {
+    // reach it; a restart on another port moves it. The machines are
+    // found again by id, under whatever names the operator gave them.
+    let registered = async |at: &std::net::SocketAddr, stdout: &[String], names: (&str, &str)| {
         let printed = stdout
             .iter()
             .find_map(|l| l.strip_prefix("gateway:"))
@@ -574,22 +575,55 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
         .await;
         let token = login["data"]["login"]["accessToken"]
             .as_str()
-            .expect("token");
+            .expect("token")
+            .to_owned();
         let r = gql(
             &base,
-            Some(token),
-            "{gatewayNodes{nodes{name publicUrl}}}",
+            Some(&token),
+            "{gatewayNodes{nodes{id name publicUrl}} outlineNodes{nodes{id name}}}",
             serde_json::json!({}),
         )
         .await;
+        let gateways = r["data"]["gatewayNodes"]["nodes"]
+            .as_array()
+            .expect("gateways");
+        let nodes = r["data"]["outlineNodes"]["nodes"]
+            .as_array()
+            .expect("nodes");
+        assert_eq!(gateways.len(), 1, "{r}");
+        assert_eq!(nodes.len(), 1, "{r}");
         assert_eq!(
-            r["data"]["gatewayNodes"]["nodes"],
-            serde_json::json!([{"name": "local-gateway", "publicUrl": printed}]),
+            (
+                &gateways[0]["name"],
+                &gateways[0]["publicUrl"],
+                &nodes[0]["name"]
+            ),
+            (
+                &serde_json::json!(names.0),
+                &serde_json::json!(printed),
+                &serde_json::json!(names.1)
+            ),
             "{r}"
         );
-        printed
+        (
+            printed,
+            base,
+            token,
+            gateways[0]["id"].clone(),
+            nodes[0]["id"].clone(),
+        )
     };
-    let first_url = registered(&addr, &first.stdout).await;
+    let (first_url, base, token, gw_id, node_id) =
+        registered(&addr, &first.stdout, ("local-gateway", "local-node")).await;
+    assert!(data.join("up-machines.json").exists(), "the ids are kept");
+    let r = gql(
+        &base,
+        Some(&token),
+        "mutation($g:UUID!,$n:UUID!){updateGatewayNode(id:$g,input:{name:\"my-gw\"}){name} updateOutlineNode(id:$n,input:{name:\"my-node\"}){name}}",
+        serde_json::json!({"g": gw_id, "n": node_id}),
+    )
+    .await;
+    assert!(r["errors"].is_null(), "{r}");
     drop(first);
     let second = start();
     let again = second.addr.expect("restarted");
@@ -597,7 +631,7 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
         !second.stdout.iter().any(|l| l.contains("password:")),
         "no new password on restart"
     );
-    let second_url = registered(&again, &second.stdout).await;
+    let (second_url, ..) = registered(&again, &second.stdout, ("my-gw", "my-node")).await;
     assert_ne!(first_url, second_url, "each start on a port of its own");
     drop(second);
 }

@@ -1435,11 +1435,12 @@ async fn a_gateway_deleted_while_it_heartbeats() {
         matches!(late, Err(httvps_control::error::AppError::Unauthenticated)),
         "{late:?}"
     );
-    // While another gateway, alive, reporting that session is refused.
+    // While another gateway, alive, reporting that session is refused as
+    // for a session it does not know (it drops the totals, not resends).
     let other = gateway_of(db, &w.gateway).await;
     let foreign = httvps_control::usage_accounting::receive(db, other.id, &[totals()]).await;
     assert!(
-        matches!(foreign, Err(httvps_control::error::AppError::Forbidden)),
+        matches!(foreign, Err(httvps_control::error::AppError::NotFound(_))),
         "{foreign:?}"
     );
 }
@@ -1778,7 +1779,8 @@ async fn auth_matrix_and_scoping(db: TestDb) {
         .0,
         403
     );
-    // Gateway B reporting usage for gateway A's session: 403 and nothing written.
+    // Gateway B reporting usage for gateway A's session: 404, as for a
+    // session it does not know (it drops those totals), nothing written.
     let (s, b) = w
         .post(
             "/api/v1/usage/report",
@@ -1786,7 +1788,7 @@ async fn auth_matrix_and_scoping(db: TestDb) {
             json!({"reports": [{"session_id": sid, "seq": 1, "bytes_up": 5, "bytes_down": 5}]}),
         )
         .await;
-    assert_eq!(s, 403, "{b}");
+    assert_eq!((s, &b["error"]["code"]), (404, &json!("NOT_FOUND")), "{b}");
     assert_eq!(
         w.scalar(&format!(
             "SELECT bytes_up AS n FROM sessions WHERE id = '{sid}'"
@@ -2615,10 +2617,20 @@ async fn nodes_change_in_place(w: World) {
         (200, &json!("10.1.0.1"), &json!(8388)),
         "{b}"
     );
+    // A gateway could not reach it at its old address: down, and out of
+    // rotation until reached again.
+    let (s, _) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"unreachable_nodes": [node]}),
+        )
+        .await;
+    assert_eq!(s, 200);
     let mut events = w.server.state.db.events().subscribe();
     let mut access = w.server.state.db.events().subscribe_access();
 
-    let update = "mutation($i:UUID!,$in:UpdateOutlineNodeInput!){updateOutlineNode(id:$i,input:$in){id name host port capacity}}";
+    let update = "mutation($i:UUID!,$in:UpdateOutlineNodeInput!){updateOutlineNode(id:$i,input:$in){id name host port capacity health}}";
     let r = w
         .gql(
             update,
@@ -2636,6 +2648,10 @@ async fn nodes_change_in_place(w: World) {
             &json!(50)
         ),
         "{r}"
+    );
+    assert_eq!(
+        n["health"], "unknown",
+        "a new address is not known to be down: {r}"
     );
     let ev = next_event(&mut events, NodeEventKind::Updated).await;
     assert_eq!((ev.node_id.as_str(), ev.capacity), (node.as_str(), 50));
@@ -2917,4 +2933,56 @@ async fn regions_renamed_and_deleted(w: World) {
     assert_eq!(code(&r), "FORBIDDEN", "{r}");
     let r = gql(&w.server.base, Some(&user), delete, json!({"i": eu})).await;
     assert_eq!(code(&r), "FORBIDDEN", "{r}");
+}
+
+/// The gateway `BACKEND_GATEWAY_URL` names keeps its URL: links are built
+/// on the setting, and a gateway moved away from it would leave them on a
+/// URL no gateway is registered at, with another region's key. Its name
+/// may change, and so may another gateway's URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_configured_gateway_keeps_its_url() {
+    let w = World::new().await;
+    let r = w
+        .gql(
+            "mutation{a:registerGatewayNode(input:{region:\"us\",name:\"front\",publicUrl:\"https://GW.test.example/\"}){node{id}} b:registerGatewayNode(input:{region:\"us\",name:\"other\",publicUrl:\"https://other.example.com\"}){node{id}}}",
+            json!({}),
+        )
+        .await;
+    let (front, other) = (
+        r["data"]["a"]["node"]["id"].clone(),
+        r["data"]["b"]["node"]["id"].clone(),
+    );
+    assert!(front.is_string() && other.is_string(), "{r}");
+    let update = "mutation($i:UUID!,$in:UpdateGatewayNodeInput!){updateGatewayNode(id:$i,input:$in){name publicUrl}}";
+    let r = w
+        .gql(
+            update,
+            json!({"i": front, "in": {"publicUrl": "https://moved.example.com"}}),
+        )
+        .await;
+    assert_eq!(code(&r), "CONFLICT", "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("BACKEND_GATEWAY_URL")),
+        "{r}"
+    );
+    let r = w
+        .gql(update, json!({"i": front, "in": {"name": "front-1"}}))
+        .await;
+    assert_eq!(
+        r["data"]["updateGatewayNode"],
+        json!({"name": "front-1", "publicUrl": "https://gw.test.example"}),
+        "{r}"
+    );
+    let r = w
+        .gql(
+            update,
+            json!({"i": other, "in": {"publicUrl": "https://other-2.example.com"}}),
+        )
+        .await;
+    assert_eq!(
+        r["data"]["updateGatewayNode"]["publicUrl"], "https://other-2.example.com",
+        "{r}"
+    );
 }

@@ -315,3 +315,84 @@ async fn a_gateway_sigkilled_at_full_speed_loses_at_most_one_spool_interval_and_
     );
     gw.sigkill().await;
 }
+
+/// A spool naming another gateway's session (a data directory kept while
+/// the gateway was re-registered under a new identity, or its old identity
+/// deleted): the control plane answers those totals as unknown, the
+/// gateway drops them, and its own sessions' usage is still recorded (a
+/// refusal it took for "try again" held every report back for ever).
+#[tokio::test(flavor = "multi_thread")]
+async fn another_gateways_sessions_in_the_spool_do_not_hold_back_its_own() {
+    let (plane, listener) = Plane::prepare(1).await;
+    drop(listener);
+    let r = plane
+        .gql(
+            "mutation{registerGatewayNode(input:{region:\"eu\",name:\"gw-before\",publicUrl:\"https://gw-before.example.com\"}){token}}",
+            serde_json::json!({}),
+        )
+        .await;
+    let before = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let res = common::client()
+        .post(format!("{}/api/v1/nodes/assign-outline", plane.server.base))
+        .bearer_auth(&before)
+        .json(&serde_json::json!({"device_token": plane.device_token}))
+        .send()
+        .await
+        .expect("assign");
+    let b: serde_json::Value = res.json().await.expect("json");
+    let foreign = b["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{b}"))
+        .to_owned();
+    let dir = common::tempdir::TempDir::new();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(
+        data.join("gateway-spool.json"),
+        serde_json::json!({"sessions": {&foreign: [1000, 2000]}}).to_string(),
+    )
+    .expect("spool");
+    let log = dir.path().join("gateway.log");
+    let port = common::stable_port();
+    let gw = spawn_gateway(&plane, port, &data, &log).await;
+    let cfg = plane.cipher().await;
+    let target = sink().await;
+    let traffic = Traffic {
+        up: Arc::new(AtomicU64::new(0)),
+        run: Arc::new(AtomicBool::new(true)),
+        open: Arc::new(AtomicU64::new(0)),
+    };
+    traffic.start(port, &plane, &cfg, target, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    traffic.stop().await;
+    let ours = format!(
+        "SELECT CAST(COALESCE(SUM(bytes_up), 0) AS BIGINT) AS n FROM sessions WHERE id <> '{foreign}'"
+    );
+    let mut recorded = 0;
+    for _ in 0..60 {
+        recorded = plane.scalar(&ours).await;
+        if recorded > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        recorded > 0,
+        "the gateway's own usage was never recorded: {log_text}"
+    );
+    assert_eq!(
+        plane
+            .scalar(&format!(
+                "SELECT bytes_up + bytes_down AS n FROM sessions WHERE id = '{foreign}'"
+            ))
+            .await,
+        0,
+        "nothing counted for the other gateway's session"
+    );
+    assert!(log_text.contains("usage refused; dropped"), "{log_text}");
+    gw.sigkill().await;
+}

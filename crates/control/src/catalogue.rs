@@ -339,9 +339,13 @@ pub async fn delete_region(db: &Db, actor: &Actor, id: RegionId) -> AppResult<()
             .get_result(conn)
             .await
             .optional()
-            .map_err(AppError::on_conflict(
-                "nodes or gateways belong to this region: delete them first",
-            ))?
+            .map_err(|e| match AppError::from(e) {
+                // The nodes' and gateways' references RESTRICT the delete.
+                AppError::Conflict(_) => AppError::Conflict(
+                    "nodes or gateways belong to this region: delete them first".into(),
+                ),
+                other => other,
+            })?
             .ok_or(AppError::NotFound("region"))?;
         let entry = audit::entry(
             actor,

@@ -116,7 +116,9 @@ impl AppError {
     /// Maps a diesel error, saying what a unique violation means here.
     pub fn on_conflict(message: &'static str) -> impl Fn(diesel::result::Error) -> AppError {
         move |e| match AppError::from(e) {
-            AppError::Conflict(_) => AppError::Conflict(message.into()),
+            // A missing or still-referenced row is not the conflict the
+            // caller names (a duplicate): it keeps its own message.
+            AppError::Conflict(m) if m != MISSING_REFERENCE => AppError::Conflict(message.into()),
             other => other,
         }
     }
@@ -266,5 +268,31 @@ mod tests {
         assert!(!from_db(DatabaseErrorKind::UniqueViolation, "x").is_race());
         assert!(!from_db(DatabaseErrorKind::Unknown, "disk full").is_race());
         assert!(!AppError::Unavailable("database unavailable".into()).is_race());
+        // SQLite says it in words.
+        assert!(from_db(DatabaseErrorKind::Unknown, "FOREIGN KEY constraint failed").is_race());
+    }
+
+    #[test]
+    fn a_conflicts_message_names_duplicates_only() {
+        let named = AppError::on_conflict("a node with this name exists");
+        let db = |kind, message: &str| {
+            diesel::result::Error::DatabaseError(kind, Box::new(message.to_owned()))
+        };
+        let e = named(db(DatabaseErrorKind::UniqueViolation, "duplicate key"));
+        assert!(
+            matches!(&e, AppError::Conflict(m) if m == "a node with this name exists"),
+            "{e:?}"
+        );
+        // A region deleted under a registration is not "name exists".
+        for kind in [
+            DatabaseErrorKind::ForeignKeyViolation,
+            DatabaseErrorKind::Unknown,
+        ] {
+            let e = named(db(kind, "FOREIGN KEY constraint failed"));
+            assert!(
+                matches!(&e, AppError::Conflict(m) if m == MISSING_REFERENCE),
+                "{e:?}"
+            );
+        }
     }
 }

@@ -42,7 +42,7 @@ async fn known_gateways(db: &Db) -> AppResult<Vec<Known>> {
 }
 
 /// Whether two gateway URLs name the same place.
-fn same_url(a: &str, b: &str) -> bool {
+pub(crate) fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/')
         .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }

@@ -420,7 +420,9 @@ impl NodeMutation {
     }
 
     /// Admin: changes a gateway's name or public URL. A change that
-    /// changes nothing answers the gateway as it is.
+    /// changes nothing answers the gateway as it is. The URL of the gateway
+    /// BACKEND_GATEWAY_URL names is CONFLICT until the setting names
+    /// another (links are built on the setting).
     #[graphql(guard = "AdminOnly")]
     async fn update_gateway_node(
         &self,
@@ -433,7 +435,8 @@ impl NodeMutation {
             name: input.name,
             public_url: input.public_url,
         };
-        let node = nodes::update_gateway(&api.db, &actor(ctx)?, id.into(), changes)
+        let configured = api.gateway_url.as_deref();
+        let node = nodes::update_gateway(&api.db, &actor(ctx)?, id.into(), changes, configured)
             .await
             .gql()?;
         Ok(node.into())

@@ -6,7 +6,8 @@
 //! is) answers the node as it is, with no audit entry and no event. A
 //! change publishes `UPDATED`; a new address of an Outline node also
 //! withdraws the node from gateways' cached answers, so no new tunnel goes
-//! to the old address (open tunnels keep their connection).
+//! to the old address (open tunnels keep their connection), and makes its
+//! health unknown (it has not been reached there yet).
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -18,9 +19,11 @@ use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, now};
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
 use crate::db_tx;
+use crate::devices::links::same_url;
 use crate::error::{AppError, AppResult};
 use crate::events::NodeEventKind;
 use crate::ids::{GatewayNodeId, OutlineNodeId};
+use crate::status::Health;
 use crate::{audit, validate};
 
 /// Changes to an Outline node; `None` leaves a field as it is.
@@ -123,12 +126,18 @@ pub async fn update_outline(
         if diff.is_empty() {
             return Ok(old);
         }
+        // A new address has not been reached yet: whatever its health was
+        // (down after a gateway failed to reach the old one, which would
+        // keep it out of rotation for good when it sends no heartbeats),
+        // it is unknown again, and taken.
+        let moved = host.is_some() || port.is_some();
         let node = diesel::update(outline_nodes::table.find(id))
             .set((
                 name.map(|v| outline_nodes::name.eq(v)),
                 host.as_ref().map(|v| outline_nodes::host.eq(v)),
                 port.map(|v| outline_nodes::port.eq(v)),
                 capacity.map(|v| outline_nodes::capacity.eq(v)),
+                moved.then_some(outline_nodes::health.eq(Health::Unknown)),
                 outline_nodes::updated_at.eq(now()),
             ))
             .returning(OutlineNode::as_returning())
@@ -144,7 +153,7 @@ pub async fn update_outline(
         );
         let code = audited!(conn, entry, node.region_id);
         outbox.node(outline_event(&node, &code, NodeEventKind::Updated));
-        if host.is_some() || port.is_some() {
+        if moved {
             outbox.node_withdrawn(&node.id.to_string());
         }
         Ok::<_, AppError>(node)
@@ -154,11 +163,16 @@ pub async fn update_outline(
 /// Admin: changes a gateway's name or public URL. The URL is what links
 /// handed out from now on carry; the gateway's own `GATEWAY_PUBLIC_URL`
 /// (its access-key documents, its certificate's name) is set on its host.
+/// `configured` is the control plane's `BACKEND_GATEWAY_URL`: links are
+/// built on it, so the gateway it names keeps its URL (CONFLICT) until the
+/// setting names another (moving it would leave links on the setting's
+/// URL with no gateway registered there, and another region's key).
 pub async fn update_gateway(
     db: &Db,
     actor: &Actor,
     id: GatewayNodeId,
     changes: GatewayChanges,
+    configured: Option<&str>,
 ) -> AppResult<GatewayNode> {
     actor.require_admin()?;
     let new_name = name(changes.name)?;
@@ -180,6 +194,13 @@ pub async fn update_gateway(
         let url = diff.field("publicUrl", &old.public_url, new_url);
         if diff.is_empty() {
             return Ok(old);
+        }
+        if url.is_some() && configured.is_some_and(|c| same_url(c, &old.public_url)) {
+            return Err(AppError::Conflict(
+                "BACKEND_GATEWAY_URL names this gateway's URL, and links are built on it: \
+                 change the setting first"
+                    .into(),
+            ));
         }
         let node = diesel::update(gateway_nodes::table.find(id))
             .set((

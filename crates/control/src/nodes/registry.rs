@@ -39,11 +39,12 @@ pub struct NewOutlineNode {
 }
 
 /// A node's address as gateways reach it: an IP address (IPv6 with or
-/// without brackets, kept without), or a host name (labels of letters,
-/// digits, `-` and `_`, none empty, over 63 bytes or edged with `-`, the
-/// last not all digits: `1.2.3` and `999.1.1.1` are addresses written
-/// wrong). A port, a path or anything else is refused: gateways could not
-/// reach it.
+/// without brackets, kept without), or a host name, kept in the form DNS
+/// is asked in (lower case, an internationalized name in punycode, as a
+/// gateway's public URL is): labels of letters, digits, `-` and `_`, none
+/// empty, over 63 bytes or edged with `-`, the last not all digits (`1.2.3`
+/// and `999.1.1.1` are addresses written wrong). A port, a path or anything
+/// else is refused: gateways could not reach it.
 pub(super) fn host(value: &str) -> AppResult<String> {
     let h = validate::text("host", value, 1, 253)?;
     let bad = || AppError::bad("host must be a host name or an IP address, without a port");
@@ -61,7 +62,14 @@ pub(super) fn host(value: &str) -> AppResult<String> {
         }
         return Ok(ip.to_string());
     }
-    let name = h.strip_suffix('.').unwrap_or(&h);
+    // IDNA: lower case, punycode; a name that only looks numeric (`1.2.3`)
+    // comes back as an address and is refused below as one written wrong.
+    let ascii = match url::Host::parse(&h) {
+        Ok(url::Host::Domain(d)) => d,
+        Ok(_) => h.to_ascii_lowercase(),
+        Err(_) => return Err(bad()),
+    };
+    let name = ascii.strip_suffix('.').unwrap_or(&ascii);
     let label_ok = |l: &str| {
         (1..=63).contains(&l.len())
             && l.bytes()
@@ -76,7 +84,7 @@ pub(super) fn host(value: &str) -> AppResult<String> {
     if !name.split('.').all(label_ok) || last_numeric {
         return Err(bad());
     }
-    Ok(h)
+    Ok(ascii)
 }
 
 async fn region(db: &Db, code: &str) -> AppResult<Region> {
@@ -468,6 +476,9 @@ mod tests {
             ("example.com.", "example.com."),
             ("my_node", "my_node"),
             ("123.example.com", "123.example.com"),
+            ("Node-1.EU.Example.com", "node-1.eu.example.com"),
+            ("LOCALHOST", "localhost"),
+            ("exämple.com", "xn--exmple-cua.com"),
         ] {
             assert_eq!(host(given).ok().as_deref(), Some(kept), "{given}");
         }

@@ -21,7 +21,10 @@ use crate::usage_accounting;
 /// How often the access-event stream says it is alive.
 const ACCESS_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Gateways report cumulative byte totals per session; idempotent.
+/// Gateways report cumulative byte totals per session; idempotent. A
+/// report naming a session the control plane does not know, or another
+/// gateway's, is refused whole with 404 (nothing stored): the gateway
+/// drops those totals and reports the rest. 403 is a disabled gateway's.
 #[utoipa::path(post, path = "/api/v1/usage/report", request_body = UsageReport,
     responses((status = 200, body = UsageReportResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]

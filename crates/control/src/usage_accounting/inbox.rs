@@ -100,7 +100,15 @@ pub async fn receive(
         return Err(AppError::NotFound("session"));
     }
     if known.iter().any(|s| s.gateway_node_id != Some(gateway)) {
-        return Err(not_the_senders(db, Sender::Gateway(gateway)).await);
+        // Another gateway's session (or one whose gateway was deleted) is
+        // none of this one's: answered as unknown (404), which the gateway
+        // takes as a refusal of those totals and drops them, reporting the
+        // rest; a 403 would have it resend them, and everything with them,
+        // for ever. A sender deleted since its token was checked gets 401.
+        return Err(match not_the_senders(db, Sender::Gateway(gateway)).await {
+            AppError::Forbidden => AppError::NotFound("session"),
+            other => other,
+        });
     }
     let close = known
         .into_iter()
