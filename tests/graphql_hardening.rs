@@ -612,6 +612,25 @@ async fn node_events_reach_subscribers_on_another_replica() {
         ws_init(&mut ws, json!({"Authorization": format!("Bearer {user}")})).await["type"],
         "connection_ack"
     );
+    // A region filter is checked as a region's code: one that cannot be
+    // is refused with its reason (a well-formed one no region has yet
+    // matches nothing until one does).
+    let long = "x".repeat(5000);
+    ws.send(Message::Text(json!({"id": "0", "type": "subscribe", "payload": {"query": format!("subscription{{nodeEvents(region:\"{long}\"){{nodeId}}}}")}}).to_string().into())).await.expect("send");
+    let refused = ws_next(&mut ws).await;
+    let errors = match refused["type"].as_str() {
+        Some("error") => refused["payload"].clone(),
+        _ => refused["payload"]["errors"].clone(),
+    };
+    assert_eq!(errors[0]["extensions"]["code"], "BAD_REQUEST", "{refused}");
+    if refused["type"] == "next" {
+        let done = ws_next(&mut ws).await;
+        assert_eq!(
+            (&done["id"], &done["type"]),
+            (&json!("0"), &json!("complete")),
+            "{done}"
+        );
+    }
     ws.send(Message::Text(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription{nodeEvents(region:\"r1\"){nodeId kind region status health}}"}}).to_string().into())).await.expect("send");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The admin works on replica B.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::placement::DevicePlacement;
 use super::scalars::BigInt;
-use super::{AdminOnly, AppContext, LiveViewer, SignedIn, viewer};
+use super::{AdminOnly, AppContext, GqlResultExt, LiveViewer, SignedIn, viewer};
 use crate::events::NodeEvent;
 use crate::feed::{self, DeviceEventKind, QuotaEventKind, SessionEventKind};
 use crate::ids::DeviceId;
@@ -113,10 +113,20 @@ pub struct DeviceEvent {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
+/// A subscription's region filter, checked as a region's code is (a code
+/// no region has yet is a filter that matches nothing until one does).
+fn region_code(region: Option<String>) -> async_graphql::Result<Option<String>> {
+    region
+        .map(|r| crate::validate::code("region", &r))
+        .transpose()
+        .gql()
+}
+
 #[Subscription]
 impl Live {
-    /// Node status and load changes, optionally of one region. Users and
-    /// device clients see Outline nodes' health without their addresses.
+    /// Node status and load changes, optionally of one region (its code;
+    /// BAD_REQUEST for what cannot be one). Users and device clients see
+    /// Outline nodes' health without their addresses.
     #[graphql(guard = "LiveViewer")]
     async fn node_events(
         &self,
@@ -124,7 +134,7 @@ impl Live {
         region: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = NodeEvent>> {
         let api = ctx.data::<AppContext>()?;
-        let region = region.map(|r| r.trim().to_lowercase());
+        let region = region_code(region)?;
         let rx = api.db.events().subscribe();
         Ok(BroadcastStream::new(rx).filter_map(move |ev| match ev {
             Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(ev),
@@ -132,7 +142,8 @@ impl Live {
         }))
     }
 
-    /// Admin: sessions opening and closing, optionally of one region.
+    /// Admin: sessions opening and closing, optionally of one region (its
+    /// code, checked as for nodeEvents).
     /// Delivered to every replica (LISTEN/NOTIFY), like nodeEvents.
     #[graphql(guard = "AdminOnly")]
     async fn session_events(
@@ -141,7 +152,7 @@ impl Live {
         region: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = SessionEvent>> {
         let api = ctx.data::<AppContext>()?;
-        let region = region.map(|r| r.trim().to_lowercase());
+        let region = region_code(region)?;
         let rx = api.db.events().subscribe_sessions();
         Ok(BroadcastStream::new(rx).filter_map(move |ev| match ev {
             Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(ev.into()),
