@@ -149,6 +149,25 @@ pub enum NodeCommand {
     },
 }
 
+impl GatewayCommand {
+    /// Whether it prints an enrollment string (and so needs
+    /// BACKEND_PUBLIC_URL and the pin).
+    pub fn prints_enrollment(&self) -> bool {
+        matches!(
+            self,
+            GatewayCommand::Add { .. } | GatewayCommand::Rotate { .. }
+        )
+    }
+}
+
+impl NodeCommand {
+    /// Whether it prints an enrollment string (and so needs
+    /// BACKEND_PUBLIC_URL and the pin).
+    pub fn prints_enrollment(&self) -> bool {
+        matches!(self, NodeCommand::Add { .. } | NodeCommand::Rotate { .. })
+    }
+}
+
 /// The URL and pin that go in enrollment strings, checked as the machine
 /// will check them.
 pub fn target(args: &EnrollArgs) -> anyhow::Result<(String, Option<Pin>)> {
@@ -195,7 +214,15 @@ fn fail(e: impl std::fmt::Display) -> anyhow::Error {
 /// `BACKEND_DB_DSN`, not a database to create.
 async fn registry(db: &DbArgs) -> anyhow::Result<Db> {
     let dsn = db.dsn()?;
-    if let db::Dsn::Sqlite(path) = &dsn
+    existing(&dsn)?;
+    db::migrate(&dsn).await.context("applying migrations")?;
+    Ok(Db::connect(&dsn, 1)?)
+}
+
+/// Refuses an SQLite `dsn` with no database there, for the commands that
+/// change what is in one (opening it would make a new, empty one).
+pub fn existing(dsn: &db::Dsn) -> anyhow::Result<()> {
+    if let db::Dsn::Sqlite(path) = dsn
         && !std::path::Path::new(path).exists()
     {
         anyhow::bail!(
@@ -203,8 +230,7 @@ async fn registry(db: &DbArgs) -> anyhow::Result<Db> {
              (`httvps up` keeps it in its data directory as httvps.db)"
         );
     }
-    db::migrate(&dsn).await.context("applying migrations")?;
-    Ok(Db::connect(&dsn, 1)?)
+    Ok(())
 }
 
 /// Runs `httvps gateway …`; returns what to print (the enrollment string

@@ -268,7 +268,13 @@ pub async fn run_up(
     let gw_listener = TcpListener::bind(gw_addr)
         .await
         .with_context(|| format!("binding {gw_addr}"))?;
-    settings.gateway_url = Some(format!("https://{}", gw_listener.local_addr()?));
+    // In the form the gateway's registration stores (`:443` dropped), so
+    // the two are seen to be the same.
+    let gateway_url = format!("https://{}", gw_listener.local_addr()?);
+    settings.gateway_url = Some(
+        httvps_control::validate::https_url("the gateway's URL", &gateway_url)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let state = app::prepare(&settings).await?;
     let addr = SocketAddr::new(settings.host, settings.port);
     let listener = app::bind(addr).with_context(|| format!("binding {addr}"))?;

@@ -2,8 +2,9 @@
 //! on the first start, found again on later ones by the ids kept in the
 //! data directory (`up-machines.json`), so an operator may rename them (a
 //! lookup by name would register new ones beside the renamed, and take over
-//! any other machine given the old name). A data directory from before the
-//! file is matched by the names `up` gave them, once.
+//! any other machine given the old name). A machine with no id kept (a
+//! data directory from before the file, a start stopped halfway) or whose
+//! recorded one was deleted is matched by the name `up` gives it.
 
 use std::path::{Path, PathBuf};
 
@@ -38,25 +39,40 @@ pub(crate) struct Local<'a> {
     admin: Actor,
     file: PathBuf,
     ids: Ids,
-    /// Whether the file existed (else names are matched, once).
-    known: bool,
 }
 
 fn fail(e: AppError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
+/// Moves the node `id` to 127.0.0.1:`port` (its port is new at every
+/// start: `up`'s own bookkeeping, not an operator's change, so not
+/// audited); false when there is no such node.
+async fn move_node(db: &Db, id: OutlineNodeId, port: i32) -> anyhow::Result<bool> {
+    let moved = httvps_control::db_run!(db, |conn| diesel::update(outline_nodes::table.find(id))
+        .set((
+            outline_nodes::host.eq("127.0.0.1"),
+            outline_nodes::port.eq(port)
+        ))
+        .execute(conn)
+        .await
+        .map_err(AppError::from))
+    .map_err(fail)?;
+    Ok(moved == 1)
+}
+
 impl<'a> Local<'a> {
-    /// Reads the ids kept in `data_dir` (none on a first start).
+    /// Reads the ids kept in `data_dir` (none on a first start; none
+    /// either, with a warning, from a file that cannot be read as one: the
+    /// machines are then matched by name).
     pub(crate) fn open(db: &'a Db, admin: Actor, data_dir: &Path) -> anyhow::Result<Self> {
         let file = data_dir.join(FILE);
-        let (ids, known) = match std::fs::read(&file) {
-            Ok(bytes) => (
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading {}", file.display()))?,
-                true,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Ids::default(), false),
+        let ids = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "unreadable machine ids: matching the machines by name");
+                Ids::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ids::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
         Ok(Local {
@@ -64,60 +80,53 @@ impl<'a> Local<'a> {
             admin,
             file,
             ids,
-            known,
         })
     }
 
-    /// The embedded node, at 127.0.0.1:`port` (registered if it is not).
+    /// The embedded node, at 127.0.0.1:`port`: the one recorded, else (not
+    /// recorded, or deleted since) the one under the name `up` gives it,
+    /// else a new one.
     pub(crate) async fn node(&mut self, port: i32) -> anyhow::Result<OutlineNodeId> {
         let db = self.db;
-        let kept = match self.ids.node {
-            Some(id) => Some(OutlineNodeId::from(id)),
-            None if !self.known => httvps_control::db_run!(db, |conn| outline_nodes::table
-                .filter(outline_nodes::name.eq(NODE_NAME))
-                .select(outline_nodes::id)
-                .first(conn)
-                .await
-                .optional()
-                .map_err(AppError::from))
-            .map_err(fail)?,
-            None => None,
-        };
-        // Its port is new at every start: moved in place (up's own
-        // bookkeeping, not an operator's change).
-        let moved = match kept {
-            Some(id) => {
-                httvps_control::db_run!(db, |conn| diesel::update(outline_nodes::table.find(id))
-                    .set((
-                        outline_nodes::host.eq("127.0.0.1"),
-                        outline_nodes::port.eq(port)
-                    ))
-                    .execute(conn)
-                    .await
-                    .map_err(AppError::from))
-                .map_err(fail)?
-            }
-            None => 0,
-        };
-        let id = match kept {
-            Some(id) if moved == 1 => id,
-            // Never registered, or deleted since.
+        let recorded = self.ids.node.map(OutlineNodeId::from);
+        let id = match recorded {
+            Some(id) if move_node(db, id, port).await? => id,
             _ => {
-                let input = NewOutlineNode {
-                    region: "local".into(),
-                    name: NODE_NAME.into(),
-                    host: "127.0.0.1".into(),
-                    port,
-                    method: None,
-                    secret: None,
-                    capacity: 1000,
-                };
-                nodes::register_outline(db, &self.admin, input, EnrollmentTtl::default())
-                    .await
-                    .map_err(fail)
-                    .with_context(|| format!("registering the embedded node as {NODE_NAME}"))?
-                    .0
-                    .id
+                let named: Option<OutlineNodeId> =
+                    httvps_control::db_run!(db, |conn| outline_nodes::table
+                        .filter(outline_nodes::name.eq(NODE_NAME))
+                        .select(outline_nodes::id)
+                        .first(conn)
+                        .await
+                        .optional()
+                        .map_err(AppError::from))
+                    .map_err(fail)?;
+                match named {
+                    Some(id) if move_node(db, id, port).await? => id,
+                    _ => {
+                        let input = NewOutlineNode {
+                            region: "local".into(),
+                            name: NODE_NAME.into(),
+                            host: "127.0.0.1".into(),
+                            port,
+                            method: None,
+                            secret: None,
+                            capacity: 1000,
+                        };
+                        nodes::register_outline(db, &self.admin, input, EnrollmentTtl::default())
+                            .await
+                            .map_err(fail)
+                            .with_context(|| {
+                                format!(
+                                    "registering the embedded node as {NODE_NAME} (another node \
+                                     has that name: rename it with `httvps node update <id> \
+                                     --name …` on this database)"
+                                )
+                            })?
+                            .0
+                            .id
+                    }
+                }
             }
         };
         self.ids.node = Some(id.uuid());
@@ -125,39 +134,43 @@ impl<'a> Local<'a> {
         Ok(id)
     }
 
-    /// The embedded gateway, its registered URL set to `url` (registered if
-    /// it is not).
+    /// The embedded gateway, its registered URL set to `url`: found as the
+    /// node is, else registered.
     pub(crate) async fn gateway(&mut self, url: &str) -> anyhow::Result<GatewayNodeId> {
         let db = self.db;
-        let kept = match self.ids.gateway {
-            Some(id) => Some(GatewayNodeId::from(id)),
-            None if !self.known => httvps_control::db_run!(db, |conn| gateway_nodes::table
-                .filter(gateway_nodes::name.eq(GATEWAY_NAME))
-                .select(gateway_nodes::id)
-                .first(conn)
-                .await
-                .optional()
-                .map_err(AppError::from))
-            .map_err(fail)?,
-            None => None,
-        };
-        let existing = match kept {
-            // Its URL follows the port it listens at this time (links
-            // carry it); a start on the same port changes nothing.
-            Some(id) => {
-                let at = GatewayChanges {
-                    name: None,
-                    public_url: Some(url.to_owned()),
-                };
-                match nodes::update_gateway(db, &self.admin, id, at, None).await {
-                    Ok(g) => Some(g.id),
-                    Err(AppError::NotFound(_)) => None,
-                    Err(e) => return Err(fail(e)),
-                }
+        let admin = self.admin;
+        // Its URL follows the port it listens at this time (links carry
+        // it); a start on the same port changes nothing.
+        let at = |id| async move {
+            let changes = GatewayChanges {
+                name: None,
+                public_url: Some(url.to_owned()),
+            };
+            match nodes::update_gateway(db, &admin, id, changes, None).await {
+                Ok(g) => Ok(Some(g.id)),
+                Err(AppError::NotFound(_)) => Ok(None),
+                Err(e) => Err(fail(e)),
             }
+        };
+        let mut found = match self.ids.gateway {
+            Some(id) => at(GatewayNodeId::from(id)).await?,
             None => None,
         };
-        let id = match existing {
+        if found.is_none() {
+            let named: Option<GatewayNodeId> =
+                httvps_control::db_run!(db, |conn| gateway_nodes::table
+                    .filter(gateway_nodes::name.eq(GATEWAY_NAME))
+                    .select(gateway_nodes::id)
+                    .first(conn)
+                    .await
+                    .optional()
+                    .map_err(AppError::from))
+                .map_err(fail)?;
+            if let Some(id) = named {
+                found = at(id).await?;
+            }
+        }
+        let id = match found {
             Some(id) => id,
             None => {
                 nodes::register_gateway(
@@ -170,7 +183,13 @@ impl<'a> Local<'a> {
                 )
                 .await
                 .map_err(fail)
-                .with_context(|| format!("registering the embedded gateway as {GATEWAY_NAME}"))?
+                .with_context(|| {
+                    format!(
+                        "registering the embedded gateway as {GATEWAY_NAME} (another gateway \
+                         has that name: rename it with `httvps gateway update <id> --name …` \
+                         on this database)"
+                    )
+                })?
                 .0
                 .id
             }

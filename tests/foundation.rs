@@ -613,7 +613,7 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
             nodes[0]["id"].clone(),
         )
     };
-    let (first_url, base, token, gw_id, node_id) =
+    let (_, base, token, gw_id, node_id) =
         registered(&addr, &first.stdout, ("local-gateway", "local-node")).await;
     assert!(data.join("up-machines.json").exists(), "the ids are kept");
     let r = gql(
@@ -631,8 +631,7 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
         !second.stdout.iter().any(|l| l.contains("password:")),
         "no new password on restart"
     );
-    let (second_url, ..) = registered(&again, &second.stdout, ("my-gw", "my-node")).await;
-    assert_ne!(first_url, second_url, "each start on a port of its own");
+    registered(&again, &second.stdout, ("my-gw", "my-node")).await;
     drop(second);
 }
 

@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-CZhPI2w-.js",
+        path: "assets/console-CwP3f1YZ.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"bf70aea937c0f84f3bfe\"",
+        etag: "\"0535a13b0aae4559a3dd\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-CZhPI2w-.js"),
-        gzip: Some(include_bytes!("assets/console-CZhPI2w-.js.gz")),
-        brotli: Some(include_bytes!("assets/console-CZhPI2w-.js.br")),
+        raw: include_bytes!("assets/console-CwP3f1YZ.js"),
+        gzip: Some(include_bytes!("assets/console-CwP3f1YZ.js.gz")),
+        brotli: Some(include_bytes!("assets/console-CwP3f1YZ.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"fcff1b950ea13f0a2b14\"",
+        etag: "\"3837ff4a5868d8a502e0\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

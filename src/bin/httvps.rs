@@ -219,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{CHECKED}");
                 return Ok(());
             }
+            httvps::enroll::existing(&dsn)?;
             let pool = Db::connect(&dsn, 1)?;
             let device = devices::revoke(&pool, &Actor::Operator, id)
                 .await
@@ -305,7 +306,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             db.dsn()?;
             if check {
-                httvps::enroll::target(&enroll)?;
+                if command.prints_enrollment() {
+                    httvps::enroll::target(&enroll)?;
+                }
                 println!("{CHECKED}");
                 return Ok(());
             }
@@ -319,7 +322,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             db.dsn()?;
             if check {
-                httvps::enroll::target(&enroll)?;
+                if command.prints_enrollment() {
+                    httvps::enroll::target(&enroll)?;
+                }
                 println!("{CHECKED}");
                 return Ok(());
             }

@@ -50,9 +50,12 @@ function changed(was: Record<string, unknown>, next: Record<string, string | num
 }
 
 function EditDialog(props: Target & { onClose: () => void; done: () => void }) {
-  const { node } = props;
-  const outline = props.kind === 'node' ? props.node : null;
-  const gateway = props.kind === 'gateway' ? props.node : null;
+  // The row as the dialog opened on it: the lists are re-read under an open
+  // dialog, and a field changed elsewhere meanwhile is not sent back.
+  const [was] = useState(props);
+  const { node } = was;
+  const outline = was.kind === 'node' ? was.node : null;
+  const gateway = was.kind === 'gateway' ? was.node : null;
   const [name, setName] = useState(node.name);
   const [host, setHost] = useState(outline?.host ?? '');
   const [port, setPort] = useState(String(outline?.port ?? ''));

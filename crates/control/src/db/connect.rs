@@ -31,7 +31,10 @@ fn explain(e: ConnectionError, url: &str) -> ConnectionError {
         ConnectionError::BadConnection(m) => m == "invalid configuration",
         _ => false,
     };
-    let no_password = url::Url::parse(url).is_ok_and(|u| u.password().is_none());
+    // A URL without a host reaches no server: that is another
+    // configuration error tokio-postgres words the same way.
+    let no_password = url::Url::parse(url)
+        .is_ok_and(|u| u.password().is_none() && u.host_str().is_some_and(|h| !h.is_empty()));
     if bare && no_password {
         ConnectionError::BadConnection(NO_PASSWORD.to_owned())
     } else {
@@ -78,6 +81,11 @@ mod tests {
         // it hangs up after asking).
         let Err(e) = super::pg(&format!("postgres://httvps:pw@{addr}/httvps")).await else {
             panic!("connected")
+        };
+        assert_ne!(e.to_string(), super::NO_PASSWORD);
+        // No host: no server was asked, and no password is blamed.
+        let Err(e) = super::pg("postgres:///httvps").await else {
+            panic!("connected without a host")
         };
         assert_ne!(e.to_string(), super::NO_PASSWORD);
     }

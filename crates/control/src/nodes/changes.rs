@@ -195,7 +195,11 @@ pub async fn update_gateway(
         if diff.is_empty() {
             return Ok(old);
         }
-        if url.is_some() && configured.is_some_and(|c| same_url(c, &old.public_url)) {
+        // The setting as the control plane reads it (`:443` dropped, the
+        // host in lower case), the stored URL as it was checked.
+        let configured =
+            configured.and_then(|c| validate::https_url("BACKEND_GATEWAY_URL", c).ok());
+        if url.is_some() && configured.is_some_and(|c| same_url(&c, &old.public_url)) {
             return Err(AppError::Conflict(
                 "BACKEND_GATEWAY_URL names this gateway's URL, and links are built on it: \
                  change the setting first"

@@ -62,12 +62,15 @@ pub(super) fn host(value: &str) -> AppResult<String> {
         }
         return Ok(ip.to_string());
     }
-    // IDNA: lower case, punycode; a name that only looks numeric (`1.2.3`)
-    // comes back as an address and is refused below as one written wrong.
+    // IDNA: lower case, punycode (but no %-escapes: a name is not a URL).
+    if h.contains('%') {
+        return Err(bad());
+    }
     let ascii = match url::Host::parse(&h) {
         Ok(url::Host::Domain(d)) => d,
-        Ok(_) => h.to_ascii_lowercase(),
-        Err(_) => return Err(bad()),
+        // An address in a form the standard parser above did not take
+        // (`1.2.3`, `0x7f.1`): written wrong, or meant to mislead.
+        Ok(_) | Err(_) => return Err(bad()),
     };
     let name = ascii.strip_suffix('.').unwrap_or(&ascii);
     let label_ok = |l: &str| {
@@ -499,6 +502,10 @@ mod tests {
             "http://example.com",
             "example.com/x",
             "[example.com]",
+            "1.0x2",
+            "0x7f.0.0.0x1",
+            "0x7f",
+            "ex%61mple.com",
         ] {
             assert!(host(bad).is_err(), "{bad}");
         }

@@ -90,9 +90,14 @@ pub(super) async fn fetch(opts: &ClientOptions, backend: &Backend) -> anyhow::Re
 }
 
 /// Whether a `nodeEvents` kind means the node no longer takes tunnels (a
-/// pool-of-one node's key goes with it, so parameters are fetched again).
+/// pool-of-one node's key goes with it), or is reached elsewhere now
+/// (`UPDATED`: a gateway's URL, a node's address): parameters are fetched
+/// again.
 fn node_gone(kind: &str) -> bool {
-    matches!(kind, "DOWN" | "DRAINING" | "DISABLED" | "DELETED")
+    matches!(
+        kind,
+        "DOWN" | "DRAINING" | "DISABLED" | "DELETED" | "UPDATED"
+    )
 }
 
 /// The connection under the events WebSocket: TLS through `tls` (trusted
@@ -120,10 +125,14 @@ async fn events_stream(
 }
 
 /// Follows `nodeEvents` of the client's region; when a node goes down,
-/// drains or disappears, fetches parameters again. Reconnects after
-/// failures, until the task is dropped.
+/// drains, disappears or is reached elsewhere, fetches parameters again.
+/// Reconnects after failures, until the task is dropped, and fetches them
+/// again on each reconnection: events sent while it was away are gone (a
+/// control plane restarted with its gateway on another port says so only
+/// then).
 pub(super) async fn follow_events(s: Arc<Shared>) {
     let ws_url = s.opts.backend.replacen("http", "ws", 1) + "/graphql/ws";
+    let mut again = false;
     loop {
         let region = s.params().region;
         let attempt = async {
@@ -137,6 +146,12 @@ pub(super) async fn follow_events(s: Arc<Shared>) {
             let sub = serde_json::json!({"id": "1", "type": "subscribe", "payload": {
                 "query": "subscription($r:String){nodeEvents(region:$r){nodeId kind}}", "variables": {"r": region}}});
             ws.send(Message::Text(sub.to_string().into())).await?;
+            if std::mem::replace(&mut again, true) {
+                match fetch(&s.opts, &s.backend).await {
+                    Ok(p) => s.set_params(p),
+                    Err(e) => tracing::warn!(error = %e, "refreshing parameters"),
+                }
+            }
             while let Some(msg) = ws.next().await {
                 let Message::Text(t) = msg? else { continue };
                 let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
@@ -231,7 +246,7 @@ mod tests {
 
     #[test]
     fn only_nodes_that_stop_taking_tunnels_refresh_parameters() {
-        for kind in ["DOWN", "DRAINING", "DISABLED", "DELETED"] {
+        for kind in ["DOWN", "DRAINING", "DISABLED", "DELETED", "UPDATED"] {
             assert!(node_gone(kind), "{kind}");
         }
         for kind in ["UP", "LOAD", "CREATED", ""] {
