@@ -407,7 +407,7 @@ impl Events {
     /// cached and ask for their grants again).
     async fn listen_once(&self, url: &str, ready: &mut Option<tokio::sync::oneshot::Sender<()>>) {
         let reconnecting = ready.is_none();
-        let mut conn = match crate::db::connect::pg(url).await {
+        let mut conn = match crate::pg::connect(url).await {
             Ok(conn) => conn,
             Err(e) => return tracing::warn!(error = %e, "event listener cannot connect"),
         };

@@ -8,7 +8,8 @@
 //!   for REST and GraphQL), [`actor`] (who acts, and the scoping rule).
 //! - Foundations: [`config`] (typed settings), [`events`] (node and access
 //!   events; the per-transaction outbox), [`db`] (pools, schema, rows,
-//!   migrations, `db_run!`/`db_tx!`, per-dialect statements), [`auth`]
+//!   migrations, `db_run!`/`db_tx!`, per-dialect statements; `pg` opens
+//!   its PostgreSQL connections with errors an operator can act on), [`auth`]
 //!   (passwords, opaque tokens, JWTs), [`throttle`] (guessing and flooding
 //!   allowances per account and source), [`validate`] (input checks),
 //!   [`pagination`], [`audit`].
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod node_assignment;
 pub mod nodes;
 pub mod pagination;
+mod pg;
 pub mod proven;
 pub mod rest;
 pub mod sessions;

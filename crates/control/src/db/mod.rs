@@ -5,7 +5,6 @@
 //! transaction's events when (and only if) it commits. Raw SQL that differs
 //! between the dialects is written once per dialect as a [`Statement`].
 
-pub(crate) mod connect;
 pub mod dialect;
 mod held;
 pub mod models;
@@ -214,7 +213,7 @@ impl Db {
                     let q = q.clone();
                     let url = url.to_owned();
                     async move {
-                        let mut conn = connect::pg(&url).await?;
+                        let mut conn = crate::pg::connect(&url).await?;
                         conn.set_instrumentation(counting(&q));
                         Ok(conn)
                     }
@@ -308,7 +307,7 @@ impl Db {
 pub async fn migrate(dsn: &Dsn) -> Result<usize, SetupError> {
     match dsn {
         Dsn::Postgres(url) => {
-            let mut conn = connect::pg(url).await?;
+            let mut conn = crate::pg::connect(url).await?;
             diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
                 .execute(&mut conn)
                 .await?;
@@ -356,7 +355,7 @@ pub async fn migrate(dsn: &Dsn) -> Result<usize, SetupError> {
 pub async fn revert_all(dsn: &Dsn) -> Result<usize, SetupError> {
     match dsn {
         Dsn::Postgres(url) => {
-            let conn = connect::pg(url).await?;
+            let conn = crate::pg::connect(url).await?;
             let mut harness = AsyncMigrationHarness::new(conn);
             harness
                 .revert_all_migrations(PG_MIGRATIONS)

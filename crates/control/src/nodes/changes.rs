@@ -12,7 +12,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::registry::host;
+use super::address::host;
 use super::{gateway_event, outline_event};
 use crate::actor::Actor;
 use crate::db::Db;

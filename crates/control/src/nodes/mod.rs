@@ -6,6 +6,7 @@
 //! tokens they call `/api/v1` with; [`enrollment`] trades a one-time
 //! enrollment token for a machine's own.
 
+mod address;
 mod changes;
 pub mod enrollment;
 mod history;

@@ -3,7 +3,7 @@
 //! tokio-postgres reports a server that asks for a password the DSN does not
 //! carry as a configuration error whose cause ("password missing") is lost
 //! on the way up through diesel-async: all that reaches the log is "invalid
-//! configuration". [`pg`] names what is missing instead.
+//! configuration". [`connect`] names what is missing instead.
 
 use diesel::ConnectionError;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -12,8 +12,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 pub(crate) const NO_PASSWORD: &str = "the server asks for a password and BACKEND_DB_DSN has \
      none: postgres://USER:PASSWORD@HOST:PORT/DB (percent-encode special characters)";
 
-/// Opens one connection to `url`.
-pub(crate) async fn pg(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
+/// Opens one PostgreSQL connection to `url`.
+pub(crate) async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
     AsyncPgConnection::establish(url)
         .await
         .map_err(|e| explain(e, url))
@@ -73,18 +73,18 @@ mod tests {
     #[tokio::test]
     async fn a_dsn_without_the_password_the_server_asks_for_is_named() {
         let addr = asking_for_a_password().await;
-        let Err(e) = super::pg(&format!("postgres://httvps@{addr}/httvps")).await else {
+        let Err(e) = super::connect(&format!("postgres://httvps@{addr}/httvps")).await else {
             panic!("connected without a password")
         };
         assert_eq!(e.to_string(), super::NO_PASSWORD);
         // With a password in the DSN the server's own answer stands (here
         // it hangs up after asking).
-        let Err(e) = super::pg(&format!("postgres://httvps:pw@{addr}/httvps")).await else {
+        let Err(e) = super::connect(&format!("postgres://httvps:pw@{addr}/httvps")).await else {
             panic!("connected")
         };
         assert_ne!(e.to_string(), super::NO_PASSWORD);
         // No host: no server was asked, and no password is blamed.
-        let Err(e) = super::pg("postgres:///httvps").await else {
+        let Err(e) = super::connect("postgres:///httvps").await else {
             panic!("connected without a host")
         };
         assert_ne!(e.to_string(), super::NO_PASSWORD);
