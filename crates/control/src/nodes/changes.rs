@@ -181,6 +181,9 @@ pub async fn update_gateway(
         .as_deref()
         .map(|u| validate::https_url("publicUrl", u))
         .transpose()?;
+    // The setting as the control plane reads it (`:443` dropped, the host
+    // in lower case), to compare with the stored URL as it was checked.
+    let configured = configured.and_then(|c| validate::https_url("BACKEND_GATEWAY_URL", c).ok());
     db_tx!(db, |conn, outbox| {
         let old: GatewayNode = diesel::update(gateway_nodes::table.find(id))
             .set(gateway_nodes::updated_at.eq(gateway_nodes::updated_at))
@@ -195,11 +198,11 @@ pub async fn update_gateway(
         if diff.is_empty() {
             return Ok(old);
         }
-        // The setting as the control plane reads it (`:443` dropped, the
-        // host in lower case), the stored URL as it was checked.
-        let configured =
-            configured.and_then(|c| validate::https_url("BACKEND_GATEWAY_URL", c).ok());
-        if url.is_some() && configured.is_some_and(|c| same_url(&c, &old.public_url)) {
+        if url.is_some()
+            && configured
+                .as_deref()
+                .is_some_and(|c| same_url(c, &old.public_url))
+        {
             return Err(AppError::Conflict(
                 "BACKEND_GATEWAY_URL names this gateway's URL, and links are built on it: \
                  change the setting first"
