@@ -6,7 +6,6 @@
 //! has), and at most what moved since the last write is lost.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -38,16 +37,19 @@ fn decode(bytes: &[u8]) -> Option<HashMap<String, (u64, u64)>> {
         .map(|s| s.sessions)
 }
 
-/// Writes `totals` to `path` durably: a temporary file, fsync'd, renamed
-/// over the spool, and the directory fsync'd so the rename survives a
-/// crash of the machine too. Blocking: call it off the runtime's threads.
+/// Writes `totals` to `path` durably: a temporary file readable by its
+/// owner only (the spool names sessions), fsync'd, renamed over the spool,
+/// and the directory fsync'd so the rename survives a crash of the machine
+/// too. A temporary file a crash left behind is replaced. Blocking: call
+/// it off the runtime's threads.
 fn write(path: &Path, totals: Vec<(String, u64, u64)>) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let bytes = encode(totals).map_err(std::io::Error::other)?;
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    crate::files::write_private(&tmp, &bytes)?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)?.sync_all()?;
@@ -147,6 +149,28 @@ mod tests {
         let back = read(&path);
         assert_eq!(back.get("a"), Some(&(3, 4)));
         assert_eq!(back.get("b"), Some(&(5, 0)));
+        assert!(!path.with_extension("tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_spool_is_its_owners_only_even_over_a_crashs_leftovers() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("spool-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("spool.json");
+        // What an earlier gateway left: a world-readable spool and a
+        // temporary file from a write a crash cut short.
+        std::fs::write(&path, br#"{"sessions":{}}"#).expect("old spool");
+        std::fs::write(path.with_extension("tmp"), b"{").expect("leftover");
+        for p in [&path, &path.with_extension("tmp")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        write(&path, vec![("a".to_owned(), 1, 2)]).expect("write");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "spool mode {mode:o}");
+        assert_eq!(read(&path).get("a"), Some(&(1, 2)));
         assert!(!path.with_extension("tmp").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
