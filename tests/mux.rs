@@ -247,29 +247,18 @@ async fn the_mux_client_reconnects_after_the_gateway_restarts() {
     let socks = plane.client_with_mux(true).await;
     let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
     assert!(alive(&mut s).await);
-    let _ = plane.gateway_stop.take().expect("stop").send(());
-    tokio::time::timeout(Duration::from_secs(15), plane.gateway.take().expect("task"))
-        .await
-        .expect("gateway stopped")
-        .expect("join");
+    stop_gateway(&mut plane).await;
     assert!(!alive(&mut s).await, "the tunnel outlived its gateway");
     // The same address again.
     let listener = TcpListener::bind(plane.gateway_addr).await.expect("rebind");
     plane.spawn_gateway(listener, &|o: &mut gateway::GatewayOptions| {
         o.drain_grace = Duration::from_millis(300);
     });
-    let t0 = Instant::now();
-    let mut back = false;
-    while t0.elapsed() < Duration::from_secs(20) {
-        if let Some(mut s) = socks_connect(socks, echo).await
-            && alive(&mut s).await
-        {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(back, "no tunnel within {:?} of the restart", t0.elapsed());
+    let limit = Duration::from_secs(20);
+    assert!(
+        tunnel_within(socks, echo, limit).await,
+        "no tunnel within {limit:?} of the restart"
+    );
     // Later tunnels share the new warm connection.
     for _ in 0..5 {
         let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
@@ -280,6 +269,30 @@ async fn the_mux_client_reconnects_after_the_gateway_restarts() {
         1.0,
         "connections the restarted gateway accepted"
     );
+}
+
+/// Stops the plane's gateway and waits (bounded) until it has stopped.
+async fn stop_gateway(plane: &mut Plane) {
+    let _ = plane.gateway_stop.take().expect("stop").send(());
+    tokio::time::timeout(Duration::from_secs(15), plane.gateway.take().expect("task"))
+        .await
+        .expect("gateway stopped")
+        .expect("join");
+}
+
+/// Whether a tunnel through `socks` to `echo` works within `limit`,
+/// trying again every 250 ms.
+async fn tunnel_within(socks: SocketAddr, echo: SocketAddr, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(mut s) = socks_connect(socks, echo).await
+            && alive(&mut s).await
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
 }
 
 /// What the source sends: well under the test plan's 100 MB allowance
@@ -1154,4 +1167,81 @@ async fn connections_between_tunnels_count_against_their_sources_bound() {
     }
     assert_eq!(ended, 1, "one connection past the bound is told to go");
     drop(sends);
+}
+
+/// A plain listener on `addr` that takes connections and drops them,
+/// counting them: a port the client must stop dialling.
+async fn counting_listener(addr: SocketAddr) -> Arc<AtomicU64> {
+    let listener = TcpListener::bind(addr).await.expect("rebind the old port");
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            drop(s);
+        }
+    });
+    seen
+}
+
+/// A client started without `--gateway` goes where the control plane
+/// sends it. The gateway moves to another port (stopped on the old one,
+/// `updateGatewayNode` to the new URL, started there): the running client
+/// follows within seconds, without a restart, and once it has, it no
+/// longer dials the old port.
+async fn a_running_client_follows_its_gateway_to_a_new_port(mux: bool) {
+    let mut plane = Plane::start_unfronted(1).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.following_client(mux).await;
+    let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut s).await, "a tunnel through the first gateway");
+    drop(s);
+    let r = plane
+        .gql("{gatewayNodes{edges{node{id name}}}}", json!({}))
+        .await;
+    let id = r["data"]["gatewayNodes"]["edges"][0]["node"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+
+    let old = plane.gateway_addr;
+    stop_gateway(&mut plane).await;
+    let dialled_old = counting_listener(old).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    plane.gateway_addr = listener.local_addr().expect("addr");
+    let url = format!("https://localhost:{}", plane.gateway_addr.port());
+    let r = plane
+        .gql(
+            "mutation($id:UUID!,$u:String!){updateGatewayNode(id:$id,input:{publicUrl:$u}){publicUrl}}",
+            json!({"id": id, "u": url}),
+        )
+        .await;
+    assert_eq!(r["data"]["updateGatewayNode"]["publicUrl"], url, "{r}");
+    plane.spawn_gateway(listener, &|_| {});
+
+    let limit = Duration::from_secs(15);
+    assert!(
+        tunnel_within(socks, echo, limit).await,
+        "no tunnel through the moved gateway within {limit:?}"
+    );
+    let before = dialled_old.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+        assert!(alive(&mut s).await, "a tunnel after the move");
+    }
+    assert_eq!(
+        dialled_old.load(Ordering::Relaxed),
+        before,
+        "connections to the old port once the client had moved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_client_follows_its_gateway_to_a_new_port_per_tunnel() {
+    a_running_client_follows_its_gateway_to_a_new_port(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_mux_client_follows_its_gateway_to_a_new_port() {
+    a_running_client_follows_its_gateway_to_a_new_port(true).await;
 }

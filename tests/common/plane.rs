@@ -187,9 +187,28 @@ impl Plane {
     /// Everything but the gateway, whose listener (already registered as
     /// the gateway's public URL) is returned for [`Plane::spawn_gateway`].
     pub async fn prepare(nodes: usize) -> (Plane, TcpListener) {
+        Self::prepare_fronted(nodes, true).await
+    }
+
+    /// [`Plane::start`] with no `BACKEND_GATEWAY_URL` on the control
+    /// plane: devices are sent to the registered gateway's own URL.
+    pub async fn start_unfronted(nodes: usize) -> Plane {
+        let (mut plane, listener) = Self::prepare_fronted(nodes, false).await;
+        plane.spawn_gateway(listener, &|_| {});
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        plane
+    }
+
+    /// [`Plane::prepare`], the control plane given the test front
+    /// (`https://gw.test.example`) as `BACKEND_GATEWAY_URL` when `fronted`.
+    async fn prepare_fronted(nodes: usize, fronted: bool) -> (Plane, TcpListener) {
         tls::install_provider();
         let db = TestDb::pg().await;
-        let server = TestServer::start(db.dsn.clone(), false).await;
+        let mut settings = common::settings(db.dsn.clone(), false);
+        if !fronted {
+            settings.gateway_url = None;
+        }
+        let server = TestServer::start_with(settings, SocketAddr::from(([127, 0, 0, 1], 0))).await;
         let base = server.base.clone();
         let root =
             accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
@@ -346,12 +365,29 @@ impl Plane {
     /// [`Plane::client`], multiplexing its tunnels over `connections` warm
     /// HTTP/2 connections when `mux`.
     pub async fn client_with_mux_connections(&self, mux: bool, connections: usize) -> SocketAddr {
+        let gateway = format!("https://localhost:{}", self.gateway_addr.port());
+        self.client_to(Some(gateway), mux, connections).await
+    }
+
+    /// [`Plane::client_with_mux`] without `--gateway`: it goes where the
+    /// control plane's answers send it, and follows them.
+    pub async fn following_client(&self, mux: bool) -> SocketAddr {
+        self.client_to(None, mux, 1).await
+    }
+
+    /// Our client on a free local port, through `gateway` when given.
+    async fn client_to(
+        &self,
+        gateway: Option<String>,
+        mux: bool,
+        connections: usize,
+    ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let opts = client::ClientOptions {
             backend: self.server.base.clone(),
             device_token: self.device_token.as_str().into(),
-            gateway: Some(format!("https://localhost:{}", self.gateway_addr.port())),
+            gateway,
             ca_cert: Some(self.cert.clone()),
             region: None,
             forward: None,
