@@ -1775,6 +1775,44 @@ async fn nodes_refuse_private_destinations_by_default() {
     }
 }
 
+/// Where this process's warnings (every test's in it) go from the first
+/// call on: a buffer a failing test can show.
+fn warnings_kept() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static KEPT: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    KEPT.get_or_init(|| {
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = kept.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_ansi(false)
+            .with_writer(move || Kept(sink.clone()))
+            .try_init();
+        kept
+    })
+    .clone()
+}
+
+/// A writer appending to a kept buffer.
+struct Kept(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Kept {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The first MiB is enough to tell why.
+        if kept.len() < 1 << 20 {
+            kept.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[expect(
     clippy::print_stderr,
@@ -1817,16 +1855,37 @@ async fn two_hundred_concurrent_tunnels_keep_every_byte_and_release_their_socket
     let body = random_body(128 * 1024);
     let web = http_server(body.clone()).await;
     let digest = sha2::Sha256::digest(&*body);
-    let round = || async move {
-        let tasks: Vec<_> = (0..200)
-            .map(|_| tokio::spawn(async move { sha2::Sha256::digest(fetch(socks, web).await) }))
-            .collect();
-        for t in tasks {
-            assert_eq!(
-                t.await.expect("task"),
-                digest,
-                "a tunnel corrupted or lost bytes"
-            );
+    // A failure says what the gateway and the clients of this process
+    // logged (a tunnel that saw no headers was closed before it carried
+    // anything: refused or timed out).
+    let warnings = warnings_kept();
+    let log = dir.path().join("gateway.log");
+    let round = || {
+        let (log, warnings) = (log.clone(), warnings.clone());
+        async move {
+            let tasks: Vec<_> = (0..200)
+                .map(|_| tokio::spawn(async move { try_fetch(socks, web).await }))
+                .collect();
+            for t in tasks {
+                let body = t.await;
+                let said = || {
+                    let gateway = std::fs::read_to_string(&log).unwrap_or_default();
+                    let here =
+                        String::from_utf8_lossy(&warnings.lock().expect("kept")).into_owned();
+                    format!("{gateway}\nthis process's warnings:\n{here}")
+                };
+                let body = match body {
+                    Ok(Some(body)) => body,
+                    Ok(None) => panic!("no headers; the gateway: {}", said()),
+                    Err(e) => panic!("{e}; the gateway: {}", said()),
+                };
+                assert_eq!(
+                    sha2::Sha256::digest(&body),
+                    digest,
+                    "a tunnel corrupted or lost bytes; the gateway: {}",
+                    said()
+                );
+            }
         }
     };
     // The first round warms the gateway (connection pools, allocator); the
