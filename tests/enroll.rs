@@ -439,6 +439,76 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     );
 }
 
+/// `node update` refuses what it cannot apply, naming it, and changes
+/// nothing: no change at all, a port out of range (`-1` read as a value,
+/// not as a flag); and every machine or device command refuses an SQLite
+/// DSN with no database there instead of creating an empty one.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_updates_refuse_what_they_cannot_apply() {
+    let (plane, _listener) = Plane::prepare(1).await;
+    let (id, port) = (plane.nodes[0].0.clone(), plane.nodes[0].1.addr.port());
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    for (args, says) in [
+        (vec!["node", "update", &id], "required arguments"),
+        (
+            vec!["node", "update", &id, "--port", "-1"],
+            "between 1 and 65535",
+        ),
+        (
+            vec!["node", "update", &id, "--port", "70000"],
+            "between 1 and 65535",
+        ),
+        (
+            vec!["node", "update", &id, "--port", "0"],
+            "between 1 and 65535",
+        ),
+    ] {
+        let out = run_httvps(&plane, &args);
+        assert!(
+            !out.status.success() && stderr(&out).contains(says),
+            "httvps {args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let r = plane
+        .gql("{outlineNodes{edges{node{id port}}}}", json!({}))
+        .await;
+    assert!(
+        r["data"]["outlineNodes"]["edges"]
+            .as_array()
+            .is_some_and(|e| e
+                .iter()
+                .any(|n| n["node"]["id"] == id.as_str() && n["node"]["port"] == i64::from(port))),
+        "the refused updates changed the node: {r}"
+    );
+
+    let dir = common::tempdir::TempDir::new();
+    let absent = dir.path().join("absent.db");
+    let dsn = format!("sqlite://{}", absent.display());
+    for args in [
+        vec!["node", "update", &id, "--port", "5"],
+        vec!["gateway", "remove", &id],
+        vec!["device", "revoke", &id],
+    ] {
+        let out = common::httvps_cmd()
+            .args(&args)
+            .env("BACKEND_DB_DSN", &dsn)
+            .stdin(Stdio::null())
+            .output()
+            .expect("httvps");
+        assert!(
+            !out.status.success() && stderr(&out).contains("no database at"),
+            "httvps {args:?} on a missing SQLite file: {}",
+            stderr(&out)
+        );
+        assert!(
+            !absent.exists(),
+            "httvps {args:?} created {}",
+            absent.display()
+        );
+    }
+}
+
 /// A control plane on `db` (enrollment strings naming `enroll`, when
 /// given) serving on 127.0.0.1: its base URL, an admin's access token and
 /// its state.
