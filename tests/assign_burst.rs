@@ -5,7 +5,9 @@
 //! admin feed hears of each new session exactly once. A device asking twice
 //! in the same burst keeps one session. Then a burst of validate-device
 //! calls (checks that arrive together share one query on PostgreSQL), mixing
-//! admitted, revoked and unknown devices: each gets its own verdict.
+//! admitted, revoked and unknown devices: each gets its own verdict. And
+//! one device asked for by many callers at once, in a region of two nodes,
+//! keeps one session.
 
 mod common;
 
@@ -278,6 +280,77 @@ async fn exec(server: &TestServer, q: &str) {
         }
     }
     .expect("sql");
+}
+
+/// Many callers asking at once for one device through one gateway, in a
+/// region of two nodes: every caller gets the same session, and one
+/// session is open. Concurrent batches that each saw no open session used
+/// to open one each when their draws picked different nodes.
+async fn one_device_asked_at_once_keeps_one_session(db: TestDb) {
+    const TRIALS: usize = 20;
+    const CALLERS: usize = 30;
+    let server = TestServer::start(db.dsn.clone(), false).await;
+    let (gateway, node, tokens) = world(&server).await;
+    let admin = login(&server.base, "root@example.com").await;
+    let r = gql(&server.base, Some(&admin), "mutation{registerOutlineNode(input:{region:\"eu\",name:\"n2\",host:\"10.1.0.2\",port:8388,capacity:100000}){token}}", json!({})).await;
+    let second = r["data"]["registerOutlineNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    for t in [&node, &second] {
+        let (s, b) = post(
+            server.url("/api/v1/outline/heartbeat"),
+            t,
+            json!({"load": 0, "version": "test"}),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let url = server.url("/api/v1/nodes/assign-outline");
+    let mut nodes_seen = HashSet::new();
+    for token in tokens.iter().take(TRIALS) {
+        let answers = futures_util::future::join_all((0..CALLERS).map(|_| {
+            post(
+                url.clone(),
+                &gateway,
+                json!({"device_token": token, "region": null}),
+            )
+        }))
+        .await;
+        let mut sessions = HashSet::new();
+        for (s, b) in &answers {
+            assert_eq!(s, &200, "{b}");
+            sessions.insert(b["session_id"].as_str().expect("session id").to_owned());
+            nodes_seen.insert(b["node_id"].as_str().expect("node id").to_owned());
+        }
+        assert_eq!(sessions.len(), 1, "{CALLERS} callers at once: {sessions:?}");
+    }
+    assert_eq!(nodes_seen.len(), 2, "devices were placed on both nodes");
+    let doubled = scalar(
+        &server,
+        "SELECT count(*) AS n FROM (SELECT device_id FROM sessions WHERE ended_at IS NULL \
+         GROUP BY device_id, gateway_node_id HAVING count(*) > 1) AS d",
+    )
+    .await;
+    assert_eq!(
+        doubled, 0,
+        "devices with two open sessions through one gateway"
+    );
+    assert_eq!(
+        scalar(&server, "SELECT count(*) AS n FROM sessions").await,
+        TRIALS as i64
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_device_asked_at_once_keeps_one_session_on_postgres() {
+    one_device_asked_at_once_keeps_one_session(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_device_asked_at_once_keeps_one_session_on_sqlite() {
+    one_device_asked_at_once_keeps_one_session(TestDb::sqlite().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

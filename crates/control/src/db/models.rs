@@ -251,6 +251,11 @@ pub struct Session {
     /// The generation of the device's access token it was opened with
     /// ([`crate::auth::token_generation`]; 0: not recorded).
     pub token_generation: i64,
+    /// The device's open session through the same gateway this one was
+    /// opened beside (the newest, on a node that no longer took new
+    /// tunnels), if any: at most one session is open per device, gateway
+    /// and predecessor (`sessions_one_open`).
+    pub supersedes: Option<SessionId>,
 }
 
 /// A row of `usage_ledger`.

@@ -146,6 +146,7 @@ diesel::table! {
         witness_up -> BigInt,
         witness_down -> BigInt,
         token_generation -> BigInt,
+        supersedes -> Nullable<Text>,
     }
 }
 

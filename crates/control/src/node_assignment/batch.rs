@@ -22,7 +22,7 @@ use crate::db::schema::{devices, outline_nodes, regions, sessions};
 use crate::db::{Db, DbPool};
 use crate::error::{AppError, AppResult};
 use crate::feed::{self, SessionEventKind, SessionRow};
-use crate::ids::{DeviceId, GatewayNodeId, OutlineNodeId, RegionId, SessionId, UserId};
+use crate::ids::{DeviceId, GatewayNodeId, RegionId, SessionId, UserId};
 use crate::status::NodeStatus;
 use crate::{db_run, db_tx};
 
@@ -49,19 +49,25 @@ pub struct Ask {
     pub token_generation: i64,
 }
 
-/// An open session's identity: at most one is open per key (the unique
-/// index `sessions_one_open`).
-type Key = (DeviceId, Option<OutlineNodeId>, Option<GatewayNodeId>);
+/// An open session's lane: the device, the gateway, and the device's open
+/// session through that gateway the session was opened beside (the newest
+/// one the batch saw, on a node that no longer takes new tunnels), if any.
+/// Through a gateway at most one session is open per lane (the unique
+/// index `sessions_one_open`): two batches that both saw no open session
+/// of a device (or the same one on a node gone) open one session between
+/// them, even when they chose different nodes.
+type Lane = (DeviceId, Option<GatewayNodeId>, Option<SessionId>);
 
-fn key(s: &Session) -> Key {
-    (s.device_id, s.outline_node_id, s.gateway_node_id)
+fn lane(s: &Session) -> Lane {
+    (s.device_id, s.gateway_node_id, s.supersedes)
 }
 
 /// What one ask comes to before the writes: a session that is already
-/// open, a new one to insert (by its key), or no node at all.
+/// open, a new one to insert (by its lane: another batch may open it
+/// first, on another node), or no node at all.
 enum Plan {
     Sticky(Session, usize),
-    Fresh(Key, usize),
+    Fresh(Lane),
     NoNode(String),
 }
 
@@ -101,13 +107,22 @@ pub async fn assign_all(db: &Db, asks: &[Ask]) -> AppResult<Vec<AppResult<Assign
         .into_iter()
         .map(|p| match p {
             Plan::Sticky(session, at) => Ok(assignment(session, &nodes[at])),
-            Plan::Fresh(k, at) => match open.get(&k) {
-                Some(s) => Ok(assignment(s.clone(), &nodes[at])),
-                // Opened and ended again before our insert saw it.
-                None => Err(AppError::Conflict(
-                    "the session closed while it was assigned; try again".into(),
-                )),
-            },
+            Plan::Fresh(l) => {
+                let placed = open.get(&l).and_then(|s| {
+                    let at = nodes
+                        .iter()
+                        .position(|(n, _)| Some(n.id) == s.outline_node_id)?;
+                    Some(assignment(s.clone(), &nodes[at]))
+                });
+                // Opened by another batch on a node this one did not read
+                // as active, or opened and ended again before our insert
+                // saw it.
+                placed.ok_or_else(|| {
+                    AppError::Conflict(
+                        "the session changed while it was assigned; try again".into(),
+                    )
+                })
+            }
             Plan::NoNode(m) => Err(AppError::NoNode(m)),
         })
         .collect())
@@ -172,23 +187,23 @@ async fn read(
 }
 
 /// The writes of a batch, in one transaction: the `last_seen_at` refresh
-/// of the `stale` devices, the `fresh` sessions (a key another transaction
+/// of the `stale` devices, the `fresh` sessions (a lane another transaction
 /// opened first is taken from it) and their OPENED feed events. On
 /// PostgreSQL the transaction is one statement
 /// ([`insert::open_sessions`]). Returns the open session of every fresh
-/// key.
+/// lane.
 async fn write(
     db: &Db,
     asks: &[Ask],
     nodes: &[(OutlineNode, Region)],
-    fresh: HashMap<Key, Session>,
+    fresh: HashMap<Lane, Session>,
     stale: &[DeviceId],
     ts: NaiveDateTime,
-) -> AppResult<HashMap<Key, Session>> {
+) -> AppResult<HashMap<Lane, Session>> {
     let mut rows: Vec<Session> = fresh.into_values().collect();
     // Inserted in device order: two batches never wait on each other in
     // opposite orders.
-    rows.sort_by_key(key);
+    rows.sort_by_key(|r| (r.device_id, r.id));
     let made: Vec<Session> = match &db.pool {
         DbPool::Pg(pool) => {
             let events: HashMap<SessionId, String> =
@@ -228,11 +243,12 @@ async fn write(
             Ok::<_, AppError>(made)
         })?,
     };
-    let mut open: HashMap<Key, Session> = made.iter().map(|s| (key(s), s.clone())).collect();
-    // A concurrent transaction opened some of them first: use its.
+    let mut open: HashMap<Lane, Session> = made.iter().map(|s| (lane(s), s.clone())).collect();
+    // A concurrent transaction opened some of them first (on the same node
+    // or another): use its.
     let lost: Vec<DeviceId> = rows
         .iter()
-        .filter(|r| !open.contains_key(&key(r)))
+        .filter(|r| !open.contains_key(&lane(r)))
         .map(|r| r.device_id)
         .collect();
     if !lost.is_empty() {
@@ -243,7 +259,7 @@ async fn write(
             .load(conn)
             .await?);
         for s in theirs {
-            open.entry(key(&s)).or_insert(s);
+            open.entry(lane(&s)).or_insert(s);
         }
     }
     Ok(open)
@@ -285,20 +301,20 @@ fn assignment(session: Session, (node, region): &(OutlineNode, Region)) -> Assig
     }
 }
 
-/// Decides every ask without I/O: the sessions to insert (one per key), and
-/// per ask its plan. A device asked twice in the batch sticks to the session
-/// its first ask opens, as it would across two calls.
+/// Decides every ask without I/O: the sessions to insert (one per lane),
+/// and per ask its plan. A device asked twice in the batch sticks to the
+/// session its first ask opens, as it would across two calls.
 fn plan(
     asks: &[Ask],
     nodes: &[(OutlineNode, Region)],
     current: Vec<Session>,
     ts: NaiveDateTime,
-) -> (Vec<Plan>, HashMap<Key, Session>) {
+) -> (Vec<Plan>, HashMap<Lane, Session>) {
     let mut by_device: HashMap<DeviceId, Vec<Session>> = HashMap::new();
     for s in current {
         by_device.entry(s.device_id).or_default().push(s);
     }
-    let mut fresh: HashMap<Key, Session> = HashMap::new();
+    let mut fresh: HashMap<Lane, Session> = HashMap::new();
     let mut plans = Vec::with_capacity(asks.len());
     for ask in asks {
         let (candidates, places): (Vec<OutlineNode>, Vec<usize>) = nodes
@@ -314,14 +330,23 @@ fn plan(
         };
         let p = match choice::choose(&candidates, mine, ask.gateway, ts, ask.spin) {
             Ok(Choice::Sticky { node, session }) => {
-                let k = key(session);
-                if fresh.contains_key(&k) {
-                    Plan::Fresh(k, at(node))
+                let l = lane(session);
+                if fresh.get(&l).is_some_and(|f| f.id == session.id) {
+                    Plan::Fresh(l)
                 } else {
                     Plan::Sticky(session.clone(), at(node))
                 }
             }
             Ok(Choice::Fresh(node)) => {
+                // Every open session of the device through this gateway is
+                // on a node that takes no new tunnels (else it would have
+                // been kept): the new one goes beside the newest. Batches
+                // that read the same sessions name the same one.
+                let supersedes = mine
+                    .iter()
+                    .filter(|s| s.gateway_node_id == ask.gateway)
+                    .map(|s| s.id)
+                    .max();
                 let s = Session {
                     id: SessionId::ordered(),
                     device_id: ask.device_id,
@@ -335,11 +360,12 @@ fn plan(
                     last_seq: 0,
                     end_reason: None,
                     token_generation: ask.token_generation,
+                    supersedes,
                 };
-                let (k, at) = (key(&s), at(node));
-                fresh.insert(k, s.clone());
+                let l = lane(&s);
+                fresh.insert(l, s.clone());
                 mine.push(s);
-                Plan::Fresh(k, at)
+                Plan::Fresh(l)
             }
             Err(none) => Plan::NoNode(none.message().into()),
         };
@@ -349,137 +375,5 @@ fn plan(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::db::models::now;
-    use crate::ids::{GatewayNodeId, RegionId, UserId};
-    use crate::status::Health;
-
-    fn node(region: RegionId) -> (OutlineNode, Region) {
-        let ts = now();
-        let n = OutlineNode {
-            id: OutlineNodeId::random(),
-            region_id: region,
-            name: "n".into(),
-            host: "10.0.0.1".into(),
-            port: 8388,
-            method: "chacha20-ietf-poly1305".into(),
-            secret: "s".into(),
-            uses_pool_key: false,
-            status: NodeStatus::Active,
-            health: Health::Up,
-            capacity: 100,
-            token_hash: String::new().into(),
-            last_heartbeat_at: Some(ts),
-            load: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            version: None,
-            created_at: ts,
-            updated_at: ts,
-            enroll_expires_at: None,
-        };
-        let r = Region {
-            id: region,
-            code: "r".into(),
-            name: "R".into(),
-            pool_method: "chacha20-ietf-poly1305".into(),
-            pool_secret: "p".into(),
-            created_at: ts,
-        };
-        (n, r)
-    }
-
-    fn ask(device: DeviceId, gateway: Option<GatewayNodeId>, region: Option<RegionId>) -> Ask {
-        Ask {
-            device_id: device,
-            user_id: UserId::random(),
-            user_email: "o@example.test".into(),
-            last_seen_at: None,
-            gateway,
-            region,
-            spin: 0.5,
-            token_generation: 1,
-        }
-    }
-
-    #[test]
-    fn a_device_asked_twice_in_a_batch_gets_one_new_session() {
-        let r = RegionId::random();
-        let nodes = vec![node(r), node(r)];
-        let (d, g) = (DeviceId::random(), Some(GatewayNodeId::random()));
-        let (plans, fresh) = plan(
-            &[ask(d, g, Some(r)), ask(d, g, Some(r))],
-            &nodes,
-            vec![],
-            now(),
-        );
-        assert_eq!(fresh.len(), 1, "one session to insert");
-        let keys: Vec<Key> = plans
-            .iter()
-            .map(|p| match p {
-                Plan::Fresh(k, _) => *k,
-                _ => panic!("both asks wait for the new session"),
-            })
-            .collect();
-        assert_eq!(keys[0], keys[1]);
-    }
-
-    #[test]
-    fn asks_pick_nodes_of_their_own_region_and_an_empty_region_has_none() {
-        let (r1, r2) = (RegionId::random(), RegionId::random());
-        let nodes = vec![node(r1), node(r2)];
-        let asks = [
-            ask(DeviceId::random(), None, Some(r2)),
-            ask(DeviceId::random(), None, Some(RegionId::random())),
-        ];
-        let (plans, fresh) = plan(&asks, &nodes, vec![], now());
-        assert_eq!(fresh.len(), 1);
-        assert!(matches!(plans[0], Plan::Fresh(_, 1)), "the node of r2");
-        assert!(matches!(plans[1], Plan::NoNode(_)));
-    }
-
-    #[test]
-    fn feed_rows_name_the_owner_of_the_ask_and_the_region_of_the_node() {
-        let (r1, r2) = (RegionId::random(), RegionId::random());
-        let mut nodes = vec![node(r1), node(r2)];
-        nodes[1].1.code = "second".into();
-        let d = DeviceId::random();
-        let a = ask(d, None, Some(r2));
-        let (_, fresh) = plan(std::slice::from_ref(&a), &nodes, vec![], now());
-        let made: Vec<Session> = fresh.into_values().collect();
-        let rows = feed_rows(std::slice::from_ref(&a), &nodes, &made);
-        assert_eq!(rows.len(), 1);
-        let (id, device, user, email, region, node_id, _, reason, up, down) = rows[0].clone();
-        assert_eq!((id, device, user), (made[0].id, d, a.user_id));
-        assert_eq!(email, a.user_email);
-        assert_eq!(region.as_deref(), Some("second"));
-        assert_eq!(node_id, Some(nodes[1].0.id));
-        assert_eq!((reason, up, down), (None, 0, 0));
-    }
-
-    #[test]
-    fn an_open_session_on_a_healthy_node_is_reused() {
-        let r = RegionId::random();
-        let nodes = vec![node(r)];
-        let (d, g) = (DeviceId::random(), Some(GatewayNodeId::random()));
-        let ts = now();
-        let open = Session {
-            id: SessionId::random(),
-            device_id: d,
-            outline_node_id: Some(nodes[0].0.id),
-            gateway_node_id: g,
-            started_at: ts,
-            last_activity_at: ts,
-            ended_at: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            last_seq: 0,
-            end_reason: None,
-            token_generation: 0,
-        };
-        let (plans, fresh) = plan(&[ask(d, g, Some(r))], &nodes, vec![open.clone()], ts);
-        assert!(fresh.is_empty());
-        assert!(matches!(&plans[0], Plan::Sticky(s, 0) if s.id == open.id));
-    }
-}
+#[path = "batch_tests.rs"]
+mod tests;

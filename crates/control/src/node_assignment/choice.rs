@@ -178,6 +178,7 @@ mod tests {
             last_seq: 0,
             end_reason: None,
             token_generation: 0,
+            supersedes: None,
         }
     }
 

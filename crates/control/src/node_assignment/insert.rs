@@ -27,12 +27,12 @@ pub(super) trait InsertSessions {
 /// multi-row INSERT is a new text, parsed and planned, per row count).
 const INSERT_SESSIONS: Statement = Statement {
     pg: "INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
-         last_activity_at, bytes_up, bytes_down, last_seq, token_generation) \
+         last_activity_at, bytes_up, bytes_down, last_seq, token_generation, supersedes) \
          SELECT x.id, x.device_id, x.outline_node_id, x.gateway_node_id, $2, $2, 0, 0, 0, \
-         x.token_generation \
+         x.token_generation, x.supersedes \
          FROM json_to_recordset($1::json) \
          AS x(id text, device_id text, outline_node_id text, gateway_node_id text, \
-         token_generation bigint) \
+         token_generation bigint, supersedes text) \
          ON CONFLICT DO NOTHING RETURNING id",
     sqlite: "",
 };
@@ -52,6 +52,7 @@ struct NewSession {
     outline_node_id: Option<OutlineNodeId>,
     gateway_node_id: Option<GatewayNodeId>,
     token_generation: i64,
+    supersedes: Option<SessionId>,
 }
 
 impl From<&Session> for NewSession {
@@ -62,6 +63,7 @@ impl From<&Session> for NewSession {
             outline_node_id: r.outline_node_id,
             gateway_node_id: r.gateway_node_id,
             token_generation: r.token_generation,
+            supersedes: r.supersedes,
         }
     }
 }
@@ -112,15 +114,15 @@ const OPEN_SESSIONS: Statement = Statement {
     pg: "WITH new AS MATERIALIZED ( \
            SELECT * FROM json_to_recordset($1::json) \
            AS x(id text, device_id text, outline_node_id text, gateway_node_id text, \
-           token_generation bigint, feed text)), \
+           token_generation bigint, supersedes text, feed text)), \
          seen AS ( \
            UPDATE devices SET last_seen_at = $2 \
            WHERE id = ANY (ARRAY(SELECT json_array_elements_text($3::json)))), \
          made AS ( \
            INSERT INTO sessions (id, device_id, outline_node_id, gateway_node_id, started_at, \
-           last_activity_at, bytes_up, bytes_down, last_seq, token_generation) \
+           last_activity_at, bytes_up, bytes_down, last_seq, token_generation, supersedes) \
            SELECT id, device_id, outline_node_id, gateway_node_id, $2, $2, 0, 0, 0, \
-           token_generation FROM new \
+           token_generation, supersedes FROM new \
            ON CONFLICT DO NOTHING RETURNING id) \
          SELECT made.id, \
            CASE WHEN new.feed IS NOT NULL THEN pg_notify($4, new.feed)::text END AS told \
