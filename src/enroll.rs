@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use httvps_control::actor::Actor;
 use httvps_control::config::DbArgs;
 use httvps_control::db::{self, Db};
+use httvps_control::error::AppError;
 use httvps_control::nodes::{self, EnrollmentTtl, NewOutlineNode};
 use httvps_dataplane::link::{Link, Pin};
 use httvps_wire::enroll::Enrollment;
@@ -209,6 +210,37 @@ fn fail(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
+/// The kinds of machine the commands name.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Gateway,
+    Outline,
+}
+
+/// Refuses `id` unless it is a machine of `kind`: `gateway rotate|remove`
+/// given a node's id (or `node …` a gateway's) would otherwise replace
+/// that machine's token or delete it (the registry's operations take
+/// either kind, as GraphQL's do).
+async fn is_a(pool: &Db, kind: Kind, id: uuid::Uuid) -> anyhow::Result<()> {
+    let found = match kind {
+        Kind::Gateway => !nodes::gateways_by_ids(pool, &[id.into()])
+            .await
+            .map_err(fail)?
+            .is_empty(),
+        Kind::Outline => !nodes::outline_by_ids(pool, &[id.into()])
+            .await
+            .map_err(fail)?
+            .is_empty(),
+    };
+    if found {
+        return Ok(());
+    }
+    Err(fail(AppError::NotFound(match kind {
+        Kind::Gateway => "gateway",
+        Kind::Outline => "outline node",
+    })))
+}
+
 /// The registry's database, which must exist: machines belong to regions
 /// made before them, so an SQLite file that is not there is a mistyped
 /// `BACKEND_DB_DSN`, not a database to create.
@@ -278,6 +310,7 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
         }
         GatewayCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
+            is_a(&pool, Kind::Gateway, id).await?;
             let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
                 .await
                 .map_err(fail)?;
@@ -285,6 +318,7 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
             Ok(string("gateway", &url, pin, token))
         }
         GatewayCommand::Remove { id } => {
+            is_a(&pool, Kind::Gateway, id).await?;
             nodes::delete(&pool, &op, id).await.map_err(fail)?;
             Ok(format!("removed {id}"))
         }
@@ -352,6 +386,7 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
         }
         NodeCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
+            is_a(&pool, Kind::Outline, id).await?;
             let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
                 .await
                 .map_err(fail)?;
@@ -359,6 +394,7 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
             Ok(string("node", &url, pin, token))
         }
         NodeCommand::Remove { id } => {
+            is_a(&pool, Kind::Outline, id).await?;
             nodes::delete(&pool, &op, id).await.map_err(fail)?;
             Ok(format!("removed {id}"))
         }

@@ -441,8 +441,9 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
 
 /// `node update` refuses what it cannot apply, naming it, and changes
 /// nothing: no change at all, a port out of range (`-1` read as a value,
-/// not as a flag); and every machine or device command refuses an SQLite
-/// DSN with no database there instead of creating an empty one.
+/// not as a flag); `rotate` and `remove` refuse the other kind's ids; and
+/// every machine or device command refuses an SQLite DSN with no database
+/// there instead of creating an empty one.
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_updates_refuse_what_they_cannot_apply() {
     let (plane, _listener) = Plane::prepare(1).await;
@@ -482,7 +483,82 @@ async fn cli_updates_refuse_what_they_cannot_apply() {
         "the refused updates changed the node: {r}"
     );
 
+    // Rotation and removal act on the kind the command names only: a
+    // node's id is no gateway's, and the other way round.
+    let r = plane
+        .gql("{gatewayNodes{edges{node{id}}}}", json!({}))
+        .await;
+    let gw = r["data"]["gatewayNodes"]["edges"][0]["node"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    for (args, says) in [
+        (vec!["gateway", "rotate", &id], "gateway not found"),
+        (vec!["gateway", "remove", &id], "gateway not found"),
+        (vec!["node", "rotate", &gw], "outline node not found"),
+        (vec!["node", "remove", &gw], "outline node not found"),
+    ] {
+        let out = run_httvps(&plane, &args);
+        assert!(
+            !out.status.success() && stderr(&out).contains(says),
+            "httvps {args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        plane
+            .scalar("SELECT count(*) AS n FROM outline_nodes")
+            .await,
+        1
+    );
+    assert_eq!(
+        plane
+            .scalar("SELECT count(*) AS n FROM gateway_nodes")
+            .await,
+        1
+    );
+    let audited = plane
+        .scalar("SELECT count(*) AS n FROM audit_log WHERE action = 'rotate_node_token'")
+        .await;
+    assert_eq!(audited, 0, "a refused rotation replaced a token");
+
     let dir = common::tempdir::TempDir::new();
+    // A gateway started with a token the control plane refuses ends at
+    // once, saying so, as a node does (it could never serve a tunnel).
+    let log = dir.path().join("bogus-gateway.log");
+    let run = relay(
+        &[
+            "gateway",
+            "--backend",
+            &plane.server.base,
+            "--token",
+            "bogus-token-abcdefghijklmnopqrstuvwxyz",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--self-signed",
+            "--cert",
+            dir.path().join("gw.crt").to_str().expect("path"),
+            "--key",
+            dir.path().join("gw.key").to_str().expect("path"),
+            "--data-dir",
+            dir.path().to_str().expect("path"),
+            "--public-url",
+            "https://localhost:1",
+        ],
+        &log,
+    )
+    .status();
+    let status = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the gateway ended within 30 s")
+        .expect("status");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !status.success() && said.contains("refuses this gateway's token"),
+        "{status:?}: {said}"
+    );
     let absent = dir.path().join("absent.db");
     let dsn = format!("sqlite://{}", absent.display());
     for args in [

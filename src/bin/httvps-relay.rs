@@ -16,12 +16,13 @@ use httvps::cli::LogArgs;
 use httvps::relay::{
     ConnectArgs, GatewayArgs, NodeArgs, connect_options, gateway_setup, node_backend,
 };
+use httvps_dataplane::backend::BackendError;
 use httvps_dataplane::{client, gateway, node, tls};
 
 /// httvps data plane: the TLS/WebSocket gateway, the Shadowsocks node, and a
 /// SOCKS5 client.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "httvps-relay", version, about)]
 struct Cli {
     #[command(flatten)]
     log: LogArgs,
@@ -79,6 +80,19 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             if check {
                 println!("{CHECKED}");
                 return Ok(());
+            }
+            // A token the control plane refuses (removed, rotated, mistyped)
+            // can never serve a tunnel: said and ended here, as a node does.
+            // An unreachable control plane is an outage the gateway rides
+            // out, so it starts.
+            if let Err(e @ BackendError::Status { status: 401, .. }) =
+                g.backend.gateway_heartbeat(&Default::default()).await
+            {
+                anyhow::bail!(
+                    "the control plane refuses this gateway's token ({e}): it was removed, \
+                     rotated or mistyped; enroll the gateway again with a new string \
+                     (`httvps gateway rotate <id>`)"
+                );
             }
             let listener = tokio::net::TcpListener::bind(g.listen)
                 .await
