@@ -50,6 +50,7 @@ pub const UP_ADMIN_EMAIL: &str = "admin@localhost";
 pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow::Result<UpReport> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    lock_data_dir(data_dir)?;
     let secret = load_or_create_secret(&data_dir.join("secret.key"))?;
     let db_path = data_dir.join("httvps.db");
     keep_private(&db_path)?;
@@ -96,6 +97,41 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
     })
 }
 
+/// The data directories' locks this process holds, for its life.
+static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes `data_dir`'s lock for the rest of the process's life (`up.lock`,
+/// an advisory lock the system drops with the process, however it ends):
+/// one `up` per data directory, since a second would move the first one's
+/// machines to its own ports. Otherwise says which directory another `up`
+/// holds.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join("up.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            HELD.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(file);
+            Ok(())
+        }
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `httvps up` runs on {} (it holds {}): stop it first, or give this one \
+             another --data-dir",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 /// Creates the database file readable by its owner only (it holds token
 /// hashes and the regions' pool keys), or makes an existing one so. SQLite
 /// gives its write-ahead log and shared-memory files the database's mode.
@@ -126,6 +162,11 @@ fn keep_private(path: &Path) -> anyhow::Result<()> {
 
 fn load_or_create_secret(path: &Path) -> anyhow::Result<SecretKey> {
     match std::fs::read_to_string(path) {
+        Ok(raw) if raw.trim().is_empty() => anyhow::bail!(
+            "{} is empty: restore it from a backup, or remove it to have `up` make a new one \
+             (access tokens and device JWTs signed with the old one then stop working)",
+            path.display()
+        ),
         Ok(raw) => {
             validate_secret(Some(raw.trim())).with_context(|| format!("reading {}", path.display()))
         }

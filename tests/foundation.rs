@@ -499,6 +499,69 @@ async fn admin_create_reads_the_password_from_stdin() {
     assert!(!out.status.success());
 }
 
+/// On SQLite, `region` and `admin create` refuse a path with no database
+/// (a mistyped one would otherwise become a new, empty database) and
+/// create nothing; `migrate` (like `serve`) creates a new database readable
+/// by its owner only (it holds token hashes and pool keys), after which
+/// `region` works.
+#[test]
+fn the_cli_makes_sqlite_databases_only_on_purpose_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::tempdir::TempDir::new();
+    let db = dir.path().join("sub").join("httvps.db");
+    let dsn = format!("sqlite://{}", db.display());
+    let run = |args: &[&str]| {
+        let mut cmd = httvps_cmd();
+        cmd.args(args)
+            .env("BACKEND_DB_DSN", &dsn)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"a very good password\n");
+        child.wait_with_output().expect("wait")
+    };
+    for args in [
+        &["region", "--code", "eu", "--name", "Europe"][..],
+        &[
+            "admin",
+            "create",
+            "--email",
+            "root@example.com",
+            "--password-stdin",
+        ],
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("no database at"),
+            "{args:?}: {err}"
+        );
+        assert!(!db.exists(), "{args:?} created {}", db.display());
+    }
+    let out = run(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&db)
+        .expect("database")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "database mode {mode:o}");
+    let out = run(&["region", "--code", "eu", "--name", "Europe"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("created region eu"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn up_starts_on_sqlite_and_keeps_its_data() {
     let dir = common::tempdir::TempDir::new();
@@ -624,6 +687,36 @@ async fn up_starts_on_sqlite_and_keeps_its_data() {
     )
     .await;
     assert!(r["errors"].is_null(), "{r}");
+    // A second `up` on the same data directory stops at once, saying why,
+    // instead of moving the first one's machines to its own ports.
+    let mut twin = httvps_cmd()
+        .current_dir(dir.path())
+        .args(["up", "--port", "0", "--gateway-port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut status = None;
+    for _ in 0..100 {
+        status = twin.try_wait().expect("wait");
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let Some(status) = status else {
+        let _ = twin.kill();
+        let _ = twin.wait();
+        panic!("a second up on the same data directory kept running");
+    };
+    let mut err = String::new();
+    use std::io::Read as _;
+    let _ = twin.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert!(
+        !status.success() && err.contains("another `httvps up`"),
+        "{status:?}: {err}"
+    );
+    registered(&addr, &first.stdout, ("my-gw", "my-node")).await;
     drop(first);
     let second = start();
     let again = second.addr.expect("restarted");

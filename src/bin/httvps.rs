@@ -199,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .read_line(&mut password)
                 .context("reading the password from stdin")?;
             let password = password.trim_end_matches(['\r', '\n']);
+            httvps::enroll::existing(&dsn)?;
             db::migrate(&dsn).await.context("applying migrations")?;
             let pool = Db::connect(&dsn, 1)?;
             // Audited as the operator's, like the other commands that change
@@ -277,6 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{CHECKED}");
                 return Ok(());
             }
+            httvps::enroll::existing(&dsn)?;
             db::migrate(&dsn).await.context("applying migrations")?;
             let pool = Db::connect(&dsn, 1)?;
             if httvps_control::catalogue::region_by_code(&pool, &code)

@@ -330,6 +330,8 @@ pub async fn migrate(dsn: &Dsn) -> Result<usize, SetupError> {
                     SetupError::Migration(format!("creating {}: {e}", parent.display()))
                 })?;
             }
+            create_private(path)
+                .map_err(|e| SetupError::Migration(format!("creating {path}: {e}")))?;
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
                 let mut conn = open_sqlite(&path)?;
@@ -348,6 +350,29 @@ pub async fn migrate(dsn: &Dsn) -> Result<usize, SetupError> {
             .await
             .map_err(|e| SetupError::Migration(e.to_string()))?
         }
+    }
+}
+
+/// Creates an SQLite database file that is not there yet readable by its
+/// owner only: it holds token hashes and the regions' pool keys, and
+/// SQLite gives its write-ahead log and shared memory the database's mode.
+/// An existing file keeps its mode; `:memory:` and `file:` URIs are left
+/// to SQLite.
+fn create_private(path: &str) -> std::io::Result<()> {
+    if path == ":memory:" || path.starts_with("file:") {
+        return Ok(());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
