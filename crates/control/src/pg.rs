@@ -3,7 +3,10 @@
 //! tokio-postgres reports a server that asks for a password the DSN does not
 //! carry as a configuration error whose cause ("password missing") is lost
 //! on the way up through diesel-async: all that reaches the log is "invalid
-//! configuration". [`connect`] names what is missing instead.
+//! configuration". [`connect`] names what is missing instead. Likewise a
+//! server that cannot be reached is reported as "error connecting to
+//! server", its cause (refused, unresolvable, timed out) dropped:
+//! [`connect`] then asks the network itself and says which.
 
 use diesel::ConnectionError;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -14,9 +17,54 @@ pub(crate) const NO_PASSWORD: &str = "the server asks for a password and BACKEND
 
 /// Opens one PostgreSQL connection to `url`.
 pub(crate) async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
-    AsyncPgConnection::establish(url)
-        .await
-        .map_err(|e| explain(e, url))
+    match AsyncPgConnection::establish(url).await {
+        Ok(conn) => Ok(conn),
+        // However diesel-async wrapped it.
+        Err(e) if e.to_string().starts_with("error connecting to server") => Err(
+            ConnectionError::BadConnection(unreachable(url).await.unwrap_or_else(|| e.to_string())),
+        ),
+        Err(e) => Err(explain(e, url)),
+    }
+}
+
+/// How long each step of [`unreachable`] may take.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why the server of `url` cannot be reached, asked of the network: its
+/// name does not resolve, or no address of it takes a TCP connection.
+/// `None` when it does (the failure was another) or `url` names no host.
+async fn unreachable(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    let host = u.host_str().filter(|h| !h.is_empty())?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = u.port().unwrap_or(5432);
+    let at = format!("PostgreSQL at {host}:{port} (BACKEND_DB_DSN)");
+    let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(
+        PROBE_WAIT,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => return Some(format!("cannot reach {at}: its name does not resolve: {e}")),
+        Err(_) => {
+            return Some(format!(
+                "cannot reach {at}: its name did not resolve in {PROBE_WAIT:?}"
+            ));
+        }
+    };
+    let mut why = Vec::new();
+    for addr in addrs {
+        match tokio::time::timeout(PROBE_WAIT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => return None,
+            Ok(Err(e)) => why.push(format!("{addr}: {e}")),
+            Err(_) => why.push(format!("{addr}: no answer in {PROBE_WAIT:?}")),
+        }
+    }
+    Some(format!("cannot reach {at}: {}", why.join("; ")))
 }
 
 /// `e`, with "invalid configuration" explained when `url` has no password
@@ -88,5 +136,25 @@ mod tests {
             panic!("connected without a host")
         };
         assert_ne!(e.to_string(), super::NO_PASSWORD);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_is_named_with_the_cause() {
+        // A port nothing listens on (bound, then let go).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let Err(e) = super::connect(&format!("postgres://httvps:pw@127.0.0.1:{port}/httvps")).await
+        else {
+            panic!("connected to nothing")
+        };
+        let said = e.to_string();
+        assert!(
+            said.contains(&format!(
+                "cannot reach PostgreSQL at 127.0.0.1:{port} (BACKEND_DB_DSN)"
+            )) && said.contains("refused"),
+            "{said}"
+        );
     }
 }
