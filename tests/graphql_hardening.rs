@@ -1016,6 +1016,44 @@ async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
         ws.send(Message::Frame(bad)).await.expect("send");
         closes_with(&mut ws, 1007).await;
     }
+    // A message over 64 KiB (HTTP's body limit) closes 1009 (RFC 6455's
+    // "message too big"), on both.
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = ws_connect(&server.base, protocol).await;
+        let r = ws_init(&mut ws, json!({})).await;
+        assert_eq!(r["type"], "connection_ack", "{r}");
+        let big = format!("{{__typename{}}}", " ".repeat(65 * 1024));
+        ws.send(ws_op(protocol, "big", &big, json!({})))
+            .await
+            .expect("send");
+        closes_with(&mut ws, 1009).await;
+    }
+    // An operation refused before the ack (sent right behind the init,
+    // without waiting) is answered after it: the ack comes first, on both.
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = ws_connect(&server.base, protocol).await;
+        let init = json!({"type": "connection_init", "payload": {}});
+        ws.send(Message::Text(init.to_string().into()))
+            .await
+            .expect("send");
+        let aliases: String = (0..31).map(|i| format!("a{i}:__typename ")).collect();
+        ws.send(ws_op(
+            protocol,
+            "early",
+            &format!("{{{aliases}}}"),
+            json!({}),
+        ))
+        .await
+        .expect("send");
+        let first = ws_next(&mut ws).await;
+        assert_eq!(first["type"], "connection_ack", "{protocol}: {first}");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_str(), ws_code(&r)),
+            (Some("error"), Some("early"), Some("BAD_REQUEST")),
+            "{protocol}: {r}"
+        );
+    }
     // Over HTTP an empty array is a batch too.
     let res = common::client()
         .post(format!("{}/graphql", server.base))

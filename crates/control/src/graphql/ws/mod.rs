@@ -216,6 +216,10 @@ pub async fn serve(
     // for room inside the read branch would stop the engine that makes it.
     let mut waiting: Option<Vec<u8>> = None;
     let mut recheck = Recheck::default();
+    // Refusals of operations sent before the ack, sent right behind it: a
+    // client's first message from the server is the ack (strict clients
+    // close 4400 otherwise).
+    let mut held: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             room = to_gql.reserve(), if waiting.is_some() => {
@@ -275,6 +279,12 @@ pub async fn serve(
                         let _ = sink.send(Message::Close(Some(CloseFrame { code: 1007, reason: "text frames must be UTF-8".into() }))).await;
                         break;
                     }
+                    // A message over the limit HTTP puts on bodies: the
+                    // close RFC 6455 names for it (1009), as HTTP's 413.
+                    Some(Err(e)) if e.to_string().contains("Message too long") => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1009, reason: "messages are limited to 64 KiB".into() }))).await;
+                        break;
+                    }
                     _ => break,
                 };
                 let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -310,6 +320,15 @@ pub async fn serve(
                         Admission::Run => { active.insert(id); }
                         Admission::Refuse(err) => {
                             let text = error_message(protocol, &id, &err);
+                            if !acked {
+                                // Bounded as the operations it refuses are.
+                                if held.len() >= MAX_SUBSCRIPTIONS {
+                                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "too many refused operations before connection_ack".into() }))).await;
+                                    break;
+                                }
+                                held.push(text);
+                                continue;
+                            }
                             if sink.send(Message::Text(text.into())).await.is_err() { break; }
                             continue;
                         }
@@ -330,10 +349,12 @@ pub async fn serve(
             out = gql.next() => {
                 match out {
                     Some(WsMessage::Text(text)) => {
+                        let mut ack = false;
                         let text = match serde_json::from_str::<serde_json::Value>(&text) {
                             Ok(v) => {
                                 let kind = v.get("type").and_then(|t| t.as_str());
                                 if kind == Some("connection_ack") {
+                                    ack = true;
                                     acked = true;
                                     credential = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
                                     if let Some(Credential::User { expires_at, .. }) = &credential {
@@ -350,6 +371,16 @@ pub async fn serve(
                             Err(_) => text,
                         };
                         if sink.send(Message::Text(text.into())).await.is_err() { break; }
+                        if ack {
+                            let mut gone = false;
+                            for text in held.drain(..) {
+                                if sink.send(Message::Text(text.into())).await.is_err() {
+                                    gone = true;
+                                    break;
+                                }
+                            }
+                            if gone { break; }
+                        }
                     }
                     // graphql-transport-ws: a refused connection_init closes 4403.
                     Some(WsMessage::Close(1002, _)) if !acked && protocol == WebSocketProtocols::GraphQLWS => {
