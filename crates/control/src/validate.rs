@@ -5,8 +5,8 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 
 use crate::error::{AppError, AppResult};
 
-/// Trims `value` and checks it has `min..=max` characters and no control
-/// characters.
+/// Trims `value` and checks it has `min..=max` characters, no control,
+/// invisible or line-breaking characters, and something to see.
 pub fn text(field: &str, value: &str, min: usize, max: usize) -> AppResult<String> {
     let v = value.trim();
     let n = v.chars().count();
@@ -20,7 +20,34 @@ pub fn text(field: &str, value: &str, min: usize, max: usize) -> AppResult<Strin
             "{field} must not contain control characters"
         )));
     }
+    if v.chars().any(hidden_or_breaking) {
+        return Err(AppError::bad(format!(
+            "{field} must not contain invisible or line-breaking characters"
+        )));
+    }
+    if min > 0 && v.chars().all(|c| c.is_whitespace() || zero_width(c)) {
+        return Err(AppError::bad(format!(
+            "{field} must have visible characters"
+        )));
+    }
     Ok(v.to_owned())
+}
+
+/// Characters that show nothing yet are no space (zero-width space, word
+/// joiner and invisible operators, byte-order mark, Hangul fillers), or
+/// that break a line where one is shown (U+2028, U+2029): a name made of
+/// them looks blank or like another, and splits a log line.
+fn hidden_or_breaking(c: char) -> bool {
+    matches!(u32::from(c),
+        0x115F..=0x1160 | 0x180E | 0x200B | 0x2028..=0x2029 | 0x2060..=0x2064
+        | 0x3164 | 0xFEFF | 0xFFA0)
+}
+
+/// Characters with no width that names may need beside visible ones
+/// (joiners, direction marks, variation selectors, the soft hyphen), but
+/// that alone show nothing.
+fn zero_width(c: char) -> bool {
+    matches!(u32::from(c), 0x00AD | 0x034F | 0x200C..=0x200F | 0xFE00..=0xFE0F)
 }
 
 /// The bidirectional embeddings, overrides and isolates (U+202A to U+202E,
@@ -98,7 +125,12 @@ pub fn code(field: &str, value: &str) -> AppResult<String> {
 /// fragment); returned without a trailing `/`.
 pub fn https_url(field: &str, value: &str) -> AppResult<String> {
     let v = text(field, value, 1, 2048)?;
-    let bad = || AppError::bad(format!("{field} must be an https:// URL with a host"));
+    let bad = || {
+        AppError::bad(format!(
+            "{field} must be an https:// URL with a host and nothing else (no path, query, \
+             fragment or credentials)"
+        ))
+    };
     if !v.to_ascii_lowercase().starts_with("https://") || v.chars().any(char::is_whitespace) {
         return Err(bad());
     }
@@ -122,7 +154,19 @@ mod tests {
 
     #[test]
     fn names_refuse_control_and_bidi_override_characters_but_keep_marks_and_joiners() {
-        for bad in ["a\u{202e}b", "\u{2066}x", "a\u{7}b", "a\0b"] {
+        for bad in [
+            "a\u{202e}b",
+            "\u{2066}x",
+            "a\u{7}b",
+            "a\0b",
+            "\u{200b}",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "\u{feff}bom",
+            "\u{3164}",
+            "\u{200d}\u{200c}",
+            "\u{fe0f} \u{200e}",
+        ] {
             assert!(text("name", bad, 1, 64).is_err(), "{bad:?}");
         }
         for ok in [
