@@ -195,6 +195,13 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
                 }
                 return from_stored(&stored, &s);
             }
+            // Only a refusal spends or retires a string: when the control
+            // plane was not reached, the same string is to be tried again.
+            if e.is_outage() {
+                return Err(anyhow::anyhow!(
+                    "{p}_ENROLL: the control plane did not answer ({e}); the string is not spent: start again once it answers"
+                ));
+            }
             return Err(anyhow::anyhow!(
                 "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, until it expires (24 h unless `--ttl-hours` said otherwise): print a new one with `httvps {} rotate <id>`",
                 s.kind

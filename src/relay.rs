@@ -124,7 +124,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "GATEWAY_DRAIN_GRACE_SECS", default_value_t = 10)]
     pub drain_grace_secs: u64,
     /// Directory of the gateway's own files (the usage spool, the ACME
-    /// cache); created if missing. Absolute, as --credentials.
+    /// cache); created if missing, relative to the working directory.
     #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "/var/lib/httvps")]
     pub data_dir: PathBuf,
     /// File keeping usage totals across restarts, even SIGKILL (written and

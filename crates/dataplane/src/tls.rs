@@ -59,8 +59,25 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Writes a self-signed certificate for `names` to `cert` and `key` (PEM),
 /// unless both already exist.
 pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[&str]) -> anyhow::Result<()> {
-    if cert.exists() && key.exists() {
-        return Ok(());
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok(()),
+        (false, false) => {}
+        // One without the other is a path mistyped, or an operator's own
+        // certificate or key: neither is replaced.
+        (true, false) | (false, true) => {
+            let (there, missing) = if cert.exists() {
+                (cert, key)
+            } else {
+                (key, cert)
+            };
+            anyhow::bail!(
+                "{} exists but {} does not: give the pair's paths, or remove {} to have a \
+                 self-signed pair generated",
+                there.display(),
+                missing.display(),
+                there.display()
+            );
+        }
     }
     let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
     let ck = rcgen::generate_simple_self_signed(names)
@@ -319,6 +336,24 @@ mod tests {
         let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
         let _ = tls.shutdown().await;
         kind
+    }
+
+    #[test]
+    fn half_a_pair_is_refused_and_left_as_it_is() {
+        let dir = std::env::temp_dir().join(format!("httvps-tls-half-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = (dir.join("gw.crt"), dir.join("gw.key"));
+        for (there, missing) in [(&cert, &key), (&key, &cert)] {
+            std::fs::write(there, b"an operator's own").expect("write");
+            let e = ensure_self_signed(&cert, &key, &["localhost"]).expect_err("refused");
+            assert!(e.to_string().contains("does not"), "{e}");
+            assert_eq!(std::fs::read(there).expect("kept"), b"an operator's own");
+            assert!(!missing.exists());
+            std::fs::remove_file(there).expect("remove");
+        }
+        ensure_self_signed(&cert, &key, &["localhost"]).expect("a new pair");
+        assert!(cert.exists() && key.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
