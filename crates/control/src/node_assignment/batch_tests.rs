@@ -120,22 +120,8 @@ fn an_open_session_on_a_healthy_node_is_reused() {
     let r = RegionId::random();
     let nodes = vec![node(r)];
     let (d, g) = (DeviceId::random(), Some(GatewayNodeId::random()));
-    let ts = now();
-    let open = Session {
-        id: SessionId::random(),
-        device_id: d,
-        outline_node_id: Some(nodes[0].0.id),
-        gateway_node_id: g,
-        started_at: ts,
-        last_activity_at: ts,
-        ended_at: None,
-        bytes_up: 0,
-        bytes_down: 0,
-        last_seq: 0,
-        end_reason: None,
-        token_generation: 0,
-        supersedes: None,
-    };
+    let open = open_on(&nodes[0].0, d, g);
+    let ts = open.started_at;
     let (plans, fresh) = plan(&[ask(d, g, Some(r))], &nodes, vec![open.clone()], ts);
     assert!(fresh.is_empty());
     assert!(matches!(&plans[0], Plan::Sticky(s, 0) if s.id == open.id));
