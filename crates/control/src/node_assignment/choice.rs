@@ -97,10 +97,20 @@ pub fn choose<'a>(
     spin: f64,
 ) -> Result<Choice<'a>, NoNode> {
     let healthy: Vec<&OutlineNode> = nodes.iter().filter(|n| eligible(n, at)).collect();
-    let sticky = current.iter().find_map(|s| {
-        let node = healthy.iter().find(|n| Some(n.id) == s.outline_node_id)?;
-        (s.gateway_node_id == gateway).then_some(Choice::Sticky { node, session: s })
-    });
+    // The newest such session: a device may hold an older one too, on a
+    // node that took no new tunnels when the newer one was opened and has
+    // taken them again since; new tunnels stay with the newer.
+    let sticky = current
+        .iter()
+        .filter(|s| s.gateway_node_id == gateway)
+        .filter_map(|s| {
+            Some((
+                s,
+                *healthy.iter().find(|n| Some(n.id) == s.outline_node_id)?,
+            ))
+        })
+        .max_by_key(|(s, _)| (s.started_at, s.id))
+        .map(|(session, node)| Choice::Sticky { node, session });
     if let Some(c) = sticky {
         return Ok(c);
     }
@@ -275,5 +285,25 @@ mod tests {
         gone[0].health = Health::Down;
         gone[0].load = 0;
         assert_eq!(fresh(choose(&gone, &current, gw, now(), 0.0)), nodes[1].id);
+    }
+
+    #[test]
+    fn of_two_sessions_on_healthy_nodes_the_newer_is_kept_in_either_order() {
+        let gw = Some(GatewayNodeId::random());
+        let nodes = [node(100, true), node(100, true)];
+        // The older one's node took no tunnels when the newer one was
+        // opened, and takes them again now.
+        let mut older = session(&nodes[0], gw);
+        older.started_at -= chrono::Duration::minutes(5);
+        let newer = session(&nodes[1], gw);
+        for current in [
+            [older.clone(), newer.clone()],
+            [newer.clone(), older.clone()],
+        ] {
+            match choose(&nodes, &current, gw, now(), 0.0) {
+                Ok(Choice::Sticky { session, .. }) => assert_eq!(session.id, newer.id),
+                other => panic!("expected sticky, got {other:?}"),
+            }
+        }
     }
 }
