@@ -25,7 +25,7 @@ pub fn text(field: &str, value: &str, min: usize, max: usize) -> AppResult<Strin
             "{field} must not contain invisible or line-breaking characters"
         )));
     }
-    if min > 0 && v.chars().all(|c| c.is_whitespace() || zero_width(c)) {
+    if min > 0 && v.chars().all(|c| c.is_whitespace() || invisible_alone(c)) {
         return Err(AppError::bad(format!(
             "{field} must have visible characters"
         )));
@@ -34,20 +34,25 @@ pub fn text(field: &str, value: &str, min: usize, max: usize) -> AppResult<Strin
 }
 
 /// Characters that show nothing yet are no space (zero-width space, word
-/// joiner and invisible operators, byte-order mark, Hangul fillers), or
-/// that break a line where one is shown (U+2028, U+2029): a name made of
-/// them looks blank or like another, and splits a log line.
+/// joiner and invisible operators, byte-order mark, Hangul fillers,
+/// musical format controls), or that break a line where one is shown
+/// (U+2028, U+2029): a name made of them looks blank or like another, and
+/// splits a log line.
 fn hidden_or_breaking(c: char) -> bool {
     matches!(u32::from(c),
         0x115F..=0x1160 | 0x180E | 0x200B | 0x2028..=0x2029 | 0x2060..=0x2064
-        | 0x3164 | 0xFEFF | 0xFFA0)
+        | 0x3164 | 0xFEFF | 0xFFA0 | 0x1D173..=0x1D17A)
 }
 
-/// Characters with no width that names may need beside visible ones
-/// (joiners, direction marks, variation selectors, the soft hyphen), but
-/// that alone show nothing.
-fn zero_width(c: char) -> bool {
-    matches!(u32::from(c), 0x00AD | 0x034F | 0x200C..=0x200F | 0xFE00..=0xFE0F)
+/// Characters that names may need beside visible ones but that alone show
+/// nothing: joiners, direction marks, variation and free variation
+/// selectors, combining marks, the soft hyphen, tags (flag sequences),
+/// Khmer's inherent vowels, the blank Braille pattern.
+fn invisible_alone(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00AD | 0x0300..=0x036F | 0x061C | 0x17B4..=0x17B5 | 0x180B..=0x180F
+        | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x200C..=0x200F | 0x20D0..=0x20FF | 0x2800
+        | 0xFE00..=0xFE0F | 0xFE20..=0xFE2F | 0xE0000..=0xE0FFF)
 }
 
 /// The bidirectional embeddings, overrides and isolates (U+202A to U+202E,
@@ -166,12 +171,21 @@ mod tests {
             "\u{3164}",
             "\u{200d}\u{200c}",
             "\u{fe0f} \u{200e}",
+            "\u{301}\u{301}",
+            "\u{61c}",
+            "\u{2800}",
+            "\u{e0041}\u{e0042}",
+            "\u{17b4}",
+            "\u{180b}",
+            "a\u{1d173}b",
         ] {
             assert!(text("name", bad, 1, 64).is_err(), "{bad:?}");
         }
         for ok in [
             "\u{5e9}\u{5dc}\u{5d5}\u{5dd}\u{200f}",
             "\u{1f468}\u{200d}\u{1f469} iPad",
+            "e\u{301}t\u{e9}",
+            "\u{1f3f4}\u{e0067}\u{e0062}\u{e0065}\u{e006e}\u{e0067}\u{e007f} team",
             "  plain  ",
         ] {
             assert!(text("name", ok, 1, 64).is_ok(), "{ok:?}");
