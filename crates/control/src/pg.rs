@@ -17,7 +17,18 @@ pub(crate) const NO_PASSWORD: &str = "the server asks for a password and BACKEND
 
 /// Opens one PostgreSQL connection to `url`.
 pub(crate) async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
-    match AsyncPgConnection::establish(url).await {
+    // A peer that takes the connection and then says nothing would hold
+    // the start for good (tokio-postgres' connect_timeout covers the TCP
+    // connect only).
+    let Ok(established) =
+        tokio::time::timeout(CONNECT_WAIT, AsyncPgConnection::establish(url)).await
+    else {
+        return Err(ConnectionError::BadConnection(format!(
+            "{} did not answer the start of a session within {CONNECT_WAIT:?}: is it PostgreSQL?",
+            server_of(url)
+        )));
+    };
+    match established {
         Ok(conn) => Ok(conn),
         // However diesel-async wrapped it.
         Err(e) if e.to_string().starts_with("error connecting to server") => Err(
@@ -25,6 +36,26 @@ pub(crate) async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionEr
         ),
         Err(e) => Err(explain(e, url)),
     }
+}
+
+/// How long a server may take to accept a session.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// "PostgreSQL at host:port (BACKEND_DB_DSN)", or without the address
+/// when `url` names no host (a Unix socket).
+fn server_of(url: &str) -> String {
+    let Some((host, port)) = url::Url::parse(url).ok().and_then(|u| {
+        let host = u.host_str().filter(|h| !h.is_empty())?;
+        Some((
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            u.port().unwrap_or(5432),
+        ))
+    }) else {
+        return "PostgreSQL (BACKEND_DB_DSN)".to_owned();
+    };
+    format!("PostgreSQL at {host}:{port} (BACKEND_DB_DSN)")
 }
 
 /// How long each step of [`unreachable`] may take.
@@ -41,7 +72,7 @@ async fn unreachable(url: &str) -> Option<String> {
         .trim_end_matches(']')
         .to_owned();
     let port = u.port().unwrap_or(5432);
-    let at = format!("PostgreSQL at {host}:{port} (BACKEND_DB_DSN)");
+    let at = server_of(url);
     let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(
         PROBE_WAIT,
         tokio::net::lookup_host((host.as_str(), port)),
