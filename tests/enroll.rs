@@ -523,42 +523,61 @@ async fn cli_updates_refuse_what_they_cannot_apply() {
     assert_eq!(audited, 0, "a refused rotation replaced a token");
 
     let dir = common::tempdir::TempDir::new();
-    // A gateway started with a token the control plane refuses ends at
-    // once, saying so, as a node does (it could never serve a tunnel).
-    let log = dir.path().join("bogus-gateway.log");
-    let run = relay(
-        &[
-            "gateway",
-            "--backend",
-            &plane.server.base,
-            "--token",
+    // A gateway started with a token the control plane refuses, or with a
+    // node's, ends at once, saying so, as a node does (it could never
+    // serve a tunnel).
+    let r = plane
+        .gql(
+            "mutation{registerOutlineNode(input:{region:\"eu\",name:\"not-a-gateway\",host:\"127.0.0.1\",port:9}){token}}",
+            json!({}),
+        )
+        .await;
+    let node_token = r["data"]["registerOutlineNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    for (token, says) in [
+        (
             "bogus-token-abcdefghijklmnopqrstuvwxyz",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--self-signed",
-            "--cert",
-            dir.path().join("gw.crt").to_str().expect("path"),
-            "--key",
-            dir.path().join("gw.key").to_str().expect("path"),
-            "--data-dir",
-            dir.path().to_str().expect("path"),
-            "--public-url",
-            "https://localhost:1",
-        ],
-        &log,
-    )
-    .status();
-    let status = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("the gateway ended within 30 s")
-        .expect("status");
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        !status.success() && said.contains("refuses this gateway's token"),
-        "{status:?}: {said}"
-    );
+            "removed, rotated or mistyped",
+        ),
+        (node_token.as_str(), "it is not a gateway's"),
+    ] {
+        let log = dir.path().join("refused-gateway.log");
+        let run = relay(
+            &[
+                "gateway",
+                "--backend",
+                &plane.server.base,
+                "--token",
+                token,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--self-signed",
+                "--cert",
+                dir.path().join("gw.crt").to_str().expect("path"),
+                "--key",
+                dir.path().join("gw.key").to_str().expect("path"),
+                "--data-dir",
+                dir.path().to_str().expect("path"),
+                "--public-url",
+                "https://localhost:1",
+            ],
+            &log,
+        )
+        .status();
+        let status = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the gateway ended within 30 s")
+            .expect("status");
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !status.success() && said.contains(says),
+            "{status:?}: {said}"
+        );
+    }
     let absent = dir.path().join("absent.db");
     let dsn = format!("sqlite://{}", absent.display());
     for args in [

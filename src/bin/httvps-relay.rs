@@ -85,14 +85,19 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             // can never serve a tunnel: said and ended here, as a node does.
             // An unreachable control plane is an outage the gateway rides
             // out, so it starts.
-            if let Err(e @ BackendError::Status { status: 401, .. }) =
-                g.backend.gateway_heartbeat(&Default::default()).await
-            {
-                anyhow::bail!(
+            match g.backend.gateway_heartbeat(&Default::default()).await {
+                Err(e @ BackendError::Status { status: 401, .. }) => anyhow::bail!(
                     "the control plane refuses this gateway's token ({e}): it was removed, \
                      rotated or mistyped; enroll the gateway again with a new string \
                      (`httvps gateway rotate <id>`)"
-                );
+                ),
+                // An empty heartbeat is refused only to a token of another
+                // kind of caller.
+                Err(e @ BackendError::Status { status: 403, .. }) => anyhow::bail!(
+                    "the control plane refuses this gateway's token ({e}): it is not a \
+                     gateway's (a node's?); give the gateway's own token or enrollment string"
+                ),
+                _ => {}
             }
             let listener = tokio::net::TcpListener::bind(g.listen)
                 .await
