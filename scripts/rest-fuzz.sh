@@ -27,6 +27,7 @@ export BACKEND_SECRET_KEY
 export BACKEND_HOST=127.0.0.1 BACKEND_PORT=0 BACKEND_LOG_FORMAT=json BACKEND_DEBUG=false
 unset RUST_LOG
 password="fuzz-admin-$(head -c 12 /dev/urandom | base64 | tr -d '\n/+=')"
+"$bin" migrate >/dev/null
 printf '%s\n' "$password" | "$bin" admin create --email fuzz@example.com --password-stdin >/dev/null
 
 "$bin" serve 2>"$run/server.log" >/dev/null &

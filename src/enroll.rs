@@ -259,7 +259,8 @@ pub fn existing(dsn: &db::Dsn) -> anyhow::Result<()> {
     {
         anyhow::bail!(
             "no database at {path} (BACKEND_DB_DSN): give the one the control plane uses \
-             (`httvps up` keeps it in its data directory as httvps.db)"
+             (`httvps up` keeps it in its data directory as httvps.db), or make a new one \
+             there with `httvps migrate`"
         );
     }
     Ok(())
