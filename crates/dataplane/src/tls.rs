@@ -59,6 +59,11 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Writes a self-signed certificate for `names` to `cert` and `key` (PEM),
 /// unless both already exist.
 pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[&str]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cert != key,
+        "the certificate and the key are both {}: give each its own file",
+        cert.display()
+    );
     match (cert.exists(), key.exists()) {
         (true, true) => return Ok(()),
         (false, false) => {}
@@ -351,6 +356,9 @@ mod tests {
             assert!(!missing.exists());
             std::fs::remove_file(there).expect("remove");
         }
+        let e = ensure_self_signed(&cert, &cert, &["localhost"]).expect_err("one file for both");
+        assert!(e.to_string().contains("both"), "{e}");
+        assert!(!cert.exists());
         ensure_self_signed(&cert, &key, &["localhost"]).expect("a new pair");
         assert!(cert.exists() && key.exists());
         let _ = std::fs::remove_dir_all(&dir);
