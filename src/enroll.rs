@@ -241,10 +241,10 @@ async fn is_a(pool: &Db, kind: Kind, id: uuid::Uuid) -> anyhow::Result<()> {
     })))
 }
 
-/// The registry's database, which must exist: machines belong to regions
-/// made before them, so an SQLite file that is not there is a mistyped
-/// `BACKEND_DB_DSN`, not a database to create.
-async fn registry(db: &DbArgs) -> anyhow::Result<Db> {
+/// The control plane's database for a command that changes what is in
+/// it, migrated; it must exist (see [`existing`]): an SQLite file that is
+/// not there is a mistyped `BACKEND_DB_DSN`, not a database to create.
+pub async fn registry(db: &DbArgs) -> anyhow::Result<Db> {
     let dsn = db.dsn()?;
     existing(&dsn)?;
     db::migrate(&dsn).await.context("applying migrations")?;

@@ -88,45 +88,50 @@ impl<'a> Local<'a> {
     /// else a new one.
     pub(crate) async fn node(&mut self, port: i32) -> anyhow::Result<OutlineNodeId> {
         let db = self.db;
-        let recorded = self.ids.node.map(OutlineNodeId::from);
-        let id = match recorded {
-            Some(id) if move_node(db, id, port).await? => id,
-            _ => {
-                let named: Option<OutlineNodeId> =
-                    httvps_control::db_run!(db, |conn| outline_nodes::table
-                        .filter(outline_nodes::name.eq(NODE_NAME))
-                        .select(outline_nodes::id)
-                        .first(conn)
-                        .await
-                        .optional()
-                        .map_err(AppError::from))
-                    .map_err(fail)?;
-                match named {
-                    Some(id) if move_node(db, id, port).await? => id,
-                    _ => {
-                        let input = NewOutlineNode {
-                            region: "local".into(),
-                            name: NODE_NAME.into(),
-                            host: "127.0.0.1".into(),
-                            port,
-                            method: None,
-                            secret: None,
-                            capacity: 1000,
-                        };
-                        nodes::register_outline(db, &self.admin, input, EnrollmentTtl::default())
-                            .await
-                            .map_err(fail)
-                            .with_context(|| {
-                                format!(
-                                    "registering the embedded node as {NODE_NAME} (another node \
-                                     has that name: rename it with `httvps node update <id> \
-                                     --name …` on this database)"
-                                )
-                            })?
-                            .0
-                            .id
-                    }
-                }
+        let mut found = match self.ids.node.map(OutlineNodeId::from) {
+            Some(id) if move_node(db, id, port).await? => Some(id),
+            _ => None,
+        };
+        if found.is_none() {
+            let named: Option<OutlineNodeId> =
+                httvps_control::db_run!(db, |conn| outline_nodes::table
+                    .filter(outline_nodes::name.eq(NODE_NAME))
+                    .select(outline_nodes::id)
+                    .first(conn)
+                    .await
+                    .optional()
+                    .map_err(AppError::from))
+                .map_err(fail)?;
+            if let Some(id) = named
+                && move_node(db, id, port).await?
+            {
+                found = Some(id);
+            }
+        }
+        let id = match found {
+            Some(id) => id,
+            None => {
+                let input = NewOutlineNode {
+                    region: "local".into(),
+                    name: NODE_NAME.into(),
+                    host: "127.0.0.1".into(),
+                    port,
+                    method: None,
+                    secret: None,
+                    capacity: 1000,
+                };
+                nodes::register_outline(db, &self.admin, input, EnrollmentTtl::default())
+                    .await
+                    .map_err(fail)
+                    .with_context(|| {
+                        format!(
+                            "registering the embedded node as {NODE_NAME} (another node has \
+                             that name: rename it with `httvps node update <id> --name …` on \
+                             this database)"
+                        )
+                    })?
+                    .0
+                    .id
             }
         };
         self.ids.node = Some(id.uuid());

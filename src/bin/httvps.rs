@@ -188,7 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     db: args,
                 },
         } => {
-            let dsn = args.dsn()?;
+            // Checked before `--check` answers.
+            args.dsn()?;
             if check {
                 println!("{CHECKED}");
                 return Ok(());
@@ -199,9 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .read_line(&mut password)
                 .context("reading the password from stdin")?;
             let password = password.trim_end_matches(['\r', '\n']);
-            httvps::enroll::existing(&dsn)?;
-            db::migrate(&dsn).await.context("applying migrations")?;
-            let pool = Db::connect(&dsn, 1)?;
+            let pool = httvps::enroll::registry(&args).await?;
             // Audited as the operator's, like the other commands that change
             // what the console shows.
             let user =
@@ -273,14 +272,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Region { code, name, db } => {
-            let dsn = db.dsn()?;
+            // Checked before `--check` answers.
+            db.dsn()?;
             if check {
                 println!("{CHECKED}");
                 return Ok(());
             }
-            httvps::enroll::existing(&dsn)?;
-            db::migrate(&dsn).await.context("applying migrations")?;
-            let pool = Db::connect(&dsn, 1)?;
+            let pool = httvps::enroll::registry(&db).await?;
             if httvps_control::catalogue::region_by_code(&pool, &code)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?

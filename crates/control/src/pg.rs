@@ -41,21 +41,22 @@ pub(crate) async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionEr
 /// How long a server may take to accept a session.
 const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The server `url` names: its host (IPv6 without brackets) and port
+/// (5432 unless given); `None` when it names no host (a Unix socket).
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let u = url::Url::parse(url).ok()?;
+    let host = u.host_str().filter(|h| !h.is_empty())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_owned(), u.port().unwrap_or(5432)))
+}
+
 /// "PostgreSQL at host:port (BACKEND_DB_DSN)", or without the address
-/// when `url` names no host (a Unix socket).
+/// when `url` names no host.
 fn server_of(url: &str) -> String {
-    let Some((host, port)) = url::Url::parse(url).ok().and_then(|u| {
-        let host = u.host_str().filter(|h| !h.is_empty())?;
-        Some((
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            u.port().unwrap_or(5432),
-        ))
-    }) else {
-        return "PostgreSQL (BACKEND_DB_DSN)".to_owned();
-    };
-    format!("PostgreSQL at {host}:{port} (BACKEND_DB_DSN)")
+    match host_port(url) {
+        Some((host, port)) => format!("PostgreSQL at {host}:{port} (BACKEND_DB_DSN)"),
+        None => "PostgreSQL (BACKEND_DB_DSN)".to_owned(),
+    }
 }
 
 /// How long each step of [`unreachable`] may take.
@@ -65,13 +66,7 @@ const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// name does not resolve, or no address of it takes a TCP connection.
 /// `None` when it does (the failure was another) or `url` names no host.
 async fn unreachable(url: &str) -> Option<String> {
-    let u = url::Url::parse(url).ok()?;
-    let host = u.host_str().filter(|h| !h.is_empty())?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = u.port().unwrap_or(5432);
+    let (host, port) = host_port(url)?;
     let at = server_of(url);
     let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(
         PROBE_WAIT,
