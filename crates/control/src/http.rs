@@ -52,7 +52,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(envelope_framework_errors))
+        .layer(axum::middleware::from_fn(
+            crate::refusals::envelope_framework_errors,
+        ))
+        .layer(axum::middleware::from_fn(crate::refusals::bound_heads))
         .with_state(state)
 }
 
@@ -97,77 +100,6 @@ async fn throttle_guessers(State(state): State<AppState>, req: Request, next: Ne
         if let Some(t) = &bearer {
             state.api.proven.forget(t);
         }
-    }
-    res
-}
-
-/// Answers the framework writes itself (405 with an empty body, 413 as
-/// text, and on `/graphql` and `/api/` any other client error in plain
-/// text: a body that could not be read, a WebSocket upgrade without its
-/// headers) get the error shape of every other refusal there: GraphQL's
-/// `{"errors": [...]}` with `extensions.code` on `/graphql`, our
-/// `{"error": …}` envelope elsewhere. A 413 also leaves the request body
-/// unread, so the connection cannot carry another request: say so, or
-/// pooling clients reuse a connection the server is about to close.
-async fn envelope_framework_errors(req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let graphql = path == "/graphql" || path.starts_with("/graphql/");
-    let api = path.starts_with("/api/");
-    let res = next.run(req).await;
-    let status = res.status();
-    let is_json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let framework = status == StatusCode::METHOD_NOT_ALLOWED
-        || status == StatusCode::PAYLOAD_TOO_LARGE
-        || ((graphql || api) && status.is_client_error());
-    let mut res = if framework && !is_json {
-        let (code, fixed) = match status {
-            StatusCode::METHOD_NOT_ALLOWED => {
-                ("METHOD_NOT_ALLOWED", "this method is not allowed here")
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => ("PAYLOAD_TOO_LARGE", "the request body is too large"),
-            _ => ("BAD_REQUEST", "the request could not be read"),
-        };
-        let (mut parts, body) = res.into_parts();
-        // The framework's own words, when it gave some (short text).
-        let said = axum::body::to_bytes(body, 1024)
-            .await
-            .ok()
-            .and_then(|b| String::from_utf8(b.to_vec()).ok())
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty() && status == StatusCode::BAD_REQUEST);
-        let message = said.unwrap_or_else(|| fixed.to_owned());
-        parts.headers.remove(header::CONTENT_LENGTH);
-        let mut fresh = if graphql {
-            let error = serde_json::json!({"message": message, "extensions": {"code": code}});
-            (status, Json(serde_json::json!({ "errors": [error] }))).into_response()
-        } else {
-            let body = httvps_wire::ErrorBody {
-                error: httvps_wire::ErrorDetail {
-                    code: code.to_owned(),
-                    message,
-                    reason: None,
-                    request_id: None,
-                },
-            };
-            (status, Json(body)).into_response()
-        };
-        for (k, v) in &parts.headers {
-            if k != header::CONTENT_TYPE {
-                fresh.headers_mut().append(k, v.clone());
-            }
-        }
-        fresh
-    } else {
-        res
-    };
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        res.headers_mut().insert(
-            header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
     }
     res
 }

@@ -20,7 +20,8 @@
 //!   [`node_assignment`], [`heartbeats`], [`sessions`], [`usage_accounting`].
 //! - Edges: [`context`] (the app context and the signed-in viewer),
 //!   [`graphql`], [`rest`], [`state`] (what handlers get), [`http`] (the
-//!   routes), [`listener`] (the accept loop: deadlines, connection
+//!   routes), [`refusals`] (the framework's refusals and oversized heads
+//!   in our error shape), [`listener`] (the accept loop: deadlines, connection
 //!   budget), [`https`] (TLS in front of it, certificate reloaded on
 //!   change or SIGHUP), [`console`] (the embedded web console and GraphiQL),
 //!   [`metrics`], [`app`] (start-up).
@@ -54,6 +55,7 @@ pub mod nodes;
 pub mod pagination;
 mod pg;
 pub mod proven;
+pub mod refusals;
 pub mod rest;
 pub mod sessions;
 pub mod site_settings;

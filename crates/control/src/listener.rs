@@ -70,6 +70,8 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        .max_buf_size(crate::refusals::HEAD_READ_BYTES)
+        .max_headers(crate::refusals::HEADER_FIELDS_READ)
         .keep_alive(true);
     let builder = Arc::new(builder);
     loop {

@@ -19,12 +19,14 @@
 //! - [`token`]: the shape of opaque access tokens.
 //! - [`source`]: what one source of traffic is, for per-source bounds.
 //! - [`secret`]: secrets (node keys, device JWTs) redacted when formatted.
+//! - [`head`]: the size of an HTTP/1.1 request head, for its bound.
 
 pub mod device;
 pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod grant;
+pub mod head;
 pub mod heartbeat;
 pub mod reason;
 pub mod secret;

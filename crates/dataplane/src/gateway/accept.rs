@@ -47,7 +47,7 @@ type Tls = tokio_rustls::server::TlsStream<ReadAhead<MovableTcp>>;
 /// The most an HTTP/1.1 request's head may take (hyper's default is about
 /// 400 KB, held per connection until the head is whole); HTTP/2 caps a
 /// head's headers at 16 KiB (`h2`). Past it: 431.
-const MAX_HEAD: usize = 32 * 1024;
+const MAX_HEAD: usize = httvps_wire::head::MAX_HEAD_BYTES;
 
 /// Pause after a failed accept (out of descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -269,7 +269,7 @@ async fn connection(serving: Arc<Serving>, tcp: TcpStream, conn: Conn) {
         // hyper stops reading at MAX_HEAD only between reads: a head that
         // arrived whole in one read past it was served. Counted here, the
         // answer is 431 however the head was split.
-        let oversized = head_len(&req) > MAX_HEAD;
+        let oversized = httvps_wire::head::head_len(&req) > MAX_HEAD;
         req.extensions_mut().insert(conn.clone());
         // A router is always ready: no poll_ready needed.
         let mut app = app.clone();
@@ -307,19 +307,6 @@ async fn connection(serving: Arc<Serving>, tcp: TcpStream, conn: Conn) {
             let _ = tokio::time::timeout(deadline, conn).await;
         }
     }
-}
-
-/// About the size of a request's head as sent: its request line and its
-/// header lines.
-fn head_len(req: &Request<Incoming>) -> usize {
-    let uri = req.uri();
-    let target = uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let line = req.method().as_str().len() + target + 12;
-    req.headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .fold(line, usize::saturating_add)
 }
 
 /// Serves an HTTP/2 connection whose handshake sent `early` (its SETTINGS).
