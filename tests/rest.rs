@@ -1429,6 +1429,7 @@ async fn a_gateway_deleted_while_it_heartbeats() {
         used: 0,
         want: 1,
         release: false,
+        afresh: false,
     };
     let late = httvps_control::usage_accounting::grant_store::grant(db, g.id, &grant).await;
     assert!(

@@ -65,17 +65,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
 
 /// A server that reads and discards.
 async fn sink() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    addr
+    counting_sink().await.0
 }
 
 /// `httvps-relay gateway` as a process, with no `--spool`: the default
@@ -159,6 +149,14 @@ struct Traffic {
 }
 
 impl Traffic {
+    fn new() -> Self {
+        Traffic {
+            up: Arc::new(AtomicU64::new(0)),
+            run: Arc::new(AtomicBool::new(true)),
+            open: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     async fn start(
         &self,
         port: u16,
@@ -229,11 +227,7 @@ async fn a_gateway_sigkilled_at_full_speed_loses_at_most_one_spool_interval_and_
     let data = dir.path().join("data");
     let log = dir.path().join("gateway.log");
     let port = common::stable_port();
-    let traffic = Traffic {
-        up: Arc::new(AtomicU64::new(0)),
-        run: Arc::new(AtomicBool::new(true)),
-        open: Arc::new(AtomicU64::new(0)),
-    };
+    let traffic = Traffic::new();
     // What the client had handed the gateway, every 20 ms.
     let samples: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
     let sampler = {
@@ -360,11 +354,7 @@ async fn another_gateways_sessions_in_the_spool_do_not_hold_back_its_own() {
     let gw = spawn_gateway(&plane, port, &data, &log).await;
     let cfg = plane.cipher().await;
     let target = sink().await;
-    let traffic = Traffic {
-        up: Arc::new(AtomicU64::new(0)),
-        run: Arc::new(AtomicBool::new(true)),
-        open: Arc::new(AtomicU64::new(0)),
-    };
+    let traffic = Traffic::new();
     traffic.start(port, &plane, &cfg, target, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     traffic.stop().await;
@@ -395,4 +385,111 @@ async fn another_gateways_sessions_in_the_spool_do_not_hold_back_its_own() {
     );
     assert!(log_text.contains("usage refused; dropped"), "{log_text}");
     gw.sigkill().await;
+}
+
+/// A server that reads and discards, counting what it read.
+async fn counting_sink() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got = Arc::new(AtomicU64::new(0));
+    let counted = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let got = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    got.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// The allowance holds across a gateway's crash. The gateway is SIGKILLed
+/// at full speed a third of the way into a 60 MB allowance and restarted,
+/// with its spool (which lags what it let through by up to one spool
+/// interval) or without it (it counts the session from zero), and its
+/// tunnels go on at full speed until cut: the target receives no more
+/// than the allowance in all (within a mebibyte). Before, a gateway back
+/// from a crash was granted as if what its lost count had let through
+/// was never spent: the spool's lag past the allowance (several MB at
+/// full speed), or, without the spool, everything recorded before the
+/// crash again.
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
+async fn the_allowance_holds_across_a_gateway_crash(keep_spool: bool) {
+    const ALLOWANCE: u64 = 60_000_000;
+    const TUNNELS: usize = 4;
+    let (plane, listener) = Plane::prepare(1).await;
+    drop(listener);
+    plane
+        .sql(&format!(
+            "UPDATE subscriptions SET traffic_limit_bytes = {ALLOWANCE}"
+        ))
+        .await;
+    let cfg = plane.cipher().await;
+    let (target, received) = counting_sink().await;
+    let dir = common::tempdir::TempDir::new();
+    let data = dir.path().join("data");
+    let log = dir.path().join("gateway.log");
+    let port = common::stable_port();
+    let traffic = Traffic::new();
+
+    let gw = spawn_gateway(&plane, port, &data, &log).await;
+    traffic.start(port, &plane, &cfg, target, TUNNELS).await;
+    let t0 = Instant::now();
+    while received.load(Ordering::Relaxed) < ALLOWANCE / 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "20 MB not through in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.sigkill().await;
+    let at_kill = received.load(Ordering::Relaxed);
+    traffic.stop().await;
+    if !keep_spool {
+        std::fs::remove_file(data.join("gateway-spool.json")).expect("remove the spool");
+    }
+
+    let gw = spawn_gateway(&plane, port, &data, &log).await;
+    traffic.start(port, &plane, &cfg, target, TUNNELS).await;
+    let t1 = Instant::now();
+    while traffic.open.load(Ordering::Relaxed) > 0 {
+        assert!(
+            t1.elapsed() < Duration::from_secs(60),
+            "the tunnels were not cut within 60 s; {} B received",
+            received.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What was on its way to the target arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = received.load(Ordering::Relaxed);
+    eprintln!(
+        "crash (spool kept: {keep_spool}): {at_kill} B through before SIGKILL, {total} B in all, \
+         allowance {ALLOWANCE} B"
+    );
+    assert!(
+        total <= ALLOWANCE + 1024 * 1024,
+        "{total} B through of an allowance of {ALLOWANCE} B (spool kept: {keep_spool})"
+    );
+    gw.sigkill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_allowance_holds_across_a_gateway_crash_with_its_spool() {
+    the_allowance_holds_across_a_gateway_crash(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_allowance_holds_across_a_gateway_crash_without_its_spool() {
+    the_allowance_holds_across_a_gateway_crash(false).await;
 }

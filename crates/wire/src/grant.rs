@@ -28,6 +28,14 @@ pub struct GrantRequest {
     /// The session has no tunnel left: return what `used` did not spend.
     #[serde(default)]
     pub release: bool,
+    /// The gateway counts the session afresh: this is its first question
+    /// about it since it started (its count restored from its spool, which
+    /// may lag what it let through before a crash) or since it forgot the
+    /// session. Whatever an earlier grant of the session let through is
+    /// then taken as spent, up to that grant's limit, so the allowance
+    /// holds across the gateway's restart. Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub afresh: bool,
 }
 
 /// Answer of quota/grant.

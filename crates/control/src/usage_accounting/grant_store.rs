@@ -46,18 +46,26 @@ struct SessionRow {
 }
 
 impl SessionRow {
-    /// Its grant as its gateway last asked for it: the gateway's count and
-    /// the ledger offset (see [`grants::ledger_offset`]).
-    fn prev(&self) -> Option<(i64, i64)> {
-        self.gateway_used.zip(self.ledger_offset)
+    /// Its grant as its gateway last asked for it (see
+    /// [`grants::ledger_offset`]).
+    fn prev(&self) -> Option<grants::Prev> {
+        let ((used, offset), granted) = self
+            .gateway_used
+            .zip(self.ledger_offset)
+            .zip(self.granted)?;
+        Some(grants::Prev {
+            used,
+            offset,
+            granted,
+        })
     }
 
     /// What its grant, while it lives at `now`, still lets its gateway move
     /// past `used` (its limit in the gateway's terms less `used`); nothing
-    /// once the gateway's count went back (it restarted and counts from
-    /// zero: the grant it spent from is gone with it).
-    fn room(&self, used: i64, now: NaiveDateTime) -> i64 {
-        if self.gateway_used.is_some_and(|prev| used < prev) {
+    /// once the gateway counts afresh (`afresh`, or its count went back:
+    /// it restarted, and the grant it spent from is gone with it).
+    fn room(&self, used: i64, afresh: bool, now: NaiveDateTime) -> i64 {
+        if afresh || self.gateway_used.is_some_and(|prev| used < prev) {
             return 0;
         }
         match (self.granted, self.ledger_offset, self.valid_until) {
@@ -317,7 +325,9 @@ async fn sized(
             .optional()?;
         let recorded = again.as_ref().map_or(recorded, |r| r.recorded);
         let prev = again.as_ref().and_then(SessionRow::prev);
-        let kept = again.as_ref().map_or(0, |r| r.room(req.used, ts));
+        let kept = again
+            .as_ref()
+            .map_or(0, |r| r.room(req.used, req.afresh, ts));
         let others: Vec<HeldRow> = OTHERS
             .prepared(conn)
             .text(&sub_id)
@@ -329,17 +339,22 @@ async fn sized(
             .iter()
             .map(|h| grants::held(h.granted, h.recorded))
             .fold(0i64, i64::saturating_add);
-        let limit = grants::limit(Ask {
+        // Sized in the ledger's terms: the gateway's count plus the
+        // offset is what it may have let through, comparable with what
+        // the ledger recorded (a count started afresh after a restart is
+        // not: the ledger leads it).
+        let offset = grants::ledger_offset(prev, req.used, recorded, req.afresh);
+        let granted = grants::limit(Ask {
             allowance,
             charged: a.traffic_used_bytes,
             others,
-            used: req.used,
+            used: req.used.saturating_add(offset),
             recorded,
             want: req.want,
             kept,
         });
+        let limit = granted.saturating_sub(offset).max(req.used);
         let until = grants::valid_until(ts, GRANT_TTL, a.expires_at, a.period_start + period);
-        let offset = grants::ledger_offset(prev, req.used, recorded);
         UPSERT
             .prepared(conn)
             .text(sid)
@@ -387,16 +402,22 @@ mod tests {
         let later = t + chrono::Duration::seconds(10);
         // Limit 1,000 in the gateway's terms (1,100 stored with an offset
         // of 100), last asked at 400, asking now at 600.
-        assert_eq!(row(400, 1_100, 100, later).room(600, t), 400);
-        assert_eq!(row(400, 1_100, 100, later).room(1_200, t), 0, "spent");
-        assert_eq!(row(400, 1_100, 100, t).room(600, t), 0, "expired");
-        // The gateway restarted and counts from zero: nothing is kept.
-        assert_eq!(row(400, 1_100, 100, later).room(10, t), 0);
+        assert_eq!(row(400, 1_100, 100, later).room(600, false, t), 400);
+        assert_eq!(
+            row(400, 1_100, 100, later).room(1_200, false, t),
+            0,
+            "spent"
+        );
+        assert_eq!(row(400, 1_100, 100, t).room(600, false, t), 0, "expired");
+        // The gateway restarted and counts from zero, or says it counts
+        // afresh: nothing is kept.
+        assert_eq!(row(400, 1_100, 100, later).room(10, false, t), 0);
+        assert_eq!(row(400, 1_100, 100, later).room(600, true, t), 0);
         let none = SessionRow {
             granted: None,
             valid_until: None,
             ..row(0, 0, 0, later)
         };
-        assert_eq!(none.room(0, t), 0, "no grant");
+        assert_eq!(none.room(0, false, t), 0, "no grant");
     }
 }

@@ -35,21 +35,38 @@ pub fn held(limit: i64, recorded: i64) -> i64 {
     limit.saturating_sub(recorded).max(0)
 }
 
+/// A session's grant as its gateway last asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prev {
+    /// The gateway's count then.
+    pub used: i64,
+    /// The ledger offset then (see [`ledger_offset`]).
+    pub offset: i64,
+    /// The grant's limit, in the ledger's terms.
+    pub granted: i64,
+}
+
 /// What the ledger had recorded for a session when its gateway's count
 /// was zero: a grant's limit plus this is the limit in the ledger's terms
-/// (what is stored). The two counts differ when a gateway restarted
-/// without its counts and counts the session from zero again while the
-/// ledger goes on (the node witness's count spans both); the gateway's
-/// count falling below its last ask (`prev`: that count and the offset
-/// then) tells of it, and the offset is then the ledger's lead over the
-/// new count. Otherwise it stays as it was: the ledger's lead over the
-/// gateway's count within one run of the gateway is bytes the node counted
-/// in flight, which the bound on the node's count must not take as spent.
-pub fn ledger_offset(prev: Option<(i64, i64)>, used: i64, recorded: i64) -> i64 {
+/// (what is stored), and the gateway's count plus this is its count in
+/// those terms (what grants are sized from). The two counts differ when a
+/// gateway counts the session afresh: it restarted (from its spool, which
+/// may lag what it let through, or from zero without one), or forgot the
+/// session and met it again. It says so (`afresh`), or its count falling
+/// below its last ask (`prev`) tells of it; the offset then takes the
+/// ledger's lead over the new count and, since the earlier count could
+/// let through up to its grant's limit before it was lost, that limit's
+/// lead too: what the lost count may have spent is taken as spent, and
+/// the cap holds across the restart. (It is a bound on what passed, not a
+/// charge: the ledger records what the witnesses counted.) Otherwise the
+/// offset stays as it was: the ledger's lead over the gateway's count
+/// within one run of the gateway is bytes the node counted in flight,
+/// which the bound on the node's count must not take as spent.
+pub fn ledger_offset(prev: Option<Prev>, used: i64, recorded: i64, afresh: bool) -> i64 {
     let lead = recorded.saturating_sub(used).max(0);
     match prev {
-        Some((prev_used, prev_offset)) if used >= prev_used => prev_offset,
-        Some((_, prev_offset)) => prev_offset.max(lead),
+        Some(p) if !afresh && used >= p.used => p.offset,
+        Some(p) => p.offset.max(lead).max(p.granted.saturating_sub(used)),
         None => lead,
     }
 }
@@ -259,20 +276,55 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_offset_follows_a_gateway_that_counts_from_zero_again() {
+    fn the_ledger_offset_follows_a_gateway_that_counts_afresh() {
+        let prev = |used, offset, granted| {
+            Some(Prev {
+                used,
+                offset,
+                granted,
+            })
+        };
         // A new session: none.
-        assert_eq!(ledger_offset(None, 0, 0), 0);
+        assert_eq!(ledger_offset(None, 0, 0, true), 0);
         // One run of the gateway: it stays, whatever the node has counted
         // in flight meanwhile.
-        assert_eq!(ledger_offset(Some((4 * MIB, 0)), 6 * MIB, 9 * MIB), 0);
+        assert_eq!(
+            ledger_offset(prev(4 * MIB, 0, 8 * MIB), 6 * MIB, 9 * MIB, false),
+            0
+        );
         // Restarted without its counts: 100 MiB recorded, 1 MiB counted
-        // since.
-        assert_eq!(ledger_offset(Some((90 * MIB, 0)), MIB, 100 * MIB), 99 * MIB);
+        // since; its grant went no further than the recorded bytes.
+        assert_eq!(
+            ledger_offset(prev(90 * MIB, 0, 100 * MIB), MIB, 100 * MIB, false),
+            99 * MIB
+        );
+        // ... or further: what it may have let through counts as spent.
+        assert_eq!(
+            ledger_offset(prev(90 * MIB, 0, 110 * MIB), MIB, 100 * MIB, false),
+            109 * MIB
+        );
         // Restarted from its spool, a little behind its last ask.
-        assert_eq!(ledger_offset(Some((90 * MIB, 0)), 89 * MIB, 90 * MIB), MIB);
+        assert_eq!(
+            ledger_offset(prev(90 * MIB, 0, 90 * MIB), 89 * MIB, 90 * MIB, false),
+            MIB
+        );
+        // Restarted from a spool ahead of its last ask but behind what it
+        // let through: only the gateway can tell (afresh); its grant's
+        // limit, 20 MiB, bounds what passed.
+        assert_eq!(
+            ledger_offset(prev(10 * MIB, 0, 20 * MIB), 12 * MIB, 12 * MIB, true),
+            8 * MIB
+        );
+        assert_eq!(
+            ledger_offset(prev(10 * MIB, 0, 20 * MIB), 12 * MIB, 12 * MIB, false),
+            0
+        );
         // Never below what it was.
-        assert_eq!(ledger_offset(Some((5 * MIB, 7 * MIB)), MIB, 0), 7 * MIB);
+        assert_eq!(
+            ledger_offset(prev(5 * MIB, 7 * MIB, 0), MIB, 0, false),
+            7 * MIB
+        );
         // A grant pruned long ago: the ledger's lead.
-        assert_eq!(ledger_offset(None, MIB, 3 * MIB), 2 * MIB);
+        assert_eq!(ledger_offset(None, MIB, 3 * MIB, true), 2 * MIB);
     }
 }

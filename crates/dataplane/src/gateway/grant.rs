@@ -62,6 +62,8 @@ pub(crate) struct Grant {
     /// When a question asked ahead last went unanswered (0: answered
     /// since, or never).
     unanswered_ms: AtomicU64,
+    /// An answer came: this count of the session has been granted before.
+    answered: AtomicBool,
 }
 
 impl Grant {
@@ -108,6 +110,15 @@ impl Grant {
         *self.denied.lock().unwrap_or_else(PoisonError::into_inner) = answer.reason;
         self.ended.store(answer.ended, Ordering::Relaxed);
         self.unanswered_ms.store(0, Ordering::Relaxed);
+        self.answered.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether no answer came yet for this count of the session: the
+    /// gateway counts it afresh (it is new, restored from the spool after
+    /// a restart, or met again after it was forgotten), and says so when
+    /// it asks (see [`GrantRequest::afresh`](httvps_wire::grant::GrantRequest)).
+    pub fn afresh(&self) -> bool {
+        !self.answered.load(Ordering::Relaxed)
     }
 
     /// Whether the last answer said the session has ended (its device's

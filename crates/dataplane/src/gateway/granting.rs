@@ -228,6 +228,7 @@ impl Gateway {
             used: i64::try_from(used).unwrap_or(i64::MAX),
             want: i64::try_from(s.grant.want(used, now)).unwrap_or(i64::MAX),
             release: false,
+            afresh: s.grant.afresh(),
         };
         match tokio::time::timeout(ASK_WAIT, self.backend.grant(&req)).await {
             Ok(Ok(answer)) => {
@@ -283,6 +284,7 @@ impl Gateway {
                 used: i64::try_from(s.used()).unwrap_or(i64::MAX),
                 want: 0,
                 release: true,
+                afresh: false,
             };
             if let Err(e) = gw.backend.grant(&req).await {
                 tracing::debug!(session.id = %id, error = %e, "grant release not delivered; it expires");

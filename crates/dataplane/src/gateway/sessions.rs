@@ -12,8 +12,13 @@ use httvps_wire::{CloseOrder, Reason};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// How long a session with no tunnel and nothing to report is remembered.
-const IDLE_FORGET: Duration = Duration::from_secs(300);
+/// How long a session with no tunnel and nothing to report is remembered:
+/// longer than the control plane keeps an idle session open (10 minutes,
+/// ended by a sweep once a minute). A session forgotten while still open
+/// there, and met again, would be counted from zero under what the ledger
+/// holds, and its reports would add nothing until they passed it (the
+/// node's witness covers TCP, nothing covers UDP).
+const IDLE_FORGET: Duration = Duration::from_secs(13 * 60);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
