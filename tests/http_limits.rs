@@ -28,6 +28,7 @@ fn serve(db: &TestDb, max_connections: usize, per_source: usize) -> common::Proc
         .env("BACKEND_SECRET_KEY", TEST_SECRET)
         .env("BACKEND_HEADER_TIMEOUT_SECS", "2")
         .env("BACKEND_BODY_TIMEOUT_SECS", "2")
+        .env("BACKEND_WS_IDLE_SECS", "2")
         .env("BACKEND_MAX_CONNECTIONS", max_connections.to_string())
         .env("BACKEND_MAX_CONNECTIONS_PER_SOURCE", per_source.to_string());
     let p = spawn_listening(cmd);
@@ -695,4 +696,88 @@ async fn oversized_request_heads_are_refused_in_the_routes_error_shape() {
         String::from_utf8_lossy(&answer)
     );
     assert!(health(addr).await < Duration::from_secs(2));
+}
+
+/// A graphql-transport-ws socket to `addr`, acknowledged (anonymous).
+async fn acked_socket(addr: SocketAddr) -> common::Ws {
+    use futures_util::SinkExt;
+    let req = common::live_request(&format!("http://{addr}"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
+    let init = serde_json::json!({"type": "connection_init"}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(init.into()))
+        .await
+        .expect("init");
+    assert_eq!(common::live_next(&mut ws).await["type"], "connection_ack");
+    ws
+}
+
+/// How `ws` ends within `within`: its close code (None: cut without one).
+async fn close_code(ws: &mut common::Ws, within: Duration) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return None,
+            Err(_) => panic!("the socket is still open after {within:?}"),
+        }
+    }
+}
+
+/// A GraphQL WebSocket keeps the place in the connection budget (and its
+/// source's share) of the connection it was upgraded from: with a budget
+/// of 6, six acknowledged sockets leave no room, a seventh connection is
+/// closed at once; the sockets, running no operation, are closed (1000)
+/// after the idle deadline (2 s here), and their places are free again.
+/// Before, an upgrade gave the places back: one address held 241
+/// anonymous sockets past a budget of 128, for good, until the server ran
+/// out of descriptors.
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_keep_their_place_in_the_budget_and_close_when_idle() {
+    let db = TestDb::sqlite_empty();
+    let p = serve(&db, 6, 0);
+    let addr = p.addr.expect("listening");
+    let mut sockets = Vec::new();
+    for _ in 0..6 {
+        sockets.push(acked_socket(addr).await);
+    }
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(1)).await,
+        "a seventh connection was served beside six WebSockets"
+    );
+    let t0 = Instant::now();
+    for ws in &mut sockets {
+        assert_eq!(close_code(ws, Duration::from_secs(6)).await, Some(1000));
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle deadline: {:?}",
+        t0.elapsed()
+    );
+    drop(sockets);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(health(addr).await < Duration::from_secs(2));
+}
+
+/// A client that shuts its side once its request is sent gets the answer
+/// (before, the request ran and its answer was dropped).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_sent_before_a_half_close_is_answered() {
+    let db = TestDb::sqlite_empty();
+    let p = serve(&db, 100, 0);
+    let addr = p.addr.expect("listening");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    s.shutdown().await.expect("half-close");
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).expect("json")["status"],
+        "ok"
+    );
 }

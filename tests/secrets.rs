@@ -168,6 +168,7 @@ fn no_control_plane_type_holding_a_secret_formats_it() {
             body_timeout_secs: 30,
             max_connections: 8192,
             max_connections_per_source: 2048,
+            ws_idle_secs: 60,
             metrics_token: Some(SIGNING_SECRET.into()),
         },
         tls_cert: None,

@@ -379,6 +379,7 @@ fn is_query_only(query: &str, operation_name: Option<&str>) -> bool {
 async fn graphql_ws(
     State(state): State<AppState>,
     from: Option<Extension<ClientAddr>>,
+    idle: Option<Extension<super::graphql::ws::IdleDeadline>>,
     headers: HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
@@ -396,12 +397,14 @@ async fn graphql_ws(
         .max_message_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| {
             let from = from.map_or(ClientAddr(None), |Extension(a)| a);
+            let idle = idle.map_or(super::graphql::ws::IDLE_DEADLINE, |Extension(d)| d.0);
             super::graphql::ws::serve(
                 state.schema.clone(),
                 state.api.clone(),
                 socket,
                 protocol,
                 from,
+                idle,
             )
         })
 }

@@ -1,7 +1,8 @@
 //! The control plane's accept loop, bounded so that no client can hold it:
 //! a place in its source's share and in the connection budget first
 //! (beyond either a connection is closed at once, before anything is read
-//! and without a task of its own), then
+//! and without a task of its own; the places stay with the connection's
+//! stream, a WebSocket upgraded from it included), then
 //! HTTP/1.1 with a deadline for each request's headers (hyper starts it when
 //! it waits for a request, so it bounds idle keep-alive connections too) and
 //! one for its body. With TLS, the handshake happens inside the
@@ -72,6 +73,11 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(crate::refusals::HEAD_READ_BYTES)
         .max_headers(crate::refusals::HEADER_FIELDS_READ)
+        // A client that shuts its side once its request is sent (`nc -N`,
+        // socat, one-shot HTTP/1.0 tools) still gets the answer: the
+        // request runs either way, and dropping its answer would lose
+        // what it returns once (a device's token).
+        .half_close(true)
         .keep_alive(true);
     let builder = Arc::new(builder);
     loop {
@@ -103,22 +109,31 @@ pub async fn serve(
             builder: builder.clone(),
             stop: stop.clone(),
             body_timeout: limits.body_timeout,
+            ws_idle: limits.ws_idle,
             peer,
         };
         let (tls, handshake_timeout) = (tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
-            let _permit = (permit, place);
+            // The connection's places go with its stream: an upgraded one
+            // (a WebSocket) outlives this task and keeps them.
+            let places = (permit, place);
             let _ = tcp.set_nodelay(true);
             // Responses must be taken: a write without progress for the
             // body deadline closes the connection.
             let write_limit = conn.body_timeout;
             match tls {
-                None => conn.serve(WriteDeadline::new(tcp, write_limit)).await,
+                None => {
+                    let io = WriteDeadline::new(tcp, write_limit).holding(places);
+                    conn.serve(io).await;
+                }
                 // The handshake is held to the header deadline, inside the
                 // connection's place in the budget.
                 Some(front) => {
                     match tokio::time::timeout(handshake_timeout, front.accept(tcp)).await {
-                        Ok(Ok(stream)) => conn.serve(WriteDeadline::new(stream, write_limit)).await,
+                        Ok(Ok(stream)) => {
+                            let io = WriteDeadline::new(stream, write_limit).holding(places);
+                            conn.serve(io).await;
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -172,6 +187,7 @@ struct Conn {
     builder: Arc<http1::Builder>,
     stop: watch::Receiver<bool>,
     body_timeout: Duration,
+    ws_idle: Duration,
     peer: SocketAddr,
 }
 
@@ -183,10 +199,12 @@ impl Conn {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (app, body_timeout, peer) = (self.app, self.body_timeout, self.peer);
+        let ws_idle = crate::graphql::ws::IdleDeadline(self.ws_idle);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let mut req = req.map(|b| Body::new(DeadlineBody::new(b, body_timeout)));
             // Where the request comes from, for the throttles.
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(ws_idle);
             let mut app = app.clone();
             app.call(req)
         });

@@ -21,6 +21,9 @@ pub struct WriteDeadline<I> {
     limit: Duration,
     /// Armed while a write waits; disarmed by any progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// What the connection holds for as long as it lives (see
+    /// [`WriteDeadline::holding`]).
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<I> WriteDeadline<I> {
@@ -30,7 +33,17 @@ impl<I> WriteDeadline<I> {
             inner,
             limit,
             stalled: None,
+            held: None,
         }
+    }
+
+    /// Holds `place` (a place in the connection budget, say) until the
+    /// connection is dropped: after an HTTP upgrade the connection lives
+    /// on in the upgraded stream (a WebSocket), with what it holds.
+    #[must_use]
+    pub fn holding(mut self, place: impl std::any::Any + Send + Sync) -> Self {
+        self.held = Some(Box::new(place));
+        self
     }
 
     /// After a write-side poll: progress disarms the deadline; waiting arms

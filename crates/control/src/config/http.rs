@@ -37,6 +37,10 @@ pub struct HttpArgs {
         default_value_t = 2048
     )]
     pub max_connections_per_source: usize,
+    /// Seconds a GraphQL WebSocket may run no operation (after its
+    /// `connection_init` is acknowledged) before it is closed (1000).
+    #[arg(long, env = "BACKEND_WS_IDLE_SECS", default_value_t = 60)]
+    pub ws_idle_secs: u64,
     /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
     #[arg(long, env = "BACKEND_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
@@ -53,6 +57,8 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// See [`HttpArgs::max_connections_per_source`] (0: no bound).
     pub max_connections_per_source: usize,
+    /// See [`HttpArgs::ws_idle_secs`].
+    pub ws_idle: Duration,
     /// See [`HttpArgs::metrics_token`].
     pub metrics_token: Option<SecretKey>,
 }
@@ -64,6 +70,7 @@ impl Default for HttpLimits {
             body_timeout: Duration::from_secs(30),
             max_connections: 8192,
             max_connections_per_source: 2048,
+            ws_idle: Duration::from_secs(60),
             metrics_token: None,
         }
     }
@@ -96,6 +103,7 @@ impl HttpArgs {
             body_timeout: secs("BACKEND_BODY_TIMEOUT_SECS", self.body_timeout_secs)?,
             max_connections: self.max_connections,
             max_connections_per_source: self.max_connections_per_source,
+            ws_idle: secs("BACKEND_WS_IDLE_SECS", self.ws_idle_secs)?,
             metrics_token: match self.metrics_token.as_ref().map(|t| t.expose().trim()) {
                 None | Some("") => None,
                 Some(t) if t.len() < 16 => {

@@ -8,7 +8,9 @@
 //! (4401). A socket lives no longer than its
 //! credential: when the account's or the device's access changes (the
 //! events the use cases publish) the credential is checked again, and a
-//! user's token ends at its expiry; either way the socket closes 4403.
+//! user's token ends at its expiry; either way the socket closes 4403. A
+//! socket that runs no operation for its idle deadline ([`IDLE_DEADLINE`]
+//! by default) closes (1000).
 //! Nothing the loop awaits waits on the database or on the client: the
 //! check runs in a task beside the engine (`credential::Recheck`), and
 //! what the socket sends goes through a bounded queue to a writer task
@@ -40,6 +42,18 @@ use crate::throttle::ClientAddr;
 pub const INIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Most subscriptions one socket may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 20;
+/// How long an acknowledged socket may run no operation before it is
+/// closed (1000), unless the server was given another
+/// ([`IdleDeadline`], `BACKEND_WS_IDLE_SECS`): a socket is for live
+/// operations, and one that runs none holds a place in the connection
+/// budget for nothing. Lazy clients (the console's) close theirs within
+/// seconds of their last operation and open a new one with the next.
+pub const IDLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The idle deadline of a server's sockets (see [`IDLE_DEADLINE`]), as
+/// the accept loop hands it to requests.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleDeadline(pub Duration);
 
 /// When a token that expires at `epoch_secs` stops being valid, on the
 /// runtime's clock.
@@ -180,6 +194,7 @@ pub async fn serve(
     socket: WebSocket,
     protocol: WebSocketProtocols,
     from: ClientAddr,
+    idle_deadline: Duration,
 ) {
     let (sink, mut source) = socket.split();
     let (mut sink, writer) = Outbox::start(sink);
@@ -210,6 +225,9 @@ pub async fn serve(
     let mut acked = false;
     let deadline = tokio::time::sleep(INIT_DEADLINE);
     let mut deadline = std::pin::pin!(deadline);
+    // Restarted when the ack is sent and whenever an operation ends.
+    let idle = tokio::time::sleep(idle_deadline);
+    let mut idle = std::pin::pin!(idle);
     // A message the engine's full input queue could not take yet: the
     // socket is not read again until it is handed over, while the engine
     // keeps running (and draining its queue) in the other branches. Waiting
@@ -263,6 +281,10 @@ pub async fn serve(
                     recheck.again = false;
                     recheck.ask(&api, credential.as_ref());
                 }
+            }
+            () = &mut idle, if acked && active.is_empty() => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle: no operation running".into() }))).await;
+                break;
             }
             () = &mut deadline, if !initialised => {
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() }))).await;
@@ -337,7 +359,9 @@ pub async fn serve(
                             break;
                         }
                     },
-                    "complete" | "stop" => { active.remove(&id.to_string()); }
+                    "complete" | "stop" if active.remove(&id.to_string()) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
+                    }
                     _ => {}
                 }
                 match to_gql.try_send(bytes) {
@@ -356,6 +380,7 @@ pub async fn serve(
                                 if kind == Some("connection_ack") {
                                     ack = true;
                                     acked = true;
+                                    idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
                                     credential = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
                                     if let Some(Credential::User { expires_at, .. }) = &credential {
                                         expiry.as_mut().reset(instant_of(*expires_at));
@@ -363,8 +388,9 @@ pub async fn serve(
                                 }
                                 if matches!(kind, Some("complete" | "error"))
                                     && let Some(id) = v.get("id").and_then(|i| i.as_str())
+                                    && active.remove(id)
                                 {
-                                    active.remove(id);
+                                    idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
                                 }
                                 with_codes(v).to_string()
                             }
