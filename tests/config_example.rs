@@ -103,6 +103,10 @@ fn checks(bin: &str, dir: &Path, args: &[&str], extra: &[(&str, &str)]) {
 const HTTVPS: &str = env!("CARGO_BIN_EXE_httvps");
 const RELAY: &str = env!("CARGO_BIN_EXE_httvps-relay");
 const SECRET: (&str, &str) = ("BACKEND_SECRET_KEY", common::TEST_SECRET);
+/// The control plane's URL for a relay started with a token (the example
+/// leaves it empty for enrollment strings, which carry it).
+const NODE_URL: (&str, &str) = ("NODE_BACKEND_URL", "http://127.0.0.1:8000");
+const GATEWAY_URL: (&str, &str) = ("GATEWAY_BACKEND_URL", "http://127.0.0.1:8000");
 
 fn example_dir() -> common::tempdir::TempDir {
     let dir = common::tempdir::TempDir::new();
@@ -329,14 +333,32 @@ fn the_data_plane_commands_start_or_name_the_variable() {
     refuses(RELAY, d, &["gateway"], &[], "GATEWAY_TOKEN");
     refuses(RELAY, d, &["node"], &[], "NODE_TOKEN");
     refuses(RELAY, d, &["connect"], &[], "CLIENT_DEVICE_TOKEN");
-    // With a token, the empty example lines are defaults, not values.
-    checks(RELAY, d, &["node", "--check"], &[("NODE_TOKEN", "t0k3n")]);
+    // With a token, the control plane's URL is named next: the example
+    // leaves it empty (an enrollment string carries it).
+    refuses(
+        RELAY,
+        d,
+        &["node", "--check"],
+        &[("NODE_TOKEN", "t0k3n")],
+        "NODE_BACKEND_URL",
+    );
+    // With both, the empty example lines are defaults, not values.
+    checks(
+        RELAY,
+        d,
+        &["node", "--check"],
+        &[("NODE_TOKEN", "t0k3n"), NODE_URL],
+    );
     // A timeout of 0 seconds is refused by name, not taken as 1.
     refuses(
         RELAY,
         d,
         &["node", "--check"],
-        &[("NODE_TOKEN", "t0k3n"), ("NODE_IDLE_TIMEOUT_SECS", "0")],
+        &[
+            ("NODE_TOKEN", "t0k3n"),
+            NODE_URL,
+            ("NODE_IDLE_TIMEOUT_SECS", "0"),
+        ],
         "NODE_IDLE_TIMEOUT_SECS",
     );
     checks(
@@ -350,7 +372,7 @@ fn the_data_plane_commands_start_or_name_the_variable() {
         RELAY,
         d,
         &["gateway", "--check"],
-        &[("GATEWAY_TOKEN", "t0k3n")],
+        &[("GATEWAY_TOKEN", "t0k3n"), GATEWAY_URL],
         "GATEWAY_TLS_CERT",
     );
     // With certificate files it could write, the gateway's settings are valid.
@@ -361,6 +383,8 @@ fn the_data_plane_commands_start_or_name_the_variable() {
         &["gateway", "--check"],
         &[
             ("GATEWAY_TOKEN", "t0k3n"),
+            GATEWAY_URL,
+            GATEWAY_URL,
             ("GATEWAY_SELF_SIGNED", "true"),
             ("GATEWAY_TLS_CERT", cert.to_str().expect("path")),
             ("GATEWAY_TLS_KEY", key.to_str().expect("path")),
@@ -374,6 +398,7 @@ fn the_data_plane_commands_start_or_name_the_variable() {
     // Or by ACME, with no certificate files; a wrong ACME setting is named.
     let acme = [
         ("GATEWAY_TOKEN", "t0k3n"),
+        GATEWAY_URL,
         ("GATEWAY_ACME_DOMAIN", "gw1.example.com,gw2.example.com"),
         ("GATEWAY_ACME_CONTACT", "mailto:ops@example.com"),
         ("GATEWAY_DATA_DIR", d.to_str().expect("path")),
@@ -395,7 +420,11 @@ fn the_data_plane_commands_start_or_name_the_variable() {
         RELAY,
         d,
         &["node", "--check"],
-        &[("NODE_TOKEN", "t0k3n"), ("NODE_LISTEN", "everywhere")],
+        &[
+            ("NODE_TOKEN", "t0k3n"),
+            NODE_URL,
+            ("NODE_LISTEN", "everywhere"),
+        ],
         "NODE_LISTEN",
     );
     refuses(
