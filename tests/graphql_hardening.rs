@@ -538,6 +538,73 @@ async fn many_mistakes_get_a_short_answer() {
     server.stop().await;
 }
 
+/// GET `/graphql` reads its parameters as POST reads its body: variables
+/// that are JSON but not an object (an array, a number, a string) are
+/// refused (they were ignored: the query ran without them), `null` or an
+/// empty value means none, and a parameter given twice is named as such
+/// (it was "needs a query parameter"). A console path that is not UTF-8
+/// once decoded is a 404 in the JSON envelope (it was plain text 400).
+#[tokio::test(flavor = "multi_thread")]
+async fn get_parameters_are_read_as_post_reads_its_body() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let get = |query: &str| {
+        let url = format!("{}{query}", server.base);
+        async move {
+            let res = common::client().get(url).send().await.expect("GET");
+            let status = res.status().as_u16();
+            let content_type = res
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or_default().to_owned())
+                .unwrap_or_default();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            (status, content_type, body)
+        }
+    };
+    let q = "/graphql?query=%7Bsettings%7BsignUpEnabled%7D%7D";
+    for vars in ["%5B1%5D", "5", "%22x%22", "%7B", "true"] {
+        let (status, _, r) = get(&format!("{q}&variables={vars}")).await;
+        assert_eq!(status, 400, "variables={vars}: {r}");
+        assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+        assert_eq!(r["errors"][0]["message"], "variables must be a JSON object");
+    }
+    for vars in ["null", "", "%7B%7D"] {
+        let (status, _, r) = get(&format!("{q}&variables={vars}")).await;
+        assert_eq!(status, 200, "variables={vars}: {r}");
+        assert!(r["data"]["settings"].is_object(), "{r}");
+    }
+    let (status, _, r) = get(&format!("{q}&query=x")).await;
+    assert_eq!(status, 400, "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("more than once"),
+        "{r}"
+    );
+    let (status, _, r) = get("/graphql?operationName=x").await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(
+        r["errors"][0]["message"],
+        "GET /graphql needs a query parameter"
+    );
+    for path in [
+        "/console/%ff",
+        "/console/assets/%ff.js",
+        "/console/assets/missing.js",
+    ] {
+        let (status, content_type, r) = get(path).await;
+        assert_eq!(status, 404, "{path}: {r}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{path}: {content_type}"
+        );
+        assert_eq!(r["error"]["code"], "NOT_FOUND", "{path}: {r}");
+    }
+    server.stop().await;
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -16,6 +16,7 @@
 
 use axum::Router;
 use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -70,8 +71,12 @@ pub fn routes<S: Clone + Send + Sync + 'static>(debug: bool) -> Router<S> {
         .route(
             "/console/{*path}",
             get(
-                move |Path(path): Path<String>, headers: HeaderMap| async move {
-                    serve(&headers, &path, debug)
+                move |path: Result<Path<String>, PathRejection>, headers: HeaderMap| async move {
+                    // A path that is not UTF-8 once decoded names no asset.
+                    match path {
+                        Ok(Path(path)) => serve(&headers, &path, debug),
+                        Err(_) => not_found(),
+                    }
                 },
             ),
         );
@@ -261,7 +266,7 @@ fn redirect(status: StatusCode) -> Response {
 }
 
 fn not_found() -> Response {
-    let mut res = (StatusCode::NOT_FOUND, "not found\n").into_response();
+    let mut res = crate::error::AppError::NotFound("asset").into_response();
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     security_headers(h, CSP_CONSOLE);

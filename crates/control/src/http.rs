@@ -334,8 +334,19 @@ async fn graphql_get(
     headers: HeaderMap,
     params: Result<QueryParams<GetParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(QueryParams(params)) = params else {
-        return graphql_error(AppError::bad("GET /graphql needs a query parameter"));
+    let params = match params {
+        Ok(QueryParams(params)) => params,
+        Err(e) => {
+            let text = e.body_text();
+            let why = if text.contains("duplicate field") {
+                "a GET /graphql parameter is given more than once"
+            } else if text.contains("missing field `query`") {
+                "GET /graphql needs a query parameter"
+            } else {
+                "the GET /graphql parameters could not be read"
+            };
+            return graphql_error(AppError::bad(why));
+        }
     };
     if !is_query_only(&params.query, params.operation_name.as_deref()) {
         return graphql_error(AppError::bad(
@@ -347,9 +358,14 @@ async fn graphql_get(
         request = request.operation_name(name);
     }
     if let Some(vars) = params.variables {
+        // An object, as on POST (`null` or an empty value: none).
         match serde_json::from_str::<serde_json::Value>(&vars) {
-            Ok(v) => request = request.variables(async_graphql::Variables::from_json(v)),
-            Err(_) => return graphql_error(AppError::bad("variables must be a JSON object")),
+            Ok(v @ serde_json::Value::Object(_)) => {
+                request = request.variables(async_graphql::Variables::from_json(v));
+            }
+            Ok(serde_json::Value::Null) => {}
+            _ if vars.trim().is_empty() => {}
+            _ => return graphql_error(AppError::bad("variables must be a JSON object")),
         }
     }
     let from = from.map_or(ClientAddr(None), |Extension(a)| a);
