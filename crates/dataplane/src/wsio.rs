@@ -6,6 +6,7 @@
 //! write to its node once per chunk; one per 64 KiB makes it write a
 //! quarter as often. Shutting down the write side sends what is queued,
 //! then a Close, and keeps reading until the peer's Close (a half-close).
+//! A Close other than a normal one (1000) reads as an error ([`Cut`]).
 
 use std::io;
 use std::pin::Pin;
@@ -24,6 +25,47 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 /// own, behind every frame.
 pub const COALESCE: usize = 64 * 1024 - 17;
 const _: () = assert!(COALESCE < 1 << 16, "an 8-byte masked frame header");
+
+/// Why the gateway ended a stream other than normally: its Close's code
+/// and reason (1008 `quota_exceeded`, 1001 when it shuts down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// The Close's status code.
+    pub code: u16,
+    /// The Close's reason.
+    pub reason: String,
+}
+
+impl Cut {
+    /// The cut a Close's `payload` says, if it is not a normal end (a
+    /// payload of its code, 2 bytes, then its reason).
+    pub fn of_close(payload: &[u8]) -> Option<Cut> {
+        let code = u16::from_be_bytes([*payload.first()?, *payload.get(1)?]);
+        Cut::of(code, &String::from_utf8_lossy(&payload[2..]))
+    }
+
+    /// The cut a Close of `code` and `reason` says, if it is not a
+    /// normal end.
+    pub fn of(code: u16, reason: &str) -> Option<Cut> {
+        (code != 1000).then(|| Cut {
+            code,
+            reason: reason.to_owned(),
+        })
+    }
+
+    /// The error a local reader gets for it: the tunnel did not end
+    /// normally, and the local connection is reset rather than closed, so
+    /// an application does not take a cut download for a whole one.
+    pub fn into_error(self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            format!(
+                "the gateway ended the tunnel: {} {}",
+                self.code, self.reason
+            ),
+        )
+    }
+}
 
 /// The adapter.
 pub struct WsIo<S> {
@@ -74,7 +116,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
             }
             match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
                 Some(Ok(Message::Binary(b))) => self.pending = b,
-                Some(Ok(Message::Close(_))) | None => self.eof = true,
+                Some(Ok(Message::Close(frame))) => {
+                    self.eof = true;
+                    // A cut-off is an error, not an end of stream.
+                    let cut = frame.and_then(|f| Cut::of(u16::from(f.code), &f.reason));
+                    if let Some(cut) = cut {
+                        return Poll::Ready(Err(cut.into_error()));
+                    }
+                }
+                None => self.eof = true,
                 Some(Ok(_)) => {}
                 Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => self.eof = true,
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),

@@ -150,12 +150,22 @@ async fn tunnel(
     if let Answer::Socks = answer {
         socks_reply(&mut stream, Reply::Succeeded, unspecified).await?;
     }
-    if !early.is_empty() {
-        // Flushed: writes into the tunnel may wait for more otherwise.
-        proxied.write_all(&early).await?;
-        proxied.flush().await?;
+    let piped = async {
+        if !early.is_empty() {
+            // Flushed: writes into the tunnel may wait for more otherwise.
+            proxied.write_all(&early).await?;
+            proxied.flush().await?;
+        }
+        pipe(&mut stream, &mut proxied).await
     }
-    pipe(&mut stream, &mut proxied).await?;
+    .await;
+    if piped.is_err() {
+        // The tunnel broke (the gateway cut it, or the connection to it
+        // died): the local connection is reset, not closed, so the
+        // application sees an error instead of a complete-looking reply.
+        let _ = stream.set_zero_linger();
+    }
+    piped?;
     Ok(())
 }
 

@@ -172,7 +172,7 @@ impl AsyncRead for H2Stream {
                         me.send_frame(|m, f| wsframe::pong(&payload, m, f))?;
                     }
                     Some(Control::Ping(_)) => {}
-                    Some(Control::Close) => {
+                    Some(Control::Close(cut)) => {
                         // Answered at once, as RFC 6455 asks: the gateway
                         // waits for it before it ends the stream.
                         me.eof = true;
@@ -180,7 +180,8 @@ impl AsyncRead for H2Stream {
                             me.ended = true;
                             me.send_frame(wsframe::close)?;
                         }
-                        return Poll::Ready(Ok(()));
+                        // A cut-off is an error, not an end of stream.
+                        return Poll::Ready(cut.map_or(Ok(()), |c| Err(c.into_error())));
                     }
                     None => {}
                 }

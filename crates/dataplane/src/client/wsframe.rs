@@ -7,6 +7,7 @@
 //! chunks, whatever their boundaries. Control frames are answered by the
 //! caller: a Ping with its Pong, a Close ends the stream.
 
+use crate::wsio::Cut;
 use bytes::{BufMut, BytesMut};
 use tokio::io::ReadBuf;
 
@@ -41,8 +42,9 @@ pub(super) enum FrameError {
 pub(super) enum Control {
     /// A Ping, to be answered with a Pong of this payload.
     Ping(Vec<u8>),
-    /// The gateway's Close: the stream ends.
-    Close,
+    /// The gateway's Close: the stream ends, normally (1000, or no code)
+    /// or not (the code and reason: a cut-off, say).
+    Close(Option<Cut>),
 }
 
 /// Which kind of frame's payload is being read.
@@ -119,7 +121,9 @@ impl Deframer {
         match self.kind {
             Kind::Data | Kind::Pong => None,
             Kind::Ping => Some(Control::Ping(std::mem::take(&mut self.control))),
-            Kind::Close => Some(Control::Close),
+            Kind::Close => Some(Control::Close(Cut::of_close(&std::mem::take(
+                &mut self.control,
+            )))),
         }
     }
 
@@ -349,7 +353,7 @@ mod tests {
             assert!(data == want, "chunks of {chunk}, reads of {read}");
             assert_eq!(
                 controls,
-                vec![Control::Ping(b"p1".to_vec()), Control::Close]
+                vec![Control::Ping(b"p1".to_vec()), Control::Close(None)]
             );
         }
     }
