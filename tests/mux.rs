@@ -1245,3 +1245,65 @@ async fn a_running_client_follows_its_gateway_to_a_new_port_per_tunnel() {
 async fn a_running_mux_client_follows_its_gateway_to_a_new_port() {
     a_running_client_follows_its_gateway_to_a_new_port(true).await;
 }
+
+/// A running client whose device is revoked says why, once, with the
+/// control plane's reason (it said only "exchanging the device token",
+/// every 2 s for as long as it ran), and asks again less and less often.
+/// `httvps-relay connect` as a process, its log read as a user reads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_client_says_why_once_and_asks_less_often() {
+    let plane = Plane::start(1).await;
+    let dir = common::tempdir::TempDir::new();
+    let log = dir.path().join("client.log");
+    let mut client = common::spawn_logged(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+            .args(["connect", "--backend", &plane.server.base])
+            .args(["--device-token", &plane.device_token])
+            .args(["--socks", "127.0.0.1:0"])
+            .args([
+                "--gateway",
+                &format!("https://localhost:{}", plane.gateway_addr.port()),
+            ])
+            .arg("--ca-cert")
+            .arg(&plane.cert)
+            .arg("--debug"),
+        &log,
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let t0 = Instant::now();
+    while !read().contains("client ready") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not ready: {}",
+            read()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    plane
+        .gql(
+            "mutation($id:UUID!){revokeDevice(id:$id){status}}",
+            json!({"id": plane.device_id}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let _ = client.kill().await;
+    let text = read();
+    let asked: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("refreshing parameters"))
+        .collect();
+    let warned: Vec<&&str> = asked.iter().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warned.len(), 1, "{text}");
+    assert!(
+        warned[0].contains("device refused") || warned[0].contains("removed"),
+        "no reason: {}",
+        warned[0]
+    );
+    // Every 2 s, 7 times; now after 2, 4, 8 s: at most 4.
+    assert!(
+        (1..=4).contains(&asked.len()),
+        "asked {} times in 14 s:\n{}",
+        asked.len(),
+        asked.join("\n")
+    );
+}

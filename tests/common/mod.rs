@@ -732,3 +732,14 @@ pub async fn live_event(ws: &mut Ws, field: &str) -> serde_json::Value {
     assert_eq!(v["type"], "next", "{v}");
     v["payload"]["data"][field].clone()
 }
+
+/// `cmd` with its stderr written to `log`, its stdout dropped, and the
+/// process killed when its handle is dropped; spawned.
+pub fn spawn_logged(cmd: &mut tokio::process::Command, log: &Path) -> tokio::process::Child {
+    let file = std::fs::File::create(log).expect("log file");
+    cmd.kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(file))
+        .spawn()
+        .expect("spawn")
+}

@@ -133,6 +133,8 @@ async fn events_stream(
 pub(super) async fn follow_events(s: Arc<Shared>) {
     let ws_url = s.opts.backend.replacen("http", "ws", 1) + "/graphql/ws";
     let mut again = false;
+    let mut refused: Option<String> = None;
+    let mut wait = RECONNECT_WAIT;
     loop {
         let region = s.params().region;
         let attempt = async {
@@ -147,10 +149,7 @@ pub(super) async fn follow_events(s: Arc<Shared>) {
                 "query": "subscription($r:String){nodeEvents(region:$r){nodeId kind}}", "variables": {"r": region}}});
             ws.send(Message::Text(sub.to_string().into())).await?;
             if std::mem::replace(&mut again, true) {
-                match fetch(&s.opts, &s.backend).await {
-                    Ok(p) => s.set_params(p),
-                    Err(e) => tracing::warn!(error = %e, "refreshing parameters"),
-                }
+                refresh(&s, &mut refused).await;
             }
             while let Some(msg) = ws.next().await {
                 let Message::Text(t) = msg? else { continue };
@@ -159,10 +158,7 @@ pub(super) async fn follow_events(s: Arc<Shared>) {
                     .as_str()
                     .unwrap_or_default();
                 if node_gone(kind) {
-                    match fetch(&s.opts, &s.backend).await {
-                        Ok(p) => s.set_params(p),
-                        Err(e) => tracing::warn!(error = %e, "refreshing parameters"),
-                    }
+                    refresh(&s, &mut refused).await;
                 }
             }
             anyhow::Ok(())
@@ -170,7 +166,56 @@ pub(super) async fn follow_events(s: Arc<Shared>) {
         if let Err(e) = attempt.await {
             tracing::debug!(error = %e, "node events");
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Refused (revoked, over its allowance, disabled): asked again
+        // less and less often, up to once a minute, until it is let in.
+        wait = if refused.is_some() {
+            (wait * 2).min(REFUSED_WAIT_MAX)
+        } else {
+            RECONNECT_WAIT
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Pause before the events socket is opened again.
+const RECONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest pause while the device is refused.
+const REFUSED_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Fetches the parameters again. A failure is logged with its cause (the
+/// control plane's reason: `device refused: quota_exceeded`), as a
+/// warning when it differs from the last one, and remembered in `refused`
+/// when the device itself was refused (a refusal, or 401/403).
+async fn refresh(s: &Shared, refused: &mut Option<String>) {
+    match fetch(&s.opts, &s.backend).await {
+        Ok(p) => {
+            if refused.take().is_some() {
+                tracing::info!("the control plane lets the device in again");
+            }
+            s.set_params(p);
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            let is_refusal = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<crate::backend::BackendError>(),
+                    Some(
+                        crate::backend::BackendError::Refused(_)
+                            | crate::backend::BackendError::Status {
+                                status: 401 | 403,
+                                ..
+                            }
+                    )
+                )
+            });
+            if refused.as_deref() == Some(why.as_str()) {
+                tracing::debug!(error = %why, "refreshing parameters");
+            } else {
+                tracing::warn!(error = %why, "refreshing parameters");
+            }
+            *refused = is_refusal.then_some(why);
+        }
     }
 }
 
