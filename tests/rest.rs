@@ -573,6 +573,19 @@ async fn usage_inbox_merges(w: World) {
         vec![("1300".into(), "900".into()), ("100".into(), "50".into())],
         "{r}"
     );
+    // A range that starts within the current hour counts that hour whole
+    // (it was left out: the ledger keeps hours).
+    let hour =
+        chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::TimeDelta::hours(1))
+            .expect("hour");
+    let r = w
+        .gql(
+            "query($f:DateTime!,$t:DateTime!){usage(from:$f,to:$t,granularity:HOUR){bytesUp bytesDown}}",
+            json!({"f": (hour + chrono::Duration::seconds(1)).to_rfc3339(), "t": (hour + chrono::Duration::minutes(59)).to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(r["data"]["usage"][0]["bytesUp"], "100", "{r}");
+    assert_eq!(r["data"]["usage"][0]["bytesDown"], "50", "{r}");
     // Totals at the largest value a report takes, on two sessions: the
     // report's sums saturate instead of failing.
     let (_, _, other) = w.device().await;

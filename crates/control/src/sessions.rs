@@ -115,7 +115,8 @@ pub struct UsageBucket {
 /// Most buckets one report may hold.
 pub const MAX_BUCKETS: i64 = 24 * 400;
 
-/// Usage per bucket in `[from, to)`: the actor's own, or for admins any
+/// Usage per bucket in `[from, to)` (the hour `from` falls in counted
+/// whole: the ledger keeps hours): the actor's own, or for admins any
 /// user's (everyone's when `user_id` is `None`), optionally one node's
 /// (for anyone: a user sees only its own usage, on that node).
 /// Another user's usage is forbidden to non-admins.
@@ -137,6 +138,10 @@ pub async fn usage(
     if to <= from {
         return Err(AppError::bad("to must be after from"));
     }
+    // The ledger keeps hours: the hour `from` falls in overlaps the range
+    // and is counted whole (a range from 19:30 used to leave out the
+    // 19:00 hour, and with it the traffic of 19:42).
+    let from = hour_of(from);
     let span_hours = (to - from).num_hours();
     let buckets = match granularity {
         Granularity::Hour => span_hours,
@@ -160,6 +165,12 @@ pub async fn usage(
         .bind::<Nullable<Text>, _>(node)
         .load(conn)
         .await?))
+}
+
+/// The start of the hour `t` falls in.
+fn hour_of(t: NaiveDateTime) -> NaiveDateTime {
+    use chrono::DurationRound;
+    t.duration_trunc(chrono::TimeDelta::hours(1)).unwrap_or(t)
 }
 
 /// The usage report: closed hours from the ledger and each session's

@@ -197,7 +197,8 @@ impl ActivityQuery {
         ))
     }
 
-    /// Usage per period in [from, to): the caller's own, or for admins any
+    /// Usage per period in [from, to), the hour `from` falls in counted
+    /// whole (the ledger keeps hours): the caller's own, or for admins any
     /// user's (or everyone's when `userId` is omitted), optionally one node's.
     #[graphql(guard = "SignedIn")]
     async fn usage(
