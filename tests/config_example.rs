@@ -438,8 +438,8 @@ fn the_data_plane_commands_start_or_name_the_variable() {
         "CLIENT_FORWARD",
     );
     // The node really starts past its settings: it goes on to ask the
-    // control plane (none at the example's address here) for its own.
-    let r = run(
+    // control plane (none at this address) for its own, and waits for it.
+    let mut child = cmd(
         RELAY,
         d,
         &["node"],
@@ -447,10 +447,28 @@ fn the_data_plane_commands_start_or_name_the_variable() {
             ("NODE_TOKEN", "t0k3n"),
             ("NODE_BACKEND_URL", "http://127.0.0.1:1"),
         ],
-    );
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let waiting = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("fetching this node's settings: trying again"))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !waiting.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let still_running = child.try_wait().expect("wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = waiting.join().expect("reader");
     assert!(
-        !r.ok && r.out.contains("fetching this node's settings"),
-        "{}",
-        r.out
+        still_running && line.as_deref().is_some_and(|l| l.contains("unreachable")),
+        "the node did not wait for its control plane: {line:?}"
     );
 }

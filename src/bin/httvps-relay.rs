@@ -130,10 +130,24 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
                 println!("{CHECKED}");
                 return Ok(());
             }
-            let cfg = backend
-                .outline_config()
-                .await
-                .context("fetching this node's settings")?;
+            // A control plane that is down (a power cut brought every host
+            // up at once) is waited for, as a gateway rides it out; a
+            // refusal (a wrong or retired token) ends the start at once.
+            let mut wait = Duration::from_secs(1);
+            let cfg = loop {
+                match backend.outline_config().await {
+                    Ok(cfg) => break cfg,
+                    Err(e) if e.is_outage() => {
+                        tracing::warn!(error = %e, retry_in_secs = wait.as_secs(), "fetching this node's settings: trying again");
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = httvps::shutdown_signal() => return Ok(()),
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                    Err(e) => return Err(e).context("fetching this node's settings"),
+                }
+            };
             let method = node::parse_method(&cfg.method).context("unsupported cipher")?;
             let port = u16::try_from(cfg.port).context("registered port")?;
             let listen = a
