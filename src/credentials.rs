@@ -174,6 +174,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
     httvps_dataplane::files::write_private(&probe, b"")
         .with_context(|| format!("{p}_CREDENTIALS: {} is not writable", s.file.display()))?;
     let _ = std::fs::remove_file(&probe);
+    let url = e.url.clone();
     let answer = match once.enroll().await {
         Ok(answer) => answer,
         // A file written before files remembered their string, or a
@@ -195,17 +196,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
                 }
                 return from_stored(&stored, &s);
             }
-            // Only a refusal spends or retires a string: when the control
-            // plane was not reached, the same string is to be tried again.
-            if e.is_outage() {
-                return Err(anyhow::anyhow!(
-                    "{p}_ENROLL: the control plane did not answer ({e}); the string is not spent: start again once it answers"
-                ));
-            }
-            return Err(anyhow::anyhow!(
-                "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, until it expires (24 h unless `--ttl-hours` said otherwise): print a new one with `httvps {} rotate <id>`",
-                s.kind
-            ));
+            return Err(not_redeemed(p, s.kind, &url, &e));
         }
     };
     let stored = Stored {
@@ -219,4 +210,71 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         .with_context(|| format!("{p}_CREDENTIALS: writing {}", s.file.display()))?;
     tracing::info!(kind = s.kind, id = %answer.id, name = %answer.name, file = %s.file.display(), "enrolled");
     Backend::connect(&e.url, stored.token.expose(), &link).context("the control plane's URL")
+}
+
+/// Why an enrollment string was not redeemed, and what to do: only a
+/// refusal spends or retires a string; when the control plane was not
+/// reached, or is not at the string's URL, the same string works later.
+fn not_redeemed(
+    p: &str,
+    kind: &str,
+    url: &str,
+    e: &httvps_dataplane::backend::BackendError,
+) -> anyhow::Error {
+    use httvps_dataplane::backend::BackendError;
+    let text = e.to_string();
+    if matches!(e, BackendError::Status { status: 404, .. }) {
+        return anyhow::anyhow!(
+            "{p}_ENROLL: {url} has no enrollment route ({e}): the string's URL is not the control plane's base URL; the string is not spent: set BACKEND_PUBLIC_URL to the base URL (no path) and print the string again with `httvps {kind} rotate <id>`"
+        );
+    }
+    if e.is_outage() && text.contains("certificate") {
+        return anyhow::anyhow!(
+            "{p}_ENROLL: the control plane's certificate at {url} was not accepted ({e}): the string's host must be one the certificate names, and its pin the certificate's (BACKEND_PUBLIC_URL, BACKEND_TLS_CERT); the string is not spent"
+        );
+    }
+    if e.is_outage() {
+        return anyhow::anyhow!(
+            "{p}_ENROLL: the control plane did not answer ({e}); the string is not spent: start again once it answers"
+        );
+    }
+    anyhow::anyhow!(
+        "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, until it expires (24 h unless `--ttl-hours` said otherwise): print a new one with `httvps {kind} rotate <id>`"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use httvps_dataplane::backend::BackendError;
+
+    #[test]
+    fn an_unredeemed_string_says_what_went_wrong_and_what_to_do() {
+        let says =
+            |e: BackendError| not_redeemed("NODE", "node", "https://cp:8443/api", &e).to_string();
+        let missing = says(BackendError::Status {
+            status: 404,
+            code: "NOT_FOUND".into(),
+            message: "route not found".into(),
+        });
+        assert!(
+            missing.contains("not the control plane's base URL") && missing.contains("not spent"),
+            "{missing}"
+        );
+        let tls = says(BackendError::Unreachable(
+            "invalid peer certificate: NotValidForName".into(),
+        ));
+        assert!(
+            tls.contains("certificate names") && tls.contains("not spent"),
+            "{tls}"
+        );
+        let down = says(BackendError::Unreachable("connection refused".into()));
+        assert!(down.contains("start again once it answers"), "{down}");
+        let spent = says(BackendError::Status {
+            status: 401,
+            code: "UNAUTHENTICATED".into(),
+            message: String::new(),
+        });
+        assert!(spent.contains("httvps node rotate"), "{spent}");
+    }
 }
