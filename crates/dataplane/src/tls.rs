@@ -155,6 +155,14 @@ pub fn roots(extra_ca: Option<&Path>) -> anyhow::Result<RootCertStore> {
                 .add(c.with_context(|| format!("parsing {}", path.display()))?)
                 .context("adding the CA")?;
         }
+        // A file holding no certificate (a key, a text file given by
+        // mistake) would trust nothing more, and every handshake would
+        // then fail with "UnknownIssuer", far from its cause.
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        );
     }
     // The system's trust store wherever this system keeps it (and
     // SSL_CERT_FILE / SSL_CERT_DIR when set), as the stock clients trust it.
@@ -303,6 +311,30 @@ impl rustls::client::ClientSessionStore for TicketStore {
 mod tests {
     use super::*;
     use rustls::HandshakeKind;
+
+    /// A CA file with no certificate in it (a key given by mistake, a
+    /// text file) is refused with its name, not taken as trusting
+    /// nothing more; a real one is taken.
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let dir = std::env::temp_dir().join(format!("httvps-roots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let (cert, key, text) = (
+            dir.join("ca.crt"),
+            dir.join("ca.key"),
+            dir.join("notes.txt"),
+        );
+        std::fs::write(&cert, ck.cert.pem()).expect("write");
+        std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
+        std::fs::write(&text, "not a certificate\n").expect("write");
+        assert!(roots(Some(&cert)).is_ok());
+        for wrong in [&key, &text] {
+            let e = roots(Some(wrong)).expect_err("no certificate").to_string();
+            assert!(e.contains("holds no PEM certificate"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::rustls::pki_types::ServerName;
 

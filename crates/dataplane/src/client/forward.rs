@@ -50,7 +50,7 @@ async fn open(
     let tunnel = match opened {
         Ok(tunnel) => tunnel,
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), gateway = %p.gateway_host, "tunnel not opened");
+            tracing::warn!(error = %format!("{e:#}"), gateway = %p.gateway(), "tunnel not opened");
             return Err(e);
         }
     };

@@ -169,14 +169,9 @@ impl Shared {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let host = if p.gateway_host.contains(':') {
-            format!("[{}]", p.gateway_host)
-        } else {
-            p.gateway_host.clone()
-        };
         let url = format!(
-            "wss://{host}:{}/ws/{}/{kind}",
-            p.gateway_port,
+            "wss://{}/ws/{}/{kind}",
+            p.gateway(),
             self.opts.device_token.expose()
         );
         let config = ws_config();
@@ -218,7 +213,7 @@ pub async fn run(
         crate::backend::Backend::connect(&opts.backend, opts.device_token.expose(), &opts.link)?;
     let link_tls = TlsConnector::from(Arc::new(opts.link.client_config()?));
     let params = params::fetch(&opts, &backend).await?;
-    tracing::info!(region = %params.region, gateway = %params.gateway_host, "client ready");
+    tracing::info!(region = %params.region, gateway = %params.gateway(), "client ready");
     let mux = if opts.mux {
         Some(mux::Mux::new(
             opts.ca_cert.as_deref(),

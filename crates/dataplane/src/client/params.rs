@@ -26,6 +26,18 @@ pub(super) struct Params {
     pub(super) region: String,
 }
 
+impl Params {
+    /// The gateway as logs name it: `host:port` (an IPv6 host in
+    /// brackets).
+    pub(super) fn gateway(&self) -> String {
+        if self.gateway_host.contains(':') {
+            format!("[{}]:{}", self.gateway_host, self.gateway_port)
+        } else {
+            format!("{}:{}", self.gateway_host, self.gateway_port)
+        }
+    }
+}
+
 /// Parses a `host:port` destination (IPv6 hosts in brackets).
 pub fn parse_destination(s: &str) -> anyhow::Result<Address> {
     if let Ok(addr) = s.parse::<SocketAddr>() {

@@ -92,14 +92,9 @@ impl Warm {
 
 /// The extended CONNECT of a tunnel.
 pub(super) fn request(p: &Params, token: &str) -> anyhow::Result<http::Request<()>> {
-    let host = if p.gateway_host.contains(':') {
-        format!("[{}]", p.gateway_host)
-    } else {
-        p.gateway_host.clone()
-    };
     http::Request::builder()
         .method(http::Method::CONNECT)
-        .uri(format!("https://{host}:{}/ws/{token}/tcp", p.gateway_port))
+        .uri(format!("https://{}/ws/{token}/tcp", p.gateway()))
         .extension(h2::ext::Protocol::from_static("websocket"))
         .header("sec-websocket-version", "13")
         // We read a Close in order behind the data.
