@@ -1252,6 +1252,42 @@ async fn node_lease_expiry_publishes_down_and_stops_assignments() {
         .await;
     assert_eq!(s, 200);
     next_event(&mut events, NodeEventKind::Down).await;
+    // Its own heartbeats do not bring it back up while that report is
+    // recent: it runs, but the gateways cannot reach it (it showed up
+    // again within 5 s, through a total outage of its tunnels).
+    let down = format!(
+        "SELECT CAST(count(*) AS BIGINT) AS n FROM outline_nodes WHERE id = '{n1}' AND health = 'down'"
+    );
+    for load in 2..4 {
+        w.beat(&t1, load).await;
+        assert_eq!(w.scalar(&down).await, 1, "a heartbeat brought it up");
+    }
+    assert_eq!(w.assign(&tok, None).await.0, 503);
+    // A gateway that reaches it brings it up.
+    let (s, _) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"reachable_nodes": [n1]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    next_event(&mut events, NodeEventKind::Up).await;
+    assert_eq!(w.scalar(&down).await, 0);
+    // So does its heartbeat once the report is old.
+    let (s, _) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            Some(&w.gateway),
+            json!({"unreachable_nodes": [n1]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    next_event(&mut events, NodeEventKind::Down).await;
+    w.sql(&format!("UPDATE outline_nodes SET unreachable_at = unreachable_at - interval '2 minutes' WHERE id = '{n1}'")).await;
+    w.beat(&t1, 5).await;
+    next_event(&mut events, NodeEventKind::Up).await;
+    assert_eq!(w.scalar(&down).await, 0);
 }
 
 /// Two gateways of one region that see two new nodes the other way round

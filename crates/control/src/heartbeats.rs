@@ -170,16 +170,26 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
         // two gateways that see two nodes the other way round would
         // otherwise each lock one and wait for the other's (a deadlock).
         for (id, health, kind) in judged(&unreachable, &reachable) {
+            // When it was last found unreachable: now, or never since a
+            // gateway reached it (see [`UNREACHABLE_HOLD`]).
+            let unreachable_at = (health == Health::Down).then_some(ts);
             let changed: Option<OutlineNode> = diesel::update(outline_nodes::table.find(id))
                 .filter(outline_nodes::health.ne(health))
                 .set((
                     outline_nodes::health.eq(health),
+                    outline_nodes::unreachable_at.eq(unreachable_at),
                     outline_nodes::updated_at.eq(ts),
                 ))
                 .returning(OutlineNode::as_returning())
                 .get_result(conn)
                 .await
                 .optional()?;
+            if changed.is_none() {
+                diesel::update(outline_nodes::table.find(id))
+                    .set(outline_nodes::unreachable_at.eq(unreachable_at))
+                    .execute(conn)
+                    .await?;
+            }
             if let Some(n) = changed {
                 let code: String = regions::table
                     .find(n.region_id)
@@ -194,24 +204,41 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
     closing::close_orders(db, g.id, &open).await
 }
 
-/// Records an Outline node's heartbeat.
+/// How long a gateway's report that it could not reach a node keeps the
+/// node down whatever the node's own heartbeats say: a node that runs but
+/// that no gateway reaches (a wrong registered port, a firewall) is down
+/// for the tunnels, and shows so. A gateway that reaches it again, or no
+/// report for this long, lets its heartbeats bring it up.
+pub const UNREACHABLE_HOLD: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Records an Outline node's heartbeat: it is up, unless a gateway
+/// reported it unreachable within [`UNREACHABLE_HOLD`].
 pub async fn outline(db: &Db, n: &OutlineNode, beat: &OutlineBeat) -> AppResult<()> {
     let version = check_version(&beat.version)?;
     if beat.load < 0 || beat.bytes_in < 0 || beat.bytes_out < 0 {
         return Err(AppError::bad("load and byte counters must not be negative"));
     }
-    let kind = if n.health != Health::Up {
-        Some(NodeEventKind::Up)
-    } else if n.load != beat.load {
-        Some(NodeEventKind::Load)
-    } else {
-        None
-    };
     db_tx!(db, |conn, outbox| {
         let ts = now();
+        let unreachable_at: Option<chrono::NaiveDateTime> = outline_nodes::table
+            .find(n.id)
+            .select(outline_nodes::unreachable_at)
+            .first(conn)
+            .await
+            .optional()?
+            .flatten();
+        let held_down = unreachable_at.is_some_and(|at| at > ts - UNREACHABLE_HOLD);
+        let health = if held_down { n.health } else { Health::Up };
+        let kind = if health == Health::Up && n.health != Health::Up {
+            Some(NodeEventKind::Up)
+        } else if n.load != beat.load {
+            Some(NodeEventKind::Load)
+        } else {
+            None
+        };
         let updated = diesel::update(outline_nodes::table.find(n.id))
             .set((
-                outline_nodes::health.eq(Health::Up),
+                outline_nodes::health.eq(health),
                 outline_nodes::last_heartbeat_at.eq(ts),
                 outline_nodes::load.eq(beat.load),
                 outline_nodes::bytes_in.eq(beat.bytes_in),

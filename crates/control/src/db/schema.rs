@@ -101,6 +101,7 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         enroll_expires_at -> Nullable<Timestamp>,
+        unreachable_at -> Nullable<Timestamp>,
     }
 }
 

@@ -1,0 +1,1 @@
+ALTER TABLE outline_nodes DROP COLUMN unreachable_at;
