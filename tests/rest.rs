@@ -1242,15 +1242,17 @@ async fn node_lease_expiry_publishes_down_and_stops_assignments() {
     w.beat(&t1, 1).await;
     next_event(&mut events, NodeEventKind::Up).await;
     assert_eq!(w.assign(&tok, None).await.0, 200);
+    let gateway_says = |beat: serde_json::Value| {
+        let w = &w;
+        async move {
+            let (s, b) = w
+                .post("/api/v1/gateway/heartbeat", Some(&w.gateway), beat)
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
+    };
     // A gateway reporting the node unreachable takes it down too.
-    let (s, _) = w
-        .post(
-            "/api/v1/gateway/heartbeat",
-            Some(&w.gateway),
-            json!({"unreachable_nodes": [n1]}),
-        )
-        .await;
-    assert_eq!(s, 200);
+    gateway_says(json!({"unreachable_nodes": [n1]})).await;
     next_event(&mut events, NodeEventKind::Down).await;
     // Its own heartbeats do not bring it back up while that report is
     // recent: it runs, but the gateways cannot reach it (it showed up
@@ -1264,25 +1266,11 @@ async fn node_lease_expiry_publishes_down_and_stops_assignments() {
     }
     assert_eq!(w.assign(&tok, None).await.0, 503);
     // A gateway that reaches it brings it up.
-    let (s, _) = w
-        .post(
-            "/api/v1/gateway/heartbeat",
-            Some(&w.gateway),
-            json!({"reachable_nodes": [n1]}),
-        )
-        .await;
-    assert_eq!(s, 200);
+    gateway_says(json!({"reachable_nodes": [n1]})).await;
     next_event(&mut events, NodeEventKind::Up).await;
     assert_eq!(w.scalar(&down).await, 0);
     // So does its heartbeat once the report is old.
-    let (s, _) = w
-        .post(
-            "/api/v1/gateway/heartbeat",
-            Some(&w.gateway),
-            json!({"unreachable_nodes": [n1]}),
-        )
-        .await;
-    assert_eq!(s, 200);
+    gateway_says(json!({"unreachable_nodes": [n1]})).await;
     next_event(&mut events, NodeEventKind::Down).await;
     w.sql(&format!("UPDATE outline_nodes SET unreachable_at = unreachable_at - interval '2 minutes' WHERE id = '{n1}'")).await;
     w.beat(&t1, 5).await;
