@@ -1334,6 +1334,27 @@ async fn admin_bounds(t: TestDb) {
     }
     assert_eq!(audited("archive_plan").await, 1, "archived once");
     assert_eq!(audited("cancel_subscription").await, 1, "cancelled once");
+    // Their entries say what was archived and cancelled (they said `{}`).
+    let details = |action: &'static str| async move {
+        let r = gql(
+            base,
+            Some(admin_ref),
+            "query($a:String!){auditLog(filter:{action:$a}){edges{node{details}}}}",
+            json!({"a": action}),
+        )
+        .await;
+        let text = r["data"]["auditLog"]["edges"][0]["node"]["details"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned();
+        serde_json::from_str::<serde_json::Value>(&text).expect("details are JSON")
+    };
+    assert!(details("archive_plan").await["name"].is_string());
+    let cancelled = details("cancel_subscription").await;
+    assert!(
+        cancelled["userId"].is_string() && cancelled["planId"].is_string(),
+        "{cancelled}"
+    );
     // A subscription of the archived plan, in force: extended; lapsed:
     // bringing it back would be a new grant of the plan, refused.
     let extend_lapsed = "mutation($s:UUID!){extendSubscription(id:$s,days:30){status}}";

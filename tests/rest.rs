@@ -1439,6 +1439,21 @@ async fn a_gateway_deleted_while_it_heartbeats() {
         .gql("mutation($id:UUID!){deleteNode(id:$id)}", json!({"id": id}))
         .await;
     assert_eq!(r["data"]["deleteNode"], true, "{r}");
+    // The audit says what was deleted: the row is gone (it said `{}`).
+    let r = w
+        .gql(
+            "query($id:String!){auditLog(filter:{action:\"delete_node\",targetId:$id}){edges{node{targetId details}}}}",
+            json!({"id": id}),
+        )
+        .await;
+    let entry = &r["data"]["auditLog"]["edges"][0]["node"];
+    assert_eq!(entry["targetId"], json!(id), "{r}");
+    let details: serde_json::Value =
+        serde_json::from_str(entry["details"].as_str().unwrap_or_default()).expect("details");
+    assert!(
+        details["name"].is_string() && details["publicUrl"].is_string(),
+        "{details}"
+    );
     let beat = httvps_wire::heartbeat::GatewayBeat {
         open_sessions: vec![b["session_id"].as_str().expect("session").to_owned()],
         ..Default::default()

@@ -186,13 +186,6 @@ pub async fn update_plan(
 /// Admin: archives a plan: no new grants, existing subscriptions run on.
 pub async fn archive_plan(db: &Db, actor: &Actor, id: PlanId) -> AppResult<Plan> {
     actor.require_admin()?;
-    let entry = audit::entry(
-        actor,
-        "archive_plan",
-        "plan",
-        Some(&id.to_string()),
-        serde_json::json!({}),
-    );
     let archived = db_tx!(db, |conn, _| {
         let p = diesel::update(plans::table.find(id))
             .filter(plans::archived.eq(false))
@@ -201,7 +194,14 @@ pub async fn archive_plan(db: &Db, actor: &Actor, id: PlanId) -> AppResult<Plan>
             .get_result(conn)
             .await
             .optional()?;
-        if p.is_some() {
+        if let Some(p) = &p {
+            let entry = audit::entry(
+                actor,
+                "archive_plan",
+                "plan",
+                Some(&id.to_string()),
+                serde_json::json!({ "name": p.name }),
+            );
             diesel::insert_into(audit_log::table)
                 .values(&entry)
                 .execute(conn)

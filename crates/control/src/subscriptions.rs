@@ -228,7 +228,10 @@ pub async fn cancel(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Sub
             "cancel_subscription",
             "subscription",
             Some(&id.to_string()),
-            serde_json::json!({}),
+            serde_json::json!({
+                "userId": updated.user_id.to_string(),
+                "planId": updated.plan_id.to_string(),
+            }),
         );
         diesel::insert_into(audit_log::table)
             .values(&entry)

@@ -344,12 +344,21 @@ async fn delete_now(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
             .select(regions::code)
             .first(conn)
             .await?;
+        // What it was, for the record: the row is gone after this.
+        let details = match &node {
+            AnyNode::Outline(o) => serde_json::json!({
+                "name": o.name, "region": code, "host": o.host, "port": o.port,
+            }),
+            AnyNode::Gateway(g) => serde_json::json!({
+                "name": g.name, "region": code, "publicUrl": g.public_url,
+            }),
+        };
         let entry = audit::entry(
             actor,
             "delete_node",
             node.audit_type(),
             Some(&id.to_string()),
-            serde_json::json!({}),
+            details,
         );
         diesel::insert_into(audit_log::table)
             .values(&entry)
