@@ -1373,3 +1373,65 @@ async fn admin_bounds(t: TestDb) {
     assert_eq!(code(&r), Some("CONFLICT"), "{r}");
     assert_eq!(audited("extend_subscription").await, extended, "{r}");
 }
+
+/// An admin registers a device for a subscriber (`registerDevice(userId:)`)
+/// and gets its access token, within the subscriber's plan's device
+/// limit, audited as `register_device`; a subscriber naming another user
+/// is `FORBIDDEN`, an unknown user `NOT_FOUND`. Before, an operator had to
+/// set the subscriber's password and sign in as them to issue a key.
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_register_devices_for_subscribers() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let admin = admin_token(&server).await;
+    let (uid, tok) = user(base).await;
+    let p = plan(base, &admin, 1).await;
+    grant(base, &admin, &uid, &p).await;
+    let register = "mutation($u:UUID){registerDevice(name:\"laptop\",platform:\"linux\",userId:$u){accessToken device{id}}}";
+    let r = gql(base, Some(&admin), register, json!({"u": uid})).await;
+    assert!(
+        r["data"]["registerDevice"]["accessToken"].is_string(),
+        "{r}"
+    );
+    let device = r["data"]["registerDevice"]["device"]["id"].clone();
+    // The subscriber's device, counted against the subscriber's plan.
+    let mine = gql(
+        base,
+        Some(&tok),
+        "{devices(first:10){edges{node{id}}}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        mine["data"]["devices"]["edges"][0]["node"]["id"], device,
+        "{mine}"
+    );
+    let r = gql(base, Some(&admin), register, json!({"u": uid})).await;
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "LIMIT_EXCEEDED",
+        "{r}"
+    );
+    // Audited.
+    let r = gql(
+        base,
+        Some(&admin),
+        "{auditLog(filter:{action:\"register_device\"}){totalCount}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["data"]["auditLog"]["totalCount"], 1, "{r}");
+    // A subscriber may not, for someone else; nobody may, for nobody.
+    let (other, _) = user(base).await;
+    let r = gql(base, Some(&tok), register, json!({"u": other})).await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "FORBIDDEN", "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        register,
+        json!({"u": uuid::Uuid::new_v4()}),
+    )
+    .await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "NOT_FOUND", "{r}");
+    server.stop().await;
+}

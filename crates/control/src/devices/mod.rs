@@ -43,11 +43,31 @@ macro_rules! device_of {
     }};
 }
 
-/// Registers a device for `user_id` within the device limit of the user's
-/// current subscription. Returns the device and its access token (the only
-/// time the token is seen).
+/// Registers a device for `owner` (for admins: any user; for anyone
+/// else: themselves only, another user is forbidden) or, with none, for
+/// the actor.
 pub async fn register(
     db: &Db,
+    actor: &Actor,
+    owner: Option<UserId>,
+    name: &str,
+    platform: &str,
+) -> AppResult<(Device, String)> {
+    let owner = match owner {
+        Some(u) if !actor.may_act_for(u) => return Err(AppError::Forbidden),
+        Some(u) => u,
+        None => actor.user_id().ok_or(AppError::Forbidden)?,
+    };
+    register_for(db, actor, owner, name, platform).await
+}
+
+/// Registers a device for `user_id` within the device limit of the user's
+/// current subscription (audited when `actor` is an admin registering it
+/// for someone else). Returns the device and its access token (the only
+/// time the token is seen).
+async fn register_for(
+    db: &Db,
+    actor: &Actor,
     user_id: UserId,
     name: &str,
     platform: &str,
@@ -107,6 +127,13 @@ pub async fn register(
             .values(&device)
             .execute(conn)
             .await?;
+        let details = serde_json::json!({"name": device.name, "userId": user_id.to_string()});
+        if let Some(entry) = audit_of(actor, &device, "register_device", details) {
+            diesel::insert_into(audit_log::table)
+                .values(&entry)
+                .execute(conn)
+                .await?;
+        }
         Ok::<_, AppError>(device)
     })?;
     Ok((device, token))

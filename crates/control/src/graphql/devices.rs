@@ -10,7 +10,7 @@ use super::counts::{Counted, counted_connection};
 use super::loaders::{CurrentSubscriptionOf, DbLoader, PlacementOf, loader_error};
 use super::placement::DevicePlacement;
 use super::subscriptions::Subscription;
-use super::{AppContext, GqlResultExt, SignedIn, actor, viewer};
+use super::{AppContext, GqlResultExt, SignedIn, actor};
 use crate::db::models::{self, SecretText};
 use crate::devices::{self, AccessLinks, DeviceFilter, DeviceStatus};
 use crate::ids::UserId;
@@ -179,16 +179,21 @@ pub struct DeviceMutation;
 
 #[Object]
 impl DeviceMutation {
-    /// Registers a device of the caller within the plan's device limit.
+    /// Registers a device within the plan's device limit: the caller's,
+    /// or with `userId`, for admins, that user's (an operator issuing a
+    /// key for a subscriber; `FORBIDDEN` for anyone else, `NOT_FOUND` for
+    /// a user that does not exist).
     #[graphql(guard = "SignedIn")]
     async fn register_device(
         &self,
         ctx: &Context<'_>,
         name: String,
         platform: String,
+        user_id: Option<Uuid>,
     ) -> async_graphql::Result<DeviceCredentials> {
         let api = ctx.data::<AppContext>()?;
-        let (device, token) = devices::register(&api.db, viewer(ctx)?.user_id, &name, &platform)
+        let owner = user_id.map(UserId::from);
+        let (device, token) = devices::register(&api.db, &actor(ctx)?, owner, &name, &platform)
             .await
             .gql()?;
         credentials(api, device, token).await
