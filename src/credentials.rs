@@ -222,13 +222,12 @@ fn not_redeemed(
     e: &httvps_dataplane::backend::BackendError,
 ) -> anyhow::Error {
     use httvps_dataplane::backend::BackendError;
-    let text = e.to_string();
     if matches!(e, BackendError::Status { status: 404, .. }) {
         return anyhow::anyhow!(
             "{p}_ENROLL: {url} has no enrollment route ({e}): the string's URL is not the control plane's base URL; the string is not spent: set BACKEND_PUBLIC_URL to the base URL (no path) and print the string again with `httvps {kind} rotate <id>`"
         );
     }
-    if e.is_outage() && text.contains("certificate") {
+    if e.is_untrusted() {
         return anyhow::anyhow!(
             "{p}_ENROLL: the control plane's certificate at {url} was not accepted ({e}): the string's host must be one the certificate names, and its pin the certificate's (BACKEND_PUBLIC_URL, BACKEND_TLS_CERT); the string is not spent"
         );

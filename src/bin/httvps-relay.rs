@@ -132,12 +132,14 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             }
             // A control plane that is down (a power cut brought every host
             // up at once) is waited for, as a gateway rides it out; a
-            // refusal (a wrong or retired token) ends the start at once.
+            // refusal (a wrong or retired token) or a control plane that
+            // is not trusted (its certificate, the pin) ends the start at
+            // once.
             let mut wait = Duration::from_secs(1);
             let cfg = loop {
                 match backend.outline_config().await {
                     Ok(cfg) => break cfg,
-                    Err(e) if e.is_outage() => {
+                    Err(e) if e.is_outage() && !e.is_untrusted() => {
                         tracing::warn!(error = %e, retry_in_secs = wait.as_secs(), "fetching this node's settings: trying again");
                         tokio::select! {
                             () = tokio::time::sleep(wait) => {}

@@ -42,6 +42,14 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// Whether the control plane was reached but not trusted: its
+    /// certificate did not verify, or none of its chain matched the pin.
+    /// Asking again does not help; the settings must change.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, BackendError::Unreachable(why)
+            if why.contains("certificate") || why.contains("matches the pin"))
+    }
+
     /// Whether the control plane or its database is down (as opposed to
     /// the control plane deciding: a refusal, or no node available). A 503
     /// without our reason comes from something in front of the control
