@@ -184,9 +184,11 @@ pub async fn gateway(db: &Db, g: &GatewayNode, beat: &GatewayBeat) -> AppResult<
                 .get_result(conn)
                 .await
                 .optional()?;
-            if changed.is_none() {
+            // Already down: the report's time moves on. (An up node has
+            // no report to clear: whatever brings a node up clears it.)
+            if changed.is_none() && health == Health::Down {
                 diesel::update(outline_nodes::table.find(id))
-                    .set(outline_nodes::unreachable_at.eq(unreachable_at))
+                    .set(outline_nodes::unreachable_at.eq(ts))
                     .execute(conn)
                     .await?;
             }
@@ -239,6 +241,8 @@ pub async fn outline(db: &Db, n: &OutlineNode, beat: &OutlineBeat) -> AppResult<
         let updated = diesel::update(outline_nodes::table.find(n.id))
             .set((
                 outline_nodes::health.eq(health),
+                // Kept while it holds the node down, cleared once it is up.
+                outline_nodes::unreachable_at.eq(unreachable_at.filter(|_| held_down)),
                 outline_nodes::last_heartbeat_at.eq(ts),
                 outline_nodes::load.eq(beat.load),
                 outline_nodes::bytes_in.eq(beat.bytes_in),
