@@ -1074,3 +1074,183 @@ async fn a_socket_that_does_not_read_is_dropped_sqlite() {
     assert!(ended.is_ok(), "the socket stayed open after {got} messages");
     assert!(got < VIEWS * RENAMES, "{got} messages: nothing was dropped");
 }
+
+/// A subscription moved to another plan in place takes the plan's
+/// allowance and device limit and keeps what its period used, its period
+/// and its expiry: over the new allowance its tunnels close
+/// (`quota_exceeded`), and devices beyond the smaller limit are refused
+/// (`device_limit`); moved back, all of them connect again at once.
+/// Archived and unknown plans, cancelled subscriptions and subscribers are
+/// refused, and nothing changes then.
+async fn a_plan_changed_in_place(w: World) {
+    let gw = w.gateway("eu", "https://gw-eu.example.com").await;
+    w.node("eu", "n1").await;
+    let small = w
+        .gql(
+            "mutation{createPlan(input:{name:\"small\",priceCents:\"0\",durationDays:7,trafficLimitBytes:\"4000\",deviceLimit:1,resetPeriod:MONTHLY}){id}}",
+            json!({}),
+        )
+        .await["data"]["createPlan"]["id"]
+        .as_str()
+        .expect("plan")
+        .to_owned();
+    let a = w.owner().await;
+    let r = gql(
+        &w.server.base,
+        Some(&a.login),
+        "mutation{registerDevice(name:\"second\",platform:\"linux\"){accessToken}}",
+        json!({}),
+    )
+    .await;
+    let second = r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let oldest = w.session(&gw, &a.token).await;
+    let newest = w.session(&gw, &second).await;
+    w.exec(&format!(
+        "UPDATE subscriptions SET traffic_used_bytes = 5000 WHERE id = '{}'",
+        a.subscription_id
+    ))
+    .await;
+    let fields = "id plan{id} trafficLimitBytes trafficUsedBytes deviceLimit expiresAt status";
+    let before = w
+        .gql(
+            &format!("query($u:UUID!){{subscriptions(filter:{{userId:$u}}){{edges{{node{{{fields}}}}}}}}}"),
+            json!({"u": a.user_id}),
+        )
+        .await["data"]["subscriptions"]["edges"][0]["node"]
+        .clone();
+
+    // What is refused changes nothing.
+    let change = format!(
+        "mutation($id:UUID!,$p:UUID!){{changeSubscriptionPlan(id:$id,planId:$p){{{fields}}}}}"
+    );
+    let refused = |r: &Value, code: &str| {
+        assert_eq!(r["errors"][0]["extensions"]["code"], code, "{r}");
+        assert!(r["data"].is_null(), "{r}");
+    };
+    let r = gql(
+        &w.server.base,
+        Some(&a.login),
+        &change,
+        json!({"id": a.subscription_id, "p": small}),
+    )
+    .await;
+    refused(&r, "FORBIDDEN");
+    let r = gql(
+        &w.server.base,
+        Some(&w.admin),
+        &change,
+        json!({"id": a.subscription_id, "p": uuid::Uuid::new_v4()}),
+    )
+    .await;
+    refused(&r, "NOT_FOUND");
+    let archived = w
+        .gql(
+            "mutation{createPlan(input:{name:\"old\",priceCents:\"0\",durationDays:30,deviceLimit:9}){id}}",
+            json!({}),
+        )
+        .await["data"]["createPlan"]["id"]
+        .as_str()
+        .expect("plan")
+        .to_owned();
+    w.gql(
+        "mutation($id:UUID!){archivePlan(id:$id){archived}}",
+        json!({"id": archived}),
+    )
+    .await;
+    let r = gql(
+        &w.server.base,
+        Some(&w.admin),
+        &change,
+        json!({"id": a.subscription_id, "p": archived}),
+    )
+    .await;
+    refused(&r, "CONFLICT");
+    assert_eq!(w.validate(&gw, &second).await, (true, Value::Null));
+    assert_eq!(w.end_reason(&oldest).await, None);
+
+    // The small plan: one device, 4,000 bytes, of which 5,000 are used.
+    let r = w
+        .gql(&change, json!({"id": a.subscription_id, "p": small}))
+        .await;
+    let after = &r["data"]["changeSubscriptionPlan"];
+    assert_eq!(after["plan"]["id"], small.as_str(), "{r}");
+    assert_eq!(after["trafficLimitBytes"], "4000", "{r}");
+    assert_eq!(after["deviceLimit"], 1, "{r}");
+    assert_eq!(
+        after["trafficUsedBytes"], "5000",
+        "what was used stays: {r}"
+    );
+    assert_eq!(
+        after["expiresAt"], before["expiresAt"],
+        "the expiry stays: {r}"
+    );
+    assert_eq!(after["status"], "ACTIVE", "{r}");
+    assert_eq!(
+        w.end_reason(&newest).await.as_deref(),
+        Some("device_limit"),
+        "the newest device is beyond the limit"
+    );
+    assert_eq!(
+        w.end_reason(&oldest).await.as_deref(),
+        Some("quota_exceeded"),
+        "the period has used more than the new allowance"
+    );
+    assert_eq!(
+        w.validate(&gw, &a.token).await,
+        (false, json!("quota_exceeded"))
+    );
+    let audit = w
+        .gql(
+            "{auditLog(filter:{action:\"change_subscription_plan\"}){edges{node{details}}}}",
+            json!({}),
+        )
+        .await;
+    let details = &audit["data"]["auditLog"]["edges"][0]["node"]["details"];
+    let details: Value = match details {
+        Value::String(s) => serde_json::from_str(s).expect("details"),
+        other => other.clone(),
+    };
+    assert_eq!(details["previousPlanId"], w.plan_id.as_str(), "{audit}");
+    assert_eq!(details["planId"], small.as_str(), "{audit}");
+
+    // Back on the first plan: both devices connect again at once.
+    let r = w
+        .gql(&change, json!({"id": a.subscription_id, "p": w.plan_id}))
+        .await;
+    let back = &r["data"]["changeSubscriptionPlan"];
+    assert_eq!(
+        back["trafficLimitBytes"], before["trafficLimitBytes"],
+        "{r}"
+    );
+    assert_eq!(back["deviceLimit"], 5, "{r}");
+    assert_eq!(w.validate(&gw, &a.token).await, (true, Value::Null));
+    assert_eq!(w.validate(&gw, &second).await, (true, Value::Null));
+
+    // A cancelled subscription keeps its terms.
+    w.gql(
+        "mutation($id:UUID!){cancelSubscription(id:$id){status}}",
+        json!({"id": a.subscription_id}),
+    )
+    .await;
+    let r = gql(
+        &w.server.base,
+        Some(&w.admin),
+        &change,
+        json!({"id": a.subscription_id, "p": small}),
+    )
+    .await;
+    refused(&r, "CONFLICT");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_changed_in_place_postgres() {
+    a_plan_changed_in_place(World::on(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_changed_in_place_sqlite() {
+    a_plan_changed_in_place(World::on(TestDb::sqlite().await).await).await;
+}

@@ -224,6 +224,29 @@ impl SubscriptionMutation {
             .gql()
     }
 
+    /// Admin: moves a subscription to another plan in place: the plan's
+    /// traffic allowance and device limit replace the subscription's; what
+    /// the period has used, the period and the expiry stay (reset the
+    /// traffic or extend for those). A subscriber over the new allowance
+    /// is cut off (QUOTA_REACHED), one under it again connects at once;
+    /// devices beyond a smaller device limit are refused, the newest
+    /// first. NOT_FOUND for an unknown plan; CONFLICT for an archived plan
+    /// (other than the subscription's own, which applies its current
+    /// terms again) and for a cancelled subscription.
+    #[graphql(guard = "AdminOnly")]
+    async fn change_subscription_plan(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        plan_id: Uuid,
+    ) -> async_graphql::Result<Subscription> {
+        let api = ctx.data::<AppContext>()?;
+        allowance::change_plan(&api.db, &actor(ctx)?, id.into(), plan_id.into())
+            .await
+            .map(Subscription::from)
+            .gql()
+    }
+
     /// Admin: cancels a subscription now; its tunnels are closed. A lapsed
     /// one may be cancelled (it can no longer be extended); one cancelled
     /// already is answered as it is (nothing audited again).

@@ -1,5 +1,6 @@
 //! An operator's changes to one subscription's traffic: its allowance per
-//! period ([`set_limit`]) and a new period from now ([`reset`]). Both run
+//! period ([`set_limit`]), a new period from now ([`reset`]) and another
+//! plan's terms in place ([`change_plan`]). Both run
 //! under the appliers' lock, so no pass charges the subscription in
 //! between, and both tell gateways in their transaction: a subscriber cut
 //! off by the allowance may connect again at once (gateways drop the
@@ -17,12 +18,12 @@ use crate::access::{is_current, quota_spent};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::Statement;
-use crate::db::models::{Subscription, now};
-use crate::db::schema::{audit_log, devices, sessions, subscriptions, users};
+use crate::db::models::{Plan, Subscription, now};
+use crate::db::schema::{audit_log, devices, plans, sessions, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::feed::{QuotaEvent, QuotaEventKind};
-use crate::ids::{SessionId, SubscriptionId};
+use crate::ids::{PlanId, SessionId, SubscriptionId};
 use crate::status::{EndReason, SubscriptionStatus};
 use crate::{audit, db_tx, validate};
 
@@ -70,30 +71,32 @@ const SUBSCRIPTION_LOCK: Statement = Statement {
 
 /// One change of subscription `$id` in a transaction of its own, on either
 /// backend: the appliers' lock, the subscription read (a cancelled one is
-/// refused), the update `$set` (of `$sub` as read, at `$ts`), its audit
-/// entry (`$action`, `$details`), then what it means: the quota event
-/// `$kind` (if any), and per [`effect`] the owner's sessions ended with a
+/// refused), the update `$set` (of `$sub` as read, at `$ts`; it may read
+/// through `$conn` first), its audit entry (`$action`, `$details` of the
+/// row as read and as `$updated`), then what it means: a device limit that
+/// changed fitted to the owner's devices, the quota event `$kind` (if
+/// any), and per [`effect`] the owner's sessions ended with a
 /// `QUOTA_REACHED` event, the refusals gateways cached dropped, or the
 /// owner's open sessions' grants asked for again.
 macro_rules! change {
     ($db:expr, $actor:expr, $id:expr, $action:expr, $kind:expr,
-     |$sub:ident, $ts:ident| $set:expr, $details:expr) => {
-        db_tx!($db, |conn, outbox| {
+     |$conn:ident, $sub:ident, $ts:ident| $set:expr, |$updated:ident| $details:expr) => {
+        db_tx!($db, |$conn, outbox| {
             let $ts = now();
-            crate::apply_lock!(conn);
+            crate::apply_lock!($conn);
             // Read under the row's lock (SQLite has one writer anyway), so
             // a cancellation cannot slip in between the check and the
             // update below.
-            if let Some(lock) = SUBSCRIPTION_LOCK.on(conn) {
+            if let Some(lock) = SUBSCRIPTION_LOCK.on($conn) {
                 diesel::sql_query(lock)
                     .bind::<diesel::sql_types::Text, _>($id.to_string())
-                    .execute(conn)
+                    .execute($conn)
                     .await?;
             }
             let $sub: Subscription = subscriptions::table
                 .find($id)
                 .select(Subscription::as_select())
-                .first(conn)
+                .first($conn)
                 .await
                 .optional()?
                 .ok_or(AppError::NotFound("subscription"))?;
@@ -102,11 +105,13 @@ macro_rules! change {
                     "a cancelled subscription keeps its terms: grant a new one".into(),
                 ));
             }
+            let values = $set;
             let updated: Subscription = diesel::update(subscriptions::table.find($id))
-                .set($set)
+                .set(values)
                 .returning(Subscription::as_returning())
-                .get_result(conn)
+                .get_result($conn)
                 .await?;
+            let $updated = &updated;
             let entry = audit::entry(
                 $actor,
                 $action,
@@ -116,8 +121,15 @@ macro_rules! change {
             );
             diesel::insert_into(audit_log::table)
                 .values(&entry)
-                .execute(conn)
+                .execute($conn)
                 .await?;
+            // A new plan's device limit holds for the devices as they are
+            // (the owner's row after the subscription's, as cancellations
+            // take them).
+            if updated.device_limit != $sub.device_limit {
+                crate::hold_owner!($conn, updated.user_id, $ts);
+                crate::fit_device_limit!($conn, outbox, updated.user_id, $ts);
+            }
             let effect = effect(
                 is_current(&$sub, $ts),
                 ($sub.traffic_limit_bytes, $sub.traffic_used_bytes),
@@ -129,7 +141,7 @@ macro_rules! change {
                 let email: String = users::table
                     .find(updated.user_id)
                     .select(users::email)
-                    .first(conn)
+                    .first($conn)
                     .await?;
                 for kind in kinds {
                     outbox.quota(QuotaEvent {
@@ -153,7 +165,7 @@ macro_rules! change {
                     outbox.access(AccessChange::SubscriptionExtended, Some(updated.user_id));
                 }
                 Effect::Reached => {
-                    crate::end_open_sessions!(conn, outbox, owned, EndReason::QuotaExceeded, $ts);
+                    crate::end_open_sessions!($conn, outbox, owned, EndReason::QuotaExceeded, $ts);
                     outbox.access(AccessChange::QuotaExceeded, Some(updated.user_id));
                 }
                 Effect::Lowered => {
@@ -161,7 +173,7 @@ macro_rules! change {
                         .filter(sessions::device_id.eq_any(owned))
                         .filter(sessions::ended_at.is_null())
                         .select(sessions::id)
-                        .load(conn)
+                        .load($conn)
                         .await?;
                     outbox.regrant(updated.user_id, &open);
                 }
@@ -189,11 +201,11 @@ pub async fn set_limit(
         id,
         "set_subscription_traffic_limit",
         None,
-        |sub, ts| (
+        |conn, sub, ts| (
             subscriptions::traffic_limit_bytes.eq(limit),
             subscriptions::updated_at.eq(ts),
         ),
-        serde_json::json!({
+        |_updated| serde_json::json!({
             "trafficLimitBytes": limit.map(|v| v.to_string()),
             "previous": sub.traffic_limit_bytes.map(|v| v.to_string()),
         })
@@ -210,14 +222,67 @@ pub async fn reset(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Subs
         id,
         "reset_subscription_traffic",
         Some(QuotaEventKind::PeriodReset),
-        |sub, ts| (
+        |conn, sub, ts| (
             subscriptions::traffic_used_bytes.eq(0),
             subscriptions::period_start.eq(ts),
             subscriptions::updated_at.eq(ts),
         ),
-        serde_json::json!({
+        |_updated| serde_json::json!({
             "usedBytes": sub.traffic_used_bytes.to_string(),
             "previousPeriodStart": sub.period_start.and_utc(),
+        })
+    )
+}
+
+/// Admin: moves a subscription to another plan in place: the plan's
+/// traffic allowance and device limit replace the subscription's, and what
+/// the period has used, the period itself and the expiry stay (a new
+/// period from now is [`reset`]; new paid time is an extension). Applied
+/// as [`set_limit`] applies an allowance: a subscriber now over it is cut
+/// off, one no longer over it connects again; devices beyond a smaller
+/// limit are refused, the newest first. An archived plan takes no one new
+/// (the subscription's own plan may be applied again, to take up its
+/// current terms); a cancelled subscription keeps its terms.
+pub async fn change_plan(
+    db: &Db,
+    actor: &Actor,
+    id: SubscriptionId,
+    plan_id: PlanId,
+) -> AppResult<Subscription> {
+    actor.require_admin()?;
+    change!(
+        db,
+        actor,
+        id,
+        "change_subscription_plan",
+        None,
+        |conn, sub, ts| {
+            let plan: Plan = plans::table
+                .find(plan_id)
+                .select(Plan::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("plan"))?;
+            if plan.archived && plan.id != sub.plan_id {
+                return Err(AppError::Conflict(
+                    "the plan is archived: it takes no new subscribers".into(),
+                ));
+            }
+            (
+                subscriptions::plan_id.eq(plan.id),
+                subscriptions::traffic_limit_bytes.eq(plan.traffic_limit_bytes),
+                subscriptions::device_limit.eq(plan.device_limit),
+                subscriptions::updated_at.eq(ts),
+            )
+        },
+        |updated| serde_json::json!({
+            "planId": updated.plan_id.to_string(),
+            "previousPlanId": sub.plan_id.to_string(),
+            "trafficLimitBytes": updated.traffic_limit_bytes.map(|v| v.to_string()),
+            "previousTrafficLimitBytes": sub.traffic_limit_bytes.map(|v| v.to_string()),
+            "deviceLimit": updated.device_limit,
+            "previousDeviceLimit": sub.device_limit,
         })
     )
 }
