@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-CwP3f1YZ.js",
+        path: "assets/console-BCnbrtC3.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"0535a13b0aae4559a3dd\"",
+        etag: "\"637b3e7f2ae4b8fc1639\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-CwP3f1YZ.js"),
-        gzip: Some(include_bytes!("assets/console-CwP3f1YZ.js.gz")),
-        brotli: Some(include_bytes!("assets/console-CwP3f1YZ.js.br")),
+        raw: include_bytes!("assets/console-BCnbrtC3.js"),
+        gzip: Some(include_bytes!("assets/console-BCnbrtC3.js.gz")),
+        brotli: Some(include_bytes!("assets/console-BCnbrtC3.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"3837ff4a5868d8a502e0\"",
+        etag: "\"e5d7adf842a08e42dcf5\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

@@ -382,8 +382,16 @@ async function scenario(t, mode, env) {
     await gd.getByRole('button', { name: 'Grant plan' }).click();
     await rowOf(admin, user.email).waitFor();
     await shot(admin, mode, '08-subscriptions');
-    // One subscription's traffic: an allowance of its own, then a new period.
     const row = rowOf(admin, user.email);
+    // Its plan changed in place: the plan's terms, offered among the others.
+    await row.getByRole('button', { name: 'Plan', exact: true }).click();
+    const cd = admin.getByRole('dialog');
+    await cd.locator('option', { hasText: plan }).waitFor({ state: 'attached' });
+    assert.equal(await cd.getByLabel('New plan').inputValue(), planId, 'the current plan to start from');
+    await cd.getByRole('button', { name: 'Change plan' }).click();
+    await admin.getByRole('dialog').waitFor({ state: 'detached' });
+    await row.getByText('0 B of 50.0 GB (0%)').waitFor();
+    // One subscription's traffic: an allowance of its own, then a new period.
     await row.getByRole('button', { name: 'Traffic' }).click();
     const td = admin.getByRole('dialog');
     const allowance = td.getByLabel('Allowance per period (GB)');

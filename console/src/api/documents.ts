@@ -57,6 +57,8 @@ export const EXTEND = `mutation Extend($id: UUID!, $days: Int!) {
 export const CANCEL = `mutation Cancel($id: UUID!) { cancelSubscription(id: $id) { ${SUBSCRIPTION} } }`;
 export const SET_TRAFFIC_LIMIT = `mutation SetTrafficLimit($id: UUID!, $bytes: BigInt) {
   setSubscriptionTrafficLimit(id: $id, trafficLimitBytes: $bytes) { ${SUBSCRIPTION} } }`;
+export const CHANGE_PLAN = `mutation ChangePlan($id: UUID!, $planId: UUID!) {
+  changeSubscriptionPlan(id: $id, planId: $planId) { ${SUBSCRIPTION} } }`;
 export const RESET_TRAFFIC = `mutation ResetTraffic($id: UUID!) { resetSubscriptionTraffic(id: $id) { ${SUBSCRIPTION} } }`;
 
 // Devices

@@ -1,6 +1,6 @@
-// Granting, extending and cancelling subscriptions (the billing record), and
-// one subscription's traffic (its allowance, a new period), used by the
-// subscriptions page and a user's page.
+// Granting, extending and cancelling subscriptions (the billing record), one
+// subscription's traffic (its allowance, a new period) and its plan (changed
+// in place), used by the subscriptions page and a user's page.
 
 import { useEffect, useState } from 'preact/hooks';
 
@@ -192,9 +192,64 @@ function TrafficDialog(props: { sub: Subscription; onClose: () => void; onDone: 
   );
 }
 
+function ChangePlanDialog(props: { sub: Subscription; onClose: () => void; onDone: () => void }) {
+  const [planId, setPlanId] = useState(props.sub.plan?.id ?? '');
+  const plans = useQuery(
+    (signal) => gql<{ plans: Connection<Plan> }>(doc.PLANS, { includeArchived: false, first: 100 }, signal),
+    [],
+  );
+  const planList = plans.data?.plans.nodes ?? [];
+  useEffect(() => {
+    if (!planId && planList[0]) setPlanId(planList[0].id);
+  }, [planList.length]);
+  const act = useAction(async () => {
+    await gql(doc.CHANGE_PLAN, { id: props.sub.id, planId });
+    const plan = planList.find((p) => p.id === planId);
+    toast(`Moved to ${plan?.name ?? 'the plan'}`);
+    props.onDone();
+  });
+  return (
+    <Dialog title="Change plan" onClose={props.onClose}>
+      <p class="muted">
+        The plan's traffic allowance and device limit replace this subscription's. Used this period (
+        {bytes(props.sub.trafficUsedBytes)}), the period and the expiry stay. Over the new allowance, the user's tunnels
+        are closed; devices beyond a smaller limit are refused, the newest first.
+      </p>
+      <form
+        class="form-grid"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act.run();
+        }}
+      >
+        <Field label="New plan">
+          {(id) => (
+            <select id={id} required value={planId} onChange={(e) => setPlanId(e.currentTarget.value)}>
+              {planList.length === 0 && <option value="">No plans: create one first</option>}
+              {planList.map((p) => (
+                <option key={p.id} value={p.id}>
+                  {p.name} · {p.trafficLimitBytes ? bytes(p.trafficLimitBytes) : 'unlimited'} · {p.deviceLimit} devices
+                </option>
+              ))}
+            </select>
+          )}
+        </Field>
+        <ErrorNote error={act.error ?? plans.error} />
+        <footer class="dialog-foot">
+          <Button onClick={props.onClose}>Cancel</Button>
+          <Button type="submit" variant="primary" busy={act.busy} disabled={!planId}>
+            Change plan
+          </Button>
+        </footer>
+      </form>
+    </Dialog>
+  );
+}
+
 export function SubscriptionActions(props: { sub: Subscription; changed: () => void }) {
   const [extending, setExtending] = useState(false);
   const [traffic, setTraffic] = useState(false);
+  const [changing, setChanging] = useState(false);
   if (props.sub.status === 'CANCELLED') return null;
   return (
     <span class="row-actions">
@@ -203,6 +258,9 @@ export function SubscriptionActions(props: { sub: Subscription; changed: () => v
       </Button>
       <Button small onClick={() => setTraffic(true)}>
         Traffic
+      </Button>
+      <Button small onClick={() => setChanging(true)}>
+        Plan
       </Button>
       <ConfirmButton
         small
@@ -231,6 +289,16 @@ export function SubscriptionActions(props: { sub: Subscription; changed: () => v
           onClose={() => setTraffic(false)}
           onDone={() => {
             setTraffic(false);
+            props.changed();
+          }}
+        />
+      )}
+      {changing && (
+        <ChangePlanDialog
+          sub={props.sub}
+          onClose={() => setChanging(false)}
+          onDone={() => {
+            setChanging(false);
             props.changed();
           }}
         />
