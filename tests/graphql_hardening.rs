@@ -87,6 +87,7 @@ fn table() -> BTreeMap<&'static str, (Access, String)> {
         ("Mutation.extendSubscription", (Admin, format!("mutation{{extendSubscription(id:\"{ID}\",days:1){{id}}}}"))),
         ("Mutation.setSubscriptionTrafficLimit", (Admin, format!("mutation{{setSubscriptionTrafficLimit(id:\"{ID}\",trafficLimitBytes:\"1\"){{id}}}}"))),
         ("Mutation.resetSubscriptionTraffic", (Admin, format!("mutation{{resetSubscriptionTraffic(id:\"{ID}\"){{id}}}}"))),
+        ("Mutation.changeSubscriptionPlan", (Admin, format!("mutation{{changeSubscriptionPlan(id:\"{ID}\",planId:\"{ID}\"){{id}}}}"))),
         ("Mutation.cancelSubscription", (Admin, format!("mutation{{cancelSubscription(id:\"{ID}\"){{id}}}}"))),
         ("Mutation.registerDevice", (SignedIn, "mutation{registerDevice(name:\"\",platform:\"\"){accessToken}}".into())),
         ("Mutation.revokeDevice", (SignedIn, format!("mutation{{revokeDevice(id:\"{ID}\"){{id}}}}"))),

@@ -781,3 +781,100 @@ async fn a_request_sent_before_a_half_close_is_answered() {
         "ok"
     );
 }
+
+/// An answer given before its request's body was read (here an unknown
+/// gateway token refused before the body is needed) says `Connection:
+/// close`, and the connection does close, where a pooling client used to
+/// send its next request down it and lose it; an answer after the body
+/// was read keeps the connection for the next request. A body in a
+/// transfer coding the server does not decode (`gzip, chunked`) is refused
+/// with 501, where it was read as plain JSON. A GraphQL WebSocket whose
+/// key is not 16 bytes in base64 is refused, where it was upgraded.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_before_the_body_close_and_unknown_codings_are_refused() {
+    let db = TestDb::sqlite_empty();
+    let p = serve(&db, 100, 0);
+    let addr = p.addr.expect("listening");
+
+    // The head alone, then the body once the answer came: refused unread.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let token = "x".repeat(43);
+    s.write_all(
+        format!(
+            "POST /api/v1/usage/report HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["error"]["code"], "UNAUTHENTICATED", "{body}");
+    let _ = s.write_all(b"{\"reports\":[]}").await;
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "the connection closes after the answer it announced"
+    );
+
+    // The body read (a malformed one): answered, and the connection
+    // carries the next request.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{\"q\":")
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    // A coding the server does not decode.
+    let chunked = b"{\"query\":\"{settings{signUpEnabled}}\"}";
+    let mut req = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n",
+        chunked.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(chunked);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (status, body) = answer_to(addr, &req).await;
+    assert_eq!(status, "501", "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "NOT_IMPLEMENTED",
+        "{body}"
+    );
+    // Chunked alone is read.
+    req = String::from_utf8(req)
+        .expect("ascii")
+        .replace("gzip, chunked", "chunked")
+        .into_bytes();
+    let (status, body) = answer_to(addr, &req).await;
+    assert_eq!(status, "200", "{body}");
+    assert_eq!(body["data"]["settings"]["signUpEnabled"], true, "{body}");
+
+    // A WebSocket key that is not one.
+    let ws = |key: &str| {
+        format!(
+            "GET /graphql/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let (status, body) = answer_to(addr, &ws("x")).await;
+    assert_eq!(status, "400", "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_REQUEST",
+        "{body}"
+    );
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&ws("dGhlIHNhbXBsZSBub25jZQ=="))
+        .await
+        .expect("write");
+    let mut got = [0u8; 12];
+    s.read_exact(&mut got).await.expect("read");
+    assert_eq!(&got, b"HTTP/1.1 101");
+}

@@ -392,6 +392,16 @@ fn is_query_only(query: &str, operation_name: Option<&str>) -> bool {
 /// `GET /graphql/ws`: the WebSocket for live operations.
 /// The sub-protocol is `graphql-transport-ws` unless the client asks for the
 /// legacy `graphql-ws`.
+/// Whether `key` is 16 bytes in base64: 22 characters of its alphabet and
+/// the padding `==`.
+fn websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
 async fn graphql_ws(
     State(state): State<AppState>,
     from: Option<Extension<ClientAddr>>,
@@ -400,6 +410,18 @@ async fn graphql_ws(
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
     use std::str::FromStr;
+    // RFC 6455: the key is 16 random bytes in base64; the framework
+    // upgrades with any value.
+    if !headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .is_some_and(|k| websocket_key(k.as_bytes()))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        )
+            .into_response();
+    }
     let protocol = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())

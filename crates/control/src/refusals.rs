@@ -2,9 +2,17 @@
 //! (plain text, or no body at all), given the error shape of every other
 //! refusal: GraphQL's `{"errors": [...]}` with `extensions.code` on
 //! `/graphql`, our `{"error": …}` envelope elsewhere. Request heads past
-//! their bounds are refused here too, before any route reads them.
+//! their bounds, and bodies in a transfer coding the server does not
+//! decode, are refused here too, before any route reads them; an answer
+//! given before its request's body was read says the connection closes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -77,16 +85,83 @@ pub(crate) async fn bound_heads(req: Request, next: Next) -> Response {
             "REQUEST_HEADER_FIELDS_TOO_LARGE",
             format!("the request's header fields take more than {MAX_HEAD_BYTES} bytes"),
         ))
+    } else if !plain_transfer(req.headers()) {
+        Some((
+            StatusCode::NOT_IMPLEMENTED,
+            "NOT_IMPLEMENTED",
+            "Transfer-Encoding other than chunked is not supported".to_owned(),
+        ))
     } else {
         None
     };
     let Some((status, code, message)) = refusal else {
-        return next.run(req).await;
+        return answered_after_body(req, next).await;
     };
     let mut res = shaped(is_graphql(req.uri().path()), status, code, message);
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     res
+}
+
+/// Whether a request's `Transfer-Encoding` is one the server decodes:
+/// none, or `chunked` alone (hyper takes any list that ends in `chunked`,
+/// and would read `gzip, chunked` as if it were plain).
+fn plain_transfer(headers: &axum::http::HeaderMap) -> bool {
+    headers.get_all(header::TRANSFER_ENCODING).iter().all(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+    })
+}
+
+/// Runs the request, its body noting whether it was read to its end; an
+/// answer given before that (a refusal before the body was needed: an
+/// unknown token, a throttle) says `Connection: close`, since the server
+/// cannot take another request from a connection whose last body it did
+/// not read, and a pooling client would otherwise send its next one down
+/// a connection that is closing.
+async fn answered_after_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(&body)));
+    let body = Body::new(Tracked {
+        inner: body,
+        read: Arc::clone(&read),
+    });
+    let mut res = next.run(Request::from_parts(parts, body)).await;
+    if !read.load(Ordering::Acquire) {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}
+
+/// A request body that notes when it has been read to its end.
+struct Tracked {
+    inner: Body,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Answers the framework writes itself (405 with an empty body, 413 as
