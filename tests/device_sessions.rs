@@ -1254,3 +1254,55 @@ async fn a_plan_changed_in_place_postgres() {
 async fn a_plan_changed_in_place_sqlite() {
     a_plan_changed_in_place(World::on(TestDb::sqlite().await).await).await;
 }
+
+/// Links and the gateway a client is told go to a gateway that reports
+/// over one registered earlier that never did (registered ahead of its
+/// deployment) and over one that stopped reporting, and a new device's
+/// region is the live gateway's, not that of an earlier one in another
+/// region that never reported (the device was placed in a region with no
+/// node, and every client of it stopped with `no_node_available`).
+async fn links_go_to_a_gateway_that_reports(w: World) {
+    // Registered first, in another region, never started.
+    w.gateway("us", "https://gw-us.example.com").await;
+    // Registered next in `eu`, never started.
+    w.gateway("eu", "https://gw-early.example.com").await;
+    let live = w.gateway("eu", "https://gw-live.example.com").await;
+    w.node("eu", "n1").await;
+    let (s, b) = w
+        .post(
+            "/api/v1/gateway/heartbeat",
+            &live,
+            json!({"open_tunnels": 0}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    let a = w.owner().await;
+    let r = gql(
+        &w.server.base,
+        Some(&a.login),
+        "mutation{registerDevice(name:\"phone\",platform:\"ios\"){links{ssconf}}}",
+        json!({}),
+    )
+    .await;
+    let ssconf = r["data"]["registerDevice"]["links"]["ssconf"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        ssconf.starts_with("ssconf://gw-live.example.com/c/"),
+        "{ssconf}"
+    );
+    let b = w.assign_as_device(&a.token, None).await;
+    assert_eq!(b["gateway_url"], "https://gw-live.example.com", "{b}");
+    assert_eq!(b["region"], "eu", "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_go_to_a_gateway_that_reports_postgres() {
+    links_go_to_a_gateway_that_reports(World::on(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_go_to_a_gateway_that_reports_sqlite() {
+    links_go_to_a_gateway_that_reports(World::on(TestDb::sqlite().await).await).await;
+}

@@ -3,17 +3,19 @@
 //! clients, through the gateway devices connect to.
 
 use base64::Engine;
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::db::Db;
-use crate::db::models::{Region, SecretText};
+use crate::db::models::{Region, SecretText, now};
 use crate::db::schema::{gateway_nodes, regions};
 use crate::db_run;
 use crate::error::AppResult;
 use crate::ids::RegionId;
-use crate::status::NodeStatus;
+use crate::node_assignment::lease;
+use crate::status::{Health, NodeStatus};
 
 /// Ready-to-use access links for a device token.
 #[derive(Debug, Clone, async_graphql::SimpleObject)]
@@ -25,20 +27,48 @@ pub struct AccessLinks {
 }
 
 /// A registered gateway as the entry point sees it: its public URL, its
-/// region and whether it is active, in the order of registration.
+/// region and whether it is active, best first (see [`known_gateways`]).
 type Known = (String, RegionId, NodeStatus);
 
-/// Every registered gateway (see [`Known`]).
+/// How sure the control plane is that a gateway takes tunnels, best
+/// first: it reported within its lease; it never reported (not started
+/// yet, or a front that does not report); it reported once and has been
+/// silent past its lease, or said it is down.
+fn liveness(health: Health, last_heartbeat_at: Option<NaiveDateTime>, at: NaiveDateTime) -> u8 {
+    match last_heartbeat_at {
+        Some(t) if t > at - lease() && health != Health::Down => 0,
+        None => 1,
+        Some(_) => 2,
+    }
+}
+
+/// Every registered gateway (see [`Known`]), best first: by
+/// [`liveness`], then in the order of registration. Links and clients go
+/// to the first that fits, so a gateway registered but never started, or
+/// one that died, is passed over while a live one is there.
 async fn known_gateways(db: &Db) -> AppResult<Vec<Known>> {
-    Ok(db_run!(db, |conn| gateway_nodes::table
-        .order(gateway_nodes::created_at.asc())
-        .select((
-            gateway_nodes::public_url,
-            gateway_nodes::region_id,
-            gateway_nodes::status,
-        ))
-        .load(conn)
-        .await?))
+    let rows: Vec<(String, RegionId, NodeStatus, Health, Option<NaiveDateTime>)> =
+        db_run!(db, |conn| gateway_nodes::table
+            .order((gateway_nodes::created_at.asc(), gateway_nodes::id.asc()))
+            .select((
+                gateway_nodes::public_url,
+                gateway_nodes::region_id,
+                gateway_nodes::status,
+                gateway_nodes::health,
+                gateway_nodes::last_heartbeat_at,
+            ))
+            .load(conn)
+            .await?);
+    let at = now();
+    let mut ranked: Vec<(u8, Known)> = rows
+        .into_iter()
+        .map(|(url, region, status, health, beat)| {
+            (liveness(health, beat, at), (url, region, status))
+        })
+        .collect();
+    // Stable: registration order within a rank.
+    ranked.sort_by_key(|(rank, _)| *rank);
+    Ok(ranked.into_iter().map(|(_, k)| k).collect())
 }
 
 /// Whether two gateway URLs name the same place.
@@ -47,12 +77,12 @@ pub(crate) fn same_url(a: &str, b: &str) -> bool {
         .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
-/// Where devices connect and the region whose key they get: the
-/// configured URL, in the region of the gateway registered at it (or, when
-/// none is, of the first active gateway: a front for the gateways); a
-/// configured URL whose registered gateway is not active is passed over
-/// for an active gateway, if there is one.
-/// Otherwise the first active gateway. `None` for the region: no gateway
+/// Where devices connect and the region whose key they get (`gateways`
+/// best first): the configured URL, in the region of the gateway
+/// registered at it (or, when none is, of the best active gateway: a
+/// front for the gateways); a configured URL whose registered gateway is
+/// not active is passed over for an active gateway, if there is one.
+/// Otherwise the best active gateway. `None` for the region: no gateway
 /// is active yet.
 fn entry(configured: Option<&str>, gateways: &[Known]) -> Option<(String, Option<RegionId>)> {
     let first_active = gateways.iter().find(|g| g.2 == NodeStatus::Active);
@@ -73,8 +103,8 @@ fn entry(configured: Option<&str>, gateways: &[Known]) -> Option<(String, Option
 
 /// The gateway that devices of `region` connect through (its key is the
 /// region's): the configured URL unless a gateway registered at it is of
-/// another region or not active; else the first active gateway of the
-/// region; else none (no gateway of another region can take the key).
+/// another region or not active; else the best active gateway of the
+/// region (`gateways` best first); else none (no gateway of another region can take the key).
 fn url_for(configured: Option<&str>, gateways: &[Known], region: RegionId) -> Option<String> {
     if let Some(url) = configured {
         let registered = gateways.iter().find(|g| same_url(&g.0, url));
