@@ -1307,3 +1307,73 @@ async fn a_refused_client_says_why_once_and_asks_less_often() {
         asked.join("\n")
     );
 }
+
+/// A client started while no node of its region can take it (its nodes
+/// drained for a restart) waits and asks again, saying why, instead of
+/// exiting with "control plane unavailable": it is ready once a node takes
+/// tunnels again. A wrong device token still ends the start at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_started_with_no_node_waits_for_one() {
+    let plane = Plane::start(1).await;
+    let dir = common::tempdir::TempDir::new();
+    let start = |token: &str, log: &std::path::Path| {
+        common::spawn_logged(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+                .args(["connect", "--backend", &plane.server.base])
+                .args(["--device-token", token])
+                .args(["--socks", "127.0.0.1:0"])
+                .args([
+                    "--gateway",
+                    &format!("https://localhost:{}", plane.gateway_addr.port()),
+                ])
+                .arg("--ca-cert")
+                .arg(&plane.cert),
+            log,
+        )
+    };
+    let log = dir.path().join("client.log");
+    let read = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
+
+    plane
+        .sql("UPDATE outline_nodes SET status = 'disabled'")
+        .await;
+    let mut client = start(&plane.device_token, &log);
+    let t0 = Instant::now();
+    while !read(&log).contains("trying again") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", read(&log));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        read(&log).contains("no node of the region can take the device now"),
+        "{}",
+        read(&log)
+    );
+    assert!(
+        client.try_wait().expect("wait").is_none(),
+        "the client waits: {}",
+        read(&log)
+    );
+
+    plane
+        .sql("UPDATE outline_nodes SET status = 'active'")
+        .await;
+    let t0 = Instant::now();
+    while !read(&log).contains("client ready") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not ready: {}",
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = client.kill().await;
+
+    // A token the control plane does not know: no waiting.
+    let wrong = dir.path().join("wrong.log");
+    let mut client = start(&"x".repeat(43), &wrong);
+    let status = tokio::time::timeout(Duration::from_secs(20), client.wait())
+        .await
+        .expect("the start ends at once")
+        .expect("wait");
+    assert!(!status.success(), "{}", read(&wrong));
+}

@@ -36,8 +36,13 @@ pub enum BackendError {
     /// The control plane could not be reached.
     #[error("control plane unreachable: {0}")]
     Unreachable(String),
-    /// The control plane cannot answer now (503), and says why.
-    #[error("control plane unavailable: {}", .0.as_str())]
+    /// The control plane cannot answer now (503), and says why: its
+    /// database is down (an outage), or no node of the region can take
+    /// the device now (a decision).
+    #[error("{}", match .0 {
+        Unavailable::NoNodeAvailable => "no node of the region can take the device now (no_node_available)",
+        Unavailable::DatabaseUnavailable => "control plane unavailable: database_unavailable",
+    })]
     Unavailable(Unavailable),
 }
 
@@ -48,6 +53,17 @@ impl BackendError {
     pub fn is_untrusted(&self) -> bool {
         matches!(self, BackendError::Unreachable(why)
             if why.contains("certificate") || why.contains("matches the pin"))
+    }
+
+    /// Whether asking again later may succeed with the same settings: an
+    /// outage (not an untrusted control plane) or no node available now.
+    /// A refusal, a 4xx or an untrusted certificate needs a change first.
+    pub fn is_passing(&self) -> bool {
+        (self.is_outage() && !self.is_untrusted())
+            || matches!(
+                self,
+                BackendError::Unavailable(Unavailable::NoNodeAvailable)
+            )
     }
 
     /// Whether the control plane or its database is down (as opposed to

@@ -212,7 +212,10 @@ pub async fn run(
     let backend =
         crate::backend::Backend::connect(&opts.backend, opts.device_token.expose(), &opts.link)?;
     let link_tls = TlsConnector::from(Arc::new(opts.link.client_config()?));
-    let params = params::fetch(&opts, &backend).await?;
+    tokio::pin!(shutdown);
+    let Some(params) = params::first(&opts, &backend, &mut shutdown).await? else {
+        return Ok(());
+    };
     tracing::info!(region = %params.region, gateway = %params.gateway(), "client ready");
     let mux = if opts.mux {
         Some(mux::Mux::new(
@@ -233,7 +236,6 @@ pub async fn run(
     });
     let follower = tokio::spawn(params::follow_events(shared.clone()));
     let keeper = tokio::spawn(mux::keep(shared.clone()));
-    tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
             () = &mut shutdown => break,

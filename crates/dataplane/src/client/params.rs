@@ -101,6 +101,42 @@ pub(super) async fn fetch(opts: &ClientOptions, backend: &Backend) -> anyhow::Re
     })
 }
 
+/// The longest pause between the first asks for parameters.
+const FIRST_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The parameters a client starts with: asked for until they come while
+/// the control plane is down or no node of the region can take the device
+/// (a client started by a service manager with the rest of the system, or
+/// while the region's nodes restart), again after 1, 2, 4 … 30 s; a
+/// refusal, a wrong token or a control plane that is not trusted ends the
+/// start at once. `None` when `shutdown` came first.
+pub(super) async fn first(
+    opts: &ClientOptions,
+    backend: &Backend,
+    shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> anyhow::Result<Option<Params>> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let e = match fetch(opts, backend).await {
+            Ok(p) => return Ok(Some(p)),
+            Err(e) => e,
+        };
+        let passing = e.chain().any(|c| {
+            c.downcast_ref::<crate::backend::BackendError>()
+                .is_some_and(crate::backend::BackendError::is_passing)
+        });
+        if !passing {
+            return Err(e);
+        }
+        tracing::warn!(error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "asking for a node: trying again");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut *shutdown => return Ok(None),
+        }
+        wait = (wait * 2).min(FIRST_WAIT_MAX);
+    }
+}
+
 /// Whether a `nodeEvents` kind means the node no longer takes tunnels (a
 /// pool-of-one node's key goes with it), or is reached elsewhere now
 /// (`UPDATED`: a gateway's URL, a node's address): parameters are fetched
