@@ -1306,3 +1306,97 @@ async fn links_go_to_a_gateway_that_reports_postgres() {
 async fn links_go_to_a_gateway_that_reports_sqlite() {
     links_go_to_a_gateway_that_reports(World::on(TestDb::sqlite().await).await).await;
 }
+
+/// A plan, node or gateway name that another holds in another case, and a
+/// gateway URL another gateway holds, are refused with CONFLICT (they
+/// were taken: "Pro" beside "pro", two gateways at one URL, which sent
+/// links to the other's region), on creation and on change; distinct
+/// names still pass.
+async fn names_differing_only_in_case_are_taken(w: World) {
+    let conflict = |r: &Value| {
+        assert_eq!(r["errors"][0]["extensions"]["code"], "CONFLICT", "{r}");
+        assert!(r["data"].is_null(), "{r}");
+    };
+    let q = |query: &'static str, vars: Value| {
+        let (base, admin) = (w.server.base.clone(), w.admin.clone());
+        async move { gql(&base, Some(&admin), query, vars).await }
+    };
+    let plan = "mutation($n:String!){createPlan(input:{name:$n,priceCents:\"0\",durationDays:30,deviceLimit:1}){id}}";
+    let pro = q(plan, json!({"n": "Pro"})).await["data"]["createPlan"]["id"].clone();
+    assert!(pro.is_string());
+    conflict(&q(plan, json!({"n": "pro"})).await);
+    let other = q(plan, json!({"n": "Basic"})).await["data"]["createPlan"]["id"].clone();
+    conflict(
+        &q(
+            "mutation($id:UUID!){updatePlan(id:$id,input:{name:\"PRO\"}){id}}",
+            json!({"id": other}),
+        )
+        .await,
+    );
+    // Its own name in another case is a rename.
+    let r = q(
+        "mutation($id:UUID!){updatePlan(id:$id,input:{name:\"BASIC\"}){name}}",
+        json!({"id": other}),
+    )
+    .await;
+    assert_eq!(r["data"]["updatePlan"]["name"], "BASIC", "{r}");
+
+    let node = "mutation($n:String!,$p:Int!){registerOutlineNode(input:{region:\"eu\",name:$n,host:\"10.1.0.1\",port:$p}){node{id}}}";
+    q(node, json!({"n": "n1", "p": 8388})).await["data"]["registerOutlineNode"]["node"]["id"]
+        .as_str()
+        .expect("node");
+    conflict(&q(node, json!({"n": "N1", "p": 8389})).await);
+
+    let gw = "mutation($r:String!,$n:String!,$u:String!){registerGatewayNode(input:{region:$r,name:$n,publicUrl:$u}){node{id}}}";
+    let first = q(
+        gw,
+        json!({"r": "eu", "n": "gw1", "u": "https://gw1.example.com"}),
+    )
+    .await["data"]["registerGatewayNode"]["node"]["id"]
+        .clone();
+    assert!(first.is_string());
+    conflict(
+        &q(
+            gw,
+            json!({"r": "eu", "n": "GW1", "u": "https://gw2.example.com"}),
+        )
+        .await,
+    );
+    conflict(
+        &q(
+            gw,
+            json!({"r": "us", "n": "gw9", "u": "https://GW1.example.com"}),
+        )
+        .await,
+    );
+    let second = q(
+        gw,
+        json!({"r": "eu", "n": "gw2", "u": "https://gw2.example.com"}),
+    )
+    .await["data"]["registerGatewayNode"]["node"]["id"]
+        .clone();
+    conflict(
+        &q(
+            "mutation($id:UUID!){updateGatewayNode(id:$id,input:{publicUrl:\"https://gw1.example.com\"}){id}}",
+            json!({"id": second}),
+        )
+        .await,
+    );
+    conflict(
+        &q(
+            "mutation($id:UUID!){updateGatewayNode(id:$id,input:{name:\"Gw1\"}){id}}",
+            json!({"id": second}),
+        )
+        .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_differing_only_in_case_are_taken_postgres() {
+    names_differing_only_in_case_are_taken(World::on(TestDb::pg().await).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_differing_only_in_case_are_taken_sqlite() {
+    names_differing_only_in_case_are_taken(World::on(TestDb::sqlite().await).await).await;
+}

@@ -1973,8 +1973,8 @@ async fn a_retired_gateway_credential_gets_nothing_more() {
         async move {
             let r = w
                 .gql(
-                    "mutation($n:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:\"https://gw.example.com\"}){token node{id}}}",
-                    json!({"n": name}),
+                    "mutation($n:String!,$u:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:$u}){token node{id}}}",
+                    json!({"n": name, "u": format!("https://{name}.example.com")}),
                 )
                 .await;
             let g = &r["data"]["registerGatewayNode"];

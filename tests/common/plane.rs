@@ -413,8 +413,8 @@ impl Plane {
     pub async fn register_gateway(&self, name: &str) -> String {
         let r = self
             .gql(
-                "mutation($n:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:\"https://localhost\"}){token}}",
-                json!({"n": name}),
+                "mutation($n:String!,$u:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:$u}){token}}",
+                json!({"n": name, "u": format!("https://{name}.localhost")}),
             )
             .await;
         r["data"]["registerGatewayNode"]["token"]

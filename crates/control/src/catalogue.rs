@@ -32,6 +32,9 @@ pub fn method(value: &str) -> AppResult<String> {
     }
 }
 
+/// A plan's name held by another (in any case).
+const PLAN_NAME_TAKEN: &str = "a plan with this name exists";
+
 /// Fields of a new plan.
 #[derive(Debug, Clone)]
 pub struct NewPlan {
@@ -125,12 +128,13 @@ pub async fn create_plan(db: &Db, actor: &Actor, input: NewPlan) -> AppResult<Pl
         serde_json::json!({"name": plan.name}),
     );
     db_tx!(db, |conn, _| {
+        crate::refuse_taken!(conn, plans, name, &plan.name, plan.id, PLAN_NAME_TAKEN);
         let p = diesel::insert_into(plans::table)
             .values(&plan)
             .returning(Plan::as_returning())
             .get_result(conn)
             .await
-            .map_err(AppError::on_conflict("a plan with this name exists"))?;
+            .map_err(AppError::on_conflict(PLAN_NAME_TAKEN))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -166,6 +170,9 @@ pub async fn update_plan(
         return plan_as_it_is(db, id).await;
     }
     db_tx!(db, |conn, _| {
+        if let Some(name) = &changes.name {
+            crate::refuse_taken!(conn, plans, name, name, id, PLAN_NAME_TAKEN);
+        }
         let ts = now();
         let p = diesel::update(plans::table.find(id))
             .set((&changes, plans::updated_at.eq(ts)))
@@ -173,7 +180,7 @@ pub async fn update_plan(
             .get_result(conn)
             .await
             .optional()
-            .map_err(AppError::on_conflict("a plan with this name exists"))?
+            .map_err(AppError::on_conflict(PLAN_NAME_TAKEN))?
             .ok_or(AppError::NotFound("plan"))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)

@@ -50,6 +50,7 @@ pub mod https;
 pub mod ids;
 pub mod listener;
 pub mod metrics;
+pub mod names;
 pub mod node_assignment;
 pub mod nodes;
 pub mod pagination;

@@ -9,6 +9,7 @@
 //! to the old address (open tunnels keep their connection), and makes its
 //! health unknown (it has not been reached there yet).
 
+use super::{GATEWAY_NAME_TAKEN, GATEWAY_URL_TAKEN, NODE_NAME_TAKEN};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -130,6 +131,9 @@ pub async fn update_outline(
         // (down after a gateway failed to reach the old one, which would
         // keep it out of rotation for good when it sends no heartbeats),
         // it is unknown again, and taken.
+        if let Some(name) = &name {
+            crate::refuse_taken!(conn, outline_nodes, name, name, id, NODE_NAME_TAKEN);
+        }
         let moved = host.is_some() || port.is_some();
         let node = diesel::update(outline_nodes::table.find(id))
             .set((
@@ -143,7 +147,7 @@ pub async fn update_outline(
             .returning(OutlineNode::as_returning())
             .get_result(conn)
             .await
-            .map_err(AppError::on_conflict("a node with this name exists"))?;
+            .map_err(AppError::on_conflict(NODE_NAME_TAKEN))?;
         let entry = audit::entry(
             actor,
             "update_outline_node",
@@ -209,6 +213,12 @@ pub async fn update_gateway(
                     .into(),
             ));
         }
+        if let Some(name) = &name {
+            crate::refuse_taken!(conn, gateway_nodes, name, name, id, GATEWAY_NAME_TAKEN);
+        }
+        if let Some(url) = &url {
+            crate::refuse_taken!(conn, gateway_nodes, public_url, url, id, GATEWAY_URL_TAKEN);
+        }
         let node = diesel::update(gateway_nodes::table.find(id))
             .set((
                 name.map(|v| gateway_nodes::name.eq(v)),
@@ -218,7 +228,7 @@ pub async fn update_gateway(
             .returning(GatewayNode::as_returning())
             .get_result(conn)
             .await
-            .map_err(AppError::on_conflict("a gateway with this name exists"))?;
+            .map_err(AppError::on_conflict(GATEWAY_NAME_TAKEN))?;
         let entry = audit::entry(
             actor,
             "update_gateway_node",

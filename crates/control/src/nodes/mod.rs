@@ -15,6 +15,14 @@ pub mod machines;
 pub mod registry;
 
 use crate::db::models::{GatewayNode, OutlineNode};
+
+/// An Outline node's name held by another (in any case).
+const NODE_NAME_TAKEN: &str = "a node with this name exists";
+/// A gateway's name held by another (in any case).
+const GATEWAY_NAME_TAKEN: &str = "a gateway with this name exists";
+/// A gateway's public URL held by another (in any case): links and the
+/// region a device gets follow the gateway a URL belongs to.
+const GATEWAY_URL_TAKEN: &str = "a gateway with this public URL exists";
 use crate::events::{NodeEvent, NodeEventKind, NodeKind};
 pub use crate::status::{Health, NodeStatus};
 pub use changes::{GatewayChanges, OutlineChanges, update_gateway, update_outline};

@@ -1,6 +1,7 @@
 //! Admin changes to the registry. Every change is audited and publishes
 //! its node event in its own transaction.
 
+use super::{GATEWAY_NAME_TAKEN, GATEWAY_URL_TAKEN, NODE_NAME_TAKEN};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use httvps_wire::Secret;
@@ -105,12 +106,20 @@ pub async fn register_outline(
         serde_json::json!({"name": node.name, "region": region.code, "host": node.host, "port": node.port}),
     );
     let node = db_tx!(db, |conn, outbox| {
+        crate::refuse_taken!(
+            conn,
+            outline_nodes,
+            name,
+            &node.name,
+            node.id,
+            NODE_NAME_TAKEN
+        );
         let n = diesel::insert_into(outline_nodes::table)
             .values(&node)
             .returning(OutlineNode::as_returning())
             .get_result(conn)
             .await
-            .map_err(AppError::on_conflict("a node with this name exists"))?;
+            .map_err(AppError::on_conflict(NODE_NAME_TAKEN))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -159,12 +168,28 @@ pub async fn register_gateway(
         serde_json::json!({"name": node.name, "region": region.code, "publicUrl": node.public_url}),
     );
     let node = db_tx!(db, |conn, outbox| {
+        crate::refuse_taken!(
+            conn,
+            gateway_nodes,
+            name,
+            &node.name,
+            node.id,
+            GATEWAY_NAME_TAKEN
+        );
+        crate::refuse_taken!(
+            conn,
+            gateway_nodes,
+            public_url,
+            &node.public_url,
+            node.id,
+            GATEWAY_URL_TAKEN
+        );
         let n = diesel::insert_into(gateway_nodes::table)
             .values(&node)
             .returning(GatewayNode::as_returning())
             .get_result(conn)
             .await
-            .map_err(AppError::on_conflict("a gateway with this name exists"))?;
+            .map_err(AppError::on_conflict(GATEWAY_NAME_TAKEN))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
