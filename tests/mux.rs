@@ -1377,3 +1377,46 @@ async fn a_client_started_with_no_node_waits_for_one() {
         .expect("wait");
     assert!(!status.success(), "{}", read(&wrong));
 }
+
+/// A target that speaks first (SMTP, FTP, MySQL: a greeting before the
+/// client says anything) is dialled and heard at once through our client,
+/// with and without `--mux`: the address goes alone when the application
+/// sends nothing within a moment. It waited for the application's first
+/// bytes, which never came: the node never dialled, and the tunnel was
+/// reset after 30 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_speaks_first_is_heard_at_once() {
+    let plane = Plane::start(1).await;
+    let greeter = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = greeter.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = greeter.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"220 ready\r\n").await.ok()?;
+                let mut line = [0u8; 6];
+                s.read_exact(&mut line).await.ok()?;
+                s.write_all(&line).await.ok()
+            });
+        }
+    });
+    for mux in [false, true] {
+        let socks = plane.client_with_mux(mux).await;
+        let mut s = socks_connect(socks, target).await.expect("SOCKS CONNECT");
+        let mut greeting = [0u8; 11];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut greeting))
+            .await
+            .unwrap_or_else(|_| panic!("no greeting in 5 s (mux {mux})"))
+            .expect("read");
+        assert_eq!(&greeting, b"220 ready\r\n", "mux {mux}");
+        // And the conversation goes on.
+        s.write_all(b"QUIT\r\n").await.expect("write");
+        let mut echo = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .expect("echo in 5 s")
+            .expect("read");
+        assert_eq!(&echo, b"QUIT\r\n", "mux {mux}");
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shadowsocks_service::shadowsocks::ProxyClientStream;
 use shadowsocks_service::shadowsocks::relay::Address;
 use shadowsocks_service::shadowsocks::relay::socks5::{Reply, TcpResponseHeader};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::params::Params;
@@ -67,6 +67,25 @@ async fn pipe(stream: &mut TcpStream, proxied: &mut Proxied) -> io::Result<()> {
     let mut local = WriteBlocks::new(stream);
     tokio::io::copy_bidirectional_with_sizes(&mut local, proxied, COPY_BUF, COPY_BUF).await?;
     Ok(())
+}
+
+/// How long a new tunnel waits for the application's first bytes, which
+/// go out with the target's address in one message; past it the address
+/// goes alone (shadowsocks-rust waits 500 ms: a server-first protocol's
+/// greeting came that much later).
+pub(super) const FIRST_BYTES_WAIT: Duration = Duration::from_millis(50);
+
+/// The local side's first bytes, if it sends any within
+/// [`FIRST_BYTES_WAIT`] (empty when it sends none, or ends first).
+async fn first_bytes(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(8 * 1024);
+    match tokio::time::timeout(FIRST_BYTES_WAIT, stream.read_buf(&mut buf)).await {
+        Ok(read) => {
+            read?;
+        }
+        Err(_) => buf.clear(),
+    }
+    Ok(buf)
 }
 
 /// What the local side is told once its tunnel is open, or could not be.
@@ -151,11 +170,20 @@ async fn tunnel(
         socks_reply(&mut stream, Reply::Succeeded, unspecified).await?;
     }
     let piped = async {
-        if !early.is_empty() {
-            // Flushed: writes into the tunnel may wait for more otherwise.
+        let early = match early.is_empty() {
+            true => first_bytes(&mut stream).await?,
+            false => early,
+        };
+        if early.is_empty() {
+            // The target speaks first (SMTP, FTP, MySQL …): the address
+            // goes alone, or the node would never dial it.
+            let written = proxied.write(&[]).await?;
+            debug_assert_eq!(written, 0);
+        } else {
             proxied.write_all(&early).await?;
-            proxied.flush().await?;
         }
+        // Flushed: writes into the tunnel may wait for more otherwise.
+        proxied.flush().await?;
         pipe(&mut stream, &mut proxied).await
     }
     .await;
