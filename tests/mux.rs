@@ -1420,3 +1420,68 @@ async fn a_target_that_speaks_first_is_heard_at_once() {
         assert_eq!(&echo, b"QUIT\r\n", "mux {mux}");
     }
 }
+
+/// A region's only node restarted in a moment (here: stopped, a tunnel
+/// tried meanwhile, which the gateway reports unreachable, then started
+/// again on its port) takes tunnels again within seconds: the gateway
+/// dials a node it could not reach until it answers, and reports it. The
+/// control plane held it down for a minute against its own heartbeats,
+/// waiting for a gateway to reach it, which no gateway tried: a minute's
+/// outage of the region.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_restarted_at_once_takes_tunnels_within_seconds() {
+    let mut plane = Plane::start(0).await;
+    let first = plane.start_node().await;
+    let addr = first.addr;
+    plane.register_node("only", addr.port(), first).await;
+    let key = plane.cipher().await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client().await;
+    let mut s = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut s).await, "a tunnel before the restart");
+
+    plane.nodes[0].1.stop();
+    let node_id = plane.nodes[0].0.clone();
+    let down =
+        format!("SELECT count(*) AS n FROM outline_nodes WHERE id = '{node_id}' AND health = 'down'");
+    let t0 = Instant::now();
+    while plane.scalar(&down).await == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "never reported down"
+        );
+        if let Some(mut s) = socks_connect(socks, echo).await {
+            assert!(!alive(&mut s).await, "a tunnel to a stopped node");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let again = httvps_dataplane::node::start(&httvps_dataplane::node::NodeOptions {
+        listen: addr,
+        method: key.method(),
+        password: key.password().to_owned().into(),
+        allow_private: true,
+        idle_timeout: httvps_dataplane::node::DEFAULT_IDLE_TIMEOUT,
+    })
+    .await
+    .expect("the node again, on its port");
+    let restarted = Instant::now();
+    loop {
+        if let Some(mut s) = socks_connect(socks, echo).await
+            && alive(&mut s).await
+        {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(20),
+            "no tunnel in 20 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        restarted.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        restarted.elapsed()
+    );
+    drop(again);
+}

@@ -1,15 +1,17 @@
 //! The control-plane follower: heartbeats (liveness, load, node
 //! reachability; the answer closes sessions), woken early by access events
-//! and at subscription ends, and the access-event stream that drops every
-//! cached verdict when access changes.
+//! and at subscription ends, the dials of nodes not reached until they
+//! answer, and the access-event stream that drops every cached verdict
+//! when access changes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use httvps_wire::events::Scope;
 use httvps_wire::heartbeat::GatewayBeat;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::Gateway;
@@ -36,6 +38,9 @@ pub(crate) struct Beats {
     kick: Notify,
     unreachable: Mutex<HashSet<String>>,
     reachable: Mutex<HashSet<String>>,
+    /// Nodes not reached, by id: their address and since when, dialled
+    /// again by [`probe_loop`] until they answer.
+    unreached: Mutex<HashMap<String, (String, Instant)>>,
     /// Whether the last heartbeat was refused for the gateway's token.
     refused: AtomicBool,
 }
@@ -52,11 +57,16 @@ impl Beats {
     /// Notes that a node took a connection.
     pub fn reachable(&self, node_id: &str) {
         lock(&self.reachable).insert(node_id.to_owned());
+        lock(&self.unreached).remove(node_id);
     }
 
-    /// Notes that a node did not take a connection.
-    pub fn unreachable(&self, node_id: &str) {
+    /// Notes that the node at `addr` did not take a connection: it is
+    /// reported, and dialled again until it answers.
+    pub fn unreachable(&self, node_id: &str, addr: &str) {
         lock(&self.unreachable).insert(node_id.to_owned());
+        lock(&self.unreached)
+            .entry(node_id.to_owned())
+            .or_insert_with(|| (addr.to_owned(), Instant::now()));
     }
 }
 
@@ -106,6 +116,48 @@ impl Gateway {
                 // Told next time.
                 lock(&self.beats.unreachable).extend(unreachable);
             }
+        }
+    }
+}
+
+/// How often a node not reached is dialled again.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// How long one such dial may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a node not reached is dialled again (one gone for longer was
+/// removed or moved: the control plane says where nodes are).
+const PROBE_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Dials the nodes this gateway could not reach every [`PROBE_EVERY`]; one
+/// that answers is reported reachable at once. The control plane holds a
+/// node a gateway could not reach down until a gateway reaches it, and no
+/// tunnel goes to a node that is down: without this, a node restarted in
+/// two seconds stayed out of rotation for a minute, a whole region's
+/// outage when it was the region's only node.
+pub(crate) async fn probe_loop(gw: Arc<Gateway>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let due: Vec<(String, String)> = {
+            let mut unreached = lock(&gw.beats.unreached);
+            unreached.retain(|_, (_, since)| since.elapsed() < PROBE_FOR);
+            unreached
+                .iter()
+                .map(|(id, (addr, _))| (id.clone(), addr.clone()))
+                .collect()
+        };
+        let mut answered = false;
+        for (id, addr) in due {
+            if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(&addr)).await
+            {
+                tracing::info!(node.id = %id, "node reachable again");
+                gw.beats.reachable(&id);
+                answered = true;
+            }
+        }
+        if answered {
+            gw.beats.kick.notify_one();
         }
     }
 }

@@ -330,6 +330,7 @@ pub async fn run(
         spawn_until(&background, &stop, spool::spool_loop(gw.clone()));
     }
     spawn_until(&background, &stop, follower::heartbeat_loop(gw.clone()));
+    spawn_until(&background, &stop, follower::probe_loop(gw.clone()));
     spawn_until(&background, &stop, follower::access_loop(gw.clone()));
     if let Some(l) = admin {
         let app = admin::router(gw.clone());

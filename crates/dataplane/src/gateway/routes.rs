@@ -207,7 +207,7 @@ async fn connect_node(
             }
             _ => {
                 tracing::warn!(node.id = %route.node_id, attempt, "node unreachable");
-                gw.beats.unreachable(&route.node_id);
+                gw.beats.unreachable(&route.node_id, route.node.as_str());
                 gw.validations.forget(token);
                 // Tell the control plane now, so the retry gets another node.
                 gw.heartbeat_once().await;
