@@ -566,6 +566,43 @@ async fn a_source_guessing_tokens_gets_429_everywhere_while_other_sources_are_se
     assert!(round_trip(&mut s, b"behind the same address").await);
     assert_eq!(exchange(&plane, guesser, &upgrade(&guess())).await.0, 429);
     assert_eq!(exchange(&plane, guesser, &get("/nope")).await.0, 429);
+    // What drops its verdict (here its session closed by an admin; an
+    // access change anywhere does the same) leaves it in use: it still
+    // passes (it was shut out with every subscriber behind the address).
+    let r = plane
+        .gql(
+            "{sessions(filter:{open:true}){edges{node{id}}}}",
+            serde_json::json!({}),
+        )
+        .await;
+    let open = r["data"]["sessions"]["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .clone();
+    for e in open {
+        plane
+            .gql(
+                "mutation($id:UUID!){closeSession(id:$id){id}}",
+                serde_json::json!({"id": e["node"]["id"]}),
+            )
+            .await;
+    }
+    for _ in 0..50 {
+        if !round_trip(&mut s, b"closed yet?").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !round_trip(&mut s, b"closed").await,
+        "the session's tunnel closes"
+    );
+    let w = plane
+        .ws_from(Some(guesser), &valid, None)
+        .await
+        .expect("a credential in use whose verdict was dropped, from the shut-out source");
+    let mut s = ss_over(w, &cfg, echo);
+    assert!(round_trip(&mut s, b"still in use").await);
     // A credential in use carries nothing else past the shut-out: the
     // access document reads its path's token only, so a device JWT in use,
     // sent as the header, does not carry a guess of another device's token

@@ -1442,8 +1442,9 @@ async fn a_node_restarted_at_once_takes_tunnels_within_seconds() {
 
     plane.nodes[0].1.stop();
     let node_id = plane.nodes[0].0.clone();
-    let down =
-        format!("SELECT count(*) AS n FROM outline_nodes WHERE id = '{node_id}' AND health = 'down'");
+    let down = format!(
+        "SELECT count(*) AS n FROM outline_nodes WHERE id = '{node_id}' AND health = 'down'"
+    );
     let t0 = Instant::now();
     while plane.scalar(&down).await == 0 {
         assert!(

@@ -77,14 +77,15 @@ fn peer(req: &Request) -> Option<IpAddr> {
 /// Before any route: a source shut out for guessing gets 429, whatever it
 /// asks, at no control-plane cost; a token the gateway has not admitted
 /// before tells it nothing, valid or not. A credential it has admitted (a
-/// positive answer in its cache, however old) still passes: it is in use,
+/// positive answer, however old, and whatever dropped it from the cache
+/// since: an access change anywhere, the session's end) still passes: it is in use,
 /// not guessed, and one guesser behind a carrier's NAT would otherwise shut
 /// out every subscriber sharing that address. Passing tells a guesser
 /// nothing either: only a credential in use passes, and to present one it
 /// must already hold it.
 async fn shut_out(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     if let Some(left) = peer(&req).and_then(|ip| gw.throttle.shut_out(ip))
-        && presented(&req).is_none_or(|t| gw.validations.known_device(&t).is_none())
+        && presented(&req).is_none_or(|t| !gw.validations.admitted_before(&t))
     {
         gw.metrics.throttled();
         return too_many(left);

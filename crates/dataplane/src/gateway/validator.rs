@@ -52,6 +52,10 @@ type Answer = Result<Arc<Route>, Refusal>;
 /// Cached verdicts, at most a fixed number (the least useful go first).
 pub(crate) struct Validations {
     cache: Cache<String, Entry>,
+    /// Credentials ever answered with a device, the least recent going
+    /// first past the bound: kept through access changes and session ends,
+    /// which drop verdicts, for [`Validations::admitted_before`].
+    admitted: Cache<String, ()>,
     lifetimes: Lifetimes,
     checks: Flights<Answer>,
     /// Bumped by every invalidation, under its write lock; an answer is
@@ -66,6 +70,7 @@ impl Validations {
     pub fn new(capacity: usize, lifetimes: Lifetimes, checks: Limits) -> Self {
         Validations {
             cache: Cache::new(capacity.max(1)),
+            admitted: Cache::new(capacity.max(1)),
             lifetimes,
             checks: Flights::new(checks),
             epoch: RwLock::new(0),
@@ -88,6 +93,10 @@ impl Validations {
     /// Caches `entry` for `token` unless an invalidation came since
     /// `epoch`; whether it did.
     fn keep(&self, epoch: u64, token: &str, entry: Entry) -> bool {
+        if entry.device().is_some() {
+            // Admitted, whether or not access changed since.
+            self.admitted.insert(token.to_owned(), ());
+        }
         let now = self.epoch.read().unwrap_or_else(PoisonError::into_inner);
         let current = *now == epoch;
         if current {
@@ -100,6 +109,13 @@ impl Validations {
     /// old the verdict.
     pub fn known_device(&self, token: &str) -> Option<Arc<str>> {
         self.cache.get(token)?.device()
+    }
+
+    /// Whether `token` was ever answered with a device (a credential in
+    /// use, not guessed), whatever dropped its verdict since: an access
+    /// change anywhere, its session's end, the verdict's age.
+    pub fn admitted_before(&self, token: &str) -> bool {
+        self.admitted.get(token).is_some() || self.known_device(token).is_some()
     }
 
     /// Forgets one credential's verdict.
@@ -475,6 +491,24 @@ mod tests {
         assert_eq!(v.known_device("a").as_deref(), Some("d"), "stale, kept");
         v.prune(now + 60 * S);
         assert_eq!(v.known_device("a"), None);
+    }
+
+    #[test]
+    fn a_credential_admitted_once_stays_known_through_what_drops_verdicts() {
+        let (v, now) = (validations(16), Instant::now());
+        assert!(v.keep(v.epoch(), "a", v.lifetimes.entry(go("s1"), now, None)));
+        assert!(v.keep(
+            v.epoch(),
+            "u",
+            v.lifetimes.entry(Verdict::Unknown, now, None)
+        ));
+        v.forget_all();
+        v.forget_sessions(&["s1"]);
+        v.prune(now + 3600 * S);
+        assert!(v.known_device("a").is_none());
+        assert!(v.admitted_before("a"), "admitted once");
+        assert!(!v.admitted_before("u"), "never admitted");
+        assert!(!v.admitted_before("never-seen"));
     }
 
     #[test]
