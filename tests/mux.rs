@@ -1486,3 +1486,57 @@ async fn a_node_restarted_at_once_takes_tunnels_within_seconds() {
     );
     drop(again);
 }
+
+/// A destination that resets its connection mid-stream is heard as a
+/// reset at the application, through the node, the gateway and our client
+/// (with and without `--mux`): the node resets its connection from the
+/// gateway, the gateway closes the tunnel with 1014, and the client
+/// resets the local connection. The reset ended as a normal end at every
+/// hop, so a download cut short looked complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destinations_reset_reaches_the_application_as_a_reset() {
+    let plane = Plane::start(1).await;
+    let resetter = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = resetter.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = resetter.accept().await {
+            tokio::spawn(async move {
+                let mut hello = [0u8; 5];
+                s.read_exact(&mut hello).await.ok()?;
+                s.write_all(&[7u8; 100_000]).await.ok()?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Unread bytes, then a reset.
+                s.set_zero_linger().ok()?;
+                drop(s);
+                Some(())
+            });
+        }
+    });
+    for mux in [false, true] {
+        let socks = plane.client_with_mux(mux).await;
+        let mut s = socks_connect(socks, target).await.expect("SOCKS CONNECT");
+        s.write_all(b"hello").await.expect("write");
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 16 * 1024];
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => got += n,
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no end in 10 s (mux {mux})"));
+        assert_eq!(got, 100_000, "what came before the reset (mux {mux})");
+        let e = end.expect_err(&format!("a reset, not an end (mux {mux})"));
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "mux {mux}: {e}"
+        );
+    }
+}

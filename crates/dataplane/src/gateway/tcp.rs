@@ -67,11 +67,20 @@ fn drain_grace(round_trip: Duration) -> Duration {
 const READ_CHUNK: usize = 64 * 1024 - 13;
 const _: () = assert!(READ_CHUNK < 1 << 16, "a 4-byte frame header");
 
+/// The close code of a tunnel whose node connection failed (RFC 6455's
+/// 1014, "bad gateway": the server acting as a gateway got an invalid
+/// response from upstream).
+const NODE_FAILED: u16 = 1014;
+
 /// How the node-to-client half of a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The node closed (or failed).
+    /// The node closed.
     NodeDone,
+    /// The node's connection failed (reset: the node died, or passed on
+    /// its destination's reset): the client hears an abnormal close, so
+    /// what it got is not taken for the whole stream.
+    NodeFailed,
     /// The control plane, the idle timer or the drain closed it.
     Cancelled,
     /// The client side went away.
@@ -186,7 +195,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                 // sent (no copy).
                 r = node_r.readable(), if pending.is_none() => {
                     if r.is_err() {
-                        return End::NodeDone;
+                        return End::NodeFailed;
                     }
                     // Nothing read past the grant.
                     if !gw.room(&down_id, &down_session).await {
@@ -230,7 +239,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return End::NodeDone,
+                        Err(_) => return End::NodeFailed,
                     }
                 },
                 _ = tick.tick() => {
@@ -286,6 +295,10 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                         // goes: unread bytes would turn the close into a reset.
                         let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                     }
+                } else if end == End::NodeFailed {
+                    // Behind what was read before the failure.
+                    tunnel::queue_last(&closer, &progress, Frame::close(NODE_FAILED, b"node connection failed")).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                 } else if end == End::Cancelled {
                     let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                 }
@@ -294,8 +307,14 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
             half = &mut upstream => {
                 if matches!(half, Ok(true)) {
                     // Half-close: forward what the node still sends, then close.
-                    if downstream.await == End::NodeDone {
-                        tunnel::queue_last(&closer, &progress, Frame::close(1000, b"")).await;
+                    match downstream.await {
+                        End::NodeDone => {
+                            tunnel::queue_last(&closer, &progress, Frame::close(1000, b"")).await;
+                        }
+                        End::NodeFailed => {
+                            tunnel::queue_last(&closer, &progress, Frame::close(NODE_FAILED, b"node connection failed")).await;
+                        }
+                        End::Cancelled | End::ClientGone => {}
                     }
                 }
             }

@@ -163,11 +163,25 @@ impl TcpRelay {
         // reading held the tunnel for ever: the copy toward it waits to
         // write, so the client's close is never read.
         let mut stream = ShadowWrites::new(stream);
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut remote, COPY_BUF, COPY_BUF) => {}
+        let failed = tokio::select! {
+            copied = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut remote, COPY_BUF, COPY_BUF) => copied.is_err(),
             () = idle(&moved, self.idle) => {
                 tracing::debug!(%peer, "no byte moved for the idle limit; closed");
+                false
             }
+        };
+        if failed {
+            // A destination that reset (or a copy that failed either
+            // way): the client's connection is reset too, so the failure
+            // reaches the client as one, not as the end of the stream (a
+            // download cut short looked complete).
+            let _ = stream
+                .get_ref()
+                .get_ref()
+                .get_ref()
+                .get_ref()
+                .get_ref()
+                .set_zero_linger();
         }
         // The destination first: once the witness hears the client
         // connection closed, the tunnel holds no descriptor.

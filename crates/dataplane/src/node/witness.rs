@@ -326,6 +326,11 @@ impl Counted {
 }
 
 impl Counted {
+    /// The connection.
+    pub(super) fn get_ref(&self) -> &ReadAhead {
+        &self.inner
+    }
+
     /// A view of what the connection has moved both ways, readable while
     /// the connection runs elsewhere.
     pub(super) fn moved(&self) -> Moved {
