@@ -88,19 +88,26 @@ async fn devices_on_small_plan(plane: &Plane, n: usize) -> (Vec<String>, String)
     (tokens, sub)
 }
 
-/// A server that sends zeros as fast as it can and reads everything it
-/// gets, on every connection.
+/// A server that, once a connection's client sent its first byte, sends
+/// zeros as fast as it can and reads everything it gets.
 async fn source_and_sink() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let (mut r, mut w) = s.into_split();
+        while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-            tokio::spawn(async move {
+                // It speaks once spoken to, as a server answering a
+                // request does: a tunnel opened and not used yet (its
+                // address goes ahead alone) moves nothing.
+                let mut first = [0u8; 1];
+                if s.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.into_split();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
                 let chunk = vec![0u8; 64 * 1024];
                 while w.write_all(&chunk).await.is_ok() {}
             });
