@@ -2268,6 +2268,26 @@ async fn device_placement(w: World) {
     assert_eq!(p["nodeHealth"], "up");
     assert!(p["since"].is_string(), "{p}");
     assert!(p.get("host").is_none() && p.get("secret").is_none());
+    // The device asking for itself (our client, at each start) opens a
+    // newer session with no gateway, which carries no tunnel: the device
+    // is still placed where its tunnels run.
+    let (s, b) = w
+        .post("/api/v1/auth/device-token", Some(&tok), json!({}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let jwt = b["token"].as_str().expect("jwt").to_owned();
+    let (s, b) = w
+        .post("/api/v1/nodes/assign-outline", Some(&jwt), json!({}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let own = b["session_id"].as_str().expect("session").to_owned();
+    assert_ne!(own, sid);
+    let p = placement(&w, &uid, &device).await;
+    assert_eq!(p["sessionId"], json!(sid), "{p}");
+    w.sql(&format!(
+        "UPDATE sessions SET ended_at = started_at, end_reason = 'idle' WHERE id = '{own}'"
+    ))
+    .await;
     // Once the session ends, the device is placed nowhere.
     w.sql(&format!(
         "UPDATE sessions SET ended_at = started_at, end_reason = 'idle' WHERE id = '{sid}'"

@@ -281,7 +281,7 @@ pub struct Placement {
 }
 
 /// The placements of `devices`: for each, its most recently opened session
-/// that is still open and assigned to a node. Callers have already scoped
+/// that is still open and assigned to a node, one through a gateway first. Callers have already scoped
 /// the devices to what the viewer may see.
 pub async fn placements_of(db: &Db, ids: &[DeviceId]) -> AppResult<Vec<Placement>> {
     use crate::db::schema::{outline_nodes, regions};
@@ -306,7 +306,14 @@ pub async fn placements_of(db: &Db, ids: &[DeviceId]) -> AppResult<Vec<Placement
             .inner_join(regions::table.on(regions::id.eq(outline_nodes::region_id)))
             .filter(sessions::device_id.eq_any(ids))
             .filter(sessions::ended_at.is_null())
-            .order((sessions::device_id, sessions::started_at.desc()))
+            // A session through a gateway (what carries tunnels) before
+            // the one the device's own question opened (our client's, at
+            // each start: no gateway, no bytes).
+            .order((
+                sessions::device_id,
+                sessions::gateway_node_id.is_null(),
+                sessions::started_at.desc(),
+            ))
             .select((
                 sessions::id,
                 sessions::device_id,
