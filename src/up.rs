@@ -205,13 +205,15 @@ impl Drop for UpDataPlane {
 
 /// Starts `up`'s embedded node and gateway in region `local`, registered in
 /// the control plane at `backend_url` like any other (fresh machine tokens
-/// at each start). The node allows private destinations: everything in `up`
-/// listens on 127.0.0.1, and it lets a newcomer fetch a local page.
+/// at each start), the node on 127.0.0.1:`node_port` (0: a free port). The
+/// node allows private destinations: everything in `up` listens on
+/// 127.0.0.1, and it lets a newcomer fetch a local page.
 pub async fn start_up_data_plane(
     state: &AppState,
     data_dir: &Path,
     backend_url: &str,
     gateway: TcpListener,
+    node_port: u16,
 ) -> anyhow::Result<UpDataPlane> {
     use httvps_control::{catalogue, nodes};
     use httvps_dataplane::{backend::Backend, gateway as gw, node, tls};
@@ -231,14 +233,14 @@ pub async fn start_up_data_plane(
     };
     let method = node::parse_method(&region.pool_method).context("region cipher")?;
     let running = node::start(&node::NodeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: SocketAddr::from(([127, 0, 0, 1], node_port)),
         method,
         password: region.pool_secret.expose().into(),
         allow_private: true,
         idle_timeout: node::DEFAULT_IDLE_TIMEOUT,
     })
     .await
-    .context("starting the embedded node")?;
+    .with_context(|| format!("starting the embedded node on 127.0.0.1:{node_port}"))?;
     let node_addr = running.addr;
     let mut machines = crate::up_machines::Local::open(db, admin, data_dir)?;
     let node_id = machines.node(i32::from(node_addr.port())).await?;
@@ -293,12 +295,14 @@ pub async fn start_up_data_plane(
     })
 }
 
-/// Runs everything `up` starts (control plane, gateway, node) until
-/// `shutdown`; `ready` is called once all listen, with the control plane's
-/// address and the data plane.
+/// Runs everything `up` starts (control plane, gateway on `gateway_port`,
+/// node on `node_port`, 0 for a free one) until `shutdown`; `ready` is
+/// called once all listen, with the control plane's address and the data
+/// plane.
 pub async fn run_up(
     report: UpReport,
     gateway_port: u16,
+    node_port: u16,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr, &UpDataPlane),
 ) -> anyhow::Result<()> {
@@ -335,6 +339,7 @@ pub async fn run_up(
         &report.data_dir,
         &format!("http://{local}"),
         gw_listener,
+        node_port,
     )
     .await?;
     tracing::info!(http.addr = %local, gateway.addr = %plane.gateway_addr, node.addr = %plane.node_addr, "control plane listening");

@@ -295,7 +295,11 @@ fn the_control_plane_commands_start_or_name_the_variable() {
 #[test]
 fn up_starts_from_the_example() {
     let dir = example_dir();
-    let (port, gw) = (common::stable_port(), common::stable_port());
+    let (port, gw, node) = (
+        common::stable_port(),
+        common::stable_port(),
+        common::stable_port(),
+    );
     let mut child = cmd(
         HTTVPS,
         dir.path(),
@@ -303,6 +307,7 @@ fn up_starts_from_the_example() {
         &[
             ("HTTVPS_UP_PORT", &port.to_string()),
             ("HTTVPS_UP_GATEWAY_PORT", &gw.to_string()),
+            ("HTTVPS_UP_NODE_PORT", &node.to_string()),
         ],
     )
     .stdout(Stdio::null())
@@ -317,6 +322,8 @@ fn up_starts_from_the_example() {
         seen.push('\n');
         if line.contains("control plane listening") {
             listening = true;
+            // The embedded node on the port asked for.
+            assert!(line.contains(&format!("127.0.0.1:{node}")), "{line}");
             break;
         }
     }

@@ -95,6 +95,10 @@ enum Command {
         /// Port of the embedded gateway (TLS).
         #[arg(long, env = "HTTVPS_UP_GATEWAY_PORT", default_value_t = httvps::up::UP_GATEWAY_PORT)]
         gateway_port: u16,
+        /// Port of the embedded Shadowsocks node on 127.0.0.1 (0: a free
+        /// port, another at each start).
+        #[arg(long, env = "HTTVPS_UP_NODE_PORT", default_value_t = 0)]
+        node_port: u16,
         /// Throttles on guessing and flooding, as `serve` reads them.
         #[command(flatten)]
         throttle: ThrottleArgs,
@@ -234,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             port,
             gateway_port,
+            node_port,
             throttle,
             http,
         } => {
@@ -257,7 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password.expose()
                 );
             }
-            httvps::up::run_up(report, gateway_port, httvps::shutdown_signal(), |addr, plane| {
+            httvps::up::run_up(report, gateway_port, node_port, httvps::shutdown_signal(), |addr, plane| {
                 let base = format!("http://{addr}");
                 println!("console:       {base}/console/  (sign in as the admin)");
                 println!("control plane: {base}  (GraphiQL {base}/graphiql, health {base}/api/v1/health, metrics {base}/metrics)");
