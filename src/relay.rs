@@ -397,13 +397,20 @@ fn file_certs(
     public_host: &str,
     check: bool,
 ) -> anyhow::Result<(CertFiles, tls::TlsAcceptor)> {
-    let cert = required(
-        cert,
-        "GATEWAY_TLS_CERT",
-        "cert",
-        "the certificate chain (PEM), or GATEWAY_ACME_DOMAIN",
-    )?;
-    let key = required(key, "GATEWAY_TLS_KEY", "key", "the private key (PEM)")?;
+    // With --self-signed the two are where the certificate it makes goes.
+    let (cert_is, key_is) = if self_signed {
+        (
+            "where --self-signed writes the certificate it makes (PEM), or GATEWAY_ACME_DOMAIN",
+            "where --self-signed writes the certificate's private key (PEM)",
+        )
+    } else {
+        (
+            "the certificate chain (PEM), or GATEWAY_ACME_DOMAIN",
+            "the private key (PEM)",
+        )
+    };
+    let cert = required(cert, "GATEWAY_TLS_CERT", "cert", cert_is)?;
+    let key = required(key, "GATEWAY_TLS_KEY", "key", key_is)?;
     if self_signed {
         let mut names = vec!["localhost", "127.0.0.1"];
         if !names.contains(&public_host) {
