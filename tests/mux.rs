@@ -182,9 +182,11 @@ async fn fifty_mux_tunnels_share_one_connection_byte_exact_and_counted_as_single
             "{way}: mux counted {mux}, single tunnels {h1}"
         );
     }
+    // The warm one, the single-tunnel client's check at start, and one
+    // per single tunnel.
     assert_eq!(
         metric(&plane, "httvps_gateway_accepted_connections_total").await,
-        1.0 + n as f64,
+        2.0 + n as f64,
         "single tunnels take a connection each"
     );
 }
@@ -1311,7 +1313,9 @@ async fn a_refused_client_says_why_once_and_asks_less_often() {
 /// A client started while no node of its region can take it (its nodes
 /// drained for a restart) waits and asks again, saying why, instead of
 /// exiting with "control plane unavailable": it is ready once a node takes
-/// tunnels again. A wrong device token still ends the start at once.
+/// tunnels again. A wrong device token still ends the start at once, and
+/// so does a gateway whose certificate the client does not trust (it said
+/// "client ready" and failed every tunnel).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_started_with_no_node_waits_for_one() {
     let plane = Plane::start(1).await;
@@ -1376,6 +1380,34 @@ async fn a_client_started_with_no_node_waits_for_one() {
         .expect("the start ends at once")
         .expect("wait");
     assert!(!status.success(), "{}", read(&wrong));
+
+    // A CA that did not sign the gateway's certificate: said at start, not
+    // per tunnel after "client ready".
+    let (other_cert, other_key) = (dir.path().join("other.crt"), dir.path().join("other.key"));
+    httvps_dataplane::tls::ensure_self_signed(&other_cert, &other_key, &["localhost"])
+        .expect("another certificate");
+    let untrusted = dir.path().join("untrusted.log");
+    let mut client = common::spawn_logged(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+            .args(["connect", "--backend", &plane.server.base])
+            .args(["--device-token", &plane.device_token])
+            .args(["--socks", "127.0.0.1:0"])
+            .args([
+                "--gateway",
+                &format!("https://localhost:{}", plane.gateway_addr.port()),
+            ])
+            .arg("--ca-cert")
+            .arg(&other_cert),
+        &untrusted,
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), client.wait())
+        .await
+        .expect("the start ends at once")
+        .expect("wait");
+    let text = read(&untrusted);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("is not trusted: pass --ca-cert"), "{text}");
+    assert!(!text.contains("client ready"), "{text}");
 }
 
 /// A target that speaks first (SMTP, FTP, MySQL: a greeting before the

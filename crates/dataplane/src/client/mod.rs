@@ -141,6 +141,35 @@ impl Shared {
         self.ws_over(p, kind, tls).await
     }
 
+    /// Says at start whether tunnels can work: a TLS connection to the
+    /// gateway. A certificate not trusted ends the start (the settings
+    /// must change: every tunnel would fail with it); a gateway that does
+    /// not answer is a warning (tunnels fail until it does). Then "client
+    /// ready". Its TLS session lets the first tunnel resume. With `--mux`
+    /// the warm connections the client keeps say it (and log why they
+    /// fail), so no connection is added.
+    async fn check_gateway(&self) -> anyhow::Result<()> {
+        let p = self.params();
+        let checked = match &self.mux {
+            Some(_) => Ok(()),
+            None => self.connect_tls(&p).await.map(drop),
+        };
+        match checked {
+            Ok(_) => {}
+            Err(e) if format!("{e:#}").contains("certificate") => {
+                return Err(e.context(format!(
+                    "the gateway {} is not trusted: pass --ca-cert with its certificate or the CA that signed it",
+                    p.gateway()
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), gateway = %p.gateway(), "the gateway does not answer now: tunnels fail until it does");
+            }
+        }
+        tracing::info!(region = %p.region, gateway = %p.gateway(), "client ready");
+        Ok(())
+    }
+
     /// A TLS connection of its own to the gateway.
     async fn connect_tls(&self, p: &Params) -> anyhow::Result<Tls> {
         let tcp = tokio::time::timeout(
@@ -216,7 +245,6 @@ pub async fn run(
     let Some(params) = params::first(&opts, &backend, &mut shutdown).await? else {
         return Ok(());
     };
-    tracing::info!(region = %params.region, gateway = %params.gateway(), "client ready");
     let mux = if opts.mux {
         Some(mux::Mux::new(
             opts.ca_cert.as_deref(),
@@ -234,6 +262,7 @@ pub async fn run(
         ctx: Context::new_shared(ServerType::Local),
         opts,
     });
+    shared.check_gateway().await?;
     let follower = tokio::spawn(params::follow_events(shared.clone()));
     let keeper = tokio::spawn(mux::keep(shared.clone()));
     loop {
