@@ -14,7 +14,9 @@
 //! - [`credentials`]: the relay's side: redeeming an enrollment string
 //!   into stored credentials.
 //! - [`logging`]: structured logs.
-//! - [`relay`]: the data plane's command-line settings, validated.
+//! - [`relay`]: the data plane's command-line settings, validated
+//!   (`gateway_certs`: the gateway's certificate files, made with
+//!   `--self-signed`).
 //! - [`shutdown`]: the shutdown signal.
 //! - [`up`]: the zero-setup mode, the only place both planes run together
 //!   (`up_machines`: its node and gateway in the registry, by the ids kept
@@ -23,6 +25,7 @@
 pub mod cli;
 pub mod credentials;
 pub mod enroll;
+mod gateway_certs;
 pub mod logging;
 pub mod relay;
 pub mod shutdown;

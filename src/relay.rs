@@ -16,6 +16,7 @@ use httvps_wire::Secret;
 
 use crate::cli::required;
 use crate::credentials::{self, Sources};
+use crate::gateway_certs::file_certs;
 
 // Tokens are `Secret`s: a `{:?}` of the arguments shows none of them.
 #[derive(clap::Args, Debug)]
@@ -383,64 +384,6 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         listen: a.listen,
         admin_listen: a.admin_listen,
     })
-}
-
-/// The certificate from files (--cert, --key), generated first with
-/// --self-signed when they are missing (for `localhost`, 127.0.0.1 and
-/// `public_host`, the host of --public-url clients check it against).
-/// With `check` nothing is written: a certificate --self-signed would make
-/// is made in a scratch directory, loaded from there and removed.
-fn file_certs(
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    self_signed: bool,
-    public_host: &str,
-    check: bool,
-) -> anyhow::Result<(CertFiles, tls::TlsAcceptor)> {
-    // With --self-signed the two are where the certificate it makes goes.
-    let (cert_is, key_is) = if self_signed {
-        (
-            "where --self-signed writes the certificate it makes (PEM), or GATEWAY_ACME_DOMAIN",
-            "where --self-signed writes the certificate's private key (PEM)",
-        )
-    } else {
-        (
-            "the certificate chain (PEM), or GATEWAY_ACME_DOMAIN",
-            "the private key (PEM)",
-        )
-    };
-    let cert = required(cert, "GATEWAY_TLS_CERT", "cert", cert_is)?;
-    let key = required(key, "GATEWAY_TLS_KEY", "key", key_is)?;
-    if self_signed {
-        let mut names = vec!["localhost", "127.0.0.1"];
-        if !names.contains(&public_host) {
-            names.push(public_host);
-        }
-        if check && !(cert.exists() && key.exists()) {
-            // A new directory of a random name, the owner's only: nothing
-            // planted there beforehand is read or written through.
-            let scratch =
-                std::env::temp_dir().join(format!("httvps-check-{}", uuid::Uuid::new_v4()));
-            {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&scratch)
-                    .with_context(|| format!("creating {}", scratch.display()))?;
-            }
-            let (c, k) = (scratch.join("cert.pem"), scratch.join("key.pem"));
-            let made = tls::ensure_self_signed(&c, &k, &names)
-                .context("GATEWAY_SELF_SIGNED")
-                .and_then(|()| CertFiles::acceptor(&c, &k).context("GATEWAY_SELF_SIGNED"));
-            let _ = std::fs::remove_dir_all(&scratch);
-            return made;
-        }
-        tls::ensure_self_signed(&cert, &key, &names).context("GATEWAY_SELF_SIGNED")?;
-    }
-    CertFiles::acceptor(&cert, &key).context(
-        "GATEWAY_TLS_CERT / GATEWAY_TLS_KEY (set GATEWAY_SELF_SIGNED=true to generate them, \
-         or GATEWAY_ACME_DOMAIN to obtain one by ACME)",
-    )
 }
 
 pub fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> {

@@ -201,6 +201,16 @@ impl From<Reason> for EndReason {
     }
 }
 
+/// A node stops being healthy when it misses this many heartbeat intervals.
+pub const MISSED_HEARTBEATS: i64 = 3;
+/// Interval at which nodes and gateways are asked to heartbeat, in seconds.
+pub const HEARTBEAT_INTERVAL_SECS: i64 = 5;
+
+/// How long a heartbeat keeps a node (or a gateway) healthy.
+pub fn lease() -> chrono::Duration {
+    chrono::Duration::seconds(HEARTBEAT_INTERVAL_SECS * MISSED_HEARTBEATS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

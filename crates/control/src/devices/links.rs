@@ -14,8 +14,7 @@ use crate::db::schema::{gateway_nodes, regions};
 use crate::db_run;
 use crate::error::AppResult;
 use crate::ids::RegionId;
-use crate::node_assignment::lease;
-use crate::status::{Health, NodeStatus};
+use crate::status::{Health, NodeStatus, lease};
 
 /// Ready-to-use access links for a device token.
 #[derive(Debug, Clone, async_graphql::SimpleObject)]

@@ -17,15 +17,7 @@ use crate::db::models::{OutlineNode, Session};
 use crate::ids::GatewayNodeId;
 use crate::status::{Health, NodeStatus};
 
-/// A node stops being healthy when it misses this many heartbeat intervals.
-pub const MISSED_HEARTBEATS: i64 = 3;
-/// Interval at which nodes and gateways are asked to heartbeat, in seconds.
-pub const HEARTBEAT_INTERVAL_SECS: i64 = 5;
-
-/// How long a heartbeat keeps a node healthy.
-pub fn lease() -> chrono::Duration {
-    chrono::Duration::seconds(HEARTBEAT_INTERVAL_SECS * MISSED_HEARTBEATS)
-}
+pub use crate::status::{HEARTBEAT_INTERVAL_SECS, MISSED_HEARTBEATS, lease};
 
 /// Whether a node can take new sessions at `at`: active, not seen down, and
 /// not past its lease (a node never heard of is given the benefit of the
