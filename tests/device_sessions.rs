@@ -1228,6 +1228,18 @@ async fn a_plan_changed_in_place(w: World) {
     assert_eq!(back["deviceLimit"], 5, "{r}");
     assert_eq!(w.validate(&gw, &a.token).await, (true, Value::Null));
     assert_eq!(w.validate(&gw, &second).await, (true, Value::Null));
+    // Its own plan, whose terms it has: answered as it is, not audited.
+    let audited = "SELECT count(*) AS n FROM audit_log WHERE action = 'change_subscription_plan'";
+    let before = w.int(audited).await;
+    let r = w
+        .gql(&change, json!({"id": a.subscription_id, "p": w.plan_id}))
+        .await;
+    assert_eq!(r["data"]["changeSubscriptionPlan"]["deviceLimit"], 5, "{r}");
+    assert_eq!(
+        w.int(audited).await,
+        before,
+        "a change that changes nothing"
+    );
 
     // A cancelled subscription keeps its terms.
     w.gql(
@@ -1325,6 +1337,10 @@ async fn names_differing_only_in_case_are_taken(w: World) {
     let pro = q(plan, json!({"n": "Pro"})).await["data"]["createPlan"]["id"].clone();
     assert!(pro.is_string());
     conflict(&q(plan, json!({"n": "pro"})).await);
+    // Unicode case too, on both backends (SQLite's lower() folds ASCII
+    // only).
+    assert!(q(plan, json!({"n": "Ärger"})).await["data"]["createPlan"]["id"].is_string());
+    conflict(&q(plan, json!({"n": "ärger"})).await);
     let other = q(plan, json!({"n": "Basic"})).await["data"]["createPlan"]["id"].clone();
     conflict(
         &q(

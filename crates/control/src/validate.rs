@@ -147,7 +147,14 @@ pub fn https_url(field: &str, value: &str) -> AppResult<String> {
         && url.fragment().is_none()
         && url.port() != Some(0);
     let host = url.host_str().unwrap_or_default();
-    if url.scheme() != "https" || host.trim_matches('.').is_empty() || !plain {
+    // A name ending in a dot is the same DNS name without it: two URLs
+    // for one gateway, and certificates and SNI do not carry the dot.
+    if url.scheme() != "https"
+        || host.is_empty()
+        || host.starts_with('.')
+        || host.ends_with('.')
+        || !plain
+    {
         return Err(bad());
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -222,6 +229,8 @@ mod tests {
             "https://x.com:0",
             "https://./",
             "https://gw.example.com/vpn",
+            "https://gw.example.com.",
+            "https://gw.example.com.:8443",
         ] {
             assert!(https_url("publicUrl", bad).is_err(), "{bad}");
         }
