@@ -232,7 +232,8 @@ impl SubscriptionMutation {
     /// devices beyond a smaller device limit are refused, the newest
     /// first. NOT_FOUND for an unknown plan; CONFLICT for an archived plan
     /// (other than the subscription's own, which applies its current
-    /// terms again) and for a cancelled subscription.
+    /// terms again; with them already, the subscription is answered as it
+    /// is, unaudited) and for a cancelled subscription.
     #[graphql(guard = "AdminOnly")]
     async fn change_subscription_plan(
         &self,

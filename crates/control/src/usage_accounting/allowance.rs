@@ -242,7 +242,8 @@ pub async fn reset(db: &Db, actor: &Actor, id: SubscriptionId) -> AppResult<Subs
 /// off, one no longer over it connects again; devices beyond a smaller
 /// limit are refused, the newest first. An archived plan takes no one new
 /// (the subscription's own plan may be applied again, to take up its
-/// current terms); a cancelled subscription keeps its terms.
+/// current terms; with them already, it is answered as it is, unaudited);
+/// a cancelled subscription keeps its terms.
 pub async fn change_plan(
     db: &Db,
     actor: &Actor,
@@ -250,6 +251,17 @@ pub async fn change_plan(
     plan_id: PlanId,
 ) -> AppResult<Subscription> {
     actor.require_admin()?;
+    // Its own plan, whose terms it has already: answered as it is, and
+    // nothing audited (as other changes that change nothing).
+    let current = crate::subscriptions::by_ids(db, &[id]).await?.pop();
+    if let Some(sub) = current.filter(|s| s.plan_id == plan_id)
+        && let Some(plan) = crate::catalogue::plans_by_ids(db, &[plan_id]).await?.pop()
+        && (plan.traffic_limit_bytes, plan.device_limit)
+            == (sub.traffic_limit_bytes, sub.device_limit)
+        && sub.status != crate::status::SubscriptionStatus::Cancelled
+    {
+        return Ok(sub);
+    }
     change!(
         db,
         actor,
