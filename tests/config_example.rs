@@ -292,6 +292,54 @@ fn the_control_plane_commands_start_or_name_the_variable() {
     );
 }
 
+/// `up --check` refuses ports that clash (one port for two listeners
+/// cannot start; it said "configuration ok").
+#[test]
+fn up_refuses_ports_that_clash() {
+    let dir = example_dir();
+    refuses(
+        HTTVPS,
+        dir.path(),
+        &[
+            "up",
+            "--check",
+            "--gateway-port",
+            "17453",
+            "--node-port",
+            "17453",
+        ],
+        &[],
+        "--node-port (17453) must differ",
+    );
+    refuses(
+        HTTVPS,
+        dir.path(),
+        &[
+            "up",
+            "--check",
+            "--port",
+            "17090",
+            "--gateway-port",
+            "17090",
+        ],
+        &[],
+        "must differ",
+    );
+    checks(
+        HTTVPS,
+        dir.path(),
+        &[
+            "up",
+            "--check",
+            "--port",
+            "17090",
+            "--gateway-port",
+            "17091",
+        ],
+        &[],
+    );
+}
+
 #[test]
 fn up_starts_from_the_example() {
     let dir = example_dir();

@@ -246,6 +246,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 throttle: throttle.settings()?,
                 http: http.limits()?,
             };
+            // Each listens on 127.0.0.1: one port for two cannot start.
+            let ports = [port, gateway_port, node_port];
+            let clash = ports
+                .iter()
+                .enumerate()
+                .any(|(i, p)| *p != 0 && ports[..i].contains(p));
+            anyhow::ensure!(
+                !clash,
+                "--port ({port}), --gateway-port ({gateway_port}) and --node-port ({node_port}) must differ"
+            );
             if check {
                 println!("{CHECKED}");
                 return Ok(());
@@ -256,13 +266,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "httvps is starting with its data in {}",
                 report.data_dir.display()
             );
+            let new_admin = report.new_admin.as_ref().map(|(email, _)| email.clone());
             if let Some((email, password)) = &report.new_admin {
                 println!(
                     "first admin created (shown once, keep it):\n  email:    {email}\n  password: {}",
                     password.expose()
                 );
             }
-            httvps::up::run_up(report, gateway_port, node_port, httvps::shutdown_signal(), |addr, plane| {
+            let ran = httvps::up::run_up(report, gateway_port, node_port, httvps::shutdown_signal(), |addr, plane| {
                 let base = format!("http://{addr}");
                 println!("console:       {base}/console/  (sign in as the admin)");
                 println!("control plane: {base}  (GraphiQL {base}/graphiql, health {base}/api/v1/health, metrics {base}/metrics)");
@@ -274,7 +285,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  2. httvps-relay connect --backend {base} --device-token <accessToken> --socks 127.0.0.1:1080 --ca-cert {}", plane.cert.display());
                 println!("  3. curl --socks5-hostname 127.0.0.1:1080 {base}/api/v1/health   (any page, through the tunnel)");
             })
-            .await
+            .await;
+            if let (Err(_), Some(email)) = (&ran, new_admin) {
+                // The data is kept: the next start prints no password.
+                eprintln!(
+                    "note: the first admin {email} was created with the password printed above; keep it, it is not shown again"
+                );
+            }
+            ran
         }
         Command::Region { code, name, db } => {
             // Checked before `--check` answers.
