@@ -1357,6 +1357,25 @@ async fn a_client_started_with_no_node_waits_for_one() {
         "the client waits: {}",
         read(&log)
     );
+    // Meanwhile an application is told at once there is no tunnel (its
+    // request sat unanswered in the listen queue until the client was
+    // ready).
+    let text = read(&log);
+    let socks: SocketAddr = text
+        .split("\"socks\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no SOCKS address in the log: {text}"));
+    let mut early = tokio::net::TcpStream::connect(socks)
+        .await
+        .expect("connect");
+    let _ = early.write_all(&[5, 1, 0]).await;
+    let mut b = [0u8; 2];
+    let answered = tokio::time::timeout(Duration::from_secs(3), early.read(&mut b))
+        .await
+        .expect("an answer within 3 s, not a hang");
+    assert!(matches!(answered, Ok(0) | Err(_)), "{answered:?}");
 
     plane
         .sql("UPDATE outline_nodes SET status = 'active'")
@@ -1570,5 +1589,57 @@ async fn a_destinations_reset_reaches_the_application_as_a_reset() {
             std::io::ErrorKind::ConnectionReset,
             "mux {mux}: {e}"
         );
+    }
+}
+
+/// A port-forwarded connection whose tunnel the gateway refuses (the
+/// device revoked) is reset: there is no SOCKS reply to say it, and a
+/// normal close looked like a destination that answered nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_forwarded_connection_is_reset() {
+    use httvps_dataplane::client;
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let local = listener.local_addr().expect("addr");
+    let opts = client::ClientOptions {
+        backend: plane.server.base.clone(),
+        device_token: plane.device_token.as_str().into(),
+        gateway: Some(format!("https://localhost:{}", plane.gateway_addr.port())),
+        ca_cert: Some(plane.cert.clone()),
+        region: None,
+        forward: Some(echo.to_string()),
+        link: Default::default(),
+        mux: false,
+        mux_connections: client::DEFAULT_MUX_CONNECTIONS,
+    };
+    tokio::spawn(async move {
+        let _ = client::run(opts, listener, std::future::pending::<()>()).await;
+    });
+    let mut s = TcpStream::connect(local).await.expect("connect");
+    assert!(alive(&mut s).await, "forwarded before the revocation");
+    plane
+        .gql(
+            "mutation($id:UUID!){revokeDevice(id:$id){status}}",
+            json!({"id": plane.device_id}),
+        )
+        .await;
+    let t0 = Instant::now();
+    loop {
+        let mut s = TcpStream::connect(local).await.expect("connect");
+        let _ = s.write_all(b"ping").await;
+        let mut b = [0u8; 4];
+        let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("an end within 5 s");
+        match got {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Ok(0) => panic!("a refused tunnel ended as a normal close"),
+            _ => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "never refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -160,8 +160,15 @@ async fn tunnel(
     let mut proxied = match open(s, p, target, slot).await {
         Ok(x) => x,
         Err(e) => {
-            if let Answer::Socks = answer {
-                socks_reply(&mut stream, Reply::GeneralFailure, unspecified).await?;
+            match answer {
+                Answer::Socks => {
+                    socks_reply(&mut stream, Reply::GeneralFailure, unspecified).await?;
+                }
+                // No reply to say it: the connection is reset, not closed
+                // as if the destination had answered nothing.
+                Answer::Nothing => {
+                    let _ = stream.set_zero_linger();
+                }
             }
             return Err(e);
         }

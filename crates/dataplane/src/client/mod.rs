@@ -242,7 +242,7 @@ pub async fn run(
         crate::backend::Backend::connect(&opts.backend, opts.device_token.expose(), &opts.link)?;
     let link_tls = TlsConnector::from(Arc::new(opts.link.client_config()?));
     tokio::pin!(shutdown);
-    let Some(params) = params::first(&opts, &backend, &mut shutdown).await? else {
+    let Some(params) = params::first(&opts, &backend, &listener, &mut shutdown).await? else {
         return Ok(());
     };
     let mux = if opts.mux {

@@ -109,10 +109,14 @@ const FIRST_WAIT_MAX: Duration = Duration::from_secs(30);
 /// (a client started by a service manager with the rest of the system, or
 /// while the region's nodes restart), again after 1, 2, 4 … 30 s; a
 /// refusal, a wrong token or a control plane that is not trusted ends the
-/// start at once. `None` when `shutdown` came first.
+/// start at once. Meanwhile a connection to `listener` is reset at once:
+/// an application learns there is no tunnel yet, where its request sat
+/// unanswered in the listen queue until the client was ready. `None` when
+/// `shutdown` came first.
 pub(super) async fn first(
     opts: &ClientOptions,
     backend: &Backend,
+    listener: &tokio::net::TcpListener,
     shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
 ) -> anyhow::Result<Option<Params>> {
     let mut wait = Duration::from_secs(1);
@@ -129,9 +133,18 @@ pub(super) async fn first(
             return Err(e);
         }
         tracing::warn!(error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "asking for a node: trying again");
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = &mut *shutdown => return Ok(None),
+        let again = tokio::time::sleep(wait);
+        tokio::pin!(again);
+        loop {
+            tokio::select! {
+                () = &mut again => break,
+                () = &mut *shutdown => return Ok(None),
+                accepted = listener.accept() => {
+                    if let Ok((early, _)) = accepted {
+                        let _ = early.set_zero_linger();
+                    }
+                }
+            }
         }
         wait = (wait * 2).min(FIRST_WAIT_MAX);
     }
