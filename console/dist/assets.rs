@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-Dlf89kjl.js.br")),
     },
     Asset {
-        path: "assets/console-BCnbrtC3.js",
+        path: "assets/console-KliDrBSn.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"637b3e7f2ae4b8fc1639\"",
+        etag: "\"cb30295422916f032a3b\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-BCnbrtC3.js"),
-        gzip: Some(include_bytes!("assets/console-BCnbrtC3.js.gz")),
-        brotli: Some(include_bytes!("assets/console-BCnbrtC3.js.br")),
+        raw: include_bytes!("assets/console-KliDrBSn.js"),
+        gzip: Some(include_bytes!("assets/console-KliDrBSn.js.gz")),
+        brotli: Some(include_bytes!("assets/console-KliDrBSn.js.br")),
     },
     Asset {
         path: "assets/console-jJQUxGMO.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"e5d7adf842a08e42dcf5\"",
+        etag: "\"b36ff095deb0c2992bcf\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

@@ -120,8 +120,12 @@ fn plain_transfer(headers: &axum::http::HeaderMap) -> bool {
 /// not read, and a pooling client would otherwise send its next one down
 /// a connection that is closing.
 async fn answered_after_body(req: Request, next: Next) -> Response {
+    // Nothing to read (a GET, an upgrade): nothing to note.
+    if http_body::Body::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
-    let read = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(&body)));
+    let read = Arc::new(AtomicBool::new(false));
     let body = Body::new(Tracked {
         inner: body,
         read: Arc::clone(&read),

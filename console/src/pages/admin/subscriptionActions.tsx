@@ -34,18 +34,39 @@ function useUserSearch(text: string) {
   return matches;
 }
 
-export function GrantDialog(props: { user?: Pick<User, 'id' | 'email'>; onClose: () => void; onGranted: () => void }) {
-  const [email, setEmail] = useState(props.user?.email ?? '');
-  const [planId, setPlanId] = useState('');
-  const matches = useUserSearch(props.user ? '' : email);
+/** The plans that take new subscribers, and the one chosen (`initial`, else the first). */
+function usePlanChoice(initial: string) {
+  const [planId, setPlanId] = useState(initial);
   const plans = useQuery(
     (signal) => gql<{ plans: Connection<Plan> }>(doc.PLANS, { includeArchived: false, first: 100 }, signal),
     [],
   );
-  const planList = plans.data?.plans.nodes ?? [];
+  const list = plans.data?.plans.nodes ?? [];
   useEffect(() => {
-    if (!planId && planList[0]) setPlanId(planList[0].id);
-  }, [planList.length]);
+    if (!planId && list[0]) setPlanId(list[0].id);
+  }, [list.length]);
+  return { planId, setPlanId, list, error: plans.error, chosen: list.find((p) => p.id === planId) };
+}
+
+/** A select of `choice`'s plans, each shown as `describe` says. */
+function PlanSelect(props: { id: string; choice: ReturnType<typeof usePlanChoice>; describe: (p: Plan) => string }) {
+  const { choice } = props;
+  return (
+    <select id={props.id} required value={choice.planId} onChange={(e) => choice.setPlanId(e.currentTarget.value)}>
+      {choice.list.length === 0 && <option value="">No plans: create one first</option>}
+      {choice.list.map((p) => (
+        <option key={p.id} value={p.id}>
+          {props.describe(p)}
+        </option>
+      ))}
+    </select>
+  );
+}
+
+export function GrantDialog(props: { user?: Pick<User, 'id' | 'email'>; onClose: () => void; onGranted: () => void }) {
+  const [email, setEmail] = useState(props.user?.email ?? '');
+  const matches = useUserSearch(props.user ? '' : email);
+  const choice = usePlanChoice('');
   const act = useAction(async () => {
     let userId = props.user?.id;
     if (!userId) {
@@ -58,9 +79,8 @@ export function GrantDialog(props: { user?: Pick<User, 'id' | 'email'>; onClose:
       if (!found) throw new ApiError('NOT_FOUND', `no account with the email ${wanted}`);
       userId = found.id;
     }
-    await gql(doc.GRANT, { userId, planId });
-    const plan = planList.find((p) => p.id === planId);
-    toast(`${plan?.name ?? 'Plan'} granted to ${email.trim()}`);
+    await gql(doc.GRANT, { userId, planId: choice.planId });
+    toast(`${choice.chosen?.name ?? 'Plan'} granted to ${email.trim()}`);
     props.onGranted();
   });
   return (
@@ -97,21 +117,19 @@ export function GrantDialog(props: { user?: Pick<User, 'id' | 'email'>; onClose:
         )}
         <Field label="Plan">
           {(id) => (
-            <select id={id} required value={planId} onChange={(e) => setPlanId(e.currentTarget.value)}>
-              {planList.length === 0 && <option value="">No plans: create one first</option>}
-              {planList.map((p) => (
-                <option key={p.id} value={p.id}>
-                  {p.name} · {p.durationDays} days · {p.trafficLimitBytes ? bytes(p.trafficLimitBytes) : 'unlimited'} ·{' '}
-                  {money(p.priceCents, p.currency)}
-                </option>
-              ))}
-            </select>
+            <PlanSelect
+              id={id}
+              choice={choice}
+              describe={(p) =>
+                `${p.name} · ${p.durationDays} days · ${p.trafficLimitBytes ? bytes(p.trafficLimitBytes) : 'unlimited'} · ${money(p.priceCents, p.currency)}`
+              }
+            />
           )}
         </Field>
-        <ErrorNote error={act.error ?? plans.error} />
+        <ErrorNote error={act.error ?? choice.error} />
         <footer class="dialog-foot">
           <Button onClick={props.onClose}>Cancel</Button>
-          <Button type="submit" variant="primary" busy={act.busy} disabled={!planId}>
+          <Button type="submit" variant="primary" busy={act.busy} disabled={!choice.planId}>
             Grant plan
           </Button>
         </footer>
@@ -193,19 +211,10 @@ function TrafficDialog(props: { sub: Subscription; onClose: () => void; onDone: 
 }
 
 function ChangePlanDialog(props: { sub: Subscription; onClose: () => void; onDone: () => void }) {
-  const [planId, setPlanId] = useState(props.sub.plan?.id ?? '');
-  const plans = useQuery(
-    (signal) => gql<{ plans: Connection<Plan> }>(doc.PLANS, { includeArchived: false, first: 100 }, signal),
-    [],
-  );
-  const planList = plans.data?.plans.nodes ?? [];
-  useEffect(() => {
-    if (!planId && planList[0]) setPlanId(planList[0].id);
-  }, [planList.length]);
+  const choice = usePlanChoice(props.sub.plan?.id ?? '');
   const act = useAction(async () => {
-    await gql(doc.CHANGE_PLAN, { id: props.sub.id, planId });
-    const plan = planList.find((p) => p.id === planId);
-    toast(`Moved to ${plan?.name ?? 'the plan'}`);
+    await gql(doc.CHANGE_PLAN, { id: props.sub.id, planId: choice.planId });
+    toast(`Moved to ${choice.chosen?.name ?? 'the plan'}`);
     props.onDone();
   });
   return (
@@ -224,20 +233,19 @@ function ChangePlanDialog(props: { sub: Subscription; onClose: () => void; onDon
       >
         <Field label="New plan">
           {(id) => (
-            <select id={id} required value={planId} onChange={(e) => setPlanId(e.currentTarget.value)}>
-              {planList.length === 0 && <option value="">No plans: create one first</option>}
-              {planList.map((p) => (
-                <option key={p.id} value={p.id}>
-                  {p.name} · {p.trafficLimitBytes ? bytes(p.trafficLimitBytes) : 'unlimited'} · {p.deviceLimit} devices
-                </option>
-              ))}
-            </select>
+            <PlanSelect
+              id={id}
+              choice={choice}
+              describe={(p) =>
+                `${p.name} · ${p.trafficLimitBytes ? bytes(p.trafficLimitBytes) : 'unlimited'} · ${p.deviceLimit} devices`
+              }
+            />
           )}
         </Field>
-        <ErrorNote error={act.error ?? plans.error} />
+        <ErrorNote error={act.error ?? choice.error} />
         <footer class="dialog-foot">
           <Button onClick={props.onClose}>Cancel</Button>
-          <Button type="submit" variant="primary" busy={act.busy} disabled={!planId}>
+          <Button type="submit" variant="primary" busy={act.busy} disabled={!choice.planId}>
             Change plan
           </Button>
         </footer>
