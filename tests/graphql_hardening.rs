@@ -460,6 +460,66 @@ async fn a_document_whose_fragments_multiply_is_refused_at_once() {
     server.stop().await;
 }
 
+/// Values nested thousands deep (4 KB, no credentials) overflowed a
+/// worker's stack and aborted the whole process, over POST, GET and the
+/// WebSocket alike. They are refused on the document's text, and the
+/// server answers on.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_nested_thousands_deep_are_refused_and_the_server_lives() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let n = 3_000;
+    let (open, close) = ("[".repeat(n), "]".repeat(n));
+    let documents = [
+        format!("{{settings(x:{open}1{close}){{signUpEnabled}}}}"),
+        format!(
+            "{{settings(x:{}1{}){{signUpEnabled}}}}",
+            "{a:".repeat(n),
+            "}".repeat(n)
+        ),
+        format!("query($v:Int={open}1{close}){{settings{{signUpEnabled}}}}"),
+    ];
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
+    for (i, doc) in documents.iter().enumerate() {
+        let r = gql(&server.base, None, doc, json!({})).await;
+        assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+        assert!(r.to_string().contains("deep"), "{r}");
+        ws.send(ws_op(
+            "graphql-transport-ws",
+            &format!("deep{i}"),
+            doc,
+            json!({}),
+        ))
+        .await
+        .expect("send");
+        let r = ws_next(&mut ws).await;
+        assert_eq!(ws_code(&r), Some("BAD_REQUEST"), "{r}");
+    }
+    // GET reads a document to tell a query from a mutation: measured
+    // before that (1,000 levels, as long as a request target may be).
+    let n = 1_000;
+    let doc = format!(
+        "query($v:Int={}1{}){{settings{{signUpEnabled}}}}",
+        "[".repeat(n),
+        "]".repeat(n)
+    );
+    let r: Value = common::client()
+        .get(format!("{}/graphql", server.base))
+        .query(&[("query", doc.as_str())])
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(r.to_string().contains("deep"), "{r}");
+    let r = gql(&server.base, None, "{settings{signUpEnabled}}", json!({})).await;
+    assert!(r["data"]["settings"]["signUpEnabled"].is_boolean(), "{r}");
+    server.stop().await;
+}
+
 /// A document made of mistakes gets an answer about its own size: too
 /// many argument values or variables are refused whole, and the errors
 /// listed stop at 50 (then one saying how many more), so an anonymous 64 KB

@@ -348,6 +348,10 @@ async fn graphql_get(
             return graphql_error(AppError::bad(why));
         }
     };
+    // Its shape first: telling a query from a mutation parses the document.
+    if let Err(e) = check_document(&params.query) {
+        return graphql_error(e);
+    }
     if !is_query_only(&params.query, params.operation_name.as_deref()) {
         return graphql_error(AppError::bad(
             "only queries may be sent with GET; POST mutations as JSON",

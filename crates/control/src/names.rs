@@ -1,8 +1,9 @@
 //! Names an operator tells apart: a plan, node or gateway name, or a
 //! gateway's public URL, is refused (CONFLICT) when another row holds it
-//! in another case ("Pro" beside "pro", "Ärger" beside "ärger"), which the
-//! schema's `UNIQUE`, comparing as written, lets through. Compared in
-//! Unicode lower case here, the same on both backends (SQLite's `lower()`
+//! in another case or writing ("Pro" beside "pro", "Ärger" beside "ärger",
+//! a decomposed "Ä" beside a precomposed one), which the schema's
+//! `UNIQUE`, comparing as written, lets through. Compared in Unicode NFKC
+//! and lower case here, the same on both backends (SQLite's `lower()`
 //! folds ASCII only); the tables are the operator's few rows.
 
 use crate::db::Statement;
@@ -16,9 +17,21 @@ pub const NAMES_LOCK: Statement = Statement {
     sqlite: "",
 };
 
-/// Whether `a` and `b` are the same name in another case.
+/// Whether `a` and `b` are the same name in another case or another
+/// writing of the same characters: compared in Unicode NFKC and lower
+/// case, as email addresses are ("Öl" with a precomposed Ö beside an O
+/// and a combining diaeresis, full-width "Ｐｒｏ" beside "Pro": the same
+/// name on screen).
 pub fn same_name(a: &str, b: &str) -> bool {
-    a == b || a.to_lowercase() == b.to_lowercase()
+    a == b || folded(a) == folded(b)
+}
+
+/// `name` in NFKC, lower case, NFKC again (lower-casing can undo the
+/// normal form).
+fn folded(name: &str) -> String {
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    nfkc.normalize(&nfkc.normalize(name).to_lowercase())
+        .into_owned()
 }
 
 /// Inside a transaction on `$conn`: refuses with CONFLICT `$what` when a
@@ -51,6 +64,12 @@ mod tests {
         assert!(same_name("Pro", "pro"));
         assert!(same_name("Ärger", "ärger"));
         assert!(same_name("KÖLN-1", "Köln-1"));
+        assert!(
+            same_name("\u{d6}l", "O\u{308}l"),
+            "precomposed and decomposed"
+        );
+        assert!(same_name("\u{ff30}\u{ff52}\u{ff4f}", "pro"), "full-width");
         assert!(!same_name("Pro", "Pro2"));
+        assert!(!same_name("\u{d6}l", "Ol"));
     }
 }

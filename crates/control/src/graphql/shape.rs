@@ -34,13 +34,25 @@ pub const MAX_VARIABLES: usize = 100;
 /// Most errors one answer lists, over HTTP and the WebSocket alike (then
 /// one saying how many more).
 pub const MAX_ERRORS: usize = 50;
+/// Most brackets (`{`, `[`, `(`) a document may open within one another.
+/// The parser and every walk of a document recurse once per level: 2,000
+/// nested list values (4 KB) overflowed a worker's stack and aborted the
+/// process. Selections are bounded to 12 levels and nothing legitimate
+/// nests values deeply, so this bound is far from real documents.
+pub const MAX_NESTING: usize = 64;
 
 /// Refuses a document with more than [`MAX_ALIASES`] aliases (fragments
 /// included), or whose operations or fragments hold more than
 /// [`MAX_SELECTIONS`] selections once expanded, or spread fragments
-/// deeper than 32. A document that does not parse passes (the engine
-/// answers it).
+/// deeper than 32, or that opens brackets more than [`MAX_NESTING`] deep
+/// (checked on the text first, before anything recurses over it). A
+/// document that does not parse passes (the engine answers it).
 pub fn check_document(query: &str) -> Result<(), AppError> {
+    if nesting(query) > MAX_NESTING {
+        return Err(AppError::bad(format!(
+            "the query nests selections, lists or objects more than {MAX_NESTING} deep"
+        )));
+    }
     let Ok(doc) = async_graphql::parser::parse_query(query) else {
         return Ok(());
     };
@@ -106,6 +118,46 @@ pub fn check_document(query: &str) -> Result<(), AppError> {
         )));
     }
     Ok(())
+}
+
+/// How deep the brackets of a GraphQL document nest (`{`, `[` and `(`
+/// alike), read as its lexer would read it: not inside strings, block
+/// strings or comments. One pass, no recursion; an unbalanced or
+/// unterminated document is measured as far as it goes.
+fn nesting(query: &str) -> usize {
+    let b = query.as_bytes();
+    let (mut i, mut depth, mut most) = (0, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if b[i..].starts_with(br#"""""#) => {
+                i += 3;
+                while i < b.len() && !b[i..].starts_with(br#"""""#) {
+                    // `\"""` is an escaped delimiter; nothing else escapes.
+                    i += if b[i..].starts_with(br#"\""""#) { 4 } else { 1 };
+                }
+                i += 2;
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                most = most.max(depth);
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    most
 }
 
 /// The response keys (alias or name) a root selection set gives, through
@@ -359,6 +411,40 @@ mod tests {
         ] {
             assert!(check_document(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_anything_recurses() {
+        // What aborted the process: values nested 2,000 and 3,000 deep in
+        // an argument, an object argument, a variable's default.
+        for n in [MAX_NESTING + 1, 2_000, 3_000, 100_000] {
+            let (open, close) = ("[".repeat(n), "]".repeat(n));
+            let list = format!("{{settings(x:{open}1{close}){{signUpEnabled}}}}");
+            let object = format!(
+                "{{settings(x:{}1{}){{signUpEnabled}}}}",
+                "{a:".repeat(n),
+                "}".repeat(n)
+            );
+            let default = format!("query($v:Int={open}1{close}){{settings{{signUpEnabled}}}}");
+            let selections = format!("{}{}", "{a".repeat(n), "}".repeat(n));
+            for q in [list, object, default, selections, open] {
+                assert!(check_document(&q).is_err(), "{n} levels");
+            }
+        }
+        assert_eq!(nesting("{ a(x: [[1]]) { b { c } } }"), 4);
+        // Brackets in strings, block strings (an escaped delimiter too) and
+        // comments are not the document's.
+        let noise = "[{(".repeat(100);
+        let quoted = format!(
+            r#"{{ a(x: "{noise}\"{noise}", y: """{noise}\"""{noise}""") # {noise}
+               {{ b }} }}"#
+        );
+        assert_eq!(nesting(&quoted), 2, "{quoted}");
+        assert!(check_document(&quoted).is_ok());
+        let (open, close) = ("[".repeat(60), "]".repeat(60));
+        assert!(
+            check_document(&format!("{{settings(x:{open}1{close}){{signUpEnabled}}}}")).is_ok()
+        );
     }
 
     #[test]

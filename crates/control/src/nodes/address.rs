@@ -37,7 +37,14 @@ pub(super) fn host(value: &str) -> AppResult<String> {
         // (`1.2.3`, `0x7f.1`): written wrong, or meant to mislead.
         Ok(_) | Err(_) => return Err(bad()),
     };
-    let name = ascii.strip_suffix('.').unwrap_or(&ascii);
+    // A name ending in a dot is the same DNS name without it: two nodes'
+    // hosts would differ only in writing (as a gateway's URL is refused).
+    if ascii.ends_with('.') {
+        return Err(AppError::bad(
+            "host must not end in a dot (it names the same host without it)",
+        ));
+    }
+    let name = ascii.as_str();
     let label_ok = |l: &str| {
         (1..=63).contains(&l.len())
             && l.bytes()
@@ -67,7 +74,6 @@ mod tests {
             ("[2001:db8::1]", "2001:db8::1"),
             ("node", "node"),
             ("node-1.eu.example.com", "node-1.eu.example.com"),
-            ("example.com.", "example.com."),
             ("my_node", "my_node"),
             ("123.example.com", "123.example.com"),
             ("Node-1.EU.Example.com", "node-1.eu.example.com"),
@@ -97,6 +103,8 @@ mod tests {
             "0x7f.0.0.0x1",
             "0x7f",
             "ex%61mple.com",
+            "example.com.",
+            "EXAMPLE.com.",
         ] {
             assert!(host(bad).is_err(), "{bad}");
         }
