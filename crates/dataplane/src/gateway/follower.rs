@@ -38,11 +38,20 @@ pub(crate) struct Beats {
     kick: Notify,
     unreachable: Mutex<HashSet<String>>,
     reachable: Mutex<HashSet<String>>,
-    /// Nodes not reached, by id: their address and since when, dialled
-    /// again by [`probe_loop`] until they answer.
-    unreached: Mutex<HashMap<String, (String, Instant)>>,
+    /// Nodes not reached, by id, dialled again by [`probe_loop`] until
+    /// they answer.
+    unreached: Mutex<HashMap<String, Unreached>>,
     /// Whether the last heartbeat was refused for the gateway's token.
     refused: AtomicBool,
+}
+
+/// A node not reached: where it was dialled, since when, and when it was
+/// last reported unreachable.
+#[derive(Debug)]
+struct Unreached {
+    addr: String,
+    since: Instant,
+    reported: Instant,
 }
 
 impl Beats {
@@ -61,12 +70,46 @@ impl Beats {
     }
 
     /// Notes that the node at `addr` did not take a connection: it is
-    /// reported, and dialled again until it answers.
+    /// reported, and dialled again (at this address, the one it was given
+    /// last) until it answers.
     pub fn unreachable(&self, node_id: &str, addr: &str) {
         lock(&self.unreachable).insert(node_id.to_owned());
-        lock(&self.unreached)
-            .entry(node_id.to_owned())
-            .or_insert_with(|| (addr.to_owned(), Instant::now()));
+        let now = Instant::now();
+        let mut unreached = lock(&self.unreached);
+        match unreached.get_mut(node_id) {
+            Some(u) if u.addr == addr => u.reported = now,
+            // New, or moved (`node update`): dialling the old address
+            // could find the node's process there and call it reached.
+            _ => {
+                unreached.insert(
+                    node_id.to_owned(),
+                    Unreached {
+                        addr: addr.to_owned(),
+                        since: now,
+                        reported: now,
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl Beats {
+    /// A dial of a node not reached failed again: it is reported again
+    /// every [`REPORT_AGAIN`], so the control plane keeps it down (its
+    /// hold of a report lasts 60 s) while its own heartbeats say it runs
+    /// and no tunnel reaches it: a wrong registered port, a firewall.
+    fn still_unreached(&self, node_id: &str, now: Instant) {
+        let again = lock(&self.unreached).get_mut(node_id).is_some_and(|u| {
+            let due = now.saturating_duration_since(u.reported) >= REPORT_AGAIN;
+            if due {
+                u.reported = now;
+            }
+            due
+        });
+        if again {
+            lock(&self.unreachable).insert(node_id.to_owned());
+        }
     }
 }
 
@@ -123,6 +166,10 @@ impl Gateway {
 /// How often a node not reached is dialled again.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
 
+/// How often a node that stays unreached is reported again (a third of
+/// the control plane's hold of a report).
+const REPORT_AGAIN: Duration = Duration::from_secs(20);
+
 /// How long one such dial may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -135,16 +182,19 @@ const PROBE_FOR: Duration = Duration::from_secs(15 * 60);
 /// node a gateway could not reach down until a gateway reaches it, and no
 /// tunnel goes to a node that is down: without this, a node restarted in
 /// two seconds stayed out of rotation for a minute, a whole region's
-/// outage when it was the region's only node.
+/// outage when it was the region's only node. One that does not answer is
+/// reported unreachable again every [`REPORT_AGAIN`] (for up to
+/// [`PROBE_FOR`]): a node that heartbeats but that no gateway reaches came
+/// up again a minute after the one report.
 pub(crate) async fn probe_loop(gw: Arc<Gateway>) {
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let due: Vec<(String, String)> = {
             let mut unreached = lock(&gw.beats.unreached);
-            unreached.retain(|_, (_, since)| since.elapsed() < PROBE_FOR);
+            unreached.retain(|_, u| u.since.elapsed() < PROBE_FOR);
             unreached
                 .iter()
-                .map(|(id, (addr, _))| (id.clone(), addr.clone()))
+                .map(|(id, u)| (id.clone(), u.addr.clone()))
                 .collect()
         };
         let mut answered = false;
@@ -154,6 +204,8 @@ pub(crate) async fn probe_loop(gw: Arc<Gateway>) {
                 tracing::info!(node.id = %id, "node reachable again");
                 gw.beats.reachable(&id);
                 answered = true;
+            } else {
+                gw.beats.still_unreached(&id, Instant::now());
             }
         }
         if answered {
@@ -254,5 +306,35 @@ pub(crate) async fn access_loop(gw: Arc<Gateway>) {
             Err(e) => tracing::debug!(error = %e, "access events unavailable"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(b: &Beats) -> Vec<String> {
+        lock(&b.unreachable).drain().collect()
+    }
+
+    #[test]
+    fn a_node_that_stays_unreached_is_reported_again_at_its_latest_address() {
+        let b = Beats::default();
+        b.unreachable("n1", "10.0.0.5:8388");
+        assert_eq!(reported(&b), ["n1"], "the first failure");
+        let t0 = Instant::now();
+        b.still_unreached("n1", t0);
+        assert!(reported(&b).is_empty(), "not at every failed dial");
+        b.still_unreached("n1", t0 + REPORT_AGAIN + Duration::from_secs(1));
+        assert_eq!(reported(&b), ["n1"], "again while it stays unreached");
+        // Moved: dialled at the new address, not at the old one (where
+        // its process may still answer).
+        b.unreachable("n1", "10.0.0.5:9999");
+        assert_eq!(lock(&b.unreached)["n1"].addr, "10.0.0.5:9999");
+        // Reached: no longer dialled nor reported.
+        b.reachable("n1");
+        b.still_unreached("n1", t0 + REPORT_AGAIN * 10);
+        assert_eq!(reported(&b), ["n1"], "only the move's own report");
+        assert!(lock(&b.unreached).is_empty());
     }
 }

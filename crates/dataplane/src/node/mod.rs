@@ -167,6 +167,10 @@ pub fn spawn_heartbeats(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        // Said once when it begins and once when it ends, not at every
+        // beat: a node removed or rotated while it runs logged an error
+        // every 5 s for as long as it ran.
+        let mut failing = Failing::default();
         loop {
             tick.tick().await;
             let beat = OutlineBeat {
@@ -179,13 +183,57 @@ pub fn spawn_heartbeats(
                 bytes_in: i64::try_from(node.rx()).unwrap_or(i64::MAX),
                 bytes_out: i64::try_from(node.tx()).unwrap_or(i64::MAX),
             };
-            if let Err(e) = backend.outline_heartbeat(&beat).await {
-                if matches!(e, crate::backend::BackendError::Status { status: 401, .. }) {
-                    tracing::error!(error = %e, "heartbeat refused: the control plane no longer knows this node's token (removed or rotated); enroll it again");
-                } else {
-                    tracing::warn!(error = %e, "heartbeat failed");
+            match backend.outline_heartbeat(&beat).await {
+                Ok(_) => {
+                    if failing.ended() {
+                        tracing::info!("heartbeat accepted again");
+                    }
+                }
+                Err(e) if matches!(e, crate::backend::BackendError::Status { status: 401, .. }) => {
+                    if failing.began(true) {
+                        tracing::error!(error = %e, "heartbeat refused: the control plane no longer knows this node's token (removed or rotated); enroll it again");
+                    }
+                }
+                Err(e) => {
+                    if failing.began(false) {
+                        tracing::warn!(error = %e, "heartbeat failed; said again once it works");
+                    }
                 }
             }
         }
     })
+}
+
+/// A run of failed calls to the control plane, to log once as it begins
+/// (or changes from an outage to a refusal, or back) and once as it ends.
+#[derive(Debug, Default)]
+pub(crate) struct Failing(Option<bool>);
+
+impl Failing {
+    /// A call failed (`refused`: the token was refused); whether to say so.
+    pub(crate) fn began(&mut self, refused: bool) -> bool {
+        self.0.replace(refused) != Some(refused)
+    }
+
+    /// A call worked; whether a run of failures just ended.
+    pub(crate) fn ended(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failing;
+
+    #[test]
+    fn a_run_of_failures_is_said_as_it_begins_changes_and_ends() {
+        let mut f = Failing::default();
+        assert!(!f.ended(), "nothing failed");
+        assert!(f.began(true), "the first refusal");
+        assert!(!f.began(true), "not every beat");
+        assert!(f.began(false), "now an outage");
+        assert!(!f.began(false));
+        assert!(f.ended(), "works again");
+        assert!(!f.ended());
+    }
 }

@@ -431,6 +431,7 @@ pub fn spawn_reports(
         let mut tick = tokio::time::interval(ask_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u128 = 0;
+        let mut failing = super::Failing::default();
         loop {
             tick.tick().await;
             ticks += 1;
@@ -440,7 +441,12 @@ pub fn spawn_reports(
             }
             for part in parts(pending) {
                 match backend.witness_report(&part).await {
-                    Ok(WitnessResponse { ties, .. }) => witness.mark_reported(&part, &ties),
+                    Ok(WitnessResponse { ties, .. }) => {
+                        if failing.ended() {
+                            tracing::info!("witness reports accepted again");
+                        }
+                        witness.mark_reported(&part, &ties);
+                    }
                     // Refused as it is (a session deleted under it, a
                     // body the control plane cannot take): resending it
                     // would be refused again.
@@ -451,7 +457,10 @@ pub fn spawn_reports(
                         witness.mark_reported(&part, &[]);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "witness report failed; will resend");
+                        let refused = matches!(e, BackendError::Status { status: 401, .. });
+                        if failing.began(refused) {
+                            tracing::warn!(error = %e, "witness report failed; resent until it is taken (said again once it is)");
+                        }
                         break;
                     }
                 }
