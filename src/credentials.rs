@@ -156,8 +156,15 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         pin: pin.or(s.link.pin),
         ..s.link.clone()
     };
-    let once = Backend::connect(&e.url, e.token.expose(), &link)
-        .with_context(|| format!("{p}_ENROLL: the control plane's URL"))?;
+    if link.ca_file.is_some() {
+        link.client_config()
+            .with_context(|| format!("{p}_BACKEND_CA (--backend-ca)"))?;
+    }
+    let once = Backend::connect(&e.url, e.token.expose(), &link).with_context(|| {
+        format!(
+            "{p}_ENROLL: the string's control-plane URL (BACKEND_PUBLIC_URL where it was printed; the string is not spent)"
+        )
+    })?;
     if check {
         return match &stored {
             Some(stored) => from_stored(stored, &s),
@@ -237,8 +244,14 @@ fn not_redeemed(
             "{p}_ENROLL: the control plane did not answer ({e}); the string is not spent: start again once it answers"
         );
     }
+    if matches!(e, BackendError::Status { status: 401, .. }) {
+        return anyhow::anyhow!(
+            "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, until it expires (24 h unless `--ttl-hours` said otherwise): print a new one with `httvps {kind} rotate <id>`"
+        );
+    }
+    // Any other answer is no refusal of the token: the string stands.
     anyhow::anyhow!(
-        "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, until it expires (24 h unless `--ttl-hours` said otherwise): print a new one with `httvps {kind} rotate <id>`"
+        "{p}_ENROLL: {url} did not take the enrollment ({e}); the string is not spent: if its URL is not the control plane's base URL, set BACKEND_PUBLIC_URL to it and print the string again with `httvps {kind} rotate <id>`, else start again"
     )
 }
 
@@ -275,5 +288,11 @@ mod tests {
             message: String::new(),
         });
         assert!(spent.contains("httvps node rotate"), "{spent}");
+        let other = says(BackendError::Status {
+            status: 405,
+            code: "METHOD_NOT_ALLOWED".into(),
+            message: String::new(),
+        });
+        assert!(other.contains("not spent"), "{other}");
     }
 }

@@ -298,24 +298,11 @@ pub struct GatewaySetup {
     pub admin_listen: SocketAddr,
 }
 
+/// The gateway's settings checked and its credentials resolved (with
+/// `check`, an enrollment string is read but not redeemed). Its own
+/// settings (URL, certificate, ACME, data directory) are checked before
+/// the string is redeemed, so a mistake in them leaves the string unspent.
 pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<GatewaySetup> {
-    let backend = credentials::resolve(
-        Sources {
-            kind: "gateway",
-            prefix: "GATEWAY",
-            backend: a.backend,
-            token: a.token,
-            enroll: a.enroll,
-            file: &a.credentials,
-            link: Link {
-                ca_file: a.backend_ca,
-                pin: a.backend_pin,
-                private_link: a.private_link,
-            },
-        },
-        check,
-    )
-    .await?;
     let public_url = required(
         a.public_url,
         "GATEWAY_PUBLIC_URL",
@@ -355,6 +342,25 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating {} (GATEWAY_DATA_DIR)", dir.display()))?;
     }
+    // The machine's own settings first: a mistake in them ends the start
+    // before a one-time enrollment string is spent.
+    let backend = credentials::resolve(
+        Sources {
+            kind: "gateway",
+            prefix: "GATEWAY",
+            backend: a.backend,
+            token: a.token,
+            enroll: a.enroll,
+            file: &a.credentials,
+            link: Link {
+                ca_file: a.backend_ca,
+                pin: a.backend_pin,
+                private_link: a.private_link,
+            },
+        },
+        check,
+    )
+    .await?;
     let opts = gateway::GatewayOptions {
         public_url,
         max_tunnels: a.max_tunnels,

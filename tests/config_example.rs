@@ -384,8 +384,18 @@ fn up_starts_from_the_example() {
 fn the_data_plane_commands_start_or_name_the_variable() {
     let dir = example_dir();
     let d = dir.path();
-    // As shipped, each names the credential it needs first.
-    refuses(RELAY, d, &["gateway"], &[], "GATEWAY_TOKEN");
+    // As shipped, each names what it needs first: the gateway its own
+    // settings (checked before an enrollment string is redeemed, so a
+    // mistake in them leaves the string unspent), the others their
+    // credential.
+    refuses(RELAY, d, &["gateway"], &[], "GATEWAY_TLS_CERT");
+    refuses(
+        RELAY,
+        d,
+        &["gateway", "--check"],
+        &[("GATEWAY_SELF_SIGNED", "true")],
+        "GATEWAY_TOKEN",
+    );
     refuses(RELAY, d, &["node"], &[], "NODE_TOKEN");
     refuses(RELAY, d, &["connect"], &[], "CLIENT_DEVICE_TOKEN");
     // With a token, the control plane's URL is named next: the example

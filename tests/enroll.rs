@@ -353,6 +353,35 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     );
     let gw_creds = d.join("gw.json");
     let log = d.join("gateway.log");
+    // A start that its own settings end (no public URL) leaves the string
+    // unspent: it was redeemed before they were checked.
+    let mistaken = d.join("gw-mistaken.json");
+    let out = relay(
+        &[
+            "gateway",
+            "--enroll",
+            &s,
+            "--credentials",
+            mistaken.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{gw_port}"),
+            "--self-signed",
+            "--cert",
+            d.join("gw.crt").to_str().expect("path"),
+            "--key",
+            d.join("gw.key").to_str().expect("path"),
+        ],
+        &log,
+    )
+    .status()
+    .await
+    .expect("gateway");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !out.success() && said.contains("GATEWAY_PUBLIC_URL"),
+        "{said}"
+    );
+    assert!(!mistaken.exists(), "nothing redeemed: {said}");
     let mut gateway = relay(
         &[
             "gateway",

@@ -52,8 +52,13 @@ fn load(files: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
         "{} holds no certificate",
         files.cert.display()
     );
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .with_context(|| format!("reading {}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => anyhow::anyhow!(
+            "{} holds no private key (-----BEGIN PRIVATE KEY-----)",
+            files.key.display()
+        ),
+        e => anyhow::Error::new(e).context(format!("reading {}", files.key.display())),
+    })?;
     let signing = provider()
         .key_provider
         .load_private_key(key)

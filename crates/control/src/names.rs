@@ -26,12 +26,17 @@ pub fn same_name(a: &str, b: &str) -> bool {
     a == b || folded(a) == folded(b)
 }
 
-/// `name` in NFKC, lower case, NFKC again (lower-casing can undo the
-/// normal form).
+/// `name` without the characters that show nothing where they stand
+/// (marks, joiners, tags: "Go\u{200e}ld" looks like "Gold"), in NFKC,
+/// lower case, NFKC again (lower-casing can undo the normal form).
 fn folded(name: &str) -> String {
     let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
-    nfkc.normalize(&nfkc.normalize(name).to_lowercase())
-        .into_owned()
+    let seen: String = nfkc
+        .normalize(name)
+        .chars()
+        .filter(|&c| !crate::validate::invisible(c))
+        .collect();
+    nfkc.normalize(&seen.to_lowercase()).into_owned()
 }
 
 /// Inside a transaction on `$conn`: refuses with CONFLICT `$what` when a
@@ -69,6 +74,9 @@ mod tests {
             "precomposed and decomposed"
         );
         assert!(same_name("\u{ff30}\u{ff52}\u{ff4f}", "pro"), "full-width");
+        assert!(same_name("Gold", "Go\u{200e}ld"), "a direction mark");
+        assert!(same_name("Gold", "Gold\u{e0020}"), "a tag");
+        assert!(same_name("Gold", "Go\u{ad}ld"), "a soft hyphen");
         assert!(!same_name("Pro", "Pro2"));
         assert!(!same_name("\u{d6}l", "Ol"));
     }

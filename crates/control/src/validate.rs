@@ -40,8 +40,22 @@ pub fn text(field: &str, value: &str, min: usize, max: usize) -> AppResult<Strin
 /// splits a log line.
 fn hidden_or_breaking(c: char) -> bool {
     matches!(u32::from(c),
-        0x115F..=0x1160 | 0x180E | 0x200B | 0x2028..=0x2029 | 0x2060..=0x2064
-        | 0x3164 | 0xFEFF | 0xFFA0 | 0x1D173..=0x1D17A)
+        0x115F..=0x1160 | 0x180E | 0x200B | 0x2028..=0x2029 | 0x2060..=0x206F
+        | 0x3164 | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0x1D173..=0x1D17A)
+}
+
+/// Whether `c` is invisible where it stands: a default-ignorable code
+/// point (zero-width spaces and joiners, bidirectional marks and controls,
+/// soft hyphens, variation selectors, tags...), an interlinear annotation
+/// character or the blank Braille pattern. An email address holding one
+/// would look like another; names may hold some (right-to-left names and
+/// emoji need marks and joiners) but are compared without them.
+pub fn invisible(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5
+        | 0x180B..=0x180F | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
+        | 0x2800 | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
 /// Characters that names may need beside visible ones but that alone show

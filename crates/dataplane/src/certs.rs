@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
@@ -29,8 +29,7 @@ fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing {}", cert.display()))?;
     anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", cert.display());
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let key = crate::tls::private_key(key)?;
     let signing = crate::tls::provider()
         .key_provider
         .load_private_key(key)

@@ -117,6 +117,19 @@ impl Link {
         let host = url
             .host()
             .with_context(|| format!("{base:?} has no host"))?;
+        // Requests are made below the base URL: a query or fragment would
+        // be lost or misplaced, and credentials would be sent as Basic
+        // authentication in place of the machine's token.
+        if !url.username().is_empty() || url.password().is_some() {
+            anyhow::bail!(
+                "{base:?} holds credentials: the control plane's URL is https://HOST[:PORT]"
+            );
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            anyhow::bail!(
+                "{base:?} holds a query or a fragment: the control plane's URL is https://HOST[:PORT]"
+            );
+        }
         match url.scheme() {
             "https" => Ok(url),
             "http" if self.pin.is_some() || self.ca_file.is_some() => Err(anyhow::anyhow!(
@@ -260,6 +273,10 @@ mod tests {
             "ftp://127.0.0.1",
             "127.0.0.1:8000",
             "",
+            "https://cp.example.com?x=1",
+            "https://cp.example.com:8443#frag",
+            "https://ops:secret@cp.example.com",
+            "https://ops@cp.example.com",
         ] {
             assert!(open.check_url(bad).is_err(), "{bad}");
         }

@@ -102,6 +102,18 @@ pub(crate) fn gateway_alpn() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
+/// The private key of a PEM file; a file that holds none (a certificate
+/// given for the key, say) says so.
+pub fn private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        tokio_rustls::rustls::pki_types::pem::Error::NoItemsFound => anyhow::anyhow!(
+            "{} holds no private key (-----BEGIN PRIVATE KEY-----)",
+            path.display()
+        ),
+        e => anyhow::Error::new(e).context(format!("reading {}", path.display())),
+    })
+}
+
 /// A TLS acceptor from PEM certificate and key files (HTTP/2 and HTTP/1.1).
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     install_provider();
@@ -109,8 +121,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .with_context(|| format!("reading {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing {}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let key = private_key(key)?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS versions")?

@@ -24,18 +24,6 @@ pub use tokens::{
     set_password_by_admin, signed_in_user,
 };
 
-/// Whether `c` is invisible where it stands (a default-ignorable code
-/// point: zero-width spaces and joiners, bidirectional controls, soft
-/// hyphens, variation selectors, tags...): an address holding one would
-/// look like another.
-fn invisible(c: char) -> bool {
-    matches!(u32::from(c),
-        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5
-        | 0x180B..=0x180F | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
-        | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8
-        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
-}
-
 /// Normalises and checks an email address: trimmed, in Unicode NFKC and
 /// lower case (an address written with decomposed accents or full-width
 /// letters is the same account as the plain one), its domain as IDNA reads
@@ -47,7 +35,7 @@ fn invisible(c: char) -> bool {
 pub fn normalize_email(raw: &str) -> AppResult<String> {
     let bad = || AppError::bad("email is not a valid address");
     let trimmed = raw.trim();
-    if trimmed.chars().any(invisible) {
+    if trimmed.chars().any(crate::validate::invisible) {
         return Err(bad());
     }
     let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();

@@ -344,7 +344,10 @@ impl Settings {
         };
         if let Some(f) = &tls {
             crate::https::TlsFront::load(f.clone()).map_err(|e| {
-                ConfigError::new("BACKEND_TLS_CERT", format!("does not load: {e:#}"))
+                ConfigError::new(
+                    "BACKEND_TLS_CERT / BACKEND_TLS_KEY",
+                    format!("do not load: {e:#}"),
+                )
             })?;
         }
         let enroll = match args
@@ -355,6 +358,7 @@ impl Settings {
         {
             None => None,
             Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                public_base(u)?;
                 let pin = match (
                     args.enroll_pin
                         .as_deref()
@@ -399,5 +403,76 @@ impl Settings {
             throttle: args.throttle.settings()?,
             http: args.http.limits()?,
         })
+    }
+}
+
+/// Checks that `BACKEND_PUBLIC_URL` is a base URL machines can be sent to:
+/// a host, and no credentials, query or fragment (an enrollment string
+/// carrying one was refused by the control plane with 401 or 405, which
+/// read as a spent string).
+fn public_base(u: &str) -> Result<(), ConfigError> {
+    let wrong = |why: &str| {
+        ConfigError::new(
+            "BACKEND_PUBLIC_URL",
+            format!(
+                "{why}: it must be the control plane's base URL as gateways and nodes reach it, https://HOST[:PORT]"
+            ),
+        )
+    };
+    let parsed = url::Url::parse(u).map_err(|e| wrong(&format!("is not a URL ({e})")))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(wrong("has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(wrong("holds credentials"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(wrong("holds a query or a fragment"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_url_is_a_base_url_and_nothing_more() {
+        for ok in [
+            "https://cp.example.net:8443",
+            "https://127.0.0.1",
+            "http://localhost:8000/",
+        ] {
+            assert!(public_base(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://cp.example.net:8443?x=1",
+            "https://cp.example.net#frag",
+            "https://ops:pw@cp.example.net",
+            "https://ops@cp.example.net",
+            "https://",
+        ] {
+            assert!(public_base(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_dsn_that_cannot_be_read_is_refused_at_once() {
+        for ok in [
+            "postgres://httvps:a%2Fb%2Bc@127.0.0.1:5432/httvps",
+            "postgresql://postgres@127.0.0.1/postgres",
+            "postgres:///httvps?host=/var/run/postgresql",
+            "sqlite://data/httvps.db",
+        ] {
+            assert!(Dsn::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "postgres://h2:a/b+c=d@e#f@127.0.0.1:5432/h2",
+            "postgres://h2:ab@127.0.0.1:notaport/h2",
+        ] {
+            let why = Dsn::parse(bad).err().unwrap_or_default();
+            assert!(why.contains("percent-encoded"), "{bad}: {why}");
+            assert!(!why.contains("a/b"), "the password is not repeated: {why}");
+        }
     }
 }

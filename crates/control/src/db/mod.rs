@@ -98,6 +98,16 @@ impl Dsn {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            // Read as a URL first: a password with an unencoded `/`, `@`
+            // or `#`, or a port that is no number, is otherwise found only
+            // at the first connection, as "invalid connection string".
+            if let Err(e) = url::Url::parse(raw) {
+                return Err(format!(
+                    "is not a valid URL ({e}): postgres://USER:PASSWORD@HOST:PORT/DB, with special \
+                     characters of the user and password percent-encoded (/ as %2F, @ as %40, \
+                     # as %23, : as %3A, + as %2B)"
+                ));
+            }
             return Ok(Dsn::Postgres(raw.to_owned()));
         }
         if let Some(rest) = raw.strip_prefix("sqlite:") {
