@@ -520,6 +520,61 @@ async fn values_nested_thousands_deep_are_refused_and_the_server_lives() {
     server.stop().await;
 }
 
+/// Answers keep the order their fields were asked in. The engine keeps
+/// an object's fields in the order they finish: on PostgreSQL the root
+/// fields of one query came back in three orders in six requests. Over
+/// the WebSocket every answer was rewritten through a sorted map.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_keep_the_order_fields_were_asked_in() {
+    let t = TestDb::pg().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let query = "{z: settings {signUpEnabled} a: settings {signUpEnabled} \
+                 m: settings {y: signUpEnabled b: signUpEnabled}}";
+    for _ in 0..12 {
+        let text = client()
+            .post(format!("{}/graphql", server.base))
+            .json(&json!({"query": query}))
+            .send()
+            .await
+            .expect("POST")
+            .text()
+            .await
+            .expect("body");
+        assert!(
+            text.starts_with(r#"{"data":{"z":{"signUpEnabled":true},"a":{"#)
+                && text.contains(r#""m":{"y":true,"b":true}"#),
+            "{text}"
+        );
+    }
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
+    ws.send(ws_op(
+        "graphql-transport-ws",
+        "q",
+        "{settings {z: signUpEnabled a: signUpEnabled}}",
+        json!({}),
+    ))
+    .await
+    .expect("send");
+    let text = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg
+            && t.contains(r#""next""#)
+        {
+            break t.to_string();
+        }
+    };
+    assert!(
+        text.contains(r#"{"settings":{"z":true,"a":true}}"#),
+        "{text}"
+    );
+    server.stop().await;
+}
+
 /// A document made of mistakes gets an answer about its own size: too
 /// many argument values or variables are refused whole, and the errors
 /// listed stop at 50 (then one saying how many more), so an anonymous 64 KB

@@ -252,12 +252,14 @@ async fn execute(
         Ok(v) => v,
         Err(e) => return graphql_error(e),
     };
+    let asked = (request.query.clone(), request.operation_name.clone());
     let loader = DataLoader::new(DbLoader::new(state.db.clone()), tokio::spawn).delay(BATCH_DELAY);
     let mut request = request.data(loader).data(from);
     if let Some(v) = viewer {
         request = request.data(v);
     }
     let mut response = state.schema.execute(request).await;
+    crate::graphql::as_asked(&asked.0, asked.1.as_deref(), &mut response.data);
     // At most MAX_ERRORS errors, the rest counted: an answer stays about
     // the size of its question, however many mistakes the question holds.
     if response.errors.len() > MAX_ERRORS {

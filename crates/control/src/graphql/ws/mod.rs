@@ -392,7 +392,12 @@ pub async fn serve(
                                 {
                                     idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
                                 }
-                                with_codes(v).to_string()
+                                // Rewritten only when it carries errors to code:
+                                // serde_json's maps are sorted, so a rewritten
+                                // answer lost the order of its fields.
+                                let errors = kind == Some("error")
+                                    || v.get("payload").is_some_and(|p| p.get("errors").is_some());
+                                if errors { with_codes(v).to_string() } else { text }
                             }
                             Err(_) => text,
                         };
