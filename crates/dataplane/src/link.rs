@@ -50,13 +50,20 @@ impl Pin {
     /// is alone).
     pub fn of_chain_end(path: &std::path::Path) -> anyhow::Result<Pin> {
         use tokio_rustls::rustls::pki_types::pem::PemObject;
-        let mut last = None;
+        let (mut last, mut count) = (None, 0);
         for c in CertificateDer::pem_file_iter(path)
             .with_context(|| format!("reading {}", path.display()))?
         {
             last = Some(c.with_context(|| format!("parsing {}", path.display()))?);
+            count += 1;
         }
         let cert = last.with_context(|| format!("{} holds no certificate", path.display()))?;
+        if count == 1 {
+            tracing::warn!(
+                cert = %path.display(),
+                "the file holds one certificate, which is pinned: renewing it will cut off every machine that pins it; put the CA that signed it after it"
+            );
+        }
         Ok(Pin::of(&cert))
     }
 }

@@ -181,17 +181,26 @@ impl EnrollTarget {
     }
 }
 
+/// What is said when the certificate file holds one certificate: the
+/// strings then pin the server's own certificate, not a CA.
+const LEAF_PINNED: &str = "BACKEND_TLS_CERT holds one certificate, and enrollment strings pin the last one: renewing it will cut off every gateway and node enrolled with it. Put the CA that signed it after it in the file (README, Production, Certificates), or set BACKEND_ENROLL_PIN";
+
 /// `sha256:<hex>` of the last certificate of a PEM chain (the CA when the
-/// chain ends with it).
+/// chain ends with it); a chain of one certificate is pinned too, with a
+/// warning.
 pub fn pin_of_chain_end(path: &std::path::Path) -> Result<String, String> {
     use sha2::Digest;
     use tokio_rustls::rustls::pki_types::CertificateDer;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let mut last = None;
+    let (mut last, mut count) = (None, 0);
     for c in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
         last = Some(c.map_err(|e| e.to_string())?);
+        count += 1;
     }
     let cert = last.ok_or_else(|| format!("{} holds no certificate", path.display()))?;
+    if count == 1 {
+        tracing::warn!(cert = %path.display(), "{LEAF_PINNED}");
+    }
     let digest = sha2::Sha256::digest(&cert);
     Ok(format!(
         "sha256:{}",
