@@ -180,7 +180,11 @@ pub fn target(args: &EnrollArgs) -> anyhow::Result<(String, Option<Pin>)> {
     )?;
     let pin = match (&args.enroll_pin, &args.tls_cert) {
         (Some(p), _) => Some(*p),
-        (None, Some(cert)) if url.starts_with("https://") => {
+        (None, Some(cert))
+            if url
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://")) =>
+        {
             Some(Pin::of_chain_end(cert).context("BACKEND_TLS_CERT")?)
         }
         _ => None,
@@ -192,8 +196,10 @@ pub fn target(args: &EnrollArgs) -> anyhow::Result<(String, Option<Pin>)> {
         private_link: true,
         ..Link::default()
     };
-    link.check_url(&url).context("BACKEND_PUBLIC_URL")?;
-    Ok((url.trim_end_matches('/').to_owned(), pin))
+    // As the URL parser writes it (scheme and host in lower case), as
+    // `serve` keeps it.
+    let url = link.check_url(&url).context("BACKEND_PUBLIC_URL")?;
+    Ok((url.as_str().trim_end_matches('/').to_owned(), pin))
 }
 
 fn string(kind: &str, url: &str, pin: Option<Pin>, token: String) -> String {

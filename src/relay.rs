@@ -343,7 +343,18 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
             .with_context(|| format!("creating {} (GATEWAY_DATA_DIR)", dir.display()))?;
     }
     // The machine's own settings first: a mistake in them ends the start
-    // before a one-time enrollment string is spent.
+    // before a one-time enrollment string is spent. Its ports too: one in
+    // use is found by binding it a moment (the listeners are bound for
+    // good once the credentials are there).
+    if !check {
+        for (addr, var) in [
+            (a.listen, "GATEWAY_LISTEN (--listen)"),
+            (a.admin_listen, "GATEWAY_ADMIN_LISTEN (--admin-listen)"),
+        ] {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("{var}: {addr} cannot be listened on"))?;
+        }
+    }
     let backend = credentials::resolve(
         Sources {
             kind: "gateway",

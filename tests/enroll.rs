@@ -353,35 +353,38 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     );
     let gw_creds = d.join("gw.json");
     let log = d.join("gateway.log");
-    // A start that its own settings end (no public URL) leaves the string
-    // unspent: it was redeemed before they were checked.
+    // A start that its own settings end (no public URL, a port in use)
+    // leaves the string unspent: it is redeemed after they are checked.
     let mistaken = d.join("gw-mistaken.json");
-    let out = relay(
-        &[
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_at = taken.local_addr().expect("addr").to_string();
+    let (cert, key) = (d.join("gw.crt"), d.join("gw.key"));
+    let at = format!("127.0.0.1:{gw_port}");
+    for (listen, public, named) in [
+        (at.as_str(), None, "GATEWAY_PUBLIC_URL"),
+        (taken_at.as_str(), Some(public.as_str()), "GATEWAY_LISTEN"),
+    ] {
+        let mut args = vec![
             "gateway",
             "--enroll",
             &s,
             "--credentials",
             mistaken.to_str().expect("path"),
             "--listen",
-            &format!("127.0.0.1:{gw_port}"),
+            listen,
             "--self-signed",
             "--cert",
-            d.join("gw.crt").to_str().expect("path"),
+            cert.to_str().expect("path"),
             "--key",
-            d.join("gw.key").to_str().expect("path"),
-        ],
-        &log,
-    )
-    .status()
-    .await
-    .expect("gateway");
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        !out.success() && said.contains("GATEWAY_PUBLIC_URL"),
-        "{said}"
-    );
-    assert!(!mistaken.exists(), "nothing redeemed: {said}");
+            key.to_str().expect("path"),
+        ];
+        args.extend(public.map(|p| ["--public-url", p]).into_iter().flatten());
+        let out = relay(&args, &log).status().await.expect("gateway");
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!out.success() && said.contains(named), "{said}");
+        assert!(!mistaken.exists(), "nothing redeemed: {said}");
+    }
+    drop(taken);
     let mut gateway = relay(
         &[
             "gateway",

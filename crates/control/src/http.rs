@@ -371,7 +371,12 @@ async fn graphql_get(
             }
             Ok(serde_json::Value::Null) => {}
             _ if vars.trim().is_empty() => {}
-            _ => return graphql_error(AppError::bad("variables must be a JSON object")),
+            Ok(_) => return graphql_error(AppError::bad("variables must be a JSON object")),
+            Err(e) => {
+                return graphql_error(AppError::bad(format!(
+                    "variables must be a JSON object: {e}"
+                )));
+            }
         }
     }
     let from = from.map_or(ClientAddr(None), |Extension(a)| a);

@@ -27,14 +27,34 @@ pub fn same_name(a: &str, b: &str) -> bool {
 }
 
 /// `name` without the characters that show nothing where they stand
-/// (marks, joiners, tags: "Go\u{200e}ld" looks like "Gold"), in NFKC,
-/// lower case, NFKC again (lower-casing can undo the normal form).
+/// ("Go\u{200e}ld" looks like "Gold"), in NFKC, lower case, NFKC again
+/// (lower-casing can undo the normal form). Kept where they change what
+/// is shown: joiners between letters of scripts and emoji that use them
+/// (Persian with and without a non-joiner, a family emoji and its three
+/// people), and the tags of a subdivision flag (Scotland's, England's).
 fn folded(name: &str) -> String {
     let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
-    let seen: String = nfkc
-        .normalize(name)
-        .chars()
-        .filter(|&c| !crate::validate::invisible(c))
+    let normal: Vec<char> = nfkc.normalize(name).chars().collect();
+    let flag = normal.contains(&'\u{1F3F4}');
+    let seen: String = normal
+        .iter()
+        .enumerate()
+        .filter(|&(i, &c)| {
+            let joiner = matches!(c, '\u{200C}' | '\u{200D}');
+            let tag = ('\u{E0020}'..='\u{E007F}').contains(&c);
+            let shown = if joiner {
+                // Beside ASCII or at an end, a joiner joins nothing.
+                let before = i.checked_sub(1).and_then(|j| normal.get(j));
+                let after = normal.get(i + 1);
+                before
+                    .zip(after)
+                    .is_some_and(|(b, a)| !b.is_ascii() && !a.is_ascii())
+            } else {
+                tag && flag
+            };
+            shown || !crate::validate::invisible(c)
+        })
+        .map(|(_, &c)| c)
         .collect();
     nfkc.normalize(&seen.to_lowercase()).into_owned()
 }
@@ -77,6 +97,34 @@ mod tests {
         assert!(same_name("Gold", "Go\u{200e}ld"), "a direction mark");
         assert!(same_name("Gold", "Gold\u{e0020}"), "a tag");
         assert!(same_name("Gold", "Go\u{ad}ld"), "a soft hyphen");
+        assert!(
+            same_name("Go\u{200d}ld", "Gold"),
+            "a joiner between Latin letters"
+        );
+        assert!(
+            same_name("Plan0\u{13430}", "Plan0"),
+            "a hieroglyph format control"
+        );
+        // What joiners and tags change is shown, and kept.
+        let (scotland, england) = (
+            "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+            "\u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+        );
+        assert!(!same_name(scotland, england), "two flags");
+        assert!(
+            !same_name(
+                "\u{645}\u{6CC}\u{200C}\u{62E}\u{648}\u{627}\u{647}\u{645}",
+                "\u{645}\u{6CC}\u{62E}\u{648}\u{627}\u{647}\u{645}"
+            ),
+            "Persian"
+        );
+        assert!(
+            !same_name(
+                "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+                "\u{1F468}\u{1F469}\u{1F467}"
+            ),
+            "a family"
+        );
         assert!(!same_name("Pro", "Pro2"));
         assert!(!same_name("\u{d6}l", "Ol"));
     }

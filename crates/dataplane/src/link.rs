@@ -68,6 +68,15 @@ impl Pin {
     }
 }
 
+/// `url` as it may be shown: the part between its scheme and its last
+/// `@` (credentials) left out.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}…{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
 impl std::fmt::Display for Pin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("sha256:")?;
@@ -118,9 +127,11 @@ impl Link {
     /// Checks `base` against the link's rules: https://, or http:// to a
     /// loopback host, or http:// anywhere over a private link; no pin on
     /// plain HTTP.
-    pub fn check_url(&self, base: &str) -> anyhow::Result<url::Url> {
+    pub fn check_url(&self, given: &str) -> anyhow::Result<url::Url> {
+        // Said without what stands before an `@`: a password, maybe.
+        let base = &shown(given);
         let url =
-            url::Url::parse(base).map_err(|e| anyhow::anyhow!("{base:?} is not a URL ({e})"))?;
+            url::Url::parse(given).map_err(|e| anyhow::anyhow!("{base:?} is not a URL ({e})"))?;
         let host = url
             .host()
             .with_context(|| format!("{base:?} has no host"))?;
@@ -284,8 +295,18 @@ mod tests {
             "https://cp.example.com:8443#frag",
             "https://ops:secret@cp.example.com",
             "https://ops@cp.example.com",
+            "https://ops:se/cret@cp.example.com",
+            "http://ops:secret@10.0.0.1",
         ] {
             assert!(open.check_url(bad).is_err(), "{bad}");
+            let said = format!(
+                "{:#}",
+                open.check_url(bad)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            );
+            assert!(!said.contains("secret"), "{said}");
         }
         let private = Link {
             private_link: true,

@@ -357,8 +357,17 @@ impl Settings {
             .filter(|s| !s.is_empty())
         {
             None => None,
-            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
-                public_base(u)?;
+            Some(given)
+                if ["https://", "http://"].iter().any(|s| {
+                    given
+                        .get(..s.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(s))
+                }) =>
+            {
+                // Kept as the URL parser writes it (scheme and host in
+                // lower case), which machines compare with.
+                let parsed = public_base(given)?;
+                let u = parsed.as_str().trim_end_matches('/');
                 let pin = match (
                     args.enroll_pin
                         .as_deref()
@@ -410,7 +419,7 @@ impl Settings {
 /// a host, and no credentials, query or fragment (an enrollment string
 /// carrying one was refused by the control plane with 401 or 405, which
 /// read as a spent string).
-fn public_base(u: &str) -> Result<(), ConfigError> {
+fn public_base(u: &str) -> Result<url::Url, ConfigError> {
     let wrong = |why: &str| {
         ConfigError::new(
             "BACKEND_PUBLIC_URL",
@@ -429,7 +438,7 @@ fn public_base(u: &str) -> Result<(), ConfigError> {
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(wrong("holds a query or a fragment"));
     }
-    Ok(())
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -469,10 +478,16 @@ mod tests {
         for bad in [
             "postgres://h2:a/b+c=d@e#f@127.0.0.1:5432/h2",
             "postgres://h2:ab@127.0.0.1:notaport/h2",
+            "postgres://h2:Tr0ub@dor/3x@127.0.0.1:5432/h2",
+            "postgres://h2:Tr0ub@dor?3x@127.0.0.1:5432/h2",
+            "postgres://h2:Tr0ub@dor#3x@127.0.0.1:5432/h2",
         ] {
             let why = Dsn::parse(bad).err().unwrap_or_default();
             assert!(why.contains("percent-encoded"), "{bad}: {why}");
-            assert!(!why.contains("a/b"), "the password is not repeated: {why}");
+            assert!(
+                !why.contains("a/b") && !why.contains("Tr0ub"),
+                "the password is not repeated: {why}"
+            );
         }
     }
 }

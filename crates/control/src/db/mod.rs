@@ -101,12 +101,21 @@ impl Dsn {
             // Read as a URL first: a password with an unencoded `/`, `@`
             // or `#`, or a port that is no number, is otherwise found only
             // at the first connection, as "invalid connection string".
-            if let Err(e) = url::Url::parse(raw) {
-                return Err(format!(
-                    "is not a valid URL ({e}): postgres://USER:PASSWORD@HOST:PORT/DB, with special \
-                     characters of the user and password percent-encoded (/ as %2F, @ as %40, \
-                     # as %23, : as %3A, + as %2B)"
-                ));
+            let how = "postgres://USER:PASSWORD@HOST:PORT/DB, with special characters of the \
+                       user and password percent-encoded (/ as %2F, @ as %40, # as %23, ? as \
+                       %3F, : as %3A, + as %2B)";
+            match url::Url::parse(raw) {
+                Err(e) => return Err(format!("is not a valid URL ({e}): {how}")),
+                // An `@` past the host: a password holding `@` and then
+                // `/`, `?` or `#` ("pw@x/y" made "x" the host), unencoded.
+                Ok(u)
+                    if u.path().contains('@')
+                        || u.query().is_some_and(|q| q.contains('@'))
+                        || u.fragment().is_some() =>
+                {
+                    return Err(format!("holds an `@` or `#` past its host: {how}"));
+                }
+                Ok(_) => {}
             }
             return Ok(Dsn::Postgres(raw.to_owned()));
         }

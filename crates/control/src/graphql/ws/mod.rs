@@ -18,7 +18,7 @@
 //! connection would keep the one the pool hands it (on SQLite, the only
 //! one) unused.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::PoisonError;
 use std::time::Duration;
 
@@ -28,9 +28,11 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+mod answers;
 mod credential;
 mod outbox;
 
+use answers::{Asked, answer};
 use credential::{Credential, CredentialSlot, Recheck, init_data};
 use outbox::Outbox;
 
@@ -88,11 +90,11 @@ enum Admission {
 
 fn admit(
     protocol: WebSocketProtocols,
-    active: &HashSet<String>,
+    active: &HashMap<String, Asked>,
     id: &str,
     payload: Option<&serde_json::Value>,
 ) -> Admission {
-    if active.contains(id) {
+    if active.contains_key(id) {
         return match protocol {
             WebSocketProtocols::GraphQLWS => {
                 Admission::Close(4409, format!("Subscriber for {id} already exists"))
@@ -113,55 +115,6 @@ fn admit(
         Ok(()) => Admission::Run,
         Err(e) => Admission::Refuse(e),
     }
-}
-
-/// Gives every error the engine itself raised (parse, validation, limits,
-/// input coercion) the code `BAD_REQUEST`, and lists at most
-/// [`MAX_ERRORS`](super::MAX_ERRORS) (then one saying how many
-/// more), as on HTTP.
-fn with_codes(mut msg: serde_json::Value) -> serde_json::Value {
-    fn fill(errors: Option<&mut serde_json::Value>) {
-        let Some(serde_json::Value::Array(errors)) = errors else {
-            return;
-        };
-        let max = super::MAX_ERRORS;
-        if errors.len() > max {
-            let more = errors.len() - max;
-            errors.truncate(max);
-            errors.push(serde_json::json!({ "message": format!("{more} more errors left out") }));
-        }
-        for e in errors {
-            if let Some(obj) = e.as_object_mut() {
-                let ext = obj
-                    .entry("extensions")
-                    .or_insert_with(|| serde_json::json!({}));
-                if let Some(ext) = ext.as_object_mut() {
-                    ext.entry("code").or_insert_with(|| "BAD_REQUEST".into());
-                }
-            }
-        }
-    }
-    match msg.get("type").and_then(|t| t.as_str()) {
-        Some("error") => {
-            if msg.get("payload").is_some_and(|p| p.is_object()) {
-                // Legacy protocol: one error object.
-                if let Some(p) = msg.get_mut("payload") {
-                    let mut one = serde_json::Value::Array(vec![p.take()]);
-                    fill(Some(&mut one));
-                    if let serde_json::Value::Array(mut v) = one {
-                        *p = v.pop().unwrap_or_default();
-                    }
-                }
-            } else {
-                fill(msg.get_mut("payload"));
-            }
-        }
-        Some("next" | "data") => {
-            fill(msg.get_mut("payload").and_then(|p| p.get_mut("errors")));
-        }
-        _ => {}
-    }
-    msg
 }
 
 /// graphql-transport-ws's answer to a client message of type `kind` that
@@ -220,7 +173,7 @@ pub async fn serve(
     let mut expiry = std::pin::pin!(expiry);
     // Boxed, to be dropped before the last messages are flushed.
     let mut gql = Box::pin(gql);
-    let mut active: HashSet<String> = HashSet::new();
+    let mut active: HashMap<String, Asked> = HashMap::new();
     let mut initialised = false;
     let mut acked = false;
     let deadline = tokio::time::sleep(INIT_DEADLINE);
@@ -339,7 +292,7 @@ pub async fn serve(
                 match kind {
                     "connection_init" => initialised = true,
                     "subscribe" | "start" => match admit(protocol, &active, &id, parsed.get("payload")) {
-                        Admission::Run => { active.insert(id); }
+                        Admission::Run => { active.insert(id, Asked::of(parsed.get("payload"))); }
                         Admission::Refuse(err) => {
                             let text = error_message(protocol, &id, &err);
                             if !acked {
@@ -359,7 +312,7 @@ pub async fn serve(
                             break;
                         }
                     },
-                    "complete" | "stop" if active.remove(&id.to_string()) => {
+                    "complete" | "stop" if active.remove(&id).is_some() => {
                         idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
                     }
                     _ => {}
@@ -374,33 +327,24 @@ pub async fn serve(
                 match out {
                     Some(WsMessage::Text(text)) => {
                         let mut ack = false;
-                        let text = match serde_json::from_str::<serde_json::Value>(&text) {
-                            Ok(v) => {
-                                let kind = v.get("type").and_then(|t| t.as_str());
-                                if kind == Some("connection_ack") {
-                                    ack = true;
-                                    acked = true;
-                                    idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
-                                    credential = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-                                    if let Some(Credential::User { expires_at, .. }) = &credential {
-                                        expiry.as_mut().reset(instant_of(*expires_at));
-                                    }
-                                }
-                                if matches!(kind, Some("complete" | "error"))
-                                    && let Some(id) = v.get("id").and_then(|i| i.as_str())
-                                    && active.remove(id)
-                                {
-                                    idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
-                                }
-                                // Rewritten only when it carries errors to code:
-                                // serde_json's maps are sorted, so a rewritten
-                                // answer lost the order of its fields.
-                                let errors = kind == Some("error")
-                                    || v.get("payload").is_some_and(|p| p.get("errors").is_some());
-                                if errors { with_codes(v).to_string() } else { text }
+                        let a = answer(text, &active);
+                        let kind = a.kind.as_deref();
+                        if kind == Some("connection_ack") {
+                            ack = true;
+                            acked = true;
+                            idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
+                            credential = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                            if let Some(Credential::User { expires_at, .. }) = &credential {
+                                expiry.as_mut().reset(instant_of(*expires_at));
                             }
-                            Err(_) => text,
-                        };
+                        }
+                        if matches!(kind, Some("complete" | "error"))
+                            && let Some(id) = a.id.as_deref()
+                            && active.remove(id).is_some()
+                        {
+                            idle.as_mut().reset(tokio::time::Instant::now() + idle_deadline);
+                        }
+                        let text = a.text;
                         if sink.send(Message::Text(text.into())).await.is_err() { break; }
                         if ack {
                             let mut gone = false;
