@@ -239,6 +239,23 @@ fn not_redeemed(
             "{p}_ENROLL: the control plane's certificate at {url} was not accepted ({e}): the string's host must be one the certificate names, and its pin the certificate's (BACKEND_PUBLIC_URL, BACKEND_TLS_CERT); the string is not spent"
         );
     }
+    // Something answered, but not in the scheme asked: plain HTTP where
+    // TLS was expected or the other way round, another service's port.
+    let said = e.to_string();
+    if e.is_outage()
+        && [
+            "invalid HTTP version",
+            "InvalidContentType",
+            "corrupt message",
+            "wrong version number",
+        ]
+        .iter()
+        .any(|m| said.contains(m))
+    {
+        return anyhow::anyhow!(
+            "{p}_ENROLL: {url} answered, but not as the control plane ({e}): the string's scheme or port is wrong; the string is not spent: set BACKEND_PUBLIC_URL to the control plane's URL and print the string again with `httvps {kind} rotate <id>`"
+        );
+    }
     if e.is_outage() {
         return anyhow::anyhow!(
             "{p}_ENROLL: the control plane did not answer ({e}); the string is not spent: start again once it answers"
@@ -279,6 +296,13 @@ mod tests {
         assert!(
             tls.contains("certificate names") && tls.contains("not spent"),
             "{tls}"
+        );
+        let plain = says(BackendError::Unreachable(
+            "received corrupt message of type InvalidContentType".into(),
+        ));
+        assert!(
+            plain.contains("scheme or port is wrong") && plain.contains("not spent"),
+            "{plain}"
         );
         let down = says(BackendError::Unreachable("connection refused".into()));
         assert!(down.contains("start again once it answers"), "{down}");

@@ -48,8 +48,12 @@ pub const UP_ADMIN_EMAIL: &str = "admin@localhost";
 /// (mode 0600), the SQLite database, and a first admin with a random
 /// password on the first start only; the control plane runs with `limits`.
 pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow::Result<UpReport> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| {
+        format!(
+            "HTTVPS_DATA_DIR (--data-dir): creating {}",
+            data_dir.display()
+        )
+    })?;
     lock_data_dir(data_dir)?;
     let secret = load_or_create_secret(&data_dir.join("secret.key"))?;
     let db_path = data_dir.join("httvps.db");
@@ -97,6 +101,39 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
     })
 }
 
+/// Whether `up` could make and write `data_dir`, without writing: it, or
+/// the nearest directory above it that exists, is a directory this
+/// process may write in (for `--check`).
+pub fn usable_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use rustix::fs::{Access, access};
+    let mut at = data_dir;
+    loop {
+        let here = if at.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            at
+        };
+        match std::fs::metadata(here) {
+            Ok(m) if m.is_dir() => {
+                return access(here, Access::WRITE_OK | Access::EXEC_OK).with_context(|| {
+                    format!(
+                        "HTTVPS_DATA_DIR (--data-dir): {} is not writable",
+                        here.display()
+                    )
+                });
+            }
+            Ok(_) => anyhow::bail!(
+                "HTTVPS_DATA_DIR (--data-dir): {} is not a directory",
+                here.display()
+            ),
+            Err(_) => match at.parent() {
+                Some(parent) if at != here || !at.as_os_str().is_empty() => at = parent,
+                _ => return Ok(()),
+            },
+        }
+    }
+}
+
 /// The data directories' locks this process holds, for its life.
 static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
 
@@ -112,7 +149,7 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<()> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .with_context(|| format!("HTTVPS_DATA_DIR (--data-dir): opening {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {
             HELD.lock()

@@ -161,6 +161,17 @@ fn the_control_plane_commands_start_or_name_the_variable() {
         &[],
     );
     checks(HTTVPS, d, &["up", "--check"], &[]);
+    // A data directory that cannot be one is named by the check.
+    let file = d.join("a-file");
+    std::fs::write(&file, b"").expect("file");
+    let under_file = file.join("data");
+    refuses(
+        HTTVPS,
+        d,
+        &["up", "--check"],
+        &[("HTTVPS_DATA_DIR", under_file.to_str().expect("path"))],
+        "HTTVPS_DATA_DIR",
+    );
     checks(
         HTTVPS,
         d,

@@ -257,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "--port ({port}), --gateway-port ({gateway_port}) and --node-port ({node_port}) must differ"
             );
             if check {
+                httvps::up::usable_data_dir(&data_dir)?;
                 println!("{CHECKED}");
                 return Ok(());
             }
