@@ -27,7 +27,13 @@ pub fn as_asked(query: &str, operation_name: Option<&str>, data: &mut Value) {
     let Ok(doc) = async_graphql::parser::parse_query(query) else {
         return;
     };
-    let Some(set) = operation(&doc, operation_name) else {
+    as_asked_in(&doc, operation_name, data);
+}
+
+/// [`as_asked`] with the document already parsed (a live operation's
+/// answers are many, its document one).
+pub fn as_asked_in(doc: &ExecutableDocument, operation_name: Option<&str>, data: &mut Value) {
+    let Some(set) = operation(doc, operation_name) else {
         return;
     };
     order(&[set], &doc.fragments, data);

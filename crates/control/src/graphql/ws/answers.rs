@@ -10,19 +10,26 @@ use std::collections::HashMap;
 
 use async_graphql::{Name, Value};
 
-use crate::graphql::{MAX_ERRORS, as_asked};
+use async_graphql::parser::types::ExecutableDocument;
 
-/// An operation running on the socket, by id: what it asked.
-#[derive(Debug, Clone, Default)]
+use crate::graphql::{MAX_ERRORS, as_asked_in};
+
+/// An operation running on the socket, by id: what it asked, parsed once
+/// (a live operation answers many times).
+#[derive(Debug, Default)]
 pub(super) struct Asked {
-    /// The document.
-    pub query: String,
+    /// The document (none: it did not parse, and the engine refuses it).
+    pub doc: Option<ExecutableDocument>,
     /// The operation it names, if any.
     pub operation: Option<String>,
 }
 
 impl Asked {
-    /// What a `subscribe`/`start` message's payload asks.
+    /// What a `subscribe`/`start` message's payload asks. A subscription
+    /// keeps no document: it selects one root field (the shape check sees
+    /// to it), and its events' fields are read, not awaited, so they come
+    /// in the order asked; its many answers then go as the engine wrote
+    /// them.
     pub fn of(payload: Option<&serde_json::Value>) -> Self {
         let field = |k: &str| {
             payload
@@ -30,11 +37,32 @@ impl Asked {
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
         };
-        Asked {
-            query: field("query").unwrap_or_default(),
-            operation: field("operationName"),
-        }
+        let operation = field("operationName");
+        let doc = field("query")
+            .and_then(|q| async_graphql::parser::parse_query(q).ok())
+            .filter(|doc| !subscribes(doc, operation.as_deref()));
+        Asked { doc, operation }
     }
+}
+
+/// Whether the operation `name` (or the only one) of `doc` is a
+/// subscription.
+fn subscribes(doc: &ExecutableDocument, name: Option<&str>) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let ty = match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op.node.ty),
+        (DocumentOperations::Multiple(ops), Some(n)) => ops.get(n).map(|op| op.node.ty),
+        (DocumentOperations::Multiple(ops), None) => ops.values().next().map(|op| op.node.ty),
+    };
+    ty == Some(OperationType::Subscription)
+}
+
+/// A message's type and id, read without building the rest.
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
 }
 
 /// A message of the engine, as it goes out.
@@ -51,26 +79,31 @@ pub(super) struct Answer {
 /// `text` (a message of the engine) with its data in the order `asked`
 /// says for its id, and its errors coded.
 pub(super) fn answer(text: String, asked: &HashMap<String, Asked>) -> Answer {
-    let Ok(mut msg) = serde_json::from_str::<Value>(&text) else {
+    let Ok(Head { kind, id }) = serde_json::from_str::<Head>(&text) else {
         return Answer {
             kind: None,
             id: None,
             text,
         };
+    };
+    let to_order = matches!(kind.as_deref(), Some("next" | "data"))
+        && id
+            .as_deref()
+            .and_then(|id| asked.get(id))
+            .is_some_and(|a| a.doc.is_some());
+    // `"errors"` anywhere may be a field's value, not the message's
+    // errors: then it is read and written for nothing.
+    let errors = kind.as_deref() == Some("error") || text.contains("\"errors\"");
+    if !to_order && !errors {
+        return Answer { kind, id, text };
+    }
+    let mut msg = match serde_json::from_str::<Value>(&text) {
+        Ok(msg @ Value::Object(_)) => msg,
+        _ => return Answer { kind, id, text },
     };
     let Value::Object(m) = &mut msg else {
-        return Answer {
-            kind: None,
-            id: None,
-            text,
-        };
+        return Answer { kind, id, text };
     };
-    let string = |v: Option<&Value>| match v {
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let kind = string(m.get("type"));
-    let id = string(m.get("id"));
     let mut changed = false;
     match (kind.as_deref(), m.get_mut("payload")) {
         // The legacy protocol's error: one error object.
@@ -86,9 +119,10 @@ pub(super) fn answer(text: String, asked: &HashMap<String, Asked>) -> Answer {
             if let (Some(a), Some(data)) = (
                 id.as_deref().and_then(|id| asked.get(id)),
                 p.get_mut("data"),
-            ) && matches!(data, Value::Object(d) if d.len() > 1 || d.values().any(nested))
+            ) && let Some(doc) = &a.doc
+                && matches!(data, Value::Object(d) if d.len() > 1 || d.values().any(nested))
             {
-                as_asked(&a.query, a.operation.as_deref(), data);
+                as_asked_in(doc, a.operation.as_deref(), data);
                 changed = true;
             }
             if let Some(errors) = p.get_mut("errors") {
@@ -153,7 +187,7 @@ mod tests {
         HashMap::from([(
             "1".to_owned(),
             Asked {
-                query: query.into(),
+                doc: async_graphql::parser::parse_query(query).ok(),
                 operation: None,
             },
         )])
