@@ -396,26 +396,7 @@ async fn forward_mode_pipes_a_local_port_to_one_destination() {
     let plane = Plane::start(1).await;
     let body = random_body(300_000);
     let target = http_server(body.clone()).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let local = listener.local_addr().expect("addr");
-    let opts = client::ClientOptions {
-        backend: plane.server.base.clone(),
-        device_token: plane.device_token.as_str().into(),
-        gateway: Some(format!("https://localhost:{}", plane.gateway_addr.port())),
-        ca_cert: Some(plane.cert.clone()),
-        region: None,
-        forward: Some(target.to_string()),
-        link: Default::default(),
-        mux: false,
-        mux_connections: client::DEFAULT_MUX_CONNECTIONS,
-    };
-    // The listener is bound already: connections wait in its backlog
-    // until the client accepts them, so no pause is needed.
-    tokio::spawn(async move {
-        if let Err(e) = client::run(opts, listener, std::future::pending::<()>()).await {
-            panic!("client: {e:#}");
-        }
-    });
+    let local = plane.forwarding_client(target).await;
     for _ in 0..3 {
         let mut s = TcpStream::connect(local).await.expect("connect");
         s.write_all(b"GET / HTTP/1.0\r\n\r\n")

@@ -38,6 +38,19 @@ async fn token_for(server_base: &str, db: &httvps_control::db::Db, role: Role) -
         .to_owned()
 }
 
+/// `GET /graphql?query=…`, the answer as JSON.
+async fn gql_get(base: &str, query: &str) -> Value {
+    client()
+        .get(format!("{base}/graphql"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json")
+}
+
 fn code(r: &Value) -> Option<&str> {
     r["errors"][0]["extensions"]["code"].as_str()
 }
@@ -432,15 +445,7 @@ async fn a_document_whose_fragments_multiply_is_refused_at_once() {
     let r = gql(&server.base, None, &bomb, json!({})).await;
     assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
     assert!(r.to_string().contains("selections"), "{r}");
-    let r: Value = common::client()
-        .get(format!("{}/graphql", server.base))
-        .query(&[("query", bomb.as_str())])
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
+    let r = gql_get(&server.base, bomb.as_str()).await;
     assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
     let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
     assert_eq!(ws_init(&mut ws, json!({})).await["type"], "connection_ack");
@@ -504,15 +509,7 @@ async fn values_nested_thousands_deep_are_refused_and_the_server_lives() {
         "[".repeat(n),
         "]".repeat(n)
     );
-    let r: Value = common::client()
-        .get(format!("{}/graphql", server.base))
-        .query(&[("query", doc.as_str())])
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
+    let r = gql_get(&server.base, doc.as_str()).await;
     assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
     assert!(r.to_string().contains("deep"), "{r}");
     let r = gql(&server.base, None, "{settings{signUpEnabled}}", json!({})).await;

@@ -1587,27 +1587,9 @@ async fn a_destinations_reset_reaches_the_application_as_a_reset() {
 /// normal close looked like a destination that answered nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_forwarded_connection_is_reset() {
-    use httvps_dataplane::client;
     let plane = Plane::start(1).await;
     let echo = plane::echo_server().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let local = listener.local_addr().expect("addr");
-    let opts = client::ClientOptions {
-        backend: plane.server.base.clone(),
-        device_token: plane.device_token.as_str().into(),
-        gateway: Some(format!("https://localhost:{}", plane.gateway_addr.port())),
-        ca_cert: Some(plane.cert.clone()),
-        region: None,
-        forward: Some(echo.to_string()),
-        link: Default::default(),
-        mux: false,
-        mux_connections: client::DEFAULT_MUX_CONNECTIONS,
-    };
-    tokio::spawn(async move {
-        let _ = client::run(opts, listener, std::future::pending::<()>()).await;
-    });
+    let local = plane.forwarding_client(echo).await;
     let mut s = TcpStream::connect(local).await.expect("connect");
     assert!(alive(&mut s).await, "forwarded before the revocation");
     plane

@@ -245,21 +245,24 @@ async fn execute(
     if request.query.trim().is_empty() {
         return graphql_error(AppError::bad("the request has no query"));
     }
-    if let Err(e) = check_document(&request.query) {
-        return graphql_error(e);
-    }
+    let doc = match check_document(&request.query) {
+        Ok(doc) => doc,
+        Err(e) => return graphql_error(e),
+    };
     let viewer = match resolve_viewer(state, headers).await {
         Ok(v) => v,
         Err(e) => return graphql_error(e),
     };
-    let asked = (request.query.clone(), request.operation_name.clone());
+    let operation = request.operation_name.clone();
     let loader = DataLoader::new(DbLoader::new(state.db.clone()), tokio::spawn).delay(BATCH_DELAY);
     let mut request = request.data(loader).data(from);
     if let Some(v) = viewer {
         request = request.data(v);
     }
     let mut response = state.schema.execute(request).await;
-    crate::graphql::as_asked(&asked.0, asked.1.as_deref(), &mut response.data);
+    if let Some(doc) = &doc {
+        crate::graphql::as_asked(doc, operation.as_deref(), &mut response.data);
+    }
     // At most MAX_ERRORS errors, the rest counted: an answer stays about
     // the size of its question, however many mistakes the question holds.
     if response.errors.len() > MAX_ERRORS {

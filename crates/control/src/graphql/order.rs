@@ -16,23 +16,13 @@ use async_graphql::{Name, Positioned, Value};
 /// check refuses deeper documents before they run).
 const MAX_SPREADS: usize = 32;
 
-/// Puts the fields of `data`, at every level, in the order `query`'s
-/// operation (`operation_name`, or its only one) selects them. A document
-/// that does not parse, or an operation it does not hold, leaves `data` as
-/// it is.
-pub fn as_asked(query: &str, operation_name: Option<&str>, data: &mut Value) {
+/// Puts the fields of `data`, at every level, in the order `doc`'s
+/// operation (`operation_name`, or its only one) selects them. An
+/// operation the document does not hold leaves `data` as it is.
+pub fn as_asked(doc: &ExecutableDocument, operation_name: Option<&str>, data: &mut Value) {
     if !matches!(data, Value::Object(m) if !m.is_empty()) {
         return;
     }
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return;
-    };
-    as_asked_in(&doc, operation_name, data);
-}
-
-/// [`as_asked`] with the document already parsed (a live operation's
-/// answers are many, its document one).
-pub fn as_asked_in(doc: &ExecutableDocument, operation_name: Option<&str>, data: &mut Value) {
     let Some(set) = operation(doc, operation_name) else {
         return;
     };
@@ -122,6 +112,10 @@ impl<'a> Fields<'a> {
 mod tests {
     use super::*;
 
+    fn parsed(query: &str) -> ExecutableDocument {
+        async_graphql::parser::parse_query(query).expect("a document")
+    }
+
     fn keys(v: &Value) -> Vec<String> {
         match v {
             Value::Object(m) => m.keys().map(|k| k.to_string()).collect(),
@@ -145,7 +139,7 @@ mod tests {
         let query = "query Q { z: settings { signUpEnabled } ...F m: me { a b } \
                      ... on Query { __typename } } \
                      fragment F on Query { a: devices { x y } }";
-        as_asked(query, Some("Q"), &mut data);
+        as_asked(&parsed(query), Some("Q"), &mut data);
         assert_eq!(keys(&data), ["z", "a", "m", "__typename"]);
         let Value::Object(m) = &data else {
             panic!("an object")
@@ -163,17 +157,16 @@ mod tests {
     fn what_cannot_be_matched_is_left_as_it_is() {
         let given = answer(r#"{"b": 1, "a": 2}"#);
         for (query, name) in [
-            ("not a document", None),
             ("query A { a b } query B { b a }", None),
             ("query A { a b }", Some("Missing")),
         ] {
             let mut data = given.clone();
-            as_asked(query, name, &mut data);
+            as_asked(&parsed(query), name, &mut data);
             assert_eq!(keys(&data), ["b", "a"], "{query}");
         }
         // A key no selection names stays, after the others.
         let mut data = answer(r#"{"extra": 0, "b": 1, "a": 2}"#);
-        as_asked("{ a b }", None, &mut data);
+        as_asked(&parsed("{ a b }"), None, &mut data);
         assert_eq!(keys(&data), ["a", "b", "extra"]);
     }
 }

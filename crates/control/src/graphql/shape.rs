@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 
-use async_graphql::parser::types::{FragmentDefinition, OperationType, Selection, SelectionSet};
+use async_graphql::parser::types::{
+    ExecutableDocument, FragmentDefinition, OperationType, Selection, SelectionSet,
+};
 use async_graphql::{Name, Positioned};
 
 use super::MAX_ALIASES;
@@ -46,15 +48,17 @@ pub const MAX_NESTING: usize = 64;
 /// [`MAX_SELECTIONS`] selections once expanded, or spread fragments
 /// deeper than 32, or that opens brackets more than [`MAX_NESTING`] deep
 /// (checked on the text first, before anything recurses over it). A
-/// document that does not parse passes (the engine answers it).
-pub fn check_document(query: &str) -> Result<(), AppError> {
+/// document that does not parse passes (the engine answers it). Returns
+/// the document parsed, when it parses, for what reads it after the engine
+/// (the order of the answer's fields).
+pub fn check_document(query: &str) -> Result<Option<ExecutableDocument>, AppError> {
     if nesting(query) > MAX_NESTING {
         return Err(AppError::bad(format!(
             "the query nests selections, lists or objects more than {MAX_NESTING} deep"
         )));
     }
     let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return Ok(());
+        return Ok(None);
     };
     let ops: usize = doc
         .operations
@@ -117,7 +121,7 @@ pub fn check_document(query: &str) -> Result<(), AppError> {
              spread, or spreads fragments more than {MAX_SPREAD_DEPTH} deep"
         )));
     }
-    Ok(())
+    Ok(Some(doc))
 }
 
 /// How deep the brackets of a GraphQL document nest (`{`, `[` and `(`

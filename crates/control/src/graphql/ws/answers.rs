@@ -12,7 +12,7 @@ use async_graphql::{Name, Value};
 
 use async_graphql::parser::types::ExecutableDocument;
 
-use crate::graphql::{MAX_ERRORS, as_asked_in};
+use crate::graphql::{MAX_ERRORS, as_asked};
 
 /// An operation running on the socket, by id: what it asked, parsed once
 /// (a live operation answers many times).
@@ -25,23 +25,16 @@ pub(super) struct Asked {
 }
 
 impl Asked {
-    /// What a `subscribe`/`start` message's payload asks. A subscription
-    /// keeps no document: it selects one root field (the shape check sees
-    /// to it), and its events' fields are read, not awaited, so they come
-    /// in the order asked; its many answers then go as the engine wrote
-    /// them.
-    pub fn of(payload: Option<&serde_json::Value>) -> Self {
-        let field = |k: &str| {
-            payload
-                .and_then(|p| p.get(k))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        let operation = field("operationName");
-        let doc = field("query")
-            .and_then(|q| async_graphql::parser::parse_query(q).ok())
-            .filter(|doc| !subscribes(doc, operation.as_deref()));
-        Asked { doc, operation }
+    /// What a `subscribe`/`start` asks: its document as the shape check
+    /// parsed it, and the operation it names. A subscription keeps no
+    /// document: it selects one root field (the shape check sees to it),
+    /// and its events' fields are read, not awaited, so they come in the
+    /// order asked; its many answers then go as the engine wrote them.
+    pub fn of(doc: Option<ExecutableDocument>, operation: Option<&str>) -> Self {
+        Asked {
+            doc: doc.filter(|doc| !subscribes(doc, operation)),
+            operation: operation.map(str::to_owned),
+        }
     }
 }
 
@@ -122,7 +115,7 @@ pub(super) fn answer(text: String, asked: &HashMap<String, Asked>) -> Answer {
             ) && let Some(doc) = &a.doc
                 && matches!(data, Value::Object(d) if d.len() > 1 || d.values().any(nested))
             {
-                as_asked_in(doc, a.operation.as_deref(), data);
+                as_asked(doc, a.operation.as_deref(), data);
                 changed = true;
             }
             if let Some(errors) = p.get_mut("errors") {

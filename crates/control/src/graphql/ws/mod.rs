@@ -23,6 +23,7 @@ use std::sync::PoisonError;
 use std::time::Duration;
 
 use async_graphql::http::{WebSocketProtocols, WsMessage};
+use async_graphql::parser::types::ExecutableDocument;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
@@ -80,8 +81,8 @@ fn error_message(protocol: WebSocketProtocols, id: &str, err: &AppError) -> Stri
 /// What to do with a client's `subscribe` (or legacy `start`) before the
 /// engine sees it: the limits HTTP applies, applied here too.
 enum Admission {
-    /// Hand it to the engine.
-    Run,
+    /// Hand it to the engine (its document, parsed when it parses).
+    Run(Option<ExecutableDocument>),
     /// Answer this error for the id and drop the operation.
     Refuse(AppError),
     /// Close the socket (graphql-transport-ws: an id already in use).
@@ -112,7 +113,7 @@ fn admit(
         .and_then(|q| q.as_str())
         .unwrap_or_default();
     match check_document(query) {
-        Ok(()) => Admission::Run,
+        Ok(doc) => Admission::Run(doc),
         Err(e) => Admission::Refuse(e),
     }
 }
@@ -292,7 +293,10 @@ pub async fn serve(
                 match kind {
                     "connection_init" => initialised = true,
                     "subscribe" | "start" => match admit(protocol, &active, &id, parsed.get("payload")) {
-                        Admission::Run => { active.insert(id, Asked::of(parsed.get("payload"))); }
+                        Admission::Run(doc) => {
+                            let operation = parsed.get("payload").and_then(|p| p.get("operationName")).and_then(|n| n.as_str());
+                            active.insert(id, Asked::of(doc, operation));
+                        }
                         Admission::Refuse(err) => {
                             let text = error_message(protocol, &id, &err);
                             if !acked {
