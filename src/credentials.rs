@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use httvps_dataplane::backend::Backend;
+use httvps_dataplane::backend::{Backend, BackendError};
 use httvps_dataplane::link::{Link, Pin};
 use httvps_wire::Secret;
 use httvps_wire::enroll::Enrollment;
@@ -97,6 +97,40 @@ pub struct Sources<'a> {
     pub link: Link,
 }
 
+/// Pauses between redemptions the control plane could not answer (its
+/// database down, or throttling this address): about a minute in all, a throttle's
+/// window, before the start gives up or falls back on stored credentials.
+const REDEEM_RETRIES: [u64; 5] = [2, 4, 8, 16, 30];
+
+/// Redeems an enrollment string through `once`, asked again while the
+/// answer says only "not now" (its database is down, or 429): a replacement string
+/// answered 429 was dropped for the stored credentials it was given to
+/// replace, which the control plane no longer took.
+async fn redeem(once: &Backend) -> Result<httvps_wire::enroll::EnrollResponse, BackendError> {
+    use httvps_wire::Unavailable;
+    let mut pauses = REDEEM_RETRIES.iter();
+    loop {
+        let e = match once.enroll().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => e,
+        };
+        // Reached, and told "not now"; one not reached fails at once, as
+        // a wrong URL does.
+        let not_now = matches!(
+            e,
+            BackendError::Status { status: 429, .. }
+                | BackendError::Unavailable(Unavailable::DatabaseUnavailable)
+        );
+        match pauses.next() {
+            Some(secs) if not_now => {
+                tracing::warn!(error = %e, retry_in_secs = secs, "enrollment string not redeemed yet: trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(*secs)).await;
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
 /// A control-plane client with the resolved credentials. With `check`, an
 /// enrollment string is only read, not redeemed.
 pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
@@ -182,7 +216,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         .with_context(|| format!("{p}_CREDENTIALS: {} is not writable", s.file.display()))?;
     let _ = std::fs::remove_file(&probe);
     let url = e.url.clone();
-    let answer = match once.enroll().await {
+    let answer = match redeem(&once).await {
         Ok(answer) => answer,
         // A file written before files remembered their string, or a
         // rotation that cannot be redeemed now: the stored token stands.

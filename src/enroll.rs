@@ -213,7 +213,13 @@ fn string(kind: &str, url: &str, pin: Option<Pin>, token: String) -> String {
 }
 
 fn fail(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
+    let text = e.to_string();
+    // The registry names its inputs as GraphQL does; the command line's
+    // flag is what its operator typed.
+    match text.strip_prefix("publicUrl ") {
+        Some(rest) => anyhow::anyhow!("--public-url {rest}"),
+        None => anyhow::anyhow!("{text}"),
+    }
 }
 
 /// The kinds of machine the commands name.
@@ -248,12 +254,17 @@ async fn is_a(pool: &Db, kind: Kind, id: uuid::Uuid) -> anyhow::Result<()> {
 }
 
 /// The control plane's database for a command that changes what is in
-/// it, migrated; it must exist (see [`existing`]): an SQLite file that is
-/// not there is a mistyped `BACKEND_DB_DSN`, not a database to create.
+/// it; it must exist (see [`existing`]): an SQLite file that is not there
+/// is a mistyped `BACKEND_DB_DSN`, not a database to create. A new, empty
+/// one is migrated; one that holds another application's tables, or
+/// httvps's at an older release, is refused (see
+/// [`db::migrate_for_command`]).
 pub async fn registry(db: &DbArgs) -> anyhow::Result<Db> {
     let dsn = db.dsn()?;
     existing(&dsn)?;
-    db::migrate(&dsn).await.context("applying migrations")?;
+    db::migrate_for_command(&dsn)
+        .await
+        .context("BACKEND_DB_DSN")?;
     Ok(Db::connect(&dsn, 1)?)
 }
 

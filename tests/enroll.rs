@@ -422,7 +422,7 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
         .expect("gateway id")
         .to_owned();
     // An update changes the URL handed out from now on; a bad URL is
-    // refused with the field named, and changes nothing.
+    // refused with its flag named, and changes nothing.
     let updated = httvps(
         &plane,
         &[
@@ -440,7 +440,7 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     );
     assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("publicUrl"),
+        String::from_utf8_lossy(&refused.stderr).contains("--public-url must"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );

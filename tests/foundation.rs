@@ -562,6 +562,61 @@ fn the_cli_makes_sqlite_databases_only_on_purpose_and_private() {
     );
 }
 
+/// The operator's commands take the database they are given as it is: a
+/// new, empty one is migrated (as `serve` would), one that holds another
+/// application's tables is refused and gets none of httvps's, and one at
+/// an older release's schema is refused rather than upgraded behind its
+/// control plane's back.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_commands_migrate_only_a_new_database() {
+    let run = |dsn: String| {
+        let mut cmd = httvps_cmd();
+        cmd.args(["region", "--code", "eu", "--name", "Europe"])
+            .env("BACKEND_DB_DSN", dsn)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.output().expect("run")
+    };
+    // Another application's database.
+    let other = TestDb::pg_empty().await;
+    common::execute(&other.pool(), "CREATE TABLE invoices (id INT PRIMARY KEY)").await;
+    let out = run(other.url());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another application's database"),
+        "{err}"
+    );
+    let tables = "SELECT CAST(count(*) AS BIGINT) AS n FROM information_schema.tables \
+                  WHERE table_schema = current_schema()";
+    assert_eq!(
+        common::scalar(&other.pool(), tables).await,
+        1,
+        "only its own table"
+    );
+    // A new database: migrated, and the region made.
+    let new = TestDb::pg_empty().await;
+    let out = run(new.url());
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("created region eu"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An older release's schema: its newest migration not applied.
+    let older = TestDb::pg().await;
+    common::execute(
+        &older.pool(),
+        "DELETE FROM __diesel_schema_migrations WHERE version = \
+         (SELECT max(version) FROM __diesel_schema_migrations)",
+    )
+    .await;
+    let out = run(older.url());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("older release's schema"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn up_starts_on_sqlite_and_keeps_its_data() {
     let dir = common::tempdir::TempDir::new();

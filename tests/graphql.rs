@@ -332,15 +332,18 @@ async fn password_change_logout_and_disabling_invalidate_tokens() {
     )
     .await;
     assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
-    // The same with a wrong password: a guess learns nothing of it.
-    let r = gql(
-        base,
-        None,
-        "mutation($e:String!){login(email:$e,password:\"not the password at all\"){accessToken}}",
-        json!({"e": email}),
-    )
-    .await;
-    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    assert_eq!(r["errors"][0]["message"], "the account is disabled", "{r}");
+    // A wrong password answers as for any account, or for none: that the
+    // account exists and is disabled is told only to its owner.
+    let wrong =
+        "mutation($e:String!){login(email:$e,password:\"not the password at all\"){accessToken}}";
+    let r = gql(base, None, wrong, json!({"e": email})).await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    let none = gql(base, None, wrong, json!({"e": "nobody-at-all@example.com"})).await;
+    assert_eq!(
+        r["errors"][0]["message"], none["errors"][0]["message"],
+        "{r} {none}"
+    );
     // A role change invalidates older tokens too.
     let (other_id, other_tok) = user(base).await;
     let r = gql(
@@ -448,19 +451,11 @@ async fn users_never_see_other_users_data_or_node_secrets() {
         .as_str()
         .expect("device")
         .to_owned();
-    // B asks for A's devices and subscriptions through filters: gets only B's own.
+    // B asks for A's devices and subscriptions through filters: refused,
+    // and no row of A's comes with the refusal.
     let r = gql(base, Some(&b), "query($u:UUID!){devices(filter:{userId:$u}){edges{node{id}}} subscriptions(filter:{userId:$u}){edges{node{user{id}}}}}", json!({"u": a_id})).await;
-    assert_eq!(
-        r["data"]["devices"]["edges"].as_array().map(Vec::len),
-        Some(0),
-        "{r}"
-    );
-    for e in r["data"]["subscriptions"]["edges"]
-        .as_array()
-        .expect("subs")
-    {
-        assert_eq!(e["node"]["user"]["id"], b_id.as_str());
-    }
+    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    assert!(!r.to_string().contains(&a_dev), "{r}");
     let r = gql(
         base,
         Some(&b),
@@ -662,15 +657,24 @@ async fn sign_up_setting(t: TestDb) {
     let closed_email = format!("closed-{}@example.com", uuid::Uuid::new_v4().simple());
     let r = sign_up(closed_email.clone()).await;
     assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    assert_eq!(
+        r["errors"][0]["message"], "sign-up is closed on this service",
+        "{r}"
+    );
     // Nothing was written: the account does not exist once sign-up reopens.
     let r = gql(
         base,
         Some(&admin),
-        "query($e:String!){users(first:5,filter:{emailContains:$e}){edges{node{id}}}}",
-        json!({"e": closed_email}),
+        "query($e:String!){users(first:5,filter:{email:$e}){edges{node{id}}}}",
+        json!({"e": closed_email.to_uppercase()}),
     )
     .await;
     assert_eq!(r["data"]["users"]["edges"], json!([]), "{r}");
+    // Changes that change nothing are answered and not audited.
+    for same in [close, "mutation{updateSettings(input:{}){signUpEnabled}}"] {
+        let r = gql(base, Some(&admin), same, json!({})).await;
+        assert_eq!(r["data"]["updateSettings"]["signUpEnabled"], false, "{r}");
+    }
     // Existing accounts still log in; admins still create accounts.
     let r = gql(base, Some(&utok), "{me{id}}", json!({})).await;
     assert!(r["data"]["me"]["id"].is_string(), "{r}");
@@ -685,8 +689,25 @@ async fn sign_up_setting(t: TestDb) {
         gql(base, Some(&admin), open, json!({})).await["data"]["updateSettings"]["signUpEnabled"],
         true
     );
-    let r = sign_up(closed_email).await;
-    assert!(r["data"]["signUp"]["id"].is_string(), "{r}");
+    let r = sign_up(closed_email.clone()).await;
+    let id = r["data"]["signUp"]["id"].clone();
+    assert!(id.is_string(), "{r}");
+    // Found by its exact address, in any case; not by a part of it.
+    let find = "query($e:String!){users(first:5,filter:{email:$e}){totalCount edges{node{id}}}}";
+    let r = gql(
+        base,
+        Some(&admin),
+        find,
+        json!({"e": closed_email.to_uppercase()}),
+    )
+    .await;
+    assert_eq!(r["data"]["users"]["totalCount"], 1, "{r}");
+    assert_eq!(r["data"]["users"]["edges"][0]["node"]["id"], id, "{r}");
+    let part = &closed_email[1..];
+    let r = gql(base, Some(&admin), find, json!({"e": part})).await;
+    assert_eq!(r["data"]["users"]["totalCount"], 0, "{r}");
+    let r = gql(base, Some(&admin), find, json!({"e": "not an address"})).await;
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -796,6 +817,11 @@ async fn subscription_traffic(t: TestDb) {
     // A reset starts the period now with nothing used.
     let before = gql(base, Some(&admin), &set, json!({"id": sub, "b": "1000"})).await;
     let before = before["data"]["setSubscriptionTrafficLimit"]["periodStart"].clone();
+    // The allowance it has already: answered as it is, not audited.
+    let again = gql(base, Some(&admin), &set, json!({"id": sub, "b": "1000"})).await;
+    let again = &again["data"]["setSubscriptionTrafficLimit"];
+    assert_eq!(again["trafficLimitBytes"], "1000", "{again}");
+    assert_eq!(again["periodStart"], before, "{again}");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let r = gql(base, Some(&admin), &reset, json!({"id": sub})).await;
     let s = &r["data"]["resetSubscriptionTraffic"];
@@ -1308,6 +1334,32 @@ async fn admin_bounds(t: TestDb) {
     .await;
     assert_eq!(r["data"]["updatePlan"]["id"], json!(p), "{r}");
     assert_eq!(audited("update_plan").await, 0, "nothing to audit");
+    // A change is audited with what changed, and what it was.
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($p:UUID!){updatePlan(id:$p,input:{deviceLimit:2,trafficLimitBytes:null,durationDays:30}){deviceLimit}}",
+        json!({"p": p}),
+    )
+    .await;
+    assert_eq!(r["data"]["updatePlan"]["deviceLimit"], 2, "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        "{auditLog(first:1,filter:{action:\"update_plan\"}){nodes{targetId details}}}",
+        json!({}),
+    )
+    .await;
+    let entry = &r["data"]["auditLog"]["nodes"][0];
+    assert_eq!(entry["targetId"], json!(p), "{r}");
+    let details: Value = serde_json::from_str(entry["details"].as_str().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("{r}"));
+    assert_eq!(
+        details,
+        json!({"deviceLimit": 2, "trafficLimitBytes": null,
+               "previous": {"deviceLimit": 1, "trafficLimitBytes": "1073741824"}}),
+        "{r}"
+    );
     let (lapsed, _) = user(base).await;
     let g = grant(base, &admin, &lapsed, &p).await;
     let lapsed_sub = g["data"]["grantSubscription"]["id"].clone();
@@ -1433,5 +1485,164 @@ async fn admins_register_devices_for_subscribers() {
     )
     .await;
     assert_eq!(r["errors"][0]["extensions"]["code"], "NOT_FOUND", "{r}");
+    server.stop().await;
+}
+
+/// A user's lists are their own: asking for another user's subscriptions,
+/// devices or sessions is FORBIDDEN (it was answered with the caller's own
+/// rows, as if they were the other's); asking for their own works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_asking_for_another_users_lists_is_refused() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let admin = admin_token(&server).await;
+    let p = plan(base, &admin, 2).await;
+    let (me, tok) = user(base).await;
+    let (other, _) = user(base).await;
+    grant(base, &admin, &me, &p).await;
+    grant(base, &admin, &other, &p).await;
+    let lists = "query($u:UUID){subscriptions(filter:{userId:$u}){totalCount nodes{user{id}}} \
+                 devices(filter:{userId:$u}){totalCount}}";
+    let r = gql(base, Some(&tok), lists, json!({"u": other})).await;
+    assert_eq!(code(&r), Some("FORBIDDEN"), "{r}");
+    for asked in [json!(me), Value::Null] {
+        let r = gql(base, Some(&tok), lists, json!({"u": asked})).await;
+        assert_eq!(r["data"]["subscriptions"]["totalCount"], 1, "{r}");
+        assert_eq!(
+            r["data"]["subscriptions"]["nodes"][0]["user"]["id"],
+            json!(me),
+            "{r}"
+        );
+    }
+    let r = gql(base, Some(&admin), lists, json!({"u": other})).await;
+    assert_eq!(
+        r["data"]["subscriptions"]["nodes"][0]["user"]["id"],
+        json!(other),
+        "{r}"
+    );
+    server.stop().await;
+}
+
+/// Two admins demoting (or disabling) each other at once: one change
+/// goes through, the other is refused, and an admin remains (both went
+/// through, and no account could administer the service any more). The
+/// command line cannot demote or disable the last active admin either.
+async fn an_admin_always_remains(t: TestDb) {
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let (base, db) = (&server.base, &server.state.db);
+    let role = "mutation($id:UUID!){setUserRole(id:$id,role:USER){role}}";
+    let status = "mutation($id:UUID!){setUserStatus(id:$id,status:DISABLED){status}}";
+    let mut admins: Vec<String> = Vec::new();
+    for (round, change) in [role, status, role, status].into_iter().enumerate() {
+        let mut pair = Vec::new();
+        for _ in 0..2 {
+            let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+            let u = accounts::create_user(db, &email, PASSWORD, Role::Admin)
+                .await
+                .expect("admin");
+            pair.push((u.id.to_string(), login(base, &email).await));
+        }
+        let ((a, a_tok), (b, b_tok)) = (&pair[0], &pair[1]);
+        admins.extend([a.clone(), b.clone()]);
+        let (ra, rb) = tokio::join!(
+            gql(base, Some(a_tok), change, json!({"id": b})),
+            gql(base, Some(b_tok), change, json!({"id": a})),
+        );
+        let through = [&ra, &rb].iter().filter(|r| r["errors"].is_null()).count();
+        assert_eq!(through, 1, "round {round}: {ra} {rb}");
+        let mut left = 0;
+        for id in [a, b] {
+            let u = accounts::find_user(db, id.parse().expect("id"))
+                .await
+                .expect("read")
+                .expect("user");
+            left += usize::from(u.role == Role::Admin && u.status == accounts::UserStatus::Active);
+        }
+        assert_eq!(left, 1, "round {round}: {ra} {rb}");
+    }
+    // The last active admin, as the command line (no account) acts: each
+    // admin demoted in turn, the last refused.
+    let op = httvps_control::actor::Actor::Operator;
+    let active_admins = || async {
+        let f = accounts::UserFilter {
+            role: Some(Role::Admin),
+            status: Some(accounts::UserStatus::Active),
+            ..Default::default()
+        };
+        accounts::count(db, &op, &f).await.expect("count")
+    };
+    let ours = i64::try_from(admins.len()).expect("few");
+    let survivors = ours / 2;
+    assert_eq!(
+        active_admins().await,
+        survivors,
+        "every active admin is ours"
+    );
+    let mut refused = Vec::new();
+    for id in &admins {
+        let id = id.parse().expect("id");
+        if let Err(e) = accounts::set_role(db, &op, id, Role::User).await {
+            refused.push((id, e));
+        }
+    }
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let (last, e) = refused.remove(0);
+    let disabled = accounts::set_status(db, &op, last, accounts::UserStatus::Disabled).await;
+    for e in [Some(e), disabled.err()] {
+        assert!(
+            matches!(e, Some(httvps_control::error::AppError::Conflict(_))),
+            "{e:?}"
+        );
+    }
+    assert_eq!(active_admins().await, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_always_remains_on_postgres() {
+    an_admin_always_remains(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_always_remains_on_sqlite() {
+    an_admin_always_remains(TestDb::sqlite().await).await;
+}
+
+/// API answers carry tokens and account data: no cache may keep them
+/// (`Cache-Control: no-store`), on `/graphql` (POST and GET) and on
+/// `/api/v1`, answered or refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_answers_are_not_stored_by_caches() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let base = &server.base;
+    let (_, tok) = user(base).await;
+    let http = client();
+    let answers = [
+        http.post(format!("{base}/graphql"))
+            .json(&json!({"query": "{me{email}}"}))
+            .bearer_auth(&tok)
+            .send()
+            .await,
+        http.get(format!("{base}/graphql?query=%7B__typename%7D"))
+            .send()
+            .await,
+        http.post(format!("{base}/api/v1/auth/device-token"))
+            .send()
+            .await,
+    ];
+    for r in answers {
+        let r = r.expect("answer");
+        assert_eq!(
+            r.headers()
+                .get("cache-control")
+                .and_then(|v| v.to_str().ok()),
+            Some("no-store"),
+            "{} {:?}",
+            r.url(),
+            r.status()
+        );
+    }
     server.stop().await;
 }

@@ -1068,6 +1068,63 @@ async fn websocket_reused_subscription_id_closes_4409() {
     server.stop().await;
 }
 
+/// Operation ids are bounded: one past 64 bytes closes a
+/// graphql-transport-ws socket 4400 and is refused with BAD_REQUEST on the
+/// legacy protocol (whose socket stays open); an id of 64 bytes, of
+/// multi-byte characters, runs, and reused it closes 4409 with a reason a
+/// close frame can hold (a longer one made the close unreadable).
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_operation_ids_are_bounded() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let user = token_for(&server.base, &server.state.db, Role::User).await;
+    let auth = json!({"Authorization": format!("Bearer {user}")});
+    let long = "i".repeat(65);
+    let query = "subscription{nodeEvents{nodeId}}";
+
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    assert_eq!(
+        ws_init(&mut ws, auth.clone()).await["type"],
+        "connection_ack"
+    );
+    ws.send(ws_op("graphql-transport-ws", &long, query, json!({})))
+        .await
+        .expect("send");
+    closes_with(&mut ws, 4400).await;
+
+    let mut ws = ws_connect(&server.base, "graphql-ws").await;
+    assert_eq!(
+        ws_init(&mut ws, auth.clone()).await["type"],
+        "connection_ack"
+    );
+    ws.send(ws_op("graphql-ws", &long, query, json!({})))
+        .await
+        .expect("send");
+    let r = ws_next(&mut ws).await;
+    assert_eq!(
+        (r["type"].as_str(), ws_code(&r)),
+        (Some("error"), Some("BAD_REQUEST")),
+        "{r}"
+    );
+    ws.send(ws_op("graphql-ws", "1", "{me{email}}", json!({})))
+        .await
+        .expect("send");
+    let r = ws_next(&mut ws).await;
+    assert!(r["payload"]["data"]["me"]["email"].is_string(), "{r}");
+
+    // 32 two-byte characters: 64 bytes.
+    let widest = "é".repeat(32);
+    let mut ws = ws_connect(&server.base, "graphql-transport-ws").await;
+    assert_eq!(ws_init(&mut ws, auth).await["type"], "connection_ack");
+    for _ in 0..2 {
+        ws.send(ws_op("graphql-transport-ws", &widest, query, json!({})))
+            .await
+            .expect("send");
+    }
+    closes_with(&mut ws, 4409).await;
+    server.stop().await;
+}
+
 /// Asserts the socket's next message is its close with `code`.
 async fn closes_with(ws: &mut Ws, code: u64) {
     let r = ws_next(ws).await;

@@ -241,3 +241,69 @@ async fn https_get(plane: &Plane, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A gateway's `/health` says whether the control plane takes its
+/// heartbeats: `ok` (200) while it does, `degraded` (503, the control
+/// plane `unreachable`) once it has taken none for the outage window, when
+/// new tunnels are refused, and `ok` again once it does (it said `ok`
+/// through a whole outage). The heartbeat's age is a metric too.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_health_follows_the_control_plane_link() {
+    let (mut plane, listener) = Plane::prepare(1).await;
+    let link = common::link::ControlLink::start(&plane.server.base).await;
+    plane.spawn_gateway_via(listener, &link.url, &|o| {
+        o.heartbeat_every = Duration::from_millis(300);
+        o.outage_ttl = Duration::from_secs(2);
+    });
+    let admin = plane.admin_addr.expect("admin listener");
+    let health = || async move {
+        let r = common::client()
+            .get(format!("http://{admin}/health"))
+            .send()
+            .await
+            .expect("health");
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or_default())
+    };
+    let until = |want: u16| async move {
+        let t0 = Instant::now();
+        loop {
+            let (status, body) = health().await;
+            if status == want || t0.elapsed() > Duration::from_secs(15) {
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let (status, body) = until(200).await;
+    assert_eq!(
+        (status, &body["control_plane"]),
+        (200, &json!("reachable")),
+        "{body}"
+    );
+    link.sever();
+    let (status, body) = until(503).await;
+    assert_eq!(
+        (status, &body["status"], &body["control_plane"]),
+        (503, &json!("degraded"), &json!("unreachable")),
+        "{body}"
+    );
+    assert!(body["last_heartbeat_secs"].as_u64() >= Some(2), "{body}");
+    let metrics = common::client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let age: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("httvps_gateway_heartbeat_age_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(age >= 2, "{metrics}");
+    link.restore();
+    let (status, body) = until(200).await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+}

@@ -18,8 +18,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::gql;
 use common::link::ControlLink;
+use common::{gql, udp};
 
 /// The allowance of the test plan.
 const ALLOWANCE: i64 = 5 * 1024 * 1024;
@@ -716,6 +716,66 @@ async fn round_trip(socks: SocketAddr, target: SocketAddr, n: usize) {
         .expect("echo within 10 s")
         .expect("echo");
     assert_eq!(back, sent);
+}
+
+/// One round trip of `n` bytes over the open tunnel `s`, within 10 s;
+/// whether it came back whole.
+async fn echoes(s: &mut TcpStream, n: usize) -> bool {
+    let sent = vec![5u8; n];
+    if s.write_all(&sent).await.is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; n];
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back)).await;
+    matches!(read, Ok(Ok(_))) && back == sent
+}
+
+/// A datagram larger than what is left of the allowance cannot be cut:
+/// it is dropped, and nothing closes. The device's TCP tunnel and its UDP
+/// tunnel go on, and what is left is still theirs to use (such a
+/// datagram closed every tunnel of the session with `quota_exceeded`,
+/// and the subscription did not count as spent, so it happened again at
+/// every new tunnel).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_datagram_past_the_allowance_is_dropped_and_nothing_closes() {
+    let plane = Plane::start(1).await;
+    let (token, sub) = device_on_small_plan(&plane).await;
+    let (limit, _) = operate(&plane, SET_LIMIT, json!({"id": sub, "b": null})).await;
+    assert_eq!(limit, None);
+    let socks = client_via(&plane, &token, plane.gateway_addr).await;
+    let mut tcp = socks_connect(socks, echo().await).await;
+    assert!(echoes(&mut tcp, 1024).await, "the TCP tunnel works");
+    let udp_echo = udp::udp_echo().await;
+    let (_control, relay) = udp::associate(socks, 0).await;
+    let local = udp::udp_socket().await;
+    let small = udp::socks_datagram(udp_echo, b"small");
+    assert!(
+        udp::exchange(&local, relay, &small, 10).await.is_some(),
+        "the UDP tunnel works"
+    );
+
+    // 1,500 bytes left: room for a small datagram and a small round trip
+    // each way, none for a 1,800-byte datagram.
+    let used = settled_usage(&plane, &sub).await;
+    let lowered = used + 1500;
+    lower(&plane, &sub, lowered).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let large = udp::socks_datagram(udp_echo, &[9u8; 1800]);
+    assert_eq!(
+        udp::exchange(&local, relay, &large, 1).await,
+        None,
+        "a datagram past the allowance crossed"
+    );
+    assert!(echoes(&mut tcp, 16).await, "the TCP tunnel was closed");
+    assert!(
+        udp::exchange(&local, relay, &small, 1).await.is_some(),
+        "a datagram that fits did not cross"
+    );
+    let recorded = settled_usage(&plane, &sub).await;
+    assert!(
+        (used..=lowered).contains(&recorded),
+        "recorded {recorded} B, used {used} B before, allowance {lowered} B"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

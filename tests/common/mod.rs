@@ -330,6 +330,7 @@ impl Drop for TestDb {
 /// A scratch directory removed on drop (no extra crate needed).
 pub mod group;
 pub mod link;
+pub mod udp;
 
 pub mod tempdir {
     use std::path::PathBuf;

@@ -58,11 +58,16 @@ impl Actor {
     }
 
     /// Whose things a list shows: admins see what they ask for (`None`:
-    /// everyone's), users only their own whatever they ask.
-    pub fn scope(&self, requested: Option<UserId>) -> Option<UserId> {
+    /// everyone's), users their own; a user asking for another's is
+    /// refused (`FORBIDDEN`, as `usage` and `user` refuse it), not answered
+    /// with their own as if they were the other's.
+    pub fn scope(&self, requested: Option<UserId>) -> crate::error::AppResult<Option<UserId>> {
         match self {
-            Actor::Account { user_id, .. } if !self.is_admin() => Some(*user_id),
-            _ => requested,
+            Actor::Account { user_id, .. } if !self.is_admin() => match requested {
+                Some(other) if other != *user_id => Err(crate::error::AppError::Forbidden),
+                _ => Ok(Some(*user_id)),
+            },
+            _ => Ok(requested),
         }
     }
 }
@@ -83,11 +88,12 @@ mod tests {
             user_id: me,
             role: Role::Admin,
         };
-        assert_eq!(user.scope(Some(other)), Some(me));
-        assert_eq!(user.scope(None), Some(me));
-        assert_eq!(admin.scope(Some(other)), Some(other));
-        assert_eq!(admin.scope(None), None);
-        assert_eq!(Actor::Operator.scope(None), None);
+        assert!(user.scope(Some(other)).is_err());
+        assert_eq!(user.scope(Some(me)).ok(), Some(Some(me)));
+        assert_eq!(user.scope(None).ok(), Some(Some(me)));
+        assert_eq!(admin.scope(Some(other)).ok(), Some(Some(other)));
+        assert_eq!(admin.scope(None).ok(), Some(None));
+        assert_eq!(Actor::Operator.scope(None).ok(), Some(None));
         assert!(user.may_act_for(me) && !user.may_act_for(other));
         assert!(admin.may_act_for(other) && Actor::Operator.may_act_for(other));
         assert!(user.require_admin().is_err() && Actor::Operator.require_admin().is_ok());

@@ -153,13 +153,6 @@ pub async fn update_plan(
 ) -> AppResult<Plan> {
     actor.require_admin()?;
     check_plan_fields(&mut changes)?;
-    let entry = audit::entry(
-        actor,
-        "update_plan",
-        "plan",
-        Some(&id.to_string()),
-        serde_json::json!({}),
-    );
     if changes.name.is_none()
         && changes.price_cents.is_none()
         && changes.duration_days.is_none()
@@ -173,6 +166,13 @@ pub async fn update_plan(
         if let Some(name) = &changes.name {
             crate::refuse_taken!(conn, plans, name, name, id, PLAN_NAME_TAKEN);
         }
+        let was: Plan = plans::table
+            .find(id)
+            .select(Plan::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(AppError::NotFound("plan"))?;
         let ts = now();
         let p = diesel::update(plans::table.find(id))
             .set((&changes, plans::updated_at.eq(ts)))
@@ -182,12 +182,57 @@ pub async fn update_plan(
             .optional()
             .map_err(AppError::on_conflict(PLAN_NAME_TAKEN))?
             .ok_or(AppError::NotFound("plan"))?;
+        let entry = audit::entry(
+            actor,
+            "update_plan",
+            "plan",
+            Some(&id.to_string()),
+            plan_change(&was, &p),
+        );
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
             .await?;
         Ok::<_, AppError>(p)
     })
+}
+
+/// What an update changed in a plan, for its audit entry: each field that
+/// changed at its new value, and under `previous` at its old one (byte
+/// and cent counts as decimal strings, as the API writes them).
+fn plan_change(was: &Plan, now: &Plan) -> serde_json::Value {
+    let mut new = serde_json::Map::new();
+    let mut old = serde_json::Map::new();
+    let mut note = |field: &str, before: serde_json::Value, after: serde_json::Value| {
+        if before != after {
+            old.insert(field.to_owned(), before);
+            new.insert(field.to_owned(), after);
+        }
+    };
+    let text = |v: Option<i64>| v.map_or(serde_json::Value::Null, |n| n.to_string().into());
+    note("name", was.name.clone().into(), now.name.clone().into());
+    note(
+        "priceCents",
+        text(Some(was.price_cents)),
+        text(Some(now.price_cents)),
+    );
+    note(
+        "durationDays",
+        was.duration_days.into(),
+        now.duration_days.into(),
+    );
+    note(
+        "trafficLimitBytes",
+        text(was.traffic_limit_bytes),
+        text(now.traffic_limit_bytes),
+    );
+    note(
+        "deviceLimit",
+        was.device_limit.into(),
+        now.device_limit.into(),
+    );
+    new.insert("previous".to_owned(), old.into());
+    new.into()
 }
 
 /// Admin: archives a plan: no new grants, existing subscriptions run on.

@@ -20,6 +20,11 @@ pub enum AppError {
     /// The credential is valid but does not allow this.
     #[error("not allowed")]
     Forbidden,
+    /// Not allowed, for a reason the caller may be told (`FORBIDDEN`, with
+    /// the reason as its message): sign-up is closed, the account is
+    /// disabled.
+    #[error("{0}")]
+    Refused(&'static str),
     /// The named thing does not exist (or is not visible to the caller).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -82,7 +87,7 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => "BAD_REQUEST",
             AppError::Unauthenticated => "UNAUTHENTICATED",
-            AppError::Forbidden => "FORBIDDEN",
+            AppError::Forbidden | AppError::Refused(_) => "FORBIDDEN",
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::Conflict(_) => "CONFLICT",
             AppError::LimitExceeded(_) | AppError::Throttled { .. } => "LIMIT_EXCEEDED",
@@ -100,7 +105,7 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::Forbidden | AppError::Refused(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::LimitExceeded(_) => StatusCode::CONFLICT,

@@ -371,18 +371,50 @@ pub async fn end_idle_sessions(db: &Db) -> AppResult<usize> {
 pub const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs [`sweep_leases`] every `every` and [`end_idle_sessions`] every
-/// [`IDLE_SWEEP_EVERY`] (the first time at start) until the task is dropped.
+/// [`IDLE_SWEEP_EVERY`] until the task is dropped. Each judges only what
+/// this process watched for a whole period with the database reachable:
+/// leases from a lease after it started or its database came back, idle
+/// sessions from [`SESSION_IDLE`] after. A heartbeat or a report that
+/// came while the process was stopped or its database away could not be
+/// written, so its row looks older than it is: the first sweep after an
+/// outage of more than 10 minutes ended every session as idle, tunnels
+/// running through it included, and the first after any outage marked
+/// healthy nodes down (a one-node region refused new subscribers). While
+/// it may not judge, a sweep only looks whether the database answers.
 pub fn spawn_sweeper(db: Db, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_due = tokio::time::Instant::now();
+        // Since when the database has answered every sweep (None: the last
+        // one failed).
+        let mut watching = Some(tokio::time::Instant::now());
+        let watched = |since: Option<tokio::time::Instant>, period: chrono::Duration| {
+            since.is_some_and(|s| s.elapsed() >= period.to_std().unwrap_or(Duration::MAX))
+        };
         loop {
             tick.tick().await;
-            if let Err(e) = sweep_leases(&db).await {
-                tracing::warn!(error = %e, "sweep failed");
+            let swept = if watched(watching, lease()) {
+                sweep_leases(&db).await
+            } else if db.ping(every).await {
+                Ok(())
+            } else {
+                Err(AppError::Unavailable("the database did not answer".into()))
+            };
+            match swept {
+                Ok(()) => {
+                    watching.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep failed");
+                    // A transaction undone for another's sake is no outage.
+                    if !e.is_race() {
+                        watching = None;
+                    }
+                    continue;
+                }
             }
-            if tokio::time::Instant::now() >= idle_due {
+            if watched(watching, SESSION_IDLE) && tokio::time::Instant::now() >= idle_due {
                 idle_due = tokio::time::Instant::now() + IDLE_SWEEP_EVERY;
                 match end_idle_sessions(&db).await {
                     Ok(0) => {}

@@ -32,13 +32,20 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/api/v1/health", get(health))
         .route("/metrics", get(prometheus))
-        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route(
+            "/graphql",
+            get(graphql_get)
+                .post(graphql_post)
+                .layer(axum::middleware::map_response(no_store)),
+        )
         .route("/graphql/ws", get(graphql_ws))
         .merge(
-            super::rest::routes().route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                throttle_guessers,
-            )),
+            super::rest::routes()
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    throttle_guessers,
+                ))
+                .route_layer(axum::middleware::map_response(no_store)),
         );
     app = app.merge(super::console::routes(state.debug));
     app.fallback(not_found)
@@ -57,6 +64,17 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(crate::refusals::bound_heads))
         .with_state(state)
+}
+
+/// Marks an answer as not to be stored by any cache: API answers carry
+/// tokens (`login`, `refreshToken`, `registerDevice`, the device JWT, an
+/// enrollment's machine token) and account data.
+async fn no_store(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    res
 }
 
 /// Notes where the request comes from (the socket, or the trusted proxy

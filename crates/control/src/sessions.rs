@@ -132,7 +132,7 @@ pub async fn usage(
     if user_id.is_some_and(|u| !actor.may_act_for(u)) {
         return Err(AppError::Forbidden);
     }
-    let user_id = actor.scope(user_id);
+    let user_id = actor.scope(user_id)?;
     let from = crate::validate::time("from", from)?;
     let to = crate::validate::time("to", to)?;
     if to <= from {

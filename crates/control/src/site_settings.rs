@@ -43,18 +43,22 @@ pub async fn get(db: &Db) -> AppResult<SiteSettings> {
     }))
 }
 
-/// Admin: changes the settings, audited as `update_settings`.
+/// Admin: changes the settings, audited as `update_settings` with the
+/// fields that changed and what they were; a change that changes nothing
+/// (no field, or the values they have) answers the settings as they are,
+/// unaudited, as the other mutations do.
 pub async fn update(db: &Db, actor: &Actor, changes: SettingsChanges) -> AppResult<SiteSettings> {
     actor.require_admin()?;
-    let entry = audit::entry(
-        actor,
-        "update_settings",
-        "settings",
-        None,
-        serde_json::json!({"signUpEnabled": changes.sign_up_enabled}),
-    );
     db_tx!(db, |conn, _| {
-        if let Some(v) = changes.sign_up_enabled {
+        let was = site_settings::table
+            .find(1)
+            .select(SiteSettings::as_select())
+            .first(conn)
+            .await?;
+        if let Some(v) = changes
+            .sign_up_enabled
+            .filter(|v| *v != was.sign_up_enabled)
+        {
             diesel::update(site_settings::table.find(1))
                 .set((
                     site_settings::sign_up_enabled.eq(v),
@@ -62,11 +66,18 @@ pub async fn update(db: &Db, actor: &Actor, changes: SettingsChanges) -> AppResu
                 ))
                 .execute(conn)
                 .await?;
+            let entry = audit::entry(
+                actor,
+                "update_settings",
+                "settings",
+                None,
+                serde_json::json!({"signUpEnabled": v, "previous": {"signUpEnabled": was.sign_up_enabled}}),
+            );
+            diesel::insert_into(audit_log::table)
+                .values(&entry)
+                .execute(conn)
+                .await?;
         }
-        diesel::insert_into(audit_log::table)
-            .values(&entry)
-            .execute(conn)
-            .await?;
         let s = site_settings::table
             .find(1)
             .select(SiteSettings::as_select())
@@ -81,6 +92,6 @@ pub async fn require_sign_up_open(db: &Db) -> AppResult<()> {
     if get(db).await?.sign_up_enabled {
         Ok(())
     } else {
-        Err(AppError::Forbidden)
+        Err(AppError::Refused("sign-up is closed on this service"))
     }
 }

@@ -288,7 +288,7 @@ pub async fn list(
     filter: &SubscriptionFilter,
     page: &PageArgs,
 ) -> AppResult<Page<Subscription>> {
-    let user_id = actor.scope(filter.user_id);
+    let user_id = actor.scope(filter.user_id)?;
     let rows = db_run!(db, |conn| {
         let mut q = subscriptions::table
             .select(Subscription::as_select())
@@ -307,7 +307,7 @@ pub async fn list(
 /// How many of the list's rows match `filter` (the actor's own, or
 /// anyone's for admins).
 pub async fn count(db: &Db, actor: &Actor, filter: &SubscriptionFilter) -> AppResult<i64> {
-    let user_id = actor.scope(filter.user_id);
+    let user_id = actor.scope(filter.user_id)?;
     Ok(db_run!(db, |conn| {
         let mut q = subscriptions::table.into_boxed();
         if let Some(u) = user_id {

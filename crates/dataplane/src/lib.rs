@@ -38,6 +38,7 @@ pub mod acme;
 pub mod backend;
 pub mod certs;
 pub mod client;
+mod failing;
 pub mod files;
 pub mod gateway;
 mod lane;

@@ -23,6 +23,19 @@ pub struct UserFilter {
     pub status: Option<UserStatus>,
     /// Emails containing this text.
     pub email_contains: Option<String>,
+    /// This email exactly, compared as sign-in compares it (case, Unicode
+    /// normalisation).
+    pub email: Option<String>,
+}
+
+/// The exact email asked for, normalised as stored; one no account could
+/// have is refused as sign-up would refuse it.
+fn exact_email(filter: &UserFilter) -> AppResult<Option<String>> {
+    filter
+        .email
+        .as_deref()
+        .map(super::normalize_email)
+        .transpose()
 }
 
 /// Turns `emailContains` into a LIKE pattern (escaped, lower case); a
@@ -42,8 +55,8 @@ fn email_pattern(filter: &UserFilter) -> AppResult<Option<String>> {
 
 /// Applies a [`UserFilter`] (and its pattern) to a boxed query on `users`.
 macro_rules! filter_users {
-    ($q:expr, $filter:expr, $pattern:expr) => {{
-        let (mut q, filter, pattern) = ($q, $filter, $pattern);
+    ($q:expr, $filter:expr, $pattern:expr, $exact:expr) => {{
+        let (mut q, filter, pattern, exact) = ($q, $filter, $pattern, $exact);
         if let Some(r) = filter.role {
             q = q.filter(users::role.eq(r));
         }
@@ -53,6 +66,9 @@ macro_rules! filter_users {
         if let Some(p) = pattern {
             q = q.filter(users::email.like(p.clone()).escape('\\'));
         }
+        if let Some(e) = exact {
+            q = q.filter(users::email.eq(e.clone()));
+        }
         q
     }};
 }
@@ -60,11 +76,12 @@ macro_rules! filter_users {
 /// Admin: how many users match `filter`.
 pub async fn count(db: &Db, actor: &Actor, filter: &UserFilter) -> AppResult<i64> {
     actor.require_admin()?;
-    let pattern = email_pattern(filter)?;
+    let (pattern, exact) = (email_pattern(filter)?, exact_email(filter)?);
     Ok(db_run!(db, |conn| filter_users!(
         users::table.into_boxed(),
         filter,
-        &pattern
+        &pattern,
+        &exact
     )
     .count()
     .get_result::<i64>(conn)
@@ -79,12 +96,13 @@ pub async fn list(
     page: &PageArgs,
 ) -> AppResult<Page<User>> {
     actor.require_admin()?;
-    let pattern = email_pattern(filter)?;
+    let (pattern, exact) = (email_pattern(filter)?, exact_email(filter)?);
     let rows = db_run!(db, |conn| {
         let q = filter_users!(
             users::table.select(User::as_select()).into_boxed(),
             filter,
-            &pattern
+            &pattern,
+            &exact
         );
         paginate!(q, users, page).load(conn).await?
     });

@@ -160,9 +160,11 @@ pub async fn first_admin(db: &Db) -> AppResult<Option<UserId>> {
 }
 
 /// Checks an email and password; the same error for an unknown email and a
-/// wrong password, so accounts can't be probed. A disabled account is
-/// refused (`FORBIDDEN`) whatever the password, so a guess never learns
-/// whether it was right (that it is disabled is told, as to its owner).
+/// wrong password, whatever the account's status, so accounts can't be
+/// probed (a disabled one answered `FORBIDDEN` to any password, which told
+/// anyone that it existed and was disabled). The right password of a
+/// disabled account is told so (`FORBIDDEN`, "the account is disabled"),
+/// as to its owner; guesses are bounded by the log-in throttle.
 pub async fn authenticate(db: &Db, email: &str, password: &str) -> AppResult<User> {
     let bad = || AppError::BadRequest("wrong email or password".into());
     // Addresses stored before they were put in NFC (or before invisible
@@ -196,14 +198,11 @@ pub async fn authenticate(db: &Db, email: &str, password: &str) -> AppResult<Use
     };
     let verified =
         auth::verify_password(password.to_owned(), user.password_hash.expose().to_owned()).await;
-    // A disabled account answers the same whatever the password (checked
-    // all the same, for the time it takes): a guesser must not learn the
-    // password of an account for when it is enabled again.
-    if user.status != UserStatus::Active {
-        return Err(AppError::Forbidden);
-    }
     if !verified {
         return Err(bad());
+    }
+    if user.status != UserStatus::Active {
+        return Err(AppError::Refused("the account is disabled"));
     }
     Ok(user)
 }
@@ -244,6 +243,57 @@ macro_rules! unchanged_user {
     };
 }
 
+/// Serializes the changes that take an admin's powers away (PostgreSQL;
+/// SQLite has one writer).
+const ADMIN_LOCK: crate::db::Statement = crate::db::Statement {
+    pg: "SELECT pg_advisory_xact_lock(504446936935)",
+    sqlite: "",
+};
+
+/// Inside the transaction of a change that may take `$target`'s admin
+/// powers away (a demotion, a disabling), under [`ADMIN_LOCK`]: the acting
+/// admin must still be an active admin (two admins demoting each other at
+/// once both passed the check made when their requests were signed in,
+/// and left no admin), and an active admin must remain besides the target.
+macro_rules! keep_an_admin {
+    ($conn:expr, $actor:expr, $target:expr) => {{
+        if let Some(lock) = ADMIN_LOCK.on($conn) {
+            diesel::sql_query(lock).execute($conn).await?;
+        }
+        let active_admins = || {
+            users::table
+                .filter(users::role.eq(Role::Admin))
+                .filter(users::status.eq(UserStatus::Active))
+                .into_boxed()
+        };
+        if let Some(me) = $actor.user_id() {
+            let still: i64 = active_admins()
+                .filter(users::id.eq(me))
+                .count()
+                .get_result($conn)
+                .await?;
+            if still == 0 {
+                return Err(AppError::Forbidden);
+            }
+        }
+        let target_is_admin: i64 = active_admins()
+            .filter(users::id.eq($target))
+            .count()
+            .get_result($conn)
+            .await?;
+        let others: i64 = active_admins()
+            .filter(users::id.ne($target))
+            .count()
+            .get_result($conn)
+            .await?;
+        if target_is_admin > 0 && others == 0 {
+            return Err(AppError::Conflict(
+                "the last active admin cannot be demoted or disabled".into(),
+            ));
+        }
+    }};
+}
+
 /// Admin: enables or disables an account. Disabling invalidates its tokens,
 /// ends its devices' open sessions and tells gateways, which close its
 /// tunnels.
@@ -271,6 +321,7 @@ pub async fn set_status(
         // appliers.
         if status == UserStatus::Disabled {
             crate::apply_lock!(conn);
+            keep_an_admin!(conn, actor, user_id);
         }
         let ts = now();
         let changed: Option<User> = diesel::update(users::table.find(user_id))
@@ -321,6 +372,9 @@ pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> Ap
         serde_json::json!({"role": role.as_str()}),
     );
     db_tx!(db, |conn, outbox| {
+        if role != Role::Admin {
+            keep_an_admin!(conn, actor, user_id);
+        }
         let changed: Option<User> = diesel::update(users::table.find(user_id))
             .filter(users::role.ne(role))
             .set((

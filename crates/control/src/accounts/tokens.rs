@@ -175,6 +175,13 @@ pub async fn refresh(
             .set(refresh_tokens::used_at.eq(ts))
             .execute(conn)
             .await?;
+        // A token revoked already (a log-out, a password change, a
+        // disabled account, or a reuse found before) is only refused: its
+        // family has nothing left to revoke, and a stale tab refreshing
+        // after a log-out is no theft (it was logged as one).
+        if claimed == 0 && found.revoked_at.is_some() {
+            return Ok(Rotation::Refused);
+        }
         if claimed == 0 {
             diesel::update(
                 refresh_tokens::table.filter(refresh_tokens::family_id.eq(&found.family_id)),

@@ -6,6 +6,7 @@
 //! between the dialects is written once per dialect as a [`Statement`].
 
 pub mod dialect;
+mod for_commands;
 mod held;
 pub mod models;
 mod notify;
@@ -15,6 +16,7 @@ mod repair;
 pub mod schema;
 
 pub use dialect::{Dialect, Statement};
+pub use for_commands::migrate_for_command;
 
 /// Key of the PostgreSQL advisory lock that makes the usage appliers of
 /// several replicas take turns ("usage" in ASCII, 0x0075_7361_6765).
@@ -69,7 +71,7 @@ pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migra
 
 /// Key of the PostgreSQL advisory lock that serialises migrations between
 /// replicas starting at once ("httvps" in ASCII).
-const MIGRATION_LOCK_KEY: i64 = 0x0000_6874_7476_7073;
+pub(crate) const MIGRATION_LOCK_KEY: i64 = 0x0000_6874_7476_7073;
 
 /// An SQLite connection driven through diesel-async.
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;

@@ -296,7 +296,7 @@ pub async fn list(
     filter: &DeviceFilter,
     page: &PageArgs,
 ) -> AppResult<Page<Device>> {
-    let user_id = actor.scope(filter.user_id);
+    let user_id = actor.scope(filter.user_id)?;
     let rows = db_run!(db, |conn| {
         let mut q = devices::table.select(Device::as_select()).into_boxed();
         if let Some(u) = user_id {
@@ -313,7 +313,7 @@ pub async fn list(
 /// How many of the list's rows match `filter` (the actor's own, or
 /// anyone's for admins).
 pub async fn count(db: &Db, actor: &Actor, filter: &DeviceFilter) -> AppResult<i64> {
-    let user_id = actor.scope(filter.user_id);
+    let user_id = actor.scope(filter.user_id)?;
     Ok(db_run!(db, |conn| {
         let mut q = devices::table.into_boxed();
         if let Some(u) = user_id {

@@ -77,6 +77,10 @@ pub struct UserFilterInput {
     pub status: Option<UserStatus>,
     /// Emails containing this text.
     pub email_contains: Option<String>,
+    /// This email exactly, compared as sign-in compares it (case and
+    /// Unicode normalisation); an address no account could have is
+    /// BAD_REQUEST.
+    pub email: Option<String>,
 }
 
 /// Account queries.
@@ -113,6 +117,7 @@ impl AccountQuery {
             role: f.role,
             status: f.status,
             email_contains: f.email_contains,
+            email: f.email,
         };
         let rows = accounts::list(&api.db, &actor(ctx)?, &filter, &page)
             .await

@@ -185,6 +185,7 @@ macro_rules! change {
 
 /// Admin: sets one subscription's traffic allowance per period (`None`:
 /// unlimited). Its plan, and other subscriptions of the plan, keep theirs.
+/// The allowance it has already changes nothing and is not audited.
 pub async fn set_limit(
     db: &Db,
     actor: &Actor,
@@ -194,6 +195,14 @@ pub async fn set_limit(
     actor.require_admin()?;
     if let Some(v) = limit {
         validate::range("trafficLimitBytes", v, 0, i64::MAX)?;
+    }
+    // The allowance it has already: answered as it is, and nothing
+    // audited (as other changes that change nothing).
+    let current = crate::subscriptions::by_ids(db, &[id]).await?.pop();
+    if let Some(sub) = current.filter(|s| {
+        s.traffic_limit_bytes == limit && s.status != crate::status::SubscriptionStatus::Cancelled
+    }) {
+        return Ok(sub);
     }
     change!(
         db,

@@ -18,6 +18,23 @@ use crate::ids::{GatewayNodeId, OutlineNodeId, SessionId};
 /// Inbox rows read at a time.
 pub const PAGE_ROWS: i64 = 500;
 
+/// The fastest a session is believed to move bytes each way (10 Gbit/s):
+/// a gateway's or a node's totals past it over the session's life are cut
+/// to it.
+const MAX_RATE: i64 = 1_250_000_000;
+
+/// What a session's totals may hold beyond [`MAX_RATE`] over its life.
+const RATE_SLACK: i64 = 64 * 1024 * 1024;
+
+/// The most a session that started at `started` can have moved each way
+/// by `now`. A gateway's report is believed up to it: one that held
+/// 2^63 - 1 bytes (a stolen or broken gateway's) spent the subscriber's
+/// allowance at once and saturated every traffic total it was summed in.
+pub(super) fn believable(started: chrono::NaiveDateTime, now: chrono::NaiveDateTime) -> i64 {
+    let secs = (now - started).num_seconds().max(0);
+    secs.saturating_mul(MAX_RATE).saturating_add(RATE_SLACK)
+}
+
 /// Who sent a report that names sessions.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Sender {
@@ -110,6 +127,24 @@ pub async fn receive(
             other => other,
         });
     }
+    let at = now();
+    for s in &known {
+        let bound = believable(s.started_at, at);
+        if let Some(t) = latest.get_mut(&s.id)
+            && (t.up > bound || t.down > bound)
+        {
+            tracing::warn!(
+                gateway.id = %gateway,
+                session.id = %s.id,
+                bytes_up = t.up,
+                bytes_down = t.down,
+                bound,
+                "usage report past what the session could have moved: cut to the bound"
+            );
+            t.up = t.up.min(bound);
+            t.down = t.down.min(bound);
+        }
+    }
     let close = known
         .into_iter()
         .filter_map(|s| {
@@ -128,7 +163,7 @@ pub async fn receive(
         .prepared(conn)
         .text(gateway.to_string())
         .text(&totals)
-        .timestamp(now())
+        .timestamp(at)
         .get_result(conn)
         .await?);
     Ok(Received {
@@ -157,4 +192,29 @@ pub async fn delete(db: &Db, ids: &[i64]) -> AppResult<()> {
         .execute(conn)
         .await?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_are_believed_up_to_the_rate_over_the_sessions_life() {
+        let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 0)
+            .expect("time")
+            .naive_utc();
+        assert_eq!(believable(t0, t0), RATE_SLACK);
+        // A clock that went back believes the slack, no less.
+        assert_eq!(
+            believable(t0, t0 - chrono::Duration::seconds(5)),
+            RATE_SLACK
+        );
+        assert_eq!(
+            believable(t0, t0 + chrono::Duration::seconds(10)),
+            10 * MAX_RATE + RATE_SLACK
+        );
+        // Centuries never overflow.
+        let far = t0 + chrono::Duration::days(365 * 300);
+        assert_eq!(believable(t0, far), i64::MAX);
+    }
 }

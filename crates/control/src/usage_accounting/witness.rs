@@ -238,6 +238,17 @@ pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> Ap
             let known: std::collections::HashSet<SessionId> = known.iter().map(|k| k.id).collect();
             totals.retain(|t| known.contains(&t.0));
         }
+        // Believed up to what the session could have moved (as a
+        // gateway's report is).
+        let at = now();
+        let started: HashMap<SessionId, chrono::NaiveDateTime> =
+            known.iter().map(|k| (k.id, k.started_at)).collect();
+        for t in &mut totals {
+            if let Some(s) = started.get(&t.0) {
+                let bound = super::inbox::believable(*s, at);
+                (t.2, t.3) = (t.2.min(bound), t.3.min(bound));
+            }
+        }
         if !totals.is_empty() {
             out.accepted = totals.len();
             let body = to_json(&serde_json::json!({ "node": totals }))?;

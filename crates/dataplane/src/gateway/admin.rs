@@ -85,6 +85,18 @@ impl Collector for Live {
             None,
             open.metric_type(),
         )?)?;
+        let age = ConstGauge::new(
+            self.0
+                .beats
+                .since_taken()
+                .map_or(-1, |s| i64::try_from(s.as_secs()).unwrap_or(i64::MAX)),
+        );
+        age.encode(encoder.encode_descriptor(
+            "httvps_gateway_heartbeat_age_seconds",
+            "Seconds since the control plane last took a heartbeat (-1: none since the start).",
+            None,
+            age.metric_type(),
+        )?)?;
         let (up, down) = self.0.sessions.totals();
         for (name, help, value) in [
             (
@@ -140,15 +152,38 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         "Requests refused at once (503) because too many control-plane calls about credentials never accepted were in flight (in all or from their source), or too many requests waited on theirs.",
         gw.metrics.checks_shed.clone(),
     );
+    let live = gw.clone();
     registry.register_collector(Box::new(Live(gw)));
     Router::new()
-        .route("/health", get(health))
+        .route("/health", get(move || health(live.clone())))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(registry))
 }
 
-async fn health() -> &'static str {
-    "{\"status\":\"ok\"}"
+/// `ok` (200) while the control plane takes this gateway's heartbeats;
+/// `degraded` (503) once it has taken none for the outage window (60 s by
+/// default), when new tunnels are refused (those open run on), or none
+/// since the start. It said `ok` through a whole outage, so neither a
+/// load balancer nor a monitor could tell.
+async fn health(gw: Arc<Gateway>) -> Response {
+    let since = gw.beats.since_taken();
+    let reachable = since.is_some_and(|s| s <= gw.opts.outage_ttl);
+    let body = serde_json::json!({
+        "status": if reachable { "ok" } else { "degraded" },
+        "control_plane": if reachable { "reachable" } else { "unreachable" },
+        "last_heartbeat_secs": since.map(|s| s.as_secs()),
+    });
+    let status = if reachable {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> Response {

@@ -43,6 +43,10 @@ pub(crate) struct Beats {
     unreached: Mutex<HashMap<String, Unreached>>,
     /// Whether the last heartbeat was refused for the gateway's token.
     refused: AtomicBool,
+    /// Failed heartbeats, said once per run.
+    failing: crate::failing::SharedFailing,
+    /// When a heartbeat was last taken (None: not yet).
+    last_taken: Mutex<Option<Instant>>,
 }
 
 /// A node not reached: where it was dialled, since when, and when it was
@@ -55,6 +59,22 @@ struct Unreached {
 }
 
 impl Beats {
+    /// Whether the control plane refused this gateway's token at the last
+    /// heartbeat (removed or rotated): nothing else is sent with it until
+    /// a heartbeat is accepted again, since every refused credential
+    /// counts against this address's allowance for unknown ones, which a
+    /// retired gateway calling every second or two used up, and its
+    /// operator's new enrollment string was then refused (429) too.
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the control plane last took a heartbeat (None: it has
+    /// taken none since the gateway started).
+    pub fn since_taken(&self) -> Option<Duration> {
+        lock(&self.last_taken).map(|t| t.elapsed())
+    }
+
     /// Notes a subscription's end seen in an answer.
     pub fn note_end(&self, until: chrono::DateTime<chrono::Utc>) {
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -63,9 +83,16 @@ impl Beats {
         }
     }
 
-    /// Notes that a node took a connection.
+    /// Notes that a node took a connection. The latest fact about a node
+    /// is the one reported: an unreachable report still waiting for the
+    /// next heartbeat (one repeated while the node was down) goes, and
+    /// would otherwise have held the node down for a minute after it came
+    /// back.
     pub fn reachable(&self, node_id: &str) {
+        let mut unreachable = lock(&self.unreachable);
+        unreachable.remove(node_id);
         lock(&self.reachable).insert(node_id.to_owned());
+        drop(unreachable);
         lock(&self.unreached).remove(node_id);
     }
 
@@ -73,7 +100,10 @@ impl Beats {
     /// reported, and dialled again (at this address, the one it was given
     /// last) until it answers.
     pub fn unreachable(&self, node_id: &str, addr: &str) {
-        lock(&self.unreachable).insert(node_id.to_owned());
+        let mut unreachable = lock(&self.unreachable);
+        unreachable.insert(node_id.to_owned());
+        lock(&self.reachable).remove(node_id);
+        drop(unreachable);
         let now = Instant::now();
         let mut unreached = lock(&self.unreached);
         match unreached.get_mut(node_id) {
@@ -108,7 +138,35 @@ impl Beats {
             due
         });
         if again {
-            lock(&self.unreachable).insert(node_id.to_owned());
+            let mut unreachable = lock(&self.unreachable);
+            unreachable.insert(node_id.to_owned());
+            lock(&self.reachable).remove(node_id);
+        }
+    }
+
+    /// What the next heartbeat reports: the nodes found unreachable and
+    /// those found reachable since the last one (a node is in one list at
+    /// most: the latest fact).
+    fn take_reports(&self) -> (Vec<String>, Vec<String>) {
+        let mut unreachable = lock(&self.unreachable);
+        let mut reachable = lock(&self.reachable);
+        (unreachable.drain().collect(), reachable.drain().collect())
+    }
+
+    /// A heartbeat that carried `reports` failed: they go with the next
+    /// one, unless a newer fact about the node came meanwhile.
+    fn put_back(&self, (unreachable, reachable): (Vec<String>, Vec<String>)) {
+        let mut now_unreachable = lock(&self.unreachable);
+        let mut now_reachable = lock(&self.reachable);
+        for n in unreachable {
+            if !now_reachable.contains(&n) {
+                now_unreachable.insert(n);
+            }
+        }
+        for n in reachable {
+            if !now_unreachable.contains(&n) {
+                now_reachable.insert(n);
+            }
         }
     }
 }
@@ -116,22 +174,22 @@ impl Beats {
 impl Gateway {
     /// Sends one heartbeat and carries out its close orders.
     pub(crate) async fn heartbeat_once(&self) {
-        let unreachable: Vec<String> = lock(&self.beats.unreachable).drain().collect();
-        let reachable: Vec<String> = lock(&self.beats.reachable)
-            .drain()
-            .filter(|n| !unreachable.contains(n))
-            .collect();
+        let (unreachable, reachable) = self.beats.take_reports();
         let beat = GatewayBeat {
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             open_tunnels: i32::try_from(self.open_tunnels()).unwrap_or(i32::MAX),
             open_sessions: self.sessions.open_ids(),
-            unreachable_nodes: unreachable.clone(),
+            unreachable_nodes: unreachable,
             reachable_nodes: reachable,
         };
         match self.backend.gateway_heartbeat(&beat).await {
             Ok(answer) => {
+                *lock(&self.beats.last_taken) = Some(Instant::now());
                 if self.beats.refused.swap(false, Ordering::Relaxed) {
                     tracing::info!("heartbeat accepted again");
+                }
+                if self.beats.failing.ended() {
+                    tracing::info!("heartbeat works again");
                 }
                 self.close_sessions(&answer.close_sessions);
             }
@@ -152,16 +210,24 @@ impl Gateway {
                         "the control plane refuses this gateway's token (removed or rotated): its tunnels are closed; enroll it again"
                     );
                 }
-                lock(&self.beats.unreachable).extend(unreachable);
+                self.beats
+                    .put_back((beat.unreachable_nodes, beat.reachable_nodes));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed");
+                if self.beats.failing.began(false) {
+                    tracing::warn!(error = %e, "heartbeat failed; said again once it works");
+                }
                 // Told next time.
-                lock(&self.beats.unreachable).extend(unreachable);
+                self.beats
+                    .put_back((beat.unreachable_nodes, beat.reachable_nodes));
             }
         }
     }
 }
+
+/// The longest the access-event stream waits, while the token is refused,
+/// before it looks whether it is taken again.
+const REFUSED_WAIT: Duration = Duration::from_secs(16);
 
 /// How often a node not reached is dialled again.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -305,6 +371,13 @@ pub(crate) async fn access_loop(gw: Arc<Gateway>) {
             }
             Err(e) => tracing::debug!(error = %e, "access events unavailable"),
         }
+        // A refused token is not tried every second (see Beats::refused);
+        // the heartbeat finds when it is taken again.
+        let mut wait = Duration::from_secs(1);
+        while gw.beats.refused() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REFUSED_WAIT);
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -331,10 +404,47 @@ mod tests {
         // its process may still answer).
         b.unreachable("n1", "10.0.0.5:9999");
         assert_eq!(lock(&b.unreached)["n1"].addr, "10.0.0.5:9999");
+        assert_eq!(reported(&b), ["n1"], "the move's own report");
         // Reached: no longer dialled nor reported.
         b.reachable("n1");
         b.still_unreached("n1", t0 + REPORT_AGAIN * 10);
-        assert_eq!(reported(&b), ["n1"], "only the move's own report");
+        assert!(reported(&b).is_empty());
         assert!(lock(&b.unreached).is_empty());
+    }
+
+    /// A node reported unreachable again while down, and reached before
+    /// that report went: the heartbeat says reachable, not unreachable
+    /// (it held the node down for a minute after it came back).
+    #[test]
+    fn the_latest_fact_about_a_node_is_the_one_reported() {
+        let b = Beats::default();
+        b.unreachable("n1", "10.0.0.5:8388");
+        let (down, up) = b.take_reports();
+        assert_eq!((down, up), (vec!["n1".to_owned()], vec![]));
+        let t0 = Instant::now();
+        b.still_unreached("n1", t0 + REPORT_AGAIN + Duration::from_secs(1));
+        b.reachable("n1");
+        assert_eq!(b.take_reports(), (vec![], vec!["n1".to_owned()]));
+        // And the other way round: a failure after a success.
+        b.reachable("n2");
+        b.unreachable("n2", "10.0.0.6:8388");
+        assert_eq!(b.take_reports(), (vec!["n2".to_owned()], vec![]));
+        // A failed heartbeat's reports go with the next one, unless a
+        // newer fact came meanwhile.
+        b.put_back((
+            vec!["n3".to_owned(), "n4".to_owned()],
+            vec!["n5".to_owned()],
+        ));
+        b.reachable("n4");
+        let (mut down, mut up) = b.take_reports();
+        down.sort();
+        up.sort();
+        assert_eq!(
+            (down, up),
+            (
+                vec!["n3".to_owned()],
+                vec!["n4".to_owned(), "n5".to_owned()]
+            )
+        );
     }
 }

@@ -173,6 +173,42 @@ impl Gateway {
         fits
     }
 
+    /// Counts a datagram of `len` bytes whole against the session's grant,
+    /// as [`Gateway::take`] counts a frame, or not at all: a datagram
+    /// cannot be cut. One that does not fit once a grant was asked for is
+    /// dropped, and the session's tunnels close only when nothing at all
+    /// is left: what is left is still the session's, for a smaller
+    /// datagram or a stream's bytes (closing them all for one large
+    /// datagram left the subscription short of its allowance, so every
+    /// new tunnel met the same end).
+    pub(crate) async fn take_whole(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        s: &Arc<Session>,
+        counter: &AtomicU64,
+        len: u64,
+    ) -> bool {
+        let first = s.take_within(counter, len, clock_ms());
+        if first == len {
+            return true;
+        }
+        s.give_back(counter, first);
+        self.ask_now(id, s, len).await;
+        let fits = s.take_within(counter, len, clock_ms());
+        if fits == len {
+            return true;
+        }
+        s.give_back(counter, fits);
+        if s.grant.room(s.used(), clock_ms()) == 0 {
+            if s.grant.ended() {
+                s.ended();
+            } else {
+                s.spent(s.grant.denied().unwrap_or(Reason::QuotaExceeded));
+            }
+        }
+        false
+    }
+
     /// Asks for a grant unless the question already out brings room for
     /// `need` bytes.
     pub(crate) async fn ask_now(&self, id: &str, s: &Session, need: u64) {

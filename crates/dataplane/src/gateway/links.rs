@@ -41,6 +41,8 @@ pub(crate) struct Links {
     /// plane was away).
     waiting: Mutex<VecDeque<SessionLink>>,
     wake: Notify,
+    /// Failed sends, said once per run.
+    failing: crate::failing::SharedFailing,
 }
 
 impl Links {
@@ -94,7 +96,11 @@ pub(crate) async fn links_loop(gw: Arc<Gateway>) {
                 })
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    if gw.links.failing.ended() {
+                        tracing::info!("session links are taken again");
+                    }
+                }
                 // A session the control plane no longer knows: its tunnels
                 // are not worth a witness.
                 Err(BackendError::Status { status, code, .. })
@@ -103,7 +109,9 @@ pub(crate) async fn links_loop(gw: Arc<Gateway>) {
                     tracing::warn!(status, %code, links = batch.len(), "session links refused; dropped");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "session links failed; will resend");
+                    if gw.links.failing.began(false) {
+                        tracing::warn!(error = %e, "session links failed; resent until they are taken (said again once they are)");
+                    }
                     gw.links.put_back(batch);
                     tokio::time::sleep(RETRY).await;
                 }

@@ -12,8 +12,6 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::Gateway;
-use super::sessions::Session;
 use super::tunnel::{self, TunnelGuard, closed_signal};
 use super::upgrade::Opening;
 
@@ -77,14 +75,9 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     // datagram cannot be cut: one that does not fit whole
                     // is dropped (what it counted given back).
                     if up_gw.room(&up_id, &up_session).await
-                        && whole_or_none(
-                            &up_gw,
-                            &up_id,
-                            &up_session,
-                            &up_session.up,
-                            datagram.len(),
-                        )
-                        .await
+                        && up_gw
+                            .take_whole(&up_id, &up_session, &up_session.up, datagram.len() as u64)
+                            .await
                     {
                         if up_sock.send(datagram).await.is_ok() {
                             up_activity.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -154,7 +147,7 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     if let Ok(n) = socket.try_recv_buf(&mut buf) {
                         // Nothing past the grant: the datagram is dropped.
                         if !gw.room(&guard.session_id, &session).await
-                            || !whole_or_none(&gw, &guard.session_id, &session, &session.down, n).await
+                            || !gw.take_whole(&guard.session_id, &session, &session.down, n as u64).await
                         {
                             continue;
                         }
@@ -199,22 +192,4 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
     // (30 s by default: a 64 KiB frame at 2 KB/s).
     tunnel::finish_writer(writer, idle_ping).await;
     drop(guard);
-}
-
-/// Counts a datagram of `len` bytes whole against the session's grant, or
-/// not at all (a datagram cannot be cut).
-async fn whole_or_none(
-    gw: &Arc<Gateway>,
-    id: &Arc<str>,
-    s: &Arc<Session>,
-    counter: &AtomicU64,
-    len: usize,
-) -> bool {
-    let len = len as u64;
-    let fits = gw.take(id, s, counter, len).await;
-    if fits < len {
-        s.give_back(counter, fits);
-        return false;
-    }
-    true
 }

@@ -18,6 +18,8 @@ const REPORT_CHUNK: usize = 200;
 #[derive(Debug)]
 pub(crate) struct Reports {
     seq: AtomicI64,
+    /// Failed reports, said once per run.
+    failing: crate::failing::SharedFailing,
 }
 
 impl Reports {
@@ -26,6 +28,7 @@ impl Reports {
     pub fn new() -> Self {
         Reports {
             seq: AtomicI64::new(chrono::Utc::now().timestamp_millis()),
+            failing: Default::default(),
         }
     }
 }
@@ -54,8 +57,20 @@ impl Gateway {
         if pending.is_empty() {
             return;
         }
+        if self.send_usage(&pending).await && self.reports.failing.ended() {
+            tracing::info!("usage reports are taken again");
+        }
+    }
+
+    /// Sends `pending` (spooled first); whether every part was answered.
+    async fn send_usage(&self, pending: &[(String, u64, u64)]) -> bool {
         // Spooled first: the spool is never behind what was reported.
         self.write_spool().await;
+        // Not sent with a token the control plane refuses (kept for when
+        // it is taken again; see Beats::refused).
+        if self.beats.refused() {
+            return false;
+        }
         let seq = self.reports.seq.fetch_add(1, Ordering::Relaxed);
         for part in pending.chunks(REPORT_CHUNK) {
             let reports = part
@@ -82,19 +97,24 @@ impl Gateway {
                                 tracing::warn!(session.id = %one.0, status, %code, "usage refused; dropped");
                             }
                             Err(e) => {
-                                tracing::warn!(error = %e, "usage report failed; will resend");
-                                return;
+                                if self.reports.failing.began(false) {
+                                    tracing::warn!(error = %e, "usage report failed; resent until it is taken (said again once it is)");
+                                }
+                                return false;
                             }
                         }
                         self.sessions.mark_reported(std::slice::from_ref(one));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "usage report failed; will resend");
-                    return;
+                    if self.reports.failing.began(false) {
+                        tracing::warn!(error = %e, "usage report failed; resent until it is taken (said again once it is)");
+                    }
+                    return false;
                 }
             }
         }
+        true
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`witness`]: the per-connection counters, which make the node a
 //!   second witness of every session's bytes, and their reports.
 
+pub(crate) use crate::failing::Failing;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,38 +203,4 @@ pub fn spawn_heartbeats(
             }
         }
     })
-}
-
-/// A run of failed calls to the control plane, to log once as it begins
-/// (or changes from an outage to a refusal, or back) and once as it ends.
-#[derive(Debug, Default)]
-pub(crate) struct Failing(Option<bool>);
-
-impl Failing {
-    /// A call failed (`refused`: the token was refused); whether to say so.
-    pub(crate) fn began(&mut self, refused: bool) -> bool {
-        self.0.replace(refused) != Some(refused)
-    }
-
-    /// A call worked; whether a run of failures just ended.
-    pub(crate) fn ended(&mut self) -> bool {
-        self.0.take().is_some()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Failing;
-
-    #[test]
-    fn a_run_of_failures_is_said_as_it_begins_changes_and_ends() {
-        let mut f = Failing::default();
-        assert!(!f.ended(), "nothing failed");
-        assert!(f.began(true), "the first refusal");
-        assert!(!f.began(true), "not every beat");
-        assert!(f.began(false), "now an outage");
-        assert!(!f.began(false));
-        assert!(f.ended(), "works again");
-        assert!(!f.ended());
-    }
 }

@@ -2,8 +2,8 @@
 //! graphql-ws protocol, with what the stock handler lacks: authentication in
 //! `connection_init` (refused: close 4403), a deadline for it, the limits
 //! HTTP applies (the schema's depth and complexity, the alias count, the
-//! 64 KiB document), a cap on subscriptions per socket, and ids that cannot
-//! be reused while in use (close 4409); graphql-transport-ws's codes for a
+//! 64 KiB document), a cap on subscriptions per socket, ids of at most
+//! [`MAX_ID_BYTES`] that cannot be reused while in use (close 4409); graphql-transport-ws's codes for a
 //! message it cannot read (4400) and a `subscribe` before `connection_init`
 //! (4401). A socket lives no longer than its
 //! credential: when the account's or the device's access changes (the
@@ -45,6 +45,10 @@ use crate::throttle::ClientAddr;
 pub const INIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Most subscriptions one socket may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 20;
+/// Longest operation id, in bytes: more than a UUID or a counter needs,
+/// and short enough that a close that names the id fits the 123 bytes a
+/// close frame's reason may hold.
+pub const MAX_ID_BYTES: usize = 64;
 /// How long an acknowledged socket may run no operation before it is
 /// closed (1000), unless the server was given another
 /// ([`IdleDeadline`], `BACKEND_WS_IDLE_SECS`): a socket is for live
@@ -95,6 +99,13 @@ fn admit(
     id: &str,
     payload: Option<&serde_json::Value>,
 ) -> Admission {
+    if id.len() > MAX_ID_BYTES {
+        let why = format!("operation ids are limited to {MAX_ID_BYTES} bytes");
+        return match protocol {
+            WebSocketProtocols::GraphQLWS => Admission::Close(4400, why),
+            _ => Admission::Refuse(AppError::bad(why)),
+        };
+    }
     if active.contains_key(id) {
         return match protocol {
             WebSocketProtocols::GraphQLWS => {
