@@ -149,7 +149,7 @@ async function scenario(t, mode, env) {
     await admin.goto(`${base}/api/v1/health`);
     await admin.addInitScript(() => {
       new MutationObserver((_, obs) => {
-        if (document.querySelector('input[type=email]')) {
+        if (document.querySelector('input[inputmode=email]')) {
           window.__interactiveAt = performance.now();
           obs.disconnect();
         }
@@ -706,6 +706,8 @@ async function scenario(t, mode, env) {
     assert.equal(introspection.data?.__schema?.queryType?.name, 'Query', JSON.stringify(introspection).slice(0, 300));
     await g.getByRole('button', { name: /documentation explorer/i }).click();
     await g.getByText('A GraphQL schema provides a root type', { exact: false }).waitFor({ timeout: 10_000 });
+    // Its tabs and variables (a password, for Login) stay in memory.
+    assert.deepEqual(await g.evaluate(() => Object.keys(localStorage)), [], "nothing in GraphiQL's localStorage");
     await shot(g, mode, '24-graphiql');
   });
 

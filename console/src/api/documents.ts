@@ -22,6 +22,9 @@ const PLACEMENT = 'sessionId region regionName nodeId nodeName nodeHealth since'
 // Accounts
 export const USERS = `query Users($filter: UserFilterInput, $first: Int, $after: String) {
   users(filter: $filter, first: $first, after: $after) { ${COUNTED} nodes { ${USER} } } }`;
+/** The account of this email, compared as sign-in compares it. */
+export const USER_BY_EMAIL = `query UserByEmail($email: String!) {
+  users(filter: { email: $email }, first: 1) { nodes { ${USER} } } }`;
 export const USER_DETAIL = `query UserDetail($id: UUID!) { user(id: $id) { ${USER} } }`;
 export const SET_USER_STATUS = `mutation SetUserStatus($id: UUID!, $status: UserStatus!) {
   setUserStatus(id: $id, status: $status) { ${USER} } }`;
@@ -105,10 +108,13 @@ export const AUDIT_LOG = `query AuditLog($filter: AuditFilterInput, $first: Int,
   auditLog(filter: $filter, first: $first, after: $after, order: $order) {
     ${COUNTED} nodes { id actorUserId action targetType targetId details createdAt } } }`;
 
-// Subscriber pages
-export const MY_PLAN = `query MyPlan($userId: UUID!, $first: Int) {
-  me { ${USER} }
-  subscriptions(filter: { userId: $userId }, first: $first) { ${COUNTED} nodes { ${SUBSCRIPTION} plan { id name deviceLimit resetPeriod } } } }`;
+// A user's subscriptions (subscriber's own page, admin's user page): the one
+// stored as active (at most one), found whatever the history's length, and a
+// page of the whole history, oldest first.
+const USER_SUBSCRIPTION = `${SUBSCRIPTION} plan { id name deviceLimit resetPeriod }`;
+export const USER_SUBSCRIPTIONS = `query UserSubscriptions($userId: UUID!, $first: Int, $after: String) {
+  current: subscriptions(filter: { userId: $userId, status: ACTIVE }, first: 1) { nodes { ${USER_SUBSCRIPTION} } }
+  subscriptions(filter: { userId: $userId }, first: $first, after: $after) { ${COUNTED} nodes { ${USER_SUBSCRIPTION} } } }`;
 
 // Live
 export const NODE_EVENTS = `subscription NodeEvents($region: String) {

@@ -2,9 +2,11 @@
 // control plane in debug mode and `up` (nothing from a CDN). Queries and
 // mutations are POSTed to /graphql; subscriptions (the `Live` root) go over
 // graphql-transport-ws at /graphql/ws, authenticated in `connection_init`
-// with the headers of the Headers tab. Headers are not persisted.
+// with the headers of the Headers tab. Nothing typed here outlives the page:
+// GraphiQL keeps its tabs, variables (a password, for `Login`) and history
+// in memory, not in localStorage, and headers are not kept at all.
 
-import { GraphiQL } from 'graphiql';
+import { GraphiQL, type GraphiQLProps } from 'graphiql';
 import 'graphiql/style.css';
 import { createClient, type ExecutionResult } from 'graphql-ws';
 import type { DocumentNode, OperationDefinitionNode } from 'graphql';
@@ -91,9 +93,12 @@ function fetcher(params: FetcherParams, opts?: FetcherOpts) {
   return isSubscription(params, opts?.documentAST) ? live(params, headers) : http(params, headers);
 }
 
-const DEFAULT_QUERY = `# httvps GraphQL API. Sign in, then put the access token in the Headers tab:
+const DEFAULT_QUERY = `# httvps GraphQL API. Sign in (Login, with the email and password in the
+# Variables tab: { "email": "…", "password": "…" }), then put the access token
+# in the Headers tab:
 #   { "Authorization": "Bearer <accessToken>" }
 # The same header authenticates subscriptions (nodeEvents) over the WebSocket.
+# Nothing typed on this page is kept once it is closed or reloaded.
 
 mutation Login($email: String!, $password: String!) {
   login(email: $email, password: $password) {
@@ -112,6 +117,20 @@ subscription NodeEvents {
 }
 `;
 
+/** GraphiQL's storage, in memory: what it keeps goes with the page. */
+function memoryStorage(): NonNullable<GraphiQLProps['storage']> {
+  const items = new Map<string, string>();
+  return {
+    getItem: (key) => items.get(key) ?? null,
+    setItem: (key, value) => void items.set(key, value),
+    removeItem: (key) => void items.delete(key),
+    clear: () => items.clear(),
+    get length() {
+      return items.size;
+    },
+  };
+}
+
 const root = document.getElementById('graphiql');
 if (root) {
   root.textContent = '';
@@ -119,8 +138,10 @@ if (root) {
     createElement(GraphiQL, {
       fetcher,
       defaultQuery: DEFAULT_QUERY,
-      defaultHeaders: '{\n  "Authorization": "Bearer "\n}',
+      // No Authorization to start with: an empty bearer would make Login fail.
+      defaultHeaders: '{}',
       shouldPersistHeaders: false,
+      storage: memoryStorage(),
       defaultEditorToolsVisibility: 'headers',
     }),
   );

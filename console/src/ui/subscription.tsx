@@ -13,8 +13,9 @@ export function TrafficBar(props: { used: string; limit: string | null }) {
       </div>
     );
   }
-  const limit = Math.max(1, Number(props.limit));
-  const share = Math.min(1, used / limit);
+  const limit = Number(props.limit);
+  // An allowance of 0 is spent from the start.
+  const share = limit > 0 ? Math.min(1, used / limit) : 1;
   const tone = share >= 1 ? 'bad' : share >= 0.8 ? 'warn' : 'ok';
   return (
     <div class="traffic">

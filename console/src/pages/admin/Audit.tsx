@@ -9,18 +9,25 @@ import { Async, Empty, Field, Link, Page, PagerBar, Table } from '../../ui/compo
 import { shortId, when } from '../../ui/format';
 import { usePager, useQuery } from '../../ui/hooks';
 
+/** Every action the server audits (the `audit::entry` calls of crates/control). */
 const ACTIONS = [
   'archive_plan',
   'cancel_subscription',
+  'change_subscription_plan',
   'close_session',
   'create_plan',
   'create_region',
   'create_user',
   'delete_node',
+  'delete_region',
+  'enroll',
   'extend_subscription',
   'grant_subscription',
+  'register_device',
   'register_gateway_node',
   'register_outline_node',
+  'rename_device',
+  'rename_region',
   'reset_subscription_traffic',
   'revoke_device',
   'rotate_device_token',
@@ -30,7 +37,10 @@ const ACTIONS = [
   'set_user_password',
   'set_user_role',
   'set_user_status',
+  'update_gateway_node',
+  'update_outline_node',
   'update_plan',
+  'update_settings',
 ];
 
 /** The details JSON as "key: value" pairs. */
@@ -144,7 +154,9 @@ export function Audit() {
                       {e.actorUserId ? (
                         <Link to={`/users/${e.actorUserId}`}>{emails.get(e.actorUserId) ?? shortId(e.actorUserId)}</Link>
                       ) : (
-                        <span class="muted">deleted</span>
+                        <span class="muted" title="Done without an account: the command line (httvps …), httvps up, or a machine enrolling">
+                          system (command line)
+                        </span>
                       )}
                     </td>
                     <td class="mono">{e.action}</td>

@@ -101,10 +101,13 @@ interface Issued {
 /** The machine token, shown once after registering or rotating. */
 function TokenDialog(props: Issued & { onClose: () => void }) {
   const backend = location.origin;
+  // The token goes in the environment the relay reads (NODE_TOKEN,
+  // GATEWAY_TOKEN), not in --token: arguments are shown by `ps` to every
+  // user of the machine.
   const command =
     props.kind === 'node'
-      ? `httvps-relay node --backend ${backend} --token ${props.token}`
-      : `httvps-relay gateway --backend ${backend} --token ${props.token} --listen 0.0.0.0:443 --cert gw.crt --key gw.key --public-url https://…`;
+      ? `NODE_TOKEN=${props.token} httvps-relay node --backend ${backend}`
+      : `GATEWAY_TOKEN=${props.token} httvps-relay gateway --backend ${backend} --listen 0.0.0.0:443 --cert gw.crt --key gw.key --public-url https://…`;
   return (
     <Dialog title={props.title} onClose={props.onClose} wide>
       <p class="note warn">

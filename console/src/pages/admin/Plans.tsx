@@ -24,46 +24,109 @@ import {
 import { bytes, money } from '../../ui/format';
 import { usePager, useQuery } from '../../ui/hooks';
 
-export const GB = 1_000_000_000;
+/** Bytes in a GB (decimal, as `bytes()` shows them). */
+const GB = 1_000_000_000n;
 
-/** "12.5" (GB) -> bytes as a decimal string; "" -> null (unlimited). */
+/** The largest count a BigInt holds (2^63 - 1): the largest allowance in bytes. */
+const MAX_BIGINT = 9_223_372_036_854_775_807n;
+
+/**
+ * A number typed in a form ("12.5", "1e3") as an exact count of units of
+ * 10^-`scale` ("12.5" at scale 9 is 12500000000n), digits past a unit
+ * rounded half up; undefined when it is not a number of 0 or more. No
+ * float on the way: every byte typed is the byte sent.
+ */
+function decimalUnits(text: string, scale: number): bigint | undefined {
+  const m = /^(\d*)(?:\.(\d*))?(?:e([+-]?\d+))?$/i.exec(text.trim());
+  if (!m || !(m[1] || m[2])) return undefined;
+  const fraction = m[2] ?? '';
+  const digits = BigInt(`${m[1]}${fraction}`);
+  // (An exponent past 400 says as much as 400: far too large, or 0.)
+  const shift = scale - fraction.length + Math.max(-400, Math.min(400, Number(m[3] ?? 0)));
+  if (shift >= 0) return digits * 10n ** BigInt(shift);
+  const unit = 10n ** BigInt(-shift);
+  return (digits + unit / 2n) / unit;
+}
+
+/** An exact count of units of 10^-`scale` as a decimal: (12500000000, 9) -> "12.5". */
+function unitsToDecimal(units: string, scale: number, minFraction = 0): string {
+  const n = BigInt(units);
+  const one = 10n ** BigInt(scale);
+  const fraction = (n % one).toString().padStart(scale, '0').replace(/0+$/, '').padEnd(minFraction, '0');
+  return fraction ? `${n / one}.${fraction}` : String(n / one);
+}
+
+/** Bytes -> GB as typed in the forms, exactly: "123456789012345678" -> "123456789.012345678". */
+export function bytesToGb(bytes: string): string {
+  return unitsToDecimal(bytes, 9);
+}
+
+/** "12.5" (GB) -> bytes as a decimal string, exactly; "" -> null (unlimited). */
 export function gbToBytes(gb: string): string | null {
-  const t = gb.trim();
-  if (!t) return null;
-  const n = Number(t);
-  if (!Number.isFinite(n) || n < 0) throw new ApiError('BAD_REQUEST', 'the traffic allowance must be a positive number of GB');
-  return BigInt(Math.round(n * GB)).toString();
+  if (!gb.trim()) return null;
+  const n = decimalUnits(gb, 9);
+  if (n === undefined) throw new ApiError('INVALID', 'the traffic allowance must be a number of GB, 0 or more');
+  if (n > MAX_BIGINT) {
+    throw new ApiError('INVALID', `the traffic allowance is too large: at most ${(MAX_BIGINT / GB).toLocaleString('en-US')} GB`);
+  }
+  return n.toString();
 }
 
 function priceToCents(price: string): string {
-  const n = Number(price.trim() || '0');
-  if (!Number.isFinite(n) || n < 0) throw new ApiError('BAD_REQUEST', 'the price must be 0 or more');
-  return String(Math.round(n * 100));
+  const n = decimalUnits(price.trim() || '0', 2);
+  if (n === undefined) throw new ApiError('INVALID', 'the price must be 0 or more');
+  if (n > MAX_BIGINT) throw new ApiError('INVALID', 'the price is too large');
+  return n.toString();
+}
+
+/** `value()` when the field was changed from what was read; undefined (not sent) when not. */
+function ifChanged<T>(typed: string, read: string, value: () => T): T | undefined {
+  return typed === read ? undefined : value();
 }
 
 function PlanForm(props: { plan?: Plan; onClose: () => void; onSaved: () => void }) {
   const p = props.plan;
-  const [name, setName] = useState(p?.name ?? '');
-  const [price, setPrice] = useState(p ? (Number(p.priceCents) / 100).toFixed(2) : '0.00');
+  // The fields as read: one left as it was is not sent, so it stays exactly so.
+  const initial = {
+    name: p?.name ?? '',
+    price: p ? unitsToDecimal(p.priceCents, 2, 2) : '0.00',
+    days: String(p?.durationDays ?? 30),
+    traffic: p?.trafficLimitBytes ? bytesToGb(p.trafficLimitBytes) : '',
+    devices: String(p?.deviceLimit ?? 3),
+  };
+  const [name, setName] = useState(initial.name);
+  const [price, setPrice] = useState(initial.price);
   const [currency, setCurrency] = useState(p?.currency ?? 'USD');
-  const [days, setDays] = useState(String(p?.durationDays ?? 30));
-  const [traffic, setTraffic] = useState(p?.trafficLimitBytes ? String(Number(p.trafficLimitBytes) / GB) : '');
-  const [devices, setDevices] = useState(String(p?.deviceLimit ?? 3));
+  const [days, setDays] = useState(initial.days);
+  const [traffic, setTraffic] = useState(initial.traffic);
+  const [devices, setDevices] = useState(initial.devices);
   const [reset, setReset] = useState<ResetPeriod>(p?.resetPeriod ?? 'NONE');
   const act = useAction(async () => {
-    const common = {
-      name: name.trim(),
-      priceCents: priceToCents(price),
-      durationDays: Number(days),
-      trafficLimitBytes: gbToBytes(traffic),
-      deviceLimit: Number(devices),
-    };
     if (p) {
-      await gql(doc.UPDATE_PLAN, { id: p.id, input: common });
-      toast(`Plan “${common.name}” saved`);
+      await gql(doc.UPDATE_PLAN, {
+        id: p.id,
+        input: {
+          name: ifChanged(name.trim(), initial.name, () => name.trim()),
+          priceCents: ifChanged(price, initial.price, () => priceToCents(price)),
+          durationDays: ifChanged(days, initial.days, () => Number(days)),
+          trafficLimitBytes: ifChanged(traffic, initial.traffic, () => gbToBytes(traffic)),
+          deviceLimit: ifChanged(devices, initial.devices, () => Number(devices)),
+        },
+      });
+      toast(`Plan “${name.trim()}” saved`);
     } else {
-      await gql(doc.CREATE_PLAN, { input: { ...common, currency: currency.trim().toUpperCase(), resetPeriod: reset } });
-      toast(`Plan “${common.name}” created`);
+      await gql(doc.CREATE_PLAN, {
+        input: {
+          name: name.trim(),
+          priceCents: priceToCents(price),
+          currency: currency.trim().toUpperCase(),
+          durationDays: Number(days),
+          trafficLimitBytes: gbToBytes(traffic),
+          deviceLimit: Number(devices),
+          resetPeriod: reset,
+        },
+      });
+      toast(`Plan “${name.trim()}” created`);
     }
     props.onSaved();
   });

@@ -6,7 +6,17 @@ import { useState } from 'preact/hooks';
 import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
 import { session as currentSession } from '../../api/session';
-import type { AuditEntry, Connection, Device, DeviceCredentials, Role, Session, Subscription, User } from '../../api/types';
+import type {
+  AuditEntry,
+  Connection,
+  CountedConnection,
+  Device,
+  DeviceCredentials,
+  Role,
+  Session,
+  Subscription,
+  User,
+} from '../../api/types';
 import {
   Async,
   Button,
@@ -88,38 +98,62 @@ function AccountControls(props: { user: User; changed: (u: User) => void }) {
 
 type AdminSub = Subscription & { plan: Subscription['plan'] };
 
+/** Rows of each list card (subscriptions, devices, sessions) per page. */
+const PAGE_SIZE = 25;
+
 export function UserDetail(props: { id: string }) {
   const now = useNow(30_000);
   const [granting, setGranting] = useState(false);
   const [creds, setCreds] = useState<DeviceCredentials | null>(null);
+  const subsPager = usePager();
+  const devicesPager = usePager();
   const sessionsPager = usePager();
   const user = useQuery((signal) => gql<{ user: User | null }>(doc.USER_DETAIL, { id: props.id }, signal), [props.id]);
+  // The subscription in force comes from its own query, so it is there
+  // whatever the length of the history, which is paged (oldest first).
   const subs = useQuery(
     (signal) =>
-      gql<{ subscriptions: Connection<AdminSub> }>(doc.SUBSCRIPTIONS, { filter: { userId: props.id }, first: 100 }, signal),
-    [props.id],
+      gql<{ current: Connection<AdminSub>; subscriptions: CountedConnection<AdminSub> }>(
+        doc.USER_SUBSCRIPTIONS,
+        { userId: props.id, first: PAGE_SIZE, after: subsPager.after },
+        signal,
+      ),
+    [props.id, subsPager.after],
   );
   const devices = useQuery(
-    (signal) => gql<{ devices: Connection<Device> }>(doc.DEVICES, { filter: { userId: props.id }, first: 100 }, signal),
-    [props.id],
+    (signal) =>
+      gql<{ devices: CountedConnection<Device> }>(
+        doc.DEVICES,
+        { filter: { userId: props.id }, first: PAGE_SIZE, after: devicesPager.after },
+        signal,
+      ),
+    [props.id, devicesPager.after],
   );
   const sessions = useQuery(
     (signal) =>
       gql<{ sessions: Connection<Session> }>(
         doc.SESSIONS,
-        { filter: { userId: props.id }, first: 25, after: sessionsPager.after },
+        { filter: { userId: props.id }, first: PAGE_SIZE, after: sessionsPager.after },
         signal,
       ),
     [props.id, sessionsPager.after],
   );
+  // The trail covers the account and the subscriptions and devices shown.
   const related = new Set([
+    ...(subs.data?.current.nodes.map((s) => s.id) ?? []),
     ...(subs.data?.subscriptions.nodes.map((s) => s.id) ?? []),
     ...(devices.data?.devices.nodes.map((d) => d.id) ?? []),
   ]);
+  const allShown =
+    subsPager.page === 1 &&
+    !subs.data?.subscriptions.pageInfo.hasNextPage &&
+    devicesPager.page === 1 &&
+    !devices.data?.devices.pageInfo.hasNextPage;
   const trail = useQuery(
     async (signal) => {
       if (!user.data?.user || !subs.data || !devices.data) return undefined;
-      return auditTrail(user.data.user, related, signal);
+      const t = await auditTrail(user.data.user, related, signal);
+      return { ...t, complete: t.complete && allShown };
     },
     [user.data, subs.data, devices.data],
   );
@@ -170,31 +204,53 @@ export function UserDetail(props: { id: string }) {
             <section class="card" aria-labelledby="subs-title">
               <h2 id="subs-title">Subscriptions</h2>
               <Async q={subs}>
-                {(s) =>
-                  s.subscriptions.nodes.length === 0 ? (
-                    <Empty>No subscriptions. Grant a plan to let this user connect.</Empty>
-                  ) : (
-                    <Table label="Subscriptions" head={['Plan', 'Status', 'Expires', 'Traffic', '']}>
-                      {[...s.subscriptions.nodes].reverse().map((sub) => (
-                        <tr key={sub.id}>
-                          <th scope="row">{sub.plan?.name ?? '—'}</th>
-                          <td>
-                            <SubscriptionStatusBadge status={sub.status} />
-                          </td>
-                          <td>
-                            <Expiry at={sub.expiresAt} now={now} />
-                          </td>
-                          <td>
-                            <TrafficBar used={sub.trafficUsedBytes} limit={sub.trafficLimitBytes} />
-                          </td>
-                          <td>
-                            <SubscriptionActions sub={sub} changed={subs.reload} />
-                          </td>
-                        </tr>
-                      ))}
-                    </Table>
-                  )
-                }
+                {(s) => {
+                  const current = s.current.nodes[0];
+                  const history = s.subscriptions;
+                  if (!current && history.totalCount === 0) {
+                    return <Empty>No subscriptions. Grant a plan to let this user connect.</Empty>;
+                  }
+                  const whole = subsPager.page === 1 && !history.pageInfo.hasNextPage;
+                  // The one in force first, then the rest: newest first when
+                  // all are here, else a page of the history, oldest first.
+                  const rest = history.nodes.filter((sub) => sub.id !== current?.id);
+                  const rows = [...(current ? [current] : []), ...(whole ? rest.reverse() : rest)];
+                  return (
+                    <>
+                      {!whole && (
+                        <p class="muted">
+                          {history.totalCount} in all{current ? ': the one in force first, then the others' : ''}, oldest
+                          first.
+                        </p>
+                      )}
+                      <Table label="Subscriptions" head={['Plan', 'Status', 'Expires', 'Traffic', '']}>
+                        {rows.map((sub) => (
+                          <tr key={sub.id}>
+                            <th scope="row">{sub.plan?.name ?? '—'}</th>
+                            <td>
+                              <SubscriptionStatusBadge status={sub.status} />
+                            </td>
+                            <td>
+                              <Expiry at={sub.expiresAt} now={now} />
+                            </td>
+                            <td>
+                              <TrafficBar used={sub.trafficUsedBytes} limit={sub.trafficLimitBytes} />
+                            </td>
+                            <td>
+                              <SubscriptionActions sub={sub} changed={subs.reload} />
+                            </td>
+                          </tr>
+                        ))}
+                      </Table>
+                      <PagerBar
+                        page={subsPager.page}
+                        hasNext={history.pageInfo.hasNextPage}
+                        onNext={() => subsPager.next(history.pageInfo.endCursor)}
+                        onPrevious={subsPager.previous}
+                      />
+                    </>
+                  );
+                }}
               </Async>
             </section>
 
@@ -202,25 +258,36 @@ export function UserDetail(props: { id: string }) {
               <h2 id="devices-title">Devices</h2>
               <Async q={devices}>
                 {(dv) =>
-                  dv.devices.nodes.length === 0 ? (
+                  dv.devices.nodes.length === 0 && devicesPager.page === 1 ? (
                     <Empty>No devices.</Empty>
                   ) : (
-                    <Table label="Devices" head={['Device', 'Platform', 'Status', 'Last seen', 'Added', '']}>
-                      {dv.devices.nodes.map((dev) => (
-                        <tr key={dev.id} data-device-id={dev.id}>
-                          <th scope="row">{dev.name}</th>
-                          <td>{dev.platform}</td>
-                          <td class="device-status">
-                            <DeviceStatusBadge status={dev.status} overLimit={dev.overLimit} />
-                          </td>
-                          <td>{ago(dev.lastSeenAt, now)}</td>
-                          <td>{day(dev.createdAt)}</td>
-                          <td>
-                            <DeviceActions device={dev} changed={devices.reload} onCreds={setCreds} />
-                          </td>
-                        </tr>
-                      ))}
-                    </Table>
+                    <>
+                      {(devicesPager.page > 1 || dv.devices.pageInfo.hasNextPage) && (
+                        <p class="muted">{dv.devices.totalCount} in all, oldest first.</p>
+                      )}
+                      <Table label="Devices" head={['Device', 'Platform', 'Status', 'Last seen', 'Added', '']}>
+                        {dv.devices.nodes.map((dev) => (
+                          <tr key={dev.id} data-device-id={dev.id}>
+                            <th scope="row">{dev.name}</th>
+                            <td>{dev.platform}</td>
+                            <td class="device-status">
+                              <DeviceStatusBadge status={dev.status} overLimit={dev.overLimit} />
+                            </td>
+                            <td>{ago(dev.lastSeenAt, now)}</td>
+                            <td>{day(dev.createdAt)}</td>
+                            <td>
+                              <DeviceActions device={dev} changed={devices.reload} onCreds={setCreds} />
+                            </td>
+                          </tr>
+                        ))}
+                      </Table>
+                      <PagerBar
+                        page={devicesPager.page}
+                        hasNext={dv.devices.pageInfo.hasNextPage}
+                        onNext={() => devicesPager.next(dv.devices.pageInfo.endCursor)}
+                        onPrevious={devicesPager.previous}
+                      />
+                    </>
                   )
                 }
               </Async>
@@ -278,8 +345,8 @@ export function UserDetail(props: { id: string }) {
                       </Table>
                       {!t.complete && (
                         <p class="muted">
-                          Only the newest 50 entries about each of its records are shown:{' '}
-                          <Link to="/audit">the audit log</Link> has them all.
+                          Only the newest 50 entries about the account and each of its records shown above are
+                          here: <Link to="/audit">the audit log</Link> has them all.
                         </p>
                       )}
                     </>

@@ -47,7 +47,10 @@ export function NewAccount(props: { onClose: () => void; onSaved: (u: User) => v
           {(id) => (
             <input
               id={id}
-              type="email"
+              type="text"
+              inputmode="email"
+              autocapitalize="off"
+              spellcheck={false}
               autocomplete="off"
               required
               maxLength={254}

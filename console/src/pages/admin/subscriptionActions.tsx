@@ -11,7 +11,7 @@ import type { Connection, Plan, Subscription, User } from '../../api/types';
 import { Button, ConfirmButton, Dialog, ErrorNote, Field, toast, useAction } from '../../ui/components';
 import { bytes, money } from '../../ui/format';
 import { useQuery } from '../../ui/hooks';
-import { GB, gbToBytes } from './Plans';
+import { bytesToGb, gbToBytes } from './Plans';
 
 /** Email field that suggests matching accounts and resolves to one. */
 function useUserSearch(text: string) {
@@ -70,13 +70,10 @@ export function GrantDialog(props: { user?: Pick<User, 'id' | 'email'>; onClose:
   const act = useAction(async () => {
     let userId = props.user?.id;
     if (!userId) {
-      const wanted = email.trim().toLowerCase();
-      const found =
-        matches.find((u) => u.email === wanted) ??
-        (await gql<{ users: Connection<User> }>(doc.USERS, { filter: { emailContains: wanted }, first: 10 })).users.nodes.find(
-          (u) => u.email === wanted,
-        );
-      if (!found) throw new ApiError('NOT_FOUND', `no account with the email ${wanted}`);
+      const wanted = email.trim();
+      const d = await gql<{ users: Connection<User> }>(doc.USER_BY_EMAIL, { email: wanted });
+      const found = d.users.nodes[0];
+      if (!found) throw new ApiError('INVALID', `no account with the email ${wanted}`);
       userId = found.id;
     }
     await gql(doc.GRANT, { userId, planId: choice.planId });
@@ -99,7 +96,10 @@ export function GrantDialog(props: { user?: Pick<User, 'id' | 'email'>; onClose:
               <>
                 <input
                   id={id}
-                  type="email"
+                  type="text"
+                  inputmode="email"
+                  autocapitalize="off"
+                  spellcheck={false}
                   required
                   list={`${id}-list`}
                   autocomplete="off"
@@ -173,9 +173,11 @@ function ExtendDialog(props: { sub: Subscription; onClose: () => void; onDone: (
 
 function TrafficDialog(props: { sub: Subscription; onClose: () => void; onDone: () => void }) {
   const limit = props.sub.trafficLimitBytes;
-  const [traffic, setTraffic] = useState(limit ? String(Number(limit) / GB) : '');
+  const read = limit ? bytesToGb(limit) : '';
+  const [traffic, setTraffic] = useState(read);
   const act = useAction(async () => {
-    const value = gbToBytes(traffic);
+    // Left as it was read, the allowance is sent back exactly as it is.
+    const value = traffic === read ? limit : gbToBytes(traffic);
     await gql(doc.SET_TRAFFIC_LIMIT, { id: props.sub.id, bytes: value });
     toast(value ? `Allowance set to ${bytes(value)}` : 'Allowance lifted');
     props.onDone();

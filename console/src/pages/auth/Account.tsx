@@ -14,7 +14,7 @@ export function Account() {
   const [next, setNext] = useState('');
   const [confirm, setConfirm] = useState('');
   const act = useAction(async () => {
-    if (next !== confirm) throw new ApiError('BAD_REQUEST', 'the two new passwords differ');
+    if (next !== confirm) throw new ApiError('INVALID', 'the two new passwords differ');
     await changePassword(current, next);
     setCurrent('');
     setNext('');

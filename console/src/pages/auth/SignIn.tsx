@@ -2,7 +2,7 @@
 
 import { useState } from 'preact/hooks';
 
-import { ApiError } from '../../api/errors';
+import { ApiError, forbiddenReason } from '../../api/errors';
 import { login, signUp } from '../../api/session';
 import { Button, ErrorNote, Field, Link, Loading, NewPasswordField, useAction } from '../../ui/components';
 import { useSignUpEnabled } from './signUpSetting';
@@ -21,10 +21,25 @@ function Shell(props: { title: string; children: preact.ComponentChildren }) {
   );
 }
 
-/** Wrong credentials read better than the generic UNAUTHENTICATED text. */
+/**
+ * Sign-in's refusals as the visitor reads them. A wrong password is a
+ * BAD_REQUEST whatever the account; FORBIDDEN answers only the right
+ * password of a disabled account.
+ */
 function loginError(e: unknown): unknown {
   if (e instanceof ApiError && e.code === 'UNAUTHENTICATED') {
     return new ApiError('BAD_REQUEST', 'wrong email or password, or the account is disabled');
+  }
+  if (e instanceof ApiError && e.code === 'FORBIDDEN') {
+    return new ApiError('FORBIDDEN', `${forbiddenReason(e) ?? 'the account is disabled'}. Ask the operator of this service`);
+  }
+  return e;
+}
+
+/** Sign-up's FORBIDDEN: it was closed after this page was opened. */
+function signUpError(e: unknown): unknown {
+  if (e instanceof ApiError && e.code === 'FORBIDDEN') {
+    return new ApiError('FORBIDDEN', `${forbiddenReason(e) ?? 'sign-up is closed on this service'}. Ask its operator for an account`);
   }
   return e;
 }
@@ -53,11 +68,15 @@ export function SignIn(props: { reason?: string }) {
           void act.run();
         }}
       >
+        {/* Text, not type="email": browsers refuse internationalised addresses the server takes. */}
         <Field label="Email">
           {(id) => (
             <input
               id={id}
-              type="email"
+              type="text"
+              inputmode="email"
+              autocapitalize="off"
+              spellcheck={false}
               autocomplete="username"
               required
               value={email}
@@ -97,8 +116,12 @@ export function SignUp() {
   const [confirm, setConfirm] = useState('');
   const signUpEnabled = useSignUpEnabled();
   const act = useAction(async () => {
-    if (password !== confirm) throw new ApiError('BAD_REQUEST', 'the two passwords differ');
-    await signUp(email.trim(), password);
+    if (password !== confirm) throw new ApiError('INVALID', 'the two passwords differ');
+    try {
+      await signUp(email.trim(), password);
+    } catch (e) {
+      throw signUpError(e);
+    }
   });
   if (signUpEnabled === undefined) {
     return (
@@ -129,7 +152,10 @@ export function SignUp() {
           {(id) => (
             <input
               id={id}
-              type="email"
+              type="text"
+              inputmode="email"
+              autocapitalize="off"
+              spellcheck={false}
               autocomplete="email"
               required
               value={email}
