@@ -586,12 +586,39 @@ async fn cli_commands_migrate_only_a_new_database() {
         !out.status.success() && err.contains("another application's database"),
         "{err}"
     );
+    // `device revoke` takes the database as the other commands do.
+    let out = httvps_cmd()
+        .args(["device", "revoke", &uuid::Uuid::new_v4().to_string()])
+        .env("BACKEND_DB_DSN", other.url())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another application's database"),
+        "{err}"
+    );
     let tables = "SELECT CAST(count(*) AS BIGINT) AS n FROM information_schema.tables \
                   WHERE table_schema = current_schema()";
     assert_eq!(
         common::scalar(&other.pool(), tables).await,
         1,
         "only its own table"
+    );
+    // Another application that keeps its migrations as diesel does.
+    let diesel_app = TestDb::pg_empty().await;
+    for q in [
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
+         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+        "INSERT INTO __diesel_schema_migrations (version) VALUES ('20200101000000')",
+        "CREATE TABLE invoices (id INT PRIMARY KEY)",
+    ] {
+        common::execute(&diesel_app.pool(), q).await;
+    }
+    let out = run(diesel_app.url());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another application's database"),
+        "{err}"
     );
     // A new database: migrated, and the region made.
     let new = TestDb::pg_empty().await;

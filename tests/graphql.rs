@@ -707,6 +707,14 @@ async fn sign_up_setting(t: TestDb) {
     let r = gql(base, Some(&admin), find, json!({"e": part})).await;
     assert_eq!(r["data"]["users"]["totalCount"], 0, "{r}");
     let r = gql(base, Some(&admin), find, json!({"e": "not an address"})).await;
+    assert_eq!(r["data"]["users"]["totalCount"], 0, "{r}");
+    let r = gql(
+        base,
+        Some(&admin),
+        find,
+        json!({"e": "a\u{0}b@example.com"}),
+    )
+    .await;
     assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
 }
 
@@ -1360,6 +1368,20 @@ async fn admin_bounds(t: TestDb) {
                "previous": {"deviceLimit": 1, "trafficLimitBytes": "1073741824"}}),
         "{r}"
     );
+    // The same values again change nothing: not audited.
+    let r = gql(
+        base,
+        Some(&admin),
+        "mutation($p:UUID!){updatePlan(id:$p,input:{deviceLimit:2,trafficLimitBytes:null}){deviceLimit}}",
+        json!({"p": p}),
+    )
+    .await;
+    assert_eq!(r["data"]["updatePlan"]["deviceLimit"], 2, "{r}");
+    assert_eq!(
+        audited("update_plan").await,
+        1,
+        "a change of nothing audited"
+    );
     let (lapsed, _) = user(base).await;
     let g = grant(base, &admin, &lapsed, &p).await;
     let lapsed_sub = g["data"]["grantSubscription"]["id"].clone();
@@ -1611,7 +1633,8 @@ async fn an_admin_always_remains_on_sqlite() {
 
 /// API answers carry tokens and account data: no cache may keep them
 /// (`Cache-Control: no-store`), on `/graphql` (POST and GET) and on
-/// `/api/v1`, answered or refused.
+/// `/api/v1`, answered or refused (401, 404, 413); the console's pages
+/// keep their own rule.
 #[tokio::test(flavor = "multi_thread")]
 async fn api_answers_are_not_stored_by_caches() {
     let t = TestDb::sqlite().await;
@@ -1631,7 +1654,27 @@ async fn api_answers_are_not_stored_by_caches() {
         http.post(format!("{base}/api/v1/auth/device-token"))
             .send()
             .await,
+        http.get(format!("{base}/api/v1/health")).send().await,
+        http.get(format!("{base}/api/v1/no-such-route"))
+            .send()
+            .await,
+        http.post(format!("{base}/graphql"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 70 * 1024])
+            .send()
+            .await,
     ];
+    let page = http
+        .get(format!("{base}/console/"))
+        .send()
+        .await
+        .expect("console");
+    assert_eq!(
+        page.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-cache")
+    );
     for r in answers {
         let r = r.expect("answer");
         assert_eq!(

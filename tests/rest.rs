@@ -820,6 +820,41 @@ async fn unbelievable_totals(w: World) {
         ))
         .await;
     assert!((1..2 * CEILING).contains(&used), "used: {used}");
+    // A session that lived a second an hour ago is believed over that
+    // second (and the minute after its end), not over the hour since
+    // (the times are set in PostgreSQL's terms).
+    if w.server.state.db.backend() != "postgres" {
+        return;
+    }
+    let (_, _, tok2) = w.device().await;
+    let (s, a) = w.assign(&tok2, None).await;
+    assert_eq!(s, 200, "{a}");
+    let ended = a["session_id"].as_str().expect("session").to_owned();
+    w.sql(&format!(
+        "UPDATE sessions SET started_at = started_at - interval '1 hour', \
+         ended_at = started_at - interval '1 hour' + interval '1 second', \
+         end_reason = 'closed_by_admin' WHERE id = '{ended}'"
+    ))
+    .await;
+    let (s, b) = w
+        .post(
+            "/api/v1/usage/report",
+            Some(&w.gateway),
+            json!({"reports": [{"session_id": ended, "seq": 1, "bytes_up": i64::MAX, "bytes_down": 0}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    w.usage_settled().await;
+    let up = w
+        .scalar(&format!(
+            "SELECT bytes_up AS n FROM sessions WHERE id = '{ended}'"
+        ))
+        .await;
+    // 61 s at 10 Gbit/s and 64 MiB: about 76 GB (an hour: 4.5 TB).
+    assert!(
+        (1..80_000_000_000).contains(&up),
+        "ended session bytes up: {up}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,7 @@ use httvps::enroll::{EnrollArgs, GatewayCommand, NodeCommand};
 use httvps_control::accounts::{self, Role};
 use httvps_control::actor::Actor;
 use httvps_control::config::{DbArgs, HttpArgs, ServeArgs, Settings, ThrottleArgs};
-use httvps_control::db::{self, Db};
+use httvps_control::db;
 use httvps_control::devices;
 use httvps_control::ids::DeviceId;
 
@@ -217,14 +217,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device {
             command: DeviceCommand::Revoke { id, db: args },
         } => {
-            let dsn = args.dsn()?;
+            // Checked before `--check` answers.
+            args.dsn()?;
             let id = DeviceId::parse("id", &id).map_err(|e| anyhow::anyhow!("{e}"))?;
             if check {
                 println!("{CHECKED}");
                 return Ok(());
             }
-            httvps::enroll::existing(&dsn)?;
-            let pool = Db::connect(&dsn, 1)?;
+            let pool = httvps::enroll::registry(&args).await?;
             let device = devices::revoke(&pool, &Actor::Operator, id)
                 .await
                 .map_err(|e| anyhow::anyhow!("revoking device {id}: {e}"))?;

@@ -182,17 +182,18 @@ pub async fn update_plan(
             .optional()
             .map_err(AppError::on_conflict(PLAN_NAME_TAKEN))?
             .ok_or(AppError::NotFound("plan"))?;
-        let entry = audit::entry(
-            actor,
-            "update_plan",
-            "plan",
-            Some(&id.to_string()),
-            plan_change(&was, &p),
-        );
-        diesel::insert_into(audit_log::table)
-            .values(&entry)
-            .execute(conn)
-            .await?;
+        // Values it had already change nothing and are not audited.
+        let change = plan_change(&was, &p);
+        if change["previous"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+        {
+            let entry = audit::entry(actor, "update_plan", "plan", Some(&id.to_string()), change);
+            diesel::insert_into(audit_log::table)
+                .values(&entry)
+                .execute(conn)
+                .await?;
+        }
         Ok::<_, AppError>(p)
     })
 }

@@ -32,20 +32,13 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/api/v1/health", get(health))
         .route("/metrics", get(prometheus))
-        .route(
-            "/graphql",
-            get(graphql_get)
-                .post(graphql_post)
-                .layer(axum::middleware::map_response(no_store)),
-        )
+        .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
         .merge(
-            super::rest::routes()
-                .route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    throttle_guessers,
-                ))
-                .route_layer(axum::middleware::map_response(no_store)),
+            super::rest::routes().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                throttle_guessers,
+            )),
         );
     app = app.merge(super::console::routes(state.debug));
     app.fallback(not_found)
@@ -63,17 +56,19 @@ pub fn router(state: AppState) -> Router {
             crate::refusals::envelope_framework_errors,
         ))
         .layer(axum::middleware::from_fn(crate::refusals::bound_heads))
+        .layer(axum::middleware::map_response(no_store))
         .with_state(state)
 }
 
-/// Marks an answer as not to be stored by any cache: API answers carry
-/// tokens (`login`, `refreshToken`, `registerDevice`, the device JWT, an
-/// enrollment's machine token) and account data.
+/// Marks an answer that says nothing of caching as not to be stored by
+/// any cache: API answers carry tokens (`login`, `refreshToken`,
+/// `registerDevice`, the device JWT, an enrollment's machine token) and
+/// account data, and refusals (404, 413, 414 …) are no better kept. The
+/// console's files say how long they keep, and keep it.
 async fn no_store(mut res: Response) -> Response {
-    res.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
+    res.headers_mut()
+        .entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
     res
 }
 

@@ -9,7 +9,7 @@ use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::User;
 use crate::db::schema::users;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::pagination::{Page, PageArgs};
 use crate::{db_run, paginate, validate};
@@ -28,14 +28,23 @@ pub struct UserFilter {
     pub email: Option<String>,
 }
 
-/// The exact email asked for, normalised as stored; one no account could
-/// have is refused as sign-up would refuse it.
-fn exact_email(filter: &UserFilter) -> AppResult<Option<String>> {
-    filter
-        .email
-        .as_deref()
-        .map(super::normalize_email)
-        .transpose()
+/// The forms of the exact email asked for, as sign-in looks an address up
+/// (see [`super::authenticate`]): normalised as stored now, and trimmed in
+/// lower case as addresses stored under earlier rules are; one no account
+/// could have is refused.
+fn exact_email(filter: &UserFilter) -> AppResult<Option<Vec<String>>> {
+    let Some(raw) = filter.email.as_deref() else {
+        return Ok(None);
+    };
+    // Control characters (a NUL, say) are no address, and PostgreSQL
+    // refuses them in text.
+    validate::text("email", raw, 1, 320)?;
+    let legacy = raw.trim().to_lowercase();
+    let current = super::normalize_email(raw).ok();
+    if current.is_none() && (legacy.is_empty() || legacy.len() > 254) {
+        return Err(AppError::bad("email is not a valid address"));
+    }
+    Ok(Some(current.into_iter().chain([legacy]).collect()))
 }
 
 /// Turns `emailContains` into a LIKE pattern (escaped, lower case); a
@@ -66,8 +75,8 @@ macro_rules! filter_users {
         if let Some(p) = pattern {
             q = q.filter(users::email.like(p.clone()).escape('\\'));
         }
-        if let Some(e) = exact {
-            q = q.filter(users::email.eq(e.clone()));
+        if let Some(forms) = exact {
+            q = q.filter(users::email.eq_any(forms.clone()));
         }
         q
     }};

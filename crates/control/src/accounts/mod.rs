@@ -172,7 +172,11 @@ pub async fn authenticate(db: &Db, email: &str, password: &str) -> AppResult<Use
     // stored then: trimmed and in lower case. The current form wins.
     let legacy = email.trim().to_lowercase();
     let current = normalize_email(email).ok();
-    if current.is_none() && (legacy.is_empty() || legacy.len() > 254) {
+    // A NUL, or another control character, is in no stored address (and
+    // PostgreSQL refuses a NUL in text).
+    if current.is_none()
+        && (legacy.is_empty() || legacy.len() > 254 || legacy.chars().any(char::is_control))
+    {
         return Err(bad());
     }
     let wanted: Vec<&str> = current

@@ -25,6 +25,8 @@ struct Found {
     tables: i64,
     recorded: bool,
     pending: usize,
+    /// How many migrations this release has.
+    ours: usize,
 }
 
 /// The tables of the connection's schema (PostgreSQL).
@@ -81,12 +83,14 @@ pub async fn migrate_for_command(dsn: &Dsn) -> Result<usize, SetupError> {
                         tables,
                         recorded: true,
                         pending,
+                        ours: ours::<diesel::pg::Pg>(&PG_MIGRATIONS),
                     })
                 }
                 Ok((tables, false)) => Ok(Found {
                     tables,
                     recorded: false,
                     pending: 0,
+                    ours: 0,
                 }),
                 Err(e) => Err(e),
             };
@@ -105,13 +109,13 @@ pub async fn migrate_for_command(dsn: &Dsn) -> Result<usize, SetupError> {
     };
     match found {
         Found { tables: 0, .. } => super::migrate(dsn).await,
+        // No migrations' record, or one that names none of this
+        // release's migrations (another application that keeps its
+        // migrations the same way).
         Found {
             recorded: false, ..
-        } => Err(SetupError::Migration(
-            "this database holds tables but none of httvps's: BACKEND_DB_DSN names another \
-             application's database (`httvps migrate` makes httvps's tables in a new one)"
-                .into(),
-        )),
+        } => Err(foreign()),
+        Found { pending, ours, .. } if pending == ours => Err(foreign()),
         Found { pending: 0, .. } => Ok(0),
         Found { pending, .. } => Err(SetupError::Migration(format!(
             "this database is at an older release's schema ({pending} migrations behind this \
@@ -119,6 +123,22 @@ pub async fn migrate_for_command(dsn: &Dsn) -> Result<usize, SetupError> {
              `httvps serve`), after a backup"
         ))),
     }
+}
+
+/// The refusal of another application's database.
+fn foreign() -> SetupError {
+    SetupError::Migration(
+        "this database holds tables but none of httvps's: BACKEND_DB_DSN names another \
+         application's database (`httvps migrate` makes httvps's tables in a new, empty one)"
+            .into(),
+    )
+}
+
+/// How many migrations `source` holds.
+fn ours<DB: diesel::backend::Backend>(
+    source: &impl diesel::migration::MigrationSource<DB>,
+) -> usize {
+    source.migrations().map_or(0, |m| m.len())
 }
 
 /// [`Found`] for an SQLite database (blocking).
@@ -144,5 +164,6 @@ fn sqlite_found(path: &str) -> Result<Found, SetupError> {
         tables,
         recorded,
         pending,
+        ours: ours::<diesel::sqlite::Sqlite>(&SQLITE_MIGRATIONS),
     })
 }

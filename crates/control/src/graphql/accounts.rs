@@ -78,8 +78,8 @@ pub struct UserFilterInput {
     /// Emails containing this text.
     pub email_contains: Option<String>,
     /// This email exactly, compared as sign-in compares it (case and
-    /// Unicode normalisation); an address no account could have is
-    /// BAD_REQUEST.
+    /// Unicode normalisation, addresses stored under earlier rules
+    /// included); one with control characters is BAD_REQUEST.
     pub email: Option<String>,
 }
 

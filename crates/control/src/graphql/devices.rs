@@ -110,7 +110,8 @@ pub struct DeviceCredentials {
 /// Filters on `devices`.
 #[derive(InputObject, Default)]
 pub struct DeviceFilterInput {
-    /// Admins: only this user's devices.
+    /// Only this user's devices: admins, anyone's; users, their own id
+    /// (another's is FORBIDDEN).
     pub user_id: Option<Uuid>,
     /// Only this status.
     pub status: Option<DeviceStatus>,

@@ -95,7 +95,8 @@ impl Subscription {
 /// Filters on `subscriptions`.
 #[derive(InputObject, Default)]
 pub struct SubscriptionFilterInput {
-    /// Admins: only this user's.
+    /// Only this user's: admins, anyone's; users, their own id (another's
+    /// is FORBIDDEN).
     pub user_id: Option<Uuid>,
     /// Only this stored status.
     pub status: Option<SubscriptionStatus>,

@@ -26,6 +26,20 @@ const MAX_RATE: i64 = 1_250_000_000;
 /// What a session's totals may hold beyond [`MAX_RATE`] over its life.
 const RATE_SLACK: i64 = 64 * 1024 * 1024;
 
+/// How long after its end a session's tunnels may still move bytes: the
+/// gateway closes them at the access event, or at its next heartbeat.
+const AFTER_END: chrono::Duration = chrono::Duration::seconds(60);
+
+/// The end of the life a session's totals are believed over: `now`, or
+/// [`AFTER_END`] past its end (a report sent long after the end could
+/// otherwise claim a rate over the wait too).
+pub(super) fn lived_until(
+    ended: Option<chrono::NaiveDateTime>,
+    now: chrono::NaiveDateTime,
+) -> chrono::NaiveDateTime {
+    ended.map_or(now, |e| now.min(e + AFTER_END))
+}
+
 /// The most a session that started at `started` can have moved each way
 /// by `now`. A gateway's report is believed up to it: one that held
 /// 2^63 - 1 bytes (a stolen or broken gateway's) spent the subscriber's
@@ -129,7 +143,7 @@ pub async fn receive(
     }
     let at = now();
     for s in &known {
-        let bound = believable(s.started_at, at);
+        let bound = believable(s.started_at, lived_until(s.ended_at, at));
         if let Some(t) = latest.get_mut(&s.id)
             && (t.up > bound || t.down > bound)
         {
@@ -213,6 +227,13 @@ mod tests {
             believable(t0, t0 + chrono::Duration::seconds(10)),
             10 * MAX_RATE + RATE_SLACK
         );
+        // An ended session is believed over its life, not over the wait
+        // for its report.
+        let end = t0 + chrono::Duration::seconds(1);
+        let late = t0 + chrono::Duration::hours(1);
+        assert_eq!(lived_until(Some(end), late), end + AFTER_END);
+        assert_eq!(lived_until(Some(end), end), end);
+        assert_eq!(lived_until(None, late), late);
         // Centuries never overflow.
         let far = t0 + chrono::Duration::days(365 * 300);
         assert_eq!(believable(t0, far), i64::MAX);

@@ -16,9 +16,9 @@ pub use crate::db::{APPLY_LOCK, APPLY_LOCK_KEY};
 /// makes one index scan over all the keys; `IN (SELECT ...)` hashes them and
 /// probes the index once per key.
 pub const KNOWN: Statement = Statement {
-    pg: "SELECT id, gateway_node_id, outline_node_id, end_reason, started_at FROM sessions \
+    pg: "SELECT id, gateway_node_id, outline_node_id, end_reason, started_at, ended_at FROM sessions \
          WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
-    sqlite: "SELECT id, gateway_node_id, outline_node_id, end_reason, started_at FROM sessions \
+    sqlite: "SELECT id, gateway_node_id, outline_node_id, end_reason, started_at, ended_at FROM sessions \
              WHERE id IN (SELECT value FROM json_each(?1))",
 };
 
@@ -184,6 +184,9 @@ pub struct Known {
     /// When it started.
     #[diesel(sql_type = diesel::sql_types::Timestamp)]
     pub started_at: chrono::NaiveDateTime,
+    /// When it ended, if it has.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
+    pub ended_at: Option<chrono::NaiveDateTime>,
 }
 
 /// An inbox row.
