@@ -142,20 +142,11 @@ async fn own_client_moves_10_mb_intact_and_usage_matches() {
         .await
         .expect("health");
     assert_eq!(health.status(), 200);
-    let metrics = common::client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let down: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("httvps_gateway_bytes_down "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(down >= moved, "{metrics}");
+    let down = common::metric(admin, "httvps_gateway_bytes_down").await;
+    assert!(
+        down >= moved,
+        "httvps_gateway_bytes_down {down}, moved {moved}"
+    );
     let r = plane
         .gql("{subscriptions{edges{node{trafficUsedBytes}}}}", json!({}))
         .await;

@@ -289,20 +289,8 @@ async fn gateway_health_follows_the_control_plane_link() {
         "{body}"
     );
     assert!(body["last_heartbeat_secs"].as_u64() >= Some(2), "{body}");
-    let metrics = common::client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let age: i64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("httvps_gateway_heartbeat_age_seconds "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(age >= 2, "{metrics}");
+    let age = common::metric(admin, "httvps_gateway_heartbeat_age_seconds").await;
+    assert!(age >= 2.0, "heartbeat age {age}");
     link.restore();
     let (status, body) = until(200).await;
     assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");

@@ -122,6 +122,24 @@ fn migrations_fingerprint() -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+/// The value of the metric `name` (a line `name value`) in the Prometheus
+/// text served at `http://{addr}/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 /// Runs the statement `q` on `db`, PostgreSQL or SQLite.
 pub async fn execute(db: &Db, q: &str) {
     match &db.pool {

@@ -29,9 +29,7 @@ pub struct UserFilter {
 }
 
 /// The forms of the exact email asked for, as sign-in looks an address up
-/// (see [`super::authenticate`]): normalised as stored now, and trimmed in
-/// lower case as addresses stored under earlier rules are; one no account
-/// could have is refused.
+/// (see [`super::address_forms`]); one no account could have is refused.
 fn exact_email(filter: &UserFilter) -> AppResult<Option<Vec<String>>> {
     let Some(raw) = filter.email.as_deref() else {
         return Ok(None);
@@ -39,11 +37,8 @@ fn exact_email(filter: &UserFilter) -> AppResult<Option<Vec<String>>> {
     // Control characters (a NUL, say) are no address, and PostgreSQL
     // refuses them in text.
     validate::text("email", raw, 1, 320)?;
-    let legacy = raw.trim().to_lowercase();
-    let current = super::normalize_email(raw).ok();
-    if current.is_none() && (legacy.is_empty() || legacy.len() > 254) {
-        return Err(AppError::bad("email is not a valid address"));
-    }
+    let (current, legacy) =
+        super::address_forms(raw).ok_or_else(|| AppError::bad("email is not a valid address"))?;
     Ok(Some(current.into_iter().chain([legacy]).collect()))
 }
 

@@ -159,6 +159,24 @@ pub async fn first_admin(db: &Db) -> AppResult<Option<UserId>> {
         .optional()?))
 }
 
+/// The forms under which an account with the address `raw` may be
+/// stored, the current one first: normalised as [`normalize_email`] does,
+/// and trimmed in lower case, as addresses stored before they were put in
+/// NFC (or before invisible characters and empty labels were refused)
+/// are. `None` when no account can have it: neither form is an address (a
+/// NUL, or another control character, is in none, and PostgreSQL refuses
+/// a NUL in text).
+pub(crate) fn address_forms(raw: &str) -> Option<(Option<String>, String)> {
+    let legacy = raw.trim().to_lowercase();
+    let current = normalize_email(raw).ok();
+    if current.is_none()
+        && (legacy.is_empty() || legacy.len() > 254 || legacy.chars().any(char::is_control))
+    {
+        return None;
+    }
+    Some((current, legacy))
+}
+
 /// Checks an email and password; the same error for an unknown email and a
 /// wrong password, whatever the account's status, so accounts can't be
 /// probed (a disabled one answered `FORBIDDEN` to any password, which told
@@ -167,18 +185,10 @@ pub async fn first_admin(db: &Db) -> AppResult<Option<UserId>> {
 /// as to its owner; guesses are bounded by the log-in throttle.
 pub async fn authenticate(db: &Db, email: &str, password: &str) -> AppResult<User> {
     let bad = || AppError::BadRequest("wrong email or password".into());
-    // Addresses stored before they were put in NFC (or before invisible
-    // characters and empty labels were refused) are found as they were
-    // stored then: trimmed and in lower case. The current form wins.
-    let legacy = email.trim().to_lowercase();
-    let current = normalize_email(email).ok();
-    // A NUL, or another control character, is in no stored address (and
-    // PostgreSQL refuses a NUL in text).
-    if current.is_none()
-        && (legacy.is_empty() || legacy.len() > 254 || legacy.chars().any(char::is_control))
-    {
+    // Found under any form it may be stored in; the current form wins.
+    let Some((current, legacy)) = address_forms(email) else {
         return Err(bad());
-    }
+    };
     let wanted: Vec<&str> = current
         .iter()
         .map(String::as_str)

@@ -30,10 +30,16 @@ const RATE_SLACK: i64 = 64 * 1024 * 1024;
 /// gateway closes them at the access event, or at its next heartbeat.
 const AFTER_END: chrono::Duration = chrono::Duration::seconds(60);
 
+/// The most the session `k` can have moved each way by `now`: see
+/// [`believable`], over its life as [`lived_until`] ends it.
+pub(super) fn bound(k: &Known, now: chrono::NaiveDateTime) -> i64 {
+    believable(k.started_at, lived_until(k.ended_at, now))
+}
+
 /// The end of the life a session's totals are believed over: `now`, or
 /// [`AFTER_END`] past its end (a report sent long after the end could
 /// otherwise claim a rate over the wait too).
-pub(super) fn lived_until(
+fn lived_until(
     ended: Option<chrono::NaiveDateTime>,
     now: chrono::NaiveDateTime,
 ) -> chrono::NaiveDateTime {
@@ -44,7 +50,7 @@ pub(super) fn lived_until(
 /// by `now`. A gateway's report is believed up to it: one that held
 /// 2^63 - 1 bytes (a stolen or broken gateway's) spent the subscriber's
 /// allowance at once and saturated every traffic total it was summed in.
-pub(super) fn believable(started: chrono::NaiveDateTime, now: chrono::NaiveDateTime) -> i64 {
+fn believable(started: chrono::NaiveDateTime, now: chrono::NaiveDateTime) -> i64 {
     let secs = (now - started).num_seconds().max(0);
     secs.saturating_mul(MAX_RATE).saturating_add(RATE_SLACK)
 }
@@ -143,7 +149,7 @@ pub async fn receive(
     }
     let at = now();
     for s in &known {
-        let bound = believable(s.started_at, lived_until(s.ended_at, at));
+        let bound = bound(s, at);
         if let Some(t) = latest.get_mut(&s.id)
             && (t.up > bound || t.down > bound)
         {

@@ -241,16 +241,13 @@ pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> Ap
         // Believed up to what the session could have moved (as a
         // gateway's report is).
         let at = now();
-        let lives: HashMap<SessionId, (chrono::NaiveDateTime, Option<chrono::NaiveDateTime>)> =
-            known
-                .iter()
-                .map(|k| (k.id, (k.started_at, k.ended_at)))
-                .collect();
+        let bounds: HashMap<SessionId, i64> = known
+            .iter()
+            .map(|k| (k.id, super::inbox::bound(k, at)))
+            .collect();
         for t in &mut totals {
-            if let Some((started, ended)) = lives.get(&t.0) {
-                let until = super::inbox::lived_until(*ended, at);
-                let bound = super::inbox::believable(*started, until);
-                (t.2, t.3) = (t.2.min(bound), t.3.min(bound));
+            if let Some(bound) = bounds.get(&t.0) {
+                (t.2, t.3) = (t.2.min(*bound), t.3.min(*bound));
             }
         }
         if !totals.is_empty() {
