@@ -1117,6 +1117,20 @@ impl Plane {
         addr
     }
 
+    /// [`Plane::gateway_bytes_down`] once it reaches `want`, or after
+    /// 10 s.
+    async fn gateway_bytes_down_reaching(&self, want: i64) -> i64 {
+        let mut counted = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            counted = self.gateway_bytes_down().await;
+            if counted >= want {
+                break;
+            }
+        }
+        counted
+    }
+
     async fn gateway_bytes_down(&self) -> i64 {
         let r = self
             .gql(
@@ -1584,27 +1598,43 @@ async fn usage_spool_survives_a_killed_gateway_without_loss_or_double_count() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(spool_file.exists(), "the spool was written");
     // SIGKILL-like: the task is dropped with no flush and no drain.
-    plane.gateway.take().expect("task").abort();
-    plane.gateway_stop = None;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let listener = TcpListener::bind(plane.gateway_addr)
-        .await
-        .expect("same port");
     let sf = spool_file.clone();
-    plane.spawn_gateway(listener, &move |o: &mut gateway::GatewayOptions| {
-        o.spool = Some(sf.clone())
-    });
+    plane
+        .kill_and_restart_gateway(&move |o: &mut gateway::GatewayOptions| {
+            o.spool = Some(sf.clone())
+        })
+        .await;
     assert_eq!(fetch(socks, web).await.len(), body.len());
     // Everything the node sent through the gateway, counted exactly once.
     let sent = plane.nodes[0].1.tx() as i64;
-    let mut counted = 0;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        counted = plane.gateway_bytes_down().await;
-        if counted >= sent {
-            break;
-        }
+    let counted = plane.gateway_bytes_down_reaching(sent).await;
+    assert_eq!(counted, sent, "bytes the node sent vs bytes in the ledger");
+}
+
+/// A gateway restarted without its spool counts the session from zero:
+/// its totals add to what was recorded (a new epoch) instead of having to
+/// pass it before they count.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_restarted_without_its_spool_counts_on_top_of_what_was_recorded() {
+    let mut plane = Plane::start_with(1, |o| o.spool = None).await;
+    let body = random_body(1024 * 1024);
+    let web = http_server(body.clone()).await;
+    let socks = plane.client().await;
+    for _ in 0..2 {
+        assert_eq!(fetch(socks, web).await.len(), body.len());
     }
+    let before = plane.nodes[0].1.tx() as i64;
+    let counted = plane.gateway_bytes_down_reaching(before).await;
+    assert_eq!(counted, before, "the first run's bytes are recorded");
+    plane
+        .kill_and_restart_gateway(&|o: &mut gateway::GatewayOptions| o.spool = None)
+        .await;
+    // Less than the first run moved: under the old rule (the larger
+    // total wins) none of it would count.
+    assert_eq!(fetch(socks, web).await.len(), body.len());
+    let sent = plane.nodes[0].1.tx() as i64;
+    assert!(sent > before);
+    let counted = plane.gateway_bytes_down_reaching(sent).await;
     assert_eq!(counted, sent, "bytes the node sent vs bytes in the ledger");
 }
 

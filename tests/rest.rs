@@ -1617,6 +1617,7 @@ async fn a_gateway_deleted_while_it_heartbeats() {
         seq: 1,
         bytes_up: 10,
         bytes_down: 10,
+        epoch: 0,
     };
     let late = httvps_control::usage_accounting::receive(db, g.id, &[totals()]).await;
     assert!(

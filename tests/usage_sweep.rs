@@ -30,6 +30,7 @@ async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
             seq,
             bytes_up: up,
             bytes_down: down,
+            epoch: 0,
         }],
     };
     gw.report(&report(1, 1_000, 3_000)).await.expect("report");
@@ -82,6 +83,12 @@ async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
             .await
             > 0
     );
+    // The subscriber had used up the allowance: the reset lets it back in.
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = traffic_used_bytes")
+        .await;
+    let mut quota = db.events().subscribe_quota();
+    let mut access = db.events().subscribe_access();
     let swept = sweep_at(db, now()).await.expect("sweep");
     assert_eq!(
         swept,
@@ -92,6 +99,16 @@ async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
             witness: 0
         }
     );
+    let ev = quota.try_recv().expect("a quota event for the reset");
+    assert_eq!(
+        (ev.kind, ev.traffic_used_bytes),
+        (httvps_control::feed::QuotaEventKind::PeriodReset, 0)
+    );
+    let ev = access.try_recv().expect("an access event for the reset");
+    assert_eq!(ev.reason, "subscription_extended", "{ev:?}");
+    plane
+        .sql("UPDATE subscriptions SET traffic_limit_bytes = NULL")
+        .await;
     assert_eq!(ledger("delta_up").await, 1_000);
     assert_eq!(ledger("delta_down").await, 3_000);
     assert_eq!(
@@ -190,5 +207,45 @@ async fn links_of_node_connections_are_pruned_after_an_hour_and_sessions_keep_th
         sweep_at(db, now()).await.expect("sweep").witness,
         0,
         "nothing left to prune"
+    );
+}
+
+/// A monthly subscription whose length is a whole number of periods ends at
+/// a period boundary: it expires with its last period's usage, and no new
+/// period starts at its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_monthly_subscription_expires_with_its_last_periods_usage() {
+    let (plane, _listener) = Plane::prepare(1).await;
+    let db = &plane.server.state.db;
+    plane.sql("UPDATE plans SET reset_period = 'monthly'").await;
+    plane
+        .sql(
+            "UPDATE subscriptions SET traffic_used_bytes = 700, \
+             starts_at = date_trunc('second', now() at time zone 'utc') - interval '30 days 1 minute', \
+             period_start = date_trunc('second', now() at time zone 'utc') - interval '30 days 1 minute', \
+             expires_at = date_trunc('second', now() at time zone 'utc') - interval '1 minute'",
+        )
+        .await;
+    let mut quota = db.events().subscribe_quota();
+    let swept = sweep_at(db, now()).await.expect("sweep");
+    assert_eq!((swept.expired, swept.periods), (1, 0));
+    let ev = quota.try_recv().expect("the expiry's event");
+    assert_eq!(
+        (ev.kind, ev.traffic_used_bytes),
+        (httvps_control::feed::QuotaEventKind::Expired, 700)
+    );
+    assert!(quota.try_recv().is_err(), "no period reset");
+    assert_eq!(
+        plane
+            .scalar("SELECT traffic_used_bytes AS n FROM subscriptions")
+            .await,
+        700
+    );
+    assert_eq!(
+        plane
+            .scalar("SELECT CAST(EXTRACT(EPOCH FROM expires_at - period_start) AS BIGINT) AS n FROM subscriptions")
+            .await,
+        30 * 86_400,
+        "the last period still starts where it did"
     );
 }

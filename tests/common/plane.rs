@@ -72,6 +72,21 @@ impl Plane {
         plane
     }
 
+    /// Ends the gateway as SIGKILL would (no flush, no drain) and starts it
+    /// again on the same port, with `customize`.
+    pub async fn kill_and_restart_gateway(
+        &mut self,
+        customize: &dyn Fn(&mut gateway::GatewayOptions),
+    ) {
+        self.gateway.take().expect("task").abort();
+        self.gateway_stop = None;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listener = TcpListener::bind(self.gateway_addr)
+            .await
+            .expect("same port");
+        self.spawn_gateway(listener, customize);
+    }
+
     /// Starts (or restarts) the gateway on `listener` with test timings.
     pub fn spawn_gateway(
         &mut self,

@@ -24,6 +24,15 @@ pub struct SessionTotals {
     /// Cumulative bytes to the client since the session started.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub bytes_down: i64,
+    /// The count the totals belong to: a gateway that starts counting a
+    /// session from zero again (it restarted without its spool, or forgot
+    /// the session and met it again) takes a larger one, and its totals
+    /// then add to what was recorded before instead of having to pass it.
+    /// Totals of an earlier count than the latest one seen are ignored.
+    /// 0 (the default) for gateways that do not say.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    pub epoch: i64,
 }
 
 /// A session the gateway must close, and why.

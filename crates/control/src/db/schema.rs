@@ -147,6 +147,9 @@ diesel::table! {
         witness_up -> BigInt,
         witness_down -> BigInt,
         token_generation -> BigInt,
+        gateway_epoch -> BigInt,
+        gateway_base_up -> BigInt,
+        gateway_base_down -> BigInt,
         supersedes -> Nullable<Text>,
     }
 }

@@ -8,7 +8,8 @@ use diesel_async::RunQueryDsl;
 
 use super::inbox::{self, to_json};
 use super::plan::{
-    self, InboxNodeTotals, InboxTotals, Merged, MergedLatest, NodeTotals, Stored, Totals,
+    self, InboxNodeTotals, InboxTotals, InboxTotalsBefore, Merged, MergedLatest, NodeTotals,
+    Stored, Totals,
 };
 use super::quota;
 use super::statements::{APPLY_LOCK, CHARGE, GROW_SESSIONS, LEDGER, LedgerRow, READ};
@@ -27,13 +28,37 @@ use crate::status::EndReason;
 /// pass is.
 const APPLY_CHUNK: usize = 5_000;
 
-/// An inbox row's body: a gateway's totals (a JSON array) or a node's
+/// An inbox row's body: a gateway's totals (`{"gateway": [...]}`, or a
+/// bare JSON array as stored before counts had epochs) or a node's
 /// (`{"node": [...]}`).
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum InboxBody {
-    Gateway(InboxTotals),
+    Gateway { gateway: InboxTotals },
+    Before(InboxTotalsBefore),
     Node { node: InboxNodeTotals },
+}
+
+/// What an inbox row reports.
+enum Report {
+    Gateway(InboxTotals),
+    Node(InboxNodeTotals),
+}
+
+impl From<InboxBody> for Report {
+    /// A gateway's totals stored before counts had epochs are of epoch 0
+    /// (what those gateways counted in).
+    fn from(body: InboxBody) -> Report {
+        match body {
+            InboxBody::Gateway { gateway } => Report::Gateway(gateway),
+            InboxBody::Before(t) => Report::Gateway(
+                t.into_iter()
+                    .map(|(id, seq, up, down)| (id, seq, up, down, 0))
+                    .collect(),
+            ),
+            InboxBody::Node { node } => Report::Node(node),
+        }
+    }
 }
 
 /// Inbox rows one pass takes at most (20,000 reports of 200 totals are
@@ -61,19 +86,20 @@ pub async fn apply_pending(db: &Db, wanted: impl Fn(i64) -> bool) -> AppResult<P
         after = last;
         for r in page {
             ids.push(r.id);
-            match serde_json::from_str::<InboxBody>(&r.totals) {
-                Ok(InboxBody::Gateway(t)) => {
+            match serde_json::from_str::<InboxBody>(&r.totals).map(Report::from) {
+                Ok(Report::Gateway(t)) => {
                     totals += t.len();
                     plan::merge_gateway(
                         &mut latest,
-                        t.iter()
-                            .map(|&(id, seq, up, down)| (id, Totals { seq, up, down })),
+                        t.iter().map(|&(id, seq, up, down, epoch)| {
+                            (id, epoch, Totals { seq, up, down })
+                        }),
                     );
                     if wanted(r.id) {
                         kept.push((r.id, t));
                     }
                 }
-                Ok(InboxBody::Node { node }) => {
+                Ok(Report::Node(node)) => {
                     totals += node.len();
                     plan::merge_node(
                         &mut latest,

@@ -7,6 +7,7 @@ use httvps_wire::usage::MAX_BATCH;
 use httvps_wire::{CloseOrder, SessionTotals};
 
 use super::Received;
+use super::bounds::bound;
 use super::plan::{InboxTotals, Latest, Totals, merge};
 use super::statements::{INBOX_DELETE, INBOX_INSERT, INBOX_READ, InboxRow, Inserted, KNOWN, Known};
 use crate::db::Db;
@@ -18,41 +19,10 @@ use crate::ids::{GatewayNodeId, OutlineNodeId, SessionId};
 /// Inbox rows read at a time.
 pub const PAGE_ROWS: i64 = 500;
 
-/// The fastest a session is believed to move bytes each way (10 Gbit/s):
-/// a gateway's or a node's totals past it over the session's life are cut
-/// to it.
-const MAX_RATE: i64 = 1_250_000_000;
-
-/// What a session's totals may hold beyond [`MAX_RATE`] over its life.
-const RATE_SLACK: i64 = 64 * 1024 * 1024;
-
-/// How long after its end a session's tunnels may still move bytes: the
-/// gateway closes them at the access event, or at its next heartbeat.
-const AFTER_END: chrono::Duration = chrono::Duration::seconds(60);
-
-/// The most the session `k` can have moved each way by `now`: see
-/// [`believable`], over its life as [`lived_until`] ends it.
-pub(super) fn bound(k: &Known, now: chrono::NaiveDateTime) -> i64 {
-    believable(k.started_at, lived_until(k.ended_at, now))
-}
-
-/// The end of the life a session's totals are believed over: `now`, or
-/// [`AFTER_END`] past its end (a report sent long after the end could
-/// otherwise claim a rate over the wait too).
-fn lived_until(
-    ended: Option<chrono::NaiveDateTime>,
-    now: chrono::NaiveDateTime,
-) -> chrono::NaiveDateTime {
-    ended.map_or(now, |e| now.min(e + AFTER_END))
-}
-
-/// The most a session that started at `started` can have moved each way
-/// by `now`. A gateway's report is believed up to it: one that held
-/// 2^63 - 1 bytes (a stolen or broken gateway's) spent the subscriber's
-/// allowance at once and saturated every traffic total it was summed in.
-fn believable(started: chrono::NaiveDateTime, now: chrono::NaiveDateTime) -> i64 {
-    let secs = (now - started).num_seconds().max(0);
-    secs.saturating_mul(MAX_RATE).saturating_add(RATE_SLACK)
+/// A gateway's report as the inbox stores it (`{"gateway": [...]}`).
+#[derive(serde::Serialize)]
+struct GatewayRow<'a> {
+    gateway: &'a InboxTotals,
 }
 
 /// Who sent a report that names sessions.
@@ -115,12 +85,15 @@ pub async fn receive(
         let Ok(id) = t.session_id.parse::<SessionId>() else {
             return Err(AppError::bad("session_id is not a valid id"));
         };
+        if t.epoch < 0 {
+            return Err(AppError::bad("epoch must not be negative"));
+        }
         let totals = Totals {
             seq: t.seq,
             up: t.bytes_up,
             down: t.bytes_down,
         };
-        parsed.push((id, totals));
+        parsed.push((id, t.epoch, totals));
     }
     let mut latest = Latest::new();
     merge(&mut latest, parsed.into_iter());
@@ -149,8 +122,8 @@ pub async fn receive(
     }
     let at = now();
     for s in &known {
-        let bound = bound(s, at);
-        if let Some(t) = latest.get_mut(&s.id)
+        let bound = bound(s.started_at, s.ended_at, at);
+        if let Some((_, t)) = latest.get_mut(&s.id)
             && (t.up > bound || t.down > bound)
         {
             tracing::warn!(
@@ -174,11 +147,11 @@ pub async fn receive(
             })
         })
         .collect();
-    let totals: InboxTotals = latest
+    let stored: InboxTotals = latest
         .into_iter()
-        .map(|(id, t)| (id, t.seq, t.up, t.down))
+        .map(|(id, (epoch, t))| (id, t.seq, t.up, t.down, epoch))
         .collect();
-    let totals = to_json(&totals)?;
+    let totals = to_json(&GatewayRow { gateway: &stored })?;
     let row: Inserted = db_run!(db, |conn| INBOX_INSERT
         .prepared(conn)
         .text(gateway.to_string())
@@ -212,36 +185,4 @@ pub async fn delete(db: &Db, ids: &[i64]) -> AppResult<()> {
         .execute(conn)
         .await?);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn totals_are_believed_up_to_the_rate_over_the_sessions_life() {
-        let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 0)
-            .expect("time")
-            .naive_utc();
-        assert_eq!(believable(t0, t0), RATE_SLACK);
-        // A clock that went back believes the slack, no less.
-        assert_eq!(
-            believable(t0, t0 - chrono::Duration::seconds(5)),
-            RATE_SLACK
-        );
-        assert_eq!(
-            believable(t0, t0 + chrono::Duration::seconds(10)),
-            10 * MAX_RATE + RATE_SLACK
-        );
-        // An ended session is believed over its life, not over the wait
-        // for its report.
-        let end = t0 + chrono::Duration::seconds(1);
-        let late = t0 + chrono::Duration::hours(1);
-        assert_eq!(lived_until(Some(end), late), end + AFTER_END);
-        assert_eq!(lived_until(Some(end), end), end);
-        assert_eq!(lived_until(None, late), late);
-        // Centuries never overflow.
-        let far = t0 + chrono::Duration::days(365 * 300);
-        assert_eq!(believable(t0, far), i64::MAX);
-    }
 }

@@ -27,6 +27,8 @@
 pub mod allowance;
 pub mod applier;
 pub mod apply;
+pub mod bounds;
+pub mod counts;
 pub mod grant_store;
 pub mod grants;
 pub mod inbox;

@@ -12,99 +12,34 @@ use chrono::{NaiveDateTime, Timelike};
 use httvps_wire::CloseOrder;
 
 use super::RowOutcome;
+use super::counts::within_grant;
+pub use super::counts::{GatewayCount, NodeCount, NodeTotals, Totals, recorded};
 use crate::access;
 use crate::ids::{SessionId, SubscriptionId, UserId};
 use crate::status::EndReason;
 
-/// Cumulative totals of a session as reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Totals {
-    /// Sequence number of the report.
-    pub seq: i64,
-    /// Bytes from the client.
-    pub up: i64,
-    /// Bytes to the client.
-    pub down: i64,
-}
+/// Per session, the gateway's epoch and its largest totals seen in it
+/// (sorted by session id).
+pub type Latest = BTreeMap<SessionId, (i64, Totals)>;
 
-impl Totals {
-    /// The larger of each of `self` and `other` (totals only grow, so the
-    /// larger is the newer).
-    pub fn max(self, other: Totals) -> Totals {
-        Totals {
-            seq: self.seq.max(other.seq),
-            up: self.up.max(other.up),
-            down: self.down.max(other.down),
-        }
-    }
-}
+/// A stored report: `[session_id, seq, bytes_up, bytes_down, epoch]` per
+/// session (the inbox's JSON form, under the key `gateway`).
+pub type InboxTotals = Vec<(SessionId, i64, i64, i64, i64)>;
 
-/// What the ledger records for a session from the gateway's totals and the
-/// node's: the larger of each direction (see [`witness`](super::witness)), with the
-/// node's surplus over the gateway cut where both together would pass
-/// `cap`, the limit of the session's quota grant as stored (in the
-/// ledger's terms, see `grants::ledger_offset`), or the gateway's own
-/// total, if larger. The gateway lets no byte through past its grant, so
-/// what the node counts beyond it never reached the client: it sat in the
-/// sockets between the node and a gateway that had stopped reading at the
-/// cut-off. The download surplus is cut first (that is where those bytes
-/// are), then the upload's. Without a cap (an unlimited subscription)
-/// nothing is cut; a limited one's session without a grant has a cap of
-/// 0 (see `statements::READ`): the node adds nothing to the gateway's.
-pub fn recorded(gateway: Totals, node: Totals, cap: Option<i64>) -> Totals {
-    let r = gateway.max(node);
-    let Some(cap) = cap else {
-        return r;
-    };
-    // In i128: two totals near the bound do not overflow.
-    let wide = |t: Totals| (i128::from(t.up), i128::from(t.down));
-    let ((g_up, g_down), (r_up, r_down)) = (wide(gateway), wide(r));
-    let bound = i128::from(cap).max(g_up + g_down);
-    let mut excess = r_up + r_down - bound;
-    if excess <= 0 {
-        return r;
-    }
-    let cut_down = excess.min(r_down - g_down);
-    excess -= cut_down;
-    let cut_up = excess.min(r_up - g_up);
-    // Each cut leaves at least the gateway's total, an i64.
-    let narrow = |v: i128| i64::try_from(v).unwrap_or(i64::MAX);
-    Totals {
-        seq: r.seq,
-        up: narrow(r_up - cut_up),
-        down: narrow(r_down - cut_down),
-    }
-}
-
-/// Per session, the largest totals seen (sorted by session id).
-pub type Latest = BTreeMap<SessionId, Totals>;
-
-/// A stored report: `[session_id, seq, bytes_up, bytes_down]` per session
-/// (the inbox's JSON form).
-pub type InboxTotals = Vec<(SessionId, i64, i64, i64)>;
-
-/// A node's cumulative totals of a session in one of its epochs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct NodeTotals {
-    /// The epoch (a node counting a session anew takes a larger one).
-    pub epoch: i64,
-    /// Bytes from the client.
-    pub up: i64,
-    /// Bytes to the client.
-    pub down: i64,
-}
+/// A report stored before gateway counts had epochs: `[session_id, seq,
+/// bytes_up, bytes_down]` per session (epoch 0), a bare JSON array.
+pub type InboxTotalsBefore = Vec<(SessionId, i64, i64, i64)>;
 
 /// A stored node report: `[session_id, epoch, bytes_up, bytes_down]` per
 /// session (the inbox's JSON form, under the key `node`).
 pub type InboxNodeTotals = Vec<(SessionId, i64, i64, i64)>;
 
-/// What one pass merged for a session: the gateway's newest totals, if it
-/// reported, and the node's largest totals of each epoch it reported, in
-/// epoch order.
+/// What one pass merged for a session: the gateway's largest totals of
+/// each epoch it reported, and the node's, in epoch order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Merged {
-    /// The gateway's largest totals.
-    pub gateway: Option<Totals>,
+    /// The gateway's largest totals per epoch, ascending.
+    pub gateway: Vec<(i64, Totals)>,
     /// The node's largest totals per epoch, ascending.
     pub node: Vec<NodeTotals>,
 }
@@ -112,11 +47,18 @@ pub struct Merged {
 /// Per session, what a pass merged (sorted by session id).
 pub type MergedLatest = BTreeMap<SessionId, Merged>;
 
-/// Merges gateway totals into `latest` (see [`merge`]).
-pub fn merge_gateway(latest: &mut MergedLatest, totals: impl Iterator<Item = (SessionId, Totals)>) {
-    for (id, t) in totals {
-        let m = latest.entry(id).or_default();
-        m.gateway = Some(m.gateway.map_or(t, |e| e.max(t)));
+/// Merges gateway totals (with their epochs) into `latest`: per session
+/// and epoch, the largest of each.
+pub fn merge_gateway(
+    latest: &mut MergedLatest,
+    totals: impl Iterator<Item = (SessionId, i64, Totals)>,
+) {
+    for (id, epoch, t) in totals {
+        let gateway = &mut latest.entry(id).or_default().gateway;
+        match gateway.binary_search_by_key(&epoch, |g| g.0) {
+            Ok(i) => gateway[i].1 = gateway[i].1.max(t),
+            Err(i) => gateway.insert(i, (epoch, t)),
+        }
     }
 }
 
@@ -138,54 +80,21 @@ pub fn merge_node(
     }
 }
 
-/// The node's count of a session as stored: the epoch it counts in, what
-/// the earlier epochs counted (the base), and the count so far (the base
-/// plus the current epoch's totals).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct NodeCount {
-    /// The epoch of the latest totals folded in.
-    pub epoch: i64,
-    /// Bytes up counted in earlier epochs.
-    pub base_up: i64,
-    /// Bytes down counted in earlier epochs.
-    pub base_down: i64,
-    /// Bytes up counted so far.
-    pub up: i64,
-    /// Bytes down counted so far.
-    pub down: i64,
-}
-
-impl NodeCount {
-    /// Folds in an epoch's totals: of the current epoch, the larger count
-    /// wins (a replay changes nothing); a later epoch starts from the count
-    /// so far; an earlier one is over and changes nothing.
-    pub fn fold(self, t: NodeTotals) -> NodeCount {
-        let (up, down) = (t.up.max(0), t.down.max(0));
-        if t.epoch < self.epoch {
-            self
-        } else if t.epoch == self.epoch {
-            NodeCount {
-                up: self.up.max(self.base_up.saturating_add(up)),
-                down: self.down.max(self.base_down.saturating_add(down)),
-                ..self
-            }
-        } else {
-            NodeCount {
-                epoch: t.epoch,
-                base_up: self.up,
-                base_down: self.down,
-                up: self.up.saturating_add(up),
-                down: self.down.saturating_add(down),
-            }
-        }
-    }
-}
-
-/// Merges cumulative totals: per session, the largest of each is the
-/// latest (totals only grow, so an older or replayed report changes nothing).
-pub fn merge(latest: &mut Latest, totals: impl Iterator<Item = (SessionId, Totals)>) {
-    for (id, t) in totals {
-        latest.entry(id).and_modify(|e| *e = e.max(t)).or_insert(t);
+/// Merges cumulative totals: per session, those of the latest epoch, and
+/// of those the largest of each (totals only grow, so an older or
+/// replayed report changes nothing).
+pub fn merge(latest: &mut Latest, totals: impl Iterator<Item = (SessionId, i64, Totals)>) {
+    for (id, epoch, t) in totals {
+        latest
+            .entry(id)
+            .and_modify(|(e, old)| {
+                if epoch > *e {
+                    (*e, *old) = (epoch, t);
+                } else if epoch == *e {
+                    *old = old.max(t);
+                }
+            })
+            .or_insert((epoch, t));
     }
 }
 
@@ -247,6 +156,23 @@ pub struct Stored {
     /// The node's count of bytes down so far.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub witness_down: i64,
+    /// The gateway's count: its epoch.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub gateway_epoch: i64,
+    /// The gateway's count: bytes up recorded before its epoch.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub gateway_base_up: i64,
+    /// The gateway's count: bytes down recorded before its epoch.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub gateway_base_down: i64,
+    /// When it started: what is recorded goes no further than the session
+    /// could have moved since (see `inbox::bound`), however many epochs
+    /// the counts add up.
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    pub started_at: NaiveDateTime,
+    /// When it ended, if it has.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
+    pub ended_at: Option<NaiveDateTime>,
     /// The limit of the session's quota grant, if it has one: the most the
     /// gateway could let through, so the most the node's count may record
     /// (see [`recorded`]).
@@ -255,6 +181,15 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// The gateway's count as stored.
+    pub fn gateway_count(&self) -> GatewayCount {
+        GatewayCount {
+            epoch: self.gateway_epoch,
+            base_up: self.gateway_base_up,
+            base_down: self.gateway_base_down,
+        }
+    }
+
     /// The node's count as stored.
     pub fn node_count(&self) -> NodeCount {
         NodeCount {
@@ -292,6 +227,12 @@ pub struct Growth {
     pub w_up: i64,
     /// The node's count of bytes down so far.
     pub w_down: i64,
+    /// The gateway's count: its epoch.
+    pub g_epoch: i64,
+    /// The gateway's count: bytes up recorded before its epoch.
+    pub g_base_up: i64,
+    /// The gateway's count: bytes down recorded before its epoch.
+    pub g_base_down: i64,
 }
 
 /// A session's hour that is over: what goes to the ledger.
@@ -354,16 +295,26 @@ pub fn plan_chunk(
         };
         let before = s.node_count();
         let count = m.node.iter().fold(before, |c, t| c.fold(*t));
-        let t = m.gateway.unwrap_or_default();
+        let g_before = s.gateway_count();
+        // The gateway has reported the session before (a later epoch then
+        // counts on top of what was recorded).
+        let reported = s.gateway_epoch > 0 || s.last_seq > 0;
+        let (g_count, t) = g_before.fold((s.bytes_up, s.bytes_down), reported, &m.gateway);
         let node = Totals {
             seq: 0,
             up: count.up,
             down: count.down,
         };
         let r = recorded(t, node, s.witness_cap);
-        let delta_up = (r.up - s.bytes_up).max(0);
-        let delta_down = (r.down - s.bytes_down).max(0);
-        if delta_up == 0 && delta_down == 0 && count == before {
+        let most = super::bounds::bound(s.started_at, s.ended_at, now);
+        let (delta_up, delta_down) = within_grant(
+            s.witness_cap,
+            (s.bytes_up, s.bytes_down),
+            t,
+            (r.up.min(most) - s.bytes_up).max(0),
+            (r.down.min(most) - s.bytes_down).max(0),
+        );
+        if delta_up == 0 && delta_down == 0 && count == before && g_count == g_before {
             continue;
         }
         let (hour_up, hour_down) = match s.hour_start {
@@ -396,6 +347,9 @@ pub fn plan_chunk(
             w_base_down: count.base_down,
             w_up: count.up,
             w_down: count.down,
+            g_epoch: g_count.epoch,
+            g_base_up: g_count.base_up,
+            g_base_down: g_count.base_down,
         });
         if delta_up > 0 || delta_down > 0 {
             let d = by_user.entry(s.user_id).or_insert(0);
@@ -454,10 +408,10 @@ pub fn outcomes(
     kept.iter()
         .map(|(id, totals)| {
             let mut out = RowOutcome::default();
-            for (sid, _, up, down) in totals {
+            for (sid, _, up, down, epoch) in totals {
                 let newest = newest_of(merged, *sid)
-                    .and_then(|m| m.gateway)
-                    .is_some_and(|l| l.up == *up && l.down == *down);
+                    .and_then(|m| m.gateway.last())
+                    .is_some_and(|(e, l)| e == epoch && l.up == *up && l.down == *down);
                 if newest && grown.contains(sid) {
                     out.counted += 1;
                 }

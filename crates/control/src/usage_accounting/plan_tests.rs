@@ -26,6 +26,13 @@ fn stored(user: UserId, up: i64, down: i64, hour: Option<NaiveDateTime>) -> Stor
         witness_base_down: 0,
         witness_up: 0,
         witness_down: 0,
+        gateway_epoch: 0,
+        gateway_base_up: 0,
+        gateway_base_down: 0,
+        // Long enough ago that the bound on what a session can move never
+        // cuts (tests of the bound set their own start).
+        started_at: at(0, 0) - Duration::days(365 * 1000),
+        ended_at: None,
         witness_cap: None,
     }
 }
@@ -50,14 +57,14 @@ fn merged(reports: &[(SessionId, i64, i64, i64)]) -> Vec<(SessionId, Merged)> {
         &mut latest,
         reports
             .iter()
-            .map(|&(id, seq, up, down)| (id, Totals { seq, up, down })),
+            .map(|&(id, seq, up, down)| (id, 0, Totals { seq, up, down })),
     );
     latest.into_iter().collect()
 }
 
 fn gw(seq: i64, up: i64, down: i64) -> Merged {
     Merged {
-        gateway: Some(Totals { seq, up, down }),
+        gateway: vec![(0, Totals { seq, up, down })],
         node: Vec::new(),
     }
 }
@@ -95,6 +102,9 @@ fn only_the_increase_over_what_is_stored_counts() {
             w_base_down: 0,
             w_up: 0,
             w_down: 0,
+            g_epoch: 0,
+            g_base_up: 0,
+            g_base_down: 0,
         }]
     );
     assert!(plan.closed.is_empty());
@@ -210,8 +220,8 @@ fn sessions_of_spent_accounts_end_and_rows_learn_what_they_did() {
 
     let m = merged(&[(open.id, 2, 10, 10), (bystander.id, 2, 5, 5)]);
     let kept = vec![
-        (1, vec![(open.id, 1, 9, 9), (bystander.id, 2, 5, 5)]),
-        (2, vec![(open.id, 2, 10, 10)]),
+        (1, vec![(open.id, 1, 9, 9, 0), (bystander.id, 2, 5, 5, 0)]),
+        (2, vec![(open.id, 2, 10, 10, 0)]),
     ];
     let grown: HashSet<SessionId> = [open.id, bystander.id].into();
     let ended: HashSet<SessionId> = ended.into_iter().collect();
@@ -242,7 +252,7 @@ fn node_totals_merge_per_epoch_in_epoch_order() {
         .into_iter(),
     );
     assert_eq!(latest[&s].node, vec![node(10, 9, 10), node(20, 5, 7)]);
-    assert_eq!(latest[&s].gateway, None);
+    assert!(latest[&s].gateway.is_empty());
 }
 
 #[test]
@@ -278,7 +288,7 @@ fn the_larger_of_the_gateways_and_the_nodes_count_is_recorded_once() {
         vec![(
             s.id,
             Merged {
-                gateway: g,
+                gateway: g.map(|t| (0, t)).into_iter().collect(),
                 node: n.to_vec(),
             },
         )]
@@ -348,29 +358,36 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
     let mut recorded = Vec::new();
     let passes: [Merged; 4] = [
         Merged {
-            gateway: Some(Totals {
-                seq: 1,
-                up: 10,
-                down: 1_000,
-            }),
+            gateway: vec![(
+                1,
+                Totals {
+                    seq: 1,
+                    up: 10,
+                    down: 1_000,
+                },
+            )],
             node: vec![node(5, 10, 1_100)],
         },
         // The gateway is gone; the node counts on, restarts, counts on.
         Merged {
-            gateway: None,
+            gateway: vec![],
             node: vec![node(5, 12, 3_000), node(9, 0, 200)],
         },
         Merged {
-            gateway: None,
+            gateway: vec![],
             node: vec![node(9, 1, 700)],
         },
-        // A restarted gateway without its spool reports from zero.
+        // A restarted gateway without its spool reports from zero, in a
+        // later epoch: added to what was recorded.
         Merged {
-            gateway: Some(Totals {
-                seq: 1,
-                up: 2,
-                down: 300,
-            }),
+            gateway: vec![(
+                2,
+                Totals {
+                    seq: 1,
+                    up: 2,
+                    down: 300,
+                },
+            )],
             node: vec![],
         },
     ];
@@ -388,6 +405,9 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
                 witness_base_down: g.w_base_down,
                 witness_up: g.w_up,
                 witness_down: g.w_down,
+                gateway_epoch: g.g_epoch,
+                gateway_base_up: g.g_base_up,
+                gateway_base_down: g.g_base_down,
                 ..s
             };
         }
@@ -395,8 +415,38 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
     }
     assert_eq!(
         recorded,
-        vec![(10, 1_100), (12, 3_200), (13, 3_700), (13, 3_700)]
+        vec![(10, 1_100), (12, 3_200), (13, 3_700), (15, 4_000)]
     );
+}
+
+fn totals(seq: i64, up: i64, down: i64) -> Totals {
+    Totals { seq, up, down }
+}
+
+#[test]
+fn new_epochs_never_record_past_what_the_session_could_move() {
+    let user = UserId::random();
+    let now = at(10, 30);
+    let mut s = stored(user, 0, 0, Some(hour_of(now)));
+    s.started_at = now - Duration::seconds(1);
+    let most = super::super::bounds::bound(s.started_at, None, now);
+    // A broken or stolen gateway token sends a new epoch per report, each
+    // at the bound: recorded stays at the bound.
+    for epoch in 1..4 {
+        let m = Merged {
+            gateway: vec![(epoch, totals(epoch, most, most))],
+            node: vec![],
+        };
+        let plan = plan_chunk(std::slice::from_ref(&s), &[(s.id, m)], now);
+        if let Some(g) = plan.grown.first() {
+            s.bytes_up = g.up;
+            s.bytes_down = g.down;
+            s.gateway_epoch = g.g_epoch;
+            s.gateway_base_up = g.g_base_up;
+            s.gateway_base_down = g.g_base_down;
+        }
+        assert_eq!((s.bytes_up, s.bytes_down), (most, most), "epoch {epoch}");
+    }
 }
 
 #[test]
@@ -410,11 +460,14 @@ fn the_nodes_count_is_recorded_only_as_far_as_the_sessions_grant() {
         ..stored(user, 0, 0, Some(hour_of(now)))
     };
     let m = Merged {
-        gateway: Some(Totals {
-            seq: 9,
-            up: 100,
-            down: 895,
-        }),
+        gateway: vec![(
+            0,
+            Totals {
+                seq: 9,
+                up: 100,
+                down: 895,
+            },
+        )],
         node: vec![node(3, 100, 4_000)],
     };
     let plan = plan_chunk(std::slice::from_ref(&s), &[(s.id, m.clone())], now);

@@ -53,7 +53,8 @@ pub const INBOX_DELETE: Statement = Statement {
 pub const READ: Statement = Statement {
     pg: "SELECT s.id, d.user_id, s.bytes_up, s.bytes_down, s.last_seq, s.end_reason, \
          s.hour_start, s.hour_up, s.hour_down, s.witness_epoch, s.witness_base_up, \
-         s.witness_base_down, s.witness_up, s.witness_down, \
+         s.witness_base_down, s.witness_up, s.witness_down, s.gateway_epoch, \
+         s.gateway_base_up, s.gateway_base_down, s.started_at, s.ended_at, \
          COALESCE(g.granted, (SELECT 0::bigint FROM subscriptions sub \
            WHERE sub.user_id = d.user_id AND sub.status = 'active' \
            AND sub.traffic_limit_bytes IS NOT NULL LIMIT 1)) AS witness_cap \
@@ -63,6 +64,7 @@ pub const READ: Statement = Statement {
     sqlite: "SELECT s.id, d.user_id, s.bytes_up, s.bytes_down, s.last_seq, \
              s.end_reason, s.hour_start, s.hour_up, s.hour_down, s.witness_epoch, \
              s.witness_base_up, s.witness_base_down, s.witness_up, s.witness_down, \
+             s.gateway_epoch, s.gateway_base_up, s.gateway_base_down, s.started_at, s.ended_at, \
              COALESCE(g.granted, (SELECT 0 FROM subscriptions sub \
                WHERE sub.user_id = d.user_id AND sub.status = 'active' \
                AND sub.traffic_limit_bytes IS NOT NULL LIMIT 1)) AS witness_cap \
@@ -71,21 +73,26 @@ pub const READ: Statement = Statement {
              WHERE s.id IN (SELECT value FROM json_each(?1))",
 };
 
-/// Grows the sessions, their current hour and the node's count (the third
-/// parameter is the hour's start).
+/// Grows the sessions, their current hour and the node's and gateway's
+/// counts (the third parameter is the hour's start).
 pub const GROW_SESSIONS: Statement = Statement {
     pg: "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
          last_seq = x.seq, last_activity_at = $2, hour_start = $3, hour_up = x.hour_up, \
          hour_down = x.hour_down, witness_epoch = x.w_epoch, witness_base_up = x.w_base_up, \
-         witness_base_down = x.w_base_down, witness_up = x.w_up, witness_down = x.w_down \
+         witness_base_down = x.w_base_down, witness_up = x.w_up, witness_down = x.w_down, \
+         gateway_epoch = x.g_epoch, gateway_base_up = x.g_base_up, \
+         gateway_base_down = x.g_base_down \
          FROM json_to_recordset($1::json) \
          AS x(id text, up bigint, down bigint, seq bigint, hour_up bigint, hour_down bigint, \
-         w_epoch bigint, w_base_up bigint, w_base_down bigint, w_up bigint, w_down bigint) \
+         w_epoch bigint, w_base_up bigint, w_base_down bigint, w_up bigint, w_down bigint, \
+         g_epoch bigint, g_base_up bigint, g_base_down bigint) \
          WHERE sessions.id = x.id",
     sqlite: "UPDATE sessions SET bytes_up = x.up, bytes_down = x.down, \
              last_seq = x.seq, last_activity_at = ?2, hour_start = ?3, hour_up = x.hour_up, \
              hour_down = x.hour_down, witness_epoch = x.w_epoch, witness_base_up = x.w_base_up, \
-             witness_base_down = x.w_base_down, witness_up = x.w_up, witness_down = x.w_down \
+             witness_base_down = x.w_base_down, witness_up = x.w_up, witness_down = x.w_down, \
+             gateway_epoch = x.g_epoch, gateway_base_up = x.g_base_up, \
+             gateway_base_down = x.g_base_down \
              FROM (SELECT json_extract(value, '$.id') AS id, \
              json_extract(value, '$.up') AS up, json_extract(value, '$.down') AS down, \
              json_extract(value, '$.seq') AS seq, json_extract(value, '$.hour_up') AS hour_up, \
@@ -93,7 +100,10 @@ pub const GROW_SESSIONS: Statement = Statement {
              json_extract(value, '$.w_epoch') AS w_epoch, \
              json_extract(value, '$.w_base_up') AS w_base_up, \
              json_extract(value, '$.w_base_down') AS w_base_down, \
-             json_extract(value, '$.w_up') AS w_up, json_extract(value, '$.w_down') AS w_down \
+             json_extract(value, '$.w_up') AS w_up, json_extract(value, '$.w_down') AS w_down, \
+             json_extract(value, '$.g_epoch') AS g_epoch, \
+             json_extract(value, '$.g_base_up') AS g_base_up, \
+             json_extract(value, '$.g_base_down') AS g_base_down \
              FROM json_each(?1)) AS x \
              WHERE sessions.id = x.id",
 };

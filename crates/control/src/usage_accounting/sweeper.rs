@@ -135,7 +135,8 @@ async fn sweep_with(db: &Db, now: NaiveDateTime, hours: bool) -> AppResult<Swept
             }
         }
     }
-    swept.periods = reset_periods(db, now).await?;
+    // Expiry first: a subscription that ran out keeps its last period's
+    // usage (a period never starts at or past the end).
     loop {
         let n = expire_subscriptions(db, now).await?;
         swept.expired += n;
@@ -143,6 +144,7 @@ async fn sweep_with(db: &Db, now: NaiveDateTime, hours: bool) -> AppResult<Swept
             break;
         }
     }
+    swept.periods = reset_periods(db, now).await?;
     swept.witness = prune_witness(db, now - WITNESS_KEEP).await?;
     Ok(swept)
 }
@@ -204,28 +206,52 @@ async fn close_hours(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
     })
 }
 
+/// A subscription whose period is due: id, period start, account, email,
+/// allowance, used.
+type DueRow = (
+    SubscriptionId,
+    NaiveDateTime,
+    UserId,
+    String,
+    Option<i64>,
+    i64,
+);
+
 /// Resets the allowances of monthly plans whose period is over: used bytes
-/// to zero, the period starting at its boundary (not at the next report).
+/// to zero, the period starting at its boundary (not at the next report),
+/// while the subscription runs (one that ran out keeps its last period).
+/// Each reset publishes its `PERIOD_RESET` event, and an account that had
+/// used up its allowance is let back in at once (an access event, as when
+/// an admin resets it), in the same transaction.
 async fn reset_periods(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
     let days = crate::subscriptions::PERIOD_DAYS;
     let cutoff = now - chrono::Duration::days(days);
-    db_tx!(db, |conn, _| {
+    db_tx!(db, |conn, outbox| {
         crate::apply_lock!(conn);
-        let due: Vec<(SubscriptionId, NaiveDateTime)> = subscriptions::table
+        let due: Vec<DueRow> = subscriptions::table
             .inner_join(plans::table)
+            .inner_join(users::table)
             .filter(plans::reset_period.eq(ResetPeriod::Monthly))
             .filter(subscriptions::status.eq(SubscriptionStatus::Active))
             .filter(subscriptions::period_start.le(cutoff))
-            .select((subscriptions::id, subscriptions::period_start))
+            .filter(subscriptions::expires_at.gt(now))
+            .select((
+                subscriptions::id,
+                subscriptions::period_start,
+                subscriptions::user_id,
+                users::email,
+                subscriptions::traffic_limit_bytes,
+                subscriptions::traffic_used_bytes,
+            ))
             .limit(SWEEP_CHUNK)
             .load(conn)
             .await?;
         let mut reset = 0;
-        for (id, start) in due {
+        for (id, start, user, email, limit, used) in due {
             let Some(new_start) = period_start_at(start, days, now) else {
                 continue;
             };
-            reset += diesel::update(subscriptions::table.find(id))
+            let n = diesel::update(subscriptions::table.find(id))
                 .filter(subscriptions::period_start.eq(start))
                 .set((
                     subscriptions::traffic_used_bytes.eq(0),
@@ -234,6 +260,22 @@ async fn reset_periods(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
                 ))
                 .execute(conn)
                 .await?;
+            if n == 0 {
+                continue;
+            }
+            reset += n;
+            outbox.quota(QuotaEvent {
+                kind: QuotaEventKind::PeriodReset,
+                subscription_id: id.uuid(),
+                user_id: user.uuid(),
+                user_email: email,
+                traffic_limit_bytes: limit,
+                traffic_used_bytes: 0,
+                at: now.and_utc(),
+            });
+            if crate::access::quota_spent(used, limit) && !crate::access::quota_spent(0, limit) {
+                outbox.access(AccessChange::SubscriptionExtended, Some(user));
+            }
         }
         Ok::<_, AppError>(reset)
     })

@@ -243,7 +243,7 @@ pub async fn witness(db: &Db, node: OutlineNodeId, report: &WitnessReport) -> Ap
         let at = now();
         let bounds: HashMap<SessionId, i64> = known
             .iter()
-            .map(|k| (k.id, super::inbox::bound(k, at)))
+            .map(|k| (k.id, super::bounds::bound(k.started_at, k.ended_at, at)))
             .collect();
         for t in &mut totals {
             if let Some(bound) = bounds.get(&t.0) {

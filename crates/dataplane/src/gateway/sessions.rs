@@ -37,9 +37,18 @@ pub(crate) enum Closing {
     Spent(Reason),
 }
 
+/// A session's totals as reported and spooled: its id, bytes up, bytes
+/// down, and the epoch of the count (see [`Session::epoch`]).
+pub(crate) type Counted = (String, u64, u64, i64);
+
 /// One session's counters.
 #[derive(Debug)]
 pub(crate) struct Session {
+    /// The epoch of this count: a session counted from zero again (after a
+    /// restart without the spool, or forgotten and met again) gets a
+    /// larger one, so the control plane adds its totals to what it
+    /// recorded before instead of waiting for them to pass it.
+    pub epoch: i64,
     /// Payload bytes from clients to the node.
     pub up: AtomicU64,
     /// Payload bytes from the node to clients.
@@ -62,8 +71,9 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, epoch: i64) -> Self {
         Session {
+            epoch,
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             tunnels: AtomicUsize::new(0),
@@ -169,6 +179,20 @@ struct Inner {
     going_away: bool,
     /// Bytes of sessions forgotten, so totals never go down.
     retired: (u64, u64),
+    /// The latest epoch given to a count.
+    last_epoch: i64,
+}
+
+impl Inner {
+    /// An epoch for a new count: the wall clock's milliseconds, so a
+    /// restarted gateway's counts come after its earlier ones, and always
+    /// past the latest given (a session forgotten and met again within a
+    /// millisecond, a clock that went back).
+    fn next_epoch(&mut self) -> i64 {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.last_epoch = now.max(self.last_epoch.saturating_add(1));
+        self.last_epoch
+    }
 }
 
 /// Every session this gateway counts.
@@ -182,8 +206,12 @@ impl Sessions {
     pub fn attach(&self, id: &str) -> Arc<Session> {
         let mut inner = lock(&self.inner);
         let going_away = inner.going_away;
+        let epoch = match inner.live.get(id) {
+            Some(_) => 0,
+            None => inner.next_epoch(),
+        };
         let s = inner.live.entry(id.to_owned()).or_insert_with(|| {
-            let s = Session::new(Instant::now());
+            let s = Session::new(Instant::now(), epoch);
             if going_away {
                 s.close.send_replace(Closing::GoingAway);
             }
@@ -197,11 +225,12 @@ impl Sessions {
 
     /// Continues counting from spooled totals (reported again: the ledger
     /// ignores what it has).
-    pub fn restore(&self, totals: HashMap<String, (u64, u64)>) {
+    pub fn restore(&self, totals: HashMap<String, (u64, u64, i64)>) {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        for (id, (up, down)) in totals {
-            let s = Session::new(now);
+        for (id, (up, down, epoch)) in totals {
+            inner.last_epoch = inner.last_epoch.max(epoch);
+            let s = Session::new(now, epoch);
             s.up.store(up, Ordering::Relaxed);
             s.down.store(down, Ordering::Relaxed);
             inner.live.insert(id, Arc::new(s));
@@ -209,34 +238,34 @@ impl Sessions {
     }
 
     /// Sessions whose totals changed since they were last reported.
-    pub fn pending(&self) -> Vec<(String, u64, u64)> {
+    pub fn pending(&self) -> Vec<Counted> {
         lock(&self.inner)
             .live
             .iter()
             .filter_map(|(id, s)| {
                 let (u, d) = s.totals();
-                (*lock(&s.reported) != (u, d)).then(|| (id.clone(), u, d))
+                (*lock(&s.reported) != (u, d)).then(|| (id.clone(), u, d, s.epoch))
             })
             .collect()
     }
 
     /// Every session's totals (for the spool).
-    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+    pub fn snapshot(&self) -> Vec<Counted> {
         lock(&self.inner)
             .live
             .iter()
             .map(|(id, s)| {
                 let (u, d) = s.totals();
-                (id.clone(), u, d)
+                (id.clone(), u, d, s.epoch)
             })
             .collect()
     }
 
     /// Notes totals as acknowledged.
-    pub fn mark_reported(&self, part: &[(String, u64, u64)]) {
+    pub fn mark_reported(&self, part: &[Counted]) {
         let inner = lock(&self.inner);
-        for (id, u, d) in part {
-            if let Some(s) = inner.live.get(id) {
+        for (id, u, d, epoch) in part {
+            if let Some(s) = inner.live.get(id).filter(|s| s.epoch == *epoch) {
                 *lock(&s.reported) = (*u, *d);
             }
         }
@@ -369,7 +398,7 @@ mod tests {
         s.up.fetch_add(100, Ordering::Relaxed);
         s.down.fetch_add(1_000, Ordering::Relaxed);
         s.detach();
-        sessions.mark_reported(&[("s1".into(), 100, 1_000)]);
+        sessions.mark_reported(&[("s1".into(), 100, 1_000, s.epoch)]);
         let t = sessions.attach("s2");
         t.down.fetch_add(5, Ordering::Relaxed);
         assert_eq!(sessions.totals(), (100, 1_005));
@@ -387,7 +416,7 @@ mod tests {
         let s = sessions.attach("s1");
         assert!(sessions.pending().is_empty());
         s.up.fetch_add(7, Ordering::Relaxed);
-        assert_eq!(sessions.pending(), vec![("s1".to_owned(), 7, 0)]);
+        assert_eq!(sessions.pending(), vec![("s1".to_owned(), 7, 0, s.epoch)]);
         sessions.mark_reported(&sessions.pending());
         assert!(sessions.pending().is_empty());
         assert_eq!(sessions.open_ids(), vec!["s1".to_owned()]);
@@ -398,11 +427,41 @@ mod tests {
     #[test]
     fn restored_totals_are_reported_again_and_counting_continues() {
         let sessions = Sessions::default();
-        sessions.restore(HashMap::from([("s1".to_owned(), (3, 4))]));
-        assert_eq!(sessions.pending(), vec![("s1".to_owned(), 3, 4)]);
+        sessions.restore(HashMap::from([("s1".to_owned(), (3, 4, 9))]));
+        assert_eq!(sessions.pending(), vec![("s1".to_owned(), 3, 4, 9)]);
         let s = sessions.attach("s1");
         s.down.fetch_add(1, Ordering::Relaxed);
         assert_eq!(sessions.totals(), (3, 5));
+        assert_eq!(s.epoch, 9, "a restored count goes on in its epoch");
+    }
+
+    #[test]
+    fn a_session_counted_afresh_gets_a_later_epoch() {
+        let sessions = Sessions::default();
+        sessions.restore(HashMap::from([("old".to_owned(), (3, 4, i64::MAX - 1))]));
+        let s = sessions.attach("s1");
+        assert_eq!(s.epoch, i64::MAX, "past every restored epoch");
+        let sessions = Sessions::default();
+        let s = sessions.attach("s1");
+        let before = chrono::Utc::now().timestamp_millis();
+        assert!(s.epoch > 0 && s.epoch <= before, "{}", s.epoch);
+        assert_eq!(sessions.attach("s1").epoch, s.epoch, "the same count");
+        s.up.fetch_add(1, Ordering::Relaxed);
+        sessions.mark_reported(&sessions.pending());
+        s.detach();
+        s.detach();
+        // Forgotten, then met again: a new count, after the first.
+        sessions.prune(Instant::now() + IDLE_FORGET);
+        assert!(sessions.snapshot().is_empty());
+        let again = sessions.attach("s1");
+        assert!(again.epoch > s.epoch);
+        // A report of the forgotten count marks nothing of the new one.
+        again.up.fetch_add(2, Ordering::Relaxed);
+        sessions.mark_reported(&[("s1".into(), 2, 0, s.epoch)]);
+        assert_eq!(
+            sessions.pending(),
+            vec![("s1".to_owned(), 2, 0, again.epoch)]
+        );
     }
 
     #[test]

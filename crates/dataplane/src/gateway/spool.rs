@@ -10,31 +10,49 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::Gateway;
+use super::sessions::Counted;
 
-/// The spool file's content (`{"sessions":{"<id>":[up,down]}}`).
+/// The spool file's content (`{"sessions":{"<id>":[up,down,epoch]}}`).
 #[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq, Eq)]
 struct Spool {
-    sessions: HashMap<String, (u64, u64)>,
+    sessions: HashMap<String, Entry>,
+}
+
+/// One session's spooled count.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+enum Entry {
+    /// Bytes up, bytes down, the count's epoch.
+    Counted(u64, u64, u64),
+    /// What gateways wrote before counts had epochs (epoch 0, as they
+    /// reported them).
+    Before(u64, u64),
 }
 
 /// The spool's bytes for `totals` (sessions that moved nothing are left
 /// out).
-fn encode(totals: impl IntoIterator<Item = (String, u64, u64)>) -> serde_json::Result<Vec<u8>> {
+fn encode(totals: impl IntoIterator<Item = Counted>) -> serde_json::Result<Vec<u8>> {
     let spool = Spool {
         sessions: totals
             .into_iter()
-            .filter(|(_, u, d)| u.saturating_add(*d) > 0)
-            .map(|(id, u, d)| (id, (u, d)))
+            .filter(|(_, u, d, _)| u.saturating_add(*d) > 0)
+            .map(|(id, u, d, e)| (id, Entry::Counted(u, d, e.max(0).unsigned_abs())))
             .collect(),
     };
     serde_json::to_vec(&spool)
 }
 
-/// The totals in a spool's bytes, if they are one.
-fn decode(bytes: &[u8]) -> Option<HashMap<String, (u64, u64)>> {
-    serde_json::from_slice::<Spool>(bytes)
-        .ok()
-        .map(|s| s.sessions)
+/// The totals in a spool's bytes (bytes up, down, epoch), if they are one.
+fn decode(bytes: &[u8]) -> Option<HashMap<String, (u64, u64, i64)>> {
+    let spool = serde_json::from_slice::<Spool>(bytes).ok()?;
+    spool
+        .sessions
+        .into_iter()
+        .map(|(id, e)| match e {
+            Entry::Counted(u, d, epoch) => Some((id, (u, d, i64::try_from(epoch).ok()?))),
+            Entry::Before(u, d) => Some((id, (u, d, 0))),
+        })
+        .collect()
 }
 
 /// Writes `totals` to `path` durably: a temporary file readable by its
@@ -42,7 +60,7 @@ fn decode(bytes: &[u8]) -> Option<HashMap<String, (u64, u64)>> {
 /// and the directory fsync'd so the rename survives a crash of the machine
 /// too. A temporary file a crash left behind is replaced. Blocking: call
 /// it off the runtime's threads.
-fn write(path: &Path, totals: Vec<(String, u64, u64)>) -> std::io::Result<()> {
+fn write(path: &Path, totals: Vec<Counted>) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let bytes = encode(totals).map_err(std::io::Error::other)?;
     match std::fs::remove_file(&tmp) {
@@ -61,7 +79,7 @@ fn write(path: &Path, totals: Vec<(String, u64, u64)>) -> std::io::Result<()> {
 /// when nothing moved).
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
-    last: tokio::sync::Mutex<Option<Vec<(String, u64, u64)>>>,
+    last: tokio::sync::Mutex<Option<Vec<Counted>>>,
 }
 
 impl Gateway {
@@ -101,7 +119,7 @@ pub(crate) async fn spool_loop(gw: Arc<Gateway>) {
 
 /// The totals spooled at `path`; none when there is no spool, and none
 /// (with a warning) when it cannot be read.
-pub(crate) fn read(path: &Path) -> HashMap<String, (u64, u64)> {
+pub(crate) fn read(path: &Path) -> HashMap<String, (u64, u64, i64)> {
     let Ok(bytes) = std::fs::read(path) else {
         return HashMap::new();
     };
@@ -118,24 +136,25 @@ mod tests {
     #[test]
     fn totals_survive_a_round_trip_without_idle_sessions() {
         let bytes = encode([
-            ("s1".to_owned(), 10, 20),
-            ("s2".to_owned(), 0, 0),
-            ("s3".to_owned(), u64::MAX, 1),
+            ("s1".to_owned(), 10, 20, 7),
+            ("s2".to_owned(), 0, 0, 8),
+            ("s3".to_owned(), u64::MAX, 1, i64::MAX),
         ])
         .expect("encode");
         let back = decode(&bytes).expect("decode");
         assert_eq!(back.len(), 2);
-        assert_eq!(back.get("s1"), Some(&(10, 20)));
-        assert_eq!(back.get("s3"), Some(&(u64::MAX, 1)));
+        assert_eq!(back.get("s1"), Some(&(10, 20, 7)));
+        assert_eq!(back.get("s3"), Some(&(u64::MAX, 1, i64::MAX)));
     }
 
     #[test]
-    fn the_format_is_the_one_earlier_gateways_wrote() {
-        let back = decode(br#"{"sessions":{"a":[1,2]}}"#).expect("decode");
-        assert_eq!(back.get("a"), Some(&(1, 2)));
+    fn earlier_gateways_spools_are_read_as_epoch_zero() {
+        let back = decode(br#"{"sessions":{"a":[1,2],"b":[3,4,5]}}"#).expect("decode");
+        assert_eq!(back.get("a"), Some(&(1, 2, 0)));
+        assert_eq!(back.get("b"), Some(&(3, 4, 5)));
         assert_eq!(
-            encode([("a".to_owned(), 1, 2)]).expect("encode"),
-            br#"{"sessions":{"a":[1,2]}}"#
+            encode([("a".to_owned(), 1, 2, 5)]).expect("encode"),
+            br#"{"sessions":{"a":[1,2,5]}}"#
         );
     }
 
@@ -144,11 +163,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("spool-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("spool.json");
-        write(&path, vec![("a".to_owned(), 1, 2)]).expect("write");
-        write(&path, vec![("a".to_owned(), 3, 4), ("b".to_owned(), 5, 0)]).expect("write");
+        write(&path, vec![("a".to_owned(), 1, 2, 1)]).expect("write");
+        write(
+            &path,
+            vec![("a".to_owned(), 3, 4, 1), ("b".to_owned(), 5, 0, 2)],
+        )
+        .expect("write");
         let back = read(&path);
-        assert_eq!(back.get("a"), Some(&(3, 4)));
-        assert_eq!(back.get("b"), Some(&(5, 0)));
+        assert_eq!(back.get("a"), Some(&(3, 4, 1)));
+        assert_eq!(back.get("b"), Some(&(5, 0, 2)));
         assert!(!path.with_extension("tmp").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -167,17 +190,25 @@ mod tests {
         for p in [&path, &path.with_extension("tmp")] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         }
-        write(&path, vec![("a".to_owned(), 1, 2)]).expect("write");
+        write(&path, vec![("a".to_owned(), 1, 2, 3)]).expect("write");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "spool mode {mode:o}");
-        assert_eq!(read(&path).get("a"), Some(&(1, 2)));
+        assert_eq!(read(&path).get("a"), Some(&(1, 2, 3)));
         assert!(!path.with_extension("tmp").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn damaged_spools_are_not_read() {
-        for bad in [&b""[..], b"{", b"[]", br#"{"sessions":{"a":[-1,2]}}"#] {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            br#"{"sessions":{"a":[-1,2]}}"#,
+            br#"{"sessions":{"a":[1,2,-3]}}"#,
+            br#"{"sessions":{"a":[1,2,9223372036854775808]}}"#,
+            br#"{"sessions":{"a":[1]}}"#,
+        ] {
             assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }

@@ -9,6 +9,7 @@ use httvps_wire::SessionTotals;
 use httvps_wire::usage::UsageReport;
 
 use super::Gateway;
+use super::sessions::Counted;
 use crate::backend::BackendError;
 
 /// Session totals per report: well under the control plane's body limit.
@@ -34,12 +35,13 @@ impl Reports {
 }
 
 /// One session's totals as reported (saturating at the wire's i64).
-fn totals(id: &str, up: u64, down: u64, seq: i64) -> SessionTotals {
+fn totals((id, up, down, epoch): &Counted, seq: i64) -> SessionTotals {
     SessionTotals {
-        session_id: id.to_owned(),
+        session_id: id.clone(),
         seq,
-        bytes_up: i64::try_from(up).unwrap_or(i64::MAX),
-        bytes_down: i64::try_from(down).unwrap_or(i64::MAX),
+        bytes_up: i64::try_from(*up).unwrap_or(i64::MAX),
+        bytes_down: i64::try_from(*down).unwrap_or(i64::MAX),
+        epoch: *epoch,
     }
 }
 
@@ -63,7 +65,7 @@ impl Gateway {
     }
 
     /// Sends `pending` (spooled first); whether every part was answered.
-    async fn send_usage(&self, pending: &[(String, u64, u64)]) -> bool {
+    async fn send_usage(&self, pending: &[Counted]) -> bool {
         // Spooled first: the spool is never behind what was reported.
         self.write_spool().await;
         // Not sent with a token the control plane refuses (kept for when
@@ -73,10 +75,7 @@ impl Gateway {
         }
         let seq = self.reports.seq.fetch_add(1, Ordering::Relaxed);
         for part in pending.chunks(REPORT_CHUNK) {
-            let reports = part
-                .iter()
-                .map(|(id, u, d)| totals(id, *u, *d, seq))
-                .collect();
+            let reports = part.iter().map(|c| totals(c, seq)).collect();
             match self.backend.report(&UsageReport { reports }).await {
                 Ok(answer) => {
                     self.sessions.mark_reported(part);
@@ -88,7 +87,7 @@ impl Gateway {
                 // are retried.
                 Err(BackendError::Status { status, .. }) if refuses_content(status) => {
                     for one in part {
-                        let reports = vec![totals(&one.0, one.1, one.2, seq)];
+                        let reports = vec![totals(one, seq)];
                         match self.backend.report(&UsageReport { reports }).await {
                             Ok(answer) => self.close_sessions(&answer.close_sessions),
                             Err(BackendError::Status { status, code, .. })
@@ -148,8 +147,11 @@ mod tests {
 
     #[test]
     fn totals_saturate_at_the_wire_limit() {
-        let t = totals("s1", u64::MAX, 7, 42);
-        assert_eq!((t.bytes_up, t.bytes_down, t.seq), (i64::MAX, 7, 42));
+        let t = totals(&("s1".to_owned(), u64::MAX, 7, 3), 42);
+        assert_eq!(
+            (t.bytes_up, t.bytes_down, t.seq, t.epoch),
+            (i64::MAX, 7, 42, 3)
+        );
         assert_eq!(t.session_id, "s1");
     }
 }
