@@ -106,11 +106,14 @@ const REDEEM_RETRIES: [u64; 5] = [2, 4, 8, 16, 30];
 /// answer says only "not now" (its database is down, or 429): a replacement string
 /// answered 429 was dropped for the stored credentials it was given to
 /// replace, which the control plane no longer took.
-async fn redeem(once: &Backend) -> Result<httvps_wire::enroll::EnrollResponse, BackendError> {
+async fn redeem(
+    once: &Backend,
+    kind: &str,
+) -> Result<httvps_wire::enroll::EnrollResponse, BackendError> {
     use httvps_wire::Unavailable;
     let mut pauses = REDEEM_RETRIES.iter();
     loop {
-        let e = match once.enroll().await {
+        let e = match once.enroll_as(kind).await {
             Ok(answer) => return Ok(answer),
             Err(e) => e,
         };
@@ -216,7 +219,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         .with_context(|| format!("{p}_CREDENTIALS: {} is not writable", s.file.display()))?;
     let _ = std::fs::remove_file(&probe);
     let url = e.url.clone();
-    let answer = match redeem(&once).await {
+    let answer = match redeem(&once, s.kind).await {
         Ok(answer) => answer,
         // A file written before files remembered their string, or a
         // rotation that cannot be redeemed now: the stored token stands.
@@ -240,6 +243,15 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
             return Err(not_redeemed(p, s.kind, &url, &e));
         }
     };
+    // A control plane that does not check the kind: its token is not ours
+    // to keep.
+    anyhow::ensure!(
+        answer.kind == s.kind,
+        "{p}_ENROLL: the string was a {}'s, not a {}'s: it is spent; print a new one for this machine with `httvps {} rotate <id>`",
+        answer.kind,
+        s.kind,
+        answer.kind
+    );
     let stored = Stored {
         kind: s.kind.to_owned(),
         backend: e.url.clone(),
@@ -298,6 +310,11 @@ fn not_redeemed(
     if matches!(e, BackendError::Status { status: 401, .. }) {
         return anyhow::anyhow!(
             "{p}_ENROLL: the control plane refused the enrollment ({e}); a string works once, until it expires (24 h unless `--ttl-hours` said otherwise): print a new one with `httvps {kind} rotate <id>`"
+        );
+    }
+    if matches!(e, BackendError::Status { status: 403, .. }) {
+        return anyhow::anyhow!(
+            "{p}_ENROLL: the control plane refused the enrollment ({e}); the string is not spent: a string is for the kind of machine it was printed for (`httvps gateway add` or `httvps node add`)"
         );
     }
     // Any other answer is no refusal of the token: the string stands.

@@ -346,13 +346,30 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
     // before a one-time enrollment string is spent. Its ports too: one in
     // use is found by binding it a moment (the listeners are bound for
     // good once the credentials are there).
+    let (listen, admin) = (a.listen, a.admin_listen);
+    // Port 0 (any free one) never clashes.
+    if listen.port() != 0
+        && listen.port() == admin.port()
+        && (listen.ip() == admin.ip()
+            || listen.ip().is_unspecified()
+            || admin.ip().is_unspecified())
+    {
+        anyhow::bail!(
+            "GATEWAY_ADMIN_LISTEN (--admin-listen) {admin} overlaps GATEWAY_LISTEN (--listen) {listen}: \
+             the admin port must be another"
+        );
+    }
     if !check {
+        // Held together, so two settings that clash are found too.
+        let mut held = Vec::new();
         for (addr, var) in [
-            (a.listen, "GATEWAY_LISTEN (--listen)"),
-            (a.admin_listen, "GATEWAY_ADMIN_LISTEN (--admin-listen)"),
+            (listen, "GATEWAY_LISTEN (--listen)"),
+            (admin, "GATEWAY_ADMIN_LISTEN (--admin-listen)"),
         ] {
-            std::net::TcpListener::bind(addr)
-                .with_context(|| format!("{var}: {addr} cannot be listened on"))?;
+            held.push(
+                std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("{var}: {addr} cannot be listened on"))?,
+            );
         }
     }
     let backend = credentials::resolve(

@@ -114,6 +114,27 @@ fn compose_comes_up_whole_on_paper() {
     // the machines start only once it finished.
     let enroll = service(&c, "enroll");
     assert_eq!(enroll["restart"].as_str(), Some("no"));
+    // Every other service comes back after a reboot or a restart of the
+    // Docker daemon (a database left down kept the whole service down).
+    for (name, s) in services {
+        let name = name.as_str().expect("name");
+        if name != "enroll" {
+            assert_eq!(s["restart"].as_str(), Some("unless-stopped"), "{name}");
+        }
+    }
+    // The strings are their owner's only, and each machine is registered
+    // only while its string is missing (a run stopped half way is finished
+    // by the next one, not stuck on a name that exists).
+    let script = enroll["command"][2]
+        .as_str()
+        .expect("the enrollment script");
+    assert!(script.contains("umask 077"), "{script}");
+    for m in ["gateway", "node"] {
+        assert!(
+            script.contains(&format!("if [ ! -s /enroll/{m}.enroll ]; then")),
+            "{m}: {script}"
+        );
+    }
     assert_eq!(
         enroll["depends_on"]["backend"]["condition"].as_str(),
         Some("service_healthy")

@@ -360,9 +360,21 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     let taken_at = taken.local_addr().expect("addr").to_string();
     let (cert, key) = (d.join("gw.crt"), d.join("gw.key"));
     let at = format!("127.0.0.1:{gw_port}");
-    for (listen, public, named) in [
-        (at.as_str(), None, "GATEWAY_PUBLIC_URL"),
-        (taken_at.as_str(), Some(public.as_str()), "GATEWAY_LISTEN"),
+    for (listen, admin, public, named) in [
+        (at.as_str(), "127.0.0.1:0", None, "GATEWAY_PUBLIC_URL"),
+        (
+            taken_at.as_str(),
+            "127.0.0.1:0",
+            Some(public.as_str()),
+            "GATEWAY_LISTEN",
+        ),
+        // Both ports set alike: each alone is free.
+        (
+            at.as_str(),
+            at.as_str(),
+            Some(public.as_str()),
+            "GATEWAY_ADMIN_LISTEN",
+        ),
     ] {
         let mut args = vec![
             "gateway",
@@ -372,6 +384,8 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
             mistaken.to_str().expect("path"),
             "--listen",
             listen,
+            "--admin-listen",
+            admin,
             "--self-signed",
             "--cert",
             cert.to_str().expect("path"),
@@ -698,9 +712,24 @@ async fn graphql_registrations_return_the_same_string_for_dashboards() {
     )
     .expect("string");
     assert_eq!(e.kind, "node");
-    // The string's token redeems once (here, at the address the test reaches).
+    // The string's token redeems once (here, at the address the test
+    // reaches), for its own kind of machine: a gateway presenting a node's
+    // string is refused (403), and the string stays unspent; a kind that
+    // is neither is a client mistake.
     let b = Backend::new(&base, e.token.expose()).expect("backend");
-    let enrolled = b.enroll().await.expect("redeems");
+    match b.enroll_as("gateway").await {
+        Err(BackendError::Status {
+            status: 403,
+            message,
+            ..
+        }) => assert!(message.contains("a node's, not a gateway's"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        b.enroll_as("router").await,
+        Err(BackendError::Status { status: 400, .. })
+    ));
+    let enrolled = b.enroll_as("node").await.expect("redeems");
     assert_eq!(enrolled.kind, "node");
     assert!(matches!(
         b.enroll().await,

@@ -656,8 +656,9 @@ async fn many_mistakes_get_a_short_answer() {
 /// that are JSON but not an object (an array, a number, a string) are
 /// refused (they were ignored: the query ran without them), `null` or an
 /// empty value means none, and a parameter given twice is named as such
-/// (it was "needs a query parameter"). A console path that is not UTF-8
-/// once decoded is a 404 in the JSON envelope (it was plain text 400).
+/// (it was "needs a query parameter"). A console file's path that is not
+/// UTF-8 once decoded is a 404 in the JSON envelope (it was plain text
+/// 400); a route's gets the page.
 #[tokio::test(flavor = "multi_thread")]
 async fn get_parameters_are_read_as_post_reads_its_body() {
     let t = TestDb::sqlite().await;
@@ -709,10 +710,24 @@ async fn get_parameters_are_read_as_post_reads_its_body() {
         r["errors"][0]["message"],
         "GET /graphql needs a query parameter"
     );
+    // One of the page's routes gets the page, as any other does (its
+    // router says what is not found).
     for path in [
         "/console/%ff",
+        "/console/users/%FF",
+        "/console/users/%E0%A4%A",
+    ] {
+        let (status, content_type, _) = get(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            content_type.starts_with("text/html"),
+            "{path}: {content_type}"
+        );
+    }
+    for path in [
         "/console/assets/%ff.js",
         "/console/assets/missing.js",
+        "/console/x/%ff.png",
     ] {
         let (status, content_type, r) = get(path).await;
         assert_eq!(status, 404, "{path}: {r}");
@@ -852,6 +867,38 @@ async fn node_events_reach_subscribers_on_another_replica() {
         second["payload"]["data"]["nodeEvents"]["status"],
         "draining"
     );
+    // The status it has already: answered, not audited, no event (the
+    // next event is the next real change's).
+    let status = "mutation($id:UUID!,$s:NodeStatus!){setNodeStatus(id:$id,status:$s){... on OutlineNode{status}}}";
+    let r = gql(
+        &b_base,
+        Some(&admin),
+        status,
+        json!({"id": node_id, "s": "DRAINING"}),
+    )
+    .await;
+    assert_eq!(r["data"]["setNodeStatus"]["status"], "DRAINING", "{r}");
+    let r = gql(
+        &b_base,
+        Some(&admin),
+        status,
+        json!({"id": node_id, "s": "ACTIVE"}),
+    )
+    .await;
+    assert_eq!(r["data"]["setNodeStatus"]["status"], "ACTIVE", "{r}");
+    let third = ws_next(&mut ws).await;
+    assert_eq!(
+        third["payload"]["data"]["nodeEvents"]["kind"], "ACTIVE",
+        "{third}"
+    );
+    let r = gql(
+        &b_base,
+        Some(&admin),
+        "{auditLog(first:10,filter:{action:\"set_node_status\"}){totalCount}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["data"]["auditLog"]["totalCount"], 2, "{r}");
     drop(a);
     drop(b);
 }
@@ -1627,6 +1674,36 @@ async fn device_sockets_end_with_their_device(server: &TestServer) {
     }
     let mut ws = device_socket(server, &rotated).await;
     delivers_node_events(server, &admin, &node, &mut ws).await;
+    // The admin's feeds: a device's credential is one, just not an
+    // admin's. A subscribe with no query says so, as over HTTP.
+    for (id, query) in [
+        ("s", "subscription{sessionEvents{kind}}"),
+        ("q", "subscription{quotaEvents{kind}}"),
+        ("e", ""),
+    ] {
+        ws.send(ws_op("graphql-transport-ws", id, query, json!({})))
+            .await
+            .expect("send");
+        let r = loop {
+            let r = ws_next(&mut ws).await;
+            if r["id"] == id {
+                break r;
+            }
+        };
+        let want = if query.is_empty() {
+            "BAD_REQUEST"
+        } else {
+            "FORBIDDEN"
+        };
+        assert_eq!(ws_code(&r), Some(want), "{r}");
+        if query.is_empty() {
+            let p = &r["payload"];
+            let message = [&p[0]["message"], &p["message"], &p["errors"][0]["message"]]
+                .into_iter()
+                .find_map(|m| m.as_str());
+            assert_eq!(message, Some("the request has no query"), "{r}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

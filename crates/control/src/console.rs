@@ -71,11 +71,22 @@ pub fn routes<S: Clone + Send + Sync + 'static>(debug: bool) -> Router<S> {
         .route(
             "/console/{*path}",
             get(
-                move |path: Result<Path<String>, PathRejection>, headers: HeaderMap| async move {
-                    // A path that is not UTF-8 once decoded names no asset.
+                move |path: Result<Path<String>, PathRejection>,
+                      uri: axum::http::Uri,
+                      headers: HeaderMap| async move {
                     match path {
                         Ok(Path(path)) => serve(&headers, &path, debug),
-                        Err(_) => not_found(),
+                        // A path that is not UTF-8 once decoded names no
+                        // asset; one of the page's routes (`users/%FF`)
+                        // still gets the page, whose router says it is
+                        // not found, as for any other unknown route.
+                        Err(_) => {
+                            let raw = uri.path().strip_prefix("/console/").unwrap_or_default();
+                            match lookup(raw, debug) {
+                                Lookup::App => serve(&headers, "", debug),
+                                Lookup::File(_) | Lookup::Missing => not_found(),
+                            }
+                        }
                     }
                 },
             ),

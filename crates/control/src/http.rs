@@ -255,9 +255,6 @@ async fn execute(
     from: ClientAddr,
     request: async_graphql::Request,
 ) -> Response {
-    if request.query.trim().is_empty() {
-        return graphql_error(AppError::bad("the request has no query"));
-    }
     let doc = match check_document(&request.query) {
         Ok(doc) => doc,
         Err(e) => return graphql_error(e),

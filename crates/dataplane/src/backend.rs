@@ -377,6 +377,17 @@ impl Backend {
             .await
     }
 
+    /// `POST /enroll?kind=`: as [`Backend::enroll`], for a machine of
+    /// `kind` (`gateway` or `node`): a string issued for the other kind is
+    /// refused (403) and stays unspent.
+    pub async fn enroll_as(&self, kind: &str) -> Result<EnrollResponse, BackendError> {
+        self.call(
+            self.http
+                .post(format!("{}/api/v1/enroll?kind={kind}", self.base)),
+        )
+        .await
+    }
+
     /// `GET /outline/config`.
     pub async fn outline_config(&self) -> Result<OutlineConfig, BackendError> {
         self.call(

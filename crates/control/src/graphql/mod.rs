@@ -101,7 +101,9 @@ pub struct AdminOnly;
 
 impl Guard for AdminOnly {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        if viewer(ctx)?.is_admin() {
+        // A device's credential is one (not UNAUTHENTICATED), just not
+        // an admin's.
+        if ctx.data_opt::<DeviceViewer>().is_none() && viewer(ctx)?.is_admin() {
             Ok(())
         } else {
             Err(AppError::Forbidden.into_graphql())

@@ -43,7 +43,7 @@ pub const MAX_ERRORS: usize = 50;
 /// nests values deeply, so this bound is far from real documents.
 pub const MAX_NESTING: usize = 64;
 
-/// Refuses a document with more than [`MAX_ALIASES`] aliases (fragments
+/// Refuses an empty document, one with more than [`MAX_ALIASES`] aliases (fragments
 /// included), or whose operations or fragments hold more than
 /// [`MAX_SELECTIONS`] selections once expanded, or spread fragments
 /// deeper than 32, or that opens brackets more than [`MAX_NESTING`] deep
@@ -52,6 +52,9 @@ pub const MAX_NESTING: usize = 64;
 /// the document parsed, when it parses, for what reads it after the engine
 /// (the order of the answer's fields).
 pub fn check_document(query: &str) -> Result<Option<ExecutableDocument>, AppError> {
+    if query.trim().is_empty() {
+        return Err(AppError::bad("the request has no query"));
+    }
     if nesting(query) > MAX_NESTING {
         return Err(AppError::bad(format!(
             "the query nests selections, lists or objects more than {MAX_NESTING} deep"

@@ -84,10 +84,26 @@ pub struct Enrolled {
 /// still waiting for its enrollment (printed by `add` or `rotate`, not
 /// expired, neither redeemed nor used as the machine's own) is taken: a
 /// machine's own token is not a string, and redeeming it again and again
-/// let whoever held it re-key the machine.
-pub async fn redeem(db: &Db, presented: &str) -> AppResult<Enrolled> {
+/// let whoever held it re-key the machine. With `expected`, the kind of
+/// the machine redeeming, a string issued for the other kind is refused
+/// and stays unspent (a node's string edited to say "gateway" spent the
+/// node's enrollment and left its token in a gateway's file).
+pub async fn redeem(db: &Db, presented: &str, expected: Option<&str>) -> AppResult<Enrolled> {
     // Always from the database: a cached answer could outlive the swap.
     let machine = find_machine(db, presented).await?;
+    match (&machine, expected) {
+        (Machine::Gateway(_), Some("node")) => {
+            return Err(AppError::Refused(
+                "this enrollment string is a gateway's, not a node's",
+            ));
+        }
+        (Machine::Outline(_), Some("gateway")) => {
+            return Err(AppError::Refused(
+                "this enrollment string is a node's, not a gateway's",
+            ));
+        }
+        _ => {}
+    }
     let at = crate::db::models::now();
     let old = auth::hash_token(presented);
     let token = auth::new_token();

@@ -211,6 +211,29 @@ pub async fn set_status(
     actor.require_admin()?;
     db_tx!(db, |conn, outbox| {
         let ts = now();
+        // The status it has already: answered, not audited, no event.
+        let same = outline_nodes::table
+            .find(OutlineNodeId::from(id))
+            .filter(outline_nodes::status.eq(status))
+            .select(OutlineNode::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .map(AnyNode::Outline);
+        let same = match same {
+            Some(n) => Some(n),
+            None => gateway_nodes::table
+                .find(GatewayNodeId::from(id))
+                .filter(gateway_nodes::status.eq(status))
+                .select(GatewayNode::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .map(AnyNode::Gateway),
+        };
+        if let Some(node) = same {
+            return Ok(node);
+        }
         let o: Option<OutlineNode> =
             diesel::update(outline_nodes::table.find(OutlineNodeId::from(id)))
                 .set((
