@@ -74,7 +74,9 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
         throttle: limits.throttle,
         http: limits.http,
     };
-    db::migrate(&dsn).await.context("applying migrations")?;
+    db::migrate_for_serve(&dsn)
+        .await
+        .context("applying migrations")?;
     let db = Db::connect(&dsn, 1).context("opening the database")?;
     let new_admin = if accounts::admin_exists(&db)
         .await

@@ -644,6 +644,51 @@ async fn cli_commands_migrate_only_a_new_database() {
     );
 }
 
+/// `httvps migrate` (and `serve` and `up`, which prepare the database the
+/// same way) refuses another application's database, writing nothing in
+/// it, and a database at a newer release's schema (a rollback of the
+/// binary), on both backends; it upgrades its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_refuses_other_applications_and_newer_schemas() {
+    let migrate = |dsn: String| {
+        let out = httvps_cmd()
+            .arg("migrate")
+            .env("BACKEND_DB_DSN", dsn)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let other = TestDb::pg_empty().await;
+    common::execute(&other.pool(), "CREATE TABLE invoices (id INT PRIMARY KEY)").await;
+    let (ok, err) = migrate(other.url());
+    assert!(
+        !ok && err.contains("another application's database"),
+        "{err}"
+    );
+    let tables = "SELECT CAST(count(*) AS BIGINT) AS n FROM information_schema.tables \
+                  WHERE table_schema = current_schema()";
+    assert_eq!(
+        common::scalar(&other.pool(), tables).await,
+        1,
+        "only its own table"
+    );
+    let newer = "INSERT INTO __diesel_schema_migrations (version) VALUES ('29991231000001')";
+    for t in [TestDb::pg().await, TestDb::sqlite().await] {
+        let (ok, err) = migrate(t.url());
+        assert!(ok, "its own, current: {err}");
+        common::execute(&t.pool(), newer).await;
+        let (ok, err) = migrate(t.url());
+        assert!(
+            !ok && err.contains("newer release's schema") && err.contains("29991231000001"),
+            "{}: {err}",
+            t.url()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn up_starts_on_sqlite_and_keeps_its_data() {
     let dir = common::tempdir::TempDir::new();

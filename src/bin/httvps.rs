@@ -180,7 +180,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{CHECKED}");
                 return Ok(());
             }
-            let n = db::migrate(&dsn).await.context("applying migrations")?;
+            let n = db::migrate_for_serve(&dsn)
+                .await
+                .context("applying migrations")?;
             println!("applied {n} migration(s)");
             Ok(())
         }

@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 /// Connects, migrates and builds the state for `settings`.
 pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
-    let applied = db::migrate(&settings.dsn)
+    let applied = db::migrate_for_serve(&settings.dsn)
         .await
         .context("applying migrations")?;
     tracing::info!(

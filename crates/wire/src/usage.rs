@@ -29,10 +29,15 @@ pub struct SessionTotals {
     /// the session and met it again) takes a larger one, and its totals
     /// then add to what was recorded before instead of having to pass it.
     /// Totals of an earlier count than the latest one seen are ignored.
-    /// 0 (the default) for gateways that do not say.
-    #[serde(default)]
+    /// 0 (the default) for gateways that do not say, and not sent then (a
+    /// control plane of an earlier release refuses the field).
+    #[serde(default, skip_serializing_if = "is_zero")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub epoch: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// A session the gateway must close, and why.

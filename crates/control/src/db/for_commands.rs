@@ -1,10 +1,14 @@
-//! The database as the operator's commands (`region`, `node add`,
-//! `admin create` …) take it: a new, empty one is migrated, as `serve`
-//! would; one at this release's schema is used as it is; anything else
-//! is refused before a table is written. They used to apply every
-//! migration to whatever `BACKEND_DB_DSN` named: another application's
-//! database got httvps's tables, and a newer binary run against a
-//! production database upgraded it before its control plane was.
+//! The database as httvps's commands take it. The operator's commands
+//! (`region`, `node add`, `admin create` …): a new, empty one is migrated,
+//! as `serve` would; one at this release's schema is used as it is;
+//! anything else is refused before a table is written. `serve`, `migrate`
+//! and `up` also upgrade an older release's schema. Every one of them
+//! refuses another application's database and one at a newer release's
+//! schema. They used to apply every migration to whatever
+//! `BACKEND_DB_DSN` named: another application's database got httvps's
+//! tables, a newer binary run against a production database upgraded it
+//! before its control plane was, and an older binary (a rollback) ran on
+//! tables whose shape it did not know.
 
 use diesel::QueryableByName;
 use diesel::sql_types::BigInt;
@@ -20,13 +24,25 @@ struct Count {
 }
 
 /// What the catalogue says of a database: its tables, whether one of them
-/// is the migrations' record, and (if it is) the migrations not applied.
+/// is the migrations' record, and (if it is) the migrations not applied
+/// and the newest applied one this release does not have.
 struct Found {
     tables: i64,
     recorded: bool,
     pending: usize,
     /// How many migrations this release has.
     ours: usize,
+    /// The newest applied migration that is not this release's.
+    unknown: Option<String>,
+}
+
+/// Whether a command may only use the database, or also upgrade it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// The operator's commands: migrate only a new, empty database.
+    Command,
+    /// `serve`, `migrate`, `up`: upgrade an older schema too.
+    Serve,
 }
 
 /// The tables of the connection's schema (PostgreSQL).
@@ -50,6 +66,18 @@ const SQLITE_RECORD: &str = "SELECT count(*) AS n FROM sqlite_master \
 /// applied. On PostgreSQL it waits for a control plane migrating at the
 /// same moment (the migrations' advisory lock).
 pub async fn migrate_for_command(dsn: &Dsn) -> Result<usize, SetupError> {
+    prepare(dsn, Use::Command).await
+}
+
+/// Prepares the database `dsn` names for `serve`, `migrate` and `up`:
+/// migrates a new one and upgrades an older release's schema, and refuses
+/// another application's database and one at a newer release's schema.
+/// Returns the migrations applied.
+pub async fn migrate_for_serve(dsn: &Dsn) -> Result<usize, SetupError> {
+    prepare(dsn, Use::Serve).await
+}
+
+async fn prepare(dsn: &Dsn, using: Use) -> Result<usize, SetupError> {
     let found = match dsn {
         Dsn::Postgres(url) => {
             use diesel_async::RunQueryDsl;
@@ -74,16 +102,14 @@ pub async fn migrate_for_command(dsn: &Dsn) -> Result<usize, SetupError> {
             let found = match read {
                 Ok((tables, true)) => {
                     let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
-                    let pending = harness
-                        .pending_migrations(PG_MIGRATIONS)
-                        .map(|p| p.len())
-                        .map_err(|e| SetupError::Migration(e.to_string()));
+                    let read = recorded(&mut harness, &PG_MIGRATIONS);
                     conn = harness.into_inner();
-                    pending.map(|pending| Found {
+                    read.map(|(pending, unknown)| Found {
                         tables,
                         recorded: true,
                         pending,
                         ours: ours::<diesel::pg::Pg>(&PG_MIGRATIONS),
+                        unknown,
                     })
                 }
                 Ok((tables, false)) => Ok(Found {
@@ -91,6 +117,7 @@ pub async fn migrate_for_command(dsn: &Dsn) -> Result<usize, SetupError> {
                     recorded: false,
                     pending: 0,
                     ours: 0,
+                    unknown: None,
                 }),
                 Err(e) => Err(e),
             };
@@ -99,6 +126,15 @@ pub async fn migrate_for_command(dsn: &Dsn) -> Result<usize, SetupError> {
                 .await
                 .map_err(SetupError::Query)?;
             found?
+        }
+        // A file not there yet, or one of SQLite's own names: new (the
+        // migration creates the file, its owner's only).
+        Dsn::Sqlite(path)
+            if path == ":memory:"
+                || path.starts_with("file:")
+                || !std::path::Path::new(path).exists() =>
+        {
+            return super::migrate(dsn).await;
         }
         Dsn::Sqlite(path) => {
             let path = path.clone();
@@ -116,7 +152,14 @@ pub async fn migrate_for_command(dsn: &Dsn) -> Result<usize, SetupError> {
             recorded: false, ..
         } => Err(foreign()),
         Found { pending, ours, .. } if pending == ours => Err(foreign()),
+        Found {
+            unknown: Some(v), ..
+        } => Err(SetupError::Migration(format!(
+            "this database is at a newer release's schema (its migration {v} is not this \
+             httvps's): run the release that made it, or restore a backup taken with this one"
+        ))),
         Found { pending: 0, .. } => Ok(0),
+        Found { .. } if using == Use::Serve => super::migrate(dsn).await,
         Found { pending, .. } => Err(SetupError::Migration(format!(
             "this database is at an older release's schema ({pending} migrations behind this \
              httvps): upgrade it first with this release's `httvps migrate` (or by starting its \
@@ -152,18 +195,41 @@ fn sqlite_found(path: &str) -> Result<Found, SetupError> {
             .map_err(SetupError::Query)
     };
     let tables = count(&mut conn, SQLITE_TABLES)?;
-    let recorded = count(&mut conn, SQLITE_RECORD)? > 0;
-    let pending = if recorded {
-        conn.pending_migrations(SQLITE_MIGRATIONS)
-            .map(|p| p.len())
-            .map_err(|e| SetupError::Migration(e.to_string()))?
+    let is_recorded = count(&mut conn, SQLITE_RECORD)? > 0;
+    let (pending, unknown) = if is_recorded {
+        recorded(&mut conn, &SQLITE_MIGRATIONS)?
     } else {
-        0
+        (0, None)
     };
     Ok(Found {
         tables,
-        recorded,
+        recorded: is_recorded,
         pending,
         ours: ours::<diesel::sqlite::Sqlite>(&SQLITE_MIGRATIONS),
+        unknown,
     })
+}
+
+/// The migrations of `source` not applied, and the newest applied one
+/// that is not in `source`.
+fn recorded<DB: diesel::backend::Backend>(
+    harness: &mut impl MigrationHarness<DB>,
+    source: &impl diesel::migration::MigrationSource<DB>,
+) -> Result<(usize, Option<String>), SetupError> {
+    let failed = |e: Box<dyn std::error::Error + Send + Sync>| SetupError::Migration(e.to_string());
+    let ours: std::collections::HashSet<String> = source
+        .migrations()
+        .map_err(failed)?
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .collect();
+    let applied: Vec<String> = harness
+        .applied_migrations()
+        .map_err(failed)?
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect();
+    let done = applied.iter().filter(|v| ours.contains(*v)).count();
+    let unknown = applied.into_iter().filter(|v| !ours.contains(v)).max();
+    Ok((ours.len().saturating_sub(done), unknown))
 }

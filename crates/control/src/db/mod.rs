@@ -16,7 +16,7 @@ mod repair;
 pub mod schema;
 
 pub use dialect::{Dialect, Statement};
-pub use for_commands::migrate_for_command;
+pub use for_commands::{migrate_for_command, migrate_for_serve};
 
 /// Key of the PostgreSQL advisory lock that makes the usage appliers of
 /// several replicas take turns ("usage" in ASCII, 0x0075_7361_6765).

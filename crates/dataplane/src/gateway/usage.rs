@@ -3,7 +3,7 @@
 //! orders are carried out.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use httvps_wire::SessionTotals;
 use httvps_wire::usage::UsageReport;
@@ -19,6 +19,10 @@ const REPORT_CHUNK: usize = 200;
 #[derive(Debug)]
 pub(crate) struct Reports {
     seq: AtomicI64,
+    /// Whether the control plane takes count epochs (one of an earlier
+    /// release refuses the field: the gateway then reports without them,
+    /// as earlier gateways did, until it restarts).
+    epochs: AtomicBool,
     /// Failed reports, said once per run.
     failing: crate::failing::SharedFailing,
 }
@@ -29,20 +33,28 @@ impl Reports {
     pub fn new() -> Self {
         Reports {
             seq: AtomicI64::new(chrono::Utc::now().timestamp_millis()),
+            epochs: AtomicBool::new(true),
             failing: Default::default(),
         }
     }
 }
 
-/// One session's totals as reported (saturating at the wire's i64).
-fn totals((id, up, down, epoch): &Counted, seq: i64) -> SessionTotals {
+/// One session's totals as reported (saturating at the wire's i64), with
+/// its count's epoch when `epochs`.
+fn totals((id, up, down, epoch): &Counted, seq: i64, epochs: bool) -> SessionTotals {
     SessionTotals {
         session_id: id.clone(),
         seq,
         bytes_up: i64::try_from(*up).unwrap_or(i64::MAX),
         bytes_down: i64::try_from(*down).unwrap_or(i64::MAX),
-        epoch: *epoch,
+        epoch: if epochs { *epoch } else { 0 },
     }
+}
+
+/// Whether a refusal is a control plane of an earlier release refusing
+/// the count's epoch.
+fn refuses_epochs(e: &BackendError) -> bool {
+    matches!(e, BackendError::Status { status: 400, message, .. } if message.contains("unknown field `epoch`"))
 }
 
 /// Whether a status refuses a report for its content (then retrying the
@@ -75,8 +87,16 @@ impl Gateway {
         }
         let seq = self.reports.seq.fetch_add(1, Ordering::Relaxed);
         for part in pending.chunks(REPORT_CHUNK) {
-            let reports = part.iter().map(|c| totals(c, seq)).collect();
-            match self.backend.report(&UsageReport { reports }).await {
+            let mut answer = self.report(part, seq).await;
+            if answer.as_ref().is_err_and(refuses_epochs)
+                && self.reports.epochs.swap(false, Ordering::Relaxed)
+            {
+                tracing::info!(
+                    "the control plane takes no count epochs (an earlier release): usage is reported without them"
+                );
+                answer = self.report(part, seq).await;
+            }
+            match answer {
                 Ok(answer) => {
                     self.sessions.mark_reported(part);
                     self.close_sessions(&answer.close_sessions);
@@ -87,8 +107,7 @@ impl Gateway {
                 // are retried.
                 Err(BackendError::Status { status, .. }) if refuses_content(status) => {
                     for one in part {
-                        let reports = vec![totals(one, seq)];
-                        match self.backend.report(&UsageReport { reports }).await {
+                        match self.report(std::slice::from_ref(one), seq).await {
                             Ok(answer) => self.close_sessions(&answer.close_sessions),
                             Err(BackendError::Status { status, code, .. })
                                 if refuses_content(status) =>
@@ -114,6 +133,19 @@ impl Gateway {
             }
         }
         true
+    }
+}
+
+impl Gateway {
+    /// Sends one report of `part`.
+    async fn report(
+        &self,
+        part: &[Counted],
+        seq: i64,
+    ) -> Result<httvps_wire::usage::UsageReportResponse, BackendError> {
+        let epochs = self.reports.epochs.load(Ordering::Relaxed);
+        let reports = part.iter().map(|c| totals(c, seq, epochs)).collect();
+        self.backend.report(&UsageReport { reports }).await
     }
 }
 
@@ -147,11 +179,32 @@ mod tests {
 
     #[test]
     fn totals_saturate_at_the_wire_limit() {
-        let t = totals(&("s1".to_owned(), u64::MAX, 7, 3), 42);
+        let t = totals(&("s1".to_owned(), u64::MAX, 7, 3), 42, true);
         assert_eq!(
             (t.bytes_up, t.bytes_down, t.seq, t.epoch),
             (i64::MAX, 7, 42, 3)
         );
         assert_eq!(t.session_id, "s1");
+        assert_eq!(totals(&("s1".to_owned(), 1, 2, 3), 4, false).epoch, 0);
+    }
+
+    #[test]
+    fn an_earlier_control_plane_refusing_epochs_is_told_apart() {
+        let refusal = |status, message: &str| BackendError::Status {
+            status,
+            code: "BAD_REQUEST".into(),
+            message: message.into(),
+        };
+        let earlier = "invalid body: unknown field `epoch`, expected one of `session_id`, `seq`, `bytes_up`, `bytes_down` at line 1 column 90";
+        assert!(refuses_epochs(&refusal(400, earlier)));
+        assert!(!refuses_epochs(&refusal(
+            400,
+            "seq and byte totals must not be negative"
+        )));
+        assert!(!refuses_epochs(&refusal(404, earlier)));
+        // What the wire leaves out for such a control plane.
+        let legacy =
+            serde_json::to_string(&totals(&("s".to_owned(), 1, 2, 3), 4, false)).expect("json");
+        assert!(!legacy.contains("epoch"), "{legacy}");
     }
 }
