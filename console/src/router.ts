@@ -36,7 +36,11 @@ export function useRoute(): { path: string; query: URLSearchParams } {
   return { path: current(), query: new URLSearchParams(location.search) };
 }
 
-/** Matches `/users/:id`-style patterns; returns the parameters or null. */
+/**
+ * Matches `/users/:id`-style patterns; returns the parameters or null. A
+ * parameter that is not valid percent-encoding (`%ZZ`) matches nothing, so
+ * the page is "Not found".
+ */
 export function match(pattern: string, path: string): Record<string, string> | null {
   const a = pattern.split('/').filter(Boolean);
   const b = path.split('/').filter(Boolean);
@@ -45,8 +49,13 @@ export function match(pattern: string, path: string): Record<string, string> | n
   for (let i = 0; i < a.length; i++) {
     const p = a[i]!;
     const v = b[i]!;
-    if (p.startsWith(':')) params[p.slice(1)] = decodeURIComponent(v);
-    else if (p !== v) return null;
+    if (p.startsWith(':')) {
+      try {
+        params[p.slice(1)] = decodeURIComponent(v);
+      } catch {
+        return null;
+      }
+    } else if (p !== v) return null;
   }
   return params;
 }

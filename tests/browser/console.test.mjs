@@ -2,8 +2,11 @@
 // (SQLite, debug) and against `httvps serve` on PostgreSQL (production
 // mode), each started here on a port it picks itself:
 //
-// an admin signs in, creates a region and a plan, registers a node and a
-// gateway (tokens shown once); the admin closes sign-up (the form is gone,
+// an admin signs in, creates a region and a plan; a duplicated tab (a copy
+// of the tab's sessionStorage) and the first tab both stay signed in; a
+// malformed address shows "Not found"; closing a dialog gives focus back to
+// the button that opened it; the admin registers a node and a gateway
+// (tokens shown once); the admin closes sign-up (the form is gone,
 // the API refuses) and opens it again; a new user signs up; the admin
 // grants the plan; the user signs in, adds a device, and both QR codes
 // decode to the exact links the API returned; against `up` (which runs a
@@ -13,11 +16,13 @@
 // token) stop and the overview shows it down within the lease + 2 s
 // without a reload; with the tunnel, the user replaces the device's links
 // and the feed shows its sessions close and the placement goes, live; the
-// admin revokes the device and the user's page shows it; narrow (360 px) layouts; GraphiQL renders with every
-// request to another origin blocked. Every page's screenshot goes to
-// target/browser-screenshots/<mode>/. No request may leave the server's
-// origin, no CSP violation or page error may happen, and no token may
-// appear in a URL.
+// admin revokes the device and the user's page shows it; narrow (360 px)
+// layouts, long names with no break point included; a throttled refresh
+// (LIMIT_EXCEEDED) keeps the session and the console signs in again on its
+// own; GraphiQL renders with every request to another origin blocked.
+// Every page's screenshot goes to target/browser-screenshots/<mode>/. No
+// request may leave the server's origin, no CSP violation or page error may
+// happen, and no token may appear in a URL.
 
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -100,6 +105,28 @@ async function whenStatusReads(page, nodeName, text, timeout) {
     polling: 100,
   });
   return at.jsonValue();
+}
+
+const REFRESH_KEY = 'httvps.console.refresh';
+
+/**
+ * A new tab with a copy of a tab's sessionStorage (`stored`), as the
+ * browser's "Duplicate tab" makes it.
+ */
+async function duplicate(ctx, stored) {
+  const page = await ctx.newPage();
+  await page.addInitScript((s) => {
+    if (sessionStorage.length === 0) for (const [k, v] of Object.entries(s)) sessionStorage.setItem(k, v);
+  }, stored);
+  return page;
+}
+
+async function hasFocus(locator) {
+  return locator.evaluate((el) => el === document.activeElement);
+}
+
+async function focusedText(page) {
+  return page.evaluate(() => `${document.activeElement?.tagName} ${document.activeElement?.textContent?.trim() ?? ''}`);
 }
 
 function rowOf(page, name) {
@@ -192,6 +219,67 @@ async function scenario(t, mode, env) {
     await pd.getByRole('button', { name: 'Create plan' }).click();
     await rowOf(admin, plan).waitFor();
     await shot(admin, mode, '04-plans');
+  });
+
+  await t.test('a duplicated tab shares the session: neither tab presents a spent token, both stay signed in', async () => {
+    // "Duplicate tab" copies the tab's sessionStorage, single-use refresh
+    // token included: the copy spends it when it loads, and the first tab
+    // must take the new one (presenting the spent one ends the session of
+    // both).
+    const copy = await admin.evaluate(() => ({ ...sessionStorage }));
+    assert.ok(copy[REFRESH_KEY], 'a refresh token to copy');
+    const dup = await duplicate(adminCtx, copy);
+    await dup.goto(`${base}/console/plans`);
+    await dup.getByRole('button', { name: 'Sign out' }).waitFor({ timeout: 10_000 });
+    await until('the first tab to take the new token', () =>
+      admin.evaluate(([k, old]) => sessionStorage.getItem(k) !== old, [REFRESH_KEY, copy[REFRESH_KEY]]),
+    );
+    await admin.reload();
+    await admin.getByRole('button', { name: 'Sign out' }).waitFor({ timeout: 10_000 });
+    // Both at once: one exchange, and the other tab takes its result.
+    await Promise.all([admin.reload(), dup.reload()]);
+    for (const p of [admin, dup]) await p.getByRole('button', { name: 'Sign out' }).waitFor({ timeout: 10_000 });
+    await go(dup, 'Regions');
+    await rowOf(dup, region.code).waitFor();
+    await go(admin, 'Plans');
+    await rowOf(admin, plan).waitFor();
+    const tokens = await Promise.all([admin, dup].map((p) => p.evaluate((k) => sessionStorage.getItem(k), REFRESH_KEY)));
+    assert.equal(tokens[0], tokens[1], 'both tabs hold the same, current token');
+    assert.notEqual(tokens[0], copy[REFRESH_KEY]);
+    await dup.close();
+  });
+
+  await t.test('a malformed address shows "Not found"; a closed dialog gives focus back to the button that opened it', async () => {
+    await admin.goto(`${base}/console/users/%ZZ`);
+    await admin.getByRole('heading', { name: 'Not found', exact: true }).waitFor({ timeout: 10_000 });
+    await admin.getByRole('link', { name: 'Go to the start' }).waitFor();
+
+    // After a navigation the console puts focus on the page's title; from
+    // there the keyboard user moves to a button.
+    const titleFocused = () => admin.waitForFunction(() => document.activeElement?.id === 'page-title');
+    await go(admin, 'Plans');
+    await titleFocused();
+    const newPlan = admin.getByRole('button', { name: 'New plan' });
+    await newPlan.focus();
+    await admin.keyboard.press('Enter');
+    await admin.getByRole('dialog').waitFor();
+    await admin.keyboard.press('Escape');
+    await admin.getByRole('dialog').waitFor({ state: 'detached' });
+    assert.ok(await hasFocus(newPlan), `focus on ${await focusedText(admin)} after Esc`);
+    await newPlan.click();
+    await admin.getByRole('dialog').getByRole('button', { name: 'Close' }).click();
+    await admin.getByRole('dialog').waitFor({ state: 'detached' });
+    assert.ok(await hasFocus(newPlan), `focus on ${await focusedText(admin)} after the close button`);
+
+    // A confirmation: "Keep it" gives focus back to the row's button.
+    await go(admin, 'Regions');
+    await titleFocused();
+    const del = rowOf(admin, region.code).getByRole('button', { name: 'Delete' });
+    await del.focus();
+    await admin.keyboard.press('Enter');
+    await admin.getByRole('dialog').getByRole('button', { name: 'Keep it' }).click();
+    await admin.getByRole('dialog').waitFor({ state: 'detached' });
+    assert.ok(await hasFocus(del), `focus on ${await focusedText(admin)} after "Keep it"`);
   });
 
   let nodeToken;
@@ -655,16 +743,38 @@ async function scenario(t, mode, env) {
     await ctx.close();
   });
 
-  await t.test('pages fit a 360 px screen', async () => {
+  await t.test('pages fit a 360 px screen, long names with no break point included', async () => {
+    // A region's name of 100 letters and an address of 196 characters, as
+    // the API takes them.
+    const auth = await gql(base, 'mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}', {
+      e: env.admin.email,
+      p: env.admin.password,
+    });
+    const token = auth.data?.login?.accessToken;
+    assert.ok(token, JSON.stringify(auth));
+    const longRegion = 'W'.repeat(100);
+    const madeRegion = await gql(base, 'mutation($c:String!,$n:String!){createRegion(code:$c,name:$n){id}}', { c: `long-${suffix}`, n: longRegion }, token);
+    assert.ok(madeRegion.data?.createRegion?.id, JSON.stringify(madeRegion));
+    const longEmail = `${'a'.repeat(64)}@${'b'.repeat(63)}.${'c'.repeat(63)}.com`;
+    const madeUser = await gql(base, 'mutation($e:String!,$p:String!){createUser(email:$e,password:$p){id}}', { e: longEmail, p: 'a long address password' }, token);
+    const longId = madeUser.data?.createUser?.id;
+    assert.ok(longId, JSON.stringify(madeUser));
+
     const narrow = await b.context({ viewport: { width: 360, height: 740 }, deviceScaleFactor: 2 });
     collect(narrow);
     const p = await narrow.newPage();
     await signIn(p, base, env.admin);
     await p.getByRole('heading', { name: 'Overview' }).waitFor();
+    await p.getByRole('heading', { name: longRegion }).waitFor();
     await p.waitForLoadState('networkidle');
     const fits = () => p.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
     assert.ok(await fits(), 'overview fits');
     await shot(p, mode, '21-narrow-overview');
+    await p.goto(`${base}/console/users/${longId}`);
+    await p.getByRole('heading', { name: longEmail }).waitFor();
+    await p.locator('.breadcrumbs').getByText(longEmail).waitFor();
+    assert.ok(await fits(), "a long address's page fits");
+    await shot(p, mode, '21a-narrow-long-address');
     await p.getByRole('button', { name: 'Menu' }).click();
     await p.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Nodes' }).click();
     await p.getByRole('heading', { name: 'Nodes and gateways' }).waitFor();
@@ -678,6 +788,56 @@ async function scenario(t, mode, env) {
     await rowOf(p, 'Pixel').waitFor();
     assert.ok(await fits(), 'my devices fit');
     await shot(p, mode, '23-narrow-my-devices');
+  });
+
+  await t.test('a throttled refresh keeps the session: the console waits as told and signs in again', async () => {
+    const ctx = await b.context();
+    collect(ctx);
+    const p = await ctx.newPage();
+    await signIn(p, base, env.admin);
+    const answers = [];
+    p.on('response', async (r) => {
+      if (!(r.request().postData() ?? '').includes('refreshToken(token')) return;
+      try {
+        answers.push((await r.json()).errors?.[0]?.extensions?.code ?? 'ok');
+      } catch {
+        // the page went away
+      }
+    });
+    // Junk refresh tokens from this address until the server throttles
+    // refreshes from it, and on while the page reloads.
+    const junk = () => gql(base, 'mutation{refreshToken(token:"junk-junk-junk-junk"){accessToken}}');
+    let refused = null;
+    for (let i = 0; i < 200 && !refused; i++) {
+      const r = await junk();
+      if (r.errors?.[0]?.extensions?.code === 'LIMIT_EXCEEDED') refused = r.errors[0].extensions;
+    }
+    assert.ok(refused, 'refreshes from this address were throttled');
+    assert.equal(typeof refused.retryAfter, 'number', JSON.stringify(refused));
+    let flooding = true;
+    const flood = (async () => {
+      while (flooding) {
+        await junk();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    try {
+      await p.reload();
+      await p.getByText('Too many attempts just now').waitFor({ timeout: 10_000 });
+      await until('a throttled refresh in the page', () => answers.includes('LIMIT_EXCEEDED'), 5_000);
+      assert.ok(
+        await p.evaluate((k) => sessionStorage.getItem(k) !== null, REFRESH_KEY),
+        'the refresh token is kept',
+      );
+      await shot(p, mode, '23b-refresh-throttled');
+    } finally {
+      flooding = false;
+      await flood;
+    }
+    // The allowance refills: the console's own retry signs in, no reload.
+    await p.getByRole('button', { name: 'Sign out' }).waitFor({ timeout: 30_000 });
+    assert.equal(await p.getByText('Your session ended').count(), 0);
+    await ctx.close();
   });
 
   await t.test('GraphiQL renders from the embedded assets, only where it should', async () => {

@@ -25,6 +25,8 @@ export class ApiError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly requestId?: string,
+    /** For LIMIT_EXCEEDED: seconds until the server takes the next attempt. */
+    readonly retryAfter?: number,
   ) {
     super(message);
     this.name = 'ApiError';
@@ -33,7 +35,7 @@ export class ApiError extends Error {
 
 interface GraphQLErrorShape {
   message?: string;
-  extensions?: { code?: string; requestId?: string };
+  extensions?: { code?: string; requestId?: string; retryAfter?: unknown };
 }
 
 const KNOWN = new Set<string>([
@@ -52,7 +54,13 @@ export function fromGraphQL(errors: readonly GraphQLErrorShape[]): ApiError {
   const e = errors[0] ?? {};
   const raw = e.extensions?.code ?? 'INTERNAL';
   const code = (KNOWN.has(raw) ? raw : 'BAD_REQUEST') as ErrorCode;
-  return new ApiError(code, e.message ?? 'unknown error', e.extensions?.requestId);
+  const retryAfter = e.extensions?.retryAfter;
+  return new ApiError(
+    code,
+    e.message ?? 'unknown error',
+    e.extensions?.requestId,
+    typeof retryAfter === 'number' && Number.isFinite(retryAfter) ? retryAfter : undefined,
+  );
 }
 
 function capitalised(s: string): string {

@@ -121,7 +121,8 @@ export function subscribe<T>(
       try {
         if (!(await refresh())) return;
       } catch {
-        // Unreachable for now: the retry below tries again.
+        // Unreachable or throttled for now (the session is kept): the retry
+        // below tries again, and the session retries the exchange itself.
       }
     }
     dispose(on);

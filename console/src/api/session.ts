@@ -4,18 +4,27 @@
 // in this tab's sessionStorage, so a reload keeps the session and closing the
 // tab ends it; neither ever goes into a URL or a log. The access token is
 // refreshed a minute before it expires (sooner for short-lived tokens), and
-// once more when the server says UNAUTHENTICATED; when refreshing fails the
-// session ends cleanly and the console shows the sign-in page with the reason.
+// once more when the server says UNAUTHENTICATED. When the server cannot be
+// reached or throttles the exchange (LIMIT_EXCEEDED, retryAfter), the session
+// is kept and the exchange tried again later; when the server refuses the
+// token the session ends cleanly and the console shows the sign-in page with
+// the reason. Tabs holding the same session exchange its token one at a time
+// and pass the new tokens on (`tabs.ts`).
 
 import { ApiError } from './errors';
 import { expiresAt } from './jwt';
 import { Store } from './store';
+import * as tabs from './tabs';
 import { post } from './transport';
 import type { User } from './types';
 
 const REFRESH_KEY = 'httvps.console.refresh';
 /** Refresh this long before the access token expires (at most a fifth of its life). */
 const REFRESH_AHEAD_MS = 60_000;
+/** Retry after a server that cannot be reached, or a throttle that says no more. */
+const RETRY_MS = 10_000;
+/** Longest pause a throttle's retryAfter is followed for. */
+const MAX_PAUSE_MS = 5 * 60_000;
 
 export type SessionState =
   | { status: 'loading' }
@@ -35,6 +44,8 @@ interface Tokens {
 let tokens: Tokens | null = null;
 let refreshing: Promise<boolean> | null = null;
 let timer: ReturnType<typeof setTimeout> | undefined;
+/** A throttled exchange: no other attempt before `until` (ms since the epoch). */
+let paused: { until: number; error: ApiError } | null = null;
 
 const USER_FIELDS = 'id email role status createdAt';
 const AUTH_FIELDS = `accessToken refreshToken user { ${USER_FIELDS} }`;
@@ -62,15 +73,28 @@ function store(refresh: string | null): void {
   }
 }
 
+/** This tab's refresh token, in memory or (before the first exchange) stored. */
+function held(): string | null {
+  return tokens?.refresh ?? readStored();
+}
+
+/** Exchanges the refresh token after `ms`. */
+function refreshIn(ms: number): void {
+  clearTimeout(timer);
+  timer = setTimeout(() => {
+    paused = null;
+    refresh().catch(() => undefined);
+  }, ms);
+}
+
 function adopt(p: AuthPayload): void {
   const now = Date.now();
   const exp = expiresAt(p.accessToken) ?? now + 5 * 60_000;
   tokens = { access: p.accessToken, refresh: p.refreshToken, expires: exp };
   store(p.refreshToken);
-  clearTimeout(timer);
+  paused = null;
   const life = exp - now;
-  const wait = Math.max(5_000, life - Math.min(REFRESH_AHEAD_MS, life / 5));
-  timer = setTimeout(() => refresh().catch(() => undefined), wait);
+  refreshIn(Math.max(5_000, life - Math.min(REFRESH_AHEAD_MS, life / 5)));
   const current = session.get();
   if (
     current.status !== 'signed-in' ||
@@ -84,39 +108,89 @@ function adopt(p: AuthPayload): void {
 export function end(reason?: string): void {
   clearTimeout(timer);
   tokens = null;
+  paused = null;
   store(null);
+  tabs.forget();
   session.set({ status: 'signed-out', reason });
+}
+
+/**
+ * How long to wait before trying again after a failed exchange that leaves
+ * the token usable; null when the server refused the token.
+ */
+function retryDelay(e: unknown): number | null {
+  if (!(e instanceof ApiError)) return null;
+  if (e.code === 'NETWORK' || e.code === 'UNAVAILABLE') return RETRY_MS;
+  if (e.code === 'LIMIT_EXCEEDED') {
+    // Throttled before the token was looked at: wait as long as the server
+    // says (within bounds), spread a little so tabs do not come back at once.
+    const ms = e.retryAfter !== undefined ? e.retryAfter * 1000 : RETRY_MS;
+    return Math.min(MAX_PAUSE_MS, Math.max(1_000, ms)) + Math.random() * 1_000;
+  }
+  return null;
+}
+
+/** The exchange itself, while no other tab makes one. */
+async function exchange(token: string): Promise<boolean> {
+  // Another tab spent this token while this one waited, and this tab took
+  // the tokens it announced.
+  if (held() !== token) return held() !== null;
+  const spent = await tabs.fingerprint(token);
+  if (await tabs.spentElsewhere(spent, () => held() !== token)) return held() !== null;
+  const data = await post<{ refreshToken: AuthPayload }>(
+    `mutation Refresh($token: String!) { refreshToken(token: $token) { ${AUTH_FIELDS} } }`,
+    { token },
+    null,
+  );
+  adopt(data.refreshToken);
+  await tabs.announce({ spent, ...data.refreshToken });
+  return true;
 }
 
 /** Exchanges the refresh token for new tokens, once at a time. */
 export function refresh(): Promise<boolean> {
   if (refreshing) return refreshing;
-  const token = tokens?.refresh ?? readStored();
+  const token = held();
   if (!token) return Promise.resolve(false);
+  // Throttled a moment ago: nothing is sent before the scheduled retry.
+  if (paused && Date.now() < paused.until) return Promise.reject(paused.error);
   refreshing = (async () => {
     try {
-      const data = await post<{ refreshToken: AuthPayload }>(
-        `mutation Refresh($token: String!) { refreshToken(token: $token) { ${AUTH_FIELDS} } }`,
-        { token },
-        null,
-      );
-      adopt(data.refreshToken);
-      return true;
+      return await tabs.exclusively(() => exchange(token));
     } catch (e) {
-      if (e instanceof ApiError && (e.code === 'NETWORK' || e.code === 'UNAVAILABLE')) {
-        // Keep the session; try again shortly.
-        clearTimeout(timer);
-        timer = setTimeout(() => refresh().catch(() => undefined), 10_000);
-        throw e;
+      const wait = retryDelay(e);
+      if (wait === null) {
+        end('Your session ended. Sign in again.');
+        return false;
       }
-      end('Your session ended. Sign in again.');
-      return false;
+      // Keep the session; try again later.
+      if (e instanceof ApiError && e.code === 'LIMIT_EXCEEDED') paused = { until: Date.now() + wait, error: e };
+      refreshIn(wait);
+      throw e;
     } finally {
       refreshing = null;
     }
   })();
   return refreshing;
 }
+
+// Tokens another tab got for this tab's spent token, and this tab's tokens
+// for a tab that still holds a token this one spent.
+tabs.listen({
+  adopt: (r) => {
+    const mine = held();
+    if (!mine) return;
+    void tabs.fingerprint(mine).then((f) => {
+      if (f === r.spent && held() === mine) adopt(r);
+    });
+  },
+  current: () => {
+    const s = session.get();
+    return tokens && s.status === 'signed-in'
+      ? { accessToken: tokens.access, refreshToken: tokens.refresh, user: s.user }
+      : null;
+  },
+});
 
 /** Picks up the session kept by this tab, if any (at start-up). */
 export async function restore(): Promise<void> {
@@ -126,10 +200,14 @@ export async function restore(): Promise<void> {
   }
   try {
     await refresh();
-  } catch {
+  } catch (e) {
+    // The token is kept and tried again shortly: a success signs in.
     session.set({
       status: 'signed-out',
-      reason: 'The server cannot be reached. Reload the page to try again.',
+      reason:
+        e instanceof ApiError && e.code === 'LIMIT_EXCEEDED'
+          ? 'Too many attempts just now: the console tries again in a moment.'
+          : 'The server cannot be reached. Reload the page to try again.',
     });
   }
 }
@@ -138,7 +216,12 @@ export async function restore(): Promise<void> {
 export async function accessToken(): Promise<string | null> {
   if (!tokens) return null;
   if (tokens.expires - Date.now() < 10_000) {
-    await refresh();
+    try {
+      await refresh();
+    } catch (e) {
+      // Not renewed for now (unreachable, throttled): the current token while it lasts.
+      if (!tokens || tokens.expires <= Date.now()) throw e;
+    }
   }
   return tokens?.access ?? null;
 }

@@ -2,7 +2,7 @@
 // empty, error), tables, dialogs, copy buttons and toasts.
 
 import type { ButtonHTMLAttributes, ComponentChildren } from 'preact';
-import { useEffect, useId, useRef, useState } from 'preact/hooks';
+import { useEffect, useId, useLayoutEffect, useRef, useState } from 'preact/hooks';
 
 import { describe } from '../api/errors';
 import { Store } from '../api/store';
@@ -198,14 +198,31 @@ export function PagerBar(props: {
   );
 }
 
-/** A modal dialog (native <dialog>: focus stays inside, Esc closes it). */
+/**
+ * A modal dialog (native <dialog>: focus stays inside, Esc closes it). When
+ * it goes, focus goes back to what had it before (the button that opened it),
+ * if that is still on the page.
+ */
 export function Dialog(props: { title: string; onClose: () => void; children: ComponentChildren; wide?: boolean }) {
   const ref = useRef<HTMLDialogElement>(null);
   const titleId = useId();
-  useEffect(() => {
+  // A layout effect: its clean-up runs while the dialog is still in the page.
+  useLayoutEffect(() => {
     const d = ref.current;
+    const opener = document.activeElement;
     if (d && !d.open) d.showModal();
-    return () => d?.close();
+    return () => {
+      d?.close();
+      const now = document.activeElement;
+      if (
+        opener instanceof HTMLElement &&
+        opener !== document.body &&
+        opener.isConnected &&
+        (!now || now === document.body || d?.contains(now))
+      ) {
+        opener.focus();
+      }
+    };
   }, []);
   return (
     <dialog
