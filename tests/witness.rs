@@ -630,3 +630,49 @@ async fn the_node_witness_records_no_more_than_the_grants_let_through_at_a_cut_o
     w.gw.sigkill().await;
     w.node.sigkill().await;
 }
+
+/// A download the client stops reading, then closes (a cancelled one):
+/// the node has written more toward the gateway than the gateway let
+/// through (it sits in the sockets between them). What the gateway let
+/// through is recorded, not the node's count: the node's count was taken
+/// while the gateway reported, and charged megabytes nobody relayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_download_is_recorded_as_the_gateway_let_it_through() {
+    let w = Witnessed::start(None).await;
+    let ctx = SsContext::new_shared(ServerType::Local);
+    let path = format!("/ws/{}/tcp", w.plane.device_token);
+    let ws = common::gateway_ws(w.port, &w.cert, &path).await;
+    let io = Counting {
+        inner: WsIo::new(ws),
+        counts: w.counts.clone(),
+    };
+    let mut stream =
+        ProxyClientStream::from_stream(ctx, io, &w.cfg, Address::SocketAddress(w.target));
+    // The request goes with the first write; then 1 MiB is read.
+    stream.write_all(b"GET").await.expect("write");
+    stream.flush().await.expect("flush");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0;
+    while read < 1024 * 1024 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => read += n,
+            other => panic!("the download stopped: {other:?}"),
+        }
+    }
+    // Stalled for a few report intervals, then cancelled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(stream);
+    let (_, down) = settled(&w.plane).await;
+    let node_down = w
+        .plane
+        .scalar("SELECT CAST(SUM(witness_down) AS BIGINT) AS n FROM sessions")
+        .await;
+    let client_down = i64::try_from(w.counts.client_down.load(Ordering::Relaxed)).expect("down");
+    assert!(down >= client_down, "recorded {down} < read {client_down}");
+    assert!(
+        down + 64 * 1024 < node_down,
+        "recorded {down}, the node wrote {node_down}: the node's count was charged"
+    );
+    w.gw.sigkill().await;
+    w.node.sigkill().await;
+}

@@ -147,8 +147,10 @@ impl GatewayCount {
     }
 }
 
-/// What the ledger records for a session from the gateway's totals and the
-/// node's: the larger of each direction (see [`witness`](super::witness)), with the
+/// What is known of a session from the gateway's totals and the node's
+/// where the gateway's count is lost (no gateway report yet, or a gateway
+/// counting it from zero again: see [`witness`](super::witness)): the
+/// larger of each direction, with the
 /// node's surplus over the gateway cut where both together would pass
 /// `cap`, the limit of the session's quota grant as stored (in the
 /// ledger's terms, see `grants::ledger_offset`), or the gateway's own
@@ -287,6 +289,34 @@ mod tests {
             }
         );
         assert_eq!(t, totals(7, 15, 69));
+    }
+
+    fn node(epoch: i64, up: i64, down: i64) -> NodeTotals {
+        NodeTotals { epoch, up, down }
+    }
+
+    #[test]
+    fn a_node_count_adds_epochs_and_ignores_replays_and_the_past() {
+        let c = NodeCount::default()
+            .fold(node(10, 100, 1_000))
+            .fold(node(10, 90, 1_100));
+        assert_eq!((c.epoch, c.up, c.down), (10, 100, 1_100));
+        // The node restarted: the new epoch counts on top.
+        let c = c.fold(node(20, 5, 50));
+        assert_eq!(
+            c,
+            NodeCount {
+                epoch: 20,
+                base_up: 100,
+                base_down: 1_100,
+                up: 105,
+                down: 1_150
+            }
+        );
+        // A replay of either epoch changes nothing; the current one grows.
+        assert_eq!(c.fold(node(10, 500, 5_000)), c);
+        assert_eq!(c.fold(node(20, 5, 50)), c);
+        assert_eq!(c.fold(node(20, 6, 50)).up, 106);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! What a pass of the applier changes, decided without I/O: reports merged
 //! per session (the largest totals win; the node's per epoch), the node's
 //! count of each session folded across its epochs, the increase of each
-//! session over what is stored (the larger of the gateway's and the node's
-//! count in each direction), the session's current hour (rolled into a ledger row when
+//! session over what is stored (the gateway's count, the node's where the
+//! gateway's is lost: see [`witness`](super::witness)), the session's current hour (rolled into a ledger row when
 //! a new hour begins), one charge per account (saturating at `i64::MAX`),
 //! and which sessions end when their owner's allowance is spent.
 
@@ -276,9 +276,9 @@ pub struct ChunkPlan {
 
 /// Plans a chunk at `now`: for each `stored` session with reports in
 /// `merged`, the node's count folded across its epochs, the increase of
-/// the larger of the gateway's and the node's count over what is recorded
-/// (the node's within the session's grant; nothing for replays and older
-/// totals), its hour, and its owner's
+/// the gateway's count over what is recorded (the node's where the
+/// gateway's is lost, within the session's grant; nothing for replays and
+/// older totals), its hour, and its owner's
 /// charge. A session whose node count moved but whose recorded totals did
 /// not is still written (the count must survive for the next epoch).
 pub fn plan_chunk(
@@ -295,17 +295,42 @@ pub fn plan_chunk(
         };
         let before = s.node_count();
         let count = m.node.iter().fold(before, |c, t| c.fold(*t));
-        let g_before = s.gateway_count();
-        // The gateway has reported the session before (a later epoch then
-        // counts on top of what was recorded).
-        let reported = s.gateway_epoch > 0 || s.last_seq > 0;
-        let (g_count, t) = g_before.fold((s.bytes_up, s.bytes_down), reported, &m.gateway);
         let node = Totals {
             seq: 0,
             up: count.up,
             down: count.down,
         };
-        let r = recorded(t, node, s.witness_cap);
+        // What was known of the session before this pass: the record, or
+        // the node's count where larger (within the grant; the node's
+        // totals of this pass may hold a new gateway's first bytes).
+        let stored_totals = Totals {
+            seq: 0,
+            up: s.bytes_up,
+            down: s.bytes_down,
+        };
+        let node_before = Totals {
+            seq: 0,
+            up: before.up,
+            down: before.down,
+        };
+        let known = recorded(stored_totals, node_before, s.witness_cap);
+        let g_before = s.gateway_count();
+        // The gateway has reported the session before (a later epoch then
+        // counts on top of what is known).
+        let reported = s.gateway_epoch > 0 || s.last_seq > 0;
+        let (g_count, t) = g_before.fold((known.up, known.down), reported, &m.gateway);
+        // Once the gateway reports the session, its count is the record:
+        // it counts what it let through, UDP included. The node counts TCP
+        // only, and what it wrote toward a gateway that stopped reading
+        // (a cancelled download left megabytes in the sockets): taken as
+        // the record, it charged those and absorbed the gateway's UDP. The
+        // node's count fills in where the gateway's is lost: before its
+        // first report, and under a new epoch (the base above).
+        let r = if reported || !m.gateway.is_empty() {
+            t
+        } else {
+            recorded(t, node, s.witness_cap)
+        };
         let most = super::bounds::bound(s.started_at, s.ended_at, now);
         let (delta_up, delta_down) = within_grant(
             s.witness_cap,

@@ -256,31 +256,7 @@ fn node_totals_merge_per_epoch_in_epoch_order() {
 }
 
 #[test]
-fn a_node_count_adds_epochs_and_ignores_replays_and_the_past() {
-    let c = NodeCount::default()
-        .fold(node(10, 100, 1_000))
-        .fold(node(10, 90, 1_100));
-    assert_eq!((c.epoch, c.up, c.down), (10, 100, 1_100));
-    // The node restarted: the new epoch counts on top.
-    let c = c.fold(node(20, 5, 50));
-    assert_eq!(
-        c,
-        NodeCount {
-            epoch: 20,
-            base_up: 100,
-            base_down: 1_100,
-            up: 105,
-            down: 1_150
-        }
-    );
-    // A replay of either epoch changes nothing; the current one grows.
-    assert_eq!(c.fold(node(10, 500, 5_000)), c);
-    assert_eq!(c.fold(node(20, 5, 50)), c);
-    assert_eq!(c.fold(node(20, 6, 50)).up, 106);
-}
-
-#[test]
-fn the_larger_of_the_gateways_and_the_nodes_count_is_recorded_once() {
+fn once_the_gateway_reports_its_count_is_the_record_and_the_nodes_is_kept() {
     let user = UserId::random();
     let now = at(10, 30);
     let s = stored(user, 0, 0, Some(hour_of(now)));
@@ -293,7 +269,8 @@ fn the_larger_of_the_gateways_and_the_nodes_count_is_recorded_once() {
             },
         )]
     };
-    // The gateway is ahead upstream, the node downstream.
+    // The gateway is ahead upstream, the node downstream (it counts what
+    // it wrote toward the gateway): the gateway's count is recorded.
     let plan = plan_chunk(
         std::slice::from_ref(&s),
         &both(
@@ -307,16 +284,16 @@ fn the_larger_of_the_gateways_and_the_nodes_count_is_recorded_once() {
         now,
     );
     let g = &plan.grown[0];
-    assert_eq!((g.up, g.down, g.seq), (100, 1_000, 4));
+    assert_eq!((g.up, g.down, g.seq), (100, 900, 4));
     assert_eq!((g.w_epoch, g.w_up, g.w_down), (7, 90, 1_000));
-    assert_eq!(plan.charges, vec![charge(user, 1_100)]);
+    assert_eq!(plan.charges, vec![charge(user, 1_000)]);
     // Stored back, the same reports again count nothing.
     let again = Stored {
         bytes_up: 100,
-        bytes_down: 1_000,
+        bytes_down: 900,
         last_seq: 4,
         hour_up: 100,
-        hour_down: 1_000,
+        hour_down: 900,
         witness_epoch: 7,
         witness_up: 90,
         witness_down: 1_000,
@@ -334,8 +311,7 @@ fn the_larger_of_the_gateways_and_the_nodes_count_is_recorded_once() {
         plan_chunk(std::slice::from_ref(&again), &replay, now),
         ChunkPlan::default()
     );
-    // The node's count moves without passing the gateway's: written, not
-    // charged.
+    // The node's count moves on its own: written, not charged.
     let plan = plan_chunk(
         std::slice::from_ref(&again),
         &both(None, &[node(8, 10, 0)]),
@@ -343,13 +319,27 @@ fn the_larger_of_the_gateways_and_the_nodes_count_is_recorded_once() {
     );
     assert!(plan.charges.is_empty());
     let g = &plan.grown[0];
-    assert_eq!((g.up, g.down), (100, 1_000));
+    assert_eq!((g.up, g.down), (100, 900));
     assert_eq!(
         (g.w_epoch, g.w_base_up, g.w_up, g.w_down),
         (8, 90, 100, 1_000)
     );
+    // A session no gateway reported: the node's count is the record.
+    let unreported = Stored {
+        last_seq: 0,
+        ..s.clone()
+    };
+    let plan = plan_chunk(
+        std::slice::from_ref(&unreported),
+        &both(None, &[node(7, 90, 1_000)]),
+        now,
+    );
+    assert_eq!((plan.grown[0].up, plan.grown[0].down), (90, 1_000));
 }
 
+/// A gateway that died: its count stands until it counts again, under a
+/// new epoch, on top of what the node counted meanwhile (across the
+/// node's own restart).
 #[test]
 fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
     let user = UserId::random();
@@ -415,7 +405,7 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
     }
     assert_eq!(
         recorded,
-        vec![(10, 1_100), (12, 3_200), (13, 3_700), (15, 4_000)]
+        vec![(10, 1_000), (10, 1_000), (10, 1_000), (15, 4_000)]
     );
 }
 
@@ -470,17 +460,34 @@ fn the_nodes_count_is_recorded_only_as_far_as_the_sessions_grant() {
         )],
         node: vec![node(3, 100, 4_000)],
     };
+    // The gateway reports: what it let through is recorded, the node's
+    // surplus (in the sockets toward the gateway) is not.
     let plan = plan_chunk(std::slice::from_ref(&s), &[(s.id, m.clone())], now);
     let g = &plan.grown[0];
-    assert_eq!((g.up, g.down), (100, 900));
+    assert_eq!((g.up, g.down), (100, 895));
     // The node's own count is kept whole (its next epoch counts on top).
     assert_eq!((g.w_up, g.w_down), (100, 4_000));
-    assert_eq!(plan.charges, vec![charge(user, 1_000)]);
-    // Without a grant (unlimited), the larger count stands.
-    let free = Stored {
-        witness_cap: None,
+    assert_eq!(plan.charges, vec![charge(user, 995)]);
+    // With no gateway report at all, the node's count is recorded, as
+    // far as the grant; without a grant (unlimited), whole.
+    let alone = Merged {
+        gateway: vec![],
+        node: m.node.clone(),
+    };
+    let unreported = Stored {
+        last_seq: 0,
         ..s.clone()
     };
-    let plan = plan_chunk(std::slice::from_ref(&free), &[(s.id, m)], now);
+    let plan = plan_chunk(
+        std::slice::from_ref(&unreported),
+        &[(s.id, alone.clone())],
+        now,
+    );
+    assert_eq!((plan.grown[0].up, plan.grown[0].down), (100, 900));
+    let free = Stored {
+        witness_cap: None,
+        ..unreported
+    };
+    let plan = plan_chunk(std::slice::from_ref(&free), &[(s.id, alone)], now);
     assert_eq!((plan.grown[0].up, plan.grown[0].down), (100, 4_000));
 }

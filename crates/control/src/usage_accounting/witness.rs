@@ -13,23 +13,24 @@
 //!
 //! ## The rule
 //!
-//! Per session and direction, the ledger records the larger of the two
-//! witnesses' cumulative totals: the gateway's (its usage reports) and the
-//! node's (its count across epochs: a node that restarts, or forgets a
-//! session and meets it again, counts it from zero under a larger epoch,
-//! added to what the earlier epochs counted). Both count the same bytes at
-//! the two ends of the gateway-node connection, so while both are alive
-//! they differ only by what is in flight between them; a witness that dies
-//! (or restarts without its spool) only ever falls behind, never ahead, so
-//! the larger is the survivor's. Totals of one epoch only grow and the
-//! applier adds only the increase over what is stored, so replays,
-//! reorderings and a witness arriving before or after the gateway count
-//! nothing twice. One bound: the node's count is recorded only as far as
-//! the session's quota grant, the most the gateway could let through; at a
-//! cut-off the node has written more toward a gateway that stopped
-//! reading, and those bytes never reached the client.
-//! [`recorded`](super::plan::recorded) states the rule for one session;
-//! [`plan`](super::plan) applies it, batched.
+//! Once the gateway has reported a session, the ledger records the
+//! gateway's count (its usage reports, across its epochs): it counts what
+//! it let through, UDP included. The node's count (across its epochs: a
+//! node that restarts, or forgets a session and meets it again, counts it
+//! from zero under a larger epoch, added to what the earlier epochs
+//! counted) fills in where the gateway's is lost: a session no gateway
+//! reported is recorded as the node counted it, and a gateway counting a
+//! session from zero again starts from the larger of what was recorded
+//! and the node's count. The node counts TCP only, and what it wrote
+//! toward a gateway that stopped reading (a cancelled download, a
+//! cut-off): as the record while the gateway reported, it charged bytes
+//! nobody relayed and absorbed the gateway's UDP. Totals of one epoch
+//! only grow and the applier adds only the increase over what is stored,
+//! so replays, reorderings and a witness arriving before or after the
+//! gateway count nothing twice. The node's count is taken only as far as
+//! the session's quota grant, the most the gateway could let through.
+//! [`recorded`](super::plan::recorded) bounds the node's count for one
+//! session; [`plan`](super::plan) applies the rule, batched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
