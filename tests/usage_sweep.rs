@@ -211,12 +211,19 @@ async fn links_of_node_connections_are_pruned_after_an_hour_and_sessions_keep_th
 }
 
 /// A monthly subscription whose length is a whole number of periods ends at
-/// a period boundary: it expires with its last period's usage, and no new
-/// period starts at its end.
+/// a period boundary: it expires with its last period's usage, no new
+/// period starts at its end, and its owner's open session ends with it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_monthly_subscription_expires_with_its_last_periods_usage() {
     let (plane, _listener) = Plane::prepare(1).await;
     let db = &plane.server.state.db;
+    // A session open when the subscription runs out.
+    let gw = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
+    let session = gw
+        .assign(&plane.device_token)
+        .await
+        .expect("assign")
+        .session_id;
     plane.sql("UPDATE plans SET reset_period = 'monthly'").await;
     plane
         .sql(
@@ -247,5 +254,16 @@ async fn a_monthly_subscription_expires_with_its_last_periods_usage() {
             .await,
         30 * 86_400,
         "the last period still starts where it did"
+    );
+    // Its session ended with it, for that reason (it stayed open until
+    // idle).
+    assert_eq!(
+        plane
+            .scalar(&format!(
+                "SELECT count(*) AS n FROM sessions WHERE id = '{session}' \
+                 AND end_reason = 'subscription_ended' AND ended_at IS NOT NULL"
+            ))
+            .await,
+        1
     );
 }

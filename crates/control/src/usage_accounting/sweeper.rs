@@ -19,13 +19,13 @@ use super::inbox::to_json;
 use super::plan::{ClosedHour, hour_of};
 use super::statements::{LEDGER, LedgerRow};
 use crate::db::models::now;
-use crate::db::schema::{plans, sessions, subscriptions, users};
+use crate::db::schema::{devices, plans, sessions, subscriptions, users};
 use crate::db::{Db, Statement};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
 use crate::feed::{QuotaEvent, QuotaEventKind};
 use crate::ids::{SessionId, SubscriptionId, UserId};
-use crate::status::{ResetPeriod, SubscriptionStatus};
+use crate::status::{EndReason, ResetPeriod, SubscriptionStatus};
 use crate::{db_run, db_tx};
 
 /// How often each replica sweeps: hours reach the ledger and periods reset
@@ -290,6 +290,7 @@ type ExpiringRow = (SubscriptionId, UserId, String, Option<i64>, i64);
 /// gateways, in the same transaction; returns how many.
 async fn expire_subscriptions(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
     db_tx!(db, |conn, outbox| {
+        crate::apply_lock!(conn);
         let due: Vec<ExpiringRow> = subscriptions::table
             .inner_join(users::table)
             .filter(subscriptions::status.eq(SubscriptionStatus::Active))
@@ -320,6 +321,13 @@ async fn expire_subscriptions(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
                 .returning(subscriptions::id)
                 .get_results(conn)
                 .await?;
+        let mut owners: Vec<UserId> = due
+            .iter()
+            .filter(|d| marked.contains(&d.0))
+            .map(|d| d.1)
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
         for (id, user, email, limit, used) in due {
             if !marked.contains(&id) {
                 continue;
@@ -333,6 +341,23 @@ async fn expire_subscriptions(db: &Db, now: NaiveDateTime) -> AppResult<usize> {
                 traffic_used_bytes: used,
                 at: now.and_utc(),
             });
+        }
+        // The sessions of an account left with no subscription in force end
+        // now, as at a cancellation (they stayed open until idle, ten
+        // minutes later, and ended as `idle`).
+        for owner in owners {
+            let active: Vec<crate::db::models::Subscription> = subscriptions::table
+                .filter(subscriptions::user_id.eq(owner))
+                .filter(subscriptions::status.eq(SubscriptionStatus::Active))
+                .select(crate::db::models::Subscription::as_select())
+                .load(conn)
+                .await?;
+            if !active.iter().any(|s| crate::access::is_current(s, now)) {
+                let owned = devices::table
+                    .filter(devices::user_id.eq(owner))
+                    .select(devices::id);
+                crate::end_open_sessions!(conn, outbox, owned, EndReason::SubscriptionEnded, now);
+            }
         }
         if !marked.is_empty() {
             // Gateways drop what they cached for these accounts.
