@@ -300,33 +300,24 @@ pub fn plan_chunk(
             up: count.up,
             down: count.down,
         };
-        // What was known of the session before this pass: the record, or
-        // the node's count where larger (within the grant; the node's
-        // totals of this pass may hold a new gateway's first bytes).
-        let stored_totals = Totals {
-            seq: 0,
-            up: s.bytes_up,
-            down: s.bytes_down,
-        };
-        let node_before = Totals {
-            seq: 0,
-            up: before.up,
-            down: before.down,
-        };
-        let known = recorded(stored_totals, node_before, s.witness_cap);
         let g_before = s.gateway_count();
         // The gateway has reported the session before (a later epoch then
-        // counts on top of what is known).
+        // counts on top of what was recorded).
         let reported = s.gateway_epoch > 0 || s.last_seq > 0;
-        let (g_count, t) = g_before.fold((known.up, known.down), reported, &m.gateway);
+        let (g_count, t) = g_before.fold((s.bytes_up, s.bytes_down), reported, &m.gateway);
         // Once the gateway reports the session, its count is the record:
         // it counts what it let through, UDP included. The node counts TCP
         // only, and what it wrote toward a gateway that stopped reading
         // (a cancelled download left megabytes in the sockets): taken as
         // the record, it charged those and absorbed the gateway's UDP. The
-        // node's count fills in where the gateway's is lost: before its
-        // first report, and under a new epoch (the base above).
-        let r = if reported || !m.gateway.is_empty() {
+        // node's count is the record where the gateway's is lost: before
+        // the gateway's first report, and in an epoch that follows a lost
+        // count (a base), where the larger of the two counts is taken (the
+        // node's holds what the lost count missed; its count of the new
+        // epoch's bytes catches up with the gateway's, so nothing is
+        // counted twice).
+        let rebased = g_count.base_up > 0 || g_count.base_down > 0;
+        let r = if (reported || !m.gateway.is_empty()) && !rebased {
             t
         } else {
             recorded(t, node, s.witness_cap)

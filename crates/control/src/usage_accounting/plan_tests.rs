@@ -346,7 +346,7 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
     let now = at(10, 30);
     let mut s = stored(user, 0, 0, Some(hour_of(now)));
     let mut recorded = Vec::new();
-    let passes: [Merged; 4] = [
+    let passes: [Merged; 6] = [
         Merged {
             gateway: vec![(
                 1,
@@ -368,7 +368,8 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
             node: vec![node(9, 1, 700)],
         },
         // A restarted gateway without its spool reports from zero, in a
-        // later epoch: added to what was recorded.
+        // later epoch: added to what was recorded; the node's count, which
+        // holds what the dead gateway never reported, is larger.
         Merged {
             gateway: vec![(
                 2,
@@ -376,6 +377,24 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
                     seq: 1,
                     up: 2,
                     down: 300,
+                },
+            )],
+            node: vec![],
+        },
+        // The node counts the new gateway's bytes too (its count goes on
+        // past the gateway's, nothing twice).
+        Merged {
+            gateway: vec![],
+            node: vec![node(11, 2, 300)],
+        },
+        // The new gateway's count grows past what it has seen of the node.
+        Merged {
+            gateway: vec![(
+                2,
+                Totals {
+                    seq: 2,
+                    up: 2,
+                    down: 3_500,
                 },
             )],
             node: vec![],
@@ -405,7 +424,14 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
     }
     assert_eq!(
         recorded,
-        vec![(10, 1_000), (10, 1_000), (10, 1_000), (15, 4_000)]
+        vec![
+            (10, 1_000),
+            (10, 1_000),
+            (10, 1_000),
+            (13, 3_700),
+            (15, 4_000),
+            (15, 4_500)
+        ]
     );
 }
 
