@@ -675,6 +675,17 @@ async fn migrate_refuses_other_applications_and_newer_schemas() {
         1,
         "only its own table"
     );
+    // Only the migrations' record, none applied (a first migration that
+    // stopped before its first step): new, migrated.
+    let stopped = TestDb::pg_empty().await;
+    common::execute(
+        &stopped.pool(),
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
+         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    )
+    .await;
+    let (ok, err) = migrate(stopped.url());
+    assert!(ok, "{err}");
     let newer = "INSERT INTO __diesel_schema_migrations (version) VALUES ('29991231000001')";
     for t in [TestDb::pg().await, TestDb::sqlite().await] {
         let (ok, err) = migrate(t.url());

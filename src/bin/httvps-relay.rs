@@ -176,7 +176,8 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             httvps::shutdown_signal().await;
             beats.abort();
             witness.abort();
-            running.stop();
+            // Open tunnels are reset, so their clients see the cut.
+            running.shut_down(Duration::from_secs(2)).await;
             Ok(())
         }
         Command::Connect(a) => {

@@ -768,17 +768,26 @@ async function scenario(t, mode, env) {
     await p.getByRole('heading', { name: longRegion }).waitFor();
     await p.waitForLoadState('networkidle');
     const fits = () => p.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
-    assert.ok(await fits(), 'overview fits');
+    // What sticks out, for the assertion's message.
+    const wide = () =>
+      p.evaluate(() =>
+        [...document.querySelectorAll('body *')]
+          .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+          .slice(-3)
+          .map((e) => `${e.tagName.toLowerCase()}.${e.className}: ${Math.round(e.getBoundingClientRect().right)} px "${(e.textContent ?? '').slice(0, 40)}"`)
+          .join('; '),
+      );
+    assert.ok(await fits(), `overview fits: ${await wide()}`);
     await shot(p, mode, '21-narrow-overview');
     await p.goto(`${base}/console/users/${longId}`);
     await p.getByRole('heading', { name: longEmail }).waitFor();
     await p.locator('.breadcrumbs').getByText(longEmail).waitFor();
-    assert.ok(await fits(), "a long address's page fits");
+    assert.ok(await fits(), `a long address's page fits: ${await wide()}`);
     await shot(p, mode, '21a-narrow-long-address');
     await p.getByRole('button', { name: 'Menu' }).click();
     await p.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Nodes' }).click();
     await p.getByRole('heading', { name: 'Nodes and gateways' }).waitFor();
-    assert.ok(await fits(), 'nodes fit');
+    assert.ok(await fits(), `nodes fit: ${await wide()}`);
     await shot(p, mode, '22-narrow-nodes');
     await p.getByRole('button', { name: 'Sign out' }).click();
     await p.getByRole('button', { name: 'Sign in' }).waitFor();
@@ -786,7 +795,7 @@ async function scenario(t, mode, env) {
     await p.getByRole('button', { name: 'Menu' }).click();
     await p.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'My devices' }).click();
     await rowOf(p, 'Pixel').waitFor();
-    assert.ok(await fits(), 'my devices fit');
+    assert.ok(await fits(), `my devices fit: ${await wide()}`);
     await shot(p, mode, '23-narrow-my-devices');
   });
 

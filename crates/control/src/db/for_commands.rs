@@ -151,6 +151,15 @@ async fn prepare(dsn: &Dsn, using: Use) -> Result<usize, SetupError> {
         Found {
             recorded: false, ..
         } => Err(foreign()),
+        // Only the record, none of its migrations applied: a first
+        // migration that stopped before its first step (diesel makes the
+        // record on its own) is new.
+        Found {
+            tables: 1,
+            pending,
+            ours,
+            ..
+        } if pending == ours => super::migrate(dsn).await,
         Found { pending, ours, .. } if pending == ours => Err(foreign()),
         Found {
             unknown: Some(v), ..

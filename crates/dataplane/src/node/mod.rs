@@ -80,6 +80,7 @@ pub struct RunningNode {
     pub witness: Arc<Witness>,
     stats: Vec<Arc<FlowStat>>,
     tasks: Vec<JoinHandle<io::Result<()>>>,
+    relay: Arc<tcp::TcpRelay>,
 }
 
 impl RunningNode {
@@ -95,6 +96,18 @@ impl RunningNode {
     pub fn stop(&self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+
+    /// Stops as on SIGTERM: no new connection is taken, every open tunnel
+    /// is reset (its client sees the cut, not an end of stream), and this
+    /// waits until they are gone, at most `within`.
+    pub async fn shut_down(&self, within: Duration) {
+        self.stop();
+        self.relay.stop_tunnels();
+        let until = tokio::time::Instant::now() + within;
+        while self.witness.open_count() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -141,13 +154,14 @@ pub async fn start(opts: &NodeOptions) -> io::Result<RunningNode> {
             Ok((udp, udp_stat)) => {
                 let tasks = vec![
                     tokio::spawn(udp.run()),
-                    tokio::spawn(tcp::run(listener, relay)),
+                    tokio::spawn(tcp::run(listener, relay.clone())),
                 ];
                 return Ok(RunningNode {
                     addr,
                     witness,
                     stats: vec![tcp_stat, udp_stat],
                     tasks,
+                    relay,
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 1 => continue,

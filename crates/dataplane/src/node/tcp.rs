@@ -64,6 +64,8 @@ pub(super) struct TcpRelay {
     idle: Duration,
     witness: Arc<Witness>,
     flow: Arc<FlowStat>,
+    /// Set when the node stops: open tunnels are reset.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl TcpRelay {
@@ -94,7 +96,15 @@ impl TcpRelay {
             idle: opts.idle_timeout,
             witness,
             flow,
+            stopping: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Resets every open tunnel (the node is stopping): their clients see
+    /// the cut, where the kernel's close at the process's exit sent a FIN
+    /// that reads as the destination's end of the stream.
+    pub(super) fn stop_tunnels(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Serves one accepted client connection to its end.
@@ -163,18 +173,20 @@ impl TcpRelay {
         // reading held the tunnel for ever: the copy toward it waits to
         // write, so the client's close is never read.
         let mut stream = ShadowWrites::new(stream);
+        let mut stopping = self.stopping.subscribe();
         let failed = tokio::select! {
             copied = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut remote, COPY_BUF, COPY_BUF) => copied.is_err(),
             () = idle(&moved, self.idle) => {
                 tracing::debug!(%peer, "no byte moved for the idle limit; closed");
                 false
             }
+            _ = stopping.wait_for(|s| *s) => true,
         };
         if failed {
             // A destination that reset (or a copy that failed either
-            // way): the client's connection is reset too, so the failure
-            // reaches the client as one, not as the end of the stream (a
-            // download cut short looked complete).
+            // way), or the node stopping: the client's connection is reset
+            // too, so the failure reaches the client as one, not as the end
+            // of the stream (a download cut short looked complete).
             let _ = stream
                 .get_ref()
                 .get_ref()

@@ -275,3 +275,47 @@ async fn a_tunnel_whose_destination_stops_reading_ends_at_the_idle_limit() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
 }
+
+/// A node stopping (SIGTERM) resets its open tunnels: the client sees the
+/// cut, not an end of stream that reads as the destination's (a download
+/// cut short looked complete).
+#[tokio::test]
+async fn a_stopping_node_resets_its_tunnels() {
+    // A destination that sends without end.
+    let source = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = source.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = source.accept().await {
+            tokio::spawn(async move {
+                let chunk = [7u8; 16 * 1024];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let node = node().await;
+    let cfg = ServerConfig::new(node.addr, PASSWORD, node_method()).expect("cfg");
+    let ctx = Context::new_shared(ServerType::Local);
+    let socket = TcpStream::connect(node.addr).await.expect("connect");
+    let mut c = ProxyClientStream::from_stream(ctx, socket, &cfg, Address::SocketAddress(target));
+    c.write_all(b"go").await.expect("write");
+    c.flush().await.expect("flush");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0;
+    while read < 256 * 1024 {
+        read += c.read(&mut buf).await.expect("the download runs");
+    }
+    node.shut_down(Duration::from_secs(2)).await;
+    assert_eq!(node.witness.open_count(), 0, "the tunnel is gone");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the tunnel ended");
+    assert!(end.is_err(), "ended as a clean end of stream");
+}
