@@ -1,5 +1,6 @@
-//! The container files, checked statically (these machines have no
-//! container runtime): `docker-compose.yml` parses and comes up whole on
+//! The container files, checked without a container runtime (these
+//! machines have none; the enrollment step's script is run for real):
+//! `docker-compose.yml` parses and comes up whole on
 //! paper (every service it depends on exists, the one-shot enrollment
 //! service runs before the machines that read its strings, the node is not
 //! published, every variable it sets or reads is documented in
@@ -335,5 +336,109 @@ fn the_dockerfiles_dependency_layer_runs_from_the_manifests_alone() {
             );
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The compose file's enrollment step, run for real (its script, with the
+/// volume's path replaced, against an SQLite database and this build's
+/// `httvps`): a run that stopped right after `gateway add`, before its
+/// rename, is finished by the next one, whose strings are their owner's
+/// only; a run after that does nothing.
+#[test]
+fn the_enrollment_step_finishes_a_run_that_stopped_half_way() {
+    let c = compose();
+    let script = service(&c, "enroll")["command"][2]
+        .as_str()
+        .expect("the enrollment script");
+    let dir = std::env::temp_dir().join(format!("httvps-enroll-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let volume = dir.join("enroll");
+    std::fs::create_dir_all(&volume).expect("volume");
+    let script = script
+        .replace("$$", "$")
+        .replace("/enroll/", &format!("{}/", volume.display()));
+    let httvps = Path::new(env!("CARGO_BIN_EXE_httvps"));
+    let path = format!(
+        "{}:{}",
+        httvps.parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .env("PATH", &path)
+            .env(
+                "BACKEND_DB_DSN",
+                format!("sqlite://{}", dir.join("db.sqlite").display()),
+            )
+            .env("BACKEND_PUBLIC_URL", "http://backend:8000")
+            .env(
+                "BACKEND_SECRET_KEY",
+                "a-test-secret-key-of-at-least-32-bytes-0123456789",
+            )
+            .env("HTTVPS_REGION", "local")
+            .env("HTTVPS_GATEWAY_PUBLIC_URL", "https://localhost")
+            .output()
+            .expect("run")
+    };
+    assert!(run(&["httvps", "migrate"]).status.success());
+    assert!(
+        run(&["httvps", "region", "--code", "local", "--name", "local"])
+            .status
+            .success()
+    );
+    // The first run stopped right after printing the gateway's string.
+    let out = run(&[
+        "httvps",
+        "gateway",
+        "add",
+        "--region",
+        "local",
+        "--name",
+        "gateway",
+        "--public-url",
+        "https://localhost",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = out.stdout;
+    std::fs::write(volume.join("gateway.enroll.new"), &printed).expect("the string");
+    let out = run(&["sh", "-ec", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for m in ["gateway", "node"] {
+        let file = volume.join(format!("{m}.enroll"));
+        let string = std::fs::read_to_string(&file).expect("the string");
+        assert!(string.trim().len() > 20, "{m}: {string:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+            // The stopped run's file is the test's; the node's is the
+            // script's.
+            if m == "node" {
+                assert_eq!(mode & 0o777, 0o600, "{m}: {mode:o}");
+            }
+        }
+    }
+    assert_eq!(
+        std::fs::read(volume.join("gateway.enroll")).expect("gateway"),
+        printed,
+        "the stopped run's string is kept"
+    );
+    // Once both are there, nothing more.
+    let out = run(&["sh", "-ec", &script]);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

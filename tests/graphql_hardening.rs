@@ -1674,11 +1674,13 @@ async fn device_sockets_end_with_their_device(server: &TestServer) {
     }
     let mut ws = device_socket(server, &rotated).await;
     delivers_node_events(server, &admin, &node, &mut ws).await;
-    // The admin's feeds: a device's credential is one, just not an
-    // admin's. A subscribe with no query says so, as over HTTP.
+    // The admin's feeds and a user's: a device's credential is one, just
+    // not an admin's or a user's. A subscribe with no query says so, as
+    // over HTTP.
     for (id, query) in [
         ("s", "subscription{sessionEvents{kind}}"),
         ("q", "subscription{quotaEvents{kind}}"),
+        ("m", "subscription{myDeviceEvents{kind}}"),
         ("e", ""),
     ] {
         ws.send(ws_op("graphql-transport-ws", id, query, json!({})))

@@ -101,9 +101,7 @@ pub struct AdminOnly;
 
 impl Guard for AdminOnly {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        // A device's credential is one (not UNAUTHENTICATED), just not
-        // an admin's.
-        if ctx.data_opt::<DeviceViewer>().is_none() && viewer(ctx)?.is_admin() {
+        if viewer(ctx)?.is_admin() {
             Ok(())
         } else {
             Err(AppError::Forbidden.into_graphql())
@@ -124,10 +122,17 @@ impl Guard for LiveViewer {
     }
 }
 
-/// The caller, or an `UNAUTHENTICATED` error.
+/// The caller, or an `UNAUTHENTICATED` error (`FORBIDDEN` for a device's
+/// socket: its credential is not a user's).
 pub fn viewer<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Viewer> {
-    ctx.data_opt::<Viewer>()
-        .ok_or_else(|| AppError::Unauthenticated.into_graphql())
+    ctx.data_opt::<Viewer>().ok_or_else(|| {
+        // A device's socket holds a credential, just not a user's.
+        if ctx.data_opt::<DeviceViewer>().is_some() {
+            AppError::Forbidden.into_graphql()
+        } else {
+            AppError::Unauthenticated.into_graphql()
+        }
+    })
 }
 
 /// The caller as the actor of a use case, or an `UNAUTHENTICATED` error.
