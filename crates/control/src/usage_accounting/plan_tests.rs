@@ -273,14 +273,7 @@ fn once_the_gateway_reports_its_count_is_the_record_and_the_nodes_is_kept() {
     // it wrote toward the gateway): the gateway's count is recorded.
     let plan = plan_chunk(
         std::slice::from_ref(&s),
-        &both(
-            Some(Totals {
-                seq: 4,
-                up: 100,
-                down: 900,
-            }),
-            &[node(7, 90, 1_000)],
-        ),
+        &both(Some(totals(4, 100, 900)), &[node(7, 90, 1_000)]),
         now,
     );
     let g = &plan.grown[0];
@@ -299,14 +292,7 @@ fn once_the_gateway_reports_its_count_is_the_record_and_the_nodes_is_kept() {
         witness_down: 1_000,
         ..s.clone()
     };
-    let replay = both(
-        Some(Totals {
-            seq: 4,
-            up: 100,
-            down: 900,
-        }),
-        &[node(7, 90, 1_000)],
-    );
+    let replay = both(Some(totals(4, 100, 900)), &[node(7, 90, 1_000)]);
     assert_eq!(
         plan_chunk(std::slice::from_ref(&again), &replay, now),
         ChunkPlan::default()
@@ -348,14 +334,7 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
     let mut recorded = Vec::new();
     let passes: [Merged; 6] = [
         Merged {
-            gateway: vec![(
-                1,
-                Totals {
-                    seq: 1,
-                    up: 10,
-                    down: 1_000,
-                },
-            )],
+            gateway: vec![(1, totals(1, 10, 1_000))],
             node: vec![node(5, 10, 1_100)],
         },
         // The gateway is gone; the node counts on, restarts, counts on.
@@ -371,14 +350,7 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
         // later epoch: added to what was recorded; the node's count, which
         // holds what the dead gateway never reported, is larger.
         Merged {
-            gateway: vec![(
-                2,
-                Totals {
-                    seq: 1,
-                    up: 2,
-                    down: 300,
-                },
-            )],
+            gateway: vec![(2, totals(1, 2, 300))],
             node: vec![],
         },
         // The node counts the new gateway's bytes too (its count goes on
@@ -389,14 +361,7 @@ fn a_gateway_that_died_is_covered_by_the_node_across_the_nodes_restart() {
         },
         // The new gateway's count grows past what it has seen of the node.
         Merged {
-            gateway: vec![(
-                2,
-                Totals {
-                    seq: 2,
-                    up: 2,
-                    down: 3_500,
-                },
-            )],
+            gateway: vec![(2, totals(2, 2, 3_500))],
             node: vec![],
         },
     ];
@@ -476,14 +441,7 @@ fn the_nodes_count_is_recorded_only_as_far_as_the_sessions_grant() {
         ..stored(user, 0, 0, Some(hour_of(now)))
     };
     let m = Merged {
-        gateway: vec![(
-            0,
-            Totals {
-                seq: 9,
-                up: 100,
-                down: 895,
-            },
-        )],
+        gateway: vec![(0, totals(9, 100, 895))],
         node: vec![node(3, 100, 4_000)],
     };
     // The gateway reports: what it let through is recorded, the node's
