@@ -567,6 +567,28 @@ fn the_cli_makes_sqlite_databases_only_on_purpose_and_private() {
 /// application's tables is refused and gets none of httvps's, and one at
 /// an older release's schema is refused rather than upgraded behind its
 /// control plane's back.
+/// A new PostgreSQL database holding another application's table.
+async fn another_applications_database() -> TestDb {
+    let db = TestDb::pg_empty().await;
+    common::execute(&db.pool(), "CREATE TABLE invoices (id INT PRIMARY KEY)").await;
+    db
+}
+
+/// Asserts that `db` holds only one table, the other application's.
+async fn holds_only_its_own_table(db: &TestDb) {
+    let tables = "SELECT CAST(count(*) AS BIGINT) AS n FROM information_schema.tables \
+                  WHERE table_schema = current_schema()";
+    assert_eq!(
+        common::scalar(&db.pool(), tables).await,
+        1,
+        "only its own table"
+    );
+}
+
+/// The migrations' record as diesel makes it.
+const DIESEL_RECORD: &str = "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) \
+                             PRIMARY KEY, run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_commands_migrate_only_a_new_database() {
     let run = |dsn: String| {
@@ -578,8 +600,7 @@ async fn cli_commands_migrate_only_a_new_database() {
         cmd.output().expect("run")
     };
     // Another application's database.
-    let other = TestDb::pg_empty().await;
-    common::execute(&other.pool(), "CREATE TABLE invoices (id INT PRIMARY KEY)").await;
+    let other = another_applications_database().await;
     let out = run(other.url());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -597,18 +618,11 @@ async fn cli_commands_migrate_only_a_new_database() {
         !out.status.success() && err.contains("another application's database"),
         "{err}"
     );
-    let tables = "SELECT CAST(count(*) AS BIGINT) AS n FROM information_schema.tables \
-                  WHERE table_schema = current_schema()";
-    assert_eq!(
-        common::scalar(&other.pool(), tables).await,
-        1,
-        "only its own table"
-    );
+    holds_only_its_own_table(&other).await;
     // Another application that keeps its migrations as diesel does.
     let diesel_app = TestDb::pg_empty().await;
     for q in [
-        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
-         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+        DIESEL_RECORD,
         "INSERT INTO __diesel_schema_migrations (version) VALUES ('20200101000000')",
         "CREATE TABLE invoices (id INT PRIMARY KEY)",
     ] {
@@ -661,29 +675,17 @@ async fn migrate_refuses_other_applications_and_newer_schemas() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let other = TestDb::pg_empty().await;
-    common::execute(&other.pool(), "CREATE TABLE invoices (id INT PRIMARY KEY)").await;
+    let other = another_applications_database().await;
     let (ok, err) = migrate(other.url());
     assert!(
         !ok && err.contains("another application's database"),
         "{err}"
     );
-    let tables = "SELECT CAST(count(*) AS BIGINT) AS n FROM information_schema.tables \
-                  WHERE table_schema = current_schema()";
-    assert_eq!(
-        common::scalar(&other.pool(), tables).await,
-        1,
-        "only its own table"
-    );
+    holds_only_its_own_table(&other).await;
     // Only the migrations' record, none applied (a first migration that
     // stopped before its first step): new, migrated.
     let stopped = TestDb::pg_empty().await;
-    common::execute(
-        &stopped.pool(),
-        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
-         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
-    )
-    .await;
+    common::execute(&stopped.pool(), DIESEL_RECORD).await;
     let (ok, err) = migrate(stopped.url());
     assert!(ok, "{err}");
     let newer = "INSERT INTO __diesel_schema_migrations (version) VALUES ('29991231000001')";

@@ -136,19 +136,7 @@ async fn device_jwt(plane: &Plane) -> String {
 
 /// The value of `name` on the gateway's admin listener.
 async fn gateway_metric(plane: &Plane, name: &str) -> f64 {
-    let admin = plane.admin_addr.expect("admin listener");
-    let text = common::client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    common::metric(plane.admin_addr.expect("admin listener"), name).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -63,18 +63,7 @@ fn random(len: usize) -> Vec<u8> {
 /// A figure of the gateway's metrics (0 when absent).
 async fn metric(plane: &Plane, name: &str) -> f64 {
     let admin = plane.admin_addr.expect("admin listener");
-    let text = common::client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::metric_in(&common::metrics(admin).await, name).unwrap_or(0.0)
 }
 
 /// The bytes (up, down) the control plane counted for gateway `gw`'s

@@ -14,16 +14,23 @@ use httvps_wire::SessionTotals;
 use httvps_wire::usage::UsageReport;
 use plane::Plane;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
-    let (plane, _listener) = Plane::prepare(1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+/// The plane's gateway as a control-plane client, and the session it
+/// opened for the plane's device.
+async fn open_session(plane: &Plane) -> (Backend, String) {
     let gw = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
     let session = gw
         .assign(&plane.device_token)
         .await
         .expect("assign")
         .session_id;
+    (gw, session)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
+    let (plane, _listener) = Plane::prepare(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let (gw, session) = open_session(&plane).await;
     let report = |seq, up, down| UsageReport {
         reports: vec![SessionTotals {
             session_id: session.clone(),
@@ -163,13 +170,8 @@ async fn finished_hours_reach_the_ledger_and_periods_reset_without_reports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn links_of_node_connections_are_pruned_after_an_hour_and_sessions_keep_their_totals() {
     let (plane, _listener) = Plane::prepare(1).await;
-    let gw = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
     let utc = "date_trunc('second', now() at time zone 'utc')";
-    let id = gw
-        .assign(&plane.device_token)
-        .await
-        .expect("assign")
-        .session_id;
+    let (_, id) = open_session(&plane).await;
     plane
         .sql(&format!(
             "UPDATE sessions SET bytes_up = 10, bytes_down = 20, witness_epoch = 5, \
@@ -218,12 +220,7 @@ async fn a_monthly_subscription_expires_with_its_last_periods_usage() {
     let (plane, _listener) = Plane::prepare(1).await;
     let db = &plane.server.state.db;
     // A session open when the subscription runs out.
-    let gw = Backend::new(&plane.server.base, &plane.gateway_token).expect("backend");
-    let session = gw
-        .assign(&plane.device_token)
-        .await
-        .expect("assign")
-        .session_id;
+    let (_, session) = open_session(&plane).await;
     plane.sql("UPDATE plans SET reset_period = 'monthly'").await;
     plane
         .sql(

@@ -392,6 +392,23 @@ impl Witnessed {
         }
     }
 
+    /// A tunnel through the gateway to `to`, its request sent (a first
+    /// write, flushed), counting in `counts`.
+    async fn request(&self, to: SocketAddr) -> impl AsyncRead + AsyncWrite + Unpin {
+        let ctx = SsContext::new_shared(ServerType::Local);
+        let path = format!("/ws/{}/tcp", self.plane.device_token);
+        let ws = common::gateway_ws(self.port, &self.cert, &path).await;
+        let io = Counting {
+            inner: WsIo::new(ws),
+            counts: self.counts.clone(),
+        };
+        let mut stream =
+            ProxyClientStream::from_stream(ctx, io, &self.cfg, Address::SocketAddress(to));
+        stream.write_all(b"GET").await.expect("write");
+        stream.flush().await.expect("flush");
+        stream
+    }
+
     /// Starts `n` full-speed tunnels through the gateway.
     async fn traffic(&self, traffic: &Traffic, n: usize) {
         traffic
@@ -639,18 +656,8 @@ async fn the_node_witness_records_no_more_than_the_grants_let_through_at_a_cut_o
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_download_is_recorded_as_the_gateway_let_it_through() {
     let w = Witnessed::start(None).await;
-    let ctx = SsContext::new_shared(ServerType::Local);
-    let path = format!("/ws/{}/tcp", w.plane.device_token);
-    let ws = common::gateway_ws(w.port, &w.cert, &path).await;
-    let io = Counting {
-        inner: WsIo::new(ws),
-        counts: w.counts.clone(),
-    };
-    let mut stream =
-        ProxyClientStream::from_stream(ctx, io, &w.cfg, Address::SocketAddress(w.target));
-    // The request goes with the first write; then 1 MiB is read.
-    stream.write_all(b"GET").await.expect("write");
-    stream.flush().await.expect("flush");
+    // The request, then 1 MiB read.
+    let mut stream = w.request(w.target).await;
     let mut buf = vec![0u8; 64 * 1024];
     let mut read = 0;
     while read < 1024 * 1024 {
@@ -696,16 +703,7 @@ async fn fixed_source(len: usize) -> SocketAddr {
 
 /// One whole download of `from` through the gateway, read to its end.
 async fn download(w: &Witnessed, from: SocketAddr) {
-    let ctx = SsContext::new_shared(ServerType::Local);
-    let path = format!("/ws/{}/tcp", w.plane.device_token);
-    let ws = common::gateway_ws(w.port, &w.cert, &path).await;
-    let io = Counting {
-        inner: WsIo::new(ws),
-        counts: w.counts.clone(),
-    };
-    let mut stream = ProxyClientStream::from_stream(ctx, io, &w.cfg, Address::SocketAddress(from));
-    stream.write_all(b"GET").await.expect("write");
-    stream.flush().await.expect("flush");
+    let mut stream = w.request(from).await;
     let mut sink = vec![0u8; 10 * 1024 * 1024];
     tokio::time::timeout(Duration::from_secs(30), stream.read_exact(&mut sink))
         .await

@@ -122,22 +122,29 @@ fn migrations_fingerprint() -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
-/// The value of the metric `name` (a line `name value`) in the Prometheus
-/// text served at `http://{addr}/metrics`.
-pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let text = client()
+/// The Prometheus text served at `http://{addr}/metrics`.
+pub async fn metrics(addr: SocketAddr) -> String {
+    client()
         .get(format!("http://{addr}/metrics"))
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
-    let prefix = format!("{name} ");
+        .expect("text")
+}
+
+/// The value of the metric `name` (a line `name value`) in `text`.
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The value of the metric `name` served at `http://{addr}/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = metrics(addr).await;
+    metric_in(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// Runs the statement `q` on `db`, PostgreSQL or SQLite.

@@ -183,16 +183,14 @@ struct Inner {
     last_epoch: i64,
 }
 
-impl Inner {
-    /// An epoch for a new count: the wall clock's milliseconds, so a
-    /// restarted gateway's counts come after its earlier ones, and always
-    /// past the latest given (a session forgotten and met again within a
-    /// millisecond, a clock that went back).
-    fn next_epoch(&mut self) -> i64 {
-        let now = chrono::Utc::now().timestamp_millis();
-        self.last_epoch = now.max(self.last_epoch.saturating_add(1));
-        self.last_epoch
-    }
+/// An epoch for a new count after `last`, the latest given (which it
+/// becomes): the wall clock's milliseconds, so a restarted gateway's counts
+/// come after its earlier ones, and always past `last` (a session forgotten
+/// and met again within a millisecond, a clock that went back).
+fn next_epoch(last: &mut i64) -> i64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    *last = now.max(last.saturating_add(1));
+    *last
 }
 
 /// Every session this gateway counts.
@@ -205,14 +203,15 @@ impl Sessions {
     /// Counts a new tunnel of session `id` (created when new).
     pub fn attach(&self, id: &str) -> Arc<Session> {
         let mut inner = lock(&self.inner);
-        let going_away = inner.going_away;
-        let epoch = match inner.live.get(id) {
-            Some(_) => 0,
-            None => inner.next_epoch(),
-        };
-        let s = inner.live.entry(id.to_owned()).or_insert_with(|| {
-            let s = Session::new(Instant::now(), epoch);
-            if going_away {
+        let Inner {
+            live,
+            going_away,
+            last_epoch,
+            ..
+        } = &mut *inner;
+        let s = live.entry(id.to_owned()).or_insert_with(|| {
+            let s = Session::new(Instant::now(), next_epoch(last_epoch));
+            if *going_away {
                 s.close.send_replace(Closing::GoingAway);
             }
             Arc::new(s)
