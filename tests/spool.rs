@@ -21,8 +21,7 @@ use shadowsocks_service::shadowsocks::ProxyClientStream;
 use shadowsocks_service::shadowsocks::config::{ServerConfig, ServerType};
 use shadowsocks_service::shadowsocks::context::Context as SsContext;
 use shadowsocks_service::shadowsocks::relay::Address;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Counts what is written into the WebSocket: the bytes the gateway sees
 /// as payload.
@@ -65,7 +64,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
 
 /// A server that reads and discards.
 async fn sink() -> SocketAddr {
-    counting_sink().await.0
+    common::counting_sink().await.0
 }
 
 /// `httvps-relay gateway` as a process, with no `--spool`: the default
@@ -165,10 +164,32 @@ impl Traffic {
         target: SocketAddr,
         n: usize,
     ) {
+        let refused = self.start_or_refused(port, plane, cfg, target, n).await;
+        assert_eq!(refused, 0, "the gateway refused {refused} of {n} tunnels");
+    }
+
+    /// [`Traffic::start`], where the gateway may refuse the device (with
+    /// the unknown path's 404): how many tunnels it refused.
+    async fn start_or_refused(
+        &self,
+        port: u16,
+        plane: &Plane,
+        cfg: &ServerConfig,
+        target: SocketAddr,
+        n: usize,
+    ) -> usize {
         let ctx = SsContext::new_shared(ServerType::Local);
         let path = format!("/ws/{}/tcp", plane.device_token);
+        let mut refused = 0;
         for _ in 0..n {
-            let ws = common::gateway_ws(port, &plane.cert, &path).await;
+            let ws = match common::try_gateway_ws(port, &plane.cert, &path).await {
+                Ok(ws) => ws,
+                Err(404) => {
+                    refused += 1;
+                    continue;
+                }
+                Err(status) => panic!("the gateway answered the upgrade with {status}"),
+            };
             let io = Counting {
                 inner: WsIo::new(ws),
                 up: self.up.clone(),
@@ -192,6 +213,7 @@ impl Traffic {
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }
+        refused
     }
 
     /// Stops every tunnel and waits (bounded) until all ended.
@@ -387,29 +409,6 @@ async fn another_gateways_sessions_in_the_spool_do_not_hold_back_its_own() {
     gw.sigkill().await;
 }
 
-/// A server that reads and discards, counting what it read.
-async fn counting_sink() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let got = Arc::new(AtomicU64::new(0));
-    let counted = got.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let got = counted.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    got.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    (addr, got)
-}
-
 /// The allowance holds across a gateway's crash. The gateway is SIGKILLed
 /// at full speed a third of the way into a 60 MB allowance and restarted,
 /// with its spool (which lags what it let through by up to one spool
@@ -435,7 +434,7 @@ async fn the_allowance_holds_across_a_gateway_crash(keep_spool: bool) {
         ))
         .await;
     let cfg = plane.cipher().await;
-    let (target, received) = counting_sink().await;
+    let (target, received) = common::counting_sink().await;
     let dir = common::tempdir::TempDir::new();
     let data = dir.path().join("data");
     let log = dir.path().join("gateway.log");
@@ -460,7 +459,21 @@ async fn the_allowance_holds_across_a_gateway_crash(keep_spool: bool) {
     }
 
     let gw = spawn_gateway(&plane, port, &data, &log).await;
-    traffic.start(port, &plane, &cfg, target, TUNNELS).await;
+    let refused = traffic
+        .start_or_refused(port, &plane, &cfg, target, TUNNELS)
+        .await;
+    if refused > 0 {
+        // A loaded machine may see the whole allowance through before the
+        // kill: then the device is refused, as it should be, and only for
+        // that reason.
+        let used = plane
+            .scalar("SELECT traffic_used_bytes AS n FROM subscriptions")
+            .await;
+        assert!(
+            used >= ALLOWANCE as i64,
+            "{refused} tunnels refused after the restart with {used} B of {ALLOWANCE} B used"
+        );
+    }
     let t1 = Instant::now();
     while traffic.open.load(Ordering::Relaxed) > 0 {
         assert!(

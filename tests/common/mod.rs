@@ -681,16 +681,30 @@ pub async fn gateway_ws(
     cert: &Path,
     path: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    try_gateway_ws(port, cert, path).await.expect("websocket")
+}
+
+/// [`gateway_ws`], with the gateway's refusal of the upgrade (its answer's
+/// status) as the error.
+pub async fn try_gateway_ws(
+    port: u16,
+    cert: &Path,
+    path: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    u16,
+> {
     let connector = httvps_dataplane::tls::connector(Some(cert)).expect("connector");
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let tls = connector.connect(name, tcp).await.expect("tls");
-    let (ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{port}{path}"), tls)
-        .await
-        .expect("websocket");
-    ws
+    match tokio_tungstenite::client_async(format!("wss://localhost:{port}{path}"), tls).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => Err(answer.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    }
 }
 
 /// A WebSocket client of the control plane.
@@ -768,4 +782,31 @@ pub fn spawn_logged(cmd: &mut tokio::process::Command, log: &Path) -> tokio::pro
         .stderr(std::process::Stdio::from(file))
         .spawn()
         .expect("spawn")
+}
+
+/// A server on 127.0.0.1 that reads and discards, counting what it read
+/// (over every connection).
+pub async fn counting_sink() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let got = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    got.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, got)
 }
