@@ -1520,9 +1520,11 @@ async fn a_node_restarted_at_once_takes_tunnels_within_seconds() {
 /// A destination that resets its connection mid-stream is heard as a
 /// reset at the application, through the node, the gateway and our client
 /// (with and without `--mux`): the node resets its connection from the
-/// gateway, the gateway closes the tunnel with 1014, and the client
-/// resets the local connection. The reset ended as a normal end at every
-/// hop, so a download cut short looked complete.
+/// gateway, the gateway closes the tunnel with 1011 (a stock client's
+/// WebSocket library reads its reason; it took 1014 for a protocol
+/// violation), and the client resets the local connection. The reset
+/// ended as a normal end at every hop, so a download cut short looked
+/// complete.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_destinations_reset_reaches_the_application_as_a_reset() {
     let plane = Plane::start(1).await;
@@ -1569,6 +1571,28 @@ async fn a_destinations_reset_reaches_the_application_as_a_reset() {
             "mux {mux}: {e}"
         );
     }
+    // A stock client on tungstenite, as the gateway's Close reaches it.
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    let ws = plane.ws_from(None, &path, None).await.expect("upgrade");
+    let mut s = plane::ss_over(ws, &plane.cipher().await, target);
+    s.write_all(b"hello").await.expect("write");
+    s.flush().await.expect("flush");
+    let mut buf = vec![0u8; 16 * 1024];
+    let e = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => panic!("a normal end"),
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("an end within 10 s");
+    assert!(
+        e.to_string().contains("1011 node connection failed"),
+        "the gateway's Close as a stock client reads it: {e}"
+    );
 }
 
 /// A port-forwarded connection whose tunnel the gateway refuses (the

@@ -67,10 +67,12 @@ fn drain_grace(round_trip: Duration) -> Duration {
 const READ_CHUNK: usize = 64 * 1024 - 13;
 const _: () = assert!(READ_CHUNK < 1 << 16, "a 4-byte frame header");
 
-/// The close code of a tunnel whose node connection failed (RFC 6455's
-/// 1014, "bad gateway": the server acting as a gateway got an invalid
-/// response from upstream).
-const NODE_FAILED: u16 = 1014;
+/// The close code of a tunnel whose node connection failed: 1011, "an
+/// unexpected condition". (IANA's 1014, "bad gateway", says it better, but
+/// common WebSocket libraries, tungstenite and gorilla among them, take
+/// 1014 for a protocol violation, so their applications were told the
+/// gateway broke the protocol and answered with a Close of their own.)
+const NODE_FAILED: u16 = 1011;
 
 /// How the node-to-client half of a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
