@@ -10,6 +10,7 @@ mod common;
 mod plane;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -17,6 +18,7 @@ use httvps_control::db::Dsn;
 use plane::{Plane, echo_server, round_trip, ss_over};
 use serde_json::{Value, json};
 use shadowsocks_service::shadowsocks::config::ServerConfig as Key;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Opens or closes the test's own database to connections (closing also
 /// ends the connections it has), so the control plane loses its database
@@ -294,4 +296,64 @@ async fn gateway_health_follows_the_control_plane_link() {
     link.restore();
     let (status, body) = until(200).await;
     assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+}
+
+/// A limited plan's tunnel through a database outage moves what the
+/// allowance had left when the control plane last answered, then is
+/// closed as over quota. Provisional slices had no such end: a 30 MB plan
+/// moved 300 MB through a 5 s outage.
+#[tokio::test(flavor = "multi_thread")]
+#[expect(clippy::print_stderr, reason = "the figure is reported for the record")]
+async fn an_outage_does_not_stretch_a_limited_allowance() {
+    const ALLOWANCE: u64 = 40_000_000;
+    let plane = Plane::start(1).await;
+    plane
+        .sql(&format!(
+            "UPDATE subscriptions SET traffic_limit_bytes = {ALLOWANCE}"
+        ))
+        .await;
+    let key = plane.cipher().await;
+    let (sink, received) = common::counting_sink().await;
+    let path = format!("/ws/{}/tcp", plane.device_token);
+    let w = plane.ws_from(None, &path, None).await.expect("tunnel");
+    let (mut r, mut w) = tokio::io::split(ss_over(w, &key, sink));
+    let chunk = vec![7u8; 64 * 1024];
+    // (A Shadowsocks stream's first write must fit one chunk.)
+    w.write_all(b"hello").await.expect("write");
+    // Granted while the database is up.
+    while AtomicU64::load(&received, Ordering::Relaxed) < 5_000_000 {
+        w.write_all(&chunk).await.expect("write");
+        w.flush().await.expect("flush");
+    }
+    database_reachable(&plane, false).await;
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(e.to_string()),
+            }
+        }
+    });
+    let writer = tokio::spawn(async move {
+        while w.write_all(&chunk).await.is_ok() && w.flush().await.is_ok() {}
+    });
+    let end = tokio::time::timeout(Duration::from_secs(30), reader).await;
+    writer.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = AtomicU64::load(&received, Ordering::Relaxed);
+    database_reachable(&plane, true).await;
+    eprintln!("through a database outage: {total} B on an allowance of {ALLOWANCE} B");
+    let end = end
+        .unwrap_or_else(|_| panic!("not cut within 30 s of the outage: {total} B through"))
+        .expect("reader");
+    assert!(
+        end.as_deref().is_some_and(|e| e.contains("quota_exceeded")),
+        "closed as over quota: {end:?}"
+    );
+    assert!(
+        total <= ALLOWANCE + 1024 * 1024,
+        "{total} B through on an allowance of {ALLOWANCE} B"
+    );
 }

@@ -203,6 +203,7 @@ fn refused(session: SessionId, req: &GrantRequest, reason: Option<Reason>) -> Gr
         limit: Some(req.used),
         valid_ms: 0,
         reason,
+        left: None,
         ended: false,
     }
 }
@@ -301,6 +302,7 @@ async fn sized(
                 limit: None,
                 valid_ms: millis(ts, until),
                 reason: None,
+                left: None,
                 ended: false,
             });
         };
@@ -344,7 +346,7 @@ async fn sized(
         // the ledger recorded (a count started afresh after a restart is
         // not: the ledger leads it).
         let offset = grants::ledger_offset(prev, req.used, recorded, req.afresh);
-        let granted = grants::limit(Ask {
+        let ask = Ask {
             allowance,
             charged: a.traffic_used_bytes,
             others,
@@ -352,7 +354,8 @@ async fn sized(
             recorded,
             want: req.want,
             kept,
-        });
+        };
+        let granted = grants::limit(ask);
         let limit = granted.saturating_sub(offset).max(req.used);
         let until = grants::valid_until(ts, GRANT_TTL, a.expires_at, a.period_start + period);
         UPSERT
@@ -374,6 +377,7 @@ async fn sized(
                 0
             },
             reason: (limit <= req.used).then_some(Reason::QuotaExceeded),
+            left: Some(grants::left_beyond(ask, granted)),
             ended: false,
         })
     })

@@ -103,12 +103,7 @@ pub struct Ask {
 /// (What is left always holds it unless the allowance was lowered; then
 /// the grant shrinks, as it must.)
 pub fn limit(a: Ask) -> i64 {
-    let unreported = a.used.saturating_sub(a.recorded).max(0);
-    let left = a
-        .allowance
-        .saturating_sub(a.charged)
-        .saturating_sub(a.others)
-        .saturating_sub(unreported);
+    let left = unheld(a);
     if left <= 0 {
         return a.used;
     }
@@ -119,6 +114,26 @@ pub fn limit(a: Ask) -> i64 {
         .max(a.kept)
         .min(left);
     a.used.saturating_add(slice)
+}
+
+/// What the allowance has left for the session: neither charged, nor held
+/// by the others' grants, nor spent by its own unreported bytes.
+fn unheld(a: Ask) -> i64 {
+    let unreported = a.used.saturating_sub(a.recorded).max(0);
+    a.allowance
+        .saturating_sub(a.charged)
+        .saturating_sub(a.others)
+        .saturating_sub(unreported)
+}
+
+/// What the allowance has left beyond a grant of `limit` sized from `a`
+/// (never negative): the most the session's gateway may let through past
+/// `limit` while it cannot ask for more (an outage), if no other session
+/// spends it meanwhile.
+pub fn left_beyond(a: Ask, limit: i64) -> i64 {
+    unheld(a)
+        .saturating_sub(limit.saturating_sub(a.used).max(0))
+        .max(0)
 }
 
 /// When a grant made at `now` ends: after `ttl`, and never past the
@@ -175,6 +190,32 @@ mod tests {
             ..a
         };
         assert_eq!(limit(lowered), 5 * MIB / 4 + 7 * MIB / 8);
+    }
+
+    #[test]
+    fn what_is_left_beyond_a_grant() {
+        // Half of 5 MiB granted: the other half is left beyond it.
+        assert_eq!(left_beyond(ask(), limit(ask())), 5 * MIB / 2);
+        // Unreported bytes and the others' grants are not left.
+        let a = Ask {
+            used: MIB,
+            others: MIB,
+            ..ask()
+        };
+        assert_eq!(limit(a), MIB + 3 * MIB / 2);
+        assert_eq!(left_beyond(a, limit(a)), 3 * MIB / 2);
+        // The end of the allowance granted whole: nothing beyond it.
+        let end = Ask {
+            charged: 5 * MIB - 100_000,
+            ..ask()
+        };
+        assert_eq!(left_beyond(end, limit(end)), 0);
+        // Nothing left, nothing granted: never negative.
+        let over = Ask {
+            charged: 6 * MIB,
+            ..ask()
+        };
+        assert_eq!(left_beyond(over, limit(over)), 0);
     }
 
     #[test]

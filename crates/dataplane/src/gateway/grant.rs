@@ -46,9 +46,13 @@ struct Last {
 }
 
 /// A session's grant. Nothing is granted until the first answer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Grant {
     limit: AtomicU64,
+    /// The most the session may move while the control plane cannot be
+    /// asked: the last answer's limit plus what it said the allowance had
+    /// left beyond it (`u64::MAX`: unlimited, or not said).
+    outage_cap: AtomicU64,
     until_ms: AtomicU64,
     ask_at: AtomicU64,
     ask_by_ms: AtomicU64,
@@ -64,6 +68,24 @@ pub(crate) struct Grant {
     unanswered_ms: AtomicU64,
     /// An answer came: this count of the session has been granted before.
     answered: AtomicBool,
+}
+
+impl Default for Grant {
+    fn default() -> Self {
+        Grant {
+            limit: AtomicU64::new(0),
+            outage_cap: AtomicU64::new(u64::MAX),
+            until_ms: AtomicU64::new(0),
+            ask_at: AtomicU64::new(0),
+            ask_by_ms: AtomicU64::new(0),
+            last: Mutex::default(),
+            denied: Mutex::default(),
+            stale: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            unanswered_ms: AtomicU64::new(0),
+            answered: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Grant {
@@ -106,6 +128,9 @@ impl Grant {
             .limit
             .map_or(u64::MAX, |l| u64::try_from(l).unwrap_or(0));
         let valid = u64::try_from(answer.valid_ms).unwrap_or(0);
+        let beyond = answer.left.map(|l| u64::try_from(l).unwrap_or(0));
+        let cap = beyond.map_or(u64::MAX, |b| limit.saturating_add(b));
+        self.outage_cap.store(cap, Ordering::Relaxed);
         self.set(limit, used, now_ms, valid);
         *self.denied.lock().unwrap_or_else(PoisonError::into_inner) = answer.reason;
         self.ended.store(answer.ended, Ordering::Relaxed);
@@ -128,9 +153,14 @@ impl Grant {
     }
 
     /// A grant of `slice` bytes over `used`, for `valid_ms`, made without
-    /// the control plane (it could not be asked).
+    /// the control plane (it could not be asked): never past what the last
+    /// answer said the allowance had left, so an outage, however long, does
+    /// not let a session pass the allowance it knew of (a session its
+    /// other sessions share the rest with may still, by what they hold).
     pub fn provisional(&self, slice: u64, used: u64, now_ms: u64, valid_ms: u64) {
-        self.set(used.saturating_add(slice), used, now_ms, valid_ms);
+        let cap = self.outage_cap.load(Ordering::Relaxed);
+        let limit = used.saturating_add(slice).min(cap.max(used));
+        self.set(limit, used, now_ms, valid_ms);
     }
 
     /// Marks the grant stale: the allowance it was sized from may have
@@ -201,6 +231,7 @@ mod tests {
             limit,
             valid_ms,
             reason,
+            left: None,
             ended: false,
         }
     }
@@ -302,10 +333,39 @@ mod tests {
     }
 
     #[test]
+    fn provisional_slices_stop_at_what_the_allowance_had_left() {
+        let g = Grant::default();
+        let told = GrantResponse {
+            left: Some(3_000),
+            ..answer(Some(1_000), 10_000, None)
+        };
+        g.apply(&told, 0, 0);
+        g.provisional(OUTAGE_SLICE, 1_000, 20, 60_000);
+        assert_eq!(g.room(1_000, 21), 3_000, "the rest of the allowance");
+        g.provisional(OUTAGE_SLICE, 4_000, 30, 60_000);
+        assert_eq!(g.room(4_000, 31), 0, "nothing beyond it");
+        // An answer that does not say (an unlimited plan, an older control
+        // plane) leaves the slice whole.
+        g.apply(&answer(Some(5_000), 10_000, None), 4_000, 40);
+        g.provisional(OUTAGE_SLICE, 5_000, 50, 60_000);
+        assert_eq!(g.room(5_000, 51), OUTAGE_SLICE);
+        // A refusal for what it holds still grants nothing.
+        g.provisional(0, 5_000, 60, 0);
+        assert_eq!(g.room(5_000, 60), 0);
+    }
+
+    #[test]
     fn a_negative_or_huge_answer_is_read_safely() {
         let g = Grant::default();
         g.apply(&answer(Some(-5), -1, None), 0, 0);
         assert_eq!(g.room(0, 0), 0);
+        let negative = GrantResponse {
+            left: Some(-5),
+            ..answer(Some(100), 1_000, None)
+        };
+        g.apply(&negative, 0, 0);
+        g.provisional(OUTAGE_SLICE, 100, 1, 1_000);
+        assert_eq!(g.room(100, 2), 0, "nothing left beyond the grant");
         g.apply(&answer(Some(i64::MAX), i64::MAX, None), 0, 0);
         assert!(g.room(0, 1 << 60) > 0, "valid for about 292 million years");
     }
