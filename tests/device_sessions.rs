@@ -105,9 +105,10 @@ impl World {
 
     /// Registers an Outline node in `region`.
     async fn node(&self, region: &str, name: &str) {
+        // A server of its own per node (one address is one node).
         self.gql(
-            "mutation($r:String!,$n:String!){registerOutlineNode(input:{region:$r,name:$n,host:\"10.1.0.1\",port:8388,capacity:100}){token}}",
-            json!({"r": region, "n": name}),
+            "mutation($r:String!,$n:String!,$h:String!){registerOutlineNode(input:{region:$r,name:$n,host:$h,port:8388,capacity:100}){token}}",
+            json!({"r": region, "n": name, "h": format!("{name}.nodes.example.com")}),
         )
         .await;
     }
@@ -1319,8 +1320,9 @@ async fn links_go_to_a_gateway_that_reports_sqlite() {
     links_go_to_a_gateway_that_reports(World::on(TestDb::sqlite().await).await).await;
 }
 
-/// A plan, node or gateway name that another holds in another case, and a
-/// gateway URL another gateway holds, are refused with CONFLICT (they
+/// A plan, node or gateway name that another holds in another case, a
+/// gateway URL another gateway holds, and a node's host and port another
+/// node has, are refused with CONFLICT (they
 /// were taken: "Pro" beside "pro", two gateways at one URL, which sent
 /// links to the other's region), on creation and on change; distinct
 /// names still pass.
@@ -1362,6 +1364,48 @@ async fn names_differing_only_in_case_are_taken(w: World) {
         .as_str()
         .expect("node");
     conflict(&q(node, json!({"n": "N1", "p": 8389})).await);
+    // One server is one node: its host and port under another name are
+    // refused, on creation and on change (it was counted twice).
+    let r = q(node, json!({"n": "n2", "p": 8388})).await;
+    conflict(&r);
+    assert_eq!(
+        r["errors"][0]["message"], "a node of this region with this host and port exists",
+        "{r}"
+    );
+    let n2 =
+        q(node, json!({"n": "n2", "p": 8389})).await["data"]["registerOutlineNode"]["node"]["id"]
+            .clone();
+    assert!(n2.is_string());
+    let v6 = "mutation($h:String!){registerOutlineNode(input:{region:\"eu\",name:\"n3\",host:$h,port:8388}){node{id}}}";
+    assert!(
+        q(v6, json!({"h": "[FD00::1]"})).await["data"]["registerOutlineNode"]["node"]["id"]
+            .is_string()
+    );
+    let v6_again = q(v6, json!({"h": "fd00:0::1"})).await;
+    conflict(&v6_again);
+    let moved = q(
+        "mutation($id:UUID!){updateOutlineNode(id:$id,input:{port:8388}){id}}",
+        json!({"id": n2}),
+    )
+    .await;
+    conflict(&moved);
+    // Another region's 10.1.0.1 is another datacenter's.
+    let r = q(
+        "mutation{createRegion(code:\"ap\",name:\"AP\"){id} registerOutlineNode(input:{region:\"ap\",name:\"ap-1\",host:\"10.1.0.1\",port:8388}){node{id}}}",
+        json!({}),
+    )
+    .await;
+    assert!(
+        r["data"]["registerOutlineNode"]["node"]["id"].is_string(),
+        "{r}"
+    );
+    // Its own address, or a free one, is a change.
+    let r = q(
+        "mutation($id:UUID!){updateOutlineNode(id:$id,input:{host:\"10.1.0.2\",port:8388}){host port}}",
+        json!({"id": n2}),
+    )
+    .await;
+    assert_eq!(r["data"]["updateOutlineNode"]["port"], 8388, "{r}");
 
     let gw = "mutation($r:String!,$n:String!,$u:String!){registerGatewayNode(input:{region:$r,name:$n,publicUrl:$u}){node{id}}}";
     let first = q(

@@ -133,8 +133,8 @@ impl World {
     async fn node(&self, region: &str, name: &str, capacity: i32) -> (String, String) {
         let r = self
             .gql(
-                "mutation($r:String!,$n:String!,$c:Int!){registerOutlineNode(input:{region:$r,name:$n,host:\"10.1.0.1\",port:8388,capacity:$c}){token node{id}}}",
-                json!({"r": region, "n": name, "c": capacity}),
+                "mutation($r:String!,$n:String!,$h:String!,$c:Int!){registerOutlineNode(input:{region:$r,name:$n,host:$h,port:8388,capacity:$c}){token node{id}}}",
+                json!({"r": region, "n": name, "h": format!("{name}.nodes.example.com"), "c": capacity}),
             )
             .await;
         let n = &r["data"]["registerOutlineNode"];
@@ -252,7 +252,7 @@ async fn assignment_policy() {
         .await;
     assert_eq!(picked, 1, "the only node with room: n2 ({b})");
     assert_eq!(b["region"], "eu");
-    assert_eq!(b["host"], "10.1.0.1");
+    assert_eq!(b["host"], "n2.nodes.example.com");
     assert!(
         b.get("gateway_url").is_none(),
         "gateways get the node address, not the gateway URL"
@@ -2836,7 +2836,7 @@ async fn nodes_change_in_place(w: World) {
     let (s, b) = w.assign(&tok, None).await;
     assert_eq!(
         (s, &b["host"], &b["port"]),
-        (200, &json!("10.1.0.1"), &json!(8388)),
+        (200, &json!("n1.nodes.example.com"), &json!(8388)),
         "{b}"
     );
     // A gateway could not reach it at its old address: down, and out of

@@ -206,7 +206,8 @@ pub struct RegisterOutlineNodeInput {
     pub region: String,
     /// Unique name.
     pub name: String,
-    /// Address gateways reach it at.
+    /// Address gateways reach it at (a host and port another node of the
+    /// region has are refused: CONFLICT).
     pub host: String,
     /// Port (1-65535).
     pub port: i32,
@@ -243,7 +244,8 @@ pub struct UpdateOutlineNodeInput {
     /// New unique name.
     pub name: Option<String>,
     /// New address gateways reach it at (new tunnels go there; open ones
-    /// keep their connection).
+    /// keep their connection). A host and port another node of its region
+    /// has are refused: CONFLICT.
     pub host: Option<String>,
     /// New port (1-65535).
     pub port: Option<i32>,

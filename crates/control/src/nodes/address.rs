@@ -1,4 +1,5 @@
-//! A node's address as gateways reach it, checked and kept in one form.
+//! A node's address as gateways reach it, checked and kept in one form,
+//! and held by one node only.
 
 use crate::error::{AppError, AppResult};
 use crate::validate;
@@ -18,6 +19,12 @@ pub(super) fn host(value: &str) -> AppResult<String> {
         .and_then(|r| r.strip_suffix(']'))
         .unwrap_or(&h);
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        // An IPv4 address written as IPv6 (`::ffff:10.0.0.5`) is the
+        // IPv4 address: one server, one form.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
         // 0.0.0.0 and :: are where a server listens, not an address to
         // connect to.
         if ip.is_unspecified() {
@@ -62,6 +69,38 @@ pub(super) fn host(value: &str) -> AppResult<String> {
     Ok(ascii)
 }
 
+/// An Outline node's address held by another of its region: two nodes at
+/// one address are one server counted twice (its load, its sessions, its
+/// health). Regions are apart: their gateways reach their own nodes, and
+/// private addresses repeat from one datacenter to the next.
+pub(super) const NODE_ADDRESS_TAKEN: &str = "a node of this region with this host and port exists";
+
+/// Inside a transaction on `$conn`: refuses with CONFLICT
+/// [`NODE_ADDRESS_TAKEN`] when an Outline node of the region `$region`
+/// other than `$except` has the host `$host` (in [`host`]'s form) and the
+/// port `$port`. Taken under the names' lock, as names are.
+macro_rules! refuse_address_taken {
+    ($conn:expr, $region:expr, $host:expr, $port:expr, $except:expr) => {{
+        if let Some(lock) = $crate::names::NAMES_LOCK.on($conn) {
+            diesel::sql_query(lock).execute($conn).await?;
+        }
+        let held: i64 = outline_nodes::table
+            .filter(outline_nodes::id.ne($except))
+            .filter(outline_nodes::region_id.eq($region))
+            .filter(outline_nodes::host.eq($host))
+            .filter(outline_nodes::port.eq($port))
+            .count()
+            .get_result($conn)
+            .await?;
+        if held > 0 {
+            return Err($crate::error::AppError::Conflict(
+                super::address::NODE_ADDRESS_TAKEN.into(),
+            ));
+        }
+    }};
+}
+pub(super) use refuse_address_taken;
+
 #[cfg(test)]
 mod tests {
     use super::host;
@@ -72,6 +111,8 @@ mod tests {
             ("10.1.0.1", "10.1.0.1"),
             ("::1", "::1"),
             ("[2001:db8::1]", "2001:db8::1"),
+            ("::ffff:10.9.9.9", "10.9.9.9"),
+            ("[::FFFF:a09:909]", "10.9.9.9"),
             ("node", "node"),
             ("node-1.eu.example.com", "node-1.eu.example.com"),
             ("my_node", "my_node"),
@@ -87,6 +128,7 @@ mod tests {
             "0.0.0.0",
             "::",
             "[::]",
+            "::ffff:0.0.0.0",
             "example.com:443",
             "[::1]:80",
             "999.1.1.1",

@@ -13,7 +13,7 @@ use super::{GATEWAY_NAME_TAKEN, GATEWAY_URL_TAKEN, NODE_NAME_TAKEN};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::address::host;
+use super::address::{host, refuse_address_taken};
 use super::{gateway_event, outline_event};
 use crate::actor::Actor;
 use crate::db::Db;
@@ -135,6 +135,11 @@ pub async fn update_outline(
             crate::refuse_taken!(conn, outline_nodes, name, name, id, NODE_NAME_TAKEN);
         }
         let moved = host.is_some() || port.is_some();
+        if moved {
+            let at_host = host.as_deref().unwrap_or(&old.host);
+            let at_port = port.unwrap_or(old.port);
+            refuse_address_taken!(conn, old.region_id, at_host, at_port, id);
+        }
         let node = diesel::update(outline_nodes::table.find(id))
             .set((
                 name.map(|v| outline_nodes::name.eq(v)),

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use httvps_wire::Secret;
 
-use super::address::host;
+use super::address::{host, refuse_address_taken};
 use super::enrollment::EnrollmentTtl;
 use super::history::{self, Side};
 use super::{AnyNode, gateway_event, outline_event, status_event};
@@ -114,6 +114,7 @@ pub async fn register_outline(
             node.id,
             NODE_NAME_TAKEN
         );
+        refuse_address_taken!(conn, node.region_id, &node.host, node.port, node.id);
         let n = diesel::insert_into(outline_nodes::table)
             .values(&node)
             .returning(OutlineNode::as_returning())
