@@ -1595,6 +1595,45 @@ async fn a_destinations_reset_reaches_the_application_as_a_reset() {
     );
 }
 
+/// A destination that closes without answering (an empty reply) ends the
+/// application's stream normally, as with a stock client, with and without
+/// `--mux`: the tunnel ended before the node sent a byte, not even its
+/// Shadowsocks salt, and the client took that for a broken tunnel and
+/// reset the local connection (curl said "Connection reset by peer" where
+/// the stock client's user saw "Empty reply from server").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_answers_nothing_ends_the_stream_normally() {
+    let plane = Plane::start(1).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = silent.accept().await {
+            tokio::spawn(async move {
+                // Reads the request, then closes with a FIN.
+                let mut request = [0u8; 5];
+                let _ = s.read_exact(&mut request).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    for mux in [false, true] {
+        let socks = plane.client_with_mux(mux).await;
+        let mut s = socks_connect(socks, target).await.expect("SOCKS CONNECT");
+        s.write_all(b"hello").await.expect("write");
+        let mut got = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("no end in 10 s (mux {mux})"));
+        assert_eq!(
+            end.ok(),
+            Some(0),
+            "an empty stream, not a reset (mux {mux})"
+        );
+    }
+}
+
 /// A port-forwarded connection whose tunnel the gateway refuses (the
 /// device revoked) is reset: there is no SOCKS reply to say it, and a
 /// normal close looked like a destination that answered nothing.

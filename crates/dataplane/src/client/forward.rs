@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::params::Params;
+use super::silent::{self, Heard, SilentEnd};
 use super::{Io, Shared};
 use crate::sswrites::ShadowWrites;
 use crate::writeblocks::WriteBlocks;
@@ -28,7 +29,8 @@ const FIRST_WRITE_MAX: usize = 16 * 1024 - 512;
 
 /// A Shadowsocks stream to a target through a gateway WebSocket (on a
 /// connection of its own, or a stream of the warm HTTP/2 connection).
-pub(super) type Proxied = ShadowWrites<ProxyClientStream<Box<dyn Io>>>;
+/// An end before the node sent a byte is an empty stream ([`silent`]).
+pub(super) type Proxied = SilentEnd<ShadowWrites<ProxyClientStream<Heard<Box<dyn Io>>>>>;
 
 /// How long opening a tunnel (TCP, TLS and the WebSocket upgrade, or a
 /// stream of the warm connection) may take before the local connection is
@@ -54,10 +56,12 @@ async fn open(
             return Err(e);
         }
     };
-    Ok(ShadowWrites::first_capped(
-        ProxyClientStream::from_stream(s.ctx.clone(), tunnel, &p.config, target),
-        FIRST_WRITE_MAX,
-    ))
+    Ok(silent::around(tunnel, |heard| {
+        ShadowWrites::first_capped(
+            ProxyClientStream::from_stream(s.ctx.clone(), heard, &p.config, target),
+            FIRST_WRITE_MAX,
+        )
+    }))
 }
 
 /// Copies both ways until both sides are done. What comes from the

@@ -35,15 +35,17 @@ async fn a_trickled_upload_to_a_destination_reading_in_bursts_arrives_whole_and_
     });
     let cfg = ServerConfig::new(node.addr, PASSWORD, method).expect("cfg");
     let tunnel: Box<dyn Io> = Box::new(TcpStream::connect(node.addr).await.expect("connect"));
-    let mut proxied = ShadowWrites::first_capped(
-        ProxyClientStream::from_stream(
-            Context::new_shared(ServerType::Local),
-            tunnel,
-            &cfg,
-            Address::SocketAddress(target),
-        ),
-        FIRST_WRITE_MAX,
-    );
+    let mut proxied = super::silent::around(tunnel, |heard| {
+        ShadowWrites::first_capped(
+            ProxyClientStream::from_stream(
+                Context::new_shared(ServerType::Local),
+                heard,
+                &cfg,
+                Address::SocketAddress(target),
+            ),
+            FIRST_WRITE_MAX,
+        )
+    });
     let (mut app, mut local) = pair().await;
     let piped = tokio::spawn(async move { pipe(&mut local, &mut proxied).await });
     let sent = pattern(2 << 20);

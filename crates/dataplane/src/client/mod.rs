@@ -34,6 +34,7 @@ mod forward;
 mod h2io;
 mod mux;
 mod params;
+mod silent;
 mod socks;
 mod udp;
 mod warm;
