@@ -1286,6 +1286,17 @@ async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
     .await
     .expect("send");
     closes_with(&mut ws, 1002).await;
+    // The legacy protocol: a message of no type it knows closes 1002, with
+    // the engine's reason cut to a Close frame's 123 bytes (its 161 made
+    // clients fail the connection instead of reading the code).
+    let mut ws = ws_connect(&server.base, "graphql-ws").await;
+    for m in [json!({"type": "connection_init"}), json!({"type": "nope"})] {
+        ws.send(Message::Text(m.to_string().into()))
+            .await
+            .expect("send");
+    }
+    assert_eq!(ws_next(&mut ws).await["type"], "connection_ack");
+    closes_with(&mut ws, 1002).await;
     // The legacy protocol: a payload that is no object is refused with
     // connection_error, not acknowledged as anonymous.
     let mut ws = ws_connect(&server.base, "graphql-ws").await;

@@ -146,9 +146,25 @@ fn out_of_protocol(kind: &str, initialised: bool, readable: bool) -> Option<(u16
 
 /// The close that ends a socket whose credential no longer stands.
 fn forbidden() -> Message {
+    close(4403, "Forbidden")
+}
+
+/// Longest Close reason: a control frame's payload is at most 125 bytes
+/// (RFC 6455 5.5), two of them the code.
+const MAX_REASON: usize = 123;
+
+/// A Close of `code` with `reason` cut to [`MAX_REASON`] bytes (at a
+/// character's edge). The engine's reasons quote what the client sent
+/// (the legacy protocol's unknown message type drew a 161-byte reason,
+/// which clients refuse as a protocol error and never read).
+fn close(code: u16, reason: &str) -> Message {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     Message::Close(Some(CloseFrame {
-        code: 4403,
-        reason: "Forbidden".into(),
+        code,
+        reason: reason[..end].into(),
     }))
 }
 
@@ -248,11 +264,11 @@ pub async fn serve(
                 }
             }
             () = &mut idle, if acked && active.is_empty() => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle: no operation running".into() }))).await;
+                let _ = sink.send(close(1000, "idle: no operation running")).await;
                 break;
             }
             () = &mut deadline, if !initialised => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() }))).await;
+                let _ = sink.send(close(4408, "Connection initialisation timeout")).await;
                 break;
             }
             msg = source.next(), if waiting.is_none() => {
@@ -263,13 +279,13 @@ pub async fn serve(
                     // A text frame that is not UTF-8 gets the close RFC 6455
                     // names for it (1007) rather than a dropped connection.
                     Some(Err(e)) if e.to_string().contains("UTF-8") => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1007, reason: "text frames must be UTF-8".into() }))).await;
+                        let _ = sink.send(close(1007, "text frames must be UTF-8")).await;
                         break;
                     }
                     // A message over the limit HTTP puts on bodies: the
                     // close RFC 6455 names for it (1009), as HTTP's 413.
                     Some(Err(e)) if e.to_string().contains("Message too long") => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1009, reason: "messages are limited to 64 KiB".into() }))).await;
+                        let _ = sink.send(close(1009, "messages are limited to 64 KiB")).await;
                         break;
                     }
                     _ => break,
@@ -287,7 +303,7 @@ pub async fn serve(
                         payload_ok && serde_json::from_slice::<async_graphql::http::ClientMessage>(&bytes).is_ok(),
                     )
                 {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    let _ = sink.send(close(code, reason)).await;
                     break;
                 }
                 // The legacy protocol: a `start` before `connection_init`
@@ -297,7 +313,7 @@ pub async fn serve(
                     && kind == "start"
                     && !initialised
                 {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1002, reason: "start before connection_init".into() }))).await;
+                    let _ = sink.send(close(1002, "start before connection_init")).await;
                     break;
                 }
                 let id = parsed.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
@@ -313,7 +329,7 @@ pub async fn serve(
                             if !acked {
                                 // Bounded as the operations it refuses are.
                                 if held.len() >= MAX_SUBSCRIPTIONS {
-                                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "too many refused operations before connection_ack".into() }))).await;
+                                    let _ = sink.send(close(1008, "too many refused operations before connection_ack")).await;
                                     break;
                                 }
                                 held.push(text);
@@ -323,7 +339,7 @@ pub async fn serve(
                             continue;
                         }
                         Admission::Close(code, reason) => {
-                            let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                            let _ = sink.send(close(code, &reason)).await;
                             break;
                         }
                     },
@@ -374,16 +390,16 @@ pub async fn serve(
                     }
                     // graphql-transport-ws: a refused connection_init closes 4403.
                     Some(WsMessage::Close(1002, _)) if !acked && protocol == WebSocketProtocols::GraphQLWS => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 4403, reason: "Forbidden".into() }))).await;
+                        let _ = sink.send(close(4403, "Forbidden")).await;
                         break;
                     }
                     // graphql-transport-ws: a message it cannot read closes 4400.
                     Some(WsMessage::Close(1002, reason)) if protocol == WebSocketProtocols::GraphQLWS => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 4400, reason: reason.into() }))).await;
+                        let _ = sink.send(close(4400, &reason)).await;
                         break;
                     }
                     Some(WsMessage::Close(code, reason)) => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                        let _ = sink.send(close(code, &reason)).await;
                         break;
                     }
                     None => break,
