@@ -106,8 +106,13 @@ pub const MAX_TIME: NaiveDateTime = match (
     _ => NaiveDateTime::MAX,
 };
 
-/// Checks a time is one both backends hold (1970-01-01 to 9999-12-31, UTC).
+/// Checks a time is one both backends hold (1970-01-01 to 9999-12-31, UTC),
+/// and gives it as they hold it: in whole microseconds (finer digits are
+/// dropped; 9999-12-31T23:59:59.999999999Z was refused as out of range).
 pub fn time(field: &str, value: NaiveDateTime) -> AppResult<NaiveDateTime> {
+    use chrono::Timelike;
+    let micros = value.nanosecond() / 1_000 * 1_000;
+    let value = value.with_nanosecond(micros).unwrap_or(value);
     if value < MIN_TIME || value > MAX_TIME {
         return Err(AppError::bad(format!(
             "{field} must be between 1970-01-01 and 9999-12-31"
@@ -263,6 +268,14 @@ mod tests {
             .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 500))
             .expect("time");
         assert!(time("to", half_past).is_ok(), "the last second is whole");
+        let last_nano = NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 999_999_999))
+            .expect("time");
+        assert_eq!(
+            time("to", last_nano).ok(),
+            Some(MAX_TIME),
+            "to the microsecond"
+        );
         assert!(time("from", MIN_TIME - chrono::Duration::seconds(1)).is_err());
     }
 }
