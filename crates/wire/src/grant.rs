@@ -54,11 +54,12 @@ pub struct GrantResponse {
     pub valid_ms: i64,
     /// Why nothing more was granted, when that is the case.
     pub reason: Option<Reason>,
-    /// What the subscription's allowance had left beyond this grant when
-    /// it was made (not held by other sessions' grants nor charged):
-    /// while the control plane cannot be asked, the gateway lets the
-    /// session move at most `limit` plus this. Left out for an unlimited
-    /// plan, and by control planes that predate it.
+    /// The session's share of what the subscription's allowance had left
+    /// beyond this grant when it was made (not held by other sessions'
+    /// grants nor charged; all of it for a lone session, a share each
+    /// when several are open): while the control plane cannot be asked,
+    /// the gateway lets the session move at most `limit` plus this. Left
+    /// out for an unlimited plan, and by control planes that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub left: Option<i64>,

@@ -113,13 +113,32 @@ struct AllowanceRow {
     period_start: NaiveDateTime,
     #[diesel(sql_type = Timestamp)]
     expires_at: NaiveDateTime,
+    /// Open sessions through gateways of the owner's devices (what is
+    /// left is theirs to share; see [`grants::left_beyond`]).
+    #[diesel(sql_type = BigInt)]
+    open_sessions: i64,
+}
+
+/// The owner's open sessions through gateways.
+macro_rules! open_sessions {
+    () => {
+        "(SELECT count(*) FROM sessions s JOIN devices d ON d.id = s.device_id \
+         WHERE d.user_id = subscriptions.user_id AND s.ended_at IS NULL \
+         AND s.gateway_node_id IS NOT NULL) AS open_sessions"
+    };
 }
 
 const LOCK_SUBSCRIPTION: Statement = Statement {
-    pg: "SELECT traffic_limit_bytes, traffic_used_bytes, period_start, expires_at \
-         FROM subscriptions WHERE id = $1 FOR UPDATE",
-    sqlite: "SELECT traffic_limit_bytes, traffic_used_bytes, period_start, expires_at \
-             FROM subscriptions WHERE id = ?1",
+    pg: concat!(
+        "SELECT traffic_limit_bytes, traffic_used_bytes, period_start, expires_at, ",
+        open_sessions!(),
+        " FROM subscriptions WHERE id = $1 FOR UPDATE"
+    ),
+    sqlite: concat!(
+        "SELECT traffic_limit_bytes, traffic_used_bytes, period_start, expires_at, ",
+        open_sessions!(),
+        " FROM subscriptions WHERE id = ?1"
+    ),
 };
 
 /// What the live grants of other sessions of a subscription hold back.
@@ -377,7 +396,7 @@ async fn sized(
                 0
             },
             reason: (limit <= req.used).then_some(Reason::QuotaExceeded),
-            left: Some(grants::left_beyond(ask, granted)),
+            left: Some(grants::left_beyond(ask, granted, a.open_sessions)),
             ended: false,
         })
     })
