@@ -1837,3 +1837,111 @@ async fn websocket_complexity_size_and_subscription_cap_on_both_protocols() {
     assert_eq!(r["data"]["__typename"], "Query", "{r}");
     server.stop().await;
 }
+
+/// An explicit `null` on an update's field that cannot be cleared is
+/// refused with `BAD_REQUEST` naming the field, and changes nothing; it
+/// answered success and was taken for a field left out (beside
+/// `trafficLimitBytes`, whose null means unlimited, as it still does).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_null_an_update_cannot_take_is_refused() {
+    let t = TestDb::sqlite().await;
+    let server = TestServer::start(t.dsn.clone(), false).await;
+    let admin = token_for(&server.base, &server.state.db, Role::Admin).await;
+    let q = |query: &'static str| {
+        let (base, admin) = (server.base.clone(), admin.clone());
+        async move { gql(&base, Some(&admin), query, json!({})).await }
+    };
+    let r = q("mutation{createRegion(code:\"eu\",name:\"EU\"){id} createPlan(input:{name:\"p\",priceCents:\"100\",durationDays:30,trafficLimitBytes:\"1000000\",deviceLimit:3}){id} registerOutlineNode(input:{region:\"eu\",name:\"n1\",host:\"10.0.0.5\",port:8388}){node{id}} registerGatewayNode(input:{region:\"eu\",name:\"g1\",publicUrl:\"https://g1.example.com\"}){node{id}}}").await;
+    assert!(r["errors"].is_null(), "{r}");
+    let (plan, node, gw) = (
+        r["data"]["createPlan"]["id"]
+            .as_str()
+            .expect("plan")
+            .to_owned(),
+        r["data"]["registerOutlineNode"]["node"]["id"]
+            .as_str()
+            .expect("node")
+            .to_owned(),
+        r["data"]["registerGatewayNode"]["node"]["id"]
+            .as_str()
+            .expect("gateway")
+            .to_owned(),
+    );
+    let cases = [
+        (
+            format!("updatePlan(id:\"{plan}\",input:{{name:null}}){{id}}"),
+            "name",
+        ),
+        (
+            format!("updatePlan(id:\"{plan}\",input:{{priceCents:null}}){{id}}"),
+            "priceCents",
+        ),
+        (
+            format!("updatePlan(id:\"{plan}\",input:{{name:\"q\",deviceLimit:null}}){{id}}"),
+            "deviceLimit",
+        ),
+        (
+            format!("updateOutlineNode(id:\"{node}\",input:{{host:null}}){{id}}"),
+            "host",
+        ),
+        (
+            format!("updateOutlineNode(id:\"{node}\",input:{{capacity:null}}){{id}}"),
+            "capacity",
+        ),
+        (
+            format!("updateGatewayNode(id:\"{gw}\",input:{{publicUrl:null}}){{id}}"),
+            "publicUrl",
+        ),
+        (
+            "updateSettings(input:{signUpEnabled:null}){signUpEnabled}".to_owned(),
+            "signUpEnabled",
+        ),
+    ];
+    for (mutation, field) in cases {
+        let r = gql(
+            &server.base,
+            Some(&admin),
+            &format!("mutation{{{mutation}}}"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            r["errors"][0]["extensions"]["code"], "BAD_REQUEST",
+            "{mutation}: {r}"
+        );
+        let message = r["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("{field} cannot be null")),
+            "{mutation}: {r}"
+        );
+    }
+    // Nothing changed (the plan's name was not changed by the refused
+    // update that also named it).
+    let r = q("{plans{edges{node{name priceCents deviceLimit}}} outlineNodes{edges{node{host capacity}}} gatewayNodes{edges{node{publicUrl}}}}").await;
+    assert_eq!(r["data"]["plans"]["edges"][0]["node"]["name"], "p", "{r}");
+    assert_eq!(
+        r["data"]["plans"]["edges"][0]["node"]["deviceLimit"], 3,
+        "{r}"
+    );
+    assert_eq!(
+        r["data"]["outlineNodes"]["edges"][0]["node"]["host"], "10.0.0.5",
+        "{r}"
+    );
+    assert_eq!(
+        r["data"]["gatewayNodes"]["edges"][0]["node"]["publicUrl"], "https://g1.example.com",
+        "{r}"
+    );
+    // A null allowance still means unlimited.
+    let r = gql(
+        &server.base,
+        Some(&admin),
+        &format!("mutation{{updatePlan(id:\"{plan}\",input:{{trafficLimitBytes:null}}){{trafficLimitBytes}}}}"),
+        json!({}),
+    )
+    .await;
+    assert!(
+        r["data"]["updatePlan"]["trafficLimitBytes"].is_null(),
+        "{r}"
+    );
+    assert!(r["errors"].is_null(), "{r}");
+}

@@ -1,9 +1,10 @@
 //! Plans and regions over GraphQL.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, InputObject, Object, SimpleObject};
+use async_graphql::{Context, InputObject, MaybeUndefined, Object, SimpleObject};
 use uuid::Uuid;
 
+use super::inputs::kept;
 use super::scalars::BigInt;
 use super::{AdminOnly, AppContext, GqlResultExt, SignedIn, actor, connection};
 use crate::catalogue::{self, NewPlan, PlanChanges, ResetPeriod};
@@ -100,19 +101,20 @@ pub struct CreatePlanInput {
     pub reset_period: ResetPeriod,
 }
 
-/// Changes to a plan; omitted fields stay as they are.
+/// Changes to a plan; omitted fields stay as they are (null is refused,
+/// but for `trafficLimitBytes`).
 #[derive(InputObject, Default)]
 pub struct UpdatePlanInput {
     /// New name.
-    pub name: Option<String>,
+    pub name: MaybeUndefined<String>,
     /// New price in cents.
-    pub price_cents: Option<BigInt>,
+    pub price_cents: MaybeUndefined<BigInt>,
     /// New duration in days.
-    pub duration_days: Option<i32>,
+    pub duration_days: MaybeUndefined<i32>,
     /// New allowance in bytes (explicit null makes it unlimited).
-    pub traffic_limit_bytes: async_graphql::MaybeUndefined<BigInt>,
+    pub traffic_limit_bytes: MaybeUndefined<BigInt>,
     /// New device limit.
-    pub device_limit: Option<i32>,
+    pub device_limit: MaybeUndefined<i32>,
 }
 
 /// Catalogue queries.
@@ -203,15 +205,15 @@ impl CatalogueMutation {
     ) -> async_graphql::Result<Plan> {
         let api = ctx.data::<AppContext>()?;
         let changes = PlanChanges {
-            name: input.name,
-            price_cents: input.price_cents.map(|b| b.0),
-            duration_days: input.duration_days,
+            name: kept("name", input.name)?,
+            price_cents: kept("priceCents", input.price_cents)?.map(|b| b.0),
+            duration_days: kept("durationDays", input.duration_days)?,
             traffic_limit_bytes: match input.traffic_limit_bytes {
-                async_graphql::MaybeUndefined::Undefined => None,
-                async_graphql::MaybeUndefined::Null => Some(None),
-                async_graphql::MaybeUndefined::Value(v) => Some(Some(v.0)),
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(v) => Some(Some(v.0)),
             },
-            device_limit: input.device_limit,
+            device_limit: kept("deviceLimit", input.device_limit)?,
         };
         catalogue::update_plan(&api.db, &actor(ctx)?, id.into(), changes)
             .await

@@ -96,3 +96,20 @@ pub fn check_value(value: &Value) -> Result<(), String> {
         _ => Ok(()),
     }
 }
+/// A field an update may change but not clear: left out, it stays as it
+/// is; given, it changes; an explicit `null` is refused (`BAD_REQUEST`):
+/// it read as left out, so a client could not tell that its null was
+/// dropped (beside `trafficLimitBytes`, whose null means unlimited).
+pub fn kept<T>(
+    field: &str,
+    value: async_graphql::MaybeUndefined<T>,
+) -> async_graphql::Result<Option<T>> {
+    match value {
+        async_graphql::MaybeUndefined::Undefined => Ok(None),
+        async_graphql::MaybeUndefined::Value(v) => Ok(Some(v)),
+        async_graphql::MaybeUndefined::Null => Err(crate::error::AppError::bad(format!(
+            "{field} cannot be null: leave it out to keep it as it is"
+        ))
+        .into_graphql()),
+    }
+}

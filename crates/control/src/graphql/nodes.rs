@@ -3,10 +3,13 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject, Union};
+use async_graphql::{
+    ComplexObject, Context, InputObject, MaybeUndefined, Object, SimpleObject, Union,
+};
 use uuid::Uuid;
 
 use super::catalogue::Region;
+use super::inputs::kept;
 use super::loaders::{DbLoader, loader_error};
 use super::scalars::BigInt;
 use super::{AdminOnly, AppContext, GqlResultExt, actor, connection};
@@ -238,29 +241,31 @@ pub struct RegisterGatewayNodeInput {
     pub enrollment_ttl_hours: Option<i32>,
 }
 
-/// Changes to an Outline node; an omitted field stays as it is.
+/// Changes to an Outline node; an omitted field stays as it is (null is
+/// refused).
 #[derive(InputObject, Default)]
 pub struct UpdateOutlineNodeInput {
     /// New unique name.
-    pub name: Option<String>,
+    pub name: MaybeUndefined<String>,
     /// New address gateways reach it at (new tunnels go there; open ones
     /// keep their connection). A host and port another node of its region
     /// has are refused: CONFLICT.
-    pub host: Option<String>,
+    pub host: MaybeUndefined<String>,
     /// New port (1-65535).
-    pub port: Option<i32>,
+    pub port: MaybeUndefined<i32>,
     /// New capacity: most concurrent client connections (1-10000000).
-    pub capacity: Option<i32>,
+    pub capacity: MaybeUndefined<i32>,
 }
 
-/// Changes to a gateway; an omitted field stays as it is.
+/// Changes to a gateway; an omitted field stays as it is (null is
+/// refused).
 #[derive(InputObject, Default)]
 pub struct UpdateGatewayNodeInput {
     /// New unique name.
-    pub name: Option<String>,
+    pub name: MaybeUndefined<String>,
     /// New URL clients connect to (the links handed out from now on; the
     /// gateway's own GATEWAY_PUBLIC_URL is set on its host).
-    pub public_url: Option<String>,
+    pub public_url: MaybeUndefined<String>,
 }
 
 /// Filters on node lists.
@@ -410,10 +415,10 @@ impl NodeMutation {
     ) -> async_graphql::Result<OutlineNode> {
         let api = ctx.data::<AppContext>()?;
         let changes = nodes::OutlineChanges {
-            name: input.name,
-            host: input.host,
-            port: input.port,
-            capacity: input.capacity,
+            name: kept("name", input.name)?,
+            host: kept("host", input.host)?,
+            port: kept("port", input.port)?,
+            capacity: kept("capacity", input.capacity)?,
         };
         let node = nodes::update_outline(&api.db, &actor(ctx)?, id.into(), changes)
             .await
@@ -434,8 +439,8 @@ impl NodeMutation {
     ) -> async_graphql::Result<GatewayNode> {
         let api = ctx.data::<AppContext>()?;
         let changes = nodes::GatewayChanges {
-            name: input.name,
-            public_url: input.public_url,
+            name: kept("name", input.name)?,
+            public_url: kept("publicUrl", input.public_url)?,
         };
         let configured = api.gateway_url.as_deref();
         let node = nodes::update_gateway(&api.db, &actor(ctx)?, id.into(), changes, configured)

@@ -1,7 +1,8 @@
 //! Run-time settings: read by anyone, changed by admins.
 
-use async_graphql::{Context, InputObject, Object, SimpleObject};
+use async_graphql::{Context, InputObject, MaybeUndefined, Object, SimpleObject};
 
+use super::inputs::kept;
 use super::{AdminOnly, AppContext, GqlResultExt, actor};
 use crate::site_settings::{self, SettingsChanges, SiteSettings};
 
@@ -21,11 +22,12 @@ impl From<SiteSettings> for SettingsObject {
     }
 }
 
-/// Changes to the settings; omitted fields stay as they are.
+/// Changes to the settings; omitted fields stay as they are (null is
+/// refused).
 #[derive(InputObject, Debug, Clone, Copy)]
 pub struct UpdateSettingsInput {
     /// Open or close self-service sign-up.
-    pub sign_up_enabled: Option<bool>,
+    pub sign_up_enabled: MaybeUndefined<bool>,
 }
 
 /// Settings queries.
@@ -59,7 +61,7 @@ impl SettingsMutation {
     ) -> async_graphql::Result<SettingsObject> {
         let api = ctx.data::<AppContext>()?;
         let changes = SettingsChanges {
-            sign_up_enabled: input.sign_up_enabled,
+            sign_up_enabled: kept("signUpEnabled", input.sign_up_enabled)?,
         };
         site_settings::update(&api.db, &actor(ctx)?, changes)
             .await
