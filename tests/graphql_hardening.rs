@@ -318,16 +318,26 @@ async fn limits_transport_rules_and_masking() {
         res.json::<Value>().await.expect("json")["data"]["__typename"],
         "Query"
     );
-    // Introspection and suggestions are off outside debug mode.
-    let r = gql(&server.base, None, "{__schema{types{name}}}", json!({})).await;
-    assert!(
-        r["errors"].is_array() || r["data"]["__schema"].is_null(),
-        "introspection must be off: {r}"
-    );
-    assert!(
-        !r.to_string().contains("\"Device\""),
-        "introspection must be off: {r}"
-    );
+    // Introspection and suggestions are off outside debug mode, and a
+    // query that asks for it is told so (FORBIDDEN), through fragments
+    // too: it was answered `null` for a non-null field, with no error.
+    for query in [
+        "{__schema{types{name}}}",
+        "{__type(name:\"Device\"){name}}",
+        "query{...on Query{__schema{queryType{name}}}}",
+        "query{...f} fragment f on Query{__type(name:\"Query\"){name}}",
+    ] {
+        let r = gql(&server.base, None, query, json!({})).await;
+        assert_eq!(code(&r), Some("FORBIDDEN"), "{query}: {r}");
+        assert_eq!(
+            r["errors"][0]["message"], "introspection is disabled on this server",
+            "{r}"
+        );
+        assert!(
+            !r.to_string().contains("\"Device\""),
+            "introspection must be off: {r}"
+        );
+    }
     let r = gql(&server.base, None, "{mee{id}}", json!({})).await;
     assert!(
         !r.to_string().contains("Did you mean"),

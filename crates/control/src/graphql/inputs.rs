@@ -13,16 +13,24 @@ use async_graphql::{ErrorExtensionValues, ServerError, ServerResult, Value, Vari
 
 use crate::validate;
 
-/// The extension factory installed on the schema.
-pub struct InputCheck;
+/// The extension factory installed on the schema; `introspection`:
+/// whether the schema answers `__schema` and `__type` (debug mode).
+pub struct InputCheck {
+    /// The schema answers introspection.
+    pub introspection: bool,
+}
 
 impl ExtensionFactory for InputCheck {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(InputCheckExtension)
+        Arc::new(InputCheckExtension {
+            introspection: self.introspection,
+        })
     }
 }
 
-struct InputCheckExtension;
+struct InputCheckExtension {
+    introspection: bool,
+}
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for InputCheckExtension {
@@ -48,14 +56,45 @@ impl Extension for InputCheckExtension {
         for frag in doc.fragments.values() {
             check_set(&frag.node.selection_set.node)?;
         }
+        if !self.introspection {
+            for (_, op) in doc.operations.iter() {
+                if introspects(&doc, &op.node.selection_set.node, 0) {
+                    // The engine would answer `null` for a non-null field,
+                    // with no error to say why.
+                    return Err(coded(
+                        "introspection is disabled on this server".into(),
+                        "FORBIDDEN",
+                    ));
+                }
+            }
+        }
         Ok(doc)
     }
 }
 
+/// Whether the root selection `set` of an operation of `doc` asks for
+/// `__schema` or `__type` (through fragments too, to a bounded depth:
+/// the document's own checks refuse cycles).
+fn introspects(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> bool {
+    depth < 16
+        && set.items.iter().any(|item| match &item.node {
+            Selection::Field(f) => matches!(f.node.name.node.as_str(), "__schema" | "__type"),
+            Selection::InlineFragment(i) => introspects(doc, &i.node.selection_set.node, depth + 1),
+            Selection::FragmentSpread(s) => doc
+                .fragments
+                .get(&s.node.fragment_name.node)
+                .is_some_and(|f| introspects(doc, &f.node.selection_set.node, depth + 1)),
+        })
+}
+
 fn bad(message: String) -> ServerError {
+    coded(message, "BAD_REQUEST")
+}
+
+fn coded(message: String, code: &str) -> ServerError {
     let mut err = ServerError::new(message, None);
     let mut ext = ErrorExtensionValues::default();
-    ext.set("code", "BAD_REQUEST");
+    ext.set("code", code);
     err.extensions = Some(ext);
     err
 }

@@ -73,7 +73,9 @@ pub fn build_schema(api: AppContext, debug: bool) -> ApiSchema {
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
         .limit_directives(8)
-        .extension(inputs::InputCheck);
+        .extension(inputs::InputCheck {
+            introspection: debug,
+        });
     if !debug {
         builder = builder.disable_introspection().disable_suggestions();
     }
