@@ -182,6 +182,82 @@ async fn rotating_a_token_closes_old_tunnels_on_every_gateway_within_5_seconds()
     }
 }
 
+/// A destination that, once spoken to, sends as fast as it can; when
+/// each of its connections ended (its writes failed).
+async fn flood() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let ended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ended.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if s.read_exact(&mut first).await.is_ok() {
+                    let chunk = vec![0u8; 64 * 1024];
+                    while s.write_all(&chunk).await.is_ok() {}
+                }
+                seen.lock().expect("ended").push(Instant::now());
+            });
+        }
+    });
+    (addr, ended)
+}
+
+/// Revoking a device whose tunnels' clients read nothing (their queues
+/// full, the node's connections and the destinations' waiting) ends the
+/// destinations' connections within 5 s: the gateway drops a tunnel's
+/// node connection when the tunnel closes. It waited for the frames
+/// queued ahead of the Close and for the client's answer, 3 s each: a
+/// slow reader's destination was read from for 6 s after a revocation.
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the closing times are reported for the record"
+)]
+async fn revoking_a_device_ends_its_destinations_within_5_seconds_whoever_reads_slowly() {
+    use tokio::io::AsyncWriteExt;
+    let plane = Plane::start_with(1, production).await;
+    let key = plane.cipher().await;
+    let (target, ended) = flood().await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let w = ws_at(&plane, plane.gateway_addr, &plane.device_token, None)
+            .await
+            .expect("tunnel");
+        let mut s = ss_over(w, &key, target);
+        s.write_all(b"go").await.expect("write");
+        s.flush().await.expect("flush");
+        // Never read: the gateway's queue, the sockets and the node's
+        // connection fill up.
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(ended.lock().expect("ended").is_empty(), "both still open");
+    let revoked = Instant::now();
+    plane
+        .gql(
+            "mutation($d:UUID!){revokeDevice(id:$d){status}}",
+            json!({"d": plane.device_id}),
+        )
+        .await;
+    let limit = Duration::from_secs(5);
+    while ended.lock().expect("ended").len() < 2 && revoked.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended: Vec<Duration> = ended
+        .lock()
+        .expect("ended")
+        .iter()
+        .map(|t| t.saturating_duration_since(revoked))
+        .collect();
+    eprintln!("destinations' connections ended after {ended:?}");
+    assert_eq!(ended.len(), 2, "ended within {limit:?}: {ended:?}");
+    drop(held);
+}
+
 /// The open sessions: each one's id and its gateway's public URL.
 async fn open_sessions(plane: &Plane) -> Vec<(String, String)> {
     let r = plane

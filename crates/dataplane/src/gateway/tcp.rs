@@ -74,6 +74,17 @@ const _: () = assert!(READ_CHUNK < 1 << 16, "a 4-byte frame header");
 /// gateway broke the protocol and answered with a Close of their own.)
 const NODE_FAILED: u16 = 1011;
 
+/// Makes a tunnel's node connection end with a reset once its halves are
+/// dropped, as its tunnel is cut (revoked, closed by an admin, past its
+/// allowance, the gateway going away): the node drops its connection to
+/// the destination at once. The cut used to wait, node connection open,
+/// for the frames queued ahead of the Close and for the client's answer
+/// (3 s each): a client that read slowly kept the destination's
+/// connection, and the node reading from it, up to 6 s after a revocation.
+fn cut_node(node: &tokio::net::tcp::OwnedReadHalf) {
+    let _ = socket2::SockRef::from(node.as_ref()).set_linger(Some(Duration::ZERO));
+}
+
 /// How the node-to-client half of a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -83,8 +94,12 @@ enum End {
     /// its destination's reset): the client hears an abnormal close, so
     /// what it got is not taken for the whole stream.
     NodeFailed,
-    /// The control plane, the idle timer or the drain closed it.
+    /// The idle timer closed it.
     Cancelled,
+    /// The control plane, the allowance or the drain cut it: the node
+    /// connection is dropped at once (see [`cut_node`]), and this Close
+    /// follows what is queued.
+    Cut(u16, &'static [u8]),
     /// The client side went away.
     ClientGone,
 }
@@ -163,6 +178,8 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
             }
         }
     });
+    // A cut stops the upstream half at once (its node writer goes with it).
+    let up_abort = upstream.abort_handle();
     // Made once and polled by every turn of the loop below: one
     // registration per tunnel, not one per frame.
     let closed = closed_signal(session.closed());
@@ -202,8 +219,9 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     // Nothing read past the grant.
                     if !gw.room(&down_id, &down_session).await {
                         let why = down_session.grant.denied().unwrap_or(Reason::QuotaExceeded);
-                        tunnel::queue_last(&out, &down_progress, Frame::close(1008, why.as_str().as_bytes())).await;
-                        return End::Cancelled;
+                        cut_node(&node_r);
+                        up_abort.abort();
+                        return End::Cut(1008, why.as_str().as_bytes());
                     }
                     let room = down_session.grant.room(down_session.used(), clock_ms());
                     let chunk = usize::try_from(room).unwrap_or(READ_CHUNK).clamp(1, READ_CHUNK);
@@ -228,8 +246,9 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                             let fits = usize::try_from(fits).unwrap_or(0).min(n);
                             if fits == 0 {
                                 let why = down_session.grant.denied().unwrap_or(Reason::QuotaExceeded);
-                                tunnel::queue_last(&out, &down_progress, Frame::close(1008, why.as_str().as_bytes())).await;
-                                return End::Cancelled;
+                                cut_node(&node_r);
+                                up_abort.abort();
+                                return End::Cut(1008, why.as_str().as_bytes());
                             }
                             buf.truncate(fits);
                             match out.try_send(Frame::binary(Payload::Owned(buf))) {
@@ -260,8 +279,9 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     }
                 }
                 (code, reason) = &mut closed => {
-                    tunnel::queue_last(&out, &down_progress, Frame::close(code, reason)).await;
-                    return End::Cancelled;
+                    cut_node(&node_r);
+                    up_abort.abort();
+                    return End::Cut(code, reason);
                 }
             }
         }
@@ -301,6 +321,11 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     // Behind what was read before the failure.
                     tunnel::queue_last(&closer, &progress, Frame::close(NODE_FAILED, b"node connection failed")).await;
                     let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
+                } else if let End::Cut(code, reason) = end {
+                    // The node connection went with the downstream half,
+                    // the upstream half is stopped: the client gets what
+                    // was queued, then the Close.
+                    tunnel::queue_last(&closer, &progress, Frame::close(code, reason)).await;
                 } else if end == End::Cancelled {
                     let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                 }
@@ -315,6 +340,9 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                         }
                         End::NodeFailed => {
                             tunnel::queue_last(&closer, &progress, Frame::close(NODE_FAILED, b"node connection failed")).await;
+                        }
+                        End::Cut(code, reason) => {
+                            tunnel::queue_last(&closer, &progress, Frame::close(code, reason)).await;
                         }
                         End::Cancelled | End::ClientGone => {}
                     }
