@@ -1619,17 +1619,46 @@ async fn a_destination_that_answers_nothing_ends_the_stream_normally() {
         }
     });
     for mux in [false, true] {
-        let socks = plane.client_with_mux(mux).await;
-        let mut s = socks_connect(socks, target).await.expect("SOCKS CONNECT");
-        s.write_all(b"hello").await.expect("write");
-        let mut got = Vec::new();
-        let end = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
-            .await
-            .unwrap_or_else(|_| panic!("no end in 10 s (mux {mux})"));
+        let end = hello_to(&plane, target, mux).await;
         assert_eq!(
             end.ok(),
             Some(0),
             "an empty stream, not a reset (mux {mux})"
+        );
+    }
+}
+
+/// Sends "hello" to `target` through our client (with `--mux` when
+/// `mux`) and reads to the end: the bytes read, or the error it ended with.
+async fn hello_to(plane: &Plane, target: SocketAddr, mux: bool) -> std::io::Result<usize> {
+    let socks = plane.client_with_mux(mux).await;
+    let mut s = socks_connect(socks, target).await.expect("SOCKS CONNECT");
+    s.write_all(b"hello").await.expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("no end in 10 s (mux {mux})"))
+}
+
+/// A destination that refuses the connection (a closed port) reaches the
+/// application as a reset, with and without `--mux`: the node resets its
+/// connection from the gateway (it closed it, as a stock ssserver does,
+/// and the application saw an empty reply).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_refuses_the_connection_is_a_reset() {
+    let plane = Plane::start(1).await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = closed.local_addr().expect("addr");
+    drop(closed);
+    for mux in [false, true] {
+        let end = hello_to(&plane, target, mux).await;
+        let e = end.expect_err(&format!("a reset, not an empty reply (mux {mux})"));
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "mux {mux}: {e}"
         );
     }
 }

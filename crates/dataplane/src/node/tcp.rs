@@ -18,8 +18,10 @@
 //! complete within the timeout, or cut by EOF, closes the connection; a
 //! header that fails authentication (garbage, a wrong key) gets no answer
 //! and the connection is read and discarded until the client closes it, so
-//! probing cannot tell the node from any other server; a refused or
-//! unreachable destination closes it. A connection that moves no byte
+//! probing cannot tell the node from any other server. A destination
+//! refused by the rules, refusing or unreachable resets the connection (a
+//! stock `ssserver` closes it: through the gateway an application saw an
+//! empty reply, where a reset says the connection failed). A connection that moves no byte
 //! either way for the idle limit is closed with its destination's.
 
 use std::io;
@@ -44,6 +46,9 @@ use super::witness::{Counted, Moved, Witness};
 use crate::readahead::ReadAhead;
 use crate::sswrites::ShadowWrites;
 use crate::writeblocks::WriteBlocks;
+
+/// A client's connection as the relay reads it.
+type ClientStream = ProxyServerStream<WriteBlocks<Counted>>;
 
 /// The most a copy reads at once, either way: one Shadowsocks AEAD chunk's
 /// payload (what shadowsocks' own copy reads).
@@ -147,10 +152,23 @@ impl TcpRelay {
                 return;
             }
         };
+        // A destination the node may not or cannot reach resets the
+        // client's connection: the failure reaches the application as one,
+        // not as an empty reply (the client of an authenticated tunnel
+        // learns nothing it did not ask for).
+        let unreached = |stream: &ClientStream| {
+            let _ = stream
+                .get_ref()
+                .get_ref()
+                .get_ref()
+                .get_ref()
+                .set_zero_linger();
+        };
         if let Some(acl) = &self.acl
             && acl.check_outbound_blocked(&self.context, &target).await
         {
             tracing::debug!(%peer, "destination refused");
+            unreached(&stream);
             return;
         }
         let connect =
@@ -159,10 +177,12 @@ impl TcpRelay {
             Ok(Ok(remote)) => WriteBlocks::new(ReadAhead::new(remote)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "destination unreachable");
+                unreached(&stream);
                 return;
             }
             Err(_) => {
                 tracing::debug!(%peer, "destination timed out");
+                unreached(&stream);
                 return;
             }
         };
