@@ -258,6 +258,76 @@ async fn revoking_a_device_ends_its_destinations_within_5_seconds_whoever_reads_
     drop(held);
 }
 
+/// A client that reads slowly through a revocation, pinging now and then,
+/// gets what was queued for it and then the Close (1008 "session
+/// closed"), not a reset: the tunnel reads the client's bytes to their
+/// end once it is cut, where it stopped reading them, and the socket's
+/// close with the client's Pings unread turned into a reset that cost the
+/// client the end of its queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_gets_its_close_after_a_revocation() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let plane = Plane::start_with(1, production).await;
+    let key = plane.cipher().await;
+    let (target, _) = flood().await;
+    let w = ws_at(&plane, plane.gateway_addr, &plane.device_token, None)
+        .await
+        .expect("tunnel");
+    // The Shadowsocks request by hand: a stream to `target` and one byte.
+    let (mut ws, request) = {
+        use tokio::io::AsyncWriteExt;
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut s = shadowsocks_service::shadowsocks::ProxyClientStream::from_stream(
+            shadowsocks_service::shadowsocks::context::Context::new_shared(
+                shadowsocks_service::shadowsocks::config::ServerType::Local,
+            ),
+            client,
+            &key,
+            target,
+        );
+        s.write_all(b"go").await.expect("write");
+        s.flush().await.expect("flush");
+        let mut request = vec![0u8; 64 * 1024];
+        let n = tokio::io::AsyncReadExt::read(&mut server, &mut request)
+            .await
+            .expect("request");
+        request.truncate(n);
+        (w, request)
+    };
+    ws.send(Message::Binary(request.into()))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    plane
+        .gql(
+            "mutation($d:UUID!){revokeDevice(id:$d){status}}",
+            json!({"d": plane.device_id}),
+        )
+        .await;
+    // About 400 KB/s, a Ping every 2 s (as WebSocket libraries keep a
+    // connection alive): the queue and the socket buffers take seconds.
+    let t0 = Instant::now();
+    let mut pinged = Instant::now();
+    let close = loop {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no end in 60 s");
+        if pinged.elapsed() > Duration::from_secs(2) {
+            let _ = ws.send(Message::Ping(Vec::new().into())).await;
+            pinged = Instant::now();
+        }
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(150)).await,
+            other => panic!("the stream ended without a Close: {other:?}"),
+        }
+    };
+    let frame = close.expect("a code");
+    assert_eq!(
+        (u16::from(frame.code), frame.reason.as_str()),
+        (1008, "session closed")
+    );
+}
+
 /// The open sessions: each one's id and its gateway's public URL.
 async fn open_sessions(plane: &Plane) -> Vec<(String, String)> {
     let r = plane

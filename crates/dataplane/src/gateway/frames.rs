@@ -114,9 +114,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             .ok()
             .filter(|len| *len <= self.max)
             .ok_or(WebSocketError::FrameTooLarge)?;
-        self.buf.advance(head);
+        // The header stays in the buffer until the payload is in too:
+        // dropped part way (a tunnel cut while it reads), the next read
+        // starts at the same header.
+        let whole = head.checked_add(len).ok_or(WebSocketError::FrameTooLarge)?;
         // The next frame's header may come with the payload.
-        self.fill(len, MAX_HEADER).await?;
+        self.fill(whole, MAX_HEADER).await?;
+        self.buf.advance(head);
         let mut payload = self.buf.split_to(len);
         if let Some(mask) = mask {
             fastwebsockets::unmask(&mut payload, mask);

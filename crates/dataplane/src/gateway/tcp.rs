@@ -126,9 +126,33 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
     let drained = Arc::new(Notify::new());
     let up_drained = drained.clone();
     let (up_gw, up_id) = (gw.clone(), guard.session_id.clone());
+    // A cut (see `End::Cut`) stops the upstream half.
+    let cut_signal = Arc::new(Notify::new());
+    let up_cut = cut_signal.clone();
     let mut upstream = tokio::spawn(async move {
         loop {
-            let Some(frame) = rx.next(&up_out, &up_progress).await else {
+            let next = tokio::select! {
+                biased;
+                () = up_cut.notified() => None,
+                next = rx.next(&up_out, &up_progress) => Some(next),
+            };
+            let Some(next) = next else {
+                // Cut: the node writer goes (the node connection resets
+                // with it), and the client's frames are read and dropped
+                // until its Close while what was queued for it, and our
+                // Close, go out (the reader starts each frame afresh if a
+                // read was dropped part way). Left unread, a client's
+                // Ping turned the socket's close into a reset, which cost
+                // a slow reader the end of its queue and the Close.
+                drop(node_w);
+                while let Some(frame) = rx.next(&up_out, &up_progress).await {
+                    if frame.opcode == OpCode::Close {
+                        break;
+                    }
+                }
+                return false;
+            };
+            let Some(frame) = next else {
                 return false;
             };
             match frame.opcode {
@@ -178,8 +202,6 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
             }
         }
     });
-    // A cut stops the upstream half at once (its node writer goes with it).
-    let up_abort = upstream.abort_handle();
     // Made once and polled by every turn of the loop below: one
     // registration per tunnel, not one per frame.
     let closed = closed_signal(session.closed());
@@ -220,7 +242,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     if !gw.room(&down_id, &down_session).await {
                         let why = down_session.grant.denied().unwrap_or(Reason::QuotaExceeded);
                         cut_node(&node_r);
-                        up_abort.abort();
+                        cut_signal.notify_one();
                         return End::Cut(1008, why.as_str().as_bytes());
                     }
                     let room = down_session.grant.room(down_session.used(), clock_ms());
@@ -247,7 +269,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                             if fits == 0 {
                                 let why = down_session.grant.denied().unwrap_or(Reason::QuotaExceeded);
                                 cut_node(&node_r);
-                                up_abort.abort();
+                                cut_signal.notify_one();
                                 return End::Cut(1008, why.as_str().as_bytes());
                             }
                             buf.truncate(fits);
@@ -280,7 +302,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                 }
                 (code, reason) = &mut closed => {
                     cut_node(&node_r);
-                    up_abort.abort();
+                    cut_signal.notify_one();
                     return End::Cut(code, reason);
                 }
             }
@@ -288,6 +310,7 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
     };
     // The futures holding the frame senders end with this block, so the
     // writer below sees the channel close as soon as the tunnel is over.
+    let mut cut = false;
     {
         tokio::pin!(downstream);
         tokio::select! {
@@ -323,13 +346,16 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
                     let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                 } else if let End::Cut(code, reason) = end {
                     // The node connection went with the downstream half,
-                    // the upstream half is stopped: the client gets what
-                    // was queued, then the Close.
+                    // the upstream half only reads the client to its end:
+                    // the client gets what was queued, then the Close.
                     tunnel::queue_last(&closer, &progress, Frame::close(code, reason)).await;
+                    cut = true;
                 } else if end == End::Cancelled {
                     let _ = tokio::time::timeout(Duration::from_secs(3), &mut upstream).await;
                 }
-                upstream.abort();
+                if !cut {
+                    upstream.abort();
+                }
             }
             half = &mut upstream => {
                 if matches!(half, Ok(true)) {
@@ -351,10 +377,18 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
         }
     }
     drop(closer);
-    upstream.abort();
+    if !cut {
+        upstream.abort();
+    }
     // As long as the client goes without a frame before it is pinged
     // (30 s by default: a 64 KiB frame at 2 KB/s).
     tunnel::finish_writer(writer, idle_ping).await;
+    if cut {
+        // Its answer to the Close, read before the socket goes, while the
+        // client reads through what the socket still holds for it.
+        let _ = tokio::time::timeout(idle_ping, &mut upstream).await;
+        upstream.abort();
+    }
     drop(guard);
 }
 
