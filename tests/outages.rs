@@ -300,14 +300,16 @@ async fn gateway_health_follows_the_control_plane_link() {
 
 /// A limited plan's tunnels through a database outage move what the
 /// allowance had left when the control plane last answered, then are
-/// closed as over quota: with one device, and with two, whose sessions
-/// share what was left. Provisional slices had no such end (a 30 MB plan
+/// closed as over quota: with one device (to within a mebibyte), and with
+/// three, whose sessions (opened one after another) share what was left
+/// (to within a tenth of the allowance). Provisional slices had no such end (a 30 MB plan
 /// moved 300 MB through a 5 s outage), and then each session was told
 /// the whole of what was left (two devices moved 53 % of the allowance
-/// more).
+/// more), then a share among the sessions open when it answered (three
+/// devices whose sessions opened later, 71 %).
 #[expect(clippy::print_stderr, reason = "the figure is reported for the record")]
 async fn an_outage_does_not_stretch_a_limited_allowance(devices: usize) {
-    const ALLOWANCE: u64 = 40_000_000;
+    const ALLOWANCE: u64 = 60_000_000;
     let plane = Plane::start(1).await;
     plane
         .sql(&format!(
@@ -329,8 +331,9 @@ async fn an_outage_does_not_stretch_a_limited_allowance(devices: usize) {
     let (sink, received) = common::counting_sink().await;
     let through = || AtomicU64::load(&received, Ordering::Relaxed);
     let chunk = vec![7u8; 64 * 1024];
-    // Every device's tunnel open (its session too), then granted more
-    // than once while the database is up.
+    // One device after another: its tunnel opens (its session too) and
+    // is granted more than once while the database is up, before the
+    // next device's session exists.
     let mut tunnels = Vec::new();
     for token in &tokens {
         let w = plane
@@ -340,15 +343,12 @@ async fn an_outage_does_not_stretch_a_limited_allowance(devices: usize) {
         let (r, mut w) = tokio::io::split(ss_over(w, &key, sink));
         // (A Shadowsocks stream's first write must fit one chunk.)
         w.write_all(b"hello").await.expect("write");
-        w.flush().await.expect("flush");
-        tunnels.push((r, w));
-    }
-    for (_, w) in &mut tunnels {
-        let goal = through() + 6_000_000;
+        let goal = through() + 3_000_000;
         while through() < goal {
             w.write_all(&chunk).await.expect("write");
             w.flush().await.expect("flush");
         }
+        tunnels.push((r, w));
     }
     database_reachable(&plane, false).await;
     let mut ends = Vec::new();
@@ -389,8 +389,16 @@ async fn an_outage_does_not_stretch_a_limited_allowance(devices: usize) {
             "closed as over quota: {end:?}"
         );
     }
+    // A lone session stops at the allowance; shares told at different
+    // times can still overlap (each was told its part of what was left
+    // then): within a tenth of the allowance (about 4 % here; 58-71 %
+    // before shares).
+    let bound = match devices {
+        1 => ALLOWANCE + 1024 * 1024,
+        _ => ALLOWANCE + ALLOWANCE / 10,
+    };
     assert!(
-        total <= ALLOWANCE + 1024 * 1024,
+        total <= bound,
         "{total} B through on an allowance of {ALLOWANCE} B ({devices} device(s))"
     );
 }
@@ -401,6 +409,6 @@ async fn an_outage_does_not_stretch_a_limited_allowance_for_one_device() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_outage_does_not_stretch_a_limited_allowance_shared_by_two_devices() {
-    an_outage_does_not_stretch_a_limited_allowance(2).await;
+async fn an_outage_does_not_stretch_a_limited_allowance_shared_by_three_devices() {
+    an_outage_does_not_stretch_a_limited_allowance(3).await;
 }

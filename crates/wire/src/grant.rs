@@ -56,10 +56,11 @@ pub struct GrantResponse {
     pub reason: Option<Reason>,
     /// The session's share of what the subscription's allowance had left
     /// beyond this grant when it was made (not held by other sessions'
-    /// grants nor charged; all of it for a lone session, a share each
-    /// when several are open): while the control plane cannot be asked,
-    /// the gateway lets the session move at most `limit` plus this. Left
-    /// out for an unlimited plan, and by control planes that predate it.
+    /// grants nor charged; all of it for a lone session, part of it each
+    /// when the owner has several devices or sessions): while the
+    /// control plane cannot be asked, the gateway lets the session move at
+    /// most `limit` plus this. Left out for an unlimited plan, and by
+    /// control planes that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub left: Option<i64>,

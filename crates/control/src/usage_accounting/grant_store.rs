@@ -113,30 +113,45 @@ struct AllowanceRow {
     period_start: NaiveDateTime,
     #[diesel(sql_type = Timestamp)]
     expires_at: NaiveDateTime,
-    /// Open sessions through gateways of the owner's devices (what is
-    /// left is theirs to share; see [`grants::left_beyond`]).
+    /// Open sessions through gateways of the owner's devices.
     #[diesel(sql_type = BigInt)]
     open_sessions: i64,
+    /// The owner's devices that may open one.
+    #[diesel(sql_type = BigInt)]
+    devices: i64,
 }
 
-/// The owner's open sessions through gateways.
-macro_rules! open_sessions {
+impl AllowanceRow {
+    /// The sessions that may share what is left (see
+    /// [`grants::left_beyond`]): those open, or one per device that may
+    /// open one, whichever is more (a device whose session opens after
+    /// this answer takes from the same remainder).
+    fn sharers(&self) -> i64 {
+        self.open_sessions.max(self.devices)
+    }
+}
+
+/// The owner's open sessions through gateways, and devices that may
+/// connect.
+macro_rules! sharers {
     () => {
         "(SELECT count(*) FROM sessions s JOIN devices d ON d.id = s.device_id \
          WHERE d.user_id = subscriptions.user_id AND s.ended_at IS NULL \
-         AND s.gateway_node_id IS NOT NULL) AS open_sessions"
+         AND s.gateway_node_id IS NOT NULL) AS open_sessions, \
+         (SELECT count(*) FROM devices d WHERE d.user_id = subscriptions.user_id \
+         AND d.status = 'active' AND NOT d.over_limit) AS devices"
     };
 }
 
 const LOCK_SUBSCRIPTION: Statement = Statement {
     pg: concat!(
         "SELECT traffic_limit_bytes, traffic_used_bytes, period_start, expires_at, ",
-        open_sessions!(),
+        sharers!(),
         " FROM subscriptions WHERE id = $1 FOR UPDATE"
     ),
     sqlite: concat!(
         "SELECT traffic_limit_bytes, traffic_used_bytes, period_start, expires_at, ",
-        open_sessions!(),
+        sharers!(),
         " FROM subscriptions WHERE id = ?1"
     ),
 };
@@ -396,7 +411,7 @@ async fn sized(
                 0
             },
             reason: (limit <= req.used).then_some(Reason::QuotaExceeded),
-            left: Some(grants::left_beyond(ask, granted, a.open_sessions)),
+            left: Some(grants::left_beyond(ask, granted, a.sharers())),
             ended: false,
         })
     })

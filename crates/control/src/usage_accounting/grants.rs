@@ -127,21 +127,25 @@ fn unheld(a: Ask) -> i64 {
 }
 
 /// The session's share of what the allowance has left beyond a grant of
-/// `limit` sized from `a` (never negative), among the `sessions` open on
-/// the subscription (itself included): the most its gateway may let
-/// through past `limit` while it cannot ask for more (an outage). A lone
-/// session is told all of it; several are each told a share, one share
-/// kept back for the grants the others may be given after this answer
-/// (which this one's share does not know of). The whole of it, told to
-/// each, let two devices through an outage with 58 % of the allowance
-/// more; a share each, without the one kept back, still 5 %.
+/// `limit` sized from `a` (never negative), among the `sessions` that may
+/// share it (itself included: those open on the subscription, or one per
+/// device that may connect, whichever is more): the most its gateway may
+/// let through past `limit` while it cannot ask for more (an outage). A
+/// lone session is told all of it; several are each told half a share,
+/// the other half kept back for the grants the others may be given after
+/// this answer (which this one's share does not know of; each takes at
+/// most half of what is left then). The whole of it, told to each, let
+/// two devices through an outage with 58 % of the allowance more; a share
+/// each among the sessions open, 5 % (and three devices whose sessions
+/// opened after the first's answer, 71 %); a share each among the
+/// devices with one kept back, 7 %.
 pub fn left_beyond(a: Ask, limit: i64, sessions: i64) -> i64 {
     let left = unheld(a)
         .saturating_sub(limit.saturating_sub(a.used).max(0))
         .max(0);
     match sessions {
         ..=1 => left,
-        n => left / n.saturating_add(1),
+        n => left / n.saturating_mul(2),
     }
 }
 
@@ -227,7 +231,7 @@ mod tests {
         assert_eq!(left_beyond(over, limit(over), 1), 0);
         // Shared among the subscription's open sessions (none counted:
         // itself).
-        assert_eq!(left_beyond(ask(), limit(ask()), 2), 5 * MIB / 6);
+        assert_eq!(left_beyond(ask(), limit(ask()), 2), 5 * MIB / 8);
         assert_eq!(left_beyond(ask(), limit(ask()), 0), 5 * MIB / 2);
     }
 
