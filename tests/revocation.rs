@@ -258,6 +258,59 @@ async fn revoking_a_device_ends_its_destinations_within_5_seconds_whoever_reads_
     drop(held);
 }
 
+/// Revoking a device whose upload waits for a slow destination (the
+/// node's connection full) ends the tunnel within 5 s: the cut shuts the
+/// node connection's writing half, so the upload waiting on it fails at
+/// once (it held the tunnel, and the node connection, until the deadline
+/// for the client's answer, 30 s after the last frame).
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_device_ends_a_blocked_upload_within_5_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let plane = Plane::start_with(1, production).await;
+    let key = plane.cipher().await;
+    let admin = plane.admin_addr.expect("admin listener");
+    // Takes a kilobyte every 200 ms.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            while matches!(s.read(&mut buf).await, Ok(1..)) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let w = ws_at(&plane, plane.gateway_addr, &plane.device_token, None)
+        .await
+        .expect("tunnel");
+    let mut s = ss_over(w, &key, target);
+    s.write_all(b"go").await.expect("write");
+    s.flush().await.expect("flush");
+    let uploader = tokio::spawn(async move {
+        let chunk = vec![0u8; 16 * 1024];
+        while s.write_all(&chunk).await.is_ok() && s.flush().await.is_ok() {}
+    });
+    // The node's connection and the sockets fill up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let open = || common::metric(admin, "httvps_gateway_open_tunnels");
+    assert_eq!(open().await, 1.0);
+    let revoked = Instant::now();
+    plane
+        .gql(
+            "mutation($d:UUID!){revokeDevice(id:$d){status}}",
+            json!({"d": plane.device_id}),
+        )
+        .await;
+    while open().await > 0.0 {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "the tunnel still open 5 s after the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    uploader.abort();
+}
+
 /// A client that reads slowly through a revocation, pinging now and then,
 /// gets what was queued for it and then the Close (1008 "session
 /// closed"), not a reset: the tunnel reads the client's bytes to their

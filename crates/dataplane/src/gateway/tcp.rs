@@ -77,12 +77,17 @@ const NODE_FAILED: u16 = 1011;
 /// Makes a tunnel's node connection end with a reset once its halves are
 /// dropped, as its tunnel is cut (revoked, closed by an admin, past its
 /// allowance, the gateway going away): the node drops its connection to
-/// the destination at once. The cut used to wait, node connection open,
-/// for the frames queued ahead of the Close and for the client's answer
-/// (3 s each): a client that read slowly kept the destination's
-/// connection, and the node reading from it, up to 6 s after a revocation.
+/// the destination at once. Its writing half is shut too, so an upload
+/// waiting for the node to take it fails at once and lets its half go
+/// (it held the tunnel until the client's answer's deadline). The cut
+/// used to wait, node connection open, for the frames queued ahead of the
+/// Close and for the client's answer (3 s each): a client that read
+/// slowly kept the destination's connection, and the node reading from
+/// it, up to 6 s after a revocation.
 fn cut_node(node: &tokio::net::tcp::OwnedReadHalf) {
-    let _ = socket2::SockRef::from(node.as_ref()).set_linger(Some(Duration::ZERO));
+    let socket = socket2::SockRef::from(node.as_ref());
+    let _ = socket.set_linger(Some(Duration::ZERO));
+    let _ = socket.shutdown(std::net::Shutdown::Write);
 }
 
 /// How the node-to-client half of a tunnel ended.
