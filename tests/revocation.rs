@@ -182,6 +182,16 @@ async fn rotating_a_token_closes_old_tunnels_on_every_gateway_within_5_seconds()
     }
 }
 
+/// Revokes the plane's device.
+async fn revoke(plane: &Plane) {
+    plane
+        .gql(
+            "mutation($d:UUID!){revokeDevice(id:$d){status}}",
+            json!({"d": plane.device_id}),
+        )
+        .await;
+}
+
 /// A destination that, once spoken to, sends as fast as it can; when
 /// each of its connections ended (its writes failed).
 async fn flood() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
@@ -237,12 +247,7 @@ async fn revoking_a_device_ends_its_destinations_within_5_seconds_whoever_reads_
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(ended.lock().expect("ended").is_empty(), "both still open");
     let revoked = Instant::now();
-    plane
-        .gql(
-            "mutation($d:UUID!){revokeDevice(id:$d){status}}",
-            json!({"d": plane.device_id}),
-        )
-        .await;
+    revoke(&plane).await;
     let limit = Duration::from_secs(5);
     while ended.lock().expect("ended").len() < 2 && revoked.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -295,12 +300,7 @@ async fn revoking_a_device_ends_a_blocked_upload_within_5_seconds() {
     let open = || common::metric(admin, "httvps_gateway_open_tunnels");
     assert_eq!(open().await, 1.0);
     let revoked = Instant::now();
-    plane
-        .gql(
-            "mutation($d:UUID!){revokeDevice(id:$d){status}}",
-            json!({"d": plane.device_id}),
-        )
-        .await;
+    revoke(&plane).await;
     while open().await > 0.0 {
         assert!(
             revoked.elapsed() < Duration::from_secs(5),
@@ -352,12 +352,7 @@ async fn a_slow_reader_gets_its_close_after_a_revocation() {
         .await
         .expect("send");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    plane
-        .gql(
-            "mutation($d:UUID!){revokeDevice(id:$d){status}}",
-            json!({"d": plane.device_id}),
-        )
-        .await;
+    revoke(&plane).await;
     // About 400 KB/s, a Ping every 2 s (as WebSocket libraries keep a
     // connection alive): the queue and the socket buffers take seconds.
     let t0 = Instant::now();
