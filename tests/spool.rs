@@ -462,10 +462,12 @@ async fn the_allowance_holds_across_a_gateway_crash(keep_spool: bool) {
     let refused = traffic
         .start_or_refused(port, &plane, &cfg, target, TUNNELS)
         .await;
-    if refused > 0 {
+    if refused == TUNNELS {
         // A loaded machine may see the whole allowance through before the
         // kill: then the device is refused, as it should be, and only for
-        // that reason.
+        // that reason. (Some tunnels may be: for 30 s the restarted
+        // session is held to what its lost count could have let through,
+        // which the first tunnels may spend before the last opens.)
         let used = plane
             .scalar("SELECT traffic_used_bytes AS n FROM subscriptions")
             .await;

@@ -409,6 +409,20 @@ impl Witnessed {
         stream
     }
 
+    /// SIGKILLs the gateway and starts it again on the same port and data
+    /// (its spool kept).
+    async fn restart_gateway(&mut self) {
+        let _ = self.gw.child.start_kill();
+        let _ = self.gw.child.wait().await;
+        self.gw = common::GatewayProc::spawn(
+            &self.plane.server.base,
+            &self.plane.gateway_token,
+            self.dir.path(),
+            self.port,
+        )
+        .await;
+    }
+
     /// Starts `n` full-speed tunnels through the gateway.
     async fn traffic(&self, traffic: &Traffic, n: usize) {
         traffic
@@ -737,6 +751,187 @@ async fn downloads_around_a_gateway_restart_without_its_spool_count_once() {
     assert!(
         (client_down..=client_down + 64 * 1024).contains(&down),
         "recorded {down} down, the client read {client_down}"
+    );
+    w.gw.sigkill().await;
+    w.node.sigkill().await;
+}
+
+/// Uploads through one new tunnel to `to` at full speed until the gateway
+/// cuts it (or refuses it, or 20 s pass); what the tunnel took.
+async fn upload_until_cut(w: &Witnessed, to: SocketAddr) -> u64 {
+    upload_as(w, &w.plane.device_token, to, u64::MAX).await
+}
+
+/// [`upload_until_cut`] as the device of access token `token`, stopping
+/// (and closing) after `cap` bytes.
+async fn upload_as(w: &Witnessed, token: &str, to: SocketAddr, cap: u64) -> u64 {
+    let ctx = SsContext::new_shared(ServerType::Local);
+    let path = format!("/ws/{token}/tcp");
+    let Ok(ws) = common::try_gateway_ws(w.port, &w.cert, &path).await else {
+        return 0;
+    };
+    let io = Counting {
+        inner: WsIo::new(ws),
+        counts: w.counts.clone(),
+    };
+    let mut stream = ProxyClientStream::from_stream(ctx, io, &w.cfg, Address::SocketAddress(to));
+    let chunk = vec![42u8; 8 * 1024];
+    let mut sent = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sent < cap
+        && tokio::time::Instant::now() < until
+        && stream.write_all(&chunk).await.is_ok()
+    {
+        sent += chunk.len() as u64;
+    }
+    let _ = stream.flush().await;
+    sent
+}
+
+/// A gateway SIGKILLed while its session had most of a grant left, and
+/// restarted from its spool. The grant's whole limit is taken as spent
+/// at first (the lost count could have let it all through), which held
+/// the device's last megabytes back for the session's life: a subscriber
+/// refused "allowance used up" with megabytes shown left. Once the node
+/// has told what passed, the rest of the allowance is given, and no more.
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
+async fn after_a_gateway_crash_the_node_gives_back_what_the_lost_grant_held() {
+    const ALLOWANCE: u64 = 24_000_000;
+    const FIRST: usize = 2_000_000;
+    const MIB: u64 = 1024 * 1024;
+    let mut w = Witnessed::start(Some(ALLOWANCE as i64)).await;
+    let (target, received) = common::counting_sink().await;
+    // 2 MB through one tunnel, then idle: the grant asked for holds about
+    // 8 MiB more.
+    let mut first = w.request(target).await;
+    first.write_all(&vec![42u8; FIRST]).await.expect("write");
+    first.flush().await.expect("flush");
+    for _ in 0..100 {
+        if received.load(Ordering::Relaxed) >= FIRST as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Spooled, reported and witnessed.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    drop(first);
+    w.restart_gateway().await;
+    let restarted = tokio::time::Instant::now();
+    // At full speed until cut: held to the lost grant's limit.
+    upload_until_cut(&w, target).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = received.load(Ordering::Relaxed);
+    // Once the doubt is over (30 s), the node's count of what passed
+    // before the crash takes the grant's limit's place.
+    tokio::time::sleep_until(restarted + Duration::from_secs(32)).await;
+    for _ in 0..5 {
+        if upload_until_cut(&w, target).await == 0 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = received.load(Ordering::Relaxed);
+    let charged = w
+        .plane
+        .scalar("SELECT traffic_used_bytes AS n FROM subscriptions")
+        .await;
+    eprintln!(
+        "crash with a grant out: {FIRST} B before it, {held} B through while in doubt, \
+         {total} B in all (charged {charged} B), allowance {ALLOWANCE} B"
+    );
+    assert!(
+        held <= ALLOWANCE + MIB,
+        "{held} B through during the doubt of an allowance of {ALLOWANCE} B"
+    );
+    assert!(
+        total <= ALLOWANCE + MIB,
+        "{total} B through of an allowance of {ALLOWANCE} B"
+    );
+    assert!(
+        total + MIB >= ALLOWANCE,
+        "{total} B through of an allowance of {ALLOWANCE} B: the lost grant still holds the rest"
+    );
+    w.gw.sigkill().await;
+    w.node.sigkill().await;
+}
+
+/// [`upload_as`] by two devices at once; what they took.
+async fn both(w: &Witnessed, tokens: [&str; 2], to: SocketAddr, cap: u64) -> u64 {
+    let (x, y) = tokio::join!(
+        upload_as(w, tokens[0], to, cap),
+        upload_as(w, tokens[1], to, cap)
+    );
+    x + y
+}
+
+/// Two devices of one subscription, their gateway SIGKILLed twice, the
+/// second time while the first crash's bound still held: once the bounds
+/// give way, the two are granted no more than the allowance has left
+/// together. (The count in the ledger's terms fell below what the ledger
+/// had recorded, so each grant held back less than the room it gave, and
+/// each device was granted most of the remainder: 3-7 MiB past a 30 MiB
+/// allowance.) And nothing is counted twice.
+#[tokio::test(flavor = "multi_thread")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the figures are reported for the record"
+)]
+async fn two_devices_through_two_gateway_crashes_stay_within_the_allowance() {
+    const ALLOWANCE: u64 = 30_000_000;
+    const MIB: u64 = 1024 * 1024;
+    let mut w = Witnessed::start(Some(ALLOWANCE as i64)).await;
+    let r = w
+        .plane
+        .gql(
+            "mutation{registerDevice(name:\"phone\",platform:\"android\"){accessToken}}",
+            json!({}),
+        )
+        .await;
+    let second = r["data"]["registerDevice"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let first = w.plane.device_token.clone();
+    let (target, received) = common::counting_sink().await;
+    // Both devices move a few megabytes, then the gateway dies with their
+    // grants out, twice, the second time while the first bound holds.
+    for _ in 0..2 {
+        both(&w, [&first, &second], target, 2_000_000).await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        w.restart_gateway().await;
+    }
+    let restarted = tokio::time::Instant::now();
+    both(&w, [&first, &second], target, u64::MAX).await;
+    tokio::time::sleep_until(restarted + Duration::from_secs(33)).await;
+    for _ in 0..5 {
+        if both(&w, [&first, &second], target, u64::MAX).await == 0 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = received.load(Ordering::Relaxed);
+    let charged = w
+        .plane
+        .scalar("SELECT traffic_used_bytes AS n FROM subscriptions")
+        .await;
+    eprintln!(
+        "two devices, two crashes: {total} B through in all (charged {charged} B), \
+         allowance {ALLOWANCE} B"
+    );
+    assert!(
+        total <= ALLOWANCE + MIB,
+        "{total} B through of an allowance of {ALLOWANCE} B"
+    );
+    // Nothing counted twice: the new counts' first reports (at zero, at
+    // once) came before the node's reports of their bytes had raised the
+    // record their base is taken from (52 MB charged for 30 MB moved).
+    assert!(
+        u64::try_from(charged).expect("charged") <= ALLOWANCE,
+        "{charged} B charged for {total} B through"
     );
     w.gw.sigkill().await;
     w.node.sigkill().await;

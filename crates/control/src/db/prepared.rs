@@ -33,6 +33,8 @@ pub enum Param<'a> {
     Integer(i32),
     /// `TIMESTAMP`.
     Timestamp(NaiveDateTime),
+    /// `TIMESTAMP`, possibly `NULL`.
+    OptTimestamp(Option<NaiveDateTime>),
 }
 
 /// A statement's text for one dialect with its bound values; run it with
@@ -92,6 +94,12 @@ impl<'a> Prepared<'a> {
         self.params.push(Param::Timestamp(v));
         self
     }
+
+    /// Binds the next value as `TIMESTAMP` or `NULL`.
+    pub fn opt_timestamp(mut self, v: Option<NaiveDateTime>) -> Self {
+        self.params.push(Param::OptTimestamp(v));
+        self
+    }
 }
 
 /// The pieces of `text` around its numbered placeholders: the text before
@@ -132,6 +140,7 @@ where
     Option<Cow<'a, str>>: ToSql<Nullable<Text>, DB>,
     i64: ToSql<BigInt, DB>,
     NaiveDateTime: ToSql<Timestamp, DB>,
+    Option<NaiveDateTime>: ToSql<Nullable<Timestamp>, DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         let (pieces, tail) = pieces(self.text);
@@ -151,6 +160,7 @@ where
                 Param::BigInt(v) => out.push_bind_param::<BigInt, _>(v)?,
                 Param::Integer(v) => out.push_bind_param::<Integer, _>(v)?,
                 Param::Timestamp(v) => out.push_bind_param::<Timestamp, _>(v)?,
+                Param::OptTimestamp(v) => out.push_bind_param::<Nullable<Timestamp>, _>(v)?,
             }
         }
         out.push_sql(tail);

@@ -236,6 +236,7 @@ diesel::table! {
         valid_until -> Timestamp,
         gateway_used -> BigInt,
         ledger_offset -> BigInt,
+        doubt_until -> Nullable<Timestamp>,
     }
 }
 

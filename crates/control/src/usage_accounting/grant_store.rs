@@ -43,6 +43,17 @@ struct SessionRow {
     /// When its grant ends, if it has one.
     #[diesel(sql_type = Nullable<Timestamp>)]
     valid_until: Option<NaiveDateTime>,
+    /// Until when its grant's offset is in doubt (see
+    /// [`grants::offset_at`]).
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    doubt_until: Option<NaiveDateTime>,
+    /// What the ledger had recorded when the gateway's count last began
+    /// afresh.
+    #[diesel(sql_type = BigInt)]
+    gateway_base: i64,
+    /// The node's count before its latest epoch, if it counted anything.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    node_base: Option<i64>,
 }
 
 impl SessionRow {
@@ -86,19 +97,37 @@ macro_rules! recorded {
     };
 }
 
+/// The bases of the session's counts (see [`grants::offset_at`]), both
+/// ways, saturating as `recorded!` does; the node's is NULL when it has
+/// counted nothing of the session.
+macro_rules! bases {
+    () => {
+        "CASE WHEN s.gateway_base_up > 9223372036854775807 - s.gateway_base_down \
+         THEN 9223372036854775807 ELSE s.gateway_base_up + s.gateway_base_down END \
+         AS gateway_base, CASE WHEN s.witness_up = 0 AND s.witness_down = 0 THEN NULL \
+         WHEN s.witness_base_up > 9223372036854775807 - s.witness_base_down \
+         THEN 9223372036854775807 ELSE s.witness_base_up + s.witness_base_down END \
+         AS node_base"
+    };
+}
+
 /// The session, with its grant's bookkeeping if it has a grant.
 const SESSION: Statement = Statement {
     pg: concat!(
         "SELECT device_id, gateway_node_id, end_reason, ",
         recorded!(),
-        ", g.gateway_used, g.ledger_offset, g.granted, g.valid_until FROM sessions s \
-         LEFT JOIN quota_grants g ON g.session_id = s.id WHERE s.id = $1"
+        ", ",
+        bases!(),
+        ", g.gateway_used, g.ledger_offset, g.granted, g.valid_until, g.doubt_until \
+         FROM sessions s LEFT JOIN quota_grants g ON g.session_id = s.id WHERE s.id = $1"
     ),
     sqlite: concat!(
         "SELECT device_id, gateway_node_id, end_reason, ",
         recorded!(),
-        ", g.gateway_used, g.ledger_offset, g.granted, g.valid_until FROM sessions s \
-         LEFT JOIN quota_grants g ON g.session_id = s.id WHERE s.id = ?1"
+        ", ",
+        bases!(),
+        ", g.gateway_used, g.ledger_offset, g.granted, g.valid_until, g.doubt_until \
+         FROM sessions s LEFT JOIN quota_grants g ON g.session_id = s.id WHERE s.id = ?1"
     ),
 };
 
@@ -181,21 +210,21 @@ const OTHERS: Statement = Statement {
 };
 
 /// Stores the session's grant: its limit in the ledger's terms, the
-/// gateway's count and the offset between the two (see
-/// [`grants::ledger_offset`]).
+/// gateway's count, the offset between the two and until when that is in
+/// doubt (see [`grants::offset_at`]).
 const UPSERT: Statement = Statement {
-    pg: "INSERT INTO quota_grants \
-         (session_id, subscription_id, granted, valid_until, gateway_used, ledger_offset) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id) DO UPDATE SET \
+    pg: "INSERT INTO quota_grants (session_id, subscription_id, granted, valid_until, \
+         gateway_used, ledger_offset, doubt_until) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (session_id) DO UPDATE SET \
          subscription_id = excluded.subscription_id, granted = excluded.granted, \
          valid_until = excluded.valid_until, gateway_used = excluded.gateway_used, \
-         ledger_offset = excluded.ledger_offset",
-    sqlite: "INSERT INTO quota_grants \
-             (session_id, subscription_id, granted, valid_until, gateway_used, ledger_offset) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (session_id) DO UPDATE SET \
+         ledger_offset = excluded.ledger_offset, doubt_until = excluded.doubt_until",
+    sqlite: "INSERT INTO quota_grants (session_id, subscription_id, granted, valid_until, \
+             gateway_used, ledger_offset, doubt_until) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (session_id) DO UPDATE SET \
              subscription_id = excluded.subscription_id, granted = excluded.granted, \
              valid_until = excluded.valid_until, gateway_used = excluded.gateway_used, \
-             ledger_offset = excluded.ledger_offset",
+             ledger_offset = excluded.ledger_offset, doubt_until = excluded.doubt_until",
 };
 
 /// A released grant keeps holding the session's unreported bytes until it
@@ -379,7 +408,16 @@ async fn sized(
         // offset is what it may have let through, comparable with what
         // the ledger recorded (a count started afresh after a restart is
         // not: the ledger leads it).
-        let offset = grants::ledger_offset(prev, req.used, recorded, req.afresh);
+        let (offset, doubt_until) = grants::offset_at(
+            prev,
+            again.as_ref().and_then(|r| r.doubt_until),
+            req.used,
+            recorded,
+            req.afresh,
+            again.as_ref().map_or(0, |r| r.gateway_base),
+            again.as_ref().and_then(|r| r.node_base),
+            ts,
+        );
         let ask = Ask {
             allowance,
             charged: a.traffic_used_bytes,
@@ -400,6 +438,7 @@ async fn sized(
             .timestamp(until)
             .bigint(req.used)
             .bigint(offset)
+            .opt_timestamp(doubt_until)
             .execute(conn)
             .await?;
         Ok::<_, AppError>(GrantResponse {
@@ -418,44 +457,5 @@ async fn sized(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(gateway_used: i64, granted: i64, offset: i64, until: NaiveDateTime) -> SessionRow {
-        SessionRow {
-            device_id: "d".into(),
-            gateway_node_id: None,
-            end_reason: None,
-            recorded: 0,
-            gateway_used: Some(gateway_used),
-            ledger_offset: Some(offset),
-            granted: Some(granted),
-            valid_until: Some(until),
-        }
-    }
-
-    #[test]
-    fn the_room_kept_is_the_live_grant_past_the_count_in_the_gateways_terms() {
-        let t = now();
-        let later = t + chrono::Duration::seconds(10);
-        // Limit 1,000 in the gateway's terms (1,100 stored with an offset
-        // of 100), last asked at 400, asking now at 600.
-        assert_eq!(row(400, 1_100, 100, later).room(600, false, t), 400);
-        assert_eq!(
-            row(400, 1_100, 100, later).room(1_200, false, t),
-            0,
-            "spent"
-        );
-        assert_eq!(row(400, 1_100, 100, t).room(600, false, t), 0, "expired");
-        // The gateway restarted and counts from zero, or says it counts
-        // afresh: nothing is kept.
-        assert_eq!(row(400, 1_100, 100, later).room(10, false, t), 0);
-        assert_eq!(row(400, 1_100, 100, later).room(600, true, t), 0);
-        let none = SessionRow {
-            granted: None,
-            valid_until: None,
-            ..row(0, 0, 0, later)
-        };
-        assert_eq!(none.room(0, false, t), 0, "no grant");
-    }
-}
+#[path = "grant_store_tests.rs"]
+mod tests;

@@ -139,7 +139,7 @@ impl Grant {
     }
 
     /// Whether no answer came yet for this count of the session: the
-    /// gateway counts it afresh (it is new, restored from the spool after
+    /// gateway counts it afresh (it is new, met again after
     /// a restart, or met again after it was forgotten), and says so when
     /// it asks (see [`GrantRequest::afresh`](httvps_wire::grant::GrantRequest)).
     pub fn afresh(&self) -> bool {

@@ -181,6 +181,11 @@ struct Inner {
     retired: (u64, u64),
     /// The latest epoch given to a count.
     last_epoch: i64,
+    /// Totals an earlier run spooled, until they are reported again.
+    restored: Vec<Counted>,
+    /// What earlier runs counted of each restored session, for a control
+    /// plane that takes no count epochs (see [`Sessions::without_epochs`]).
+    bases: HashMap<String, (u64, u64)>,
 }
 
 /// An epoch for a new count after `last`, the latest given (which it
@@ -192,6 +197,10 @@ fn next_epoch(last: &mut i64) -> i64 {
     *last = now.max(last.saturating_add(1));
     *last
 }
+
+/// What a count afresh of a restored session starts as having reported:
+/// no totals it can have, so its zero is reported.
+const UNREPORTED: (u64, u64) = (u64::MAX, u64::MAX);
 
 /// Every session this gateway counts.
 #[derive(Debug, Default)]
@@ -222,23 +231,72 @@ impl Sessions {
         s.clone()
     }
 
-    /// Continues counting from spooled totals (reported again: the ledger
-    /// ignores what it has).
-    pub fn restore(&self, totals: HashMap<String, (u64, u64, i64)>) {
+    /// Takes the totals an earlier run spooled: they are reported again
+    /// under their epochs (the ledger ignores what it has) and spooled
+    /// until then, and each session is counted afresh, under a new epoch,
+    /// from its next tunnel. The earlier run may have let bytes through
+    /// after its last spool write: a count that went on from the spool
+    /// never told of them, while a count afresh has the control plane
+    /// take the node's count of the session where it is larger, which
+    /// holds them, and the grants the device is refused until they are
+    /// known are given again.
+    ///
+    /// The new count is made at once and reported at the first report,
+    /// at zero, before a byte moves: the control plane takes the ledger's
+    /// record as its base then. Reported first once bytes had moved, it
+    /// came after the node's report of those bytes had raised the record,
+    /// and they were counted twice (52 MB charged for 30 MB moved).
+    pub fn restore(&self, totals: Vec<Counted>) {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        for (id, (up, down, epoch)) in totals {
+        for (id, up, down, epoch) in totals {
             inner.last_epoch = inner.last_epoch.max(epoch);
-            let s = Session::new(now, epoch);
-            s.up.store(up, Ordering::Relaxed);
-            s.down.store(down, Ordering::Relaxed);
-            inner.live.insert(id, Arc::new(s));
+            inner.retired.0 = inner.retired.0.saturating_add(up);
+            inner.retired.1 = inner.retired.1.saturating_add(down);
+            let base = inner.bases.entry(id.clone()).or_default();
+            *base = (base.0.saturating_add(up), base.1.saturating_add(down));
+            inner.restored.push((id, up, down, epoch));
+        }
+        let ids: Vec<String> = inner.bases.keys().cloned().collect();
+        for id in ids {
+            if !inner.live.contains_key(&id) {
+                let s = Session::new(now, next_epoch(&mut inner.last_epoch));
+                *lock(&s.reported) = UNREPORTED;
+                inner.live.insert(id, Arc::new(s));
+            }
         }
     }
 
-    /// Sessions whose totals changed since they were last reported.
+    /// `counted` as a control plane of an earlier release, which takes no
+    /// count epochs, must be told it: a count afresh of a restored session
+    /// goes on from what the earlier runs counted (it ignores totals under
+    /// what it has, and a count from zero would add nothing until it
+    /// passed them). Restored totals themselves are left as they are.
+    pub fn without_epochs(&self, counted: &Counted) -> Counted {
+        let inner = lock(&self.inner);
+        let (id, up, down, epoch) = counted;
+        match inner.bases.get(id) {
+            Some((bu, bd)) if !inner.restored.contains(counted) => (
+                id.clone(),
+                up.saturating_add(*bu),
+                down.saturating_add(*bd),
+                *epoch,
+            ),
+            _ => counted.clone(),
+        }
+    }
+
+    /// The restored totals not yet reported again, while there are any;
+    /// then the sessions whose totals changed since they were last
+    /// reported. Restored totals go in reports of their own: a report
+    /// counts one epoch per session, its latest, and the count afresh
+    /// beside them hid them (what the spool held was lost).
     pub fn pending(&self) -> Vec<Counted> {
-        lock(&self.inner)
+        let inner = lock(&self.inner);
+        if !inner.restored.is_empty() {
+            return inner.restored.clone();
+        }
+        inner
             .live
             .iter()
             .filter_map(|(id, s)| {
@@ -248,24 +306,31 @@ impl Sessions {
             .collect()
     }
 
-    /// Every session's totals (for the spool).
+    /// Whether restored totals wait to be reported again.
+    pub fn restoring(&self) -> bool {
+        !lock(&self.inner).restored.is_empty()
+    }
+
+    /// Every session's totals, and the restored ones not yet reported
+    /// again (for the spool).
     pub fn snapshot(&self) -> Vec<Counted> {
-        lock(&self.inner)
-            .live
-            .iter()
-            .map(|(id, s)| {
-                let (u, d) = s.totals();
-                (id.clone(), u, d, s.epoch)
-            })
-            .collect()
+        let inner = lock(&self.inner);
+        let live = inner.live.iter().map(|(id, s)| {
+            let (u, d) = s.totals();
+            (id.clone(), u, d, s.epoch)
+        });
+        inner.restored.iter().cloned().chain(live).collect()
     }
 
     /// Notes totals as acknowledged.
     pub fn mark_reported(&self, part: &[Counted]) {
-        let inner = lock(&self.inner);
-        for (id, u, d, epoch) in part {
+        let mut inner = lock(&self.inner);
+        for c in part {
+            let (id, u, d, epoch) = c;
             if let Some(s) = inner.live.get(id).filter(|s| s.epoch == *epoch) {
                 *lock(&s.reported) = (*u, *d);
+            } else {
+                inner.restored.retain(|r| r != c);
             }
         }
     }
@@ -348,8 +413,13 @@ impl Sessions {
     /// the totals.
     pub fn prune(&self, now: Instant) {
         let mut inner = lock(&self.inner);
-        let Inner { live, retired, .. } = &mut *inner;
-        live.retain(|_, s| {
+        let Inner {
+            live,
+            retired,
+            bases,
+            ..
+        } = &mut *inner;
+        live.retain(|id, s| {
             let totals = s.totals();
             let idle = now.saturating_duration_since(*lock(&s.last_used));
             let kept = keep(
@@ -361,6 +431,7 @@ impl Sessions {
             if !kept {
                 retired.0 = retired.0.saturating_add(totals.0);
                 retired.1 = retired.1.saturating_add(totals.1);
+                bases.remove(id);
             }
             kept
         });
@@ -378,106 +449,5 @@ impl Sessions {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sessions_are_kept_while_tunnels_reports_or_recent_use_need_them() {
-        let minute = Duration::from_secs(60);
-        assert!(keep(1, (0, 0), (0, 0), 10 * minute), "open tunnel");
-        assert!(keep(0, (1, 1), (2, 1), 10 * minute), "unreported bytes");
-        assert!(keep(0, (2, 1), (2, 1), minute), "used recently");
-        assert!(!keep(0, (2, 1), (2, 1), IDLE_FORGET));
-    }
-
-    #[test]
-    fn totals_never_go_down_when_sessions_are_forgotten() {
-        let sessions = Sessions::default();
-        let s = sessions.attach("s1");
-        s.up.fetch_add(100, Ordering::Relaxed);
-        s.down.fetch_add(1_000, Ordering::Relaxed);
-        s.detach();
-        sessions.mark_reported(&[("s1".into(), 100, 1_000, s.epoch)]);
-        let t = sessions.attach("s2");
-        t.down.fetch_add(5, Ordering::Relaxed);
-        assert_eq!(sessions.totals(), (100, 1_005));
-        // Long after: s1 is forgotten, s2 (a tunnel open) stays.
-        sessions.prune(Instant::now() + IDLE_FORGET);
-        assert_eq!(sessions.snapshot().len(), 1);
-        assert_eq!(sessions.totals(), (100, 1_005));
-        t.down.fetch_add(5, Ordering::Relaxed);
-        assert_eq!(sessions.totals(), (100, 1_010));
-    }
-
-    #[test]
-    fn only_changed_totals_are_pending() {
-        let sessions = Sessions::default();
-        let s = sessions.attach("s1");
-        assert!(sessions.pending().is_empty());
-        s.up.fetch_add(7, Ordering::Relaxed);
-        assert_eq!(sessions.pending(), vec![("s1".to_owned(), 7, 0, s.epoch)]);
-        sessions.mark_reported(&sessions.pending());
-        assert!(sessions.pending().is_empty());
-        assert_eq!(sessions.open_ids(), vec!["s1".to_owned()]);
-        s.detach();
-        assert!(sessions.open_ids().is_empty());
-    }
-
-    #[test]
-    fn restored_totals_are_reported_again_and_counting_continues() {
-        let sessions = Sessions::default();
-        sessions.restore(HashMap::from([("s1".to_owned(), (3, 4, 9))]));
-        assert_eq!(sessions.pending(), vec![("s1".to_owned(), 3, 4, 9)]);
-        let s = sessions.attach("s1");
-        s.down.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(sessions.totals(), (3, 5));
-        assert_eq!(s.epoch, 9, "a restored count goes on in its epoch");
-    }
-
-    #[test]
-    fn a_session_counted_afresh_gets_a_later_epoch() {
-        let sessions = Sessions::default();
-        sessions.restore(HashMap::from([("old".to_owned(), (3, 4, i64::MAX - 1))]));
-        let s = sessions.attach("s1");
-        assert_eq!(s.epoch, i64::MAX, "past every restored epoch");
-        let sessions = Sessions::default();
-        let s = sessions.attach("s1");
-        let before = chrono::Utc::now().timestamp_millis();
-        assert!(s.epoch > 0 && s.epoch <= before, "{}", s.epoch);
-        assert_eq!(sessions.attach("s1").epoch, s.epoch, "the same count");
-        s.up.fetch_add(1, Ordering::Relaxed);
-        sessions.mark_reported(&sessions.pending());
-        s.detach();
-        s.detach();
-        // Forgotten, then met again: a new count, after the first.
-        sessions.prune(Instant::now() + IDLE_FORGET);
-        assert!(sessions.snapshot().is_empty());
-        let again = sessions.attach("s1");
-        assert!(again.epoch > s.epoch);
-        // A report of the forgotten count marks nothing of the new one.
-        again.up.fetch_add(2, Ordering::Relaxed);
-        sessions.mark_reported(&[("s1".into(), 2, 0, s.epoch)]);
-        assert_eq!(
-            sessions.pending(),
-            vec![("s1".to_owned(), 2, 0, again.epoch)]
-        );
-    }
-
-    #[test]
-    fn close_orders_fire_their_sessions_only() {
-        let sessions = Sessions::default();
-        let (a, b) = (sessions.attach("a"), sessions.attach("b"));
-        let (ra, rb) = (a.closed(), b.closed());
-        sessions.close(&[CloseOrder {
-            session_id: "a".into(),
-            reason: "revoked".into(),
-        }]);
-        assert_eq!(*ra.borrow(), Closing::Closed);
-        assert_eq!(*rb.borrow(), Closing::Open);
-        sessions.going_away();
-        assert_eq!(*ra.borrow(), Closing::Closed, "the first reason stays");
-        assert_eq!(*rb.borrow(), Closing::GoingAway);
-        let late = sessions.attach("c");
-        assert_eq!(*late.closed().borrow(), Closing::GoingAway);
-    }
-}
+#[path = "sessions_tests.rs"]
+mod tests;

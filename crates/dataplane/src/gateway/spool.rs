@@ -1,9 +1,11 @@
 //! The usage spool: every session's cumulative totals, written atomically
 //! (a temporary file, fsync, rename, fsync of the directory) on a blocking
 //! thread, every `spool_every` and before each report. A restart (even
-//! after SIGKILL) continues from it: what was reported is never counted
-//! twice (the spool is never behind a report; the ledger ignores totals it
-//! has), and at most what moved since the last write is lost.
+//! after SIGKILL) reports its totals again and counts the sessions afresh
+//! (see `Sessions::restore`): what was reported is never counted twice
+//! (the spool is never behind a report; the ledger ignores totals it has),
+//! and at most what moved since the last write is lost, unless the node
+//! witnessed it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +18,11 @@ use super::sessions::Counted;
 #[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq, Eq)]
 struct Spool {
     sessions: HashMap<String, Entry>,
+    /// Further counts of sessions in `sessions`: a session restored from
+    /// an earlier run is counted afresh under a new epoch while its
+    /// restored totals wait to be reported again, so it has two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more: Vec<(String, u64, u64, u64)>,
 }
 
 /// One session's spooled count.
@@ -30,28 +37,42 @@ enum Entry {
 }
 
 /// The spool's bytes for `totals` (sessions that moved nothing are left
-/// out).
+/// out; a session's second count goes to `more`).
 fn encode(totals: impl IntoIterator<Item = Counted>) -> serde_json::Result<Vec<u8>> {
-    let spool = Spool {
-        sessions: totals
-            .into_iter()
-            .filter(|(_, u, d, _)| u.saturating_add(*d) > 0)
-            .map(|(id, u, d, e)| (id, Entry::Counted(u, d, e.max(0).unsigned_abs())))
-            .collect(),
-    };
+    let mut spool = Spool::default();
+    for (id, u, d, e) in totals {
+        if u.saturating_add(d) == 0 {
+            continue;
+        }
+        let epoch = e.max(0).unsigned_abs();
+        match spool.sessions.entry(id) {
+            std::collections::hash_map::Entry::Occupied(taken) => {
+                spool.more.push((taken.key().clone(), u, d, epoch));
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(Entry::Counted(u, d, epoch));
+            }
+        }
+    }
     serde_json::to_vec(&spool)
 }
 
-/// The totals in a spool's bytes (bytes up, down, epoch), if they are one.
-fn decode(bytes: &[u8]) -> Option<HashMap<String, (u64, u64, i64)>> {
+/// The totals in a spool's bytes (id, bytes up, down, epoch), if they are
+/// one.
+fn decode(bytes: &[u8]) -> Option<Vec<Counted>> {
     let spool = serde_json::from_slice::<Spool>(bytes).ok()?;
+    let more = spool
+        .more
+        .into_iter()
+        .map(|(id, u, d, epoch)| Some((id, u, d, i64::try_from(epoch).ok()?)));
     spool
         .sessions
         .into_iter()
         .map(|(id, e)| match e {
-            Entry::Counted(u, d, epoch) => Some((id, (u, d, i64::try_from(epoch).ok()?))),
-            Entry::Before(u, d) => Some((id, (u, d, 0))),
+            Entry::Counted(u, d, epoch) => Some((id, u, d, i64::try_from(epoch).ok()?)),
+            Entry::Before(u, d) => Some((id, u, d, 0)),
         })
+        .chain(more)
         .collect()
 }
 
@@ -119,19 +140,47 @@ pub(crate) async fn spool_loop(gw: Arc<Gateway>) {
 
 /// The totals spooled at `path`; none when there is no spool, and none
 /// (with a warning) when it cannot be read.
-pub(crate) fn read(path: &Path) -> HashMap<String, (u64, u64, i64)> {
+pub(crate) fn read(path: &Path) -> Vec<Counted> {
     let Ok(bytes) = std::fs::read(path) else {
-        return HashMap::new();
+        return Vec::new();
     };
     decode(&bytes).unwrap_or_else(|| {
         tracing::warn!(path = %path.display(), "unreadable usage spool ignored");
-        HashMap::new()
+        Vec::new()
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decoded totals by session (one count each).
+    fn by_id(totals: Vec<Counted>) -> HashMap<String, (u64, u64, i64)> {
+        totals
+            .into_iter()
+            .map(|(id, u, d, e)| (id, (u, d, e)))
+            .collect()
+    }
+
+    #[test]
+    fn a_sessions_second_count_is_kept_beside_its_first() {
+        let bytes = encode([
+            ("s1".to_owned(), 3, 4, 9),
+            ("s1".to_owned(), 0, 1, 12),
+            ("s2".to_owned(), 5, 0, 12),
+        ])
+        .expect("encode");
+        let mut back = decode(&bytes).expect("decode");
+        back.sort_unstable();
+        assert_eq!(
+            back,
+            vec![
+                ("s1".to_owned(), 0, 1, 12),
+                ("s1".to_owned(), 3, 4, 9),
+                ("s2".to_owned(), 5, 0, 12)
+            ]
+        );
+    }
 
     #[test]
     fn totals_survive_a_round_trip_without_idle_sessions() {
@@ -141,7 +190,7 @@ mod tests {
             ("s3".to_owned(), u64::MAX, 1, i64::MAX),
         ])
         .expect("encode");
-        let back = decode(&bytes).expect("decode");
+        let back = by_id(decode(&bytes).expect("decode"));
         assert_eq!(back.len(), 2);
         assert_eq!(back.get("s1"), Some(&(10, 20, 7)));
         assert_eq!(back.get("s3"), Some(&(u64::MAX, 1, i64::MAX)));
@@ -149,7 +198,7 @@ mod tests {
 
     #[test]
     fn earlier_gateways_spools_are_read_as_epoch_zero() {
-        let back = decode(br#"{"sessions":{"a":[1,2],"b":[3,4,5]}}"#).expect("decode");
+        let back = by_id(decode(br#"{"sessions":{"a":[1,2],"b":[3,4,5]}}"#).expect("decode"));
         assert_eq!(back.get("a"), Some(&(1, 2, 0)));
         assert_eq!(back.get("b"), Some(&(3, 4, 5)));
         assert_eq!(
@@ -169,7 +218,7 @@ mod tests {
             vec![("a".to_owned(), 3, 4, 1), ("b".to_owned(), 5, 0, 2)],
         )
         .expect("write");
-        let back = read(&path);
+        let back = by_id(read(&path));
         assert_eq!(back.get("a"), Some(&(3, 4, 1)));
         assert_eq!(back.get("b"), Some(&(5, 0, 2)));
         assert!(!path.with_extension("tmp").exists());
@@ -193,7 +242,7 @@ mod tests {
         write(&path, vec![("a".to_owned(), 1, 2, 3)]).expect("write");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "spool mode {mode:o}");
-        assert_eq!(read(&path).get("a"), Some(&(1, 2, 3)));
+        assert_eq!(by_id(read(&path)).get("a"), Some(&(1, 2, 3)));
         assert!(!path.with_extension("tmp").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -66,13 +66,24 @@ fn refuses_content(status: u16) -> bool {
 
 impl Gateway {
     /// Reports every session's totals that changed since acknowledged.
+    /// Restored totals go first, in reports of their own, and the rest
+    /// right behind them (see `Sessions::pending`).
     pub(crate) async fn flush_usage(&self) {
-        let pending = self.sessions.pending();
-        if pending.is_empty() {
-            return;
-        }
-        if self.send_usage(&pending).await && self.reports.failing.ended() {
-            tracing::info!("usage reports are taken again");
+        for _ in 0..2 {
+            let restoring = self.sessions.restoring();
+            let pending = self.sessions.pending();
+            if pending.is_empty() {
+                return;
+            }
+            if !self.send_usage(&pending).await {
+                return;
+            }
+            if self.reports.failing.ended() {
+                tracing::info!("usage reports are taken again");
+            }
+            if !restoring {
+                return;
+            }
         }
     }
 
@@ -144,7 +155,13 @@ impl Gateway {
         seq: i64,
     ) -> Result<httvps_wire::usage::UsageReportResponse, BackendError> {
         let epochs = self.reports.epochs.load(Ordering::Relaxed);
-        let reports = part.iter().map(|c| totals(c, seq, epochs)).collect();
+        let reports = part
+            .iter()
+            .map(|c| match epochs {
+                true => totals(c, seq, true),
+                false => totals(&self.sessions.without_epochs(c), seq, false),
+            })
+            .collect();
         self.backend.report(&UsageReport { reports }).await
     }
 }

@@ -1,0 +1,1 @@
+ALTER TABLE quota_grants DROP COLUMN doubt_until;
