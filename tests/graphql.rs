@@ -344,8 +344,31 @@ async fn password_change_logout_and_disabling_invalidate_tokens() {
         r["errors"][0]["message"], none["errors"][0]["message"],
         "{r} {none}"
     );
-    // A role change invalidates older tokens too.
+    // A role change invalidates older tokens too, refresh tokens included
+    // (a demoted account's sign-ins end, as the docs say).
     let (other_id, other_tok) = user(base).await;
+    let r = gql(
+        base,
+        Some(&admin),
+        "query($id:UUID!){user(id:$id){email}}",
+        json!({"id": other_id}),
+    )
+    .await;
+    let other_email = r["data"]["user"]["email"]
+        .as_str()
+        .expect("email")
+        .to_owned();
+    let r = gql(
+        base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){refreshToken}}",
+        json!({"e": other_email, "p": PASSWORD}),
+    )
+    .await;
+    let other_refresh = r["data"]["login"]["refreshToken"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
     let r = gql(
         base,
         Some(&admin),
@@ -355,6 +378,14 @@ async fn password_change_logout_and_disabling_invalidate_tokens() {
     .await;
     assert_eq!(r["data"]["setUserRole"]["role"], "ADMIN", "{r}");
     assert_eq!(code(&me(other_tok).await), Some("UNAUTHENTICATED"));
+    let r = gql(
+        base,
+        None,
+        "mutation($t:String!){refreshToken(token:$t){accessToken}}",
+        json!({"t": other_refresh}),
+    )
+    .await;
+    assert_eq!(code(&r), Some("UNAUTHENTICATED"), "{r}");
     // Logout signs out everywhere.
     let admin2 = admin_token(&server).await;
     assert_eq!(

@@ -776,7 +776,8 @@ async fn device_socket_close(base: &str, token: &str) -> u16 {
 
 /// Device tokens guessed at the GraphQL socket's `connection_init` count
 /// against the source's allowance of unknown credentials, as at /api/v1:
-/// past it, /api/v1 refuses the source (429) before looking.
+/// past it, /api/v1 refuses the source (429) before looking, and the
+/// socket closes 4429 (it closed 4403, as for a revoked token).
 #[tokio::test(flavor = "multi_thread")]
 async fn device_tokens_guessed_at_the_live_socket_are_throttled() {
     let t = TestDb::sqlite().await;
@@ -787,10 +788,19 @@ async fn device_tokens_guessed_at_the_live_socket_are_throttled() {
     .await;
     let device = registered_device(&server).await;
     assert_eq!(device_socket_close(&server.base, &device).await, 0);
+    // Unknown: 4403. Once the source is shut out: 4429, which tells a
+    // device behind the same address to come back later, where 4403 said
+    // its credential was gone.
+    let mut closes = Vec::new();
     for i in 0..8 {
         let guess = format!("{i:0>43}");
-        assert_eq!(device_socket_close(&server.base, &guess).await, 4403);
+        closes.push(device_socket_close(&server.base, &guess).await);
     }
+    assert_eq!(
+        closes,
+        [4403, 4403, 4403, 4403, 4403, 4403, 4429, 4429],
+        "unknown, then shut out"
+    );
     let res = client()
         .post(format!("{}/api/v1/auth/validate-device", server.base))
         .bearer_auth(format!("{:0>43}", 99))

@@ -372,7 +372,9 @@ pub async fn set_status(
 }
 
 /// Admin: changes an account's role; older tokens of that account stop
-/// working. Tunnels do not depend on the role, so gateways are not told.
+/// working, its refresh tokens too (a demoted account's sessions end, as
+/// after a password change: its owner signs in again). Tunnels do not
+/// depend on the role, so gateways are not told.
 pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> AppResult<User> {
     actor.require_admin()?;
     if actor.user_id() == Some(user_id) && role != Role::Admin {
@@ -403,6 +405,7 @@ pub async fn set_role(db: &Db, actor: &Actor, user_id: UserId, role: Role) -> Ap
         let Some(user) = changed else {
             return unchanged_user!(conn, user_id);
         };
+        tokens::revoke_sign_ins!(conn, user_id, now());
         outbox.account(user_id);
         diesel::insert_into(audit_log::table)
             .values(&entry)

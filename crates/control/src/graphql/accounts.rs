@@ -266,8 +266,9 @@ impl AccountMutation {
             .gql()
     }
 
-    /// Admin: changes an account's role; its older tokens stop working.
-    /// The role it has already changes nothing (nothing is audited).
+    /// Admin: changes an account's role; its older tokens stop working,
+    /// refresh tokens included (its owner signs in again). The role it has
+    /// already changes nothing (nothing is audited).
     #[graphql(guard = "AdminOnly")]
     async fn set_user_role(
         &self,

@@ -88,10 +88,18 @@ impl Credential {
 
 pub(super) type CredentialSlot = Arc<Mutex<Option<Credential>>>;
 
+/// Why a `connection_init` was refused for its source's guesses (the
+/// throttle's message, with the wait): such a refusal closes 4429, not the
+/// 4403 of a credential that does not stand, so a device behind the same
+/// address as a guesser knows to come back rather than that it was
+/// revoked.
+pub(super) type ThrottledSlot = Arc<Mutex<Option<String>>>;
+
 pub(super) async fn init_data(
     api: AppContext,
     from: ClientAddr,
     slot: CredentialSlot,
+    throttled: ThrottledSlot,
     payload: serde_json::Value,
 ) -> async_graphql::Result<Data> {
     if unreadable_credential(&payload) {
@@ -110,6 +118,13 @@ pub(super) async fn init_data(
         if let Err(e) = api.throttles.guesser(from)
             && !api.proven.is_proven(token, now)
         {
+            let wait = match &e {
+                AppError::Throttled { retry_after_secs } => {
+                    format!("retry in {retry_after_secs} s")
+                }
+                other => other.to_string(),
+            };
+            *throttled.lock().unwrap_or_else(PoisonError::into_inner) = Some(wait);
             return Err(e.into_graphql());
         }
         let verdict = api

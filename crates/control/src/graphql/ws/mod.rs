@@ -34,7 +34,7 @@ mod credential;
 mod outbox;
 
 use answers::{Asked, answer};
-use credential::{Credential, CredentialSlot, Recheck, init_data};
+use credential::{Credential, CredentialSlot, Recheck, ThrottledSlot, init_data};
 use outbox::Outbox;
 
 use super::{ApiSchema, AppContext, check_document};
@@ -183,15 +183,23 @@ pub async fn serve(
     let init_api = api.clone();
     let slot = CredentialSlot::default();
     let init_slot = slot.clone();
+    let throttled = ThrottledSlot::default();
+    let init_throttled = throttled.clone();
     let gql = async_graphql::http::WebSocket::new(schema, ReceiverStream::new(gql_input), protocol)
         // In a task of its own, for the reason given at [`Recheck`]: the
         // engine is not polled while the loop runs a branch.
         .on_connection_init(move |payload| async move {
-            tokio::spawn(init_data(init_api, from, init_slot, payload))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(AppError::Internal(format!("connection_init: {e}")).into_graphql())
-                })
+            tokio::spawn(init_data(
+                init_api,
+                from,
+                init_slot,
+                init_throttled,
+                payload,
+            ))
+            .await
+            .unwrap_or_else(|e| {
+                Err(AppError::Internal(format!("connection_init: {e}")).into_graphql())
+            })
         });
     // Subscribed before anything runs, so no change is missed.
     let mut accounts = api.db.events().subscribe_accounts();
@@ -388,9 +396,15 @@ pub async fn serve(
                             if gone { break; }
                         }
                     }
-                    // graphql-transport-ws: a refused connection_init closes 4403.
+                    // graphql-transport-ws: a refused connection_init closes
+                    // 4403, or 4429 when its source is shut out for a while.
                     Some(WsMessage::Close(1002, _)) if !acked && protocol == WebSocketProtocols::GraphQLWS => {
-                        let _ = sink.send(close(4403, "Forbidden")).await;
+                        let why = throttled.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                        let closing = match why {
+                            Some(why) => close(4429, &format!("Too many initialisation requests: {why}")),
+                            None => close(4403, "Forbidden"),
+                        };
+                        let _ = sink.send(closing).await;
                         break;
                     }
                     // graphql-transport-ws: a message it cannot read closes 4400.
