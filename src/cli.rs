@@ -139,3 +139,35 @@ fn name_the_variable(cmd: &clap::Command, e: clap::Error) -> clap::Error {
 pub fn required<T>(value: Option<T>, var: &str, flag: &str, what: &str) -> anyhow::Result<T> {
     value.ok_or_else(|| anyhow::anyhow!("{var} (--{flag}) is missing: {what}"))
 }
+
+/// The gateway's usage spool: `spool` (GATEWAY_SPOOL) or the default file
+/// under `data_dir`, its directory made (with `check`, only found
+/// usable). A directory where the file goes is refused: never written
+/// over, the spool would be off, said every half second.
+pub fn spool_path(
+    spool: Option<std::path::PathBuf>,
+    data_dir: &std::path::Path,
+    check: bool,
+) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let var = if spool.is_some() {
+        "GATEWAY_SPOOL (--spool)"
+    } else {
+        "GATEWAY_DATA_DIR (--data-dir)"
+    };
+    let spool = spool.unwrap_or_else(|| data_dir.join("gateway-spool.json"));
+    anyhow::ensure!(
+        !spool.is_dir(),
+        "{var}: {} is a directory; the spool is a file",
+        spool.display()
+    );
+    if let Some(dir) = spool.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if check {
+            crate::up::usable_dir(dir, var)?;
+        } else {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{var}: creating {}", dir.display()))?;
+        }
+    }
+    Ok(spool)
+}

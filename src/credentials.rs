@@ -183,6 +183,18 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         e.kind,
         s.kind
     );
+    // As from a stored file: the string's URL is the one its token is
+    // issued by; another given beside it is said, not taken.
+    if let Some(given) = s.backend.as_deref()
+        && given.trim_end_matches('/') != e.url.trim_end_matches('/')
+    {
+        tracing::warn!(
+            given,
+            enrolled = %e.url,
+            "{p}_BACKEND_URL differs from the control plane the enrollment string names; \
+             the string's is used"
+        );
+    }
     let pin = e
         .pin
         .as_deref()

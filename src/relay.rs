@@ -310,7 +310,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         "the https:// URL clients use",
     )?;
     let (public_host, _) =
-        client::split_url(&public_url).context("GATEWAY_PUBLIC_URL (--public-url)")?;
+        client::split_public_url(&public_url).context("GATEWAY_PUBLIC_URL (--public-url)")?;
     let (certs, acceptor, acme) = if a.acme_domain.is_empty() {
         let (certs, acceptor) = file_certs(a.cert, a.key, a.self_signed, &public_host, check)?;
         (certs, acceptor, None)
@@ -335,13 +335,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
             Acme::prepare(opts, !check).context("GATEWAY_ACME_CACHE (--acme-cache)")?;
         (certs, acceptor, Some(task))
     };
-    let spool = a
-        .spool
-        .unwrap_or_else(|| a.data_dir.join("gateway-spool.json"));
-    if !check && let Some(dir) = spool.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {} (GATEWAY_DATA_DIR)", dir.display()))?;
-    }
+    let spool = crate::cli::spool_path(a.spool, &a.data_dir, check)?;
     // The machine's own settings first: a mistake in them ends the start
     // before a one-time enrollment string is spent. Its ports too: one in
     // use is found by binding it a moment (the listeners are bound for
@@ -359,19 +353,25 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
              the admin port must be another"
         );
     }
-    if !check {
-        // Held together, so two settings that clash are found too.
-        let mut held = Vec::new();
-        for (addr, var) in [
-            (listen, "GATEWAY_LISTEN (--listen)"),
-            (admin, "GATEWAY_ADMIN_LISTEN (--admin-listen)"),
-        ] {
-            held.push(
-                std::net::TcpListener::bind(addr)
-                    .with_context(|| format!("{var}: {addr} cannot be listened on"))?,
-            );
+    // Held together, so two settings that clash are found too. A check
+    // may run beside the gateway it checks: a port in use is no mistake
+    // then, an address this host does not have is.
+    let mut held = Vec::new();
+    for (addr, var) in [
+        (listen, "GATEWAY_LISTEN (--listen)"),
+        (admin, "GATEWAY_ADMIN_LISTEN (--admin-listen)"),
+    ] {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => held.push(l),
+            Err(e) if check && e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("{var}: {addr} cannot be listened on"))
+                );
+            }
         }
     }
+    drop(held);
     let backend = credentials::resolve(
         Sources {
             kind: "gateway",

@@ -107,8 +107,13 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
 /// the nearest directory above it that exists, is a directory this
 /// process may write in (for `--check`).
 pub fn usable_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    usable_dir(data_dir, "HTTVPS_DATA_DIR (--data-dir)")
+}
+
+/// [`usable_data_dir`] for directory `dir`, set by the setting `var`.
+pub fn usable_dir(dir: &Path, var: &str) -> anyhow::Result<()> {
     use rustix::fs::{Access, access};
-    let mut at = data_dir;
+    let mut at = dir;
     loop {
         let here = if at.as_os_str().is_empty() {
             Path::new(".")
@@ -117,17 +122,10 @@ pub fn usable_data_dir(data_dir: &Path) -> anyhow::Result<()> {
         };
         match std::fs::metadata(here) {
             Ok(m) if m.is_dir() => {
-                return access(here, Access::WRITE_OK | Access::EXEC_OK).with_context(|| {
-                    format!(
-                        "HTTVPS_DATA_DIR (--data-dir): {} is not writable",
-                        here.display()
-                    )
-                });
+                return access(here, Access::WRITE_OK | Access::EXEC_OK)
+                    .with_context(|| format!("{var}: {} is not writable", here.display()));
             }
-            Ok(_) => anyhow::bail!(
-                "HTTVPS_DATA_DIR (--data-dir): {} is not a directory",
-                here.display()
-            ),
+            Ok(_) => anyhow::bail!("{var}: {} is not a directory", here.display()),
             Err(_) => match at.parent() {
                 Some(parent) if at != here || !at.as_os_str().is_empty() => at = parent,
                 _ => return Ok(()),

@@ -1918,6 +1918,83 @@ async fn a_device_jwt_in_the_authorization_header_opens_a_tunnel() {
     assert_eq!(&b, b"through the header");
 }
 
+/// `gateway --check` finds what its start would refuse, naming the
+/// setting: an address this host does not have, a spool whose directory
+/// cannot be made, and a public URL with more than a host and port
+/// (credentials in it were served to every client in its access keys,
+/// said without repeating them).
+#[test]
+fn the_gateway_check_names_the_settings_its_start_would_refuse() {
+    let dir = common::tempdir::TempDir::new();
+    let d = dir.path();
+    let file = d.join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let spool_in_a_file = file.join("spool.json");
+    // A directory where the spool file goes: never written over.
+    let a_dir = d.join("a-dir");
+    std::fs::create_dir_all(&a_dir).expect("dir");
+    let (cert, key) = (d.join("gw.crt"), d.join("gw.key"));
+    let ok_url = "https://localhost:47777";
+    for (listen, spool, url, named) in [
+        ("192.0.2.1:47777", None, ok_url, "GATEWAY_LISTEN"),
+        (
+            "127.0.0.1:0",
+            Some(&spool_in_a_file),
+            ok_url,
+            "GATEWAY_SPOOL",
+        ),
+        ("127.0.0.1:0", Some(&a_dir), ok_url, "GATEWAY_SPOOL"),
+        (
+            "127.0.0.1:0",
+            None,
+            "https://someone:s3cr3tpw@localhost:47777",
+            "GATEWAY_PUBLIC_URL",
+        ),
+        (
+            "127.0.0.1:0",
+            None,
+            "https://localhost:47777/x?y=1",
+            "GATEWAY_PUBLIC_URL",
+        ),
+    ] {
+        let mut args = vec![
+            "gateway".to_owned(),
+            "--backend".into(),
+            "http://127.0.0.1:1".into(),
+            "--token".into(),
+            "t0ken".into(),
+            "--listen".into(),
+            listen.into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--self-signed".into(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--data-dir".into(),
+            d.join("data").display().to_string(),
+            "--public-url".into(),
+            url.into(),
+            "--check".into(),
+        ];
+        if let Some(spool) = spool {
+            args.extend(["--spool".to_owned(), spool.display().to_string()]);
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+            .args(&args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{listen} {url}: passed the check: {err}"
+        );
+        assert!(err.contains(named), "{named} not named: {err}");
+        assert!(!err.contains("s3cr3tpw"), "a credential repeated: {err}");
+    }
+}
+
 #[test]
 fn tokens_that_start_with_a_hyphen_are_taken_as_values() {
     // Tokens are base64url: about one in 32 starts with '-'. Checked

@@ -219,6 +219,32 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
         said.contains("NODE_BACKEND_URL differs") && said.contains("http://127.0.0.1:1"),
         "{said}"
     );
+    // As does a first start from the string: its URL is taken, another
+    // given beside it is said.
+    let out = relay(
+        &[
+            "node",
+            "--check",
+            "--enroll",
+            &s,
+            "--backend",
+            "http://127.0.0.1:1",
+            "--credentials",
+            d.join("never-written.json").to_str().expect("path"),
+        ],
+        &d.join("check-first-other-url.log"),
+    )
+    .status()
+    .await
+    .expect("run");
+    let said = std::fs::read_to_string(d.join("check-first-other-url.log")).unwrap_or_default();
+    assert!(out.success(), "{said}");
+    assert!(
+        said.contains(
+            "NODE_BACKEND_URL differs from the control plane the enrollment string names"
+        ),
+        "{said}"
+    );
     // So do restarts with the settings unchanged: the file remembers the
     // string it came from, and the spent string is not tried again.
     let out = relay(

@@ -73,6 +73,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// What a machine (`kind`: gateway or node) whose token the control plane
+/// refuses is told: removed, rotated or mistyped (401), or another kind
+/// of machine's (403, `other`); `None` for any other failure.
+fn refused_token(kind: &str, other: &str, e: &BackendError) -> Option<anyhow::Error> {
+    match e {
+        BackendError::Status { status: 401, .. } => Some(anyhow::anyhow!(
+            "the control plane refuses this {kind}'s token ({e}): it was removed, rotated or \
+             mistyped; enroll the {kind} again with a new string (`httvps {kind} rotate <id>`)"
+        )),
+        BackendError::Status { status: 403, .. } => Some(anyhow::anyhow!(
+            "the control plane refuses this {kind}'s token ({e}): it is not a {kind}'s (a \
+             {other}'s?); give the {kind}'s own token or enrollment string"
+        )),
+        _ => None,
+    }
+}
+
 async fn run(command: Command, check: bool) -> anyhow::Result<()> {
     match command {
         Command::Gateway(a) => {
@@ -85,19 +102,12 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             // can never serve a tunnel: said and ended here, as a node does.
             // An unreachable control plane is an outage the gateway rides
             // out, so it starts.
-            match g.backend.gateway_heartbeat(&Default::default()).await {
-                Err(e @ BackendError::Status { status: 401, .. }) => anyhow::bail!(
-                    "the control plane refuses this gateway's token ({e}): it was removed, \
-                     rotated or mistyped; enroll the gateway again with a new string \
-                     (`httvps gateway rotate <id>`)"
-                ),
-                // An empty heartbeat is refused only to a token of another
-                // kind of caller.
-                Err(e @ BackendError::Status { status: 403, .. }) => anyhow::bail!(
-                    "the control plane refuses this gateway's token ({e}): it is not a \
-                     gateway's (a node's?); give the gateway's own token or enrollment string"
-                ),
-                _ => {}
+            // An empty heartbeat is refused (403) only to a token of
+            // another kind of caller.
+            if let Err(e) = g.backend.gateway_heartbeat(&Default::default()).await
+                && let Some(refused) = refused_token("gateway", "node", &e)
+            {
+                return Err(refused);
             }
             let listener = tokio::net::TcpListener::bind(g.listen)
                 .await
@@ -121,6 +131,9 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             watch.abort();
             if let Some(task) = acme {
                 task.abort();
+            }
+            if served.is_ok() {
+                tracing::info!("gateway stopped");
             }
             served
         }
@@ -147,7 +160,11 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
                         }
                         wait = (wait * 2).min(Duration::from_secs(30));
                     }
-                    Err(e) => return Err(e).context("fetching this node's settings"),
+                    Err(e) => {
+                        return Err(refused_token("node", "gateway", &e).unwrap_or_else(|| {
+                            anyhow::Error::new(e).context("fetching this node's settings")
+                        }));
+                    }
                 }
             };
             let method = node::parse_method(&cfg.method).context("unsupported cipher")?;
@@ -178,6 +195,7 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             witness.abort();
             // Open tunnels are reset, so their clients see the cut.
             running.shut_down(Duration::from_secs(2)).await;
+            tracing::info!("node stopped");
             Ok(())
         }
         Command::Connect(a) => {

@@ -31,9 +31,13 @@ pub(crate) async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionEr
     match established {
         Ok(conn) => Ok(conn),
         // However diesel-async wrapped it.
-        Err(e) if e.to_string().starts_with("error connecting to server") => Err(
-            ConnectionError::BadConnection(unreachable(url).await.unwrap_or_else(|| e.to_string())),
-        ),
+        Err(e) if e.to_string().starts_with("error connecting to server") => {
+            Err(ConnectionError::BadConnection(
+                unreachable(url)
+                    .await
+                    .unwrap_or_else(|| format!("cannot connect to {}: {e}", server_of(url))),
+            ))
+        }
         Err(e) => Err(explain(e, url)),
     }
 }

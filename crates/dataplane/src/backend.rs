@@ -408,12 +408,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         out.push_str(&c.to_string());
         cause = c.source();
     }
+    out.push_str(scheme_hint(&out));
     out
+}
+
+/// What a failure that comes of a URL with the wrong scheme means: the
+/// libraries' words name neither the URL nor the scheme, and the call is
+/// retried for ever as if the control plane were down.
+fn scheme_hint(chain: &str) -> &'static str {
+    if chain.contains("invalid HTTP version parsed") {
+        " (the control plane did not answer in HTTP: does it speak https:// where its URL says http://?)"
+    } else if chain.contains("InvalidContentType") {
+        " (the control plane answered without TLS: its URL says https://, does it speak plain http://?)"
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::BackendError;
+
+    #[test]
+    fn a_url_of_the_wrong_scheme_is_said_to_be_one() {
+        let http_to_tls =
+            super::scheme_hint("client error (SendRequest): invalid HTTP version parsed");
+        assert!(http_to_tls.contains("https://"), "{http_to_tls}");
+        let tls_to_http = super::scheme_hint(
+            "client error (Connect): received corrupt message of type InvalidContentType",
+        );
+        assert!(tls_to_http.contains("plain http://"), "{tls_to_http}");
+        assert_eq!(super::scheme_hint("connection refused"), "");
+    }
 
     #[test]
     fn a_status_error_says_what_the_control_plane_said() {

@@ -481,6 +481,9 @@ mod tests {
             "postgres://h2:Tr0ub@dor/3x@127.0.0.1:5432/h2",
             "postgres://h2:Tr0ub@dor?3x@127.0.0.1:5432/h2",
             "postgres://h2:Tr0ub@dor#3x@127.0.0.1:5432/h2",
+            "postgres://h2:p@ss@127.0.0.1:5432/h2",
+            "postgres://",
+            "postgres:///h2",
         ] {
             let why = Dsn::parse(bad).err().unwrap_or_default();
             assert!(why.contains("percent-encoded"), "{bad}: {why}");

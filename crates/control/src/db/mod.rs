@@ -6,6 +6,7 @@
 //! between the dialects is written once per dialect as a [`Statement`].
 
 pub mod dialect;
+mod dsn;
 mod for_commands;
 mod held;
 pub mod models;
@@ -16,6 +17,7 @@ mod repair;
 pub mod schema;
 
 pub use dialect::{Dialect, Statement};
+pub use dsn::Dsn;
 pub use for_commands::{migrate_for_command, migrate_for_serve};
 
 /// Key of the PostgreSQL advisory lock that makes the usage appliers of
@@ -75,70 +77,6 @@ pub(crate) const MIGRATION_LOCK_KEY: i64 = 0x0000_6874_7476_7073;
 
 /// An SQLite connection driven through diesel-async.
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
-
-/// Where the data lives, parsed from `BACKEND_DB_DSN`.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Dsn {
-    /// A `postgres://` or `postgresql://` URL.
-    Postgres(String),
-    /// A path to an SQLite file (from `sqlite://path` or `sqlite:path`).
-    Sqlite(String),
-}
-
-impl std::fmt::Debug for Dsn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // A PostgreSQL URL may carry a password: never print it.
-        match self {
-            Dsn::Postgres(_) => f.write_str("Postgres(..)"),
-            Dsn::Sqlite(path) => write!(f, "Sqlite({path:?})"),
-        }
-    }
-}
-
-impl Dsn {
-    /// Parses a DSN, naming what is wrong with it.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let raw = raw.trim();
-        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            // Read as a URL first: a password with an unencoded `/`, `@`
-            // or `#`, or a port that is no number, is otherwise found only
-            // at the first connection, as "invalid connection string".
-            let how = "postgres://USER:PASSWORD@HOST:PORT/DB, with special characters of the \
-                       user and password percent-encoded (/ as %2F, @ as %40, # as %23, ? as \
-                       %3F, : as %3A, + as %2B)";
-            match url::Url::parse(raw) {
-                Err(e) => return Err(format!("is not a valid URL ({e}): {how}")),
-                // An `@` past the host: a password holding `@` and then
-                // `/`, `?` or `#` ("pw@x/y" made "x" the host), unencoded.
-                Ok(u)
-                    if u.path().contains('@')
-                        || u.query().is_some_and(|q| q.contains('@'))
-                        || u.fragment().is_some() =>
-                {
-                    return Err(format!("holds an `@` or `#` past its host: {how}"));
-                }
-                Ok(_) => {}
-            }
-            return Ok(Dsn::Postgres(raw.to_owned()));
-        }
-        if let Some(rest) = raw.strip_prefix("sqlite:") {
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path.is_empty() {
-                return Err("sqlite DSN has no file path (use sqlite://data/httvps.db)".into());
-            }
-            return Ok(Dsn::Sqlite(path.to_owned()));
-        }
-        Err("must start with postgres://, postgresql:// or sqlite://".into())
-    }
-
-    /// The backend's name, for logs.
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Dsn::Postgres(_) => "postgres",
-            Dsn::Sqlite(_) => "sqlite",
-        }
-    }
-}
 
 /// A pool of connections to one of the two supported databases.
 #[derive(Clone)]

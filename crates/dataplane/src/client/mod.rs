@@ -41,7 +41,7 @@ mod warm;
 mod wsframe;
 
 use params::Params;
-pub use params::{parse_destination, split_url};
+pub use params::{parse_destination, split_public_url, split_url};
 
 /// Client settings (their `Debug` shows no token).
 #[derive(Debug, Clone)]

@@ -68,6 +68,24 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
     Ok((host, parsed.port_or_known_default().unwrap_or(443)))
 }
 
+/// [`split_url`] for the URL a gateway hands out as its own (its public
+/// URL): `https://HOST[:PORT]` and nothing else. Credentials would be
+/// served to every client in its access keys, and a path, query or
+/// fragment dropped from them without a word.
+pub fn split_public_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let parsed = url::Url::parse(url).context("the gateway URL")?;
+    anyhow::ensure!(
+        parsed.username().is_empty()
+            && parsed.password().is_none()
+            && parsed.path() == "/"
+            && parsed.query().is_none()
+            && parsed.fragment().is_none(),
+        "the gateway URL must be https://HOST[:PORT] and nothing else (no credentials, path, \
+         query or fragment)"
+    );
+    split_url(url)
+}
+
 /// Asks the control plane, as the device, for a node and its key, through
 /// `backend` (one per client: its connections, and the TLS sessions that
 /// let a new one resume, are kept between calls).
