@@ -799,6 +799,55 @@ async function scenario(t, mode, env) {
     await shot(p, mode, '23-narrow-my-devices');
   });
 
+  await t.test('long names wrap in their cells; a form the browser stops drops its last error', async () => {
+    const auth = await gql(base, 'mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}', {
+      e: env.admin.email,
+      p: env.admin.password,
+    });
+    const token = auth.data?.login?.accessToken;
+    assert.ok(token, JSON.stringify(auth));
+    const longPlan = `${'P'.repeat(90)}${suffix}`;
+    const madePlan = await gql(base, 'mutation($n:String!){createPlan(input:{name:$n,priceCents:"0",durationDays:30,deviceLimit:2}){id}}', { n: longPlan }, token);
+    assert.ok(madePlan.data?.createPlan?.id, JSON.stringify(madePlan));
+    const longEmail = `wrap-${suffix}-${'x'.repeat(40)}@${'d'.repeat(63)}.example.com`;
+    const madeUser = await gql(base, 'mutation($e:String!,$p:String!){createUser(email:$e,password:$p){id}}', { e: longEmail, p: 'a long address password' }, token);
+    assert.ok(madeUser.data?.createUser?.id, JSON.stringify(madeUser));
+    const ctx = await b.context({ viewport: { width: 1280, height: 900 } });
+    collect(ctx);
+    const p = await ctx.newPage();
+    await signIn(p, base, env.admin);
+    await p.getByRole('heading', { name: 'Overview' }).waitFor();
+    // Every table within its box: the other columns (a plan's Edit and
+    // Archive, a user's role and status) stay in view.
+    const tablesFit = () =>
+      p.evaluate(() => [...document.querySelectorAll('.table-wrap')].map((w) => [w.scrollWidth, w.clientWidth]));
+    for (const [path, name] of [
+      ['/console/plans', longPlan],
+      ['/console/users', longEmail],
+    ]) {
+      await p.goto(`${base}${path}`);
+      await p.getByText(name).first().waitFor();
+      for (const [scroll, box] of await tablesFit()) {
+        assert.ok(scroll <= box + 1, `${path}: a table ${scroll} px wide in a box of ${box} px`);
+      }
+    }
+    // A refused attempt's error, then an attempt the browser stops (too
+    // short): the old error goes, it named a mistake no longer made.
+    await p.goto(`${base}/console/account`);
+    await p.getByLabel('Current password').fill('not the current password at all');
+    await p.getByLabel('New password', { exact: true }).fill('abcdefghijk1');
+    await p.getByLabel('New password again').fill('abcdefghijk1');
+    await p.getByRole('button', { name: 'Change password' }).click();
+    const stale = p.getByRole('alert').filter({ hasText: 'current password is wrong' });
+    await stale.waitFor();
+    await p.getByLabel('Current password').fill(env.admin.password);
+    await p.getByLabel('New password', { exact: true }).fill('short');
+    await p.getByLabel('New password again').fill('short');
+    await p.getByRole('button', { name: 'Change password' }).click();
+    await stale.waitFor({ state: 'detached' });
+    await ctx.close();
+  });
+
   await t.test('a throttled refresh keeps the session: the console waits as told and signs in again', async () => {
     const ctx = await b.context();
     collect(ctx);

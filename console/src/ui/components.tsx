@@ -249,6 +249,14 @@ export function Dialog(props: { title: string; onClose: () => void; children: Co
 export function useAction<A extends unknown[]>(fn: (...args: A) => Promise<unknown>) {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
+  // A new attempt the browser stops (a field too short, one left empty)
+  // never reaches `run`: the last attempt's error would stand beside the
+  // browser's own message, naming a mistake no longer made.
+  useEffect(() => {
+    const stale = () => setError(null);
+    document.addEventListener('invalid', stale, true);
+    return () => document.removeEventListener('invalid', stale, true);
+  }, []);
   const run = async (...args: A): Promise<boolean> => {
     setBusy(true);
     setError(null);
