@@ -9,7 +9,30 @@ url="${HTTVPS_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 answers() { pg_isready -q -d "$url" 2>/dev/null; }
 
+# The database link's TLS test (tests/link_tls.rs) needs the server's TLS:
+# Debian's clusters have it on with the snakeoil certificate (self-signed
+# for localhost); where it is off, it is turned on with that certificate.
+ensure_tls() {
+  if [ "$(psql -d "$url" -Atc 'SHOW ssl' 2>/dev/null)" = on ]; then
+    return 0
+  fi
+  cert=/etc/ssl/certs/ssl-cert-snakeoil.pem
+  key=/etc/ssl/private/ssl-cert-snakeoil.key
+  if [ ! -f "$cert" ] && command -v make-ssl-cert >/dev/null 2>&1; then
+    make-ssl-cert generate-default-snakeoil
+  fi
+  if [ ! -f "$cert" ]; then
+    echo "warning: PostgreSQL has ssl = off and $cert is missing: the TLS test will fail" >&2
+    return 0
+  fi
+  echo "turning on PostgreSQL's TLS with $cert" >&2
+  psql -q -d "$url" -c "ALTER SYSTEM SET ssl_cert_file = '$cert'" \
+    -c "ALTER SYSTEM SET ssl_key_file = '$key'" -c "ALTER SYSTEM SET ssl = on" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+}
+
 if command -v pg_isready >/dev/null 2>&1 && answers; then
+  ensure_tls
   exit 0
 fi
 
@@ -36,6 +59,7 @@ pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
 
 for _ in $(seq 1 30); do
   if answers; then
+    ensure_tls
     exit 0
   fi
   sleep 1

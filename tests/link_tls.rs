@@ -344,3 +344,148 @@ fn compose_healthcheck() -> String {
     assert_eq!(test[0].as_str(), Some("CMD-SHELL"), "{test:?}");
     test[1].as_str().expect("a shell command").to_owned()
 }
+
+/// Whether the connection PostgreSQL knows by `app` (its
+/// application_name) runs over TLS; `None` when there is none.
+async fn pg_ssl_of(app: &str) -> Option<bool> {
+    use diesel::sql_types::{Bool, Text};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Bool)]
+        ssl: bool,
+    }
+    let mut admin = AsyncPgConnection::establish(&common::pg_admin_url())
+        .await
+        .expect("admin connection");
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+         WHERE a.application_name = $1",
+    )
+    .bind::<Text, _>(app)
+    .load(&mut admin)
+    .await
+    .expect("pg_stat_ssl");
+    rows.into_iter().next().map(|r| r.ssl)
+}
+
+/// A setting of the test server (`SHOW`).
+async fn pg_setting(name: &str) -> String {
+    use diesel::sql_types::Text;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    let mut admin = AsyncPgConnection::establish(&common::pg_admin_url())
+        .await
+        .expect("admin connection");
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "SELECT setting AS value FROM pg_settings WHERE name = '{name}'"
+    ))
+    .load(&mut admin)
+    .await
+    .expect("pg_settings");
+    rows.into_iter().next().expect("setting").value
+}
+
+/// The link to PostgreSQL takes TLS as `sslmode` asks, with libpq's
+/// meanings: `prefer` (the default) and `require` encrypt, `verify-ca`
+/// checks the chain against `sslrootcert`, `verify-full` the host name
+/// too; `disable` does not encrypt. A certificate that does not hold is
+/// refused with the mode named. (The test server has `ssl = on` with
+/// Debian's snakeoil certificate, self-signed for `localhost`;
+/// `scripts/ensure-postgres.sh` turns it on where it is off.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_link_takes_tls_as_sslmode_asks() {
+    use httvps_control::db::Dsn;
+    assert_eq!(
+        pg_setting("ssl").await,
+        "on",
+        "the test PostgreSQL has ssl = off (scripts/ensure-postgres.sh turns it on)"
+    );
+    let mut server_cert = std::path::PathBuf::from(pg_setting("ssl_cert_file").await);
+    if server_cert.is_relative() {
+        server_cert =
+            std::path::PathBuf::from(pg_setting("data_directory").await).join(server_cert);
+    }
+    let db = common::TestDb::pg().await;
+    let base = url::Url::parse(&db.url()).expect("url");
+    let with = |host: &str, query: &str| {
+        let mut u = base.clone();
+        u.set_host(Some(host)).expect("host");
+        u.set_query(Some(query));
+        u.to_string()
+    };
+    let root = url::form_urlencoded::byte_serialize(server_cert.to_string_lossy().as_bytes())
+        .collect::<String>();
+    for (i, (host, query, tls)) in [
+        ("127.0.0.1", "sslmode=disable".to_owned(), false),
+        ("127.0.0.1", String::new(), true),
+        ("127.0.0.1", "sslmode=require".to_owned(), true),
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-ca&sslrootcert={root}"),
+            true,
+        ),
+        (
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={root}"),
+            true,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let app = format!("httvps_tls_{}_{i}", std::process::id());
+        let sep = if query.is_empty() { "" } else { "&" };
+        let url = with(host, &format!("{query}{sep}application_name={app}"));
+        let dsn = Dsn::parse(&url).expect("a valid DSN");
+        httvps_control::db::migrate(&dsn)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+        let pool = httvps_control::db::Db::connect(&dsn, 1).expect("pool");
+        assert!(
+            pool.ping(Duration::from_secs(10)).await,
+            "{query}: no connection"
+        );
+        assert_eq!(pg_ssl_of(&app).await, Some(tls), "{query}");
+    }
+    // The snakeoil certificate names localhost, not 127.0.0.1.
+    let by_address = with(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={root}"),
+    );
+    let e = httvps_control::db::migrate(&Dsn::parse(&by_address).expect("dsn"))
+        .await
+        .expect_err("a certificate for another name was accepted");
+    let said = e.to_string();
+    assert!(
+        said.contains("TLS with PostgreSQL at 127.0.0.1") && said.contains("verify-full"),
+        "{said}"
+    );
+    // Another CA's root: the chain does not hold.
+    let dir = common::tempdir::TempDir::new();
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, ca("another CA").pem).expect("write");
+    let other = url::form_urlencoded::byte_serialize(other.to_string_lossy().as_bytes())
+        .collect::<String>();
+    let e = httvps_control::db::migrate(
+        &Dsn::parse(&with(
+            "localhost",
+            &format!("sslmode=verify-ca&sslrootcert={other}"),
+        ))
+        .expect("dsn"),
+    )
+    .await
+    .expect_err("a certificate of another CA was accepted");
+    let said = e.to_string();
+    assert!(
+        said.contains("verify-ca") && said.contains("UnknownIssuer"),
+        "{said}"
+    );
+    // A mode mistyped is named before anything connects.
+    let why = Dsn::parse(&with("127.0.0.1", "sslmode=verify_full")).expect_err("parsed");
+    assert!(why.contains("sslmode=verify_full"), "{why}");
+}

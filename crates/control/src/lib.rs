@@ -55,6 +55,7 @@ pub mod node_assignment;
 pub mod nodes;
 pub mod pagination;
 mod pg;
+mod pg_tls;
 pub mod proven;
 pub mod refusals;
 pub mod rest;

@@ -9,7 +9,7 @@
 //! [`connect`] then asks the network itself and says which.
 
 use diesel::ConnectionError;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 
 /// What an operator is told when the server wants a password the DSN lacks.
 pub(crate) const NO_PASSWORD: &str = "the server asks for a password and BACKEND_DB_DSN has \
@@ -20,9 +20,7 @@ pub(crate) async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionEr
     // A peer that takes the connection and then says nothing would hold
     // the start for good (tokio-postgres' connect_timeout covers the TCP
     // connect only).
-    let Ok(established) =
-        tokio::time::timeout(CONNECT_WAIT, AsyncPgConnection::establish(url)).await
-    else {
+    let Ok(established) = tokio::time::timeout(CONNECT_WAIT, establish(url)).await else {
         return Err(ConnectionError::BadConnection(format!(
             "{} did not answer the start of a session within {CONNECT_WAIT:?}: is it PostgreSQL?",
             server_of(url)
@@ -40,6 +38,77 @@ pub(crate) async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionEr
         }
         Err(e) => Err(explain(e, url)),
     }
+}
+
+/// Connects as `url`'s `sslmode` asks (see [`crate::pg_tls`]), naming the
+/// cause of a failure (tokio-postgres' own text is its kind alone: "error
+/// performing TLS handshake").
+async fn establish(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
+    let settings = crate::pg_tls::Settings::of(url)
+        .map_err(|e| ConnectionError::InvalidConnectionUrl(format!("BACKEND_DB_DSN {e}")))?;
+    let mut config: tokio_postgres::Config = settings
+        .rest
+        .parse()
+        .map_err(|e| ConnectionError::InvalidConnectionUrl(with_causes(&e)))?;
+    config.ssl_mode(settings.ssl_mode());
+    let failed = |e: tokio_postgres::Error| match e.as_db_error() {
+        // The server's own refusal (no such database, a wrong password),
+        // as diesel-async words it.
+        Some(db) => ConnectionError::BadConnection(db.message().to_owned()),
+        None if e.to_string() == "error performing TLS handshake" => {
+            ConnectionError::BadConnection(format!(
+                "TLS with {} failed ({}): {}",
+                server_of(url),
+                mode_of(&settings),
+                with_causes(&e)
+            ))
+        }
+        None => ConnectionError::BadConnection(with_causes(&e)),
+    };
+    match settings
+        .connector()
+        .map_err(|e| ConnectionError::InvalidConnectionUrl(format!("BACKEND_DB_DSN {e}")))?
+    {
+        None => {
+            let (client, conn) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(failed)?;
+            AsyncPgConnection::try_from_client_and_connection(client, conn).await
+        }
+        Some(tls) => {
+            let (client, conn) = config.connect(tls).await.map_err(failed)?;
+            AsyncPgConnection::try_from_client_and_connection(client, conn).await
+        }
+    }
+}
+
+/// What a failed handshake was asked to check, and what to change.
+fn mode_of(s: &crate::pg_tls::Settings) -> &'static str {
+    use crate::pg_tls::Mode;
+    match s.mode {
+        Mode::VerifyFull => {
+            "sslmode=verify-full: the certificate must chain to sslrootcert (or a system root) \
+             and name the DSN's host"
+        }
+        Mode::VerifyCa => {
+            "sslmode=verify-ca: the certificate must chain to sslrootcert (or a system root)"
+        }
+        Mode::Require => "sslmode=require: does the server have ssl = on?",
+        _ => "sslmode=prefer",
+    }
+}
+
+/// `e` and its causes, one after the other.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// How long a server may take to accept a session.
@@ -106,7 +175,9 @@ fn explain(e: ConnectionError, url: &str) -> ConnectionError {
             _,
             info,
         )) => info.message() == "invalid configuration",
-        ConnectionError::BadConnection(m) => m == "invalid configuration",
+        ConnectionError::BadConnection(m) => {
+            m == "invalid configuration" || m == "invalid configuration: password missing"
+        }
         _ => false,
     };
     // A URL without a host reaches no server: that is another

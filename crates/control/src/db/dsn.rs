@@ -55,6 +55,9 @@ impl Dsn {
                 }
                 Ok(_) => {}
             }
+            // Its TLS settings too: a mode mistyped or a root file that
+            // cannot be read is named before the first connection.
+            crate::pg_tls::Settings::of(raw)?.connector()?;
             return Ok(Dsn::Postgres(raw.to_owned()));
         }
         if let Some(rest) = raw.strip_prefix("sqlite:") {
