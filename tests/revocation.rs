@@ -260,6 +260,21 @@ async fn revoking_a_device_ends_its_destinations_within_5_seconds_whoever_reads_
         .collect();
     eprintln!("destinations' connections ended after {ended:?}");
     assert_eq!(ended.len(), 2, "ended within {limit:?}: {ended:?}");
+    // The tunnels themselves, whose clients still read nothing, give their
+    // places back once their Close has waited 3 s for room and the writer
+    // 3 s more without writing: they held them about a minute (30 s for a
+    // frame written, 30 s more for an answer to a Close never sent).
+    let admin = plane.admin_addr.expect("admin listener");
+    let open = || common::metric(admin, "httvps_gateway_open_tunnels");
+    let limit = Duration::from_secs(10);
+    while open().await > 0.0 {
+        assert!(
+            revoked.elapsed() < limit,
+            "tunnels still open {limit:?} after the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("tunnels closed after {:?}", revoked.elapsed());
     drop(held);
 }
 

@@ -386,12 +386,22 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
         upstream.abort();
     }
     // As long as the client goes without a frame before it is pinged
-    // (30 s by default: a 64 KiB frame at 2 KB/s).
-    tunnel::finish_writer(writer, idle_ping).await;
+    // (30 s by default: a 64 KiB frame at 2 KB/s); a cut tunnel's client,
+    // as long as its Close may wait for room (3 s): one that has stopped
+    // reading held its places a minute after a revocation.
+    let stall = if cut {
+        tunnel::LAST_FRAMES_WAIT
+    } else {
+        idle_ping
+    };
+    let written = tunnel::finish_writer(writer, stall).await;
     if cut {
         // Its answer to the Close, read before the socket goes, while the
-        // client reads through what the socket still holds for it.
-        let _ = tokio::time::timeout(idle_ping, &mut upstream).await;
+        // client reads through what the socket still holds for it; none
+        // comes to a Close never written.
+        if written {
+            let _ = tokio::time::timeout(idle_ping, &mut upstream).await;
+        }
         upstream.abort();
     }
     drop(guard);

@@ -203,7 +203,7 @@ pub(crate) struct Writer {
 /// How long a frame that ends a tunnel (a Close, the drain's Ping) may wait
 /// for room in the writer's queue: a client that stops reading holds its
 /// tunnel no longer.
-const LAST_FRAMES_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const LAST_FRAMES_WAIT: Duration = Duration::from_secs(3);
 
 /// How many frames a tunnel's writer has written.
 #[derive(Clone)]
@@ -250,8 +250,8 @@ pub(crate) async fn queue_last(
 /// Close last, for as long as it makes progress, and ends it once `stall`
 /// passes without a frame written: a slow client still gets every byte
 /// queued for it, one that has stopped reading does not hold its socket
-/// and its place.
-pub(crate) async fn finish_writer(mut writer: Writer, stall: Duration) {
+/// and its place. Whether everything queued was written.
+pub(crate) async fn finish_writer(mut writer: Writer, stall: Duration) -> bool {
     let mut seen = writer.written.load(Ordering::Relaxed);
     while tokio::time::timeout(stall, &mut writer.handle)
         .await
@@ -260,8 +260,9 @@ pub(crate) async fn finish_writer(mut writer: Writer, stall: Duration) {
         let now = writer.written.load(Ordering::Relaxed);
         if now == seen {
             writer.handle.abort();
-            return;
+            return false;
         }
         seen = now;
     }
+    true
 }

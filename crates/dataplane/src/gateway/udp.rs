@@ -113,6 +113,7 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
         }
     });
     let closed = closed_signal(session.closed());
+    let cut = std::sync::atomic::AtomicBool::new(false);
     let downstream = async {
         tokio::pin!(closed);
         let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
@@ -177,6 +178,7 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     }
                 }
                 (code, reason) = &mut closed => {
+                    cut.store(true, Ordering::Relaxed);
                     tunnel::queue_last(&out, &progress, Frame::close(code, reason)).await;
                     return;
                 }
@@ -189,7 +191,12 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
     }
     drop(out);
     // As long as the client goes without a frame before it is pinged
-    // (30 s by default: a 64 KiB frame at 2 KB/s).
-    tunnel::finish_writer(writer, idle_ping).await;
+    // (30 s by default: a 64 KiB frame at 2 KB/s); a cut tunnel's client,
+    // as long as its Close may wait for room (3 s).
+    let stall = match cut.load(Ordering::Relaxed) {
+        true => tunnel::LAST_FRAMES_WAIT,
+        false => idle_ping,
+    };
+    let _ = tunnel::finish_writer(writer, stall).await;
     drop(guard);
 }
