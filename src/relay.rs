@@ -353,25 +353,13 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
              the admin port must be another"
         );
     }
-    // Held together, so two settings that clash are found too. A check
-    // may run beside the gateway it checks: a port in use is no mistake
-    // then, an address this host does not have is.
-    let mut held = Vec::new();
-    for (addr, var) in [
-        (listen, "GATEWAY_LISTEN (--listen)"),
-        (admin, "GATEWAY_ADMIN_LISTEN (--admin-listen)"),
-    ] {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => held.push(l),
-            Err(e) if check && e.kind() == std::io::ErrorKind::AddrInUse => {}
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("{var}: {addr} cannot be listened on"))
-                );
-            }
-        }
-    }
-    drop(held);
+    crate::cli::usable_addrs(
+        &[
+            (listen, "GATEWAY_LISTEN (--listen)"),
+            (admin, "GATEWAY_ADMIN_LISTEN (--admin-listen)"),
+        ],
+        check,
+    )?;
     let backend = credentials::resolve(
         Sources {
             kind: "gateway",

@@ -103,6 +103,18 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
     })
 }
 
+/// Whether `up` can listen on each of its `ports` (on 127.0.0.1; 0 is
+/// any free port), each named by its setting (see
+/// [`crate::cli::usable_addrs`]).
+pub fn usable_ports(ports: &[(u16, &str)], check: bool) -> anyhow::Result<()> {
+    let addrs: Vec<(std::net::SocketAddr, &str)> = ports
+        .iter()
+        .filter(|(p, _)| *p != 0)
+        .map(|&(p, var)| (std::net::SocketAddr::from(([127, 0, 0, 1], p)), var))
+        .collect();
+    crate::cli::usable_addrs(&addrs, check)
+}
+
 /// Whether `up` could make and write `data_dir`, without writing: it, or
 /// the nearest directory above it that exists, is a directory this
 /// process may write in (for `--check`).
@@ -281,13 +293,14 @@ pub async fn start_up_data_plane(
     let node_addr = running.addr;
     let mut machines = crate::up_machines::Local::open(db, admin, data_dir)?;
     let node_id = machines.node(i32::from(node_addr.port())).await?;
-    let (node_token, _) = nodes::rotate_token(db, &admin, node_id.uuid(), EnrollmentTtl::default())
-        .await
-        .map_err(fail)?;
+    let (node_token, ..) =
+        nodes::rotate_token(db, &admin, node_id.uuid(), EnrollmentTtl::default())
+            .await
+            .map_err(fail)?;
     let gateway_addr = gateway.local_addr()?;
     let public_url = format!("https://{gateway_addr}");
     let gw_id = machines.gateway(&public_url).await?;
-    let (gw_token, _) = nodes::rotate_token(db, &admin, gw_id.uuid(), EnrollmentTtl::default())
+    let (gw_token, ..) = nodes::rotate_token(db, &admin, gw_id.uuid(), EnrollmentTtl::default())
         .await
         .map_err(fail)?;
     let cert = data_dir.join("gateway.crt");

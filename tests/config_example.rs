@@ -351,6 +351,57 @@ fn up_refuses_ports_that_clash() {
     );
 }
 
+/// `up` names the setting of a port in use before it makes anything: it
+/// printed the first admin's password (never shown again) and then
+/// stopped on "binding 127.0.0.1:…: Address already in use".
+#[test]
+fn up_names_a_port_in_use_before_it_makes_the_first_admin() {
+    let dir = example_dir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let gw = common::stable_port().to_string();
+    for (args, var) in [
+        (
+            vec!["up", "--port", &port, "--gateway-port", &gw],
+            "HTTVPS_UP_PORT",
+        ),
+        (
+            vec!["up", "--port", &gw, "--gateway-port", &port],
+            "HTTVPS_UP_GATEWAY_PORT",
+        ),
+        (
+            vec!["up", "--port", &gw, "--node-port", &port],
+            "HTTVPS_UP_NODE_PORT",
+        ),
+    ] {
+        let r = run(HTTVPS, dir.path(), &args, &[]);
+        assert!(!r.ok, "{args:?} started:\n{}", r.out);
+        assert!(
+            r.out.contains(var) && r.out.contains("cannot be listened on"),
+            "{args:?}: {var} not named:\n{}",
+            r.out
+        );
+        assert!(
+            !r.out.contains("password"),
+            "{args:?}: a password printed:\n{}",
+            r.out
+        );
+    }
+    // Nothing was made: the first start that can listen makes the admin.
+    assert!(
+        !dir.path().join("data").exists(),
+        "a data directory was made"
+    );
+    // `--check` beside a running `up` passes: its ports are in use.
+    checks(
+        HTTVPS,
+        dir.path(),
+        &["up", "--check", "--port", &port, "--gateway-port", &gw],
+        &[],
+    );
+    drop(taken);
+}
+
 #[test]
 fn up_starts_from_the_example() {
     let dir = example_dir();

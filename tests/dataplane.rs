@@ -1995,6 +1995,55 @@ fn the_gateway_check_names_the_settings_its_start_would_refuse() {
     }
 }
 
+/// A node given a listen address in use says so, naming NODE_LISTEN,
+/// before it asks the control plane anything (an enrollment string is not
+/// spent on a start that cannot listen): here the control plane does not
+/// answer, which a node otherwise waits out.
+#[test]
+fn a_node_names_a_listen_address_in_use_before_it_asks_the_control_plane() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = taken.local_addr().expect("addr").to_string();
+    let dir = common::tempdir::TempDir::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
+        .args([
+            "node",
+            "--backend",
+            "http://127.0.0.1:1",
+            "--token",
+            "t0ken",
+        ])
+        .args(["--listen", &listen, "--credentials"])
+        .arg(dir.path().join("creds.json"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the node did not stop: {err}"
+    );
+    assert!(
+        err.contains("NODE_LISTEN") && err.contains(&listen),
+        "NODE_LISTEN not named: {err}"
+    );
+    drop(taken);
+}
+
 #[test]
 fn tokens_that_start_with_a_hyphen_are_taken_as_values() {
     // Tokens are base64url: about one in 32 starts with '-'. Checked
@@ -2218,11 +2267,30 @@ async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
     gw.sigkill().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
-    let plane = Plane::start(1).await;
-    let token = plane.register_gateway("gw-bin").await;
-    let dir = common::tempdir::TempDir::new();
+/// `httvps-relay gateway` as a process of its own on `plane` (a
+/// self-signed certificate in `dir`, `--public-url https://localhost`),
+/// registered under `registered`, draining `drain_secs`; its address, from
+/// its log, and its log as it goes on.
+async fn gateway_binary(
+    plane: &Plane,
+    dir: &std::path::Path,
+    registered: &str,
+    drain_secs: u64,
+) -> (
+    tokio::process::Child,
+    SocketAddr,
+    Arc<std::sync::Mutex<String>>,
+) {
+    let r = plane
+        .gql(
+            "mutation($n:String!,$u:String!){registerGatewayNode(input:{region:\"eu\",name:$n,publicUrl:$u}){token}}",
+            json!({"n": format!("gw-bin-{drain_secs}"), "u": registered}),
+        )
+        .await;
+    let token = r["data"]["registerGatewayNode"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
         .args([
             "gateway",
@@ -2233,18 +2301,14 @@ async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
         ])
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--cert")
-        .arg(dir.path().join("c.pem"))
+        .arg(dir.join("c.pem"))
         .arg("--key")
-        .arg(dir.path().join("k.pem"))
-        .args([
-            "--public-url",
-            "https://localhost",
-            "--drain-grace-secs",
-            "1",
-        ])
+        .arg(dir.join("k.pem"))
+        .args(["--public-url", "https://localhost", "--drain-grace-secs"])
+        .arg(drain_secs.to_string())
         .env("BACKEND_LOG_FORMAT", "json")
         .env("GATEWAY_SELF_SIGNED", "true")
-        .env("GATEWAY_DATA_DIR", dir.path())
+        .env("GATEWAY_DATA_DIR", dir)
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -2273,7 +2337,83 @@ async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
             addr = v["addr"].as_str().and_then(|a| a.parse().ok());
         }
     }
-    let addr = addr.expect("the gateway logged its address");
+    // The rest of the log is read on, so the gateway never blocks on it.
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let kept = log.clone();
+    tokio::spawn(async move {
+        let mut line = String::new();
+        while matches!(
+            tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line).await,
+            Ok(1..)
+        ) {
+            kept.lock()
+                .expect("log")
+                .push_str(&std::mem::take(&mut line));
+        }
+    });
+    (child, addr.expect("the gateway logged its address"), log)
+}
+
+/// Sends `signal` (`TERM`, `INT`) to `child`.
+fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// A second signal during the drain ends the gateway at once (a double
+/// Ctrl-C waited out the whole drain grace); what it counted is in its
+/// spool for the next start, as after a crash.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_cuts_the_gateway_drain_short() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let plane = Plane::start(1).await;
+    let dir = common::tempdir::TempDir::new();
+    // Registered under another URL than its own: its first heartbeat's
+    // answer makes it say so.
+    let (mut child, addr, log) =
+        gateway_binary(&plane, dir.path(), "https://gw-bin.localhost:8443", 60).await;
+    let said = "differs from the URL this gateway is registered under";
+    for _ in 0..100 {
+        if log.lock().expect("log").contains(said) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log.lock().expect("log").contains(said), "no warning");
+    // An open tunnel, which the drain would wait 60 s for.
+    let connector = tls::connector(Some(&dir.path().join("c.pem"))).expect("connector");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let s = connector.connect(name, tcp).await.expect("tls");
+    let req = format!("wss://localhost/ws/{}/tcp", plane.device_token)
+        .into_client_request()
+        .expect("request");
+    let (_ws, _) = tokio_tungstenite::client_async(req, s)
+        .await
+        .expect("a tunnel");
+    signal(&child, "TERM");
+    // Still draining a second later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(child.try_wait().expect("wait").is_none(), "no drain");
+    let hurried = std::time::Instant::now();
+    signal(&child, "INT");
+    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("ended within 5 s of the second signal")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(130), "{exit:?}");
+    assert!(hurried.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
+    let plane = Plane::start(1).await;
+    let dir = common::tempdir::TempDir::new();
+    let (mut child, addr, log) = gateway_binary(&plane, dir.path(), "https://localhost", 1).await;
     // It speaks TLS with the generated certificate and refuses unknown paths.
     let connector = tls::connector(Some(&dir.path().join("c.pem"))).expect("connector");
     let tcp = TcpStream::connect(addr).await.expect("connect");
@@ -2290,17 +2430,23 @@ async fn the_gateway_binary_serves_then_exits_cleanly_on_sigterm() {
         String::from_utf8_lossy(&all)
     );
     // SIGTERM: drain, flush, exit 0.
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal(&child, "TERM");
     let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
         .expect("exited in time")
         .expect("wait");
     assert!(exit.success(), "exit status {exit:?}");
+    // Registered under its own URL (its first heartbeat was answered
+    // before the drain's last report): no warning.
+    for _ in 0..50 {
+        if log.lock().expect("log").contains("gateway stopped") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = log.lock().expect("log").clone();
+    assert!(log.contains("gateway stopped"), "{log}");
+    assert!(!log.contains("differs from the URL"), "{log}");
 }
 
 /// A client frame as raw bytes: masked with a fixed key unless `masked`

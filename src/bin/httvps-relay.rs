@@ -138,6 +138,12 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             served
         }
         Command::Node(a) => {
+            // A listen address given is checked before an enrollment string
+            // is spent (the registered port is known only from the control
+            // plane); in a check, a port in use may be the node's own.
+            if let Some(listen) = a.listen {
+                httvps::cli::usable_addrs(&[(listen, "NODE_LISTEN (--listen)")], check)?;
+            }
             let backend = node_backend(&a, check).await?;
             if check {
                 println!("{CHECKED}");
@@ -180,7 +186,13 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
                 idle_timeout: Duration::from_secs(a.idle_timeout_secs),
             })
             .await
-            .with_context(|| format!("starting the Shadowsocks server on {listen}"))?;
+            .with_context(|| {
+                let from = match a.listen {
+                    Some(_) => "NODE_LISTEN (--listen)",
+                    None => "the registered port; another with NODE_LISTEN (--listen)",
+                };
+                format!("starting the Shadowsocks server on {listen} ({from})")
+            })?;
             tracing::info!(addr = %running.addr, node.id = %cfg.node_id, region = %cfg.region, "node listening");
             let running = Arc::new(running);
             let witness = node::witness::spawn_reports(

@@ -258,6 +258,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 !clash,
                 "--port ({port}), --gateway-port ({gateway_port}) and --node-port ({node_port}) must differ"
             );
+            // Before the first admin is made: a start that cannot listen
+            // printed its password and then stopped.
+            httvps::up::usable_ports(
+                &[
+                    (port, "HTTVPS_UP_PORT (--port)"),
+                    (gateway_port, "HTTVPS_UP_GATEWAY_PORT (--gateway-port)"),
+                    (node_port, "HTTVPS_UP_NODE_PORT (--node-port)"),
+                ],
+                check,
+            )?;
             if check {
                 httvps::up::usable_data_dir(&data_dir)?;
                 println!("{CHECKED}");

@@ -33,8 +33,9 @@ pub enum BackendError {
         /// Its message (empty when the answer had none).
         message: String,
     },
-    /// The control plane could not be reached.
-    #[error("control plane unreachable: {0}")]
+    /// The control plane could not be reached, or was reached but not
+    /// trusted (see [`BackendError::is_untrusted`]), which its text says.
+    #[error("{}", unreachable_text(.0))]
     Unreachable(String),
     /// The control plane cannot answer now (503), and says why: its
     /// database is down (an outage), or no node of the region can take
@@ -46,13 +47,32 @@ pub enum BackendError {
     Unavailable(Unavailable),
 }
 
+/// How a failure to reach the control plane reads: a certificate that
+/// did not verify or match the pin is a setting to change, not an outage
+/// to wait out, and says so.
+fn unreachable_text(why: &str) -> String {
+    if untrusted(why) {
+        format!(
+            "control plane not trusted (its certificate was refused; check the \
+             control plane's URL, --backend-ca and --backend-pin): {why}"
+        )
+    } else {
+        format!("control plane unreachable: {why}")
+    }
+}
+
+/// Whether a failure's text is a certificate refused (see
+/// [`BackendError::is_untrusted`]).
+fn untrusted(why: &str) -> bool {
+    why.contains("certificate") || why.contains("matches the pin")
+}
+
 impl BackendError {
     /// Whether the control plane was reached but not trusted: its
     /// certificate did not verify, or none of its chain matched the pin.
     /// Asking again does not help; the settings must change.
     pub fn is_untrusted(&self) -> bool {
-        matches!(self, BackendError::Unreachable(why)
-            if why.contains("certificate") || why.contains("matches the pin"))
+        matches!(self, BackendError::Unreachable(why) if untrusted(why))
     }
 
     /// Whether asking again later may succeed with the same settings: an
@@ -426,37 +446,5 @@ fn scheme_hint(chain: &str) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::BackendError;
-
-    #[test]
-    fn a_url_of_the_wrong_scheme_is_said_to_be_one() {
-        let http_to_tls =
-            super::scheme_hint("client error (SendRequest): invalid HTTP version parsed");
-        assert!(http_to_tls.contains("https://"), "{http_to_tls}");
-        let tls_to_http = super::scheme_hint(
-            "client error (Connect): received corrupt message of type InvalidContentType",
-        );
-        assert!(tls_to_http.contains("plain http://"), "{tls_to_http}");
-        assert_eq!(super::scheme_hint("connection refused"), "");
-    }
-
-    #[test]
-    fn a_status_error_says_what_the_control_plane_said() {
-        let e = BackendError::Status {
-            status: 404,
-            code: "NOT_FOUND".into(),
-            message: "region not found".into(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "control plane answered 404: NOT_FOUND (region not found)"
-        );
-        let bare = BackendError::Status {
-            status: 502,
-            code: "UNKNOWN".into(),
-            message: String::new(),
-        };
-        assert_eq!(bare.to_string(), "control plane answered 502: UNKNOWN");
-    }
-}
+#[path = "backend_tests.rs"]
+mod tests;

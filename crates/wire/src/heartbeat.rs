@@ -62,6 +62,12 @@ pub struct HeartbeatResponse {
     pub close_sessions: Vec<CloseOrder>,
     /// When to send the next heartbeat, in seconds.
     pub heartbeat_interval_secs: i64,
+    /// A gateway's public URL as registered (absent for Outline nodes and
+    /// from older control planes): the URL subscription links name, which
+    /// the gateway's own `--public-url` (the one its access documents
+    /// name) should be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 /// What an Outline node needs to run.

@@ -183,5 +183,6 @@ pub(super) async fn gateway_heartbeat(
     Ok(Json(HeartbeatResponse {
         close_sessions: close,
         heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+        public_url: Some(g.public_url.clone()),
     }))
 }

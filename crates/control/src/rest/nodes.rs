@@ -44,6 +44,7 @@ pub(super) async fn outline_heartbeat(
     Ok(Json(HeartbeatResponse {
         close_sessions: vec![],
         heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+        public_url: None,
     }))
 }
 

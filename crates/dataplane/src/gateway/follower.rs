@@ -47,6 +47,9 @@ pub(crate) struct Beats {
     failing: crate::failing::SharedFailing,
     /// When a heartbeat was last taken (None: not yet).
     last_taken: Mutex<Option<Instant>>,
+    /// The registered public URL last found to differ from this
+    /// gateway's own (said once per URL).
+    other_url: Mutex<Option<String>>,
 }
 
 /// A node not reached: where it was dialled, since when, and when it was
@@ -192,6 +195,7 @@ impl Gateway {
                     tracing::info!("heartbeat works again");
                 }
                 self.close_sessions(&answer.close_sessions);
+                self.compare_public_url(answer.public_url.as_deref());
             }
             // The control plane itself (its envelope, not a proxy's 401)
             // no longer knows this gateway's token: the gateway was removed
@@ -222,6 +226,42 @@ impl Gateway {
                     .put_back((beat.unreachable_nodes, beat.reachable_nodes));
             }
         }
+    }
+}
+
+impl Gateway {
+    /// Warns, once per URL, when the control plane has this gateway
+    /// registered under another public URL than its own `--public-url`:
+    /// subscription links point clients at the one, the access documents
+    /// it serves at the other.
+    fn compare_public_url(&self, registered: Option<&str>) {
+        let Some(registered) = registered else {
+            return;
+        };
+        let mut said = lock(&self.beats.other_url);
+        if same_url(registered, &self.opts.public_url) {
+            *said = None;
+            return;
+        }
+        if said.as_deref() != Some(registered) {
+            tracing::warn!(
+                registered,
+                own = %self.opts.public_url,
+                "GATEWAY_PUBLIC_URL (--public-url) differs from the URL this gateway is registered \
+                 under: subscription links name the registered one, the access documents at /c/ \
+                 this one; make them the same (updateGatewayNode, or --public-url)"
+            );
+            *said = Some(registered.to_owned());
+        }
+    }
+}
+
+/// Whether two https URLs name the same place (`:443` or not, the host's
+/// case, a trailing slash).
+fn same_url(a: &str, b: &str) -> bool {
+    match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -383,68 +423,5 @@ pub(crate) async fn access_loop(gw: Arc<Gateway>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reported(b: &Beats) -> Vec<String> {
-        lock(&b.unreachable).drain().collect()
-    }
-
-    #[test]
-    fn a_node_that_stays_unreached_is_reported_again_at_its_latest_address() {
-        let b = Beats::default();
-        b.unreachable("n1", "10.0.0.5:8388");
-        assert_eq!(reported(&b), ["n1"], "the first failure");
-        let t0 = Instant::now();
-        b.still_unreached("n1", t0);
-        assert!(reported(&b).is_empty(), "not at every failed dial");
-        b.still_unreached("n1", t0 + REPORT_AGAIN + Duration::from_secs(1));
-        assert_eq!(reported(&b), ["n1"], "again while it stays unreached");
-        // Moved: dialled at the new address, not at the old one (where
-        // its process may still answer).
-        b.unreachable("n1", "10.0.0.5:9999");
-        assert_eq!(lock(&b.unreached)["n1"].addr, "10.0.0.5:9999");
-        assert_eq!(reported(&b), ["n1"], "the move's own report");
-        // Reached: no longer dialled nor reported.
-        b.reachable("n1");
-        b.still_unreached("n1", t0 + REPORT_AGAIN * 10);
-        assert!(reported(&b).is_empty());
-        assert!(lock(&b.unreached).is_empty());
-    }
-
-    /// A node reported unreachable again while down, and reached before
-    /// that report went: the heartbeat says reachable, not unreachable
-    /// (it held the node down for a minute after it came back).
-    #[test]
-    fn the_latest_fact_about_a_node_is_the_one_reported() {
-        let b = Beats::default();
-        b.unreachable("n1", "10.0.0.5:8388");
-        let (down, up) = b.take_reports();
-        assert_eq!((down, up), (vec!["n1".to_owned()], vec![]));
-        let t0 = Instant::now();
-        b.still_unreached("n1", t0 + REPORT_AGAIN + Duration::from_secs(1));
-        b.reachable("n1");
-        assert_eq!(b.take_reports(), (vec![], vec!["n1".to_owned()]));
-        // And the other way round: a failure after a success.
-        b.reachable("n2");
-        b.unreachable("n2", "10.0.0.6:8388");
-        assert_eq!(b.take_reports(), (vec!["n2".to_owned()], vec![]));
-        // A failed heartbeat's reports go with the next one, unless a
-        // newer fact came meanwhile.
-        b.put_back((
-            vec!["n3".to_owned(), "n4".to_owned()],
-            vec!["n5".to_owned()],
-        ));
-        b.reachable("n4");
-        let (mut down, mut up) = b.take_reports();
-        down.sort();
-        up.sort();
-        assert_eq!(
-            (down, up),
-            (
-                vec!["n3".to_owned()],
-                vec!["n4".to_owned(), "n5".to_owned()]
-            )
-        );
-    }
-}
+#[path = "follower_tests.rs"]
+mod tests;

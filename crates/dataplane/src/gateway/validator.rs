@@ -309,7 +309,10 @@ impl Gateway {
                 Failure::Said(verdict) => (verdict, None),
                 Failure::Outage => {
                     // Keep serving what the control plane said recently.
-                    tracing::warn!(error = %e, "control plane unreachable");
+                    match e.is_untrusted() {
+                        true => tracing::warn!(error = %e, "control plane not trusted"),
+                        false => tracing::warn!(error = %e, "control plane unreachable"),
+                    }
                     return admission::during_outage(cached, Instant::now())
                         .ok_or(Refusal::Unavailable);
                 }
