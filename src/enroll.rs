@@ -329,7 +329,7 @@ pub async fn gateway(cmd: GatewayCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow
         GatewayCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
             is_a(&pool, Kind::Gateway, id).await?;
-            let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
+            let (token, until, _) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
                 .await
                 .map_err(fail)?;
             tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");
@@ -405,7 +405,7 @@ pub async fn node(cmd: NodeCommand, db: &DbArgs, e: &EnrollArgs) -> anyhow::Resu
         NodeCommand::Rotate { id, lifetime } => {
             let (url, pin) = target(e)?;
             is_a(&pool, Kind::Outline, id).await?;
-            let (token, until) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
+            let (token, until, _) = nodes::rotate_token(&pool, &op, id, lifetime.ttl)
                 .await
                 .map_err(fail)?;
             tracing::info!(enrollment.expires_at = %expiry(Some(until)), "token rotated");

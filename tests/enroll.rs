@@ -771,6 +771,57 @@ async fn graphql_registrations_return_the_same_string_for_dashboards() {
     config_with(&base, enrolled.token.expose())
         .await
         .expect("the machine's token still works");
+    // A rotation gives a new token with its string, of the machine's own
+    // kind: the old token stops working, the string redeems once.
+    const ROTATE: &str = "mutation($id:UUID!){rotateNodeEnrollment(id:$id,enrollmentTtlHours:2){token enrollment kind}}";
+    let nodes = common::gql(
+        &base,
+        Some(&admin),
+        "{outlineNodes{edges{node{id}}} gatewayNodes{edges{node{id}}}}",
+        json!({}),
+    )
+    .await;
+    for (list, kind, of) in [
+        ("outlineNodes", "OUTLINE", "node"),
+        ("gatewayNodes", "GATEWAY", "gateway"),
+    ] {
+        let id = nodes["data"][list]["edges"][0]["node"]["id"].clone();
+        let r = common::gql(&base, Some(&admin), ROTATE, json!({ "id": id })).await;
+        let rotated = &r["data"]["rotateNodeEnrollment"];
+        assert_eq!(rotated["kind"], kind, "{r}");
+        let e = Enrollment::decode(
+            rotated["enrollment"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}")),
+        )
+        .expect("string");
+        assert_eq!(
+            (e.kind.as_str(), e.url.as_str()),
+            (of, "https://cp.example.com")
+        );
+        assert_eq!(e.pin.as_deref(), Some(pin.as_str()));
+        assert_eq!(Some(e.token.expose()), rotated["token"].as_str());
+        let again = Backend::new(&base, e.token.expose()).expect("backend");
+        assert_eq!(again.enroll_as(of).await.expect("redeems").kind, of);
+    }
+    assert!(
+        config_with(&base, enrolled.token.expose()).await.is_err(),
+        "the node's token before the rotation still works"
+    );
+    // Unknown ids and subscribers are refused as for rotateNodeToken.
+    let r = common::gql(
+        &base,
+        Some(&admin),
+        ROTATE,
+        json!({ "id": uuid::Uuid::new_v4() }),
+    )
+    .await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "NOT_FOUND", "{r}");
+    let r = common::gql(&base, None, ROTATE, json!({ "id": uuid::Uuid::new_v4() })).await;
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{r}"
+    );
 }
 
 /// `enrollmentExpiresAt` of the machine `name` in `list`

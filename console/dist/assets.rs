@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-B0lS4WM8.js.br")),
     },
     Asset {
-        path: "assets/console-D-bkIM__.js",
+        path: "assets/console-Cs0MlDxi.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"00fda2c78d759748ee17\"",
+        etag: "\"4c5cc71442faced9ce2d\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-D-bkIM__.js"),
-        gzip: Some(include_bytes!("assets/console-D-bkIM__.js.gz")),
-        brotli: Some(include_bytes!("assets/console-D-bkIM__.js.br")),
+        raw: include_bytes!("assets/console-Cs0MlDxi.js"),
+        gzip: Some(include_bytes!("assets/console-Cs0MlDxi.js.gz")),
+        brotli: Some(include_bytes!("assets/console-Cs0MlDxi.js.br")),
     },
     Asset {
         path: "assets/console-DXXflEVA.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"b2767c56cf7d9f96f9a2\"",
+        etag: "\"6657fe592ca41e09bb93\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

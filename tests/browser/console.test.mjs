@@ -296,6 +296,17 @@ async function scenario(t, mode, env) {
     await token.waitFor();
     nodeToken = await token.inputValue();
     assert.ok(nodeToken.length >= 20, 'a machine token');
+    // The command starts the node as it is: with the enrollment string
+    // (URL and pin) where the server has a public URL, else with the token.
+    const nodeCommand = await admin.getByTestId('start-command').inputValue();
+    if (env.enrolls) {
+      const enrollment = await admin.getByTestId('enrollment').inputValue();
+      assert.match(enrollment, /^httvps-enroll:/);
+      assert.equal(nodeCommand, `NODE_ENROLL='${enrollment}' httvps-relay node`);
+    } else {
+      assert.equal(await admin.getByTestId('enrollment').count(), 0);
+      assert.equal(nodeCommand, `NODE_TOKEN=${nodeToken} httvps-relay node --backend ${env.server.base}`);
+    }
     await shot(admin, mode, '05-node-token');
     await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
     await rowOf(admin, nodeName).waitFor();
@@ -314,6 +325,11 @@ async function scenario(t, mode, env) {
     await gd.getByRole('button', { name: 'Register gateway' }).click();
     await admin.getByTestId('machine-token').waitFor();
     await admin.getByRole('dialog').getByText('start it within 3 h').waitFor();
+    // The gateway's command carries the URL just registered, and, with a
+    // public URL, its enrollment string.
+    const gwCommand = await admin.getByTestId('start-command').inputValue();
+    assert.ok(gwCommand.endsWith('--public-url https://gw1.example.test'), gwCommand);
+    assert.ok(gwCommand.startsWith(env.enrolls ? "GATEWAY_ENROLL='httvps-enroll:" : 'GATEWAY_TOKEN='), gwCommand);
     await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
     const gwRow = rowOf(admin, `gw-${suffix}`);
     await gwRow.waitFor();
@@ -331,6 +347,12 @@ async function scenario(t, mode, env) {
     await rd.getByRole('button', { name: 'Rotate token' }).click();
     await admin.getByTestId('machine-token').waitFor();
     await admin.getByRole('dialog').getByText('start it within 48 h').waitFor();
+    // A rotated token comes with its enrollment string too.
+    assert.equal(await admin.getByTestId('enrollment').count(), env.enrolls ? 1 : 0);
+    assert.ok(
+      (await admin.getByTestId('start-command').inputValue()).endsWith('--public-url https://gw1.example.test'),
+      'the rotated gateway command names its public URL',
+    );
     await admin.getByRole('dialog').getByRole('button', { name: 'Done' }).click();
     await gwRow.getByText(/token expires in 4[78] h/).waitFor();
 

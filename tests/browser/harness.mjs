@@ -130,6 +130,8 @@ export async function startUp() {
     admin: { email: 'admin@localhost', password },
     debug: true,
     tokenMinutes: 60,
+    // No BACKEND_PUBLIC_URL: machines are started with their token.
+    enrolls: false,
     // `up` runs a gateway (self-signed, its certificate in the data
     // directory) and a node in region `local`: real tunnels work.
     dataPlane: { caCert: join(dir, 'gateway.crt') },
@@ -163,6 +165,10 @@ export async function startServe() {
     BACKEND_LOG_FORMAT: 'json',
     // One-minute access tokens: the console refreshes them during the run.
     JWT_EXPIRE_MINUTES: '1',
+    // Registering machines gives enrollment strings (shown, never redeemed
+    // here): the URL and pin they carry are the production server's.
+    BACKEND_PUBLIC_URL: 'https://cp.example.test:8443',
+    BACKEND_ENROLL_PIN: `sha256:${'ab'.repeat(32)}`,
   };
   const admin = { email: 'ops@example.com', password: 'operator-password-1' };
   const made = spawnSync(HTTVPS, ['admin', 'create', '--email', admin.email, '--password-stdin'], {
@@ -180,6 +186,7 @@ export async function startServe() {
     debug: false,
     tokenMinutes: 1,
     dataPlane: null,
+    enrolls: true,
     cleanup: async () => {
       await server.stop();
       keepLog('serve-pg', server.output);

@@ -84,9 +84,9 @@ export const OUTLINE_NODES = `query OutlineNodes($region: String, $filter: NodeF
 export const GATEWAY_NODES = `query GatewayNodes($region: String, $filter: NodeFilterInput, $first: Int, $after: String) {
   gatewayNodes(region: $region, filter: $filter, first: $first, after: $after) { ${PAGE} nodes { ${GATEWAY_NODE} } } }`;
 export const REGISTER_OUTLINE_NODE = `mutation RegisterOutlineNode($input: RegisterOutlineNodeInput!) {
-  registerOutlineNode(input: $input) { token node { ${OUTLINE_NODE} } } }`;
+  registerOutlineNode(input: $input) { token enrollment node { ${OUTLINE_NODE} } } }`;
 export const REGISTER_GATEWAY_NODE = `mutation RegisterGatewayNode($input: RegisterGatewayNodeInput!) {
-  registerGatewayNode(input: $input) { token node { ${GATEWAY_NODE} } } }`;
+  registerGatewayNode(input: $input) { token enrollment node { ${GATEWAY_NODE} } } }`;
 export const UPDATE_OUTLINE_NODE = `mutation UpdateOutlineNode($id: UUID!, $input: UpdateOutlineNodeInput!) {
   updateOutlineNode(id: $id, input: $input) { ${OUTLINE_NODE} } }`;
 export const UPDATE_GATEWAY_NODE = `mutation UpdateGatewayNode($id: UUID!, $input: UpdateGatewayNodeInput!) {
@@ -94,8 +94,8 @@ export const UPDATE_GATEWAY_NODE = `mutation UpdateGatewayNode($id: UUID!, $inpu
 export const SET_NODE_STATUS = `mutation SetNodeStatus($id: UUID!, $status: NodeStatus!) {
   setNodeStatus(id: $id, status: $status) { __typename ... on OutlineNode { id status } ... on GatewayNode { id status } } }`;
 export const DELETE_NODE = `mutation DeleteNode($id: UUID!) { deleteNode(id: $id) }`;
-export const ROTATE_NODE_TOKEN = `mutation RotateNodeToken($id: UUID!, $enrollmentTtlHours: Int) {
-  rotateNodeToken(id: $id, enrollmentTtlHours: $enrollmentTtlHours) }`;
+export const ROTATE_NODE_ENROLLMENT = `mutation RotateNodeEnrollment($id: UUID!, $enrollmentTtlHours: Int) {
+  rotateNodeEnrollment(id: $id, enrollmentTtlHours: $enrollmentTtlHours) { token enrollment } }`;
 
 // Activity
 export const SESSIONS = `query Sessions($filter: SessionFilterInput, $first: Int, $after: String, $order: ListOrder! = NEWEST_FIRST) {

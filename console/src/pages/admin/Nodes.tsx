@@ -90,32 +90,49 @@ function TtlField(props: { value: string; onChange: (v: string) => void }) {
   );
 }
 
-/** A new machine token as shown once: its dialog's title, the kind of machine, its lifetime. */
-interface Issued {
+/** A new machine token as shown once, with its enrollment string when the control plane has a public URL. */
+export interface Issued {
   title: string;
   token: string;
+  /** The one-time enrollment string (control-plane URL, pin, token); null without BACKEND_PUBLIC_URL. */
+  enrollment: string | null;
   kind: 'node' | 'gateway';
   hours: number;
+  /** A gateway's public URL, for its command. */
+  publicUrl?: string;
+}
+
+/**
+ * The command that starts the machine: with the enrollment string, which
+ * carries the control plane's URL and certificate pin, or else with the
+ * token and this page's origin. Secrets go in the environment the relay
+ * reads (NODE_ENROLL, GATEWAY_TOKEN, ...), not in arguments: arguments are
+ * shown by `ps` to every user of the machine.
+ */
+export function startCommand(i: Issued): string {
+  const gateway = `--listen 0.0.0.0:443 --cert gw.crt --key gw.key --public-url ${i.publicUrl ?? 'https://…'}`;
+  if (i.enrollment) {
+    return i.kind === 'node'
+      ? `NODE_ENROLL='${i.enrollment}' httvps-relay node`
+      : `GATEWAY_ENROLL='${i.enrollment}' httvps-relay gateway ${gateway}`;
+  }
+  const backend = location.origin;
+  return i.kind === 'node'
+    ? `NODE_TOKEN=${i.token} httvps-relay node --backend ${backend}`
+    : `GATEWAY_TOKEN=${i.token} httvps-relay gateway --backend ${backend} ${gateway}`;
 }
 
 /** The machine token, shown once after registering or rotating. */
 function TokenDialog(props: Issued & { onClose: () => void }) {
-  const backend = location.origin;
-  // The token goes in the environment the relay reads (NODE_TOKEN,
-  // GATEWAY_TOKEN), not in --token: arguments are shown by `ps` to every
-  // user of the machine.
-  const command =
-    props.kind === 'node'
-      ? `NODE_TOKEN=${props.token} httvps-relay node --backend ${backend}`
-      : `GATEWAY_TOKEN=${props.token} httvps-relay gateway --backend ${backend} --listen 0.0.0.0:443 --cert gw.crt --key gw.key --public-url https://…`;
   return (
     <Dialog title={props.title} onClose={props.onClose} wide>
       <p class="note warn">
         This token is shown only now and is stored hashed. Copy it to the machine and start it within
         {` ${props.hours} h`}: a token not used by then expires. If it is lost or expired, rotate the token.
       </p>
+      {props.enrollment && <OnceValue label="Enrollment string" value={props.enrollment} testId="enrollment" />}
       <OnceValue label="Machine token" value={props.token} testId="machine-token" />
-      <OnceValue label="Command" value={command} />
+      <OnceValue label="Command" value={startCommand(props)} testId="start-command" />
       <footer class="dialog-foot">
         <Button variant="primary" onClick={props.onClose}>
           Done
@@ -140,7 +157,10 @@ function RegionSelect(props: { id: string; regions: Region[]; value: string; onC
   );
 }
 
-function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: (t: string, hours: number) => void }) {
+/** What registering or rotating gives: the token, its enrollment string (when there is one), its lifetime. */
+type OnIssued = (token: string, enrollment: string | null, hours: number) => void;
+
+function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: OnIssued }) {
   const [region, setRegion] = useState(props.regions[0]?.code ?? '');
   const [name, setName] = useState('');
   const [host, setHost] = useState('');
@@ -161,8 +181,10 @@ function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: 
       enrollmentTtlHours: hours,
     };
     if (ownKey) Object.assign(input, { method, secret });
-    const d = await gql<{ registerOutlineNode: { token: string } }>(doc.REGISTER_OUTLINE_NODE, { input });
-    props.onToken(d.registerOutlineNode.token, hours);
+    const d = await gql<{ registerOutlineNode: { token: string; enrollment: string | null } }>(doc.REGISTER_OUTLINE_NODE, {
+      input,
+    });
+    props.onToken(d.registerOutlineNode.token, d.registerOutlineNode.enrollment, hours);
   });
   return (
     <Dialog title="Register an Outline node" onClose={props.onClose}>
@@ -224,17 +246,23 @@ function RegisterNode(props: { regions: Region[]; onClose: () => void; onToken: 
   );
 }
 
-function RegisterGateway(props: { regions: Region[]; onClose: () => void; onToken: (t: string, hours: number) => void }) {
+function RegisterGateway(props: {
+  regions: Region[];
+  onClose: () => void;
+  onToken: (token: string, enrollment: string | null, hours: number, publicUrl: string) => void;
+}) {
   const [region, setRegion] = useState(props.regions[0]?.code ?? '');
   const [name, setName] = useState('');
   const [url, setUrl] = useState('https://');
   const [ttl, setTtl] = useState(DEFAULT_TTL_HOURS);
   const act = useAction(async () => {
     const hours = Number(ttl);
-    const d = await gql<{ registerGatewayNode: { token: string } }>(doc.REGISTER_GATEWAY_NODE, {
-      input: { region, name: name.trim(), publicUrl: url.trim(), enrollmentTtlHours: hours },
-    });
-    props.onToken(d.registerGatewayNode.token, hours);
+    const d = await gql<{ registerGatewayNode: { token: string; enrollment: string | null; node: GatewayNode } }>(
+      doc.REGISTER_GATEWAY_NODE,
+      { input: { region, name: name.trim(), publicUrl: url.trim(), enrollmentTtlHours: hours } },
+    );
+    const r = d.registerGatewayNode;
+    props.onToken(r.token, r.enrollment, hours, r.node.publicUrl);
   });
   return (
     <Dialog title="Register a gateway" onClose={props.onClose}>
@@ -276,7 +304,7 @@ function NodeActions(props: {
   node: { id: string; name: string; status: NodeStatus };
   kind: 'node' | 'gateway';
   changed: () => void;
-  onToken: (title: string, token: string, hours: number) => void;
+  onToken: (title: string, token: string, enrollment: string | null, hours: number) => void;
   /** Rendered first (the row's "Edit"). */
   children?: ComponentChildren;
 }) {
@@ -331,11 +359,12 @@ function NodeActions(props: {
         }
         action={async () => {
           const hours = Number(ttl);
-          const d = await gql<{ rotateNodeToken: string }>(doc.ROTATE_NODE_TOKEN, {
-            id: node.id,
-            enrollmentTtlHours: hours,
-          });
-          props.onToken(`New token for ${node.name}`, d.rotateNodeToken, hours);
+          const d = await gql<{ rotateNodeEnrollment: { token: string; enrollment: string | null } }>(
+            doc.ROTATE_NODE_ENROLLMENT,
+            { id: node.id, enrollmentTtlHours: hours },
+          );
+          const r = d.rotateNodeEnrollment;
+          props.onToken(`New token for ${node.name}`, r.token, r.enrollment, hours);
         }}
         done={props.changed}
       />
@@ -416,7 +445,7 @@ export function Nodes() {
                         node={n}
                         kind="node"
                         changed={nodes.reload}
-                        onToken={(title, t, hours) => setToken({ title, token: t, kind: 'node', hours })}
+                        onToken={(title, t, enrollment, hours) => setToken({ title, token: t, enrollment, kind: 'node', hours })}
                       >
                         <EditButton kind="node" node={n} done={nodes.reload} />
                       </NodeActions>
@@ -457,7 +486,9 @@ export function Nodes() {
                         node={g}
                         kind="gateway"
                         changed={nodes.reload}
-                        onToken={(title, t, hours) => setToken({ title, token: t, kind: 'gateway', hours })}
+                        onToken={(title, t, enrollment, hours) =>
+                          setToken({ title, token: t, enrollment, kind: 'gateway', hours, publicUrl: g.publicUrl })
+                        }
                       >
                         <EditButton kind="gateway" node={g} done={nodes.reload} />
                       </NodeActions>
@@ -474,9 +505,9 @@ export function Nodes() {
         <RegisterNode
           regions={regionList}
           onClose={() => setDialog(null)}
-          onToken={(t, hours) => {
+          onToken={(t, enrollment, hours) => {
             setDialog(null);
-            setToken({ title: 'Node registered', token: t, kind: 'node', hours });
+            setToken({ title: 'Node registered', token: t, enrollment, kind: 'node', hours });
             nodes.reload();
           }}
         />
@@ -485,9 +516,9 @@ export function Nodes() {
         <RegisterGateway
           regions={regionList}
           onClose={() => setDialog(null)}
-          onToken={(t, hours) => {
+          onToken={(t, enrollment, hours, publicUrl) => {
             setDialog(null);
-            setToken({ title: 'Gateway registered', token: t, kind: 'gateway', hours });
+            setToken({ title: 'Gateway registered', token: t, enrollment, kind: 'gateway', hours, publicUrl });
             nodes.reload();
           }}
         />

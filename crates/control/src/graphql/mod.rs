@@ -7,6 +7,7 @@ pub mod activity;
 pub mod catalogue;
 pub mod counts;
 pub mod devices;
+pub mod enrollments;
 pub mod inputs;
 pub mod live;
 pub mod loaders;
@@ -48,6 +49,7 @@ pub struct Mutation(
     subscriptions::SubscriptionMutation,
     devices::DeviceMutation,
     nodes::NodeMutation,
+    enrollments::EnrollmentMutation,
     activity::ActivityMutation,
     settings::SettingsMutation,
 );

@@ -337,7 +337,7 @@ impl NodeQuery {
 }
 
 /// An enrollment string's lifetime as a mutation gives it.
-fn ttl_hours(hours: Option<i32>) -> AppResult<EnrollmentTtl> {
+pub(super) fn ttl_hours(hours: Option<i32>) -> AppResult<EnrollmentTtl> {
     EnrollmentTtl::hours("enrollmentTtlHours", hours.map(i64::from))
 }
 
@@ -491,7 +491,7 @@ impl NodeMutation {
     ) -> async_graphql::Result<String> {
         let api = ctx.data::<AppContext>()?;
         let ttl = ttl_hours(enrollment_ttl_hours).gql()?;
-        let (token, _) = nodes::rotate_token(&api.db, &actor(ctx)?, id, ttl)
+        let (token, ..) = nodes::rotate_token(&api.db, &actor(ctx)?, id, ttl)
             .await
             .gql()?;
         api.machines.forget(id);

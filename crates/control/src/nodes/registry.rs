@@ -15,7 +15,7 @@ use crate::db::Db;
 use crate::db::models::{GatewayNode, OutlineNode, Region, now};
 use crate::db::schema::{audit_log, gateway_nodes, outline_nodes, regions};
 use crate::error::{AppError, AppResult};
-use crate::events::{AccessChange, NodeEventKind};
+use crate::events::{AccessChange, NodeEventKind, NodeKind};
 use crate::ids::{GatewayNodeId, OutlineNodeId, RegionId};
 use crate::status::{EndReason, Health, NodeStatus};
 use crate::{audit, auth, catalogue, validate};
@@ -422,20 +422,20 @@ async fn delete_now(db: &Db, actor: &Actor, id: uuid::Uuid) -> AppResult<()> {
 }
 
 /// Admin: replaces a node's machine token; the old one stops working.
-/// Returns the new token and until when it works unless used before
-/// (`ttl` from now).
+/// Returns the new token, until when it works unless used before (`ttl`
+/// from now) and which kind of machine it is.
 pub async fn rotate_token(
     db: &Db,
     actor: &Actor,
     id: uuid::Uuid,
     ttl: EnrollmentTtl,
-) -> AppResult<(String, chrono::NaiveDateTime)> {
+) -> AppResult<(String, chrono::NaiveDateTime, NodeKind)> {
     actor.require_admin()?;
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
     let expires_at = ttl.expires(now());
     let until = Some(expires_at);
-    db_tx!(db, |conn, _| {
+    let kind = db_tx!(db, |conn, _| {
         let outline = diesel::update(outline_nodes::table.find(OutlineNodeId::from(id)))
             .set((
                 outline_nodes::token_hash.eq(&hash),
@@ -450,10 +450,10 @@ pub async fn rotate_token(
             ))
             .execute(conn)
             .await?;
-        let target_type = match (outline, gateway) {
+        let (target_type, kind) = match (outline, gateway) {
             (0, 0) => return Err(AppError::NotFound("node")),
-            (0, _) => "gateway_node",
-            _ => "outline_node",
+            (0, _) => ("gateway_node", NodeKind::Gateway),
+            _ => ("outline_node", NodeKind::Outline),
         };
         let entry = audit::entry(
             actor,
@@ -466,7 +466,7 @@ pub async fn rotate_token(
             .values(&entry)
             .execute(conn)
             .await?;
-        Ok(())
+        Ok(kind)
     })?;
-    Ok((token, expires_at))
+    Ok((token, expires_at, kind))
 }
