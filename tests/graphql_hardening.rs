@@ -111,6 +111,7 @@ fn table() -> BTreeMap<&'static str, (Access, String)> {
         ("Mutation.setNodeStatus", (Admin, format!("mutation{{setNodeStatus(id:\"{ID}\",status:DRAINING){{__typename}}}}"))),
         ("Mutation.deleteNode", (Admin, format!("mutation{{deleteNode(id:\"{ID}\")}}"))),
         ("Mutation.rotateNodeToken", (Admin, format!("mutation{{rotateNodeToken(id:\"{ID}\")}}"))),
+        ("Mutation.rotateNodeEnrollment", (Admin, format!("mutation{{rotateNodeEnrollment(id:\"{ID}\"){{token}}}}"))),
         ("Mutation.updateOutlineNode", (Admin, format!("mutation{{updateOutlineNode(id:\"{ID}\",input:{{port:1}}){{id}}}}"))),
         ("Mutation.updateGatewayNode", (Admin, format!("mutation{{updateGatewayNode(id:\"{ID}\",input:{{name:\"x\"}}){{id}}}}"))),
         ("Mutation.renameRegion", (Admin, format!("mutation{{renameRegion(id:\"{ID}\",name:\"x\"){{id}}}}"))),
