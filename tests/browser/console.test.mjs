@@ -957,6 +957,16 @@ async function scenario(t, mode, env) {
     assert.equal(introspection.data?.__schema?.queryType?.name, 'Query', JSON.stringify(introspection).slice(0, 300));
     await g.getByRole('button', { name: /documentation explorer/i }).click();
     await g.getByText('A GraphQL schema provides a root type', { exact: false }).waitFor({ timeout: 10_000 });
+    // A query runs (its editors then set inline styles: the CSP must let
+    // them, or every run logs a violation, which the last test counts).
+    const ran = g.waitForResponse(
+      (r) => r.url().endsWith('/graphql') && !(r.request().postData() ?? '').includes('IntrospectionQuery'),
+      { timeout: 15_000 },
+    );
+    await g.locator('.graphiql-query-editor').click();
+    await g.keyboard.press('Control+Enter');
+    await ran;
+    await g.waitForTimeout(500);
     // Its tabs and variables (a password, for Login) stay in memory.
     assert.deepEqual(await g.evaluate(() => Object.keys(localStorage)), [], "nothing in GraphiQL's localStorage");
     await shot(g, mode, '24-graphiql');

@@ -48,8 +48,11 @@ const CSP_CONSOLE: &str = "default-src 'self'; script-src 'self'; style-src 'sel
      img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// GraphiQL: the same, plus the `data:` fonts of its stylesheet.
-const CSP_GRAPHIQL: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+/// GraphiQL: the same, plus the `data:` fonts of its stylesheet and inline
+/// styles, which its editors set on elements when a query runs (blocked,
+/// each run logged a violation). Scripts stay this origin's only; the page
+/// is served in debug mode and by `up` alone.
+const CSP_GRAPHIQL: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
      img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
