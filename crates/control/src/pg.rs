@@ -95,7 +95,7 @@ fn mode_of(s: &crate::pg_tls::Settings) -> &'static str {
             "sslmode=verify-ca: the certificate must chain to sslrootcert (or a system root)"
         }
         Mode::Require => "sslmode=require: does the server have ssl = on?",
-        _ => "sslmode=prefer",
+        _ => "sslmode=prefer, the default; sslmode=disable connects without TLS",
     }
 }
 
