@@ -261,9 +261,9 @@ async fn revoking_a_device_ends_its_destinations_within_5_seconds_whoever_reads_
     eprintln!("destinations' connections ended after {ended:?}");
     assert_eq!(ended.len(), 2, "ended within {limit:?}: {ended:?}");
     // The tunnels themselves, whose clients still read nothing, give their
-    // places back once their Close has waited 3 s for room and the writer
-    // 3 s more without writing: they held them about a minute (30 s for a
-    // frame written, 30 s more for an answer to a Close never sent).
+    // places back once their Close has waited 3 s for room, while their
+    // sockets wait for the writer: they held them about a minute (30 s
+    // for a frame written, 30 s more for an answer to a Close never sent).
     let admin = plane.admin_addr.expect("admin listener");
     let open = || common::metric(admin, "httvps_gateway_open_tunnels");
     let limit = Duration::from_secs(10);
@@ -276,6 +276,46 @@ async fn revoking_a_device_ends_its_destinations_within_5_seconds_whoever_reads_
     }
     eprintln!("tunnels closed after {:?}", revoked.elapsed());
     drop(held);
+}
+
+/// A tunnel cut at its allowance's end whose client reads nothing gives
+/// its places back within seconds too (it held them 30 s: the quota's
+/// cut ended the tunnel by another path than a revocation's).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_cut_at_its_allowance_gives_its_places_back_while_its_client_reads_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let plane = Plane::start_with(1, production).await;
+    let key = plane.cipher().await;
+    let admin = plane.admin_addr.expect("admin listener");
+    let (target, _) = flood().await;
+    let r = plane
+        .gql("{subscriptions{edges{node{id}}}}", json!({}))
+        .await;
+    let sub = r["data"]["subscriptions"]["edges"][0]["node"]["id"].clone();
+    let r = plane
+        .gql(
+            "mutation($id:UUID!){setSubscriptionTrafficLimit(id:$id,trafficLimitBytes:\"1000000\"){id}}",
+            json!({ "id": sub }),
+        )
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let w = ws_at(&plane, plane.gateway_addr, &plane.device_token, None)
+        .await
+        .expect("tunnel");
+    let mut s = ss_over(w, &key, target);
+    s.write_all(b"go").await.expect("write");
+    s.flush().await.expect("flush");
+    // Never read: the allowance is spent into the queue and the sockets.
+    let open = || common::metric(admin, "httvps_gateway_open_tunnels");
+    let t0 = Instant::now();
+    while open().await > 0.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the tunnel still holds its places 15 s after it started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(s);
 }
 
 /// Revoking a device whose upload waits for a slow destination (the

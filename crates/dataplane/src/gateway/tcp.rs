@@ -113,7 +113,12 @@ enum End {
 ///
 /// `ordered_close`: the client reads a Close in order behind the data (see
 /// the module's note).
-pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, ordered_close: bool) {
+pub(crate) async fn pipe(
+    fut: Opening,
+    node: TcpStream,
+    mut guard: TunnelGuard,
+    ordered_close: bool,
+) {
     let gw = guard.gw().clone();
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 8).await else {
         return;
@@ -385,16 +390,12 @@ pub(crate) async fn pipe(fut: Opening, node: TcpStream, guard: TunnelGuard, orde
     if !cut {
         upstream.abort();
     }
-    // As long as the client goes without a frame before it is pinged
-    // (30 s by default: a 64 KiB frame at 2 KB/s); a cut tunnel's client,
-    // as long as its Close may wait for room (3 s): one that has stopped
-    // reading held its places a minute after a revocation.
-    let stall = if cut {
-        tunnel::LAST_FRAMES_WAIT
-    } else {
-        idle_ping
-    };
-    let written = tunnel::finish_writer(writer, stall).await;
+    // No byte moves any more: the tunnel's places go back now, while
+    // what was queued goes out to the client, as long as the client goes
+    // without a frame before it is pinged (30 s by default: a 64 KiB
+    // frame at 2 KB/s).
+    guard.release_places();
+    let written = tunnel::finish_writer(writer, idle_ping).await;
     if cut {
         // Its answer to the Close, read before the socket goes, while the
         // client reads through what the socket still holds for it; none

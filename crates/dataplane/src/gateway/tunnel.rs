@@ -45,9 +45,12 @@ impl Drop for CapSlot {
 }
 
 /// Holds a tunnel's places (caps, connection budget, session); gives them
-/// back when the tunnel ends.
+/// back when the tunnel ends, its caps and session count as soon as it
+/// moves no more bytes (see [`TunnelGuard::release_places`]).
 pub(crate) struct TunnelGuard {
-    slot: CapSlot,
+    /// Its place in the caps (`None` once given back).
+    slot: Option<CapSlot>,
+    gw: Arc<Gateway>,
     /// The session the tunnel counts for.
     pub(crate) session: Arc<Session>,
     /// Its id.
@@ -63,7 +66,8 @@ impl TunnelGuard {
     pub fn new(slot: CapSlot, session_id: &str, conn: Option<Conn>) -> Self {
         let session = slot.gw.sessions.attach(session_id);
         TunnelGuard {
-            slot,
+            gw: slot.gw.clone(),
+            slot: Some(slot),
             session,
             session_id: Arc::from(session_id),
             conn: conn.map(|c| {
@@ -83,21 +87,34 @@ impl TunnelGuard {
 
     /// The gateway.
     pub fn gw(&self) -> &Arc<Gateway> {
-        &self.slot.gw
+        &self.gw
     }
 
     /// Whether the session may move bytes now (see [`Gateway::room`]).
     pub async fn room(&self) -> bool {
-        self.slot.gw.room(&self.session_id, &self.session).await
+        self.gw.room(&self.session_id, &self.session).await
+    }
+
+    /// Gives back the tunnel's places in the caps and its count in the
+    /// session (and the session's grant with its last tunnel) once it
+    /// moves no more bytes, while what was queued for its client still
+    /// goes out: a cut tunnel whose client reads slowly, or not at all,
+    /// held them until its socket went (a minute after a revocation).
+    /// The connection's place in the budget stays with the socket.
+    pub fn release_places(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.session.detach();
+            if self.session.tunnel_count() == 0 {
+                self.gw.release_grant(&self.session_id, &self.session);
+            }
+            drop(slot);
+        }
     }
 }
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
-        self.session.detach();
-        if self.session.tunnel_count() == 0 {
-            self.slot.gw.release_grant(&self.session_id, &self.session);
-        }
+        self.release_places();
     }
 }
 
@@ -203,7 +220,7 @@ pub(crate) struct Writer {
 /// How long a frame that ends a tunnel (a Close, the drain's Ping) may wait
 /// for room in the writer's queue: a client that stops reading holds its
 /// tunnel no longer.
-pub(crate) const LAST_FRAMES_WAIT: Duration = Duration::from_secs(3);
+const LAST_FRAMES_WAIT: Duration = Duration::from_secs(3);
 
 /// How many frames a tunnel's writer has written.
 #[derive(Clone)]

@@ -24,7 +24,7 @@ const DATAGRAM_MAX: usize = 65_507;
 const RECV_MAX: usize = 65_536;
 
 /// Pipes one UDP tunnel until either side ends it, or it is idle.
-pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
+pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, mut guard: TunnelGuard) {
     let gw = guard.gw().clone();
     let Some((mut rx, out, writer)) = tunnel::open(fut, gw.opts.max_frame, 32).await else {
         return;
@@ -113,7 +113,6 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
         }
     });
     let closed = closed_signal(session.closed());
-    let cut = std::sync::atomic::AtomicBool::new(false);
     let downstream = async {
         tokio::pin!(closed);
         let mut tick = tokio::time::interval(idle_ping.min(idle_timeout));
@@ -178,7 +177,6 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
                     }
                 }
                 (code, reason) = &mut closed => {
-                    cut.store(true, Ordering::Relaxed);
                     tunnel::queue_last(&out, &progress, Frame::close(code, reason)).await;
                     return;
                 }
@@ -190,13 +188,11 @@ pub(crate) async fn pipe(fut: Opening, socket: UdpSocket, guard: TunnelGuard) {
         _ = &mut upstream => {}
     }
     drop(out);
-    // As long as the client goes without a frame before it is pinged
-    // (30 s by default: a 64 KiB frame at 2 KB/s); a cut tunnel's client,
-    // as long as its Close may wait for room (3 s).
-    let stall = match cut.load(Ordering::Relaxed) {
-        true => tunnel::LAST_FRAMES_WAIT,
-        false => idle_ping,
-    };
-    let _ = tunnel::finish_writer(writer, stall).await;
+    // No datagram moves any more: the tunnel's places go back now, while
+    // what was queued goes out to the client, as long as the client goes
+    // without a frame before it is pinged (30 s by default: a 64 KiB
+    // frame at 2 KB/s).
+    guard.release_places();
+    let _ = tunnel::finish_writer(writer, idle_ping).await;
     drop(guard);
 }
