@@ -471,20 +471,32 @@ async fn the_database_link_takes_tls_as_sslmode_asks() {
     std::fs::write(&other, ca("another CA").pem).expect("write");
     let other = url::form_urlencoded::byte_serialize(other.to_string_lossy().as_bytes())
         .collect::<String>();
-    let e = httvps_control::db::migrate(
-        &Dsn::parse(&with(
-            "localhost",
-            &format!("sslmode=verify-ca&sslrootcert={other}"),
-        ))
-        .expect("dsn"),
-    )
-    .await
-    .expect_err("a certificate of another CA was accepted");
-    let said = e.to_string();
-    assert!(
-        said.contains("verify-ca") && said.contains("UnknownIssuer"),
-        "{said}"
+    // With verify-ca, and, as libpq reads a root file given, with require.
+    for mode in ["verify-ca", "require"] {
+        let e = httvps_control::db::migrate(
+            &Dsn::parse(&with(
+                "localhost",
+                &format!("sslmode={mode}&sslrootcert={other}"),
+            ))
+            .expect("dsn"),
+        )
+        .await
+        .expect_err("a certificate of another CA was accepted");
+        let said = e.to_string();
+        assert!(
+            said.contains("verify-ca") && said.contains("UnknownIssuer"),
+            "{mode}: {said}"
+        );
+    }
+    // The DSN's other parameters reach the server as written, encoded
+    // spaces included, beside the TLS ones.
+    let dsn = with(
+        "127.0.0.1",
+        "options=-c%20statement_timeout%3D4321&sslmode=require&application_name=tls%20options",
     );
+    httvps_control::db::migrate(&Dsn::parse(&dsn).expect("dsn"))
+        .await
+        .expect("parameters with encoded spaces");
     // A mode mistyped is named before anything connects.
     let why = Dsn::parse(&with("127.0.0.1", "sslmode=verify_full")).expect_err("parsed");
     assert!(why.contains("sslmode=verify_full"), "{why}");

@@ -88,11 +88,12 @@ fn mode_of(s: &crate::pg_tls::Settings) -> &'static str {
     use crate::pg_tls::Mode;
     match s.mode {
         Mode::VerifyFull => {
-            "sslmode=verify-full: the certificate must chain to sslrootcert (or a system root) \
-             and name the DSN's host"
+            "sslmode=verify-full: the server must have ssl = on and a certificate that chains \
+             to sslrootcert (or a system root) and names the DSN's host"
         }
         Mode::VerifyCa => {
-            "sslmode=verify-ca: the certificate must chain to sslrootcert (or a system root)"
+            "sslmode=verify-ca (or a root file given): the server must have ssl = on and a \
+             certificate that chains to sslrootcert (or a system root)"
         }
         Mode::Require => "sslmode=require: does the server have ssl = on?",
         _ => "sslmode=prefer, the default; sslmode=disable connects without TLS",

@@ -53,7 +53,8 @@ pub(crate) enum Mode {
 /// the parameters read here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Settings {
-    /// `sslmode`.
+    /// `sslmode`, as libpq reads it with `sslrootcert` (see
+    /// [`Settings::of`]).
     pub mode: Mode,
     /// `sslrootcert`: `None` for the system's roots.
     pub roots: Option<PathBuf>,
@@ -65,20 +66,41 @@ pub(crate) struct Settings {
 /// passed on, where tokio-postgres would call them unknown.
 const UNSUPPORTED: [&str; 5] = ["sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir"];
 
+/// `sslrootcert` as given.
+enum Roots {
+    /// Not given: the system's roots where a mode checks the chain.
+    Unset,
+    /// `system`.
+    System,
+    /// A PEM file.
+    File(PathBuf),
+}
+
 impl Settings {
     /// Reads the TLS parameters of `url` (a `postgres://` URL), naming
-    /// what is wrong.
+    /// what is wrong, as libpq reads them: a root file given makes
+    /// `allow`, `prefer` and `require` check the chain (`verify-ca`);
+    /// `sslrootcert=system` makes the default `verify-full` and refuses a
+    /// weaker mode. The other parameters go on as they were written.
     pub(crate) fn of(url: &str) -> Result<Self, String> {
         let mut u = url::Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
-        let mut mode = Mode::Prefer;
-        let mut roots = None;
+        let mut mode = None;
+        let mut roots = Roots::Unset;
         let mut rest = Vec::new();
-        let mut taken = false;
-        for (k, v) in u.query_pairs() {
+        // Pair by pair, each kept as it was written (re-encoding turned a
+        // `%20` in `options` into a `+`, which PostgreSQL took literally).
+        for raw in u
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let Some((k, v)) = url::form_urlencoded::parse(raw.as_bytes()).next() else {
+                continue;
+            };
             match k.as_ref() {
                 "sslmode" => {
-                    taken = true;
-                    mode = match v.as_ref() {
+                    mode = Some(match v.as_ref() {
                         "disable" => Mode::Disable,
                         "allow" => Mode::Allow,
                         "prefer" => Mode::Prefer,
@@ -91,14 +113,13 @@ impl Settings {
                                  verify-ca, verify-full"
                             ));
                         }
-                    };
+                    });
                 }
                 "sslrootcert" => {
-                    taken = true;
                     roots = match v.as_ref() {
                         "" => return Err("has an empty sslrootcert: a PEM file, or system".into()),
-                        "system" => None,
-                        path => Some(PathBuf::from(path)),
+                        "system" => Roots::System,
+                        path => Roots::File(PathBuf::from(path)),
                     };
                 }
                 k if UNSUPPORTED.contains(&k) => {
@@ -107,21 +128,36 @@ impl Settings {
                          with sslmode=verify-full)"
                     ));
                 }
-                _ => rest.push((k.into_owned(), v.into_owned())),
+                _ => rest.push(raw),
             }
         }
-        if roots.is_some() && matches!(mode, Mode::Disable) {
-            return Err("has sslrootcert with sslmode=disable: TLS is off".into());
-        }
+        let taken = mode.is_some() || !matches!(roots, Roots::Unset);
+        let mode = match (mode, &roots) {
+            (Some(Mode::Disable), Roots::File(_) | Roots::System) => {
+                return Err("has sslrootcert with sslmode=disable: TLS is off".into());
+            }
+            (None, Roots::System) => Mode::VerifyFull,
+            (Some(m), Roots::System) if m != Mode::VerifyFull => {
+                return Err(
+                    "has sslrootcert=system with a weaker sslmode than verify-full (libpq \
+                     refuses it too): sslmode=verify-full"
+                        .into(),
+                );
+            }
+            (None | Some(Mode::Allow | Mode::Prefer | Mode::Require), Roots::File(_)) => {
+                Mode::VerifyCa
+            }
+            (m, _) => m.unwrap_or(Mode::Prefer),
+        };
         let rest = if taken {
-            if rest.is_empty() {
-                u.set_query(None);
-            } else {
-                u.query_pairs_mut().clear().extend_pairs(rest);
-            }
+            u.set_query((!rest.is_empty()).then(|| rest.join("&")).as_deref());
             u.to_string()
         } else {
             url.to_owned()
+        };
+        let roots = match roots {
+            Roots::File(path) => Some(path),
+            Roots::Unset | Roots::System => None,
         };
         Ok(Settings { mode, roots, rest })
     }

@@ -37,6 +37,24 @@ fn sslmode_reads_as_libpq_reads_it_and_is_not_passed_on() {
     let system =
         Settings::of(&format!("{plain}?sslmode=verify-full&sslrootcert=system")).expect("system");
     assert_eq!(system.roots, None);
+    // As libpq: a root file makes the modes below verify-ca check the
+    // chain; `system` makes verify-full the default.
+    for mode in ["", "sslmode=allow&", "sslmode=prefer&", "sslmode=require&"] {
+        let s = Settings::of(&format!("{plain}?{mode}sslrootcert=%2Fetc%2Fca.pem")).expect(mode);
+        assert_eq!(s.mode, Mode::VerifyCa, "{mode}");
+    }
+    let s = Settings::of(&format!("{plain}?sslrootcert=system")).expect("system");
+    assert_eq!(s.mode, Mode::VerifyFull);
+    // The rest goes on as it was written: `%20` stays (re-encoded, it was
+    // `+`, which PostgreSQL took literally).
+    let s = Settings::of(&format!(
+        "{plain}?options=-c%20statement_timeout%3D5000&sslmode=require&application_name=a%20b"
+    ))
+    .expect("settings");
+    assert_eq!(
+        s.rest,
+        format!("{plain}?options=-c%20statement_timeout%3D5000&application_name=a%20b")
+    );
 }
 
 #[test]
@@ -51,6 +69,14 @@ fn tls_settings_that_cannot_work_are_named() {
         ),
         ("sslrootcert=", "empty sslrootcert"),
         ("sslmode=disable&sslrootcert=/ca.pem", "TLS is off"),
+        (
+            "sslmode=require&sslrootcert=system",
+            "weaker sslmode than verify-full",
+        ),
+        (
+            "sslmode=verify-ca&sslrootcert=system",
+            "weaker sslmode than verify-full",
+        ),
     ] {
         let why = Settings::of(&format!("{plain}?{query}")).expect_err(query);
         assert!(why.contains(says), "{query}: {why}");
