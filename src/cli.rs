@@ -171,25 +171,3 @@ pub fn spool_path(
     }
     Ok(spool)
 }
-
-/// Whether each of `addrs` can be listened on, each named by its setting:
-/// bound a moment, together (so two settings that clash are found too),
-/// and let go, so a start that could not listen ends before anything is
-/// made or an enrollment string spent. A check may run beside the process
-/// it checks: a port in use is no mistake then, an address this host does
-/// not have is.
-pub fn usable_addrs(addrs: &[(std::net::SocketAddr, &str)], check: bool) -> anyhow::Result<()> {
-    let mut held = Vec::new();
-    for &(addr, var) in addrs {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => held.push(l),
-            Err(e) if check && e.kind() == std::io::ErrorKind::AddrInUse => {}
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("{var}: {addr} cannot be listened on"))
-                );
-            }
-        }
-    }
-    Ok(())
-}

@@ -27,6 +27,7 @@ pub mod credentials;
 pub mod enroll;
 mod gateway_certs;
 pub mod logging;
+pub mod ports;
 pub mod relay;
 pub mod shutdown;
 pub mod up;

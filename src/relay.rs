@@ -353,7 +353,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
              the admin port must be another"
         );
     }
-    crate::cli::usable_addrs(
+    crate::ports::usable_addrs(
         &[
             (listen, "GATEWAY_LISTEN (--listen)"),
             (admin, "GATEWAY_ADMIN_LISTEN (--admin-listen)"),

@@ -105,14 +105,19 @@ pub async fn prepare_up(data_dir: &Path, port: u16, limits: UpLimits) -> anyhow:
 
 /// Whether `up` can listen on each of its `ports` (on 127.0.0.1; 0 is
 /// any free port), each named by its setting (see
-/// [`crate::cli::usable_addrs`]).
-pub fn usable_ports(ports: &[(u16, &str)], check: bool) -> anyhow::Result<()> {
+/// [`crate::ports::usable_addrs`]); the node's, `node`, takes UDP too.
+pub fn usable_ports(ports: &[(u16, &str)], node: (u16, &str), check: bool) -> anyhow::Result<()> {
+    let at = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
     let addrs: Vec<(std::net::SocketAddr, &str)> = ports
         .iter()
         .filter(|(p, _)| *p != 0)
-        .map(|&(p, var)| (std::net::SocketAddr::from(([127, 0, 0, 1], p)), var))
+        .map(|&(p, var)| (at(p), var))
         .collect();
-    crate::cli::usable_addrs(&addrs, check)
+    crate::ports::usable_addrs(&addrs, check)?;
+    match node {
+        (0, _) => Ok(()),
+        (p, var) => crate::ports::usable_node_addr(at(p), var, check),
+    }
 }
 
 /// Whether `up` could make and write `data_dir`, without writing: it, or

@@ -387,6 +387,22 @@ fn up_names_a_port_in_use_before_it_makes_the_first_admin() {
             r.out
         );
     }
+    // A node port taken for UDP only: the node's UDP relay needs it too.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let udp_port = udp.local_addr().expect("addr").port().to_string();
+    let args = ["up", "--port", &gw, "--node-port", &udp_port];
+    let r = run(HTTVPS, dir.path(), &args, &[]);
+    assert!(
+        !r.ok && r.out.contains("HTTVPS_UP_NODE_PORT") && r.out.contains("UDP"),
+        "{args:?}:\n{}",
+        r.out
+    );
+    assert!(
+        !r.out.contains("password"),
+        "a password printed:\n{}",
+        r.out
+    );
+    drop(udp);
     // Nothing was made: the first start that can listen makes the admin.
     assert!(
         !dir.path().join("data").exists(),

@@ -2002,7 +2002,19 @@ fn the_gateway_check_names_the_settings_its_start_would_refuse() {
 #[test]
 fn a_node_names_a_listen_address_in_use_before_it_asks_the_control_plane() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let listen = taken.local_addr().expect("addr").to_string();
+    node_refuses_to_start(
+        &taken.local_addr().expect("addr").to_string(),
+        "NODE_LISTEN",
+    );
+    // Taken for UDP only: the node's UDP relay shares the port.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    node_refuses_to_start(&udp.local_addr().expect("addr").to_string(), "UDP");
+    drop((taken, udp));
+}
+
+/// A node on `listen` stops within 20 s, its error naming `listen` and
+/// holding `said`, while its control plane does not answer.
+fn node_refuses_to_start(listen: &str, said: &str) {
     let dir = common::tempdir::TempDir::new();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_httvps-relay"))
         .args([
@@ -2012,7 +2024,7 @@ fn a_node_names_a_listen_address_in_use_before_it_asks_the_control_plane() {
             "--token",
             "t0ken",
         ])
-        .args(["--listen", &listen, "--credentials"])
+        .args(["--listen", listen, "--credentials"])
         .arg(dir.path().join("creds.json"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -2038,10 +2050,9 @@ fn a_node_names_a_listen_address_in_use_before_it_asks_the_control_plane() {
         "the node did not stop: {err}"
     );
     assert!(
-        err.contains("NODE_LISTEN") && err.contains(&listen),
+        err.contains("NODE_LISTEN") && err.contains(listen) && err.contains(said),
         "NODE_LISTEN not named: {err}"
     );
-    drop(taken);
 }
 
 #[test]

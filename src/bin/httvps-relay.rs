@@ -142,7 +142,7 @@ async fn run(command: Command, check: bool) -> anyhow::Result<()> {
             // is spent (the registered port is known only from the control
             // plane); in a check, a port in use may be the node's own.
             if let Some(listen) = a.listen {
-                httvps::cli::usable_addrs(&[(listen, "NODE_LISTEN (--listen)")], check)?;
+                httvps::ports::usable_node_addr(listen, "NODE_LISTEN (--listen)", check)?;
             }
             let backend = node_backend(&a, check).await?;
             if check {

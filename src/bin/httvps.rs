@@ -264,8 +264,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &[
                     (port, "HTTVPS_UP_PORT (--port)"),
                     (gateway_port, "HTTVPS_UP_GATEWAY_PORT (--gateway-port)"),
-                    (node_port, "HTTVPS_UP_NODE_PORT (--node-port)"),
                 ],
+                (node_port, "HTTVPS_UP_NODE_PORT (--node-port)"),
                 check,
             )?;
             if check {
