@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-B0lS4WM8.js.br")),
     },
     Asset {
-        path: "assets/console-Cs0MlDxi.js",
+        path: "assets/console-BItAt9m5.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"4c5cc71442faced9ce2d\"",
+        etag: "\"e533ac6a67e4812c3298\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-Cs0MlDxi.js"),
-        gzip: Some(include_bytes!("assets/console-Cs0MlDxi.js.gz")),
-        brotli: Some(include_bytes!("assets/console-Cs0MlDxi.js.br")),
+        raw: include_bytes!("assets/console-BItAt9m5.js"),
+        gzip: Some(include_bytes!("assets/console-BItAt9m5.js.gz")),
+        brotli: Some(include_bytes!("assets/console-BItAt9m5.js.br")),
     },
     Asset {
         path: "assets/console-DXXflEVA.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"6657fe592ca41e09bb93\"",
+        etag: "\"b026897854072dd08e50\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

@@ -110,7 +110,10 @@ export interface Issued {
  * shown by `ps` to every user of the machine.
  */
 export function startCommand(i: Issued): string {
-  const gateway = `--listen 0.0.0.0:443 --cert gw.crt --key gw.key --public-url ${i.publicUrl ?? 'https://…'}`;
+  // The gateway listens on its URL's port unless something in front of it
+  // maps another.
+  const port = (i.publicUrl && URL.canParse(i.publicUrl) && new URL(i.publicUrl).port) || '443';
+  const gateway = `--listen 0.0.0.0:${port} --cert gw.crt --key gw.key --public-url ${i.publicUrl ?? 'https://…'}`;
   if (i.enrollment) {
     return i.kind === 'node'
       ? `NODE_ENROLL='${i.enrollment}' httvps-relay node`
