@@ -18,7 +18,10 @@ run, default 200000), BENCH_TUNNELS (default 10000, or what the fd limit
 allows), BENCH_ONLY (comma list of sections:
 throughput,setup,close,memory,control,latency), BENCH_BIN_DIR (where the
 release binaries are, default target/release),
-BENCH_KEEP_DB=1 (keep the PostgreSQL database for profiling), BENCH_CP_LOG
+BENCH_KEEP_DB=1 (keep the PostgreSQL database for profiling),
+BENCH_PG_SSLMODE (the sslmode of the control plane's and pgbench's DSN,
+alike; unset: libpq's default, prefer, which encrypts where the server
+has ssl = on), BENCH_CP_LOG
 (the control plane's RUST_LOG, e.g. httvps::control::usage_accounting=debug
 for the applier's passes and statement times). The latency section's own
 knobs are in bench/latency.py.
@@ -52,6 +55,7 @@ FD_LIMIT = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE
 TUNNELS = int(os.environ.get("BENCH_TUNNELS", str(min(10000, (FD_LIMIT - 600) // 2 // 500 * 500))))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 PG_URL = os.environ.get("HTTVPS_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+PG_SSLMODE = os.environ.get("BENCH_PG_SSLMODE", "")
 WORK = tempfile.mkdtemp(prefix="httvps-bench-")
 PASSWORD = "bench password bench password"
 SECRET_KEY = "bench-secret-bench-secret-bench-secret-0001"
@@ -636,11 +640,12 @@ NODE_TOKEN = "benchnodetoken00000000000000000000000000000"
 
 
 def control_plane():
-    log(f"== control plane on PostgreSQL, {DEVICES:,} devices ==")
+    log(f"== control plane on PostgreSQL (sslmode {PG_SSLMODE or 'unset: prefer'}), {DEVICES:,} devices ==")
     subprocess.run([os.path.join(ROOT, "scripts", "ensure-postgres.sh")], check=True)
     db = "httvps_bench"
     base_url = PG_URL.rsplit("/", 1)[0]
-    dsn = f"{base_url}/{db}"
+    # The same DSN, and so the same TLS, for our server and for pgbench.
+    dsn = f"{base_url}/{db}" + (f"?sslmode={PG_SSLMODE}" if PG_SSLMODE else "")
     psql(PG_URL, f"DROP DATABASE IF EXISTS {db} WITH (FORCE);\nCREATE DATABASE {db};")
     subprocess.run([f"{REL}/httvps", "migrate", "--db-dsn", dsn], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "RUST_LOG": "warn"})
