@@ -196,8 +196,9 @@ fn explain(e: ConnectionError, url: &str) -> ConnectionError {
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A server on 127.0.0.1 that asks every client for a cleartext
-    /// password, as a `password` line of pg_hba.conf makes PostgreSQL do.
+    /// A server on 127.0.0.1 without TLS that asks every client for a
+    /// cleartext password, as a `password` line of pg_hba.conf makes
+    /// PostgreSQL do.
     async fn asking_for_a_password() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -208,10 +209,18 @@ mod tests {
                 let Ok((mut s, _)) = listener.accept().await else {
                     return;
                 };
-                // The startup message: a length (itself included), then the rest.
-                let len = s.read_u32().await.unwrap_or(8);
-                let mut rest = vec![0; len.saturating_sub(4) as usize];
-                let _ = s.read_exact(&mut rest).await;
+                // The startup message: a length (itself included), then the
+                // rest; an SSLRequest (code 80877103) before it is answered
+                // 'N', as by a server with ssl = off (sslmode=prefer asks).
+                loop {
+                    let len = s.read_u32().await.unwrap_or(8);
+                    let mut rest = vec![0; len.saturating_sub(4) as usize];
+                    let _ = s.read_exact(&mut rest).await;
+                    if rest[..] != 80_877_103u32.to_be_bytes() {
+                        break;
+                    }
+                    let _ = s.write_all(b"N").await;
+                }
                 // AuthenticationCleartextPassword: 'R', length 8, code 3.
                 let _ = s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await;
                 let _ = s.read(&mut [0; 64]).await;
