@@ -192,6 +192,22 @@ async fn revoke(plane: &Plane) {
         .await;
 }
 
+/// The gateway metric counting the tunnels that hold places.
+const OPEN_TUNNELS: &str = "httvps_gateway_open_tunnels";
+
+/// Waits until the gateway whose admin listener is `admin` counts no open
+/// tunnel, failing once `limit` has passed since `since` (`what` says
+/// since when, for the message).
+async fn until_no_tunnel_is_open(admin: SocketAddr, since: Instant, limit: Duration, what: &str) {
+    while common::metric(admin, OPEN_TUNNELS).await > 0.0 {
+        assert!(
+            since.elapsed() < limit,
+            "tunnels still open {limit:?} {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A destination that, once spoken to, sends as fast as it can; when
 /// each of its connections ended (its writes failed).
 async fn flood() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
@@ -265,15 +281,13 @@ async fn revoking_a_device_ends_its_destinations_within_5_seconds_whoever_reads_
     // sockets wait for the writer: they held them about a minute (30 s
     // for a frame written, 30 s more for an answer to a Close never sent).
     let admin = plane.admin_addr.expect("admin listener");
-    let open = || common::metric(admin, "httvps_gateway_open_tunnels");
-    let limit = Duration::from_secs(10);
-    while open().await > 0.0 {
-        assert!(
-            revoked.elapsed() < limit,
-            "tunnels still open {limit:?} after the revocation"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_no_tunnel_is_open(
+        admin,
+        revoked,
+        Duration::from_secs(10),
+        "after the revocation",
+    )
+    .await;
     eprintln!("tunnels closed after {:?}", revoked.elapsed());
     drop(held);
 }
@@ -306,15 +320,8 @@ async fn a_tunnel_cut_at_its_allowance_gives_its_places_back_while_its_client_re
     s.write_all(b"go").await.expect("write");
     s.flush().await.expect("flush");
     // Never read: the allowance is spent into the queue and the sockets.
-    let open = || common::metric(admin, "httvps_gateway_open_tunnels");
     let t0 = Instant::now();
-    while open().await > 0.0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "the tunnel still holds its places 15 s after it started"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_no_tunnel_is_open(admin, t0, Duration::from_secs(15), "after it started").await;
     drop(s);
 }
 
@@ -352,17 +359,16 @@ async fn revoking_a_device_ends_a_blocked_upload_within_5_seconds() {
     });
     // The node's connection and the sockets fill up.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let open = || common::metric(admin, "httvps_gateway_open_tunnels");
-    assert_eq!(open().await, 1.0);
+    assert_eq!(common::metric(admin, OPEN_TUNNELS).await, 1.0);
     let revoked = Instant::now();
     revoke(&plane).await;
-    while open().await > 0.0 {
-        assert!(
-            revoked.elapsed() < Duration::from_secs(5),
-            "the tunnel still open 5 s after the revocation"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_no_tunnel_is_open(
+        admin,
+        revoked,
+        Duration::from_secs(5),
+        "after the revocation",
+    )
+    .await;
     uploader.abort();
 }
 
