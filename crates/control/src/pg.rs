@@ -55,14 +55,12 @@ async fn establish(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
         // The server's own refusal (no such database, a wrong password),
         // as diesel-async words it.
         Some(db) => ConnectionError::BadConnection(db.message().to_owned()),
-        None if e.to_string() == "error performing TLS handshake" => {
-            ConnectionError::BadConnection(format!(
-                "TLS with {} failed ({}): {}",
-                server_of(url),
-                mode_of(&settings),
-                with_causes(&e)
-            ))
-        }
+        None if is_tls_failure(&e) => ConnectionError::BadConnection(format!(
+            "TLS with {} failed ({}): {}",
+            server_of(url),
+            mode_of(&settings),
+            with_causes(&e)
+        )),
         None => ConnectionError::BadConnection(with_causes(&e)),
     };
     match settings
@@ -76,11 +74,34 @@ async fn establish(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
                 .map_err(failed)?;
             AsyncPgConnection::try_from_client_and_connection(client, conn).await
         }
-        Some(tls) => {
-            let (client, conn) = config.connect(tls).await.map_err(failed)?;
-            AsyncPgConnection::try_from_client_and_connection(client, conn).await
-        }
+        Some(tls) => match config.connect(tls).await {
+            Ok((client, conn)) => {
+                AsyncPgConnection::try_from_client_and_connection(client, conn).await
+            }
+            // libpq's `prefer` (and `allow`) take a server whose TLS fails
+            // (one that offers only TLS 1.0, say) without it.
+            Err(e) if settings.mode.falls_back_to_plain() && is_tls_failure(&e) => {
+                tracing::warn!(
+                    server = %server_of(url),
+                    cause = %with_causes(&e),
+                    "TLS with PostgreSQL failed under sslmode=prefer: connected without TLS, \
+                     as libpq does (sslmode=require refuses instead)"
+                );
+                let (client, conn) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(failed)?;
+                AsyncPgConnection::try_from_client_and_connection(client, conn).await
+            }
+            Err(e) => Err(failed(e)),
+        },
     }
+}
+
+/// Whether `e` is a failed TLS handshake (tokio-postgres' own wording of
+/// the kind).
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none() && e.to_string() == "error performing TLS handshake"
 }
 
 /// What a failed handshake was asked to check, and what to change.
@@ -200,12 +221,19 @@ mod tests {
     /// cleartext password, as a `password` line of pg_hba.conf makes
     /// PostgreSQL do.
     async fn asking_for_a_password() -> std::net::SocketAddr {
+        asking_for_a_password_after(false).await
+    }
+
+    /// As [`asking_for_a_password`]; with `broken_tls`, a connection that
+    /// asks for TLS is told yes and then hung up on, as a server whose TLS
+    /// the client cannot speak.
+    async fn asking_for_a_password_after(broken_tls: bool) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
-            for _ in 0..4 {
+            'accept: for _ in 0..8 {
                 let Ok((mut s, _)) = listener.accept().await else {
                     return;
                 };
@@ -218,6 +246,14 @@ mod tests {
                     let _ = s.read_exact(&mut rest).await;
                     if rest[..] != 80_877_103u32.to_be_bytes() {
                         break;
+                    }
+                    if broken_tls {
+                        // Yes, then a ClientHello answered with what is
+                        // not TLS.
+                        let _ = s.write_all(b"S").await;
+                        let _ = s.read(&mut [0; 1024]).await;
+                        let _ = s.write_all(b"no TLS here\r\n").await;
+                        continue 'accept;
                     }
                     let _ = s.write_all(b"N").await;
                 }
@@ -247,6 +283,36 @@ mod tests {
             panic!("connected without a host")
         };
         assert_ne!(e.to_string(), super::NO_PASSWORD);
+    }
+
+    #[tokio::test]
+    async fn prefer_takes_a_server_whose_tls_fails_without_it_as_libpq_does() {
+        let addr = asking_for_a_password_after(true).await;
+        // Reaching the password question means the session started
+        // without TLS after the failed handshake.
+        let Err(e) = super::connect(&format!("postgres://httvps@{addr}/httvps")).await else {
+            panic!("connected without a password")
+        };
+        assert_eq!(e.to_string(), super::NO_PASSWORD);
+        let Err(e) =
+            super::connect(&format!("postgres://httvps@{addr}/httvps?sslmode=allow")).await
+        else {
+            panic!("connected without a password")
+        };
+        assert_eq!(e.to_string(), super::NO_PASSWORD);
+        // `require` does not.
+        let Err(e) =
+            super::connect(&format!("postgres://httvps@{addr}/httvps?sslmode=require")).await
+        else {
+            panic!("connected")
+        };
+        let said = e.to_string();
+        assert!(
+            said.contains(&format!(
+                "TLS with PostgreSQL at {addr} (BACKEND_DB_DSN) failed"
+            )) && said.contains("sslmode=require"),
+            "{said}"
+        );
     }
 
     #[tokio::test]

@@ -49,6 +49,14 @@ pub(crate) enum Mode {
     VerifyFull,
 }
 
+impl Mode {
+    /// Whether a failed TLS handshake is followed by a connection without
+    /// TLS (libpq's `allow` and `prefer`).
+    pub(crate) fn falls_back_to_plain(self) -> bool {
+        matches!(self, Mode::Allow | Mode::Prefer)
+    }
+}
+
 /// The TLS settings of a DSN and the DSN tokio-postgres is given (without
 /// the parameters read here).
 #[derive(Debug, Clone, PartialEq, Eq)]
