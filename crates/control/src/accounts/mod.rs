@@ -28,8 +28,9 @@ pub use tokens::{
 /// lower case (an address written with decomposed accents or full-width
 /// letters is the same account as the plain one), its domain as IDNA reads
 /// it, in Unicode (`bücher.de` and `xn--bcher-kva.de` are one domain);
-/// refused with invisible or control characters, a local part over 64
-/// bytes, or a domain with an empty label (a trailing dot included), a
+/// refused with invisible or control characters, a quoted local part
+/// (`"bob"@x` and `"b\ob"@x` would be other spellings of `bob@x`) or a
+/// local part over 64 bytes, or a domain with an empty label (a trailing dot included), a
 /// label over 63 bytes or that begins or ends with a hyphen, or more than
 /// 253 bytes in all (as ASCII).
 pub fn normalize_email(raw: &str) -> AppResult<String> {
@@ -53,6 +54,7 @@ pub fn normalize_email(raw: &str) -> AppResult<String> {
     let valid = (3..=254).contains(&email.len())
         && !local.is_empty()
         && local.len() <= 64
+        && !local.contains(['"', '\\'])
         && !domain.contains('@')
         && !ascii.is_empty()
         && ascii.len() <= 253
@@ -458,6 +460,9 @@ mod tests {
             "a@b..co",
             "a@b@c.co",
             "@b.co",
+            "\"bob\"@b.co",
+            "\"b\\ob\"@b.co",
+            "b\\ob@b.co",
             "a@",
             "a b@c.co",
             "nodomain",
