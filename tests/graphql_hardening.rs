@@ -1378,6 +1378,18 @@ async fn websocket_protocol_breaches_close_with_the_protocols_codes() {
     assert_eq!(res.status().as_u16(), 400);
     let r: Value = res.json().await.expect("json");
     assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    // JSON is UTF-8, in a member the request does not read too.
+    let res = common::client()
+        .post(format!("{}/graphql", server.base))
+        .header("content-type", "application/json")
+        .body(&b"{\"query\":\"{settings{signUpEnabled}}\",\"x\":\"\xff\xfe\"}"[..])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status().as_u16(), 400);
+    let r: Value = res.json().await.expect("json");
+    assert_eq!(code(&r), Some("BAD_REQUEST"), "{r}");
+    assert!(r.to_string().contains("not UTF-8"), "{r}");
     server.stop().await;
 }
 

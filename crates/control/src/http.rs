@@ -326,7 +326,14 @@ async fn graphql_post(
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return graphql_error(AppError::bad("batched requests are not supported"));
     }
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+    // JSON is UTF-8 (RFC 8259), also in members the request ignores
+    // (which serde skips unread).
+    let Ok(body) = std::str::from_utf8(&body) else {
+        return graphql_error(AppError::bad(
+            "malformed GraphQL request: the body is not UTF-8",
+        ));
+    };
+    let request: async_graphql::Request = match serde_json::from_str(body) {
         Ok(r) => r,
         Err(e) => return graphql_error(AppError::bad(format!("malformed GraphQL request: {e}"))),
     };
