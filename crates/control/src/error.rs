@@ -128,6 +128,16 @@ impl AppError {
         }
     }
 
+    /// `missing` in place of a missing reference: for a write whose one
+    /// reference is the row the caller named (deleted meanwhile), the same
+    /// answer as had it been gone before.
+    pub fn or_missing(self, missing: AppError) -> AppError {
+        match self {
+            AppError::Conflict(m) if m == MISSING_REFERENCE => missing,
+            other => other,
+        }
+    }
+
     /// Shorthand for a bad-request error.
     pub fn bad(msg: impl Into<String>) -> Self {
         AppError::BadRequest(msg.into())
@@ -273,6 +283,16 @@ mod tests {
         assert!(!from_db(DatabaseErrorKind::UniqueViolation, "x").is_race());
         assert!(!from_db(DatabaseErrorKind::Unknown, "disk full").is_race());
         assert!(!AppError::Unavailable("database unavailable".into()).is_race());
+        assert!(matches!(
+            from_db(DatabaseErrorKind::ForeignKeyViolation, "x")
+                .or_missing(AppError::NotFound("region")),
+            AppError::NotFound("region")
+        ));
+        assert!(matches!(
+            from_db(DatabaseErrorKind::UniqueViolation, "x")
+                .or_missing(AppError::NotFound("region")),
+            AppError::Conflict(_)
+        ));
         // SQLite says it in words.
         assert!(from_db(DatabaseErrorKind::Unknown, "FOREIGN KEY constraint failed").is_race());
     }

@@ -120,7 +120,9 @@ pub async fn register_outline(
             .returning(OutlineNode::as_returning())
             .get_result(conn)
             .await
-            .map_err(AppError::on_conflict(NODE_NAME_TAKEN))?;
+            .map_err(AppError::on_conflict(NODE_NAME_TAKEN))
+            // The region, deleted since it was read.
+            .map_err(|e| e.or_missing(AppError::NotFound("region")))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
@@ -190,7 +192,9 @@ pub async fn register_gateway(
             .returning(GatewayNode::as_returning())
             .get_result(conn)
             .await
-            .map_err(AppError::on_conflict(GATEWAY_NAME_TAKEN))?;
+            .map_err(AppError::on_conflict(GATEWAY_NAME_TAKEN))
+            // The region, deleted since it was read.
+            .map_err(|e| e.or_missing(AppError::NotFound("region")))?;
         diesel::insert_into(audit_log::table)
             .values(&entry)
             .execute(conn)
