@@ -1396,16 +1396,22 @@ async fn a_client_started_with_no_node_waits_for_one() {
     let (other_cert, other_key) = (dir.path().join("other.crt"), dir.path().join("other.key"));
     httvps_dataplane::tls::ensure_self_signed(&other_cert, &other_key, &["localhost"])
         .expect("another certificate");
-    let untrusted = dir.path().join("untrusted.log");
-    let mut client = connect_process(&plane, &plane.device_token, &other_cert, &[], &untrusted);
-    let status = tokio::time::timeout(Duration::from_secs(20), client.wait())
-        .await
-        .expect("the start ends at once")
-        .expect("wait");
-    let text = read(&untrusted);
-    assert!(!status.success(), "{text}");
-    assert!(text.contains("is not trusted: pass --ca-cert"), "{text}");
-    assert!(!text.contains("client ready"), "{text}");
+    // With `--mux` too: its first warm connection is the check.
+    for (name, extra) in [("untrusted", &[][..]), ("untrusted-mux", &["--mux"][..])] {
+        let log = dir.path().join(format!("{name}.log"));
+        let mut client = connect_process(&plane, &plane.device_token, &other_cert, extra, &log);
+        let status = tokio::time::timeout(Duration::from_secs(20), client.wait())
+            .await
+            .expect("the start ends at once")
+            .expect("wait");
+        let text = read(&log);
+        assert!(!status.success(), "{name}: {text}");
+        assert!(
+            text.contains("is not trusted: pass --ca-cert"),
+            "{name}: {text}"
+        );
+        assert!(!text.contains("client ready"), "{name}: {text}");
+    }
 }
 
 /// A target that speaks first (SMTP, FTP, MySQL: a greeting before the

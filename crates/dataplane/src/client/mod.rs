@@ -147,12 +147,11 @@ impl Shared {
     /// must change: every tunnel would fail with it); a gateway that does
     /// not answer is a warning (tunnels fail until it does). Then "client
     /// ready". Its TLS session lets the first tunnel resume. With `--mux`
-    /// the warm connections the client keeps say it (and log why they
-    /// fail), so no connection is added.
+    /// the connection is the first warm one, kept.
     async fn check_gateway(&self) -> anyhow::Result<()> {
         let p = self.params();
         let checked = match &self.mux {
-            Some(_) => Ok(()),
+            Some(mux) => mux.open_first(&p).await,
             None => self.connect_tls(&p).await.map(drop),
         };
         match checked {

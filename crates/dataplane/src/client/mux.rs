@@ -217,6 +217,17 @@ impl Mux {
         }
     }
 
+    /// Opens the first warm connection (slot 0's, kept), so the client's
+    /// start can say whether the gateway works: an error for a connection
+    /// or TLS that failed, none for a gateway that takes HTTP/1.1 only
+    /// (its TLS held).
+    pub(super) async fn open_first(&self, p: &Params) -> anyhow::Result<()> {
+        match self.ensure(0, p).await {
+            Ok(_) | Err(MuxError::NoH2) => Ok(()),
+            Err(MuxError::Other(e)) => Err(e),
+        }
+    }
+
     /// Runs `fut` (a tunnel to go on slot `i`'s connection) on that
     /// slot's lane, from there to its end: the task that handed it over
     /// ends at once, and nothing wakes it when the tunnel closes. If the
