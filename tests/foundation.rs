@@ -658,6 +658,82 @@ async fn cli_commands_migrate_only_a_new_database() {
     );
 }
 
+/// Another application's tables count however httvps's role sees them:
+/// kept in a schema of their own, or owned by a role that granted httvps's
+/// none (both were unseen, and `migrate` made httvps's tables beside
+/// them); an extension's own tables do not make a database another's.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_applications_tables_count_in_any_schema_and_unseen() {
+    let migrate = |dsn: &str| {
+        let out = httvps_cmd()
+            .arg("migrate")
+            .env("BACKEND_DB_DSN", dsn)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let our_tables = "SELECT CAST(count(*) AS BIGINT) AS n FROM pg_catalog.pg_class \
+                      WHERE relname = 'users' AND relkind = 'r'";
+    // In a schema of its own.
+    let schema = TestDb::pg_empty().await;
+    common::execute(&schema.pool(), "CREATE SCHEMA billing").await;
+    common::execute(
+        &schema.pool(),
+        "CREATE TABLE billing.invoices (id INT PRIMARY KEY)",
+    )
+    .await;
+    let (ok, err) = migrate(&schema.url());
+    assert!(
+        !ok && err.contains("another application's database"),
+        "{err}"
+    );
+    assert_eq!(common::scalar(&schema.pool(), our_tables).await, 0);
+    // Owned by another role, which granted httvps's role nothing: httvps
+    // connects as a role of its own that may create in the database.
+    let unseen = TestDb::pg_empty().await;
+    let role = format!("httvps_t_{}", std::process::id());
+    let db_name = url::Url::parse(&unseen.url()).expect("url").path()[1..].to_owned();
+    for q in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT CONNECT, CREATE ON DATABASE {db_name} TO {role}"),
+    ] {
+        common::execute(&schema.pool(), &q).await;
+    }
+    for q in [
+        format!("GRANT USAGE, CREATE ON SCHEMA public TO {role}"),
+        "CREATE TABLE invoices (id INT PRIMARY KEY)".to_owned(),
+    ] {
+        common::execute(&unseen.pool(), &q).await;
+    }
+    let mut as_role = url::Url::parse(&unseen.url()).expect("url");
+    as_role.set_username(&role).expect("user");
+    as_role.set_password(None).expect("no password");
+    let (ok, err) = migrate(as_role.as_str());
+    let unseen_ours = common::scalar(&unseen.pool(), our_tables).await;
+    // The role goes whatever the outcome.
+    common::execute(&unseen.pool(), &format!("DROP OWNED BY {role}")).await;
+    common::execute(&schema.pool(), &format!("DROP OWNED BY {role}")).await;
+    common::execute(&schema.pool(), &format!("DROP ROLE {role}")).await;
+    assert!(
+        !ok && err.contains("another application's database"),
+        "{err}"
+    );
+    assert_eq!(unseen_ours, 0);
+    // An extension's table alone: a new database.
+    let extended = TestDb::pg_empty().await;
+    common::execute(
+        &extended.pool(),
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+    )
+    .await;
+    let (ok, err) = migrate(&extended.url());
+    assert!(ok, "{err}");
+    assert_eq!(common::scalar(&extended.pool(), our_tables).await, 1);
+}
+
 /// `httvps migrate` (and `serve` and `up`, which prepare the database the
 /// same way) refuses another application's database, writing nothing in
 /// it, and a database at a newer release's schema (a rollback of the

@@ -45,9 +45,23 @@ enum Use {
     Serve,
 }
 
-/// The tables of the connection's schema (PostgreSQL).
-const PG_TABLES: &str = "SELECT CAST(count(*) AS BIGINT) AS n FROM information_schema.tables \
-                         WHERE table_schema = current_schema()";
+/// The tables of the database (PostgreSQL).
+///
+/// Read from the catalogue, in every schema, whatever the role may read
+/// (`information_schema` shows only the tables the role has a right to,
+/// in one schema: another application's tables owned by another role, or
+/// kept in a schema of their own, went unseen and the database was
+/// migrated); an extension's own tables and views (PostGIS'
+/// `spatial_ref_sys`, pg_stat_statements') do not count.
+const PG_TABLES: &str = "SELECT CAST(count(*) AS BIGINT) AS n FROM pg_catalog.pg_class c \
+                         JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
+                         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+                         AND s.nspname NOT IN ('pg_catalog', 'information_schema') \
+                         AND s.nspname NOT LIKE 'pg\\_toast%' \
+                         AND s.nspname NOT LIKE 'pg\\_temp\\_%' \
+                         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                         WHERE d.classid = 'pg_catalog.pg_class'::regclass \
+                         AND d.objid = c.oid AND d.deptype = 'e')";
 /// Whether the migrations' record is one of them (PostgreSQL).
 const PG_RECORD: &str = "SELECT CAST(count(*) AS BIGINT) AS n FROM information_schema.tables \
                          WHERE table_schema = current_schema() \
