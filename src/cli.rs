@@ -143,7 +143,9 @@ pub fn required<T>(value: Option<T>, var: &str, flag: &str, what: &str) -> anyho
 /// The gateway's usage spool: `spool` (GATEWAY_SPOOL) or the default file
 /// under `data_dir`, its directory made (with `check`, only found
 /// usable). A directory where the file goes is refused: never written
-/// over, the spool would be off, said every half second.
+/// over, the spool would be off, said every half second; so is a
+/// directory this process may not write in, before a start spends its
+/// enrollment string.
 pub fn spool_path(
     spool: Option<std::path::PathBuf>,
     data_dir: &std::path::Path,
@@ -162,12 +164,11 @@ pub fn spool_path(
         spool.display()
     );
     if let Some(dir) = spool.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if check {
-            crate::up::usable_dir(dir, var)?;
-        } else {
+        if !check {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("{var}: creating {}", dir.display()))?;
         }
+        crate::up::usable_dir(dir, var)?;
     }
     Ok(spool)
 }

@@ -379,8 +379,10 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     );
     let gw_creds = d.join("gw.json");
     let log = d.join("gateway.log");
-    // A start that its own settings end (no public URL, a port in use)
-    // leaves the string unspent: it is redeemed after they are checked.
+    // A start that its own settings end (no public URL, a port in use, a
+    // spool in a directory it may not write in: /proc/sys, which not even
+    // root may create files in) leaves the string unspent: it is redeemed
+    // after they are checked.
     let mistaken = d.join("gw-mistaken.json");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_at = taken.local_addr().expect("addr").to_string();
@@ -388,6 +390,12 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
     let at = format!("127.0.0.1:{gw_port}");
     for (listen, admin, public, named) in [
         (at.as_str(), "127.0.0.1:0", None, "GATEWAY_PUBLIC_URL"),
+        (
+            at.as_str(),
+            "127.0.0.1:0",
+            Some(public.as_str()),
+            "GATEWAY_SPOOL (--spool): /proc/sys is not writable",
+        ),
         (
             taken_at.as_str(),
             "127.0.0.1:0",
@@ -419,6 +427,9 @@ async fn nodes_and_gateways_enroll_once_with_the_printed_string() {
             key.to_str().expect("path"),
         ];
         args.extend(public.map(|p| ["--public-url", p]).into_iter().flatten());
+        if named.starts_with("GATEWAY_SPOOL") {
+            args.extend(["--spool", "/proc/sys/httvps-spool.json"]);
+        }
         let out = relay(&args, &log).status().await.expect("gateway");
         let said = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(!out.success() && said.contains(named), "{said}");

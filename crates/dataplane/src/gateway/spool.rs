@@ -119,9 +119,14 @@ impl Gateway {
             return;
         }
         let copy = totals.clone();
+        let at = path.clone();
         match tokio::task::spawn_blocking(move || write(&path, copy)).await {
             Ok(Ok(())) => *last = Some(totals),
-            Ok(Err(e)) => tracing::warn!(error = %e, "writing the usage spool"),
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
+                spool = %at.display(),
+                "writing the usage spool (GATEWAY_SPOOL, or gateway-spool.json in GATEWAY_DATA_DIR)"
+            ),
             Err(e) => tracing::warn!(error = %e, "the usage spool writer failed"),
         }
     }
