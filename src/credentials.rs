@@ -138,6 +138,12 @@ async fn redeem(
 /// enrollment string is only read, not redeemed.
 pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
     let p = s.prefix;
+    // Said as itself, whichever way the credentials come.
+    if s.link.ca_file.is_some() {
+        s.link
+            .client_config()
+            .with_context(|| format!("{p}_BACKEND_CA (--backend-ca)"))?;
+    }
     if let Some(token) = s.token {
         let url = s.backend.with_context(|| {
             format!("{p}_BACKEND_URL (--backend) is missing: the control plane's URL")
@@ -205,10 +211,6 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
         pin: pin.or(s.link.pin),
         ..s.link.clone()
     };
-    if link.ca_file.is_some() {
-        link.client_config()
-            .with_context(|| format!("{p}_BACKEND_CA (--backend-ca)"))?;
-    }
     let once = Backend::connect(&e.url, e.token.expose(), &link).with_context(|| {
         format!(
             "{p}_ENROLL: the string's control-plane URL (BACKEND_PUBLIC_URL where it was printed; the string is not spent)"

@@ -95,18 +95,18 @@ pub struct GatewayArgs {
     #[arg(long, env = "GATEWAY_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Most open tunnels in all.
-    #[arg(long, env = "GATEWAY_MAX_TUNNELS", default_value_t = 10_000)]
+    #[arg(long, env = "GATEWAY_MAX_TUNNELS", default_value_t = 10_000, value_parser = at_least_one)]
     pub max_tunnels: usize,
     /// Most open tunnels per device.
-    #[arg(long, env = "GATEWAY_MAX_TUNNELS_PER_DEVICE", default_value_t = 512)]
+    #[arg(long, env = "GATEWAY_MAX_TUNNELS_PER_DEVICE", default_value_t = 512, value_parser = at_least_one)]
     pub max_tunnels_per_device: usize,
     /// Most devices whose validation answers are cached.
-    #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000, value_parser = at_least_one)]
     pub cache_capacity: usize,
     /// Most open client connections (handshakes, requests and tunnels);
     /// beyond it new connections are closed at once, before TLS. Keep it
     /// under half the open-file limit: a tunnel holds two descriptors.
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 12_000)]
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 12_000, value_parser = at_least_one)]
     pub max_connections: usize,
     /// Most connections from one source address (an IPv4 address, an IPv6
     /// /64) that carry no tunnel yet (handshakes, plain requests, idle
@@ -115,7 +115,8 @@ pub struct GatewayArgs {
     #[arg(
         long,
         env = "GATEWAY_MAX_CONNECTIONS_PER_SOURCE",
-        default_value_t = 256
+        default_value_t = 256,
+        value_parser = at_least_one
     )]
     pub max_connections_per_source: usize,
     /// Deadline for the TLS handshake, headers and upgrade, in seconds.
@@ -146,19 +147,19 @@ pub struct GatewayArgs {
     pub h2_idle_secs: u64,
     /// Unknown device tokens one source (IPv4 address, IPv6 /64) may present
     /// per window; past it the source gets 429 on every request for the window.
-    #[arg(long, env = "GATEWAY_GUESS_LIMIT", default_value_t = 20)]
+    #[arg(long, env = "GATEWAY_GUESS_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub guess_limit: u32,
     /// The window of --guess-limit, in seconds.
     #[arg(long, env = "GATEWAY_GUESS_WINDOW_SECS", default_value_t = 60, value_parser = at_least_one_second())]
     pub guess_window_secs: u64,
     /// Most sources whose guesses are tracked (bounds the throttle's memory;
     /// when full, new guessing sources are shut out at once).
-    #[arg(long, env = "GATEWAY_GUESS_SOURCES", default_value_t = 100_000)]
+    #[arg(long, env = "GATEWAY_GUESS_SOURCES", default_value_t = 100_000, value_parser = at_least_one)]
     pub guess_sources: usize,
     /// Most control-plane calls in flight at once about credentials never
     /// seen accepted (requests about one credential share one call); past
     /// it, 503 with Retry-After at once.
-    #[arg(long, env = "GATEWAY_MAX_PENDING_CHECKS", default_value_t = 512)]
+    #[arg(long, env = "GATEWAY_MAX_PENDING_CHECKS", default_value_t = 512, value_parser = at_least_one)]
     pub max_pending_checks: usize,
     /// The same, for calls caused by one source (IPv4 address, IPv6 /64);
     /// four times as many of its HTTP/2 streams may wait on such calls in
@@ -166,9 +167,21 @@ pub struct GatewayArgs {
     #[arg(
         long,
         env = "GATEWAY_MAX_PENDING_CHECKS_PER_SOURCE",
-        default_value_t = 16
+        default_value_t = 16,
+        value_parser = at_least_one
     )]
     pub max_pending_checks_per_source: usize,
+}
+
+/// A count, at least 1: a bound of 0 would refuse everything (tunnels)
+/// or, as some bounds took it, bound nothing; it is refused, naming the
+/// variable.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A number of seconds, at least 1 (0 is refused, naming the variable,
@@ -426,6 +439,10 @@ pub fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> 
         pin: a.backend_pin,
         private_link: a.private_link,
     };
+    if link.ca_file.is_some() {
+        link.client_config()
+            .context("CLIENT_BACKEND_CA (--backend-ca)")?;
+    }
     Backend::connect(&backend, device_token.expose(), &link).context("CLIENT_BACKEND_URL")?;
     if let Some(g) = &a.gateway {
         client::split_url(g).context("CLIENT_GATEWAY_URL (--gateway)")?;

@@ -125,6 +125,20 @@ fn the_control_plane_commands_start_or_name_the_variable() {
     // With the one secret set, the rest of the example is valid.
     checks(HTTVPS, d, &["serve", "--check"], &[SECRET]);
     checks(HTTVPS, d, &["migrate", "--check"], &[]);
+    // A negative allowance gets the allowance's own range, not a parser's
+    // "from 0" that 0 then fails.
+    for (var, value) in [
+        ("BACKEND_LOGIN_PER_SOURCE", "-1"),
+        ("BACKEND_LOGIN_PER_SOURCE", "0"),
+        ("BACKEND_THROTTLE_WINDOW_SECS", "-1"),
+    ] {
+        let r = run(HTTVPS, d, &["serve", "--check"], &[SECRET, (var, value)]);
+        assert!(
+            !r.ok && r.out.contains(var) && r.out.contains("must be from 1 to"),
+            "{var}={value}:\n{}",
+            r.out
+        );
+    }
     // The documents need no settings: a check says so, not the document.
     for doc in ["schema", "openapi"] {
         let r = run(HTTVPS, d, &[doc, "--check"], &[]);
@@ -569,6 +583,65 @@ fn the_data_plane_commands_start_or_name_the_variable() {
             ("NODE_LISTEN", "everywhere"),
         ],
         "NODE_LISTEN",
+    );
+    // A bound of 0 is refused by name: it refused every tunnel, or bound
+    // nothing, as each took it.
+    let gateway_ok = [
+        ("GATEWAY_TOKEN", "t0k3n"),
+        GATEWAY_URL,
+        ("GATEWAY_SELF_SIGNED", "true"),
+        ("GATEWAY_TLS_CERT", cert.to_str().expect("path")),
+        ("GATEWAY_TLS_KEY", key.to_str().expect("path")),
+    ];
+    for var in [
+        "GATEWAY_MAX_TUNNELS",
+        "GATEWAY_MAX_TUNNELS_PER_DEVICE",
+        "GATEWAY_CACHE_CAPACITY",
+        "GATEWAY_MAX_CONNECTIONS",
+        "GATEWAY_MAX_CONNECTIONS_PER_SOURCE",
+        "GATEWAY_GUESS_LIMIT",
+        "GATEWAY_GUESS_SOURCES",
+        "GATEWAY_MAX_PENDING_CHECKS",
+        "GATEWAY_MAX_PENDING_CHECKS_PER_SOURCE",
+    ] {
+        let mut env = gateway_ok.to_vec();
+        env.push((var, "0"));
+        refuses(RELAY, d, &["gateway", "--check"], &env, var);
+    }
+    // A control-plane CA file that is not one is named as itself, not as
+    // the control plane's URL.
+    let not_a_ca = d.join("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "not a certificate\n").expect("write");
+    let not_a_ca = not_a_ca.to_str().expect("path");
+    let mut env = gateway_ok.to_vec();
+    env.push(("GATEWAY_BACKEND_CA", not_a_ca));
+    refuses(
+        RELAY,
+        d,
+        &["gateway", "--check"],
+        &env,
+        "GATEWAY_BACKEND_CA",
+    );
+    refuses(
+        RELAY,
+        d,
+        &["node", "--check"],
+        &[
+            ("NODE_TOKEN", "t0k3n"),
+            NODE_URL,
+            ("NODE_BACKEND_CA", not_a_ca),
+        ],
+        "NODE_BACKEND_CA",
+    );
+    refuses(
+        RELAY,
+        d,
+        &["connect", "--check"],
+        &[
+            ("CLIENT_DEVICE_TOKEN", "t0k3n"),
+            ("CLIENT_BACKEND_CA", not_a_ca),
+        ],
+        "CLIENT_BACKEND_CA",
     );
     refuses(
         RELAY,

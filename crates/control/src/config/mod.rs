@@ -125,30 +125,30 @@ pub struct ServeArgs {
 pub struct ThrottleArgs {
     /// Window every allowance refills over, in seconds (1 to 86400).
     #[arg(long, env = "BACKEND_THROTTLE_WINDOW_SECS", default_value_t = 60)]
-    pub throttle_window_secs: u64,
+    pub throttle_window_secs: i64,
     /// Log-in attempts per account and window, from anywhere.
     #[arg(long, env = "BACKEND_LOGIN_PER_ACCOUNT", default_value_t = 10)]
-    pub login_per_account: u32,
+    pub login_per_account: i64,
     /// Log-in attempts per source address and window, for any account.
     #[arg(long, env = "BACKEND_LOGIN_PER_SOURCE", default_value_t = 30)]
-    pub login_per_source: u32,
+    pub login_per_source: i64,
     /// Sign-ups per source address and window.
     #[arg(long, env = "BACKEND_SIGNUP_PER_SOURCE", default_value_t = 10)]
-    pub signup_per_source: u32,
+    pub signup_per_source: i64,
     /// Refresh-token exchanges per source address and window.
     #[arg(long, env = "BACKEND_REFRESH_PER_SOURCE", default_value_t = 60)]
-    pub refresh_per_source: u32,
+    pub refresh_per_source: i64,
     /// Refresh-token exchanges per account and window, from any source.
     #[arg(long, env = "BACKEND_REFRESH_PER_ACCOUNT", default_value_t = 30)]
-    pub refresh_per_account: u32,
+    pub refresh_per_account: i64,
     /// Unknown or invalid credentials at /api/v1 (machine tokens, device
     /// tokens and JWTs) per source address and window.
     #[arg(long, env = "BACKEND_UNKNOWN_TOKENS_PER_SOURCE", default_value_t = 30)]
-    pub unknown_tokens_per_source: u32,
+    pub unknown_tokens_per_source: i64,
     /// Device JWTs minted per device and window (auth/device-token), from
     /// any source.
     #[arg(long, env = "BACKEND_DEVICE_JWTS_PER_DEVICE", default_value_t = 60)]
-    pub device_jwts_per_device: u32,
+    pub device_jwts_per_device: i64,
     /// Header a trusted reverse proxy sets to the client's address (such as
     /// X-Forwarded-For; its last address counts). Empty: the socket's
     /// address. Set it only when every request comes through that proxy.
@@ -159,11 +159,12 @@ pub struct ThrottleArgs {
 impl ThrottleArgs {
     /// The validated settings.
     pub fn settings(&self) -> Result<ThrottleSettings, ConfigError> {
-        fn positive(var: &'static str, n: u32) -> Result<u32, ConfigError> {
-            if (1..=1_000_000).contains(&n) {
-                Ok(n)
-            } else {
-                Err(ConfigError::new(var, "must be from 1 to 1000000"))
+        // Read as i64 so that a negative value gets this message, not
+        // the parser's (which named a range from 0).
+        fn positive(var: &'static str, n: i64) -> Result<u32, ConfigError> {
+            match u32::try_from(n) {
+                Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+                _ => Err(ConfigError::new(var, "must be from 1 to 1000000")),
             }
         }
         if !(1..=86_400).contains(&self.throttle_window_secs) {
@@ -184,7 +185,7 @@ impl ThrottleArgs {
             })?),
         };
         Ok(ThrottleSettings {
-            window: std::time::Duration::from_secs(self.throttle_window_secs),
+            window: std::time::Duration::from_secs(self.throttle_window_secs.unsigned_abs()),
             login_per_account: positive("BACKEND_LOGIN_PER_ACCOUNT", self.login_per_account)?,
             login_per_source: positive("BACKEND_LOGIN_PER_SOURCE", self.login_per_source)?,
             signup_per_source: positive("BACKEND_SIGNUP_PER_SOURCE", self.signup_per_source)?,
