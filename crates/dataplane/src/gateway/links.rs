@@ -5,10 +5,21 @@
 //! Links are sent off the tunnel's path, gathered for [`GATHER`] so that a
 //! burst of tunnels costs the control plane a few requests, not one per
 //! tunnel; a failed send is retried.
+//!
+//! With a spool, links not yet taken are also kept in a file beside it
+//! (`<spool>.links`, one `session local` line each, appended with a plain
+//! write: it survives a SIGKILL, not a power cut), emptied once every link
+//! in it is taken, and sent again by the next start. A gateway SIGKILLed
+//! right after tunnels opened lost their links with its memory; the node,
+//! unable to tie those connections to a session, counted them for no one,
+//! and what they carried after the spool's last write was lost (6-18 MB
+//! per crash at 100 MB/s of short tunnels).
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use httvps_wire::witness::{SessionLink, SessionLinks, WITNESS_CHUNK};
@@ -36,45 +47,164 @@ const MAX_WAITING: usize = 100_000;
 /// Links not yet sent.
 #[derive(Debug, Default)]
 pub(crate) struct Links {
-    /// Oldest first: a full queue drops from the front in constant time
-    /// (a `Vec` moved every waiting link per new tunnel while the control
-    /// plane was away).
-    waiting: Mutex<VecDeque<SessionLink>>,
+    waiting: Mutex<Queue>,
     wake: Notify,
     /// Failed sends, said once per run.
     failing: crate::failing::SharedFailing,
 }
 
+/// The links not yet taken, and their file.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Oldest first: a full queue drops from the front in constant time
+    /// (a `Vec` moved every waiting link per new tunnel while the control
+    /// plane was away).
+    links: VecDeque<SessionLink>,
+    log: Option<Log>,
+}
+
+/// The file of links not yet taken (see the module's note).
+#[derive(Debug)]
+struct Log {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Lines in it (links taken since it was last emptied included).
+    lines: usize,
+}
+
+impl Log {
+    /// Appends `link`; a failed write ends the file (said once).
+    fn append(log: &mut Option<Log>, link: &SessionLink) {
+        if let Some(l) = log {
+            let line = format!("{} {}\n", link.session_id, link.local);
+            match l.file.write_all(line.as_bytes()) {
+                Ok(()) => l.lines += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %l.path.display(), "writing the session links' file; links are kept in memory only from now on");
+                    *log = None;
+                }
+            }
+        }
+    }
+}
+
+/// The file of links kept beside the spool at `spool`.
+pub(crate) fn log_path(spool: &Path) -> PathBuf {
+    let mut name = spool.file_name().unwrap_or_default().to_os_string();
+    name.push(".links");
+    spool.with_file_name(name)
+}
+
 impl Links {
+    /// Links kept in the file at `path` too, with those a previous run
+    /// left in it queued to be sent first. A file that cannot be opened
+    /// leaves links in memory only (said).
+    pub(crate) fn with_log(path: &Path) -> Self {
+        let links = Links::default();
+        let restored: VecDeque<SessionLink> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (session, local) = l.split_once(' ')?;
+                local.parse::<SocketAddr>().ok()?;
+                Some(SessionLink {
+                    session_id: session.to_owned(),
+                    local: local.to_owned(),
+                })
+            })
+            .collect();
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        let mut q = links.queue();
+        match opened {
+            Ok(file) => {
+                q.log = Some(Log {
+                    file,
+                    path: path.to_owned(),
+                    lines: restored.len(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, file = %path.display(), "opening the session links' file; links are kept in memory only");
+            }
+        }
+        if !restored.is_empty() {
+            tracing::info!(links = restored.len(), "session links restored");
+            q.links = restored;
+            links.wake.notify_one();
+        }
+        drop(q);
+        links
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Notes that the node connection from `local` carries `session`.
     pub fn add(&self, session: &str, local: SocketAddr) {
-        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if w.len() >= MAX_WAITING {
-            w.pop_front();
-        }
-        w.push_back(SessionLink {
+        let link = SessionLink {
             session_id: session.to_owned(),
             local: local.to_string(),
-        });
-        drop(w);
+        };
+        let mut q = self.queue();
+        if q.links.len() >= MAX_WAITING {
+            q.links.pop_front();
+        }
+        Log::append(&mut q.log, &link);
+        q.links.push_back(link);
+        drop(q);
         self.wake.notify_one();
     }
 
     fn take(&self) -> Vec<SessionLink> {
-        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = w.len().min(WITNESS_CHUNK);
-        w.drain(..n).collect()
+        let mut q = self.queue();
+        let n = q.links.len().min(WITNESS_CHUNK);
+        q.links.drain(..n).collect()
     }
 
     /// Puts links that could not be sent back in front, dropping the
     /// oldest past [`MAX_WAITING`].
     fn put_back(&self, links: Vec<SessionLink>) {
-        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut q = self.queue();
         for link in links.into_iter().rev() {
-            w.push_front(link);
+            q.links.push_front(link);
         }
-        while w.len() > MAX_WAITING {
-            w.pop_front();
+        while q.links.len() > MAX_WAITING {
+            q.links.pop_front();
+        }
+    }
+
+    /// With no batch in flight: the file holds what is queued and no
+    /// more once most of its lines are links already taken (emptied when
+    /// nothing waits, the usual case after a send).
+    fn compact(&self) {
+        let mut guard = self.queue();
+        let q = &mut *guard;
+        let Some(log) = &mut q.log else {
+            return;
+        };
+        if log.lines == 0 || (!q.links.is_empty() && log.lines < 2 * q.links.len() + 1024) {
+            return;
+        }
+        let rewritten = log.file.set_len(0).and_then(|()| {
+            let mut text = String::new();
+            for l in &q.links {
+                text.push_str(&l.session_id);
+                text.push(' ');
+                text.push_str(&l.local);
+                text.push('\n');
+            }
+            log.file.write_all(text.as_bytes())
+        });
+        match rewritten {
+            Ok(()) => log.lines = q.links.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %log.path.display(), "rewriting the session links' file; links are kept in memory only from now on");
+                q.log = None;
+            }
         }
     }
 }
@@ -87,6 +217,7 @@ pub(crate) async fn links_loop(gw: Arc<Gateway>) {
         loop {
             let batch = gw.links.take();
             if batch.is_empty() {
+                gw.links.compact();
                 break;
             }
             match gw
@@ -113,6 +244,7 @@ pub(crate) async fn links_loop(gw: Arc<Gateway>) {
                         tracing::warn!(error = %e, "session links failed; resent until they are taken (said again once they are)");
                     }
                     gw.links.put_back(batch);
+                    gw.links.compact();
                     tokio::time::sleep(RETRY).await;
                 }
             }
@@ -140,6 +272,51 @@ mod tests {
     }
 
     #[test]
+    fn links_not_taken_outlive_the_process_in_their_file() {
+        let dir = std::env::temp_dir().join(format!("httvps-links-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = log_path(&dir.join("gateway-spool.json"));
+        assert_eq!(path, dir.join("gateway-spool.json.links"));
+        let _ = std::fs::remove_file(&path);
+        let links = Links::with_log(&path);
+        links.add("a", "10.0.0.1:1000".parse().expect("addr"));
+        links.add("b", "10.0.0.1:1001".parse().expect("addr"));
+        // Taken and acknowledged: the file is emptied.
+        assert_eq!(links.take().len(), 2);
+        links.compact();
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "");
+        // Added, then the process ends before they are taken (a SIGKILL
+        // runs no destructor: the writes are the file's already).
+        links.add("c", "10.0.0.1:1002".parse().expect("addr"));
+        links.add("d", "[2001:db8::1]:1003".parse().expect("addr"));
+        drop(links);
+        let next = Links::with_log(&path);
+        let again: Vec<(String, String)> = next
+            .take()
+            .into_iter()
+            .map(|l| (l.session_id, l.local))
+            .collect();
+        assert_eq!(
+            again,
+            [
+                ("c".to_owned(), "10.0.0.1:1002".to_owned()),
+                ("d".to_owned(), "[2001:db8::1]:1003".to_owned())
+            ]
+        );
+        // A failed send keeps them in the file with what came meanwhile.
+        next.add("e", "10.0.0.1:1004".parse().expect("addr"));
+        let batch = next.take();
+        next.put_back(batch);
+        next.compact();
+        let kept = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            kept.contains("c 10.0.0.1:1002") && kept.contains("e 10.0.0.1:1004"),
+            "{kept}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_full_queue_drops_its_oldest_links() {
         let links = Links::default();
         let addr: SocketAddr = "10.0.0.1:1000".parse().expect("addr");
@@ -156,9 +333,9 @@ mod tests {
         }
         links.put_back(first);
         let w = links.waiting.lock().expect("lock");
-        assert_eq!(w.len(), MAX_WAITING);
+        assert_eq!(w.links.len(), MAX_WAITING);
         assert_eq!(
-            w.back().map(|l| l.session_id.as_str()),
+            w.links.back().map(|l| l.session_id.as_str()),
             Some(format!("new{}", n - 1).as_str())
         );
     }

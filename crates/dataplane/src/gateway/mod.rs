@@ -306,7 +306,12 @@ pub async fn run(
         sessions: sessions::Sessions::default(),
         beats: follower::Beats::default(),
         reports: usage::Reports::new(),
-        links: links::Links::default(),
+        links: opts
+            .spool
+            .as_deref()
+            .map_or_else(links::Links::default, |s| {
+                links::Links::with_log(&links::log_path(s))
+            }),
         spool: spool::Writer::default(),
         metrics: admin::Metrics::default(),
         tunnels: TaskTracker::new(),

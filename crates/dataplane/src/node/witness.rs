@@ -51,9 +51,14 @@ pub const TOTALS_EVERY: Duration = Duration::from_secs(10);
 /// about (and not counted): about half a minute at one ask a second.
 pub const MAX_ASKS: u32 = 30;
 
-/// The same for a connection already closed: a link comes within
-/// milliseconds of the connection, so a few answers settle it.
-pub const MAX_ASKS_CLOSED: u32 = 3;
+/// The same for a connection already closed. While its gateway lives a
+/// link comes within a second of the connection, but a gateway SIGKILLed
+/// right after the connection opened sends its link only once it is back
+/// (from the file it keeps them in), seconds later, often after the
+/// connection closed with the gateway: so as long as an open one (it was
+/// 3, and the bytes such connections carried after the gateway's last
+/// spool write were counted for no one).
+pub const MAX_ASKS_CLOSED: u32 = MAX_ASKS;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
