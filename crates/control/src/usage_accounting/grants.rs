@@ -87,10 +87,16 @@ pub const DOUBT_TTL: Duration = Duration::seconds(30);
 /// its counts of the session before its latest epoch hold, its epoch
 /// changing when the gateway's crash closed the session's connections;
 /// `None` when the node has counted nothing of it), the offset is what
-/// is known to have passed: the largest of what the ledger had recorded
-/// when the gateway's count began afresh (`gateway_base`), the node's
-/// earlier count and the ledger's lead over the gateway's count now, never
-/// more than the bound. The lead keeps the count in the ledger's terms at
+/// is known to have passed: the larger of what the ledger had recorded
+/// when the gateway's count began afresh (`gateway_base`) and the
+/// ledger's lead over the gateway's count now (which holds the node's
+/// count of the lost one's bytes, the ledger taking the larger of the
+/// two witnesses), never more than the bound. (The node's own earlier
+/// count was a third candidate, but it is a total, not a lead: the node
+/// starts a new epoch whenever all of a session's connections have
+/// closed, so short tunnels after the restart were in it too, and a
+/// device was held 20-60 MB short of what the ledger showed left for as
+/// long as it kept asking.) The lead keeps the count in the ledger's terms at
 /// least what the ledger recorded, so what a grant holds back from the
 /// subscription's other sessions (its limit less the recorded bytes) is
 /// all the room it gives (without it, two devices after two crashes were
@@ -110,15 +116,20 @@ pub fn offset_at(
     let offset = ledger_offset(prev, used, recorded, afresh);
     match prev {
         Some(p) if !afresh && used >= p.used => match (doubt_until, node_base) {
-            (Some(until), Some(node)) if until <= now => {
+            (Some(until), Some(_)) if until <= now => {
                 let lead = recorded.saturating_sub(used);
-                (offset.min(gateway_base.max(node).max(lead).max(0)), None)
+                (offset.min(gateway_base.max(lead).max(0)), None)
             }
             (doubt, _) => (offset, doubt),
         },
         Some(p) => {
+            // An earlier bound still in doubt is not known: taken as
+            // known, it held the device to it for good.
             let known = p.offset.max(recorded.saturating_sub(used).max(0));
-            (offset, (offset > known).then(|| now + DOUBT_TTL))
+            (
+                offset,
+                (offset > known || doubt_until.is_some()).then(|| now + DOUBT_TTL),
+            )
         }
         None => (offset, None),
     }

@@ -206,7 +206,8 @@ fn a_bound_taken_after_a_restart_gives_way_to_the_witness() {
         (10 * MIB, doubt)
     );
     // Over, witnessed: what is known to have passed, never more than
-    // the bound.
+    // the bound; the node's count is a total (its epochs roll over as
+    // the session's connections come and go), never an offset.
     assert_eq!(
         offset_at(
             after,
@@ -218,7 +219,21 @@ fn a_bound_taken_after_a_restart_gives_way_to_the_witness() {
             Some(3 * MIB),
             late
         ),
-        (3 * MIB, None)
+        (2 * MIB, None)
+    );
+    assert_eq!(
+        offset_at(
+            after,
+            doubt,
+            2 * MIB,
+            7 * MIB,
+            false,
+            2 * MIB,
+            Some(9 * MIB),
+            late
+        ),
+        (5 * MIB, None),
+        "the ledger's lead, not the node's total"
     );
     assert_eq!(
         offset_at(
@@ -284,6 +299,13 @@ fn a_bound_taken_after_a_restart_gives_way_to_the_witness() {
     assert_eq!(
         offset_at(spent, None, 0, 2 * MIB, true, 0, None, t0),
         (2 * MIB, None)
+    );
+    // Unless the bound it took as known was itself in doubt: a second
+    // restart within the doubt (or a first ask left unanswered) keeps it
+    // in doubt, to give way as the first would have.
+    assert_eq!(
+        offset_at(spent, Some(t0), 0, 2 * MIB, true, 0, None, t0),
+        (2 * MIB, Some(t0 + DOUBT_TTL))
     );
     // Within one run, no doubt stays none.
     assert_eq!(
