@@ -142,6 +142,14 @@ def start_plane(bins, mode, mux=False):
         "BACKEND_PORT": str(port),
         "RUST_LOG": "warn",
     }
+    # The commands take only a database that exists (`migrate` makes it).
+    subprocess.run(
+        [f"{bins}/httvps", "migrate"],
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=120,
+    )
     subprocess.run(
         [f"{bins}/httvps", "admin", "create", "--email", "bench@example.com", "--password-stdin"],
         input=PASSWORD.encode(),

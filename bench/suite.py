@@ -163,6 +163,13 @@ class Plane:
             "BACKEND_PORT": str(port),
             "RUST_LOG": "warn",
         }
+        # The commands take only a database that exists (`migrate` makes it).
+        subprocess.run(
+            [f"{REL}/httvps", "migrate"],
+            env={**os.environ, **env},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         subprocess.run(
             [f"{REL}/httvps", "admin", "create", "--email", "bench@example.com", "--password-stdin"],
             input=PASSWORD.encode(),
