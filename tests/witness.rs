@@ -940,6 +940,62 @@ async fn after_a_crash_among_short_tunnels_the_allowance_left_is_given_within_th
     w.node.sigkill().await;
 }
 
+/// A links' file holding a session that is not this gateway's (a data
+/// directory kept from another registration): the control plane refuses
+/// that link (403), and the gateway drops it, so the links of its own
+/// tunnels are taken behind it. Resent, it held every later link back,
+/// and the file kept it across restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_link_in_the_links_file_holds_no_other_back() {
+    let mut w = Witnessed::start(None).await;
+    let source = fixed_source(1024 * 1024).await;
+    assert!(downloads(&w, source, 1024 * 1024).await, "a first download");
+    settled(&w.plane).await;
+    // Another gateway's session: the device's, copied, of no gateway.
+    w.plane
+        .sql(
+            "INSERT INTO sessions SELECT (json_populate_record(s, \
+             '{\"id\": \"00000000-0000-7000-8000-000000000001\", \"gateway_node_id\": null}'::json)).* \
+             FROM sessions s LIMIT 1",
+
+        )
+        .await;
+    let _ = w.gw.child.start_kill();
+    let _ = w.gw.child.wait().await;
+    let file = w.dir.path().join("spool.json.links");
+    let mut lines = std::fs::read_to_string(&file).unwrap_or_default();
+    lines.push_str("00000000-0000-7000-8000-000000000001 127.0.0.1:9\n");
+    std::fs::write(&file, lines).expect("write");
+    w.gw = common::GatewayProc::spawn(
+        &w.plane.server.base,
+        &w.plane.gateway_token,
+        w.dir.path(),
+        w.port,
+    )
+    .await;
+    let linked = "SELECT COUNT(*) AS n FROM witness_links";
+    let before = w.plane.scalar(linked).await;
+    for _ in 0..3 {
+        assert!(downloads(&w, source, 1024 * 1024).await, "a download");
+    }
+    let mut after = before;
+    for _ in 0..50 {
+        after = w.plane.scalar(linked).await;
+        if after >= before + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        after >= before + 3,
+        "the new tunnels' links were not taken ({before} -> {after})"
+    );
+    let kept = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(!kept.contains("0000-000000000001"), "{kept}");
+    w.gw.sigkill().await;
+    w.node.sigkill().await;
+}
+
 /// Uploads through one new tunnel to `to` at full speed until the gateway
 /// cuts it (or refuses it, or 20 s pass); what the tunnel took.
 async fn upload_until_cut(w: &Witnessed, to: SocketAddr) -> u64 {

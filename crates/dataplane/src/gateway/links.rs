@@ -61,6 +61,9 @@ struct Queue {
     /// plane was away).
     links: VecDeque<SessionLink>,
     log: Option<Log>,
+    /// Where the file is: one that failed (a full disk) is opened again
+    /// at the next compaction.
+    log_path: Option<PathBuf>,
 }
 
 /// The file of links not yet taken (see the module's note).
@@ -88,6 +91,17 @@ impl Log {
     }
 }
 
+/// Opens (makes) the links' file for appending, its owner's only, as the
+/// spool is.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// The file of links kept beside the spool at `spool`.
 pub(crate) fn log_path(spool: &Path) -> PathBuf {
     let mut name = spool.file_name().unwrap_or_default().to_os_string();
@@ -101,10 +115,13 @@ impl Links {
     /// leaves links in memory only (said).
     pub(crate) fn with_log(path: &Path) -> Self {
         let links = Links::default();
-        let restored: VecDeque<SessionLink> = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
+        // Line by line, whatever a damaged line holds; the newest
+        // [`MAX_WAITING`], as the queue keeps.
+        let text = std::fs::read(path).unwrap_or_default();
+        let mut restored: VecDeque<SessionLink> = text
+            .split(|b| *b == b'\n')
             .filter_map(|l| {
+                let l = std::str::from_utf8(l).ok()?;
                 let (session, local) = l.split_once(' ')?;
                 local.parse::<SocketAddr>().ok()?;
                 Some(SessionLink {
@@ -113,11 +130,12 @@ impl Links {
                 })
             })
             .collect();
-        let opened = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path);
+        while restored.len() > MAX_WAITING {
+            restored.pop_front();
+        }
+        let opened = open_log(path);
         let mut q = links.queue();
+        q.log_path = Some(path.to_owned());
         match opened {
             Ok(file) => {
                 q.log = Some(Log {
@@ -183,6 +201,18 @@ impl Links {
     fn compact(&self) {
         let mut guard = self.queue();
         let q = &mut *guard;
+        if q.log.is_none()
+            && let Some(path) = &q.log_path
+            && let Ok(file) = open_log(path)
+        {
+            // Back (the disk has room again): rewritten below.
+            tracing::info!(file = %path.display(), "the session links' file is written again");
+            q.log = Some(Log {
+                file,
+                path: path.clone(),
+                lines: usize::MAX,
+            });
+        }
         let Some(log) = &mut q.log else {
             return;
         };
@@ -220,36 +250,65 @@ pub(crate) async fn links_loop(gw: Arc<Gateway>) {
                 gw.links.compact();
                 break;
             }
-            match gw
-                .backend
-                .session_links(&SessionLinks {
-                    links: batch.clone(),
-                })
-                .await
-            {
-                Ok(_) => {
-                    if gw.links.failing.ended() {
-                        tracing::info!("session links are taken again");
-                    }
-                }
-                // A session the control plane no longer knows: its tunnels
-                // are not worth a witness.
-                Err(BackendError::Status { status, code, .. })
-                    if matches!(status, 400 | 404 | 413) =>
-                {
-                    tracing::warn!(status, %code, links = batch.len(), "session links refused; dropped");
-                }
-                Err(e) => {
-                    if gw.links.failing.began(false) {
-                        tracing::warn!(error = %e, "session links failed; resent until they are taken (said again once they are)");
-                    }
-                    gw.links.put_back(batch);
-                    gw.links.compact();
-                    tokio::time::sleep(RETRY).await;
-                }
+            if let Err(unsent) = send(&gw, batch).await {
+                gw.links.put_back(unsent);
+                gw.links.compact();
+                tokio::time::sleep(RETRY).await;
             }
         }
     }
+}
+
+/// Sends `batch`. A batch the control plane refuses whole for a link
+/// that is not this gateway's to make (400, 403, 404, 413: a session it
+/// no longer knows, or another gateway's, as from a data directory kept
+/// from another registration) is split in halves until only the refused
+/// links are dropped: resent, one such link held every later link behind
+/// it (for good, with the links' file), and dropped with its batch it
+/// took the good ones along. On any other failure, the links not taken,
+/// to be put back.
+async fn send(gw: &Gateway, batch: Vec<SessionLink>) -> Result<(), Vec<SessionLink>> {
+    let mut parts = vec![batch];
+    while let Some(part) = parts.pop() {
+        let sent = gw
+            .backend
+            .session_links(&SessionLinks {
+                links: part.clone(),
+            })
+            .await;
+        match sent {
+            Ok(_) => {
+                if gw.links.failing.ended() {
+                    tracing::info!("session links are taken again");
+                }
+            }
+            Err(BackendError::Status { status, .. })
+                if matches!(status, 400 | 403 | 404 | 413) && part.len() > 1 =>
+            {
+                let mut first = part;
+                let second = first.split_off(first.len() / 2);
+                parts.push(second);
+                parts.push(first);
+            }
+            Err(BackendError::Status { status, code, .. })
+                if matches!(status, 400 | 403 | 404 | 413) =>
+            {
+                tracing::warn!(status, %code, session = %part[0].session_id, "session link refused; dropped");
+            }
+            Err(e) => {
+                if gw.links.failing.began(false) {
+                    tracing::warn!(error = %e, "session links failed; resent until they are taken (said again once they are)");
+                }
+                // The part that failed first, in order.
+                let mut unsent = part;
+                for p in parts.into_iter().rev() {
+                    unsent.extend(p);
+                }
+                return Err(unsent);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -313,6 +372,24 @@ mod tests {
             kept.contains("c 10.0.0.1:1002") && kept.contains("e 10.0.0.1:1004"),
             "{kept}"
         );
+        // The file is its owner's only, as the spool is.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A damaged line costs only itself.
+        drop(next);
+        std::fs::write(&path, b"f 10.0.0.1:1005\n\xff\xfe 1\ng 10.0.0.1:1006\n").expect("write");
+        let again = Links::with_log(&path);
+        let ids: Vec<String> = again.take().into_iter().map(|l| l.session_id).collect();
+        assert_eq!(ids, ["f", "g"]);
+        // A file that failed (a full disk) is written again at the next
+        // compaction, with what waits.
+        again.add("h", "10.0.0.1:1007".parse().expect("addr"));
+        again.queue().log = None;
+        again.add("i", "10.0.0.1:1008".parse().expect("addr"));
+        again.compact();
+        let kept = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(kept, "h 10.0.0.1:1007\ni 10.0.0.1:1008\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
