@@ -169,6 +169,14 @@ pub fn spool_path(
                 .with_context(|| format!("{var}: creating {}", dir.display()))?;
         }
         crate::up::usable_dir(dir, var)?;
+        if !check {
+            // The rights say yes to root wherever the file system says no
+            // (sysfs, a full disk): a file made and removed is the answer.
+            let probe = dir.join(format!(".httvps-write-check-{}", std::process::id()));
+            std::fs::write(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .with_context(|| format!("{var}: {} is not writable", dir.display()))?;
+        }
     }
     Ok(spool)
 }
