@@ -93,11 +93,14 @@ pub(super) async fn fetch(opts: &ClientOptions, backend: &Backend) -> anyhow::Re
     let jwt = backend
         .device_jwt()
         .await
-        .context("exchanging the device token")?;
+        .context("exchanging the device token (CLIENT_DEVICE_TOKEN)")?;
     let a = backend
         .assign_as_device(jwt.token.expose(), opts.region.as_deref())
         .await
-        .context("asking for a node")?;
+        .with_context(|| match opts.region.as_deref() {
+            Some(r) => format!("asking for a node of region {r} (CLIENT_REGION)"),
+            None => "asking for a node".to_owned(),
+        })?;
     let url = opts
         .gateway
         .clone()
