@@ -412,8 +412,15 @@ impl Witnessed {
     /// SIGKILLs the gateway and starts it again on the same port and data
     /// (its spool kept).
     async fn restart_gateway(&mut self) {
+        self.restart_gateway_after(|| {}).await;
+    }
+
+    /// [`Witnessed::restart_gateway`], running `meanwhile` while it is
+    /// down.
+    async fn restart_gateway_after(&mut self, meanwhile: impl FnOnce()) {
         let _ = self.gw.child.start_kill();
         let _ = self.gw.child.wait().await;
+        meanwhile();
         self.gw = common::GatewayProc::spawn(
             &self.plane.server.base,
             &self.plane.gateway_token,
@@ -960,18 +967,12 @@ async fn a_foreign_link_in_the_links_file_holds_no_other_back() {
 
         )
         .await;
-    let _ = w.gw.child.start_kill();
-    let _ = w.gw.child.wait().await;
     let file = w.dir.path().join("spool.json.links");
-    let mut lines = std::fs::read_to_string(&file).unwrap_or_default();
-    lines.push_str("00000000-0000-7000-8000-000000000001 127.0.0.1:9\n");
-    std::fs::write(&file, lines).expect("write");
-    w.gw = common::GatewayProc::spawn(
-        &w.plane.server.base,
-        &w.plane.gateway_token,
-        w.dir.path(),
-        w.port,
-    )
+    w.restart_gateway_after(|| {
+        let mut lines = std::fs::read_to_string(&file).unwrap_or_default();
+        lines.push_str("00000000-0000-7000-8000-000000000001 127.0.0.1:9\n");
+        std::fs::write(&file, lines).expect("write");
+    })
     .await;
     let linked = "SELECT COUNT(*) AS n FROM witness_links";
     let before = w.plane.scalar(linked).await;
