@@ -62,9 +62,14 @@ struct Queue {
     links: VecDeque<SessionLink>,
     log: Option<Log>,
     /// Where the file is: one that failed (a full disk) is opened again
-    /// at the next compaction.
+    /// at a compaction, [`REOPEN_AFTER`] after it failed.
     log_path: Option<PathBuf>,
+    /// When the file failed last.
+    failed_at: Option<std::time::Instant>,
 }
+
+/// How long a links' file that failed is left before it is tried again.
+const REOPEN_AFTER: Duration = Duration::from_secs(5);
 
 /// The file of links not yet taken (see the module's note).
 #[derive(Debug)]
@@ -75,16 +80,18 @@ struct Log {
     lines: usize,
 }
 
-impl Log {
-    /// Appends `link`; a failed write ends the file (said once).
-    fn append(log: &mut Option<Log>, link: &SessionLink) {
-        if let Some(l) = log {
+impl Queue {
+    /// Appends `link` to the file; a failed write ends the file until it
+    /// is tried again (said).
+    fn append(&mut self, link: &SessionLink) {
+        if let Some(l) = &mut self.log {
             let line = format!("{} {}\n", link.session_id, link.local);
             match l.file.write_all(line.as_bytes()) {
                 Ok(()) => l.lines += 1,
                 Err(e) => {
-                    tracing::warn!(error = %e, file = %l.path.display(), "writing the session links' file; links are kept in memory only from now on");
-                    *log = None;
+                    tracing::warn!(error = %e, file = %l.path.display(), "writing the session links' file; links are kept in memory only until it can be written again");
+                    self.log = None;
+                    self.failed_at = Some(std::time::Instant::now());
                 }
             }
         }
@@ -171,7 +178,7 @@ impl Links {
         if q.links.len() >= MAX_WAITING {
             q.links.pop_front();
         }
-        Log::append(&mut q.log, &link);
+        q.append(&link);
         q.links.push_back(link);
         drop(q);
         self.wake.notify_one();
@@ -201,17 +208,20 @@ impl Links {
     fn compact(&self) {
         let mut guard = self.queue();
         let q = &mut *guard;
+        let mut reopened = false;
         if q.log.is_none()
+            && q.failed_at.is_none_or(|at| at.elapsed() >= REOPEN_AFTER)
             && let Some(path) = &q.log_path
             && let Ok(file) = open_log(path)
         {
-            // Back (the disk has room again): rewritten below.
-            tracing::info!(file = %path.display(), "the session links' file is written again");
+            // Tried again (the disk may have room again): rewritten whole
+            // below.
             q.log = Some(Log {
                 file,
                 path: path.clone(),
                 lines: usize::MAX,
             });
+            reopened = true;
         }
         let Some(log) = &mut q.log else {
             return;
@@ -230,10 +240,18 @@ impl Links {
             log.file.write_all(text.as_bytes())
         });
         match rewritten {
-            Ok(()) => log.lines = q.links.len(),
+            Ok(()) => {
+                log.lines = q.links.len();
+                if reopened {
+                    tracing::info!(file = %log.path.display(), "the session links' file is written again");
+                }
+            }
             Err(e) => {
-                tracing::warn!(error = %e, file = %log.path.display(), "rewriting the session links' file; links are kept in memory only from now on");
+                if !reopened {
+                    tracing::warn!(error = %e, file = %log.path.display(), "rewriting the session links' file; links are kept in memory only until it can be written again");
+                }
                 q.log = None;
+                q.failed_at = Some(std::time::Instant::now());
             }
         }
     }
@@ -382,7 +400,7 @@ mod tests {
         let again = Links::with_log(&path);
         let ids: Vec<String> = again.take().into_iter().map(|l| l.session_id).collect();
         assert_eq!(ids, ["f", "g"]);
-        // A file that failed (a full disk) is written again at the next
+        // A file that failed (a full disk) is written again at a
         // compaction, with what waits.
         again.add("h", "10.0.0.1:1007".parse().expect("addr"));
         again.queue().log = None;
