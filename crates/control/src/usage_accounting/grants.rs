@@ -83,10 +83,10 @@ pub const DOUBT_TTL: Duration = Duration::seconds(30);
 /// grant could have let through. That bound is pessimistic (it is the
 /// grant's limit, not what passed), and a device held to it for its
 /// session's life was refused its last megabytes for as long. So once
-/// the doubt is over, if the node witnesses the session (`node_base`: what
-/// its counts of the session before its latest epoch hold, its epoch
-/// changing when the gateway's crash closed the session's connections;
-/// `None` when the node has counted nothing of it), the offset is what
+/// the doubt is over, if the node witnesses the session (`node_base`:
+/// what its counts of the session before its latest epoch hold; `None`
+/// when the node has counted nothing of it, and only that is read here),
+/// the offset is what
 /// is known to have passed: the larger of what the ledger had recorded
 /// when the gateway's count began afresh (`gateway_base`) and the
 /// ledger's lead over the gateway's count now (which holds the node's
