@@ -658,23 +658,25 @@ async fn cli_commands_migrate_only_a_new_database() {
     );
 }
 
+/// `httvps migrate` on `dsn`: whether it succeeded, and what it said.
+fn migrate(dsn: &str) -> (bool, String) {
+    let out = httvps_cmd()
+        .arg("migrate")
+        .env("BACKEND_DB_DSN", dsn)
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Another application's tables count however httvps's role sees them:
 /// kept in a schema of their own, or owned by a role that granted httvps's
 /// none (both were unseen, and `migrate` made httvps's tables beside
 /// them); an extension's own tables do not make a database another's.
 #[tokio::test(flavor = "multi_thread")]
 async fn another_applications_tables_count_in_any_schema_and_unseen() {
-    let migrate = |dsn: &str| {
-        let out = httvps_cmd()
-            .arg("migrate")
-            .env("BACKEND_DB_DSN", dsn)
-            .output()
-            .expect("run");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     let our_tables = "SELECT CAST(count(*) AS BIGINT) AS n FROM pg_catalog.pg_class \
                       WHERE relname = 'users' AND relkind = 'r'";
     // In a schema of its own.
@@ -740,19 +742,8 @@ async fn another_applications_tables_count_in_any_schema_and_unseen() {
 /// binary), on both backends; it upgrades its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_refuses_other_applications_and_newer_schemas() {
-    let migrate = |dsn: String| {
-        let out = httvps_cmd()
-            .arg("migrate")
-            .env("BACKEND_DB_DSN", dsn)
-            .output()
-            .expect("run");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     let other = another_applications_database().await;
-    let (ok, err) = migrate(other.url());
+    let (ok, err) = migrate(&other.url());
     assert!(
         !ok && err.contains("another application's database"),
         "{err}"
@@ -762,14 +753,14 @@ async fn migrate_refuses_other_applications_and_newer_schemas() {
     // stopped before its first step): new, migrated.
     let stopped = TestDb::pg_empty().await;
     common::execute(&stopped.pool(), DIESEL_RECORD).await;
-    let (ok, err) = migrate(stopped.url());
+    let (ok, err) = migrate(&stopped.url());
     assert!(ok, "{err}");
     let newer = "INSERT INTO __diesel_schema_migrations (version) VALUES ('29991231000001')";
     for t in [TestDb::pg().await, TestDb::sqlite().await] {
-        let (ok, err) = migrate(t.url());
+        let (ok, err) = migrate(&t.url());
         assert!(ok, "its own, current: {err}");
         common::execute(&t.pool(), newer).await;
-        let (ok, err) = migrate(t.url());
+        let (ok, err) = migrate(&t.url());
         assert!(
             !ok && err.contains("newer release's schema") && err.contains("29991231000001"),
             "{}: {err}",
