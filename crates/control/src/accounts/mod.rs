@@ -55,6 +55,10 @@ pub fn normalize_email(raw: &str) -> AppResult<String> {
         && !local.is_empty()
         && local.len() <= 64
         && !local.contains(['"', '\\'])
+        // A dot-atom: no dot at either end of the local part, none doubled.
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
         && !domain.contains('@')
         && !ascii.is_empty()
         && ascii.len() <= 253
@@ -466,6 +470,9 @@ mod tests {
             "a@",
             "a b@c.co",
             "nodomain",
+            ".lead@b.co",
+            "trail.@b.co",
+            "a..b@b.co",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }
