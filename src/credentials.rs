@@ -134,6 +134,18 @@ async fn redeem(
     }
 }
 
+/// The enrollment string in `{prefix}_ENROLL`, decoded, for a machine of
+/// `kind`.
+fn read_enrollment(raw: &str, kind: &str, prefix: &str) -> anyhow::Result<Enrollment> {
+    let e = Enrollment::decode(raw).map_err(|why| anyhow::anyhow!("{prefix}_ENROLL: {why}"))?;
+    anyhow::ensure!(
+        e.kind == kind,
+        "{prefix}_ENROLL: this string enrolls a {}, not a {kind}",
+        e.kind
+    );
+    Ok(e)
+}
+
 /// A control-plane client with the resolved credentials. With `check`, an
 /// enrollment string is only read, not redeemed.
 pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
@@ -145,6 +157,15 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
             .with_context(|| format!("{p}_BACKEND_CA (--backend-ca)"))?;
     }
     if let Some(token) = s.token {
+        // A string beside a token is read, so a damaged or wrong one is
+        // named, and said to go unused: the token is what connects.
+        if let Some(raw) = s.enroll.as_deref() {
+            read_enrollment(raw, s.kind, p)?;
+            tracing::warn!(
+                "{p}_ENROLL is not redeemed: {p}_TOKEN is given, and is what this {} uses",
+                s.kind
+            );
+        }
         let url = s.backend.with_context(|| {
             format!("{p}_BACKEND_URL (--backend) is missing: the control plane's URL")
         })?;
@@ -182,13 +203,7 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
             s.kind, s.kind
         )
     })?;
-    let e = Enrollment::decode(&raw).map_err(|why| anyhow::anyhow!("{p}_ENROLL: {why}"))?;
-    anyhow::ensure!(
-        e.kind == s.kind,
-        "{p}_ENROLL: this string enrolls a {}, not a {}",
-        e.kind,
-        s.kind
-    );
+    let e = read_enrollment(&raw, s.kind, p)?;
     // As from a stored file: the string's URL is the one its token is
     // issued by; another given beside it is said, not taken.
     if let Some(given) = s.backend.as_deref()

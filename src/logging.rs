@@ -83,7 +83,7 @@ pub fn init(format: LogFormat, debug: bool) {
     } else {
         "info"
     };
-    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let (env, refused) = filter_from(std::env::var("RUST_LOG").ok().as_deref(), default);
     let filter = env.and(ShadowsocksRate);
     let _ = match format {
         LogFormat::Json => tracing_subscriber::registry()
@@ -106,6 +106,22 @@ pub fn init(format: LogFormat, debug: bool) {
             )
             .try_init(),
     };
+    if let Some(why) = refused {
+        tracing::warn!(error = %why, "RUST_LOG is not a valid log filter: the default level is used");
+    }
+}
+
+/// The filter `RUST_LOG` (`given`) sets, else `default`'s; an empty one is
+/// unset, an invalid one is set aside with the reason (said once logging
+/// is up, where it was ignored without a word).
+fn filter_from(given: Option<&str>, default: &str) -> (EnvFilter, Option<String>) {
+    match given.map(str::trim).filter(|g| !g.is_empty()) {
+        None => (EnvFilter::new(default), None),
+        Some(g) => match EnvFilter::try_new(g) {
+            Ok(f) => (f, None),
+            Err(e) => (EnvFilter::new(default), Some(e.to_string())),
+        },
+    }
 }
 
 /// Reports the error a command ends with: one `error: …` line on stderr
@@ -125,6 +141,19 @@ pub fn exiting(format: LogFormat, e: &anyhow::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_invalid_or_empty_rust_log_leaves_the_default() {
+        let (f, why) = filter_from(Some("info,httvps=debug"), "warn");
+        assert_eq!((f.to_string(), why), ("httvps=debug,info".to_owned(), None));
+        for empty in [None, Some(""), Some("  ")] {
+            let (f, why) = filter_from(empty, "info");
+            assert_eq!((f.to_string(), why), ("info".to_owned(), None), "{empty:?}");
+        }
+        let (f, why) = filter_from(Some("info,=[{"), "info");
+        assert_eq!(f.to_string(), "info");
+        assert!(why.is_some(), "an invalid filter passed");
+    }
 
     #[test]
     fn at_most_the_rate_a_second_then_afresh() {

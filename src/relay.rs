@@ -268,7 +268,8 @@ pub struct ConnectArgs {
     /// Local SOCKS5 address.
     #[arg(long, env = "CLIENT_SOCKS", default_value = "127.0.0.1:1080")]
     pub socks: SocketAddr,
-    /// Gateway URL; default: the one the control plane names.
+    /// Gateway URL, `https://HOST[:PORT]`; default: the one the control
+    /// plane names.
     #[arg(long, env = "CLIENT_GATEWAY_URL")]
     pub gateway: Option<String>,
     /// Extra trusted certificate (PEM), for a self-signed gateway.
@@ -445,7 +446,7 @@ pub fn connect_options(a: ConnectArgs) -> anyhow::Result<client::ClientOptions> 
     }
     Backend::connect(&backend, device_token.expose(), &link).context("CLIENT_BACKEND_URL")?;
     if let Some(g) = &a.gateway {
-        client::split_url(g).context("CLIENT_GATEWAY_URL (--gateway)")?;
+        client::split_public_url(g).context("CLIENT_GATEWAY_URL (--gateway)")?;
     }
     if let Some(f) = &a.forward {
         client::parse_destination(f).context("CLIENT_FORWARD (--forward)")?;

@@ -653,6 +653,30 @@ fn the_data_plane_commands_start_or_name_the_variable() {
         ],
         "CLIENT_FORWARD",
     );
+    // A gateway URL with a path would lose it without a word.
+    refuses(
+        RELAY,
+        d,
+        &["connect", "--check"],
+        &[
+            ("CLIENT_DEVICE_TOKEN", "t0k3n"),
+            ("CLIENT_GATEWAY_URL", "https://gw.example/prefix"),
+        ],
+        "CLIENT_GATEWAY_URL",
+    );
+    // An enrollment string beside a token is still read: a damaged one
+    // is named, not passed over.
+    refuses(
+        RELAY,
+        d,
+        &["node", "--check"],
+        &[
+            ("NODE_TOKEN", "t0k3n"),
+            NODE_URL,
+            ("NODE_ENROLL", "not-an-enrollment"),
+        ],
+        "NODE_ENROLL",
+    );
     // The node really starts past its settings: it goes on to ask the
     // control plane (none at this address) for its own, and waits for it.
     let mut child = cmd(

@@ -208,7 +208,9 @@ impl Mux {
                 Ok(w)
             }
             Err(MuxError::NoH2) => {
-                tracing::info!("the gateway takes HTTP/1.1 WebSockets only");
+                tracing::warn!(
+                    "the gateway takes HTTP/1.1 WebSockets only: --mux falls back to a connection per tunnel"
+                );
                 *self.h1_until.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some(Instant::now() + H1_RECHECK);
                 Err(MuxError::NoH2)

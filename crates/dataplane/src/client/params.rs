@@ -106,7 +106,7 @@ pub(super) async fn fetch(opts: &ClientOptions, backend: &Backend) -> anyhow::Re
         .clone()
         .or(a.gateway_url)
         .context("no gateway URL known: pass --gateway")?;
-    let (gateway_host, gateway_port) = split_url(&url)?;
+    let (gateway_host, gateway_port) = split_public_url(&url)?;
     let method = parse_method(&a.method).context("unsupported cipher")?;
     let config = ServerConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
