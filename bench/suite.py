@@ -16,7 +16,8 @@ Environment: BENCH_SECONDS (per throughput run, default 5), BENCH_DEVICES
 (default 1000000), BENCH_SESSIONS (open sessions reported in the ingestion
 run, default 200000), BENCH_TUNNELS (default 10000, or what the fd limit
 allows), BENCH_ONLY (comma list of sections:
-throughput,setup,close,memory,control,latency), BENCH_BIN_DIR (where the
+throughput,setup,close,memory,control,latency; the table's other
+sections' rows are kept, and said to be older), BENCH_BIN_DIR (where the
 release binaries are, default target/release),
 BENCH_KEEP_DB=1 (keep the PostgreSQL database for profiling),
 BENCH_PG_SSLMODE (the sslmode of the control plane's and pgbench's DSN,
@@ -956,7 +957,38 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem} GiB, {platform.system()} {platform.release()}"
 
 
-def write_report(started):
+SECTIONS = ["throughput", "setup", "close", "memory", "control", "latency"]
+
+
+def merge_rows(previous, lines, sections):
+    """A partial run's rows (`BENCH_ONLY`) in the previous table: rows of
+    the sections run replace theirs, the others' rows stay, in the suite's
+    order. Returns the rows and a sentence saying what was kept."""
+    def key(line):
+        # A row's section is the first word of its first cell ("control
+        # plane", "latency 50 ms RTT").
+        return line[2:].split(" | ", 1)[0].split(" ", 1)[0]
+
+    old = [l for l in previous.splitlines()
+           if l.startswith("| ") and not l.startswith("| section |")]
+    when = next((l.split(":", 1)[1].strip() for l in previous.splitlines()
+                 if l.startswith("## Latest run:")), "an earlier run")
+    merged, others = [], []
+    for name in SECTIONS:
+        if name in sections:
+            merged += [l for l in lines if key(l) == name]
+        else:
+            rows = [l for l in old if key(l) == name]
+            merged += rows
+            if rows:
+                others.append(name)
+    if not others:
+        return merged, ""
+    return merged, (f" Sections run: {', '.join(n for n in SECTIONS if n in sections)}; "
+                    f"{', '.join(others)} kept from the table of {when}.")
+
+
+def write_report(started, sections):
     header = [
         "| section | measure | ours | peer | ratio | target | verdict |",
         "|---|---|---|---|---|---|---|",
@@ -967,12 +999,15 @@ def write_report(started):
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
     marker = "<!-- latest run -->"
     intro = text.split(marker)[0].rstrip() + "\n\n"
+    kept = ""
+    if ONLY and marker in text:
+        lines, kept = merge_rows(text.split(marker, 1)[1], lines, sections)
     run = [
         marker,
         f"## Latest run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         f"Machine: {machine()}. Suite time: {time.time() - started:.0f} s "
-        f"(throughput runs of {SECS} s; control plane on PostgreSQL with {DEVICES:,} devices).",
+        f"(throughput runs of {SECS} s; control plane on PostgreSQL with {DEVICES:,} devices).{kept}",
         "",
         *header,
         *lines,
@@ -985,7 +1020,7 @@ def write_report(started):
 
 def main():
     started = time.time()
-    sections = ONLY or {"throughput", "setup", "close", "memory", "control", "latency"}
+    sections = ONLY or set(SECTIONS)
     try:
         if sections & {"throughput", "setup", "close", "memory"}:
             plane = Plane()
@@ -1004,7 +1039,7 @@ def main():
     finally:
         for p in reversed(PROCS):
             stop(p)
-    write_report(started)
+    write_report(started, sections)
     log(f"logs in {WORK}")
 
 
