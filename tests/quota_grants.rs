@@ -625,6 +625,51 @@ async fn totals_at_the_bound_are_a_spent_allowance_on_sqlite() {
     totals_at_the_bound_are_a_spent_allowance(common::TestDb::sqlite().await).await;
 }
 
+/// A session that ended because its account was disabled is refused as
+/// ended, beside the device's reason: the session's end is said whatever
+/// else refuses it (only an admin's close said it).
+async fn a_session_ended_by_a_disabled_account_says_ended(db: common::TestDb) {
+    let (server, base, sessions) = two_sessions(&db).await;
+    let admin = login(&base, "root@example.com").await;
+    let r = gql(
+        &base,
+        Some(&admin),
+        "{users(filter:{email:\"u@example.com\"}){edges{node{id}}}}",
+        json!({}),
+    )
+    .await;
+    let user = r["data"]["users"]["edges"][0]["node"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned();
+    let r = gql(
+        &base,
+        Some(&admin),
+        "mutation($u:UUID!){setUserStatus(id:$u,status:DISABLED){status}}",
+        json!({"u": user}),
+    )
+    .await;
+    assert_eq!(r["data"]["setUserStatus"]["status"], "DISABLED", "{r}");
+    for (gw, sid) in &sessions {
+        let (s, b) = ask_grant(&base, gw, sid, 0, 1000).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["limit"].as_i64(), Some(0), "{b}");
+        assert_eq!(b["ended"], true, "{b}");
+        assert_eq!(b["reason"], "user_disabled", "{b}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_ended_by_a_disabled_account_says_ended_on_postgres() {
+    a_session_ended_by_a_disabled_account_says_ended(common::TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_ended_by_a_disabled_account_says_ended_on_sqlite() {
+    a_session_ended_by_a_disabled_account_says_ended(common::TestDb::sqlite().await).await;
+}
+
 /// A usage report applied while a grant is asked for (its session's
 /// bytes and the subscription's charge grow in one transaction, which
 /// holds the subscription's row until it commits) is counted once: the

@@ -264,3 +264,52 @@ async fn a_monthly_subscription_expires_with_its_last_periods_usage() {
         1
     );
 }
+
+/// A subscription that lapsed and is replaced by a new grant before the
+/// sweeper comes by (a renewal at its `expiresAt`) says `EXPIRED` once,
+/// from the grant: the sweeper then finds nothing left to expire, and
+/// the event was never sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_after_a_lapse_says_expired_once() {
+    let (plane, _listener) = Plane::prepare(1).await;
+    let db = &plane.server.state.db;
+    let r = plane
+        .gql(
+            "{subscriptions(first:1){nodes{id user{id} plan{id}}}}",
+            serde_json::json!({}),
+        )
+        .await;
+    let node = &r["data"]["subscriptions"]["nodes"][0];
+    let (old, user, plan) = (
+        node["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned(),
+        node["user"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned(),
+        node["plan"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned(),
+    );
+    plane
+        .sql("UPDATE subscriptions SET starts_at = starts_at - interval '31 days', period_start = period_start - interval '31 days', expires_at = date_trunc('second', now() at time zone 'utc') - interval '1 second'")
+        .await;
+    let mut quota = db.events().subscribe_quota();
+    let r = plane
+        .gql(
+            "mutation($u:UUID!,$p:UUID!){grantSubscription(userId:$u,planId:$p){id status}}",
+            serde_json::json!({"u": user, "p": plan}),
+        )
+        .await;
+    assert_eq!(r["data"]["grantSubscription"]["status"], "ACTIVE", "{r}");
+    let ev = quota.try_recv().expect("an EXPIRED event from the grant");
+    assert_eq!(
+        (ev.kind, ev.subscription_id.to_string()),
+        (httvps_control::feed::QuotaEventKind::Expired, old)
+    );
+    assert!(quota.try_recv().is_err(), "one event");
+    assert_eq!(sweep_at(db, now()).await.expect("sweep").expired, 0);
+}

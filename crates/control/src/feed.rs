@@ -55,7 +55,8 @@ pub enum QuotaEventKind {
     QuotaReached,
     /// The traffic period started over (MONTHLY plans).
     PeriodReset,
-    /// The subscription reached its expiresAt (marked expired by the sweeper).
+    /// The subscription reached its expiresAt (marked expired by the
+    /// sweeper, or by a grant that replaces it first).
     Expired,
 }
 

@@ -11,9 +11,10 @@ use super::{audit, validate};
 use crate::actor::Actor;
 use crate::db::Db;
 use crate::db::models::{Plan, Subscription, now};
-use crate::db::schema::{audit_log, devices, plans, subscriptions};
+use crate::db::schema::{audit_log, devices, plans, subscriptions, users};
 use crate::error::{AppError, AppResult};
 use crate::events::AccessChange;
+use crate::feed::{QuotaEvent, QuotaEventKind};
 use crate::ids::{PlanId, SubscriptionId, UserId};
 use crate::status::EndReason;
 pub use crate::status::SubscriptionStatus;
@@ -53,8 +54,10 @@ pub async fn grant(
         if touched == 0 {
             return Err(AppError::NotFound("user"));
         }
-        // A lapsed subscription still marked active is closed first.
-        diesel::update(subscriptions::table)
+        // A lapsed subscription still marked active is closed first, with
+        // the `EXPIRED` event the sweeper would have sent (it finds
+        // nothing left to expire once this commits).
+        let lapsed: Vec<(SubscriptionId, Option<i64>, i64)> = diesel::update(subscriptions::table)
             .filter(subscriptions::user_id.eq(user_id))
             .filter(subscriptions::status.eq(SubscriptionStatus::Active))
             .filter(subscriptions::expires_at.le(ts))
@@ -62,8 +65,31 @@ pub async fn grant(
                 subscriptions::status.eq(SubscriptionStatus::Expired),
                 subscriptions::updated_at.eq(ts),
             ))
-            .execute(conn)
+            .returning((
+                subscriptions::id,
+                subscriptions::traffic_limit_bytes,
+                subscriptions::traffic_used_bytes,
+            ))
+            .get_results(conn)
             .await?;
+        if !lapsed.is_empty() {
+            let email: String = users::table
+                .find(user_id)
+                .select(users::email)
+                .first(conn)
+                .await?;
+            for (id, limit, used) in lapsed {
+                outbox.quota(QuotaEvent {
+                    kind: QuotaEventKind::Expired,
+                    subscription_id: id.uuid(),
+                    user_id: user_id.uuid(),
+                    user_email: email.clone(),
+                    traffic_limit_bytes: limit,
+                    traffic_used_bytes: used,
+                    at: ts.and_utc(),
+                });
+            }
+        }
         let sub = Subscription {
             id: SubscriptionId::random(),
             user_id,

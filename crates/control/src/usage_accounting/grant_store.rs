@@ -322,10 +322,16 @@ pub async fn grant(
         .parse()
         .map_err(|_| AppError::Internal("stored device id".into()))?;
     let verdict = access::check_device(db, device).await?;
+    // An ended session says so whatever else refuses it (a revoked device,
+    // a disabled account, no subscription): the reason is the device's.
+    let ended = row.end_reason.is_some();
     if let Some(reason) = verdict.reason {
-        return Ok(refused(session, req, Some(reason)));
+        return Ok(GrantResponse {
+            ended,
+            ..refused(session, req, Some(reason))
+        });
     }
-    if row.end_reason.is_some() {
+    if ended {
         // Gateways before `ended` read the refusal alone.
         return Ok(GrantResponse {
             ended: true,
