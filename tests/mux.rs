@@ -1702,3 +1702,70 @@ async fn a_refused_forwarded_connection_is_reset() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A client that floods its HTTP/2 connection with PING frames (each
+/// answered by the server), reading the answers, is cut once past the
+/// budget of frames that carry nothing; it kept a gateway thread busy and
+/// slowed every `--mux` tunnel of the gateway twentyfold. Tunnels of
+/// honest clients pass meanwhile and after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ping_flood_ends_its_connection_and_honest_tunnels_pass() {
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let mut honest = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut honest).await, "a tunnel before the flood");
+
+    let tls = httvps_dataplane::tls::connector_with_alpn(Some(&plane.cert), vec![b"h2".to_vec()])
+        .expect("connector");
+    let tcp = TcpStream::connect(plane.gateway_addr)
+        .await
+        .expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tls.connect(name, tcp).await.expect("TLS");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    // Reads everything the server sends until it ends the connection.
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return (got, true),
+                Ok(Ok(n)) => got += n,
+                Err(_) => return (got, false),
+            }
+        }
+    });
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    wr.write_all(&start).await.expect("preface");
+    let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 100)
+        .collect();
+    let mut sent = 0usize;
+    for _ in 0..1_000 {
+        if wr.write_all(&batch).await.is_err() {
+            break;
+        }
+        sent += 100;
+    }
+    let (got, ended) = reader.await.expect("reader");
+    // Each answer is a 17-byte PING frame: well under the pings sent.
+    let answered = got / ping.len();
+    assert!(
+        ended,
+        "the flooding connection was not ended ({answered} answers)"
+    );
+    assert!(
+        answered < 10_000,
+        "{answered} of {sent} pings answered before the connection ended"
+    );
+    assert!(alive(&mut honest).await, "the tunnel after the flood");
+    let mut fresh = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut fresh).await, "a new tunnel after the flood");
+}

@@ -276,6 +276,7 @@ pub(super) async fn serve<T, C>(
         inner: tls,
         seen: seen.clone(),
         read: 0,
+        budget: super::h2_frames::Budget::new(std::time::Instant::now()),
     };
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(conn.clone());
@@ -310,11 +311,14 @@ const PREFACE_LEN: usize = 24;
 
 /// A stream that notes when the whole client preface has arrived (not its
 /// first byte: a preface sent a byte every few seconds held the
-/// connection past the deadline, for as long as the client liked).
+/// connection past the deadline, for as long as the client liked), and
+/// ends the connection when the client's frames that carry nothing are
+/// over their budget (see [`super::h2_frames`]).
 struct Seen<T> {
     inner: T,
     seen: Arc<AtomicBool>,
     read: usize,
+    budget: super::h2_frames::Budget,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Seen<T> {
@@ -325,11 +329,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for Seen<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let mut new = &buf.filled()[before..];
         if self.read < PREFACE_LEN {
-            self.read += buf.filled().len() - before;
+            let preface = (PREFACE_LEN - self.read).min(new.len());
+            self.read += preface;
+            new = &new[preface..];
             if self.read >= PREFACE_LEN {
                 self.seen.store(true, Ordering::Relaxed);
             }
+        }
+        if !new.is_empty() && !self.budget.feed(new, std::time::Instant::now) {
+            tracing::debug!("an HTTP/2 connection sent too many frames that carry nothing: ended");
+            return Poll::Ready(Err(std::io::Error::other(
+                "too many HTTP/2 frames that carry nothing",
+            )));
         }
         Poll::Ready(Ok(()))
     }

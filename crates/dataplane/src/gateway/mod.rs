@@ -54,6 +54,7 @@ mod frames;
 mod grant;
 mod granting;
 mod h2;
+mod h2_frames;
 mod links;
 mod pending;
 mod routes;
