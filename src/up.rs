@@ -261,13 +261,15 @@ impl Drop for UpDataPlane {
 /// the control plane at `backend_url` like any other (fresh machine tokens
 /// at each start), the node on 127.0.0.1:`node_port` (0: a free port). The
 /// node allows private destinations: everything in `up` listens on
-/// 127.0.0.1, and it lets a newcomer fetch a local page.
+/// 127.0.0.1, and it lets a newcomer fetch a local page. The gateway
+/// takes at most `gateway_budget` connections and as many tunnels.
 pub async fn start_up_data_plane(
     state: &AppState,
     data_dir: &Path,
     backend_url: &str,
     gateway: TcpListener,
     node_port: u16,
+    gateway_budget: usize,
 ) -> anyhow::Result<UpDataPlane> {
     use httvps_control::{catalogue, nodes};
     use httvps_dataplane::{backend::Backend, gateway as gw, node, tls};
@@ -324,6 +326,8 @@ pub async fn start_up_data_plane(
     let opts = gw::GatewayOptions {
         public_url,
         spool: Some(data_dir.join("gateway-spool.json")),
+        max_connections: gateway_budget,
+        max_tunnels: gateway_budget,
         ..Default::default()
     };
     let gw_backend = Backend::new(backend_url, &gw_token)?;
@@ -350,6 +354,26 @@ pub async fn start_up_data_plane(
     })
 }
 
+/// Descriptors `up` keeps aside from the connection budgets: the
+/// database, the spool and certificate files, the node's and gateway's
+/// own connections to the control plane, the listeners.
+const NOFILE_RESERVE: u64 = 512;
+
+/// The control plane's connection budget (at most `control_wanted`) and
+/// the embedded gateway's (connections and tunnels alike) within `nofile`
+/// descriptors: the control plane takes at most a quarter of what the
+/// reserve leaves, and every gateway tunnel holds four (the client's
+/// connection, the gateway's to the node, the node's two), so neither
+/// can run the process out of descriptors, which refused everyone
+/// (the defaults, 8,192 and 12,000, are more than a limit of 20,000
+/// holds).
+fn fit_budgets(nofile: u64, control_wanted: usize) -> (usize, usize) {
+    let left = usize::try_from(nofile.saturating_sub(NOFILE_RESERVE)).unwrap_or(usize::MAX);
+    let control = control_wanted.min(left / 4).max(1);
+    let gateway = (left.saturating_sub(control) / 4).clamp(1, 12_000);
+    (control, gateway)
+}
+
 /// Runs everything `up` starts (control plane, gateway on `gateway_port`,
 /// node on `node_port`, 0 for a free one) until `shutdown`; `ready` is
 /// called once all listen, with the control plane's address and the data
@@ -361,9 +385,20 @@ pub async fn run_up(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr, &UpDataPlane),
 ) -> anyhow::Result<()> {
-    // As `serve`: the connection budget, not the descriptor table, sheds.
-    httvps_control::listener::raise_nofile_limit();
+    // As `serve`: the connection budget, not the descriptor table, sheds;
+    // here one table holds the control plane's, the gateway's and the
+    // node's descriptors, so the budgets are fitted to it together.
+    let nofile = httvps_control::listener::raise_nofile_limit().unwrap_or(1024);
     let mut settings = report.settings;
+    let (control, gateway_budget) = fit_budgets(nofile, settings.http.max_connections);
+    tracing::info!(
+        nofile,
+        control.max_connections = control,
+        gateway.max_connections = gateway_budget,
+        gateway.max_tunnels = gateway_budget,
+        "connection budgets within the open-file limit"
+    );
+    settings.http.max_connections = control;
     let gw_addr = SocketAddr::new(settings.host, gateway_port);
     let gw_listener = TcpListener::bind(gw_addr)
         .await
@@ -395,6 +430,7 @@ pub async fn run_up(
         &format!("http://{local}"),
         gw_listener,
         node_port,
+        gateway_budget,
     )
     .await?;
     tracing::info!(http.addr = %local, gateway.addr = %plane.gateway_addr, node.addr = %plane.node_addr, "control plane listening");
@@ -407,4 +443,26 @@ pub async fn run_up(
     usage_sweeper.abort();
     drop(plane);
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budgets_fit_the_open_file_limit_together() {
+        for nofile in [1_024, 4_096, 20_000, 65_536, 1 << 20] {
+            let (control, gateway) = fit_budgets(nofile, 8_192);
+            // Worst case: every control connection open, every gateway
+            // connection carrying a tunnel of four descriptors.
+            let used = (control + 4 * gateway) as u64 + NOFILE_RESERVE;
+            assert!(used <= nofile, "{nofile}: {control} + 4 x {gateway}");
+            assert!(control >= 1 && gateway >= 1);
+        }
+        // A high limit leaves the defaults as they are.
+        assert_eq!(fit_budgets(1 << 20, 8_192), (8_192, 12_000));
+        // 20,000, as here: the control plane a quarter, the gateway the rest.
+        assert_eq!(fit_budgets(20_000, 8_192), (4_872, 3_654));
+        assert_eq!(fit_budgets(20_000, 100), (100, 4_847));
+    }
 }
