@@ -198,9 +198,13 @@ pub async fn resolve(s: Sources<'_>, check: bool) -> anyhow::Result<Backend> {
     };
     let raw = s.enroll.clone().with_context(|| {
         format!(
-            "{p}_TOKEN (--token) is missing: give this {}'s machine token, or its \
-             enrollment string in {p}_ENROLL (--enroll) (`httvps {} add` prints one)",
-            s.kind, s.kind
+            "{p}_TOKEN (--token) is missing and no credentials are stored in {} \
+             ({p}_CREDENTIALS): give this {kind}'s machine token, or an enrollment \
+             string in {p}_ENROLL (--enroll): `httvps {kind} add` prints one for a new \
+             {kind}, `httvps {kind} rotate` a new one for a registered {kind} whose \
+             credentials were lost",
+            s.file.display(),
+            kind = s.kind
         )
     })?;
     let e = read_enrollment(&raw, s.kind, p)?;

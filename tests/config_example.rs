@@ -561,6 +561,16 @@ fn the_data_plane_commands_start_or_name_the_variable() {
         ("GATEWAY_DATA_DIR", d.to_str().expect("path")),
     ];
     checks(RELAY, d, &["gateway", "--check"], &acme);
+    let warned = |r: &Ran| r.out.contains("does not name GATEWAY_PUBLIC_URL's host");
+    assert!(!warned(&run(RELAY, d, &["gateway", "--check"], &acme)));
+    // Domains that leave out the public URL's host pass (a front may
+    // answer for it) with a warning: without one, no client would trust
+    // the certificate.
+    let mut elsewhere = acme.to_vec();
+    elsewhere.retain(|(k, _)| *k != "GATEWAY_ACME_DOMAIN");
+    elsewhere.push(("GATEWAY_ACME_DOMAIN", "gw2.example.com"));
+    let r = run(RELAY, d, &["gateway", "--check"], &elsewhere);
+    assert!(r.ok && warned(&r), "{}", r.out);
     for (var, wrong) in [
         ("GATEWAY_ACME_DOMAIN", "*.example.com"),
         ("GATEWAY_ACME_CONTACT", "ops@example.com"),

@@ -420,9 +420,6 @@ fn is_query_only(query: &str, operation_name: Option<&str>) -> bool {
     }
 }
 
-/// `GET /graphql/ws`: the WebSocket for live operations.
-/// The sub-protocol is `graphql-transport-ws` unless the client asks for the
-/// legacy `graphql-ws`.
 /// Whether `key` is 16 bytes in base64: 22 characters of its alphabet and
 /// the padding `==`.
 fn websocket_key(key: &[u8]) -> bool {
@@ -433,6 +430,9 @@ fn websocket_key(key: &[u8]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
+/// `GET /graphql/ws`: the WebSocket for live operations.
+/// The sub-protocol is `graphql-transport-ws` unless the client asks for the
+/// legacy `graphql-ws`.
 async fn graphql_ws(
     State(state): State<AppState>,
     from: Option<Extension<ClientAddr>>,

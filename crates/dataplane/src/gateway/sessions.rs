@@ -356,7 +356,8 @@ impl Sessions {
     }
 
     /// Fires the close signal of every session with open tunnels (the
-    /// control plane no longer knows the gateway); returns how many.
+    /// control plane no longer knows the gateway); returns how many tunnels
+    /// they had open.
     pub fn close_all(&self) -> usize {
         let inner = lock(&self.inner);
         let open = inner
@@ -365,8 +366,10 @@ impl Sessions {
             .filter(|s| s.tunnels.load(Ordering::Relaxed) > 0);
         let mut closed = 0;
         for s in open {
-            let _ = s.close.send(Closing::Closed);
-            closed += 1;
+            closed += s.tunnels.load(Ordering::Relaxed);
+            // Kept even while no tunnel listens yet (one attached and not
+            // yet waiting on it): it closes as soon as it looks.
+            s.close.send_replace(Closing::Closed);
         }
         closed
     }

@@ -161,3 +161,18 @@ fn without_epochs_a_restored_session_goes_on_from_what_earlier_runs_counted() {
     let other = ("s2".to_owned(), 7, 7, 1);
     assert_eq!(sessions.without_epochs(&other), other);
 }
+
+#[test]
+fn closing_all_counts_tunnels_not_sessions() {
+    let sessions = Sessions::default();
+    let (a, _a2, b) = (
+        sessions.attach("s1"),
+        sessions.attach("s1"),
+        sessions.attach("s2"),
+    );
+    let idle = sessions.attach("s3");
+    idle.detach();
+    assert_eq!(sessions.close_all(), 3, "two tunnels of s1, one of s2");
+    assert_eq!(*a.closed().borrow(), Closing::Closed);
+    assert_eq!(*b.closed().borrow(), Closing::Closed);
+}
