@@ -112,6 +112,26 @@ async fn revocation_reaches_access_tokens(server: &TestServer) {
     assert_eq!(r["data"]["changePassword"], true, "{r}");
     assert!(!me_works(base, &access_b).await, "password changed");
 
+    // Signing out this log-in only ends its tokens; the other one goes on.
+    let (access_e, refresh_e) = login(base, &email, "another long password").await;
+    let (access_f, refresh_f) = login(base, &email, "another long password").await;
+    let r = gql(
+        base,
+        Some(&access_e),
+        "mutation{logout(everywhere:false)}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["data"]["logout"], true, "{r}");
+    assert!(!me_works(base, &access_e).await, "this log-in ended");
+    assert_eq!(
+        code(&refresh(base, &refresh_e).await),
+        Some("UNAUTHENTICATED")
+    );
+    assert!(me_works(base, &access_f).await, "the other log-in goes on");
+    let r = refresh(base, &refresh_f).await;
+    assert!(r["errors"].is_null(), "the other log-in refreshes: {r}");
+
     // Logging out ends the tokens of this log-in and of every other one.
     let (access_c, refresh_c) = login(base, &email, "another long password").await;
     let (access_d, _) = login(base, &email, "another long password").await;

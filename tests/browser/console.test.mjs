@@ -813,12 +813,46 @@ async function scenario(t, mode, env) {
     await shot(p, mode, '22-narrow-nodes');
     await p.getByRole('button', { name: 'Sign out' }).click();
     await p.getByRole('button', { name: 'Sign in' }).waitFor();
+    // The top bar signs out this browser only: the admin's other sign-in
+    // goes on (it signed out every browser of the account, unasked).
+    await go(admin, 'Plans');
+    await rowOf(admin, plan).waitFor();
     await signIn(p, base, user);
     await p.getByRole('button', { name: 'Menu' }).click();
     await p.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'My devices' }).click();
     await rowOf(p, 'Pixel').waitFor();
     assert.ok(await fits(), `my devices fit: ${await wide()}`);
     await shot(p, mode, '23-narrow-my-devices');
+    // Past the plan's device limit the form says so; once a device is
+    // revoked that error goes (it stood beside a form that now works).
+    const refused = p.locator('#add-title ~ .note.error');
+    const done = p.getByRole('dialog').getByRole('button', { name: 'Done' });
+    const spares = [];
+    let limited = false;
+    for (let i = 1; i <= 6 && !limited; i++) {
+      const name = `Spare ${i}`;
+      await p.getByLabel('Name').fill(name);
+      await p.getByRole('button', { name: 'Add device' }).click();
+      const outcome = await Promise.race([
+        done.waitFor().then(() => 'added', () => 'none'),
+        refused.waitFor().then(() => 'refused', () => 'none'),
+      ]);
+      if (outcome === 'added') {
+        await done.click();
+        await rowOf(p, name).waitFor();
+        spares.push(name);
+      } else {
+        limited = outcome === 'refused';
+        break;
+      }
+    }
+    assert.ok(limited && spares.length > 0, `the device limit reached after ${spares.length} devices`);
+    for (const name of spares.reverse()) {
+      await rowOf(p, name).getByRole('button', { name: 'Revoke' }).click();
+      await p.getByRole('dialog').getByRole('button', { name: 'Revoke' }).click();
+      await rowOf(p, name).locator('.device-status').getByText('revoked').waitFor();
+      await refused.waitFor({ state: 'detached' });
+    }
   });
 
   await t.test('long names wrap in their cells; a form the browser stops drops its last error', async () => {

@@ -246,11 +246,23 @@ export async function signUp(email: string, password: string): Promise<void> {
 
 /** Signs out everywhere (the server revokes every token of the account). */
 export async function logout(): Promise<void> {
+  await signOutWith('mutation Logout { logout }');
+}
+
+/**
+ * Signs out this browser only: the server ends this sign-in's tokens; the
+ * account's other browsers and apps stay signed in.
+ */
+export async function signOut(): Promise<void> {
+  await signOutWith('mutation SignOut { logout(everywhere: false) }');
+}
+
+async function signOutWith(mutation: string): Promise<void> {
   const token = tokens?.access ?? null;
   // Forgotten here first, so a reload while the server answers stays signed out.
   store(null);
   try {
-    if (token) await post<{ logout: boolean }>('mutation Logout { logout }', undefined, token);
+    if (token) await post<{ logout: boolean }>(mutation, undefined, token);
   } catch {
     // Signed out locally all the same.
   }

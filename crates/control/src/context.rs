@@ -67,6 +67,8 @@ pub struct Viewer {
     pub user_id: UserId,
     /// The user's role.
     pub role: Role,
+    /// The sign-in (refresh-token family) the access token was issued in.
+    pub family: String,
 }
 
 impl Viewer {
@@ -126,6 +128,7 @@ pub async fn viewer_until(api: &AppContext, token: &str) -> Result<(Viewer, i64)
         Viewer {
             user_id: user.id,
             role: user.role,
+            family: family.to_owned(),
         },
         claims.exp,
     ))

@@ -3,7 +3,7 @@
 import { useState } from 'preact/hooks';
 
 import { ApiError } from '../../api/errors';
-import { changePassword, logout, session } from '../../api/session';
+import { changePassword, logout, session, signOut } from '../../api/session';
 import { Button, ConfirmButton, ErrorNote, Field, NewPasswordField, Page, toast, useAction } from '../../ui/components';
 import { when } from '../../ui/format';
 import { useStore } from '../../ui/hooks';
@@ -83,7 +83,10 @@ export function Account() {
       </section>
       <section class="card" aria-labelledby="out-title">
         <h2 id="out-title">Sign out</h2>
-        <p class="muted">Signing out ends every session of this account, on every device and browser.</p>
+        <p class="muted">
+          “Sign out” at the top ends this browser’s session only. Signing out everywhere ends every session of
+          this account, on every device and browser.
+        </p>
         <ConfirmButton
           label="Sign out everywhere"
           title="Sign out everywhere?"
@@ -96,8 +99,9 @@ export function Account() {
   );
 }
 
+/** The top bar's sign-out: this browser only (the Account page signs out everywhere). */
 export function SignOutButton() {
-  const act = useAction(logout);
+  const act = useAction(signOut);
   return (
     <Button small variant="ghost" busy={act.busy} onClick={() => void act.run()}>
       Sign out

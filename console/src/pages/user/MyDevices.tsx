@@ -3,7 +3,7 @@
 // live. Changes made elsewhere (an operator revoking a device, a tunnel
 // opening) show up without a reload.
 
-import { useMemo, useState } from 'preact/hooks';
+import { useEffect, useMemo, useState } from 'preact/hooks';
 
 import * as doc from '../../api/documents';
 import { gql } from '../../api/graphql';
@@ -35,7 +35,7 @@ const POLL_MS = 60_000;
 
 type MyDevice = Device & { placement: DevicePlacement | null };
 
-function AddDevice(props: { onAdded: (c: DeviceCredentials) => void }) {
+function AddDevice(props: { onAdded: (c: DeviceCredentials) => void; revoked: number }) {
   const [name, setName] = useState('');
   const [platform, setPlatform] = useState('android');
   const act = useAction(async () => {
@@ -46,6 +46,10 @@ function AddDevice(props: { onAdded: (c: DeviceCredentials) => void }) {
     setName('');
     props.onAdded(d.registerDevice);
   });
+  // A device revoked since the last attempt may have made room: the
+  // attempt's error (the limit reached) no longer holds.
+  const { setError } = act;
+  useEffect(() => setError(null), [props.revoked, setError]);
   return (
     <section class="card" aria-labelledby="add-title">
       <h2 id="add-title">Add a device</h2>
@@ -116,14 +120,17 @@ export function MyDevices(props: { userId: string }) {
     const r = await gql<{ rotateDeviceToken: DeviceCredentials }>(doc.ROTATE_DEVICE, { id: d.id });
     setCreds(r.rotateDeviceToken);
   };
+  const [revoked, setRevoked] = useState(0);
   const revoke = async (d: Device) => {
     await gql(doc.REVOKE_DEVICE, { id: d.id });
+    setRevoked((n) => n + 1);
     toast(`“${d.name}” revoked: its tunnels are closed.`);
   };
 
   return (
     <Page title="My devices">
       <AddDevice
+        revoked={revoked}
         onAdded={(c) => {
           setCreds(c);
           q.reload();

@@ -20,8 +20,8 @@ pub use crate::status::{Role, UserStatus};
 use crate::{db_run, db_tx};
 pub use listing::{UserFilter, by_ids, count, list};
 pub use tokens::{
-    REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, refresh,
-    set_password_by_admin, signed_in_user,
+    REFRESH_TTL_DAYS, Tokens, access_token, change_password, login, logout, logout_sign_in,
+    refresh, set_password_by_admin, signed_in_user,
 };
 
 /// Normalises and checks an email address: trimmed, in Unicode NFKC and

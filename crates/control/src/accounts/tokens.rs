@@ -248,6 +248,33 @@ pub async fn logout(db: &Db, user_id: UserId) -> AppResult<()> {
     })
 }
 
+/// Signs out one sign-in of `user_id`: revokes refresh-token family
+/// `family` and its refresh tokens, which ends the access tokens issued in
+/// it (the family is checked on use); the account's other sign-ins go on.
+/// Its live sockets are told, and each checks its own credential again.
+pub async fn logout_sign_in(db: &Db, user_id: UserId, family: &str) -> AppResult<()> {
+    let family = family.to_owned();
+    db_tx!(db, |conn, outbox| {
+        outbox.account(user_id);
+        let ts = now();
+        diesel::update(refresh_tokens::table)
+            .filter(refresh_tokens::user_id.eq(user_id))
+            .filter(refresh_tokens::family_id.eq(&family))
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::revoked_at.eq(ts))
+            .execute(conn)
+            .await?;
+        diesel::update(token_families::table)
+            .filter(token_families::user_id.eq(user_id))
+            .filter(token_families::id.eq(&family))
+            .filter(token_families::revoked_at.is_null())
+            .set(token_families::revoked_at.eq(ts))
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(())
+    })
+}
+
 /// Sets `$user_id`'s password hash to `$hash` on `$conn` and ends every
 /// sign-in made with the old one (refresh tokens, their families, access
 /// tokens by the version); the account's live sockets are told. The row,

@@ -197,13 +197,25 @@ impl AccountMutation {
         .gql()
     }
 
-    /// Signs out everywhere: every refresh and access token of the user stops working.
+    /// Signs out everywhere: every refresh and access token of the user
+    /// stops working. With `everywhere: false`, only this sign-in (the
+    /// refresh-token family the access token was issued in, and its access
+    /// tokens) ends; the account's other browsers and apps stay signed in.
     #[graphql(guard = "SignedIn")]
-    async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+    async fn logout(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = true)] everywhere: bool,
+    ) -> async_graphql::Result<bool> {
         let api = ctx.data::<AppContext>()?;
-        accounts::logout(&api.db, viewer(ctx)?.user_id)
-            .await
-            .gql()?;
+        let me = viewer(ctx)?;
+        if everywhere {
+            accounts::logout(&api.db, me.user_id).await.gql()?;
+        } else {
+            accounts::logout_sign_in(&api.db, me.user_id, &me.family)
+                .await
+                .gql()?;
+        }
         Ok(true)
     }
 
