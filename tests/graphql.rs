@@ -157,6 +157,21 @@ async fn newcomer_flow(server: &TestServer) {
     for a in ["create_region", "create_plan", "grant_subscription"] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
+    // A region's entry says what it was made with, as a plan's does.
+    let audit = gql(
+        base,
+        Some(&admin),
+        "{auditLog(filter:{action:\"create_region\"}){edges{node{details}}}}",
+        json!({}),
+    )
+    .await;
+    let details: serde_json::Value = audit["data"]["auditLog"]["edges"][0]["node"]["details"]
+        .as_str()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(details["code"], "eu-west", "{audit}");
+    assert_eq!(details["name"], "Europe West", "{audit}");
+    assert!(details["method"].is_string(), "{audit}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

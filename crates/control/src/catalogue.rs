@@ -326,7 +326,7 @@ pub async fn create_region(
         "create_region",
         "region",
         Some(&region.id.to_string()),
-        serde_json::json!({"code": region.code}),
+        serde_json::json!({"code": region.code, "name": region.name, "method": region.pool_method}),
     );
     db_tx!(db, |conn, _| {
         let r = diesel::insert_into(regions::table)
