@@ -412,3 +412,62 @@ async fn an_outage_does_not_stretch_a_limited_allowance_for_one_device() {
 async fn an_outage_does_not_stretch_a_limited_allowance_shared_by_three_devices() {
     an_outage_does_not_stretch_a_limited_allowance(3).await;
 }
+
+/// Connections to the database ended under the control plane (as an
+/// administrator's `pg_terminate_backend`, a failover or a restart does)
+/// are an outage for the requests that were on them: `UNAVAILABLE` (503 at
+/// `/api/v1`), never `INTERNAL`; the pool then opens new ones and
+/// everything answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_ended_under_the_control_plane_are_unavailable_never_internal() {
+    let (plane, _listener) = Plane::prepare(1).await;
+    let Dsn::Postgres(url) = &plane._db.dsn else {
+        panic!("pg")
+    };
+    let name = url.rsplit('/').next().expect("database name").to_owned();
+    let mut admin = AsyncPgConnection::establish(&common::pg_admin_url())
+        .await
+        .expect("admin connection");
+    let mut codes: Vec<String> = Vec::new();
+    for _ in 0..60 {
+        // Ends every connection of the test's database, the pool's and the
+        // listener's, while requests run.
+        let asking = async {
+            let r = plane.gql("{plans(first:5){nodes{id}}}", json!({})).await;
+            let gql = r["errors"][0]["extensions"]["code"]
+                .as_str()
+                .unwrap_or("ok")
+                .to_owned();
+            let (status, body) = assign(&plane).await;
+            let rest = match status {
+                200 => "ok".to_owned(),
+                s => format!("{s} {}", body["error"]["code"].as_str().unwrap_or("?")),
+            };
+            (gql, rest)
+        };
+        let killing = diesel::sql_query(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .execute(&mut admin);
+        let ((gql, rest), killed) = tokio::join!(asking, killing);
+        killed.expect("terminate backends");
+        codes.push(gql);
+        codes.push(rest);
+    }
+    let bad: Vec<&String> = codes
+        .iter()
+        .filter(|c| !matches!(c.as_str(), "ok" | "UNAVAILABLE" | "503 UNAVAILABLE"))
+        .collect();
+    assert!(bad.is_empty(), "{bad:?} among {codes:?}");
+    // Afterwards every answer is whole again.
+    let mut whole = false;
+    for _ in 0..50 {
+        let r = plane.gql("{plans(first:5){nodes{id}}}", json!({})).await;
+        if r["errors"].is_null() && assign(&plane).await.0 == 200 {
+            whole = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(whole, "the control plane did not answer again");
+}

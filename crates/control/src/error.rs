@@ -189,7 +189,9 @@ impl From<diesel::result::Error> for AppError {
                 DatabaseErrorKind::SerializationFailure => {
                     AppError::Unavailable(CONCURRENT_UPDATE.into())
                 }
-                DatabaseErrorKind::ClosedConnection => {
+                // The connection went (closed, reset, never answered):
+                // diesel-async says so for any error without a SQLSTATE.
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => {
                     AppError::Unavailable("database unavailable".into())
                 }
                 _ => {
@@ -206,6 +208,8 @@ impl From<diesel::result::Error> for AppError {
                         AppError::Conflict(MISSING_REFERENCE.into())
                     } else if msg.contains("database is locked") {
                         AppError::Unavailable("database busy, retry".into())
+                    } else if connection_lost(msg) {
+                        AppError::Unavailable("database unavailable".into())
                     } else if msg.contains("deadlock detected") {
                         // PostgreSQL chose this transaction to undo; it
                         // left nothing behind, and a retry goes through.
@@ -215,9 +219,24 @@ impl From<diesel::result::Error> for AppError {
                     }
                 }
             },
+            // A transaction whose connection went cannot be finished or
+            // undone on it: the pool drops the connection, a retry goes
+            // through.
+            E::BrokenTransactionManager => AppError::Unavailable("database unavailable".into()),
+            E::RollbackErrorOnCommit { commit_error, .. } => AppError::from(*commit_error),
             other => AppError::Internal(format!("database: {other}")),
         }
     }
+}
+
+/// Whether PostgreSQL's `msg` says it is ending the connection or cannot
+/// serve it now (SQLSTATE class 57P: an administrator's or a crash's
+/// shutdown, a server starting up or in recovery; the code itself does
+/// not reach here, only the text).
+fn connection_lost(msg: &str) -> bool {
+    msg.starts_with("terminating connection")
+        || msg.starts_with("the database system is")
+        || msg.contains("server closed the connection")
 }
 
 impl From<deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>> for AppError {
@@ -282,6 +301,22 @@ mod tests {
         assert!(from_db(DatabaseErrorKind::ForeignKeyViolation, "x").is_race());
         assert!(!from_db(DatabaseErrorKind::UniqueViolation, "x").is_race());
         assert!(!from_db(DatabaseErrorKind::Unknown, "disk full").is_race());
+        // A connection lost, or ended by the server, is an outage (503),
+        // not a failure of ours.
+        for (kind, msg) in [
+            (DatabaseErrorKind::UnableToSendCommand, "connection closed"),
+            (
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command",
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "the database system is shutting down",
+            ),
+            (DatabaseErrorKind::ClosedConnection, "x"),
+        ] {
+            assert_eq!(from_db(kind, msg).code(), "UNAVAILABLE", "{msg}");
+        }
         assert!(!AppError::Unavailable("database unavailable".into()).is_race());
         assert!(matches!(
             from_db(DatabaseErrorKind::ForeignKeyViolation, "x")
