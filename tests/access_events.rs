@@ -322,3 +322,67 @@ async fn a_device_revoked_from_the_command_line_loses_its_open_tunnel_within_5_s
     drop(running);
     server.stop().await;
 }
+
+/// A live operation on a replica whose listener lost its connection (and
+/// made it again) ends with an `UNAVAILABLE` error, then completes: events
+/// published meanwhile never came, and a subscription that went on showed
+/// a stale state without a word. Its client reads again and subscribes
+/// afresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_operation_ends_when_its_replica_may_have_missed_events() {
+    let db = TestDb::pg().await;
+    let server = TestServer::start(db.dsn.clone(), false).await;
+    let base = server.base.clone();
+    accounts::create_user(&server.state.db, "root@example.com", PASSWORD, Role::Admin)
+        .await
+        .expect("admin");
+    let login = gql(
+        &base,
+        None,
+        "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+        json!({"e": "root@example.com", "p": PASSWORD}),
+    )
+    .await;
+    let admin = text(&login, &["data", "login", "accessToken"]);
+    let mut ws = common::live(&base, &admin, "subscription{nodeEvents{nodeId}}").await;
+    let Dsn::Postgres(url) = &db.dsn else {
+        panic!("pg")
+    };
+    let dbname = url.rsplit('/').next().expect("database name").to_owned();
+    let mut pg = diesel_async::AsyncPgConnection::establish(&common::pg_admin_url())
+        .await
+        .expect("admin connection");
+    let killed = diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{dbname}' AND query LIKE 'LISTEN%'"
+    ))
+    .execute(&mut pg)
+    .await
+    .expect("terminate");
+    assert_eq!(killed, 1, "the listener was found");
+    let v = common::live_next(&mut ws).await;
+    assert_eq!(v["type"], "next", "{v}");
+    assert_eq!(
+        v["payload"]["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{v}"
+    );
+    let v = common::live_next(&mut ws).await;
+    assert_eq!(v["type"], "complete", "{v}");
+    // Subscribed again, it hears events as before.
+    let mut ws = common::live(&base, &admin, "subscription{nodeEvents{nodeId}}").await;
+    let r = gql(
+        &base,
+        Some(&admin),
+        "mutation{createRegion(code:\"eu\",name:\"EU\"){id} registerOutlineNode(input:{region:\"eu\",name:\"n\",host:\"10.0.0.1\",port:8388}){node{id}}}",
+        json!({}),
+    )
+    .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let v = common::live_next(&mut ws).await;
+    assert_eq!(v["type"], "next", "{v}");
+    assert!(
+        v["payload"]["data"]["nodeEvents"]["nodeId"].is_string(),
+        "{v}"
+    );
+    server.stop().await;
+}

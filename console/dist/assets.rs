@@ -54,6 +54,16 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-B0lS4WM8.js.br")),
     },
     Asset {
+        path: "assets/console-DJ2FHBR3.js",
+        content_type: "text/javascript; charset=utf-8",
+        etag: "\"8bbdc64f6cb60ceb1073\"",
+        immutable: true,
+        debug_only: false,
+        raw: include_bytes!("assets/console-DJ2FHBR3.js"),
+        gzip: Some(include_bytes!("assets/console-DJ2FHBR3.js.gz")),
+        brotli: Some(include_bytes!("assets/console-DJ2FHBR3.js.br")),
+    },
+    Asset {
         path: "assets/console-DXXflEVA.css",
         content_type: "text/css; charset=utf-8",
         etag: "\"629f0524d6bf7d80da72\"",
@@ -62,16 +72,6 @@ static ASSETS: &[Asset] = &[
         raw: include_bytes!("assets/console-DXXflEVA.css"),
         gzip: Some(include_bytes!("assets/console-DXXflEVA.css.gz")),
         brotli: Some(include_bytes!("assets/console-DXXflEVA.css.br")),
-    },
-    Asset {
-        path: "assets/console-sYCFEJpy.js",
-        content_type: "text/javascript; charset=utf-8",
-        etag: "\"7a68d566d329c7c7023c\"",
-        immutable: true,
-        debug_only: false,
-        raw: include_bytes!("assets/console-sYCFEJpy.js"),
-        gzip: Some(include_bytes!("assets/console-sYCFEJpy.js.gz")),
-        brotli: Some(include_bytes!("assets/console-sYCFEJpy.js.br")),
     },
     Asset {
         path: "assets/dialog-D4kY7HGY.js",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"04e7a0c8023020261cd6\"",
+        etag: "\"187d0a975672b98d1a63\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

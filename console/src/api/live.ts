@@ -140,8 +140,14 @@ export function subscribe<T>(
       {
         next: (msg) => {
           attempt = 0;
-          if (msg.errors?.length) handlers.onError?.(fromGraphQL(msg.errors));
-          else if (msg.data) onData(msg.data as T);
+          if (msg.errors?.length) {
+            const e = fromGraphQL(msg.errors);
+            // UNAVAILABLE: the server may have missed events (its database
+            // link went and came back) and ends the operation; it starts
+            // over (complete follows) and the page re-reads, as after a
+            // reconnection, with nothing to show the user.
+            if (e.code !== 'UNAVAILABLE') handlers.onError?.(e);
+          } else if (msg.data) onData(msg.data as T);
         },
         error: (err) => {
           if (Array.isArray(err)) {

@@ -298,6 +298,10 @@ pub struct Events {
     quota_tx: broadcast::Sender<QuotaEvent>,
     device_tx: broadcast::Sender<DeviceChange>,
     account_tx: broadcast::Sender<AccountEvent>,
+    /// How many times this process may have missed events: its LISTEN
+    /// connection was lost and made again (events published meanwhile, on
+    /// other replicas or through other connections, never came).
+    gaps: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Events {
@@ -322,6 +326,7 @@ impl Events {
             session_tx,
             quota_tx,
             device_tx,
+            gaps: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -355,6 +360,21 @@ impl Events {
     /// lagged, which live sockets treat as an event).
     pub fn subscribe_accounts(&self) -> broadcast::Receiver<AccountEvent> {
         self.account_tx.subscribe()
+    }
+
+    /// Changes each time events may have been missed (see [`Events::gap`]):
+    /// live operations end then, so their clients read again what they
+    /// show and subscribe afresh.
+    pub fn gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.gaps.subscribe()
+    }
+
+    /// Events may have been missed (the listener's connection was made
+    /// again): access-event subscribers get a `missed` event, every other
+    /// subscriber hears of it through [`Events::gaps`].
+    pub fn gap(&self, why: &str) {
+        let _ = self.access_tx.send(AccessEvent::missed(why));
+        self.gaps.send_modify(|g| *g += 1);
     }
 
     /// Hands a committed transaction's events to this process's subscribers
@@ -421,9 +441,7 @@ impl Events {
             let _ = r.send(());
         }
         if reconnecting {
-            let _ = self
-                .access_tx
-                .send(AccessEvent::missed("listener_reconnected"));
+            self.gap("listener_reconnected");
         }
         let mut stream = std::pin::pin!(conn.notifications_stream());
         while let Some(n) = stream.next().await {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::placement::DevicePlacement;
 use super::scalars::BigInt;
 use super::{AdminOnly, AppContext, GqlResultExt, LiveViewer, SignedIn, viewer};
+use crate::error::AppError;
 use crate::events::NodeEvent;
 use crate::feed::{self, DeviceEventKind, QuotaEventKind, SessionEventKind};
 use crate::ids::DeviceId;
@@ -115,6 +116,44 @@ pub struct DeviceEvent {
 
 /// A subscription's region filter, checked as a region's code is (a code
 /// no region has yet is a filter that matches nothing until one does).
+/// Events may have been missed: this subscriber fell behind the fan-out,
+/// or this process's listener lost its database connection and made it
+/// again (events published meanwhile never came).
+#[derive(Debug, Clone, Copy)]
+struct Missed;
+
+/// What the live operations answer once events may have been missed.
+const MISSED: &str = "events may have been missed: read again what is shown, and subscribe again";
+
+/// `rx`'s events, each slot lost to a slow subscriber said as [`Missed`].
+fn received<E: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<E>,
+) -> impl Stream<Item = Result<E, Missed>> {
+    BroadcastStream::new(rx).map(|ev| ev.map_err(|_| Missed))
+}
+
+/// `events`, ended with an `UNAVAILABLE` error once events may have been
+/// missed (a [`Missed`] among them, or a change of `gaps`): the operation's
+/// client then reads again and subscribes afresh. A stream that went on
+/// showed a stale state without a word.
+fn until_missed<T: Send + 'static>(
+    events: impl Stream<Item = Result<T, Missed>> + Send + 'static,
+    gaps: tokio::sync::watch::Receiver<u64>,
+) -> impl Stream<Item = async_graphql::Result<T>> {
+    let gaps = tokio_stream::wrappers::WatchStream::from_changes(gaps).map(|_| Err(Missed));
+    let merged = Box::pin(events.merge(gaps));
+    // Ends right after the error, not at the next item.
+    futures_util::stream::unfold((merged, false), |(mut merged, over)| async move {
+        if over {
+            return None;
+        }
+        let item = merged.next().await?;
+        let over = item.is_err();
+        let item = item.map_err(|Missed| AppError::Unavailable(MISSED.into()).into_graphql());
+        Some((item, (merged, over)))
+    })
+}
+
 fn region_code(region: Option<String>) -> async_graphql::Result<Option<String>> {
     region
         .map(|r| crate::validate::code("region", &r))
@@ -132,14 +171,16 @@ impl Live {
         &self,
         ctx: &Context<'_>,
         region: Option<String>,
-    ) -> async_graphql::Result<impl Stream<Item = NodeEvent>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<NodeEvent>>> {
         let api = ctx.data::<AppContext>()?;
         let region = region_code(region)?;
-        let rx = api.db.events().subscribe();
-        Ok(BroadcastStream::new(rx).filter_map(move |ev| match ev {
-            Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(ev),
-            _ => None,
-        }))
+        let events = api.db.events();
+        let kept = received(events.subscribe()).filter_map(move |ev| match ev {
+            Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(Ok(ev)),
+            Ok(_) => None,
+            Err(missed) => Some(Err(missed)),
+        });
+        Ok(until_missed(kept, events.gaps()))
     }
 
     /// Admin: sessions opening and closing, optionally of one region (its
@@ -150,14 +191,16 @@ impl Live {
         &self,
         ctx: &Context<'_>,
         region: Option<String>,
-    ) -> async_graphql::Result<impl Stream<Item = SessionEvent>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<SessionEvent>>> {
         let api = ctx.data::<AppContext>()?;
         let region = region_code(region)?;
-        let rx = api.db.events().subscribe_sessions();
-        Ok(BroadcastStream::new(rx).filter_map(move |ev| match ev {
-            Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(ev.into()),
-            _ => None,
-        }))
+        let events = api.db.events();
+        let kept = received(events.subscribe_sessions()).filter_map(move |ev| match ev {
+            Ok(ev) if region.as_ref().is_none_or(|r| *r == ev.region) => Some(Ok(ev.into())),
+            Ok(_) => None,
+            Err(missed) => Some(Err(missed)),
+        });
+        Ok(until_missed(kept, events.gaps()))
     }
 
     /// The caller's own devices: revoked, rotated, renamed, placed on or
@@ -166,28 +209,32 @@ impl Live {
     async fn my_device_events(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = DeviceEvent>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<DeviceEvent>>> {
         let api = ctx.data::<AppContext>()?;
         let me = viewer(ctx)?.user_id.uuid();
         let events = api.db.events();
-        let sessions = BroadcastStream::new(events.subscribe_sessions()).filter_map(move |ev| {
-            let ev = ev.ok().filter(|e| e.user_id == me)?;
-            let kind = match ev.kind {
-                SessionEventKind::Opened => DeviceEventKind::SessionOpened,
-                SessionEventKind::Closed => DeviceEventKind::SessionClosed,
-            };
-            Some((kind, ev.device_id, ev.at))
+        let sessions = received(events.subscribe_sessions()).filter_map(move |ev| match ev {
+            Ok(ev) if ev.user_id == me => {
+                let kind = match ev.kind {
+                    SessionEventKind::Opened => DeviceEventKind::SessionOpened,
+                    SessionEventKind::Closed => DeviceEventKind::SessionClosed,
+                };
+                Some(Ok((kind, ev.device_id, ev.at)))
+            }
+            Ok(_) => None,
+            Err(missed) => Some(Err(missed)),
         });
-        let changes = BroadcastStream::new(events.subscribe_devices()).filter_map(move |ev| {
-            let ev = ev.ok().filter(|e| e.user_id == me)?;
-            Some((ev.kind, ev.device_id, ev.at))
+        let changes = received(events.subscribe_devices()).filter_map(move |ev| match ev {
+            Ok(ev) if ev.user_id == me => Some(Ok((ev.kind, ev.device_id, ev.at))),
+            Ok(_) => None,
+            Err(missed) => Some(Err(missed)),
         });
         let db = api.db.clone();
-        Ok(futures_util::StreamExt::then(
-            sessions.merge(changes),
-            move |(kind, device, at)| {
-                let db = db.clone();
-                async move {
+        let placed = futures_util::StreamExt::then(sessions.merge(changes), move |ev| {
+            let db = db.clone();
+            async move {
+                let (kind, device, at) = ev?;
+                {
                     // Where the device is after the event, as `placement`
                     // says; looked up in a task of its own, which the
                     // socket's loop cannot leave unpolled halfway (see
@@ -201,15 +248,16 @@ impl Live {
                         .and_then(Result::ok)
                         .and_then(|p| p.into_iter().next())
                         .map(DevicePlacement::from);
-                    DeviceEvent {
+                    Ok(DeviceEvent {
                         kind,
                         device_id: device,
                         placement,
                         at,
-                    }
+                    })
                 }
-            },
-        ))
+            }
+        });
+        Ok(until_missed(placed, events.gaps()))
     }
 
     /// Admin: subscriptions that used up their traffic allowance, started
@@ -218,9 +266,10 @@ impl Live {
     async fn quota_events(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = QuotaEvent>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<QuotaEvent>>> {
         let api = ctx.data::<AppContext>()?;
-        let rx = api.db.events().subscribe_quota();
-        Ok(BroadcastStream::new(rx).filter_map(|ev| ev.ok().map(QuotaEvent::from)))
+        let events = api.db.events();
+        let kept = received(events.subscribe_quota()).map(|ev| ev.map(QuotaEvent::from));
+        Ok(until_missed(kept, events.gaps()))
     }
 }
