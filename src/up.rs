@@ -391,14 +391,23 @@ pub async fn run_up(
     let nofile = httvps_control::listener::raise_nofile_limit().unwrap_or(1024);
     let mut settings = report.settings;
     let (control, gateway_budget) = fit_budgets(nofile, settings.http.max_connections);
+    settings.http.max_connections = control;
+    // One address must not hold the whole (smaller) budget: a quarter of
+    // it at most, as the defaults keep (2,048 of 8,192).
+    let per_source = (control / 4).max(1);
+    if settings.http.max_connections_per_source == 0
+        || settings.http.max_connections_per_source > per_source
+    {
+        settings.http.max_connections_per_source = per_source;
+    }
     tracing::info!(
         nofile,
         control.max_connections = control,
+        control.max_connections_per_source = settings.http.max_connections_per_source,
         gateway.max_connections = gateway_budget,
         gateway.max_tunnels = gateway_budget,
         "connection budgets within the open-file limit"
     );
-    settings.http.max_connections = control;
     let gw_addr = SocketAddr::new(settings.host, gateway_port);
     let gw_listener = TcpListener::bind(gw_addr)
         .await

@@ -1703,19 +1703,10 @@ async fn a_refused_forwarded_connection_is_reset() {
     }
 }
 
-/// A client that floods its HTTP/2 connection with PING frames (each
-/// answered by the server), reading the answers, is cut once past the
-/// budget of frames that carry nothing; it kept a gateway thread busy and
-/// slowed every `--mux` tunnel of the gateway twentyfold. Tunnels of
-/// honest clients pass meanwhile and after.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_ping_flood_ends_its_connection_and_honest_tunnels_pass() {
-    let plane = Plane::start(1).await;
-    let echo = plane::echo_server().await;
-    let socks = plane.client_with_mux(true).await;
-    let mut honest = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
-    assert!(alive(&mut honest).await, "a tunnel before the flood");
-
+/// Floods one HTTP/2 connection to the gateway with `bytes` (whole
+/// frames), reading what the server answers: whether the server ended the
+/// connection, and how many bytes went out before it did.
+async fn flood(plane: &Plane, bytes: &[u8]) -> (bool, usize) {
     let tls = httvps_dataplane::tls::connector_with_alpn(Some(&plane.cert), vec![b"h2".to_vec()])
         .expect("connector");
     let tcp = TcpStream::connect(plane.gateway_addr)
@@ -1728,44 +1719,95 @@ async fn a_ping_flood_ends_its_connection_and_honest_tunnels_pass() {
     // Reads everything the server sends until it ends the connection.
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut got = 0usize;
         loop {
             match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
-                Ok(Ok(0) | Err(_)) => return (got, true),
-                Ok(Ok(n)) => got += n,
-                Err(_) => return (got, false),
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
             }
         }
     });
     let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     start.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
     wr.write_all(&start).await.expect("preface");
-    let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-    let batch: Vec<u8> = ping
-        .iter()
-        .copied()
-        .cycle()
-        .take(ping.len() * 100)
-        .collect();
     let mut sent = 0usize;
-    for _ in 0..1_000 {
-        if wr.write_all(&batch).await.is_err() {
+    for chunk in bytes.chunks(16 * 1024) {
+        if wr.write_all(chunk).await.is_err() {
             break;
         }
-        sent += 100;
+        sent += chunk.len();
     }
-    let (got, ended) = reader.await.expect("reader");
-    // Each answer is a 17-byte PING frame: well under the pings sent.
-    let answered = got / ping.len();
+    drop(wr);
+    (reader.await.expect("reader"), sent)
+}
+
+/// A HEADERS frame on stream `id` asking `GET /nothing` (HPACK: the
+/// static table's `:method GET`, `:scheme https`, a literal path and
+/// authority), ending its stream.
+fn get_nothing(id: u32) -> Vec<u8> {
+    let mut block = vec![0x82, 0x87];
+    block.extend_from_slice(&[0x04, 8]);
+    block.extend_from_slice(b"/nothing");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    let len = block.len();
+    let mut f = vec![0, 0, len as u8, 0x1, 0x5];
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend(block);
+    f
+}
+
+/// A client that floods its HTTP/2 connection with frames that carry
+/// nothing (PINGs, answered by the server, or answers to pings never
+/// sent), with window updates on a stream long closed, or with requests
+/// that fail, reading what comes back, is cut once past its budget; such
+/// floods kept a gateway thread busy and slowed every `--mux` tunnel of
+/// the gateway twentyfold. Tunnels of honest clients pass meanwhile and
+/// after.
+#[tokio::test(flavor = "multi_thread")]
+async fn floods_of_cheap_frames_end_their_connection_and_honest_tunnels_pass() {
+    let plane = Plane::start(1).await;
+    let echo = plane::echo_server().await;
+    let socks = plane.client_with_mux(true).await;
+    let mut honest = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
+    assert!(alive(&mut honest).await, "a tunnel before the floods");
+    let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let mut pong = ping;
+    pong[4] = 0x1;
+    let window = [0u8, 0, 4, 8, 0, 0, 0, 0, 99, 0, 0, 0, 1];
+    let unknown = [0u8, 0, 1, 0x20, 0, 0, 0, 0, 0, 0];
+    // Requests on streams 1, 3, 5 … (ids must grow), each answered 404.
+    let requests: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| get_nothing(2 * i + 1))
+        .collect();
+    for (what, frame) in [
+        ("pings", ping.to_vec()),
+        ("answers to pings never sent", pong.to_vec()),
+        ("window updates on a closed stream", window.to_vec()),
+        ("frames of an unknown type", unknown.to_vec()),
+    ] {
+        let many: Vec<u8> = frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(frame.len() * 100_000)
+            .collect();
+        let (ended, sent) = flood(&plane, &many).await;
+        assert!(
+            ended,
+            "{what}: the flooding connection was not ended ({sent} sent)"
+        );
+        assert!(
+            alive(&mut honest).await,
+            "the tunnel after a flood of {what}"
+        );
+    }
+    let (ended, _) = flood(&plane, &requests).await;
     assert!(
         ended,
-        "the flooding connection was not ended ({answered} answers)"
+        "requests that fail: the flooding connection was not ended"
     );
-    assert!(
-        answered < 10_000,
-        "{answered} of {sent} pings answered before the connection ended"
-    );
-    assert!(alive(&mut honest).await, "the tunnel after the flood");
+    assert!(alive(&mut honest).await, "the tunnel after the floods");
     let mut fresh = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
-    assert!(alive(&mut fresh).await, "a new tunnel after the flood");
+    assert!(alive(&mut fresh).await, "a new tunnel after the floods");
 }

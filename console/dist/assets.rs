@@ -54,14 +54,14 @@ static ASSETS: &[Asset] = &[
         brotli: Some(include_bytes!("assets/comment-B0lS4WM8.js.br")),
     },
     Asset {
-        path: "assets/console-DJ2FHBR3.js",
+        path: "assets/console-CU75WHT0.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"8bbdc64f6cb60ceb1073\"",
+        etag: "\"433423d361fc807c24a1\"",
         immutable: true,
         debug_only: false,
-        raw: include_bytes!("assets/console-DJ2FHBR3.js"),
-        gzip: Some(include_bytes!("assets/console-DJ2FHBR3.js.gz")),
-        brotli: Some(include_bytes!("assets/console-DJ2FHBR3.js.br")),
+        raw: include_bytes!("assets/console-CU75WHT0.js"),
+        gzip: Some(include_bytes!("assets/console-CU75WHT0.js.gz")),
+        brotli: Some(include_bytes!("assets/console-CU75WHT0.js.br")),
     },
     Asset {
         path: "assets/console-DXXflEVA.css",
@@ -366,7 +366,7 @@ static ASSETS: &[Asset] = &[
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"187d0a975672b98d1a63\"",
+        etag: "\"3aa20d6f8960ea8dce84\"",
         immutable: false,
         debug_only: false,
         raw: include_bytes!("index.html"),

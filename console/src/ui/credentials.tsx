@@ -24,7 +24,10 @@ export function CredentialsDialog(props: { creds: DeviceCredentials; onClose: ()
           </div>
           <div class="qr-card">
             <h3>Shadowsocks + v2ray-plugin</h3>
-            <p class="muted">For clients with v2ray-plugin (WebSocket over TLS).</p>
+            <p class="muted">
+              For clients with v2ray-plugin (WebSocket over TLS). TCP only: turn UDP off in the client, or use the
+              Outline link for UDP.
+            </p>
             <QrCode value={links.sip002} label="QR code of the ss:// link" testId="qr-sip002" />
             <OnceValue label="ss:// link" value={links.sip002} testId="link-sip002" />
           </div>

@@ -21,7 +21,9 @@ use crate::status::{Health, NodeStatus, lease};
 pub struct AccessLinks {
     /// `ssconf://` dynamic access key for Outline apps (1.15+).
     pub ssconf: SecretText,
-    /// SIP002 `ss://` link for clients with v2ray-plugin (WebSocket over TLS).
+    /// SIP002 `ss://` link for clients with v2ray-plugin (WebSocket over
+    /// TLS). TCP only: v2ray-plugin carries no UDP, so a client started
+    /// from it must run TCP-only; the `ssconf` key carries UDP.
     pub sip002: SecretText,
 }
 

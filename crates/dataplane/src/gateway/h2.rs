@@ -80,6 +80,12 @@ pub(crate) const MAX_STREAMS: u32 = 256;
 /// Interval of the gateway's pings, and how long an answer may take.
 const PING: Duration = Duration::from_secs(20);
 
+/// Failing requests (answered 4xx or 5xx) one connection may make at once.
+const FAILED_BURST: f64 = 1_000.0;
+
+/// And then a second, on average.
+const FAILED_PER_SEC: f64 = 100.0;
+
 /// Largest header block a client may send.
 const MAX_HEADERS: u32 = 16 * 1024;
 
@@ -278,10 +284,35 @@ pub(super) async fn serve<T, C>(
         read: 0,
         budget: super::h2_frames::Budget::new(std::time::Instant::now()),
     };
+    // Requests that fail (unknown paths, refused tunnels) are bounded per
+    // connection: tens of thousands a second of 404s on one connection
+    // slowed every tunnel of the gateway, and each costs a request's
+    // work. Past the budget the connection is ended.
+    let failing = Arc::new(std::sync::Mutex::new(super::h2_frames::Bucket::new(
+        FAILED_BURST,
+        FAILED_PER_SEC,
+        std::time::Instant::now(),
+    )));
+    let cut = CancellationToken::new();
+    let cutting = cut.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(conn.clone());
         let mut app = app.clone();
-        app.call(req)
+        let (failing, cutting) = (failing.clone(), cutting.clone());
+        async move {
+            let res = app.call(req).await;
+            if let Ok(r) = &res
+                && (r.status().is_client_error() || r.status().is_server_error())
+                && !failing
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(std::time::Instant::now())
+            {
+                tracing::debug!("an HTTP/2 connection made too many failing requests: ended");
+                cutting.cancel();
+            }
+            res
+        }
     });
     let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
@@ -295,6 +326,7 @@ pub(super) async fn serve<T, C>(
     tokio::select! {
         _ = served.as_mut() => {}
         () = silent => {}
+        () = cut.cancelled() => {}
         () = idle => {
             served.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(timing.drain, served).await;

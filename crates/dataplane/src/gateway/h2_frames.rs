@@ -9,11 +9,16 @@
 //! bounds resets and header blocks itself, not these.
 //!
 //! [`Budget`] reads the frame headers of what the client sends (after its
-//! preface), skipping payloads unread, and charges each such frame to a
-//! bucket of [`BURST`] that refills at [`PER_SEC`] a second: far more
-//! than any client needs (ours sends one SETTINGS frame and a ping every
-//! few seconds; browsers a handful at the start), far less than a flood.
-//! A connection past it is ended.
+//! preface), skipping payloads unread, and charges each such frame (PING
+//! acknowledgements and frames of unknown types included: neither was
+//! asked for) to a bucket of [`BURST`] that refills at [`PER_SEC`] a
+//! second: far more than any client needs (ours sends one SETTINGS frame
+//! and a ping every few seconds; browsers a handful at the start), far
+//! less than a flood. WINDOW_UPDATE and RST_STREAM frames, which honest
+//! clients send with every tunnel, have a budget a hundred times larger
+//! ([`CONTROL_BURST`], [`CONTROL_PER_SEC`]): floods of them on closed
+//! streams slowed every tunnel of the gateway too. A connection past
+//! either is ended.
 
 use std::time::Instant;
 
@@ -23,35 +28,90 @@ pub(super) const BURST: f64 = 1_000.0;
 /// And then a second, on average.
 pub(super) const PER_SEC: f64 = 100.0;
 
+/// Flow-control and reset frames (WINDOW_UPDATE, RST_STREAM) a client may
+/// send at once: honest ones come with what moves (a window given back
+/// for what was read, a tunnel ended), a few per tunnel, so their budget
+/// is a hundredfold.
+pub(super) const CONTROL_BURST: f64 = 20_000.0;
+
+/// And then a second, on average: several times what thousands of new
+/// tunnels a second over one connection send.
+pub(super) const CONTROL_PER_SEC: f64 = 10_000.0;
+
 /// Length of a frame header (RFC 9113, 4.1).
 const HEADER: usize = 9;
 
-/// A connection's frame reader and bucket.
+/// A token bucket: `burst` at once, then `per_sec` a second.
+#[derive(Debug)]
+pub(super) struct Bucket {
+    tokens: f64,
+    at: Instant,
+    burst: f64,
+    per_sec: f64,
+}
+
+impl Bucket {
+    /// A full bucket at `now`.
+    pub(super) fn new(burst: f64, per_sec: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: burst,
+            at: now,
+            burst,
+            per_sec,
+        }
+    }
+
+    /// Takes one token; `false` when none is left.
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// What a frame costs.
+#[derive(Debug, PartialEq, Eq)]
+enum Cost {
+    /// Nothing of a stream's: the strict budget.
+    Nothing,
+    /// Flow control or a reset: the control budget.
+    Control,
+    /// Data, headers: free here (streams and header blocks are bounded by
+    /// the HTTP/2 library, requests that fail by [`super::h2`]).
+    Free,
+}
+
+/// A connection's frame reader and buckets.
 pub(super) struct Budget {
     header: [u8; HEADER],
     /// How much of the next header has arrived.
     have: usize,
     /// What is left of the current frame's payload.
     skip: usize,
-    tokens: f64,
-    at: Instant,
+    nothing: Bucket,
+    control: Bucket,
 }
 
 impl Budget {
-    /// A full bucket at `now`.
+    /// Full buckets at `now`.
     pub(super) fn new(now: Instant) -> Self {
         Budget {
             header: [0; HEADER],
             have: 0,
             skip: 0,
-            tokens: BURST,
-            at: now,
+            nothing: Bucket::new(BURST, PER_SEC, now),
+            control: Bucket::new(CONTROL_BURST, CONTROL_PER_SEC, now),
         }
     }
 
     /// Reads `bytes`, the next of the client's frames (the preface left
-    /// out); `false` once the frames that carry nothing are over budget.
-    /// `now` is asked only for a frame that is charged.
+    /// out); `false` once a budget is spent. `now` is asked only for a
+    /// frame that is charged.
     pub(super) fn feed(&mut self, mut bytes: &[u8], now: impl Fn() -> Instant) -> bool {
         while !bytes.is_empty() {
             if self.skip > 0 {
@@ -71,42 +131,44 @@ impl Budget {
             let h = self.header;
             let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
             self.skip = len;
-            if carries_nothing(h[3], h[4], len) && !self.charge(now()) {
+            let paid = match cost(h[3], h[4], len) {
+                Cost::Nothing => self.nothing.take(now()),
+                Cost::Control => self.control.take(now()),
+                Cost::Free => true,
+            };
+            if !paid {
                 return false;
             }
         }
         true
     }
-
-    /// Takes one frame's token; `false` when none is left.
-    fn charge(&mut self, now: Instant) -> bool {
-        let earned = now.saturating_duration_since(self.at).as_secs_f64() * PER_SEC;
-        self.tokens = (self.tokens + earned).min(BURST);
-        self.at = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
-    }
 }
 
-/// Whether a frame of `kind` with `flags` and a payload of `len` bytes
-/// carries nothing of a stream's: a PING or SETTINGS frame that is not an
-/// acknowledgement (each is answered), a PRIORITY frame, an empty DATA
-/// frame that does not end its stream.
-fn carries_nothing(kind: u8, flags: u8, len: usize) -> bool {
+/// What a frame of `kind` with `flags` and a payload of `len` bytes costs:
+/// a PING (asked or answered: the gateway's own pings are one per 20 s,
+/// so answers beyond that were never asked for), a SETTINGS frame that is
+/// not an acknowledgement (each is answered), a PRIORITY frame, an empty
+/// DATA frame that does not end its stream, a frame of a type this
+/// server does not know (each read and dropped) carry nothing; a
+/// WINDOW_UPDATE or RST_STREAM frame is control.
+fn cost(kind: u8, flags: u8, len: usize) -> Cost {
     const DATA: u8 = 0x0;
     const PRIORITY: u8 = 0x2;
+    const RST_STREAM: u8 = 0x3;
     const SETTINGS: u8 = 0x4;
     const PING: u8 = 0x6;
-    // ACK for PING and SETTINGS, END_STREAM for DATA: the same bit.
+    const WINDOW_UPDATE: u8 = 0x8;
+    /// The last type RFC 9113 defines (CONTINUATION).
+    const KNOWN: u8 = 0x9;
+    // ACK for SETTINGS, END_STREAM for DATA: the same bit.
     let first_flag = flags & 0x1 != 0;
     match kind {
-        PING | SETTINGS => !first_flag,
-        PRIORITY => true,
-        DATA => len == 0 && !first_flag,
-        _ => false,
+        PING | PRIORITY => Cost::Nothing,
+        SETTINGS if !first_flag => Cost::Nothing,
+        DATA if len == 0 && !first_flag => Cost::Nothing,
+        RST_STREAM | WINDOW_UPDATE => Cost::Control,
+        k if k > KNOWN => Cost::Nothing,
+        _ => Cost::Free,
     }
 }
 
@@ -134,13 +196,27 @@ mod tests {
         let data = frame(0x0, 0, &inside);
         for _ in 0..10_000 {
             assert!(b.feed(&data, || t0));
-            assert!(b.feed(&frame(0x6, 0x1, &[0; 8]), || t0));
             assert!(b.feed(&frame(0x4, 0x1, &[]), || t0));
+            assert!(b.feed(&frame(0x1, 0x4, &[0; 20]), || t0), "headers");
             assert!(
                 b.feed(&frame(0x0, 0x1, &[]), || t0),
                 "an empty end of stream"
             );
         }
+        // Answers to pings never sent, and frames of unknown types, are
+        // charged alike.
+        for (kind, flags) in [(0x6, 0x1), (0x20, 0x0)] {
+            let mut b = Budget::new(t0);
+            let f = frame(kind, flags, &[0; 8]);
+            assert!((0..BURST as usize).all(|_| b.feed(&f, || t0)));
+            assert!(!b.feed(&f, || t0), "{kind:#x} past the burst");
+        }
+        // Window updates and resets have a budget of their own, larger.
+        let mut b = Budget::new(t0);
+        let w = frame(0x8, 0, &[0, 0, 0, 1]);
+        assert!((0..CONTROL_BURST as usize).all(|_| b.feed(&w, || t0)));
+        assert!(!b.feed(&w, || t0), "window updates past their burst");
+        let mut b = Budget::new(t0);
         // A burst of pings passes, the next one is refused.
         let ping = frame(0x6, 0, &[0; 8]);
         let burst = BURST as usize;
