@@ -1727,8 +1727,12 @@ async fn flood(plane: &Plane, bytes: &[u8]) -> (bool, usize) {
             }
         }
     });
+    // The preface, SETTINGS with the largest stream window and a
+    // connection window as large: answers are never held back for credit
+    // (a client that reads and grants as it goes).
     let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    start.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    start.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0x7f, 0xff, 0xff, 0xff]);
+    start.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0x7f, 0xff, 0, 0]);
     wr.write_all(&start).await.expect("preface");
     let mut sent = 0usize;
     for chunk in bytes.chunks(16 * 1024) {
@@ -1741,17 +1745,20 @@ async fn flood(plane: &Plane, bytes: &[u8]) -> (bool, usize) {
     (reader.await.expect("reader"), sent)
 }
 
-/// A HEADERS frame on stream `id` asking `GET /nothing` (HPACK: the
-/// static table's `:method GET`, `:scheme https`, a literal path and
-/// authority), ending its stream.
-fn get_nothing(id: u32) -> Vec<u8> {
-    let mut block = vec![0x82, 0x87];
-    block.extend_from_slice(&[0x04, 8]);
-    block.extend_from_slice(b"/nothing");
+/// A HEADERS frame on stream `id` asking `GET path` (`POST` when `open`,
+/// then the stream is left open for a body) (HPACK: the static table's
+/// `:method` and `:scheme https`, a literal path of under 127 bytes and
+/// the authority).
+fn request(id: u32, path: &str, open: bool) -> Vec<u8> {
+    let mut block = vec![if open { 0x83 } else { 0x82 }, 0x87];
+    block.extend_from_slice(&[0x04, path.len() as u8]);
+    block.extend_from_slice(path.as_bytes());
     block.extend_from_slice(&[0x01, 9]);
     block.extend_from_slice(b"localhost");
     let len = block.len();
-    let mut f = vec![0, 0, len as u8, 0x1, 0x5];
+    // END_HEADERS, and END_STREAM unless the stream stays open.
+    let flags = if open { 0x4 } else { 0x5 };
+    let mut f = vec![0, 0, len as u8, 0x1, flags];
     f.extend_from_slice(&id.to_be_bytes());
     f.extend(block);
     f
@@ -1759,11 +1766,12 @@ fn get_nothing(id: u32) -> Vec<u8> {
 
 /// A client that floods its HTTP/2 connection with frames that carry
 /// nothing (PINGs, answered by the server, or answers to pings never
-/// sent), with window updates on a stream long closed, or with requests
-/// that fail, reading what comes back, is cut once past its budget; such
-/// floods kept a gateway thread busy and slowed every `--mux` tunnel of
-/// the gateway twentyfold. Tunnels of honest clients pass meanwhile and
-/// after.
+/// sent), with window updates on a stream long closed, with requests that
+/// open no tunnel (failing, or the device's own access-key document), or
+/// with 1-byte DATA frames on a request kept open, reading what comes
+/// back, is cut once past its budget; such floods kept a gateway thread
+/// busy and slowed every `--mux` tunnel of the gateway twentyfold or more.
+/// Tunnels of honest clients pass meanwhile and after.
 #[tokio::test(flavor = "multi_thread")]
 async fn floods_of_cheap_frames_end_their_connection_and_honest_tunnels_pass() {
     let plane = Plane::start(1).await;
@@ -1776,10 +1784,20 @@ async fn floods_of_cheap_frames_end_their_connection_and_honest_tunnels_pass() {
     pong[4] = 0x1;
     let window = [0u8, 0, 4, 8, 0, 0, 0, 0, 99, 0, 0, 0, 1];
     let unknown = [0u8, 0, 1, 0x20, 0, 0, 0, 0, 0, 0];
-    // Requests on streams 1, 3, 5 … (ids must grow), each answered 404.
+    // Requests on streams 1, 3, 5 … (ids must grow), each answered 404,
+    // or each the device's own access-key document, answered 200.
     let requests: Vec<u8> = (0..100_000u32)
-        .flat_map(|i| get_nothing(2 * i + 1))
+        .flat_map(|i| request(2 * i + 1, "/nothing", false))
         .collect();
+    let key_path = format!("/c/{}", plane.device_token);
+    let documents: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| request(2 * i + 1, &key_path, false))
+        .collect();
+    // A request left open, then 1-byte DATA frames on it.
+    let mut trickle = request(1, "/x", true);
+    for _ in 0..1_000_000 {
+        trickle.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 0, 1, b'x']);
+    }
     for (what, frame) in [
         ("pings", ping.to_vec()),
         ("answers to pings never sent", pong.to_vec()),
@@ -1802,11 +1820,21 @@ async fn floods_of_cheap_frames_end_their_connection_and_honest_tunnels_pass() {
             "the tunnel after a flood of {what}"
         );
     }
-    let (ended, _) = flood(&plane, &requests).await;
-    assert!(
-        ended,
-        "requests that fail: the flooding connection was not ended"
-    );
+    for (what, bytes) in [
+        ("requests that fail", &requests),
+        ("access-key documents", &documents),
+        ("1-byte DATA frames", &trickle),
+    ] {
+        let (ended, sent) = flood(&plane, bytes).await;
+        assert!(
+            ended,
+            "{what}: the flooding connection was not ended ({sent} bytes sent)"
+        );
+        assert!(
+            alive(&mut honest).await,
+            "the tunnel after a flood of {what}"
+        );
+    }
     assert!(alive(&mut honest).await, "the tunnel after the floods");
     let mut fresh = socks_connect(socks, echo).await.expect("SOCKS CONNECT");
     assert!(alive(&mut fresh).await, "a new tunnel after the floods");

@@ -80,11 +80,12 @@ pub(crate) const MAX_STREAMS: u32 = 256;
 /// Interval of the gateway's pings, and how long an answer may take.
 const PING: Duration = Duration::from_secs(20);
 
-/// Failing requests (answered 4xx or 5xx) one connection may make at once.
-const FAILED_BURST: f64 = 1_000.0;
+/// Requests that open no tunnel (anything but an extended CONNECT answered
+/// 2xx) one connection may make at once.
+const NO_TUNNEL_BURST: f64 = 1_000.0;
 
 /// And then a second, on average.
-const FAILED_PER_SEC: f64 = 100.0;
+const NO_TUNNEL_PER_SEC: f64 = 100.0;
 
 /// Largest header block a client may send.
 const MAX_HEADERS: u32 = 16 * 1024;
@@ -284,13 +285,15 @@ pub(super) async fn serve<T, C>(
         read: 0,
         budget: super::h2_frames::Budget::new(std::time::Instant::now()),
     };
-    // Requests that fail (unknown paths, refused tunnels) are bounded per
-    // connection: tens of thousands a second of 404s on one connection
-    // slowed every tunnel of the gateway, and each costs a request's
-    // work. Past the budget the connection is ended.
-    let failing = Arc::new(std::sync::Mutex::new(super::h2_frames::Bucket::new(
-        FAILED_BURST,
-        FAILED_PER_SEC,
+    // Requests that open no tunnel (unknown paths, refused tunnels, access
+    // key documents) are bounded per connection: tens of thousands a
+    // second of them on one connection (404s, or a device's own `/c/`
+    // document, answered 200) slowed every tunnel of the gateway, and
+    // each costs a request's work. Past the budget the connection is
+    // ended.
+    let no_tunnel = Arc::new(std::sync::Mutex::new(super::h2_frames::Bucket::new(
+        NO_TUNNEL_BURST,
+        NO_TUNNEL_PER_SEC,
         std::time::Instant::now(),
     )));
     let cut = CancellationToken::new();
@@ -298,18 +301,29 @@ pub(super) async fn serve<T, C>(
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(conn.clone());
         let mut app = app.clone();
-        let (failing, cutting) = (failing.clone(), cutting.clone());
+        let (no_tunnel, cutting) = (no_tunnel.clone(), cutting.clone());
+        let connect = req.method() == hyper::Method::CONNECT;
+        let charge = move || {
+            if !no_tunnel
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(std::time::Instant::now())
+            {
+                tracing::debug!(
+                    "an HTTP/2 connection made too many requests that open no tunnel: ended"
+                );
+                cutting.cancel();
+            }
+        };
+        // Anything but a CONNECT is charged as it comes (its answer may
+        // take a while); a CONNECT once it is known to open no tunnel.
+        if !connect {
+            charge();
+        }
         async move {
             let res = app.call(req).await;
-            if let Ok(r) = &res
-                && (r.status().is_client_error() || r.status().is_server_error())
-                && !failing
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take(std::time::Instant::now())
-            {
-                tracing::debug!("an HTTP/2 connection made too many failing requests: ended");
-                cutting.cancel();
+            if connect && res.as_ref().is_ok_and(|r| !r.status().is_success()) {
+                charge();
             }
             res
         }

@@ -17,8 +17,9 @@
 //! less than a flood. WINDOW_UPDATE and RST_STREAM frames, which honest
 //! clients send with every tunnel, have a budget a hundred times larger
 //! ([`CONTROL_BURST`], [`CONTROL_PER_SEC`]): floods of them on closed
-//! streams slowed every tunnel of the gateway too. A connection past
-//! either is ended.
+//! streams slowed every tunnel of the gateway too; so do DATA frames of
+//! fewer than 256 bytes ([`SMALL_BURST`], [`SMALL_PER_SEC`]). A
+//! connection past any is ended.
 
 use std::time::Instant;
 
@@ -37,6 +38,19 @@ pub(super) const CONTROL_BURST: f64 = 20_000.0;
 /// And then a second, on average: several times what thousands of new
 /// tunnels a second over one connection send.
 pub(super) const CONTROL_PER_SEC: f64 = 10_000.0;
+
+/// DATA frames of fewer than [`SMALL`] bytes a client may send at once:
+/// each costs the HTTP/2 library a frame's work for next to no data (a
+/// flood of 1-byte frames on a stream kept open slowed every tunnel of the
+/// gateway 250-fold until the library's own bound, over a million frames).
+pub(super) const SMALL_BURST: f64 = 20_000.0;
+
+/// And then a second, on average: keystrokes, small requests and the
+/// first bytes of thousands of tunnels a second fit many times over.
+pub(super) const SMALL_PER_SEC: f64 = 10_000.0;
+
+/// A DATA frame whose payload is shorter than this is small.
+const SMALL: usize = 256;
 
 /// Length of a frame header (RFC 9113, 4.1).
 const HEADER: usize = 9;
@@ -81,6 +95,8 @@ enum Cost {
     Nothing,
     /// Flow control or a reset: the control budget.
     Control,
+    /// A small DATA frame: the small budget.
+    Small,
     /// Data, headers: free here (streams and header blocks are bounded by
     /// the HTTP/2 library, requests that fail by [`super::h2`]).
     Free,
@@ -95,6 +111,7 @@ pub(super) struct Budget {
     skip: usize,
     nothing: Bucket,
     control: Bucket,
+    small: Bucket,
 }
 
 impl Budget {
@@ -106,6 +123,7 @@ impl Budget {
             skip: 0,
             nothing: Bucket::new(BURST, PER_SEC, now),
             control: Bucket::new(CONTROL_BURST, CONTROL_PER_SEC, now),
+            small: Bucket::new(SMALL_BURST, SMALL_PER_SEC, now),
         }
     }
 
@@ -134,6 +152,7 @@ impl Budget {
             let paid = match cost(h[3], h[4], len) {
                 Cost::Nothing => self.nothing.take(now()),
                 Cost::Control => self.control.take(now()),
+                Cost::Small => self.small.take(now()),
                 Cost::Free => true,
             };
             if !paid {
@@ -150,7 +169,8 @@ impl Budget {
 /// not an acknowledgement (each is answered), a PRIORITY frame, an empty
 /// DATA frame that does not end its stream, a frame of a type this
 /// server does not know (each read and dropped) carry nothing; a
-/// WINDOW_UPDATE or RST_STREAM frame is control.
+/// WINDOW_UPDATE or RST_STREAM frame is control; any other DATA frame of
+/// fewer than [`SMALL`] bytes is small.
 fn cost(kind: u8, flags: u8, len: usize) -> Cost {
     const DATA: u8 = 0x0;
     const PRIORITY: u8 = 0x2;
@@ -167,6 +187,7 @@ fn cost(kind: u8, flags: u8, len: usize) -> Cost {
         SETTINGS if !first_flag => Cost::Nothing,
         DATA if len == 0 && !first_flag => Cost::Nothing,
         RST_STREAM | WINDOW_UPDATE => Cost::Control,
+        DATA if len < SMALL => Cost::Small,
         k if k > KNOWN => Cost::Nothing,
         _ => Cost::Free,
     }
@@ -192,7 +213,8 @@ mod tests {
         let mut b = Budget::new(t0);
         // Data frames, whatever they hold (a ping's bytes inside included),
         // and acknowledgements cost nothing, however many.
-        let inside = frame(0x6, 0, &[0; 8]);
+        let mut inside = frame(0x6, 0, &[0; 8]);
+        inside.resize(SMALL, 0);
         let data = frame(0x0, 0, &inside);
         for _ in 0..10_000 {
             assert!(b.feed(&data, || t0));
@@ -211,6 +233,11 @@ mod tests {
             assert!((0..BURST as usize).all(|_| b.feed(&f, || t0)));
             assert!(!b.feed(&f, || t0), "{kind:#x} past the burst");
         }
+        // Small DATA frames have theirs.
+        let mut b = Budget::new(t0);
+        let tiny = frame(0x0, 0, &[7]);
+        assert!((0..SMALL_BURST as usize).all(|_| b.feed(&tiny, || t0)));
+        assert!(!b.feed(&tiny, || t0), "small data frames past their burst");
         // Window updates and resets have a budget of their own, larger.
         let mut b = Budget::new(t0);
         let w = frame(0x8, 0, &[0, 0, 0, 1]);
