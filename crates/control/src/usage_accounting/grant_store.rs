@@ -323,15 +323,21 @@ pub async fn grant(
         .map_err(|_| AppError::Internal("stored device id".into()))?;
     let verdict = access::check_device(db, device).await?;
     // An ended session says so whatever else refuses it (a revoked device,
-    // a disabled account, no subscription): the reason is the device's.
-    let ended = row.end_reason.is_some();
+    // a disabled account, no subscription): the reason is the device's. A
+    // spent allowance is not an ended session: gateways keep their answers
+    // for the device (no re-check per tunnel), and a session closed for it
+    // goes on once the allowance grows.
     if let Some(reason) = verdict.reason {
+        let ended = row
+            .end_reason
+            .as_deref()
+            .is_some_and(|r| r != Reason::QuotaExceeded.as_str());
         return Ok(GrantResponse {
             ended,
             ..refused(session, req, Some(reason))
         });
     }
-    if ended {
+    if row.end_reason.is_some() {
         // Gateways before `ended` read the refusal alone.
         return Ok(GrantResponse {
             ended: true,
