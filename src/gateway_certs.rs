@@ -66,3 +66,10 @@ pub(crate) fn file_certs(
          or GATEWAY_ACME_DOMAIN to obtain one by ACME)",
     )
 }
+
+/// Whether one of the ACME `domains` is `host` (a certificate for them
+/// names it; wildcards are refused by the ACME settings' check).
+pub(crate) fn acme_covers(domains: &[String], host: &str) -> bool {
+    let name = |d: &str| d.trim().trim_end_matches('.').to_ascii_lowercase();
+    domains.iter().any(|d| name(d) == name(host))
+}

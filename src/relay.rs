@@ -312,13 +312,6 @@ pub struct GatewaySetup {
     pub admin_listen: SocketAddr,
 }
 
-/// Whether one of the ACME `domains` is `host` (a certificate for them
-/// names it; wildcards are refused by the ACME settings' check).
-fn acme_covers(domains: &[String], host: &str) -> bool {
-    let name = |d: &str| d.trim().trim_end_matches('.').to_ascii_lowercase();
-    domains.iter().any(|d| name(d) == name(host))
-}
-
 /// The gateway's settings checked and its credentials resolved (with
 /// `check`, an enrollment string is read but not redeemed). Its own
 /// settings (URL, certificate, ACME, data directory) are checked before
@@ -336,7 +329,7 @@ pub async fn gateway_setup(a: GatewayArgs, check: bool) -> anyhow::Result<Gatewa
         let (certs, acceptor) = file_certs(a.cert, a.key, a.self_signed, &public_host, check)?;
         (certs, acceptor, None)
     } else {
-        if !acme_covers(&a.acme_domain, &public_host) {
+        if !crate::gateway_certs::acme_covers(&a.acme_domain, &public_host) {
             // A front (a CDN, a proxy) may answer for the public URL, so
             // this is said, not refused: without one, every client's
             // handshake fails on the name.
