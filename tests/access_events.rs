@@ -126,16 +126,7 @@ async fn a_listener_that_reconnects_says_events_were_missed() {
     db.events().start_listener(url).await;
     let mut heard = db.events().subscribe_access();
     let dbname = url.rsplit('/').next().expect("database name").to_owned();
-    let mut admin = diesel_async::AsyncPgConnection::establish(&common::pg_admin_url())
-        .await
-        .expect("admin connection");
-    let killed = diesel::sql_query(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = '{dbname}' AND query LIKE 'LISTEN%'"
-    ))
-    .execute(&mut admin)
-    .await
-    .expect("terminate");
+    let killed = end_listener(&dbname).await;
     assert_eq!(killed, 1, "the listener was found");
     let ev = tokio::time::timeout(Duration::from_secs(10), heard.recv())
         .await
@@ -349,16 +340,7 @@ async fn a_live_operation_ends_when_its_replica_may_have_missed_events() {
         panic!("pg")
     };
     let dbname = url.rsplit('/').next().expect("database name").to_owned();
-    let mut pg = diesel_async::AsyncPgConnection::establish(&common::pg_admin_url())
-        .await
-        .expect("admin connection");
-    let killed = diesel::sql_query(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = '{dbname}' AND query LIKE 'LISTEN%'"
-    ))
-    .execute(&mut pg)
-    .await
-    .expect("terminate");
+    let killed = end_listener(&dbname).await;
     assert_eq!(killed, 1, "the listener was found");
     let v = common::live_next(&mut ws).await;
     assert_eq!(v["type"], "next", "{v}");
@@ -385,4 +367,19 @@ async fn a_live_operation_ends_when_its_replica_may_have_missed_events() {
         "{v}"
     );
     server.stop().await;
+}
+
+/// Ends the LISTEN connection(s) a control plane holds on database
+/// `dbname`, as a failover or an administrator would; how many.
+async fn end_listener(dbname: &str) -> usize {
+    let mut admin = diesel_async::AsyncPgConnection::establish(&common::pg_admin_url())
+        .await
+        .expect("admin connection");
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{dbname}' AND query LIKE 'LISTEN%'"
+    ))
+    .execute(&mut admin)
+    .await
+    .expect("terminate")
 }

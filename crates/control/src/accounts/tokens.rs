@@ -45,6 +45,24 @@ macro_rules! revoke_sign_ins {
 }
 pub(crate) use revoke_sign_ins;
 
+/// Revokes refresh-token family `$family` on `$conn` at `$ts`: its refresh
+/// tokens, and the family itself, so the access tokens issued in it stop
+/// working (the family is checked on use).
+macro_rules! revoke_family {
+    ($conn:expr, $family:expr, $ts:expr) => {{
+        diesel::update(refresh_tokens::table.filter(refresh_tokens::family_id.eq($family)))
+            .filter(refresh_tokens::revoked_at.is_null())
+            .set(refresh_tokens::revoked_at.eq($ts))
+            .execute($conn)
+            .await?;
+        diesel::update(token_families::table.find($family))
+            .filter(token_families::revoked_at.is_null())
+            .set(token_families::revoked_at.eq($ts))
+            .execute($conn)
+            .await?;
+    }};
+}
+
 /// Lifetime of a refresh token.
 pub const REFRESH_TTL_DAYS: i64 = 30;
 
@@ -183,19 +201,8 @@ pub async fn refresh(
             return Ok(Rotation::Refused);
         }
         if claimed == 0 {
-            diesel::update(
-                refresh_tokens::table.filter(refresh_tokens::family_id.eq(&found.family_id)),
-            )
-            .filter(refresh_tokens::revoked_at.is_null())
-            .set(refresh_tokens::revoked_at.eq(ts))
-            .execute(conn)
-            .await?;
             // The access tokens issued in the family die with it.
-            diesel::update(token_families::table.find(&found.family_id))
-                .filter(token_families::revoked_at.is_null())
-                .set(token_families::revoked_at.eq(ts))
-                .execute(conn)
-                .await?;
+            revoke_family!(conn, &found.family_id, ts);
             outbox.account(found.user_id);
             tracing::warn!(user.id = %found.user_id, "refresh token reused: family revoked");
             return Ok(Rotation::Refused);
@@ -256,21 +263,8 @@ pub async fn logout_sign_in(db: &Db, user_id: UserId, family: &str) -> AppResult
     let family = family.to_owned();
     db_tx!(db, |conn, outbox| {
         outbox.account(user_id);
-        let ts = now();
-        diesel::update(refresh_tokens::table)
-            .filter(refresh_tokens::user_id.eq(user_id))
-            .filter(refresh_tokens::family_id.eq(&family))
-            .filter(refresh_tokens::revoked_at.is_null())
-            .set(refresh_tokens::revoked_at.eq(ts))
-            .execute(conn)
-            .await?;
-        diesel::update(token_families::table)
-            .filter(token_families::user_id.eq(user_id))
-            .filter(token_families::id.eq(&family))
-            .filter(token_families::revoked_at.is_null())
-            .set(token_families::revoked_at.eq(ts))
-            .execute(conn)
-            .await?;
+        // The family is the caller's own: it came with its access token.
+        revoke_family!(conn, &family, now());
         Ok::<_, AppError>(())
     })
 }
